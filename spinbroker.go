@@ -1,0 +1,289 @@
+// Package spinbroker holds the domain of spin-broker: packages of commands,
+// their states, the error codes, and the JSON shapes of HTTP API version 1.
+//
+// It imports only the standard library. The store, the HTTP layer, the client
+// and the agents all speak in these types.
+package spinbroker
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// CommandState is the state of one command (API.md, States).
+type CommandState string
+
+// The command states, in the order a command passes through them.
+const (
+	Staged    CommandState = "staged"    // in a package not yet enqueued
+	Blocked   CommandState = "blocked"   // enqueued; a dependency has not succeeded, or not_before is ahead
+	Ready     CommandState = "ready"     // may be delivered (or waits out a retry back-off in place)
+	Leased    CommandState = "leased"    // an agent holds it
+	Succeeded CommandState = "succeeded" // terminal
+	Failed    CommandState = "failed"    // terminal
+	Cancelled CommandState = "cancelled" // terminal
+)
+
+// CommandStates lists every command state in order.
+var CommandStates = []CommandState{Staged, Blocked, Ready, Leased, Succeeded, Failed, Cancelled}
+
+// Terminal reports whether no further transition happens without a retry.
+func (s CommandState) Terminal() bool {
+	return s == Succeeded || s == Failed || s == Cancelled
+}
+
+// Valid reports whether s is one of the command states.
+func (s CommandState) Valid() bool {
+	for _, v := range CommandStates {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// PackageState is the state of a package, derived from its commands.
+type PackageState string
+
+// The package states.
+const (
+	PackageStaging   PackageState = "staging"
+	PackageQueued    PackageState = "queued"
+	PackageRunning   PackageState = "running"
+	PackageSucceeded PackageState = "succeeded"
+	PackageFailed    PackageState = "failed"
+	PackageCancelled PackageState = "cancelled"
+)
+
+// PackageStates lists every package state.
+var PackageStates = []PackageState{PackageStaging, PackageQueued, PackageRunning, PackageSucceeded, PackageFailed, PackageCancelled}
+
+// Terminal reports whether the package is finished.
+func (s PackageState) Terminal() bool {
+	return s == PackageSucceeded || s == PackageFailed || s == PackageCancelled
+}
+
+// Valid reports whether s is one of the package states.
+func (s PackageState) Valid() bool {
+	for _, v := range PackageStates {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Defaults and limits of API version 1.
+const (
+	MaxBodyBytes        = 1 << 20 // a request body, in bytes
+	MaxDependencies     = 1000    // entries in one command's dependencies
+	MaxNameLen          = 64      // resource and action names
+	MaxKeyLen           = 128     // a command's key
+	DefaultMaxAttempts  = 3
+	MaxMaxAttempts      = 1000
+	DefaultLease        = 60 * time.Second
+	MinLease            = time.Second
+	MaxLease            = 24 * time.Hour
+	MaxWait             = 60 * time.Second // a long-poll's wait is clamped to this
+	DefaultConcurrency  = 1
+	MaxConcurrency      = 10000
+	MaxClaim            = 1000 // commands in one claim
+	DefaultListLimit    = 50
+	MaxListLimit        = 1000
+	MaxBatchComplete    = 1000 // results in one batched completion
+	MaxCommandsPerBatch = 10000
+	BackoffBase         = time.Second
+	BackoffCap          = 5 * time.Minute
+	IdempotencyTTL      = 24 * time.Hour
+	DefaultStagingTTL   = 24 * time.Hour
+)
+
+// Backoff is the delay before the attempt that follows attempt n (n ≥ 1)
+// after a failure with retry: 1s, 2s, 4s, … capped at 5 minutes.
+func Backoff(attempts int) time.Duration {
+	if attempts < 1 {
+		attempts = 1
+	}
+	d := BackoffBase
+	for i := 1; i < attempts; i++ {
+		d *= 2
+		if d >= BackoffCap {
+			return BackoffCap
+		}
+	}
+	return d
+}
+
+// NewCommand is a command in a request: what a client sends to add it.
+type NewCommand struct {
+	ID            string          `json:"id,omitempty"`
+	Key           string          `json:"key,omitempty"`
+	Resource      string          `json:"resource"`
+	Action        string          `json:"action"`
+	Parameters    json.RawMessage `json:"parameters,omitempty"`
+	Dependencies  []string        `json:"dependencies,omitempty"`
+	MaxAttempts   *int            `json:"max_attempts,omitempty"`
+	LeaseDuration *Duration       `json:"lease_duration,omitempty"`
+	NotBefore     *time.Time      `json:"not_before,omitempty"`
+}
+
+// NewPackage is the optional body of POST /packages: create a package with
+// its commands, and enqueue it, in one transaction.
+type NewPackage struct {
+	ID       string       `json:"id,omitempty"`
+	Commands []NewCommand `json:"commands,omitempty"`
+	Enqueue  bool         `json:"enqueue,omitempty"`
+}
+
+// Lease is what an agent holds while it runs a command.
+type Lease struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Command is a command as every response shows it.
+type Command struct {
+	ID             string          `json:"id"`
+	PackageID      string          `json:"package_id"`
+	Key            *string         `json:"key"`
+	Resource       string          `json:"resource"`
+	Action         string          `json:"action"`
+	Parameters     json.RawMessage `json:"parameters"`
+	Dependencies   []string        `json:"dependencies"`
+	MaxAttempts    int             `json:"max_attempts"`
+	LeaseDuration  *Duration       `json:"lease_duration"`
+	NotBefore      *time.Time      `json:"not_before"`
+	State          CommandState    `json:"state"`
+	Seq            *int64          `json:"seq"`
+	Attempts       int             `json:"attempts"`
+	Reason         *string         `json:"reason"`
+	Output         json.RawMessage `json:"output"`
+	LeaseExpiresAt *time.Time      `json:"lease_expires_at"`
+	CreatedAt      time.Time       `json:"created_at"`
+	EnqueuedAt     *time.Time      `json:"enqueued_at"`
+	StartedAt      *time.Time      `json:"started_at"`
+	FinishedAt     *time.Time      `json:"finished_at"`
+	// Lease is set only in the answer to next and claim: the token the agent
+	// must send back with its heartbeats and its result.
+	Lease *Lease `json:"lease,omitempty"`
+}
+
+// Counts are a package's commands per state.
+type Counts struct {
+	Staged    int `json:"staged"`
+	Blocked   int `json:"blocked"`
+	Ready     int `json:"ready"`
+	Leased    int `json:"leased"`
+	Succeeded int `json:"succeeded"`
+	Failed    int `json:"failed"`
+	Cancelled int `json:"cancelled"`
+}
+
+// Done is the number of commands in a terminal state.
+func (c Counts) Done() int { return c.Succeeded + c.Failed + c.Cancelled }
+
+// Package is a package as every response shows it. Commands is nil (and
+// left out of the JSON) in lists.
+type Package struct {
+	ID         string       `json:"id"`
+	State      PackageState `json:"state"`
+	CreatedAt  time.Time    `json:"created_at"`
+	EnqueuedAt *time.Time   `json:"enqueued_at"`
+	FinishedAt *time.Time   `json:"finished_at"`
+	Total      int          `json:"total"`
+	Counts     Counts       `json:"counts"`
+	Causer     *string      `json:"causer"`
+	Reason     *string      `json:"reason"`
+	Commands   []Command    `json:"commands,omitzero"`
+}
+
+// PackageList is a page of packages, newest first.
+type PackageList struct {
+	Packages   []Package `json:"packages"`
+	NextCursor *string   `json:"next_cursor"`
+}
+
+// QueueCounts are a queue's enqueued, unfinished commands per state.
+type QueueCounts struct {
+	Blocked int `json:"blocked"`
+	Ready   int `json:"ready"`
+	Leased  int `json:"leased"`
+}
+
+// Queue is one resource's queue. Commands is set only by GET /queues/{resource}.
+type Queue struct {
+	Resource              string      `json:"resource"`
+	Concurrency           int         `json:"concurrency"`
+	Paused                bool        `json:"paused"`
+	Counts                QueueCounts `json:"counts"`
+	OldestReadyAgeSeconds float64     `json:"oldest_ready_age_seconds"`
+	Commands              []Command   `json:"commands,omitzero"`
+}
+
+// QueueList is the answer of GET /queues.
+type QueueList struct {
+	Queues []Queue `json:"queues"`
+}
+
+// QueueSettings is the body of PATCH /queues/{resource}.
+type QueueSettings struct {
+	Concurrency *int  `json:"concurrency,omitempty"`
+	Paused      *bool `json:"paused,omitempty"`
+}
+
+// Heartbeat is the body of POST /commands/{id}/heartbeat.
+type Heartbeat struct {
+	Lease  string    `json:"lease"`
+	Extend *Duration `json:"extend,omitempty"`
+}
+
+// HeartbeatResult is the answer of a heartbeat.
+type HeartbeatResult struct {
+	LeaseExpiresAt time.Time `json:"lease_expires_at"`
+}
+
+// Result is the body of POST /commands/{id}/complete: the outcome of a
+// command. Status is a pointer so that a missing status is an error rather
+// than a silent failure.
+type Result struct {
+	Status *bool           `json:"status"`
+	Reason *string         `json:"reason,omitempty"`
+	Output json.RawMessage `json:"output,omitempty"`
+	Retry  bool            `json:"retry,omitempty"`
+	Lease  string          `json:"lease,omitempty"`
+}
+
+// BatchResult is one item of POST /commands/complete.
+type BatchResult struct {
+	ID string `json:"id"`
+	Result
+}
+
+// BatchComplete is the body of POST /commands/complete.
+type BatchComplete struct {
+	Results []BatchResult `json:"results"`
+}
+
+// BatchOutcome is the verdict on one item of a batched completion.
+type BatchOutcome struct {
+	ID         string `json:"id"`
+	HTTPStatus int    `json:"http_status"`
+	Error      *Error `json:"error,omitempty"`
+}
+
+// BatchOutcomes is the answer of POST /commands/complete.
+type BatchOutcomes struct {
+	Results []BatchOutcome `json:"results"`
+}
+
+// Claim is the body of POST /queues/{resource}/claim.
+type Claim struct {
+	Max   int       `json:"max"`
+	Wait  *Duration `json:"wait,omitempty"`
+	Lease *Duration `json:"lease,omitempty"`
+}
+
+// ClaimResult is the answer of a claim.
+type ClaimResult struct {
+	Commands []Command `json:"commands"`
+}

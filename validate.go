@@ -1,0 +1,206 @@
+package spinbroker
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// ValidName reports whether s is a valid resource or action name: 1 to 64
+// characters of [a-z0-9_.-], starting with a letter or digit.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > MaxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '_' || c == '.' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// CheckName answers EINVALID unless s is a valid name; what says which field.
+func CheckName(what, s string) error {
+	if !ValidName(s) {
+		return Errorf(EINVALID, "%s %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", what, truncate(s, 80))
+	}
+	return nil
+}
+
+// ParseID returns the canonical (lower-case) form of a UUID of version 4 or 7
+// written as 8-4-4-4-12 hex digits, and false for anything else.
+func ParseID(s string) (string, bool) {
+	if len(s) != 36 {
+		return "", false
+	}
+	for i := 0; i < 36; i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return "", false
+			}
+		default:
+			if !isHex(c) {
+				return "", false
+			}
+		}
+	}
+	s = strings.ToLower(s)
+	if v := s[14]; v != '4' && v != '7' {
+		return "", false
+	}
+	if v := s[19]; v != '8' && v != '9' && v != 'a' && v != 'b' {
+		return "", false
+	}
+	return s, true
+}
+
+// LooksLikeID reports whether s has the shape of a UUID (of any version), so
+// that a dependency entry is read as an id rather than a key.
+func LooksLikeID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < 36; i++ {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if s[i] != '-' {
+				return false
+			}
+		} else if !isHex(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// CheckID answers the canonical form of a client-supplied id, or EINVALID.
+func CheckID(what, s string) (string, error) {
+	id, ok := ParseID(s)
+	if !ok {
+		return "", Errorf(EINVALID, "%s %q is not a UUID of version 4 or 7", what, truncate(s, 80))
+	}
+	return id, nil
+}
+
+// CheckKey answers EINVALID unless k is a usable command key: 1 to 128
+// characters, valid UTF-8, no control characters, and not shaped like a UUID
+// (a dependency entry of that shape is always read as an id).
+func CheckKey(k string) error {
+	n := utf8.RuneCountInString(k)
+	switch {
+	case n == 0 || n > MaxKeyLen:
+		return Errorf(EINVALID, "key must be 1 to %d characters", MaxKeyLen)
+	case !utf8.ValidString(k):
+		return Errorf(EINVALID, "key is not valid UTF-8")
+	case strings.IndexFunc(k, unicode.IsControl) >= 0:
+		return Errorf(EINVALID, "key %q contains a control character", truncate(k, 80))
+	case LooksLikeID(k):
+		return Errorf(EINVALID, "key %q has the shape of a UUID, which dependencies would read as an id", k)
+	}
+	return nil
+}
+
+// CheckParameters answers EINVALID unless p is absent or a JSON object, and
+// returns its compact form ({} when absent).
+func CheckParameters(p json.RawMessage) (json.RawMessage, error) {
+	if len(p) == 0 {
+		return json.RawMessage("{}"), nil
+	}
+	return checkObject("parameters", p)
+}
+
+// CheckOutput answers EINVALID unless o is absent, null or a JSON object, and
+// returns its compact form (nil when absent or null).
+func CheckOutput(o json.RawMessage) (json.RawMessage, error) {
+	t := bytes.TrimSpace(o)
+	if len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return nil, nil
+	}
+	return checkObject("output", o)
+}
+
+func checkObject(what string, raw json.RawMessage) (json.RawMessage, error) {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || t[0] != '{' || !json.Valid(t) {
+		return nil, Errorf(EINVALID, "%s must be a JSON object", what)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, t); err != nil {
+		return nil, Errorf(EINVALID, "%s must be a JSON object", what)
+	}
+	return buf.Bytes(), nil
+}
+
+// CheckLease answers EINVALID unless d is a usable lease or extension.
+func CheckLease(what string, d time.Duration) error {
+	if d < MinLease || d > MaxLease {
+		return Errorf(EINVALID, "%s must be between %s and %s, not %s", what, MinLease, MaxLease, d)
+	}
+	return nil
+}
+
+// Validate checks everything about a new command that does not need the
+// database: names, key, id, parameters, limits. It normalizes the id,
+// parameters and not_before in place.
+func (c *NewCommand) Validate() error {
+	if c.ID != "" {
+		id, err := CheckID("command id", c.ID)
+		if err != nil {
+			return err
+		}
+		c.ID = id
+	}
+	if c.Key != "" {
+		if err := CheckKey(c.Key); err != nil {
+			return err
+		}
+	}
+	if err := CheckName("resource", c.Resource); err != nil {
+		return err
+	}
+	if err := CheckName("action", c.Action); err != nil {
+		return err
+	}
+	p, err := CheckParameters(c.Parameters)
+	if err != nil {
+		return err
+	}
+	c.Parameters = p
+	if len(c.Dependencies) > MaxDependencies {
+		return Errorf(EINVALID, "a command may have at most %d dependencies, not %d", MaxDependencies, len(c.Dependencies))
+	}
+	for _, d := range c.Dependencies {
+		if d == "" {
+			return Errorf(EINVALID, "a dependency must not be empty")
+		}
+		if c.ID != "" && strings.EqualFold(d, c.ID) || c.Key != "" && d == c.Key {
+			return Errorf(EINVALID, "a command cannot depend on itself")
+		}
+	}
+	if c.MaxAttempts != nil && (*c.MaxAttempts < 1 || *c.MaxAttempts > MaxMaxAttempts) {
+		return Errorf(EINVALID, "max_attempts must be between 1 and %d", MaxMaxAttempts)
+	}
+	if c.LeaseDuration != nil {
+		if err := CheckLease("lease_duration", c.LeaseDuration.D()); err != nil {
+			return err
+		}
+	}
+	if c.NotBefore != nil {
+		t := c.NotBefore.UTC()
+		c.NotBefore = &t
+	}
+	return nil
+}
