@@ -77,7 +77,7 @@ CREATE INDEX commands_delayed ON commands (resource, not_before) WHERE state = '
 -- A queue's unfinished commands in order, for GET /queues/{resource}.
 CREATE INDEX commands_open ON commands (resource, seq) WHERE state IN ('blocked', 'ready', 'leased');
 -- The first failure of a package (causer), and the commands a cascade cancelled.
-CREATE INDEX commands_failures ON commands (package_id, finished_at) WHERE state IN ('failed', 'cancelled');
+CREATE INDEX commands_failures ON commands (package_id, finished_at, seq) WHERE state IN ('failed', 'cancelled');
 CREATE INDEX commands_cancelled_by ON commands (cancelled_by) WHERE cancelled_by IS NOT NULL;
 
 CREATE TABLE command_deps (

@@ -1,0 +1,160 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+func benchOpen(b *testing.B) *DB {
+	b.Helper()
+	db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	return db
+}
+
+// load bulk-inserts n enqueued commands of resource in the given state, in
+// packages of up to 10,000, straight through SQL: a million inserts through
+// the API would take minutes and measure nothing this benchmark is about.
+// Blocked commands wait on gate, a command that never finishes.
+func load(b *testing.B, db *DB, tag int, resource string, n int, state spinbroker.CommandState, gate string) {
+	b.Helper()
+	const per = 10000
+	for start := 0; start < n; start += per {
+		count := min(per, n-start)
+		err := db.write(context.Background(), func(t *Tx) error {
+			now := nanos(t.now)
+			pkg := fmt.Sprintf("%08x-%04x-4000-8000-000000000000", tag, start/per)
+			if _, err := t.exec(`INSERT INTO packages (id, created_at, enqueued_at) VALUES (?, ?, ?)`, pkg, now, now); err != nil {
+				return err
+			}
+			if _, err := t.exec(`INSERT INTO queues (resource) VALUES (?) ON CONFLICT DO NOTHING`, resource); err != nil {
+				return err
+			}
+			var last int64
+			if err := t.queryRow(`UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value`, count).Scan(&last); err != nil {
+				return err
+			}
+			pending := 0
+			if state == spinbroker.Blocked {
+				pending = 1
+			}
+			if _, err := t.exec(`WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1)
+				INSERT INTO commands (id, package_id, pos, resource, action, parameters, state, seq, pending_deps,
+					max_attempts, created_at, enqueued_at, ready_at)
+				SELECT printf('%08x-%04x-4000-8000-%012x', ?2, ?3, i), ?4, i, ?5, 'bench', '{"n":1}', ?6, ?7 + i, ?8,
+					3, ?9, ?9, ?9
+				FROM n`, count, tag, start/per, pkg, resource, string(state), last-int64(count)+1, pending, now); err != nil {
+				return err
+			}
+			if gate != "" {
+				_, err := t.exec(`INSERT INTO command_deps (command_id, depends_on)
+					SELECT id, ? FROM commands WHERE package_id = ?`, gate, pkg)
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNext measures one delivery (next, then complete, since the queue
+// is serial) against backlogs of ready commands of growing size, and with
+// 100,000 blocked commands at the head of the queue. The cost must not grow
+// with either: the ready query reads one partial index.
+func BenchmarkNext(b *testing.B) {
+	cases := []struct {
+		name           string
+		ready, blocked int
+	}{
+		{"ready=1k", 1000, 0},
+		{"ready=100k", 100000, 0},
+		{"ready=1M", 1000000, 0},
+		{"blocked=100k/ready=1k", 1000, 100000},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			db := benchOpen(b)
+			ctx := context.Background()
+			tag := 1
+			if c.blocked > 0 {
+				p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "gate", Action: "never"}}}, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				load(b, db, tag, "work", c.blocked, spinbroker.Blocked, p.Commands[0].ID)
+				tag++
+			}
+			load(b, db, tag, "work", c.ready, spinbroker.Ready, "")
+			tag++
+			left := c.ready
+			ok := true
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if left <= c.ready/2 {
+					// Keep the backlog between half and all of its size.
+					b.StopTimer()
+					load(b, db, tag, "work", c.ready/2, spinbroker.Ready, "")
+					tag++
+					left += c.ready / 2
+					b.StartTimer()
+				}
+				cmd, _, err := db.Next(ctx, "work", 0)
+				if err != nil || cmd == nil {
+					b.Fatalf("next: %v %v", cmd, err)
+				}
+				if _, err := db.Complete(ctx, cmd.ID, spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}); err != nil {
+					b.Fatal(err)
+				}
+				left--
+			}
+		})
+	}
+}
+
+// BenchmarkCycle measures the whole life of a package of 10 commands:
+// create and enqueue it in one call, then next and complete each command.
+// It reports commands per second.
+func BenchmarkCycle(b *testing.B) {
+	for _, sync := range []string{"normal", "full"} {
+		b.Run("sync="+sync, func(b *testing.B) {
+			db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Sync: sync, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			ctx := context.Background()
+			in := spinbroker.NewPackage{Enqueue: true}
+			for i := 0; i < 10; i++ {
+				in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "work", Action: "step", Parameters: []byte(`{"size":10}`)})
+			}
+			ok := true
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, _, err := db.CreatePackage(ctx, in, nil); err != nil {
+					b.Fatal(err)
+				}
+				for j := 0; j < 10; j++ {
+					cmd, _, err := db.Next(ctx, "work", 0)
+					if err != nil || cmd == nil {
+						b.Fatalf("next: %v %v", cmd, err)
+					}
+					if _, err := db.Complete(ctx, cmd.ID, spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(b.N*10)/b.Elapsed().Seconds(), "commands/s")
+		})
+	}
+}

@@ -1,0 +1,489 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// Command reads one command.
+func (db *DB) Command(ctx context.Context, id string) (*spinbroker.Command, error) {
+	return getCommand(db.reader, id)
+}
+
+// The cancel cascade (delivery rule 5): every command that depends on a
+// seed, directly or transitively, and still waits (blocked; staged too when
+// a deletion takes the evidence away) becomes cancelled, naming its direct
+// dependency. One recursive statement whatever the size of the graph; the
+// seeds' own dependents are preferred as the named cause (rank 0).
+const cascadeTail = `
+down(id, parent, verb, rank) AS (
+	SELECT d.command_id, d.depends_on, s.verb, 0
+	FROM seeds s
+	JOIN command_deps d ON d.depends_on = s.id
+	JOIN commands c ON c.id = d.command_id
+	WHERE c.state IN ('blocked', ?3) AND c.package_id <> ?4
+	UNION
+	SELECT d.command_id, d.depends_on, 'cancelled', 1
+	FROM down
+	JOIN command_deps d ON d.depends_on = down.id
+	JOIN commands c ON c.id = d.command_id
+	WHERE c.state IN ('blocked', ?3) AND c.package_id <> ?4
+),
+pick(id, parent, verb, r) AS (SELECT id, parent, verb, min(rank) FROM down GROUP BY id)
+UPDATE commands SET
+	state = 'cancelled',
+	cancelled_by = pick.parent,
+	reason = 'dependency ' || pick.parent || ' ' || pick.verb,
+	finished_at = ?5,
+	backoff_until = NULL
+FROM pick WHERE commands.id = pick.id
+RETURNING commands.id, commands.package_id, commands.resource`
+
+const cascadeFromCommand = `WITH RECURSIVE
+seeds(id, verb) AS (SELECT ?1, ?2),` + cascadeTail
+
+const cascadeFromPackage = `WITH RECURSIVE
+seeds(id, verb) AS (
+	SELECT id, CASE WHEN ?2 <> '' THEN ?2 WHEN state = 'failed' THEN 'failed' ELSE 'cancelled' END
+	FROM commands
+	WHERE package_id = ?1 AND state IN ('staged', 'failed', 'cancelled')
+),` + cascadeTail
+
+// cascade cancels what waits on command id, which has just failed or been
+// cancelled (verb "failed" or "cancelled").
+func (t *Tx) cascade(id, verb string) error {
+	if verb == "" {
+		if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&verb); err != nil {
+			return err
+		}
+	}
+	rows, err := t.query(cascadeFromCommand, id, verb, "blocked", "", nanos(t.now))
+	if err != nil {
+		return err
+	}
+	return t.collectCascade(rows)
+}
+
+// cascadePackage cancels what, outside the package, waits on its failed or
+// cancelled commands. With verb "deleted" and staged set, it also reaches
+// commands still in staging, because the package is about to disappear.
+func (t *Tx) cascadePackage(pkgID, verb string, staged bool) error {
+	extra := "blocked"
+	if staged {
+		extra = "staged"
+	}
+	rows, err := t.query(cascadeFromPackage, pkgID, verb, extra, pkgID, nanos(t.now))
+	if err != nil {
+		return err
+	}
+	return t.collectCascade(rows)
+}
+
+func (t *Tx) collectCascade(rows *sql.Rows) error {
+	defer rows.Close()
+	for rows.Next() {
+		var id, pkg, resource string
+		if err := rows.Scan(&id, &pkg, &resource); err != nil {
+			return err
+		}
+		t.change(id, pkg, resource, "", spinbroker.Cancelled, 0)
+		t.commit.Packages = append(t.commit.Packages, pkg)
+	}
+	return rows.Err()
+}
+
+// Complete records the result of a command. With res.Lease set it must be
+// the command's current lease; without one (a person settling it by hand)
+// the command must be ready or leased. A second identical result is
+// answered with the first; a different one is a conflict.
+func (db *DB) Complete(ctx context.Context, id string, res spinbroker.Result) (cmd *spinbroker.Command, err error) {
+	if err := checkResult(&res); err != nil {
+		if _, nf := db.Command(ctx, id); nf != nil {
+			return nil, nf
+		}
+		return nil, err
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		if err := t.complete(id, &res); err != nil {
+			return err
+		}
+		cmd, err = getCommand(t, id)
+		return err
+	})
+	return cmd, err
+}
+
+// checkResult validates the parts of a result that need no database.
+func checkResult(res *spinbroker.Result) error {
+	if res.Status == nil {
+		return spinbroker.Errorf(spinbroker.EINVALID, "status is required: true for success, false for failure")
+	}
+	out, err := spinbroker.CheckOutput(res.Output)
+	if err != nil {
+		return err
+	}
+	res.Output = out
+	if res.Reason != nil && len(*res.Reason) > 64<<10 {
+		return spinbroker.Errorf(spinbroker.EINVALID, "reason is longer than 64 KiB")
+	}
+	return nil
+}
+
+// complete applies one validated result.
+func (t *Tx) complete(id string, res *spinbroker.Result) error {
+	var (
+		pkgID, resource, state string
+		token                  sql.NullString
+		attempts, maxAttempts  int
+		cancelled              bool
+	)
+	err := t.queryRow(`SELECT c.package_id, c.resource, c.state, c.lease_token, c.attempts, c.max_attempts,
+			p.cancelled_at IS NOT NULL
+		FROM commands c JOIN packages p ON p.id = c.package_id WHERE c.id = ?`, id).
+		Scan(&pkgID, &resource, &state, &token, &attempts, &maxAttempts, &cancelled)
+	if isNoRows(err) {
+		return spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", id)
+	} else if err != nil {
+		return err
+	}
+	ok := *res.Status
+	st := spinbroker.CommandState(state)
+	if st.Terminal() {
+		if (st == spinbroker.Succeeded) == ok {
+			return nil // the first result stands
+		}
+		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s already %s; a different result cannot replace it", id, st)
+	}
+	switch {
+	case st == spinbroker.Staged || st == spinbroker.Blocked:
+		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s is %s and has not been delivered", id, st)
+	case res.Lease != "" && (st != spinbroker.Leased || !token.Valid || token.String != res.Lease):
+		return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", truncate(res.Lease, 40), id)
+	}
+	var reason, output any
+	if res.Reason != nil {
+		reason = *res.Reason
+	}
+	if res.Output != nil {
+		output = string(res.Output)
+	}
+	now := nanos(t.now)
+	switch {
+	case ok:
+		_, err = t.exec(`UPDATE commands SET state = 'succeeded', reason = ?, output = ?, finished_at = ?,
+				lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
+			WHERE id = ?`, reason, output, now, id)
+		if err != nil {
+			return err
+		}
+		t.change(id, pkgID, resource, st, spinbroker.Succeeded, attempts)
+		return t.release(id)
+	case res.Retry && attempts < maxAttempts && !cancelled:
+		until := t.now.Add(spinbroker.Backoff(attempts))
+		_, err = t.exec(`UPDATE commands SET state = 'ready', reason = ?, output = ?, ready_at = ?, backoff_until = ?,
+				lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL
+			WHERE id = ?`, reason, output, now, nanos(until), id)
+		if err != nil {
+			return err
+		}
+		t.change(id, pkgID, resource, st, spinbroker.Ready, attempts)
+		return nil
+	default:
+		if reason == nil {
+			reason = "failed"
+		}
+		return t.fail(id, pkgID, resource, st, attempts, reason, output)
+	}
+}
+
+// fail marks a command failed and cancels everything that waits on it.
+func (t *Tx) fail(id, pkgID, resource string, from spinbroker.CommandState, attempts int, reason, output any) error {
+	_, err := t.exec(`UPDATE commands SET state = 'failed', reason = ?, output = ?, finished_at = ?,
+			lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
+		WHERE id = ?`, reason, output, nanos(t.now), id)
+	if err != nil {
+		return err
+	}
+	t.change(id, pkgID, resource, from, spinbroker.Failed, attempts)
+	t.commit.Packages = append(t.commit.Packages, pkgID)
+	return t.cascade(id, "failed")
+}
+
+// qRelease decrements the dependents of a command that succeeded.
+const qRelease = `UPDATE commands SET
+		pending_deps = pending_deps - 1,
+		state = CASE WHEN pending_deps = 1 AND coalesce(not_before, 0) <= ?1 THEN 'ready' ELSE 'blocked' END,
+		ready_at = CASE WHEN pending_deps = 1 AND coalesce(not_before, 0) <= ?1 THEN ?1 END
+	WHERE id IN (SELECT command_id FROM command_deps WHERE depends_on = ?2) AND state = 'blocked'
+	RETURNING id, package_id, resource, state`
+
+// release counts a success against the commands that depend on id; those
+// with nothing left to wait for become ready at their original positions in
+// the same transaction.
+func (t *Tx) release(id string) error {
+	rows, err := t.query(qRelease, nanos(t.now), id)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var cid, pkg, resource, state string
+		if err := rows.Scan(&cid, &pkg, &resource, &state); err != nil {
+			return err
+		}
+		if state == string(spinbroker.Ready) {
+			t.change(cid, pkg, resource, spinbroker.Blocked, spinbroker.Ready, 0)
+		}
+	}
+	return rows.Err()
+}
+
+// CompleteBatch records many results in one transaction. Each is judged as
+// Complete would judge it; the ones that pass are committed even when others
+// are refused. errs[i] is nil for an accepted result.
+func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult) (errs []error, err error) {
+	errs = make([]error, len(items))
+	for i := range items {
+		if _, ok := spinbroker.ParseID(items[i].ID); !ok {
+			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", truncate(items[i].ID, 40))
+			continue
+		}
+		errs[i] = checkResult(&items[i].Result)
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		for i := range items {
+			if errs[i] != nil {
+				continue
+			}
+			// Each item in a savepoint of its own, so that a refused one
+			// leaves no trace and the others still commit.
+			if _, err := t.exec(`SAVEPOINT item`); err != nil {
+				return err
+			}
+			mark := len(t.commit.Commands)
+			marks := len(t.commit.Packages)
+			errs[i] = t.complete(items[i].ID, &items[i].Result)
+			if errs[i] != nil {
+				t.commit.Commands = t.commit.Commands[:mark]
+				t.commit.Packages = t.commit.Packages[:marks]
+				if _, err := t.exec(`ROLLBACK TO item`); err != nil {
+					return err
+				}
+				if code := spinbroker.ErrorCode(errs[i]); code == spinbroker.EINTERNAL || code == spinbroker.EUNAVAILABLE {
+					return errs[i]
+				}
+			}
+			if _, err := t.exec(`RELEASE item`); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return errs, nil
+}
+
+// Heartbeat extends a lease by extend from now (the lease's own duration
+// when extend is 0) and returns the new expiry.
+func (db *DB) Heartbeat(ctx context.Context, id, token string, extend time.Duration) (exp time.Time, err error) {
+	if extend != 0 {
+		if err := spinbroker.CheckLease("extend", extend); err != nil {
+			return exp, err
+		}
+	}
+	var ext any
+	if extend > 0 {
+		ext = int64(extend)
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		var n int64
+		err := t.queryRow(`UPDATE commands SET lease_expires_at = ?1 + coalesce(?2, lease_ttl)
+			WHERE id = ?3 AND state = 'leased' AND lease_token = ?4
+			RETURNING lease_expires_at`, nanos(t.now), ext, id, token).Scan(&n)
+		if isNoRows(err) {
+			var one int
+			if err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one); isNoRows(err) {
+				return spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", id)
+			}
+			return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", truncate(token, 40), id)
+		} else if err != nil {
+			return err
+		}
+		exp = fromNanos(n)
+		return nil
+	})
+	return exp, err
+}
+
+// Retry puts a failed or cancelled command, and the commands its failure
+// cancelled, back in their queues at their old positions with their attempts
+// reset: an operator's "run it again".
+func (db *DB) Retry(ctx context.Context, id string) (cmd *spinbroker.Command, err error) {
+	err = db.write(ctx, func(t *Tx) error {
+		if err := t.retry(id); err != nil {
+			return err
+		}
+		cmd, err = getCommand(t, id)
+		return err
+	})
+	return cmd, err
+}
+
+func (t *Tx) retry(id string) error {
+	var (
+		pkgID, state string
+		cancelledBy  sql.NullString
+		pkgCancelled bool
+	)
+	err := t.queryRow(`SELECT c.package_id, c.state, c.cancelled_by, p.cancelled_at IS NOT NULL
+		FROM commands c JOIN packages p ON p.id = c.package_id WHERE c.id = ?`, id).
+		Scan(&pkgID, &state, &cancelledBy, &pkgCancelled)
+	if isNoRows(err) {
+		return spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", id)
+	} else if err != nil {
+		return err
+	}
+	switch {
+	case state != string(spinbroker.Failed) && state != string(spinbroker.Cancelled):
+		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s is %s; only a failed or cancelled command can be retried", id, state)
+	case pkgCancelled:
+		return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s was cancelled; its commands are not retried", pkgID)
+	}
+	if bad, err := t.unmetDependency(id, nil); err != nil {
+		return err
+	} else if bad != "" {
+		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s cannot run again while its dependency %s", id, bad)
+	}
+	if cancelledBy.Valid {
+		var one int
+		if err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, cancelledBy.String).Scan(&one); isNoRows(err) {
+			return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s cannot run again: its dependency %s was deleted", id, cancelledBy.String)
+		}
+	}
+
+	// The set to reset: id and what its failure cancelled, transitively,
+	// minus whatever another failed dependency still holds back (to a fixed
+	// point, since removing one may strand the ones below it).
+	set := map[string]bool{id: true}
+	order := []string{id}
+	for i := 0; i < len(order); i++ {
+		rows, err := t.query(`SELECT c.id FROM commands c JOIN packages p ON p.id = c.package_id
+			WHERE c.cancelled_by = ? AND c.state = 'cancelled' AND p.cancelled_at IS NULL`, order[i])
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var cid string
+			if err := rows.Scan(&cid); err != nil {
+				rows.Close()
+				return err
+			}
+			if !set[cid] {
+				set[cid] = true
+				order = append(order, cid)
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+	}
+	held := map[string]string{}
+	for changed := true; changed; {
+		changed = false
+		for _, cid := range order[1:] {
+			if !set[cid] {
+				continue
+			}
+			bad, err := t.blockingDep(cid, set)
+			if err != nil {
+				return err
+			}
+			if bad != "" {
+				delete(set, cid)
+				held[cid] = bad
+				changed = true
+			}
+		}
+	}
+	now := nanos(t.now)
+	for _, cid := range order {
+		if !set[cid] {
+			continue
+		}
+		var resource, pkg, newState string
+		err := t.queryRow(`UPDATE commands SET
+				pending_deps = (SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
+					WHERE d.command_id = commands.id AND x.state <> 'succeeded'),
+				attempts = 0, reason = NULL, output = NULL, cancelled_by = NULL,
+				started_at = NULL, finished_at = NULL, backoff_until = NULL,
+				lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL
+			WHERE id = ? RETURNING resource, package_id, state`, cid).Scan(&resource, &pkg, &newState)
+		if err != nil {
+			return err
+		}
+		err = t.queryRow(`UPDATE commands SET
+				state = CASE WHEN pending_deps = 0 AND coalesce(not_before, 0) <= ?1 THEN 'ready' ELSE 'blocked' END,
+				ready_at = CASE WHEN pending_deps = 0 AND coalesce(not_before, 0) <= ?1 THEN ?1 END
+			WHERE id = ?2 RETURNING state`, now, cid).Scan(&newState)
+		if err != nil {
+			return err
+		}
+		t.change(cid, pkg, resource, spinbroker.CommandState(state), spinbroker.CommandState(newState), 0)
+		t.commit.Packages = append(t.commit.Packages, pkg)
+	}
+	// Those left cancelled now name the dependency that still holds them.
+	for cid, dep := range held {
+		var depState string
+		if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, dep).Scan(&depState); err != nil {
+			return err
+		}
+		if _, err := t.exec(`UPDATE commands SET cancelled_by = ?, reason = ? WHERE id = ?`,
+			dep, "dependency "+dep+" "+depState, cid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmetDependency describes a dependency of id that failed or was cancelled
+// (and is not in the set about to be reset), or "" when there is none.
+func (t *Tx) unmetDependency(id string, set map[string]bool) (string, error) {
+	dep, err := t.blockingDep(id, set)
+	if dep == "" || err != nil {
+		return "", err
+	}
+	var state string
+	if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, dep).Scan(&state); err != nil {
+		return "", err
+	}
+	return dep + " is " + state, nil
+}
+
+// blockingDep returns a failed or cancelled dependency of id outside set.
+func (t *Tx) blockingDep(id string, set map[string]bool) (string, error) {
+	rows, err := t.query(`SELECT d.depends_on FROM command_deps d JOIN commands x ON x.id = d.depends_on
+		WHERE d.command_id = ? AND x.state IN ('failed', 'cancelled') ORDER BY d.rowid`, id)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dep string
+		if err := rows.Scan(&dep); err != nil {
+			return "", err
+		}
+		if !set[dep] {
+			return dep, nil
+		}
+	}
+	return "", rows.Err()
+}
+
+// newToken returns an unguessable lease token.
+func newToken() string { return rand.Text() }

@@ -1,0 +1,227 @@
+package store_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+func TestDB_Complete(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, keyed("a", "r", "a"), keyed("b", "r", "b", "a"), keyed("c", "r", "c"))
+	a := mustNext(t, db, "r")
+
+	_, err := db.Complete(ctx, a.ID, spinbroker.Result{Lease: a.Lease.Token})
+	wantCode(t, err, spinbroker.EINVALID) // status is required
+	_, err = db.Complete(ctx, a.ID, spinbroker.Result{Status: ptr(true), Lease: a.Lease.Token, Output: json.RawMessage(`[1,2]`)})
+	wantCode(t, err, spinbroker.EINVALID)
+	_, err = db.Complete(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", spinbroker.Result{Status: ptr(true)})
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	_, err = db.Complete(ctx, a.ID, spinbroker.Result{Status: ptr(true), Lease: "not-the-lease"})
+	wantCode(t, err, spinbroker.ESTALE)
+	_, err = db.Complete(ctx, p.Commands[1].ID, spinbroker.Result{Status: ptr(true)})
+	wantCode(t, err, spinbroker.ECONFLICT) // blocked
+
+	got, err := db.Complete(ctx, a.ID, spinbroker.Result{Status: ptr(true), Lease: a.Lease.Token,
+		Reason: ptr("made it"), Output: json.RawMessage(`{ "path": "vol/a.img", "size": 1 }`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != spinbroker.Succeeded || string(got.Output) != `{"path":"vol/a.img","size":1}` || deref(got.Reason) != "made it" || got.FinishedAt == nil {
+		t.Fatalf("completed: %s", mustJSON(got))
+	}
+	// The same result again: 200 and the first reason stands.
+	again, err := db.Complete(ctx, a.ID, spinbroker.Result{Status: ptr(true), Lease: a.Lease.Token, Reason: ptr("second")})
+	if err != nil || deref(again.Reason) != "made it" {
+		t.Fatalf("repeat: %v %s", err, deref(again.Reason))
+	}
+	_, err = db.Complete(ctx, a.ID, spinbroker.Result{Status: ptr(false), Lease: a.Lease.Token})
+	wantCode(t, err, spinbroker.ECONFLICT)
+
+	// By hand, without a lease: a ready command can be settled.
+	c := p.Commands[2]
+	wantState(t, db, c.ID, spinbroker.Ready)
+	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Reason: ptr("operator says no")}); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, db, c.ID, spinbroker.Failed)
+	_, err = db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false)})
+	if err != nil {
+		t.Fatalf("a repeated failure is the same result: %v", err)
+	}
+
+	// A staged command cannot be completed.
+	s, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}}, nil)
+	_, err = db.Complete(ctx, s.Commands[0].ID, spinbroker.Result{Status: ptr(true)})
+	wantCode(t, err, spinbroker.ECONFLICT)
+}
+
+func TestDB_Complete_Cascade(t *testing.T) {
+	db, clock := open(t)
+	// a ← b ← c, a ← d, and e in another package depends on c.
+	p := enqueue(t, db, keyed("a", "r", "a"), keyed("b", "s", "b", "a"), keyed("c", "s", "c", "b"), keyed("d", "t", "d", "a"), keyed("f", "t", "free"))
+	q := enqueue(t, db, cmd("u", "e", p.Commands[2].ID))
+	a := mustNext(t, db, "r")
+	clock.Add(time.Second)
+	finish(t, db, a, false, "disk on fire")
+
+	ids := map[string]string{}
+	for _, c := range p.Commands {
+		ids[deref(c.Key)] = c.ID
+	}
+	want := map[string]string{
+		p.Commands[1].ID: "dependency " + ids["a"] + " failed",
+		p.Commands[2].ID: "dependency " + ids["b"] + " cancelled",
+		p.Commands[3].ID: "dependency " + ids["a"] + " failed",
+		q.Commands[0].ID: "dependency " + ids["c"] + " cancelled",
+	}
+	for id, reason := range want {
+		c := wantState(t, db, id, spinbroker.Cancelled)
+		if deref(c.Reason) != reason {
+			t.Errorf("%s: reason %q, want %q", c.Action, deref(c.Reason), reason)
+		}
+	}
+	wantState(t, db, ids["f"], spinbroker.Ready)
+	pkg := getPkg(t, db, p.ID)
+	if pkg.State != spinbroker.PackageRunning || deref(pkg.Causer) != a.ID || deref(pkg.Reason) != "disk on fire" {
+		t.Fatalf("package: %s causer %s", pkg.State, deref(pkg.Causer))
+	}
+	succeed(t, db, mustNext(t, db, "t"))
+	if s := getPkg(t, db, p.ID).State; s != spinbroker.PackageFailed {
+		t.Fatalf("package %s, want failed", s)
+	}
+	other := getPkg(t, db, q.ID)
+	if other.State != spinbroker.PackageFailed || deref(other.Causer) != q.Commands[0].ID {
+		t.Fatalf("the other package: %s causer %s", other.State, deref(other.Causer))
+	}
+	// Completing a cancelled command with a failure is the same result;
+	// with a success it is a conflict.
+	if _, err := db.Complete(ctx, ids["b"], spinbroker.Result{Status: ptr(false)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := db.Complete(ctx, ids["b"], spinbroker.Result{Status: ptr(true)})
+	wantCode(t, err, spinbroker.ECONFLICT)
+}
+
+func TestDB_CompleteBatch(t *testing.T) {
+	db, _ := open(t)
+	if _, err := db.SetQueue(ctx, "r", spinbroker.QueueSettings{Concurrency: ptr(10)}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, db, cmd("r", "1"), cmd("r", "2"), cmd("r", "3"))
+	cmds, _, err := db.Claim(ctx, "r", 3, 0)
+	if err != nil || len(cmds) != 3 {
+		t.Fatal(err, len(cmds))
+	}
+	errs, err := db.CompleteBatch(ctx, []spinbroker.BatchResult{
+		{ID: cmds[0].ID, Result: spinbroker.Result{Status: ptr(true), Lease: cmds[0].Lease.Token}},
+		{ID: cmds[1].ID, Result: spinbroker.Result{Status: ptr(true), Lease: "stale"}},
+		{ID: "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", Result: spinbroker.Result{Status: ptr(true)}},
+		{ID: "not-an-id", Result: spinbroker.Result{Status: ptr(true)}},
+		{ID: cmds[2].ID, Result: spinbroker.Result{Lease: cmds[2].Lease.Token}},
+		{ID: cmds[2].ID, Result: spinbroker.Result{Status: ptr(false), Lease: cmds[2].Lease.Token, Reason: ptr("no")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := make([]string, len(errs))
+	for i, e := range errs {
+		codes[i] = spinbroker.ErrorCode(e)
+	}
+	want := []string{"", spinbroker.ESTALE, spinbroker.ENOTFOUND, spinbroker.ENOTFOUND, spinbroker.EINVALID, ""}
+	if mustJSON(codes) != mustJSON(want) {
+		t.Fatalf("codes %v, want %v", codes, want)
+	}
+	wantState(t, db, cmds[0].ID, spinbroker.Succeeded)
+	wantState(t, db, cmds[1].ID, spinbroker.Leased)
+	wantState(t, db, cmds[2].ID, spinbroker.Failed)
+}
+
+func TestDB_Heartbeat(t *testing.T) {
+	db, clock := open(t)
+	enqueue(t, db, cmd("r", "x"))
+	c, _, err := db.Next(ctx, "r", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(20 * time.Second)
+	exp, err := db.Heartbeat(ctx, c.ID, c.Lease.Token, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := clock.Now().Add(30 * time.Second); !exp.Equal(want) {
+		t.Fatalf("extended to %v, want now + the lease's own 30s", exp)
+	}
+	exp, err = db.Heartbeat(ctx, c.ID, c.Lease.Token, 2*time.Minute)
+	if err != nil || !exp.Equal(clock.Now().Add(2*time.Minute)) {
+		t.Fatalf("extend 2m: %v %v", exp, err)
+	}
+	clock.Add(time.Minute)
+	noNext(t, db, "r") // the lease held
+	_, err = db.Heartbeat(ctx, c.ID, "other", 0)
+	wantCode(t, err, spinbroker.ESTALE)
+	_, err = db.Heartbeat(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", c.Lease.Token, 0)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	_, err = db.Heartbeat(ctx, c.ID, c.Lease.Token, time.Millisecond)
+	wantCode(t, err, spinbroker.EINVALID)
+	succeed(t, db, c)
+	_, err = db.Heartbeat(ctx, c.ID, c.Lease.Token, 0)
+	wantCode(t, err, spinbroker.ESTALE)
+}
+
+func TestDB_Retry(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, keyed("a", "r", "a"), keyed("b", "s", "b", "a"), keyed("c", "s", "c", "b"), keyed("x", "t", "x"), keyed("d", "s", "d", "a", "x"))
+	a := mustNext(t, db, "r")
+	finish(t, db, a, false, "broken")
+	x := mustNext(t, db, "t")
+	finish(t, db, x, false, "also broken")
+	ids := map[string]string{}
+	for _, c := range p.Commands {
+		ids[deref(c.Key)] = c.ID
+	}
+	_, err := db.Retry(ctx, ids["b"])
+	wantCode(t, err, spinbroker.ECONFLICT) // its dependency a is still failed
+
+	got, err := db.Retry(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != spinbroker.Ready || got.Attempts != 0 || got.Reason != nil || got.FinishedAt != nil || *got.Seq != *a.Seq {
+		t.Fatalf("retried: %s", mustJSON(got))
+	}
+	b := wantState(t, db, ids["b"], spinbroker.Blocked)
+	if b.Reason != nil {
+		t.Fatalf("b reason %s", deref(b.Reason))
+	}
+	wantState(t, db, ids["c"], spinbroker.Blocked)
+	// d also waits on x, which is still failed: it stays cancelled and now
+	// names x.
+	d := wantState(t, db, ids["d"], spinbroker.Cancelled)
+	if deref(d.Reason) != "dependency "+x.ID+" failed" {
+		t.Fatalf("d reason %s", deref(d.Reason))
+	}
+	if s := getPkg(t, db, p.ID).State; s != spinbroker.PackageRunning {
+		t.Fatalf("package %s", s)
+	}
+	again := mustNext(t, db, "r")
+	if again.ID != a.ID || again.Attempts != 1 {
+		t.Fatalf("redelivered %s attempt %d", again.Action, again.Attempts)
+	}
+	succeed(t, db, again)
+	succeed(t, db, mustNext(t, db, "s"))
+	if c := mustNext(t, db, "s"); c.ID != ids["c"] {
+		t.Fatalf("got %s", c.Action)
+	}
+	if _, err := db.Retry(ctx, x.ID); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, db, ids["d"], spinbroker.Blocked)
+
+	_, err = db.Retry(ctx, a.ID)
+	wantCode(t, err, spinbroker.ECONFLICT) // succeeded
+	_, err = db.Retry(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6")
+	wantCode(t, err, spinbroker.ENOTFOUND)
+}

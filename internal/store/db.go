@@ -1,0 +1,632 @@
+// Package store carries spin-broker's semantics on SQLite: every use case
+// (create a package, add, enqueue, next, complete, cancel, retry, sweep) is
+// one method and one transaction.
+//
+// Writes go through one goroutine that owns the only write connection.
+// Concurrent writes are gathered into one SQLite transaction (group commit),
+// each inside its own savepoint, so that one request's failure undoes only its
+// own changes; every caller is answered only after the transaction holding
+// its change has committed. Reads use a separate pool of query-only
+// connections and never wait for the writer (WAL).
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/migrations"
+)
+
+// Options configure a DB. The zero value is usable.
+type Options struct {
+	// Sync is "normal" (the default: a commit survives a crash of the
+	// process) or "full" (a commit also survives a power loss).
+	Sync string
+	// Now is the clock; time.Now when nil. Tests move it.
+	Now func() time.Time
+	// Logger receives the store's own log lines; slog.Default when nil.
+	Logger *slog.Logger
+	// ReadConns is the size of the read pool (default 4).
+	ReadConns int
+	// MaxBatch caps the writes gathered into one transaction (default 256).
+	MaxBatch int
+	// CacheKiB is SQLite's page cache per connection (default 16 MiB for
+	// the writer, a quarter of it for each reader).
+	CacheKiB int
+}
+
+// DB is spin-broker's database.
+type DB struct {
+	path   string
+	log    *slog.Logger
+	now    func() time.Time
+	wdb    *sql.DB
+	rdb    *sql.DB
+	reader *reader
+
+	ops      chan *op
+	maxBatch int
+	mu       sync.RWMutex // guards closed against sends on ops
+	closed   bool
+	done     chan struct{}
+
+	listeners atomic.Pointer[[]func(*spinbroker.Commit)]
+	batches   atomic.Int64 // transactions committed by the writer
+	written   atomic.Int64 // write operations committed
+}
+
+// Open opens (creating if needed) the database at path, applies the
+// migrations and starts the writer.
+func Open(ctx context.Context, path string, opts Options) (*DB, error) {
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("store: database path %q must be a file name without '?' or '#'", path)
+	}
+	sync := "NORMAL"
+	switch strings.ToLower(opts.Sync) {
+	case "", "normal":
+	case "full":
+		sync = "FULL"
+	default:
+		return nil, fmt.Errorf("store: sync must be normal or full, not %q", opts.Sync)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ReadConns <= 0 {
+		opts.ReadConns = 4
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	if opts.CacheKiB <= 0 {
+		opts.CacheKiB = 16 << 10
+	}
+
+	// Pragmas go in the DSN so that every connection the pool opens gets
+	// them, not just the one an Exec happens to reach.
+	base := "file:" + (&url.URL{Path: path}).EscapedPath() + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
+	wdsn := fmt.Sprintf("%s&_pragma=journal_mode(WAL)&_pragma=synchronous(%s)&_pragma=cache_size(-%d)&_txlock=immediate", base, sync, opts.CacheKiB)
+	rdsn := fmt.Sprintf("%s&_pragma=query_only(1)&_pragma=cache_size(-%d)", base, opts.CacheKiB/4)
+
+	wdb, err := sql.Open("sqlite", wdsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	wdb.SetConnMaxLifetime(0)
+	wdb.SetConnMaxIdleTime(0)
+	if err := migrate(ctx, wdb); err != nil {
+		wdb.Close()
+		return nil, err
+	}
+	rdb, err := sql.Open("sqlite", rdsn)
+	if err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(opts.ReadConns)
+	rdb.SetMaxIdleConns(opts.ReadConns)
+	rdb.SetConnMaxIdleTime(0)
+
+	conn, err := wdb.Conn(ctx)
+	if err != nil {
+		wdb.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, interpretError(err))
+	}
+	db := &DB{
+		path:     path,
+		log:      opts.Logger,
+		now:      func() time.Time { return opts.Now().UTC() },
+		wdb:      wdb,
+		rdb:      rdb,
+		reader:   &reader{db: rdb, stmts: map[string]*sql.Stmt{}},
+		ops:      make(chan *op, 4*opts.MaxBatch),
+		maxBatch: opts.MaxBatch,
+		done:     make(chan struct{}),
+	}
+	w := &writer{db: db, conn: conn, stmts: map[string]*sql.Stmt{}}
+	go w.run()
+	return db, nil
+}
+
+// migrate applies the embedded migrations that have not run yet.
+func migrate(ctx context.Context, db *sql.DB) error {
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, migrations.FS)
+	if err != nil {
+		return fmt.Errorf("store: migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("store: migrate: %w", interpretError(err))
+	}
+	return nil
+}
+
+// MigrationStatus describes one migration for `spinbroker migrate status`.
+type MigrationStatus struct {
+	Version   int64
+	Name      string
+	Applied   bool
+	AppliedAt time.Time
+}
+
+// Migrations opens the database at path without applying anything and
+// reports every migration and whether it has been applied; with up, it
+// applies the pending ones first.
+func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, error) {
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, migrations.FS)
+	if err != nil {
+		return nil, err
+	}
+	if up {
+		if _, err := p.Up(ctx); err != nil {
+			return nil, fmt.Errorf("store: migrate: %w", err)
+		}
+	}
+	st, err := p.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]MigrationStatus, 0, len(st))
+	for _, s := range st {
+		m := MigrationStatus{Version: s.Source.Version, Name: s.Source.Path, Applied: s.State == goose.StateApplied, AppliedAt: s.AppliedAt}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Path is the file the database lives in.
+func (db *DB) Path() string { return db.path }
+
+// Listen registers f to be called after every commit that changed something,
+// with what it changed. f runs on the writer's goroutine: it must not block
+// or call back into the store.
+func (db *DB) Listen(f func(*spinbroker.Commit)) {
+	for {
+		old := db.listeners.Load()
+		var next []func(*spinbroker.Commit)
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, f)
+		if db.listeners.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// Stats are counters of the writer, for metrics and benchmarks.
+type Stats struct {
+	Transactions int64 // write transactions committed
+	Writes       int64 // write operations committed in them
+}
+
+// Stats reports the writer's counters.
+func (db *DB) Stats() Stats {
+	return Stats{Transactions: db.batches.Load(), Writes: db.written.Load()}
+}
+
+// Close stops taking writes, finishes the ones already submitted, and closes
+// the database (which checkpoints the WAL into the main file).
+func (db *DB) Close() error {
+	db.mu.Lock()
+	if db.closed {
+		db.mu.Unlock()
+		<-db.done
+		return nil
+	}
+	db.closed = true
+	close(db.ops)
+	db.mu.Unlock()
+	<-db.done
+	db.reader.close()
+	return errors.Join(db.rdb.Close(), db.wdb.Close())
+}
+
+// Ping reports whether the database answers a read.
+func (db *DB) Ping(ctx context.Context) error {
+	var one int
+	if err := db.rdb.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return interpretError(err)
+	}
+	return nil
+}
+
+// errClosed answers writes submitted after Close.
+var errClosed = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the broker is shutting down")
+
+// op is one write operation waiting for the writer.
+type op struct {
+	ctx    context.Context
+	fn     func(*Tx) error
+	err    error
+	commit spinbroker.Commit
+	done   chan struct{}
+}
+
+// write runs fn in a write transaction shared with other concurrent writes,
+// and returns once that transaction has committed (or fn failed). fn must be
+// quick and must not block: it holds every other writer up.
+func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
+	o := &op{ctx: ctx, fn: fn, done: make(chan struct{})}
+	db.mu.RLock()
+	if db.closed {
+		db.mu.RUnlock()
+		return errClosed
+	}
+	db.ops <- o
+	db.mu.RUnlock()
+	// Wait for the commit even if ctx ends: the change may already be in
+	// the transaction, and the caller must not report a failure for a write
+	// that then commits.
+	<-o.done
+	return o.err
+}
+
+// writer owns the write connection and runs the group commits.
+type writer struct {
+	db    *DB
+	conn  *sql.Conn
+	stmts map[string]*sql.Stmt
+}
+
+func (w *writer) run() {
+	defer close(w.db.done)
+	defer func() {
+		for _, s := range w.stmts {
+			s.Close()
+		}
+		w.conn.Close()
+	}()
+	batch := make([]*op, 0, w.db.maxBatch)
+	for {
+		first, ok := <-w.db.ops
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < w.db.maxBatch {
+			select {
+			case o, ok := <-w.db.ops:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, o)
+			default:
+				break gather
+			}
+		}
+		w.commit(batch)
+	}
+}
+
+// commit runs a batch of operations in one transaction, each in a savepoint
+// when there are several, and answers each after the commit.
+func (w *writer) commit(batch []*op) {
+	ctx := context.Background()
+	fail := func(err error) {
+		for _, o := range batch {
+			if o.err == nil {
+				o.err = err
+			}
+			close(o.done)
+		}
+	}
+	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		fail(w.db.unavailable("begin", err))
+		return
+	}
+	single := len(batch) == 1
+	ran := 0
+	for _, o := range batch {
+		if o.ctx.Err() != nil {
+			o.err = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the request was abandoned before it ran")
+			continue
+		}
+		if !single {
+			if _, err := w.exec("SAVEPOINT op"); err != nil {
+				w.rollback()
+				fail(w.db.unavailable("savepoint", err))
+				return
+			}
+		}
+		tx := &Tx{w: w, now: w.db.now(), commit: &o.commit}
+		o.err = tx.run(o.fn)
+		if o.err != nil {
+			o.commit = spinbroker.Commit{}
+			if single {
+				w.rollback()
+				fail(o.err)
+				return
+			}
+			if _, err := w.exec("ROLLBACK TO op"); err != nil {
+				// SQLite rolled the whole transaction back (disk full, I/O
+				// error): nothing in this batch was written.
+				w.rollback()
+				fail(w.db.unavailable("rollback to savepoint", err))
+				return
+			}
+		}
+		if !single {
+			if _, err := w.exec("RELEASE op"); err != nil {
+				w.rollback()
+				fail(w.db.unavailable("release savepoint", err))
+				return
+			}
+		}
+		if o.err == nil {
+			ran++
+		}
+	}
+	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
+		w.rollback()
+		for _, o := range batch {
+			o.commit = spinbroker.Commit{}
+		}
+		fail(w.db.unavailable("commit", err))
+		return
+	}
+	w.db.batches.Add(1)
+	w.db.written.Add(int64(ran))
+	var ls []func(*spinbroker.Commit)
+	if p := w.db.listeners.Load(); p != nil {
+		ls = *p
+	}
+	for _, o := range batch {
+		if o.err == nil && !o.commit.Empty() {
+			for _, f := range ls {
+				f(&o.commit)
+			}
+		}
+		close(o.done)
+	}
+}
+
+func (w *writer) rollback() {
+	// A failed ROLLBACK means there was no transaction left to undo.
+	w.conn.ExecContext(context.Background(), "ROLLBACK") //nolint:errcheck
+}
+
+// stmt returns the prepared statement for q on the write connection; parsing
+// SQL costs more than running most of these statements.
+func (w *writer) stmt(q string) (*sql.Stmt, error) {
+	if s, ok := w.stmts[q]; ok {
+		return s, nil
+	}
+	s, err := w.conn.PrepareContext(context.Background(), q)
+	if err != nil {
+		return nil, err
+	}
+	w.stmts[q] = s
+	return s, nil
+}
+
+func (w *writer) exec(q string, args ...any) (sql.Result, error) {
+	s, err := w.stmt(q)
+	if err != nil {
+		return nil, err
+	}
+	return s.ExecContext(context.Background(), args...)
+}
+
+// unavailable logs a database failure once and turns it into the error every
+// caller of the batch gets.
+func (db *DB) unavailable(what string, err error) error {
+	err = interpretError(err)
+	if spinbroker.ErrorCode(err) == spinbroker.EUNAVAILABLE {
+		db.log.Error("database unavailable", "step", what, "err", err)
+		return err
+	}
+	db.log.Error("database error", "step", what, "err", err)
+	return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database is unavailable")
+}
+
+// Tx is one write operation's view of the shared transaction.
+type Tx struct {
+	w      *writer
+	now    time.Time
+	commit *spinbroker.Commit
+}
+
+// run calls fn and turns a panic into an error, so that a bug in one request
+// cannot take the writer (and with it the broker) down.
+func (t *Tx) run(fn func(*Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.w.db.log.Error("panic in a write", "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("store: panic: %v", r)
+		}
+	}()
+	return fn(t)
+}
+
+func (t *Tx) exec(q string, args ...any) (sql.Result, error) {
+	r, err := t.w.exec(q, args...)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return r, nil
+}
+
+func (t *Tx) query(q string, args ...any) (*sql.Rows, error) {
+	s, err := t.w.stmt(q)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	rows, err := s.QueryContext(context.Background(), args...)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return rows, nil
+}
+
+func (t *Tx) queryRow(q string, args ...any) *row {
+	s, err := t.w.stmt(q)
+	if err != nil {
+		return &row{err: err}
+	}
+	return &row{r: s.QueryRowContext(context.Background(), args...)}
+}
+
+// reader runs queries on the read pool with prepared statements.
+type reader struct {
+	db    *sql.DB
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+func (r *reader) stmt(q string) (*sql.Stmt, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s, ok := r.stmts[q]; ok {
+		return s, nil
+	}
+	s, err := r.db.Prepare(q)
+	if err != nil {
+		return nil, err
+	}
+	r.stmts[q] = s
+	return s, nil
+}
+
+func (r *reader) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.stmts {
+		s.Close()
+	}
+}
+
+func (r *reader) query(q string, args ...any) (*sql.Rows, error) {
+	s, err := r.stmt(q)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	rows, err := s.Query(args...)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return rows, nil
+}
+
+func (r *reader) queryRow(q string, args ...any) *row {
+	s, err := r.stmt(q)
+	if err != nil {
+		return &row{err: err}
+	}
+	return &row{r: s.QueryRow(args...)}
+}
+
+// querier is what the read helpers need: the write transaction or the read
+// pool, so that a write can answer with what it just wrote.
+type querier interface {
+	query(q string, args ...any) (*sql.Rows, error)
+	queryRow(q string, args ...any) *row
+}
+
+// row is a *sql.Row whose Scan maps driver errors.
+type row struct {
+	r   *sql.Row
+	err error
+}
+
+func (r *row) Scan(dest ...any) error {
+	if r.err != nil {
+		return interpretError(r.err)
+	}
+	return interpretError(r.r.Scan(dest...))
+}
+
+// interpretError maps driver errors to spin-broker's codes at this boundary.
+// Constraint and resource errors are told apart by their SQLite code, never
+// by their message.
+func interpretError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() {
+	case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+		return &constraintError{err: err}
+	case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+		sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB:
+		return &unavailableError{err: err}
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+		sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CORRUPT:
+		return &unavailableError{err: err}
+	}
+	return err
+}
+
+// constraintError is a unique or primary key violation; the use case that
+// hit it knows which conflict it means.
+type constraintError struct{ err error }
+
+func (e *constraintError) Error() string { return e.err.Error() }
+func (e *constraintError) Unwrap() error { return e.err }
+
+func isConstraint(err error) bool {
+	var ce *constraintError
+	return errors.As(err, &ce)
+}
+
+// unavailableError is a database that cannot take the request now: disk
+// full, read-only, locked by another process. It answers 503.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string { return e.err.Error() }
+func (e *unavailableError) Unwrap() error {
+	return e.err
+}
+
+// As lets errors.As find a *spinbroker.Error with code EUNAVAILABLE, so the
+// HTTP layer answers 503 while the log keeps the driver's message.
+func (e *unavailableError) As(target any) bool {
+	if p, ok := target.(**spinbroker.Error); ok {
+		*p = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database is unavailable: %s", sqliteCodeName(e.err))
+		return true
+	}
+	return false
+}
+
+func sqliteCodeName(err error) string {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		if s, ok := sqlite.ErrorCodeString[se.Code()]; ok {
+			return s
+		}
+		if s, ok := sqlite.ErrorCodeString[se.Code()&0xff]; ok {
+			return s
+		}
+	}
+	return "error"
+}

@@ -1,0 +1,557 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// Idempotency identifies a create that a client may retry: the same Key in
+// the same Scope with the same Hash of the request answers the first
+// response again.
+type Idempotency struct {
+	Scope string // the path, and the token when auth is on
+	Key   string // the Idempotency-Key header
+	Hash  []byte // a hash of the request body
+}
+
+// CreatePackage creates a package, with the given commands, and enqueues it
+// when asked, all in one transaction. With idem set and a matching earlier
+// request, it creates nothing and returns that request's response body.
+func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem *Idempotency) (pkg *spinbroker.Package, replay []byte, err error) {
+	if in.ID != "" {
+		if in.ID, err = spinbroker.CheckID("package id", in.ID); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(in.Commands) > spinbroker.MaxCommandsPerBatch {
+		return nil, nil, spinbroker.Errorf(spinbroker.EINVALID, "a request may add at most %d commands", spinbroker.MaxCommandsPerBatch)
+	}
+	for i := range in.Commands {
+		if err := in.Commands[i].Validate(); err != nil {
+			return nil, nil, err
+		}
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		if replay, err = t.idempotent(idem); replay != nil || err != nil {
+			return err
+		}
+		id := in.ID
+		if id == "" {
+			id = newID()
+		}
+		if _, err := t.exec(`INSERT INTO packages (id, created_at) VALUES (?, ?)`, id, nanos(t.now)); err != nil {
+			if isConstraint(err) {
+				return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already exists", id)
+			}
+			return err
+		}
+		t.commit.Packages = append(t.commit.Packages, id)
+		for i := range in.Commands {
+			if _, err := t.addCommand(id, i, &in.Commands[i]); err != nil {
+				return err
+			}
+		}
+		if in.Enqueue {
+			if err := t.enqueue(id); err != nil {
+				return err
+			}
+		}
+		if pkg, err = getPackage(t, id, true); err != nil {
+			return err
+		}
+		return t.remember(idem, pkg)
+	})
+	if err != nil || replay != nil {
+		return nil, replay, err
+	}
+	return pkg, nil, nil
+}
+
+// AddCommand adds a command to a package in staging.
+func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, idem *Idempotency) (cmd *spinbroker.Command, replay []byte, err error) {
+	if err := in.Validate(); err != nil {
+		// The package in the path comes first (API.md, Errors).
+		if _, perr := db.Package(ctx, pkgID); perr != nil {
+			return nil, nil, perr
+		}
+		return nil, nil, err
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		var total int
+		var enqueued, cancelled sql.NullInt64
+		err := t.queryRow(`SELECT total, enqueued_at, cancelled_at FROM packages WHERE id = ?`, pkgID).Scan(&total, &enqueued, &cancelled)
+		if isNoRows(err) {
+			return spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
+		} else if err != nil {
+			return err
+		}
+		if replay, err = t.idempotent(idem); replay != nil || err != nil {
+			return err
+		}
+		switch {
+		case cancelled.Valid:
+			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID)
+		case enqueued.Valid:
+			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
+		}
+		id, err := t.addCommand(pkgID, total, &in)
+		if err != nil {
+			return err
+		}
+		t.commit.Packages = append(t.commit.Packages, pkgID)
+		if cmd, err = getCommand(t, id); err != nil {
+			return err
+		}
+		return t.remember(idem, cmd)
+	})
+	if err != nil || replay != nil {
+		return nil, replay, err
+	}
+	return cmd, nil, nil
+}
+
+// newID returns a new time-ordered UUID (version 7).
+func newID() string {
+	return uuid.Must(uuid.NewV7()).String()
+}
+
+// addCommand inserts a validated command in staging at position pos of its
+// package, resolving its dependencies (ids of any package, or keys of
+// commands added earlier to the same package).
+func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand) (string, error) {
+	id := in.ID
+	if id == "" {
+		id = newID()
+	} else {
+		var one int
+		err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
+		if err == nil {
+			return "", spinbroker.Errorf(spinbroker.ECONFLICT, "command %s already exists", id)
+		} else if !isNoRows(err) {
+			return "", err
+		}
+	}
+	deps := make([]string, 0, len(in.Dependencies))
+	seen := make(map[string]bool, len(in.Dependencies))
+	for _, d := range in.Dependencies {
+		dep, err := t.resolveDep(pkgID, d)
+		if err != nil {
+			return "", err
+		}
+		if dep == id {
+			return "", spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
+		}
+		if !seen[dep] {
+			seen[dep] = true
+			deps = append(deps, dep)
+		}
+	}
+	var key any
+	if in.Key != "" {
+		key = in.Key
+	}
+	maxAttempts := spinbroker.DefaultMaxAttempts
+	if in.MaxAttempts != nil {
+		maxAttempts = *in.MaxAttempts
+	}
+	var leaseDur any
+	if in.LeaseDuration != nil {
+		leaseDur = int64(*in.LeaseDuration)
+	}
+	_, err := t.exec(`INSERT INTO commands (id, package_id, pos, key, resource, action, parameters, state,
+			max_attempts, lease_duration, not_before, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, 'staged', ?, ?, ?, ?)`,
+		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters),
+		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now))
+	if isConstraint(err) {
+		return "", spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
+	} else if err != nil {
+		return "", err
+	}
+	for _, dep := range deps {
+		if _, err := t.exec(`INSERT INTO command_deps (command_id, depends_on) VALUES (?, ?)`, id, dep); err != nil {
+			return "", err
+		}
+	}
+	return id, nil
+}
+
+// resolveDep turns a dependency entry into a command id: an entry shaped like
+// a UUID names a command of any package; anything else is a key in pkgID.
+func (t *Tx) resolveDep(pkgID, entry string) (string, error) {
+	if spinbroker.LooksLikeID(entry) {
+		id := strings.ToLower(entry)
+		var one int
+		err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
+		if isNoRows(err) {
+			return "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %s names no existing command", id)
+		}
+		return id, err
+	}
+	var id string
+	err := t.queryRow(`SELECT id FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id)
+	if isNoRows(err) {
+		return "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", truncate(entry, 80), pkgID)
+	}
+	return id, err
+}
+
+// Enqueue makes a staging package's commands visible to agents, all at once.
+// Enqueuing an enqueued package changes nothing.
+func (db *DB) Enqueue(ctx context.Context, pkgID string) (pkg *spinbroker.Package, err error) {
+	err = db.write(ctx, func(t *Tx) error {
+		if err := t.enqueue(pkgID); err != nil {
+			return err
+		}
+		pkg, err = getPackage(t, pkgID, true)
+		return err
+	})
+	return pkg, err
+}
+
+// qEnqueueSeq numbers a package's commands and counts what each waits for.
+const qEnqueueSeq = `UPDATE commands SET
+		seq = ? + pos,
+		enqueued_at = ?,
+		pending_deps = (SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
+			WHERE d.command_id = commands.id AND x.state <> 'succeeded')
+	WHERE package_id = ? AND state = 'staged'`
+
+func (t *Tx) enqueue(pkgID string) error {
+	var total int
+	var enqueued, cancelled sql.NullInt64
+	err := t.queryRow(`SELECT total, enqueued_at, cancelled_at FROM packages WHERE id = ?`, pkgID).Scan(&total, &enqueued, &cancelled)
+	if isNoRows(err) {
+		return spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
+	} else if err != nil {
+		return err
+	}
+	switch {
+	case enqueued.Valid:
+		return nil // safe to retry
+	case cancelled.Valid:
+		return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s was cancelled in staging and cannot be enqueued", pkgID)
+	case total == 0:
+		return spinbroker.Errorf(spinbroker.EEMPTY, "package %s has no commands to enqueue", pkgID)
+	}
+	now := nanos(t.now)
+	if _, err := t.exec(`INSERT INTO queues (resource)
+		SELECT DISTINCT resource FROM commands WHERE package_id = ?
+		ON CONFLICT (resource) DO NOTHING`, pkgID); err != nil {
+		return err
+	}
+	var last int64
+	if err := t.queryRow(`UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value`, total).Scan(&last); err != nil {
+		return err
+	}
+	// Positions are 0..total-1 in the order the commands were added, so the
+	// package takes the sequence numbers last-total+1 .. last.
+	if _, err := t.exec(`UPDATE packages SET enqueued_at = ? WHERE id = ?`, now, pkgID); err != nil {
+		return err
+	}
+	if _, err := t.exec(qEnqueueSeq, last-int64(total)+1, now, pkgID); err != nil {
+		return err
+	}
+	rows, err := t.query(`UPDATE commands SET
+			state = CASE WHEN pending_deps = 0 AND coalesce(not_before, 0) <= ?1 THEN 'ready' ELSE 'blocked' END,
+			ready_at = CASE WHEN pending_deps = 0 AND coalesce(not_before, 0) <= ?1 THEN ?1 END
+		WHERE package_id = ?2 AND state = 'staged'
+		RETURNING id, resource, state`, now, pkgID)
+	if err != nil {
+		return err
+	}
+	if err := t.collect(rows, pkgID, spinbroker.Staged); err != nil {
+		return err
+	}
+	// A command whose dependency has already failed or been cancelled is
+	// cancelled now, and so is everything that depends on it.
+	rows, err = t.query(`SELECT c.id, c.resource, d.depends_on, x.state FROM commands c
+		JOIN command_deps d ON d.command_id = c.id
+		JOIN commands x ON x.id = d.depends_on
+		WHERE c.package_id = ? AND c.state = 'blocked' AND x.state IN ('failed', 'cancelled')
+		ORDER BY c.pos`, pkgID)
+	if err != nil {
+		return err
+	}
+	type doomed struct{ id, resource, dep, state string }
+	var ds []doomed
+	for rows.Next() {
+		var d doomed
+		if err := rows.Scan(&d.id, &d.resource, &d.dep, &d.state); err != nil {
+			rows.Close()
+			return err
+		}
+		ds = append(ds, d)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	for _, d := range ds {
+		reason := "dependency " + d.dep + " " + d.state
+		res, err := t.exec(`UPDATE commands SET state = 'cancelled', reason = ?, cancelled_by = ?, finished_at = ?
+			WHERE id = ? AND state = 'blocked'`, reason, d.dep, now, d.id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			continue // cancelled already by an earlier cascade
+		}
+		t.change(d.id, pkgID, d.resource, spinbroker.Blocked, spinbroker.Cancelled, 0)
+		if err := t.cascade(d.id, ""); err != nil {
+			return err
+		}
+	}
+	t.commit.Packages = append(t.commit.Packages, pkgID)
+	return nil
+}
+
+// collect records the transitions a `RETURNING id, resource, state`
+// statement reports, all of one package and from one state ("" when the
+// rows came from several).
+func (t *Tx) collect(rows *sql.Rows, pkgID string, from spinbroker.CommandState) error {
+	defer rows.Close()
+	for rows.Next() {
+		var id, resource, state string
+		if err := rows.Scan(&id, &resource, &state); err != nil {
+			return err
+		}
+		t.change(id, pkgID, resource, from, spinbroker.CommandState(state), 0)
+	}
+	return rows.Err()
+}
+
+// change records one transition for the listeners.
+func (t *Tx) change(id, pkgID, resource string, from, to spinbroker.CommandState, attempts int) {
+	t.commit.Commands = append(t.commit.Commands, spinbroker.Change{
+		CommandID: id, PackageID: pkgID, Resource: resource, From: from, To: to, Attempts: attempts,
+	})
+}
+
+// CancelPackage cancels a package that has not finished: its staged, blocked
+// and ready commands become cancelled (with the cascade), leased ones run to
+// the end. A finished package is answered unchanged.
+func (db *DB) CancelPackage(ctx context.Context, pkgID string) (pkg *spinbroker.Package, err error) {
+	err = db.write(ctx, func(t *Tx) error {
+		var state string
+		err := t.queryRow(`SELECT state FROM packages WHERE id = ?`, pkgID).Scan(&state)
+		if isNoRows(err) {
+			return spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
+		} else if err != nil {
+			return err
+		}
+		if !spinbroker.PackageState(state).Terminal() {
+			if err := t.cancelPackage(pkgID); err != nil {
+				return err
+			}
+		}
+		pkg, err = getPackage(t, pkgID, true)
+		return err
+	})
+	return pkg, err
+}
+
+func (t *Tx) cancelPackage(pkgID string) error {
+	now := nanos(t.now)
+	if _, err := t.exec(`UPDATE packages SET cancelled_at = ? WHERE id = ?`, now, pkgID); err != nil {
+		return err
+	}
+	rows, err := t.query(`UPDATE commands SET state = 'cancelled', reason = 'package cancelled', finished_at = ?,
+			backoff_until = NULL
+		WHERE package_id = ? AND state IN ('staged', 'blocked', 'ready')
+		RETURNING id, resource, state`, now, pkgID)
+	if err != nil {
+		return err
+	}
+	if err := t.collect(rows, pkgID, ""); err != nil {
+		return err
+	}
+	t.commit.Packages = append(t.commit.Packages, pkgID)
+	return t.cascadePackage(pkgID, "", false)
+}
+
+// DeletePackage deletes a package in staging or one whose commands are all
+// terminal. Commands of other packages that still wait on one of its
+// commands that did not succeed are cancelled first.
+func (db *DB) DeletePackage(ctx context.Context, pkgID string) error {
+	return db.write(ctx, func(t *Tx) error {
+		var state string
+		var open int
+		err := t.queryRow(`SELECT state, n_blocked + n_ready + n_leased FROM packages WHERE id = ?`, pkgID).Scan(&state, &open)
+		if isNoRows(err) {
+			return spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
+		} else if err != nil {
+			return err
+		}
+		if state != string(spinbroker.PackageStaging) && open > 0 {
+			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is %s with %d unfinished commands; cancel it and wait, or delete it when it has finished", pkgID, state, open)
+		}
+		return t.deletePackage(pkgID)
+	})
+}
+
+func (t *Tx) deletePackage(pkgID string) error {
+	if err := t.cascadePackage(pkgID, "deleted", true); err != nil {
+		return err
+	}
+	if _, err := t.exec(`DELETE FROM packages WHERE id = ?`, pkgID); err != nil {
+		return err
+	}
+	t.commit.Deleted = append(t.commit.Deleted, pkgID)
+	return nil
+}
+
+// Package reads a package with its commands.
+func (db *DB) Package(ctx context.Context, id string) (*spinbroker.Package, error) {
+	return getPackage(db.reader, id, true)
+}
+
+// Package pages, newest first, through packages_created or
+// packages_state_created.
+const (
+	qPackages = `SELECT ` + packageCols + ` FROM packages
+		WHERE created_at < ?1 OR (created_at = ?1 AND id < ?2)
+		ORDER BY created_at DESC, id DESC LIMIT ?3`
+	qPackagesByState = `SELECT ` + packageCols + ` FROM packages
+		WHERE state = ?4 AND (created_at < ?1 OR (created_at = ?1 AND id < ?2))
+		ORDER BY created_at DESC, id DESC LIMIT ?3`
+)
+
+// PackageFilter selects a page of packages.
+type PackageFilter struct {
+	State  spinbroker.PackageState // empty for all
+	Limit  int                     // clamped to 1..MaxListLimit; 0 is the default
+	Cursor string                  // from the previous page's NextCursor
+}
+
+// Packages lists packages newest first, without their commands.
+func (db *DB) Packages(ctx context.Context, f PackageFilter) (*spinbroker.PackageList, error) {
+	if f.State != "" && !f.State.Valid() {
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "state %q is not a package state", truncate(string(f.State), 40))
+	}
+	switch {
+	case f.Limit == 0:
+		f.Limit = spinbroker.DefaultListLimit
+	case f.Limit < 0:
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "limit must be positive")
+	case f.Limit > spinbroker.MaxListLimit:
+		f.Limit = spinbroker.MaxListLimit
+	}
+	afterTime, afterID := int64(1<<63-1), "~"
+	if f.Cursor != "" {
+		var ok bool
+		if afterTime, afterID, ok = decodeCursor(f.Cursor); !ok {
+			return nil, spinbroker.Errorf(spinbroker.EINVALID, "cursor is not one this server gave out")
+		}
+	}
+	var rows *sql.Rows
+	var err error
+	if f.State == "" {
+		rows, err = db.reader.query(qPackages, afterTime, afterID, f.Limit+1)
+	} else {
+		rows, err = db.reader.query(qPackagesByState, afterTime, afterID, f.Limit+1, string(f.State))
+	}
+	if err != nil {
+		return nil, err
+	}
+	list := &spinbroker.PackageList{Packages: []spinbroker.Package{}}
+	for rows.Next() {
+		p, err := scanPackage(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		list.Packages = append(list.Packages, p)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if len(list.Packages) > f.Limit {
+		list.Packages = list.Packages[:f.Limit]
+		last := list.Packages[f.Limit-1]
+		c := encodeCursor(nanos(last.CreatedAt), last.ID)
+		list.NextCursor = &c
+	}
+	for i := range list.Packages {
+		if err := fillCauser(db.reader, &list.Packages[i]); err != nil {
+			return nil, err
+		}
+	}
+	return list, nil
+}
+
+func encodeCursor(t int64, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t, 10) + "/" + id))
+}
+
+func decodeCursor(c string) (int64, string, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return 0, "", false
+	}
+	ts, id, ok := strings.Cut(string(b), "/")
+	if !ok {
+		return 0, "", false
+	}
+	t, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return 0, "", false
+	}
+	if _, ok := spinbroker.ParseID(id); !ok {
+		return 0, "", false
+	}
+	return t, id, true
+}
+
+// idempotent looks up an earlier request with the same key: the same body
+// answers its response again, a different body is a conflict.
+func (t *Tx) idempotent(idem *Idempotency) ([]byte, error) {
+	if idem == nil {
+		return nil, nil
+	}
+	var hash, body []byte
+	err := t.queryRow(`SELECT hash, body FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?`,
+		idem.Scope, idem.Key, nanos(t.now.Add(-spinbroker.IdempotencyTTL))).Scan(&hash, &body)
+	if isNoRows(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(hash, idem.Hash) {
+		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different request", truncate(idem.Key, 80))
+	}
+	return body, nil
+}
+
+// remember stores the response to a request made with an Idempotency-Key.
+func (t *Tx) remember(idem *Idempotency, v any) error {
+	if idem == nil {
+		return nil
+	}
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(`INSERT OR REPLACE INTO idempotency (scope, key, hash, status, body, created_at)
+		VALUES (?, ?, ?, 201, ?, ?)`, idem.Scope, idem.Key, idem.Hash, body, nanos(t.now))
+	return err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// staleBefore is a helper for sweeps: the time before which things expire.
+func staleBefore(now time.Time, ttl time.Duration) int64 { return nanos(now.Add(-ttl)) }

@@ -1,0 +1,620 @@
+package store_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+func TestDB_CreatePackage(t *testing.T) {
+	db, clock := open(t)
+
+	t.Run("EmptyStaging", func(t *testing.T) {
+		p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.State != spinbroker.PackageStaging || p.Total != 0 || p.Commands == nil || len(p.Commands) != 0 {
+			t.Fatalf("got %s", mustJSON(p))
+		}
+		if !p.CreatedAt.Equal(clock.Now()) || p.EnqueuedAt != nil || p.FinishedAt != nil {
+			t.Fatalf("times: %s", mustJSON(p))
+		}
+		if _, ok := spinbroker.ParseID(p.ID); !ok {
+			t.Fatalf("id %q is not a v4/v7 UUID", p.ID)
+		}
+	})
+
+	t.Run("StagedCommands", func(t *testing.T) {
+		p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{
+			keyed("a", "storage", "add_volume"), keyed("b", "storage", "create_image", "a"),
+		}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.State != spinbroker.PackageStaging || p.Counts.Staged != 2 {
+			t.Fatalf("got %s", mustJSON(p))
+		}
+		for _, c := range p.Commands {
+			if c.State != spinbroker.Staged || c.Seq != nil || c.EnqueuedAt != nil {
+				t.Fatalf("command %s", mustJSON(c))
+			}
+		}
+		if got := p.Commands[1].Dependencies; len(got) != 1 || got[0] != p.Commands[0].ID {
+			t.Fatalf("dependencies by key resolve to ids: got %v", got)
+		}
+		if next(t, db, "storage") != nil {
+			t.Fatal("a staged command was delivered")
+		}
+	})
+
+	t.Run("ClientIDs", func(t *testing.T) {
+		pid, cid := "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "0190C3A4-5A6B-4C8D-9E0F-A1B2C3D4E5F7"
+		p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{ID: pid, Commands: []spinbroker.NewCommand{{ID: cid, Resource: "r", Action: "a"}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ID != pid || p.Commands[0].ID != strings.ToLower(cid) {
+			t.Fatalf("ids: %s %s", p.ID, p.Commands[0].ID)
+		}
+		_, _, err = db.CreatePackage(ctx, spinbroker.NewPackage{ID: pid}, nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+		_, _, err = db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{ID: cid, Resource: "r", Action: "a"}}}, nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	})
+
+	t.Run("EnqueueInline", func(t *testing.T) {
+		p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+			keyed("a", "inline", "x"), keyed("b", "inline", "y", "a"),
+		}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.State != spinbroker.PackageQueued || p.Commands[0].State != spinbroker.Ready || p.Commands[1].State != spinbroker.Blocked {
+			t.Fatalf("got %s", mustJSON(p))
+		}
+		if *p.Commands[1].Seq != *p.Commands[0].Seq+1 {
+			t.Fatalf("seqs %d %d", *p.Commands[0].Seq, *p.Commands[1].Seq)
+		}
+	})
+
+	t.Run("AllOrNothing", func(t *testing.T) {
+		before, _ := db.Packages(ctx, store.PackageFilter{Limit: 1000})
+		_, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+			keyed("a", "atomic", "x"), keyed("b", "atomic", "y", "nope"),
+		}}, nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		after, _ := db.Packages(ctx, store.PackageFilter{Limit: 1000})
+		if len(after.Packages) != len(before.Packages) {
+			t.Fatalf("a failed create left a package behind: %d → %d", len(before.Packages), len(after.Packages))
+		}
+		if q, _ := db.Queue(ctx, "atomic"); q.Counts.Ready != 0 || len(q.Commands) != 0 {
+			t.Fatalf("a failed create left commands: %s", mustJSON(q))
+		}
+	})
+}
+
+func TestDB_CreatePackage_Invalid(t *testing.T) {
+	db, _ := open(t)
+	existing := enqueue(t, db, cmd("r", "a"))
+	many := make([]string, spinbroker.MaxDependencies+1)
+	for i := range many {
+		many[i] = existing.Commands[0].ID
+	}
+	tests := []struct {
+		name string
+		in   spinbroker.NewPackage
+		code string
+	}{
+		{"BadPackageID", spinbroker.NewPackage{ID: "nope"}, spinbroker.EINVALID},
+		{"V1PackageID", spinbroker.NewPackage{ID: "a8098c1a-f86e-11da-bd1a-00112444be1e"}, spinbroker.EINVALID},
+		{"BadCommandID", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{ID: "x", Resource: "r", Action: "a"}}}, spinbroker.EINVALID},
+		{"EmptyResource", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("", "a")}}, spinbroker.EINVALID},
+		{"UpperResource", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("Storage", "a")}}, spinbroker.EINVALID},
+		{"ResourceLeadingDot", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd(".r", "a")}}, spinbroker.EINVALID},
+		{"LongResource", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd(strings.Repeat("r", 65), "a")}}, spinbroker.EINVALID},
+		{"NULInAction", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "a\x00b")}}, spinbroker.EINVALID},
+		{"ParamsArray", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a", Parameters: json.RawMessage(`[1]`)}}}, spinbroker.EINVALID},
+		{"ParamsNull", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a", Parameters: json.RawMessage(`null`)}}}, spinbroker.EINVALID},
+		{"KeyTooLong", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{keyed(strings.Repeat("k", 129), "r", "a")}}, spinbroker.EINVALID},
+		{"KeyLooksLikeID", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{keyed(existing.Commands[0].ID, "r", "a")}}, spinbroker.EINVALID},
+		{"KeyControl", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{keyed("a\nb", "r", "a")}}, spinbroker.EINVALID},
+		{"DuplicateKey", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{keyed("k", "r", "a"), keyed("k", "r", "b")}}, spinbroker.ECONFLICT},
+		{"SelfByKey", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{keyed("k", "r", "a", "k")}}, spinbroker.EINVALID},
+		{"SelfByID", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{ID: "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5aa", Resource: "r", Action: "a", Dependencies: []string{"0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5aa"}}}}, spinbroker.EINVALID},
+		{"UnknownKey", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "a", "later")}}, spinbroker.EUNKNOWNDEP},
+		{"LaterKey", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "a", "b"), keyed("b", "r", "b")}}, spinbroker.EUNKNOWNDEP},
+		{"UnknownID", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "a", "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5ff")}}, spinbroker.EUNKNOWNDEP},
+		{"EmptyDep", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "a", "")}}, spinbroker.EINVALID},
+		{"TooManyDeps", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "a", many...)}}, spinbroker.EINVALID},
+		{"ZeroAttempts", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a", MaxAttempts: ptr(0)}}}, spinbroker.EINVALID},
+		{"HugeAttempts", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a", MaxAttempts: ptr(1 << 40)}}}, spinbroker.EINVALID},
+		{"ShortLease", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a", LeaseDuration: ptr(spinbroker.Duration(time.Millisecond))}}}, spinbroker.EINVALID},
+		{"NegativeLease", spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a", LeaseDuration: ptr(spinbroker.Duration(-time.Second))}}}, spinbroker.EINVALID},
+		{"EmptyEnqueue", spinbroker.NewPackage{Enqueue: true}, spinbroker.EEMPTY},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := db.CreatePackage(ctx, tt.in, nil)
+			wantCode(t, err, tt.code)
+			if msg := spinbroker.ErrorMessage(err); msg == "" || msg == "internal error" {
+				t.Fatalf("message %q does not say what is wrong", msg)
+			}
+		})
+	}
+	list, err := db.Packages(ctx, store.PackageFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Packages) != 1 {
+		t.Fatalf("refused creates left %d packages, want only the first", len(list.Packages))
+	}
+}
+
+func TestDB_AddCommand(t *testing.T) {
+	db, _ := open(t)
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := db.AddCommand(ctx, p.ID, keyed("a", "r", "x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := db.AddCommand(ctx, p.ID, keyed("b", "r", "y", "a", a.ID), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Dependencies) != 1 || b.Dependencies[0] != a.ID {
+		t.Fatalf("a dependency named twice is stored once: %v", b.Dependencies)
+	}
+	_, _, err = db.AddCommand(ctx, p.ID, keyed("a", "r", "z"), nil)
+	wantCode(t, err, spinbroker.ECONFLICT)
+
+	_, _, err = db.AddCommand(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", cmd("r", "x"), nil)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	// A missing package wins over a bad body (API.md, Errors).
+	_, _, err = db.AddCommand(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", cmd("BAD", "x"), nil)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+
+	if _, err := db.Enqueue(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = db.AddCommand(ctx, p.ID, cmd("r", "late"), nil)
+	wantCode(t, err, spinbroker.ECONFLICT)
+
+	// Dependencies on commands of other packages, by id.
+	q, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := db.AddCommand(ctx, q.ID, cmd("s", "after", strings.ToUpper(b.ID)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Dependencies[0] != b.ID {
+		t.Fatalf("dependency id not normalised: %v", c.Dependencies)
+	}
+	// A key of another package is not visible.
+	_, _, err = db.AddCommand(ctx, q.ID, cmd("s", "x", "a"), nil)
+	wantCode(t, err, spinbroker.EUNKNOWNDEP)
+}
+
+func TestDB_Enqueue(t *testing.T) {
+	db, _ := open(t)
+	p, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	_, err := db.Enqueue(ctx, p.ID)
+	wantCode(t, err, spinbroker.EEMPTY)
+	_, err = db.Enqueue(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6")
+	wantCode(t, err, spinbroker.ENOTFOUND)
+
+	if _, _, err := db.AddCommand(ctx, p.ID, cmd("r", "x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	first, err := db.Enqueue(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := db.Enqueue(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mustJSON(first) != mustJSON(again) {
+		t.Fatalf("a second enqueue changed the package:\n%s\n%s", mustJSON(first), mustJSON(again))
+	}
+
+	s, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}}, nil)
+	if _, err := db.CancelPackage(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.Enqueue(ctx, s.ID)
+	wantCode(t, err, spinbroker.ECONFLICT)
+}
+
+func TestDB_Enqueue_DependencyAlreadyFailed(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, cmd("r", "doomed"))
+	c := mustNext(t, db, "r")
+	finish(t, db, c, false, "boom")
+
+	q, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{
+		keyed("a", "s", "x", p.Commands[0].ID), keyed("b", "s", "y", "a"), keyed("c", "s", "free"),
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err = db.Enqueue(ctx, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, free := q.Commands[0], q.Commands[1], q.Commands[2]
+	if a.State != spinbroker.Cancelled || deref(a.Reason) != "dependency "+c.ID+" failed" {
+		t.Fatalf("a: %s %s", a.State, deref(a.Reason))
+	}
+	if b.State != spinbroker.Cancelled || deref(b.Reason) != "dependency "+a.ID+" cancelled" {
+		t.Fatalf("b: %s %s", b.State, deref(b.Reason))
+	}
+	if free.State != spinbroker.Ready {
+		t.Fatalf("free: %s", free.State)
+	}
+	if q.State != spinbroker.PackageRunning || deref(q.Causer) != a.ID {
+		t.Fatalf("package: %s causer %s", q.State, deref(q.Causer))
+	}
+}
+
+func TestDB_PackageState(t *testing.T) {
+	db, clock := open(t)
+	p := enqueue(t, db, cmd("r", "one"), cmd("r", "two"), cmd("s", "three"))
+	if p.State != spinbroker.PackageQueued {
+		t.Fatalf("state %s", p.State)
+	}
+	one := mustNext(t, db, "r")
+	if s := getPkg(t, db, p.ID).State; s != spinbroker.PackageRunning {
+		t.Fatalf("after a lease: %s", s)
+	}
+	clock.Add(time.Second)
+	finish(t, db, one, false, "first failure")
+	three := mustNext(t, db, "s")
+	clock.Add(time.Second)
+	finish(t, db, three, false, "second failure")
+	two := mustNext(t, db, "r")
+	if s := getPkg(t, db, p.ID).State; s != spinbroker.PackageRunning {
+		t.Fatalf("with one command left: %s", s)
+	}
+	clock.Add(time.Second)
+	succeed(t, db, two)
+	got := getPkg(t, db, p.ID)
+	if got.State != spinbroker.PackageFailed || deref(got.Causer) != one.ID || deref(got.Reason) != "first failure" {
+		t.Fatalf("got %s causer %s reason %s", got.State, deref(got.Causer), deref(got.Reason))
+	}
+	if got.FinishedAt == nil || !got.FinishedAt.Equal(clock.Now()) {
+		t.Fatalf("finished_at %v, want %v", got.FinishedAt, clock.Now())
+	}
+	want := spinbroker.Counts{Succeeded: 1, Failed: 2}
+	if got.Counts != want {
+		t.Fatalf("counts %+v", got.Counts)
+	}
+}
+
+func TestDB_CancelPackage(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, keyed("a", "r", "running"), keyed("b", "r", "waiting"), keyed("c", "s", "blocked", "a"))
+	other := enqueue(t, db, cmd("t", "elsewhere", p.Commands[2].ID))
+	a := mustNext(t, db, "r")
+
+	got, err := db.CancelPackage(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != spinbroker.PackageCancelled || got.FinishedAt == nil {
+		t.Fatalf("state %s", got.State)
+	}
+	wantState(t, db, a.ID, spinbroker.Leased)
+	b := wantState(t, db, p.Commands[1].ID, spinbroker.Cancelled)
+	if deref(b.Reason) != "package cancelled" {
+		t.Fatalf("reason %s", deref(b.Reason))
+	}
+	e := wantState(t, db, other.Commands[0].ID, spinbroker.Cancelled)
+	if deref(e.Reason) != "dependency "+p.Commands[2].ID+" cancelled" {
+		t.Fatalf("cascade reason %s", deref(e.Reason))
+	}
+	if got.Causer != nil {
+		t.Fatalf("a client's cancel names no causer, got %s", *got.Causer)
+	}
+	noNext(t, db, "r")
+	noNext(t, db, "s")
+
+	// The leased command's result is still recorded, and the package stays
+	// cancelled.
+	succeed(t, db, a)
+	if s := getPkg(t, db, p.ID).State; s != spinbroker.PackageCancelled {
+		t.Fatalf("after the last result: %s", s)
+	}
+	// Cancelling a finished package changes nothing.
+	before := getPkg(t, db, other.ID)
+	after, err := db.CancelPackage(ctx, other.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.State != spinbroker.PackageFailed || after.State != before.State {
+		t.Fatalf("cancel of a finished package: %s → %s", before.State, after.State)
+	}
+	_, err = db.CancelPackage(ctx, "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6")
+	wantCode(t, err, spinbroker.ENOTFOUND)
+}
+
+func TestDB_CancelPackage_LeasedIsNotRetried(t *testing.T) {
+	db, clock := open(t)
+	p := enqueue(t, db, cmd("r", "x"), cmd("r", "y"))
+	x := mustNext(t, db, "r")
+	if _, err := db.CancelPackage(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	res, err := db.Complete(ctx, x.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: x.Lease.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.State != spinbroker.Failed {
+		t.Fatalf("retry in a cancelled package: %s", res.State)
+	}
+	_, err = db.Retry(ctx, x.ID)
+	wantCode(t, err, spinbroker.ECONFLICT)
+
+	// Nor is a lease that expires.
+	q := enqueue(t, db, cmd("s", "z"))
+	z := mustNext(t, db, "s")
+	if _, err := db.CancelPackage(ctx, q.ID); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(2 * time.Minute)
+	noNext(t, db, "s")
+	if c := wantState(t, db, z.ID, spinbroker.Failed); deref(c.Reason) != "lease expired" {
+		t.Fatalf("reason %s", deref(c.Reason))
+	}
+}
+
+func TestDB_DeletePackage(t *testing.T) {
+	db, _ := open(t)
+	staging, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}}, nil)
+	running := enqueue(t, db, cmd("r", "y"))
+	waiter := enqueue(t, db, cmd("s", "after", staging.Commands[0].ID))
+	stagedWaiter, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("s", "staged-after", staging.Commands[0].ID)}}, nil)
+
+	wantCode(t, db.DeletePackage(ctx, running.ID), spinbroker.ECONFLICT)
+	if err := db.DeletePackage(ctx, staging.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := db.Package(ctx, staging.ID)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	_, err = db.Command(ctx, staging.Commands[0].ID)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	for _, id := range []string{waiter.Commands[0].ID, stagedWaiter.Commands[0].ID} {
+		c := wantState(t, db, id, spinbroker.Cancelled)
+		if deref(c.Reason) != "dependency "+staging.Commands[0].ID+" deleted" {
+			t.Fatalf("reason %s", deref(c.Reason))
+		}
+		_, err := db.Retry(ctx, id)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	}
+
+	// A finished package can go; dependents of its successes keep running.
+	y := mustNext(t, db, "r")
+	after := enqueue(t, db, cmd("s", "needs-y", y.ID), cmd("s", "needs-y-too", y.ID))
+	succeed(t, db, y)
+	if err := db.DeletePackage(ctx, running.ID); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, db, after.Commands[0].ID, spinbroker.Ready)
+	wantState(t, db, after.Commands[1].ID, spinbroker.Ready)
+	wantCode(t, db.DeletePackage(ctx, running.ID), spinbroker.ENOTFOUND)
+}
+
+func TestDB_Packages(t *testing.T) {
+	db, clock := open(t)
+	var ids []string
+	for i := 0; i < 7; i++ {
+		p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}, Enqueue: i%2 == 0}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID)
+		if i != 3 { // two packages share a timestamp: the id breaks the tie
+			clock.Add(time.Second)
+		}
+	}
+	var got []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		if pages > 5 {
+			t.Fatal("paging does not end")
+		}
+		list, err := db.Packages(ctx, store.PackageFilter{Limit: 3, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range list.Packages {
+			if p.Commands != nil {
+				t.Fatal("lists leave commands out")
+			}
+			got = append(got, p.ID)
+		}
+		if list.NextCursor == nil {
+			break
+		}
+		cursor = *list.NextCursor
+	}
+	if len(got) != 7 {
+		t.Fatalf("paged through %d packages, want 7", len(got))
+	}
+	for i := range got {
+		if got[i] != ids[6-i] && !(i == 3 || i == 4) {
+			t.Fatalf("order: got %v, want newest first %v", got, ids)
+		}
+	}
+	queued, err := db.Packages(ctx, store.PackageFilter{State: spinbroker.PackageQueued})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(queued.Packages) != 4 {
+		t.Fatalf("queued: %d, want 4", len(queued.Packages))
+	}
+	_, err = db.Packages(ctx, store.PackageFilter{Cursor: "garbage"})
+	wantCode(t, err, spinbroker.EINVALID)
+	_, err = db.Packages(ctx, store.PackageFilter{State: "bogus"})
+	wantCode(t, err, spinbroker.EINVALID)
+	big, err := db.Packages(ctx, store.PackageFilter{Limit: 5000})
+	if err != nil || len(big.Packages) != 7 {
+		t.Fatalf("a limit over 1000 is clamped, not refused: %v", err)
+	}
+}
+
+func TestDB_Idempotency(t *testing.T) {
+	db, clock := open(t)
+	idem := &store.Idempotency{Scope: "POST /packages", Key: "k1", Hash: []byte("h1")}
+	in := spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}, Enqueue: true}
+	p, replay, err := db.CreatePackage(ctx, in, idem)
+	if err != nil || replay != nil {
+		t.Fatal(err, replay)
+	}
+	mustNext(t, db, "r") // the state moves on; the replay still answers the first response
+	_, replay, err = db.CreatePackage(ctx, in, idem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := json.Marshal(p); !bytes.Equal(replay, want) {
+		t.Fatalf("replay:\n%s\nwant:\n%s", replay, want)
+	}
+	_, _, err = db.CreatePackage(ctx, in, &store.Idempotency{Scope: "POST /packages", Key: "k1", Hash: []byte("h2")})
+	wantCode(t, err, spinbroker.ECONFLICT)
+	// Another scope is another key.
+	_, replay, err = db.CreatePackage(ctx, in, &store.Idempotency{Scope: "other", Key: "k1", Hash: []byte("h1")})
+	if err != nil || replay != nil {
+		t.Fatal("scopes must not share keys", err)
+	}
+	list, _ := db.Packages(ctx, store.PackageFilter{})
+	if len(list.Packages) != 2 {
+		t.Fatalf("%d packages, want 2", len(list.Packages))
+	}
+	// After 24 hours the key is forgotten (and swept).
+	clock.Add(spinbroker.IdempotencyTTL + time.Minute)
+	res, err := db.Sweep(ctx, store.SweepOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.KeysDeleted != 2 {
+		t.Fatalf("swept %d keys, want 2", res.KeysDeleted)
+	}
+	_, replay, err = db.CreatePackage(ctx, in, idem)
+	if err != nil || replay != nil {
+		t.Fatal("an expired key must create anew", err)
+	}
+
+	// Adding commands honours keys too.
+	s, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	add := &store.Idempotency{Scope: "POST /packages/" + s.ID + "/commands", Key: "a", Hash: []byte("x")}
+	c, _, err := db.AddCommand(ctx, s.ID, cmd("r", "x"), add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, replay, err = db.AddCommand(ctx, s.ID, cmd("r", "x"), add)
+	if err != nil || !strings.Contains(string(replay), c.ID) {
+		t.Fatalf("replay %s, %v", replay, err)
+	}
+	if got := getPkg(t, db, s.ID); got.Total != 1 {
+		t.Fatalf("a replayed add added a command: total %d", got.Total)
+	}
+}
+
+func TestDB_Sweep(t *testing.T) {
+	db, clock := open(t)
+	old, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}}, nil)
+	done := enqueue(t, db, cmd("r", "y"))
+	succeed(t, db, mustNext(t, db, "r"))
+	leased := enqueue(t, db, cmd("r", "z"))
+	z := mustNext(t, db, "r")
+	clock.Add(25 * time.Hour)
+	fresh, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+
+	res, err := db.Sweep(ctx, store.SweepOptions{Retain: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StagingDeleted != 1 || res.LeasesSettled != 1 {
+		t.Fatalf("sweep: %+v", res)
+	}
+	_, err = db.Package(ctx, old.ID)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	getPkg(t, db, fresh.ID)
+	// The finished package is past retention; the one whose lease was
+	// requeued is not finished.
+	_, err = db.Package(ctx, done.ID)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	if res.RetainedDeleted != 1 {
+		t.Fatalf("retained deleted %d", res.RetainedDeleted)
+	}
+	wantState(t, db, z.ID, spinbroker.Ready)
+	getPkg(t, db, leased.ID)
+
+	// Without retention nothing finished is deleted.
+	p := enqueue(t, db, cmd("q", "w"))
+	succeed(t, db, mustNext(t, db, "q"))
+	clock.Add(1000 * time.Hour)
+	if _, err := db.Sweep(ctx, store.SweepOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	getPkg(t, db, p.ID)
+}
+
+func TestDB_Queues(t *testing.T) {
+	db, clock := open(t)
+	q, err := db.Queue(ctx, "never-used")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Concurrency != 1 || q.Paused || q.Commands == nil || len(q.Commands) != 0 {
+		t.Fatalf("an unused queue: %s", mustJSON(q))
+	}
+	_, err = db.Queue(ctx, "Bad Name")
+	wantCode(t, err, spinbroker.EINVALID)
+
+	if _, err := db.SetQueue(ctx, "preset", spinbroker.QueueSettings{Concurrency: ptr(4), Paused: ptr(true)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.SetQueue(ctx, "preset", spinbroker.QueueSettings{Concurrency: ptr(0)})
+	wantCode(t, err, spinbroker.EINVALID)
+
+	enqueue(t, db, keyed("a", "work", "a"), keyed("b", "work", "b", "a"), keyed("c", "work", "c"))
+	clock.Add(90 * time.Second)
+	mustNext(t, db, "work")
+	qs, err := db.Queues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 2 || qs[0].Resource != "preset" || qs[1].Resource != "work" {
+		t.Fatalf("queues %s", mustJSON(qs))
+	}
+	if !qs[0].Paused || qs[0].Concurrency != 4 {
+		t.Fatalf("preset %s", mustJSON(qs[0]))
+	}
+	w := qs[1]
+	if w.Counts != (spinbroker.QueueCounts{Blocked: 1, Ready: 1, Leased: 1}) || w.OldestReadyAgeSeconds != 90 {
+		t.Fatalf("work %s", mustJSON(w))
+	}
+	one, err := db.Queue(ctx, "work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, c := range one.Commands {
+		order = append(order, fmt.Sprintf("%s:%s", c.Action, c.State))
+	}
+	if got := strings.Join(order, " "); got != "a:leased b:blocked c:ready" {
+		t.Fatalf("queue commands: %s", got)
+	}
+}

@@ -1,0 +1,92 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestPlans holds the hot queries to their indexes. SQLite silently skips a
+// partial index whose WHERE the query does not imply term for term, and a
+// claim then scans the table: fast with 100 rows, slow with a million.
+func TestPlans(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "plans.db")
+	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conn, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Without statistics SQLite still has to pick these indexes: the plans
+	// must not depend on ANALYZE having run.
+	tests := []struct {
+		name  string
+		query string
+		args  []any
+		want  []string // each must appear in the plan
+	}{
+		{"ReadyHead", qReadyHead, []any{"r", 1}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"Lease", qLease, []any{"t", nil, 1, 1, "id"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
+		{"QueueState", qQueueState, []any{"r"}, []string{"SEARCH queues USING INDEX sqlite_autoindex_queues_1 (resource=?)"}},
+		{"WakeLease", qWakeLease, []any{"r"}, []string{"commands_leased"}},
+		{"WakeDelay", qWakeDelay, []any{"r"}, []string{"commands_delayed"}},
+		{"WakeBackoff", qWakeBackoff, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"Expired", qExpired, []any{"r", 1}, []string{"SEARCH c USING INDEX commands_leased (resource=? AND lease_expires_at<?)"}},
+		{"ExpiredAll", qExpiredAll, []any{1}, []string{"commands_leased"}},
+		{"Promote", qPromote, []any{1, "r"}, []string{"INDEX commands_delayed (resource=? AND not_before<?)"}},
+		{"PromoteAll", qPromoteAll, []any{1}, []string{"commands_delayed"}},
+		{"OldestReady", qOldestReady, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"QueueCommands", qQueueCommands, []any{"r", 50}, []string{"SEARCH commands USING INDEX commands_open (resource=?)"}},
+		{"Release", qRelease, []any{1, "id"}, []string{"command_deps_depends_on (depends_on=?)"}},
+		{"EnqueueSeq", qEnqueueSeq, []any{1, 1, "p"}, []string{"SEARCH commands USING INDEX commands_package (package_id=?)", "SEARCH d USING"}},
+		{"Causer", qCauser, []any{"p"}, []string{"SEARCH commands USING INDEX commands_failures (package_id=?)"}},
+		{"Packages", qPackages, []any{1, "x", 50}, []string{"packages_created"}},
+		{"PackagesByState", qPackagesByState, []any{1, "x", 50, "queued"}, []string{"packages_state_created (state=?"}},
+		{"CascadeFromCommand", cascadeFromCommand, []any{"id", "failed", "blocked", "", 1}, []string{"command_deps_depends_on (depends_on=?)"}},
+		{"CascadeFromPackage", cascadeFromPackage, []any{"p", "", "blocked", "p", 1}, []string{"commands_package (package_id=?)", "command_deps_depends_on (depends_on=?)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rows, err := conn.Query("EXPLAIN QUERY PLAN "+tt.query, tt.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			var lines []string
+			for rows.Next() {
+				var id, parent, notused int
+				var detail string
+				if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+					t.Fatal(err)
+				}
+				lines = append(lines, detail)
+			}
+			plan := strings.Join(lines, "\n")
+			for _, w := range tt.want {
+				if !strings.Contains(plan, w) {
+					t.Errorf("plan lacks %q:\n%s", w, plan)
+				}
+			}
+			for _, l := range lines {
+				// A bare "SCAN commands" (no index) reads the whole table.
+				if (strings.HasPrefix(l, "SCAN commands") || strings.HasPrefix(l, "SCAN c ") || l == "SCAN c" || strings.HasPrefix(l, "SCAN packages")) && !strings.Contains(l, "INDEX") {
+					t.Errorf("full table scan %q in:\n%s", l, plan)
+				}
+				if strings.Contains(l, "TEMP B-TREE") && tt.name != "CascadeFromCommand" && tt.name != "CascadeFromPackage" {
+					t.Errorf("sort in a temporary b-tree %q in:\n%s", l, plan)
+				}
+			}
+			if testing.Verbose() {
+				t.Logf("plan:\n%s", plan)
+			}
+		})
+	}
+}

@@ -1,0 +1,367 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// Next leases the next deliverable command of a queue: the first ready one
+// in queue order, if the queue is not paused, has a free slot under its
+// concurrency, and that command is not waiting out a retry back-off. lease 0
+// means the command's own lease_duration, else 60s. When nothing is
+// deliverable it returns nil and the earliest time something may become so
+// without another write (a lease expiring, a back-off or a delay ending),
+// zero when only a write can change it.
+func (db *DB) Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error) {
+	cmds, wake, err := db.Claim(ctx, resource, 1, lease)
+	if len(cmds) == 0 || err != nil {
+		return nil, wake, err
+	}
+	return &cmds[0], wake, nil
+}
+
+// Claim leases up to max deliverable commands of a queue in queue order,
+// still bounded by its concurrency. See Next.
+func (db *DB) Claim(ctx context.Context, resource string, max int, lease time.Duration) (cmds []spinbroker.Command, wake time.Time, err error) {
+	if err := spinbroker.CheckName("resource", resource); err != nil {
+		return nil, wake, err
+	}
+	if max < 1 || max > spinbroker.MaxClaim {
+		return nil, wake, spinbroker.Errorf(spinbroker.EINVALID, "max must be between 1 and %d", spinbroker.MaxClaim)
+	}
+	if lease != 0 {
+		if err := spinbroker.CheckLease("lease", lease); err != nil {
+			return nil, wake, err
+		}
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		cmds, wake, err = t.claim(resource, max, lease)
+		return err
+	})
+	return cmds, wake, err
+}
+
+// The ready query and its helpers. Each says state = '…' word for word as
+// its partial index does: SQLite uses a partial index only when the query's
+// WHERE implies the index's term for term. TestPlans holds them to it.
+const (
+	qQueueState = `SELECT concurrency, paused, n_leased FROM queues WHERE resource = ?`
+	// qReadyHead reads the first ready commands of a queue, and nothing else.
+	qReadyHead = `SELECT id, backoff_until FROM commands
+		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
+	qLease = `UPDATE commands SET
+			state = 'leased',
+			attempts = attempts + 1,
+			lease_token = ?1,
+			lease_ttl = coalesce(?2, lease_duration, ?3),
+			lease_expires_at = ?4 + coalesce(?2, lease_duration, ?3),
+			started_at = ?4,
+			backoff_until = NULL,
+			ready_at = NULL
+		WHERE id = ?5
+		RETURNING ` + commandCols
+	qWakeLease   = `SELECT min(lease_expires_at) FROM commands WHERE resource = ? AND state = 'leased'`
+	qWakeDelay   = `SELECT min(not_before) FROM commands WHERE resource = ? AND state = 'blocked' AND pending_deps = 0`
+	qWakeBackoff = `SELECT backoff_until FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
+	qExpired     = `SELECT c.id, c.package_id, c.resource, c.attempts, c.max_attempts, p.cancelled_at IS NOT NULL
+		FROM commands c JOIN packages p ON p.id = c.package_id
+		WHERE c.resource = ? AND c.state = 'leased' AND c.lease_expires_at <= ?`
+	qExpiredAll = `SELECT c.id, c.package_id, c.resource, c.attempts, c.max_attempts, p.cancelled_at IS NOT NULL
+		FROM commands c JOIN packages p ON p.id = c.package_id
+		WHERE c.state = 'leased' AND c.lease_expires_at <= ?`
+	qPromote = `UPDATE commands SET state = 'ready', ready_at = ?1
+		WHERE resource = ?2 AND state = 'blocked' AND pending_deps = 0 AND not_before <= ?1
+		RETURNING id, package_id, resource`
+	qPromoteAll = `UPDATE commands SET state = 'ready', ready_at = ?1
+		WHERE state = 'blocked' AND pending_deps = 0 AND not_before <= ?1
+		RETURNING id, package_id, resource`
+	qOldestReady   = `SELECT ready_at FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
+	qQueueCommands = `SELECT ` + commandCols + ` FROM commands
+		WHERE resource = ? AND state IN ('blocked', 'ready', 'leased')
+		ORDER BY seq LIMIT ?`
+)
+
+func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
+	var concurrency, leased int
+	var paused bool
+	err := t.queryRow(qQueueState, resource).Scan(&concurrency, &paused, &leased)
+	if isNoRows(err) {
+		return nil, time.Time{}, nil // nothing was ever enqueued here
+	} else if err != nil {
+		return nil, time.Time{}, err
+	}
+	if leased > 0 {
+		n, err := t.settleExpired(resource)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		leased -= n
+	}
+	if err := t.promoteDelayed(resource); err != nil {
+		return nil, time.Time{}, err
+	}
+	if paused {
+		return nil, time.Time{}, nil
+	}
+	free := min(concurrency-leased, max)
+	if free <= 0 {
+		wake, err := t.wakeAt(resource)
+		return nil, wake, err
+	}
+	rows, err := t.query(qReadyHead, resource, free)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	now := nanos(t.now)
+	var ids []string
+	var wake time.Time
+	for rows.Next() {
+		var id string
+		var backoff sql.NullInt64
+		if err := rows.Scan(&id, &backoff); err != nil {
+			rows.Close()
+			return nil, time.Time{}, err
+		}
+		if backoff.Valid && backoff.Int64 > now {
+			// A command waiting out its back-off holds back everything
+			// behind it (delivery rule 3).
+			wake = fromNanos(backoff.Int64)
+			break
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, time.Time{}, err
+	}
+	if len(ids) == 0 {
+		w, err := t.wakeAt(resource)
+		if wake.IsZero() || !w.IsZero() && w.Before(wake) {
+			wake = w
+		}
+		return nil, wake, err
+	}
+	var ttl any
+	if lease > 0 {
+		ttl = int64(lease)
+	}
+	cmds := make([]spinbroker.Command, 0, len(ids))
+	for _, id := range ids {
+		token := newToken()
+		c, err := scanCommand(t.queryRow(qLease, token, ttl, int64(spinbroker.DefaultLease), now, id))
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		c.Lease = &spinbroker.Lease{Token: token, ExpiresAt: *c.LeaseExpiresAt}
+		t.change(c.ID, c.PackageID, resource, spinbroker.Ready, spinbroker.Leased, c.Attempts)
+		cmds = append(cmds, c)
+	}
+	ptrs := make([]*spinbroker.Command, len(cmds))
+	for i := range cmds {
+		ptrs[i] = &cmds[i]
+	}
+	return cmds, time.Time{}, loadDeps(t, ptrs)
+}
+
+// wakeAt is the earliest time a queue may have something to deliver without
+// another write: a lease expiring, a delay or the head's back-off ending.
+func (t *Tx) wakeAt(resource string) (time.Time, error) {
+	var best int64
+	for _, q := range []string{qWakeLease, qWakeDelay, qWakeBackoff} {
+		var v sql.NullInt64
+		if err := t.queryRow(q, resource).Scan(&v); err != nil && !isNoRows(err) {
+			return time.Time{}, err
+		}
+		if v.Valid && (best == 0 || v.Int64 < best) {
+			best = v.Int64
+		}
+	}
+	if best == 0 {
+		return time.Time{}, nil
+	}
+	return fromNanos(best), nil
+}
+
+// settleExpired settles the expired leases of a queue (every queue when
+// resource is empty): back to ready at the same position while attempts
+// remain and the package was not cancelled, else failed with reason "lease
+// expired". It returns how many leases it settled.
+func (t *Tx) settleExpired(resource string) (int, error) {
+	var rows *sql.Rows
+	var err error
+	if resource == "" {
+		rows, err = t.query(qExpiredAll, nanos(t.now))
+	} else {
+		rows, err = t.query(qExpired, resource, nanos(t.now))
+	}
+	if err != nil {
+		return 0, err
+	}
+	type expired struct {
+		id, pkg, resource     string
+		attempts, maxAttempts int
+		cancelled             bool
+	}
+	var es []expired
+	for rows.Next() {
+		var e expired
+		if err := rows.Scan(&e.id, &e.pkg, &e.resource, &e.attempts, &e.maxAttempts, &e.cancelled); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		es = append(es, e)
+	}
+	if err := rows.Close(); err != nil {
+		return 0, err
+	}
+	for _, e := range es {
+		if e.attempts < e.maxAttempts && !e.cancelled {
+			if _, err := t.exec(`UPDATE commands SET state = 'ready', ready_at = ?,
+					lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL
+				WHERE id = ?`, nanos(t.now), e.id); err != nil {
+				return 0, err
+			}
+			t.change(e.id, e.pkg, e.resource, spinbroker.Leased, spinbroker.Ready, e.attempts)
+			continue
+		}
+		if err := t.fail(e.id, e.pkg, e.resource, spinbroker.Leased, e.attempts, "lease expired", nil); err != nil {
+			return 0, err
+		}
+	}
+	return len(es), nil
+}
+
+// promoteDelayed makes ready the commands of a queue (every queue when
+// resource is empty) whose not_before has passed and that wait for nothing
+// else; they take their original places.
+func (t *Tx) promoteDelayed(resource string) error {
+	var rows *sql.Rows
+	var err error
+	if resource == "" {
+		rows, err = t.query(qPromoteAll, nanos(t.now))
+	} else {
+		rows, err = t.query(qPromote, nanos(t.now), resource)
+	}
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, pkg, res string
+		if err := rows.Scan(&id, &pkg, &res); err != nil {
+			return err
+		}
+		t.change(id, pkg, res, spinbroker.Blocked, spinbroker.Ready, 0)
+	}
+	return rows.Err()
+}
+
+const queueCols = `resource, concurrency, paused, n_blocked, n_ready, n_leased`
+
+func scanQueue(s scanner) (spinbroker.Queue, error) {
+	var q spinbroker.Queue
+	err := s.Scan(&q.Resource, &q.Concurrency, &q.Paused, &q.Counts.Blocked, &q.Counts.Ready, &q.Counts.Leased)
+	return q, err
+}
+
+// oldestReadyAge is how long the queue's head-of-line ready command has been
+// ready, in seconds.
+func oldestReadyAge(q querier, resource string, now time.Time) (float64, error) {
+	var since sql.NullInt64
+	err := q.queryRow(qOldestReady, resource).Scan(&since)
+	if isNoRows(err) || !since.Valid {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	age := now.Sub(fromNanos(since.Int64)).Seconds()
+	return max(age, 0), nil
+}
+
+// Queues lists every queue that has had commands or settings.
+func (db *DB) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
+	rows, err := db.reader.query(`SELECT ` + queueCols + ` FROM queues ORDER BY resource`)
+	if err != nil {
+		return nil, err
+	}
+	out := []spinbroker.Queue{}
+	for rows.Next() {
+		q, err := scanQueue(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, q)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	now := db.now()
+	for i := range out {
+		if out[i].Counts.Ready > 0 {
+			if out[i].OldestReadyAgeSeconds, err = oldestReadyAge(db.reader, out[i].Resource, now); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// QueueCommandsLimit is how many commands Queue lists.
+const QueueCommandsLimit = 50
+
+// Queue reads one queue with its first enqueued, unfinished commands in
+// queue order. A valid resource that was never used is an empty queue.
+func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, error) {
+	if err := spinbroker.CheckName("resource", resource); err != nil {
+		return nil, err
+	}
+	q, err := scanQueue(db.reader.queryRow(`SELECT `+queueCols+` FROM queues WHERE resource = ?`, resource))
+	if isNoRows(err) {
+		q = spinbroker.Queue{Resource: resource, Concurrency: spinbroker.DefaultConcurrency}
+	} else if err != nil {
+		return nil, err
+	}
+	if q.OldestReadyAgeSeconds, err = oldestReadyAge(db.reader, resource, db.now()); err != nil {
+		return nil, err
+	}
+	q.Commands, err = queryCommands(db.reader, qQueueCommands, resource, QueueCommandsLimit)
+	if err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
+// SetQueue changes a queue's concurrency and whether it is paused. Settings
+// may be made before any command names the queue.
+func (db *DB) SetQueue(ctx context.Context, resource string, s spinbroker.QueueSettings) (*spinbroker.Queue, error) {
+	if err := spinbroker.CheckName("resource", resource); err != nil {
+		return nil, err
+	}
+	if s.Concurrency != nil && (*s.Concurrency < 1 || *s.Concurrency > spinbroker.MaxConcurrency) {
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "concurrency must be between 1 and %d", spinbroker.MaxConcurrency)
+	}
+	err := db.write(ctx, func(t *Tx) error {
+		if _, err := t.exec(`INSERT INTO queues (resource) VALUES (?) ON CONFLICT (resource) DO NOTHING`, resource); err != nil {
+			return err
+		}
+		if s.Concurrency != nil {
+			if _, err := t.exec(`UPDATE queues SET concurrency = ? WHERE resource = ?`, *s.Concurrency, resource); err != nil {
+				return err
+			}
+		}
+		if s.Paused != nil {
+			if _, err := t.exec(`UPDATE queues SET paused = ? WHERE resource = ?`, *s.Paused, resource); err != nil {
+				return err
+			}
+		}
+		t.commit.Queues = append(t.commit.Queues, resource)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return db.Queue(ctx, resource)
+}

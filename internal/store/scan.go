@@ -1,0 +1,270 @@
+package store
+
+import (
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// nanos stores a time as Unix nanoseconds.
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+// fromNanos turns stored nanoseconds back into a UTC time.
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// optTime turns a nullable column into a nullable time.
+func optTime(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := fromNanos(n.Int64)
+	return &t
+}
+
+func optString(s sql.NullString) *string {
+	if !s.Valid {
+		return nil
+	}
+	v := s.String
+	return &v
+}
+
+// optNanos stores a nullable time.
+func optNanos(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixNano()
+}
+
+// isNoRows reports whether err says a query found nothing.
+func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
+
+// commandCols are the columns scanCommand reads, in its order.
+const commandCols = `id, package_id, key, resource, action, parameters, max_attempts,
+	lease_duration, not_before, state, seq, attempts, reason, output,
+	lease_expires_at, created_at, enqueued_at, started_at, finished_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+// scanCommand reads one row of commandCols. Dependencies are left empty
+// (not nil); loadDeps fills them.
+func scanCommand(s scanner) (spinbroker.Command, error) {
+	var (
+		c                                      spinbroker.Command
+		key, reason, output                    sql.NullString
+		leaseDur, notBefore, seq, leaseExpires sql.NullInt64
+		enqueued, started, finished            sql.NullInt64
+		created                                int64
+		params                                 string
+		state                                  string
+	)
+	err := s.Scan(&c.ID, &c.PackageID, &key, &c.Resource, &c.Action, &params, &c.MaxAttempts,
+		&leaseDur, &notBefore, &state, &seq, &c.Attempts, &reason, &output,
+		&leaseExpires, &created, &enqueued, &started, &finished)
+	if err != nil {
+		return c, err
+	}
+	c.Key = optString(key)
+	c.Parameters = json.RawMessage(params)
+	c.Dependencies = []string{}
+	if leaseDur.Valid {
+		d := spinbroker.Duration(leaseDur.Int64)
+		c.LeaseDuration = &d
+	}
+	c.NotBefore = optTime(notBefore)
+	c.State = spinbroker.CommandState(state)
+	if seq.Valid {
+		v := seq.Int64
+		c.Seq = &v
+	}
+	c.Reason = optString(reason)
+	if output.Valid {
+		c.Output = json.RawMessage(output.String)
+	}
+	c.LeaseExpiresAt = optTime(leaseExpires)
+	c.CreatedAt = fromNanos(created)
+	c.EnqueuedAt = optTime(enqueued)
+	c.StartedAt = optTime(started)
+	c.FinishedAt = optTime(finished)
+	return c, nil
+}
+
+// getCommand reads one command with its dependencies.
+func getCommand(q querier, id string) (*spinbroker.Command, error) {
+	c, err := scanCommand(q.queryRow(`SELECT `+commandCols+` FROM commands WHERE id = ?`, id))
+	if isNoRows(err) {
+		return nil, spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", id)
+	} else if err != nil {
+		return nil, err
+	}
+	if err := loadDeps(q, []*spinbroker.Command{&c}); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// loadDeps fills the dependencies of each command, in the order they were
+// given.
+func loadDeps(q querier, cmds []*spinbroker.Command) error {
+	for _, c := range cmds {
+		rows, err := q.query(`SELECT depends_on FROM command_deps WHERE command_id = ? ORDER BY rowid`, c.ID)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var d string
+			if err := rows.Scan(&d); err != nil {
+				rows.Close()
+				return err
+			}
+			c.Dependencies = append(c.Dependencies, d)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queryCommands runs a query that selects commandCols and loads each row's
+// dependencies.
+func queryCommands(q querier, query string, args ...any) ([]spinbroker.Command, error) {
+	rows, err := q.query(query, args...)
+	if err != nil {
+		return nil, err
+	}
+	out := []spinbroker.Command{}
+	for rows.Next() {
+		c, err := scanCommand(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	ptrs := make([]*spinbroker.Command, len(out))
+	for i := range out {
+		ptrs[i] = &out[i]
+	}
+	return out, loadDeps(q, ptrs)
+}
+
+// packageCols are the columns scanPackage reads, in its order.
+const packageCols = `id, state, created_at, enqueued_at, cancelled_at, last_finished_at, total,
+	n_staged, n_blocked, n_ready, n_leased, n_succeeded, n_failed, n_cancelled`
+
+func scanPackage(s scanner) (spinbroker.Package, error) {
+	var (
+		p                              spinbroker.Package
+		state                          string
+		created                        int64
+		enqueued, cancelled, lastFinis sql.NullInt64
+	)
+	err := s.Scan(&p.ID, &state, &created, &enqueued, &cancelled, &lastFinis, &p.Total,
+		&p.Counts.Staged, &p.Counts.Blocked, &p.Counts.Ready, &p.Counts.Leased,
+		&p.Counts.Succeeded, &p.Counts.Failed, &p.Counts.Cancelled)
+	if err != nil {
+		return p, err
+	}
+	p.State = spinbroker.PackageState(state)
+	p.CreatedAt = fromNanos(created)
+	p.EnqueuedAt = optTime(enqueued)
+	switch {
+	case p.State == spinbroker.PackageCancelled:
+		p.FinishedAt = optTime(cancelled)
+	case p.State.Terminal():
+		p.FinishedAt = optTime(lastFinis)
+	}
+	return p, nil
+}
+
+// qCauser finds a package's first failure through commands_failures.
+const qCauser = `SELECT id, reason FROM commands
+	WHERE package_id = ? AND state IN ('failed', 'cancelled')
+	  AND (state = 'failed' OR cancelled_by IS NOT NULL)
+	ORDER BY finished_at, seq LIMIT 1`
+
+// fillCauser sets causer and reason: the first command of the package, by
+// finish time, that failed or was cancelled by a cascade.
+func fillCauser(q querier, p *spinbroker.Package) error {
+	if p.Counts.Failed+p.Counts.Cancelled == 0 {
+		return nil
+	}
+	var id string
+	var reason sql.NullString
+	err := q.queryRow(qCauser, p.ID).Scan(&id, &reason)
+	if isNoRows(err) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	p.Causer = &id
+	p.Reason = optString(reason)
+	return nil
+}
+
+// getPackage reads a package, with its commands when withCommands is set.
+func getPackage(q querier, id string, withCommands bool) (*spinbroker.Package, error) {
+	p, err := scanPackage(q.queryRow(`SELECT `+packageCols+` FROM packages WHERE id = ?`, id))
+	if isNoRows(err) {
+		return nil, spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", id)
+	} else if err != nil {
+		return nil, err
+	}
+	if err := fillCauser(q, &p); err != nil {
+		return nil, err
+	}
+	if withCommands {
+		if p.Commands, err = packageCommands(q, id); err != nil {
+			return nil, err
+		}
+	}
+	return &p, nil
+}
+
+// packageCommands reads a package's commands in the order they were added,
+// with their dependencies in two queries rather than one per command.
+func packageCommands(q querier, id string) ([]spinbroker.Command, error) {
+	rows, err := q.query(`SELECT `+commandCols+` FROM commands WHERE package_id = ? ORDER BY pos`, id)
+	if err != nil {
+		return nil, err
+	}
+	cmds := []spinbroker.Command{}
+	index := map[string]int{}
+	for rows.Next() {
+		c, err := scanCommand(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		index[c.ID] = len(cmds)
+		cmds = append(cmds, c)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	rows, err = q.query(`SELECT d.command_id, d.depends_on FROM command_deps d
+		JOIN commands c ON c.id = d.command_id
+		WHERE c.package_id = ? ORDER BY d.rowid`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var cid, dep string
+		if err := rows.Scan(&cid, &dep); err != nil {
+			return nil, err
+		}
+		if i, ok := index[cid]; ok {
+			cmds[i].Dependencies = append(cmds[i].Dependencies, dep)
+		}
+	}
+	return cmds, rows.Err()
+}

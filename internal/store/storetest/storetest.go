@@ -1,0 +1,65 @@
+// Package storetest opens real spin-broker databases for tests: a SQLite file
+// in the test's temporary directory, migrations applied, closed at cleanup.
+package storetest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+// MustOpen opens a new database in tb's temporary directory and closes it
+// when the test ends. A nil Now in opts gets a Clock of its own, returned.
+func MustOpen(tb testing.TB, opts store.Options) (*store.DB, *Clock) {
+	tb.Helper()
+	var clock *Clock
+	if opts.Now == nil {
+		clock = NewClock()
+		opts.Now = clock.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	path := filepath.Join(tb.TempDir(), "spinbroker.db")
+	db, err := store.Open(context.Background(), path, opts)
+	if err != nil {
+		tb.Fatalf("open store: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := db.Close(); err != nil {
+			tb.Errorf("close store: %v", err)
+		}
+	})
+	return db, clock
+}
+
+// Clock is a clock that moves only when told to.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock returns a clock set to a fixed instant.
+func NewClock() *Clock {
+	return &Clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Add moves the clock forward by d.
+func (c *Clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}

@@ -1,0 +1,170 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"database/sql"
+	"strings"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// Token roles (API.md, Auth).
+const (
+	RoleAdmin  = "admin"  // everything
+	RoleClient = "client" // packages and reads
+	RoleAgent  = "agent"  // next, claim, heartbeat, complete and reads of one resource
+	RoleViewer = "viewer" // reads and the dashboard
+)
+
+// Token is an API token as stored: never the secret itself, only its hash.
+type Token struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	Resource  string     `json:"resource,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// tokenPrefix marks spin-broker tokens so that secret scanners and people
+// recognise one.
+const tokenPrefix = "sbt_"
+
+// HashToken is how a token is stored and looked up: SHA-256 is enough for a
+// secret with 160 bits of randomness (no dictionary to guess from).
+func HashToken(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// CreateToken makes a token for role (bound to resource for an agent) and
+// returns it with its secret, which is not kept and cannot be shown again.
+func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*Token, string, error) {
+	switch role {
+	case RoleAdmin, RoleClient, RoleViewer:
+		if resource != "" {
+			return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "only an agent token is bound to a resource")
+		}
+	case RoleAgent:
+		if err := spinbroker.CheckName("resource", resource); err != nil {
+			return nil, "", err
+		}
+	default:
+		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "role must be admin, client, agent or viewer, not %q", truncate(role, 40))
+	}
+	if len(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
+	}
+	secret := tokenPrefix + rand.Text() + rand.Text()[:6]
+	tok := &Token{ID: newID(), Name: name, Role: role, Resource: resource}
+	var res any
+	if resource != "" {
+		res = resource
+	}
+	err := db.write(ctx, func(t *Tx) error {
+		tok.CreatedAt = t.now
+		_, err := t.exec(`INSERT INTO tokens (id, name, hash, role, resource, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			tok.ID, name, HashToken(secret), role, res, nanos(t.now))
+		return err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return tok, secret, nil
+}
+
+// Authenticate returns the live token whose secret this is, or an
+// EUNAUTHORIZED error.
+func (db *DB) Authenticate(ctx context.Context, secret string) (*Token, error) {
+	h := HashToken(secret)
+	var (
+		tok      Token
+		stored   []byte
+		resource sql.NullString
+		created  int64
+	)
+	err := db.reader.queryRow(`SELECT id, name, hash, role, resource, created_at FROM tokens
+		WHERE hash = ? AND revoked_at IS NULL`, h).Scan(&tok.ID, &tok.Name, &stored, &tok.Role, &resource, &created)
+	if isNoRows(err) {
+		return nil, spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid")
+	} else if err != nil {
+		return nil, err
+	}
+	// The lookup is by hash; compare again in constant time so that nothing
+	// about the stored value leaks through timing.
+	if subtle.ConstantTimeCompare(stored, h) != 1 {
+		return nil, spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid")
+	}
+	tok.Resource = resource.String
+	tok.CreatedAt = fromNanos(created)
+	return &tok, nil
+}
+
+// Tokens lists every token, revoked ones included, oldest first.
+func (db *DB) Tokens(ctx context.Context) ([]Token, error) {
+	rows, err := db.reader.query(`SELECT id, name, role, resource, created_at, revoked_at FROM tokens ORDER BY created_at, id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []Token{}
+	for rows.Next() {
+		var (
+			tok      Token
+			resource sql.NullString
+			created  int64
+			revoked  sql.NullInt64
+		)
+		if err := rows.Scan(&tok.ID, &tok.Name, &tok.Role, &resource, &created, &revoked); err != nil {
+			return nil, err
+		}
+		tok.Resource = resource.String
+		tok.CreatedAt = fromNanos(created)
+		tok.RevokedAt = optTime(revoked)
+		out = append(out, tok)
+	}
+	return out, rows.Err()
+}
+
+// RevokeToken revokes a token by id (or a unique prefix of at least 8
+// characters of it); requests carrying it are refused from then on.
+func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*Token, error) {
+	if len(idOrPrefix) < 8 {
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "give the token's id or at least its first 8 characters")
+	}
+	var tok *Token
+	err := db.write(ctx, func(t *Tx) error {
+		rows, err := t.query(`SELECT id FROM tokens WHERE id >= ? AND id < ? LIMIT 2`, strings.ToLower(idOrPrefix), strings.ToLower(idOrPrefix)+"~")
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		switch len(ids) {
+		case 0:
+			return spinbroker.Errorf(spinbroker.ENOTFOUND, "no token %s", truncate(idOrPrefix, 40))
+		case 2:
+			return spinbroker.Errorf(spinbroker.EINVALID, "%s matches more than one token; give more of the id", truncate(idOrPrefix, 40))
+		}
+		if _, err := t.exec(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, nanos(t.now), ids[0]); err != nil {
+			return err
+		}
+		tok = &Token{ID: ids[0]}
+		return nil
+	})
+	return tok, err
+}
