@@ -1,0 +1,408 @@
+// Package client is the Go client of spin-broker's HTTP API, version 1.
+//
+// Every method maps to one endpoint of API.md and returns the API's own
+// types. An error answered by the broker is an *Error carrying the HTTP
+// status and the API error code, so callers test codes, not strings:
+//
+//	if spinbroker.ErrorCode(err) == spinbroker.ESTALE { ... }
+//
+// The client does not retry: whether a call is safe to repeat is the
+// caller's decision (the agent SDK retries what is safe).
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// Client talks to one broker.
+type Client struct {
+	base      *url.URL
+	token     string
+	hc        *http.Client
+	userAgent string
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends token as a bearer token with every request.
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithHTTPClient uses hc instead of a default client (for TLS settings,
+// proxies or tests). Its Timeout must allow for long-poll waits.
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// WithUserAgent sets the User-Agent header.
+func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
+
+// New returns a client of the broker at baseURL (http or https).
+func New(baseURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("client: broker URL %q: %w", baseURL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host", baseURL)
+	}
+	c := &Client{base: u, userAgent: "spinbroker-client/1"}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.hc == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Agents and producers keep a few connections busy at once.
+		t.MaxIdleConnsPerHost = 32
+		c.hc = &http.Client{Transport: t}
+	}
+	return c, nil
+}
+
+// URL returns the broker's base URL.
+func (c *Client) URL() string { return c.base.String() }
+
+// Error is an answer of the broker that is not a success.
+type Error struct {
+	StatusCode int
+	Err        *spinbroker.Error
+}
+
+// Error implements the error interface.
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s (HTTP %d)", e.Err.Message, e.StatusCode)
+}
+
+// Unwrap makes spinbroker.ErrorCode and errors.As see the API error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Temporary reports whether err may go away if the same call is made again
+// later: the broker was unreachable, timed out, or answered 5xx or 429.
+func Temporary(err error) bool {
+	if err == nil {
+		return false
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
+	}
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// CallOption adjusts one request.
+type CallOption func(*http.Request)
+
+// IdempotencyKey sends an Idempotency-Key header, so that a create retried
+// with the same key and body creates nothing new.
+func IdempotencyKey(key string) CallOption {
+	return func(r *http.Request) { r.Header.Set("Idempotency-Key", key) }
+}
+
+// do sends a request with an optional JSON body and decodes a JSON answer
+// into out (unless out is nil). It returns the HTTP status.
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any, opts ...CallOption) (int, error) {
+	u := *c.base
+	u.Path = c.base.Path + path
+	if query != nil {
+		u.RawQuery = query.Encode()
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, fmt.Errorf("client: encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for _, o := range opts {
+		o(req)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if resp.StatusCode >= 300 {
+		return resp.StatusCode, decodeError(resp.StatusCode, data)
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("client: decode %s %s answer: %w", method, path, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// decodeError reads an API error body; a body that is not one (a proxy's
+// page, say) still yields a code from the status.
+func decodeError(status int, data []byte) error {
+	var body spinbroker.ErrorBody
+	if err := json.Unmarshal(data, &body); err == nil && body.Error != nil && body.Error.Code != "" {
+		return &Error{StatusCode: status, Err: body.Error}
+	}
+	code := spinbroker.EINTERNAL
+	switch {
+	case status == http.StatusUnauthorized:
+		code = spinbroker.EUNAUTHORIZED
+	case status == http.StatusForbidden:
+		code = spinbroker.EFORBIDDEN
+	case status == http.StatusNotFound:
+		code = spinbroker.ENOTFOUND
+	case status == http.StatusRequestEntityTooLarge:
+		code = spinbroker.ETOOLARGE
+	case status == http.StatusConflict:
+		code = spinbroker.ECONFLICT
+	case status >= 400 && status < 500:
+		code = spinbroker.EINVALID
+	case status == http.StatusServiceUnavailable || status == http.StatusBadGateway || status == http.StatusGatewayTimeout:
+		code = spinbroker.EUNAVAILABLE
+	}
+	msg := strings.TrimSpace(string(data))
+	if len(msg) > 200 {
+		msg = msg[:200] + "…"
+	}
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	return &Error{StatusCode: status, Err: &spinbroker.Error{Code: code, Message: msg}}
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// CreatePackage creates a package, with commands and enqueued when in asks.
+func (c *Client) CreatePackage(ctx context.Context, in spinbroker.NewPackage, opts ...CallOption) (*spinbroker.Package, error) {
+	var p spinbroker.Package
+	_, err := c.do(ctx, http.MethodPost, "/packages", nil, in, &p, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// AddCommand adds a command to a package in staging.
+func (c *Client) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, opts ...CallOption) (*spinbroker.Command, error) {
+	var cmd spinbroker.Command
+	_, err := c.do(ctx, http.MethodPost, "/packages/"+esc(pkgID)+"/commands", nil, in, &cmd, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &cmd, nil
+}
+
+// Enqueue enqueues a package; enqueuing it again changes nothing.
+func (c *Client) Enqueue(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
+	return c.packageCall(ctx, http.MethodPost, "/packages/"+esc(pkgID)+"/enqueue")
+}
+
+// CancelPackage cancels a package that has not finished.
+func (c *Client) CancelPackage(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
+	return c.packageCall(ctx, http.MethodPost, "/packages/"+esc(pkgID)+"/cancel")
+}
+
+// Package reads a package with its commands.
+func (c *Client) Package(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
+	return c.packageCall(ctx, http.MethodGet, "/packages/"+esc(pkgID))
+}
+
+func (c *Client) packageCall(ctx context.Context, method, path string) (*spinbroker.Package, error) {
+	var p spinbroker.Package
+	if _, err := c.do(ctx, method, path, nil, nil, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// DeletePackage deletes a package in staging or one that has finished.
+func (c *Client) DeletePackage(ctx context.Context, pkgID string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/packages/"+esc(pkgID), nil, nil, nil)
+	return err
+}
+
+// ListOptions select a page of packages.
+type ListOptions struct {
+	State  spinbroker.PackageState // empty for every state
+	Limit  int                     // 0 for the server's default (50)
+	Cursor string                  // NextCursor of the previous page
+}
+
+// Packages lists packages, newest first, without their commands.
+func (c *Client) Packages(ctx context.Context, o ListOptions) (*spinbroker.PackageList, error) {
+	q := url.Values{}
+	if o.State != "" {
+		q.Set("state", string(o.State))
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	if o.Cursor != "" {
+		q.Set("cursor", o.Cursor)
+	}
+	var list spinbroker.PackageList
+	if _, err := c.do(ctx, http.MethodGet, "/packages", q, nil, &list); err != nil {
+		return nil, err
+	}
+	return &list, nil
+}
+
+// Command reads one command.
+func (c *Client) Command(ctx context.Context, id string) (*spinbroker.Command, error) {
+	var cmd spinbroker.Command
+	if _, err := c.do(ctx, http.MethodGet, "/commands/"+esc(id), nil, nil, &cmd); err != nil {
+		return nil, err
+	}
+	return &cmd, nil
+}
+
+// Complete records a command's result. An agent sends its lease token in
+// res.Lease; a person settling a command by hand leaves it empty.
+func (c *Client) Complete(ctx context.Context, id string, res spinbroker.Result) (*spinbroker.Command, error) {
+	var cmd spinbroker.Command
+	if _, err := c.do(ctx, http.MethodPost, "/commands/"+esc(id)+"/complete", nil, res, &cmd); err != nil {
+		return nil, err
+	}
+	return &cmd, nil
+}
+
+// CompleteBatch records many results in one request. The call fails only
+// when the request as a whole does; each item has its own verdict.
+func (c *Client) CompleteBatch(ctx context.Context, results []spinbroker.BatchResult) ([]spinbroker.BatchOutcome, error) {
+	var out spinbroker.BatchOutcomes
+	if _, err := c.do(ctx, http.MethodPost, "/commands/complete", nil, spinbroker.BatchComplete{Results: results}, &out); err != nil {
+		return nil, err
+	}
+	return out.Results, nil
+}
+
+// Heartbeat extends a lease by extend from now (0: the lease's own
+// duration) and returns when it now expires.
+func (c *Client) Heartbeat(ctx context.Context, id, lease string, extend time.Duration) (time.Time, error) {
+	in := spinbroker.Heartbeat{Lease: lease}
+	if extend > 0 {
+		d := spinbroker.Duration(extend)
+		in.Extend = &d
+	}
+	var out spinbroker.HeartbeatResult
+	if _, err := c.do(ctx, http.MethodPost, "/commands/"+esc(id)+"/heartbeat", nil, in, &out); err != nil {
+		return time.Time{}, err
+	}
+	return out.LeaseExpiresAt, nil
+}
+
+// Retry runs a failed or cancelled command again, with the commands its
+// failure cancelled.
+func (c *Client) Retry(ctx context.Context, id string) (*spinbroker.Command, error) {
+	var cmd spinbroker.Command
+	if _, err := c.do(ctx, http.MethodPost, "/commands/"+esc(id)+"/retry", nil, nil, &cmd); err != nil {
+		return nil, err
+	}
+	return &cmd, nil
+}
+
+// Queues lists every queue that has had commands or settings.
+func (c *Client) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
+	var out spinbroker.QueueList
+	if _, err := c.do(ctx, http.MethodGet, "/queues", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Queues, nil
+}
+
+// Queue reads one queue with its first unfinished commands.
+func (c *Client) Queue(ctx context.Context, resource string) (*spinbroker.Queue, error) {
+	var q spinbroker.Queue
+	if _, err := c.do(ctx, http.MethodGet, "/queues/"+esc(resource), nil, nil, &q); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
+// SetQueue changes a queue's concurrency and whether it is paused.
+func (c *Client) SetQueue(ctx context.Context, resource string, s spinbroker.QueueSettings) (*spinbroker.Queue, error) {
+	var q spinbroker.Queue
+	if _, err := c.do(ctx, http.MethodPatch, "/queues/"+esc(resource), nil, s, &q); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
+// Next leases the next command of a queue, waiting up to wait (at most 60s)
+// for one; it returns nil, nil when nothing came. lease 0 leaves the lease
+// to the command (else 60s).
+func (c *Client) Next(ctx context.Context, resource string, wait, lease time.Duration) (*spinbroker.Command, error) {
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	if lease > 0 {
+		q.Set("lease", lease.String())
+	}
+	var cmd spinbroker.Command
+	status, err := c.do(ctx, http.MethodPost, "/queues/"+esc(resource)+"/next", q, nil, &cmd)
+	if err != nil || status == http.StatusNoContent {
+		return nil, err
+	}
+	return &cmd, nil
+}
+
+// Claim leases up to max commands of a queue in queue order, waiting up to
+// wait for the first.
+func (c *Client) Claim(ctx context.Context, resource string, max int, wait, lease time.Duration) ([]spinbroker.Command, error) {
+	in := spinbroker.Claim{Max: max}
+	if wait > 0 {
+		d := spinbroker.Duration(wait)
+		in.Wait = &d
+	}
+	if lease > 0 {
+		d := spinbroker.Duration(lease)
+		in.Lease = &d
+	}
+	var out spinbroker.ClaimResult
+	if _, err := c.do(ctx, http.MethodPost, "/queues/"+esc(resource)+"/claim", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return out.Commands, nil
+}
+
+// Health reports whether the broker and its database answer.
+func (c *Client) Health(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
+	return err
+}

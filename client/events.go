@@ -1,0 +1,77 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// Event is one Server-Sent Event of GET /events: Type is "package",
+// "command" or "queue", and Data the JSON the broker sent with it (a
+// package or queue without its commands, or a command transition).
+type Event struct {
+	Type string
+	Data json.RawMessage
+}
+
+// Events streams the broker's events to fn until ctx ends, the connection
+// drops or fn returns an error (which Events then returns).
+func (c *Client) Events(ctx context.Context, fn func(Event) error) error {
+	u := *c.base
+	u.Path = c.base.Path + "/events"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("User-Agent", c.userAgent)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return decodeError(resp.StatusCode, data)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var ev Event
+	var data strings.Builder
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if ev.Type != "" || data.Len() > 0 {
+				if ev.Type == "" {
+					ev.Type = "message"
+				}
+				ev.Data = json.RawMessage(data.String())
+				if err := fn(ev); err != nil {
+					return err
+				}
+			}
+			ev, data = Event{}, strings.Builder{}
+		case strings.HasPrefix(line, ":"):
+			// a comment: the broker's keep-alive
+		case strings.HasPrefix(line, "event:"):
+			ev.Type = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			if data.Len() > 0 {
+				data.WriteByte('\n')
+			}
+			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("client: event stream: %w", err)
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,155 @@
+// Command spinbroker is spin-broker's one binary: the broker (serve), its
+// database tools (migrate, backup, token) and a client of its HTTP API
+// (message, package, command, queue).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// app holds what every subcommand shares: the global flags and the streams.
+type app struct {
+	url    string // --url / SPINBROKER_URL
+	token  string // --token / SPINBROKER_TOKEN
+	output string // -o table|json
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// exitError ends the program with a given exit code, after printing its
+// message (if any) to stderr.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+// run builds the command tree, runs it and turns the outcome into an exit
+// code: 0 success, 2 bad usage, 1 any other failure (or what an exitError
+// says).
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(stderr, "spinbroker:", ee.msg)
+		}
+		return ee.code
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "spinbroker: %v\nRun '%s --help' for usage.\n", ue.err, ue.cmd)
+		return 2
+	}
+	fmt.Fprintln(stderr, "spinbroker:", describe(err))
+	return 1
+}
+
+// usageError is a mistake in the command line.
+type usageError struct {
+	cmd string
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+
+// describe turns an error into a sentence for a person at a terminal.
+func describe(err error) string {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		return fmt.Sprintf("%s (%s)", ce.Err.Message, ce.Err.Code)
+	}
+	if client.Temporary(err) {
+		return fmt.Sprintf("cannot reach the broker: %v", err)
+	}
+	if code := spinbroker.ErrorCode(err); code != spinbroker.EINTERNAL {
+		return fmt.Sprintf("%s (%s)", spinbroker.ErrorMessage(err), code)
+	}
+	return err.Error()
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "spinbroker",
+		Short: "A message broker for finite-state-machine work",
+		Long: `spinbroker runs the spin-broker message broker and talks to it.
+
+A client groups commands ({resource, action, parameters, dependencies}) into a
+package and enqueues it atomically; each resource has its own queue; agents
+take the commands of their resource one after another and report the result.
+
+Start a broker with 'spinbroker serve'; the other commands talk to it at
+--url (or $SPINBROKER_URL, default http://localhost:8080).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &usageError{cmd: c.CommandPath(), err: err}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.url, "url", envOr("SPINBROKER_URL", "http://localhost:8080"), "broker URL (env SPINBROKER_URL)")
+	pf.StringVar(&a.token, "token", os.Getenv("SPINBROKER_TOKEN"), "API token when auth is on (env SPINBROKER_TOKEN)")
+	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(a.serveCommand(), a.migrateCommand())
+	root.AddCommand(a.clientCommands()...)
+	return root
+}
+
+// client returns a client of the broker the global flags name.
+func (a *app) client() (*client.Client, error) {
+	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"))
+}
+
+// checkOutput validates -o.
+func (a *app) checkOutput() error {
+	if a.output != "table" && a.output != "json" {
+		return &usageError{cmd: "spinbroker", err: fmt.Errorf("--output must be table or json, not %q", a.output)}
+	}
+	return nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// args returns a cobra positional-argument check that reports a usage error.
+func args(n int, names string) cobra.PositionalArgs {
+	return func(c *cobra.Command, a []string) error {
+		if len(a) != n {
+			return &usageError{cmd: c.CommandPath(), err: fmt.Errorf("want %s, got %d argument(s)", names, len(a))}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+func (a *app) migrateCommand() *cobra.Command {
+	var db string
+	cmd := &cobra.Command{
+		Use:   "migrate status|up",
+		Short: "Show or apply the database's schema migrations",
+		Long: `migrate shows which schema migrations a database has (status) or applies the
+pending ones (up). 'spinbroker serve' applies them at start-up too; run 'up'
+by hand to upgrade a database before a new broker starts on it.`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"status", "up"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "status" && args[0] != "up" {
+				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("want status or up, not %q", args[0])}
+			}
+			st, err := store.Migrations(cmd.Context(), db, args[0] == "up")
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "VERSION\tNAME\tAPPLIED")
+			for _, m := range st {
+				applied := "pending"
+				if m.Applied {
+					applied = m.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\n", m.Version, m.Name, applied)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&db, "db", envOr("SPINBROKER_DB", "spinbroker.db"), "database file (env SPINBROKER_DB)")
+	return cmd
+}
