@@ -15,19 +15,10 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
-// Idempotency identifies a create that a client may retry: the same Key in
-// the same Scope with the same Hash of the request answers the first
-// response again.
-type Idempotency struct {
-	Scope string // the path, and the token when auth is on
-	Key   string // the Idempotency-Key header
-	Hash  []byte // a hash of the request body
-}
-
 // CreatePackage creates a package, with the given commands, and enqueues it
 // when asked, all in one transaction. With idem set and a matching earlier
 // request, it creates nothing and returns that request's response body.
-func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem *Idempotency) (pkg *spinbroker.Package, replay []byte, err error) {
+func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem *spinbroker.Idempotency) (pkg *spinbroker.Package, replay []byte, err error) {
 	if in.ID != "" {
 		if in.ID, err = spinbroker.CheckID("package id", in.ID); err != nil {
 			return nil, nil, err
@@ -78,7 +69,7 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 }
 
 // AddCommand adds a command to a package in staging.
-func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, idem *Idempotency) (cmd *spinbroker.Command, replay []byte, err error) {
+func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, idem *spinbroker.Idempotency) (cmd *spinbroker.Command, replay []byte, err error) {
 	if err := in.Validate(); err != nil {
 		// The package in the path comes first (API.md, Errors).
 		if _, perr := db.Package(ctx, pkgID); perr != nil {
@@ -426,15 +417,8 @@ const (
 		ORDER BY created_at DESC, id DESC LIMIT ?3`
 )
 
-// PackageFilter selects a page of packages.
-type PackageFilter struct {
-	State  spinbroker.PackageState // empty for all
-	Limit  int                     // clamped to 1..MaxListLimit; 0 is the default
-	Cursor string                  // from the previous page's NextCursor
-}
-
 // Packages lists packages newest first, without their commands.
-func (db *DB) Packages(ctx context.Context, f PackageFilter) (*spinbroker.PackageList, error) {
+func (db *DB) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error) {
 	if f.State != "" && !f.State.Valid() {
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "state %q is not a package state", truncate(string(f.State), 40))
 	}
@@ -514,7 +498,7 @@ func decodeCursor(c string) (int64, string, bool) {
 
 // idempotent looks up an earlier request with the same key: the same body
 // answers its response again, a different body is a conflict.
-func (t *Tx) idempotent(idem *Idempotency) ([]byte, error) {
+func (t *Tx) idempotent(idem *spinbroker.Idempotency) ([]byte, error) {
 	if idem == nil {
 		return nil, nil
 	}
@@ -533,7 +517,7 @@ func (t *Tx) idempotent(idem *Idempotency) ([]byte, error) {
 }
 
 // remember stores the response to a request made with an Idempotency-Key.
-func (t *Tx) remember(idem *Idempotency, v any) error {
+func (t *Tx) remember(idem *spinbroker.Idempotency, v any) error {
 	if idem == nil {
 		return nil
 	}

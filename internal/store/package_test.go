@@ -85,12 +85,12 @@ func TestDB_CreatePackage(t *testing.T) {
 	})
 
 	t.Run("AllOrNothing", func(t *testing.T) {
-		before, _ := db.Packages(ctx, store.PackageFilter{Limit: 1000})
+		before, _ := db.Packages(ctx, spinbroker.PackageFilter{Limit: 1000})
 		_, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
 			keyed("a", "atomic", "x"), keyed("b", "atomic", "y", "nope"),
 		}}, nil)
 		wantCode(t, err, spinbroker.EUNKNOWNDEP)
-		after, _ := db.Packages(ctx, store.PackageFilter{Limit: 1000})
+		after, _ := db.Packages(ctx, spinbroker.PackageFilter{Limit: 1000})
 		if len(after.Packages) != len(before.Packages) {
 			t.Fatalf("a failed create left a package behind: %d → %d", len(before.Packages), len(after.Packages))
 		}
@@ -148,7 +148,7 @@ func TestDB_CreatePackage_Invalid(t *testing.T) {
 			}
 		})
 	}
-	list, err := db.Packages(ctx, store.PackageFilter{})
+	list, err := db.Packages(ctx, spinbroker.PackageFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,7 +434,7 @@ func TestDB_Packages(t *testing.T) {
 		if pages > 5 {
 			t.Fatal("paging does not end")
 		}
-		list, err := db.Packages(ctx, store.PackageFilter{Limit: 3, Cursor: cursor})
+		list, err := db.Packages(ctx, spinbroker.PackageFilter{Limit: 3, Cursor: cursor})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -457,18 +457,18 @@ func TestDB_Packages(t *testing.T) {
 			t.Fatalf("order: got %v, want newest first %v", got, ids)
 		}
 	}
-	queued, err := db.Packages(ctx, store.PackageFilter{State: spinbroker.PackageQueued})
+	queued, err := db.Packages(ctx, spinbroker.PackageFilter{State: spinbroker.PackageQueued})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(queued.Packages) != 4 {
 		t.Fatalf("queued: %d, want 4", len(queued.Packages))
 	}
-	_, err = db.Packages(ctx, store.PackageFilter{Cursor: "garbage"})
+	_, err = db.Packages(ctx, spinbroker.PackageFilter{Cursor: "garbage"})
 	wantCode(t, err, spinbroker.EINVALID)
-	_, err = db.Packages(ctx, store.PackageFilter{State: "bogus"})
+	_, err = db.Packages(ctx, spinbroker.PackageFilter{State: "bogus"})
 	wantCode(t, err, spinbroker.EINVALID)
-	big, err := db.Packages(ctx, store.PackageFilter{Limit: 5000})
+	big, err := db.Packages(ctx, spinbroker.PackageFilter{Limit: 5000})
 	if err != nil || len(big.Packages) != 7 {
 		t.Fatalf("a limit over 1000 is clamped, not refused: %v", err)
 	}
@@ -476,7 +476,7 @@ func TestDB_Packages(t *testing.T) {
 
 func TestDB_Idempotency(t *testing.T) {
 	db, clock := open(t)
-	idem := &store.Idempotency{Scope: "POST /packages", Key: "k1", Hash: []byte("h1")}
+	idem := &spinbroker.Idempotency{Scope: "POST /packages", Key: "k1", Hash: []byte("h1")}
 	in := spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}, Enqueue: true}
 	p, replay, err := db.CreatePackage(ctx, in, idem)
 	if err != nil || replay != nil {
@@ -490,14 +490,14 @@ func TestDB_Idempotency(t *testing.T) {
 	if want, _ := json.Marshal(p); !bytes.Equal(replay, want) {
 		t.Fatalf("replay:\n%s\nwant:\n%s", replay, want)
 	}
-	_, _, err = db.CreatePackage(ctx, in, &store.Idempotency{Scope: "POST /packages", Key: "k1", Hash: []byte("h2")})
+	_, _, err = db.CreatePackage(ctx, in, &spinbroker.Idempotency{Scope: "POST /packages", Key: "k1", Hash: []byte("h2")})
 	wantCode(t, err, spinbroker.ECONFLICT)
 	// Another scope is another key.
-	_, replay, err = db.CreatePackage(ctx, in, &store.Idempotency{Scope: "other", Key: "k1", Hash: []byte("h1")})
+	_, replay, err = db.CreatePackage(ctx, in, &spinbroker.Idempotency{Scope: "other", Key: "k1", Hash: []byte("h1")})
 	if err != nil || replay != nil {
 		t.Fatal("scopes must not share keys", err)
 	}
-	list, _ := db.Packages(ctx, store.PackageFilter{})
+	list, _ := db.Packages(ctx, spinbroker.PackageFilter{})
 	if len(list.Packages) != 2 {
 		t.Fatalf("%d packages, want 2", len(list.Packages))
 	}
@@ -517,7 +517,7 @@ func TestDB_Idempotency(t *testing.T) {
 
 	// Adding commands honours keys too.
 	s, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
-	add := &store.Idempotency{Scope: "POST /packages/" + s.ID + "/commands", Key: "a", Hash: []byte("x")}
+	add := &spinbroker.Idempotency{Scope: "POST /packages/" + s.ID + "/commands", Key: "a", Hash: []byte("x")}
 	c, _, err := db.AddCommand(ctx, s.ID, cmd("r", "x"), add)
 	if err != nil {
 		t.Fatal(err)

@@ -7,28 +7,9 @@ import (
 	"crypto/subtle"
 	"database/sql"
 	"strings"
-	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
-
-// Token roles (API.md, Auth).
-const (
-	RoleAdmin  = "admin"  // everything
-	RoleClient = "client" // packages and reads
-	RoleAgent  = "agent"  // next, claim, heartbeat, complete and reads of one resource
-	RoleViewer = "viewer" // reads and the dashboard
-)
-
-// Token is an API token as stored: never the secret itself, only its hash.
-type Token struct {
-	ID        string     `json:"id"`
-	Name      string     `json:"name"`
-	Role      string     `json:"role"`
-	Resource  string     `json:"resource,omitempty"`
-	CreatedAt time.Time  `json:"created_at"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-}
 
 // tokenPrefix marks spin-broker tokens so that secret scanners and people
 // recognise one.
@@ -43,13 +24,13 @@ func HashToken(secret string) []byte {
 
 // CreateToken makes a token for role (bound to resource for an agent) and
 // returns it with its secret, which is not kept and cannot be shown again.
-func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*Token, string, error) {
+func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*spinbroker.Token, string, error) {
 	switch role {
-	case RoleAdmin, RoleClient, RoleViewer:
+	case spinbroker.RoleAdmin, spinbroker.RoleClient, spinbroker.RoleViewer:
 		if resource != "" {
 			return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "only an agent token is bound to a resource")
 		}
-	case RoleAgent:
+	case spinbroker.RoleAgent:
 		if err := spinbroker.CheckName("resource", resource); err != nil {
 			return nil, "", err
 		}
@@ -60,7 +41,7 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*To
 		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
 	}
 	secret := tokenPrefix + rand.Text() + rand.Text()[:6]
-	tok := &Token{ID: newID(), Name: name, Role: role, Resource: resource}
+	tok := &spinbroker.Token{ID: newID(), Name: name, Role: role, Resource: resource}
 	var res any
 	if resource != "" {
 		res = resource
@@ -79,10 +60,10 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*To
 
 // Authenticate returns the live token whose secret this is, or an
 // EUNAUTHORIZED error.
-func (db *DB) Authenticate(ctx context.Context, secret string) (*Token, error) {
+func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error) {
 	h := HashToken(secret)
 	var (
-		tok      Token
+		tok      spinbroker.Token
 		stored   []byte
 		resource sql.NullString
 		created  int64
@@ -105,16 +86,16 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (*Token, error) {
 }
 
 // Tokens lists every token, revoked ones included, oldest first.
-func (db *DB) Tokens(ctx context.Context) ([]Token, error) {
+func (db *DB) Tokens(ctx context.Context) ([]spinbroker.Token, error) {
 	rows, err := db.reader.query(`SELECT id, name, role, resource, created_at, revoked_at FROM tokens ORDER BY created_at, id`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := []Token{}
+	out := []spinbroker.Token{}
 	for rows.Next() {
 		var (
-			tok      Token
+			tok      spinbroker.Token
 			resource sql.NullString
 			created  int64
 			revoked  sql.NullInt64
@@ -132,11 +113,11 @@ func (db *DB) Tokens(ctx context.Context) ([]Token, error) {
 
 // RevokeToken revokes a token by id (or a unique prefix of at least 8
 // characters of it); requests carrying it are refused from then on.
-func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*Token, error) {
+func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*spinbroker.Token, error) {
 	if len(idOrPrefix) < 8 {
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "give the token's id or at least its first 8 characters")
 	}
-	var tok *Token
+	var tok *spinbroker.Token
 	err := db.write(ctx, func(t *Tx) error {
 		rows, err := t.query(`SELECT id FROM tokens WHERE id >= ? AND id < ? LIMIT 2`, strings.ToLower(idOrPrefix), strings.ToLower(idOrPrefix)+"~")
 		if err != nil {
@@ -163,7 +144,7 @@ func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*Token, error
 		if _, err := t.exec(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, nanos(t.now), ids[0]); err != nil {
 			return err
 		}
-		tok = &Token{ID: ids[0]}
+		tok = &spinbroker.Token{ID: ids[0]}
 		return nil
 	})
 	return tok, err
