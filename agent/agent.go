@@ -1,0 +1,642 @@
+// Package agent is spin-broker's agent SDK: it takes the commands of one
+// resource from a broker, runs the handler of each command's action, and
+// reports the result.
+//
+// An agent is a list of handlers and one call:
+//
+//	type Greet struct {
+//		Name string `json:"name" spin:"required"`
+//	}
+//
+//	greet := agent.Handle("greet", func(ctx context.Context, p Greet) (any, error) {
+//		return map[string]string{"greeting": "hello, " + p.Name}, nil
+//	})
+//	err := agent.Run(ctx, c, "greeter", []agent.Handler{greet}, agent.Options{})
+//
+// Run long-polls the resource's queue, decodes each command's parameters
+// strictly into the action's type (see Decode), runs the handler while it
+// heartbeats the lease at a third of its duration, and completes the command
+// with the lease token and the handler's output. A handler's error fails the
+// command with the error's text as the reason; Transient(err) asks the broker
+// to retry it; a panic fails that command and the agent goes on. Broker
+// errors are retried with capped, jittered exponential back-off, and a
+// result is retried until it is delivered or its lease is known to be lost.
+//
+// When ctx ends, Run takes no new command, gives the running one
+// Options.Grace to finish, delivers its result and returns.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// Options tune Run. The zero value is usable.
+type Options struct {
+	// Logger receives the agent's log lines; slog.Default when nil.
+	Logger *slog.Logger
+	// Wait is how long one long-poll waits for a command (default 30s; the
+	// broker clamps it to 60s).
+	Wait time.Duration
+	// Lease is the lease asked for each command; 0 leaves it to the
+	// command's own lease_duration, else the broker's 60s.
+	Lease time.Duration
+	// Grace is how long the running command may go on once ctx ends before
+	// its context is cancelled (default 30s).
+	Grace time.Duration
+	// Claim, when above 1, switches to batch mode: claim up to Claim
+	// commands at once, run them concurrently, and complete them in one
+	// request.
+	Claim int
+	// MinBackoff and MaxBackoff bound the back-off between attempts to reach
+	// the broker (default 200ms and 30s).
+	MinBackoff, MaxBackoff time.Duration
+	// CallTimeout bounds one heartbeat or completion request (default 15s).
+	CallTimeout time.Duration
+}
+
+// Defaults of Options.
+const (
+	DefaultWait        = 30 * time.Second
+	DefaultGrace       = 30 * time.Second
+	DefaultMinBackoff  = 200 * time.Millisecond
+	DefaultMaxBackoff  = 30 * time.Second
+	DefaultCallTimeout = 15 * time.Second
+)
+
+// finalDelivery is how long Run still tries to deliver results once the
+// grace period is over; after it the broker's lease expiry takes over and
+// the command is delivered again.
+const finalDelivery = 5 * time.Second
+
+// abandonAfter is how long a handler whose context was cancelled at the end
+// of the grace period may take to return before the agent stops waiting
+// for it.
+const abandonAfter = time.Second
+
+// Transient marks err as a failure worth retrying (a device busy, a network
+// blip): the command fails with retry, so the broker delivers it again after
+// a back-off while attempts remain. Transient(nil) is nil.
+func Transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &transientError{err}
+}
+
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
+// IsTransient reports whether err was marked with Transient.
+func IsTransient(err error) bool {
+	var t *transientError
+	return errors.As(err, &t)
+}
+
+type ctxKey struct{}
+
+type cmdInfo struct {
+	cmd *spinbroker.Command
+	log *slog.Logger
+}
+
+// CommandFrom returns the command a handler's context belongs to.
+func CommandFrom(ctx context.Context) (*spinbroker.Command, bool) {
+	i, ok := ctx.Value(ctxKey{}).(cmdInfo)
+	return i.cmd, ok
+}
+
+// Logger returns the logger of a handler's context, carrying the command's
+// command_id, resource and action; slog.Default outside a handler.
+func Logger(ctx context.Context) *slog.Logger {
+	if i, ok := ctx.Value(ctxKey{}).(cmdInfo); ok {
+		return i.log
+	}
+	return slog.Default()
+}
+
+// Run serves resource until ctx ends or the broker refuses the agent (a bad
+// token, a resource it may not serve); it returns nil after a graceful stop.
+// Each action may have only one handler. c is the broker's client.
+func Run(ctx context.Context, c *client.Client, resource string, handlers []Handler, opts Options) error {
+	a, err := newRunner(c, resource, handlers, opts)
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	// hard ends Options.Grace after ctx: the running handlers' contexts.
+	// final ends finalDelivery later: the last attempts to deliver results.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	final, cancelFinal := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelFinal()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		a.log.Info("stopping: no new commands", "grace", a.opts.Grace.String())
+		if sleep(done, a.opts.Grace) {
+			cancelHard()
+			if sleep(done, finalDelivery) {
+				cancelFinal()
+			}
+		}
+	}()
+	a.hard, a.final = hard, final
+	a.log.Info("agent started", "actions", len(a.handlers), "claim", a.opts.Claim)
+	if a.opts.Claim > 1 {
+		err = a.loopBatch(ctx)
+	} else {
+		err = a.loop(ctx)
+	}
+	if err != nil {
+		a.log.Error("agent stopped", "err", err)
+	} else {
+		a.log.Info("agent stopped")
+	}
+	return err
+}
+
+// sleep waits d and reports true, or false as soon as done closes.
+func sleep(done <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-done:
+		return false
+	}
+}
+
+type runner struct {
+	c        *client.Client
+	resource string
+	handlers map[string]Handler
+	opts     Options
+	log      *slog.Logger
+	// hard is cancelled Grace after the stop; final a little later.
+	hard, final context.Context
+}
+
+func newRunner(c *client.Client, resource string, handlers []Handler, opts Options) (*runner, error) {
+	if c == nil {
+		return nil, errors.New("agent: no client")
+	}
+	if err := spinbroker.CheckName("resource", resource); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	hs := make(map[string]Handler, len(handlers))
+	for _, h := range handlers {
+		if h.run == nil {
+			return nil, errors.New("agent: a Handler must be made with Handle")
+		}
+		if err := spinbroker.CheckName("action", h.action); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		if _, dup := hs[h.action]; dup {
+			return nil, fmt.Errorf("agent: two handlers for action %q", h.action)
+		}
+		hs[h.action] = h
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Wait <= 0 {
+		opts.Wait = DefaultWait
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = DefaultGrace
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = DefaultMinBackoff
+	}
+	if opts.MaxBackoff < opts.MinBackoff {
+		opts.MaxBackoff = max(DefaultMaxBackoff, opts.MinBackoff)
+	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = DefaultCallTimeout
+	}
+	if opts.Claim > spinbroker.MaxClaim {
+		opts.Claim = spinbroker.MaxClaim
+	}
+	return &runner{
+		c:        c,
+		resource: resource,
+		handlers: hs,
+		opts:     opts,
+		log:      opts.Logger.With("resource", resource),
+	}, nil
+}
+
+// backoff is the pause before attempt n+1 after n failures: exponential from
+// MinBackoff, capped at MaxBackoff, with the upper half jittered so that many
+// agents do not come back at the same instant.
+func (a *runner) backoff(n int) time.Duration {
+	d := a.opts.MinBackoff
+	for i := 1; i < n && d < a.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, a.opts.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// wait sleeps d or until ctx ends, and reports whether ctx is still alive.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// fatal reports whether a broker's refusal to hand out work will not go away
+// by asking again: the agent is not let in, or asks for something invalid.
+func fatal(err error) bool {
+	switch spinbroker.ErrorCode(err) {
+	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID:
+		return true
+	}
+	return false
+}
+
+// loop is the serial agent: one command at a time.
+func (a *runner) loop(ctx context.Context) error {
+	failures := 0
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, a.opts.Wait+a.opts.CallTimeout)
+		cmd, err := a.c.Next(cctx, a.resource, a.opts.Wait, a.opts.Lease)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if fatal(err) {
+				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)
+			}
+			failures++
+			d := a.backoff(failures)
+			a.log.Warn("cannot take a command; retrying", "err", err, "failures", failures, "retry_in", d.String())
+			wait(ctx, d)
+			continue
+		}
+		failures = 0
+		if cmd == nil {
+			continue
+		}
+		j := a.start(cmd)
+		a.execute(j)
+		a.deliver(j)
+		j.stop()
+	}
+	return nil
+}
+
+// loopBatch is the batch agent: claim up to Claim commands, run them
+// concurrently, complete them in one request.
+func (a *runner) loopBatch(ctx context.Context) error {
+	failures := 0
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, a.opts.Wait+a.opts.CallTimeout)
+		cmds, err := a.c.Claim(cctx, a.resource, a.opts.Claim, a.opts.Wait, a.opts.Lease)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if fatal(err) {
+				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)
+			}
+			failures++
+			d := a.backoff(failures)
+			a.log.Warn("cannot claim commands; retrying", "err", err, "failures", failures, "retry_in", d.String())
+			wait(ctx, d)
+			continue
+		}
+		failures = 0
+		if len(cmds) == 0 {
+			continue
+		}
+		jobs := make([]*job, len(cmds))
+		var wg sync.WaitGroup
+		for i := range cmds {
+			jobs[i] = a.start(&cmds[i])
+			wg.Go(func() { a.execute(jobs[i]) })
+		}
+		wg.Wait()
+		a.deliverBatch(jobs)
+		for _, j := range jobs {
+			j.stop()
+		}
+	}
+	return nil
+}
+
+// outcome is what the agent reports for a command.
+type outcome struct {
+	status bool
+	reason string
+	output json.RawMessage
+	retry  bool
+}
+
+func (o outcome) result(token string) spinbroker.Result {
+	r := spinbroker.Result{Status: &o.status, Output: o.output, Retry: o.retry, Lease: token}
+	if !o.status {
+		r.Reason = &o.reason
+	}
+	return r
+}
+
+// job is one leased command, from its delivery to its result's.
+type job struct {
+	cmd   *spinbroker.Command
+	token string
+	dur   time.Duration // the lease's duration
+	log   *slog.Logger
+	begin time.Time
+
+	mu      sync.Mutex
+	expires time.Time // by the agent's clock, measured from before each request
+	lost    bool      // the broker said the lease is not ours any more
+
+	ctx       context.Context // the handler's: cancelled when the lease is lost or the grace is over
+	cancel    context.CancelCauseFunc
+	stopBeats context.CancelFunc
+	beatsDone chan struct{}
+	res       outcome
+}
+
+var errLeaseLost = errors.New("the lease on the command was lost")
+
+// start begins a job: its handler's context and its heartbeats.
+func (a *runner) start(cmd *spinbroker.Command) *job {
+	j := &job{cmd: cmd, begin: time.Now(), beatsDone: make(chan struct{})}
+	if cmd.Lease != nil {
+		j.token = cmd.Lease.Token
+	}
+	switch {
+	case a.opts.Lease > 0:
+		j.dur = a.opts.Lease
+	case cmd.LeaseDuration != nil && cmd.LeaseDuration.D() > 0:
+		j.dur = cmd.LeaseDuration.D()
+	default:
+		j.dur = spinbroker.DefaultLease
+	}
+	j.expires = j.begin.Add(j.dur)
+	if cmd.Lease != nil && cmd.Lease.ExpiresAt.Before(j.expires) && time.Until(cmd.Lease.ExpiresAt) > 0 {
+		j.expires = cmd.Lease.ExpiresAt
+	}
+	j.log = a.log.With("command_id", cmd.ID, "action", cmd.Action, "attempt", cmd.Attempts)
+	j.ctx, j.cancel = context.WithCancelCause(context.WithValue(a.hard, ctxKey{}, cmdInfo{cmd: cmd, log: j.log}))
+	// Heartbeats go on until the result is delivered, so that a broker that
+	// is slow to take the result does not let the lease expire meanwhile.
+	var beats context.Context
+	beats, j.stopBeats = context.WithCancel(a.final)
+	go a.heartbeat(beats, j)
+	j.log.Info("command started")
+	return j
+}
+
+// stop ends the job's heartbeats and context.
+func (j *job) stop() {
+	j.stopBeats()
+	<-j.beatsDone
+	j.cancel(context.Canceled)
+}
+
+func (j *job) expiry() time.Time {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.expires
+}
+
+func (j *job) isLost() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.lost
+}
+
+// loseLease records that the command is someone else's now and cancels the
+// handler, whose work no longer counts.
+func (j *job) loseLease(err error) {
+	j.mu.Lock()
+	first := !j.lost
+	j.lost = true
+	j.mu.Unlock()
+	if first {
+		j.log.Warn("lease lost: the command is no longer this agent's", "err", err)
+		j.cancel(errLeaseLost)
+	}
+}
+
+// heartbeat extends j's lease every third of its duration until ctx ends;
+// after a failure it tries again sooner, with back-off.
+func (a *runner) heartbeat(ctx context.Context, j *job) {
+	defer close(j.beatsDone)
+	interval := j.dur / 3
+	next := interval
+	failures := 0
+	for wait(ctx, next) {
+		sent := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, min(a.opts.CallTimeout, j.dur))
+		_, err := a.c.Heartbeat(cctx, j.cmd.ID, j.token, j.dur)
+		cancel()
+		switch code := spinbroker.ErrorCode(err); {
+		case err == nil:
+			j.mu.Lock()
+			j.expires = sent.Add(j.dur)
+			j.mu.Unlock()
+			failures, next = 0, interval
+		case ctx.Err() != nil:
+			return
+		case code == spinbroker.ESTALE || code == spinbroker.ENOTFOUND || code == spinbroker.ECONFLICT:
+			j.loseLease(err)
+			return
+		default:
+			failures++
+			next = min(a.backoff(failures), interval)
+			j.log.Warn("heartbeat failed; retrying", "err", err, "failures", failures, "lease_expires_in", time.Until(j.expiry()).Round(time.Millisecond).String())
+		}
+	}
+}
+
+// execute runs the command's handler and sets j.res. It returns early only
+// when the grace period is over and the handler ignores its cancelled
+// context.
+func (a *runner) execute(j *job) {
+	h, ok := a.handlers[j.cmd.Action]
+	if !ok {
+		j.res = outcome{reason: fmt.Sprintf("agent for %s has no action %q", a.resource, j.cmd.Action)}
+		return
+	}
+	done := make(chan outcome, 1)
+	go func() { done <- a.call(j, h) }()
+	select {
+	case j.res = <-done:
+		return
+	case <-a.hard.Done():
+	}
+	select {
+	case j.res = <-done:
+	case <-time.After(abandonAfter):
+		j.log.Error("handler did not return after the grace period; abandoning it")
+		j.res = outcome{reason: "agent stopped before the command finished", retry: true}
+	}
+}
+
+// call runs one handler, turning its result, error or panic into an outcome.
+func (a *runner) call(j *job, h Handler) (res outcome) {
+	defer func() {
+		if v := recover(); v != nil {
+			j.log.Error("handler panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			res = outcome{reason: fmt.Sprintf("agent error: the handler panicked: %v", v)}
+		}
+	}()
+	out, err := h.run(j.ctx, j.cmd.Parameters)
+	var pe *ParamError
+	switch {
+	case err == nil:
+		return outcome{status: true, output: out}
+	case a.hard.Err() != nil && errors.Is(err, context.Canceled):
+		return outcome{reason: "agent stopped before the command finished", retry: true}
+	case errors.As(err, &pe):
+		return outcome{reason: pe.Error()}
+	default:
+		return outcome{reason: err.Error(), retry: IsTransient(err)}
+	}
+}
+
+// finished logs a result that the broker has recorded.
+func (j *job) finished() {
+	args := []any{"status", j.res.status, "duration", time.Since(j.begin).Round(time.Millisecond).String()}
+	if !j.res.status {
+		args = append(args, "reason", j.res.reason, "retry", j.res.retry)
+	}
+	j.log.Info("command finished", args...)
+}
+
+// deliver completes j's command with its result, retrying what may succeed
+// later, until the broker has it, the lease is lost, or the lease expired
+// (then the broker delivers the command again).
+func (a *runner) deliver(j *job) {
+	for attempt := 1; ; attempt++ {
+		if j.isLost() {
+			j.log.Warn("result not delivered: the lease was lost", "status", j.res.status)
+			return
+		}
+		cctx, cancel := context.WithTimeout(a.final, a.opts.CallTimeout)
+		_, err := a.c.Complete(cctx, j.cmd.ID, j.res.result(j.token))
+		cancel()
+		code := spinbroker.ErrorCode(err)
+		switch {
+		case err == nil:
+			j.finished()
+			return
+		case code == spinbroker.ESTALE:
+			j.loseLease(err)
+			continue
+		case a.final.Err() != nil:
+			j.log.Error("result not delivered before the agent stopped; the broker will deliver the command again", "err", err)
+			return
+		case (code == spinbroker.EINVALID || code == spinbroker.ETOOLARGE) && len(j.res.output) > 0:
+			// The output is what the broker refuses: report that instead
+			// of leaving the command to expire and fail the same way again.
+			j.log.Error("the broker refuses the output", "err", err)
+			j.res = outcome{reason: "agent error: the broker refused the command's output: " + spinbroker.ErrorMessage(err)}
+			continue
+		case !client.Temporary(err):
+			j.log.Error("the broker refuses the result", "err", err)
+			return
+		}
+		left := time.Until(j.expiry())
+		if left <= 0 {
+			j.log.Error("result not delivered before the lease expired; the broker will deliver the command again", "err", err)
+			return
+		}
+		d := min(a.backoff(attempt), left)
+		j.log.Warn("cannot deliver the result; retrying", "err", err, "attempt", attempt, "retry_in", d.String())
+		wait(a.final, d)
+	}
+}
+
+// deliverBatch completes the jobs' commands in one request per attempt,
+// retrying the whole request and the items the broker could not take for
+// now, as deliver does for one.
+func (a *runner) deliverBatch(jobs []*job) {
+	pending := make(map[string]*job, len(jobs))
+	for _, j := range jobs {
+		pending[j.cmd.ID] = j
+	}
+	for attempt := 1; ; attempt++ {
+		var items []spinbroker.BatchResult
+		latest := time.Time{}
+		for id, j := range pending {
+			if j.isLost() || !time.Now().Before(j.expiry()) {
+				j.log.Warn("result not delivered: the lease was lost or expired", "status", j.res.status)
+				delete(pending, id)
+				continue
+			}
+			items = append(items, spinbroker.BatchResult{ID: id, Result: j.res.result(j.token)})
+			if e := j.expiry(); e.After(latest) {
+				latest = e
+			}
+		}
+		if len(items) == 0 {
+			return
+		}
+		cctx, cancel := context.WithTimeout(a.final, a.opts.CallTimeout)
+		outcomes, err := a.c.CompleteBatch(cctx, items)
+		cancel()
+		if err == nil {
+			for _, o := range outcomes {
+				j := pending[o.ID]
+				if j == nil {
+					continue
+				}
+				switch {
+				case o.HTTPStatus >= 200 && o.HTTPStatus < 300:
+					j.finished()
+					delete(pending, o.ID)
+				case o.Error != nil && o.Error.Code == spinbroker.ESTALE:
+					j.loseLease(o.Error)
+				case o.HTTPStatus >= 500 || o.HTTPStatus == 429:
+					// Left pending: tried again below.
+				default:
+					j.log.Error("the broker refuses the result", "http_status", o.HTTPStatus, "err", o.Error)
+					delete(pending, o.ID)
+				}
+			}
+			if len(pending) == 0 {
+				return
+			}
+		} else if !client.Temporary(err) || a.final.Err() != nil {
+			a.log.Error("results not delivered", "err", err, "commands", len(pending))
+			return
+		}
+		d := min(a.backoff(attempt), time.Until(latest))
+		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())
+		if !wait(a.final, max(d, 0)) {
+			a.log.Error("results not delivered before the agent stopped", "commands", len(pending))
+			return
+		}
+	}
+}

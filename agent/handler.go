@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strconv"
+	"strings"
+)
+
+// Handler runs one action of a resource. Make one with Handle.
+type Handler struct {
+	action string
+	run    func(ctx context.Context, params json.RawMessage) (json.RawMessage, error)
+}
+
+// Action is the name of the action h runs.
+func (h Handler) Action() string { return h.action }
+
+// Handle returns the Handler of action: the command's parameters are decoded
+// into a P (see Decode), fn runs with them, and what fn returns becomes the
+// command's output. The output must marshal to a JSON object, or be nil.
+//
+// P is normally a struct with json tags; a field tagged `spin:"required"`
+// must be present and not null, and a P (or *P) with a Validate() error
+// method is validated after decoding. Parameters that do not decode, miss a
+// required field or fail validation fail the command without running fn.
+func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)) Handler {
+	return Handler{action: action, run: func(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
+		var p P
+		if err := Decode(raw, &p); err != nil {
+			return nil, err
+		}
+		out, err := fn(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		return encodeOutput(out)
+	}}
+}
+
+// ParamError is the error of parameters that cannot be used: they do not
+// decode into the action's type, name an unknown field, miss a required one
+// or fail validation. A command with such parameters fails without a retry.
+type ParamError struct {
+	Field   string // the parameter concerned, as a path ("vm.Images[0].Path"); empty when it is the whole
+	Problem string
+}
+
+// Error implements the error interface.
+func (e *ParamError) Error() string {
+	if e.Field == "" {
+		return "invalid parameters: " + e.Problem
+	}
+	return fmt.Sprintf("invalid parameter %q: %s", e.Field, e.Problem)
+}
+
+// Validator is implemented by parameter types that check their values after
+// decoding (a count at least 1, a name without control characters).
+type Validator interface {
+	Validate() error
+}
+
+// Decode decodes a command's parameters into p, a pointer (normally to a
+// struct), strictly: the parameters must be one JSON object (absent or null
+// counts as {}), every field must be known to p's type and of its type,
+// every field tagged `spin:"required"` must be present and not null (at
+// any depth, in slices and maps of structs too), and if p (or what it points
+// to) implements Validator its Validate must pass. Any failure is a
+// *ParamError naming the field.
+//
+// Field names match as encoding/json matches them: the json tag's name,
+// or the Go field name, case-insensitively.
+func Decode(raw json.RawMessage, p any) error {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		raw = []byte("{}")
+	}
+	if raw[0] != '{' {
+		return &ParamError{Problem: "parameters must be a JSON object"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(p); err != nil {
+		return decodeError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return &ParamError{Problem: "parameters must be one JSON object, with nothing after it"}
+	}
+	rv := reflect.ValueOf(p)
+	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		if err := checkRequired(rv.Elem().Type(), raw, ""); err != nil {
+			return err
+		}
+	}
+	v, ok := p.(Validator)
+	if !ok && rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		v, ok = rv.Elem().Interface().(Validator) // P is itself a pointer type
+	}
+	if ok {
+		if err := v.Validate(); err != nil {
+			var pe *ParamError
+			if errors.As(err, &pe) {
+				return pe
+			}
+			return &ParamError{Problem: err.Error()}
+		}
+	}
+	return nil
+}
+
+// decodeError turns an encoding/json error into a ParamError that names the
+// field and says what was expected, in words a person can act on.
+func decodeError(err error) error {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	var pe *ParamError
+	switch {
+	case errors.As(err, &pe):
+		return pe
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return &ParamError{Problem: fmt.Sprintf("want %s, got a JSON %s", typeWord(te.Type), te.Value)}
+		}
+		return &ParamError{Field: field, Problem: fmt.Sprintf("want %s, got a JSON %s", typeWord(te.Type), te.Value)}
+	case errors.As(err, &se):
+		return &ParamError{Problem: "not valid JSON: " + se.Error()}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return &ParamError{Problem: "not valid JSON: unexpected end"}
+	}
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		if s, err := strconv.Unquote(name); err == nil {
+			name = s
+		}
+		return &ParamError{Field: name, Problem: "unknown parameter"}
+	}
+	return &ParamError{Problem: strings.TrimPrefix(msg, "json: ")}
+}
+
+// typeWord names a Go type the way a JSON author thinks of it.
+func typeWord(t reflect.Type) string {
+	if t == nil {
+		return "another type"
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return "a non-negative integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return t.String()
+}
+
+var (
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// checkRequired walks t beside raw (which has already decoded into t) and
+// reports the first field tagged `spin:"required"` that is absent or null.
+// prefix is the path of raw, ending in "." when not empty.
+func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if isNull(raw) || reflect.PointerTo(t).Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler) {
+		return nil
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(raw, &obj) != nil {
+			return nil
+		}
+		return checkFields(t, obj, prefix)
+	case reflect.Slice, reflect.Array:
+		var items []json.RawMessage
+		if json.Unmarshal(raw, &items) != nil {
+			return nil
+		}
+		base := strings.TrimSuffix(prefix, ".")
+		for i, item := range items {
+			if err := checkRequired(t.Elem(), item, fmt.Sprintf("%s[%d].", base, i)); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		var items map[string]json.RawMessage
+		if json.Unmarshal(raw, &items) != nil {
+			return nil
+		}
+		base := strings.TrimSuffix(prefix, ".")
+		for k, item := range items {
+			if err := checkRequired(t.Elem(), item, fmt.Sprintf("%s[%q].", base, k)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkFields(t reflect.Type, obj map[string]json.RawMessage, prefix string) error {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				if err := checkFields(ft, obj, prefix); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		v, ok := lookup(obj, name)
+		if !ok || isNull(v) {
+			if f.Tag.Get("spin") == "required" {
+				return &ParamError{Field: prefix + name, Problem: "required parameter is missing"}
+			}
+			continue
+		}
+		if err := checkRequired(f.Type, v, prefix+name+"."); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookup finds a key as encoding/json does: exactly, else ignoring case.
+func lookup(obj map[string]json.RawMessage, name string) (json.RawMessage, bool) {
+	if v, ok := obj[name]; ok {
+		return v, true
+	}
+	for k, v := range obj {
+		if strings.EqualFold(k, name) {
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+func isNull(raw json.RawMessage) bool {
+	return bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
+}
+
+// errOutput is the reason of a command whose handler returned an output
+// that is not a JSON object: a bug in the agent, reported as one.
+var errOutput = errors.New("the handler's output is not a JSON object")
+
+// encodeOutput marshals a handler's output, which must be a JSON object or
+// nil.
+func encodeOutput(out any) (json.RawMessage, error) {
+	if out == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return nil, fmt.Errorf("encode the handler's output: %w", err)
+	}
+	if isNull(b) {
+		return nil, nil
+	}
+	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
+		return nil, errOutput
+	}
+	return b, nil
+}

@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+type image struct {
+	Path  string `json:"Path" spin:"required"`
+	Cdrom bool   `json:"Cdrom"`
+}
+
+type vm struct {
+	Name   string  `json:"Name" spin:"required"`
+	Cpus   int     `json:"Cpus"`
+	Images []image `json:"Images"`
+}
+
+type common struct {
+	ID string `json:"id" spin:"required"`
+}
+
+type params struct {
+	common
+	VM      *vm                  `json:"vm" spin:"required"`
+	Timeout *spinbroker.Duration `json:"timeout"`
+	Labels  map[string]image     `json:"labels"`
+	Size    uint64               `json:"size"`
+}
+
+func (p params) Validate() error {
+	if p.VM.Cpus < 0 {
+		return errors.New("vm.Cpus must not be negative")
+	}
+	return nil
+}
+
+func TestDecode(t *testing.T) {
+	cases := []struct {
+		name      string
+		raw       string
+		wantField string // "" with wantErr: the problem concerns the whole
+		wantErr   string // a substring of the error; "" for success
+	}{
+		{name: "OK", raw: `{"id":"a","vm":{"Name":"n","Cpus":2,"Images":[{"Path":"/x"}]},"timeout":"3s"}`},
+		{name: "CaseInsensitiveNames", raw: `{"ID":"a","VM":{"name":"n","images":[{"path":"/x"}]}}`},
+		{name: "Null", raw: `null`, wantField: "id", wantErr: "required parameter is missing"},
+		{name: "Empty", raw: ``, wantField: "id", wantErr: "required"},
+		{name: "NotObject", raw: `[1]`, wantErr: "must be a JSON object"},
+		{name: "Trailing", raw: `{"id":"a","vm":{"Name":"n"}} {}`, wantErr: "nothing after it"},
+		{name: "Syntax", raw: `{"id":`, wantErr: "not valid JSON"},
+		{name: "Unknown", raw: `{"id":"a","vm":{"Name":"n"},"colour":1}`, wantField: "colour", wantErr: "unknown parameter"},
+		{name: "UnknownNested", raw: `{"id":"a","vm":{"Name":"n","Disk":1}}`, wantField: "Disk", wantErr: "unknown parameter"},
+		{name: "WrongType", raw: `{"id":"a","vm":{"Name":"n","Cpus":"two"}}`, wantField: "vm.Cpus", wantErr: "want an integer, got a JSON string"},
+		{name: "WrongTypeInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":3}]}}`, wantField: "vm.Images.Path", wantErr: "want a string"},
+		{name: "Negative", raw: `{"id":"a","vm":{"Name":"n"},"size":-1}`, wantField: "size", wantErr: "non-negative integer"},
+		{name: "Fraction", raw: `{"id":"a","vm":{"Name":"n","Cpus":1.5}}`, wantField: "vm.Cpus", wantErr: "want an integer"},
+		{name: "MissingTop", raw: `{"vm":{"Name":"n"}}`, wantField: "id", wantErr: "required parameter is missing"},
+		{name: "NullRequired", raw: `{"id":"a","vm":null}`, wantField: "vm", wantErr: "required parameter is missing"},
+		{name: "MissingNested", raw: `{"id":"a","vm":{"Cpus":1}}`, wantField: "vm.Name", wantErr: "required"},
+		{name: "MissingInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"},{"Cdrom":true}]}}`, wantField: "vm.Images[1].Path", wantErr: "required"},
+		{name: "MissingInMap", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{}}}`, wantField: `labels["k"].Path`, wantErr: "required"},
+		{name: "BadDuration", raw: `{"id":"a","vm":{"Name":"n"},"timeout":30}`, wantErr: "duration"},
+		{name: "Validate", raw: `{"id":"a","vm":{"Name":"n","Cpus":-1}}`, wantErr: "vm.Cpus must not be negative"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var p params
+			err := Decode(json.RawMessage(tc.raw), &p)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Decode: %v", err)
+				}
+				return
+			}
+			var pe *ParamError
+			if !errors.As(err, &pe) {
+				t.Fatalf("Decode error = %v (%T), want a *ParamError", err, err)
+			}
+			if pe.Field != tc.wantField {
+				t.Errorf("Field = %q, want %q (error %q)", pe.Field, tc.wantField, err)
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error %q does not contain %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestDecode_Values(t *testing.T) {
+	var p params
+	raw := `{"id":"a","vm":{"Name":"n","Cpus":2,"Images":[{"Path":"/x","Cdrom":true}]},"timeout":"3s"}`
+	if err := Decode(json.RawMessage(raw), &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.ID != "a" || p.VM.Name != "n" || p.VM.Cpus != 2 || len(p.VM.Images) != 1 || !p.VM.Images[0].Cdrom || p.Timeout.D() != 3*time.Second {
+		t.Errorf("decoded %+v %+v", p, p.VM)
+	}
+}
+
+// A parameter type that is itself a pointer still gets validated.
+func TestDecode_PointerParams(t *testing.T) {
+	var p *params
+	err := Decode(json.RawMessage(`{"id":"a","vm":{"Name":"n","Cpus":-3}}`), &p)
+	if err == nil || !strings.Contains(err.Error(), "must not be negative") {
+		t.Errorf("Decode = %v, want the Validate error", err)
+	}
+}
+
+func TestHandle(t *testing.T) {
+	type in struct {
+		N int `json:"n" spin:"required"`
+	}
+	ran := false
+	h := Handle("double", func(ctx context.Context, p in) (any, error) {
+		ran = true
+		return map[string]int{"n": 2 * p.N}, nil
+	})
+	if h.Action() != "double" {
+		t.Errorf("Action = %q", h.Action())
+	}
+	out, err := h.run(context.Background(), json.RawMessage(`{"n":21}`))
+	if err != nil || string(out) != `{"n":42}` {
+		t.Errorf("run = %s, %v", out, err)
+	}
+	ran = false
+	if _, err := h.run(context.Background(), json.RawMessage(`{"m":1}`)); err == nil || ran {
+		t.Errorf("run with an unknown parameter: err %v, handler ran %v", err, ran)
+	}
+
+	for _, tc := range []struct {
+		out     any
+		want    string
+		wantErr bool
+	}{
+		{out: nil, want: ""},
+		{out: (*struct{})(nil), want: ""},
+		{out: json.RawMessage(`{"a":1}`), want: `{"a":1}`},
+		{out: struct {
+			Path string `json:"path"`
+		}{"p"}, want: `{"path":"p"}`},
+		{out: 3, wantErr: true},
+		{out: []int{1}, wantErr: true},
+		{out: "s", wantErr: true},
+		{out: func() {}, wantErr: true},
+	} {
+		h := Handle("o", func(ctx context.Context, p struct{}) (any, error) { return tc.out, nil })
+		out, err := h.run(context.Background(), nil)
+		if (err != nil) != tc.wantErr || string(out) != tc.want {
+			t.Errorf("output %#v: got %s, %v; want %s (error %v)", tc.out, out, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestTransient(t *testing.T) {
+	base := errors.New("device busy")
+	err := Transient(base)
+	if !IsTransient(err) || !errors.Is(err, base) || err.Error() != "device busy" {
+		t.Errorf("Transient(%v) = %v, transient %v", base, err, IsTransient(err))
+	}
+	if IsTransient(base) || Transient(nil) != nil {
+		t.Error("plain errors are not transient; Transient(nil) is nil")
+	}
+	wrapped := errors.Join(errors.New("x"), err)
+	if !IsTransient(wrapped) {
+		t.Error("a wrapped transient error is transient")
+	}
+}
+
+// FuzzDecode: any input either decodes or fails with a *ParamError; never a
+// panic, never another error type.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"a","vm":{"Name":"n","Cpus":2,"Images":[{"Path":"/x"}]},"timeout":"3s"}`,
+		`{"id":"a","vm":{"Name":"n"},"labels":{"k":{}}}`,
+		`{"vm":{"Images":[{},{"Path":null}]}}`,
+		`null`, `[]`, `{"id":1}`, `{"id":"a"} x`, `{"ID":"a","VM":{"NAME":"x"}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var p params
+		err := Decode(raw, &p)
+		if err == nil {
+			if s := strings.ToLower(string(raw)); p.ID == "" && !strings.Contains(s, "id") && !strings.Contains(s, `\`) {
+				t.Errorf("decoded without the required id: %q", raw)
+			}
+			return
+		}
+		var pe *ParamError
+		if !errors.As(err, &pe) {
+			t.Errorf("Decode(%q) = %v (%T), want a *ParamError", raw, err, err)
+		}
+	})
+}

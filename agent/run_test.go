@@ -1,0 +1,492 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// broker is a real in-process broker: the store on a temporary file and
+// the HTTP API, optionally behind a faulty network (wrap).
+type broker struct {
+	c   *client.Client
+	url string
+}
+
+func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) http.Handler) *broker {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	srv := httpapi.New(db, quietLogger(), opts)
+	var h http.Handler = srv.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	ts := httptest.NewServer(h)
+	t.Cleanup(func() { srv.Shutdown(); ts.Close() })
+	c, err := client.New(ts.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &broker{c: c, url: ts.URL}
+}
+
+func quietLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// enqueue enqueues one package of commands of resource "test" and returns
+// their ids.
+func (b *broker) enqueue(t *testing.T, cmds ...spinbroker.NewCommand) []string {
+	t.Helper()
+	for i := range cmds {
+		if cmds[i].Resource == "" {
+			cmds[i].Resource = "test"
+		}
+	}
+	p, err := b.c.CreatePackage(context.Background(), spinbroker.NewPackage{Commands: cmds, Enqueue: true})
+	if err != nil {
+		t.Fatalf("create package: %v", err)
+	}
+	ids := make([]string, len(p.Commands))
+	for i, c := range p.Commands {
+		ids[i] = c.ID
+	}
+	return ids
+}
+
+func cmd(action, params string) spinbroker.NewCommand {
+	return spinbroker.NewCommand{Action: action, Parameters: json.RawMessage(params)}
+}
+
+// await waits until the command is in a terminal state (or in want, when
+// given) and returns it.
+func (b *broker) await(t *testing.T, id string, want ...spinbroker.CommandState) *spinbroker.Command {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := b.c.Command(context.Background(), id)
+		if err != nil {
+			t.Fatalf("read command: %v", err)
+		}
+		done := c.State.Terminal()
+		if len(want) > 0 {
+			done = c.State == want[0]
+		}
+		if done {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("command %s is still %s (attempts %d)", id, c.State, c.Attempts)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runAgent runs an agent until the test ends and returns a stop function
+// that cancels it and returns Run's error.
+func runAgent(t *testing.T, b *broker, handlers []agent.Handler, opts agent.Options) func() error {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	if opts.Wait == 0 {
+		opts.Wait = 2 * time.Second
+	}
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff, opts.MaxBackoff = 10*time.Millisecond, 100*time.Millisecond
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- agent.Run(ctx, b.c, "test", handlers, opts) }()
+	var once sync.Once
+	var err error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-errc:
+			case <-time.After(30 * time.Second):
+				err = errors.New("Run did not return")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+type greet struct {
+	Name string `json:"name" spin:"required"`
+}
+
+func greeter(ran *atomic.Int32) agent.Handler {
+	return agent.Handle("greet", func(ctx context.Context, p greet) (any, error) {
+		if ran != nil {
+			ran.Add(1)
+		}
+		return map[string]string{"greeting": "hello, " + p.Name}, nil
+	})
+}
+
+func TestRun_Succeeds(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{})
+	ids := b.enqueue(t, cmd("greet", `{"name":"world"}`))
+	c := b.await(t, ids[0])
+	if c.State != spinbroker.Succeeded || string(c.Output) != `{"greeting":"hello, world"}` {
+		t.Errorf("command %s, output %s", c.State, c.Output)
+	}
+}
+
+func TestRun_BadParameters(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	var ran atomic.Int32
+	runAgent(t, b, []agent.Handler{greeter(&ran)}, agent.Options{})
+	cases := []struct{ params, reason string }{
+		{`{}`, `invalid parameter "name": required parameter is missing`},
+		{`{"name":"x","colour":"red"}`, `invalid parameter "colour": unknown parameter`},
+		{`{"name":3}`, `invalid parameter "name": want a string, got a JSON number`},
+	}
+	for _, tc := range cases {
+		ids := b.enqueue(t, cmd("greet", tc.params))
+		c := b.await(t, ids[0])
+		if c.State != spinbroker.Failed || c.Reason == nil || *c.Reason != tc.reason || c.Attempts != 1 {
+			t.Errorf("parameters %s: command %s after %d attempts, reason %v; want failed once with %q", tc.params, c.State, c.Attempts, deref(c.Reason), tc.reason)
+		}
+	}
+	ids := b.enqueue(t, cmd("frobnicate", `{}`))
+	if c := b.await(t, ids[0]); c.State != spinbroker.Failed || !strings.Contains(deref(c.Reason), `no action "frobnicate"`) {
+		t.Errorf("unknown action: %s, %q", c.State, deref(c.Reason))
+	}
+	if n := ran.Load(); n != 0 {
+		t.Errorf("the handler ran %d times on bad parameters", n)
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
+}
+
+func TestRun_ErrorsAndPanics(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	var flaky atomic.Int32
+	handlers := []agent.Handler{
+		greeter(nil),
+		agent.Handle("fail", func(ctx context.Context, p struct{}) (any, error) {
+			return nil, errors.New("disk full")
+		}),
+		agent.Handle("flaky", func(ctx context.Context, p struct{}) (any, error) {
+			if flaky.Add(1) == 1 {
+				return nil, agent.Transient(errors.New("device busy"))
+			}
+			return nil, nil
+		}),
+		agent.Handle("panic", func(ctx context.Context, p struct{}) (any, error) {
+			var m map[string]int
+			m["x"] = 1
+			return nil, nil
+		}),
+		agent.Handle("bad_output", func(ctx context.Context, p struct{}) (any, error) {
+			return []int{1}, nil
+		}),
+	}
+	runAgent(t, b, handlers, agent.Options{})
+	ids := b.enqueue(t, cmd("fail", `{}`), cmd("panic", `{}`), cmd("bad_output", `{}`), cmd("flaky", `{}`), cmd("greet", `{"name":"after"}`))
+	want := []struct {
+		state    spinbroker.CommandState
+		reason   string
+		attempts int
+	}{
+		{spinbroker.Failed, "disk full", 1},
+		{spinbroker.Failed, "agent error: the handler panicked: assignment to entry in nil map", 1},
+		{spinbroker.Failed, "the handler's output is not a JSON object", 1},
+		{spinbroker.Succeeded, "", 2},
+		{spinbroker.Succeeded, "", 1},
+	}
+	for i, id := range ids {
+		c := b.await(t, id)
+		if c.State != want[i].state || c.Attempts != want[i].attempts || want[i].reason != "" && deref(c.Reason) != want[i].reason {
+			t.Errorf("command %d: %s after %d attempts, reason %q; want %s after %d, %q", i, c.State, c.Attempts, deref(c.Reason), want[i].state, want[i].attempts, want[i].reason)
+		}
+	}
+}
+
+// A handler that runs longer than its lease keeps it with heartbeats.
+func TestRun_Heartbeats(t *testing.T) {
+	var beats atomic.Int32
+	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/heartbeat") {
+				beats.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	slow := agent.Handle("slow", func(ctx context.Context, p struct{}) (any, error) {
+		select {
+		case <-time.After(2500 * time.Millisecond):
+			return map[string]bool{"done": true}, nil
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	})
+	runAgent(t, b, []agent.Handler{slow}, agent.Options{Lease: time.Second})
+	ids := b.enqueue(t, cmd("slow", `{}`))
+	c := b.await(t, ids[0])
+	if c.State != spinbroker.Succeeded || c.Attempts != 1 {
+		t.Errorf("command %s after %d attempts (%q)", c.State, c.Attempts, deref(c.Reason))
+	}
+	if n := beats.Load(); n < 5 {
+		t.Errorf("%d heartbeats in 2.5s with a 1s lease, want at least 5", n)
+	}
+}
+
+// When the lease is lost (here a person settles the command by hand), the
+// handler's context is cancelled: the work is someone else's now.
+func TestRun_LeaseLostCancelsHandler(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	started := make(chan struct{})
+	cause := make(chan error, 1)
+	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
+		close(started)
+		<-ctx.Done()
+		cause <- context.Cause(ctx)
+		return nil, ctx.Err()
+	})
+	runAgent(t, b, []agent.Handler{block, greeter(nil)}, agent.Options{Lease: 1500 * time.Millisecond})
+	ids := b.enqueue(t, cmd("block", `{}`), cmd("greet", `{"name":"next"}`))
+	<-started
+	ok := false
+	if _, err := b.c.Complete(context.Background(), ids[0], spinbroker.Result{Status: &ok, Reason: new("settled by hand")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-cause:
+		if err == nil || !strings.Contains(err.Error(), "lease") {
+			t.Errorf("cause = %v, want the lost lease", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the handler's context was not cancelled after the lease was lost")
+	}
+	if c := b.await(t, ids[0]); deref(c.Reason) != "settled by hand" {
+		t.Errorf("the hand-made result was overwritten: %q", deref(c.Reason))
+	}
+	if c := b.await(t, ids[1]); c.State != spinbroker.Succeeded {
+		t.Errorf("the next command: %s", c.State)
+	}
+}
+
+// faults makes the network between agent and broker fail: the first n
+// requests whose path matches answer 503, or (lose) reach the broker but
+// lose its answer.
+type faults struct {
+	match func(r *http.Request) bool
+	n     atomic.Int32
+	lose  bool
+	seen  atomic.Int32
+}
+
+func (f *faults) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !f.match(r) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		f.seen.Add(1)
+		if f.n.Add(-1) < 0 {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if !f.lose {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
+			return
+		}
+		h.ServeHTTP(httptest.NewRecorder(), r)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	})
+}
+
+func isComplete(r *http.Request) bool {
+	return r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/commands/") && strings.HasSuffix(r.URL.Path, "/complete")
+}
+
+func TestRun_CompletionIsRetried(t *testing.T) {
+	for _, lose := range []bool{false, true} {
+		name := map[bool]string{false: "Unavailable", true: "AnswerLost"}[lose]
+		t.Run(name, func(t *testing.T) {
+			f := &faults{match: isComplete, lose: lose}
+			f.n.Store(3)
+			b := startBroker(t, httpapi.Options{}, f.wrap)
+			runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{})
+			ids := b.enqueue(t, cmd("greet", `{"name":"again"}`))
+			c := b.await(t, ids[0])
+			if c.State != spinbroker.Succeeded || c.Attempts != 1 || string(c.Output) != `{"greeting":"hello, again"}` {
+				t.Errorf("command %s after %d attempts, output %s", c.State, c.Attempts, c.Output)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := f.seen.Load(); n != 4 {
+				t.Errorf("%d completion requests, want 4 (3 failed, 1 delivered)", n)
+			}
+		})
+	}
+}
+
+func TestRun_BrokerUnavailable(t *testing.T) {
+	f := &faults{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/next") }}
+	f.n.Store(4)
+	b := startBroker(t, httpapi.Options{}, f.wrap)
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{})
+	ids := b.enqueue(t, cmd("greet", `{"name":"x"}`))
+	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
+		t.Errorf("command %s", c.State)
+	}
+	if n := f.seen.Load(); n < 5 {
+		t.Errorf("%d next requests, want at least 5", n)
+	}
+}
+
+func TestRun_Unauthorized(t *testing.T) {
+	b := startBroker(t, httpapi.Options{Auth: true}, nil)
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(context.Background(), b.c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
+	}()
+	select {
+	case err := <-done:
+		if spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
+			t.Errorf("Run = %v, want unauthorized", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run goes on without a valid token")
+	}
+}
+
+func TestRun_GracefulStop(t *testing.T) {
+	t.Run("FinishesWithinGrace", func(t *testing.T) {
+		b := startBroker(t, httpapi.Options{}, nil)
+		started := make(chan struct{})
+		slow := agent.Handle("slow", func(ctx context.Context, p struct{}) (any, error) {
+			close(started)
+			time.Sleep(500 * time.Millisecond)
+			return map[string]bool{"finished": true}, ctx.Err()
+		})
+		stop := runAgent(t, b, []agent.Handler{slow, greeter(nil)}, agent.Options{Grace: 5 * time.Second})
+		ids := b.enqueue(t, cmd("slow", `{}`), cmd("greet", `{"name":"never"}`))
+		<-started
+		if err := stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
+			t.Errorf("the running command: %s (%q)", c.State, deref(c.Reason))
+		}
+		if c, _ := b.c.Command(context.Background(), ids[1]); c.State != spinbroker.Ready {
+			t.Errorf("the next command was taken after the stop: %s", c.State)
+		}
+	})
+	t.Run("CancelledAfterGrace", func(t *testing.T) {
+		b := startBroker(t, httpapi.Options{}, nil)
+		started := make(chan struct{})
+		forever := agent.Handle("forever", func(ctx context.Context, p struct{}) (any, error) {
+			close(started)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		stop := runAgent(t, b, []agent.Handler{forever}, agent.Options{Grace: 300 * time.Millisecond})
+		ids := b.enqueue(t, cmd("forever", `{}`))
+		<-started
+		begin := time.Now()
+		if err := stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if d := time.Since(begin); d < 300*time.Millisecond || d > 3*time.Second {
+			t.Errorf("Run returned %s after the stop, want just after the 300ms grace", d)
+		}
+		// Put back for another agent, not failed.
+		c, _ := b.c.Command(context.Background(), ids[0])
+		if c.State != spinbroker.Ready || !strings.Contains(deref(c.Reason), "agent stopped") {
+			t.Errorf("the interrupted command: %s, %q; want ready again", c.State, deref(c.Reason))
+		}
+	})
+}
+
+func TestRun_Batch(t *testing.T) {
+	var batches atomic.Int32
+	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/commands/complete" {
+				batches.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	conc := 4
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+		t.Fatal(err)
+	}
+	var inFlight, most atomic.Int32
+	work := agent.Handle("work", func(ctx context.Context, p struct {
+		N int `json:"n"`
+	}) (any, error) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+		if p.N == 3 {
+			return nil, errors.New("three is bad")
+		}
+		return map[string]int{"n": p.N}, nil
+	})
+	var cmds []spinbroker.NewCommand
+	for i := range 12 {
+		cmds = append(cmds, cmd("work", `{"n":`+string(rune('0'+i%10))+`}`))
+	}
+	cmds = append(cmds, cmd("work", `{"x":1}`))
+	ids := b.enqueue(t, cmds...)
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 8})
+	for i, id := range ids {
+		c := b.await(t, id)
+		wantOK := i != 3 && i != 12
+		if (c.State == spinbroker.Succeeded) != wantOK {
+			t.Errorf("command %d: %s (%q)", i, c.State, deref(c.Reason))
+		}
+	}
+	if n := batches.Load(); n < 3 || n > 6 {
+		t.Errorf("%d batched completions for 13 commands at concurrency 4, want about 4", n)
+	}
+	if m := most.Load(); m < 2 || m > 4 {
+		t.Errorf("at most %d handlers ran at once, want between 2 and the queue's concurrency 4", m)
+	}
+}
