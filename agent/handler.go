@@ -44,6 +44,13 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 	}}
 }
 
+// Call runs the handler once on params, as Run would (decoding, then the
+// handler), without a broker: for tests and tools. The output is the
+// command's output as it would be reported.
+func (h Handler) Call(ctx context.Context, params json.RawMessage) (json.RawMessage, error) {
+	return h.run(ctx, params)
+}
+
 // ParamError is the error of parameters that cannot be used: they do not
 // decode into the action's type, name an unknown field, miss a required one
 // or fail validation. A command with such parameters fails without a retry.

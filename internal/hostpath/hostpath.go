@@ -1,0 +1,621 @@
+// Package hostpath is the storage of sa-host-path: volumes are folders under
+// one root directory and images are files in them, raw and sparse, or qcow2
+// made with qemu-img.
+//
+// Every path is resolved through an os.Root: a parameter that is absolute,
+// climbs out with "..", or meets a symlink that leads outside the root is
+// refused, and nothing outside the root is touched, not even by qemu-img
+// (which is handed an already opened file). Actions are idempotent where the
+// result is the same, because the broker delivers at least once: adding a
+// volume that exists, or deleting an image that is gone, succeeds.
+package hostpath
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spin-broker/spinbroker/agent"
+)
+
+// Resource is the queue sa-host-path serves.
+const Resource = "storage"
+
+// MaxImageGiB is the largest image size accepted, in GiB (64 TiB).
+const MaxImageGiB = 64 << 10
+
+// Options configure a Storage.
+type Options struct {
+	// QemuImg is the qemu-img program for qcow2 images; found on $PATH
+	// when empty.
+	QemuImg string
+	// Logger receives the storage's own log lines; slog.Default when nil.
+	Logger *slog.Logger
+}
+
+// Storage is a root directory of volumes and images.
+type Storage struct {
+	dir     string // absolute, symlinks resolved
+	root    *os.Root
+	qemuImg string
+	log     *slog.Logger
+}
+
+// Open opens (creating it if needed) the root directory dir.
+func Open(dir string, opts Options) (*Storage, error) {
+	if dir == "" {
+		return nil, errors.New("hostpath: no root directory")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("hostpath: create the root: %w", err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hostpath: root %q: %w", dir, err)
+	}
+	root, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("hostpath: open the root: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Storage{dir: abs, root: root, qemuImg: opts.QemuImg, log: opts.Logger}, nil
+}
+
+// Close closes the root.
+func (s *Storage) Close() error { return s.root.Close() }
+
+// Dir is the root directory's absolute path.
+func (s *Storage) Dir() string { return s.dir }
+
+// Handlers are the storage actions, for agent.Run.
+func (s *Storage) Handlers() []agent.Handler {
+	return []agent.Handler{
+		agent.Handle("add_volume", s.AddVolume),
+		agent.Handle("remove_volume", s.RemoveVolume),
+		agent.Handle("create_image", s.CreateImage),
+		agent.Handle("delete_image", s.DeleteImage),
+		agent.Handle("resize_image", s.ResizeImage),
+		agent.Handle("move_image", s.MoveImage),
+		agent.Handle("copy_image", s.CopyImage),
+	}
+}
+
+// Output reports what an action made, changed or found.
+type Output struct {
+	// Path is relative to the root; HostPath is the same file or folder on
+	// the host, for the agents that use it (sa-emulation).
+	Path     string `json:"path"`
+	HostPath string `json:"host_path"`
+	// Size is an image's virtual size in bytes, SizeGiB the same in GiB.
+	Size    int64  `json:"size,omitempty"`
+	SizeGiB int64  `json:"size_gib,omitempty"`
+	Format  string `json:"format,omitempty"`
+	// Changed is false when the action found its result already there.
+	Changed bool `json:"changed"`
+	// PreviousSize is an image's size before a resize.
+	PreviousSize int64 `json:"previous_size,omitempty"`
+}
+
+func (s *Storage) output(rel string, changed bool) *Output {
+	return &Output{Path: filepath.ToSlash(rel), HostPath: filepath.Join(s.dir, rel), Changed: changed}
+}
+
+func (o *Output) withImage(info imageInfo) *Output {
+	o.Size, o.SizeGiB, o.Format = info.size, info.size>>30, info.format
+	return o
+}
+
+// CleanPath checks a path parameter and returns its clean form: relative,
+// without a ".." that climbs out, without NUL. Symlinks are judged later, by
+// the os.Root every access goes through.
+func CleanPath(what, p string) (string, error) {
+	switch {
+	case p == "":
+		return "", fmt.Errorf("%s is empty", what)
+	case strings.ContainsRune(p, 0):
+		return "", fmt.Errorf("%s contains a NUL byte", what)
+	case filepath.IsAbs(p) || strings.HasPrefix(p, "/") || strings.HasPrefix(p, `\`):
+		return "", fmt.Errorf("%s %q is absolute: paths are relative to the storage root", what, p)
+	case !filepath.IsLocal(p):
+		return "", fmt.Errorf("%s %q leaves the storage root", what, p)
+	}
+	return filepath.Clean(p), nil
+}
+
+// volumePath is CleanPath for a volume, which is never the root itself.
+func volumePath(what, p string) (string, error) {
+	c, err := CleanPath(what, p)
+	if err == nil && c == "." {
+		err = fmt.Errorf("%s %q is the storage root itself, not a volume", what, p)
+	}
+	return c, err
+}
+
+// CheckImageName checks an image's file name: one path element.
+func CheckImageName(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("image_name %q is not a file name", name)
+	case strings.ContainsAny(name, "/\\\x00"):
+		return fmt.Errorf("image_name %q must be a file name, without a path separator", name)
+	case len(name) > 255:
+		return fmt.Errorf("image_name is longer than 255 bytes")
+	}
+	return nil
+}
+
+func checkSize(gib int64) error {
+	if gib < 1 || gib > MaxImageGiB {
+		return fmt.Errorf("image_size must be between 1 and %d (GiB), not %d", MaxImageGiB, gib)
+	}
+	return nil
+}
+
+// describe makes the errors of the file system readable as a command's
+// reason, and says plainly when a path was refused for leaving the root.
+func describe(rel string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if strings.Contains(err.Error(), "path escapes from parent") {
+		return fmt.Errorf("refused: %q leads outside the storage root", rel)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s %q: %w", pe.Op, rel, pe.Err)
+	}
+	return err
+}
+
+// AddVolume is the parameters of add_volume.
+type AddVolume struct {
+	Path string `json:"path" spin:"required"`
+}
+
+// AddVolume makes the folder p.Path (and its parents); a volume that
+// exists already is success.
+func (s *Storage) AddVolume(ctx context.Context, p AddVolume) (any, error) {
+	rel, err := volumePath("path", p.Path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := s.root.Stat(rel)
+	switch {
+	case err == nil && fi.IsDir():
+		return s.output(rel, false), nil
+	case err == nil:
+		return nil, fmt.Errorf("volume %q exists and is not a folder", rel)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, describe(rel, err)
+	}
+	if err := s.root.MkdirAll(rel, 0o755); err != nil {
+		return nil, describe(rel, err)
+	}
+	return s.output(rel, true), nil
+}
+
+// RemoveVolume is the parameters of remove_volume. Force removes a volume
+// with its images; without it only an empty volume is removed.
+type RemoveVolume struct {
+	Path  string `json:"path" spin:"required"`
+	Force bool   `json:"force"`
+}
+
+// RemoveVolume removes the folder p.Path; a volume that is gone is success.
+func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error) {
+	rel, err := volumePath("path", p.Path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := s.root.Lstat(rel)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return s.output(rel, false), nil
+	case err != nil:
+		return nil, describe(rel, err)
+	case fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%q is an image, not a volume (use delete_image)", rel)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("refused: %q is a symbolic link or a special file, not a volume", rel)
+	}
+	if p.Force {
+		err = s.root.RemoveAll(rel)
+	} else {
+		err = s.root.Remove(rel)
+	}
+	if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+		return nil, fmt.Errorf("volume %q is not empty: delete its images first, or pass force: true", rel)
+	}
+	if err != nil {
+		return nil, describe(rel, err)
+	}
+	return s.output(rel, true), nil
+}
+
+// CreateImage is the parameters of create_image. ImageSize is in GiB;
+// Format is "raw" (the default: a sparse file) or "qcow2".
+type CreateImage struct {
+	VolumePath string `json:"volume_path" spin:"required"`
+	ImageName  string `json:"image_name" spin:"required"`
+	ImageSize  int64  `json:"image_size" spin:"required"`
+	Format     string `json:"format"`
+}
+
+// Validate checks the name, size and format.
+func (p CreateImage) Validate() error {
+	if err := CheckImageName(p.ImageName); err != nil {
+		return err
+	}
+	if err := checkSize(p.ImageSize); err != nil {
+		return err
+	}
+	switch p.Format {
+	case "", "raw", "qcow2":
+		return nil
+	}
+	return fmt.Errorf("format %q is not raw or qcow2", p.Format)
+}
+
+// CreateImage makes an image of p.ImageSize GiB in a volume. An image that
+// exists with the same format and size is success; with another, an error.
+func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
+	vol, err := s.volume("volume_path", p.VolumePath)
+	if err != nil {
+		return nil, err
+	}
+	format := p.Format
+	if format == "" {
+		format = "raw"
+	}
+	rel := filepath.Join(vol, p.ImageName)
+	size := p.ImageSize << 30
+	if info, err := s.stat(rel); err == nil {
+		if info.format == format && info.size == size {
+			return s.output(rel, false).withImage(info), nil
+		}
+		return nil, fmt.Errorf("image %q exists already as %s of %d bytes; delete or resize it", rel, info.format, info.size)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	err = s.writeAtomically(rel, func(f *os.File) error {
+		if format == "qcow2" {
+			return s.qemuImgRun(ctx, f, "create", "-q", "-f", "qcow2", "/dev/fd/3", fmt.Sprint(size))
+		}
+		return f.Truncate(size)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("image created", "path", rel, "format", format, "size", size)
+	return s.output(rel, true).withImage(imageInfo{format: format, size: size}), nil
+}
+
+// volume checks a volume parameter and that the volume exists.
+func (s *Storage) volume(what, p string) (string, error) {
+	vol, err := CleanPath(what, p)
+	if err != nil {
+		return "", err
+	}
+	fi, err := s.root.Stat(vol)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("volume %q does not exist (add_volume first)", vol)
+	case err != nil:
+		return "", describe(vol, err)
+	case !fi.IsDir():
+		return "", fmt.Errorf("volume %q is not a folder", vol)
+	}
+	return vol, nil
+}
+
+// writeAtomically makes the file rel by filling a temporary file beside it
+// and renaming it into place, so a crash never leaves a half-made image
+// under the final name (a retried command would take it for done).
+func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(filepath.Dir(rel), fmt.Sprintf(".%s.tmp-%x", filepath.Base(rel), rnd))
+	f, err := s.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return describe(rel, err)
+	}
+	err = fill(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = describe(rel, s.root.Rename(tmp, rel))
+	}
+	if err != nil {
+		_ = s.root.Remove(tmp)
+	}
+	return err
+}
+
+// qemuImgRun runs qemu-img with f as its fd 3 (/dev/fd/3), so that it
+// writes the file the root opened and never resolves a path itself.
+func (s *Storage) qemuImgRun(ctx context.Context, f *os.File, args ...string) error {
+	prog := s.qemuImg
+	if prog == "" {
+		prog = "qemu-img"
+	}
+	prog, err := exec.LookPath(prog)
+	if err != nil {
+		return fmt.Errorf("qcow2 images need qemu-img, which is not installed on this host (install qemu-utils, or use format raw): %w", err)
+	}
+	cmd := exec.CommandContext(ctx, prog, args...)
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if len(msg) > 500 {
+			msg = msg[:500] + "…"
+		}
+		return fmt.Errorf("qemu-img %s: %v: %s", args[0], err, msg)
+	}
+	return nil
+}
+
+// imageInfo is an image's format and virtual size in bytes.
+type imageInfo struct {
+	format string
+	size   int64
+}
+
+// qcow2Magic starts every qcow2 image; its virtual size is the big-endian
+// 64-bit number at offset 24.
+var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
+
+// stat reads an image's format and size from its header, without qemu-img.
+func (s *Storage) stat(rel string) (imageInfo, error) {
+	fi, err := s.root.Lstat(rel)
+	if err != nil {
+		return imageInfo{}, describe(rel, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return imageInfo{}, fmt.Errorf("%q is not an image file", rel)
+	}
+	f, err := s.root.Open(rel)
+	if err != nil {
+		return imageInfo{}, describe(rel, err)
+	}
+	defer f.Close()
+	return readInfo(f, fi.Size())
+}
+
+func readInfo(f io.ReaderAt, fileSize int64) (imageInfo, error) {
+	var hdr [32]byte
+	n, err := f.ReadAt(hdr[:], 0)
+	if n == len(hdr) && string(hdr[:4]) == string(qcow2Magic) {
+		return imageInfo{format: "qcow2", size: int64(binary.BigEndian.Uint64(hdr[24:32]))}, nil
+	}
+	if err != nil && err != io.EOF {
+		return imageInfo{}, err
+	}
+	return imageInfo{format: "raw", size: fileSize}, nil
+}
+
+// DeleteImage is the parameters of delete_image: ImagePath is relative to
+// the root ("volume/disk.img").
+type DeleteImage struct {
+	ImagePath string `json:"image_path" spin:"required"`
+}
+
+// DeleteImage removes an image; one that is gone is success.
+func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
+	rel, err := volumePath("image_path", p.ImagePath)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := s.root.Lstat(rel)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return s.output(rel, false), nil
+	case err != nil:
+		return nil, describe(rel, err)
+	case fi.IsDir():
+		return nil, fmt.Errorf("%q is a volume, not an image (use remove_volume)", rel)
+	}
+	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, describe(rel, err)
+	}
+	s.log.Info("image deleted", "path", rel)
+	return s.output(rel, true), nil
+}
+
+// ResizeImage is the parameters of resize_image. An image only grows unless
+// Shrink is true.
+type ResizeImage struct {
+	VolumePath string `json:"volume_path" spin:"required"`
+	ImageName  string `json:"image_name" spin:"required"`
+	ImageSize  int64  `json:"image_size" spin:"required"`
+	Shrink     bool   `json:"shrink"`
+}
+
+// Validate checks the name and size.
+func (p ResizeImage) Validate() error {
+	if err := CheckImageName(p.ImageName); err != nil {
+		return err
+	}
+	return checkSize(p.ImageSize)
+}
+
+// ResizeImage sets an image's virtual size to p.ImageSize GiB; an image of
+// that size already is success.
+func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
+	vol, err := s.volume("volume_path", p.VolumePath)
+	if err != nil {
+		return nil, err
+	}
+	rel := filepath.Join(vol, p.ImageName)
+	info, err := s.stat(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("image %q does not exist", rel)
+	} else if err != nil {
+		return nil, err
+	}
+	size := p.ImageSize << 30
+	out := s.output(rel, size != info.size)
+	out.PreviousSize = info.size
+	switch {
+	case size == info.size:
+		return out.withImage(info), nil
+	case size < info.size && !p.Shrink:
+		return nil, fmt.Errorf("image %q has %d bytes; shrinking it to %d GiB may lose data: pass shrink: true", rel, info.size, p.ImageSize)
+	}
+	f, err := s.root.OpenFile(rel, os.O_RDWR, 0)
+	if err != nil {
+		return nil, describe(rel, err)
+	}
+	defer f.Close()
+	if info.format == "qcow2" {
+		args := []string{"resize", "-q", "-f", "qcow2", "/dev/fd/3", fmt.Sprint(size)}
+		if size < info.size {
+			args = append(args[:1], append([]string{"--shrink"}, args[1:]...)...)
+		}
+		err = s.qemuImgRun(ctx, f, args...)
+	} else {
+		err = f.Truncate(size)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("image resized", "path", rel, "size", size, "previous_size", info.size)
+	return out.withImage(imageInfo{format: info.format, size: size}), nil
+}
+
+// MoveImage is the parameters of move_image: the image ImageName moves from
+// the volume Volume to TargetVolume.
+type MoveImage struct {
+	ImageName    string `json:"image_name" spin:"required"`
+	Volume       string `json:"volume" spin:"required"`
+	TargetVolume string `json:"target_volume" spin:"required"`
+}
+
+// Validate checks the name.
+func (p MoveImage) Validate() error { return CheckImageName(p.ImageName) }
+
+// CopyImage is the parameters of copy_image, as MoveImage's.
+type CopyImage MoveImage
+
+// Validate checks the name.
+func (p CopyImage) Validate() error { return CheckImageName(p.ImageName) }
+
+// endpoints checks both volumes and returns the image's source and target.
+func (s *Storage) endpoints(name, volume, target string) (src, dst string, err error) {
+	from, err := s.volume("volume", volume)
+	if err != nil {
+		return "", "", err
+	}
+	to, err := s.volume("target_volume", target)
+	if err != nil {
+		return "", "", err
+	}
+	return filepath.Join(from, name), filepath.Join(to, name), nil
+}
+
+// MoveImage moves an image to another volume. When the image is already
+// in the target and gone from the source (a repeated delivery), it is
+// success; an image of that name in the target otherwise is an error.
+func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
+	src, dst, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
+	if err != nil {
+		return nil, err
+	}
+	srcInfo, srcErr := s.stat(src)
+	dstInfo, dstErr := s.stat(dst)
+	switch {
+	case src == dst && srcErr == nil:
+		return s.output(dst, false).withImage(srcInfo), nil
+	case errors.Is(srcErr, fs.ErrNotExist) && dstErr == nil:
+		return s.output(dst, false).withImage(dstInfo), nil
+	case srcErr != nil:
+		if errors.Is(srcErr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("image %q does not exist", src)
+		}
+		return nil, srcErr
+	case dstErr == nil:
+		return nil, fmt.Errorf("volume %q has an image %q already", filepath.Dir(dst), p.ImageName)
+	case !errors.Is(dstErr, fs.ErrNotExist):
+		return nil, dstErr
+	}
+	err = s.root.Rename(src, dst)
+	if errors.Is(err, syscall.EXDEV) {
+		// The volumes are different file systems: copy, then remove.
+		if err = s.copyFile(src, dst); err == nil {
+			err = describe(src, s.root.Remove(src))
+		}
+	} else {
+		err = describe(src, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("image moved", "path", src, "target", dst)
+	return s.output(dst, true).withImage(srcInfo), nil
+}
+
+// CopyImage copies an image to another volume, keeping it sparse. A copy
+// of the same size in the target already is success.
+func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
+	src, dst, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
+	if err != nil {
+		return nil, err
+	}
+	if src == dst {
+		return nil, fmt.Errorf("volume and target_volume are the same volume %q", filepath.Dir(src))
+	}
+	srcInfo, err := s.stat(src)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("image %q does not exist", src)
+	} else if err != nil {
+		return nil, err
+	}
+	if dstInfo, err := s.stat(dst); err == nil {
+		if dstInfo == srcInfo {
+			return s.output(dst, false).withImage(dstInfo), nil
+		}
+		return nil, fmt.Errorf("volume %q has another image %q already", filepath.Dir(dst), p.ImageName)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err := s.copyFile(src, dst); err != nil {
+		return nil, err
+	}
+	s.log.Info("image copied", "path", src, "target", dst)
+	return s.output(dst, true).withImage(srcInfo), nil
+}
+
+// copyFile copies src to dst (a new file, made atomically), sparse-aware.
+func (s *Storage) copyFile(src, dst string) error {
+	in, err := s.root.Open(src)
+	if err != nil {
+		return describe(src, err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return describe(src, err)
+	}
+	return s.writeAtomically(dst, func(out *os.File) error {
+		return copySparse(out, in, fi.Size())
+	})
+}

@@ -1,0 +1,392 @@
+package hostpath
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/spin-broker/spinbroker/agent"
+)
+
+func open(t testing.TB) *Storage {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "images"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var ctx = context.Background()
+
+// must fails the test on an action's error and returns its output.
+type must struct{ t *testing.T }
+
+func (m must) out(v any, err error) *Output {
+	m.t.Helper()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return v.(*Output)
+}
+
+func wantErr(t *testing.T, err error, substr string) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), substr) {
+		t.Errorf("error = %v, want one containing %q", err, substr)
+	}
+}
+
+func TestVolumes(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	o := m.out(s.AddVolume(ctx, AddVolume{Path: "pool/vol1"}))
+	if !o.Changed || o.Path != "pool/vol1" || o.HostPath != filepath.Join(s.Dir(), "pool", "vol1") {
+		t.Errorf("add_volume = %+v", o)
+	}
+	if fi, err := os.Stat(o.HostPath); err != nil || !fi.IsDir() {
+		t.Fatalf("volume not made: %v", err)
+	}
+	if o := m.out(s.AddVolume(ctx, AddVolume{Path: "pool/./vol1/"})); o.Changed {
+		t.Error("adding an existing volume again changed something")
+	}
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "pool/vol1", ImageName: "a.img", ImageSize: 1}))
+	_, err := s.RemoveVolume(ctx, RemoveVolume{Path: "pool/vol1"})
+	wantErr(t, err, "is not empty")
+	_, err = s.RemoveVolume(ctx, RemoveVolume{Path: "pool/vol1/a.img"})
+	wantErr(t, err, "is an image")
+	if o := m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "pool/vol1", Force: true})); !o.Changed {
+		t.Error("remove_volume with force removed nothing")
+	}
+	if o := m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "pool/vol1"})); o.Changed {
+		t.Error("removing a missing volume changed something")
+	}
+	_, err = s.AddVolume(ctx, AddVolume{Path: "."})
+	wantErr(t, err, "storage root itself")
+	_, err = s.RemoveVolume(ctx, RemoveVolume{Path: "pool/.."})
+	wantErr(t, err, "storage root itself")
+}
+
+func blocks(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+func TestCreateImage_Raw(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	_, err := s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.img", ImageSize: 2})
+	wantErr(t, err, `volume "v" does not exist`)
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.img", ImageSize: 2}))
+	if !o.Changed || o.Size != 2<<30 || o.SizeGiB != 2 || o.Format != "raw" || o.Path != "v/a.img" {
+		t.Errorf("create_image = %+v", o)
+	}
+	fi, err := os.Stat(o.HostPath)
+	if err != nil || fi.Size() != 2<<30 {
+		t.Fatalf("image: %v, %v", fi, err)
+	}
+	if b := blocks(t, o.HostPath); b > 1<<20 {
+		t.Errorf("the raw image uses %d bytes on disk; want a sparse file", b)
+	}
+	if o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.img", ImageSize: 2})); o.Changed {
+		t.Error("creating the same image again changed something")
+	}
+	_, err = s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.img", ImageSize: 3})
+	wantErr(t, err, "exists already as raw of 2147483648 bytes")
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "v")); len(ents) != 1 {
+		t.Errorf("the volume holds %d files, want the image alone (no temporary file left)", len(ents))
+	}
+}
+
+func TestCreateImage_Qcow2(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	s.qemuImg = filepath.Join(t.TempDir(), "no-qemu-img")
+	_, err := s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1, Format: "qcow2"})
+	wantErr(t, err, "qcow2 images need qemu-img, which is not installed")
+	s.qemuImg = ""
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("qemu-img is missing in CI (install qemu-utils)")
+		}
+		t.Skip("qemu-img is not installed")
+	}
+	o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1, Format: "qcow2"}))
+	if o.Format != "qcow2" || o.Size != 1<<30 {
+		t.Errorf("create_image = %+v", o)
+	}
+	info, err := exec.Command("qemu-img", "info", "--output=json", o.HostPath).Output()
+	if err != nil || !bytes.Contains(info, []byte(`"format": "qcow2"`)) || !bytes.Contains(info, []byte(`"virtual-size": 1073741824`)) {
+		t.Errorf("qemu-img info: %s, %v", info, err)
+	}
+	if o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1, Format: "qcow2"})); o.Changed {
+		t.Error("creating the same qcow2 image again changed something")
+	}
+	_, err = s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1})
+	wantErr(t, err, "exists already as qcow2")
+	o = m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 3}))
+	if o.Size != 3<<30 || o.PreviousSize != 1<<30 || !o.Changed {
+		t.Errorf("resize_image = %+v", o)
+	}
+	o = m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 2, Shrink: true}))
+	if info, err := s.stat("v/q.qcow2"); err != nil || info.size != 2<<30 {
+		t.Errorf("after shrink: %+v, %v", info, err)
+	}
+}
+
+func TestResizeImage_Raw(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a", ImageSize: 2}))
+	o := m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a", ImageSize: 4}))
+	if o.Size != 4<<30 || o.PreviousSize != 2<<30 || !o.Changed {
+		t.Errorf("grow: %+v", o)
+	}
+	if o := m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a", ImageSize: 4})); o.Changed {
+		t.Error("resizing to the same size changed something")
+	}
+	_, err := s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a", ImageSize: 1})
+	wantErr(t, err, "pass shrink: true")
+	m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a", ImageSize: 1, Shrink: true}))
+	if fi, _ := os.Stat(filepath.Join(s.Dir(), "v", "a")); fi.Size() != 1<<30 {
+		t.Errorf("size after shrink: %d", fi.Size())
+	}
+	_, err = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "b", ImageSize: 1})
+	wantErr(t, err, "does not exist")
+}
+
+func TestDeleteImage(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a", ImageSize: 1}))
+	if o := m.out(s.DeleteImage(ctx, DeleteImage{ImagePath: "v/a"})); !o.Changed {
+		t.Error("delete_image deleted nothing")
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "v", "a")); !os.IsNotExist(err) {
+		t.Errorf("image still there: %v", err)
+	}
+	if o := m.out(s.DeleteImage(ctx, DeleteImage{ImagePath: "v/a"})); o.Changed {
+		t.Error("deleting a missing image changed something")
+	}
+	_, err := s.DeleteImage(ctx, DeleteImage{ImagePath: "v"})
+	wantErr(t, err, "is a volume")
+}
+
+func TestMoveAndCopyImage(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	for _, v := range []string{"a", "b", "c"} {
+		m.out(s.AddVolume(ctx, AddVolume{Path: v}))
+	}
+	o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "disk", ImageSize: 1}))
+	// Some data in the middle of the image, the rest holes.
+	f, err := os.OpenFile(o.HostPath, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("spin"), 1000)
+	if _, err := f.WriteAt(data, 300<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	o = m.out(s.CopyImage(ctx, CopyImage{ImageName: "disk", Volume: "a", TargetVolume: "b"}))
+	if !o.Changed || o.Path != "b/disk" || o.Size != 1<<30 {
+		t.Errorf("copy_image = %+v", o)
+	}
+	got := make([]byte, len(data))
+	cf, err := os.Open(o.HostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cf.ReadAt(got, 300<<20); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("the copy lost the data: %v", err)
+	}
+	cf.Close()
+	if b := blocks(t, o.HostPath); b > 4<<20 {
+		t.Errorf("the copy uses %d bytes on disk; want it sparse", b)
+	}
+	if o := m.out(s.CopyImage(ctx, CopyImage{ImageName: "disk", Volume: "a", TargetVolume: "b"})); o.Changed {
+		t.Error("copying again changed something")
+	}
+	_, err = s.CopyImage(ctx, CopyImage{ImageName: "disk", Volume: "a", TargetVolume: "a"})
+	wantErr(t, err, "same volume")
+
+	o = m.out(s.MoveImage(ctx, MoveImage{ImageName: "disk", Volume: "a", TargetVolume: "c"}))
+	if !o.Changed || o.Path != "c/disk" {
+		t.Errorf("move_image = %+v", o)
+	}
+	if o := m.out(s.MoveImage(ctx, MoveImage{ImageName: "disk", Volume: "a", TargetVolume: "c"})); o.Changed {
+		t.Error("moving again (a repeated delivery) changed something")
+	}
+	_, err = s.MoveImage(ctx, MoveImage{ImageName: "disk", Volume: "b", TargetVolume: "c"})
+	wantErr(t, err, "has an image \"disk\" already")
+	_, err = s.MoveImage(ctx, MoveImage{ImageName: "nope", Volume: "b", TargetVolume: "c"})
+	wantErr(t, err, "does not exist")
+	_, err = s.MoveImage(ctx, MoveImage{ImageName: "disk", Volume: "b", TargetVolume: "missing"})
+	wantErr(t, err, `volume "missing" does not exist`)
+}
+
+// hostile sets up a root whose volume "v" holds symlinks that lead out of
+// it, and returns the storage and the outside folder, which must stay empty.
+func hostile(t testing.TB) (*Storage, string) {
+	s := open(t)
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(s.Dir(), "v"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, target := range map[string]string{
+		"v/out":     outside,
+		"v/secret":  filepath.Join(outside, "secret"),
+		"v/rel":     "../../" + filepath.Base(filepath.Dir(outside)),
+		"v/dangle":  filepath.Join(outside, "new"),
+		"escape":    outside,
+		"v/up":      "..",
+		"v/selfout": "../../..",
+	} {
+		if err := os.Symlink(target, filepath.Join(s.Dir(), name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s, outside
+}
+
+func outsideUnchanged(t testing.TB, outside string) {
+	t.Helper()
+	ents, err := os.ReadDir(outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 || ents[0].Name() != "secret" {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("something was made outside the root: %v", names)
+	}
+	if b, err := os.ReadFile(filepath.Join(outside, "secret")); err != nil || string(b) != "x" {
+		t.Fatalf("the file outside the root changed: %q, %v", b, err)
+	}
+}
+
+func TestConfinement(t *testing.T) {
+	s, outside := hostile(t)
+	m := must{t}
+	type call struct {
+		action string
+		params string
+	}
+	cases := []call{
+		{"add_volume", `{"path":"../x"}`},
+		{"add_volume", `{"path":"/tmp/x"}`},
+		{"add_volume", `{"path":"v/../../x"}`},
+		{"add_volume", `{"path":"escape/x"}`},
+		{"add_volume", `{"path":"v/out/x"}`},
+		{"add_volume", `{"path":"v/selfout/x"}`},
+		{"remove_volume", `{"path":"escape","force":true}`},
+		{"remove_volume", `{"path":"v/out/","force":true}`},
+		{"remove_volume", `{"path":"../` + filepath.Base(outside) + `","force":true}`},
+		{"create_image", `{"volume_path":"escape","image_name":"i","image_size":1}`},
+		{"create_image", `{"volume_path":"v/out","image_name":"i","image_size":1}`},
+		{"create_image", `{"volume_path":"v","image_name":"dangle","image_size":1}`},
+		{"create_image", `{"volume_path":"v","image_name":"../i","image_size":1}`},
+		{"create_image", `{"volume_path":"` + outside + `","image_name":"i","image_size":1}`},
+		{"delete_image", `{"image_path":"v/out/secret"}`},
+		{"delete_image", `{"image_path":"escape/secret"}`},
+		{"delete_image", `{"image_path":"` + filepath.Join(outside, "secret") + `"}`},
+		{"resize_image", `{"volume_path":"v/out","image_name":"secret","image_size":1}`},
+		{"resize_image", `{"volume_path":"v","image_name":"secret","image_size":1}`},
+		{"move_image", `{"image_name":"secret","volume":"v/out","target_volume":"v"}`},
+		{"move_image", `{"image_name":"secret","volume":"escape","target_volume":"v"}`},
+		{"copy_image", `{"image_name":"secret","volume":"v/out","target_volume":"v"}`},
+		{"copy_image", `{"image_name":"secret","volume":"v","target_volume":"v/up"}`},
+	}
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "mine", ImageSize: 1}))
+	cases = append(cases,
+		call{"move_image", `{"image_name":"mine","volume":"v","target_volume":"escape"}`},
+		call{"copy_image", `{"image_name":"mine","volume":"v","target_volume":"v/out"}`},
+	)
+	handlers := map[string]agent.Handler{}
+	for _, h := range s.Handlers() {
+		handlers[h.Action()] = h
+	}
+	for _, c := range cases {
+		t.Run(c.action+c.params, func(t *testing.T) {
+			_, err := run(handlers[c.action], c.params)
+			if err == nil {
+				t.Errorf("%s %s succeeded", c.action, c.params)
+			}
+			t.Logf("reason: %v", err)
+			outsideUnchanged(t, outside)
+		})
+	}
+}
+
+func run(h agent.Handler, params string) (any, error) {
+	return h.Call(ctx, json.RawMessage(params))
+}
+
+func TestCleanPath(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{in: "a", want: "a"},
+		{in: "a/b/../c/", want: "a/c"},
+		{in: "./a", want: "a"},
+		{in: ".", want: "."},
+		{in: "", err: "empty"},
+		{in: "/a", err: "absolute"},
+		{in: "..", err: "leaves the storage root"},
+		{in: "a/../..", err: "leaves the storage root"},
+		{in: "a\x00b", err: "NUL"},
+	} {
+		got, err := CleanPath("path", tc.in)
+		if tc.err != "" {
+			wantErr(t, err, tc.err)
+		} else if err != nil || got != tc.want {
+			t.Errorf("CleanPath(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// FuzzConfinement: whatever the paths, no action touches anything outside
+// the root, through "..", absolute paths or the symlinks planted inside.
+func FuzzConfinement(f *testing.F) {
+	for _, p := range []string{"v", "../x", "v/out/x", "escape", "v/up/../..", "/etc", "v/rel/x", "v/dangle", "a/b/c", "v/selfout"} {
+		f.Add(p, "img")
+		f.Add("v", p)
+	}
+	f.Fuzz(func(t *testing.T, volume, name string) {
+		s, outside := hostile(t)
+		_, _ = s.AddVolume(ctx, AddVolume{Path: volume})
+		_, _ = s.CreateImage(ctx, CreateImage{VolumePath: volume, ImageName: name, ImageSize: 1})
+		_, _ = s.CopyImage(ctx, CopyImage{ImageName: name, Volume: volume, TargetVolume: "v"})
+		_, _ = s.CopyImage(ctx, CopyImage{ImageName: "secret", Volume: "v", TargetVolume: volume})
+		_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: volume, ImageName: name, ImageSize: 2, Shrink: true})
+		_, _ = s.MoveImage(ctx, MoveImage{ImageName: name, Volume: volume, TargetVolume: "v"})
+		_, _ = s.DeleteImage(ctx, DeleteImage{ImagePath: filepath.Join(volume, name)})
+		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: volume, Force: true})
+		outsideUnchanged(t, outside)
+		if got, err := CleanPath("p", volume); err == nil && !filepath.IsLocal(got) && got != "." {
+			t.Errorf("CleanPath(%q) = %q, which is not local", volume, got)
+		}
+	})
+}
