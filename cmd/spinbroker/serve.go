@@ -1,14 +1,225 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
 )
 
-// serveCommand is being written together with internal/httpapi.
+// serveConfig is everything `spinbroker serve` is told.
+type serveConfig struct {
+	addr            string
+	db              string
+	sync            string
+	auth            bool
+	insecure        bool
+	metricsOpen     bool
+	logFormat       string
+	logLevel        string
+	tlsCert         string
+	tlsKey          string
+	stagingTTL      time.Duration
+	retain          time.Duration
+	sweepEvery      time.Duration
+	shutdownTimeout time.Duration
+	check           bool
+}
+
 func (a *app) serveCommand() *cobra.Command {
-	return &cobra.Command{Use: "serve", Short: "Run the broker", RunE: func(*cobra.Command, []string) error {
-		return errors.New("serve: in progress")
-	}}
+	var c serveConfig
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the broker",
+		Long: `serve runs the broker: the HTTP API, the dashboard, and a sweeper that settles
+expired leases and deletes expired packages, on an embedded SQLite database
+that it creates and migrates as needed.
+
+Without --auth it listens only on a loopback address (localhost, 127.0.0.1,
+::1); anything else needs --auth, or --insecure to say you mean it.
+SIGINT or SIGTERM stop it gracefully: waiting long-polls are answered 204,
+requests in flight finish, the database is closed cleanly.`,
+		Example: `  spinbroker serve
+  spinbroker serve --addr localhost:9090 --db /var/lib/spinbroker/broker.db --sync full
+  spinbroker serve --addr :8443 --auth --tls-cert cert.pem --tls-key key.pem --retain 168h`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.serve(cmd.Context(), c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.addr, "addr", envOr("SPINBROKER_ADDR", "localhost:8080"), "address to listen on (env SPINBROKER_ADDR)")
+	f.StringVar(&c.db, "db", envOr("SPINBROKER_DB", "spinbroker.db"), "SQLite database file, created if missing (env SPINBROKER_DB)")
+	f.StringVar(&c.sync, "sync", envOr("SPINBROKER_SYNC", "normal"), "normal: a commit survives a crash of the process; full: also a power loss (env SPINBROKER_SYNC)")
+	f.BoolVar(&c.auth, "auth", os.Getenv("SPINBROKER_AUTH") == "1", "require API tokens (see 'spinbroker token create') (env SPINBROKER_AUTH=1)")
+	f.BoolVar(&c.insecure, "insecure", false, "allow a non-loopback address without --auth")
+	f.BoolVar(&c.metricsOpen, "metrics-open", false, "serve /metrics without a token when --auth is on")
+	f.StringVar(&c.logFormat, "log-format", envOr("SPINBROKER_LOG_FORMAT", "text"), "log format: text or json")
+	f.StringVar(&c.logLevel, "log-level", envOr("SPINBROKER_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	f.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
+	f.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long")
+	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished (0 keeps them)")
+	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper runs")
+	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
+	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
+	return cmd
+}
+
+// newLogger builds the structured logger the flags ask for.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+// loopback reports whether addr listens only on a loopback interface.
+func loopback(addr string) (bool, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, fmt.Errorf("--addr %q: %w", addr, err)
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true, nil
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
+}
+
+func (a *app) serve(ctx context.Context, c serveConfig) error {
+	log, err := newLogger(a.stderr, c.logFormat, c.logLevel)
+	if err != nil {
+		return &usageError{cmd: "spinbroker serve", err: err}
+	}
+	local, err := loopback(c.addr)
+	if err != nil {
+		return &usageError{cmd: "spinbroker serve", err: err}
+	}
+	if !local && !c.auth && !c.insecure {
+		return &usageError{cmd: "spinbroker serve", err: fmt.Errorf(
+			"refusing to listen on %s without --auth: anyone who can reach it could run commands; add --auth (and create tokens with 'spinbroker token create'), or --insecure if the network is yours alone", c.addr)}
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return &usageError{cmd: "spinbroker serve", err: errors.New("--tls-cert and --tls-key go together")}
+	}
+
+	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := db.Close(); err != nil {
+			log.Error("closing the database", "err", err)
+		} else {
+			log.Info("database closed", "db", c.db)
+		}
+	}()
+	if c.check {
+		start := time.Now()
+		if err := db.Check(ctx); err != nil {
+			return err
+		}
+		log.Info("integrity check passed", "db", c.db, "duration", time.Since(start).Round(time.Millisecond))
+	}
+
+	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen})
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second, // slow headers (slowloris) are cut off
+		ReadTimeout:       60 * time.Second, // and so are slow bodies
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// No WriteTimeout: each handler sets its own write deadline, so
+		// long-polls and event streams are not cut at a fixed time.
+	}
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.addr, err)
+	}
+	scheme := "http"
+	if c.tlsCert != "" {
+		scheme = "https"
+	}
+	log.Info("spin-broker listening", "url", fmt.Sprintf("%s://%s", scheme, ln.Addr()), "db", c.db,
+		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
+
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		sweep(sweepCtx, db, log, c)
+	}()
+
+	served := make(chan error, 1)
+	go func() {
+		var err error
+		if c.tlsCert != "" {
+			err = srv.ServeTLS(ln, c.tlsCert, c.tlsKey)
+		} else {
+			err = srv.Serve(ln)
+		}
+		served <- err
+	}()
+
+	select {
+	case err := <-served:
+		stopSweep()
+		<-swept
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", c.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	api.Shutdown() // waiting long-polls answer 204 now, event streams end
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("requests still running at the shutdown timeout were cut off", "err", err)
+		srv.Close()
+	}
+	stopSweep()
+	<-swept
+	log.Info("stopped")
+	return nil
+}
+
+// sweep runs the store's sweeper every c.sweepEvery until ctx ends.
+func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
+	t := time.NewTicker(c.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		res, err := db.Sweep(ctx, store.SweepOptions{StagingTTL: c.stagingTTL, Retain: c.retain})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("sweep failed", "err", err)
+		case res != (store.SweepResult{}):
+			log.Info("swept", "leases_settled", res.LeasesSettled, "staging_deleted", res.StagingDeleted,
+				"retained_deleted", res.RetainedDeleted, "idempotency_keys_deleted", res.KeysDeleted)
+		}
+	}
 }

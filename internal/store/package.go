@@ -417,6 +417,11 @@ const (
 		ORDER BY created_at DESC, id DESC LIMIT ?3`
 )
 
+// PackageInfo reads a package without its commands.
+func (db *DB) PackageInfo(ctx context.Context, id string) (*spinbroker.Package, error) {
+	return getPackage(db.reader, id, false)
+}
+
 // Packages lists packages newest first, without their commands.
 func (db *DB) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error) {
 	if f.State != "" && !f.State.Valid() {

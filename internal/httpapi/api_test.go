@@ -1,0 +1,374 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+// TestAPI_Errors walks API.md's error table: every code, from a real
+// server over a real SQLite file.
+func TestAPI_Errors(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	staging := e.createPackage(`[{"key": "a", "resource": "r", "action": "x"}]`, false)
+	running := e.createPackage(`[{"key": "a", "resource": "busy", "action": "x"}, {"key": "b", "resource": "busy", "action": "y", "dependencies": ["a"]}]`, true)
+	leased := e.next("busy")
+	if leased == nil {
+		t.Fatal("nothing leased")
+	}
+	blocked := running.Commands[1]
+	empty := e.createPackage(`[]`, false)
+	done := e.createPackage(`[{"resource": "fin", "action": "x"}]`, true)
+	fin := e.next("fin")
+	e.want(e.complete(fin, true), 200, "")
+	missing := "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"
+	big := `{"resource": "r", "action": "x", "parameters": {"blob": "` + strings.Repeat("x", spinbroker.MaxBodyBytes) + `"}}`
+
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		code                     string
+	}{
+		// 400 invalid_request
+		{"MalformedJSON", "POST", "/packages", `{"commands": [`, 400, spinbroker.EINVALID},
+		{"TwoValues", "POST", "/packages", `{} {}`, 400, spinbroker.EINVALID},
+		{"NotAnObject", "POST", "/packages", `[1, 2]`, 400, spinbroker.EINVALID},
+		{"WrongType", "POST", "/packages", `{"enqueue": "yes"}`, 400, spinbroker.EINVALID},
+		{"UnknownField", "POST", "/packages", `{"comands": []}`, 400, spinbroker.EINVALID},
+		{"UnknownCommandField", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "paramters": {}}`, 400, spinbroker.EINVALID},
+		{"BadResource", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "R!", "action": "x"}`, 400, spinbroker.EINVALID},
+		{"BadAction", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": ""}`, 400, spinbroker.EINVALID},
+		{"ParamsArray", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "parameters": [1]}`, 400, spinbroker.EINVALID},
+		{"BadLeaseDuration", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "lease_duration": "soon"}`, 400, spinbroker.EINVALID},
+		{"NumericDuration", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "lease_duration": 30}`, 400, spinbroker.EINVALID},
+		{"BadNotBefore", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "not_before": "tomorrow"}`, 400, spinbroker.EINVALID},
+		{"SelfDependency", "POST", "/packages/" + staging.ID + "/commands", `{"key": "k", "resource": "r", "action": "x", "dependencies": ["k"]}`, 400, spinbroker.EINVALID},
+		{"BadWait", "POST", "/queues/r/next?wait=forever", ``, 400, spinbroker.EINVALID},
+		{"NegativeWait", "POST", "/queues/r/next?wait=-1s", ``, 400, spinbroker.EINVALID},
+		{"ShortLease", "POST", "/queues/r/next?lease=1ms", ``, 400, spinbroker.EINVALID},
+		{"BadQueueName", "GET", "/queues/NOT%20OK", ``, 400, spinbroker.EINVALID},
+		{"BadLimit", "GET", "/packages?limit=lots", ``, 400, spinbroker.EINVALID},
+		{"BadState", "GET", "/packages?state=sleeping", ``, 400, spinbroker.EINVALID},
+		{"BadCursor", "GET", "/packages?cursor=xyz", ``, 400, spinbroker.EINVALID},
+		{"ClaimMax", "POST", "/queues/r/claim", `{"max": 0}`, 400, spinbroker.EINVALID},
+		{"Concurrency", "PATCH", "/queues/r", `{"concurrency": 0}`, 400, spinbroker.EINVALID},
+		{"CompleteNoStatus", "POST", "/commands/" + leased.ID + "/complete", `{"lease": "` + leased.Lease.Token + `"}`, 400, spinbroker.EINVALID},
+		{"CompleteOutputNotObject", "POST", "/commands/" + leased.ID + "/complete", `{"status": true, "output": "done"}`, 400, spinbroker.EINVALID},
+		{"HeartbeatNoLease", "POST", "/commands/" + leased.ID + "/heartbeat", `{}`, 400, spinbroker.EINVALID},
+		{"InvalidUTF8", "POST", "/packages", "{\"commands\": [{\"resource\": \"r\", \"action\": \"x\", \"key\": \"\xff\xfe\"}]}", 400, spinbroker.EINVALID},
+		// 400 unknown_dependency, empty_package
+		{"UnknownKey", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "dependencies": ["nope"]}`, 400, spinbroker.EUNKNOWNDEP},
+		{"UnknownID", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "dependencies": ["` + missing + `"]}`, 400, spinbroker.EUNKNOWNDEP},
+		{"EmptyPackage", "POST", "/packages/" + empty.ID + "/enqueue", ``, 400, spinbroker.EEMPTY},
+		// 404 not_found
+		{"NoPackage", "GET", "/packages/" + missing, ``, 404, spinbroker.ENOTFOUND},
+		{"NotAnID", "GET", "/packages/not-an-id", ``, 404, spinbroker.ENOTFOUND},
+		{"NoCommand", "GET", "/commands/" + missing, ``, 404, spinbroker.ENOTFOUND},
+		{"NoRoute", "GET", "/nowhere", ``, 404, spinbroker.ENOTFOUND},
+		{"CompleteMissing", "POST", "/commands/" + missing + "/complete", `{"status": true}`, 404, spinbroker.ENOTFOUND},
+		// 404 wins over 413 and 400 (API.md, Errors)
+		{"MissingBeatsTooLarge", "POST", "/packages/" + missing + "/commands", big, 404, spinbroker.ENOTFOUND},
+		{"MissingBeatsMalformed", "POST", "/packages/" + missing + "/commands", `{`, 404, spinbroker.ENOTFOUND},
+		{"MissingBeatsInvalid", "POST", "/commands/" + missing + "/heartbeat", `{}`, 404, spinbroker.ENOTFOUND},
+		// 405
+		{"GetNext", "GET", "/queues/r/next", ``, 405, spinbroker.EMETHOD},
+		{"PutPackage", "PUT", "/packages/" + staging.ID, ``, 405, spinbroker.EMETHOD},
+		// 409 conflict, stale_lease
+		{"AddToEnqueued", "POST", "/packages/" + running.ID + "/commands", `{"resource": "r", "action": "x"}`, 409, spinbroker.ECONFLICT},
+		{"DuplicateID", "POST", "/packages", `{"id": "` + running.ID + `"}`, 409, spinbroker.ECONFLICT},
+		{"DuplicateKey", "POST", "/packages/" + staging.ID + "/commands", `{"key": "a", "resource": "r", "action": "x"}`, 409, spinbroker.ECONFLICT},
+		{"CompleteBlocked", "POST", "/commands/" + blocked.ID + "/complete", `{"status": true}`, 409, spinbroker.ECONFLICT},
+		{"CompleteStaged", "POST", "/commands/" + staging.Commands[0].ID + "/complete", `{"status": true}`, 409, spinbroker.ECONFLICT},
+		{"DifferentResult", "POST", "/commands/" + fin.ID + "/complete", `{"status": false}`, 409, spinbroker.ECONFLICT},
+		{"DeleteUnfinished", "DELETE", "/packages/" + running.ID, ``, 409, spinbroker.ECONFLICT},
+		{"RetrySucceeded", "POST", "/commands/" + fin.ID + "/retry", ``, 409, spinbroker.ECONFLICT},
+		{"StaleComplete", "POST", "/commands/" + leased.ID + "/complete", `{"status": true, "lease": "stale"}`, 409, spinbroker.ESTALE},
+		{"StaleHeartbeat", "POST", "/commands/" + leased.ID + "/heartbeat", `{"lease": "stale"}`, 409, spinbroker.ESTALE},
+		// 413
+		{"TooLarge", "POST", "/packages", `{"commands": [` + big + `]}`, 413, spinbroker.ETOOLARGE},
+		{"TooLargeAdd", "POST", "/packages/" + staging.ID + "/commands", big, 413, spinbroker.ETOOLARGE},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e.t = t
+			r := e.do(tt.method, tt.path, tt.body)
+			e.want(r, tt.status, tt.code)
+		})
+	}
+	e.t = t
+	// Nothing the refused requests carried was written.
+	r := e.do("GET", "/packages/"+staging.ID, "")
+	var p spinbroker.Package
+	r.decode(t, &p)
+	if p.Total != 1 {
+		t.Fatalf("refused adds changed the package: %d commands", p.Total)
+	}
+	if got := e.do("GET", "/packages/"+done.ID, ""); got.status != 200 {
+		t.Fatal(got.status)
+	}
+}
+
+func TestAPI_MethodNotAllowed(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for _, tt := range []struct{ method, path, allow string }{
+		{"GET", "/queues/storage/next", "POST"},
+		{"DELETE", "/queues/storage", "GET, PATCH"},
+		{"POST", "/packages/0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "GET, DELETE"},
+		{"PATCH", "/packages", "GET, POST"},
+	} {
+		r := e.do(tt.method, tt.path, "")
+		e.want(r, 405, spinbroker.EMETHOD)
+		if got := r.header.Get("Allow"); got != tt.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tt.method, tt.path, got, tt.allow)
+		}
+	}
+}
+
+func TestAPI_Unavailable(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	if err := e.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := e.do("POST", "/packages", "")
+	e.want(r, 503, spinbroker.EUNAVAILABLE)
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 without Retry-After")
+	}
+	e.want(e.do("GET", "/healthz", ""), 503, spinbroker.EUNAVAILABLE)
+}
+
+// TestAPI_Flow drives a package through its whole life over HTTP.
+func TestAPI_Flow(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.want(e.do("GET", "/healthz", ""), 200, "")
+
+	r := e.do("POST", "/packages", "")
+	e.want(r, 201, "")
+	var p spinbroker.Package
+	r.decode(t, &p)
+	if p.State != spinbroker.PackageStaging || r.header.Get("Location") != "/packages/"+p.ID {
+		t.Fatalf("created %s, Location %q", p.State, r.header.Get("Location"))
+	}
+	if !strings.Contains(string(r.body), `"commands":[]`) {
+		t.Fatalf("a package answers its commands, even none: %s", r.body)
+	}
+	r = e.do("POST", "/packages/"+p.ID+"/commands", `{"key": "vol", "resource": "storage", "action": "add_volume", "parameters": {"path": "vms"}}`)
+	e.want(r, 201, "")
+	var vol spinbroker.Command
+	r.decode(t, &vol)
+	r = e.do("POST", "/packages/"+p.ID+"/commands", `{"resource": "storage", "action": "create_image", "parameters": {"image_size": 10}, "dependencies": ["vol"], "lease_duration": "2m"}`)
+	e.want(r, 201, "")
+	var img spinbroker.Command
+	r.decode(t, &img)
+	if len(img.Dependencies) != 1 || img.Dependencies[0] != vol.ID || img.State != spinbroker.Staged {
+		t.Fatalf("command: %s", r.body)
+	}
+	r = e.do("POST", "/packages/"+p.ID+"/enqueue", "")
+	e.want(r, 200, "")
+	r.decode(t, &p)
+	if p.State != spinbroker.PackageQueued || p.Counts.Ready != 1 || p.Counts.Blocked != 1 {
+		t.Fatalf("enqueued: %s", r.body)
+	}
+	e.want(e.do("POST", "/packages/"+p.ID+"/enqueue", ""), 200, "") // safe to retry
+
+	c := e.next("storage")
+	if c == nil || c.ID != vol.ID || c.Lease == nil {
+		t.Fatalf("next: %+v", c)
+	}
+	if e.next("storage") != nil {
+		t.Fatal("a serial queue handed out two")
+	}
+	r = e.do("POST", "/commands/"+c.ID+"/heartbeat", `{"lease": "`+c.Lease.Token+`", "extend": "90s"}`)
+	e.want(r, 200, "")
+	var hb spinbroker.HeartbeatResult
+	r.decode(t, &hb)
+	if !hb.LeaseExpiresAt.Equal(e.clock.Now().Add(90 * time.Second)) {
+		t.Fatalf("heartbeat: %s", r.body)
+	}
+	r = e.do("POST", "/commands/"+c.ID+"/complete", `{"status": true, "lease": "`+c.Lease.Token+`", "output": {"path": "vms"}}`)
+	e.want(r, 200, "")
+	var got spinbroker.Command
+	r.decode(t, &got)
+	if got.State != spinbroker.Succeeded || string(got.Output) != `{"path":"vms"}` {
+		t.Fatalf("completed: %s", r.body)
+	}
+	c = e.next("storage")
+	if c == nil || c.ID != img.ID {
+		t.Fatal("the dependent did not become ready")
+	}
+	if !c.Lease.ExpiresAt.Equal(e.clock.Now().Add(2 * time.Minute)) {
+		t.Fatalf("the command's own lease_duration: %v", c.Lease.ExpiresAt)
+	}
+	e.want(e.complete(c, false), 200, "")
+	r = e.do("GET", "/packages/"+p.ID, "")
+	r.decode(t, &p)
+	if p.State != spinbroker.PackageFailed || p.Causer == nil || *p.Causer != img.ID {
+		t.Fatalf("failed package: %s", r.body)
+	}
+	r = e.do("POST", "/commands/"+img.ID+"/retry", "")
+	e.want(r, 200, "")
+	c = e.next("storage")
+	e.want(e.complete(c, true), 200, "")
+	r = e.do("GET", "/packages/"+p.ID, "")
+	r.decode(t, &p)
+	if p.State != spinbroker.PackageSucceeded {
+		t.Fatalf("after retry: %s", p.State)
+	}
+	e.want(e.do("DELETE", "/packages/"+p.ID, ""), 204, "")
+	e.want(e.do("GET", "/packages/"+p.ID, ""), 404, spinbroker.ENOTFOUND)
+}
+
+func TestAPI_ListsAndQueues(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for i := 0; i < 5; i++ {
+		e.createPackage(fmt.Sprintf(`[{"resource": "q%d", "action": "x"}]`, i%2), i%2 == 0)
+		e.clock.Add(time.Second)
+	}
+	r := e.do("GET", "/packages?limit=2", "")
+	e.want(r, 200, "")
+	var list spinbroker.PackageList
+	r.decode(t, &list)
+	if len(list.Packages) != 2 || list.NextCursor == nil || strings.Contains(string(r.body), `"commands"`) {
+		t.Fatalf("page: %s", r.body)
+	}
+	seen := 2
+	for list.NextCursor != nil {
+		r = e.do("GET", "/packages?limit=2&cursor="+*list.NextCursor, "")
+		list = spinbroker.PackageList{}
+		r.decode(t, &list)
+		seen += len(list.Packages)
+	}
+	if seen != 5 {
+		t.Fatalf("paged through %d", seen)
+	}
+	r = e.do("GET", "/packages?state=staging", "")
+	r.decode(t, &list)
+	if len(list.Packages) != 2 || !strings.Contains(string(r.body), `"next_cursor":null`) {
+		t.Fatalf("staging: %s", r.body)
+	}
+
+	r = e.do("PATCH", "/queues/q0", `{"concurrency": 3, "paused": true}`)
+	e.want(r, 200, "")
+	var q spinbroker.Queue
+	r.decode(t, &q)
+	if q.Concurrency != 3 || !q.Paused || q.Counts.Ready != 3 || len(q.Commands) != 3 {
+		t.Fatalf("queue: %s", r.body)
+	}
+	if e.next("q0") != nil {
+		t.Fatal("a paused queue delivered")
+	}
+	r = e.do("GET", "/queues", "")
+	var ql spinbroker.QueueList
+	r.decode(t, &ql)
+	if len(ql.Queues) != 1 || ql.Queues[0].Commands != nil {
+		t.Fatalf("queues: %s", r.body)
+	}
+	r = e.do("GET", "/queues/never-used", "")
+	e.want(r, 200, "")
+	r.decode(t, &q)
+	if q.Concurrency != 1 || q.Paused || len(q.Commands) != 0 {
+		t.Fatalf("unused queue: %s", r.body)
+	}
+	e.want(e.do("PATCH", "/queues/q0", `{"paused": false}`), 200, "")
+	r = e.do("POST", "/queues/q0/claim", `{"max": 10}`)
+	e.want(r, 200, "")
+	var cl spinbroker.ClaimResult
+	r.decode(t, &cl)
+	if len(cl.Commands) != 3 {
+		t.Fatalf("claim: %d", len(cl.Commands))
+	}
+	r = e.do("POST", "/queues/q0/claim", `{"max": 10}`)
+	e.want(r, 200, "")
+	if !strings.Contains(string(r.body), `"commands":[]`) {
+		t.Fatalf("an empty claim answers an empty list: %s", r.body)
+	}
+	// Batched completion: each item judged on its own.
+	body := fmt.Sprintf(`{"results": [
+		{"id": "%s", "status": true, "lease": "%s"},
+		{"id": "%s", "status": true, "lease": "stale"},
+		{"id": "not-an-id", "status": true},
+		{"id": "%s", "status": false, "lease": "%s", "retry": true}]}`,
+		cl.Commands[0].ID, cl.Commands[0].Lease.Token, cl.Commands[1].ID, cl.Commands[2].ID, cl.Commands[2].Lease.Token)
+	r = e.do("POST", "/commands/complete", body)
+	e.want(r, 200, "")
+	var out spinbroker.BatchOutcomes
+	r.decode(t, &out)
+	var codes []string
+	for _, o := range out.Results {
+		codes = append(codes, fmt.Sprintf("%d", o.HTTPStatus))
+	}
+	if strings.Join(codes, " ") != "200 409 404 200" || out.Results[1].Error.Code != spinbroker.ESTALE {
+		t.Fatalf("batch: %s", r.body)
+	}
+}
+
+func TestAPI_Idempotency(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	body := `{"commands": [{"resource": "r", "action": "x"}], "enqueue": true}`
+	first := e.do("POST", "/packages", body, "Idempotency-Key", "abc-1")
+	e.want(first, 201, "")
+	e.next("r")
+	again := e.do("POST", "/packages", body, "Idempotency-Key", "abc-1")
+	e.want(again, 201, "")
+	if string(again.body) != string(first.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("replay differs:\n%s\n%s", first.body, again.body)
+	}
+	e.want(e.do("POST", "/packages", `{"commands": []}`, "Idempotency-Key", "abc-1"), 409, spinbroker.ECONFLICT)
+	e.want(e.do("POST", "/packages", body, "Idempotency-Key", strings.Repeat("k", 300)), 400, spinbroker.EINVALID)
+	r := e.do("GET", "/packages", "")
+	var list spinbroker.PackageList
+	r.decode(t, &list)
+	if len(list.Packages) != 1 {
+		t.Fatalf("%d packages, want 1", len(list.Packages))
+	}
+}
+
+func TestAPI_CrossOrigin(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	// A page on another site posting to the broker through a browser.
+	r := e.do("POST", "/packages", `{}`, "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site")
+	e.want(r, 403, spinbroker.EFORBIDDEN)
+	// Reads are fine; so are programs, which send no Origin.
+	e.want(e.do("GET", "/queues", "", "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"), 200, "")
+	e.want(e.do("POST", "/packages", `{}`), 201, "")
+}
+
+func TestAPI_Metrics(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "m", "action": "x"}, {"resource": "m", "action": "y"}]`, true)
+	c := e.next("m")
+	e.want(e.complete(c, true), 200, "")
+	r := e.do("GET", "/metrics", "")
+	e.want(r, 200, "")
+	body := string(r.body)
+	for _, want := range []string{
+		`spinbroker_commands_enqueued_total{resource="m"} 2`,
+		`spinbroker_commands_delivered_total{resource="m"} 1`,
+		`spinbroker_commands_succeeded_total{resource="m"} 1`,
+		`spinbroker_queue_commands{resource="m",state="ready"} 1`,
+		`spinbroker_http_request_duration_seconds_bucket{code="200",method="POST",route="/queues/{resource}/next"`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+func TestAPI_ContentTypes(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for _, path := range []string{"/packages", "/queues", "/nowhere", "/healthz"} {
+		r := e.do("GET", path, "", "Accept", "text/html")
+		if ct := r.header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("GET %s with Accept: text/html answered %q; API paths never answer HTML", path, ct)
+		}
+	}
+	var _ = http.StatusOK
+	var _ = json.Valid
+}

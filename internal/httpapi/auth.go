@@ -1,0 +1,185 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// TokenCookie is the cookie the dashboard keeps a token in.
+const TokenCookie = "spinbroker_token"
+
+type identityKey struct{}
+
+// identity is who made a request: a token, or the anonymous admin of a
+// broker that runs without auth.
+type identity struct {
+	token *spinbroker.Token
+	// fromCookie is set when the token came from the dashboard's cookie.
+	fromCookie bool
+}
+
+var anonymous = &identity{token: &spinbroker.Token{ID: "anonymous", Name: "anonymous", Role: spinbroker.RoleAdmin}}
+
+func identityOf(r *http.Request) *identity {
+	if id, ok := r.Context().Value(identityKey{}).(*identity); ok {
+		return id
+	}
+	return anonymous
+}
+
+// authenticate finds the request's token. With auth off everyone is admin.
+// With auth on, /healthz (and /metrics with MetricsOpen, and the
+// dashboard's login page) are open; everything else needs a valid token,
+// from the Authorization header or the dashboard's cookie.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.opts.Auth || s.open(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		secret, fromCookie := bearer(r)
+		if secret == "" {
+			s.unauthorized(w, r, "a token is required: send Authorization: Bearer <token>")
+			return
+		}
+		tok, err := s.tokens.check(r.Context(), secret)
+		if err != nil {
+			if spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED {
+				s.unauthorized(w, r, "the token is not valid or was revoked")
+				return
+			}
+			s.writeError(w, r, err)
+			return
+		}
+		ctx := context.WithValue(r.Context(), identityKey{}, &identity{token: tok, fromCookie: fromCookie})
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// unauthorized answers 401, or sends a browser to the dashboard's login.
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, msg string) {
+	if s.wantsLogin(r) {
+		http.Redirect(w, r, "/ui/login?next="+urlQueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+		return
+	}
+	s.writeError(w, r, errorf(spinbroker.EUNAUTHORIZED, "%s", msg))
+}
+
+// open reports whether a path is served without a token.
+func (s *Server) open(r *http.Request) bool {
+	switch p := r.URL.Path; {
+	case p == "/healthz":
+		return true
+	case p == "/metrics":
+		return s.opts.MetricsOpen
+	case p == "/ui/login" || strings.HasPrefix(p, "/ui/static/"):
+		return true
+	}
+	return false
+}
+
+// bearer returns the token of a request: the Authorization header, else
+// the dashboard's cookie.
+func bearer(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok), false
+		}
+		return "", false
+	}
+	if c, err := r.Cookie(TokenCookie); err == nil && c.Value != "" {
+		return c.Value, true
+	}
+	return "", false
+}
+
+// Permissions a handler asks for.
+type permission int
+
+const (
+	permRead    permission = iota // read packages, commands, queues, events
+	permWrite                     // create, enqueue, cancel, delete packages; retry
+	permAdmin                     // change queue settings
+	permDeliver                   // next, claim
+	permSettle                    // heartbeat, complete
+)
+
+// allow checks that the request's token may do p; resource is the queue the
+// request concerns ("" when it concerns none or several).
+func (s *Server) allow(r *http.Request, p permission, resource string) error {
+	tok := identityOf(r).token
+	role := tok.Role
+	ok := false
+	switch role {
+	case spinbroker.RoleAdmin:
+		ok = true
+	case spinbroker.RoleClient:
+		ok = p == permRead || p == permWrite || p == permSettle
+	case spinbroker.RoleViewer:
+		ok = p == permRead
+	case spinbroker.RoleAgent:
+		ok = (p == permRead || p == permDeliver || p == permSettle) && resource != "" && resource == tok.Resource
+	}
+	if ok {
+		return nil
+	}
+	if role == spinbroker.RoleAgent && resource != "" && resource != tok.Resource {
+		return errorf(spinbroker.EFORBIDDEN, "this agent token is for resource %q, not %q", tok.Resource, resource)
+	}
+	return errorf(spinbroker.EFORBIDDEN, "a %s token may not do this", role)
+}
+
+// isAgent reports whether the request comes with an agent token.
+func isAgent(r *http.Request) bool {
+	return identityOf(r).token.Role == spinbroker.RoleAgent
+}
+
+// tokenCache remembers checked tokens for a few seconds, so that an agent's
+// every heartbeat does not cost a database read.
+type tokenCache struct {
+	st  Store
+	ttl time.Duration
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]cachedToken
+}
+
+type cachedToken struct {
+	tok     *spinbroker.Token
+	err     error
+	expires time.Time
+}
+
+// newTokenCache uses the real clock: how long a token stays cached has
+// nothing to do with the store's (possibly simulated) time.
+func newTokenCache(st Store, ttl time.Duration) *tokenCache {
+	return &tokenCache{st: st, ttl: ttl, now: time.Now, m: map[string]cachedToken{}}
+}
+
+func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Token, error) {
+	now := c.now()
+	c.mu.Lock()
+	if e, ok := c.m[secret]; ok && now.Before(e.expires) {
+		c.mu.Unlock()
+		return e.tok, e.err
+	}
+	c.mu.Unlock()
+	tok, err := c.st.Authenticate(ctx, secret)
+	if err != nil && spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
+		return nil, err // a database problem is not remembered
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) > 10000 {
+		// Bounded: a flood of bad tokens cannot grow the cache without end.
+		c.m = map[string]cachedToken{}
+	}
+	c.m[secret] = cachedToken{tok: tok, err: err, expires: now.Add(c.ttl)}
+	return tok, err
+}

@@ -1,0 +1,134 @@
+package httpapi_test
+
+import (
+	"fmt"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+func TestAuth(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	tokens := map[string]string{}
+	for _, role := range []struct{ name, role, resource string }{
+		{"admin", spinbroker.RoleAdmin, ""},
+		{"client", spinbroker.RoleClient, ""},
+		{"viewer", spinbroker.RoleViewer, ""},
+		{"storage", spinbroker.RoleAgent, "storage"},
+		{"emulation", spinbroker.RoleAgent, "emulation"},
+	} {
+		_, secret, err := e.db.CreateToken(ctx, role.role, role.resource, role.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[role.name] = secret
+	}
+	revoked, revokedSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.RevokeToken(ctx, revoked.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	as := func(who string) *env { c := *e; c.token = tokens[who]; return &c }
+	admin := as("admin")
+	p := admin.createPackage(`[{"key": "s", "resource": "storage", "action": "add_volume"}, {"resource": "emulation", "action": "start", "dependencies": ["s"]}, {"resource": "emulation", "action": "other"}]`, true)
+	storageCmd, emuCmd := p.Commands[0], p.Commands[2]
+
+	// Without or with a bad token: 401, except /healthz.
+	anon := *e
+	anon.want(anon.do("GET", "/healthz", ""), 200, "")
+	for _, path := range []string{"/packages", "/queues", "/metrics", "/events", "/commands/" + storageCmd.ID} {
+		r := anon.do("GET", path, "")
+		anon.want(r, 401, spinbroker.EUNAUTHORIZED)
+		if r.header.Get("WWW-Authenticate") == "" {
+			t.Errorf("401 on %s without WWW-Authenticate", path)
+		}
+	}
+	bad := *e
+	bad.token = "sbt_not-a-real-token"
+	bad.want(bad.do("GET", "/packages", ""), 401, spinbroker.EUNAUTHORIZED)
+	bad.token = revokedSecret
+	bad.want(bad.do("GET", "/packages", ""), 401, spinbroker.EUNAUTHORIZED)
+
+	tests := []struct {
+		who, method, path, body string
+		status                  int
+	}{
+		{"viewer", "GET", "/packages", "", 200},
+		{"viewer", "GET", "/metrics", "", 200},
+		{"viewer", "POST", "/packages", "", 403},
+		{"viewer", "POST", "/queues/storage/next", "", 403},
+		{"viewer", "PATCH", "/queues/storage", `{"paused": true}`, 403},
+		{"client", "POST", "/packages", "", 201},
+		{"client", "GET", "/packages/" + p.ID, "", 200},
+		{"client", "PATCH", "/queues/storage", `{"paused": true}`, 403},
+		{"client", "POST", "/queues/storage/next", "", 403},
+		{"admin", "PATCH", "/queues/other", `{"concurrency": 2}`, 200},
+		// An agent reads, takes and settles only its own resource's work.
+		{"storage", "GET", "/packages", "", 403},
+		{"storage", "POST", "/packages", "", 403},
+		{"storage", "GET", "/commands/" + storageCmd.ID, "", 200},
+		{"storage", "GET", "/commands/" + emuCmd.ID, "", 403},
+		{"storage", "GET", "/queues/storage", "", 200},
+		{"storage", "GET", "/queues/emulation", "", 403},
+		{"storage", "POST", "/queues/emulation/next", "", 403},
+		{"storage", "POST", "/queues/emulation/claim", `{"max": 1}`, 403},
+		{"storage", "POST", "/commands/" + emuCmd.ID + "/complete", `{"status": true, "lease": "x"}`, 403},
+		{"storage", "POST", "/commands/" + emuCmd.ID + "/heartbeat", `{"lease": "x"}`, 403},
+		{"storage", "POST", "/commands/" + emuCmd.ID + "/retry", "", 403},
+		{"storage", "GET", "/events", "", 403},
+		{"storage", "POST", "/commands/" + storageCmd.ID + "/complete", `{"status": true}`, 400}, // an agent must send its lease
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s_%s_%s", tt.who, tt.method, tt.path), func(t *testing.T) {
+			c := as(tt.who)
+			c.t = t
+			c.want(c.do(tt.method, tt.path, tt.body), tt.status, "")
+		})
+	}
+
+	// The storage agent does its work end to end.
+	storage := as("storage")
+	c := storage.next("storage")
+	if c == nil || c.ID != storageCmd.ID {
+		t.Fatal("the storage agent got nothing")
+	}
+	storage.want(storage.do("POST", "/commands/"+c.ID+"/heartbeat", `{"lease": "`+c.Lease.Token+`"}`), 200, "")
+	storage.want(storage.complete(c, true), 200, "")
+	r := storage.do("GET", "/queues", "")
+	var ql spinbroker.QueueList
+	r.decode(t, &ql)
+	if len(ql.Queues) != 1 || ql.Queues[0].Resource != "storage" {
+		t.Fatalf("an agent lists only its own queue: %s", r.body)
+	}
+	// Its batch may not settle another resource's command.
+	emu := as("emulation")
+	ec := emu.next("emulation")
+	r = storage.do("POST", "/commands/complete", fmt.Sprintf(`{"results": [{"id": "%s", "status": true, "lease": "%s"}]}`, ec.ID, ec.Lease.Token))
+	storage.want(r, 200, "")
+	var out spinbroker.BatchOutcomes
+	r.decode(t, &out)
+	if out.Results[0].HTTPStatus != 403 {
+		t.Fatalf("cross-resource batch item: %s", r.body)
+	}
+	// A client (a person at the CLI) may settle by hand.
+	client := as("client")
+	client.want(client.do("POST", "/commands/"+ec.ID+"/complete", `{"status": false, "reason": "by hand"}`), 200, "")
+
+	// Idempotency keys are scoped to the token.
+	body := `{"commands": [{"resource": "r", "action": "x"}]}`
+	first := client.do("POST", "/packages", body, "Idempotency-Key", "same")
+	adminAgain := admin.do("POST", "/packages", body, "Idempotency-Key", "same")
+	if string(first.body) == string(adminAgain.body) {
+		t.Fatal("two tokens shared an Idempotency-Key")
+	}
+}
+
+func TestAuth_MetricsOpen(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true, MetricsOpen: true})
+	e.want(e.do("GET", "/metrics", ""), 200, "")
+	e.want(e.do("GET", "/packages", ""), 401, spinbroker.EUNAUTHORIZED)
+}

@@ -1,0 +1,193 @@
+package httpapi
+
+import (
+	"net/http"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// commandResource returns the resource of a command, for the permission
+// checks of agent tokens; for other roles it is not needed and not read.
+func (s *Server) commandResource(r *http.Request, id string) (string, error) {
+	if !isAgent(r) {
+		return "", nil
+	}
+	c, err := s.store.Command(r.Context(), id)
+	if err != nil {
+		return "", err
+	}
+	return c.Resource, nil
+}
+
+// commandPath reads the command id in the path and checks p for it.
+func (s *Server) commandPath(r *http.Request, p permission) (string, error) {
+	id, err := pathID(r, "command")
+	if err != nil {
+		return "", err
+	}
+	resource, err := s.commandResource(r, id)
+	if err != nil {
+		return "", err
+	}
+	return id, s.allow(r, p, resource)
+}
+
+func (s *Server) handleCommandGet(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r, "command")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	cmd, err := s.store.Command(r.Context(), id)
+	if err == nil {
+		err = s.allow(r, permRead, cmd.Resource)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cmd)
+}
+
+func (s *Server) handleCommandHeartbeat(w http.ResponseWriter, r *http.Request) {
+	id, err := s.commandPath(r, permSettle)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	exists := func() error { _, err := s.store.Command(r.Context(), id); return err }
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	var in spinbroker.Heartbeat
+	if err := decodeJSON(body, &in, false); err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	if in.Lease == "" {
+		s.writeError(w, r, pathFirst(errorf(spinbroker.EINVALID, "lease is required: the token next or claim gave"), exists))
+		return
+	}
+	var extend spinbroker.Duration
+	if in.Extend != nil {
+		extend = *in.Extend
+		if extend <= 0 {
+			s.writeError(w, r, pathFirst(errorf(spinbroker.EINVALID, "extend must be positive"), exists))
+			return
+		}
+	}
+	exp, err := s.store.Heartbeat(r.Context(), id, in.Lease, extend.D())
+	if err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	writeJSON(w, http.StatusOK, spinbroker.HeartbeatResult{LeaseExpiresAt: exp})
+}
+
+func (s *Server) handleCommandComplete(w http.ResponseWriter, r *http.Request) {
+	id, err := s.commandPath(r, permSettle)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	exists := func() error { _, err := s.store.Command(r.Context(), id); return err }
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	var in spinbroker.Result
+	if err := decodeJSON(body, &in, false); err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	if in.Lease == "" && isAgent(r) {
+		s.writeError(w, r, pathFirst(errorf(spinbroker.EINVALID, "an agent must send its lease"), exists))
+		return
+	}
+	cmd, err := s.store.Complete(r.Context(), id, in)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cmd)
+}
+
+func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permSettle, identityOf(r).token.Resource); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var in spinbroker.BatchComplete
+	if err := decodeJSON(body, &in, false); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(in.Results) > spinbroker.MaxBatchComplete {
+		s.writeError(w, r, errorf(spinbroker.EINVALID, "a batch holds at most %d results, not %d", spinbroker.MaxBatchComplete, len(in.Results)))
+		return
+	}
+	out := spinbroker.BatchOutcomes{Results: make([]spinbroker.BatchOutcome, len(in.Results))}
+	// Items the HTTP layer refuses (an agent's item of another resource or
+	// without a lease) are judged here; the rest go to the store together.
+	pass := make([]spinbroker.BatchResult, 0, len(in.Results))
+	index := make([]int, 0, len(in.Results))
+	for i, item := range in.Results {
+		out.Results[i].ID = item.ID
+		var err error
+		if isAgent(r) {
+			if _, ok := spinbroker.ParseID(item.ID); ok {
+				var resource string
+				if resource, err = s.commandResource(r, item.ID); err == nil {
+					err = s.allow(r, permSettle, resource)
+				}
+				if err == nil && item.Lease == "" {
+					err = errorf(spinbroker.EINVALID, "an agent must send its lease")
+				}
+			}
+		}
+		if err != nil {
+			e := apiError(err)
+			out.Results[i].HTTPStatus, out.Results[i].Error = StatusOf(e.Code), e
+			continue
+		}
+		pass = append(pass, item)
+		index = append(index, i)
+	}
+	errs, err := s.store.CompleteBatch(r.Context(), pass)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	for j, e := range errs {
+		i := index[j]
+		if e == nil {
+			out.Results[i].HTTPStatus = http.StatusOK
+			continue
+		}
+		ae := apiError(e)
+		out.Results[i].HTTPStatus, out.Results[i].Error = StatusOf(ae.Code), ae
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleCommandRetry(w http.ResponseWriter, r *http.Request) {
+	id, err := s.commandPath(r, permWrite)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	cmd, err := s.store.Retry(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cmd)
+}

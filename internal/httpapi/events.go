@@ -1,0 +1,261 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// event is one Server-Sent Event, encoded once for every subscriber.
+type event struct {
+	pkg  string // the package it concerns, for filtered streams
+	data []byte // "event: …\ndata: …\n\n"
+}
+
+// subscriber is one open event stream.
+type subscriber struct {
+	ch  chan event
+	pkg string // only this package's events, when set
+}
+
+// hub turns the store's commits into events for /events. Command
+// transitions go out as they commit; packages and queues that changed are
+// read back and sent at most every flushEvery, so a burst of a thousand
+// transitions costs one read per package.
+type hub struct {
+	st    Store
+	log   *slog.Logger
+	quit  <-chan struct{}
+	in    chan *spinbroker.Commit
+	nsubs atomic.Int32
+	// overflow is set when commits came faster than the hub could take
+	// them; subscribers are told to reload (event "resync").
+	overflow atomic.Bool
+
+	mu   sync.Mutex
+	subs map[*subscriber]struct{}
+}
+
+const (
+	flushEvery    = 100 * time.Millisecond
+	pingEvery     = 15 * time.Second
+	subscriberBuf = 1024
+)
+
+func newHub(st Store, log *slog.Logger, quit <-chan struct{}) *hub {
+	h := &hub{st: st, log: log, quit: quit, in: make(chan *spinbroker.Commit, 4096), subs: map[*subscriber]struct{}{}}
+	go h.run()
+	return h
+}
+
+// publish hands a commit to the hub without blocking the store's writer.
+func (h *hub) publish(c *spinbroker.Commit) {
+	if h.nsubs.Load() == 0 {
+		return
+	}
+	select {
+	case h.in <- c:
+	default:
+		h.overflow.Store(true)
+	}
+}
+
+func (h *hub) subscribe(pkg string) *subscriber {
+	s := &subscriber{ch: make(chan event, subscriberBuf), pkg: pkg}
+	h.mu.Lock()
+	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+	h.nsubs.Add(1)
+	return s
+}
+
+func (h *hub) unsubscribe(s *subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.subs[s]; ok {
+		delete(h.subs, s)
+		close(s.ch)
+		h.nsubs.Add(-1)
+	}
+}
+
+// broadcast sends an event to every subscriber that wants it. A subscriber
+// too slow to keep up is dropped; its browser reconnects and reloads.
+func (h *hub) broadcast(typ, pkg string, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	ev := event{pkg: pkg, data: []byte(fmt.Sprintf("event: %s\ndata: %s\n\n", typ, data))}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		if s.pkg != "" && pkg != s.pkg {
+			continue
+		}
+		select {
+		case s.ch <- ev:
+		default:
+			delete(h.subs, s)
+			close(s.ch)
+			h.nsubs.Add(-1)
+		}
+	}
+}
+
+func (h *hub) run() {
+	ticker := time.NewTicker(flushEvery)
+	defer ticker.Stop()
+	pkgs := map[string]bool{}
+	deleted := map[string]bool{}
+	queues := map[string]bool{}
+	for {
+		select {
+		case <-h.quit:
+			h.mu.Lock()
+			for s := range h.subs {
+				delete(h.subs, s)
+				close(s.ch)
+				h.nsubs.Add(-1)
+			}
+			h.mu.Unlock()
+			return
+		case c := <-h.in:
+			for _, ch := range c.Commands {
+				h.broadcast("command", ch.PackageID, ch)
+				pkgs[ch.PackageID] = true
+				queues[ch.Resource] = true
+			}
+			for _, p := range c.Packages {
+				pkgs[p] = true
+			}
+			for _, p := range c.Deleted {
+				deleted[p] = true
+			}
+			for _, q := range c.Queues {
+				queues[q] = true
+			}
+		case <-ticker.C:
+			if h.overflow.Swap(false) {
+				h.broadcast("resync", "", map[string]string{"reason": "events were dropped; reload"})
+			}
+			if h.nsubs.Load() > 0 {
+				h.flush(pkgs, deleted, queues)
+			}
+			clear(pkgs)
+			clear(deleted)
+			clear(queues)
+		}
+	}
+}
+
+// flush sends the current state of the packages and queues that changed.
+func (h *hub) flush(pkgs, deleted, queues map[string]bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for id := range deleted {
+		h.broadcast("package", id, map[string]any{"id": id, "deleted": true})
+	}
+	for id := range pkgs {
+		if deleted[id] {
+			continue
+		}
+		p, err := h.st.PackageInfo(ctx, id)
+		if err != nil {
+			continue // deleted since, or the database is busy: the next change resends it
+		}
+		h.broadcast("package", id, p)
+	}
+	if len(queues) == 0 {
+		return
+	}
+	qs, err := h.st.Queues(ctx)
+	if err != nil {
+		return
+	}
+	for _, q := range qs {
+		if queues[q.Resource] {
+			h.broadcast("queue", "", q)
+		}
+	}
+}
+
+// handleEvents streams state changes as Server-Sent Events: "command" (a
+// transition), "package" (a package without its commands, or {id, deleted}),
+// "queue" (a queue without its commands) and "resync". ?package=ID narrows
+// the stream to one package. A comment every 15s keeps proxies from
+// closing it.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permRead, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var pkg string
+	if p := r.URL.Query().Get("package"); p != "" {
+		id, ok := spinbroker.ParseID(p)
+		if !ok {
+			s.writeError(w, r, errorf(spinbroker.EINVALID, "package %q is not an id", truncate(p, 80)))
+			return
+		}
+		pkg = id
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	sub := s.hub.subscribe(pkg)
+	defer s.hub.unsubscribe(sub)
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, "retry: 2000\n: connected\n\n")
+	if rc.Flush() != nil {
+		return
+	}
+	ping := time.NewTicker(pingEvery)
+	defer ping.Stop()
+	for {
+		rc.SetWriteDeadline(time.Now().Add(defaultWriteTimeout)) //nolint:errcheck
+		select {
+		case ev, ok := <-sub.ch:
+			if !ok {
+				return
+			}
+			if _, err := w.Write(ev.data); err != nil {
+				return
+			}
+			// Send what else is waiting in the same flush.
+			for more := true; more; {
+				select {
+				case ev, ok := <-sub.ch:
+					if !ok {
+						rc.Flush() //nolint:errcheck
+						return
+					}
+					if _, err := w.Write(ev.data); err != nil {
+						return
+					}
+				default:
+					more = false
+				}
+			}
+		case <-ping.C:
+			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-s.quit:
+			return
+		}
+		if rc.Flush() != nil {
+			return
+		}
+	}
+}

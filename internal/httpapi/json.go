@@ -1,0 +1,186 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// readBody reads a request body of at most spinbroker.MaxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, spinbroker.MaxBodyBytes)
+	b, err := io.ReadAll(r.Body)
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return nil, spinbroker.Errorf(spinbroker.ETOOLARGE, "the request body is larger than %d bytes (1 MiB)", spinbroker.MaxBodyBytes)
+	case err != nil:
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body could not be read: %v", err)
+	case !utf8.Valid(b):
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body is not valid UTF-8")
+	}
+	return b, nil
+}
+
+// decodeJSON decodes exactly one JSON value from b into v, refusing unknown
+// fields, so that a typo is an error rather than silently ignored. An empty
+// body is accepted when optional.
+func decodeJSON(b []byte, v any, optional bool) error {
+	if len(bytes.TrimSpace(b)) == 0 {
+		if optional {
+			return nil
+		}
+		return spinbroker.Errorf(spinbroker.EINVALID, "a JSON body is required")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return spinbroker.Errorf(spinbroker.EINVALID, "the body holds more than one JSON value")
+	}
+	return nil
+}
+
+// jsonError turns a decoding error into a sentence that names the field.
+func jsonError(err error) error {
+	var (
+		se  *json.SyntaxError
+		te  *json.UnmarshalTypeError
+		ae  *spinbroker.Error
+		tpe *time.ParseError
+	)
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.As(err, &se):
+		return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON at byte %d: %s", se.Offset, strings.TrimPrefix(se.Error(), "json: "))
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return spinbroker.Errorf(spinbroker.EINVALID, "the body must be a JSON object, not a %s", te.Value)
+		}
+		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not a %s", field, jsonTypeName(te.Type.String()), te.Value)
+	case errors.As(err, &tpe):
+		return spinbroker.Errorf(spinbroker.EINVALID, "%q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: the body ends early")
+	}
+	msg := strings.TrimPrefix(err.Error(), "json: ")
+	if strings.HasPrefix(msg, "unknown field") {
+		return spinbroker.Errorf(spinbroker.EINVALID, "%s (unknown fields are refused so that typos are not ignored)", msg)
+	}
+	return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: %s", msg)
+}
+
+func jsonTypeName(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "*int"):
+		return "an integer"
+	case goType == "bool", goType == "*bool":
+		return "true or false"
+	case goType == "string", goType == "*string":
+		return "a string"
+	case strings.HasPrefix(goType, "[]"):
+		return "an array"
+	case strings.Contains(goType, "RawMessage"):
+		return "a JSON object"
+	case strings.Contains(goType, "Duration"):
+		return "a duration string such as \"30s\""
+	case strings.Contains(goType, "Time"):
+		return "an RFC 3339 time"
+	}
+	return "an object"
+}
+
+// writeJSON answers v as JSON with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Our own types always encode; reaching here is a bug.
+		http.Error(w, `{"error":{"code":"internal","message":"internal error"}}`, http.StatusInternalServerError)
+		return
+	}
+	writeRaw(w, status, b)
+}
+
+// writeRaw answers an encoded JSON body (a replayed idempotent response).
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(body)         //nolint:errcheck // the client is gone; nothing to do
+	w.Write([]byte("\n")) //nolint:errcheck
+}
+
+// statusOf is the only table from error codes to HTTP statuses.
+var statusOf = map[string]int{
+	spinbroker.EINVALID:      http.StatusBadRequest,
+	spinbroker.EUNKNOWNDEP:   http.StatusBadRequest,
+	spinbroker.EEMPTY:        http.StatusBadRequest,
+	spinbroker.EUNAUTHORIZED: http.StatusUnauthorized,
+	spinbroker.EFORBIDDEN:    http.StatusForbidden,
+	spinbroker.ENOTFOUND:     http.StatusNotFound,
+	spinbroker.EMETHOD:       http.StatusMethodNotAllowed,
+	spinbroker.ECONFLICT:     http.StatusConflict,
+	spinbroker.ESTALE:        http.StatusConflict,
+	spinbroker.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	spinbroker.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	spinbroker.EINTERNAL:     http.StatusInternalServerError,
+}
+
+// StatusOf returns the HTTP status that answers an error with this code.
+func StatusOf(code string) int {
+	if s, ok := statusOf[code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// apiError returns the *spinbroker.Error to answer for err: its own, or a
+// generic internal error that hides the details.
+func apiError(err error) *spinbroker.Error {
+	code := spinbroker.ErrorCode(err)
+	if code == spinbroker.EINTERNAL {
+		return &spinbroker.Error{Code: code, Message: "internal error"}
+	}
+	return &spinbroker.Error{Code: code, Message: spinbroker.ErrorMessage(err)}
+}
+
+// writeError answers err in API.md's error shape. Internal errors are logged
+// here, once, with the request; their details never reach the client.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := apiError(err)
+	status := StatusOf(e.Code)
+	switch e.Code {
+	case spinbroker.EINTERNAL:
+		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	case spinbroker.EUNAVAILABLE:
+		w.Header().Set("Retry-After", "1")
+		s.log.Warn("unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+	case spinbroker.EUNAUTHORIZED:
+		w.Header().Set("WWW-Authenticate", `Bearer realm="spin-broker"`)
+	}
+	writeJSON(w, status, spinbroker.ErrorBody{Error: e})
+}
+
+// logAttrs is a helper for handlers that log.
+func logAttrs(r *http.Request, more ...any) []any {
+	return append([]any{slog.String("method", r.Method), slog.String("path", r.URL.Path)}, more...)
+}
+
+// errorf is a shorthand used where handlers build errors.
+var errorf = spinbroker.Errorf
+
+var _ = fmt.Sprintf

@@ -1,0 +1,256 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+func newTestServer(t *testing.T) (*Server, *httptest.Server, *store.DB) {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	s := New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		s.Shutdown()
+		srv.Close()
+	})
+	return s, srv, db
+}
+
+type pollResult struct {
+	status  int
+	body    string
+	elapsed time.Duration
+}
+
+// poll starts a request in the background and returns its result channel.
+func poll(ctx context.Context, t *testing.T, method, url, body string) <-chan pollResult {
+	out := make(chan pollResult, 1)
+	go func() {
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			out <- pollResult{status: -1, body: err.Error(), elapsed: time.Since(start)}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		out <- pollResult{status: resp.StatusCode, body: string(b), elapsed: time.Since(start)}
+	}()
+	return out
+}
+
+// waitFor waits until n long-polls wait on resource.
+func waitFor(t *testing.T, s *Server, resource string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.notifier.waiting(resource) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d long-polls wait on %s, want %d", s.notifier.waiting(resource), resource, n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestLongPoll_WokenByEnqueue(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	res := poll(context.Background(), t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 1)
+	p, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-res:
+		if r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+		if r.elapsed > 20*time.Second {
+			t.Fatalf("the enqueue did not wake the long-poll (%v)", r.elapsed)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("the long-poll was not woken by the enqueue")
+	}
+	waitFor(t, s, "work", 0)
+}
+
+func TestLongPoll_WokenByDependency(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx := context.Background()
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Key: "a", Resource: "first", Action: "a"}, {Resource: "second", Action: "b", Dependencies: []string{"a"}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := poll(ctx, t, "POST", srv.URL+"/queues/second/claim", `{"max": 5, "wait": "30s"}`)
+	waitFor(t, s, "second", 1)
+	a, _, err := db.Next(ctx, "first", 0)
+	if err != nil || a == nil {
+		t.Fatal(err)
+	}
+	ok := true
+	if _, err := db.Complete(ctx, a.ID, spinbroker.Result{Status: &ok, Lease: a.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-res:
+		var cl spinbroker.ClaimResult
+		if err := json.Unmarshal([]byte(r.body), &cl); err != nil || r.status != 200 || len(cl.Commands) != 1 || cl.Commands[0].ID != p.Commands[1].ID {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("a dependency's success did not wake the long-poll on the dependent's queue")
+	}
+}
+
+func TestLongPoll_TimesOut(t *testing.T) {
+	_, srv, _ := newTestServer(t)
+	r := <-poll(context.Background(), t, "POST", srv.URL+"/queues/idle/next?wait=300ms", "")
+	if r.status != 204 || r.elapsed < 250*time.Millisecond {
+		t.Fatalf("got %d after %v", r.status, r.elapsed)
+	}
+	r = <-poll(context.Background(), t, "POST", srv.URL+"/queues/idle/claim", `{"max": 2, "wait": "300ms"}`)
+	if r.status != 200 || !strings.Contains(r.body, `"commands":[]`) || r.elapsed < 250*time.Millisecond {
+		t.Fatalf("claim got %d %s after %v", r.status, r.body, r.elapsed)
+	}
+}
+
+func TestLongPoll_WokenByLeaseExpiry(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx := context.Background()
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "exp", Action: "x"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	first, _, err := db.Next(ctx, "exp", time.Second)
+	if err != nil || first == nil {
+		t.Fatal(err)
+	}
+	// Nothing commits while the lease runs out: only the timer set from
+	// the store's answer can wake this long-poll.
+	res := poll(ctx, t, "POST", srv.URL+"/queues/exp/next?wait=20s", "")
+	waitFor(t, s, "exp", 1)
+	select {
+	case r := <-res:
+		if r.status != 200 || !strings.Contains(r.body, first.ID) || !strings.Contains(r.body, `"attempts":2`) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+		if r.elapsed > 10*time.Second {
+			t.Fatalf("redelivered after %v; the lease was 1s", r.elapsed)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the expired lease was not redelivered to the waiting long-poll")
+	}
+}
+
+func TestLongPoll_AbandonedIsReleased(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	res := poll(ctx, t, "POST", srv.URL+"/queues/gone/next?wait=60s", "")
+	waitFor(t, s, "gone", 1)
+	cancel()
+	<-res
+	// The server lets go of the request at once, not after 60 seconds.
+	waitFor(t, s, "gone", 0)
+	// And it leased nothing for the client that left.
+	if _, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "gone", Action: "x"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	q, err := db.Queue(context.Background(), "gone")
+	if err != nil || q.Counts.Ready != 1 || q.Counts.Leased != 0 {
+		t.Fatalf("queue after the abandoned poll: %+v %v", q.Counts, err)
+	}
+}
+
+func TestLongPoll_Shutdown(t *testing.T) {
+	s, srv, _ := newTestServer(t)
+	res := poll(context.Background(), t, "POST", srv.URL+"/queues/stop/next?wait=60s", "")
+	waitFor(t, s, "stop", 1)
+	start := time.Now()
+	s.Shutdown()
+	select {
+	case r := <-res:
+		if r.status != 204 {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("answered %v after shutdown", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown did not answer the waiting long-poll")
+	}
+}
+
+func TestEvents(t *testing.T) {
+	_, srv, db := newTestServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 64<<10)
+		var acc string
+		for {
+			n, err := resp.Body.Read(buf)
+			acc += string(buf[:n])
+			for {
+				i := strings.Index(acc, "\n\n")
+				if i < 0 {
+					break
+				}
+				lines <- acc[:i]
+				acc = acc[i+2:]
+			}
+			if err != nil {
+				close(lines)
+				return
+			}
+		}
+	}()
+	if first := <-lines; !strings.Contains(first, ": connected") {
+		t.Fatalf("first event %q", first)
+	}
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "ev", Action: "x"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawCommand, sawPackage, sawQueue bool
+	for !(sawCommand && sawPackage && sawQueue) {
+		select {
+		case ev, ok := <-lines:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			switch {
+			case strings.HasPrefix(ev, "event: command") && strings.Contains(ev, p.Commands[0].ID) && strings.Contains(ev, `"state":"ready"`):
+				sawCommand = true
+			case strings.HasPrefix(ev, "event: package") && strings.Contains(ev, p.ID) && strings.Contains(ev, `"state":"queued"`):
+				sawPackage = true
+			case strings.HasPrefix(ev, "event: queue") && strings.Contains(ev, `"resource":"ev"`):
+				sawQueue = true
+			}
+		case <-ctx.Done():
+			t.Fatalf("events seen: command %v package %v queue %v", sawCommand, sawPackage, sawQueue)
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// metrics are the broker's Prometheus metrics.
+type metrics struct {
+	reg         *prometheus.Registry
+	enqueued    *prometheus.CounterVec
+	delivered   *prometheus.CounterVec
+	redelivered *prometheus.CounterVec
+	succeeded   *prometheus.CounterVec
+	failed      *prometheus.CounterVec
+	cancelled   *prometheus.CounterVec
+	requests    *prometheus.HistogramVec
+	handler     http.Handler
+}
+
+func newMetrics(reg *prometheus.Registry, st Store) *metrics {
+	counter := func(name, help string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spinbroker", Name: name, Help: help}, []string{"resource"})
+		reg.MustRegister(c)
+		return c
+	}
+	m := &metrics{
+		reg:         reg,
+		enqueued:    counter("commands_enqueued_total", "Commands enqueued, by resource."),
+		delivered:   counter("commands_delivered_total", "Leases handed out by next and claim, by resource."),
+		redelivered: counter("commands_redelivered_total", "Leases of commands delivered before (a retry or an expired lease), by resource."),
+		succeeded:   counter("commands_succeeded_total", "Commands that succeeded, by resource."),
+		failed:      counter("commands_failed_total", "Commands that failed, by resource."),
+		cancelled:   counter("commands_cancelled_total", "Commands cancelled by a client or a cascade, by resource."),
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "spinbroker", Name: "http_request_duration_seconds",
+			Help:    "Time to answer an HTTP request (long-polls include their wait), by route.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"method", "route", "code"}),
+	}
+	reg.MustRegister(m.requests, &queueCollector{st: st},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	return m
+}
+
+// count moves the counters by what a commit did.
+func (m *metrics) count(c *spinbroker.Commit) {
+	for _, ch := range c.Commands {
+		switch {
+		case ch.From == spinbroker.Staged:
+			m.enqueued.WithLabelValues(ch.Resource).Inc()
+		case ch.To == spinbroker.Leased:
+			m.delivered.WithLabelValues(ch.Resource).Inc()
+			if ch.Attempts > 1 {
+				m.redelivered.WithLabelValues(ch.Resource).Inc()
+			}
+		case ch.To == spinbroker.Succeeded:
+			m.succeeded.WithLabelValues(ch.Resource).Inc()
+		case ch.To == spinbroker.Failed:
+			m.failed.WithLabelValues(ch.Resource).Inc()
+		case ch.To == spinbroker.Cancelled:
+			m.cancelled.WithLabelValues(ch.Resource).Inc()
+		}
+	}
+}
+
+func (m *metrics) observe(method, route string, status int, d time.Duration) {
+	if route == "" {
+		route = "unmatched"
+	}
+	m.requests.WithLabelValues(method, route, strconv.Itoa(status)).Observe(d.Seconds())
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Auth && !s.opts.MetricsOpen {
+		if err := s.allow(r, permRead, identityOf(r).token.Resource); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	s.metrics.handler.ServeHTTP(w, r)
+}
+
+// queueCollector reads every queue's counts at scrape time, so the gauges
+// are always the database's, never a copy that can drift.
+type queueCollector struct{ st Store }
+
+var (
+	queueCommandsDesc = prometheus.NewDesc("spinbroker_queue_commands", "Enqueued, unfinished commands of a queue by state.", []string{"resource", "state"}, nil)
+	queueAgeDesc      = prometheus.NewDesc("spinbroker_queue_oldest_ready_age_seconds", "How long the queue's head-of-line ready command has waited.", []string{"resource"}, nil)
+	queueConcDesc     = prometheus.NewDesc("spinbroker_queue_concurrency", "A queue's concurrency setting.", []string{"resource"}, nil)
+	queuePausedDesc   = prometheus.NewDesc("spinbroker_queue_paused", "1 when the queue is paused.", []string{"resource"}, nil)
+)
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- queueCommandsDesc
+	ch <- queueAgeDesc
+	ch <- queueConcDesc
+	ch <- queuePausedDesc
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qs, err := c.st.Queues(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(queueCommandsDesc, err)
+		return
+	}
+	for _, q := range qs {
+		ch <- prometheus.MustNewConstMetric(queueCommandsDesc, prometheus.GaugeValue, float64(q.Counts.Blocked), q.Resource, "blocked")
+		ch <- prometheus.MustNewConstMetric(queueCommandsDesc, prometheus.GaugeValue, float64(q.Counts.Ready), q.Resource, "ready")
+		ch <- prometheus.MustNewConstMetric(queueCommandsDesc, prometheus.GaugeValue, float64(q.Counts.Leased), q.Resource, "leased")
+		ch <- prometheus.MustNewConstMetric(queueAgeDesc, prometheus.GaugeValue, q.OldestReadyAgeSeconds, q.Resource)
+		ch <- prometheus.MustNewConstMetric(queueConcDesc, prometheus.GaugeValue, float64(q.Concurrency), q.Resource)
+		paused := 0.0
+		if q.Paused {
+			paused = 1
+		}
+		ch <- prometheus.MustNewConstMetric(queuePausedDesc, prometheus.GaugeValue, paused, q.Resource)
+	}
+}

@@ -1,0 +1,208 @@
+package httpapi
+
+import (
+	"crypto/sha256"
+	"net/http"
+	"strconv"
+
+	"github.com/go-chi/chi/v5"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// pathID returns the canonical id in the path, or ENOTFOUND: a string that
+// is not an id names nothing.
+func pathID(r *http.Request, kind string) (string, error) {
+	raw := chi.URLParam(r, "id")
+	id, ok := spinbroker.ParseID(raw)
+	if !ok {
+		return "", errorf(spinbroker.ENOTFOUND, "%s %s not found", kind, truncate(raw, 80))
+	}
+	return id, nil
+}
+
+// pathFirst applies API.md's precedence: when a body is refused (413, 400),
+// a missing package or command in the path is answered first (404).
+func pathFirst(err error, exists func() error) error {
+	switch spinbroker.ErrorCode(err) {
+	case spinbroker.ETOOLARGE, spinbroker.EINVALID, spinbroker.EUNKNOWNDEP, spinbroker.EEMPTY:
+		if nf := exists(); spinbroker.ErrorCode(nf) == spinbroker.ENOTFOUND {
+			return nf
+		}
+	}
+	return err
+}
+
+// idempotency returns the Idempotency-Key record of a create, or nil when
+// the request carries no key. Keys are scoped to the method and path, and to
+// the token when auth is on.
+func (s *Server) idempotency(r *http.Request, body []byte) (*spinbroker.Idempotency, error) {
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		return nil, nil
+	}
+	if len(key) > 255 {
+		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is longer than 255 characters")
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return nil, errorf(spinbroker.EINVALID, "Idempotency-Key must be printable ASCII")
+		}
+	}
+	scope := r.Method + " " + r.URL.Path
+	if s.opts.Auth {
+		scope += " " + identityOf(r).token.ID
+	}
+	h := sha256.Sum256(body)
+	return &spinbroker.Idempotency{Scope: scope, Key: key, Hash: h[:]}, nil
+}
+
+func (s *Server) handlePackageCreate(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permWrite, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var in spinbroker.NewPackage
+	if err := decodeJSON(body, &in, true); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	idem, err := s.idempotency(r, body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	pkg, replay, err := s.store.CreatePackage(r.Context(), in, idem)
+	switch {
+	case err != nil:
+		s.writeError(w, r, err)
+	case replay != nil:
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeRaw(w, http.StatusCreated, replay)
+	default:
+		w.Header().Set("Location", "/packages/"+pkg.ID)
+		writeJSON(w, http.StatusCreated, pkg)
+	}
+}
+
+func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permWrite, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := pathID(r, "package")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	exists := func() error { _, err := s.store.Package(r.Context(), id); return err }
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	var in spinbroker.NewCommand
+	if err := decodeJSON(body, &in, false); err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	idem, err := s.idempotency(r, body)
+	if err != nil {
+		s.writeError(w, r, pathFirst(err, exists))
+		return
+	}
+	cmd, replay, err := s.store.AddCommand(r.Context(), id, in, idem)
+	switch {
+	case err != nil:
+		s.writeError(w, r, pathFirst(err, exists))
+	case replay != nil:
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeRaw(w, http.StatusCreated, replay)
+	default:
+		w.Header().Set("Location", "/commands/"+cmd.ID)
+		writeJSON(w, http.StatusCreated, cmd)
+	}
+}
+
+func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permRead, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	f := spinbroker.PackageFilter{State: spinbroker.PackageState(q.Get("state")), Cursor: q.Get("cursor")}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			s.writeError(w, r, errorf(spinbroker.EINVALID, "limit must be a positive integer, not %q", truncate(l, 40)))
+			return
+		}
+		f.Limit = n
+	}
+	list, err := s.store.Packages(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// packageAction runs a store call on the package in the path and answers
+// the package.
+func (s *Server) packageAction(w http.ResponseWriter, r *http.Request, p permission, do func(id string) (*spinbroker.Package, error)) {
+	if err := s.allow(r, p, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := pathID(r, "package")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	pkg, err := do(id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, pkg)
+}
+
+func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
+	s.packageAction(w, r, permRead, func(id string) (*spinbroker.Package, error) {
+		return s.store.Package(r.Context(), id)
+	})
+}
+
+func (s *Server) handlePackageEnqueue(w http.ResponseWriter, r *http.Request) {
+	s.packageAction(w, r, permWrite, func(id string) (*spinbroker.Package, error) {
+		return s.store.Enqueue(r.Context(), id)
+	})
+}
+
+func (s *Server) handlePackageCancel(w http.ResponseWriter, r *http.Request) {
+	s.packageAction(w, r, permWrite, func(id string) (*spinbroker.Package, error) {
+		return s.store.CancelPackage(r.Context(), id)
+	})
+}
+
+func (s *Server) handlePackageDelete(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permWrite, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := pathID(r, "package")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.store.DeletePackage(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,245 @@
+package httpapi
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// pathResource returns the resource in the path; every valid name has a
+// queue, an invalid one is a bad request.
+func pathResource(r *http.Request) (string, error) {
+	res := chi.URLParam(r, "resource")
+	if err := spinbroker.CheckName("resource", res); err != nil {
+		return "", err
+	}
+	return res, nil
+}
+
+func (s *Server) handleQueueList(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permRead, identityOf(r).token.Resource); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	qs, err := s.store.Queues(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if isAgent(r) {
+		// An agent sees only its own queue.
+		own := identityOf(r).token.Resource
+		kept := qs[:0]
+		for _, q := range qs {
+			if q.Resource == own {
+				kept = append(kept, q)
+			}
+		}
+		qs = kept
+	}
+	writeJSON(w, http.StatusOK, spinbroker.QueueList{Queues: qs})
+}
+
+func (s *Server) handleQueueGet(w http.ResponseWriter, r *http.Request) {
+	res, err := pathResource(r)
+	if err == nil {
+		err = s.allow(r, permRead, res)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	q, err := s.store.Queue(r.Context(), res)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, q)
+}
+
+func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
+	if err := s.allow(r, permAdmin, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, err := pathResource(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var in spinbroker.QueueSettings
+	if err := decodeJSON(body, &in, false); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	q, err := s.store.SetQueue(r.Context(), res, in)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, q)
+}
+
+// queryDuration parses an optional duration in the query string.
+func queryDuration(r *http.Request, name string) (time.Duration, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := spinbroker.ParseDuration(v)
+	if err != nil {
+		return 0, errorf(spinbroker.EINVALID, "%s: %s", name, spinbroker.ErrorMessage(err))
+	}
+	if d < 0 {
+		return 0, errorf(spinbroker.EINVALID, "%s must not be negative", name)
+	}
+	return d, nil
+}
+
+func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
+	res, err := pathResource(r)
+	if err == nil {
+		err = s.allow(r, permDeliver, res)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	wait, err := queryDuration(r, "wait")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	lease, err := queryDuration(r, "lease")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var cmd *spinbroker.Command
+	err = s.longPoll(w, r, res, wait, func() (bool, time.Time, error) {
+		c, wake, err := s.store.Next(r.Context(), res, lease)
+		cmd = c
+		return c != nil, wake, err
+	})
+	switch {
+	case r.Context().Err() != nil:
+		// The client is gone; nobody reads an answer.
+	case err != nil:
+		s.writeError(w, r, err)
+	case cmd == nil:
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		writeJSON(w, http.StatusOK, cmd)
+	}
+}
+
+func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
+	res, err := pathResource(r)
+	if err == nil {
+		err = s.allow(r, permDeliver, res)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var in spinbroker.Claim
+	if err := decodeJSON(body, &in, false); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if in.Max < 1 || in.Max > spinbroker.MaxClaim {
+		s.writeError(w, r, errorf(spinbroker.EINVALID, "max must be between 1 and %d", spinbroker.MaxClaim))
+		return
+	}
+	var wait, lease time.Duration
+	if in.Wait != nil {
+		if wait = in.Wait.D(); wait < 0 {
+			s.writeError(w, r, errorf(spinbroker.EINVALID, "wait must not be negative"))
+			return
+		}
+	}
+	if in.Lease != nil {
+		lease = in.Lease.D()
+		if err := spinbroker.CheckLease("lease", lease); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	out := spinbroker.ClaimResult{Commands: []spinbroker.Command{}}
+	err = s.longPoll(w, r, res, wait, func() (bool, time.Time, error) {
+		cmds, wake, err := s.store.Claim(r.Context(), res, in.Max, lease)
+		if len(cmds) > 0 {
+			out.Commands = cmds
+		}
+		return len(cmds) > 0, wake, err
+	})
+	switch {
+	case r.Context().Err() != nil:
+	case err != nil:
+		s.writeError(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+// longPoll calls try until it delivers, fails, or wait runs out (clamped
+// to 60s). In between it sleeps on the queue's notifier, which every commit
+// touching the queue wakes, or until the store's next time of interest (a
+// lease expiring, a back-off or a delay ending): never a polling loop. It
+// returns early, without error, when the client goes away or the server
+// shuts down.
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
+	wait = min(wait, spinbroker.MaxWait)
+	deadline := time.Now().Add(wait)
+	if wait > 0 {
+		http.NewResponseController(w).SetWriteDeadline(deadline.Add(defaultWriteTimeout)) //nolint:errcheck
+	}
+	for {
+		// Watch before trying: a commit between the try and the wait
+		// closes this very channel.
+		ch, release := s.notifier.watch(resource)
+		got, wake, err := try()
+		if err != nil || got {
+			release()
+			return err
+		}
+		d := time.Until(deadline)
+		if d <= 0 {
+			release()
+			return nil
+		}
+		if !wake.IsZero() {
+			d = min(d, max(wake.Sub(s.now()), time.Millisecond))
+		}
+		timer := time.NewTimer(d)
+		select {
+		case <-ch:
+		case <-timer.C:
+		case <-r.Context().Done():
+		case <-s.quit:
+		}
+		timer.Stop()
+		release()
+		if r.Context().Err() != nil {
+			return nil
+		}
+		select {
+		case <-s.quit:
+			return nil
+		default:
+		}
+	}
+}

@@ -1,0 +1,175 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// routes is every route of the API, top to bottom.
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(s.recoverer, s.logRequests, s.crossOrigin, s.authenticate)
+	r.NotFound(s.handleNotFound)
+	r.MethodNotAllowed(s.handleMethodNotAllowed(r))
+
+	r.Get("/healthz", s.handleHealth)
+	r.Get("/metrics", s.handleMetrics)
+	r.Get("/events", s.handleEvents)
+
+	// Flat routes, not sub-routers: the 405 handler asks the tree which
+	// methods a path allows, and a mounted sub-router claims them all.
+	r.Get("/packages", s.handlePackageList)
+	r.Post("/packages", s.handlePackageCreate)
+	r.Get("/packages/{id}", s.handlePackageGet)
+	r.Delete("/packages/{id}", s.handlePackageDelete)
+	r.Post("/packages/{id}/commands", s.handleCommandAdd)
+	r.Post("/packages/{id}/enqueue", s.handlePackageEnqueue)
+	r.Post("/packages/{id}/cancel", s.handlePackageCancel)
+
+	r.Post("/commands/complete", s.handleCommandCompleteBatch)
+	r.Get("/commands/{id}", s.handleCommandGet)
+	r.Post("/commands/{id}/heartbeat", s.handleCommandHeartbeat)
+	r.Post("/commands/{id}/complete", s.handleCommandComplete)
+	r.Post("/commands/{id}/retry", s.handleCommandRetry)
+
+	r.Get("/queues", s.handleQueueList)
+	r.Get("/queues/{resource}", s.handleQueueGet)
+	r.Patch("/queues/{resource}", s.handleQueueSet)
+	r.Post("/queues/{resource}/next", s.handleQueueNext)
+	r.Post("/queues/{resource}/claim", s.handleQueueClaim)
+	s.mountUI(r)
+	return r
+}
+
+func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, errorf(spinbroker.ENOTFOUND, "no route %s %s", r.Method, truncate(r.URL.Path, 200)))
+}
+
+// handleMethodNotAllowed answers 405 with the Allow header that chi only
+// sets when its own handler is used.
+func (s *Server) handleMethodNotAllowed(mux chi.Routes) http.HandlerFunc {
+	methods := []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+	return func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range methods {
+			if mux.Match(chi.NewRouteContext(), m, r.URL.Path) {
+				allow = append(allow, m)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		s.writeError(w, r, errorf(spinbroker.EMETHOD, "%s is not allowed on %s; use %s", r.Method, truncate(r.URL.Path, 200), strings.Join(allow, " or ")))
+	}
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.writeError(w, r, errorf(spinbroker.EUNAVAILABLE, "the database does not answer"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// recoverer turns a panic in a handler into a 500 in the API's shape and one
+// log line with the stack.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic", logAttrs(r, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))...)
+				s.writeError(w, r, fmt.Errorf("panic: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// statusWriter records the status and size of an answer for the log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection (flush, write
+// deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush sends buffered data to the client (event streams).
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// defaultWriteTimeout bounds how long writing an ordinary answer may take;
+// long-polls and event streams set their own deadlines.
+const defaultWriteTimeout = 30 * time.Second
+
+// logRequests writes one log line per request with its status and duration,
+// and sets the write deadline of ordinary requests.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
+		next.ServeHTTP(sw, r)
+		d := time.Since(start)
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		s.metrics.observe(r.Method, route, sw.status, d)
+		level := slog.LevelInfo
+		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
+			level = slog.LevelDebug
+		}
+		s.log.Log(r.Context(), level, "request",
+			"method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr)
+	})
+}
+
+// crossOrigin refuses state-changing requests that a browser sends on behalf
+// of another site (a page on evil.example posting to localhost:8080), using
+// Fetch metadata and Origin. curl and programs send neither and pass.
+func (s *Server) crossOrigin(next http.Handler) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errorf(spinbroker.EFORBIDDEN, "cross-origin request refused"))
+	}))
+	return cop.Handler(next)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

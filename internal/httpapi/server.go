@@ -1,0 +1,135 @@
+// Package httpapi serves spin-broker's HTTP API version 1 (API.md): chi
+// routes, JSON in and out, the error table, auth, long-poll waits,
+// Server-Sent Events, metrics and the dashboard.
+//
+// Handlers decode and validate, make one store call, and encode the answer;
+// the business rules live in the store, behind the Store interface declared
+// here, so another backend can serve the same handlers.
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// Store is what the HTTP layer needs from a database: one method per use
+// case, each one transaction.
+type Store interface {
+	CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem *spinbroker.Idempotency) (*spinbroker.Package, []byte, error)
+	AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, idem *spinbroker.Idempotency) (*spinbroker.Command, []byte, error)
+	Enqueue(ctx context.Context, pkgID string) (*spinbroker.Package, error)
+	CancelPackage(ctx context.Context, pkgID string) (*spinbroker.Package, error)
+	DeletePackage(ctx context.Context, pkgID string) error
+	Package(ctx context.Context, pkgID string) (*spinbroker.Package, error)
+	PackageInfo(ctx context.Context, pkgID string) (*spinbroker.Package, error)
+	Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error)
+
+	Command(ctx context.Context, id string) (*spinbroker.Command, error)
+	Complete(ctx context.Context, id string, res spinbroker.Result) (*spinbroker.Command, error)
+	CompleteBatch(ctx context.Context, items []spinbroker.BatchResult) ([]error, error)
+	Heartbeat(ctx context.Context, id, token string, extend time.Duration) (time.Time, error)
+	Retry(ctx context.Context, id string) (*spinbroker.Command, error)
+
+	Queues(ctx context.Context) ([]spinbroker.Queue, error)
+	Queue(ctx context.Context, resource string) (*spinbroker.Queue, error)
+	SetQueue(ctx context.Context, resource string, s spinbroker.QueueSettings) (*spinbroker.Queue, error)
+	Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error)
+	Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error)
+
+	Ping(ctx context.Context) error
+	Listen(f func(*spinbroker.Commit))
+	Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error)
+}
+
+// Options configure a Server. The zero value serves without auth.
+type Options struct {
+	// Auth requires a bearer token on every request but /healthz.
+	Auth bool
+	// MetricsOpen serves /metrics without a token even when Auth is on.
+	MetricsOpen bool
+	// Now is the clock the store uses; long-poll wake-ups (lease expiry,
+	// back-off) are computed against it. time.Now when nil.
+	Now func() time.Time
+	// Registry receives the metrics; a new registry when nil.
+	Registry *prometheus.Registry
+	// TokenCacheTTL is how long a checked token is trusted before the
+	// database is asked again (default 5s); revocation takes effect within
+	// it.
+	TokenCacheTTL time.Duration
+}
+
+// Server is the HTTP API over a Store.
+type Server struct {
+	store    Store
+	log      *slog.Logger
+	opts     Options
+	now      func() time.Time
+	notifier *notifier
+	hub      *hub
+	metrics  *metrics
+	tokens   *tokenCache
+	router   chi.Router
+
+	quit     chan struct{} // closed by Shutdown: long-polls answer 204, streams end
+	quitOnce sync.Once
+}
+
+// New returns a Server that serves st. It registers itself as a listener
+// of st's commits, to wake long-polls, feed /events and count metrics.
+func New(st Store, logger *slog.Logger, opts Options) *Server {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.TokenCacheTTL <= 0 {
+		opts.TokenCacheTTL = 5 * time.Second
+	}
+	s := &Server{
+		store:    st,
+		log:      logger,
+		opts:     opts,
+		now:      opts.Now,
+		notifier: newNotifier(),
+		quit:     make(chan struct{}),
+	}
+	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
+	s.hub = newHub(st, logger, s.quit)
+	s.metrics = newMetrics(opts.Registry, st)
+	st.Listen(s.committed)
+	s.router = s.routes()
+	return s
+}
+
+// Handler returns the root handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Shutdown answers waiting long-polls with 204 and ends event streams at
+// once, so that http.Server.Shutdown does not wait for them. Requests that
+// arrive afterwards are still served until the listener closes.
+func (s *Server) Shutdown() {
+	s.quitOnce.Do(func() { close(s.quit) })
+}
+
+// committed hears every commit of the store: it wakes the queues that
+// changed, feeds the event stream and moves the counters. It runs on the
+// store's writer goroutine and must not block.
+func (s *Server) committed(c *spinbroker.Commit) {
+	for _, r := range c.Resources() {
+		s.notifier.notify(r)
+	}
+	s.metrics.count(c)
+	s.hub.publish(c)
+}
