@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+var (
+	serveBinOnce sync.Once
+	serveBinPath string
+	serveBinErr  error
+)
+
+// serveBinary builds the real spinbroker binary once for the serve tests.
+func serveBinary(t *testing.T) string {
+	t.Helper()
+	serveBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "spinbroker-serve-test")
+		if err != nil {
+			serveBinErr = err
+			return
+		}
+		serveBinPath = filepath.Join(dir, "spinbroker")
+		out, err := exec.Command("go", "build", "-race", "-o", serveBinPath, ".").CombinedOutput()
+		if err != nil {
+			serveBinErr = err
+			serveBinPath = string(out)
+		}
+	})
+	if serveBinErr != nil {
+		t.Fatalf("build: %v\n%s", serveBinErr, serveBinPath)
+	}
+	return serveBinPath
+}
+
+// serveProc is a real `spinbroker serve` process.
+type serveProc struct {
+	cmd  *exec.Cmd
+	url  string
+	logs *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var listenRE = regexp.MustCompile(`url"?[=:]"?(https?://[^ "]+)`)
+
+// startBroker starts serve on a free loopback port and waits until it
+// listens.
+func startBroker(t *testing.T, db string, extra ...string) *serveProc {
+	t.Helper()
+	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--db", db, "--sweep-interval", "100ms"}, extra...)
+	cmd := exec.Command(serveBinary(t), args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b := &serveProc{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			b.logs.Write([]byte(line + "\n"))
+			if m := listenRE.FindStringSubmatch(line); m != nil {
+				select {
+				case found <- m[1]:
+				default:
+				}
+			}
+		}
+		b.done <- cmd.Wait()
+	}()
+	select {
+	case b.url = <-found:
+	case err := <-b.done:
+		t.Fatalf("serve exited: %v\n%s", err, b.logs)
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("serve did not start:\n%s", b.logs)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-b.done
+		}
+	})
+	return b
+}
+
+func TestServe_GracefulShutdown(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "broker.db")
+	b := startBroker(t, db)
+	resp, err := http.Get(b.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Post(b.url+"/packages", "application/json", strings.NewReader(`{"commands": [{"resource": "r", "action": "x"}], "enqueue": true}`))
+	if err != nil || resp.StatusCode != 201 {
+		t.Fatalf("create: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	// A long-poll waits on another queue while the broker is told to stop.
+	polled := make(chan int, 1)
+	go func() {
+		resp, err := http.Post(b.url+"/queues/idle/next?wait=60s", "", nil)
+		if err != nil {
+			polled <- -1
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		polled <- resp.StatusCode
+	}()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-polled:
+		if code != 204 {
+			t.Fatalf("the waiting long-poll got %d, want 204", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the long-poll was not answered at shutdown")
+	}
+	select {
+	case err := <-b.done:
+		if err != nil {
+			t.Fatalf("serve exited with %v:\n%s", err, b.logs)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("serve did not exit:\n%s", b.logs)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+	for _, want := range []string{"shutting down", "database closed", "stopped", "status=201"} {
+		if !strings.Contains(b.logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, b.logs)
+		}
+	}
+	// Closed cleanly: the WAL was checkpointed away, and the package is there.
+	if _, err := os.Stat(db + "-wal"); !os.IsNotExist(err) {
+		t.Errorf("the WAL is still there after a clean close: %v", err)
+	}
+	st, err := store.Open(context.Background(), db, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	q, err := st.Queue(context.Background(), "r")
+	if err != nil || q.Counts.Ready != 1 {
+		t.Fatalf("after restart: %+v %v", q, err)
+	}
+}
+
+func TestServe_RefusesOpenAddressWithoutAuth(t *testing.T) {
+	bin := serveBinary(t)
+	db := filepath.Join(t.TempDir(), "b.db")
+	out, err := exec.Command(bin, "serve", "--addr", "0.0.0.0:0", "--db", db).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want 2:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "without --auth") {
+		t.Fatalf("message does not say why:\n%s", out)
+	}
+	// --insecure says the operator means it.
+	b := startBroker(t, db, "--addr", "0.0.0.0:0", "--insecure")
+	b.cmd.Process.Signal(syscall.SIGINT)
+	if err := <-b.done; err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+}
+
+func TestServe_JSONLogsAndMigrate(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "m.db")
+	out, err := exec.Command(serveBinary(t), "migrate", "up", "--db", db).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "00001_schema.sql") {
+		t.Fatalf("migrate up: %v\n%s", err, out)
+	}
+	out, err = exec.Command(serveBinary(t), "migrate", "status", "--db", db).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "pending") {
+		t.Fatalf("migrate status: %v\n%s", err, out)
+	}
+	b := startBroker(t, db, "--log-format", "json", "--check")
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	<-b.done
+	if !strings.Contains(b.logs.String(), `"msg":"integrity check passed"`) {
+		t.Fatalf("json logs:\n%s", b.logs)
+	}
+}
