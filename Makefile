@@ -1,0 +1,61 @@
+# spin-broker: a message broker for finite-state-machine work.
+# `make help` lists the targets.
+
+GO      ?= go
+DB      ?= spinbroker.db
+ADDR    ?= localhost:8080
+FUZZTIME ?= 30s
+# Every fuzz target, as package:Target.
+FUZZ_TARGETS := \
+	./internal/httpapi:FuzzRequest \
+	./internal/httpapi:FuzzDecode \
+	./cmd/spinbroker:FuzzParseKV
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: ## Start a broker on localhost:8080 with an embedded SQLite database (./spinbroker.db)
+	$(GO) run ./cmd/spinbroker serve --addr $(ADDR) --db $(DB)
+
+.PHONY: build
+build: ## Build spinbroker, sa-host-path and sa-emulation into ./bin
+	$(GO) build -o bin/ ./cmd/...
+
+.PHONY: deps
+deps: ## Install what the tests need and the machine lacks (Chromium, QEMU)
+	@bash scripts/install-test-deps.sh
+
+.PHONY: test
+test: deps ## Run every test, with the race detector
+	$(GO) test -race -shuffle=on -count=1 -timeout 30m ./...
+	cd bench/peers && $(GO) test -count=1 -timeout 10m ./...
+
+.PHONY: test-long
+test-long: ## The model test with more seeds and steps (no race detector)
+	$(GO) test -count=1 -run TestModel ./internal/store -seeds 20 -steps 10000 -timeout 60m
+
+.PHONY: lint
+lint: ## go vet, gofmt and staticcheck
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: the files above need formatting"; exit 1; }
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+.PHONY: bench
+bench: ## Store benchmarks (next at 1k/100k/1M backlogs, full cycle)
+	$(GO) test ./internal/store -run '^$$' -bench . -benchtime 3000x -count 3
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf bin
