@@ -1,0 +1,191 @@
+package emulation
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits of a VM's config.
+const (
+	MinMemoryMiB = 16
+	MaxMemoryMiB = 16 << 20 // 16 TiB
+	MaxCpus      = 255
+	MaxImages    = 16
+	MaxNameLen   = 128
+)
+
+// VM is a virtual machine's config as the seed writes it, with capitalised
+// JSON names. Memory is in MiB.
+type VM struct {
+	Name   string  `json:"Name" spin:"required"`
+	Cpus   int     `json:"Cpus" spin:"required"`
+	Memory int64   `json:"Memory" spin:"required"`
+	Images []Image `json:"Images"`
+}
+
+// Image is a disk or CD-ROM image of a VM. Path is absolute, or relative to
+// the agent's images root (inside the folder Volume, when given, as
+// sa-host-path lays images out: ROOT/Volume/Path).
+type Image struct {
+	Path   string `json:"Path" spin:"required"`
+	Cdrom  bool   `json:"Cdrom"`
+	Volume string `json:"Volume"`
+}
+
+// CheckID checks a VM id: it names files and units, so it is 1 to 64
+// characters of [A-Za-z0-9_.-], starting with a letter or digit.
+func CheckID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("id must be 1 to 64 characters, not %d", len(id))
+	}
+	for i, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case (c == '_' || c == '.' || c == '-') && i > 0:
+		default:
+			return fmt.Errorf("id %q may hold only letters, digits, '_', '.' and '-', and starts with a letter or digit", id)
+		}
+	}
+	return nil
+}
+
+// Validate checks what can be checked without the file system.
+func (vm *VM) Validate() error {
+	switch {
+	case vm.Name == "":
+		return errors.New("vm.Name is empty")
+	case !utf8.ValidString(vm.Name) || utf8.RuneCountInString(vm.Name) > MaxNameLen:
+		return fmt.Errorf("vm.Name must be valid UTF-8 of at most %d characters", MaxNameLen)
+	case strings.IndexFunc(vm.Name, unicode.IsControl) >= 0:
+		return fmt.Errorf("vm.Name %q contains a control character", vm.Name)
+	case vm.Cpus < 1 || vm.Cpus > MaxCpus:
+		return fmt.Errorf("vm.Cpus must be between 1 and %d, not %d", MaxCpus, vm.Cpus)
+	case vm.Memory < MinMemoryMiB || vm.Memory > MaxMemoryMiB:
+		return fmt.Errorf("vm.Memory is in MiB and must be between %d and %d, not %d", MinMemoryMiB, MaxMemoryMiB, vm.Memory)
+	case len(vm.Images) > MaxImages:
+		return fmt.Errorf("vm.Images may hold at most %d images", MaxImages)
+	}
+	for i, im := range vm.Images {
+		if im.Path == "" || strings.ContainsRune(im.Path, 0) || strings.ContainsRune(im.Volume, 0) {
+			return fmt.Errorf("vm.Images[%d].Path is empty or holds a NUL", i)
+		}
+	}
+	return nil
+}
+
+// resolveImages turns the images' paths into absolute, symlink-free host
+// paths of files that exist, confined to root when root is not empty.
+func resolveImages(images []Image, root string) ([]Image, error) {
+	var rootReal string
+	if root != "" {
+		var err error
+		if rootReal, err = filepath.EvalSymlinks(root); err != nil {
+			return nil, fmt.Errorf("the images root %q: %w", root, err)
+		}
+	}
+	out := make([]Image, len(images))
+	for i, im := range images {
+		p := im.Path
+		if !filepath.IsAbs(p) {
+			if root == "" {
+				return nil, fmt.Errorf("vm.Images[%d].Path %q is relative, and the agent has no --images-root", i, p)
+			}
+			rel := filepath.Join(im.Volume, p)
+			if !filepath.IsLocal(rel) {
+				return nil, fmt.Errorf("vm.Images[%d] %q leaves the images root", i, rel)
+			}
+			p = filepath.Join(rootReal, rel)
+		} else if im.Volume != "" {
+			return nil, fmt.Errorf("vm.Images[%d]: an absolute Path takes no Volume", i)
+		}
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return nil, fmt.Errorf("vm.Images[%d] %q does not exist", i, im.Path)
+		}
+		if rootReal != "" {
+			if r, err := filepath.Rel(rootReal, real); err != nil || !filepath.IsLocal(r) {
+				return nil, fmt.Errorf("vm.Images[%d] %q is outside the images root", i, im.Path)
+			}
+		}
+		fi, err := os.Stat(real)
+		if err != nil {
+			return nil, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
+		}
+		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
+			return nil, fmt.Errorf("vm.Images[%d] %q is not a file or a block device", i, im.Path)
+		}
+		out[i] = Image{Path: real, Cdrom: im.Cdrom}
+	}
+	return out, nil
+}
+
+// imageFormat reads whether an image is qcow2 or raw, so that QEMU is told
+// rather than left to probe (a raw image could pose as qcow2).
+func imageFormat(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "raw"
+	}
+	defer f.Close()
+	var magic [4]byte
+	if n, _ := f.Read(magic[:]); n == 4 && string(magic[:]) == "QFI\xfb" {
+		return "qcow2"
+	}
+	return "raw"
+}
+
+// qemuEscape doubles commas, QEMU's way to put one inside an option value;
+// otherwise a path such as "x.img,readonly=off" would add an option.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// Paths is where a VM's files live on the host.
+type Paths struct {
+	QMP string // the QMP unix socket
+}
+
+// QEMUArgs is the command line of a VM, as a list (never a shell string):
+// argv[0] is qemu. accel is "kvm" or "tcg". Images must be resolved.
+func QEMUArgs(qemu string, vm *VM, p Paths, accel string) []string {
+	args := []string{
+		qemu,
+		"-name", "guest=" + qemuEscape(vm.Name),
+		"-machine", "q35",
+		"-accel", accel,
+		"-smp", fmt.Sprint(vm.Cpus),
+		"-m", fmt.Sprintf("%dM", vm.Memory),
+		"-nodefaults",
+		"-no-user-config",
+		"-display", "none",
+		"-vnc", "127.0.0.1:0,to=99",
+		"-qmp", "unix:" + qemuEscape(p.QMP) + ",server=on,wait=off",
+	}
+	if accel == "kvm" {
+		args = append(args, "-cpu", "host")
+	}
+	for i, im := range vm.Images {
+		drive := "file=" + qemuEscape(im.Path) + ",format=" + imageFormat(im.Path) + fmt.Sprintf(",id=drive%d", i)
+		if im.Cdrom {
+			drive += ",media=cdrom,readonly=on,if=ide"
+		} else {
+			drive += ",media=disk,if=virtio"
+		}
+		args = append(args, "-drive", drive)
+	}
+	return args
+}
+
+// Accel is "kvm" when /dev/kvm can be opened for reading and writing,
+// else "tcg".
+func Accel() string {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return "tcg"
+	}
+	f.Close()
+	return "kvm"
+}

@@ -1,0 +1,257 @@
+package emulation
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestVMValidate(t *testing.T) {
+	ok := VM{Name: "web", Cpus: 1, Memory: 16}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*VM)
+		want string
+	}{
+		{"EmptyName", func(v *VM) { v.Name = "" }, "empty"},
+		{"NewlineInName", func(v *VM) { v.Name = "a\nb" }, "control character"},
+		{"EscapeInName", func(v *VM) { v.Name = "a\x1b[31m" }, "control character"},
+		{"NoCpus", func(v *VM) { v.Cpus = 0 }, "vm.Cpus must be between 1"},
+		{"LittleMemory", func(v *VM) { v.Memory = 15 }, "vm.Memory is in MiB and must be between 16"},
+		{"EmptyImagePath", func(v *VM) { v.Images = []Image{{}} }, "vm.Images[0].Path"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := ok
+			tc.edit(&vm)
+			if err := vm.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	for _, id := range []string{"", "-a", "a/b", "a b", "a\nb", strings.Repeat("a", 65), ".."} {
+		if CheckID(id) == nil {
+			t.Errorf("CheckID(%q) passed", id)
+		}
+	}
+}
+
+func TestResolveImages(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	for _, f := range []string{filepath.Join(root, "vol", "a.img"), filepath.Join(outside, "b.img")} {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(filepath.Join(outside, "b.img"), filepath.Join(root, "vol", "link.img")); err != nil {
+		t.Fatal(err)
+	}
+	real := func(p string) string { r, _ := filepath.EvalSymlinks(p); return r }
+	got, err := resolveImages([]Image{
+		{Path: "a.img", Volume: "vol"},
+		{Path: "vol/a.img", Cdrom: true},
+		{Path: filepath.Join(root, "vol", "a.img")},
+	}, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := real(filepath.Join(root, "vol", "a.img"))
+	if got[0].Path != want || got[1].Path != want || !got[1].Cdrom || got[2].Path != want {
+		t.Errorf("resolved %+v, want %s", got, want)
+	}
+	for _, tc := range []struct {
+		im   Image
+		root string
+		want string
+	}{
+		{Image{Path: "missing.img", Volume: "vol"}, root, "does not exist"},
+		{Image{Path: "../b.img", Volume: "vol/.."}, root, "leaves the images root"},
+		{Image{Path: "link.img", Volume: "vol"}, root, "outside the images root"},
+		{Image{Path: filepath.Join(outside, "b.img")}, root, "outside the images root"},
+		{Image{Path: "a.img", Volume: "vol"}, "", "no --images-root"},
+		{Image{Path: filepath.Join(root, "vol"), Volume: ""}, root, "not a file"},
+	} {
+		if _, err := resolveImages([]Image{tc.im}, tc.root); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("resolve %+v in %q: %v, want %q", tc.im, tc.root, err, tc.want)
+		}
+	}
+	// Without a root, an absolute path anywhere is taken.
+	if _, err := resolveImages([]Image{{Path: filepath.Join(outside, "b.img")}}, ""); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestQEMUArgs(t *testing.T) {
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk,format=qcow2.img")
+	iso := filepath.Join(dir, "boot.iso")
+	os.WriteFile(disk, []byte("QFI\xfb rest of a header"), 0o644)
+	os.WriteFile(iso, nil, 0o644)
+	vm := &VM{Name: "a,b", Cpus: 2, Memory: 512, Images: []Image{{Path: disk}, {Path: iso, Cdrom: true}}}
+	got := QEMUArgs("/usr/bin/qemu-system-x86_64", vm, Paths{QMP: "/run/x.qmp"}, "kvm")
+	want := []string{
+		"/usr/bin/qemu-system-x86_64",
+		"-name", "guest=a,,b",
+		"-machine", "q35",
+		"-accel", "kvm",
+		"-smp", "2",
+		"-m", "512M",
+		"-nodefaults", "-no-user-config",
+		"-display", "none",
+		"-vnc", "127.0.0.1:0,to=99",
+		"-qmp", "unix:/run/x.qmp,server=on,wait=off",
+		"-cpu", "host",
+		"-drive", "file=" + filepath.Join(dir, "disk,,format=qcow2.img") + ",format=qcow2,id=drive0,media=disk,if=virtio",
+		"-drive", "file=" + iso + ",format=raw,id=drive1,media=cdrom,readonly=on,if=ide",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("QEMUArgs =\n%q\nwant\n%q", got, want)
+	}
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// The process supervisor, with sleep standing in for qemu: start, adopt
+// from a second supervisor (an agent restart), kill, forget.
+func TestProcess(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep program")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	// A pid file of a process long gone is forgotten at start-up.
+	os.WriteFile(filepath.Join(dir, "gone.pid"), []byte("999999999 1\n"), 0o600)
+	s1, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gone.pid")); !os.IsNotExist(err) {
+		t.Errorf("the stale pid file is still there: %v", err)
+	}
+	if err := s1.Start(ctx, "vm1", "vm one", []string{sleep, "60"}); err != nil {
+		t.Fatal(err)
+	}
+	pid := s1.PID(ctx, "vm1")
+	if running, _ := s1.Running(ctx, "vm1"); !running || pid == 0 {
+		t.Fatalf("running %v, pid %d", running, pid)
+	}
+	if err := s1.Start(ctx, "vm1", "vm one", []string{sleep, "60"}); err != nil || s1.PID(ctx, "vm1") != pid {
+		t.Errorf("a second start made another process: %v", err)
+	}
+	// Its own process group: a signal to the agent's group spares it.
+	if pgid, _ := syscall.Getpgid(pid); pgid != pid {
+		t.Errorf("process group %d, want its own (%d)", pgid, pid)
+	}
+
+	s2, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if running, _ := s2.Running(ctx, "vm1"); !running || s2.PID(ctx, "vm1") != pid {
+		t.Fatalf("the second supervisor did not adopt pid %d", pid)
+	}
+	if err := s2.Kill(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if running, _ := s2.Running(ctx, "vm1"); running {
+		t.Error("still running after Kill")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if running, _ := s1.Running(ctx, "vm1"); !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first supervisor did not reap its child")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vm1.pid")); !os.IsNotExist(err) {
+		t.Errorf("the pid file outlived the VM: %v", err)
+	}
+	if err := s2.Remove(ctx, "vm1"); err != nil {
+		t.Error(err)
+	}
+}
+
+// The emulator's actions that need no QEMU: configs and their checks.
+func TestEmulator_Config(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "vol"), 0o755)
+	os.WriteFile(filepath.Join(root, "vol", "disk.img"), nil, 0o644)
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{StateDir: t.TempDir(), ImagesRoot: root, Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handlers := map[string]func(string) (json.RawMessage, error){}
+	for _, h := range e.Handlers() {
+		handlers[h.Action()] = func(p string) (json.RawMessage, error) { return h.Call(ctx, json.RawMessage(p)) }
+	}
+	params := `{"id":"vm1","vm":{"Name":"web","Cpus":1,"Memory":64,"Images":[{"Path":"disk.img","Volume":"vol"}]}}`
+	out, err := handlers["write_config"](params)
+	if err != nil || !strings.Contains(string(out), `"changed":true`) {
+		t.Fatalf("write_config = %s, %v", out, err)
+	}
+	if out, err := handlers["write_config"](params); err != nil || !strings.Contains(string(out), `"changed":false`) {
+		t.Errorf("write_config again = %s, %v", out, err)
+	}
+	// DESIGN.md spells the seed's names in lower case; both decode alike.
+	lower := `{"id":"vm1","vm":{"name":"web","cpus":1,"memory":64,"images":[{"path":"disk.img","volume":"vol"}]}}`
+	if out, err := handlers["write_config"](lower); err != nil || !strings.Contains(string(out), `"changed":false`) {
+		t.Errorf("write_config in lower case = %s, %v", out, err)
+	}
+	for _, tc := range []struct{ params, want string }{
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":0,"Memory":64}}`, "vm.Cpus must be between 1"},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":1,"Memory":8}}`, "vm.Memory is in MiB"},
+		{`{"id":"vm1","vm":{"Name":"w\n","Cpus":1,"Memory":64}}`, "control character"},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":1,"Memory":64,"Images":[{"Path":"nope.img"}]}}`, "does not exist"},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":1,"Memory":64,"Images":[{"Path":"/etc/passwd"}]}}`, "outside the images root"},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":"1","Memory":64}}`, `invalid parameter "vm.Cpus": want an integer`},
+		{`{"id":"vm1","vm":{"Name":"w","Memory":64}}`, `invalid parameter "vm.Cpus": required`},
+		{`{"id":"../x","vm":{"Name":"w","Cpus":1,"Memory":64}}`, "id"},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":1,"Memory":64,"Disk":1}}`, `"Disk": unknown parameter`},
+	} {
+		if _, err := handlers["write_config"](tc.params); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("write_config %s: %v, want %q", tc.params, err, tc.want)
+		}
+	}
+	if out, err := handlers["status"](`{"id":"vm1"}`); err != nil || !strings.Contains(string(out), `"running":false`) || !strings.Contains(string(out), `"configured":true`) {
+		t.Errorf("status = %s, %v", out, err)
+	}
+	if out, err := handlers["stop"](`{"id":"vm1","timeout":"1s"}`); err != nil || !strings.Contains(string(out), `"changed":false`) {
+		t.Errorf("stop of a stopped VM = %s, %v", out, err)
+	}
+	if _, err := handlers["stop"](`{"id":"vm1","timeout":"-1s"}`); err == nil {
+		t.Error("stop with a negative timeout passed")
+	}
+	if _, err := handlers["start"](`{"id":"vm2"}`); err == nil || !strings.Contains(err.Error(), "write_config first") {
+		t.Errorf("start without a config: %v", err)
+	}
+	if out, err := handlers["remove_config"](`{"id":"vm1"}`); err != nil || !strings.Contains(string(out), `"changed":true`) {
+		t.Errorf("remove_config = %s, %v", out, err)
+	}
+	if out, err := handlers["remove_config"](`{"id":"vm1"}`); err != nil || !strings.Contains(string(out), `"changed":false`) {
+		t.Errorf("remove_config again = %s, %v", out, err)
+	}
+}

@@ -1,0 +1,475 @@
+// Package emulation is the VM side of sa-emulation: it keeps each VM's
+// config in a state dir, builds QEMU's command line from it (as a list,
+// never a shell string), has a Supervisor run it (systemd user units, or
+// the agent's own child processes), and talks to the running VM over QMP.
+//
+// stop presses the ACPI power button and, when the guest has not powered
+// off within the timeout, pulls the plug; shutdown only presses the button.
+package emulation
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/agent"
+)
+
+// Resource is the queue sa-emulation serves.
+const Resource = "emulation"
+
+// DefaultStopTimeout is how long stop and shutdown wait for the guest to
+// power off.
+const DefaultStopTimeout = 30 * time.Second
+
+// Options configure an Emulator.
+type Options struct {
+	// StateDir holds the configs (vms/) and the QMP sockets (run/).
+	StateDir string
+	// ImagesRoot, when set, confines every image to it, and relative
+	// image paths are resolved in it.
+	ImagesRoot string
+	// QEMU is the qemu-system-x86_64 program; found on $PATH when empty.
+	QEMU string
+	// Accel is "kvm", "tcg", or "" to choose kvm when /dev/kvm is usable.
+	Accel string
+	// Supervisor runs the VMs.
+	Supervisor Supervisor
+	// Logger receives the emulator's log lines; slog.Default when nil.
+	Logger *slog.Logger
+	// QMPTimeout bounds each QMP exchange (default 5s); StartTimeout how
+	// long start waits for a new VM's QMP socket (default 15s).
+	QMPTimeout, StartTimeout time.Duration
+}
+
+// Emulator runs the emulation actions.
+type Emulator struct {
+	opts Options
+	sup  Supervisor
+	log  *slog.Logger
+}
+
+// New checks opts and makes the state dir.
+func New(opts Options) (*Emulator, error) {
+	if opts.StateDir == "" {
+		return nil, errors.New("emulation: no state dir")
+	}
+	if opts.Supervisor == nil {
+		return nil, errors.New("emulation: no supervisor")
+	}
+	for _, d := range []string{"vms", "run"} {
+		if err := os.MkdirAll(filepath.Join(opts.StateDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("emulation: %w", err)
+		}
+	}
+	if opts.ImagesRoot != "" {
+		abs, err := filepath.Abs(opts.ImagesRoot)
+		if err != nil {
+			return nil, err
+		}
+		opts.ImagesRoot = abs
+	}
+	if opts.Accel == "" || opts.Accel == "auto" {
+		opts.Accel = Accel()
+	}
+	if opts.Accel != "kvm" && opts.Accel != "tcg" {
+		return nil, fmt.Errorf("emulation: accel %q is not kvm or tcg", opts.Accel)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.QMPTimeout <= 0 {
+		opts.QMPTimeout = 5 * time.Second
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 15 * time.Second
+	}
+	return &Emulator{opts: opts, sup: opts.Supervisor, log: opts.Logger}, nil
+}
+
+// Accel is the accelerator the VMs get.
+func (e *Emulator) Accel() string { return e.opts.Accel }
+
+// Handlers are the emulation actions, for agent.Run.
+func (e *Emulator) Handlers() []agent.Handler {
+	return []agent.Handler{
+		agent.Handle("write_config", e.WriteConfig),
+		agent.Handle("remove_config", e.RemoveConfig),
+		agent.Handle("start", e.Start),
+		agent.Handle("stop", e.Stop),
+		agent.Handle("shutdown", e.Shutdown),
+		agent.Handle("status", e.Status),
+	}
+}
+
+func (e *Emulator) configPath(id string) string {
+	return filepath.Join(e.opts.StateDir, "vms", id+".json")
+}
+
+// QMPPath is the QMP socket of VM id.
+func (e *Emulator) QMPPath(id string) string {
+	return filepath.Join(e.opts.StateDir, "run", id+".qmp")
+}
+
+// maxSocketPath is the longest unix socket path Linux takes (sun_path less
+// its NUL).
+const maxSocketPath = 107
+
+// stored is a VM's config file: the VM with its images resolved to host
+// paths.
+type stored struct {
+	ID string `json:"id"`
+	VM VM     `json:"vm"`
+}
+
+// ID is the one parameter of most actions.
+type ID struct {
+	ID string `json:"id" spin:"required"`
+}
+
+// Validate checks the id.
+func (p ID) Validate() error { return CheckID(p.ID) }
+
+// WriteConfig is the parameters of write_config.
+type WriteConfig struct {
+	ID string `json:"id" spin:"required"`
+	VM *VM    `json:"vm" spin:"required"`
+}
+
+// Validate checks the id and the VM.
+func (p WriteConfig) Validate() error {
+	if err := CheckID(p.ID); err != nil {
+		return err
+	}
+	return p.VM.Validate()
+}
+
+// Output reports on a VM after an action.
+type Output struct {
+	ID string `json:"id"`
+	// Changed is false when the action found its result already there.
+	Changed bool   `json:"changed"`
+	Config  string `json:"config,omitempty"`
+	Running bool   `json:"running"`
+	// Status is QMP's query-status of a running VM.
+	Status *Status `json:"status,omitempty"`
+	PID    int     `json:"pid,omitempty"`
+	Accel  string  `json:"accel,omitempty"`
+	VNC    string  `json:"vnc,omitempty"`
+	QMP    string  `json:"qmp,omitempty"`
+	// Forced is true when stop had to pull the plug.
+	Forced bool `json:"forced,omitempty"`
+	// Took is how long a stop or shutdown took.
+	Took string `json:"took,omitempty"`
+	// Images are the resolved host paths of the VM's images.
+	Images []string `json:"images,omitempty"`
+	// Configured is whether a config exists for the VM.
+	Configured bool   `json:"configured"`
+	QMPError   string `json:"qmp_error,omitempty"`
+}
+
+// WriteConfig validates a VM's config and writes it to the state dir. The
+// same config again is success without a change; a running VM keeps its
+// old config until it is started again.
+func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) {
+	images, err := resolveImages(p.VM.Images, e.opts.ImagesRoot)
+	if err != nil {
+		return nil, err
+	}
+	vm := *p.VM
+	vm.Images = images
+	b, err := json.MarshalIndent(stored{ID: p.ID, VM: vm}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, '\n')
+	out := &Output{ID: p.ID, Config: e.configPath(p.ID), Configured: true}
+	for _, im := range images {
+		out.Images = append(out.Images, im.Path)
+	}
+	out.Running, _ = e.sup.Running(ctx, p.ID)
+	if old, err := os.ReadFile(out.Config); err == nil && bytes.Equal(old, b) {
+		return out, nil
+	}
+	tmp := out.Config + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, out.Config); err != nil {
+		return nil, err
+	}
+	out.Changed = true
+	return out, nil
+}
+
+func (e *Emulator) load(id string) (*VM, error) {
+	b, err := os.ReadFile(e.configPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("VM %s has no config (write_config first)", id)
+	} else if err != nil {
+		return nil, err
+	}
+	var s stored
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("the config of VM %s is damaged: %w", id, err)
+	}
+	return &s.VM, nil
+}
+
+// RemoveConfig removes a stopped VM's config; a config that is gone is
+// success.
+func (e *Emulator) RemoveConfig(ctx context.Context, p ID) (any, error) {
+	running, err := e.sup.Running(ctx, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	if running {
+		return nil, fmt.Errorf("VM %s is running: stop it first", p.ID)
+	}
+	if err := e.sup.Remove(ctx, p.ID); err != nil {
+		return nil, err
+	}
+	err = os.Remove(e.configPath(p.ID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Output{ID: p.ID}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	return &Output{ID: p.ID, Changed: true}, nil
+}
+
+// Start starts a configured VM and waits until its QMP socket answers; a
+// VM that runs already is success without a change.
+func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
+	vm, err := e.load(p.ID)
+	if err != nil {
+		return nil, err
+	}
+	out := &Output{ID: p.ID, Configured: true, Accel: e.opts.Accel, QMP: e.QMPPath(p.ID)}
+	running, err := e.sup.Running(ctx, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	if running {
+		return e.describe(ctx, out), nil
+	}
+	if len(out.QMP) > maxSocketPath {
+		return nil, fmt.Errorf("the QMP socket path %q is longer than %d bytes: use a shorter --state-dir", out.QMP, maxSocketPath)
+	}
+	// The images are resolved again: they may have moved since the config.
+	if vm.Images, err = resolveImages(vm.Images, e.opts.ImagesRoot); err != nil {
+		return nil, err
+	}
+	qemu := e.opts.QEMU
+	if qemu == "" {
+		qemu = "qemu-system-x86_64"
+	}
+	if qemu, err = exec.LookPath(qemu); err != nil {
+		return nil, fmt.Errorf("qemu-system-x86_64 is not installed on this host (install qemu-system-x86): %w", err)
+	}
+	if qemu, err = filepath.Abs(qemu); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(out.QMP)
+	argv := QEMUArgs(qemu, vm, Paths{QMP: out.QMP}, e.opts.Accel)
+	agent.Logger(ctx).Info("starting VM", "vm_id", p.ID, "argv", argv)
+	if err := e.sup.Start(ctx, p.ID, vm.Name, argv); err != nil {
+		return nil, err
+	}
+	if err := e.awaitQMP(ctx, p.ID); err != nil {
+		_ = e.sup.Kill(context.WithoutCancel(ctx), p.ID)
+		return nil, err
+	}
+	out.Changed = true
+	return e.describe(ctx, out), nil
+}
+
+// awaitQMP waits until a starting VM's QMP socket answers.
+func (e *Emulator) awaitQMP(ctx context.Context, id string) error {
+	deadline := time.Now().Add(e.opts.StartTimeout)
+	for {
+		q, err := DialQMP(ctx, e.QMPPath(id), e.opts.QMPTimeout)
+		if err == nil {
+			q.Close()
+			return nil
+		}
+		running, _ := e.sup.Running(ctx, id)
+		switch {
+		case !running:
+			return fmt.Errorf("VM %s exited as it started%s", id, e.logTail(id))
+		case time.Now().After(deadline):
+			return fmt.Errorf("VM %s started but its QMP socket did not answer within %s: %v", id, e.opts.StartTimeout, err)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logTail is the end of a VM's qemu output, when the supervisor keeps one.
+func (e *Emulator) logTail(id string) string {
+	p, ok := e.sup.(*Process)
+	if !ok {
+		return ""
+	}
+	b, err := os.ReadFile(p.LogFile(id))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 1000 {
+		b = b[len(b)-1000:]
+	}
+	return ": " + string(bytes.TrimSpace(b))
+}
+
+// describe fills in what QMP and the supervisor say of a running VM.
+func (e *Emulator) describe(ctx context.Context, out *Output) *Output {
+	out.Running = true
+	out.PID = e.sup.PID(ctx, out.ID)
+	q, err := DialQMP(ctx, e.QMPPath(out.ID), e.opts.QMPTimeout)
+	if err != nil {
+		out.QMPError = err.Error()
+		return out
+	}
+	defer q.Close()
+	if out.Status, err = q.QueryStatus(ctx); err != nil {
+		out.QMPError = err.Error()
+		return out
+	}
+	var vnc struct {
+		Enabled bool   `json:"enabled"`
+		Host    string `json:"host"`
+		Service string `json:"service"`
+	}
+	if q.Execute(ctx, "query-vnc", nil, &vnc) == nil && vnc.Enabled {
+		out.VNC = vnc.Host + ":" + vnc.Service
+	}
+	return out
+}
+
+// Stop is the parameters of stop and shutdown: Timeout (default 30s) is how
+// long the guest has to power off after the ACPI power button.
+type Stop struct {
+	ID      string               `json:"id" spin:"required"`
+	Timeout *spinbroker.Duration `json:"timeout"`
+}
+
+// Validate checks the id and the timeout.
+func (p Stop) Validate() error {
+	if err := CheckID(p.ID); err != nil {
+		return err
+	}
+	if p.Timeout != nil && (p.Timeout.D() <= 0 || p.Timeout.D() > 10*time.Minute) {
+		return fmt.Errorf("timeout must be more than 0 and at most 10m, not %s", p.Timeout)
+	}
+	return nil
+}
+
+func (p Stop) timeout() time.Duration {
+	if p.Timeout == nil {
+		return DefaultStopTimeout
+	}
+	return p.Timeout.D()
+}
+
+// Stop powers a VM down: the ACPI power button, then, when the guest has
+// not powered off within the timeout, a forced stop. A VM that is not
+// running is success without a change.
+func (e *Emulator) Stop(ctx context.Context, p Stop) (any, error) {
+	return e.stop(ctx, p, true)
+}
+
+// Shutdown presses a VM's ACPI power button and waits for the guest to
+// power off; it fails when the guest has not within the timeout (the VM
+// goes on running: stop forces it).
+func (e *Emulator) Shutdown(ctx context.Context, p Stop) (any, error) {
+	return e.stop(ctx, p, false)
+}
+
+func (e *Emulator) stop(ctx context.Context, p Stop, force bool) (any, error) {
+	out := &Output{ID: p.ID}
+	_, err := os.Stat(e.configPath(p.ID))
+	out.Configured = err == nil
+	running, err := e.sup.Running(ctx, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	if !running {
+		return out, nil
+	}
+	log := agent.Logger(ctx).With("vm_id", p.ID)
+	begin := time.Now()
+	out.Changed = true
+	if err := e.powerDown(ctx, p.ID); err != nil {
+		log.Warn("ACPI power-down failed", "err", err)
+		if !force {
+			return nil, fmt.Errorf("VM %s: ACPI power-down failed: %w", p.ID, err)
+		}
+	} else if e.awaitStopped(ctx, p.ID, p.timeout()) {
+		out.Took = time.Since(begin).Round(time.Millisecond).String()
+		log.Info("VM powered off", "took", out.Took)
+		return out, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !force {
+		return nil, fmt.Errorf("VM %s did not power off within %s (the guest ignored the ACPI power button); stop forces it", p.ID, p.timeout())
+	}
+	log.Warn("VM did not power off in time; forcing it", "timeout", p.timeout().String())
+	if err := e.sup.Kill(ctx, p.ID); err != nil {
+		return nil, err
+	}
+	out.Forced = true
+	out.Took = time.Since(begin).Round(time.Millisecond).String()
+	return out, nil
+}
+
+// powerDown presses the VM's ACPI power button over QMP.
+func (e *Emulator) powerDown(ctx context.Context, id string) error {
+	q, err := DialQMP(ctx, e.QMPPath(id), e.opts.QMPTimeout)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return q.PowerDown(ctx)
+}
+
+// awaitStopped waits up to d for the VM to stop running.
+func (e *Emulator) awaitStopped(ctx context.Context, id string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if running, err := e.sup.Running(ctx, id); err == nil && !running {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Status reports whether a VM is configured and running, with QMP's
+// query-status of a running one.
+func (e *Emulator) Status(ctx context.Context, p ID) (any, error) {
+	out := &Output{ID: p.ID}
+	_, err := os.Stat(e.configPath(p.ID))
+	out.Configured = err == nil
+	running, err := e.sup.Running(ctx, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	if running {
+		e.describe(ctx, out)
+	}
+	return out, nil
+}

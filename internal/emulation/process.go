@@ -1,0 +1,251 @@
+package emulation
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Supervisor runs VMs: the systemd one as user units, the process one as
+// children of the agent.
+type Supervisor interface {
+	// Start starts the VM id, called name, with the command line argv.
+	Start(ctx context.Context, id, name string, argv []string) error
+	// Kill ends the VM at once (the power cord), and waits until it has.
+	Kill(ctx context.Context, id string) error
+	// Running reports whether the VM's process is alive.
+	Running(ctx context.Context, id string) (bool, error)
+	// Remove forgets a stopped VM's files (a unit, a pid file).
+	Remove(ctx context.Context, id string) error
+	// PID is the process id of a running VM, 0 when not known.
+	PID(ctx context.Context, id string) int
+}
+
+// Process is the Supervisor that runs qemu itself, for hosts without
+// systemd. Each VM's process id and start time are kept in a pid file in
+// the state dir, so a restarted agent adopts the VMs still alive and
+// forgets those that exited meanwhile. VMs run in their own process group:
+// a Ctrl-C meant for the agent does not reach them.
+type Process struct {
+	dir string // pid files and logs
+	log *slog.Logger
+
+	mu    sync.Mutex
+	procs map[string]*proc
+}
+
+// proc is a VM's process: a child (exited closes when it is reaped) or one
+// adopted from an earlier agent (exited is nil: its liveness is polled).
+type proc struct {
+	pid    int
+	start  string // the process's start time, from /proc, against pid reuse
+	exited chan struct{}
+}
+
+// NewProcess returns a process supervisor keeping its files in dir, and
+// adopts the VMs whose pid files name live processes.
+func NewProcess(dir string, log *slog.Logger) (*Process, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Process{dir: dir, log: log, procs: map[string]*proc{}}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".pid")
+		if !ok || CheckID(id) != nil {
+			continue
+		}
+		p, err := s.readPID(id)
+		if err == nil && p.alive() {
+			s.procs[id] = p
+			log.Info("adopted a running VM", "vm_id", id, "pid", p.pid)
+			continue
+		}
+		log.Info("forgot a VM that exited while the agent was away", "vm_id", id)
+		_ = os.Remove(s.pidFile(id))
+	}
+	return s, nil
+}
+
+func (s *Process) pidFile(id string) string { return filepath.Join(s.dir, id+".pid") }
+
+// LogFile is where a VM's qemu writes its output.
+func (s *Process) LogFile(id string) string { return filepath.Join(s.dir, id+".log") }
+
+func (s *Process) readPID(id string) (*proc, error) {
+	b, err := os.ReadFile(s.pidFile(id))
+	if err != nil {
+		return nil, err
+	}
+	pidStr, start, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid <= 0 {
+		return nil, fmt.Errorf("pid file of %s is damaged", id)
+	}
+	return &proc{pid: pid, start: start}, nil
+}
+
+// procStat returns a process's state letter and start time from
+// /proc/PID/stat, or ok false when there is no such process.
+func procStat(pid int) (state byte, start string, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, "", false
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, "", false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, "", false
+	}
+	return f[0][0], f[19], true // fields 3 and 22
+}
+
+// alive reports whether p's process still runs: it exists, is the same
+// process (same start time) and is not a zombie waiting for a parent that
+// is not this agent.
+func (p *proc) alive() bool {
+	if p.exited != nil {
+		select {
+		case <-p.exited:
+			return false
+		default:
+			return true
+		}
+	}
+	state, start, ok := procStat(p.pid)
+	return ok && state != 'Z' && state != 'X' && (p.start == "" || start == p.start)
+}
+
+// Start starts argv in its own process group, its output in the VM's log.
+func (s *Process) Start(ctx context.Context, id, name string, argv []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.procs[id]; p != nil && p.alive() {
+		return nil
+	}
+	logf, err := os.OpenFile(s.LogFile(id), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	// Not CommandContext: the VM outlives the command that starts it.
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	p := &proc{pid: cmd.Process.Pid, exited: make(chan struct{})}
+	_, p.start, _ = procStat(p.pid)
+	go func() {
+		err := cmd.Wait() // reaps the child
+		s.log.Info("VM process exited", "vm_id", id, "pid", p.pid, "err", err)
+		close(p.exited)
+		s.mu.Lock()
+		if s.procs[id] == p {
+			delete(s.procs, id)
+			_ = os.Remove(s.pidFile(id))
+		}
+		s.mu.Unlock()
+	}()
+	s.procs[id] = p
+	tmp := s.pidFile(id) + ".tmp"
+	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", p.pid, p.start), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.pidFile(id))
+}
+
+func (s *Process) get(id string) *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.procs[id]
+	if p != nil && !p.alive() {
+		// An adopted VM that exited: nobody reaps it here, so forget it.
+		delete(s.procs, id)
+		_ = os.Remove(s.pidFile(id))
+		return nil
+	}
+	return p
+}
+
+// Running reports whether the VM's process is alive.
+func (s *Process) Running(ctx context.Context, id string) (bool, error) {
+	return s.get(id) != nil, nil
+}
+
+// PID is the running VM's process id, or 0.
+func (s *Process) PID(ctx context.Context, id string) int {
+	if p := s.get(id); p != nil {
+		return p.pid
+	}
+	return 0
+}
+
+// Kill sends SIGTERM (QEMU stops the VM at once and closes its images
+// cleanly), then SIGKILL after a few seconds, and waits for the end.
+func (s *Process) Kill(ctx context.Context, id string) error {
+	p := s.get(id)
+	if p == nil {
+		return nil
+	}
+	defer s.get(id) // forgets an adopted VM that ended
+	_ = syscall.Kill(p.pid, syscall.SIGTERM)
+	if s.waitExit(ctx, p, 3*time.Second) {
+		return nil
+	}
+	_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	if s.waitExit(ctx, p, 5*time.Second) {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("VM process %d did not end after SIGKILL", p.pid)
+}
+
+// waitExit waits up to d for p to end.
+func (s *Process) waitExit(ctx context.Context, p *proc, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if !p.alive() {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Remove forgets a VM that is not running.
+func (s *Process) Remove(ctx context.Context, id string) error {
+	if s.get(id) != nil {
+		return fmt.Errorf("VM %s is running", id)
+	}
+	err := os.Remove(s.LogFile(id))
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	return err
+}
