@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	qemu := fs.String("qemu", "", "the qemu-system-x86_64 program (default: found on $PATH)")
 	imagesRoot := fs.String("images-root", "", "confine VM images to this folder, and resolve relative image paths in it")
 	accel := fs.String("accel", "auto", "auto (kvm when /dev/kvm is usable, else tcg), kvm or tcg")
+	cpu := fs.String("cpu", "", "QEMU's -cpu model for the VMs, such as host or max (default: QEMU's own)")
 	grace := fs.Duration("grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
 	lease := fs.Duration("lease", 0, "the lease to ask for each command (default: the command's own, else 60s)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -99,6 +100,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		ImagesRoot: *imagesRoot,
 		QEMU:       *qemu,
 		Accel:      *accel,
+		CPU:        *cpu,
 		Supervisor: sup,
 		Logger:     log,
 	})

@@ -143,29 +143,34 @@ func imageFormat(path string) string {
 // otherwise a path such as "x.img,readonly=off" would add an option.
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
-// Paths is where a VM's files live on the host.
-type Paths struct {
-	QMP string // the QMP unix socket
+// Host is what a VM's command line takes from the host it runs on.
+type Host struct {
+	QEMU  string // the qemu-system-x86_64 program
+	QMP   string // the VM's QMP unix socket
+	Accel string // "kvm" or "tcg"
+	// CPU is the -cpu model ("host", "max"); empty leaves QEMU's default,
+	// which starts everywhere ("host" fails under some nested KVM).
+	CPU string
 }
 
-// QEMUArgs is the command line of a VM, as a list (never a shell string):
-// argv[0] is qemu. accel is "kvm" or "tcg". Images must be resolved.
-func QEMUArgs(qemu string, vm *VM, p Paths, accel string) []string {
+// QEMUArgs is the command line of a VM, as a list (never a shell string);
+// argv[0] is qemu. The images must be resolved.
+func QEMUArgs(vm *VM, h Host) []string {
 	args := []string{
-		qemu,
+		h.QEMU,
 		"-name", "guest=" + qemuEscape(vm.Name),
 		"-machine", "q35",
-		"-accel", accel,
+		"-accel", h.Accel,
 		"-smp", fmt.Sprint(vm.Cpus),
 		"-m", fmt.Sprintf("%dM", vm.Memory),
 		"-nodefaults",
 		"-no-user-config",
 		"-display", "none",
 		"-vnc", "127.0.0.1:0,to=99",
-		"-qmp", "unix:" + qemuEscape(p.QMP) + ",server=on,wait=off",
+		"-qmp", "unix:" + qemuEscape(h.QMP) + ",server=on,wait=off",
 	}
-	if accel == "kvm" {
-		args = append(args, "-cpu", "host")
+	if h.CPU != "" {
+		args = append(args, "-cpu", qemuEscape(h.CPU))
 	}
 	for i, im := range vm.Images {
 		drive := "file=" + qemuEscape(im.Path) + ",format=" + imageFormat(im.Path) + fmt.Sprintf(",id=drive%d", i)

@@ -103,7 +103,7 @@ func TestQEMUArgs(t *testing.T) {
 	os.WriteFile(disk, []byte("QFI\xfb rest of a header"), 0o644)
 	os.WriteFile(iso, nil, 0o644)
 	vm := &VM{Name: "a,b", Cpus: 2, Memory: 512, Images: []Image{{Path: disk}, {Path: iso, Cdrom: true}}}
-	got := QEMUArgs("/usr/bin/qemu-system-x86_64", vm, Paths{QMP: "/run/x.qmp"}, "kvm")
+	got := QEMUArgs(vm, Host{QEMU: "/usr/bin/qemu-system-x86_64", QMP: "/run/x.qmp", Accel: "kvm", CPU: "host"})
 	want := []string{
 		"/usr/bin/qemu-system-x86_64",
 		"-name", "guest=a,,b",

@@ -42,6 +42,8 @@ type Options struct {
 	QEMU string
 	// Accel is "kvm", "tcg", or "" to choose kvm when /dev/kvm is usable.
 	Accel string
+	// CPU is QEMU's -cpu model; empty for QEMU's default.
+	CPU string
 	// Supervisor runs the VMs.
 	Supervisor Supervisor
 	// Logger receives the emulator's log lines; slog.Default when nil.
@@ -280,7 +282,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		return nil, err
 	}
 	_ = os.Remove(out.QMP)
-	argv := QEMUArgs(qemu, vm, Paths{QMP: out.QMP}, e.opts.Accel)
+	argv := QEMUArgs(vm, Host{QEMU: qemu, QMP: out.QMP, Accel: e.opts.Accel, CPU: e.opts.CPU})
 	agent.Logger(ctx).Info("starting VM", "vm_id", p.ID, "argv", argv)
 	if err := e.sup.Start(ctx, p.ID, vm.Name, argv); err != nil {
 		return nil, err

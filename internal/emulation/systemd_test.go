@@ -36,7 +36,7 @@ func TestRenderUnit_Golden(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			argv := QEMUArgs("/usr/bin/qemu-system-x86_64", tc.vm, Paths{QMP: "/state/run/" + tc.id + ".qmp"}, "tcg")
+			argv := QEMUArgs(tc.vm, Host{QEMU: "/usr/bin/qemu-system-x86_64", QMP: "/state/run/" + tc.id + ".qmp", Accel: "tcg"})
 			got, err := RenderUnit(tc.id, tc.vm.Name, argv)
 			if err != nil {
 				t.Fatal(err)
