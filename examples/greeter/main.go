@@ -1,0 +1,36 @@
+// Command greeter is the smallest spin-broker agent: it serves the queue
+// "greeter" with one action, greet{name}, and answers {"greeting": ...}.
+//
+//	SPINBROKER_URL=http://localhost:8080 go run ./examples/greeter
+package main
+
+import (
+	"context"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// Greet is the parameters of greet: a missing name fails the command.
+type Greet struct {
+	Name string `json:"name" spin:"required"`
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := client.New(os.Getenv("SPINBROKER_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	greet := agent.Handle("greet", func(ctx context.Context, p Greet) (any, error) {
+		return map[string]string{"greeting": "hello, " + p.Name}, nil
+	})
+	if err := agent.Run(ctx, c, "greeter", []agent.Handler{greet}, agent.Options{}); err != nil {
+		log.Fatal(err)
+	}
+}

@@ -1,0 +1,330 @@
+package emulation_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// The seed's scenario for real: a broker in this process, sa-host-path and
+// sa-emulation as processes, and a real qemu-system-x86_64 (TCG, booting
+// nothing). Storage makes a volume and a disk image, emulation writes the
+// VM's config and starts it; QMP says it runs; the agent restarts and adopts
+// it; shutdown (graceful only) fails because no guest answers ACPI; stop
+// forces it off within its timeout.
+func TestE2E_SeedScenario(t *testing.T) {
+	requireQEMU(t)
+	bins := buildAgents(t)
+	b := startBroker(t)
+
+	dir := t.TempDir()
+	root := filepath.Join(dir, "images")
+	state := filepath.Join(dir, "state")
+	startAgent(t, "storage", bins, "", "sa-host-path", "--url", b.url, "--root", root)
+	emuArgs := []string{"--supervisor", "process", "--state-dir", state, "--images-root", root, "--accel", "tcg", "--grace", "5s"}
+	emu := startAgent(t, "emulation", bins, b.url, "sa-emulation", emuArgs...) // the URL from SPINBROKER_URL
+
+	vm := `{"Name":"seed vm","Cpus":1,"Memory":64,"Images":[{"Path":"disk.img","Volume":"vol1"}]}`
+	pkg := b.run(t, 60*time.Second,
+		command("vol", "storage", "add_volume", `{"path":"vol1"}`),
+		command("img", "storage", "create_image", `{"volume_path":"vol1","image_name":"disk.img","image_size":1}`, "vol"),
+		command("cfg", "emulation", "write_config", `{"id":"vm1","vm":`+vm+`}`, "img"),
+		command("start", "emulation", "start", `{"id":"vm1"}`, "cfg"),
+	)
+	var img struct {
+		HostPath string `json:"host_path"`
+		Size     int64  `json:"size"`
+	}
+	decode(t, pkg.Commands[1].Output, &img)
+	if img.Size != 1<<30 || img.HostPath != filepath.Join(root, "vol1", "disk.img") {
+		t.Errorf("create_image output %s", pkg.Commands[1].Output)
+	}
+	var started vmOutput
+	decode(t, pkg.Commands[3].Output, &started)
+	if !started.Running || started.Status == nil || started.Status.Status != "running" || started.PID == 0 || started.Accel != "tcg" || !strings.HasPrefix(started.VNC, "127.0.0.1:") {
+		t.Fatalf("start output %s", pkg.Commands[3].Output)
+	}
+	pid := started.PID
+	t.Logf("start: %s", pkg.Commands[3].Output)
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !bytes.Contains(cmdline, []byte(img.HostPath)) {
+		t.Errorf("qemu's command line %q does not name the image", cmdline)
+	}
+
+	st := b.status(t, "vm1")
+	if !st.Running || st.Status == nil || st.Status.Status != "running" || st.PID != pid {
+		t.Errorf("status: %+v", st)
+	}
+
+	// The agent restarts; the VM goes on, and the new agent adopts it.
+	emu.stop(t)
+	if !alive(pid) {
+		t.Fatal("the VM ended with the agent")
+	}
+	startAgent(t, "emulation2", bins, b.url, "sa-emulation", emuArgs...)
+	pkg = b.run(t, 30*time.Second, command("", "emulation", "start", `{"id":"vm1"}`))
+	decode(t, pkg.Commands[0].Output, &started)
+	if started.Changed || started.PID != pid || !started.Running {
+		t.Errorf("start after the restart did not find the running VM: %s", pkg.Commands[0].Output)
+	}
+
+	// shutdown only asks: no guest answers the power button.
+	c := b.runFailing(t, command("", "emulation", "shutdown", `{"id":"vm1","timeout":"1s"}`))
+	if !strings.Contains(*c.Reason, "did not power off within 1s") || !alive(pid) {
+		t.Errorf("shutdown: %q, VM alive %v", *c.Reason, alive(pid))
+	}
+
+	// stop asks, then forces within its timeout.
+	begin := time.Now()
+	pkg = b.run(t, 30*time.Second, command("", "emulation", "stop", `{"id":"vm1","timeout":"2s"}`))
+	took := time.Since(begin)
+	t.Logf("stop took %s: %s", took, pkg.Commands[0].Output)
+	var stopped vmOutput
+	decode(t, pkg.Commands[0].Output, &stopped)
+	if !stopped.Forced || stopped.Running || alive(pid) {
+		t.Errorf("stop output %s; VM alive %v", pkg.Commands[0].Output, alive(pid))
+	}
+	if took < 2*time.Second || took > 8*time.Second {
+		t.Errorf("stop took %s, want the 2s timeout and a little", took)
+	}
+	if st := b.status(t, "vm1"); st.Running || !st.Configured {
+		t.Errorf("status after stop: %+v", st)
+	}
+}
+
+type vmOutput struct {
+	Changed    bool `json:"changed"`
+	Running    bool `json:"running"`
+	Configured bool `json:"configured"`
+	Status     *struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	} `json:"status"`
+	PID    int    `json:"pid"`
+	Accel  string `json:"accel"`
+	VNC    string `json:"vnc"`
+	Forced bool   `json:"forced"`
+}
+
+func decode(t *testing.T, raw json.RawMessage, v any) {
+	t.Helper()
+	if err := json.Unmarshal(raw, v); err != nil {
+		t.Fatalf("output %s: %v", raw, err)
+	}
+}
+
+// alive reports whether pid runs (a zombie does not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// requireQEMU installs qemu where it is missing; in CI a missing qemu is a
+// failure, never a skip.
+func requireQEMU(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("qemu-system-x86_64 is missing in CI: run internal/emulation/testdata/install-qemu.sh first")
+	}
+	out, err := exec.Command("bash", "testdata/install-qemu.sh").CombinedOutput()
+	if _, lerr := exec.LookPath("qemu-system-x86_64"); lerr != nil {
+		t.Skipf("qemu-system-x86_64 is missing and could not be installed: %v\n%s", err, out)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// buildAgents builds the two agents once for the test binary's life.
+func buildAgents(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "spin-agents-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/",
+			"github.com/spin-broker/spinbroker/cmd/sa-host-path",
+			"github.com/spin-broker/spinbroker/cmd/sa-emulation")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+type broker struct {
+	c   *client.Client
+	url string
+}
+
+func startBroker(t *testing.T) *broker {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	srv := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.Shutdown(); ts.Close() })
+	c, err := client.New(ts.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &broker{c: c, url: ts.URL}
+}
+
+func command(key, resource, action, params string, deps ...string) spinbroker.NewCommand {
+	return spinbroker.NewCommand{Key: key, Resource: resource, Action: action, Parameters: json.RawMessage(params), Dependencies: deps}
+}
+
+// enqueue enqueues a package and waits until it is finished.
+func (b *broker) enqueue(t *testing.T, timeout time.Duration, cmds ...spinbroker.NewCommand) *spinbroker.Package {
+	t.Helper()
+	ctx := context.Background()
+	p, err := b.c.CreatePackage(ctx, spinbroker.NewPackage{Commands: cmds, Enqueue: true})
+	if err != nil {
+		t.Fatalf("create package: %v", err)
+	}
+	deadline := time.Now().Add(timeout)
+	for !p.State.Terminal() {
+		if time.Now().After(deadline) {
+			t.Fatalf("package still %s after %s: %+v", p.State, timeout, p.Counts)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if p, err = b.c.Package(ctx, p.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// run enqueues a package that must succeed.
+func (b *broker) run(t *testing.T, timeout time.Duration, cmds ...spinbroker.NewCommand) *spinbroker.Package {
+	t.Helper()
+	p := b.enqueue(t, timeout, cmds...)
+	if p.State != spinbroker.PackageSucceeded {
+		for _, c := range p.Commands {
+			t.Logf("%s %s: %s %s", c.Resource, c.Action, c.State, deref(c.Reason))
+		}
+		t.Fatalf("package %s", p.State)
+	}
+	return p
+}
+
+// runFailing runs one command that must fail, and returns it.
+func (b *broker) runFailing(t *testing.T, cmd spinbroker.NewCommand) *spinbroker.Command {
+	t.Helper()
+	one := 1
+	cmd.MaxAttempts = &one
+	p := b.enqueue(t, 30*time.Second, cmd)
+	if c := p.Commands[0]; c.State != spinbroker.Failed || c.Reason == nil {
+		t.Fatalf("%s: %s, %s", cmd.Action, c.State, c.Output)
+	}
+	return &p.Commands[0]
+}
+
+func (b *broker) status(t *testing.T, id string) vmOutput {
+	t.Helper()
+	p := b.run(t, 30*time.Second, command("", "emulation", "status", `{"id":"`+id+`"}`))
+	var out vmOutput
+	decode(t, p.Commands[0].Output, &out)
+	return out
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// agentProc is an agent running as a process, its log in a file shown when
+// the test fails.
+type agentProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startAgent runs prog with args and SPINBROKER_URL set to url.
+func startAgent(t *testing.T, name, bins, url, prog string, args ...string) *agentProc {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bins, prog), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "SPINBROKER_URL="+url)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(a.done) }()
+	t.Cleanup(func() {
+		a.stop(t)
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("%s log:\n%s", name, b)
+		}
+	})
+	return a
+}
+
+// stop sends SIGTERM and waits for the graceful exit.
+func (a *agentProc) stop(t *testing.T) {
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+		if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("%s exited with %d after SIGTERM", a.cmd.Path, code)
+		}
+	case <-time.After(15 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+		t.Errorf("%s did not stop within 15s of SIGTERM", a.cmd.Path)
+	}
+}
