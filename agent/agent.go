@@ -159,12 +159,7 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	}()
 	a.hard, a.final = hard, final
 	a.log.Info("agent started", "actions", len(a.handlers), "claim", a.opts.Claim)
-	if a.opts.Claim > 1 {
-		err = a.loopBatch(ctx)
-	} else {
-		err = a.loop(ctx)
-	}
-	if err != nil {
+	if err = a.loop(ctx); err != nil {
 		a.log.Error("agent stopped", "err", err)
 	} else {
 		a.log.Info("agent stopped")
@@ -278,13 +273,13 @@ func fatal(err error) bool {
 	return false
 }
 
-// loop is the serial agent: one command at a time.
+// loop takes commands until ctx ends: one at a time with next or, in batch
+// mode, up to Claim at once with claim, run concurrently and completed in
+// one request.
 func (a *runner) loop(ctx context.Context) error {
 	failures := 0
 	for ctx.Err() == nil {
-		cctx, cancel := context.WithTimeout(ctx, a.opts.Wait+a.opts.CallTimeout)
-		cmd, err := a.c.Next(cctx, a.resource, a.opts.Wait, a.opts.Lease)
-		cancel()
+		cmds, err := a.take(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -294,60 +289,47 @@ func (a *runner) loop(ctx context.Context) error {
 			}
 			failures++
 			d := a.backoff(failures)
-			a.log.Warn("cannot take a command; retrying", "err", err, "failures", failures, "retry_in", d.String())
+			a.log.Warn("cannot take commands; retrying", "err", err, "failures", failures, "retry_in", d.String())
 			wait(ctx, d)
 			continue
 		}
 		failures = 0
-		if cmd == nil {
-			continue
+		switch {
+		case len(cmds) == 0:
+		case a.opts.Claim <= 1:
+			j := a.start(&cmds[0])
+			a.execute(j)
+			a.deliver(j)
+			j.stop()
+		default:
+			jobs := make([]*job, len(cmds))
+			var wg sync.WaitGroup
+			for i := range cmds {
+				jobs[i] = a.start(&cmds[i])
+				wg.Go(func() { a.execute(jobs[i]) })
+			}
+			wg.Wait()
+			a.deliverBatch(jobs)
+			for _, j := range jobs {
+				j.stop()
+			}
 		}
-		j := a.start(cmd)
-		a.execute(j)
-		a.deliver(j)
-		j.stop()
 	}
 	return nil
 }
 
-// loopBatch is the batch agent: claim up to Claim commands, run them
-// concurrently, complete them in one request.
-func (a *runner) loopBatch(ctx context.Context) error {
-	failures := 0
-	for ctx.Err() == nil {
-		cctx, cancel := context.WithTimeout(ctx, a.opts.Wait+a.opts.CallTimeout)
-		cmds, err := a.c.Claim(cctx, a.resource, a.opts.Claim, a.opts.Wait, a.opts.Lease)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if fatal(err) {
-				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)
-			}
-			failures++
-			d := a.backoff(failures)
-			a.log.Warn("cannot claim commands; retrying", "err", err, "failures", failures, "retry_in", d.String())
-			wait(ctx, d)
-			continue
-		}
-		failures = 0
-		if len(cmds) == 0 {
-			continue
-		}
-		jobs := make([]*job, len(cmds))
-		var wg sync.WaitGroup
-		for i := range cmds {
-			jobs[i] = a.start(&cmds[i])
-			wg.Go(func() { a.execute(jobs[i]) })
-		}
-		wg.Wait()
-		a.deliverBatch(jobs)
-		for _, j := range jobs {
-			j.stop()
-		}
+// take long-polls the queue once: next, or claim in batch mode.
+func (a *runner) take(ctx context.Context) ([]spinbroker.Command, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.Wait+a.opts.CallTimeout)
+	defer cancel()
+	if a.opts.Claim > 1 {
+		return a.c.Claim(ctx, a.resource, a.opts.Claim, a.opts.Wait, a.opts.Lease)
 	}
-	return nil
+	cmd, err := a.c.Next(ctx, a.resource, a.opts.Wait, a.opts.Lease)
+	if cmd == nil {
+		return nil, err
+	}
+	return []spinbroker.Command{*cmd}, nil
 }
 
 // outcome is what the agent reports for a command.

@@ -205,9 +205,7 @@ func TestRun_ErrorsAndPanics(t *testing.T) {
 			return nil, nil
 		}),
 		agent.Handle("panic", func(ctx context.Context, p struct{}) (any, error) {
-			var m map[string]int
-			m["x"] = 1
-			return nil, nil
+			panic("out of cheese")
 		}),
 		agent.Handle("bad_output", func(ctx context.Context, p struct{}) (any, error) {
 			return []int{1}, nil
@@ -221,7 +219,7 @@ func TestRun_ErrorsAndPanics(t *testing.T) {
 		attempts int
 	}{
 		{spinbroker.Failed, "disk full", 1},
-		{spinbroker.Failed, "agent error: the handler panicked: assignment to entry in nil map", 1},
+		{spinbroker.Failed, "agent error: the handler panicked: out of cheese", 1},
 		{spinbroker.Failed, "the handler's output is not a JSON object", 1},
 		{spinbroker.Succeeded, "", 2},
 		{spinbroker.Succeeded, "", 1},

@@ -72,7 +72,7 @@ func checkUnit(t *testing.T, rendered []byte, name string, argv []string) {
 			t.Errorf("line %d ends in a backslash, which would continue it: %q", i+1, line)
 		}
 	}
-	opts, err := unit.Deserialize(bytes.NewReader(rendered))
+	opts, err := unit.DeserializeOptions(bytes.NewReader(rendered))
 	if err != nil {
 		t.Fatalf("the unit does not parse: %v", err)
 	}

@@ -144,6 +144,9 @@ func TestCreateImage_Qcow2(t *testing.T) {
 		t.Errorf("resize_image = %+v", o)
 	}
 	o = m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 2, Shrink: true}))
+	if o.Size != 2<<30 || o.PreviousSize != 3<<30 {
+		t.Errorf("resize_image with shrink = %+v", o)
+	}
 	if info, err := s.stat("v/q.qcow2"); err != nil || info.size != 2<<30 {
 		t.Errorf("after shrink: %+v, %v", info, err)
 	}
