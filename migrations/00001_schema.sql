@@ -45,6 +45,7 @@ CREATE TABLE commands (
     state            TEXT    NOT NULL CHECK (state IN ('staged', 'blocked', 'ready', 'leased', 'succeeded', 'failed', 'cancelled')),
     seq              INTEGER,          -- global enqueue order, set at enqueue
     pending_deps     INTEGER NOT NULL DEFAULT 0 CHECK (pending_deps >= 0),
+    n_deps           INTEGER NOT NULL DEFAULT 0, -- dependencies given; 0 spares answers a query
     attempts         INTEGER NOT NULL DEFAULT 0,
     max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
     lease_duration   INTEGER,          -- the command's own lease, if it asked for one

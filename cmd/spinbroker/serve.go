@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -35,6 +36,7 @@ type serveConfig struct {
 	sweepEvery      time.Duration
 	shutdownTimeout time.Duration
 	check           bool
+	pprofAddr       string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -74,6 +76,7 @@ requests in flight finish, the database is closed cleanly.`,
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper runs")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
+	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof) on this address, e.g. localhost:6060; keep it off the network")
 	return cmd
 }
 
@@ -163,6 +166,21 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	}
 	log.Info("spin-broker listening", "url", fmt.Sprintf("%s://%s", scheme, ln.Addr()), "db", c.db,
 		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
+
+	if c.pprofAddr != "" {
+		go func() {
+			mux := http.NewServeMux()
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			log.Info("profiler listening", "addr", c.pprofAddr)
+			psrv := &http.Server{Addr: c.pprofAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			if err := psrv.ListenAndServe(); err != nil {
+				log.Warn("profiler stopped", "err", err)
+			}
+		}()
+	}
 
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	swept := make(chan struct{})

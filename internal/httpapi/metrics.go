@@ -46,10 +46,24 @@ func newMetrics(reg *prometheus.Registry, st Store) *metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"method", "route", "code"}),
 	}
+	if ws, ok := st.(writeStatser); ok {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_transactions_total",
+				Help: "Write transactions committed; each may hold many requests' writes (group commit)."},
+				func() float64 { t, _ := ws.WriteStats(); return float64(t) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_writes_total",
+				Help: "Write operations committed."},
+				func() float64 { _, w := ws.WriteStats(); return float64(w) }))
+	}
 	reg.MustRegister(m.requests, &queueCollector{st: st},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
+}
+
+// writeStatser is a store that counts its write transactions.
+type writeStatser interface {
+	WriteStats() (transactions, writes int64)
 }
 
 // count moves the counters by what a commit did.

@@ -108,14 +108,27 @@ func (db *DB) Complete(ctx context.Context, id string, res spinbroker.Result) (c
 		return nil, err
 	}
 	err = db.write(ctx, func(t *Tx) error {
-		if err := t.complete(id, &res); err != nil {
+		var n int
+		cmd, n, err = t.complete(id, &res)
+		switch {
+		case err != nil:
 			return err
+		case cmd == nil:
+			cmd, err = getCommand(t, id)
+		case n > 0:
+			err = loadDeps(t, []*spinbroker.Command{cmd})
 		}
-		cmd, err = getCommand(t, id)
 		return err
 	})
 	return cmd, err
 }
+
+// qCompleteLeased records the result of a command whose current lease the
+// caller holds, in one statement: the common case of an agent's result.
+const qCompleteLeased = `UPDATE commands SET state = ?1, reason = ?2, output = ?3, finished_at = ?4,
+		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
+	WHERE id = ?5 AND state = 'leased' AND lease_token = ?6
+	RETURNING ` + commandCols
 
 // checkResult validates the parts of a result that need no database.
 func checkResult(res *spinbroker.Result) error {
@@ -133,8 +146,47 @@ func checkResult(res *spinbroker.Result) error {
 	return nil
 }
 
-// complete applies one validated result.
-func (t *Tx) complete(id string, res *spinbroker.Result) error {
+// complete applies one validated result. When it could tell the result
+// in one statement (a success or final failure with the current lease) it
+// returns the command as it now is, with how many dependencies it has;
+// otherwise a nil command, and the caller reads it back.
+func (t *Tx) complete(id string, res *spinbroker.Result) (*spinbroker.Command, int, error) {
+	ok := *res.Status
+	var reason, output any
+	if res.Reason != nil {
+		reason = *res.Reason
+	}
+	if res.Output != nil {
+		output = string(res.Output)
+	}
+	if res.Lease != "" && (ok || !res.Retry) {
+		state := spinbroker.Succeeded
+		if !ok {
+			state = spinbroker.Failed
+			if reason == nil {
+				reason = "failed"
+			}
+		}
+		c, n, err := scanCommandDeps(t.queryRow(qCompleteLeased, string(state), reason, output, nanos(t.now), id, res.Lease))
+		switch {
+		case err == nil:
+			t.change(id, c.PackageID, c.Resource, spinbroker.Leased, state, c.Attempts)
+			if ok {
+				return &c, n, t.release(id)
+			}
+			t.commit.Packages = append(t.commit.Packages, c.PackageID)
+			return &c, n, t.cascade(id, "failed")
+		case !isNoRows(err):
+			return nil, 0, err
+		}
+		// Not leased with this token: the slow path below says why.
+	}
+	return nil, 0, t.completeSlow(id, res, ok, reason, output)
+}
+
+// completeSlow applies a result that is a retry, comes without a lease, or
+// meets a command that is not leased with the lease it carries.
+func (t *Tx) completeSlow(id string, res *spinbroker.Result, ok bool, reason, output any) error {
 	var (
 		pkgID, resource, state string
 		token                  sql.NullString
@@ -150,7 +202,6 @@ func (t *Tx) complete(id string, res *spinbroker.Result) error {
 	} else if err != nil {
 		return err
 	}
-	ok := *res.Status
 	st := spinbroker.CommandState(state)
 	if st.Terminal() {
 		if (st == spinbroker.Succeeded) == ok {
@@ -163,13 +214,6 @@ func (t *Tx) complete(id string, res *spinbroker.Result) error {
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s is %s and has not been delivered", id, st)
 	case res.Lease != "" && (st != spinbroker.Leased || !token.Valid || token.String != res.Lease):
 		return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", truncate(res.Lease, 40), id)
-	}
-	var reason, output any
-	if res.Reason != nil {
-		reason = *res.Reason
-	}
-	if res.Output != nil {
-		output = string(res.Output)
 	}
 	now := nanos(t.now)
 	switch {
@@ -266,7 +310,7 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 			}
 			mark := len(t.commit.Commands)
 			marks := len(t.commit.Packages)
-			errs[i] = t.complete(items[i].ID, &items[i].Result)
+			_, _, errs[i] = t.complete(items[i].ID, &items[i].Result)
 			if errs[i] != nil {
 				t.commit.Commands = t.commit.Commands[:mark]
 				t.commit.Packages = t.commit.Packages[:marks]

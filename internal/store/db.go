@@ -229,6 +229,11 @@ func (db *DB) Stats() Stats {
 	return Stats{Transactions: db.batches.Load(), Writes: db.written.Load()}
 }
 
+// WriteStats reports the writer's counters (for metrics).
+func (db *DB) WriteStats() (transactions, writes int64) {
+	return db.batches.Load(), db.written.Load()
+}
+
 // Close stops taking writes, finishes the ones already submitted, and closes
 // the database (which checkpoints the WAL into the main file).
 func (db *DB) Close() error {
@@ -308,19 +313,25 @@ func (w *writer) run() {
 			return
 		}
 		batch = append(batch[:0], first)
-	gather:
-		for len(batch) < w.db.maxBatch {
-			select {
-			case o, ok := <-w.db.ops:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, o)
-			default:
-				break gather
-			}
-		}
+		w.gather(&batch)
 		w.commit(batch)
+	}
+}
+
+// gather adds to batch the operations already waiting. It never waits for
+// more: agents are latency-bound, and a writer that lingers to fill its
+// batch lowers their throughput (measured: 100µs of lingering cost a third).
+func (w *writer) gather(batch *[]*op) {
+	for len(*batch) < w.db.maxBatch {
+		select {
+		case o, ok := <-w.db.ops:
+			if !ok {
+				return
+			}
+			*batch = append(*batch, o)
+		default:
+			return
+		}
 	}
 }
 

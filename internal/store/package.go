@@ -40,7 +40,19 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		if id == "" {
 			id = newID()
 		}
-		if _, err := t.exec(`INSERT INTO packages (id, created_at) VALUES (?, ?)`, id, nanos(t.now)); err != nil {
+		direct, err := t.canEnqueueDirectly(in)
+		if err != nil {
+			return err
+		}
+		var enq *enqueueAt
+		if direct {
+			// Created enqueued: each command goes straight into its final
+			// state, sparing the staged→ready updates and their triggers.
+			if enq, err = t.reserveSeqs(in.Commands); err != nil {
+				return err
+			}
+		}
+		if _, err := t.exec(`INSERT INTO packages (id, created_at, enqueued_at) VALUES (?, ?, ?)`, id, nanos(t.now), enq.enqueuedAt()); err != nil {
 			if isConstraint(err) {
 				return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already exists", id)
 			}
@@ -48,11 +60,11 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		}
 		t.commit.Packages = append(t.commit.Packages, id)
 		for i := range in.Commands {
-			if _, err := t.addCommand(id, i, &in.Commands[i]); err != nil {
+			if _, err := t.addCommand(id, i, &in.Commands[i], enq); err != nil {
 				return err
 			}
 		}
-		if in.Enqueue {
+		if in.Enqueue && !direct {
 			if err := t.enqueue(id); err != nil {
 				return err
 			}
@@ -95,7 +107,7 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		case enqueued.Valid:
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
 		}
-		id, err := t.addCommand(pkgID, total, &in)
+		id, err := t.addCommand(pkgID, total, &in, nil)
 		if err != nil {
 			return err
 		}
@@ -116,10 +128,71 @@ func newID() string {
 	return uuid.Must(uuid.NewV7()).String()
 }
 
-// addCommand inserts a validated command in staging at position pos of its
-// package, resolving its dependencies (ids of any package, or keys of
-// commands added earlier to the same package).
-func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand) (string, error) {
+// enqueueAt, when set, says a command is created already enqueued: with its
+// package's sequence numbers from base and its enqueue time.
+type enqueueAt struct {
+	base int64 // the sequence number of position 0
+	now  int64
+}
+
+func (e *enqueueAt) enqueuedAt() any {
+	if e == nil {
+		return nil
+	}
+	return e.now
+}
+
+// canEnqueueDirectly reports whether a package created with enqueue can
+// have its commands inserted in their final states: not when a dependency
+// outside the package has already failed or been cancelled, whose cascade
+// the general enqueue handles.
+func (t *Tx) canEnqueueDirectly(in spinbroker.NewPackage) (bool, error) {
+	if !in.Enqueue || len(in.Commands) == 0 {
+		return false, nil
+	}
+	for _, c := range in.Commands {
+		for _, d := range c.Dependencies {
+			if !spinbroker.LooksLikeID(d) {
+				continue
+			}
+			var state string
+			err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, strings.ToLower(d)).Scan(&state)
+			if err != nil && !isNoRows(err) {
+				return false, err
+			}
+			if state == string(spinbroker.Failed) || state == string(spinbroker.Cancelled) {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// reserveSeqs takes the next len(cmds) sequence numbers and makes sure the
+// commands' queues exist (their counts are kept by triggers on insert).
+func (t *Tx) reserveSeqs(cmds []spinbroker.NewCommand) (*enqueueAt, error) {
+	seen := map[string]bool{}
+	for _, c := range cmds {
+		if seen[c.Resource] {
+			continue
+		}
+		seen[c.Resource] = true
+		if _, err := t.exec(`INSERT INTO queues (resource) VALUES (?) ON CONFLICT (resource) DO NOTHING`, c.Resource); err != nil {
+			return nil, err
+		}
+	}
+	var last int64
+	if err := t.queryRow(`UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value`, len(cmds)).Scan(&last); err != nil {
+		return nil, err
+	}
+	return &enqueueAt{base: last - int64(len(cmds)) + 1, now: nanos(t.now)}, nil
+}
+
+// addCommand inserts a validated command at position pos of its package,
+// resolving its dependencies (ids of any package, or keys of commands added
+// earlier to the same package): in staging, or already enqueued when enq
+// is set.
+func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *enqueueAt) (string, error) {
 	id := in.ID
 	if id == "" {
 		id = newID()
@@ -134,8 +207,9 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand) (strin
 	}
 	deps := make([]string, 0, len(in.Dependencies))
 	seen := make(map[string]bool, len(in.Dependencies))
+	pending := 0
 	for _, d := range in.Dependencies {
-		dep, err := t.resolveDep(pkgID, d)
+		dep, state, err := t.resolveDep(pkgID, d)
 		if err != nil {
 			return "", err
 		}
@@ -145,6 +219,9 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand) (strin
 		if !seen[dep] {
 			seen[dep] = true
 			deps = append(deps, dep)
+			if state != string(spinbroker.Succeeded) {
+				pending++
+			}
 		}
 	}
 	var key any
@@ -159,11 +236,22 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand) (strin
 	if in.LeaseDuration != nil {
 		leaseDur = int64(*in.LeaseDuration)
 	}
+	state := spinbroker.Staged
+	var seq, enqueued, readyAt, pend any
+	pend = 0
+	if enq != nil {
+		state = spinbroker.Blocked
+		if pending == 0 && (in.NotBefore == nil || nanos(*in.NotBefore) <= enq.now) {
+			state = spinbroker.Ready
+			readyAt = enq.now
+		}
+		seq, enqueued, pend = enq.base+int64(pos), enq.now, pending
+	}
 	_, err := t.exec(`INSERT INTO commands (id, package_id, pos, key, resource, action, parameters, state,
-			max_attempts, lease_duration, not_before, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, 'staged', ?, ?, ?, ?)`,
-		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters),
-		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now))
+			max_attempts, lease_duration, not_before, created_at, n_deps, seq, enqueued_at, pending_deps, ready_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters), string(state),
+		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now), len(deps), seq, enqueued, pend, readyAt)
 	if isConstraint(err) {
 		return "", spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
 	} else if err != nil {
@@ -174,27 +262,29 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand) (strin
 			return "", err
 		}
 	}
+	if enq != nil {
+		t.change(id, pkgID, in.Resource, spinbroker.Staged, state, 0)
+	}
 	return id, nil
 }
 
-// resolveDep turns a dependency entry into a command id: an entry shaped like
-// a UUID names a command of any package; anything else is a key in pkgID.
-func (t *Tx) resolveDep(pkgID, entry string) (string, error) {
+// resolveDep turns a dependency entry into a command id, with the state of
+// that command: an entry shaped like a UUID names a command of any package;
+// anything else is a key in pkgID.
+func (t *Tx) resolveDep(pkgID, entry string) (id, state string, err error) {
 	if spinbroker.LooksLikeID(entry) {
-		id := strings.ToLower(entry)
-		var one int
-		err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
+		id = strings.ToLower(entry)
+		err = t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state)
 		if isNoRows(err) {
-			return "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %s names no existing command", id)
+			return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %s names no existing command", id)
 		}
-		return id, err
+		return id, state, err
 	}
-	var id string
-	err := t.queryRow(`SELECT id FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id)
+	err = t.queryRow(`SELECT id, state FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id, &state)
 	if isNoRows(err) {
-		return "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", truncate(entry, 80), pkgID)
+		return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", truncate(entry, 80), pkgID)
 	}
-	return id, err
+	return id, state, err
 }
 
 // Enqueue makes a staging package's commands visible to agents, all at once.

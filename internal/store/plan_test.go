@@ -33,8 +33,8 @@ func TestPlans(t *testing.T) {
 		args  []any
 		want  []string // each must appear in the plan
 	}{
-		{"ReadyHead", qReadyHead, []any{"r", 1}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
-		{"Lease", qLease, []any{"t", nil, 1, 1, "id"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
+		{"LeaseHead", qLeaseHead, []any{"t", nil, 1, 1, "r"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"CompleteLeased", qCompleteLeased, []any{"succeeded", nil, nil, 1, "id", "t"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"QueueState", qQueueState, []any{"r"}, []string{"SEARCH queues USING INDEX sqlite_autoindex_queues_1 (resource=?)"}},
 		{"WakeLease", qWakeLease, []any{"r"}, []string{"commands_leased"}},
 		{"WakeDelay", qWakeDelay, []any{"r"}, []string{"commands_delayed"}},

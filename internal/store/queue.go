@@ -49,10 +49,10 @@ func (db *DB) Claim(ctx context.Context, resource string, max int, lease time.Du
 // WHERE implies the index's term for term. TestPlans holds them to it.
 const (
 	qQueueState = `SELECT concurrency, paused, n_leased FROM queues WHERE resource = ?`
-	// qReadyHead reads the first ready commands of a queue, and nothing else.
-	qReadyHead = `SELECT id, backoff_until FROM commands
-		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
-	qLease = `UPDATE commands SET
+	// qLeaseHead leases the head of a queue's ready commands, unless it
+	// waits out a back-off, in which case it holds the queue (rule 3). The
+	// subquery reads only the commands_ready index.
+	qLeaseHead = `UPDATE commands SET
 			state = 'leased',
 			attempts = attempts + 1,
 			lease_token = ?1,
@@ -61,7 +61,8 @@ const (
 			started_at = ?4,
 			backoff_until = NULL,
 			ready_at = NULL
-		WHERE id = ?5
+		WHERE id = (SELECT id FROM commands WHERE resource = ?5 AND state = 'ready' ORDER BY seq LIMIT 1)
+		  AND coalesce(backoff_until, 0) <= ?4
 		RETURNING ` + commandCols
 	qWakeLease   = `SELECT min(lease_expires_at) FROM commands WHERE resource = ? AND state = 'leased'`
 	qWakeDelay   = `SELECT min(not_before) FROM commands WHERE resource = ? AND state = 'blocked' AND pending_deps = 0`
@@ -111,56 +112,35 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 		wake, err := t.wakeAt(resource)
 		return nil, wake, err
 	}
-	rows, err := t.query(qReadyHead, resource, free)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
 	now := nanos(t.now)
-	var ids []string
-	var wake time.Time
-	for rows.Next() {
-		var id string
-		var backoff sql.NullInt64
-		if err := rows.Scan(&id, &backoff); err != nil {
-			rows.Close()
-			return nil, time.Time{}, err
-		}
-		if backoff.Valid && backoff.Int64 > now {
-			// A command waiting out its back-off holds back everything
-			// behind it (delivery rule 3).
-			wake = fromNanos(backoff.Int64)
-			break
-		}
-		ids = append(ids, id)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, time.Time{}, err
-	}
-	if len(ids) == 0 {
-		w, err := t.wakeAt(resource)
-		if wake.IsZero() || !w.IsZero() && w.Before(wake) {
-			wake = w
-		}
-		return nil, wake, err
-	}
 	var ttl any
 	if lease > 0 {
 		ttl = int64(lease)
 	}
-	cmds := make([]spinbroker.Command, 0, len(ids))
-	for _, id := range ids {
+	cmds := make([]spinbroker.Command, 0, free)
+	var withDeps []int
+	for len(cmds) < free {
 		token := newToken()
-		c, err := scanCommand(t.queryRow(qLease, token, ttl, int64(spinbroker.DefaultLease), now, id))
-		if err != nil {
+		c, n, err := scanCommandDeps(t.queryRow(qLeaseHead, token, ttl, int64(spinbroker.DefaultLease), now, resource))
+		if isNoRows(err) {
+			break // the queue is empty, or its head waits out a back-off
+		} else if err != nil {
 			return nil, time.Time{}, err
 		}
 		c.Lease = &spinbroker.Lease{Token: token, ExpiresAt: *c.LeaseExpiresAt}
 		t.change(c.ID, c.PackageID, resource, spinbroker.Ready, spinbroker.Leased, c.Attempts)
+		if n > 0 {
+			withDeps = append(withDeps, len(cmds))
+		}
 		cmds = append(cmds, c)
 	}
-	ptrs := make([]*spinbroker.Command, len(cmds))
-	for i := range cmds {
-		ptrs[i] = &cmds[i]
+	if len(cmds) == 0 {
+		wake, err := t.wakeAt(resource)
+		return nil, wake, err
+	}
+	ptrs := make([]*spinbroker.Command, len(withDeps))
+	for i, j := range withDeps {
+		ptrs[i] = &cmds[j]
 	}
 	return cmds, time.Time{}, loadDeps(t, ptrs)
 }

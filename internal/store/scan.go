@@ -46,13 +46,19 @@ func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
 // commandCols are the columns scanCommand reads, in its order.
 const commandCols = `id, package_id, key, resource, action, parameters, max_attempts,
 	lease_duration, not_before, state, seq, attempts, reason, output,
-	lease_expires_at, created_at, enqueued_at, started_at, finished_at`
+	lease_expires_at, created_at, enqueued_at, started_at, finished_at, n_deps`
 
 type scanner interface{ Scan(dest ...any) error }
 
 // scanCommand reads one row of commandCols. Dependencies are left empty
-// (not nil); loadDeps fills them.
+// (not nil); loadDeps fills them. It also returns how many dependencies
+// the command was given, so that loadDeps can skip those with none.
 func scanCommand(s scanner) (spinbroker.Command, error) {
+	c, _, err := scanCommandDeps(s)
+	return c, err
+}
+
+func scanCommandDeps(s scanner) (spinbroker.Command, int, error) {
 	var (
 		c                                      spinbroker.Command
 		key, reason, output                    sql.NullString
@@ -61,12 +67,13 @@ func scanCommand(s scanner) (spinbroker.Command, error) {
 		created                                int64
 		params                                 string
 		state                                  string
+		nDeps                                  int
 	)
 	err := s.Scan(&c.ID, &c.PackageID, &key, &c.Resource, &c.Action, &params, &c.MaxAttempts,
 		&leaseDur, &notBefore, &state, &seq, &c.Attempts, &reason, &output,
-		&leaseExpires, &created, &enqueued, &started, &finished)
+		&leaseExpires, &created, &enqueued, &started, &finished, &nDeps)
 	if err != nil {
-		return c, err
+		return c, 0, err
 	}
 	c.Key = optString(key)
 	c.Parameters = json.RawMessage(params)
@@ -90,19 +97,21 @@ func scanCommand(s scanner) (spinbroker.Command, error) {
 	c.EnqueuedAt = optTime(enqueued)
 	c.StartedAt = optTime(started)
 	c.FinishedAt = optTime(finished)
-	return c, nil
+	return c, nDeps, nil
 }
 
 // getCommand reads one command with its dependencies.
 func getCommand(q querier, id string) (*spinbroker.Command, error) {
-	c, err := scanCommand(q.queryRow(`SELECT `+commandCols+` FROM commands WHERE id = ?`, id))
+	c, n, err := scanCommandDeps(q.queryRow(`SELECT `+commandCols+` FROM commands WHERE id = ?`, id))
 	if isNoRows(err) {
 		return nil, spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", id)
 	} else if err != nil {
 		return nil, err
 	}
-	if err := loadDeps(q, []*spinbroker.Command{&c}); err != nil {
-		return nil, err
+	if n > 0 {
+		if err := loadDeps(q, []*spinbroker.Command{&c}); err != nil {
+			return nil, err
+		}
 	}
 	return &c, nil
 }
@@ -138,20 +147,24 @@ func queryCommands(q querier, query string, args ...any) ([]spinbroker.Command, 
 		return nil, err
 	}
 	out := []spinbroker.Command{}
+	var withDeps []int
 	for rows.Next() {
-		c, err := scanCommand(rows)
+		c, n, err := scanCommandDeps(rows)
 		if err != nil {
 			rows.Close()
 			return nil, err
+		}
+		if n > 0 {
+			withDeps = append(withDeps, len(out))
 		}
 		out = append(out, c)
 	}
 	if err := rows.Close(); err != nil {
 		return nil, err
 	}
-	ptrs := make([]*spinbroker.Command, len(out))
-	for i := range out {
-		ptrs[i] = &out[i]
+	ptrs := make([]*spinbroker.Command, len(withDeps))
+	for i, j := range withDeps {
+		ptrs[i] = &out[j]
 	}
 	return out, loadDeps(q, ptrs)
 }
@@ -238,17 +251,22 @@ func packageCommands(q querier, id string) ([]spinbroker.Command, error) {
 	}
 	cmds := []spinbroker.Command{}
 	index := map[string]int{}
+	deps := 0
 	for rows.Next() {
-		c, err := scanCommand(rows)
+		c, n, err := scanCommandDeps(rows)
 		if err != nil {
 			rows.Close()
 			return nil, err
 		}
 		index[c.ID] = len(cmds)
 		cmds = append(cmds, c)
+		deps += n
 	}
 	if err := rows.Close(); err != nil {
 		return nil, err
+	}
+	if deps == 0 {
+		return cmds, nil
 	}
 	rows, err = q.query(`SELECT d.command_id, d.depends_on FROM command_deps d
 		JOIN commands c ON c.id = d.command_id

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/loadgen"
+)
+
+type benchConfig struct {
+	loadgen.Config
+	scenarios string
+	sync      string
+	json      bool
+	keep      bool
+}
+
+func (a *app) benchCommand() *cobra.Command {
+	var c benchConfig
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure a broker under load, and check it kept its guarantees",
+		Long: `bench runs load scenarios against a broker and prints what it measured:
+commands per second, p50/p99/max of every kind of call, and (for a broker it
+started itself) the broker's CPU time and peak memory. Every run is checked:
+a command lost or delivered twice, a queue out of order or a command
+delivered before its dependencies succeeded fails the run, however fast.
+
+Scenarios:
+  throughput    P producers create packages of K commands over R resources;
+                A agents per resource take them (next → complete, or claim
+                batches with --protocol claim)
+  dependencies  the same, with each package a chain across the resources
+                ending in a fan-in
+  backlog       N commands in one queue, a fraction of them blocked at its
+                head; times next+complete
+  wakeup        from a command's enqueue to an agent waiting in a long-poll
+                holding it
+
+Without --url each scenario gets a fresh broker: this binary's 'serve' on a
+temporary database, as a child process so its CPU and memory are its own.`,
+		Example: `  spinbroker bench
+  spinbroker bench --scenarios throughput --protocol claim --claim 100
+  spinbroker bench --scenarios throughput,backlog,wakeup --sync full --json
+  spinbroker bench --url http://broker:8080 --scenarios wakeup`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.scenarios, "scenarios", "throughput", "comma-separated: throughput, dependencies, backlog, wakeup, or all")
+	f.IntVar(&c.Producers, "producers", 4, "producers creating packages")
+	f.IntVar(&c.Resources, "resources", 4, "resources (queues) the commands spread over")
+	f.IntVar(&c.Agents, "agents", 1, "agents per resource")
+	f.IntVar(&c.Size, "size", 10, "commands per package")
+	f.IntVar(&c.Commands, "commands", 20000, "commands in a throughput or dependencies run")
+	f.StringVar(&c.Protocol, "protocol", "inline", "inline (a package in one request), seed (new, add each, enqueue) or claim (claim batches, batched completion)")
+	f.IntVar(&c.Claim, "claim", 100, "commands per claim and per batched completion (--protocol claim)")
+	f.IntVar(&c.Backlog, "backlog", 100000, "commands in the backlog scenario's queue")
+	f.Float64Var(&c.Blocked, "blocked", 0.5, "fraction of the backlog blocked at the head of the queue")
+	f.IntVar(&c.Samples, "samples", 2000, "next+complete cycles timed in the backlog scenario")
+	f.IntVar(&c.Wakeups, "wakeups", 200, "samples of the wakeup scenario")
+	f.StringVar(&c.sync, "sync", "normal", "--sync of the broker bench starts: normal or full")
+	f.BoolVar(&c.json, "json", false, "print one JSON object per scenario")
+	f.BoolVar(&c.keep, "keep", false, "keep the temporary databases and print where they are")
+	return cmd
+}
+
+func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
+	scenarios := strings.Split(c.scenarios, ",")
+	if c.scenarios == "all" {
+		scenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}
+	}
+	tty := false
+	if f, ok := a.stderr.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	failed := 0
+	for _, sc := range scenarios {
+		cfg := c.Config
+		cfg.Scenario = strings.TrimSpace(sc)
+		if tty {
+			cfg.Progress = func(done, total int) {
+				fmt.Fprintf(a.stderr, "\r%s: %d/%d", cfg.Scenario, done, total)
+			}
+		}
+		var (
+			res *loadgen.Result
+			err error
+		)
+		if remote {
+			var cl *client.Client
+			if cl, err = a.client(); err == nil {
+				res, err = loadgen.Run(ctx, cl, cfg)
+			}
+		} else {
+			res, err = a.benchLocal(ctx, c, cfg)
+		}
+		if tty {
+			fmt.Fprint(a.stderr, "\r\033[K")
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", cfg.Scenario, err)
+		}
+		if !res.OK() {
+			failed++
+		}
+		if c.json {
+			b, _ := json.Marshal(struct {
+				*loadgen.Result
+				Sync string `json:"sync,omitempty"`
+				OK   bool   `json:"ok"`
+			}{res, map[bool]string{true: "", false: c.sync}[remote], res.OK()})
+			fmt.Fprintln(a.stdout, string(b))
+		} else {
+			printResult(a, res, c.sync, remote)
+		}
+	}
+	if failed > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("%d scenario(s) broke a rule", failed)}
+	}
+	return nil
+}
+
+// benchLocal starts a broker of its own for one scenario and measures it.
+func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config) (*loadgen.Result, error) {
+	dir, err := os.MkdirTemp("", "spinbroker-bench-")
+	if err != nil {
+		return nil, err
+	}
+	if c.keep {
+		fmt.Fprintf(a.stderr, "%s: database in %s\n", cfg.Scenario, dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "broker.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	broker := exec.Command(self, "serve", "--addr", addr, "--db", filepath.Join(dir, "bench.db"),
+		"--sync", c.sync, "--log-level", "warn")
+	broker.Stdout, broker.Stderr = logf, logf
+	if err := broker.Start(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		broker.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { broker.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			broker.Process.Kill()
+			<-done
+		}
+	}()
+	url := "http://" + addr
+	cl, err := client.New(url, client.WithUserAgent("spinbroker-bench/1"))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitHealthy(ctx, cl); err != nil {
+		log, _ := os.ReadFile(logf.Name())
+		return nil, fmt.Errorf("the broker did not start: %w\n%s", err, log)
+	}
+	cpu0 := cpuSeconds(broker.Process.Pid)
+	res, err := loadgen.Run(ctx, cl, cfg)
+	if err != nil {
+		return nil, err
+	}
+	res.BrokerCPUSeconds = cpuSeconds(broker.Process.Pid) - cpu0
+	res.BrokerPeakRSSMiB = peakRSSMiB(broker.Process.Pid)
+	return res, nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func waitHealthy(ctx context.Context, cl *client.Client) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := cl.Health(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cpuSeconds reads a process's user+system CPU time from /proc (Linux).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: utime and stime are the 12th and 13th.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) / 100 // USER_HZ is 100 on Linux
+}
+
+// peakRSSMiB reads a process's peak resident memory (VmHWM) from /proc.
+func peakRSSMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func printResult(a *app, r *loadgen.Result, sync string, remote bool) {
+	w := a.stdout
+	fmt.Fprintf(w, "%s: %s", r.Scenario, r.Settings)
+	if !remote {
+		fmt.Fprintf(w, "; sync %s", sync)
+	}
+	fmt.Fprintln(w)
+	switch {
+	case r.CommandsPerSec > 0:
+		fmt.Fprintf(w, "  %d commands in %.2fs: %.0f commands/s\n", r.Commands, r.Seconds, r.CommandsPerSec)
+	case r.MicrosPerCycle > 0:
+		fmt.Fprintf(w, "  %.0f µs per next+complete (%d cycles)\n", r.MicrosPerCycle, r.Commands)
+	}
+	if !remote {
+		fmt.Fprintf(w, "  broker: %.1fs CPU, %.0f MiB peak memory\n", r.BrokerCPUSeconds, r.BrokerPeakRSSMiB)
+	}
+	if r.OK() {
+		fmt.Fprintln(w, "  checks: ok (no loss, no duplicate, order and dependencies kept)")
+	} else {
+		fmt.Fprintf(w, "  checks: FAILED\n")
+		for _, v := range r.Violations {
+			fmt.Fprintf(w, "    - %s\n", v)
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "  call\tcount\tp50 ms\tp99 ms\tmax ms\t")
+	names := make([]string, 0, len(r.Calls))
+	for k := range r.Calls {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		l := r.Calls[k]
+		fmt.Fprintf(tw, "  %s\t%d\t%.3f\t%.3f\t%.3f\t\n", k, l.Count, l.P50, l.P99, l.Max)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+}

@@ -1,0 +1,638 @@
+// Package loadgen drives a spin-broker over HTTP with the load shapes of
+// `spinbroker bench` and checks every run for the broker's guarantees: no
+// command lost or delivered twice, queue order kept, no command delivered
+// before its dependencies succeeded. A fast run that breaks a rule fails.
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// Config is one run.
+type Config struct {
+	Scenario string // throughput, backlog, dependencies or wakeup
+
+	// throughput and dependencies
+	Producers int    // goroutines creating packages
+	Resources int    // queues the commands spread over
+	Agents    int    // agents per resource
+	Size      int    // commands per package
+	Commands  int    // commands in all
+	Protocol  string // inline (one request per package), seed (new, add each, enqueue) or claim
+	Claim     int    // commands per claim and per batched completion (protocol claim)
+
+	// backlog
+	Backlog int     // commands in the queue before timing starts
+	Blocked float64 // fraction of the backlog blocked at the head of the queue
+	Samples int     // next+complete cycles timed
+
+	// wakeup
+	Wakeups int // enqueue → delivery samples
+
+	// Progress, when set, is told how far the run is, now and then.
+	Progress func(done, total int)
+}
+
+// Latency summarises the durations of one kind of call, in milliseconds.
+type Latency struct {
+	Count int     `json:"count"`
+	P50   float64 `json:"p50_ms"`
+	P99   float64 `json:"p99_ms"`
+	Max   float64 `json:"max_ms"`
+}
+
+// Result is what a run measured and found.
+type Result struct {
+	Scenario       string             `json:"scenario"`
+	Settings       string             `json:"settings"`
+	Commands       int                `json:"commands"`
+	Seconds        float64            `json:"seconds"`
+	CommandsPerSec float64            `json:"commands_per_sec,omitempty"`
+	MicrosPerCycle float64            `json:"micros_per_next_complete,omitempty"`
+	Calls          map[string]Latency `json:"calls"`
+	Violations     []string           `json:"violations"`
+	// Broker resources, filled in by the caller that started the broker.
+	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
+	BrokerPeakRSSMiB float64 `json:"broker_peak_rss_mib,omitempty"`
+}
+
+// OK reports whether the run kept every rule.
+func (r *Result) OK() bool { return len(r.Violations) == 0 }
+
+// Run runs one scenario against the broker c talks to. The broker should be
+// fresh: the checks read back everything the run created.
+func Run(ctx context.Context, c *client.Client, cfg Config) (*Result, error) {
+	switch cfg.Scenario {
+	case "throughput":
+		return runThroughput(ctx, c, cfg, false)
+	case "dependencies":
+		return runThroughput(ctx, c, cfg, true)
+	case "backlog":
+		return runBacklog(ctx, c, cfg)
+	case "wakeup":
+		return runWakeup(ctx, c, cfg)
+	}
+	return nil, fmt.Errorf("unknown scenario %q (throughput, backlog, dependencies or wakeup)", cfg.Scenario)
+}
+
+// recorder collects call durations per kind, safely from many goroutines.
+type recorder struct {
+	mu    sync.Mutex
+	calls map[string][]time.Duration
+}
+
+func newRecorder() *recorder { return &recorder{calls: map[string][]time.Duration{}} }
+
+func (r *recorder) time(kind string, start time.Time) {
+	d := time.Since(start)
+	r.mu.Lock()
+	r.calls[kind] = append(r.calls[kind], d)
+	r.mu.Unlock()
+}
+
+func (r *recorder) summary() map[string]Latency {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]Latency{}
+	for k, ds := range r.calls {
+		out[k] = summarize(ds)
+	}
+	return out
+}
+
+func summarize(ds []time.Duration) Latency {
+	if len(ds) == 0 {
+		return Latency{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	ms := func(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
+	at := func(q float64) time.Duration { return s[min(len(s)-1, int(math.Ceil(q*float64(len(s))))-1)] }
+	return Latency{Count: len(s), P50: ms(at(0.5)), P99: ms(at(0.99)), Max: ms(s[len(s)-1])}
+}
+
+// delivery is one command an agent received.
+type delivery struct {
+	id        string
+	resource  string
+	attempts  int
+	startedAt time.Time
+	seq       int64
+}
+
+// created is what a producer was told about a command it created.
+type created struct {
+	resource string
+	seq      int64
+	deps     []string
+}
+
+func resourceName(i int) string { return fmt.Sprintf("bench-%d", i) }
+
+// runThroughput: P producers create packages of K commands over R
+// resources while A agents per resource take and complete them. With deps,
+// each package is a chain across the resources plus a fan-in at its end.
+func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool) (*Result, error) {
+	if cfg.Producers < 1 || cfg.Resources < 1 || cfg.Agents < 1 || cfg.Size < 1 || cfg.Commands < cfg.Size {
+		return nil, fmt.Errorf("throughput needs producers, resources, agents ≥ 1 and commands ≥ package size ≥ 1")
+	}
+	claim := cfg.Protocol == "claim"
+	if claim && cfg.Claim < 1 {
+		return nil, fmt.Errorf("protocol claim needs -claim ≥ 1")
+	}
+	// Let every agent of a queue work at once: a serial queue would measure
+	// one agent, whatever -agents says.
+	conc := cfg.Agents
+	if claim {
+		conc = cfg.Agents * cfg.Claim
+	}
+	for i := 0; i < cfg.Resources; i++ {
+		if _, err := c.SetQueue(ctx, resourceName(i), spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+			return nil, err
+		}
+	}
+	packages := cfg.Commands / cfg.Size
+	total := packages * cfg.Size
+	rec := newRecorder()
+	var (
+		mu      sync.Mutex
+		made    = map[string]created{}
+		pkgIDs  []string
+		errOnce sync.Once
+		runErr  error
+	)
+	// The agents and producers run under actx, which ends when the last
+	// command completes (so idle long-polls do not pad the time) or the
+	// first error happens; the checks afterwards use ctx.
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fail := func(err error) {
+		errOnce.Do(func() { runErr = err; cancel() })
+	}
+	var (
+		endOnce sync.Once
+		end     time.Time
+	)
+	finish := func() { endOnce.Do(func() { end = time.Now(); cancel() }) }
+	var completed atomic.Int64
+	deliveries := make([][]delivery, cfg.Resources*cfg.Agents)
+
+	start := time.Now()
+	var agents sync.WaitGroup
+	for r := 0; r < cfg.Resources; r++ {
+		for a := 0; a < cfg.Agents; a++ {
+			agents.Add(1)
+			slot := r*cfg.Agents + a
+			go func(resource string) {
+				defer agents.Done()
+				var err error
+				if claim {
+					err = claimAgent(actx, c, resource, cfg.Claim, rec, &deliveries[slot], &completed, int64(total))
+				} else {
+					err = nextAgent(actx, c, resource, rec, &deliveries[slot], &completed, int64(total))
+				}
+				if completed.Load() >= int64(total) {
+					finish()
+				} else if err != nil && actx.Err() == nil {
+					fail(fmt.Errorf("agent %s: %w", resource, err))
+				}
+			}(resourceName(r))
+		}
+	}
+	var producers sync.WaitGroup
+	next := atomic.Int64{}
+	for p := 0; p < cfg.Producers; p++ {
+		producers.Add(1)
+		go func() {
+			defer producers.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(packages) || actx.Err() != nil {
+					return
+				}
+				in := newPackage(cfg, int(i), deps)
+				var pkg *spinbroker.Package
+				var err error
+				if cfg.Protocol == "seed" {
+					pkg, err = seedProtocol(actx, c, in, rec)
+				} else {
+					t := time.Now()
+					in.Enqueue = true
+					pkg, err = c.CreatePackage(actx, in)
+					rec.time("create_package", t)
+				}
+				if err != nil {
+					if actx.Err() == nil {
+						fail(fmt.Errorf("producer: %w", err))
+					}
+					return
+				}
+				mu.Lock()
+				pkgIDs = append(pkgIDs, pkg.ID)
+				for _, cmd := range pkg.Commands {
+					made[cmd.ID] = created{resource: cmd.Resource, seq: *cmd.Seq, deps: cmd.Dependencies}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	stopProgress := progress(cfg.Progress, &completed, total)
+	producers.Wait()
+	agents.Wait()
+	stopProgress()
+	if runErr != nil {
+		return nil, runErr
+	}
+	if end.IsZero() {
+		return nil, fmt.Errorf("the run ended with %d of %d commands completed", completed.Load(), total)
+	}
+	elapsed := end.Sub(start)
+	res := &Result{
+		Scenario: cfg.Scenario,
+		Settings: fmt.Sprintf("%d producers × %d resources × %d agents, packages of %d, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, cfg.Size, cfg.Protocol),
+		Commands: total, Seconds: elapsed.Seconds(), CommandsPerSec: float64(total) / elapsed.Seconds(),
+		Calls: rec.summary(), Violations: []string{},
+	}
+	if claim {
+		res.Settings += fmt.Sprintf(" %d", cfg.Claim)
+	}
+	var all []delivery
+	for _, d := range deliveries {
+		all = append(all, d...)
+	}
+	res.Violations = check(ctx, c, made, pkgIDs, all, int(completed.Load()), !deps)
+	return res, nil
+}
+
+// newPackage builds package i: commands round-robin over the resources;
+// with deps, command j depends on j-1 (a chain across queues) and the last
+// on every other (a fan-in).
+func newPackage(cfg Config, i int, deps bool) spinbroker.NewPackage {
+	var in spinbroker.NewPackage
+	for j := 0; j < cfg.Size; j++ {
+		nc := spinbroker.NewCommand{
+			Key:        fmt.Sprintf("c%d", j),
+			Resource:   resourceName((i + j) % cfg.Resources),
+			Action:     "work",
+			Parameters: []byte(fmt.Sprintf(`{"package":%d,"step":%d}`, i, j)),
+		}
+		if deps && j > 0 {
+			if j == cfg.Size-1 && j > 1 {
+				for k := 0; k < j; k++ {
+					nc.Dependencies = append(nc.Dependencies, fmt.Sprintf("c%d", k))
+				}
+			} else {
+				nc.Dependencies = []string{fmt.Sprintf("c%d", j-1)}
+			}
+		}
+		in.Commands = append(in.Commands, nc)
+	}
+	return in
+}
+
+// seedProtocol creates a package the way the seed's CLI did: new, add each
+// command, enqueue.
+func seedProtocol(ctx context.Context, c *client.Client, in spinbroker.NewPackage, rec *recorder) (*spinbroker.Package, error) {
+	t := time.Now()
+	pkg, err := c.CreatePackage(ctx, spinbroker.NewPackage{})
+	rec.time("new_package", t)
+	if err != nil {
+		return nil, err
+	}
+	for _, nc := range in.Commands {
+		t = time.Now()
+		_, err := c.AddCommand(ctx, pkg.ID, nc)
+		rec.time("add_command", t)
+		if err != nil {
+			return nil, err
+		}
+	}
+	t = time.Now()
+	pkg, err = c.Enqueue(ctx, pkg.ID)
+	rec.time("enqueue", t)
+	return pkg, err
+}
+
+// nextAgent takes one command at a time: next (long-poll), complete.
+func nextAgent(ctx context.Context, c *client.Client, resource string, rec *recorder, out *[]delivery, completed *atomic.Int64, total int64) error {
+	ok := true
+	for completed.Load() < total {
+		t := time.Now()
+		cmd, err := c.Next(ctx, resource, time.Second, 0)
+		rec.time("next", t)
+		if err != nil {
+			return err
+		}
+		if cmd == nil {
+			continue
+		}
+		*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq})
+		t = time.Now()
+		_, err = c.Complete(ctx, cmd.ID, spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token})
+		rec.time("complete", t)
+		if err != nil {
+			return err
+		}
+		if completed.Add(1) >= total {
+			return nil
+		}
+	}
+	return nil
+}
+
+// claimAgent takes up to n commands per claim and completes them in one
+// batched request.
+func claimAgent(ctx context.Context, c *client.Client, resource string, n int, rec *recorder, out *[]delivery, completed *atomic.Int64, total int64) error {
+	ok := true
+	for completed.Load() < total {
+		t := time.Now()
+		cmds, err := c.Claim(ctx, resource, n, time.Second, 0)
+		rec.time("claim", t)
+		if err != nil {
+			return err
+		}
+		if len(cmds) == 0 {
+			continue
+		}
+		results := make([]spinbroker.BatchResult, len(cmds))
+		for i, cmd := range cmds {
+			*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq})
+			results[i] = spinbroker.BatchResult{ID: cmd.ID, Result: spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}}
+		}
+		t = time.Now()
+		outcomes, err := c.CompleteBatch(ctx, results)
+		rec.time("complete_batch", t)
+		if err != nil {
+			return err
+		}
+		for _, o := range outcomes {
+			if o.HTTPStatus != 200 {
+				return fmt.Errorf("batched completion of %s answered %d: %v", o.ID, o.HTTPStatus, o.Error)
+			}
+		}
+		if completed.Add(int64(len(cmds))) >= total {
+			return nil
+		}
+	}
+	return nil
+}
+
+// progress calls f every 250ms until the returned stop is called.
+func progress(f func(done, total int), done *atomic.Int64, total int) func() {
+	if f == nil {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				f(int(done.Load()), total)
+				return
+			case <-t.C:
+				f(int(done.Load()), total)
+			}
+		}
+	}()
+	return func() { close(stop); <-finished }
+}
+
+// check compares what the agents received with what the producers created
+// and with what the broker recorded: every command delivered once and
+// succeeded, each queue in order (when ordered, i.e. without dependencies),
+// no command delivered before its dependencies succeeded.
+func check(ctx context.Context, c *client.Client, made map[string]created, pkgIDs []string, all []delivery, completed int, ordered bool) []string {
+	v := []string{}
+	add := func(format string, args ...any) {
+		if len(v) < 20 {
+			v = append(v, fmt.Sprintf(format, args...))
+		}
+	}
+	seen := map[string]int{}
+	for _, d := range all {
+		seen[d.id]++
+		if _, ok := made[d.id]; !ok {
+			add("delivered %s, which no producer created", d.id)
+		}
+		if d.attempts != 1 {
+			add("%s delivered with attempts %d (a redelivery)", d.id, d.attempts)
+		}
+	}
+	for id, n := range seen {
+		if n > 1 {
+			add("%s delivered %d times", id, n)
+		}
+	}
+	for id := range made {
+		if seen[id] == 0 {
+			add("%s was never delivered (lost)", id)
+		}
+	}
+	if completed != len(made) {
+		add("%d completions for %d commands", completed, len(made))
+	}
+	if ordered {
+		byRes := map[string][]delivery{}
+		for _, d := range all {
+			byRes[d.resource] = append(byRes[d.resource], d)
+		}
+		for r, ds := range byRes {
+			sort.SliceStable(ds, func(i, j int) bool {
+				if !ds[i].startedAt.Equal(ds[j].startedAt) {
+					return ds[i].startedAt.Before(ds[j].startedAt)
+				}
+				return ds[i].seq < ds[j].seq
+			})
+			for i := 1; i < len(ds); i++ {
+				if ds[i].seq < ds[i-1].seq {
+					add("queue %s delivered seq %d after seq %d", r, ds[i].seq, ds[i-1].seq)
+					break
+				}
+			}
+		}
+	}
+	// What the broker recorded: every package succeeded, and no command
+	// started before its dependencies finished.
+	finished := map[string]time.Time{}
+	started := map[string]time.Time{}
+	for _, id := range pkgIDs {
+		p, err := c.Package(ctx, id)
+		if err != nil {
+			add("reading package %s back: %v", id, err)
+			continue
+		}
+		if p.State != spinbroker.PackageSucceeded {
+			add("package %s ended %s", id, p.State)
+		}
+		for _, cmd := range p.Commands {
+			if cmd.FinishedAt != nil {
+				finished[cmd.ID] = *cmd.FinishedAt
+			}
+			if cmd.StartedAt != nil {
+				started[cmd.ID] = *cmd.StartedAt
+			}
+		}
+	}
+	for id, m := range made {
+		for _, d := range m.deps {
+			if f, ok := finished[d]; !ok || started[id].Before(f) {
+				add("%s started at %v before its dependency %s finished (%v)", id, started[id], d, f)
+			}
+		}
+	}
+	return v
+}
+
+// runBacklog fills a queue with cfg.Backlog commands, the first
+// cfg.Blocked of them blocked on a command of another queue, then times
+// cfg.Samples next+complete cycles of one agent.
+func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, error) {
+	if cfg.Backlog < cfg.Samples || cfg.Samples < 1 {
+		return nil, fmt.Errorf("backlog needs samples ≥ 1 and backlog ≥ samples")
+	}
+	gate, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "bench-gate", Action: "hold"}}})
+	if err != nil {
+		return nil, err
+	}
+	gateID := gate.Commands[0].ID
+	blocked := int(float64(cfg.Backlog) * cfg.Blocked)
+	const chunk = 1000
+	loaded := 0
+	var loadedN atomic.Int64
+	stop := progress(cfg.Progress, &loadedN, cfg.Backlog)
+	for loaded < cfg.Backlog {
+		n := min(chunk, cfg.Backlog-loaded)
+		in := spinbroker.NewPackage{Enqueue: true}
+		for j := 0; j < n; j++ {
+			nc := spinbroker.NewCommand{Resource: "bench-backlog", Action: "work"}
+			if loaded+j < blocked {
+				nc.Dependencies = []string{gateID}
+			}
+			in.Commands = append(in.Commands, nc)
+		}
+		if _, err := c.CreatePackage(ctx, in); err != nil {
+			stop()
+			return nil, err
+		}
+		loaded += n
+		loadedN.Store(int64(loaded))
+	}
+	stop()
+	rec := newRecorder()
+	ok := true
+	var prev int64
+	var v []string
+	start := time.Now()
+	for i := 0; i < cfg.Samples; i++ {
+		t := time.Now()
+		cmd, err := c.Next(ctx, "bench-backlog", 0, 0)
+		rec.time("next", t)
+		if err != nil {
+			return nil, err
+		}
+		if cmd == nil {
+			return nil, fmt.Errorf("backlog: nothing delivered at sample %d", i)
+		}
+		if *cmd.Seq <= prev {
+			v = append(v, fmt.Sprintf("seq %d after %d", *cmd.Seq, prev))
+		}
+		if len(cmd.Dependencies) > 0 {
+			v = append(v, fmt.Sprintf("%s delivered while blocked on the gate", cmd.ID))
+		}
+		prev = *cmd.Seq
+		t = time.Now()
+		if _, err := c.Complete(ctx, cmd.ID, spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}); err != nil {
+			return nil, err
+		}
+		rec.time("complete", t)
+	}
+	elapsed := time.Since(start)
+	if v == nil {
+		v = []string{}
+	}
+	return &Result{
+		Scenario:       "backlog",
+		Settings:       fmt.Sprintf("%d commands, %d blocked at the head, %d next+complete timed", cfg.Backlog, blocked, cfg.Samples),
+		Commands:       cfg.Samples,
+		Seconds:        elapsed.Seconds(),
+		MicrosPerCycle: float64(elapsed.Microseconds()) / float64(cfg.Samples),
+		Calls:          rec.summary(),
+		Violations:     v,
+	}, nil
+}
+
+// runWakeup measures how long a command waits between its enqueue (the
+// broker's enqueued_at, taken inside the committing transaction) and an
+// agent already waiting in a long-poll holding it.
+func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, error) {
+	if cfg.Wakeups < 1 {
+		return nil, fmt.Errorf("wakeup needs samples ≥ 1")
+	}
+	rec := newRecorder()
+	var lat []time.Duration
+	var v []string
+	var n atomic.Int64
+	stop := progress(cfg.Progress, &n, cfg.Wakeups)
+	defer stop()
+	ok := true
+	start := time.Now()
+	for i := 0; i < cfg.Wakeups; i++ {
+		got := make(chan *spinbroker.Command, 1)
+		errc := make(chan error, 1)
+		at := make(chan time.Time, 1)
+		go func() {
+			cmd, err := c.Next(ctx, "bench-wakeup", 10*time.Second, 0)
+			at <- time.Now()
+			if err != nil {
+				errc <- err
+				return
+			}
+			got <- cmd
+		}()
+		// Let the long-poll reach the broker and start waiting.
+		time.Sleep(5 * time.Millisecond)
+		t := time.Now()
+		if _, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "bench-wakeup", Action: "ping"}}}); err != nil {
+			return nil, err
+		}
+		rec.time("create_package", t)
+		select {
+		case err := <-errc:
+			return nil, err
+		case cmd := <-got:
+			received := <-at
+			if cmd == nil {
+				v = append(v, fmt.Sprintf("sample %d: the waiting long-poll was not woken", i))
+				continue
+			}
+			lat = append(lat, received.Sub(*cmd.EnqueuedAt))
+			if _, err := c.Complete(ctx, cmd.ID, spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}); err != nil {
+				return nil, err
+			}
+		}
+		n.Add(1)
+	}
+	calls := rec.summary()
+	calls["enqueue_to_delivery"] = summarize(lat)
+	if v == nil {
+		v = []string{}
+	}
+	return &Result{
+		Scenario: "wakeup", Settings: fmt.Sprintf("%d samples, one agent waiting in a long-poll", cfg.Wakeups),
+		Commands: cfg.Wakeups, Seconds: time.Since(start).Seconds(), Calls: calls, Violations: v,
+	}, nil
+}

@@ -1,0 +1,87 @@
+package loadgen
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+func broker(t *testing.T) *client.Client {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	c, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestRun(t *testing.T) {
+	for _, cfg := range []Config{
+		{Scenario: "throughput", Producers: 2, Resources: 2, Agents: 2, Size: 5, Commands: 200, Protocol: "inline"},
+		{Scenario: "throughput", Producers: 2, Resources: 2, Agents: 1, Size: 5, Commands: 100, Protocol: "seed"},
+		{Scenario: "throughput", Producers: 2, Resources: 3, Agents: 1, Size: 10, Commands: 300, Protocol: "claim", Claim: 20},
+		{Scenario: "dependencies", Producers: 2, Resources: 3, Agents: 1, Size: 4, Commands: 120, Protocol: "inline"},
+		{Scenario: "backlog", Backlog: 300, Blocked: 0.5, Samples: 50},
+		{Scenario: "wakeup", Wakeups: 10},
+	} {
+		t.Run(cfg.Scenario+"/"+cfg.Protocol, func(t *testing.T) {
+			var progressed bool
+			cfg.Progress = func(done, total int) { progressed = done > 0 }
+			res, err := Run(context.Background(), broker(t), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.OK() {
+				t.Fatalf("violations: %v", res.Violations)
+			}
+			if res.Commands == 0 || res.Seconds <= 0 || len(res.Calls) == 0 {
+				t.Fatalf("measured nothing: %+v", res)
+			}
+			if cfg.Scenario == "wakeup" && res.Calls["enqueue_to_delivery"].Count != cfg.Wakeups {
+				t.Fatalf("wakeup samples: %+v", res.Calls)
+			}
+			if cfg.Scenario != "wakeup" && !progressed {
+				t.Fatal("progress was never reported")
+			}
+		})
+	}
+}
+
+// TestCheck plants each kind of violation and expects the checker to name
+// it: a check that cannot fail proves nothing.
+func TestCheck(t *testing.T) {
+	c := broker(t)
+	t0 := time.Now()
+	made := map[string]created{
+		"a": {resource: "r", seq: 1},
+		"b": {resource: "r", seq: 2},
+		"c": {resource: "r", seq: 3, deps: []string{"a"}},
+		"d": {resource: "r", seq: 4},
+	}
+	all := []delivery{
+		{id: "a", resource: "r", attempts: 1, startedAt: t0, seq: 1},
+		{id: "b", resource: "r", attempts: 1, startedAt: t0.Add(2), seq: 2},
+		{id: "b", resource: "r", attempts: 2, startedAt: t0.Add(3), seq: 2},
+		{id: "c", resource: "r", attempts: 1, startedAt: t0.Add(1), seq: 3},
+		{id: "x", resource: "r", attempts: 1, startedAt: t0.Add(4), seq: 9},
+	}
+	v := strings.Join(check(context.Background(), c, made, nil, all, 3, true), "\n")
+	for _, want := range []string{"b delivered 2 times", "attempts 2", "d was never delivered", "delivered x, which no producer created", "seq 2 after seq 3", "3 completions for 4 commands", "c started at"} {
+		if !strings.Contains(v, want) {
+			t.Errorf("the checker missed %q in:\n%s", want, v)
+		}
+	}
+}
