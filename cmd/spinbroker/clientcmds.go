@@ -1,8 +1,147 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
 
-// clientCommands returns the subcommands that talk to a broker over HTTP.
+	"github.com/spf13/cobra"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// clientCommands returns the subcommands that talk to a broker over HTTP,
+// and token, which works on the database file.
 func (a *app) clientCommands() []*cobra.Command {
+	return []*cobra.Command{
+		a.messageCommand(),
+		a.packageCommand(),
+		a.commandCommand(),
+		a.queueCommand(),
+		a.tokenCommand(),
+	}
+}
+
+// group returns a command that only holds subcommands. Run bare or with an
+// unknown subcommand it is a usage error, as with 'go mod': cobra would
+// otherwise print the help and exit 0, which hides a typo in a script.
+func (a *app) group(use, short, long string, subs ...*cobra.Command) *cobra.Command {
+	g := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef(c, "unknown command %q for %q; want one of: %s", args[0], c.CommandPath(), subNames(c))
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, _ []string) error {
+			return usagef(c, "want a command: %s", subNames(c))
+		},
+		// -o is checked once here for every client command, before any
+		// request is made.
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			if err := a.checkOutput(); err != nil {
+				return usagef(c, "%v", err)
+			}
+			return nil
+		},
+	}
+	// Being runnable only to refuse, a group should not show a usage line of
+	// its own; its subcommands inherit the template and still show theirs.
+	g.SetUsageTemplate(strings.Replace(g.UsageTemplate(),
+		"Usage:{{if .Runnable}}", "Usage:{{if and .Runnable (not .HasAvailableSubCommands)}}", 1))
+	g.AddCommand(subs...)
+	return g
+}
+
+func subNames(c *cobra.Command) string {
+	var names []string
+	for _, s := range c.Commands() {
+		if s.IsAvailableCommand() {
+			names = append(names, s.Name())
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// usagef returns a usage error of command c: run prints it with a pointer
+// to c's --help and exits 2.
+func usagef(c *cobra.Command, format string, args ...any) error {
+	return &usageError{cmd: c.CommandPath(), err: fmt.Errorf(format, args...)}
+}
+
+// argsBetween is args (main.go) for a command that takes from min to max
+// positional arguments (max < 0: no upper bound).
+func argsBetween(min, max int, names string) cobra.PositionalArgs {
+	return func(c *cobra.Command, a []string) error {
+		if len(a) < min || max >= 0 && len(a) > max {
+			return usagef(c, "want %s, got %d argument(s)", names, len(a))
+		}
+		return nil
+	}
+}
+
+// checkID refuses, as a usage error, an argument that cannot be an id: every
+// id the broker makes or accepts is a UUID, so asking it would only answer
+// not_found.
+func checkID(c *cobra.Command, what, s string) error {
+	if !spinbroker.LooksLikeID(s) {
+		return usagef(c, "%s must be an id (a UUID such as 0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f), not %q", what, clip(s))
+	}
 	return nil
+}
+
+// completePackage completes a first argument that is a package id with the
+// broker's newest packages, their state as the description. Completion must
+// never hang a shell: a broker that does not answer at once offers nothing.
+func (a *app) completePackage(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	cl, err := a.client()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+	defer cancel()
+	list, err := cl.Packages(ctx, client.ListOptions{Limit: 100})
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []cobra.Completion
+	for _, p := range list.Packages {
+		if strings.HasPrefix(p.ID, toComplete) {
+			out = append(out, cobra.CompletionWithDesc(p.ID, string(p.State)))
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// completeQueue completes a first argument that is a resource with the
+// broker's queues.
+func (a *app) completeQueue(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	cl, err := a.client()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+	defer cancel()
+	qs, err := cl.Queues(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []cobra.Completion
+	for _, q := range qs {
+		if strings.HasPrefix(q.Resource, toComplete) {
+			out = append(out, q.Resource)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
 }

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+)
+
+func (a *app) commandCommand() *cobra.Command {
+	return a.group("command",
+		"Show a command, or run a failed one again",
+		`command looks at one command, or runs a failed or cancelled one again.
+To settle a command by hand, see 'spinbroker message complete'.`,
+		a.commandShowCommand(),
+		a.commandRetryCommand(),
+	)
+}
+
+func (a *app) commandShowCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a command",
+		Long: `show prints every field of a command: where it belongs, what it runs with
+which parameters, what it waits for, its state, attempts, result and times.`,
+		Example: `  spinbroker command show "$CMD"
+  spinbroker command show "$CMD" -o json | jq .output`,
+		Args: args(1, "ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkID(cmd, "ID", args[0]); err != nil {
+				return err
+			}
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			c, err := cl.Command(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(c)
+			}
+			return printCommand(a.stdout, c)
+		},
+	}
+}
+
+func (a *app) commandRetryCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "retry ID",
+		Short: "Run a failed or cancelled command again",
+		Long: `retry puts a failed or cancelled command back in its queue at its old
+place, with its attempts reset, together with the commands its failure
+cancelled. It is refused when the command's package was cancelled, or when
+a command it depends on is still failed or cancelled (retry that one first).`,
+		Example: `  spinbroker command retry "$CMD"`,
+		Args:    args(1, "ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkID(cmd, "ID", args[0]); err != nil {
+				return err
+			}
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			c, err := cl.Retry(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(c)
+			}
+			return printCommandState(a.stdout, c)
+		},
+	}
+}

@@ -1,0 +1,543 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// The message commands are the seed's: the same arguments and the same
+// output, so that scripts written for it keep working.
+
+// Exit codes of 'message status'.
+const (
+	exitFailed     = 1 // the package failed or was cancelled
+	exitNotDoneYet = 3 // the package has not finished
+	// exitInterrupted is the shell's code for a command ended by SIGINT
+	// (128+2); status catches the signal to clear its progress line first.
+	exitInterrupted = 130
+)
+
+func (a *app) messageCommand() *cobra.Command {
+	return a.group("message",
+		"Build a package of commands, enqueue it and follow it",
+		`message builds a package step by step, as the seed's scripts do: 'new'
+creates it in staging, 'add' adds one command at a time, 'enqueue' hands the
+whole package to the queues at once, and 'status' tells how it went.
+'complete' settles a command by hand, without an agent.`,
+		a.messageNewCommand(),
+		a.messageAddCommand(),
+		a.messageEnqueueCommand(),
+		a.messageStatusCommand(),
+		a.messageCompleteCommand(),
+	)
+}
+
+// dial returns a client of the broker at --url; a URL it cannot use is a
+// mistake in the command line.
+func (a *app) dial(c *cobra.Command) (*client.Client, error) {
+	cl, err := a.client()
+	if err != nil {
+		return nil, usagef(c, "--url %q is not a broker URL: give http://host:port or https://host:port", a.url)
+	}
+	return cl, nil
+}
+
+func (a *app) messageNewCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "new",
+		Short: "Create a package in staging and print its id",
+		Long: `new creates an empty package in staging and prints only its id, so that a
+script can keep it in a variable. With -o json it prints the package.`,
+		Example: `  PKG=$(spinbroker message new)`,
+		Args:    args(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			p, err := cl.CreatePackage(cmd.Context(), spinbroker.NewPackage{})
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(p)
+			}
+			_, err = fmt.Fprintln(a.stdout, p.ID)
+			return err
+		},
+	}
+}
+
+func (a *app) messageAddCommand() *cobra.Command {
+	var (
+		deps        []string
+		key         string
+		maxAttempts int
+		lease       time.Duration
+		notBefore   string
+	)
+	cmd := &cobra.Command{
+		Use:               "add PKG RESOURCE ACTION [key=value ...]",
+		ValidArgsFunction: a.completePackage,
+		Short:             "Add a command to a package in staging and print its id",
+		Long: `add adds one command to a package that is still in staging and prints only
+the command's id.
+
+RESOURCE names the queue (and the kind of agent) that runs the command and
+ACTION what it does. Each key=value becomes a parameter. A value that is JSON
+on its own is sent as that value: a number (size=10), true or false, null,
+an object or array (vm='{"cpus":2}'), or a quoted string (name='"10"'); any
+other value is sent as a string (path=/srv/images). A key may appear once.
+
+--dep names a command that must succeed before this one runs: a command id
+(of any package) or the --key of a command added earlier to this package.
+Repeat it for several.`,
+		Example: `  PKG=$(spinbroker message new)
+  VOL=$(spinbroker message add "$PKG" storage add_volume path=vm1 --key vol)
+  spinbroker message add "$PKG" storage create_image volume_path=vm1 \
+      image_name=disk.raw image_size=10 --dep vol
+  spinbroker message add "$PKG" emulation start id=vm1 --dep "$VOL" --max-attempts 1`,
+		Args: argsBetween(3, -1, "PKG RESOURCE ACTION [key=value ...]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkID(cmd, "PKG", args[0]); err != nil {
+				return err
+			}
+			in := spinbroker.NewCommand{Key: key, Resource: args[1], Action: args[2], Dependencies: deps}
+			if !spinbroker.ValidName(in.Resource) {
+				return usagef(cmd, "RESOURCE %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", clip(in.Resource))
+			}
+			if !spinbroker.ValidName(in.Action) {
+				return usagef(cmd, "ACTION %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", clip(in.Action))
+			}
+			if cmd.Flags().Changed("key") {
+				if err := spinbroker.CheckKey(key); err != nil {
+					return usagef(cmd, "--key: %s", spinbroker.ErrorMessage(err))
+				}
+			}
+			for _, d := range deps {
+				if d == "" {
+					return usagef(cmd, "--dep must not be empty")
+				}
+			}
+			params, err := parseKV(args[3:])
+			if err != nil {
+				return usagef(cmd, "%v", err)
+			}
+			in.Parameters = params
+			if cmd.Flags().Changed("max-attempts") {
+				if maxAttempts < 1 || maxAttempts > spinbroker.MaxMaxAttempts {
+					return usagef(cmd, "--max-attempts must be between 1 and %d", spinbroker.MaxMaxAttempts)
+				}
+				in.MaxAttempts = &maxAttempts
+			}
+			if cmd.Flags().Changed("lease-duration") {
+				if err := spinbroker.CheckLease("--lease-duration", lease); err != nil {
+					return usagef(cmd, "%s", spinbroker.ErrorMessage(err))
+				}
+				d := spinbroker.Duration(lease)
+				in.LeaseDuration = &d
+			}
+			if notBefore != "" {
+				t, err := time.Parse(time.RFC3339, notBefore)
+				if err != nil {
+					return usagef(cmd, "--not-before %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", clip(notBefore))
+				}
+				in.NotBefore = &t
+			}
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			c, err := cl.AddCommand(cmd.Context(), args[0], in)
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(c)
+			}
+			_, err = fmt.Fprintln(a.stdout, c.ID)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&deps, "dep", nil, "a command that must succeed first: its id or its --key in this package (repeatable)")
+	f.StringVar(&key, "key", "", "a name for the command, unique in its package, for --dep of later commands")
+	f.IntVar(&maxAttempts, "max-attempts", spinbroker.DefaultMaxAttempts, "times the command may be delivered")
+	f.DurationVar(&lease, "lease-duration", spinbroker.DefaultLease, "how long an agent holds the command between heartbeats")
+	f.StringVar(&notBefore, "not-before", "", "do not deliver the command before this RFC 3339 time")
+	return cmd
+}
+
+func (a *app) messageEnqueueCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:               "enqueue PKG",
+		ValidArgsFunction: a.completePackage,
+		Short:             "Hand a package to the queues, all of its commands at once",
+		Long: `enqueue moves a package out of staging: all of its commands reach their
+queues in one transaction, in the order they were added. Enqueuing a package
+again changes nothing.`,
+		Example: `  spinbroker message enqueue "$PKG"`,
+		Args:    args(1, "PKG"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkID(cmd, "PKG", args[0]); err != nil {
+				return err
+			}
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			p, err := cl.Enqueue(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(p)
+			}
+			_, err = fmt.Fprintf(a.stdout, "package %s: %s, %s\n", p.ID, p.State, progress(p))
+			return err
+		},
+	}
+}
+
+func (a *app) messageStatusCommand() *cobra.Command {
+	var (
+		wait    bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:               "status PKG",
+		ValidArgsFunction: a.completePackage,
+		Short:             "Tell how a package is doing; the exit code says it too",
+		Long: `status prints a package's state and how many of its commands are done, and
+for a failed package the reason and the id of the command that caused it.
+
+Exit codes: 0 the package succeeded; 1 it failed or was cancelled (or the
+broker could not be asked); 3 it has not finished yet; 130 interrupted.
+
+--wait waits until the package has finished, showing its progress on one
+line when the output is a terminal, then exits as above. --timeout bounds the
+wait: when it runs out, status reports the package as it is (exit 3).`,
+		Example: `  spinbroker message status "$PKG"
+  spinbroker message status "$PKG" --wait && echo done
+  spinbroker message status "$PKG" --wait --timeout 10m -o json`,
+		Args: args(1, "PKG"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if err := checkID(cmd, "PKG", id); err != nil {
+				return err
+			}
+			if timeout < 0 {
+				return usagef(cmd, "--timeout must not be negative")
+			}
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			var p *spinbroker.Package
+			if wait {
+				p, err = a.waitPackage(ctx, cl, id, timeout)
+			} else {
+				p, err = cl.Package(ctx, id)
+			}
+			if err != nil && ctx.Err() != nil {
+				// SIGINT or SIGTERM: neither failed (1) nor unfinished (3).
+				return &exitError{code: exitInterrupted, msg: "interrupted"}
+			}
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				if err := a.printJSON(p); err != nil {
+					return err
+				}
+			} else if err := printStatus(a.stdout, p); err != nil {
+				return err
+			}
+			return statusExit(p)
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the package has finished")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "with --wait, stop waiting after this long (0: no limit)")
+	return cmd
+}
+
+// printStatus prints the seed's status: the state and "n/m done" on the
+// first line, then the causer and the reason when there is one.
+func printStatus(w io.Writer, p *spinbroker.Package) error {
+	if _, err := fmt.Fprintf(w, "%s: %s\n", p.State, progress(p)); err != nil {
+		return err
+	}
+	if p.Causer != nil {
+		fmt.Fprintf(w, "causer: %s\n", *p.Causer)
+	}
+	if p.Reason != nil {
+		fmt.Fprintf(w, "reason: %s\n", oneLine(*p.Reason))
+	}
+	return nil
+}
+
+// statusExit is the exit status of 'message status' for p.
+func statusExit(p *spinbroker.Package) error {
+	switch p.State {
+	case spinbroker.PackageSucceeded:
+		return nil
+	case spinbroker.PackageFailed, spinbroker.PackageCancelled:
+		return &exitError{code: exitFailed}
+	default:
+		return &exitError{code: exitNotDoneYet}
+	}
+}
+
+// waitPackage reads package id until it has finished and returns it. When
+// timeout (if not 0) runs out first it returns the package as last read.
+// Progress goes to stdout on one updating line when stdout is a terminal
+// (and the output is a table), and nowhere otherwise, so that what a script
+// reads is the same as without --wait.
+func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, timeout time.Duration) (*spinbroker.Package, error) {
+	connected := make(chan struct{})
+	events, err := a.eventsClient(connected)
+	if err != nil {
+		return nil, err
+	}
+	w := &waiter{
+		cl:        cl,
+		events:    events,
+		connected: connected,
+		id:        strings.ToLower(id), // as the broker writes ids
+		poll:      time.Second,
+		show:      func(*spinbroker.Package) {},
+		note:      func(msg string) { fmt.Fprintln(a.stderr, "spinbroker:", msg) },
+	}
+	if !a.jsonOutput() && isTerminal(a.stdout) {
+		const clearLine = "\r\033[K"
+		w.show = func(p *spinbroker.Package) { fmt.Fprintf(a.stdout, "%s%s: %s", clearLine, p.State, progress(p)) }
+		w.note = func(msg string) {
+			fmt.Fprint(a.stdout, clearLine)
+			fmt.Fprintln(a.stderr, "spinbroker:", msg)
+		}
+		// The final status takes the progress line's place.
+		defer fmt.Fprint(a.stdout, clearLine)
+	}
+	wctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	p, err := w.wait(wctx)
+	if err != nil && p != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return p, nil // --timeout ran out: report the package as it is
+	}
+	return p, err
+}
+
+// isTerminal reports whether w is a terminal, where a line can be redrawn.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// waiter follows one package until it finishes. It reads the package each
+// time the broker's event stream mentions it, and every poll once the
+// stream has ended (or never worked: an older broker, a proxy that buffers).
+type waiter struct {
+	cl        *client.Client
+	events    *client.Client            // for the event stream
+	connected <-chan struct{}           // closed when the stream is open
+	id        string                    // the package
+	poll      time.Duration             // between reads when there are no events
+	show      func(*spinbroker.Package) // every state read
+	note      func(string)              // news for the person waiting
+}
+
+// safetyRead bounds how long a change can go unseen if the broker drops an
+// event for a slow subscriber, or answers the stream before it subscribes.
+const safetyRead = 10 * time.Second
+
+// wait returns the package once it has finished; when ctx ends first it
+// returns the package as last read with ctx's error.
+func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	wake := make(chan struct{}, 1)
+	streamDone := make(chan struct{})
+	go func() {
+		defer close(streamDone)
+		// How the stream ends does not matter: polling takes over.
+		_ = w.events.Events(ctx, func(ev client.Event) error {
+			if mentions(ev, w.id) {
+				select {
+				case wake <- struct{}{}:
+				default: // a read is due already
+				}
+			}
+			return nil
+		})
+	}()
+	// Read the package only once the stream is open, so that no change can
+	// fall between the read and the subscription.
+	select {
+	case <-w.connected:
+	case <-streamDone:
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+
+	var (
+		last    *spinbroker.Package
+		polling bool // the event stream has ended, or the broker is away
+		lost    bool // the broker stopped answering; said once
+	)
+	for {
+		p, err := w.cl.Package(ctx, w.id)
+		switch {
+		case err == nil:
+			if lost {
+				w.note("the broker answers again")
+				lost = false
+			}
+			last = p
+			w.show(p)
+			if p.State.Terminal() {
+				return p, nil
+			}
+		case ctx.Err() != nil:
+			return last, ctx.Err()
+		case last != nil && client.Temporary(err):
+			// The package was seen: a broker restarting or a network
+			// hiccup is worth waiting out.
+			if !lost {
+				w.note(describe(err) + "; still waiting")
+				lost = true
+			}
+			polling = true
+		default:
+			return nil, err
+		}
+		var tick <-chan time.Time // nil, never ready, while the stream works
+		if polling {
+			tick = time.After(w.poll)
+		}
+		select {
+		case <-wake:
+		case <-streamDone:
+			streamDone = nil
+			polling = true
+		case <-tick:
+		case <-time.After(safetyRead):
+		case <-ctx.Done():
+			return last, ctx.Err()
+		}
+	}
+}
+
+// mentions reports whether an event is about package id: a package event
+// carries the package (its "id"), a command event the command's
+// "package_id"; "resync" says that events were lost, any of them.
+func mentions(ev client.Event, id string) bool {
+	if ev.Type == "resync" {
+		return true
+	}
+	var v struct {
+		ID        string `json:"id"`
+		PackageID string `json:"package_id"`
+	}
+	if json.Unmarshal(ev.Data, &v) != nil {
+		return false
+	}
+	return v.ID == id || v.PackageID == id
+}
+
+// eventsClient returns a client for the event stream that closes connected
+// once the broker has answered the subscription.
+func (a *app) eventsClient(connected chan<- struct{}) (*client.Client, error) {
+	t := &signalTransport{base: http.DefaultTransport, connected: connected}
+	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"),
+		client.WithHTTPClient(&http.Client{Transport: t}))
+}
+
+// signalTransport closes connected when a request is first answered 200.
+type signalTransport struct {
+	base      http.RoundTripper
+	once      sync.Once
+	connected chan<- struct{}
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *signalTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(r)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		t.once.Do(func() { close(t.connected) })
+	}
+	return resp, err
+}
+
+func (a *app) messageCompleteCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "complete CMD true|false [reason]",
+		Short: "Settle a command by hand: succeeded (true) or failed (false)",
+		Long: `complete records a command's result without an agent, as a person at the
+terminal: true for success, false for failure, with an optional reason. It
+settles a ready command, or a leased one in place of its agent (whose own
+result is then refused). Completing a finished command again with the same
+result changes nothing; with the other result it is a conflict.`,
+		Example: `  spinbroker message complete "$CMD" true
+  spinbroker message complete "$CMD" false "disk full"`,
+		Args: argsBetween(2, 3, "CMD true|false [reason]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkID(cmd, "CMD", args[0]); err != nil {
+				return err
+			}
+			status, err := strconv.ParseBool(args[1])
+			if err != nil {
+				return usagef(cmd, "want true or false, not %q", clip(args[1]))
+			}
+			res := spinbroker.Result{Status: &status}
+			if len(args) == 3 {
+				res.Reason = &args[2]
+			}
+			cl, err := a.dial(cmd)
+			if err != nil {
+				return err
+			}
+			c, err := cl.Complete(cmd.Context(), args[0], res)
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(c)
+			}
+			return printCommandState(a.stdout, c)
+		},
+	}
+}
+
+// printCommandState prints the one line that says where a command stands
+// after a change.
+func printCommandState(w io.Writer, c *spinbroker.Command) error {
+	var err error
+	if c.Reason != nil && *c.Reason != "" {
+		_, err = fmt.Fprintf(w, "command %s: %s (%s)\n", c.ID, c.State, oneLine(*c.Reason))
+	} else {
+		_, err = fmt.Fprintf(w, "command %s: %s\n", c.ID, c.State)
+	}
+	return err
+}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+// The token commands work on the database file, not through the broker: a
+// token is what lets one talk to the broker in the first place. SQLite's WAL
+// lets them run while a broker serves the same file.
+
+var tokenRoles = []string{spinbroker.RoleAdmin, spinbroker.RoleClient, spinbroker.RoleAgent, spinbroker.RoleViewer}
+
+func (a *app) tokenCommand() *cobra.Command {
+	var db string
+	g := a.group("token",
+		"Create, list and revoke API tokens (on the database file)",
+		`token manages the API tokens a broker with auth on accepts. It works on the
+database file directly (--db, or $SPINBROKER_DB), so it needs no token
+itself, and it may run while the broker serves the same file.
+
+Roles: admin (everything), client (packages and reads), agent (the commands
+of one --resource), viewer (reads and the dashboard). A token is shown once,
+when it is created; the database keeps only its hash.`,
+		a.tokenCreateCommand(&db),
+		a.tokenListCommand(&db),
+		a.tokenRevokeCommand(&db),
+	)
+	g.PersistentFlags().StringVar(&db, "db", envOr("SPINBROKER_DB", "spinbroker.db"), "database file (env SPINBROKER_DB)")
+	return g
+}
+
+// openDB opens the database at path. Unless create is set the file must
+// exist already: listing or revoking in a database made by mistake (a typo
+// in --db) would only hide the mistake.
+func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, error) {
+	_, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && create:
+		fmt.Fprintf(a.stderr, "spinbroker: creating a new database at %s\n", path)
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no database at %s (give --db or set SPINBROKER_DB)", path)
+	case err != nil:
+		return nil, err
+	}
+	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return store.Open(ctx, path, store.Options{Logger: logger})
+}
+
+func (a *app) tokenCreateCommand(db *string) *cobra.Command {
+	var role, resource, name string
+	cmd := &cobra.Command{
+		Use:   "create --role admin|client|agent|viewer [--resource X] [--name N]",
+		Short: "Create a token and show it, once",
+		Long: `create makes a token with a role and prints it once, as the last word of the
+line; it cannot be shown again. An agent token is bound to one --resource.
+A database that does not exist yet is created (and said so on stderr).`,
+		Example: `  spinbroker token create --db /var/lib/spinbroker/spinbroker.db --role admin --name ops
+  spinbroker token create --role agent --resource storage --name host-1
+  TOKEN=$(spinbroker token create --role client | awk '{print $NF}')`,
+		Args: args(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case role == "":
+				return usagef(cmd, "give --role: one of %s", strings.Join(tokenRoles, ", "))
+			case !isRole(role):
+				return usagef(cmd, "--role must be one of %s, not %q", strings.Join(tokenRoles, ", "), clip(role))
+			case role == spinbroker.RoleAgent && resource == "":
+				return usagef(cmd, "an agent token needs --resource: the queue its agent serves")
+			case role != spinbroker.RoleAgent && resource != "":
+				return usagef(cmd, "only an agent token is bound to a --resource")
+			case resource != "" && !spinbroker.ValidName(resource):
+				return usagef(cmd, "--resource %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", clip(resource))
+			}
+			st, err := a.openDB(cmd.Context(), *db, true)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			tok, secret, err := st.CreateToken(cmd.Context(), role, resource, name)
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(struct {
+					spinbroker.Token
+					Secret string `json:"token"`
+				}{*tok, secret})
+			}
+			var b strings.Builder
+			fmt.Fprintf(&b, "Created %s token %s", tok.Role, tok.ID)
+			if tok.Name != "" {
+				fmt.Fprintf(&b, " named %q", tok.Name)
+			}
+			if tok.Resource != "" {
+				fmt.Fprintf(&b, " for resource %s", tok.Resource)
+			}
+			fmt.Fprintf(&b, " (shown once): %s\n", secret)
+			_, err = fmt.Fprint(a.stdout, b.String())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&role, "role", "", "what the token may do: "+strings.Join(tokenRoles, ", "))
+	f.StringVar(&resource, "resource", "", "the resource an agent token serves")
+	f.StringVar(&name, "name", "", "a name to tell the token by (who or what uses it)")
+	_ = cmd.RegisterFlagCompletionFunc("role", cobra.FixedCompletions(tokenRoles, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
+func isRole(s string) bool {
+	for _, r := range tokenRoles {
+		if s == r {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *app) tokenListCommand(db *string) *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List tokens, revoked ones included",
+		Long:    `ls lists every token, oldest first, revoked ones included. Secrets are never shown: the database does not have them.`,
+		Example: `  spinbroker token ls --db /var/lib/spinbroker/spinbroker.db`,
+		Args:    args(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := a.openDB(cmd.Context(), *db, false)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			toks, err := st.Tokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				return a.printJSON(struct {
+					Tokens []spinbroker.Token `json:"tokens"`
+				}{toks})
+			}
+			tw := newTable(a.stdout)
+			row(tw, "ID", "NAME", "ROLE", "RESOURCE", "CREATED", "REVOKED")
+			for _, t := range toks {
+				row(tw, t.ID, fmtStr(&t.Name), t.Role, fmtStr(&t.Resource), fmtTime(t.CreatedAt), fmtTimePtr(t.RevokedAt))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func (a *app) tokenRevokeCommand(db *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke ID-OR-PREFIX",
+		Short: "Revoke a token: requests carrying it are refused from then on",
+		Long: `revoke revokes a token, named by its id as 'token ls' shows it, or by enough
+of its first characters to tell it from the others (at least 8; ids begin
+with their creation time, so tokens made in the same minute need more). A
+running broker refuses the token within seconds (it trusts a checked token
+for a few). Revoking a revoked token changes nothing.`,
+		Example: `  spinbroker token revoke 0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f
+  spinbroker token revoke 0190c3e4-7a6b-7c1d`,
+		Args: args(1, "ID-OR-PREFIX"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args[0]) < 8 {
+				return usagef(cmd, "give the token's id or at least its first 8 characters")
+			}
+			st, err := a.openDB(cmd.Context(), *db, false)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			tok, err := st.RevokeToken(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				toks, err := st.Tokens(cmd.Context())
+				if err != nil {
+					return err
+				}
+				for _, t := range toks {
+					if t.ID == tok.ID {
+						return a.printJSON(t)
+					}
+				}
+				return a.printJSON(tok)
+			}
+			_, err = fmt.Fprintf(a.stdout, "Revoked token %s\n", tok.ID)
+			return err
+		},
+	}
+}
