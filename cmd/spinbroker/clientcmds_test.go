@@ -1,0 +1,404 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// The end-to-end tests run the real spinbroker binary, built once by
+// TestMain, as a separate process against a real broker: the HTTP API on a
+// SQLite file in a temporary directory, served by httptest.
+
+// binary is the spinbroker binary under test.
+var binary string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "spinbroker-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "spinbroker")
+	build := []string{"build", "-o", binary}
+	if raceEnabled() {
+		build = append(build, "-race") // the binary's goroutines are checked too
+	}
+	out, err := exec.Command("go", append(build, ".")...).CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// raceEnabled reports whether the tests were built with -race.
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+// broker is a real broker for one test.
+type broker struct {
+	t     *testing.T
+	url   string
+	db    *store.DB
+	clock *storetest.Clock
+	cl    *client.Client // for what the test does behind the CLI's back
+}
+
+func newBroker(t *testing.T) *broker {
+	t.Helper()
+	db, clock := storetest.MustOpen(t, store.Options{})
+	b := serveBroker(t, db, clock.Now, httpapi.Options{}, nil)
+	b.clock = clock
+	return b
+}
+
+// serveBroker serves db over HTTP until the test ends. wrap, if not nil,
+// wraps the API's handler (to take a route away, say).
+func serveBroker(t *testing.T, db *store.DB, now func() time.Time, opts httpapi.Options, wrap func(http.Handler) http.Handler) *broker {
+	t.Helper()
+	opts.Now = now
+	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
+	h := api.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		api.Shutdown()
+		srv.Close()
+	})
+	cl, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &broker{t: t, url: srv.URL, db: db, cl: cl}
+}
+
+// result is what one run of the binary did.
+type result struct {
+	stdout string
+	stderr string
+	code   int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// spin runs the binary with args against this broker.
+func (b *broker) spin(args ...string) result {
+	b.t.Helper()
+	return spin(b.t, append(args, "--url", b.url)...)
+}
+
+// spin runs the binary with args, with none of the caller's SPINBROKER_
+// variables, and waits for it (30s at most).
+func spin(t *testing.T, args ...string) result {
+	t.Helper()
+	return spinEnv(t, nil, args...)
+}
+
+// spinEnv is spin with environment variables (NAME=value) added.
+func spinEnv(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := command(ctx, env, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("spinbroker %s: %v", strings.Join(args, " "), err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("spinbroker %s: did not finish in time", strings.Join(args, " "))
+	}
+	return r
+}
+
+// command returns the binary with args, ready to start, with none of the
+// caller's SPINBROKER_ variables but those in env.
+func command(ctx context.Context, env []string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, binary, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SPINBROKER_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	// A binary built with -race sleeps a second before it exits, unless
+	// told not to; a race it finds still makes it exit 66.
+	cmd.Env = append(cmd.Env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	// Never a database in the working directory (the source tree); a
+	// later entry of env overrides this one.
+	cmd.Env = append(cmd.Env, "SPINBROKER_DB="+filepath.Join(os.TempDir(), "spinbroker-test-no-such-dir", "x.db"))
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// ok runs the binary and fails the test unless it exits 0.
+func (b *broker) ok(args ...string) string {
+	b.t.Helper()
+	r := b.spin(args...)
+	if r.code != 0 {
+		b.t.Fatalf("spinbroker %s: %s", strings.Join(args, " "), r)
+	}
+	return r.stdout
+}
+
+// id runs a command that prints only an id, and returns it.
+func (b *broker) id(args ...string) string {
+	b.t.Helper()
+	out := b.ok(args...)
+	id, ok := spinbroker.ParseID(strings.TrimSuffix(out, "\n"))
+	if !ok || out != id+"\n" {
+		b.t.Fatalf("spinbroker %s printed %q, want only an id", strings.Join(args, " "), out)
+	}
+	return id
+}
+
+// decodeJSON decodes a command's -o json output, failing the test unless it
+// is exactly one JSON document.
+func decodeJSON(t *testing.T, out string, v any) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("decode %q: %v", out, err)
+	}
+	if dec.More() {
+		t.Fatalf("more than one JSON document in %q", out)
+	}
+}
+
+func wantContains(t *testing.T, what, got string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(got, w) {
+			t.Errorf("%s does not contain %q:\n%s", what, w, got)
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	pkg := b.id("message", "new")
+	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	tests := []struct {
+		name string
+		args []string
+		want string // in stderr, before the pointer to --help
+		help string // the command whose --help is suggested
+	}{
+		{"GroupAlone", []string{"message"}, "want a command", "spinbroker message"},
+		{"UnknownSubcommand", []string{"package", "frobnicate"}, `unknown command "frobnicate"`, "spinbroker package"},
+		{"UnknownFlag", []string{"message", "new", "--frob"}, "unknown flag: --frob", "spinbroker message new"},
+		{"BadOutput", []string{"queue", "ls", "-o", "yaml"}, "--output must be table or json", "spinbroker queue ls"},
+		{"NewWithArgument", []string{"message", "new", "x"}, "want no arguments", "spinbroker message new"},
+		{"AddTooFewArguments", []string{"message", "add", pkg, "storage"}, "want PKG RESOURCE ACTION", "spinbroker message add"},
+		{"AddBadPackageID", []string{"message", "add", "nope", "storage", "x"}, "PKG must be an id", "spinbroker message add"},
+		{"AddBadResource", []string{"message", "add", pkg, "Storage", "x"}, `RESOURCE "Storage" is not a valid name`, "spinbroker message add"},
+		{"AddBadAction", []string{"message", "add", pkg, "storage", "Start"}, `ACTION "Start" is not a valid name`, "spinbroker message add"},
+		{"AddNotKeyValue", []string{"message", "add", pkg, "storage", "x", "size"}, `"size" is not of the form key=value`, "spinbroker message add"},
+		{"AddRepeatedKey", []string{"message", "add", pkg, "storage", "x", "a=1", "a=2"}, `"a" is given more than once`, "spinbroker message add"},
+		{"AddKeyShapedLikeID", []string{"message", "add", pkg, "storage", "x", "--key", someID}, "shape of a UUID", "spinbroker message add"},
+		{"AddBadMaxAttempts", []string{"message", "add", pkg, "storage", "x", "--max-attempts", "0"}, "--max-attempts must be between", "spinbroker message add"},
+		{"AddBadLease", []string{"message", "add", pkg, "storage", "x", "--lease-duration", "soon"}, "invalid argument", "spinbroker message add"},
+		{"AddBadNotBefore", []string{"message", "add", pkg, "storage", "x", "--not-before", "tomorrow"}, "not an RFC 3339 time", "spinbroker message add"},
+		{"CompleteNotBool", []string{"message", "complete", someID, "maybe"}, "want true or false", "spinbroker message complete"},
+		{"CompleteTooMany", []string{"message", "complete", someID, "false", "a", "b"}, "want CMD true|false [reason]", "spinbroker message complete"},
+		{"StatusNoPackage", []string{"message", "status"}, "want PKG", "spinbroker message status"},
+		{"StatusNegativeTimeout", []string{"message", "status", someID, "--wait", "--timeout", "-1s"}, "--timeout must not be negative", "spinbroker message status"},
+		{"ListBadState", []string{"package", "ls", "--state", "done"}, "--state must be one of staging, queued", "spinbroker package ls"},
+		{"ListBadLimit", []string{"package", "ls", "--limit", "0"}, "--limit must be between 1 and 1000", "spinbroker package ls"},
+		{"ListAllWithCursor", []string{"package", "ls", "--all", "--cursor", "x"}, "does not take --cursor", "spinbroker package ls"},
+		{"ShowBadID", []string{"command", "show", "12"}, "ID must be an id", "spinbroker command show"},
+		{"QueueBadResource", []string{"queue", "show", "A B"}, "not a valid name", "spinbroker queue show"},
+		{"QueueSetNothing", []string{"queue", "set", "storage"}, "nothing to set", "spinbroker queue set"},
+		{"QueueSetBadConcurrency", []string{"queue", "set", "storage", "--concurrency", "0"}, "--concurrency must be between", "spinbroker queue set"},
+		{"QueueSetBadPaused", []string{"queue", "set", "storage", "--paused=maybe"}, "invalid argument", "spinbroker queue set"},
+		{"BadURL", []string{"queue", "ls", "--url", "localhost:8080"}, "is not a broker URL", "spinbroker queue ls"},
+		{"TokenNoRole", []string{"token", "create"}, "give --role", "spinbroker token create"},
+		{"TokenBadRole", []string{"token", "create", "--role", "root"}, "--role must be one of admin, client, agent, viewer", "spinbroker token create"},
+		{"TokenAgentWithoutResource", []string{"token", "create", "--role", "agent"}, "needs --resource", "spinbroker token create"},
+		{"TokenResourceWithoutAgent", []string{"token", "create", "--role", "admin", "--resource", "storage"}, "only an agent token", "spinbroker token create"},
+		{"TokenRevokeShortPrefix", []string{"token", "revoke", "0190"}, "at least its first 8 characters", "spinbroker token revoke"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			args := tt.args
+			if !slices.Contains(args, "--url") {
+				args = append(args, "--url", b.url)
+			}
+			r := spin(t, args...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", r.code, r)
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout = %q, want nothing", r.stdout)
+			}
+			wantContains(t, "stderr", r.stderr, tt.want, fmt.Sprintf("Run '%s --help' for usage.", tt.help))
+		})
+	}
+}
+
+func TestUnreachableBroker(t *testing.T) {
+	t.Parallel()
+	// A port that was just free: nothing listens there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + l.Addr().String()
+	l.Close()
+	for _, args := range [][]string{
+		{"message", "new"},
+		{"message", "status", "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f", "--wait"},
+		{"queue", "ls", "-o", "json"},
+	} {
+		r := spin(t, append(args, "--url", url)...)
+		if r.code != 1 {
+			t.Fatalf("%v: exit %d, want 1\n%s", args, r.code, r)
+		}
+		wantContains(t, "stderr", r.stderr, "cannot reach the broker", url)
+		if r.stdout != "" {
+			t.Errorf("%v: stdout = %q, want nothing", args, r.stdout)
+		}
+	}
+}
+
+func TestBrokerErrors(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	r := b.spin("package", "show", someID)
+	if r.code != 1 || !strings.Contains(r.stderr, "(not_found)") {
+		t.Errorf("show of a missing package: %s", r)
+	}
+	pkg := b.id("message", "new")
+	r = b.spin("message", "enqueue", pkg)
+	if r.code != 1 || !strings.Contains(r.stderr, "(empty_package)") {
+		t.Errorf("enqueue of an empty package: %s", r)
+	}
+	r = b.spin("message", "add", pkg, "storage", "x", "--dep", "nokey")
+	if r.code != 1 || !strings.Contains(r.stderr, "(unknown_dependency)") {
+		t.Errorf("add with an unknown dependency: %s", r)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	r := spin(t, "completion", "bash")
+	if r.code != 0 || !strings.Contains(r.stdout, "__start_spinbroker") {
+		t.Fatalf("completion bash: %s", r)
+	}
+	for _, sh := range []string{"zsh", "fish", "powershell"} {
+		if r := spin(t, "completion", sh); r.code != 0 || r.stdout == "" {
+			t.Errorf("completion %s: %s", sh, r)
+		}
+	}
+	// What the script asks the binary for when a user presses tab.
+	r = spin(t, "__complete", "package", "ls", "--state", "")
+	wantContains(t, "completions of --state", r.stdout, "staging\n", "failed\n", ":4\n")
+	r = spin(t, "__complete", "token", "create", "--role", "")
+	wantContains(t, "completions of --role", r.stdout, "admin\n", "agent\n")
+	r = spin(t, "__complete", "queue", "")
+	wantContains(t, "completions of queue", r.stdout, "ls\t", "pause\t", "resume\t", "set\t", "show\t")
+
+	// Ids and resources come from the broker.
+	b := newBroker(t)
+	pkg := b.id("message", "new")
+	b.id("message", "add", pkg, "storage", "add_volume")
+	r = spin(t, "__complete", "package", "show", "--url", b.url, "")
+	wantContains(t, "completions of package show", r.stdout, pkg+"\tstaging\n", ":4\n")
+	r = spin(t, "__complete", "message", "status", "--url", b.url, pkg[:4])
+	wantContains(t, "completions of message status", r.stdout, pkg+"\tstaging\n")
+	b.ok("message", "enqueue", pkg)
+	r = spin(t, "__complete", "queue", "pause", "--url", b.url, "st")
+	wantContains(t, "completions of queue pause", r.stdout, "storage\n")
+	// No broker: nothing to offer, and no file names either.
+	r = spin(t, "__complete", "package", "show", "--url", "http://127.0.0.1:1", "")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != ":4" {
+		t.Errorf("completion without a broker: %s", r)
+	}
+}
+
+// TestHelp checks that every client command explains itself with an
+// example, without running anything.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	a := &app{stdout: io.Discard, stderr: io.Discard}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		if c.Short == "" || c.Long == "" {
+			t.Errorf("%s: no Short or Long help", c.CommandPath())
+		}
+		if !c.HasSubCommands() && c.Example == "" {
+			t.Errorf("%s: no Example", c.CommandPath())
+		}
+		if !c.HasSubCommands() && c.Args == nil {
+			t.Errorf("%s: its arguments are not checked", c.CommandPath())
+		}
+	}
+	for _, c := range a.clientCommands() {
+		walk(c)
+	}
+	r := spin(t, "message", "add", "--help")
+	if r.code != 0 {
+		t.Fatalf("message add --help: %s", r)
+	}
+	wantContains(t, "message add --help", r.stdout, "Usage:\n  spinbroker message add PKG RESOURCE ACTION", "Examples:", "--dep")
+	r = spin(t, "message", "--help")
+	if r.code != 0 || strings.Contains(r.stdout, "spinbroker message [flags]") {
+		t.Errorf("message --help shows a usage line of its own: %s", r)
+	}
+}

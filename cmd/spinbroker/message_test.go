@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// TestSeed runs the seed's script: build a package step by step, enqueue
+// it, follow it with status, settle its commands by hand.
+func TestSeed(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	ctx := context.Background()
+
+	pkg := b.id("message", "new")
+	vol := b.id("message", "add", pkg, "storage", "add_volume", "path=vm1", "--key", "vol")
+	img := b.id("message", "add", pkg, "storage", "create_image",
+		"volume_path=vm1", "image_name=disk.raw", "image_size=10", "sparse=true", "label=null",
+		`tags=["a", "b"]`, `owner="42"`, "--dep", "vol")
+	vm := b.id("message", "add", pkg, "emulation", "start", "id=vm1", `vm={"name":"vm1","cpus":2,"memory":2048}`,
+		"--dep", img, "--dep", vol, "--max-attempts", "1")
+
+	// What the broker got: typed values, dependencies as ids.
+	c, err := b.cl.Command(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var params map[string]any
+	if err := json.Unmarshal(c.Parameters, &params); err != nil {
+		t.Fatal(err)
+	}
+	wantParams := map[string]any{
+		"volume_path": "vm1", "image_name": "disk.raw", "image_size": 10.0, "sparse": true, "label": nil,
+		"tags": []any{"a", "b"}, "owner": "42",
+	}
+	if !reflect.DeepEqual(params, wantParams) {
+		t.Errorf("parameters = %s, want %v", c.Parameters, wantParams)
+	}
+	if !reflect.DeepEqual(c.Dependencies, []string{vol}) {
+		t.Errorf("dependencies = %v, want [%s]", c.Dependencies, vol)
+	}
+	if c, err := b.cl.Command(ctx, vm); err != nil {
+		t.Fatal(err)
+	} else if !reflect.DeepEqual(c.Dependencies, []string{img, vol}) || c.MaxAttempts != 1 {
+		t.Errorf("vm command: dependencies %v, max_attempts %d", c.Dependencies, c.MaxAttempts)
+	}
+
+	status := func(wantCode int, wantOut string) {
+		t.Helper()
+		r := b.spin("message", "status", pkg)
+		if r.code != wantCode || r.stdout != wantOut || r.stderr != "" {
+			t.Fatalf("status: %s\nwant exit %d, stdout %q", r, wantCode, wantOut)
+		}
+	}
+	status(3, "staging: 0/3 done\n")
+	if out := b.ok("message", "enqueue", pkg); out != "package "+pkg+": queued, 0/3 done\n" {
+		t.Errorf("enqueue printed %q", out)
+	}
+	status(3, "queued: 0/3 done\n")
+
+	// A blocked command cannot be settled yet.
+	r := b.spin("message", "complete", img, "true")
+	if r.code != 1 || !strings.Contains(r.stderr, "(conflict)") {
+		t.Errorf("complete of a blocked command: %s", r)
+	}
+	if out := b.ok("message", "complete", vol, "true"); out != "command "+vol+": succeeded\n" {
+		t.Errorf("complete printed %q", out)
+	}
+	status(3, "running: 1/3 done\n")
+	b.ok("message", "complete", img, "true", "made by hand")
+	b.ok("message", "complete", vm, "1")
+	status(0, "succeeded: 3/3 done\n")
+
+	// The same result again changes nothing; the other one is a conflict.
+	b.ok("message", "complete", vm, "true")
+	if r := b.spin("message", "complete", vm, "false"); r.code != 1 || !strings.Contains(r.stderr, "(conflict)") {
+		t.Errorf("a second, different result: %s", r)
+	}
+
+	r = b.spin("message", "status", pkg, "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("status -o json: %s", r)
+	}
+	var p spinbroker.Package
+	decodeJSON(t, r.stdout, &p)
+	if p.ID != pkg || p.State != spinbroker.PackageSucceeded || len(p.Commands) != 3 || p.Counts.Succeeded != 3 {
+		t.Errorf("status -o json = %+v", p)
+	}
+	if !strings.HasPrefix(r.stdout, "{\n  \"id\": ") {
+		t.Errorf("status -o json is not indented:\n%s", r.stdout)
+	}
+}
+
+// TestSeedFailure: a command fails; status names it and its reason, exit 1,
+// and the command that depended on it is cancelled.
+func TestSeedFailure(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	pkg := b.id("message", "new")
+	vol := b.id("message", "add", pkg, "storage", "add_volume", "path=vm1", "--key", "vol")
+	img := b.id("message", "add", pkg, "storage", "create_image", "volume_path=vm1", "--dep", "vol")
+	b.ok("message", "enqueue", pkg)
+	if out := b.ok("message", "complete", vol, "false", "disk full"); out != "command "+vol+": failed (disk full)\n" {
+		t.Errorf("complete printed %q", out)
+	}
+	r := b.spin("message", "status", pkg)
+	want := "failed: 2/2 done\ncauser: " + vol + "\nreason: disk full\n"
+	if r.code != 1 || r.stdout != want {
+		t.Fatalf("status: %s\nwant exit 1 and %q", r, want)
+	}
+	c, err := b.cl.Command(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State != spinbroker.Cancelled {
+		t.Errorf("dependent command is %s, want cancelled", c.State)
+	}
+}
+
+// waitRun is a 'message status --wait' running in the background.
+type waitRun struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr bytes.Buffer
+	done   chan struct{}
+	err    error
+}
+
+func (b *broker) startWait(args ...string) *waitRun {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	b.t.Cleanup(cancel)
+	w := &waitRun{t: b.t, done: make(chan struct{})}
+	w.cmd = command(ctx, nil, append(append([]string{"message", "status", "--wait"}, args...), "--url", b.url)...)
+	w.cmd.Stdout, w.cmd.Stderr = &w.stdout, &w.stderr
+	if err := w.cmd.Start(); err != nil {
+		b.t.Fatal(err)
+	}
+	go func() {
+		w.err = w.cmd.Wait()
+		close(w.done)
+	}()
+	return w
+}
+
+// stillWaiting fails the test if the wait has ended within d.
+func (w *waitRun) stillWaiting(d time.Duration) {
+	w.t.Helper()
+	select {
+	case <-w.done:
+		w.t.Fatalf("status --wait returned before the package finished: %v\n%s%s", w.err, w.stdout.String(), w.stderr.String())
+	case <-time.After(d):
+	}
+}
+
+// result waits at most within for the wait to end.
+func (w *waitRun) result(within time.Duration) result {
+	w.t.Helper()
+	select {
+	case <-w.done:
+	case <-time.After(within):
+		w.cmd.Process.Kill()
+		<-w.done
+		w.t.Fatalf("status --wait did not return within %s after the package finished\n%s", within, w.stderr.String())
+	}
+	r := result{stdout: w.stdout.String(), stderr: w.stderr.String()}
+	var ee *exec.ExitError
+	if errors.As(w.err, &ee) {
+		r.code = ee.ExitCode()
+	} else if w.err != nil {
+		w.t.Fatal(w.err)
+	}
+	return r
+}
+
+func TestStatusWait(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	setup := func(t *testing.T, b *broker) (pkg, cmd string) {
+		pkg = b.id("message", "new")
+		cmd = b.id("message", "add", pkg, "storage", "add_volume", "path=vm1")
+		b.id("message", "add", pkg, "storage", "add_volume", "path=vm2")
+		b.ok("message", "enqueue", pkg)
+		return pkg, cmd
+	}
+	yes, no := true, false
+	reason := "no space left"
+
+	t.Run("Succeeds", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, first := setup(t, b)
+		w := b.startWait(pkg)
+		w.stillWaiting(time.Second)
+		if _, err := b.cl.Complete(ctx, first, spinbroker.Result{Status: &yes}); err != nil {
+			t.Fatal(err)
+		}
+		w.stillWaiting(500 * time.Millisecond) // one of two is not the end
+		p, err := b.cl.Package(ctx, pkg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := b.cl.Complete(ctx, p.Commands[1].ID, spinbroker.Result{Status: &yes}); err != nil {
+			t.Fatal(err)
+		}
+		r := w.result(15 * time.Second)
+		t.Logf("returned %s after the last completion", time.Since(start).Round(time.Millisecond))
+		if r.code != 0 || r.stdout != "succeeded: 2/2 done\n" {
+			t.Errorf("status --wait: %s", r)
+		}
+	})
+	t.Run("Fails", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, first := setup(t, b)
+		w := b.startWait(pkg, "-o", "json")
+		w.stillWaiting(time.Second)
+		if _, err := b.cl.Complete(ctx, first, spinbroker.Result{Status: &no, Reason: &reason}); err != nil {
+			t.Fatal(err)
+		}
+		// The other command is independent: it still has to finish.
+		w.stillWaiting(500 * time.Millisecond)
+		p, _ := b.cl.Package(ctx, pkg)
+		if _, err := b.cl.Complete(ctx, p.Commands[1].ID, spinbroker.Result{Status: &yes}); err != nil {
+			t.Fatal(err)
+		}
+		r := w.result(15 * time.Second)
+		if r.code != 1 {
+			t.Fatalf("status --wait: %s", r)
+		}
+		decodeJSON(t, r.stdout, &p)
+		if p.State != spinbroker.PackageFailed || p.Causer == nil || *p.Causer != first || *p.Reason != reason {
+			t.Errorf("status --wait -o json = %+v", p)
+		}
+	})
+	t.Run("Cancelled", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, _ := setup(t, b)
+		w := b.startWait(pkg)
+		w.stillWaiting(time.Second)
+		b.ok("package", "cancel", pkg)
+		r := w.result(15 * time.Second)
+		if r.code != 1 || !strings.HasPrefix(r.stdout, "cancelled: 2/2 done\n") {
+			t.Errorf("status --wait: %s", r)
+		}
+	})
+	t.Run("Interrupted", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, _ := setup(t, b)
+		w := b.startWait(pkg)
+		w.stillWaiting(time.Second)
+		if err := w.cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		r := w.result(15 * time.Second)
+		if r.code != 130 || r.stdout != "" || r.stderr != "spinbroker: interrupted\n" {
+			t.Errorf("status --wait, interrupted: %s", r)
+		}
+	})
+	t.Run("Timeout", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, _ := setup(t, b)
+		start := time.Now()
+		r := b.spin("message", "status", pkg, "--wait", "--timeout", "1500ms")
+		if r.code != 3 || r.stdout != "queued: 0/2 done\n" {
+			t.Errorf("status --wait --timeout: %s", r)
+		}
+		if d := time.Since(start); d < 1500*time.Millisecond {
+			t.Errorf("returned after %s, before its timeout", d)
+		}
+	})
+	t.Run("AlreadyFinished", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, _ := setup(t, b)
+		b.ok("package", "cancel", pkg)
+		if r := b.spin("message", "status", pkg, "--wait"); r.code != 1 || !strings.HasPrefix(r.stdout, "cancelled: ") {
+			t.Errorf("status --wait: %s", r)
+		}
+	})
+	t.Run("UnknownPackage", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		r := b.spin("message", "status", "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f", "--wait")
+		if r.code != 1 || !strings.Contains(r.stderr, "(not_found)") {
+			t.Errorf("status --wait: %s", r)
+		}
+	})
+	t.Run("PollsWithoutEvents", func(t *testing.T) {
+		t.Parallel()
+		// A broker (or a proxy in front of it) without the event stream:
+		// --wait falls back to reading the package every second.
+		db, clock := storetest.MustOpen(t, store.Options{})
+		b := serveBroker(t, db, clock.Now, httpapi.Options{}, func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/events" {
+					http.Error(w, "no events here", http.StatusBadGateway)
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
+		})
+		pkg, _ := setup(t, b)
+		w := b.startWait(pkg)
+		w.stillWaiting(1500 * time.Millisecond)
+		if _, err := b.cl.CancelPackage(ctx, pkg); err != nil {
+			t.Fatal(err)
+		}
+		r := w.result(15 * time.Second)
+		if r.code != 1 || !strings.HasPrefix(r.stdout, "cancelled: 2/2 done\n") || r.stderr != "" {
+			t.Errorf("status --wait: %s", r)
+		}
+	})
+}
+
+// TestStatusWaitTerminal runs --wait on a terminal (script(1) gives it one)
+// and checks the live progress line.
+func TestStatusWaitTerminal(t *testing.T) {
+	t.Parallel()
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Skip("no script(1) to run the binary on a terminal")
+	}
+	b := newBroker(t)
+	pkg := b.id("message", "new")
+	first := b.id("message", "add", pkg, "storage", "add_volume", "path=vm1")
+	second := b.id("message", "add", pkg, "storage", "add_volume", "path=vm2")
+	b.ok("message", "enqueue", pkg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// -q: no banner; -e: the child's exit code; -f: flush as it comes.
+	cmd := exec.CommandContext(ctx, script, "-qef", "-c", binary+" message status --wait "+pkg+" --url "+b.url, "/dev/null")
+	cmd.Env = command(ctx, nil).Env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	go func() {
+		time.Sleep(time.Second)
+		b.cl.Complete(ctx, first, spinbroker.Result{Status: &yes})
+		time.Sleep(500 * time.Millisecond)
+		b.cl.Complete(ctx, second, spinbroker.Result{Status: &yes})
+	}()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("status --wait on a terminal: %v\n%q", err, out.String())
+	}
+	got := out.String()
+	wantContains(t, "the terminal", got, "\r\x1b[Kqueued: 0/2 done", "\r\x1b[Krunning: 1/2 done", "\r\x1b[Ksucceeded: 2/2 done\r\n")
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+func TestTokenCommands(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "broker.db")
+
+	if r := spin(t, "token", "ls", "--db", path); r.code != 1 || !strings.Contains(r.stderr, "no database at "+path) {
+		t.Fatalf("token ls of a missing database: %s", r)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("token ls created the database")
+	}
+
+	// create: the token is the last word, shown once.
+	create := func(pattern string, args ...string) (id, secret string) {
+		t.Helper()
+		r := spin(t, append([]string{"token", "create", "--db", path}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("token create %v: %s", args, r)
+		}
+		m := regexp.MustCompile(`^` + pattern + `\n$`).FindStringSubmatch(r.stdout)
+		if m == nil {
+			t.Fatalf("token create %v printed %q, want %s", args, r.stdout, pattern)
+		}
+		words := strings.Fields(r.stdout)
+		if secret = words[len(words)-1]; !strings.HasPrefix(secret, "sbt_") {
+			t.Fatalf("last word %q is not a token", secret)
+		}
+		return m[1], secret
+	}
+	const uuid = `([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})`
+	admin, adminSecret := create(`Created admin token `+uuid+` named "ops team" \(shown once\): sbt_\S+`, "--role", "admin", "--name", "ops team")
+	agent, agentSecret := create(`Created agent token `+uuid+` for resource storage \(shown once\): sbt_\S+`, "--role", "agent", "--resource", "storage")
+
+	r := spinEnv(t, []string{"SPINBROKER_DB=" + path}, "token", "create", "--role", "viewer", "-o", "json")
+	if r.code != 0 || strings.Contains(r.stderr, "creating") {
+		t.Fatalf("token create -o json with $SPINBROKER_DB: %s", r)
+	}
+	var created struct {
+		spinbroker.Token
+		Secret string `json:"token"`
+	}
+	decodeJSON(t, r.stdout, &created)
+	if created.Role != "viewer" || !strings.HasPrefix(created.Secret, "sbt_") || created.ID == "" {
+		t.Errorf("token create -o json = %+v", created)
+	}
+	viewer := created.ID
+
+	// A broker with auth on, serving the same file while the CLI writes it.
+	db, err := store.Open(context.Background(), path, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
+	if r := b.spin("queue", "ls", "--token", adminSecret); r.code != 0 {
+		t.Errorf("queue ls with the admin token: %s", r)
+	}
+	if r := spinEnv(t, []string{"SPINBROKER_URL=" + b.url, "SPINBROKER_TOKEN=" + adminSecret}, "message", "new"); r.code != 0 {
+		t.Errorf("message new with the admin token from the environment: %s", r)
+	}
+	if r := b.spin("queue", "ls"); r.code != 1 || !strings.Contains(r.stderr, "(unauthorized)") {
+		t.Errorf("queue ls without a token: %s", r)
+	}
+	if r := b.spin("message", "new", "--token", agentSecret); r.code != 1 || !strings.Contains(r.stderr, "(forbidden)") {
+		t.Errorf("message new with an agent token: %s", r)
+	}
+
+	// ls: oldest first, revoked ones included.
+	rows := lines(spin(t, "token", "ls", "--db", path).stdout)
+	if strings.Join(rows[0], " ") != "ID NAME ROLE RESOURCE CREATED REVOKED" || len(rows) != 4 {
+		t.Fatalf("token ls: %v", rows)
+	}
+	if rows[1][0] != admin || strings.Join(rows[1][1:4], " ") != "ops team admin" || rows[2][0] != agent ||
+		strings.Join(rows[2][1:4], " ") != "- agent storage" || rows[3][0] != viewer || rows[1][len(rows[1])-1] != "-" {
+		t.Errorf("token ls: %v", rows)
+	}
+
+	// Ids are UUIDv7, time first: tokens made in the same minute share their
+	// first 8 characters, which is then not enough.
+	if r := spin(t, "token", "revoke", "--db", path, admin[:8]); r.code != 1 || !strings.Contains(r.stderr, "more than one token") {
+		t.Errorf("token revoke of an ambiguous prefix: %s", r)
+	}
+	// revoke by a prefix; the broker refuses the token from then on.
+	if r := spin(t, "token", "revoke", "--db", path, admin[:28]); r.code != 0 || r.stdout != "Revoked token "+admin+"\n" {
+		t.Fatalf("token revoke: %s", r)
+	}
+	time.Sleep(10 * time.Millisecond) // the broker's token cache
+	if r := b.spin("queue", "ls", "--token", adminSecret); r.code != 1 || !strings.Contains(r.stderr, "(unauthorized)") {
+		t.Errorf("queue ls with a revoked token: %s", r)
+	}
+	var toks struct {
+		Tokens []spinbroker.Token `json:"tokens"`
+	}
+	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
+	if len(toks.Tokens) != 3 || toks.Tokens[0].ID != admin || toks.Tokens[0].RevokedAt == nil || toks.Tokens[1].RevokedAt != nil {
+		t.Errorf("token ls -o json = %+v", toks)
+	}
+	var revoked spinbroker.Token
+	decodeJSON(t, spin(t, "token", "revoke", "--db", path, admin, "-o", "json").stdout, &revoked)
+	if revoked.ID != admin || revoked.RevokedAt == nil || !revoked.RevokedAt.Equal(*toks.Tokens[0].RevokedAt) {
+		t.Errorf("token revoke -o json of a revoked token = %+v", revoked)
+	}
+	if r := spin(t, "token", "revoke", "--db", path, "ffffffff"); r.code != 1 || !strings.Contains(r.stderr, "(not_found)") {
+		t.Errorf("token revoke of no token: %s", r)
+	}
+}
+
+func TestTokenCreateNewDatabase(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "new.db")
+	r := spin(t, "token", "create", "--db", path, "--role", "client")
+	if r.code != 0 || r.stderr != "spinbroker: creating a new database at "+path+"\n" || !strings.HasPrefix(r.stdout, "Created client token ") {
+		t.Fatalf("token create on a new database: %s", r)
+	}
+	if r := spin(t, "token", "ls", "--db", path); r.code != 0 || len(lines(r.stdout)) != 2 {
+		t.Errorf("token ls: %s", r)
+	}
+}
