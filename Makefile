@@ -9,7 +9,10 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./internal/httpapi:FuzzRequest \
 	./internal/httpapi:FuzzDecode \
-	./cmd/spinbroker:FuzzParseKV
+	./cmd/spinbroker:FuzzParseKV \
+	./agent:FuzzDecode \
+	./internal/hostpath:FuzzConfinement \
+	./internal/emulation:FuzzRenderUnit
 
 .DEFAULT_GOAL := help
 

@@ -7,13 +7,5 @@ cd "$(dirname "$0")"
 
 sh ./install-chromium.sh
 
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then
-	SUDO=""
-	if [ "$(id -u)" -ne 0 ]; then
-		SUDO="sudo"
-	fi
-	export DEBIAN_FRONTEND=noninteractive
-	$SUDO apt-get update -qq >/dev/null
-	$SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils >/dev/null
-fi
+bash ../internal/emulation/testdata/install-qemu.sh
 command -v qemu-system-x86_64 >/dev/null

@@ -119,7 +119,7 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	pf.StringVar(&a.url, "url", envOr("SPINBROKER_URL", "http://localhost:8080"), "broker URL (env SPINBROKER_URL)")
 	pf.StringVar(&a.token, "token", os.Getenv("SPINBROKER_TOKEN"), "API token when auth is on (env SPINBROKER_TOKEN)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.benchCommand())
+	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.benchCommand())
 	root.AddCommand(a.clientCommands()...)
 	return root
 }

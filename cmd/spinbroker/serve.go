@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -37,6 +38,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	check           bool
 	pprofAddr       string
+	headerTimeout   time.Duration
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -76,6 +78,7 @@ requests in flight finish, the database is closed cleanly.`,
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper runs")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
+	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
 	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof) on this address, e.g. localhost:6060; keep it off the network")
 	return cmd
 }
@@ -94,6 +97,19 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+// writableHint explains a database that cannot be opened when the reason is
+// that its directory cannot be written (SQLite needs to create its WAL).
+func writableHint(db string) string {
+	dir := filepath.Dir(db)
+	f, err := os.CreateTemp(dir, ".spinbroker-probe-*")
+	if err != nil {
+		return fmt.Sprintf(" (its directory %s cannot be written: %v)", dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return ""
 }
 
 // loopback reports whether addr listens only on a loopback interface.
@@ -128,7 +144,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 
 	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log})
 	if err != nil {
-		return err
+		return fmt.Errorf("open the database %s: %v%s", c.db, err, writableHint(c.db))
 	}
 	defer func() {
 		if err := db.Close(); err != nil {
@@ -148,7 +164,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen})
 	srv := &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second, // slow headers (slowloris) are cut off
+		ReadHeaderTimeout: c.headerTimeout, // slow headers (slowloris) are cut off
 		ReadTimeout:       60 * time.Second, // and so are slow bodies
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,

@@ -267,6 +267,7 @@ var errClosed = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the broker is shutti
 type op struct {
 	ctx    context.Context
 	fn     func(*Tx) error
+	raw    func(*sql.Conn) error // maintenance, run outside any transaction
 	err    error
 	commit spinbroker.Commit
 	done   chan struct{}
@@ -291,11 +292,27 @@ func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
 	return o.err
 }
 
+// maintain runs fn on the write connection between transactions (pragmas,
+// checkpoints: statements that cannot run inside one).
+func (db *DB) maintain(ctx context.Context, fn func(*sql.Conn) error) error {
+	o := &op{ctx: ctx, raw: fn, done: make(chan struct{})}
+	db.mu.RLock()
+	if db.closed {
+		db.mu.RUnlock()
+		return errClosed
+	}
+	db.ops <- o
+	db.mu.RUnlock()
+	<-o.done
+	return o.err
+}
+
 // writer owns the write connection and runs the group commits.
 type writer struct {
 	db    *DB
 	conn  *sql.Conn
 	stmts map[string]*sql.Stmt
+	held  *op // a maintenance op met while gathering, run next
 }
 
 func (w *writer) run() {
@@ -308,13 +325,24 @@ func (w *writer) run() {
 	}()
 	batch := make([]*op, 0, w.db.maxBatch)
 	for {
-		first, ok := <-w.db.ops
-		if !ok {
-			return
+		first := w.held
+		w.held = nil
+		if first == nil {
+			var ok bool
+			if first, ok = <-w.db.ops; !ok {
+				return
+			}
+		}
+		if first.raw != nil {
+			first.err = first.raw(w.conn)
+			close(first.done)
+			continue
 		}
 		batch = append(batch[:0], first)
 		w.gather(&batch)
-		w.commit(batch)
+		if len(batch) > 0 {
+			w.commit(batch)
+		}
 	}
 }
 
@@ -326,6 +354,10 @@ func (w *writer) gather(batch *[]*op) {
 		select {
 		case o, ok := <-w.db.ops:
 			if !ok {
+				return
+			}
+			if o.raw != nil {
+				w.held = o
 				return
 			}
 			*batch = append(*batch, o)

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// tinyDisk mounts a small tmpfs for the duration of the test: a real file
+// system that really fills up and can really turn read-only.
+func tinyDisk(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs for the disk-full test (needs root, as CI has): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// fill writes a file until the file system is full.
+func fill(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			return // ENOSPC: full
+		}
+	}
+}
+
+// TestFaults_DiskFull: a full disk makes writes answer 503 unavailable (with
+// a log line) while reads keep working; when the disk recovers, so does the
+// broker, without a restart and with nothing lost. (A database that turns
+// read-only while open is tested in internal/store: a file system cannot be
+// remounted read-only under a process that holds files open to write.)
+func TestFaults_DiskFull(t *testing.T) {
+	dir := tinyDisk(t, "3m")
+	db := filepath.Join(dir, "broker.db")
+	b := startBroker(t, db)
+	c, err := client.New(b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// Big parameters make every package take real space.
+	params := []byte(fmt.Sprintf(`{"blob": %q}`, strings.Repeat("x", 16<<10)))
+	create := func() (*spinbroker.Package, error) {
+		return c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "disk", Action: "x", Parameters: params}}})
+	}
+	var kept []string
+	for i := 0; i < 5; i++ {
+		p, err := create()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, p.ID)
+	}
+
+	filler := filepath.Join(dir, "filler")
+	fill(t, filler)
+	var full error
+	for i := 0; i < 200 && full == nil; i++ {
+		var p *spinbroker.Package
+		if p, full = create(); full == nil {
+			kept = append(kept, p.ID) // the WAL still had room
+		}
+	}
+	if code := spinbroker.ErrorCode(full); code != spinbroker.EUNAVAILABLE {
+		t.Fatalf("a write to a full disk answered %v (%s), want unavailable", full, code)
+	}
+	if err := c.Health(ctx); err != nil {
+		t.Fatalf("the broker is unhealthy on a full disk: %v", err)
+	}
+	if _, err := c.Package(ctx, kept[0]); err != nil {
+		t.Fatalf("reads must work on a full disk: %v", err)
+	}
+	waitLog(t, b, "database unavailable")
+
+	// The disk recovers: writes work again, without a restart.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	p, err := create()
+	if err != nil {
+		t.Fatalf("after the disk recovered: %v", err)
+	}
+	kept = append(kept, p.ID)
+
+	// Nothing acknowledged was lost, across a clean restart too.
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	<-b.done
+	b = startBroker(t, db)
+	c, _ = client.New(b.url)
+	for _, id := range kept {
+		if _, err := c.Package(ctx, id); err != nil {
+			t.Fatalf("acknowledged package %s lost: %v", id, err)
+		}
+	}
+	t.Logf("%d acknowledged packages kept through a full disk", len(kept))
+}
+
+// TestFaults_ReadOnlyFileSystem: a broker asked to serve a database on a
+// read-only file system says so and exits, rather than serving errors.
+func TestFaults_ReadOnlyFileSystem(t *testing.T) {
+	dir := tinyDisk(t, "1m")
+	if out, err := exec.Command("mount", "-o", "remount,ro", dir).CombinedOutput(); err != nil {
+		t.Fatalf("remount ro: %v %s", err, out)
+	}
+	out, err := exec.Command(serveBinary(t), "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "b.db")).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want 1:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "b.db") || !strings.Contains(strings.ToLower(string(out)), "read") {
+		t.Fatalf("the message does not say what is wrong:\n%s", out)
+	}
+}
+
+func waitLog(t *testing.T, b *serveProc, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(b.logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broker never logged %q:\n%s", want, b.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+)
+
+// TestSlowloris: a client that trickles its headers is cut off after
+// --header-timeout, and the broker goes on answering everyone else.
+func TestSlowloris(t *testing.T) {
+	b := startBroker(t, filepath.Join(t.TempDir(), "s.db"), "--header-timeout", "1s")
+	addr := strings.TrimPrefix(b.url, "http://")
+	var wg sync.WaitGroup
+	closed := make(chan time.Duration, 5)
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			start := time.Now()
+			fmt.Fprint(conn, "POST /packages HTTP/1.1\r\nHost: x\r\n")
+			for j := 0; j < 30; j++ {
+				if _, err := fmt.Fprintf(conn, "X-Slow-%d: a\r\n", j); err != nil {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+				conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+				if _, err := bufio.NewReader(conn).ReadByte(); err == nil || !isTimeout(err) {
+					break // answered or closed: cut off
+				}
+			}
+			closed <- time.Since(start)
+		}()
+	}
+	// Meanwhile the broker answers others.
+	for i := 0; i < 5; i++ {
+		resp, err := http.Get(b.url + "/healthz")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("healthz during the attack: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+	close(closed)
+	for d := range closed {
+		if d > 4*time.Second {
+			t.Errorf("a slow client was held %v; the header timeout is 1s", d)
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// TestBackupRestore backs up a database while a broker writes to it,
+// restores the copy as documented, and finds everything the backup saw.
+func TestBackupRestore(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "live.db")
+	b := startBroker(t, db)
+	c, _ := client.New(b.url)
+	ctx := context.Background()
+	var before []string
+	for i := 0; i < 20; i++ {
+		p, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "x"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = append(before, p.ID)
+	}
+	// Writers keep going during the backup.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "y"}}})
+			}
+		}
+	}()
+	backup := filepath.Join(dir, "backup.db")
+	out, err := exec.Command(serveBinary(t), "backup", "--db", db, "--to", backup).CombinedOutput()
+	close(stop)
+	<-done
+	if err != nil || !strings.Contains(string(out), "backed up") {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(serveBinary(t), "backup", "--db", db, "--to", backup).CombinedOutput(); err == nil {
+		t.Fatalf("a backup over an existing file must be refused:\n%s", out)
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	<-b.done
+
+	// Restore: the copy is the database now.
+	restored := startBroker(t, backup, "--check")
+	c, _ = client.New(restored.url)
+	for _, id := range before {
+		if _, err := c.Package(ctx, id); err != nil {
+			t.Fatalf("package %s missing from the restored backup: %v", id, err)
+		}
+	}
+	if !strings.Contains(restored.logs.String(), "integrity check passed") {
+		t.Fatalf("the restored copy was not checked:\n%s", restored.logs)
+	}
+}

@@ -1,0 +1,54 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// TestReadOnlyWhileOpen: when the database refuses writes (SQLite's own
+// SQLITE_READONLY, raised here by query_only on the writer's connection),
+// writes answer EUNAVAILABLE and a log line says why; reads go on; when the
+// database takes writes again, so does the store.
+func TestReadOnlyWhileOpen(t *testing.T) {
+	var logs strings.Builder
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "ro.db"), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setQueryOnly := func(on bool) {
+		v := "0"
+		if on {
+			v = "1"
+		}
+		if err := db.maintain(ctx, func(c *sql.Conn) error { _, err := c.ExecContext(ctx, "PRAGMA query_only = "+v); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setQueryOnly(true)
+	_, _, err = db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	if code := spinbroker.ErrorCode(err); code != spinbroker.EUNAVAILABLE {
+		t.Fatalf("a write to a read-only database: %v (%s), want unavailable", err, code)
+	}
+	if !strings.Contains(logs.String(), "database unavailable") || !strings.Contains(logs.String(), "readonly") {
+		t.Fatalf("no log line names the cause:\n%s", logs.String())
+	}
+	if _, err := db.Package(ctx, p.ID); err != nil {
+		t.Fatalf("reads must go on: %v", err)
+	}
+	setQueryOnly(false)
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
+		t.Fatalf("after the database took writes again: %v", err)
+	}
+}
