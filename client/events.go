@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -18,11 +19,26 @@ type Event struct {
 	Data json.RawMessage
 }
 
+// EventsOption narrows an event stream.
+type EventsOption func(url.Values)
+
+// ForPackage streams only the events of one package (and resyncs).
+func ForPackage(id string) EventsOption {
+	return func(q url.Values) { q.Set("package", id) }
+}
+
 // Events streams the broker's events to fn until ctx ends, the connection
 // drops or fn returns an error (which Events then returns).
-func (c *Client) Events(ctx context.Context, fn func(Event) error) error {
+func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
 	u := *c.base
 	u.Path = c.base.Path + "/events"
+	if len(opts) > 0 {
+		q := url.Values{}
+		for _, o := range opts {
+			o(q)
+		}
+		u.RawQuery = q.Encode()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err

@@ -115,10 +115,19 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: c.CommandPath(), err: err}
 	})
+	// An unknown command is a usage error (exit 2), not a failure.
+	root.Args = func(c *cobra.Command, a []string) error {
+		if len(a) > 0 {
+			return &usageError{cmd: c.CommandPath(), err: fmt.Errorf("unknown command %q", a[0])}
+		}
+		return nil
+	}
+	root.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.url, "url", envOr("SPINBROKER_URL", "http://localhost:8080"), "broker URL (env SPINBROKER_URL)")
 	pf.StringVar(&a.token, "token", os.Getenv("SPINBROKER_TOKEN"), "API token when auth is on (env SPINBROKER_TOKEN)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp)) //nolint:errcheck // the flag exists
 	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.benchCommand())
 	root.AddCommand(a.clientCommands()...)
 	return root

@@ -389,7 +389,7 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 				}
 			}
 			return nil
-		})
+		}, client.ForPackage(w.id))
 	}()
 	// Read the package only once the stream is open, so that no change can
 	// fall between the read and the subscription.

@@ -17,7 +17,7 @@ func (a *app) migrateCommand() *cobra.Command {
 		Long: `migrate shows which schema migrations a database has (status) or applies the
 pending ones (up). 'spinbroker serve' applies them at start-up too; run 'up'
 by hand to upgrade a database before a new broker starts on it.`,
-		Args:      cobra.ExactArgs(1),
+		Args:      args(1, "status or up"),
 		ValidArgs: []string{"status", "up"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] != "status" && args[0] != "up" {

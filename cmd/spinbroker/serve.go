@@ -164,7 +164,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen})
 	srv := &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: c.headerTimeout, // slow headers (slowloris) are cut off
+		ReadHeaderTimeout: c.headerTimeout,  // slow headers (slowloris) are cut off
 		ReadTimeout:       60 * time.Second, // and so are slow bodies
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,

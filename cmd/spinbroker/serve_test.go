@@ -18,32 +18,13 @@ import (
 	"github.com/spin-broker/spinbroker/internal/store"
 )
 
-var (
-	serveBinOnce sync.Once
-	serveBinPath string
-	serveBinErr  error
-)
-
-// serveBinary builds the real spinbroker binary once for the serve tests.
+// serveBinary is the real spinbroker binary that TestMain built.
 func serveBinary(t *testing.T) string {
 	t.Helper()
-	serveBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "spinbroker-serve-test")
-		if err != nil {
-			serveBinErr = err
-			return
-		}
-		serveBinPath = filepath.Join(dir, "spinbroker")
-		out, err := exec.Command("go", "build", "-race", "-o", serveBinPath, ".").CombinedOutput()
-		if err != nil {
-			serveBinErr = err
-			serveBinPath = string(out)
-		}
-	})
-	if serveBinErr != nil {
-		t.Fatalf("build: %v\n%s", serveBinErr, serveBinPath)
+	if binary == "" {
+		t.Fatal("TestMain did not build the binary")
 	}
-	return serveBinPath
+	return binary
 }
 
 // serveProc is a real `spinbroker serve` process.
@@ -79,6 +60,8 @@ func startBroker(t *testing.T, db string, extra ...string) *serveProc {
 	t.Helper()
 	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--db", db, "--sweep-interval", "100ms"}, extra...)
 	cmd := exec.Command(serveBinary(t), args...)
+	// A -race binary otherwise sleeps a second before it exits.
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

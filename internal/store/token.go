@@ -8,6 +8,8 @@ import (
 	"database/sql"
 	"strings"
 
+	"github.com/google/uuid"
+
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
@@ -41,7 +43,9 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*sp
 		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
 	}
 	secret := tokenPrefix + rand.Text() + rand.Text()[:6]
-	tok := &spinbroker.Token{ID: newID(), Name: name, Role: role, Resource: resource}
+	// A random (v4) id, unlike other ids: its first characters tell tokens
+	// apart, so that a short prefix names one in token revoke.
+	tok := &spinbroker.Token{ID: uuid.NewString(), Name: name, Role: role, Resource: resource}
 	var res any
 	if resource != "" {
 		res = resource
