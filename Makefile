@@ -59,6 +59,10 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 bench: ## Store benchmarks (next at 1k/100k/1M backlogs, full cycle)
 	$(GO) test ./internal/store -run '^$$' -bench . -benchtime 3000x -count 3
 
+.PHONY: bench-peers
+bench-peers: ## spin-broker beside River and goqite in one run, with the ratios
+	bash scripts/bench-peers.sh
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf bin

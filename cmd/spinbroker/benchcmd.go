@@ -28,6 +28,7 @@ type benchConfig struct {
 	sync      string
 	json      bool
 	keep      bool
+	compare   []string
 }
 
 func (a *app) benchCommand() *cobra.Command {
@@ -60,6 +61,9 @@ temporary database, as a child process so its CPU and memory are its own.`,
   spinbroker bench --url http://broker:8080 --scenarios wakeup`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(c.compare) > 0 {
+				return a.compare(c.compare)
+			}
 			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
 		},
 	}
@@ -79,6 +83,7 @@ temporary database, as a child process so its CPU and memory are its own.`,
 	f.StringVar(&c.sync, "sync", "normal", "--sync of the broker bench starts: normal or full")
 	f.BoolVar(&c.json, "json", false, "print one JSON object per scenario")
 	f.BoolVar(&c.keep, "keep", false, "keep the temporary databases and print where they are")
+	f.StringSliceVar(&c.compare, "compare", nil, "instead of running, compare the JSON lines of earlier runs (this command's --json and bench/peers -json) in these files")
 	return cmd
 }
 

@@ -54,6 +54,7 @@ type Latency struct {
 // Result is what a run measured and found.
 type Result struct {
 	Scenario       string             `json:"scenario"`
+	Protocol       string             `json:"protocol,omitempty"`
 	Settings       string             `json:"settings"`
 	Commands       int                `json:"commands"`
 	Seconds        float64            `json:"seconds"`
@@ -259,6 +260,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	elapsed := end.Sub(start)
 	res := &Result{
 		Scenario: cfg.Scenario,
+		Protocol: cfg.Protocol,
 		Settings: fmt.Sprintf("%d producers × %d resources × %d agents, packages of %d, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, cfg.Size, cfg.Protocol),
 		Commands: total, Seconds: elapsed.Seconds(), CommandsPerSec: float64(total) / elapsed.Seconds(),
 		Calls: rec.summary(), Violations: []string{},

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// benchLine is one JSON line of `spinbroker bench --json` or of the peers
+// benchmark (bench/peers -json): whichever fields it has.
+type benchLine struct {
+	// spinbroker bench
+	Scenario       string  `json:"scenario"`
+	Protocol       string  `json:"protocol"`
+	CommandsPerSec float64 `json:"commands_per_sec"`
+	MicrosPerCycle float64 `json:"micros_per_next_complete"`
+	OK             *bool   `json:"ok"`
+	// bench/peers
+	Peer       string  `json:"peer"`
+	JobsPerSec float64 `json:"jobs_per_sec"`
+	Duplicates int     `json:"duplicates"`
+	Lost       int     `json:"lost"`
+	// both
+	Sync string `json:"sync"`
+}
+
+// compare reads JSON lines of spinbroker's and the peers' runs from files
+// and prints each spin-broker throughput beside River's and goqite's in the
+// same sync mode, with the ratios.
+func (a *app) compare(files []string) error {
+	type key struct{ name, sync string }
+	rate := map[key]float64{}
+	var names []string
+	seen := map[string]bool{}
+	bad := 0
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return err
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			line := strings.TrimSpace(sc.Text())
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			var l benchLine
+			if err := json.Unmarshal([]byte(line), &l); err != nil {
+				fh.Close()
+				return fmt.Errorf("%s: %w", f, err)
+			}
+			var name string
+			var r float64
+			switch {
+			case l.Peer != "":
+				name, r = l.Peer, l.JobsPerSec
+				if l.Duplicates+l.Lost > 0 {
+					bad++
+				}
+			case l.Scenario == "throughput":
+				name, r = "spin-broker "+l.Protocol, l.CommandsPerSec
+				if l.OK != nil && !*l.OK {
+					bad++
+				}
+			default:
+				continue
+			}
+			if !seen[name] {
+				seen[name] = true
+				names = append(names, name)
+			}
+			rate[key{name, l.Sync}] = r
+		}
+		fh.Close()
+		if err := sc.Err(); err != nil {
+			return err
+		}
+	}
+	sort.SliceStable(names, func(i, j int) bool {
+		return strings.HasPrefix(names[i], "spin-broker") && !strings.HasPrefix(names[j], "spin-broker")
+	})
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "\tsync\tcommands/s\t× River\t× goqite\t")
+	for _, sync := range []string{"normal", "full"} {
+		for _, n := range names {
+			r, ok := rate[key{n, sync}]
+			if !ok {
+				continue
+			}
+			ratio := func(peer string) string {
+				if p := rate[key{peer, sync}]; p > 0 && strings.HasPrefix(n, "spin-broker") {
+					return fmt.Sprintf("%.1f", r/p)
+				}
+				return ""
+			}
+			fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t\n", n, sync, r, ratio("river"), ratio("goqite"))
+		}
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "spin-broker") && rate[key{n, "normal"}] > 0 && rate[key{n, "full"}] > 0 {
+			fmt.Fprintf(w, "%s\tfull/normal\t%.0f%%\t\t\t\n", n, 100*rate[key{n, "full"}]/rate[key{n, "normal"}])
+		}
+	}
+	w.Flush()
+	if bad > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("%d run(s) lost or duplicated work", bad)}
+	}
+	return nil
+}

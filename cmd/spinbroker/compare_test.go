@@ -1,0 +1,36 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBenchCompare(t *testing.T) {
+	dir := t.TempDir()
+	sb := filepath.Join(dir, "sb.json")
+	peers := filepath.Join(dir, "peers.json")
+	os.WriteFile(sb, []byte(`{"scenario":"throughput","protocol":"inline","commands_per_sec":3300,"sync":"normal","ok":true}
+{"scenario":"throughput","protocol":"inline","commands_per_sec":2000,"sync":"full","ok":true}
+{"scenario":"backlog","micros_per_next_complete":400,"sync":"normal","ok":true}
+`), 0o644)
+	os.WriteFile(peers, []byte(`not json, a progress line
+{"peer":"river","sync":"normal","jobs":20000,"jobs_per_sec":1100,"duplicates":0,"lost":0}
+{"peer":"goqite","sync":"normal","jobs":20000,"jobs_per_sec":1650,"duplicates":0,"lost":0}
+{"peer":"river","sync":"full","jobs":20000,"jobs_per_sec":500,"duplicates":0,"lost":0}
+`), 0o644)
+	r := spin(t, "bench", "--compare", sb+","+peers)
+	if r.code != 0 {
+		t.Fatalf("compare: %s", r)
+	}
+	for _, want := range []string{"spin-broker inline  normal        3300      3.0       2.0", "spin-broker inline  full          2000      4.0", "full/normal  61%"} {
+		if !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("compare output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	os.WriteFile(peers, []byte(`{"peer":"river","sync":"normal","jobs_per_sec":1100,"duplicates":1,"lost":0}`), 0o644)
+	if r := spin(t, "bench", "--compare", sb+","+peers); r.code != 1 {
+		t.Errorf("a run that duplicated work must fail the comparison: %s", r)
+	}
+}
