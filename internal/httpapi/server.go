@@ -47,6 +47,14 @@ type Store interface {
 	Ping(ctx context.Context) error
 	Listen(f func(*spinbroker.Commit))
 	Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error)
+
+	// The dashboard's reads, each through an index, bounded.
+	Completions(ctx context.Context, since time.Time, minutes int) ([]spinbroker.Counts, error)
+	QueueCommands(ctx context.Context, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error)
+	QueueHead(ctx context.Context, resource string) (*spinbroker.Command, time.Time, error)
+	CommandsByID(ctx context.Context, ids []string) (map[string]spinbroker.Command, error)
+	Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error)
+	Search(ctx context.Context, prefix string, limit int) ([]spinbroker.Package, []spinbroker.Command, error)
 }
 
 // Options configure a Server. The zero value serves without auth.

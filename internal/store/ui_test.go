@@ -1,0 +1,278 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// These tests live inside the package so that TestUIPlans can read the
+// queries; they use only the exported methods otherwise.
+
+// uiClock is a clock the test moves by hand.
+type uiClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *uiClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *uiClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func uiOpen(t *testing.T) (*DB, *uiClock) {
+	t.Helper()
+	clock := &uiClock{t: time.Date(2026, 3, 4, 5, 6, 30, 0, time.UTC)}
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "ui.db"),
+		Options{Now: clock.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, clock
+}
+
+func uiID(n int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", n) }
+
+func uiEnqueue(t *testing.T, db *DB, id int, cmds ...spinbroker.NewCommand) *spinbroker.Package {
+	t.Helper()
+	p, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{ID: uiID(id), Commands: cmds, Enqueue: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func uiCmd(id int, resource, action string, deps ...string) spinbroker.NewCommand {
+	return spinbroker.NewCommand{ID: uiID(id), Resource: resource, Action: action, Dependencies: deps}
+}
+
+func uiFinish(t *testing.T, db *DB, resource string, ok, retry bool) *spinbroker.Command {
+	t.Helper()
+	ctx := context.Background()
+	c, _, err := db.Next(ctx, resource, 0)
+	if err != nil || c == nil {
+		t.Fatalf("next %s: %v %v", resource, c, err)
+	}
+	reason := "boom"
+	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token, Retry: retry, Reason: &reason}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestDB_Completions(t *testing.T) {
+	db, clock := uiOpen(t)
+	ctx := context.Background()
+	since := clock.Now().Truncate(time.Minute)
+	uiEnqueue(t, db, 1, uiCmd(101, "r", "a"), uiCmd(102, "r", "b"), uiCmd(103, "r", "c", uiID(102)))
+	uiFinish(t, db, "r", true, false)
+	clock.Add(2 * time.Minute)
+	uiFinish(t, db, "r", false, false) // b fails, c is cancelled by the cascade
+	got, err := db.Completions(ctx, since, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []spinbroker.Counts{{Succeeded: 1}, {}, {Failed: 1, Cancelled: 1}, {}, {}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	// A window that starts later leaves the early minutes out.
+	got, err = db.Completions(ctx, since.Add(time.Minute), 2)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint([]spinbroker.Counts{{}, {Failed: 1, Cancelled: 1}}) {
+		t.Errorf("got %v %v", got, err)
+	}
+	if _, err := db.Completions(ctx, since, 0); spinbroker.ErrorCode(err) != spinbroker.EINVALID {
+		t.Errorf("0 minutes: %v", err)
+	}
+}
+
+func TestDB_QueueCommandsAndHead(t *testing.T) {
+	db, clock := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(100, "gate", "g"))
+	var cmds []spinbroker.NewCommand
+	for i := 1; i <= 7; i++ {
+		c := uiCmd(100+i, "r", fmt.Sprintf("c%d", i))
+		if i <= 2 {
+			c.Dependencies = []string{uiID(100)} // blocked at the head
+		}
+		cmds = append(cmds, c)
+	}
+	uiEnqueue(t, db, 2, cmds...)
+
+	page1, err := db.QueueCommands(ctx, "r", 0, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page2, err := db.QueueCommands(ctx, "r", *page1[3].Seq, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range append(page1, page2...) {
+		names = append(names, c.Action)
+	}
+	if got := strings.Join(names, " "); got != "c1 c2 c3 c4 c5 c6 c7" {
+		t.Errorf("pages: %s", got)
+	}
+	if len(page1[0].Dependencies) != 1 || page1[0].Dependencies[0] != uiID(100) {
+		t.Errorf("dependencies not loaded: %v", page1[0].Dependencies)
+	}
+
+	// The head of line is the first ready command, past the blocked ones.
+	head, backoff, err := db.QueueHead(ctx, "r")
+	if err != nil || head == nil || head.Action != "c3" || !backoff.IsZero() {
+		t.Fatalf("head %v, back-off %v, %v", head, backoff, err)
+	}
+	// Failed with a retry, it waits out a back-off in place and stays the
+	// head.
+	uiFinish(t, db, "r", false, true)
+	head, backoff, err = db.QueueHead(ctx, "r")
+	if err != nil || head == nil || head.Action != "c3" || !backoff.Equal(clock.Now().Add(time.Second)) {
+		t.Fatalf("head %v, back-off %v, %v", head, backoff, err)
+	}
+	clock.Add(2 * time.Second)
+	if _, backoff, _ = db.QueueHead(ctx, "r"); !backoff.IsZero() {
+		t.Errorf("back-off %v after it ended", backoff)
+	}
+	if head, _, err := db.QueueHead(ctx, "empty"); head != nil || err != nil {
+		t.Errorf("empty queue: %v %v", head, err)
+	}
+	if _, err := db.QueueCommands(ctx, "NOT OK", 0, 1); spinbroker.ErrorCode(err) != spinbroker.EINVALID {
+		t.Errorf("bad name: %v", err)
+	}
+}
+
+func TestDB_CommandsByIDAndDependents(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(101, "r", "a"), uiCmd(102, "r", "b", uiID(101)), uiCmd(103, "s", "c", uiID(101)))
+	uiEnqueue(t, db, 2, uiCmd(201, "r", "d", uiID(101)))
+	got, err := db.CommandsByID(ctx, []string{uiID(101), uiID(103), uiID(999)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[uiID(101)].State != spinbroker.Ready || got[uiID(103)].State != spinbroker.Blocked {
+		t.Errorf("got %v", got)
+	}
+	if none, err := db.CommandsByID(ctx, nil); err != nil || len(none) != 0 {
+		t.Errorf("no ids: %v %v", none, err)
+	}
+	deps, err := db.Dependents(ctx, uiID(101), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range deps {
+		names = append(names, c.Action)
+	}
+	if strings.Join(names, " ") != "b c d" {
+		t.Errorf("dependents: %v", names)
+	}
+	if deps, _ := db.Dependents(ctx, uiID(101), 2); len(deps) != 2 {
+		t.Errorf("limit: %d", len(deps))
+	}
+}
+
+func TestDB_Search(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(101, "r", "a"))
+	uiEnqueue(t, db, 2, uiCmd(201, "r", "b"))
+	for _, tt := range []struct {
+		q          string
+		pkgs, cmds int
+	}{
+		{uiID(1), 1, 0},
+		{strings.ToUpper(uiID(201)), 0, 1},
+		{"00000000-0000-4000-8000-0000000000", 2, 0},
+		{"00000000-0000-4000-8000-000000000", 2, 2},
+		{"  " + uiID(2) + "  ", 1, 0},
+		{"ffff", 0, 0},
+		{"", 0, 0},
+		{"' OR 1=1 --", 0, 0},
+		{"%", 0, 0},
+		{strings.Repeat("0", 40), 0, 0},
+	} {
+		pkgs, cmds, err := db.Search(ctx, tt.q, 10)
+		if err != nil || len(pkgs) != tt.pkgs || len(cmds) != tt.cmds {
+			t.Errorf("Search(%q): %d packages, %d commands, %v; want %d, %d", tt.q, len(pkgs), len(cmds), err, tt.pkgs, tt.cmds)
+		}
+	}
+	if pkgs, _, _ := db.Search(ctx, "0", 1); len(pkgs) != 1 {
+		t.Errorf("limit: %d", len(pkgs))
+	}
+}
+
+// TestUIPlans holds the dashboard's reads to their indexes, as TestPlans
+// does the broker's: a page must cost the same with a million rows.
+func TestUIPlans(t *testing.T) {
+	db, _ := uiOpen(t)
+	conn, err := sql.Open("sqlite", "file:"+db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ids, _ := json.Marshal([]string{"a", "b"})
+	tests := []struct {
+		name  string
+		query string
+		args  []any
+		want  []string
+	}{
+		{"Completions", qCompletions, []any{1, 61}, []string{"SEARCH completions USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"}},
+		{"QueuePage", qQueuePage, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_open (resource=? AND seq>?)"}},
+		{"QueueHead", qQueueHead, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"CommandsByID", qCommandsByID, []any{string(ids)}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
+		{"Dependents", qDependents, []any{"id", 10}, []string{"SEARCH command_deps USING INDEX command_deps_depends_on (depends_on=?)"}},
+		{"SearchPackages", qSearchPackages, []any{"0", "0~", 10}, []string{"SEARCH packages USING INDEX sqlite_autoindex_packages_1 (id>? AND id<?)"}},
+		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rows, err := conn.Query("EXPLAIN QUERY PLAN "+tt.query, tt.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			var lines []string
+			for rows.Next() {
+				var id, parent, notused int
+				var detail string
+				if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+					t.Fatal(err)
+				}
+				lines = append(lines, detail)
+			}
+			plan := strings.Join(lines, "\n")
+			for _, w := range tt.want {
+				if !strings.Contains(plan, w) {
+					t.Errorf("plan lacks %q:\n%s", w, plan)
+				}
+			}
+			for _, l := range lines {
+				if strings.HasPrefix(l, "SCAN commands") || strings.HasPrefix(l, "SCAN packages") || strings.Contains(l, "TEMP B-TREE") {
+					t.Errorf("%q in:\n%s", l, plan)
+				}
+			}
+		})
+	}
+}
