@@ -1,0 +1,196 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// The dashboard's buttons. Each is a form posted to a path under /ui/ that
+// calls the same store method as the API and sends the browser back to the
+// page (303). The router's cross-origin protection has already refused
+// posts that another site's page made; permissions are checked here with
+// the same allow as the API, and the pages hide what the role may not do.
+
+func (u *ui) handlePackageCancel(w http.ResponseWriter, r *http.Request) {
+	if err := u.s.allow(r, permWrite, ""); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	id, err := pathID(r, "package")
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	if _, err := u.s.store.CancelPackage(r.Context(), id); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.done(w, r, "/ui/packages/"+id)
+}
+
+func (u *ui) handleCommandRetry(w http.ResponseWriter, r *http.Request) {
+	if err := u.s.allow(r, permWrite, ""); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	id, err := pathID(r, "command")
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	if _, err := u.s.store.Retry(r.Context(), id); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.done(w, r, "/ui/commands/"+id)
+}
+
+// handleQueuePause pauses (or resumes) a queue.
+func (u *ui) handleQueuePause(paused bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		u.setQueue(w, r, func() (spinbroker.QueueSettings, error) {
+			return spinbroker.QueueSettings{Paused: &paused}, nil
+		})
+	}
+}
+
+func (u *ui) handleQueueConcurrency(w http.ResponseWriter, r *http.Request) {
+	u.setQueue(w, r, func() (spinbroker.QueueSettings, error) {
+		if err := parseForm(w, r); err != nil {
+			return spinbroker.QueueSettings{}, err
+		}
+		raw := strings.TrimSpace(r.PostFormValue("concurrency"))
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			return spinbroker.QueueSettings{}, errorf(spinbroker.EINVALID, "concurrency must be a whole number, not %q", truncate(raw, 40))
+		}
+		return spinbroker.QueueSettings{Concurrency: &n}, nil
+	})
+}
+
+// setQueue applies the settings a queue's form asks for.
+func (u *ui) setQueue(w http.ResponseWriter, r *http.Request, settings func() (spinbroker.QueueSettings, error)) {
+	if err := u.s.allow(r, permAdmin, ""); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	res, err := pathResource(r)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	in, err := settings()
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	if _, err := u.s.store.SetQueue(r.Context(), res, in); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.done(w, r, "/ui/queues/"+res)
+}
+
+// cookieAge is how long the dashboard keeps a token: the token itself does
+// not expire, so this only bounds how long a forgotten browser stays in.
+const cookieAge = 30 * 24 * time.Hour
+
+type loginPage struct {
+	Next  string
+	Error string
+}
+
+// safeNext is where to go after logging in: a dashboard page, never
+// another site ("//evil.example" or "https://…" are dropped).
+func safeNext(next string) string {
+	if next == "/ui/" || strings.HasPrefix(next, "/ui/") && !strings.HasPrefix(next, "/ui/login") && !strings.ContainsAny(next, "\\\r\n") {
+		return next
+	}
+	return "/ui/"
+}
+
+func (u *ui) handleLoginForm(w http.ResponseWriter, r *http.Request) {
+	if !u.s.opts.Auth {
+		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+		return
+	}
+	v := u.newView(r, "Log in", "", &loginPage{Next: safeNext(r.URL.Query().Get("next"))})
+	u.render(w, r, http.StatusOK, "login", v)
+}
+
+// handleLogin checks a token and keeps it in a cookie that scripts cannot
+// read (HttpOnly) and other sites' requests do not carry (SameSite=Strict).
+func (u *ui) handleLogin(w http.ResponseWriter, r *http.Request) {
+	if !u.s.opts.Auth {
+		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+		return
+	}
+	if err := parseForm(w, r); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := &loginPage{Next: safeNext(r.PostFormValue("next"))}
+	again := func(status int, msg string) {
+		d.Error = msg
+		v := u.newView(r, "Log in", "", d)
+		u.render(w, r, status, "login", v)
+	}
+	secret := strings.TrimSpace(r.PostFormValue("token"))
+	if secret == "" {
+		again(http.StatusBadRequest, "Paste a token: spinbroker token create --role viewer (or admin) makes one.")
+		return
+	}
+	tok, err := u.s.store.Authenticate(r.Context(), secret)
+	switch {
+	case spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED:
+		again(http.StatusUnauthorized, "That token is not valid or was revoked.")
+		return
+	case err != nil:
+		u.fail(w, r, err)
+		return
+	case tok.Role == spinbroker.RoleAgent:
+		again(http.StatusForbidden, "An agent token cannot open the dashboard; use a viewer, client or admin token.")
+		return
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name:     TokenCookie,
+		Value:    secret,
+		Path:     "/",
+		MaxAge:   int(cookieAge.Seconds()),
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteStrictMode,
+	})
+	http.Redirect(w, r, d.Next, http.StatusSeeOther)
+}
+
+func (u *ui) handleLogoutForm(w http.ResponseWriter, r *http.Request) {
+	if !u.s.opts.Auth {
+		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+		return
+	}
+	u.render(w, r, http.StatusOK, "logout", u.newView(r, "Log out", "", nil))
+}
+
+// handleLogout forgets the cookie. It is a post, so that another site cannot
+// log an operator out with a link or an image.
+func (u *ui) handleLogout(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{
+		Name:     TokenCookie,
+		Value:    "",
+		Path:     "/",
+		MaxAge:   -1,
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteStrictMode,
+	})
+	target := "/ui/login"
+	if !u.s.opts.Auth {
+		target = "/ui/"
+	}
+	http.Redirect(w, r, target, http.StatusSeeOther)
+}

@@ -1,0 +1,195 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// funcs are the helpers the templates call. They return plain strings and
+// numbers: html/template escapes everything they produce.
+func (u *ui) funcs() template.FuncMap {
+	return template.FuncMap{
+		"static":    func(name string) string { return "/ui/static/" + name + "?v=" + u.version },
+		"short":     shortID,
+		"icon":      stateIcon,
+		"stateName": func(s any) string { return fmt.Sprint(s) },
+		"pretty":    prettyJSON,
+		"when":      when,
+		"iso":       iso,
+		"str":       func(s *string) string { return deref(s) },
+		"progress":  newProgress,
+		"duration":  runDuration,
+		"human":     func(sec float64) string { return human(time.Duration(sec * float64(time.Second))) },
+		"pkgTable": func(v *view, list []spinbroker.Package, empty string) pkgTable {
+			return pkgTable{V: v, List: list, Empty: empty}
+		},
+		"packageStates": func() []spinbroker.PackageState {
+			return spinbroker.PackageStates
+		},
+	}
+}
+
+// shortID is an id short enough for a table: its first block and its last
+// four digits. Ids of version 7 begin with their creation time, so packages
+// made in the same minute share the first block; the end tells them apart.
+// The full id is in the link and its title, and any prefix finds it.
+func shortID(id string) string {
+	if len(id) != 36 {
+		return id
+	}
+	return id[:8] + "…" + id[32:]
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// stateIcon names the symbol (in layout.html's sprite) drawn beside a state,
+// so that states differ by shape as well as by colour: a check, a cross, a
+// slashed circle, a play sign, an open circle, a pause sign, a diamond.
+func stateIcon(state any) string {
+	switch fmt.Sprint(state) {
+	case "succeeded":
+		return "i-ok"
+	case "failed":
+		return "i-fail"
+	case "cancelled":
+		return "i-cancel"
+	case "leased", "running":
+		return "i-run"
+	case "ready", "queued":
+		return "i-ready"
+	case "blocked":
+		return "i-wait"
+	default: // staged, staging
+		return "i-new"
+	}
+}
+
+// prettyJSON indents a JSON value for a <pre>; html/template escapes it.
+func prettyJSON(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		return string(raw)
+	}
+	return buf.String()
+}
+
+// when formats a time for people: UTC, to the second.
+func when(t any) string {
+	switch t := t.(type) {
+	case time.Time:
+		return t.UTC().Format("2006-01-02 15:04:05Z")
+	case *time.Time:
+		if t != nil {
+			return t.UTC().Format("2006-01-02 15:04:05Z")
+		}
+	}
+	return ""
+}
+
+// iso formats a time for a <time datetime> attribute.
+func iso(t any) string {
+	switch t := t.(type) {
+	case time.Time:
+		return t.UTC().Format(time.RFC3339)
+	case *time.Time:
+		if t != nil {
+			return t.UTC().Format(time.RFC3339)
+		}
+	}
+	return ""
+}
+
+// human writes a duration the way people read one on a dashboard: two
+// units at most, "45s", "3m 20s", "2h 5m", "4d 1h".
+func human(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm %ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh %dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd %dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// runDuration is how long a command's last attempt ran: until it finished,
+// or until now while it is leased; "" when it never started.
+func runDuration(c spinbroker.Command, now time.Time) string {
+	if c.StartedAt == nil {
+		return ""
+	}
+	end := now
+	if c.FinishedAt != nil {
+		end = *c.FinishedAt
+	} else if c.State != spinbroker.Leased {
+		return ""
+	}
+	return human(end.Sub(*c.StartedAt))
+}
+
+// progress is a package's progress bar: one segment per terminal or running
+// state, in percent of its commands, drawn as SVG rectangles (no inline
+// styles, which the page's security policy forbids).
+type progress struct {
+	Done, Total int
+	Segments    []segment
+	Label       string
+}
+
+type segment struct {
+	X, W  float64
+	State string
+}
+
+func newProgress(p spinbroker.Package) progress {
+	pr := progress{Done: p.Counts.Done(), Total: p.Total}
+	pr.Label = fmt.Sprintf("%d/%d done", pr.Done, pr.Total)
+	if p.Total == 0 {
+		return pr
+	}
+	x := 0.0
+	for _, s := range []struct {
+		state string
+		n     int
+	}{
+		{"succeeded", p.Counts.Succeeded},
+		{"failed", p.Counts.Failed},
+		{"cancelled", p.Counts.Cancelled},
+		{"leased", p.Counts.Leased},
+	} {
+		if s.n == 0 {
+			continue
+		}
+		w := 100 * float64(s.n) / float64(p.Total)
+		pr.Segments = append(pr.Segments, segment{X: x, W: w, State: s.state})
+		x += w
+	}
+	return pr
+}
+
+// pkgTable is what the package table partial gets: the page's view (for
+// relative times) and the packages.
+type pkgTable struct {
+	V     *view
+	List  []spinbroker.Package
+	Empty string // said when the list is empty
+}

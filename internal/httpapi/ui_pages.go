@@ -1,0 +1,390 @@
+package httpapi
+
+import (
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// The dashboard's pages. Each reads what it shows through the Store's
+// paged, indexed reads; with ?fragment=NAME it renders one part of itself
+// for the live updates, and reads only what that part needs.
+
+// recentPackages is how many packages the overview lists.
+const recentPackages = 20
+
+type overviewPage struct {
+	Queues   []spinbroker.Queue
+	Packages []spinbroker.Package
+	Chart    chart
+}
+
+func (u *ui) handleOverview(w http.ResponseWriter, r *http.Request) {
+	if !u.readable(w, r) {
+		return
+	}
+	ctx := r.Context()
+	var d overviewPage
+	var err error
+	if wantFragment(r, "queues") {
+		if d.Queues, err = u.s.store.Queues(ctx); err != nil {
+			u.fail(w, r, err)
+			return
+		}
+	}
+	if wantFragment(r, "packages") {
+		list, err := u.s.store.Packages(ctx, spinbroker.PackageFilter{Limit: recentPackages})
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		d.Packages = list.Packages
+	}
+	v := u.newView(r, "Overview", "overview", &d)
+	if wantFragment(r, "chart") {
+		since := v.Now.Truncate(time.Minute).Add(-59 * time.Minute)
+		counts, err := u.s.store.Completions(ctx, since, 60)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		d.Chart = newChart(since, counts, v.Now)
+	}
+	v.Events = "/events"
+	u.render(w, r, http.StatusOK, "overview", v)
+}
+
+type packagesPage struct {
+	State    spinbroker.PackageState
+	Packages []spinbroker.Package
+	NextURL  string
+	First    bool // this is the newest page
+}
+
+func (u *ui) handlePackages(w http.ResponseWriter, r *http.Request) {
+	if !u.readable(w, r) {
+		return
+	}
+	q := r.URL.Query()
+	f := spinbroker.PackageFilter{State: spinbroker.PackageState(q.Get("state")), Cursor: q.Get("cursor")}
+	list, err := u.s.store.Packages(r.Context(), f)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := &packagesPage{State: f.State, Packages: list.Packages, First: f.Cursor == ""}
+	if list.NextCursor != nil {
+		next := url.Values{"cursor": {*list.NextCursor}}
+		if f.State != "" {
+			next.Set("state", string(f.State))
+		}
+		d.NextURL = "/ui/packages?" + next.Encode()
+	}
+	title := "Packages"
+	if f.State != "" {
+		title = "Packages: " + string(f.State)
+	}
+	v := u.newView(r, title, "packages", d)
+	v.Events = "/events"
+	u.render(w, r, http.StatusOK, "packages", v)
+}
+
+// tableRows is how many commands a package's table shows at once.
+const tableRows = 500
+
+type packagePage struct {
+	Package  *spinbroker.Package
+	Graph    *graph
+	TooBig   bool                 // too many commands to draw
+	Commands []spinbroker.Command // this page of the table
+	External []spinbroker.Command // dependencies in other packages
+	Causer   *spinbroker.Command  // the first failure, for its action
+	From     int                  // the index of the table's first row
+	PrevURL  string
+	NextURL  string
+}
+
+func (u *ui) handlePackage(w http.ResponseWriter, r *http.Request) {
+	if !u.readable(w, r) {
+		return
+	}
+	id, err := pathID(r, "package")
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	p, err := u.s.store.Package(r.Context(), id)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := &packagePage{Package: p, TooBig: len(p.Commands) > graphMax}
+	if wantFragment(r, "graph") {
+		d.Graph = newGraph(p.Commands)
+	}
+	inPkg := make(map[string]bool, len(p.Commands))
+	for i, c := range p.Commands {
+		inPkg[c.ID] = true
+		if p.Causer != nil && c.ID == *p.Causer {
+			d.Causer = &p.Commands[i]
+		}
+	}
+	if wantFragment(r, "commands") {
+		d.From, _ = strconv.Atoi(r.URL.Query().Get("from"))
+		d.From = max(0, min(d.From, len(p.Commands)))
+		to := min(d.From+tableRows, len(p.Commands))
+		d.Commands = p.Commands[d.From:to]
+		base := "/ui/packages/" + p.ID
+		if d.From > 0 {
+			d.PrevURL = base + "?from=" + strconv.Itoa(max(0, d.From-tableRows))
+		}
+		if to < len(p.Commands) {
+			d.NextURL = base + "?from=" + strconv.Itoa(to)
+		}
+		var ext []string
+		seen := map[string]bool{}
+		for _, c := range p.Commands {
+			for _, dep := range c.Dependencies {
+				if !inPkg[dep] && !seen[dep] {
+					seen[dep] = true
+					ext = append(ext, dep)
+				}
+			}
+		}
+		if len(ext) > 0 {
+			byID, err := u.s.store.CommandsByID(r.Context(), ext)
+			if err != nil {
+				u.fail(w, r, err)
+				return
+			}
+			for _, e := range ext {
+				if c, ok := byID[e]; ok {
+					d.External = append(d.External, c)
+				}
+			}
+		}
+	}
+	v := u.newView(r, "Package "+shortID(p.ID), "packages", d)
+	v.Events = "/events?package=" + p.ID
+	u.render(w, r, http.StatusOK, "package", v)
+}
+
+// queueRow is one command of a queue's page, with why it waits.
+type queueRow struct {
+	spinbroker.Command
+	Head    bool                 // the next delivery hands this one out
+	Waits   []spinbroker.Command // dependencies that have not succeeded
+	Delayed bool                 // blocked by its not_before alone
+}
+
+type queuePage struct {
+	Queue   *spinbroker.Queue
+	Head    *spinbroker.Command
+	Backoff *time.Time // the head waits out a retry back-off until then
+	Status  string     // why the queue does or does not move, a keyword the template explains
+	Rows    []queueRow
+	After   int64
+	NextURL string
+}
+
+func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
+	if !u.readable(w, r) {
+		return
+	}
+	res, err := pathResource(r)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	q, err := u.s.store.Queue(ctx, res)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := &queuePage{Queue: q}
+	head, backoff, err := u.s.store.QueueHead(ctx, res)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d.Head = head
+	if !backoff.IsZero() {
+		d.Backoff = &backoff
+	}
+	switch {
+	case q.Paused:
+		d.Status = "paused"
+	case q.Counts.Ready > 0 && q.Counts.Leased >= q.Concurrency:
+		d.Status = "full"
+	case d.Backoff != nil:
+		d.Status = "backoff"
+	case q.Counts.Ready > 0:
+		d.Status = "waiting"
+	case q.Counts.Blocked > 0:
+		d.Status = "blocked"
+	case q.Counts.Leased > 0:
+		d.Status = "running"
+	default:
+		d.Status = "empty"
+	}
+	if wantFragment(r, "commands") {
+		cmds := q.Commands
+		if a := r.URL.Query().Get("after"); a != "" {
+			if d.After, err = strconv.ParseInt(a, 10, 64); err != nil || d.After < 0 {
+				u.fail(w, r, errorf(spinbroker.EINVALID, "after must be a sequence number, not %q", truncate(a, 40)))
+				return
+			}
+			if cmds, err = u.s.store.QueueCommands(ctx, res, d.After, spinbroker.DefaultListLimit); err != nil {
+				u.fail(w, r, err)
+				return
+			}
+		}
+		if d.Rows, err = u.queueRows(r, cmds, head, u.s.now()); err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		if n := len(cmds); n == spinbroker.DefaultListLimit && cmds[n-1].Seq != nil {
+			d.NextURL = "/ui/queues/" + res + "?after=" + strconv.FormatInt(*cmds[n-1].Seq, 10)
+		}
+	}
+	v := u.newView(r, "Queue "+res, "", d)
+	v.Events = "/events"
+	v.Resource = res
+	u.render(w, r, http.StatusOK, "queue", v)
+}
+
+// queueRows marks the head of line and finds, for each blocked command,
+// the dependencies it still waits for (one read for the whole page).
+func (u *ui) queueRows(r *http.Request, cmds []spinbroker.Command, head *spinbroker.Command, now time.Time) ([]queueRow, error) {
+	var ids []string
+	for _, c := range cmds {
+		if c.State == spinbroker.Blocked {
+			ids = append(ids, c.Dependencies...)
+		}
+	}
+	deps, err := u.s.store.CommandsByID(r.Context(), ids)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]queueRow, len(cmds))
+	for i, c := range cmds {
+		row := queueRow{Command: c, Head: head != nil && head.ID == c.ID}
+		if c.State == spinbroker.Blocked {
+			for _, id := range c.Dependencies {
+				if dep, ok := deps[id]; ok && dep.State != spinbroker.Succeeded {
+					row.Waits = append(row.Waits, dep)
+				}
+			}
+			row.Delayed = len(row.Waits) == 0 && c.NotBefore != nil && c.NotBefore.After(now)
+		}
+		rows[i] = row
+	}
+	return rows, nil
+}
+
+// dependentsShown is how many dependents a command's page lists.
+const dependentsShown = 100
+
+type commandPage struct {
+	Command        *spinbroker.Command
+	Deps           []spinbroker.Command
+	Dependents     []spinbroker.Command
+	MoreDependents bool
+	CanRetry       bool // failed or cancelled: the retry button applies
+}
+
+func (u *ui) handleCommand(w http.ResponseWriter, r *http.Request) {
+	if !u.readable(w, r) {
+		return
+	}
+	id, err := pathID(r, "command")
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	c, err := u.s.store.Command(ctx, id)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	d := &commandPage{Command: c, CanRetry: c.State == spinbroker.Failed || c.State == spinbroker.Cancelled}
+	if wantFragment(r, "links") {
+		byID, err := u.s.store.CommandsByID(ctx, c.Dependencies)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		for _, dep := range c.Dependencies {
+			if dc, ok := byID[dep]; ok {
+				d.Deps = append(d.Deps, dc)
+			}
+		}
+		if d.Dependents, err = u.s.store.Dependents(ctx, id, dependentsShown+1); err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		if len(d.Dependents) > dependentsShown {
+			d.Dependents, d.MoreDependents = d.Dependents[:dependentsShown], true
+		}
+	}
+	v := u.newView(r, c.Action+" "+shortID(c.ID), "", d)
+	v.Events = "/events?package=" + c.PackageID
+	u.render(w, r, http.StatusOK, "command", v)
+}
+
+// searchLimit is how many matches of each kind the search page lists.
+const searchLimit = 20
+
+type searchPage struct {
+	Q        string
+	Packages []spinbroker.Package
+	Commands []spinbroker.Command
+	Queues   []spinbroker.Queue
+}
+
+// handleSearch finds packages and commands by id or id prefix, and queues
+// by name prefix. One match is opened directly.
+func (u *ui) handleSearch(w http.ResponseWriter, r *http.Request) {
+	if !u.readable(w, r) {
+		return
+	}
+	ctx := r.Context()
+	d := &searchPage{Q: strings.TrimSpace(r.URL.Query().Get("q"))}
+	if d.Q != "" {
+		var err error
+		if d.Packages, d.Commands, err = u.s.store.Search(ctx, d.Q, searchLimit); err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		qs, err := u.s.store.Queues(ctx)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		for _, q := range qs {
+			if strings.HasPrefix(q.Resource, strings.ToLower(d.Q)) {
+				d.Queues = append(d.Queues, q)
+			}
+		}
+		switch {
+		case len(d.Packages) == 1 && len(d.Commands)+len(d.Queues) == 0:
+			http.Redirect(w, r, "/ui/packages/"+d.Packages[0].ID, http.StatusSeeOther)
+			return
+		case len(d.Commands) == 1 && len(d.Packages)+len(d.Queues) == 0:
+			http.Redirect(w, r, "/ui/commands/"+d.Commands[0].ID, http.StatusSeeOther)
+			return
+		case len(d.Queues) == 1 && len(d.Packages)+len(d.Commands) == 0:
+			http.Redirect(w, r, "/ui/queues/"+d.Queues[0].Resource, http.StatusSeeOther)
+			return
+		}
+	}
+	v := u.newView(r, "Search", "", d)
+	v.Query = d.Q
+	u.render(w, r, http.StatusOK, "search", v)
+}

@@ -1,0 +1,617 @@
+package httpapi_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+func uiRef[T any](v T) *T { return &v }
+
+// fixedID makes the n-th id of the test data: fixed ids keep rendered pages
+// (and their golden files) the same from run to run.
+func fixedID(n int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", n) }
+
+// Hostile values: user data the dashboard must show as text, never run.
+const (
+	hostileScript = `<script>alert("pwned")</script>`
+	hostileAttr   = `"><img src=x onerror=alert(1)>`
+)
+
+// world is a broker with a bit of everything in it, made through the store
+// with the clock moving between steps, so that every page has something to
+// show: a package that succeeded, one that failed (with a cascade), one
+// running with a graph, one queued, one in staging, and one full of hostile
+// values.
+type world struct {
+	done, failed, running, queued, staging, hostile string // package ids
+	failedCmd                                       string // the command whose failure failed its package
+	cascaded                                        string // a command cancelled by that failure
+	leased                                          *spinbroker.Command
+	waiting                                         string // a ready command no agent has taken
+	blocked                                         string // a blocked command of the running package
+	hostileCmd                                      string
+}
+
+func mustCreate(t testing.TB, e *env, id int, enqueue bool, cmds ...spinbroker.NewCommand) string {
+	t.Helper()
+	p, _, err := e.db.CreatePackage(ctx, spinbroker.NewPackage{ID: fixedID(id), Commands: cmds, Enqueue: enqueue}, nil)
+	if err != nil {
+		t.Fatalf("create package %d: %v", id, err)
+	}
+	return p.ID
+}
+
+func nc(id int, key, resource, action, params string, deps ...string) spinbroker.NewCommand {
+	c := spinbroker.NewCommand{ID: fixedID(id), Key: key, Resource: resource, Action: action, Dependencies: deps}
+	if params != "" {
+		c.Parameters = json.RawMessage(params)
+	}
+	return c
+}
+
+func mustNext(t testing.TB, e *env, resource string) *spinbroker.Command {
+	t.Helper()
+	c, _, err := e.db.Next(ctx, resource, 0)
+	if err != nil || c == nil {
+		t.Fatalf("next %s: %v %v", resource, c, err)
+	}
+	return c
+}
+
+func mustComplete(t testing.TB, e *env, c *spinbroker.Command, ok bool, reason, output string) {
+	t.Helper()
+	res := spinbroker.Result{Status: &ok, Lease: c.Lease.Token}
+	if reason != "" {
+		res.Reason = &reason
+	}
+	if output != "" {
+		res.Output = json.RawMessage(output)
+	}
+	if _, err := e.db.Complete(ctx, c.ID, res); err != nil {
+		t.Fatalf("complete %s: %v", c.ID, err)
+	}
+}
+
+func seedWorld(t testing.TB, e *env) *world {
+	t.Helper()
+	w := &world{}
+	tick := func() { e.clock.Add(97 * time.Second) }
+
+	w.done = mustCreate(t, e, 1, true, nc(101, "", "storage", "add_volume", `{"path": "volumes/base"}`))
+	mustComplete(t, e, mustNext(t, e, "storage"), true, "", `{"created": "volumes/base"}`)
+	tick()
+
+	w.failed = mustCreate(t, e, 2, true,
+		nc(201, "img", "storage", "create_image", `{"volume_path": "volumes/base", "image_name": "db.img", "image_size": 500}`),
+		nc(202, "cfg", "emulation", "write_config", `{"id": "db"}`, "img"),
+		nc(203, "", "emulation", "start", `{"id": "db"}`, "cfg"))
+	w.failedCmd, w.cascaded = fixedID(201), fixedID(202)
+	tick()
+	mustComplete(t, e, mustNext(t, e, "storage"), false, "not enough space: 500 GiB asked, 120 GiB free", "")
+	tick()
+
+	w.running = mustCreate(t, e, 3, true,
+		nc(301, "vol", "storage", "add_volume", `{"path": "vms/web"}`),
+		nc(302, "disk", "storage", "create_image", `{"volume_path": "vms/web", "image_name": "root.img", "image_size": 20}`, "vol"),
+		nc(303, "net", "network", "create_bridge", `{"name": "br-web"}`),
+		nc(304, "cfg", "emulation", "write_config", `{"id": "web", "vm": {"name": "web", "cpus": 2, "memory": 4096, "images": [{"path": "vms/web/root.img"}]}}`, "disk", "net"),
+		nc(305, "", "emulation", "start", `{"id": "web"}`, "cfg"))
+	mustComplete(t, e, mustNext(t, e, "storage"), true, "", "")
+	w.waiting, w.blocked = fixedID(303), fixedID(304)
+	tick()
+
+	w.queued = mustCreate(t, e, 4, true,
+		nc(401, "", "network", "configure_dns", `{"zone": "web.internal"}`),
+		nc(402, "", "network", "open_port", `{"port": 443}`))
+	tick()
+
+	w.staging = mustCreate(t, e, 5, false, nc(501, "", "storage", "add_volume", `{"path": "volumes/next"}`))
+	tick()
+
+	w.hostile = mustCreate(t, e, 6, true, nc(601, hostileAttr, "misc", "echo",
+		`{"text": "`+strings.ReplaceAll(hostileScript, `"`, `\"`)+`", "attr": "`+strings.ReplaceAll(hostileAttr, `"`, `\"`)+`"}`))
+	w.hostileCmd = fixedID(601)
+	mustComplete(t, e, mustNext(t, e, "misc"), false, hostileScript, `{"html": "`+strings.ReplaceAll(hostileAttr, `"`, `\"`)+`"}`)
+	tick()
+	// Leased last, so that its lease has not run out on the test's clock.
+	w.leased = mustNext(t, e, "storage")
+	e.clock.Add(20 * time.Second)
+	return w
+}
+
+// page is a GET as a browser makes it.
+func (e *env) page(path string, header ...string) response {
+	e.t.Helper()
+	return e.do("GET", path, "", append([]string{"Accept", "text/html"}, header...)...)
+}
+
+// form posts an urlencoded form without following redirects.
+func (e *env) form(path string, values url.Values, header ...string) response {
+	e.t.Helper()
+	req, err := http.NewRequest("POST", e.srv.URL+path, strings.NewReader(values.Encode()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return e.send(req)
+}
+
+// send does a request without following redirects.
+func (e *env) send(req *http.Request) response {
+	e.t.Helper()
+	client := *e.srv.Client()
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func (e *env) get(path string, header ...string) response {
+	e.t.Helper()
+	req, err := http.NewRequest("GET", e.srv.URL+path, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/html")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return e.send(req)
+}
+
+func wantHTML(t testing.TB, r response, status int, contains ...string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d: %.500s", r.status, status, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); ct != "text/html; charset=utf-8" {
+		t.Fatalf("Content-Type %q, want text/html", ct)
+	}
+	if csp := r.header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+		t.Errorf("no content security policy: %q", csp)
+	}
+	for _, c := range contains {
+		if !strings.Contains(string(r.body), c) {
+			t.Errorf("page lacks %q", c)
+		}
+	}
+}
+
+func TestUI_Pages(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	tests := []struct {
+		name, path string
+		status     int
+		contains   []string
+	}{
+		{"Overview", "/ui/", 200, []string{"<h1>Overview</h1>", `href="/ui/queues/storage"`, `href="/ui/packages/` + w.running + `"`, "Completions per minute", "2 succeeded", "1/1 done", `data-events="/events"`}},
+		{"Packages", "/ui/packages", 200, []string{"<h1>Packages</h1>", `href="/ui/packages/` + w.failed + `"`, `href="/ui/packages/` + w.staging + `"`}},
+		{"PackagesFailed", "/ui/packages?state=failed", 200, []string{`href="/ui/packages/` + w.failed + `"`, `aria-current="page"><svg class="ico st-failed"`}},
+		{"PackagesPaged", "/ui/packages?state=running", 200, []string{`href="/ui/packages/` + w.running + `"`}},
+		{"PackageRunning", "/ui/packages/" + w.running, 200, []string{"Cancel package", `class="dag"`, `class="node st-leased"`, "create_bridge", "write_config", `data-events="/events?package=` + w.running + `"`, `marker-end="url(#arrow)"`}},
+		{"PackageFailed", "/ui/packages/" + w.failed, 200, []string{"Caused by", "not enough space: 500 GiB asked, 120 GiB free", `href="/ui/commands/` + w.failedCmd + `"`, "dependency " + w.failedCmd + " failed"}},
+		{"PackageStaging", "/ui/packages/" + w.staging, 200, []string{"not yet (staging)", "Cancel package"}},
+		{"QueueStorage", "/ui/queues/storage", 200, []string{"Queue <code>storage</code>", "Agents hold 1 leased", "lease ends", "Pause"}},
+		{"QueueNetwork", "/ui/queues/network", 200, []string{"3 ready", `class="head"`, "create_bridge", "configure_dns"}},
+		{"QueueEmulation", "/ui/queues/emulation", 200, []string{"Nothing is ready", `class="dep"`, `href="/ui/commands/` + fixedID(302) + `"`, `href="/ui/commands/` + fixedID(303) + `"`}},
+		{"QueueUnused", "/ui/queues/never-used", 200, []string{"Empty: nothing is waiting"}},
+		{"QueueAfter", "/ui/queues/network?after=1", 200, []string{"configure_dns"}},
+		{"CommandLeased", "/ui/commands/" + w.leased.ID, 200, []string{"create_image", "Lease expires", "in 40s", "attempt 1 of 3", `href="/ui/commands/` + fixedID(301) + `"`, `href="/ui/commands/` + fixedID(304) + `"`, "&#34;image_size&#34;: 20"}},
+		{"CommandFailed", "/ui/commands/" + w.failedCmd, 200, []string{"Retry", "not enough space"}},
+		{"CommandCascaded", "/ui/commands/" + w.cascaded, 200, []string{"Retry", "dependency " + w.failedCmd + " failed"}},
+		{"Search", "/ui/search", 200, []string{`<h1>Search</h1>`}},
+		{"SearchNothing", "/ui/search?q=ffff", 200, []string{"Nothing matches"}},
+		{"SearchMany", "/ui/search?q=00000000", 200, []string{"Packages", "Commands"}},
+		{"Login", "/ui/login", 303, nil}, // auth is off
+		{"BadState", "/ui/packages?state=sleeping", 400, []string{"not a package state"}},
+		{"BadCursor", "/ui/packages?cursor=nope", 400, []string{"cursor"}},
+		{"NotAnID", "/ui/packages/nope", 404, []string{"not found"}},
+		{"NoPackage", "/ui/packages/" + fixedID(99), 404, []string{"not found"}},
+		{"NoCommand", "/ui/commands/" + fixedID(9999), 404, []string{"not found"}},
+		{"BadQueue", "/ui/queues/NOT_OK", 400, []string{"not a valid name"}},
+		{"BadAfter", "/ui/queues/storage?after=x", 400, []string{"after must be"}},
+		{"NoPage", "/ui/nowhere", 404, []string{"there is no page"}},
+		{"NoFragment", "/ui/?fragment=nope", 404, []string{"no fragment"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := *e
+			c.t = t
+			r := c.get(tt.path)
+			if tt.status == 303 {
+				if r.status != 303 {
+					t.Fatalf("status %d, want 303", r.status)
+				}
+				return
+			}
+			wantHTML(t, r, tt.status, tt.contains...)
+			if !strings.Contains(string(r.body), "<!doctype html>") {
+				t.Error("not a whole page")
+			}
+		})
+	}
+}
+
+func TestUI_Fragments(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	for _, tt := range []struct{ path, fragment, want string }{
+		{"/ui/", "queues", `href="/ui/queues/network"`},
+		{"/ui/", "chart", `<svg viewBox="0 0 640 150" role="img"`},
+		{"/ui/", "packages", `href="/ui/packages/` + w.hostile + `"`},
+		{"/ui/packages", "list", `href="/ui/packages/` + w.done + `"`},
+		{"/ui/packages/" + w.running, "summary", "Cancel package"},
+		{"/ui/packages/" + w.running, "graph", `class="dag"`},
+		{"/ui/packages/" + w.running, "commands", "create_bridge"},
+		{"/ui/queues/network", "summary", "3 ready"},
+		{"/ui/queues/network", "commands", "configure_dns"},
+		{"/ui/commands/" + w.leased.ID, "summary", "Lease expires"},
+		{"/ui/commands/" + w.leased.ID, "links", "Depends on"},
+	} {
+		t.Run(tt.fragment, func(t *testing.T) {
+			c := *e
+			c.t = t
+			sep := "?"
+			if strings.Contains(tt.path, "?") {
+				sep = "&"
+			}
+			r := c.get(tt.path + sep + "fragment=" + tt.fragment)
+			wantHTML(t, r, 200, tt.want)
+			if strings.Contains(string(r.body), "<html") || strings.Contains(string(r.body), "<header") {
+				t.Errorf("fragment %s is a whole page", tt.fragment)
+			}
+		})
+	}
+}
+
+// TestUI_Escaping shows hostile parameters, keys, reasons and outputs on
+// every page that shows them: they must arrive as text.
+func TestUI_Escaping(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	for _, path := range []string{
+		"/ui/",
+		"/ui/packages",
+		"/ui/packages/" + w.hostile,
+		"/ui/commands/" + w.hostileCmd,
+		"/ui/queues/misc",
+		"/ui/search?q=" + url.QueryEscape(hostileScript),
+		"/ui/search?q=" + url.QueryEscape(hostileAttr),
+		"/ui/nowhere/" + url.PathEscape(hostileScript),
+	} {
+		t.Run(path, func(t *testing.T) {
+			c := *e
+			c.t = t
+			r := c.get(path)
+			body := string(r.body)
+			for _, bad := range []string{"<script>alert", "<img src=x", "onerror=alert(1)>"} {
+				if strings.Contains(body, bad) {
+					t.Errorf("%s shows %q unescaped", path, bad)
+				}
+			}
+		})
+	}
+	r := e.get("/ui/commands/" + w.hostileCmd)
+	wantHTML(t, r, 200, "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;", "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;")
+}
+
+func TestUI_Redirects(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	for _, tt := range []struct{ path, location string }{
+		{"/", "/ui/"},
+		{"/ui", "/ui/"},
+		{"/ui/search?q=" + w.running, "/ui/packages/" + w.running},
+		{"/ui/search?q=" + strings.ToUpper(w.running), "/ui/packages/" + w.running},
+		{"/ui/search?q=" + w.leased.ID, "/ui/commands/" + w.leased.ID},
+		{"/ui/search?q=emu", "/ui/queues/emulation"},
+		{"/ui/login", "/ui/"},
+		{"/ui/logout", "/ui/"},
+	} {
+		r := e.get(tt.path)
+		if r.status/100 != 3 || r.header.Get("Location") != tt.location {
+			t.Errorf("GET %s: %d to %q, want a redirect to %q", tt.path, r.status, r.header.Get("Location"), tt.location)
+		}
+	}
+}
+
+func TestUI_Static(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	page := string(e.get("/ui/").body)
+	i := strings.Index(page, "/ui/static/app.css?v=")
+	if i < 0 {
+		t.Fatal("the page links no versioned stylesheet")
+	}
+	versioned := page[i : i+len("/ui/static/app.css?v=")+12]
+	for _, tt := range []struct {
+		path, contentType, cache string
+		status                   int
+	}{
+		{versioned, "text/css; charset=utf-8", "public, max-age=31536000, immutable", 200},
+		{"/ui/static/app.css", "text/css; charset=utf-8", "no-cache", 200},
+		{"/ui/static/app.js", "text/javascript; charset=utf-8", "no-cache", 200},
+		{"/ui/static/favicon.svg", "image/svg+xml", "no-cache", 200},
+		{"/ui/static/", "text/html; charset=utf-8", "no-store", 404},
+		{"/ui/static/nope.css", "text/html; charset=utf-8", "no-store", 404},
+		{"/ui/static/../web.go", "text/html; charset=utf-8", "no-store", 404},
+	} {
+		r := e.get(tt.path)
+		if r.status != tt.status || r.header.Get("Content-Type") != tt.contentType || r.header.Get("Cache-Control") != tt.cache {
+			t.Errorf("GET %s: %d %q %q, want %d %q %q", tt.path, r.status, r.header.Get("Content-Type"), r.header.Get("Cache-Control"), tt.status, tt.contentType, tt.cache)
+		}
+	}
+	// A browser that has the file already is told so.
+	r := e.get("/ui/static/app.css")
+	r2 := e.get("/ui/static/app.css", "If-None-Match", r.header.Get("ETag"))
+	if r2.status != http.StatusNotModified {
+		t.Errorf("revalidation answered %d, want 304", r2.status)
+	}
+}
+
+func TestUI_Actions(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	fetch := []string{"X-Requested-With", "fetch"}
+	tests := []struct {
+		name, path string
+		form       url.Values
+		header     []string
+		status     int
+		location   string
+	}{
+		{"Cancel", "/ui/packages/" + w.queued + "/cancel", nil, nil, 303, "/ui/packages/" + w.queued},
+		{"CancelAgain", "/ui/packages/" + w.queued + "/cancel", nil, fetch, 204, ""},
+		{"CancelMissing", "/ui/packages/" + fixedID(99) + "/cancel", nil, nil, 404, ""},
+		{"RetryFailed", "/ui/commands/" + w.failedCmd + "/retry", nil, nil, 303, "/ui/commands/" + w.failedCmd},
+		{"RetryNotFailed", "/ui/commands/" + fixedID(101) + "/retry", nil, nil, 409, ""},
+		{"RetryNotFailedFetch", "/ui/commands/" + fixedID(101) + "/retry", nil, fetch, 409, ""},
+		{"Pause", "/ui/queues/network/pause", nil, nil, 303, "/ui/queues/network"},
+		{"Resume", "/ui/queues/network/resume", nil, fetch, 204, ""},
+		{"Concurrency", "/ui/queues/network/concurrency", url.Values{"concurrency": {"4"}}, nil, 303, "/ui/queues/network"},
+		{"ConcurrencyZero", "/ui/queues/network/concurrency", url.Values{"concurrency": {"0"}}, nil, 400, ""},
+		{"ConcurrencyWords", "/ui/queues/network/concurrency", url.Values{"concurrency": {"four"}}, fetch, 400, ""},
+		{"BadQueue", "/ui/queues/BAD!/pause", nil, nil, 400, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := *e
+			c.t = t
+			r := c.form(tt.path, tt.form, tt.header...)
+			if r.status != tt.status || r.header.Get("Location") != tt.location {
+				t.Fatalf("%d to %q, want %d to %q: %s", r.status, r.header.Get("Location"), tt.status, tt.location, r.body)
+			}
+			if r.status >= 400 {
+				want := "text/html; charset=utf-8"
+				if len(tt.header) > 0 {
+					want = "text/plain; charset=utf-8"
+				}
+				if ct := r.header.Get("Content-Type"); ct != want {
+					t.Errorf("error answered as %q, want %q", ct, want)
+				}
+			}
+		})
+	}
+	if p, _ := e.db.PackageInfo(ctx, w.queued); p.State != spinbroker.PackageCancelled {
+		t.Errorf("package is %s after cancel", p.State)
+	}
+	if c, _ := e.db.Command(ctx, w.failedCmd); c.State != spinbroker.Ready {
+		t.Errorf("command is %s after retry", c.State)
+	}
+	if q, _ := e.db.Queue(ctx, "network"); q.Paused || q.Concurrency != 4 {
+		t.Errorf("queue paused=%v concurrency=%d", q.Paused, q.Concurrency)
+	}
+}
+
+// TestUI_CrossOrigin posts the dashboard's forms as another site's page
+// would: refused, and nothing changes.
+func TestUI_CrossOrigin(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	for _, h := range [][]string{
+		{"Sec-Fetch-Site", "cross-site"},
+		{"Sec-Fetch-Site", "same-site"},
+		{"Origin", "https://evil.example"},
+	} {
+		r := e.form("/ui/packages/"+w.queued+"/cancel", nil, h...)
+		if r.status != http.StatusForbidden {
+			t.Errorf("cross-origin cancel with %v answered %d", h, r.status)
+		}
+		r = e.form("/ui/queues/network/pause", nil, h...)
+		if r.status != http.StatusForbidden {
+			t.Errorf("cross-origin pause with %v answered %d", h, r.status)
+		}
+	}
+	if p, _ := e.db.PackageInfo(ctx, w.queued); p.State == spinbroker.PackageCancelled {
+		t.Error("a cross-origin post cancelled the package")
+	}
+	// The same form from the dashboard itself passes.
+	r := e.form("/ui/packages/"+w.queued+"/cancel", nil, "Sec-Fetch-Site", "same-origin", "Origin", e.srv.URL)
+	if r.status != http.StatusSeeOther {
+		t.Errorf("same-origin cancel answered %d", r.status)
+	}
+}
+
+// TestUI_APIStaysJSON: the dashboard shares the router, but API paths
+// answer JSON whatever a browser asks for.
+func TestUI_APIStaysJSON(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	for _, path := range []string{"/packages", "/packages/" + w.running, "/queues/storage", "/commands/" + w.leased.ID, "/nowhere", "/packages/nope"} {
+		r := e.page(path)
+		if ct := r.header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("GET %s answered %q", path, ct)
+		}
+	}
+}
+
+func TestUI_Auth(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	w := seedWorld(t, e)
+	secrets := map[string]string{}
+	for _, role := range []string{spinbroker.RoleAdmin, spinbroker.RoleViewer, spinbroker.RoleAgent} {
+		res := ""
+		if role == spinbroker.RoleAgent {
+			res = "storage"
+		}
+		_, secret, err := e.db.CreateToken(ctx, role, res, role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets[role] = secret
+	}
+	cookie := func(role string) []string { return []string{"Cookie", httpapi.TokenCookie + "=" + secrets[role]} }
+
+	// A browser without a token is sent to the login form, and back after.
+	r := e.get("/ui/packages/" + w.running)
+	if r.status != 303 || r.header.Get("Location") != "/ui/login?next="+url.QueryEscape("/ui/packages/"+w.running) {
+		t.Fatalf("no token: %d to %q", r.status, r.header.Get("Location"))
+	}
+	wantHTML(t, e.get("/ui/login?next=/ui/queues/storage"), 200, `name="token"`, `value="/ui/queues/storage"`)
+	// The login page and the static files need no token.
+	if r := e.get("/ui/static/app.css"); r.status != 200 {
+		t.Errorf("static file without a token: %d", r.status)
+	}
+
+	login := func(secret, next string) response {
+		return e.form("/ui/login", url.Values{"token": {secret}, "next": {next}})
+	}
+	wantHTML(t, login("", ""), 400, "Paste a token")
+	wantHTML(t, login("sbt_wrong", ""), 401, "not valid")
+	wantHTML(t, login(secrets[spinbroker.RoleAgent], ""), 403, "agent token")
+
+	r = login(secrets[spinbroker.RoleViewer], "/ui/queues/storage")
+	if r.status != 303 || r.header.Get("Location") != "/ui/queues/storage" {
+		t.Fatalf("viewer login: %d to %q", r.status, r.header.Get("Location"))
+	}
+	set := r.header.Get("Set-Cookie")
+	for _, want := range []string{httpapi.TokenCookie + "=" + secrets[spinbroker.RoleViewer], "Path=/", "HttpOnly", "SameSite=Strict", "Max-Age="} {
+		if !strings.Contains(set, want) {
+			t.Errorf("cookie %q lacks %q", set, want)
+		}
+	}
+	if strings.Contains(set, "Secure") {
+		t.Errorf("cookie over plain HTTP is Secure: %q", set)
+	}
+	// Never sent off to another site after logging in.
+	for _, next := range []string{"//evil.example/", "https://evil.example/", "/packages", "/ui/login"} {
+		if r := login(secrets[spinbroker.RoleViewer], next); r.header.Get("Location") != "/ui/" {
+			t.Errorf("next=%s sent to %q", next, r.header.Get("Location"))
+		}
+	}
+
+	// A viewer sees everything and no buttons; its posts are refused.
+	for _, path := range []string{"/ui/", "/ui/packages", "/ui/packages/" + w.running, "/ui/queues/storage", "/ui/commands/" + w.failedCmd} {
+		r := e.get(path, cookie(spinbroker.RoleViewer)...)
+		wantHTML(t, r, 200, "viewer", "Log out")
+		for _, button := range []string{"Cancel package", "/retry\"", "/pause\"", `name="concurrency"`} {
+			if strings.Contains(string(r.body), button) {
+				t.Errorf("a viewer is offered %q on %s", button, path)
+			}
+		}
+	}
+	wantHTML(t, e.form("/ui/packages/"+w.running+"/cancel", nil, cookie(spinbroker.RoleViewer)...), 403, "viewer")
+	wantHTML(t, e.form("/ui/queues/storage/pause", nil, cookie(spinbroker.RoleViewer)...), 403)
+	// An admin gets the buttons.
+	wantHTML(t, e.get("/ui/packages/"+w.running, cookie(spinbroker.RoleAdmin)...), 200, "Cancel package")
+	wantHTML(t, e.get("/ui/queues/storage", cookie(spinbroker.RoleAdmin)...), 200, "/pause\"", `name="concurrency"`)
+	wantHTML(t, e.get("/ui/commands/"+w.failedCmd, cookie(spinbroker.RoleAdmin)...), 200, "Retry")
+	// An agent's token reads only its own queue; the dashboard is not for it.
+	wantHTML(t, e.get("/ui/", cookie(spinbroker.RoleAgent)...), 403)
+	// The event stream takes the cookie too.
+	req, _ := http.NewRequest("GET", e.srv.URL+"/events", nil)
+	req.Header.Set("Cookie", httpapi.TokenCookie+"="+secrets[spinbroker.RoleViewer])
+	reqCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := e.srv.Client().Do(req.WithContext(reqCtx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Errorf("events with the cookie: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+
+	// Logging out forgets the cookie.
+	wantHTML(t, e.get("/ui/logout", cookie(spinbroker.RoleViewer)...), 200, "Forget the token")
+	r = e.form("/ui/logout", nil, cookie(spinbroker.RoleViewer)...)
+	if r.status != 303 || r.header.Get("Location") != "/ui/login" || !strings.Contains(r.header.Get("Set-Cookie"), "Max-Age=0") {
+		t.Errorf("logout: %d to %q, cookie %q", r.status, r.header.Get("Location"), r.header.Get("Set-Cookie"))
+	}
+}
+
+// TestUI_LoginTLS: over TLS the cookie is Secure as well.
+func TestUI_LoginTLS(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	_, secret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("POST", "https://broker.example/ui/login", strings.NewReader(url.Values{"token": {secret}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.TLS = &tls.ConnectionState{}
+	rec := httptest.NewRecorder()
+	e.api.Handler().ServeHTTP(rec, req)
+	if rec.Code != 303 || !strings.Contains(rec.Header().Get("Set-Cookie"), "Secure") {
+		t.Errorf("login over TLS: %d, cookie %q", rec.Code, rec.Header().Get("Set-Cookie"))
+	}
+}
+
+// TestUI_QueueWhy: the queue's page says why it does not move.
+func TestUI_QueueWhy(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	mustCreate(t, e, 1, true, nc(101, "", "q", "first", ""), nc(102, "", "q", "second", ""))
+	wantHTML(t, e.get("/ui/queues/q"), 200, "2 ready; the head of line", "first")
+
+	c := mustNext(t, e, "q")
+	wantHTML(t, e.get("/ui/queues/q"), 200, "All 1 slots are leased")
+
+	ok, reason := false, "flaky network"
+	if _, err := e.db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Retry: true, Reason: &reason, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	wantHTML(t, e.get("/ui/queues/q"), 200, "waits out a retry back-off until", "(in 1s)", "flaky network", "holds back the commands behind it")
+
+	if _, err := e.db.SetQueue(ctx, "q", spinbroker.QueueSettings{Paused: uiRef(true)}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.get("/ui/queues/q")
+	wantHTML(t, r, 200, "Paused: the queue hands out nothing", `action="/ui/queues/q/resume"`)
+	if strings.Contains(string(r.body), `action="/ui/queues/q/pause"`) {
+		t.Error("a paused queue offers to pause")
+	}
+}
+
+// TestUI_OpenPagesShowNoRole: pages served without a token never show the
+// anonymous identity as if someone were logged in.
+func TestUI_OpenPagesShowNoRole(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	for _, path := range []string{"/ui/login", "/ui/static/nope.css"} {
+		body := string(e.get(path).body)
+		if strings.Contains(body, "Log out") || strings.Contains(body, `class="who"`) || strings.Contains(body, `href="/ui/packages"`) {
+			t.Errorf("%s shows a role or the navigation to a visitor without a token", path)
+		}
+	}
+}

@@ -1,0 +1,153 @@
+// app.js keeps a dashboard page live without reloading it, and is the only
+// script the dashboard has. Every page renders fully on the server; this
+// only improves it:
+//
+//  - It subscribes to /events (Server-Sent Events). Each live part of the
+//    page is an element with data-fragment="NAME" and data-events="TYPES";
+//    when an event of one of those types arrives, the part is re-fetched
+//    from the same URL with ?fragment=NAME and swapped in, at most twice a
+//    second however many events arrive. "resync" (events were lost) reloads.
+//  - Forms marked data-async are posted with fetch, so the page stays put
+//    and the change arrives over /events like anyone else's; without this
+//    script they post normally and the server redirects back.
+//  - Forms marked data-confirm ask first.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var live = document.getElementById("live");
+  var flash = document.getElementById("flash");
+  var resource = body.dataset.resource || "";
+  var dirty = {};
+  var timer = null;
+  var last = 0;
+  var source = null;
+  var minGap = 500; // ms between refreshes: at most 2 a second
+
+  function parts() {
+    return document.querySelectorAll("[data-fragment]");
+  }
+
+  function markAll() {
+    parts().forEach(function (el) { dirty[el.dataset.fragment] = true; });
+    schedule();
+  }
+
+  function schedule() {
+    if (timer) return;
+    timer = setTimeout(refresh, Math.max(0, last + minGap - Date.now()));
+  }
+
+  function refresh() {
+    timer = null;
+    last = Date.now();
+    var names = Object.keys(dirty);
+    dirty = {};
+    names.forEach(function (name) {
+      var el = document.querySelector('[data-fragment="' + name + '"]');
+      if (!el) return;
+      // Never swap a part out from under someone typing in it.
+      if (el.contains(document.activeElement) && document.activeElement.tagName === "INPUT") {
+        dirty[name] = true;
+        setTimeout(schedule, 2000);
+        return;
+      }
+      var url = new URL(location.href);
+      url.searchParams.set("fragment", name);
+      fetch(url, { credentials: "same-origin" })
+        .then(function (res) {
+          // Gone, or logged out: the full page says why.
+          if (!res.ok || res.redirected) { location.reload(); return null; }
+          return res.text();
+        })
+        .then(function (html) {
+          if (html === null) return;
+          el.innerHTML = html;
+          el.classList.remove("updated");
+          void el.offsetWidth; // restart the highlight
+          el.classList.add("updated");
+        })
+        .catch(function () { dirty[name] = true; });
+    });
+  }
+
+  function onEvent(type) {
+    return function (e) {
+      if (resource && type !== "package") {
+        try {
+          var data = JSON.parse(e.data);
+          if (data.resource && data.resource !== resource) return;
+        } catch (err) { /* refresh anyway */ }
+      }
+      parts().forEach(function (el) {
+        if ((" " + el.dataset.events + " ").indexOf(" " + type + " ") >= 0) {
+          dirty[el.dataset.fragment] = true;
+        }
+      });
+      schedule();
+    };
+  }
+
+  function connect() {
+    if (!body.dataset.events || !window.EventSource) return;
+    var wasDown = false;
+    source = new EventSource(body.dataset.events);
+    ["package", "command", "queue"].forEach(function (type) {
+      source.addEventListener(type, onEvent(type));
+    });
+    source.addEventListener("resync", function () { location.reload(); });
+    source.onopen = function () {
+      live.hidden = false;
+      live.textContent = "live";
+      live.className = "live on";
+      live.title = "This page updates itself as the broker changes";
+      // Events sent while we were away are lost: catch up.
+      if (wasDown) markAll();
+      wasDown = false;
+    };
+    source.onerror = function () {
+      wasDown = true;
+      live.hidden = false;
+      live.textContent = "reconnecting…";
+      live.className = "live";
+      live.title = "The event stream dropped; reload to see the current state";
+    };
+  }
+
+  function say(msg) {
+    flash.textContent = msg;
+    flash.hidden = !msg;
+  }
+
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      e.preventDefault();
+      return;
+    }
+    if (!form.hasAttribute("data-async") || !window.fetch) return;
+    e.preventDefault();
+    var button = form.querySelector("button");
+    if (button) button.disabled = true;
+    fetch(form.action, {
+      method: "POST",
+      body: new URLSearchParams(new FormData(form)),
+      credentials: "same-origin",
+      headers: { "X-Requested-With": "fetch" }
+    }).then(function (res) {
+      if (res.ok) {
+        say("");
+        // With the event stream down, nothing else would show the change.
+        if (!source || source.readyState !== EventSource.OPEN) markAll();
+        return;
+      }
+      return res.text().then(function (text) { say(text || res.statusText); });
+    }).catch(function () {
+      say("The broker did not answer; try again.");
+    }).finally(function () {
+      if (button && button.isConnected) button.disabled = false;
+    });
+  });
+
+  connect();
+})();
