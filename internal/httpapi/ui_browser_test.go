@@ -1,0 +1,393 @@
+package httpapi_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
+	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+// The dashboard in a real browser: headless Chromium driven over the
+// DevTools protocol. A missing browser is installed (or, under CI, is a
+// failure); these tests never skip, since a dashboard that was never
+// opened in a browser is not tested.
+
+// installScript installs Debian's chromium where it is missing.
+const installScript = "../../scripts/install-chromium.sh"
+
+// chromium finds the browser, installing it when it can.
+func chromium(t *testing.T) string {
+	t.Helper()
+	find := func() string {
+		for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "headless-shell"} {
+			if p, err := exec.LookPath(name); err == nil {
+				return p
+			}
+		}
+		return ""
+	}
+	if p := find(); p != "" {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("no chromium on PATH: CI must install it first (%s)", installScript)
+	}
+	t.Logf("no chromium on PATH; running %s", installScript)
+	if out, err := exec.Command("sh", installScript).CombinedOutput(); err != nil {
+		t.Fatalf("chromium is missing and %s failed (run it as root, or install chromium): %v\n%s", installScript, err, out)
+	}
+	if p := find(); p != "" {
+		return p
+	}
+	t.Fatalf("chromium is still missing after %s", installScript)
+	return ""
+}
+
+// screenshotDir is where the screenshots go: $SPINBROKER_SCREENSHOTS, else
+// a fixed folder under the temporary directory, so that the latest run's
+// pictures are always in the same place.
+func screenshotDir(t *testing.T) string {
+	dir := os.Getenv("SPINBROKER_SCREENSHOTS")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "spinbroker-screenshots")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// browser starts one headless Chromium for a test, with the flags that work
+// as root in a container, and a fresh profile.
+func startBrowser(t *testing.T) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 800),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() {
+		cancel()
+		cancelAlloc()
+	})
+	// Start the browser with a context that has no deadline: the first Run
+	// binds the browser's life to its context.
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// tab opens a new tab for a subtest, and fails the subtest on any script
+// error or blocked resource (a content security policy violation, say),
+// except those that contain one of the expected strings.
+func cdpTab(t *testing.T, parent context.Context, expected ...string) context.Context {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(parent)
+	var mu sync.Mutex
+	var problems []string
+	err := chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev := ev.(type) {
+		case *runtime.EventExceptionThrown:
+			msg := ev.ExceptionDetails.Text
+			if ev.ExceptionDetails.Exception != nil {
+				msg += " " + ev.ExceptionDetails.Exception.Description
+			}
+			problems = append(problems, "exception: "+msg)
+		case *cdplog.EventEntryAdded:
+			if ev.Entry.Level == cdplog.EntryLevelError {
+				problems = append(problems, "console: "+ev.Entry.Text+" "+ev.Entry.URL)
+			}
+		case *runtime.EventConsoleAPICalled:
+			if ev.Type == runtime.ConsoleAPICalledTypeError {
+				problems = append(problems, "console.error")
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() {
+		tcancel()
+		cancel()
+		mu.Lock()
+		defer mu.Unlock()
+	next:
+		for _, p := range problems {
+			for _, x := range expected {
+				if strings.Contains(p, x) {
+					continue next
+				}
+			}
+			t.Errorf("browser: %s", p)
+		}
+	})
+	return tctx
+}
+
+func cdpDo(t *testing.T, ctx context.Context, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cdpEval[T any](t *testing.T, ctx context.Context, js string) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js))
+	if err != nil {
+		t.Fatalf("%s: %v", js, err)
+	}
+	return v
+}
+
+// waitFor polls a JavaScript condition until it holds. It evaluates the
+// condition afresh each time rather than with chromedp.Poll, because the
+// condition may hold only after a navigation, which ends a running poll.
+func cdpWait(t *testing.T, ctx context.Context, js string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
+		if err == nil && ok {
+			return
+		}
+		last = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("waited 10s for %s (last error: %v)", js, last)
+}
+
+// open navigates to a dashboard page and waits until its event stream is
+// connected (pages that have one).
+func cdpOpen(t *testing.T, ctx context.Context, url string, live bool) {
+	t.Helper()
+	cdpDo(t, ctx, chromedp.Navigate(url), chromedp.WaitVisible(chromedp.CSS("main")))
+	if live {
+		cdpWait(t, ctx, `document.getElementById("live").textContent === "live"`)
+	}
+}
+
+func colorScheme(dark bool) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		value := "light"
+		if dark {
+			value = "dark"
+		}
+		_, err := cdp.Call(ctx, t, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: value}},
+		})
+		return err
+	})
+}
+
+// shoot saves full-page screenshots of the current page in light and dark,
+// at a laptop's width and a phone's.
+func screenshots(t *testing.T, ctx context.Context, dir, name string) {
+	t.Helper()
+	sizes := []struct {
+		name string
+		vp   chromedp.Action[chromedp.Void]
+	}{
+		{"laptop", chromedp.EmulateViewport(1280, 800)},
+		{"phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2))},
+	}
+	for _, dark := range []bool{false, true} {
+		for _, size := range sizes {
+			cdpDo(t, ctx, colorScheme(dark), size.vp)
+			buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mode := "light"
+			if dark {
+				mode = "dark"
+			}
+			file := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.png", name, mode, size.name))
+			if err := os.WriteFile(file, buf, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cdpDo(t, ctx, colorScheme(false), chromedp.EmulateViewport(1280, 800))
+}
+
+func TestBrowser(t *testing.T) {
+	start := time.Now()
+	dir := screenshotDir(t)
+	bctx := startBrowser(t)
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	base := e.srv.URL
+
+	t.Run("Pages", func(t *testing.T) {
+		ctx := cdpTab(t, bctx)
+		pages := []struct {
+			name, path string
+			live       bool
+			check      string // a JavaScript condition the page must meet
+		}{
+			{"overview", "/ui/", true, `document.querySelectorAll("#f-queues tbody tr").length === 4 &&
+				document.querySelectorAll(".chart rect.bar").length > 0 &&
+				!!document.querySelector('#f-packages a[href="/ui/packages/` + w.running + `"]')`},
+			{"packages", "/ui/packages", true, `document.querySelectorAll("#f-list tbody tr").length === 6`},
+			{"packages-failed", "/ui/packages?state=failed", true, `document.querySelectorAll("#f-list tbody tr").length === 2`},
+			{"package-running", "/ui/packages/" + w.running, true, `document.querySelectorAll(".dag .node").length === 5 &&
+				document.querySelectorAll(".dag .edge").length === 4 &&
+				document.querySelector(".big-state").textContent.includes("running") &&
+				!!document.querySelector('form[action$="/cancel"] button')`},
+			{"package-failed", "/ui/packages/" + w.failed, true, `document.querySelector(".cause").textContent.includes("not enough space") &&
+				document.querySelectorAll(".dag .node.st-cancelled").length === 2 &&
+				!document.querySelector('form[action$="/cancel"]')`},
+			{"queue", "/ui/queues/network", true, `document.querySelector("tr.head").textContent.includes("create_bridge") &&
+				document.querySelector(".status").textContent.includes("3 ready")`},
+			{"queue-blocked", "/ui/queues/emulation", true, `document.querySelectorAll("td.waits a.dep").length === 3`},
+			{"command", "/ui/commands/" + w.leased.ID, true, `document.querySelector(".timeline").textContent.includes("Started") &&
+				document.querySelector("pre.json").textContent.includes('"image_size": 20')`},
+			{"command-failed", "/ui/commands/" + w.failedCmd, true, `!!document.querySelector('form[action$="/retry"]')`},
+			// Hostile values are shown as text and run nothing.
+			{"command-hostile", "/ui/commands/" + w.hostileCmd, true, `[...document.querySelectorAll("pre.json")].some(p => p.textContent.includes('"<script>alert(\\"pwned\\")</script>"')) &&
+				document.querySelectorAll("main img, main script").length === 0`},
+			{"search", "/ui/search?q=0000", false, `document.querySelectorAll("ul.links li").length > 3`},
+		}
+		for _, p := range pages {
+			cdpOpen(t, ctx, base+p.path, p.live)
+			if ok := cdpEval[bool](t, ctx, p.check); !ok {
+				html := cdpEval[string](t, ctx, `document.querySelector("main").innerText`)
+				t.Errorf("%s: the page does not meet %s:\n%s", p.name, p.check, html)
+			}
+			screenshots(t, ctx, dir, p.name)
+		}
+	})
+
+	t.Run("CancelLive", func(t *testing.T) {
+		ctx := cdpTab(t, bctx)
+		// The cancel button asks first; accept like a person would.
+		dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+		go func() {
+			for _, err := range dialogs {
+				if err != nil {
+					return
+				}
+				chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}) //nolint:errcheck
+			}
+		}()
+		cdpOpen(t, ctx, base+"/ui/packages/"+w.queued, true)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`window.stillHere = true`),
+			chromedp.Click(chromedp.CSS(`form[action$="/cancel"] button`)))
+		// The new state arrives over /events and is swapped in: the page is
+		// never reloaded.
+		cdpWait(t, ctx, `document.querySelector(".big-state").textContent.includes("cancelled")`)
+		cdpWait(t, ctx, `document.querySelectorAll("#f-commands .badge.st-cancelled").length === 2`)
+		if !cdpEval[bool](t, ctx, `window.stillHere === true && !document.querySelector('form[action$="/cancel"]')`) {
+			t.Error("the page reloaded, or still offers to cancel")
+		}
+		if p, _ := e.db.PackageInfo(ctx, w.queued); p.State != spinbroker.PackageCancelled {
+			t.Errorf("package is %s", p.State)
+		}
+	})
+
+	t.Run("LiveFromAPI", func(t *testing.T) {
+		ctx := cdpTab(t, bctx)
+		cdpOpen(t, ctx, base+"/ui/packages/"+w.running, true)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`window.stillHere = true`))
+		// An agent finishes a command somewhere else; the page follows.
+		mustComplete(t, e, w.leased, true, "", `{"image": "vms/web/root.img"}`)
+		cdpWait(t, ctx, `document.querySelector(".summary .progress").textContent.includes("2/5 done")`)
+		cdpWait(t, ctx, `document.querySelector('.dag a[href$="`+w.leased.ID+`"]').classList.contains("st-succeeded")`)
+		if !cdpEval[bool](t, ctx, `window.stillHere === true`) {
+			t.Error("the page reloaded")
+		}
+		// And a queue's page follows its queue: pause it with the button.
+		cdpOpen(t, ctx, base+"/ui/queues/storage", true)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`window.stillHere = true`),
+			chromedp.Click(chromedp.CSS(`form[action$="/pause"] button`)))
+		cdpWait(t, ctx, `document.querySelector(".summary .badge").textContent.includes("paused") && !!document.querySelector('form[action$="/resume"]')`)
+		cdpDo(t, ctx, chromedp.Click(chromedp.CSS(`form[action$="/resume"] button`)))
+		cdpWait(t, ctx, `document.querySelector(".summary .badge").textContent.includes("active")`)
+		if !cdpEval[bool](t, ctx, `window.stillHere === true`) {
+			t.Error("the page reloaded")
+		}
+	})
+
+	t.Run("WithoutJavaScript", func(t *testing.T) {
+		ctx := cdpTab(t, bctx)
+		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := cdp.Call(ctx, t, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
+			return err
+		}))
+		// The page is whole, and the button is a plain form post that
+		// comes back to the page with the new state.
+		cdpOpen(t, ctx, base+"/ui/packages/"+w.staging, false)
+		cdpDo(t, ctx, chromedp.Click(chromedp.CSS(`form[action$="/cancel"] button`)))
+		cdpWait(t, ctx, `document.querySelector(".big-state") && document.querySelector(".big-state").textContent.includes("cancelled")`)
+		screenshots(t, ctx, dir, "package-nojs")
+	})
+
+	t.Run("CrossOrigin", func(t *testing.T) {
+		ctx := cdpTab(t, bctx, "403 (Forbidden)")
+		// A page on another site with a form that posts to the broker.
+		evil := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			rw.Header().Set("Content-Type", "text/html")
+			fmt.Fprintf(rw, `<!doctype html><title>Prize</title><form method="post" action="%s/ui/packages/%s/cancel"><button id="go">Claim your prize</button></form>`, base, w.running)
+		}))
+		defer evil.Close()
+		cdpDo(t, ctx, chromedp.Navigate(strings.Replace(evil.URL, "127.0.0.1", "localhost", 1)),
+			chromedp.Click(chromedp.ID("go")))
+		cdpWait(t, ctx, `location.href.startsWith("`+base+`") && document.body.innerText.includes("cross-origin request refused")`)
+		if p, _ := e.db.PackageInfo(ctx, w.running); p.State == spinbroker.PackageCancelled {
+			t.Error("another site's form cancelled the package")
+		}
+	})
+
+	t.Run("Login", func(t *testing.T) {
+		ctx := cdpTab(t, bctx)
+		ea := newEnv(t, httpapi.Options{Auth: true})
+		wa := seedWorld(t, ea)
+		_, secret, err := ea.db.CreateToken(ctx, spinbroker.RoleViewer, "", "viewer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cdpOpen(t, ctx, ea.srv.URL+"/ui/packages/"+wa.running, false)
+		cdpWait(t, ctx, `location.pathname === "/ui/login"`)
+		screenshots(t, ctx, dir, "login")
+		cdpDo(t, ctx, chromedp.SendKeys(chromedp.ID("token"), secret),
+			chromedp.Click(chromedp.CSS(`button[type="submit"]`)))
+		// Back where it started, as a viewer: no buttons, and the token is
+		// out of the page's reach.
+		cdpWait(t, ctx, `location.pathname === "/ui/packages/`+wa.running+`" && !!document.querySelector(".dag")`)
+		cdpWait(t, ctx, `document.getElementById("live").textContent === "live"`)
+		if !cdpEval[bool](t, ctx, `!document.querySelector('form[action$="/cancel"]') && !document.cookie.includes("spinbroker_token") && document.querySelector(".who").textContent === "viewer"`) {
+			t.Error("a viewer is offered cancel, or the page can read the token")
+		}
+	})
+
+	t.Logf("screenshots (light and dark, laptop and phone) are in %s; the browser tests took %s", dir, time.Since(start).Round(time.Millisecond))
+}
