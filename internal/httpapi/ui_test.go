@@ -560,6 +560,11 @@ func TestUI_Auth(t *testing.T) {
 	if r.status != 303 || r.header.Get("Location") != "/ui/login" || !strings.Contains(r.header.Get("Set-Cookie"), "Max-Age=0") {
 		t.Errorf("logout: %d to %q, cookie %q", r.status, r.header.Get("Location"), r.header.Get("Set-Cookie"))
 	}
+	// With a token that was revoked (or never was), logging out still works.
+	r = e.form("/ui/logout", nil, "Cookie", httpapi.TokenCookie+"=sbt_revoked-long-ago")
+	if r.status != 303 || !strings.Contains(r.header.Get("Set-Cookie"), "Max-Age=0") {
+		t.Errorf("logout with a dead token: %d, cookie %q", r.status, r.header.Get("Set-Cookie"))
+	}
 }
 
 // TestUI_LoginTLS: over TLS the cookie is Secure as well.
