@@ -46,6 +46,7 @@ CREATE TABLE commands (
     seq              INTEGER,          -- global enqueue order, set at enqueue
     pending_deps     INTEGER NOT NULL DEFAULT 0 CHECK (pending_deps >= 0),
     n_deps           INTEGER NOT NULL DEFAULT 0, -- dependencies given; 0 spares answers a query
+    n_dependents     INTEGER NOT NULL DEFAULT 0, -- commands that depend on it; 0 spares a success the release
     attempts         INTEGER NOT NULL DEFAULT 0,
     max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
     lease_duration   INTEGER,          -- the command's own lease, if it asked for one
@@ -164,6 +165,8 @@ CREATE TRIGGER commands_insert AFTER INSERT ON commands BEGIN
 END;
 -- +goose StatementEnd
 
+-- One trigger per table it maintains, each with a WHEN, so that a
+-- transition runs only the statements it concerns.
 -- +goose StatementBegin
 CREATE TRIGGER commands_state AFTER UPDATE OF state ON commands WHEN OLD.state <> NEW.state BEGIN
     UPDATE packages SET
@@ -177,15 +180,26 @@ CREATE TRIGGER commands_state AFTER UPDATE OF state ON commands WHEN OLD.state <
         last_finished_at = CASE WHEN NEW.finished_at > coalesce(last_finished_at, 0)
                            THEN NEW.finished_at ELSE last_finished_at END
     WHERE id = NEW.package_id;
+END;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+CREATE TRIGGER commands_queue_counts AFTER UPDATE OF state ON commands
+WHEN OLD.state <> NEW.state
+ AND (OLD.state IN ('blocked', 'ready', 'leased') OR NEW.state IN ('blocked', 'ready', 'leased')) BEGIN
     UPDATE queues SET
         n_blocked = n_blocked - (OLD.state = 'blocked') + (NEW.state = 'blocked'),
         n_ready   = n_ready   - (OLD.state = 'ready')   + (NEW.state = 'ready'),
         n_leased  = n_leased  - (OLD.state = 'leased')  + (NEW.state = 'leased')
-    WHERE resource = NEW.resource
-      AND (OLD.state IN ('blocked', 'ready', 'leased') OR NEW.state IN ('blocked', 'ready', 'leased'));
+    WHERE resource = NEW.resource;
+END;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+CREATE TRIGGER commands_completions AFTER UPDATE OF state ON commands
+WHEN OLD.state <> NEW.state AND NEW.state IN ('succeeded', 'failed', 'cancelled') AND NEW.finished_at IS NOT NULL BEGIN
     INSERT INTO completions (minute, succeeded, failed, cancelled)
-    SELECT NEW.finished_at / 60000000000, NEW.state = 'succeeded', NEW.state = 'failed', NEW.state = 'cancelled'
-    WHERE NEW.state IN ('succeeded', 'failed', 'cancelled') AND NEW.finished_at IS NOT NULL
+    VALUES (NEW.finished_at / 60000000000, NEW.state = 'succeeded', NEW.state = 'failed', NEW.state = 'cancelled')
     ON CONFLICT (minute) DO UPDATE SET
         succeeded = succeeded + excluded.succeeded,
         failed    = failed + excluded.failed,

@@ -128,7 +128,14 @@ func (db *DB) Complete(ctx context.Context, id string, res spinbroker.Result) (c
 const qCompleteLeased = `UPDATE commands SET state = ?1, reason = ?2, output = ?3, finished_at = ?4,
 		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
 	WHERE id = ?5 AND state = 'leased' AND lease_token = ?6
-	RETURNING ` + commandCols
+	RETURNING n_dependents, ` + commandCols
+
+// qCompleteLeasedBrief is qCompleteLeased for a batch, which answers no
+// command: it returns only what the transition needs.
+const qCompleteLeasedBrief = `UPDATE commands SET state = ?1, reason = ?2, output = ?3, finished_at = ?4,
+		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
+	WHERE id = ?5 AND state = 'leased' AND lease_token = ?6
+	RETURNING n_dependents, package_id, resource, attempts`
 
 // checkResult validates the parts of a result that need no database.
 func checkResult(res *spinbroker.Result) error {
@@ -151,37 +158,79 @@ func checkResult(res *spinbroker.Result) error {
 // returns the command as it now is, with how many dependencies it has;
 // otherwise a nil command, and the caller reads it back.
 func (t *Tx) complete(id string, res *spinbroker.Result) (*spinbroker.Command, int, error) {
-	ok := *res.Status
-	var reason, output any
+	ok, fast, state, reason, output := resultArgs(res)
+	if fast {
+		var dependents int
+		var cs commandScan
+		err := t.queryRow(qCompleteLeased, string(state), finalReason(state, reason), output, nanos(t.now), id, res.Lease).Scan(
+			append([]any{&dependents}, cs.dest()...)...)
+		if err == nil {
+			c, n := cs.finish()
+			return &c, n, t.completed(id, c.PackageID, c.Resource, state, c.Attempts, dependents)
+		} else if !isNoRows(err) {
+			return nil, 0, err
+		}
+		// Not leased with this token: the slow path below says why.
+	}
+	return nil, 0, t.completeSlow(id, res, ok, reason, output)
+}
+
+// completeFast applies a result that carries a lease, for a batch: true
+// when the one statement did it, false when the slow path must judge it.
+func (t *Tx) completeFast(id string, res *spinbroker.Result) (bool, error) {
+	_, fast, state, reason, output := resultArgs(res)
+	if !fast {
+		return false, nil
+	}
+	var dependents, attempts int
+	var pkg, resource string
+	err := t.queryRow(qCompleteLeasedBrief, string(state), finalReason(state, reason), output, nanos(t.now), id, res.Lease).Scan(&dependents, &pkg, &resource, &attempts)
+	if isNoRows(err) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return true, t.completed(id, pkg, resource, state, attempts, dependents)
+}
+
+// resultArgs turns a result into the statement's arguments; fast says
+// whether one statement can record it (a lease, and no retry asked).
+func resultArgs(res *spinbroker.Result) (ok, fast bool, state spinbroker.CommandState, reason, output any) {
+	ok = *res.Status
 	if res.Reason != nil {
 		reason = *res.Reason
 	}
 	if res.Output != nil {
 		output = string(res.Output)
 	}
-	if res.Lease != "" && (ok || !res.Retry) {
-		state := spinbroker.Succeeded
-		if !ok {
-			state = spinbroker.Failed
-			if reason == nil {
-				reason = "failed"
-			}
-		}
-		c, n, err := scanCommandDeps(t.queryRow(qCompleteLeased, string(state), reason, output, nanos(t.now), id, res.Lease))
-		switch {
-		case err == nil:
-			t.change(id, c.PackageID, c.Resource, spinbroker.Leased, state, c.Attempts)
-			if ok {
-				return &c, n, t.release(id)
-			}
-			t.commit.Packages = append(t.commit.Packages, c.PackageID)
-			return &c, n, t.cascade(id, "failed")
-		case !isNoRows(err):
-			return nil, 0, err
-		}
-		// Not leased with this token: the slow path below says why.
+	state = spinbroker.Succeeded
+	if !ok {
+		state = spinbroker.Failed
 	}
-	return nil, 0, t.completeSlow(id, res, ok, reason, output)
+	return ok, res.Lease != "" && (ok || !res.Retry), state, reason, output
+}
+
+// finalReason is the reason recorded for a final result: a failure without
+// one says "failed".
+func finalReason(state spinbroker.CommandState, reason any) any {
+	if state == spinbroker.Failed && reason == nil {
+		return "failed"
+	}
+	return reason
+}
+
+// completed follows a leased command's result: a success releases its
+// dependents (if it has any), a failure cancels what waits on it.
+func (t *Tx) completed(id, pkg, resource string, state spinbroker.CommandState, attempts, dependents int) error {
+	t.change(id, pkg, resource, spinbroker.Leased, state, attempts)
+	if state == spinbroker.Succeeded {
+		if dependents == 0 {
+			return nil
+		}
+		return t.release(id)
+	}
+	t.commit.Packages = append(t.commit.Packages, pkg)
+	return t.cascade(id, "failed")
 }
 
 // completeSlow applies a result that is a retry, comes without a lease, or
@@ -303,8 +352,18 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 			if errs[i] != nil {
 				continue
 			}
-			// Each item in a savepoint of its own, so that a refused one
-			// leaves no trace and the others still commit.
+			// The common case, a result with its current lease, is one
+			// statement that either applies whole or not at all: no
+			// savepoint needed.
+			done, err := t.completeFast(items[i].ID, &items[i].Result)
+			if err != nil {
+				return err
+			}
+			if done {
+				continue
+			}
+			// Anything else in a savepoint of its own, so that a refused
+			// item leaves no trace and the others still commit.
 			if _, err := t.exec(`SAVEPOINT item`); err != nil {
 				return err
 			}

@@ -102,7 +102,10 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	// Pragmas go in the DSN so that every connection the pool opens gets
 	// them, not just the one an Exec happens to reach.
 	base := "file:" + (&url.URL{Path: path}).EscapedPath() + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
-	wdsn := fmt.Sprintf("%s&_pragma=journal_mode(WAL)&_pragma=synchronous(%s)&_pragma=cache_size(-%d)&_txlock=immediate", base, sync, opts.CacheKiB)
+	// temp_store(memory) keeps statement and savepoint journals (one per
+	// group-committed write) in memory: on disk they cost a pwrite for
+	// every page a write touches, a quarter of the writer's time.
+	wdsn := fmt.Sprintf("%s&_pragma=journal_mode(WAL)&_pragma=synchronous(%s)&_pragma=cache_size(-%d)&_pragma=temp_store(memory)&_txlock=immediate", base, sync, opts.CacheKiB)
 	rdsn := fmt.Sprintf("%s&_pragma=query_only(1)&_pragma=cache_size(-%d)", base, opts.CacheKiB/4)
 
 	wdb, err := sql.Open("sqlite", wdsn)

@@ -261,6 +261,9 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		if _, err := t.exec(`INSERT INTO command_deps (command_id, depends_on) VALUES (?, ?)`, id, dep); err != nil {
 			return "", err
 		}
+		if _, err := t.exec(`UPDATE commands SET n_dependents = n_dependents + 1 WHERE id = ?`, dep); err != nil {
+			return "", err
+		}
 	}
 	if enq != nil {
 		t.change(id, pkgID, in.Resource, spinbroker.Staged, state, 0)

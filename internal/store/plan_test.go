@@ -34,6 +34,8 @@ func TestPlans(t *testing.T) {
 		want  []string // each must appear in the plan
 	}{
 		{"LeaseHead", qLeaseHead, []any{"t", nil, 1, 1, "r"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"ReadyHead", qReadyHead, []any{"r", 100}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"LeaseMany", qLeaseMany, []any{"t.", nil, 1, 1, `["a","b"]`}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"CompleteLeased", qCompleteLeased, []any{"succeeded", nil, nil, 1, "id", "t"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"QueueState", qQueueState, []any{"r"}, []string{"SEARCH queues USING INDEX sqlite_autoindex_queues_1 (resource=?)"}},
 		{"WakeLease", qWakeLease, []any{"r"}, []string{"commands_leased"}},

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
+	"sort"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -64,6 +66,21 @@ const (
 		WHERE id = (SELECT id FROM commands WHERE resource = ?5 AND state = 'ready' ORDER BY seq LIMIT 1)
 		  AND coalesce(backoff_until, 0) <= ?4
 		RETURNING ` + commandCols
+	// qReadyHead reads the first ready commands of a queue, and nothing else.
+	qReadyHead = `SELECT id, backoff_until FROM commands
+		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
+	// qLeaseMany leases the commands whose ids ?5 lists (a JSON array).
+	qLeaseMany = `UPDATE commands SET
+			state = 'leased',
+			attempts = attempts + 1,
+			lease_token = ?1 || seq,
+			lease_ttl = coalesce(?2, lease_duration, ?3),
+			lease_expires_at = ?4 + coalesce(?2, lease_duration, ?3),
+			started_at = ?4,
+			backoff_until = NULL,
+			ready_at = NULL
+		WHERE id IN (SELECT value FROM json_each(?5)) AND state = 'ready'
+		RETURNING lease_token, ` + commandCols
 	qWakeLease   = `SELECT min(lease_expires_at) FROM commands WHERE resource = ? AND state = 'leased'`
 	qWakeDelay   = `SELECT min(not_before) FROM commands WHERE resource = ? AND state = 'blocked' AND pending_deps = 0`
 	qWakeBackoff = `SELECT backoff_until FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
@@ -117,22 +134,23 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 	if lease > 0 {
 		ttl = int64(lease)
 	}
-	cmds := make([]spinbroker.Command, 0, free)
+	var cmds []spinbroker.Command
+	var ns []int
+	var err2 error
+	if free == 1 {
+		cmds, ns, err2 = t.leaseHead(resource, ttl, now)
+	} else {
+		cmds, ns, err2 = t.leaseMany(resource, free, ttl, now)
+	}
+	if err2 != nil {
+		return nil, time.Time{}, err2
+	}
 	var withDeps []int
-	for len(cmds) < free {
-		token := newToken()
-		c, n, err := scanCommandDeps(t.queryRow(qLeaseHead, token, ttl, int64(spinbroker.DefaultLease), now, resource))
-		if isNoRows(err) {
-			break // the queue is empty, or its head waits out a back-off
-		} else if err != nil {
-			return nil, time.Time{}, err
+	for i := range cmds {
+		t.change(cmds[i].ID, cmds[i].PackageID, resource, spinbroker.Ready, spinbroker.Leased, cmds[i].Attempts)
+		if ns[i] > 0 {
+			withDeps = append(withDeps, i)
 		}
-		c.Lease = &spinbroker.Lease{Token: token, ExpiresAt: *c.LeaseExpiresAt}
-		t.change(c.ID, c.PackageID, resource, spinbroker.Ready, spinbroker.Leased, c.Attempts)
-		if n > 0 {
-			withDeps = append(withDeps, len(cmds))
-		}
-		cmds = append(cmds, c)
 	}
 	if len(cmds) == 0 {
 		wake, err := t.wakeAt(resource)
@@ -143,6 +161,84 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 		ptrs[i] = &cmds[j]
 	}
 	return cmds, time.Time{}, loadDeps(t, ptrs)
+}
+
+// leaseHead leases the queue's head, if it is deliverable.
+func (t *Tx) leaseHead(resource string, ttl any, now int64) ([]spinbroker.Command, []int, error) {
+	token := newToken()
+	c, n, err := scanCommandDeps(t.queryRow(qLeaseHead, token, ttl, int64(spinbroker.DefaultLease), now, resource))
+	if isNoRows(err) {
+		return nil, nil, nil // the queue is empty, or its head waits out a back-off
+	} else if err != nil {
+		return nil, nil, err
+	}
+	c.Lease = &spinbroker.Lease{Token: token, ExpiresAt: *c.LeaseExpiresAt}
+	return []spinbroker.Command{c}, []int{n}, nil
+}
+
+// leaseMany leases up to max commands from the head of the queue, in two
+// statements whatever max is: it reads the first ready ones, stopping at
+// one that waits out a back-off (which holds back those behind it), and
+// leases them all at once. Each lease token is a secret of this claim
+// followed by the command's sequence number.
+func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbroker.Command, []int, error) {
+	rows, err := t.query(qReadyHead, resource, max)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		var backoff sql.NullInt64
+		if err := rows.Scan(&id, &backoff); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		if backoff.Valid && backoff.Int64 > now {
+			break
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Close(); err != nil || len(ids) == 0 {
+		return nil, nil, err
+	}
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err = t.query(qLeaseMany, newToken()+".", ttl, int64(spinbroker.DefaultLease), now, string(list))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	cmds := make([]spinbroker.Command, 0, len(ids))
+	ns := make([]int, 0, len(ids))
+	for rows.Next() {
+		var token string
+		var cs commandScan
+		if err := rows.Scan(append([]any{&token}, cs.dest()...)...); err != nil {
+			return nil, nil, err
+		}
+		c, n := cs.finish()
+		c.Lease = &spinbroker.Lease{Token: token, ExpiresAt: *c.LeaseExpiresAt}
+		cmds = append(cmds, c)
+		ns = append(ns, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	// RETURNING gives rows in no set order; deliver them in queue order.
+	order := make([]int, len(cmds))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return *cmds[order[a]].Seq < *cmds[order[b]].Seq })
+	sortedC := make([]spinbroker.Command, len(cmds))
+	sortedN := make([]int, len(cmds))
+	for i, j := range order {
+		sortedC[i], sortedN[i] = cmds[j], ns[j]
+	}
+	return sortedC, sortedN, nil
 }
 
 // wakeAt is the earliest time a queue may have something to deliver without

@@ -51,53 +51,71 @@ const commandCols = `id, package_id, key, resource, action, parameters, max_atte
 type scanner interface{ Scan(dest ...any) error }
 
 // scanCommand reads one row of commandCols. Dependencies are left empty
-// (not nil); loadDeps fills them. It also returns how many dependencies
-// the command was given, so that loadDeps can skip those with none.
+// (not nil); loadDeps fills them.
 func scanCommand(s scanner) (spinbroker.Command, error) {
 	c, _, err := scanCommandDeps(s)
 	return c, err
 }
 
+// scanCommandDeps is scanCommand that also returns how many dependencies
+// the command was given, so that loadDeps can skip those with none.
 func scanCommandDeps(s scanner) (spinbroker.Command, int, error) {
-	var (
-		c                                      spinbroker.Command
-		key, reason, output                    sql.NullString
-		leaseDur, notBefore, seq, leaseExpires sql.NullInt64
-		enqueued, started, finished            sql.NullInt64
-		created                                int64
-		params                                 string
-		state                                  string
-		nDeps                                  int
-	)
-	err := s.Scan(&c.ID, &c.PackageID, &key, &c.Resource, &c.Action, &params, &c.MaxAttempts,
-		&leaseDur, &notBefore, &state, &seq, &c.Attempts, &reason, &output,
-		&leaseExpires, &created, &enqueued, &started, &finished, &nDeps)
-	if err != nil {
-		return c, 0, err
+	var cs commandScan
+	if err := s.Scan(cs.dest()...); err != nil {
+		return spinbroker.Command{}, 0, err
 	}
-	c.Key = optString(key)
-	c.Parameters = json.RawMessage(params)
+	c, n := cs.finish()
+	return c, n, nil
+}
+
+// commandScan receives one row of commandCols, for statements that return
+// more columns than those (they prepend theirs to dest()).
+type commandScan struct {
+	c                                      spinbroker.Command
+	n                                      int
+	key, reason, output                    sql.NullString
+	leaseDur, notBefore, seq, leaseExpires sql.NullInt64
+	enqueued, started, finished            sql.NullInt64
+	created                                int64
+	params                                 string
+	state                                  string
+}
+
+// dest returns the scan destinations of commandCols, in order.
+func (r *commandScan) dest() []any {
+	c := &r.c
+	return []any{&c.ID, &c.PackageID, &r.key, &c.Resource, &c.Action, &r.params, &c.MaxAttempts,
+		&r.leaseDur, &r.notBefore, &r.state, &r.seq, &c.Attempts, &r.reason, &r.output,
+		&r.leaseExpires, &r.created, &r.enqueued, &r.started, &r.finished, &r.n}
+}
+
+// finish converts what was scanned into the command and its number of
+// dependencies.
+func (r *commandScan) finish() (spinbroker.Command, int) {
+	c := r.c
+	c.Key = optString(r.key)
+	c.Parameters = json.RawMessage(r.params)
 	c.Dependencies = []string{}
-	if leaseDur.Valid {
-		d := spinbroker.Duration(leaseDur.Int64)
+	if r.leaseDur.Valid {
+		d := spinbroker.Duration(r.leaseDur.Int64)
 		c.LeaseDuration = &d
 	}
-	c.NotBefore = optTime(notBefore)
-	c.State = spinbroker.CommandState(state)
-	if seq.Valid {
-		v := seq.Int64
+	c.NotBefore = optTime(r.notBefore)
+	c.State = spinbroker.CommandState(r.state)
+	if r.seq.Valid {
+		v := r.seq.Int64
 		c.Seq = &v
 	}
-	c.Reason = optString(reason)
-	if output.Valid {
-		c.Output = json.RawMessage(output.String)
+	c.Reason = optString(r.reason)
+	if r.output.Valid {
+		c.Output = json.RawMessage(r.output.String)
 	}
-	c.LeaseExpiresAt = optTime(leaseExpires)
-	c.CreatedAt = fromNanos(created)
-	c.EnqueuedAt = optTime(enqueued)
-	c.StartedAt = optTime(started)
-	c.FinishedAt = optTime(finished)
-	return c, nDeps, nil
+	c.LeaseExpiresAt = optTime(r.leaseExpires)
+	c.CreatedAt = fromNanos(r.created)
+	c.EnqueuedAt = optTime(r.enqueued)
+	c.StartedAt = optTime(r.started)
+	c.FinishedAt = optTime(r.finished)
+	return c, r.n
 }
 
 // getCommand reads one command with its dependencies.
