@@ -76,8 +76,11 @@ CREATE INDEX commands_ready ON commands (resource, seq) WHERE state = 'ready';
 CREATE INDEX commands_leased ON commands (resource, lease_expires_at) WHERE state = 'leased';
 -- Commands blocked only by their not_before.
 CREATE INDEX commands_delayed ON commands (resource, not_before) WHERE state = 'blocked' AND pending_deps = 0;
--- A queue's unfinished commands in order, for GET /queues/{resource}.
-CREATE INDEX commands_open ON commands (resource, seq) WHERE state IN ('blocked', 'ready', 'leased');
+-- Blocked commands in queue order. With commands_ready and commands_leased
+-- it lists a queue's unfinished commands (GET /queues/{resource}); one
+-- index over all three states would be written twice in every command's
+-- life, for a page that only people read.
+CREATE INDEX commands_blocked ON commands (resource, seq) WHERE state = 'blocked';
 -- The first failure of a package (causer), and the commands a cascade cancelled.
 CREATE INDEX commands_failures ON commands (package_id, finished_at, seq) WHERE state IN ('failed', 'cancelled');
 CREATE INDEX commands_cancelled_by ON commands (cancelled_by) WHERE cancelled_by IS NOT NULL;

@@ -97,9 +97,19 @@ const (
 		WHERE state = 'blocked' AND pending_deps = 0 AND not_before <= ?1
 		RETURNING id, package_id, resource`
 	qOldestReady   = `SELECT ready_at FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
-	qQueueCommands = `SELECT ` + commandCols + ` FROM commands
-		WHERE resource = ? AND state IN ('blocked', 'ready', 'leased')
-		ORDER BY seq LIMIT ?`
+	// qQueueCommands lists a queue's unfinished commands after seq ?2 in
+	// queue order: the first ?3 of each state, each through its own partial
+	// index, merged.
+	qQueueCommands = `SELECT * FROM (
+			SELECT ` + commandCols + `, seq AS o FROM commands
+			WHERE resource = ?1 AND state = 'blocked' AND seq > ?2 ORDER BY seq LIMIT ?3)
+		UNION ALL SELECT * FROM (
+			SELECT ` + commandCols + `, seq AS o FROM commands
+			WHERE resource = ?1 AND state = 'ready' AND seq > ?2 ORDER BY seq LIMIT ?3)
+		UNION ALL SELECT * FROM (
+			SELECT ` + commandCols + `, seq AS o FROM commands
+			WHERE resource = ?1 AND state = 'leased' AND seq > ?2 ORDER BY seq LIMIT ?3)
+		ORDER BY o LIMIT ?3`
 )
 
 func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
@@ -403,11 +413,43 @@ func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, er
 	if q.OldestReadyAgeSeconds, err = oldestReadyAge(db.reader, resource, db.now()); err != nil {
 		return nil, err
 	}
-	q.Commands, err = queryCommands(db.reader, qQueueCommands, resource, QueueCommandsLimit)
+	q.Commands, err = queryQueueCommands(db.reader, resource, 0, QueueCommandsLimit)
 	if err != nil {
 		return nil, err
 	}
 	return &q, nil
+}
+
+// queryQueueCommands runs qQueueCommands, whose rows carry one column more
+// than commandCols (the sort key), and loads the dependencies.
+func queryQueueCommands(q querier, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error) {
+	rows, err := q.query(qQueueCommands, resource, afterSeq, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := []spinbroker.Command{}
+	var withDeps []*spinbroker.Command
+	var ns []int
+	for rows.Next() {
+		var cs commandScan
+		var o int64
+		if err := rows.Scan(append(cs.dest(), &o)...); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		c, n := cs.finish()
+		out = append(out, c)
+		ns = append(ns, n)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if ns[i] > 0 {
+			withDeps = append(withDeps, &out[i])
+		}
+	}
+	return out, loadDeps(q, withDeps)
 }
 
 // SetQueue changes a queue's concurrency and whether it is paused. Settings

@@ -16,11 +16,6 @@ import (
 const (
 	qCompletions = `SELECT minute, succeeded, failed, cancelled FROM completions
 		WHERE minute >= ? AND minute < ? ORDER BY minute`
-	// qQueuePage pages through commands_open; it says the partial index's
-	// state list word for word so that SQLite uses it.
-	qQueuePage = `SELECT ` + commandCols + ` FROM commands
-		WHERE resource = ? AND state IN ('blocked', 'ready', 'leased') AND seq > ?
-		ORDER BY seq LIMIT ?`
 	qQueueHead = `SELECT ` + commandCols + `, backoff_until FROM commands
 		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
 	// qCommandsByID takes its ids as one JSON array, so that one prepared
@@ -70,7 +65,7 @@ func (db *DB) QueueCommands(ctx context.Context, resource string, afterSeq int64
 		return nil, err
 	}
 	limit = clampLimit(limit)
-	return queryCommands(db.reader, qQueuePage, resource, afterSeq, limit)
+	return queryQueueCommands(db.reader, resource, afterSeq, limit)
 }
 
 // QueueHead returns the head of line of a queue: its first ready command,

@@ -239,7 +239,6 @@ func TestUIPlans(t *testing.T) {
 		want  []string
 	}{
 		{"Completions", qCompletions, []any{1, 61}, []string{"SEARCH completions USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"}},
-		{"QueuePage", qQueuePage, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_open (resource=? AND seq>?)"}},
 		{"QueueHead", qQueueHead, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"CommandsByID", qCommandsByID, []any{string(ids)}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"Dependents", qDependents, []any{"id", 10}, []string{"SEARCH command_deps USING INDEX command_deps_depends_on (depends_on=?)"}},
