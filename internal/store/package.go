@@ -60,7 +60,7 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		}
 		t.commit.Packages = append(t.commit.Packages, id)
 		for i := range in.Commands {
-			if _, err := t.addCommand(id, i, &in.Commands[i], enq); err != nil {
+			if _, _, err := t.addCommand(id, i, &in.Commands[i], enq); err != nil {
 				return err
 			}
 		}
@@ -107,20 +107,42 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		case enqueued.Valid:
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
 		}
-		id, err := t.addCommand(pkgID, total, &in, nil)
+		id, deps, err := t.addCommand(pkgID, total, &in, nil)
 		if err != nil {
 			return err
 		}
 		t.commit.Packages = append(t.commit.Packages, pkgID)
-		if cmd, err = getCommand(t, id); err != nil {
-			return err
-		}
+		cmd = stagedCommand(id, pkgID, &in, deps, t.now)
 		return t.remember(idem, cmd)
 	})
 	if err != nil || replay != nil {
 		return nil, replay, err
 	}
 	return cmd, nil, nil
+}
+
+// stagedCommand is the answer to an add: the command just inserted, built
+// from what was inserted rather than read back (TestDB_AddCommand holds it
+// equal to a read).
+func stagedCommand(id, pkgID string, in *spinbroker.NewCommand, deps []string, now time.Time) *spinbroker.Command {
+	c := &spinbroker.Command{
+		ID: id, PackageID: pkgID, Resource: in.Resource, Action: in.Action,
+		Parameters: in.Parameters, Dependencies: deps,
+		MaxAttempts: spinbroker.DefaultMaxAttempts, LeaseDuration: in.LeaseDuration,
+		NotBefore: in.NotBefore, State: spinbroker.Staged, CreatedAt: fromNanos(nanos(now)),
+	}
+	if in.Key != "" {
+		k := in.Key
+		c.Key = &k
+	}
+	if in.MaxAttempts != nil {
+		c.MaxAttempts = *in.MaxAttempts
+	}
+	if in.NotBefore != nil {
+		t := fromNanos(nanos(*in.NotBefore))
+		c.NotBefore = &t
+	}
+	return c
 }
 
 // newID returns a new time-ordered UUID (version 7).
@@ -192,7 +214,7 @@ func (t *Tx) reserveSeqs(cmds []spinbroker.NewCommand) (*enqueueAt, error) {
 // resolving its dependencies (ids of any package, or keys of commands added
 // earlier to the same package): in staging, or already enqueued when enq
 // is set.
-func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *enqueueAt) (string, error) {
+func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *enqueueAt) (string, []string, error) {
 	id := in.ID
 	if id == "" {
 		id = newID()
@@ -200,9 +222,9 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		var one int
 		err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
 		if err == nil {
-			return "", spinbroker.Errorf(spinbroker.ECONFLICT, "command %s already exists", id)
+			return "", nil, spinbroker.Errorf(spinbroker.ECONFLICT, "command %s already exists", id)
 		} else if !isNoRows(err) {
-			return "", err
+			return "", nil, err
 		}
 	}
 	deps := make([]string, 0, len(in.Dependencies))
@@ -211,10 +233,10 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	for _, d := range in.Dependencies {
 		dep, state, err := t.resolveDep(pkgID, d)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if dep == id {
-			return "", spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
+			return "", nil, spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
 		}
 		if !seen[dep] {
 			seen[dep] = true
@@ -253,22 +275,22 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters), string(state),
 		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now), len(deps), seq, enqueued, pend, readyAt)
 	if isConstraint(err) {
-		return "", spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
+		return "", nil, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
 	} else if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	for _, dep := range deps {
 		if _, err := t.exec(`INSERT INTO command_deps (command_id, depends_on) VALUES (?, ?)`, id, dep); err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if _, err := t.exec(`UPDATE commands SET n_dependents = n_dependents + 1 WHERE id = ?`, dep); err != nil {
-			return "", err
+			return "", nil, err
 		}
 	}
 	if enq != nil {
 		t.change(id, pkgID, in.Resource, spinbroker.Staged, state, 0)
 	}
-	return id, nil
+	return id, deps, nil
 }
 
 // resolveDep turns a dependency entry into a command id, with the state of

@@ -158,7 +158,8 @@ func TestDB_CreatePackage_Invalid(t *testing.T) {
 }
 
 func TestDB_AddCommand(t *testing.T) {
-	db, _ := open(t)
+	db, clock := open(t)
+	clockNow := func(*store.DB) time.Time { return clock.Now().Add(time.Minute + 123456789) }
 	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +171,19 @@ func TestDB_AddCommand(t *testing.T) {
 	b, _, err := db.AddCommand(ctx, p.ID, keyed("b", "r", "y", "a", a.ID), nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The answer to an add is built, not read back: it must equal a read.
+	at := clockNow(db)
+	full := spinbroker.NewCommand{Key: "full", Resource: "r", Action: "z", Parameters: json.RawMessage(`{ "n": [1, 2] }`),
+		Dependencies: []string{"b"}, MaxAttempts: ptr(7), LeaseDuration: ptr(spinbroker.Duration(90 * time.Second)), NotBefore: &at}
+	for _, in := range []spinbroker.NewCommand{cmd("r", "plain"), full} {
+		got, _, err := db.AddCommand(ctx, p.ID, in, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if read := getCmd(t, db, got.ID); mustJSON(read) != mustJSON(got) {
+			t.Fatalf("add answered\n%s\nbut a read says\n%s", mustJSON(got), mustJSON(read))
+		}
 	}
 	if len(b.Dependencies) != 1 || b.Dependencies[0] != a.ID {
 		t.Fatalf("a dependency named twice is stored once: %v", b.Dependencies)
