@@ -96,7 +96,7 @@ const (
 	qPromoteAll = `UPDATE commands SET state = 'ready', ready_at = ?1
 		WHERE state = 'blocked' AND pending_deps = 0 AND not_before <= ?1
 		RETURNING id, package_id, resource`
-	qOldestReady   = `SELECT ready_at FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
+	qOldestReady = `SELECT ready_at FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
 	// qQueueCommands lists a queue's unfinished commands after seq ?2 in
 	// queue order: the first ?3 of each state, each through its own partial
 	// index, merged.
