@@ -44,7 +44,7 @@ type Options struct {
 	ReadConns int
 	// MaxBatch caps the writes gathered into one transaction (default 256).
 	MaxBatch int
-	// CacheKiB is SQLite's page cache per connection (default 16 MiB for
+	// CacheKiB is SQLite's page cache per connection (default 8 MiB for
 	// the writer, a quarter of it for each reader).
 	CacheKiB int
 }
@@ -96,7 +96,7 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		opts.MaxBatch = 256
 	}
 	if opts.CacheKiB <= 0 {
-		opts.CacheKiB = 16 << 10
+		opts.CacheKiB = 8 << 10
 	}
 
 	// Pragmas go in the DSN so that every connection the pool opens gets
