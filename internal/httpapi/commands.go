@@ -56,13 +56,8 @@ func (s *Server) handleCommandHeartbeat(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	exists := func() error { _, err := s.store.Command(r.Context(), id); return err }
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, pathFirst(err, exists))
-		return
-	}
 	var in spinbroker.Heartbeat
-	if err := decodeJSON(body, &in, false); err != nil {
+	if _, err := readJSON(w, r, &in, false); err != nil {
 		s.writeError(w, r, pathFirst(err, exists))
 		return
 	}
@@ -93,13 +88,8 @@ func (s *Server) handleCommandComplete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	exists := func() error { _, err := s.store.Command(r.Context(), id); return err }
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, pathFirst(err, exists))
-		return
-	}
 	var in spinbroker.Result
-	if err := decodeJSON(body, &in, false); err != nil {
+	if _, err := readJSON(w, r, &in, false); err != nil {
 		s.writeError(w, r, pathFirst(err, exists))
 		return
 	}
@@ -120,13 +110,8 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 		s.writeError(w, r, err)
 		return
 	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in spinbroker.BatchComplete
-	if err := decodeJSON(body, &in, false); err != nil {
+	if _, err := readJSON(w, r, &in, false); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

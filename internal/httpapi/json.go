@@ -31,6 +31,16 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return b, nil
 }
 
+// readJSON reads a request body and decodes it into v (see decodeJSON),
+// returning the body as read, which idempotency keys hash.
+func readJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) ([]byte, error) {
+	body, err := readBody(w, r)
+	if err != nil {
+		return nil, err
+	}
+	return body, decodeJSON(body, v, optional)
+}
+
 // decodeJSON decodes exactly one JSON value from b into v, refusing unknown
 // fields, so that a typo is an error rather than silently ignored. An empty
 // body is accepted when optional.

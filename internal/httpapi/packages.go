@@ -62,13 +62,9 @@ func (s *Server) handlePackageCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in spinbroker.NewPackage
-	if err := decodeJSON(body, &in, true); err != nil {
+	body, err := readJSON(w, r, &in, true)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -101,13 +97,9 @@ func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	exists := func() error { _, err := s.store.Package(r.Context(), id); return err }
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, pathFirst(err, exists))
-		return
-	}
 	var in spinbroker.NewCommand
-	if err := decodeJSON(body, &in, false); err != nil {
+	body, err := readJSON(w, r, &in, false)
+	if err != nil {
 		s.writeError(w, r, pathFirst(err, exists))
 		return
 	}

@@ -70,13 +70,8 @@ func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in spinbroker.QueueSettings
-	if err := decodeJSON(body, &in, false); err != nil {
+	if _, err := readJSON(w, r, &in, false); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -150,13 +145,8 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in spinbroker.Claim
-	if err := decodeJSON(body, &in, false); err != nil {
+	if _, err := readJSON(w, r, &in, false); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
