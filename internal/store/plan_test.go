@@ -53,6 +53,14 @@ func TestPlans(t *testing.T) {
 		{"Packages", qPackages, []any{1, "x", 50}, []string{"packages_created"}},
 		{"PackagesByState", qPackagesByState, []any{1, "x", 50, "queued"}, []string{"packages_state_created (state=?"}},
 		{"CascadeFromCommand", cascadeFromCommand, []any{"id", "failed", "blocked", "", 1}, []string{"command_deps_depends_on (depends_on=?)"}},
+		// The dashboard's reads (ui.go): a page must cost the same with a
+		// million rows.
+		{"Completions", qCompletions, []any{1, 61}, []string{"SEARCH completions USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"}},
+		{"QueueHead", qQueueHead, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"CommandsByID", qCommandsByID, []any{`["a","b"]`}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
+		{"Dependents", qDependents, []any{"id", 10}, []string{"SEARCH command_deps USING INDEX command_deps_depends_on (depends_on=?)"}},
+		{"SearchPackages", qSearchPackages, []any{"0", "0~", 10}, []string{"SEARCH packages USING INDEX sqlite_autoindex_packages_1 (id>? AND id<?)"}},
+		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
 		{"CascadeFromPackage", cascadeFromPackage, []any{"p", "", "blocked", "p", 1}, []string{"commands_package (package_id=?)", "command_deps_depends_on (depends_on=?)"}},
 	}
 	for _, tt := range tests {

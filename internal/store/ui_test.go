@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -219,59 +217,5 @@ func TestDB_Search(t *testing.T) {
 	}
 	if pkgs, _, _ := db.Search(ctx, "0", 1); len(pkgs) != 1 {
 		t.Errorf("limit: %d", len(pkgs))
-	}
-}
-
-// TestUIPlans holds the dashboard's reads to their indexes, as TestPlans
-// does the broker's: a page must cost the same with a million rows.
-func TestUIPlans(t *testing.T) {
-	db, _ := uiOpen(t)
-	conn, err := sql.Open("sqlite", "file:"+db.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ids, _ := json.Marshal([]string{"a", "b"})
-	tests := []struct {
-		name  string
-		query string
-		args  []any
-		want  []string
-	}{
-		{"Completions", qCompletions, []any{1, 61}, []string{"SEARCH completions USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"}},
-		{"QueueHead", qQueueHead, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
-		{"CommandsByID", qCommandsByID, []any{string(ids)}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
-		{"Dependents", qDependents, []any{"id", 10}, []string{"SEARCH command_deps USING INDEX command_deps_depends_on (depends_on=?)"}},
-		{"SearchPackages", qSearchPackages, []any{"0", "0~", 10}, []string{"SEARCH packages USING INDEX sqlite_autoindex_packages_1 (id>? AND id<?)"}},
-		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rows, err := conn.Query("EXPLAIN QUERY PLAN "+tt.query, tt.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rows.Close()
-			var lines []string
-			for rows.Next() {
-				var id, parent, notused int
-				var detail string
-				if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-					t.Fatal(err)
-				}
-				lines = append(lines, detail)
-			}
-			plan := strings.Join(lines, "\n")
-			for _, w := range tt.want {
-				if !strings.Contains(plan, w) {
-					t.Errorf("plan lacks %q:\n%s", w, plan)
-				}
-			}
-			for _, l := range lines {
-				if strings.HasPrefix(l, "SCAN commands") || strings.HasPrefix(l, "SCAN packages") || strings.Contains(l, "TEMP B-TREE") {
-					t.Errorf("%q in:\n%s", l, plan)
-				}
-			}
-		})
 	}
 }
