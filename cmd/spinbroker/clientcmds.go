@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -144,4 +145,33 @@ func (a *app) completeQueue(cmd *cobra.Command, args []string, toComplete string
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// onID is the RunE of a command whose one argument (named name in errors)
+// is an id: it checks the id, makes one call with it, and prints the answer
+// as JSON with -o json, else with show.
+func onID[T any](a *app, name string, call func(c *client.Client, ctx context.Context, id string) (T, error), show func(w io.Writer, v T) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := checkID(cmd, name, args[0]); err != nil {
+			return err
+		}
+		cl, err := a.dial(cmd)
+		if err != nil {
+			return err
+		}
+		v, err := call(cl, cmd.Context(), args[0])
+		if err != nil {
+			return err
+		}
+		if a.jsonOutput() {
+			return a.printJSON(v)
+		}
+		return show(a.stdout, v)
+	}
+}
+
+// printPackageLine prints the one line that answers a change to a package.
+func printPackageLine(w io.Writer, p *spinbroker.Package) error {
+	_, err := fmt.Fprintf(w, "package %s: %s, %s\n", p.ID, p.State, progress(p))
+	return err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/spf13/cobra"
+	"github.com/spin-broker/spinbroker/client"
 )
 
 func (a *app) commandCommand() *cobra.Command {
@@ -23,23 +24,7 @@ which parameters, what it waits for, its state, attempts, result and times.`,
 		Example: `  spinbroker command show "$CMD"
   spinbroker command show "$CMD" -o json | jq .output`,
 		Args: args(1, "ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkID(cmd, "ID", args[0]); err != nil {
-				return err
-			}
-			cl, err := a.dial(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := cl.Command(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(c)
-			}
-			return printCommand(a.stdout, c)
-		},
+		RunE: onID(a, "ID", (*client.Client).Command, printCommand),
 	}
 }
 

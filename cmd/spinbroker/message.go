@@ -193,24 +193,7 @@ queues in one transaction, in the order they were added. Enqueuing a package
 again changes nothing.`,
 		Example: `  spinbroker message enqueue "$PKG"`,
 		Args:    args(1, "PKG"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkID(cmd, "PKG", args[0]); err != nil {
-				return err
-			}
-			cl, err := a.dial(cmd)
-			if err != nil {
-				return err
-			}
-			p, err := cl.Enqueue(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(p)
-			}
-			_, err = fmt.Fprintf(a.stdout, "package %s: %s, %s\n", p.ID, p.State, progress(p))
-			return err
-		},
+		RunE:    onID(a, "PKG", (*client.Client).Enqueue, printPackageLine),
 	}
 }
 

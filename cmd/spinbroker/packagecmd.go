@@ -110,23 +110,7 @@ they were added.`,
 		Example: `  spinbroker package show "$PKG"
   spinbroker package show "$PKG" -o json | jq '.commands[].state'`,
 		Args: args(1, "ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkID(cmd, "ID", args[0]); err != nil {
-				return err
-			}
-			cl, err := a.dial(cmd)
-			if err != nil {
-				return err
-			}
-			p, err := cl.Package(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(p)
-			}
-			return printPackage(a.stdout, p)
-		},
+		RunE: onID(a, "ID", (*client.Client).Package, printPackage),
 	}
 }
 
@@ -140,24 +124,7 @@ those an agent holds run to the end and their results are recorded, and none
 is delivered or retried again. Cancelling a finished package changes nothing.`,
 		Example: `  spinbroker package cancel "$PKG"`,
 		Args:    args(1, "ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkID(cmd, "ID", args[0]); err != nil {
-				return err
-			}
-			cl, err := a.dial(cmd)
-			if err != nil {
-				return err
-			}
-			p, err := cl.CancelPackage(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(p)
-			}
-			_, err = fmt.Fprintf(a.stdout, "package %s: %s, %s\n", p.ID, p.State, progress(p))
-			return err
-		},
+		RunE:    onID(a, "ID", (*client.Client).CancelPackage, printPackageLine),
 	}
 }
 
