@@ -10,6 +10,7 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzRequest \
 	./internal/httpapi:FuzzDecode \
 	./cmd/spinbroker:FuzzParseKV \
+	.:FuzzValidate \
 	./agent:FuzzDecode \
 	./internal/hostpath:FuzzConfinement \
 	./internal/emulation:FuzzRenderUnit

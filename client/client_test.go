@@ -1,0 +1,66 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// TestErrors: the broker's error bodies, and answers that are not the
+// broker's (a proxy's page), come back as codes.
+func TestErrors(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/commands/0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(409)
+			w.Write([]byte(`{"error": {"code": "stale_lease", "message": "not your lease"}}`))
+		case "/queues":
+			w.WriteHeader(502)
+			w.Write([]byte("<html>bad gateway</html>"))
+		default:
+			w.WriteHeader(404)
+		}
+	}))
+	defer srv.Close()
+	c, err := New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Command(context.Background(), "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6")
+	var ce *Error
+	if spinbroker.ErrorCode(err) != spinbroker.ESTALE || !errors.As(err, &ce) || ce.StatusCode != 409 || ce.Err.Message != "not your lease" {
+		t.Fatalf("API error: %v", err)
+	}
+	if Temporary(err) {
+		t.Fatal("a 409 is not temporary")
+	}
+	_, err = c.Queues(context.Background())
+	if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !Temporary(err) {
+		t.Fatalf("a proxy's 502: %v (%s)", err, spinbroker.ErrorCode(err))
+	}
+	if _, err := c.Package(context.Background(), "x"); spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND {
+		t.Fatalf("a bare 404: %v", err)
+	}
+	// An unreachable broker is temporary.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	gone, _ := New("http://" + addr)
+	if err := gone.Health(context.Background()); err == nil || !Temporary(err) {
+		t.Fatalf("unreachable: %v", err)
+	}
+	if Temporary(context.Canceled) {
+		t.Fatal("a cancelled context is not temporary")
+	}
+	for _, bad := range []string{"", "localhost:8080", "ftp://x", "http://"} {
+		if _, err := New(bad); err == nil {
+			t.Errorf("New(%q) accepted", bad)
+		}
+	}
+}
