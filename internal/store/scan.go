@@ -157,36 +157,6 @@ func loadDeps(q querier, cmds []*spinbroker.Command) error {
 	return nil
 }
 
-// queryCommands runs a query that selects commandCols and loads each row's
-// dependencies.
-func queryCommands(q querier, query string, args ...any) ([]spinbroker.Command, error) {
-	rows, err := q.query(query, args...)
-	if err != nil {
-		return nil, err
-	}
-	out := []spinbroker.Command{}
-	var withDeps []int
-	for rows.Next() {
-		c, n, err := scanCommandDeps(rows)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		if n > 0 {
-			withDeps = append(withDeps, len(out))
-		}
-		out = append(out, c)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, err
-	}
-	ptrs := make([]*spinbroker.Command, len(withDeps))
-	for i, j := range withDeps {
-		ptrs[i] = &out[j]
-	}
-	return out, loadDeps(q, ptrs)
-}
-
 // packageCols are the columns scanPackage reads, in its order.
 const packageCols = `id, state, created_at, enqueued_at, cancelled_at, last_finished_at, total,
 	n_staged, n_blocked, n_ready, n_leased, n_succeeded, n_failed, n_cancelled`
