@@ -476,24 +476,16 @@ func (t *Tx) retry(id string) error {
 	set := map[string]bool{id: true}
 	order := []string{id}
 	for i := 0; i < len(order); i++ {
-		rows, err := t.query(`SELECT c.id FROM commands c JOIN packages p ON p.id = c.package_id
+		ids, err := queryStrings(t, `SELECT c.id FROM commands c JOIN packages p ON p.id = c.package_id
 			WHERE c.cancelled_by = ? AND c.state = 'cancelled' AND p.cancelled_at IS NULL`, order[i])
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var cid string
-			if err := rows.Scan(&cid); err != nil {
-				rows.Close()
-				return err
-			}
+		for _, cid := range ids {
 			if !set[cid] {
 				set[cid] = true
 				order = append(order, cid)
 			}
-		}
-		if err := rows.Close(); err != nil {
-			return err
 		}
 	}
 	held := map[string]string{}
@@ -570,22 +562,14 @@ func (t *Tx) unmetDependency(id string, set map[string]bool) (string, error) {
 
 // blockingDep returns a failed or cancelled dependency of id outside set.
 func (t *Tx) blockingDep(id string, set map[string]bool) (string, error) {
-	rows, err := t.query(`SELECT d.depends_on FROM command_deps d JOIN commands x ON x.id = d.depends_on
+	deps, err := queryStrings(t, `SELECT d.depends_on FROM command_deps d JOIN commands x ON x.id = d.depends_on
 		WHERE d.command_id = ? AND x.state IN ('failed', 'cancelled') ORDER BY d.rowid`, id)
-	if err != nil {
-		return "", err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var dep string
-		if err := rows.Scan(&dep); err != nil {
-			return "", err
-		}
+	for _, dep := range deps {
 		if !set[dep] {
-			return dep, nil
+			return dep, err
 		}
 	}
-	return "", rows.Err()
+	return "", err
 }
 
 // newToken returns an unguessable lease token.

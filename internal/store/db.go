@@ -280,7 +280,17 @@ type op struct {
 // and returns once that transaction has committed (or fn failed). fn must be
 // quick and must not block: it holds every other writer up.
 func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
-	o := &op{ctx: ctx, fn: fn, done: make(chan struct{})}
+	return db.submit(&op{ctx: ctx, fn: fn, done: make(chan struct{})})
+}
+
+// maintain runs fn on the write connection between transactions (pragmas,
+// checkpoints: statements that cannot run inside one).
+func (db *DB) maintain(ctx context.Context, fn func(*sql.Conn) error) error {
+	return db.submit(&op{ctx: ctx, raw: fn, done: make(chan struct{})})
+}
+
+// submit hands an operation to the writer and waits for it.
+func (db *DB) submit(o *op) error {
 	db.mu.RLock()
 	if db.closed {
 		db.mu.RUnlock()
@@ -291,21 +301,6 @@ func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
 	// Wait for the commit even if ctx ends: the change may already be in
 	// the transaction, and the caller must not report a failure for a write
 	// that then commits.
-	<-o.done
-	return o.err
-}
-
-// maintain runs fn on the write connection between transactions (pragmas,
-// checkpoints: statements that cannot run inside one).
-func (db *DB) maintain(ctx context.Context, fn func(*sql.Conn) error) error {
-	o := &op{ctx: ctx, raw: fn, done: make(chan struct{})}
-	db.mu.RLock()
-	if db.closed {
-		db.mu.RUnlock()
-		return errClosed
-	}
-	db.ops <- o
-	db.mu.RUnlock()
 	<-o.done
 	return o.err
 }

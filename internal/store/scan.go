@@ -43,6 +43,25 @@ func optNanos(t *time.Time) any {
 // isNoRows reports whether err says a query found nothing.
 func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
 
+// queryStrings runs a query that selects one text column and returns its
+// values (ids, mostly).
+func queryStrings(q querier, query string, args ...any) ([]string, error) {
+	rows, err := q.query(query, args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return nil, interpretError(err)
+		}
+		out = append(out, v)
+	}
+	return out, interpretError(rows.Close())
+}
+
 // commandCols are the columns scanCommand reads, in its order.
 const commandCols = `id, package_id, key, resource, action, parameters, max_attempts,
 	lease_duration, not_before, state, seq, attempts, reason, output,

@@ -93,20 +93,8 @@ func (db *DB) sweepPackages(ctx context.Context, query string, age time.Duration
 	for {
 		var n int
 		err := db.write(ctx, func(t *Tx) error {
-			rows, err := t.query(query, staleBefore(t.now, age), sweepBatch)
+			ids, err := queryStrings(t, query, staleBefore(t.now, age), sweepBatch)
 			if err != nil {
-				return err
-			}
-			var ids []string
-			for rows.Next() {
-				var id string
-				if err := rows.Scan(&id); err != nil {
-					rows.Close()
-					return err
-				}
-				ids = append(ids, id)
-			}
-			if err := rows.Close(); err != nil {
 				return err
 			}
 			for _, id := range ids {

@@ -123,20 +123,8 @@ func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*spinbroker.T
 	}
 	var tok *spinbroker.Token
 	err := db.write(ctx, func(t *Tx) error {
-		rows, err := t.query(`SELECT id FROM tokens WHERE id >= ? AND id < ? LIMIT 2`, strings.ToLower(idOrPrefix), strings.ToLower(idOrPrefix)+"~")
+		ids, err := queryStrings(t, `SELECT id FROM tokens WHERE id >= ? AND id < ? LIMIT 2`, strings.ToLower(idOrPrefix), strings.ToLower(idOrPrefix)+"~")
 		if err != nil {
-			return err
-		}
-		var ids []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		if err := rows.Close(); err != nil {
 			return err
 		}
 		switch len(ids) {

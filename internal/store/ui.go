@@ -134,21 +134,9 @@ func (db *DB) CommandsByID(ctx context.Context, ids []string) (map[string]spinbr
 // Dependents returns up to limit commands that depend on command id, in the
 // order the edges were made. Their Dependencies are not loaded.
 func (db *DB) Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error) {
-	rows, err := db.reader.query(qDependents, id, clampLimit(limit))
+	ids, err := queryStrings(db.reader, qDependents, id, clampLimit(limit))
 	if err != nil {
 		return nil, err
-	}
-	var ids []string
-	for rows.Next() {
-		var d string
-		if err := rows.Scan(&d); err != nil {
-			rows.Close()
-			return nil, interpretError(err)
-		}
-		ids = append(ids, d)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, interpretError(err)
 	}
 	byID, err := db.CommandsByID(ctx, ids)
 	if err != nil {
