@@ -74,16 +74,24 @@ func (s *Server) handlePackageCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pkg, replay, err := s.store.CreatePackage(r.Context(), in, idem)
-	switch {
-	case err != nil:
+	if err != nil {
 		s.writeError(w, r, err)
-	case replay != nil:
+		return
+	}
+	writeCreated(w, replay, func() (string, any) { return "/packages/" + pkg.ID, pkg })
+}
+
+// writeCreated answers a create: 201 with the new thing and its Location,
+// or, for a repeated Idempotency-Key, the first answer again.
+func writeCreated(w http.ResponseWriter, replay []byte, created func() (location string, v any)) {
+	if replay != nil {
 		w.Header().Set("Idempotent-Replayed", "true")
 		writeRaw(w, http.StatusCreated, replay)
-	default:
-		w.Header().Set("Location", "/packages/"+pkg.ID)
-		writeJSON(w, http.StatusCreated, pkg)
+		return
 	}
+	location, v := created()
+	w.Header().Set("Location", location)
+	writeJSON(w, http.StatusCreated, v)
 }
 
 func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
@@ -109,16 +117,11 @@ func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cmd, replay, err := s.store.AddCommand(r.Context(), id, in, idem)
-	switch {
-	case err != nil:
+	if err != nil {
 		s.writeError(w, r, pathFirst(err, exists))
-	case replay != nil:
-		w.Header().Set("Idempotent-Replayed", "true")
-		writeRaw(w, http.StatusCreated, replay)
-	default:
-		w.Header().Set("Location", "/commands/"+cmd.ID)
-		writeJSON(w, http.StatusCreated, cmd)
+		return
 	}
+	writeCreated(w, replay, func() (string, any) { return "/commands/" + cmd.ID, cmd })
 }
 
 func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
