@@ -40,14 +40,14 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func ParseDuration(s string) (time.Duration, error) {
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, Errorf(EINVALID, "%q is not a duration (use a Go duration such as \"30s\" or \"5m\")", truncate(s, 64))
+		return 0, Errorf(EINVALID, "%q is not a duration (use a Go duration such as \"30s\" or \"5m\")", Truncate(s, 64))
 	}
 	return v, nil
 }
 
-// truncate shortens s for an error message, so that hostile input cannot make
-// an answer large.
-func truncate(s string, n int) string {
+// Truncate shortens s to at most n bytes (and an ellipsis) for a message,
+// so that hostile input cannot make an answer large.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

@@ -30,7 +30,7 @@ func ValidName(s string) bool {
 // CheckName answers EINVALID unless s is a valid name; what says which field.
 func CheckName(what, s string) error {
 	if !ValidName(s) {
-		return Errorf(EINVALID, "%s %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", what, truncate(s, 80))
+		return Errorf(EINVALID, "%s %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", what, Truncate(s, 80))
 	}
 	return nil
 }
@@ -90,7 +90,7 @@ func isHex(c byte) bool {
 func CheckID(what, s string) (string, error) {
 	id, ok := ParseID(s)
 	if !ok {
-		return "", Errorf(EINVALID, "%s %q is not a UUID of version 4 or 7", what, truncate(s, 80))
+		return "", Errorf(EINVALID, "%s %q is not a UUID of version 4 or 7", what, Truncate(s, 80))
 	}
 	return id, nil
 }
@@ -106,7 +106,7 @@ func CheckKey(k string) error {
 	case !utf8.ValidString(k):
 		return Errorf(EINVALID, "key is not valid UTF-8")
 	case strings.IndexFunc(k, unicode.IsControl) >= 0:
-		return Errorf(EINVALID, "key %q contains a control character", truncate(k, 80))
+		return Errorf(EINVALID, "key %q contains a control character", Truncate(k, 80))
 	case LooksLikeID(k):
 		return Errorf(EINVALID, "key %q has the shape of a UUID, which dependencies would read as an id", k)
 	}

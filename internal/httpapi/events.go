@@ -201,7 +201,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if p := r.URL.Query().Get("package"); p != "" {
 		id, ok := spinbroker.ParseID(p)
 		if !ok {
-			s.writeError(w, r, errorf(spinbroker.EINVALID, "package %q is not an id", truncate(p, 80)))
+			s.writeError(w, r, errorf(spinbroker.EINVALID, "package %q is not an id", spinbroker.Truncate(p, 80)))
 			return
 		}
 		pkg = id

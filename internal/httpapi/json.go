@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -192,5 +191,3 @@ func logAttrs(r *http.Request, more ...any) []any {
 
 // errorf is a shorthand used where handlers build errors.
 var errorf = spinbroker.Errorf
-
-var _ = fmt.Sprintf

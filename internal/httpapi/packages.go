@@ -16,7 +16,7 @@ func pathID(r *http.Request, kind string) (string, error) {
 	raw := chi.URLParam(r, "id")
 	id, ok := spinbroker.ParseID(raw)
 	if !ok {
-		return "", errorf(spinbroker.ENOTFOUND, "%s %s not found", kind, truncate(raw, 80))
+		return "", errorf(spinbroker.ENOTFOUND, "%s %s not found", kind, spinbroker.Truncate(raw, 80))
 	}
 	return id, nil
 }
@@ -134,7 +134,7 @@ func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 {
-			s.writeError(w, r, errorf(spinbroker.EINVALID, "limit must be a positive integer, not %q", truncate(l, 40)))
+			s.writeError(w, r, errorf(spinbroker.EINVALID, "limit must be a positive integer, not %q", spinbroker.Truncate(l, 40)))
 			return
 		}
 		f.Limit = n

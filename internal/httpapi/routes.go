@@ -51,7 +51,7 @@ func (s *Server) routes() chi.Router {
 }
 
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, errorf(spinbroker.ENOTFOUND, "no route %s %s", r.Method, truncate(r.URL.Path, 200)))
+	s.writeError(w, r, errorf(spinbroker.ENOTFOUND, "no route %s %s", r.Method, spinbroker.Truncate(r.URL.Path, 200)))
 }
 
 // handleMethodNotAllowed answers 405 with the Allow header that chi only
@@ -66,7 +66,7 @@ func (s *Server) handleMethodNotAllowed(mux chi.Routes) http.HandlerFunc {
 			}
 		}
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		s.writeError(w, r, errorf(spinbroker.EMETHOD, "%s is not allowed on %s; use %s", r.Method, truncate(r.URL.Path, 200), strings.Join(allow, " or ")))
+		s.writeError(w, r, errorf(spinbroker.EMETHOD, "%s is not allowed on %s; use %s", r.Method, spinbroker.Truncate(r.URL.Path, 200), strings.Join(allow, " or ")))
 	}
 }
 
@@ -165,11 +165,4 @@ func (s *Server) crossOrigin(next http.Handler) http.Handler {
 		s.writeError(w, r, errorf(spinbroker.EFORBIDDEN, "cross-origin request refused"))
 	}))
 	return cop.Handler(next)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -184,7 +184,7 @@ func (u *ui) render(w http.ResponseWriter, r *http.Request, status int, page str
 	if f := r.URL.Query().Get("fragment"); f != "" {
 		name = "f-" + f
 		if t.Lookup(name) == nil {
-			u.fail(w, r, errorf(spinbroker.ENOTFOUND, "page %s has no fragment %q", page, truncate(f, 40)))
+			u.fail(w, r, errorf(spinbroker.ENOTFOUND, "page %s has no fragment %q", page, spinbroker.Truncate(f, 40)))
 			return
 		}
 	}
@@ -288,7 +288,7 @@ func parseForm(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (u *ui) handleNotFound(w http.ResponseWriter, r *http.Request) {
-	u.fail(w, r, errorf(spinbroker.ENOTFOUND, "there is no page %s", truncate(r.URL.Path, 200)))
+	u.fail(w, r, errorf(spinbroker.ENOTFOUND, "there is no page %s", spinbroker.Truncate(r.URL.Path, 200)))
 }
 
 // handleStatic serves the embedded CSS, script and icons. A URL carrying the

@@ -66,7 +66,7 @@ func (u *ui) handleQueueConcurrency(w http.ResponseWriter, r *http.Request) {
 		raw := strings.TrimSpace(r.PostFormValue("concurrency"))
 		n, err := strconv.Atoi(raw)
 		if err != nil {
-			return spinbroker.QueueSettings{}, errorf(spinbroker.EINVALID, "concurrency must be a whole number, not %q", truncate(raw, 40))
+			return spinbroker.QueueSettings{}, errorf(spinbroker.EINVALID, "concurrency must be a whole number, not %q", spinbroker.Truncate(raw, 40))
 		}
 		return spinbroker.QueueSettings{Concurrency: &n}, nil
 	})

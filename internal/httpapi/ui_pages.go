@@ -236,7 +236,7 @@ func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 		cmds := q.Commands
 		if a := r.URL.Query().Get("after"); a != "" {
 			if d.After, err = strconv.ParseInt(a, 10, 64); err != nil || d.After < 0 {
-				u.fail(w, r, errorf(spinbroker.EINVALID, "after must be a sequence number, not %q", truncate(a, 40)))
+				u.fail(w, r, errorf(spinbroker.EINVALID, "after must be a sequence number, not %q", spinbroker.Truncate(a, 40)))
 				return
 			}
 			if cmds, err = u.s.store.QueueCommands(ctx, res, d.After, spinbroker.DefaultListLimit); err != nil {

@@ -262,7 +262,7 @@ func (t *Tx) completeSlow(id string, res *spinbroker.Result, ok bool, reason, ou
 	case st == spinbroker.Staged || st == spinbroker.Blocked:
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s is %s and has not been delivered", id, st)
 	case res.Lease != "" && (st != spinbroker.Leased || !token.Valid || token.String != res.Lease):
-		return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", truncate(res.Lease, 40), id)
+		return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", spinbroker.Truncate(res.Lease, 40), id)
 	}
 	now := nanos(t.now)
 	switch {
@@ -342,7 +342,7 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 	errs = make([]error, len(items))
 	for i := range items {
 		if _, ok := spinbroker.ParseID(items[i].ID); !ok {
-			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", truncate(items[i].ID, 40))
+			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", spinbroker.Truncate(items[i].ID, 40))
 			continue
 		}
 		errs[i] = checkResult(&items[i].Result)
@@ -414,7 +414,7 @@ func (db *DB) Heartbeat(ctx context.Context, id, token string, extend time.Durat
 			if err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one); isNoRows(err) {
 				return spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", id)
 			}
-			return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", truncate(token, 40), id)
+			return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", spinbroker.Truncate(token, 40), id)
 		} else if err != nil {
 			return err
 		}

@@ -307,7 +307,7 @@ func (t *Tx) resolveDep(pkgID, entry string) (id, state string, err error) {
 	}
 	err = t.queryRow(`SELECT id, state FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id, &state)
 	if isNoRows(err) {
-		return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", truncate(entry, 80), pkgID)
+		return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(entry, 80), pkgID)
 	}
 	return id, state, err
 }
@@ -540,7 +540,7 @@ func (db *DB) PackageInfo(ctx context.Context, id string) (*spinbroker.Package, 
 // Packages lists packages newest first, without their commands.
 func (db *DB) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error) {
 	if f.State != "" && !f.State.Valid() {
-		return nil, spinbroker.Errorf(spinbroker.EINVALID, "state %q is not a package state", truncate(string(f.State), 40))
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "state %q is not a package state", spinbroker.Truncate(string(f.State), 40))
 	}
 	switch {
 	case f.Limit == 0:
@@ -631,7 +631,7 @@ func (t *Tx) idempotent(idem *spinbroker.Idempotency) ([]byte, error) {
 		return nil, err
 	}
 	if !bytes.Equal(hash, idem.Hash) {
-		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different request", truncate(idem.Key, 80))
+		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different request", spinbroker.Truncate(idem.Key, 80))
 	}
 	return body, nil
 }
@@ -648,13 +648,6 @@ func (t *Tx) remember(idem *spinbroker.Idempotency, v any) error {
 	_, err = t.exec(`INSERT OR REPLACE INTO idempotency (scope, key, hash, status, body, created_at)
 		VALUES (?, ?, ?, 201, ?, ?)`, idem.Scope, idem.Key, idem.Hash, body, nanos(t.now))
 	return err
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // staleBefore is a helper for sweeps: the time before which things expire.

@@ -37,7 +37,7 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*sp
 			return nil, "", err
 		}
 	default:
-		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "role must be admin, client, agent or viewer, not %q", truncate(role, 40))
+		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "role must be admin, client, agent or viewer, not %q", spinbroker.Truncate(role, 40))
 	}
 	if len(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
@@ -129,9 +129,9 @@ func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*spinbroker.T
 		}
 		switch len(ids) {
 		case 0:
-			return spinbroker.Errorf(spinbroker.ENOTFOUND, "no token %s", truncate(idOrPrefix, 40))
+			return spinbroker.Errorf(spinbroker.ENOTFOUND, "no token %s", spinbroker.Truncate(idOrPrefix, 40))
 		case 2:
-			return spinbroker.Errorf(spinbroker.EINVALID, "%s matches more than one token; give more of the id", truncate(idOrPrefix, 40))
+			return spinbroker.Errorf(spinbroker.EINVALID, "%s matches more than one token; give more of the id", spinbroker.Truncate(idOrPrefix, 40))
 		}
 		if _, err := t.exec(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, nanos(t.now), ids[0]); err != nil {
 			return err
