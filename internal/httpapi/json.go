@@ -170,18 +170,26 @@ func apiError(err error) *spinbroker.Error {
 // writeError answers err in API.md's error shape. Internal errors are logged
 // here, once, with the request; their details never reach the client.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	e := apiError(err)
-	status := StatusOf(e.Code)
-	switch e.Code {
-	case spinbroker.EINTERNAL:
-		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
-	case spinbroker.EUNAVAILABLE:
-		w.Header().Set("Retry-After", "1")
-		s.log.Warn("unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
-	case spinbroker.EUNAUTHORIZED:
+	e, status := s.judge(w, r, err)
+	if e.Code == spinbroker.EUNAUTHORIZED {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="spin-broker"`)
 	}
 	writeJSON(w, status, spinbroker.ErrorBody{Error: e})
+}
+
+// judge turns err into what the client is told and its status, for the
+// API's answers and the dashboard's alike: internal errors are logged once,
+// here, and 503s say when to come back.
+func (s *Server) judge(w http.ResponseWriter, r *http.Request, err error) (*spinbroker.Error, int) {
+	e := apiError(err)
+	switch e.Code {
+	case spinbroker.EINTERNAL:
+		s.log.Error("internal error", logAttrs(r, "err", err)...)
+	case spinbroker.EUNAVAILABLE:
+		w.Header().Set("Retry-After", "1")
+		s.log.Warn("unavailable", logAttrs(r, "err", err)...)
+	}
+	return e, StatusOf(e.Code)
 }
 
 // logAttrs is a helper for handlers that log.

@@ -219,15 +219,7 @@ func (u *ui) htmlHeaders(w http.ResponseWriter) {
 // request from the dashboard's script gets the message as plain text, which
 // it shows above the page.
 func (u *ui) fail(w http.ResponseWriter, r *http.Request, err error) {
-	e := apiError(err)
-	status := StatusOf(e.Code)
-	switch e.Code {
-	case spinbroker.EINTERNAL:
-		u.s.log.Error("internal error", logAttrs(r, "err", err)...)
-	case spinbroker.EUNAVAILABLE:
-		w.Header().Set("Retry-After", "1")
-		u.s.log.Warn("unavailable", logAttrs(r, "err", err)...)
-	}
+	e, status := u.s.judge(w, r, err)
 	if isFetch(r) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")

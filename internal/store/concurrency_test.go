@@ -201,5 +201,6 @@ func TestConcurrency(t *testing.T) {
 			t.Errorf("queue %s ends with %+v", r, q.Counts)
 		}
 	}
-	t.Logf("%d commands, %d write transactions for %d writes", total, db.Stats().Transactions, db.Stats().Writes)
+	txs, writes := db.WriteStats()
+	t.Logf("%d commands, %d write transactions for %d writes", total, txs, writes)
 }

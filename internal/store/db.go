@@ -221,17 +221,6 @@ func (db *DB) Listen(f func(*spinbroker.Commit)) {
 	}
 }
 
-// Stats are counters of the writer, for metrics and benchmarks.
-type Stats struct {
-	Transactions int64 // write transactions committed
-	Writes       int64 // write operations committed in them
-}
-
-// Stats reports the writer's counters.
-func (db *DB) Stats() Stats {
-	return Stats{Transactions: db.batches.Load(), Writes: db.written.Load()}
-}
-
 // WriteStats reports the writer's counters (for metrics).
 func (db *DB) WriteStats() (transactions, writes int64) {
 	return db.batches.Load(), db.written.Load()
