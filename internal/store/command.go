@@ -41,7 +41,7 @@ UPDATE commands SET
 	finished_at = ?5,
 	backoff_until = NULL
 FROM pick WHERE commands.id = pick.id
-RETURNING commands.id, commands.package_id, commands.resource`
+RETURNING commands.id, commands.package_id, commands.resource, commands.seq IS NULL`
 
 const cascadeFromCommand = `WITH RECURSIVE
 seeds(id, verb) AS (SELECT ?1, ?2),` + cascadeTail
@@ -87,10 +87,15 @@ func (t *Tx) collectCascade(rows *sql.Rows) error {
 	defer rows.Close()
 	for rows.Next() {
 		var id, pkg, resource string
-		if err := rows.Scan(&id, &pkg, &resource); err != nil {
+		var staged bool // only a command never enqueued has no seq
+		if err := rows.Scan(&id, &pkg, &resource, &staged); err != nil {
 			return err
 		}
-		t.change(id, pkg, resource, "", spinbroker.Cancelled, 0)
+		from := spinbroker.Blocked
+		if staged {
+			from = spinbroker.Staged
+		}
+		t.change(id, pkg, resource, from, spinbroker.Cancelled, 0)
 		t.commit.Packages = append(t.commit.Packages, pkg)
 	}
 	return rows.Err()
@@ -511,14 +516,14 @@ func (t *Tx) retry(id string) error {
 		if !set[cid] {
 			continue
 		}
-		var resource, pkg, newState string
+		var resource, pkg, oldState, newState string
 		err := t.queryRow(`UPDATE commands SET
 				pending_deps = (SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
 					WHERE d.command_id = commands.id AND x.state <> 'succeeded'),
 				attempts = 0, reason = NULL, output = NULL, cancelled_by = NULL,
 				started_at = NULL, finished_at = NULL, backoff_until = NULL,
 				lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL
-			WHERE id = ? RETURNING resource, package_id, state`, cid).Scan(&resource, &pkg, &newState)
+			WHERE id = ? RETURNING resource, package_id, state`, cid).Scan(&resource, &pkg, &oldState)
 		if err != nil {
 			return err
 		}
@@ -529,7 +534,7 @@ func (t *Tx) retry(id string) error {
 		if err != nil {
 			return err
 		}
-		t.change(cid, pkg, resource, spinbroker.CommandState(state), spinbroker.CommandState(newState), 0)
+		t.change(cid, pkg, resource, spinbroker.CommandState(oldState), spinbroker.CommandState(newState), 0)
 		t.commit.Packages = append(t.commit.Packages, pkg)
 	}
 	// Those left cancelled now name the dependency that still holds them.

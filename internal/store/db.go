@@ -480,10 +480,14 @@ type Tx struct {
 	w      *writer
 	now    time.Time
 	commit *spinbroker.Commit
+	added  []added // commands inserted since the counts were last flushed
+	// flushed is how many of commit.Commands the counts already include.
+	flushed int
 }
 
-// run calls fn and turns a panic into an error, so that a bug in one request
-// cannot take the writer (and with it the broker) down.
+// run calls fn, then brings the counts up to date with what it changed. It
+// turns a panic into an error, so that a bug in one request cannot take the
+// writer (and with it the broker) down.
 func (t *Tx) run(fn func(*Tx) error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -491,7 +495,10 @@ func (t *Tx) run(fn func(*Tx) error) (err error) {
 			err = fmt.Errorf("store: panic: %v", r)
 		}
 	}()
-	return fn(t)
+	if err := fn(t); err != nil {
+		return err
+	}
+	return t.flushCounts()
 }
 
 func (t *Tx) exec(q string, args ...any) (sql.Result, error) {

@@ -47,7 +47,7 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		var enq *enqueueAt
 		if direct {
 			// Created enqueued: each command goes straight into its final
-			// state, sparing the staged→ready updates and their triggers.
+			// state, sparing the staged→ready updates.
 			if enq, err = t.reserveSeqs(in.Commands); err != nil {
 				return err
 			}
@@ -69,7 +69,7 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 				return err
 			}
 		}
-		if pkg, err = getPackage(t, id, true); err != nil {
+		if pkg, err = t.readPackage(id); err != nil {
 			return err
 		}
 		return t.remember(idem, pkg)
@@ -191,7 +191,7 @@ func (t *Tx) canEnqueueDirectly(in spinbroker.NewPackage) (bool, error) {
 }
 
 // reserveSeqs takes the next len(cmds) sequence numbers and makes sure the
-// commands' queues exist (their counts are kept by triggers on insert).
+// commands' queues exist.
 func (t *Tx) reserveSeqs(cmds []spinbroker.NewCommand) (*enqueueAt, error) {
 	seen := map[string]bool{}
 	for _, c := range cmds {
@@ -279,6 +279,7 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	} else if err != nil {
 		return "", nil, err
 	}
+	t.addedCommand(pkgID)
 	for _, dep := range deps {
 		if _, err := t.exec(`INSERT INTO command_deps (command_id, depends_on) VALUES (?, ?)`, id, dep); err != nil {
 			return "", nil, err
@@ -319,7 +320,7 @@ func (db *DB) Enqueue(ctx context.Context, pkgID string) (pkg *spinbroker.Packag
 		if err := t.enqueue(pkgID); err != nil {
 			return err
 		}
-		pkg, err = getPackage(t, pkgID, true)
+		pkg, err = t.readPackage(pkgID)
 		return err
 	})
 	return pkg, err
@@ -334,6 +335,9 @@ const qEnqueueSeq = `UPDATE commands SET
 	WHERE package_id = ? AND state = 'staged'`
 
 func (t *Tx) enqueue(pkgID string) error {
+	if err := t.flushCounts(); err != nil { // the total of commands just added
+		return err
+	}
 	var total int
 	var enqueued, cancelled sql.NullInt64
 	err := t.queryRow(`SELECT total, enqueued_at, cancelled_at FROM packages WHERE id = ?`, pkgID).Scan(&total, &enqueued, &cancelled)
@@ -422,8 +426,7 @@ func (t *Tx) enqueue(pkgID string) error {
 }
 
 // collect records the transitions a `RETURNING id, resource, state`
-// statement reports, all of one package and from one state ("" when the
-// rows came from several).
+// statement reports, all of one package and from one state.
 func (t *Tx) collect(rows *sql.Rows, pkgID string, from spinbroker.CommandState) error {
 	defer rows.Close()
 	for rows.Next() {
@@ -460,7 +463,7 @@ func (db *DB) CancelPackage(ctx context.Context, pkgID string) (pkg *spinbroker.
 				return err
 			}
 		}
-		pkg, err = getPackage(t, pkgID, true)
+		pkg, err = t.readPackage(pkgID)
 		return err
 	})
 	return pkg, err
@@ -471,15 +474,18 @@ func (t *Tx) cancelPackage(pkgID string) error {
 	if _, err := t.exec(`UPDATE packages SET cancelled_at = ? WHERE id = ?`, now, pkgID); err != nil {
 		return err
 	}
-	rows, err := t.query(`UPDATE commands SET state = 'cancelled', reason = 'package cancelled', finished_at = ?,
-			backoff_until = NULL
-		WHERE package_id = ? AND state IN ('staged', 'blocked', 'ready')
-		RETURNING id, resource, state`, now, pkgID)
-	if err != nil {
-		return err
-	}
-	if err := t.collect(rows, pkgID, ""); err != nil {
-		return err
+	// One statement per state, so that each change says where it came from.
+	for _, from := range []spinbroker.CommandState{spinbroker.Staged, spinbroker.Blocked, spinbroker.Ready} {
+		rows, err := t.query(`UPDATE commands SET state = 'cancelled', reason = 'package cancelled', finished_at = ?,
+				backoff_until = NULL
+			WHERE package_id = ? AND state = ?
+			RETURNING id, resource, state`, now, pkgID, string(from))
+		if err != nil {
+			return err
+		}
+		if err := t.collect(rows, pkgID, from); err != nil {
+			return err
+		}
 	}
 	t.commit.Packages = append(t.commit.Packages, pkgID)
 	return t.cascadePackage(pkgID, "", false)
