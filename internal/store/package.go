@@ -59,18 +59,22 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 			return err
 		}
 		t.commit.Packages = append(t.commit.Packages, id)
+		cmds := make([]spinbroker.Command, len(in.Commands))
 		for i := range in.Commands {
-			if _, _, err := t.addCommand(id, i, &in.Commands[i], enq); err != nil {
+			if cmds[i], err = t.addCommand(id, i, &in.Commands[i], enq); err != nil {
 				return err
 			}
 		}
 		if in.Enqueue && !direct {
+			// The general enqueue may cancel some commands: read the result.
 			if err := t.enqueue(id); err != nil {
 				return err
 			}
-		}
-		if pkg, err = t.readPackage(id); err != nil {
-			return err
+			if pkg, err = t.readPackage(id); err != nil {
+				return err
+			}
+		} else {
+			pkg = createdPackage(id, cmds, enq, t.now)
 		}
 		return t.remember(idem, pkg)
 	})
@@ -107,12 +111,12 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		case enqueued.Valid:
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
 		}
-		id, deps, err := t.addCommand(pkgID, total, &in, nil)
+		c, err := t.addCommand(pkgID, total, &in, nil)
 		if err != nil {
 			return err
 		}
 		t.commit.Packages = append(t.commit.Packages, pkgID)
-		cmd = stagedCommand(id, pkgID, &in, deps, t.now)
+		cmd = &c
 		return t.remember(idem, cmd)
 	})
 	if err != nil || replay != nil {
@@ -121,11 +125,35 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 	return cmd, nil, nil
 }
 
-// stagedCommand is the answer to an add: the command just inserted, built
-// from what was inserted rather than read back (TestDB_AddCommand holds it
-// equal to a read).
-func stagedCommand(id, pkgID string, in *spinbroker.NewCommand, deps []string, now time.Time) *spinbroker.Command {
-	c := &spinbroker.Command{
+// createdPackage is the answer to a create that needed no general enqueue:
+// the package as its commands were inserted, built rather than read back
+// (TestDB_CreatePackageAnswer holds it equal to a read).
+func createdPackage(id string, cmds []spinbroker.Command, enq *enqueueAt, now time.Time) *spinbroker.Package {
+	p := &spinbroker.Package{ID: id, State: spinbroker.PackageStaging, CreatedAt: fromNanos(nanos(now)),
+		Total: len(cmds), Commands: cmds}
+	if enq != nil {
+		at := fromNanos(enq.now)
+		p.EnqueuedAt = &at
+		p.State = spinbroker.PackageQueued
+	}
+	for _, c := range cmds {
+		switch c.State {
+		case spinbroker.Staged:
+			p.Counts.Staged++
+		case spinbroker.Blocked:
+			p.Counts.Blocked++
+		case spinbroker.Ready:
+			p.Counts.Ready++
+		}
+	}
+	return p
+}
+
+// insertedCommand is a command as addCommand inserts it, built from what
+// was inserted rather than read back (TestDB_AddCommand and
+// TestDB_CreatePackageAnswer hold it equal to a read).
+func insertedCommand(id, pkgID string, in *spinbroker.NewCommand, deps []string, now time.Time) spinbroker.Command {
+	c := spinbroker.Command{
 		ID: id, PackageID: pkgID, Resource: in.Resource, Action: in.Action,
 		Parameters: in.Parameters, Dependencies: deps,
 		MaxAttempts: spinbroker.DefaultMaxAttempts, LeaseDuration: in.LeaseDuration,
@@ -213,8 +241,8 @@ func (t *Tx) reserveSeqs(cmds []spinbroker.NewCommand) (*enqueueAt, error) {
 // addCommand inserts a validated command at position pos of its package,
 // resolving its dependencies (ids of any package, or keys of commands added
 // earlier to the same package): in staging, or already enqueued when enq
-// is set.
-func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *enqueueAt) (string, []string, error) {
+// is set. It returns the command as inserted.
+func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *enqueueAt) (spinbroker.Command, error) {
 	id := in.ID
 	if id == "" {
 		id = newID()
@@ -222,9 +250,9 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		var one int
 		err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
 		if err == nil {
-			return "", nil, spinbroker.Errorf(spinbroker.ECONFLICT, "command %s already exists", id)
+			return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "command %s already exists", id)
 		} else if !isNoRows(err) {
-			return "", nil, err
+			return spinbroker.Command{}, err
 		}
 	}
 	deps := make([]string, 0, len(in.Dependencies))
@@ -233,10 +261,10 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	for _, d := range in.Dependencies {
 		dep, state, err := t.resolveDep(pkgID, d)
 		if err != nil {
-			return "", nil, err
+			return spinbroker.Command{}, err
 		}
 		if dep == id {
-			return "", nil, spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
+			return spinbroker.Command{}, spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
 		}
 		if !seen[dep] {
 			seen[dep] = true
@@ -275,23 +303,29 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters), string(state),
 		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now), len(deps), seq, enqueued, pend, readyAt)
 	if isConstraint(err) {
-		return "", nil, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
+		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
 	} else if err != nil {
-		return "", nil, err
+		return spinbroker.Command{}, err
 	}
 	t.addedCommand(pkgID)
 	for _, dep := range deps {
 		if _, err := t.exec(`INSERT INTO command_deps (command_id, depends_on) VALUES (?, ?)`, id, dep); err != nil {
-			return "", nil, err
+			return spinbroker.Command{}, err
 		}
 		if _, err := t.exec(`UPDATE commands SET n_dependents = n_dependents + 1 WHERE id = ?`, dep); err != nil {
-			return "", nil, err
+			return spinbroker.Command{}, err
 		}
 	}
+	c := insertedCommand(id, pkgID, in, deps, t.now)
 	if enq != nil {
 		t.change(id, pkgID, in.Resource, spinbroker.Staged, state, 0)
+		c.State = state
+		s := seq.(int64)
+		c.Seq = &s
+		at := fromNanos(enq.now)
+		c.EnqueuedAt = &at
 	}
-	return id, deps, nil
+	return c, nil
 }
 
 // resolveDep turns a dependency entry into a command id, with the state of

@@ -157,6 +157,41 @@ func TestDB_CreatePackage_Invalid(t *testing.T) {
 	}
 }
 
+// TestDB_CreatePackageAnswer: the answer to a create is built from what was
+// inserted, not read back; it must equal a read, staged or enqueued, with
+// dependencies met, pending and delayed.
+func TestDB_CreatePackageAnswer(t *testing.T) {
+	db, clock := open(t)
+	done := enqueue(t, db, cmd("r", "done"))
+	succeed(t, db, mustNext(t, db, "r"))
+	pending := enqueue(t, db, cmd("r", "pending"))
+	later := clock.Now().Add(time.Hour + 123456789)
+	earlier := clock.Now().Add(-time.Minute)
+	full := spinbroker.NewCommand{Key: "full", Resource: "s", Action: "z", Parameters: json.RawMessage(`{ "n": [1, 2] }`),
+		Dependencies: []string{"a"}, MaxAttempts: ptr(7), LeaseDuration: ptr(spinbroker.Duration(90 * time.Second))}
+	cmds := []spinbroker.NewCommand{
+		keyed("a", "r", "x"),
+		keyed("b", "s", "y", "a", "a"),
+		cmd("r", "on-done", done.Commands[0].ID),
+		cmd("s", "on-pending", strings.ToUpper(pending.Commands[0].ID)),
+		{Resource: "t", Action: "later", NotBefore: &later},
+		{Resource: "t", Action: "earlier", NotBefore: &earlier},
+		full,
+	}
+	for _, enq := range []bool{false, true} {
+		got, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: cmds, Enqueue: enq}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if read := getPkg(t, db, got.ID); mustJSON(read) != mustJSON(got) {
+			t.Fatalf("create (enqueue %v) answered\n%s\nbut a read says\n%s", enq, mustJSON(got), mustJSON(read))
+		}
+		if enq && (got.Counts.Ready != 3 || got.Counts.Blocked != 4) {
+			t.Fatalf("enqueued package counts %+v, want 3 ready and 4 blocked", got.Counts)
+		}
+	}
+}
+
 func TestDB_AddCommand(t *testing.T) {
 	db, clock := open(t)
 	clockNow := func(*store.DB) time.Time { return clock.Now().Add(time.Minute + 123456789) }
