@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,11 +25,12 @@ import (
 
 type benchConfig struct {
 	loadgen.Config
-	scenarios string
-	sync      string
-	json      bool
-	keep      bool
-	compare   []string
+	scenarios  string
+	sync       string
+	json       bool
+	keep       bool
+	compare    []string
+	cpuProfile string
 }
 
 func (a *app) benchCommand() *cobra.Command {
@@ -83,11 +85,23 @@ temporary database, as a child process so its CPU and memory are its own.`,
 	f.StringVar(&c.sync, "sync", "normal", "--sync of the broker bench starts: normal or full")
 	f.BoolVar(&c.json, "json", false, "print one JSON object per scenario")
 	f.BoolVar(&c.keep, "keep", false, "keep the temporary databases and print where they are")
+	f.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator (not the broker: see serve --pprof-addr) to this file")
 	f.StringSliceVar(&c.compare, "compare", nil, "instead of running, compare the JSON lines of earlier runs (this command's --json and bench/peers -json) in these files")
 	return cmd
 }
 
 func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	scenarios := strings.Split(c.scenarios, ",")
 	if c.scenarios == "all" {
 		scenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}

@@ -326,12 +326,13 @@ func (w *writer) run() {
 			continue
 		}
 		batch = append(batch[:0], first)
-		w.gather(&batch)
-		if len(batch) > 0 {
-			w.commit(batch)
-		}
+		w.commit(batch)
 	}
 }
+
+// absorbFor bounds how long a transaction keeps taking in operations that
+// arrive while it runs, so that the first of them is not held up for long.
+const absorbFor = time.Millisecond
 
 // gather adds to batch the operations already waiting. It never waits for
 // more: agents are latency-bound, and a writer that lingers to fill its
@@ -370,9 +371,22 @@ func (w *writer) commit(batch []*op) {
 		fail(w.db.unavailable("begin", err))
 		return
 	}
-	single := len(batch) == 1
 	ran := 0
-	for _, o := range batch {
+	started := time.Now()
+	for i := 0; ; i++ {
+		// Take in the operations that arrived while the earlier ones ran:
+		// they share this commit instead of waiting for the next, and
+		// nothing waits for them.
+		if i == len(batch) && time.Since(started) < absorbFor {
+			w.gather(&batch)
+		}
+		if i == len(batch) {
+			break
+		}
+		o := batch[i]
+		// The first operation runs without a savepoint: if it fails, it is
+		// alone in the transaction, and the whole of it rolls back.
+		single := i == 0
 		if o.ctx.Err() != nil {
 			o.err = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the request was abandoned before it ran")
 			continue
