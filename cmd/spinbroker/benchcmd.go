@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -31,6 +32,7 @@ type benchConfig struct {
 	keep       bool
 	compare    []string
 	cpuProfile string
+	procs      int
 }
 
 func (a *app) benchCommand() *cobra.Command {
@@ -66,6 +68,9 @@ temporary database, as a child process so its CPU and memory are its own.`,
 			if len(c.compare) > 0 {
 				return a.compare(c.compare)
 			}
+			if c.procs < 0 {
+				return usagef(cmd, "--procs must be at least 1")
+			}
 			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
 		},
 	}
@@ -85,12 +90,21 @@ temporary database, as a child process so its CPU and memory are its own.`,
 	f.StringVar(&c.sync, "sync", "normal", "--sync of the broker bench starts: normal or full")
 	f.BoolVar(&c.json, "json", false, "print one JSON object per scenario")
 	f.BoolVar(&c.keep, "keep", false, "keep the temporary databases and print where they are")
+	f.IntVar(&c.procs, "procs", 0, "GOMAXPROCS of the load generator (default: half the CPUs when bench starts the broker, so that it does not crowd the broker it measures; all of them with --url)")
 	f.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator (not the broker: see serve --pprof-addr) to this file")
 	f.StringSliceVar(&c.compare, "compare", nil, "instead of running, compare the JSON lines of earlier runs (this command's --json and bench/peers -json) in these files")
 	return cmd
 }
 
 func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
+	switch {
+	case c.procs > 0:
+		runtime.GOMAXPROCS(c.procs)
+	case !remote:
+		// The broker is a child process with every CPU; the generator,
+		// whose clients would run elsewhere in production, keeps to half.
+		runtime.GOMAXPROCS(max(1, runtime.NumCPU()/2))
+	}
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -143,9 +157,10 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 		if c.json {
 			b, _ := json.Marshal(struct {
 				*loadgen.Result
-				Sync string `json:"sync,omitempty"`
-				OK   bool   `json:"ok"`
-			}{res, map[bool]string{true: "", false: c.sync}[remote], res.OK()})
+				Sync  string `json:"sync,omitempty"`
+				Procs int    `json:"generator_procs"`
+				OK    bool   `json:"ok"`
+			}{res, map[bool]string{true: "", false: c.sync}[remote], runtime.GOMAXPROCS(0), res.OK()})
 			fmt.Fprintln(a.stdout, string(b))
 		} else {
 			printResult(a, res, c.sync, remote)
@@ -279,7 +294,7 @@ func printResult(a *app, r *loadgen.Result, sync string, remote bool) {
 	if !remote {
 		fmt.Fprintf(w, "; sync %s", sync)
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "; generator on %d of %d CPUs\n", runtime.GOMAXPROCS(0), runtime.NumCPU())
 	switch {
 	case r.CommandsPerSec > 0:
 		fmt.Fprintf(w, "  %d commands in %.2fs: %.0f commands/s\n", r.Commands, r.Seconds, r.CommandsPerSec)
