@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"encoding/json"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -141,6 +142,16 @@ const qCompleteLeasedBrief = `UPDATE commands SET state = ?1, reason = ?2, outpu
 		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
 	WHERE id = ?5 AND state = 'leased' AND lease_token = ?6
 	RETURNING n_dependents, package_id, resource, attempts`
+
+// qCompleteLeasedMany is qCompleteLeasedBrief for many results at once:
+// ?1 is a JSON array of [id, lease, state, reason, output] (reason and
+// output as JSON strings or null, output holding the result's own text).
+const qCompleteLeasedMany = `UPDATE commands SET state = r.state, reason = r.reason, output = r.output, finished_at = ?2,
+		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
+	FROM (SELECT value->>0 AS id, value->>1 AS lease, value->>2 AS state, value->>3 AS reason, value->>4 AS output
+		FROM json_each(?1)) AS r
+	WHERE commands.id = r.id AND commands.state = 'leased' AND commands.lease_token = r.lease
+	RETURNING commands.id, n_dependents, package_id, resource, attempts`
 
 // checkResult validates the parts of a result that need no database.
 func checkResult(res *spinbroker.Result) error {
@@ -352,20 +363,30 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 		}
 		errs[i] = checkResult(&items[i].Result)
 	}
+	many := completableAtOnce(items, errs)
 	err = db.write(ctx, func(t *Tx) error {
+		var done map[string]bool
+		if many {
+			var err error
+			if done, err = t.completeMany(items, errs); err != nil {
+				return err
+			}
+		}
 		for i := range items {
-			if errs[i] != nil {
+			if errs[i] != nil || done[items[i].ID] {
 				continue
 			}
 			// The common case, a result with its current lease, is one
 			// statement that either applies whole or not at all: no
-			// savepoint needed.
-			done, err := t.completeFast(items[i].ID, &items[i].Result)
-			if err != nil {
-				return err
-			}
-			if done {
-				continue
+			// savepoint needed. (With many, it has been tried.)
+			if !many {
+				ok, err := t.completeFast(items[i].ID, &items[i].Result)
+				if err != nil {
+					return err
+				}
+				if ok {
+					continue
+				}
 			}
 			// Anything else in a savepoint of its own, so that a refused
 			// item leaves no trace and the others still commit.
@@ -395,6 +416,79 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 		return nil, err
 	}
 	return errs, nil
+}
+
+// completableAtOnce reports whether every valid item of a batch may be
+// applied by one statement: each carries a lease, none asks for a retry,
+// and no command appears twice. Otherwise the items are judged one by one,
+// in order.
+func completableAtOnce(items []spinbroker.BatchResult, errs []error) bool {
+	seen := make(map[string]bool, len(items))
+	n := 0
+	for i := range items {
+		if errs[i] != nil {
+			continue
+		}
+		if _, fast, _, _, _ := resultArgs(&items[i].Result); !fast || seen[items[i].ID] {
+			return false
+		}
+		seen[items[i].ID] = true
+		n++
+	}
+	return n > 1
+}
+
+// completeMany applies, in one statement, the results whose command is
+// still leased with the lease they carry, and returns their ids; the
+// others are left to be judged one by one.
+func (t *Tx) completeMany(items []spinbroker.BatchResult, errs []error) (map[string]bool, error) {
+	args := make([][5]any, 0, len(items))
+	for i := range items {
+		if errs[i] != nil {
+			continue
+		}
+		_, _, state, reason, output := resultArgs(&items[i].Result)
+		args = append(args, [5]any{items[i].ID, items[i].Lease, state, finalReason(state, reason), output})
+	}
+	list, err := json.Marshal(args)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := t.query(qCompleteLeasedMany, string(list), nanos(t.now))
+	if err != nil {
+		return nil, err
+	}
+	type applied struct {
+		pkg, resource        string
+		attempts, dependents int
+	}
+	got := make(map[string]applied, len(args))
+	for rows.Next() {
+		var id string
+		var a applied
+		if err := rows.Scan(&id, &a.dependents, &a.pkg, &a.resource, &a.attempts); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		got[id] = a
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	// The transitions that follow (releases, cascades), in the batch's order.
+	done := make(map[string]bool, len(got))
+	for i := range items {
+		a, ok := got[items[i].ID]
+		if !ok || errs[i] != nil {
+			continue
+		}
+		_, _, state, _, _ := resultArgs(&items[i].Result)
+		if err := t.completed(items[i].ID, a.pkg, a.resource, state, a.attempts, a.dependents); err != nil {
+			return nil, err
+		}
+		done[items[i].ID] = true
+	}
+	return done, nil
 }
 
 // Heartbeat extends a lease by extend from now (the lease's own duration

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 	"time"
@@ -137,6 +138,74 @@ func TestDB_CompleteBatch(t *testing.T) {
 	wantState(t, db, cmds[0].ID, spinbroker.Succeeded)
 	wantState(t, db, cmds[1].ID, spinbroker.Leased)
 	wantState(t, db, cmds[2].ID, spinbroker.Failed)
+}
+
+// TestDB_CompleteBatchAtOnce: a batch of results that all carry a lease is
+// applied by one statement; it must do what the results one by one would:
+// exact outputs and reasons, releases, cascades, counts, and a stale lease
+// still judged (and refused) alone.
+func TestDB_CompleteBatchAtOnce(t *testing.T) {
+	db, _ := open(t)
+	for _, r := range []string{"r", "s"} {
+		if _, err := db.SetQueue(ctx, r, spinbroker.QueueSettings{Concurrency: ptr(10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := enqueue(t, db, keyed("a", "r", "a"), keyed("b", "r", "b"), keyed("c", "r", "c"), keyed("d", "r", "d"),
+		keyed("after-a", "s", "x", "a"), keyed("after-b", "s", "y", "b"))
+	ids := map[string]string{}
+	for _, c := range p.Commands {
+		ids[deref(c.Key)] = c.ID
+	}
+	cmds, _, err := db.Claim(ctx, "r", 4, 0)
+	if err != nil || len(cmds) != 4 {
+		t.Fatal(err, len(cmds))
+	}
+	// Outputs are stored compacted (as one by one); escapes and non-ASCII
+	// text must come through the statement's JSON argument unchanged.
+	output := json.RawMessage(`{ "s": "quote \" and \u00e9 é", "n": [1, 2] }`)
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, output); err != nil {
+		t.Fatal(err)
+	}
+	errs, err := db.CompleteBatch(ctx, []spinbroker.BatchResult{
+		{ID: cmds[0].ID, Result: spinbroker.Result{Status: ptr(true), Lease: cmds[0].Lease.Token, Output: output}},
+		{ID: cmds[1].ID, Result: spinbroker.Result{Status: ptr(false), Lease: cmds[1].Lease.Token}},
+		{ID: cmds[2].ID, Result: spinbroker.Result{Status: ptr(false), Lease: cmds[2].Lease.Token, Reason: ptr("disk full")}},
+		{ID: cmds[3].ID, Result: spinbroker.Result{Status: ptr(true), Lease: "stale"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := make([]string, len(errs))
+	for i, e := range errs {
+		codes[i] = spinbroker.ErrorCode(e)
+	}
+	if want := []string{"", "", "", spinbroker.ESTALE}; mustJSON(codes) != mustJSON(want) {
+		t.Fatalf("codes %v, want %v", codes, want)
+	}
+	a := wantState(t, db, ids["a"], spinbroker.Succeeded)
+	if string(a.Output) != compact.String() {
+		t.Fatalf("output %s, want %s", a.Output, compact.String())
+	}
+	if b := wantState(t, db, ids["b"], spinbroker.Failed); deref(b.Reason) != "failed" {
+		t.Fatalf("b reason %q", deref(b.Reason))
+	}
+	if c := wantState(t, db, ids["c"], spinbroker.Failed); deref(c.Reason) != "disk full" {
+		t.Fatalf("c reason %q", deref(c.Reason))
+	}
+	wantState(t, db, ids["d"], spinbroker.Leased)
+	wantState(t, db, ids["after-a"], spinbroker.Ready)
+	wantState(t, db, ids["after-b"], spinbroker.Cancelled)
+	got := getPkg(t, db, p.ID)
+	want := spinbroker.Counts{Ready: 1, Leased: 1, Succeeded: 1, Failed: 2, Cancelled: 1}
+	if got.Counts != want || got.FinishedAt != nil {
+		t.Fatalf("package counts %+v, want %+v", got.Counts, want)
+	}
+	q, err := db.Queue(ctx, "r")
+	if err != nil || q.Counts != (spinbroker.QueueCounts{Leased: 1}) {
+		t.Fatalf("queue r counts %+v (%v)", q.Counts, err)
+	}
 }
 
 func TestDB_Heartbeat(t *testing.T) {

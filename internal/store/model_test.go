@@ -135,7 +135,8 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		{5, "enqueue", m.opEnqueue},
 		{20, "next", m.opNext},
 		{6, "claim", m.opClaim},
-		{22, "complete", m.opComplete},
+		{18, "complete", m.opComplete},
+		{6, "complete-batch", m.opCompleteBatch},
 		{3, "settle", m.opSettleByHand},
 		{8, "tick", m.opTick},
 		{2, "cancel", m.opCancel},
@@ -613,6 +614,55 @@ func (m *model) opComplete() {
 		return
 	}
 	m.completeModel(c, ok, retry, reason)
+}
+
+// opCompleteBatch sends the results of up to four leased commands in one
+// batch: mostly plain successes and failures (applied by one statement),
+// sometimes a retry or a stale lease among them (judged one by one).
+func (m *model) opCompleteBatch() {
+	var items []spinbroker.BatchResult
+	var cs []*mcmd
+	var stale []bool
+	for _, id := range m.cmdIDs() {
+		c := m.cmds[id]
+		if c.state != spinbroker.Leased || len(items) == 4 || m.rnd.IntN(2) == 0 {
+			continue
+		}
+		ok := m.rnd.IntN(3) > 0
+		retry := !ok && m.rnd.IntN(4) == 0
+		reason := fmt.Sprintf("reason %d", m.step)
+		token := c.token
+		s := m.rnd.IntN(12) == 0
+		if s {
+			token = "stale-token"
+		}
+		items = append(items, spinbroker.BatchResult{ID: c.id, Result: spinbroker.Result{Status: &ok, Retry: retry, Lease: token, Reason: &reason}})
+		cs = append(cs, c)
+		stale = append(stale, s)
+	}
+	if len(items) == 0 {
+		return
+	}
+	errs, err := m.db.CompleteBatch(ctx, items)
+	m.logf("complete batch of %d, stale %v → %v %v", len(items), stale, errs, err)
+	if err != nil {
+		m.t.Errorf("complete batch: %v", err)
+		return
+	}
+	for i, c := range cs {
+		if stale[i] {
+			if spinbroker.ErrorCode(errs[i]) != spinbroker.ESTALE {
+				m.t.Errorf("a stale lease in a batch was not refused: %v", errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil {
+			m.t.Errorf("complete batch item %d: %v", i, errs[i])
+			continue
+		}
+		r := items[i].Result
+		m.completeModel(c, *r.Status, r.Retry, *r.Reason)
+	}
 }
 
 func (m *model) completeModel(c *mcmd, ok, retry bool, reason string) {
