@@ -1,6 +1,7 @@
 -- spin-broker's schema. Times are Unix nanoseconds (UTC); durations are
 -- nanoseconds. Counts on packages and queues are kept by triggers, so every
--- statement that moves a command, bulk or single, keeps them exact.
+-- statement that moves a command, bulk or single, keeps them exact (until
+-- 00002, which moves them into the store's writer).
 
 -- +goose Up
 -- +goose StatementBegin

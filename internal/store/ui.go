@@ -33,7 +33,7 @@ const (
 // Completions counts the commands that reached a terminal state in each
 // minute of the given number of minutes that starts with the minute holding
 // since: one Counts per minute, oldest first, with only Succeeded, Failed
-// and Cancelled set. The completions table is kept by a trigger, so this
+// and Cancelled set. The writer keeps the completions table (counts.go), so this
 // reads at most one row per minute whatever the traffic.
 func (db *DB) Completions(ctx context.Context, since time.Time, minutes int) ([]spinbroker.Counts, error) {
 	if minutes < 1 || minutes > 24*60 {
