@@ -338,7 +338,7 @@ const absorbFor = time.Millisecond
 // more: agents are latency-bound, and a writer that lingers to fill its
 // batch lowers their throughput (measured: 100µs of lingering cost a third).
 func (w *writer) gather(batch *[]*op) {
-	for len(*batch) < w.db.maxBatch {
+	for w.held == nil && len(*batch) < w.db.maxBatch {
 		select {
 		case o, ok := <-w.db.ops:
 			if !ok {
