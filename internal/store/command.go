@@ -357,10 +357,12 @@ func (t *Tx) release(id string) error {
 func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult) (errs []error, err error) {
 	errs = make([]error, len(items))
 	for i := range items {
-		if _, ok := spinbroker.ParseID(items[i].ID); !ok {
+		id, ok := spinbroker.ParseID(items[i].ID)
+		if !ok {
 			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", spinbroker.Truncate(items[i].ID, 40))
 			continue
 		}
+		items[i].ID = id // ids are stored in lower case, as Complete's path has it
 		errs[i] = checkResult(&items[i].Result)
 	}
 	many := completableAtOnce(items, errs)

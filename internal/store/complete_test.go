@@ -3,6 +3,7 @@ package store_test
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,7 +171,7 @@ func TestDB_CompleteBatchAtOnce(t *testing.T) {
 	}
 	errs, err := db.CompleteBatch(ctx, []spinbroker.BatchResult{
 		{ID: cmds[0].ID, Result: spinbroker.Result{Status: ptr(true), Lease: cmds[0].Lease.Token, Output: output}},
-		{ID: cmds[1].ID, Result: spinbroker.Result{Status: ptr(false), Lease: cmds[1].Lease.Token}},
+		{ID: strings.ToUpper(cmds[1].ID), Result: spinbroker.Result{Status: ptr(false), Lease: cmds[1].Lease.Token}},
 		{ID: cmds[2].ID, Result: spinbroker.Result{Status: ptr(false), Lease: cmds[2].Lease.Token, Reason: ptr("disk full")}},
 		{ID: cmds[3].ID, Result: spinbroker.Result{Status: ptr(true), Lease: "stale"}},
 	})
