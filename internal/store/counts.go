@@ -27,41 +27,27 @@ func (t *Tx) addedCommand(pkg string) { t.added = append(t.added, added{pkg: pkg
 // pkgDelta is what an operation changed in one package's counts.
 type pkgDelta struct {
 	total    int
-	counts   [7]int // by stateIndex
-	finished bool   // a command reached a final state
+	counts   spinbroker.Counts
+	finished bool // a command reached a final state
 }
 
-type queueDelta struct{ blocked, ready, leased int }
-
-// stateIndex orders the states as the packages table's count columns.
-func stateIndex(s spinbroker.CommandState) int {
+// addCount adds n to the count of state s.
+func addCount(c *spinbroker.Counts, s spinbroker.CommandState, n int) {
 	switch s {
 	case spinbroker.Staged:
-		return 0
+		c.Staged += n
 	case spinbroker.Blocked:
-		return 1
+		c.Blocked += n
 	case spinbroker.Ready:
-		return 2
+		c.Ready += n
 	case spinbroker.Leased:
-		return 3
+		c.Leased += n
 	case spinbroker.Succeeded:
-		return 4
+		c.Succeeded += n
 	case spinbroker.Failed:
-		return 5
+		c.Failed += n
 	case spinbroker.Cancelled:
-		return 6
-	}
-	return -1
-}
-
-func (d *queueDelta) add(s spinbroker.CommandState, n int) {
-	switch s {
-	case spinbroker.Blocked:
-		d.blocked += n
-	case spinbroker.Ready:
-		d.ready += n
-	case spinbroker.Leased:
-		d.leased += n
+		c.Cancelled += n
 	}
 }
 
@@ -112,38 +98,38 @@ func (t *Tx) flushCounts() error {
 		}
 		return d
 	}
-	queues := make(map[string]*queueDelta, 2)
+	// A queue counts only its blocked, ready and leased commands.
+	queues := make(map[string]*spinbroker.Counts, 2)
 	var queueOrder []string
-	var done [3]int // succeeded, failed, cancelled
+	var done spinbroker.Counts // the final states reached, for completions
 	for _, a := range t.added {
 		d := pkg(a.pkg)
 		d.total++
-		d.counts[stateIndex(spinbroker.Staged)]++
+		d.counts.Staged++
 	}
 	for i := range changes {
 		c := &changes[i]
-		from, to := stateIndex(c.From), stateIndex(c.To)
-		if from < 0 || to < 0 {
+		if !c.From.Valid() || !c.To.Valid() {
 			return fmt.Errorf("store: change of command %s from %q to %q", c.CommandID, c.From, c.To)
 		}
-		if from == to {
+		if c.From == c.To {
 			continue
 		}
 		d := pkg(c.PackageID)
-		d.counts[from]--
-		d.counts[to]++
+		addCount(&d.counts, c.From, -1)
+		addCount(&d.counts, c.To, 1)
 		if c.To.Terminal() {
 			d.finished = true
-			done[to-stateIndex(spinbroker.Succeeded)]++
+			addCount(&done, c.To, 1)
 		}
 		q, ok := queues[c.Resource]
 		if !ok {
-			q = &queueDelta{}
+			q = &spinbroker.Counts{}
 			queues[c.Resource] = q
 			queueOrder = append(queueOrder, c.Resource)
 		}
-		q.add(c.From, -1)
-		q.add(c.To, 1)
+		addCount(q, c.From, -1)
+		addCount(q, c.To, 1)
 	}
 	now := nanos(t.now)
 	for _, id := range pkgOrder {
@@ -153,19 +139,19 @@ func (t *Tx) flushCounts() error {
 			finished = now
 		}
 		c := &d.counts
-		if _, err := t.exec(qCountPackage, d.total, c[0], c[1], c[2], c[3], c[4], c[5], c[6], finished, id); err != nil {
+		if _, err := t.exec(qCountPackage, d.total, c.Staged, c.Blocked, c.Ready, c.Leased, c.Succeeded, c.Failed, c.Cancelled, finished, id); err != nil {
 			return err
 		}
 	}
 	for _, r := range queueOrder {
-		if q := queues[r]; *q != (queueDelta{}) {
-			if _, err := t.exec(qCountQueue, q.blocked, q.ready, q.leased, r); err != nil {
+		if q := queues[r]; q.Blocked != 0 || q.Ready != 0 || q.Leased != 0 {
+			if _, err := t.exec(qCountQueue, q.Blocked, q.Ready, q.Leased, r); err != nil {
 				return err
 			}
 		}
 	}
-	if done != [3]int{} {
-		if _, err := t.exec(qCountCompletions, now/int64(time.Minute), done[0], done[1], done[2]); err != nil {
+	if done.Done() > 0 {
+		if _, err := t.exec(qCountCompletions, now/int64(time.Minute), done.Succeeded, done.Failed, done.Cancelled); err != nil {
 			return err
 		}
 	}

@@ -137,14 +137,7 @@ func createdPackage(id string, cmds []spinbroker.Command, enq *enqueueAt, now ti
 		p.State = spinbroker.PackageQueued
 	}
 	for _, c := range cmds {
-		switch c.State {
-		case spinbroker.Staged:
-			p.Counts.Staged++
-		case spinbroker.Blocked:
-			p.Counts.Blocked++
-		case spinbroker.Ready:
-			p.Counts.Ready++
-		}
+		addCount(&p.Counts, c.State, 1)
 	}
 	return p
 }
