@@ -445,11 +445,13 @@ func completableAtOnce(items []spinbroker.BatchResult, errs []error) bool {
 // others are left to be judged one by one.
 func (t *Tx) completeMany(items []spinbroker.BatchResult, errs []error) (map[string]bool, error) {
 	args := make([][5]any, 0, len(items))
+	states := make([]spinbroker.CommandState, len(items))
 	for i := range items {
 		if errs[i] != nil {
 			continue
 		}
 		_, _, state, reason, output := resultArgs(&items[i].Result)
+		states[i] = state
 		args = append(args, [5]any{items[i].ID, items[i].Lease, state, finalReason(state, reason), output})
 	}
 	list, err := json.Marshal(args)
@@ -484,8 +486,7 @@ func (t *Tx) completeMany(items []spinbroker.BatchResult, errs []error) (map[str
 		if !ok || errs[i] != nil {
 			continue
 		}
-		_, _, state, _, _ := resultArgs(&items[i].Result)
-		if err := t.completed(items[i].ID, a.pkg, a.resource, state, a.attempts, a.dependents); err != nil {
+		if err := t.completed(items[i].ID, a.pkg, a.resource, states[i], a.attempts, a.dependents); err != nil {
 			return nil, err
 		}
 		done[items[i].ID] = true
