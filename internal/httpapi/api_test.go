@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -371,4 +372,43 @@ func TestAPI_ContentTypes(t *testing.T) {
 	}
 	var _ = http.StatusOK
 	var _ = json.Valid
+}
+
+// TestAPI_AnswersCarryTheirLength: every JSON answer, however large, is sent
+// in one piece with its Content-Length, never chunked, and answers encoded
+// one after another into reused buffers do not bleed into each other.
+func TestAPI_AnswersCarryTheirLength(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	var cmds []string
+	for i := range 300 {
+		cmds = append(cmds, fmt.Sprintf(`{"resource": "r", "action": "a%d", "parameters": {"n": %d}}`, i, i))
+	}
+	big := e.createPackage("["+strings.Join(cmds, ",")+"]", true)
+	small := e.createPackage(`[{"resource": "s", "action": "x"}]`, false)
+	for _, path := range []string{"/packages/" + big.ID, "/packages/" + small.ID, "/packages/nope", "/packages/" + big.ID} {
+		resp, err := e.srv.Client().Get(e.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.TransferEncoding) != 0 || resp.ContentLength != int64(len(body)) {
+			t.Fatalf("%s: Transfer-Encoding %v, Content-Length %d for a body of %d bytes", path, resp.TransferEncoding, resp.ContentLength, len(body))
+		}
+		if !json.Valid(body) || body[len(body)-1] != '\n' {
+			t.Fatalf("%s: not one JSON value and a newline: %.200s", path, body)
+		}
+	}
+	r := e.do("GET", "/packages/"+big.ID, "")
+	var got spinbroker.Package
+	r.decode(t, &got)
+	if len(got.Commands) != 300 || got.Commands[299].Action != "a299" {
+		t.Fatalf("the large answer came back with %d commands", len(got.Commands))
+	}
+	if len(r.body) < 16<<10 {
+		t.Fatalf("the answer is %d bytes; the test wants one larger than the server's write buffer", len(r.body))
+	}
 }
