@@ -207,3 +207,24 @@ func TestServe_JSONLogsAndMigrate(t *testing.T) {
 		t.Fatalf("json logs:\n%s", b.logs)
 	}
 }
+
+// TestServe_GCPercent: serve runs Go's collector at GOGC=200 unless the
+// environment sets GOGC, which it then leaves alone.
+func TestServe_GCPercent(t *testing.T) {
+	for _, c := range []struct{ env, want string }{{"", "200"}, {"150", "150"}} {
+		t.Setenv("GOGC", c.env)
+		b := startBroker(t, filepath.Join(t.TempDir(), "broker.db"))
+		resp, err := http.Get(b.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "\ngo_gc_gogc_percent " + c.want + "\n"; !strings.Contains(string(body), want) {
+			t.Errorf("GOGC=%q: /metrics lacks %q", c.env, strings.TrimSpace(want))
+		}
+	}
+}
