@@ -353,13 +353,24 @@ func (db *DB) Enqueue(ctx context.Context, pkgID string) (pkg *spinbroker.Packag
 	return pkg, err
 }
 
-// qEnqueueSeq numbers a package's commands and counts what each waits for.
-const qEnqueueSeq = `UPDATE commands SET
-		seq = ? + pos,
-		enqueued_at = ?,
-		pending_deps = (SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
-			WHERE d.command_id = commands.id AND x.state <> 'succeeded')
-	WHERE package_id = ? AND state = 'staged'`
+// qEnqueue numbers a package's staged commands (?1 is the first sequence
+// number), counts what each waits for, and makes ready those that wait for
+// nothing, in one pass. A command without dependencies skips the count.
+const qEnqueue = `UPDATE commands SET
+		seq = ?1 + pos,
+		enqueued_at = ?2,
+		pending_deps = CASE WHEN n_deps = 0 THEN 0 ELSE (` + qPendingDeps + `) END,
+		state = CASE WHEN (n_deps = 0 OR (` + qPendingDeps + `) = 0) AND coalesce(not_before, 0) <= ?2
+			THEN 'ready' ELSE 'blocked' END,
+		ready_at = CASE WHEN (n_deps = 0 OR (` + qPendingDeps + `) = 0) AND coalesce(not_before, 0) <= ?2
+			THEN ?2 END
+	WHERE package_id = ?3 AND state = 'staged'
+	RETURNING id, resource, state`
+
+// qPendingDeps counts the dependencies of the command being updated that
+// have not succeeded.
+const qPendingDeps = `SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
+			WHERE d.command_id = commands.id AND x.state <> 'succeeded'`
 
 func (t *Tx) enqueue(pkgID string) error {
 	if err := t.flushCounts(); err != nil { // the total of commands just added
@@ -396,14 +407,7 @@ func (t *Tx) enqueue(pkgID string) error {
 	if _, err := t.exec(`UPDATE packages SET enqueued_at = ? WHERE id = ?`, now, pkgID); err != nil {
 		return err
 	}
-	if _, err := t.exec(qEnqueueSeq, last-int64(total)+1, now, pkgID); err != nil {
-		return err
-	}
-	rows, err := t.query(`UPDATE commands SET
-			state = CASE WHEN pending_deps = 0 AND coalesce(not_before, 0) <= ?1 THEN 'ready' ELSE 'blocked' END,
-			ready_at = CASE WHEN pending_deps = 0 AND coalesce(not_before, 0) <= ?1 THEN ?1 END
-		WHERE package_id = ?2 AND state = 'staged'
-		RETURNING id, resource, state`, now, pkgID)
+	rows, err := t.query(qEnqueue, last-int64(total)+1, now, pkgID)
 	if err != nil {
 		return err
 	}
