@@ -223,10 +223,11 @@ func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbrok
 	defer rows.Close()
 	cmds := make([]spinbroker.Command, 0, len(ids))
 	ns := make([]int, 0, len(ids))
+	var token string
+	var cs commandScan // reused: finish copies out what each row scanned
+	dest := append([]any{&token}, cs.dest()...)
 	for rows.Next() {
-		var token string
-		var cs commandScan
-		if err := rows.Scan(append([]any{&token}, cs.dest()...)...); err != nil {
+		if err := rows.Scan(dest...); err != nil {
 			return nil, nil, err
 		}
 		c, n := cs.finish()
@@ -238,17 +239,22 @@ func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbrok
 		return nil, nil, err
 	}
 	// RETURNING gives rows in no set order; deliver them in queue order.
-	order := make([]int, len(cmds))
-	for i := range order {
-		order[i] = i
-	}
-	sort.Slice(order, func(a, b int) bool { return *cmds[order[a]].Seq < *cmds[order[b]].Seq })
-	sortedC := make([]spinbroker.Command, len(cmds))
-	sortedN := make([]int, len(cmds))
-	for i, j := range order {
-		sortedC[i], sortedN[i] = cmds[j], ns[j]
-	}
-	return sortedC, sortedN, nil
+	sort.Sort(bySeq{cmds, ns})
+	return cmds, ns, nil
+}
+
+// bySeq sorts commands, and their numbers of dependencies with them, in
+// queue order.
+type bySeq struct {
+	cmds []spinbroker.Command
+	ns   []int
+}
+
+func (s bySeq) Len() int           { return len(s.cmds) }
+func (s bySeq) Less(i, j int) bool { return *s.cmds[i].Seq < *s.cmds[j].Seq }
+func (s bySeq) Swap(i, j int) {
+	s.cmds[i], s.cmds[j] = s.cmds[j], s.cmds[i]
+	s.ns[i], s.ns[j] = s.ns[j], s.ns[i]
 }
 
 // wakeAt is the earliest time a queue may have something to deliver without
