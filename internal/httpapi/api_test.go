@@ -354,6 +354,9 @@ func TestAPI_Metrics(t *testing.T) {
 		`spinbroker_commands_succeeded_total{resource="m"} 1`,
 		`spinbroker_queue_commands{resource="m",state="ready"} 1`,
 		`spinbroker_http_request_duration_seconds_bucket{code="200",method="POST",route="/queues/{resource}/next"`,
+		"\nspinbroker_store_transactions_total 3\n",
+		"\nspinbroker_store_writes_total 3\n",
+		"\nspinbroker_store_idle_checkpoints_total 0\n",
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {

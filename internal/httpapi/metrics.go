@@ -50,10 +50,13 @@ func newMetrics(reg *prometheus.Registry, st Store) *metrics {
 		reg.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_transactions_total",
 				Help: "Write transactions committed; each may hold many requests' writes (group commit)."},
-				func() float64 { t, _ := ws.WriteStats(); return float64(t) }),
+				func() float64 { t, _, _ := ws.WriteStats(); return float64(t) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_writes_total",
 				Help: "Write operations committed."},
-				func() float64 { _, w := ws.WriteStats(); return float64(w) }))
+				func() float64 { _, w, _ := ws.WriteStats(); return float64(w) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_idle_checkpoints_total",
+				Help: "WAL checkpoints run while the writer was idle (SQLite runs the others inside a commit)."},
+				func() float64 { _, _, c := ws.WriteStats(); return float64(c) }))
 	}
 	reg.MustRegister(m.requests, &queueCollector{st: st},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -63,7 +66,7 @@ func newMetrics(reg *prometheus.Registry, st Store) *metrics {
 
 // writeStatser is a store that counts its write transactions.
 type writeStatser interface {
-	WriteStats() (transactions, writes int64)
+	WriteStats() (transactions, writes, checkpoints int64)
 }
 
 // count moves the counters by what a commit did.

@@ -201,6 +201,6 @@ func TestConcurrency(t *testing.T) {
 			t.Errorf("queue %s ends with %+v", r, q.Counts)
 		}
 	}
-	txs, writes := db.WriteStats()
+	txs, writes, _ := db.WriteStats()
 	t.Logf("%d commands, %d write transactions for %d writes", total, txs, writes)
 }

@@ -64,9 +64,11 @@ type DB struct {
 	closed   bool
 	done     chan struct{}
 
-	listeners atomic.Pointer[[]func(*spinbroker.Commit)]
-	batches   atomic.Int64 // transactions committed by the writer
-	written   atomic.Int64 // write operations committed
+	listeners   atomic.Pointer[[]func(*spinbroker.Commit)]
+	batches     atomic.Int64 // transactions committed by the writer
+	written     atomic.Int64 // write operations committed
+	checkpoints atomic.Int64 // checkpoints run while the writer was idle
+	ckpt        *checkpointer
 }
 
 // Open opens (creating if needed) the database at path, applies the
@@ -135,6 +137,15 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, interpretError(err))
 	}
+	cdb, err := sql.Open("sqlite", fmt.Sprintf("%s&_pragma=synchronous(%s)", base, sync))
+	if err != nil {
+		conn.Close()
+		wdb.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	cdb.SetMaxOpenConns(1)
+	cdb.SetConnMaxIdleTime(0)
 	db := &DB{
 		path:     path,
 		log:      opts.Logger,
@@ -146,6 +157,7 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		maxBatch: opts.MaxBatch,
 		done:     make(chan struct{}),
 	}
+	db.ckpt = newCheckpointer(db, cdb)
 	w := &writer{db: db, conn: conn, stmts: map[string]*sql.Stmt{}}
 	go w.run()
 	return db, nil
@@ -221,9 +233,10 @@ func (db *DB) Listen(f func(*spinbroker.Commit)) {
 	}
 }
 
-// WriteStats reports the writer's counters (for metrics).
-func (db *DB) WriteStats() (transactions, writes int64) {
-	return db.batches.Load(), db.written.Load()
+// WriteStats reports the writer's counters (for metrics): transactions
+// and write operations committed, and checkpoints run while it was idle.
+func (db *DB) WriteStats() (transactions, writes, checkpoints int64) {
+	return db.batches.Load(), db.written.Load(), db.checkpoints.Load()
 }
 
 // Close stops taking writes, finishes the ones already submitted, and closes
@@ -240,7 +253,9 @@ func (db *DB) Close() error {
 	db.mu.Unlock()
 	<-db.done
 	db.reader.close()
-	return errors.Join(db.rdb.Close(), db.wdb.Close())
+	// The write connection closes last: SQLite checkpoints the WAL into
+	// the main file and removes it when its last connection closes.
+	return errors.Join(db.ckpt.close(), db.rdb.Close(), db.wdb.Close())
 }
 
 // Ping reports whether the database answers a read.
@@ -315,6 +330,9 @@ func (w *writer) run() {
 		first := w.held
 		w.held = nil
 		if first == nil {
+			if len(w.db.ops) == 0 {
+				w.db.ckpt.idle()
+			}
 			var ok bool
 			if first, ok = <-w.db.ops; !ok {
 				return

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"io"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// TestCheckpointer_WhileIdle: once enough commits have gone by, the
+// checkpointer copies the WAL into the database file while the writer is
+// idle, and not before.
+func TestCheckpointer_WhileIdle(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	create := func() {
+		t.Helper()
+		if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkpoints := func() int64 { _, _, c := db.WriteStats(); return c }
+	// The migrations committed outside the writer; count from here.
+	for range checkpointAfter - 1 {
+		create()
+	}
+	time.Sleep(50 * checkpointIdle)
+	if n := checkpoints(); n != 0 {
+		t.Fatalf("%d checkpoints after %d commits; none is due before %d", n, checkpointAfter-1, checkpointAfter)
+	}
+	create()
+	deadline := time.Now().Add(30 * time.Second)
+	for checkpoints() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint while the writer idled after %d commits", checkpointAfter)
+		}
+		time.Sleep(checkpointIdle)
+	}
+
+	// The database file itself, read without its WAL, now holds every
+	// package.
+	main, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?immutable=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer main.Close()
+	var n int
+	if err := main.QueryRow(`SELECT count(*) FROM packages`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != checkpointAfter {
+		t.Fatalf("the database file holds %d packages without its WAL, want %d", n, checkpointAfter)
+	}
+}
+
+// TestCheckpointer_Busy: writes that keep coming while checkpoints run are
+// all kept, and Close stops the checkpointer.
+func TestCheckpointer_Busy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const total = 20 * checkpointAfter
+	for i := range total {
+		if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if i%checkpointAfter == 0 {
+			time.Sleep(5 * checkpointIdle) // room for a checkpoint now and then
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	q, err := db.Queue(ctx, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Counts.Ready != total {
+		t.Fatalf("%d ready after reopening, want %d", q.Counts.Ready, total)
+	}
+}
