@@ -3,6 +3,7 @@ package store_test
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -1113,6 +1114,33 @@ func (m *model) check() {
 		mq := m.queues[q.Resource]
 		if q.Concurrency != mq.concurrency || q.Paused != mq.paused {
 			t.Errorf("queue %s settings %d/%v, model %d/%v", q.Resource, q.Concurrency, q.Paused, mq.concurrency, mq.paused)
+		}
+	}
+	// Lists by state (through their own index) agree with the model.
+	for _, st := range spinbroker.PackageStates {
+		want := map[string]bool{}
+		for _, pid := range m.order {
+			if m.pkgState(m.pkgs[pid]) == st {
+				want[pid] = true
+			}
+		}
+		got := map[string]bool{}
+		for cursor := ""; ; {
+			l, err := m.db.Packages(ctx, spinbroker.PackageFilter{State: st, Limit: spinbroker.MaxListLimit, Cursor: cursor})
+			if err != nil {
+				t.Errorf("list %s: %v", st, err)
+				return
+			}
+			for _, p := range l.Packages {
+				got[p.ID] = true
+			}
+			if l.NextCursor == nil {
+				break
+			}
+			cursor = *l.NextCursor
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("the list of %s packages has %d, model %d", st, len(got), len(want))
 		}
 	}
 	// One recorded result per command.

@@ -52,6 +52,8 @@ func TestPlans(t *testing.T) {
 		{"Causer", qCauser, []any{"p"}, []string{"SEARCH commands USING INDEX commands_failures (package_id=?)"}},
 		{"Packages", qPackages, []any{1, "x", 50}, []string{"packages_created"}},
 		{"PackagesByState", qPackagesByState, []any{1, "x", 50, "queued"}, []string{"packages_state_created (state=?"}},
+		{"SweepStaging", qSweepStaging, []any{1, 100}, []string{"packages_state_created (state=? AND created_at<?)"}},
+		{"SweepFinished", qSweepFinished, []any{1, 100}, []string{"packages_state_created (state=? AND created_at<?)"}},
 		{"CascadeFromCommand", cascadeFromCommand, []any{"id", "failed", "blocked", "", 1}, []string{"command_deps_depends_on (depends_on=?)"}},
 		// The dashboard's reads (ui.go): a page must cost the same with a
 		// million rows.

@@ -48,19 +48,14 @@ func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 		return res, err
 	}
 	if opts.StagingTTL > 0 {
-		n, err := db.sweepPackages(ctx, `SELECT id FROM packages
-			WHERE state = 'staging' AND created_at < ? LIMIT ?`, opts.StagingTTL)
+		n, err := db.sweepPackages(ctx, qSweepStaging, opts.StagingTTL)
 		res.StagingDeleted = n
 		if err != nil {
 			return res, err
 		}
 	}
 	if opts.Retain > 0 {
-		n, err := db.sweepPackages(ctx, `SELECT id FROM packages
-			WHERE state IN ('succeeded', 'failed', 'cancelled') AND created_at < ?1
-			  AND coalesce(cancelled_at, last_finished_at) < ?1
-			  AND n_staged + n_blocked + n_ready + n_leased = 0
-			LIMIT ?2`, opts.Retain)
+		n, err := db.sweepPackages(ctx, qSweepFinished, opts.Retain)
 		res.RetainedDeleted = n
 		if err != nil {
 			return res, err
@@ -85,6 +80,18 @@ func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 		}
 	}
 }
+
+// The packages the sweeper deletes, through packages_state_created: left
+// in staging since before ?1, and finished before ?1.
+const (
+	qSweepStaging = `SELECT id FROM packages
+		WHERE state = 'staging' AND created_at < ?1 LIMIT ?2`
+	qSweepFinished = `SELECT id FROM packages
+		WHERE state IN ('succeeded', 'failed', 'cancelled') AND created_at < ?1
+		  AND coalesce(cancelled_at, last_finished_at) < ?1
+		  AND n_staged + n_blocked + n_ready + n_leased = 0
+		LIMIT ?2`
+)
 
 // sweepPackages deletes, a batch per transaction, the packages that query
 // selects given a cutoff of now minus age.
