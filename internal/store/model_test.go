@@ -924,10 +924,7 @@ func (m *model) deleteModel(id string) {
 		delete(m.results, cid)
 	}
 	m.ids = nil
-	// Edges to deleted commands disappear with them.
-	for _, c := range m.cmds {
-		c.deps = slices.DeleteFunc(c.deps, func(d string) bool { return inPkg[d] })
-	}
+	// The others' lists of dependencies keep the deleted ones.
 	delete(m.pkgs, id)
 	m.order = slices.DeleteFunc(m.order, func(p string) bool { return p == id })
 }
@@ -1048,10 +1045,9 @@ func (m *model) check() {
 				r := deref(c.Reason)
 				dep, verb, _ := strings.Cut(strings.TrimPrefix(r, "dependency "), " ")
 				dc, ok := m.cmds[dep]
-				// A deleted dependency leaves no edge behind, and a command
-				// of a cancelled package keeps the reason it had (its
-				// dependency may have been retried since).
-				if !strings.HasPrefix(r, "dependency ") || !slices.Contains(mc.deps, dep) && ok {
+				// A command of a cancelled package keeps the reason it had
+				// (its dependency may have been retried since).
+				if !strings.HasPrefix(r, "dependency ") || !slices.Contains(mc.deps, dep) {
 					t.Errorf("command %s: cascade reason %q names no direct dependency of %v", short(c.ID), r, mc.deps)
 				} else if ok && string(dc.state) != verb && !pkg.cancelled {
 					t.Errorf("command %s: reason %q but the dependency is %s", short(c.ID), r, dc.state)
@@ -1064,7 +1060,7 @@ func (m *model) check() {
 			// Cascade complete: nothing waits on a failed dependency.
 			if c.State == spinbroker.Blocked {
 				for _, d := range c.Dependencies {
-					if dc := m.cmds[d]; dc.state == spinbroker.Failed || dc.state == spinbroker.Cancelled {
+					if dc, ok := m.cmds[d]; ok && (dc.state == spinbroker.Failed || dc.state == spinbroker.Cancelled) {
 						t.Errorf("command %s is blocked on %s, which is %s", short(c.ID), short(d), dc.state)
 					}
 				}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -448,6 +449,9 @@ func TestDB_DeletePackage(t *testing.T) {
 		if deref(c.Reason) != "dependency "+staging.Commands[0].ID+" deleted" {
 			t.Fatalf("reason %s", deref(c.Reason))
 		}
+		if !slices.Equal(c.Dependencies, []string{staging.Commands[0].ID}) {
+			t.Fatalf("dependencies %v after their package was deleted; they stay as given", c.Dependencies)
+		}
 		_, err := db.Retry(ctx, id)
 		wantCode(t, err, spinbroker.ECONFLICT)
 	}
@@ -459,8 +463,12 @@ func TestDB_DeletePackage(t *testing.T) {
 	if err := db.DeletePackage(ctx, running.ID); err != nil {
 		t.Fatal(err)
 	}
-	wantState(t, db, after.Commands[0].ID, spinbroker.Ready)
-	wantState(t, db, after.Commands[1].ID, spinbroker.Ready)
+	for _, c := range after.Commands {
+		got := wantState(t, db, c.ID, spinbroker.Ready)
+		if !slices.Equal(got.Dependencies, []string{y.ID}) {
+			t.Fatalf("dependencies %v after their package was deleted; they stay as given", got.Dependencies)
+		}
+	}
 	wantCode(t, db.DeletePackage(ctx, running.ID), spinbroker.ENOTFOUND)
 }
 

@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/pressly/goose/v3"
+
+	"github.com/spin-broker/spinbroker/migrations"
+)
+
+// TestMigration_DependenciesOutliveDeletion: migration 00003 keeps every
+// edge and its order; after it a deleted dependency stays in its
+// dependents' lists, and its Down drops those edges again, as the schema
+// before it would have.
+func TestMigration_DependenciesOutliveDeletion(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "m.db")
+	raw, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetMaxOpenConns(1)
+	p, err := goose.NewProvider(goose.DialectSQLite3, raw, migrations.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	// A dependent with three dependencies, given out of id order, written
+	// under the schema before the migration.
+	for _, q := range []string{
+		`INSERT INTO packages (id, created_at) VALUES ('p1', 0), ('p2', 0)`,
+		`INSERT INTO commands (id, package_id, pos, resource, action, parameters, state, max_attempts, created_at, n_deps)
+			VALUES ('c', 'p1', 0, 'r', 'a', '{}', 'staged', 1, 0, 0), ('a', 'p1', 1, 'r', 'a', '{}', 'staged', 1, 0, 0),
+			       ('b', 'p2', 0, 'r', 'a', '{}', 'staged', 1, 0, 0), ('d', 'p2', 1, 'r', 'a', '{}', 'staged', 1, 0, 3)`,
+		`INSERT INTO command_deps (command_id, depends_on) VALUES ('d', 'c'), ('d', 'a'), ('d', 'b')`,
+	} {
+		if _, err := raw.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deps := func() []string {
+		t.Helper()
+		rows, err := raw.QueryContext(ctx, `SELECT depends_on FROM command_deps WHERE command_id = 'd' ORDER BY rowid`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	if _, err := p.UpTo(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := deps(); !slices.Equal(got, []string{"c", "a", "b"}) {
+		t.Fatalf("after Up the edges are %v, want c a b in the order given", got)
+	}
+	if _, err := raw.ExecContext(ctx, `DELETE FROM packages WHERE id = 'p1'`); err != nil {
+		t.Fatal(err)
+	}
+	if got := deps(); !slices.Equal(got, []string{"c", "a", "b"}) {
+		t.Fatalf("after deleting a dependency's package the edges are %v, want c a b", got)
+	}
+	if _, err := p.DownTo(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := deps(); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("after Down the edges are %v, want only b", got)
+	}
+	var fk int
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM pragma_foreign_key_list('command_deps') WHERE "from" = 'depends_on'`).Scan(&fk); err != nil || fk != 1 {
+		t.Fatalf("after Down, depends_on references commands: %d %v", fk, err)
+	}
+}
