@@ -43,8 +43,8 @@ type serveConfig struct {
 }
 
 // defaultGCPercent is the GOGC serve runs with when none is set: about 5
-// MiB more at peak than Go's 100 under load, for about a tenth more claim
-// throughput (BENCHMARKS.md).
+// MiB more at peak than Go's 100 under load, for 5-14% more throughput
+// (BENCHMARKS.md).
 const defaultGCPercent = 200
 
 func (a *app) serveCommand() *cobra.Command {

@@ -74,13 +74,13 @@ func (c *checkpointer) run() {
 		if c.db.batches.Load() != seen {
 			continue // busy again: the writer pokes when it next drains
 		}
+		last = seen // also after a failure: try again 32 commits later, not at once
 		var busy, pages, copied int
 		err := c.conn.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &pages, &copied)
 		if err != nil {
 			c.db.log.Warn("checkpoint failed", "err", err)
 			continue
 		}
-		last = seen
 		c.db.checkpoints.Add(1)
 	}
 }
