@@ -104,7 +104,7 @@ func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	exists := func() error { _, err := s.store.Package(r.Context(), id); return err }
+	exists := func() error { _, err := s.store.PackageInfo(r.Context(), id); return err }
 	var in spinbroker.NewCommand
 	body, err := readJSON(w, r, &in, false)
 	if err != nil {

@@ -88,27 +88,23 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, idem *spinbroker.Idempotency) (cmd *spinbroker.Command, replay []byte, err error) {
 	if err := in.Validate(); err != nil {
 		// The package in the path comes first (API.md, Errors).
-		if _, perr := db.Package(ctx, pkgID); perr != nil {
+		if _, perr := db.PackageInfo(ctx, pkgID); perr != nil {
 			return nil, nil, perr
 		}
 		return nil, nil, err
 	}
 	err = db.write(ctx, func(t *Tx) error {
-		var total int
-		var enqueued, cancelled sql.NullInt64
-		err := t.queryRow(`SELECT total, enqueued_at, cancelled_at FROM packages WHERE id = ?`, pkgID).Scan(&total, &enqueued, &cancelled)
-		if isNoRows(err) {
-			return spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
-		} else if err != nil {
+		total, enqueued, cancelled, err := t.stagingOf(pkgID)
+		if err != nil {
 			return err
 		}
 		if replay, err = t.idempotent(idem); replay != nil || err != nil {
 			return err
 		}
 		switch {
-		case cancelled.Valid:
+		case cancelled:
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID)
-		case enqueued.Valid:
+		case enqueued:
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
 		}
 		c, err := t.addCommand(pkgID, total, &in, nil)
@@ -372,22 +368,29 @@ const qEnqueue = `UPDATE commands SET
 const qPendingDeps = `SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
 			WHERE d.command_id = commands.id AND x.state <> 'succeeded'`
 
+// stagingOf reads what adding to or enqueuing a package depends on: how
+// many commands it has, and whether it was enqueued or cancelled.
+func (t *Tx) stagingOf(pkgID string) (total int, enqueued, cancelled bool, err error) {
+	var enq, can sql.NullInt64
+	err = t.queryRow(`SELECT total, enqueued_at, cancelled_at FROM packages WHERE id = ?`, pkgID).Scan(&total, &enq, &can)
+	if isNoRows(err) {
+		return 0, false, false, spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
+	}
+	return total, enq.Valid, can.Valid, err
+}
+
 func (t *Tx) enqueue(pkgID string) error {
 	if err := t.flushCounts(); err != nil { // the total of commands just added
 		return err
 	}
-	var total int
-	var enqueued, cancelled sql.NullInt64
-	err := t.queryRow(`SELECT total, enqueued_at, cancelled_at FROM packages WHERE id = ?`, pkgID).Scan(&total, &enqueued, &cancelled)
-	if isNoRows(err) {
-		return spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
-	} else if err != nil {
+	total, enqueued, cancelled, err := t.stagingOf(pkgID)
+	if err != nil {
 		return err
 	}
 	switch {
-	case enqueued.Valid:
+	case enqueued:
 		return nil // safe to retry
-	case cancelled.Valid:
+	case cancelled:
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s was cancelled in staging and cannot be enqueued", pkgID)
 	case total == 0:
 		return spinbroker.Errorf(spinbroker.EEMPTY, "package %s has no commands to enqueue", pkgID)
