@@ -38,22 +38,6 @@ cancelled. It is refused when the command's package was cancelled, or when
 a command it depends on is still failed or cancelled (retry that one first).`,
 		Example: `  spinbroker command retry "$CMD"`,
 		Args:    args(1, "ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkID(cmd, "ID", args[0]); err != nil {
-				return err
-			}
-			cl, err := a.dial(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := cl.Retry(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(c)
-			}
-			return printCommandState(a.stdout, c)
-		},
+		RunE:    onID(a, "ID", (*client.Client).Retry, printCommandState),
 	}
 }
