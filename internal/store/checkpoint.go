@@ -53,8 +53,8 @@ func (c *checkpointer) idle() {
 func (c *checkpointer) run() {
 	defer close(c.done)
 	var last int64 // commits at the last checkpoint
-	timer := time.NewTimer(0)
-	<-timer.C
+	timer := time.NewTimer(checkpointIdle)
+	timer.Stop()
 	for {
 		select {
 		case <-c.stop:
