@@ -131,17 +131,18 @@ func (db *DB) Complete(ctx context.Context, id string, res spinbroker.Result) (c
 
 // qCompleteLeased records the result of a command whose current lease the
 // caller holds, in one statement: the common case of an agent's result.
-const qCompleteLeased = `UPDATE commands SET state = ?1, reason = ?2, output = ?3, finished_at = ?4,
-		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
-	WHERE id = ?5 AND state = 'leased' AND lease_token = ?6
-	RETURNING n_dependents, ` + commandCols
+const qCompleteLeased = qCompleteLeasedUpdate + commandCols
 
 // qCompleteLeasedBrief is qCompleteLeased for a batch, which answers no
 // command: it returns only what the transition needs.
-const qCompleteLeasedBrief = `UPDATE commands SET state = ?1, reason = ?2, output = ?3, finished_at = ?4,
+const qCompleteLeasedBrief = qCompleteLeasedUpdate + `package_id, resource, attempts`
+
+// qCompleteLeasedUpdate is the update both of them make, up to what they
+// return after n_dependents.
+const qCompleteLeasedUpdate = `UPDATE commands SET state = ?1, reason = ?2, output = ?3, finished_at = ?4,
 		lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, backoff_until = NULL
 	WHERE id = ?5 AND state = 'leased' AND lease_token = ?6
-	RETURNING n_dependents, package_id, resource, attempts`
+	RETURNING n_dependents, `
 
 // qCompleteLeasedMany is qCompleteLeasedBrief for many results at once:
 // ?1 is a JSON array of [id, lease, state, reason, output] (reason and
