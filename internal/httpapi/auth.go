@@ -77,7 +77,7 @@ func (s *Server) open(r *http.Request) bool {
 		return true
 	case p == "/metrics":
 		return s.opts.MetricsOpen
-	case p == "/ui/login" || p == "/ui/logout" || strings.HasPrefix(p, "/ui/static/"):
+	case p == "/ui/login" || p == "/ui/logout" || p == "/favicon.ico" || strings.HasPrefix(p, "/ui/static/"):
 		return true
 	}
 	return false

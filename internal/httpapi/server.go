@@ -85,6 +85,7 @@ type Server struct {
 	metrics  *metrics
 	tokens   *tokenCache
 	router   chi.Router
+	ui       *ui // the dashboard, for errors the middleware answers on its pages
 
 	quit     chan struct{} // closed by Shutdown: long-polls answer 204, streams end
 	quitOnce sync.Once

@@ -37,6 +37,7 @@ var pageNames = []string{"overview", "packages", "package", "queue", "command", 
 // header says.
 func (s *Server) mountUI(r chi.Router) {
 	u := newUI(s)
+	s.ui = u
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/", http.StatusFound)
 	})
@@ -59,6 +60,13 @@ func (s *Server) mountUI(r chi.Router) {
 	r.Get("/ui/logout", u.handleLogoutForm)
 	r.Post("/ui/logout", u.handleLogout)
 	r.Get("/ui/static/*", u.handleStatic)
+	// Browsers ask for /favicon.ico on pages that name no icon: an API
+	// answer opened in a tab, say.
+	r.Get("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		r2 := r.Clone(r.Context())
+		r2.URL.Path = "/ui/static/favicon.svg"
+		u.handleStatic(w, r2)
+	})
 	// Any other page under /ui/ is a 404 in HTML, not the API's JSON.
 	r.Get("/ui/*", u.handleNotFound)
 }

@@ -354,6 +354,7 @@ func TestUI_Static(t *testing.T) {
 		{"/ui/static/app.css", "text/css; charset=utf-8", "no-cache", 200},
 		{"/ui/static/app.js", "text/javascript; charset=utf-8", "no-cache", 200},
 		{"/ui/static/favicon.svg", "image/svg+xml", "no-cache", 200},
+		{"/favicon.ico", "image/svg+xml", "no-cache", 200},
 		{"/ui/static/", "text/html; charset=utf-8", "no-store", 404},
 		{"/ui/static/nope.css", "text/html; charset=utf-8", "no-store", 404},
 		{"/ui/static/../web.go", "text/html; charset=utf-8", "no-store", 404},
@@ -439,6 +440,8 @@ func TestUI_CrossOrigin(t *testing.T) {
 		if r.status != http.StatusForbidden {
 			t.Errorf("cross-origin cancel with %v answered %d", h, r.status)
 		}
+		// The browser shows a page that says why, not the API's JSON.
+		wantHTML(t, r, http.StatusForbidden, "cross-origin request refused")
 		r = e.form("/ui/queues/network/pause", nil, h...)
 		if r.status != http.StatusForbidden {
 			t.Errorf("cross-origin pause with %v answered %d", h, r.status)
@@ -491,8 +494,10 @@ func TestUI_Auth(t *testing.T) {
 	}
 	wantHTML(t, e.get("/ui/login?next=/ui/queues/storage"), 200, `name="token"`, `value="/ui/queues/storage"`)
 	// The login page and the static files need no token.
-	if r := e.get("/ui/static/app.css"); r.status != 200 {
-		t.Errorf("static file without a token: %d", r.status)
+	for _, path := range []string{"/ui/static/app.css", "/favicon.ico"} {
+		if r := e.get(path); r.status != 200 {
+			t.Errorf("GET %s without a token: %d", path, r.status)
+		}
 	}
 
 	login := func(secret, next string) response {
