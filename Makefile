@@ -57,7 +57,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	done
 
 .PHONY: bench
-bench: ## Store benchmarks (next at 1k/100k/1M backlogs, full cycle)
+bench: ## Store benchmarks (next at 1k/100k/1M backlogs, full cycle, claim cycle)
 	$(GO) test ./internal/store -run '^$$' -bench . -benchtime 3000x -count 3
 
 .PHONY: bench-peers

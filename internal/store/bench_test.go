@@ -158,3 +158,56 @@ func BenchmarkCycle(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkClaimCycle measures the batched protocol's shape in-process: ten
+// packages of ten commands over four resources created one call each, then
+// per resource a claim of up to 100 and one batched completion. It reports
+// commands per second.
+func BenchmarkClaimCycle(b *testing.B) {
+	db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	resources := []string{"r0", "r1", "r2", "r3"}
+	conc := 1000
+	for _, r := range resources {
+		if _, err := db.SetQueue(ctx, r, spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	in := spinbroker.NewPackage{Enqueue: true}
+	for i := 0; i < 10; i++ {
+		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: resources[i%4], Action: "step", Parameters: []byte(`{"size":10}`)})
+	}
+	ok := true
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for p := 0; p < 10; p++ {
+			if _, _, err := db.CreatePackage(ctx, in, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for _, r := range resources {
+			cmds, _, err := db.Claim(ctx, r, 100, 0)
+			if err != nil || len(cmds) == 0 {
+				b.Fatalf("claim: %d %v", len(cmds), err)
+			}
+			items := make([]spinbroker.BatchResult, len(cmds))
+			for j, c := range cmds {
+				items[j] = spinbroker.BatchResult{ID: c.ID, Result: spinbroker.Result{Status: &ok, Lease: c.Lease.Token}}
+			}
+			errs, err := db.CompleteBatch(ctx, items)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, e := range errs {
+				if e != nil {
+					b.Fatal(e)
+				}
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "commands/s")
+}
