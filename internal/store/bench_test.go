@@ -123,11 +123,17 @@ func BenchmarkNext(b *testing.B) {
 }
 
 // BenchmarkCycle measures the whole life of a package of 10 commands:
-// create and enqueue it in one call, then next and complete each command.
-// It reports commands per second.
+// create and enqueue it in one call (or, in seed/, the seed's protocol: an
+// empty package, each command added, then the enqueue), then next and
+// complete each command. It reports commands per second.
 func BenchmarkCycle(b *testing.B) {
-	for _, sync := range []string{"normal", "full"} {
-		b.Run("sync="+sync, func(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		sync string
+		seed bool
+	}{{"sync=normal", "normal", false}, {"sync=full", "full", false}, {"seed/sync=normal", "normal", true}} {
+		sync, seed := bc.sync, bc.seed
+		b.Run(bc.name, func(b *testing.B) {
 			db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Sync: sync, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				b.Fatal(err)
@@ -141,7 +147,22 @@ func BenchmarkCycle(b *testing.B) {
 			ok := true
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, _, err := db.CreatePackage(ctx, in, nil); err != nil {
+				if seed {
+					// The seed's protocol: a package, its commands one call
+					// each, then the enqueue.
+					p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for _, c := range in.Commands {
+						if _, _, err := db.AddCommand(ctx, p.ID, c, nil); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if _, err := db.Enqueue(ctx, p.ID); err != nil {
+						b.Fatal(err)
+					}
+				} else if _, _, err := db.CreatePackage(ctx, in, nil); err != nil {
 					b.Fatal(err)
 				}
 				for j := 0; j < 10; j++ {
