@@ -104,15 +104,36 @@ func TestAuth(t *testing.T) {
 	if len(ql.Queues) != 1 || ql.Queues[0].Resource != "storage" {
 		t.Fatalf("an agent lists only its own queue: %s", r.body)
 	}
-	// Its batch may not settle another resource's command.
+	// Its batch settles its own commands and no other resource's: each item
+	// is judged on its own.
 	emu := as("emulation")
 	ec := emu.next("emulation")
-	r = storage.do("POST", "/commands/complete", fmt.Sprintf(`{"results": [{"id": "%s", "status": true, "lease": "%s"}]}`, ec.ID, ec.Lease.Token))
+	admin.createPackage(`[{"resource": "storage", "action": "add_volume"}]`, true)
+	own := storage.next("storage")
+	if own == nil {
+		t.Fatal("the storage agent got nothing the second time")
+	}
+	r = storage.do("POST", "/commands/complete", fmt.Sprintf(`{"results": [
+		{"id": "%s", "status": true, "lease": "%s"},
+		{"id": "%s", "status": true, "lease": "%s"},
+		{"id": "00000000-0000-7000-8000-000000000000", "status": true, "lease": "x"},
+		{"id": "%s", "status": true}]}`, ec.ID, ec.Lease.Token, own.ID, own.Lease.Token, own.ID))
 	storage.want(r, 200, "")
 	var out spinbroker.BatchOutcomes
 	r.decode(t, &out)
-	if out.Results[0].HTTPStatus != 403 {
-		t.Fatalf("cross-resource batch item: %s", r.body)
+	if len(out.Results) != 4 {
+		t.Fatalf("batch answered %d results: %s", len(out.Results), r.body)
+	}
+	for i, want := range []int{403, 200, 404, 400} {
+		if out.Results[i].HTTPStatus != want {
+			t.Errorf("batch item %d: %d, want %d: %s", i, out.Results[i].HTTPStatus, want, r.body)
+		}
+	}
+	if c, _ := e.db.Command(ctx, own.ID); c.State != spinbroker.Succeeded {
+		t.Errorf("the agent's own command is %s after its batch", c.State)
+	}
+	if c, _ := e.db.Command(ctx, ec.ID); c.State != spinbroker.Leased {
+		t.Errorf("the other resource's command is %s after the storage agent's batch", c.State)
 	}
 	// A client (a person at the CLI) may settle by hand.
 	client := as("client")

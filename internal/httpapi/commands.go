@@ -12,11 +12,21 @@ func (s *Server) commandResource(r *http.Request, id string) (string, error) {
 	if !isAgent(r) {
 		return "", nil
 	}
-	c, err := s.store.Command(r.Context(), id)
+	byID, err := s.store.CommandResources(r.Context(), []string{id})
 	if err != nil {
 		return "", err
 	}
-	return c.Resource, nil
+	return resourceIn(byID, id)
+}
+
+// resourceIn answers the resource of command id from a CommandResources
+// answer: not found when the store did not know it.
+func resourceIn(byID map[string]string, id string) (string, error) {
+	res, ok := byID[id]
+	if !ok {
+		return "", errorf(spinbroker.ENOTFOUND, "command %s not found", id)
+	}
+	return res, nil
 }
 
 // commandPath reads the command id in the path and checks p for it.
@@ -124,13 +134,27 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 	// without a lease) are judged here; the rest go to the store together.
 	pass := make([]spinbroker.BatchResult, 0, len(in.Results))
 	index := make([]int, 0, len(in.Results))
+	var resources map[string]string // an agent's items' resources, read in one query
+	if isAgent(r) {
+		ids := make([]string, 0, len(in.Results))
+		for _, item := range in.Results {
+			if _, ok := spinbroker.ParseID(item.ID); ok {
+				ids = append(ids, item.ID)
+			}
+		}
+		var err error
+		if resources, err = s.store.CommandResources(r.Context(), ids); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
 	for i, item := range in.Results {
 		out.Results[i].ID = item.ID
 		var err error
 		if isAgent(r) {
 			if _, ok := spinbroker.ParseID(item.ID); ok {
 				var resource string
-				if resource, err = s.commandResource(r, item.ID); err == nil {
+				if resource, err = resourceIn(resources, item.ID); err == nil {
 					err = s.allow(r, permSettle, resource)
 				}
 				if err == nil && item.Lease == "" {

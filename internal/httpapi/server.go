@@ -33,6 +33,7 @@ type Store interface {
 	Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error)
 
 	Command(ctx context.Context, id string) (*spinbroker.Command, error)
+	CommandResources(ctx context.Context, ids []string) (map[string]string, error)
 	Complete(ctx context.Context, id string, res spinbroker.Result) (*spinbroker.Command, error)
 	CompleteBatch(ctx context.Context, items []spinbroker.BatchResult) ([]error, error)
 	Heartbeat(ctx context.Context, id, token string, extend time.Duration) (time.Time, error)

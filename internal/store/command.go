@@ -15,6 +15,36 @@ func (db *DB) Command(ctx context.Context, id string) (*spinbroker.Command, erro
 	return getCommand(db.reader, id)
 }
 
+// qCommandResources takes its ids as one JSON array, as qCommandsByID does.
+const qCommandResources = `SELECT id, resource FROM commands WHERE id IN (SELECT value FROM json_each(?))`
+
+// CommandResources answers the resource of each of ids that names a
+// command: all an agent token's permission check needs, in one query for a
+// whole batch of results rather than a command read per result.
+func (db *DB) CommandResources(ctx context.Context, ids []string) (map[string]string, error) {
+	out := make(map[string]string, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	arg, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.reader.query(qCommandResources, string(arg))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, resource string
+		if err := rows.Scan(&id, &resource); err != nil {
+			return nil, interpretError(err)
+		}
+		out[id] = resource
+	}
+	return out, interpretError(rows.Err())
+}
+
 // The cancel cascade (delivery rule 5): every command that depends on a
 // seed, directly or transitively, and still waits (blocked; staged too when
 // a deletion takes the evidence away) becomes cancelled, naming its direct

@@ -61,6 +61,7 @@ func TestPlans(t *testing.T) {
 		{"QueueHead", qQueueHead, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"CompleteLeasedMany", qCompleteLeasedMany, []any{`[["a","t","succeeded",null,null]]`, 1}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"CommandsByID", qCommandsByID, []any{`["a","b"]`}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
+		{"CommandResources", qCommandResources, []any{`["a","b"]`}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"Dependents", qDependents, []any{"id", 10}, []string{"SEARCH command_deps USING INDEX command_deps_depends_on (depends_on=?)"}},
 		{"SearchPackages", qSearchPackages, []any{"0", "0~", 10}, []string{"SEARCH packages USING INDEX sqlite_autoindex_packages_1 (id>? AND id<?)"}},
 		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
