@@ -26,11 +26,7 @@ func (db *DB) CommandResources(ctx context.Context, ids []string) (map[string]st
 	if len(ids) == 0 {
 		return out, nil
 	}
-	arg, err := json.Marshal(ids)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := db.reader.query(qCommandResources, string(arg))
+	rows, err := db.reader.queryIDs(qCommandResources, ids)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -600,6 +601,16 @@ func (r *reader) query(q string, args ...any) (*sql.Rows, error) {
 		return nil, interpretError(err)
 	}
 	return rows, nil
+}
+
+// queryIDs runs q, whose one parameter is a JSON array of ids (one
+// prepared statement for any number of them), with ids.
+func (r *reader) queryIDs(q string, ids []string) (*sql.Rows, error) {
+	arg, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
+	return r.query(q, string(arg))
 }
 
 func (r *reader) queryRow(q string, args ...any) *row {

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"strings"
 	"time"
 
@@ -112,11 +111,7 @@ func (db *DB) CommandsByID(ctx context.Context, ids []string) (map[string]spinbr
 	if len(ids) == 0 {
 		return out, nil
 	}
-	arg, err := json.Marshal(ids)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := db.reader.query(qCommandsByID, string(arg))
+	rows, err := db.reader.queryIDs(qCommandsByID, ids)
 	if err != nil {
 		return nil, err
 	}
