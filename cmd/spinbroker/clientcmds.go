@@ -96,10 +96,11 @@ func checkID(c *cobra.Command, what, s string) error {
 	return nil
 }
 
-// completePackage completes a first argument that is a package id with the
-// broker's newest packages, their state as the description. Completion must
-// never hang a shell: a broker that does not answer at once offers nothing.
-func (a *app) completePackage(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+// completeFirst completes a command's first argument with the names list
+// asks the broker for, keeping those that start with toComplete. Completion
+// must never hang a shell: a broker that does not answer at once offers
+// nothing.
+func (a *app) completeFirst(cmd *cobra.Command, args []string, toComplete string, list func(ctx context.Context, cl *client.Client) ([]cobra.Completion, error)) ([]cobra.Completion, cobra.ShellCompDirective) {
 	if len(args) > 0 {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
@@ -109,42 +110,49 @@ func (a *app) completePackage(cmd *cobra.Command, args []string, toComplete stri
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
 	defer cancel()
-	list, err := cl.Packages(ctx, client.ListOptions{Limit: 100})
+	all, err := list(ctx, cl)
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	var out []cobra.Completion
-	for _, p := range list.Packages {
-		if strings.HasPrefix(p.ID, toComplete) {
-			out = append(out, cobra.CompletionWithDesc(p.ID, string(p.State)))
+	for _, c := range all {
+		if strings.HasPrefix(c, toComplete) {
+			out = append(out, c)
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
 }
 
+// completePackage completes a first argument that is a package id with the
+// broker's newest packages, their state as the description.
+func (a *app) completePackage(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	return a.completeFirst(cmd, args, toComplete, func(ctx context.Context, cl *client.Client) ([]cobra.Completion, error) {
+		list, err := cl.Packages(ctx, client.ListOptions{Limit: 100})
+		if err != nil {
+			return nil, err
+		}
+		out := make([]cobra.Completion, len(list.Packages))
+		for i, p := range list.Packages {
+			out[i] = cobra.CompletionWithDesc(p.ID, string(p.State))
+		}
+		return out, nil
+	})
+}
+
 // completeQueue completes a first argument that is a resource with the
 // broker's queues.
 func (a *app) completeQueue(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
-	if len(args) > 0 {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	cl, err := a.client()
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
-	defer cancel()
-	qs, err := cl.Queues(ctx)
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	var out []cobra.Completion
-	for _, q := range qs {
-		if strings.HasPrefix(q.Resource, toComplete) {
-			out = append(out, q.Resource)
+	return a.completeFirst(cmd, args, toComplete, func(ctx context.Context, cl *client.Client) ([]cobra.Completion, error) {
+		qs, err := cl.Queues(ctx)
+		if err != nil {
+			return nil, err
 		}
-	}
-	return out, cobra.ShellCompDirectiveNoFileComp
+		out := make([]cobra.Completion, len(qs))
+		for i, q := range qs {
+			out[i] = q.Resource
+		}
+		return out, nil
+	})
 }
 
 // onID is the RunE of a command whose one argument (named name in errors)
