@@ -190,12 +190,19 @@ func apiError(err error) *spinbroker.Error {
 }
 
 // writeError answers err in API.md's error shape. Internal errors are logged
-// here, once, with the request; their details never reach the client.
+// here, once, with the request; their details never reach the client. On the
+// dashboard's paths it answers as the dashboard does (ui.fail), so that what
+// refuses a /ui/ request before its handler runs (the router's 405, the
+// cross-origin check, auth, a panic) shows a browser a page, not JSON.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	e, status := s.judge(w, r, err)
-	if e.Code == spinbroker.EUNAUTHORIZED {
+	if spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="spin-broker"`)
 	}
+	if s.ui != nil && strings.HasPrefix(r.URL.Path, "/ui/") {
+		s.ui.fail(w, r, err)
+		return
+	}
+	e, status := s.judge(w, r, err)
 	writeJSON(w, status, spinbroker.ErrorBody{Error: e})
 }
 

@@ -158,17 +158,11 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 
 // crossOrigin refuses state-changing requests that a browser sends on behalf
 // of another site (a page on evil.example posting to localhost:8080), using
-// Fetch metadata and Origin. curl and programs send neither and pass. A
-// refused dashboard form gets the refusal as a page, the API as JSON.
+// Fetch metadata and Origin. curl and programs send neither and pass.
 func (s *Server) crossOrigin(next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := errorf(spinbroker.EFORBIDDEN, "cross-origin request refused")
-		if strings.HasPrefix(r.URL.Path, "/ui/") {
-			s.ui.fail(w, r, err)
-			return
-		}
-		s.writeError(w, r, err)
+		s.writeError(w, r, errorf(spinbroker.EFORBIDDEN, "cross-origin request refused"))
 	}))
 	return cop.Handler(next)
 }

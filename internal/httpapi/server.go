@@ -86,7 +86,7 @@ type Server struct {
 	metrics  *metrics
 	tokens   *tokenCache
 	router   chi.Router
-	ui       *ui // the dashboard, for errors the middleware answers on its pages
+	ui       *ui // the dashboard, which answers the errors of its own paths
 
 	quit     chan struct{} // closed by Shutdown: long-polls answer 204, streams end
 	quitOnce sync.Once

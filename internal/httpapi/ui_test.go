@@ -470,6 +470,29 @@ func TestUI_APIStaysJSON(t *testing.T) {
 	}
 }
 
+// TestUI_RefusalsArePages: what refuses a dashboard request before its
+// handler runs answers as the dashboard does, a page or, to its script,
+// plain text; the API's paths keep answering JSON.
+func TestUI_RefusalsArePages(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	r := e.do("DELETE", "/ui/packages", "")
+	wantHTML(t, r, http.StatusMethodNotAllowed, "DELETE is not allowed on /ui/packages")
+	if r.header.Get("Allow") != "GET" {
+		t.Errorf("405 on a page: Allow %q", r.header.Get("Allow"))
+	}
+	if r := e.do("DELETE", "/packages", ""); r.status != http.StatusMethodNotAllowed || r.header.Get("Content-Type") != "application/json" {
+		t.Errorf("405 on the API: %d %q", r.status, r.header.Get("Content-Type"))
+	}
+
+	ea := newEnv(t, httpapi.Options{Auth: true})
+	w := seedWorld(t, ea)
+	r = ea.do("POST", "/ui/packages/"+w.queued+"/cancel", "", "X-Requested-With", "fetch")
+	if r.status != http.StatusUnauthorized || r.header.Get("Content-Type") != "text/plain; charset=utf-8" ||
+		r.header.Get("WWW-Authenticate") == "" || !strings.Contains(string(r.body), "a token is required") {
+		t.Errorf("the dashboard's script posting without a token: %d %q %q %q", r.status, r.header.Get("Content-Type"), r.header.Get("WWW-Authenticate"), r.body)
+	}
+}
+
 func TestUI_Auth(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
 	w := seedWorld(t, e)
