@@ -152,6 +152,14 @@ func CheckLease(what string, d time.Duration) error {
 	return nil
 }
 
+// CheckClaimMax answers EINVALID unless n is a usable max of a claim.
+func CheckClaimMax(n int) error {
+	if n < 1 || n > MaxClaim {
+		return Errorf(EINVALID, "max must be between 1 and %d", MaxClaim)
+	}
+	return nil
+}
+
 // Validate checks everything about a new command that does not need the
 // database: names, key, id, parameters, limits. It normalizes the id,
 // parameters and not_before in place.

@@ -150,8 +150,8 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if in.Max < 1 || in.Max > spinbroker.MaxClaim {
-		s.writeError(w, r, errorf(spinbroker.EINVALID, "max must be between 1 and %d", spinbroker.MaxClaim))
+	if err := spinbroker.CheckClaimMax(in.Max); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	var wait, lease time.Duration

@@ -31,8 +31,8 @@ func (db *DB) Claim(ctx context.Context, resource string, max int, lease time.Du
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, wake, err
 	}
-	if max < 1 || max > spinbroker.MaxClaim {
-		return nil, wake, spinbroker.Errorf(spinbroker.EINVALID, "max must be between 1 and %d", spinbroker.MaxClaim)
+	if err := spinbroker.CheckClaimMax(max); err != nil {
+		return nil, wake, err
 	}
 	if lease != 0 {
 		if err := spinbroker.CheckLease("lease", lease); err != nil {
