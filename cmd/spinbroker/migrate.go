@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"text/tabwriter"
 
@@ -16,7 +17,8 @@ func (a *app) migrateCommand() *cobra.Command {
 		Short: "Show or apply the database's schema migrations",
 		Long: `migrate shows which schema migrations a database has (status) or applies the
 pending ones (up). 'spinbroker serve' applies them at start-up too; run 'up'
-by hand to upgrade a database before a new broker starts on it.`,
+by hand to upgrade a database before a new broker starts on it; 'up' refuses
+to run while a broker serves the database.`,
 		Args:      args(1, "status or up"),
 		ValidArgs: []string{"status", "up"},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -24,7 +26,9 @@ by hand to upgrade a database before a new broker starts on it.`,
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("want status or up, not %q", args[0])}
 			}
 			st, err := store.Migrations(cmd.Context(), db, args[0] == "up")
-			if err != nil {
+			if errors.Is(err, store.ErrInUse) {
+				return fmt.Errorf("%w: stop it first (a broker applies the migrations itself when it starts)", err)
+			} else if err != nil {
 				return err
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)

@@ -61,6 +61,11 @@ Without --auth it listens only on a loopback address (localhost, 127.0.0.1,
 SIGINT or SIGTERM stop it gracefully: waiting long-polls are answered 204,
 requests in flight finish, the database is closed cleanly.
 
+One broker serves a database at a time: serve holds an advisory lock on
+<db>.lock (which names its pid) and refuses to start while another process
+holds it. 'spinbroker token create' and 'backup' work beside a running broker;
+'migrate up' refuses to run while it does.
+
 Go's collector runs when the heap has grown by 200% (GOGC=200) unless the
 GOGC environment variable says otherwise.`,
 		Example: `  spinbroker serve
@@ -157,8 +162,10 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return &usageError{cmd: "spinbroker serve", err: errors.New("--tls-cert and --tls-key go together")}
 	}
 
-	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log})
-	if err != nil {
+	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log, Exclusive: true})
+	if errors.Is(err, store.ErrInUse) {
+		return fmt.Errorf("%w: one broker serves a database at a time; stop that one, or give this one another --db", err)
+	} else if err != nil {
 		return fmt.Errorf("open the database %s: %v%s", c.db, err, writableHint(c.db))
 	}
 	defer func() {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -227,4 +228,56 @@ func TestServe_GCPercent(t *testing.T) {
 			t.Errorf("GOGC=%q: /metrics lacks %q", c.env, strings.TrimSpace(want))
 		}
 	}
+}
+
+// TestServe_OneBrokerPerDatabase: a second serve on a database a broker
+// serves exits 1 naming the first one's pid, as does migrate up; tokens
+// and migrate status work beside it. Once the first stops, or is killed,
+// a broker starts on the database again.
+func TestServe_OneBrokerPerDatabase(t *testing.T) {
+	bin := serveBinary(t)
+	db := filepath.Join(t.TempDir(), "one.db")
+	first := startBroker(t, db)
+	pid := fmt.Sprintf("pid %d", first.cmd.Process.Pid)
+
+	// Old builds started a second broker, which would run until killed.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"serve", "--addr", "127.0.0.1:0", "--db", db},
+		{"migrate", "up", "--db", db},
+	} {
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+			t.Fatalf("%v beside a broker: exit %v, want 1:\n%s", args[:2], err, out)
+		}
+		if !strings.Contains(string(out), "one.db is in use") || !strings.Contains(string(out), pid) {
+			t.Fatalf("%v: the message does not name the database and the broker's %s:\n%s", args[:2], pid, out)
+		}
+	}
+	for _, args := range [][]string{
+		{"migrate", "status", "--db", db},
+		{"token", "create", "--db", db, "--role", "viewer", "--name", "beside"},
+	} {
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%v beside a broker: %v\n%s", args[:2], err, out)
+		}
+	}
+	resp, err := http.Get(first.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the first broker after the refused starts: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-first.done; err != nil {
+		t.Fatalf("first broker's exit: %v\n%s", err, first.logs)
+	}
+	second := startBroker(t, db)
+	second.cmd.Process.Kill()
+	<-second.done
+	// SIGKILL leaves the lock file but not the lock.
+	third := startBroker(t, db)
+	third.cmd.Process.Signal(syscall.SIGTERM)
+	<-third.done
 }

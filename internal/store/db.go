@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -48,6 +49,11 @@ type Options struct {
 	// CacheKiB is SQLite's page cache per connection (default 8 MiB for
 	// the writer, a quarter of it for each reader).
 	CacheKiB int
+	// Exclusive makes Open fail with an *InUseError (ErrInUse) while
+	// another process holds the database exclusively, and hold it so until
+	// Close: a broker serving it, or a migration. Tools that write beside a
+	// running broker (tokens, backups) open it without.
+	Exclusive bool
 }
 
 // DB is spin-broker's database.
@@ -70,6 +76,7 @@ type DB struct {
 	written     atomic.Int64 // write operations committed
 	checkpoints atomic.Int64 // checkpoints run while the writer was idle
 	ckpt        *checkpointer
+	lock        *os.File // the exclusive lock, when Options.Exclusive
 }
 
 // Open opens (creating if needed) the database at path, applies the
@@ -78,6 +85,23 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("store: database path %q must be a file name without '?' or '#'", path)
 	}
+	if !opts.Exclusive {
+		return open(ctx, path, opts)
+	}
+	lock, err := lockExclusive(path)
+	if err != nil {
+		return nil, err
+	}
+	db, err := open(ctx, path, opts)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	db.lock = lock
+	return db, nil
+}
+
+func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	sync := "NORMAL"
 	switch strings.ToLower(opts.Sync) {
 	case "", "normal":
@@ -186,8 +210,16 @@ type MigrationStatus struct {
 
 // Migrations opens the database at path without applying anything and
 // reports every migration and whether it has been applied; with up, it
-// applies the pending ones first.
+// applies the pending ones first, holding the database exclusively as
+// Options.Exclusive does: never under a running broker.
 func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, error) {
+	if up {
+		lock, err := lockExclusive(path)
+		if err != nil {
+			return nil, err
+		}
+		defer lock.Close() // after the database, deferred below
+	}
 	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate")
 	if err != nil {
 		return nil, err
@@ -256,7 +288,12 @@ func (db *DB) Close() error {
 	db.reader.close()
 	// The write connection closes last: SQLite checkpoints the WAL into
 	// the main file and removes it when its last connection closes.
-	return errors.Join(db.ckpt.close(), db.rdb.Close(), db.wdb.Close())
+	err := errors.Join(db.ckpt.close(), db.rdb.Close(), db.wdb.Close())
+	if db.lock != nil {
+		// Last: the next broker may start once the files are closed.
+		err = errors.Join(err, db.lock.Close())
+	}
+	return err
 }
 
 // Ping reports whether the database answers a read.

@@ -1,0 +1,79 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// ErrInUse is the error (matched with errors.Is) of an exclusive Open of a
+// database that another process holds exclusively.
+var ErrInUse = errors.New("in use")
+
+// InUseError says which process holds a database exclusively.
+type InUseError struct {
+	Path string
+	PID  int // 0 when the holder has not written it yet
+}
+
+func (e *InUseError) Error() string {
+	by := "another process"
+	if e.PID > 0 {
+		by = fmt.Sprintf("another process (pid %d)", e.PID)
+	}
+	return fmt.Sprintf("the database %s is in use by %s, a broker serving it or a migration", e.Path, by)
+}
+
+func (e *InUseError) Is(target error) bool { return target == ErrInUse }
+
+// A database is held exclusively through an advisory lock on a file beside
+// it, path + ".lock", which also holds the holder's pid for the message of
+// the next one to try. The lock goes with the process: a broker killed by
+// SIGKILL leaves the file, but not the lock. The file is never removed:
+// removing it would let a third process lock a new file of the same name
+// while a second holds the old one.
+//
+// SQLite's own locks are POSIX record locks on the database file, which a
+// process loses when it closes any descriptor of that file; a lock on a
+// file of its own keeps clear of them.
+
+// lockExclusive takes the lock of the database at path, or fails with an
+// *InUseError when another process holds it.
+func lockExclusive(path string) (*os.File, error) {
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: lock %s: %w", path, err)
+	}
+	held, err := tryLock(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: lock %s: %w", path, err)
+	}
+	if !held {
+		pid := readPID(f)
+		f.Close()
+		return nil, &InUseError{Path: path, PID: pid}
+	}
+	err = f.Truncate(0)
+	if err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: lock %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// readPID reads the pid a lock file's holder wrote, or 0.
+func readPID(f *os.File) int {
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}

@@ -1,0 +1,69 @@
+package store_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+// TestOpen_Exclusive: while one Open holds a database exclusively, another
+// exclusive Open and a migration fail with an error naming the database
+// and the holder's pid, and change nothing; an Open without Exclusive (a
+// token or a backup beside a broker) still works. Close gives the database
+// up.
+func TestOpen_Exclusive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	first, err := store.Open(ctx, path, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, first, cmd("r", "a"))
+
+	_, err = store.Open(ctx, path, store.Options{Exclusive: true})
+	var inUse *store.InUseError
+	if !errors.Is(err, store.ErrInUse) || !errors.As(err, &inUse) {
+		t.Fatalf("second exclusive open: %v, want ErrInUse", err)
+	}
+	if inUse.PID != os.Getpid() || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("the error does not name the database and its holder: %v", err)
+	}
+	if _, err := store.Migrations(ctx, path, true); !errors.Is(err, store.ErrInUse) {
+		t.Fatalf("migrate up beside the holder: %v, want ErrInUse", err)
+	}
+	if st, err := store.Migrations(ctx, path, false); err != nil || len(st) == 0 {
+		t.Fatalf("migration status beside the holder: %v %v", st, err)
+	}
+
+	beside, err := store.Open(ctx, path, store.Options{})
+	if err != nil {
+		t.Fatalf("a non-exclusive open beside the holder: %v", err)
+	}
+	if _, _, err := beside.CreateToken(ctx, "admin", "", "ops"); err != nil {
+		t.Fatalf("a token created beside the holder: %v", err)
+	}
+	if err := beside.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The holder is unharmed by the refused opens.
+	if q, err := first.Queue(ctx, "r"); err != nil || q.Counts.Ready != 1 {
+		t.Fatalf("the holder's queue: %+v %v", q, err)
+	}
+
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := store.Open(ctx, path, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatalf("exclusive open after the holder closed: %v", err)
+	}
+	defer again.Close()
+	if c := mustNext(t, again, "r"); c.State != spinbroker.Leased {
+		t.Fatalf("the command after reopening: %+v", c)
+	}
+}
