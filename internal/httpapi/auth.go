@@ -56,6 +56,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.writeError(w, r, err)
 			return
 		}
+		if sw, ok := w.(*statusWriter); ok { // logRequests' writer: crossOrigin passes it on as is
+			sw.token = tok
+		}
 		ctx := context.WithValue(r.Context(), identityKey{}, &identity{token: tok, fromCookie: fromCookie})
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})

@@ -1,8 +1,13 @@
 package httpapi_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
@@ -152,4 +157,65 @@ func TestAuth_MetricsOpen(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true, MetricsOpen: true})
 	e.want(e.do("GET", "/metrics", ""), 200, "")
 	e.want(e.do("GET", "/packages", ""), 401, spinbroker.EUNAUTHORIZED)
+}
+
+// lockedBuffer is a log that the server writes while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAuth_RequestLogNamesToken: with auth on, each request's log line
+// names the token that made it (name and id, for an audit), never its
+// secret; a refused request names none.
+func TestAuth_RequestLogNamesToken(t *testing.T) {
+	var log lockedBuffer
+	e := newEnvLogging(t, httpapi.Options{Auth: true}, &log)
+	tok, secret, err := e.db.CreateToken(ctx, spinbroker.RoleClient, "", "deploy-bot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := *e
+	client.token = secret
+	client.createPackage(`[{"resource": "storage", "action": "add_volume"}]`, false)
+	anon := *e
+	anon.want(anon.do("GET", "/queues", ""), 401, spinbroker.EUNAUTHORIZED)
+
+	// The line is written once the answer has gone: wait for both.
+	lines := map[string]map[string]any{}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(lines) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("request lines missing from the log:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
+				lines[fmt.Sprint(m["method"], " ", m["path"])] = m
+			}
+		}
+	}
+	created := lines["POST /packages"]
+	if created["token"] != "deploy-bot" || created["token_id"] != tok.ID || created["status"] != float64(201) {
+		t.Errorf("the create's line does not name its token: %v", created)
+	}
+	if refused := lines["GET /queues"]; refused["status"] != float64(401) || refused["token"] != nil || refused["token_id"] != nil {
+		t.Errorf("the refused request's line: %v", refused)
+	}
+	if strings.Contains(log.String(), secret) || strings.Contains(log.String(), strings.TrimPrefix(secret, "sbt_")) {
+		t.Errorf("the log holds the token's secret:\n%s", log.String())
+	}
 }

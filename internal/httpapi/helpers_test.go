@@ -31,11 +31,17 @@ type env struct {
 
 func newEnv(t testing.TB, opts httpapi.Options) *env {
 	t.Helper()
+	return newEnvLogging(t, opts, io.Discard)
+}
+
+// newEnvLogging is newEnv with the broker's log written to log as JSON lines.
+func newEnvLogging(t testing.TB, opts httpapi.Options, log io.Writer) *env {
+	t.Helper()
 	db, clock := storetest.MustOpen(t, store.Options{})
 	if opts.Now == nil {
 		opts.Now = clock.Now
 	}
-	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
+	api := httpapi.New(db, slog.New(slog.NewJSONHandler(log, nil)), opts)
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(func() {
 		api.Shutdown()

@@ -97,11 +97,13 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// statusWriter records the status and size of an answer for the log.
+// statusWriter records the status and size of an answer, and the token
+// that authenticate found, for the log.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
 	bytes  int
+	token  *spinbroker.Token
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -135,8 +137,9 @@ func (w *statusWriter) Flush() {
 // long-polls and event streams set their own deadlines.
 const defaultWriteTimeout = 30 * time.Second
 
-// logRequests writes one log line per request with its status and duration,
-// and sets the write deadline of ordinary requests.
+// logRequests writes one log line per request with its status, duration and,
+// with auth on, the token that made it; and sets the write deadline of
+// ordinary requests.
 func (s *Server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -150,9 +153,16 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
 			level = slog.LevelDebug
 		}
-		s.log.Log(r.Context(), level, "request",
-			"method", r.Method, "path", r.URL.Path, "status", sw.status,
-			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr)
+		if !s.log.Enabled(r.Context(), level) {
+			return
+		}
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr}
+		if sw.token != nil {
+			// Who did it, for an audit: the token's name and id, never its secret.
+			attrs = append(attrs, "token", sw.token.Name, "token_id", sw.token.ID)
+		}
+		s.log.Log(r.Context(), level, "request", attrs...)
 	})
 }
 
