@@ -100,8 +100,12 @@ func Temporary(err error) bool {
 	if errors.Is(err, context.Canceled) {
 		return false
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
+	// A call that failed below HTTP: http.Client wraps it in a *url.Error,
+	// and a body cut off while being read is a *net.OpError. Not any
+	// net.Error: a bare syscall.Errno is one too, and a missing file is
+	// not a network that may come back.
+	var ue *url.Error
+	if errors.As(err, &ue) {
 		return true
 	}
 	var oe *net.OpError

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -57,6 +59,12 @@ func TestErrors(t *testing.T) {
 	}
 	if Temporary(context.Canceled) {
 		t.Fatal("a cancelled context is not temporary")
+	}
+	// A file that is missing is not a broker that is away: its errno
+	// looks like a net.Error, and once made a broker's bad --tls-cert read
+	// "cannot reach the broker".
+	if _, err := os.Open(filepath.Join(t.TempDir(), "missing.pem")); err == nil || Temporary(err) {
+		t.Fatalf("a missing file is temporary: %v", err)
 	}
 	for _, bad := range []string{"", "localhost:8080", "ftp://x", "http://"} {
 		if _, err := New(bad); err == nil {

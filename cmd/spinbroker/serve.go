@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -194,6 +195,15 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		// No WriteTimeout: each handler sets its own write deadline, so
 		// long-polls and event streams are not cut at a fixed time.
 	}
+	if c.tlsCert != "" {
+		// Loaded before listening, so that a wrong file stops the start
+		// instead of the first connection.
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("load the TLS certificate: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
@@ -202,7 +212,8 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	if c.tlsCert != "" {
 		scheme = "https"
 	}
-	log.Info("spin-broker listening", "url", fmt.Sprintf("%s://%s", scheme, ln.Addr()), "db", c.db,
+	baseURL := fmt.Sprintf("%s://%s", scheme, ln.Addr())
+	log.Info("spin-broker listening", "url", baseURL, "db", c.db,
 		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
 
 	if c.pprofAddr != "" {
@@ -231,7 +242,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	go func() {
 		var err error
 		if c.tlsCert != "" {
-			err = srv.ServeTLS(ln, c.tlsCert, c.tlsKey)
+			err = srv.ServeTLS(ln, "", "") // the certificate is in srv.TLSConfig
 		} else {
 			err = srv.Serve(ln)
 		}
