@@ -215,6 +215,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	baseURL := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	log.Info("spin-broker listening", "url", baseURL, "db", c.db,
 		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
+	if err := sdNotify("READY=1\nSTATUS=serving " + baseURL); err != nil {
+		log.Warn("could not tell systemd the broker is ready", "err", err)
+	}
 
 	if c.pprofAddr != "" {
 		go func() {
@@ -257,6 +260,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "timeout", c.shutdownTimeout)
+	if err := sdNotify("STOPPING=1"); err != nil {
+		log.Warn("could not tell systemd the broker is stopping", "err", err)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
 	api.Shutdown() // waiting long-polls answer 204 now, event streams end

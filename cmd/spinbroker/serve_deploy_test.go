@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -103,5 +104,94 @@ func TestServe_TLS(t *testing.T) {
 	}
 	if strings.Contains(r.stderr, "cannot reach the broker") || strings.Contains(r.stderr, "listening") {
 		t.Fatalf("a missing certificate is told as something else: %s", r)
+	}
+}
+
+// TestServe_SystemdNotify: under a Type=notify unit (NOTIFY_SOCKET set),
+// serve tells systemd it is ready once it listens, and that it is stopping
+// when told to stop.
+func TestServe_SystemdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	read := func() string {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 4096)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	t.Setenv("NOTIFY_SOCKET", sock)
+	b := startBroker(t, filepath.Join(t.TempDir(), "n.db"))
+	if got := read(); !strings.Contains(got, "READY=1\n") || !strings.Contains(got, "STATUS=serving "+b.url) {
+		t.Fatalf("the first notification: %q", got)
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("the notification on SIGTERM: %q", got)
+	}
+	if err := <-b.done; err != nil {
+		t.Fatalf("exit: %v\n%s", err, b.logs)
+	}
+}
+
+// TestSystemdUnits: the example units in examples/systemd pass
+// systemd-analyze verify without a warning, and their command lines are
+// ones the programs accept.
+func TestSystemdUnits(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Fatal("systemd-analyze is missing: make test installs it (scripts/install-test-deps.sh)")
+	}
+	bins := map[string]string{"spinbroker": binary}
+	dir := t.TempDir()
+	for _, agent := range []string{"sa-host-path", "sa-emulation"} {
+		bins[agent] = filepath.Join(dir, agent)
+		if out, err := exec.Command("go", "build", "-o", bins[agent], "../"+agent).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", agent, err, out)
+		}
+	}
+	units, err := filepath.Glob("../../examples/systemd/*.service")
+	if err != nil || len(units) != 3 {
+		t.Fatalf("the example units: %v %v", units, err)
+	}
+	var files []string
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		var argv []string
+		for _, line := range strings.Split(text, "\n") {
+			if rest, ok := strings.CutPrefix(line, "ExecStart="); ok {
+				argv = strings.Fields(rest)
+			}
+		}
+		if len(argv) == 0 || bins[filepath.Base(argv[0])] == "" || argv[0] != "/usr/local/bin/"+filepath.Base(argv[0]) {
+			t.Fatalf("%s: ExecStart %v runs none of this project's programs from /usr/local/bin", u, argv)
+		}
+		bin := bins[filepath.Base(argv[0])]
+		// The program accepts the unit's flags: --help after them exits 0,
+		// an unknown flag would not.
+		help := exec.Command(bin, append(argv[1:len(argv):len(argv)], "--help")...)
+		help.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+		if out, err := help.CombinedOutput(); err != nil {
+			t.Errorf("%s: %v rejects its flags: %v\n%s", u, argv, err, out)
+		}
+		local := filepath.Join(dir, filepath.Base(u))
+		if err := os.WriteFile(local, []byte(strings.ReplaceAll(text, argv[0], bin)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, local)
+	}
+	out, err := exec.Command("systemd-analyze", append([]string{"verify"}, files...)...).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
