@@ -25,9 +25,14 @@ help: ## Show this help
 run: ## Start a broker on localhost:8080 with an embedded SQLite database (./spinbroker.db)
 	$(GO) run ./cmd/spinbroker serve --addr $(ADDR) --db $(DB)
 
+# The binaries say which build they are (--version, /metrics): the commit,
+# stamped from git when there is one (-buildvcs=auto, whatever GOFLAGS
+# says), and a version a packager gives as VERSION=v1.2.3.
+BUILDFLAGS := -buildvcs=auto $(if $(VERSION),-ldflags "-X github.com/spin-broker/spinbroker/internal/version.version=$(VERSION)")
+
 .PHONY: build
-build: ## Build spinbroker, sa-host-path and sa-emulation into ./bin
-	$(GO) build -o bin/ ./cmd/...
+build: ## Build spinbroker, sa-host-path and sa-emulation into ./bin (VERSION=v1.2.3 to name a release)
+	$(GO) build $(BUILDFLAGS) -o bin/ ./cmd/...
 
 .PHONY: deps
 deps: ## Install what the tests need and the machine lacks (Chromium, QEMU)

@@ -16,6 +16,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/version"
 )
 
 func main() {
@@ -109,6 +110,7 @@ take the commands of their resource one after another and report the result.
 
 Start a broker with 'spinbroker serve'; the other commands talk to it at
 --url (or $SPINBROKER_URL, default http://localhost:8080).`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/version"
 )
 
 // serveConfig is everything `spinbroker serve` is told.
@@ -213,7 +214,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		scheme = "https"
 	}
 	baseURL := fmt.Sprintf("%s://%s", scheme, ln.Addr())
-	log.Info("spin-broker listening", "url", baseURL, "db", c.db,
+	log.Info("spin-broker listening", "url", baseURL, "version", version.Get().String(), "db", c.db,
 		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
 	if err := sdNotify("READY=1\nSTATUS=serving " + baseURL); err != nil {
 		log.Warn("could not tell systemd the broker is ready", "err", err)

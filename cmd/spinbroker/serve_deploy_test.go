@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -193,5 +194,30 @@ func TestSystemdUnits(t *testing.T) {
 	out, err := exec.Command("systemd-analyze", append([]string{"verify"}, files...)...).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestVersion: spinbroker --version and the agents' -version say which
+// build they are, and a packager's -X version replaces the module's.
+func TestVersion(t *testing.T) {
+	r := spin(t, "--version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "spinbroker version ") || !strings.Contains(r.stdout, runtime.Version()) {
+		t.Fatalf("spinbroker --version: %s", r)
+	}
+	dir := t.TempDir()
+	for _, prog := range []string{"sa-host-path", "sa-emulation"} {
+		bin := filepath.Join(dir, prog)
+		build := exec.Command("go", "build", "-o", bin, "-ldflags",
+			"-X github.com/spin-broker/spinbroker/internal/version.version=v9.8.7", "../"+prog)
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", prog, err, out)
+		}
+		// -version needs no --url: it answers before anything else.
+		cmd := exec.Command(bin, "-version")
+		cmd.Env = append(os.Environ(), "SPINBROKER_URL=")
+		out, err := cmd.Output()
+		if err != nil || !strings.HasPrefix(string(out), prog+" version v9.8.7") || !strings.Contains(string(out), runtime.Version()) {
+			t.Fatalf("%s -version: %v\n%s", prog, err, out)
+		}
 	}
 }

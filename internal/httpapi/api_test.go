@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -358,10 +361,30 @@ func TestAPI_Metrics(t *testing.T) {
 		"\nspinbroker_store_writes_total 3\n",
 		"\nspinbroker_store_idle_checkpoints_total 0\n",
 		`go_goroutines`,
+		// The build: the test binary's version is "(devel)" or its module's.
+		`spinbroker_build_info{goversion="` + runtime.Version() + `",revision="`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+	// The database's size on disk: its file and its WAL, both there now.
+	var onDisk int64
+	for _, f := range []string{e.db.Path(), e.db.Path() + "-wal"} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		onDisk += st.Size()
+	}
+	var reported float64 = -1
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "spinbroker_store_bytes "); ok {
+			reported, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if onDisk == 0 || reported != float64(onDisk) {
+		t.Errorf("spinbroker_store_bytes is %v, the files hold %d bytes", reported, onDisk)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/version"
 )
 
 // metrics are the broker's Prometheus metrics.
@@ -58,10 +59,24 @@ func newMetrics(reg *prometheus.Registry, st Store) *metrics {
 				Help: "WAL checkpoints run while the writer was idle (SQLite runs the others inside a commit)."},
 				func() float64 { _, _, c := ws.WriteStats(); return float64(c) }))
 	}
-	reg.MustRegister(m.requests, &queueCollector{st: st},
+	if sz, ok := st.(sizer); ok {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_bytes",
+			Help: "Bytes on disk of the database file and its WAL."},
+			func() float64 { n, _ := sz.Size(); return float64(n) }))
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "build_info",
+		Help: "Always 1; its labels say which build of the broker is running."}, []string{"version", "revision", "goversion"})
+	v := version.Get()
+	build.WithLabelValues(v.Version, v.Revision, v.Go).Set(1)
+	reg.MustRegister(build, m.requests, &queueCollector{st: st},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
+}
+
+// sizer is a store that knows its size on disk.
+type sizer interface {
+	Size() (int64, error)
 }
 
 // writeStatser is a store that counts its write transactions.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/version"
 )
 
 // Main runs an agent's run function with a context that SIGINT or SIGTERM
@@ -46,6 +47,7 @@ type Flags struct {
 	grace time.Duration
 	lease time.Duration
 	level string
+	vers  bool
 }
 
 // Register adds the common flags to fs.
@@ -56,6 +58,7 @@ func Register(fs *flag.FlagSet, name string) *Flags {
 	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
 	fs.DurationVar(&f.lease, "lease", 0, "the lease to ask for each command (default: the command's own, else 60s)")
 	fs.StringVar(&f.level, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.vers, "version", false, "print the version and exit")
 	return f
 }
 
@@ -66,6 +69,10 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if f.vers {
+		fmt.Println(f.name, "version", version.Get())
+		return flag.ErrHelp // done: Main exits 0
 	}
 	if f.token == "" {
 		f.token = os.Getenv("SPINBROKER_TOKEN")
