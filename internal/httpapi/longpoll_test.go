@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -252,5 +253,29 @@ func TestEvents(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("events seen: command %v package %v queue %v", sawCommand, sawPackage, sawQueue)
 		}
+	}
+}
+
+// TestPolls_Bounded: the queues remembered as asked stay bounded; past the
+// bound, the one asked longest ago is forgotten.
+func TestPolls_Bounded(t *testing.T) {
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	p := newPolls(start)
+	for i := 0; i <= maxPolled; i++ {
+		p.saw(fmt.Sprintf("r%d", i), start.Add(time.Duration(i)*time.Second))
+	}
+	if len(p.last) != maxPolled {
+		t.Fatalf("%d queues remembered, want %d", len(p.last), maxPolled)
+	}
+	if _, ok := p.lastAsked("r0"); ok {
+		t.Error("the queue asked longest ago is still remembered")
+	}
+	if at, ok := p.lastAsked(fmt.Sprintf("r%d", maxPolled)); !ok || !at.Equal(start.Add(maxPolled*time.Second)) {
+		t.Errorf("the last queue asked: %v %v", at, ok)
+	}
+	// Asking a remembered queue again forgets nothing.
+	p.saw("r1", start.Add(time.Hour))
+	if _, ok := p.lastAsked("r2"); !ok || len(p.last) != maxPolled {
+		t.Error("asking a known queue again forgot another")
 	}
 }

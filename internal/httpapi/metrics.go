@@ -27,7 +27,7 @@ type metrics struct {
 	handler     http.Handler
 }
 
-func newMetrics(reg *prometheus.Registry, st Store) *metrics {
+func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents) *metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spinbroker", Name: name, Help: help}, []string{"resource"})
 		reg.MustRegister(c)
@@ -68,7 +68,7 @@ func newMetrics(reg *prometheus.Registry, st Store) *metrics {
 		Help: "Always 1; its labels say which build of the broker is running."}, []string{"version", "revision", "goversion"})
 	v := version.Get()
 	build.WithLabelValues(v.Version, v.Revision, v.Go).Set(1)
-	reg.MustRegister(build, m.requests, &queueCollector{st: st},
+	reg.MustRegister(build, m.requests, &queueCollector{st: st, agentsOf: agentsOf},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
@@ -124,13 +124,18 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 
 // queueCollector reads every queue's counts at scrape time, so the gauges
 // are always the database's, never a copy that can drift.
-type queueCollector struct{ st Store }
+type queueCollector struct {
+	st       Store
+	agentsOf func(resource string) agents
+}
 
 var (
 	queueCommandsDesc = prometheus.NewDesc("spinbroker_queue_commands", "Enqueued, unfinished commands of a queue by state.", []string{"resource", "state"}, nil)
 	queueAgeDesc      = prometheus.NewDesc("spinbroker_queue_oldest_ready_age_seconds", "How long the queue's head-of-line ready command has waited.", []string{"resource"}, nil)
 	queueConcDesc     = prometheus.NewDesc("spinbroker_queue_concurrency", "A queue's concurrency setting.", []string{"resource"}, nil)
 	queuePausedDesc   = prometheus.NewDesc("spinbroker_queue_paused", "1 when the queue is paused.", []string{"resource"}, nil)
+	queueWaitingDesc  = prometheus.NewDesc("spinbroker_queue_waiting_polls", "Long-polls (next or claim) waiting on the queue now: agents ready for work.", []string{"resource"}, nil)
+	queueAskedDesc    = prometheus.NewDesc("spinbroker_queue_last_poll_timestamp_seconds", "When an agent last asked the queue for work (next or claim), if one did since the broker started.", []string{"resource"}, nil)
 )
 
 func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -138,6 +143,8 @@ func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueAgeDesc
 	ch <- queueConcDesc
 	ch <- queuePausedDesc
+	ch <- queueWaitingDesc
+	ch <- queueAskedDesc
 }
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
@@ -159,5 +166,10 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			paused = 1
 		}
 		ch <- prometheus.MustNewConstMetric(queuePausedDesc, prometheus.GaugeValue, paused, q.Resource)
+		a := c.agentsOf(q.Resource)
+		ch <- prometheus.MustNewConstMetric(queueWaitingDesc, prometheus.GaugeValue, float64(a.Waiting), q.Resource)
+		if a.LastAsked != nil {
+			ch <- prometheus.MustNewConstMetric(queueAskedDesc, prometheus.GaugeValue, float64(a.LastAsked.UnixNano())/1e9, q.Resource)
+		}
 	}
 }

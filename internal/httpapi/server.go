@@ -82,6 +82,7 @@ type Server struct {
 	opts     Options
 	now      func() time.Time
 	notifier *notifier
+	polls    *polls
 	hub      *hub
 	metrics  *metrics
 	tokens   *tokenCache
@@ -113,14 +114,31 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 		opts:     opts,
 		now:      opts.Now,
 		notifier: newNotifier(),
+		polls:    newPolls(opts.Now()),
 		quit:     make(chan struct{}),
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
-	s.metrics = newMetrics(opts.Registry, st)
+	s.metrics = newMetrics(opts.Registry, st, s.agentsOf)
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s
+}
+
+// agents says whether agents are asking a queue for work: how many
+// long-polls wait on it now, and when it was last asked, if it was since
+// the broker started.
+type agents struct {
+	Waiting   int
+	LastAsked *time.Time
+}
+
+func (s *Server) agentsOf(resource string) agents {
+	a := agents{Waiting: s.notifier.waiting(resource)}
+	if t, ok := s.polls.lastAsked(resource); ok {
+		a.LastAsked = &t
+	}
+	return a
 }
 
 // Handler returns the root handler.

@@ -186,10 +186,17 @@ type queuePage struct {
 	Head    *spinbroker.Command
 	Backoff *time.Time // the head waits out a retry back-off until then
 	Status  string     // why the queue does or does not move, a keyword the template explains
+	Agents  agents     // whether agents are asking for work
+	Started time.Time  // when the broker started hearing polls
+	Quiet   bool       // no agent waits, and none has asked for a while
 	Rows    []queueRow
 	After   int64
 	NextURL string
 }
+
+// quietAfter is how long a queue with work for agents and nobody waiting
+// must have gone unasked before its page says that no agent is asking.
+const quietAfter = time.Minute
 
 func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 	if !u.readable(w, r) {
@@ -216,6 +223,12 @@ func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 	if !backoff.IsZero() {
 		d.Backoff = &backoff
 	}
+	d.Agents, d.Started = u.s.agentsOf(res), u.s.polls.started
+	since := d.Started
+	if d.Agents.LastAsked != nil {
+		since = *d.Agents.LastAsked
+	}
+	d.Quiet = d.Agents.Waiting == 0 && u.s.now().Sub(since) > quietAfter
 	switch {
 	case q.Paused:
 		d.Status = "paused"

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -647,4 +648,63 @@ func TestUI_OpenPagesShowNoRole(t *testing.T) {
 			t.Errorf("%s shows a role or the navigation to a visitor without a token", path)
 		}
 	}
+}
+
+// TestUI_QueueAgents: a queue's page says whether agents are asking it for
+// work (waiting now, or when one last asked), and says so plainly when work
+// waits and no agent has asked for a minute; /metrics carries the same.
+func TestUI_QueueAgents(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	mustCreate(t, e, 1, true, nc(101, "", "q", "first", ""), nc(102, "", "q", "second", ""))
+	r := e.get("/ui/queues/q")
+	wantHTML(t, r, 200, "none has asked since the broker started")
+	if strings.Contains(string(r.body), "is one running?") {
+		t.Error("a broker that just started already misses its agents")
+	}
+	e.clock.Add(2 * time.Minute)
+	wantHTML(t, e.get("/ui/queues/q"), 200, "No agent has asked for work since the broker started, 2m 0s ago: is one running?")
+
+	// An agent takes the first command over HTTP; the second is ready.
+	asked := e.clock.Now()
+	mustComplete(t, e, e.next("q"), true, "", "")
+	r = e.get("/ui/queues/q")
+	wantHTML(t, r, 200, "1 ready; the head of line", `last asked <time datetime="`+asked.UTC().Format(time.RFC3339))
+	if strings.Contains(string(r.body), "is one running?") {
+		t.Error("the page misses an agent that just asked")
+	}
+	e.clock.Add(90 * time.Second)
+	wantHTML(t, e.get("/ui/queues/q"), 200, "No agent has asked for work in 1m 30s: is one running?")
+
+	// An agent waiting in a long-poll on the emptied queue.
+	mustComplete(t, e, e.next("q"), true, "", "")
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequestWithContext(pctx, "POST", e.srv.URL+"/queues/q/next?wait=30s", nil)
+		if resp, err := e.srv.Client().Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waiting := `spinbroker_queue_waiting_polls{resource="q"} 1`
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(string(e.do("GET", "/metrics", "").body), waiting) {
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics never showed %s", waiting)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	wantHTML(t, e.get("/ui/queues/q"), 200, "1 waiting for work")
+	var last float64
+	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
+		if v, ok := strings.CutPrefix(line, `spinbroker_queue_last_poll_timestamp_seconds{resource="q"} `); ok {
+			last, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if want := float64(e.clock.Now().Unix()); last != want {
+		t.Errorf("spinbroker_queue_last_poll_timestamp_seconds is %v, want %v", last, want)
+	}
+	cancel()
+	<-done
 }
