@@ -86,10 +86,17 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("store: database path %q must be a file name without '?' or '#'", path)
 	}
 	if !opts.Exclusive {
+		if err := createPrivate(path); err != nil {
+			return nil, err
+		}
 		return open(ctx, path, opts)
 	}
 	lock, err := lockExclusive(path)
 	if err != nil {
+		return nil, err
+	}
+	if err := createPrivate(path); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	db, err := open(ctx, path, opts)
@@ -99,6 +106,21 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	db.lock = lock
 	return db, nil
+}
+
+// createPrivate creates the database file, empty, readable by its owner
+// only, when it does not exist yet: it holds every parameter in plain text,
+// and SQLite would create it (and then its -wal and -shm, which take the
+// database file's mode) readable by everyone the umask lets read. An
+// existing file keeps the mode its owner gave it.
+func createPrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("store: create %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 func open(ctx context.Context, path string, opts Options) (*DB, error) {
@@ -219,6 +241,9 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 			return nil, err
 		}
 		defer lock.Close() // after the database, deferred below
+		if err := createPrivate(path); err != nil {
+			return nil, err
+		}
 	}
 	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate")
 	if err != nil {

@@ -67,3 +67,62 @@ func TestOpen_Exclusive(t *testing.T) {
 		t.Fatalf("the command after reopening: %+v", c)
 	}
 }
+
+// TestOpen_PrivateFiles: a database spin-broker creates, its -wal and -shm,
+// and its backups are readable by their owner only: they hold every
+// parameter in plain text. A database that exists keeps its mode.
+func TestOpen_PrivateFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.db")
+	db, err := store.Open(ctx, path, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, db, cmd("r", "a"))
+	for _, f := range []string{path, path + "-wal", path + "-shm", path + ".lock"} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want -rw-------", filepath.Base(f), st.Mode().Perm())
+		}
+	}
+	backup := filepath.Join(dir, "p.bak")
+	if err := db.Backup(ctx, backup); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(backup); err != nil || st.Mode().Perm() != 0o600 || st.Size() == 0 {
+		t.Errorf("the backup: %v %v", st, err)
+	}
+	// A backup that fails leaves no empty file behind to be taken for one.
+	garbage := filepath.Join(dir, "garbage.db")
+	if err := os.WriteFile(garbage, []byte(strings.Repeat("not a database ", 512)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	failed := filepath.Join(dir, "failed.bak")
+	if err := store.Backup(ctx, garbage, failed); err == nil {
+		t.Error("a backup of a file that is no database succeeded")
+	}
+	if _, err := os.Stat(failed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed backup left %s: %v", failed, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	again, err := store.Open(ctx, path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o640 {
+		t.Errorf("an existing database's mode changed: %v %v", st.Mode().Perm(), err)
+	}
+	if q, err := again.Queue(ctx, "r"); err != nil || q.Counts.Ready != 1 {
+		t.Fatalf("the reopened database: %+v %v", q, err)
+	}
+}

@@ -59,7 +59,15 @@ func Backup(ctx context.Context, path, dest string) error {
 		return err
 	}
 	defer conn.Close()
+	// The copy is as private as a database spin-broker creates: VACUUM
+	// INTO fills an empty file, keeping its mode.
+	f, err := os.OpenFile(dest, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("store: backup: %w", err)
+	}
+	f.Close()
 	if _, err := conn.ExecContext(ctx, `VACUUM INTO ?`, dest); err != nil {
+		os.Remove(dest) // a failed backup leaves nothing to mistake for one
 		return fmt.Errorf("store: backup to %s: %w", dest, interpretError(err))
 	}
 	return nil
