@@ -216,8 +216,30 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if err != nil {
 		return fmt.Errorf("store: migrations: %w", err)
 	}
+	if err := notNewer(ctx, p); err != nil {
+		return err
+	}
 	if _, err := p.Up(ctx); err != nil {
 		return fmt.Errorf("store: migrate: %w", interpretError(err))
+	}
+	return nil
+}
+
+// ErrNewerSchema is the error (matched with errors.Is) of a database whose
+// schema a newer spin-broker has migrated past what this build knows.
+var ErrNewerSchema = errors.New("the database's schema is newer than this build")
+
+// notNewer refuses a database migrated past this build's last migration: a
+// newer spin-broker upgraded it, and this one would run on a schema it does
+// not know (rolling a binary back after an upgrade).
+func notNewer(ctx context.Context, p *goose.Provider) error {
+	current, err := p.GetDBVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("store: read the schema version: %w", interpretError(err))
+	}
+	sources := p.ListSources()
+	if latest := sources[len(sources)-1].Version; current > latest {
+		return fmt.Errorf("store: %w: a newer spin-broker migrated it to version %d, and this build knows versions up to %d; run that spin-broker, or restore a backup taken before the upgrade", ErrNewerSchema, current, latest)
 	}
 	return nil
 }
@@ -244,6 +266,9 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 		if err := createPrivate(path); err != nil {
 			return nil, err
 		}
+	} else if _, err := os.Stat(path); err != nil {
+		// A status creates nothing.
+		return nil, fmt.Errorf("store: %w", err)
 	}
 	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate")
 	if err != nil {
@@ -252,6 +277,9 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 	defer db.Close()
 	p, err := goose.NewProvider(goose.DialectSQLite3, db, migrations.FS)
 	if err != nil {
+		return nil, err
+	}
+	if err := notNewer(ctx, p); err != nil {
 		return nil, err
 	}
 	if up {

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -124,5 +125,48 @@ func TestOpen_PrivateFiles(t *testing.T) {
 	}
 	if q, err := again.Queue(ctx, "r"); err != nil || q.Counts.Ready != 1 {
 		t.Fatalf("the reopened database: %+v %v", q, err)
+	}
+}
+
+// TestOpen_RefusesNewerSchema: a database a newer spin-broker migrated past
+// this build's last migration is refused, by serve's Open and by migrate,
+// rather than run on a schema this build does not know. A status of a
+// database that does not exist creates nothing.
+func TestOpen_RefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "n.db")
+	if _, err := store.Migrations(ctx, path, false); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("status of a missing database: %v", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a status created the database: %v", err)
+	}
+	st, err := store.Migrations(ctx, path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := st[len(st)-1].Version
+	raw, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`INSERT INTO goose_db_version (version_id, is_applied) VALUES (?, 1)`, latest+1); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	want := fmt.Sprintf("version %d, and this build knows versions up to %d", latest+1, latest)
+	for name, open := range map[string]func() error{
+		"open": func() error {
+			db, err := store.Open(ctx, path, store.Options{Exclusive: true})
+			if err == nil {
+				db.Close()
+			}
+			return err
+		},
+		"status":  func() error { _, err := store.Migrations(ctx, path, false); return err },
+		"migrate": func() error { _, err := store.Migrations(ctx, path, true); return err },
+	} {
+		if err := open(); !errors.Is(err, store.ErrNewerSchema) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want ErrNewerSchema saying %q", name, err, want)
+		}
 	}
 }
