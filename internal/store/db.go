@@ -112,7 +112,9 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 // only, when it does not exist yet: it holds every parameter in plain text,
 // and SQLite would create it (and then its -wal and -shm, which take the
 // database file's mode) readable by everyone the umask lets read. An
-// existing file keeps the mode its owner gave it.
+// existing file keeps the mode its owner gave it, and is not opened: closing
+// a descriptor of a database SQLite has open in this process would drop
+// SQLite's POSIX locks on it.
 func createPrivate(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
