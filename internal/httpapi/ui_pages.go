@@ -19,8 +19,33 @@ const recentPackages = 20
 
 type overviewPage struct {
 	Queues   []spinbroker.Queue
+	Agents   map[string]agentsView // by resource
 	Packages []spinbroker.Package
 	Chart    chart
+}
+
+// agentsView is what a page shows of the agents asking a queue for work.
+type agentsView struct {
+	agents
+	Started time.Time // when the broker started hearing polls
+	// Missing: work waits for a free slot, and no agent waits for it nor
+	// has asked for quietAfter.
+	Missing bool
+}
+
+// quietAfter is how long a queue with work for agents and nobody waiting
+// must have gone unasked before a page says that no agent is asking.
+const quietAfter = time.Minute
+
+func (u *ui) agentsView(q *spinbroker.Queue) agentsView {
+	a := agentsView{agents: u.s.agentsOf(q.Resource), Started: u.s.polls.started}
+	since := a.Started
+	if a.LastAsked != nil {
+		since = *a.LastAsked
+	}
+	a.Missing = a.Waiting == 0 && u.s.now().Sub(since) > quietAfter &&
+		!q.Paused && q.Counts.Ready > 0 && q.Counts.Leased < q.Concurrency
+	return a
 }
 
 func (u *ui) handleOverview(w http.ResponseWriter, r *http.Request) {
@@ -34,6 +59,10 @@ func (u *ui) handleOverview(w http.ResponseWriter, r *http.Request) {
 		if d.Queues, err = u.s.store.Queues(ctx); err != nil {
 			u.fail(w, r, err)
 			return
+		}
+		d.Agents = make(map[string]agentsView, len(d.Queues))
+		for i := range d.Queues {
+			d.Agents[d.Queues[i].Resource] = u.agentsView(&d.Queues[i])
 		}
 	}
 	if wantFragment(r, "packages") {
@@ -186,17 +215,11 @@ type queuePage struct {
 	Head    *spinbroker.Command
 	Backoff *time.Time // the head waits out a retry back-off until then
 	Status  string     // why the queue does or does not move, a keyword the template explains
-	Agents  agents     // whether agents are asking for work
-	Started time.Time  // when the broker started hearing polls
-	Quiet   bool       // no agent waits, and none has asked for a while
+	Agents  agentsView // whether agents are asking for work
 	Rows    []queueRow
 	After   int64
 	NextURL string
 }
-
-// quietAfter is how long a queue with work for agents and nobody waiting
-// must have gone unasked before its page says that no agent is asking.
-const quietAfter = time.Minute
 
 func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 	if !u.readable(w, r) {
@@ -223,12 +246,7 @@ func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 	if !backoff.IsZero() {
 		d.Backoff = &backoff
 	}
-	d.Agents, d.Started = u.s.agentsOf(res), u.s.polls.started
-	since := d.Started
-	if d.Agents.LastAsked != nil {
-		since = *d.Agents.LastAsked
-	}
-	d.Quiet = d.Agents.Waiting == 0 && u.s.now().Sub(since) > quietAfter
+	d.Agents = u.agentsView(q)
 	switch {
 	case q.Paused:
 		d.Status = "paused"

@@ -650,9 +650,10 @@ func TestUI_OpenPagesShowNoRole(t *testing.T) {
 	}
 }
 
-// TestUI_QueueAgents: a queue's page says whether agents are asking it for
-// work (waiting now, or when one last asked), and says so plainly when work
-// waits and no agent has asked for a minute; /metrics carries the same.
+// TestUI_QueueAgents: a queue's page and the overview say whether agents
+// are asking it for work (waiting now, or when one last asked), and say so
+// plainly when work waits and no agent has asked for a minute; /metrics
+// carries the same.
 func TestUI_QueueAgents(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	mustCreate(t, e, 1, true, nc(101, "", "q", "first", ""), nc(102, "", "q", "second", ""))
@@ -661,8 +662,12 @@ func TestUI_QueueAgents(t *testing.T) {
 	if strings.Contains(string(r.body), "is one running?") {
 		t.Error("a broker that just started already misses its agents")
 	}
+	if strings.Contains(string(e.get("/ui/").body), "none asking") {
+		t.Error("the overview flags a queue of a broker that just started")
+	}
 	e.clock.Add(2 * time.Minute)
 	wantHTML(t, e.get("/ui/queues/q"), 200, "No agent has asked for work since the broker started, 2m 0s ago: is one running?")
+	wantHTML(t, e.get("/ui/"), 200, `<span class="badge st-failed" title="Work waits and no agent has asked for it in a minute">none asking</span>`)
 
 	// An agent takes the first command over HTTP; the second is ready.
 	asked := e.clock.Now()
@@ -672,8 +677,10 @@ func TestUI_QueueAgents(t *testing.T) {
 	if strings.Contains(string(r.body), "is one running?") {
 		t.Error("the page misses an agent that just asked")
 	}
+	wantHTML(t, e.get("/ui/"), 200, `<span title="An agent last asked for work 0ms ago">0ms ago</span>`)
 	e.clock.Add(90 * time.Second)
 	wantHTML(t, e.get("/ui/queues/q"), 200, "No agent has asked for work in 1m 30s: is one running?")
+	wantHTML(t, e.get("/ui/"), 200, "none asking")
 
 	// An agent waiting in a long-poll on the emptied queue.
 	mustComplete(t, e, e.next("q"), true, "", "")
@@ -696,6 +703,7 @@ func TestUI_QueueAgents(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	wantHTML(t, e.get("/ui/queues/q"), 200, "1 waiting for work")
+	wantHTML(t, e.get("/ui/"), 200, "<td class=\"nowrap\">1 waiting</td>")
 	var last float64
 	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
 		if v, ok := strings.CutPrefix(line, `spinbroker_queue_last_poll_timestamp_seconds{resource="q"} `); ok {
