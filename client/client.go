@@ -77,6 +77,9 @@ func (c *Client) URL() string { return c.base.String() }
 type Error struct {
 	StatusCode int
 	Err        *spinbroker.Error
+	// RequestID is the broker's id of the request (X-Request-Id), the one
+	// its log line carries.
+	RequestID string
 }
 
 // Error implements the error interface.
@@ -165,7 +168,12 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		return resp.StatusCode, err
 	}
 	if resp.StatusCode >= 300 {
-		return resp.StatusCode, decodeError(resp.StatusCode, data)
+		err := decodeError(resp.StatusCode, data)
+		var ce *Error
+		if errors.As(err, &ce) {
+			ce.RequestID = resp.Header.Get("X-Request-Id")
+		}
+		return resp.StatusCode, err
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.Unmarshal(data, out); err != nil {

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,6 +92,18 @@ func TestFaults_DiskFull(t *testing.T) {
 		t.Fatalf("reads must work on a full disk: %v", err)
 	}
 	waitLog(t, b, "database unavailable")
+	// The refusal names the request, and the broker's log line has that id.
+	var ce *client.Error
+	if !errors.As(full, &ce) || len(ce.RequestID) != 16 {
+		t.Fatalf("the 503 carries no request id: %#v", full)
+	}
+	waitLog(t, b, "request_id="+ce.RequestID)
+	r := spin(t, "message", "new", "--url", b.url)
+	m := regexp.MustCompile(`\(unavailable, request ([0-9a-f]{16})\)`).FindStringSubmatch(r.stderr)
+	if r.code != 1 || m == nil {
+		t.Fatalf("the CLI on a full disk does not name the request: %s", r)
+	}
+	waitLog(t, b, "request_id="+m[1])
 
 	// The disk recovers: writes work again, without a restart.
 	if err := os.Remove(filler); err != nil {

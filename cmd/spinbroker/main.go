@@ -87,6 +87,10 @@ func (e *usageError) Error() string { return e.err.Error() }
 func describe(err error) string {
 	var ce *client.Error
 	if errors.As(err, &ce) {
+		if ce.StatusCode >= 500 && ce.RequestID != "" {
+			// The broker's side of it is in its log, under this id.
+			return fmt.Sprintf("%s (%s, request %s)", ce.Err.Message, ce.Err.Code, ce.RequestID)
+		}
 		return fmt.Sprintf("%s (%s)", ce.Err.Message, ce.Err.Code)
 	}
 	if client.Temporary(err) {

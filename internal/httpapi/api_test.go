@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -436,5 +437,50 @@ func TestAPI_AnswersCarryTheirLength(t *testing.T) {
 	}
 	if len(r.body) < 16<<10 {
 		t.Fatalf("the answer is %d bytes; the test wants one larger than the server's write buffer", len(r.body))
+	}
+}
+
+// TestAPI_RequestID: every answer carries X-Request-Id, the id its log line
+// has: the client's when it sent a short printable one, else a new one.
+func TestAPI_RequestID(t *testing.T) {
+	var log lockedBuffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	hex16 := regexp.MustCompile(`^[0-9a-f]{16}$`)
+	ids := map[string]bool{}
+	for _, c := range []struct{ given, want string }{
+		{"", ""},
+		{"trace-4bf92f3577b34da6", "trace-4bf92f3577b34da6"},
+		{"has a space", ""},
+		{strings.Repeat("x", 65), ""},
+		{"tab\there", ""},
+	} {
+		var r response
+		if c.given == "" {
+			r = e.do("GET", "/queues", "")
+		} else {
+			r = e.do("GET", "/queues", "", "X-Request-Id", c.given)
+		}
+		got := r.header.Get("X-Request-Id")
+		if c.want != "" && got != c.want || c.want == "" && !hex16.MatchString(got) {
+			t.Errorf("X-Request-Id %q answered %q", c.given, got)
+		}
+		if ids[got] {
+			t.Errorf("request id %q given twice", got)
+		}
+		ids[got] = true
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for id := range ids {
+		for !strings.Contains(log.String(), `"request_id":"`+id+`"`) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no log line has request_id %q:\n%s", id, log.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// An error answer carries one too.
+	r := e.do("GET", "/packages/"+fixedID(999), "")
+	if r.status != 404 || !hex16.MatchString(r.header.Get("X-Request-Id")) {
+		t.Errorf("a 404 without a request id: %d %v", r.status, r.header)
 	}
 }

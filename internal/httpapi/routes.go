@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -143,6 +145,8 @@ const defaultWriteTimeout = 30 * time.Second
 func (s *Server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		id := requestID(r.Header.Get("X-Request-Id"))
+		w.Header().Set("X-Request-Id", id)
 		sw := &statusWriter{ResponseWriter: w}
 		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
 		next.ServeHTTP(sw, r)
@@ -157,13 +161,25 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			return
 		}
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
-			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr}
+			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id}
 		if sw.token != nil {
 			// Who did it, for an audit: the token's name and id, never its secret.
 			attrs = append(attrs, "token", sw.token.Name, "token_id", sw.token.ID)
 		}
 		s.log.Log(r.Context(), level, "request", attrs...)
 	})
+}
+
+// requestID is the id a request is logged and answered under
+// (X-Request-Id): the client's, when it sent a short printable one, so that
+// a proxy's or a client's id finds the broker's log line; else a new one.
+func requestID(given string) string {
+	if given != "" && len(given) <= 64 && !strings.ContainsFunc(given, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return given
+	}
+	var b [8]byte
+	rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
 }
 
 // crossOrigin refuses state-changing requests that a browser sends on behalf
