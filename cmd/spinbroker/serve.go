@@ -42,6 +42,7 @@ type serveConfig struct {
 	check           bool
 	pprofAddr       string
 	headerTimeout   time.Duration
+	maxWrites       int
 }
 
 // defaultGCPercent is the GOGC serve runs with when none is set: about 5
@@ -95,6 +96,7 @@ GOGC environment variable says otherwise.`,
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
+	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside); others wait up to 10s for a turn, then get 503")
 	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof) on this address, e.g. localhost:6060; keep it off the network")
 	return cmd
 }
@@ -163,6 +165,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return &usageError{cmd: "spinbroker serve", err: errors.New("--tls-cert and --tls-key go together")}
 	}
+	if c.maxWrites < 1 {
+		return &usageError{cmd: "spinbroker serve", err: fmt.Errorf("--max-writes must be at least 1, not %d", c.maxWrites)}
+	}
 
 	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log, Exclusive: true})
 	if errors.Is(err, store.ErrInUse) {
@@ -185,7 +190,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Info("integrity check passed", "db", c.db, "duration", time.Since(start).Round(time.Millisecond))
 	}
 
-	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen})
+	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites})
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: c.headerTimeout,  // slow headers (slowloris) are cut off

@@ -484,3 +484,53 @@ func TestAPI_RequestID(t *testing.T) {
 		t.Errorf("a 404 without a request id: %d %v", r.status, r.header)
 	}
 }
+
+// TestAPI_WritesTakeTurns: past MaxWrites state-changing requests at once,
+// another waits MaxWriteWait for a turn and is then answered 503 with
+// Retry-After; reads, next and claim are not held back; once a turn frees,
+// writes go through again.
+func TestAPI_WritesTakeTurns(t *testing.T) {
+	e := newEnv(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 50 * time.Millisecond})
+	// A create whose body has not all arrived holds the one turn.
+	body, feed := io.Pipe()
+	first := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", e.srv.URL+"/packages", body)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := e.srv.Client().Do(req)
+		if err != nil {
+			first <- -1
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	feed.Write([]byte(`{"commands": [{"resource": "q", `))
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(string(e.do("GET", "/metrics", "").body), "\nspinbroker_http_writes_in_flight 1\n") {
+		if time.Now().After(deadline) {
+			t.Fatal("the first create never took its turn")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	r := e.do("POST", "/packages", `{"commands": [{"resource": "q", "action": "second"}]}`)
+	e.want(r, 503, spinbroker.EUNAVAILABLE)
+	if r.header.Get("Retry-After") == "" || !strings.Contains(r.code()+string(r.body), "retry shortly") {
+		t.Errorf("the refusal: %v %s", r.header, r.body)
+	}
+	e.want(e.do("GET", "/queues", ""), 200, "")
+	if r := e.do("POST", "/queues/q/next", ""); r.status != 204 {
+		t.Errorf("next waited for a write's turn: %d %s", r.status, r.body)
+	}
+
+	feed.Write([]byte(`"action": "first"}], "enqueue": true}`))
+	feed.Close()
+	if status := <-first; status != 201 {
+		t.Fatalf("the first create answered %d", status)
+	}
+	e.createPackage(`[{"resource": "q", "action": "third"}]`, true)
+	if c := e.next("q"); c == nil || c.Action != "first" {
+		t.Fatalf("after the turns: %+v", c)
+	}
+}

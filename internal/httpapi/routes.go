@@ -29,23 +29,25 @@ func (s *Server) routes() chi.Router {
 
 	// Flat routes, not sub-routers: the 405 handler asks the tree which
 	// methods a path allows, and a mounted sub-router claims them all.
+	// Writes take a turn (limitWrites); next and claim wait on their queue.
+	w := r.With(s.limitWrites)
 	r.Get("/packages", s.handlePackageList)
-	r.Post("/packages", s.handlePackageCreate)
+	w.Post("/packages", s.handlePackageCreate)
 	r.Get("/packages/{id}", s.handlePackageGet)
-	r.Delete("/packages/{id}", s.handlePackageDelete)
-	r.Post("/packages/{id}/commands", s.handleCommandAdd)
-	r.Post("/packages/{id}/enqueue", s.handlePackageEnqueue)
-	r.Post("/packages/{id}/cancel", s.handlePackageCancel)
+	w.Delete("/packages/{id}", s.handlePackageDelete)
+	w.Post("/packages/{id}/commands", s.handleCommandAdd)
+	w.Post("/packages/{id}/enqueue", s.handlePackageEnqueue)
+	w.Post("/packages/{id}/cancel", s.handlePackageCancel)
 
-	r.Post("/commands/complete", s.handleCommandCompleteBatch)
+	w.Post("/commands/complete", s.handleCommandCompleteBatch)
 	r.Get("/commands/{id}", s.handleCommandGet)
-	r.Post("/commands/{id}/heartbeat", s.handleCommandHeartbeat)
-	r.Post("/commands/{id}/complete", s.handleCommandComplete)
-	r.Post("/commands/{id}/retry", s.handleCommandRetry)
+	w.Post("/commands/{id}/heartbeat", s.handleCommandHeartbeat)
+	w.Post("/commands/{id}/complete", s.handleCommandComplete)
+	w.Post("/commands/{id}/retry", s.handleCommandRetry)
 
 	r.Get("/queues", s.handleQueueList)
 	r.Get("/queues/{resource}", s.handleQueueGet)
-	r.Patch("/queues/{resource}", s.handleQueueSet)
+	w.Patch("/queues/{resource}", s.handleQueueSet)
 	r.Post("/queues/{resource}/next", s.handleQueueNext)
 	r.Post("/queues/{resource}/claim", s.handleQueueClaim)
 	s.mountUI(r)
@@ -167,6 +169,33 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			attrs = append(attrs, "token", sw.token.Name, "token_id", sw.token.ID)
 		}
 		s.log.Log(r.Context(), level, "request", attrs...)
+	})
+}
+
+// limitWrites serves a state-changing request once fewer than MaxWrites
+// are being served; it waits up to MaxWriteWait for a turn, then answers 503
+// unavailable (with Retry-After), which clients retry. Each request holds
+// its decoded body while it waits for the store's writer, so a flood would
+// otherwise take as much memory as it sends.
+func (s *Server) limitWrites(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case s.writes <- struct{}{}:
+		default:
+			t := time.NewTimer(s.opts.MaxWriteWait)
+			select {
+			case s.writes <- struct{}{}:
+				t.Stop()
+			case <-t.C:
+				s.writeError(w, r, errorf(spinbroker.EUNAVAILABLE, "the broker is busy: %d writes are in progress and this one waited %s for a turn; retry shortly", cap(s.writes), s.opts.MaxWriteWait))
+				return
+			case <-r.Context().Done():
+				t.Stop()
+				return // the client is gone
+			}
+		}
+		defer func() { <-s.writes }()
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -73,6 +73,13 @@ type Options struct {
 	// database is asked again (default 5s); revocation takes effect within
 	// it.
 	TokenCacheTTL time.Duration
+	// MaxWrites is how many state-changing requests are served at once
+	// (default 256; next and claim are not counted, they wait on queues).
+	// The others wait up to MaxWriteWait (default 10s) for a turn, then
+	// are answered 503 unavailable: a flood of large creates queues in
+	// bounded memory, not in the whole heap.
+	MaxWrites    int
+	MaxWriteWait time.Duration
 }
 
 // Server is the HTTP API over a Store.
@@ -83,6 +90,7 @@ type Server struct {
 	now      func() time.Time
 	notifier *notifier
 	polls    *polls
+	writes   chan struct{} // a token per state-changing request being served
 	hub      *hub
 	metrics  *metrics
 	tokens   *tokenCache
@@ -108,6 +116,12 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 	if opts.TokenCacheTTL <= 0 {
 		opts.TokenCacheTTL = 5 * time.Second
 	}
+	if opts.MaxWrites <= 0 {
+		opts.MaxWrites = 256
+	}
+	if opts.MaxWriteWait <= 0 {
+		opts.MaxWriteWait = 10 * time.Second
+	}
 	s := &Server{
 		store:    st,
 		log:      logger,
@@ -115,11 +129,15 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 		now:      opts.Now,
 		notifier: newNotifier(),
 		polls:    newPolls(opts.Now()),
+		writes:   make(chan struct{}, opts.MaxWrites),
 		quit:     make(chan struct{}),
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
 	s.metrics = newMetrics(opts.Registry, st, s.agentsOf)
+	opts.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_writes_in_flight",
+		Help: "State-changing requests being served now (next and claim aside); at --max-writes, others wait."},
+		func() float64 { return float64(len(s.writes)) }))
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s
