@@ -35,7 +35,7 @@ build: ## Build spinbroker, sa-host-path and sa-emulation into ./bin (VERSION=v1
 	$(GO) build $(BUILDFLAGS) -o bin/ ./cmd/...
 
 .PHONY: deps
-deps: ## Install what the tests need and the machine lacks (Chromium, QEMU)
+deps: ## Install what the tests need and the machine lacks (Chromium, QEMU, systemd-analyze)
 	@bash scripts/install-test-deps.sh
 
 .PHONY: test
