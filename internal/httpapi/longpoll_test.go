@@ -262,7 +262,7 @@ func TestPolls_Bounded(t *testing.T) {
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	p := newPolls(start)
 	for i := 0; i <= maxPolled; i++ {
-		p.saw(fmt.Sprintf("r%d", i), start.Add(time.Duration(i)*time.Second))
+		p.saw(fmt.Sprintf("r%d", i), ask{At: start.Add(time.Duration(i) * time.Second)})
 	}
 	if len(p.last) != maxPolled {
 		t.Fatalf("%d queues remembered, want %d", len(p.last), maxPolled)
@@ -270,12 +270,28 @@ func TestPolls_Bounded(t *testing.T) {
 	if _, ok := p.lastAsked("r0"); ok {
 		t.Error("the queue asked longest ago is still remembered")
 	}
-	if at, ok := p.lastAsked(fmt.Sprintf("r%d", maxPolled)); !ok || !at.Equal(start.Add(maxPolled*time.Second)) {
-		t.Errorf("the last queue asked: %v %v", at, ok)
+	if q, ok := p.lastAsked(fmt.Sprintf("r%d", maxPolled)); !ok || !q.At.Equal(start.Add(maxPolled*time.Second)) {
+		t.Errorf("the last queue asked: %v %v", q, ok)
 	}
 	// Asking a remembered queue again forgets nothing.
-	p.saw("r1", start.Add(time.Hour))
+	p.saw("r1", ask{At: start.Add(time.Hour)})
 	if _, ok := p.lastAsked("r2"); !ok || len(p.last) != maxPolled {
 		t.Error("asking a known queue again forgot another")
+	}
+}
+
+// TestAskOf: what an ask keeps of its request is the client's words, cut
+// to printable text, cut at 80 bytes.
+func TestAskOf(t *testing.T) {
+	r := httptest.NewRequest("POST", "/queues/q/next", nil)
+	r.RemoteAddr = "10.1.2.3:40000"
+	r.Header.Set("User-Agent", "sa-host-path/1\x00\n<script>"+strings.Repeat("x", 200)+"\xff")
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	q := askOf(r, now)
+	if q.From != "10.1.2.3" || !q.At.Equal(now) || q.Token != "" {
+		t.Errorf("ask: %+v", q)
+	}
+	if !strings.HasPrefix(q.By, "sa-host-path/1<script>xxx") || len(q.By) > 80+len("…") || strings.ContainsAny(q.By, "\x00\n") {
+		t.Errorf("the program: %q", q.By)
 	}
 }

@@ -1,8 +1,14 @@
 package httpapi
 
 import (
+	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+
+	spinbroker "github.com/spin-broker/spinbroker"
 )
 
 // polls remembers when agents last asked each queue for work (next or
@@ -11,8 +17,16 @@ import (
 // memory only: after a restart the broker knows of no poll before it.
 type polls struct {
 	mu      sync.Mutex
-	last    map[string]time.Time
+	last    map[string]ask
 	started time.Time // when the broker started listening for polls
+}
+
+// ask is one agent's asking a queue for work.
+type ask struct {
+	At    time.Time
+	By    string // the program, from its User-Agent (sa-host-path/1)
+	Token string // the name of the token it asked with, when auth is on
+	From  string // the host it asked from
 }
 
 // maxPolled bounds the queues remembered; past it, the one asked longest
@@ -20,30 +34,54 @@ type polls struct {
 const maxPolled = 10000
 
 func newPolls(now time.Time) *polls {
-	return &polls{last: map[string]time.Time{}, started: now}
+	return &polls{last: map[string]ask{}, started: now}
 }
 
-// saw records that resource was asked for work at now.
-func (p *polls) saw(resource string, now time.Time) {
+// saw records that resource was asked for work.
+func (p *polls) saw(resource string, q ask) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.last[resource]; !ok && len(p.last) >= maxPolled {
 		oldest, first := "", time.Time{}
-		for r, t := range p.last {
-			if oldest == "" || t.Before(first) {
-				oldest, first = r, t
+		for r, l := range p.last {
+			if oldest == "" || l.At.Before(first) {
+				oldest, first = r, l.At
 			}
 		}
 		delete(p.last, oldest)
 	}
-	p.last[resource] = now
+	p.last[resource] = q
 }
 
-// lastAsked is when resource was last asked for work, if it was since the
-// broker started.
-func (p *polls) lastAsked(resource string) (time.Time, bool) {
+// lastAsked is the last time resource was asked for work, if it was since
+// the broker started.
+func (p *polls) lastAsked(resource string) (ask, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	t, ok := p.last[resource]
-	return t, ok
+	q, ok := p.last[resource]
+	return q, ok
+}
+
+// askOf describes the request r asking for work at now: its program, its
+// token and its host, each cut short (they are the client's words).
+func askOf(r *http.Request, now time.Time) ask {
+	q := ask{At: now, By: clean(r.UserAgent()), From: r.RemoteAddr}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		q.From = host
+	}
+	if id := identityOf(r); id != anonymous {
+		q.Token = clean(id.token.Name)
+	}
+	return q
+}
+
+// clean keeps the printable part of a client's string, cut at 80 bytes.
+func clean(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return -1
+	}, strings.ToValidUTF8(s, ""))
+	return spinbroker.Truncate(s, 80)
 }

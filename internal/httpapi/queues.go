@@ -192,7 +192,7 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 // returns early, without error, when the client goes away or the server
 // shuts down.
 func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
-	s.polls.saw(resource, s.now())
+	s.polls.saw(resource, askOf(r, s.now()))
 	wait = min(wait, spinbroker.MaxWait)
 	deadline := time.Now().Add(wait)
 	if wait > 0 {

@@ -149,12 +149,13 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 type agents struct {
 	Waiting   int
 	LastAsked *time.Time
+	Last      ask // who asked last, when LastAsked is set
 }
 
 func (s *Server) agentsOf(resource string) agents {
 	a := agents{Waiting: s.notifier.waiting(resource)}
-	if t, ok := s.polls.lastAsked(resource); ok {
-		a.LastAsked = &t
+	if q, ok := s.polls.lastAsked(resource); ok {
+		a.LastAsked, a.Last = &q.At, q
 	}
 	return a
 }

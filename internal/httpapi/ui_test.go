@@ -673,7 +673,8 @@ func TestUI_QueueAgents(t *testing.T) {
 	asked := e.clock.Now()
 	mustComplete(t, e, e.next("q"), true, "", "")
 	r = e.get("/ui/queues/q")
-	wantHTML(t, r, 200, "1 ready; the head of line", `last asked <time datetime="`+asked.UTC().Format(time.RFC3339))
+	wantHTML(t, r, 200, "1 ready; the head of line", `last asked <time datetime="`+asked.UTC().Format(time.RFC3339),
+		"by <code>Go-http-client/1.1</code> from 127.0.0.1")
 	if strings.Contains(string(r.body), "is one running?") {
 		t.Error("the page misses an agent that just asked")
 	}
@@ -715,4 +716,26 @@ func TestUI_QueueAgents(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestUI_QueueAgentsToken: with auth on, the queue page names the token the
+// last agent asked with.
+func TestUI_QueueAgentsToken(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	_, agentSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "storage", "storage-host-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, viewer, err := e.db.CreateToken(ctx, spinbroker.RoleViewer, "", "ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, e, 1, true, nc(101, "", "storage", "first", ""))
+	agent := *e
+	agent.token = agentSecret
+	if c := agent.next("storage"); c == nil {
+		t.Fatal("the agent got nothing")
+	}
+	wantHTML(t, e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer), 200,
+		"with token <code>storage-host-a</code> from 127.0.0.1")
 }
