@@ -168,8 +168,8 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(queuePausedDesc, prometheus.GaugeValue, paused, q.Resource)
 		a := c.agentsOf(q.Resource)
 		ch <- prometheus.MustNewConstMetric(queueWaitingDesc, prometheus.GaugeValue, float64(a.Waiting), q.Resource)
-		if a.LastAsked != nil {
-			ch <- prometheus.MustNewConstMetric(queueAskedDesc, prometheus.GaugeValue, float64(a.LastAsked.UnixNano())/1e9, q.Resource)
+		if a.Last != nil {
+			ch <- prometheus.MustNewConstMetric(queueAskedDesc, prometheus.GaugeValue, float64(a.Last.At.UnixNano())/1e9, q.Resource)
 		}
 	}
 }

@@ -144,18 +144,17 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 }
 
 // agents says whether agents are asking a queue for work: how many
-// long-polls wait on it now, and when it was last asked, if it was since
+// long-polls wait on it now, and who asked last and when, if one did since
 // the broker started.
 type agents struct {
-	Waiting   int
-	LastAsked *time.Time
-	Last      ask // who asked last, when LastAsked is set
+	Waiting int
+	Last    *ask
 }
 
 func (s *Server) agentsOf(resource string) agents {
 	a := agents{Waiting: s.notifier.waiting(resource)}
 	if q, ok := s.polls.lastAsked(resource); ok {
-		a.LastAsked, a.Last = &q.At, q
+		a.Last = &q
 	}
 	return a
 }

@@ -40,8 +40,8 @@ const quietAfter = time.Minute
 func (u *ui) agentsView(q *spinbroker.Queue) agentsView {
 	a := agentsView{agents: u.s.agentsOf(q.Resource), Started: u.s.polls.started}
 	since := a.Started
-	if a.LastAsked != nil {
-		since = *a.LastAsked
+	if a.Last != nil {
+		since = a.Last.At
 	}
 	a.Missing = a.Waiting == 0 && u.s.now().Sub(since) > quietAfter &&
 		!q.Paused && q.Counts.Ready > 0 && q.Counts.Leased < q.Concurrency
