@@ -86,17 +86,10 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("store: database path %q must be a file name without '?' or '#'", path)
 	}
 	if !opts.Exclusive {
-		if err := createPrivate(path); err != nil {
-			return nil, err
-		}
 		return open(ctx, path, opts)
 	}
 	lock, err := lockExclusive(path)
 	if err != nil {
-		return nil, err
-	}
-	if err := createPrivate(path); err != nil {
-		lock.Close()
 		return nil, err
 	}
 	db, err := open(ctx, path, opts)
@@ -150,6 +143,9 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		opts.CacheKiB = 8 << 10
 	}
 
+	if err := createPrivate(path); err != nil {
+		return nil, err
+	}
 	// Pragmas go in the DSN so that every connection the pool opens gets
 	// them, not just the one an Exec happens to reach.
 	base := "file:" + (&url.URL{Path: path}).EscapedPath() + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
