@@ -594,15 +594,9 @@ func (m *model) opComplete() {
 	if c == nil {
 		return
 	}
-	ok := m.rnd.IntN(3) > 0
-	retry := !ok && m.rnd.IntN(2) == 0
-	reason := fmt.Sprintf("reason %d", m.step)
-	token := c.token
-	stale := m.rnd.IntN(12) == 0
-	if stale {
-		token = "stale-token"
-	}
-	_, err := m.db.Complete(ctx, c.id, spinbroker.Result{Status: &ok, Retry: retry, Lease: token, Reason: &reason})
+	res, stale := m.randomResult(c, 2)
+	ok, retry, reason := *res.Status, res.Retry, *res.Reason
+	_, err := m.db.Complete(ctx, c.id, res)
 	m.logf("complete %s ok=%v retry=%v stale=%v → %v", short(c.id), ok, retry, stale, err)
 	if stale {
 		if spinbroker.ErrorCode(err) != spinbroker.ESTALE {
@@ -629,15 +623,8 @@ func (m *model) opCompleteBatch() {
 		if c.state != spinbroker.Leased || len(items) == 4 || m.rnd.IntN(2) == 0 {
 			continue
 		}
-		ok := m.rnd.IntN(3) > 0
-		retry := !ok && m.rnd.IntN(4) == 0
-		reason := fmt.Sprintf("reason %d", m.step)
-		token := c.token
-		s := m.rnd.IntN(12) == 0
-		if s {
-			token = "stale-token"
-		}
-		items = append(items, spinbroker.BatchResult{ID: c.id, Result: spinbroker.Result{Status: &ok, Retry: retry, Lease: token, Reason: &reason}})
+		res, s := m.randomResult(c, 4)
+		items = append(items, spinbroker.BatchResult{ID: c.id, Result: res})
 		cs = append(cs, c)
 		stale = append(stale, s)
 	}
@@ -664,6 +651,21 @@ func (m *model) opCompleteBatch() {
 		r := items[i].Result
 		m.completeModel(c, *r.Status, r.Retry, *r.Reason)
 	}
+}
+
+// randomResult draws an agent's result for leased command c: a success two
+// times in three, a failure asking for a retry one time in retryIn, and one
+// time in twelve a stale lease (reported too).
+func (m *model) randomResult(c *mcmd, retryIn int) (res spinbroker.Result, stale bool) {
+	ok := m.rnd.IntN(3) > 0
+	retry := !ok && m.rnd.IntN(retryIn) == 0
+	reason := fmt.Sprintf("reason %d", m.step)
+	token := c.token
+	stale = m.rnd.IntN(12) == 0
+	if stale {
+		token = "stale-token"
+	}
+	return spinbroker.Result{Status: &ok, Retry: retry, Lease: token, Reason: &reason}, stale
 }
 
 func (m *model) completeModel(c *mcmd, ok, retry bool, reason string) {
