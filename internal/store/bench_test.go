@@ -128,11 +128,17 @@ func BenchmarkNext(b *testing.B) {
 // complete each command. It reports commands per second.
 func BenchmarkCycle(b *testing.B) {
 	for _, bc := range []struct {
-		name string
-		sync string
-		seed bool
-	}{{"sync=normal", "normal", false}, {"sync=full", "full", false}, {"seed/sync=normal", "normal", true}} {
-		sync, seed := bc.sync, bc.seed
+		name  string
+		sync  string
+		seed  bool
+		chain bool // each command depends on the one before it
+	}{
+		{"sync=normal", "normal", false, false},
+		{"sync=full", "full", false, false},
+		{"seed/sync=normal", "normal", true, false},
+		{"chain/sync=normal", "normal", false, true},
+	} {
+		sync, seed, chain := bc.sync, bc.seed, bc.chain
 		b.Run(bc.name, func(b *testing.B) {
 			db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Sync: sync, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
@@ -142,7 +148,14 @@ func BenchmarkCycle(b *testing.B) {
 			ctx := context.Background()
 			in := spinbroker.NewPackage{Enqueue: true}
 			for i := 0; i < 10; i++ {
-				in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "work", Action: "step", Parameters: []byte(`{"size":10}`)})
+				c := spinbroker.NewCommand{Resource: "work", Action: "step", Parameters: []byte(`{"size":10}`)}
+				if chain {
+					c.Key = fmt.Sprint("step", i)
+					if i > 0 {
+						c.Dependencies = []string{fmt.Sprint("step", i-1)}
+					}
+				}
+				in.Commands = append(in.Commands, c)
 			}
 			ok := true
 			b.ResetTimer()

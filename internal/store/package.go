@@ -351,22 +351,23 @@ func (db *DB) Enqueue(ctx context.Context, pkgID string) (pkg *spinbroker.Packag
 
 // qEnqueue numbers a package's staged commands (?1 is the first sequence
 // number), counts what each waits for, and makes ready those that wait for
-// nothing, in one pass. A command without dependencies skips the count.
-const qEnqueue = `UPDATE commands SET
-		seq = ?1 + pos,
+// nothing, in one pass. The count is taken once per command, in a
+// materialized CTE (a correlated subquery in SET, or in a FROM that SQLite
+// flattens, runs once per column that uses it); a command without
+// dependencies skips it.
+const qEnqueue = `WITH p AS MATERIALIZED (
+		SELECT c.id, CASE WHEN c.n_deps = 0 THEN 0 ELSE (
+			SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
+			WHERE d.command_id = c.id AND x.state <> 'succeeded') END AS n
+		FROM commands c WHERE c.package_id = ?3 AND c.state = 'staged')
+	UPDATE commands SET
+		seq = ?1 + commands.pos,
 		enqueued_at = ?2,
-		pending_deps = CASE WHEN n_deps = 0 THEN 0 ELSE (` + qPendingDeps + `) END,
-		state = CASE WHEN (n_deps = 0 OR (` + qPendingDeps + `) = 0) AND coalesce(not_before, 0) <= ?2
-			THEN 'ready' ELSE 'blocked' END,
-		ready_at = CASE WHEN (n_deps = 0 OR (` + qPendingDeps + `) = 0) AND coalesce(not_before, 0) <= ?2
-			THEN ?2 END
-	WHERE package_id = ?3 AND state = 'staged'
-	RETURNING id, resource, state`
-
-// qPendingDeps counts the dependencies of the command being updated that
-// have not succeeded.
-const qPendingDeps = `SELECT count(*) FROM command_deps d JOIN commands x ON x.id = d.depends_on
-			WHERE d.command_id = commands.id AND x.state <> 'succeeded'`
+		pending_deps = p.n,
+		state = CASE WHEN p.n = 0 AND coalesce(commands.not_before, 0) <= ?2 THEN 'ready' ELSE 'blocked' END,
+		ready_at = CASE WHEN p.n = 0 AND coalesce(commands.not_before, 0) <= ?2 THEN ?2 END
+	FROM p WHERE commands.id = p.id
+	RETURNING commands.id, commands.resource, commands.state`
 
 // stagingOf reads what adding to or enqueuing a package depends on: how
 // many commands it has, and whether it was enqueued or cancelled.

@@ -48,7 +48,7 @@ func TestPlans(t *testing.T) {
 		{"OldestReady", qOldestReady, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"QueueCommands", qQueueCommands, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_blocked (resource=? AND seq>?)", "SEARCH commands USING INDEX commands_ready (resource=? AND seq>?)", "commands_leased (resource=?)"}},
 		{"Release", qRelease, []any{1, "id"}, []string{"command_deps_depends_on (depends_on=?)"}},
-		{"Enqueue", qEnqueue, []any{1, 1, "p"}, []string{"SEARCH commands USING INDEX commands_package (package_id=?)", "SEARCH d USING"}},
+		{"Enqueue", qEnqueue, []any{1, 1, "p"}, []string{"SEARCH c USING INDEX commands_package (package_id=?)", "SEARCH d USING", "SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"Causer", qCauser, []any{"p"}, []string{"SEARCH commands USING INDEX commands_failures (package_id=?)"}},
 		{"Packages", qPackages, []any{1, "x", 50}, []string{"packages_created"}},
 		{"PackagesByState", qPackagesByState, []any{1, "x", 50, "queued"}, []string{"packages_state_created (state=?"}},
