@@ -27,7 +27,10 @@ type metrics struct {
 	handler     http.Handler
 }
 
-func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents) *metrics {
+// newMetrics registers the broker's metrics in reg. agentsOf says who asks
+// each queue for work; writes, how many state-changing requests hold a
+// write turn now.
+func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents, writes func() int) *metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spinbroker", Name: name, Help: help}, []string{"resource"})
 		reg.MustRegister(c)
@@ -64,6 +67,9 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 			Help: "Bytes on disk of the database file and its WAL."},
 			func() float64 { n, _ := sz.Size(); return float64(n) }))
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_writes_in_flight",
+		Help: "State-changing requests being served now (next and claim aside); at --max-writes, others wait."},
+		func() float64 { return float64(writes()) }))
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "build_info",
 		Help: "Always 1; its labels say which build of the broker is running."}, []string{"version", "revision", "goversion"})
 	v := version.Get()

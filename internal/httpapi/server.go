@@ -134,10 +134,7 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
-	s.metrics = newMetrics(opts.Registry, st, s.agentsOf)
-	opts.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_writes_in_flight",
-		Help: "State-changing requests being served now (next and claim aside); at --max-writes, others wait."},
-		func() float64 { return float64(len(s.writes)) }))
+	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) })
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s
