@@ -11,11 +11,14 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/spin-broker/spinbroker/internal/httpapi"
@@ -62,7 +65,9 @@ that it creates and migrates as needed.
 Without --auth it listens only on a loopback address (localhost, 127.0.0.1,
 ::1); anything else needs --auth, or --insecure to say you mean it.
 SIGINT or SIGTERM stop it gracefully: waiting long-polls are answered 204,
-requests in flight finish, the database is closed cleanly.
+requests in flight finish, the database is closed cleanly. With --tls-cert,
+the certificate is loaded again when its files change (a renewal) or on
+SIGHUP; a pair that does not load is logged and the one before it kept.
 
 One broker serves a database at a time: serve holds an advisory lock on
 <db>.lock (which names its pid) and refuses to start while another process
@@ -190,7 +195,32 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Info("integrity check passed", "db", c.db, "duration", time.Since(start).Round(time.Millisecond))
 	}
 
-	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites})
+	reg := prometheus.NewRegistry()
+	var certs *certReloader
+	if c.tlsCert != "" {
+		// Loaded before listening, so that a wrong file stops the start
+		// instead of the first connection.
+		if certs, err = newCertReloader(c.tlsCert, c.tlsKey, log); err != nil {
+			return fmt.Errorf("load the TLS certificate: %w", err)
+		}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "tls_certificate_expiry_timestamp_seconds",
+			Help: "When the TLS certificate being served expires (Unix seconds); it is loaded again when its files change or on SIGHUP."},
+			func() float64 { return float64(certs.NotAfter().Unix()) }))
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() { signal.Stop(hup); close(hup) }()
+	go func() {
+		for range hup {
+			if certs == nil {
+				log.Info("SIGHUP: nothing to reload (no --tls-cert)")
+			} else {
+				certs.Reload()
+			}
+		}
+	}()
+
+	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites, Registry: reg})
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: c.headerTimeout,  // slow headers (slowloris) are cut off
@@ -201,14 +231,8 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		// No WriteTimeout: each handler sets its own write deadline, so
 		// long-polls and event streams are not cut at a fixed time.
 	}
-	if c.tlsCert != "" {
-		// Loaded before listening, so that a wrong file stops the start
-		// instead of the first connection.
-		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return fmt.Errorf("load the TLS certificate: %w", err)
-		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if certs != nil {
+		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {

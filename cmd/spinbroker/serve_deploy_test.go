@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,15 +27,27 @@ import (
 // their files and a pool that trusts the certificate.
 func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	cert := writeSelfSigned(t, certFile, keyFile, 1)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+// writeSelfSigned writes a new key and a certificate for 127.0.0.1 with
+// the given serial number to certFile and keyFile.
+func writeSelfSigned(t *testing.T, certFile, keyFile string, serial int64) *x509.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
+		SerialNumber: big.NewInt(serial),
 		Subject:      pkix.Name{CommonName: "spin-broker test"},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
+		NotAfter:     time.Now().Add(time.Duration(serial) * time.Hour).Truncate(time.Second),
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
@@ -47,21 +61,17 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
+	return cert
 }
 
 // TestServe_TLS: with --tls-cert and --tls-key the broker answers HTTPS
@@ -106,6 +116,139 @@ func TestServe_TLS(t *testing.T) {
 	if strings.Contains(r.stderr, "cannot reach the broker") || strings.Contains(r.stderr, "listening") {
 		t.Fatalf("a missing certificate is told as something else: %s", r)
 	}
+}
+
+// TestServe_TLSRenewal: a renewed certificate is served without a restart,
+// on SIGHUP and when its files change; a pair that does not load leaves
+// the certificate before it in service; /metrics tells when the one served
+// expires.
+func TestServe_TLSRenewal(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeSelfSigned(t, certFile, keyFile, 1)
+	b := startBroker(t, filepath.Join(dir, "renew.db"), "--tls-cert", certFile, "--tls-key", keyFile)
+	// A new connection each time, without checking the chain: the test
+	// reads which certificate the broker presents.
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // reads the served certificate
+	served := func() (serial int64, metric string) {
+		t.Helper()
+		resp, err := hc.Get(b.url + "/metrics")
+		if err != nil {
+			t.Fatalf("metrics over TLS: %v\n%s", err, b.logs)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "spinbroker_tls_certificate_expiry_timestamp_seconds ") {
+				metric = strings.TrimPrefix(line, "spinbroker_tls_certificate_expiry_timestamp_seconds ")
+			}
+		}
+		return resp.TLS.PeerCertificates[0].SerialNumber.Int64(), metric
+	}
+	waitFor := func(want int64, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got, _ := served()
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the broker still serves certificate %d, not %d\n%s", what, got, want, b.logs)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if serial, _ := served(); serial != 1 {
+		t.Fatalf("the first certificate served is %d", serial)
+	}
+
+	// Renewed with the files' sizes and times as they were, so that only
+	// the signal can tell the broker.
+	oldCert, oldKey := stat(t, certFile), stat(t, keyFile)
+	var second *x509.Certificate
+	for i := 0; ; i++ {
+		second = writeSelfSigned(t, certFile, keyFile, 2)
+		if stat(t, certFile).Size() == oldCert.Size() && stat(t, keyFile).Size() == oldKey.Size() {
+			break
+		}
+		if i == 100 {
+			t.Fatal("no certificate of the same size")
+		}
+	}
+	for f, fi := range map[string]os.FileInfo{certFile: oldCert, keyFile: oldKey} {
+		if err := os.Chtimes(f, fi.ModTime(), fi.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * certCheckEvery)
+	if serial, _ := served(); serial != 1 {
+		t.Fatalf("files that look unchanged were loaded again (certificate %d served)", serial)
+	}
+	b.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(2, "after SIGHUP")
+	if _, metric := served(); metric != strconv.FormatInt(second.NotAfter.Unix(), 10) &&
+		metric != strconv.FormatFloat(float64(second.NotAfter.Unix()), 'e', -1, 64) {
+		t.Fatalf("the expiry metric is %q, the certificate expires at %d", metric, second.NotAfter.Unix())
+	}
+
+	// Renewed in place with no signal: the broker sees the files change.
+	writeSelfSigned(t, certFile, keyFile, 3)
+	waitFor(3, "after the files changed")
+
+	// A broken renewal: the broker says so and keeps serving the last good one.
+	if err := os.WriteFile(certFile, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(b.logs.String(), "could not load the TLS certificate") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no word of the broken certificate:\n%s", b.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if serial, _ := served(); serial != 3 {
+		t.Fatalf("after a broken renewal the broker serves certificate %d, not 3", serial)
+	}
+
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-b.done; err != nil {
+		t.Fatalf("exit: %v\n%s", err, b.logs)
+	}
+}
+
+// TestServe_SIGHUPWithoutTLS: SIGHUP, systemctl reload's signal, never
+// stops the broker, TLS or not.
+func TestServe_SIGHUPWithoutTLS(t *testing.T) {
+	b := startBroker(t, filepath.Join(t.TempDir(), "hup.db"))
+	b.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(b.logs.String(), "nothing to reload") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no word of the SIGHUP:\n%s", b.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get(b.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz after SIGHUP: %v %v\n%s", resp, err, b.logs)
+	}
+	resp.Body.Close()
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-b.done; err != nil {
+		t.Fatalf("exit: %v\n%s", err, b.logs)
+	}
+}
+
+func stat(t *testing.T, name string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
 }
 
 // TestServe_SystemdNotify: under a Type=notify unit (NOTIFY_SOCKET set),
