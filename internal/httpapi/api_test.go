@@ -57,6 +57,7 @@ func TestAPI_Errors(t *testing.T) {
 		{"BadWait", "POST", "/queues/r/next?wait=forever", ``, 400, spinbroker.EINVALID},
 		{"NegativeWait", "POST", "/queues/r/next?wait=-1s", ``, 400, spinbroker.EINVALID},
 		{"ShortLease", "POST", "/queues/r/next?lease=1ms", ``, 400, spinbroker.EINVALID},
+		{"ZeroLease", "POST", "/queues/r/next?lease=0s", ``, 400, spinbroker.EINVALID},
 		{"BadQueueName", "GET", "/queues/NOT%20OK", ``, 400, spinbroker.EINVALID},
 		{"BadLimit", "GET", "/packages?limit=lots", ``, 400, spinbroker.EINVALID},
 		{"BadState", "GET", "/packages?state=sleeping", ``, 400, spinbroker.EINVALID},

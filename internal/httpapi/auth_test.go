@@ -85,6 +85,13 @@ func TestAuth(t *testing.T) {
 		{"storage", "POST", "/commands/" + emuCmd.ID + "/heartbeat", `{"lease": "x"}`, 403},
 		{"storage", "POST", "/commands/" + emuCmd.ID + "/retry", "", 403},
 		{"storage", "GET", "/events", "", 403},
+		// A token that may not use a queue is refused before its name is
+		// judged (API.md, Errors: 403 before 400).
+		{"viewer", "POST", "/queues/BAD/next", "", 403},
+		{"client", "POST", "/queues/BAD/claim", `{"max": 1}`, 403},
+		{"storage", "POST", "/queues/BAD/next", "", 403},
+		{"client", "PATCH", "/queues/BAD", `{"paused": true}`, 403},
+		{"admin", "POST", "/queues/BAD/next", "", 400},
 		{"storage", "POST", "/commands/" + storageCmd.ID + "/complete", `{"status": true}`, 400}, // an agent must send its lease
 	}
 	for _, tt := range tests {

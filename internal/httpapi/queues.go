@@ -9,6 +9,18 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
+// queueAccess returns the resource in the path once the request's token may
+// do p on its queue. The permission comes first (API.md, Errors: 401/403
+// before 400): a token that may not use the queue learns nothing from the
+// name; an invalid name is a bad request.
+func (s *Server) queueAccess(r *http.Request, p permission) (string, error) {
+	res := chi.URLParam(r, "resource")
+	if err := s.allow(r, p, res); err != nil {
+		return "", err
+	}
+	return pathResource(r)
+}
+
 // pathResource returns the resource in the path; every valid name has a
 // queue, an invalid one is a bad request.
 func pathResource(r *http.Request) (string, error) {
@@ -44,10 +56,7 @@ func (s *Server) handleQueueList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQueueGet(w http.ResponseWriter, r *http.Request) {
-	res, err := pathResource(r)
-	if err == nil {
-		err = s.allow(r, permRead, res)
-	}
+	res, err := s.queueAccess(r, permRead)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -61,11 +70,7 @@ func (s *Server) handleQueueGet(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
-	if err := s.allow(r, permAdmin, ""); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res, err := pathResource(r)
+	res, err := s.queueAccess(r, permAdmin)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -83,37 +88,38 @@ func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, q)
 }
 
-// queryDuration parses an optional duration in the query string.
-func queryDuration(r *http.Request, name string) (time.Duration, error) {
+// queryDuration parses an optional duration in the query string; given
+// says whether it was there.
+func queryDuration(r *http.Request, name string) (d time.Duration, given bool, err error) {
 	v := r.URL.Query().Get(name)
 	if v == "" {
-		return 0, nil
+		return 0, false, nil
 	}
-	d, err := spinbroker.ParseDuration(v)
+	d, err = spinbroker.ParseDuration(v)
 	if err != nil {
-		return 0, errorf(spinbroker.EINVALID, "%s: %s", name, spinbroker.ErrorMessage(err))
+		return 0, false, errorf(spinbroker.EINVALID, "%s: %s", name, spinbroker.ErrorMessage(err))
 	}
 	if d < 0 {
-		return 0, errorf(spinbroker.EINVALID, "%s must not be negative", name)
+		return 0, false, errorf(spinbroker.EINVALID, "%s must not be negative", name)
 	}
-	return d, nil
+	return d, true, nil
 }
 
 func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
-	res, err := pathResource(r)
-	if err == nil {
-		err = s.allow(r, permDeliver, res)
-	}
+	res, err := s.queueAccess(r, permDeliver)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	wait, err := queryDuration(r, "wait")
+	wait, _, err := queryDuration(r, "wait")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	lease, err := queryDuration(r, "lease")
+	lease, given, err := queryDuration(r, "lease")
+	if err == nil && given {
+		err = spinbroker.CheckLease("lease", lease) // 0s too: the default is had by leaving it out
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -137,10 +143,7 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
-	res, err := pathResource(r)
-	if err == nil {
-		err = s.allow(r, permDeliver, res)
-	}
+	res, err := s.queueAccess(r, permDeliver)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
