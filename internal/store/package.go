@@ -40,41 +40,10 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		if id == "" {
 			id = newID()
 		}
-		direct, err := t.canEnqueueDirectly(in)
-		if err != nil {
-			return err
-		}
-		var enq *enqueueAt
-		if direct {
-			// Created enqueued: each command goes straight into its final
-			// state, sparing the staged→ready updates.
-			if enq, err = t.reserveSeqs(in.Commands); err != nil {
-				return err
-			}
-		}
-		if _, err := t.exec(`INSERT INTO packages (id, created_at, enqueued_at) VALUES (?, ?, ?)`, id, nanos(t.now), enq.enqueuedAt()); err != nil {
-			if isConstraint(err) {
-				return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already exists", id)
-			}
-			return err
-		}
-		t.commit.Packages = append(t.commit.Packages, id)
-		cmds := make([]spinbroker.Command, len(in.Commands))
-		for i := range in.Commands {
-			if cmds[i], err = t.addCommand(id, i, &in.Commands[i], enq); err != nil {
-				return err
-			}
-		}
-		if in.Enqueue && !direct {
-			// The general enqueue may cancel some commands: read the result.
-			if err := t.enqueue(id); err != nil {
-				return err
-			}
-			if pkg, err = t.readPackage(id); err != nil {
-				return err
-			}
-		} else {
-			pkg = createdPackage(id, cmds, enq, t.now)
+		if pkg, err = t.createPackage(id, in); err != nil {
+			// A bad dependency is a 400, and a 400 wins over the 409 of
+			// an id that exists (API.md, Errors).
+			return t.badDepsFirst(err, id, in.Commands, false)
 		}
 		return t.remember(idem, pkg)
 	})
@@ -82,6 +51,47 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		return nil, replay, err
 	}
 	return pkg, nil, nil
+}
+
+// createPackage creates package id with in's commands, enqueued if asked.
+func (t *Tx) createPackage(id string, in spinbroker.NewPackage) (pkg *spinbroker.Package, err error) {
+	direct, err := t.canEnqueueDirectly(in)
+	if err != nil {
+		return nil, err
+	}
+	var enq *enqueueAt
+	if direct {
+		// Created enqueued: each command goes straight into its final
+		// state, sparing the staged→ready updates.
+		if enq, err = t.reserveSeqs(in.Commands); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := t.exec(`INSERT INTO packages (id, created_at, enqueued_at) VALUES (?, ?, ?)`, id, nanos(t.now), enq.enqueuedAt()); err != nil {
+		if isConstraint(err) {
+			return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already exists", id)
+		}
+		return nil, err
+	}
+	t.commit.Packages = append(t.commit.Packages, id)
+	cmds := make([]spinbroker.Command, len(in.Commands))
+	for i := range in.Commands {
+		if cmds[i], err = t.addCommand(id, i, &in.Commands[i], enq); err != nil {
+			return nil, err
+		}
+	}
+	if in.Enqueue && !direct {
+		// The general enqueue may cancel some commands: read the result.
+		if err := t.enqueue(id); err != nil {
+			return nil, err
+		}
+		if pkg, err = t.readPackage(id); err != nil {
+			return nil, err
+		}
+	} else {
+		pkg = createdPackage(id, cmds, enq, t.now)
+	}
+	return pkg, nil
 }
 
 // AddCommand adds a command to a package in staging.
@@ -101,15 +111,17 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		if replay, err = t.idempotent(idem); replay != nil || err != nil {
 			return err
 		}
+		// A bad dependency is a 400, and a 400 wins over any 409 (API.md,
+		// Errors).
 		switch {
 		case cancelled:
-			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID)
+			return t.badDepsFirst(spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID), pkgID, []spinbroker.NewCommand{in}, true)
 		case enqueued:
-			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
+			return t.badDepsFirst(spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID), pkgID, []spinbroker.NewCommand{in}, true)
 		}
 		c, err := t.addCommand(pkgID, total, &in, nil)
 		if err != nil {
-			return err
+			return t.badDepsFirst(err, pkgID, []spinbroker.NewCommand{in}, true)
 		}
 		t.commit.Packages = append(t.commit.Packages, pkgID)
 		cmd = &c
@@ -334,6 +346,68 @@ func (t *Tx) resolveDep(pkgID, entry string) (id, state string, err error) {
 		return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(entry, 80), pkgID)
 	}
 	return id, state, err
+}
+
+// badDepsFirst returns the error of a bad dependency among cmds, added to
+// package pkgID, in place of err when err is a conflict: a request with
+// both is answered 400, not 409 (API.md, Errors: 400 before 409). The
+// transaction is failing either way; this reads and writes nothing. Keys
+// name earlier commands of the request, and, with inDB, the package's
+// commands already stored; ids name earlier commands of the request or
+// stored ones.
+func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand, inDB bool) error {
+	if spinbroker.ErrorCode(err) != spinbroker.ECONFLICT {
+		return err
+	}
+	keys := make(map[string]bool, len(cmds))
+	ids := make(map[string]bool, len(cmds))
+	for _, c := range cmds {
+		own := strings.ToLower(c.ID)
+		for _, d := range c.Dependencies {
+			if spinbroker.LooksLikeID(d) {
+				id := strings.ToLower(d)
+				if id == own {
+					return spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
+				}
+				if ids[id] {
+					continue
+				}
+				var one int
+				qerr := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
+				if isNoRows(qerr) {
+					return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %s names no existing command", id)
+				} else if qerr != nil {
+					return err
+				}
+				continue
+			}
+			if d == c.Key && c.Key != "" {
+				return spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
+			}
+			if keys[d] {
+				continue
+			}
+			found := false
+			if inDB {
+				var one int
+				qerr := t.queryRow(`SELECT 1 FROM commands WHERE package_id = ? AND key = ?`, pkgID, d).Scan(&one)
+				if qerr != nil && !isNoRows(qerr) {
+					return err
+				}
+				found = qerr == nil
+			}
+			if !found {
+				return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(d, 80), pkgID)
+			}
+		}
+		if c.Key != "" {
+			keys[c.Key] = true
+		}
+		if c.ID != "" {
+			ids[strings.ToLower(c.ID)] = true
+		}
+	}
+	return err
 }
 
 // Enqueue makes a staging package's commands visible to agents, all at once.

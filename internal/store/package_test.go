@@ -675,3 +675,79 @@ func TestDB_Queues(t *testing.T) {
 		t.Fatalf("queue commands: %s", got)
 	}
 }
+
+// TestDB_BadDependencyBeforeConflict: a request that is both a conflict
+// (an existing id, a package past staging) and names a dependency that
+// does not exist is answered for the dependency: API.md orders 400 before
+// 409. Without the bad dependency the conflict stands.
+func TestDB_BadDependencyBeforeConflict(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, keyed("a", "r", "x"))
+	existing := p.Commands[0].ID
+	unknownID := "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"
+
+	t.Run("AddToEnqueued", func(t *testing.T) {
+		_, _, err := db.AddCommand(ctx, p.ID, keyed("b", "r", "x", "nokey"), nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		_, _, err = db.AddCommand(ctx, p.ID, keyed("b", "r", "x", unknownID), nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		_, _, err = db.AddCommand(ctx, p.ID, keyed("b", "r", "x", "a"), nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	})
+	t.Run("AddToCancelled", func(t *testing.T) {
+		s, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.CancelPackage(ctx, s.ID); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = db.AddCommand(ctx, s.ID, cmd("r", "x", "nokey"), nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		_, _, err = db.AddCommand(ctx, s.ID, cmd("r", "x"), nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	})
+	t.Run("ExistingCommandID", func(t *testing.T) {
+		s, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := cmd("r", "x", "nokey")
+		c.ID = existing
+		_, _, err = db.AddCommand(ctx, s.ID, c, nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		c.Dependencies = []string{existing}
+		_, _, err = db.AddCommand(ctx, s.ID, c, nil)
+		wantCode(t, err, spinbroker.EINVALID) // itself
+		c.Dependencies = nil
+		_, _, err = db.AddCommand(ctx, s.ID, c, nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	})
+	t.Run("ExistingPackageID", func(t *testing.T) {
+		in := spinbroker.NewPackage{ID: p.ID, Commands: []spinbroker.NewCommand{keyed("a", "r", "x"), cmd("r", "x", "a", "nokey")}}
+		_, _, err := db.CreatePackage(ctx, in, nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		// Keys name earlier commands of the request only, not the
+		// existing package's.
+		in.Commands = []spinbroker.NewCommand{cmd("r", "x", "a")}
+		_, _, err = db.CreatePackage(ctx, in, nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		in.Commands = []spinbroker.NewCommand{keyed("a", "r", "x"), cmd("r", "x", "a", existing)}
+		_, _, err = db.CreatePackage(ctx, in, nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	})
+	t.Run("LaterCommandAfterConflict", func(t *testing.T) {
+		first := cmd("r", "x")
+		first.ID = existing
+		in := spinbroker.NewPackage{Commands: []spinbroker.NewCommand{keyed("k", "r", "x"), first, cmd("r", "x", "k", unknownID)}}
+		_, _, err := db.CreatePackage(ctx, in, nil)
+		wantCode(t, err, spinbroker.EUNKNOWNDEP)
+		in.Commands[2].Dependencies = []string{"k", existing}
+		_, _, err = db.CreatePackage(ctx, in, nil)
+		wantCode(t, err, spinbroker.ECONFLICT)
+	})
+	// Nothing of the refused requests was kept.
+	if got := getPkg(t, db, p.ID); got.Total != 1 {
+		t.Fatalf("the enqueued package has %d commands", got.Total)
+	}
+}
