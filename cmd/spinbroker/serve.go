@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +47,7 @@ type serveConfig struct {
 	pprofAddr       string
 	headerTimeout   time.Duration
 	maxWrites       int
+	authEnvErr      error // SPINBROKER_AUTH set to something not a boolean
 }
 
 // defaultGCPercent is the GOGC serve runs with when none is set: about 5
@@ -88,22 +90,75 @@ GOGC environment variable says otherwise.`,
 	f.StringVar(&c.addr, "addr", envOr("SPINBROKER_ADDR", "localhost:8080"), "address to listen on (env SPINBROKER_ADDR)")
 	f.StringVar(&c.db, "db", envOr("SPINBROKER_DB", "spinbroker.db"), "SQLite database file, created if missing (env SPINBROKER_DB)")
 	f.StringVar(&c.sync, "sync", envOr("SPINBROKER_SYNC", "normal"), "normal: a commit survives a crash of the process; full: also a power loss (env SPINBROKER_SYNC)")
-	f.BoolVar(&c.auth, "auth", os.Getenv("SPINBROKER_AUTH") == "1", "require API tokens (see 'spinbroker token create') (env SPINBROKER_AUTH=1)")
+	var authEnv bool
+	if v := os.Getenv("SPINBROKER_AUTH"); v != "" {
+		if authEnv, c.authEnvErr = strconv.ParseBool(v); c.authEnvErr != nil {
+			c.authEnvErr = fmt.Errorf("SPINBROKER_AUTH must be 1, true, 0 or false, not %q", v)
+		}
+	}
+	f.BoolVar(&c.auth, "auth", authEnv, "require API tokens (see 'spinbroker token create') (env SPINBROKER_AUTH=1)")
 	f.BoolVar(&c.insecure, "insecure", false, "allow a non-loopback address without --auth")
 	f.BoolVar(&c.metricsOpen, "metrics-open", false, "serve /metrics without a token when --auth is on")
-	f.StringVar(&c.logFormat, "log-format", envOr("SPINBROKER_LOG_FORMAT", "text"), "log format: text or json")
-	f.StringVar(&c.logLevel, "log-level", envOr("SPINBROKER_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	f.StringVar(&c.logFormat, "log-format", envOr("SPINBROKER_LOG_FORMAT", "text"), "log format: text or json (env SPINBROKER_LOG_FORMAT)")
+	f.StringVar(&c.logLevel, "log-level", envOr("SPINBROKER_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env SPINBROKER_LOG_LEVEL)")
 	f.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	f.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
-	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long")
+	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long (0 keeps them)")
 	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished (0 keeps them)")
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper runs")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
 	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside); others wait up to 10s for a turn, then get 503")
-	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof) on this address, e.g. localhost:6060; keep it off the network")
+	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof), which has no authentication, on this loopback address, e.g. localhost:6060 (another address needs --insecure)")
 	return cmd
+}
+
+// validate refuses settings that cannot work: a ticker needs a positive
+// interval, and a negative duration means nothing here.
+func (c *serveConfig) validate() error {
+	switch {
+	case c.maxWrites < 1:
+		return fmt.Errorf("--max-writes must be at least 1, not %d", c.maxWrites)
+	case c.sync != "normal" && c.sync != "full":
+		return fmt.Errorf("--sync must be normal or full, not %q", c.sync)
+	case c.sweepEvery <= 0:
+		return fmt.Errorf("--sweep-interval must be more than 0, not %s", c.sweepEvery)
+	case c.headerTimeout <= 0:
+		return fmt.Errorf("--header-timeout must be more than 0, not %s (it cuts off clients that send their headers too slowly)", c.headerTimeout)
+	case c.shutdownTimeout <= 0:
+		return fmt.Errorf("--shutdown-timeout must be more than 0, not %s", c.shutdownTimeout)
+	case c.retain < 0:
+		return fmt.Errorf("--retain must not be negative (0 keeps finished packages), not %s", c.retain)
+	case c.stagingTTL < 0:
+		return fmt.Errorf("--staging-ttl must not be negative (0 keeps packages in staging), not %s", c.stagingTTL)
+	}
+	if c.pprofAddr != "" {
+		local, err := loopback(c.pprofAddr)
+		if err != nil {
+			return fmt.Errorf("--pprof-addr: %w", err)
+		}
+		if !local && !c.insecure {
+			return fmt.Errorf("refusing to serve the profiler on %s: it has no authentication and shows the broker's memory; use a loopback address such as localhost:6060, or --insecure if the network is yours alone", c.pprofAddr)
+		}
+	}
+	return nil
+}
+
+// warnNoTokens says so when auth is on and the database holds no token
+// that works: every request but /healthz would be refused, most often
+// because the tokens were made on another database file.
+func warnNoTokens(ctx context.Context, db *store.DB, log *slog.Logger, path string) {
+	toks, err := db.Tokens(ctx)
+	if err != nil {
+		return
+	}
+	for _, t := range toks {
+		if t.RevokedAt == nil {
+			return
+		}
+	}
+	log.Warn("--auth is on but this database has no token that works: every request will be refused; make one on this file with 'spinbroker token create --db "+path+" --role admin --name ops'", "db", path)
 }
 
 // newLogger builds the structured logger the flags ask for.
@@ -157,6 +212,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	if err != nil {
 		return &usageError{cmd: "spinbroker serve", err: err}
 	}
+	if c.authEnvErr != nil {
+		return &usageError{cmd: "spinbroker serve", err: c.authEnvErr}
+	}
 	if !local && !c.auth && !c.insecure {
 		return &usageError{cmd: "spinbroker serve", err: fmt.Errorf(
 			"refusing to listen on %s without --auth: anyone who can reach it could run commands; add --auth (and create tokens with 'spinbroker token create'), or --insecure if the network is yours alone", c.addr)}
@@ -170,8 +228,8 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return &usageError{cmd: "spinbroker serve", err: errors.New("--tls-cert and --tls-key go together")}
 	}
-	if c.maxWrites < 1 {
-		return &usageError{cmd: "spinbroker serve", err: fmt.Errorf("--max-writes must be at least 1, not %d", c.maxWrites)}
+	if err := c.validate(); err != nil {
+		return &usageError{cmd: "spinbroker serve", err: err}
 	}
 
 	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log, Exclusive: true})
@@ -187,6 +245,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 			log.Info("database closed", "db", c.db)
 		}
 	}()
+	if c.auth {
+		warnNoTokens(ctx, db, log, c.db)
+	}
 	if c.check {
 		start := time.Now()
 		if err := db.Check(ctx); err != nil {
@@ -236,7 +297,8 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	}
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", c.addr, err)
+		// Not a network error of a client: said as it is.
+		return &exitError{code: 1, msg: fmt.Sprintf("cannot listen on %s: %v", c.addr, err)}
 	}
 	scheme := "http"
 	if c.tlsCert != "" {
@@ -245,6 +307,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	baseURL := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	log.Info("spin-broker listening", "url", baseURL, "version", version.Get().String(), "db", c.db,
 		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
+	if !local && !c.auth {
+		log.Warn("serving without authentication beyond loopback (--insecure): anyone who can reach this address can run commands", "addr", c.addr)
+	}
 	if err := sdNotify("READY=1\nSTATUS=serving " + baseURL); err != nil {
 		log.Warn("could not tell systemd the broker is ready", "err", err)
 	}
@@ -316,7 +381,11 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 			return
 		case <-t.C:
 		}
-		res, err := db.Sweep(ctx, store.SweepOptions{StagingTTL: c.stagingTTL, Retain: c.retain})
+		staging := c.stagingTTL
+		if staging == 0 {
+			staging = -1 // the store's "never"; its 0 is the default
+		}
+		res, err := db.Sweep(ctx, store.SweepOptions{StagingTTL: staging, Retain: c.retain})
 		switch {
 		case err != nil && ctx.Err() == nil:
 			log.Warn("sweep failed", "err", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -183,11 +184,91 @@ func TestServe_RefusesOpenAddressWithoutAuth(t *testing.T) {
 	if !strings.Contains(string(out), "without --auth") {
 		t.Fatalf("message does not say why:\n%s", out)
 	}
-	// --insecure says the operator means it.
+	// --insecure says the operator means it, and the log says it again.
 	b := startBroker(t, db, "--addr", "0.0.0.0:0", "--insecure")
 	b.cmd.Process.Signal(syscall.SIGINT)
 	if err := <-b.done; err != nil {
 		t.Fatalf("exit: %v", err)
+	}
+	if !strings.Contains(b.logs.String(), "level=WARN msg=\"serving without authentication beyond loopback") {
+		t.Fatalf("no warning of an open broker:\n%s", b.logs)
+	}
+}
+
+// TestServe_RefusesSettingsThatCannotWork: each is a usage error (exit 2)
+// that names the flag, before anything is opened or listened on; none is
+// a panic, or a setting quietly taken to mean something else.
+func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
+	bin := serveBinary(t)
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{[]string{"--sweep-interval", "0"}, "", "--sweep-interval must be more than 0"},
+		{[]string{"--sweep-interval", "-1s"}, "", "--sweep-interval must be more than 0"},
+		{[]string{"--header-timeout", "0"}, "", "--header-timeout must be more than 0"},
+		{[]string{"--shutdown-timeout", "-1s"}, "", "--shutdown-timeout must be more than 0"},
+		{[]string{"--retain", "-5s"}, "", "--retain must not be negative"},
+		{[]string{"--staging-ttl", "-1s"}, "", "--staging-ttl must not be negative"},
+		{[]string{"--sync", "bogus"}, "", `--sync must be normal or full, not "bogus"`},
+		{[]string{"--max-writes", "0"}, "", "--max-writes must be at least 1"},
+		{[]string{"--pprof-addr", "0.0.0.0:0"}, "", "refusing to serve the profiler on 0.0.0.0:0"},
+		{nil, "SPINBROKER_AUTH=yes", `SPINBROKER_AUTH must be 1, true, 0 or false, not "yes"`},
+	} {
+		db := filepath.Join(dir, "never.db")
+		cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--db", db}, tt.args...)...)
+		cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", tt.env)
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v %s: exit %v, want 2:\n%s", tt.args, tt.env, err, out)
+			continue
+		}
+		if !strings.Contains(string(out), tt.want) {
+			t.Errorf("%v %s: the message does not say %q:\n%s", tt.args, tt.env, tt.want, out)
+		}
+		if _, err := os.Stat(db); err == nil {
+			t.Fatalf("%v %s: a refused start created the database", tt.args, tt.env)
+		}
+	}
+	// SPINBROKER_AUTH takes the usual spellings of true.
+	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "auth.db"), "--sweep-interval", "1h")
+	cmd.Env = append(os.Environ(), "SPINBROKER_AUTH=true")
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "spin-broker listening") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no start:\n%s", stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// With auth on and no token in the database, the log says why every
+	// request will be refused.
+	if log := stderr.String(); !strings.Contains(log, "auth=true") || !strings.Contains(log, "has no token that works") {
+		t.Fatalf("SPINBROKER_AUTH=true, no tokens:\n%s", log)
+	}
+}
+
+// TestServe_PortInUse: a taken port is said as such, not as a broker that
+// cannot be reached.
+func TestServe_PortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	out, err := exec.Command(serveBinary(t), "serve", "--addr", ln.Addr().String(), "--db", filepath.Join(t.TempDir(), "p.db")).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want 1:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "cannot listen on "+ln.Addr().String()) || strings.Contains(string(out), "cannot reach") {
+		t.Fatalf("the message:\n%s", out)
 	}
 }
 
