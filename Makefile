@@ -2,8 +2,10 @@
 # `make help` lists the targets.
 
 GO      ?= go
-DB      ?= spinbroker.db
-ADDR    ?= localhost:8080
+# make run ADDR=localhost:9090 DB=/tmp/broker.db; unset, serve's defaults
+# (localhost:8080, ./spinbroker.db) or SPINBROKER_ADDR / SPINBROKER_DB apply.
+DB      ?=
+ADDR    ?=
 FUZZTIME ?= 30s
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS := \
@@ -22,8 +24,8 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: run
-run: ## Start a broker on localhost:8080 with an embedded SQLite database (./spinbroker.db)
-	$(GO) run ./cmd/spinbroker serve --addr $(ADDR) --db $(DB)
+run: build ## Start a broker on localhost:8080 with an embedded SQLite database (./spinbroker.db); ADDR=, DB= to change them
+	bin/spinbroker serve $(if $(ADDR),--addr $(ADDR)) $(if $(DB),--db $(DB))
 
 # The binaries say which build they are (--version, /metrics): the commit,
 # stamped from git when there is one (-buildvcs=auto, whatever GOFLAGS

@@ -25,6 +25,15 @@ import (
 	"github.com/spin-broker/spinbroker/internal/emulation"
 )
 
+const about = `sa-emulation is spin-broker's emulation agent: it takes the commands of the
+"emulation" queue, one at a time, and runs QEMU virtual machines, supervised
+by the agent itself (-supervisor process, the default) or by systemd user
+units, controlled over QMP.
+
+Actions: write_config{id, vm: {Name, Cpus, Memory (MiB), Images: [{Path,
+Cdrom, Volume}]}}, remove_config{id}, start{id}, stop{id, timeout?} (ACPI
+power-down, forced after timeout), shutdown{id, timeout?}, status{id}.`
+
 func main() {
 	agentcmd.Main("sa-emulation", run)
 }
@@ -32,7 +41,7 @@ func main() {
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sa-emulation", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	common := agentcmd.Register(fs, "sa-emulation")
+	common := agentcmd.Register(fs, "sa-emulation", about)
 	supervisor := fs.String("supervisor", "process", "how VMs run: systemd (user units) or process (children of the agent)")
 	stateDir := fs.String("state-dir", defaultStateDir(), "where VM configs, QMP sockets and pid files live")
 	unitDir := fs.String("unit-dir", "", "where the systemd supervisor writes units (default $XDG_CONFIG_HOME/systemd/user)")

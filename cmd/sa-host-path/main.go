@@ -21,6 +21,16 @@ import (
 	"github.com/spin-broker/spinbroker/internal/hostpath"
 )
 
+const about = `sa-host-path is spin-broker's storage agent: it takes the commands of the
+"storage" queue, one at a time, and keeps volumes (folders) and disk images
+under one root folder, never touching anything outside it.
+
+Actions: add_volume{path}, remove_volume{path, force?},
+create_image{volume_path, image_name, image_size (GiB), format? (raw|qcow2)},
+delete_image{image_path}, resize_image{volume_path, image_name, image_size,
+shrink?}, move_image{image_name, volume, target_volume},
+copy_image{image_name, volume, target_volume}.`
+
 func main() {
 	agentcmd.Main("sa-host-path", run)
 }
@@ -28,7 +38,7 @@ func main() {
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sa-host-path", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	common := agentcmd.Register(fs, "sa-host-path")
+	common := agentcmd.Register(fs, "sa-host-path", about)
 	root := fs.String("root", defaultRoot(), "the folder that holds the volumes")
 	qemuImg := fs.String("qemu-img", "", "the qemu-img program for qcow2 images (default: found on $PATH)")
 	if err := common.Parse(fs, args); err != nil {

@@ -362,5 +362,12 @@ func TestVersion(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(out), prog+" version v9.8.7") || !strings.Contains(string(out), runtime.Version()) {
 			t.Fatalf("%s -version: %v\n%s", prog, err, out)
 		}
+		// -help says what the agent is and which actions it takes before
+		// its flags, and exits 0.
+		help, err := exec.Command(bin, "-help").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(help), prog+" is spin-broker's") ||
+			!strings.Contains(string(help), "Actions: ") || !strings.Contains(string(help), "-url") {
+			t.Fatalf("%s -help: %v\n%s", prog, err, help)
+		}
 	}
 }

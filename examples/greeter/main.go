@@ -1,7 +1,10 @@
 // Command greeter is the smallest spin-broker agent: it serves the queue
 // "greeter" with one action, greet{name}, and answers {"greeting": ...}.
 //
-//	SPINBROKER_URL=http://localhost:8080 go run ./examples/greeter
+//	go run ./examples/greeter          # the broker at $SPINBROKER_URL, else http://localhost:8080
+//	spinbroker message new | xargs -I{} sh -c 'spinbroker message add {} greeter greet name=world && spinbroker message enqueue {}'
+//
+// With auth on, it sends $SPINBROKER_TOKEN.
 package main
 
 import (
@@ -23,7 +26,11 @@ type Greet struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c, err := client.New(os.Getenv("SPINBROKER_URL"))
+	url := os.Getenv("SPINBROKER_URL")
+	if url == "" {
+		url = "http://localhost:8080"
+	}
+	c, err := client.New(url, client.WithToken(os.Getenv("SPINBROKER_TOKEN")))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -50,9 +50,14 @@ type Flags struct {
 	vers  bool
 }
 
-// Register adds the common flags to fs.
-func Register(fs *flag.FlagSet, name string) *Flags {
+// Register adds the common flags to fs, and a -help that starts with
+// about: what the agent does and the actions it takes.
+func Register(fs *flag.FlagSet, name, about string) *Flags {
 	f := &Flags{name: name}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\n\nUsage: %s -url URL [flags]\n\nFlags:\n", about, name)
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&f.url, "url", os.Getenv("SPINBROKER_URL"), "the broker's URL, http:// or https:// (env SPINBROKER_URL)")
 	fs.StringVar(&f.token, "token", "", "a bearer token for the broker (default $SPINBROKER_TOKEN, kept out of this help)")
 	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
