@@ -165,12 +165,12 @@ func (a *app) tokenRevokeCommand(db *string) *cobra.Command {
 		Use:   "revoke ID-OR-PREFIX",
 		Short: "Revoke a token: requests carrying it are refused from then on",
 		Long: `revoke revokes a token, named by its id as 'token ls' shows it, or by enough
-of its first characters to tell it from the others (at least 8; ids begin
-with their creation time, so tokens made in the same minute need more). A
+of its first characters to tell it from the others (at least 8; ids are
+random, so 8 nearly always do, and revoke refuses a prefix that matches two). A
 running broker refuses the token within seconds (it trusts a checked token
 for a few). Revoking a revoked token changes nothing.`,
-		Example: `  spinbroker token revoke 0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f
-  spinbroker token revoke 0190c3e4-7a6b-7c1d`,
+		Example: `  spinbroker token revoke 7c78d9df-95ce-4169-9e2f-3a4b5c6d7e8f
+  spinbroker token revoke 7c78d9df`,
 		Args: args(1, "ID-OR-PREFIX"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args[0]) < 8 {

@@ -127,6 +127,10 @@ func TestAPI_MethodNotAllowed(t *testing.T) {
 		{"DELETE", "/queues/storage", "GET, PATCH"},
 		{"POST", "/packages/0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "GET, DELETE"},
 		{"PATCH", "/packages", "GET, POST"},
+		// The batched completion is POST only, though GET /commands/{id}
+		// would match its path.
+		{"GET", "/commands/complete", "POST"},
+		{"PUT", "/commands/complete", "POST"},
 	} {
 		r := e.do(tt.method, tt.path, "")
 		e.want(r, 405, spinbroker.EMETHOD)
@@ -253,6 +257,16 @@ func TestAPI_ListsAndQueues(t *testing.T) {
 	if seen != 5 {
 		t.Fatalf("paged through %d", seen)
 	}
+	// A limit over 1,000 is clamped (API.md), even one too large for an int.
+	for _, l := range []string{"5000", "99999999999999999999"} {
+		r = e.do("GET", "/packages?limit="+l, "")
+		e.want(r, 200, "")
+		list = spinbroker.PackageList{}
+		r.decode(t, &list)
+		if len(list.Packages) != 5 {
+			t.Fatalf("limit=%s: %s", l, r.body)
+		}
+	}
 	r = e.do("GET", "/packages?state=staging", "")
 	r.decode(t, &list)
 	if len(list.Packages) != 2 || !strings.Contains(string(r.body), `"next_cursor":null`) {
@@ -325,6 +339,9 @@ func TestAPI_Idempotency(t *testing.T) {
 	if string(again.body) != string(first.body) || again.header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("replay differs:\n%s\n%s", first.body, again.body)
 	}
+	if loc := first.header.Get("Location"); !strings.HasPrefix(loc, "/packages/") || again.header.Get("Location") != loc {
+		t.Fatalf("Location %q first, %q on the replay", loc, again.header.Get("Location"))
+	}
 	e.want(e.do("POST", "/packages", `{"commands": []}`, "Idempotency-Key", "abc-1"), 409, spinbroker.ECONFLICT)
 	e.want(e.do("POST", "/packages", body, "Idempotency-Key", strings.Repeat("k", 300)), 400, spinbroker.EINVALID)
 	r := e.do("GET", "/packages", "")
@@ -332,6 +349,14 @@ func TestAPI_Idempotency(t *testing.T) {
 	r.decode(t, &list)
 	if len(list.Packages) != 1 {
 		t.Fatalf("%d packages, want 1", len(list.Packages))
+	}
+	// A command's create too.
+	staging := e.createPackage(`[]`, false)
+	add := `{"resource": "r", "action": "x"}`
+	c1 := e.do("POST", "/packages/"+staging.ID+"/commands", add, "Idempotency-Key", "add-1")
+	c2 := e.do("POST", "/packages/"+staging.ID+"/commands", add, "Idempotency-Key", "add-1")
+	if loc := c1.header.Get("Location"); !strings.HasPrefix(loc, "/commands/") || c2.header.Get("Location") != loc || c2.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("a command's Location %q first, %q on the replay", loc, c2.header.Get("Location"))
 	}
 }
 

@@ -135,7 +135,11 @@ func (s *Server) allow(r *http.Request, p permission, resource string) error {
 	if role == spinbroker.RoleAgent && resource != "" && resource != tok.Resource {
 		return errorf(spinbroker.EFORBIDDEN, "this agent token is for resource %q, not %q", tok.Resource, resource)
 	}
-	return errorf(spinbroker.EFORBIDDEN, "a %s token may not do this", role)
+	article := "a"
+	if role != "" && strings.ContainsRune("aeiou", rune(role[0])) {
+		article = "an"
+	}
+	return errorf(spinbroker.EFORBIDDEN, "%s %s token may not do this", article, role)
 }
 
 // isAgent reports whether the request comes with an agent token.

@@ -66,7 +66,7 @@ func TestHostile(t *testing.T) {
 		{"NegativeClaim", "POST", "/queues/r/claim", `{"max": -1}`, 400},
 		{"HugeClaim", "POST", "/queues/r/claim", `{"max": 9223372036854775807}`, 400},
 		{"NegativeLimit", "GET", "/packages?limit=-1", "", 400},
-		{"HugeLimit", "GET", "/packages?limit=99999999999999999999", "", 400},
+		{"HugeNegativeLimit", "GET", "/packages?limit=-99999999999999999999", "", 400},
 		{"InjectedState", "GET", "/packages?state=" + url.QueryEscape("' OR 1=1 --"), "", 400},
 		{"GarbageCursor", "GET", "/packages?cursor=" + url.QueryEscape(strings.Repeat("%", 1000)), "", 400},
 		{"HugeWait", "POST", "/queues/r/next?wait=9999999999999999999h", "", 400},

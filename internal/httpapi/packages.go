@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"crypto/sha256"
+	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -78,19 +80,26 @@ func (s *Server) handlePackageCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeCreated(w, replay, func() (string, any) { return "/packages/" + pkg.ID, pkg })
+	writeCreated(w, replay, "/packages/", func() (string, any) { return pkg.ID, pkg })
 }
 
-// writeCreated answers a create: 201 with the new thing and its Location,
-// or, for a repeated Idempotency-Key, the first answer again.
-func writeCreated(w http.ResponseWriter, replay []byte, created func() (location string, v any)) {
+// writeCreated answers a create: 201 with the new thing and its Location
+// (prefix followed by its id), or, for a repeated Idempotency-Key, the
+// first answer again, Location included.
+func writeCreated(w http.ResponseWriter, replay []byte, prefix string, created func() (id string, v any)) {
 	if replay != nil {
+		var first struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(replay, &first) == nil && first.ID != "" {
+			w.Header().Set("Location", prefix+first.ID)
+		}
 		w.Header().Set("Idempotent-Replayed", "true")
 		writeRaw(w, http.StatusCreated, replay)
 		return
 	}
-	location, v := created()
-	w.Header().Set("Location", location)
+	id, v := created()
+	w.Header().Set("Location", prefix+id)
 	writeJSON(w, http.StatusCreated, v)
 }
 
@@ -121,7 +130,7 @@ func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, pathFirst(err, exists))
 		return
 	}
-	writeCreated(w, replay, func() (string, any) { return "/commands/" + cmd.ID, cmd })
+	writeCreated(w, replay, "/commands/", func() (string, any) { return cmd.ID, cmd })
 }
 
 func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
@@ -133,6 +142,9 @@ func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
 	f := spinbroker.PackageFilter{State: spinbroker.PackageState(q.Get("state")), Cursor: q.Get("cursor")}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
+		if errors.Is(err, strconv.ErrRange) && l[0] != '-' {
+			n, err = spinbroker.MaxListLimit, nil // too large for an int: clamped like any other
+		}
 		if err != nil || n < 1 {
 			s.writeError(w, r, errorf(spinbroker.EINVALID, "limit must be a positive integer, not %q", spinbroker.Truncate(l, 40)))
 			return

@@ -39,7 +39,8 @@ func (s *Server) routes() chi.Router {
 	w.Post("/packages/{id}/enqueue", s.handlePackageEnqueue)
 	w.Post("/packages/{id}/cancel", s.handlePackageCancel)
 
-	w.Post("/commands/complete", s.handleCommandCompleteBatch)
+	w.Post(batchCompletePath, s.handleCommandCompleteBatch)
+	r.Get(batchCompletePath, s.handleMethodNotAllowed(r)) // not GET /commands/{id} of an id "complete"
 	r.Get("/commands/{id}", s.handleCommandGet)
 	w.Post("/commands/{id}/heartbeat", s.handleCommandHeartbeat)
 	w.Post("/commands/{id}/complete", s.handleCommandComplete)
@@ -58,6 +59,10 @@ func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	s.writeError(w, r, errorf(spinbroker.ENOTFOUND, "no route %s %s", r.Method, spinbroker.Truncate(r.URL.Path, 200)))
 }
 
+// batchCompletePath is the one literal path that a pattern with a
+// parameter (GET /commands/{id}) also matches; it takes POST only.
+const batchCompletePath = "/commands/complete"
+
 // handleMethodNotAllowed answers 405 with the Allow header that chi only
 // sets when its own handler is used.
 func (s *Server) handleMethodNotAllowed(mux chi.Routes) http.HandlerFunc {
@@ -68,6 +73,9 @@ func (s *Server) handleMethodNotAllowed(mux chi.Routes) http.HandlerFunc {
 			if mux.Match(chi.NewRouteContext(), m, r.URL.Path) {
 				allow = append(allow, m)
 			}
+		}
+		if r.URL.Path == batchCompletePath {
+			allow = []string{http.MethodPost}
 		}
 		w.Header().Set("Allow", strings.Join(allow, ", "))
 		s.writeError(w, r, errorf(spinbroker.EMETHOD, "%s is not allowed on %s; use %s", r.Method, spinbroker.Truncate(r.URL.Path, 200), strings.Join(allow, " or ")))
