@@ -68,6 +68,11 @@ func TestAPI_Errors(t *testing.T) {
 		{"CompleteOutputNotObject", "POST", "/commands/" + leased.ID + "/complete", `{"status": true, "output": "done"}`, 400, spinbroker.EINVALID},
 		{"HeartbeatNoLease", "POST", "/commands/" + leased.ID + "/heartbeat", `{}`, 400, spinbroker.EINVALID},
 		{"InvalidUTF8", "POST", "/packages", "{\"commands\": [{\"resource\": \"r\", \"action\": \"x\", \"key\": \"\xff\xfe\"}]}", 400, spinbroker.EINVALID},
+		// An endpoint that takes no body refuses one that says something.
+		{"CancelWithReason", "POST", "/packages/" + staging.ID + "/cancel", `{"reason": "why"}`, 400, spinbroker.EINVALID},
+		{"EnqueueMalformed", "POST", "/packages/" + staging.ID + "/enqueue", `{`, 400, spinbroker.EINVALID},
+		{"DeleteWithBody", "DELETE", "/packages/" + done.ID, `{"force": true}`, 400, spinbroker.EINVALID},
+		{"RetryWithBody", "POST", "/commands/" + fin.ID + "/retry", `{"now": true}`, 400, spinbroker.EINVALID},
 		// 400 unknown_dependency, empty_package
 		{"UnknownKey", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "dependencies": ["nope"]}`, 400, spinbroker.EUNKNOWNDEP},
 		{"UnknownID", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "dependencies": ["` + missing + `"]}`, 400, spinbroker.EUNKNOWNDEP},
@@ -82,6 +87,8 @@ func TestAPI_Errors(t *testing.T) {
 		{"MissingBeatsTooLarge", "POST", "/packages/" + missing + "/commands", big, 404, spinbroker.ENOTFOUND},
 		{"MissingBeatsMalformed", "POST", "/packages/" + missing + "/commands", `{`, 404, spinbroker.ENOTFOUND},
 		{"MissingBeatsInvalid", "POST", "/commands/" + missing + "/heartbeat", `{}`, 404, spinbroker.ENOTFOUND},
+		{"MissingBeatsBodyOfCancel", "POST", "/packages/" + missing + "/cancel", `{"reason": "why"}`, 404, spinbroker.ENOTFOUND},
+		{"MissingBeatsBodyOfRetry", "POST", "/commands/" + missing + "/retry", big, 404, spinbroker.ENOTFOUND},
 		// 405
 		{"GetNext", "GET", "/queues/r/next", ``, 405, spinbroker.EMETHOD},
 		{"PutPackage", "PUT", "/packages/" + staging.ID, ``, 405, spinbroker.EMETHOD},
@@ -99,6 +106,7 @@ func TestAPI_Errors(t *testing.T) {
 		// 413
 		{"TooLarge", "POST", "/packages", `{"commands": [` + big + `]}`, 413, spinbroker.ETOOLARGE},
 		{"TooLargeAdd", "POST", "/packages/" + staging.ID + "/commands", big, 413, spinbroker.ETOOLARGE},
+		{"TooLargeEnqueue", "POST", "/packages/" + staging.ID + "/enqueue", big, 413, spinbroker.ETOOLARGE},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -189,6 +189,9 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 
 func (s *Server) handleCommandRetry(w http.ResponseWriter, r *http.Request) {
 	id, err := s.commandPath(r, permWrite)
+	if err == nil {
+		err = pathFirst(noBody(w, r), func() error { _, err := s.store.Command(r.Context(), id); return err })
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -42,6 +42,16 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) ([]b
 	return body, decodeJSON(body, v, optional)
 }
 
+// noBody reads the body of a request that takes none: none, or an empty
+// object, is fine; anything else is refused as any body would be (413 over
+// 1 MiB, 400 malformed or with fields), so that a client who meant to say
+// something (a reason for a cancel) learns it was not heard.
+func noBody(w http.ResponseWriter, r *http.Request) error {
+	var none struct{}
+	_, err := readJSON(w, r, &none, true)
+	return err
+}
+
 // decodeJSON decodes exactly one JSON value from b into v, refusing unknown
 // fields, so that a typo is an error rather than silently ignored. An empty
 // body is accepted when optional.

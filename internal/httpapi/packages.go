@@ -167,6 +167,9 @@ func (s *Server) packageAction(w http.ResponseWriter, r *http.Request, p permiss
 		return
 	}
 	id, err := pathID(r, "package")
+	if err == nil && p != permRead {
+		err = pathFirst(noBody(w, r), func() error { _, err := s.store.PackageInfo(r.Context(), id); return err })
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -203,6 +206,9 @@ func (s *Server) handlePackageDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, err := pathID(r, "package")
+	if err == nil {
+		err = pathFirst(noBody(w, r), func() error { _, err := s.store.PackageInfo(r.Context(), id); return err })
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
