@@ -136,7 +136,32 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp)) //nolint:errcheck // the flag exists
 	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.benchCommand())
 	root.AddCommand(a.clientCommands()...)
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "serve", "migrate", "backup", "token":
+			hideClientFlags(c)
+		}
+	}
 	return root
+}
+
+// hideClientFlags keeps the flags of the commands that talk to a broker
+// (--url, --token, -o) out of the help of c and its subcommands, which
+// work on a database file instead; they are still accepted. A help is the
+// last thing a process prints, so the flags stay hidden.
+func hideClientFlags(c *cobra.Command) {
+	help := c.HelpFunc()
+	c.SetHelpFunc(func(c *cobra.Command, args []string) {
+		for _, name := range []string{"url", "token", "output"} {
+			if name == "output" && c.Name() == "ls" {
+				continue // token ls prints a table or json
+			}
+			if f := c.Root().PersistentFlags().Lookup(name); f != nil {
+				f.Hidden = true
+			}
+		}
+		help(c, args)
+	})
 }
 
 // client returns a client of the broker the global flags name.

@@ -126,7 +126,7 @@ the same more briefly.`,
 			return a.setQueue(cmd, args[0], s)
 		},
 	}
-	cmd.Flags().IntVar(&concurrency, "concurrency", spinbroker.DefaultConcurrency, "commands that may be leased at once")
+	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "commands that may be leased at once (a new queue's is 1)")
 	cmd.Flags().BoolVar(&paused, "paused", false, "stop (true) or resume (false) handing out commands")
 	return cmd
 }

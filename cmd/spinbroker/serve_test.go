@@ -288,6 +288,10 @@ func TestServe_JSONLogsAndMigrate(t *testing.T) {
 	if !strings.Contains(b.logs.String(), `"msg":"integrity check passed"`) {
 		t.Fatalf("json logs:\n%s", b.logs)
 	}
+	// Durations read as durations, not nanoseconds.
+	if !strings.Contains(b.logs.String(), `"staging_ttl":"24h0m0s"`) || !strings.Contains(b.logs.String(), `"timeout":"10s"`) {
+		t.Fatalf("durations in json logs:\n%s", b.logs)
+	}
 }
 
 // TestServe_GCPercent: serve runs Go's collector at GOGC=200 unless the
@@ -361,4 +365,24 @@ func TestServe_OneBrokerPerDatabase(t *testing.T) {
 	third := startBroker(t, db)
 	third.cmd.Process.Signal(syscall.SIGTERM)
 	<-third.done
+}
+
+// TestHelp_DatabaseCommandsHideClientFlags: serve, migrate, backup and
+// token work on a database file; their help does not offer --url and
+// --token, which only the commands that talk to a broker use.
+func TestHelp_DatabaseCommandsHideClientFlags(t *testing.T) {
+	for _, args := range [][]string{{"serve", "--help"}, {"migrate", "status", "--help"}, {"backup", "--help"}, {"token", "create", "--help"}} {
+		r := spin(t, args...)
+		if r.code != 0 || strings.Contains(r.stdout, "--url") || strings.Contains(r.stdout, "--token string") || !strings.Contains(r.stdout, "--db") {
+			t.Errorf("%v: %s", args, r)
+		}
+	}
+	r := spin(t, "queue", "ls", "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "--url") || !strings.Contains(r.stdout, "--token") {
+		t.Errorf("queue ls --help: %s", r)
+	}
+	// Still accepted where given out of habit.
+	if r := spin(t, "migrate", "up", "--db", filepath.Join(t.TempDir(), "h.db"), "--url", "http://x"); r.code != 0 {
+		t.Errorf("migrate up with --url: %s", r)
+	}
 }
