@@ -115,9 +115,14 @@ func Backoff(attempts int) time.Duration {
 }
 
 // NewCommand is a command in a request: what a client sends to add it.
+//
+// A field tagged spin:"nonempty" may be left out but not given as "": the
+// HTTP API refuses "key": "" and "id": "" rather than read them as no key or
+// no id (API.md: a key is 1 to 128 characters). The agent SDK's
+// spin:"required", on handlers' parameter structs, is a different tag value.
 type NewCommand struct {
-	ID            string          `json:"id,omitempty"`
-	Key           string          `json:"key,omitempty"`
+	ID            string          `json:"id,omitempty" spin:"nonempty"`
+	Key           string          `json:"key,omitempty" spin:"nonempty"`
 	Resource      string          `json:"resource"`
 	Action        string          `json:"action"`
 	Parameters    json.RawMessage `json:"parameters,omitempty"`
@@ -130,7 +135,7 @@ type NewCommand struct {
 // NewPackage is the optional body of POST /packages: create a package with
 // its commands, and enqueue it, in one transaction.
 type NewPackage struct {
-	ID       string       `json:"id,omitempty"`
+	ID       string       `json:"id,omitempty" spin:"nonempty"`
 	Commands []NewCommand `json:"commands,omitempty"`
 	Enqueue  bool         `json:"enqueue,omitempty"`
 }
