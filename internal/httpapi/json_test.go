@@ -136,6 +136,9 @@ func TestCheckKeys_API(t *testing.T) {
 		{new(spinbroker.Claim), `{"max": 1, "Max": 2}`, `unknown field "Max" (field names are case-sensitive: did you mean "max"?)`},
 		{new(spinbroker.QueueSettings), `{"paused": true, "paused": false}`, `duplicate field "paused" (a field may be given once)`},
 		{new(spinbroker.Heartbeat), `{"lease": "t", "Extend": "1s"}`, `unknown field "Extend" (field names are case-sensitive: did you mean "extend"?)`},
+		// encoding/json folds case as Unicode does: ſ is s, K (Kelvin) is k
+		{new(spinbroker.Result), `{"ſtatus": true}`, `unknown field "ſtatus" (field names are case-sensitive: did you mean "status"?)`},
+		{new(spinbroker.NewCommand), "{\"\u212aey\": \"k\"}", "unknown field \"\u212aey\" (field names are case-sensitive: did you mean \"key\"?)"},
 	} {
 		err := decodeJSON([]byte(tt.body), tt.v, false)
 		got := ""
