@@ -11,6 +11,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./internal/httpapi:FuzzRequest \
 	./internal/httpapi:FuzzDecode \
+	./internal/httpapi:FuzzCheckKeys \
 	./cmd/spinbroker:FuzzParseKV \
 	.:FuzzValidate \
 	./agent:FuzzDecode \
