@@ -482,7 +482,12 @@ func (t *Tx) enqueue(pkgID string) error {
 	}
 	// Positions are 0..total-1 in the order the commands were added, so the
 	// package takes the sequence numbers last-total+1 .. last.
-	if _, err := t.exec(`UPDATE packages SET enqueued_at = ? WHERE id = ?`, now, pkgID); err != nil {
+	// A command may have finished in staging (cancelled when a package it
+	// depended on was deleted); the package cannot have finished before it
+	// was enqueued.
+	if _, err := t.exec(`UPDATE packages SET enqueued_at = ?1,
+			last_finished_at = CASE WHEN last_finished_at < ?1 THEN ?1 ELSE last_finished_at END
+		WHERE id = ?2`, now, pkgID); err != nil {
 		return err
 	}
 	rows, err := t.query(qEnqueue, last-int64(total)+1, now, pkgID)

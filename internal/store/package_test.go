@@ -430,7 +430,7 @@ func TestDB_CancelPackage_LeasedIsNotRetried(t *testing.T) {
 }
 
 func TestDB_DeletePackage(t *testing.T) {
-	db, _ := open(t)
+	db, clock := open(t)
 	staging, _, _ := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("r", "x")}}, nil)
 	running := enqueue(t, db, cmd("r", "y"))
 	waiter := enqueue(t, db, cmd("s", "after", staging.Commands[0].ID))
@@ -454,6 +454,16 @@ func TestDB_DeletePackage(t *testing.T) {
 		}
 		_, err := db.Retry(ctx, id)
 		wantCode(t, err, spinbroker.ECONFLICT)
+	}
+	// The staged waiter's package, enqueued later, has failed: not before
+	// it was enqueued.
+	clock.Add(time.Minute)
+	p, err := db.Enqueue(ctx, stagedWaiter.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.State != spinbroker.PackageFailed || p.FinishedAt == nil || p.EnqueuedAt == nil || p.FinishedAt.Before(*p.EnqueuedAt) {
+		t.Fatalf("enqueued after its command was cancelled: %s", mustJSON(p))
 	}
 
 	// A finished package can go; dependents of its successes keep running.
