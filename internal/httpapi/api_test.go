@@ -390,6 +390,10 @@ func TestAPI_Metrics(t *testing.T) {
 		`spinbroker_commands_enqueued_total{resource="m"} 2`,
 		`spinbroker_commands_delivered_total{resource="m"} 1`,
 		`spinbroker_commands_succeeded_total{resource="m"} 1`,
+		// Counters that nothing moved yet are there at 0, for rate().
+		`spinbroker_commands_redelivered_total{resource="m"} 0`,
+		`spinbroker_commands_failed_total{resource="m"} 0`,
+		`spinbroker_commands_cancelled_total{resource="m"} 0`,
 		`spinbroker_queue_commands{resource="m",state="ready"} 1`,
 		`spinbroker_http_request_duration_seconds_bucket{code="200",method="POST",route="/queues/{resource}/next"`,
 		"\nspinbroker_store_transactions_total 3\n",

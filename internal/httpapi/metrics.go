@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,7 @@ type metrics struct {
 	cancelled   *prometheus.CounterVec
 	requests    *prometheus.HistogramVec
 	handler     http.Handler
+	seen        sync.Map // resources whose counters exist, at 0 if nothing happened yet
 }
 
 // newMetrics registers the broker's metrics in reg. agentsOf says who asks
@@ -93,6 +95,15 @@ type writeStatser interface {
 // count moves the counters by what a commit did.
 func (m *metrics) count(c *spinbroker.Commit) {
 	for _, ch := range c.Commands {
+		if _, ok := m.seen.Load(ch.Resource); !ok {
+			// Every counter of a queue is there from its first command,
+			// at 0: rate() and alerts on redeliveries or failures need a
+			// series before the first one happens.
+			m.seen.Store(ch.Resource, true)
+			for _, cv := range []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled} {
+				cv.WithLabelValues(ch.Resource)
+			}
+		}
 		switch {
 		case ch.From == spinbroker.Staged:
 			m.enqueued.WithLabelValues(ch.Resource).Inc()
