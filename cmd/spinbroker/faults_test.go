@@ -144,9 +144,10 @@ func TestFaults_ReadOnlyFileSystem(t *testing.T) {
 	}
 }
 
+// waitLog waits for the broker to log want, failing the test after 30s.
 func waitLog(t *testing.T, b *serveProc, want string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(b.logs.String(), want) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the broker never logged %q:\n%s", want, b.logs)

@@ -202,13 +202,7 @@ func TestServe_TLSRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(b.logs.String(), "could not load the TLS certificate") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no word of the broken certificate:\n%s", b.logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitLog(t, b, "could not load the TLS certificate")
 	if serial, _ := served(); serial != 3 {
 		t.Fatalf("after a broken renewal the broker serves certificate %d, not 3", serial)
 	}
@@ -224,13 +218,7 @@ func TestServe_TLSRenewal(t *testing.T) {
 func TestServe_SIGHUPWithoutTLS(t *testing.T) {
 	b := startBroker(t, filepath.Join(t.TempDir(), "hup.db"))
 	b.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(b.logs.String(), "nothing to reload") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no word of the SIGHUP:\n%s", b.logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitLog(t, b, "nothing to reload")
 	resp, err := http.Get(b.url + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("healthz after SIGHUP: %v %v\n%s", resp, err, b.logs)
