@@ -124,16 +124,14 @@ func resolveImages(images []Image, root string) ([]Image, error) {
 	return out, nil
 }
 
-// imageFormat reads whether an image is qcow2 or raw, so that QEMU is told
-// rather than left to probe (a raw image could pose as qcow2).
-func imageFormat(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "raw"
-	}
-	defer f.Close()
-	var magic [4]byte
-	if n, _ := f.Read(magic[:]); n == 4 && string(magic[:]) == "QFI\xfb" {
+// formatOf is an image's format by its name: qcow2 when it ends in
+// ".qcow2" (in any case), else raw, so that QEMU is told and never probes.
+// Never by its contents: a guest writes what it likes into its raw disk, a
+// qcow2 header with a backing file on the host included, and a drive opened
+// as qcow2 would then read that file into the guest. sa-host-path creates
+// images by the same rule (internal/hostpath, formatOf).
+func formatOf(path string) string {
+	if strings.HasSuffix(strings.ToLower(path), ".qcow2") {
 		return "qcow2"
 	}
 	return "raw"
@@ -173,7 +171,7 @@ func QEMUArgs(vm *VM, h Host) []string {
 		args = append(args, "-cpu", qemuEscape(h.CPU))
 	}
 	for i, im := range vm.Images {
-		drive := "file=" + qemuEscape(im.Path) + ",format=" + imageFormat(im.Path) + fmt.Sprintf(",id=drive%d", i)
+		drive := "file=" + qemuEscape(im.Path) + ",format=" + formatOf(im.Path) + fmt.Sprintf(",id=drive%d", i)
 		if im.Cdrom {
 			drive += ",media=cdrom,readonly=on,if=ide"
 		} else {

@@ -98,11 +98,13 @@ func TestResolveImages(t *testing.T) {
 
 func TestQEMUArgs(t *testing.T) {
 	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk,format=qcow2.img")
+	disk := filepath.Join(dir, "disk,format=raw.qcow2")
+	guest := filepath.Join(dir, "guest.raw") // its guest wrote a qcow2 header into it
 	iso := filepath.Join(dir, "boot.iso")
 	os.WriteFile(disk, []byte("QFI\xfb rest of a header"), 0o644)
+	os.WriteFile(guest, []byte("QFI\xfb backing file: /etc/shadow"), 0o644)
 	os.WriteFile(iso, nil, 0o644)
-	vm := &VM{Name: "a,b", Cpus: 2, Memory: 512, Images: []Image{{Path: disk}, {Path: iso, Cdrom: true}}}
+	vm := &VM{Name: "a,b", Cpus: 2, Memory: 512, Images: []Image{{Path: disk}, {Path: iso, Cdrom: true}, {Path: guest}}}
 	got := QEMUArgs(vm, Host{QEMU: "/usr/bin/qemu-system-x86_64", QMP: "/run/x.qmp", Accel: "kvm", CPU: "host"})
 	want := []string{
 		"/usr/bin/qemu-system-x86_64",
@@ -116,8 +118,10 @@ func TestQEMUArgs(t *testing.T) {
 		"-vnc", "127.0.0.1:0,to=99",
 		"-qmp", "unix:/run/x.qmp,server=on,wait=off",
 		"-cpu", "host",
-		"-drive", "file=" + filepath.Join(dir, "disk,,format=qcow2.img") + ",format=qcow2,id=drive0,media=disk,if=virtio",
+		"-drive", "file=" + filepath.Join(dir, "disk,,format=raw.qcow2") + ",format=qcow2,id=drive0,media=disk,if=virtio",
 		"-drive", "file=" + iso + ",format=raw,id=drive1,media=cdrom,readonly=on,if=ide",
+		// The format is the name's, whatever the image holds.
+		"-drive", "file=" + guest + ",format=raw,id=drive2,media=disk,if=virtio",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("QEMUArgs =\n%q\nwant\n%q", got, want)

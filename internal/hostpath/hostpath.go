@@ -11,6 +11,7 @@
 package hostpath
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -248,7 +249,9 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 }
 
 // CreateImage is the parameters of create_image. ImageSize is in GiB;
-// Format is "raw" (the default: a sparse file) or "qcow2".
+// Format is "raw" (a sparse file) or "qcow2", and must agree with the
+// name: an image is qcow2 exactly when its name ends in ".qcow2" (see
+// formatOf); left out, the name says which.
 type CreateImage struct {
 	VolumePath string `json:"volume_path" spin:"required"`
 	ImageName  string `json:"image_name" spin:"required"`
@@ -265,10 +268,28 @@ func (p CreateImage) Validate() error {
 		return err
 	}
 	switch p.Format {
-	case "", "raw", "qcow2":
+	case "":
+		return nil
+	case "raw", "qcow2":
+		if named := formatOf(p.ImageName); named != p.Format {
+			return fmt.Errorf("image %q would be %s by its name, not %s: a qcow2 image's name ends in .qcow2, and only its name says how it is read", p.ImageName, named, p.Format)
+		}
 		return nil
 	}
 	return fmt.Errorf("format %q is not raw or qcow2", p.Format)
+}
+
+// formatOf is an image's format by its name: qcow2 when it ends in ".qcow2"
+// (in any case), else raw. The format is never read from the image's
+// contents: a guest writes what it likes into a raw disk, a qcow2 header
+// naming a backing file on the host included, and an image probed as qcow2
+// would then have QEMU or qemu-img open that file. sa-emulation's drives
+// follow the same rule (internal/emulation, formatOf).
+func formatOf(name string) string {
+	if strings.HasSuffix(strings.ToLower(name), ".qcow2") {
+		return "qcow2"
+	}
+	return "raw"
 }
 
 // CreateImage makes an image of p.ImageSize GiB in a volume. An image that
@@ -278,10 +299,10 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	format := p.Format
-	if format == "" {
-		format = "raw"
+	if err := p.Validate(); err != nil {
+		return nil, err
 	}
+	format := formatOf(p.ImageName)
 	rel := filepath.Join(vol, p.ImageName)
 	size := p.ImageSize << 30
 	if info, err := s.stat(rel); err == nil {
@@ -327,6 +348,7 @@ func (s *Storage) volume(what, p string) (string, error) {
 // and renaming it into place, so a crash never leaves a half-made image
 // under the final name (a retried command would take it for done).
 func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error {
+	s.removeStaleTemps(rel)
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(filepath.Dir(rel), fmt.Sprintf(".%s.tmp-%x", filepath.Base(rel), rnd))
@@ -348,6 +370,27 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 		_ = s.root.Remove(tmp)
 	}
 	return err
+}
+
+// removeStaleTemps removes the temporary files an earlier write of rel left
+// when the agent was killed in the middle of it (a copy of a large image
+// can take minutes): the write about to start replaces them, and a volume
+// holding one could not be removed.
+func (s *Storage) removeStaleTemps(rel string) {
+	dir, prefix := filepath.Dir(rel), "."+filepath.Base(rel)+".tmp-"
+	d, err := s.root.Open(dir)
+	if err != nil {
+		return
+	}
+	entries, _ := d.ReadDir(-1)
+	d.Close()
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+			if err := s.root.Remove(filepath.Join(dir, e.Name())); err == nil {
+				s.log.Info("removed a temporary file left by an interrupted write", "path", filepath.Join(dir, e.Name()))
+			}
+		}
+	}
 }
 
 // qemuImgRun runs qemu-img with f as its fd 3 (/dev/fd/3), so that it
@@ -384,7 +427,8 @@ type imageInfo struct {
 // 64-bit number at offset 24.
 var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
 
-// stat reads an image's format and size from its header, without qemu-img.
+// stat reads an image's size: a raw image's is its file's, a qcow2 image's
+// is read from its header, without qemu-img. The format is the name's.
 func (s *Storage) stat(rel string) (imageInfo, error) {
 	fi, err := s.root.Lstat(rel)
 	if err != nil {
@@ -398,10 +442,17 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 		return imageInfo{}, describe(rel, err)
 	}
 	defer f.Close()
-	return readInfo(f, fi.Size())
+	info, err := readInfo(f, formatOf(rel), fi.Size())
+	if err != nil {
+		return imageInfo{}, fmt.Errorf("image %q: %w", rel, err)
+	}
+	return info, nil
 }
 
-func readInfo(f io.ReaderAt, fileSize int64) (imageInfo, error) {
+func readInfo(f io.ReaderAt, format string, fileSize int64) (imageInfo, error) {
+	if format == "raw" {
+		return imageInfo{format: "raw", size: fileSize}, nil
+	}
 	var hdr [32]byte
 	n, err := f.ReadAt(hdr[:], 0)
 	if n == len(hdr) && string(hdr[:4]) == string(qcow2Magic) {
@@ -410,7 +461,7 @@ func readInfo(f io.ReaderAt, fileSize int64) (imageInfo, error) {
 	if err != nil && err != io.EOF {
 		return imageInfo{}, err
 	}
-	return imageInfo{format: "raw", size: fileSize}, nil
+	return imageInfo{}, errors.New("it is named .qcow2 but is not a qcow2 image")
 }
 
 // DeleteImage is the parameters of delete_image: ImagePath is relative to
@@ -590,7 +641,15 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 		return nil, err
 	}
 	if dstInfo, err := s.stat(dst); err == nil {
-		if dstInfo == srcInfo {
+		// A copy made before (the command delivered again) is success;
+		// anything else of that name is not this image, even of its size.
+		same := dstInfo == srcInfo
+		if same {
+			if same, err = s.sameContent(src, dst); err != nil {
+				return nil, err
+			}
+		}
+		if same {
 			return s.output(dst, false).withImage(dstInfo), nil
 		}
 		return nil, fmt.Errorf("volume %q has another image %q already", filepath.Dir(dst), p.ImageName)
@@ -602,6 +661,38 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 	}
 	s.log.Info("image copied", "path", src, "target", dst)
 	return s.output(dst, true).withImage(srcInfo), nil
+}
+
+// sameContent reports whether two files of the same size hold the same
+// bytes, reading both to the first difference.
+func (s *Storage) sameContent(a, b string) (bool, error) {
+	fa, err := s.root.Open(a)
+	if err != nil {
+		return false, describe(a, err)
+	}
+	defer fa.Close()
+	fb, err := s.root.Open(b)
+	if err != nil {
+		return false, describe(b, err)
+	}
+	defer fb.Close()
+	bufA, bufB := make([]byte, 1<<20), make([]byte, 1<<20)
+	for {
+		na, errA := io.ReadFull(fa, bufA)
+		nb, errB := io.ReadFull(fb, bufB)
+		if na != nb || !bytes.Equal(bufA[:na], bufB[:nb]) {
+			return false, nil
+		}
+		if errA == io.EOF || errA == io.ErrUnexpectedEOF {
+			return errB == io.EOF || errB == io.ErrUnexpectedEOF, nil
+		}
+		if errA != nil {
+			return false, describe(a, errA)
+		}
+		if errB != nil {
+			return false, describe(b, errB)
+		}
+	}
 }
 
 // copyFile copies src to dst (a new file, made atomically), sparse-aware.

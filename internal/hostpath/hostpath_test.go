@@ -3,6 +3,7 @@ package hostpath
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -137,8 +138,10 @@ func TestCreateImage_Qcow2(t *testing.T) {
 	if o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1, Format: "qcow2"})); o.Changed {
 		t.Error("creating the same qcow2 image again changed something")
 	}
-	_, err = s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1})
-	wantErr(t, err, "exists already as qcow2")
+	// Left out, the format is the name's.
+	if o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 1})); o.Changed || o.Format != "qcow2" {
+		t.Errorf("create_image q.qcow2 without a format = %+v", o)
+	}
 	o = m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "q.qcow2", ImageSize: 3}))
 	if o.Size != 3<<30 || o.PreviousSize != 1<<30 || !o.Changed {
 		t.Errorf("resize_image = %+v", o)
@@ -392,4 +395,88 @@ func FuzzConfinement(f *testing.F) {
 			t.Errorf("CleanPath(%q) = %q, which is not local", volume, got)
 		}
 	})
+}
+
+// TestImageFormat_ByNameOnly: an image is qcow2 when its name says so and
+// never because of what it holds. A guest writes what it likes into a raw
+// disk, a qcow2 header naming a backing file on the host included; read as
+// qcow2, qemu-img (and QEMU) would open that file.
+func TestImageFormat_ByNameOnly(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	_, err := s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "disk.raw", ImageSize: 1, Format: "qcow2"})
+	wantErr(t, err, "would be raw by its name, not qcow2")
+	_, err = s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "disk.qcow2", ImageSize: 1, Format: "raw"})
+	wantErr(t, err, "would be qcow2 by its name, not raw")
+
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "disk.raw", ImageSize: 1}))
+	// The guest's write: a qcow2 header (its virtual size 8 GiB) at the
+	// start of its raw disk.
+	path := filepath.Join(s.Dir(), "v", "disk.raw")
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := make([]byte, 32)
+	copy(hdr, "QFI\xfb")
+	binary.BigEndian.PutUint64(hdr[24:], 8<<30)
+	if _, err := f.WriteAt(hdr, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	info, err := s.stat("v/disk.raw")
+	if err != nil || info.format != "raw" || info.size != 1<<30 {
+		t.Fatalf("a raw image holding a qcow2 header reads as %+v, %v", info, err)
+	}
+	// Resized as the raw file it is, by truncation, never by qemu-img.
+	s.qemuImg = filepath.Join(t.TempDir(), "no-qemu-img")
+	if o := m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "disk.raw", ImageSize: 2})); o.Format != "raw" || o.Size != 2<<30 {
+		t.Errorf("resize_image = %+v", o)
+	}
+	// And a file named .qcow2 that is not one is refused, not read as raw.
+	if err := os.WriteFile(filepath.Join(s.Dir(), "v", "fake.qcow2"), []byte("plain bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "fake.qcow2", ImageSize: 2})
+	wantErr(t, err, "named .qcow2 but is not a qcow2 image")
+}
+
+// TestCopyImage_TargetChangedSinceIsNotACopy: a copy delivered again finds
+// its earlier result and succeeds; a target of the same size whose bytes
+// differ (a VM wrote to it since) is another image, and is left alone.
+func TestCopyImage_TargetChangedSinceIsNotACopy(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	if o := m.out(s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"})); !o.Changed {
+		t.Fatalf("copy_image = %+v", o)
+	}
+	if o := m.out(s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"})); o.Changed {
+		t.Fatalf("copy_image again = %+v", o)
+	}
+	target := filepath.Join(s.Dir(), "b", "d.raw")
+	f, err := os.OpenFile(target, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("written by a guest"), 512<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"})
+	wantErr(t, err, `has another image "d.raw" already`)
+
+	// A copy killed half way left its temporary file; the next write of
+	// that image removes it, and the volume can go once the image has.
+	stale := filepath.Join(s.Dir(), "a", ".e.raw.tmp-0123456789ab")
+	if err := os.WriteFile(stale, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "e.raw", ImageSize: 1}))
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("the stale temporary file is still there: %v", err)
+	}
 }
