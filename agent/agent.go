@@ -22,6 +22,13 @@
 // errors are retried with capped, jittered exponential back-off, and a
 // result is retried until it is delivered or its lease is known to be lost.
 //
+// The handler's context is cancelled when the broker says the lease is lost
+// (the command was settled by hand, or taken by another agent), and when
+// the lease runs out by the agent's own clock with no heartbeat able to
+// extend it (the broker out of reach): the broker may then give the command
+// to another agent, and a queue runs its commands one at a time. Such an
+// attempt is reported for a retry.
+//
 // When ctx ends, Run takes no new command, gives the running one
 // Options.Grace to finish, delivers its result and returns.
 package agent
@@ -367,7 +374,14 @@ type job struct {
 	res       outcome
 }
 
-var errLeaseLost = errors.New("the lease on the command was lost")
+var (
+	errLeaseLost = errors.New("the lease on the command was lost")
+	// errLeaseExpired cancels a handler whose lease ran out by the agent's
+	// clock with no heartbeat able to extend it: the broker may have
+	// handed the command to another agent, and a queue runs its commands
+	// one at a time.
+	errLeaseExpired = errors.New("the lease expired before a heartbeat could extend it")
+)
 
 // start begins a job: its handler's context and its heartbeats.
 func (a *runner) start(cmd *spinbroker.Command) *job {
@@ -456,7 +470,15 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 		default:
 			failures++
 			next = min(a.backoff(failures), interval)
-			j.log.Warn("heartbeat failed; retrying", "err", err, "failures", failures, "lease_expires_in", time.Until(j.expiry()).Round(time.Millisecond).String())
+			left := time.Until(j.expiry())
+			j.log.Warn("heartbeat failed; retrying", "err", err, "failures", failures, "lease_expires_in", left.Round(time.Millisecond).String())
+			if left <= 0 && context.Cause(j.ctx) == nil {
+				// Stop the handler's work; its result, if any, is still
+				// offered: the broker takes it while nobody else holds the
+				// command.
+				j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
+				j.cancel(errLeaseExpired)
+			}
 		}
 	}
 }
@@ -500,6 +522,8 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 		return outcome{status: true, output: out}
 	case a.hard.Err() != nil && errors.Is(err, context.Canceled):
 		return outcome{reason: "agent stopped before the command finished", retry: true}
+	case errors.Is(context.Cause(j.ctx), errLeaseExpired) && errors.Is(err, context.Canceled):
+		return outcome{reason: "agent error: " + errLeaseExpired.Error() + " (the broker could not be reached)", retry: true}
 	case errors.As(err, &pe):
 		return outcome{reason: pe.Error()}
 	default:
@@ -517,8 +541,10 @@ func (j *job) finished() {
 }
 
 // deliver completes j's command with its result, retrying what may succeed
-// later, until the broker has it, the lease is lost, or the lease expired
-// (then the broker delivers the command again).
+// later, until the broker has it, says the lease is lost, or the agent
+// stops. A lease that expired by the agent's clock is no reason to give
+// up: the broker takes the result while nobody else holds the command (a
+// broker that was down for a while, its sweeper not yet run).
 func (a *runner) deliver(j *job) {
 	for attempt := 1; ; attempt++ {
 		if j.isLost() {
@@ -549,12 +575,7 @@ func (a *runner) deliver(j *job) {
 			j.log.Error("the broker refuses the result", "err", err)
 			return
 		}
-		left := time.Until(j.expiry())
-		if left <= 0 {
-			j.log.Error("result not delivered before the lease expired; the broker will deliver the command again", "err", err)
-			return
-		}
-		d := min(a.backoff(attempt), left)
+		d := a.backoff(attempt)
 		j.log.Warn("cannot deliver the result; retrying", "err", err, "attempt", attempt, "retry_in", d.String())
 		wait(a.final, d)
 	}
@@ -570,17 +591,13 @@ func (a *runner) deliverBatch(jobs []*job) {
 	}
 	for attempt := 1; ; attempt++ {
 		var items []spinbroker.BatchResult
-		latest := time.Time{}
 		for id, j := range pending {
-			if j.isLost() || !time.Now().Before(j.expiry()) {
-				j.log.Warn("result not delivered: the lease was lost or expired", "status", j.res.status)
+			if j.isLost() {
+				j.log.Warn("result not delivered: the lease was lost", "status", j.res.status)
 				delete(pending, id)
 				continue
 			}
 			items = append(items, spinbroker.BatchResult{ID: id, Result: j.res.result(j.token)})
-			if e := j.expiry(); e.After(latest) {
-				latest = e
-			}
 		}
 		if len(items) == 0 {
 			return
@@ -614,9 +631,9 @@ func (a *runner) deliverBatch(jobs []*job) {
 			a.log.Error("results not delivered", "err", err, "commands", len(pending))
 			return
 		}
-		d := min(a.backoff(attempt), time.Until(latest))
+		d := a.backoff(attempt)
 		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())
-		if !wait(a.final, max(d, 0)) {
+		if !wait(a.final, d) {
 			a.log.Error("results not delivered before the agent stopped", "commands", len(pending))
 			return
 		}

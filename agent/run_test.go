@@ -488,3 +488,79 @@ func TestRun_Batch(t *testing.T) {
 		t.Errorf("at most %d handlers ran at once, want between 2 and the queue's concurrency 4", m)
 	}
 }
+
+// outage fails every request whose path matches with 503 while down is set.
+type outage struct {
+	match func(r *http.Request) bool
+	down  atomic.Bool
+	seen  atomic.Int32
+}
+
+func (o *outage) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if o.match(r) && o.down.Load() {
+			o.seen.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// TestRun_LeaseExpiredStopsHandler: when no heartbeat gets through and the
+// lease runs out by the agent's clock, the handler is stopped: the broker
+// may give the command to another agent, and a queue runs one command at a
+// time. The attempt is reported for a retry, which then succeeds.
+func TestRun_LeaseExpiredStopsHandler(t *testing.T) {
+	o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
+	o.down.Store(true)
+	b := startBroker(t, httpapi.Options{}, o.wrap)
+	var runs atomic.Int32
+	cause := make(chan error, 1)
+	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
+		if runs.Add(1) > 1 {
+			return map[string]bool{"done": true}, nil
+		}
+		<-ctx.Done()
+		cause <- context.Cause(ctx)
+		return nil, ctx.Err()
+	})
+	runAgent(t, b, []agent.Handler{block}, agent.Options{Lease: 1500 * time.Millisecond})
+	ids := b.enqueue(t, cmd("block", `{}`))
+	select {
+	case err := <-cause:
+		if err == nil || !strings.Contains(err.Error(), "expired") {
+			t.Errorf("cause = %v, want the expired lease", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler ran on past its lease with every heartbeat failing")
+	}
+	c := b.await(t, ids[0])
+	if c.State != spinbroker.Succeeded || c.Attempts != 2 || o.seen.Load() == 0 {
+		t.Errorf("command %s after %d attempts (%d heartbeats refused)", c.State, c.Attempts, o.seen.Load())
+	}
+}
+
+// TestRun_ResultDeliveredAfterLocalExpiry: a broker out of reach for longer
+// than the lease still gets the result once it is back, as long as nobody
+// else took the command meanwhile; the work is not done twice.
+func TestRun_ResultDeliveredAfterLocalExpiry(t *testing.T) {
+	o := &outage{match: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/commands/") }}
+	b := startBroker(t, httpapi.Options{}, o.wrap)
+	var runs atomic.Int32
+	quick := agent.Handle("quick", func(ctx context.Context, p struct{}) (any, error) {
+		o.down.Store(true) // the broker goes out of reach as the handler ends
+		runs.Add(1)
+		return map[string]bool{"done": true}, nil
+	})
+	runAgent(t, b, []agent.Handler{quick}, agent.Options{Lease: time.Second})
+	ids := b.enqueue(t, cmd("quick", `{}`))
+	time.Sleep(2500 * time.Millisecond) // the lease runs out by every clock
+	o.down.Store(false)
+	c := b.await(t, ids[0])
+	if c.State != spinbroker.Succeeded || c.Attempts != 1 || runs.Load() != 1 || o.seen.Load() == 0 {
+		t.Errorf("command %s after %d attempts, %d runs, %d refused requests", c.State, c.Attempts, runs.Load(), o.seen.Load())
+	}
+}
