@@ -120,8 +120,6 @@ func (c *serveConfig) validate() error {
 	switch {
 	case c.maxWrites < 1:
 		return fmt.Errorf("--max-writes must be at least 1, not %d", c.maxWrites)
-	case c.sync != "normal" && c.sync != "full":
-		return fmt.Errorf("--sync must be normal or full, not %q", c.sync)
 	case c.sweepEvery <= 0:
 		return fmt.Errorf("--sweep-interval must be more than 0, not %s", c.sweepEvery)
 	case c.headerTimeout <= 0:
@@ -132,6 +130,9 @@ func (c *serveConfig) validate() error {
 		return fmt.Errorf("--retain must not be negative (0 keeps finished packages), not %s", c.retain)
 	case c.stagingTTL < 0:
 		return fmt.Errorf("--staging-ttl must not be negative (0 keeps packages in staging), not %s", c.stagingTTL)
+	}
+	if _, err := store.SyncPragma(c.sync); err != nil {
+		return fmt.Errorf("--%w", err)
 	}
 	if c.pprofAddr != "" {
 		local, err := loopback(c.pprofAddr)

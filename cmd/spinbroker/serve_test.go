@@ -232,6 +232,12 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 			t.Fatalf("%v %s: a refused start created the database", tt.args, tt.env)
 		}
 	}
+	// --sync is read in any case, as the store reads it.
+	b := startBroker(t, filepath.Join(dir, "full.db"), "--sync", "FULL")
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-b.done; err != nil || !strings.Contains(b.logs.String(), "sync=FULL") {
+		t.Fatalf("--sync FULL: %v\n%s", err, b.logs)
+	}
 	// SPINBROKER_AUTH takes the usual spellings of true.
 	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "auth.db"), "--sweep-interval", "1h")
 	cmd.Env = append(os.Environ(), "SPINBROKER_AUTH=true")

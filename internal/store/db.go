@@ -118,14 +118,22 @@ func createPrivate(path string) error {
 	return f.Close()
 }
 
-func open(ctx context.Context, path string, opts Options) (*DB, error) {
-	sync := "NORMAL"
-	switch strings.ToLower(opts.Sync) {
+// SyncPragma is SQLite's synchronous setting for Options.Sync: "normal" (or
+// "", the default) or "full", in any case.
+func SyncPragma(s string) (string, error) {
+	switch strings.ToLower(s) {
 	case "", "normal":
+		return "NORMAL", nil
 	case "full":
-		sync = "FULL"
-	default:
-		return nil, fmt.Errorf("store: sync must be normal or full, not %q", opts.Sync)
+		return "FULL", nil
+	}
+	return "", fmt.Errorf("sync must be normal or full, not %q", s)
+}
+
+func open(ctx context.Context, path string, opts Options) (*DB, error) {
+	sync, err := SyncPragma(opts.Sync)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
