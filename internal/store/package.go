@@ -111,16 +111,18 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		if replay, err = t.idempotent(idem); replay != nil || err != nil {
 			return err
 		}
-		// A bad dependency is a 400, and a 400 wins over any 409 (API.md,
-		// Errors).
+		var c spinbroker.Command
 		switch {
 		case cancelled:
-			return t.badDepsFirst(spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID), pkgID, []spinbroker.NewCommand{in}, true)
+			err = spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID)
 		case enqueued:
-			return t.badDepsFirst(spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID), pkgID, []spinbroker.NewCommand{in}, true)
+			err = spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
+		default:
+			c, err = t.addCommand(pkgID, total, &in, nil)
 		}
-		c, err := t.addCommand(pkgID, total, &in, nil)
 		if err != nil {
+			// A bad dependency is a 400, and a 400 wins over any 409
+			// (API.md, Errors).
 			return t.badDepsFirst(err, pkgID, []spinbroker.NewCommand{in}, true)
 		}
 		t.commit.Packages = append(t.commit.Packages, pkgID)
@@ -343,9 +345,15 @@ func (t *Tx) resolveDep(pkgID, entry string) (id, state string, err error) {
 	}
 	err = t.queryRow(`SELECT id, state FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id, &state)
 	if isNoRows(err) {
-		return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(entry, 80), pkgID)
+		return "", "", unknownKeyDep(pkgID, entry)
 	}
 	return id, state, err
+}
+
+// unknownKeyDep is the error of a dependency key that names no command
+// added earlier to package pkgID.
+func unknownKeyDep(pkgID, key string) error {
+	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(key, 80), pkgID)
 }
 
 // badDepsFirst returns the error of a bad dependency among cmds, added to
@@ -364,40 +372,20 @@ func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand,
 	for _, c := range cmds {
 		own := strings.ToLower(c.ID)
 		for _, d := range c.Dependencies {
-			if spinbroker.LooksLikeID(d) {
-				id := strings.ToLower(d)
-				if id == own {
-					return spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
-				}
-				if ids[id] {
-					continue
-				}
-				var one int
-				qerr := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one)
-				if isNoRows(qerr) {
-					return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %s names no existing command", id)
-				} else if qerr != nil {
-					return err
-				}
-				continue
-			}
-			if d == c.Key && c.Key != "" {
+			isID := spinbroker.LooksLikeID(d)
+			switch {
+			case isID && strings.ToLower(d) == own, !isID && d == c.Key && c.Key != "":
 				return spinbroker.Errorf(spinbroker.EINVALID, "a command cannot depend on itself")
-			}
-			if keys[d] {
-				continue
-			}
-			found := false
-			if inDB {
-				var one int
-				qerr := t.queryRow(`SELECT 1 FROM commands WHERE package_id = ? AND key = ?`, pkgID, d).Scan(&one)
-				if qerr != nil && !isNoRows(qerr) {
+			case isID && ids[strings.ToLower(d)], !isID && keys[d]:
+				// An earlier command of the request.
+			case isID || inDB:
+				if _, _, rerr := t.resolveDep(pkgID, d); spinbroker.ErrorCode(rerr) == spinbroker.EUNKNOWNDEP {
+					return rerr
+				} else if rerr != nil {
 					return err
 				}
-				found = qerr == nil
-			}
-			if !found {
-				return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(d, 80), pkgID)
+			default:
+				return unknownKeyDep(pkgID, d)
 			}
 		}
 		if c.Key != "" {
