@@ -35,6 +35,12 @@ func pathFirst(err error, exists func() error) error {
 	return err
 }
 
+// packageExists answers, when called, whether package id exists: for
+// pathFirst, which asks only when a body was refused.
+func (s *Server) packageExists(r *http.Request, id string) func() error {
+	return func() error { _, err := s.store.PackageInfo(r.Context(), id); return err }
+}
+
 // idempotency returns the Idempotency-Key record of a create, or nil when
 // the request carries no key. Keys are scoped to the method and path, and to
 // the token when auth is on.
@@ -113,7 +119,7 @@ func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	exists := func() error { _, err := s.store.PackageInfo(r.Context(), id); return err }
+	exists := s.packageExists(r, id)
 	var in spinbroker.NewCommand
 	body, err := readJSON(w, r, &in, false)
 	if err != nil {
@@ -168,7 +174,7 @@ func (s *Server) packageAction(w http.ResponseWriter, r *http.Request, p permiss
 	}
 	id, err := pathID(r, "package")
 	if err == nil && p != permRead {
-		err = pathFirst(noBody(w, r), func() error { _, err := s.store.PackageInfo(r.Context(), id); return err })
+		err = pathFirst(noBody(w, r), s.packageExists(r, id))
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -207,7 +213,7 @@ func (s *Server) handlePackageDelete(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := pathID(r, "package")
 	if err == nil {
-		err = pathFirst(noBody(w, r), func() error { _, err := s.store.PackageInfo(r.Context(), id); return err })
+		err = pathFirst(noBody(w, r), s.packageExists(r, id))
 	}
 	if err != nil {
 		s.writeError(w, r, err)
