@@ -8,6 +8,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/spin-broker/spinbroker/internal/hostpath"
 )
 
 // Limits of a VM's config.
@@ -124,19 +126,6 @@ func resolveImages(images []Image, root string) ([]Image, error) {
 	return out, nil
 }
 
-// formatOf is an image's format by its name: qcow2 when it ends in
-// ".qcow2" (in any case), else raw, so that QEMU is told and never probes.
-// Never by its contents: a guest writes what it likes into its raw disk, a
-// qcow2 header with a backing file on the host included, and a drive opened
-// as qcow2 would then read that file into the guest. sa-host-path creates
-// images by the same rule (internal/hostpath, formatOf).
-func formatOf(path string) string {
-	if strings.HasSuffix(strings.ToLower(path), ".qcow2") {
-		return "qcow2"
-	}
-	return "raw"
-}
-
 // qemuEscape doubles commas, QEMU's way to put one inside an option value;
 // otherwise a path such as "x.img,readonly=off" would add an option.
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
@@ -171,7 +160,9 @@ func QEMUArgs(vm *VM, h Host) []string {
 		args = append(args, "-cpu", qemuEscape(h.CPU))
 	}
 	for i, im := range vm.Images {
-		drive := "file=" + qemuEscape(im.Path) + ",format=" + formatOf(im.Path) + fmt.Sprintf(",id=drive%d", i)
+		// QEMU is told the format, by the image's name (never probed:
+		// see hostpath.FormatOf).
+		drive := "file=" + qemuEscape(im.Path) + ",format=" + hostpath.FormatOf(im.Path) + fmt.Sprintf(",id=drive%d", i)
 		if im.Cdrom {
 			drive += ",media=cdrom,readonly=on,if=ide"
 		} else {

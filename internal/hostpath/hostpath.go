@@ -251,7 +251,7 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 // CreateImage is the parameters of create_image. ImageSize is in GiB;
 // Format is "raw" (a sparse file) or "qcow2", and must agree with the
 // name: an image is qcow2 exactly when its name ends in ".qcow2" (see
-// formatOf); left out, the name says which.
+// FormatOf); left out, the name says which.
 type CreateImage struct {
 	VolumePath string `json:"volume_path" spin:"required"`
 	ImageName  string `json:"image_name" spin:"required"`
@@ -271,7 +271,7 @@ func (p CreateImage) Validate() error {
 	case "":
 		return nil
 	case "raw", "qcow2":
-		if named := formatOf(p.ImageName); named != p.Format {
+		if named := FormatOf(p.ImageName); named != p.Format {
 			return fmt.Errorf("image %q would be %s by its name, not %s: a qcow2 image's name ends in .qcow2, and only its name says how it is read", p.ImageName, named, p.Format)
 		}
 		return nil
@@ -279,13 +279,13 @@ func (p CreateImage) Validate() error {
 	return fmt.Errorf("format %q is not raw or qcow2", p.Format)
 }
 
-// formatOf is an image's format by its name: qcow2 when it ends in ".qcow2"
+// FormatOf is an image's format by its name: qcow2 when it ends in ".qcow2"
 // (in any case), else raw. The format is never read from the image's
 // contents: a guest writes what it likes into a raw disk, a qcow2 header
 // naming a backing file on the host included, and an image probed as qcow2
-// would then have QEMU or qemu-img open that file. sa-emulation's drives
-// follow the same rule (internal/emulation, formatOf).
-func formatOf(name string) string {
+// would then have QEMU or qemu-img open that file. sa-emulation names its
+// drives' formats with it too.
+func FormatOf(name string) string {
 	if strings.HasSuffix(strings.ToLower(name), ".qcow2") {
 		return "qcow2"
 	}
@@ -302,7 +302,7 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	format := formatOf(p.ImageName)
+	format := FormatOf(p.ImageName)
 	rel := filepath.Join(vol, p.ImageName)
 	size := p.ImageSize << 30
 	if info, err := s.stat(rel); err == nil {
@@ -442,7 +442,7 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 		return imageInfo{}, describe(rel, err)
 	}
 	defer f.Close()
-	info, err := readInfo(f, formatOf(rel), fi.Size())
+	info, err := readInfo(f, FormatOf(rel), fi.Size())
 	if err != nil {
 		return imageInfo{}, fmt.Errorf("image %q: %w", rel, err)
 	}
