@@ -529,28 +529,11 @@ func TestAPI_RequestID(t *testing.T) {
 // writes go through again.
 func TestAPI_WritesTakeTurns(t *testing.T) {
 	e := newEnv(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 50 * time.Millisecond})
-	// A create whose body has not all arrived holds the one turn.
-	body, feed := io.Pipe()
-	first := make(chan int, 1)
-	go func() {
-		req, _ := http.NewRequest("POST", e.srv.URL+"/packages", body)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := e.srv.Client().Do(req)
-		if err != nil {
-			first <- -1
-			return
-		}
-		resp.Body.Close()
-		first <- resp.StatusCode
-	}()
-	feed.Write([]byte(`{"commands": [{"resource": "q", `))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(string(e.do("GET", "/metrics", "").body), "\nspinbroker_http_writes_in_flight 1\n") {
-		if time.Now().After(deadline) {
-			t.Fatal("the first create never took its turn")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// A create waiting for the database's write lock, which another
+	// connection holds, holds the one turn.
+	unlock := e.lockDatabase()
+	first := e.startCreate(strings.NewReader(`{"commands": [{"resource": "q", "action": "first"}], "enqueue": true}`))
+	e.waitWritesInFlight(1)
 
 	r := e.do("POST", "/packages", `{"commands": [{"resource": "q", "action": "second"}]}`)
 	e.want(r, 503, spinbroker.EUNAVAILABLE)
@@ -558,12 +541,15 @@ func TestAPI_WritesTakeTurns(t *testing.T) {
 		t.Errorf("the refusal: %v %s", r.header, r.body)
 	}
 	e.want(e.do("GET", "/queues", ""), 200, "")
-	if r := e.do("POST", "/queues/q/next", ""); r.status != 204 {
-		t.Errorf("next waited for a write's turn: %d %s", r.status, r.body)
+	// next waits for the database too, but never for a turn, which would
+	// have been refused within MaxWriteWait.
+	client := &http.Client{Timeout: 500 * time.Millisecond}
+	if resp, err := client.Post(e.srv.URL+"/queues/q/next", "", nil); err == nil {
+		resp.Body.Close()
+		t.Errorf("next answered %d while the database was locked: did it wait for a write's turn?", resp.StatusCode)
 	}
 
-	feed.Write([]byte(`"action": "first"}], "enqueue": true}`))
-	feed.Close()
+	unlock()
 	if status := <-first; status != 201 {
 		t.Fatalf("the first create answered %d", status)
 	}
@@ -571,4 +557,73 @@ func TestAPI_WritesTakeTurns(t *testing.T) {
 	if c := e.next("q"); c == nil || c.Action != "first" {
 		t.Fatalf("after the turns: %+v", c)
 	}
+}
+
+// TestAPI_SlowBodyHoldsNoTurn: a body still arriving is read before its
+// request takes a turn, so a slow upload never stalls the other writes.
+func TestAPI_SlowBodyHoldsNoTurn(t *testing.T) {
+	e := newEnv(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 50 * time.Millisecond})
+	body, feed := io.Pipe()
+	t.Cleanup(func() { feed.Close() }) // a failed test must not hang the server's close
+	slow := e.startCreate(body)
+	feed.Write([]byte(`{"commands": [{"resource": "q", `))
+
+	e.createPackage(`[{"resource": "q", "action": "quick"}]`, true)
+	if r := e.do("GET", "/metrics", ""); !strings.Contains(string(r.body), "\nspinbroker_http_writes_in_flight 0\n") {
+		t.Errorf("a body still arriving holds a turn:\n%s", r.body)
+	}
+
+	feed.Write([]byte(`"action": "slow"}], "enqueue": true}`))
+	feed.Close()
+	if status := <-slow; status != 201 {
+		t.Fatalf("the slow create answered %d", status)
+	}
+	for _, want := range []string{"quick", "slow"} {
+		c := e.next("q")
+		if c == nil || c.Action != want {
+			t.Fatalf("want %s, got %+v", want, c)
+		}
+		e.want(e.complete(c, true), 200, "")
+	}
+}
+
+// TestAPI_BodiesHoldBoundedMemory: bodies read ahead of their turn hold at
+// most MaxBodyMemory; past it a write waits, then is refused 503, and
+// the memory comes back when the bodies are done with.
+func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
+	e := newEnv(t, httpapi.Options{MaxWriteWait: 50 * time.Millisecond, MaxBodyMemory: spinbroker.MaxBodyBytes + 1})
+	body, feed := io.Pipe()
+	t.Cleanup(func() { feed.Close() }) // a failed test must not hang the server's close
+	slow := e.startCreate(body)
+	// Most of a megabyte has arrived: the budget is nearly spent.
+	blob := strings.Repeat("x", spinbroker.MaxBodyBytes-64<<10)
+	feed.Write([]byte(`{"commands": [{"resource": "q", "action": "big", "parameters": {"blob": "` + blob + `"}}], `))
+
+	big := `{"commands": [{"resource": "q", "action": "second", "parameters": {"blob": "` + strings.Repeat("y", 300<<10) + `"}}]}`
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := e.do("POST", "/packages", big)
+		if r.status == 503 {
+			e.want(r, 503, spinbroker.EUNAVAILABLE)
+			if !strings.Contains(string(r.body), "memory") {
+				t.Errorf("the refusal does not say why: %s", r.body)
+			}
+			break
+		}
+		// The slow body's bytes may not all have been read yet.
+		e.want(r, 201, "")
+		if time.Now().After(deadline) {
+			t.Fatal("a write past the budget was never refused")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Small writes still fit.
+	e.createPackage(`[{"resource": "q", "action": "small"}]`, false)
+
+	feed.Write([]byte(`"enqueue": true}`))
+	feed.Close()
+	if status := <-slow; status != 201 {
+		t.Fatalf("the slow create answered %d", status)
+	}
+	e.want(e.do("POST", "/packages", big), 201, "")
 }

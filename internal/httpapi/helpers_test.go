@@ -2,13 +2,17 @@ package httpapi_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
@@ -146,4 +150,63 @@ func (e *env) next(resource string) *spinbroker.Command {
 func (e *env) complete(c *spinbroker.Command, ok bool) response {
 	e.t.Helper()
 	return e.do("POST", "/commands/"+c.ID+"/complete", `{"status": `+map[bool]string{true: "true", false: "false"}[ok]+`, "lease": "`+c.Lease.Token+`"}`)
+}
+
+// lockDatabase takes the database's write lock on a connection of its own,
+// so that the store's writer waits (its busy timeout is 10s); the returned
+// func releases it.
+func (e *env) lockDatabase() (unlock func()) {
+	e.t.Helper()
+	db, err := sql.Open("sqlite", "file:"+e.db.Path())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		e.t.Fatal(err)
+	}
+	var once sync.Once
+	unlock = func() {
+		once.Do(func() {
+			conn.ExecContext(ctx, "ROLLBACK")
+			conn.Close()
+			db.Close()
+		})
+	}
+	e.t.Cleanup(unlock)
+	return unlock
+}
+
+// startCreate sends POST /packages with body, and answers its status (-1
+// when it failed) on the returned channel.
+func (e *env) startCreate(body io.Reader) <-chan int {
+	status := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", e.srv.URL+"/packages", body)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := e.srv.Client().Do(req)
+		if err != nil {
+			status <- -1
+			return
+		}
+		resp.Body.Close()
+		status <- resp.StatusCode
+	}()
+	return status
+}
+
+// waitWritesInFlight waits until n writes hold a turn.
+func (e *env) waitWritesInFlight(n int) {
+	e.t.Helper()
+	want := fmt.Sprintf("\nspinbroker_http_writes_in_flight %d\n", n)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(string(e.do("GET", "/metrics", "").body), want) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d writes never held a turn", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -19,8 +19,18 @@ import (
 
 // readBody reads a request body of at most spinbroker.MaxBodyBytes.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, spinbroker.MaxBodyBytes)
-	b, err := io.ReadAll(r.Body)
+	var b []byte
+	var err error
+	if ahead, ok := r.Body.(*aheadBody); ok { // limitWrites has read it
+		b, err = ahead.data, ahead.err
+		if len(b) > spinbroker.MaxBodyBytes {
+			w.Header().Set("Connection", "close") // the rest is not read
+			err = &http.MaxBytesError{Limit: spinbroker.MaxBodyBytes}
+		}
+	} else {
+		r.Body = http.MaxBytesReader(w, r.Body, spinbroker.MaxBodyBytes)
+		b, err = io.ReadAll(r.Body)
+	}
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):

@@ -180,33 +180,6 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 	})
 }
 
-// limitWrites serves a state-changing request once fewer than MaxWrites
-// are being served; it waits up to MaxWriteWait for a turn, then answers 503
-// unavailable (with Retry-After), which clients retry. Each request holds
-// its decoded body while it waits for the store's writer, so a flood would
-// otherwise take as much memory as it sends.
-func (s *Server) limitWrites(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case s.writes <- struct{}{}:
-		default:
-			t := time.NewTimer(s.opts.MaxWriteWait)
-			select {
-			case s.writes <- struct{}{}:
-				t.Stop()
-			case <-t.C:
-				s.writeError(w, r, errorf(spinbroker.EUNAVAILABLE, "the broker is busy: %d writes are in progress and this one waited %s for a turn; retry shortly", cap(s.writes), s.opts.MaxWriteWait))
-				return
-			case <-r.Context().Done():
-				t.Stop()
-				return // the client is gone
-			}
-		}
-		defer func() { <-s.writes }()
-		next.ServeHTTP(w, r)
-	})
-}
-
 // requestID is the id a request is logged and answered under
 // (X-Request-Id): the client's, when it sent a short printable one, so that
 // a proxy's or a client's id finds the broker's log line; else a new one.

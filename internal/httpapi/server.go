@@ -76,10 +76,16 @@ type Options struct {
 	// MaxWrites is how many state-changing requests are served at once
 	// (default 256; next and claim are not counted, they wait on queues).
 	// The others wait up to MaxWriteWait (default 10s) for a turn, then
-	// are answered 503 unavailable: a flood of large creates queues in
-	// bounded memory, not in the whole heap.
+	// are answered 503 unavailable, which clients retry.
 	MaxWrites    int
 	MaxWriteWait time.Duration
+	// MaxBodyMemory is how many bytes the bodies of state-changing
+	// requests may hold at once (default MaxWrites MiB, at least 1 MiB). A
+	// body is read before its request takes a turn, so a slow upload never
+	// holds one; when bodies hold this much, the next waits up to
+	// MaxWriteWait, then is answered 503: a flood of large creates queues in
+	// bounded memory, not in the whole heap.
+	MaxBodyMemory int64
 }
 
 // Server is the HTTP API over a Store.
@@ -91,6 +97,7 @@ type Server struct {
 	notifier *notifier
 	polls    *polls
 	writes   chan struct{} // a token per state-changing request being served
+	bodies   budget        // memory for the bodies of those and of those waiting
 	hub      *hub
 	metrics  *metrics
 	tokens   *tokenCache
@@ -122,6 +129,10 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 	if opts.MaxWriteWait <= 0 {
 		opts.MaxWriteWait = 10 * time.Second
 	}
+	if opts.MaxBodyMemory <= 0 {
+		opts.MaxBodyMemory = int64(opts.MaxWrites) * (spinbroker.MaxBodyBytes + 1)
+	}
+	opts.MaxBodyMemory = max(opts.MaxBodyMemory, spinbroker.MaxBodyBytes+1) // one whole body fits
 	s := &Server{
 		store:    st,
 		log:      logger,
@@ -130,6 +141,7 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 		notifier: newNotifier(),
 		polls:    newPolls(opts.Now()),
 		writes:   make(chan struct{}, opts.MaxWrites),
+		bodies:   newBudget(opts.MaxBodyMemory),
 		quit:     make(chan struct{}),
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)

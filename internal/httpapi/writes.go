@@ -1,0 +1,146 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// limitWrites serves a state-changing request once fewer than MaxWrites
+// are being served; it waits up to MaxWriteWait for a turn, then answers 503
+// unavailable (with Retry-After), which clients retry.
+//
+// The body is read before the turn is taken (readAhead), so that a slow
+// upload holds memory it has been charged for, never a turn: 256 clients on
+// a slow link must not stall every heartbeat and completion behind them.
+func (s *Server) limitWrites(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		charged, err := s.readAhead(r)
+		defer s.bodies.release(charged)
+		if err != nil {
+			if r.Context().Err() == nil {
+				s.writeError(w, r, err)
+			}
+			return
+		}
+		select {
+		case s.writes <- struct{}{}:
+		default:
+			t := time.NewTimer(s.opts.MaxWriteWait)
+			select {
+			case s.writes <- struct{}{}:
+				t.Stop()
+			case <-t.C:
+				s.writeError(w, r, errorf(spinbroker.EUNAVAILABLE, "the broker is busy: %d writes are in progress and this one waited %s for a turn; retry shortly", cap(s.writes), s.opts.MaxWriteWait))
+				return
+			case <-r.Context().Done():
+				t.Stop()
+				return // the client is gone
+			}
+		}
+		defer func() { <-s.writes }()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// readAhead reads r's body into memory, at most one byte past
+// spinbroker.MaxBodyBytes (the handler's readBody then reports 413), and
+// puts it back as r.Body. Memory is charged to s.bodies as it is allocated,
+// in pieces that start small, so a client that has sent little holds
+// little; when the budget is spent the request waits up to MaxWriteWait for
+// some, then is answered 503. A read error (the client went away, the
+// server's read timeout) is handed on to the handler after the bytes that
+// did arrive, as the body would have.
+func (s *Server) readAhead(r *http.Request) (charged int64, err error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return 0, nil
+	}
+	const first, largest = 4 << 10, 256 << 10
+	var buf []byte
+	piece := first
+	if n := r.ContentLength; n > 0 && n <= largest {
+		piece = int(n) + 1 // one read to the end, and one to see EOF
+	}
+	var readErr error
+	for len(buf) <= spinbroker.MaxBodyBytes {
+		if len(buf) == cap(buf) {
+			grow := min(piece, spinbroker.MaxBodyBytes+1-len(buf))
+			if err := s.bodies.charge(r.Context(), int64(grow), s.opts.MaxWriteWait); err != nil {
+				return charged, err
+			}
+			charged += int64(grow)
+			next := make([]byte, len(buf), len(buf)+grow)
+			copy(next, buf)
+			buf = next
+			piece = min(2*piece, largest)
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	r.Body = &aheadBody{buf, readErr, io.MultiReader(bytes.NewReader(buf), errReader{readErr}), r.Body}
+	return charged, nil
+}
+
+// aheadBody is a body read ahead: its bytes, then the read's error, and the
+// original body to close. readBody takes data and err without reading.
+type aheadBody struct {
+	data []byte
+	err  error
+	rest io.Reader
+	io.Closer
+}
+
+func (a *aheadBody) Read(p []byte) (int, error) { return a.rest.Read(p) }
+
+// errReader returns err, or io.EOF when err is nil.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) {
+	if e.err == nil {
+		return 0, io.EOF
+	}
+	return 0, e.err
+}
+
+// budget is the bytes that bodies read ahead of their write turn may hold
+// at once.
+type budget struct{ sem *semaphore.Weighted }
+
+func newBudget(n int64) budget { return budget{semaphore.NewWeighted(n)} }
+
+// charge takes n bytes, waiting up to wait for them to be released.
+func (b budget) charge(ctx context.Context, n int64, wait time.Duration) error {
+	if b.sem.TryAcquire(n) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := b.sem.Acquire(ctx, n); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return errorf(spinbroker.EUNAVAILABLE, "the broker is busy: request bodies waiting for a turn hold all the memory they may and this one waited %s; retry shortly", wait)
+		}
+		return err // the client is gone
+	}
+	return nil
+}
+
+// release gives n bytes back.
+func (b budget) release(n int64) {
+	if n > 0 {
+		b.sem.Release(n)
+	}
+}
