@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -40,9 +41,12 @@ func (e *InUseError) Is(target error) bool { return target == ErrInUse }
 // file of its own keeps clear of them.
 
 // lockExclusive takes the lock of the database at path, or fails with an
-// *InUseError when another process holds it.
+// *InUseError when another process holds it. The lock file is beside the
+// file path resolves to, so that a broker given a symlink (or a path
+// through a symlinked directory) and one given the real path take the same
+// lock.
 func lockExclusive(path string) (*os.File, error) {
-	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(resolved(path)+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store: lock %s: %w", path, err)
 	}
@@ -65,6 +69,23 @@ func lockExclusive(path string) (*os.File, error) {
 		return nil, fmt.Errorf("store: lock %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// resolved is path with its symlinks followed: the file's, when it exists,
+// else its directory's. It is path itself when neither resolves (the
+// directory is missing, and opening will say so).
+func resolved(path string) string {
+	if p, err := filepath.EvalSymlinks(path); err == nil {
+		return p
+	}
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	if d, err := filepath.EvalSymlinks(dir); err == nil {
+		return filepath.Join(d, name)
+	}
+	return path
 }
 
 // readPID reads the pid a lock file's holder wrote, or 0.

@@ -13,6 +13,47 @@ import (
 	"github.com/spin-broker/spinbroker/internal/store"
 )
 
+// TestOpen_ExclusiveThroughSymlinks: a database reached through a symlink,
+// to the file or to its directory, is the same database: a second broker
+// given either path is refused.
+func TestOpen_ExclusiveThroughSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "data")
+	if err := os.Mkdir(real, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(real, "x.db")
+	first, err := store.Open(ctx, path, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := os.Symlink(path, filepath.Join(dir, "link.db")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(dir, "linkdir")); err != nil {
+		t.Fatal(err)
+	}
+	for _, other := range []string{filepath.Join(dir, "link.db"), filepath.Join(dir, "linkdir", "x.db"), filepath.Join(dir, ".", "data", "..", "data", "x.db")} {
+		if db, err := store.Open(ctx, other, store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
+			if err == nil {
+				db.Close()
+			}
+			t.Errorf("a second broker on %s: %v, want ErrInUse", other, err)
+		}
+	}
+	// A database that does not exist yet, in a symlinked directory.
+	fresh := filepath.Join(real, "fresh.db")
+	held, err := store.Open(ctx, filepath.Join(dir, "linkdir", "fresh.db"), store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := store.Open(ctx, fresh, store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
+		t.Errorf("a second broker on the new database by its real path: %v, want ErrInUse", err)
+	}
+}
+
 // TestOpen_Exclusive: while one Open holds a database exclusively, another
 // exclusive Open and a migration fail with an error naming the database
 // and the holder's pid, and change nothing; an Open without Exclusive (a
