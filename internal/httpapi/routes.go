@@ -86,7 +86,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
-		s.writeError(w, r, errorf(spinbroker.EUNAVAILABLE, "the database does not answer"))
+		if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
+			err = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
+		}
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

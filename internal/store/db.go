@@ -75,6 +75,9 @@ type DB struct {
 	batches     atomic.Int64 // transactions committed by the writer
 	written     atomic.Int64 // write operations committed
 	checkpoints atomic.Int64 // checkpoints run while the writer was idle
+	// writeFailure is the database failure of the last write that failed
+	// for one (disk full, I/O error, read-only), cleared by the next commit.
+	writeFailure atomic.Pointer[error]
 	ckpt        *checkpointer
 	lock        *os.File // the exclusive lock, when Options.Exclusive
 }
@@ -370,11 +373,27 @@ func (db *DB) Close() error {
 	return err
 }
 
-// Ping reports whether the database answers a read.
+// Ping reports whether the database answers a read and takes writes. A
+// database that reads fine can still refuse every write (a full disk), so
+// when the last write failed for the database's sake, Ping tries one that
+// changes nothing: its commit clears the failure once writes work again.
 func (db *DB) Ping(ctx context.Context) error {
 	var one int
 	if err := db.rdb.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
-		return interpretError(err)
+		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database does not answer: %v", interpretError(err))
+	}
+	if db.writeFailure.Load() == nil {
+		return nil
+	}
+	err := db.write(ctx, func(tx *Tx) error {
+		_, err := tx.exec(`UPDATE counters SET value = value WHERE name = 'seq'`)
+		return err
+	})
+	if err != nil {
+		if p := db.writeFailure.Load(); p != nil {
+			err = *p
+		}
+		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database takes no writes: %v", err)
 	}
 	return nil
 }
@@ -490,6 +509,9 @@ func (w *writer) gather(batch *[]*op) {
 func (w *writer) commit(batch []*op) {
 	ctx := context.Background()
 	fail := func(err error) {
+		if ue := (*unavailableError)(nil); errors.As(err, &ue) { // a statement's
+			w.db.writeFailure.Store(&err)
+		}
 		for _, o := range batch {
 			if o.err == nil {
 				o.err = err
@@ -564,6 +586,7 @@ func (w *writer) commit(batch []*op) {
 		fail(w.db.unavailable("commit", err))
 		return
 	}
+	w.db.writeFailure.Store(nil)
 	w.db.batches.Add(1)
 	w.db.written.Add(int64(ran))
 	var ls []func(*spinbroker.Commit)
@@ -608,15 +631,18 @@ func (w *writer) exec(q string, args ...any) (sql.Result, error) {
 }
 
 // unavailable logs a database failure once and turns it into the error every
-// caller of the batch gets.
+// caller of the batch gets; Ping reports it until a commit succeeds.
 func (db *DB) unavailable(what string, err error) error {
 	err = interpretError(err)
 	if spinbroker.ErrorCode(err) == spinbroker.EUNAVAILABLE {
 		db.log.Error("database unavailable", "step", what, "err", err)
+		db.writeFailure.Store(&err)
 		return err
 	}
 	db.log.Error("database error", "step", what, "err", err)
-	return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database is unavailable")
+	err = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database is unavailable")
+	db.writeFailure.Store(&err)
+	return err
 }
 
 // Tx is one write operation's view of the shared transaction.

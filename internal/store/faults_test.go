@@ -13,8 +13,9 @@ import (
 
 // TestReadOnlyWhileOpen: when the database refuses writes (SQLite's own
 // SQLITE_READONLY, raised here by query_only on the writer's connection),
-// writes answer EUNAVAILABLE and a log line says why; reads go on; when the
-// database takes writes again, so does the store.
+// writes answer EUNAVAILABLE and a log line says why; reads go on, and Ping
+// says writes fail; when the database takes writes again, so does the store,
+// and Ping finds out by itself.
 func TestReadOnlyWhileOpen(t *testing.T) {
 	var logs strings.Builder
 	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "ro.db"), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -47,7 +48,18 @@ func TestReadOnlyWhileOpen(t *testing.T) {
 	if _, err := db.Package(ctx, p.ID); err != nil {
 		t.Fatalf("reads must go on: %v", err)
 	}
+	// Ping (behind /healthz) says writes fail, though reads answer.
+	for range 2 {
+		if err := db.Ping(ctx); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(err.Error(), "takes no writes") || !strings.Contains(err.Error(), "readonly") {
+			t.Fatalf("Ping while writes fail: %v", err)
+		}
+	}
 	setQueryOnly(false)
+	// Ping's own write finds the database writable again, with no other
+	// write to tell it.
+	if err := db.Ping(ctx); err != nil {
+		t.Fatalf("Ping once the database took writes again: %v", err)
+	}
 	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
 		t.Fatalf("after the database took writes again: %v", err)
 	}
