@@ -521,6 +521,23 @@ func TestAPI_RequestID(t *testing.T) {
 	if r.status != 404 || !hex16.MatchString(r.header.Get("X-Request-Id")) {
 		t.Errorf("a 404 without a request id: %d %v", r.status, r.header)
 	}
+
+	// The line that gives a 503's cause has its request's id.
+	var busyLog lockedBuffer
+	busy := newEnvLogging(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 10 * time.Millisecond}, &busyLog)
+	unlock := busy.lockDatabase()
+	first := busy.startCreate(strings.NewReader(`{"commands": []}`))
+	busy.waitWritesInFlight(1)
+	busy.want(busy.do("POST", "/packages", `{"commands": []}`, "X-Request-Id", "cause-1"), 503, spinbroker.EUNAVAILABLE)
+	unlock()
+	<-first
+	cause := regexp.MustCompile(`"msg":"unavailable"[^\n]*"request_id":"cause-1"`)
+	for !cause.MatchString(busyLog.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cause's line lacks the request id:\n%s", busyLog.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestAPI_WritesTakeTurns: past MaxWrites state-changing requests at once,

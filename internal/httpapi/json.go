@@ -248,9 +248,11 @@ func (s *Server) judge(w http.ResponseWriter, r *http.Request, err error) (*spin
 	return e, StatusOf(e.Code)
 }
 
-// logAttrs is a helper for handlers that log.
+// logAttrs is a helper for handlers that log: the request's method, path
+// and id, so that a cause is found beside its request's own line.
 func logAttrs(r *http.Request, more ...any) []any {
-	return append([]any{slog.String("method", r.Method), slog.String("path", r.URL.Path)}, more...)
+	id, _ := r.Context().Value(requestIDKey{}).(string)
+	return append([]any{slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.String("request_id", id)}, more...)
 }
 
 // errorf is a shorthand used where handlers build errors.

@@ -160,6 +160,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		start := time.Now()
 		id := requestID(r.Header.Get("X-Request-Id"))
 		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
 		sw := &statusWriter{ResponseWriter: w}
 		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
 		next.ServeHTTP(sw, r)
@@ -182,6 +183,10 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		s.log.Log(r.Context(), level, "request", attrs...)
 	})
 }
+
+// requestIDKey is the context key of a request's id, for the log lines
+// that give a cause (logAttrs).
+type requestIDKey struct{}
 
 // requestID is the id a request is logged and answered under
 // (X-Request-Id): the client's, when it sent a short printable one, so that
