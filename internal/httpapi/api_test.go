@@ -398,7 +398,7 @@ func TestAPI_Metrics(t *testing.T) {
 		`spinbroker_http_request_duration_seconds_bucket{code="200",method="POST",route="/queues/{resource}/next"`,
 		"\nspinbroker_store_transactions_total 3\n",
 		"\nspinbroker_store_writes_total 3\n",
-		"\nspinbroker_store_idle_checkpoints_total 0\n",
+		"\nspinbroker_store_checkpoints_total 0\n",
 		`go_goroutines`,
 		// The build: the test binary's version is "(devel)" or its module's.
 		`spinbroker_build_info{goversion="` + runtime.Version() + `",revision="`,

@@ -60,8 +60,8 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_writes_total",
 				Help: "Write operations committed."},
 				func() float64 { _, w, _ := ws.WriteStats(); return float64(w) }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_idle_checkpoints_total",
-				Help: "WAL checkpoints run while the writer was idle (SQLite runs the others inside a commit)."},
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_checkpoints_total",
+				Help: "WAL checkpoints run beside the writer (SQLite runs the others inside a commit)."},
 				func() float64 { _, _, c := ws.WriteStats(); return float64(c) }))
 	}
 	if sz, ok := st.(sizer); ok {
