@@ -50,7 +50,7 @@ func (db *DB) Claim(ctx context.Context, resource string, max int, lease time.Du
 // its partial index does: SQLite uses a partial index only when the query's
 // WHERE implies the index's term for term. TestPlans holds them to it.
 const (
-	qQueueState = `SELECT concurrency, paused, n_leased FROM queues WHERE resource = ?`
+	qQueueState = `SELECT concurrency, paused, n_leased, n_blocked FROM queues WHERE resource = ?`
 	// qLeaseHead leases the head of a queue's ready commands, unless it
 	// waits out a back-off, in which case it holds the queue (rule 3). The
 	// subquery reads only the commands_ready index.
@@ -113,9 +113,9 @@ const (
 )
 
 func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
-	var concurrency, leased int
+	var concurrency, leased, blocked int
 	var paused bool
-	err := t.queryRow(qQueueState, resource).Scan(&concurrency, &paused, &leased)
+	err := t.queryRow(qQueueState, resource).Scan(&concurrency, &paused, &leased, &blocked)
 	if isNoRows(err) {
 		return nil, time.Time{}, nil // nothing was ever enqueued here
 	} else if err != nil {
@@ -128,8 +128,10 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 		}
 		leased -= n
 	}
-	if err := t.promoteDelayed(resource); err != nil {
-		return nil, time.Time{}, err
+	if blocked > 0 { // a delayed command is blocked until its time
+		if err := t.promoteDelayed(resource); err != nil {
+			return nil, time.Time{}, err
+		}
 	}
 	if paused {
 		return nil, time.Time{}, nil
