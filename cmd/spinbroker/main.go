@@ -134,11 +134,11 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	pf.StringVar(&a.token, "token", os.Getenv("SPINBROKER_TOKEN"), "API token when auth is on (env SPINBROKER_TOKEN)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp)) //nolint:errcheck // the flag exists
-	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.benchCommand())
+	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.compactCommand(), a.benchCommand())
 	root.AddCommand(a.clientCommands()...)
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "serve", "migrate", "backup", "token":
+		case "serve", "migrate", "backup", "compact", "token":
 			hideClientFlags(c)
 		}
 	}

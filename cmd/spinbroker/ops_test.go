@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -127,4 +130,78 @@ func TestBackupRestore(t *testing.T) {
 	if !strings.Contains(restored.logs.String(), "integrity check passed") {
 		t.Fatalf("the restored copy was not checked:\n%s", restored.logs)
 	}
+}
+
+// TestCompact: compact refuses to run beside a broker; once it has stopped,
+// compact gives back the space that deleted packages left, and the broker
+// starts again on the database with what was kept.
+func TestCompact(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "c.db")
+	b := startBroker(t, db)
+	c, _ := client.New(b.url)
+	ctx := context.Background()
+	kept, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "kept"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := []byte(`{"blob": "` + strings.Repeat("x", 4000) + `"}`)
+	var big []string
+	for range 300 {
+		p, err := c.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "big", Parameters: blob}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		big = append(big, p.ID)
+	}
+	for _, id := range big {
+		if err := c.DeletePackage(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if free := metric(t, b.url, "spinbroker_store_free_bytes"); free < 1<<20 {
+		t.Fatalf("spinbroker_store_free_bytes %v after deleting 1.2 MB of rows", free)
+	}
+	if r := spin(t, "compact", "--db", db); r.code == 0 || !strings.Contains(r.stderr, "in use") || !strings.Contains(r.stderr, "stop it first") {
+		t.Fatalf("compact beside the broker: %s", r)
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	<-b.done
+
+	r := spin(t, "compact", "--db", db)
+	if r.code != 0 || !regexp.MustCompile(`compacted .* from [0-9.]+ MiB to [0-9.]+ MiB`).MatchString(r.stdout) {
+		t.Fatalf("compact: %s", r)
+	}
+	b = startBroker(t, db)
+	c, _ = client.New(b.url)
+	if p, err := c.Package(ctx, kept.ID); err != nil || p.Total != 1 {
+		t.Fatalf("the kept package after compacting: %+v %v", p, err)
+	}
+	if free := metric(t, b.url, "spinbroker_store_free_bytes"); free != 0 {
+		t.Fatalf("spinbroker_store_free_bytes %v after compacting", free)
+	}
+}
+
+// metric reads one unlabelled metric of the broker at url.
+func metric(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in the metrics", name)
+	return 0
 }

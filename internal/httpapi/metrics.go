@@ -67,7 +67,10 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 	if sz, ok := st.(sizer); ok {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_bytes",
 			Help: "Bytes on disk of the database file and its WAL."},
-			func() float64 { n, _ := sz.Size(); return float64(n) }))
+			func() float64 { n, _ := sz.Size(); return float64(n) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_free_bytes",
+				Help: "Bytes of the database file left free by deleted rows: reused for new ones, given back by 'spinbroker compact'."},
+				func() float64 { n, _ := sz.FreeBytes(context.Background()); return float64(n) }))
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_writes_in_flight",
 		Help: "State-changing requests being served now (next and claim aside); at --max-writes, others wait."},
@@ -82,9 +85,11 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 	return m
 }
 
-// sizer is a store that knows its size on disk.
+// sizer is a store that knows its size on disk, and how much of it deleted
+// rows left free.
 type sizer interface {
 	Size() (int64, error)
+	FreeBytes(context.Context) (int64, error)
 }
 
 // writeStatser is a store that counts its write transactions.

@@ -312,19 +312,7 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 func (db *DB) Path() string { return db.path }
 
 // Size is the database's size on disk: its file and its WAL.
-func (db *DB) Size() (int64, error) {
-	var n int64
-	for _, f := range []string{db.path, db.path + "-wal"} {
-		st, err := os.Stat(f)
-		if errors.Is(err, os.ErrNotExist) && f != db.path {
-			continue // no WAL between connections
-		} else if err != nil {
-			return 0, err
-		}
-		n += st.Size()
-	}
-	return n, nil
-}
+func (db *DB) Size() (int64, error) { return fileSizes(db.path) }
 
 // Listen registers f to be called after every commit that changed something,
 // with what it changed. f runs on the writer's goroutine: it must not block

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -71,4 +72,59 @@ func Backup(ctx context.Context, path, dest string) error {
 		return fmt.Errorf("store: backup to %s: %w", dest, interpretError(err))
 	}
 	return nil
+}
+
+// FreeBytes is the space inside the database file that deleted rows left
+// free: SQLite reuses it for new rows but never gives it back to the file
+// system; Compact does.
+func (db *DB) FreeBytes(ctx context.Context) (int64, error) {
+	var n int64
+	err := db.rdb.QueryRowContext(ctx, `SELECT f.freelist_count * p.page_size FROM pragma_freelist_count() f, pragma_page_size() p`).Scan(&n)
+	return n, interpretError(err)
+}
+
+// Compact rewrites the database at path without its free pages (SQLite's
+// VACUUM), giving their space back to the file system, and empties its
+// WAL. It holds the database exclusively, as a broker does, so it refuses
+// to run beside one (ErrInUse): a VACUUM would stall every write for as
+// long as it takes. It needs free disk space about the size of the
+// database while it runs; an interrupted one leaves the database as it was.
+// before and after are the sizes on disk of the database and its WAL.
+func Compact(ctx context.Context, path string) (before, after int64, err error) {
+	if before, err = fileSizes(path); err != nil { // before the lock, which would create a file beside it
+		return 0, 0, fmt.Errorf("store: compact: %w", err)
+	}
+	lock, err := lockExclusive(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer lock.Close()
+	conn, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	conn.SetMaxOpenConns(1)
+	for _, q := range []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			return before, 0, fmt.Errorf("store: compact %s: %w", path, interpretError(err))
+		}
+	}
+	after, err = fileSizes(path)
+	return before, after, err
+}
+
+// fileSizes is the size on disk of the database at path and its WAL.
+func fileSizes(path string) (int64, error) {
+	var n int64
+	for _, f := range []string{path, path + "-wal"} {
+		st, err := os.Stat(f)
+		if errors.Is(err, os.ErrNotExist) && f != path {
+			continue // no WAL between connections
+		} else if err != nil {
+			return 0, err
+		}
+		n += st.Size()
+	}
+	return n, nil
 }
