@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"unicode"
 	"syscall"
 
 	"github.com/spin-broker/spinbroker/agent"
@@ -122,7 +123,8 @@ func (o *Output) withImage(info imageInfo) *Output {
 }
 
 // CleanPath checks a path parameter and returns its clean form: relative,
-// without a ".." that climbs out, without NUL. Symlinks are judged later, by
+// without a ".." that climbs out, without NUL or another control character
+// (a newline in a file name forges log lines and trips every tool). Symlinks are judged later, by
 // the os.Root every access goes through.
 func CleanPath(what, p string) (string, error) {
 	switch {
@@ -130,6 +132,8 @@ func CleanPath(what, p string) (string, error) {
 		return "", fmt.Errorf("%s is empty", what)
 	case strings.ContainsRune(p, 0):
 		return "", fmt.Errorf("%s contains a NUL byte", what)
+	case strings.ContainsFunc(p, unicode.IsControl):
+		return "", fmt.Errorf("%s %q contains a control character", what, p)
 	case filepath.IsAbs(p) || strings.HasPrefix(p, "/") || strings.HasPrefix(p, `\`):
 		return "", fmt.Errorf("%s %q is absolute: paths are relative to the storage root", what, p)
 	case !filepath.IsLocal(p):
@@ -147,13 +151,16 @@ func volumePath(what, p string) (string, error) {
 	return c, err
 }
 
-// CheckImageName checks an image's file name: one path element.
+// CheckImageName checks an image's file name: one path element, without
+// control characters.
 func CheckImageName(name string) error {
 	switch {
 	case name == "" || name == "." || name == "..":
 		return fmt.Errorf("image_name %q is not a file name", name)
 	case strings.ContainsAny(name, "/\\\x00"):
 		return fmt.Errorf("image_name %q must be a file name, without a path separator", name)
+	case strings.ContainsFunc(name, unicode.IsControl):
+		return fmt.Errorf("image_name %q contains a control character", name)
 	case len(name) > 255:
 		return fmt.Errorf("image_name is longer than 255 bytes")
 	}

@@ -352,6 +352,24 @@ func run(h agent.Handler, params string) (any, error) {
 	return h.Call(ctx, json.RawMessage(params))
 }
 
+func TestCheckImageName(t *testing.T) {
+	for _, name := range []string{"a.img", "disk 1.qcow2", "δίσκος.img"} {
+		if err := CheckImageName(name); err != nil {
+			t.Errorf("CheckImageName(%q): %v", name, err)
+		}
+	}
+	for name, want := range map[string]string{
+		"":         "not a file name",
+		"..":       "not a file name",
+		"a/b":      "path separator",
+		"a\x00":    "path separator",
+		"a\nb.img": "control character",
+		"a\tb.img": "control character",
+	} {
+		wantErr(t, CheckImageName(name), want)
+	}
+}
+
 func TestCleanPath(t *testing.T) {
 	for _, tc := range []struct{ in, want, err string }{
 		{in: "a", want: "a"},
@@ -363,6 +381,9 @@ func TestCleanPath(t *testing.T) {
 		{in: "..", err: "leaves the storage root"},
 		{in: "a/../..", err: "leaves the storage root"},
 		{in: "a\x00b", err: "NUL"},
+		{in: "a\nb", err: "control character"},
+		{in: "v/\x1b[2Jx", err: "control character"},
+		{in: "vol\u0085", err: "control character"},
 	} {
 		got, err := CleanPath("path", tc.in)
 		if tc.err != "" {
