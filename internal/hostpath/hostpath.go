@@ -24,8 +24,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"unicode"
 	"syscall"
+	"unicode"
 
 	"github.com/spin-broker/spinbroker/agent"
 )
