@@ -82,9 +82,9 @@ type Options struct {
 	// MaxBodyMemory is how many bytes the bodies of state-changing
 	// requests may hold at once (default MaxWrites MiB, at least 1 MiB). A
 	// body is read before its request takes a turn, so a slow upload never
-	// holds one; when bodies hold this much, the next waits up to
-	// MaxWriteWait, then is answered 503: a flood of large creates queues in
-	// bounded memory, not in the whole heap.
+	// holds one; a body that finds them holding this much is answered 503
+	// at once: a flood of large creates waits in bounded memory, not in the
+	// whole heap.
 	MaxBodyMemory int64
 }
 

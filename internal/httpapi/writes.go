@@ -2,8 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"io"
 	"net/http"
 	"time"
@@ -25,9 +23,7 @@ func (s *Server) limitWrites(next http.Handler) http.Handler {
 		charged, err := s.readAhead(r)
 		defer s.bodies.release(charged)
 		if err != nil {
-			if r.Context().Err() == nil {
-				s.writeError(w, r, err)
-			}
+			s.writeError(w, r, err)
 			return
 		}
 		select {
@@ -52,12 +48,14 @@ func (s *Server) limitWrites(next http.Handler) http.Handler {
 
 // readAhead reads r's body into memory, at most one byte past
 // spinbroker.MaxBodyBytes (the handler's readBody then reports 413), and
-// puts it back as r.Body. Memory is charged to s.bodies as it is allocated,
-// in pieces that start small, so a client that has sent little holds
-// little; when the budget is spent the request waits up to MaxWriteWait for
-// some, then is answered 503. A read error (the client went away, the
-// server's read timeout) is handed on to the handler after the bytes that
-// did arrive, as the body would have.
+// puts it back as r.Body. Memory is charged to s.bodies before it is
+// allocated, in pieces that start at 4 KiB whatever Content-Length says, so
+// a client that has sent little holds little. When the budget cannot cover
+// the next piece the request is answered 503 at once: waiting while holding
+// pieces would let two large bodies wait for each other, and a waiter would
+// hold back the small writes behind it. A read error (the client went away,
+// the server's read timeout) is handed on to the handler after the bytes
+// that did arrive, as the body would have.
 func (s *Server) readAhead(r *http.Request) (charged int64, err error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return 0, nil
@@ -65,15 +63,15 @@ func (s *Server) readAhead(r *http.Request) (charged int64, err error) {
 	const first, largest = 4 << 10, 256 << 10
 	var buf []byte
 	piece := first
-	if n := r.ContentLength; n > 0 && n <= largest {
-		piece = int(n) + 1 // one read to the end, and one to see EOF
-	}
 	var readErr error
 	for len(buf) <= spinbroker.MaxBodyBytes {
 		if len(buf) == cap(buf) {
 			grow := min(piece, spinbroker.MaxBodyBytes+1-len(buf))
-			if err := s.bodies.charge(r.Context(), int64(grow), s.opts.MaxWriteWait); err != nil {
-				return charged, err
+			if n := r.ContentLength; n >= 0 && int64(len(buf)) <= n && n-int64(len(buf)) < int64(grow) {
+				grow = int(n) - len(buf) + 1 // the rest as declared, and a byte to see EOF
+			}
+			if !s.bodies.charge(int64(grow)) {
+				return charged, errorf(spinbroker.EUNAVAILABLE, "the broker is busy: request bodies waiting for a turn hold all the memory they may (%d MiB); retry shortly", s.opts.MaxBodyMemory>>20)
 			}
 			charged += int64(grow)
 			next := make([]byte, len(buf), len(buf)+grow)
@@ -122,21 +120,9 @@ type budget struct{ sem *semaphore.Weighted }
 
 func newBudget(n int64) budget { return budget{semaphore.NewWeighted(n)} }
 
-// charge takes n bytes, waiting up to wait for them to be released.
-func (b budget) charge(ctx context.Context, n int64, wait time.Duration) error {
-	if b.sem.TryAcquire(n) {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	if err := b.sem.Acquire(ctx, n); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return errorf(spinbroker.EUNAVAILABLE, "the broker is busy: request bodies waiting for a turn hold all the memory they may and this one waited %s; retry shortly", wait)
-		}
-		return err // the client is gone
-	}
-	return nil
-}
+// charge takes n bytes if they are free now. Nothing ever waits on the
+// semaphore, so a charge that fits always succeeds.
+func (b budget) charge(n int64) bool { return b.sem.TryAcquire(n) }
 
 // release gives n bytes back.
 func (b budget) release(n int64) {
