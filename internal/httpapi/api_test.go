@@ -1,10 +1,14 @@
 package httpapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"runtime"
@@ -15,6 +19,8 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
 
 // TestAPI_Errors walks API.md's error table: every code, from a real
@@ -606,8 +612,8 @@ func TestAPI_SlowBodyHoldsNoTurn(t *testing.T) {
 }
 
 // TestAPI_BodiesHoldBoundedMemory: bodies read ahead of their turn hold at
-// most MaxBodyMemory; past it a write waits, then is refused 503, and
-// the memory comes back when the bodies are done with.
+// most MaxBodyMemory; past it a write is refused 503, and the memory comes
+// back when the bodies are done with.
 func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
 	e := newEnv(t, httpapi.Options{MaxWriteWait: 50 * time.Millisecond, MaxBodyMemory: spinbroker.MaxBodyBytes + 1})
 	body, feed := io.Pipe()
@@ -644,4 +650,57 @@ func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
 		t.Fatalf("the slow create answered %d", status)
 	}
 	e.want(e.do("POST", "/packages", big), 201, "")
+}
+
+// TestAPI_DeclaredLengthNotCharged: a body is charged as it arrives, not as
+// its Content-Length declares: connections that sent headers only hold
+// next to nothing.
+func TestAPI_DeclaredLengthNotCharged(t *testing.T) {
+	e := newEnv(t, httpapi.Options{MaxBodyMemory: spinbroker.MaxBodyBytes + 1})
+	addr := strings.TrimPrefix(e.srv.URL, "http://")
+	for range 8 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "POST /packages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 262144\r\n\r\n")
+	}
+	// Time for the server to take all eight in (nothing shows it; were it
+	// short, the test would pass without testing, never fail wrongly).
+	time.Sleep(300 * time.Millisecond)
+	big := `{"commands": [{"resource": "q", "action": "b", "parameters": {"blob": "` + strings.Repeat("y", 900<<10) + `"}}]}`
+	e.want(e.do("POST", "/packages", big), 201, "")
+}
+
+// panicky is the real store with one read that panics, as a bug would.
+type panicky struct{ httpapi.Store }
+
+func (panicky) Queue(context.Context, string) (*spinbroker.Queue, error) { panic("a bug") }
+
+// TestAPI_PanicLogged: a panic in a handler answers 500 internal_error and
+// is logged with its stack and its request's id, beside the request's own
+// line.
+func TestAPI_PanicLogged(t *testing.T) {
+	var log lockedBuffer
+	db, _ := storetest.MustOpen(t, store.Options{})
+	api := httpapi.New(panicky{db}, slog.New(slog.NewJSONHandler(&log, nil)), httpapi.Options{})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	e := &env{t: t, db: db, api: api, srv: srv}
+
+	e.want(e.do("GET", "/queues/q", "", "X-Request-Id", "oops-1"), 500, spinbroker.EINTERNAL)
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`"msg":"panic"[^\n]*"request_id":"oops-1"[^\n]*"stack":"goroutine`),
+		regexp.MustCompile(`"msg":"request"[^\n]*"status":500[^\n]*"request_id":"oops-1"`),
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, re := range want {
+		for !re.MatchString(log.String()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no log line matches %s:\n%s", re, log.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }

@@ -19,7 +19,9 @@ import (
 // routes is every route of the API, top to bottom.
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.logRequests, s.crossOrigin, s.authenticate)
+	// logRequests outermost: a panic that recoverer turns into a 500 is
+	// logged with its request's id, and so is the request's own line.
+	r.Use(s.logRequests, s.recoverer, s.crossOrigin, s.authenticate)
 	r.NotFound(s.handleNotFound)
 	r.MethodNotAllowed(s.handleMethodNotAllowed(r))
 
