@@ -78,6 +78,8 @@ type DB struct {
 	// writeFailure is the database failure of the last write that failed
 	// for one (disk full, I/O error, read-only), cleared by the next commit.
 	writeFailure atomic.Pointer[error]
+	probeMu      sync.Mutex
+	probe        *probe // Ping's write, while one is under way
 	ckpt         *checkpointer
 	lock         *os.File // the exclusive lock, when Options.Exclusive
 }
@@ -363,8 +365,10 @@ func (db *DB) Close() error {
 
 // Ping reports whether the database answers a read and takes writes. A
 // database that reads fine can still refuse every write (a full disk), so
-// when the last write failed for the database's sake, Ping tries one that
-// changes nothing: its commit clears the failure once writes work again.
+// when the last write failed for the database's sake, Ping has a write
+// that changes nothing tried: its commit clears the failure once writes
+// work again. One such write at a time, however many Pings wait for it;
+// each waits no longer than its ctx.
 func (db *DB) Ping(ctx context.Context) error {
 	var one int
 	if err := db.rdb.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
@@ -373,17 +377,49 @@ func (db *DB) Ping(ctx context.Context) error {
 	if db.writeFailure.Load() == nil {
 		return nil
 	}
-	err := db.write(ctx, func(tx *Tx) error {
-		_, err := tx.exec(`UPDATE counters SET value = value WHERE name = 'seq'`)
-		return err
-	})
-	if err != nil {
-		if p := db.writeFailure.Load(); p != nil {
-			err = *p
+	p := db.probeWrites()
+	select {
+	case <-p.done:
+		if p.err == nil {
+			return nil
+		}
+		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database takes no writes: %v", p.err)
+	case <-ctx.Done():
+		err := errors.New("a write did not commit in time")
+		if f := db.writeFailure.Load(); f != nil {
+			err = *f
 		}
 		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database takes no writes: %v", err)
 	}
-	return nil
+}
+
+// probe is a write that changes nothing, tried to learn whether the
+// database takes writes again.
+type probe struct {
+	done chan struct{}
+	err  error
+}
+
+// probeWrites starts a probe, or returns the one under way.
+func (db *DB) probeWrites() *probe {
+	db.probeMu.Lock()
+	defer db.probeMu.Unlock()
+	if db.probe != nil {
+		return db.probe
+	}
+	p := &probe{done: make(chan struct{})}
+	db.probe = p
+	go func() {
+		p.err = db.write(context.Background(), func(tx *Tx) error {
+			_, err := tx.exec(`UPDATE counters SET value = value WHERE name = 'seq'`)
+			return err
+		})
+		db.probeMu.Lock()
+		db.probe = nil
+		db.probeMu.Unlock()
+		close(p.done)
+	}()
+	return p
 }
 
 // errClosed answers writes submitted after Close.

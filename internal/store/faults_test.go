@@ -3,10 +3,12 @@ package store
 import (
 	"context"
 	"database/sql"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -62,5 +64,66 @@ func TestReadOnlyWhileOpen(t *testing.T) {
 	}
 	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
 		t.Fatalf("after the database took writes again: %v", err)
+	}
+}
+
+// TestPing_WaitsNoLongerThanItsContext: while the last write failed and the
+// database's write lock is held elsewhere, Pings answer unavailable when
+// their context ends (not after the 10s busy timeout), share one probe
+// write, and find the database writable once the lock is let go.
+func TestPing_WaitsNoLongerThanItsContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.db")
+	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	failed := error(spinbroker.Errorf(spinbroker.EUNAVAILABLE, "disk full"))
+	db.writeFailure.Store(&failed) // as a failed write leaves it
+
+	other, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	var probes []*probe
+	for range 3 {
+		pctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		done := make(chan error, 1)
+		go func() { done <- db.Ping(pctx) }()
+		select {
+		case err := <-done:
+			if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(err.Error(), "disk full") {
+				t.Fatalf("Ping while writes fail: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Ping outlived its context")
+		}
+		cancel()
+		db.probeMu.Lock()
+		probes = append(probes, db.probe)
+		db.probeMu.Unlock()
+	}
+	if probes[0] == nil || probes[1] != probes[0] || probes[2] != probes[0] {
+		t.Fatalf("the Pings did not share one probe: %p %p %p", probes[0], probes[1], probes[2])
+	}
+
+	conn.ExecContext(ctx, "ROLLBACK")
+	conn.Close()
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := db.Ping(pctx); err != nil {
+		t.Fatalf("Ping once the lock was let go: %v", err)
+	}
+	if db.writeFailure.Load() != nil {
+		t.Fatal("the probe's commit left the failure recorded")
 	}
 }
