@@ -71,21 +71,34 @@ func lockExclusive(path string) (*os.File, error) {
 	return f, nil
 }
 
-// resolved is path with its symlinks followed: the file's, when it exists,
-// else its directory's. It is path itself when neither resolves (the
-// directory is missing, and opening will say so).
+// resolved is path with its symlinks followed, those of the file (even
+// when it does not exist yet: SQLite will create it where the link points)
+// and those of its directories. What cannot be resolved (a missing
+// directory, which opening will report) stays as it is.
 func resolved(path string) string {
-	if p, err := filepath.EvalSymlinks(path); err == nil {
-		return p
+	p := path
+	for range 40 { // as many links as Linux follows
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			break
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(p), target)
+		}
+		p = target
 	}
-	dir, name := filepath.Split(path)
+	dir, name := filepath.Split(p)
 	if dir == "" {
 		dir = "."
 	}
 	if d, err := filepath.EvalSymlinks(dir); err == nil {
 		return filepath.Join(d, name)
 	}
-	return path
+	return p
 }
 
 // readPID reads the pid a lock file's holder wrote, or 0.

@@ -42,6 +42,23 @@ func TestOpen_ExclusiveThroughSymlinks(t *testing.T) {
 			t.Errorf("a second broker on %s: %v, want ErrInUse", other, err)
 		}
 	}
+	// A symlink to a database that does not exist yet: SQLite creates it
+	// where the link points, so that is the database the lock is for.
+	target := filepath.Join(real, "later.db")
+	if err := os.Symlink(filepath.Join("data", "later.db"), filepath.Join(dir, "dangling.db")); err != nil {
+		t.Fatal(err)
+	}
+	viaLink, err := store.Open(ctx, filepath.Join(dir, "dangling.db"), store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaLink.Close()
+	if db, err := store.Open(ctx, target, store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
+		if err == nil {
+			db.Close()
+		}
+		t.Errorf("a second broker on the dangling link's target: %v, want ErrInUse", err)
+	}
 	// A database that does not exist yet, in a symlinked directory.
 	fresh := filepath.Join(real, "fresh.db")
 	held, err := store.Open(ctx, filepath.Join(dir, "linkdir", "fresh.db"), store.Options{Exclusive: true})
