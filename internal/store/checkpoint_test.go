@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,50 +86,6 @@ func TestCheckpointDue(t *testing.T) {
 		if due != c.due || asked != c.asked {
 			t.Errorf("after %d commits, idle %v: due %v (asked %v), want %v (asked %v)", c.since, c.idle, due, asked, c.due, c.asked)
 		}
-	}
-}
-
-// TestCheckpointer_WhileBusy: writes that keep the writer busy still get
-// checkpoints, and every one is kept.
-func TestCheckpointer_WhileBusy(t *testing.T) {
-	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "c.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var created atomic.Int64
-	for range 4 { // four writers at once keep the writer's queue from draining
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				if _, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}}, nil); err != nil {
-					t.Error(err)
-					return
-				}
-				created.Add(1)
-			}
-		})
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, _, c := db.WriteStats()
-		if c > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	stop()
-	wg.Wait()
-	if tx, _, c := db.WriteStats(); c == 0 {
-		t.Fatalf("no checkpoint after %d busy commits", tx)
-	}
-	q, err := db.Queue(context.Background(), "r")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if q.Counts.Ready != int(created.Load()) {
-		t.Fatalf("%d ready, want the %d created", q.Counts.Ready, created.Load())
 	}
 }
 
