@@ -26,6 +26,7 @@ import (
 	"strings"
 	"syscall"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/spin-broker/spinbroker/agent"
 )
@@ -134,6 +135,8 @@ func CleanPath(what, p string) (string, error) {
 		return "", fmt.Errorf("%s contains a NUL byte", what)
 	case strings.ContainsFunc(p, unicode.IsControl):
 		return "", fmt.Errorf("%s %q contains a control character", what, p)
+	case !utf8.ValidString(p):
+		return "", fmt.Errorf("%s %q is not valid UTF-8", what, p)
 	case filepath.IsAbs(p) || strings.HasPrefix(p, "/") || strings.HasPrefix(p, `\`):
 		return "", fmt.Errorf("%s %q is absolute: paths are relative to the storage root", what, p)
 	case !filepath.IsLocal(p):
@@ -161,6 +164,8 @@ func CheckImageName(name string) error {
 		return fmt.Errorf("image_name %q must be a file name, without a path separator", name)
 	case strings.ContainsFunc(name, unicode.IsControl):
 		return fmt.Errorf("image_name %q contains a control character", name)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("image_name %q is not valid UTF-8", name)
 	case len(name) > 255:
 		return fmt.Errorf("image_name is longer than 255 bytes")
 	}

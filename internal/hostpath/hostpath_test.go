@@ -359,12 +359,13 @@ func TestCheckImageName(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]string{
-		"":         "not a file name",
-		"..":       "not a file name",
-		"a/b":      "path separator",
-		"a\x00":    "path separator",
-		"a\nb.img": "control character",
-		"a\tb.img": "control character",
+		"":           "not a file name",
+		"..":         "not a file name",
+		"a/b":        "path separator",
+		"a\x00":      "path separator",
+		"a\nb.img":   "control character",
+		"a\tb.img":   "control character",
+		"a\x9bb.img": "not valid UTF-8",
 	} {
 		wantErr(t, CheckImageName(name), want)
 	}
@@ -384,6 +385,7 @@ func TestCleanPath(t *testing.T) {
 		{in: "a\nb", err: "control character"},
 		{in: "v/\x1b[2Jx", err: "control character"},
 		{in: "vol\u0085", err: "control character"},
+		{in: "vol\x85", err: "not valid UTF-8"},
 	} {
 		got, err := CleanPath("path", tc.in)
 		if tc.err != "" {
