@@ -22,8 +22,9 @@ shrinks the file by itself, so after a burst of work and its deletion (by
 spinbroker_store_free_bytes says how much compact would give back.
 
 compact needs the broker stopped (it refuses to run beside one, as migrate
-does) and free disk space about the size of the database while it runs. An
-interrupted compact leaves the database as it was.`,
+does) and, while it runs, free disk space of about twice the database's size:
+a temporary copy (in $TMPDIR) and the new pages in the WAL. An interrupted
+compact leaves the database as it was.`,
 		Example: `  systemctl stop spinbroker
   spinbroker compact --db /var/lib/spinbroker/broker.db
   systemctl start spinbroker`,

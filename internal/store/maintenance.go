@@ -87,8 +87,9 @@ func (db *DB) FreeBytes(ctx context.Context) (int64, error) {
 // VACUUM), giving their space back to the file system, and empties its
 // WAL. It holds the database exclusively, as a broker does, so it refuses
 // to run beside one (ErrInUse): a VACUUM would stall every write for as
-// long as it takes. It needs free disk space about the size of the
-// database while it runs; an interrupted one leaves the database as it was.
+// long as it takes. It needs free disk space about twice the size of the
+// database while it runs (a temporary copy, and the WAL); an interrupted
+// one leaves the database as it was.
 // before and after are the sizes on disk of the database and its WAL.
 func Compact(ctx context.Context, path string) (before, after int64, err error) {
 	if before, err = fileSizes(path); err != nil { // before the lock, which would create a file beside it
