@@ -135,7 +135,8 @@ func Logger(ctx context.Context) *slog.Logger {
 }
 
 // Run serves resource until ctx ends or the broker refuses the agent (a bad
-// token, a resource it may not serve); it returns nil after a graceful stop.
+// token, a resource it may not serve, a URL that answers 404 for its
+// queue); it returns nil after a graceful stop.
 // Each action may have only one handler. c is the broker's client.
 func Run(ctx context.Context, c *client.Client, resource string, handlers []Handler, opts Options) error {
 	a, err := newRunner(c, resource, handlers, opts)
@@ -271,10 +272,12 @@ func wait(ctx context.Context, d time.Duration) bool {
 }
 
 // fatal reports whether a broker's refusal to hand out work will not go away
-// by asking again: the agent is not let in, or asks for something invalid.
+// by asking again: the agent is not let in, asks for something invalid, or
+// asks at a URL that is not a broker's (next and claim never answer 404 at
+// the right one).
 func fatal(err error) bool {
 	switch spinbroker.ErrorCode(err) {
-	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID:
+	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID, spinbroker.ENOTFOUND:
 		return true
 	}
 	return false
@@ -290,6 +293,9 @@ func (a *runner) loop(ctx context.Context) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if spinbroker.ErrorCode(err) == spinbroker.ENOTFOUND {
+				return fmt.Errorf("agent: the broker URL answers 404 for the queue %s: is it the broker's base URL, without a path? %w", a.resource, err)
 			}
 			if fatal(err) {
 				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)

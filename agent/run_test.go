@@ -387,6 +387,29 @@ func TestRun_Unauthorized(t *testing.T) {
 	}
 }
 
+// TestRun_WrongURL: a URL with a path before the broker's (a proxy prefix
+// forgotten, or added) answers 404 to next; Run stops and says so, rather
+// than retrying forever.
+func TestRun_WrongURL(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	c, err := client.New(b.url + "/api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(context.Background(), c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
+	}()
+	select {
+	case err := <-done:
+		if spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND || !strings.Contains(err.Error(), "base URL") {
+			t.Errorf("Run = %v, want not_found naming the base URL", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run goes on asking a URL that is not a broker's")
+	}
+}
+
 func TestRun_GracefulStop(t *testing.T) {
 	t.Run("FinishesWithinGrace", func(t *testing.T) {
 		b := startBroker(t, httpapi.Options{}, nil)
