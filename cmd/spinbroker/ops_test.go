@@ -205,3 +205,25 @@ func metric(t *testing.T, url, name string) float64 {
 	t.Fatalf("no %s in the metrics", name)
 	return 0
 }
+
+// TestSweep_Logged: a sweep that did something says what, and how long it
+// took.
+func TestSweep_Logged(t *testing.T) {
+	b := startBroker(t, filepath.Join(t.TempDir(), "s.db"))
+	c, _ := client.New(b.url)
+	ctx := context.Background()
+	if _, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "x"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if cmd, err := c.Next(ctx, "r", 0, time.Second); err != nil || cmd == nil {
+		t.Fatalf("next: %v %v", cmd, err)
+	}
+	swept := regexp.MustCompile(`msg=swept leases_settled=1 .*duration=[0-9.]+[mµ]?s`)
+	deadline := time.Now().Add(15 * time.Second)
+	for !swept.MatchString(b.logs.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no sweep line with its duration:\n%s", b.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

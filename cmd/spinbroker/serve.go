@@ -394,13 +394,15 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 		if staging == 0 {
 			staging = -1 // the store's "never"; its 0 is the default
 		}
+		start := time.Now()
 		res, err := db.Sweep(ctx, store.SweepOptions{StagingTTL: staging, Retain: c.retain})
+		took := time.Since(start).Round(time.Millisecond)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			log.Warn("sweep failed", "err", err)
+			log.Warn("sweep failed", "err", err, "duration", took)
 		case res != (store.SweepResult{}):
 			log.Info("swept", "leases_settled", res.LeasesSettled, "staging_deleted", res.StagingDeleted,
-				"retained_deleted", res.RetainedDeleted, "idempotency_keys_deleted", res.KeysDeleted)
+				"retained_deleted", res.RetainedDeleted, "idempotency_keys_deleted", res.KeysDeleted, "duration", took)
 		}
 	}
 }
