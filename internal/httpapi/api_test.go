@@ -529,7 +529,8 @@ func TestAPI_RequestID(t *testing.T) {
 		t.Errorf("a 404 without a request id: %d %v", r.status, r.header)
 	}
 
-	// The line that gives a 503's cause has its request's id.
+	// The line that gives a 503's cause has its request's id, and the
+	// request's own line is a warning.
 	var busyLog lockedBuffer
 	busy := newEnvLogging(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 10 * time.Millisecond}, &busyLog)
 	unlock := busy.lockDatabase()
@@ -538,7 +539,7 @@ func TestAPI_RequestID(t *testing.T) {
 	busy.want(busy.do("POST", "/packages", `{"commands": []}`, "X-Request-Id", "cause-1"), 503, spinbroker.EUNAVAILABLE)
 	unlock()
 	<-first
-	cause := regexp.MustCompile(`"msg":"unavailable"[^\n]*"request_id":"cause-1"`)
+	cause := regexp.MustCompile(`"msg":"unavailable"[^\n]*"request_id":"cause-1"[\s\S]*"level":"WARN","msg":"request"[^\n]*"status":503[^\n]*"request_id":"cause-1"`)
 	for !cause.MatchString(busyLog.String()) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the cause's line lacks the request id:\n%s", busyLog.String())
@@ -680,7 +681,7 @@ func (panicky) Queue(context.Context, string) (*spinbroker.Queue, error) { panic
 
 // TestAPI_PanicLogged: a panic in a handler answers 500 internal_error and
 // is logged with its stack and its request's id, beside the request's own
-// line.
+// line, which is an error's.
 func TestAPI_PanicLogged(t *testing.T) {
 	var log lockedBuffer
 	db, _ := storetest.MustOpen(t, store.Options{})
@@ -692,7 +693,7 @@ func TestAPI_PanicLogged(t *testing.T) {
 	e.want(e.do("GET", "/queues/q", "", "X-Request-Id", "oops-1"), 500, spinbroker.EINTERNAL)
 	want := []*regexp.Regexp{
 		regexp.MustCompile(`"msg":"panic"[^\n]*"request_id":"oops-1"[^\n]*"stack":"goroutine`),
-		regexp.MustCompile(`"msg":"request"[^\n]*"status":500[^\n]*"request_id":"oops-1"`),
+		regexp.MustCompile(`"level":"ERROR","msg":"request"[^\n]*"status":500[^\n]*"request_id":"oops-1"`),
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for _, re := range want {

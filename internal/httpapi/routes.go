@@ -169,8 +169,15 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		d := time.Since(start)
 		route := chi.RouteContext(r.Context()).RoutePattern()
 		s.metrics.observe(r.Method, route, sw.status, d)
+		// Failures stand out, so that --log-level warn keeps them and drops
+		// the line of every request that went well.
 		level := slog.LevelInfo
-		if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
+		switch {
+		case sw.status >= 500 && sw.status != http.StatusServiceUnavailable:
+			level = slog.LevelError
+		case sw.status == http.StatusServiceUnavailable:
+			level = slog.LevelWarn
+		case r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
 			level = slog.LevelDebug
 		}
 		if !s.log.Enabled(r.Context(), level) {
