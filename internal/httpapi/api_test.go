@@ -624,23 +624,19 @@ func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
 	blob := strings.Repeat("x", spinbroker.MaxBodyBytes-64<<10)
 	feed.Write([]byte(`{"commands": [{"resource": "q", "action": "big", "parameters": {"blob": "` + blob + `"}}], `))
 
-	big := `{"commands": [{"resource": "q", "action": "second", "parameters": {"blob": "` + strings.Repeat("y", 300<<10) + `"}}]}`
+	// Wait until the broker has read it all (it holds at least that much).
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r := e.do("POST", "/packages", big)
-		if r.status == 503 {
-			e.want(r, 503, spinbroker.EUNAVAILABLE)
-			if !strings.Contains(string(r.body), "memory") {
-				t.Errorf("the refusal does not say why: %s", r.body)
-			}
-			break
-		}
-		// The slow body's bytes may not all have been read yet.
-		e.want(r, 201, "")
+	for bodyBytes(e) < len(blob) {
 		if time.Now().After(deadline) {
-			t.Fatal("a write past the budget was never refused")
+			t.Fatalf("the slow body's %d bytes were never all read: %d held", len(blob), bodyBytes(e))
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	big := `{"commands": [{"resource": "q", "action": "second", "parameters": {"blob": "` + strings.Repeat("y", 300<<10) + `"}}]}`
+	r := e.do("POST", "/packages", big)
+	e.want(r, 503, spinbroker.EUNAVAILABLE)
+	if !strings.Contains(string(r.body), "memory") {
+		t.Errorf("the refusal does not say why: %s", r.body)
 	}
 	// Small writes still fit.
 	e.createPackage(`[{"resource": "q", "action": "small"}]`, false)
@@ -650,7 +646,29 @@ func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
 	if status := <-slow; status != 201 {
 		t.Fatalf("the slow create answered %d", status)
 	}
-	e.want(e.do("POST", "/packages", big), 201, "")
+	// Its memory comes back as its handler returns, just after the answer.
+	for {
+		r := e.do("POST", "/packages", big)
+		if r.status == 201 {
+			break
+		}
+		if r.status != 503 || time.Now().After(deadline) {
+			t.Fatalf("once the slow body was done with: %d %s", r.status, r.body)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// bodyBytes is the broker's spinbroker_http_body_bytes.
+func bodyBytes(e *env) int {
+	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
+		if v, ok := strings.CutPrefix(line, "spinbroker_http_body_bytes "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return int(f)
+		}
+	}
+	e.t.Fatal("no spinbroker_http_body_bytes in the metrics")
+	return 0
 }
 
 // TestAPI_DeclaredLengthNotCharged: a body is charged as it arrives, not as
@@ -667,9 +685,15 @@ func TestAPI_DeclaredLengthNotCharged(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		fmt.Fprintf(c, "POST /packages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 262144\r\n\r\n")
 	}
-	// Time for the server to take all eight in (nothing shows it; were it
-	// short, the test would pass without testing, never fail wrongly).
-	time.Sleep(300 * time.Millisecond)
+	// Wait until the server has taken all eight in: each holds its first
+	// piece, 4 KiB.
+	deadline := time.Now().Add(10 * time.Second)
+	for bodyBytes(e) < 8*4096 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the eight connections hold %d bytes", bodyBytes(e))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	big := `{"commands": [{"resource": "q", "action": "b", "parameters": {"blob": "` + strings.Repeat("y", 900<<10) + `"}}]}`
 	e.want(e.do("POST", "/packages", big), 201, "")
 }

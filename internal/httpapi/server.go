@@ -147,6 +147,9 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
 	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) })
+	opts.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_body_bytes",
+		Help: "Bytes held by the bodies of state-changing requests, read before they take a turn; at --max-writes MiB, others get 503."},
+		func() float64 { return float64(s.bodies.held.Load()) }))
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s

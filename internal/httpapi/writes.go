@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -116,17 +117,27 @@ func (e errReader) Read([]byte) (int, error) {
 
 // budget is the bytes that bodies read ahead of their write turn may hold
 // at once.
-type budget struct{ sem *semaphore.Weighted }
+type budget struct {
+	sem  *semaphore.Weighted
+	held *atomic.Int64 // for the gauge spinbroker_http_body_bytes
+}
 
-func newBudget(n int64) budget { return budget{semaphore.NewWeighted(n)} }
+func newBudget(n int64) budget { return budget{semaphore.NewWeighted(n), new(atomic.Int64)} }
 
 // charge takes n bytes if they are free now. Nothing ever waits on the
 // semaphore, so a charge that fits always succeeds.
-func (b budget) charge(n int64) bool { return b.sem.TryAcquire(n) }
+func (b budget) charge(n int64) bool {
+	if !b.sem.TryAcquire(n) {
+		return false
+	}
+	b.held.Add(n)
+	return true
+}
 
 // release gives n bytes back.
 func (b budget) release(n int64) {
 	if n > 0 {
+		b.held.Add(-n)
 		b.sem.Release(n)
 	}
 }
