@@ -63,7 +63,11 @@ type Options struct {
 	Grace time.Duration
 	// Claim, when above 1, switches to batch mode: claim up to Claim
 	// commands at once, run them concurrently, and complete them in one
-	// request.
+	// request. The queue's concurrency still bounds how many are leased at
+	// once, and it is 1 unless set (spinbroker queue set RESOURCE
+	// --concurrency N): raise it too, or each batch holds one command.
+	// Commands of one batch run concurrently, so only a resource whose
+	// commands may run side by side should be served this way.
 	Claim int
 	// MinBackoff and MaxBackoff bound the back-off between attempts to reach
 	// the broker (default 200ms and 30s).
