@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,8 +87,26 @@ func TestFaults_DiskFull(t *testing.T) {
 	if code := spinbroker.ErrorCode(full); code != spinbroker.EUNAVAILABLE {
 		t.Fatalf("a write to a full disk answered %v (%s), want unavailable", full, code)
 	}
-	if err := c.Health(ctx); err != nil {
-		t.Fatalf("the broker is unhealthy on a full disk: %v", err)
+	// /healthz answers (the broker serves reads, and answers writes 503
+	// with the cause) but says writes fail, and so does a gauge.
+	health := func() string {
+		t.Helper()
+		resp, err := http.Get(b.url + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("/healthz answered %d: %s", resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	if h := health(); !strings.Contains(h, `"status":"degraded"`) || !strings.Contains(h, "full") {
+		t.Fatalf("/healthz on a full disk: %s", h)
+	}
+	if v := metric(t, b.url, "spinbroker_store_writes_failing"); v != 1 {
+		t.Fatalf("spinbroker_store_writes_failing is %v on a full disk", v)
 	}
 	if _, err := c.Package(ctx, kept[0]); err != nil {
 		t.Fatalf("reads must work on a full disk: %v", err)
@@ -105,9 +125,16 @@ func TestFaults_DiskFull(t *testing.T) {
 	}
 	waitLog(t, b, "request_id="+m[1])
 
-	// The disk recovers: writes work again, without a restart.
+	// The disk recovers: /healthz finds out before any write comes, and
+	// writes work again, without a restart.
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
+	}
+	if h := health(); h != `{"status":"ok"}`+"\n" {
+		t.Fatalf("/healthz once the disk recovered: %q", h)
+	}
+	if v := metric(t, b.url, "spinbroker_store_writes_failing"); v != 0 {
+		t.Fatalf("spinbroker_store_writes_failing is %v once the disk recovered", v)
 	}
 	p, err := create()
 	if err != nil {

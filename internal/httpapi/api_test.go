@@ -406,6 +406,7 @@ func TestAPI_Metrics(t *testing.T) {
 		"\nspinbroker_store_writes_total 3\n",
 		"\nspinbroker_store_checkpoints_total 0\n",
 		"\nspinbroker_store_free_bytes ",
+		"\nspinbroker_store_writes_failing 0\n",
 		`go_goroutines`,
 		// The build: the test binary's version is "(devel)" or its module's.
 		`spinbroker_build_info{goversion="` + runtime.Version() + `",revision="`,

@@ -94,6 +94,15 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	// A broker whose writes fail (a full disk) still answers reads and
+	// answers each write 503 with the cause; it is the only broker of its
+	// database, so a balancer or an orchestrator that took it out or
+	// restarted it would only make things worse. It says so here, and in
+	// spinbroker_store_writes_failing, for monitors.
+	if err := s.store.WriteFailure(ctx); err != nil {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "writes": "failing: " + err.Error()})
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 

@@ -79,7 +79,7 @@ type DB struct {
 	// for one (disk full, I/O error, read-only), cleared by the next commit.
 	writeFailure atomic.Pointer[error]
 	probeMu      sync.Mutex
-	probe        *probe // Ping's write, while one is under way
+	probe        *probe // WriteFailure's write, while one is under way
 	ckpt         *checkpointer
 	lock         *os.File // the exclusive lock, when Options.Exclusive
 }
@@ -363,38 +363,41 @@ func (db *DB) Close() error {
 	return err
 }
 
-// Ping reports whether the database answers a read and takes writes. A
-// database that reads fine can still refuse every write (a full disk), so
-// when the last write failed for the database's sake, Ping has a write
-// that changes nothing tried: its commit clears the failure once writes
-// work again. One such write at a time, however many Pings wait for it;
-// each waits no longer than its ctx.
+// Ping reports whether the database answers a read.
 func (db *DB) Ping(ctx context.Context) error {
 	var one int
 	if err := db.rdb.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
 		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database does not answer: %v", interpretError(err))
 	}
+	return nil
+}
+
+// WriteFailure reports whether writes fail for the database's sake (a full
+// disk, an I/O error, a read-only file): nil when the last write committed.
+// A database that reads fine can refuse every write, and nothing else would
+// say so once clients stop trying; so when the last write failed,
+// WriteFailure has a write tried that changes one row (a page the WAL must
+// take): its commit clears the failure once writes work again. One such
+// write at a time, however many callers wait for it; each waits no longer
+// than its ctx, then reports the last failure.
+func (db *DB) WriteFailure(ctx context.Context) error {
 	if db.writeFailure.Load() == nil {
 		return nil
 	}
 	p := db.probeWrites()
 	select {
 	case <-p.done:
-		if p.err == nil {
-			return nil
-		}
-		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database takes no writes: %v", p.err)
+		return p.err
 	case <-ctx.Done():
-		err := errors.New("a write did not commit in time")
 		if f := db.writeFailure.Load(); f != nil {
-			err = *f
+			return *f
 		}
-		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database takes no writes: %v", err)
+		return errors.New("a write did not commit in time")
 	}
 }
 
-// probe is a write that changes nothing, tried to learn whether the
-// database takes writes again.
+// probe is a write, tried to learn whether the database takes writes
+// again.
 type probe struct {
 	done chan struct{}
 	err  error
@@ -411,7 +414,10 @@ func (db *DB) probeWrites() *probe {
 	db.probe = p
 	go func() {
 		p.err = db.write(context.Background(), func(tx *Tx) error {
-			_, err := tx.exec(`UPDATE counters SET value = value WHERE name = 'seq'`)
+			// A row that really changes: SQLite writes nothing for an
+			// update that leaves a row's bytes as they were.
+			_, err := tx.exec(`INSERT INTO counters (name, value) VALUES ('write_probe', 1)
+				ON CONFLICT (name) DO UPDATE SET value = value + 1`)
 			return err
 		})
 		db.probeMu.Lock()
@@ -657,7 +663,7 @@ func (w *writer) exec(q string, args ...any) (sql.Result, error) {
 }
 
 // unavailable logs a database failure once and turns it into the error every
-// caller of the batch gets; Ping reports it until a commit succeeds.
+// caller of the batch gets; WriteFailure reports it until a commit succeeds.
 func (db *DB) unavailable(what string, err error) error {
 	err = interpretError(err)
 	if spinbroker.ErrorCode(err) == spinbroker.EUNAVAILABLE {

@@ -15,9 +15,9 @@ import (
 
 // TestReadOnlyWhileOpen: when the database refuses writes (SQLite's own
 // SQLITE_READONLY, raised here by query_only on the writer's connection),
-// writes answer EUNAVAILABLE and a log line says why; reads go on, and Ping
-// says writes fail; when the database takes writes again, so does the store,
-// and Ping finds out by itself.
+// writes answer EUNAVAILABLE and a log line says why; reads go on, and
+// WriteFailure says writes fail; when the database takes writes again, so
+// does the store, and WriteFailure finds out by itself.
 func TestReadOnlyWhileOpen(t *testing.T) {
 	var logs strings.Builder
 	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "ro.db"), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -50,28 +50,32 @@ func TestReadOnlyWhileOpen(t *testing.T) {
 	if _, err := db.Package(ctx, p.ID); err != nil {
 		t.Fatalf("reads must go on: %v", err)
 	}
-	// Ping (behind /healthz) says writes fail, though reads answer.
+	// Ping answers (reads work); WriteFailure says writes fail, and why.
+	if err := db.Ping(ctx); err != nil {
+		t.Fatalf("Ping while only writes fail: %v", err)
+	}
 	for range 2 {
-		if err := db.Ping(ctx); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(err.Error(), "takes no writes") || !strings.Contains(err.Error(), "readonly") {
-			t.Fatalf("Ping while writes fail: %v", err)
+		if err := db.WriteFailure(ctx); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(err.Error(), "readonly") {
+			t.Fatalf("WriteFailure while writes fail: %v", err)
 		}
 	}
 	setQueryOnly(false)
-	// Ping's own write finds the database writable again, with no other
-	// write to tell it.
-	if err := db.Ping(ctx); err != nil {
-		t.Fatalf("Ping once the database took writes again: %v", err)
+	// Its own write finds the database writable again, with no other write
+	// to tell it.
+	if err := db.WriteFailure(ctx); err != nil {
+		t.Fatalf("WriteFailure once the database took writes again: %v", err)
 	}
 	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
 		t.Fatalf("after the database took writes again: %v", err)
 	}
 }
 
-// TestPing_WaitsNoLongerThanItsContext: while the last write failed and the
-// database's write lock is held elsewhere, Pings answer unavailable when
-// their context ends (not after the 10s busy timeout), share one probe
-// write, and find the database writable once the lock is let go.
-func TestPing_WaitsNoLongerThanItsContext(t *testing.T) {
+// TestWriteFailure_WaitsNoLongerThanItsContext: while the last write failed
+// and the database's write lock is held elsewhere, WriteFailure reports the
+// failure when its context ends (not after the 10s busy timeout), its calls
+// share one probe write, and it finds the database writable once the lock
+// is let go.
+func TestWriteFailure_WaitsNoLongerThanItsContext(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.db")
 	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -98,14 +102,14 @@ func TestPing_WaitsNoLongerThanItsContext(t *testing.T) {
 	for range 3 {
 		pctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		done := make(chan error, 1)
-		go func() { done <- db.Ping(pctx) }()
+		go func() { done <- db.WriteFailure(pctx) }()
 		select {
 		case err := <-done:
 			if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(err.Error(), "disk full") {
-				t.Fatalf("Ping while writes fail: %v", err)
+				t.Fatalf("WriteFailure while writes fail: %v", err)
 			}
 		case <-time.After(5 * time.Second):
-			t.Fatal("Ping outlived its context")
+			t.Fatal("WriteFailure outlived its context")
 		}
 		cancel()
 		db.probeMu.Lock()
@@ -113,15 +117,15 @@ func TestPing_WaitsNoLongerThanItsContext(t *testing.T) {
 		db.probeMu.Unlock()
 	}
 	if probes[0] == nil || probes[1] != probes[0] || probes[2] != probes[0] {
-		t.Fatalf("the Pings did not share one probe: %p %p %p", probes[0], probes[1], probes[2])
+		t.Fatalf("the calls did not share one probe: %p %p %p", probes[0], probes[1], probes[2])
 	}
 
 	conn.ExecContext(ctx, "ROLLBACK")
 	conn.Close()
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := db.Ping(pctx); err != nil {
-		t.Fatalf("Ping once the lock was let go: %v", err)
+	if err := db.WriteFailure(pctx); err != nil {
+		t.Fatalf("WriteFailure once the lock was let go: %v", err)
 	}
 	if db.writeFailure.Load() != nil {
 		t.Fatal("the probe's commit left the failure recorded")
