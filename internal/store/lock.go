@@ -73,30 +73,34 @@ func lockExclusive(path string) (*os.File, error) {
 
 // resolved is path with its symlinks followed, those of the file (even
 // when it does not exist yet: SQLite will create it where the link points)
-// and those of its directories. What cannot be resolved (a missing
-// directory, which opening will report) stays as it is.
+// and those of its directories, each link's target read against the real
+// directory it is in, so that "../x.db" in a link reached through a
+// symlinked directory lands where the kernel would take it. What cannot be
+// resolved (a missing directory, which opening will report) stays as it is.
 func resolved(path string) string {
 	p := path
 	for range 40 { // as many links as Linux follows
+		dir, name := filepath.Split(p)
+		if dir == "" {
+			dir = "."
+		}
+		d, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			return p
+		}
+		p = filepath.Join(d, name)
 		fi, err := os.Lstat(p)
 		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
-			break
+			return p
 		}
 		target, err := os.Readlink(p)
 		if err != nil {
-			break
+			return p
 		}
 		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(p), target)
+			target = filepath.Join(d, target)
 		}
 		p = target
-	}
-	dir, name := filepath.Split(p)
-	if dir == "" {
-		dir = "."
-	}
-	if d, err := filepath.EvalSymlinks(dir); err == nil {
-		return filepath.Join(d, name)
 	}
 	return p
 }

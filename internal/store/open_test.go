@@ -59,6 +59,31 @@ func TestOpen_ExclusiveThroughSymlinks(t *testing.T) {
 		}
 		t.Errorf("a second broker on the dangling link's target: %v, want ErrInUse", err)
 	}
+	// A link whose relative target climbs out of a directory reached
+	// through a symlink: linkdeep -> data/sub, and data/sub/deep.db ->
+	// ../deep.db, which is data/deep.db, not linkdeep/../deep.db read as
+	// text (dir/deep.db).
+	sub := filepath.Join(real, "sub")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(sub, filepath.Join(dir, "linkdeep")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join("..", "deep.db"), filepath.Join(sub, "deep.db")); err != nil {
+		t.Fatal(err)
+	}
+	deep, err := store.Open(ctx, filepath.Join(real, "deep.db"), store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deep.Close()
+	if db, err := store.Open(ctx, filepath.Join(dir, "linkdeep", "deep.db"), store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
+		if err == nil {
+			db.Close()
+		}
+		t.Errorf("a second broker through linkdeep/deep.db -> ../deep.db: %v, want ErrInUse", err)
+	}
 	// A database that does not exist yet, in a symlinked directory.
 	fresh := filepath.Join(real, "fresh.db")
 	held, err := store.Open(ctx, filepath.Join(dir, "linkdir", "fresh.db"), store.Options{Exclusive: true})
