@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -78,3 +79,39 @@ func TestCompact(t *testing.T) {
 		t.Fatalf("compacting a database that does not exist: %v", err)
 	}
 }
+
+// TestCompact_OnlySpinBrokerDatabases: another program's SQLite file, an
+// empty file and a file that is no database are refused, named, and left
+// as they were.
+func TestCompact_OnlySpinBrokerDatabases(t *testing.T) {
+	dir := t.TempDir()
+	other := filepath.Join(dir, "other.db")
+	raw, err := sql.Open("sqlite", "file:"+other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`CREATE TABLE foo (x); INSERT INTO foo VALUES (randomblob(100000))`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	empty := filepath.Join(dir, "empty.db")
+	text := filepath.Join(dir, "notes.db")
+	for f, data := range map[string]string{empty: "", text: "not a database, just notes\n"} {
+		if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{other, empty, text} {
+		before, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := store.Compact(ctx, f); err == nil || !strings.Contains(err.Error(), f) {
+			t.Errorf("compact %s: %v, want a refusal naming it", f, err)
+		}
+		if after, _ := os.ReadFile(f); string(after) != string(before) {
+			t.Errorf("compact changed %s though it refused", f)
+		}
+	}
+}
+

@@ -92,7 +92,8 @@ func (db *DB) FreeBytes(ctx context.Context) (int64, error) {
 // one leaves the database as it was.
 // before and after are the sizes on disk of the database and its WAL.
 func Compact(ctx context.Context, path string) (before, after int64, err error) {
-	if before, err = fileSizes(path); err != nil { // before the lock, which would create a file beside it
+	real := resolved(path) // its WAL is beside the file a link points to
+	if before, err = fileSizes(real); err != nil { // before the lock, which would create a file beside it
 		return 0, 0, fmt.Errorf("store: compact: %w", err)
 	}
 	lock, err := lockExclusive(path)
@@ -100,18 +101,27 @@ func Compact(ctx context.Context, path string) (before, after int64, err error) 
 		return 0, 0, err
 	}
 	defer lock.Close()
-	conn, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)")
+	conn, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		return 0, 0, err
 	}
 	defer conn.Close()
 	conn.SetMaxOpenConns(1)
+	// Only a spin-broker database: VACUUM would rewrite any SQLite file,
+	// and an empty one would become a database.
+	var tables int
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
+		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
+		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
+	} else if tables != 3 {
+		return before, 0, fmt.Errorf("store: compact: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
+	}
 	for _, q := range []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`} {
 		if _, err := conn.ExecContext(ctx, q); err != nil {
-			return before, 0, fmt.Errorf("store: compact %s: %w", path, interpretError(err))
+			return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
 		}
 	}
-	after, err = fileSizes(path)
+	after, err = fileSizes(real)
 	return before, after, err
 }
 
