@@ -114,4 +114,3 @@ func TestCompact_OnlySpinBrokerDatabases(t *testing.T) {
 		}
 	}
 }
-

@@ -92,8 +92,10 @@ func (db *DB) FreeBytes(ctx context.Context) (int64, error) {
 // one leaves the database as it was.
 // before and after are the sizes on disk of the database and its WAL.
 func Compact(ctx context.Context, path string) (before, after int64, err error) {
-	real := resolved(path) // its WAL is beside the file a link points to
-	if before, err = fileSizes(real); err != nil { // before the lock, which would create a file beside it
+	// Sizes before the lock, which would create a file beside a missing
+	// one; the WAL is beside the file a link points to.
+	real := resolved(path)
+	if before, err = fileSizes(real); err != nil {
 		return 0, 0, fmt.Errorf("store: compact: %w", err)
 	}
 	lock, err := lockExclusive(path)
