@@ -98,7 +98,10 @@ func resolved(path string) string {
 			return p
 		}
 		if !filepath.IsAbs(target) {
-			target = filepath.Join(d, target)
+			// Not filepath.Join, which would clean "x/../y" as text where
+			// x may itself be a link: the next round's EvalSymlinks walks
+			// it as the kernel does.
+			target = d + string(filepath.Separator) + target
 		}
 		p = target
 	}

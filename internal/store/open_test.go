@@ -84,6 +84,26 @@ func TestOpen_ExclusiveThroughSymlinks(t *testing.T) {
 		}
 		t.Errorf("a second broker through linkdeep/deep.db -> ../deep.db: %v, want ErrInUse", err)
 	}
+	// A link whose target goes through another link before its "..":
+	// twisty.db -> hop/../t.db with hop -> data/sub is data/t.db.
+	if err := os.Symlink(sub, filepath.Join(dir, "hop")); err != nil {
+		t.Fatal(err)
+	}
+	// The target as written: filepath.Join would clean it to "t.db".
+	if err := os.Symlink("hop/../t.db", filepath.Join(dir, "twisty.db")); err != nil {
+		t.Fatal(err)
+	}
+	tdb, err := store.Open(ctx, filepath.Join(real, "t.db"), store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tdb.Close()
+	if db, err := store.Open(ctx, filepath.Join(dir, "twisty.db"), store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
+		if err == nil {
+			db.Close()
+		}
+		t.Errorf("a second broker through twisty.db -> hop/../t.db: %v, want ErrInUse", err)
+	}
 	// A database that does not exist yet, in a symlinked directory.
 	fresh := filepath.Join(real, "fresh.db")
 	held, err := store.Open(ctx, filepath.Join(dir, "linkdir", "fresh.db"), store.Options{Exclusive: true})
