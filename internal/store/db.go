@@ -413,13 +413,18 @@ func (db *DB) probeWrites() *probe {
 	p := &probe{done: make(chan struct{})}
 	db.probe = p
 	go func() {
+		// A row that really changes: SQLite writes nothing for an update
+		// that leaves a row's bytes as they were. The commit changes no
+		// package, command or queue, so the writer leaves the failure to be
+		// cleared here.
 		p.err = db.write(context.Background(), func(tx *Tx) error {
-			// A row that really changes: SQLite writes nothing for an
-			// update that leaves a row's bytes as they were.
 			_, err := tx.exec(`INSERT INTO counters (name, value) VALUES ('write_probe', 1)
 				ON CONFLICT (name) DO UPDATE SET value = value + 1`)
 			return err
 		})
+		if p.err == nil {
+			db.writeFailure.Store(nil)
+		}
 		db.probeMu.Lock()
 		db.probe = nil
 		db.probeMu.Unlock()
@@ -616,7 +621,15 @@ func (w *writer) commit(batch []*op) {
 		fail(w.db.unavailable("commit", err))
 		return
 	}
-	w.db.writeFailure.Store(nil)
+	// A commit that changed rows reached the disk: writes work. One that
+	// changed nothing (a sweep with nothing to do) wrote no page and proves
+	// nothing; the probe clears the failure itself.
+	for _, o := range batch {
+		if o.err == nil && !o.commit.Empty() {
+			w.db.writeFailure.Store(nil)
+			break
+		}
+	}
 	if w.db.batches.Add(1)%checkpointAfter == 0 {
 		w.db.ckpt.poke() // a busy writer never drains its queue to say so
 	}

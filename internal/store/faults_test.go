@@ -131,3 +131,37 @@ func TestWriteFailure_WaitsNoLongerThanItsContext(t *testing.T) {
 		t.Fatal("the probe's commit left the failure recorded")
 	}
 }
+
+// TestWriteFailure_ClearedOnlyByAChange: a commit that changed nothing (a
+// sweep with nothing to do, which on a full disk still commits: it writes
+// no page) leaves a recorded failure in place; one that changed rows, or
+// the probe's, clears it.
+func TestWriteFailure_ClearedOnlyByAChange(t *testing.T) {
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "c.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	failed := error(spinbroker.Errorf(spinbroker.EUNAVAILABLE, "disk full"))
+	db.writeFailure.Store(&failed)
+	if _, err := db.Sweep(ctx, SweepOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if db.writeFailure.Load() == nil {
+		t.Fatal("a sweep that changed nothing cleared the failure")
+	}
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if db.writeFailure.Load() != nil {
+		t.Fatal("a create that committed left the failure recorded")
+	}
+	db.writeFailure.Store(&failed)
+	if err := db.WriteFailure(ctx); err != nil {
+		t.Fatalf("the probe on a writable database: %v", err)
+	}
+	if db.writeFailure.Load() != nil {
+		t.Fatal("the probe's commit left the failure recorded")
+	}
+}
