@@ -18,101 +18,49 @@ import (
 // given either path is refused.
 func TestOpen_ExclusiveThroughSymlinks(t *testing.T) {
 	dir := t.TempDir()
-	real := filepath.Join(dir, "data")
-	if err := os.Mkdir(real, 0o700); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{"data", "data/sub"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
 	}
-	path := filepath.Join(real, "x.db")
-	first, err := store.Open(ctx, path, store.Options{Exclusive: true})
-	if err != nil {
-		t.Fatal(err)
+	// Each link's target as written: filepath.Join would clean "x/../y".
+	for link, target := range map[string]string{
+		"link.db":       filepath.Join(dir, "data", "x.db"),
+		"linkdir":       filepath.Join(dir, "data"),
+		"dangling.db":   "data/later.db",
+		"linkdeep":      filepath.Join(dir, "data", "sub"),
+		"data/sub/d.db": "../d.db",
+		"hop":           filepath.Join(dir, "data", "sub"),
+		"twisty.db":     "hop/../t.db",
+	} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	defer first.Close()
-	if err := os.Symlink(path, filepath.Join(dir, "link.db")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(real, filepath.Join(dir, "linkdir")); err != nil {
-		t.Fatal(err)
-	}
-	for _, other := range []string{filepath.Join(dir, "link.db"), filepath.Join(dir, "linkdir", "x.db"), filepath.Join(dir, ".", "data", "..", "data", "x.db")} {
-		if db, err := store.Open(ctx, other, store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
-			if err == nil {
-				db.Close()
+	for _, c := range []struct {
+		why    string
+		holder string   // the first broker's path
+		others []string // paths a second broker must be refused on
+	}{
+		{"a link to the file, a linked directory, a path with ..", "data/x.db", []string{"link.db", "linkdir/x.db", "./data/../data/x.db"}},
+		{"a link to a database not created yet: SQLite creates it where the link points", "dangling.db", []string{"data/later.db"}},
+		{"a relative ../ target reached through a linked directory: data/d.db, not d.db", "data/d.db", []string{"linkdeep/d.db"}},
+		{"a target through another link before its ..: data/t.db, not t.db", "data/t.db", []string{"twisty.db"}},
+		{"a database not created yet, in a linked directory", "linkdir/fresh.db", []string{"data/fresh.db"}},
+	} {
+		first, err := store.Open(ctx, filepath.Join(dir, c.holder), store.Options{Exclusive: true})
+		if err != nil {
+			t.Fatalf("%s: %v", c.why, err)
+		}
+		defer first.Close()
+		for _, other := range c.others {
+			if db, err := store.Open(ctx, filepath.Join(dir, other), store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
+				if err == nil {
+					db.Close()
+				}
+				t.Errorf("%s: a second broker on %s beside one on %s: %v, want ErrInUse", c.why, other, c.holder, err)
 			}
-			t.Errorf("a second broker on %s: %v, want ErrInUse", other, err)
 		}
-	}
-	// A symlink to a database that does not exist yet: SQLite creates it
-	// where the link points, so that is the database the lock is for.
-	target := filepath.Join(real, "later.db")
-	if err := os.Symlink(filepath.Join("data", "later.db"), filepath.Join(dir, "dangling.db")); err != nil {
-		t.Fatal(err)
-	}
-	viaLink, err := store.Open(ctx, filepath.Join(dir, "dangling.db"), store.Options{Exclusive: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer viaLink.Close()
-	if db, err := store.Open(ctx, target, store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
-		if err == nil {
-			db.Close()
-		}
-		t.Errorf("a second broker on the dangling link's target: %v, want ErrInUse", err)
-	}
-	// A link whose relative target climbs out of a directory reached
-	// through a symlink: linkdeep -> data/sub, and data/sub/deep.db ->
-	// ../deep.db, which is data/deep.db, not linkdeep/../deep.db read as
-	// text (dir/deep.db).
-	sub := filepath.Join(real, "sub")
-	if err := os.Mkdir(sub, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(sub, filepath.Join(dir, "linkdeep")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(filepath.Join("..", "deep.db"), filepath.Join(sub, "deep.db")); err != nil {
-		t.Fatal(err)
-	}
-	deep, err := store.Open(ctx, filepath.Join(real, "deep.db"), store.Options{Exclusive: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer deep.Close()
-	if db, err := store.Open(ctx, filepath.Join(dir, "linkdeep", "deep.db"), store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
-		if err == nil {
-			db.Close()
-		}
-		t.Errorf("a second broker through linkdeep/deep.db -> ../deep.db: %v, want ErrInUse", err)
-	}
-	// A link whose target goes through another link before its "..":
-	// twisty.db -> hop/../t.db with hop -> data/sub is data/t.db.
-	if err := os.Symlink(sub, filepath.Join(dir, "hop")); err != nil {
-		t.Fatal(err)
-	}
-	// The target as written: filepath.Join would clean it to "t.db".
-	if err := os.Symlink("hop/../t.db", filepath.Join(dir, "twisty.db")); err != nil {
-		t.Fatal(err)
-	}
-	tdb, err := store.Open(ctx, filepath.Join(real, "t.db"), store.Options{Exclusive: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tdb.Close()
-	if db, err := store.Open(ctx, filepath.Join(dir, "twisty.db"), store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
-		if err == nil {
-			db.Close()
-		}
-		t.Errorf("a second broker through twisty.db -> hop/../t.db: %v, want ErrInUse", err)
-	}
-	// A database that does not exist yet, in a symlinked directory.
-	fresh := filepath.Join(real, "fresh.db")
-	held, err := store.Open(ctx, filepath.Join(dir, "linkdir", "fresh.db"), store.Options{Exclusive: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if _, err := store.Open(ctx, fresh, store.Options{Exclusive: true}); !errors.Is(err, store.ErrInUse) {
-		t.Errorf("a second broker on the new database by its real path: %v, want ErrInUse", err)
 	}
 }
 
