@@ -71,6 +71,33 @@ func TestSlowloris(t *testing.T) {
 	}
 }
 
+// TestReadTimeout: a body still arriving at --read-timeout is cut off (the
+// default would hold it for 60s).
+func TestReadTimeout(t *testing.T) {
+	b := startBroker(t, filepath.Join(t.TempDir(), "r.db"), "--header-timeout", "1s", "--read-timeout", "2s")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	fmt.Fprint(conn, "POST /packages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"commands\": ")
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	took := time.Since(start)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("a body cut off answered %d, want 400", resp.StatusCode)
+		}
+	} else if isTimeout(err) {
+		t.Fatalf("the body was not cut off within %v", took)
+	}
+	if took > 10*time.Second {
+		t.Errorf("a body was held %v; the read timeout is 2s", took)
+	}
+}
+
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()

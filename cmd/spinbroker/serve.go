@@ -46,6 +46,7 @@ type serveConfig struct {
 	check           bool
 	pprofAddr       string
 	headerTimeout   time.Duration
+	readTimeout     time.Duration
 	maxWrites       int
 	authEnvErr      error // SPINBROKER_AUTH set to something not a boolean
 }
@@ -109,6 +110,7 @@ GOGC environment variable says otherwise.`,
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
+	f.DurationVar(&c.readTimeout, "read-timeout", 60*time.Second, "how long a client may take to send a whole request, body included (a slower upload is cut off)")
 	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside); others wait up to 10s for a turn, then get 503")
 	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof), which has no authentication, on this loopback address, e.g. localhost:6060 (another address needs --insecure)")
 	return cmd
@@ -124,6 +126,8 @@ func (c *serveConfig) validate() error {
 		return fmt.Errorf("--sweep-interval must be more than 0, not %s", c.sweepEvery)
 	case c.headerTimeout <= 0:
 		return fmt.Errorf("--header-timeout must be more than 0, not %s (it cuts off clients that send their headers too slowly)", c.headerTimeout)
+	case c.readTimeout < c.headerTimeout:
+		return fmt.Errorf("--read-timeout must be at least --header-timeout (%s), not %s: it bounds the whole request, headers included", c.headerTimeout, c.readTimeout)
 	case c.shutdownTimeout <= 0:
 		return fmt.Errorf("--shutdown-timeout must be more than 0, not %s", c.shutdownTimeout)
 	case c.retain < 0:
@@ -293,8 +297,8 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites, Registry: reg})
 	srv := &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: c.headerTimeout,  // slow headers (slowloris) are cut off
-		ReadTimeout:       60 * time.Second, // and so are slow bodies
+		ReadHeaderTimeout: c.headerTimeout, // slow headers (slowloris) are cut off
+		ReadTimeout:       c.readTimeout,   // and so are slow bodies
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -209,6 +209,7 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		{[]string{"--sweep-interval", "0"}, "", "--sweep-interval must be more than 0"},
 		{[]string{"--sweep-interval", "-1s"}, "", "--sweep-interval must be more than 0"},
 		{[]string{"--header-timeout", "0"}, "", "--header-timeout must be more than 0"},
+		{[]string{"--read-timeout", "5s"}, "", "--read-timeout must be at least --header-timeout (10s), not 5s"},
 		{[]string{"--shutdown-timeout", "-1s"}, "", "--shutdown-timeout must be more than 0"},
 		{[]string{"--retain", "-5s"}, "", "--retain must not be negative"},
 		{[]string{"--staging-ttl", "-1s"}, "", "--staging-ttl must not be negative"},
