@@ -31,8 +31,8 @@ type metrics struct {
 
 // newMetrics registers the broker's metrics in reg. agentsOf says who asks
 // each queue for work; writes, how many state-changing requests hold a
-// write turn now.
-func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents, writes func() int) *metrics {
+// write turn now; bodyBytes, how many bytes their bodies hold.
+func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents, writes func() int, bodyBytes func() int64) *metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spinbroker", Name: name, Help: help}, []string{"resource"})
 		reg.MustRegister(c)
@@ -72,9 +72,22 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 				Help: "Bytes of the database file left free by deleted rows: reused for new ones, given back by 'spinbroker compact'."},
 				func() float64 { n, _ := sz.FreeBytes(context.Background()); return float64(n) }))
 	}
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_writes_in_flight",
-		Help: "State-changing requests being served now (next and claim aside); at --max-writes, others wait."},
-		func() float64 { return float64(writes()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_writes_failing",
+		Help: "1 while writes fail for the database's sake (disk full, I/O error, read-only), else 0; /healthz says why."},
+		func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if st.WriteFailure(ctx) != nil {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_writes_in_flight",
+			Help: "State-changing requests being served now (next and claim aside); at --max-writes, others wait."},
+			func() float64 { return float64(writes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_body_bytes",
+			Help: "Bytes held by the bodies of state-changing requests, read before they take a turn; at --max-writes MiB, others get 503."},
+			func() float64 { return float64(bodyBytes()) }))
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "build_info",
 		Help: "Always 1; its labels say which build of the broker is running."}, []string{"version", "revision", "goversion"})
 	v := version.Get()

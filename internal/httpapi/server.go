@@ -147,20 +147,7 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
-	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) })
-	opts.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_writes_failing",
-		Help: "1 while writes fail for the database's sake (disk full, I/O error, read-only), else 0; /healthz says why."},
-		func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if st.WriteFailure(ctx) != nil {
-				return 1
-			}
-			return 0
-		}))
-	opts.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_body_bytes",
-		Help: "Bytes held by the bodies of state-changing requests, read before they take a turn; at --max-writes MiB, others get 503."},
-		func() float64 { return float64(s.bodies.held.Load()) }))
+	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) }, s.bodies.held.Load)
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s
