@@ -276,12 +276,11 @@ func wait(ctx context.Context, d time.Duration) bool {
 }
 
 // fatal reports whether a broker's refusal to hand out work will not go away
-// by asking again: the agent is not let in, asks for something invalid, or
-// asks at a URL that is not a broker's (next and claim never answer 404 at
-// the right one).
+// by asking again: the agent is not let in, or asks for something invalid.
+// (A 404 will not go away either; loop says why it means a wrong URL.)
 func fatal(err error) bool {
 	switch spinbroker.ErrorCode(err) {
-	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID, spinbroker.ENOTFOUND:
+	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID:
 		return true
 	}
 	return false
@@ -298,10 +297,10 @@ func (a *runner) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if spinbroker.ErrorCode(err) == spinbroker.ENOTFOUND {
+			switch {
+			case spinbroker.ErrorCode(err) == spinbroker.ENOTFOUND: // next and claim never answer 404 at a broker's URL
 				return fmt.Errorf("agent: the broker URL answers 404 for the queue %s: is it the broker's base URL, without a path? %w", a.resource, err)
-			}
-			if fatal(err) {
+			case fatal(err):
 				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)
 			}
 			failures++
