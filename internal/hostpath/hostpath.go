@@ -124,19 +124,20 @@ func (o *Output) withImage(info imageInfo) *Output {
 }
 
 // CleanPath checks a path parameter and returns its clean form: relative,
-// without a ".." that climbs out, without NUL or another control character
-// (a newline in a file name forges log lines and trips every tool). Symlinks are judged later, by
-// the os.Root every access goes through.
+// without a ".." that climbs out, without NUL, and plain text (see
+// checkText). Symlinks are judged later, by the os.Root every access goes
+// through.
 func CleanPath(what, p string) (string, error) {
 	switch {
 	case p == "":
 		return "", fmt.Errorf("%s is empty", what)
 	case strings.ContainsRune(p, 0):
 		return "", fmt.Errorf("%s contains a NUL byte", what)
-	case strings.ContainsFunc(p, unicode.IsControl):
-		return "", fmt.Errorf("%s %q contains a control character", what, p)
-	case !utf8.ValidString(p):
-		return "", fmt.Errorf("%s %q is not valid UTF-8", what, p)
+	}
+	if err := checkText(what, p); err != nil {
+		return "", err
+	}
+	switch {
 	case filepath.IsAbs(p) || strings.HasPrefix(p, "/") || strings.HasPrefix(p, `\`):
 		return "", fmt.Errorf("%s %q is absolute: paths are relative to the storage root", what, p)
 	case !filepath.IsLocal(p):
@@ -154,20 +155,33 @@ func volumePath(what, p string) (string, error) {
 	return c, err
 }
 
-// CheckImageName checks an image's file name: one path element, without
-// control characters.
+// CheckImageName checks an image's file name: one path element, plain text
+// (see checkText).
 func CheckImageName(name string) error {
 	switch {
 	case name == "" || name == "." || name == "..":
 		return fmt.Errorf("image_name %q is not a file name", name)
 	case strings.ContainsAny(name, "/\\\x00"):
 		return fmt.Errorf("image_name %q must be a file name, without a path separator", name)
-	case strings.ContainsFunc(name, unicode.IsControl):
-		return fmt.Errorf("image_name %q contains a control character", name)
-	case !utf8.ValidString(name):
-		return fmt.Errorf("image_name %q is not valid UTF-8", name)
-	case len(name) > 255:
+	}
+	if err := checkText("image_name", name); err != nil {
+		return err
+	}
+	if len(name) > 255 {
 		return fmt.Errorf("image_name is longer than 255 bytes")
+	}
+	return nil
+}
+
+// checkText refuses a name with a control character (a newline in a file
+// name forges log lines and trips every tool) or that is not UTF-8 (a lone
+// C1 byte, which unicode.IsControl never sees).
+func checkText(what, s string) error {
+	switch {
+	case strings.ContainsFunc(s, unicode.IsControl):
+		return fmt.Errorf("%s %q contains a control character", what, s)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%s %q is not valid UTF-8", what, s)
 	}
 	return nil
 }
