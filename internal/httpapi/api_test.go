@@ -424,13 +424,8 @@ func TestAPI_Metrics(t *testing.T) {
 		}
 		onDisk += st.Size()
 	}
-	var reported float64 = -1
-	for _, line := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(line, "spinbroker_store_bytes "); ok {
-			reported, _ = strconv.ParseFloat(v, 64)
-		}
-	}
-	if onDisk == 0 || reported != float64(onDisk) {
+	reported, ok := metricValue(body, "spinbroker_store_bytes")
+	if onDisk == 0 || !ok || reported != float64(onDisk) {
 		t.Errorf("spinbroker_store_bytes is %v, the files hold %d bytes", reported, onDisk)
 	}
 }
@@ -662,14 +657,23 @@ func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
 
 // bodyBytes is the broker's spinbroker_http_body_bytes.
 func bodyBytes(e *env) int {
-	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
-		if v, ok := strings.CutPrefix(line, "spinbroker_http_body_bytes "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return int(f)
+	v, ok := metricValue(string(e.do("GET", "/metrics", "").body), "spinbroker_http_body_bytes")
+	if !ok {
+		e.t.Fatal("no spinbroker_http_body_bytes in the metrics")
+	}
+	return int(v)
+}
+
+// metricValue is the value of the unlabelled metric name in a /metrics
+// answer, and whether it is there.
+func metricValue(body, name string) (float64, bool) {
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
 		}
 	}
-	e.t.Fatal("no spinbroker_http_body_bytes in the metrics")
-	return 0
+	return 0, false
 }
 
 // TestAPI_DeclaredLengthNotCharged: a body is charged as it arrives, not as
