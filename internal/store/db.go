@@ -76,7 +76,8 @@ type DB struct {
 	written     atomic.Int64 // write operations committed
 	checkpoints atomic.Int64 // checkpoints run beside the writer
 	// writeFailure is the database failure of the last write that failed
-	// for one (disk full, I/O error, read-only), cleared by the next commit.
+	// for one (disk full, I/O error, read-only), cleared by the next commit
+	// that changed something, or by WriteFailure's probe.
 	writeFailure atomic.Pointer[error]
 	probeMu      sync.Mutex
 	probe        *probe // WriteFailure's write, while one is under way
@@ -373,7 +374,8 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 // WriteFailure reports whether writes fail for the database's sake (a full
-// disk, an I/O error, a read-only file): nil when the last write committed.
+// disk, an I/O error, a read-only file): nil unless a write failed so since
+// the last commit that changed something.
 // A database that reads fine can refuse every write, and nothing else would
 // say so once clients stop trying; so when the last write failed,
 // WriteFailure has a write tried that changes one row (a page the WAL must
@@ -676,7 +678,8 @@ func (w *writer) exec(q string, args ...any) (sql.Result, error) {
 }
 
 // unavailable logs a database failure once and turns it into the error every
-// caller of the batch gets; WriteFailure reports it until a commit succeeds.
+// caller of the batch gets; WriteFailure reports it until a commit that
+// changed something succeeds.
 func (db *DB) unavailable(what string, err error) error {
 	err = interpretError(err)
 	if spinbroker.ErrorCode(err) == spinbroker.EUNAVAILABLE {
