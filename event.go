@@ -24,11 +24,14 @@ type Commit struct {
 	// commands may have changed for a reason that is not a transition (a
 	// lease extended, say).
 	Queues []string
+	// Forgotten are queues the sweeper forgot: idle for the retention
+	// period, with default settings and no unfinished commands.
+	Forgotten []string
 }
 
 // Empty reports whether the commit changed nothing anyone listens for.
 func (c *Commit) Empty() bool {
-	return len(c.Commands) == 0 && len(c.Packages) == 0 && len(c.Deleted) == 0 && len(c.Queues) == 0
+	return len(c.Commands) == 0 && len(c.Packages) == 0 && len(c.Deleted) == 0 && len(c.Queues) == 0 && len(c.Forgotten) == 0
 }
 
 // Resources returns the distinct resources the commit touched, in order of

@@ -406,7 +406,7 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 			log.Warn("sweep failed", "err", err, "duration", took)
 		case res != (store.SweepResult{}):
 			log.Info("swept", "leases_settled", res.LeasesSettled, "staging_deleted", res.StagingDeleted,
-				"retained_deleted", res.RetainedDeleted, "idempotency_keys_deleted", res.KeysDeleted, "duration", took)
+				"retained_deleted", res.RetainedDeleted, "queues_forgotten", res.QueuesForgotten, "idempotency_keys_deleted", res.KeysDeleted, "duration", took)
 		}
 	}
 }

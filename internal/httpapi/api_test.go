@@ -384,6 +384,47 @@ func TestAPI_CrossOrigin(t *testing.T) {
 	e.want(e.do("POST", "/packages", `{}`), 201, "")
 }
 
+// TestAPI_MetricsForgetQueues: a queue the sweeper forgets leaves
+// /metrics, counters and gauges alike, and comes back from 0 with its next
+// command.
+func TestAPI_MetricsForgetQueues(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "brief", "action": "x"}]`, true)
+	e.want(e.complete(e.next("brief"), true), 200, "")
+	metrics := func() string { return string(e.do("GET", "/metrics", "").body) }
+	if m := metrics(); !strings.Contains(m, `spinbroker_commands_succeeded_total{resource="brief"} 1`) {
+		t.Fatal("no series for the queue before the sweep")
+	}
+	e.clock.Add(2 * time.Hour)
+	if res, err := e.db.Sweep(ctx, store.SweepOptions{Retain: time.Hour}); err != nil || res.QueuesForgotten != 1 {
+		t.Fatalf("sweep: %+v %v", res, err)
+	}
+	if m := metrics(); strings.Contains(m, `resource="brief"`) {
+		t.Errorf("a forgotten queue is still in /metrics:\n%s", grepLines(m, `resource="brief"`))
+	}
+	var list spinbroker.QueueList
+	e.do("GET", "/queues", "").decode(t, &list)
+	if len(list.Queues) != 0 {
+		t.Errorf("GET /queues lists %+v", list.Queues)
+	}
+	e.createPackage(`[{"resource": "brief", "action": "x"}]`, true)
+	if m := metrics(); !strings.Contains(m, `spinbroker_commands_enqueued_total{resource="brief"} 1`) ||
+		!strings.Contains(m, `spinbroker_queue_commands{resource="brief",state="ready"} 1`) {
+		t.Errorf("the queue did not come back:\n%s", grepLines(m, `resource="brief"`))
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func TestAPI_Metrics(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	e.createPackage(`[{"resource": "m", "action": "x"}, {"resource": "m", "action": "y"}]`, true)

@@ -116,6 +116,7 @@ func (h *hub) run() {
 	pkgs := map[string]bool{}
 	deleted := map[string]bool{}
 	queues := map[string]bool{}
+	forgotten := map[string]bool{}
 	for {
 		select {
 		case <-h.quit:
@@ -142,22 +143,26 @@ func (h *hub) run() {
 			for _, q := range c.Queues {
 				queues[q] = true
 			}
+			for _, q := range c.Forgotten {
+				forgotten[q] = true
+			}
 		case <-ticker.C:
 			if h.overflow.Swap(false) {
 				h.broadcast("resync", "", map[string]string{"reason": "events were dropped; reload"})
 			}
 			if h.nsubs.Load() > 0 {
-				h.flush(pkgs, deleted, queues)
+				h.flush(pkgs, deleted, queues, forgotten)
 			}
 			clear(pkgs)
 			clear(deleted)
 			clear(queues)
+			clear(forgotten)
 		}
 	}
 }
 
 // flush sends the current state of the packages and queues that changed.
-func (h *hub) flush(pkgs, deleted, queues map[string]bool) {
+func (h *hub) flush(pkgs, deleted, queues, forgotten map[string]bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for id := range deleted {
@@ -172,6 +177,9 @@ func (h *hub) flush(pkgs, deleted, queues map[string]bool) {
 			continue // deleted since, or the database is busy: the next change resends it
 		}
 		h.broadcast("package", id, p)
+	}
+	for r := range forgotten {
+		h.broadcast("queue", "", map[string]any{"resource": r, "forgotten": true})
 	}
 	if len(queues) == 0 {
 		return
@@ -189,7 +197,8 @@ func (h *hub) flush(pkgs, deleted, queues map[string]bool) {
 
 // handleEvents streams state changes as Server-Sent Events: "command" (a
 // transition), "package" (a package without its commands, or {id, deleted}),
-// "queue" (a queue without its commands) and "resync". ?package=ID narrows
+// "queue" (a queue without its commands, or {resource, forgotten} when
+// the sweeper forgot it) and "resync". ?package=ID narrows
 // the stream to one package. A comment every 15s keeps proxies from
 // closing it.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {

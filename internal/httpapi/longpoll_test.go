@@ -254,6 +254,33 @@ func TestEvents(t *testing.T) {
 			t.Fatalf("events seen: command %v package %v queue %v", sawCommand, sawPackage, sawQueue)
 		}
 	}
+
+	// A queue the sweeper forgets is said so, for pages that list it.
+	c, _, err := db.Next(ctx, "ev", 0)
+	if err != nil || c == nil {
+		t.Fatalf("next: %v %v", c, err)
+	}
+	ok := true
+	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Millisecond)
+	if res, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Nanosecond}); err != nil || res.QueuesForgotten != 1 {
+		t.Fatalf("sweep: %+v %v", res, err)
+	}
+	for {
+		select {
+		case ev, ok := <-lines:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			if strings.HasPrefix(ev, "event: queue") && strings.Contains(ev, `{"forgotten":true,"resource":"ev"}`) {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("no event said the queue was forgotten")
+		}
+	}
 }
 
 // TestPolls_Bounded: the queues remembered as asked stay bounded; past the

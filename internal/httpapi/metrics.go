@@ -110,6 +110,11 @@ type writeStatser interface {
 	WriteStats() (transactions, writes, checkpoints int64)
 }
 
+// perQueue are the counters labelled by resource.
+func (m *metrics) perQueue() []*prometheus.CounterVec {
+	return []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled}
+}
+
 // count moves the counters by what a commit did.
 func (m *metrics) count(c *spinbroker.Commit) {
 	for _, ch := range c.Commands {
@@ -118,7 +123,7 @@ func (m *metrics) count(c *spinbroker.Commit) {
 			// at 0: rate() and alerts on redeliveries or failures need a
 			// series before the first one happens.
 			m.seen.Store(ch.Resource, true)
-			for _, cv := range []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled} {
+			for _, cv := range m.perQueue() {
 				cv.WithLabelValues(ch.Resource)
 			}
 		}
@@ -136,6 +141,14 @@ func (m *metrics) count(c *spinbroker.Commit) {
 			m.failed.WithLabelValues(ch.Resource).Inc()
 		case ch.To == spinbroker.Cancelled:
 			m.cancelled.WithLabelValues(ch.Resource).Inc()
+		}
+	}
+	// A forgotten queue's series go with it, or every resource name ever
+	// used would stay in /metrics.
+	for _, r := range c.Forgotten {
+		m.seen.Delete(r)
+		for _, cv := range m.perQueue() {
+			cv.DeleteLabelValues(r)
 		}
 	}
 }

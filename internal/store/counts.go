@@ -63,11 +63,15 @@ const (
 		n_cancelled = n_cancelled + ?8,
 		last_finished_at = CASE WHEN ?9 > coalesce(last_finished_at, 0) THEN ?9 ELSE last_finished_at END
 	WHERE id = ?10`
-	qCountQueue = `UPDATE queues SET
-		n_blocked = n_blocked + ?1,
-		n_ready   = n_ready   + ?2,
-		n_leased  = n_leased  + ?3
-	WHERE resource = ?4`
+	// An upsert: a queue the sweeper forgot comes back when a command of
+	// it moves again (a retry of one of its failed commands, say).
+	qCountQueue = `INSERT INTO queues (resource, n_blocked, n_ready, n_leased, last_active_at)
+	VALUES (?4, ?1, ?2, ?3, ?5)
+	ON CONFLICT (resource) DO UPDATE SET
+		n_blocked = n_blocked + excluded.n_blocked,
+		n_ready   = n_ready   + excluded.n_ready,
+		n_leased  = n_leased  + excluded.n_leased,
+		last_active_at = excluded.last_active_at`
 	qCountCompletions = `INSERT INTO completions (minute, succeeded, failed, cancelled) VALUES (?1, ?2, ?3, ?4)
 	ON CONFLICT (minute) DO UPDATE SET
 		succeeded = succeeded + excluded.succeeded,
@@ -145,7 +149,7 @@ func (t *Tx) flushCounts() error {
 	}
 	for _, r := range queueOrder {
 		if q := queues[r]; q.Blocked != 0 || q.Ready != 0 || q.Leased != 0 {
-			if _, err := t.exec(qCountQueue, q.Blocked, q.Ready, q.Leased, r); err != nil {
+			if _, err := t.exec(qCountQueue, q.Blocked, q.Ready, q.Leased, r, now); err != nil {
 				return err
 			}
 		}

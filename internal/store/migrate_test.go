@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/pressly/goose/v3"
 
@@ -84,5 +85,43 @@ func TestMigration_DependenciesOutliveDeletion(t *testing.T) {
 	var fk int
 	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM pragma_foreign_key_list('command_deps') WHERE "from" = 'depends_on'`).Scan(&fk); err != nil || fk != 1 {
 		t.Fatalf("after Down, depends_on references commands: %d %v", fk, err)
+	}
+}
+
+// TestMigration_QueueActivity: migration 00004 counts the queues that exist
+// as active when it runs, so that the sweeper forgets none of them before
+// they have idled for the retention period; its Down drops the column.
+func TestMigration_QueueActivity(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "m.db")
+	raw, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetMaxOpenConns(1)
+	p, err := goose.NewProvider(goose.DialectSQLite3, raw, migrations.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.ExecContext(ctx, `INSERT INTO queues (resource) VALUES ('a'), ('b')`); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now().Add(-time.Second).UnixNano()
+	if _, err := p.UpTo(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM queues WHERE last_active_at >= ?`, before).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("queues counted active by the migration: %d, %v", n, err)
+	}
+	if _, err := p.DownTo(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('queues') WHERE name = 'last_active_at'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after Down, last_active_at is still there: %d, %v", n, err)
 	}
 }

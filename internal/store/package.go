@@ -230,7 +230,7 @@ func (t *Tx) reserveSeqs(cmds []spinbroker.NewCommand) (*enqueueAt, error) {
 			continue
 		}
 		seen[c.Resource] = true
-		if _, err := t.exec(`INSERT INTO queues (resource) VALUES (?) ON CONFLICT (resource) DO NOTHING`, c.Resource); err != nil {
+		if _, err := t.exec(qEnsureQueue, c.Resource, nanos(t.now)); err != nil {
 			return nil, err
 		}
 	}
@@ -459,9 +459,9 @@ func (t *Tx) enqueue(pkgID string) error {
 		return spinbroker.Errorf(spinbroker.EEMPTY, "package %s has no commands to enqueue", pkgID)
 	}
 	now := nanos(t.now)
-	if _, err := t.exec(`INSERT INTO queues (resource)
-		SELECT DISTINCT resource FROM commands WHERE package_id = ?
-		ON CONFLICT (resource) DO NOTHING`, pkgID); err != nil {
+	if _, err := t.exec(`INSERT INTO queues (resource, last_active_at)
+		SELECT DISTINCT resource, ?2 FROM commands WHERE package_id = ?1
+		ON CONFLICT (resource) DO NOTHING`, pkgID, now); err != nil {
 		return err
 	}
 	var last int64

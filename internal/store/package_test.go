@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -636,6 +637,89 @@ func TestDB_Sweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	getPkg(t, db, p.ID)
+}
+
+// TestDB_SweepForgetsIdleQueues: with retention, a queue idle for longer
+// than it, with default settings and nothing enqueued, leaves the list;
+// one with settings, work or recent activity stays; a forgotten queue comes
+// back, counts right, when one of its commands moves again. Without
+// retention no queue is forgotten.
+func TestDB_SweepForgetsIdleQueues(t *testing.T) {
+	db, clock := open(t)
+	var mu sync.Mutex
+	var forgotten []string
+	db.Listen(func(c *spinbroker.Commit) {
+		mu.Lock()
+		forgotten = append(forgotten, c.Forgotten...)
+		mu.Unlock()
+	})
+	once := cmd("gone", "x")
+	once.MaxAttempts = ptr(1)
+	p := enqueue(t, db, once, cmd("stay", "y"))
+	failed := finish(t, db, mustNext(t, db, "gone"), false, "broken")
+	if failed.State != spinbroker.Failed {
+		t.Fatalf("failed: %s", mustJSON(failed))
+	}
+	enqueue(t, db, cmd("busy", "z")) // never taken
+	if _, err := db.SetQueue(ctx, "preset", spinbroker.QueueSettings{Concurrency: ptr(3)}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(2 * time.Hour)
+	succeed(t, db, mustNext(t, db, "stay")) // the package finishes now
+
+	res, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.QueuesForgotten != 1 || res.RetainedDeleted != 0 {
+		t.Fatalf("sweep: %+v", res)
+	}
+	mu.Lock()
+	if !slices.Equal(forgotten, []string{"gone"}) {
+		t.Errorf("commits said forgotten %q", forgotten)
+	}
+	mu.Unlock()
+	queueNames := func() string {
+		t.Helper()
+		qs, err := db.Queues(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, q := range qs {
+			names = append(names, fmt.Sprintf("%s:%d", q.Resource, q.Counts.Ready))
+		}
+		return strings.Join(names, " ")
+	}
+	if got := queueNames(); got != "busy:1 preset:0 stay:0" {
+		t.Fatalf("queues after the sweep: %s", got)
+	}
+	q, err := db.Queue(ctx, "gone")
+	if err != nil || q.Concurrency != 1 || len(q.Commands) != 0 {
+		t.Fatalf("a forgotten queue: %s, %v", mustJSON(q), err)
+	}
+	getPkg(t, db, p.ID) // finished an hour ago at most: kept
+
+	// A retry of its failed command brings the queue back, counted.
+	if _, err := db.Retry(ctx, failed.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := queueNames(); got != "busy:1 gone:1 preset:0 stay:0" {
+		t.Fatalf("queues after the retry: %s", got)
+	}
+	if c := mustNext(t, db, "gone"); c.ID != failed.ID {
+		t.Fatalf("delivered %s, want the retried %s", c.ID, failed.ID)
+	}
+
+	// Without retention, nothing is forgotten however long it idles.
+	clock.Add(1000 * time.Hour)
+	res, err = db.Sweep(ctx, store.SweepOptions{})
+	if err != nil || res.QueuesForgotten != 0 {
+		t.Fatalf("sweep without retention: %+v, %v", res, err)
+	}
+	if got := queueNames(); got != "busy:1 gone:0 preset:0 stay:0" {
+		t.Fatalf("queues without retention: %s", got)
+	}
 }
 
 func TestDB_Queues(t *testing.T) {

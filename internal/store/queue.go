@@ -50,7 +50,10 @@ func (db *DB) Claim(ctx context.Context, resource string, max int, lease time.Du
 // its partial index does: SQLite uses a partial index only when the query's
 // WHERE implies the index's term for term. TestPlans holds them to it.
 const (
-	qQueueState = `SELECT concurrency, paused, n_leased, n_blocked FROM queues WHERE resource = ?`
+	// qEnsureQueue makes a queue's row, for a command about to be enqueued
+	// in it.
+	qEnsureQueue = `INSERT INTO queues (resource, last_active_at) VALUES (?, ?) ON CONFLICT (resource) DO NOTHING`
+	qQueueState  = `SELECT concurrency, paused, n_leased, n_blocked FROM queues WHERE resource = ?`
 	// qLeaseHead leases the head of a queue's ready commands, unless it
 	// waits out a back-off, in which case it holds the queue (rule 3). The
 	// subquery reads only the commands_ready index.
@@ -374,7 +377,9 @@ func oldestReadyAge(q querier, resource string, now time.Time) (float64, error) 
 	return max(age, 0), nil
 }
 
-// Queues lists every queue that has had commands or settings.
+// Queues lists every queue that has had commands enqueued or settings made,
+// but for those the sweeper forgot: idle for the retention period with
+// default settings (qForgetQueues).
 func (db *DB) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
 	rows, err := db.reader.query(`SELECT ` + queueCols + ` FROM queues ORDER BY resource`)
 	if err != nil {
@@ -470,7 +475,11 @@ func (db *DB) SetQueue(ctx context.Context, resource string, s spinbroker.QueueS
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "concurrency must be between 1 and %d", spinbroker.MaxConcurrency)
 	}
 	err := db.write(ctx, func(t *Tx) error {
-		if _, err := t.exec(`INSERT INTO queues (resource) VALUES (?) ON CONFLICT (resource) DO NOTHING`, resource); err != nil {
+		// A change of settings counts as activity: the sweeper forgets a
+		// queue only once it has been idle, with default settings, for
+		// the retention period.
+		if _, err := t.exec(`INSERT INTO queues (resource, last_active_at) VALUES (?1, ?2)
+			ON CONFLICT (resource) DO UPDATE SET last_active_at = ?2`, resource, nanos(t.now)); err != nil {
 			return err
 		}
 		if s.Concurrency != nil {

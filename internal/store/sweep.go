@@ -12,7 +12,8 @@ type SweepOptions struct {
 	// StagingTTL is how long a package may stay in staging (default 24h;
 	// negative keeps them forever).
 	StagingTTL time.Duration
-	// Retain is how long a finished package is kept (0 keeps them forever).
+	// Retain is how long a finished package is kept (0 keeps them forever),
+	// and how long an idle queue with default settings is remembered.
 	Retain time.Duration
 }
 
@@ -21,6 +22,7 @@ type SweepResult struct {
 	LeasesSettled   int // expired leases requeued or failed
 	StagingDeleted  int // packages deleted for staying too long in staging
 	RetainedDeleted int // finished packages deleted past retention
+	QueuesForgotten int // queues idle past retention, with default settings
 	KeysDeleted     int // Idempotency-Key records past 24h
 }
 
@@ -30,7 +32,8 @@ const sweepBatch = 200
 
 // Sweep settles expired leases and delayed commands whose time has come in
 // every queue, and deletes expired staging packages, finished packages past
-// retention and old Idempotency-Key records, in short transactions.
+// retention, queues idle past retention and old Idempotency-Key records, in
+// short transactions.
 func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error) {
 	var res SweepResult
 	if opts.StagingTTL == 0 {
@@ -57,6 +60,11 @@ func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 	if opts.Retain > 0 {
 		n, err := db.sweepPackages(ctx, qSweepFinished, opts.Retain)
 		res.RetainedDeleted = n
+		if err != nil {
+			return res, err
+		}
+		n, err = db.forgetQueues(ctx, opts.Retain)
+		res.QueuesForgotten = n
 		if err != nil {
 			return res, err
 		}
@@ -111,6 +119,37 @@ func (db *DB) sweepPackages(ctx context.Context, query string, age time.Duration
 			}
 			n = len(ids)
 			return nil
+		})
+		total += n
+		if err != nil || n < sweepBatch {
+			return total, err
+		}
+	}
+}
+
+// qForgetQueues deletes the rows of queues idle since before ?1 with default
+// settings and nothing enqueued: to a client such a queue is the same as
+// one never used (API.md, Queues), and a fleet that names resources after
+// short-lived things would otherwise list every name it ever used. A queue
+// comes back with its next command (the counts' upsert) or setting.
+const qForgetQueues = `DELETE FROM queues WHERE resource IN (
+		SELECT resource FROM queues
+		WHERE n_blocked = 0 AND n_ready = 0 AND n_leased = 0
+		  AND concurrency = ?2 AND paused = 0 AND last_active_at < ?1
+		LIMIT ?3)
+	RETURNING resource`
+
+// forgetQueues forgets, a batch per transaction, the queues idle for longer
+// than age.
+func (db *DB) forgetQueues(ctx context.Context, age time.Duration) (int, error) {
+	total := 0
+	for {
+		var n int
+		err := db.write(ctx, func(t *Tx) error {
+			rs, err := queryStrings(t, qForgetQueues, staleBefore(t.now, age), spinbroker.DefaultConcurrency, sweepBatch)
+			t.commit.Forgotten = rs
+			n = len(rs)
+			return err
 		})
 		total += n
 		if err != nil || n < sweepBatch {
