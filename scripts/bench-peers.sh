@@ -20,5 +20,24 @@ for sync in normal full; do
 done
 echo "== River and goqite, in-process" >&2
 go run -C bench/peers . -jobs "$n" -json | tee "$out/peers.json" >&2
+
+# The ceiling: spin-broker's own HTTP layer over a store that stores
+# nothing, driven by the same generator, so that "how far from the most
+# this machine allows" is measured in the same run too.
+echo "== the ceiling: spin-broker's HTTP layer with no storage (bench/ceiling)" >&2
+go build -o "$out/ceiling" ./bench/ceiling
+"$out/ceiling" -addr 127.0.0.1:0 >"$out/ceiling.url" 2>/dev/null &
+ceiling=$!
+trap 'kill $ceiling 2>/dev/null; rm -rf "$out"' EXIT
+for _ in $(seq 100); do
+	[ -s "$out/ceiling.url" ] && break
+	sleep 0.1
+done
+url=$(head -n 1 "$out/ceiling.url")
+for proto in inline seed claim; do
+	"$out/spinbroker" bench --url "$url" --procs 1 --scenarios throughput --protocol "$proto" --commands "$n" --json |
+		sed 's/^{/{"ceiling":true,/' | tee -a "$out/ceiling.json" >&2
+done
+kill $ceiling
 echo >&2
-"$out/spinbroker" bench --compare "$out/spinbroker.json,$out/peers.json"
+"$out/spinbroker" bench --compare "$out/spinbroker.json,$out/peers.json,$out/ceiling.json"

@@ -26,14 +26,20 @@ type benchLine struct {
 	Lost       int     `json:"lost"`
 	// both
 	Sync string `json:"sync"`
+	// Set by scripts/bench-peers.sh on the lines of runs against
+	// bench/ceiling: spin-broker's HTTP layer over a store that stores
+	// nothing, the most a durable broker could reach on the machine.
+	Ceiling bool `json:"ceiling"`
 }
 
 // compare reads JSON lines of spinbroker's and the peers' runs from files
 // and prints each spin-broker throughput beside River's and goqite's in the
-// same sync mode, with the ratios.
+// same sync mode, with the ratios, and the share of the storage-free
+// ceiling it reaches when the ceiling was measured too.
 func (a *app) compare(files []string) error {
 	type key struct{ name, sync string }
 	rate := map[key]float64{}
+	ceiling := map[string]float64{} // by protocol
 	var names []string
 	seen := map[string]bool{}
 	bad := 0
@@ -57,6 +63,9 @@ func (a *app) compare(files []string) error {
 			var name string
 			var r float64
 			switch {
+			case l.Ceiling && l.Scenario == "throughput":
+				ceiling[l.Protocol] = l.CommandsPerSec
+				continue
 			case l.Peer != "":
 				name, r = l.Peer, l.JobsPerSec
 				if l.Duplicates+l.Lost > 0 {
@@ -85,7 +94,7 @@ func (a *app) compare(files []string) error {
 		return strings.HasPrefix(names[i], "spin-broker") && !strings.HasPrefix(names[j], "spin-broker")
 	})
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "\tsync\tcommands/s\t× River\t× goqite\t")
+	fmt.Fprintln(w, "\tsync\tcommands/s\t× River\t× goqite\tof ceiling\t")
 	for _, sync := range []string{"normal", "full"} {
 		for _, n := range names {
 			r, ok := rate[key{n, sync}]
@@ -98,12 +107,21 @@ func (a *app) compare(files []string) error {
 				}
 				return ""
 			}
-			fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t\n", n, sync, r, ratio("river"), ratio("goqite"))
+			share := ""
+			if c := ceiling[strings.TrimPrefix(n, "spin-broker ")]; c > 0 && strings.HasPrefix(n, "spin-broker") {
+				share = fmt.Sprintf("%.0f%%", 100*r/c)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t%s\t\n", n, sync, r, ratio("river"), ratio("goqite"), share)
+		}
+	}
+	for _, proto := range []string{"inline", "seed", "claim"} {
+		if c, ok := ceiling[proto]; ok {
+			fmt.Fprintf(w, "ceiling %s\tno storage\t%.0f\t\t\t\t\n", proto, c)
 		}
 	}
 	for _, n := range names {
 		if strings.HasPrefix(n, "spin-broker") && rate[key{n, "normal"}] > 0 && rate[key{n, "full"}] > 0 {
-			fmt.Fprintf(w, "%s\tfull/normal\t%.0f%%\t\t\t\n", n, 100*rate[key{n, "full"}]/rate[key{n, "normal"}])
+			fmt.Fprintf(w, "%s\tfull/normal\t%.0f%%\t\t\t\t\n", n, 100*rate[key{n, "full"}]/rate[key{n, "normal"}])
 		}
 	}
 	w.Flush()

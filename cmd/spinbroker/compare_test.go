@@ -14,6 +14,7 @@ func TestBenchCompare(t *testing.T) {
 	os.WriteFile(sb, []byte(`{"scenario":"throughput","protocol":"inline","commands_per_sec":3300,"sync":"normal","ok":true}
 {"scenario":"throughput","protocol":"inline","commands_per_sec":2000,"sync":"full","ok":true}
 {"scenario":"backlog","micros_per_next_complete":400,"sync":"normal","ok":true}
+{"ceiling":true,"scenario":"throughput","protocol":"inline","commands_per_sec":11000,"sync":"normal","ok":true}
 `), 0o644)
 	os.WriteFile(peers, []byte(`not json, a progress line
 {"peer":"river","sync":"normal","jobs":20000,"jobs_per_sec":1100,"duplicates":0,"lost":0}
@@ -24,7 +25,8 @@ func TestBenchCompare(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("compare: %s", r)
 	}
-	for _, want := range []string{"spin-broker inline  normal        3300      3.0       2.0", "spin-broker inline  full          2000      4.0", "full/normal  61%"} {
+	for _, want := range []string{"spin-broker inline  normal        3300      3.0       2.0  30%", "spin-broker inline  full          2000      4.0  18%", "full/normal  61%",
+		"ceiling inline  no storage  11000"} {
 		if !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), strings.Join(strings.Fields(want), " ")) {
 			t.Errorf("compare output lacks %q:\n%s", want, r.stdout)
 		}
