@@ -641,7 +641,8 @@ func TestDB_Sweep(t *testing.T) {
 
 // TestDB_SweepForgetsIdleQueues: with retention, a queue idle for longer
 // than it, with default settings and nothing enqueued, leaves the list;
-// one with settings, work or recent activity stays; a forgotten queue comes
+// one with settings, work, a recent change or an agent asking it for work
+// stays; a forgotten queue comes
 // back, counts right, when one of its commands moves again. Without
 // retention no queue is forgotten.
 func TestDB_SweepForgetsIdleQueues(t *testing.T) {
@@ -655,7 +656,7 @@ func TestDB_SweepForgetsIdleQueues(t *testing.T) {
 	})
 	once := cmd("gone", "x")
 	once.MaxAttempts = ptr(1)
-	p := enqueue(t, db, once, cmd("stay", "y"))
+	p := enqueue(t, db, once, cmd("stay", "y"), cmd("polled", "w"))
 	failed := finish(t, db, mustNext(t, db, "gone"), false, "broken")
 	if failed.State != spinbroker.Failed {
 		t.Fatalf("failed: %s", mustJSON(failed))
@@ -664,8 +665,10 @@ func TestDB_SweepForgetsIdleQueues(t *testing.T) {
 	if _, err := db.SetQueue(ctx, "preset", spinbroker.QueueSettings{Concurrency: ptr(3)}); err != nil {
 		t.Fatal(err)
 	}
+	succeed(t, db, mustNext(t, db, "polled"))
 	clock.Add(2 * time.Hour)
 	succeed(t, db, mustNext(t, db, "stay")) // the package finishes now
+	noNext(t, db, "polled")                 // an agent waits for work there
 
 	res, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Hour})
 	if err != nil {
@@ -691,7 +694,7 @@ func TestDB_SweepForgetsIdleQueues(t *testing.T) {
 		}
 		return strings.Join(names, " ")
 	}
-	if got := queueNames(); got != "busy:1 preset:0 stay:0" {
+	if got := queueNames(); got != "busy:1 polled:0 preset:0 stay:0" {
 		t.Fatalf("queues after the sweep: %s", got)
 	}
 	q, err := db.Queue(ctx, "gone")
@@ -704,7 +707,7 @@ func TestDB_SweepForgetsIdleQueues(t *testing.T) {
 	if _, err := db.Retry(ctx, failed.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := queueNames(); got != "busy:1 gone:1 preset:0 stay:0" {
+	if got := queueNames(); got != "busy:1 gone:1 polled:0 preset:0 stay:0" {
 		t.Fatalf("queues after the retry: %s", got)
 	}
 	if c := mustNext(t, db, "gone"); c.ID != failed.ID {
@@ -717,7 +720,7 @@ func TestDB_SweepForgetsIdleQueues(t *testing.T) {
 	if err != nil || res.QueuesForgotten != 0 {
 		t.Fatalf("sweep without retention: %+v, %v", res, err)
 	}
-	if got := queueNames(); got != "busy:1 gone:0 preset:0 stay:0" {
+	if got := queueNames(); got != "busy:1 gone:0 polled:0 preset:0 stay:0" {
 		t.Fatalf("queues without retention: %s", got)
 	}
 }

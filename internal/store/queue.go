@@ -53,7 +53,7 @@ const (
 	// qEnsureQueue makes a queue's row, for a command about to be enqueued
 	// in it.
 	qEnsureQueue = `INSERT INTO queues (resource, last_active_at) VALUES (?, ?) ON CONFLICT (resource) DO NOTHING`
-	qQueueState  = `SELECT concurrency, paused, n_leased, n_blocked FROM queues WHERE resource = ?`
+	qQueueState  = `SELECT concurrency, paused, n_leased, n_blocked, last_active_at FROM queues WHERE resource = ?`
 	// qLeaseHead leases the head of a queue's ready commands, unless it
 	// waits out a back-off, in which case it holds the queue (rule 3). The
 	// subquery reads only the commands_ready index.
@@ -118,11 +118,19 @@ const (
 func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
 	var concurrency, leased, blocked int
 	var paused bool
-	err := t.queryRow(qQueueState, resource).Scan(&concurrency, &paused, &leased, &blocked)
+	var active int64
+	err := t.queryRow(qQueueState, resource).Scan(&concurrency, &paused, &leased, &blocked, &active)
 	if isNoRows(err) {
 		return nil, time.Time{}, nil // nothing was ever enqueued here
 	} else if err != nil {
 		return nil, time.Time{}, err
+	}
+	if nanos(t.now)-active >= int64(pollActivity) {
+		// An agent asking counts as activity: the queue of an agent that
+		// waits for work stays listed, and its last poll in /metrics.
+		if _, err := t.exec(`UPDATE queues SET last_active_at = ? WHERE resource = ?`, nanos(t.now), resource); err != nil {
+			return nil, time.Time{}, err
+		}
 	}
 	if leased > 0 {
 		n, err := t.settleExpired(resource)
@@ -177,6 +185,11 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 	}
 	return cmds, time.Time{}, loadDeps(t, ptrs)
 }
+
+// pollActivity is how stale a queue's last_active_at may get before a poll
+// sets it: at most one write a minute for an agent that waits on an idle
+// queue.
+const pollActivity = time.Minute
 
 // leaseHead leases the queue's head, if it is deliverable.
 func (t *Tx) leaseHead(resource string, ttl any, now int64) ([]spinbroker.Command, []int, error) {
