@@ -544,7 +544,6 @@ func (w *writer) gather(batch *[]*op) {
 // commit runs a batch of operations in one transaction, each in a savepoint
 // when there are several, and answers each after the commit.
 func (w *writer) commit(batch []*op) {
-	ctx := context.Background()
 	fail := func(err error) {
 		if ue := (*unavailableError)(nil); errors.As(err, &ue) { // a statement's
 			w.db.writeFailure.Store(&err)
@@ -556,7 +555,7 @@ func (w *writer) commit(batch []*op) {
 			close(o.done)
 		}
 	}
-	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+	if _, err := w.exec("BEGIN IMMEDIATE"); err != nil {
 		fail(w.db.unavailable("begin", err))
 		return
 	}
@@ -615,7 +614,7 @@ func (w *writer) commit(batch []*op) {
 			ran++
 		}
 	}
-	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
+	if _, err := w.exec("COMMIT"); err != nil {
 		w.rollback()
 		for _, o := range batch {
 			o.commit = spinbroker.Commit{}
