@@ -52,7 +52,9 @@ func flagSet(name string) bool {
 	return set
 }
 
-var modelResources = []string{"r0", "r1", "r2"}
+// modelResources are the queues; commands name the last one rarely, so
+// that it often has nothing enqueued and a retention sweep may forget it.
+var modelResources = []string{"r0", "r1", "r2", "rare"}
 
 // mcmd is the model of one command.
 type mcmd struct {
@@ -146,6 +148,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		{3, "heartbeat", m.opHeartbeat},
 		{2, "delete", m.opDelete},
 		{2, "sweep", m.opSweep},
+		{1, "sweep-retained", m.opSweepRetained},
 	}
 	total := 0
 	for _, o := range ops {
@@ -222,8 +225,11 @@ func (m *model) cmdIDs() []string {
 
 func (m *model) randomCommand(pkg *mpkg, keys map[string]string) spinbroker.NewCommand {
 	nc := spinbroker.NewCommand{
-		Resource: modelResources[m.rnd.IntN(len(modelResources))],
+		Resource: modelResources[m.rnd.IntN(len(modelResources)-1)],
 		Action:   fmt.Sprintf("a%d", m.rnd.IntN(100)),
+	}
+	if m.rnd.IntN(25) == 0 {
+		nc.Resource = "rare"
 	}
 	if m.rnd.IntN(3) == 0 {
 		nc.MaxAttempts = ptr(1 + m.rnd.IntN(3))
@@ -931,6 +937,33 @@ func (m *model) deleteModel(id string) {
 	m.order = slices.DeleteFunc(m.order, func(p string) bool { return p == id })
 }
 
+// opSweepRetained jumps past a retention period and sweeps with it: every
+// package finished before the jump goes, and so does every queue idle since
+// then with default settings; later operations bring queues back.
+func (m *model) opSweepRetained() {
+	const retain = 1000 * time.Hour
+	m.clock.Add(retain + time.Hour)
+	var gone []string
+	for _, id := range m.order {
+		if p := m.pkgs[id]; m.pkgState(p).Terminal() && m.allTerminal(p) {
+			gone = append(gone, id)
+		}
+	}
+	res, err := m.db.Sweep(ctx, store.SweepOptions{StagingTTL: -1, Retain: retain})
+	m.logf("sweep retaining %s → %+v %v", retain, res, err)
+	if err != nil {
+		m.t.Errorf("sweep: %v", err)
+		return
+	}
+	m.settle("")
+	if res.RetainedDeleted != len(gone) {
+		m.t.Errorf("sweep deleted %d packages, the model %d", res.RetainedDeleted, len(gone))
+	}
+	for _, id := range gone {
+		m.deleteModel(id)
+	}
+}
+
 func (m *model) opSweep() {
 	res, err := m.db.Sweep(ctx, store.SweepOptions{StagingTTL: -1})
 	m.logf("sweep → %+v %v", res, err)
@@ -1105,13 +1138,27 @@ func (m *model) check() {
 		t.Errorf("queues: %v", err)
 		return
 	}
+	listed := map[string]bool{}
 	for _, q := range qs {
+		listed[q.Resource] = true
 		if queueCounts != nil && q.Counts != queueCounts[q.Resource] {
 			t.Errorf("queue %s counts %+v, rows say %+v", q.Resource, q.Counts, queueCounts[q.Resource])
 		}
 		mq := m.queues[q.Resource]
 		if q.Concurrency != mq.concurrency || q.Paused != mq.paused {
 			t.Errorf("queue %s settings %d/%v, model %d/%v", q.Resource, q.Concurrency, q.Paused, mq.concurrency, mq.paused)
+		}
+	}
+	// The sweeper forgets only queues with nothing enqueued and default
+	// settings.
+	for r, mq := range m.queues {
+		if !listed[r] && (mq.concurrency != spinbroker.DefaultConcurrency || mq.paused) {
+			t.Errorf("queue %s with settings %d/%v is not listed", r, mq.concurrency, mq.paused)
+		}
+	}
+	for r, qc := range queueCounts {
+		if !listed[r] && qc != (spinbroker.QueueCounts{}) {
+			t.Errorf("queue %s with %+v enqueued is not listed", r, qc)
 		}
 	}
 	// Lists by state (through their own index) agree with the model.
