@@ -105,7 +105,7 @@ GOGC environment variable says otherwise.`,
 	f.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	f.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
 	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long (0 keeps them)")
-	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished (0 keeps them)")
+	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished, and forget queues idle this long with default settings (0 keeps both)")
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper runs")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")

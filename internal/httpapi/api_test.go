@@ -414,6 +414,28 @@ func TestAPI_MetricsForgetQueues(t *testing.T) {
 	}
 }
 
+// TestAPI_MetricsNoSeriesWithoutAQueue: a staged command cancelled with
+// its package is counted as cancelled, not enqueued, and on a queue that
+// has no series (forgotten, or never used) it makes none: no queue row
+// stands behind them, so nothing would ever remove them.
+func TestAPI_MetricsNoSeriesWithoutAQueue(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	p := e.createPackage(`[{"resource": "gone", "action": "x"}]`, false)
+	e.want(e.do("POST", "/packages/"+p.ID+"/cancel", ""), 200, "")
+	if m := string(e.do("GET", "/metrics", "").body); strings.Contains(m, `resource="gone"`) {
+		t.Errorf("a cancelled staged command made series:\n%s", grepLines(m, `resource="gone"`))
+	}
+	e.createPackage(`[{"resource": "kept", "action": "x"}]`, true)
+	p = e.createPackage(`[{"resource": "kept", "action": "y"}]`, false)
+	e.want(e.do("POST", "/packages/"+p.ID+"/cancel", ""), 200, "")
+	m := string(e.do("GET", "/metrics", "").body)
+	for _, want := range []string{`spinbroker_commands_enqueued_total{resource="kept"} 1`, `spinbroker_commands_cancelled_total{resource="kept"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(m, `resource="kept"`))
+		}
+	}
+}
+
 // grepLines returns the lines of s that contain sub.
 func grepLines(s, sub string) string {
 	var out []string

@@ -119,6 +119,12 @@ func (m *metrics) perQueue() []*prometheus.CounterVec {
 func (m *metrics) count(c *spinbroker.Commit) {
 	for _, ch := range c.Commands {
 		if _, ok := m.seen.Load(ch.Resource); !ok {
+			// A change that leaves nothing in the queue (a staged command
+			// cancelled with its package) makes no series: the queue may
+			// have no row, and the sweeper would never forget them.
+			if ch.To != spinbroker.Blocked && ch.To != spinbroker.Ready && ch.To != spinbroker.Leased {
+				continue
+			}
 			// Every counter of a queue is there from its first command,
 			// at 0: rate() and alerts on redeliveries or failures need a
 			// series before the first one happens.
@@ -128,7 +134,7 @@ func (m *metrics) count(c *spinbroker.Commit) {
 			}
 		}
 		switch {
-		case ch.From == spinbroker.Staged:
+		case ch.From == spinbroker.Staged && ch.To != spinbroker.Cancelled:
 			m.enqueued.WithLabelValues(ch.Resource).Inc()
 		case ch.To == spinbroker.Leased:
 			m.delivered.WithLabelValues(ch.Resource).Inc()

@@ -725,6 +725,26 @@ func TestDB_SweepForgetsIdleQueues(t *testing.T) {
 	}
 }
 
+// TestDB_SweepKeepsAQueueAnAgentWaitsOn: an agent's poll is recorded at
+// most once a minute, and a long-poll asks again only when it ends; with a
+// retention shorter than that, the queue of a waiting agent still stays.
+func TestDB_SweepKeepsAQueueAnAgentWaitsOn(t *testing.T) {
+	db, clock := open(t)
+	enqueue(t, db, cmd("r", "x"))
+	succeed(t, db, mustNext(t, db, "r"))
+	clock.Add(50 * time.Second)
+	noNext(t, db, "r")          // not recorded: the last activity is under a minute old
+	clock.Add(60 * time.Second) // a long-poll's wait, then the sweep
+	res, err := db.Sweep(ctx, store.SweepOptions{Retain: 30 * time.Second})
+	if err != nil || res.QueuesForgotten != 0 {
+		t.Fatalf("the queue of an agent that asked 60s ago, retention 30s: %+v, %v", res, err)
+	}
+	clock.Add(3 * time.Minute) // no agent since
+	if res, err := db.Sweep(ctx, store.SweepOptions{Retain: 30 * time.Second}); err != nil || res.QueuesForgotten != 1 {
+		t.Fatalf("an idle queue past retention and the polls' lag: %+v, %v", res, err)
+	}
+}
+
 func TestDB_Queues(t *testing.T) {
 	db, clock := open(t)
 	q, err := db.Queue(ctx, "never-used")

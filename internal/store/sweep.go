@@ -140,8 +140,14 @@ const qForgetQueues = `DELETE FROM queues WHERE resource IN (
 	RETURNING resource`
 
 // forgetQueues forgets, a batch per transaction, the queues idle for longer
-// than age.
+// than age. An agent waiting on a queue sets its last_active_at only when
+// it is a minute old (pollActivity), and asks again only when its long-poll
+// (up to spinbroker.MaxWait) ends: so last_active_at may lag the last
+// poll by both, and a queue is forgotten only once it is idle for longer
+// than age plus that lag, or with a short --retain the queue of an agent
+// that is waiting on it would go.
 func (db *DB) forgetQueues(ctx context.Context, age time.Duration) (int, error) {
+	age += pollActivity + spinbroker.MaxWait
 	total := 0
 	for {
 		var n int
