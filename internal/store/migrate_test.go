@@ -14,23 +14,31 @@ import (
 	"github.com/spin-broker/spinbroker/migrations"
 )
 
+// migrationDB opens a new database file with the migrations ready to run
+// one by one.
+func migrationDB(t *testing.T) (*sql.DB, *goose.Provider) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "m.db")
+	raw, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	raw.SetMaxOpenConns(1)
+	p, err := goose.NewProvider(goose.DialectSQLite3, raw, migrations.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw, p
+}
+
 // TestMigration_DependenciesOutliveDeletion: migration 00003 keeps every
 // edge and its order; after it a deleted dependency stays in its
 // dependents' lists, and its Down drops those edges again, as the schema
 // before it would have.
 func TestMigration_DependenciesOutliveDeletion(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "m.db")
-	raw, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetMaxOpenConns(1)
-	p, err := goose.NewProvider(goose.DialectSQLite3, raw, migrations.FS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, p := migrationDB(t)
 	if _, err := p.UpTo(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
@@ -93,17 +101,7 @@ func TestMigration_DependenciesOutliveDeletion(t *testing.T) {
 // they have idled for the retention period; its Down drops the column.
 func TestMigration_QueueActivity(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "m.db")
-	raw, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetMaxOpenConns(1)
-	p, err := goose.NewProvider(goose.DialectSQLite3, raw, migrations.FS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, p := migrationDB(t)
 	if _, err := p.UpTo(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
