@@ -98,7 +98,7 @@ type Server struct {
 	notifier *notifier
 	polls    *polls
 	writes   chan struct{} // a token per state-changing request being served
-	bodies   budget        // memory for the bodies of those and of those waiting
+	bodies   *budget       // memory for the bodies of those and of those waiting
 	hub      *hub
 	metrics  *metrics
 	tokens   *tokenCache

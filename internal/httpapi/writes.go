@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/semaphore"
-
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
@@ -116,28 +114,30 @@ func (e errReader) Read([]byte) (int, error) {
 }
 
 // budget is the bytes that bodies read ahead of their write turn may hold
-// at once.
+// at once. Nothing waits for it: a charge that does not fit now fails.
 type budget struct {
-	sem  *semaphore.Weighted
-	held *atomic.Int64 // for the gauge spinbroker_http_body_bytes
+	limit int64
+	held  atomic.Int64 // also the gauge spinbroker_http_body_bytes
 }
 
-func newBudget(n int64) budget { return budget{semaphore.NewWeighted(n), new(atomic.Int64)} }
+func newBudget(n int64) *budget { return &budget{limit: n} }
 
-// charge takes n bytes if they are free now. Nothing ever waits on the
-// semaphore, so a charge that fits always succeeds.
-func (b budget) charge(n int64) bool {
-	if !b.sem.TryAcquire(n) {
-		return false
+// charge takes n bytes if they are free now.
+func (b *budget) charge(n int64) bool {
+	for {
+		h := b.held.Load()
+		if h+n > b.limit {
+			return false
+		}
+		if b.held.CompareAndSwap(h, h+n) {
+			return true
+		}
 	}
-	b.held.Add(n)
-	return true
 }
 
 // release gives n bytes back.
-func (b budget) release(n int64) {
+func (b *budget) release(n int64) {
 	if n > 0 {
 		b.held.Add(-n)
-		b.sem.Release(n)
 	}
 }
