@@ -20,13 +20,20 @@ import (
 func newTestServer(t *testing.T) (*Server, *httptest.Server, *store.DB) {
 	t.Helper()
 	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	s := New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	s, srv := serveStore(t, db, Options{})
+	return s, srv, db
+}
+
+// serveStore serves db over HTTP until the test ends.
+func serveStore(t *testing.T, db *store.DB, opts Options) (*Server, *httptest.Server) {
+	t.Helper()
+	s := New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		s.Shutdown()
 		srv.Close()
 	})
-	return s, srv, db
+	return s, srv
 }
 
 type pollResult struct {
@@ -197,12 +204,7 @@ func TestLongPoll_Shutdown(t *testing.T) {
 func TestEvents(t *testing.T) {
 	// A clock of the test's: the sweep below has a retention to pass.
 	db, clock := storetest.MustOpen(t, store.Options{})
-	api := New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Now: clock.Now})
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(func() {
-		api.Shutdown()
-		srv.Close()
-	})
+	_, srv := serveStore(t, db, Options{Now: clock.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/events", nil)
