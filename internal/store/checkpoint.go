@@ -3,7 +3,12 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // SQLite copies the WAL back into the database file (a checkpoint) inside
@@ -35,18 +40,30 @@ const (
 	// at which the writer's commit checkpoints itself. At SQLite's 1,000 it
 	// did so, fsync and all, every hundred commits under load.
 	walAutocheckpoint = 8000
+	// walQuiet is how long the writer must have committed nothing before
+	// the checkpointer truncates the WAL file to nothing. Under load it
+	// grows to walAutocheckpoint pages and SQLite starts it over without
+	// shrinking it, so a broker that had one busy hour would otherwise
+	// keep a 32 MiB -wal file beside its database for good.
+	walQuiet = 10 * time.Second
+	// truncateBusy is how long a truncating checkpoint waits for readers
+	// to leave the WAL. It holds the writer's lock meanwhile, so it waits
+	// little, and tries again after the next quiet spell.
+	truncateBusy = 100 * time.Millisecond
 )
 
 type checkpointer struct {
-	db   *DB
-	conn *sql.DB // a connection of its own: the writer's is busy
-	wake chan struct{}
-	stop chan struct{}
-	done chan struct{}
+	db    *DB
+	conn  *sql.DB // a connection of its own: the writer's is busy
+	quiet time.Duration
+	wake  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
 }
 
-func newCheckpointer(db *DB, conn *sql.DB) *checkpointer {
-	c := &checkpointer{db: db, conn: conn, wake: make(chan struct{}, 1),
+// newCheckpointer starts a checkpointer; quiet is walQuiet but in tests.
+func newCheckpointer(db *DB, conn *sql.DB, quiet time.Duration) *checkpointer {
+	c := &checkpointer{db: db, conn: conn, quiet: quiet, wake: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go c.run()
 	return c
@@ -77,13 +94,36 @@ func (c *checkpointer) run() {
 		}
 		return c.db.batches.Load() == seen // else the writer pokes when it next drains
 	}
+	// The quiet timer runs while commits have gone by since the WAL was
+	// last truncated; quietFrom is the count of commits when it was set.
+	quiet := time.NewTimer(c.quiet)
+	defer quiet.Stop()
+	quietFrom, truncated := c.db.batches.Load(), int64(-1)
 	for {
 		select {
 		case <-c.stop:
 			return
+		case <-quiet.C:
+			seen := c.db.batches.Load()
+			switch {
+			case seen != quietFrom: // not quiet yet
+				quietFrom = seen
+				quiet.Reset(c.quiet)
+			case seen != truncated:
+				if c.truncate() {
+					truncated, last = seen, seen
+				} else {
+					quiet.Reset(c.quiet)
+				}
+			}
+			continue
 		case <-c.wake:
 		}
 		seen := c.db.batches.Load()
+		if seen != quietFrom {
+			quietFrom = seen
+			quiet.Reset(c.quiet)
+		}
 		if !checkpointDue(seen-last, func() bool { return idle(seen) }) {
 			continue
 		}
@@ -96,6 +136,36 @@ func (c *checkpointer) run() {
 		}
 		c.db.checkpoints.Add(1)
 	}
+}
+
+// truncate checkpoints the whole WAL and truncates its file to nothing,
+// and reports whether it did. It does not while a reader is still on the
+// WAL, or a write runs: it then waits no longer than truncateBusy.
+func (c *checkpointer) truncate() bool {
+	ctx := context.Background()
+	conn, err := c.conn.Conn(ctx)
+	if err != nil {
+		c.db.log.Warn("checkpoint failed", "err", err)
+		return false
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", truncateBusy.Milliseconds())); err != nil {
+		c.db.log.Warn("checkpoint failed", "err", err)
+		return false
+	}
+	defer conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", busyTimeout.Milliseconds())) //nolint:errcheck // the connection's own
+	var busy, pages, copied int
+	if err := conn.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &pages, &copied); err != nil {
+		if se := (*sqlite.Error)(nil); !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY {
+			c.db.log.Warn("checkpoint failed", "err", err)
+		}
+		return false
+	}
+	if busy != 0 {
+		return false
+	}
+	c.db.checkpoints.Add(1)
+	return true
 }
 
 // checkpointDue says whether a checkpoint is due after since commits:

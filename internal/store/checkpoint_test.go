@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -121,5 +122,79 @@ func TestCheckpointer_Busy(t *testing.T) {
 	}
 	if q.Counts.Ready != total {
 		t.Fatalf("%d ready after reopening, want %d", q.Counts.Ready, total)
+	}
+}
+
+// TestCheckpointer_TruncatesWhenQuiet: once the writer has committed
+// nothing for a quiet spell, the WAL file is truncated to nothing, but not
+// while a reader still needs what is in it; the data stays, and writes go
+// on growing it again.
+func TestCheckpointer_TruncatesWhenQuiet(t *testing.T) {
+	const quiet = 100 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "q.db")
+	db, err := Open(context.Background(), path, Options{walQuiet: quiet, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	create := func(n int) {
+		t.Helper()
+		for range n {
+			if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	walSize := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(path + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+
+	// A reader in a transaction holds the WAL's later frames out of the
+	// database file: nothing can be truncated while it reads.
+	create(50)
+	other, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	rtx, err := other.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := rtx.QueryRow(`SELECT count(*) FROM packages`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	create(50)
+	time.Sleep(5 * quiet)
+	if s := walSize(); s == 0 {
+		t.Fatal("the WAL was truncated while a reader still read from it")
+	}
+	if err := rtx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	deadline := time.Now().Add(30 * time.Second)
+	for walSize() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the WAL is still %d bytes after the writer idled and its reader left", walSize())
+		}
+		time.Sleep(quiet / 4)
+	}
+	if err := other.QueryRow(`SELECT count(*) FROM packages`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 100 {
+		t.Fatalf("%d packages after the WAL was truncated, want 100", n)
+	}
+	create(1)
+	if s := walSize(); s == 0 {
+		t.Fatal("a commit after the truncation left the WAL empty")
 	}
 }

@@ -54,7 +54,13 @@ type Options struct {
 	// Close: a broker serving it, or a migration. Tools that write beside a
 	// running broker (tokens, backups) open it without.
 	Exclusive bool
+
+	walQuiet time.Duration // walQuiet, shortened by tests
 }
+
+// busyTimeout is how long a connection waits for a lock another holds:
+// tools writing beside a running broker, a backup, a checkpoint.
+const busyTimeout = 10 * time.Second
 
 // DB is spin-broker's database.
 type DB struct {
@@ -162,7 +168,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	// Pragmas go in the DSN so that every connection the pool opens gets
 	// them, not just the one an Exec happens to reach.
-	base := "file:" + (&url.URL{Path: path}).EscapedPath() + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
+	base := fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", (&url.URL{Path: path}).EscapedPath(), busyTimeout.Milliseconds())
 	// temp_store(memory) keeps statement and savepoint journals (one per
 	// group-committed write) in memory: on disk they cost a pwrite for
 	// every page a write touches, a quarter of the writer's time.
@@ -216,7 +222,11 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		maxBatch: opts.MaxBatch,
 		done:     make(chan struct{}),
 	}
-	db.ckpt = newCheckpointer(db, cdb)
+	quiet := opts.walQuiet
+	if quiet <= 0 {
+		quiet = walQuiet
+	}
+	db.ckpt = newCheckpointer(db, cdb, quiet)
 	w := &writer{db: db, conn: conn, stmts: map[string]*sql.Stmt{}}
 	go w.run()
 	return db, nil
