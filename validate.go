@@ -207,8 +207,33 @@ func (c *NewCommand) Validate() error {
 		}
 	}
 	if c.NotBefore != nil {
-		t := c.NotBefore.UTC()
+		t, err := CheckNotBefore(*c.NotBefore)
+		if err != nil {
+			return err
+		}
 		c.NotBefore = &t
 	}
 	return nil
+}
+
+// The times not_before may name: the store keeps times as nanoseconds since
+// 1970 in 64 bits, which reach from 1677-09-21 to 2262-04-11.
+var (
+	MinNotBefore = time.Date(1678, 1, 1, 0, 0, 0, 0, time.UTC)
+	MaxNotBefore = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// CheckNotBefore returns t in UTC, or an invalid_request error for a time
+// the store cannot keep (a "never" such as 9999-12-31 would otherwise wrap
+// around into the past and run at once) or an offset RFC 3339 does not
+// allow (its hours run 00 to 23).
+func CheckNotBefore(t time.Time) (time.Time, error) {
+	if _, off := t.Zone(); off <= -24*60*60 || off >= 24*60*60 {
+		return time.Time{}, Errorf(EINVALID, "not_before has a time zone offset of %d hours or more; RFC 3339 offsets run from -23:59 to +23:59", 24)
+	}
+	if t.Before(MinNotBefore) || !t.Before(MaxNotBefore) {
+		return time.Time{}, Errorf(EINVALID, "not_before must be from %s to before %s, not %s",
+			MinNotBefore.Format(time.DateOnly), MaxNotBefore.Format(time.DateOnly), t.Format(time.RFC3339))
+	}
+	return t.UTC(), nil
 }

@@ -89,3 +89,33 @@ func FuzzValidate(f *testing.F) {
 		_ = c.Validate()
 	})
 }
+
+func TestCheckNotBefore(t *testing.T) {
+	east := time.FixedZone("", 2*60*60)
+	for _, c := range []struct {
+		in   time.Time
+		want time.Time // zero: refused
+	}{
+		{time.Date(2026, 1, 1, 2, 0, 0, 0, east), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)},
+		{MinNotBefore, MinNotBefore},
+		{MaxNotBefore.Add(-time.Nanosecond), MaxNotBefore.Add(-time.Nanosecond)},
+		{time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)},
+		{MaxNotBefore, time.Time{}},
+		{MinNotBefore.Add(-time.Nanosecond), time.Time{}},
+		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), time.Time{}}, // wrapped to 1816 once
+		{time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC), time.Time{}},
+		{time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("", 24*60*60)), time.Time{}},
+		{time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("", -24*60*60)), time.Time{}},
+	} {
+		got, err := CheckNotBefore(c.in)
+		if c.want.IsZero() {
+			if ErrorCode(err) != EINVALID {
+				t.Errorf("CheckNotBefore(%v) = %v, %v; want invalid_request", c.in, got, err)
+			}
+			continue
+		}
+		if err != nil || !got.Equal(c.want) || got.Location() != time.UTC {
+			t.Errorf("CheckNotBefore(%v) = %v, %v; want %v in UTC", c.in, got, err, c.want)
+		}
+	}
+}
