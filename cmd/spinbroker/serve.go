@@ -67,10 +67,11 @@ that it creates and migrates as needed.
 
 Without --auth it listens only on a loopback address (localhost, 127.0.0.1,
 ::1); anything else needs --auth, or --insecure to say you mean it.
-SIGINT or SIGTERM stop it gracefully: waiting long-polls are answered 204,
-requests in flight finish, the database is closed cleanly. With --tls-cert,
-the certificate is loaded again when its files change (a renewal) or on
-SIGHUP; a pair that does not load is logged and the one before it kept.
+SIGINT or SIGTERM stop it gracefully: waiting long-polls are answered 503
+(unavailable, so that agents back off), requests in flight finish, the
+database is closed cleanly. With --tls-cert, the certificate is loaded again
+when its files change (a renewal) or on SIGHUP; a pair that does not load is
+logged and the one before it kept.
 
 One broker serves a database at a time: serve holds an advisory lock on
 <db>.lock (which names its pid) and refuses to start while another process
@@ -373,7 +374,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
-	api.Shutdown() // waiting long-polls answer 204 now, event streams end
+	api.Shutdown() // waiting long-polls answer 503 now, event streams end
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("requests still running at the shutdown timeout were cut off", "err", err)
 		srv.Close()

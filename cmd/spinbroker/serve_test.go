@@ -137,8 +137,8 @@ func TestServe_GracefulShutdown(t *testing.T) {
 	}
 	select {
 	case code := <-polled:
-		if code != 204 {
-			t.Fatalf("the waiting long-poll got %d, want 204", code)
+		if code != 503 {
+			t.Fatalf("the waiting long-poll got %d, want 503", code)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the long-poll was not answered at shutdown")

@@ -190,8 +190,9 @@ func TestLongPoll_Shutdown(t *testing.T) {
 	s.Shutdown()
 	select {
 	case r := <-res:
-		if r.status != 204 {
-			t.Fatalf("got %d %s", r.status, r.body)
+		// Not 204: the wait did not run out, and the agent should back off.
+		if r.status != 503 || !strings.Contains(r.body, `"unavailable"`) || !strings.Contains(r.body, "shutting down") {
+			t.Fatalf("got %d %s, want 503 unavailable", r.status, r.body)
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("answered %v after shutdown", d)

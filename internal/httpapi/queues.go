@@ -192,8 +192,9 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 // to 60s). In between it sleeps on the queue's notifier, which every commit
 // touching the queue wakes, or until the store's next time of interest (a
 // lease expiring, a back-off or a delay ending): never a polling loop. It
-// returns early, without error, when the client goes away or the server
-// shuts down.
+// returns early, without error, when the client goes away, and with 503
+// unavailable when the server shuts down: the wait did not run out, and an
+// agent should back off rather than ask again at once.
 func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
 	s.polls.saw(resource, askOf(r, s.now()))
 	wait = min(wait, spinbroker.MaxWait)
@@ -232,8 +233,11 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 		}
 		select {
 		case <-s.quit:
-			return nil
+			return errShuttingDown
 		default:
 		}
 	}
 }
+
+// errShuttingDown answers the long-polls that Shutdown ends.
+var errShuttingDown = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the broker is shutting down")

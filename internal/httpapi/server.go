@@ -105,7 +105,7 @@ type Server struct {
 	router   chi.Router
 	ui       *ui // the dashboard, which answers the errors of its own paths
 
-	quit     chan struct{} // closed by Shutdown: long-polls answer 204, streams end
+	quit     chan struct{} // closed by Shutdown: long-polls answer 503, streams end
 	quitOnce sync.Once
 }
 
@@ -172,7 +172,7 @@ func (s *Server) agentsOf(resource string) agents {
 // Handler returns the root handler.
 func (s *Server) Handler() http.Handler { return s.router }
 
-// Shutdown answers waiting long-polls with 204 and ends event streams at
+// Shutdown answers waiting long-polls with 503 and ends event streams at
 // once, so that http.Server.Shutdown does not wait for them. Requests that
 // arrive afterwards are still served until the listener closes.
 func (s *Server) Shutdown() {
