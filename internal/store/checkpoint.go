@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"modernc.org/sqlite"
@@ -40,11 +41,12 @@ const (
 	// at which the writer's commit checkpoints itself. At SQLite's 1,000 it
 	// did so, fsync and all, every hundred commits under load.
 	walAutocheckpoint = 8000
-	// walQuiet is how long the writer must have committed nothing before
-	// the checkpointer truncates the WAL file to nothing. Under load it
-	// grows to walAutocheckpoint pages and SQLite starts it over without
-	// shrinking it, so a broker that had one busy hour would otherwise
-	// keep a 32 MiB -wal file beside its database for good.
+	// walQuiet is how often the checkpointer looks at the WAL file while
+	// it is not empty. When no frame was written to it between two looks,
+	// it truncates the file to nothing: 10 to 20 s after the last write.
+	// Under load the WAL grows to walAutocheckpoint pages and SQLite starts
+	// it over without shrinking it, so a broker that had one busy hour
+	// would otherwise keep a 32 MiB -wal file beside its database for good.
 	walQuiet = 10 * time.Second
 	// truncateBusy is how long a truncating checkpoint waits for readers
 	// to leave the WAL. It holds the writer's lock meanwhile, so it waits
@@ -94,36 +96,27 @@ func (c *checkpointer) run() {
 		}
 		return c.db.batches.Load() == seen // else the writer pokes when it next drains
 	}
-	// The quiet timer runs while commits have gone by since the WAL was
-	// last truncated; quietFrom is the count of commits when it was set.
+	// While the WAL file is not empty, the checkpointer looks at it every
+	// quiet spell; armed says it does.
 	quiet := time.NewTimer(c.quiet)
 	defer quiet.Stop()
-	quietFrom, truncated := c.db.batches.Load(), int64(-1)
+	armed, frames := true, -1
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-quiet.C:
-			seen := c.db.batches.Load()
-			switch {
-			case seen != quietFrom: // not quiet yet
-				quietFrom = seen
+			if armed = c.quietSpell(&frames); armed {
 				quiet.Reset(c.quiet)
-			case seen != truncated:
-				if c.truncate() {
-					truncated, last = seen, seen
-				} else {
-					quiet.Reset(c.quiet)
-				}
 			}
 			continue
 		case <-c.wake:
 		}
-		seen := c.db.batches.Load()
-		if seen != quietFrom {
-			quietFrom = seen
+		if !armed {
+			armed, frames = true, -1
 			quiet.Reset(c.quiet)
 		}
+		seen := c.db.batches.Load()
 		if !checkpointDue(seen-last, func() bool { return idle(seen) }) {
 			continue
 		}
@@ -136,6 +129,27 @@ func (c *checkpointer) run() {
 		}
 		c.db.checkpoints.Add(1)
 	}
+}
+
+// quietSpell truncates the WAL file if no frame was written to it since the
+// last spell (frames is how many it held then), and reports whether there
+// is still a file to watch. Commits are no sign of writes here: an agent's
+// poll that finds nothing, or a sweep with nothing to do, commits a
+// transaction that writes no frame.
+func (c *checkpointer) quietSpell(frames *int) bool {
+	if fi, err := os.Stat(c.db.path + "-wal"); err != nil || fi.Size() == 0 {
+		return false
+	}
+	var busy, n, copied int
+	if err := c.conn.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &n, &copied); err != nil {
+		c.db.log.Warn("checkpoint failed", "err", err)
+		return true
+	}
+	if n != *frames {
+		*frames = n
+		return true
+	}
+	return !c.truncate()
 }
 
 // truncate checkpoints the whole WAL and truncates its file to nothing,
