@@ -16,8 +16,9 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/spin-broker/spinbroker/agent"
@@ -49,21 +50,38 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	imagesRoot := fs.String("images-root", "", "confine VM images to this folder, and resolve relative image paths in it")
 	accel := fs.String("accel", "auto", "auto (kvm when /dev/kvm is usable, else tcg), kvm or tcg")
 	cpu := fs.String("cpu", "", "QEMU's -cpu model for the VMs, such as host or max (default: QEMU's own)")
-	if err := common.Parse(fs, args); err != nil {
+	if err := common.Parse(fs, args, stderr); err != nil {
 		return err
 	}
-	log, c, err := common.Setup(stderr)
-	if err != nil {
-		return err
-	}
-	var sup emulation.Supervisor
 	switch *supervisor {
-	case "process":
-		sup, err = emulation.NewProcess(filepath.Join(*stateDir, "proc"), log)
-	case "systemd":
-		sup, err = emulation.NewSystemd(*unitDir, log)
+	case "process", "systemd":
 	default:
-		err = fmt.Errorf("--supervisor %q is not systemd or process", *supervisor)
+		return agentcmd.Usagef("-supervisor must be process or systemd, not %q", *supervisor)
+	}
+	switch *accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return agentcmd.Usagef("-accel must be auto, kvm or tcg, not %q", *accel)
+	}
+	if *qemu != "" {
+		if _, err := exec.LookPath(*qemu); err != nil {
+			return agentcmd.Usagef("-qemu: %w", err)
+		}
+	}
+	if *imagesRoot != "" {
+		if fi, err := os.Stat(*imagesRoot); err != nil {
+			return agentcmd.Usagef("-images-root: %w", err)
+		} else if !fi.IsDir() {
+			return agentcmd.Usagef("-images-root: %s is not a folder", *imagesRoot)
+		}
+	}
+	log, c := common.Logger(), common.Client()
+	var sup emulation.Supervisor
+	var err error
+	if *supervisor == "process" {
+		sup, err = emulation.NewProcess(filepath.Join(*stateDir, "proc"), log)
+	} else {
+		sup, err = emulation.NewSystemd(*unitDir, log)
 	}
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/spin-broker/spinbroker/agent"
@@ -41,13 +42,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	common := agentcmd.Register(fs, "sa-host-path", about)
 	root := fs.String("root", defaultRoot(), "the folder that holds the volumes")
 	qemuImg := fs.String("qemu-img", "", "the qemu-img program for qcow2 images (default: found on $PATH)")
-	if err := common.Parse(fs, args); err != nil {
+	if err := common.Parse(fs, args, stderr); err != nil {
 		return err
 	}
-	log, c, err := common.Setup(stderr)
-	if err != nil {
-		return err
+	if *qemuImg != "" {
+		if _, err := exec.LookPath(*qemuImg); err != nil {
+			return agentcmd.Usagef("-qemu-img: %w", err)
+		}
 	}
+	log, c := common.Logger(), common.Client()
 	st, err := hostpath.Open(*root, hostpath.Options{QemuImg: *qemuImg, Logger: log})
 	if err != nil {
 		return err

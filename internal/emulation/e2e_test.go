@@ -328,3 +328,65 @@ func (a *agentProc) stop(t *testing.T) {
 		t.Errorf("%s did not stop within 15s of SIGTERM", a.cmd.Path)
 	}
 }
+
+// TestAgents_UsageErrors: a command line an agent cannot run with stops it
+// at once with exit 2 and the flag named, before it polls the broker (a
+// lease out of range used to be found only by the broker's 400, and an
+// unknown flag printed the whole help).
+func TestAgents_UsageErrors(t *testing.T) {
+	bin := buildAgents(t)
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sa-host-path", "extra"}, `unexpected arguments ["extra"]`},
+		{[]string{"sa-host-path", "-bogus"}, "not defined: -bogus"},
+		{[]string{"sa-host-path"}, "-url (or SPINBROKER_URL) is required"},
+		{[]string{"sa-host-path", "-url", "ftp://x"}, "-url"},
+		{[]string{"sa-host-path", "-url", "http://x", "-grace", "-1s"}, "-grace"},
+		{[]string{"sa-host-path", "-url", "http://x", "-lease", "0s"}, "-lease must be between 1s"},
+		{[]string{"sa-host-path", "-url", "http://x", "-lease", "48h"}, "-lease must be between 1s"},
+		{[]string{"sa-host-path", "-url", "http://x", "-log-level", "loud"}, "-log-level"},
+		{[]string{"sa-host-path", "-url", "http://x", "-qemu-img", "/nonexistent/qemu-img"}, "-qemu-img"},
+		{[]string{"sa-emulation", "-url", "http://x", "-supervisor", "docker"}, "-supervisor must be process or systemd"},
+		{[]string{"sa-emulation", "-url", "http://x", "-accel", "fast"}, "-accel"},
+		{[]string{"sa-emulation", "-url", "http://x", "-qemu", "/nonexistent/qemu"}, "-qemu"},
+		{[]string{"sa-emulation", "-url", "http://x", "-images-root", "/nonexistent/images"}, "-images-root"},
+		{[]string{"sa-emulation", "-url", "http://x", "-images-root", notDir}, "is not a folder"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			cmd := exec.Command(filepath.Join(bin, c.args[0]), c.args[1:]...)
+			cmd.Env = append(os.Environ(), "SPINBROKER_URL=", "HOME="+t.TempDir(), "XDG_DATA_HOME=", "XDG_STATE_HOME=")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			done := make(chan error, 1)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("still running after 30s; stderr:\n%s", stderr.String())
+			}
+			if code := cmd.ProcessState.ExitCode(); code != 2 {
+				t.Errorf("exit %d, want 2; stderr:\n%s", code, stderr.String())
+			}
+			if out := stderr.String(); !strings.Contains(out, c.want) || !strings.Contains(out, "-help") || strings.Contains(out, "Flags:") {
+				t.Errorf("stderr does not name %q and point to -help (without printing it):\n%s", c.want, out)
+			}
+		})
+	}
+	for _, name := range []string{"sa-host-path", "sa-emulation"} {
+		out, err := exec.Command(filepath.Join(bin, name), "-help").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Flags:") || !strings.Contains(string(out), "-lease") {
+			t.Errorf("%s -help: %v\n%s", name, err, out)
+		}
+	}
+}

@@ -16,13 +16,16 @@ import (
 	"syscall"
 	"time"
 
+	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
 	"github.com/spin-broker/spinbroker/internal/version"
 )
 
 // Main runs an agent's run function with a context that SIGINT or SIGTERM
-// ends (a second signal ends the process at once) and exits 1 on an error.
+// ends (a second signal ends the process at once). It exits 2 on a usage
+// error (a flag that is unknown, missing or out of range), as spinbroker
+// does, and 1 on any other error.
 func Main(name string, run func(ctx context.Context, args []string, stderr io.Writer) error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -31,49 +34,77 @@ func Main(name string, run func(ctx context.Context, args []string, stderr io.Wr
 	}()
 	err := run(ctx, os.Args[1:], os.Stderr)
 	stop()
+	var ue *UsageError
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &ue):
+		fmt.Fprintf(os.Stderr, "%s: %v\nRun '%s -help' for its flags.\n", name, err, name)
+		os.Exit(2)
 	case err != nil:
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
 }
 
+// UsageError is a command line the agent cannot run with: Main exits 2.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// Usagef returns a *UsageError.
+func Usagef(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
 // Flags are the flags every agent takes.
 type Flags struct {
 	name  string
+	about string
 	url   string
 	token string
 	grace time.Duration
 	lease time.Duration
 	level string
 	vers  bool
+
+	log    *slog.Logger
+	client *client.Client
 }
 
 // Register adds the common flags to fs, and a -help that starts with
 // about: what the agent does and the actions it takes.
 func Register(fs *flag.FlagSet, name, about string) *Flags {
-	f := &Flags{name: name}
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "%s\n\nUsage: %s -url URL [flags]\n\nFlags:\n", about, name)
-		fs.PrintDefaults()
-	}
+	f := &Flags{name: name, about: about}
 	fs.StringVar(&f.url, "url", os.Getenv("SPINBROKER_URL"), "the broker's URL, http:// or https:// (env SPINBROKER_URL)")
 	fs.StringVar(&f.token, "token", "", "a bearer token for the broker (default $SPINBROKER_TOKEN, kept out of this help)")
 	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
-	fs.DurationVar(&f.lease, "lease", 0, "the lease to ask for each command (default: the command's own, else 60s)")
+	fs.DurationVar(&f.lease, "lease", 0, fmt.Sprintf("the lease to ask for each command, %s to %s (default: the command's own, else 60s)", spinbroker.MinLease, spinbroker.MaxLease))
 	fs.StringVar(&f.level, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.vers, "version", false, "print the version and exit")
 	return f
 }
 
-// Parse parses args into fs and checks the common flags.
-func (f *Flags) Parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+// Parse parses args into fs and checks the common flags, so that a wrong
+// one stops the agent before it starts rather than at its first poll. Its
+// errors are *UsageError, but for -help and -version (flag.ErrHelp: Main
+// exits 0).
+func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	// The flag package prints its error and the whole help on a wrong
+	// flag; Main prints the error and where the help is instead.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.SetOutput(stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(stderr, "%s\n\nUsage: %s -url URL [flags]\n\nFlags:\n", f.about, f.name)
+		fs.PrintDefaults()
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	case err != nil:
+		return &UsageError{Err: err}
+	case fs.NArg() > 0:
+		return Usagef("unexpected arguments %q", fs.Args())
 	}
 	if f.vers {
 		fmt.Println(f.name, "version", version.Get())
@@ -83,24 +114,35 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string) error {
 		f.token = os.Getenv("SPINBROKER_TOKEN")
 	}
 	if f.url == "" {
-		return errors.New("--url (or SPINBROKER_URL) is required")
+		return Usagef("-url (or SPINBROKER_URL) is required")
 	}
+	if f.grace < 0 {
+		return Usagef("-grace must not be negative, not %s", f.grace)
+	}
+	leaseSet := false
+	fs.Visit(func(fl *flag.Flag) { leaseSet = leaseSet || fl.Name == "lease" })
+	if leaseSet { // -lease 0s too: API.md refuses a lease of 0
+		if err := spinbroker.CheckLease("-lease", f.lease); err != nil {
+			return &UsageError{Err: errors.New(spinbroker.ErrorMessage(err))}
+		}
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.level)); err != nil {
+		return Usagef("-log-level must be debug, info, warn or error, not %q", f.level)
+	}
+	f.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	c, err := client.New(f.url, client.WithToken(f.token), client.WithUserAgent(f.name+"/1"))
+	if err != nil {
+		return Usagef("-url: %w", err)
+	}
+	f.client = c
 	return nil
 }
 
-// Setup returns the logger and the broker's client the flags ask for.
-func (f *Flags) Setup(stderr io.Writer) (*slog.Logger, *client.Client, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(f.level)); err != nil {
-		return nil, nil, fmt.Errorf("--log-level: %w", err)
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	c, err := client.New(f.url, client.WithToken(f.token), client.WithUserAgent(f.name+"/1"))
-	if err != nil {
-		return nil, nil, err
-	}
-	return log, c, nil
-}
+// Logger is the logger at the level the flags ask for; Client the
+// broker's client. Both are set by a successful Parse.
+func (f *Flags) Logger() *slog.Logger   { return f.log }
+func (f *Flags) Client() *client.Client { return f.client }
 
 // Options are the agent SDK's options from the flags.
 func (f *Flags) Options(log *slog.Logger) agent.Options {
