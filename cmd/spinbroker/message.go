@@ -213,8 +213,10 @@ Exit codes: 0 the package succeeded; 1 it failed or was cancelled (or the
 broker could not be asked); 3 it has not finished yet; 130 interrupted.
 
 --wait waits until the package has finished, showing its progress on one
-line when the output is a terminal, then exits as above. --timeout bounds the
-wait: when it runs out, status reports the package as it is (exit 3).`,
+line when the output is a terminal, then exits as above. It waits for a
+package still in staging too (another process may enqueue it), saying so
+once on stderr. --timeout bounds the wait: when it runs out, status reports
+the package as it is (exit 3).`,
 		Example: `  spinbroker message status "$PKG"
   spinbroker message status "$PKG" --wait && echo done
   spinbroker message status "$PKG" --wait --timeout 10m -o json`,
@@ -388,6 +390,7 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 		last    *spinbroker.Package
 		polling bool // the event stream has ended, or the broker is away
 		lost    bool // the broker stopped answering; said once
+		staged  bool // the package was seen in staging; said once
 	)
 	for {
 		p, err := w.cl.Package(ctx, w.id)
@@ -401,6 +404,12 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 			w.show(p)
 			if p.State.Terminal() {
 				return p, nil
+			}
+			if p.State == spinbroker.PackageStaging && !staged {
+				// Someone else may enqueue it; but a forgotten enqueue
+				// would otherwise look like a hang.
+				w.note(fmt.Sprintf("package %s is in staging: none of its commands runs until it is enqueued (spinbroker message enqueue %s); waiting", p.ID, p.ID))
+				staged = true
 			}
 		case ctx.Err() != nil:
 			return last, ctx.Err()

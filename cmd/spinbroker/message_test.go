@@ -288,6 +288,24 @@ func TestStatusWait(t *testing.T) {
 			t.Errorf("returned after %s, before its timeout", d)
 		}
 	})
+	t.Run("Staging", func(t *testing.T) {
+		t.Parallel()
+		// A package not enqueued yet: --wait says why nothing moves, once,
+		// and goes on waiting for whoever enqueues it.
+		b := newBroker(t)
+		pkg := b.id("message", "new")
+		b.id("message", "add", pkg, "storage", "add_volume", "path=vm1")
+		w := b.startWait(pkg)
+		w.stillWaiting(1500 * time.Millisecond)
+		b.ok("message", "enqueue", pkg)
+		w.stillWaiting(500 * time.Millisecond)
+		b.ok("package", "cancel", pkg)
+		r := w.result(15 * time.Second)
+		want := "spinbroker: package " + pkg + " is in staging: none of its commands runs until it is enqueued (spinbroker message enqueue " + pkg + "); waiting\n"
+		if r.code != 1 || !strings.HasPrefix(r.stdout, "cancelled: ") || r.stderr != want {
+			t.Errorf("status --wait on a staging package: %s", r)
+		}
+	})
 	t.Run("AlreadyFinished", func(t *testing.T) {
 		t.Parallel()
 		b := newBroker(t)
