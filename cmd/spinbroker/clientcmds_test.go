@@ -275,12 +275,20 @@ func TestUsageErrors(t *testing.T) {
 		{"TokenAgentWithoutResource", []string{"token", "create", "--role", "agent"}, "needs --resource", "spinbroker token create"},
 		{"TokenResourceWithoutAgent", []string{"token", "create", "--role", "admin", "--resource", "storage"}, "only an agent token", "spinbroker token create"},
 		{"TokenRevokeShortPrefix", []string{"token", "revoke", "0190"}, "at least its first 8 characters", "spinbroker token revoke"},
+		{"TokenBadOutput", []string{"token", "ls", "-o", "yaml"}, "--output must be table or json", "spinbroker token ls"},
+		// The commands on a database file refuse the flags of those that talk
+		// to a broker, rather than ignore them.
+		{"TokenWithURL", []string{"token", "ls", "--url", b.url}, "--url is for the commands that talk to a broker", "spinbroker token ls"},
+		{"MigrateWithOutput", []string{"migrate", "status", "-o", "json"}, "--output is for the commands that talk to a broker", "spinbroker migrate"},
+		{"ServeWithURL", []string{"serve", "--url", b.url}, "--url is for the commands that talk to a broker", "spinbroker serve"},
+		{"BackupWithToken", []string{"backup", "--to", "x.db", "--token", "t"}, "--token is for the commands that talk to a broker", "spinbroker backup"},
+		{"CompactWithOutput", []string{"compact", "-o", "table"}, "--output is for the commands that talk to a broker", "spinbroker compact"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			args := tt.args
-			if !slices.Contains(args, "--url") {
+			if !slices.Contains(args, "--url") && !slices.Contains([]string{"token", "migrate", "serve", "backup", "compact"}, args[0]) {
 				args = append(args, "--url", b.url)
 			}
 			r := spin(t, args...)

@@ -139,7 +139,7 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "serve", "migrate", "backup", "compact", "token":
-			hideClientFlags(c)
+			a.hideClientFlags(c)
 		}
 	}
 	return root
@@ -147,9 +147,28 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 
 // hideClientFlags keeps the flags of the commands that talk to a broker
 // (--url, --token, -o) out of the help of c and its subcommands, which
-// work on a database file instead; they are still accepted. A help is the
-// last thing a process prints, so the flags stay hidden.
-func hideClientFlags(c *cobra.Command) {
+// work on a database file instead, and refuses them there (exit 2): a
+// 'migrate status -o json' that printed a table, or a 'serve --url' that
+// listened elsewhere, would mislead. The token commands print tables or
+// JSON, and keep -o. A help is the last thing a process prints, so the
+// flags stay hidden.
+func (a *app) hideClientFlags(c *cobra.Command) {
+	c.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		for _, name := range []string{"url", "token", "output"} {
+			if name == "output" && c.Name() == "token" {
+				continue
+			}
+			if f := cmd.Flags().Lookup(name); f != nil && f.Changed {
+				return usagef(cmd, "--%s is for the commands that talk to a broker, not for %s, which works on a database file (--db)", name, cmd.CommandPath())
+			}
+		}
+		if c.Name() == "token" {
+			if err := a.checkOutput(); err != nil {
+				return usagef(cmd, "%v", err)
+			}
+		}
+		return nil
+	}
 	help := c.HelpFunc()
 	c.SetHelpFunc(func(c *cobra.Command, args []string) {
 		for _, name := range []string{"url", "token", "output"} {

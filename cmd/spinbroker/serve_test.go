@@ -388,8 +388,9 @@ func TestHelp_DatabaseCommandsHideClientFlags(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "--url") || !strings.Contains(r.stdout, "--token") {
 		t.Errorf("queue ls --help: %s", r)
 	}
-	// Still accepted where given out of habit.
-	if r := spin(t, "migrate", "up", "--db", filepath.Join(t.TempDir(), "h.db"), "--url", "http://x"); r.code != 0 {
+	// And refused where given: a 'token create --url' would otherwise seem
+	// to make a token on that broker, and write one into a local file.
+	if r := spin(t, "migrate", "up", "--db", filepath.Join(t.TempDir(), "h.db"), "--url", "http://x"); r.code != 2 || !strings.Contains(r.stderr, "--url is for the commands that talk to a broker") {
 		t.Errorf("migrate up with --url: %s", r)
 	}
 }
