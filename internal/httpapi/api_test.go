@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -764,6 +765,33 @@ func TestAPI_DeclaredLengthNotCharged(t *testing.T) {
 	}
 	big := `{"commands": [{"resource": "q", "action": "b", "parameters": {"blob": "` + strings.Repeat("y", 900<<10) + `"}}]}`
 	e.want(e.do("POST", "/packages", big), 201, "")
+}
+
+// TestAPI_DeclaredTooLarge: a body whose Content-Length is over the limit
+// is refused with 413 at once, before a byte of it arrives, and a client
+// that asked whether to send it (Expect: 100-continue) is not invited to.
+func TestAPI_DeclaredTooLarge(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	addr := strings.TrimPrefix(e.srv.URL, "http://")
+	for _, path := range []string{"/packages", "/queues/q/claim", "/commands/complete"} {
+		for _, expect := range []string{"", "Expect: 100-continue\r\n"} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n%s\r\n{}", path, expect)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("POST %s %q: no answer before its body: %v", path, expect, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 413 || !strings.Contains(string(body), `"too_large"`) {
+				t.Errorf("POST %s %q: %d %s, want 413 too_large", path, expect, resp.StatusCode, body)
+			}
+		}
+	}
 }
 
 // panicky is the real store with one read that panics, as a bug would.

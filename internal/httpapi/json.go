@@ -21,19 +21,22 @@ import (
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	var b []byte
 	var err error
-	if ahead, ok := r.Body.(*aheadBody); ok { // limitWrites has read it
+	switch ahead, ok := r.Body.(*aheadBody); {
+	case ok: // limitWrites has read it, or refused it as declared
 		b, err = ahead.data, ahead.err
 		if len(b) > spinbroker.MaxBodyBytes {
-			w.Header().Set("Connection", "close") // the rest is not read
 			err = &http.MaxBytesError{Limit: spinbroker.MaxBodyBytes}
 		}
-	} else {
+	case r.ContentLength > spinbroker.MaxBodyBytes: // not read, nor invited
+		err = &http.MaxBytesError{Limit: spinbroker.MaxBodyBytes}
+	default:
 		r.Body = http.MaxBytesReader(w, r.Body, spinbroker.MaxBodyBytes)
 		b, err = io.ReadAll(r.Body)
 	}
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
+		w.Header().Set("Connection", "close") // the rest is not read
 		return nil, spinbroker.Errorf(spinbroker.ETOOLARGE, "the request body is larger than %d bytes (1 MiB)", spinbroker.MaxBodyBytes)
 	case err != nil:
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body could not be read: %v", err)
