@@ -255,7 +255,7 @@ type Result struct {
 	Reason *string         `json:"reason,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
 	Retry  bool            `json:"retry,omitempty"`
-	Lease  string          `json:"lease,omitempty"`
+	Lease  string          `json:"lease,omitempty" spin:"nonempty"`
 }
 
 // BatchResult is one item of POST /commands/complete.

@@ -71,6 +71,8 @@ func TestHostile(t *testing.T) {
 		{"GarbageCursor", "GET", "/packages?cursor=" + url.QueryEscape(strings.Repeat("%", 1000)), "", 400},
 		{"HugeWait", "POST", "/queues/r/next?wait=9999999999999999999h", "", 400},
 		{"NotBeforeYear9999", "POST", cmdPath, `{"resource": "r", "action": "x", "not_before": "99999-01-01T00:00:00Z"}`, 400},
+		{"EmptyLease", "POST", "/commands/" + c.ID + "/complete", `{"status": true, "lease": ""}`, 400},
+		{"EmptyLeaseInBatch", "POST", "/commands/complete", `{"results": [{"id": "` + c.ID + `", "status": true, "lease": ""}]}`, 400},
 		{"NotBeforeNever", "POST", cmdPath, `{"resource": "r", "action": "x", "not_before": "9999-12-31T23:59:59Z"}`, 400},
 		{"NotBeforeBeforeItCanBeStored", "POST", cmdPath, `{"resource": "r", "action": "x", "not_before": "1677-09-21T00:00:00Z"}`, 400},
 		{"NotBeforeOffset24h", "POST", cmdPath, `{"resource": "r", "action": "x", "not_before": "2026-01-01T00:00:00+24:00"}`, 400},

@@ -109,9 +109,9 @@ func jsonError(err error) error {
 	case errors.As(err, &te):
 		field := te.Field
 		if field == "" {
-			return spinbroker.Errorf(spinbroker.EINVALID, "the body must be a JSON object, not a %s", te.Value)
+			return spinbroker.Errorf(spinbroker.EINVALID, "the body must be a JSON object, not %s", withArticle(te.Value))
 		}
-		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not a %s", field, jsonTypeName(te.Type.String()), te.Value)
+		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, jsonTypeName(te.Type.String()), withArticle(te.Value))
 	case errors.As(err, &tpe):
 		return spinbroker.Errorf(spinbroker.EINVALID, "%q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -122,6 +122,15 @@ func jsonError(err error) error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s (unknown fields are refused so that typos are not ignored)", msg)
 	}
 	return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: %s", msg)
+}
+
+// withArticle is a JSON kind as encoding/json names it ("array", "number
+// 1e3") with its article.
+func withArticle(kind string) string {
+	if strings.HasPrefix(kind, "a") || strings.HasPrefix(kind, "o") {
+		return "an " + kind
+	}
+	return "a " + kind
 }
 
 func jsonTypeName(goType string) string {

@@ -159,7 +159,7 @@ func TestCheckKeys_Unchanged(t *testing.T) {
 		{`{"commands": [`, `malformed JSON: the body ends early`},
 		{`{"enqueue": "yes"}`, `field "enqueue" must be true or false, not a string`},
 		{`{} {}`, `the body holds more than one JSON value`},
-		{`[1]`, `the body must be a JSON object, not a array`},
+		{`[1]`, `the body must be a JSON object, not an array`},
 	} {
 		err := decodeJSON([]byte(tt.body), new(spinbroker.NewPackage), false)
 		if err == nil || spinbroker.ErrorMessage(err) != tt.want {
