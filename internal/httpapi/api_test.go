@@ -172,6 +172,9 @@ func TestAPI_Unavailable(t *testing.T) {
 func TestAPI_Flow(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	e.want(e.do("GET", "/healthz", ""), 200, "")
+	if r := e.do("HEAD", "/healthz", ""); r.status != 200 || len(r.body) != 0 { // as load balancers probe
+		t.Fatalf("HEAD /healthz: %d %q", r.status, r.body)
+	}
 
 	r := e.do("POST", "/packages", "")
 	e.want(r, 201, "")

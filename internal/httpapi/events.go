@@ -207,7 +207,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var pkg string
-	if p := r.URL.Query().Get("package"); p != "" {
+	p, err := queryValue(r.URL.Query(), "package")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if p != "" {
 		id, ok := spinbroker.ParseID(p)
 		if !ok {
 			s.writeError(w, r, errorf(spinbroker.EINVALID, "package %q is not an id", spinbroker.Truncate(p, 80)))

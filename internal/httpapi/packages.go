@@ -145,8 +145,17 @@ func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	f := spinbroker.PackageFilter{State: spinbroker.PackageState(q.Get("state")), Cursor: q.Get("cursor")}
-	if l := q.Get("limit"); l != "" {
+	var vals [3]string
+	for i, name := range []string{"state", "cursor", "limit"} {
+		v, err := queryValue(q, name)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		vals[i] = v
+	}
+	f := spinbroker.PackageFilter{State: spinbroker.PackageState(vals[0]), Cursor: vals[1]}
+	if l := vals[2]; l != "" {
 		n, err := strconv.Atoi(l)
 		if errors.Is(err, strconv.ErrRange) && l[0] != '-' {
 			n, err = spinbroker.MaxListLimit, nil // too large for an int: clamped like any other

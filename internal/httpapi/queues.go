@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -88,12 +89,26 @@ func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, q)
 }
 
+// queryValue is the query parameter name, "" when absent. A parameter given
+// twice is refused rather than one of its values picked: ?state=a&state=b
+// reads as "either" to some and as "both" to others.
+func queryValue(q url.Values, name string) (string, error) {
+	vs := q[name]
+	if len(vs) > 1 {
+		return "", errorf(spinbroker.EINVALID, "query parameter %s is given %d times; give it once", name, len(vs))
+	}
+	if len(vs) == 0 {
+		return "", nil
+	}
+	return vs[0], nil
+}
+
 // queryDuration parses an optional duration in the query string; given
 // says whether it was there.
 func queryDuration(r *http.Request, name string) (d time.Duration, given bool, err error) {
-	v := r.URL.Query().Get(name)
-	if v == "" {
-		return 0, false, nil
+	v, err := queryValue(r.URL.Query(), name)
+	if v == "" || err != nil {
+		return 0, false, err
 	}
 	d, err = spinbroker.ParseDuration(v)
 	if err != nil {

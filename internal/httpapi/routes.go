@@ -26,6 +26,7 @@ func (s *Server) routes() chi.Router {
 	r.MethodNotAllowed(s.handleMethodNotAllowed(r))
 
 	r.Get("/healthz", s.handleHealth)
+	r.Head("/healthz", s.handleHealth) // load balancers probe with HEAD too
 	r.Get("/metrics", s.handleMetrics)
 	r.Get("/events", s.handleEvents)
 
