@@ -91,7 +91,12 @@ func describe(err error) string {
 			// The broker's side of it is in its log, under this id.
 			return fmt.Sprintf("%s (%s, request %s)", ce.Err.Message, ce.Err.Code, ce.RequestID)
 		}
-		return fmt.Sprintf("%s (%s)", ce.Err.Message, ce.Err.Code)
+		msg := fmt.Sprintf("%s (%s)", ce.Err.Message, ce.Err.Code)
+		if ce.Err.Code == spinbroker.EUNAUTHORIZED {
+			// The broker speaks of headers; here a token is a flag.
+			msg += "; give --token or set SPINBROKER_TOKEN (spinbroker token create makes one)"
+		}
+		return msg
 	}
 	if client.Temporary(err) {
 		return fmt.Sprintf("cannot reach the broker: %v", err)

@@ -76,7 +76,7 @@ func TestTokenCommands(t *testing.T) {
 	if r := spinEnv(t, []string{"SPINBROKER_URL=" + b.url, "SPINBROKER_TOKEN=" + adminSecret}, "message", "new"); r.code != 0 {
 		t.Errorf("message new with the admin token from the environment: %s", r)
 	}
-	if r := b.spin("queue", "ls"); r.code != 1 || !strings.Contains(r.stderr, "(unauthorized)") {
+	if r := b.spin("queue", "ls"); r.code != 1 || !strings.Contains(r.stderr, "(unauthorized); give --token or set SPINBROKER_TOKEN") {
 		t.Errorf("queue ls without a token: %s", r)
 	}
 	if r := b.spin("message", "new", "--token", agentSecret); r.code != 1 || !strings.Contains(r.stderr, "(forbidden)") {
