@@ -246,6 +246,15 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return &usageError{cmd: "spinbroker serve", err: err}
 	}
 
+	// Listen first: a port taken by another program stops the start before
+	// a database is created or migrated for nothing.
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		// Not a network error of a client: said as it is.
+		return &exitError{code: 1, msg: fmt.Sprintf("cannot listen on %s: %v", c.addr, err)}
+	}
+	defer ln.Close() // for the returns before Serve, which closes it itself
+
 	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log, Exclusive: true})
 	if errors.Is(err, store.ErrInUse) {
 		return fmt.Errorf("%w: one broker serves a database at a time; stop that one, or give this one another --db", err)
@@ -308,11 +317,6 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	}
 	if certs != nil {
 		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
-	}
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		// Not a network error of a client: said as it is.
-		return &exitError{code: 1, msg: fmt.Sprintf("cannot listen on %s: %v", c.addr, err)}
 	}
 	scheme := "http"
 	if c.tlsCert != "" {

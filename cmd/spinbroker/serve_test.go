@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -263,14 +264,18 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 }
 
 // TestServe_PortInUse: a taken port is said as such, not as a broker that
-// cannot be reached.
+// cannot be reached, and stops the start before a database is made.
 func TestServe_PortInUse(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	out, err := exec.Command(serveBinary(t), "serve", "--addr", ln.Addr().String(), "--db", filepath.Join(t.TempDir(), "p.db")).CombinedOutput()
+	db := filepath.Join(t.TempDir(), "p.db")
+	out, err := exec.Command(serveBinary(t), "serve", "--addr", ln.Addr().String(), "--db", db).CombinedOutput()
+	if _, serr := os.Stat(db); !errors.Is(serr, os.ErrNotExist) {
+		t.Errorf("a broker that could not listen made its database %s (%v)", db, serr)
+	}
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("exit %v, want 1:\n%s", err, out)
 	}
