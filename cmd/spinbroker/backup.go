@@ -19,11 +19,14 @@ func (a *app) backupCommand() *cobra.Command {
 keeps running (SQLite's VACUUM INTO reads one snapshot; writers are not
 stopped). The copy is compact and self-contained: no -wal or -shm file.
 
-To restore: stop the broker, move the database and its -wal and -shm files
-aside, put the copy in its place, and start the broker again:
+To restore: stop the broker, move the database and its -wal file aside
+together (a broker that crashed left committed writes in the -wal), drop
+its -shm, put the copy in its place, and start the broker again:
 
   systemctl stop spinbroker        # or however the broker runs
-  mv broker.db broker.db.old; rm -f broker.db-wal broker.db-shm
+  mv broker.db broker.db.old
+  if [ -e broker.db-wal ]; then mv broker.db-wal broker.db.old-wal; fi
+  rm -f broker.db-shm
   cp backup.db broker.db
   spinbroker serve --db broker.db --check`,
 		Example: `  spinbroker backup --db /var/lib/spinbroker/broker.db --to /backups/broker-$(date +%F).db`,
@@ -31,6 +34,9 @@ aside, put the copy in its place, and start the broker again:
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if to == "" {
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--to is required")}
+			}
+			if err := existingDB(db); err != nil {
+				return err
 			}
 			start := time.Now()
 			if err := store.Backup(cmd.Context(), db, to); err != nil {

@@ -30,6 +30,9 @@ compact leaves the database as it was.`,
   systemctl start spinbroker`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := existingDB(db); err != nil {
+				return err
+			}
 			start := time.Now()
 			fmt.Fprintf(a.stderr, "compacting %s…\n", db)
 			before, after, err := store.Compact(cmd.Context(), db)

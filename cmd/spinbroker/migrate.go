@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -24,6 +25,9 @@ to run while a broker serves the database.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] != "status" && args[0] != "up" {
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("want status or up, not %q", args[0])}
+			}
+			if err := existingDB(db); err != nil && (args[0] == "status" || !errors.Is(err, fs.ErrNotExist)) {
+				return err // 'up' makes a new database, as serve would
 			}
 			st, err := store.Migrations(cmd.Context(), db, args[0] == "up")
 			if errors.Is(err, store.ErrInUse) {

@@ -44,12 +44,10 @@ when it is created; the database keeps only its hash.`,
 // exist already: listing or revoking in a database made by mistake (a typo
 // in --db) would only hide the mistake.
 func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, error) {
-	_, err := os.Stat(path)
+	err := existingDB(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
 		fmt.Fprintf(a.stderr, "spinbroker: creating a new database at %s\n", path)
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no database at %s (give --db or set SPINBROKER_DB)", path)
 	case err != nil:
 		return nil, err
 	}
@@ -202,3 +200,28 @@ for a few). Revoking a revoked token changes nothing.`,
 		},
 	}
 }
+
+// existingDB says, in words for the command line, why path is not a
+// database file to work on; its error matches fs.ErrNotExist when there is
+// no file.
+func existingDB(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return noDBError(path)
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return fmt.Errorf("%s is a folder, not a database file (give --db or set SPINBROKER_DB)", path)
+	}
+	return nil
+}
+
+// noDBError is existingDB's error for a path with no file; it matches
+// fs.ErrNotExist.
+type noDBError string
+
+func (e noDBError) Error() string {
+	return fmt.Sprintf("no database at %s (give --db or set SPINBROKER_DB)", string(e))
+}
+func (noDBError) Is(target error) bool { return target == fs.ErrNotExist }

@@ -16,6 +16,33 @@ import (
 	"github.com/spin-broker/spinbroker/internal/store"
 )
 
+// TestDatabaseCommands_NoDatabase: the commands on a database file say
+// plainly that there is none at the path, and make none; migrate up makes
+// one, as serve would.
+func TestDatabaseCommands_NoDatabase(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "missing.db")
+	for _, args := range [][]string{
+		{"migrate", "status", "--db", path},
+		{"backup", "--db", path, "--to", filepath.Join(dir, "copy.db")},
+		{"compact", "--db", path},
+	} {
+		if r := spin(t, args...); r.code != 1 || r.stderr != "spinbroker: no database at "+path+" (give --db or set SPINBROKER_DB)\n" {
+			t.Errorf("%v: %s", args, r)
+		}
+		if _, err := os.Stat(path); err == nil {
+			t.Fatalf("%v made the database", args)
+		}
+	}
+	if r := spin(t, "compact", "--db", dir); r.code != 1 || !strings.Contains(r.stderr, "is a folder, not a database file") {
+		t.Errorf("compact of a folder: %s", r)
+	}
+	if r := spin(t, "migrate", "up", "--db", path); r.code != 0 {
+		t.Errorf("migrate up of a new database: %s", r)
+	}
+}
+
 func TestTokenCommands(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
