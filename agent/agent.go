@@ -585,7 +585,7 @@ func (a *runner) deliver(j *job) {
 			return
 		}
 		d := a.backoff(attempt)
-		j.log.Warn("cannot deliver the result; retrying", "err", err, "attempt", attempt, "retry_in", d.String())
+		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
 		wait(a.final, d)
 	}
 }

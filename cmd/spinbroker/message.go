@@ -178,7 +178,7 @@ Repeat it for several.`,
 	f.StringArrayVar(&deps, "dep", nil, "a command that must succeed first: its id or its --key in this package (repeatable)")
 	f.StringVar(&key, "key", "", "a name for the command, unique in its package, for --dep of later commands")
 	f.IntVar(&maxAttempts, "max-attempts", spinbroker.DefaultMaxAttempts, "times the command may be delivered")
-	f.DurationVar(&lease, "lease-duration", spinbroker.DefaultLease, "how long an agent holds the command between heartbeats")
+	f.DurationVar(&lease, "lease-duration", 0, "how long an agent holds the command between heartbeats, 1s to 24h (default: the broker's 60s)")
 	f.StringVar(&notBefore, "not-before", "", "do not deliver the command before this RFC 3339 time")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -607,7 +608,11 @@ func (db *DB) DeletePackage(ctx context.Context, pkgID string) error {
 			return err
 		}
 		if state != string(spinbroker.PackageStaging) && open > 0 {
-			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is %s with %d unfinished commands; cancel it and wait, or delete it when it has finished", pkgID, state, open)
+			unfinished := fmt.Sprintf("%d unfinished commands", open)
+			if open == 1 {
+				unfinished = "1 unfinished command"
+			}
+			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is %s with %s; cancel it and wait, or delete it when it has finished", pkgID, state, unfinished)
 		}
 		return t.deletePackage(pkgID)
 	})
