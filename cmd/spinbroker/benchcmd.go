@@ -58,7 +58,9 @@ Scenarios:
                 holding it
 
 Without --url each scenario gets a fresh broker: this binary's 'serve' on a
-temporary database, as a child process so its CPU and memory are its own.`,
+temporary database, as a child process so its CPU and memory are its own.
+$SPINBROKER_URL is not read here: a load run goes to a broker of yours only
+when --url names it.`,
 		Example: `  spinbroker bench
   spinbroker bench --scenarios throughput --protocol claim --claim 100
   spinbroker bench --scenarios throughput,backlog,wakeup --sync full --json
