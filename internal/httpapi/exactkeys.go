@@ -34,6 +34,9 @@ type shape struct {
 	object bool       // a struct: its keys are checked against fields
 	fields []keyField // object: the JSON fields, in struct order
 	elem   *shape     // !object: a slice or array, the shape of its elements
+	// nullable: the elements are pointers, for which null is nil; in a
+	// slice of structs, encoding/json would make null a zero struct.
+	nullable bool
 }
 
 // keyField is one JSON field of a struct as encoding/json sees it.
@@ -112,7 +115,7 @@ func buildShape(t reflect.Type, building map[reflect.Type]*shape) *shape {
 		return s
 	case reflect.Slice, reflect.Array:
 		if elem := buildShape(t.Elem(), building); elem != nil {
-			return &shape{elem: elem}
+			return &shape{elem: elem, nullable: t.Elem().Kind() == reflect.Pointer}
 		}
 	}
 	return nil
@@ -271,6 +274,7 @@ const (
 	unknownKey   keyProblem = iota // no field has exactly this name
 	duplicateKey                   // the key is given twice in one object
 	emptyValue                     // "" for a field tagged spin:"nonempty"
+	nullElement                    // null where an array holds objects
 )
 
 func (e *keyError) error() error {
@@ -294,6 +298,8 @@ func (e *keyError) error() error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "unknown field %q%s (unknown fields are refused so that typos are not ignored)", key, where)
 	case duplicateKey:
 		return spinbroker.Errorf(spinbroker.EINVALID, "duplicate field %q%s (a field may be given once)", key, where)
+	case nullElement:
+		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be an object, not null", p.String())
 	default:
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be %s, not empty", p.String(), e.hint)
 	}
@@ -343,7 +349,7 @@ func (w *walker) value(s *shape) *keyError {
 	case s != nil && s.object && c == '{':
 		return w.object(s)
 	case s != nil && !s.object && c == '[':
-		return w.array(s.elem)
+		return w.array(s)
 	}
 	w.skip()
 	return nil
@@ -434,7 +440,8 @@ func (s *shape) unknown(key string) *keyError {
 	return &keyError{problem: unknownKey, key: key}
 }
 
-func (w *walker) array(elem *shape) *keyError {
+func (w *walker) array(s *shape) *keyError {
+	elem := s.elem
 	w.i++ // [
 	w.space()
 	if w.peek() == ']' {
@@ -442,6 +449,12 @@ func (w *walker) array(elem *shape) *keyError {
 		return nil
 	}
 	for n := 0; ; n++ {
+		w.space()
+		if !s.nullable && elem.object && bytes.HasPrefix(w.b[w.i:], []byte("null")) {
+			// encoding/json makes null a zero struct, which would then be
+			// refused for its first empty field, not for being null.
+			return &keyError{problem: nullElement, path: []string{"[" + strconv.Itoa(n) + "]"}}
+		}
 		if ke := w.value(elem); ke != nil {
 			ke.path = append(ke.path, "["+strconv.Itoa(n)+"]")
 			return ke

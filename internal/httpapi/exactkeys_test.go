@@ -54,6 +54,10 @@ func TestAPI_ExactFieldNames(t *testing.T) {
 			`id must be a UUID of version 4 or 7, not empty`},
 		{"EmptyKeyInPackage", "POST", "/packages", `{"commands": [{"resource": "r", "action": "x", "key": ""}]}`,
 			`commands[0].key must be 1 to 128 characters, not empty`},
+		{"NullCommand", "POST", "/packages", `{"commands": [{"resource": "r", "action": "x"}, null]}`,
+			`commands[1] must be an object, not null`},
+		{"NullResult", "POST", "/commands/complete", `{"results": [ null ]}`,
+			`results[0] must be an object, not null`},
 		{"Unknown", "POST", cmds, `{"resource": "r", "action": "x", "paramters": {}}`,
 			`unknown field "paramters" (unknown fields are refused so that typos are not ignored)`},
 	} {

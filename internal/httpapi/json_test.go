@@ -83,6 +83,9 @@ func TestCheckKeys(t *testing.T) {
 		{`{"name": "\\", "NAME": "1"}`, `unknown field "NAME" (field names are case-sensitive: did you mean "name"?)`},
 		// arrays, pointers to pointers
 		{`{"arr": [{"a": "x"}, {"A": "y"}]}`, `unknown field "A" in arr[1] (field names are case-sensitive: did you mean "a"?)`},
+		// null is nil in a slice of pointers, refused where it would be a zero struct
+		{`{"arr": [{"a": "x"}, null]}`, `arr[1] must be an object, not null`},
+		{`{"children": [ null ]}`, ""},
 		{`{"pp": {"a": "x", "b": 1, "b": 2}}`, `duplicate field "b" in pp (a field may be given once)`},
 		{`{"named": {"a": "x", "B": 1}}`, `unknown field "B" in named (field names are case-sensitive: did you mean "b"?)`},
 		// opaque values are not read
