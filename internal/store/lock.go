@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/spin-broker/spinbroker/internal/flock"
 )
 
 // ErrInUse is the error (matched with errors.Is) of an exclusive Open of a
@@ -50,7 +52,7 @@ func lockExclusive(path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: lock %s: %w", path, err)
 	}
-	held, err := tryLock(f)
+	held, err := flock.TryLock(f)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("store: lock %s: %w", path, err)

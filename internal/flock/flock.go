@@ -1,6 +1,9 @@
 //go:build linux || darwin || dragonfly || freebsd || netbsd || openbsd
 
-package store
+// Package flock takes exclusive advisory locks on files, without waiting:
+// what keeps two brokers off one database, and two storage agents off one
+// root.
+package flock
 
 import (
 	"errors"
@@ -8,9 +11,9 @@ import (
 	"syscall"
 )
 
-// tryLock takes an exclusive flock on f without waiting: false when
+// TryLock takes an exclusive flock on f without waiting: false when
 // another open file holds it.
-func tryLock(f *os.File) (bool, error) {
+func TryLock(f *os.File) (bool, error) {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		switch {
