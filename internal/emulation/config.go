@@ -121,9 +121,33 @@ func resolveImages(images []Image, root string) ([]Image, error) {
 		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
 			return nil, fmt.Errorf("vm.Images[%d] %q is not a file or a block device", i, im.Path)
 		}
+		if rootReal != "" && fi.Mode().IsRegular() {
+			if err := confinedImage(real, fi); err != nil {
+				return nil, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
+			}
+		}
 		out[i] = Image{Path: real, Cdrom: im.Cdrom}
 	}
 	return out, nil
+}
+
+// confinedImage refuses, under --images-root, an image file through which
+// QEMU would reach a file outside it: one with other hard links, or a qcow2
+// image naming a backing file or an external data file.
+func confinedImage(path string, fi os.FileInfo) error {
+	if n := hostpath.Links(fi); n > 1 {
+		return fmt.Errorf("it has %d hard links: the same file has another name, perhaps outside the images root", n)
+	}
+	if hostpath.FormatOf(path) != "qcow2" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = hostpath.Qcow2Size(f)
+	return err
 }
 
 // qemuEscape doubles commas, QEMU's way to put one inside an option value;

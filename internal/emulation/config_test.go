@@ -2,6 +2,7 @@ package emulation
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -61,6 +62,18 @@ func TestResolveImages(t *testing.T) {
 	if err := os.Symlink(filepath.Join(outside, "b.img"), filepath.Join(root, "vol", "link.img")); err != nil {
 		t.Fatal(err)
 	}
+	// Files through which QEMU would reach outside the root: a hard link
+	// to a file outside, a qcow2 image naming a backing file.
+	if err := os.Link(filepath.Join(outside, "b.img"), filepath.Join(root, "vol", "hard.img")); err != nil {
+		t.Fatal(err)
+	}
+	backed := make([]byte, 104)
+	copy(backed, "QFI\xfb")
+	binary.BigEndian.PutUint32(backed[4:], 3)
+	binary.BigEndian.PutUint64(backed[8:], 0x200) // backing_file_offset
+	if err := os.WriteFile(filepath.Join(root, "vol", "backed.qcow2"), backed, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	real := func(p string) string { r, _ := filepath.EvalSymlinks(p); return r }
 	got, err := resolveImages([]Image{
 		{Path: "a.img", Volume: "vol"},
@@ -85,6 +98,8 @@ func TestResolveImages(t *testing.T) {
 		{Image{Path: filepath.Join(outside, "b.img")}, root, "outside the images root"},
 		{Image{Path: "a.img", Volume: "vol"}, "", "no --images-root"},
 		{Image{Path: filepath.Join(root, "vol"), Volume: ""}, root, "not a file"},
+		{Image{Path: "hard.img", Volume: "vol"}, root, "hard links"},
+		{Image{Path: "backed.qcow2", Volume: "vol"}, root, "backing file"},
 	} {
 		if _, err := resolveImages([]Image{tc.im}, tc.root); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("resolve %+v in %q: %v, want %q", tc.im, tc.root, err, tc.want)

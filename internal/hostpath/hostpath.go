@@ -29,6 +29,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/internal/flock"
 )
 
 // Resource is the queue sa-host-path serves.
@@ -50,11 +51,23 @@ type Options struct {
 type Storage struct {
 	dir     string // absolute, symlinks resolved
 	root    *os.Root
+	lock    *os.File // LockName, held while the storage is open
 	qemuImg string
 	log     *slog.Logger
 }
 
-// Open opens (creating it if needed) the root directory dir.
+// LockName is the file in the root that an open Storage holds locked: one
+// agent per root, since two would write the same images at once (each
+// takes its own commands one at a time, and puts what it makes in place
+// by renaming, over whatever the other just made).
+const LockName = ".sa-host-path.lock"
+
+// ErrInUse is the error (matched with errors.Is) of Open on a root that
+// another open Storage holds.
+var ErrInUse = errors.New("another sa-host-path serves this root")
+
+// Open opens (creating it if needed) the root directory dir, and holds it
+// against any other Storage until Close.
 func Open(dir string, opts Options) (*Storage, error) {
 	if dir == "" {
 		return nil, errors.New("hostpath: no root directory")
@@ -73,14 +86,30 @@ func Open(dir string, opts Options) (*Storage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hostpath: open the root: %w", err)
 	}
+	lock, err := root.OpenFile(LockName, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("hostpath: the root's lock file: %w", err)
+	}
+	if held, err := flock.TryLock(lock); err != nil || !held {
+		lock.Close()
+		root.Close()
+		if err != nil {
+			return nil, fmt.Errorf("hostpath: lock the root: %w", err)
+		}
+		return nil, fmt.Errorf("hostpath: %s: %w; one agent per root, or two would overwrite each other's images", abs, ErrInUse)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Storage{dir: abs, root: root, qemuImg: opts.QemuImg, log: opts.Logger}, nil
+	return &Storage{dir: abs, root: root, lock: lock, qemuImg: opts.QemuImg, log: opts.Logger}, nil
 }
 
-// Close closes the root.
-func (s *Storage) Close() error { return s.root.Close() }
+// Close lets go of the root.
+func (s *Storage) Close() error {
+	s.lock.Close()
+	return s.root.Close()
+}
 
 // Dir is the root directory's absolute path.
 func (s *Storage) Dir() string { return s.dir }
@@ -161,6 +190,10 @@ func CheckImageName(name string) error {
 	switch {
 	case name == "" || name == "." || name == "..":
 		return fmt.Errorf("image_name %q is not a file name", name)
+	case strings.HasPrefix(name, "."):
+		// The agent's temporary files are ".<name>.tmp-…", and a write
+		// removes those an interrupted one left.
+		return fmt.Errorf("image_name %q starts with a dot, which the agent keeps for its temporary files", name)
 	case strings.ContainsAny(name, "/\\\x00"):
 		return fmt.Errorf("image_name %q must be a file name, without a path separator", name)
 	}
@@ -354,7 +387,7 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 
 // volume checks a volume parameter and that the volume exists.
 func (s *Storage) volume(what, p string) (string, error) {
-	vol, err := CleanPath(what, p)
+	vol, err := volumePath(what, p)
 	if err != nil {
 		return "", err
 	}
@@ -463,6 +496,9 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 	if !fi.Mode().IsRegular() {
 		return imageInfo{}, fmt.Errorf("%q is not an image file", rel)
 	}
+	if n := Links(fi); n > 1 {
+		return imageInfo{}, fmt.Errorf("%q has %d hard links: the same file has another name, perhaps outside the storage root, and is not taken as an image", rel, n)
+	}
 	f, err := s.root.Open(rel)
 	if err != nil {
 		return imageInfo{}, describe(rel, err)
@@ -479,15 +515,36 @@ func readInfo(f io.ReaderAt, format string, fileSize int64) (imageInfo, error) {
 	if format == "raw" {
 		return imageInfo{format: "raw", size: fileSize}, nil
 	}
-	var hdr [32]byte
-	n, err := f.ReadAt(hdr[:], 0)
-	if n == len(hdr) && string(hdr[:4]) == string(qcow2Magic) {
-		return imageInfo{format: "qcow2", size: int64(binary.BigEndian.Uint64(hdr[24:32]))}, nil
-	}
-	if err != nil && err != io.EOF {
+	size, err := Qcow2Size(f)
+	if err != nil {
 		return imageInfo{}, err
 	}
-	return imageInfo{}, errors.New("it is named .qcow2 but is not a qcow2 image")
+	return imageInfo{format: "qcow2", size: size}, nil
+}
+
+// Qcow2Size reads a qcow2 image's header and answers its virtual size. It
+// refuses an image whose data lives partly in another file, which qemu-img
+// and QEMU would then open by the name the header gives, wherever it is: a
+// backing file, or (qcow2 version 3) an external data file.
+func Qcow2Size(f io.ReaderAt) (int64, error) {
+	// The header: magic, version (4), backing_file_offset (8), size (24)
+	// and, from version 3, incompatible_features (72), whose bit 2 says
+	// the data is in an external file.
+	var hdr [80]byte
+	n, err := f.ReadAt(hdr[:], 0)
+	if n < 72 || string(hdr[:4]) != string(qcow2Magic) {
+		if err != nil && err != io.EOF {
+			return 0, err
+		}
+		return 0, errors.New("it is named .qcow2 but is not a qcow2 image")
+	}
+	if binary.BigEndian.Uint64(hdr[8:16]) != 0 {
+		return 0, errors.New("it names a backing file, which would be opened wherever it is: only standalone qcow2 images are taken")
+	}
+	if version := binary.BigEndian.Uint32(hdr[4:8]); version >= 3 && (n < 80 || binary.BigEndian.Uint64(hdr[72:80])&(1<<2) != 0) {
+		return 0, errors.New("its data is in an external data file, which would be opened wherever it is: only standalone qcow2 images are taken")
+	}
+	return int64(binary.BigEndian.Uint64(hdr[24:32])), nil
 }
 
 // DeleteImage is the parameters of delete_image: ImagePath is relative to
@@ -510,6 +567,8 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 		return nil, describe(rel, err)
 	case fi.IsDir():
 		return nil, fmt.Errorf("%q is a volume, not an image (use remove_volume)", rel)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%q is not an image file", rel)
 	}
 	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, describe(rel, err)

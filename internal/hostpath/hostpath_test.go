@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -359,13 +360,15 @@ func TestCheckImageName(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]string{
-		"":           "not a file name",
-		"..":         "not a file name",
-		"a/b":        "path separator",
-		"a\x00":      "path separator",
-		"a\nb.img":   "control character",
-		"a\tb.img":   "control character",
-		"a\x9bb.img": "not valid UTF-8",
+		"":                "not a file name",
+		"..":              "not a file name",
+		"a/b":             "path separator",
+		"a\x00":           "path separator",
+		"a\nb.img":        "control character",
+		"a\tb.img":        "control character",
+		"a\x9bb.img":      "not valid UTF-8",
+		".z.raw.tmp-mine": "starts with a dot",
+		".hidden.img":     "starts with a dot",
 	} {
 		wantErr(t, CheckImageName(name), want)
 	}
@@ -502,4 +505,121 @@ func TestCopyImage_TargetChangedSinceIsNotACopy(t *testing.T) {
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("the stale temporary file is still there: %v", err)
 	}
+}
+
+// TestOpen_OneAgentPerRoot: a second Storage on a root that one holds is
+// refused (two would overwrite each other's images); once the first closes,
+// the root is free.
+func TestOpen_OneAgentPerRoot(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "images")
+	opts := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	first, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, opts); !errors.Is(err, ErrInUse) {
+		t.Fatalf("a second Open of a held root: %v, want ErrInUse", err)
+	}
+	// Through a symlink it is the same root.
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(link, opts); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Open through a symlink: %v, want ErrInUse", err)
+	}
+	first.Close()
+	again, err := Open(dir, opts)
+	if err != nil {
+		t.Fatalf("Open after the first closed: %v", err)
+	}
+	again.Close()
+}
+
+// qcow2Header is a qcow2 header of the given version and virtual size,
+// naming a backing file at backing (0: none), with the incompatible
+// feature bits incompat (version 3).
+func qcow2Header(version uint32, size, backing, incompat uint64) []byte {
+	h := make([]byte, 104)
+	copy(h, qcow2Magic)
+	binary.BigEndian.PutUint32(h[4:], version)
+	binary.BigEndian.PutUint64(h[8:], backing)
+	binary.BigEndian.PutUint64(h[24:], size)
+	binary.BigEndian.PutUint64(h[72:], incompat)
+	return h
+}
+
+// TestImages_OtherFilesRefused: an image that would have qemu-img, or the
+// agent itself, read or write a file by another name (a qcow2 backing file,
+// an external data file, a hard link from outside the root) is refused by
+// every action that opens images, and the file outside stays as it was.
+func TestImages_OtherFilesRefused(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "w"}))
+	outside := filepath.Join(t.TempDir(), "host.raw")
+	if err := os.WriteFile(outside, []byte("host data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plant := func(name string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(s.Dir(), "v", name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plant("backed.qcow2", qcow2Header(3, 1<<30, 0x200, 0))
+	plant("backed2.qcow2", qcow2Header(2, 1<<30, 0x200, 0))
+	plant("external.qcow2", qcow2Header(3, 1<<30, 0, 1<<2))
+	plant("fine.qcow2", qcow2Header(3, 1<<30, 0, 1<<0)) // only the dirty bit
+	if err := os.Link(outside, filepath.Join(s.Dir(), "v", "linked.raw")); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"backed.qcow2": "backing file", "backed2.qcow2": "backing file",
+		"external.qcow2": "external data file", "linked.raw": "hard links",
+	} {
+		_, err := s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: name, ImageSize: 2})
+		wantErr(t, err, want)
+		_, err = s.CopyImage(ctx, CopyImage{ImageName: name, Volume: "v", TargetVolume: "w"})
+		wantErr(t, err, want)
+		_, err = s.MoveImage(ctx, MoveImage{ImageName: name, Volume: "v", TargetVolume: "w"})
+		wantErr(t, err, want)
+		_, err = s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: name, ImageSize: 1})
+		wantErr(t, err, want)
+	}
+	if b, err := os.ReadFile(outside); err != nil || string(b) != "host data" {
+		t.Fatalf("the file outside the root changed: %q %v", b, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "w")); len(ents) != 0 {
+		t.Fatalf("something reached the target volume: %v", ents)
+	}
+	// A standalone qcow2 image with only the dirty bit set is fine.
+	if o := m.out(s.CopyImage(ctx, CopyImage{ImageName: "fine.qcow2", Volume: "v", TargetVolume: "w"})); o.Size != 1<<30 {
+		t.Errorf("copy of a standalone qcow2: %+v", o)
+	}
+}
+
+// TestDeleteImage_OnlyFiles: delete_image removes image files, not the
+// FIFOs, sockets or symlinks that the other actions say are not images,
+// and works on no volume "." (the root).
+func TestDeleteImage_OnlyFiles(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	if err := syscall.Mkfifo(filepath.Join(s.Dir(), "v", "pipe"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("pipe", filepath.Join(s.Dir(), "v", "link.raw")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"v/pipe", "v/link.raw"} {
+		_, err := s.DeleteImage(ctx, DeleteImage{ImagePath: p})
+		wantErr(t, err, "is not an image file")
+		if _, err := os.Lstat(filepath.Join(s.Dir(), p)); err != nil {
+			t.Errorf("%s was removed: %v", p, err)
+		}
+	}
+	_, err := s.CreateImage(ctx, CreateImage{VolumePath: ".", ImageName: "top.raw", ImageSize: 1})
+	wantErr(t, err, "the storage root itself")
 }
