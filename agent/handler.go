@@ -82,7 +82,9 @@ type Validator interface {
 // *ParamError naming the field.
 //
 // Field names match as encoding/json matches them: the json tag's name,
-// or the Go field name, case-insensitively.
+// or the Go field name, case-insensitively. A field given twice (in any
+// case: "name" and "NAME") is refused, where encoding/json would keep the
+// last, and so is a map key given twice.
 func Decode(raw json.RawMessage, p any) error {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
@@ -196,6 +198,9 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 		if json.Unmarshal(raw, &obj) != nil {
 			return nil
 		}
+		if err := checkRepeats(raw, true, func(k string) string { return prefix + k }); err != nil {
+			return err
+		}
 		return checkFields(t, obj, prefix)
 	case reflect.Slice, reflect.Array:
 		var items []json.RawMessage
@@ -213,11 +218,48 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 		if json.Unmarshal(raw, &items) != nil {
 			return nil
 		}
+		if err := checkRepeats(raw, false, func(k string) string { return fmt.Sprintf("%s[%q]", strings.TrimSuffix(prefix, "."), k) }); err != nil {
+			return err
+		}
 		base := strings.TrimSuffix(prefix, ".")
 		for k, item := range items {
 			if err := checkRequired(t.Elem(), item, fmt.Sprintf("%s[%q].", base, k)); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// checkRepeats refuses a key that the JSON object raw gives twice:
+// encoding/json would keep the last, so that what checked the first (a
+// proxy, a policy, a person reading the command) and what the handler acts
+// on would differ. For a struct (fold), keys that differ only in case are
+// the same field, as encoding/json matches them.
+func checkRepeats(raw json.RawMessage, fold bool, field func(key string) string) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var keys []string
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		k, _ := t.(string)
+		for _, seen := range keys {
+			switch {
+			case seen == k:
+				return &ParamError{Field: field(k), Problem: "given twice"}
+			case fold && strings.EqualFold(seen, k):
+				return &ParamError{Field: field(seen), Problem: fmt.Sprintf("given twice, as %q and %q (field names match in any case)", seen, k)}
+			}
+		}
+		keys = append(keys, k)
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return nil
 		}
 	}
 	return nil

@@ -67,6 +67,11 @@ func TestDecode(t *testing.T) {
 		{name: "MissingInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"},{"Cdrom":true}]}}`, wantField: "vm.Images[1].Path", wantErr: "required"},
 		{name: "MissingInMap", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{}}}`, wantField: `labels["k"].Path`, wantErr: "required"},
 		{name: "BadDuration", raw: `{"id":"a","vm":{"Name":"n"},"timeout":30}`, wantErr: "duration"},
+		{name: "Repeated", raw: `{"id":"a","id":"b","vm":{"Name":"n"}}`, wantField: "id", wantErr: "given twice"},
+		{name: "RepeatedInAnyCase", raw: `{"id":"a","vm":{"Name":"n","NAME":"evil"}}`, wantField: "vm.Name", wantErr: `given twice, as "Name" and "NAME"`},
+		{name: "RepeatedInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x","Path":"/y"}]}}`, wantField: "vm.Images[0].Path", wantErr: "given twice"},
+		{name: "RepeatedMapKey", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":"/x"},"k":{"Path":"/y"}}}`, wantField: `labels["k"]`, wantErr: "given twice"},
+		{name: "MapKeysDifferInCase", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":"/x"},"K":{"Path":"/y"}}}`},
 		{name: "Validate", raw: `{"id":"a","vm":{"Name":"n","Cpus":-1}}`, wantErr: "vm.Cpus must not be negative"},
 	}
 	for _, tc := range cases {
