@@ -17,20 +17,34 @@
 // strictly into the action's type (see Decode), runs the handler while it
 // heartbeats the lease at a third of its duration, and completes the command
 // with the lease token and the handler's output. A handler's error fails the
-// command with the error's text as the reason; Transient(err) asks the broker
-// to retry it; a panic fails that command and the agent goes on. Broker
-// errors are retried with capped, jittered exponential back-off, and a
-// result is retried until it is delivered or its lease is known to be lost.
+// command with the error's text as the reason, and what the handler
+// returned beside the error is dropped (the failed command has no output);
+// Transient(err) asks the broker to retry it. A panic fails that command
+// for good, not for a retry (a bug would only panic again, after doing
+// again whatever it did before), with the panic in the reason, and the
+// agent goes on. Broker errors are retried with capped, jittered
+// exponential back-off, and a result is retried until it is delivered or
+// its lease is known to be lost. A handler that ignores its context is
+// heartbeated for as long as it runs: bound its work with the context's
+// deadline or one of its own.
 //
-// The handler's context is cancelled when the broker says the lease is lost
-// (the command was settled by hand, or taken by another agent), and when
-// the lease runs out by the agent's own clock with no heartbeat able to
-// extend it (the broker out of reach): the broker may then give the command
-// to another agent, and a queue runs its commands one at a time. Such an
-// attempt is reported for a retry.
+// The handler's context is cancelled, with context.Cause saying why, when
+// the broker says the lease is lost (the command was settled by hand, or
+// taken by another agent), and when the lease runs out by the agent's own
+// clock with no heartbeat able to extend it (the broker out of reach): the
+// broker may then give the command to another agent, and a queue runs its
+// commands one at a time. Such an attempt is reported for a retry. A
+// handler that finishes anyway before the broker has noticed the lease run
+// out (its sweeper looks every --sweep-interval, 10s by default) may still have its result
+// recorded: the broker takes a result on an expired lease that no one else
+// holds yet. Which of the two happens depends on timing; a handler's work
+// must be safe to run again either way, as at-least-once delivery asks.
 //
 // When ctx ends, Run takes no new command, gives the running one
-// Options.Grace to finish, delivers its result and returns.
+// Options.Grace to finish, delivers its result and returns. A handler still
+// running after the grace is abandoned (its goroutine is not stopped: Run
+// cannot stop a handler that ignores its context) and its command reported
+// for a retry; the attempt counts toward the command's max_attempts.
 package agent
 
 import (
@@ -67,7 +81,9 @@ type Options struct {
 	// once, and it is 1 unless set (spinbroker queue set RESOURCE
 	// --concurrency N): raise it too, or each batch holds one command.
 	// Commands of one batch run concurrently, so only a resource whose
-	// commands may run side by side should be served this way.
+	// commands may run side by side should be served this way. A batch is
+	// completed, and the next one claimed, once its slowest command has
+	// finished: mix slow and quick actions on one resource with care.
 	Claim int
 	// MinBackoff and MaxBackoff bound the back-off between attempts to reach
 	// the broker (default 200ms and 30s).
