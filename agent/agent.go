@@ -35,10 +35,11 @@
 // broker may then give the command to another agent, and a queue runs its
 // commands one at a time. Such an attempt is reported for a retry. A
 // handler that finishes anyway before the broker has noticed the lease run
-// out (its sweeper looks every --sweep-interval, 10s by default) may still have its result
-// recorded: the broker takes a result on an expired lease that no one else
-// holds yet. Which of the two happens depends on timing; a handler's work
-// must be safe to run again either way, as at-least-once delivery asks.
+// out (its sweeper looks every --sweep-interval, 10s by default) may still
+// have its result recorded: the broker takes a result on an expired lease
+// that no one else holds yet. Which of the two happens depends on timing;
+// a handler's work must be safe to run again either way, as at-least-once
+// delivery asks.
 //
 // When ctx ends, Run takes no new command, gives the running one
 // Options.Grace to finish, delivers its result and returns. A handler still
