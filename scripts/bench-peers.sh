@@ -30,7 +30,7 @@ echo "== the ceiling: spin-broker's HTTP layer with no storage (bench/ceiling)" 
 # figures measured before it are compared all the same.
 "$out/ceiling" -addr 127.0.0.1:0 >"$out/ceiling.url" 2>"$out/ceiling.err" &
 ceiling=$!
-trap 'kill $ceiling 2>/dev/null; rm -rf "$out"' EXIT
+trap 'kill $ceiling 2>/dev/null || true; rm -rf "$out"' EXIT
 for _ in $(seq 100); do
 	[ -s "$out/ceiling.url" ] && break
 	kill -0 $ceiling 2>/dev/null || break # it exited
