@@ -111,6 +111,11 @@ func jsonError(err error) error {
 		if field == "" {
 			return spinbroker.Errorf(spinbroker.EINVALID, "the body must be a JSON object, not %s", withArticle(te.Value))
 		}
+		if num, ok := strings.CutPrefix(te.Value, "number "); ok && isIntegerLiteral(num) {
+			// A whole number too large (or negative where none may be):
+			// "must be an integer, not a number 1e30" would puzzle.
+			return spinbroker.Errorf(spinbroker.EINVALID, "field %q: %s is out of range", field, spinbroker.Truncate(num, 40))
+		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, jsonTypeName(te.Type.String()), withArticle(te.Value))
 	case errors.As(err, &tpe):
 		return spinbroker.Errorf(spinbroker.EINVALID, "%q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
@@ -122,6 +127,13 @@ func jsonError(err error) error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s (unknown fields are refused so that typos are not ignored)", msg)
 	}
 	return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: %s", msg)
+}
+
+// isIntegerLiteral reports whether a JSON number is written as a whole
+// number: digits, perhaps after a minus.
+func isIntegerLiteral(n string) bool {
+	n = strings.TrimPrefix(n, "-")
+	return n != "" && strings.Trim(n, "0123456789") == ""
 }
 
 // withArticle is a JSON kind as encoding/json names it ("array", "number

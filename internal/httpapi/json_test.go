@@ -163,6 +163,9 @@ func TestCheckKeys_Unchanged(t *testing.T) {
 		{`{"enqueue": "yes"}`, `field "enqueue" must be true or false, not a string`},
 		{`{} {}`, `the body holds more than one JSON value`},
 		{`[1]`, `the body must be a JSON object, not an array`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 99999999999999999999}]}`, `field "commands.max_attempts": 99999999999999999999 is out of range`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e3}]}`, `field "commands.max_attempts" must be an integer, not a number 1e3`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 2.5}]}`, `field "commands.max_attempts" must be an integer, not a number 2.5`},
 	} {
 		err := decodeJSON([]byte(tt.body), new(spinbroker.NewPackage), false)
 		if err == nil || spinbroker.ErrorMessage(err) != tt.want {
