@@ -425,6 +425,7 @@ func (s *memStore) Heartbeat(ctx context.Context, id, token string, extend time.
 func (s *memStore) Retry(ctx context.Context, id string) (*spinbroker.Command, error) {
 	return nil, errUnsupported
 }
+func (s *memStore) RetryRefusal(ctx context.Context, id string) error { return errUnsupported }
 func (s *memStore) Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error) {
 	return nil, errUnsupported
 }

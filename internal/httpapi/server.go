@@ -38,6 +38,7 @@ type Store interface {
 	CompleteBatch(ctx context.Context, items []spinbroker.BatchResult) ([]error, error)
 	Heartbeat(ctx context.Context, id, token string, extend time.Duration) (time.Time, error)
 	Retry(ctx context.Context, id string) (*spinbroker.Command, error)
+	RetryRefusal(ctx context.Context, id string) error // why Retry would refuse, or nil
 
 	Queues(ctx context.Context) ([]spinbroker.Queue, error)
 	Queue(ctx context.Context, resource string) (*spinbroker.Queue, error)

@@ -326,7 +326,8 @@ type commandPage struct {
 	Deps           []spinbroker.Command
 	Dependents     []spinbroker.Command
 	MoreDependents bool
-	CanRetry       bool // failed or cancelled: the retry button applies
+	CanRetry       bool   // a retry would run: the retry button applies
+	RetryRefused   string // why it would not, for a failed or cancelled command
 }
 
 func (u *ui) handleCommand(w http.ResponseWriter, r *http.Request) {
@@ -344,7 +345,20 @@ func (u *ui) handleCommand(w http.ResponseWriter, r *http.Request) {
 		u.fail(w, r, err)
 		return
 	}
-	d := &commandPage{Command: c, CanRetry: c.State == spinbroker.Failed || c.State == spinbroker.Cancelled}
+	d := &commandPage{Command: c}
+	if c.State == spinbroker.Failed || c.State == spinbroker.Cancelled {
+		// Offer only a retry that would run: one refused for a failed
+		// dependency or a cancelled package says why instead.
+		switch err := u.s.store.RetryRefusal(ctx, id); {
+		case err == nil:
+			d.CanRetry = true
+		case spinbroker.ErrorCode(err) == spinbroker.ECONFLICT:
+			d.RetryRefused = spinbroker.ErrorMessage(err)
+		default:
+			u.fail(w, r, err)
+			return
+		}
+	}
 	if wantFragment(r, "links") {
 		byID, err := u.s.store.CommandsByID(ctx, c.Dependencies)
 		if err != nil {

@@ -222,7 +222,9 @@ func TestUI_Pages(t *testing.T) {
 		{"QueueAfter", "/ui/queues/network?after=1", 200, []string{"configure_dns"}},
 		{"CommandLeased", "/ui/commands/" + w.leased.ID, 200, []string{"create_image", "Lease expires", "in 40s", "attempt 1 of 3", `href="/ui/commands/` + fixedID(301) + `"`, `href="/ui/commands/` + fixedID(304) + `"`, "&#34;image_size&#34;: 20"}},
 		{"CommandFailed", "/ui/commands/" + w.failedCmd, 200, []string{"Retry", "not enough space"}},
-		{"CommandCascaded", "/ui/commands/" + w.cascaded, 200, []string{"Retry", "dependency " + w.failedCmd + " failed"}},
+		// Its retry would be refused while its dependency is failed: the
+		// page says so instead of offering a button that can only fail.
+		{"CommandCascaded", "/ui/commands/" + w.cascaded, 200, []string{"No retry: command " + w.cascaded + " cannot run again while its dependency " + w.failedCmd + " is failed", "dependency " + w.failedCmd + " failed"}},
 		{"Search", "/ui/search", 200, []string{`<h1>Search</h1>`}},
 		{"SearchNothing", "/ui/search?q=ffff", 200, []string{"Nothing matches"}},
 		{"SearchMany", "/ui/search?q=00000000", 200, []string{"Packages", "Commands"}},
@@ -738,4 +740,32 @@ func TestUI_QueueAgentsToken(t *testing.T) {
 	}
 	wantHTML(t, e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer), 200,
 		"with token <code>storage-host-a</code> from 127.0.0.1")
+}
+
+// TestUI_RetryOnlyWhereItRuns: the command page offers Retry for a failed
+// command whose retry would run, and none for one a failed dependency still
+// holds back (its retry could only answer 409).
+func TestUI_RetryOnlyWhereItRuns(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	form := func(id string) string { return `action="/ui/commands/` + id + `/retry"` }
+	if r := e.get("/ui/commands/" + w.failedCmd); r.status != 200 || !strings.Contains(string(r.body), form(w.failedCmd)) {
+		t.Errorf("the failed command's page has no retry form: %d", r.status)
+	}
+	if r := e.get("/ui/commands/" + w.cascaded); r.status != 200 || strings.Contains(string(r.body), form(w.cascaded)) {
+		t.Errorf("the cascaded command's page offers a retry that would be refused: %d", r.status)
+	}
+}
+
+// TestUI_DelayedCommand: a command held back by its not_before alone says
+// so under "Depends on", rather than that it was ready when enqueued.
+func TestUI_DelayedCommand(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	p := e.createPackage(`[{"resource": "later", "action": "x", "not_before": "2200-01-01T00:00:00Z"}]`, true)
+	c := p.Commands[0]
+	r := e.get("/ui/commands/" + c.ID + "?fragment=links")
+	body := string(r.body)
+	if r.status != 200 || !strings.Contains(body, "no earlier than its start time") || !strings.Contains(body, `datetime="2200-01-01T00:00:00Z"`) || strings.Contains(body, "ready as soon as") {
+		t.Errorf("the links of a delayed command: %d\n%s", r.status, body)
+	}
 }

@@ -567,13 +567,21 @@ func (db *DB) Retry(ctx context.Context, id string) (cmd *spinbroker.Command, er
 	return cmd, err
 }
 
-func (t *Tx) retry(id string) error {
+// RetryRefusal says why a retry of command id would be refused (a
+// conflict error), or nil when it would run: what the dashboard asks
+// before it offers a retry button. It reads; a retry is still judged anew.
+func (db *DB) RetryRefusal(ctx context.Context, id string) error {
+	return retryRefusal(db.reader, id)
+}
+
+// retryRefusal is Retry's judgement of command id, on q.
+func retryRefusal(q querier, id string) error {
 	var (
 		pkgID, state string
 		cancelledBy  sql.NullString
 		pkgCancelled bool
 	)
-	err := t.queryRow(`SELECT c.package_id, c.state, c.cancelled_by, p.cancelled_at IS NOT NULL
+	err := q.queryRow(`SELECT c.package_id, c.state, c.cancelled_by, p.cancelled_at IS NOT NULL
 		FROM commands c JOIN packages p ON p.id = c.package_id WHERE c.id = ?`, id).
 		Scan(&pkgID, &state, &cancelledBy, &pkgCancelled)
 	if isNoRows(err) {
@@ -587,16 +595,23 @@ func (t *Tx) retry(id string) error {
 	case pkgCancelled:
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s was cancelled; its commands are not retried", pkgID)
 	}
-	if bad, err := t.unmetDependency(id, nil); err != nil {
+	if bad, err := unmetDependency(q, id, nil); err != nil {
 		return err
 	} else if bad != "" {
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s cannot run again while its dependency %s", id, bad)
 	}
 	if cancelledBy.Valid {
 		var one int
-		if err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, cancelledBy.String).Scan(&one); isNoRows(err) {
+		if err := q.queryRow(`SELECT 1 FROM commands WHERE id = ?`, cancelledBy.String).Scan(&one); isNoRows(err) {
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "command %s cannot run again: its dependency %s was deleted", id, cancelledBy.String)
 		}
+	}
+	return nil
+}
+
+func (t *Tx) retry(id string) error {
+	if err := retryRefusal(t, id); err != nil {
+		return err
 	}
 
 	// The set to reset: id and what its failure cancelled, transitively,
@@ -624,7 +639,7 @@ func (t *Tx) retry(id string) error {
 			if !set[cid] {
 				continue
 			}
-			bad, err := t.blockingDep(cid, set)
+			bad, err := blockingDep(t, cid, set)
 			if err != nil {
 				return err
 			}
@@ -677,21 +692,21 @@ func (t *Tx) retry(id string) error {
 
 // unmetDependency describes a dependency of id that failed or was cancelled
 // (and is not in the set about to be reset), or "" when there is none.
-func (t *Tx) unmetDependency(id string, set map[string]bool) (string, error) {
-	dep, err := t.blockingDep(id, set)
+func unmetDependency(q querier, id string, set map[string]bool) (string, error) {
+	dep, err := blockingDep(q, id, set)
 	if dep == "" || err != nil {
 		return "", err
 	}
 	var state string
-	if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, dep).Scan(&state); err != nil {
+	if err := q.queryRow(`SELECT state FROM commands WHERE id = ?`, dep).Scan(&state); err != nil {
 		return "", err
 	}
 	return dep + " is " + state, nil
 }
 
 // blockingDep returns a failed or cancelled dependency of id outside set.
-func (t *Tx) blockingDep(id string, set map[string]bool) (string, error) {
-	deps, err := queryStrings(t, `SELECT d.depends_on FROM command_deps d JOIN commands x ON x.id = d.depends_on
+func blockingDep(q querier, id string, set map[string]bool) (string, error) {
+	deps, err := queryStrings(q, `SELECT d.depends_on FROM command_deps d JOIN commands x ON x.id = d.depends_on
 		WHERE d.command_id = ? AND x.state IN ('failed', 'cancelled') ORDER BY d.rowid`, id)
 	for _, dep := range deps {
 		if !set[dep] {
