@@ -337,6 +337,44 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("ConcurrencyByEnter", func(t *testing.T) {
+		ctx := cdpTab(t, bctx)
+		cdpOpen(t, ctx, base+"/ui/queues/network", true)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`window.stillHere = true`),
+			chromedp.Focus(chromedp.ID("concurrency")),
+			chromedp.Evaluate[chromedp.Void](`document.getElementById("concurrency").select()`),
+			chromedp.SendKeys(chromedp.ID("concurrency"), "3\r"))
+		// Saved, and shown at once: the box keeps the keyboard's focus, but
+		// no longer holds back the part it is in.
+		cdpWait(t, ctx, `document.querySelector(".facts").textContent.includes("of 3")`)
+		if !cdpEval[bool](t, ctx, `window.stillHere === true && document.activeElement.id === "concurrency"`) {
+			t.Error("the page reloaded, or the box lost the keyboard's focus")
+		}
+		if q, err := e.db.Queue(ctx, "network"); err != nil || q.Concurrency != 3 {
+			t.Fatalf("queue network: %+v %v", q, err)
+		}
+		// A change made elsewhere reaches the page too.
+		if _, err := e.db.SetQueue(ctx, "network", spinbroker.QueueSettings{Paused: uiRef(true)}); err != nil {
+			t.Fatal(err)
+		}
+		cdpWait(t, ctx, `document.querySelector(".summary .badge").textContent.includes("paused")`)
+	})
+
+	t.Run("LongQueueName", func(t *testing.T) {
+		// A queue named with the longest name there may be does not push
+		// every queue's counts out of view.
+		long := strings.Repeat("q", spinbroker.MaxNameLen)
+		if _, err := e.db.SetQueue(ctx, long, spinbroker.QueueSettings{Concurrency: uiRef(2)}); err != nil {
+			t.Fatal(err)
+		}
+		ctx := cdpTab(t, bctx)
+		cdpOpen(t, ctx, base+"/ui/", true)
+		if !cdpEval[bool](t, ctx, `[...document.querySelectorAll("#f-queues thead th")].every(th => th.getBoundingClientRect().right <= th.closest(".card").getBoundingClientRect().right)`) {
+			t.Error("a long queue name pushes the queues' columns out of view")
+		}
+		screenshots(t, ctx, dir, "overview-long-name")
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

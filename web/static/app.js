@@ -11,6 +11,9 @@
 //    and the change arrives over /events like anyone else's; without this
 //    script they post normally and the server redirects back.
 //  - Forms marked data-confirm ask first.
+//  - Every 15 seconds the live parts are fetched again, without the
+//    highlight, so that ages ("4m ago", how long the oldest command has
+//    waited) keep counting on a page where nothing else changes.
 (function () {
   "use strict";
 
@@ -23,6 +26,7 @@
   var last = 0;
   var source = null;
   var minGap = 500; // ms between refreshes: at most 2 a second
+  var tick = 15000; // ms between refreshes that only move the ages
 
   function parts() {
     return document.querySelectorAll("[data-fragment]");
@@ -42,13 +46,16 @@
     timer = null;
     last = Date.now();
     var names = Object.keys(dirty);
+    var why = dirty;
     dirty = {};
     names.forEach(function (name) {
       var el = document.querySelector('[data-fragment="' + name + '"]');
       if (!el) return;
-      // Never swap a part out from under someone typing in it.
-      if (el.contains(document.activeElement) && document.activeElement.tagName === "INPUT") {
-        dirty[name] = true;
+      // Never swap a part out from under someone typing in it: a box
+      // whose value is not what the page last showed is being edited.
+      var a = document.activeElement;
+      if (el.contains(a) && a.tagName === "INPUT" && a.value !== a.defaultValue) {
+        dirty[name] = why[name];
         setTimeout(schedule, 2000);
         return;
       }
@@ -62,13 +69,39 @@
         })
         .then(function (html) {
           if (html === null) return;
+          var key = focusKey(el);
           el.innerHTML = html;
+          refocus(el, key);
+          if (why[name] === "tick") return; // only the ages moved
           el.classList.remove("updated");
           void el.offsetWidth; // restart the highlight
           el.classList.add("updated");
         })
-        .catch(function () { dirty[name] = true; });
+        .catch(function () { dirty[name] = why[name]; });
     });
+  }
+
+  // focusKey names the element that has the keyboard's focus inside el,
+  // so that refocus can give it back once el's content is replaced: a
+  // keyboard user would otherwise be sent back to the top of the page.
+  function focusKey(el) {
+    var a = document.activeElement;
+    if (!a || a === el || !el.contains(a)) return null;
+    var esc = window.CSS && CSS.escape ? CSS.escape : function (v) { return v; };
+    if (a.id) return "#" + esc(a.id);
+    var form = a.closest("form");
+    if (form) {
+      return 'form[action="' + esc(form.getAttribute("action")) + '"] ' +
+        (a.name ? '[name="' + esc(a.name) + '"]' : a.tagName.toLowerCase());
+    }
+    if (a.getAttribute("href")) return 'a[href="' + esc(a.getAttribute("href")) + '"]';
+    return null;
+  }
+
+  function refocus(el, key) {
+    if (!key) return;
+    var n = el.querySelector(key);
+    if (n) n.focus();
   }
 
   function onEvent(type) {
@@ -137,8 +170,14 @@
     }).then(function (res) {
       if (res.ok) {
         say("");
+        // What was typed is saved: the part may be swapped again, and
+        // shows the change at once rather than when its event comes.
+        form.querySelectorAll("input").forEach(function (i) { i.defaultValue = i.value; });
+        var part = form.closest("[data-fragment]");
+        if (part) dirty[part.dataset.fragment] = true;
         // With the event stream down, nothing else would show the change.
         if (!source || source.readyState !== EventSource.OPEN) markAll();
+        schedule();
         return;
       }
       return res.text().then(function (text) { say(text || res.statusText); });
@@ -150,4 +189,11 @@
   });
 
   connect();
+  setInterval(function () {
+    if (document.hidden || !source || source.readyState !== EventSource.OPEN) return;
+    parts().forEach(function (el) {
+      if (!(el.dataset.fragment in dirty)) dirty[el.dataset.fragment] = "tick";
+    });
+    schedule();
+  }, tick);
 })();
