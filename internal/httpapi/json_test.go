@@ -298,3 +298,43 @@ func slowValue(dec *json.Decoder, s *shape) error {
 	_, err = dec.Token() // the closing delimiter
 	return err
 }
+
+// TestPrettyJSON: parameters sent as ASCII-only JSON show their characters,
+// not \uXXXX escapes; escapes of quotes, backslashes and control
+// characters, and text that only looks like an escape, stay as they were.
+func TestPrettyJSON(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"a":"\u00fcber \ud83d\ude00"}`:      "{\n  \"a\": \"über 😀\"\n}",
+		`["\u0022", "\u005c", "\u0007"]`:      "[\n  \"\\u0022\",\n  \"\\u005c\",\n  \"\\u0007\"\n]",
+		`["\\u00fc", "\"\u00fc\""]`:           "[\n  \"\\\\u00fc\",\n  \"\\\"ü\\\"\"\n]",
+		`{"k\u00e9y": "\ud83d", "n": 1}`:      "{\n  \"kéy\": \"\\ud83d\",\n  \"n\": 1\n}",
+		`{"plain": "text", "x": [1.50, 2e3]}`: "{\n  \"plain\": \"text\",\n  \"x\": [\n    1.50,\n    2e3\n  ]\n}",
+		`not json`:                            "not json",
+	} {
+		if got := prettyJSON(json.RawMessage(in)); got != want {
+			t.Errorf("prettyJSON(%s):\n got %q\nwant %q", in, got, want)
+		}
+	}
+}
+
+// FuzzReadableEscapes: whatever the JSON, unescaping printable characters
+// leaves JSON that decodes to the same value.
+func FuzzReadableEscapes(f *testing.F) {
+	for _, s := range []string{`{"a":"\u00fcber \ud83d\ude00"}`, `["\\u00fc", "\"\u00fc\""]`, `"\ud83d"`, `{"k\u00e9y": [1, "\u0000"]}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var before any
+		if json.Unmarshal([]byte(s), &before) != nil {
+			return
+		}
+		got := prettyJSON(json.RawMessage(s))
+		var after any
+		if err := json.Unmarshal([]byte(got), &after); err != nil {
+			t.Fatalf("prettyJSON(%q) = %q, not JSON: %v", s, got, err)
+		}
+		if !reflect.DeepEqual(before, after) {
+			t.Fatalf("prettyJSON(%q) = %q changed the value: %v != %v", s, got, before, after)
+		}
+	})
+}

@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -83,7 +87,64 @@ func prettyJSON(raw json.RawMessage) string {
 	if err := json.Indent(&buf, raw, "", "  "); err != nil {
 		return string(raw)
 	}
-	return buf.String()
+	return readableEscapes(buf.String())
+}
+
+// readableEscapes writes the \uXXXX escapes of printable characters in
+// JSON strings as the characters themselves: a client that sends ASCII-only
+// JSON (Python's default) would otherwise show "\u00fcber" for "über". The
+// escapes of quotes, backslashes and control characters stay; the template
+// escapes the rest for HTML.
+func readableEscapes(s string) string {
+	if !strings.Contains(s, `\u`) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	inString := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"':
+			inString = !inString
+		case c == '\\' && inString && i+1 < len(s):
+			if r, n := jsonEscape(s[i:]); n > 0 && unicode.IsPrint(r) && r != '"' && r != '\\' {
+				b.WriteRune(r)
+				i += n - 1
+				continue
+			}
+			b.WriteByte(c)
+			b.WriteByte(s[i+1]) // an escape's second byte is never a quote
+			i++
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// jsonEscape decodes the \uXXXX escape (or surrogate pair of them) that s
+// starts with, and answers its length; 0 when s starts with no such escape.
+func jsonEscape(s string) (rune, int) {
+	unit := func(s string) (rune, bool) {
+		if len(s) < 6 || s[0] != '\\' || s[1] != 'u' {
+			return 0, false
+		}
+		v, err := strconv.ParseUint(s[2:6], 16, 16)
+		return rune(v), err == nil
+	}
+	r, ok := unit(s)
+	if !ok {
+		return 0, 0
+	}
+	if utf16.IsSurrogate(r) {
+		lo, ok := unit(s[6:])
+		if d := utf16.DecodeRune(r, lo); ok && d != unicode.ReplacementChar {
+			return d, 12
+		}
+		return 0, 0
+	}
+	return r, 6
 }
 
 // when formats a time for people: UTC, to the second.
