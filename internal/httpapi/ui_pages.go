@@ -391,6 +391,8 @@ type searchPage struct {
 	Packages []spinbroker.Package
 	Commands []spinbroker.Command
 	Queues   []spinbroker.Queue
+	Limit    int  // at most this many packages and commands are listed
+	More     bool // there are more packages or commands than listed
 }
 
 // handleSearch finds packages and commands by id or id prefix, and queues
@@ -400,12 +402,16 @@ func (u *ui) handleSearch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	d := &searchPage{Q: strings.TrimSpace(r.URL.Query().Get("q"))}
+	d := &searchPage{Q: strings.TrimSpace(r.URL.Query().Get("q")), Limit: searchLimit}
 	if d.Q != "" {
 		var err error
-		if d.Packages, d.Commands, err = u.s.store.Search(ctx, d.Q, searchLimit); err != nil {
+		if d.Packages, d.Commands, err = u.s.store.Search(ctx, d.Q, searchLimit+1); err != nil {
 			u.fail(w, r, err)
 			return
+		}
+		if len(d.Packages) > searchLimit || len(d.Commands) > searchLimit {
+			d.More = true
+			d.Packages, d.Commands = d.Packages[:min(len(d.Packages), searchLimit)], d.Commands[:min(len(d.Commands), searchLimit)]
 		}
 		qs, err := u.s.store.Queues(ctx)
 		if err != nil {

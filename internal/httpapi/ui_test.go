@@ -769,3 +769,24 @@ func TestUI_DelayedCommand(t *testing.T) {
 		t.Errorf("the links of a delayed command: %d\n%s", r.status, body)
 	}
 }
+
+// TestUI_SearchSaysWhenItStops: a prefix matching more than the page lists
+// says so, and one matching fewer does not.
+func TestUI_SearchSaysWhenItStops(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	var first string
+	for i := range 22 {
+		p := e.createPackage(`[]`, false)
+		if i == 0 {
+			first = p.ID
+		}
+	}
+	r := e.get("/ui/search?q=" + first[:6])
+	if r.status != 200 || !strings.Contains(string(r.body), "More match than the 20 of each kind listed here") || strings.Count(string(r.body), `class="id" href="/ui/packages/`) != 20 {
+		t.Errorf("a search matching 22 packages: %d\n%s", r.status, r.body)
+	}
+	r = e.get("/ui/search?q=" + first[:30])
+	if r.status != 200 && r.status != 303 || strings.Contains(string(r.body), "More match") {
+		t.Errorf("a search matching one package: %d", r.status)
+	}
+}
