@@ -247,8 +247,20 @@ func (u *ui) fail(w http.ResponseWriter, r *http.Request, err error) {
 		Status  int
 		Code    string
 		Message string
-	}{status, e.Code, e.Message})
+		Back    string
+	}{status, e.Code, e.Message, backTo(r)})
 	u.render(w, r, status, "error", v)
+}
+
+// backTo is the dashboard page a failed request came from (a form posted
+// from it, a link followed), for the error page to lead back to; "" when
+// the Referer is not a dashboard page of this broker, or is this request.
+func backTo(r *http.Request) string {
+	ref, err := url.Parse(r.Referer())
+	if err != nil || ref.Host != r.Host || !strings.HasPrefix(ref.Path, "/ui/") || ref.Path == r.URL.Path && r.Method == http.MethodGet {
+		return ""
+	}
+	return (&url.URL{Path: ref.Path, RawQuery: ref.RawQuery}).String()
 }
 
 // isFetch reports whether a request comes from the dashboard's script

@@ -790,3 +790,20 @@ func TestUI_SearchSaysWhenItStops(t *testing.T) {
 		t.Errorf("a search matching one package: %d", r.status)
 	}
 }
+
+// TestUI_ErrorLeadsBack: an error page leads back to the dashboard page the
+// failed request came from, and to no page of another site.
+func TestUI_ErrorLeadsBack(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	zero := url.Values{"concurrency": {"0"}}
+	r := e.form("/ui/queues/network/concurrency", zero, "Referer", e.srv.URL+"/ui/queues/network?after=1")
+	if r.status != 400 || !strings.Contains(string(r.body), `<a href="/ui/queues/network?after=1">Back to the page you came from</a>`) {
+		t.Errorf("an error from the queue page: %d\n%s", r.status, r.body)
+	}
+	for _, ref := range []string{"https://evil.example/ui/queues/network", e.srv.URL + "/metrics", ""} {
+		r := e.form("/ui/queues/network/concurrency", zero, "Referer", ref)
+		if r.status != 400 || strings.Contains(string(r.body), "Back to the page you came from") {
+			t.Errorf("an error after a request from %q offers to go back there: %d", ref, r.status)
+		}
+	}
+}
