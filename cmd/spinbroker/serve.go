@@ -85,7 +85,7 @@ GOGC environment variable says otherwise.`,
   spinbroker serve --addr :8443 --auth --tls-cert cert.pem --tls-key key.pem --retain 168h`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.serve(cmd.Context(), c)
+			return namedEnv(cmd, a.serve(cmd.Context(), c))
 		},
 	}
 	f := cmd.Flags()
@@ -387,6 +387,30 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	<-swept
 	log.Info("stopped")
 	return nil
+}
+
+// serveEnv is the environment variable of each serve flag that has one.
+var serveEnv = map[string]string{
+	"addr": "SPINBROKER_ADDR", "db": "SPINBROKER_DB", "sync": "SPINBROKER_SYNC",
+	"log-format": "SPINBROKER_LOG_FORMAT", "log-level": "SPINBROKER_LOG_LEVEL",
+}
+
+// namedEnv adds to a usage error about a flag that was not given, but set
+// by its environment variable, which variable set it: "--sync must be …"
+// would otherwise send a person looking for a flag they never typed.
+func namedEnv(cmd *cobra.Command, err error) error {
+	var ue *usageError
+	if !errors.As(err, &ue) {
+		return err
+	}
+	for name, env := range serveEnv {
+		f := cmd.Flags().Lookup(name)
+		if f == nil || f.Changed || os.Getenv(env) == "" || !strings.Contains(ue.err.Error(), "--"+name+" ") {
+			continue
+		}
+		ue.err = fmt.Errorf("%w (--%s comes from %s)", ue.err, name, env)
+	}
+	return err
 }
 
 // sweep runs the store's sweeper every c.sweepEvery until ctx ends.

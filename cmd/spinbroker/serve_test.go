@@ -218,6 +218,10 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		{[]string{"--max-writes", "0"}, "", "--max-writes must be at least 1"},
 		{[]string{"--pprof-addr", "0.0.0.0:0"}, "", "refusing to serve the profiler on 0.0.0.0:0"},
 		{nil, "SPINBROKER_AUTH=yes", `SPINBROKER_AUTH must be 1, true, 0 or false, not "yes"`},
+		// A flag set by its variable says so, or a person looks for a flag
+		// they never typed.
+		{nil, "SPINBROKER_SYNC=bogus", `--sync must be normal or full, not "bogus" (--sync comes from SPINBROKER_SYNC)`},
+		{nil, "SPINBROKER_LOG_LEVEL=loud", `not "loud" (--log-level comes from SPINBROKER_LOG_LEVEL)`},
 	} {
 		db := filepath.Join(dir, "never.db")
 		cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--db", db}, tt.args...)...)
