@@ -15,6 +15,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"io"
 	"os"
@@ -68,14 +69,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return agentcmd.Usagef("-qemu: %w", err)
 		}
 	}
+	log, c := common.Logger(), common.Client()
 	if *imagesRoot != "" {
-		if fi, err := os.Stat(*imagesRoot); err != nil {
+		// A root that is not there yet is no mistake: sa-host-path makes
+		// its root when it starts, and the two may start in either order.
+		switch fi, err := os.Stat(*imagesRoot); {
+		case errors.Is(err, os.ErrNotExist):
+			log.Warn("the images root does not exist yet; images are looked for in it as each command comes", "images_root", *imagesRoot)
+		case err != nil:
 			return agentcmd.Usagef("-images-root: %w", err)
-		} else if !fi.IsDir() {
+		case !fi.IsDir():
 			return agentcmd.Usagef("-images-root: %s is not a folder", *imagesRoot)
 		}
 	}
-	log, c := common.Logger(), common.Client()
 	var sup emulation.Supervisor
 	var err error
 	if *supervisor == "process" {
