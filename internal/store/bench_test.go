@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"testing"
 
@@ -13,10 +11,7 @@ import (
 
 func benchOpen(b *testing.B) *DB {
 	b.Helper()
-	db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		b.Fatal(err)
-	}
+	db := openQuiet(b, filepath.Join(b.TempDir(), "bench.db"), Options{})
 	b.Cleanup(func() { db.Close() })
 	return db
 }
@@ -140,10 +135,7 @@ func BenchmarkCycle(b *testing.B) {
 	} {
 		sync, seed, chain := bc.sync, bc.seed, bc.chain
 		b.Run(bc.name, func(b *testing.B) {
-			db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Sync: sync, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			if err != nil {
-				b.Fatal(err)
-			}
+			db := openQuiet(b, filepath.Join(b.TempDir(), "bench.db"), Options{Sync: sync})
 			defer db.Close()
 			ctx := context.Background()
 			in := spinbroker.NewPackage{Enqueue: true}
@@ -198,10 +190,7 @@ func BenchmarkCycle(b *testing.B) {
 // per resource a claim of up to 100 and one batched completion. It reports
 // commands per second.
 func BenchmarkClaimCycle(b *testing.B) {
-	db, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		b.Fatal(err)
-	}
+	db := openQuiet(b, filepath.Join(b.TempDir(), "bench.db"), Options{})
 	defer db.Close()
 	ctx := context.Background()
 	resources := []string{"r0", "r1", "r2", "r3"}

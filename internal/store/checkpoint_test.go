@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"io"
-	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,10 +17,7 @@ import (
 // idle, and not before.
 func TestCheckpointer_WhileIdle(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.db")
-	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, path, Options{})
 	defer db.Close()
 	ctx := context.Background()
 	create := func() {
@@ -94,10 +89,7 @@ func TestCheckpointDue(t *testing.T) {
 // all kept, and Close stops the checkpointer.
 func TestCheckpointer_Busy(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.db")
-	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, path, Options{})
 	ctx := context.Background()
 	const total = 20 * checkpointAfter
 	for i := range total {
@@ -111,10 +103,7 @@ func TestCheckpointer_Busy(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err = Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db = openQuiet(t, path, Options{})
 	defer db.Close()
 	q, err := db.Queue(ctx, "r")
 	if err != nil {
@@ -132,10 +121,7 @@ func TestCheckpointer_Busy(t *testing.T) {
 func TestCheckpointer_TruncatesWhenQuiet(t *testing.T) {
 	const quiet = 100 * time.Millisecond
 	path := filepath.Join(t.TempDir(), "q.db")
-	db, err := Open(context.Background(), path, Options{walQuiet: quiet, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, path, Options{walQuiet: quiet})
 	defer db.Close()
 	ctx := context.Background()
 	create := func(n int) {

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -77,10 +76,7 @@ func TestReadOnlyWhileOpen(t *testing.T) {
 // is let go.
 func TestWriteFailure_WaitsNoLongerThanItsContext(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.db")
-	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, path, Options{})
 	defer db.Close()
 	ctx := context.Background()
 	failed := error(spinbroker.Errorf(spinbroker.EUNAVAILABLE, "disk full"))
@@ -137,10 +133,7 @@ func TestWriteFailure_WaitsNoLongerThanItsContext(t *testing.T) {
 // no page) leaves a recorded failure in place; one that changed rows, or
 // the probe's, clears it.
 func TestWriteFailure_ClearedOnlyByAChange(t *testing.T) {
-	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "c.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, filepath.Join(t.TempDir(), "c.db"), Options{})
 	defer db.Close()
 	ctx := context.Background()
 	failed := error(spinbroker.Errorf(spinbroker.EUNAVAILABLE, "disk full"))

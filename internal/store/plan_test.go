@@ -1,10 +1,7 @@
 package store
 
 import (
-	"context"
 	"database/sql"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,10 +12,7 @@ import (
 // claim then scans the table: fast with 100 rows, slow with a million.
 func TestPlans(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "plans.db")
-	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, path, Options{})
 	defer db.Close()
 	conn, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -17,10 +16,7 @@ import (
 // a transaction takes in the writes that arrive during it are each run
 // once, between transactions, and none is lost.
 func TestWriter_MaintenanceAmidWrites(t *testing.T) {
-	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "w.db"), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openQuiet(t, filepath.Join(t.TempDir(), "w.db"), Options{})
 	ctx := context.Background()
 	var ran sync.Map
 	var wg sync.WaitGroup
@@ -69,4 +65,18 @@ func TestWriter_MaintenanceAmidWrites(t *testing.T) {
 	if n != maintenance {
 		t.Fatalf("%d of %d maintenance operations ran", n, maintenance)
 	}
+}
+
+// openQuiet opens the database at path for a test of this package, its
+// log discarded unless opts has a logger, and fails the test if it cannot.
+func openQuiet(t testing.TB, path string, opts Options) *DB {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := Open(context.Background(), path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
 }
