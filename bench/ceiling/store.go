@@ -227,23 +227,22 @@ func (s *memStore) Enqueue(ctx context.Context, pkgID string) (*spinbroker.Packa
 }
 
 func (s *memStore) Package(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.pkgs[pkgID]
-	if p == nil {
-		return nil, spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
-	}
-	return p.read(true), nil
+	return s.readPackage(pkgID, true)
 }
 
 func (s *memStore) PackageInfo(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
+	return s.readPackage(pkgID, false)
+}
+
+// readPackage reads a package, with its commands or without.
+func (s *memStore) readPackage(pkgID string, commands bool) (*spinbroker.Package, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.pkgs[pkgID]
 	if p == nil {
 		return nil, spinbroker.Errorf(spinbroker.ENOTFOUND, "package %s not found", pkgID)
 	}
-	return p.read(false), nil
+	return p.read(commands), nil
 }
 
 func (s *memStore) Command(ctx context.Context, id string) (*spinbroker.Command, error) {
