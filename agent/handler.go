@@ -194,11 +194,8 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 	}
 	switch t.Kind() {
 	case reflect.Struct:
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(raw, &obj) != nil {
-			return nil
-		}
-		if err := checkRepeats(raw, true, func(k string) string { return prefix + k }); err != nil {
+		obj, err := objectOf(raw, true, func(k string) string { return prefix + k })
+		if obj == nil {
 			return err
 		}
 		return checkFields(t, obj, prefix)
@@ -214,14 +211,11 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 			}
 		}
 	case reflect.Map:
-		var items map[string]json.RawMessage
-		if json.Unmarshal(raw, &items) != nil {
-			return nil
-		}
-		if err := checkRepeats(raw, false, func(k string) string { return fmt.Sprintf("%s[%q]", strings.TrimSuffix(prefix, "."), k) }); err != nil {
+		base := strings.TrimSuffix(prefix, ".")
+		items, err := objectOf(raw, false, func(k string) string { return fmt.Sprintf("%s[%q]", base, k) })
+		if items == nil {
 			return err
 		}
-		base := strings.TrimSuffix(prefix, ".")
 		for k, item := range items {
 			if err := checkRequired(t.Elem(), item, fmt.Sprintf("%s[%q].", base, k)); err != nil {
 				return err
@@ -231,38 +225,40 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 	return nil
 }
 
-// checkRepeats refuses a key that the JSON object raw gives twice:
-// encoding/json would keep the last, so that what checked the first (a
-// proxy, a policy, a person reading the command) and what the handler acts
-// on would differ. For a struct (fold), keys that differ only in case are
-// the same field, as encoding/json matches them.
-func checkRepeats(raw json.RawMessage, fold bool, field func(key string) string) error {
+// objectOf reads the JSON object raw into its members, and refuses a key
+// that it gives twice: encoding/json would keep the last, so that what
+// checked the first (a proxy, a policy, a person reading the command) and
+// what the handler acts on would differ. For a struct (fold), keys that
+// differ only in case are the same field, as encoding/json matches them;
+// field names the key in an error. It answers nil, and no error, for what
+// is not an object.
+func objectOf(raw json.RawMessage, fold bool, field func(key string) string) (map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil
+		return nil, nil
 	}
-	var keys []string
+	obj := map[string]json.RawMessage{}
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
-			return nil
+			return nil, nil
 		}
 		k, _ := t.(string)
-		for _, seen := range keys {
+		for seen := range obj {
 			switch {
 			case seen == k:
-				return &ParamError{Field: field(k), Problem: "given twice"}
+				return nil, &ParamError{Field: field(k), Problem: "given twice"}
 			case fold && strings.EqualFold(seen, k):
-				return &ParamError{Field: field(seen), Problem: fmt.Sprintf("given twice, as %q and %q (field names match in any case)", seen, k)}
+				return nil, &ParamError{Field: field(seen), Problem: fmt.Sprintf("given twice, as %q and %q (field names match in any case)", seen, k)}
 			}
 		}
-		keys = append(keys, k)
-		var skip json.RawMessage
-		if dec.Decode(&skip) != nil {
-			return nil
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return nil, nil
 		}
+		obj[k] = v
 	}
-	return nil
+	return obj, nil
 }
 
 func checkFields(t reflect.Type, obj map[string]json.RawMessage, prefix string) error {
