@@ -22,12 +22,14 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	var b []byte
 	var err error
 	switch ahead, ok := r.Body.(*aheadBody); {
-	case ok: // limitWrites has read it, or refused it as declared
+	case ok: // limitWrites has read it
 		b, err = ahead.data, ahead.err
 		if len(b) > spinbroker.MaxBodyBytes {
 			err = &http.MaxBytesError{Limit: spinbroker.MaxBodyBytes}
 		}
-	case r.ContentLength > spinbroker.MaxBodyBytes: // not read, nor invited
+	case r.ContentLength > spinbroker.MaxBodyBytes:
+		// Refused as declared, without reading a byte of it: nor, with
+		// Expect: 100-continue, inviting the client to send it.
 		err = &http.MaxBytesError{Limit: spinbroker.MaxBodyBytes}
 	default:
 		r.Body = http.MaxBytesReader(w, r.Body, spinbroker.MaxBodyBytes)

@@ -60,10 +60,7 @@ func (s *Server) readAhead(r *http.Request) (charged int64, err error) {
 		return 0, nil
 	}
 	if r.ContentLength > spinbroker.MaxBodyBytes {
-		// Refused as declared, without reading a byte of it: nor, with
-		// Expect: 100-continue, inviting the client to send it.
-		r.Body = &aheadBody{err: &http.MaxBytesError{Limit: spinbroker.MaxBodyBytes}, rest: errReader{io.ErrUnexpectedEOF}, Closer: r.Body}
-		return 0, nil
+		return 0, nil // readBody refuses it as declared, unread
 	}
 	const first, largest = 4 << 10, 256 << 10
 	var buf []byte
