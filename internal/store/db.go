@@ -62,6 +62,12 @@ type Options struct {
 // tools writing beside a running broker, a backup, a checkpoint.
 const busyTimeout = 10 * time.Second
 
+// dsn is the driver's name for the database file at path, with the busy
+// timeout every connection to it gets and the parameters extra ("&…").
+func dsn(path, extra string) string {
+	return fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)%s", (&url.URL{Path: path}).EscapedPath(), busyTimeout.Milliseconds(), extra)
+}
+
 // DB is spin-broker's database.
 type DB struct {
 	path   string
@@ -168,7 +174,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	// Pragmas go in the DSN so that every connection the pool opens gets
 	// them, not just the one an Exec happens to reach.
-	base := fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", (&url.URL{Path: path}).EscapedPath(), busyTimeout.Milliseconds())
+	base := dsn(path, "&_pragma=foreign_keys(1)")
 	// temp_store(memory) keeps statement and savepoint journals (one per
 	// group-committed write) in memory: on disk they cost a pwrite for
 	// every page a write touches, a quarter of the writer's time.
@@ -292,7 +298,7 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 		// A status creates nothing.
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate")
+	db, err := sql.Open("sqlite", dsn(path, "&_pragma=journal_mode(WAL)&_txlock=immediate"))
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 )
@@ -55,7 +54,7 @@ func Backup(ctx context.Context, path, dest string) error {
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("store: backup: %w", err)
 	}
-	conn, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)")
+	conn, err := sql.Open("sqlite", dsn(path, ""))
 	if err != nil {
 		return err
 	}
@@ -103,7 +102,7 @@ func Compact(ctx context.Context, path string) (before, after int64, err error) 
 		return 0, 0, err
 	}
 	defer lock.Close()
-	conn, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?_pragma=busy_timeout(10000)")
+	conn, err := sql.Open("sqlite", dsn(path, ""))
 	if err != nil {
 		return 0, 0, err
 	}
