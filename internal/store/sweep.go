@@ -69,22 +69,37 @@ func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 			return res, err
 		}
 	}
+	n, err := db.inBatches(ctx, sweepBatch*5, func(t *Tx) (int, error) {
+		r, err := t.exec(`DELETE FROM idempotency WHERE rowid IN
+			(SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)`,
+			staleBefore(t.now, spinbroker.IdempotencyTTL), sweepBatch*5)
+		if err != nil {
+			return 0, err
+		}
+		n, _ := r.RowsAffected()
+		_, err = t.exec(`DELETE FROM completions WHERE minute < ?`, t.now.Add(-7*24*time.Hour).Unix()/60)
+		return int(n), err
+	})
+	res.KeysDeleted = n
+	return res, err
+}
+
+// inBatches runs step, each time in a write transaction of its own, until
+// it does fewer than batch things, and answers how many it did in all.
+func (db *DB) inBatches(ctx context.Context, batch int, step func(t *Tx) (int, error)) (int, error) {
+	total := 0
 	for {
-		var n int64
+		n := 0
 		err := db.write(ctx, func(t *Tx) error {
-			r, err := t.exec(`DELETE FROM idempotency WHERE rowid IN
-				(SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)`,
-				staleBefore(t.now, spinbroker.IdempotencyTTL), sweepBatch*5)
-			if err != nil {
-				return err
+			k, err := step(t)
+			if err == nil {
+				n = k
 			}
-			n, _ = r.RowsAffected()
-			_, err = t.exec(`DELETE FROM completions WHERE minute < ?`, t.now.Add(-7*24*time.Hour).Unix()/60)
 			return err
 		})
-		res.KeysDeleted += int(n)
-		if err != nil || n < sweepBatch*5 {
-			return res, err
+		total += n
+		if err != nil || n < batch {
+			return total, err
 		}
 	}
 }
@@ -104,27 +119,18 @@ const (
 // sweepPackages deletes, a batch per transaction, the packages that query
 // selects given a cutoff of now minus age.
 func (db *DB) sweepPackages(ctx context.Context, query string, age time.Duration) (int, error) {
-	total := 0
-	for {
-		var n int
-		err := db.write(ctx, func(t *Tx) error {
-			ids, err := queryStrings(t, query, staleBefore(t.now, age), sweepBatch)
-			if err != nil {
-				return err
-			}
-			for _, id := range ids {
-				if err := t.deletePackage(id); err != nil {
-					return err
-				}
-			}
-			n = len(ids)
-			return nil
-		})
-		total += n
-		if err != nil || n < sweepBatch {
-			return total, err
+	return db.inBatches(ctx, sweepBatch, func(t *Tx) (int, error) {
+		ids, err := queryStrings(t, query, staleBefore(t.now, age), sweepBatch)
+		if err != nil {
+			return 0, err
 		}
-	}
+		for _, id := range ids {
+			if err := t.deletePackage(id); err != nil {
+				return 0, err
+			}
+		}
+		return len(ids), nil
+	})
 }
 
 // qForgetQueues deletes the rows of queues idle since before ?1 with default
@@ -148,18 +154,9 @@ const qForgetQueues = `DELETE FROM queues WHERE resource IN (
 // that is waiting on it would go.
 func (db *DB) forgetQueues(ctx context.Context, age time.Duration) (int, error) {
 	age += pollActivity + spinbroker.MaxWait
-	total := 0
-	for {
-		var n int
-		err := db.write(ctx, func(t *Tx) error {
-			rs, err := queryStrings(t, qForgetQueues, staleBefore(t.now, age), spinbroker.DefaultConcurrency, sweepBatch)
-			t.commit.Forgotten = rs
-			n = len(rs)
-			return err
-		})
-		total += n
-		if err != nil || n < sweepBatch {
-			return total, err
-		}
-	}
+	return db.inBatches(ctx, sweepBatch, func(t *Tx) (int, error) {
+		rs, err := queryStrings(t, qForgetQueues, staleBefore(t.now, age), spinbroker.DefaultConcurrency, sweepBatch)
+		t.commit.Forgotten = rs
+		return len(rs), err
+	})
 }
