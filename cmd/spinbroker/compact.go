@@ -34,8 +34,9 @@ compact leaves the database as it was.`,
 				return err
 			}
 			start := time.Now()
-			fmt.Fprintf(a.stderr, "compacting %s…\n", db)
-			before, after, err := store.Compact(cmd.Context(), db)
+			before, after, err := store.Compact(cmd.Context(), db, func() {
+				fmt.Fprintf(a.stderr, "compacting %s…\n", db)
+			})
 			if errors.Is(err, store.ErrInUse) {
 				return fmt.Errorf("%w: stop it first", err)
 			} else if err != nil {

@@ -188,14 +188,14 @@ func TestCompact(t *testing.T) {
 	if free := metric(t, b.url, "spinbroker_store_free_bytes"); free < 1<<20 {
 		t.Fatalf("spinbroker_store_free_bytes %v after deleting 1.2 MB of rows", free)
 	}
-	if r := spin(t, "compact", "--db", db); r.code == 0 || !strings.Contains(r.stderr, "in use") || !strings.Contains(r.stderr, "stop it first") {
+	if r := spin(t, "compact", "--db", db); r.code == 0 || !strings.Contains(r.stderr, "in use") || !strings.Contains(r.stderr, "stop it first") || strings.Contains(r.stderr, "compacting") {
 		t.Fatalf("compact beside the broker: %s", r)
 	}
 	b.cmd.Process.Signal(syscall.SIGTERM)
 	<-b.done
 
 	r := spin(t, "compact", "--db", db)
-	if r.code != 0 || !regexp.MustCompile(`compacted .* from [0-9.]+ MiB to [0-9.]+ MiB`).MatchString(r.stdout) {
+	if r.code != 0 || !regexp.MustCompile(`compacted .* from [0-9.]+ MiB to [0-9.]+ MiB`).MatchString(r.stdout) || !strings.Contains(r.stderr, "compacting "+db) {
 		t.Fatalf("compact: %s", r)
 	}
 	b = startBroker(t, db)

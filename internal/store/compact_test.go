@@ -40,14 +40,14 @@ func TestCompact(t *testing.T) {
 	if err != nil || free < 1<<20 {
 		t.Fatalf("free bytes after deleting 1.2 MB of rows: %d %v", free, err)
 	}
-	if _, _, err := store.Compact(ctx, path); !errors.Is(err, store.ErrInUse) {
+	if _, _, err := store.Compact(ctx, path, nil); !errors.Is(err, store.ErrInUse) {
 		t.Fatalf("compact beside the broker: %v, want ErrInUse", err)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	before, after, err := store.Compact(ctx, path)
+	before, after, err := store.Compact(ctx, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestCompact(t *testing.T) {
 	if c := mustNext(t, db, "r"); c.ID != kept.Commands[0].ID {
 		t.Fatalf("after compacting the queue hands out %+v, want the kept command", c)
 	}
-	if _, _, err := store.Compact(ctx, filepath.Join(t.TempDir(), "missing.db")); err == nil || !errors.Is(err, os.ErrNotExist) {
+	if _, _, err := store.Compact(ctx, filepath.Join(t.TempDir(), "missing.db"), nil); err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("compacting a database that does not exist: %v", err)
 	}
 }
@@ -106,7 +106,7 @@ func TestCompact_OnlySpinBrokerDatabases(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := store.Compact(ctx, f); err == nil || !strings.Contains(err.Error(), f) {
+		if _, _, err := store.Compact(ctx, f, nil); err == nil || !strings.Contains(err.Error(), f) {
 			t.Errorf("compact %s: %v, want a refusal naming it", f, err)
 		}
 		if after, _ := os.ReadFile(f); string(after) != string(before) {

@@ -90,7 +90,9 @@ func (db *DB) FreeBytes(ctx context.Context) (int64, error) {
 // database while it runs (a temporary copy, and the WAL); an interrupted
 // one leaves the database as it was.
 // before and after are the sizes on disk of the database and its WAL.
-func Compact(ctx context.Context, path string) (before, after int64, err error) {
+// started, if not nil, is called once the database is held and known to be
+// spin-broker's, just before the rewrite begins: the moment to say so.
+func Compact(ctx context.Context, path string, started func()) (before, after int64, err error) {
 	// Sizes before the lock, which would create a file beside a missing
 	// one; the WAL is beside the file a link points to.
 	real := resolved(path)
@@ -116,6 +118,9 @@ func Compact(ctx context.Context, path string) (before, after int64, err error) 
 		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
 	} else if tables != 3 {
 		return before, 0, fmt.Errorf("store: compact: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
+	}
+	if started != nil {
+		started()
 	}
 	for _, q := range []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`} {
 		if _, err := conn.ExecContext(ctx, q); err != nil {
