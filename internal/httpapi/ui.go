@@ -148,19 +148,46 @@ func (u *ui) newView(r *http.Request, title, nav string, data any) *view {
 	return v
 }
 
-// Ago is how long before the page's time t was, for templates: "3m 20s".
-// It takes a time.Time or a *time.Time ("" for nil).
+// Ago says how long before the page's time t was, for templates: "3m 20s
+// ago", or "just now" within a second. It takes a time.Time or a
+// *time.Time ("" for nil).
 func (v *view) Ago(t any) string {
+	d, ok := v.since(t)
+	if !ok {
+		return ""
+	}
+	return ago(d)
+}
+
+// Since is how long before the page's time t was, as a duration ("3m
+// 20s"), for sentences such as "in 3m 20s"; "" for a nil *time.Time.
+func (v *view) Since(t any) string {
+	d, ok := v.since(t)
+	if !ok {
+		return ""
+	}
+	return human(d)
+}
+
+func (v *view) since(t any) (time.Duration, bool) {
 	switch t := t.(type) {
 	case time.Time:
-		return human(v.Now.Sub(t))
+		return v.Now.Sub(t), true
 	case *time.Time:
-		if t == nil {
-			return ""
+		if t != nil {
+			return v.Now.Sub(*t), true
 		}
-		return human(v.Now.Sub(*t))
 	}
-	return ""
+	return 0, false
+}
+
+// ago is "3m 20s ago", or "just now" under a second, where milliseconds
+// would only say how long the page took.
+func ago(d time.Duration) string {
+	if d < time.Second {
+		return "just now"
+	}
+	return human(d) + " ago"
 }
 
 // Until says how far ahead of the page's time t is ("in 40s"), or how
@@ -172,7 +199,7 @@ func (v *view) Until(t *time.Time) string {
 	if d := t.Sub(v.Now); d >= 0 {
 		return "in " + human(d)
 	}
-	return "passed " + human(v.Now.Sub(*t)) + " ago"
+	return "passed " + ago(v.Now.Sub(*t))
 }
 
 // wantFragment reports whether the request asks for the whole page or for

@@ -680,7 +680,7 @@ func TestUI_QueueAgents(t *testing.T) {
 	if strings.Contains(string(r.body), "is one running?") {
 		t.Error("the page misses an agent that just asked")
 	}
-	wantHTML(t, e.get("/ui/"), 200, `<span title="An agent last asked for work 0ms ago">0ms ago</span>`)
+	wantHTML(t, e.get("/ui/"), 200, `<span title="An agent last asked for work just now">just now</span>`)
 	e.clock.Add(90 * time.Second)
 	wantHTML(t, e.get("/ui/queues/q"), 200, "No agent has asked for work in 1m 30s: is one running?")
 	wantHTML(t, e.get("/ui/"), 200, "none asking")
