@@ -375,6 +375,25 @@ func TestBrowser(t *testing.T) {
 		screenshots(t, ctx, dir, "overview-long-name")
 	})
 
+	t.Run("PhoneFits", func(t *testing.T) {
+		// On a phone every table's cells stay inside their card: nothing a
+		// page is opened for hides behind a sideways scroll.
+		ctx := cdpTab(t, bctx)
+		cdpDo(t, ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
+		const outside = `[...document.querySelectorAll("main .data th, main .data td")].filter(c => {
+			const r = c.getBoundingClientRect(), head = c.closest("thead");
+			if (head && head.getBoundingClientRect().width <= 1) return false; // out of sight for screen readers only
+			return r.width > 0 && r.right > c.closest(".card").getBoundingClientRect().right + 1;
+		}).map(c => c.textContent.trim().slice(0, 30))`
+		for _, path := range []string{"/ui/", "/ui/packages", "/ui/queues/network", "/ui/queues/emulation",
+			"/ui/packages/" + w.running, "/ui/packages/" + w.failed, "/ui/commands/" + w.leased.ID} {
+			cdpOpen(t, ctx, base+path, true)
+			if cells := cdpEval[[]string](t, ctx, outside); len(cells) > 0 {
+				t.Errorf("%s on a phone: %d cells reach past their card: %q", path, len(cells), cells)
+			}
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

@@ -706,7 +706,7 @@ func TestUI_QueueAgents(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	wantHTML(t, e.get("/ui/queues/q"), 200, "1 waiting for work")
-	wantHTML(t, e.get("/ui/"), 200, "<td class=\"nowrap\">1 waiting</td>")
+	wantHTML(t, e.get("/ui/"), 200, "<td class=\"nowrap\" data-label=\"Agents\">1 waiting</td>")
 	var last float64
 	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
 		if v, ok := strings.CutPrefix(line, `spinbroker_queue_last_poll_timestamp_seconds{resource="q"} `); ok {
