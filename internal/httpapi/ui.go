@@ -30,7 +30,7 @@ type ui struct {
 
 // pageNames are the templates in web/templates that are whole pages; each is
 // parsed together with layout.html and partials.html.
-var pageNames = []string{"overview", "packages", "package", "queue", "command", "search", "login", "logout", "error"}
+var pageNames = []string{"overview", "packages", "package", "queue", "command", "search", "login", "logout", "confirm", "error"}
 
 // mountUI adds the dashboard's routes: / and everything under /ui/. HTML is
 // only ever answered here; the API's paths answer JSON whatever the Accept

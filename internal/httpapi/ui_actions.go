@@ -25,11 +25,46 @@ func (u *ui) handlePackageCancel(w http.ResponseWriter, r *http.Request) {
 		u.fail(w, r, err)
 		return
 	}
+	if err := parseForm(w, r); err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	if r.PostForm.Get("confirmed") != "yes" {
+		// A browser without JavaScript asks here what the script's
+		// dialog asks: a stray click cancels nothing. A package that is
+		// missing or finished gets its answer at once.
+		p, err := u.s.store.PackageInfo(r.Context(), id)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		if p.State.Terminal() {
+			u.done(w, r, "/ui/packages/"+id)
+			return
+		}
+		u.render(w, r, http.StatusOK, "confirm", u.newView(r, "Cancel package", "", confirmation{
+			Question: cancelQuestion,
+			Action:   "/ui/packages/" + id + "/cancel",
+			Button:   "Cancel package",
+			Back:     "/ui/packages/" + id,
+			Keep:     "Keep it",
+		}))
+		return
+	}
 	if _, err := u.s.store.CancelPackage(r.Context(), id); err != nil {
 		u.fail(w, r, err)
 		return
 	}
 	u.done(w, r, "/ui/packages/"+id)
+}
+
+// cancelQuestion is what the dashboard asks before it cancels a package.
+const cancelQuestion = "Cancel this package? Its waiting commands are cancelled; leased ones run to the end."
+
+// confirmation is the page that asks before an action, for a browser that
+// runs no script.
+type confirmation struct {
+	Question, Action, Button, Back, Keep string
 }
 
 func (u *ui) handleCommandRetry(w http.ResponseWriter, r *http.Request) {

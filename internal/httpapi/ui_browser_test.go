@@ -400,9 +400,16 @@ func TestBrowser(t *testing.T) {
 			_, err := cdp.Call(ctx, t, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
 			return err
 		}))
-		// The page is whole, and the button is a plain form post that
-		// comes back to the page with the new state.
+		// The page is whole, and the button is a plain form post. The
+		// broker asks first, on a page of its own, then comes back to the
+		// package with the new state.
 		cdpOpen(t, ctx, base+"/ui/packages/"+w.staging, false)
+		cdpDo(t, ctx, chromedp.Click(chromedp.CSS(`form[action$="/cancel"] button`)))
+		cdpWait(t, ctx, `document.querySelector("main") && document.querySelector("main").textContent.includes("Cancel this package?")`)
+		if p, _ := e.db.PackageInfo(ctx, w.staging); p.State == spinbroker.PackageCancelled {
+			t.Fatal("one click without JavaScript cancelled the package before asking")
+		}
+		screenshots(t, ctx, dir, "cancel-nojs")
 		cdpDo(t, ctx, chromedp.Click(chromedp.CSS(`form[action$="/cancel"] button`)))
 		cdpWait(t, ctx, `document.querySelector(".big-state") && document.querySelector(".big-state").textContent.includes("cancelled")`)
 		screenshots(t, ctx, dir, "package-nojs")

@@ -18,17 +18,18 @@ import (
 // numbers: html/template escapes everything they produce.
 func (u *ui) funcs() template.FuncMap {
 	return template.FuncMap{
-		"static":    func(name string) string { return "/ui/static/" + name + "?v=" + u.version },
-		"short":     shortID,
-		"icon":      stateIcon,
-		"stateName": func(s any) string { return fmt.Sprint(s) },
-		"pretty":    prettyJSON,
-		"when":      when,
-		"iso":       iso,
-		"str":       func(s *string) string { return deref(s) },
-		"progress":  newProgress,
-		"duration":  runDuration,
-		"human":     func(sec float64) string { return human(time.Duration(sec * float64(time.Second))) },
+		"static":         func(name string) string { return "/ui/static/" + name + "?v=" + u.version },
+		"short":          shortID,
+		"icon":           stateIcon,
+		"stateName":      func(s any) string { return fmt.Sprint(s) },
+		"pretty":         prettyJSON,
+		"when":           when,
+		"iso":            iso,
+		"str":            func(s *string) string { return deref(s) },
+		"progress":       newProgress,
+		"duration":       runDuration,
+		"human":          func(sec float64) string { return human(time.Duration(sec * float64(time.Second))) },
+		"cancelQuestion": func() string { return cancelQuestion },
 		"pkgTable": func(v *view, list []spinbroker.Package, empty string) pkgTable {
 			return pkgTable{V: v, List: list, Empty: empty}
 		},

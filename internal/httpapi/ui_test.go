@@ -379,6 +379,7 @@ func TestUI_Actions(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	w := seedWorld(t, e)
 	fetch := []string{"X-Requested-With", "fetch"}
+	yes := url.Values{"confirmed": {"yes"}}
 	tests := []struct {
 		name, path string
 		form       url.Values
@@ -386,9 +387,12 @@ func TestUI_Actions(t *testing.T) {
 		status     int
 		location   string
 	}{
-		{"Cancel", "/ui/packages/" + w.queued + "/cancel", nil, nil, 303, "/ui/packages/" + w.queued},
-		{"CancelAgain", "/ui/packages/" + w.queued + "/cancel", nil, fetch, 204, ""},
-		{"CancelMissing", "/ui/packages/" + fixedID(99) + "/cancel", nil, nil, 404, ""},
+		{"CancelAsks", "/ui/packages/" + w.queued + "/cancel", nil, nil, 200, ""},
+		{"Cancel", "/ui/packages/" + w.queued + "/cancel", yes, nil, 303, "/ui/packages/" + w.queued},
+		{"CancelAgain", "/ui/packages/" + w.queued + "/cancel", yes, fetch, 204, ""},
+		{"CancelAgainUnasked", "/ui/packages/" + w.queued + "/cancel", nil, nil, 303, "/ui/packages/" + w.queued},
+		{"CancelMissing", "/ui/packages/" + fixedID(99) + "/cancel", yes, nil, 404, ""},
+		{"CancelMissingUnasked", "/ui/packages/" + fixedID(99) + "/cancel", nil, nil, 404, ""},
 		{"RetryFailed", "/ui/commands/" + w.failedCmd + "/retry", nil, nil, 303, "/ui/commands/" + w.failedCmd},
 		{"RetryNotFailed", "/ui/commands/" + fixedID(101) + "/retry", nil, nil, 409, ""},
 		{"RetryNotFailedFetch", "/ui/commands/" + fixedID(101) + "/retry", nil, fetch, 409, ""},
@@ -406,6 +410,12 @@ func TestUI_Actions(t *testing.T) {
 			r := c.form(tt.path, tt.form, tt.header...)
 			if r.status != tt.status || r.header.Get("Location") != tt.location {
 				t.Fatalf("%d to %q, want %d to %q: %s", r.status, r.header.Get("Location"), tt.status, tt.location, r.body)
+			}
+			if tt.name == "CancelAsks" {
+				wantHTML(t, r, http.StatusOK, `<input type="hidden" name="confirmed" value="yes">`)
+				if p, _ := e.db.PackageInfo(ctx, w.queued); p.State != spinbroker.PackageQueued {
+					t.Errorf("the unconfirmed post left the package %s", p.State)
+				}
 			}
 			if r.status >= 400 {
 				want := "text/html; charset=utf-8"
@@ -454,7 +464,7 @@ func TestUI_CrossOrigin(t *testing.T) {
 		t.Error("a cross-origin post cancelled the package")
 	}
 	// The same form from the dashboard itself passes.
-	r := e.form("/ui/packages/"+w.queued+"/cancel", nil, "Sec-Fetch-Site", "same-origin", "Origin", e.srv.URL)
+	r := e.form("/ui/packages/"+w.queued+"/cancel", url.Values{"confirmed": {"yes"}}, "Sec-Fetch-Site", "same-origin", "Origin", e.srv.URL)
 	if r.status != http.StatusSeeOther {
 		t.Errorf("same-origin cancel answered %d", r.status)
 	}

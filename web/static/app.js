@@ -10,7 +10,8 @@
 //  - Forms marked data-async are posted with fetch, so the page stays put
 //    and the change arrives over /events like anyone else's; without this
 //    script they post normally and the server redirects back.
-//  - Forms marked data-confirm ask first.
+//  - Forms marked data-confirm ask first, and then say so in their
+//    confirmed field.
 //  - Every 15 seconds the live parts are fetched again, without the
 //    highlight, so that ages ("4m ago", how long the oldest command has
 //    waited) keep counting on a page where nothing else changes.
@@ -154,9 +155,14 @@
 
   document.addEventListener("submit", function (e) {
     var form = e.target;
-    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
-      e.preventDefault();
-      return;
+    if (form.dataset.confirm) {
+      if (!window.confirm(form.dataset.confirm)) {
+        e.preventDefault();
+        return;
+      }
+      // Asked and answered: the broker need not ask again (it does, with
+      // a page of its own, when no script ran).
+      if (form.elements.confirmed) form.elements.confirmed.value = "yes";
     }
     if (!form.hasAttribute("data-async") || !window.fetch) return;
     e.preventDefault();
