@@ -82,12 +82,27 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return agentcmd.Usagef("-images-root: %s is not a folder", *imagesRoot)
 		}
 	}
+	// Before the supervisor adopts the VMs of the state dir: they are
+	// this agent's alone.
+	lock, err := emulation.LockStateDir(*stateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	var sup emulation.Supervisor
-	var err error
 	if *supervisor == "process" {
 		sup, err = emulation.NewProcess(filepath.Join(*stateDir, "proc"), log)
 	} else {
-		sup, err = emulation.NewSystemd(*unitDir, log)
+		var sd *emulation.Systemd
+		sd, err = emulation.NewSystemd(*unitDir, log)
+		if err == nil {
+			if err := sd.Reachable(ctx); err != nil {
+				// It may come up later (a user manager started after the
+				// agent); until then commands fail rather than guess.
+				log.Warn("systemd's user manager does not answer: VMs cannot be started or checked until it does", "err", err)
+			}
+		}
+		sup = sd
 	}
 	if err != nil {
 		return err

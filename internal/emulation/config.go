@@ -18,7 +18,10 @@ const (
 	MaxMemoryMiB = 16 << 20 // 16 TiB
 	MaxCpus      = 255
 	MaxImages    = 16
-	MaxNameLen   = 128
+	// MaxCdroms is how many CD-ROMs QEMU's q35 machine takes: they are
+	// IDE drives on its AHCI controller, which has six ports.
+	MaxCdroms  = 6
+	MaxNameLen = 128
 )
 
 // VM is a virtual machine's config as the seed writes it, with capitalised
@@ -72,10 +75,18 @@ func (vm *VM) Validate() error {
 	case len(vm.Images) > MaxImages:
 		return fmt.Errorf("vm.Images may hold at most %d images", MaxImages)
 	}
+	cdroms := 0
 	for i, im := range vm.Images {
 		if im.Path == "" || strings.ContainsRune(im.Path, 0) || strings.ContainsRune(im.Volume, 0) {
 			return fmt.Errorf("vm.Images[%d].Path is empty or holds a NUL", i)
 		}
+		if im.Cdrom {
+			cdroms++
+		}
+	}
+	if cdroms > MaxCdroms {
+		// QEMU would refuse to start it, long after the config was taken.
+		return fmt.Errorf("vm.Images holds %d CD-ROMs; the machine takes at most %d", cdroms, MaxCdroms)
 	}
 	return nil
 }

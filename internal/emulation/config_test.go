@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,6 +34,11 @@ func TestVMValidate(t *testing.T) {
 		{"NoCpus", func(v *VM) { v.Cpus = 0 }, "vm.Cpus must be between 1"},
 		{"LittleMemory", func(v *VM) { v.Memory = 15 }, "vm.Memory is in MiB and must be between 16"},
 		{"EmptyImagePath", func(v *VM) { v.Images = []Image{{}} }, "vm.Images[0].Path"},
+		{"SevenCdroms", func(v *VM) {
+			for range MaxCdroms + 1 {
+				v.Images = append(v.Images, Image{Path: "x.iso", Cdrom: true})
+			}
+		}, "7 CD-ROMs; the machine takes at most 6"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vm := ok
@@ -209,6 +216,66 @@ func TestProcess(t *testing.T) {
 	}
 }
 
+// TestProcess_KillsTheGroup: a --qemu wrapper that runs qemu as its child
+// instead of exec'ing it does not leave qemu running after a stop.
+func TestProcess_KillsTheGroup(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	childFile := filepath.Join(dir, "child")
+	if err := s.Start(ctx, "vm1", "vm one", []string{sh, "-c", `sleep 60 & echo $! > ` + childFile + `; wait`}); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	for deadline := time.Now().Add(5 * time.Second); child == 0; time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(childFile)
+		child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		if time.Now().After(deadline) {
+			t.Fatal("the wrapper did not start its child")
+		}
+	}
+	// An agent restarted meanwhile adopts the wrapper, and knows its group.
+	s2, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Kill(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if state, _, ok := procStat(child); ok && state != 'Z' && state != 'X' {
+		syscall.Kill(child, syscall.SIGKILL)
+		t.Errorf("the wrapper's child %d outlived Kill (state %c)", child, state)
+	}
+}
+
+// TestLockStateDir: one agent per state dir.
+func TestLockStateDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	first, err := LockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := LockStateDir(dir); !errors.Is(err, ErrInUse) {
+		if second != nil {
+			second.Close()
+		}
+		t.Fatalf("a second lock on %s: %v, want ErrInUse", dir, err)
+	}
+	first.Close()
+	again, err := LockStateDir(dir)
+	if err != nil {
+		t.Fatalf("the lock once let go: %v", err)
+	}
+	again.Close()
+}
+
 // The emulator's actions that need no QEMU: configs and their checks.
 func TestEmulator_Config(t *testing.T) {
 	ctx := context.Background()
@@ -267,8 +334,15 @@ func TestEmulator_Config(t *testing.T) {
 	if _, err := handlers["start"](`{"id":"vm2"}`); err == nil || !strings.Contains(err.Error(), "write_config first") {
 		t.Errorf("start without a config: %v", err)
 	}
+	// A socket left by a VM that ended goes with its config.
+	if err := os.WriteFile(e.QMPPath("vm1"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := handlers["remove_config"](`{"id":"vm1"}`); err != nil || !strings.Contains(string(out), `"changed":true`) {
 		t.Errorf("remove_config = %s, %v", out, err)
+	}
+	if _, err := os.Stat(e.QMPPath("vm1")); !os.IsNotExist(err) {
+		t.Errorf("the QMP socket outlived remove_config: %v", err)
 	}
 	if out, err := handlers["remove_config"](`{"id":"vm1"}`); err != nil || !strings.Contains(string(out), `"changed":false`) {
 		t.Errorf("remove_config again = %s, %v", out, err)

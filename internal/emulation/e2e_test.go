@@ -80,6 +80,12 @@ func TestE2E_SeedScenario(t *testing.T) {
 		t.Fatal("the VM ended with the agent")
 	}
 	startAgent(t, "emulation2", bins, b.url, "sa-emulation", emuArgs...)
+	// A second agent on the same state dir would not know this VM: it
+	// exits instead of serving.
+	second := exec.Command(filepath.Join(bins, "sa-emulation"), append([]string{"--url", b.url}, emuArgs...)...)
+	if out, err := runFor(second, 30*time.Second); err == nil || !strings.Contains(out, "one agent per state dir") {
+		t.Errorf("a second sa-emulation on %s: %v\n%s", state, err, out)
+	}
 	pkg = b.run(t, 30*time.Second, command("", "emulation", "start", `{"id":"vm1"}`))
 	decode(t, pkg.Commands[0].Output, &started)
 	if started.Changed || started.PID != pid || !started.Running {
@@ -388,4 +394,17 @@ func TestAgents_UsageErrors(t *testing.T) {
 			t.Errorf("%s -help: %v\n%s", name, err, out)
 		}
 	}
+}
+
+// runFor runs cmd to its end, killing it after d, and returns its output.
+func runFor(cmd *exec.Cmd, d time.Duration) (string, error) {
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	timer := time.AfterFunc(d, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	err := cmd.Wait()
+	return out.String(), err
 }

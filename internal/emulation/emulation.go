@@ -22,6 +22,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/internal/flock"
 )
 
 // Resource is the queue sa-emulation serves.
@@ -58,6 +59,38 @@ type Emulator struct {
 	opts Options
 	sup  Supervisor
 	log  *slog.Logger
+}
+
+// LockName is the lock file in the state dir that keeps a second agent off
+// it.
+const LockName = ".sa-emulation.lock"
+
+// ErrInUse is the error (matched with errors.Is) of LockStateDir on a state
+// dir that another sa-emulation holds.
+var ErrInUse = errors.New("another sa-emulation serves this state dir")
+
+// LockStateDir makes the state dir if need be and locks it for this agent
+// until the returned file is closed (or the process ends). Two agents on
+// one state dir would each believe only in the VMs it started itself: one
+// would report another's VM stopped while it runs, remove its QMP socket
+// on a start, and forget it.
+func LockStateDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("emulation: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, LockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("emulation: the state dir's lock file: %w", err)
+	}
+	held, err := flock.TryLock(f)
+	if err != nil || !held {
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("emulation: lock the state dir: %w", err)
+		}
+		return nil, fmt.Errorf("emulation: %s: %w; one agent per state dir", dir, ErrInUse)
+	}
+	return f, nil
 }
 
 // New checks opts and makes the state dir.
@@ -240,6 +273,10 @@ func (e *Emulator) RemoveConfig(ctx context.Context, p ID) (any, error) {
 	if err := e.sup.Remove(ctx, p.ID); err != nil {
 		return nil, err
 	}
+	// The socket of a VM that ended, or failed to start, goes with it.
+	if err := os.Remove(e.QMPPath(p.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	err = os.Remove(e.configPath(p.ID))
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Output{ID: p.ID}, nil
@@ -289,6 +326,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	}
 	if err := e.awaitQMP(ctx, p.ID); err != nil {
 		_ = e.sup.Kill(context.WithoutCancel(ctx), p.ID)
+		_ = os.Remove(out.QMP)
 		return nil, err
 	}
 	out.Changed = true

@@ -49,6 +49,7 @@ type Process struct {
 type proc struct {
 	pid    int
 	start  string // the process's start time, from /proc, against pid reuse
+	group  bool   // it leads its own process group (VMs started here do)
 	exited chan struct{}
 }
 
@@ -73,6 +74,8 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 		}
 		p, err := s.readPID(id)
 		if err == nil && p.alive() {
+			_, _, pgrp, _ := procStatGroup(p.pid)
+			p.group = pgrp == p.pid
 			s.procs[id] = p
 			log.Info("adopted a running VM", "vm_id", id, "pid", p.pid)
 			continue
@@ -104,20 +107,27 @@ func (s *Process) readPID(id string) (*proc, error) {
 // procStat returns a process's state letter and start time from
 // /proc/PID/stat, or ok false when there is no such process.
 func procStat(pid int) (state byte, start string, ok bool) {
+	state, start, _, ok = procStatGroup(pid)
+	return state, start, ok
+}
+
+// procStatGroup is procStat with the process group's id.
+func procStatGroup(pid int) (state byte, start string, pgrp int, ok bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, "", false
+		return 0, "", 0, false
 	}
 	// The command name (field 2) is in parentheses and may hold spaces.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, "", false
+		return 0, "", 0, false
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 {
-		return 0, "", false
+		return 0, "", 0, false
 	}
-	return f[0][0], f[19], true // fields 3 and 22
+	pgrp, _ = strconv.Atoi(f[2])
+	return f[0][0], f[19], pgrp, true // fields 3, 22 and 5
 }
 
 // alive reports whether p's process still runs: it exists, is the same
@@ -155,7 +165,7 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	p := &proc{pid: cmd.Process.Pid, exited: make(chan struct{})}
+	p := &proc{pid: cmd.Process.Pid, group: true, exited: make(chan struct{})}
 	_, p.start, _ = procStat(p.pid)
 	go func() {
 		err := cmd.Wait() // reaps the child
@@ -170,10 +180,38 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 	}()
 	s.procs[id] = p
 	tmp := s.pidFile(id) + ".tmp"
-	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", p.pid, p.start), 0o600); err != nil {
-		return err
+	err = os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", p.pid, p.start), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, s.pidFile(id))
 	}
-	return os.Rename(tmp, s.pidFile(id))
+	if err != nil {
+		// Without its pid file a restarted agent would not find the VM:
+		// better no VM than one nobody tracks.
+		_ = os.Remove(tmp)
+		p.signal(syscall.SIGKILL)
+		return fmt.Errorf("VM %s: write its pid file: %w", id, err)
+	}
+	return nil
+}
+
+// signal sends sig to the VM: to its whole process group when it leads
+// one, so that a --qemu wrapper that runs qemu as its child, rather than
+// exec'ing it, does not leave qemu running.
+func (p *proc) signal(sig syscall.Signal) {
+	if p.group {
+		_ = syscall.Kill(-p.pid, sig)
+		return
+	}
+	_ = syscall.Kill(p.pid, sig)
+}
+
+// over reports whether p and, when it leads a group, every process left
+// in that group have ended.
+func (p *proc) over() bool {
+	if p.alive() {
+		return false
+	}
+	return !p.group || errors.Is(syscall.Kill(-p.pid, 0), syscall.ESRCH)
 }
 
 func (s *Process) get(id string) *proc {
@@ -210,11 +248,11 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 		return nil
 	}
 	defer s.get(id) // forgets an adopted VM that ended
-	_ = syscall.Kill(p.pid, syscall.SIGTERM)
+	p.signal(syscall.SIGTERM)
 	if s.waitExit(ctx, p, 3*time.Second) {
 		return nil
 	}
-	_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	p.signal(syscall.SIGKILL)
 	if s.waitExit(ctx, p, 5*time.Second) {
 		return nil
 	}
@@ -224,11 +262,11 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 	return fmt.Errorf("VM process %d did not end after SIGKILL", p.pid)
 }
 
-// waitExit waits up to d for p to end.
+// waitExit waits up to d for p, and what is left of its group, to end.
 func (s *Process) waitExit(ctx context.Context, p *proc, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		if !p.alive() {
+		if p.over() {
 			return true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {

@@ -45,6 +45,13 @@ func NewSystemd(unitDir string, log *slog.Logger) (*Systemd, error) {
 	return &Systemd{unitDir: unitDir, systemctl: "systemctl", log: log}, nil
 }
 
+// Reachable reports whether systemctl --user answers: without a user
+// manager (no session bus) no VM can be started or checked.
+func (s *Systemd) Reachable(ctx context.Context) error {
+	_, err := s.run(ctx, SystemctlArgs("show-environment")...)
+	return err
+}
+
 // UnitName is the unit of VM id (a checked id needs no escaping).
 func UnitName(id string) string { return "spin-vm-" + id + ".service" }
 
@@ -156,14 +163,19 @@ func (s *Systemd) Start(ctx context.Context, id, name string, argv []string) err
 
 // Running asks systemd whether the unit is active.
 func (s *Systemd) Running(ctx context.Context, id string) (bool, error) {
-	cmd := exec.CommandContext(ctx, s.systemctl, SystemctlArgs("is-active", "--quiet", UnitName(id))...)
-	err := cmd.Run()
+	args := SystemctlArgs("is-active", UnitName(id))
+	out, err := exec.CommandContext(ctx, s.systemctl, args...).CombinedOutput()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 		return true, nil
-	case errors.As(err, &ee):
+	case errors.As(err, &ee) && (ee.ExitCode() == 3 || ee.ExitCode() == 4):
+		// LSB's "not running" (inactive, failed) and "no such unit".
 		return false, nil
+	case errors.As(err, &ee):
+		// systemctl itself failed (no user bus, say): the VM may well be
+		// running, and a stop that believed otherwise would leave it so.
+		return false, fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return false, err
 }

@@ -184,7 +184,7 @@ func TestSystemctlArgs(t *testing.T) {
 		got, want []string
 	}{
 		{SystemctlArgs("start", UnitName("vm1")), []string{"--user", "start", "spin-vm-vm1.service"}},
-		{SystemctlArgs("is-active", "--quiet", UnitName("a.b-c")), []string{"--user", "is-active", "--quiet", "spin-vm-a.b-c.service"}},
+		{SystemctlArgs("is-active", UnitName("a.b-c")), []string{"--user", "is-active", "spin-vm-a.b-c.service"}},
 		{SystemctlArgs("daemon-reload"), []string{"--user", "daemon-reload"}},
 	} {
 		if !slices.Equal(tc.got, tc.want) {
@@ -211,4 +211,33 @@ func FuzzRenderUnit(f *testing.F) {
 		}
 		checkUnit(t, rendered, name, argv)
 	})
+}
+
+// TestSystemd_Running: only systemctl's "not running" answers mean that a
+// VM is stopped; systemctl failing (no user bus) is an error, never a VM
+// reported stopped while it may run on.
+func TestSystemd_Running(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "systemctl")
+	script := `#!/bin/sh
+case "$*" in
+*spin-vm-up.service*) echo active ;;
+*spin-vm-down.service*) echo inactive; exit 3 ;;
+*spin-vm-gone.service*) echo inactive; exit 4 ;;
+*) echo "Failed to connect to bus: No medium found" >&2; exit 1 ;;
+esac
+`
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := &Systemd{unitDir: dir, systemctl: fake, log: quiet()}
+	ctx := t.Context()
+	for id, want := range map[string]bool{"up": true, "down": false, "gone": false} {
+		if running, err := s.Running(ctx, id); err != nil || running != want {
+			t.Errorf("Running(%s) = %v, %v; want %v", id, running, err, want)
+		}
+	}
+	if running, err := s.Running(ctx, "nobus"); err == nil || !strings.Contains(err.Error(), "Failed to connect to bus") {
+		t.Errorf("Running without a bus = %v, %v; want the error", running, err)
+	}
 }
