@@ -74,22 +74,31 @@ func TestE2E_SeedScenario(t *testing.T) {
 		t.Errorf("status: %+v", st)
 	}
 
+	// QEMU's lock on the disk keeps sa-host-path from deleting it under
+	// the VM.
+	if c := b.runFailing(t, command("", "storage", "delete_image", `{"image_path":"vol1/disk.img"}`)); !strings.Contains(*c.Reason, "in use by a running VM") {
+		t.Errorf("delete_image of a running VM's disk: %q", *c.Reason)
+	}
+	if _, err := os.Stat(img.HostPath); err != nil {
+		t.Errorf("the running VM's disk: %v", err)
+	}
+
 	// The agent restarts; the VM goes on, and the new agent adopts it.
 	emu.stop(t)
 	if !alive(pid) {
 		t.Fatal("the VM ended with the agent")
 	}
 	startAgent(t, "emulation2", bins, b.url, "sa-emulation", emuArgs...)
-	// A second agent on the same state dir would not know this VM: it
-	// exits instead of serving.
-	second := exec.Command(filepath.Join(bins, "sa-emulation"), append([]string{"--url", b.url}, emuArgs...)...)
-	if out, err := runFor(second, 30*time.Second); err == nil || !strings.Contains(out, "one agent per state dir") {
-		t.Errorf("a second sa-emulation on %s: %v\n%s", state, err, out)
-	}
 	pkg = b.run(t, 30*time.Second, command("", "emulation", "start", `{"id":"vm1"}`))
 	decode(t, pkg.Commands[0].Output, &started)
 	if started.Changed || started.PID != pid || !started.Running {
 		t.Errorf("start after the restart did not find the running VM: %s", pkg.Commands[0].Output)
+	}
+	// A second agent on the same state dir (the one above serves: it has
+	// just answered) would not know this VM: it exits instead of serving.
+	second := exec.Command(filepath.Join(bins, "sa-emulation"), append([]string{"--url", b.url}, emuArgs...)...)
+	if out, err := runFor(second, 30*time.Second); err == nil || !strings.Contains(out, "one agent per state dir") {
+		t.Errorf("a second sa-emulation on %s: %v\n%s", state, err, out)
 	}
 
 	// shutdown only asks: no guest answers the power button.

@@ -294,6 +294,9 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 		return nil, fmt.Errorf("refused: %q is a symbolic link or a special file, not a volume", rel)
 	}
 	if p.Force {
+		if err := s.imagesNotInUse(rel); err != nil {
+			return nil, err
+		}
 		err = s.root.RemoveAll(rel)
 	} else {
 		err = s.root.Remove(rel)
@@ -305,6 +308,27 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 		return nil, describe(rel, err)
 	}
 	return s.output(rel, true), nil
+}
+
+// imagesNotInUse refuses a volume holding an image a running VM uses.
+func (s *Storage) imagesNotInUse(vol string) error {
+	d, err := s.root.Open(vol)
+	if err != nil {
+		return describe(vol, err)
+	}
+	ents, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return describe(vol, err)
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			if err := s.notInUse(filepath.Join(vol, e.Name()), false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // CreateImage is the parameters of create_image. ImageSize is in GiB;
@@ -511,6 +535,28 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 	return info, nil
 }
 
+// notInUse refuses an image that a running VM holds open: QEMU locks the
+// images it uses, and deleting, moving or resizing one under it would lose
+// the VM's writes or break its disk. With writing, only a VM that may
+// write to it counts (copying an image that VMs only read is fine).
+func (s *Storage) notInUse(rel string, writing bool) error {
+	f, err := s.root.Open(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return describe(rel, err)
+	}
+	defer f.Close()
+	used, err := inUse(f, writing)
+	if err != nil {
+		return fmt.Errorf("image %q: look for a VM using it: %w", rel, err)
+	}
+	if used {
+		return fmt.Errorf("image %q is in use by a running VM (QEMU holds a lock on it): stop the VM first", rel)
+	}
+	return nil
+}
+
 func readInfo(f io.ReaderAt, format string, fileSize int64) (imageInfo, error) {
 	if format == "raw" {
 		return imageInfo{format: "raw", size: fileSize}, nil
@@ -570,6 +616,9 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 	case !fi.Mode().IsRegular():
 		return nil, fmt.Errorf("%q is not an image file", rel)
 	}
+	if err := s.notInUse(rel, false); err != nil {
+		return nil, err
+	}
 	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, describe(rel, err)
 	}
@@ -616,6 +665,9 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 		return out.withImage(info), nil
 	case size < info.size && !p.Shrink:
 		return nil, fmt.Errorf("image %q has %d bytes; shrinking it to %d GiB may lose data: pass shrink: true", rel, info.size, p.ImageSize)
+	}
+	if err := s.notInUse(rel, false); err != nil {
+		return nil, err
 	}
 	f, err := s.root.OpenFile(rel, os.O_RDWR, 0)
 	if err != nil {
@@ -693,6 +745,9 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	case !errors.Is(dstErr, fs.ErrNotExist):
 		return nil, dstErr
 	}
+	if err := s.notInUse(src, false); err != nil {
+		return nil, err
+	}
 	err = s.root.Rename(src, dst)
 	if errors.Is(err, syscall.EXDEV) {
 		// The volumes are different file systems: copy, then remove.
@@ -739,6 +794,9 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 		}
 		return nil, fmt.Errorf("volume %q has another image %q already", filepath.Dir(dst), p.ImageName)
 	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err := s.notInUse(src, true); err != nil {
 		return nil, err
 	}
 	if err := s.copyFile(src, dst); err != nil {

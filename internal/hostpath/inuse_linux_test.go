@@ -1,0 +1,72 @@
+package hostpath
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// qemuLocks takes the locks QEMU takes on an image it has open: a shared
+// lock on byte 100 (read), and on byte 101 (write) unless readOnly. They
+// last until the returned file is closed.
+func qemuLocks(t *testing.T, path string, readOnly bool) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const fOFDSetLK = 37
+	bytes := []int64{100}
+	if !readOnly {
+		bytes = append(bytes, qemuLockWrite)
+	}
+	for _, b := range bytes {
+		lk := syscall.Flock_t{Type: syscall.F_RDLCK, Start: b, Len: 1}
+		if err := syscall.FcntlFlock(f.Fd(), fOFDSetLK, &lk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// TestImages_InUseByAVM: an image a running VM holds is not deleted,
+// moved, resized, or removed with its volume; one that VMs only read may
+// be copied. Once the VM lets go, all of it works.
+func TestImages_InUseByAVM(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "disk.raw", ImageSize: 1}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "cd.raw", ImageSize: 1}))
+	disk := qemuLocks(t, filepath.Join(s.Dir(), "a", "disk.raw"), false)
+	cd := qemuLocks(t, filepath.Join(s.Dir(), "a", "cd.raw"), true)
+
+	_, err := s.DeleteImage(ctx, DeleteImage{ImagePath: "a/disk.raw"})
+	wantErr(t, err, "in use by a running VM")
+	_, err = s.DeleteImage(ctx, DeleteImage{ImagePath: "a/cd.raw"})
+	wantErr(t, err, "in use by a running VM")
+	_, err = s.MoveImage(ctx, MoveImage{ImageName: "disk.raw", Volume: "a", TargetVolume: "b"})
+	wantErr(t, err, "in use by a running VM")
+	_, err = s.ResizeImage(ctx, ResizeImage{VolumePath: "a", ImageName: "disk.raw", ImageSize: 2})
+	wantErr(t, err, "in use by a running VM")
+	_, err = s.CopyImage(ctx, CopyImage{ImageName: "disk.raw", Volume: "a", TargetVolume: "b"})
+	wantErr(t, err, "in use by a running VM")
+	_, err = s.RemoveVolume(ctx, RemoveVolume{Path: "a", Force: true})
+	wantErr(t, err, "in use by a running VM")
+	if o := m.out(s.CopyImage(ctx, CopyImage{ImageName: "cd.raw", Volume: "a", TargetVolume: "b"})); !o.Changed {
+		t.Error("copying an image that VMs only read did nothing")
+	}
+	for _, name := range []string{"disk.raw", "cd.raw"} {
+		if _, err := os.Stat(filepath.Join(s.Dir(), "a", name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+
+	disk.Close()
+	cd.Close()
+	m.out(s.ResizeImage(ctx, ResizeImage{VolumePath: "a", ImageName: "disk.raw", ImageSize: 2}))
+	m.out(s.DeleteImage(ctx, DeleteImage{ImagePath: "a/cd.raw"}))
+	m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "a", Force: true}))
+}
