@@ -117,7 +117,8 @@ func TestAuth(t *testing.T) {
 		t.Fatalf("an agent lists only its own queue: %s", r.body)
 	}
 	// Its batch settles its own commands and no other resource's: each item
-	// is judged on its own.
+	// is judged on its own, as the single form would judge it (an id in
+	// upper case too; the answer gives it in lower case).
 	emu := as("emulation")
 	ec := emu.next("emulation")
 	admin.createPackage(`[{"resource": "storage", "action": "add_volume"}]`, true)
@@ -129,7 +130,7 @@ func TestAuth(t *testing.T) {
 		{"id": "%s", "status": true, "lease": "%s"},
 		{"id": "%s", "status": true, "lease": "%s"},
 		{"id": "00000000-0000-7000-8000-000000000000", "status": true, "lease": "x"},
-		{"id": "%s", "status": true}]}`, ec.ID, ec.Lease.Token, own.ID, own.Lease.Token, own.ID))
+		{"id": "%s", "status": true}]}`, ec.ID, ec.Lease.Token, strings.ToUpper(own.ID), own.Lease.Token, own.ID))
 	storage.want(r, 200, "")
 	var out spinbroker.BatchOutcomes
 	r.decode(t, &out)
@@ -140,6 +141,9 @@ func TestAuth(t *testing.T) {
 		if out.Results[i].HTTPStatus != want {
 			t.Errorf("batch item %d: %d, want %d: %s", i, out.Results[i].HTTPStatus, want, r.body)
 		}
+	}
+	if out.Results[1].ID != own.ID {
+		t.Errorf("batch item 1 answered as %q, want %q", out.Results[1].ID, own.ID)
 	}
 	if c, _ := e.db.Command(ctx, own.ID); c.State != spinbroker.Succeeded {
 		t.Errorf("the agent's own command is %s after its batch", c.State)

@@ -129,6 +129,14 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 		s.writeError(w, r, errorf(spinbroker.EINVALID, "a batch holds at most %d results, not %d", spinbroker.MaxBatchComplete, len(in.Results)))
 		return
 	}
+	// Ids in any case, as the single form takes them; lower case from here
+	// on, in the store's lookups and in the answer.
+	valid := make([]bool, len(in.Results))
+	for i := range in.Results {
+		if id, ok := spinbroker.ParseID(in.Results[i].ID); ok {
+			in.Results[i].ID, valid[i] = id, true
+		}
+	}
 	out := spinbroker.BatchOutcomes{Results: make([]spinbroker.BatchOutcome, len(in.Results))}
 	// Items the HTTP layer refuses (an agent's item of another resource or
 	// without a lease) are judged here; the rest go to the store together.
@@ -137,8 +145,8 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 	var resources map[string]string // an agent's items' resources, read in one query
 	if isAgent(r) {
 		ids := make([]string, 0, len(in.Results))
-		for _, item := range in.Results {
-			if _, ok := spinbroker.ParseID(item.ID); ok {
+		for i, item := range in.Results {
+			if valid[i] {
 				ids = append(ids, item.ID)
 			}
 		}
@@ -152,7 +160,7 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 		out.Results[i].ID = item.ID
 		var err error
 		if isAgent(r) {
-			if _, ok := spinbroker.ParseID(item.ID); ok {
+			if valid[i] {
 				var resource string
 				if resource, err = resourceIn(resources, item.ID); err == nil {
 					err = s.allow(r, permSettle, resource)
