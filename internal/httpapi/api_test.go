@@ -114,6 +114,15 @@ func TestAPI_Errors(t *testing.T) {
 		{"TooLarge", "POST", "/packages", `{"commands": [` + big + `]}`, 413, spinbroker.ETOOLARGE},
 		{"TooLargeAdd", "POST", "/packages/" + staging.ID + "/commands", big, 413, spinbroker.ETOOLARGE},
 		{"TooLargeEnqueue", "POST", "/packages/" + staging.ID + "/enqueue", big, 413, spinbroker.ETOOLARGE},
+		{"TooLargeNext", "POST", "/queues/r/next", big, 413, spinbroker.ETOOLARGE},
+		// 413 wins over a bad queue name's 400
+		{"TooLargeBeatsBadQueueSet", "PATCH", "/queues/BAD!", big, 413, spinbroker.ETOOLARGE},
+		{"TooLargeBeatsBadQueueClaim", "POST", "/queues/BAD!/claim", big, 413, spinbroker.ETOOLARGE},
+		{"BadQueueBeatsBadBody", "POST", "/queues/BAD!/claim", `{`, 400, spinbroker.EINVALID},
+		// next takes its settings in the query: a body is refused, not ignored
+		{"NextWithSettingsInBody", "POST", "/queues/r/next", `{"wait": "5s"}`, 400, spinbroker.EINVALID},
+		{"NextWithGarbage", "POST", "/queues/r/next", `garbage`, 400, spinbroker.EINVALID},
+		{"NextWithEmptyObject", "POST", "/queues/r/next", `{}`, 204, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

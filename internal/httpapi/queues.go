@@ -22,6 +22,25 @@ func (s *Server) queueAccess(r *http.Request, p permission) (string, error) {
 	return pathResource(r)
 }
 
+// queueBody is queueAccess for a request with a body, which it decodes
+// into v (none at all is fine when optional). The body is read before the
+// name is checked, in API.md's order of errors: a body over 1 MiB is a 413
+// whatever the path names, and the name's 400 comes before the body's.
+func (s *Server) queueBody(w http.ResponseWriter, r *http.Request, p permission, v any, optional bool) (string, error) {
+	if err := s.allow(r, p, chi.URLParam(r, "resource")); err != nil {
+		return "", err
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		return "", err
+	}
+	res, err := pathResource(r)
+	if err != nil {
+		return "", err
+	}
+	return res, decodeJSON(body, v, optional)
+}
+
 // pathResource returns the resource in the path; every valid name has a
 // queue, an invalid one is a bad request.
 func pathResource(r *http.Request) (string, error) {
@@ -71,13 +90,9 @@ func (s *Server) handleQueueGet(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
-	res, err := s.queueAccess(r, permAdmin)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in spinbroker.QueueSettings
-	if _, err := readJSON(w, r, &in, false); err != nil {
+	res, err := s.queueBody(w, r, permAdmin, &in, false)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -121,7 +136,9 @@ func queryDuration(r *http.Request, name string) (d time.Duration, given bool, e
 }
 
 func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
-	res, err := s.queueAccess(r, permDeliver)
+	// Its settings are in the query; a body is refused rather than
+	// ignored ({"wait": "30s"} there would otherwise not wait at all).
+	res, err := s.queueBody(w, r, permDeliver, &struct{}{}, true)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -158,13 +175,9 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
-	res, err := s.queueAccess(r, permDeliver)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	var in spinbroker.Claim
-	if _, err := readJSON(w, r, &in, false); err != nil {
+	res, err := s.queueBody(w, r, permDeliver, &in, false)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
