@@ -207,7 +207,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var pkg string
-	p, err := queryValue(r.URL.Query(), "package")
+	q, err := query(r)
+	var p string
+	if err == nil {
+		p, err = queryValue(q, "package")
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -144,7 +144,11 @@ func (s *Server) handlePackageList(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	q := r.URL.Query()
+	q, err := query(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var vals [3]string
 	for i, name := range []string{"state", "cursor", "limit"} {
 		v, err := queryValue(q, name)

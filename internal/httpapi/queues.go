@@ -104,6 +104,17 @@ func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, q)
 }
 
+// query parses the request's query string. Go's r.URL.Query() drops what
+// it cannot parse: "?state=%zz" would list every state, "?wait=5%s" not
+// wait at all. A malformed one is refused instead.
+func query(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, errorf(spinbroker.EINVALID, "the query string is malformed (%v): escape %% as %%25", err)
+	}
+	return q, nil
+}
+
 // queryValue is the query parameter name, "" when absent. A parameter given
 // twice is refused rather than one of its values picked: ?state=a&state=b
 // reads as "either" to some and as "both" to others.
@@ -121,7 +132,11 @@ func queryValue(q url.Values, name string) (string, error) {
 // queryDuration parses an optional duration in the query string; given
 // says whether it was there.
 func queryDuration(r *http.Request, name string) (d time.Duration, given bool, err error) {
-	v, err := queryValue(r.URL.Query(), name)
+	q, err := query(r)
+	if err != nil {
+		return 0, false, err
+	}
+	v, err := queryValue(q, name)
 	if v == "" || err != nil {
 		return 0, false, err
 	}
