@@ -1,7 +1,13 @@
 package spinbroker
 
 import (
+	"bytes"
 	"encoding/json"
+	"math"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -21,29 +27,61 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON accepts only a duration string; a number is refused because
-// its unit would be a guess.
+// its unit would be a guess. The refusal is a *json.UnmarshalTypeError, so
+// that the decoder names the field it was for.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return Errorf(EINVALID, "a duration must be a string such as \"30s\" or \"5m\"")
+		return &json.UnmarshalTypeError{Value: jsonKind(b), Type: reflect.TypeFor[Duration]()}
 	}
 	v, err := ParseDuration(s)
 	if err != nil {
-		return err
+		return &json.UnmarshalTypeError{Value: "string " + strconv.Quote(Truncate(s, 64)), Type: reflect.TypeFor[Duration]()}
 	}
 	*d = Duration(v)
 	return nil
 }
 
+// jsonKind names the kind of the JSON value b as encoding/json's errors do.
+func jsonKind(b []byte) string {
+	switch b = bytes.TrimSpace(b); {
+	case len(b) == 0:
+		return "nothing"
+	case b[0] == '{':
+		return "object"
+	case b[0] == '[':
+		return "array"
+	case b[0] == 't' || b[0] == 'f':
+		return "bool"
+	case b[0] == 'n':
+		return "null"
+	}
+	return "number " + Truncate(string(b), 40)
+}
+
 // ParseDuration parses a Go duration string and answers EINVALID with a
-// readable message when it is not one.
+// readable message when it is not one. A duration too large for
+// time.Duration (about 292 years) is taken as the largest there is, of its
+// sign: every duration the API takes is then clamped (wait) or refused by
+// its range check, which says what the range is, rather than called "not a
+// duration".
 func ParseDuration(s string) (time.Duration, error) {
 	v, err := time.ParseDuration(s)
 	if err != nil {
+		if durationSyntax.MatchString(s) {
+			if strings.HasPrefix(s, "-") {
+				return math.MinInt64, nil
+			}
+			return math.MaxInt64, nil
+		}
 		return 0, Errorf(EINVALID, "%q is not a duration (use a Go duration such as \"30s\" or \"5m\")", Truncate(s, 64))
 	}
 	return v, nil
 }
+
+// durationSyntax is what time.ParseDuration takes, whatever the size:
+// numbers, each with a unit.
+var durationSyntax = regexp.MustCompile(`^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))*$`)
 
 // Truncate shortens s to at most n bytes (and an ellipsis) for a message,
 // so that hostile input cannot make an answer large.

@@ -3,6 +3,7 @@ package spinbroker
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"strings"
 	"time"
 	"unicode"
@@ -147,7 +148,11 @@ func checkObject(what string, raw json.RawMessage) (json.RawMessage, error) {
 // CheckLease answers EINVALID unless d is a usable lease or extension.
 func CheckLease(what string, d time.Duration) error {
 	if d < MinLease || d > MaxLease {
-		return Errorf(EINVALID, "%s must be between %s and %s, not %s", what, MinLease, MaxLease, d)
+		given := d.String()
+		if d == math.MaxInt64 || d == math.MinInt64 {
+			given = "one of over 292 years" // ParseDuration's saturation
+		}
+		return Errorf(EINVALID, "%s must be between %s and %s, not %s", what, MinLease, MaxLease, given)
 	}
 	return nil
 }

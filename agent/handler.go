@@ -11,6 +11,8 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+
+	spinbroker "github.com/spin-broker/spinbroker"
 )
 
 // Handler runs one action of a resource. Make one with Handle.
@@ -157,6 +159,9 @@ func decodeError(err error) error {
 func typeWord(t reflect.Type) string {
 	if t == nil {
 		return "another type"
+	}
+	if t == reflect.TypeFor[spinbroker.Duration]() {
+		return `a duration string such as "30s"`
 	}
 	switch t.Kind() {
 	case reflect.Bool:

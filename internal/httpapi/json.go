@@ -113,6 +113,9 @@ func jsonError(err error) error {
 		if field == "" {
 			return spinbroker.Errorf(spinbroker.EINVALID, "the body must be a JSON object, not %s", withArticle(te.Value))
 		}
+		if te.Type == reflect.TypeFor[spinbroker.Duration]() {
+			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be a duration string such as \"30s\" or \"5m\", not %s", field, withArticle(te.Value))
+		}
 		if num, ok := strings.CutPrefix(te.Value, "number "); ok && isIntegerLiteral(num) {
 			// A whole number too large (or negative where none may be):
 			// "must be an integer, not a number 1e30" would puzzle.
@@ -120,7 +123,11 @@ func jsonError(err error) error {
 		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, jsonTypeName(te.Type.String()), withArticle(te.Value))
 	case errors.As(err, &tpe):
-		return spinbroker.Errorf(spinbroker.EINVALID, "%q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
+		return spinbroker.Errorf(spinbroker.EINVALID, "not_before: %q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
+	case strings.HasPrefix(err.Error(), "Time.UnmarshalJSON"):
+		// time.Time's own refusal of a number, object or array names no
+		// field; not_before is the only time a request carries.
+		return spinbroker.Errorf(spinbroker.EINVALID, "not_before must be an RFC 3339 time string (such as \"2026-01-02T15:04:05Z\")")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: the body ends early")
 	}

@@ -166,6 +166,10 @@ func TestCheckKeys_Unchanged(t *testing.T) {
 		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 99999999999999999999}]}`, `field "commands.max_attempts": 99999999999999999999 is out of range`},
 		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e3}]}`, `field "commands.max_attempts" must be an integer, not a number 1e3`},
 		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 2.5}]}`, `field "commands.max_attempts" must be an integer, not a number 2.5`},
+		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": 30}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a number 30`},
+		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": "soon"}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a string "soon"`},
+		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": {}}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not an object`},
+		{`{"commands": [{"resource": "r", "action": "a", "not_before": 1700000000}]}`, `not_before must be an RFC 3339 time string (such as "2026-01-02T15:04:05Z")`},
 	} {
 		err := decodeJSON([]byte(tt.body), new(spinbroker.NewPackage), false)
 		if err == nil || spinbroker.ErrorMessage(err) != tt.want {

@@ -94,6 +94,33 @@ func TestLongPoll_WokenByEnqueue(t *testing.T) {
 	waitFor(t, s, "work", 0)
 }
 
+// TestLongPoll_HugeWaitIsClamped: a wait too large for a duration is a
+// wait of 60s, as any wait over 60s is, in the query and in a claim's body:
+// the poll waits, and an enqueue wakes it.
+func TestLongPoll_HugeWaitIsClamped(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx := context.Background()
+	next := poll(ctx, t, "POST", srv.URL+"/queues/huge/next?wait=9999999999999999999h", "")
+	claim := poll(ctx, t, "POST", srv.URL+"/queues/huge2/claim", `{"max": 1, "wait": "9999999999999999999h"}`)
+	waitFor(t, s, "huge", 1)
+	waitFor(t, s, "huge2", 1)
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Resource: "huge", Action: "go"}, {Resource: "huge2", Action: "go"},
+	}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, res := range map[string]<-chan pollResult{"next": next, "claim": claim} {
+		select {
+		case r := <-res:
+			if r.status != 200 || !strings.Contains(r.body, `"action":"go"`) {
+				t.Errorf("%s with a huge wait: %d %s", name, r.status, r.body)
+			}
+		case <-time.After(25 * time.Second):
+			t.Fatalf("%s with a huge wait was not woken by the enqueue", name)
+		}
+	}
+}
+
 func TestLongPoll_WokenByDependency(t *testing.T) {
 	s, srv, db := newTestServer(t)
 	ctx := context.Background()
