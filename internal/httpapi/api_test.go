@@ -144,19 +144,42 @@ func TestAPI_Errors(t *testing.T) {
 	}
 }
 
+// TestAPI_Head: every read answers HEAD with GET's status and headers and
+// no body.
+func TestAPI_Head(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	for _, path := range []string{"/healthz", "/metrics", "/packages", "/packages/" + w.running, "/commands/" + w.leased.ID, "/queues", "/queues/storage"} {
+		get, head := e.do("GET", path, ""), e.do("HEAD", path, "")
+		if head.status != get.status || head.status != 200 || len(head.body) != 0 || head.header.Get("Content-Type") != get.header.Get("Content-Type") {
+			t.Errorf("HEAD %s: %d %q %q; GET answered %d %q", path, head.status, head.header.Get("Content-Type"), head.body, get.status, get.header.Get("Content-Type"))
+		}
+	}
+	if r := e.do("HEAD", "/packages/"+fixedID(99), ""); r.status != 404 {
+		t.Errorf("HEAD of a missing package: %d", r.status)
+	}
+}
+
 func TestAPI_MethodNotAllowed(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	for _, tt := range []struct{ method, path, allow string }{
 		{"GET", "/queues/storage/next", "POST"},
-		{"DELETE", "/queues/storage", "GET, PATCH"},
-		{"POST", "/packages/0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "GET, DELETE"},
-		{"PATCH", "/packages", "GET, POST"},
+		{"DELETE", "/queues/storage", "GET, HEAD, PATCH"},
+		{"POST", "/packages/0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "GET, HEAD, DELETE"},
+		{"PATCH", "/packages", "GET, HEAD, POST"},
+		{"HEAD", "/commands/complete", "POST"},
 		// The batched completion is POST only, though GET /commands/{id}
 		// would match its path.
 		{"GET", "/commands/complete", "POST"},
 		{"PUT", "/commands/complete", "POST"},
 	} {
 		r := e.do(tt.method, tt.path, "")
+		if tt.method == "HEAD" { // no body to read the code from
+			if r.status != 405 || r.header.Get("Allow") != tt.allow {
+				t.Errorf("HEAD %s: %d, Allow %q", tt.path, r.status, r.header.Get("Allow"))
+			}
+			continue
+		}
 		e.want(r, 405, spinbroker.EMETHOD)
 		if got := r.header.Get("Allow"); got != tt.allow {
 			t.Errorf("%s %s: Allow %q, want %q", tt.method, tt.path, got, tt.allow)
@@ -371,6 +394,7 @@ func TestAPI_Idempotency(t *testing.T) {
 	}
 	e.want(e.do("POST", "/packages", `{"commands": []}`, "Idempotency-Key", "abc-1"), 409, spinbroker.ECONFLICT)
 	e.want(e.do("POST", "/packages", body, "Idempotency-Key", strings.Repeat("k", 300)), 400, spinbroker.EINVALID)
+	e.want(e.do("POST", "/packages", body, "Idempotency-Key", "k-3", "Idempotency-Key", "k-4"), 400, spinbroker.EINVALID)
 	r := e.do("GET", "/packages", "")
 	var list spinbroker.PackageList
 	r.decode(t, &list)

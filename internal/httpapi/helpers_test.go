@@ -93,7 +93,7 @@ func (e *env) do(method, path, body string, header ...string) response {
 		req.Header.Set("Authorization", "Bearer "+e.token)
 	}
 	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
+		req.Header.Add(header[i], header[i+1])
 	}
 	resp, err := e.srv.Client().Do(req)
 	if err != nil {

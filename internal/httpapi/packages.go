@@ -45,10 +45,15 @@ func (s *Server) packageExists(r *http.Request, id string) func() error {
 // the request carries no key. Keys are scoped to the method and path, and to
 // the token when auth is on.
 func (s *Server) idempotency(r *http.Request, body []byte) (*spinbroker.Idempotency, error) {
-	key := r.Header.Get("Idempotency-Key")
-	if key == "" {
+	keys := r.Header.Values("Idempotency-Key")
+	if len(keys) == 0 || keys[0] == "" && len(keys) == 1 {
 		return nil, nil
 	}
+	if len(keys) > 1 {
+		// Which one a replay would be judged by is anyone's guess.
+		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is given %d times; give it once", len(keys))
+	}
+	key := keys[0]
 	if len(key) > 255 {
 		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is longer than 255 characters")
 	}

@@ -25,32 +25,38 @@ func (s *Server) routes() chi.Router {
 	r.NotFound(s.handleNotFound)
 	r.MethodNotAllowed(s.handleMethodNotAllowed(r))
 
-	r.Get("/healthz", s.handleHealth)
-	r.Head("/healthz", s.handleHealth) // load balancers probe with HEAD too
-	r.Get("/metrics", s.handleMetrics)
+	// Reads answer HEAD too (RFC 9110: wherever GET works); net/http sends
+	// the headers of what GET would answer, without its body. Not /events,
+	// a stream that never ends.
+	get := func(pattern string, h http.HandlerFunc) {
+		r.Get(pattern, h)
+		r.Head(pattern, h)
+	}
+	get("/healthz", s.handleHealth) // load balancers probe with HEAD
+	get("/metrics", s.handleMetrics)
 	r.Get("/events", s.handleEvents)
 
 	// Flat routes, not sub-routers: the 405 handler asks the tree which
 	// methods a path allows, and a mounted sub-router claims them all.
 	// Writes take a turn (limitWrites); next and claim wait on their queue.
 	w := r.With(s.limitWrites)
-	r.Get("/packages", s.handlePackageList)
+	get("/packages", s.handlePackageList)
 	w.Post("/packages", s.handlePackageCreate)
-	r.Get("/packages/{id}", s.handlePackageGet)
+	get("/packages/{id}", s.handlePackageGet)
 	w.Delete("/packages/{id}", s.handlePackageDelete)
 	w.Post("/packages/{id}/commands", s.handleCommandAdd)
 	w.Post("/packages/{id}/enqueue", s.handlePackageEnqueue)
 	w.Post("/packages/{id}/cancel", s.handlePackageCancel)
 
 	w.Post(batchCompletePath, s.handleCommandCompleteBatch)
-	r.Get(batchCompletePath, s.handleMethodNotAllowed(r)) // not GET /commands/{id} of an id "complete"
-	r.Get("/commands/{id}", s.handleCommandGet)
+	get(batchCompletePath, s.handleMethodNotAllowed(r)) // not GET /commands/{id} of an id "complete"
+	get("/commands/{id}", s.handleCommandGet)
 	w.Post("/commands/{id}/heartbeat", s.handleCommandHeartbeat)
 	w.Post("/commands/{id}/complete", s.handleCommandComplete)
 	w.Post("/commands/{id}/retry", s.handleCommandRetry)
 
-	r.Get("/queues", s.handleQueueList)
-	r.Get("/queues/{resource}", s.handleQueueGet)
+	get("/queues", s.handleQueueList)
+	get("/queues/{resource}", s.handleQueueGet)
 	w.Patch("/queues/{resource}", s.handleQueueSet)
 	r.Post("/queues/{resource}/next", s.handleQueueNext)
 	r.Post("/queues/{resource}/claim", s.handleQueueClaim)

@@ -716,6 +716,18 @@ type Tx struct {
 	added  []added // commands inserted since the counts were last flushed
 	// flushed is how many of commit.Commands the counts already include.
 	flushed int
+	// creating is the package a create is making, while it runs: errors
+	// must not name an id that the failed request leaves behind nowhere.
+	creating string
+}
+
+// pkgName is how an error names package id: by its id, or as the request's
+// own while the request creates it.
+func (t *Tx) pkgName(id string) string {
+	if id == t.creating {
+		return "the package this request creates"
+	}
+	return "package " + id
 }
 
 // run calls fn, then brings the counts up to date with what it changed. It

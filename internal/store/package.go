@@ -56,6 +56,8 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 
 // createPackage creates package id with in's commands, enqueued if asked.
 func (t *Tx) createPackage(id string, in spinbroker.NewPackage) (pkg *spinbroker.Package, err error) {
+	t.creating = id
+	defer func() { t.creating = "" }()
 	direct, err := t.canEnqueueDirectly(in)
 	if err != nil {
 		return nil, err
@@ -346,15 +348,15 @@ func (t *Tx) resolveDep(pkgID, entry string) (id, state string, err error) {
 	}
 	err = t.queryRow(`SELECT id, state FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id, &state)
 	if isNoRows(err) {
-		return "", "", unknownKeyDep(pkgID, entry)
+		return "", "", t.unknownKeyDep(pkgID, entry)
 	}
 	return id, state, err
 }
 
 // unknownKeyDep is the error of a dependency key that names no command
 // added earlier to package pkgID.
-func unknownKeyDep(pkgID, key string) error {
-	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to package %s", spinbroker.Truncate(key, 80), pkgID)
+func (t *Tx) unknownKeyDep(pkgID, key string) error {
+	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to %s", spinbroker.Truncate(key, 80), t.pkgName(pkgID))
 }
 
 // badDepsFirst returns the error of a bad dependency among cmds, added to
@@ -386,7 +388,7 @@ func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand,
 					return err
 				}
 			default:
-				return unknownKeyDep(pkgID, d)
+				return t.unknownKeyDep(pkgID, d)
 			}
 		}
 		if c.Key != "" {
@@ -457,7 +459,7 @@ func (t *Tx) enqueue(pkgID string) error {
 	case cancelled:
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s was cancelled in staging and cannot be enqueued", pkgID)
 	case total == 0:
-		return spinbroker.Errorf(spinbroker.EEMPTY, "package %s has no commands to enqueue", pkgID)
+		return spinbroker.Errorf(spinbroker.EEMPTY, "%s has no commands to enqueue", t.pkgName(pkgID))
 	}
 	now := nanos(t.now)
 	if _, err := t.exec(`INSERT INTO queues (resource, last_active_at)
@@ -611,6 +613,10 @@ func (db *DB) DeletePackage(ctx context.Context, pkgID string) error {
 			unfinished := fmt.Sprintf("%d unfinished commands", open)
 			if open == 1 {
 				unfinished = "1 unfinished command"
+			}
+			if state == string(spinbroker.PackageCancelled) {
+				// Cancelled already: what is left are leases running out.
+				return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled but has %s still leased to agents; delete it once they report or their leases expire", pkgID, unfinished)
 			}
 			return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is %s with %s; cancel it and wait, or delete it when it has finished", pkgID, state, unfinished)
 		}

@@ -147,6 +147,11 @@ func TestDB_CreatePackage_Invalid(t *testing.T) {
 			wantCode(t, err, tt.code)
 			if msg := spinbroker.ErrorMessage(err); msg == "" || msg == "internal error" {
 				t.Fatalf("message %q does not say what is wrong", msg)
+			} else if tt.code == spinbroker.EUNKNOWNDEP && !spinbroker.LooksLikeID(tt.in.Commands[0].Dependencies[0]) || tt.code == spinbroker.EEMPTY {
+				// The id the request would have had exists nowhere.
+				if !strings.Contains(msg, "the package this request creates") {
+					t.Errorf("message %q names the package the request did not create", msg)
+				}
 			}
 		})
 	}
@@ -467,8 +472,19 @@ func TestDB_DeletePackage(t *testing.T) {
 		t.Fatalf("enqueued after its command was cancelled: %s", mustJSON(p))
 	}
 
-	// A finished package can go; dependents of its successes keep running.
+	// A cancelled package whose leased command still runs waits for it,
+	// and the refusal says so, not "cancel it".
 	y := mustNext(t, db, "r")
+	if _, err := db.CancelPackage(ctx, running.ID); err != nil {
+		t.Fatal(err)
+	}
+	err = db.DeletePackage(ctx, running.ID)
+	wantCode(t, err, spinbroker.ECONFLICT)
+	if msg := spinbroker.ErrorMessage(err); !strings.Contains(msg, "is cancelled but has 1 unfinished command still leased") || strings.Contains(msg, "cancel it") {
+		t.Errorf("deleting a cancelled package with a lease out: %q", msg)
+	}
+
+	// A finished package can go; dependents of its successes keep running.
 	after := enqueue(t, db, cmd("s", "needs-y", y.ID), cmd("s", "needs-y-too", y.ID))
 	succeed(t, db, y)
 	if err := db.DeletePackage(ctx, running.ID); err != nil {
