@@ -108,10 +108,13 @@ other value is sent as a string (path=/srv/images). A key may appear once.
 (of any package) or the --key of a command added earlier to this package.
 Repeat it for several.`,
 		Example: `  PKG=$(spinbroker message new)
-  VOL=$(spinbroker message add "$PKG" storage add_volume path=vm1 --key vol)
-  spinbroker message add "$PKG" storage create_image volume_path=vm1 \
-      image_name=disk.raw image_size=10 --dep vol
-  spinbroker message add "$PKG" emulation start id=vm1 --dep "$VOL" --max-attempts 1`,
+  spinbroker message add "$PKG" storage add_volume path=vm1 --key vol
+  IMG=$(spinbroker message add "$PKG" storage create_image volume_path=vm1 \
+      image_name=disk.raw image_size=10 --dep vol)
+  spinbroker message add "$PKG" emulation write_config id=vm1 \
+      vm='{"Name":"vm1","Cpus":1,"Memory":256,"Images":[{"Path":"disk.raw","Volume":"vm1"}]}' \
+      --key cfg --dep "$IMG"
+  spinbroker message add "$PKG" emulation start id=vm1 --dep cfg --max-attempts 1`,
 		Args: argsBetween(3, -1, "PKG RESOURCE ACTION [key=value ...]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkID(cmd, "PKG", args[0]); err != nil {

@@ -178,7 +178,8 @@ var (
 	buildErr  error
 )
 
-// buildAgents builds the two agents once for the test binary's life.
+// buildAgents builds the two agents and the CLI once for the test binary's
+// life.
 func buildAgents(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -188,7 +189,8 @@ func buildAgents(t *testing.T) string {
 		}
 		cmd := exec.Command("go", "build", "-o", binDir+"/",
 			"github.com/spin-broker/spinbroker/cmd/sa-host-path",
-			"github.com/spin-broker/spinbroker/cmd/sa-emulation")
+			"github.com/spin-broker/spinbroker/cmd/sa-emulation",
+			"github.com/spin-broker/spinbroker/cmd/spinbroker")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -416,4 +418,47 @@ func runFor(cmd *exec.Cmd, d time.Duration) (string, error) {
 	defer timer.Stop()
 	err := cmd.Wait()
 	return out.String(), err
+}
+
+// TestReadme_CLITour runs the README's CLI tour as a newcomer would, up to
+// its status --wait, against both agents: the package it builds must
+// succeed (it once raced: the VM's config waited only for the volume, not
+// for its image).
+func TestReadme_CLITour(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "### With the CLI")
+	if !ok {
+		t.Fatal(`the README has no "### With the CLI"`)
+	}
+	_, rest, _ = strings.Cut(rest, "```sh\n")
+	block, _, _ := strings.Cut(rest, "```")
+	var script []string
+	for _, line := range strings.Split(block, "\n") {
+		if strings.HasPrefix(line, "make build") {
+			continue // the binaries are built here
+		}
+		script = append(script, line)
+		if strings.Contains(line, "message status") && strings.Contains(line, "--wait") {
+			break
+		}
+	}
+	if !strings.Contains(strings.Join(script, "\n"), "--wait") {
+		t.Fatalf("the tour has no status --wait:\n%s", block)
+	}
+
+	bins := buildAgents(t)
+	b := startBroker(t)
+	dir := t.TempDir()
+	root := filepath.Join(dir, "images")
+	startAgent(t, "storage", bins, b.url, "sa-host-path", "--root", root)
+	startAgent(t, "emulation", bins, b.url, "sa-emulation", "--supervisor", "process", "--state-dir", filepath.Join(dir, "state"), "--images-root", root)
+
+	cmd := exec.Command("bash", "-eu", "-o", "pipefail", "-c", strings.Join(script, "\n"))
+	cmd.Env = append(os.Environ(), "PATH="+bins+":"+os.Getenv("PATH"), "SPINBROKER_URL="+b.url)
+	if out, err := runFor(cmd, 3*time.Minute); err != nil {
+		t.Fatalf("the README's CLI tour: %v\n%s\n%s", err, strings.Join(script, "\n"), out)
+	}
 }
