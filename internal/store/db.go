@@ -125,8 +125,11 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 // database file's mode) readable by everyone the umask lets read. An
 // existing file keeps the mode its owner gave it, and is not opened: closing
 // a descriptor of a database SQLite has open in this process would drop
-// SQLite's POSIX locks on it.
+// SQLite's POSIX locks on it. A symbolic link to a file not made yet makes
+// that file (O_EXCL on the link itself would find it there, and leave the
+// file to SQLite and the umask).
 func createPrivate(path string) error {
+	path = resolved(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		return nil

@@ -177,6 +177,26 @@ func TestOpen_PrivateFiles(t *testing.T) {
 	if q, err := again.Queue(ctx, "r"); err != nil || q.Counts.Ready != 1 {
 		t.Fatalf("the reopened database: %+v %v", q, err)
 	}
+
+	// Through a symbolic link to a file not made yet, the file made is
+	// private too.
+	link, target := filepath.Join(dir, "link.db"), filepath.Join(dir, "real.db")
+	if err := os.Symlink("real.db", link); err != nil {
+		t.Fatal(err)
+	}
+	linked, err := store.Open(ctx, link, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, linked, cmd("r", "a"))
+	defer linked.Close()
+	for _, f := range []string{target, target + "-wal"} {
+		if st, err := os.Stat(f); err != nil {
+			t.Error(err)
+		} else if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s through a link has mode %v, want -rw-------", filepath.Base(f), st.Mode().Perm())
+		}
+	}
 }
 
 // TestOpen_RefusesNewerSchema: a database a newer spin-broker migrated past
