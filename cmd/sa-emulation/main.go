@@ -15,10 +15,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 
@@ -69,17 +67,21 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return agentcmd.Usagef("-qemu: %w", err)
 		}
 	}
+	for flag, dir := range map[string]string{"state-dir": *stateDir, "unit-dir": *unitDir} {
+		if _, err := agentcmd.Folder(flag, dir); dir != "" && err != nil {
+			return err
+		}
+	}
 	log, c := common.Logger(), common.Client()
 	if *imagesRoot != "" {
 		// A root that is not there yet is no mistake: sa-host-path makes
 		// its root when it starts, and the two may start in either order.
-		switch fi, err := os.Stat(*imagesRoot); {
-		case errors.Is(err, os.ErrNotExist):
+		exists, err := agentcmd.Folder("images-root", *imagesRoot)
+		if err != nil {
+			return err
+		}
+		if !exists {
 			log.Warn("the images root does not exist yet; images are looked for in it as each command comes", "images_root", *imagesRoot)
-		case err != nil:
-			return agentcmd.Usagef("-images-root: %w", err)
-		case !fi.IsDir():
-			return agentcmd.Usagef("-images-root: %s is not a folder", *imagesRoot)
 		}
 	}
 	// Before the supervisor adopts the VMs of the state dir: they are

@@ -50,6 +50,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return agentcmd.Usagef("-qemu-img: %w", err)
 		}
 	}
+	if _, err := agentcmd.Folder("root", *root); err != nil {
+		return err
+	}
 	log, c := common.Logger(), common.Client()
 	st, err := hostpath.Open(*root, hostpath.Options{QemuImg: *qemuImg, Logger: log})
 	if err != nil {

@@ -372,7 +372,10 @@ func TestAgents_UsageErrors(t *testing.T) {
 		{[]string{"sa-emulation", "-url", "http://x", "-supervisor", "docker"}, "-supervisor must be process or systemd"},
 		{[]string{"sa-emulation", "-url", "http://x", "-accel", "fast"}, "-accel"},
 		{[]string{"sa-emulation", "-url", "http://x", "-qemu", "/nonexistent/qemu"}, "-qemu"},
-		{[]string{"sa-emulation", "-url", "http://x", "-images-root", notDir}, "is not a folder"},
+		{[]string{"sa-emulation", "-url", "http://x", "-images-root", notDir}, "-images-root: " + notDir + " is not a folder"},
+		{[]string{"sa-emulation", "-url", "http://x", "-state-dir", notDir}, "-state-dir: " + notDir + " is not a folder"},
+		{[]string{"sa-emulation", "-url", "http://x", "-supervisor", "systemd", "-unit-dir", notDir}, "-unit-dir: " + notDir + " is not a folder"},
+		{[]string{"sa-host-path", "-url", "http://x", "-root", notDir}, "-root: " + notDir + " is not a folder"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			cmd := exec.Command(filepath.Join(bin, c.args[0]), c.args[1:]...)
@@ -400,7 +403,7 @@ func TestAgents_UsageErrors(t *testing.T) {
 		})
 	}
 	for _, name := range []string{"sa-host-path", "sa-emulation"} {
-		out, err := exec.Command(filepath.Join(bin, name), "-help").CombinedOutput()
+		out, err := exec.Command(filepath.Join(bin, name), "-help").Output() // stdout: -help | less works
 		if err != nil || !strings.Contains(string(out), "Flags:") || !strings.Contains(string(out), "-lease") {
 			t.Errorf("%s -help: %v\n%s", name, err, out)
 		}

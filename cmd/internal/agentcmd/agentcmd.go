@@ -57,6 +57,22 @@ func Usagef(format string, args ...any) error {
 	return &UsageError{Err: fmt.Errorf(format, args...)}
 }
 
+// Folder checks the folder a flag names: one not there yet is no mistake
+// (the agent makes it, or another agent does), but anything else of that
+// name is a usage error naming the flag. exists says whether it is there.
+func Folder(flag, path string) (exists bool, err error) {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, Usagef("-%s: %w", flag, err)
+	case !fi.IsDir():
+		return false, Usagef("-%s: %s is not a folder", flag, path)
+	}
+	return true, nil
+}
+
 // Flags are the flags every agent takes.
 type Flags struct {
 	name  string
@@ -98,8 +114,11 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprintf(stderr, "%s\n\nUsage: %s -url URL [flags]\n\nFlags:\n", f.about, f.name)
+		// Help that was asked for is output (-help | less), not an error.
+		fmt.Fprintf(os.Stdout, "%s\n\nUsage: %s -url URL [flags]\n\nFlags:\n", f.about, f.name)
+		fs.SetOutput(os.Stdout)
 		fs.PrintDefaults()
+		fs.SetOutput(stderr)
 		return err
 	case err != nil:
 		return &UsageError{Err: err}
