@@ -30,7 +30,7 @@ its -shm, put the copy in its place, and start the broker again:
   cp backup.db broker.db
   spinbroker serve --db broker.db --check`,
 		Example: `  spinbroker backup --db /var/lib/spinbroker/broker.db --to /backups/broker-$(date +%F).db`,
-		Args:    cobra.NoArgs,
+		Args:    args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if to == "" {
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--to is required")}

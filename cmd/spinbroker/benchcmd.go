@@ -65,7 +65,7 @@ when --url names it.`,
   spinbroker bench --scenarios throughput --protocol claim --claim 100
   spinbroker bench --scenarios throughput,backlog,wakeup --sync full --json
   spinbroker bench --url http://broker:8080 --scenarios wakeup`,
-		Args: cobra.NoArgs,
+		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(c.compare) > 0 {
 				return a.compare(c.compare)

@@ -283,12 +283,17 @@ func TestUsageErrors(t *testing.T) {
 		{"ServeWithURL", []string{"serve", "--url", b.url}, "--url is for the commands that talk to a broker", "spinbroker serve"},
 		{"BackupWithToken", []string{"backup", "--to", "x.db", "--token", "t"}, "--token is for the commands that talk to a broker", "spinbroker backup"},
 		{"CompactWithOutput", []string{"compact", "-o", "table"}, "--output is for the commands that talk to a broker", "spinbroker compact"},
+		// A stray argument is a usage error, not an "unknown command".
+		{"ServeWithArgument", []string{"serve", "bogus"}, "want no arguments, got 1", "spinbroker serve"},
+		{"BackupWithArgument", []string{"backup", "extra", "--to", "x.db"}, "want no arguments, got 1", "spinbroker backup"},
+		{"CompactWithArgument", []string{"compact", "extra"}, "want no arguments, got 1", "spinbroker compact"},
+		{"BenchWithArgument", []string{"bench", "extra"}, "want no arguments, got 1", "spinbroker bench"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			args := tt.args
-			if !slices.Contains(args, "--url") && !slices.Contains([]string{"token", "migrate", "serve", "backup", "compact"}, args[0]) {
+			if !slices.Contains(args, "--url") && !slices.Contains([]string{"token", "migrate", "serve", "backup", "compact", "bench"}, args[0]) {
 				args = append(args, "--url", b.url)
 			}
 			r := spin(t, args...)

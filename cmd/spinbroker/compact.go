@@ -28,7 +28,7 @@ compact leaves the database as it was.`,
 		Example: `  systemctl stop spinbroker
   spinbroker compact --db /var/lib/spinbroker/broker.db
   systemctl start spinbroker`,
-		Args: cobra.NoArgs,
+		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := existingDB(db); err != nil {
 				return err

@@ -20,6 +20,11 @@ func (a *app) migrateCommand() *cobra.Command {
 pending ones (up). 'spinbroker serve' applies them at start-up too; run 'up'
 by hand to upgrade a database before a new broker starts on it; 'up' refuses
 to run while a broker serves the database.`,
+		Example: `  spinbroker migrate status --db /var/lib/spinbroker/broker.db   # beside a running broker too
+  systemctl stop spinbroker
+  spinbroker backup --db /var/lib/spinbroker/broker.db --to /var/backups/broker-before-upgrade.db
+  spinbroker migrate up --db /var/lib/spinbroker/broker.db
+  systemctl start spinbroker`,
 		Args:      args(1, "status or up"),
 		ValidArgs: []string{"status", "up"},
 		RunE: func(cmd *cobra.Command, args []string) error {

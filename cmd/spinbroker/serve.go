@@ -83,7 +83,7 @@ GOGC environment variable says otherwise.`,
 		Example: `  spinbroker serve
   spinbroker serve --addr localhost:9090 --db /var/lib/spinbroker/broker.db --sync full
   spinbroker serve --addr :8443 --auth --tls-cert cert.pem --tls-key key.pem --retain 168h`,
-		Args: cobra.NoArgs,
+		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return namedEnv(cmd, a.serve(cmd.Context(), c))
 		},
