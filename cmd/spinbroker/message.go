@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -218,8 +219,10 @@ broker could not be asked); 3 it has not finished yet; 130 interrupted.
 --wait waits until the package has finished, showing its progress on one
 line when the output is a terminal, then exits as above. It waits for a
 package still in staging too (another process may enqueue it), saying so
-once on stderr. --timeout bounds the wait: when it runs out, status reports
-the package as it is (exit 3).`,
+once on stderr. When nothing has moved for 5s while work is ready, it looks
+at the queues and says on stderr what holds them: a paused queue, or free
+slots that no agent takes. --timeout bounds the wait: when it runs out,
+status reports the package as it is (exit 3), and says so on stderr.`,
 		Example: `  spinbroker message status "$PKG"
   spinbroker message status "$PKG" --wait && echo done
   spinbroker message status "$PKG" --wait --timeout 10m -o json`,
@@ -256,6 +259,9 @@ the package as it is (exit 3).`,
 				}
 			} else if err := printStatus(a.stdout, p); err != nil {
 				return err
+			}
+			if wait && !p.State.Terminal() {
+				fmt.Fprintf(a.stderr, "spinbroker: package %s is still %s (%s) after %s\n", p.ID, p.State, progress(p), timeout)
 			}
 			return statusExit(p)
 		},
@@ -309,6 +315,7 @@ func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, tim
 		connected: connected,
 		id:        strings.ToLower(id), // as the broker writes ids
 		poll:      time.Second,
+		stall:     stallHint,
 		show:      func(*spinbroker.Package) {},
 		note:      func(msg string) { fmt.Fprintln(a.stderr, "spinbroker:", msg) },
 	}
@@ -350,9 +357,16 @@ type waiter struct {
 	connected <-chan struct{}           // closed when the stream is open
 	id        string                    // the package
 	poll      time.Duration             // between reads when there are no events
+	stall     time.Duration             // unchanged this long, the waiter looks for why
 	show      func(*spinbroker.Package) // every state read
 	note      func(string)              // news for the person waiting
 }
+
+// stallHint is how long a package may sit unchanged, with work ready,
+// before status --wait looks at its queues and says what holds it: no agent
+// taking the work, or a paused queue. A newcomer who has not started the
+// agents would otherwise watch "0/3 done" for minutes.
+const stallHint = 5 * time.Second
 
 // safetyRead bounds how long a change can go unseen if the broker drops an
 // event for a slow subscriber, or answers the stream before it subscribes.
@@ -394,6 +408,9 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 		polling bool // the event stream has ended, or the broker is away
 		lost    bool // the broker stopped answering; said once
 		staged  bool // the package was seen in staging; said once
+		looked  bool // a stall was looked into; once
+		seen    string
+		changed = time.Now() // when the package was last seen to change
 	)
 	for {
 		p, err := w.cl.Package(ctx, w.id)
@@ -407,6 +424,13 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 			w.show(p)
 			if p.State.Terminal() {
 				return p, nil
+			}
+			if now := fmt.Sprint(p.State, p.Counts); now != seen {
+				seen, changed = now, time.Now()
+			}
+			if !looked && p.State != spinbroker.PackageStaging && time.Since(changed) >= w.stall {
+				looked = true
+				w.whyStalled(ctx, p)
 			}
 			if p.State == spinbroker.PackageStaging && !staged {
 				// Someone else may enqueue it; but a forgotten enqueue
@@ -431,7 +455,12 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 		if polling {
 			tick = time.After(w.poll)
 		}
+		var stalled <-chan time.Time
+		if !looked && last != nil && last.State != spinbroker.PackageStaging {
+			stalled = time.After(time.Until(changed.Add(w.stall)))
+		}
 		select {
+		case <-stalled:
 		case <-wake:
 		case <-streamDone:
 			streamDone = nil
@@ -440,6 +469,28 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 		case <-time.After(safetyRead):
 		case <-ctx.Done():
 			return last, ctx.Err()
+		}
+	}
+}
+
+// whyStalled looks at the queues of the package's ready commands and says
+// what holds them: a paused queue, or free slots that no agent fills.
+func (w *waiter) whyStalled(ctx context.Context, p *spinbroker.Package) {
+	var resources []string
+	for _, c := range p.Commands {
+		if c.State == spinbroker.Ready && !slices.Contains(resources, c.Resource) {
+			resources = append(resources, c.Resource)
+		}
+	}
+	for _, r := range resources[:min(len(resources), 3)] {
+		q, err := w.cl.Queue(ctx, r)
+		switch {
+		case err != nil:
+		case q.Paused:
+			w.note(fmt.Sprintf("queue %s is paused: nothing in it runs until it is resumed (spinbroker queue resume %s)", r, r))
+		case q.Counts.Ready > 0 && q.Counts.Leased < q.Concurrency:
+			w.note(fmt.Sprintf("queue %s has %d ready, the oldest for %s, and %d of %d slots free, yet none has been taken: is an agent for %s running?",
+				r, q.Counts.Ready, (time.Duration(q.OldestReadyAgeSeconds) * time.Second).String(), q.Concurrency-q.Counts.Leased, q.Concurrency, r))
 		}
 	}
 }

@@ -386,3 +386,24 @@ func TestStatusWaitTerminal(t *testing.T) {
 	got := out.String()
 	wantContains(t, "the terminal", got, "\r\x1b[Kqueued: 0/2 done", "\r\x1b[Krunning: 1/2 done", "\r\x1b[Ksucceeded: 2/2 done\r\n")
 }
+
+// TestStatusWait_SaysWhyNothingMoves: a package whose ready work sits
+// untaken gets a word on stderr (no agent, or a paused queue), and a wait
+// that times out says so before it exits 3.
+func TestStatusWait_SaysWhyNothingMoves(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	pkg := b.id("message", "new")
+	b.id("message", "add", pkg, "storage", "add_volume", "path=vm1")
+	b.ok("message", "enqueue", pkg)
+	r := b.startWait(pkg, "--timeout", "8s").result(30 * time.Second)
+	if r.code != 3 || !strings.Contains(r.stderr, "queue storage has 1 ready") || !strings.Contains(r.stderr, "is an agent for storage running?") ||
+		!strings.Contains(r.stderr, "package "+pkg+" is still queued (0/1 done) after 8s") {
+		t.Errorf("a wait on work nobody takes:\n%s", r)
+	}
+	b.ok("queue", "pause", "storage")
+	r = b.startWait(pkg, "--timeout", "7s").result(30 * time.Second)
+	if r.code != 3 || !strings.Contains(r.stderr, "queue storage is paused") || strings.Contains(r.stderr, "is an agent") {
+		t.Errorf("a wait on a paused queue:\n%s", r)
+	}
+}
