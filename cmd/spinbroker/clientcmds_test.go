@@ -269,6 +269,7 @@ func TestUsageErrors(t *testing.T) {
 		{"QueueSetNothing", []string{"queue", "set", "storage"}, "nothing to set", "spinbroker queue set"},
 		{"QueueSetBadConcurrency", []string{"queue", "set", "storage", "--concurrency", "0"}, "--concurrency must be between", "spinbroker queue set"},
 		{"QueueSetBadPaused", []string{"queue", "set", "storage", "--paused=maybe"}, "invalid argument", "spinbroker queue set"},
+		{"QueueSetPausedSpaceFalse", []string{"queue", "set", "storage", "--paused", "false"}, "--paused takes its value after an equals sign: --paused=false", "spinbroker queue set"},
 		{"BadURL", []string{"queue", "ls", "--url", "localhost:8080"}, "is not a broker URL", "spinbroker queue ls"},
 		{"TokenNoRole", []string{"token", "create"}, "give --role", "spinbroker token create"},
 		{"TokenBadRole", []string{"token", "create", "--role", "root"}, "--role must be one of admin, client, agent, viewer", "spinbroker token create"},
@@ -326,7 +327,7 @@ func TestUnreachableBroker(t *testing.T) {
 		if r.code != 1 {
 			t.Fatalf("%v: exit %d, want 1\n%s", args, r.code, r)
 		}
-		wantContains(t, "stderr", r.stderr, "cannot reach the broker", url)
+		wantContains(t, "stderr", r.stderr, "cannot reach the broker", url, "--url or SPINBROKER_URL names it")
 		if r.stdout != "" {
 			t.Errorf("%v: stdout = %q, want nothing", args, r.stdout)
 		}

@@ -99,7 +99,11 @@ func describe(err error) string {
 		return msg
 	}
 	if client.Temporary(err) {
-		return fmt.Sprintf("cannot reach the broker: %v", err)
+		msg := fmt.Sprintf("cannot reach the broker: %v", err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			msg += "; is it running, and is that its address? --url or SPINBROKER_URL names it"
+		}
+		return msg
 	}
 	if code := spinbroker.ErrorCode(err); code != spinbroker.EINTERNAL {
 		return fmt.Sprintf("%s (%s)", spinbroker.ErrorMessage(err), code)

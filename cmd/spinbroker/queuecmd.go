@@ -105,7 +105,14 @@ the same more briefly.`,
 		Example: `  spinbroker queue set storage --concurrency 4
   spinbroker queue set emulation --paused
   spinbroker queue set emulation --paused=false --concurrency 2`,
-		Args: args(1, "RESOURCE"),
+		Args: func(cmd *cobra.Command, a []string) error {
+			// A boolean flag takes its value after "=": "--paused false"
+			// is the flag and a stray argument.
+			if len(a) == 2 && (a[1] == "true" || a[1] == "false") && cmd.Flags().Changed("paused") {
+				return usagef(cmd, "--paused takes its value after an equals sign: --paused=%s", a[1])
+			}
+			return args(1, "RESOURCE")(cmd, a)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkResource(cmd, args[0]); err != nil {
 				return err

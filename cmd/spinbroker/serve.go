@@ -231,7 +231,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	}
 	if !local && !c.auth && !c.insecure {
 		return &usageError{cmd: "spinbroker serve", err: fmt.Errorf(
-			"refusing to listen on %s without --auth: anyone who can reach it could run commands; add --auth (and create tokens with 'spinbroker token create'), or --insecure if the network is yours alone", c.addr)}
+			"refusing to listen on %s without --auth: --addr is not a loopback address, and anyone who can reach it could run commands; add --auth (and create tokens with 'spinbroker token create'), or --insecure if the network is yours alone", c.addr)}
 	}
 	if os.Getenv("GOGC") == "" {
 		// The broker's Go heap is small (SQLite's page cache lives outside
@@ -251,7 +251,11 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		// Not a network error of a client: said as it is.
-		return &exitError{code: 1, msg: fmt.Sprintf("cannot listen on %s: %v", c.addr, err)}
+		msg := fmt.Sprintf("cannot listen on %s: %v", c.addr, err)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			msg += "; is a broker running there already? Give another with --addr (make run ADDR=localhost:8081)"
+		}
+		return &exitError{code: 1, msg: msg}
 	}
 	defer ln.Close() // for the returns before Serve, which closes it itself
 

@@ -222,9 +222,14 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		// they never typed.
 		{nil, "SPINBROKER_SYNC=bogus", `--sync must be normal or full, not "bogus" (--sync comes from SPINBROKER_SYNC)`},
 		{nil, "SPINBROKER_LOG_LEVEL=loud", `not "loud" (--log-level comes from SPINBROKER_LOG_LEVEL)`},
+		{nil, "SPINBROKER_ADDR=0.0.0.0:0", `yours alone (--addr comes from SPINBROKER_ADDR)`},
 	} {
 		db := filepath.Join(dir, "never.db")
-		cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--db", db}, tt.args...)...)
+		base := []string{"serve", "--addr", "127.0.0.1:0", "--db", db}
+		if strings.HasPrefix(tt.env, "SPINBROKER_ADDR=") {
+			base = []string{"serve", "--db", db}
+		}
+		cmd := exec.Command(bin, append(base, tt.args...)...)
 		cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", tt.env)
 		out, err := cmd.CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
@@ -283,7 +288,7 @@ func TestServe_PortInUse(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("exit %v, want 1:\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "cannot listen on "+ln.Addr().String()) || strings.Contains(string(out), "cannot reach") {
+	if !strings.Contains(string(out), "cannot listen on "+ln.Addr().String()) || !strings.Contains(string(out), "another with --addr") || strings.Contains(string(out), "cannot reach") {
 		t.Fatalf("the message:\n%s", out)
 	}
 }
