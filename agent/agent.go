@@ -326,6 +326,11 @@ func (a *runner) loop(ctx context.Context) error {
 			wait(ctx, d)
 			continue
 		}
+		if failures > 0 {
+			// The warnings stop; say why, or a reader of the log is left
+			// wondering whether the agent gave up.
+			a.log.Info("taking commands again", "after_failures", failures)
+		}
 		failures = 0
 		switch {
 		case len(cmds) == 0:

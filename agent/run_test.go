@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -361,7 +362,8 @@ func TestRun_BrokerUnavailable(t *testing.T) {
 	f := &faults{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/next") }}
 	f.n.Store(4)
 	b := startBroker(t, httpapi.Options{}, f.wrap)
-	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{})
+	var logs lockedBuffer
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ids := b.enqueue(t, cmd("greet", `{"name":"x"}`))
 	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
 		t.Errorf("command %s", c.State)
@@ -369,6 +371,28 @@ func TestRun_BrokerUnavailable(t *testing.T) {
 	if n := f.seen.Load(); n < 5 {
 		t.Errorf("%d next requests, want at least 5", n)
 	}
+	// The warnings end with a word that the agent works again.
+	if got := logs.String(); !strings.Contains(got, "cannot take commands; retrying") || !strings.Contains(got, `msg="taking commands again"`) || !strings.Contains(got, "after_failures=4") {
+		t.Errorf("the agent's log:\n%s", got)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that an agent's goroutines may log to.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestRun_Unauthorized(t *testing.T) {

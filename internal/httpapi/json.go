@@ -276,7 +276,13 @@ func (s *Server) judge(w http.ResponseWriter, r *http.Request, err error) (*spin
 		s.log.Error("internal error", logAttrs(r, "err", err)...)
 	case spinbroker.EUNAVAILABLE:
 		w.Header().Set("Retry-After", "1")
-		s.log.Warn("unavailable", logAttrs(r, "err", err)...)
+		if errors.Is(err, errShuttingDown) {
+			// A planned stop, not a fault: at warn, every restart would
+			// leave two lines per waiting agent.
+			s.log.Info("unavailable", logAttrs(r, "err", err)...)
+		} else {
+			s.log.Warn("unavailable", logAttrs(r, "err", err)...)
+		}
 	}
 	return e, StatusOf(e.Code)
 }

@@ -191,7 +191,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		switch {
 		case sw.status >= 500 && sw.status != http.StatusServiceUnavailable:
 			level = slog.LevelError
-		case sw.status == http.StatusServiceUnavailable:
+		case sw.status == http.StatusServiceUnavailable && !s.stopping():
 			level = slog.LevelWarn
 		case r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
 			level = slog.LevelDebug

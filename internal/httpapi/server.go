@@ -180,6 +180,17 @@ func (s *Server) Shutdown() {
 	s.quitOnce.Do(func() { close(s.quit) })
 }
 
+// stopping reports whether Shutdown has been called: its 503s are a
+// planned stop, logged at info.
+func (s *Server) stopping() bool {
+	select {
+	case <-s.quit:
+		return true
+	default:
+		return false
+	}
+}
+
 // committed hears every commit of the store: it wakes the queues that
 // changed, feeds the event stream and moves the counters. It runs on the
 // store's writer goroutine and must not block.
