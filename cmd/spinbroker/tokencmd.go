@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -179,7 +180,7 @@ for a few). Revoking a revoked token changes nothing.`,
 				return err
 			}
 			defer st.Close()
-			tok, err := st.RevokeToken(cmd.Context(), args[0])
+			tok, already, err := st.RevokeToken(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -194,6 +195,10 @@ for a few). Revoking a revoked token changes nothing.`,
 					}
 				}
 				return a.printJSON(tok)
+			}
+			if already {
+				_, err = fmt.Fprintf(a.stdout, "Token %s was revoked already, at %s\n", tok.ID, tok.RevokedAt.UTC().Format(time.RFC3339))
+				return err
 			}
 			_, err = fmt.Fprintf(a.stdout, "Revoked token %s\n", tok.ID)
 			return err

@@ -139,6 +139,10 @@ func TestTokenCommands(t *testing.T) {
 	if len(toks.Tokens) != 3 || toks.Tokens[0].ID != admin || toks.Tokens[0].RevokedAt == nil || toks.Tokens[1].RevokedAt != nil {
 		t.Errorf("token ls -o json = %+v", toks)
 	}
+	// Again: it says so, rather than revoke it once more.
+	if r := spin(t, "token", "revoke", "--db", path, admin); r.code != 0 || !strings.HasPrefix(r.stdout, "Token "+admin+" was revoked already, at ") {
+		t.Errorf("token revoke of a revoked token: %s", r)
+	}
 	var revoked spinbroker.Token
 	decodeJSON(t, spin(t, "token", "revoke", "--db", path, admin, "-o", "json").stdout, &revoked)
 	if revoked.ID != admin || revoked.RevokedAt == nil || !revoked.RevokedAt.Equal(*toks.Tokens[0].RevokedAt) {

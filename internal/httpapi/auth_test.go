@@ -33,7 +33,7 @@ func TestAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.db.RevokeToken(ctx, revoked.ID); err != nil {
+	if _, _, err := e.db.RevokeToken(ctx, revoked.ID); err != nil {
 		t.Fatal(err)
 	}
 

@@ -116,13 +116,13 @@ func (db *DB) Tokens(ctx context.Context) ([]spinbroker.Token, error) {
 }
 
 // RevokeToken revokes a token by id (or a unique prefix of at least 8
-// characters of it); requests carrying it are refused from then on.
-func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*spinbroker.Token, error) {
+// characters of it); requests carrying it are refused from then on. The
+// token's RevokedAt is when it was revoked; already says that was before.
+func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (tok *spinbroker.Token, already bool, err error) {
 	if len(idOrPrefix) < 8 {
-		return nil, spinbroker.Errorf(spinbroker.EINVALID, "give the token's id or at least its first 8 characters")
+		return nil, false, spinbroker.Errorf(spinbroker.EINVALID, "give the token's id or at least its first 8 characters")
 	}
-	var tok *spinbroker.Token
-	err := db.write(ctx, func(t *Tx) error {
+	err = db.write(ctx, func(t *Tx) error {
 		ids, err := queryStrings(t, `SELECT id FROM tokens WHERE id >= ? AND id < ? LIMIT 2`, strings.ToLower(idOrPrefix), strings.ToLower(idOrPrefix)+"~")
 		if err != nil {
 			return err
@@ -133,11 +133,13 @@ func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (*spinbroker.T
 		case 2:
 			return spinbroker.Errorf(spinbroker.EINVALID, "%s matches more than one token; give more of the id", spinbroker.Truncate(idOrPrefix, 40))
 		}
-		if _, err := t.exec(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, nanos(t.now), ids[0]); err != nil {
+		var at int64
+		if err := t.queryRow(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? RETURNING revoked_at`, nanos(t.now), ids[0]).Scan(&at); err != nil {
 			return err
 		}
-		tok = &spinbroker.Token{ID: ids[0]}
+		revoked := fromNanos(at)
+		tok, already = &spinbroker.Token{ID: ids[0], RevokedAt: &revoked}, at != nanos(t.now)
 		return nil
 	})
-	return tok, err
+	return tok, already, err
 }
