@@ -20,10 +20,44 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// The causes of the context signalContext cancels, for context.Cause.
+var (
+	errInterrupted = errors.New("SIGINT")
+	errTerminated  = errors.New("SIGTERM")
+)
+
+// signalContext is signal.NotifyContext for SIGINT and SIGTERM with a cause
+// that says which came (errInterrupted, errTerminated): serve logs it, and
+// status --wait exits 130 or 143 as a shell would. After the first signal
+// the default action is back: a second one ends the process at once.
+func signalContext() (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			signal.Stop(ch)
+			if sig == syscall.SIGTERM {
+				cancel(errTerminated)
+			} else {
+				cancel(errInterrupted)
+			}
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		cancel(nil)
+	}
 }
 
 // app holds what every subcommand shares: the global flags and the streams.

@@ -28,9 +28,11 @@ import (
 const (
 	exitFailed     = 1 // the package failed or was cancelled
 	exitNotDoneYet = 3 // the package has not finished
-	// exitInterrupted is the shell's code for a command ended by SIGINT
-	// (128+2); status catches the signal to clear its progress line first.
+	// exitInterrupted and exitTerminated are the shell's codes for a
+	// command ended by SIGINT (128+2) and SIGTERM (128+15); status catches
+	// the signal to clear its progress line first.
 	exitInterrupted = 130
+	exitTerminated  = 143
 )
 
 func (a *app) messageCommand() *cobra.Command {
@@ -214,7 +216,8 @@ func (a *app) messageStatusCommand() *cobra.Command {
 for a failed package the reason and the id of the command that caused it.
 
 Exit codes: 0 the package succeeded; 1 it failed or was cancelled (or the
-broker could not be asked); 3 it has not finished yet; 130 interrupted.
+broker could not be asked); 3 it has not finished yet; 130 interrupted
+(SIGINT), 143 terminated (SIGTERM).
 
 --wait waits until the package has finished, showing its progress on one
 line when the output is a terminal, then exits as above. It waits for a
@@ -248,6 +251,9 @@ status reports the package as it is (exit 3), and says so on stderr.`,
 			}
 			if err != nil && ctx.Err() != nil {
 				// SIGINT or SIGTERM: neither failed (1) nor unfinished (3).
+				if errors.Is(context.Cause(ctx), errTerminated) {
+					return &exitError{code: exitTerminated, msg: "terminated"}
+				}
 				return &exitError{code: exitInterrupted, msg: "interrupted"}
 			}
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,6 +274,20 @@ func TestStatusWait(t *testing.T) {
 		r := w.result(15 * time.Second)
 		if r.code != 130 || r.stdout != "" || r.stderr != "spinbroker: interrupted\n" {
 			t.Errorf("status --wait, interrupted: %s", r)
+		}
+	})
+	t.Run("Terminated", func(t *testing.T) {
+		t.Parallel()
+		b := newBroker(t)
+		pkg, _ := setup(t, b)
+		w := b.startWait(pkg)
+		w.stillWaiting(time.Second)
+		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		r := w.result(15 * time.Second)
+		if r.code != 143 || r.stdout != "" || r.stderr != "spinbroker: terminated\n" {
+			t.Errorf("status --wait, terminated: %s", r)
 		}
 	})
 	t.Run("Timeout", func(t *testing.T) {

@@ -376,7 +376,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	// The cause names the signal ("interrupt signal received").
+	// The cause names the signal (SIGTERM).
 	log.Info("shutting down", "cause", context.Cause(ctx).Error(), "timeout", c.shutdownTimeout)
 	if err := sdNotify("STOPPING=1"); err != nil {
 		log.Warn("could not tell systemd the broker is stopping", "err", err)

@@ -155,7 +155,7 @@ func TestServe_GracefulShutdown(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("shutdown took %v", d)
 	}
-	for _, want := range []string{`msg="shutting down" cause="terminated signal received"`, "database closed", "stopped", "status=201",
+	for _, want := range []string{`msg="shutting down" cause=SIGTERM`, "database closed", "stopped", "status=201",
 		// The long-poll that the stop ended is no fault: info, not warn.
 		`level=INFO msg=request method=POST path=/queues/idle/next status=503`} {
 		if !strings.Contains(b.logs.String(), want) {
