@@ -3,6 +3,7 @@ package emulation
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,11 +43,14 @@ type Image struct {
 	Volume string `json:"Volume"`
 }
 
+// maxIDLen is the longest VM id.
+const maxIDLen = 64
+
 // CheckID checks a VM id: it names files and units, so it is 1 to 64
 // characters of [A-Za-z0-9_.-], starting with a letter or digit.
 func CheckID(id string) error {
-	if id == "" || len(id) > 64 {
-		return fmt.Errorf("id must be 1 to 64 characters, not %d", len(id))
+	if id == "" || len(id) > maxIDLen {
+		return fmt.Errorf("id must be 1 to %d characters, not %d", maxIDLen, len(id))
 	}
 	for i, c := range id {
 		switch {
@@ -117,8 +121,12 @@ func resolveImages(images []Image, root string) ([]Image, error) {
 			return nil, fmt.Errorf("vm.Images[%d]: an absolute Path takes no Volume", i)
 		}
 		real, err := filepath.EvalSymlinks(p)
-		if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("vm.Images[%d] %q does not exist", i, im.Path)
+		} else if err != nil {
+			// Permission, a loop of links, a file where a folder should be:
+			// not "does not exist", which would send a person looking.
+			return nil, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
 		}
 		if rootReal != "" {
 			if r, err := filepath.Rel(rootReal, real); err != nil || !filepath.IsLocal(r) {
@@ -129,7 +137,7 @@ func resolveImages(images []Image, root string) ([]Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
 		}
-		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
+		if !fi.Mode().IsRegular() && (fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0) {
 			return nil, fmt.Errorf("vm.Images[%d] %q is not a file or a block device", i, im.Path)
 		}
 		if rootReal != "" && fi.Mode().IsRegular() {

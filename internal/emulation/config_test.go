@@ -112,9 +112,17 @@ func TestResolveImages(t *testing.T) {
 			t.Errorf("resolve %+v in %q: %v, want %q", tc.im, tc.root, err, tc.want)
 		}
 	}
-	// Without a root, an absolute path anywhere is taken.
+	// Without a root, an absolute path anywhere is taken; but a character
+	// device is no disk, and a path through a file is not a missing one.
 	if _, err := resolveImages([]Image{{Path: filepath.Join(outside, "b.img")}}, ""); err != nil {
 		t.Error(err)
+	}
+	if _, err := resolveImages([]Image{{Path: "/dev/null"}}, ""); err == nil || !strings.Contains(err.Error(), "is not a file or a block device") {
+		t.Errorf("/dev/null as a disk: %v", err)
+	}
+	through := filepath.Join(root, "vol", "a.img", "x.img")
+	if _, err := resolveImages([]Image{{Path: through}}, ""); err == nil || strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("an image path through a file: %v", err)
 	}
 }
 
@@ -346,5 +354,27 @@ func TestEmulator_Config(t *testing.T) {
 	}
 	if out, err := handlers["remove_config"](`{"id":"vm1"}`); err != nil || !strings.Contains(string(out), `"changed":false`) {
 		t.Errorf("remove_config again = %s, %v", out, err)
+	}
+}
+
+// TestNew_StateDirRoom: a state dir too long for any QMP socket stops the
+// agent at start-up; one that leaves room for short ids only says so.
+func TestNew_StateDirRoom(t *testing.T) {
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	long := filepath.Join(base, strings.Repeat("d", maxSocketPath-len(base)))
+	if _, err := New(Options{StateDir: long, Supervisor: sup, Accel: "tcg", Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "too long for any VM's QMP socket") {
+		t.Errorf("New with a state dir of %d bytes: %v", len(long), err)
+	}
+	var logs strings.Builder
+	medium := filepath.Join(base, strings.Repeat("m", maxSocketPath-len(base)-len("/run/.qmp")-30))
+	if _, err := New(Options{StateDir: medium, Supervisor: sup, Accel: "tcg", Logger: slog.New(slog.NewTextHandler(&logs, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "longest_id=29") {
+		t.Errorf("New with room for 29-character ids logged:\n%s", logs.String())
 	}
 }

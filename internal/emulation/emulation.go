@@ -128,7 +128,16 @@ func New(opts Options) (*Emulator, error) {
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 15 * time.Second
 	}
-	return &Emulator{opts: opts, sup: opts.Supervisor, log: opts.Logger}, nil
+	e := &Emulator{opts: opts, sup: opts.Supervisor, log: opts.Logger}
+	// Found at start-up, not at the first start of a VM with a long id.
+	switch room := maxSocketPath - len(e.QMPPath("")); {
+	case room < 1:
+		return nil, fmt.Errorf("emulation: the state dir %s is too long for any VM's QMP socket (a unix socket path holds %d bytes): use a shorter one", opts.StateDir, maxSocketPath)
+	case room < maxIDLen:
+		opts.Logger.Warn("VMs whose id is longer than this cannot start: their QMP socket path would pass a unix socket's limit; a shorter --state-dir makes room for every id",
+			"longest_id", room, "state_dir", opts.StateDir)
+	}
+	return e, nil
 }
 
 // Accel is the accelerator the VMs get.
@@ -357,12 +366,14 @@ func (e *Emulator) awaitQMP(ctx context.Context, id string) error {
 
 // logTail is the end of a VM's qemu output, when the supervisor keeps one.
 func (e *Emulator) logTail(id string) string {
-	p, ok := e.sup.(*Process)
-	if !ok {
-		return ""
+	var b []byte
+	switch s := e.sup.(type) {
+	case *Process:
+		b, _ = os.ReadFile(s.LogFile(id))
+	case *Systemd:
+		b = s.journal(id)
 	}
-	b, err := os.ReadFile(p.LogFile(id))
-	if err != nil || len(b) == 0 {
+	if len(b) == 0 {
 		return ""
 	}
 	if len(b) > 1000 {

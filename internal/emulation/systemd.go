@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -43,6 +44,19 @@ func NewSystemd(unitDir string, log *slog.Logger) (*Systemd, error) {
 		log = slog.Default()
 	}
 	return &Systemd{unitDir: unitDir, systemctl: "systemctl", log: log}, nil
+}
+
+// journal is the end of a unit's output in the user journal, where QEMU's
+// complaint about a locked image or too much memory goes; nothing when
+// journalctl cannot say.
+func (s *Systemd) journal(id string) []byte {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "journalctl", "--user", "--unit", UnitName(id), "--lines", "20", "--output", "cat", "--no-pager").Output()
+	if err != nil {
+		return nil
+	}
+	return out
 }
 
 // Reachable reports whether systemctl --user answers: without a user
