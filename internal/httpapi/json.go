@@ -87,12 +87,52 @@ func decodeJSON(b []byte, v any, optional bool) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" && te.Type != nil && isElementOf(reflect.TypeOf(v), te.Field, te.Type) {
+			// encoding/json names the array, not its item: [1] where
+			// objects belong would read "commands must be an object".
+			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must hold %s, not %s", te.Field, plural(jsonTypeName(te.Type.String())), withArticle(te.Value))
+		}
 		return jsonError(err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return spinbroker.Errorf(spinbroker.EINVALID, "the body holds more than one JSON value")
 	}
 	return checkKeys(b, reflect.TypeOf(v))
+}
+
+// isElementOf reports whether the field at path (dotted JSON names) in t is
+// an array whose items are of type elem.
+func isElementOf(t reflect.Type, path string, elem reflect.Type) bool {
+	for _, name := range strings.Split(path, ".") {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return false
+		}
+		found := false
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == name {
+				t, found = f.Type, true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return t.Kind() == reflect.Slice && t.Elem() == elem
+}
+
+// plural turns "an object" into "objects", for the items of an array.
+func plural(kind string) string {
+	kind = strings.TrimPrefix(strings.TrimPrefix(kind, "an "), "a ")
+	if kind == "true or false" {
+		return "true or false"
+	}
+	return kind + "s"
 }
 
 // jsonError turns a decoding error into a sentence that names the field.

@@ -169,6 +169,9 @@ func TestCheckKeys_Unchanged(t *testing.T) {
 		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": 30}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a number 30`},
 		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": "soon"}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a string "soon"`},
 		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": {}}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not an object`},
+		{`{"commands": [1]}`, `field "commands" must hold objects, not a number`},
+		{`{"commands": [{"resource": "r", "action": "a", "dependencies": [1]}]}`, `field "commands.dependencies" must hold strings, not a number`},
+		{`{"commands": 1}`, `field "commands" must be an array, not a number`},
 		{`{"commands": [{"resource": "r", "action": "a", "not_before": 1700000000}]}`, `not_before must be an RFC 3339 time string (such as "2026-01-02T15:04:05Z")`},
 	} {
 		err := decodeJSON([]byte(tt.body), new(spinbroker.NewPackage), false)
