@@ -262,34 +262,27 @@ func TestStatusWait(t *testing.T) {
 			t.Errorf("status --wait: %s", r)
 		}
 	})
-	t.Run("Interrupted", func(t *testing.T) {
-		t.Parallel()
-		b := newBroker(t)
-		pkg, _ := setup(t, b)
-		w := b.startWait(pkg)
-		w.stillWaiting(time.Second)
-		if err := w.cmd.Process.Signal(os.Interrupt); err != nil {
-			t.Fatal(err)
-		}
-		r := w.result(15 * time.Second)
-		if r.code != 130 || r.stdout != "" || r.stderr != "spinbroker: interrupted\n" {
-			t.Errorf("status --wait, interrupted: %s", r)
-		}
-	})
-	t.Run("Terminated", func(t *testing.T) {
-		t.Parallel()
-		b := newBroker(t)
-		pkg, _ := setup(t, b)
-		w := b.startWait(pkg)
-		w.stillWaiting(time.Second)
-		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		r := w.result(15 * time.Second)
-		if r.code != 143 || r.stdout != "" || r.stderr != "spinbroker: terminated\n" {
-			t.Errorf("status --wait, terminated: %s", r)
-		}
-	})
+	// A signal ends the wait with the shell's code for it.
+	for _, sig := range []struct {
+		name string
+		sig  os.Signal
+		code int
+	}{{"interrupted", os.Interrupt, 130}, {"terminated", syscall.SIGTERM, 143}} {
+		t.Run(sig.name, func(t *testing.T) {
+			t.Parallel()
+			b := newBroker(t)
+			pkg, _ := setup(t, b)
+			w := b.startWait(pkg)
+			w.stillWaiting(time.Second)
+			if err := w.cmd.Process.Signal(sig.sig); err != nil {
+				t.Fatal(err)
+			}
+			r := w.result(15 * time.Second)
+			if r.code != sig.code || r.stdout != "" || r.stderr != "spinbroker: "+sig.name+"\n" {
+				t.Errorf("status --wait, %s: %s", sig.name, r)
+			}
+		})
+	}
 	t.Run("Timeout", func(t *testing.T) {
 		t.Parallel()
 		b := newBroker(t)
