@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/sha256"
 	"net/http"
 	"strings"
 	"sync"
@@ -148,14 +149,27 @@ func isAgent(r *http.Request) bool {
 }
 
 // tokenCache remembers checked tokens for a few seconds, so that an agent's
-// every heartbeat does not cost a database read.
+// every heartbeat does not cost a database read. Entries are keyed by the
+// secret's SHA-256, never by the secret: a client chooses what it sends,
+// and 60 KB "tokens" kept as keys once let anyone without a token fill the
+// broker's memory. Refusals live apart from tokens that work, so that a
+// flood of bad ones, which clears its own map when full, never costs the
+// good ones their place.
 type tokenCache struct {
 	st  Store
 	ttl time.Duration
 	now func() time.Time
 	mu  sync.Mutex
-	m   map[string]cachedToken
+	m   map[[32]byte]cachedToken // tokens that work: as many as the database holds
+	bad map[[32]byte]cachedToken // refusals, at most maxBadTokens
 }
+
+// maxBadTokens bounds the refusals remembered: about 1 MB.
+const maxBadTokens = 10000
+
+// maxSecretLen is longer than any secret the broker makes (36 bytes); a
+// longer one is refused without a lookup.
+const maxSecretLen = 128
 
 type cachedToken struct {
 	tok     *spinbroker.Token
@@ -166,15 +180,23 @@ type cachedToken struct {
 // newTokenCache uses the real clock: how long a token stays cached has
 // nothing to do with the store's (possibly simulated) time.
 func newTokenCache(st Store, ttl time.Duration) *tokenCache {
-	return &tokenCache{st: st, ttl: ttl, now: time.Now, m: map[string]cachedToken{}}
+	return &tokenCache{st: st, ttl: ttl, now: time.Now, m: map[[32]byte]cachedToken{}, bad: map[[32]byte]cachedToken{}}
 }
 
 func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Token, error) {
+	if len(secret) > maxSecretLen || strings.ContainsFunc(secret, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, errInvalidToken
+	}
+	key := sha256.Sum256([]byte(secret))
 	now := c.now()
 	c.mu.Lock()
-	if e, ok := c.m[secret]; ok && now.Before(e.expires) {
+	if e, ok := c.m[key]; ok && now.Before(e.expires) {
 		c.mu.Unlock()
-		return e.tok, e.err
+		return e.tok, nil
+	}
+	if e, ok := c.bad[key]; ok && now.Before(e.expires) {
+		c.mu.Unlock()
+		return nil, e.err
 	}
 	c.mu.Unlock()
 	tok, err := c.st.Authenticate(ctx, secret)
@@ -183,10 +205,22 @@ func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Toke
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) > 10000 {
-		// Bounded: a flood of bad tokens cannot grow the cache without end.
-		c.m = map[string]cachedToken{}
+	entry := cachedToken{tok: tok, err: err, expires: now.Add(c.ttl)}
+	if err != nil {
+		if len(c.bad) >= maxBadTokens {
+			clear(c.bad)
+		}
+		c.bad[key] = entry
+		return nil, err
 	}
-	c.m[secret] = cachedToken{tok: tok, err: err, expires: now.Add(c.ttl)}
-	return tok, err
+	for k, e := range c.m {
+		if !now.Before(e.expires) {
+			delete(c.m, k) // a revoked or deleted token does not linger
+		}
+	}
+	c.m[key] = entry
+	return tok, nil
 }
+
+// errInvalidToken refuses a secret no token could have, unread.
+var errInvalidToken = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid")
