@@ -308,7 +308,10 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		}
 	}()
 
-	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites, Registry: reg})
+	// Without auth on a loopback address, only requests that name this
+	// machine are answered: DNS rebinding would make any web page an admin.
+	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites, Registry: reg,
+		LocalHostOnly: !c.auth && local})
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: c.headerTimeout, // slow headers (slowloris) are cut off
@@ -343,8 +346,19 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			var h http.Handler = mux
+			if local, _ := loopback(c.pprofAddr); local {
+				// It has no auth: DNS rebinding must not reach it either.
+				h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if !httpapi.LocalHost(r.Host) {
+						http.Error(w, "the Host is not this machine", http.StatusForbidden)
+						return
+					}
+					mux.ServeHTTP(w, r)
+				})
+			}
 			log.Info("profiler listening", "addr", c.pprofAddr)
-			psrv := &http.Server{Addr: c.pprofAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			psrv := &http.Server{Addr: c.pprofAddr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
 			if err := psrv.ListenAndServe(); err != nil {
 				log.Warn("profiler stopped", "err", err)
 			}

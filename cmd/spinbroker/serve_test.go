@@ -201,6 +201,38 @@ func TestServe_RefusesOpenAddressWithoutAuth(t *testing.T) {
 	}
 }
 
+// TestServe_LocalHostOnly: a broker without auth on loopback answers only
+// requests that name this machine (DNS rebinding); with --auth any Host.
+func TestServe_LocalHostOnly(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		extra []string
+		want  int
+	}{{nil, 403}, {[]string{"--auth"}, 401}} {
+		b := startBroker(t, filepath.Join(dir, fmt.Sprint(len(tc.extra))+".db"), tc.extra...)
+		req, _ := http.NewRequest("GET", b.url+"/packages", nil)
+		req.Host = "rebound.example"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("serve %v, Host rebound.example: %d, want %d", tc.extra, resp.StatusCode, tc.want)
+		}
+		resp, err = http.Get(b.url + "/packages")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: 401, false: 200}[len(tc.extra) > 0]; resp.StatusCode != want {
+			t.Errorf("serve %v at %s: %d, want %d", tc.extra, b.url, resp.StatusCode, want)
+		}
+		b.cmd.Process.Signal(syscall.SIGTERM)
+		<-b.done
+	}
+}
+
 // TestServe_RefusesSettingsThatCannotWork: each is a usage error (exit 2)
 // that names the flag, before anything is opened or listened on; none is
 // a panic, or a setting quietly taken to mean something else.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -228,5 +230,41 @@ func TestAuth_RequestLogNamesToken(t *testing.T) {
 	}
 	if strings.Contains(log.String(), secret) || strings.Contains(log.String(), strings.TrimPrefix(secret, "sbt_")) {
 		t.Errorf("the log holds the token's secret:\n%s", log.String())
+	}
+}
+
+// TestLocalHostOnly: a broker without auth on a loopback address refuses a
+// request whose Host names another machine, as a page that DNS rebinding
+// pointed at 127.0.0.1 would send, even with same-origin headers.
+func TestLocalHostOnly(t *testing.T) {
+	e := newEnv(t, httpapi.Options{LocalHostOnly: true})
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(e.srv.URL, "http://"))
+	body := `{"commands": [{"resource": "emulation", "action": "start"}], "enqueue": true}`
+	for host, want := range map[string]int{
+		"attacker.example:" + port: 403,
+		"attacker.example":         403,
+		"127.0.0.1.nip.io:" + port: 403,
+		"localhost:" + port:        201,
+		"LOCALHOST.:" + port:       201,
+		"app.localhost:" + port:    201,
+		"127.0.0.1:" + port:        201,
+		"127.9.9.9:" + port:        201,
+		"[::1]:" + port:            201,
+	} {
+		req, _ := http.NewRequest("POST", e.srv.URL+"/packages", strings.NewReader(body))
+		req.Host = host
+		req.Header.Set("Origin", "http://"+host)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := e.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("POST /packages with Host %q: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+	if n, _ := e.db.Packages(ctx, spinbroker.PackageFilter{}); len(n.Packages) != 6 {
+		t.Errorf("%d packages made, want the 6 of local hosts", len(n.Packages))
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -21,7 +23,7 @@ func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	// logRequests outermost: a panic that recoverer turns into a 500 is
 	// logged with its request's id, and so is the request's own line.
-	r.Use(s.logRequests, s.recoverer, s.crossOrigin, s.authenticate)
+	r.Use(s.logRequests, s.recoverer, s.localHost, s.crossOrigin, s.authenticate)
 	r.NotFound(s.handleNotFound)
 	r.MethodNotAllowed(s.handleMethodNotAllowed(r))
 
@@ -228,6 +230,37 @@ func requestID(given string) string {
 // crossOrigin refuses state-changing requests that a browser sends on behalf
 // of another site (a page on evil.example posting to localhost:8080), using
 // Fetch metadata and Origin. curl and programs send neither and pass.
+// localHost refuses, with Options.LocalHostOnly, a request whose Host does
+// not name this machine.
+func (s *Server) localHost(next http.Handler) http.Handler {
+	if !s.opts.LocalHostOnly {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !LocalHost(r.Host) {
+			s.writeError(w, r, errorf(spinbroker.EFORBIDDEN, "the Host %q is not this machine: a broker without --auth answers only localhost and loopback addresses", spinbroker.Truncate(r.Host, 100)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// LocalHost reports whether a request's Host header (host, or host:port)
+// names this machine: localhost, a name under .localhost, or a loopback
+// address.
+func LocalHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && ip.IsLoopback()
+}
+
 func (s *Server) crossOrigin(next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

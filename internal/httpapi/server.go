@@ -88,6 +88,11 @@ type Options struct {
 	// at once: a flood of large creates waits in bounded memory, not in the
 	// whole heap.
 	MaxBodyMemory int64
+	// LocalHostOnly answers only requests whose Host names this machine
+	// (localhost, a loopback address), for a broker without auth on a
+	// loopback address: a web page whose own name an attacker re-points
+	// at 127.0.0.1 (DNS rebinding) would otherwise be a same-origin admin.
+	LocalHostOnly bool
 }
 
 // Server is the HTTP API over a Store.
