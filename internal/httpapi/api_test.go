@@ -736,6 +736,12 @@ func TestAPI_BodiesHoldBoundedMemory(t *testing.T) {
 	}
 	// Small writes still fit.
 	e.createPackage(`[{"resource": "q", "action": "small"}]`, false)
+	// Agents' reports draw on their own budget: a large completion still
+	// fits while clients' uploads hold all of theirs.
+	e.createPackage(`[{"resource": "work", "action": "report"}]`, true)
+	c := e.next("work")
+	e.want(e.do("POST", "/commands/"+c.ID+"/heartbeat", `{"lease": "`+c.Lease.Token+`"}`), 200, "")
+	e.want(e.do("POST", "/commands/"+c.ID+"/complete", `{"status": true, "lease": "`+c.Lease.Token+`", "output": {"log": "`+strings.Repeat("z", 300<<10)+`"}}`), 200, "")
 
 	feed.Write([]byte(`"enqueue": true}`))
 	feed.Close()

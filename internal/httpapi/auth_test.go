@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -266,5 +267,32 @@ func TestLocalHostOnly(t *testing.T) {
 	}
 	if n, _ := e.db.Packages(ctx, spinbroker.PackageFilter{}); len(n.Packages) != 6 {
 		t.Errorf("%d packages made, want the 6 of local hosts", len(n.Packages))
+	}
+}
+
+// TestAuth_ReadOnlyTokensHoldNoBodies: a viewer's write is refused before
+// its body is read, so bodies that never finish cannot spend the memory
+// that writers' bodies wait in.
+func TestAuth_ReadOnlyTokensHoldNoBodies(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	_, viewer, err := e.db.CreateToken(ctx, spinbroker.RoleViewer, "", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A megabyte declared, a few bytes sent, and then nothing.
+	fmt.Fprintf(c, "POST /packages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 1000000\r\n\r\n{\"commands\"", viewer)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer while the body is still coming: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Errorf("a viewer's stalled write: %d, want 403 at once", resp.StatusCode)
 	}
 }

@@ -86,7 +86,9 @@ type Options struct {
 	// body is read before its request takes a turn, so a slow upload never
 	// holds one; a body that finds them holding this much is answered 503
 	// at once: a flood of large creates waits in bounded memory, not in the
-	// whole heap.
+	// whole heap. Heartbeats and completions draw on a budget of their own,
+	// a quarter of this (at least one body), so that clients' uploads never
+	// keep agents from reporting.
 	MaxBodyMemory int64
 	// LocalHostOnly answers only requests whose Host names this machine
 	// (localhost, a loopback address), for a broker without auth on a
@@ -105,6 +107,7 @@ type Server struct {
 	polls    *polls
 	writes   chan struct{} // a token per state-changing request being served
 	bodies   *budget       // memory for the bodies of those and of those waiting
+	settles  *budget       // the same for heartbeats and completions
 	hub      *hub
 	metrics  *metrics
 	tokens   *tokenCache
@@ -149,11 +152,13 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 		polls:    newPolls(opts.Now()),
 		writes:   make(chan struct{}, opts.MaxWrites),
 		bodies:   newBudget(opts.MaxBodyMemory),
+		settles:  newBudget(max(opts.MaxBodyMemory/4, spinbroker.MaxBodyBytes+1)),
 		quit:     make(chan struct{}),
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
-	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) }, s.bodies.held.Load)
+	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) },
+		func() int64 { return s.bodies.held.Load() + s.settles.held.Load() })
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -19,8 +20,20 @@ import (
 // a slow link must not stall every heartbeat and completion behind them.
 func (s *Server) limitWrites(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		charged, err := s.readAhead(r)
-		defer s.bodies.release(charged)
+		settle := strings.HasSuffix(r.URL.Path, "/heartbeat") || strings.HasSuffix(r.URL.Path, "/complete")
+		if !mayWrite(r, settle) {
+			// Its handler refuses it (403) before reading a byte: a token
+			// that may not write must not spend the memory of those that
+			// may, by holding bodies that never finish.
+			next.ServeHTTP(w, r)
+			return
+		}
+		b := s.bodies
+		if settle {
+			b = s.settles
+		}
+		charged, err := s.readAhead(r, b)
+		defer b.release(charged)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -45,9 +58,22 @@ func (s *Server) limitWrites(next http.Handler) http.Handler {
 	})
 }
 
+// mayWrite reports whether the request's token may make some write on this
+// route: every role but viewer, and an agent only heartbeats and
+// completions (settle).
+func mayWrite(r *http.Request, settle bool) bool {
+	switch identityOf(r).token.Role {
+	case spinbroker.RoleViewer:
+		return false
+	case spinbroker.RoleAgent:
+		return settle
+	}
+	return true
+}
+
 // readAhead reads r's body into memory, at most one byte past
 // spinbroker.MaxBodyBytes (the handler's readBody then reports 413), and
-// puts it back as r.Body. Memory is charged to s.bodies before it is
+// puts it back as r.Body. Memory is charged to b before it is
 // allocated, in pieces that start at 4 KiB whatever Content-Length says, so
 // a client that has sent little holds little. When the budget cannot cover
 // the next piece the request is answered 503 at once: waiting while holding
@@ -55,7 +81,7 @@ func (s *Server) limitWrites(next http.Handler) http.Handler {
 // hold back the small writes behind it. A read error (the client went away,
 // the server's read timeout) is handed on to the handler after the bytes
 // that did arrive, as the body would have.
-func (s *Server) readAhead(r *http.Request) (charged int64, err error) {
+func (s *Server) readAhead(r *http.Request, b *budget) (charged int64, err error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return 0, nil
 	}
@@ -72,8 +98,8 @@ func (s *Server) readAhead(r *http.Request) (charged int64, err error) {
 			if n := r.ContentLength; n >= 0 && int64(len(buf)) <= n && n-int64(len(buf)) < int64(grow) {
 				grow = int(n) - len(buf) + 1 // the rest as declared, and a byte to see EOF
 			}
-			if !s.bodies.charge(int64(grow)) {
-				return charged, errorf(spinbroker.EUNAVAILABLE, "the broker is busy: request bodies waiting for a turn hold all the memory they may (%d MiB); retry shortly", s.opts.MaxBodyMemory>>20)
+			if !b.charge(int64(grow)) {
+				return charged, errorf(spinbroker.EUNAVAILABLE, "the broker is busy: request bodies waiting for a turn hold all the memory they may (%d MiB); retry shortly", b.limit>>20)
 			}
 			charged += int64(grow)
 			next := make([]byte, len(buf), len(buf)+grow)
