@@ -22,6 +22,9 @@ type identity struct {
 	token *spinbroker.Token
 	// fromCookie is set when the token came from the dashboard's cookie.
 	fromCookie bool
+	// secret is the token as sent, for a request that outlives the check
+	// (a long-poll, an event stream) to ask again whether it still holds.
+	secret string
 }
 
 var anonymous = &identity{token: &spinbroker.Token{ID: "anonymous", Name: "anonymous", Role: spinbroker.RoleAdmin}}
@@ -60,10 +63,26 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if sw, ok := w.(*statusWriter); ok { // logRequests' writer: crossOrigin passes it on as is
 			sw.token = tok
 		}
-		ctx := context.WithValue(r.Context(), identityKey{}, &identity{token: tok, fromCookie: fromCookie})
+		ctx := context.WithValue(r.Context(), identityKey{}, &identity{token: tok, fromCookie: fromCookie, secret: secret})
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
+
+// revoked reports whether the token of a request still being served has
+// been revoked since it came: a long-poll or an event stream must not go on
+// for a token the operator took back. (A database that does not answer is
+// not taken for a revocation.)
+func (s *Server) revoked(r *http.Request) bool {
+	id := identityOf(r)
+	if !s.opts.Auth || id.secret == "" {
+		return false
+	}
+	_, err := s.tokens.check(r.Context(), id.secret)
+	return spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED
+}
+
+// errRevoked ends a request whose token was revoked while it waited.
+var errRevoked = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token was revoked while the request waited")
 
 // unauthorized answers 401, or sends a browser to the dashboard's login.
 func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, msg string) {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -294,5 +295,69 @@ func TestAuth_ReadOnlyTokensHoldNoBodies(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 403 {
 		t.Errorf("a viewer's stalled write: %d, want 403 at once", resp.StatusCode)
+	}
+}
+
+// TestAuth_RevokedWhileWaiting: a token revoked while its long-poll waits
+// gets no lease when work comes (401, the command stays ready), and its
+// event stream ends.
+func TestAuth_RevokedWhileWaiting(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true, TokenCacheTTL: 50 * time.Millisecond})
+	agentTok, agentSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "work", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewerTok, viewerSecret, err := e.db.CreateToken(ctx, spinbroker.RoleViewer, "", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(method, path, secret string) (*http.Response, error) {
+		req, _ := http.NewRequest(method, e.srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		return e.srv.Client().Do(req)
+	}
+	stream, err := get("GET", "/events", viewerSecret)
+	if err != nil || stream.StatusCode != 200 {
+		t.Fatalf("events: %v %v", stream, err)
+	}
+	defer stream.Body.Close()
+	streamEnded := make(chan struct{})
+	go func() { io.Copy(io.Discard, stream.Body); close(streamEnded) }()
+	polled := make(chan int, 1)
+	go func() {
+		resp, err := get("POST", "/queues/work/next?wait=30s", agentSecret)
+		if err != nil {
+			polled <- -1
+			return
+		}
+		resp.Body.Close()
+		polled <- resp.StatusCode
+	}()
+	time.Sleep(200 * time.Millisecond) // both are waiting
+	for _, id := range []string{agentTok.ID, viewerTok.ID} {
+		if _, _, err := e.db.RevokeToken(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // past the cache's time
+	p, _, err := e.db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-polled:
+		if code != 401 {
+			t.Errorf("the revoked agent's long-poll answered %d, want 401", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revoked agent's long-poll was not answered")
+	}
+	if c, _ := e.db.Command(ctx, p.Commands[0].ID); c.State != spinbroker.Ready {
+		t.Errorf("the command is %s: a revoked token took it", c.State)
+	}
+	select {
+	case <-streamEnded:
+	case <-time.After(10 * time.Second):
+		t.Error("the revoked viewer's event stream goes on")
 	}
 }

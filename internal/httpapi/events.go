@@ -237,6 +237,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ping := time.NewTicker(pingEvery)
+	// A revoked token's stream ends within the token cache's time, as its
+	// new requests are refused (the browser reconnects and gets 401).
+	recheck := time.NewTicker(s.opts.TokenCacheTTL)
+	defer recheck.Stop()
 	defer ping.Stop()
 	for {
 		rc.SetWriteDeadline(time.Now().Add(defaultWriteTimeout)) //nolint:errcheck
@@ -267,6 +271,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
 				return
 			}
+		case <-recheck.C:
+			if s.revoked(r) {
+				return
+			}
+			continue
 		case <-r.Context().Done():
 			return
 		case <-s.quit:

@@ -279,6 +279,9 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			return errShuttingDown
 		default:
 		}
+		if s.revoked(r) {
+			return errRevoked // before a lease goes to a token taken back
+		}
 	}
 }
 
