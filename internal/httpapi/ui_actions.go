@@ -197,7 +197,7 @@ func (u *ui) handleLogin(w http.ResponseWriter, r *http.Request) {
 		Path:     "/",
 		MaxAge:   int(cookieAge.Seconds()),
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   overTLS(r),
 		SameSite: http.SameSiteStrictMode,
 	})
 	http.Redirect(w, r, d.Next, http.StatusSeeOther)
@@ -220,7 +220,7 @@ func (u *ui) handleLogout(w http.ResponseWriter, r *http.Request) {
 		Path:     "/",
 		MaxAge:   -1,
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   overTLS(r),
 		SameSite: http.SameSiteStrictMode,
 	})
 	target := "/ui/login"
@@ -228,4 +228,14 @@ func (u *ui) handleLogout(w http.ResponseWriter, r *http.Request) {
 		target = "/ui/"
 	}
 	http.Redirect(w, r, target, http.StatusSeeOther)
+}
+
+// overTLS reports whether the browser reached the dashboard over TLS: its
+// own connection, or a proxy in front that ended TLS and says so
+// (X-Forwarded-Proto). The cookie is then Secure, so that one visit to the
+// http:// address cannot send the token in clear. Trusting the header
+// costs nothing: a forged one only makes a cookie that plain HTTP will not
+// carry back.
+func overTLS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }

@@ -556,6 +556,11 @@ func TestUI_Auth(t *testing.T) {
 	if strings.Contains(set, "Secure") {
 		t.Errorf("cookie over plain HTTP is Secure: %q", set)
 	}
+	// Behind a proxy that ended TLS, it is Secure.
+	behind := e.form("/ui/login", url.Values{"token": {secrets[spinbroker.RoleViewer]}, "next": {"/ui/"}}, "X-Forwarded-Proto", "https")
+	if set := behind.header.Get("Set-Cookie"); !strings.Contains(set, "Secure") {
+		t.Errorf("cookie behind a TLS proxy is not Secure: %q", set)
+	}
 	// Never sent off to another site after logging in.
 	for _, next := range []string{"//evil.example/", "https://evil.example/", "/packages", "/ui/login"} {
 		if r := login(secrets[spinbroker.RoleViewer], next); r.header.Get("Location") != "/ui/" {
