@@ -17,9 +17,11 @@
 // strictly into the action's type (see Decode), runs the handler while it
 // heartbeats the lease at a third of its duration, and completes the command
 // with the lease token and the handler's output. A handler's error fails the
-// command with the error's text as the reason, and what the handler
-// returned beside the error is dropped (the failed command has no output);
-// Transient(err) asks the broker to retry it. A panic fails that command
+// command with the error's text as the reason (cut to 16 KiB), and what the
+// handler returned beside the error is dropped (the failed command has no
+// output); Transient(err) asks the broker to retry it. A command whose
+// action has no handler fails for good: roll out agents before the clients
+// that send new actions. A panic fails that command
 // for good, not for a retry (a bug would only panic again, after doing
 // again whatever it did before), with the panic in the reason, and the
 // agent goes on. Broker errors are retried with capped, jittered
@@ -33,7 +35,8 @@
 // taken by another agent), and when the lease runs out by the agent's own
 // clock with no heartbeat able to extend it (the broker out of reach): the
 // broker may then give the command to another agent, and a queue runs its
-// commands one at a time. Such an attempt is reported for a retry. A
+// commands one at a time. Such an attempt is reported for a retry, whatever
+// error the handler returns then. A
 // handler that finishes anyway before the broker has noticed the lease run
 // out (its sweeper looks every --sweep-interval, 10s by default) may still
 // have its result recorded: the broker takes a result on an expired lease
@@ -42,22 +45,35 @@
 // delivery asks.
 //
 // When ctx ends, Run takes no new command, gives the running one
-// Options.Grace to finish, delivers its result and returns. A handler still
-// running after the grace is abandoned (its goroutine is not stopped: Run
-// cannot stop a handler that ignores its context) and its command reported
-// for a retry; the attempt counts toward the command's max_attempts.
+// Options.Grace to finish, delivers its result and returns. At the grace's
+// end the handler's context is cancelled, and what it returns then is
+// reported for a retry whatever the error (exec.CommandContext's "signal:
+// killed" too). A handler still running a second later is abandoned (its
+// goroutine is not stopped: Run cannot stop a handler that ignores its
+// context) and its command reported for a retry; the attempt counts toward
+// the command's max_attempts.
+//
+// With Options.Claim, results go back in batched completions, split so
+// that each request stays under the broker's 1 MiB; a result too large on
+// its own fails its command saying so, as a single command's would. A
+// broker whose TLS certificate this host does not trust stops Run with an
+// error (set SSL_CERT_FILE), since asking again would change nothing.
 package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
@@ -303,6 +319,19 @@ func fatal(err error) bool {
 	return false
 }
 
+// untrusted reports whether err is the broker's TLS certificate failing
+// verification: signed by an authority this host does not trust, for
+// another name, or expired.
+func untrusted(err error) bool {
+	var (
+		cve *tls.CertificateVerificationError
+		ua  x509.UnknownAuthorityError
+		he  x509.HostnameError
+		ci  x509.CertificateInvalidError
+	)
+	return errors.As(err, &cve) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
+}
+
 // loop takes commands until ctx ends: one at a time with next or, in batch
 // mode, up to Claim at once with claim, run concurrently and completed in
 // one request.
@@ -319,6 +348,10 @@ func (a *runner) loop(ctx context.Context) error {
 				return fmt.Errorf("agent: the broker URL answers 404 for the queue %s: is it the broker's base URL, without a path? %w", a.resource, err)
 			case fatal(err):
 				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)
+			case untrusted(err):
+				// Asking again changes nothing, and an agent that only
+				// retries looks healthy to its supervisor.
+				return fmt.Errorf("agent: the broker's TLS certificate is not trusted here (set SSL_CERT_FILE to the certificate of its CA, or give the client an http.Client that trusts it): %w", err)
 			}
 			failures++
 			d := a.backoff(failures)
@@ -543,7 +576,7 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 	defer func() {
 		if v := recover(); v != nil {
 			j.log.Error("handler panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			res = outcome{reason: fmt.Sprintf("agent error: the handler panicked: %v", v)}
+			res = outcome{reason: cutReason(fmt.Sprintf("agent error: the handler panicked: %v", v))}
 		}
 	}()
 	out, err := h.run(j.ctx, j.cmd.Parameters)
@@ -551,15 +584,46 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 	switch {
 	case err == nil:
 		return outcome{status: true, output: out}
-	case a.hard.Err() != nil && errors.Is(err, context.Canceled):
-		return outcome{reason: "agent stopped before the command finished", retry: true}
-	case errors.Is(context.Cause(j.ctx), errLeaseExpired) && errors.Is(err, context.Canceled):
-		return outcome{reason: "agent error: " + errLeaseExpired.Error() + " (the broker could not be reached)", retry: true}
 	case errors.As(err, &pe):
-		return outcome{reason: pe.Error()}
+		return outcome{reason: cutReason(pe.Error())}
+	case a.hard.Err() != nil:
+		// Stopped by the end of the grace, whatever error that made: a
+		// command run with exec.CommandContext says "signal: killed",
+		// not context.Canceled, and is no more a failure for it.
+		return outcome{reason: cutReason("agent stopped before the command finished: " + errorText(err)), retry: true}
+	case errors.Is(context.Cause(j.ctx), errLeaseExpired):
+		return outcome{reason: cutReason("agent error: " + errLeaseExpired.Error() + " (the broker could not be reached): " + errorText(err)), retry: true}
 	default:
-		return outcome{reason: err.Error(), retry: IsTransient(err)}
+		return outcome{reason: cutReason(errorText(err)), retry: IsTransient(err)}
 	}
+}
+
+// errorText is an error's text, or a word that it had none: a command
+// failed with the reason "" says nothing to whoever looks at it.
+func errorText(err error) string {
+	if s := err.Error(); strings.TrimSpace(s) != "" {
+		return s
+	}
+	return fmt.Sprintf("the handler returned an error with no text (%T)", err)
+}
+
+// maxReason is how much of a failure's reason the agent sends: the broker
+// takes 64 KiB, and an error that carries a program's whole stderr would
+// otherwise never be recorded, its command run again until its attempts
+// ran out on lease expiries.
+const maxReason = 16 << 10
+
+// cutReason shortens a reason to maxReason bytes, on a character boundary,
+// saying how much was cut.
+func cutReason(s string) string {
+	if len(s) <= maxReason {
+		return s
+	}
+	n := maxReason - 64
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return fmt.Sprintf("%s… (%d more bytes cut)", s[:n], len(s)-n)
 }
 
 // finished logs a result that the broker has recorded.
@@ -577,6 +641,7 @@ func (j *job) finished() {
 // up: the broker takes the result while nobody else holds the command (a
 // broker that was down for a while, its sweeper not yet run).
 func (a *runner) deliver(j *job) {
+	unsure := false // an earlier try's answer was lost: it may have been recorded
 	for attempt := 1; ; attempt++ {
 		if j.isLost() {
 			j.log.Warn("result not delivered: the lease was lost", "status", j.res.status)
@@ -589,6 +654,13 @@ func (a *runner) deliver(j *job) {
 		switch {
 		case err == nil:
 			j.finished()
+			return
+		case code == spinbroker.ESTALE && unsure && j.res.retry:
+			// A retry, once recorded, ends the lease: the try whose answer
+			// was lost is the likely reason the lease is gone, not another
+			// agent. (A success or a final failure sent again is simply
+			// taken again.)
+			j.log.Info("result most likely recorded by an earlier try whose answer was lost", "status", j.res.status, "retry", true)
 			return
 		case code == spinbroker.ESTALE:
 			j.loseLease(err)
@@ -606,16 +678,52 @@ func (a *runner) deliver(j *job) {
 			j.log.Error("the broker refuses the result", "err", err)
 			return
 		}
+		unsure = true
 		d := a.backoff(attempt)
 		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
 		wait(a.final, d)
 	}
 }
 
-// deliverBatch completes the jobs' commands in one request per attempt,
+// deliverBatch completes the jobs' commands in as few requests as the
+// broker's 1 MiB limit on a body allows (results with large outputs add
+// up), each delivered by deliverChunk.
+func (a *runner) deliverBatch(jobs []*job) {
+	var chunk []*job
+	size := 0
+	for _, j := range jobs {
+		n := resultSize(j)
+		if n > batchBudget {
+			// Too large for any request: deliver finds that out and says
+			// so in the command's place, as for a single command.
+			a.deliver(j)
+			continue
+		}
+		if size+n > batchBudget {
+			a.deliverChunk(chunk)
+			chunk, size = nil, 0
+		}
+		chunk = append(chunk, j)
+		size += n
+	}
+	if len(chunk) > 0 {
+		a.deliverChunk(chunk)
+	}
+}
+
+// batchBudget is the bytes of results one batched completion carries:
+// under the broker's 1 MiB, with room for the JSON around them.
+const batchBudget = spinbroker.MaxBodyBytes - 64<<10
+
+// resultSize estimates the bytes a job's result takes in a batch.
+func resultSize(j *job) int {
+	return len(j.res.output) + 2*len(j.res.reason) + len(j.token) + 160 // escapes may double a reason
+}
+
+// deliverChunk completes the jobs' commands in one request per attempt,
 // retrying the whole request and the items the broker could not take for
 // now, as deliver does for one.
-func (a *runner) deliverBatch(jobs []*job) {
+func (a *runner) deliverChunk(jobs []*job) {
 	pending := make(map[string]*job, len(jobs))
 	for _, j := range jobs {
 		pending[j.cmd.ID] = j
@@ -648,6 +756,11 @@ func (a *runner) deliverBatch(jobs []*job) {
 					delete(pending, o.ID)
 				case o.Error != nil && o.Error.Code == spinbroker.ESTALE:
 					j.loseLease(o.Error)
+				case o.Error != nil && (o.Error.Code == spinbroker.EINVALID || o.Error.Code == spinbroker.ETOOLARGE) && len(j.res.output) > 0:
+					// As deliver does: the output is what is refused, so
+					// say that in the result rather than lose it.
+					j.log.Error("the broker refuses the output", "err", o.Error)
+					j.res = outcome{reason: "agent error: the broker refused the command's output: " + o.Error.Message}
 				case o.HTTPStatus >= 500 || o.HTTPStatus == 429:
 					// Left pending: tried again below.
 				default:
@@ -658,6 +771,13 @@ func (a *runner) deliverBatch(jobs []*job) {
 			if len(pending) == 0 {
 				return
 			}
+		} else if spinbroker.ErrorCode(err) == spinbroker.ETOOLARGE && a.final.Err() == nil {
+			// The estimate fell short: one at a time, each with its own
+			// fallback.
+			for _, j := range pending {
+				a.deliver(j)
+			}
+			return
 		} else if !client.Temporary(err) || a.final.Err() != nil {
 			a.log.Error("results not delivered", "err", err, "commands", len(pending))
 			return

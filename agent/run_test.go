@@ -211,9 +211,16 @@ func TestRun_ErrorsAndPanics(t *testing.T) {
 		agent.Handle("bad_output", func(ctx context.Context, p struct{}) (any, error) {
 			return []int{1}, nil
 		}),
+		agent.Handle("mute", func(ctx context.Context, p struct{}) (any, error) {
+			return nil, errors.New(" ")
+		}),
+		agent.Handle("stderr", func(ctx context.Context, p struct{}) (any, error) {
+			return nil, errors.New("ä" + strings.Repeat("x", 2<<20)) // a program's whole stderr
+		}),
 	}
 	runAgent(t, b, handlers, agent.Options{})
-	ids := b.enqueue(t, cmd("fail", `{}`), cmd("panic", `{}`), cmd("bad_output", `{}`), cmd("flaky", `{}`), cmd("greet", `{"name":"after"}`))
+	ids := b.enqueue(t, cmd("fail", `{}`), cmd("panic", `{}`), cmd("bad_output", `{}`), cmd("flaky", `{}`), cmd("greet", `{"name":"after"}`),
+		cmd("mute", `{}`), cmd("stderr", `{}`))
 	want := []struct {
 		state    spinbroker.CommandState
 		reason   string
@@ -224,12 +231,18 @@ func TestRun_ErrorsAndPanics(t *testing.T) {
 		{spinbroker.Failed, "the handler's output is not a JSON object", 1},
 		{spinbroker.Succeeded, "", 2},
 		{spinbroker.Succeeded, "", 1},
+		{spinbroker.Failed, "the handler returned an error with no text (*errors.errorString)", 1},
+		{spinbroker.Failed, "", 1}, // below: recorded, cut, on its first attempt
 	}
 	for i, id := range ids {
 		c := b.await(t, id)
 		if c.State != want[i].state || c.Attempts != want[i].attempts || want[i].reason != "" && deref(c.Reason) != want[i].reason {
-			t.Errorf("command %d: %s after %d attempts, reason %q; want %s after %d, %q", i, c.State, c.Attempts, deref(c.Reason), want[i].state, want[i].attempts, want[i].reason)
+			t.Errorf("command %d: %s after %d attempts, reason %.80q; want %s after %d, %q", i, c.State, c.Attempts, deref(c.Reason), want[i].state, want[i].attempts, want[i].reason)
 		}
+	}
+	// A reason of megabytes is cut to what the broker takes, not refused.
+	if c, _ := b.c.Command(context.Background(), ids[6]); len(deref(c.Reason)) > 16<<10 || !strings.HasPrefix(deref(c.Reason), "äxxx") || !strings.Contains(deref(c.Reason), "more bytes cut)") {
+		t.Errorf("a 2 MiB reason recorded as %d bytes: %.60q…", len(deref(c.Reason)), deref(c.Reason))
 	}
 }
 
@@ -356,6 +369,29 @@ func TestRun_CompletionIsRetried(t *testing.T) {
 			}
 		})
 	}
+	// A retry whose answer was lost was recorded: the lease it ended is
+	// no lost lease to warn of.
+	t.Run("RetryAnswerLost", func(t *testing.T) {
+		f := &faults{match: isComplete, lose: true}
+		f.n.Store(1)
+		b := startBroker(t, httpapi.Options{}, f.wrap)
+		var tries atomic.Int32
+		busy := agent.Handle("busy", func(ctx context.Context, p struct{}) (any, error) {
+			if tries.Add(1) == 1 {
+				return nil, agent.Transient(errors.New("device busy"))
+			}
+			return nil, nil
+		})
+		var logs lockedBuffer
+		runAgent(t, b, []agent.Handler{busy}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		ids := b.enqueue(t, cmd("busy", `{}`))
+		if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 2 {
+			t.Errorf("command %s after %d attempts", c.State, c.Attempts)
+		}
+		if got := logs.String(); strings.Contains(got, "lease lost") || !strings.Contains(got, "most likely recorded by an earlier try") {
+			t.Errorf("the agent's log:\n%s", got)
+		}
+	})
 }
 
 func TestRun_BrokerUnavailable(t *testing.T) {
@@ -478,6 +514,27 @@ func TestRun_GracefulStop(t *testing.T) {
 		c, _ := b.c.Command(context.Background(), ids[0])
 		if c.State != spinbroker.Ready || !strings.Contains(deref(c.Reason), "agent stopped") {
 			t.Errorf("the interrupted command: %s, %q; want ready again", c.State, deref(c.Reason))
+		}
+	})
+	t.Run("CancelledWithItsOwnError", func(t *testing.T) {
+		// What exec.CommandContext returns when the grace ends: not
+		// context.Canceled, and no failure of the command for that.
+		b := startBroker(t, httpapi.Options{}, nil)
+		started := make(chan struct{})
+		killed := agent.Handle("killed", func(ctx context.Context, p struct{}) (any, error) {
+			close(started)
+			<-ctx.Done()
+			return nil, errors.New("sleep: signal: killed")
+		})
+		stop := runAgent(t, b, []agent.Handler{killed}, agent.Options{Grace: 200 * time.Millisecond})
+		ids := b.enqueue(t, cmd("killed", `{}`))
+		<-started
+		if err := stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		c, _ := b.c.Command(context.Background(), ids[0])
+		if c.State != spinbroker.Ready || !strings.Contains(deref(c.Reason), "agent stopped before the command finished: sleep: signal: killed") {
+			t.Errorf("the command stopped at the grace's end: %s, %q; want ready again", c.State, deref(c.Reason))
 		}
 	})
 }
@@ -609,5 +666,67 @@ func TestRun_ResultDeliveredAfterLocalExpiry(t *testing.T) {
 	c := b.await(t, ids[0])
 	if c.State != spinbroker.Succeeded || c.Attempts != 1 || runs.Load() != 1 || o.seen.Load() == 0 {
 		t.Errorf("command %s after %d attempts, %d runs, %d refused requests", c.State, c.Attempts, runs.Load(), o.seen.Load())
+	}
+}
+
+// TestRun_BatchOfLargeResults: results whose outputs add up past the
+// broker's 1 MiB are delivered in several requests; none is lost, and no
+// command runs twice.
+func TestRun_BatchOfLargeResults(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	conc := 10
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	big := agent.Handle("big", func(ctx context.Context, p struct{ Bytes int }) (any, error) {
+		runs.Add(1)
+		return map[string]string{"blob": strings.Repeat("b", p.Bytes)}, nil
+	})
+	var cmds []spinbroker.NewCommand
+	for range 6 {
+		cmds = append(cmds, cmd("big", `{"Bytes": 400000}`))
+	}
+	cmds = append(cmds, cmd("big", `{"Bytes": 2000000}`)) // over 1 MiB alone
+	ids := b.enqueue(t, cmds...)
+	runAgent(t, b, []agent.Handler{big}, agent.Options{Claim: 10})
+	for i, id := range ids {
+		c := b.await(t, id)
+		switch {
+		case i < 6 && (c.State != spinbroker.Succeeded || len(c.Output) < 400000):
+			t.Errorf("result %d: %s, %d bytes of output, %q", i, c.State, len(c.Output), deref(c.Reason))
+		case i == 6 && (c.State != spinbroker.Failed || !strings.Contains(deref(c.Reason), "refused the command's output")):
+			t.Errorf("the oversized result: %s, %q", c.State, deref(c.Reason))
+		}
+		if c.Attempts != 1 {
+			t.Errorf("result %d took %d attempts", i, c.Attempts)
+		}
+	}
+	if n := runs.Load(); n != 7 {
+		t.Errorf("%d runs of 7 commands", n)
+	}
+}
+
+// TestRun_UntrustedCertificate: a broker whose TLS certificate this host
+// does not trust stops Run with a word on what to do, rather than a retry
+// loop that looks healthy.
+func TestRun_UntrustedCertificate(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	c, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(context.Background(), c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "SSL_CERT_FILE") {
+			t.Errorf("Run = %v, want the certificate named", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run retries an untrusted certificate for ever")
 	}
 }

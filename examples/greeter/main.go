@@ -26,6 +26,7 @@ type Greet struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() { <-ctx.Done(); stop() }() // a second signal ends the program at once
 	url := os.Getenv("SPINBROKER_URL")
 	if url == "" {
 		url = "http://localhost:8080"
