@@ -39,7 +39,7 @@ func TestSlowloris(t *testing.T) {
 			}
 			defer conn.Close()
 			start := time.Now()
-			fmt.Fprint(conn, "POST /packages HTTP/1.1\r\nHost: x\r\n")
+			fmt.Fprint(conn, "POST /packages HTTP/1.1\r\nHost: localhost\r\n")
 			for j := 0; j < 30; j++ {
 				if _, err := fmt.Fprintf(conn, "X-Slow-%d: a\r\n", j); err != nil {
 					break
@@ -81,7 +81,7 @@ func TestReadTimeout(t *testing.T) {
 	}
 	defer conn.Close()
 	start := time.Now()
-	fmt.Fprint(conn, "POST /packages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"commands\": ")
+	fmt.Fprint(conn, "POST /packages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"commands\": ")
 	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	took := time.Since(start)
