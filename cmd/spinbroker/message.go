@@ -462,7 +462,7 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 			tick = time.After(w.poll)
 		}
 		var stalled <-chan time.Time
-		if !looked && last != nil && last.State != spinbroker.PackageStaging {
+		if !looked && !lost && last != nil && last.State != spinbroker.PackageStaging {
 			stalled = time.After(time.Until(changed.Add(w.stall)))
 		}
 		select {

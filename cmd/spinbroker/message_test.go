@@ -5,16 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
@@ -404,14 +408,58 @@ func TestStatusWait_SaysWhyNothingMoves(t *testing.T) {
 	pkg := b.id("message", "new")
 	b.id("message", "add", pkg, "storage", "add_volume", "path=vm1")
 	b.ok("message", "enqueue", pkg)
-	r := b.startWait(pkg, "--timeout", "8s").result(30 * time.Second)
+	// The hint comes 5s after the first read, which may wait 2s for the
+	// event stream: the timeouts leave room on a loaded machine.
+	r := b.startWait(pkg, "--timeout", "12s").result(30 * time.Second)
 	if r.code != 3 || !strings.Contains(r.stderr, "queue storage has 1 ready") || !strings.Contains(r.stderr, "is an agent for storage running?") ||
-		!strings.Contains(r.stderr, "package "+pkg+" is still queued (0/1 done) after 8s") {
+		!strings.Contains(r.stderr, "package "+pkg+" is still queued (0/1 done) after 12s") {
 		t.Errorf("a wait on work nobody takes:\n%s", r)
 	}
 	b.ok("queue", "pause", "storage")
-	r = b.startWait(pkg, "--timeout", "7s").result(30 * time.Second)
+	r = b.startWait(pkg, "--timeout", "11s").result(30 * time.Second)
 	if r.code != 3 || !strings.Contains(r.stderr, "queue storage is paused") || strings.Contains(r.stderr, "is an agent") {
 		t.Errorf("a wait on a paused queue:\n%s", r)
+	}
+}
+
+// countingTransport counts the requests that go through it.
+type countingTransport struct{ n atomic.Int32 }
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestWaiter_BrokerAwayPastTheStall: a broker that stops answering after a
+// package's last change is polled at the poll's pace, not in a tight loop
+// once the stall hint's time has passed.
+func TestWaiter_BrokerAwayPastTheStall(t *testing.T) {
+	const id = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"id": %q, "state": "queued", "total": 1, "counts": {"ready": 1}, "commands": []}`, id)
+	}))
+	var rt countingTransport
+	cl, err := client.New(srv.URL, client.WithHTTPClient(&http.Client{Transport: &rt}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	connected := make(chan struct{})
+	close(connected)
+	w := &waiter{cl: cl, events: cl, connected: connected, id: id, poll: 100 * time.Millisecond, stall: 300 * time.Millisecond,
+		show: func(p *spinbroker.Package) {
+			if srv != nil {
+				srv.Close() // gone after the first answer
+				srv = nil
+			}
+		},
+		note: func(string) {}}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if _, err := w.wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait = %v", err)
+	}
+	if n := rt.n.Load(); n > 40 {
+		t.Errorf("%d requests in 1.5s to a broker that is away; the poll is every 100ms", n)
 	}
 }
