@@ -62,7 +62,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -72,6 +71,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -320,16 +320,17 @@ func fatal(err error) bool {
 }
 
 // untrusted reports whether err is the broker's TLS certificate failing
-// verification: signed by an authority this host does not trust, for
-// another name, or expired.
+// verification in a way that only a change of configuration mends: signed
+// by an authority this host does not trust, or for another name. An
+// expired certificate (or one not valid yet, to a clock behind) is not:
+// the broker takes a renewed one without a restart, and the agent must
+// still be there to see it.
 func untrusted(err error) bool {
 	var (
-		cve *tls.CertificateVerificationError
-		ua  x509.UnknownAuthorityError
-		he  x509.HostnameError
-		ci  x509.CertificateInvalidError
+		ua x509.UnknownAuthorityError
+		he x509.HostnameError
 	)
-	return errors.As(err, &cve) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
+	return errors.As(err, &ua) || errors.As(err, &he)
 }
 
 // loop takes commands until ctx ends: one at a time with next or, in batch
@@ -678,11 +679,20 @@ func (a *runner) deliver(j *job) {
 			j.log.Error("the broker refuses the result", "err", err)
 			return
 		}
-		unsure = true
+		unsure = unsure || mayHaveArrived(err)
 		d := a.backoff(attempt)
 		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
 		wait(a.final, d)
 	}
+}
+
+// mayHaveArrived reports whether a failed request may have been carried out
+// by the broker all the same: its answer never came (a timeout, a dropped
+// connection). An answer with a status (a 503) says it was not, and a
+// connection refused means nothing was sent.
+func mayHaveArrived(err error) bool {
+	var ce *client.Error
+	return !errors.As(err, &ce) && !errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // deliverBatch completes the jobs' commands in as few requests as the
@@ -697,6 +707,7 @@ func (a *runner) deliverBatch(jobs []*job) {
 			// Too large for any request: deliver finds that out and says
 			// so in the command's place, as for a single command.
 			a.deliver(j)
+			j.stop()
 			continue
 		}
 		if size+n > batchBudget {
@@ -715,9 +726,14 @@ func (a *runner) deliverBatch(jobs []*job) {
 // under the broker's 1 MiB, with room for the JSON around them.
 const batchBudget = spinbroker.MaxBodyBytes - 64<<10
 
-// resultSize estimates the bytes a job's result takes in a batch.
+// resultSize is the bytes a job's result takes in a batch, as encoded:
+// escapes can make an output of HTML or logs several times its size.
 func resultSize(j *job) int {
-	return len(j.res.output) + 2*len(j.res.reason) + len(j.token) + 160 // escapes may double a reason
+	b, err := json.Marshal(spinbroker.BatchResult{ID: j.cmd.ID, Result: j.res.result(j.token)})
+	if err != nil {
+		return batchBudget + 1 // deliver says what is wrong with it
+	}
+	return len(b) + 1 // and a comma
 }
 
 // deliverChunk completes the jobs' commands in one request per attempt,
@@ -753,6 +769,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 				switch {
 				case o.HTTPStatus >= 200 && o.HTTPStatus < 300:
 					j.finished()
+					j.stop() // no heartbeats for a command recorded, while later chunks go
 					delete(pending, o.ID)
 				case o.Error != nil && o.Error.Code == spinbroker.ESTALE:
 					j.loseLease(o.Error)
@@ -776,6 +793,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 			// fallback.
 			for _, j := range pending {
 				a.deliver(j)
+				j.stop()
 			}
 			return
 		} else if !client.Temporary(err) || a.final.Err() != nil {

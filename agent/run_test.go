@@ -3,10 +3,18 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -728,5 +736,52 @@ func TestRun_UntrustedCertificate(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run retries an untrusted certificate for ever")
+	}
+}
+
+// TestRun_ExpiredCertificateIsWaitedOut: a certificate the host trusts but
+// that has expired (a renewal not yet picked up) is retried, not fatal: the
+// broker takes a renewed one without a restart, and the agent must still
+// be running to see it.
+func TestRun_ExpiredCertificateIsWaitedOut(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	srv.StartTLS()
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	c, err := client.New(srv.URL, client.WithHTTPClient(&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, c, "test", []agent.Handler{greeter(nil)},
+			agent.Options{Logger: quietLogger(), MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Run gave up on an expired certificate: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run after the stop: %v", err)
 	}
 }
