@@ -73,9 +73,10 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 			continue
 		}
 		p, err := s.readPID(id)
+		if err == nil {
+			p.group = true // this agent starts every VM as the leader of its own group
+		}
 		if err == nil && p.alive() {
-			_, _, pgrp, _ := procStatGroup(p.pid)
-			p.group = pgrp == p.pid
 			s.procs[id] = p
 			log.Info("adopted a running VM", "vm_id", id, "pid", p.pid)
 			continue
@@ -130,10 +131,49 @@ func procStatGroup(pid int) (state byte, start string, pgrp int, ok bool) {
 	return f[0][0], f[19], pgrp, true // fields 3, 22 and 5
 }
 
-// alive reports whether p's process still runs: it exists, is the same
-// process (same start time) and is not a zombie waiting for a parent that
-// is not this agent.
+// alive reports whether the VM still runs: its process, or, for one that
+// leads its own group, any process left in the group (a --qemu wrapper
+// that died and left qemu running is no stopped VM).
 func (p *proc) alive() bool {
+	if p.leaderAlive() {
+		return true
+	}
+	if !p.group {
+		return false
+	}
+	if _, start, ok := procStat(p.pid); ok && p.start != "" && start != p.start {
+		// The pid is another process's now, and so is any group of that
+		// id (Linux reuses no pid that still names a group in use).
+		return false
+	}
+	return groupAlive(p.pid)
+}
+
+// groupAlive reports whether process group pgid has a member that is not a
+// zombie. Zombies are dead: under an agent that is PID 1 in a container,
+// qemu orphaned by its wrapper becomes the agent's child, and nothing reaps
+// it.
+func groupAlive(pgid int) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if state, _, pgrp, ok := procStatGroup(pid); ok && pgrp == pgid && state != 'Z' && state != 'X' {
+			return true
+		}
+	}
+	return false
+}
+
+// leaderAlive reports whether p's own process still runs: it exists, is the
+// same process (same start time) and is not a zombie waiting for a parent
+// that is not this agent.
+func (p *proc) leaderAlive() bool {
 	if p.exited != nil {
 		select {
 		case <-p.exited:
@@ -172,7 +212,7 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 		s.log.Info("VM process exited", "vm_id", id, "pid", p.pid, "err", err)
 		close(p.exited)
 		s.mu.Lock()
-		if s.procs[id] == p {
+		if s.procs[id] == p && !p.alive() { // else the rest of its group runs on; get forgets it later
 			delete(s.procs, id)
 			_ = os.Remove(s.pidFile(id))
 		}
@@ -203,15 +243,6 @@ func (p *proc) signal(sig syscall.Signal) {
 		return
 	}
 	_ = syscall.Kill(p.pid, sig)
-}
-
-// over reports whether p and, when it leads a group, every process left
-// in that group have ended.
-func (p *proc) over() bool {
-	if p.alive() {
-		return false
-	}
-	return !p.group || errors.Is(syscall.Kill(-p.pid, 0), syscall.ESRCH)
 }
 
 func (s *Process) get(id string) *proc {
@@ -266,7 +297,7 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 func (s *Process) waitExit(ctx context.Context, p *proc, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		if p.over() {
+		if !p.alive() {
 			return true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {

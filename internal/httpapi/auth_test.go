@@ -333,13 +333,37 @@ func TestAuth_RevokedWhileWaiting(t *testing.T) {
 		resp.Body.Close()
 		polled <- resp.StatusCode
 	}()
-	time.Sleep(200 * time.Millisecond) // both are waiting
+	// Revoke once the long-poll waits (the broker's own gauge says so,
+	// for a queue it lists), so that it is the re-check after its wake
+	// that refuses it.
+	one := 1
+	if _, err := e.db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &one}); err != nil {
+		t.Fatal(err)
+	}
+	_, admin, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		resp, err := get("GET", "/metrics", admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), `spinbroker_queue_waiting_polls{resource="work"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent's long-poll never waited:\n%s", body)
+		}
+	}
 	for _, id := range []string{agentTok.ID, viewerTok.ID} {
 		if _, _, err := e.db.RevokeToken(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(100 * time.Millisecond) // past the cache's time
+	time.Sleep(100 * time.Millisecond) // past the token cache's 50ms, so the re-check reads the database
 	p, _, err := e.db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
 	if err != nil {
 		t.Fatal(err)
