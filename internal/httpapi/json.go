@@ -298,7 +298,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="spin-broker"`)
 	}
-	if s.ui != nil && strings.HasPrefix(r.URL.Path, "/ui/") {
+	if s.ui != nil && (strings.HasPrefix(r.URL.Path, "/ui/") || r.URL.Path == "/") {
 		s.ui.fail(w, r, err)
 		return
 	}

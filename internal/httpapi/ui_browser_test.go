@@ -385,11 +385,30 @@ func TestBrowser(t *testing.T) {
 			if (head && head.getBoundingClientRect().width <= 1) return false; // out of sight for screen readers only
 			return r.width > 0 && r.right > c.closest(".card").getBoundingClientRect().right + 1;
 		}).map(c => c.textContent.trim().slice(0, 30))`
-		for _, path := range []string{"/ui/", "/ui/packages", "/ui/queues/network", "/ui/queues/emulation",
-			"/ui/packages/" + w.running, "/ui/packages/" + w.failed, "/ui/commands/" + w.leased.ID} {
+		pages := []string{"/ui/", "/ui/packages", "/ui/queues/network", "/ui/queues/emulation",
+			"/ui/packages/" + w.running, "/ui/packages/" + w.failed, "/ui/commands/" + w.leased.ID}
+		for _, path := range pages {
 			cdpOpen(t, ctx, base+path, true)
 			if cells := cdpEval[[]string](t, ctx, outside); len(cells) > 0 {
 				t.Errorf("%s on a phone: %d cells reach past their card: %q", path, len(cells), cells)
+			}
+		}
+		// On a laptop the same tables are tables: each header over its
+		// column (a class shared with another rule once laid them out as
+		// a grid, headers bunched to the left).
+		cdpDo(t, ctx, chromedp.EmulateViewport(1280, 800))
+		const misaligned = `[...document.querySelectorAll("main table.data")].flatMap(t => {
+			const heads = [...t.querySelectorAll("thead th")], row = t.querySelector("tbody tr");
+			if (getComputedStyle(t).display !== "table") return ["display " + getComputedStyle(t).display];
+			if (!row) return [];
+			const cells = [...row.children];
+			return heads.filter((h, i) => !cells[i] || Math.abs(h.getBoundingClientRect().left - cells[i].getBoundingClientRect().left) > 1)
+				.map(h => h.textContent.trim());
+		})`
+		for _, path := range pages {
+			cdpOpen(t, ctx, base+path, true)
+			if heads := cdpEval[[]string](t, ctx, misaligned); len(heads) > 0 {
+				t.Errorf("%s on a laptop: headers off their columns: %q", path, heads)
 			}
 		}
 	})

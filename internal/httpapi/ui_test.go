@@ -637,7 +637,7 @@ func TestUI_QueueWhy(t *testing.T) {
 	wantHTML(t, e.get("/ui/queues/q"), 200, "2 ready; the head of line", "first")
 
 	c := mustNext(t, e, "q")
-	wantHTML(t, e.get("/ui/queues/q"), 200, "All 1 slots are leased")
+	wantHTML(t, e.get("/ui/queues/q"), 200, "Its one slot is leased")
 
 	ok, reason := false, "flaky network"
 	if _, err := e.db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Retry: true, Reason: &reason, Lease: c.Lease.Token}); err != nil {
