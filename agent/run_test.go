@@ -441,17 +441,8 @@ func (b *lockedBuffer) String() string {
 
 func TestRun_Unauthorized(t *testing.T) {
 	b := startBroker(t, httpapi.Options{Auth: true}, nil)
-	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(context.Background(), b.c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
-	}()
-	select {
-	case err := <-done:
-		if spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
-			t.Errorf("Run = %v, want unauthorized", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run goes on without a valid token")
+	if err := runGivingUp(t, b.c, "Run goes on without a valid token"); spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
+		t.Errorf("Run = %v, want unauthorized", err)
 	}
 }
 
@@ -464,17 +455,9 @@ func TestRun_WrongURL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(context.Background(), c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
-	}()
-	select {
-	case err := <-done:
-		if spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND || !strings.Contains(err.Error(), "base URL") {
-			t.Errorf("Run = %v, want not_found naming the base URL", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run goes on asking a URL that is not a broker's")
+	err = runGivingUp(t, c, "Run goes on asking a URL that is not a broker's")
+	if spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND || !strings.Contains(err.Error(), "base URL") {
+		t.Errorf("Run = %v, want not_found naming the base URL", err)
 	}
 }
 
@@ -715,6 +698,23 @@ func TestRun_BatchOfLargeResults(t *testing.T) {
 	}
 }
 
+// runGivingUp runs an agent on c that must give up by itself, and returns
+// why; stillRunning is the failure when it has not within 10s.
+func runGivingUp(t *testing.T, c *client.Client, stillRunning string) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(context.Background(), c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal(stillRunning)
+		return nil
+	}
+}
+
 // TestRun_UntrustedCertificate: a broker whose TLS certificate this host
 // does not trust stops Run with a word on what to do, rather than a retry
 // loop that looks healthy.
@@ -725,17 +725,9 @@ func TestRun_UntrustedCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(context.Background(), c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: quietLogger()})
-	}()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "SSL_CERT_FILE") {
-			t.Errorf("Run = %v, want the certificate named", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run retries an untrusted certificate for ever")
+	err = runGivingUp(t, c, "Run retries an untrusted certificate for ever")
+	if err == nil || !strings.Contains(err.Error(), "SSL_CERT_FILE") {
+		t.Errorf("Run = %v, want the certificate named", err)
 	}
 }
 
