@@ -25,7 +25,8 @@ func (u *ui) funcs() template.FuncMap {
 		"pretty":         prettyJSON,
 		"when":           when,
 		"iso":            iso,
-		"str":            func(s *string) string { return deref(s) },
+		"str":            func(s *string) string { return shown(deref(s)) },
+		"shown":          shown,
 		"progress":       newProgress,
 		"duration":       runDuration,
 		"human":          func(sec float64) string { return human(time.Duration(sec * float64(time.Second))) },
@@ -255,3 +256,15 @@ type pkgTable struct {
 	List  []spinbroker.Package
 	Empty string // said when the list is empty
 }
+
+// bidiControls are the characters that reorder the text around them:
+// embeddings, overrides and isolates. In a reason or a key a client wrote,
+// "failed: \u202Eevil" would read "failed: live".
+var bidiControls = strings.NewReplacer(
+	"\u202a", "⟨U+202A⟩", "\u202b", "⟨U+202B⟩", "\u202c", "⟨U+202C⟩", "\u202d", "⟨U+202D⟩", "\u202e", "⟨U+202E⟩",
+	"\u2066", "⟨U+2066⟩", "\u2067", "⟨U+2067⟩", "\u2068", "⟨U+2068⟩", "\u2069", "⟨U+2069⟩",
+)
+
+// shown is a client's text as the dashboard shows it: its bidirectional
+// controls made visible, so that it reads as it is.
+func shown(s string) string { return bidiControls.Replace(s) }

@@ -282,10 +282,10 @@ func newGraph(cmds []spinbroker.Command) *graph {
 		}
 		n.Title = c.Action + " on " + c.Resource + ": " + string(c.State)
 		if c.Key != nil {
-			n.Title += " (key " + *c.Key + ")"
+			n.Title += " (key " + shown(*c.Key) + ")"
 		}
 		if c.Reason != nil {
-			n.Title += " — " + *c.Reason
+			n.Title += " — " + shown(*c.Reason)
 		}
 		g.Nodes = append(g.Nodes, n)
 	}

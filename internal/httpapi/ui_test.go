@@ -822,3 +822,21 @@ func TestUI_ErrorLeadsBack(t *testing.T) {
 		}
 	}
 }
+
+// TestUI_BidiControlsShown: a reason or key with characters that reorder
+// the text around them is shown with them visible, so that it reads as it
+// is ("failed: \u202eevil" would read "failed: live").
+func TestUI_BidiControlsShown(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	pkg := mustCreate(t, e, 1, true, nc(101, "k\u202eyek", "q", "go", ""))
+	c := mustNext(t, e, "q")
+	mustComplete(t, e, c, false, "failed: \u202eevil\u202c", "")
+	for _, path := range []string{"/ui/packages/" + pkg, "/ui/commands/" + c.ID, "/ui/packages"} {
+		r := e.get(path)
+		wantHTML(t, r, 200, "failed: ⟨U&#43;202E⟩evil⟨U&#43;202C⟩") // html/template writes + as &#43;
+		if strings.ContainsRune(string(r.body), '\u202e') {
+			t.Errorf("%s carries a raw U+202E", path)
+		}
+	}
+	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "k⟨U&#43;202E⟩yek")
+}
