@@ -840,3 +840,19 @@ func TestUI_BidiControlsShown(t *testing.T) {
 	}
 	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "k⟨U&#43;202E⟩yek")
 }
+
+// TestUI_LargeGraphCanBeSkipped: a graph of many commands, a tab stop
+// each, has a way past it for the keyboard; a small one needs none.
+func TestUI_LargeGraphCanBeSkipped(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	var cmds []spinbroker.NewCommand
+	for i := range 13 {
+		cmds = append(cmds, nc(100+i, "", "q", "step", ""))
+	}
+	big := mustCreate(t, e, 1, true, cmds...)
+	small := mustCreate(t, e, 2, true, nc(200, "", "q", "one", ""))
+	wantHTML(t, e.get("/ui/packages/"+big), 200, `<a class="skip skip-graph" href="#h-commands">Skip the graph's 13 commands`)
+	if r := e.get("/ui/packages/" + small); strings.Contains(string(r.body), "skip-graph") {
+		t.Error("a one-command graph offers to skip it")
+	}
+}
