@@ -135,11 +135,17 @@ func decodeError(err error) error {
 	case errors.As(err, &pe):
 		return pe
 	case errors.As(err, &te):
-		field := te.Field
-		if field == "" {
-			return &ParamError{Problem: fmt.Sprintf("want %s, got a JSON %s", typeWord(te.Type), te.Value)}
+		problem := fmt.Sprintf("want %s, got a JSON %s", typeWord(te.Type), te.Value)
+		if num, ok := strings.CutPrefix(te.Value, "number "); ok && te.Type != nil && isWhole(num) {
+			// (A negative one for an unsigned type keeps "want a
+			// non-negative integer", and one in range was refused for
+			// another reason, a duration's say.)
+			if lo, hi, ok := intRange(te.Type); ok && (lo < 0 || !strings.HasPrefix(num, "-")) && !fits(num, lo, hi) {
+				// A whole number is an integer: what is wrong is its size.
+				problem = fmt.Sprintf("%s is out of range for %s (%d to %d)", num, te.Type.Kind(), lo, hi)
+			}
 		}
-		return &ParamError{Field: field, Problem: fmt.Sprintf("want %s, got a JSON %s", typeWord(te.Type), te.Value)}
+		return &ParamError{Field: te.Field, Problem: problem}
 	case errors.As(err, &se):
 		return &ParamError{Problem: "not valid JSON: " + se.Error()}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -343,4 +349,33 @@ func encodeOutput(out any) (json.RawMessage, error) {
 		return nil, errOutput
 	}
 	return b, nil
+}
+
+// isWhole reports whether a JSON number is written as a whole number.
+func isWhole(n string) bool {
+	n = strings.TrimPrefix(n, "-")
+	return n != "" && strings.Trim(n, "0123456789") == ""
+}
+
+// intRange is the range of an integer kind, for saying a number is out of
+// it; ok is false for other kinds.
+func intRange(t reflect.Type) (lo int64, hi uint64, ok bool) {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		bits := t.Bits()
+		return -1 << (bits - 1), 1<<(bits-1) - 1, true
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return 0, 1<<t.Bits() - 1, true
+	}
+	return 0, 0, false
+}
+
+// fits reports whether the whole number n lies in lo..hi.
+func fits(n string, lo int64, hi uint64) bool {
+	if strings.HasPrefix(n, "-") {
+		v, err := strconv.ParseInt(n, 10, 64)
+		return err == nil && v >= lo
+	}
+	v, err := strconv.ParseUint(n, 10, 64)
+	return err == nil && v <= hi
 }

@@ -60,6 +60,8 @@ func TestDecode(t *testing.T) {
 		{name: "WrongType", raw: `{"id":"a","vm":{"Name":"n","Cpus":"two"}}`, wantField: "vm.Cpus", wantErr: "want an integer, got a JSON string"},
 		{name: "WrongTypeInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":3}]}}`, wantField: "vm.Images.Path", wantErr: "want a string"},
 		{name: "Negative", raw: `{"id":"a","vm":{"Name":"n"},"size":-1}`, wantField: "size", wantErr: "non-negative integer"},
+		{name: "TooLarge", raw: `{"id":"a","vm":{"Name":"n","Cpus":99999999999999999999}}`, wantField: "vm.Cpus", wantErr: "99999999999999999999 is out of range for int (-9223372036854775808 to 9223372036854775807)"},
+		{name: "TooLargeUnsigned", raw: `{"id":"a","vm":{"Name":"n"},"size":99999999999999999999}`, wantField: "size", wantErr: "out of range for uint64 (0 to 18446744073709551615)"},
 		{name: "Fraction", raw: `{"id":"a","vm":{"Name":"n","Cpus":1.5}}`, wantField: "vm.Cpus", wantErr: "want an integer"},
 		{name: "MissingTop", raw: `{"vm":{"Name":"n"}}`, wantField: "id", wantErr: "required parameter is missing"},
 		{name: "NullRequired", raw: `{"id":"a","vm":null}`, wantField: "vm", wantErr: "required parameter is missing"},
