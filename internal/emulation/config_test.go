@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -376,5 +377,87 @@ func TestNew_StateDirRoom(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "longest_id=29") {
 		t.Errorf("New with room for 29-character ids logged:\n%s", logs.String())
+	}
+}
+
+// TestProcess_GroupsNotItsOwn: a VM is its process. A stale pid file whose
+// process is gone adopts nothing, even while processes of that group id
+// live on (a daemon's, after a double fork), and a stop then signals none
+// of them; a helper left in a VM's group does not keep the VM running.
+func TestProcess_GroupsNotItsOwn(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	// A stranger: a group whose leader has exited, its member still there.
+	stranger := exec.Command("sh", "-c", `sleep 300 >/dev/null 2>&1 & echo $!`)
+	stranger.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := stranger.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	member, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	t.Cleanup(func() { syscall.Kill(member, syscall.SIGKILL) })
+	os.WriteFile(filepath.Join(dir, "vm1.pid"), fmt.Appendf(nil, "%d 12345\n", stranger.Process.Pid), 0o600)
+	s, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if running, _ := s.Running(ctx, "vm1"); running {
+		t.Error("a pid file of a process gone adopted a stranger's group")
+	}
+	if err := s.Kill(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if state, _, ok := procStat(member); !ok || state == 'Z' {
+		t.Error("a stop killed a stranger's process")
+	}
+
+	// A VM whose process ended, leaving a helper in its group, is over.
+	if err := s.Start(ctx, "vm2", "two", []string{"sh", "-c", `sleep 300 >/dev/null 2>&1 & echo $! > ` + filepath.Join(dir, "helper")}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if running, _ := s.Running(ctx, "vm2"); !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a VM whose process ended still runs, for a helper left in its group")
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "helper")); err == nil {
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// TestProcess_StopSweepsTheGroup: qemu under a wrapper that ends at once on
+// SIGTERM, itself slower to go, is ended with the group at a stop.
+func TestProcess_StopSweepsTheGroup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	childFile := filepath.Join(dir, "child")
+	// The child ignores SIGTERM (as a VM finishing its writes might, for a
+	// while); the wrapper does not.
+	if err := s.Start(ctx, "vm1", "one", []string{"sh", "-c", `(trap "" TERM; exec sleep 60) & echo $! > ` + childFile + `; wait`}); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	for deadline := time.Now().Add(5 * time.Second); child == 0; time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(childFile)
+		child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		if time.Now().After(deadline) {
+			t.Fatal("the wrapper did not start its child")
+		}
+	}
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	if err := s.Kill(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if state, _, ok := procStat(child); ok && state != 'Z' && state != 'X' {
+		t.Errorf("the child that ignored SIGTERM outlived the stop (state %c)", state)
 	}
 }

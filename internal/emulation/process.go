@@ -73,10 +73,9 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 			continue
 		}
 		p, err := s.readPID(id)
-		if err == nil {
-			p.group = true // this agent starts every VM as the leader of its own group
-		}
 		if err == nil && p.alive() {
+			_, _, pgrp, _ := procStatGroup(p.pid)
+			p.group = pgrp == p.pid
 			s.procs[id] = p
 			log.Info("adopted a running VM", "vm_id", id, "pid", p.pid)
 			continue
@@ -131,24 +130,6 @@ func procStatGroup(pid int) (state byte, start string, pgrp int, ok bool) {
 	return f[0][0], f[19], pgrp, true // fields 3, 22 and 5
 }
 
-// alive reports whether the VM still runs: its process, or, for one that
-// leads its own group, any process left in the group (a --qemu wrapper
-// that died and left qemu running is no stopped VM).
-func (p *proc) alive() bool {
-	if p.leaderAlive() {
-		return true
-	}
-	if !p.group {
-		return false
-	}
-	if _, start, ok := procStat(p.pid); ok && p.start != "" && start != p.start {
-		// The pid is another process's now, and so is any group of that
-		// id (Linux reuses no pid that still names a group in use).
-		return false
-	}
-	return groupAlive(p.pid)
-}
-
 // groupAlive reports whether process group pgid has a member that is not a
 // zombie. Zombies are dead: under an agent that is PID 1 in a container,
 // qemu orphaned by its wrapper becomes the agent's child, and nothing reaps
@@ -170,10 +151,13 @@ func groupAlive(pgid int) bool {
 	return false
 }
 
-// leaderAlive reports whether p's own process still runs: it exists, is the
-// same process (same start time) and is not a zombie waiting for a parent
-// that is not this agent.
-func (p *proc) leaderAlive() bool {
+// alive reports whether p's process still runs: it exists, is the same
+// process (same start time) and is not a zombie waiting for a parent that
+// is not this agent. The VM is its process; what else its group holds is
+// only swept up at a stop (see Kill): a helper a wrapper left behind must
+// not keep a powered-off VM "running", and a group whose leader is gone
+// cannot be told from a stranger's.
+func (p *proc) alive() bool {
 	if p.exited != nil {
 		select {
 		case <-p.exited:
@@ -212,7 +196,7 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 		s.log.Info("VM process exited", "vm_id", id, "pid", p.pid, "err", err)
 		close(p.exited)
 		s.mu.Lock()
-		if s.procs[id] == p && !p.alive() { // else the rest of its group runs on; get forgets it later
+		if s.procs[id] == p {
 			delete(s.procs, id)
 			_ = os.Remove(s.pidFile(id))
 		}
@@ -281,10 +265,12 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 	defer s.get(id) // forgets an adopted VM that ended
 	p.signal(syscall.SIGTERM)
 	if s.waitExit(ctx, p, 3*time.Second) {
+		s.sweepGroup(ctx, p)
 		return nil
 	}
 	p.signal(syscall.SIGKILL)
 	if s.waitExit(ctx, p, 5*time.Second) {
+		s.sweepGroup(ctx, p)
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -293,7 +279,33 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 	return fmt.Errorf("VM process %d did not end after SIGKILL", p.pid)
 }
 
-// waitExit waits up to d for p, and what is left of its group, to end.
+// sweepGroup ends what is left of a stopped VM's process group: qemu under
+// a --qemu wrapper that did not exec it outlives the wrapper's quick end on
+// SIGTERM. It had the signal too; it gets a few seconds, then SIGKILL.
+// Safe although the leader is gone: Linux reuses no pid that still names a
+// group with members, so a group found here is the VM's. Zombies are not
+// waited for (groupAlive).
+func (s *Process) sweepGroup(ctx context.Context, p *proc) {
+	if !p.group {
+		return
+	}
+	wait := func(d time.Duration) bool {
+		for deadline := time.Now().Add(d); groupAlive(p.pid); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return false
+			}
+		}
+		return true
+	}
+	if !wait(3 * time.Second) {
+		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+		if !wait(2 * time.Second) {
+			s.log.Warn("processes of a stopped VM's group are still there", "pid", p.pid)
+		}
+	}
+}
+
+// waitExit waits up to d for p to end.
 func (s *Process) waitExit(ctx context.Context, p *proc, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
