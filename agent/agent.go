@@ -62,12 +62,14 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -321,16 +323,22 @@ func fatal(err error) bool {
 
 // untrusted reports whether err is the broker's TLS certificate failing
 // verification in a way that only a change of configuration mends: signed
-// by an authority this host does not trust, or for another name. An
-// expired certificate (or one not valid yet, to a clock behind) is not:
-// the broker takes a renewed one without a restart, and the agent must
-// still be there to see it.
+// by an authority this host does not trust, for another name, for another
+// use, with a broken algorithm. An expired certificate (or one not valid
+// yet, to a clock behind) is not: the broker takes a renewed one without a
+// restart, and the agent must still be there to see it.
 func untrusted(err error) bool {
 	var (
-		ua x509.UnknownAuthorityError
-		he x509.HostnameError
+		cve *tls.CertificateVerificationError
+		ua  x509.UnknownAuthorityError
+		he  x509.HostnameError
+		ci  x509.CertificateInvalidError
+		ia  x509.InsecureAlgorithmError
 	)
-	return errors.As(err, &ua) || errors.As(err, &he)
+	if errors.As(err, &ci) && ci.Reason == x509.Expired {
+		return false // expired, or not yet valid
+	}
+	return errors.As(err, &cve) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &ia)
 }
 
 // loop takes commands until ctx ends: one at a time with next or, in batch
@@ -688,11 +696,16 @@ func (a *runner) deliver(j *job) {
 
 // mayHaveArrived reports whether a failed request may have been carried out
 // by the broker all the same: its answer never came (a timeout, a dropped
-// connection). An answer with a status (a 503) says it was not, and a
-// connection refused means nothing was sent.
+// connection, a proxy's 502 or 504). An answer with another status (a
+// 503) says it was not, and a refused connection means nothing was sent.
 func mayHaveArrived(err error) bool {
 	var ce *client.Error
-	return !errors.As(err, &ce) && !errors.Is(err, syscall.ECONNREFUSED)
+	if errors.As(err, &ce) {
+		// A proxy's bad gateway or timeout: the broker's answer never
+		// came back through it.
+		return ce.StatusCode == http.StatusBadGateway || ce.StatusCode == http.StatusGatewayTimeout
+	}
+	return !errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // deliverBatch completes the jobs' commands in as few requests as the

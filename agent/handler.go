@@ -140,7 +140,7 @@ func decodeError(err error) error {
 			// (A negative one for an unsigned type keeps "want a
 			// non-negative integer", and one in range was refused for
 			// another reason, a duration's say.)
-			if lo, hi, ok := intRange(te.Type); ok && (lo < 0 || !strings.HasPrefix(num, "-")) && !fits(num, lo, hi) {
+			if lo, hi, ok := intRange(te.Type); ok && !decodesItself(te.Type) && (lo < 0 || !strings.HasPrefix(num, "-")) && !fits(num, lo, hi) {
 				// A whole number is an integer: what is wrong is its size.
 				problem = fmt.Sprintf("%s is out of range for %s (%d to %d)", num, te.Type.Kind(), lo, hi)
 			}
@@ -378,4 +378,11 @@ func fits(n string, lo int64, hi uint64) bool {
 	}
 	v, err := strconv.ParseUint(n, 10, 64)
 	return err == nil && v <= hi
+}
+
+// decodesItself reports whether t (or a pointer to it) decodes its own
+// JSON, as a duration does: its refusal is about its form, not a range.
+func decodesItself(t reflect.Type) bool {
+	return t.Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler) ||
+		t.Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler)
 }

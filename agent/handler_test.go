@@ -69,6 +69,7 @@ func TestDecode(t *testing.T) {
 		{name: "MissingInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"},{"Cdrom":true}]}}`, wantField: "vm.Images[1].Path", wantErr: "required"},
 		{name: "MissingInMap", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{}}}`, wantField: `labels["k"].Path`, wantErr: "required"},
 		{name: "BadDuration", raw: `{"id":"a","vm":{"Name":"n"},"timeout":30}`, wantField: "timeout", wantErr: `want a duration string such as "30s", got a JSON number 30`},
+		{name: "HugeDuration", raw: `{"id":"a","vm":{"Name":"n"},"timeout":99999999999999999999}`, wantField: "timeout", wantErr: `want a duration string such as "30s"`},
 		{name: "NotADuration", raw: `{"id":"a","vm":{"Name":"n"},"timeout":"soon"}`, wantField: "timeout", wantErr: `want a duration string such as "30s", got a JSON string "soon"`},
 		{name: "Repeated", raw: `{"id":"a","id":"b","vm":{"Name":"n"}}`, wantField: "id", wantErr: "given twice"},
 		{name: "RepeatedInAnyCase", raw: `{"id":"a","vm":{"Name":"n","NAME":"evil"}}`, wantField: "vm.Name", wantErr: `given twice, as "Name" and "NAME"`},
