@@ -89,8 +89,16 @@ func prettyJSON(raw json.RawMessage) string {
 	if err := json.Indent(&buf, raw, "", "  "); err != nil {
 		return string(raw)
 	}
-	return readableEscapes(buf.String())
+	return bidiEscapes.Replace(readableEscapes(buf.String()))
 }
+
+// bidiEscapes writes the bidirectional controls a client put raw into its
+// JSON as JSON escapes: the same value, shown as it is rather than obeyed.
+// (They can only be inside strings: raw, they are no JSON elsewhere.)
+var bidiEscapes = strings.NewReplacer(
+	"\u202a", `\u202a`, "\u202b", `\u202b`, "\u202c", `\u202c`, "\u202d", `\u202d`, "\u202e", `\u202e`,
+	"\u2066", `\u2066`, "\u2067", `\u2067`, "\u2068", `\u2068`, "\u2069", `\u2069`,
+)
 
 // readableEscapes writes the \uXXXX escapes of printable characters in
 // JSON strings as the characters themselves: a client that sends ASCII-only

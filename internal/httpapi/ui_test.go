@@ -828,7 +828,7 @@ func TestUI_ErrorLeadsBack(t *testing.T) {
 // is ("failed: \u202eevil" would read "failed: live").
 func TestUI_BidiControlsShown(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
-	pkg := mustCreate(t, e, 1, true, nc(101, "k\u202eyek", "q", "go", ""))
+	pkg := mustCreate(t, e, 1, true, nc(101, "k\u202eyek", "q", "go", "{\"a\": \"x\u202eyz\"}")) // raw in the JSON, not escaped
 	c := mustNext(t, e, "q")
 	mustComplete(t, e, c, false, "failed: \u202eevil\u202c", "")
 	for _, path := range []string{"/ui/packages/" + pkg, "/ui/commands/" + c.ID, "/ui/packages"} {
@@ -838,7 +838,7 @@ func TestUI_BidiControlsShown(t *testing.T) {
 			t.Errorf("%s carries a raw U+202E", path)
 		}
 	}
-	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "k⟨U&#43;202E⟩yek")
+	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "k⟨U&#43;202E⟩yek", `&#34;x\u202eyz&#34;`)
 }
 
 // TestUI_LargeGraphCanBeSkipped: a graph of many commands, a tab stop
