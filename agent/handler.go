@@ -98,7 +98,18 @@ func Decode(raw json.RawMessage, p any) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(p); err != nil {
-		return decodeError(err)
+		pe := decodeError(err)
+		// encoding/json names no array index ("items.size" for
+		// items[3].size), and a type that decodes itself (a time) no field
+		// at all: the member that fails on its own says where.
+		if t := reflect.TypeOf(p); t != nil && t.Kind() == reflect.Pointer {
+			if path := locate(t.Elem(), raw, ""); path != "" {
+				if e, ok := pe.(*ParamError); ok {
+					e.Field = path
+				}
+			}
+		}
+		return pe
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return &ParamError{Problem: "parameters must be one JSON object, with nothing after it"}
@@ -234,6 +245,71 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// locate is the path of the innermost member or item of raw that does not
+// decode into its type on its own ("items[3].size"), "" when each does.
+func locate(t reflect.Type, raw json.RawMessage, path string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if isNull(raw) || decodesItself(t) {
+		return ""
+	}
+	fails := func(t reflect.Type, v json.RawMessage) bool {
+		return json.Unmarshal(v, reflect.New(t).Interface()) != nil
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		obj, _ := objectOf(raw, true, func(k string) string { return k })
+		for _, f := range reflect.VisibleFields(t) {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || name == "-" || f.Anonymous && name == "" {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			v, ok := lookup(obj, name)
+			if !ok || !fails(f.Type, v) {
+				continue
+			}
+			field := name
+			if path != "" {
+				field = path + "." + name
+			}
+			if deeper := locate(f.Type, v, field); deeper != "" {
+				return deeper
+			}
+			return field
+		}
+	case reflect.Slice, reflect.Array:
+		var items []json.RawMessage
+		if json.Unmarshal(raw, &items) != nil {
+			return ""
+		}
+		for i, item := range items {
+			if fails(t.Elem(), item) {
+				at := fmt.Sprintf("%s[%d]", path, i)
+				if deeper := locate(t.Elem(), item, at); deeper != "" {
+					return deeper
+				}
+				return at
+			}
+		}
+	case reflect.Map:
+		items, _ := objectOf(raw, false, func(k string) string { return k })
+		for k, item := range items {
+			if fails(t.Elem(), item) {
+				at := fmt.Sprintf("%s[%q]", path, k)
+				if deeper := locate(t.Elem(), item, at); deeper != "" {
+					return deeper
+				}
+				return at
+			}
+		}
+	}
+	return ""
 }
 
 // objectOf reads the JSON object raw into its members, and refuses a key

@@ -58,7 +58,9 @@ func TestDecode(t *testing.T) {
 		{name: "Unknown", raw: `{"id":"a","vm":{"Name":"n"},"colour":1}`, wantField: "colour", wantErr: "unknown parameter"},
 		{name: "UnknownNested", raw: `{"id":"a","vm":{"Name":"n","Disk":1}}`, wantField: "Disk", wantErr: "unknown parameter"},
 		{name: "WrongType", raw: `{"id":"a","vm":{"Name":"n","Cpus":"two"}}`, wantField: "vm.Cpus", wantErr: "want an integer, got a JSON string"},
-		{name: "WrongTypeInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":3}]}}`, wantField: "vm.Images.Path", wantErr: "want a string"},
+		{name: "WrongTypeInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"},{"Path":3}]}}`, wantField: "vm.Images[1].Path", wantErr: "want a string"},
+		{name: "WrongTypeInMap", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":3}}}`, wantField: `labels["k"].Path`, wantErr: "want a string"},
+		{name: "BadDurationNoFieldFromItsType", raw: `{"id":"a","vm":{"Name":"n"},"timeout":"soon"}`, wantField: "timeout", wantErr: "duration"},
 		{name: "Negative", raw: `{"id":"a","vm":{"Name":"n"},"size":-1}`, wantField: "size", wantErr: "non-negative integer"},
 		{name: "TooLarge", raw: `{"id":"a","vm":{"Name":"n","Cpus":99999999999999999999}}`, wantField: "vm.Cpus", wantErr: "99999999999999999999 is out of range for int (-9223372036854775808 to 9223372036854775807)"},
 		{name: "TooLargeUnsigned", raw: `{"id":"a","vm":{"Name":"n"},"size":99999999999999999999}`, wantField: "size", wantErr: "out of range for uint64 (0 to 18446744073709551615)"},
@@ -207,4 +209,32 @@ func FuzzDecode(f *testing.F) {
 			t.Errorf("Decode(%q) = %v (%T), want a *ParamError", raw, err, err)
 		}
 	})
+}
+
+// TestDecode_NamesTheItem: a member that fails to decode is named with its
+// array index, and a type that decodes itself (a time) with its field.
+func TestDecode_NamesTheItem(t *testing.T) {
+	type stamped struct {
+		At time.Time `json:"at"`
+	}
+	var p struct {
+		Items []stamped `json:"items"`
+		Sizes []int8    `json:"sizes"`
+	}
+	for raw, want := range map[string]string{
+		`{"items":[{"at":"2026-01-01T00:00:00Z"},{"at":"yesterday"}]}`: "items[1].at",
+		`{"sizes":[1,2,300]}`: "sizes[2]",
+	} {
+		var pe *ParamError
+		if err := Decode(json.RawMessage(raw), &p); !errors.As(err, &pe) || pe.Field != want {
+			t.Errorf("Decode(%s) = %v (field %q), want the field %q", raw, err, fieldOf(pe), want)
+		}
+	}
+}
+
+func fieldOf(pe *ParamError) string {
+	if pe == nil {
+		return ""
+	}
+	return pe.Field
 }
