@@ -225,6 +225,20 @@ func TestProcess(t *testing.T) {
 	}
 }
 
+// childPID waits for a wrapper under test to write its child's pid to file.
+func childPID(t *testing.T, file string) int {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(file)
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the wrapper did not start its child")
+		}
+	}
+}
+
 // TestProcess_KillsTheGroup: a --qemu wrapper that runs qemu as its child
 // instead of exec'ing it does not leave qemu running after a stop.
 func TestProcess_KillsTheGroup(t *testing.T) {
@@ -242,14 +256,7 @@ func TestProcess_KillsTheGroup(t *testing.T) {
 	if err := s.Start(ctx, "vm1", "vm one", []string{sh, "-c", `sleep 60 & echo $! > ` + childFile + `; wait`}); err != nil {
 		t.Fatal(err)
 	}
-	var child int
-	for deadline := time.Now().Add(5 * time.Second); child == 0; time.Sleep(10 * time.Millisecond) {
-		b, _ := os.ReadFile(childFile)
-		child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		if time.Now().After(deadline) {
-			t.Fatal("the wrapper did not start its child")
-		}
-	}
+	child := childPID(t, childFile)
 	// An agent restarted meanwhile adopts the wrapper, and knows its group.
 	s2, err := NewProcess(dir, quiet())
 	if err != nil {
@@ -445,14 +452,7 @@ func TestProcess_StopSweepsTheGroup(t *testing.T) {
 	if err := s.Start(ctx, "vm1", "one", []string{"sh", "-c", `(trap "" TERM; exec sleep 60) & echo $! > ` + childFile + `; wait`}); err != nil {
 		t.Fatal(err)
 	}
-	var child int
-	for deadline := time.Now().Add(5 * time.Second); child == 0; time.Sleep(10 * time.Millisecond) {
-		b, _ := os.ReadFile(childFile)
-		child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		if time.Now().After(deadline) {
-			t.Fatal("the wrapper did not start its child")
-		}
-	}
+	child := childPID(t, childFile)
 	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 	if err := s.Kill(ctx, "vm1"); err != nil {
 		t.Fatal(err)

@@ -497,16 +497,10 @@ func (e *Emulator) powerDown(ctx context.Context, id string) error {
 
 // awaitStopped waits up to d for the VM to stop running.
 func (e *Emulator) awaitStopped(ctx context.Context, id string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if running, err := e.sup.Running(ctx, id); err == nil && !running {
-			return true
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return false
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return until(ctx, d, 100*time.Millisecond, func() bool {
+		running, err := e.sup.Running(ctx, id)
+		return err == nil && !running
+	})
 }
 
 // Status reports whether a VM is configured and running, with QMP's

@@ -263,13 +263,14 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 		return nil
 	}
 	defer s.get(id) // forgets an adopted VM that ended
+	ended := func() bool { return !p.alive() }
 	p.signal(syscall.SIGTERM)
-	if s.waitExit(ctx, p, 3*time.Second) {
+	if until(ctx, 3*time.Second, 20*time.Millisecond, ended) {
 		s.sweepGroup(ctx, p)
 		return nil
 	}
 	p.signal(syscall.SIGKILL)
-	if s.waitExit(ctx, p, 5*time.Second) {
+	if until(ctx, 5*time.Second, 20*time.Millisecond, ended) {
 		s.sweepGroup(ctx, p)
 		return nil
 	}
@@ -289,33 +290,27 @@ func (s *Process) sweepGroup(ctx context.Context, p *proc) {
 	if !p.group {
 		return
 	}
-	wait := func(d time.Duration) bool {
-		for deadline := time.Now().Add(d); groupAlive(p.pid); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				return false
-			}
-		}
-		return true
-	}
-	if !wait(3 * time.Second) {
+	empty := func() bool { return !groupAlive(p.pid) }
+	if !until(ctx, 3*time.Second, 20*time.Millisecond, empty) {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-		if !wait(2 * time.Second) {
+		if !until(ctx, 2*time.Second, 20*time.Millisecond, empty) {
 			s.log.Warn("processes of a stopped VM's group are still there", "pid", p.pid)
 		}
 	}
 }
 
-// waitExit waits up to d for p to end.
-func (s *Process) waitExit(ctx context.Context, p *proc, d time.Duration) bool {
+// until asks done every period until it says yes (true), d runs out or
+// ctx ends (false).
+func until(ctx context.Context, d, every time.Duration, done func() bool) bool {
 	deadline := time.Now().Add(d)
 	for {
-		if !p.alive() {
+		if done() {
 			return true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
