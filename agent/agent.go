@@ -635,6 +635,14 @@ func cutReason(s string) string {
 	return fmt.Sprintf("%s… (%d more bytes cut)", s[:n], len(s)-n)
 }
 
+// refuseOutput makes j's result say that the broker refused its output
+// (err): sent in its place, the command fails saying so rather than expire
+// and fail the same way again.
+func (j *job) refuseOutput(err error) {
+	j.log.Error("the broker refuses the output", "err", err)
+	j.res = outcome{reason: "agent error: the broker refused the command's output: " + spinbroker.ErrorMessage(err)}
+}
+
 // finished logs a result that the broker has recorded.
 func (j *job) finished() {
 	args := []any{"status", j.res.status, "duration", time.Since(j.begin).Round(time.Millisecond).String()}
@@ -680,8 +688,7 @@ func (a *runner) deliver(j *job) {
 		case (code == spinbroker.EINVALID || code == spinbroker.ETOOLARGE) && len(j.res.output) > 0:
 			// The output is what the broker refuses: report that instead
 			// of leaving the command to expire and fail the same way again.
-			j.log.Error("the broker refuses the output", "err", err)
-			j.res = outcome{reason: "agent error: the broker refused the command's output: " + spinbroker.ErrorMessage(err)}
+			j.refuseOutput(err)
 			continue
 		case !client.Temporary(err):
 			j.log.Error("the broker refuses the result", "err", err)
@@ -789,8 +796,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 				case o.Error != nil && (o.Error.Code == spinbroker.EINVALID || o.Error.Code == spinbroker.ETOOLARGE) && len(j.res.output) > 0:
 					// As deliver does: the output is what is refused, so
 					// say that in the result rather than lose it.
-					j.log.Error("the broker refuses the output", "err", o.Error)
-					j.res = outcome{reason: "agent error: the broker refused the command's output: " + o.Error.Message}
+					j.refuseOutput(o.Error)
 				case o.HTTPStatus >= 500 || o.HTTPStatus == 429:
 					// Left pending: tried again below.
 				default:

@@ -211,7 +211,7 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if isNull(raw) || reflect.PointerTo(t).Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler) {
+	if isNull(raw) || decodesItself(t) {
 		return nil
 	}
 	switch t.Kind() {
@@ -283,29 +283,26 @@ func locate(t reflect.Type, raw json.RawMessage, path string) string {
 			}
 			return field
 		}
-	case reflect.Slice, reflect.Array:
+	case reflect.Slice, reflect.Array, reflect.Map:
+		// An array's items by index, a map's by key.
+		var at []string
 		var items []json.RawMessage
-		if json.Unmarshal(raw, &items) != nil {
-			return ""
+		if t.Kind() == reflect.Map {
+			obj, _ := objectOf(raw, false, func(k string) string { return k })
+			for k, item := range obj {
+				at, items = append(at, fmt.Sprintf("%s[%q]", path, k)), append(items, item)
+			}
+		} else if json.Unmarshal(raw, &items) == nil {
+			for i := range items {
+				at = append(at, fmt.Sprintf("%s[%d]", path, i))
+			}
 		}
 		for i, item := range items {
 			if fails(t.Elem(), item) {
-				at := fmt.Sprintf("%s[%d]", path, i)
-				if deeper := locate(t.Elem(), item, at); deeper != "" {
+				if deeper := locate(t.Elem(), item, at[i]); deeper != "" {
 					return deeper
 				}
-				return at
-			}
-		}
-	case reflect.Map:
-		items, _ := objectOf(raw, false, func(k string) string { return k })
-		for k, item := range items {
-			if fails(t.Elem(), item) {
-				at := fmt.Sprintf("%s[%q]", path, k)
-				if deeper := locate(t.Elem(), item, at); deeper != "" {
-					return deeper
-				}
-				return at
+				return at[i]
 			}
 		}
 	}
