@@ -129,13 +129,9 @@ func queryValue(q url.Values, name string) (string, error) {
 	return vs[0], nil
 }
 
-// queryDuration parses an optional duration in the query string; given
-// says whether it was there.
-func queryDuration(r *http.Request, name string) (d time.Duration, given bool, err error) {
-	q, err := query(r)
-	if err != nil {
-		return 0, false, err
-	}
+// queryDuration parses an optional duration of the query q; given says
+// whether it was there.
+func queryDuration(q url.Values, name string) (d time.Duration, given bool, err error) {
 	v, err := queryValue(q, name)
 	if v == "" || err != nil {
 		return 0, false, err
@@ -158,12 +154,16 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	wait, _, err := queryDuration(r, "wait")
+	q, err := query(r)
+	var wait time.Duration
+	if err == nil {
+		wait, _, err = queryDuration(q, "wait")
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	lease, given, err := queryDuration(r, "lease")
+	lease, given, err := queryDuration(q, "lease")
 	if err == nil && given {
 		err = spinbroker.CheckLease("lease", lease) // 0s too: the default is had by leaving it out
 	}
