@@ -79,7 +79,8 @@ type Validator interface {
 // struct), strictly: the parameters must be one JSON object (absent or null
 // counts as {}), every field must be known to p's type and of its type,
 // every field tagged `spin:"required"` must be present and not null (at
-// any depth, in slices and maps of structs too), and if p (or what it points
+// any depth, in slices and maps of structs too), a fixed-length array
+// ([2]string) must be given exactly that many items, and if p (or what it points
 // to) implements Validator its Validate must pass. Any failure is a
 // *ParamError naming the field.
 //
@@ -116,7 +117,7 @@ func Decode(raw json.RawMessage, p any) error {
 	}
 	rv := reflect.ValueOf(p)
 	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
-		if err := checkRequired(rv.Elem().Type(), raw, ""); err != nil {
+		if err := checkComplete(rv.Elem().Type(), raw, ""); err != nil {
 			return err
 		}
 	}
@@ -204,10 +205,12 @@ var (
 	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
-// checkRequired walks t beside raw (which has already decoded into t) and
-// reports the first field tagged `spin:"required"` that is absent or null.
+// checkComplete walks t beside raw (which has already decoded into t) and
+// reports the first field tagged `spin:"required"` that is absent or null,
+// or the first fixed-length array given another number of items (which
+// encoding/json would cut short or pad with zeros without a word).
 // prefix is the path of raw, ending in "." when not empty.
-func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
+func checkComplete(t reflect.Type, raw json.RawMessage, prefix string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -227,8 +230,11 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 			return nil
 		}
 		base := strings.TrimSuffix(prefix, ".")
+		if t.Kind() == reflect.Array && len(items) != t.Len() {
+			return &ParamError{Field: base, Problem: fmt.Sprintf("want an array of exactly %d items, got %d", t.Len(), len(items))}
+		}
 		for i, item := range items {
-			if err := checkRequired(t.Elem(), item, fmt.Sprintf("%s[%d].", base, i)); err != nil {
+			if err := checkComplete(t.Elem(), item, fmt.Sprintf("%s[%d].", base, i)); err != nil {
 				return err
 			}
 		}
@@ -239,7 +245,7 @@ func checkRequired(t reflect.Type, raw json.RawMessage, prefix string) error {
 			return err
 		}
 		for k, item := range items {
-			if err := checkRequired(t.Elem(), item, fmt.Sprintf("%s[%q].", base, k)); err != nil {
+			if err := checkComplete(t.Elem(), item, fmt.Sprintf("%s[%q].", base, k)); err != nil {
 				return err
 			}
 		}
@@ -377,7 +383,7 @@ func checkFields(t reflect.Type, obj map[string]json.RawMessage, prefix string) 
 			}
 			continue
 		}
-		if err := checkRequired(f.Type, v, prefix+name+"."); err != nil {
+		if err := checkComplete(f.Type, v, prefix+name+"."); err != nil {
 			return err
 		}
 	}

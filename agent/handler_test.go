@@ -32,6 +32,8 @@ type params struct {
 	Timeout *spinbroker.Duration `json:"timeout"`
 	Labels  map[string]image     `json:"labels"`
 	Size    uint64               `json:"size"`
+	Pair    [2]string            `json:"pair"`
+	Grid    [][2]int             `json:"grid"`
 }
 
 func (p params) Validate() error {
@@ -78,6 +80,10 @@ func TestDecode(t *testing.T) {
 		{name: "RepeatedInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x","Path":"/y"}]}}`, wantField: "vm.Images[0].Path", wantErr: "given twice"},
 		{name: "RepeatedMapKey", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":"/x"},"k":{"Path":"/y"}}}`, wantField: `labels["k"]`, wantErr: "given twice"},
 		{name: "MapKeysDifferInCase", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":"/x"},"K":{"Path":"/y"}}}`},
+		{name: "FixedArray", raw: `{"id":"a","vm":{"Name":"n"},"pair":["x","y"],"grid":[[1,2],[3,4]]}`},
+		{name: "FixedArrayTooLong", raw: `{"id":"a","vm":{"Name":"n"},"pair":["x","y","z"]}`, wantField: "pair", wantErr: "want an array of exactly 2 items, got 3"},
+		{name: "FixedArrayTooShort", raw: `{"id":"a","vm":{"Name":"n"},"pair":["x"]}`, wantField: "pair", wantErr: "want an array of exactly 2 items, got 1"},
+		{name: "FixedArrayInSlice", raw: `{"id":"a","vm":{"Name":"n"},"grid":[[1,2],[3]]}`, wantField: "grid[1]", wantErr: "exactly 2 items, got 1"},
 		{name: "Validate", raw: `{"id":"a","vm":{"Name":"n","Cpus":-1}}`, wantErr: "vm.Cpus must not be negative"},
 	}
 	for _, tc := range cases {
