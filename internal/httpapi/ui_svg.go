@@ -151,13 +151,15 @@ const (
 	// between the boxes rather than through them.
 	slotW      = 14
 	maxDummies = 2000 // past this, long edges are drawn straight
+	wrapCols   = 4    // boxes in a row of a wrapped layer
+	rowGap     = 26   // between the rows of a wrapped layer
 )
 
 // slot is a box or an edge's passage through a layer.
 type slot struct {
 	cmd   int     // the command, or -1 for an edge's passage
 	preds []int   // slots in the layer above that lead here
-	x     int     // its left edge once placed
+	x, y  int     // its top left corner once placed
 	order float64 // its place in its layer, for ordering the next one
 }
 
@@ -249,27 +251,42 @@ func newGraph(cmds []spinbroker.Command) *graph {
 		place(l)
 	}
 
-	rowWidth := func(l []*slot) int {
-		w := 0
-		for _, s := range l {
-			w += s.width() + gapX
+	// A layer of more than wrapCols commands and nothing else (a fan-out,
+	// a fan-in's many dependencies) is wrapped into rows of wrapCols with
+	// its boxes in columns, where it would have made the picture as wide
+	// as all of them: edges to and from its inner rows run down the gaps
+	// between the columns.
+	rows := make([]int, layers)
+	g := &graph{}
+	for i, l := range byLayer {
+		rows[i] = 1
+		if len(l) > wrapCols && !slices.ContainsFunc(l, func(s *slot) bool { return s.cmd < 0 }) {
+			rows[i] = (len(l) + wrapCols - 1) / wrapCols
 		}
-		return w - gapX
+		g.Width = max(g.Width, 2*graphMargin+rowWidth(firstRow(l, rows[i])))
 	}
-	g := &graph{Height: 2*graphMargin + layers*(nodeH+gapY) - gapY}
-	for _, l := range byLayer {
-		g.Width = max(g.Width, 2*graphMargin+rowWidth(l))
+	layerTop := make([]int, layers+1)
+	layerTop[0] = graphMargin
+	for i := range layers {
+		layerTop[i+1] = layerTop[i] + rows[i]*(nodeH+rowGap) - rowGap + gapY
 	}
-	top := func(l int) int { return graphMargin + l*(nodeH+gapY) }
-	for _, l := range byLayer {
-		x := (g.Width - rowWidth(l)) / 2
+	g.Height = layerTop[layers] - gapY + graphMargin
+	for i, l := range byLayer {
+		x0 := (g.Width - rowWidth(firstRow(l, rows[i]))) / 2
+		if rows[i] > 1 {
+			for k, s := range l {
+				s.x = x0 + k%wrapCols*(nodeW+gapX)
+				s.y = layerTop[i] + k/wrapCols*(nodeH+rowGap)
+			}
+			continue
+		}
 		for _, s := range l {
-			s.x = x
-			x += s.width() + gapX
+			s.x, s.y = x0, layerTop[i]
+			x0 += s.width() + gapX
 		}
 	}
 	for i, c := range cmds {
-		x, y := slots[i].x, top(depth[i])
+		x, y := slots[i].x, slots[i].y
 		n := graphNode{
 			X: x, Y: y, W: nodeW, H: nodeH,
 			TextX: x + 10, ActionY: y + 19,
@@ -290,9 +307,13 @@ func newGraph(cmds []spinbroker.Command) *graph {
 		g.Nodes = append(g.Nodes, n)
 	}
 	// Each edge leaves the bottom of its dependency, runs down through its
-	// passages, and ends with an arrowhead on top of its dependent.
+	// passages, and ends with an arrowhead on top of its dependent. One
+	// that leaves an inner row of a wrapped layer first runs down the gap
+	// to the right of its box; one that enters an inner row, down the gap
+	// to the left of its dependent's.
 	for k, e := range edges {
-		x, y := slots[e.from].x+nodeW/2, top(depth[e.from])+nodeH
+		from, to := slots[e.from], slots[e.to]
+		x, y := from.x+nodeW/2, from.y+nodeH
 		var b strings.Builder
 		fmt.Fprintf(&b, "M%d %d", x, y)
 		curve := func(x2, y2 int) {
@@ -300,15 +321,43 @@ func newGraph(cmds []spinbroker.Command) *graph {
 			fmt.Fprintf(&b, " C%d %d %d %d %d %d", x, mid, x2, mid, x2, y2)
 			x, y = x2, y2
 		}
-		for _, s := range paths[k] {
-			curve(s.x+slotW/2, y+gapY)
-			fmt.Fprintf(&b, " L%d %d", x, y+nodeH)
-			y += nodeH
+		down := func(y2 int) {
+			fmt.Fprintf(&b, " L%d %d", x, y2)
+			y = y2
 		}
-		curve(slots[e.to].x+nodeW/2, top(depth[e.to])-3) // room for the arrowhead
+		if bottom := layerTop[depth[e.from]+1] - gapY; y < bottom {
+			curve(from.x+nodeW+gapX/2, y+rowGap/2)
+			down(bottom)
+		}
+		for _, s := range paths[k] {
+			curve(s.x+slotW/2, s.y)
+			down(s.y + nodeH)
+		}
+		if top := layerTop[depth[e.to]]; to.y > top {
+			curve(to.x-gapX/2, top)
+			down(to.y - rowGap/2)
+		}
+		curve(to.x+nodeW/2, to.y-3) // room for the arrowhead
 		g.Edges = append(g.Edges, graphEdge{D: b.String(), State: cmds[e.from].State})
 	}
 	return g
+}
+
+// rowWidth is the width of a row of slots side by side.
+func rowWidth(row []*slot) int {
+	w := 0
+	for _, s := range row {
+		w += s.width() + gapX
+	}
+	return w - gapX
+}
+
+// firstRow is the first row of a layer laid out in rows rows.
+func firstRow(l []*slot, rows int) []*slot {
+	if rows > 1 {
+		return l[:wrapCols]
+	}
+	return l
 }
 
 // ellipsis shortens s to at most n runes.

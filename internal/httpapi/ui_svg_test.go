@@ -1,0 +1,145 @@
+package httpapi
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// graphOf makes n commands named c0… with the dependencies deps gives
+// (indices of earlier commands).
+func graphOf(n int, deps func(i int) []int) []spinbroker.Command {
+	cmds := make([]spinbroker.Command, n)
+	for i := range cmds {
+		cmds[i] = spinbroker.Command{ID: fmt.Sprintf("c%d", i), Action: "act", Resource: "r", State: spinbroker.Ready}
+		for _, j := range deps(i) {
+			cmds[i].Dependencies = append(cmds[i].Dependencies, cmds[j].ID)
+		}
+	}
+	return cmds
+}
+
+// TestGraph_WideLayersWrap: a fan-in of 64 and a fan-out of 20 are drawn in
+// rows of four boxes, without boxes overlapping and without
+// an edge's straight runs crossing a box, where they were drawn as wide as
+// all their boxes side by side (a 65-command fan-in was 12,000 px).
+func TestGraph_WideLayersWrap(t *testing.T) {
+	const maxWidth = 2*12 + 4*(172+22) - 22 // four boxes side by side, which the page shows without scrolling
+	shapes := map[string][]spinbroker.Command{
+		"fan-in of 64": graphOf(65, func(i int) []int {
+			if i < 64 {
+				return nil
+			}
+			var all []int
+			for j := range 64 {
+				all = append(all, j)
+			}
+			return all
+		}),
+		"fan-out of 20, then a fan-in": graphOf(22, func(i int) []int {
+			switch {
+			case i == 0:
+				return nil
+			case i <= 20:
+				return []int{0}
+			}
+			var all []int
+			for j := 1; j <= 20; j++ {
+				all = append(all, j)
+			}
+			return all
+		}),
+		"a chain beside many": graphOf(14, func(i int) []int {
+			// c1 waits for c0 and c13 for c1: c13's edge from c1 skips no
+			// layer, but c12… stay in layer 0 beside c0.
+			switch i {
+			case 1:
+				return []int{0}
+			case 13:
+				return []int{1}
+			}
+			return nil
+		}),
+	}
+	for name, cmds := range shapes {
+		t.Run(name, func(t *testing.T) {
+			g := newGraph(cmds)
+			if g == nil {
+				t.Fatal("no graph")
+			}
+			if g.Width > maxWidth {
+				t.Errorf("width %d, want at most %d (rows of four)", g.Width, maxWidth)
+			}
+			if len(g.Nodes) != len(cmds) {
+				t.Fatalf("%d nodes for %d commands", len(g.Nodes), len(cmds))
+			}
+			for i, a := range g.Nodes {
+				if a.X < 0 || a.Y < 0 || a.X+a.W > g.Width || a.Y+a.H > g.Height {
+					t.Errorf("node %s at (%d,%d) is outside the %d×%d picture", a.ID, a.X, a.Y, g.Width, g.Height)
+				}
+				for _, b := range g.Nodes[i+1:] {
+					if a.X < b.X+b.W && b.X < a.X+a.W && a.Y < b.Y+b.H && b.Y < a.Y+a.H {
+						t.Errorf("nodes %s and %s overlap", a.ID, b.ID)
+					}
+				}
+			}
+			// Each edge, curves and straight runs, passes beside every box,
+			// not through one: sampled along its way.
+			for _, e := range g.Edges {
+				for _, p := range along(t, e.D) {
+					for _, n := range g.Nodes {
+						if p[0] > float64(n.X) && p[0] < float64(n.X+n.W) && p[1] > float64(n.Y) && p[1] < float64(n.Y+n.H) {
+							t.Errorf("edge %q runs through node %s at (%.0f,%.0f)", e.D, n.ID, p[0], p[1])
+							break
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// along samples an SVG path of M, C and L commands with whole numbers, as
+// newGraph draws them, at points along its way.
+func along(t *testing.T, d string) [][2]float64 {
+	t.Helper()
+	var pts [][2]float64
+	var x, y float64
+	for _, m := range regexp.MustCompile(`([MCL])([-\d ]+)`).FindAllStringSubmatch(d, -1) {
+		var v []float64
+		for _, f := range strings.Fields(m[2]) {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatalf("path %q: %v", d, err)
+			}
+			v = append(v, float64(n))
+		}
+		switch {
+		case m[1] == "M" && len(v) == 2:
+			x, y = v[0], v[1]
+		case m[1] == "L" && len(v) == 2:
+			for i := 1; i <= 32; i++ {
+				f := float64(i) / 32
+				pts = append(pts, [2]float64{x + f*(v[0]-x), y + f*(v[1]-y)})
+			}
+			x, y = v[0], v[1]
+		case m[1] == "C" && len(v) == 6:
+			for i := 1; i <= 32; i++ {
+				f := float64(i) / 32
+				g := 1 - f
+				pts = append(pts, [2]float64{
+					g*g*g*x + 3*g*g*f*v[0] + 3*g*f*f*v[2] + f*f*f*v[4],
+					g*g*g*y + 3*g*g*f*v[1] + 3*g*f*f*v[3] + f*f*f*v[5],
+				})
+			}
+			x, y = v[4], v[5]
+		default:
+			t.Fatalf("path %q: cannot read %q", d, m[0])
+		}
+	}
+	return pts
+}
