@@ -17,6 +17,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 
@@ -93,6 +94,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer lock.Close()
 	var sup emulation.Supervisor
 	if *supervisor == "process" {
+		if os.Getpid() == 1 {
+			// A --qemu wrapper that forks QEMU and exits leaves QEMU to
+			// PID 1, and this agent reaps only the processes it started.
+			log.Warn("running as PID 1: processes orphaned by a --qemu wrapper stay zombies after they end; run the agent under an init (docker run --init, tini)")
+		}
 		sup, err = emulation.NewProcess(filepath.Join(*stateDir, "proc"), log)
 	} else {
 		var sd *emulation.Systemd

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -410,6 +411,59 @@ func TestAgents_UsageErrors(t *testing.T) {
 	}
 }
 
+// TestAgents_WarnsAsPID1: sa-emulation started as PID 1 (in a PID
+// namespace of its own, as in a container without an init) says at start
+// that the zombies a --qemu wrapper leaves will stay; started as any other
+// process it says nothing of the kind.
+func TestAgents_WarnsAsPID1(t *testing.T) {
+	bin := buildAgents(t)
+	b := startBroker(t)
+	for _, pid1 := range []bool{true, false} {
+		cmd := exec.Command(filepath.Join(bin, "sa-emulation"), "-url", b.url, "-state-dir", t.TempDir())
+		if pid1 {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+		}
+		out, err := runUntil(cmd, "serving emulation", 30*time.Second)
+		if pid1 && err != nil && errors.Is(err, syscall.EPERM) {
+			t.Skip("no new PID namespace here:", err)
+		}
+		if !strings.Contains(out, "serving emulation") {
+			t.Fatalf("pid1=%v: the agent did not start (%v):\n%s", pid1, err, out)
+		}
+		if warned := strings.Contains(out, "running as PID 1") && strings.Contains(out, "docker run --init"); warned != pid1 {
+			t.Errorf("pid1=%v: warned=%v:\n%s", pid1, warned, out)
+		}
+	}
+}
+
+// runUntil starts cmd, waits until its output holds want (or d passes, or
+// it ends), then stops it with SIGTERM and returns its output.
+func runUntil(cmd *exec.Cmd, want string, d time.Duration) (string, error) {
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(out.String(), want) && time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			return out.String(), err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+	return out.String(), nil
+}
+
 // runFor runs cmd to its end, killing it after d, and returns its output.
 func runFor(cmd *exec.Cmd, d time.Duration) (string, error) {
 	var out strings.Builder
@@ -464,4 +518,23 @@ func TestReadme_CLITour(t *testing.T) {
 	if out, err := runFor(cmd, 3*time.Minute); err != nil {
 		t.Fatalf("the README's CLI tour: %v\n%s\n%s", err, strings.Join(script, "\n"), out)
 	}
+}
+
+// syncBuffer is a bytes.Buffer that a process's output and a test may
+// use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
