@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -30,6 +29,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // broker is a real in-process broker: the store on a temporary file and
@@ -390,7 +390,7 @@ func TestRun_CompletionIsRetried(t *testing.T) {
 			}
 			return nil, nil
 		})
-		var logs lockedBuffer
+		var logs syncbuf.Buffer
 		runAgent(t, b, []agent.Handler{busy}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		ids := b.enqueue(t, cmd("busy", `{}`))
 		if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 2 {
@@ -406,7 +406,7 @@ func TestRun_BrokerUnavailable(t *testing.T) {
 	f := &faults{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/next") }}
 	f.n.Store(4)
 	b := startBroker(t, httpapi.Options{}, f.wrap)
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ids := b.enqueue(t, cmd("greet", `{"name":"x"}`))
 	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
@@ -419,24 +419,6 @@ func TestRun_BrokerUnavailable(t *testing.T) {
 	if got := logs.String(); !strings.Contains(got, "cannot take commands; retrying") || !strings.Contains(got, `msg="taking commands again"`) || !strings.Contains(got, "after_failures=4") {
 		t.Errorf("the agent's log:\n%s", got)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer that an agent's goroutines may log to.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestRun_Unauthorized(t *testing.T) {

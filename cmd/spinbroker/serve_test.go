@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // serveBinary is the real spinbroker binary that TestMain built.
@@ -34,25 +34,8 @@ func serveBinary(t *testing.T) string {
 type serveProc struct {
 	cmd  *exec.Cmd
 	url  string
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var listenRE = regexp.MustCompile(`url"?[=:]"?(https?://[^ "]+)`)
@@ -72,7 +55,7 @@ func startBroker(t *testing.T, db string, extra ...string) *serveProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	b := &serveProc{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	b := &serveProc{cmd: cmd, logs: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -289,7 +272,7 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 	// SPINBROKER_AUTH takes the usual spellings of true.
 	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "auth.db"), "--sweep-interval", "1h")
 	cmd.Env = append(os.Environ(), "SPINBROKER_AUTH=true")
-	stderr := &syncBuffer{}
+	stderr := &syncbuf.Buffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // The seed's scenario for real: a broker in this process, sa-host-path and
@@ -439,7 +440,7 @@ func TestAgents_WarnsAsPID1(t *testing.T) {
 // runUntil starts cmd, waits until its output holds want (or d passes, or
 // it ends), then stops it with SIGTERM and returns its output.
 func runUntil(cmd *exec.Cmd, want string, d time.Duration) (string, error) {
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		return "", err
@@ -518,23 +519,4 @@ func TestReadme_CLITour(t *testing.T) {
 	if out, err := runFor(cmd, 3*time.Minute); err != nil {
 		t.Fatalf("the README's CLI tour: %v\n%s\n%s", err, strings.Join(script, "\n"), out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer that a process's output and a test may
-// use at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

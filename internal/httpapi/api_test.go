@@ -22,6 +22,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // TestAPI_Errors walks API.md's error table: every code, from a real
@@ -584,7 +585,7 @@ func TestAPI_AnswersCarryTheirLength(t *testing.T) {
 // TestAPI_RequestID: every answer carries X-Request-Id, the id its log line
 // has: the client's when it sent a short printable one, else a new one.
 func TestAPI_RequestID(t *testing.T) {
-	var log lockedBuffer
+	var log syncbuf.Buffer
 	e := newEnvLogging(t, httpapi.Options{}, &log)
 	hex16 := regexp.MustCompile(`^[0-9a-f]{16}$`)
 	ids := map[string]bool{}
@@ -627,7 +628,7 @@ func TestAPI_RequestID(t *testing.T) {
 
 	// The line that gives a 503's cause has its request's id, and the
 	// request's own line is a warning.
-	var busyLog lockedBuffer
+	var busyLog syncbuf.Buffer
 	busy := newEnvLogging(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 10 * time.Millisecond}, &busyLog)
 	unlock := busy.lockDatabase()
 	first := busy.startCreate(strings.NewReader(`{"commands": []}`))
@@ -845,7 +846,7 @@ func (panicky) Queue(context.Context, string) (*spinbroker.Queue, error) { panic
 // is logged with its stack and its request's id, beside the request's own
 // line, which is an error's.
 func TestAPI_PanicLogged(t *testing.T) {
-	var log lockedBuffer
+	var log syncbuf.Buffer
 	db, _ := storetest.MustOpen(t, store.Options{})
 	api := httpapi.New(panicky{db}, slog.New(slog.NewJSONHandler(&log, nil)), httpapi.Options{})
 	srv := httptest.NewServer(api.Handler())

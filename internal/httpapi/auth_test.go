@@ -2,19 +2,18 @@ package httpapi_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 func TestAuth(t *testing.T) {
@@ -174,29 +173,11 @@ func TestAuth_MetricsOpen(t *testing.T) {
 	e.want(e.do("GET", "/packages", ""), 401, spinbroker.EUNAUTHORIZED)
 }
 
-// lockedBuffer is a log that the server writes while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestAuth_RequestLogNamesToken: with auth on, each request's log line
 // names the token that made it (name and id, for an audit), never its
 // secret; a refused request names none.
 func TestAuth_RequestLogNamesToken(t *testing.T) {
-	var log lockedBuffer
+	var log syncbuf.Buffer
 	e := newEnvLogging(t, httpapi.Options{Auth: true}, &log)
 	tok, secret, err := e.db.CreateToken(ctx, spinbroker.RoleClient, "", "deploy-bot")
 	if err != nil {
