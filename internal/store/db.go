@@ -836,6 +836,45 @@ func (r *reader) queryRow(q string, args ...any) *row {
 	return &row{r: s.QueryRow(args...)}
 }
 
+// snapshot runs fn on one read transaction, so that an answer read by
+// several statements (a package's counts and its commands, a queue's counts
+// and its list) is of one moment: on the pool, each statement may run on
+// another connection and see another commit.
+func (db *DB) snapshot(ctx context.Context, fn func(q querier) error) error {
+	tx, err := db.reader.db.BeginTx(ctx, nil)
+	if err != nil {
+		return interpretError(err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a read: there is nothing to keep
+	return fn(&readTx{r: db.reader, tx: tx})
+}
+
+// readTx runs the reader's prepared statements in a read transaction.
+type readTx struct {
+	r  *reader
+	tx *sql.Tx
+}
+
+func (t *readTx) query(q string, args ...any) (*sql.Rows, error) {
+	s, err := t.r.stmt(q)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	rows, err := t.tx.Stmt(s).Query(args...)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return rows, nil
+}
+
+func (t *readTx) queryRow(q string, args ...any) *row {
+	s, err := t.r.stmt(q)
+	if err != nil {
+		return &row{err: err}
+	}
+	return &row{r: t.tx.Stmt(s).QueryRow(args...)}
+}
+
 // querier is what the read helpers need: the write transaction or the read
 // pool, so that a write can answer with what it just wrote.
 type querier interface {

@@ -635,9 +635,13 @@ func (t *Tx) deletePackage(pkgID string) error {
 	return nil
 }
 
-// Package reads a package with its commands.
-func (db *DB) Package(ctx context.Context, id string) (*spinbroker.Package, error) {
-	return getPackage(db.reader, id, true)
+// Package reads a package with its commands, all of one moment.
+func (db *DB) Package(ctx context.Context, id string) (p *spinbroker.Package, err error) {
+	err = db.snapshot(ctx, func(q querier) error {
+		p, err = getPackage(q, id, true)
+		return err
+	})
+	return p, err
 }
 
 // Package pages, newest first, through packages_created or
@@ -652,8 +656,12 @@ const (
 )
 
 // PackageInfo reads a package without its commands.
-func (db *DB) PackageInfo(ctx context.Context, id string) (*spinbroker.Package, error) {
-	return getPackage(db.reader, id, false)
+func (db *DB) PackageInfo(ctx context.Context, id string) (p *spinbroker.Package, err error) {
+	err = db.snapshot(ctx, func(q querier) error {
+		p, err = getPackage(q, id, false)
+		return err
+	})
+	return p, err
 }
 
 // Packages lists packages newest first, without their commands.
@@ -676,38 +684,44 @@ func (db *DB) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbr
 			return nil, spinbroker.Errorf(spinbroker.EINVALID, "cursor is not one this server gave out")
 		}
 	}
-	var rows *sql.Rows
-	var err error
-	if f.State == "" {
-		rows, err = db.reader.query(qPackages, afterTime, afterID, f.Limit+1)
-	} else {
-		rows, err = db.reader.query(qPackagesByState, afterTime, afterID, f.Limit+1, string(f.State))
-	}
+	list := &spinbroker.PackageList{Packages: []spinbroker.Package{}}
+	err := db.snapshot(ctx, func(q querier) error {
+		var rows *sql.Rows
+		var err error
+		if f.State == "" {
+			rows, err = q.query(qPackages, afterTime, afterID, f.Limit+1)
+		} else {
+			rows, err = q.query(qPackagesByState, afterTime, afterID, f.Limit+1, string(f.State))
+		}
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			p, err := scanPackage(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			list.Packages = append(list.Packages, p)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if len(list.Packages) > f.Limit {
+			list.Packages = list.Packages[:f.Limit]
+			last := list.Packages[f.Limit-1]
+			c := encodeCursor(nanos(last.CreatedAt), last.ID)
+			list.NextCursor = &c
+		}
+		for i := range list.Packages {
+			if err := fillCauser(q, &list.Packages[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	list := &spinbroker.PackageList{Packages: []spinbroker.Package{}}
-	for rows.Next() {
-		p, err := scanPackage(rows)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		list.Packages = append(list.Packages, p)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, err
-	}
-	if len(list.Packages) > f.Limit {
-		list.Packages = list.Packages[:f.Limit]
-		last := list.Packages[f.Limit-1]
-		c := encodeCursor(nanos(last.CreatedAt), last.ID)
-		list.NextCursor = &c
-	}
-	for i := range list.Packages {
-		if err := fillCauser(db.reader, &list.Packages[i]); err != nil {
-			return nil, err
-		}
 	}
 	return list, nil
 }

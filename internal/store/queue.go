@@ -393,32 +393,35 @@ func oldestReadyAge(q querier, resource string, now time.Time) (float64, error) 
 // Queues lists every queue that has had commands enqueued or settings made,
 // but for those the sweeper forgot: idle for the retention period with
 // default settings (qForgetQueues).
-func (db *DB) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
-	rows, err := db.reader.query(`SELECT ` + queueCols + ` FROM queues ORDER BY resource`)
-	if err != nil {
-		return nil, err
-	}
-	out := []spinbroker.Queue{}
-	for rows.Next() {
-		q, err := scanQueue(rows)
+func (db *DB) Queues(ctx context.Context) (out []spinbroker.Queue, err error) {
+	err = db.snapshot(ctx, func(q querier) error {
+		rows, err := q.query(`SELECT ` + queueCols + ` FROM queues ORDER BY resource`)
 		if err != nil {
-			rows.Close()
-			return nil, err
+			return err
 		}
-		out = append(out, q)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, err
-	}
-	now := db.now()
-	for i := range out {
-		if out[i].Counts.Ready > 0 {
-			if out[i].OldestReadyAgeSeconds, err = oldestReadyAge(db.reader, out[i].Resource, now); err != nil {
-				return nil, err
+		out = []spinbroker.Queue{}
+		for rows.Next() {
+			qu, err := scanQueue(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, qu)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		now := db.now()
+		for i := range out {
+			if out[i].Counts.Ready > 0 {
+				if out[i].OldestReadyAgeSeconds, err = oldestReadyAge(q, out[i].Resource, now); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // QueueCommandsLimit is how many commands Queue lists.
@@ -430,16 +433,21 @@ func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, er
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, err
 	}
-	q, err := scanQueue(db.reader.queryRow(`SELECT `+queueCols+` FROM queues WHERE resource = ?`, resource))
-	if isNoRows(err) {
-		q = spinbroker.Queue{Resource: resource, Concurrency: spinbroker.DefaultConcurrency}
-	} else if err != nil {
-		return nil, err
-	}
-	if q.OldestReadyAgeSeconds, err = oldestReadyAge(db.reader, resource, db.now()); err != nil {
-		return nil, err
-	}
-	q.Commands, err = queryQueueCommands(db.reader, resource, 0, QueueCommandsLimit)
+	var q spinbroker.Queue
+	err := db.snapshot(ctx, func(r querier) error {
+		var err error
+		q, err = scanQueue(r.queryRow(`SELECT `+queueCols+` FROM queues WHERE resource = ?`, resource))
+		if isNoRows(err) {
+			q = spinbroker.Queue{Resource: resource, Concurrency: spinbroker.DefaultConcurrency}
+		} else if err != nil {
+			return err
+		}
+		if q.OldestReadyAgeSeconds, err = oldestReadyAge(r, resource, db.now()); err != nil {
+			return err
+		}
+		q.Commands, err = queryQueueCommands(r, resource, 0, QueueCommandsLimit)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
