@@ -94,7 +94,10 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 	build.WithLabelValues(v.Version, v.Revision, v.Go).Set(1)
 	reg.MustRegister(build, m.requests, &queueCollector{st: st, agentsOf: agentsOf},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	// A collector that fails (the queues' read, when the database does not
+	// answer) must not take the other metrics with it: the gauge that says
+	// writes fail, the process's, the build's are wanted most then.
+	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	return m
 }
 
@@ -163,7 +166,19 @@ func (m *metrics) observe(method, route string, status int, d time.Duration) {
 	if route == "" {
 		route = "unmatched"
 	}
-	m.requests.WithLabelValues(method, route, strconv.Itoa(status)).Observe(d.Seconds())
+	m.requests.WithLabelValues(methodLabel(method), route, strconv.Itoa(status)).Observe(d.Seconds())
+}
+
+// methodLabel bounds the method label: a client chooses the method it
+// sends (any token, up to the header limit), and each new one would be a
+// new histogram of 18 series kept until the broker stops.
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return "other"
 }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {

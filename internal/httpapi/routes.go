@@ -88,6 +88,12 @@ func (s *Server) handleMethodNotAllowed(mux chi.Routes) http.HandlerFunc {
 		if r.URL.Path == batchCompletePath {
 			allow = []string{http.MethodPost}
 		}
+		if len(allow) == 0 {
+			// A method chi does not know (FOO) lands here for every path;
+			// a path that no route has is not found, whatever the method.
+			s.handleNotFound(w, r)
+			return
+		}
 		w.Header().Set("Allow", strings.Join(allow, ", "))
 		s.writeError(w, r, errorf(spinbroker.EMETHOD, "%s is not allowed on %s; use %s", r.Method, spinbroker.Truncate(r.URL.Path, 200), strings.Join(allow, " or ")))
 	}
@@ -201,7 +207,10 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		if !s.log.Enabled(r.Context(), level) {
 			return
 		}
-		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
+		if route == "" {
+			route = "unmatched"
+		}
+		attrs := []any{"method", r.Method, "route", route, "path", r.URL.Path, "status", sw.status,
 			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id}
 		if sw.token != nil {
 			// Who did it, for an audit: the token's name and id, never its secret.

@@ -1,0 +1,85 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
+)
+
+// TestMetrics_MethodLabelBounded: a client invents any method it likes;
+// each must not become a histogram of its own in /metrics, with auth on
+// and no token too.
+func TestMetrics_MethodLabelBounded(t *testing.T) {
+	for _, auth := range []bool{false, true} {
+		e := newEnv(t, httpapi.Options{Auth: auth, MetricsOpen: true})
+		for _, m := range []string{"FOO1", "FOO2", "X" + strings.Repeat("Y", 1000)} {
+			e.do(m, "/packages", "")
+			e.do(m, "/nowhere", "")
+		}
+		body := string(e.do("GET", "/metrics", "").body)
+		if strings.Contains(body, "FOO1") || strings.Contains(body, "YYYY") {
+			t.Errorf("auth %v: invented methods are label values:\n%s", auth, grepLines(body, "method=\""))
+		}
+		if !strings.Contains(body, `method="other"`) {
+			t.Errorf("auth %v: no method=\"other\" series:\n%s", auth, grepLines(body, "method=\""))
+		}
+	}
+}
+
+// TestUnknownMethodUnknownPath: a method no route has, on a path no route
+// has, is a 404 (no such route), not a 405 with an empty Allow.
+func TestUnknownMethodUnknownPath(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.want(e.do("FOO", "/nowhere", ""), 404, spinbroker.ENOTFOUND)
+	r := e.do("FOO", "/packages", "")
+	e.want(r, 405, spinbroker.EMETHOD)
+	if r.header.Get("Allow") == "" {
+		t.Error("405 without Allow")
+	}
+}
+
+// TestMetrics_SurviveDatabaseFailure: when the queues cannot be read,
+// /metrics still answers the rest, the gauges that say what is wrong first.
+func TestMetrics_SurviveDatabaseFailure(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "r", "action": "a"}]`, true)
+	e.db.Close()
+	r := e.do("GET", "/metrics", "")
+	if r.status != 200 || !strings.Contains(string(r.body), "spinbroker_store_writes_failing") || !strings.Contains(string(r.body), "spinbroker_build_info") {
+		t.Fatalf("/metrics with the database closed: %d\n%.500s", r.status, r.body)
+	}
+}
+
+// TestRequestLog_Route: each request's line names its route pattern
+// beside the path, so that lines group by route without parsing ids out.
+func TestRequestLog_Route(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	p := e.createPackage(`[{"resource": "r", "action": "a"}]`, false)
+	e.do("GET", "/packages/"+p.ID, "")
+	e.do("GET", "/nowhere", "")
+	want := map[string]string{"/packages/" + p.ID: "/packages/{id}", "/nowhere": "unmatched"}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(want) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
+				if route, ok := want[m["path"].(string)]; ok {
+					if m["route"] != route {
+						t.Errorf("line %s: route %v, want %s", l, m["route"], route)
+					}
+					delete(want, m["path"].(string))
+				}
+			}
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("lines missing for %v:\n%s", want, log.String())
+	}
+}
