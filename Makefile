@@ -12,11 +12,23 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzRequest \
 	./internal/httpapi:FuzzDecode \
 	./internal/httpapi:FuzzCheckKeys \
+	./internal/httpapi:FuzzReadableEscapes \
+	./internal/httpapi:FuzzQuery \
+	./internal/httpapi:FuzzHeaders \
+	./internal/httpapi:FuzzSafeNext \
+	./internal/store:FuzzCursor \
 	./cmd/spinbroker:FuzzParseKV \
 	.:FuzzValidate \
+	.:FuzzParseDuration \
+	.:FuzzTruncate \
 	./agent:FuzzDecode \
+	./client:FuzzEvents \
+	./client:FuzzDecodeError \
 	./internal/hostpath:FuzzConfinement \
-	./internal/emulation:FuzzRenderUnit
+	./internal/hostpath:FuzzQcow2Size \
+	./internal/emulation:FuzzRenderUnit \
+	./internal/emulation:FuzzVMConfig \
+	./internal/emulation:FuzzQMP
 
 .DEFAULT_GOAL := help
 

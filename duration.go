@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Duration is a time.Duration that travels in JSON as a Go duration string
@@ -84,10 +85,16 @@ func ParseDuration(s string) (time.Duration, error) {
 var durationSyntax = regexp.MustCompile(`^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))*$`)
 
 // Truncate shortens s to at most n bytes (and an ellipsis) for a message,
-// so that hostile input cannot make an answer large.
+// so that hostile input cannot make an answer large. It cuts between
+// characters, never inside one: half a character is not UTF-8, and a
+// message, a log line or a page would carry it as such.
 func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	cut := max(n, 0)
+	for cut > 0 && cut > n-utf8.UTFMax && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

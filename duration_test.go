@@ -2,8 +2,10 @@ package spinbroker
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestParseDuration(t *testing.T) {
@@ -47,6 +49,31 @@ func FuzzParseDuration(f *testing.F) {
 			t.Fatalf("ParseDuration(%q) = %v, %v; time.ParseDuration says %v", s, got, err, want)
 		case werr != nil && err == nil && got != math.MaxInt64 && got != math.MinInt64:
 			t.Fatalf("ParseDuration(%q) = %v where time.ParseDuration refuses it (%v)", s, got, werr)
+		}
+	})
+}
+
+// FuzzTruncate: a cut message is a prefix of what it cuts, at most n bytes
+// of it and the ellipsis, and valid UTF-8 when what it cuts was.
+func FuzzTruncate(f *testing.F) {
+	for _, s := range []string{"", "abc", "é", strings.Repeat("é", 50), strings.Repeat("a", 39) + "€", "\xff\xfe", "日本語のテキスト"} {
+		f.Add(s, uint8(40))
+		f.Add(s, uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, s string, n uint8) {
+		got := Truncate(s, int(n))
+		if len(s) <= int(n) {
+			if got != s {
+				t.Fatalf("Truncate(%q, %d) = %q", s, n, got)
+			}
+			return
+		}
+		cut, ok := strings.CutSuffix(got, "…")
+		if !ok || !strings.HasPrefix(s, cut) || len(cut) > int(n) || len(cut) < int(n)-utf8.UTFMax {
+			t.Fatalf("Truncate(%q, %d) = %q", s, n, got)
+		}
+		if utf8.ValidString(s) && !utf8.ValidString(got) {
+			t.Fatalf("Truncate(%q, %d) = %q, not UTF-8", s, n, got)
 		}
 	})
 }

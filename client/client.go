@@ -207,10 +207,7 @@ func decodeError(status int, data []byte) error {
 	case status == http.StatusServiceUnavailable || status == http.StatusBadGateway || status == http.StatusGatewayTimeout:
 		code = spinbroker.EUNAVAILABLE
 	}
-	msg := strings.TrimSpace(string(data))
-	if len(msg) > 200 {
-		msg = msg[:200] + "…"
-	}
+	msg := spinbroker.Truncate(strings.TrimSpace(string(data)), 200)
 	if msg == "" {
 		msg = http.StatusText(status)
 	}

@@ -20,6 +20,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -590,7 +591,13 @@ func Qcow2Size(f io.ReaderAt) (int64, error) {
 	if version := binary.BigEndian.Uint32(hdr[4:8]); version >= 3 && (n < 80 || binary.BigEndian.Uint64(hdr[72:80])&(1<<2) != 0) {
 		return 0, errors.New("its data is in an external data file, which would be opened wherever it is: only standalone qcow2 images are taken")
 	}
-	return int64(binary.BigEndian.Uint64(hdr[24:32])), nil
+	size := binary.BigEndian.Uint64(hdr[24:32])
+	if size > math.MaxInt64 {
+		// QEMU refuses it too ("Image size too large"); as an int64 it
+		// would be a negative size.
+		return 0, fmt.Errorf("its header gives a virtual size of %d bytes, which no image has", size)
+	}
+	return int64(size), nil
 }
 
 // DeleteImage is the parameters of delete_image: ImagePath is relative to

@@ -623,3 +623,41 @@ func TestDeleteImage_OnlyFiles(t *testing.T) {
 	_, err := s.CreateImage(ctx, CreateImage{VolumePath: ".", ImageName: "top.raw", ImageSize: 1})
 	wantErr(t, err, "the storage root itself")
 }
+
+// FuzzQcow2Size: whatever a file named .qcow2 holds, its header is
+// refused or read as a standalone image of a size that QEMU could have
+// (not negative), and never with a backing or external data file.
+func FuzzQcow2Size(f *testing.F) {
+	hdr := func(version uint32, backing, size, incompat uint64) []byte {
+		b := make([]byte, 104)
+		copy(b, "QFI\xfb")
+		binary.BigEndian.PutUint32(b[4:], version)
+		binary.BigEndian.PutUint64(b[8:], backing)
+		binary.BigEndian.PutUint64(b[24:], size)
+		binary.BigEndian.PutUint64(b[72:], incompat)
+		return b
+	}
+	f.Add(hdr(3, 0, 1<<30, 0))
+	f.Add(hdr(2, 0, 1<<30, 0)[:72])
+	f.Add(hdr(3, 0, 1<<30, 0)[:76])
+	f.Add(hdr(3, 0x100, 1<<30, 0))
+	f.Add(hdr(3, 0, 1<<30, 4))
+	f.Add(hdr(3, 0, 1<<63, 0))
+	f.Add([]byte("QFI"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		size, err := Qcow2Size(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		if size < 0 {
+			t.Fatalf("Qcow2Size = %d", size)
+		}
+		if len(b) < 72 || string(b[:4]) != "QFI\xfb" || binary.BigEndian.Uint64(b[8:16]) != 0 {
+			t.Fatalf("Qcow2Size accepted %x", b)
+		}
+		if v := binary.BigEndian.Uint32(b[4:8]); v >= 3 && (len(b) < 80 || binary.BigEndian.Uint64(b[72:80])&4 != 0) {
+			t.Fatalf("Qcow2Size accepted an external data file: %x", b)
+		}
+	})
+}
