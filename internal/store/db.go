@@ -383,10 +383,32 @@ func (db *DB) Close() error {
 	return err
 }
 
-// Ping reports whether the database answers a read.
+// pingQuery reads the schema and the first row of each table the broker
+// serves from: "SELECT 1" reads no page of the file, and so answered while
+// every read of a package or a queue failed (a corrupt file, an I/O error).
+const pingQuery = `SELECT (SELECT count(*) FROM sqlite_schema),
+	(SELECT count(*) FROM (SELECT 1 FROM packages LIMIT 1)),
+	(SELECT count(*) FROM (SELECT 1 FROM commands LIMIT 1)),
+	(SELECT count(*) FROM (SELECT 1 FROM queues LIMIT 1)),
+	(SELECT count(*) FROM (SELECT 1 FROM counters LIMIT 1))`
+
+// Ping reports whether the database answers a read: of the file, not of
+// the pages a connection keeps in its cache (PRAGMA shrink_memory drops
+// them first; the OS's cache makes the read cheap).
 func (db *DB) Ping(ctx context.Context) error {
-	var one int
-	if err := db.rdb.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+	var n [5]int
+	err := func() error {
+		c, err := db.rdb.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.ExecContext(ctx, `PRAGMA shrink_memory`); err != nil {
+			return err
+		}
+		return c.QueryRowContext(ctx, pingQuery).Scan(&n[0], &n[1], &n[2], &n[3], &n[4])
+	}()
+	if err != nil {
 		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database does not answer: %v", interpretError(err))
 	}
 	return nil

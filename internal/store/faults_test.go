@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -156,5 +158,47 @@ func TestWriteFailure_ClearedOnlyByAChange(t *testing.T) {
 	}
 	if db.writeFailure.Load() != nil {
 		t.Fatal("the probe's commit left the failure recorded")
+	}
+}
+
+// TestPing_CorruptFile: a database whose pages are garbage (overwritten
+// behind the broker's back) fails Ping, as every read of a package or a
+// queue fails, rather than answering a "SELECT 1" that reads no page.
+func TestPing_CorruptFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}, Enqueue: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Everything into the main file, so that garbage there is what reads meet.
+	if err := db.maintain(ctx, func(c *sql.Conn) error { _, err := c.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Ping(ctx); err != nil {
+		t.Fatalf("Ping of a sound database: %v", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := f.Stat()
+	junk := make([]byte, fi.Size()-4096)
+	for i := range junk {
+		junk[i] = byte(i*7 + 13)
+	}
+	if _, err := f.WriteAt(junk, 4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := db.Queues(ctx); err == nil {
+		t.Skip("the reads still answer from a cache; nothing to compare")
+	}
+	if err := db.Ping(ctx); err == nil {
+		t.Fatal("Ping answers while reads of the queues fail")
 	}
 }
