@@ -18,6 +18,7 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzSafeNext \
 	./internal/store:FuzzCursor \
 	./cmd/spinbroker:FuzzParseKV \
+	./cmd/spinbroker:FuzzTableCells \
 	.:FuzzValidate \
 	.:FuzzParseDuration \
 	.:FuzzTruncate \

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -108,6 +109,27 @@ func FuzzParseKV(f *testing.F) {
 			}
 			if !reflect.DeepEqual(gotV, wantV) {
 				t.Fatalf("parseKV(%q): member %q = %#v, want %#v", args, key, gotV, wantV)
+			}
+		}
+	})
+}
+
+// FuzzTableCells: what the broker answers is printed in tables and views
+// (a reason, a key, parameters, an output: anyone's words); a cell is one
+// line of printable text whatever it holds, so that no escape sequence
+// reaches the terminal (C0 and C1 controls, ESC and CSI among them) and no
+// invisible character (a bidi override) changes what the reader sees.
+func FuzzTableCells(f *testing.F) {
+	for _, s := range []string{"disk full", "a\tb\nc\x7f", "größe ✓", "\x1b[31mred", "\u009b31mred", "\u202egnp.exe", "\xff\xfe", `{"a": "\u001b"}`, "{\"a\": \"\u0085\"}", `{"a":[1, 2]}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, got := range []string{oneLine(s), fmtJSON(json.RawMessage(s))} {
+			if !utf8.ValidString(got) {
+				t.Fatalf("cell of %q is not UTF-8: %q", s, got)
+			}
+			if i := strings.IndexFunc(got, func(r rune) bool { return !strconv.IsPrint(r) }); i >= 0 {
+				t.Fatalf("cell of %q holds %U: %q", s, []rune(got[i:])[0], got)
 			}
 		}
 	})

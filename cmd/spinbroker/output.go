@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -69,9 +70,11 @@ func fmtStr(s *string) string {
 }
 
 // oneLine keeps a table cell on one line and its columns aligned whatever a
-// reason or a name holds.
+// reason or a name holds, and keeps what the terminal would act on rather
+// than show (C0 and C1 controls such as ESC and CSI, a bidi override, bytes
+// that are not UTF-8) from reaching it: those are written as Go escapes.
 func oneLine(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
 		return s
 	}
 	q := strconv.Quote(s)
@@ -88,7 +91,9 @@ func fmtJSON(raw json.RawMessage) string {
 	if err := json.Compact(&buf, t); err != nil {
 		return oneLine(string(t))
 	}
-	return buf.String()
+	// A JSON string may hold any character but a quote, a backslash and C0 controls
+	// as is.
+	return oneLine(buf.String())
 }
 
 // fmtOldest shows the age of a queue's oldest ready command as a short

@@ -210,8 +210,8 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		attrs := []any{"method", r.Method, "route", route, "path", r.URL.Path, "status", sw.status,
-			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id}
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id, "route", route}
 		if sw.token != nil {
 			// Who did it, for an audit: the token's name and id, never its secret.
 			attrs = append(attrs, "token", sw.token.Name, "token_id", sw.token.ID)
