@@ -311,6 +311,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 // here, and 503s say when to come back.
 func (s *Server) judge(w http.ResponseWriter, r *http.Request, err error) (*spinbroker.Error, int) {
 	e := apiError(err)
+	noteCode(w, e.Code)
 	switch e.Code {
 	case spinbroker.EINTERNAL:
 		s.log.Error("internal error", logAttrs(r, "err", err)...)

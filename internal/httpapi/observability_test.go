@@ -83,3 +83,36 @@ func TestRequestLog_Route(t *testing.T) {
 		t.Fatalf("lines missing for %v:\n%s", want, log.String())
 	}
 }
+
+// TestRequestLog_ErrorCode: a request answered with an error has its code
+// on its log line (a stale lease and a conflict are both 409); one that
+// went well has none.
+func TestRequestLog_ErrorCode(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	e.createPackage(`[{"resource": "r", "action": "a"}]`, true)
+	c := e.next("r")
+	e.want(e.do("POST", "/commands/"+c.ID+"/complete", `{"status": true, "lease": "not-it"}`), 409, spinbroker.ESTALE)
+	e.want(e.do("GET", "/packages/nope", ""), 404, spinbroker.ENOTFOUND)
+	e.want(e.do("GET", "/queues", ""), 200, "")
+	want := map[string]any{"/commands/" + c.ID + "/complete": spinbroker.ESTALE, "/packages/nope": spinbroker.ENOTFOUND, "/queues": nil}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(want) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) != nil || m["msg"] != "request" {
+				continue
+			}
+			if code, ok := want[m["path"].(string)]; ok {
+				if m["code"] != code {
+					t.Errorf("line %s: code %v, want %v", l, m["code"], code)
+				}
+				delete(want, m["path"].(string))
+			}
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("lines missing for %v:\n%s", want, log.String())
+	}
+}

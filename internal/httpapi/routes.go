@@ -145,6 +145,23 @@ type statusWriter struct {
 	status int
 	bytes  int
 	token  *spinbroker.Token
+	code   string // the error code answered, if any (judge)
+}
+
+// noteCode gives the request's log line the error code of its answer, so
+// that a stale lease and a conflict, both 409, can be told apart there.
+func noteCode(w http.ResponseWriter, code string) {
+	for {
+		if sw, ok := w.(*statusWriter); ok {
+			sw.code = code
+			return
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -212,6 +229,9 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		}
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
 			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id, "route", route}
+		if sw.code != "" {
+			attrs = append(attrs, "code", sw.code)
+		}
 		if sw.token != nil {
 			// Who did it, for an audit: the token's name and id, never its secret.
 			attrs = append(attrs, "token", sw.token.Name, "token_id", sw.token.ID)
