@@ -73,7 +73,7 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 				func() float64 { n, _ := sz.FreeBytes(context.Background()); return float64(n) }))
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_writes_failing",
-		Help: "1 while writes fail for the database's sake (disk full, I/O error, read-only), else 0; /healthz says why."},
+		Help: "1 while writes fail for the database's sake (disk full, I/O error, read-only) or are stuck (a transaction running for over 5s), else 0; /healthz says why."},
 		func() float64 {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()

@@ -11,6 +11,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -55,12 +56,19 @@ type Options struct {
 	// running broker (tokens, backups) open it without.
 	Exclusive bool
 
-	walQuiet time.Duration // walQuiet, shortened by tests
+	walQuiet   time.Duration // walQuiet, shortened by tests
+	stallAfter time.Duration // writeStall, shortened by tests
 }
 
 // busyTimeout is how long a connection waits for a lock another holds:
 // tools writing beside a running broker, a backup, a checkpoint.
 const busyTimeout = 10 * time.Second
+
+// writeStall is how long the writer may stay in one transaction before
+// WriteFailure says that writes are stuck: a transaction takes
+// milliseconds, and only a disk that does not answer, or another process
+// holding the lock past the busy timeout's first half, keeps one that long.
+const writeStall = 5 * time.Second
 
 // dsn is the driver's name for the database file at path, with the busy
 // timeout every connection to it gets and the parameters extra ("&…").
@@ -91,10 +99,14 @@ type DB struct {
 	// for one (disk full, I/O error, read-only), cleared by the next commit
 	// that changed something, or by WriteFailure's probe.
 	writeFailure atomic.Pointer[error]
-	probeMu      sync.Mutex
-	probe        *probe // WriteFailure's write, while one is under way
-	ckpt         *checkpointer
-	lock         *os.File // the exclusive lock, when Options.Exclusive
+	stallAfter   time.Duration // see writeStall
+	// busySince is when the writer began what it is doing (Unix
+	// nanoseconds, wall clock), 0 while it waits for work.
+	busySince atomic.Int64
+	probeMu   sync.Mutex
+	probe     *probe // WriteFailure's write, while one is under way
+	ckpt      *checkpointer
+	lock      *os.File // the exclusive lock, when Options.Exclusive
 }
 
 // Open opens (creating if needed) the database at path, applies the
@@ -221,15 +233,16 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	cdb.SetMaxOpenConns(1)
 	cdb.SetConnMaxIdleTime(0)
 	db := &DB{
-		path:     path,
-		log:      opts.Logger,
-		now:      func() time.Time { return opts.Now().UTC() },
-		wdb:      wdb,
-		rdb:      rdb,
-		reader:   &reader{db: rdb, stmts: map[string]*sql.Stmt{}},
-		ops:      make(chan *op, 4*opts.MaxBatch),
-		maxBatch: opts.MaxBatch,
-		done:     make(chan struct{}),
+		path:       path,
+		log:        opts.Logger,
+		now:        func() time.Time { return opts.Now().UTC() },
+		wdb:        wdb,
+		rdb:        rdb,
+		reader:     &reader{db: rdb, stmts: map[string]*sql.Stmt{}},
+		ops:        make(chan *op, 4*opts.MaxBatch),
+		maxBatch:   opts.MaxBatch,
+		done:       make(chan struct{}),
+		stallAfter: cmp.Or(opts.stallAfter, writeStall),
 	}
 	quiet := opts.walQuiet
 	if quiet <= 0 {
@@ -424,6 +437,12 @@ func (db *DB) Ping(ctx context.Context) error {
 // write at a time, however many callers wait for it; each waits no longer
 // than its ctx, then reports the last failure.
 func (db *DB) WriteFailure(ctx context.Context) error {
+	if since := db.busySince.Load(); since != 0 {
+		// A probe would only queue behind it.
+		if d := time.Since(time.Unix(0, since)); d > db.stallAfter {
+			return fmt.Errorf("a write transaction has run for %s: the disk does not answer, or another process holds the database's lock", d.Round(time.Second))
+		}
+	}
 	if db.writeFailure.Load() == nil {
 		return nil
 	}
@@ -547,13 +566,15 @@ func (w *writer) run() {
 				return
 			}
 		}
+		w.db.busySince.Store(time.Now().UnixNano())
 		if first.raw != nil {
 			first.err = first.raw(w.conn)
 			close(first.done)
-			continue
+		} else {
+			batch = append(batch[:0], first)
+			w.commit(batch)
 		}
-		batch = append(batch[:0], first)
-		w.commit(batch)
+		w.db.busySince.Store(0)
 	}
 }
 

@@ -202,3 +202,58 @@ func TestPing_CorruptFile(t *testing.T) {
 		t.Fatal("Ping answers while reads of the queues fail")
 	}
 }
+
+// TestWriteFailure_StuckWriter: a writer that stays in one transaction
+// (here, waiting for a lock another process holds) is reported as failing
+// writes until it gets through, with no write having failed yet: a disk
+// that never answers fails nothing.
+func TestWriteFailure_StuckWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	db := openQuiet(t, path, Options{stallAfter: 100 * time.Millisecond})
+	defer db.Close()
+	ctx := context.Background()
+	other, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.WriteFailure(ctx); err != nil {
+		t.Fatalf("WriteFailure before any write: %v", err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := db.SetQueue(ctx, "q", spinbroker.QueueSettings{Concurrency: new(2)})
+		wrote <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := db.WriteFailure(ctx)
+		if err != nil {
+			if !strings.Contains(err.Error(), "a write transaction has run for") {
+				t.Fatalf("WriteFailure while the writer waits: %v", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a writer stuck for 5s was not reported")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("the write, once the lock was let go: %v", err)
+	}
+	if err := db.WriteFailure(ctx); err != nil {
+		t.Fatalf("WriteFailure once the write got through: %v", err)
+	}
+}
