@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
@@ -107,6 +108,12 @@ type DB struct {
 	probe     *probe // WriteFailure's write, while one is under way
 	ckpt      *checkpointer
 	lock      *os.File // the exclusive lock, when Options.Exclusive
+	// file is the database file as it was opened. The writer's connection
+	// keeps writing to it even once its path names another file or none
+	// (moved aside, deleted, replaced by a restore), where every answer it
+	// acknowledged would be lost to the next broker; so every commit first
+	// checks that the path still names it.
+	file os.FileInfo
 }
 
 // Open opens (creating if needed) the database at path, applies the
@@ -232,7 +239,16 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	cdb.SetMaxOpenConns(1)
 	cdb.SetConnMaxIdleTime(0)
+	file, err := os.Stat(path)
+	if err != nil {
+		conn.Close()
+		wdb.Close()
+		rdb.Close()
+		cdb.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
 	db := &DB{
+		file:       file,
 		path:       path,
 		log:        opts.Logger,
 		now:        func() time.Time { return opts.Now().UTC() },
@@ -676,6 +692,14 @@ func (w *writer) commit(batch []*op) {
 			ran++
 		}
 	}
+	if err := w.db.sameFile(); err != nil {
+		w.rollback()
+		for _, o := range batch {
+			o.commit = spinbroker.Commit{}
+		}
+		fail(w.db.unavailable("commit", err))
+		return
+	}
 	if _, err := w.exec("COMMIT"); err != nil {
 		w.rollback()
 		for _, o := range batch {
@@ -736,6 +760,46 @@ func (w *writer) exec(q string, args ...any) (sql.Result, error) {
 		return nil, err
 	}
 	return s.ExecContext(context.Background(), args...)
+}
+
+// errReplaced is the failure of a database whose path no longer names the
+// file the broker opened.
+type errReplaced struct {
+	path  string
+	cause error
+}
+
+func (e *errReplaced) Error() string {
+	how := "replaced by another file"
+	if e.cause != nil {
+		how = "removed"
+	}
+	return fmt.Sprintf("the database file %s was %s while the broker ran: nothing written now would be seen after a restart; restart the broker (on the file you mean)", e.path, how)
+}
+
+// As answers 503 with the same sentence.
+func (e *errReplaced) As(target any) bool {
+	if p, ok := target.(**spinbroker.Error); ok {
+		*p = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "%s", e.Error())
+		return true
+	}
+	return false
+}
+
+// sameFile reports an error unless the database's path still names the file
+// that was opened.
+func (db *DB) sameFile() error {
+	fi, err := os.Stat(db.path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return &errReplaced{path: db.path, cause: err}
+		}
+		return nil // cannot tell (a permission change): SQLite will say
+	}
+	if !os.SameFile(fi, db.file) {
+		return &errReplaced{path: db.path}
+	}
+	return nil
 }
 
 // unavailable logs a database failure once and turns it into the error every

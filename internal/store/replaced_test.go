@@ -1,0 +1,66 @@
+package store
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// TestDatabaseFileReplacedWhileOpen: when the database's path stops naming
+// the file the broker opened (moved aside and replaced by a restored copy,
+// or its folder removed), the writer would go on committing into a file no
+// later broker reads, so every 2xx from then on would be lost. Writes must
+// answer EUNAVAILABLE naming the cause, WriteFailure must say so, and a log
+// line must name the file.
+func TestDatabaseFileReplacedWhileOpen(t *testing.T) {
+	for _, how := range []string{"replaced", "removed"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "b.db")
+			var logs strings.Builder
+			db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			ctx := context.Background()
+			if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := Backup(ctx, path, filepath.Join(dir, "backup.db")); err != nil {
+				t.Fatal(err)
+			}
+			switch how {
+			case "replaced": // a restore done without stopping the broker
+				for _, s := range []string{"", "-wal"} {
+					if err := os.Rename(path+s, filepath.Join(dir, "old.db"+s)); err != nil && !os.IsNotExist(err) {
+						t.Fatal(err)
+					}
+				}
+				os.Remove(path + "-shm")
+				if err := os.Rename(filepath.Join(dir, "backup.db"), path); err != nil {
+					t.Fatal(err)
+				}
+			case "removed":
+				for _, s := range []string{"", "-wal", "-shm"} {
+					os.Remove(path + s)
+				}
+			}
+			_, _, err = db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+			if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(spinbroker.ErrorMessage(err), how) {
+				t.Fatalf("a write once the file was %s: %v (%s), want unavailable naming it", how, err, spinbroker.ErrorCode(err))
+			}
+			if err := db.WriteFailure(ctx); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
+				t.Fatalf("WriteFailure once the file was %s: %v", how, err)
+			}
+			if !strings.Contains(logs.String(), "was "+how) {
+				t.Fatalf("no log line says the file was %s:\n%s", how, logs.String())
+			}
+		})
+	}
+}
