@@ -59,6 +59,17 @@ func Backup(ctx context.Context, path, dest string) error {
 		return err
 	}
 	defer conn.Close()
+	// The source is read first, so that a failure names the file it is
+	// about: "database or disk is full" of the copy must not read as the
+	// live database's. The errors are the driver's own, not the 503 the
+	// API would answer: a person at a terminal reads them.
+	var tables int
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
+		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
+		return fmt.Errorf("store: backup: read %s: %w", path, err)
+	} else if tables != 3 {
+		return fmt.Errorf("store: backup: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
+	}
 	// The copy is as private as a database spin-broker creates: VACUUM
 	// INTO fills an empty file, keeping its mode.
 	f, err := os.OpenFile(dest, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -66,9 +77,15 @@ func Backup(ctx context.Context, path, dest string) error {
 		return fmt.Errorf("store: backup: %w", err)
 	}
 	f.Close()
+	_, journalErr := os.Lstat(dest + "-journal")
 	if _, err := conn.ExecContext(ctx, `VACUUM INTO ?`, dest); err != nil {
-		os.Remove(dest) // a failed backup leaves nothing to mistake for one
-		return fmt.Errorf("store: backup to %s: %w", dest, interpretError(err))
+		// A failed backup leaves nothing to mistake for one, nor the
+		// journal SQLite kept for the copy.
+		os.Remove(dest)
+		if journalErr != nil {
+			os.Remove(dest + "-journal")
+		}
+		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	return nil
 }
