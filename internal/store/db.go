@@ -100,7 +100,16 @@ type DB struct {
 	// for one (disk full, I/O error, read-only), cleared by the next commit
 	// that changed something, or by WriteFailure's probe.
 	writeFailure atomic.Pointer[error]
-	stallAfter   time.Duration // see writeStall
+	// failLog rate-limits the log lines of failing writes: a full disk
+	// fails every batch, thousands a second, and each logged a line.
+	failLog struct {
+		sync.Mutex
+		since      time.Time // when writes began to fail; zero while they work
+		last       time.Time // the last line logged
+		lastCause  string
+		suppressed int
+	}
+	stallAfter time.Duration // see writeStall
 	// busySince is when the writer began what it is doing (Unix
 	// nanoseconds, wall clock), 0 while it waits for work.
 	busySince atomic.Int64
@@ -501,7 +510,7 @@ func (db *DB) probeWrites() *probe {
 			return err
 		})
 		if p.err == nil {
-			db.writeFailure.Store(nil)
+			db.writesWork()
 		}
 		db.probeMu.Lock()
 		db.probe = nil
@@ -713,7 +722,7 @@ func (w *writer) commit(batch []*op) {
 	// nothing; the probe clears the failure itself.
 	for _, o := range batch {
 		if o.err == nil && !o.commit.Empty() {
-			w.db.writeFailure.Store(nil)
+			w.db.writesWork()
 			break
 		}
 	}
@@ -802,20 +811,61 @@ func (db *DB) sameFile() error {
 	return nil
 }
 
-// unavailable logs a database failure once and turns it into the error every
+// unavailable logs a database failure and turns it into the error every
 // caller of the batch gets; WriteFailure reports it until a commit that
-// changed something succeeds.
+// changed something succeeds. While writes keep failing for the same cause,
+// a line is logged at most every failLogEvery, saying how many failed since.
 func (db *DB) unavailable(what string, err error) error {
 	err = interpretError(err)
 	if spinbroker.ErrorCode(err) == spinbroker.EUNAVAILABLE {
-		db.log.Error("database unavailable", "step", what, "err", err)
+		db.logFailure("database unavailable", what, err)
 		db.writeFailure.Store(&err)
 		return err
 	}
-	db.log.Error("database error", "step", what, "err", err)
+	db.logFailure("database error", what, err)
 	err = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database is unavailable")
 	db.writeFailure.Store(&err)
 	return err
+}
+
+// failLogEvery is how often a write failure that goes on is logged again.
+const failLogEvery = 10 * time.Second
+
+func (db *DB) logFailure(msg, what string, err error) {
+	f := &db.failLog
+	f.Lock()
+	defer f.Unlock()
+	now := time.Now()
+	cause := err.Error()
+	if !f.since.IsZero() && cause == f.lastCause && now.Sub(f.last) < failLogEvery {
+		f.suppressed++
+		return
+	}
+	if f.since.IsZero() {
+		f.since = now
+	}
+	attrs := []any{"step", what, "err", err}
+	if f.suppressed > 0 {
+		attrs = append(attrs, "failed_since_last_line", f.suppressed, "failing_for", now.Sub(f.since).Round(time.Second))
+	}
+	db.log.Error(msg, attrs...)
+	f.last, f.lastCause, f.suppressed = now, cause, 0
+}
+
+// writesWork clears the write failure once a commit went through, and says
+// so in the log when writes had been failing.
+func (db *DB) writesWork() {
+	if db.writeFailure.Swap(nil) == nil {
+		return
+	}
+	f := &db.failLog
+	f.Lock()
+	defer f.Unlock()
+	if !f.since.IsZero() {
+		db.log.Info("database takes writes again", "failing_for", time.Since(f.since).Round(time.Millisecond),
+			"failed_since_last_line", f.suppressed)
+	}
+	f.since, f.last, f.lastCause, f.suppressed = time.Time{}, time.Time{}, "", 0
 }
 
 // Tx is one write operation's view of the shared transaction.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -62,5 +63,40 @@ func TestDatabaseFileReplacedWhileOpen(t *testing.T) {
 				t.Fatalf("no log line says the file was %s:\n%s", how, logs.String())
 			}
 		})
+	}
+}
+
+// TestWriteFailure_LogsOnceAndRecovery: while writes keep failing for one
+// cause (a full disk fails every batch, thousands a second), the log gets
+// a line when it starts, not one per batch; and a line when writes work
+// again, so that the log shows the end of the trouble too.
+func TestWriteFailure_LogsOnceAndRecovery(t *testing.T) {
+	var logs strings.Builder
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "f.db"), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	setQueryOnly := func(v string) {
+		if err := db.maintain(ctx, func(c *sql.Conn) error { _, err := c.ExecContext(ctx, "PRAGMA query_only = "+v); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setQueryOnly("1")
+	for range 50 {
+		if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
+			t.Fatalf("a write to a read-only database: %v", err)
+		}
+	}
+	if n := strings.Count(logs.String(), "database unavailable"); n != 1 {
+		t.Fatalf("50 failed writes logged %d lines, want 1:\n%s", n, logs.String())
+	}
+	setQueryOnly("0")
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "database takes writes again") || !strings.Contains(logs.String(), "failed_since_last_line=49") {
+		t.Fatalf("no line says writes work again, and how many failed:\n%s", logs.String())
 	}
 }
