@@ -203,6 +203,9 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if err := createPrivate(path); err != nil {
 		return nil, err
 	}
+	if _, err := notForeign(ctx, path); err != nil {
+		return nil, err
+	}
 	// Pragmas go in the DSN so that every connection the pool opens gets
 	// them, not just the one an Exec happens to reach.
 	base := dsn(path, "&_pragma=foreign_keys(1)")
@@ -294,6 +297,28 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
+// notForeign refuses a database file that holds tables but not spin-broker's
+// migrations table: another program's database, given by mistake, which
+// serve or 'migrate up' would otherwise fill with spin-broker's tables (and
+// turn to WAL). It reports whether the file has spin-broker's migrations.
+// It reads with a connection of its own that sets no pragma.
+func notForeign(ctx context.Context, path string) (ours bool, err error) {
+	c, err := sql.Open("sqlite", dsn(path, ""))
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	var tables, migrated int
+	if err := c.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(name = 'goose_db_version'), 0) FROM sqlite_master
+		WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`).Scan(&tables, &migrated); err != nil {
+		return false, fmt.Errorf("store: read the schema version of %s: %w", path, interpretError(err))
+	}
+	if migrated == 0 && tables > 0 {
+		return false, fmt.Errorf("store: %s is not a spin-broker database: it has %d table(s) of its own and no spin-broker migrations; give --db a new file or a spin-broker database", path, tables)
+	}
+	return migrated == 1, nil
+}
+
 // ErrNewerSchema is the error (matched with errors.Is) of a database whose
 // schema a newer spin-broker has migrated past what this build knows.
 var ErrNewerSchema = errors.New("the database's schema is newer than this build")
@@ -339,7 +364,15 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 		// A status creates nothing.
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	db, err := sql.Open("sqlite", dsn(path, "&_pragma=journal_mode(WAL)&_txlock=immediate"))
+	ours, err := notForeign(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	extra := ""
+	if up {
+		extra = "&_pragma=journal_mode(WAL)&_txlock=immediate"
+	}
+	db, err := sql.Open("sqlite", dsn(path, extra))
 	if err != nil {
 		return nil, err
 	}
@@ -347,6 +380,16 @@ func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, e
 	p, err := goose.NewProvider(goose.DialectSQLite3, db, migrations.FS)
 	if err != nil {
 		return nil, err
+	}
+	if !ours && !up {
+		// A new, empty file: everything is pending, and a status writes
+		// nothing (goose would create its table, and the DSN of 'up' turn
+		// the file to WAL).
+		var out []MigrationStatus
+		for _, src := range p.ListSources() {
+			out = append(out, MigrationStatus{Version: src.Version, Name: src.Path})
+		}
+		return out, nil
 	}
 	if err := notNewer(ctx, p); err != nil {
 		return nil, err

@@ -1,0 +1,69 @@
+package store_test
+
+import (
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+// TestForeignDatabaseRefused: --db naming another program's SQLite
+// database (a slip of the path) is refused by serve and 'migrate up', and
+// left as it was (no spin-broker tables, not turned to WAL), as compact
+// already refuses it; 'migrate status' writes nothing, not even to an
+// empty file.
+func TestForeignDatabaseRefused(t *testing.T) {
+	dir := t.TempDir()
+	other := filepath.Join(dir, "other.db")
+	c, err := sql.Open("sqlite", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(`CREATE TABLE notes (body TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	before, _ := os.ReadFile(other)
+
+	if db, err := store.Open(ctx, other, store.Options{Exclusive: true}); err == nil || !strings.Contains(err.Error(), "not a spin-broker database") {
+		if db != nil {
+			db.Close()
+		}
+		t.Fatalf("Open of another program's database: %v", err)
+	}
+	if _, err := store.Migrations(ctx, other, true); err == nil || !strings.Contains(err.Error(), "not a spin-broker database") {
+		t.Fatalf("migrate up of another program's database: %v", err)
+	}
+	if _, err := store.Migrations(ctx, other, false); err == nil {
+		t.Fatal("migrate status of another program's database succeeded")
+	}
+	if after, _ := os.ReadFile(other); string(after) != string(before) {
+		t.Fatal("another program's database was changed")
+	}
+	for _, s := range []string{"-wal", "-shm"} {
+		if _, err := os.Stat(other + s); err == nil {
+			t.Errorf("%s left beside it", s)
+		}
+	}
+
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Migrations(ctx, empty, false)
+	if err != nil || len(st) == 0 || st[0].Applied {
+		t.Fatalf("status of an empty file: %v %v", st, err)
+	}
+	if fi, _ := os.Stat(empty); fi.Size() != 0 {
+		t.Fatalf("status wrote %d bytes to an empty file", fi.Size())
+	}
+	// A new file still becomes a database, as before.
+	db, err := store.Open(ctx, empty, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+}
