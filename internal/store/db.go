@@ -131,6 +131,9 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("store: database path %q must be a file name without '?' or '#'", path)
 	}
+	if err := notFolder(path); err != nil {
+		return nil, err
+	}
 	if !opts.Exclusive {
 		return open(ctx, path, opts)
 	}
@@ -145,6 +148,15 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	db.lock = lock
 	return db, nil
+}
+
+// notFolder refuses a path that names a folder before anything is made
+// beside it (its lock file would be "<folder>.lock", in its parent).
+func notFolder(path string) error {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return fmt.Errorf("store: %s is a folder, not a database file", path)
+	}
+	return nil
 }
 
 // createPrivate creates the database file, empty, readable by its owner
@@ -351,6 +363,9 @@ type MigrationStatus struct {
 // applies the pending ones first, holding the database exclusively as
 // Options.Exclusive does: never under a running broker.
 func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, error) {
+	if err := notFolder(path); err != nil {
+		return nil, err
+	}
 	if up {
 		lock, err := lockExclusive(path)
 		if err != nil {

@@ -67,3 +67,25 @@ func TestForeignDatabaseRefused(t *testing.T) {
 	}
 	db.Close()
 }
+
+// TestOpen_Folder: a --db naming a folder is refused saying so, and no
+// "<folder>.lock" is left in its parent.
+func TestOpen_Folder(t *testing.T) {
+	dir := t.TempDir()
+	folder := filepath.Join(dir, "data")
+	if err := os.Mkdir(folder, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if db, err := store.Open(ctx, folder, store.Options{Exclusive: true}); err == nil || !strings.Contains(err.Error(), "is a folder") {
+		if db != nil {
+			db.Close()
+		}
+		t.Fatalf("Open of a folder: %v", err)
+	}
+	if _, err := store.Migrations(ctx, folder, true); err == nil || !strings.Contains(err.Error(), "is a folder") {
+		t.Fatalf("migrate up of a folder: %v", err)
+	}
+	if _, err := os.Stat(folder + ".lock"); err == nil {
+		t.Fatal("a lock file was left beside the folder")
+	}
+}
