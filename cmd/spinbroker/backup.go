@@ -18,6 +18,9 @@ func (a *app) backupCommand() *cobra.Command {
 		Long: `backup writes a consistent copy of a database to a new file while the broker
 keeps running (SQLite's VACUUM INTO reads one snapshot; writers are not
 stopped). The copy is compact and self-contained: no -wal or -shm file.
+It is written as FILE.partial-NNN beside FILE and takes FILE's name only
+once complete and on disk, so a FILE that exists is a whole backup; a
+.partial file is what a backup that was killed left, to delete.
 
 To restore: stop the broker, move the database and its -wal file aside
 together (a broker that crashed left committed writes in the -wal), drop

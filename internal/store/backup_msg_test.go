@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,5 +41,48 @@ func TestBackup_SaysWhichFile(t *testing.T) {
 				t.Errorf("a failed backup left %s", f)
 			}
 		}
+	}
+}
+
+// TestBackup_CompleteOrAbsent: the copy gets its name only once complete,
+// so that a backup killed half way leaves no file at --to that a restore
+// would take for a backup (SQLite rolled such a file's hot journal back to
+// an empty database, and the broker then served an empty one); a backup
+// leaves nothing else beside it.
+func TestBackup_CompleteOrAbsent(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.db")
+	db, err := store.Open(ctx, src, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	enqueue(t, db, cmd("r", "a"))
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	to := filepath.Join(out, "b.db")
+	// Cancelled before it can finish: nothing at all is left.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := store.Backup(cancelled, src, to); err == nil {
+		t.Fatal("a cancelled backup succeeded")
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 0 {
+		t.Fatalf("a cancelled backup left %v", ents)
+	}
+	if err := store.Backup(ctx, src, to); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(out)
+	if len(ents) != 1 || ents[0].Name() != "b.db" {
+		t.Fatalf("a backup left %v, want b.db alone", ents)
+	}
+	if fi, err := os.Stat(to); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the backup: %v %v", fi, err)
+	}
+	if err := store.Backup(ctx, src, to); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("a backup over an existing file: %v", err)
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -70,24 +72,54 @@ func Backup(ctx context.Context, path, dest string) error {
 	} else if tables != 3 {
 		return fmt.Errorf("store: backup: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
 	}
-	// The copy is as private as a database spin-broker creates: VACUUM
-	// INTO fills an empty file, keeping its mode.
-	f, err := os.OpenFile(dest, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	// The copy is written beside dest under a name no one takes for a
+	// backup, and gets dest's name only once complete and on disk: a
+	// backup killed half way (a cron job's timeout, the OOM killer) left
+	// at dest a file with a hot journal, which SQLite rolls back to an
+	// empty database when it is opened, and a restore of it served an
+	// empty broker without a word.
+	tmp, err := os.CreateTemp(filepath.Dir(dest), filepath.Base(dest)+".partial-*")
 	if err != nil {
 		return fmt.Errorf("store: backup: %w", err)
 	}
-	f.Close()
-	_, journalErr := os.Lstat(dest + "-journal")
-	if _, err := conn.ExecContext(ctx, `VACUUM INTO ?`, dest); err != nil {
-		// A failed backup leaves nothing to mistake for one, nor the
-		// journal SQLite kept for the copy.
-		os.Remove(dest)
-		if journalErr != nil {
-			os.Remove(dest + "-journal")
+	// The copy is as private as a database spin-broker creates (CreateTemp
+	// makes it 0600): VACUUM INTO fills an empty file, keeping its mode.
+	tmpPath := tmp.Name()
+	tmp.Close()
+	defer func() {
+		// Whatever went wrong leaves nothing to mistake for a backup, nor
+		// the journal SQLite kept for the copy.
+		os.Remove(tmpPath)
+		os.Remove(tmpPath + "-journal")
+	}()
+	if _, err := conn.ExecContext(ctx, `VACUUM INTO ?`, tmpPath); err != nil {
+		return fmt.Errorf("store: backup: write %s: %w", dest, err)
+	}
+	if err := syncFile(tmpPath); err != nil {
+		return fmt.Errorf("store: backup: write %s: %w", dest, err)
+	}
+	// A link, not a rename: a file that appeared at dest meanwhile is
+	// not replaced.
+	if err := os.Link(tmpPath, dest); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("store: backup: %s already exists", dest)
 		}
+		return fmt.Errorf("store: backup: %w", err)
+	}
+	if err := syncFile(filepath.Dir(dest)); err != nil {
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	return nil
+}
+
+// syncFile flushes a file (or a folder's entries) to the disk.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // FreeBytes is the space inside the database file that deleted rows left
