@@ -262,6 +262,10 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log, Exclusive: true})
 	if errors.Is(err, store.ErrInUse) {
 		return fmt.Errorf("%w: one broker serves a database at a time; stop that one, or give this one another --db", err)
+	} else if err != nil && ctx.Err() != nil {
+		// Told to stop while it opened (a long migration): a stop.
+		log.Info("stopped while opening the database, before serving", "cause", context.Cause(ctx).Error(), "db", c.db)
+		return nil
 	} else if err != nil {
 		return fmt.Errorf("open the database %s: %v%s", c.db, err, writableHint(c.db))
 	}
@@ -278,7 +282,13 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	if c.check {
 		start := time.Now()
 		if err := db.Check(ctx); err != nil {
-			return err
+			if ctx.Err() != nil {
+				// Told to stop while it checked: a stop, not a failure
+				// ("context canceled", exit 1, before).
+				log.Info("stopped during the integrity check, before serving", "cause", context.Cause(ctx).Error(), "checked_for", time.Since(start).Round(time.Millisecond))
+				return nil
+			}
+			return fmt.Errorf("integrity check of %s: %w", c.db, err)
 		}
 		log.Info("integrity check passed", "db", c.db, "duration", time.Since(start).Round(time.Millisecond))
 	}
