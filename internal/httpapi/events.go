@@ -236,6 +236,31 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if rc.Flush() != nil {
 		return
 	}
+	// A client that stopped reading (a laptop asleep with the dashboard
+	// open) holds this handler in a write for up to defaultWriteTimeout, and
+	// a shutdown waited that long, or all of --shutdown-timeout, for it. At
+	// shutdown the write is cut at once; the loop sets no later deadline
+	// once the shutdown began (mu orders the two).
+	var mu sync.Mutex
+	finished := make(chan struct{})
+	defer func() {
+		mu.Lock()
+		close(finished)
+		mu.Unlock()
+	}()
+	go func() {
+		select {
+		case <-s.quit:
+			mu.Lock()
+			select {
+			case <-finished:
+			default:
+				rc.SetWriteDeadline(time.Now()) //nolint:errcheck
+			}
+			mu.Unlock()
+		case <-finished:
+		}
+	}()
 	ping := time.NewTicker(pingEvery)
 	// A revoked token's stream ends within the token cache's time, as its
 	// new requests are refused (the browser reconnects and gets 401).
@@ -243,7 +268,13 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	defer recheck.Stop()
 	defer ping.Stop()
 	for {
+		mu.Lock()
+		if s.stopping() {
+			mu.Unlock()
+			return
+		}
 		rc.SetWriteDeadline(time.Now().Add(defaultWriteTimeout)) //nolint:errcheck
+		mu.Unlock()
 		select {
 		case ev, ok := <-sub.ch:
 			if !ok {

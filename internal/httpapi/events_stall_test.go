@@ -1,0 +1,79 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"syscall"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// TestEvents_StalledClientDoesNotHoldShutdown: an event stream whose client
+// stopped reading blocks its handler in a write; at shutdown that stream
+// ends at once, rather than after the write timeout (30s), which held every
+// graceful stop of the broker for all of its --shutdown-timeout.
+func TestEvents_StalledClientDoesNotHoldShutdown(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	s := New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	ended := make(chan struct{})
+	h := s.Handler()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		if r.URL.Path == "/events" {
+			close(ended)
+		}
+	}))
+	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if tc, ok := c.(*net.TCPConn); ok && st == http.StateNew {
+			tc.SetWriteBuffer(4096) //nolint:errcheck // small buffers fill fast
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	defer s.Shutdown()
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }) //nolint:errcheck
+	}}
+	conn, err := d.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	// Never read: fill the stream until its handler is stuck in a write.
+	for i := range 8 {
+		cmds := make([]spinbroker.NewCommand, 250)
+		for j := range cmds {
+			cmds[j] = spinbroker.NewCommand{Resource: fmt.Sprintf("r%d", j%4), Action: "a"}
+		}
+		if _, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: cmds}, nil); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case <-ended:
+		t.Fatal("the stream ended before the shutdown: the test did not stall it")
+	default:
+	}
+	start := time.Now()
+	s.Shutdown()
+	select {
+	case <-ended:
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("the stalled stream ended %v after the shutdown", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a stalled event stream held the shutdown for more than 10s")
+	}
+}
