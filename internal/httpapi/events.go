@@ -201,6 +201,9 @@ func (h *hub) flush(pkgs, deleted, queues, forgotten map[string]bool) {
 // the sweeper forgot it) and "resync". ?package=ID narrows
 // the stream to one package. A comment every 15s keeps proxies from
 // closing it.
+// stallGrace is how long a shutdown lets an event stream's write take.
+const stallGrace = time.Second
+
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if err := s.allow(r, permRead, ""); err != nil {
 		s.writeError(w, r, err)
@@ -239,8 +242,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// A client that stopped reading (a laptop asleep with the dashboard
 	// open) holds this handler in a write for up to defaultWriteTimeout, and
 	// a shutdown waited that long, or all of --shutdown-timeout, for it. At
-	// shutdown the write is cut at once; the loop sets no later deadline
-	// once the shutdown began (mu orders the two).
+	// shutdown the write is given stallGrace, not more: a stream that is
+	// read ends cleanly well within it (its last chunk written), a stalled
+	// one is cut. The loop sets no later deadline once the shutdown began
+	// (mu orders the two).
 	var mu sync.Mutex
 	finished := make(chan struct{})
 	defer func() {
@@ -255,7 +260,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-finished:
 			default:
-				rc.SetWriteDeadline(time.Now()) //nolint:errcheck
+				rc.SetWriteDeadline(time.Now().Add(stallGrace)) //nolint:errcheck
 			}
 			mu.Unlock()
 		case <-finished:
