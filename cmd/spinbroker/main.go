@@ -140,6 +140,14 @@ func describe(err error) string {
 		return msg
 	}
 	if code := spinbroker.ErrorCode(err); code != spinbroker.EINTERNAL {
+		if _, bare := err.(*spinbroker.Error); !bare {
+			// A store error of a command on a database file, wrapped with
+			// what it was doing to which file ("store: backup: write
+			// x.db: database or disk is full"): its code's message alone
+			// ("the database is unavailable") lost which file it was
+			// about, and blamed the live database for a full backup disk.
+			return fmt.Sprintf("%v (%s)", err, code)
+		}
 		return fmt.Sprintf("%s (%s)", spinbroker.ErrorMessage(err), code)
 	}
 	return err.Error()

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
 )
 
 // TestServe_StoppedBeforeServing: a broker told to stop while it opens or
@@ -20,5 +23,19 @@ func TestServe_StoppedBeforeServing(t *testing.T) {
 	code := run(ctx, []string{"serve", "--check", "--addr", "127.0.0.1:0", "--db", filepath.Join(t.TempDir(), "b.db")}, nil, &stdout, &stderr)
 	if code != 0 || strings.Contains(stderr.String(), "context canceled") || !strings.Contains(stderr.String(), "before serving") {
 		t.Fatalf("exit %d:\n%s", code, stderr.String())
+	}
+}
+
+// TestDescribe_KeepsWhichFile: a store error of a command that works on a
+// database file keeps what it was doing to which file, with its code; a
+// bare coded error is its message.
+func TestDescribe_KeepsWhichFile(t *testing.T) {
+	full := fmt.Errorf("store: backup: write /backups/b.db: %w", spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database is unavailable: database or disk is full"))
+	if got := describe(full); !strings.Contains(got, "/backups/b.db") || !strings.Contains(got, "(unavailable)") {
+		t.Errorf("describe(%v) = %q", full, got)
+	}
+	bare := spinbroker.Errorf(spinbroker.ENOTFOUND, "no token 12345678")
+	if got := describe(bare); got != "no token 12345678 (not_found)" {
+		t.Errorf("describe(bare) = %q", got)
 	}
 }
