@@ -246,6 +246,16 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return &usageError{cmd: "spinbroker serve", err: err}
 	}
 
+	var certs *certReloader
+	if c.tlsCert != "" {
+		// Loaded before listening, so that a wrong file stops the start
+		// instead of the first connection, and before the database is
+		// opened, so that it creates no database for nothing either.
+		if certs, err = newCertReloader(c.tlsCert, c.tlsKey, log); err != nil {
+			return fmt.Errorf("load the TLS certificate: %w", err)
+		}
+	}
+
 	// Listen first: a port taken by another program stops the start before
 	// a database is created or migrated for nothing.
 	ln, err := net.Listen("tcp", c.addr)
@@ -294,13 +304,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	var certs *certReloader
-	if c.tlsCert != "" {
-		// Loaded before listening, so that a wrong file stops the start
-		// instead of the first connection.
-		if certs, err = newCertReloader(c.tlsCert, c.tlsKey, log); err != nil {
-			return fmt.Errorf("load the TLS certificate: %w", err)
-		}
+	if certs != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "tls_certificate_expiry_timestamp_seconds",
 			Help: "When the TLS certificate being served expires (Unix seconds); it is loaded again when its files change or on SIGHUP."},
 			func() float64 { return float64(certs.NotAfter().Unix()) }))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,5 +38,22 @@ func TestDescribe_KeepsWhichFile(t *testing.T) {
 	bare := spinbroker.Errorf(spinbroker.ENOTFOUND, "no token 12345678")
 	if got := describe(bare); got != "no token 12345678 (not_found)" {
 		t.Errorf("describe(bare) = %q", got)
+	}
+}
+
+// TestServe_BadCertificateCreatesNoDatabase: a TLS file that does not load
+// stops the start before a database is created and migrated for nothing,
+// as a port in use does.
+func TestServe_BadCertificateCreatesNoDatabase(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "b.db")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"serve", "--addr", "127.0.0.1:0", "--db", db,
+		"--tls-cert", filepath.Join(dir, "missing.pem"), "--tls-key", filepath.Join(dir, "missing.key")}, nil, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "TLS certificate") {
+		t.Fatalf("exit %d:\n%s", code, stderr.String())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("a start refused for its certificate left %v", ents)
 	}
 }
