@@ -46,21 +46,36 @@ func (db *DB) CommandResources(ctx context.Context, ids []string) (map[string]st
 // a deletion takes the evidence away) becomes cancelled, naming its direct
 // dependency. One recursive statement whatever the size of the graph; the
 // seeds' own dependents are preferred as the named cause (rank 0).
+//
+// The recursion collects the commands alone (UNION on id), so that each is
+// expanded once: a recursion that also carried the parent expanded a
+// command once per dependency it has in the set, which costs the sum over
+// the commands of in-degree times out-degree (a 600-command package of
+// three fully connected layers of 200 held the writer 15 s). The named
+// dependency is picked afterwards, one pass over the cancelled commands'
+// edges.
 const cascadeTail = `
-down(id, parent, verb, rank) AS (
-	SELECT d.command_id, d.depends_on, s.verb, 0
+down(id) AS (
+	SELECT d.command_id
 	FROM seeds s
 	JOIN command_deps d ON d.depends_on = s.id
 	JOIN commands c ON c.id = d.command_id
 	WHERE c.state IN ('blocked', ?3) AND c.package_id <> ?4
 	UNION
-	SELECT d.command_id, d.depends_on, 'cancelled', 1
+	SELECT d.command_id
 	FROM down
 	JOIN command_deps d ON d.depends_on = down.id
 	JOIN commands c ON c.id = d.command_id
 	WHERE c.state IN ('blocked', ?3) AND c.package_id <> ?4
 ),
-pick(id, parent, verb, r) AS (SELECT id, parent, verb, min(rank) FROM down GROUP BY id)
+pick(id, parent, verb, r) AS (
+	SELECT down.id, d.depends_on, coalesce(s.verb, 'cancelled'), min(s.id IS NULL)
+	FROM down
+	JOIN command_deps d ON d.command_id = down.id
+	LEFT JOIN seeds s ON s.id = d.depends_on
+	WHERE s.id IS NOT NULL OR d.depends_on IN (SELECT id FROM down)
+	GROUP BY down.id
+)
 UPDATE commands SET
 	state = 'cancelled',
 	cancelled_by = pick.parent,
