@@ -402,6 +402,18 @@ func (s *memStore) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
 	return out, nil
 }
 
+func (s *memStore) QueuesNamed(ctx context.Context, resources []string) ([]spinbroker.Queue, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]spinbroker.Queue, 0, len(resources))
+	for _, r := range resources {
+		if q, ok := s.queues[r]; ok {
+			out = append(out, *q.read(r))
+		}
+	}
+	return out, nil
+}
+
 func (s *memStore) Listen(f func(*spinbroker.Commit)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -41,6 +41,7 @@ type Store interface {
 	RetryRefusal(ctx context.Context, id string) error // why Retry would refuse, or nil
 
 	Queues(ctx context.Context) ([]spinbroker.Queue, error)
+	QueuesNamed(ctx context.Context, resources []string) ([]spinbroker.Queue, error) // those of resources that have a queue
 	Queue(ctx context.Context, resource string) (*spinbroker.Queue, error)
 	SetQueue(ctx context.Context, resource string, s spinbroker.QueueSettings) (*spinbroker.Queue, error)
 	Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -882,5 +883,25 @@ func TestDB_BadDependencyBeforeConflict(t *testing.T) {
 	// Nothing of the refused requests was kept.
 	if got := getPkg(t, db, p.ID); got.Total != 1 {
 		t.Fatalf("the enqueued package has %d commands", got.Total)
+	}
+}
+
+// TestDB_QueuesNamed answers the named queues only, as Queues has them.
+func TestDB_QueuesNamed(t *testing.T) {
+	db, _ := open(t)
+	enqueue(t, db, cmd("a", "x"), cmd("b", "x"), cmd("c", "x"))
+	all, err := db.Queues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.QueuesNamed(ctx, []string{"c", "a", "never"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !reflect.DeepEqual(got[0], all[0]) || !reflect.DeepEqual(got[1], all[2]) {
+		t.Fatalf("got %+v, want a and c of %+v", got, all)
+	}
+	if got, err := db.QueuesNamed(ctx, nil); err != nil || len(got) != 0 {
+		t.Fatalf("none: %v %v", got, err)
 	}
 }

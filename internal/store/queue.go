@@ -424,6 +424,49 @@ func (db *DB) Queues(ctx context.Context) (out []spinbroker.Queue, err error) {
 	return out, err
 }
 
+// QueuesNamed is Queues for the named resources only, those that have a
+// queue row: what the event stream sends for the queues a commit changed,
+// without reading every queue (with 10,000 queues, a full read every
+// 100 ms took half the broker's CPU).
+func (db *DB) QueuesNamed(ctx context.Context, resources []string) (out []spinbroker.Queue, err error) {
+	out = []spinbroker.Queue{}
+	if len(resources) == 0 {
+		return out, nil
+	}
+	err = db.snapshot(ctx, func(q querier) error {
+		arg, err := json.Marshal(resources)
+		if err != nil {
+			return err
+		}
+		rows, err := q.query(`SELECT `+queueCols+` FROM queues
+			WHERE resource IN (SELECT value FROM json_each(?)) ORDER BY resource`, string(arg))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			qu, err := scanQueue(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, qu)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		now := db.now()
+		for i := range out {
+			if out[i].Counts.Ready > 0 {
+				if out[i].OldestReadyAgeSeconds, err = oldestReadyAge(q, out[i].Resource, now); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // QueueCommandsLimit is how many commands Queue lists.
 const QueueCommandsLimit = 50
 
