@@ -393,56 +393,35 @@ func oldestReadyAge(q querier, resource string, now time.Time) (float64, error) 
 // Queues lists every queue that has had commands enqueued or settings made,
 // but for those the sweeper forgot: idle for the retention period with
 // default settings (qForgetQueues).
-func (db *DB) Queues(ctx context.Context) (out []spinbroker.Queue, err error) {
-	err = db.snapshot(ctx, func(q querier) error {
-		rows, err := q.query(`SELECT ` + queueCols + ` FROM queues ORDER BY resource`)
-		if err != nil {
-			return err
-		}
-		out = []spinbroker.Queue{}
-		for rows.Next() {
-			qu, err := scanQueue(rows)
-			if err != nil {
-				rows.Close()
-				return err
-			}
-			out = append(out, qu)
-		}
-		if err := rows.Close(); err != nil {
-			return err
-		}
-		now := db.now()
-		for i := range out {
-			if out[i].Counts.Ready > 0 {
-				if out[i].OldestReadyAgeSeconds, err = oldestReadyAge(q, out[i].Resource, now); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	return out, err
+func (db *DB) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
+	return db.readQueues(ctx, `SELECT `+queueCols+` FROM queues ORDER BY resource`)
 }
 
 // QueuesNamed is Queues for the named resources only, those that have a
 // queue row: what the event stream sends for the queues a commit changed,
 // without reading every queue (with 10,000 queues, a full read every
 // 100 ms took half the broker's CPU).
-func (db *DB) QueuesNamed(ctx context.Context, resources []string) (out []spinbroker.Queue, err error) {
-	out = []spinbroker.Queue{}
+func (db *DB) QueuesNamed(ctx context.Context, resources []string) ([]spinbroker.Queue, error) {
 	if len(resources) == 0 {
-		return out, nil
+		return []spinbroker.Queue{}, nil
 	}
+	arg, err := json.Marshal(resources)
+	if err != nil {
+		return nil, err
+	}
+	return db.readQueues(ctx, `SELECT `+queueCols+` FROM queues
+		WHERE resource IN (SELECT value FROM json_each(?)) ORDER BY resource`, string(arg))
+}
+
+// readQueues reads the queues a query of queueCols selects, with the age
+// of each one's oldest ready command, in one snapshot.
+func (db *DB) readQueues(ctx context.Context, query string, args ...any) (out []spinbroker.Queue, err error) {
 	err = db.snapshot(ctx, func(q querier) error {
-		arg, err := json.Marshal(resources)
+		rows, err := q.query(query, args...)
 		if err != nil {
 			return err
 		}
-		rows, err := q.query(`SELECT `+queueCols+` FROM queues
-			WHERE resource IN (SELECT value FROM json_each(?)) ORDER BY resource`, string(arg))
-		if err != nil {
-			return err
-		}
+		out = []spinbroker.Queue{}
 		for rows.Next() {
 			qu, err := scanQueue(rows)
 			if err != nil {
