@@ -905,3 +905,72 @@ func TestDB_QueuesNamed(t *testing.T) {
 		t.Fatalf("none: %v %v", got, err)
 	}
 }
+
+// TestDB_SweepInBoundedTransactions: a sweep with a large backlog (leases
+// that expired during an outage, delayed commands all due at once,
+// finished packages of thousands of commands) settles and deletes all of
+// it, but a bounded part per transaction, so that other writes get the
+// writer in between: in one transaction each, 200 packages of 10,000
+// commands held it for 7.7s.
+func TestDB_SweepInBoundedTransactions(t *testing.T) {
+	db, clock := open(t)
+	many := func(r string, n int) []spinbroker.NewCommand {
+		cmds := make([]spinbroker.NewCommand, n)
+		for i := range cmds {
+			cmds[i] = cmd(r, "x")
+		}
+		return cmds
+	}
+	if _, err := db.SetQueue(ctx, "leased", spinbroker.QueueSettings{Concurrency: new(2000)}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, db, many("leased", 1500)...)
+	for _, n := range []int{1000, 500} {
+		if cs, _, err := db.Claim(ctx, "leased", n, time.Minute); err != nil || len(cs) != n {
+			t.Fatalf("claim %d: %d, %v", n, len(cs), err)
+		}
+	}
+	at := clock.Now().Add(time.Minute)
+	late := many("late", 1200)
+	for i := range late {
+		late[i].NotBefore = &at
+	}
+	enqueue(t, db, late...)
+	var done []string
+	for range 3 {
+		p := enqueue(t, db, many("done", 2000)...)
+		if _, err := db.CancelPackage(ctx, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		done = append(done, p.ID)
+	}
+	clock.Add(2 * time.Hour)
+
+	before, _, _ := db.WriteStats()
+	res, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, _, _ := db.WriteStats()
+	if res.LeasesSettled != 1500 || res.RetainedDeleted != 3 {
+		t.Errorf("sweep: %+v, want 1500 leases settled and 3 packages deleted", res)
+	}
+	// Leases: 1,000 then 500; delays: 1,000 then 200; packages: 6,000
+	// commands in at least two; and the rest of the sweep.
+	if n := after - before; n < 6 {
+		t.Errorf("the sweep took %d transactions, want at least 6 (bounded batches)", n)
+	}
+	for r, want := range map[string]int{"leased": 1500, "late": 1200} {
+		q, err := db.Queue(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Counts.Ready != want || q.Counts.Leased != 0 || q.Counts.Blocked != 0 {
+			t.Errorf("queue %s: %+v, want %d ready", r, q.Counts, want)
+		}
+	}
+	for _, id := range done {
+		_, err := db.Package(ctx, id)
+		wantCode(t, err, spinbroker.ENOTFOUND)
+	}
+}

@@ -90,14 +90,21 @@ const (
 	qExpired     = `SELECT c.id, c.package_id, c.resource, c.attempts, c.max_attempts, p.cancelled_at IS NOT NULL
 		FROM commands c JOIN packages p ON p.id = c.package_id
 		WHERE c.resource = ? AND c.state = 'leased' AND c.lease_expires_at <= ?`
+	// qExpiredAll is qExpired for every queue, at most ?2 of them: the
+	// sweeper settles a large backlog (after an outage) a batch per
+	// transaction.
 	qExpiredAll = `SELECT c.id, c.package_id, c.resource, c.attempts, c.max_attempts, p.cancelled_at IS NOT NULL
 		FROM commands c JOIN packages p ON p.id = c.package_id
-		WHERE c.state = 'leased' AND c.lease_expires_at <= ?`
+		WHERE c.state = 'leased' AND c.lease_expires_at <= ?1 LIMIT ?2`
 	qPromote = `UPDATE commands SET state = 'ready', ready_at = ?1
 		WHERE resource = ?2 AND state = 'blocked' AND pending_deps = 0 AND not_before <= ?1
 		RETURNING id, package_id, resource`
+	// qPromoteAll is qPromote for every queue, at most ?2 commands. (The
+	// planner, left to itself, read the subquery through commands_blocked:
+	// every blocked command.)
 	qPromoteAll = `UPDATE commands SET state = 'ready', ready_at = ?1
-		WHERE state = 'blocked' AND pending_deps = 0 AND not_before <= ?1
+		WHERE id IN (SELECT id FROM commands INDEXED BY commands_delayed
+			WHERE state = 'blocked' AND pending_deps = 0 AND not_before <= ?1 LIMIT ?2)
 		RETURNING id, package_id, resource`
 	qOldestReady = `SELECT ready_at FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
 	// qQueueCommands lists a queue's unfinished commands after seq ?2 in
@@ -140,7 +147,7 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 		leased -= n
 	}
 	if blocked > 0 { // a delayed command is blocked until its time
-		if err := t.promoteDelayed(resource); err != nil {
+		if _, err := t.promoteDelayed(resource); err != nil {
 			return nil, time.Time{}, err
 		}
 	}
@@ -294,15 +301,15 @@ func (t *Tx) wakeAt(resource string) (time.Time, error) {
 	return fromNanos(best), nil
 }
 
-// settleExpired settles the expired leases of a queue (every queue when
-// resource is empty): back to ready at the same position while attempts
-// remain and the package was not cancelled, else failed with reason "lease
-// expired". It returns how many leases it settled.
+// settleExpired settles the expired leases of a queue (every queue, up to
+// sweepSettle of them, when resource is empty): back to ready at the same
+// position while attempts remain and the package was not cancelled, else
+// failed with reason "lease expired". It returns how many leases it settled.
 func (t *Tx) settleExpired(resource string) (int, error) {
 	var rows *sql.Rows
 	var err error
 	if resource == "" {
-		rows, err = t.query(qExpiredAll, nanos(t.now))
+		rows, err = t.query(qExpiredAll, nanos(t.now), sweepSettle)
 	} else {
 		rows, err = t.query(qExpired, resource, nanos(t.now))
 	}
@@ -343,29 +350,32 @@ func (t *Tx) settleExpired(resource string) (int, error) {
 	return len(es), nil
 }
 
-// promoteDelayed makes ready the commands of a queue (every queue when
-// resource is empty) whose not_before has passed and that wait for nothing
-// else; they take their original places.
-func (t *Tx) promoteDelayed(resource string) error {
+// promoteDelayed makes ready the commands of a queue (every queue, up to
+// sweepSettle of them, when resource is empty) whose not_before has passed
+// and that wait for nothing else; they take their original places. It
+// returns how many.
+func (t *Tx) promoteDelayed(resource string) (int, error) {
 	var rows *sql.Rows
 	var err error
 	if resource == "" {
-		rows, err = t.query(qPromoteAll, nanos(t.now))
+		rows, err = t.query(qPromoteAll, nanos(t.now), sweepSettle)
 	} else {
 		rows, err = t.query(qPromote, nanos(t.now), resource)
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer rows.Close()
+	n := 0
 	for rows.Next() {
 		var id, pkg, res string
 		if err := rows.Scan(&id, &pkg, &res); err != nil {
-			return err
+			return n, err
 		}
 		t.change(id, pkg, res, spinbroker.Blocked, spinbroker.Ready, 0)
+		n++
 	}
-	return rows.Err()
+	return n, rows.Err()
 }
 
 const queueCols = `resource, concurrency, paused, n_blocked, n_ready, n_leased`

@@ -27,8 +27,16 @@ type SweepResult struct {
 }
 
 // sweepBatch bounds each sweep transaction, so that a large backlog of
-// expired packages never holds the writer for long.
-const sweepBatch = 200
+// expired packages never holds the writer for long; sweepCommands bounds
+// the commands of the packages one transaction deletes (200 packages of
+// 10,000 held it 7.7s), and sweepSettle the expired leases and due delayed
+// commands one settles (100,000 expired leases took 1.3s, and a backlog
+// after an outage can be larger).
+const (
+	sweepBatch    = 200
+	sweepCommands = 5000
+	sweepSettle   = 1000
+)
 
 // Sweep settles expired leases and delayed commands whose time has come in
 // every queue, and deletes expired staging packages, finished packages past
@@ -39,15 +47,18 @@ func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 	if opts.StagingTTL == 0 {
 		opts.StagingTTL = spinbroker.DefaultStagingTTL
 	}
-	err := db.write(ctx, func(t *Tx) error {
+	n, err := db.inBatches(ctx, func(t *Tx) (int, bool, error) {
 		n, err := t.settleExpired("")
-		if err != nil {
-			return err
-		}
-		res.LeasesSettled = n
-		return t.promoteDelayed("")
+		return n, n == sweepSettle, err
 	})
+	res.LeasesSettled = n
 	if err != nil {
+		return res, err
+	}
+	if _, err := db.inBatches(ctx, func(t *Tx) (int, bool, error) {
+		n, err := t.promoteDelayed("")
+		return n, n == sweepSettle, err
+	}); err != nil {
 		return res, err
 	}
 	if opts.StagingTTL > 0 {
@@ -69,36 +80,36 @@ func (db *DB) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 			return res, err
 		}
 	}
-	n, err := db.inBatches(ctx, sweepBatch*5, func(t *Tx) (int, error) {
+	n, err = db.inBatches(ctx, func(t *Tx) (int, bool, error) {
 		r, err := t.exec(`DELETE FROM idempotency WHERE rowid IN
 			(SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)`,
 			staleBefore(t.now, spinbroker.IdempotencyTTL), sweepBatch*5)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		n, _ := r.RowsAffected()
 		_, err = t.exec(`DELETE FROM completions WHERE minute < ?`, t.now.Add(-7*24*time.Hour).Unix()/60)
-		return int(n), err
+		return int(n), n == sweepBatch*5, err
 	})
 	res.KeysDeleted = n
 	return res, err
 }
 
-// inBatches runs step, each time in a write transaction of its own, until
-// it does fewer than batch things, and answers how many it did in all.
-func (db *DB) inBatches(ctx context.Context, batch int, step func(t *Tx) (int, error)) (int, error) {
+// inBatches runs step, each time in a write transaction of its own, while
+// it says there is more to do, and answers how many things it did in all.
+func (db *DB) inBatches(ctx context.Context, step func(t *Tx) (n int, more bool, err error)) (int, error) {
 	total := 0
 	for {
-		n := 0
+		n, more := 0, false
 		err := db.write(ctx, func(t *Tx) error {
-			k, err := step(t)
+			k, m, err := step(t)
 			if err == nil {
-				n = k
+				n, more = k, m
 			}
 			return err
 		})
 		total += n
-		if err != nil || n < batch {
+		if err != nil || !more {
 			return total, err
 		}
 	}
@@ -107,9 +118,9 @@ func (db *DB) inBatches(ctx context.Context, batch int, step func(t *Tx) (int, e
 // The packages the sweeper deletes, through packages_state_created: left
 // in staging since before ?1, and finished before ?1.
 const (
-	qSweepStaging = `SELECT id FROM packages
+	qSweepStaging = `SELECT id, total FROM packages
 		WHERE state = 'staging' AND created_at < ?1 LIMIT ?2`
-	qSweepFinished = `SELECT id FROM packages
+	qSweepFinished = `SELECT id, total FROM packages
 		WHERE state IN ('succeeded', 'failed', 'cancelled') AND created_at < ?1
 		  AND coalesce(cancelled_at, last_finished_at) < ?1
 		  AND n_staged + n_blocked + n_ready + n_leased = 0
@@ -117,19 +128,39 @@ const (
 )
 
 // sweepPackages deletes, a batch per transaction, the packages that query
-// selects given a cutoff of now minus age.
+// selects given a cutoff of now minus age: up to sweepBatch packages, and
+// no more than sweepCommands commands unless the first package alone has
+// more.
 func (db *DB) sweepPackages(ctx context.Context, query string, age time.Duration) (int, error) {
-	return db.inBatches(ctx, sweepBatch, func(t *Tx) (int, error) {
-		ids, err := queryStrings(t, query, staleBefore(t.now, age), sweepBatch)
+	return db.inBatches(ctx, func(t *Tx) (int, bool, error) {
+		rows, err := t.query(query, staleBefore(t.now, age), sweepBatch)
 		if err != nil {
-			return 0, err
+			return 0, false, err
+		}
+		var ids []string
+		more, commands := false, 0
+		for rows.Next() {
+			var id string
+			var total int
+			if err := rows.Scan(&id, &total); err != nil {
+				rows.Close()
+				return 0, false, err
+			}
+			if len(ids) > 0 && commands+total > sweepCommands {
+				more = true
+				break
+			}
+			ids, commands = append(ids, id), commands+total
+		}
+		if err := rows.Close(); err != nil {
+			return 0, false, err
 		}
 		for _, id := range ids {
 			if err := t.deletePackage(id); err != nil {
-				return 0, err
+				return 0, false, err
 			}
 		}
-		return len(ids), nil
+		return len(ids), more || len(ids) == sweepBatch, nil
 	})
 }
 
@@ -154,9 +185,9 @@ const qForgetQueues = `DELETE FROM queues WHERE resource IN (
 // that is waiting on it would go.
 func (db *DB) forgetQueues(ctx context.Context, age time.Duration) (int, error) {
 	age += pollActivity + spinbroker.MaxWait
-	return db.inBatches(ctx, sweepBatch, func(t *Tx) (int, error) {
+	return db.inBatches(ctx, func(t *Tx) (int, bool, error) {
 		rs, err := queryStrings(t, qForgetQueues, staleBefore(t.now, age), spinbroker.DefaultConcurrency, sweepBatch)
 		t.commit.Forgotten = rs
-		return len(rs), err
+		return len(rs), len(rs) == sweepBatch, err
 	})
 }
