@@ -129,6 +129,7 @@ type delivery struct {
 	attempts  int
 	startedAt time.Time
 	seq       int64
+	batch     int64 // the claim that delivered it (0: a next)
 }
 
 // created is what a producer was told about a command it created.
@@ -139,6 +140,31 @@ type created struct {
 }
 
 func resourceName(i int) string { return fmt.Sprintf("bench-%d", i) }
+
+// stallAfter is how long a throughput run may go without a completion
+// before it stops and reports what was never delivered: a broker that
+// loses a command must fail the run, not keep it waiting for ever.
+var stallAfter = 30 * time.Second
+
+// preflight refuses queues that already hold commands or are paused: the
+// checks count every delivery on them as this run's, so a command left by
+// an earlier run (or anyone's) would be completed as if it were the run's
+// and reported as the broker's fault, and a paused queue would hang it.
+func preflight(ctx context.Context, c *client.Client, resources ...string) error {
+	for _, r := range resources {
+		q, err := c.Queue(ctx, r)
+		if err != nil {
+			return err
+		}
+		if n := q.Counts.Ready + q.Counts.Blocked + q.Counts.Leased; n > 0 {
+			return fmt.Errorf("queue %s already holds %d command(s) (%d ready, %d blocked, %d leased) that this run did not create; bench needs its queues empty: cancel or delete their packages ('spinbroker queue show %s'), or use a fresh broker", r, n, q.Counts.Ready, q.Counts.Blocked, q.Counts.Leased, r)
+		}
+		if q.Paused {
+			return fmt.Errorf("queue %s is paused: the run would wait for ever; resume it ('spinbroker queue set %s --paused=false')", r, r)
+		}
+	}
+	return nil
+}
 
 // runThroughput: P producers create packages of K commands over R
 // resources while A agents per resource take and complete them. With deps,
@@ -156,6 +182,13 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	conc := cfg.Agents
 	if claim {
 		conc = cfg.Agents * cfg.Claim
+	}
+	names := make([]string, cfg.Resources)
+	for i := range names {
+		names[i] = resourceName(i)
+	}
+	if err := preflight(ctx, c, names...); err != nil {
+		return nil, err
 	}
 	for i := 0; i < cfg.Resources; i++ {
 		if _, err := c.SetQueue(ctx, resourceName(i), spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
@@ -248,8 +281,32 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		}()
 	}
 	stopProgress := progress(cfg.Progress, &completed, total)
+	var stalled atomic.Bool
+	watchdog := make(chan struct{})
+	go func() {
+		last, at := completed.Load(), time.Now()
+		t := time.NewTicker(min(time.Second, stallAfter/4))
+		defer t.Stop()
+		for {
+			select {
+			case <-actx.Done():
+				return
+			case <-watchdog:
+				return
+			case now := <-t.C:
+				if n := completed.Load(); n != last {
+					last, at = n, now
+				} else if now.Sub(at) >= stallAfter {
+					stalled.Store(true)
+					finish()
+					return
+				}
+			}
+		}
+	}()
 	producers.Wait()
 	agents.Wait()
+	close(watchdog)
 	stopProgress()
 	if runErr != nil {
 		return nil, runErr
@@ -273,6 +330,9 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		all = append(all, d...)
 	}
 	res.Violations = check(ctx, c, made, pkgIDs, all, int(completed.Load()), !deps)
+	if stalled.Load() {
+		res.Violations = append([]string{fmt.Sprintf("the run stalled: %d of %d commands completed, none in the last %v", completed.Load(), total, stallAfter)}, res.Violations...)
+	}
 	return res, nil
 }
 
@@ -352,6 +412,10 @@ func nextAgent(ctx context.Context, c *client.Client, resource string, rec *reco
 	return nil
 }
 
+// claims numbers the claims, so that the checks can tell one claim's
+// commands, in the order the broker listed them, from another's.
+var claims atomic.Int64
+
 // claimAgent takes up to n commands per claim and completes them in one
 // batched request.
 func claimAgent(ctx context.Context, c *client.Client, resource string, n int, rec *recorder, out *[]delivery, completed *atomic.Int64, total int64) error {
@@ -367,8 +431,9 @@ func claimAgent(ctx context.Context, c *client.Client, resource string, n int, r
 			continue
 		}
 		results := make([]spinbroker.BatchResult, len(cmds))
+		batch := claims.Add(1)
 		for i, cmd := range cmds {
-			*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq})
+			*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq, batch: batch})
 			results[i] = spinbroker.BatchResult{ID: cmd.ID, Result: spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}}
 		}
 		t = time.Now()
@@ -448,6 +513,13 @@ func check(ctx context.Context, c *client.Client, made map[string]created, pkgID
 		add("%d completions for %d commands", completed, len(made))
 	}
 	if ordered {
+		// A claim lists its commands in queue order: sorting by seq
+		// below would hide a claim that did not, so check each as listed.
+		for i := 1; i < len(all); i++ {
+			if b := all[i].batch; b != 0 && b == all[i-1].batch && all[i].seq < all[i-1].seq {
+				add("queue %s listed seq %d after seq %d in one claim", all[i].resource, all[i].seq, all[i-1].seq)
+			}
+		}
 		byRes := map[string][]delivery{}
 		for _, d := range all {
 			byRes[d.resource] = append(byRes[d.resource], d)
@@ -506,11 +578,25 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 	if cfg.Backlog < cfg.Samples || cfg.Samples < 1 {
 		return nil, fmt.Errorf("backlog needs samples ≥ 1 and backlog ≥ samples")
 	}
+	if err := preflight(ctx, c, "bench-gate", "bench-backlog"); err != nil {
+		return nil, err
+	}
 	gate, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "bench-gate", Action: "hold"}}})
 	if err != nil {
 		return nil, err
 	}
 	gateID := gate.Commands[0].ID
+	// The gate never opens: cancel what the run leaves (the gate, the
+	// commands blocked on it, those not timed), so that the queues are
+	// empty again, on a broker of the caller's too.
+	pkgs := []string{gate.ID}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		for _, id := range pkgs {
+			c.CancelPackage(cctx, id) //nolint:errcheck // best effort; preflight names what is left
+		}
+	}()
 	blocked := int(float64(cfg.Backlog) * cfg.Blocked)
 	const chunk = 1000
 	loaded := 0
@@ -526,10 +612,12 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 			}
 			in.Commands = append(in.Commands, nc)
 		}
-		if _, err := c.CreatePackage(ctx, in); err != nil {
+		p, err := c.CreatePackage(ctx, in)
+		if err != nil {
 			stop()
 			return nil, err
 		}
+		pkgs = append(pkgs, p.ID)
 		loaded += n
 		loadedN.Store(int64(loaded))
 	}
@@ -583,6 +671,9 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, error) {
 	if cfg.Wakeups < 1 {
 		return nil, fmt.Errorf("wakeup needs samples ≥ 1")
+	}
+	if err := preflight(ctx, c, "bench-wakeup"); err != nil {
+		return nil, err
 	}
 	rec := newRecorder()
 	var lat []time.Duration

@@ -1,0 +1,124 @@
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// faultyBroker is a real broker behind a handler that may rewrite answers.
+func faultyBroker(t *testing.T, rewrite func(r *http.Request, status int, body []byte) (int, []byte)) *client.Client {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
+	h := api.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		status, body := rewrite(r, rec.Code, rec.Body.Bytes())
+		for k, v := range rec.Header() {
+			if k != "Content-Length" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(status)
+		w.Write(body)
+	}))
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	c, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// A broker that never delivers one command: the run should fail with a
+// violation, not wait for ever.
+func TestFaulty_LostCommandIsReported(t *testing.T) {
+	var mu sync.Mutex
+	victim := ""
+	c := faultyBroker(t, func(r *http.Request, status int, body []byte) (int, []byte) {
+		if status != 200 || !strings.HasSuffix(r.URL.Path, "/next") {
+			return status, body
+		}
+		var cmd spinbroker.Command
+		json.Unmarshal(body, &cmd)
+		mu.Lock()
+		defer mu.Unlock()
+		if victim == "" {
+			victim = cmd.ID
+		}
+		if cmd.ID == victim {
+			return http.StatusNoContent, nil // lost
+		}
+		return status, body
+	})
+	defer func(d time.Duration) { stallAfter = d }(stallAfter)
+	stallAfter = 2 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := Run(ctx, c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 5, Commands: 50, Protocol: "inline"})
+	if err != nil {
+		t.Fatalf("Run: %v (ctx: %v)", err, ctx.Err())
+	}
+	if res.OK() {
+		t.Fatal("a lost command went unreported")
+	}
+	t.Log(res.Violations)
+}
+
+// A broker that hands a claim's commands out of queue order.
+func TestFaulty_ClaimOutOfOrderIsReported(t *testing.T) {
+	c := faultyBroker(t, func(r *http.Request, status int, body []byte) (int, []byte) {
+		if status != 200 || !strings.HasSuffix(r.URL.Path, "/claim") {
+			return status, body
+		}
+		var out spinbroker.ClaimResult
+		json.Unmarshal(body, &out)
+		slices.Reverse(out.Commands)
+		b, _ := json.Marshal(out)
+		return status, b
+	})
+	res, err := Run(context.Background(), c, Config{Scenario: "throughput", Producers: 1, Resources: 1, Agents: 1, Size: 10, Commands: 100, Protocol: "claim", Claim: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK() {
+		t.Fatal("claims handed out in reverse queue order went unreported")
+	}
+	t.Log(res.Violations)
+}
+
+// A queue holding a command the run did not create is refused before the
+// run, not counted as the broker's fault after it; the backlog leaves its
+// queues empty, so that it can run again on the same broker.
+func TestPreflight(t *testing.T) {
+	c := broker(t)
+	ctx := context.Background()
+	for range 2 {
+		if _, err := Run(ctx, c, Config{Scenario: "backlog", Backlog: 100, Blocked: 0.5, Samples: 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "bench-1", Action: "theirs"}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Run(ctx, c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 5, Commands: 20, Protocol: "inline"})
+	if err == nil || !strings.Contains(err.Error(), "bench-1 already holds 1 command") {
+		t.Fatalf("want a refusal naming bench-1, got %v", err)
+	}
+}
