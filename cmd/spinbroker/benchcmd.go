@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -73,6 +74,9 @@ when --url names it.`,
 			if c.procs < 0 {
 				return usagef(cmd, "--procs must be at least 1")
 			}
+			if err := c.check(); err != nil {
+				return usagef(cmd, "%v", err)
+			}
 			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
 		},
 	}
@@ -96,6 +100,55 @@ when --url names it.`,
 	f.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator (not the broker: see serve --pprof-addr) to this file")
 	f.StringSliceVar(&c.compare, "compare", nil, "instead of running, compare the JSON lines of earlier runs (this command's --json and bench/peers -json) in these files")
 	return cmd
+}
+
+// check refuses, before any broker is started or asked, the flag values
+// that would make a run fail late, hang or measure something other than
+// what its report names.
+func (c *benchConfig) check() error {
+	scenarios := strings.Split(c.scenarios, ",")
+	if c.scenarios == "all" {
+		scenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}
+	}
+	for _, sc := range scenarios {
+		switch strings.TrimSpace(sc) {
+		case "throughput", "dependencies":
+			switch {
+			case c.Producers < 1 || c.Resources < 1 || c.Agents < 1 || c.Size < 1:
+				return fmt.Errorf("--producers, --resources, --agents and --size must be at least 1")
+			case c.Commands < c.Size:
+				return fmt.Errorf("--commands must be at least --size (%d), not %d", c.Size, c.Commands)
+			}
+			switch c.Protocol {
+			case "inline", "seed":
+			case "claim":
+				if c.Claim < 1 || c.Claim > 1000 {
+					return fmt.Errorf("--claim must be from 1 to 1000 (the broker's limit), not %d", c.Claim)
+				}
+			default:
+				return fmt.Errorf("--protocol must be inline, seed or claim, not %q", c.Protocol)
+			}
+		case "backlog":
+			switch {
+			case c.Samples < 1 || c.Backlog < c.Samples:
+				return fmt.Errorf("--samples must be at least 1 and --backlog at least --samples")
+			case !(c.Blocked >= 0 && c.Blocked < 1):
+				return fmt.Errorf("--blocked is the fraction of the backlog blocked: from 0 to below 1, not %v", c.Blocked)
+			case c.Backlog-int(float64(c.Backlog)*c.Blocked) < c.Samples:
+				return fmt.Errorf("--samples (%d) must be at most the ready part of the backlog (%d)", c.Samples, c.Backlog-int(float64(c.Backlog)*c.Blocked))
+			}
+		case "wakeup":
+			if c.Wakeups < 1 {
+				return fmt.Errorf("--wakeups must be at least 1")
+			}
+		default:
+			return fmt.Errorf("--scenarios: unknown scenario %q (throughput, dependencies, backlog, wakeup or all)", sc)
+		}
+	}
+	if c.sync != "normal" && c.sync != "full" {
+		return fmt.Errorf("--sync must be normal or full, not %q", c.sync)
+	}
+	return nil
 }
 
 func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
@@ -151,6 +204,12 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 			fmt.Fprint(a.stderr, "\r\033[K")
 		}
 		if err != nil {
+			switch context.Cause(ctx) {
+			case errInterrupted:
+				return &exitError{code: exitInterrupted, msg: cfg.Scenario + ": interrupted (SIGINT); the run was stopped and not checked"}
+			case errTerminated:
+				return &exitError{code: exitTerminated, msg: cfg.Scenario + ": terminated (SIGTERM); the run was stopped and not checked"}
+			}
 			return fmt.Errorf("%s: %w", cfg.Scenario, err)
 		}
 		if !res.OK() {
@@ -204,15 +263,15 @@ func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config)
 	if err := broker.Start(); err != nil {
 		return nil, err
 	}
+	exited := make(chan struct{})
+	go func() { broker.Wait(); close(exited) }() //nolint:errcheck // its log says why
 	defer func() {
 		broker.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { broker.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(15 * time.Second):
 			broker.Process.Kill()
-			<-done
+			<-exited
 		}
 	}()
 	url := "http://" + addr
@@ -220,7 +279,7 @@ func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitHealthy(ctx, cl); err != nil {
+	if err := waitHealthy(ctx, cl, exited); err != nil {
 		log, _ := os.ReadFile(logf.Name())
 		return nil, fmt.Errorf("the broker did not start: %w\n%s", err, log)
 	}
@@ -243,17 +302,21 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func waitHealthy(ctx context.Context, cl *client.Client) error {
+func waitHealthy(ctx context.Context, cl *client.Client, exited <-chan struct{}) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		err := cl.Health(ctx)
 		if err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			return errors.New("it exited")
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

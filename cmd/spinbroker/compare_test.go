@@ -36,3 +36,19 @@ func TestBenchCompare(t *testing.T) {
 		t.Errorf("a run that duplicated work must fail the comparison: %s", r)
 	}
 }
+
+// Flag values that would fail late, hang or measure something else than the
+// report names are usage errors, before any broker is started.
+func TestBenchRefusesBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--commands", "0"}, {"--agents", "-1"}, {"--protocol", "claim", "--claim", "0"},
+		{"--protocol", "x"}, {"--sync", "x"}, {"--scenarios", "throughput,nope"},
+		{"--scenarios", "backlog", "--blocked", "2"}, {"--scenarios", "backlog", "--blocked", "-1"},
+		{"--scenarios", "backlog", "--backlog", "2000"}, {"--scenarios", "wakeup", "--wakeups", "0"},
+	} {
+		r := spin(t, append([]string{"bench"}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {
+			t.Errorf("bench %v: want a usage error (exit 2), got %s", args, r)
+		}
+	}
+}
