@@ -260,6 +260,7 @@ func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config)
 	broker := exec.Command(self, "serve", "--addr", addr, "--db", filepath.Join(dir, "bench.db"),
 		"--sync", c.sync, "--log-level", "warn")
 	broker.Stdout, broker.Stderr = logf, logf
+	ownGroup(broker)
 	if err := broker.Start(); err != nil {
 		return nil, err
 	}

@@ -1,10 +1,18 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 func TestBenchCompare(t *testing.T) {
@@ -51,4 +59,67 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 			t.Errorf("bench %v: want a usage error (exit 2), got %s", args, r)
 		}
 	}
+}
+
+// TestBench_CtrlC: a Ctrl-C at the terminal (SIGINT to bench's whole
+// process group) stops the run with exit 130, and the broker bench
+// started is stopped cleanly, its database closed (no -wal left), rather
+// than taking the terminal's signal too and then bench's as a second one
+// that ends it at once.
+func TestBench_CtrlC(t *testing.T) {
+	cmd := exec.Command(serveBinary(t), "bench", "--scenarios", "wakeup", "--wakeups", "100000", "--keep")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stderr syncbuf.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	dbDir := regexp.MustCompile(`database in (\S+)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for !dbDir.MatchString(stderr.String()) || !fileExists(filepath.Join(dbDir.FindStringSubmatch(stderr.String())[1], "bench.db-wal")) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("bench did not start its broker:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // into the run
+	dir := dbDir.FindStringSubmatch(stderr.String())[1]
+	// The broker is bench's child, in a process group of its own.
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	if err != nil || len(strings.Fields(string(kids))) == 0 {
+		t.Fatalf("bench's children: %q, %v", kids, err)
+	}
+	for _, kid := range strings.Fields(string(kids)) {
+		stat, err := os.ReadFile("/proc/" + kid + "/stat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if f[2] == strconv.Itoa(cmd.Process.Pid) {
+			t.Errorf("the broker (pid %s) is in bench's process group: a Ctrl-C reaches it too", kid)
+		}
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("bench still running 30s after Ctrl-C:\n%s", stderr.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Errorf("exit %d, want 130:\n%s", code, stderr.String())
+	}
+	if fileExists(filepath.Join(dir, "bench.db-wal")) {
+		log, _ := os.ReadFile(filepath.Join(dir, "broker.log"))
+		t.Errorf("the broker's database was not closed (its -wal is left); its log:\n%s", log)
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
