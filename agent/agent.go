@@ -62,8 +62,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -321,26 +319,6 @@ func fatal(err error) bool {
 	return false
 }
 
-// untrusted reports whether err is the broker's TLS certificate failing
-// verification in a way that only a change of configuration mends: signed
-// by an authority this host does not trust, for another name, for another
-// use, with a broken algorithm. An expired certificate (or one not valid
-// yet, to a clock behind) is not: the broker takes a renewed one without a
-// restart, and the agent must still be there to see it.
-func untrusted(err error) bool {
-	var (
-		cve *tls.CertificateVerificationError
-		ua  x509.UnknownAuthorityError
-		he  x509.HostnameError
-		ci  x509.CertificateInvalidError
-		ia  x509.InsecureAlgorithmError
-	)
-	if errors.As(err, &ci) && ci.Reason == x509.Expired {
-		return false // expired, or not yet valid
-	}
-	return errors.As(err, &cve) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &ia)
-}
-
 // loop takes commands until ctx ends: one at a time with next or, in batch
 // mode, up to Claim at once with claim, run concurrently and completed in
 // one request.
@@ -357,7 +335,7 @@ func (a *runner) loop(ctx context.Context) error {
 				return fmt.Errorf("agent: the broker URL answers 404 for the queue %s: is it the broker's base URL, without a path? %w", a.resource, err)
 			case fatal(err):
 				return fmt.Errorf("agent: the broker refuses to hand out %s commands: %w", a.resource, err)
-			case untrusted(err):
+			case client.Untrusted(err):
 				// Asking again changes nothing, and an agent that only
 				// retries looks healthy to its supervisor.
 				return fmt.Errorf("agent: the broker's TLS certificate is not trusted here (set SSL_CERT_FILE to the certificate of its CA, or give the client an http.Client that trusts it): %w", err)

@@ -13,6 +13,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -116,6 +118,26 @@ func Temporary(err error) bool {
 		return true
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// Untrusted reports whether err is the broker's TLS certificate failing
+// verification in a way that only a change of configuration mends: signed
+// by an authority this host does not trust (SSL_CERT_FILE names one), for
+// another name, for another use, with a broken algorithm. An expired
+// certificate (or one not valid yet, to a clock behind) is not: the broker
+// takes a renewed one without a restart, so asking again may succeed.
+func Untrusted(err error) bool {
+	var (
+		cve *tls.CertificateVerificationError
+		ua  x509.UnknownAuthorityError
+		he  x509.HostnameError
+		ci  x509.CertificateInvalidError
+		ia  x509.InsecureAlgorithmError
+	)
+	if errors.As(err, &ci) && ci.Reason == x509.Expired {
+		return false // expired, or not yet valid
+	}
+	return errors.As(err, &cve) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &ia)
 }
 
 // CallOption adjusts one request.

@@ -61,7 +61,9 @@ Scenarios:
 Without --url each scenario gets a fresh broker: this binary's 'serve' on a
 temporary database, as a child process so its CPU and memory are its own.
 $SPINBROKER_URL is not read here: a load run goes to a broker of yours only
-when --url names it.`,
+when --url names it. There it uses queues named bench-*, which must be empty
+and not paused, sets their concurrency (so with --auth it needs an admin
+token), and leaves them empty when it ends.`,
 		Example: `  spinbroker bench
   spinbroker bench --scenarios throughput --protocol claim --claim 100
   spinbroker bench --scenarios throughput,backlog,wakeup --sync full --json

@@ -423,3 +423,31 @@ func TestHelp(t *testing.T) {
 		t.Errorf("message --help shows a usage line of its own: %s", r)
 	}
 }
+
+// TestTLSMistakes: a broker reached over TLS whose certificate this host
+// does not trust is not "cannot reach the broker": the message says what
+// is not trusted and names SSL_CERT_FILE; an https:// URL for a broker
+// that speaks plain HTTP says to use http://.
+func TestTLSMistakes(t *testing.T) {
+	t.Parallel()
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer tlsSrv.Close()
+	plain := httptest.NewServer(http.NotFoundHandler())
+	defer plain.Close()
+	for _, c := range []struct {
+		url  string
+		want []string
+	}{
+		{tlsSrv.URL, []string{"TLS certificate is not trusted here", "SSL_CERT_FILE"}},
+		{strings.Replace(plain.URL, "http://", "https://", 1), []string{"speaks plain HTTP", "http:// URL"}},
+	} {
+		r := spin(t, "queue", "ls", "--url", c.url)
+		if r.code != 1 {
+			t.Errorf("%s: exit %d, want 1\n%s", c.url, r.code, r)
+		}
+		wantContains(t, "stderr", r.stderr, c.want...)
+		if strings.Contains(r.stderr, "cannot reach the broker") {
+			t.Errorf("%s: %q blames the network", c.url, r.stderr)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -131,6 +132,14 @@ func describe(err error) string {
 			msg += "; give --token or set SPINBROKER_TOKEN (spinbroker token create makes one)"
 		}
 		return msg
+	}
+	if client.Untrusted(err) {
+		// It was reached: what failed is trusting it.
+		return fmt.Sprintf("the broker's TLS certificate is not trusted here: %v; if your own authority signed it, set SSL_CERT_FILE to that authority's certificate (PEM)", err)
+	}
+	// net/http keeps no type for it, only this sentence.
+	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (%v)", err)
 	}
 	if client.Temporary(err) {
 		msg := fmt.Sprintf("cannot reach the broker: %v", err)
