@@ -90,6 +90,10 @@ func (a *app) compare(files []string) error {
 			return err
 		}
 	}
+	if len(rate) == 0 {
+		// An empty table and exit 0 read as "compared, nothing to say".
+		return fmt.Errorf("nothing to compare in %s: no throughput line of a bench run that started its own broker (--json), nor of bench/peers (-json)", strings.Join(files, ", "))
+	}
 	sort.SliceStable(names, func(i, j int) bool {
 		return strings.HasPrefix(names[i], "spin-broker") && !strings.HasPrefix(names[j], "spin-broker")
 	})

@@ -47,6 +47,20 @@ func TestBenchCompare(t *testing.T) {
 
 // Flag values that would fail late, hang or measure something else than the
 // report names are usage errors, before any broker is started.
+// TestBenchCompare_Nothing: files without a line to compare (empty, a
+// progress log, a remote run's lines) fail, rather than print an empty
+// table and exit 0.
+func TestBenchCompare_Nothing(t *testing.T) {
+	dir := t.TempDir()
+	empty, remote := filepath.Join(dir, "empty"), filepath.Join(dir, "remote.json")
+	os.WriteFile(empty, nil, 0o644)
+	os.WriteFile(remote, []byte("progress...\n{\"scenario\":\"wakeup\",\"ok\":true}\n"), 0o644)
+	r := spin(t, "bench", "--compare", empty+","+remote)
+	if r.code != 1 || !strings.Contains(r.stderr, "nothing to compare in "+empty) {
+		t.Errorf("compare of nothing: %s", r)
+	}
+}
+
 func TestBenchRefusesBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"--commands", "0"}, {"--agents", "-1"}, {"--protocol", "claim", "--claim", "0"},
