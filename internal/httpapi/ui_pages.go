@@ -1,8 +1,10 @@
 package httpapi
 
 import (
+	"cmp"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,11 +19,37 @@ import (
 // recentPackages is how many packages the overview lists.
 const recentPackages = 20
 
+// overviewQueues is how many queues the overview lists: a fleet with
+// thousands made it megabytes, fetched again with every change.
+const overviewQueues = 50
+
 type overviewPage struct {
-	Queues   []spinbroker.Queue
-	Agents   map[string]agentsView // by resource
-	Packages []spinbroker.Package
-	Chart    chart
+	Queues     []spinbroker.Queue
+	MoreQueues int                   // queues left out of the list
+	Agents     map[string]agentsView // by resource
+	Packages   []spinbroker.Package
+	Chart      chart
+}
+
+// busiest keeps the n queues with the most commands in them (paused ones
+// first), in the order of their names, and says how many it left out.
+func busiest(qs []spinbroker.Queue, n int) ([]spinbroker.Queue, int) {
+	if len(qs) <= n {
+		return qs, 0
+	}
+	work := func(q *spinbroker.Queue) int { return q.Counts.Ready + q.Counts.Blocked + q.Counts.Leased }
+	slices.SortStableFunc(qs, func(a, b spinbroker.Queue) int {
+		if a.Paused != b.Paused {
+			if a.Paused {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(work(&b), work(&a))
+	})
+	kept := qs[:n]
+	slices.SortFunc(kept, func(a, b spinbroker.Queue) int { return strings.Compare(a.Resource, b.Resource) })
+	return kept, len(qs) - n
 }
 
 // agentsView is what a page shows of the agents asking a queue for work.
@@ -60,6 +88,7 @@ func (u *ui) handleOverview(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
+		d.Queues, d.MoreQueues = busiest(d.Queues, overviewQueues)
 		d.Agents = make(map[string]agentsView, len(d.Queues))
 		for i := range d.Queues {
 			d.Agents[d.Queues[i].Resource] = u.agentsView(&d.Queues[i])

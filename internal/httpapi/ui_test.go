@@ -856,3 +856,34 @@ func TestUI_LargeGraphCanBeSkipped(t *testing.T) {
 		t.Error("a one-command graph offers to skip it")
 	}
 }
+
+// TestUI_OverviewListsTheBusiestQueues: with more queues than the overview
+// lists, it shows the busiest (paused ones first) by name, and says how
+// many it left out and where to find them, where a fleet of 10,000 queues
+// made the fragment 4.6 MB, fetched again with every change.
+func TestUI_OverviewListsTheBusiestQueues(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for i := range 60 { // queues with settings and nothing in them
+		e.want(e.do("PATCH", fmt.Sprintf("/queues/idle-%02d", i), `{"concurrency": 2}`), 200, "")
+	}
+	e.want(e.do("PATCH", "/queues/idle-59", `{"paused": true}`), 200, "")
+	var busy []spinbroker.NewCommand
+	for i := range 3 {
+		busy = append(busy, nc(100+i, "", "zz-busy", "a", ""))
+	}
+	mustCreate(t, e, 2, true, busy...)
+	r := e.get("/ui/?fragment=queues")
+	body := string(r.body)
+	wantHTML(t, r, 200, "more are not", "<code>GET /queues</code>")
+	if n := strings.Count(body, `<th scope="row" class="name">`); n != 50 {
+		t.Errorf("%d queues listed, want 50", n)
+	}
+	for _, want := range []string{"/ui/queues/zz-busy", "/ui/queues/idle-59"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the overview leaves out %s", want)
+		}
+	}
+	if i, j := strings.Index(body, "/ui/queues/idle-59"), strings.Index(body, "/ui/queues/zz-busy"); i > j {
+		t.Error("the listed queues are not in the order of their names")
+	}
+}
