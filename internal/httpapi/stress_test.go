@@ -129,14 +129,13 @@ type stress struct {
 	rmu     sync.Mutex
 	commits []commitRec
 
-	mu      sync.Mutex
-	ops     []*opRec
-	cmds    map[string]*cinfo
-	cmdIDs  []string
-	pkgs    map[string][]string // package → its commands in order
-	pkgIDs  []string
-	nops    atomic.Int64
-	stopped atomic.Bool
+	mu     sync.Mutex
+	ops    []*opRec
+	cmds   map[string]*cinfo
+	cmdIDs []string
+	pkgs   map[string][]string // package → its commands in order
+	pkgIDs []string
+	nops   atomic.Int64
 }
 
 func (s *stress) pos() int {
