@@ -196,6 +196,7 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 		)
 		if remote {
 			var cl *client.Client
+			cfg.Tidy = true
 			if cl, err = a.client(); err == nil {
 				res, err = loadgen.Run(ctx, cl, cfg)
 			}

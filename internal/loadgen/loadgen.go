@@ -41,6 +41,11 @@ type Config struct {
 
 	// Progress, when set, is told how far the run is, now and then.
 	Progress func(done, total int)
+	// Tidy has a run cancel what it leaves in the broker's queues (the
+	// backlog scenario's blocked commands): for a broker of the caller's,
+	// not for one started for the run and thrown away with its database,
+	// whose memory the cancellation's cascade would count.
+	Tidy bool
 }
 
 // Latency summarises the durations of one kind of call, in milliseconds.
@@ -586,11 +591,14 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 		return nil, err
 	}
 	gateID := gate.Commands[0].ID
-	// The gate never opens: cancel what the run leaves (the gate, the
-	// commands blocked on it, those not timed), so that the queues are
-	// empty again, on a broker of the caller's too.
+	// The gate never opens: on a broker of the caller's (Tidy), cancel
+	// what the run leaves (the gate, the commands blocked on it, those not
+	// timed), so that the queues are empty again.
 	pkgs := []string{gate.ID}
 	defer func() {
+		if !cfg.Tidy {
+			return
+		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		for _, id := range pkgs {
