@@ -1000,17 +1000,32 @@ type reader struct {
 }
 
 func (r *reader) stmt(q string) (*sql.Stmt, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if s, ok := r.stmts[q]; ok {
+	if s := r.cached(q); s != nil {
 		return s, nil
 	}
+	// Prepared without the lock held: Prepare waits for a free connection,
+	// and with every connection in a read transaction whose owner waits
+	// for this lock, none would come.
 	s, err := r.db.Prepare(q)
 	if err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if had, ok := r.stmts[q]; ok {
+		s.Close()
+		return had, nil
+	}
 	r.stmts[q] = s
 	return s, nil
+}
+
+// cached returns the prepared statement for q, or nil when it has not been
+// prepared yet.
+func (r *reader) cached(q string) *sql.Stmt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stmts[q]
 }
 
 func (r *reader) close() {
@@ -1060,22 +1075,52 @@ func (db *DB) snapshot(ctx context.Context, fn func(q querier) error) error {
 	if err != nil {
 		return interpretError(err)
 	}
-	defer tx.Rollback() //nolint:errcheck // a read: there is nothing to keep
-	return fn(&readTx{r: db.reader, tx: tx})
+	t := &readTx{r: db.reader, tx: tx, stmts: map[string]*sql.Stmt{}}
+	err = fn(t)
+	tx.Rollback() //nolint:errcheck // a read: there is nothing to keep
+	// The statements it had to prepare on its own connection are
+	// prepared for the pool now, with no connection held, for next time.
+	for _, q := range t.missed {
+		db.reader.stmt(q) //nolint:errcheck // it failed in the transaction already, or will say so then
+	}
+	return err
 }
 
-// readTx runs the reader's prepared statements in a read transaction.
+// readTx runs the reader's statements in a read transaction. It never asks
+// the pool for a second connection (to prepare a statement the pool has
+// not seen yet): with every connection held by a read transaction doing
+// so, none would come, and every read would wait for ever.
 type readTx struct {
-	r  *reader
-	tx *sql.Tx
+	r      *reader
+	tx     *sql.Tx
+	stmts  map[string]*sql.Stmt // this transaction's, by query
+	missed []string             // queries the pool had not prepared
+}
+
+func (t *readTx) stmt(q string) (*sql.Stmt, error) {
+	if s, ok := t.stmts[q]; ok {
+		return s, nil
+	}
+	var s *sql.Stmt
+	if ps := t.r.cached(q); ps != nil {
+		s = t.tx.Stmt(ps) // on this transaction's connection
+	} else {
+		var err error
+		if s, err = t.tx.Prepare(q); err != nil {
+			return nil, err
+		}
+		t.missed = append(t.missed, q)
+	}
+	t.stmts[q] = s
+	return s, nil
 }
 
 func (t *readTx) query(q string, args ...any) (*sql.Rows, error) {
-	s, err := t.r.stmt(q)
+	s, err := t.stmt(q)
 	if err != nil {
 		return nil, interpretError(err)
 	}
-	rows, err := t.tx.Stmt(s).Query(args...)
+	rows, err := s.Query(args...)
 	if err != nil {
 		return nil, interpretError(err)
 	}
@@ -1083,11 +1128,11 @@ func (t *readTx) query(q string, args ...any) (*sql.Rows, error) {
 }
 
 func (t *readTx) queryRow(q string, args ...any) *row {
-	s, err := t.r.stmt(q)
+	s, err := t.stmt(q)
 	if err != nil {
 		return &row{err: err}
 	}
-	return &row{r: t.tx.Stmt(s).QueryRow(args...)}
+	return &row{r: s.QueryRow(args...)}
 }
 
 // querier is what the read helpers need: the write transaction or the read
