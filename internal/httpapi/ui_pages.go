@@ -31,21 +31,26 @@ type overviewPage struct {
 	Chart      chart
 }
 
-// busiest keeps the n queues with the most commands in them (paused ones
-// first), in the order of their names, and says how many it left out.
+// busiest keeps the n queues with the most commands in them (a paused one
+// first among equals: an empty paused queue says something an empty
+// running one does not), in the order of their names, and says how many
+// it left out.
 func busiest(qs []spinbroker.Queue, n int) ([]spinbroker.Queue, int) {
 	if len(qs) <= n {
 		return qs, 0
 	}
 	work := func(q *spinbroker.Queue) int { return q.Counts.Ready + q.Counts.Blocked + q.Counts.Leased }
 	slices.SortStableFunc(qs, func(a, b spinbroker.Queue) int {
-		if a.Paused != b.Paused {
-			if a.Paused {
-				return -1
-			}
+		if c := cmp.Compare(work(&b), work(&a)); c != 0 {
+			return c
+		}
+		switch {
+		case a.Paused && !b.Paused:
+			return -1
+		case b.Paused && !a.Paused:
 			return 1
 		}
-		return cmp.Compare(work(&b), work(&a))
+		return 0
 	})
 	kept := qs[:n]
 	slices.SortFunc(kept, func(a, b spinbroker.Queue) int { return strings.Compare(a.Resource, b.Resource) })
