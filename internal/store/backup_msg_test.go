@@ -63,6 +63,46 @@ func TestBackup_CompleteOrAbsent(t *testing.T) {
 		t.Fatal(err)
 	}
 	to := filepath.Join(out, "b.db")
+	// Watched while it runs, dest is absent until it is the whole copy:
+	// never a file being written, nor its journal.
+	for range 5 {
+		enqueue(t, db, many("r", 1000)...)
+	}
+	watched := filepath.Join(out, "watched.db")
+	done := make(chan error, 1)
+	go func() { done <- store.Backup(ctx, src, watched) }()
+	var seen []int64
+	journal := false
+	for running := true; running; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running = false
+		default:
+		}
+		if fi, err := os.Stat(watched); err == nil {
+			seen = append(seen, fi.Size())
+		}
+		if _, err := os.Stat(watched + "-journal"); err == nil {
+			journal = true
+		}
+	}
+	final, err := os.Stat(watched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range seen {
+		if n != final.Size() {
+			t.Fatalf("while the backup ran, %s was seen %d bytes long; the whole copy is %d", watched, n, final.Size())
+		}
+	}
+	if journal {
+		t.Fatalf("while the backup ran, %s had a journal beside it", watched)
+	}
+	os.Remove(watched)
+
 	// Cancelled before it can finish: nothing at all is left.
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()

@@ -25,6 +25,15 @@ func cmd(r, a string, deps ...string) spinbroker.NewCommand {
 	return spinbroker.NewCommand{Resource: r, Action: a, Dependencies: deps}
 }
 
+// many is n commands for resource r.
+func many(r string, n int) []spinbroker.NewCommand {
+	cmds := make([]spinbroker.NewCommand, n)
+	for i := range cmds {
+		cmds[i] = cmd(r, "x")
+	}
+	return cmds
+}
+
 func keyed(key, r, a string, deps ...string) spinbroker.NewCommand {
 	c := cmd(r, a, deps...)
 	c.Key = key

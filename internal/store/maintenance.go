@@ -99,14 +99,22 @@ func Backup(ctx context.Context, path, dest string) error {
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	// A link, not a rename: a file that appeared at dest meanwhile is
-	// not replaced.
-	if err := os.Link(tmpPath, dest); err != nil {
-		if errors.Is(err, fs.ErrExist) {
+	// not replaced. A file system without hard links (vfat, exFAT, many
+	// network and FUSE mounts) gets a rename once dest is seen free.
+	if err := os.Link(tmpPath, dest); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("store: backup: %s already exists", dest)
+	} else if err != nil {
+		if _, serr := os.Lstat(dest); serr == nil {
 			return fmt.Errorf("store: backup: %s already exists", dest)
 		}
-		return fmt.Errorf("store: backup: %w", err)
+		if err := os.Rename(tmpPath, dest); err != nil {
+			return fmt.Errorf("store: backup: %w", err)
+		}
 	}
 	if err := syncFile(filepath.Dir(dest)); err != nil {
+		// The name might not survive a power loss: a failed backup leaves
+		// nothing, rather than a file it called a failure.
+		os.Remove(dest)
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	return nil

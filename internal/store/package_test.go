@@ -914,13 +914,6 @@ func TestDB_QueuesNamed(t *testing.T) {
 // commands held it for 7.7s.
 func TestDB_SweepInBoundedTransactions(t *testing.T) {
 	db, clock := open(t)
-	many := func(r string, n int) []spinbroker.NewCommand {
-		cmds := make([]spinbroker.NewCommand, n)
-		for i := range cmds {
-			cmds[i] = cmd(r, "x")
-		}
-		return cmds
-	}
 	if _, err := db.SetQueue(ctx, "leased", spinbroker.QueueSettings{Concurrency: new(2000)}); err != nil {
 		t.Fatal(err)
 	}
