@@ -1,4 +1,4 @@
-//go:build unix
+//go:build unix && !linux
 
 package main
 
@@ -11,5 +11,6 @@ import (
 // own: a Ctrl-C at the terminal goes to bench alone, which stops the
 // broker cleanly (its database closed), where the broker also took the
 // terminal's SIGINT and then bench's SIGTERM as a second signal, which
-// ends it at once.
+// ends it at once. (Linux also has the kernel stop it when bench dies:
+// bench_linux.go.)
 func ownGroup(c *exec.Cmd) { c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -75,80 +76,141 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 	}
 }
 
+// benchRun is a bench process started for a test, with the broker it
+// started.
+type benchRun struct {
+	cmd    *exec.Cmd
+	done   chan struct{}
+	stderr *syncbuf.Buffer
+	dir    string // its kept database's folder
+	broker int    // the broker's pid
+}
+
+// startBench starts a long bench run in a process group of its own (as a
+// shell puts a foreground job), waits until its broker writes, and finds
+// the broker among its children (of whichever of its threads forked it).
+// Cleanup leaves neither running.
+func startBench(t *testing.T) *benchRun {
+	t.Helper()
+	b := &benchRun{done: make(chan struct{}), stderr: &syncbuf.Buffer{}}
+	b.cmd = exec.Command(serveBinary(t), "bench", "--scenarios", "wakeup", "--wakeups", "100000", "--keep")
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	b.cmd.Stderr = b.stderr
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { b.cmd.Wait(); close(b.done) }() //nolint:errcheck // the exit code is checked
+	t.Cleanup(func() {
+		// The broker first, while it is still bench's child (its pid
+		// cannot be another's yet), then bench.
+		if b.broker != 0 && parentOf(b.broker) == b.cmd.Process.Pid {
+			syscall.Kill(b.broker, syscall.SIGKILL)
+		}
+		syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
+		<-b.done
+		if b.dir != "" {
+			os.RemoveAll(b.dir)
+		}
+	})
+	dbDir := regexp.MustCompile(`database in (\S+)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if m := dbDir.FindStringSubmatch(b.stderr.String()); m != nil {
+			b.dir = m[1]
+			if fileExists(filepath.Join(b.dir, "bench.db-wal")) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bench did not start its broker:\n%s", b.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", b.cmd.Process.Pid))
+	for _, f := range tasks {
+		kids, _ := os.ReadFile(f)
+		for _, k := range strings.Fields(string(kids)) {
+			b.broker, _ = strconv.Atoi(k)
+		}
+	}
+	if b.broker == 0 {
+		t.Fatalf("bench (pid %d) has no child process", b.cmd.Process.Pid)
+	}
+	return b
+}
+
+// parentOf is the parent pid of a process, 0 when it is gone (or a zombie
+// being reaped).
+func parentOf(pid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 3 || f[0] == "Z" {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
 // TestBench_CtrlC: a Ctrl-C at the terminal (SIGINT to bench's whole
 // process group) stops the run with exit 130, and the broker bench
 // started is stopped cleanly, its database closed (no -wal left), rather
 // than taking the terminal's signal too and then bench's as a second one
 // that ends it at once.
 func TestBench_CtrlC(t *testing.T) {
-	cmd := exec.Command(serveBinary(t), "bench", "--scenarios", "wakeup", "--wakeups", "100000", "--keep")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var stderr syncbuf.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	b := startBench(t)
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.broker))
+	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }() //nolint:errcheck // the exit code is checked
-	var kids []string                       // bench's children: its broker
-	t.Cleanup(func() {
-		// A failed check leaves no bench, nor its broker, running.
-		for _, kid := range kids {
-			if pid, err := strconv.Atoi(kid); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		select {
-		case <-done:
-		default:
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	})
-	dbDir := regexp.MustCompile(`database in (\S+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for !dbDir.MatchString(stderr.String()) || !fileExists(filepath.Join(dbDir.FindStringSubmatch(stderr.String())[1], "bench.db-wal")) {
-		if time.Now().After(deadline) {
-			t.Fatalf("bench did not start its broker:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); f[2] == strconv.Itoa(b.cmd.Process.Pid) {
+		t.Errorf("the broker (pid %d) is in bench's process group: a Ctrl-C reaches it too", b.broker)
 	}
 	time.Sleep(500 * time.Millisecond) // into the run
-	dir := dbDir.FindStringSubmatch(stderr.String())[1]
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	// The broker is bench's child (of whichever of its threads forked it),
-	// in a process group of its own.
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", cmd.Process.Pid))
-	for _, f := range tasks {
-		b, _ := os.ReadFile(f)
-		kids = append(kids, strings.Fields(string(b))...)
-	}
-	if len(kids) == 0 {
-		t.Fatalf("bench (pid %d) has no child process", cmd.Process.Pid)
-	}
-	for _, kid := range kids {
-		stat, err := os.ReadFile("/proc/" + kid + "/stat")
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if f[2] == strconv.Itoa(cmd.Process.Pid) {
-			t.Errorf("the broker (pid %s) is in bench's process group: a Ctrl-C reaches it too", kid)
-		}
-	}
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	syscall.Kill(-b.cmd.Process.Pid, syscall.SIGINT)
 	select {
-	case <-done:
+	case <-b.done:
 	case <-time.After(30 * time.Second):
-		t.Fatalf("bench still running 30s after Ctrl-C:\n%s", stderr.String())
+		t.Fatalf("bench still running 30s after Ctrl-C:\n%s", b.stderr.String())
 	}
-	if code := cmd.ProcessState.ExitCode(); code != 130 {
-		t.Errorf("exit %d, want 130:\n%s", code, stderr.String())
+	if code := b.cmd.ProcessState.ExitCode(); code != 130 {
+		t.Errorf("exit %d, want 130:\n%s", code, b.stderr.String())
 	}
-	if fileExists(filepath.Join(dir, "bench.db-wal")) {
-		log, _ := os.ReadFile(filepath.Join(dir, "broker.log"))
+	if fileExists(filepath.Join(b.dir, "bench.db-wal")) {
+		log, _ := os.ReadFile(filepath.Join(b.dir, "broker.log"))
 		t.Errorf("the broker's database was not closed (its -wal is left); its log:\n%s", log)
 	}
+}
+
+// TestBench_KilledWithItsGroup: a signal to bench's whole group that
+// bench does not turn into a clean stop (timeout -s KILL, Ctrl-\, a CI
+// job's end) ends its broker too, which, in a group of its own, would
+// otherwise run on for ever.
+func TestBench_KilledWithItsGroup(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGQUIT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			b := startBench(t)
+			syscall.Kill(-b.cmd.Process.Pid, sig)
+			<-b.done
+			// Orphaned, the broker is no one's child: wait for it to go.
+			deadline := time.Now().Add(20 * time.Second)
+			for syscall.Kill(b.broker, 0) == nil && !zombie(b.broker) {
+				if time.Now().After(deadline) {
+					syscall.Kill(b.broker, syscall.SIGKILL)
+					t.Fatalf("%v to bench's group: its broker (pid %d) runs on", sig, b.broker)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// zombie reports whether pid has ended and waits to be reaped.
+func zombie(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))[0] == "Z"
 }
 
 func fileExists(path string) bool {
