@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,5 +122,49 @@ func TestPreflight(t *testing.T) {
 	_, err := Run(ctx, c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 5, Commands: 20, Protocol: "inline"})
 	if err == nil || !strings.Contains(err.Error(), "bench-1 already holds 1 command") {
 		t.Fatalf("want a refusal naming bench-1, got %v", err)
+	}
+}
+
+// A correct broker whose writes are slow (sync full on a slow disk): with
+// --protocol seed no command is ready until a producer has added all of
+// its package's commands one request at a time, so a large package gives
+// no completion for longer than stallAfter; the producers' calls are
+// progress, and the watchdog lets the run go on. (Scaled down: stallAfter
+// 1s, 40 adds of 50ms each. Found by the review.)
+func TestStall_ProducersAtWorkAreProgress(t *testing.T) {
+	c := faultyBroker(t, func(r *http.Request, status int, body []byte) (int, []byte) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/commands") {
+			time.Sleep(50 * time.Millisecond)
+		}
+		return status, body
+	})
+	defer func(d time.Duration) { stallAfter = d }(stallAfter)
+	stallAfter = time.Second
+	res, err := Run(context.Background(), c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 40, Commands: 80, Protocol: "seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK() {
+		t.Fatalf("a correct (slow) broker failed the run: %q", res.Violations)
+	}
+}
+
+// Interrupted (Ctrl-C) after the last completion, while the run reads its
+// packages back: Run answers the interruption, not a result whose
+// violations are the failed reads (bench printed "checks: FAILED" and
+// exited 1, "1 scenario(s) broke a rule", instead of 130).
+func TestInterruptedWhileChecking(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var once atomic.Bool
+	c := faultyBroker(t, func(r *http.Request, status int, body []byte) (int, []byte) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/packages/") && once.CompareAndSwap(false, true) {
+			cancel() // SIGINT arrives during check()
+		}
+		return status, body
+	})
+	res, err := Run(ctx, c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 5, Commands: 50, Protocol: "inline"})
+	if err == nil {
+		t.Fatalf("an interrupted run answered a result (ok %v, %q), not the interruption", res.OK(), res.Violations)
 	}
 }

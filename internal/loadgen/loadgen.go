@@ -77,30 +77,45 @@ func (r *Result) OK() bool { return len(r.Violations) == 0 }
 
 // Run runs one scenario against the broker c talks to. The broker should be
 // fresh: the checks read back everything the run created.
-func Run(ctx context.Context, c *client.Client, cfg Config) (*Result, error) {
+func Run(ctx context.Context, c *client.Client, cfg Config) (res *Result, err error) {
 	switch cfg.Scenario {
 	case "throughput":
-		return runThroughput(ctx, c, cfg, false)
+		res, err = runThroughput(ctx, c, cfg, false)
 	case "dependencies":
-		return runThroughput(ctx, c, cfg, true)
+		res, err = runThroughput(ctx, c, cfg, true)
 	case "backlog":
-		return runBacklog(ctx, c, cfg)
+		res, err = runBacklog(ctx, c, cfg)
 	case "wakeup":
-		return runWakeup(ctx, c, cfg)
+		res, err = runWakeup(ctx, c, cfg)
+	default:
+		return nil, fmt.Errorf("unknown scenario %q (throughput, backlog, dependencies or wakeup)", cfg.Scenario)
 	}
-	return nil, fmt.Errorf("unknown scenario %q (throughput, backlog, dependencies or wakeup)", cfg.Scenario)
+	if err == nil && ctx.Err() != nil {
+		// Interrupted while the run read its results back: what failed
+		// then is the reading, not the broker; the run was not checked.
+		return nil, context.Cause(ctx)
+	}
+	return res, err
 }
 
 // recorder collects call durations per kind, safely from many goroutines.
 type recorder struct {
 	mu    sync.Mutex
 	calls map[string][]time.Duration
+	// produced counts the producers' calls: progress the stall watchdog
+	// sees while no command is ready yet (a package being built one add
+	// at a time on a slow broker).
+	produced atomic.Int64
 }
 
 func newRecorder() *recorder { return &recorder{calls: map[string][]time.Duration{}} }
 
 func (r *recorder) time(kind string, start time.Time) {
 	d := time.Since(start)
+	switch kind {
+	case "create_package", "new_package", "add_command", "enqueue":
+		r.produced.Add(1)
+	}
 	r.mu.Lock()
 	r.calls[kind] = append(r.calls[kind], d)
 	r.mu.Unlock()
@@ -146,9 +161,10 @@ type created struct {
 
 func resourceName(i int) string { return fmt.Sprintf("bench-%d", i) }
 
-// stallAfter is how long a throughput run may go without a completion
-// before it stops and reports what was never delivered: a broker that
-// loses a command must fail the run, not keep it waiting for ever.
+// stallAfter is how long a throughput run may go without a completion,
+// nor a producer's call, before it stops and reports what was never
+// delivered: a broker that loses a command must fail the run, not keep it
+// waiting for ever.
 var stallAfter = 30 * time.Second
 
 // preflight refuses queues that already hold commands or are paused: the
@@ -289,7 +305,8 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	var stalled atomic.Bool
 	watchdog := make(chan struct{})
 	go func() {
-		last, at := completed.Load(), time.Now()
+		moved := func() int64 { return completed.Load() + rec.produced.Load() }
+		last, at := moved(), time.Now()
 		t := time.NewTicker(min(time.Second, stallAfter/4))
 		defer t.Stop()
 		for {
@@ -299,7 +316,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 			case <-watchdog:
 				return
 			case now := <-t.C:
-				if n := completed.Load(); n != last {
+				if n := moved(); n != last {
 					last, at = n, now
 				} else if now.Sub(at) >= stallAfter {
 					stalled.Store(true)
@@ -336,7 +353,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	}
 	res.Violations = check(ctx, c, made, pkgIDs, all, int(completed.Load()), !deps)
 	if stalled.Load() {
-		res.Violations = append([]string{fmt.Sprintf("the run stalled: %d of %d commands completed, none in the last %v", completed.Load(), total, stallAfter)}, res.Violations...)
+		res.Violations = append([]string{fmt.Sprintf("the run stalled: %d of %d commands completed, and nothing moved in the last %v", completed.Load(), total, stallAfter)}, res.Violations...)
 	}
 	return res, nil
 }
