@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -120,17 +119,27 @@ func FuzzParseKV(f *testing.F) {
 // reaches the terminal (C0 and C1 controls, ESC and CSI among them) and no
 // invisible character (a bidi override) changes what the reader sees.
 func FuzzTableCells(f *testing.F) {
-	for _, s := range []string{"disk full", "a\tb\nc\x7f", "größe ✓", "\x1b[31mred", "\u009b31mred", "\u202egnp.exe", "\xff\xfe", `{"a": "\u001b"}`, "{\"a\": \"\u0085\"}", `{"a":[1, 2]}`} {
+	for _, s := range []string{"disk full", "a\tb\nc\x7f", "größe ✓", "\x1b[31mred", "\u009b31mred", "\u202egnp.exe", "\xff\xfe", `{"a": "\u001b"}`, "{\"a\": \"\u0085\"}", `{"a":[1, 2]}`, "日本\u3000語", "dev 👩\u200d💻"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		for _, got := range []string{oneLine(s), fmtJSON(json.RawMessage(s))} {
+		cells := []string{oneLine(s), fmtJSON(json.RawMessage(s))}
+		for _, got := range cells {
 			if !utf8.ValidString(got) {
 				t.Fatalf("cell of %q is not UTF-8: %q", s, got)
 			}
-			if i := strings.IndexFunc(got, func(r rune) bool { return !strconv.IsPrint(r) }); i >= 0 {
+			if i := strings.IndexFunc(got, actsOnTerminal); i >= 0 {
 				t.Fatalf("cell of %q holds %U: %q", s, []rune(got[i:])[0], got)
 			}
+		}
+		// Text a terminal only shows prints as it is.
+		if utf8.ValidString(s) && !strings.ContainsFunc(s, actsOnTerminal) && cells[0] != s {
+			t.Fatalf("oneLine(%q) = %q, want it unchanged", s, cells[0])
+		}
+		// JSON stays JSON, meaning the same.
+		var v any
+		if json.Valid([]byte(s)) && utf8.ValidString(s) && json.Unmarshal([]byte(cells[1]), &v) != nil {
+			t.Fatalf("fmtJSON(%q) = %q, not JSON", s, cells[1])
 		}
 	})
 }

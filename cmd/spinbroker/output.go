@@ -71,17 +71,58 @@ func fmtStr(s *string) string {
 
 // oneLine keeps a table cell on one line and its columns aligned whatever a
 // reason or a name holds, and keeps what the terminal would act on rather
-// than show (C0 and C1 controls such as ESC and CSI, a bidi override, bytes
-// that are not UTF-8) from reaching it: those are written as Go escapes.
+// than show (C0 and C1 controls such as ESC and CSI, line separators, bidi
+// controls, bytes that are not UTF-8) from reaching it: those, and only
+// those, are written as escapes (\t, \x1b, \u202e, \xff). Any other text,
+// in any script, prints as it is.
 func oneLine(s string) string {
-	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, actsOnTerminal) {
 		return s
 	}
-	q := strconv.Quote(s)
-	return q[1 : len(q)-1]
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r < 0x80 && actsOnTerminal(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case actsOnTerminal(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
-// fmtJSON shows a JSON value compactly on one line ("-" for none).
+// actsOnTerminal reports whether a terminal, or the text around it, would
+// act on r rather than show it: C0 and C1 controls and DEL, the line and
+// paragraph separators, and the controls of bidirectional text that
+// reorder what follows ("failed: \u202eevil" reads "failed: live").
+func actsOnTerminal(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r <= 0x9f:
+		return true
+	case r == 0x2028, r == 0x2029, r == 0x061c, r == 0x200e, r == 0x200f:
+		return true
+	case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
+		return true
+	}
+	return false
+}
+
+// fmtJSON shows a JSON value compactly on one line ("-" for none). A
+// character a terminal would act on, which a JSON string may hold as it
+// is, is written as a JSON escape, so that the cell is still the JSON that
+// was sent; bytes that are not UTF-8 as U+FFFD.
 func fmtJSON(raw json.RawMessage) string {
 	t := bytes.TrimSpace(raw)
 	if len(t) == 0 || string(t) == "null" {
@@ -91,9 +132,19 @@ func fmtJSON(raw json.RawMessage) string {
 	if err := json.Compact(&buf, t); err != nil {
 		return oneLine(string(t))
 	}
-	// A JSON string may hold any character but a quote, a backslash and C0 controls
-	// as is.
-	return oneLine(buf.String())
+	out := buf.String()
+	if utf8.ValidString(out) && !strings.ContainsFunc(out, actsOnTerminal) {
+		return out
+	}
+	var b strings.Builder
+	for _, r := range out { // invalid bytes come as U+FFFD
+		if actsOnTerminal(r) {
+			fmt.Fprintf(&b, `\u%04x`, r)
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 // fmtOldest shows the age of a queue's oldest ready command as a short

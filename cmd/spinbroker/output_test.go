@@ -18,6 +18,12 @@ func TestCells(t *testing.T) {
 		{"OneLinePlain", oneLine("disk full"), "disk full"},
 		{"OneLineControls", oneLine("a\tb\nc\x7f"), `a\tb\nc\x7f`},
 		{"OneLineUnicode", oneLine("größe ✓"), "größe ✓"},
+		// Spaces, joiners and hyphens of ordinary text are not escaped.
+		{"OneLineScripts", oneLine("日本\u3000語, prix\u00a0100 €, dev 👩\u200d💻, a\u00adb"), "日本\u3000語, prix\u00a0100 €, dev 👩\u200d💻, a\u00adb"},
+		{"OneLineBidi", oneLine("failed: \u202eevil"), `failed: \u202eevil`},
+		{"OneLineC1AndBytes", oneLine("\u009b2J\xff"), `\u009b2J\xff`},
+		{"JSONKeepsText", fmtJSON(json.RawMessage("{\"name\":\"日本\u3000語\"}")), "{\"name\":\"日本\u3000語\"}"},
+		{"JSONEscapesControls", fmtJSON(json.RawMessage("{\"a\":\"x\u0085\u202e\"}")), `{"a":"x\u0085\u202e"}`},
 		{"StrNil", fmtStr(nil), "-"},
 		{"StrEmpty", fmtStr(s("")), "-"},
 		{"TimeUTC", fmtTime(at), "2026-01-02 02:04:05Z"},
