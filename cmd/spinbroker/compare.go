@@ -79,6 +79,9 @@ func (a *app) compare(files []string) error {
 			default:
 				continue
 			}
+			if l.Sync != "normal" && l.Sync != "full" {
+				continue // a run against --url: its broker's settings are not known
+			}
 			if !seen[name] {
 				seen[name] = true
 				names = append(names, name)
@@ -92,7 +95,7 @@ func (a *app) compare(files []string) error {
 	}
 	if len(rate) == 0 {
 		// An empty table and exit 0 read as "compared, nothing to say".
-		return fmt.Errorf("nothing to compare in %s: no throughput line of a bench run that started its own broker (--json), nor of bench/peers (-json)", strings.Join(files, ", "))
+		return fmt.Errorf("nothing to compare in %s: no throughput line of a bench run that started its own broker (--json; a run against --url has no known sync mode), nor of bench/peers (-json)", strings.Join(files, ", "))
 	}
 	sort.SliceStable(names, func(i, j int) bool {
 		return strings.HasPrefix(names[i], "spin-broker") && !strings.HasPrefix(names[j], "spin-broker")

@@ -55,7 +55,8 @@ func TestBenchCompare_Nothing(t *testing.T) {
 	dir := t.TempDir()
 	empty, remote := filepath.Join(dir, "empty"), filepath.Join(dir, "remote.json")
 	os.WriteFile(empty, nil, 0o644)
-	os.WriteFile(remote, []byte("progress...\n{\"scenario\":\"wakeup\",\"ok\":true}\n"), 0o644)
+	os.WriteFile(remote, []byte("progress...\n{\"scenario\":\"wakeup\",\"ok\":true}\n"+
+		`{"scenario":"throughput","protocol":"inline","commands_per_sec":3300,"ok":true}`+"\n"), 0o644)
 	r := spin(t, "bench", "--compare", empty+","+remote)
 	if r.code != 1 || !strings.Contains(r.stderr, "nothing to compare in "+empty) {
 		t.Errorf("compare of nothing: %s", r)
