@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -426,14 +427,27 @@ func TestHelp(t *testing.T) {
 
 // TestTLSMistakes: a broker reached over TLS whose certificate this host
 // does not trust is not "cannot reach the broker": the message says what
-// is not trusted and names SSL_CERT_FILE; an https:// URL for a broker
-// that speaks plain HTTP says to use http://.
+// is not trusted and names SSL_CERT_FILE; one trusted but reached by a
+// name it is not for says so, not to set SSL_CERT_FILE (which is); an
+// https:// URL for a broker that speaks plain HTTP says to use http://.
 func TestTLSMistakes(t *testing.T) {
 	t.Parallel()
 	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
 	defer tlsSrv.Close()
 	plain := httptest.NewServer(http.NotFoundHandler())
 	defer plain.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// httptest's certificate is for example.com, 127.0.0.1 and ::1, not
+	// localhost.
+	wrongName := strings.Replace(tlsSrv.URL, "127.0.0.1", "localhost", 1)
+	r := spinEnv(t, []string{"SSL_CERT_FILE=" + ca}, "queue", "ls", "--url", wrongName)
+	wantContains(t, "stderr", r.stderr, "not for the name in --url", "use one of its names")
+	if strings.Contains(r.stderr, "SSL_CERT_FILE") || r.code != 1 {
+		t.Errorf("a certificate for other names: exit %d, %q", r.code, r.stderr)
+	}
 	for _, c := range []struct {
 		url  string
 		want []string

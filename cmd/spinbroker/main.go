@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -132,6 +133,11 @@ func describe(err error) string {
 			msg += "; give --token or set SPINBROKER_TOKEN (spinbroker token create makes one)"
 		}
 		return msg
+	}
+	var he x509.HostnameError
+	if errors.As(err, &he) {
+		// Trusted, but for other names than the one in --url.
+		return fmt.Sprintf("the broker's TLS certificate is not for the name in --url: %v; use one of its names", err)
 	}
 	if client.Untrusted(err) {
 		// It was reached: what failed is trusting it.
