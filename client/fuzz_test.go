@@ -86,6 +86,9 @@ func FuzzDecodeError(f *testing.F) {
 		if spinbroker.ErrorCode(err) == "" {
 			t.Fatalf("no code: %v", err)
 		}
+		if ce.Err.Message != strings.TrimSpace(body) && len(ce.Err.Message) > 200+len("…") && !strings.HasPrefix(strings.TrimSpace(body), "{") {
+			t.Fatalf("decodeError(%d, %d bytes): a message of %d bytes", status, len(body), len(ce.Err.Message))
+		}
 		if utf8.ValidString(body) && !utf8.ValidString(ce.Err.Message) {
 			t.Fatalf("decodeError(%d, %q): message %q is not UTF-8", status, body, ce.Err.Message)
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
 	"github.com/spin-broker/spinbroker/internal/loadgen"
 )
@@ -63,7 +64,8 @@ temporary database, as a child process so its CPU and memory are its own.
 $SPINBROKER_URL is not read here: a load run goes to a broker of yours only
 when --url names it. There it uses queues named bench-*, which must be empty
 and not paused, sets their concurrency (so with --auth it needs an admin
-token), and leaves them empty when it ends.`,
+token), and leaves them empty when a run completes (an interrupted one
+may leave commands behind, which the next run names).`,
 		Example: `  spinbroker bench
   spinbroker bench --scenarios throughput --protocol claim --claim 100
   spinbroker bench --scenarios throughput,backlog,wakeup --sync full --json
@@ -118,6 +120,8 @@ func (c *benchConfig) check() error {
 			switch {
 			case c.Producers < 1 || c.Resources < 1 || c.Agents < 1 || c.Size < 1:
 				return fmt.Errorf("--producers, --resources, --agents and --size must be at least 1")
+			case c.Agents > spinbroker.MaxConcurrency:
+				return fmt.Errorf("--agents must be at most %d (a queue's largest concurrency), not %d", spinbroker.MaxConcurrency, c.Agents)
 			case c.Commands < c.Size:
 				return fmt.Errorf("--commands must be at least --size (%d), not %d", c.Size, c.Commands)
 			}
@@ -126,6 +130,11 @@ func (c *benchConfig) check() error {
 			case "claim":
 				if c.Claim < 1 || c.Claim > 1000 {
 					return fmt.Errorf("--claim must be from 1 to 1000 (the broker's limit), not %d", c.Claim)
+				}
+				// Each queue's concurrency is set to what its agents may
+				// hold at once.
+				if c.Agents*c.Claim > spinbroker.MaxConcurrency {
+					return fmt.Errorf("--agents × --claim must be at most %d (a queue's largest concurrency), not %d × %d", spinbroker.MaxConcurrency, c.Agents, c.Claim)
 				}
 			default:
 				return fmt.Errorf("--protocol must be inline, seed or claim, not %q", c.Protocol)

@@ -69,6 +69,7 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		{"--protocol", "x"}, {"--sync", "x"}, {"--scenarios", "throughput,nope"},
 		{"--scenarios", "backlog", "--blocked", "2"}, {"--scenarios", "backlog", "--blocked", "-1"},
 		{"--scenarios", "backlog", "--backlog", "2000"}, {"--scenarios", "wakeup", "--wakeups", "0"},
+		{"--protocol", "claim", "--agents", "11", "--claim", "1000"}, {"--agents", "10001"},
 	} {
 		r := spin(t, append([]string{"bench"}, args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {
