@@ -1037,15 +1037,7 @@ func (r *reader) close() {
 }
 
 func (r *reader) query(q string, args ...any) (*sql.Rows, error) {
-	s, err := r.stmt(q)
-	if err != nil {
-		return nil, interpretError(err)
-	}
-	rows, err := s.Query(args...)
-	if err != nil {
-		return nil, interpretError(err)
-	}
-	return rows, nil
+	return queryOn(r, q, args...)
 }
 
 // queryIDs runs q, whose one parameter is a JSON array of ids (one
@@ -1116,7 +1108,14 @@ func (t *readTx) stmt(q string) (*sql.Stmt, error) {
 }
 
 func (t *readTx) query(q string, args ...any) (*sql.Rows, error) {
-	s, err := t.stmt(q)
+	return queryOn(t, q, args...)
+}
+
+// queryOn runs q with the statement src prepared for it.
+func queryOn(src interface {
+	stmt(string) (*sql.Stmt, error)
+}, q string, args ...any) (*sql.Rows, error) {
+	s, err := src.stmt(q)
 	if err != nil {
 		return nil, interpretError(err)
 	}

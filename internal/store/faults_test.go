@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,18 +85,7 @@ func TestWriteFailure_WaitsNoLongerThanItsContext(t *testing.T) {
 	failed := error(spinbroker.Errorf(spinbroker.EUNAVAILABLE, "disk full"))
 	db.writeFailure.Store(&failed) // as a failed write leaves it
 
-	other, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	conn, err := other.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdWriteLock(t, path)
 	var probes []*probe
 	for range 3 {
 		pctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
@@ -118,8 +108,7 @@ func TestWriteFailure_WaitsNoLongerThanItsContext(t *testing.T) {
 		t.Fatalf("the calls did not share one probe: %p %p %p", probes[0], probes[1], probes[2])
 	}
 
-	conn.ExecContext(ctx, "ROLLBACK")
-	conn.Close()
+	release()
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := db.WriteFailure(pctx); err != nil {
@@ -212,19 +201,7 @@ func TestWriteFailure_StuckWriter(t *testing.T) {
 	db := openQuiet(t, path, Options{stallAfter: 100 * time.Millisecond})
 	defer db.Close()
 	ctx := context.Background()
-	other, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	conn, err := other.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdWriteLock(t, path)
 	if err := db.WriteFailure(ctx); err != nil {
 		t.Fatalf("WriteFailure before any write: %v", err)
 	}
@@ -247,13 +224,38 @@ func TestWriteFailure_StuckWriter(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if err := <-wrote; err != nil {
 		t.Fatalf("the write, once the lock was let go: %v", err)
 	}
 	if err := db.WriteFailure(ctx); err != nil {
 		t.Fatalf("WriteFailure once the write got through: %v", err)
 	}
+}
+
+// holdWriteLock takes the database's write lock from another connection,
+// as another process would, until release (or the test's end).
+func holdWriteLock(t *testing.T, path string) (release func()) {
+	t.Helper()
+	other, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := other.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			conn.ExecContext(context.Background(), "ROLLBACK") //nolint:errcheck
+			conn.Close()
+			other.Close()
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
