@@ -38,40 +38,46 @@ var pageNames = []string{"overview", "packages", "package", "queue", "command", 
 func (s *Server) mountUI(r chi.Router) {
 	u := newUI(s)
 	s.ui = u
-	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
+	// HEAD wherever GET (an uptime monitor's probe of /): net/http sends
+	// the head of the GET's answer without its body.
+	get := func(pattern string, h http.HandlerFunc) {
+		r.Get(pattern, h)
+		r.Head(pattern, h)
+	}
+	get("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/", http.StatusFound)
 	})
-	r.Get("/ui", func(w http.ResponseWriter, r *http.Request) {
+	get("/ui", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/", http.StatusFound)
 	})
 	// The buttons' posts change state as the API's writes do, and take a
 	// turn among them (--max-writes) like those.
 	w := r.With(s.limitWrites)
-	r.Get("/ui/", u.handleOverview)
-	r.Get("/ui/packages", u.handlePackages)
-	r.Get("/ui/packages/{id}", u.handlePackage)
+	get("/ui/", u.handleOverview)
+	get("/ui/packages", u.handlePackages)
+	get("/ui/packages/{id}", u.handlePackage)
 	w.Post("/ui/packages/{id}/cancel", u.handlePackageCancel)
-	r.Get("/ui/queues/{resource}", u.handleQueue)
+	get("/ui/queues/{resource}", u.handleQueue)
 	w.Post("/ui/queues/{resource}/pause", u.handleQueuePause(true))
 	w.Post("/ui/queues/{resource}/resume", u.handleQueuePause(false))
 	w.Post("/ui/queues/{resource}/concurrency", u.handleQueueConcurrency)
-	r.Get("/ui/commands/{id}", u.handleCommand)
+	get("/ui/commands/{id}", u.handleCommand)
 	w.Post("/ui/commands/{id}/retry", u.handleCommandRetry)
-	r.Get("/ui/search", u.handleSearch)
-	r.Get("/ui/login", u.handleLoginForm)
+	get("/ui/search", u.handleSearch)
+	get("/ui/login", u.handleLoginForm)
 	r.Post("/ui/login", u.handleLogin)
-	r.Get("/ui/logout", u.handleLogoutForm)
+	get("/ui/logout", u.handleLogoutForm)
 	r.Post("/ui/logout", u.handleLogout)
-	r.Get("/ui/static/*", u.handleStatic)
+	get("/ui/static/*", u.handleStatic)
 	// Browsers ask for /favicon.ico on pages that name no icon: an API
 	// answer opened in a tab, say.
-	r.Get("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+	get("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
 		r2 := r.Clone(r.Context())
 		r2.URL.Path = "/ui/static/favicon.svg"
 		u.handleStatic(w, r2)
 	})
 	// Any other page under /ui/ is a 404 in HTML, not the API's JSON.
-	r.Get("/ui/*", u.handleNotFound)
+	get("/ui/*", u.handleNotFound)
 }
 
 // newUI parses the templates and indexes the static files. The files are

@@ -490,7 +490,7 @@ func TestUI_RefusalsArePages(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	r := e.do("DELETE", "/ui/packages", "")
 	wantHTML(t, r, http.StatusMethodNotAllowed, "DELETE is not allowed on /ui/packages")
-	if r.header.Get("Allow") != "GET" {
+	if r.header.Get("Allow") != "GET, HEAD" {
 		t.Errorf("405 on a page: Allow %q", r.header.Get("Allow"))
 	}
 	if r := e.do("DELETE", "/packages", ""); r.status != http.StatusMethodNotAllowed || r.header.Get("Content-Type") != "application/json" {
@@ -889,5 +889,34 @@ func TestUI_OverviewListsTheBusiestQueues(t *testing.T) {
 	}
 	if i, j := strings.Index(body, "/ui/queues/idle-05"), strings.Index(body, "/ui/queues/zz-busy"); i < 0 || i > j {
 		t.Error("the listed queues are not in the order of their names")
+	}
+}
+
+// TestUI_Head: HEAD works on the dashboard's pages as on the API's reads
+// (an uptime monitor probes /), with GET's status and headers and no
+// body; it answered 405.
+func TestUI_Head(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	p := mustCreate(t, e, 1, true, nc(100, "", "q", "a", ""))
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, path := range []string{"/", "/ui/", "/ui/packages", "/ui/packages/" + p, "/ui/queues/q", "/ui/commands/" + fixedID(100), "/ui/static/app.css", "/ui/search?q=q"} {
+		var got [2]int
+		var types [2]string
+		for i, method := range []string{"GET", "HEAD"} {
+			req, _ := http.NewRequest(method, e.srv.URL+path, nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			got[i], types[i] = resp.StatusCode, resp.Header.Get("Content-Type")
+			if method == "HEAD" && len(body) != 0 {
+				t.Errorf("HEAD %s: a body of %d bytes", path, len(body))
+			}
+		}
+		if got[0] != got[1] || types[0] != types[1] || got[1] == 405 {
+			t.Errorf("%s: GET %d %s, HEAD %d %s", path, got[0], types[0], got[1], types[1])
+		}
 	}
 }
