@@ -13,7 +13,7 @@ func TestCommandCommands(t *testing.T) {
 	b := newBroker(t)
 	pkg := b.id("message", "new")
 	vol := b.id("message", "add", pkg, "storage", "add_volume", "path=/srv/a b", "size=10", "--key", "vol", "--lease-duration", "5m")
-	img := b.id("message", "add", pkg, "storage", "create_image", `vm={"cpus": 2}`, "--dep", "vol", "--not-before", "2026-01-01T00:00:00+01:00")
+	img := b.id("message", "add", pkg, "storage", "create_image", `vm={"cpus": 2}`, "--dep", "vol", "--not-before", "2026-01-01t00:00:00+01:00") // a lower-case t, as RFC 3339 allows
 	b.ok("message", "enqueue", pkg)
 	b.ok("message", "complete", vol, "false", "boom")
 

@@ -159,7 +159,9 @@ Repeat it for several.`,
 				in.LeaseDuration = &d
 			}
 			if notBefore != "" {
-				t, err := time.Parse(time.RFC3339, notBefore)
+				// RFC 3339 allows a lower-case t and z, which Go's parser
+				// (and the broker) refuse: here they are read as meant.
+				t, err := time.Parse(time.RFC3339, strings.ToUpper(notBefore))
 				if err != nil {
 					return usagef(cmd, "--not-before %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", clip(notBefore))
 				}

@@ -868,3 +868,19 @@ func TestAPI_PanicLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestAPI_NotBeforeLowerCase: a not_before whose t or z is in lower case
+// (which RFC 3339 allows and Go's parser refuses) is a 400 that says
+// what to change, not that it is no RFC 3339 time.
+func TestAPI_NotBeforeLowerCase(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	r := e.do("POST", "/packages", `{"commands": [{"resource": "r", "action": "x", "not_before": "2030-01-01t00:00:00z"}]}`)
+	e.want(r, 400, spinbroker.EINVALID)
+	if !strings.Contains(string(r.body), "lower-case t or z: write them in upper case") {
+		t.Errorf("the refusal does not say what to change: %s", r.body)
+	}
+	r = e.do("POST", "/packages", `{"commands": [{"resource": "r", "action": "x", "not_before": "soon"}]}`)
+	if !strings.Contains(string(r.body), "is not an RFC 3339 time") {
+		t.Errorf("a time that is none: %s", r.body)
+	}
+}

@@ -163,6 +163,10 @@ func jsonError(err error) error {
 		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, jsonTypeName(te.Type.String()), withArticle(te.Value))
 	case errors.As(err, &tpe):
+		if _, err := time.Parse(time.RFC3339Nano, strings.ToUpper(tpe.Value)); err == nil {
+			// RFC 3339 allows them in lower case; Go's parser does not.
+			return spinbroker.Errorf(spinbroker.EINVALID, "not_before: %q has a lower-case t or z: write them in upper case (such as 2026-01-02T15:04:05Z)", tpe.Value)
+		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "not_before: %q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
 	case strings.HasPrefix(err.Error(), "Time.UnmarshalJSON"):
 		// time.Time's own refusal of a number, object or array names no
