@@ -188,13 +188,18 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	defer cancelHard()
 	final, cancelFinal := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFinal()
+	// The line that says the agent stops comes once, and before the one
+	// that says it stopped: an idle agent's loop can end before this
+	// goroutine has logged it.
+	var stopping sync.Once
+	sayStopping := func() { a.log.Info("stopping: no new commands", "grace", a.opts.Grace.String()) }
 	go func() {
 		select {
 		case <-ctx.Done():
 		case <-done:
 			return
 		}
-		a.log.Info("stopping: no new commands", "grace", a.opts.Grace.String())
+		stopping.Do(sayStopping)
 		if sleep(done, a.opts.Grace) {
 			cancelHard()
 			if sleep(done, finalDelivery) {
@@ -204,7 +209,11 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	}()
 	a.hard, a.final = hard, final
 	a.log.Info("agent started", "actions", len(a.handlers), "claim", a.opts.Claim)
-	if err = a.loop(ctx); err != nil {
+	err = a.loop(ctx)
+	if ctx.Err() != nil {
+		stopping.Do(sayStopping)
+	}
+	if err != nil {
 		a.log.Error("agent stopped", "err", err)
 	} else {
 		a.log.Info("agent stopped")

@@ -759,3 +759,22 @@ func TestRun_ExpiredCertificateIsWaitedOut(t *testing.T) {
 		t.Errorf("Run after the stop: %v", err)
 	}
 }
+
+// TestRun_StopLinesInOrder: an idle agent told to stop says "stopping"
+// before "agent stopped", once each: its loop could end, and log the
+// second, before the goroutine that logs the first had run.
+func TestRun_StopLinesInOrder(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	for range 20 {
+		var logs syncbuf.Buffer
+		stop := runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		got := logs.String()
+		i, j := strings.Index(got, "stopping: no new commands"), strings.Index(got, `msg="agent stopped"`)
+		if i < 0 || j < 0 || i > j || strings.Count(got, "stopping: no new commands") != 1 {
+			t.Fatalf("the agent's log:\n%s", got)
+		}
+	}
+}
