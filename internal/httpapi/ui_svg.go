@@ -293,7 +293,7 @@ func newGraph(cmds []spinbroker.Command) *graph {
 			IconX: x + 10, IconY: y + 26,
 			DetailX: x + 27, DetailY: y + 36,
 			ID:     c.ID,
-			Action: ellipsis(c.Action, 22),
+			Action: ellipsis(label(c), 22),
 			Detail: ellipsis(string(c.State)+" · "+c.Resource, 24),
 			State:  c.State,
 		}
@@ -358,6 +358,16 @@ func firstRow(l []*slot, rows int) []*slot {
 		return l[:wrapCols]
 	}
 	return l
+}
+
+// label is what a box of the graph calls its command: its key first when
+// it has one (commands of one action, side by side, differ by their keys
+// alone), then its action.
+func label(c spinbroker.Command) string {
+	if c.Key != nil && *c.Key != "" {
+		return shown(*c.Key) + " · " + c.Action
+	}
+	return c.Action
 }
 
 // ellipsis shortens s to at most n runes.
