@@ -505,15 +505,27 @@ func (j *job) loseLease(err error) {
 }
 
 // heartbeat extends j's lease every third of its duration until ctx ends;
-// after a failure it tries again sooner, with back-off.
+// after a failure it tries again sooner, with back-off. Neither a request
+// that hangs nor a long back-off keeps the handler running past the lease
+// by the agent's clock: a request gets no longer than the lease has left,
+// and after a failure the next try comes no later than the lease's end.
 func (a *runner) heartbeat(ctx context.Context, j *job) {
 	defer close(j.beatsDone)
 	interval := j.dur / 3
 	next := interval
 	failures := 0
+	var lastErr error
 	for wait(ctx, next) {
 		sent := time.Now()
-		cctx, cancel := context.WithTimeout(ctx, min(a.opts.CallTimeout, j.dur))
+		left := j.expiry().Sub(sent)
+		if left <= 0 {
+			j.expire(lastErr)
+		}
+		timeout := min(a.opts.CallTimeout, j.dur)
+		if left > 0 {
+			timeout = min(timeout, left)
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
 		_, err := a.c.Heartbeat(cctx, j.cmd.ID, j.token, j.dur)
 		cancel()
 		switch code := spinbroker.ErrorCode(err); {
@@ -521,7 +533,7 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			j.mu.Lock()
 			j.expires = sent.Add(j.dur)
 			j.mu.Unlock()
-			failures, next = 0, interval
+			failures, next, lastErr = 0, interval, nil
 		case ctx.Err() != nil:
 			return
 		case code == spinbroker.ESTALE || code == spinbroker.ENOTFOUND || code == spinbroker.ECONFLICT:
@@ -529,18 +541,29 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			return
 		default:
 			failures++
+			lastErr = err
 			next = min(a.backoff(failures), interval)
 			left := time.Until(j.expiry())
 			j.log.Warn("heartbeat failed; retrying", "err", err, "failures", failures, "lease_expires_in", left.Round(time.Millisecond).String())
-			if left <= 0 && context.Cause(j.ctx) == nil {
-				// Stop the handler's work; its result, if any, is still
-				// offered: the broker takes it while nobody else holds the
-				// command.
-				j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
-				j.cancel(errLeaseExpired)
+			if left <= 0 {
+				j.expire(err)
+			} else {
+				next = min(next, left)
 			}
 		}
 	}
+}
+
+// expire stops the handler of a job whose lease ran out by the agent's
+// clock with no heartbeat able to extend it (err the last one's error).
+// Its result, if any, is still offered: the broker takes it while nobody
+// else holds the command.
+func (j *job) expire(err error) {
+	if context.Cause(j.ctx) != nil {
+		return
+	}
+	j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
+	j.cancel(errLeaseExpired)
 }
 
 // execute runs the command's handler and sets j.res. It returns early only

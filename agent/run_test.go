@@ -778,3 +778,68 @@ func TestRun_StopLinesInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestRun_LeaseExpiredStopsHandlerOnTime: heartbeats that hang (a broker
+// stopped, packets dropped) or fail with a long back-off must not keep the
+// handler running past its lease by the agent's clock: another agent may
+// have the command by then.
+func TestRun_LeaseExpiredStopsHandlerOnTime(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		hang       bool
+		minBackoff time.Duration
+	}{
+		{"hung heartbeats", true, 10 * time.Millisecond},
+		{"refused heartbeats, growing back-off", false, 10 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			down := make(chan struct{})
+			wrap := func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.HasSuffix(r.URL.Path, "/heartbeat") {
+						select {
+						case <-down:
+							if tc.hang {
+								// Read the body, so that the server sees the
+								// client go away.
+								_, _ = io.Copy(io.Discard, r.Body)
+								<-r.Context().Done()
+								return
+							}
+							w.Header().Set("Content-Type", "application/json")
+							w.WriteHeader(http.StatusServiceUnavailable)
+							_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
+							return
+						default:
+						}
+					}
+					h.ServeHTTP(w, r)
+				})
+			}
+			b := startBroker(t, httpapi.Options{}, wrap)
+			const lease = 3 * time.Second
+			started := make(chan time.Time, 1)
+			late := make(chan time.Duration, 1)
+			block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
+				start := time.Now()
+				started <- start
+				<-ctx.Done()
+				late <- time.Since(start) - lease
+				return nil, ctx.Err()
+			})
+			runAgent(t, b, []agent.Handler{block}, agent.Options{Lease: lease,
+				MinBackoff: tc.minBackoff, MaxBackoff: 10 * time.Second})
+			b.enqueue(t, cmd("block", `{}`))
+			<-started
+			close(down) // from the first heartbeat on, none gets through
+			select {
+			case d := <-late:
+				if d > 300*time.Millisecond {
+					t.Errorf("the handler was cancelled %s after its lease ran out", d)
+				}
+			case <-time.After(3 * lease):
+				t.Fatal("the handler ran on past its lease")
+			}
+		})
+	}
+}
