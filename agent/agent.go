@@ -250,6 +250,11 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if len(handlers) == 0 {
+		// Every command would fail for good, "no action": surely a
+		// mistake in building the list, not an agent meant to do that.
+		return nil, errors.New("agent: no handlers: an agent with no actions would fail every command of " + resource)
+	}
 	hs := make(map[string]Handler, len(handlers))
 	for _, h := range handlers {
 		if h.run == nil {

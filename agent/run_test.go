@@ -843,3 +843,16 @@ func TestRun_LeaseExpiredStopsHandlerOnTime(t *testing.T) {
 		})
 	}
 }
+
+// TestRun_NoHandlers: an agent given no handlers would fail every command
+// of its queue for good; Run refuses to start instead.
+func TestRun_NoHandlers(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = agent.Run(context.Background(), c, "test", nil, agent.Options{Logger: quietLogger()})
+	if err == nil || !strings.Contains(err.Error(), "no handlers") {
+		t.Errorf("Run with no handlers: %v", err)
+	}
+}

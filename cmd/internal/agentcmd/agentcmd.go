@@ -165,7 +165,12 @@ func (f *Flags) Client() *client.Client { return f.client }
 
 // Options are the agent SDK's options from the flags.
 func (f *Flags) Options(log *slog.Logger) agent.Options {
-	return agent.Options{Logger: log, Grace: f.grace, Lease: f.lease}
+	grace := f.grace
+	if grace == 0 {
+		// -grace 0 asks for none; the SDK's zero value means its default.
+		grace = time.Nanosecond
+	}
+	return agent.Options{Logger: log, Grace: grace, Lease: f.lease}
 }
 
 // XDGDir returns $env/sub, with XDG's default of ~/fallback when env is
