@@ -276,6 +276,10 @@ func (s *memStore) Next(ctx context.Context, resource string, lease time.Duratio
 	return &cmds[0], wake, err
 }
 
+// Release does nothing: the ceiling knows no lease expiry either, and its
+// load generator reads every answer.
+func (s *memStore) Release(ctx context.Context, cmds []spinbroker.Command) error { return nil }
+
 func (s *memStore) Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
 	if lease <= 0 {
 		lease = time.Duration(spinbroker.DefaultLease)

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"time"
@@ -180,6 +181,9 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Context().Err() != nil:
 		// The client is gone; nobody reads an answer.
+		if cmd != nil {
+			s.release(r, []spinbroker.Command{*cmd})
+		}
 	case err != nil:
 		s.writeError(w, r, err)
 	case cmd == nil:
@@ -224,11 +228,29 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case r.Context().Err() != nil:
+		s.release(r, out.Commands)
 	case err != nil:
 		s.writeError(w, r, err)
 	default:
 		writeJSON(w, http.StatusOK, out)
 	}
+}
+
+// release puts back the commands leased for a client that went away
+// before their answer could be written (an agent stopping while its
+// long-poll was answered): a serial queue would otherwise wait for the
+// lease to run out, a minute by default, before anyone got them.
+func (s *Server) release(r *http.Request, cmds []spinbroker.Command) {
+	if len(cmds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+	defer cancel()
+	if err := s.store.Release(ctx, cmds); err != nil {
+		s.log.Warn("could not put back the commands of an answer its client left; their leases will run out", logAttrs(r, "commands", len(cmds), "err", err)...)
+		return
+	}
+	s.log.Info("put back the commands of an answer its client left", logAttrs(r, "commands", len(cmds))...)
 }
 
 // longPoll calls try until it delivers, fails, or wait runs out (clamped

@@ -46,6 +46,7 @@ type Store interface {
 	SetQueue(ctx context.Context, resource string, s spinbroker.QueueSettings) (*spinbroker.Queue, error)
 	Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error)
 	Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error)
+	Release(ctx context.Context, cmds []spinbroker.Command) error // leases of an answer never delivered
 
 	Ping(ctx context.Context) error
 	WriteFailure(ctx context.Context) error

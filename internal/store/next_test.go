@@ -234,3 +234,41 @@ func TestDB_Next(t *testing.T) {
 		wantCode(t, err, spinbroker.EINVALID)
 	})
 }
+
+// TestDB_Release: the commands of an answer never delivered go back to
+// ready at their places, their attempt not counted, and the next delivery
+// is theirs; a lease that has moved on is left alone.
+func TestDB_Release(t *testing.T) {
+	db, _ := open(t)
+	enqueue(t, db, cmd("r", "a"), cmd("r", "b"))
+	first := mustNext(t, db, "r")
+	if err := db.Release(ctx, []spinbroker.Command{*first}); err != nil {
+		t.Fatal(err)
+	}
+	got := getCmd(t, db, first.ID)
+	if got.State != spinbroker.Ready || got.Attempts != 0 || got.LeaseExpiresAt != nil || got.StartedAt != nil {
+		t.Fatalf("released: %s, %d attempts, lease until %v, started %v", got.State, got.Attempts, got.LeaseExpiresAt, got.StartedAt)
+	}
+	q, err := db.Queue(ctx, "r")
+	if err != nil || q.Counts.Ready != 2 || q.Counts.Leased != 0 {
+		t.Fatalf("queue counts %+v, %v", q.Counts, err)
+	}
+	again := mustNext(t, db, "r")
+	if again.ID != first.ID || again.Attempts != 1 {
+		t.Fatalf("after a release the queue delivered %s (attempt %d), want %s again (attempt 1)", again.ID, again.Attempts, first.ID)
+	}
+	// The old lease's answer, released late, touches nothing.
+	if err := db.Release(ctx, []spinbroker.Command{*first}); err != nil {
+		t.Fatal(err)
+	}
+	if got := getCmd(t, db, first.ID); got.State != spinbroker.Leased || got.Attempts != 1 {
+		t.Fatalf("a stale release changed the command: %s, %d attempts", got.State, got.Attempts)
+	}
+	succeed(t, db, again)
+	if err := db.Release(ctx, []spinbroker.Command{*again}); err != nil {
+		t.Fatal(err)
+	}
+	if got := getCmd(t, db, first.ID); got.State != spinbroker.Succeeded {
+		t.Fatalf("a release after the completion: %s", got.State)
+	}
+}

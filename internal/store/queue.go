@@ -193,6 +193,34 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 	return cmds, time.Time{}, loadDeps(t, ptrs)
 }
 
+// Release puts back the commands of an answer that was never delivered (a
+// next or a claim whose client went away while its lease was being taken):
+// each is ready again at its place, as if never leased, its attempt not
+// counted, so that the queue need not wait for the lease to run out. One
+// whose lease has moved on (settled, completed) is left alone.
+func (db *DB) Release(ctx context.Context, cmds []spinbroker.Command) error {
+	return db.write(ctx, func(t *Tx) error {
+		for _, c := range cmds {
+			if c.Lease == nil {
+				continue
+			}
+			var pkg, resource string
+			var attempts int
+			err := t.queryRow(`UPDATE commands SET state = 'ready', attempts = attempts - 1,
+					lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, started_at = NULL, ready_at = ?1
+				WHERE id = ?2 AND state = 'leased' AND lease_token = ?3
+				RETURNING package_id, resource, attempts`, nanos(t.now), c.ID, c.Lease.Token).Scan(&pkg, &resource, &attempts)
+			if isNoRows(err) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			t.change(c.ID, pkg, resource, spinbroker.Leased, spinbroker.Ready, attempts)
+		}
+		return nil
+	})
+}
+
 // pollActivity is how stale a queue's last_active_at may get before a poll
 // sets it: at most one write a minute for an agent that waits on an idle
 // queue.
