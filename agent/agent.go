@@ -538,6 +538,9 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			j.mu.Lock()
 			j.expires = sent.Add(j.dur)
 			j.mu.Unlock()
+			if failures > 0 {
+				j.log.Info("heartbeats get through again", "after_failures", failures)
+			}
 			failures, next, lastErr = 0, interval, nil
 		case ctx.Err() != nil:
 			return

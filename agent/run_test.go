@@ -856,3 +856,29 @@ func TestRun_NoHandlers(t *testing.T) {
 		t.Errorf("Run with no handlers: %v", err)
 	}
 }
+
+// TestRun_HeartbeatsBackSaysSo: after heartbeats failed, the first that
+// gets through is logged, as polls that work again are: the warnings
+// otherwise end in nothing, and read as a lease still at risk.
+func TestRun_HeartbeatsBackSaysSo(t *testing.T) {
+	o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
+	o.down.Store(true)
+	b := startBroker(t, httpapi.Options{}, o.wrap)
+	slow := agent.Handle("slow", func(ctx context.Context, p struct{}) (any, error) {
+		time.Sleep(2500 * time.Millisecond)
+		return nil, nil
+	})
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{slow}, agent.Options{Lease: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ids := b.enqueue(t, cmd("slow", `{}`))
+	for o.seen.Load() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	o.down.Store(false)
+	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+		t.Errorf("command %s after %d attempts", c.State, c.Attempts)
+	}
+	if got := logs.String(); !strings.Contains(got, "heartbeat failed; retrying") || !strings.Contains(got, `msg="heartbeats get through again"`) {
+		t.Errorf("the agent's log:\n%s", got)
+	}
+}
