@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -45,6 +46,34 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 		return encodeOutput(out)
 	}}
 }
+
+// WithTimeout returns h with a time limit: once it has run for d, its
+// context is cancelled, and the error it then returns fails the command
+// with a reason that says it timed out, for a retry while its attempts
+// last (a handler that succeeds all the same has done its work). Without one a handler may run for ever, its lease kept alive by
+// heartbeats, and a queue that runs one command at a time waits behind it
+// (a stuck mount, a wedged program). The handler must return once its
+// context is done: one that ignores it is not stopped.
+func (h Handler) WithTimeout(d time.Duration) Handler {
+	run := h.run
+	h.run = func(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
+		limit := &timeoutError{d: d}
+		ctx, cancel := context.WithTimeoutCause(ctx, d, limit)
+		defer cancel()
+		out, err := run(ctx, raw)
+		if err != nil && context.Cause(ctx) == limit {
+			return nil, Transient(fmt.Errorf("%w: %w", limit, err))
+		}
+		return out, err // done, even as the time ran out: the work stands
+	}
+	return h
+}
+
+// timeoutError is the cause of a handler's context cancelled by its time
+// limit.
+type timeoutError struct{ d time.Duration }
+
+func (e *timeoutError) Error() string { return fmt.Sprintf("the handler timed out after %s", e.d) }
 
 // Call runs the handler once on params, as Run would (decoding, then the
 // handler), without a broker: for tests and tools. The output is the

@@ -882,3 +882,42 @@ func TestRun_HeartbeatsBackSaysSo(t *testing.T) {
 		t.Errorf("the agent's log:\n%s", got)
 	}
 }
+
+// TestRun_HandlerTimeout: a handler with a time limit that hangs is
+// cancelled at it, and its command retried, then failed once its attempts
+// are spent, the reason saying it timed out; one that finishes in time is
+// not touched.
+func TestRun_HandlerTimeout(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	var runs atomic.Int32
+	hang := agent.Handle("hang", func(ctx context.Context, p struct{}) (any, error) {
+		runs.Add(1)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}).WithTimeout(200 * time.Millisecond)
+	quick := agent.Handle("quick", func(ctx context.Context, p struct{}) (any, error) {
+		return map[string]bool{"ok": true}, nil
+	}).WithTimeout(time.Minute)
+	runAgent(t, b, []agent.Handler{hang, quick}, agent.Options{})
+	two := 2
+	p, err := b.c.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Resource: "test", Action: "hang", MaxAttempts: &two}, {Resource: "test", Action: "quick"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := b.await(t, p.Commands[0].ID)
+	if c.State != spinbroker.Failed || c.Attempts != 2 || c.Reason == nil || !strings.Contains(*c.Reason, "timed out after 200ms") {
+		t.Errorf("the hung command: %s after %d attempts, reason %v", c.State, c.Attempts, c.Reason)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Errorf("the hung handler ran %d times, want 2", n)
+	}
+	if c := b.await(t, p.Commands[1].ID); c.State != spinbroker.Succeeded {
+		t.Errorf("the quick command: %s", c.State)
+	}
+	// Without a broker, as tests of handlers call it.
+	if _, err := hang.Call(context.Background(), nil); !agent.IsTransient(err) || !strings.Contains(err.Error(), "timed out") {
+		t.Errorf("Call of the hung handler: %v", err)
+	}
+}
