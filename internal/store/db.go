@@ -1051,11 +1051,7 @@ func (r *reader) queryIDs(q string, ids []string) (*sql.Rows, error) {
 }
 
 func (r *reader) queryRow(q string, args ...any) *row {
-	s, err := r.stmt(q)
-	if err != nil {
-		return &row{err: err}
-	}
-	return &row{r: s.QueryRow(args...)}
+	return queryRowOn(r, q, args...)
 }
 
 // snapshot runs fn on one read transaction, so that an answer read by
@@ -1111,10 +1107,18 @@ func (t *readTx) query(q string, args ...any) (*sql.Rows, error) {
 	return queryOn(t, q, args...)
 }
 
+func (t *readTx) queryRow(q string, args ...any) *row {
+	return queryRowOn(t, q, args...)
+}
+
+// preparer gives the statement prepared for a query: the read pool's, or
+// a read transaction's.
+type preparer interface {
+	stmt(q string) (*sql.Stmt, error)
+}
+
 // queryOn runs q with the statement src prepared for it.
-func queryOn(src interface {
-	stmt(string) (*sql.Stmt, error)
-}, q string, args ...any) (*sql.Rows, error) {
+func queryOn(src preparer, q string, args ...any) (*sql.Rows, error) {
 	s, err := src.stmt(q)
 	if err != nil {
 		return nil, interpretError(err)
@@ -1126,8 +1130,9 @@ func queryOn(src interface {
 	return rows, nil
 }
 
-func (t *readTx) queryRow(q string, args ...any) *row {
-	s, err := t.stmt(q)
+// queryRowOn is queryOn for one row.
+func queryRowOn(src preparer, q string, args ...any) *row {
+	s, err := src.stmt(q)
 	if err != nil {
 		return &row{err: err}
 	}
