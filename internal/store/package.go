@@ -636,9 +636,14 @@ func (t *Tx) deletePackage(pkgID string) error {
 }
 
 // Package reads a package with its commands, all of one moment.
-func (db *DB) Package(ctx context.Context, id string) (p *spinbroker.Package, err error) {
+func (db *DB) Package(ctx context.Context, id string) (*spinbroker.Package, error) {
+	return db.snapshotPackage(ctx, id, true)
+}
+
+// snapshotPackage is getPackage in one snapshot.
+func (db *DB) snapshotPackage(ctx context.Context, id string, withCommands bool) (p *spinbroker.Package, err error) {
 	err = db.snapshot(ctx, func(q querier) error {
-		p, err = getPackage(q, id, true)
+		p, err = getPackage(q, id, withCommands)
 		return err
 	})
 	return p, err
@@ -656,12 +661,8 @@ const (
 )
 
 // PackageInfo reads a package without its commands.
-func (db *DB) PackageInfo(ctx context.Context, id string) (p *spinbroker.Package, err error) {
-	err = db.snapshot(ctx, func(q querier) error {
-		p, err = getPackage(q, id, false)
-		return err
-	})
-	return p, err
+func (db *DB) PackageInfo(ctx context.Context, id string) (*spinbroker.Package, error) {
+	return db.snapshotPackage(ctx, id, false)
 }
 
 // Packages lists packages newest first, without their commands.
