@@ -162,10 +162,9 @@ func (m *metrics) count(c *spinbroker.Commit) {
 	}
 }
 
+// observe records a request's duration under its route pattern
+// ("unmatched" when none matched).
 func (m *metrics) observe(method, route string, status int, d time.Duration) {
-	if route == "" {
-		route = "unmatched"
-	}
 	m.requests.WithLabelValues(methodLabel(method), route, strconv.Itoa(status)).Observe(d.Seconds())
 }
 

@@ -209,6 +209,9 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		next.ServeHTTP(sw, r)
 		d := time.Since(start)
 		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
 		s.metrics.observe(r.Method, route, sw.status, d)
 		// Failures stand out, so that --log-level warn keeps them and drops
 		// the line of every request that went well.
@@ -223,9 +226,6 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		}
 		if !s.log.Enabled(r.Context(), level) {
 			return
-		}
-		if route == "" {
-			route = "unmatched"
 		}
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
 			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id, "route", route}
@@ -256,9 +256,6 @@ func requestID(given string) string {
 	return hex.EncodeToString(b[:])
 }
 
-// crossOrigin refuses state-changing requests that a browser sends on behalf
-// of another site (a page on evil.example posting to localhost:8080), using
-// Fetch metadata and Origin. curl and programs send neither and pass.
 // localHost refuses, with Options.LocalHostOnly, a request whose Host does
 // not name this machine.
 func (s *Server) localHost(next http.Handler) http.Handler {
@@ -290,6 +287,9 @@ func LocalHost(hostport string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
+// crossOrigin refuses state-changing requests that a browser sends on behalf
+// of another site (a page on evil.example posting to localhost:8080), using
+// Fetch metadata and Origin. curl and programs send neither and pass.
 func (s *Server) crossOrigin(next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
