@@ -199,15 +199,15 @@ func (h *hub) flush(pkgs, deleted, queues, forgotten map[string]bool) {
 	}
 }
 
+// stallGrace is how long a shutdown lets an event stream's write take.
+const stallGrace = time.Second
+
 // handleEvents streams state changes as Server-Sent Events: "command" (a
 // transition), "package" (a package without its commands, or {id, deleted}),
 // "queue" (a queue without its commands, or {resource, forgotten} when
 // the sweeper forgot it) and "resync". ?package=ID narrows
 // the stream to one package. A comment every 15s keeps proxies from
 // closing it.
-// stallGrace is how long a shutdown lets an event stream's write take.
-const stallGrace = time.Second
-
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if err := s.allow(r, permRead, ""); err != nil {
 		s.writeError(w, r, err)
