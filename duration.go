@@ -98,3 +98,12 @@ func Truncate(s string, n int) string {
 	}
 	return s[:cut] + "…"
 }
+
+// IsBidiControl reports whether r is one of Unicode's controls of
+// bidirectional text that reorder what follows them: the embeddings and
+// overrides (U+202A–U+202E) and the isolates (U+2066–U+2069). Text a client
+// wrote is shown with them made visible, never obeying them: "failed:
+// \u202eevil" would read "failed: live".
+func IsBidiControl(r rune) bool {
+	return r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
+}

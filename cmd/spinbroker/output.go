@@ -112,8 +112,8 @@ func actsOnTerminal(r rune) bool {
 	case r < 0x20, r >= 0x7f && r <= 0x9f:
 		return true
 	case r == 0x2028, r == 0x2029, r == 0x061c, r == 0x200e, r == 0x200f:
-		return true
-	case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
+		return true // the separators, and the marks of bidirectional text
+	case spinbroker.IsBidiControl(r):
 		return true
 	}
 	return false

@@ -95,10 +95,7 @@ func prettyJSON(raw json.RawMessage) string {
 // bidiEscapes writes the bidirectional controls a client put raw into its
 // JSON as JSON escapes: the same value, shown as it is rather than obeyed.
 // (They can only be inside strings: raw, they are no JSON elsewhere.)
-var bidiEscapes = strings.NewReplacer(
-	"\u202a", `\u202a`, "\u202b", `\u202b`, "\u202c", `\u202c`, "\u202d", `\u202d`, "\u202e", `\u202e`,
-	"\u2066", `\u2066`, "\u2067", `\u2067`, "\u2068", `\u2068`, "\u2069", `\u2069`,
-)
+var bidiEscapes = bidiReplacer(`\u%04x`)
 
 // readableEscapes writes the \uXXXX escapes of printable characters in
 // JSON strings as the characters themselves: a client that sends ASCII-only
@@ -265,13 +262,22 @@ type pkgTable struct {
 	Empty string // said when the list is empty
 }
 
-// bidiControls are the characters that reorder the text around them:
-// embeddings, overrides and isolates. In a reason or a key a client wrote,
-// "failed: \u202Eevil" would read "failed: live".
-var bidiControls = strings.NewReplacer(
-	"\u202a", "⟨U+202A⟩", "\u202b", "⟨U+202B⟩", "\u202c", "⟨U+202C⟩", "\u202d", "⟨U+202D⟩", "\u202e", "⟨U+202E⟩",
-	"\u2066", "⟨U+2066⟩", "\u2067", "⟨U+2067⟩", "\u2068", "⟨U+2068⟩", "\u2069", "⟨U+2069⟩",
-)
+// bidiControls shows the characters that reorder the text around them
+// (spinbroker.IsBidiControl) in a reason or a key a client wrote by their
+// code points.
+var bidiControls = bidiReplacer("⟨U+%04X⟩")
+
+// bidiReplacer replaces each bidirectional control with format applied to
+// its code point.
+func bidiReplacer(format string) *strings.Replacer {
+	var pairs []string
+	for r := rune(0x2000); r < 0x2100; r++ {
+		if spinbroker.IsBidiControl(r) {
+			pairs = append(pairs, string(r), fmt.Sprintf(format, r))
+		}
+	}
+	return strings.NewReplacer(pairs...)
+}
 
 // shown is a client's text as the dashboard shows it: its bidirectional
 // controls made visible, so that it reads as it is.
