@@ -211,8 +211,8 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	if err := preflight(ctx, c, names...); err != nil {
 		return nil, err
 	}
-	for i := 0; i < cfg.Resources; i++ {
-		if _, err := c.SetQueue(ctx, resourceName(i), spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+	for _, name := range names {
+		if _, err := c.SetQueue(ctx, name, spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
 			return nil, err
 		}
 	}
