@@ -128,8 +128,8 @@ func (c *benchConfig) check() error {
 			switch c.Protocol {
 			case "inline", "seed":
 			case "claim":
-				if c.Claim < 1 || c.Claim > 1000 {
-					return fmt.Errorf("--claim must be from 1 to 1000 (the broker's limit), not %d", c.Claim)
+				if c.Claim < 1 || c.Claim > spinbroker.MaxClaim {
+					return fmt.Errorf("--claim must be from 1 to %d (the broker's limit), not %d", spinbroker.MaxClaim, c.Claim)
 				}
 				// Each queue's concurrency is set to what its agents may
 				// hold at once.
