@@ -73,7 +73,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
@@ -646,11 +645,8 @@ func cutReason(s string) string {
 	if len(s) <= maxReason {
 		return s
 	}
-	n := maxReason - 64
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return fmt.Sprintf("%s… (%d more bytes cut)", s[:n], len(s)-n)
+	kept := strings.TrimSuffix(spinbroker.Truncate(s, maxReason-64), "…")
+	return fmt.Sprintf("%s… (%d more bytes cut)", kept, len(s)-len(kept))
 }
 
 // refuseOutput makes j's result say that the broker refused its output
