@@ -1203,17 +1203,25 @@ func (c *checker) checkOp(o *opRec, cancelStarted func(string, int) bool, delete
 		}
 		return ""
 	}
+	// answered is the package an answer holds, checked against itself.
+	answered := func() (*spinbroker.Package, bool) {
+		var p spinbroker.Package
+		if json.Unmarshal(o.body, &p) != nil {
+			bad("undecodable")
+			return nil, false
+		}
+		if msg := packageSelfCheck(&p); msg != "" {
+			bad("%s", msg)
+		}
+		return &p, true
+	}
 	switch o.kind {
 	case "create", "replay":
 		switch {
 		case o.status == 201:
-			var p spinbroker.Package
-			if json.Unmarshal(o.body, &p) != nil {
-				bad("undecodable")
+			p, ok := answered()
+			if !ok {
 				return
-			}
-			if msg := packageSelfCheck(&p); msg != "" {
-				bad("%s", msg)
 			}
 			if p.State != spinbroker.PackageStaging {
 				for _, cmd := range p.Commands {
@@ -1238,13 +1246,9 @@ func (c *checker) checkOp(o *opRec, cancelStarted func(string, int) bool, delete
 	case "enqueue":
 		switch {
 		case o.status == 200:
-			var p spinbroker.Package
-			if json.Unmarshal(o.body, &p) != nil {
-				bad("undecodable")
+			p, ok := answered()
+			if !ok {
 				return
-			}
-			if msg := packageSelfCheck(&p); msg != "" {
-				bad("%s", msg)
 			}
 			if p.State == spinbroker.PackageStaging {
 				bad("still staging")
@@ -1258,13 +1262,9 @@ func (c *checker) checkOp(o *opRec, cancelStarted func(string, int) bool, delete
 	case "cancel":
 		switch {
 		case o.status == 200:
-			var p spinbroker.Package
-			if json.Unmarshal(o.body, &p) != nil {
-				bad("undecodable")
+			p, ok := answered()
+			if !ok {
 				return
-			}
-			if msg := packageSelfCheck(&p); msg != "" {
-				bad("%s", msg)
 			}
 			if p.State == spinbroker.PackageCancelled {
 				for _, id := range c.s.pkgs[o.pkg] {
@@ -1344,13 +1344,9 @@ func (c *checker) checkOp(o *opRec, cancelStarted func(string, int) bool, delete
 	case "get":
 		switch {
 		case o.status == 200:
-			var p spinbroker.Package
-			if json.Unmarshal(o.body, &p) != nil {
-				bad("undecodable")
+			p, ok := answered()
+			if !ok {
 				return
-			}
-			if msg := packageSelfCheck(&p); msg != "" {
-				bad("%s", msg)
 			}
 			if p.State == spinbroker.PackageCancelled && !cancelStarted(o.pkg, o.end) {
 				bad("cancelled, but no client cancelled it")
