@@ -187,6 +187,26 @@ type Counts struct {
 // Done is the number of commands in a terminal state.
 func (c Counts) Done() int { return c.Succeeded + c.Failed + c.Cancelled }
 
+// Add adds n to the count of state s.
+func (c *Counts) Add(s CommandState, n int) {
+	switch s {
+	case Staged:
+		c.Staged += n
+	case Blocked:
+		c.Blocked += n
+	case Ready:
+		c.Ready += n
+	case Leased:
+		c.Leased += n
+	case Succeeded:
+		c.Succeeded += n
+	case Failed:
+		c.Failed += n
+	case Cancelled:
+		c.Cancelled += n
+	}
+}
+
 // Package is a package as every response shows it. Commands is nil (and
 // left out of the JSON) in lists.
 type Package struct {

@@ -691,7 +691,7 @@ func packageSelfCheck(p *spinbroker.Package) string {
 	var causer *spinbroker.Command
 	for i := range p.Commands {
 		c := &p.Commands[i]
-		addTo(&n, c.State)
+		n.Add(c.State, 1)
 		byCascade := c.State == spinbroker.Cancelled && c.Reason != nil && strings.HasPrefix(*c.Reason, "dependency ")
 		if (c.State == spinbroker.Failed || byCascade) && c.FinishedAt != nil {
 			if causer == nil || c.FinishedAt.Before(*causer.FinishedAt) {

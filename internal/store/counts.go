@@ -31,26 +31,6 @@ type pkgDelta struct {
 	finished bool // a command reached a final state
 }
 
-// addCount adds n to the count of state s.
-func addCount(c *spinbroker.Counts, s spinbroker.CommandState, n int) {
-	switch s {
-	case spinbroker.Staged:
-		c.Staged += n
-	case spinbroker.Blocked:
-		c.Blocked += n
-	case spinbroker.Ready:
-		c.Ready += n
-	case spinbroker.Leased:
-		c.Leased += n
-	case spinbroker.Succeeded:
-		c.Succeeded += n
-	case spinbroker.Failed:
-		c.Failed += n
-	case spinbroker.Cancelled:
-		c.Cancelled += n
-	}
-}
-
 const (
 	qCountPackage = `UPDATE packages SET
 		total       = total       + ?1,
@@ -120,11 +100,11 @@ func (t *Tx) flushCounts() error {
 			continue
 		}
 		d := pkg(c.PackageID)
-		addCount(&d.counts, c.From, -1)
-		addCount(&d.counts, c.To, 1)
+		d.counts.Add(c.From, -1)
+		d.counts.Add(c.To, 1)
 		if c.To.Terminal() {
 			d.finished = true
-			addCount(&done, c.To, 1)
+			done.Add(c.To, 1)
 		}
 		q, ok := queues[c.Resource]
 		if !ok {
@@ -132,8 +112,8 @@ func (t *Tx) flushCounts() error {
 			queues[c.Resource] = q
 			queueOrder = append(queueOrder, c.Resource)
 		}
-		addCount(q, c.From, -1)
-		addCount(q, c.To, 1)
+		q.Add(c.From, -1)
+		q.Add(c.To, 1)
 	}
 	now := nanos(t.now)
 	for _, id := range pkgOrder {

@@ -150,7 +150,7 @@ func createdPackage(id string, cmds []spinbroker.Command, enq *enqueueAt, now ti
 		p.State = spinbroker.PackageQueued
 	}
 	for _, c := range cmds {
-		addCount(&p.Counts, c.State, 1)
+		p.Counts.Add(c.State, 1)
 	}
 	return p
 }
