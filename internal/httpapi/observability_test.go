@@ -63,19 +63,27 @@ func TestRequestLog_Route(t *testing.T) {
 	p := e.createPackage(`[{"resource": "r", "action": "a"}]`, false)
 	e.do("GET", "/packages/"+p.ID, "")
 	e.do("GET", "/nowhere", "")
-	want := map[string]string{"/packages/" + p.ID: "/packages/{id}", "/nowhere": "unmatched"}
+	want := map[string]any{"/packages/" + p.ID: "/packages/{id}", "/nowhere": "unmatched"}
+	wantRequestLines(t, &log, "route", want)
+}
+
+// wantRequestLines waits for the request line of each path in want, and
+// checks that its field holds the value want gives (nil: no such field).
+func wantRequestLines(t *testing.T, log *syncbuf.Buffer, field string, want map[string]any) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for len(want) > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
 			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
-				if route, ok := want[m["path"].(string)]; ok {
-					if m["route"] != route {
-						t.Errorf("line %s: route %v, want %s", l, m["route"], route)
-					}
-					delete(want, m["path"].(string))
+			if json.Unmarshal([]byte(l), &m) != nil || m["msg"] != "request" {
+				continue
+			}
+			if v, ok := want[m["path"].(string)]; ok {
+				if m[field] != v {
+					t.Errorf("line %s: %s %v, want %v", l, field, m[field], v)
 				}
+				delete(want, m["path"].(string))
 			}
 		}
 	}
@@ -96,23 +104,5 @@ func TestRequestLog_ErrorCode(t *testing.T) {
 	e.want(e.do("GET", "/packages/nope", ""), 404, spinbroker.ENOTFOUND)
 	e.want(e.do("GET", "/queues", ""), 200, "")
 	want := map[string]any{"/commands/" + c.ID + "/complete": spinbroker.ESTALE, "/packages/nope": spinbroker.ENOTFOUND, "/queues": nil}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(want) > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) != nil || m["msg"] != "request" {
-				continue
-			}
-			if code, ok := want[m["path"].(string)]; ok {
-				if m["code"] != code {
-					t.Errorf("line %s: code %v, want %v", l, m["code"], code)
-				}
-				delete(want, m["path"].(string))
-			}
-		}
-	}
-	if len(want) > 0 {
-		t.Fatalf("lines missing for %v:\n%s", want, log.String())
-	}
+	wantRequestLines(t, &log, "code", want)
 }
