@@ -66,7 +66,7 @@ func (t *Tx) createPackage(id string, in spinbroker.NewPackage) (pkg *spinbroker
 	if direct {
 		// Created enqueued: each command goes straight into its final
 		// state, sparing the staged→ready updates.
-		if enq, err = t.reserveSeqs(in.Commands); err != nil {
+		if enq, err = t.reserveSeqs(len(in.Commands)); err != nil {
 			return nil, err
 		}
 	}
@@ -224,24 +224,17 @@ func (t *Tx) canEnqueueDirectly(in spinbroker.NewPackage) (bool, error) {
 	return true, nil
 }
 
-// reserveSeqs takes the next len(cmds) sequence numbers and makes sure the
-// commands' queues exist.
-func (t *Tx) reserveSeqs(cmds []spinbroker.NewCommand) (*enqueueAt, error) {
-	seen := map[string]bool{}
-	for _, c := range cmds {
-		if seen[c.Resource] {
-			continue
-		}
-		seen[c.Resource] = true
-		if _, err := t.exec(qEnsureQueue, c.Resource, nanos(t.now)); err != nil {
-			return nil, err
-		}
-	}
+// reserveSeqs takes the next n sequence numbers. The commands' queues need
+// no row made here: each command goes in blocked or ready, and the counts'
+// upsert at the end of the operation makes the row of every queue it
+// counts in (an INSERT per queue here cost 2% of the batched protocol's
+// writer).
+func (t *Tx) reserveSeqs(n int) (*enqueueAt, error) {
 	var last int64
-	if err := t.queryRow(`UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value`, len(cmds)).Scan(&last); err != nil {
+	if err := t.queryRow(`UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value`, n).Scan(&last); err != nil {
 		return nil, err
 	}
-	return &enqueueAt{base: last - int64(len(cmds)) + 1, now: nanos(t.now)}, nil
+	return &enqueueAt{base: last - int64(n) + 1, now: nanos(t.now)}, nil
 }
 
 // addCommand inserts a validated command at position pos of its package,

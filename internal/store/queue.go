@@ -50,10 +50,7 @@ func (db *DB) Claim(ctx context.Context, resource string, max int, lease time.Du
 // its partial index does: SQLite uses a partial index only when the query's
 // WHERE implies the index's term for term. TestPlans holds them to it.
 const (
-	// qEnsureQueue makes a queue's row, for a command about to be enqueued
-	// in it.
-	qEnsureQueue = `INSERT INTO queues (resource, last_active_at) VALUES (?, ?) ON CONFLICT (resource) DO NOTHING`
-	qQueueState  = `SELECT concurrency, paused, n_leased, n_blocked, last_active_at FROM queues WHERE resource = ?`
+	qQueueState = `SELECT concurrency, paused, n_leased, n_blocked, last_active_at FROM queues WHERE resource = ?`
 	// qLeaseHead leases the head of a queue's ready commands, unless it
 	// waits out a back-off, in which case it holds the queue (rule 3). The
 	// subquery reads only the commands_ready index.
