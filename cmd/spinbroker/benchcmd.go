@@ -379,6 +379,9 @@ func printResult(a *app, r *loadgen.Result, sync string, remote bool) {
 	case r.MicrosPerCycle > 0:
 		fmt.Fprintf(w, "  %.0f µs per next+complete (%d cycles)\n", r.MicrosPerCycle, r.Commands)
 	}
+	if r.PerClaim > 0 {
+		fmt.Fprintf(w, "  claims that found work held %.1f commands on average\n", r.PerClaim)
+	}
 	if !remote {
 		fmt.Fprintf(w, "  broker: %.1fs CPU, %.0f MiB peak memory\n", r.BrokerCPUSeconds, r.BrokerPeakRSSMiB)
 	}

@@ -67,6 +67,11 @@ type Result struct {
 	MicrosPerCycle float64            `json:"micros_per_next_complete,omitempty"`
 	Calls          map[string]Latency `json:"calls"`
 	Violations     []string           `json:"violations"`
+	// PerClaim is how many commands a claim that found work held, on
+	// average (protocol claim): below Claim when the producers do not
+	// keep the queues that full, which bounds the rate more than the
+	// claim size does.
+	PerClaim float64 `json:"commands_per_claim,omitempty"`
 	// Broker resources, filled in by the caller that started the broker.
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMiB float64 `json:"broker_peak_rss_mib,omitempty"`
@@ -350,6 +355,15 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	var all []delivery
 	for _, d := range deliveries {
 		all = append(all, d...)
+	}
+	if claim {
+		batches := map[int64]bool{}
+		for _, d := range all {
+			batches[d.batch] = true
+		}
+		if len(batches) > 0 {
+			res.PerClaim = float64(len(all)) / float64(len(batches))
+		}
 	}
 	res.Violations = check(ctx, c, made, pkgIDs, all, int(completed.Load()), !deps)
 	if stalled.Load() {

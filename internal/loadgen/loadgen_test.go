@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"math"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -49,6 +50,10 @@ func TestRun(t *testing.T) {
 			}
 			if res.Commands == 0 || res.Seconds <= 0 || len(res.Calls) == 0 {
 				t.Fatalf("measured nothing: %+v", res)
+			}
+			if claimed := res.PerClaim; (cfg.Protocol == "claim") != (claimed > 0) || claimed > float64(cfg.Claim) ||
+				(claimed > 0 && math.Abs(claimed*float64(res.Calls["complete_batch"].Count)-float64(res.Commands)) > 1e-6) {
+				t.Fatalf("commands per claim %v with %d batched completions of %d commands", claimed, res.Calls["complete_batch"].Count, res.Commands)
 			}
 			if cfg.Scenario == "wakeup" && res.Calls["enqueue_to_delivery"].Count != cfg.Wakeups {
 				t.Fatalf("wakeup samples: %+v", res.Calls)
