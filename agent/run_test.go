@@ -37,6 +37,7 @@ import (
 type broker struct {
 	c   *client.Client
 	url string
+	db  *store.DB
 }
 
 func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) http.Handler) *broker {
@@ -53,7 +54,7 @@ func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) htt
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &broker{c: c, url: ts.URL}
+	return &broker{c: c, url: ts.URL, db: db}
 }
 
 func quietLogger() *slog.Logger {
@@ -425,6 +426,39 @@ func TestRun_Unauthorized(t *testing.T) {
 	b := startBroker(t, httpapi.Options{Auth: true}, nil)
 	if err := runGivingUp(t, b.c, "Run goes on without a valid token"); spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
 		t.Errorf("Run = %v, want unauthorized", err)
+	}
+}
+
+// TestRun_TokenFromFile: a token read from a file (a mounted secret) ends
+// in a newline, which no HTTP header may carry. It works: before, every
+// request failed below HTTP and the agent retried for ever, looking
+// healthy, with "invalid header field value".
+func TestRun_TokenFromFile(t *testing.T) {
+	b := startBroker(t, httpapi.Options{Auth: true}, nil)
+	_, secret, err := b.db.CreateToken(context.Background(), spinbroker.RoleAgent, "test", "from-file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, admin, err := b.db.CreateToken(context.Background(), spinbroker.RoleAdmin, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.c, err = client.New(b.url, client.WithToken(admin)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(b.url, client.WithToken(secret+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, &broker{c: c, url: b.url}, []agent.Handler{greeter(nil)}, agent.Options{})
+	ids := b.enqueue(t, cmd("greet", `{"name":"file"}`))
+	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
+		t.Errorf("command %s (%q)", c.State, deref(c.Reason))
+	}
+	// A token with a control character inside is refused at once, saying
+	// why, rather than retried for ever.
+	if _, err := client.New(b.url, client.WithToken("sbt_a\x00b")); err == nil || !strings.Contains(err.Error(), "token") {
+		t.Errorf("New with a NUL in the token: %v", err)
 	}
 }
 

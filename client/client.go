@@ -40,7 +40,10 @@ type Client struct {
 // Option configures a Client.
 type Option func(*Client)
 
-// WithToken sends token as a bearer token with every request.
+// WithToken sends token as a bearer token with every request. Spaces and
+// line breaks around it are dropped: a token read from a file (a mounted
+// secret) ends in a newline, which no HTTP header may carry. New refuses a
+// token with a control character left inside.
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
 // WithHTTPClient uses hc instead of a default client (for TLS settings,
@@ -62,6 +65,12 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	c := &Client{base: u, userAgent: "spinbroker-client/1"}
 	for _, o := range opts {
 		o(c)
+	}
+	c.token = strings.TrimSpace(c.token)
+	if strings.ContainsFunc(c.token, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		// Every request would fail below HTTP ("invalid header field
+		// value"), an error that looks like a network's and is retried.
+		return nil, errors.New("client: the token has a control character in it: no HTTP header can carry it (is it the token as printed by spinbroker token create?)")
 	}
 	if c.hc == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()

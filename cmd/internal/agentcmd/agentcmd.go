@@ -150,9 +150,12 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 		return Usagef("-log-level must be debug, info, warn or error, not %q", f.level)
 	}
 	f.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	c, err := client.New(f.url, client.WithToken(f.token), client.WithUserAgent(f.name+"/1"))
-	if err != nil {
+	if _, err := client.New(f.url); err != nil {
 		return Usagef("-url: %w", err)
+	}
+	c, err := client.New(f.url, client.WithToken(f.token), client.WithUserAgent(f.name+"/1"))
+	if err != nil { // the URL passed above: the token is what is wrong
+		return Usagef("-token (or SPINBROKER_TOKEN): %w", err)
 	}
 	f.client = c
 	return nil
