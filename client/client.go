@@ -53,14 +53,24 @@ func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc
 // WithUserAgent sets the User-Agent header.
 func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
 
-// New returns a client of the broker at baseURL (http or https).
+// New returns a client of the broker at baseURL (http or https), such as
+// "http://localhost:8080"; a path is kept as a prefix (a proxy's), a query
+// or fragment is refused.
 func New(baseURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
-	if err != nil {
-		return nil, fmt.Errorf("client: broker URL %q: %w", baseURL, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+	switch {
+	case err != nil && !strings.Contains(baseURL, "://"):
+		// "127.0.0.1:8080" does not parse ("first path segment in URL
+		// cannot contain colon"): say what is missing instead.
+		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host, such as http://%s", baseURL, baseURL)
+	case err != nil:
+		return nil, fmt.Errorf("client: broker URL %q (want http:// or https:// with a host): %w", baseURL, err)
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
 		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host", baseURL)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		// A query would be sent with some requests and replaced in
+		// others (next's wait), a fragment never: neither does anything.
+		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host and no query or fragment", baseURL)
 	}
 	c := &Client{base: u, userAgent: "spinbroker-client/1"}
 	for _, o := range opts {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -66,9 +67,16 @@ func TestErrors(t *testing.T) {
 	if _, err := os.Open(filepath.Join(t.TempDir(), "missing.pem")); err == nil || Temporary(err) {
 		t.Fatalf("a missing file is temporary: %v", err)
 	}
-	for _, bad := range []string{"", "localhost:8080", "ftp://x", "http://"} {
-		if _, err := New(bad); err == nil {
+	for _, bad := range []string{"", "localhost:8080", "ftp://x", "http://", "127.0.0.1:8080", "10.0.0.5:8080/", "http://localhost:8080/?token=x", "http://localhost:8080#top"} {
+		_, err := New(bad)
+		if err == nil {
 			t.Errorf("New(%q) accepted", bad)
+			continue
+		}
+		// Each says what a broker URL is: "first path segment in URL
+		// cannot contain colon" does not tell that http:// is missing.
+		if msg := err.Error(); !strings.Contains(msg, "http://") {
+			t.Errorf("New(%q) = %q, which does not say what a broker URL looks like", bad, msg)
 		}
 	}
 }
