@@ -102,7 +102,8 @@ type Options struct {
 	// finished: mix slow and quick actions on one resource with care.
 	Claim int
 	// MinBackoff and MaxBackoff bound the back-off between attempts to reach
-	// the broker (default 200ms and 30s).
+	// the broker (default 200ms and 30s; a MaxBackoff below MinBackoff is
+	// raised to it, and one set alone below 200ms lowers the minimum to it).
 	MinBackoff, MaxBackoff time.Duration
 	// CallTimeout bounds one heartbeat or completion request (default 15s).
 	CallTimeout time.Duration
@@ -276,11 +277,20 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 	if opts.Grace <= 0 {
 		opts.Grace = DefaultGrace
 	}
-	if opts.MinBackoff <= 0 {
+	switch {
+	case opts.MinBackoff > 0:
+	case opts.MaxBackoff > 0:
+		// MaxBackoff alone, perhaps below the default minimum: a cap on
+		// the back-off, which is what it says.
+		opts.MinBackoff = min(DefaultMinBackoff, opts.MaxBackoff)
+	default:
 		opts.MinBackoff = DefaultMinBackoff
 	}
-	if opts.MaxBackoff < opts.MinBackoff {
+	switch {
+	case opts.MaxBackoff <= 0:
 		opts.MaxBackoff = max(DefaultMaxBackoff, opts.MinBackoff)
+	case opts.MaxBackoff < opts.MinBackoff:
+		opts.MaxBackoff = opts.MinBackoff
 	}
 	if opts.CallTimeout <= 0 {
 		opts.CallTimeout = DefaultCallTimeout

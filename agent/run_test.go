@@ -422,6 +422,28 @@ func TestRun_BrokerUnavailable(t *testing.T) {
 	}
 }
 
+// TestRun_MaxBackoffAlone: a MaxBackoff below the default MinBackoff, set
+// alone to retry quickly, caps the back-off. It was taken for a mistake
+// and replaced by the default 30s, the opposite of what was asked.
+func TestRun_MaxBackoffAlone(t *testing.T) {
+	f := &faults{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/next") }}
+	f.n.Store(6) // the default back-off waits 0.1+0.2+0.4+0.8+1.6+3.2s at least
+	b := startBroker(t, httpapi.Options{}, f.wrap)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, b.c, "test", []agent.Handler{greeter(nil)},
+			agent.Options{Logger: quietLogger(), Wait: time.Second, MaxBackoff: 50 * time.Millisecond})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	ids := b.enqueue(t, cmd("greet", `{"name":"soon"}`))
+	begin := time.Now()
+	b.await(t, ids[0])
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("6 refused polls took %s to get past with a 50ms MaxBackoff", d.Round(time.Millisecond))
+	}
+}
+
 func TestRun_Unauthorized(t *testing.T) {
 	b := startBroker(t, httpapi.Options{Auth: true}, nil)
 	if err := runGivingUp(t, b.c, "Run goes on without a valid token"); spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
