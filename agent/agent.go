@@ -628,7 +628,11 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 		// not context.Canceled, and is no more a failure for it.
 		return outcome{reason: cutReason("agent stopped before the command finished: " + errorText(err)), retry: true}
 	case errors.Is(context.Cause(j.ctx), errLeaseExpired):
-		return outcome{reason: cutReason("agent error: " + errLeaseExpired.Error() + " (the broker could not be reached): " + errorText(err)), retry: true}
+		reason := "agent error: " + errLeaseExpired.Error() + " (the broker could not be reached)"
+		if !errors.Is(err, errLeaseExpired) { // a handler returning context.Cause(ctx) would say it twice
+			reason += ": " + errorText(err)
+		}
+		return outcome{reason: cutReason(reason), retry: true}
 	default:
 		return outcome{reason: cutReason(errorText(err)), retry: IsTransient(err)}
 	}

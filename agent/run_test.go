@@ -676,6 +676,28 @@ func TestRun_LeaseExpiredStopsHandler(t *testing.T) {
 	}
 }
 
+// TestRun_LeaseExpiredReasonSaysItOnce: a handler that returns
+// context.Cause(ctx), as the package's doc invites, gets a reason that
+// says the lease expired once, not twice in a row.
+func TestRun_LeaseExpiredReasonSaysItOnce(t *testing.T) {
+	o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
+	o.down.Store(true)
+	b := startBroker(t, httpapi.Options{}, o.wrap)
+	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	})
+	runAgent(t, b, []agent.Handler{block}, agent.Options{Lease: time.Second})
+	once := 1
+	c := cmd("block", `{}`)
+	c.MaxAttempts = &once
+	ids := b.enqueue(t, c)
+	got := b.await(t, ids[0])
+	if reason := deref(got.Reason); got.State != spinbroker.Failed || strings.Count(reason, "lease expired") != 1 {
+		t.Errorf("command %s, reason %q; want failed, saying once that the lease expired", got.State, reason)
+	}
+}
+
 // TestRun_ResultDeliveredAfterLocalExpiry: a broker out of reach for longer
 // than the lease still gets the result once it is back, as long as nobody
 // else took the command meanwhile; the work is not done twice.
