@@ -68,6 +68,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -208,7 +209,7 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 		}
 	}()
 	a.hard, a.final = hard, final
-	a.log.Info("agent started", "actions", len(a.handlers), "claim", a.opts.Claim)
+	a.log.Info("agent started", "url", redacted(c.URL()), "actions", len(a.handlers), "claim", a.opts.Claim)
 	err = a.loop(ctx)
 	if ctx.Err() != nil {
 		stopping.Do(sayStopping)
@@ -219,6 +220,14 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 		a.log.Info("agent stopped")
 	}
 	return err
+}
+
+// redacted is a URL fit for a log: a password in it is masked.
+func redacted(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return s
 }
 
 // sleep waits d and reports true, or false as soon as done closes.

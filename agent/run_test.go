@@ -841,6 +841,22 @@ func TestRun_ExpiredCertificateIsWaitedOut(t *testing.T) {
 // TestRun_StopLinesInOrder: an idle agent told to stop says "stopping"
 // before "agent stopped", once each: its loop could end, and log the
 // second, before the goroutine that logs the first had run.
+// TestRun_StartLineNamesTheBroker: the first line says which broker the
+// agent asks, so that an agent pointed at the wrong one (a staging URL left
+// in a unit file) shows it before anything fails, or when nothing does.
+func TestRun_StartLineNamesTheBroker(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	var logs syncbuf.Buffer
+	stop := runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(logs.String(), "\n")
+	if !strings.Contains(line, `msg="agent started"`) || !strings.Contains(line, "url="+b.url) {
+		t.Errorf("the agent's first line: %s", line)
+	}
+}
+
 func TestRun_StopLinesInOrder(t *testing.T) {
 	b := startBroker(t, httpapi.Options{}, nil)
 	for range 20 {
