@@ -90,7 +90,9 @@ type Options struct {
 	// command's own lease_duration, else the broker's 60s.
 	Lease time.Duration
 	// Grace is how long the running command may go on once ctx ends before
-	// its context is cancelled (default 30s).
+	// its context is cancelled (default 30s). Zero means the default; for
+	// no grace at all, give it a nanosecond (the shipped agents' -grace 0
+	// does): the handler's context is then cancelled as ctx ends.
 	Grace time.Duration
 	// Claim, when above 1, switches to batch mode: claim up to Claim
 	// commands at once, run them concurrently, and complete them in one
@@ -174,8 +176,11 @@ func Logger(ctx context.Context) *slog.Logger {
 
 // Run serves resource until ctx ends or the broker refuses the agent (a bad
 // token, a resource it may not serve, a URL that answers 404 for its
-// queue); it returns nil after a graceful stop.
-// Each action may have only one handler. c is the broker's client.
+// queue, an untrusted TLS certificate); it returns nil after a graceful
+// stop. Past the checks of its arguments, the error it returns is in the
+// log already (Options.Logger, level Error, "agent stopped"): a caller may
+// just exit with it. Each action may have only one handler. c is the
+// broker's client.
 func Run(ctx context.Context, c *client.Client, resource string, handlers []Handler, opts Options) error {
 	a, err := newRunner(c, resource, handlers, opts)
 	if err != nil {
