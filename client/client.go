@@ -451,7 +451,10 @@ func (c *Client) Claim(ctx context.Context, resource string, max int, wait, leas
 	return out.Commands, nil
 }
 
-// Health reports whether the broker and its database answer.
+// Health reports whether the broker and its database answer. A broker
+// whose writes are failing (a full disk, say) still answers, with
+// {"status": "degraded"} in its /healthz body and a 200, so Health returns
+// nil for it: alert on spinbroker_store_writes_failing in /metrics for that.
 func (c *Client) Health(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
 	return err
