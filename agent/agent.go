@@ -450,6 +450,7 @@ type job struct {
 	dur   time.Duration // the lease's duration
 	log   *slog.Logger
 	begin time.Time
+	took  time.Duration // from delivery until the handler returned
 
 	mu      sync.Mutex
 	expires time.Time // by the agent's clock, measured from before each request
@@ -601,6 +602,7 @@ func (j *job) expire(err error) {
 // when the grace period is over and the handler ignores its cancelled
 // context.
 func (a *runner) execute(j *job) {
+	defer func() { j.took = time.Since(j.begin) }()
 	h, ok := a.handlers[j.cmd.Action]
 	if !ok {
 		j.res = outcome{reason: fmt.Sprintf("agent for %s has no action %q", a.resource, j.cmd.Action)}
@@ -685,13 +687,18 @@ func (j *job) refuseOutput(err error) {
 	j.res = outcome{reason: "agent error: the broker refused the command's output: " + spinbroker.ErrorMessage(err)}
 }
 
-// finished logs a result that the broker has recorded.
+// finished logs a result that the broker has recorded: a failure at warn,
+// so that an agent logging only warnings and errors still shows its failed
+// commands. The duration is the handler's, not the wait for a batch's
+// completion request.
 func (j *job) finished() {
-	args := []any{"status", j.res.status, "duration", time.Since(j.begin).Round(time.Millisecond).String()}
-	if !j.res.status {
-		args = append(args, "reason", j.res.reason, "retry", j.res.retry)
+	args := []any{"status", j.res.status, "duration", j.took.Round(time.Millisecond).String()}
+	if j.res.status {
+		j.log.Info("command finished", args...)
+		return
 	}
-	j.log.Info("command finished", args...)
+	args = append(args, "reason", j.res.reason, "retry", j.res.retry)
+	j.log.Warn("command finished", args...)
 }
 
 // deliver completes j's command with its result, retrying what may succeed

@@ -622,6 +622,56 @@ func TestRun_Batch(t *testing.T) {
 	}
 }
 
+// TestRun_FinishedLine holds the "command finished" line to what an
+// operator reads it for: a failure shows at warn, and in batch mode each
+// command's duration is its handler's, not the wait for the slowest one of
+// its batch.
+func TestRun_FinishedLine(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	conc := 2
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+		t.Fatal(err)
+	}
+	quick := agent.Handle("quick", func(ctx context.Context, _ struct{}) (any, error) {
+		return nil, errors.New("quick says no")
+	})
+	slow := agent.Handle("slow", func(ctx context.Context, _ struct{}) (any, error) {
+		time.Sleep(1500 * time.Millisecond)
+		return nil, nil
+	})
+	ids := b.enqueue(t, cmd("quick", `{}`), cmd("slow", `{}`))
+	var warn, all syncbuf.Buffer
+	log := slog.New(slog.NewMultiHandler(slog.NewTextHandler(&warn, &slog.HandlerOptions{Level: slog.LevelWarn}), slog.NewTextHandler(&all, nil)))
+	runAgent(t, b, []agent.Handler{quick, slow}, agent.Options{Claim: 2, Logger: log})
+	for _, id := range ids {
+		b.await(t, id)
+	}
+	durations := map[string]time.Duration{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(durations) < 2 && time.Now().Before(deadline) {
+		for _, line := range strings.Split(all.String(), "\n") {
+			if !strings.Contains(line, `msg="command finished"`) {
+				continue
+			}
+			_, rest, _ := strings.Cut(line, " duration=")
+			d, err := time.ParseDuration(strings.Fields(rest)[0])
+			if err != nil {
+				t.Fatalf("duration in %q: %v", line, err)
+			}
+			_, action, _ := strings.Cut(line, " action=")
+			durations[strings.Fields(action)[0]] = d
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if durations["slow"] < time.Second || durations["quick"] >= durations["slow"]/2 {
+		t.Errorf("durations %v: the quick command's should be its own, not its batch's", durations)
+	}
+	got := warn.String()
+	if !strings.Contains(got, `level=WARN msg="command finished"`) || !strings.Contains(got, "quick says no") || strings.Contains(got, "action=slow") {
+		t.Errorf("at warn, the failure and only it should show:\n%s", got)
+	}
+}
+
 // outage fails every request whose path matches with 503 while down is set.
 type outage struct {
 	match func(r *http.Request) bool
