@@ -188,6 +188,32 @@ func TestAPI_MethodNotAllowed(t *testing.T) {
 	}
 }
 
+// TestAPI_PercentEncodedPath: a path segment is read percent-decoded, as
+// the same URI (RFC 3986, 6.2.2.2) names the same package, command or
+// queue: /queues/%72 is the queue r.
+func TestAPI_PercentEncodedPath(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	p := e.createPackage(`[{"resource": "r", "action": "x"}]`, true)
+	escape := func(id string) string { return id[:len(id)-1] + fmt.Sprintf("%%%02X", id[len(id)-1]) }
+	var got spinbroker.Package
+	r := e.do("GET", "/packages/"+escape(p.ID), "")
+	e.want(r, 200, "")
+	if r.decode(t, &got); got.ID != p.ID {
+		t.Fatalf("package %s, want %s", got.ID, p.ID)
+	}
+	e.want(e.do("GET", "/commands/"+escape(p.Commands[0].ID), ""), 200, "")
+	var q spinbroker.Queue
+	r = e.do("GET", "/queues/%72", "")
+	e.want(r, 200, "")
+	if r.decode(t, &q); q.Resource != "r" || q.Counts.Ready != 1 {
+		t.Fatalf("queue %+v", q)
+	}
+	r = e.do("POST", "/queues/%72/next", "")
+	e.want(r, 200, "")
+	// An escaped character that is not allowed is still refused.
+	e.want(e.do("GET", "/queues/a%2Fb", ""), 400, spinbroker.EINVALID)
+}
+
 func TestAPI_Unavailable(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	if err := e.db.Close(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/go-chi/chi/v5"
@@ -15,12 +16,25 @@ import (
 // pathID returns the canonical id in the path, or ENOTFOUND: a string that
 // is not an id names nothing.
 func pathID(r *http.Request, kind string) (string, error) {
-	raw := chi.URLParam(r, "id")
+	raw := pathParam(r, "id")
 	id, ok := spinbroker.ParseID(raw)
 	if !ok {
 		return "", errorf(spinbroker.ENOTFOUND, "%s %s not found", kind, spinbroker.Truncate(raw, 80))
 	}
 	return id, nil
+}
+
+// pathParam is the path segment name, percent-decoded. chi matches on the
+// escaped path when it differs from the decoded one, and hands its segments
+// over still escaped: /queues/%61 would name a queue "%61", refused, though
+// it is the same URI as /queues/a (RFC 3986, 6.2.2.2), and an id with one
+// escaped digit would name no package.
+func pathParam(r *http.Request, name string) string {
+	raw := chi.URLParam(r, name)
+	if s, err := url.PathUnescape(raw); err == nil {
+		return s
+	}
+	return raw
 }
 
 // pathFirst applies API.md's precedence: when a body is refused (413, 400),

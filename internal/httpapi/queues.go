@@ -6,8 +6,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/go-chi/chi/v5"
-
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
@@ -16,7 +14,7 @@ import (
 // before 400): a token that may not use the queue learns nothing from the
 // name; an invalid name is a bad request.
 func (s *Server) queueAccess(r *http.Request, p permission) (string, error) {
-	res := chi.URLParam(r, "resource")
+	res := pathParam(r, "resource")
 	if err := s.allow(r, p, res); err != nil {
 		return "", err
 	}
@@ -28,7 +26,7 @@ func (s *Server) queueAccess(r *http.Request, p permission) (string, error) {
 // name is checked, in API.md's order of errors: a body over 1 MiB is a 413
 // whatever the path names, and the name's 400 comes before the body's.
 func (s *Server) queueBody(w http.ResponseWriter, r *http.Request, p permission, v any, optional bool) (string, error) {
-	if err := s.allow(r, p, chi.URLParam(r, "resource")); err != nil {
+	if err := s.allow(r, p, pathParam(r, "resource")); err != nil {
 		return "", err
 	}
 	body, err := readBody(w, r)
@@ -45,7 +43,7 @@ func (s *Server) queueBody(w http.ResponseWriter, r *http.Request, p permission,
 // pathResource returns the resource in the path; every valid name has a
 // queue, an invalid one is a bad request.
 func pathResource(r *http.Request) (string, error) {
-	res := chi.URLParam(r, "resource")
+	res := pathParam(r, "resource")
 	if err := spinbroker.CheckName("resource", res); err != nil {
 		return "", err
 	}
