@@ -37,6 +37,8 @@ func TestAPI_Errors(t *testing.T) {
 	}
 	blocked := running.Commands[1]
 	empty := e.createPackage(`[]`, false)
+	cancelledEmpty := e.createPackage(`[]`, false)
+	e.want(e.do("POST", "/packages/"+cancelledEmpty.ID+"/cancel", ""), 200, "")
 	done := e.createPackage(`[{"resource": "fin", "action": "x"}]`, true)
 	fin := e.next("fin")
 	e.want(e.complete(fin, true), 200, "")
@@ -85,6 +87,10 @@ func TestAPI_Errors(t *testing.T) {
 		{"UnknownKey", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "dependencies": ["nope"]}`, 400, spinbroker.EUNKNOWNDEP},
 		{"UnknownID", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "dependencies": ["` + missing + `"]}`, 400, spinbroker.EUNKNOWNDEP},
 		{"EmptyPackage", "POST", "/packages/" + empty.ID + "/enqueue", ``, 400, spinbroker.EEMPTY},
+		// 400 before 409 (API.md, Errors): an empty enqueue is answered
+		// before the id that exists or the cancel that forbids it.
+		{"EmptyBeatsDuplicateID", "POST", "/packages", `{"id": "` + running.ID + `", "enqueue": true}`, 400, spinbroker.EEMPTY},
+		{"EmptyBeatsCancelled", "POST", "/packages/" + cancelledEmpty.ID + "/enqueue", ``, 400, spinbroker.EEMPTY},
 		// 404 not_found
 		{"NoPackage", "GET", "/packages/" + missing, ``, 404, spinbroker.ENOTFOUND},
 		{"NotAnID", "GET", "/packages/not-an-id", ``, 404, spinbroker.ENOTFOUND},

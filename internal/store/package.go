@@ -42,9 +42,13 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 			id = newID()
 		}
 		if pkg, err = t.createPackage(id, in); err != nil {
-			// A bad dependency is a 400, and a 400 wins over the 409 of
-			// an id that exists (API.md, Errors).
-			return t.badDepsFirst(err, id, in.Commands, false)
+			// A bad dependency or an empty enqueue is a 400, and a 400
+			// wins over the 409 of an id that exists (API.md, Errors).
+			err = t.badDepsFirst(err, id, in.Commands, false)
+			if spinbroker.ErrorCode(err) == spinbroker.ECONFLICT && in.Enqueue && len(in.Commands) == 0 {
+				return spinbroker.Errorf(spinbroker.EEMPTY, "the package this request creates has no commands to enqueue")
+			}
+			return err
 		}
 		return t.remember(idem, pkg)
 	})
@@ -449,10 +453,10 @@ func (t *Tx) enqueue(pkgID string) error {
 	switch {
 	case enqueued:
 		return nil // safe to retry
+	case total == 0: // before the 409 of a cancel (API.md, Errors: 400 before 409)
+		return spinbroker.Errorf(spinbroker.EEMPTY, "%s has no commands to enqueue", t.pkgName(pkgID))
 	case cancelled:
 		return spinbroker.Errorf(spinbroker.ECONFLICT, "package %s was cancelled in staging and cannot be enqueued", pkgID)
-	case total == 0:
-		return spinbroker.Errorf(spinbroker.EEMPTY, "%s has no commands to enqueue", t.pkgName(pkgID))
 	}
 	now := nanos(t.now)
 	if _, err := t.exec(`INSERT INTO queues (resource, last_active_at)
