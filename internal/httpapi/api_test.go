@@ -54,6 +54,12 @@ func TestAPI_Errors(t *testing.T) {
 		{"MalformedJSON", "POST", "/packages", `{"commands": [`, 400, spinbroker.EINVALID},
 		{"TwoValues", "POST", "/packages", `{} {}`, 400, spinbroker.EINVALID},
 		{"NotAnObject", "POST", "/packages", `[1, 2]`, 400, spinbroker.EINVALID},
+		// null is not an object either, nor nothing: it is not taken for
+		// an empty body.
+		{"NullCreate", "POST", "/packages", `null`, 400, spinbroker.EINVALID},
+		{"NullEnqueue", "POST", "/packages/" + staging.ID + "/enqueue", ` null `, 400, spinbroker.EINVALID},
+		{"NullQueueSettings", "PATCH", "/queues/r", `null`, 400, spinbroker.EINVALID},
+		{"NullBatch", "POST", "/commands/complete", `null`, 400, spinbroker.EINVALID},
 		{"WrongType", "POST", "/packages", `{"enqueue": "yes"}`, 400, spinbroker.EINVALID},
 		{"UnknownField", "POST", "/packages", `{"comands": []}`, 400, spinbroker.EINVALID},
 		{"UnknownCommandField", "POST", "/packages/" + staging.ID + "/commands", `{"resource": "r", "action": "x", "paramters": {}}`, 400, spinbroker.EINVALID},

@@ -84,6 +84,11 @@ func decodeJSON(b []byte, v any, optional bool) error {
 		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "a JSON body is required")
 	}
+	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		// encoding/json decodes null into a struct as nothing at all: it
+		// would pass for an empty body, or for {}, where [] or 1 is refused.
+		return spinbroker.Errorf(spinbroker.EINVALID, "the body must be a JSON object, not null")
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
