@@ -400,7 +400,13 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 	errs = make([]error, len(items))
 	for i := range items {
 		id, ok := spinbroker.ParseID(items[i].ID)
-		if !ok {
+		switch {
+		case items[i].ID == "":
+			// 404 as the single form's would be (its id is in the path),
+			// with a message that says what is missing.
+			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "a result without an id names no command")
+			continue
+		case !ok:
 			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", spinbroker.Truncate(items[i].ID, 40))
 			continue
 		}

@@ -124,6 +124,7 @@ func TestDB_CompleteBatch(t *testing.T) {
 		{ID: cmds[1].ID, Result: spinbroker.Result{Status: ptr(true), Lease: "stale"}},
 		{ID: "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", Result: spinbroker.Result{Status: ptr(true)}},
 		{ID: "not-an-id", Result: spinbroker.Result{Status: ptr(true)}},
+		{Result: spinbroker.Result{Status: ptr(true)}},
 		{ID: cmds[2].ID, Result: spinbroker.Result{Lease: cmds[2].Lease.Token}},
 		{ID: cmds[2].ID, Result: spinbroker.Result{Status: ptr(false), Lease: cmds[2].Lease.Token, Reason: ptr("no")}},
 	})
@@ -134,9 +135,12 @@ func TestDB_CompleteBatch(t *testing.T) {
 	for i, e := range errs {
 		codes[i] = spinbroker.ErrorCode(e)
 	}
-	want := []string{"", spinbroker.ESTALE, spinbroker.ENOTFOUND, spinbroker.ENOTFOUND, spinbroker.EINVALID, ""}
+	want := []string{"", spinbroker.ESTALE, spinbroker.ENOTFOUND, spinbroker.ENOTFOUND, spinbroker.ENOTFOUND, spinbroker.EINVALID, ""}
 	if mustJSON(codes) != mustJSON(want) {
 		t.Fatalf("codes %v, want %v", codes, want)
+	}
+	if msg := spinbroker.ErrorMessage(errs[4]); !strings.Contains(msg, "without an id") {
+		t.Errorf("a result without an id: %q", msg)
 	}
 	wantState(t, db, cmds[0].ID, spinbroker.Succeeded)
 	wantState(t, db, cmds[1].ID, spinbroker.Leased)
