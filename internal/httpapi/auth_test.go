@@ -366,3 +366,46 @@ func TestAuth_RevokedWhileWaiting(t *testing.T) {
 		t.Error("the revoked viewer's event stream goes on")
 	}
 }
+
+// TestAuth_AgentRefusalNamesNoOtherResource: an agent token refused a
+// command of another resource is told 403, and not which resource the
+// command belongs to: a token bound to storage learns nothing of another
+// resource's commands, not even which queue an id it holds is on.
+func TestAuth_AgentRefusalNamesNoOtherResource(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	_, admin, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, agent, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "storage", "storage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.token = admin
+	p := e.createPackage(`[{"resource": "secretqueue", "action": "x"}]`, true)
+	leased := e.next("secretqueue")
+	id := p.Commands[0].ID
+	e.token = agent
+	for _, r := range []response{
+		e.do("GET", "/commands/"+id, ""),
+		e.do("POST", "/commands/"+id+"/heartbeat", `{"lease": "`+leased.Lease.Token+`"}`),
+		e.do("POST", "/commands/"+id+"/complete", `{"status": true, "lease": "`+leased.Lease.Token+`"}`),
+		e.do("POST", "/commands/"+id+"/retry", ""),
+		e.do("POST", "/commands/complete", `{"results": [{"id": "`+id+`", "status": true, "lease": "`+leased.Lease.Token+`"}]}`),
+	} {
+		if r.status != 200 {
+			e.want(r, 403, spinbroker.EFORBIDDEN)
+		} else {
+			var out spinbroker.BatchOutcomes
+			r.decode(t, &out)
+			if len(out.Results) != 1 || out.Results[0].HTTPStatus != 403 {
+				t.Fatalf("batch item of another resource: %s", r.body)
+			}
+		}
+		if strings.Contains(string(r.body), "secretqueue") {
+			t.Errorf("a refusal names the other resource: %s", r.body)
+		}
+	}
+	// A queue in the path is the agent's own words: naming it is fine.
+	e.want(e.do("GET", "/queues/secretqueue", ""), 403, spinbroker.EFORBIDDEN)
+}

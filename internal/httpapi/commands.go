@@ -39,7 +39,18 @@ func (s *Server) commandPath(r *http.Request, p permission) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return id, s.allow(r, p, resource)
+	return id, s.allowCommand(r, p, resource, id)
+}
+
+// allowCommand is allow for command id of resource. An agent token refused
+// a command of another resource is not told which resource that is: its
+// token is bound to one, and learns nothing of the others' commands.
+func (s *Server) allowCommand(r *http.Request, p permission, resource, id string) error {
+	err := s.allow(r, p, resource)
+	if err != nil && isAgent(r) && resource != identityOf(r).token.Resource {
+		return errorf(spinbroker.EFORBIDDEN, "command %s is not one this agent token (resource %q) may use", id, identityOf(r).token.Resource)
+	}
+	return err
 }
 
 func (s *Server) handleCommandGet(w http.ResponseWriter, r *http.Request) {
@@ -50,7 +61,7 @@ func (s *Server) handleCommandGet(w http.ResponseWriter, r *http.Request) {
 	}
 	cmd, err := s.store.Command(r.Context(), id)
 	if err == nil {
-		err = s.allow(r, permRead, cmd.Resource)
+		err = s.allowCommand(r, permRead, cmd.Resource, id)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -163,7 +174,7 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 			if valid[i] {
 				var resource string
 				if resource, err = resourceIn(resources, item.ID); err == nil {
-					err = s.allow(r, permSettle, resource)
+					err = s.allowCommand(r, permSettle, resource, item.ID)
 				}
 				if err == nil && item.Lease == "" {
 					err = errorf(spinbroker.EINVALID, "an agent must send its lease")
