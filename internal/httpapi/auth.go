@@ -138,16 +138,9 @@ const (
 func (s *Server) allow(r *http.Request, p permission, resource string) error {
 	tok := identityOf(r).token
 	role := tok.Role
-	ok := false
-	switch role {
-	case spinbroker.RoleAdmin:
-		ok = true
-	case spinbroker.RoleClient:
-		ok = p == permRead || p == permWrite || p == permSettle
-	case spinbroker.RoleViewer:
-		ok = p == permRead
-	case spinbroker.RoleAgent:
-		ok = (p == permRead || p == permDeliver || p == permSettle) && resource != "" && resource == tok.Resource
+	ok := roleMay(role, p)
+	if role == spinbroker.RoleAgent {
+		ok = ok && resource != "" && resource == tok.Resource
 	}
 	if ok {
 		return nil
@@ -160,6 +153,22 @@ func (s *Server) allow(r *http.Request, p permission, resource string) error {
 		article = "an"
 	}
 	return errorf(spinbroker.EFORBIDDEN, "%s %s token may not do this", article, role)
+}
+
+// roleMay reports whether role may do p on some resource: for an agent,
+// allow also asks that it be the token's own.
+func roleMay(role string, p permission) bool {
+	switch role {
+	case spinbroker.RoleAdmin:
+		return true
+	case spinbroker.RoleClient:
+		return p == permRead || p == permWrite || p == permSettle
+	case spinbroker.RoleViewer:
+		return p == permRead
+	case spinbroker.RoleAgent:
+		return p == permRead || p == permDeliver || p == permSettle
+	}
+	return false
 }
 
 // isAgent reports whether the request comes with an agent token.

@@ -409,3 +409,21 @@ func TestAuth_AgentRefusalNamesNoOtherResource(t *testing.T) {
 	// A queue in the path is the agent's own words: naming it is fine.
 	e.want(e.do("GET", "/queues/secretqueue", ""), 403, spinbroker.EFORBIDDEN)
 }
+
+// TestAuth_RetryRefusedBeforeLookup: a token that may retry nothing (an
+// agent's, a viewer's) is answered 403 whatever the path names (API.md,
+// Errors: 403 before 404), so that retry is no oracle of which command ids
+// exist.
+func TestAuth_RetryRefusedBeforeLookup(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	for _, tok := range []struct{ role, resource string }{{spinbroker.RoleAgent, "storage"}, {spinbroker.RoleViewer, ""}} {
+		_, secret, err := e.db.CreateToken(ctx, tok.role, tok.resource, tok.role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.token = secret
+		for _, id := range []string{"00000000-0000-7000-8000-000000000000", "not-an-id"} {
+			e.want(e.do("POST", "/commands/"+id+"/retry", ""), 403, spinbroker.EFORBIDDEN)
+		}
+	}
+}

@@ -29,8 +29,14 @@ func resourceIn(byID map[string]string, id string) (string, error) {
 	return res, nil
 }
 
-// commandPath reads the command id in the path and checks p for it.
+// commandPath reads the command id in the path and checks p for it. A
+// token whose role may never do p is refused before the id is looked at
+// (API.md, Errors: 403 before 404): its answer says nothing of which ids
+// exist.
 func (s *Server) commandPath(r *http.Request, p permission) (string, error) {
+	if !roleMay(identityOf(r).token.Role, p) {
+		return "", s.allow(r, p, "")
+	}
 	id, err := pathID(r, "command")
 	if err != nil {
 		return "", err
