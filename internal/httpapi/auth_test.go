@@ -427,3 +427,39 @@ func TestAuth_RetryRefusedBeforeLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestAuth_AgentMetricsOwnResourceOnly: an agent token may scrape
+// /metrics, but is shown only its own queue's series: the others' names
+// and counts are other resources' business (SECURITY.md: an agent token
+// sees nothing of any other resource). Other tokens see every queue.
+func TestAuth_AgentMetricsOwnResourceOnly(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	_, admin, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, agent, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "storage", "storage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.token = admin
+	e.createPackage(`[{"resource": "storage", "action": "x"}, {"resource": "secretqueue", "action": "x"}]`, true)
+	e.next("secretqueue")
+	r := e.do("GET", "/metrics", "")
+	e.want(r, 200, "")
+	if !strings.Contains(string(r.body), `resource="secretqueue"`) {
+		t.Fatalf("an admin's scrape has no series of secretqueue:\n%s", r.body)
+	}
+	e.token = agent
+	r = e.do("GET", "/metrics", "")
+	e.want(r, 200, "")
+	body := string(r.body)
+	if strings.Contains(body, "secretqueue") {
+		t.Errorf("an agent's scrape names another resource:\n%s", body)
+	}
+	for _, want := range []string{`spinbroker_queue_commands{resource="storage",state="ready"} 1`, "spinbroker_build_info", "go_goroutines"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("an agent's scrape lacks %s:\n%s", want, body)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/version"
@@ -187,7 +188,45 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if s.opts.Auth && !s.opts.MetricsOpen && isAgent(r) {
+		// An agent sees its own queue's series and none of another's:
+		// their names and counts are no business of its token.
+		own := identityOf(r).token.Resource
+		promhttp.HandlerFor(ownResource(s.metrics.reg, own), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+		return
+	}
 	s.metrics.handler.ServeHTTP(w, r)
+}
+
+// ownResource gathers from g the series that have no resource label or
+// have resource's.
+func ownResource(g prometheus.Gatherer, resource string) prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		mfs, err := g.Gather()
+		kept := mfs[:0]
+		for _, mf := range mfs {
+			ms := mf.Metric[:0]
+			for _, m := range mf.Metric {
+				if labelOf(m, "resource", resource) == resource {
+					ms = append(ms, m)
+				}
+			}
+			if mf.Metric = ms; len(ms) > 0 {
+				kept = append(kept, mf)
+			}
+		}
+		return kept, err
+	})
+}
+
+// labelOf is the value of m's label name, or dflt when it has none.
+func labelOf(m *dto.Metric, name, dflt string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return dflt
 }
 
 // queueCollector reads every queue's counts at scrape time, so the gauges
