@@ -168,3 +168,46 @@ func TestInterruptedWhileChecking(t *testing.T) {
 		t.Fatalf("an interrupted run answered a result (ok %v, %q), not the interruption", res.OK(), res.Violations)
 	}
 }
+
+// The answer to the last create arrives after the agents completed that
+// package's commands (a busy machine: the broker commits, the agents are
+// woken and finish, while the producer is yet to read its answer). The
+// last completion ended the producers' calls too, so that package went
+// unrecorded, and a correct broker failed the run: "delivered …, which no
+// producer created" for each of its commands. Found by a soak run of
+// bench --procs 1 beside other load.
+func TestLastCreateAnsweredAfterItsCommandsCompleted(t *testing.T) {
+	const packages, size = 10, 5
+	var creates, completes atomic.Int32
+	allDone := make(chan struct{})
+	c := faultyBroker(t, func(r *http.Request, status int, body []byte) (int, []byte) {
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/packages":
+			if creates.Add(1) == packages {
+				select {
+				case <-allDone:
+				case <-time.After(10 * time.Second):
+					t.Error("the last package's commands were not completed before its create was answered")
+				}
+				// and the agent has its answer to the last completion: the
+				// producer gives up (its request ends), or it waits.
+				select {
+				case <-r.Context().Done():
+				case <-time.After(time.Second):
+				}
+			}
+		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/complete") && status == http.StatusOK:
+			if completes.Add(1) == packages*size {
+				close(allDone)
+			}
+		}
+		return status, body
+	})
+	res, err := Run(context.Background(), c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: size, Commands: packages * size, Protocol: "inline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK() {
+		t.Fatalf("a correct broker failed the run: %q", res.Violations)
+	}
+}

@@ -231,13 +231,21 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		errOnce sync.Once
 		runErr  error
 	)
-	// The agents and producers run under actx, which ends when the last
-	// command completes (so idle long-polls do not pad the time) or the
-	// first error happens; the checks afterwards use ctx.
+	// The agents run under actx, which ends when the last command completes
+	// (so idle long-polls do not pad the time) or the first error happens;
+	// the checks afterwards use ctx.
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The producers run under pctx, which a failure or a stall ends but the
+	// last completion does not: every command completed means every package
+	// was created, yet a producer may still be reading the answer to its
+	// last create when the agents finish that package's commands (a busy
+	// machine). Ending its call then left the package unrecorded, and the
+	// check blamed the broker for delivering commands no producer created.
+	pctx, pcancel := context.WithCancel(ctx)
+	defer pcancel()
 	fail := func(err error) {
-		errOnce.Do(func() { runErr = err; cancel() })
+		errOnce.Do(func() { runErr = err; cancel(); pcancel() })
 	}
 	var (
 		endOnce sync.Once
@@ -277,22 +285,22 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 			defer producers.Done()
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(packages) || actx.Err() != nil {
+				if i >= int64(packages) || pctx.Err() != nil {
 					return
 				}
 				in := newPackage(cfg, int(i), deps)
 				var pkg *spinbroker.Package
 				var err error
 				if cfg.Protocol == "seed" {
-					pkg, err = seedProtocol(actx, c, in, rec)
+					pkg, err = seedProtocol(pctx, c, in, rec)
 				} else {
 					t := time.Now()
 					in.Enqueue = true
-					pkg, err = c.CreatePackage(actx, in)
+					pkg, err = c.CreatePackage(pctx, in)
 					rec.time("create_package", t)
 				}
 				if err != nil {
-					if actx.Err() == nil {
+					if pctx.Err() == nil {
 						fail(fmt.Errorf("producer: %w", err))
 					}
 					return
@@ -316,7 +324,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		defer t.Stop()
 		for {
 			select {
-			case <-actx.Done():
+			case <-pctx.Done(): // not actx: a last create may be unanswered yet
 				return
 			case <-watchdog:
 				return
@@ -326,6 +334,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 				} else if now.Sub(at) >= stallAfter {
 					stalled.Store(true)
 					finish()
+					pcancel()
 					return
 				}
 			}
