@@ -3,6 +3,11 @@ package httpapi
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -50,5 +55,34 @@ func TestTokenCache_Bounded(t *testing.T) {
 		if string(k[:]) == secret {
 			t.Error("the cache is keyed by the secret itself")
 		}
+	}
+}
+
+// TestTokenCache_Login: the dashboard's login form checks a token as the
+// API does, through the cache: a guess is remembered as refused, and a
+// secret no token could have is refused without a lookup.
+func TestTokenCache_Login(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	s := New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Auth: true})
+	t.Cleanup(s.Shutdown)
+	h := s.Handler()
+	login := func(secret string) int {
+		req := httptest.NewRequest("POST", "/ui/login", strings.NewReader(url.Values{"token": {secret}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code
+	}
+	if code := login("sbt_" + strings.Repeat("0", 32)); code != http.StatusUnauthorized {
+		t.Fatalf("a wrong token: %d", code)
+	}
+	if code := login(strings.Repeat("A", 5000)); code != http.StatusUnauthorized {
+		t.Fatalf("an oversized token: %d", code)
+	}
+	s.tokens.mu.Lock()
+	bad := len(s.tokens.bad)
+	s.tokens.mu.Unlock()
+	if bad != 1 {
+		t.Errorf("%d refusals remembered after a wrong and an oversized token, want the wrong one", bad)
 	}
 }

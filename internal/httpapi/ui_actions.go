@@ -179,7 +179,10 @@ func (u *ui) handleLogin(w http.ResponseWriter, r *http.Request) {
 		again(http.StatusBadRequest, "Paste a token: spinbroker token create --role viewer (or admin) makes one.")
 		return
 	}
-	tok, err := u.s.store.Authenticate(r.Context(), secret)
+	// Through the cache, like every other request's token: a secret no
+	// token could have is refused unread, and a refusal is remembered, so
+	// that a flood of guesses at the form costs no more than at the API.
+	tok, err := u.s.tokens.check(r.Context(), secret)
 	switch {
 	case spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED:
 		again(http.StatusUnauthorized, "That token is not valid or was revoked.")
