@@ -26,10 +26,7 @@ func TestAuth(t *testing.T) {
 		{"storage", spinbroker.RoleAgent, "storage"},
 		{"emulation", spinbroker.RoleAgent, "emulation"},
 	} {
-		_, secret, err := e.db.CreateToken(ctx, role.role, role.resource, role.name)
-		if err != nil {
-			t.Fatal(err)
-		}
+		secret := e.secret(role.role, role.resource, role.name)
 		tokens[role.name] = secret
 	}
 	revoked, revokedSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "old")
@@ -257,10 +254,7 @@ func TestLocalHostOnly(t *testing.T) {
 // that writers' bodies wait in.
 func TestAuth_ReadOnlyTokensHoldNoBodies(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
-	_, viewer, err := e.db.CreateToken(ctx, spinbroker.RoleViewer, "", "v")
-	if err != nil {
-		t.Fatal(err)
-	}
+	viewer := e.secret(spinbroker.RoleViewer, "", "v")
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -321,10 +315,7 @@ func TestAuth_RevokedWhileWaiting(t *testing.T) {
 	if _, err := e.db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &one}); err != nil {
 		t.Fatal(err)
 	}
-	_, admin, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := e.secret(spinbroker.RoleAdmin, "", "admin")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		resp, err := get("GET", "/metrics", admin)
 		if err != nil {
@@ -373,14 +364,8 @@ func TestAuth_RevokedWhileWaiting(t *testing.T) {
 // resource's commands, not even which queue an id it holds is on.
 func TestAuth_AgentRefusalNamesNoOtherResource(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
-	_, admin, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, agent, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "storage", "storage")
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := e.secret(spinbroker.RoleAdmin, "", "admin")
+	agent := e.secret(spinbroker.RoleAgent, "storage", "storage")
 	e.token = admin
 	p := e.createPackage(`[{"resource": "secretqueue", "action": "x"}]`, true)
 	leased := e.next("secretqueue")
@@ -417,10 +402,7 @@ func TestAuth_AgentRefusalNamesNoOtherResource(t *testing.T) {
 func TestAuth_RetryRefusedBeforeLookup(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
 	for _, tok := range []struct{ role, resource string }{{spinbroker.RoleAgent, "storage"}, {spinbroker.RoleViewer, ""}} {
-		_, secret, err := e.db.CreateToken(ctx, tok.role, tok.resource, tok.role)
-		if err != nil {
-			t.Fatal(err)
-		}
+		secret := e.secret(tok.role, tok.resource, tok.role)
 		e.token = secret
 		for _, id := range []string{"00000000-0000-7000-8000-000000000000", "not-an-id"} {
 			e.want(e.do("POST", "/commands/"+id+"/retry", ""), 403, spinbroker.EFORBIDDEN)
@@ -434,14 +416,8 @@ func TestAuth_RetryRefusedBeforeLookup(t *testing.T) {
 // sees nothing of any other resource). Other tokens see every queue.
 func TestAuth_AgentMetricsOwnResourceOnly(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
-	_, admin, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, agent, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "storage", "storage")
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := e.secret(spinbroker.RoleAdmin, "", "admin")
+	agent := e.secret(spinbroker.RoleAgent, "storage", "storage")
 	e.token = admin
 	e.createPackage(`[{"resource": "storage", "action": "x"}, {"resource": "secretqueue", "action": "x"}]`, true)
 	e.next("secretqueue")

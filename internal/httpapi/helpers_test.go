@@ -54,6 +54,16 @@ func newEnvLogging(t testing.TB, opts httpapi.Options, log io.Writer) *env {
 	return &env{t: t, db: db, api: api, srv: srv, clock: clock}
 }
 
+// secret creates a token and returns its secret.
+func (e *env) secret(role, resource, name string) string {
+	e.t.Helper()
+	_, secret, err := e.db.CreateToken(ctx, role, resource, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return secret
+}
+
 // response is an answer, read whole.
 type response struct {
 	status int

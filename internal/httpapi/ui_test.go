@@ -515,10 +515,7 @@ func TestUI_Auth(t *testing.T) {
 		if role == spinbroker.RoleAgent {
 			res = "storage"
 		}
-		_, secret, err := e.db.CreateToken(ctx, role, res, role)
-		if err != nil {
-			t.Fatal(err)
-		}
+		secret := e.secret(role, res, role)
 		secrets[role] = secret
 	}
 	cookie := func(role string) []string { return []string{"Cookie", httpapi.TokenCookie + "=" + secrets[role]} }
@@ -616,10 +613,7 @@ func TestUI_Auth(t *testing.T) {
 // TestUI_LoginTLS: over TLS the cookie is Secure as well.
 func TestUI_LoginTLS(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
-	_, secret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret := e.secret(spinbroker.RoleAdmin, "", "admin")
 	req := httptest.NewRequest("POST", "https://broker.example/ui/login", strings.NewReader(url.Values{"token": {secret}}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.TLS = &tls.ConnectionState{}
@@ -739,14 +733,8 @@ func TestUI_QueueAgents(t *testing.T) {
 // last agent asked with.
 func TestUI_QueueAgentsToken(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
-	_, agentSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "storage", "storage-host-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, viewer, err := e.db.CreateToken(ctx, spinbroker.RoleViewer, "", "ops")
-	if err != nil {
-		t.Fatal(err)
-	}
+	agentSecret := e.secret(spinbroker.RoleAgent, "storage", "storage-host-a")
+	viewer := e.secret(spinbroker.RoleViewer, "", "ops")
 	mustCreate(t, e, 1, true, nc(101, "", "storage", "first", ""))
 	agent := *e
 	agent.token = agentSecret
