@@ -362,7 +362,13 @@ func fatal(err error) bool {
 func (a *runner) loop(ctx context.Context) error {
 	failures := 0
 	for ctx.Err() == nil {
-		cmds, err := a.take(ctx)
+		poll := a.opts.Wait
+		if failures > 0 {
+			// A look without waiting first: the log says the broker
+			// answers again as soon as it does, not a long-poll later.
+			poll = 0
+		}
+		cmds, err := a.take(ctx, poll)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -413,14 +419,15 @@ func (a *runner) loop(ctx context.Context) error {
 	return nil
 }
 
-// take long-polls the queue once: next, or claim in batch mode.
-func (a *runner) take(ctx context.Context) ([]spinbroker.Command, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.opts.Wait+a.opts.CallTimeout)
+// take long-polls the queue once, for up to wait: next, or claim in batch
+// mode.
+func (a *runner) take(ctx context.Context, wait time.Duration) ([]spinbroker.Command, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+a.opts.CallTimeout)
 	defer cancel()
 	if a.opts.Claim > 1 {
-		return a.c.Claim(ctx, a.resource, a.opts.Claim, a.opts.Wait, a.opts.Lease)
+		return a.c.Claim(ctx, a.resource, a.opts.Claim, wait, a.opts.Lease)
 	}
-	cmd, err := a.c.Next(ctx, a.resource, a.opts.Wait, a.opts.Lease)
+	cmd, err := a.c.Next(ctx, a.resource, wait, a.opts.Lease)
 	if cmd == nil {
 		return nil, err
 	}

@@ -422,6 +422,24 @@ func TestRun_BrokerUnavailable(t *testing.T) {
 	}
 }
 
+// TestRun_BrokerBackSaidAtOnce: after an outage the agent says it takes
+// commands again as soon as the broker answers, not when its next
+// long-poll on an empty queue ends (Wait later).
+func TestRun_BrokerBackSaidAtOnce(t *testing.T) {
+	f := &faults{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/next") }}
+	f.n.Store(2)
+	b := startBroker(t, httpapi.Options{}, f.wrap)
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Wait: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), `msg="taking commands again"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("20s after a two-request outage, with a minute's long-poll and no work, the log says nothing of the broker being back:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestRun_MaxBackoffAlone: a MaxBackoff below the default MinBackoff, set
 // alone to retry quickly, caps the back-off. It was taken for a mistake
 // and replaced by the default 30s, the opposite of what was asked.
