@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -258,4 +259,64 @@ func holdWriteLock(t *testing.T, path string) (release func()) {
 	}
 	t.Cleanup(release)
 	return release
+}
+
+// TestBackup_WithoutHardLinks: on a file system that has no hard links
+// (vfat, exFAT, many network and FUSE mounts: link answers EPERM) the
+// finished copy is renamed into place instead, whole and alone, and a
+// file already at dest is still never replaced.
+func TestBackup_WithoutHardLinks(t *testing.T) {
+	old := link
+	link = func(string, string) error { return &os.LinkError{Op: "link", Err: syscall.EPERM} }
+	t.Cleanup(func() { link = old })
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.db")
+	db, err := Open(context.Background(), src, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}, Enqueue: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	to := filepath.Join(out, "b.db")
+	if err := Backup(ctx, src, to); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 1 || ents[0].Name() != "b.db" {
+		t.Fatalf("the backup left %v, want b.db alone", ents)
+	}
+	copied, err := Open(ctx, to, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := copied.Package(ctx, p.ID)
+	copied.Close()
+	if err != nil || got.Total != 1 {
+		t.Fatalf("the package in the backup: %+v, %v", got, err)
+	}
+	// A file that appears at dest while the copy is made (another backup
+	// to the same name) is not replaced by the rename.
+	theirs := filepath.Join(out, "c.db")
+	link = func(string, string) error {
+		if err := os.WriteFile(theirs, []byte("someone else's"), 0o600); err != nil {
+			t.Error(err)
+		}
+		return &os.LinkError{Op: "link", Err: syscall.EPERM}
+	}
+	if err := Backup(ctx, src, theirs); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("a backup to a name taken meanwhile: %v", err)
+	}
+	if b, _ := os.ReadFile(theirs); string(b) != "someone else's" {
+		t.Fatal("a backup replaced the file that appeared at its destination")
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 2 {
+		t.Fatalf("a refused backup left %v, want b.db and c.db", ents)
+	}
 }

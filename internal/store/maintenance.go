@@ -101,7 +101,7 @@ func Backup(ctx context.Context, path, dest string) error {
 	// A link, not a rename: a file that appeared at dest meanwhile is
 	// not replaced. A file system without hard links (vfat, exFAT, many
 	// network and FUSE mounts) gets a rename once dest is seen free.
-	if err := os.Link(tmpPath, dest); errors.Is(err, fs.ErrExist) {
+	if err := link(tmpPath, dest); errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("store: backup: %s already exists", dest)
 	} else if err != nil {
 		if _, serr := os.Lstat(dest); serr == nil {
@@ -119,6 +119,9 @@ func Backup(ctx context.Context, path, dest string) error {
 	}
 	return nil
 }
+
+// link is os.Link; a test stands in a file system without hard links.
+var link = os.Link
 
 // syncFile flushes a file (or a folder's entries) to the disk.
 func syncFile(path string) error {
