@@ -224,6 +224,11 @@ func TestAPI_PercentEncodedPath(t *testing.T) {
 	e.want(r, 200, "")
 	// An escaped character that is not allowed is still refused.
 	e.want(e.do("GET", "/queues/a%2Fb", ""), 400, spinbroker.EINVALID)
+	// Decoded once, not twice: %2572 is the three characters %72, not r,
+	// and an id with %25 in it is no id.
+	e.want(e.do("GET", "/queues/%2572", ""), 400, spinbroker.EINVALID)
+	e.want(e.do("POST", "/queues/%2572/next", ""), 400, spinbroker.EINVALID)
+	e.want(e.do("GET", "/packages/"+strings.Replace(escape(p.ID), "%", "%25", 1), ""), 404, spinbroker.ENOTFOUND)
 }
 
 func TestAPI_Unavailable(t *testing.T) {

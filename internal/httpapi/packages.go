@@ -28,9 +28,15 @@ func pathID(r *http.Request, kind string) (string, error) {
 // escaped path when it differs from the decoded one, and hands its segments
 // over still escaped: /queues/%61 would name a queue "%61", refused, though
 // it is the same URI as /queues/a (RFC 3986, 6.2.2.2), and an id with one
-// escaped digit would name no package.
+// escaped digit would name no package. When the escaped path is the
+// default escaping of the decoded one (RawPath empty), chi matched on
+// r.URL.Path, decoded already: decoding its segment again would read
+// /queues/%2572 as the queue r, not the invalid name %72.
 func pathParam(r *http.Request, name string) string {
 	raw := chi.URLParam(r, name)
+	if r.URL.RawPath == "" {
+		return raw
+	}
 	if s, err := url.PathUnescape(raw); err == nil {
 		return s
 	}
