@@ -906,9 +906,6 @@ func TestRun_ExpiredCertificateIsWaitedOut(t *testing.T) {
 	}
 }
 
-// TestRun_StopLinesInOrder: an idle agent told to stop says "stopping"
-// before "agent stopped", once each: its loop could end, and log the
-// second, before the goroutine that logs the first had run.
 // TestRun_StartLineNamesTheBroker: the first line says which broker the
 // agent asks, so that an agent pointed at the wrong one (a staging URL left
 // in a unit file) shows it before anything fails, or when nothing does.
@@ -925,6 +922,9 @@ func TestRun_StartLineNamesTheBroker(t *testing.T) {
 	}
 }
 
+// TestRun_StopLinesInOrder: an idle agent told to stop says "stopping"
+// before "agent stopped", once each: its loop could end, and log the
+// second, before the goroutine that logs the first had run.
 func TestRun_StopLinesInOrder(t *testing.T) {
 	b := startBroker(t, httpapi.Options{}, nil)
 	for range 20 {
