@@ -327,6 +327,10 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 func (a *runner) backoff(n int) time.Duration {
 	d := a.opts.MinBackoff
 	for i := 1; i < n && d < a.opts.MaxBackoff; i++ {
+		if d > a.opts.MaxBackoff/2 { // doubling would pass it, or overflow
+			d = a.opts.MaxBackoff
+			break
+		}
 		d *= 2
 	}
 	d = min(d, a.opts.MaxBackoff)

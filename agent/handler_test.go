@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
 )
 
 type image struct {
@@ -243,4 +245,29 @@ func fieldOf(pe *ParamError) string {
 		return ""
 	}
 	return pe.Field
+}
+
+// TestBackoff_Bounds: the back-off grows from MinBackoff to MaxBackoff and
+// stays within them, even with a MaxBackoff so large that doubling would
+// overflow (a negative duration made rand.N panic).
+func TestBackoff_Bounds(t *testing.T) {
+	for _, o := range []Options{
+		{},
+		{MinBackoff: time.Second, MaxBackoff: math.MaxInt64},
+		{MinBackoff: 3 * time.Millisecond, MaxBackoff: 7 * time.Millisecond},
+	} {
+		c, err := client.New("http://localhost:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := newRunner(c, "r", []Handler{Handle("x", func(context.Context, struct{}) (any, error) { return nil, nil })}, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for n := 1; n <= 200; n++ {
+			if d := a.backoff(n); d < a.opts.MinBackoff/2 || d > a.opts.MaxBackoff {
+				t.Fatalf("%+v: back-off %d is %v, outside %v..%v", o, n, d, a.opts.MinBackoff/2, a.opts.MaxBackoff)
+			}
+		}
+	}
 }
