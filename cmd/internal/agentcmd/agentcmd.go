@@ -132,6 +132,11 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	if f.token == "" {
 		f.token = os.Getenv("SPINBROKER_TOKEN")
 	}
+	// Read once, then out of the environment: every program the agent
+	// runs inherits it (QEMU for each VM, for as long as the VM runs, a
+	// --qemu wrapper, qemu-img, systemctl), and none of them needs the
+	// broker's token.
+	_ = os.Unsetenv("SPINBROKER_TOKEN")
 	if f.url == "" {
 		return Usagef("-url (or SPINBROKER_URL) is required")
 	}

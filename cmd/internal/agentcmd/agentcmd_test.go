@@ -3,6 +3,9 @@ package agentcmd
 import (
 	"flag"
 	"io"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +30,36 @@ func TestGrace(t *testing.T) {
 		}
 		if got := f.Options(nil).Grace; got != c.want {
 			t.Errorf("%v: grace %v, want %v", c.args, got, c.want)
+		}
+	}
+}
+
+// TestParse_TokenLeavesTheEnvironment: the token from $SPINBROKER_TOKEN is
+// taken, then removed from the environment, so that the programs the agent
+// runs (QEMU for every VM, for as long as it runs) do not inherit it.
+func TestParse_TokenLeavesTheEnvironment(t *testing.T) {
+	for _, args := range [][]string{
+		{"-url", "http://localhost:1"},
+		{"-url", "http://localhost:1", "-token", "from-the-flag"},
+	} {
+		t.Setenv("SPINBROKER_TOKEN", "s3cret-token")
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		f := Register(fs, "t", "test")
+		if err := f.Parse(fs, args, io.Discard); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		if len(args) == 2 && f.token != "s3cret-token" {
+			t.Errorf("%v: token %q, want the environment's", args, f.token)
+		}
+		if v, ok := os.LookupEnv("SPINBROKER_TOKEN"); ok {
+			t.Errorf("%v: SPINBROKER_TOKEN=%q is still in the environment", args, v)
+		}
+		out, err := exec.Command("env").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(out), "s3cret-token") {
+			t.Errorf("%v: a child process inherits the token", args)
 		}
 	}
 }
