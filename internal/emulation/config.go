@@ -96,14 +96,31 @@ func (vm *VM) Validate() error {
 }
 
 // resolveImages turns the images' paths into absolute, symlink-free host
-// paths of files that exist, confined to root when root is not empty.
-func resolveImages(images []Image, root string) ([]Image, error) {
+// paths of files that exist, confined to root when root is not empty, and
+// never in one of the folders private: the agent's own (its state dir, its
+// pid files, its unit files), which a guest writing to its disk would
+// rewrite.
+func resolveImages(images []Image, root string, private ...string) ([]Image, error) {
 	var rootReal string
 	if root != "" {
 		var err error
 		if rootReal, err = filepath.EvalSymlinks(root); err != nil {
 			return nil, fmt.Errorf("the images root %q: %w", root, err)
 		}
+	}
+	var privReal []string
+	for _, d := range private {
+		if d == "" {
+			continue
+		}
+		d, err := filepath.Abs(d)
+		if err != nil {
+			return nil, err
+		}
+		if r, err := filepath.EvalSymlinks(d); err == nil {
+			d = r
+		}
+		privReal = append(privReal, d)
 	}
 	out := make([]Image, len(images))
 	for i, im := range images {
@@ -131,6 +148,11 @@ func resolveImages(images []Image, root string) ([]Image, error) {
 		if rootReal != "" {
 			if r, err := filepath.Rel(rootReal, real); err != nil || !filepath.IsLocal(r) {
 				return nil, fmt.Errorf("vm.Images[%d] %q is outside the images root", i, im.Path)
+			}
+		}
+		for _, d := range privReal {
+			if r, err := filepath.Rel(d, real); err == nil && filepath.IsLocal(r) {
+				return nil, fmt.Errorf("vm.Images[%d] %q is one of the agent's own files (%s), not an image", i, im.Path, d)
 			}
 		}
 		fi, err := os.Stat(real)

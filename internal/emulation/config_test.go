@@ -461,3 +461,65 @@ func TestProcess_StopSweepsTheGroup(t *testing.T) {
 		t.Errorf("the child that ignored SIGTERM outlived the stop (state %c)", state)
 	}
 }
+
+// TestEmulator_ImagesNotItsOwnFiles: with the state dir (or the pid files,
+// or the unit dir) inside the images root, a VM's disk could be the
+// agent's own file, a pid file say, which its guest would then rewrite:
+// the agent would signal whatever pid the guest wrote. Such images are
+// refused, by whatever path they are named.
+func TestEmulator_ImagesNotItsOwnFiles(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "vol"), 0o755)
+	os.WriteFile(filepath.Join(root, "vol", "disk.img"), nil, 0o644)
+	state := filepath.Join(root, "state")
+	procDir := filepath.Join(root, "proc")
+	units := filepath.Join(root, "units")
+	if err := os.Symlink(state, filepath.Join(root, "vol", "st")); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := LockStateDir(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	for _, f := range []string{filepath.Join(procDir, "vm9.log"), filepath.Join(units, "spin-vm-vm9.service")} {
+		os.MkdirAll(filepath.Dir(f), 0o755)
+		if err := os.WriteFile(f, []byte("1 2\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	procSup, err := NewProcess(procDir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unitSup, err := NewSystemd(units, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sup := range []Supervisor{procSup, unitSup} {
+		e, err := New(Options{StateDir: state, ImagesRoot: root, Supervisor: sup, Accel: "tcg", Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.WriteConfig(ctx, WriteConfig{ID: "vm1", VM: &VM{Name: "w", Cpus: 1, Memory: 64, Images: []Image{{Path: "disk.img", Volume: "vol"}}}}); err != nil {
+			t.Fatal(err)
+		}
+		own := []Image{
+			{Path: "state/vms/vm1.json"},
+			{Path: "st/vms/vm1.json", Volume: "vol"},
+			{Path: filepath.Join(state, LockName)},
+		}
+		if sup == Supervisor(procSup) {
+			own = append(own, Image{Path: "proc/vm9.log"})
+		} else {
+			own = append(own, Image{Path: "units/spin-vm-vm9.service"})
+		}
+		for _, im := range own {
+			_, err := e.WriteConfig(ctx, WriteConfig{ID: "vm2", VM: &VM{Name: "w", Cpus: 1, Memory: 64, Images: []Image{im}}})
+			if err == nil || !strings.Contains(err.Error(), "agent's own files") {
+				t.Errorf("%T: an image at %+v: %v, want it refused", sup, im, err)
+			}
+		}
+	}
+}

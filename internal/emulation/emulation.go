@@ -155,6 +155,21 @@ func (e *Emulator) Handlers() []agent.Handler {
 	}
 }
 
+// private are the agent's own folders, which no image may be in: an image
+// in the images root that is the agent's pid file, a config or a unit
+// would let its guest write what the agent trusts (a pid it signals, a
+// command systemd runs).
+func (e *Emulator) private() []string {
+	dirs := []string{e.opts.StateDir}
+	switch s := e.sup.(type) {
+	case *Process:
+		dirs = append(dirs, s.dir)
+	case *Systemd:
+		dirs = append(dirs, s.unitDir)
+	}
+	return dirs
+}
+
 func (e *Emulator) configPath(id string) string {
 	return filepath.Join(e.opts.StateDir, "vms", id+".json")
 }
@@ -225,7 +240,7 @@ type Output struct {
 // same config again is success without a change; a running VM keeps its
 // old config until it is started again.
 func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) {
-	images, err := resolveImages(p.VM.Images, e.opts.ImagesRoot)
+	images, err := resolveImages(p.VM.Images, e.opts.ImagesRoot, e.private()...)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +329,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		return nil, fmt.Errorf("the QMP socket path %q is longer than %d bytes: use a shorter --state-dir", out.QMP, maxSocketPath)
 	}
 	// The images are resolved again: they may have moved since the config.
-	if vm.Images, err = resolveImages(vm.Images, e.opts.ImagesRoot); err != nil {
+	if vm.Images, err = resolveImages(vm.Images, e.opts.ImagesRoot, e.private()...); err != nil {
 		return nil, err
 	}
 	qemu := e.opts.QEMU
