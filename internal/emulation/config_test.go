@@ -523,3 +523,37 @@ func TestEmulator_ImagesNotItsOwnFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestProcess_PIDFilesWithoutStartTime: the agent writes a VM's pid with
+// its start time; a pid file without one, or naming pid 1, is damaged, not
+// a VM to adopt: it would take whatever process has the pid now, and a
+// stop of pid 1 as a group would be kill(-1), every process the agent may
+// signal.
+func TestProcess_PIDFilesWithoutStartTime(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	stranger := exec.Command("sleep", "300")
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stranger.Process.Kill(); stranger.Wait() })
+	_, start, _ := procStat(1)
+	os.WriteFile(filepath.Join(dir, "vm1.pid"), fmt.Appendf(nil, "%d\n", stranger.Process.Pid), 0o600)
+	os.WriteFile(filepath.Join(dir, "vm2.pid"), []byte("1\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "vm3.pid"), fmt.Appendf(nil, "1 %s\n", start), 0o600)
+	s, err := NewProcess(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"vm1", "vm2", "vm3"} {
+		if running, _ := s.Running(ctx, id); running {
+			t.Fatalf("%s: a damaged pid file was adopted as a running VM", id)
+		}
+	}
+	if err := s.Kill(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if state, _, ok := procStat(stranger.Process.Pid); !ok || state == 'Z' {
+		t.Error("a stop killed the process a pid file without a start time named")
+	}
+}

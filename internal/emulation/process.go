@@ -98,7 +98,9 @@ func (s *Process) readPID(id string) (*proc, error) {
 	}
 	pidStr, start, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
 	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid <= 0 {
+	// The agent writes both: a pid file without the start time would take
+	// whatever process has the pid now, and pid 1 (init) is never a VM.
+	if err != nil || pid <= 1 || start == "" || strings.ContainsAny(start, " \t\n") {
 		return nil, fmt.Errorf("pid file of %s is damaged", id)
 	}
 	return &proc{pid: pid, start: start}, nil
@@ -222,6 +224,9 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 // one, so that a --qemu wrapper that runs qemu as its child, rather than
 // exec'ing it, does not leave qemu running.
 func (p *proc) signal(sig syscall.Signal) {
+	if p.pid <= 1 {
+		return // kill(-1) would signal every process the agent may
+	}
 	if p.group {
 		_ = syscall.Kill(-p.pid, sig)
 		return
