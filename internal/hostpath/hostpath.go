@@ -612,6 +612,12 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if strings.HasPrefix(filepath.Base(rel), ".") {
+		// The root's lock file (deleted, a second agent could lock a
+		// new one and serve the root too) and a write's temporary
+		// files are the agent's; no image is named so (CheckImageName).
+		return nil, fmt.Errorf("%q starts with a dot: it is one of the agent's own files, not an image", rel)
+	}
 	fi, err := s.root.Lstat(rel)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

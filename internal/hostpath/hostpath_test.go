@@ -661,3 +661,31 @@ func FuzzQcow2Size(f *testing.F) {
 		}
 	})
 }
+
+// TestDeleteImage_NotTheAgentsOwnFiles: delete_image takes any path, but
+// the root's lock file and the temporary files of a write are the agent's,
+// not images: deleting the lock would let a second agent serve the root.
+func TestDeleteImage_NotTheAgentsOwnFiles(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	tmp := filepath.Join(s.Dir(), "v", ".d.raw.tmp-0123456789ab")
+	if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{LockName, "./" + LockName, "v/../" + LockName, "v/.d.raw.tmp-0123456789ab"} {
+		_, err := s.DeleteImage(ctx, DeleteImage{ImagePath: p})
+		wantErr(t, err, "starts with a dot")
+	}
+	for _, p := range []string{filepath.Join(s.Dir(), LockName), tmp} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s was deleted: %v", p, err)
+		}
+	}
+	if s2, err := Open(s.Dir(), Options{}); !errors.Is(err, ErrInUse) {
+		t.Errorf("a second Storage on the root: %v, want ErrInUse", err)
+		if err == nil {
+			s2.Close()
+		}
+	}
+}
