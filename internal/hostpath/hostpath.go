@@ -311,25 +311,20 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 	return s.output(rel, true), nil
 }
 
-// imagesNotInUse refuses a volume holding an image a running VM uses.
+// imagesNotInUse refuses a volume holding an image a running VM uses, in
+// it or in a volume inside it (RemoveAll takes those too). Symlinks are
+// not followed, as RemoveAll does not follow them.
 func (s *Storage) imagesNotInUse(vol string) error {
-	d, err := s.root.Open(vol)
-	if err != nil {
-		return describe(vol, err)
-	}
-	ents, err := d.ReadDir(-1)
-	d.Close()
-	if err != nil {
-		return describe(vol, err)
-	}
-	for _, e := range ents {
-		if e.Type().IsRegular() {
-			if err := s.notInUse(filepath.Join(vol, e.Name()), false); err != nil {
-				return err
-			}
+	return fs.WalkDir(s.root.FS(), filepath.ToSlash(vol), func(p string, e fs.DirEntry, err error) error {
+		rel := filepath.FromSlash(p)
+		switch {
+		case err != nil:
+			return describe(rel, err)
+		case e.Type().IsRegular():
+			return s.notInUse(rel, false)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // CreateImage is the parameters of create_image. ImageSize is in GiB;

@@ -70,3 +70,24 @@ func TestImages_InUseByAVM(t *testing.T) {
 	m.out(s.DeleteImage(ctx, DeleteImage{ImagePath: "a/cd.raw"}))
 	m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "a", Force: true}))
 }
+
+// TestRemoveVolume_InUseInANestedVolume: remove_volume with force looks
+// for images in use in the volumes inside the volume too, since it
+// removes them with it.
+func TestRemoveVolume_InUseInANestedVolume(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "pool/vm1/disks"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "pool/vm1/disks", ImageName: "disk.raw", ImageSize: 1}))
+	disk := filepath.Join(s.Dir(), "pool", "vm1", "disks", "disk.raw")
+	vm := qemuLocks(t, disk, false)
+	for _, vol := range []string{"pool", "pool/vm1"} {
+		_, err := s.RemoveVolume(ctx, RemoveVolume{Path: vol, Force: true})
+		wantErr(t, err, "in use by a running VM")
+	}
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("the image a VM uses was removed: %v", err)
+	}
+	vm.Close()
+	m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "pool", Force: true}))
+}
