@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spin-broker/spinbroker/agent"
 )
@@ -687,5 +688,62 @@ func TestDeleteImage_NotTheAgentsOwnFiles(t *testing.T) {
 		if err == nil {
 			s2.Close()
 		}
+	}
+}
+
+// TestCopyImage_AgainOnAHugeSparseImage: copy_image delivered again
+// compares the copy with its source without reading terabytes of holes
+// (which took hours, the agent taking no other command meanwhile), and
+// still finds a byte that differs anywhere in them.
+func TestCopyImage_AgainOnAHugeSparseImage(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	const gib = 4 << 10 // 4 TiB
+	if _, err := s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: gib}); err != nil {
+		t.Skipf("this file system has no 4 TiB sparse files: %v", err)
+	}
+	m.out(s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"}))
+	again := func() (any, error) {
+		t.Helper()
+		type result struct {
+			v   any
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			v, err := s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"})
+			done <- result{v, err}
+		}()
+		select {
+		case r := <-done:
+			return r.v, r.err
+		case <-time.After(time.Minute):
+			t.Fatal("copy_image of a copy already made takes over a minute on a sparse image")
+			return nil, nil
+		}
+	}
+	if o := m.out(again()); o.Changed {
+		t.Fatalf("copy_image again = %+v", o)
+	}
+	for _, w := range []struct {
+		file string
+		off  int64
+	}{{"b/d.raw", 3 << 40}, {"a/d.raw", 2 << 40}} {
+		f, err := os.OpenFile(filepath.Join(s.Dir(), w.file), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte{1}, w.off); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		_, err = again()
+		wantErr(t, err, `has another image "d.raw" already`)
+		// Undo it: the other write is then the only difference.
+		f, _ = os.OpenFile(filepath.Join(s.Dir(), w.file), os.O_WRONLY, 0)
+		f.WriteAt([]byte{0}, w.off)
+		f.Close()
 	}
 }

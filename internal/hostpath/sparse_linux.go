@@ -37,3 +37,19 @@ func dataExtents(f *os.File, size int64, fn func(start, end int64) error) error 
 	}
 	return nil
 }
+
+// nextData is the offset of the first byte at or after off that may hold
+// data: size when only a hole follows, off itself when the file system
+// cannot tell.
+func nextData(f *os.File, off, size int64) (int64, error) {
+	start, err := f.Seek(off, seekData)
+	switch {
+	case errors.Is(err, syscall.ENXIO):
+		return size, nil
+	case errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP):
+		return off, nil
+	case err != nil:
+		return 0, err
+	}
+	return min(start, size), nil
+}
