@@ -442,6 +442,10 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == f.Name() {
+		// The temporary file's host path is no part of the reason.
+		err = describe(rel, err)
+	}
 	if err == nil {
 		err = describe(rel, s.root.Rename(tmp, rel))
 	}
@@ -689,7 +693,7 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 		}
 		err = s.qemuImgRun(ctx, f, args...)
 	} else {
-		err = f.Truncate(size)
+		err = describe(rel, f.Truncate(size))
 	}
 	if err != nil {
 		return nil, err
@@ -889,6 +893,10 @@ func (s *Storage) copyFile(src, dst string) error {
 		return describe(src, err)
 	}
 	return s.writeAtomically(dst, func(out *os.File) error {
-		return copySparse(out, in, fi.Size())
+		err := copySparse(out, in, fi.Size())
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == in.Name() {
+			err = describe(src, err)
+		}
+		return err
 	})
 }

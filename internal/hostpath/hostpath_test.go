@@ -747,3 +747,25 @@ func TestCopyImage_AgainOnAHugeSparseImage(t *testing.T) {
 		f.Close()
 	}
 }
+
+// TestErrors_PathsRelativeToTheRoot: a file system's error on an image
+// names it by its path in the root, as every other reason does, not by
+// the host path of the agent's temporary file.
+func TestErrors_PathsRelativeToTheRoot(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "small.raw", ImageSize: 1}))
+	_, err := s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "big.raw", ImageSize: MaxImageGiB})
+	if err == nil {
+		t.Skip("this file system takes a file of MaxImageGiB")
+	}
+	wantErr(t, err, `truncate "v/big.raw"`)
+	_, err2 := s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "small.raw", ImageSize: MaxImageGiB})
+	wantErr(t, err2, `truncate "v/small.raw"`)
+	for _, e := range []error{err, err2} {
+		if e != nil && strings.Contains(e.Error(), s.Dir()) {
+			t.Errorf("the reason names a host path: %v", e)
+		}
+	}
+}
