@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -10,8 +12,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
 
 // TestErrors: the broker's error bodies, and answers that are not the
@@ -78,5 +84,58 @@ func TestErrors(t *testing.T) {
 		if msg := err.Error(); !strings.Contains(msg, "http://") {
 			t.Errorf("New(%q) = %q, which does not say what a broker URL looks like", bad, msg)
 		}
+	}
+}
+
+// newBroker serves a real broker, a SQLite file in a temp dir, until the
+// test ends, and returns a client of it and the API (to shut it down).
+func newBroker(t *testing.T) (*Client, *httpapi.Server, *httptest.Server) {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() {
+		api.Shutdown()
+		srv.Close()
+	})
+	c, err := New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, api, srv
+}
+
+// TestEventsEndedByBroker: a broker that stops (to restart) ends its event
+// streams cleanly. Events must not then return nil, which reads as "done":
+// a follower that reconnects while Temporary(err) would stop following.
+func TestEventsEndedByBroker(t *testing.T) {
+	c, api, _ := newBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	got := make(chan Event, 16)
+	go func() {
+		done <- c.Events(ctx, func(ev Event) error { got <- ev; return nil })
+	}()
+	// Wait until the stream carries an event, so that it is open.
+	for {
+		if _, err := c.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}, Enqueue: true}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+		case <-time.After(200 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	api.Shutdown()
+	select {
+	case err := <-done:
+		if err == nil || !Temporary(err) {
+			t.Fatalf("Events after the broker ended the stream = %v, want a Temporary error", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Events did not return when the broker ended the stream")
 	}
 }

@@ -12,8 +12,10 @@ import (
 )
 
 // Event is one Server-Sent Event of GET /events: Type is "package",
-// "command" or "queue", and Data the JSON the broker sent with it (a
-// package or queue without its commands, or a command transition).
+// "command", "queue" or "resync", and Data the JSON the broker sent with
+// it (a package or queue without its commands, a command transition, or
+// for "resync" a reason). "resync" says that the stream fell behind and
+// events were dropped: read again the state that matters.
 type Event struct {
 	Type string
 	Data json.RawMessage
@@ -27,8 +29,17 @@ func ForPackage(id string) EventsOption {
 	return func(q url.Values) { q.Set("package", id) }
 }
 
-// Events streams the broker's events to fn until ctx ends, the connection
-// drops or fn returns an error (which Events then returns).
+// Events streams the broker's events to fn until ctx ends (it returns
+// ctx's error), fn returns an error (which Events then returns), or the
+// stream ends: the connection drops, or the broker stops or restarts, for
+// which it returns an error that Temporary reports.
+//
+// Events does not reconnect, and the broker keeps no history to replay:
+// what changed while no stream was open (between two calls, or before
+// the broker answered this one) is never sent. A follower reconnects and
+// then reads again the packages it follows, rather than wait for an
+// event that may have passed. The HTTP client's Timeout, if set, cuts the
+// stream too.
 func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
 	u := *c.base
 	u.Path = c.base.Path + "/events"
@@ -89,5 +100,10 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	if err := sc.Err(); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("client: event stream: %w", err)
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// The broker ended the stream (it is stopping): not a success, and
+	// worth a new one once it is back.
+	return fmt.Errorf("client: event stream: the broker ended it: %w", io.EOF)
 }
