@@ -204,6 +204,14 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		return 0, err
 	}
 	defer resp.Body.Close()
+	if resp.Request != nil && resp.Request.Method != method {
+		// A 301, 302 or 303 (a proxy sending http to https) makes Go's
+		// client send a POST again as a GET without its body: its 200
+		// answers something else, and a create that never happened
+		// would look done.
+		return resp.StatusCode, fmt.Errorf("client: %s %s was redirected to %s and sent again as %s without its body: give New the broker's URL as it answers (%s://%s)",
+			method, path, resp.Request.URL.Redacted(), resp.Request.Method, resp.Request.URL.Scheme, resp.Request.URL.Host)
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return resp.StatusCode, err

@@ -139,3 +139,34 @@ func TestEventsEndedByBroker(t *testing.T) {
 		t.Fatal("Events did not return when the broker ended the stream")
 	}
 }
+
+// TestRedirectedWrite: a proxy that redirects (http to https, say) makes
+// Go's HTTP client send a POST again as a GET, without its body. The GET
+// answers 200 with something else, and CreatePackage returned an empty
+// package and no error: a create that never happened looked done.
+func TestRedirectedWrite(t *testing.T) {
+	_, _, broker := newBroker(t)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, broker.URL+r.URL.RequestURI(), http.StatusFound)
+	}))
+	defer proxy.Close()
+	c, err := New(proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := c.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}, Enqueue: true})
+	if err == nil {
+		t.Fatalf("CreatePackage through a redirect = %+v, nil; want an error", p)
+	}
+	if Temporary(err) {
+		t.Fatalf("a redirect is not temporary: %v", err)
+	}
+	if !strings.Contains(err.Error(), broker.URL) {
+		t.Fatalf("the error does not name where the broker redirects: %v", err)
+	}
+	// Reads follow redirects as before.
+	if _, err := c.Packages(ctx, ListOptions{}); err != nil {
+		t.Fatalf("a read through a redirect: %v", err)
+	}
+}
