@@ -97,7 +97,9 @@ func (h *hub) broadcast(typ, pkg string, v any) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs {
-		if s.pkg != "" && pkg != s.pkg {
+		// "resync" concerns every stream: one of one package may have
+		// lost that package's events.
+		if s.pkg != "" && pkg != s.pkg && typ != "resync" {
 			continue
 		}
 		select {

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -76,4 +77,32 @@ func TestEvents_StalledClientDoesNotHoldShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a stalled event stream held the shutdown for more than 10s")
 	}
+}
+
+// TestEvents_ResyncReachesFilteredStreams: when the hub drops commits,
+// every stream is told to reload, a stream of one package (?package=, what
+// a producer waiting for its package and the dashboard's package page
+// follow) too: it may have lost that package's last event, and without
+// "resync" it would wait for one that never comes.
+func TestEvents_ResyncReachesFilteredStreams(t *testing.T) {
+	s, srv, _ := newTestServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/events?package=0190c3a4-5a6b-4c8d-9e0f-a1b2c3d4e5f6", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	// The preamble is written once the stream has subscribed.
+	for sc.Scan() && sc.Text() != ": connected" {
+	}
+	s.hub.overflow.Store(true)
+	for sc.Scan() {
+		if sc.Text() == "event: resync" {
+			return
+		}
+	}
+	t.Fatalf("no resync on a stream of one package: %v", sc.Err())
 }
