@@ -113,6 +113,9 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Temporary reports whether err may go away if the same call is made again
 // later: the broker was unreachable, timed out, or answered 5xx or 429.
+// It does not say that repeating the call is safe: a write whose answer
+// was lost (a timeout, a dropped connection) may have been committed, so a
+// create is repeated only with the IdempotencyKey it was first sent with.
 func Temporary(err error) bool {
 	if err == nil {
 		return false
@@ -266,6 +269,12 @@ func decodeError(status int, data []byte) error {
 func esc(s string) string { return url.PathEscape(s) }
 
 // CreatePackage creates a package, with commands and enqueued when in asks.
+//
+// A create that failed with a Temporary error may still have been
+// committed. Sent again with the same IdempotencyKey and the same in (the
+// client encodes it again to the same bytes), it answers the first
+// package and creates nothing new; sent again without a key it creates a
+// second package, or, when in.ID is set, answers 409 conflict.
 func (c *Client) CreatePackage(ctx context.Context, in spinbroker.NewPackage, opts ...CallOption) (*spinbroker.Package, error) {
 	var p spinbroker.Package
 	_, err := c.do(ctx, http.MethodPost, "/packages", nil, in, &p, opts...)
@@ -275,7 +284,9 @@ func (c *Client) CreatePackage(ctx context.Context, in spinbroker.NewPackage, op
 	return &p, nil
 }
 
-// AddCommand adds a command to a package in staging.
+// AddCommand adds a command to a package in staging. As with
+// CreatePackage, only a call with an IdempotencyKey (or in.ID) is safe to
+// repeat after a Temporary error.
 func (c *Client) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, opts ...CallOption) (*spinbroker.Command, error) {
 	var cmd spinbroker.Command
 	_, err := c.do(ctx, http.MethodPost, "/packages/"+esc(pkgID)+"/commands", nil, in, &cmd, opts...)
