@@ -73,6 +73,32 @@ type commitRec struct {
 	deleted []string
 }
 
+// leased decodes the commands a next or claim answered: one for a next
+// (zero if its body does not decode), the list for a claim.
+func (o *opRec) leased() []spinbroker.Command {
+	if o.kind == "next" {
+		var cmd spinbroker.Command
+		json.Unmarshal(o.body, &cmd)
+		return []spinbroker.Command{cmd}
+	}
+	var cr spinbroker.ClaimResult
+	json.Unmarshal(o.body, &cr)
+	return cr.Commands
+}
+
+// held adds to got the commands a next or claim leased, if it answered 200.
+func (o *opRec) held(got []held) []held {
+	if o.status != 200 {
+		return got
+	}
+	for _, c := range o.leased() {
+		if c.Lease != nil {
+			got = append(got, held{c: c, leaseDur: o.leaseDur, expires: c.Lease.ExpiresAt})
+		}
+	}
+	return got
+}
+
 type opRec struct {
 	kind       string // create, add, enqueue, cancel, delete, retry, get, next, claim, complete, batch, heartbeat, settle, patch, stale
 	actor      string
@@ -459,10 +485,7 @@ func (s *stress) agent(ctx context.Context, name string, rnd *rand.Rand) {
 				path += "&lease=" + lease.String()
 			}
 			s.call(o, "POST", path, nil)
-			var c spinbroker.Command
-			if o.status == 200 && json.Unmarshal(o.body, &c) == nil && c.Lease != nil {
-				got = append(got, held{c: c, leaseDur: lease, expires: c.Lease.ExpiresAt})
-			}
+			got = o.held(got)
 		} else {
 			max := 1 + rnd.IntN(4)
 			o := &opRec{kind: "claim", actor: name, res: r, leaseDur: lease, conc: max}
@@ -471,14 +494,7 @@ func (s *stress) agent(ctx context.Context, name string, rnd *rand.Rand) {
 				body["lease"] = lease.String()
 			}
 			s.call(o, "POST", "/queues/"+r+"/claim", body)
-			var cr spinbroker.ClaimResult
-			if o.status == 200 && json.Unmarshal(o.body, &cr) == nil {
-				for _, c := range cr.Commands {
-					if c.Lease != nil {
-						got = append(got, held{c: c, leaseDur: lease, expires: c.Lease.ExpiresAt})
-					}
-				}
-			}
+			got = o.held(got)
 		}
 		if len(got) == 0 {
 			continue
@@ -893,17 +909,7 @@ func (c *checker) run() {
 			if o.status != 200 {
 				continue
 			}
-			var cs []spinbroker.Command
-			if o.kind == "next" {
-				var cmd spinbroker.Command
-				json.Unmarshal(o.body, &cmd)
-				cs = append(cs, cmd)
-			} else {
-				var cr spinbroker.ClaimResult
-				json.Unmarshal(o.body, &cr)
-				cs = cr.Commands
-			}
-			for _, cmd := range cs {
+			for _, cmd := range o.leased() {
 				if cmd.StartedAt != nil {
 					key := fmt.Sprintf("%s/%d", cmd.ID, cmd.Attempts)
 					c.leasedAt[key] = append(c.leasedAt[key], leaseAnswer{o.start, o.end, *cmd.StartedAt})
@@ -1399,18 +1405,9 @@ func (c *checker) checkOp(o *opRec, cancelStarted func(string, int) bool, delete
 			bad("unexpected")
 			return
 		}
-		var cs []spinbroker.Command
-		if o.kind == "next" {
-			var cmd spinbroker.Command
-			json.Unmarshal(o.body, &cmd)
-			cs = append(cs, cmd)
-		} else {
-			var cr spinbroker.ClaimResult
-			json.Unmarshal(o.body, &cr)
-			cs = cr.Commands
-			if len(cs) > o.conc {
-				bad("%d commands for max %d", len(cs), o.conc)
-			}
+		cs := o.leased()
+		if o.kind == "claim" && len(cs) > o.conc {
+			bad("%d commands for max %d", len(cs), o.conc)
 		}
 		for i, cmd := range cs {
 			if cmd.State != spinbroker.Leased || cmd.Lease == nil || cmd.Lease.Token == "" {
