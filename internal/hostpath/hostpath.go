@@ -243,6 +243,16 @@ func describe(rel string, err error) error {
 	return err
 }
 
+// describeFile is describe for an error of an operation on f, an open file
+// of the root named rel: such an error names f by its host path, which
+// becomes rel. Any other error is left as it is.
+func describeFile(f *os.File, rel string, err error) error {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == f.Name() {
+		return describe(rel, err)
+	}
+	return err
+}
+
 // AddVolume is the parameters of add_volume.
 type AddVolume struct {
 	Path string `json:"path" spin:"required"`
@@ -442,10 +452,7 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == f.Name() {
-		// The temporary file's host path is no part of the reason.
-		err = describe(rel, err)
-	}
+	err = describeFile(f, rel, err) // the temporary file's host path is no part of the reason
 	if err == nil {
 		err = describe(rel, s.root.Rename(tmp, rel))
 	}
@@ -893,10 +900,6 @@ func (s *Storage) copyFile(src, dst string) error {
 		return describe(src, err)
 	}
 	return s.writeAtomically(dst, func(out *os.File) error {
-		err := copySparse(out, in, fi.Size())
-		if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == in.Name() {
-			err = describe(src, err)
-		}
-		return err
+		return describeFile(in, src, copySparse(out, in, fi.Size()))
 	})
 }
