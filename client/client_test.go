@@ -140,6 +140,67 @@ func TestEventsEndedByBroker(t *testing.T) {
 	}
 }
 
+// TestEventsOnOpen: OnOpen says when the stream is open, before any event,
+// so that a change made right after it is seen; a refused subscription
+// never calls it.
+func TestEventsOnOpen(t *testing.T) {
+	c, _, _ := newBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := c.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan struct{})
+	var openedFirst, calls int
+	got := make(chan Event, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Events(ctx, func(ev Event) error {
+			if calls == 0 {
+				openedFirst = -1 // an event before OnOpen
+			}
+			got <- ev
+			return nil
+		}, ForPackage(p.ID), OnOpen(func() {
+			calls++
+			openedFirst = 1
+			close(opened)
+		}))
+	}()
+	select {
+	case <-opened:
+	case err := <-done:
+		t.Fatalf("Events ended before it opened: %v", err)
+	case <-ctx.Done():
+		t.Fatal("OnOpen was not called")
+	}
+	// Made at once after OnOpen: the stream must carry it.
+	if _, err := c.Enqueue(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-got:
+		if !strings.Contains(string(ev.Data), p.ID) {
+			t.Fatalf("first event %s %s is not about package %s", ev.Type, ev.Data, p.ID)
+		}
+	case <-ctx.Done():
+		t.Fatal("no event for a change made right after OnOpen")
+	}
+	cancel()
+	<-done
+	if calls != 1 || openedFirst != 1 {
+		t.Fatalf("OnOpen called %d times (first before events: %v)", calls, openedFirst == 1)
+	}
+
+	// A refused subscription does not open.
+	refused := false
+	err = c.Events(context.Background(), func(Event) error { return nil }, ForPackage("not-an-id"), OnOpen(func() { refused = true }))
+	if spinbroker.ErrorCode(err) != spinbroker.EINVALID || refused {
+		t.Fatalf("Events of a bad package id = %v (OnOpen called: %v), want invalid and no call", err, refused)
+	}
+}
+
 // TestRedirectedWrite: a proxy that redirects (http to https, say) makes
 // Go's HTTP client send a POST again as a GET, without its body. The GET
 // answers 200 with something else, and CreatePackage returned an empty

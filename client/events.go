@@ -21,12 +21,27 @@ type Event struct {
 	Data json.RawMessage
 }
 
-// EventsOption narrows an event stream.
-type EventsOption func(url.Values)
+// EventsOption narrows an event stream, or watches it open.
+type EventsOption func(*eventsConfig)
+
+type eventsConfig struct {
+	query  url.Values
+	onOpen func()
+}
 
 // ForPackage streams only the events of one package (and resyncs).
 func ForPackage(id string) EventsOption {
-	return func(q url.Values) { q.Set("package", id) }
+	return func(c *eventsConfig) { c.query.Set("package", id) }
+}
+
+// OnOpen has Events call fn once, when the broker has answered the
+// subscription and before the first event: every change from then on is
+// sent (or, if the stream falls behind, a "resync" says so). A follower
+// reads the state it follows after fn has been called, so that no change
+// falls between its read and the stream. fn runs on the goroutine that
+// calls fn for events, which waits for it: it should signal and return.
+func OnOpen(fn func()) EventsOption {
+	return func(c *eventsConfig) { c.onOpen = fn }
 }
 
 // Events streams the broker's events to fn until ctx ends (it returns
@@ -41,15 +56,13 @@ func ForPackage(id string) EventsOption {
 // event that may have passed. The HTTP client's Timeout, if set, cuts the
 // stream too.
 func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
+	cfg := eventsConfig{query: url.Values{}}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	u := *c.base
 	u.Path = c.base.Path + "/events"
-	if len(opts) > 0 {
-		q := url.Values{}
-		for _, o := range opts {
-			o(q)
-		}
-		u.RawQuery = q.Encode()
-	}
+	u.RawQuery = cfg.query.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err
@@ -67,6 +80,9 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		return decodeError(resp.StatusCode, data)
+	}
+	if cfg.onOpen != nil {
+		cfg.onOpen()
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)

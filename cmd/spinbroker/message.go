@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -312,20 +310,13 @@ func statusExit(p *spinbroker.Package) error {
 // (and the output is a table), and nowhere otherwise, so that what a script
 // reads is the same as without --wait.
 func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, timeout time.Duration) (*spinbroker.Package, error) {
-	connected := make(chan struct{})
-	events, err := a.eventsClient(connected)
-	if err != nil {
-		return nil, err
-	}
 	w := &waiter{
-		cl:        cl,
-		events:    events,
-		connected: connected,
-		id:        strings.ToLower(id), // as the broker writes ids
-		poll:      time.Second,
-		stall:     stallHint,
-		show:      func(*spinbroker.Package) {},
-		note:      func(msg string) { fmt.Fprintln(a.stderr, "spinbroker:", msg) },
+		cl:    cl,
+		id:    strings.ToLower(id), // as the broker writes ids
+		poll:  time.Second,
+		stall: stallHint,
+		show:  func(*spinbroker.Package) {},
+		note:  func(msg string) { fmt.Fprintln(a.stderr, "spinbroker:", msg) },
 	}
 	if !a.jsonOutput() && isTerminal(a.stdout) {
 		const clearLine = "\r\033[K"
@@ -360,14 +351,12 @@ func isTerminal(w io.Writer) bool {
 // time the broker's event stream mentions it, and every poll once the
 // stream has ended (or never worked: an older broker, a proxy that buffers).
 type waiter struct {
-	cl        *client.Client
-	events    *client.Client            // for the event stream
-	connected <-chan struct{}           // closed when the stream is open
-	id        string                    // the package
-	poll      time.Duration             // between reads when there are no events
-	stall     time.Duration             // unchanged this long, the waiter looks for why
-	show      func(*spinbroker.Package) // every state read
-	note      func(string)              // news for the person waiting
+	cl    *client.Client
+	id    string                    // the package
+	poll  time.Duration             // between reads when there are no events
+	stall time.Duration             // unchanged this long, the waiter looks for why
+	show  func(*spinbroker.Package) // every state read
+	note  func(string)              // news for the person waiting
 }
 
 // stallHint is how long a package may sit unchanged, with work ready,
@@ -388,10 +377,11 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 
 	wake := make(chan struct{}, 1)
 	streamDone := make(chan struct{})
+	connected := make(chan struct{})
 	go func() {
 		defer close(streamDone)
 		// How the stream ends does not matter: polling takes over.
-		_ = w.events.Events(ctx, func(ev client.Event) error {
+		_ = w.cl.Events(ctx, func(ev client.Event) error {
 			if mentions(ev, w.id) {
 				select {
 				case wake <- struct{}{}:
@@ -399,12 +389,12 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 				}
 			}
 			return nil
-		}, client.ForPackage(w.id))
+		}, client.ForPackage(w.id), client.OnOpen(func() { close(connected) }))
 	}()
 	// Read the package only once the stream is open, so that no change can
 	// fall between the read and the subscription.
 	select {
-	case <-w.connected:
+	case <-connected:
 	case <-streamDone:
 	case <-time.After(2 * time.Second):
 	case <-ctx.Done():
@@ -518,30 +508,6 @@ func mentions(ev client.Event, id string) bool {
 		return false
 	}
 	return v.ID == id || v.PackageID == id
-}
-
-// eventsClient returns a client for the event stream that closes connected
-// once the broker has answered the subscription.
-func (a *app) eventsClient(connected chan<- struct{}) (*client.Client, error) {
-	t := &signalTransport{base: http.DefaultTransport, connected: connected}
-	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"),
-		client.WithHTTPClient(&http.Client{Transport: t}))
-}
-
-// signalTransport closes connected when a request is first answered 200.
-type signalTransport struct {
-	base      http.RoundTripper
-	once      sync.Once
-	connected chan<- struct{}
-}
-
-// RoundTrip implements http.RoundTripper.
-func (t *signalTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := t.base.RoundTrip(r)
-	if err == nil && resp.StatusCode == http.StatusOK {
-		t.once.Do(func() { close(t.connected) })
-	}
-	return resp, err
 }
 
 func (a *app) messageCompleteCommand() *cobra.Command {

@@ -444,9 +444,7 @@ func TestWaiter_BrokerAwayPastTheStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connected := make(chan struct{})
-	close(connected)
-	w := &waiter{cl: cl, events: cl, connected: connected, id: id, poll: 100 * time.Millisecond, stall: 300 * time.Millisecond,
+	w := &waiter{cl: cl, id: id, poll: 100 * time.Millisecond, stall: 300 * time.Millisecond,
 		show: func(p *spinbroker.Package) {
 			if srv != nil {
 				srv.Close() // gone after the first answer
