@@ -472,5 +472,27 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("StreamRefused", func(t *testing.T) {
+		// The broker answers the event stream's reconnection with an error
+		// (here the operator logged out in another tab; a token revoked or
+		// a broker restarted with --auth do the same): the browser never
+		// tries again, so the page may not go on saying "reconnecting…"
+		// over data that no longer changes. It finds out why and says so:
+		// here, with the login form.
+		ctx := cdpTab(t, bctx, "401 (Unauthorized)", "ERR_INCOMPLETE_CHUNKED_ENCODING")
+		ea := newEnv(t, httpapi.Options{Auth: true})
+		wa := seedWorld(t, ea)
+		secret := ea.secret(spinbroker.RoleViewer, "", "viewer")
+		cdpOpen(t, ctx, ea.srv.URL+"/ui/packages/"+wa.running, false)
+		cdpWait(t, ctx, `location.pathname === "/ui/login"`)
+		cdpDo(t, ctx, chromedp.SendKeys(chromedp.ID("token"), secret),
+			chromedp.Click(chromedp.CSS(`button[type="submit"]`)))
+		cdpWait(t, ctx, `location.pathname === "/ui/packages/`+wa.running+`" && document.getElementById("live").textContent === "live"`)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`fetch("/ui/logout", {method: "POST"}).then(() => { window.loggedOut = true })`))
+		cdpWait(t, ctx, `window.loggedOut === true`)
+		ea.srv.CloseClientConnections() // the stream drops and reconnects, without the cookie
+		cdpWait(t, ctx, `location.pathname === "/ui/login"`)
+	})
+
 	t.Logf("screenshots (light and dark, laptop and phone) are in %s; the browser tests took %s", dir, time.Since(start).Round(time.Millisecond))
 }

@@ -12,6 +12,9 @@
 //    script they post normally and the server redirects back.
 //  - Forms marked data-confirm ask first, and then say so in their
 //    confirmed field.
+//  - A stream the broker refuses (a 401 once logged out) is not retried
+//    by the browser: the page says "not live", fetches its parts (a
+//    failure reloads it, showing why) and asks again after 10 seconds.
 //  - Every 15 seconds the live parts are fetched again, without the
 //    highlight, so that ages ("4m ago", how long the oldest command has
 //    waited) keep counting on a page where nothing else changes.
@@ -28,6 +31,7 @@
   var source = null;
   var minGap = 500; // ms between refreshes: at most 2 a second
   var tick = 15000; // ms between refreshes that only move the ages
+  var retryRefused = 10000; // ms before a stream the broker refused is asked for again
 
   function parts() {
     return document.querySelectorAll("[data-fragment]");
@@ -122,15 +126,17 @@
     };
   }
 
-  function connect() {
+  // connect opens the event stream; wasDown says that events may have
+  // been missed before it (a stream the broker refused, asked for again).
+  function connect(wasDown) {
     if (!body.dataset.events || !window.EventSource) return;
-    var wasDown = false;
-    source = new EventSource(body.dataset.events);
+    wasDown = !!wasDown;
+    var es = source = new EventSource(body.dataset.events);
     ["package", "command", "queue"].forEach(function (type) {
-      source.addEventListener(type, onEvent(type));
+      es.addEventListener(type, onEvent(type));
     });
-    source.addEventListener("resync", function () { location.reload(); });
-    source.onopen = function () {
+    es.addEventListener("resync", function () { location.reload(); });
+    es.onopen = function () {
       live.hidden = false;
       live.textContent = "live";
       live.className = "live on";
@@ -139,11 +145,23 @@
       if (wasDown) markAll();
       wasDown = false;
     };
-    source.onerror = function () {
+    es.onerror = function () {
       wasDown = true;
       live.hidden = false;
-      live.textContent = "reconnecting…";
       live.className = "live";
+      if (es.readyState === EventSource.CLOSED) {
+        // The broker answered, but not with events (logged out, a token
+        // revoked, a broker restarted with --auth): the browser does not
+        // try again. Fetch the page's parts, whose failure reloads the
+        // page and shows why (the login form, say), and try the stream
+        // again a little later.
+        live.textContent = "not live";
+        live.title = "The broker refused the event stream; this page does not update itself until it is back";
+        markAll();
+        setTimeout(function () { connect(true); }, retryRefused);
+        return;
+      }
+      live.textContent = "reconnecting…";
       live.title = "The event stream dropped; reload to see the current state";
     };
   }
