@@ -314,7 +314,17 @@ func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if n := len(cmds); n == spinbroker.DefaultListLimit && cmds[n-1].Seq != nil {
-			d.NextURL = "/ui/queues/" + res + "?after=" + strconv.FormatInt(*cmds[n-1].Seq, 10)
+			// A full page may be the last one: offer a later page only
+			// when a command follows, not a page that says there is none.
+			after := *cmds[n-1].Seq
+			more, err := u.s.store.QueueCommands(ctx, res, after, 1)
+			if err != nil {
+				u.fail(w, r, err)
+				return
+			}
+			if len(more) > 0 {
+				d.NextURL = "/ui/queues/" + res + "?after=" + strconv.FormatInt(after, 10)
+			}
 		}
 	}
 	v := u.newView(r, "Queue "+res, "", d)

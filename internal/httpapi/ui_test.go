@@ -908,3 +908,32 @@ func TestUI_Head(t *testing.T) {
 		}
 	}
 }
+
+// TestUI_QueuePagerEnds: a queue whose unfinished commands fill its pages
+// exactly offers no "Later" page after the last one, where it led to an
+// empty page that said "No unfinished commands" of a queue with 100 of
+// them, and had no way back. A page past the end (its commands finished
+// since the link was made) says so and leads back to the first.
+func TestUI_QueuePagerEnds(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	var cmds []spinbroker.NewCommand
+	for i := range 2 * spinbroker.DefaultListLimit {
+		cmds = append(cmds, nc(100+i, "", "q", "step", ""))
+	}
+	mustCreate(t, e, 1, true, cmds...)
+	q, err := e.db.Queue(ctx, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := *q.Commands[0].Seq
+	last := *q.Commands[len(q.Commands)-1].Seq
+	second := fmt.Sprintf("/ui/queues/q?after=%d", last)
+	wantHTML(t, e.get("/ui/queues/q"), 200, `<a href="`+second+`">Later →</a>`)
+	r := e.get(second)
+	wantHTML(t, r, 200, `<a href="/ui/queues/q">← First</a>`)
+	if strings.Contains(string(r.body), "Later →") {
+		t.Errorf("the last page of the queue offers a later one")
+	}
+	past := e.get(fmt.Sprintf("/ui/queues/q?after=%d", first+2*int64(spinbroker.DefaultListLimit)))
+	wantHTML(t, past, 200, "No unfinished commands after", `<a href="/ui/queues/q">← First</a>`)
+}
