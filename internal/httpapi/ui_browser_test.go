@@ -413,6 +413,28 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("LongNamesFitAPhone", func(t *testing.T) {
+		// The longest names there may be (a 64-character action and
+		// resource, a 128-character key, none with a space to break at)
+		// wrap on a phone: the page stays as wide as the screen, where a
+		// heading made it 981 pixels wide, and a phone zoomed out to show
+		// every page in small print.
+		action, resource := strings.Repeat("a", spinbroker.MaxNameLen), strings.Repeat("r", spinbroker.MaxNameLen)
+		key := strings.Repeat("k", 128)
+		first := nc(901, key, resource, action, `{"p": 1}`)
+		second := nc(902, "", resource, action, "", key)
+		mustCreate(t, e, 900, true, first, second)
+		ctx := cdpTab(t, bctx)
+		cdpDo(t, ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
+		for _, path := range []string{"/ui/commands/" + fixedID(901), "/ui/commands/" + fixedID(902), "/ui/queues/" + resource, "/ui/packages/" + fixedID(900)} {
+			cdpOpen(t, ctx, base+path, true)
+			if w := cdpEval[int](t, ctx, `document.documentElement.scrollWidth`); w > 390 {
+				wide := cdpEval[[]string](t, ctx, `[...document.querySelectorAll("main *")].filter(e => e.children.length === 0 && e.getBoundingClientRect().right > 391).map(e => e.tagName + " " + e.textContent.slice(0, 20))`)
+				t.Errorf("%s on a phone is %d pixels wide, past its 390: %q", path, w, wide)
+			}
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
