@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 type chart struct {
 	Width, Height int
 	Bars          []chartBar
-	Max           int // the value of the top gridline
+	Max           int    // the value of the top gridline
+	MaxLabel      string // Max as its label, short enough for the 34 units left of the plot
 	MaxY, MidY    float64
 	Base          float64 // the y of the zero line
 	Left, Right   float64 // the plot area's x extent
@@ -55,6 +57,7 @@ func newChart(since time.Time, minutes []spinbroker.Counts, now time.Time) chart
 		c.Total.Cancelled += m.Cancelled
 	}
 	c.Max = niceCeil(peak)
+	c.MaxLabel = compactCount(c.Max)
 	c.MaxY, c.MidY = top, top+(c.Base-top)/2
 	n := len(minutes)
 	if n == 0 {
@@ -92,6 +95,18 @@ func newChart(since time.Time, minutes []spinbroker.Counts, now time.Time) chart
 	c.Desc = fmt.Sprintf("In the %d minutes up to %s UTC: %d succeeded, %d failed, %d cancelled; at most %d in one minute.",
 		n, now.UTC().Format("15:04"), c.Total.Succeeded, c.Total.Failed, c.Total.Cancelled, peak)
 	return c
+}
+
+// compactCount writes one of niceCeil's round numbers in at most four
+// characters: "500", "20k", "2M".
+func compactCount(n int) string {
+	switch {
+	case n >= 1_000_000 && n%1_000_000 == 0:
+		return strconv.Itoa(n/1_000_000) + "M"
+	case n >= 1000 && n%1000 == 0:
+		return strconv.Itoa(n/1000) + "k"
+	}
+	return strconv.Itoa(n)
 }
 
 // niceCeil rounds a chart's peak up to 1, 2 or 5 times a power of ten, so

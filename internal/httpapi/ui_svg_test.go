@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -142,4 +143,27 @@ func along(t *testing.T, d string) [][2]float64 {
 		}
 	}
 	return pts
+}
+
+// TestChart_ScaleLabelFits: the label of the chart's top gridline fits in
+// the 34 units left of the plot, at any rate a broker reaches. It was the
+// whole number, right-aligned at x=34: "20000" began at x=-4, its first
+// digit cut off, and a claim-driven broker's million a minute showed as
+// "00000".
+func TestChart_ScaleLabelFits(t *testing.T) {
+	for _, tt := range []struct {
+		peak int
+		want string
+	}{
+		{0, "1"}, {7, "10"}, {150, "200"}, {999, "1k"}, {1001, "2k"}, {20000, "20k"},
+		{450000, "500k"}, {1_500_000, "2M"}, {20_000_000, "20M"},
+	} {
+		c := newChart(time.Unix(0, 0), []spinbroker.Counts{{Succeeded: tt.peak}}, time.Unix(60, 0))
+		if c.MaxLabel != tt.want {
+			t.Errorf("a peak of %d is labelled %q, want %q", tt.peak, c.MaxLabel, tt.want)
+		}
+		if len(c.MaxLabel) > 4 {
+			t.Errorf("a peak of %d is labelled %q: more than 4 characters, cut off left of the plot", tt.peak, c.MaxLabel)
+		}
+	}
 }
