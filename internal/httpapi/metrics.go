@@ -123,10 +123,12 @@ func (m *metrics) perQueue() []*prometheus.CounterVec {
 func (m *metrics) count(c *spinbroker.Commit) {
 	for _, ch := range c.Commands {
 		if _, ok := m.seen.Load(ch.Resource); !ok {
-			// A change that leaves nothing in the queue (a staged command
+			// A change that never touched the queue (a staged command
 			// cancelled with its package) makes no series: the queue may
-			// have no row, and the sweeper would never forget them.
-			if ch.To != spinbroker.Blocked && ch.To != spinbroker.Ready && ch.To != spinbroker.Leased {
+			// have no row, and the sweeper would never forget them. One
+			// from the queue (a result, after a restart, of a command
+			// leased before it) has its row, and is counted.
+			if !inQueue(ch.From) && !inQueue(ch.To) {
 				continue
 			}
 			// Every counter of a queue is there from its first command,
@@ -161,6 +163,11 @@ func (m *metrics) count(c *spinbroker.Commit) {
 			cv.DeleteLabelValues(r)
 		}
 	}
+}
+
+// inQueue reports whether a command in state st is one of its queue's.
+func inQueue(st spinbroker.CommandState) bool {
+	return st == spinbroker.Blocked || st == spinbroker.Ready || st == spinbroker.Leased
 }
 
 // observe records a request's duration under its route pattern

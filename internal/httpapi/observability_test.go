@@ -2,6 +2,8 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"log/slog"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -105,4 +107,29 @@ func TestRequestLog_ErrorCode(t *testing.T) {
 	e.want(e.do("GET", "/queues", ""), 200, "")
 	want := map[string]any{"/commands/" + c.ID + "/complete": spinbroker.ESTALE, "/packages/nope": spinbroker.ENOTFOUND, "/queues": nil}
 	wantRequestLines(t, &log, "code", want)
+}
+
+// TestMetrics_ResultsAfterRestart: a broker that restarts while commands
+// are leased counts their results when their agents report them, though
+// nothing was enqueued or delivered on their queue since it started: the
+// first results after every deploy went missing from the counters.
+func TestMetrics_ResultsAfterRestart(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "ok", "action": "x"}]`, true)
+	e.createPackage(`[{"resource": "bad", "action": "x"}]`, true)
+	ok, bad := e.next("ok"), e.next("bad")
+	// The broker restarts: a new server, with new metrics, on the database.
+	api := httpapi.New(e.db, slog.New(slog.DiscardHandler), httpapi.Options{Now: e.clock.Now})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	e.srv = srv
+	e.want(e.complete(ok, true), 200, "")
+	e.want(e.complete(bad, false), 200, "")
+	m := string(e.do("GET", "/metrics", "").body)
+	for _, want := range []string{`spinbroker_commands_succeeded_total{resource="ok"} 1`, `spinbroker_commands_failed_total{resource="bad"} 1`,
+		`spinbroker_commands_failed_total{resource="ok"} 0`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(m, "spinbroker_commands_"))
+		}
+	}
 }
