@@ -25,6 +25,7 @@ type metrics struct {
 	succeeded   *prometheus.CounterVec
 	failed      *prometheus.CounterVec
 	cancelled   *prometheus.CounterVec
+	expired     *prometheus.CounterVec
 	requests    *prometheus.HistogramVec
 	handler     http.Handler
 	seen        sync.Map // resources whose counters exist, at 0 if nothing happened yet
@@ -47,6 +48,7 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 		succeeded:   counter("commands_succeeded_total", "Commands that succeeded, by resource."),
 		failed:      counter("commands_failed_total", "Commands that failed, by resource."),
 		cancelled:   counter("commands_cancelled_total", "Commands cancelled by a client or a cascade, by resource."),
+		expired:     counter("commands_lease_expired_total", "Leases that ran out before their agent reported (it died, hung or lost the broker), by resource; the command went back to ready or, out of attempts, failed."),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "spinbroker", Name: "http_request_duration_seconds",
 			Help:    "Time to answer an HTTP request (long-polls include their wait), by route.",
@@ -116,7 +118,7 @@ type writeStatser interface {
 
 // perQueue are the counters labelled by resource.
 func (m *metrics) perQueue() []*prometheus.CounterVec {
-	return []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled}
+	return []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled, m.expired}
 }
 
 // count moves the counters by what a commit did.
@@ -154,6 +156,11 @@ func (m *metrics) count(c *spinbroker.Commit) {
 		case ch.To == spinbroker.Cancelled:
 			m.cancelled.WithLabelValues(ch.Resource).Inc()
 		}
+	}
+	for _, r := range c.Expired {
+		// Its series are there: the command's change from leased, in
+		// Commands, made them.
+		m.expired.WithLabelValues(r).Inc()
 	}
 	// A forgotten queue's series go with it, or every resource name ever
 	// used would stay in /metrics.

@@ -10,6 +10,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -131,5 +132,34 @@ func TestMetrics_ResultsAfterRestart(t *testing.T) {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(m, "spinbroker_commands_"))
 		}
+	}
+}
+
+// TestMetrics_LeaseExpiries: a lease that runs out (an agent that died,
+// hung or lost the broker) is counted by queue, whether the command goes
+// back to ready or, out of attempts, fails; a retry asked for by its agent
+// is not one. Without it an alert on agents that take work and never
+// report has only redeliveries, which retries move too.
+func TestMetrics_LeaseExpiries(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "exp", "action": "x", "max_attempts": 2}, {"resource": "exp", "action": "y"}]`, true)
+	const want = `spinbroker_commands_lease_expired_total{resource="exp"} `
+	metrics := func() string { return string(e.do("GET", "/metrics", "").body) }
+	if m := metrics(); !strings.Contains(m, want+"0\n") {
+		t.Fatalf("no series at 0 before the first expiry:\n%s", grepLines(m, "lease_expired"))
+	}
+	// Expired twice: back to ready, then failed "lease expired".
+	for range 2 {
+		e.want(e.do("POST", "/queues/exp/next?lease=1s", ""), 200, "")
+		e.clock.Add(2 * time.Second)
+		if _, err := e.db.Sweep(ctx, store.SweepOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A retry the agent asks for is no expiry.
+	c := e.next("exp")
+	e.want(e.do("POST", "/commands/"+c.ID+"/complete", `{"status": false, "retry": true, "lease": "`+c.Lease.Token+`"}`), 200, "")
+	if m := metrics(); !strings.Contains(m, want+"2\n") {
+		t.Errorf("after two leases ran out and one retry:\n%s", grepLines(m, `resource="exp"`))
 	}
 }

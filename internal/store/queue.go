@@ -359,6 +359,7 @@ func (t *Tx) settleExpired(resource string) (int, error) {
 		return 0, err
 	}
 	for _, e := range es {
+		t.commit.Expired = append(t.commit.Expired, e.resource)
 		if e.attempts < e.maxAttempts && !e.cancelled {
 			if _, err := t.exec(`UPDATE commands SET state = 'ready', ready_at = ?,
 					lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL
