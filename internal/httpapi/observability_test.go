@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -161,5 +163,31 @@ func TestMetrics_LeaseExpiries(t *testing.T) {
 	e.want(e.do("POST", "/commands/"+c.ID+"/complete", `{"status": false, "retry": true, "lease": "`+c.Lease.Token+`"}`), 200, "")
 	if m := metrics(); !strings.Contains(m, want+"2\n") {
 		t.Errorf("after two leases ran out and one retry:\n%s", grepLines(m, `resource="exp"`))
+	}
+}
+
+// TestHealth_FileReplacedBeforeAnyWrite: a database file replaced under
+// the running broker (a restore done without stopping it) is reported by
+// /healthz and spinbroker_store_writes_failing at once, not only after a
+// client's write has failed: an idle broker's monitors stayed green while
+// every write it would take was refused.
+func TestHealth_FileReplacedBeforeAnyWrite(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "r", "action": "a"}]`, true)
+	dir := t.TempDir()
+	if err := store.Backup(ctx, e.db.Path(), filepath.Join(dir, "copy.db")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "copy.db"), e.db.Path()); err != nil {
+		t.Fatal(err)
+	}
+	r := e.do("GET", "/healthz", "")
+	var h map[string]string
+	r.decode(t, &h)
+	if r.status != 200 || h["status"] != "degraded" || !strings.Contains(h["writes"], "replaced") {
+		t.Errorf("/healthz once the file was replaced: %d %s", r.status, r.body)
+	}
+	if v, ok := metricValue(string(e.do("GET", "/metrics", "").body), "spinbroker_store_writes_failing"); !ok || v != 1 {
+		t.Errorf("spinbroker_store_writes_failing %v (%v), want 1", v, ok)
 	}
 }

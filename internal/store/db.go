@@ -512,7 +512,8 @@ func (db *DB) Ping(ctx context.Context) error {
 
 // WriteFailure reports whether writes fail for the database's sake (a full
 // disk, an I/O error, a read-only file): nil unless a write failed so since
-// the last commit that changed something.
+// the last commit that changed something, or the database's path no longer
+// names the file that was opened.
 // A database that reads fine can refuse every write, and nothing else would
 // say so once clients stop trying; so when the last write failed,
 // WriteFailure has a write tried that changes one row (a page the WAL must
@@ -527,7 +528,11 @@ func (db *DB) WriteFailure(ctx context.Context) error {
 		}
 	}
 	if db.writeFailure.Load() == nil {
-		return nil
+		// A file replaced or removed under the broker refuses every write
+		// from now on: say so before a client's write finds out, or an
+		// idle broker's monitors stay green (a stat, cheap enough for
+		// every check).
+		return db.sameFile()
 	}
 	p := db.probeWrites()
 	select {
