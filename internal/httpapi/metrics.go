@@ -75,6 +75,11 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 				Help: "Bytes of the database file left free by deleted rows: reused for new ones, given back by 'spinbroker compact'."},
 				func() float64 { n, _ := sz.FreeBytes(context.Background()); return float64(n) }))
 	}
+	if wal, ok := st.(walSizer); ok {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_wal_bytes",
+			Help: "Bytes on disk of the WAL (counted in store_bytes too): about 32 MiB under load; more means checkpoints are held back (a long reader) or cannot keep up."},
+			func() float64 { n, _ := wal.WALSize(); return float64(n) }))
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_writes_failing",
 		Help: "1 while writes fail for the database's sake (disk full, I/O error, read-only) or are stuck (a transaction running for over 5s), else 0; /healthz says why."},
 		func() float64 {
@@ -109,6 +114,11 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 type sizer interface {
 	Size() (int64, error)
 	FreeBytes(context.Context) (int64, error)
+}
+
+// walSizer is a store that knows the size of its WAL.
+type walSizer interface {
+	WALSize() (int64, error)
 }
 
 // writeStatser is a store that counts its write transactions.

@@ -191,3 +191,20 @@ func TestHealth_FileReplacedBeforeAnyWrite(t *testing.T) {
 		t.Errorf("spinbroker_store_writes_failing %v (%v), want 1", v, ok)
 	}
 }
+
+// TestMetrics_WALBytes: the WAL's size has a gauge of its own. It grows
+// past its usual 32 MiB only when checkpoints cannot keep up or a reader
+// holds them back, which spinbroker_store_bytes (file and WAL together)
+// cannot tell from a database that grows.
+func TestMetrics_WALBytes(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "r", "action": "a"}]`, true)
+	st, err := os.Stat(e.db.Path() + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := metricValue(string(e.do("GET", "/metrics", "").body), "spinbroker_store_wal_bytes")
+	if !ok || st.Size() == 0 || v != float64(st.Size()) {
+		t.Errorf("spinbroker_store_wal_bytes %v (%v), the WAL holds %d bytes", v, ok, st.Size())
+	}
+}
