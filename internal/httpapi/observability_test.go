@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -206,5 +207,24 @@ func TestMetrics_WALBytes(t *testing.T) {
 	v, ok := metricValue(string(e.do("GET", "/metrics", "").body), "spinbroker_store_wal_bytes")
 	if !ok || st.Size() == 0 || v != float64(st.Size()) {
 		t.Errorf("spinbroker_store_wal_bytes %v (%v), the WAL holds %d bytes", v, ok, st.Size())
+	}
+}
+
+// TestRequestLog_ClientGone: a request whose client went away before it
+// was answered (an agent stopped during its long-poll) is logged and
+// counted as 499, nginx's "client closed request", not as status 0, which
+// is no HTTP status and which no dashboard or alert knows.
+func TestRequestLog_ClientGone(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	client := &http.Client{Timeout: 200 * time.Millisecond}
+	if resp, err := client.Post(e.srv.URL+"/queues/gone/next?wait=5s", "", nil); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the long-poll answered %d before its client left", resp.StatusCode)
+	}
+	wantRequestLines(t, &log, "status", map[string]any{"/queues/gone/next": float64(499)})
+	m := string(e.do("GET", "/metrics", "").body)
+	if !strings.Contains(m, `spinbroker_http_request_duration_seconds_count{code="499",method="POST",route="/queues/{resource}/next"} 1`) {
+		t.Errorf("no 499 in the request histogram:\n%s", grepLines(m, "_count{"))
 	}
 }

@@ -191,6 +191,11 @@ func (w *statusWriter) Flush() {
 	}
 }
 
+// statusClientClosed is nginx's "client closed request": the status a
+// request is logged and counted under when its client went away before it
+// was answered.
+const statusClientClosed = 499
+
 // defaultWriteTimeout bounds how long writing an ordinary answer may take;
 // long-polls and event streams set their own deadlines.
 const defaultWriteTimeout = 30 * time.Second
@@ -208,6 +213,15 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
 		next.ServeHTTP(sw, r)
 		d := time.Since(start)
+		if sw.status == 0 {
+			// Nothing was written: the client went away before its answer
+			// (an agent stopped during a long-poll), logged and counted as
+			// nginx's 499; else Go's server answers 200 now.
+			sw.status = http.StatusOK
+			if r.Context().Err() != nil {
+				sw.status = statusClientClosed
+			}
+		}
 		route := chi.RouteContext(r.Context()).RoutePattern()
 		if route == "" {
 			route = "unmatched"
