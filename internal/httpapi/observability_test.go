@@ -228,3 +228,26 @@ func TestRequestLog_ClientGone(t *testing.T) {
 		t.Errorf("no 499 in the request histogram:\n%s", grepLines(m, "_count{"))
 	}
 }
+
+// TestMetrics_DocumentedInREADME: every spinbroker_ metric that /metrics
+// serves is named in README.md, where an operator writing alerts looks
+// for what each one means.
+func TestMetrics_DocumentedInREADME(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "r", "action": "a"}, {"resource": "r", "action": "b"}]`, true)
+	e.want(e.complete(e.next("r"), true), 200, "")
+	for _, l := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
+		name, ok := strings.CutPrefix(l, "# TYPE ")
+		if !ok || !strings.HasPrefix(name, "spinbroker_") {
+			continue
+		}
+		name, _, _ = strings.Cut(name, " ")
+		if !strings.Contains(string(readme), "`"+name+"`") {
+			t.Errorf("README does not name %s", name)
+		}
+	}
+}
