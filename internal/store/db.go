@@ -291,7 +291,38 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	db.ckpt = newCheckpointer(db, cdb, quiet)
 	w := &writer{db: db, conn: conn, stmts: map[string]*sql.Stmt{}}
 	go w.run()
+	go db.watchStalls()
 	return db, nil
+}
+
+// watchStalls logs a write that has run past stallAfter when it is found,
+// and again when it ends: WriteFailure reports a stall to /healthz and
+// /metrics, but the log, which an incident is read from, said nothing of
+// minutes without a write (a disk that does not answer fails nothing).
+// It looks a few times per stallAfter, until the writer stops.
+func (db *DB) watchStalls() {
+	t := time.NewTicker(db.stallAfter / 5)
+	defer t.Stop()
+	var stalled int64 // the busySince of the stall logged, 0 for none
+	for {
+		select {
+		case <-db.done:
+			return
+		case <-t.C:
+		}
+		since := db.busySince.Load()
+		if stalled != 0 && since != stalled {
+			db.log.Info("stalled write ended", "stalled_for", time.Since(time.Unix(0, stalled)).Round(time.Millisecond))
+			stalled = 0
+		}
+		if since != 0 && stalled == 0 {
+			if d := time.Since(time.Unix(0, since)); d > db.stallAfter {
+				db.log.Error("write stalled", "running_for", d.Round(time.Second),
+					"err", "the disk does not answer, or another process holds the database's lock")
+				stalled = since
+			}
+		}
+	}
 }
 
 // migrate applies the embedded migrations that have not run yet.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // TestReadOnlyWhileOpen: when the database refuses writes (SQLite's own
@@ -231,6 +232,43 @@ func TestWriteFailure_StuckWriter(t *testing.T) {
 	}
 	if err := db.WriteFailure(ctx); err != nil {
 		t.Fatalf("WriteFailure once the write got through: %v", err)
+	}
+}
+
+// TestWriteStall_Logged: a write stuck past the stall limit (a disk that
+// does not answer, another process holding the lock) is logged when it
+// begins and when it ends, not only answered to whoever asks /healthz or
+// scrapes /metrics: the log of an incident otherwise showed nothing for
+// the minutes the broker took no write.
+func TestWriteStall_Logged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	var logs syncbuf.Buffer
+	db := openQuiet(t, path, Options{stallAfter: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer db.Close()
+	ctx := context.Background()
+	release := holdWriteLock(t, path)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := db.SetQueue(ctx, "q", spinbroker.QueueSettings{Concurrency: new(2)})
+		wrote <- err
+	}()
+	waitLog := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), want); {
+			if time.Now().After(deadline) {
+				t.Fatalf("no log line has %q:\n%s", want, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLog(`level=ERROR msg="write stalled"`)
+	release()
+	if err := <-wrote; err != nil {
+		t.Fatalf("the write, once the lock was let go: %v", err)
+	}
+	waitLog(`level=INFO msg="stalled write ended"`)
+	if n := strings.Count(logs.String(), "write stalled"); n != 1 {
+		t.Errorf("%d lines say the write stalled, want 1:\n%s", n, logs.String())
 	}
 }
 
