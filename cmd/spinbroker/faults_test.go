@@ -171,6 +171,36 @@ func TestFaults_ReadOnlyFileSystem(t *testing.T) {
 	}
 }
 
+// TestFaults_ReadOnlyDatabaseFile: a database file that cannot be written
+// (immutable, or another user's and not writable for this one) in a folder
+// that can stops the start, naming the file, rather than serving reads and
+// answering every write 503 with /healthz saying "ok" until the first one.
+// (SQLite opens such a file read-only without a word.)
+func TestFaults_ReadOnlyDatabaseFile(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "ro.db")
+	if out, err := exec.Command(serveBinary(t), "migrate", "up", "--db", db).CombinedOutput(); err != nil {
+		t.Fatalf("migrate up: %v\n%s", err, out)
+	}
+	if os.Geteuid() == 0 {
+		// Root writes whatever the mode says; not an immutable file.
+		if out, err := exec.Command("chattr", "+i", db).CombinedOutput(); err != nil {
+			t.Skipf("cannot make the file immutable here (chattr +i: %v %s): root would write it whatever its mode", err, out)
+		}
+		t.Cleanup(func() { exec.Command("chattr", "-i", db).Run() })
+	} else if err := os.Chmod(db, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, serveBinary(t), "serve", "--addr", "127.0.0.1:0", "--db", db).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || ctx.Err() != nil {
+		t.Fatalf("exit %v, want 1 at once:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "ro.db cannot be written") || !strings.Contains(string(out), "readonly") {
+		t.Fatalf("the message does not say the file cannot be written:\n%s", out)
+	}
+}
+
 // waitLog waits for the broker to log want, failing the test after 30s.
 func waitLog(t *testing.T, b *serveProc, want string) {
 	t.Helper()

@@ -254,6 +254,14 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, interpretError(err))
 	}
+	if opts.Exclusive {
+		if err := canWrite(ctx, conn); err != nil {
+			conn.Close()
+			wdb.Close()
+			rdb.Close()
+			return nil, fmt.Errorf("store: %s cannot be written (%v): a broker needs to write its database; look at the file's owner, mode and attributes (lsattr) and at its mount", path, err)
+		}
+	}
 	cdb, err := sql.Open("sqlite", fmt.Sprintf("%s&_pragma=synchronous(%s)", base, sync))
 	if err != nil {
 		conn.Close()
@@ -323,6 +331,24 @@ func (db *DB) watchStalls() {
 			}
 		}
 	}
+}
+
+// canWrite reports an error when conn cannot write the database. SQLite
+// opens a file it may not write (another user's, immutable, on a read-only
+// bind mount of the file) read-only without a word, and an up-to-date
+// schema makes no write at start-up: a broker would serve reads and answer
+// every write 503. A read-only connection still begins a write transaction
+// (in WAL mode); it is refused when it first changes a page: here in a
+// transaction rolled back, so nothing reaches the file.
+func canWrite(ctx context.Context, conn *sql.Conn) error {
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	_, err := conn.ExecContext(ctx, "CREATE TABLE spinbroker_write_check (x)")
+	if _, rerr := conn.ExecContext(ctx, "ROLLBACK"); err == nil {
+		err = rerr
+	}
+	return err
 }
 
 // migrate applies the embedded migrations that have not run yet.
