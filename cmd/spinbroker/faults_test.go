@@ -155,6 +155,78 @@ func TestFaults_DiskFull(t *testing.T) {
 	t.Logf("%d acknowledged packages kept through a full disk", len(kept))
 }
 
+// TestFaults_DiskFullSmallWritesFit: on a full disk a small write can still
+// commit into WAL space that a failed large one allocated (a heartbeat, a
+// queue setting, /healthz's own probe), while every create fails. Such a
+// commit is no recovery: /healthz stays degraded and the gauge 1 until the
+// file system has room again, so that an alert on the gauge does not flap
+// off while creates answer 503.
+func TestFaults_DiskFullSmallWritesFit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs for a full disk needs root")
+	}
+	dir := tinyDisk(t, "3m")
+	b := startBroker(t, filepath.Join(dir, "broker.db"))
+	c, err := client.New(b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	big := []byte(fmt.Sprintf(`{"blob": %q}`, strings.Repeat("x", 900<<10)))
+	create := func() error {
+		_, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "disk", Action: "x", Parameters: big}}})
+		return err
+	}
+	// A full disk but for 256 KiB: the large create takes them and fails.
+	filler := filepath.Join(dir, "filler")
+	fill(t, filler)
+	fi, err := os.Stat(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filler, fi.Size()-256<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := create(); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
+		t.Fatalf("a create larger than the room left answered %v, want unavailable", err)
+	}
+	two := 2
+	if _, err := c.SetQueue(ctx, "small", spinbroker.QueueSettings{Concurrency: &two}); err != nil {
+		t.Fatalf("a small write on the full disk: %v", err)
+	}
+	resp, err := http.Get(b.url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `"status":"degraded"`) || !strings.Contains(string(body), "full") {
+		t.Errorf("/healthz after a small write on a full disk: %s", body)
+	}
+	if v := metric(t, b.url, "spinbroker_store_writes_failing"); v != 1 {
+		t.Errorf("spinbroker_store_writes_failing is %v after a small write on a full disk", v)
+	}
+	if err := create(); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
+		t.Fatalf("the large create, still on a full disk: %v", err)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.Get(b.url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != `{"status":"ok"}`+"\n" {
+		t.Fatalf("/healthz once the disk has room: %s", body)
+	}
+	if err := create(); err != nil {
+		t.Fatalf("the large create once the disk has room: %v", err)
+	}
+}
+
 // TestFaults_ReadOnlyFileSystem: a broker asked to serve a database on a
 // read-only file system says so and exits, rather than serving errors.
 func TestFaults_ReadOnlyFileSystem(t *testing.T) {

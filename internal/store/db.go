@@ -596,17 +596,27 @@ func (db *DB) WriteFailure(ctx context.Context) error {
 			return fmt.Errorf("a write transaction has run for %s: the disk does not answer, or another process holds the database's lock", d.Round(time.Second))
 		}
 	}
-	if db.writeFailure.Load() == nil {
+	f := db.writeFailure.Load()
+	if f == nil {
 		// A file replaced or removed under the broker refuses every write
 		// from now on: say so before a client's write finds out, or an
 		// idle broker's monitors stay green (a stat, cheap enough for
 		// every check).
 		return db.sameFile()
 	}
+	if db.stillFull(*f) {
+		return *f // a write that fits would prove nothing
+	}
 	p := db.probeWrites()
 	select {
 	case <-p.done:
-		return p.err
+		if p.err != nil {
+			return p.err
+		}
+		if f := db.writeFailure.Load(); f != nil {
+			return *f
+		}
+		return nil
 	case <-ctx.Done():
 		if f := db.writeFailure.Load(); f != nil {
 			return *f
@@ -984,10 +994,12 @@ func (db *DB) logFailure(msg, what string, err error) {
 	f.last, f.lastCause, f.suppressed = now, cause, 0
 }
 
-// writesWork clears the write failure once a commit went through, and says
-// so in the log when writes had been failing.
+// writesWork clears the write failure once a commit went through (after a
+// full disk, once it has room again too), and says so in the log when
+// writes had been failing.
 func (db *DB) writesWork() {
-	if db.writeFailure.Swap(nil) == nil {
+	if failed := db.writeFailure.Load(); failed == nil || db.stillFull(*failed) ||
+		!db.writeFailure.CompareAndSwap(failed, nil) {
 		return
 	}
 	f := &db.failLog

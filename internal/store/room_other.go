@@ -1,0 +1,6 @@
+//go:build !(linux || darwin || freebsd || dragonfly)
+
+package store
+
+// freeBytes cannot tell the free space here.
+func freeBytes(string) (uint64, bool) { return 0, false }
