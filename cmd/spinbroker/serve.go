@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -192,11 +193,19 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 }
 
 // writableHint explains a database that cannot be opened when the reason is
-// that its directory cannot be written (SQLite needs to create its WAL).
+// that its directory does not exist or cannot be written (SQLite needs to
+// create its WAL). It names the cause, not the probe file it tried.
 func writableHint(db string) string {
 	dir := filepath.Dir(db)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Sprintf(" (its folder %s does not exist: create it, or give --db a file in one that does)", dir)
+	}
 	f, err := os.CreateTemp(dir, ".spinbroker-probe-*")
 	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
 		return fmt.Sprintf(" (its directory %s cannot be written: %v)", dir, err)
 	}
 	f.Close()

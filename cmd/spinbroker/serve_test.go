@@ -313,6 +313,20 @@ func TestServe_PortInUse(t *testing.T) {
 	}
 }
 
+// TestServe_DatabaseFolderMissing: a --db in a folder that does not exist
+// says so, rather than that the folder "cannot be written" because of a
+// probe file, named with random digits, that the operator never made.
+func TestServe_DatabaseFolderMissing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nope", "sub")
+	out, err := exec.Command(serveBinary(t), "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "b.db")).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want 1:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "its folder "+dir+" does not exist") || strings.Contains(string(out), "spinbroker-probe") {
+		t.Fatalf("the message does not say the folder is missing:\n%s", out)
+	}
+}
+
 func TestServe_JSONLogsAndMigrate(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "m.db")
 	out, err := exec.Command(serveBinary(t), "migrate", "up", "--db", db).CombinedOutput()
