@@ -277,6 +277,16 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return &exitError{code: 1, msg: msg}
 	}
 	defer ln.Close() // for the returns before Serve, which closes it itself
+	var pln net.Listener
+	if c.pprofAddr != "" {
+		// The same for the profiler: asked for, it is there or the start
+		// stops, rather than a warning in a log no one reads until the
+		// profile is needed.
+		if pln, err = net.Listen("tcp", c.pprofAddr); err != nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("cannot listen on --pprof-addr %s: %v", c.pprofAddr, err)}
+		}
+		defer pln.Close()
+	}
 
 	db, err := store.Open(ctx, c.db, store.Options{Sync: c.sync, Logger: log, Exclusive: true})
 	if errors.Is(err, store.ErrInUse) {
@@ -362,7 +372,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Warn("could not tell systemd the broker is ready", "err", err)
 	}
 
-	if c.pprofAddr != "" {
+	if pln != nil {
 		go func() {
 			mux := http.NewServeMux()
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -380,9 +390,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 					mux.ServeHTTP(w, r)
 				})
 			}
-			log.Info("profiler listening", "addr", c.pprofAddr)
-			psrv := &http.Server{Addr: c.pprofAddr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
-			if err := psrv.ListenAndServe(); err != nil {
+			log.Info("profiler listening", "addr", pln.Addr().String())
+			psrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			if err := psrv.Serve(pln); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.Warn("profiler stopped", "err", err)
 			}
 		}()

@@ -313,6 +313,30 @@ func TestServe_PortInUse(t *testing.T) {
 	}
 }
 
+// TestServe_PprofPortInUse: a --pprof-addr whose port is taken stops the
+// start like a taken --addr, rather than a broker that runs on with a
+// warning and without the profiler it was asked for.
+func TestServe_PprofPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	db := filepath.Join(t.TempDir(), "p.db")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, serveBinary(t), "serve", "--addr", "127.0.0.1:0", "--db", db, "--pprof-addr", ln.Addr().String()).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || ctx.Err() != nil {
+		t.Fatalf("exit %v, want 1 at once:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--pprof-addr "+ln.Addr().String()) || !strings.Contains(string(out), "address already in use") {
+		t.Fatalf("the message:\n%s", out)
+	}
+	if _, serr := os.Stat(db); !errors.Is(serr, os.ErrNotExist) {
+		t.Errorf("a broker that could not listen made its database %s (%v)", db, serr)
+	}
+}
+
 // TestServe_DatabaseFolderMissing: a --db in a folder that does not exist
 // says so, rather than that the folder "cannot be written" because of a
 // probe file, named with random digits, that the operator never made.
