@@ -227,6 +227,30 @@ func TestFaults_DiskFullSmallWritesFit(t *testing.T) {
 	}
 }
 
+// TestFaults_StartOnFullDisk: a broker started on a full disk (its -shm
+// cannot be made) says that the disk is full, not only SQLite's "disk I/O
+// error (4874)", which reads as failing hardware.
+func TestFaults_StartOnFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs for a full disk needs root")
+	}
+	dir := tinyDisk(t, "1m")
+	db := filepath.Join(dir, "broker.db")
+	if out, err := exec.Command(serveBinary(t), "migrate", "up", "--db", db).CombinedOutput(); err != nil {
+		t.Fatalf("migrate up: %v\n%s", err, out)
+	}
+	fill(t, filepath.Join(dir, "filler"))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, serveBinary(t), "serve", "--addr", "127.0.0.1:0", "--db", db).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || ctx.Err() != nil {
+		t.Fatalf("exit %v, want 1 at once:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "the file system of "+dir+" is full") {
+		t.Fatalf("the message does not say the disk is full:\n%s", out)
+	}
+}
+
 // TestFaults_ReadOnlyFileSystem: a broker asked to serve a database on a
 // read-only file system says so and exits, rather than serving errors.
 func TestFaults_ReadOnlyFileSystem(t *testing.T) {

@@ -194,7 +194,8 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 
 // writableHint explains a database that cannot be opened when the reason is
 // that its directory does not exist or cannot be written (SQLite needs to
-// create its WAL). It names the cause, not the probe file it tried.
+// create its WAL), or that its file system is full. It names the cause, not
+// the probe file it tried.
 func writableHint(db string) string {
 	dir := filepath.Dir(db)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
@@ -210,6 +211,10 @@ func writableHint(db string) string {
 	}
 	f.Close()
 	os.Remove(f.Name())
+	if free, full := store.NoRoom(db); full {
+		// SQLite says "disk I/O error" when it cannot make its -shm.
+		return fmt.Sprintf(" (the file system of %s is full: %d bytes free)", dir, free)
+	}
 	return ""
 }
 

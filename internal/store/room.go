@@ -29,6 +29,14 @@ func (db *DB) stillFull(failure error) bool {
 	if !diskFull(failure) {
 		return false
 	}
-	free, ok := freeBytes(db.path)
-	return ok && free < roomAfterFull
+	_, full := NoRoom(db.path)
+	return full
+}
+
+// NoRoom reports whether the file system of the file at path has less free
+// space than a write may need (roomAfterFull), and how much it has. Where
+// free space cannot be read, it reports false.
+func NoRoom(path string) (free uint64, full bool) {
+	free, ok := freeBytes(path)
+	return free, ok && free < roomAfterFull
 }
