@@ -465,3 +465,35 @@ func TestTLSMistakes(t *testing.T) {
 		}
 	}
 }
+
+// TestBadToken: a token no HTTP header can carry (two lines of a file, a
+// tab pasted in) is refused as what it is, whether from --token or from
+// SPINBROKER_TOKEN; blaming the --url, which is right, sent the operator to
+// look for a mistake that was not there.
+func TestBadToken(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	for _, tt := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"Flag", nil, []string{"--token", "sbt_A\nsbt_B"}, "--token"},
+		{"Env", []string{"SPINBROKER_TOKEN=sbt_A\tB"}, nil, "SPINBROKER_TOKEN"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := spinEnv(t, tt.env, append([]string{"queue", "ls", "--url", b.url}, tt.args...)...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", r.code, r)
+			}
+			wantContains(t, "stderr", r.stderr, tt.want, "control character")
+			if strings.Contains(r.stderr, "not a broker URL") {
+				t.Errorf("stderr blames the URL:\n%s", r.stderr)
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout = %q, want nothing", r.stdout)
+			}
+		})
+	}
+}

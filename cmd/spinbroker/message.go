@@ -48,14 +48,32 @@ whole package to the queues at once, and 'status' tells how it went.
 	)
 }
 
-// dial returns a client of the broker at --url; a URL it cannot use is a
-// mistake in the command line.
+// dial returns a client of the broker at --url; a URL or a token it cannot
+// use is a mistake in the command line.
 func (a *app) dial(c *cobra.Command) (*client.Client, error) {
-	cl, err := a.client()
-	if err != nil {
+	if _, err := client.New(a.url); err != nil {
 		return nil, usagef(c, "--url %q is not a broker URL: give http://host:port or https://host:port", a.url)
 	}
+	cl, err := a.client()
+	if err != nil {
+		// The URL is good: what the client refused is the token, which
+		// has a control character inside (client.New trims the ends). The
+		// token itself is a secret, not to be printed.
+		return nil, usagef(c, "the token in %s has a control character in it (a line break, a tab): no HTTP header can carry it; give it as 'spinbroker token create' printed it", flagOrEnv(c, "token", "SPINBROKER_TOKEN"))
+	}
 	return cl, nil
+}
+
+// flagOrEnv names where a global flag's value came from: the flag, when it
+// was given, else the environment variable that is its default.
+func flagOrEnv(c *cobra.Command, flag, env string) string {
+	if f := c.Flags().Lookup(flag); f != nil && f.Changed {
+		return "--" + flag
+	}
+	if os.Getenv(env) != "" {
+		return env
+	}
+	return "--" + flag
 }
 
 func (a *app) messageNewCommand() *cobra.Command {
