@@ -19,6 +19,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -493,6 +494,56 @@ func TestBadToken(t *testing.T) {
 			}
 			if r.stdout != "" {
 				t.Errorf("stdout = %q, want nothing", r.stdout)
+			}
+		})
+	}
+}
+
+// TestInterrupted: Ctrl-C (or SIGTERM) on any client command waiting for a
+// broker that does not answer ends it with the shell's 130 (143) and says
+// so, as 'message status --wait' does; not with exit 1 and "cannot reach the
+// broker: ...: SIGINT", which reads as an outage and, in a script, as a
+// failure of the command.
+func TestInterrupted(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{}, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-r.Context().Done() // a broker that does not answer
+	}))
+	t.Cleanup(srv.Close)
+	for _, sig := range []struct {
+		name string
+		sig  os.Signal
+		code int
+	}{{"interrupted", os.Interrupt, 130}, {"terminated", syscall.SIGTERM, 143}} {
+		t.Run(sig.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := command(ctx, nil, "queue", "ls", "--url", srv.URL)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-arrived:
+			case <-ctx.Done():
+				t.Fatal("the request never arrived")
+			}
+			if err := cmd.Process.Signal(sig.sig); err != nil {
+				t.Fatal(err)
+			}
+			err := cmd.Wait()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != sig.code {
+				t.Fatalf("%v, want exit %d\nstderr:\n%s", err, sig.code, stderr.String())
+			}
+			if got, want := stderr.String(), "spinbroker: "+sig.name+"\n"; got != want {
+				t.Errorf("stderr = %q, want %q", got, want)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", stdout.String())
 			}
 		})
 	}

@@ -82,8 +82,8 @@ type exitError struct {
 func (e *exitError) Error() string { return e.msg }
 
 // run builds the command tree, runs it and turns the outcome into an exit
-// code: 0 success, 2 bad usage, 1 any other failure (or what an exitError
-// says).
+// code: 0 success, 2 bad usage, 130 or 143 cut short by SIGINT or SIGTERM,
+// 1 any other failure (or what an exitError says).
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := a.rootCommand()
@@ -102,6 +102,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return ee.code
 	}
+	if ctx.Err() != nil {
+		// SIGINT or SIGTERM cut the command short: whatever error that
+		// left ("Get ...: SIGINT") is not the broker's nor the command's.
+		ee = interrupted(ctx)
+		fmt.Fprintln(stderr, "spinbroker:", ee.msg)
+		return ee.code
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "spinbroker: %v\nRun '%s --help' for usage.\n", ue.err, ue.cmd)
@@ -109,6 +116,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	fmt.Fprintln(stderr, "spinbroker:", describe(err))
 	return 1
+}
+
+// interrupted is how a command that SIGINT or SIGTERM (the cause of ctx,
+// from signalContext) ended exits: neither success nor failure, but the
+// shell's 130 or 143, as for a program the signal killed.
+func interrupted(ctx context.Context) *exitError {
+	if errors.Is(context.Cause(ctx), errTerminated) {
+		return &exitError{code: exitTerminated, msg: "terminated"}
+	}
+	return &exitError{code: exitInterrupted, msg: "interrupted"}
 }
 
 // usageError is a mistake in the command line.

@@ -269,10 +269,7 @@ status reports the package as it is (exit 3), and says so on stderr.`,
 			}
 			if err != nil && ctx.Err() != nil {
 				// SIGINT or SIGTERM: neither failed (1) nor unfinished (3).
-				if errors.Is(context.Cause(ctx), errTerminated) {
-					return &exitError{code: exitTerminated, msg: "terminated"}
-				}
-				return &exitError{code: exitInterrupted, msg: "interrupted"}
+				return interrupted(ctx)
 			}
 			if err != nil {
 				return err
