@@ -548,3 +548,24 @@ func TestInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestBadURLFromEnv: a SPINBROKER_URL the client cannot use is named as
+// such; "--url ... is not a broker URL" sent the operator looking for a
+// flag they never typed.
+func TestBadURLFromEnv(t *testing.T) {
+	t.Parallel()
+	r := spinEnv(t, []string{"SPINBROKER_URL=localhost:8080"}, "queue", "ls")
+	if r.code != 2 {
+		t.Fatalf("exit %d, want 2\n%s", r.code, r)
+	}
+	wantContains(t, "stderr", r.stderr, `SPINBROKER_URL "localhost:8080" is not a broker URL`)
+	if strings.Contains(r.stderr, "--url \"") {
+		t.Errorf("stderr blames --url, which was not given:\n%s", r.stderr)
+	}
+	// The flag, when given, is what is named, whatever the variable says.
+	r = spinEnv(t, []string{"SPINBROKER_URL=http://localhost:8080"}, "queue", "ls", "--url", "localhost:8080")
+	if r.code != 2 {
+		t.Fatalf("exit %d, want 2\n%s", r.code, r)
+	}
+	wantContains(t, "stderr", r.stderr, `--url "localhost:8080" is not a broker URL`)
+}
