@@ -569,3 +569,38 @@ func TestBadURLFromEnv(t *testing.T) {
 	}
 	wantContains(t, "stderr", r.stderr, `--url "localhost:8080" is not a broker URL`)
 }
+
+// TestBrokerDoesNotAnswer: a broker that takes the connection and never
+// answers (stopped with SIGSTOP, a disk that hangs, a proxy with no
+// upstream) ends a client command after answerTimeout with a sentence
+// that says so, rather than hang a terminal or a cron job for ever. Not
+// parallel: it shortens answerTimeout, which the parallel tests, run after
+// it, never see changed.
+func TestBrokerDoesNotAnswer(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // else the server never sees the client go
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	defer func(d time.Duration) { answerTimeout = d }(answerTimeout)
+	answerTimeout = 300 * time.Millisecond
+	for _, args := range [][]string{{"queue", "ls"}, {"message", "new"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, append(args, "--url", srv.URL), nil, &stdout, &stderr)
+		if ctx.Err() != nil {
+			t.Fatalf("%v: still waiting after 20s", args)
+		}
+		cancel()
+		if code != 1 {
+			t.Errorf("%v: exit %d, want 1\nstderr:\n%s", args, code, stderr.String())
+		}
+		wantContains(t, "stderr", stderr.String(), "the broker did not answer within 300ms")
+		if write := args[0] == "message"; strings.Contains(stderr.String(), "may have been made") != write {
+			t.Errorf("%v: stderr says whether a change may have been made only of a write:\n%s", args, stderr.String())
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("%v: stdout = %q, want nothing", args, stdout.String())
+		}
+	}
+}

@@ -9,10 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -164,6 +168,13 @@ func describe(err error) string {
 	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (%v)", err)
 	}
+	if ue, ok := noAnswer(err); ok {
+		msg := fmt.Sprintf("the broker did not answer within %s: %v; it may be stopped or stuck (its log, and /healthz, say which)", answerTimeout, err)
+		if ue.Op != "Get" && ue.Op != "Head" {
+			msg += "; the change may have been made all the same: look before you repeat it"
+		}
+		return msg
+	}
 	if client.Temporary(err) {
 		msg := fmt.Sprintf("cannot reach the broker: %v", err)
 		if errors.Is(err, syscall.ECONNREFUSED) {
@@ -183,6 +194,18 @@ func describe(err error) string {
 		return fmt.Sprintf("%s (%s)", spinbroker.ErrorMessage(err), code)
 	}
 	return err.Error()
+}
+
+// noAnswer reports whether err is a request that reached the broker and
+// timed out waiting for its answer (answerTimeout), not one that failed
+// to connect, and returns its *url.Error, which names the method.
+func noAnswer(err error) (*url.Error, bool) {
+	var ue *url.Error
+	if !errors.As(err, &ue) || !ue.Timeout() {
+		return nil, false
+	}
+	var oe *net.OpError
+	return ue, !errors.As(err, &oe) || oe.Op != "dial"
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -266,9 +289,20 @@ func (a *app) hideClientFlags(c *cobra.Command) {
 	})
 }
 
+// answerTimeout bounds how long a client command waits for the broker to
+// start answering one request. A broker that answers at all does so within
+// seconds (a write waits at most 10s for its turn, then is told 503), and
+// the CLI makes no long-polls; without a bound, a broker that took the
+// connection and never answered (stopped, stuck on a disk) hung a terminal
+// or a cron job for ever.
+var answerTimeout = 30 * time.Second
+
 // client returns a client of the broker the global flags name.
 func (a *app) client() (*client.Client, error) {
-	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"))
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = answerTimeout
+	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"),
+		client.WithHTTPClient(&http.Client{Transport: t}))
 }
 
 // checkOutput validates -o.
