@@ -604,3 +604,38 @@ func TestBrokerDoesNotAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagValueErrors: a flag value of the wrong kind is refused in one
+// sentence that says what the flag takes, not with the Go parser's error
+// ("strconv.ParseInt: parsing \"abc\": invalid syntax", "time: missing
+// unit in duration \"5\"").
+func TestFlagValueErrors(t *testing.T) {
+	t.Parallel()
+	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"message", "add", someID, "storage", "x", "--max-attempts", "abc"}, `invalid argument "abc" for --max-attempts: want a whole number`},
+		{[]string{"message", "add", someID, "storage", "x", "--max-attempts", "99999999999999999999"}, `invalid argument "99999999999999999999" for --max-attempts: want a whole number`},
+		{[]string{"message", "add", someID, "storage", "x", "--lease-duration", "5"}, `invalid argument "5" for --lease-duration: want a duration such as 90s, 5m or 1h30m`},
+		{[]string{"message", "status", someID, "--wait", "--timeout", "10 minutes"}, `invalid argument "10 minutes" for --timeout: want a duration`},
+		{[]string{"queue", "set", "storage", "--paused=maybe"}, `invalid argument "maybe" for --paused: want true or false`},
+		{[]string{"serve", "--sweep-interval", "5"}, `invalid argument "5" for --sweep-interval: want a duration`},
+	} {
+		r := spin(t, append(tt.args, "--url", "http://127.0.0.1:1")...)
+		if tt.args[0] == "serve" {
+			r = spin(t, tt.args...)
+		}
+		if r.code != 2 {
+			t.Errorf("%v: exit %d, want 2\n%s", tt.args, r.code, r)
+			continue
+		}
+		wantContains(t, "stderr", r.stderr, tt.want)
+		for _, chain := range []string{"strconv.", "time: ", `flag: `} {
+			if strings.Contains(r.stderr, chain) {
+				t.Errorf("%v: stderr has Go's parser error (%q) in it:\n%s", tt.args, chain, r.stderr)
+			}
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
@@ -140,6 +141,29 @@ type usageError struct {
 
 func (e *usageError) Error() string { return e.err.Error() }
 
+// flagWants says, by a flag's type, what a value of it looks like.
+var flagWants = map[string]string{
+	"int":      "a whole number",
+	"duration": "a duration such as 90s, 5m or 1h30m",
+	"bool":     "true or false",
+}
+
+// flagValueError rewrites pflag's error for a value a flag cannot parse,
+// which ends in the Go parser's own ('invalid argument "5" for
+// "--timeout" flag: time: missing unit in duration "5"'), into one
+// sentence that says what the flag takes.
+func flagValueError(err error) error {
+	var ive *pflag.InvalidValueError
+	if !errors.As(err, &ive) {
+		return err
+	}
+	want, ok := flagWants[ive.GetFlag().Value.Type()]
+	if !ok {
+		return err
+	}
+	return fmt.Errorf("invalid argument %q for --%s: want %s", clip(ive.GetValue()), ive.GetFlag().Name, want)
+}
+
 // describe turns an error into a sentence for a person at a terminal.
 func describe(err error) string {
 	var ce *client.Error
@@ -225,7 +249,7 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return &usageError{cmd: c.CommandPath(), err: err}
+		return &usageError{cmd: c.CommandPath(), err: flagValueError(err)}
 	})
 	// An unknown command is a usage error (exit 2), not a failure.
 	root.Args = func(c *cobra.Command, a []string) error {
