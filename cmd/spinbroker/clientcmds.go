@@ -33,15 +33,6 @@ func (a *app) group(use, short, long string, subs ...*cobra.Command) *cobra.Comm
 		Use:   use,
 		Short: short,
 		Long:  long,
-		Args: func(c *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usagef(c, "unknown command %q for %q; want one of: %s", args[0], c.CommandPath(), subNames(c))
-			}
-			return nil
-		},
-		RunE: func(c *cobra.Command, _ []string) error {
-			return usagef(c, "want a command: %s", subNames(c))
-		},
 		// -o is checked once here for every client command, before any
 		// request is made.
 		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
@@ -51,12 +42,56 @@ func (a *app) group(use, short, long string, subs ...*cobra.Command) *cobra.Comm
 			return nil
 		},
 	}
+	refuseBare(g, "command")
+	g.AddCommand(subs...)
+	return g
+}
+
+// refuseBare makes g, a command that only holds subcommands (each a kind,
+// such as a command or a shell), refuse to run bare or with an unknown
+// subcommand, as a usage error.
+func refuseBare(g *cobra.Command, kind string) {
+	g.Args = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef(c, "unknown %s %q for %q; want one of: %s", kind, args[0], c.CommandPath(), subNames(c))
+		}
+		return nil
+	}
+	g.RunE = func(c *cobra.Command, _ []string) error {
+		return usagef(c, "want a %s: %s", kind, subNames(c))
+	}
 	// Being runnable only to refuse, a group should not show a usage line of
 	// its own; its subcommands inherit the template and still show theirs.
 	g.SetUsageTemplate(strings.Replace(g.UsageTemplate(),
 		"Usage:{{if .Runnable}}", "Usage:{{if and .Runnable (not .HasAvailableSubCommands)}}", 1))
-	g.AddCommand(subs...)
-	return g
+}
+
+// strictBuiltins makes cobra's own 'completion' and 'help' commands refuse,
+// as usage errors, a shell or a topic they do not know: they printed a help
+// and exited 0, so 'completion tcsh > file' wrote a help text as the
+// script. It is called once the root's streams are set, which the
+// completion scripts are written to.
+func strictBuiltins(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	root.InitDefaultHelpCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "completion":
+			refuseBare(c, "shell")
+		case "help":
+			show := c.Run
+			c.Run = nil
+			c.RunE = func(c *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					if found, rest, err := c.Root().Find(args); err != nil || found == nil || len(rest) > 0 {
+						return usagef(c.Root(), "no help topic %q", strings.Join(args, " "))
+					}
+				}
+				show(c, args)
+				return nil
+			}
+		}
+	}
 }
 
 func subNames(c *cobra.Command) string {

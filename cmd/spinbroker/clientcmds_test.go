@@ -639,3 +639,41 @@ func TestFlagValueErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpAndCompletionTypos: cobra's own 'help' and 'completion' printed
+// a help and exited 0 for a topic or a shell they do not know, so that
+// 'spinbroker completion tcsh > file' wrote a help text as the script and
+// a script's typo went unseen; they are usage errors now, as an unknown
+// command of any group is (see group). What they know still works.
+func TestHelpAndCompletionTypos(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+		help string
+	}{
+		{[]string{"completion", "tcsh"}, `unknown shell "tcsh" for "spinbroker completion"; want one of: bash, fish, powershell, zsh`, "spinbroker completion"},
+		{[]string{"completion"}, "want a shell: bash, fish, powershell, zsh", "spinbroker completion"},
+		{[]string{"help", "nosuch"}, `no help topic "nosuch"`, "spinbroker"},
+		{[]string{"help", "package", "lss"}, `no help topic "package lss"`, "spinbroker"},
+	} {
+		r := spin(t, tt.args...)
+		if r.code != 2 {
+			t.Errorf("%v: exit %d, want 2\n%s", tt.args, r.code, r)
+			continue
+		}
+		if r.stdout != "" {
+			t.Errorf("%v: stdout = %q, want nothing", tt.args, r.stdout)
+		}
+		wantContains(t, "stderr", r.stderr, tt.want, fmt.Sprintf("Run '%s --help' for usage.", tt.help))
+	}
+	for _, args := range [][]string{{"completion", "bash"}, {"completion", "zsh"}, {"help"}, {"help", "package", "ls"}, {"completion", "--help"}} {
+		r := spin(t, args...)
+		if r.code != 0 || r.stdout == "" || r.stderr != "" {
+			t.Errorf("%v: %s", args, r)
+		}
+	}
+	if r := spin(t, "help", "package", "ls"); !strings.Contains(r.stdout, "spinbroker package ls [flags]") {
+		t.Errorf("help package ls is not ls's help:\n%s", r.stdout)
+	}
+}

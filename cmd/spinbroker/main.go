@@ -96,6 +96,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	strictBuiltins(root)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
