@@ -262,6 +262,9 @@ func TestUsageErrors(t *testing.T) {
 		{"CompleteNotBool", []string{"message", "complete", someID, "maybe"}, "want true or false", "spinbroker message complete"},
 		{"CompleteTooMany", []string{"message", "complete", someID, "false", "a", "b"}, "want CMD true|false [reason]", "spinbroker message complete"},
 		{"StatusNoPackage", []string{"message", "status"}, "want PKG", "spinbroker message status"},
+		// Without --wait, status answers at once: a --timeout there would
+		// be ignored, and 'status --timeout 10m' exit 3 at once.
+		{"StatusTimeoutWithoutWait", []string{"message", "status", someID, "--timeout", "10m"}, "--timeout bounds --wait", "spinbroker message status"},
 		{"StatusNegativeTimeout", []string{"message", "status", someID, "--wait", "--timeout", "-1s"}, "--timeout must not be negative", "spinbroker message status"},
 		{"ListBadState", []string{"package", "ls", "--state", "done"}, "--state must be one of staging, queued", "spinbroker package ls"},
 		{"ListBadLimit", []string{"package", "ls", "--limit", "0"}, "--limit must be between 1 and 1000", "spinbroker package ls"},

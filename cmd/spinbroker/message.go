@@ -256,6 +256,11 @@ status reports the package as it is (exit 3), and says so on stderr.`,
 			if timeout < 0 {
 				return usagef(cmd, "--timeout must not be negative")
 			}
+			if !wait && cmd.Flags().Changed("timeout") {
+				// Without --wait status answers at once: the timeout would
+				// be ignored, and the wait it was meant for never happen.
+				return usagef(cmd, "--timeout bounds --wait: give --wait --timeout %s", timeout)
+			}
 			cl, err := a.dial(cmd)
 			if err != nil {
 				return err
