@@ -458,6 +458,9 @@ func TestTLSMistakes(t *testing.T) {
 	}{
 		{tlsSrv.URL, []string{"TLS certificate is not trusted here", "SSL_CERT_FILE"}},
 		{strings.Replace(plain.URL, "http://", "https://", 1), []string{"speaks plain HTTP", "http:// URL"}},
+		// Go's server answers plain HTTP on a TLS port with a 400 of its
+		// own, which read as a mistake in the request.
+		{strings.Replace(tlsSrv.URL, "https://", "http://", 1), []string{"speaks HTTPS, not plain HTTP", "https:// URL"}},
 	} {
 		r := spin(t, "queue", "ls", "--url", c.url)
 		if r.code != 1 {

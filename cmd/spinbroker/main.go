@@ -168,6 +168,11 @@ func flagValueError(err error) error {
 // describe turns an error into a sentence for a person at a terminal.
 func describe(err error) string {
 	var ce *client.Error
+	if errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest && strings.HasPrefix(ce.Err.Message, "Client sent an HTTP request to an HTTPS server") {
+		// Go's server answers plain HTTP on a TLS port so, in plain text,
+		// before spin-broker sees a request: not a mistake of the request.
+		return "the broker speaks HTTPS, not plain HTTP: give an https:// URL (--url or SPINBROKER_URL)"
+	}
 	if errors.As(err, &ce) {
 		if ce.StatusCode >= 500 && ce.RequestID != "" {
 			// The broker's side of it is in its log, under this id.
