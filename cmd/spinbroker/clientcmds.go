@@ -191,9 +191,9 @@ func (a *app) completeQueue(cmd *cobra.Command, args []string, toComplete string
 }
 
 // onID is the RunE of a command whose one argument (named name in errors)
-// is an id: it checks the id, makes one call with it, and prints the answer
-// as JSON with -o json, else with show.
-func onID[T any](a *app, name string, call func(c *client.Client, ctx context.Context, id string) (T, error), show func(w io.Writer, v T) error) func(*cobra.Command, []string) error {
+// is the id of a package or a command (kind): it checks the id, makes one
+// call with it, and prints the answer as JSON with -o json, else with show.
+func onID[T any](a *app, kind, name string, call func(c *client.Client, ctx context.Context, id string) (T, error), show func(w io.Writer, v T) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		if err := checkID(cmd, name, args[0]); err != nil {
 			return err
@@ -204,13 +204,34 @@ func onID[T any](a *app, name string, call func(c *client.Client, ctx context.Co
 		}
 		v, err := call(cl, cmd.Context(), args[0])
 		if err != nil {
-			return err
+			return whatIsIt(cmd.Context(), cl, kind, args[0], err)
 		}
 		if a.jsonOutput() {
 			return a.printJSON(v)
 		}
 		return show(a.stdout, v)
 	}
+}
+
+// whatIsIt adds to err, when it is a not_found of id wanted as the id of a
+// package or a command (kind), what id is when it names the other kind: a
+// 'message status' of the id that 'message add' printed was only "package
+// ... not found", which sent the operator looking for a lost package.
+func whatIsIt(ctx context.Context, cl *client.Client, kind, id string, err error) error {
+	if spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND || ctx.Err() != nil {
+		return err
+	}
+	switch kind {
+	case "package":
+		if c, cerr := cl.Command(ctx, id); cerr == nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("%s; %s is a command's id (of package %s): spinbroker command show %s", describe(err), c.ID, c.PackageID, c.ID)}
+		}
+	case "command":
+		if p, perr := cl.Package(ctx, id); perr == nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("%s; %s is a package's id: spinbroker package show %s", describe(err), p.ID, p.ID)}
+		}
+	}
+	return err
 }
 
 // printPackageLine prints the one line that answers a change to a package.

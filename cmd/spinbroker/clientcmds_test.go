@@ -683,3 +683,37 @@ func TestHelpAndCompletionTypos(t *testing.T) {
 		t.Errorf("help package ls is not ls's help:\n%s", r.stdout)
 	}
 }
+
+// TestWrongKindOfID: a command's id where a package's is wanted (the
+// README's tour keeps both in variables, and 'message add' prints command
+// ids), or the other way round, is not only "not found": the error says
+// what the id is, and the command that takes it.
+func TestWrongKindOfID(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	pkg := b.id("message", "new")
+	cmd := b.id("message", "add", pkg, "storage", "x")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"package", "show", cmd}, cmd + " is a command's id (of package " + pkg + "): spinbroker command show " + cmd},
+		{[]string{"message", "status", cmd, "--wait"}, cmd + " is a command's id (of package " + pkg + ")"},
+		{[]string{"message", "enqueue", cmd}, cmd + " is a command's id (of package " + pkg + ")"},
+		{[]string{"message", "add", cmd, "storage", "y"}, cmd + " is a command's id (of package " + pkg + ")"},
+		{[]string{"command", "show", pkg}, pkg + " is a package's id: spinbroker package show " + pkg},
+		{[]string{"message", "complete", pkg, "true"}, pkg + " is a package's id: spinbroker package show " + pkg},
+	} {
+		r := b.spin(tt.args...)
+		if r.code != 1 {
+			t.Errorf("%v: exit %d, want 1\n%s", tt.args, r.code, r)
+			continue
+		}
+		wantContains(t, "stderr", r.stderr, "not found", tt.want)
+	}
+	// An id of nothing is only not found.
+	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	if r := b.spin("package", "show", someID); r.code != 1 || strings.Contains(r.stderr, "'s id") {
+		t.Errorf("show of a missing package: %s", r)
+	}
+}

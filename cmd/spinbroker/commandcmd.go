@@ -24,7 +24,7 @@ which parameters, what it waits for, its state, attempts, result and times.`,
 		Example: `  spinbroker command show "$CMD"
   spinbroker command show "$CMD" -o json | jq .output`,
 		Args: args(1, "ID"),
-		RunE: onID(a, "ID", (*client.Client).Command, printCommand),
+		RunE: onID(a, "command", "ID", (*client.Client).Command, printCommand),
 	}
 }
 
@@ -38,6 +38,6 @@ cancelled. It is refused when the command's package was cancelled, or when
 a command it depends on is still failed or cancelled (retry that one first).`,
 		Example: `  spinbroker command retry "$CMD"`,
 		Args:    args(1, "ID"),
-		RunE:    onID(a, "ID", (*client.Client).Retry, printCommandState),
+		RunE:    onID(a, "command", "ID", (*client.Client).Retry, printCommandState),
 	}
 }

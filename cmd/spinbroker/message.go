@@ -189,7 +189,7 @@ Repeat it for several.`,
 			}
 			c, err := cl.AddCommand(cmd.Context(), args[0], in)
 			if err != nil {
-				return err
+				return whatIsIt(cmd.Context(), cl, "package", args[0], err)
 			}
 			if a.jsonOutput() {
 				return a.printJSON(c)
@@ -217,7 +217,7 @@ queues in one transaction, in the order they were added. Enqueuing a package
 again changes nothing.`,
 		Example: `  spinbroker message enqueue "$PKG"`,
 		Args:    args(1, "PKG"),
-		RunE:    onID(a, "PKG", (*client.Client).Enqueue, printPackageLine),
+		RunE:    onID(a, "package", "PKG", (*client.Client).Enqueue, printPackageLine),
 	}
 }
 
@@ -277,7 +277,7 @@ status reports the package as it is (exit 3), and says so on stderr.`,
 				return interrupted(ctx)
 			}
 			if err != nil {
-				return err
+				return whatIsIt(ctx, cl, "package", id, err)
 			}
 			if a.jsonOutput() {
 				if err := a.printJSON(p); err != nil {
@@ -560,7 +560,7 @@ result changes nothing; with the other result it is a conflict.`,
 			}
 			c, err := cl.Complete(cmd.Context(), args[0], res)
 			if err != nil {
-				return err
+				return whatIsIt(cmd.Context(), cl, "command", args[0], err)
 			}
 			if a.jsonOutput() {
 				return a.printJSON(c)

@@ -110,7 +110,7 @@ they were added.`,
 		Example: `  spinbroker package show "$PKG"
   spinbroker package show "$PKG" -o json | jq '.commands[].state'`,
 		Args: args(1, "ID"),
-		RunE: onID(a, "ID", (*client.Client).Package, printPackage),
+		RunE: onID(a, "package", "ID", (*client.Client).Package, printPackage),
 	}
 }
 
@@ -124,7 +124,7 @@ those an agent holds run to the end and their results are recorded, and none
 is delivered or retried again. Cancelling a finished package changes nothing.`,
 		Example: `  spinbroker package cancel "$PKG"`,
 		Args:    args(1, "ID"),
-		RunE:    onID(a, "ID", (*client.Client).CancelPackage, printPackageLine),
+		RunE:    onID(a, "package", "ID", (*client.Client).CancelPackage, printPackageLine),
 	}
 }
 
@@ -149,7 +149,7 @@ nothing.`,
 				return err
 			}
 			if err := cl.DeletePackage(cmd.Context(), args[0]); err != nil {
-				return err
+				return whatIsIt(cmd.Context(), cl, "package", args[0], err)
 			}
 			if a.jsonOutput() {
 				return nil
