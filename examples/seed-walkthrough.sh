@@ -37,12 +37,16 @@ PATH="$work/bin:$PATH"
 port=${PORT:-18123}
 export SPINBROKER_URL="http://127.0.0.1:$port"
 spinbroker serve --addr "127.0.0.1:$port" --db "$work/broker.db" >"$work/broker.log" 2>&1 &
-pids+=($!)
+broker=$!
+pids+=($broker)
+# Ready once this broker says it listens: another broker already on the
+# port would answer a request too, and get this walk-through's work.
 for _ in $(seq 100); do
-	spinbroker queue ls >/dev/null 2>&1 && break
+	grep -qs 'spin-broker listening' "$work/broker.log" && break
+	kill -0 "$broker" 2>/dev/null || break
 	sleep 0.1
 done
-spinbroker queue ls >/dev/null 2>&1 || fail "the broker did not start"
+grep -qs 'spin-broker listening' "$work/broker.log" || fail "the broker did not start (is port $port taken? PORT= gives another)"
 
 sa-host-path --root "$work/images" >"$work/storage.log" 2>&1 &
 pids+=($!)
