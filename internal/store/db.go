@@ -219,8 +219,10 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		return nil, err
 	}
 	// Pragmas go in the DSN so that every connection the pool opens gets
-	// them, not just the one an Exec happens to reach.
-	base := dsn(path, "&_pragma=foreign_keys(1)")
+	// them, not just the one an Exec happens to reach. mode=rw: the file
+	// exists now, and a connection opened after it was moved away or
+	// removed must fail, not make a new, empty database at the path.
+	base := dsn(path, "&mode=rw&_pragma=foreign_keys(1)")
 	// temp_store(memory) keeps statement and savepoint journals (one per
 	// group-committed write) in memory: on disk they cost a pwrite for
 	// every page a write touches, a quarter of the writer's time.
@@ -561,6 +563,11 @@ const pingQuery = `SELECT (SELECT count(*) FROM sqlite_schema),
 // the pages a connection keeps in its cache (PRAGMA shrink_memory drops
 // them first; the OS's cache makes the read cheap).
 func (db *DB) Ping(ctx context.Context) error {
+	if db.sameFile() != nil {
+		// The path names another file, or none: a new connection cannot
+		// read the file the broker serves, and WriteFailure says why.
+		return nil
+	}
 	var n [5]int
 	err := func() error {
 		c, err := db.rdb.Conn(ctx)
@@ -581,8 +588,8 @@ func (db *DB) Ping(ctx context.Context) error {
 
 // WriteFailure reports whether writes fail for the database's sake (a full
 // disk, an I/O error, a read-only file): nil unless a write failed so since
-// the last commit that changed something, or the database's path no longer
-// names the file that was opened.
+// the last commit that changed something, or the path no longer names the
+// file the broker opened (then every write will fail).
 // A database that reads fine can refuse every write, and nothing else would
 // say so once clients stop trying; so when the last write failed,
 // WriteFailure has a write tried that changes one row (a page the WAL must
@@ -590,6 +597,10 @@ func (db *DB) Ping(ctx context.Context) error {
 // write at a time, however many callers wait for it; each waits no longer
 // than its ctx, then reports the last failure.
 func (db *DB) WriteFailure(ctx context.Context) error {
+	if err := db.sameFile(); err != nil {
+		// Every write will fail: say so before a client's write has.
+		return err
+	}
 	if since := db.busySince.Load(); since != 0 {
 		// A probe would only queue behind it.
 		if d := time.Since(time.Unix(0, since)); d > db.stallAfter {
@@ -598,11 +609,7 @@ func (db *DB) WriteFailure(ctx context.Context) error {
 	}
 	f := db.writeFailure.Load()
 	if f == nil {
-		// A file replaced or removed under the broker refuses every write
-		// from now on: say so before a client's write finds out, or an
-		// idle broker's monitors stay green (a stat, cheap enough for
-		// every check).
-		return db.sameFile()
+		return nil
 	}
 	if db.stillFull(*f) {
 		return *f // a write that fits would prove nothing

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -98,5 +99,55 @@ func TestWriteFailure_LogsOnceAndRecovery(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "database takes writes again") || !strings.Contains(logs.String(), "failed_since_last_line=49") {
 		t.Fatalf("no line says writes work again, and how many failed:\n%s", logs.String())
+	}
+}
+
+// TestDatabaseFileMovedWhileOpen_NotRecreated: once the database's file was
+// moved away (or removed) under a running broker, a connection its pools
+// open later must not create a new, empty file at the path: that file
+// (made with SQLite's mode, not 0600) turned /healthz's read into "no such
+// table: packages", made the writes' cause "replaced by another file", and
+// would be what a restart serves. Health must say at once, without waiting
+// for a client's write, that the file was removed: Ping still answers (the
+// open file reads), and WriteFailure names the cause.
+func TestDatabaseFileMovedWhileOpen_NotRecreated(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "b.db")
+	db, err := Open(context.Background(), path, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"", "-wal", "-shm"} {
+		if err := os.Rename(path+s, filepath.Join(dir, "moved.db"+s)); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	if err := db.WriteFailure(ctx); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(err.Error(), "removed") {
+		t.Errorf("WriteFailure once the file was moved away, before any write: %v, want unavailable saying it was removed", err)
+	}
+	// More readers than the pool has opened so far: each new one opens the path.
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Go(func() { errs[i] = db.Ping(ctx) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Errorf("Ping once the file was moved away: %v, want nil (the open file reads; WriteFailure says why)", err)
+			break
+		}
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the broker made a file at %s once its own was moved away (stat: %v)", path, err)
+	}
+	_, _, err = db.CreatePackage(ctx, spinbroker.NewPackage{}, nil)
+	if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE || !strings.Contains(spinbroker.ErrorMessage(err), "removed") {
+		t.Errorf("a write once the file was moved away: %v, want unavailable saying it was removed", err)
 	}
 }
