@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
@@ -464,5 +466,62 @@ func TestHelp_DatabaseCommandsHideClientFlags(t *testing.T) {
 	// to make a token on that broker, and write one into a local file.
 	if r := spin(t, "migrate", "up", "--db", filepath.Join(t.TempDir(), "h.db"), "--url", "http://x"); r.code != 2 || !strings.Contains(r.stderr, "--url is for the commands that talk to a broker") {
 		t.Errorf("migrate up with --url: %s", r)
+	}
+}
+
+// TestHelp_OneDatabasePathForAService: the --help examples, the README and
+// the heads of examples/systemd's units all name the service's database by
+// the path its unit serves. 'token create' makes a database that does not
+// exist yet, so a token made on another path (an example's, or none at all:
+// ./spinbroker.db) is one the broker never sees, and its agent gets 401.
+func TestHelp_OneDatabasePathForAService(t *testing.T) {
+	unit, err := os.ReadFile("../../examples/systemd/spinbroker.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := regexp.MustCompile(`(?m)^ExecStart=.* --db (\S+)`).FindSubmatch(unit)
+	if served == nil {
+		t.Fatal("spinbroker.service: no ExecStart with --db")
+	}
+	want := string(served[1])
+	texts := map[string]string{}
+	a := &app{stdout: io.Discard, stderr: io.Discard}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		texts[c.CommandPath()+" --help"] = c.Long + "\n" + c.Example
+	}
+	walk(a.rootCommand())
+	files, _ := filepath.Glob("../../examples/systemd/*.service")
+	for _, f := range append(files, "../../README.md") {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts[f] = string(b)
+	}
+	path := regexp.MustCompile(`/var/lib/spinbroker/[\w.-]+\.db`)
+	for name, text := range texts {
+		for _, p := range path.FindAllString(text, -1) {
+			if p != want {
+				t.Errorf("%s names the database %s; the service serves %s", name, p, want)
+			}
+		}
+	}
+	// Each unit's head says how to make its token, on that database.
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		var head []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(line, "#") {
+				break
+			}
+			head = append(head, strings.Fields(strings.TrimPrefix(line, "#"))...)
+		}
+		if h := strings.Join(head, " "); !strings.Contains(h, "spinbroker token create --db "+want) {
+			t.Errorf("%s: its head does not say to make the token with spinbroker token create --db %s:\n%s", filepath.Base(f), want, h)
+		}
 	}
 }

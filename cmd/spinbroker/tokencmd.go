@@ -64,7 +64,7 @@ func (a *app) tokenCreateCommand(db *string) *cobra.Command {
 		Long: `create makes a token with a role and prints it once, as the last word of the
 line; it cannot be shown again. An agent token is bound to one --resource.
 A database that does not exist yet is created (and said so on stderr).`,
-		Example: `  spinbroker token create --db /var/lib/spinbroker/spinbroker.db --role admin --name ops
+		Example: `  spinbroker token create --db /var/lib/spinbroker/broker.db --role admin --name ops
   spinbroker token create --role agent --resource storage --name host-1
   TOKEN=$(spinbroker token create --role client | awk '{print $NF}')`,
 		Args: args(0, "no arguments"),
@@ -132,7 +132,7 @@ func (a *app) tokenListCommand(db *string) *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List tokens, revoked ones included",
 		Long:    `ls lists every token, oldest first, revoked ones included. Secrets are never shown: the database does not have them.`,
-		Example: `  spinbroker token ls --db /var/lib/spinbroker/spinbroker.db`,
+		Example: `  spinbroker token ls --db /var/lib/spinbroker/broker.db`,
 		Args:    args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := a.openDB(cmd.Context(), *db, false)
