@@ -251,3 +251,18 @@ func TestMetrics_DocumentedInREADME(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestLog_HeadBytes: a HEAD request's line says how many bytes of
+// body were sent, none, not the size of the GET's body that Go's server
+// ate (16213 on HEAD /metrics); a GET's says its body's size.
+func TestRequestLog_HeadBytes(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	p := e.createPackage(`[{"resource": "r", "action": "a"}]`, true)
+	e.want(e.do("HEAD", "/queues", ""), 200, "")
+	e.want(e.do("HEAD", "/packages/"+p.ID, ""), 200, "")
+	r := e.do("GET", "/queues/r", "")
+	e.want(r, 200, "")
+	want := map[string]any{"/queues": float64(0), "/packages/" + p.ID: float64(0), "/queues/r": float64(len(r.body))}
+	wantRequestLines(t, &log, "bytes", want)
+}

@@ -143,7 +143,8 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
-	bytes  int
+	bytes  int  // of body sent: none to a HEAD, whatever the handler wrote
+	head   bool // a HEAD request, whose body Go's server eats
 	token  *spinbroker.Token
 	code   string // the error code answered, if any (judge)
 }
@@ -176,7 +177,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 		w.status = http.StatusOK
 	}
 	n, err := w.ResponseWriter.Write(b)
-	w.bytes += n
+	if !w.head {
+		w.bytes += n
+	}
 	return n, err
 }
 
@@ -209,7 +212,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		id := requestID(r.Header.Get("X-Request-Id"))
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &statusWriter{ResponseWriter: w, head: r.Method == http.MethodHead}
 		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
 		next.ServeHTTP(sw, r)
 		d := time.Since(start)
