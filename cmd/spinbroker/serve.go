@@ -396,7 +396,11 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 				})
 			}
 			log.Info("profiler listening", "addr", pln.Addr().String())
-			psrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			// Its server's errors (accept failures: out of file
+			// descriptors) are the broker's log records too, told apart
+			// from the API server's by their server attribute.
+			psrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+				ErrorLog: slog.NewLogLogger(log.With("server", "profiler").Handler(), slog.LevelWarn)}
 			if err := psrv.Serve(pln); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.Warn("profiler stopped", "err", err)
 			}
