@@ -86,7 +86,7 @@ GOGC environment variable says otherwise.`,
   spinbroker serve --addr :8443 --auth --tls-cert cert.pem --tls-key key.pem --retain 168h`,
 		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return namedEnv(cmd, a.serve(cmd.Context(), c))
+			return a.logFatal(c, namedEnv(cmd, a.serve(cmd.Context(), c)))
 		},
 	}
 	f := cmd.Flags()
@@ -448,6 +448,37 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	<-swept
 	log.Info("stopped")
 	return nil
+}
+
+// logFatal turns the error that stops serve into one log record at error,
+// with the sentence run would print and the same exit code, when the logs
+// are JSON: a plain "spinbroker: …" line among them was the one line of a
+// crash that a log pipeline could not parse. In text, run prints it as
+// before; and so it does when the log flags themselves are wrong.
+func (a *app) logFatal(c serveConfig, err error) error {
+	if err == nil || c.logFormat != "json" {
+		return err
+	}
+	log, lerr := newLogger(a.stderr, c.logFormat, c.logLevel)
+	if lerr != nil {
+		return err
+	}
+	code, msg := 1, ""
+	var ee *exitError
+	var ue *usageError
+	switch {
+	case errors.As(err, &ee):
+		code, msg = ee.code, ee.msg
+	case errors.As(err, &ue):
+		code, msg = 2, ue.err.Error()
+	default:
+		msg = describe(err)
+	}
+	if msg == "" {
+		return err
+	}
+	log.Error(msg, "exit_code", code)
+	return &exitError{code: code}
 }
 
 // serveEnv is the environment variable of each serve flag that has one.

@@ -63,3 +63,64 @@ func TestServe_ProfilerErrorsLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestServe_FatalErrorJSON: with --log-format json, what stops serve (a
+// port taken, a database another broker serves, a directory that does
+// not exist, a setting that cannot work) is one JSON record at error with
+// the sentence the text format prints, and the exit code is the same:
+// the crash reason was the one plain line that a log pipeline could not
+// parse. The text format prints it as before.
+func TestServe_FatalErrorJSON(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	busy := filepath.Join(dir, "busy.db")
+	startBroker(t, busy)
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"port taken", []string{"--addr", taken.Addr().String(), "--db", filepath.Join(dir, "a.db")}, 1, "cannot listen on " + taken.Addr().String()},
+		{"database in use", []string{"--addr", "127.0.0.1:0", "--db", busy}, 1, "busy.db is in use"},
+		{"no directory", []string{"--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "none", "x.db")}, 1, "open the database"},
+		{"setting", []string{"--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "b.db"), "--sweep-interval", "0s"}, 2, "--sweep-interval must be more than 0"},
+	} {
+		for _, format := range []string{"text", "json"} {
+			cmd := exec.Command(serveBinary(t), append([]string{"serve", "--log-format", format}, c.args...)...)
+			cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+			var stderr syncbuf.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != c.code {
+				t.Errorf("%s, %s: exit %v, want %d:\n%s", c.name, format, err, c.code, stderr.String())
+				continue
+			}
+			out := strings.TrimSpace(stderr.String())
+			if format == "text" {
+				if !strings.HasPrefix(out, "spinbroker: ") || !strings.Contains(out, c.want) {
+					t.Errorf("%s, text: want a line spinbroker: …%s…, got:\n%s", c.name, c.want, out)
+				}
+				continue
+			}
+			lines := strings.Split(out, "\n")
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &rec); err != nil {
+				t.Errorf("%s, json: the last line is not JSON:\n%s", c.name, out)
+				continue
+			}
+			if msg, _ := rec["msg"].(string); rec["level"] != "ERROR" || !strings.Contains(msg, c.want) {
+				t.Errorf("%s, json: want a record at ERROR whose msg says %q, got:\n%s", c.name, c.want, out)
+			}
+			for _, l := range lines {
+				if json.Unmarshal([]byte(l), &rec) != nil {
+					t.Errorf("%s, json: a line that is not JSON: %s", c.name, l)
+				}
+			}
+		}
+	}
+}
