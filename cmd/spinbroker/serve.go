@@ -368,8 +368,18 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		scheme = "https"
 	}
 	baseURL := fmt.Sprintf("%s://%s", scheme, ln.Addr())
+	gogc := os.Getenv("GOGC")
+	if gogc == "" {
+		gogc = strconv.Itoa(defaultGCPercent)
+	}
+	// Every setting that explains what the log shows next (never a secret:
+	// the TLS key's path at most), so that an incident's log says how the
+	// broker ran without its command line.
 	log.Info("spin-broker listening", "url", baseURL, "version", version.Get().String(), "db", c.db,
-		"sync", c.sync, "auth", c.auth, "retain", c.retain, "staging_ttl", c.stagingTTL)
+		"sync", c.sync, "auth", c.auth, "insecure", c.insecure, "tls", certs != nil, "metrics_open", c.metricsOpen,
+		"retain", c.retain, "staging_ttl", c.stagingTTL, "sweep_interval", c.sweepEvery, "max_writes", c.maxWrites,
+		"header_timeout", c.headerTimeout, "read_timeout", c.readTimeout, "shutdown_timeout", c.shutdownTimeout,
+		"log_level", c.logLevel, "pprof_addr", c.pprofAddr, "gogc", gogc)
 	if !local && !c.auth {
 		log.Warn("serving without authentication beyond loopback (--insecure): anyone who can reach this address can run commands", "addr", c.addr)
 	}

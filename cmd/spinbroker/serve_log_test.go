@@ -124,3 +124,32 @@ func TestServe_FatalErrorJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestServe_StartLineSettings: the start-up line names every setting that
+// matters when reading an incident's log (how it serves, what it keeps,
+// how often it sweeps, how much it takes at once, what it logs), never a
+// secret: only auth, retention and sync were there.
+func TestServe_StartLineSettings(t *testing.T) {
+	t.Setenv("GOGC", "")
+	b := startBroker(t, filepath.Join(t.TempDir(), "s.db"), "--log-format", "json", "--log-level", "debug", "--metrics-open",
+		"--max-writes", "17", "--retain", "2h", "--read-timeout", "33s")
+	var rec map[string]any
+	for _, l := range strings.Split(b.logs.String(), "\n") {
+		if strings.Contains(l, `"msg":"spin-broker listening"`) {
+			if err := json.Unmarshal([]byte(l), &rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := map[string]any{"auth": false, "tls": false, "insecure": false, "metrics_open": true, "max_writes": float64(17),
+		"sweep_interval": "100ms", "retain": "2h0m0s", "staging_ttl": "24h0m0s", "log_level": "debug", "sync": "normal",
+		"header_timeout": "10s", "read_timeout": "33s", "shutdown_timeout": "10s", "pprof_addr": "", "gogc": "200"}
+	for k, v := range want {
+		if rec[k] != v {
+			t.Errorf("%s: %v, want %v", k, rec[k], v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("the start-up line: %v", rec)
+	}
+}
