@@ -27,10 +27,10 @@ type Commit struct {
 	// Forgotten are queues the sweeper forgot: idle for the retention
 	// period, with default settings and no unfinished commands.
 	Forgotten []string
-	// Expired are the resources of the leases that ran out in this commit,
-	// one entry per lease (their commands' changes are in Commands too:
-	// back to ready, or failed).
-	Expired []string
+	// Expired are the leases that ran out in this commit, one per lease,
+	// each as its command's change from leased: back to ready, or failed
+	// (those changes are in Commands too, with a failure's cascade).
+	Expired []Change
 }
 
 // Empty reports whether the commit changed nothing anyone listens for.

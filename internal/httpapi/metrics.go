@@ -167,10 +167,10 @@ func (m *metrics) count(c *spinbroker.Commit) {
 			m.cancelled.WithLabelValues(ch.Resource).Inc()
 		}
 	}
-	for _, r := range c.Expired {
+	for _, ch := range c.Expired {
 		// Its series are there: the command's change from leased, in
 		// Commands, made them.
-		m.expired.WithLabelValues(r).Inc()
+		m.expired.WithLabelValues(ch.Resource).Inc()
 	}
 	// A forgotten queue's series go with it, or every resource name ever
 	// used would stay in /metrics.

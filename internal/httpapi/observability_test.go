@@ -266,3 +266,51 @@ func TestRequestLog_HeadBytes(t *testing.T) {
 	want := map[string]any{"/queues": float64(0), "/packages/" + p.ID: float64(0), "/queues/r": float64(len(r.body))}
 	wantRequestLines(t, &log, "bytes", want)
 }
+
+// TestLog_LeaseExpired: every lease that runs out is logged at warn with
+// its command, package, queue, attempts and where the command goes (back
+// to ready, or failed), whether the sweeper settled it or a queue's own
+// next did: before, the sweeper's were a count in its "swept" line, and a
+// next's were not logged at all, so the log of an agent that died named
+// no command.
+func TestLog_LeaseExpired(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	p := e.createPackage(`[{"resource": "exp", "action": "x", "max_attempts": 2}]`, true)
+	c := e.next("exp")
+	// Settled by the queue's own next, which then delivers it again.
+	e.clock.Add(2 * time.Minute)
+	again := e.next("exp")
+	if again.ID != c.ID {
+		t.Fatalf("redelivered %s, want %s", again.ID, c.ID)
+	}
+	// Settled by the sweeper, out of attempts.
+	e.clock.Add(2 * time.Minute)
+	if _, err := e.db.Sweep(ctx, store.SweepOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]any{
+		{"level": "WARN", "command_id": c.ID, "package_id": p.ID, "resource": "exp", "attempts": float64(1), "state": "ready"},
+		{"level": "WARN", "command_id": c.ID, "package_id": p.ID, "resource": "exp", "attempts": float64(2), "state": "failed"},
+	}
+	var got []map[string]any
+	for deadline := time.Now().Add(5 * time.Second); len(got) < len(want) && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got = got[:0]
+		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "lease expired" {
+				got = append(got, m)
+			}
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d lease expired lines, want %d:\n%s", len(got), len(want), log.String())
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if got[i][k] != v {
+				t.Errorf("line %d: %s %v, want %v (%v)", i, k, got[i][k], v, got[i])
+			}
+		}
+	}
+}

@@ -212,4 +212,12 @@ func (s *Server) committed(c *spinbroker.Commit) {
 	}
 	s.metrics.count(c)
 	s.hub.publish(c)
+	// A lease that ran out is an agent that died, hung or lost the broker:
+	// rare, and what on-call looks for, so each has its line, from what
+	// the commit already holds (no query), whether the sweeper or a
+	// queue's own next or claim settled it.
+	for _, ch := range c.Expired {
+		s.log.Warn("lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
+			"attempts", ch.Attempts, "state", string(ch.To))
+	}
 }

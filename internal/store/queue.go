@@ -359,8 +359,12 @@ func (t *Tx) settleExpired(resource string) (int, error) {
 		return 0, err
 	}
 	for _, e := range es {
-		t.commit.Expired = append(t.commit.Expired, e.resource)
+		ch := spinbroker.Change{CommandID: e.id, PackageID: e.pkg, Resource: e.resource, From: spinbroker.Leased, To: spinbroker.Failed, Attempts: e.attempts}
 		if e.attempts < e.maxAttempts && !e.cancelled {
+			ch.To = spinbroker.Ready
+		}
+		t.commit.Expired = append(t.commit.Expired, ch)
+		if ch.To == spinbroker.Ready {
 			if _, err := t.exec(`UPDATE commands SET state = 'ready', ready_at = ?,
 					lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL
 				WHERE id = ?`, nanos(t.now), e.id); err != nil {
