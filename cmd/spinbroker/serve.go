@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -218,6 +219,27 @@ func writableHint(db string) string {
 	return ""
 }
 
+// serverErrorLog is the ErrorLog of an http.Server: what Go's server says
+// goes to log at warn, but for a connection closed before its TLS handshake
+// began (a load balancer's TCP health check, a port scan), at debug: one
+// warning per probe buried those that --log-level warn is kept for.
+func serverErrorLog(log *slog.Logger) *stdlog.Logger {
+	return stdlog.New(serverErrorWriter{log}, "", 0)
+}
+
+type serverErrorWriter struct{ log *slog.Logger }
+
+func (w serverErrorWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	level := slog.LevelWarn
+	if strings.HasPrefix(msg, "http: TLS handshake error") &&
+		(strings.HasSuffix(msg, ": EOF") || strings.HasSuffix(msg, ": connection reset by peer")) {
+		level = slog.LevelDebug
+	}
+	w.log.Log(context.Background(), level, msg)
+	return len(p), nil
+}
+
 // loopback reports whether addr listens only on a loopback interface.
 func loopback(addr string) (bool, error) {
 	host, _, err := net.SplitHostPort(addr)
@@ -356,7 +378,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		ReadTimeout:       c.readTimeout,   // and so are slow bodies
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          serverErrorLog(log),
 		// No WriteTimeout: each handler sets its own write deadline, so
 		// long-polls and event streams are not cut at a fixed time.
 	}
@@ -410,7 +432,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 			// descriptors) are the broker's log records too, told apart
 			// from the API server's by their server attribute.
 			psrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
-				ErrorLog: slog.NewLogLogger(log.With("server", "profiler").Handler(), slog.LevelWarn)}
+				ErrorLog: serverErrorLog(log.With("server", "profiler"))}
 			if err := psrv.Serve(pln); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.Warn("profiler stopped", "err", err)
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"net"
 	"os"
@@ -151,5 +152,55 @@ func TestServe_StartLineSettings(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("the start-up line: %v", rec)
+	}
+}
+
+// TestServe_TLSProbesAtDebug: a connection closed before any TLS
+// handshake (a load balancer's TCP health check, a port scan) is logged
+// at debug, not at warn, where one line per probe buried what warn is
+// kept for; a handshake that fails (a client that does not trust the
+// certificate) is still a warning.
+func TestServe_TLSProbesAtDebug(t *testing.T) {
+	certFile, keyFile, _ := selfSigned(t)
+	b := startBroker(t, filepath.Join(t.TempDir(), "tls.db"), "--tls-cert", certFile, "--tls-key", keyFile,
+		"--log-format", "json", "--log-level", "debug")
+	addr := strings.TrimPrefix(b.url, "https://")
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	if c, err := tls.Dial("tcp", addr, &tls.Config{}); err == nil {
+		c.Close()
+		t.Fatal("a client that does not trust the certificate shook hands")
+	}
+	var probes, refused []map[string]any
+	for deadline := time.Now().Add(10 * time.Second); (len(probes) < 3 || len(refused) < 1) && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		probes, refused = nil, nil
+		for _, l := range strings.Split(b.logs.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(l), &rec) != nil {
+				continue
+			}
+			switch msg, _ := rec["msg"].(string); {
+			case strings.Contains(msg, "TLS handshake error") && strings.HasSuffix(msg, ": EOF"):
+				probes = append(probes, rec)
+			case strings.Contains(msg, "TLS handshake error"):
+				refused = append(refused, rec)
+			}
+		}
+	}
+	if len(probes) != 3 || len(refused) != 1 {
+		t.Fatalf("%d handshakes closed early and %d refused logged, want 3 and 1:\n%s", len(probes), len(refused), b.logs)
+	}
+	for _, rec := range probes {
+		if rec["level"] != "DEBUG" {
+			t.Errorf("a connection closed before its handshake at %v, want DEBUG: %v", rec["level"], rec)
+		}
+	}
+	if refused[0]["level"] != "WARN" {
+		t.Errorf("a refused handshake at %v, want WARN: %v", refused[0]["level"], refused[0])
 	}
 }
