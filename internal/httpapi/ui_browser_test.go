@@ -435,6 +435,52 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("GraphOnPhone", func(t *testing.T) {
+		// A graph wider than a phone opens on its root, drawn in the middle
+		// of the picture, rather than on the empty space at its left edge;
+		// a live update keeps where the reader swiped to; and the way past
+		// a large graph still takes the keyboard past it.
+		cmds := []spinbroker.NewCommand{nc(911, "root", "fanout", "add_volume", "")}
+		for i := range 12 {
+			cmds = append(cmds, nc(912+i, "", "fanout", fmt.Sprintf("child_%d", i), "", "root"))
+		}
+		pkg := mustCreate(t, e, 910, true, cmds...)
+		rootInView := `(() => {
+			const box = document.querySelector(".graph.scroll").getBoundingClientRect();
+			const root = document.querySelector('.dag a[href$="` + fixedID(911) + `"] rect.box').getBoundingClientRect();
+			return root.left >= box.left && root.right <= box.right;
+		})()`
+		ctx := cdpTab(t, bctx)
+		for _, vp := range []chromedp.Action[chromedp.Void]{
+			chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)),
+			chromedp.EmulateViewport(1280, 800),
+		} {
+			cdpDo(t, ctx, vp)
+			cdpOpen(t, ctx, base+"/ui/packages/"+pkg, true)
+			if !cdpEval[bool](t, ctx, rootInView) {
+				t.Errorf("the graph's root is out of view at a width of %d: scrolled to %d of %d", cdpEval[int](t, ctx, `innerWidth`),
+					cdpEval[int](t, ctx, `document.querySelector(".graph.scroll").scrollLeft`), cdpEval[int](t, ctx, `document.querySelector(".graph.scroll").scrollWidth`))
+			}
+		}
+		cdpDo(t, ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
+		cdpOpen(t, ctx, base+"/ui/packages/"+pkg, true)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`window.stillHere = true; document.querySelector(".graph.scroll").scrollLeft = 17`))
+		mustComplete(t, e, mustNext(t, e, "fanout"), true, "", "")
+		cdpWait(t, ctx, `document.querySelector('.dag a[href$="`+fixedID(911)+`"]').classList.contains("st-succeeded")`)
+		if got := cdpEval[int](t, ctx, `document.querySelector(".graph.scroll").scrollLeft`); got != 17 || !cdpEval[bool](t, ctx, `window.stillHere === true`) {
+			t.Errorf("after a live update the graph is scrolled to %d, not where the reader left it (17)", got)
+		}
+		// The way past the graph: focused, it shows; followed, the next tab
+		// stop is after the graph.
+		cdpDo(t, ctx, chromedp.Focus(chromedp.CSS(".skip-graph")), chromedp.SendKeys(chromedp.CSS(".skip-graph"), "\r"))
+		cdpWait(t, ctx, `location.hash === "#h-commands"`)
+		cdpDo(t, ctx, chromedp.KeyEvent("\t"))
+		if !cdpEval[bool](t, ctx, `!!document.activeElement.closest("#f-commands")`) {
+			t.Errorf("after the way past the graph, Tab goes to %s", cdpEval[string](t, ctx, `document.activeElement.outerHTML.slice(0, 80)`))
+		}
+		screenshots(t, ctx, dir, "package-fanout")
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

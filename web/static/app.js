@@ -15,6 +15,8 @@
 //  - A stream the broker refuses (a 401 once logged out) is not retried
 //    by the browser: the page says "not live", fetches its parts (a
 //    failure reloads it, showing why) and asks again after 10 seconds.
+//  - A dependency graph wider than its box (on a phone) opens scrolled to
+//    its root, and a part's swap keeps where the reader scrolled it.
 //  - Every 15 seconds the live parts are fetched again, without the
 //    highlight, so that ages ("4m ago", how long the oldest command has
 //    waited) keep counting on a page where nothing else changes.
@@ -75,8 +77,10 @@
         .then(function (html) {
           if (html === null) return;
           var key = focusKey(el);
+          var scrolled = scrollsOf(el);
           el.innerHTML = html;
           refocus(el, key);
+          rescroll(el, scrolled);
           if (why[name] === "tick") return; // only the ages moved
           el.classList.remove("updated");
           void el.offsetWidth; // restart the highlight
@@ -107,6 +111,41 @@
     if (!key) return;
     var n = el.querySelector(key);
     if (n) n.focus();
+  }
+
+  // showRoot scrolls a graph wider than its box so that its first layer
+  // is in view. Each layer is centred in the picture, so the root of a
+  // wide graph is in its middle: a phone would open it on the empty space
+  // at its left edge, the root cut off.
+  function showRoot(box) {
+    if (box.scrollWidth <= box.clientWidth) return;
+    var first = [], top = Infinity;
+    box.querySelectorAll(".dag rect.box").forEach(function (r) {
+      var y = r.getBoundingClientRect().top;
+      if (y < top - 1) { first = []; top = y; }
+      if (y <= top + 1) first.push(r.getBoundingClientRect());
+    });
+    if (!first.length) return;
+    var origin = box.getBoundingClientRect().left - box.scrollLeft;
+    var left = Math.min.apply(null, first.map(function (r) { return r.left; })) - origin;
+    var right = Math.max.apply(null, first.map(function (r) { return r.right; })) - origin;
+    // Centred when it fits; else its first box at the left edge.
+    box.scrollLeft = right - left <= box.clientWidth ?
+      (left + right - box.clientWidth) / 2 : left - 8;
+  }
+
+  // scrollsOf and rescroll keep where the reader scrolled a part's boxes
+  // (a graph swiped sideways) across its swap; a box new to the part
+  // opens on its graph's root.
+  function scrollsOf(el) {
+    return Array.prototype.map.call(el.querySelectorAll(".scroll"), function (b) { return b.scrollLeft; });
+  }
+
+  function rescroll(el, scrolled) {
+    el.querySelectorAll(".scroll").forEach(function (b, i) {
+      if (i < scrolled.length) b.scrollLeft = scrolled[i];
+      else if (b.classList.contains("graph")) showRoot(b);
+    });
   }
 
   function onEvent(type) {
@@ -212,6 +251,7 @@
     });
   });
 
+  document.querySelectorAll(".graph.scroll").forEach(showRoot);
   connect();
   setInterval(function () {
     if (document.hidden || !source || source.readyState !== EventSource.OPEN) return;
