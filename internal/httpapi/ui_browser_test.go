@@ -481,6 +481,60 @@ func TestBrowser(t *testing.T) {
 		screenshots(t, ctx, dir, "package-fanout")
 	})
 
+	t.Run("LongReason", func(t *testing.T) {
+		// A reason may be 16 KiB: where a sentence shows it (why a package
+		// failed, a command's reason) a phone shows its first lines, and
+		// the whole of it is one click away, whole when copied, and stays
+		// open when the page updates itself.
+		var b strings.Builder
+		for i := 0; b.Len() < 16000; i++ {
+			fmt.Fprintf(&b, "line %d: qemu-img: Could not open 'vms/db/root.img': Permission denied\n", i)
+		}
+		reason := strings.TrimSuffix(b.String(), "\n")
+		pkg := mustCreate(t, e, 930,
+			true, nc(931, "", "longr", "create_image", ""), nc(932, "", "longc", "probe", ""), nc(933, "", "longd", "probe", ""))
+		other, another := mustNext(t, e, "longc"), mustNext(t, e, "longd")
+		mustComplete(t, e, mustNext(t, e, "longr"), false, reason, "")
+		ctx := cdpTab(t, bctx)
+		cdpDo(t, ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
+		for i, path := range []string{"/ui/packages/" + pkg, "/ui/commands/" + fixedID(931)} {
+			cdpOpen(t, ctx, base+path, true)
+			if h := cdpEval[float64](t, ctx, `document.querySelector(".summary").getBoundingClientRect().height`); h > 900 {
+				t.Errorf("%s on a phone: the summary is %.0f pixels high", path, h)
+			}
+			if !cdpEval[bool](t, ctx, `document.querySelector(".summary .cause").textContent.includes("line 0: qemu-img")`) {
+				t.Errorf("%s: the reason's first line is not shown", path)
+			}
+			if !cdpEval[bool](t, ctx, `!!document.querySelector(".summary details.reason-more summary")`) {
+				t.Fatalf("%s: no way to open the whole reason", path)
+			}
+			cdpDo(t, ctx, chromedp.Click(chromedp.CSS(".summary details.reason-more summary")))
+			const copied = `(() => {
+				const full = document.querySelector(".summary details.reason-more[open] .reason-full");
+				if (!full || full.getBoundingClientRect().height === 0) return "";
+				getSelection().selectAllChildren(full);
+				return getSelection().toString();
+			})()`
+			if got := cdpEval[string](t, ctx, copied); got != reason {
+				t.Errorf("%s: opened, the reason copies as %d bytes, not the %d of the reason", path, len(got), len(reason))
+			}
+			cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`document.querySelector(".summary").swapped = false;
+				document.querySelector(".summary details.reason-more summary").focus()`))
+			mustComplete(t, e, []*spinbroker.Command{other, another}[i], true, "", "")
+			cdpWait(t, ctx, `document.querySelector(".summary").swapped === undefined`)
+			if !cdpEval[bool](t, ctx, `!!document.querySelector(".summary details.reason-more[open]")`) {
+				t.Errorf("%s: a live update closed the reason the reader opened", path)
+			}
+			// A keyboard that opened it is still on it.
+			if !cdpEval[bool](t, ctx, `document.activeElement === document.querySelector(".summary details.reason-more summary")`) {
+				t.Errorf("%s: a live update took the keyboard's focus off the reason's summary to %s", path, cdpEval[string](t, ctx, `document.activeElement.tagName`))
+			}
+			if i == 0 {
+				screenshots(t, ctx, dir, "package-long-reason")
+			}
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

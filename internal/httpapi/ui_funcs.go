@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf16"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -27,6 +28,7 @@ func (u *ui) funcs() template.FuncMap {
 		"iso":            iso,
 		"str":            func(s *string) string { return shown(deref(s)) },
 		"shown":          shown,
+		"cutReason":      cutReason,
 		"progress":       newProgress,
 		"duration":       runDuration,
 		"human":          func(sec float64) string { return human(time.Duration(sec * float64(time.Second))) },
@@ -282,3 +284,67 @@ func bidiReplacer(format string) *strings.Replacer {
 // shown is a client's text as the dashboard shows it: its bidirectional
 // controls made visible, so that it reads as it is.
 func shown(s string) string { return bidiControls.Replace(s) }
+
+// A reason may be 16 KiB. A sentence that quotes one (why a package failed,
+// a command's reason) shows its first previewLines lines, at most
+// previewBytes of them; the rest is one click away.
+const (
+	previewLines = 3
+	previewBytes = 240
+)
+
+// reasonCut is a reason as a sentence quotes it.
+type reasonCut struct {
+	Head  string // the first lines, bidirectional controls made visible
+	Full  string // the whole reason, likewise; "" when Head is all of it
+	Lines int    // the whole reason's lines
+	Size  string // the whole reason's size: "15.6 KiB", "900 bytes"
+}
+
+// cutReason cuts a reason (a string or a *string) to what a sentence
+// shows. It cuts at a line's end when it can, else after a word, never
+// inside a character.
+func cutReason(r any) reasonCut {
+	var s string
+	switch r := r.(type) {
+	case string:
+		s = r
+	case *string:
+		s = deref(r)
+	}
+	head := s
+	if i := nthIndex(head, '\n', previewLines); i >= 0 {
+		head = head[:i]
+	}
+	if len(head) > previewBytes {
+		cut := previewBytes
+		for cut > 0 && !utf8.RuneStart(head[cut]) {
+			cut--
+		}
+		if sp := strings.LastIndexAny(head[:cut], " \n"); sp > previewBytes/2 {
+			cut = sp
+		}
+		head = head[:cut]
+	}
+	if head == s {
+		return reasonCut{Head: shown(s)}
+	}
+	size := fmt.Sprintf("%d bytes", len(s))
+	if len(s) >= 1024 {
+		size = fmt.Sprintf("%.1f KiB", float64(len(s))/1024)
+	}
+	return reasonCut{Head: shown(head), Full: shown(s), Lines: strings.Count(s, "\n") + 1, Size: size}
+}
+
+// nthIndex is the index of the nth c in s, or -1.
+func nthIndex(s string, c byte, n int) int {
+	at := -1
+	for range n {
+		i := strings.IndexByte(s[at+1:], c)
+		if i < 0 {
+			return -1
+		}
+		at += i + 1
+	}
+	return at
+}

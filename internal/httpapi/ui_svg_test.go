@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -165,5 +166,33 @@ func TestChart_ScaleLabelFits(t *testing.T) {
 		if len(c.MaxLabel) > 4 {
 			t.Errorf("a peak of %d is labelled %q: more than 4 characters, cut off left of the plot", tt.peak, c.MaxLabel)
 		}
+	}
+}
+
+func TestCutReason(t *testing.T) {
+	long := strings.Repeat("ü", 200) // 400 bytes, no space
+	for _, tc := range []struct {
+		name, reason, head string
+		cut                bool
+	}{
+		{"Short", "disk full", "disk full", false},
+		{"ThreeLines", "a\nb\nc", "a\nb\nc", false},
+		{"FourLines", "a\nb\nc\nd", "a\nb\nc", true},
+		{"LongWords", strings.Repeat("word ", 100), strings.TrimSuffix(strings.Repeat("word ", 48), " "), true},
+		{"NoSpace", long, long[:previewBytes], true},
+		{"Bidi", "ok\u202eevil", "ok⟨U+202E⟩evil", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := cutReason(&tc.reason)
+			if got.Head != tc.head || (got.Full != "") != tc.cut {
+				t.Errorf("cutReason(%q) = %q, full %t; want %q, full %t", tc.reason, got.Head, got.Full != "", tc.head, tc.cut)
+			}
+			if !utf8.ValidString(got.Head) {
+				t.Errorf("head %q cuts a character", got.Head)
+			}
+			if tc.cut && got.Full != shown(tc.reason) {
+				t.Errorf("full %q, want the whole reason", got.Full)
+			}
+		})
 	}
 }

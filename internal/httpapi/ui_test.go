@@ -624,6 +624,29 @@ func TestUI_LoginTLS(t *testing.T) {
 	}
 }
 
+// TestUI_QueueWhyLongReason: the sentence that says a queue's head waits
+// out a back-off quotes the first lines of a 16 KiB reason, not all of it;
+// the head's own page, one click away, has the whole.
+func TestUI_QueueWhyLongReason(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	mustCreate(t, e, 1, true, nc(101, "", "q", "first", ""))
+	c := mustNext(t, e, "q")
+	var b strings.Builder
+	for i := 0; b.Len() < 16000; i++ {
+		fmt.Fprintf(&b, "line %d: connection refused\n", i)
+	}
+	ok, reason := false, b.String()
+	if _, err := e.db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Retry: true, Reason: &reason, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.get("/ui/queues/q")
+	wantHTML(t, r, 200, "waits out a retry back-off until", "after “line 0: connection refused", "line 2: connection refused…”")
+	if strings.Contains(string(r.body), "line 3:") {
+		t.Errorf("the queue's page quotes the head's reason past its first lines (%d bytes of page)", len(r.body))
+	}
+	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "line 500: connection refused")
+}
+
 // TestUI_QueueWhy: the queue's page says why it does not move.
 func TestUI_QueueWhy(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})

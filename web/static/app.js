@@ -16,7 +16,8 @@
 //    by the browser: the page says "not live", fetches its parts (a
 //    failure reloads it, showing why) and asks again after 10 seconds.
 //  - A dependency graph wider than its box (on a phone) opens scrolled to
-//    its root, and a part's swap keeps where the reader scrolled it.
+//    its root, and a part's swap keeps where the reader scrolled it and
+//    which of its <details> (a long reason) they opened.
 //  - Every 15 seconds the live parts are fetched again, without the
 //    highlight, so that ages ("4m ago", how long the oldest command has
 //    waited) keep counting on a page where nothing else changes.
@@ -77,10 +78,10 @@
         .then(function (html) {
           if (html === null) return;
           var key = focusKey(el);
-          var scrolled = scrollsOf(el);
+          var view = viewOf(el);
           el.innerHTML = html;
           refocus(el, key);
-          rescroll(el, scrolled);
+          review(el, view);
           if (why[name] === "tick") return; // only the ages moved
           el.classList.remove("updated");
           void el.offsetWidth; // restart the highlight
@@ -134,17 +135,24 @@
       (left + right - box.clientWidth) / 2 : left - 8;
   }
 
-  // scrollsOf and rescroll keep where the reader scrolled a part's boxes
-  // (a graph swiped sideways) across its swap; a box new to the part
+  // viewOf and review keep what the reader did to a part across its swap:
+  // where they scrolled its boxes (a graph swiped sideways) and which of
+  // its <details> they opened (a long reason). A box new to the part
   // opens on its graph's root.
-  function scrollsOf(el) {
-    return Array.prototype.map.call(el.querySelectorAll(".scroll"), function (b) { return b.scrollLeft; });
+  function viewOf(el) {
+    return {
+      scrolled: Array.prototype.map.call(el.querySelectorAll(".scroll"), function (b) { return b.scrollLeft; }),
+      open: Array.prototype.map.call(el.querySelectorAll("details"), function (d) { return d.open; })
+    };
   }
 
-  function rescroll(el, scrolled) {
+  function review(el, view) {
     el.querySelectorAll(".scroll").forEach(function (b, i) {
-      if (i < scrolled.length) b.scrollLeft = scrolled[i];
+      if (i < view.scrolled.length) b.scrollLeft = view.scrolled[i];
       else if (b.classList.contains("graph")) showRoot(b);
+    });
+    el.querySelectorAll("details").forEach(function (d, i) {
+      if (view.open[i]) d.open = true;
     });
   }
 
