@@ -535,6 +535,48 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("ExactTimes", func(t *testing.T) {
+		// The exact times of a package, a command and an agent's last ask
+		// are on their pages to be read, with their time zone: a title
+		// shown on hover reaches no touch screen and no keyboard.
+		exact := func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") + " UTC" }
+		p, err := e.db.PackageInfo(ctx, w.failed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := e.db.Command(ctx, w.failedCmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustCreate(t, e, 940, true, nc(941, "", "timed", "tick", ""), nc(942, "", "timed", "tock", ""))
+		asked := e.clock.Now()
+		e.next("timed")
+		checks := []struct {
+			path, part string
+			want       []string
+		}{
+			{"/ui/packages/" + w.failed, ".summary .facts", []string{exact(p.CreatedAt), exact(*p.EnqueuedAt), exact(*p.FinishedAt)}},
+			{"/ui/commands/" + w.failedCmd, ".summary .timeline", []string{exact(c.CreatedAt), exact(*c.EnqueuedAt), exact(*c.FinishedAt)}},
+			{"/ui/queues/timed", ".summary .facts", []string{exact(asked)}},
+		}
+		ctx := cdpTab(t, bctx)
+		for _, vp := range []chromedp.Action[chromedp.Void]{
+			chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)),
+			chromedp.EmulateViewport(1280, 800),
+		} {
+			cdpDo(t, ctx, vp)
+			for _, ch := range checks {
+				cdpOpen(t, ctx, base+ch.path, true)
+				text := cdpEval[string](t, ctx, `document.querySelector("`+ch.part+`").innerText`)
+				for _, want := range ch.want {
+					if !strings.Contains(text, want) {
+						t.Errorf("%s at a width of %d: %q is not in view:\n%s", ch.path, cdpEval[int](t, ctx, `innerWidth`), want, text)
+					}
+				}
+			}
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

@@ -156,14 +156,16 @@ func jsonEscape(s string) (rune, int) {
 	return r, 6
 }
 
-// when formats a time for people: UTC, to the second.
+// when formats a time for people: UTC, to the second, and says so in
+// words ("Z" says it only to those who know the convention).
 func when(t any) string {
+	const layout = "2006-01-02 15:04:05 UTC"
 	switch t := t.(type) {
 	case time.Time:
-		return t.UTC().Format("2006-01-02 15:04:05Z")
+		return t.UTC().Format(layout)
 	case *time.Time:
 		if t != nil {
-			return t.UTC().Format("2006-01-02 15:04:05Z")
+			return t.UTC().Format(layout)
 		}
 	}
 	return ""
