@@ -577,6 +577,50 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("RightToLeft", func(t *testing.T) {
+		// A reason or a key in a right-to-left script, quoted in a sentence,
+		// keeps its own punctuation: its "!" ends it on its left, where
+		// without isolation it joined the English around it, on the right.
+		failed := mustCreate(t, e, 950, true, nc(951, "מפתח!", "rtl", "create_image", ""))
+		mustComplete(t, e, mustNext(t, e, "rtl"), false, "אין מקום בדיסק!", "")
+		mustCreate(t, e, 960, true, nc(961, "גיבוי!", "rtlc", "backup", ""), nc(962, "", "rtld", "restore", "", "גיבוי!"))
+		const order = `((sel) => {
+			const root = document.querySelector(sel);
+			if (!root) return "missing";
+			const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+			let bang, first;
+			const rect = (n, i) => { const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1); return r.getBoundingClientRect(); };
+			for (let n; (n = walk.nextNode());) {
+				const i = n.data.indexOf("!"), j = n.data.search(/[\u05d0-\u05ea]/);
+				if (i >= 0 && !bang) bang = rect(n, i);
+				if (j >= 0 && !first) first = rect(n, j);
+			}
+			if (!bang || !first) return "no text";
+			return bang.right <= first.left + 1 ? "isolated" : "joins the text around it";
+		})`
+		checks := []struct{ path, sel string }{
+			{"/ui/packages/" + failed, ".summary .cause q"},
+			{"/ui/commands/" + fixedID(951), ".summary .cause q"},
+			{"/ui/commands/" + fixedID(951), ".ids code:nth-of-type(2)"},
+			{"/ui/queues/rtld", ".waits .dep .key"},
+		}
+		ctx := cdpTab(t, bctx)
+		for _, vp := range []chromedp.Action[chromedp.Void]{
+			chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)),
+			chromedp.EmulateViewport(1280, 800),
+		} {
+			cdpDo(t, ctx, vp)
+			for _, ch := range checks {
+				cdpOpen(t, ctx, base+ch.path, true)
+				if got := cdpEval[string](t, ctx, order+`("`+ch.sel+`")`); got != "isolated" {
+					t.Errorf("%s, %s at a width of %d: %s: %q", ch.path, ch.sel, cdpEval[int](t, ctx, `innerWidth`), got,
+						cdpEval[string](t, ctx, `(document.querySelector("`+ch.sel+`") || {}).parentElement.innerText`))
+				}
+			}
+		}
+		screenshots(t, ctx, dir, "package-rtl")
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

@@ -640,7 +640,7 @@ func TestUI_QueueWhyLongReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.get("/ui/queues/q")
-	wantHTML(t, r, 200, "waits out a retry back-off until", "after “line 0: connection refused", "line 2: connection refused…”")
+	wantHTML(t, r, 200, "waits out a retry back-off until", "after “<bdi>line 0: connection refused", "line 2: connection refused…</bdi>”")
 	if strings.Contains(string(r.body), "line 3:") {
 		t.Errorf("the queue's page quotes the head's reason past its first lines (%d bytes of page)", len(r.body))
 	}
