@@ -67,10 +67,11 @@ func refuseBare(g *cobra.Command, kind string) {
 }
 
 // strictBuiltins makes cobra's own 'completion' and 'help' commands refuse,
-// as usage errors, a shell or a topic they do not know: they printed a help
-// and exited 0, so 'completion tcsh > file' wrote a help text as the
-// script. It is called once the root's streams are set, which the
-// completion scripts are written to.
+// as usage errors, a shell or a topic they do not know, and a shell's
+// stray argument: they printed a help and exited 0 (or, for the argument,
+// exited 1), so 'completion tcsh > file' wrote a help text as the script.
+// It is called once the root's streams are set, which the completion
+// scripts are written to.
 func strictBuiltins(root *cobra.Command) {
 	root.InitDefaultCompletionCmd()
 	root.InitDefaultHelpCmd()
@@ -78,6 +79,10 @@ func strictBuiltins(root *cobra.Command) {
 		switch c.Name() {
 		case "completion":
 			refuseBare(c, "shell")
+			for _, sh := range c.Commands() {
+				// cobra's own check (NoArgs) is a plain error: exit 1.
+				sh.Args = args(0, "no arguments")
+			}
 		case "help":
 			show := c.Run
 			c.Run = nil

@@ -660,6 +660,9 @@ func TestHelpAndCompletionTypos(t *testing.T) {
 	}{
 		{[]string{"completion", "tcsh"}, `unknown shell "tcsh" for "spinbroker completion"; want one of: bash, fish, powershell, zsh`, "spinbroker completion"},
 		{[]string{"completion"}, "want a shell: bash, fish, powershell, zsh", "spinbroker completion"},
+		// cobra's own check of a shell's arguments exited 1, not 2.
+		{[]string{"completion", "bash", "extra"}, "want no arguments, got 1", "spinbroker completion bash"},
+		{[]string{"completion", "zsh", "a", "b"}, "want no arguments, got 2", "spinbroker completion zsh"},
 		{[]string{"help", "nosuch"}, `no help topic "nosuch"`, "spinbroker"},
 		{[]string{"help", "package", "lss"}, `no help topic "package lss"`, "spinbroker"},
 	} {
