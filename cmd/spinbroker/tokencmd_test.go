@@ -43,6 +43,21 @@ func TestDatabaseCommands_NoDatabase(t *testing.T) {
 	}
 }
 
+// TestTokenCreateBadName: a name the database refuses is a mistake in the
+// command line (exit 2), found before a database is made for it: it exited
+// 1, as a failure does, and left behind a new, empty database.
+func TestTokenCreateBadName(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "new.db")
+	r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--name", "line\nbreak")
+	if r.code != 2 || !strings.Contains(r.stderr, "--name must be at most 200 characters") || r.stdout != "" {
+		t.Fatalf("a name with a line break: %s", r)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("token create with a bad name made a database")
+	}
+}
+
 func TestTokenCommands(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

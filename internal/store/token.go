@@ -24,6 +24,15 @@ func HashToken(secret string) []byte {
 	return h[:]
 }
 
+// CheckTokenName refuses a name CreateToken would refuse: one longer than
+// 200 bytes or with a control character in it.
+func CheckTokenName(name string) error {
+	if len(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
+	}
+	return nil
+}
+
 // CreateToken makes a token for role (bound to resource for an agent) and
 // returns it with its secret, which is not kept and cannot be shown again.
 func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*spinbroker.Token, string, error) {
@@ -39,8 +48,8 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*sp
 	default:
 		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "role must be admin, client, agent or viewer, not %q", spinbroker.Truncate(role, 40))
 	}
-	if len(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
+	if err := CheckTokenName(name); err != nil {
+		return nil, "", err
 	}
 	secret := tokenPrefix + rand.Text() + rand.Text()[:6]
 	// A random (v4) id, unlike other ids: its first characters tell tokens
