@@ -71,6 +71,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		// A query would be sent with some requests and replaced in
 		// others (next's wait), a fragment never: neither does anything.
 		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host and no query or fragment", baseURL)
+	case !validPort(u.Port()):
+		// url.Parse takes any digits; every request would fail to dial.
+		return nil, fmt.Errorf("client: broker URL %q has port %s: a port is 1 to 65535", baseURL, u.Port())
 	}
 	c := &Client{base: u, userAgent: "spinbroker-client/1"}
 	for _, o := range opts {
@@ -89,6 +92,16 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		c.hc = &http.Client{Transport: t}
 	}
 	return c, nil
+}
+
+// validPort reports whether port, from a URL, is none (the scheme's) or one
+// a host can listen on.
+func validPort(port string) bool {
+	if port == "" {
+		return true
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 1 && n <= 65535
 }
 
 // URL returns the broker's base URL.

@@ -231,3 +231,20 @@ func TestRedirectedWrite(t *testing.T) {
 		t.Fatalf("a read through a redirect: %v", err)
 	}
 }
+
+// TestNew_BadPort: a port no host can have is refused by New, as a URL
+// without a scheme is, rather than at every request as a network failure
+// ("dial tcp: address 99999: invalid port"), which an agent retries for
+// ever and the CLI reported as a broker it could not reach.
+func TestNew_BadPort(t *testing.T) {
+	for _, u := range []string{"http://localhost:99999", "http://127.0.0.1:0", "https://[::1]:65536", "http://h:00000"} {
+		if _, err := New(u); err == nil || !strings.Contains(err.Error(), "port") {
+			t.Errorf("New(%q) = %v, want an error about its port", u, err)
+		}
+	}
+	for _, u := range []string{"http://localhost:65535", "http://localhost:1", "https://broker.example", "http://[::1]:8080/"} {
+		if _, err := New(u); err != nil {
+			t.Errorf("New(%q): %v", u, err)
+		}
+	}
+}

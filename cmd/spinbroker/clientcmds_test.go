@@ -276,6 +276,10 @@ func TestUsageErrors(t *testing.T) {
 		{"QueueSetBadPaused", []string{"queue", "set", "storage", "--paused=maybe"}, "invalid argument", "spinbroker queue set"},
 		{"QueueSetPausedSpaceFalse", []string{"queue", "set", "storage", "--paused", "false"}, "--paused takes its value after an equals sign: --paused=false", "spinbroker queue set"},
 		{"BadURL", []string{"queue", "ls", "--url", "localhost:8080"}, "is not a broker URL", "spinbroker queue ls"},
+		// A port no host has was "cannot reach the broker ... invalid port",
+		// exit 1: an outage, not a mistake in the command line.
+		{"BadURLPort", []string{"queue", "ls", "--url", "http://localhost:99999"}, `--url "http://localhost:99999" is not a broker URL`, "spinbroker queue ls"},
+		{"BadURLPortZero", []string{"message", "new", "--url", "http://127.0.0.1:0"}, `--url "http://127.0.0.1:0" is not a broker URL`, "spinbroker message new"},
 		{"TokenNoRole", []string{"token", "create"}, "give --role", "spinbroker token create"},
 		{"TokenBadRole", []string{"token", "create", "--role", "root"}, "--role must be one of admin, client, agent, viewer", "spinbroker token create"},
 		{"TokenAgentWithoutResource", []string{"token", "create", "--role", "agent"}, "needs --resource", "spinbroker token create"},
@@ -568,6 +572,11 @@ func TestBadURLFromEnv(t *testing.T) {
 		t.Fatalf("exit %d, want 2\n%s", r.code, r)
 	}
 	wantContains(t, "stderr", r.stderr, `SPINBROKER_URL "localhost:8080" is not a broker URL`)
+	r = spinEnv(t, []string{"SPINBROKER_URL=http://localhost:99999"}, "queue", "ls")
+	if r.code != 2 {
+		t.Fatalf("exit %d, want 2\n%s", r.code, r)
+	}
+	wantContains(t, "stderr", r.stderr, `SPINBROKER_URL "http://localhost:99999" is not a broker URL`)
 	if strings.Contains(r.stderr, "--url \"") {
 		t.Errorf("stderr blames --url, which was not given:\n%s", r.stderr)
 	}
