@@ -126,3 +126,31 @@ func TestBackup_CompleteOrAbsent(t *testing.T) {
 		t.Fatalf("a backup over an existing file: %v", err)
 	}
 }
+
+// TestBackup_FolderOfDest: a dest whose folder does not exist, or is a
+// file, says so of the folder; the error named the temporary
+// "b.db.partial-123456" file the backup would have written first, which
+// the operator never asked for and could not find.
+func TestBackup_FolderOfDest(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.db")
+	db, err := store.Open(ctx, src, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing", "sub")
+	for _, tt := range []struct{ dest, want string }{
+		{filepath.Join(missing, "b.db"), "folder " + missing + " does not exist"},
+		{filepath.Join(file, "b.db"), file + " is not a folder"},
+	} {
+		err := store.Backup(ctx, src, tt.dest)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), ".partial") {
+			t.Errorf("backup to %s: %v, want it to say %q", tt.dest, err, tt.want)
+		}
+	}
+}

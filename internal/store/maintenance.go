@@ -80,7 +80,7 @@ func Backup(ctx context.Context, path, dest string) error {
 	// empty broker without a word.
 	tmp, err := os.CreateTemp(filepath.Dir(dest), filepath.Base(dest)+".partial-*")
 	if err != nil {
-		return fmt.Errorf("store: backup: %w", err)
+		return fmt.Errorf("store: backup: %w", cannotCreate(dest, err))
 	}
 	// The copy is as private as a database spin-broker creates (CreateTemp
 	// makes it 0600): VACUUM INTO fills an empty file, keeping its mode.
@@ -118,6 +118,25 @@ func Backup(ctx context.Context, path, dest string) error {
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	return nil
+}
+
+// cannotCreate says why no file could be made beside dest (err is that of
+// the attempt) in terms of dest and its folder: the file tried first is a
+// temporary one ("dest.partial-123456"), which the operator never named.
+func cannotCreate(dest string, err error) error {
+	dir := filepath.Dir(dest)
+	fi, serr := os.Stat(dir)
+	switch {
+	case errors.Is(serr, fs.ErrNotExist):
+		return fmt.Errorf("cannot write %s: its folder %s does not exist", dest, dir)
+	case serr == nil && !fi.IsDir():
+		return fmt.Errorf("cannot write %s: %s is not a folder", dest, dir)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err // permission denied, read-only file system, ...
+	}
+	return fmt.Errorf("cannot write %s: %w", dest, err)
 }
 
 // link is os.Link; a test stands in a file system without hard links.
