@@ -277,8 +277,63 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 		case "serve", "migrate", "backup", "compact", "token":
 			a.hideClientFlags(c)
 		}
+		switch c.Name() {
+		case "migrate", "backup", "compact", "token":
+			plainStoreErrors(c)
+		}
 	}
 	return root
+}
+
+// plainStoreErrors makes c and its subcommands, which work on a database
+// file through the store, say the store's errors as sentences (storeError).
+func plainStoreErrors(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		plainStoreErrors(sub)
+	}
+	if run := c.RunE; run != nil {
+		c.RunE = func(c *cobra.Command, args []string) error {
+			return storeSentence(run(c, args))
+		}
+	}
+}
+
+// storeError is an error of the store as the CLI says it; it wraps the
+// store's, whose code and kind (fs.ErrNotExist, store.ErrInUse) stay.
+type storeError struct {
+	msg string
+	err error
+}
+
+func (e *storeError) Error() string { return e.msg }
+func (e *storeError) Unwrap() error { return e.err }
+
+// storeSentence rewords an error of the store, which starts with Go's
+// prefixes of the package and the operation ("store: backup: read x.db:
+// file is not a database"), as a sentence ("cannot read x.db: file is not
+// a database"): the command already says which operation it is. Any other
+// error is returned as it is.
+func storeSentence(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg, ok := strings.CutPrefix(err.Error(), "store: ")
+	if !ok {
+		return err
+	}
+	for _, op := range []string{"backup: ", "compact: ", "migrate: ", "migrations: "} {
+		if rest, ok := strings.CutPrefix(msg, op); ok {
+			msg = rest
+			break
+		}
+	}
+	for _, verb := range []string{"read ", "write ", "open ", "create ", "lock ", "compact "} {
+		if strings.HasPrefix(msg, verb) {
+			msg = "cannot " + msg
+			break
+		}
+	}
+	return &storeError{msg: msg, err: err}
 }
 
 // hideClientFlags keeps the flags of the commands that talk to a broker

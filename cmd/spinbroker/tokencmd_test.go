@@ -179,3 +179,56 @@ func TestTokenCreateNewDatabase(t *testing.T) {
 		t.Errorf("token ls: %s", r)
 	}
 }
+
+// TestDatabaseCommands_PlainErrors: the commands on a database file say
+// what went wrong in one sentence that names the file, without the store's
+// Go prefixes ("store: backup: ...", "store: create X: open X: ..."); a
+// token create in a folder that does not exist says so, and does not first
+// announce a database it will not make.
+func TestDatabaseCommands_PlainErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db := filepath.Join(dir, "b.db")
+	if r := spin(t, "migrate", "up", "--db", db); r.code != 0 {
+		t.Fatalf("migrate up: %s", r)
+	}
+	garbage := filepath.Join(dir, "garbage.db")
+	if err := os.WriteFile(garbage, []byte(strings.Repeat("not a database ", 512)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing", "sub")
+	for _, tt := range []struct {
+		args []string
+		want string // the whole of stderr, after "spinbroker: "
+	}{
+		{[]string{"backup", "--db", db, "--to", filepath.Join(missing, "x.db")}, "cannot write " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
+		{[]string{"backup", "--db", db, "--to", db}, db + " already exists"},
+		{[]string{"backup", "--db", empty, "--to", filepath.Join(dir, "e.bak")}, empty + " is not a spin-broker database"},
+		{[]string{"backup", "--db", garbage, "--to", filepath.Join(dir, "g.bak")}, "cannot read " + garbage + ": file is not a database"},
+		{[]string{"compact", "--db", garbage}, "cannot compact " + garbage + ": file is not a database"},
+		{[]string{"compact", "--db", empty}, empty + " is not a spin-broker database"},
+		{[]string{"migrate", "status", "--db", garbage}, "cannot read the schema version of " + garbage},
+		{[]string{"token", "ls", "--db", garbage}, "cannot read the schema version of " + garbage},
+		{[]string{"token", "create", "--role", "admin", "--db", filepath.Join(missing, "x.db")}, "cannot create a database at " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
+	} {
+		r := spin(t, tt.args...)
+		if r.code != 1 || r.stdout != "" {
+			t.Errorf("%v: %s", tt.args, r)
+		}
+		if !strings.HasPrefix(r.stderr, "spinbroker: "+tt.want) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: stderr = %q, want one line starting %q", tt.args, r.stderr, "spinbroker: "+tt.want)
+		}
+		for _, prefix := range []string{"store:", "backup:", "compact:", "migrate:"} {
+			if strings.Contains(r.stderr, prefix) {
+				t.Errorf("%v: stderr has the Go prefix %q: %q", tt.args, prefix, r.stderr)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a failed command made the missing folder")
+	}
+}
