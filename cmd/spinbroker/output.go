@@ -180,6 +180,16 @@ func fmtList(ss []string) string {
 	return strings.Join(ss, ",")
 }
 
+// noneNote says on stderr, after the header row of a list with nothing in
+// it (what: "packages"), that it is empty, when stdout is a terminal: a
+// header alone reads as a command cut short. Piped output, which scripts
+// read, stays the header alone.
+func (a *app) noneNote(n int, what string) {
+	if n == 0 && isTerminal(a.stdout) {
+		fmt.Fprintf(a.stderr, "no %s\n", what)
+	}
+}
+
 // printPackageList prints packages, without their commands, one a row.
 func printPackageList(w io.Writer, pkgs []spinbroker.Package) error {
 	tw := newTable(w)

@@ -84,6 +84,11 @@ page's next_cursor, which --cursor takes to read the next page.`,
 			if err := printPackageList(a.stdout, list.Packages); err != nil {
 				return err
 			}
+			if state != "" {
+				a.noneNote(len(list.Packages), "packages in state "+state)
+			} else {
+				a.noneNote(len(list.Packages), "packages")
+			}
 			if list.NextCursor != nil {
 				fmt.Fprintf(a.stderr, "More packages: use --all, or --cursor %s for the next page.\n", *list.NextCursor)
 			}

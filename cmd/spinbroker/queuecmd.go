@@ -51,7 +51,11 @@ ready command has waited.`,
 			if a.jsonOutput() {
 				return a.printJSON(spinbroker.QueueList{Queues: qs})
 			}
-			return printQueueList(a.stdout, qs)
+			if err := printQueueList(a.stdout, qs); err != nil {
+				return err
+			}
+			a.noneNote(len(qs), "queues")
+			return nil
 		},
 	}
 }

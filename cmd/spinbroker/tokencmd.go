@@ -161,7 +161,11 @@ func (a *app) tokenListCommand(db *string) *cobra.Command {
 			for _, t := range toks {
 				row(tw, t.ID, fmtStr(&t.Name), t.Role, fmtStr(&t.Resource), fmtTime(t.CreatedAt), fmtTimePtr(t.RevokedAt))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			a.noneNote(len(toks), "tokens")
+			return nil
 		},
 	}
 }
