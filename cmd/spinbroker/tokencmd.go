@@ -44,7 +44,10 @@ when it is created; the database keeps only its hash.`,
 
 // openDB opens the database at path. Unless create is set the file must
 // exist already: listing or revoking in a database made by mistake (a typo
-// in --db) would only hide the mistake.
+// in --db) would only hide the mistake. An existing database must have
+// every migration this build knows: store.Open would apply the pending ones,
+// and the token commands run beside a broker, which may be an older one
+// serving that schema (migrate up refuses to run beside a broker).
 func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, error) {
 	err := existingDB(path)
 	switch {
@@ -56,6 +59,23 @@ func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, 
 		fmt.Fprintf(a.stderr, "spinbroker: creating a new database at %s\n", path)
 	case err != nil:
 		return nil, err
+	default:
+		st, err := store.Migrations(ctx, path, false)
+		if err != nil {
+			return nil, err
+		}
+		pending := 0
+		for _, m := range st {
+			if !m.Applied {
+				pending++
+			}
+		}
+		switch {
+		case pending == len(st) && !create:
+			return nil, fmt.Errorf("%s is empty, not a spin-broker database (give --db or set SPINBROKER_DB)", path)
+		case pending > 0 && pending < len(st):
+			return nil, fmt.Errorf("the database %s has %d schema migration(s) this spinbroker would apply first: run 'spinbroker migrate up --db %s' with its broker stopped (or start this version's broker on it), then run this command again", path, pending, path)
+		}
 	}
 	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	return store.Open(ctx, path, store.Options{Logger: logger})

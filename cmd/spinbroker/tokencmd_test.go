@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"io"
 	"log/slog"
 	"os"
@@ -11,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pressly/goose/v3"
+
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/migrations"
 )
 
 // TestDatabaseCommands_NoDatabase: the commands on a database file say
@@ -230,5 +234,64 @@ func TestDatabaseCommands_PlainErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a failed command made the missing folder")
+	}
+}
+
+// TestTokenCommands_DoNotMigrate: the token commands run beside a broker,
+// so they work on a database as it is. They opened it as a broker does,
+// applying pending migrations: a newer binary's 'token ls' upgraded the
+// schema under the older broker still serving it (which 'migrate up'
+// refuses to do), and 'token ls' of an empty file made it a database.
+func TestTokenCommands_DoNotMigrate(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	old := filepath.Join(dir, "old.db")
+	conn, err := sql.Open("sqlite", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, conn, migrations.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	version := func() int64 {
+		v, err := p.GetDBVersion(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"token", "ls", "--db", old},
+		{"token", "revoke", "--db", old, "ffffffff"},
+		{"token", "create", "--role", "admin", "--db", old},
+	} {
+		r := spin(t, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "spinbroker migrate up --db "+old) || r.stdout != "" {
+			t.Errorf("%v on a database with migrations pending: %s", args, r)
+		}
+		if v := version(); v != 1 {
+			t.Fatalf("%v migrated the database to version %d", args, v)
+		}
+	}
+	conn.Close()
+	for _, args := range [][]string{{"token", "ls", "--db", empty}, {"token", "revoke", "--db", empty, "ffffffff"}} {
+		if r := spin(t, args...); r.code != 1 || !strings.Contains(r.stderr, empty+" is empty, not a spin-broker database") {
+			t.Errorf("%v: %s", args, r)
+		}
+		if fi, err := os.Stat(empty); err != nil || fi.Size() != 0 {
+			t.Fatalf("%v wrote to the empty file: %v", args, err)
+		}
+	}
+	// create makes a database, in an empty file too, as serve would.
+	if r := spin(t, "token", "create", "--role", "admin", "--db", empty); r.code != 0 {
+		t.Errorf("token create in an empty file: %s", r)
 	}
 }
