@@ -77,8 +77,10 @@ logged and the one before it kept.
 
 One broker serves a database at a time: serve holds an advisory lock on
 <db>.lock (which names its pid) and refuses to start while another process
-holds it. 'spinbroker token create' and 'backup' work beside a running broker;
-'migrate up' refuses to run while it does.
+holds it; a path through a symlink is the same database, and a database file
+with another hard link is refused, since a broker through the other name would
+lock that name instead. 'spinbroker token create' and 'backup' work beside a
+running broker; 'migrate up' refuses to run while it does.
 
 Go's collector runs when the heap has grown by 200% (GOGC=200) unless the
 GOGC environment variable says otherwise.`,

@@ -525,3 +525,57 @@ func TestHelp_OneDatabasePathForAService(t *testing.T) {
 		}
 	}
 }
+
+// TestServe_HardLinkedDatabase: a second broker started through a hard
+// link to the database a broker serves (ln one.db two.db) exits 1 at once,
+// saying why, rather than serve the same file with a lock, a -wal and a
+// -shm of its own beside the first, corrupting it; so do migrate up and
+// compact through the link. The first broker goes on, a backup beside it
+// still works, and the link, once removed, leaves nothing behind.
+func TestServe_HardLinkedDatabase(t *testing.T) {
+	bin := serveBinary(t)
+	dir := t.TempDir()
+	db, other := filepath.Join(dir, "one.db"), filepath.Join(dir, "two.db")
+	first := startBroker(t, db)
+	if err := os.Link(db, other); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"serve", "--addr", "127.0.0.1:0", "--db", other},
+		{"migrate", "up", "--db", other},
+		{"compact", "--db", other},
+	} {
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+			t.Fatalf("%v through a hard link beside a broker: exit %v, want 1:\n%s", args[:2], err, out)
+		}
+		if !strings.Contains(string(out), "two.db has 2 hard links") || !strings.Contains(string(out), "-samefile") {
+			t.Fatalf("%v: the message does not say why:\n%s", args[:2], out)
+		}
+	}
+	for _, f := range []string{other + "-wal", other + "-shm"} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("a refused start made %s", filepath.Base(f))
+		}
+	}
+	if out, err := exec.Command(bin, "backup", "--db", db, "--to", filepath.Join(dir, "b.db")).CombinedOutput(); err != nil {
+		t.Fatalf("a backup beside the broker: %v\n%s", err, out)
+	}
+	resp, err := http.Get(first.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the first broker after the refused starts: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if err := os.Remove(other); err != nil {
+		t.Fatal(err)
+	}
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-first.done; err != nil {
+		t.Fatalf("first broker's exit: %v\n%s", err, first.logs)
+	}
+	again := startBroker(t, db)
+	again.cmd.Process.Signal(syscall.SIGTERM)
+	<-again.done
+}

@@ -46,9 +46,11 @@ func (e *InUseError) Is(target error) bool { return target == ErrInUse }
 // *InUseError when another process holds it. The lock file is beside the
 // file path resolves to, so that a broker given a symlink (or a path
 // through a symlinked directory) and one given the real path take the same
-// lock.
+// lock. A database file with more than one hard link is refused (see
+// oneName).
 func lockExclusive(path string) (*os.File, error) {
-	f, err := os.OpenFile(resolved(path)+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	real := resolved(path)
+	f, err := os.OpenFile(real+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store: lock %s: %w", path, err)
 	}
@@ -62,6 +64,10 @@ func lockExclusive(path string) (*os.File, error) {
 		f.Close()
 		return nil, &InUseError{Path: path, PID: pid}
 	}
+	if err := oneName(path, real); err != nil {
+		f.Close()
+		return nil, err
+	}
 	err = f.Truncate(0)
 	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
@@ -71,6 +77,29 @@ func lockExclusive(path string) (*os.File, error) {
 		return nil, fmt.Errorf("store: lock %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// oneName refuses a database file (real, path resolved) that has another
+// name, a hard link: a broker started through it would take the lock of
+// that name, and SQLite the -wal and -shm beside it, and two brokers would
+// write one file without seeing each other's locks, corrupting it (SQLite's
+// "How To Corrupt" names hard links). The lock keyed to the name cannot see
+// the other name, and a lock on the database file itself is not one to
+// take: flock(2) is fcntl's byte-range locks on NFS and the BSDs, where it
+// would lock SQLite out, and closing a descriptor of the file drops
+// SQLite's own locks in this process. The link count is the file's,
+// whichever name is given, so both names are refused, with or without a
+// broker running; one that runs already is not touched. A file not made
+// yet has no other name.
+func oneName(path, real string) error {
+	fi, err := os.Stat(real)
+	if err != nil {
+		return nil // opening it reports what is wrong
+	}
+	if n := links(fi); n > 1 {
+		return fmt.Errorf("store: the database %s has %d hard links (names of the same file), and a broker started through another name would take a lock of its own and corrupt the file beside this one: remove the other names (find MOUNTPOINT -xdev -samefile %s lists them), or serve a copy made by 'spinbroker backup'", path, n, real)
+	}
+	return nil
 }
 
 // resolved is path with its symlinks followed, those of the file (even

@@ -241,3 +241,62 @@ func TestOpen_RefusesNewerSchema(t *testing.T) {
 		}
 	}
 }
+
+// TestOpen_ExclusiveThroughHardLink: a database file with a second name
+// (ln x.db y.db) is refused by everything that holds a database
+// exclusively, through either name: a broker started through the other
+// name would take a lock of its own, and its own -wal and -shm, and both
+// would write the one file. (A broker already serving it is refused in the
+// same way, since the link count is the file's; the binary's tests show
+// it with two processes, as SQLite within one process sees the one file.)
+// The refusal says why and creates nothing; a backup still reads the
+// database, and once the other name is gone it is served again.
+func TestOpen_ExclusiveThroughHardLink(t *testing.T) {
+	dir := t.TempDir()
+	path, other := filepath.Join(dir, "x.db"), filepath.Join(dir, "y.db")
+	db, err := store.Open(ctx, path, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, db, cmd("r", "a"))
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(path, other); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{other, path} {
+		check := func(what string, err error) {
+			t.Helper()
+			if err == nil || !strings.Contains(err.Error(), "has 2 hard links") || !strings.Contains(err.Error(), p) {
+				t.Errorf("%s on %s: %v, want a refusal naming it and its hard links", what, filepath.Base(p), err)
+			}
+		}
+		db, err := store.Open(ctx, p, store.Options{Exclusive: true})
+		if err == nil {
+			db.Close()
+		}
+		check("a broker", err)
+		_, err = store.Migrations(ctx, p, true)
+		check("migrate up", err)
+		_, _, err = store.Compact(ctx, p, nil)
+		check("compact", err)
+		if _, err := os.Stat(p + "-wal"); err == nil {
+			t.Errorf("a refused open made %s-wal", filepath.Base(p))
+		}
+	}
+	if err := store.Backup(ctx, other, filepath.Join(dir, "b.db")); err != nil {
+		t.Errorf("a backup through the other name: %v", err)
+	}
+	if err := os.Remove(other); err != nil {
+		t.Fatal(err)
+	}
+	db, err = store.Open(ctx, path, store.Options{Exclusive: true})
+	if err != nil {
+		t.Fatalf("the database once its other name is gone: %v", err)
+	}
+	defer db.Close()
+	if q, err := db.Queue(ctx, "r"); err != nil || q.Counts.Ready != 1 {
+		t.Fatalf("the queue: %+v %v", q, err)
+	}
+}
