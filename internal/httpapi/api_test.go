@@ -927,3 +927,86 @@ func TestAPI_NotBeforeLowerCase(t *testing.T) {
 		t.Errorf("a time that is none: %s", r.body)
 	}
 }
+
+// TestAPI_UnavailableCauseLoggedOncePerInterval: every 503 has its request
+// line, but the line that gives its cause is logged once per cause per 10
+// seconds, the next one saying how many went unlogged: on a full disk or a
+// busy broker, each 503 wrote two warnings, thousands a second. Another
+// cause is logged at once.
+func TestAPI_UnavailableCauseLoggedOncePerInterval(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{MaxWrites: 1, MaxWriteWait: 10 * time.Millisecond}, &log)
+	unlock := e.lockDatabase()
+	first := e.startCreate(strings.NewReader(`{"commands": []}`))
+	e.waitWritesInFlight(1)
+	busy := func(n int) {
+		for range n {
+			e.want(e.do("POST", "/packages", `{"commands": []}`), 503, spinbroker.EUNAVAILABLE)
+		}
+	}
+	type line struct {
+		Msg        string `json:"msg"`
+		Status     int    `json:"status"`
+		Err        string `json:"err"`
+		Suppressed int    `json:"suppressed_since_last_line"`
+	}
+	lines := func(wantRequests int) (causes []line) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var requests int
+			causes = nil
+			for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+				var got line
+				if err := json.Unmarshal([]byte(l), &got); err != nil {
+					t.Fatalf("%v: %s", err, l)
+				}
+				switch {
+				case got.Msg == "request" && got.Status == 503:
+					requests++
+				case got.Msg == "unavailable":
+					causes = append(causes, got)
+				}
+			}
+			if requests >= wantRequests || time.Now().After(deadline) {
+				if requests != wantRequests {
+					t.Fatalf("%d request lines of a 503, want %d:\n%s", requests, wantRequests, log.String())
+				}
+				return causes
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	busy(20)
+	if c := lines(20); len(c) != 1 || !strings.Contains(c[0].Err, "busy") || c[0].Suppressed != 0 {
+		t.Fatalf("20 busy 503s logged their cause as %+v, want one line", c)
+	}
+	e.clock.Add(11 * time.Second)
+	busy(1)
+	if c := lines(21); len(c) != 2 || c[1].Suppressed != 19 {
+		t.Fatalf("the cause's line after the interval: %+v, want one saying 19 were not logged", c)
+	}
+	unlock()
+	if status := <-first; status != 201 {
+		t.Fatalf("the first create answered %d", status)
+	}
+
+	// Another cause within the interval: a long-poll answered at shutdown
+	// (on a queue the metrics know, whose one command is leased).
+	e.createPackage(`[{"resource": "stop", "action": "x"}]`, true)
+	e.next("stop")
+	done := make(chan response, 1)
+	go func() { done <- e.do("POST", "/queues/stop/next?wait=30s", "") }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(string(e.do("GET", "/metrics", "").body), `spinbroker_queue_waiting_polls{resource="stop"} 1`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the long-poll never waited")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.api.Shutdown()
+	e.want(<-done, 503, spinbroker.EUNAVAILABLE)
+	if c := lines(22); len(c) != 3 || !strings.Contains(c[2].Err, "shutting down") {
+		t.Fatalf("a second cause: %+v, want its own line", c)
+	}
+}

@@ -326,15 +326,68 @@ func (s *Server) judge(w http.ResponseWriter, r *http.Request, err error) (*spin
 		s.log.Error("internal error", logAttrs(r, "err", err)...)
 	case spinbroker.EUNAVAILABLE:
 		w.Header().Set("Retry-After", "1")
+		// A planned stop is not a fault: at warn, every restart would
+		// leave two lines per waiting agent.
+		level := slog.LevelWarn
 		if errors.Is(err, errShuttingDown) {
-			// A planned stop, not a fault: at warn, every restart would
-			// leave two lines per waiting agent.
-			s.log.Info("unavailable", logAttrs(r, "err", err)...)
-		} else {
-			s.log.Warn("unavailable", logAttrs(r, "err", err)...)
+			level = slog.LevelInfo
 		}
+		s.causes.log(s.log, r, level, err, s.now())
 	}
 	return e, StatusOf(e.Code)
+}
+
+// causeLogEvery is how often the cause of 503s that go on is logged again,
+// as the store logs its failing writes (failLogEvery).
+const causeLogEvery = 10 * time.Second
+
+// causeLog rate-limits the line that gives a 503's cause: every 503 has its
+// request line, but on a full disk or a busy broker each one also logged
+// its cause, thousands of warnings a second. A cause is logged when first
+// seen and then at most once per causeLogEvery, with the number of 503s
+// of that cause since its last line; each line keeps its request's id.
+type causeLog struct {
+	mu     sync.Mutex
+	causes map[string]*causeSeen
+}
+
+type causeSeen struct {
+	last       time.Time // the last line logged
+	suppressed int       // 503s of this cause since, not logged
+}
+
+func (c *causeLog) log(log *slog.Logger, r *http.Request, level slog.Level, err error, now time.Time) {
+	cause := err.Error()
+	c.mu.Lock()
+	seen := c.causes[cause]
+	if seen != nil && now.Sub(seen.last) < causeLogEvery {
+		seen.suppressed++
+		c.mu.Unlock()
+		return
+	}
+	if c.causes == nil {
+		c.causes = map[string]*causeSeen{}
+	}
+	if seen == nil {
+		// Forget causes logged over an interval ago with nothing left
+		// unsaid, so that causes that vary (a driver's error text) do not
+		// pile up.
+		for k, v := range c.causes {
+			if now.Sub(v.last) >= causeLogEvery && v.suppressed == 0 {
+				delete(c.causes, k)
+			}
+		}
+		seen = &causeSeen{}
+		c.causes[cause] = seen
+	}
+	suppressed := seen.suppressed
+	seen.last, seen.suppressed = now, 0
+	c.mu.Unlock()
+	attrs := logAttrs(r, "err", err)
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed_since_last_line", suppressed)
+	}
+	log.Log(r.Context(), level, "unavailable", attrs...)
 }
 
 // logAttrs is a helper for handlers that log: the request's method, path

@@ -114,7 +114,8 @@ type Server struct {
 	metrics  *metrics
 	tokens   *tokenCache
 	router   chi.Router
-	ui       *ui // the dashboard, which answers the errors of its own paths
+	ui       *ui      // the dashboard, which answers the errors of its own paths
+	causes   causeLog // the lines that give a 503's cause
 
 	quit     chan struct{} // closed by Shutdown: long-polls answer 503, streams end
 	quitOnce sync.Once
