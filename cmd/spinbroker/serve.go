@@ -111,15 +111,25 @@ GOGC environment variable says otherwise.`,
 	f.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
 	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long (0 keeps them)")
 	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished, and forget queues idle this long with default settings (0 keeps both)")
-	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper runs")
+	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper settles expired leases and deletes expired packages, from 10ms to 1h")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
 	f.DurationVar(&c.readTimeout, "read-timeout", 60*time.Second, "how long a client may take to send a whole request, body included (a slower upload is cut off)")
-	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside); others wait up to 10s for a turn, then get 503")
+	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside), from 1 to 4096; others wait up to 10s for a turn, then get 503, and their bodies may hold as many MiB")
 	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof), which has no authentication, on this loopback address, e.g. localhost:6060 (another address needs --insecure)")
 	return cmd
 }
+
+// Bounds of settings that work but that no one means past them: a sweeper
+// every nanosecond is a busy loop of write transactions, one that waits a
+// day leaves expired leases for the agents' own asking; --max-writes is
+// also how many MiB the bodies waiting for a turn may hold.
+const (
+	minSweepEvery = 10 * time.Millisecond
+	maxSweepEvery = time.Hour
+	maxMaxWrites  = 4096
+)
 
 // validate refuses settings that cannot work: a ticker needs a positive
 // interval, and a negative duration means nothing here.
@@ -127,8 +137,12 @@ func (c *serveConfig) validate() error {
 	switch {
 	case c.maxWrites < 1:
 		return fmt.Errorf("--max-writes must be at least 1, not %d", c.maxWrites)
+	case c.maxWrites > maxMaxWrites:
+		return fmt.Errorf("--max-writes must be from 1 to %d, not %d: bodies waiting for a turn may hold as many MiB of memory", maxMaxWrites, c.maxWrites)
 	case c.sweepEvery <= 0:
 		return fmt.Errorf("--sweep-interval must be more than 0, not %s", c.sweepEvery)
+	case c.sweepEvery < minSweepEvery || c.sweepEvery > maxSweepEvery:
+		return fmt.Errorf("--sweep-interval must be from %s to %s, not %s: shorter keeps the sweeper's writes busy without rest, longer leaves expired leases and retention unswept for hours", minSweepEvery, maxSweepEvery, c.sweepEvery)
 	case c.headerTimeout <= 0:
 		return fmt.Errorf("--header-timeout must be more than 0, not %s (it cuts off clients that send their headers too slowly)", c.headerTimeout)
 	case c.readTimeout < c.headerTimeout:

@@ -238,6 +238,11 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		{[]string{"--staging-ttl", "-1s"}, "", "--staging-ttl must not be negative"},
 		{[]string{"--sync", "bogus"}, "", `--sync must be normal or full, not "bogus"`},
 		{[]string{"--max-writes", "0"}, "", "--max-writes must be at least 1"},
+		// Within bounds no one means to pass: a sweeper that never rests,
+		// a budget for bodies larger than any machine's memory.
+		{[]string{"--sweep-interval", "1ns"}, "", "--sweep-interval must be from 10ms to 1h0m0s, not 1ns"},
+		{[]string{"--sweep-interval", "2h"}, "", "--sweep-interval must be from 10ms to 1h0m0s, not 2h0m0s"},
+		{[]string{"--max-writes", "100000000"}, "", "--max-writes must be from 1 to 4096"},
 		{[]string{"--pprof-addr", "0.0.0.0:0"}, "", "refusing to serve the profiler on 0.0.0.0:0"},
 		{nil, "SPINBROKER_AUTH=yes", `SPINBROKER_AUTH must be 1, true, 0 or false, not "yes"`},
 		// A flag set by its variable says so, or a person looks for a flag
@@ -251,9 +256,12 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		if strings.HasPrefix(tt.env, "SPINBROKER_ADDR=") {
 			base = []string{"serve", "--db", db}
 		}
-		cmd := exec.Command(bin, append(base, tt.args...)...)
+		// A broker that accepts the setting would serve until killed.
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		cmd := exec.CommandContext(ctx, bin, append(base, tt.args...)...)
 		cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", tt.env)
 		out, err := cmd.CombinedOutput()
+		cancel()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Errorf("%v %s: exit %v, want 2:\n%s", tt.args, tt.env, err, out)
 			continue
