@@ -587,3 +587,25 @@ func TestServe_HardLinkedDatabase(t *testing.T) {
 	again.cmd.Process.Signal(syscall.SIGTERM)
 	<-again.done
 }
+
+// TestServe_HelpSaysHowAStopEnds: serve --help says, at --shutdown-timeout,
+// what README does: requests still running at the timeout are cut off,
+// and a second signal ends the process at once. An operator reads --help
+// to choose the timeout and to know what a second Ctrl-C does.
+func TestServe_HelpSaysHowAStopEnds(t *testing.T) {
+	out, err := exec.Command(serveBinary(t), "serve", "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("serve --help: %v\n%s", err, out)
+	}
+	var line string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "--shutdown-timeout") {
+			line = l
+		}
+	}
+	for _, want := range []string{"cut off", "a second signal ends the process at once"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("--shutdown-timeout's help does not say %q: %q", want, line)
+		}
+	}
+}
