@@ -194,6 +194,9 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	defer cancelHard()
 	final, cancelFinal := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFinal()
+	// The start line comes first, before the goroutine below can say that
+	// the agent stops (its context may be done already).
+	a.log.Info("agent started", "url", redacted(c.URL()), "actions", len(a.handlers), "claim", a.opts.Claim)
 	// The line that says the agent stops comes once, and before the one
 	// that says it stopped: an idle agent's loop can end before this
 	// goroutine has logged it.
@@ -214,7 +217,6 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 		}
 	}()
 	a.hard, a.final = hard, final
-	a.log.Info("agent started", "url", redacted(c.URL()), "actions", len(a.handlers), "claim", a.opts.Claim)
 	err = a.loop(ctx)
 	if ctx.Err() != nil {
 		stopping.Do(sayStopping)

@@ -922,6 +922,24 @@ func TestRun_StartLineNamesTheBroker(t *testing.T) {
 	}
 }
 
+// TestRun_StartLineFirstWhenStoppedAtOnce: an agent whose context is done
+// as it starts still says "agent started" first: the goroutine that says
+// it stops could log before the start line did.
+func TestRun_StartLineFirstWhenStoppedAtOnce(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 50 {
+		var logs syncbuf.Buffer
+		if err := agent.Run(ctx, b.c, "test", []agent.Handler{greeter(nil)}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))}); err != nil {
+			t.Fatal(err)
+		}
+		if line, _, _ := strings.Cut(logs.String(), "\n"); !strings.Contains(line, `msg="agent started"`) {
+			t.Fatalf("the first line of an agent stopped at once: %s", line)
+		}
+	}
+}
+
 // TestRun_StopLinesInOrder: an idle agent told to stop says "stopping"
 // before "agent stopped", once each: its loop could end, and log the
 // second, before the goroutine that logs the first had run.
