@@ -148,9 +148,7 @@ func TestCrashCampaign(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
-	for _, v := range l.order() {
-		violations = append(violations, v)
-	}
+	violations = append(violations, l.order()...)
 	t.Logf("%d kills (leaving %d KiB of WAL in all), %d backups checked, %d acknowledged writes (%d creates, %d adds, %d enqueues, %d results, %d heartbeats, %d cancels, %d deletes, %d retries), %d deliveries, %d violations",
 		kills, walBytes>>10, backups, l.n.acked.Load(), l.n.creates.Load(), l.n.adds.Load(), l.n.enqueues.Load(), l.n.results.Load(), l.n.heartbeats.Load(), l.n.cancels.Load(), l.n.deletes.Load(), l.n.retries.Load(), l.n.deliveries.Load(), len(violations))
 	for i, v := range violations {
