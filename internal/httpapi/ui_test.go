@@ -708,7 +708,7 @@ func TestUI_QueueAgents(t *testing.T) {
 	mustComplete(t, e, e.next("q"), true, "", "")
 	r = e.get("/ui/queues/q")
 	wantHTML(t, r, 200, "1 ready; the head of line", `last asked <time datetime="`+asked.UTC().Format(time.RFC3339),
-		"by <code>Go-http-client/1.1</code> from 127.0.0.1")
+		"by <code><bdi>Go-http-client/1.1</bdi></code> from 127.0.0.1")
 	if strings.Contains(string(r.body), "is one running?") {
 		t.Error("the page misses an agent that just asked")
 	}
@@ -765,7 +765,24 @@ func TestUI_QueueAgentsToken(t *testing.T) {
 		t.Fatal("the agent got nothing")
 	}
 	wantHTML(t, e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer), 200,
-		"with token <code>storage-host-a</code> from 127.0.0.1")
+		"with token <code><bdi>storage-host-a</bdi></code> from 127.0.0.1")
+}
+
+// TestUI_QueueAgentsIsolated: the program and the token name the queue page
+// quotes are the client's words, maybe right to left: each is isolated
+// from the sentence, so that its punctuation stays its own ("סוכן!" is not
+// drawn "!סוכן" against the next word).
+func TestUI_QueueAgentsIsolated(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	agentSecret := e.secret(spinbroker.RoleAgent, "storage", "מארח א!")
+	viewer := e.secret(spinbroker.RoleViewer, "", "ops")
+	mustCreate(t, e, 1, true, nc(101, "", "storage", "first", ""))
+	agent := *e
+	agent.token = agentSecret
+	r := agent.do("POST", "/queues/storage/next", "", "User-Agent", "סוכן/1 (בדיקה!)")
+	agent.want(r, 200, "")
+	wantHTML(t, e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer), 200,
+		"by <code><bdi>סוכן/1 (בדיקה!)</bdi></code> with token <code><bdi>מארח א!</bdi></code> from 127.0.0.1")
 }
 
 // TestUI_RetryOnlyWhereItRuns: the command page offers Retry for a failed
