@@ -712,7 +712,9 @@ func TestUI_QueueAgents(t *testing.T) {
 	if strings.Contains(string(r.body), "is one running?") {
 		t.Error("the page misses an agent that just asked")
 	}
-	wantHTML(t, e.get("/ui/"), 200, `<span title="An agent last asked for work just now">just now</span>`)
+	// The cell says how long ago; its tooltip, the exact time, as the
+	// queue's page does (it repeated "just now").
+	wantHTML(t, e.get("/ui/"), 200, `<time datetime="`+asked.UTC().Format(time.RFC3339)+`" title="An agent last asked for work at `+asked.UTC().Format("2006-01-02 15:04:05")+` UTC">just now</time>`)
 	e.clock.Add(90 * time.Second)
 	wantHTML(t, e.get("/ui/queues/q"), 200, "No agent has asked for work in 1m 30s: is one running?")
 	wantHTML(t, e.get("/ui/"), 200, "none asking")
