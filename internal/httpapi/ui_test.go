@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -645,6 +646,41 @@ func TestUI_QueueWhyLongReason(t *testing.T) {
 		t.Errorf("the queue's page quotes the head's reason past its first lines (%d bytes of page)", len(r.body))
 	}
 	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "line 500: connection refused")
+}
+
+// TestUI_ReasonCellsCut: a table's reason cell quotes a 16 KiB reason by
+// its first lines, in its tooltip too; the whole of it is one click away,
+// on the package's or the command's page.
+func TestUI_ReasonCellsCut(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	pkg := mustCreate(t, e, 1, true, nc(101, "", "q", "first", ""))
+	c := mustNext(t, e, "q")
+	var b strings.Builder
+	for i := 0; b.Len() < 16000; i++ {
+		fmt.Fprintf(&b, "line %d: connection refused\n", i)
+	}
+	mustComplete(t, e, c, false, b.String(), "")
+	title := regexp.MustCompile(`<td class="reason full" title="([^"]*)">([^<]*)</td>`)
+	for _, path := range []string{"/ui/", "/ui/packages", "/ui/packages?state=failed", "/ui/packages/" + pkg} {
+		r := e.get(path)
+		wantHTML(t, r, 200)
+		cells := title.FindAllStringSubmatch(string(r.body), -1)
+		if len(cells) == 0 {
+			t.Fatalf("%s has no reason cell with a tooltip", path)
+		}
+		for _, m := range cells {
+			for i, what := range map[int]string{1: "tooltip", 2: "text"} {
+				if len(m[i]) > 400 || strings.Contains(m[i], "line 3:") {
+					t.Errorf("%s: a reason cell's %s is %d bytes, past the reason's first lines: %.80q…", path, what, len(m[i]), m[i])
+				}
+				if !strings.HasPrefix(m[i], "line 0: connection refused\nline 1") || !strings.HasSuffix(m[i], "line 2: connection refused…") {
+					t.Errorf("%s: a reason cell's %s is not the reason's first lines: %q", path, what, m[i])
+				}
+			}
+		}
+	}
+	wantHTML(t, e.get("/ui/packages/"+pkg), 200, "The whole reason (15.6 KiB", "line 500: connection refused")
+	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "The whole reason (15.6 KiB", "line 500: connection refused")
 }
 
 // TestUI_QueueWhy: the queue's page says why it does not move.
