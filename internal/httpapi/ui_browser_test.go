@@ -603,6 +603,8 @@ func TestBrowser(t *testing.T) {
 			{"/ui/commands/" + fixedID(951), ".summary .cause q"},
 			{"/ui/commands/" + fixedID(951), ".ids code:nth-of-type(2)"},
 			{"/ui/queues/rtld", ".waits .dep .key"},
+			// The graph's box: "key · action" in an SVG <text>.
+			{"/ui/packages/" + failed, ".dag .node .action"},
 		}
 		ctx := cdpTab(t, bctx)
 		for _, vp := range []chromedp.Action[chromedp.Void]{
@@ -614,7 +616,7 @@ func TestBrowser(t *testing.T) {
 				cdpOpen(t, ctx, base+ch.path, true)
 				if got := cdpEval[string](t, ctx, order+`("`+ch.sel+`")`); got != "isolated" {
 					t.Errorf("%s, %s at a width of %d: %s: %q", ch.path, ch.sel, cdpEval[int](t, ctx, `innerWidth`), got,
-						cdpEval[string](t, ctx, `(document.querySelector("`+ch.sel+`") || {}).parentElement.innerText`))
+						cdpEval[string](t, ctx, `((p) => p.innerText ?? p.textContent)((document.querySelector("`+ch.sel+`") || {}).parentElement)`))
 				}
 			}
 		}

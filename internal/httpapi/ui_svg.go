@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -139,14 +141,15 @@ type graph struct {
 
 type graphNode struct {
 	X, Y, W, H int
-	TextX      int // the first line: the action
+	TextX      int // the first line: the key, isolated, then the action
 	ActionY    int
 	IconX      int // the second line: the state's symbol, then state and resource
 	IconY      int
 	DetailX    int
 	DetailY    int
 	ID         string
-	Action     string // shortened to fit the box
+	Key        string // the key, when it has one; Key and Action are shortened to fit the box together
+	Action     string // " · action" after a key, else the action
 	Detail     string // state and resource, shortened
 	State      spinbroker.CommandState
 	Title      string // the tooltip: everything, unshortened
@@ -308,10 +311,10 @@ func newGraph(cmds []spinbroker.Command) *graph {
 			IconX: x + 10, IconY: y + 26,
 			DetailX: x + 27, DetailY: y + 36,
 			ID:     c.ID,
-			Action: ellipsis(label(c), 22),
 			Detail: ellipsis(string(c.State)+" · "+c.Resource, 24),
 			State:  c.State,
 		}
+		n.Key, n.Action = label(c, 22)
 		n.Title = c.Action + " on " + c.Resource + ": " + string(c.State)
 		if c.Key != nil {
 			n.Title += " (key " + shown(*c.Key) + ")"
@@ -375,14 +378,24 @@ func firstRow(l []*slot, rows int) []*slot {
 	return l
 }
 
-// label is what a box of the graph calls its command: its key first when
-// it has one (commands of one action, side by side, differ by their keys
-// alone), then its action.
-func label(c spinbroker.Command) string {
-	if c.Key != nil && *c.Key != "" {
-		return shown(*c.Key) + " · " + c.Action
+// label is what a box of the graph calls its command, in at most n runes:
+// its key first when it has one (commands of one action, side by side,
+// differ by their keys alone), then " · " and its action. The two come
+// apart because the key is the client's text, maybe right to left, and the
+// template isolates it from what follows.
+func label(c spinbroker.Command, n int) (key, rest string) {
+	if c.Key == nil || *c.Key == "" {
+		return "", ellipsis(c.Action, n)
 	}
-	return c.Action
+	key, rest = shown(*c.Key), " · "+c.Action
+	k := utf8.RuneCountInString(key)
+	if k+utf8.RuneCountInString(rest) <= n {
+		return key, rest
+	}
+	if k >= n-1 {
+		return ellipsis(key, n), ""
+	}
+	return key, strings.TrimRightFunc(string([]rune(rest)[:n-1-k]), unicode.IsSpace) + "…"
 }
 
 // ellipsis shortens s to at most n runes.

@@ -196,3 +196,35 @@ func TestCutReason(t *testing.T) {
 		})
 	}
 }
+
+// TestGraphLabel: a box's label is "key · action" in at most 22 runes, as
+// before the key was set apart; the key comes alone so that the template
+// can isolate it, and a label cut short ends in "…".
+func TestGraphLabel(t *testing.T) {
+	for _, tc := range []struct {
+		name, key, action, wantKey, wantRest string
+	}{
+		{"NoKey", "", "create_image", "", "create_image"},
+		{"LongAction", "", "a_very_long_action_name_indeed", "", "a_very_long_action_na…"},
+		{"Fits", "vol", "add_volume", "vol", " · add_volume"},
+		{"RightToLeft", "מפתח!", "create_image", "מפתח!", " · create_image"},
+		{"ActionCut", "disk", "create_image_from_url", "disk", " · create_image_f…"},
+		{"ActionCutAtSpace", "a-long-key-of-18ch", "create", "a-long-key-of-18ch", " ·…"},
+		{"KeyCut", "a-very-long-key-of-thirty-runes", "start", "a-very-long-key-of-th…", ""},
+		{"Bidi", "k\u202eyek", "go", "k⟨U+202E⟩yek", " · go"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := spinbroker.Command{Action: tc.action}
+			if tc.key != "" {
+				c.Key = &tc.key
+			}
+			key, rest := label(c, 22)
+			if key != tc.wantKey || rest != tc.wantRest {
+				t.Errorf("label(%q, %q) = %q, %q; want %q, %q", tc.key, tc.action, key, rest, tc.wantKey, tc.wantRest)
+			}
+			if n := utf8.RuneCountInString(key + rest); n > 22 {
+				t.Errorf("label(%q, %q) is %d runes, more than 22", tc.key, tc.action, n)
+			}
+		})
+	}
+}
