@@ -259,7 +259,9 @@ func (s *Server) release(r *http.Request, cmds []spinbroker.Command) {
 // unavailable when the server shuts down: the wait did not run out, and an
 // agent should back off rather than ask again at once.
 func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
-	s.polls.saw(resource, askOf(r, s.now()))
+	q := askOf(r, s.now())
+	s.polls.saw(resource, q)
+	defer s.polls.wait(resource, q)()
 	wait = min(wait, spinbroker.MaxWait)
 	deadline := time.Now().Add(wait)
 	if wait > 0 {

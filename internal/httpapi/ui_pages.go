@@ -61,10 +61,18 @@ func busiest(qs []spinbroker.Queue, n int) ([]spinbroker.Queue, int) {
 type agentsView struct {
 	agents
 	Started time.Time // when the broker started hearing polls
+	// Waiters names the agents waiting now (maxWaiters of them at most),
+	// MoreWaiting counts the long-polls of those not named.
+	Waiters     []waiter
+	MoreWaiting int
 	// Missing: work waits for a free slot, and no agent waits for it nor
 	// has asked for quietAfter.
 	Missing bool
 }
+
+// maxWaiters is how many kinds of waiting agent (program, token, host) a
+// queue's page names.
+const maxWaiters = 5
 
 // quietAfter is how long a queue with work for agents and nobody waiting
 // must have gone unasked before a page says that no agent is asking.
@@ -72,6 +80,9 @@ const quietAfter = time.Minute
 
 func (u *ui) agentsView(q *spinbroker.Queue) agentsView {
 	a := agentsView{agents: u.s.agentsOf(q.Resource), Started: u.s.polls.started}
+	if a.Waiting > 0 {
+		a.Waiters, a.MoreWaiting = u.s.polls.waiters(q.Resource, maxWaiters)
+	}
 	since := a.Started
 	if a.Last != nil {
 		since = a.Last.At

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -775,7 +776,7 @@ func TestUI_QueueAgents(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	wantHTML(t, e.get("/ui/queues/q"), 200, "1 waiting for work")
+	wantHTML(t, e.get("/ui/queues/q"), 200, "1 waiting for work: by <code><bdi>Go-http-client/1.1</bdi></code> from 127.0.0.1")
 	wantHTML(t, e.get("/ui/"), 200, "<td class=\"nowrap\" data-label=\"Agents\">1 waiting</td>")
 	var last float64
 	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {
@@ -804,6 +805,48 @@ func TestUI_QueueAgentsToken(t *testing.T) {
 	}
 	wantHTML(t, e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer), 200,
 		"with token <code><bdi>storage-host-a</bdi></code> from 127.0.0.1")
+}
+
+// TestUI_QueueAgentsWaitingNamed: when agents wait for work, the queue's
+// page names them as it names the last one to ask: which program, with
+// which token, from which host, and how many of each.
+func TestUI_QueueAgentsWaitingNamed(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	viewer := e.secret(spinbroker.RoleViewer, "", "ops")
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var polls sync.WaitGroup
+	defer polls.Wait()
+	defer cancel()
+	poll := func(secret, program string) {
+		polls.Add(1)
+		go func() {
+			defer polls.Done()
+			req, _ := http.NewRequestWithContext(pctx, "POST", e.srv.URL+"/queues/storage/next?wait=30s", nil)
+			req.Header.Set("Authorization", "Bearer "+secret)
+			req.Header.Set("User-Agent", program)
+			if resp, err := e.srv.Client().Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	a := e.secret(spinbroker.RoleAgent, "storage", "storage-host-a")
+	poll(a, "sa-host-path/1")
+	poll(a, "sa-host-path/1")
+	poll(e.secret(spinbroker.RoleAgent, "storage", "storage-host-b"), "my-agent/2")
+	page := func() string {
+		return string(e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer).body)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(page(), "3 waiting for work") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue's page never said 3 waiting:\n%s", page())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	wantHTML(t, e.get("/ui/queues/storage", "Authorization", "Bearer "+viewer), 200,
+		"3 waiting for work: 2 by <code><bdi>sa-host-path/1</bdi></code> with token <code><bdi>storage-host-a</bdi></code> from 127.0.0.1; "+
+			"1 by <code><bdi>my-agent/2</bdi></code> with token <code><bdi>storage-host-b</bdi></code> from 127.0.0.1")
 }
 
 // TestUI_QueueAgentsIsolated: the program and the token name the queue page
