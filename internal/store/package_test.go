@@ -462,6 +462,15 @@ func TestDB_DeletePackage(t *testing.T) {
 		_, err := db.Retry(ctx, id)
 		wantCode(t, err, spinbroker.ECONFLICT)
 	}
+	// Until then its package is still in staging, the client's to add to,
+	// enqueue or delete, with the cause already said (README, API notes).
+	sw, err := db.Package(ctx, stagedWaiter.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sw.State != spinbroker.PackageStaging || sw.Counts.Cancelled != 1 || deref(sw.Causer) != stagedWaiter.Commands[0].ID || sw.EnqueuedAt != nil || sw.FinishedAt != nil {
+		t.Fatalf("a staged package whose only command a deletion cancelled: %s", mustJSON(sw))
+	}
 	// The staged waiter's package, enqueued later, has failed: not before
 	// it was enqueued.
 	clock.Add(time.Minute)
