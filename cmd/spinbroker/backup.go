@@ -21,6 +21,8 @@ stopped). The copy is compact and self-contained: no -wal or -shm file.
 It is written as FILE.partial-NNN beside FILE and takes FILE's name only
 once complete and on disk, so a FILE that exists is a whole backup; a
 .partial file is what a backup that was killed left, to delete.
+Give it the name the broker serves: through another hard link of the same
+file SQLite would not see the broker's -wal, and backup refuses it.
 
 To restore: stop the broker, move the database and its -wal file aside
 together (a broker that crashed left committed writes in the -wal), drop

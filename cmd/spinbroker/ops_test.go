@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -19,6 +20,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/store"
 )
 
 // TestSlowloris: a client that trickles its headers is cut off after
@@ -156,6 +158,50 @@ func TestBackupRestore(t *testing.T) {
 	}
 	if !strings.Contains(restored.logs.String(), "integrity check passed") {
 		t.Fatalf("the restored copy was not checked:\n%s", restored.logs)
+	}
+}
+
+// TestBackup_ThroughAnotherHardLink: a backup through a second name of the
+// database a broker serves, a hard link made after the broker started
+// (serve refuses one that exists at start), is refused, saying why: SQLite
+// looks for the -wal beside the name it is given, so the copy lacked the
+// commits still in the broker's -wal beside the first name and was called
+// a backup all the same. It leaves no -wal or -shm beside the link; the
+// backup through the served name has every commit.
+func TestBackup_ThroughAnotherHardLink(t *testing.T) {
+	dir := t.TempDir()
+	db, other := filepath.Join(dir, "one.db"), filepath.Join(dir, "two.db")
+	b := startBroker(t, db)
+	if err := os.Link(db, other); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := client.New(b.url)
+	ctx := context.Background()
+	p, err := c.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "r", Action: "after-the-link"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	through := filepath.Join(dir, "through-link.db")
+	r := spin(t, "backup", "--db", other, "--to", through)
+	if r.code != 1 || !strings.Contains(r.stderr, "two.db has 2 hard links") || !strings.Contains(r.stderr, "-samefile") || !strings.Contains(r.stderr, "the name the broker serves") {
+		t.Errorf("a backup through a hard link beside the broker: %s", r)
+	}
+	for _, f := range []string{through, other + "-wal", other + "-shm"} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("the refused backup left %s", filepath.Base(f))
+		}
+	}
+	through = filepath.Join(dir, "through-served.db")
+	if r := spin(t, "backup", "--db", db, "--to", through); r.code != 0 {
+		t.Fatalf("a backup through the name the broker serves: %s", r)
+	}
+	copied, err := store.Open(ctx, through, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer copied.Close()
+	if _, err := copied.Package(ctx, p.ID); err != nil {
+		t.Fatalf("the backup through the served name lacks the package made after the link: %v", err)
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/spin-broker/spinbroker/internal/flock"
 )
 
 // Check runs SQLite's integrity check over the whole database and returns
@@ -44,12 +46,55 @@ func (db *DB) Check(ctx context.Context) error {
 // putting the copy in place of the database file (and removing its -wal and
 // -shm files).
 func (db *DB) Backup(ctx context.Context, dest string) error {
-	return Backup(ctx, db.path, dest)
+	// Through the name db has open: its -wal is the one beside it.
+	return backup(ctx, db.path, dest)
 }
 
 // Backup copies the database at path to dest, whether or not a broker has
-// it open.
+// it open. It is for a process that has not opened the database itself
+// (the CLI): an open DB backs itself up with DB.Backup.
 func Backup(ctx context.Context, path, dest string) error {
+	if err := backupThrough(path); err != nil {
+		return err
+	}
+	return backup(ctx, path, dest)
+}
+
+// backupThrough refuses a backup through one name of a database file that
+// has others (hard links) while another process has the file open, unless
+// that process is a broker serving this very name (it holds the lock
+// beside it). SQLite reads the -wal beside the name it is given: a copy
+// through another name than the broker's lacks the commits still in the
+// broker's -wal (a database just created, all of it), with no error. The
+// refusal comes before SQLite opens anything, so it leaves no -wal or -shm
+// beside the name either.
+func backupThrough(path string) error {
+	real := resolved(path)
+	fi, err := os.Stat(real)
+	if err != nil || links(fi) <= 1 {
+		return nil
+	}
+	if lockHeld(real+".lock") || !openElsewhere(real) {
+		return nil
+	}
+	return fmt.Errorf("store: backup: the database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: a copy through this name would miss the commits still in the -wal beside that one; back up through the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", path, links(fi), real)
+}
+
+// lockHeld says whether a process holds the lock file at path (that of a
+// broker serving the database beside it, or of a migration). Asking takes
+// the lock for a moment when no one holds it; here only for a database
+// with other names, which serve and migrate refuse anyway.
+func lockHeld(path string) bool {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	got, err := flock.TryLock(f)
+	return err == nil && !got
+}
+
+func backup(ctx context.Context, path, dest string) error {
 	if _, err := os.Stat(dest); err == nil {
 		return fmt.Errorf("store: backup: %s already exists", dest)
 	}
