@@ -60,6 +60,9 @@ func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, 
 	case err != nil:
 		return nil, err
 	default:
+		if err := store.BesideBroker(path); err != nil {
+			return nil, err
+		}
 		st, err := store.Migrations(ctx, path, false)
 		if err != nil {
 			return nil, err

@@ -295,3 +295,40 @@ func TestTokenCommands_DoNotMigrate(t *testing.T) {
 		t.Errorf("token create in an empty file: %s", r)
 	}
 }
+
+// TestTokenCommands_ThroughAnotherHardLink: beside a broker, the token
+// commands through a second name of its database, a hard link made after it
+// started, are refused, saying why, and leave nothing beside the link.
+// SQLite keeps the -wal beside the name it is given: a token created
+// through the link went to two.db-wal, which the broker never reads, so the
+// token did not work, and an open through the link once the broker had
+// moved on would copy that -wal's stale pages over the broker's. Through
+// the served name they work.
+func TestTokenCommands_ThroughAnotherHardLink(t *testing.T) {
+	dir := t.TempDir()
+	db, other := filepath.Join(dir, "one.db"), filepath.Join(dir, "two.db")
+	startBroker(t, db)
+	if err := os.Link(db, other); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"token", "create", "--db", other, "--role", "admin", "--name", "ops"},
+		{"token", "ls", "--db", other},
+	} {
+		r := spin(t, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "two.db has 2 hard links") || !strings.Contains(r.stderr, "-samefile") || !strings.Contains(r.stderr, "the name the broker serves") {
+			t.Errorf("%v through a hard link beside the broker: %s", args[:2], r)
+		}
+	}
+	for _, f := range []string{other + "-wal", other + "-shm"} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("the refused token commands left %s", filepath.Base(f))
+		}
+	}
+	if r := spin(t, "token", "create", "--db", db, "--role", "admin", "--name", "ops"); r.code != 0 {
+		t.Fatalf("token create through the name the broker serves: %s", r)
+	}
+	if r := spin(t, "token", "ls", "--db", db); r.code != 0 || !strings.Contains(r.stdout, "ops") {
+		t.Fatalf("token ls through the name the broker serves: %s", r)
+	}
+}

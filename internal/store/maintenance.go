@@ -61,14 +61,34 @@ func Backup(ctx context.Context, path, dest string) error {
 }
 
 // backupThrough refuses a backup through one name of a database file that
-// has others (hard links) while another process has the file open, unless
-// that process is a broker serving this very name (it holds the lock
-// beside it). SQLite reads the -wal beside the name it is given: a copy
-// through another name than the broker's lacks the commits still in the
-// broker's -wal (a database just created, all of it), with no error. The
-// refusal comes before SQLite opens anything, so it leaves no -wal or -shm
-// beside the name either.
+// has others (hard links) while a broker serves another: SQLite reads the
+// -wal beside the name it is given, so the copy would lack the commits
+// still in the broker's -wal (a database just created, all of it), with no
+// error. See throughServedName.
 func backupThrough(path string) error {
+	return throughServedName(path, "backup", "a copy through this name would miss the commits still in the -wal beside that one")
+}
+
+// BesideBroker refuses to open the database at path beside a running
+// broker (the token commands) through another name of its file than the
+// one the broker serves: what is written through it goes to the -wal beside
+// this name, which the broker never reads, and an open through this name
+// once the broker has moved on would copy that -wal's stale pages over the
+// broker's. See throughServedName.
+func BesideBroker(path string) error {
+	return throughServedName(path, "", "what is written through this name would go to a -wal beside it that the broker never reads, and what is read would miss the broker's last commits")
+}
+
+// throughServedName refuses a database file with other names (hard links)
+// that another process has open, unless that process is a broker serving
+// this very name (it holds the lock beside it, so its -wal is the one
+// SQLite will read here). It looks before SQLite opens anything, so a
+// refusal leaves no -wal or -shm beside the name. With no one holding the
+// file, any name reads all of it (after a clean stop; a broker killed
+// through another name left its last commits in the -wal there, which no
+// name here can see). what prefixes the message; lost says what would go
+// wrong.
+func throughServedName(path, what, lost string) error {
 	real := resolved(path)
 	fi, err := os.Stat(real)
 	if err != nil || links(fi) <= 1 {
@@ -77,7 +97,10 @@ func backupThrough(path string) error {
 	if lockHeld(real+".lock") || !openElsewhere(real) {
 		return nil
 	}
-	return fmt.Errorf("store: backup: the database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: a copy through this name would miss the commits still in the -wal beside that one; back up through the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", path, links(fi), real)
+	if what != "" {
+		what += ": "
+	}
+	return fmt.Errorf("store: %sthe database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: %s; use the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", what, path, links(fi), lost, real)
 }
 
 // lockHeld says whether a process holds the lock file at path (that of a
