@@ -196,12 +196,12 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	defer cancelFinal()
 	// The start line comes first, before the goroutine below can say that
 	// the agent stops (its context may be done already).
-	a.log.Info("agent started", "url", redacted(c.URL()), "actions", len(a.handlers), "claim", a.opts.Claim)
+	a.log.Info("agent started", "url", redacted(c.URL()), "actions", len(a.handlers), "claim", a.opts.Claim, "grace", graceText(a.opts.Grace))
 	// The line that says the agent stops comes once, and before the one
 	// that says it stopped: an idle agent's loop can end before this
 	// goroutine has logged it.
 	var stopping sync.Once
-	sayStopping := func() { a.log.Info("stopping: no new commands", "grace", a.opts.Grace.String()) }
+	sayStopping := func() { a.log.Info("stopping: no new commands", "grace", graceText(a.opts.Grace)) }
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -227,6 +227,16 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 		a.log.Info("agent stopped")
 	}
 	return err
+}
+
+// graceText is Options.Grace as the caller meant it: a nanosecond is how
+// Options asks for no grace (the shipped agents' -grace 0), so it reads
+// "0s", not a "1ns" nobody typed.
+func graceText(d time.Duration) string {
+	if d <= time.Nanosecond {
+		return "0s"
+	}
+	return d.String()
 }
 
 // redacted is a URL fit for a log: a password in it is masked.

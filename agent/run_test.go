@@ -1101,3 +1101,36 @@ func TestRun_HandlerTimeout(t *testing.T) {
 		t.Errorf("Call of the hung handler: %v", err)
 	}
 }
+
+// TestRun_GraceLoggedAsAsked: the start and stopping lines say the grace
+// the caller asked for. A grace of a nanosecond is how Options asks for
+// none (the shipped agents' -grace 0), and the log said "grace=1ns": a
+// value nobody typed, which reads like a bug in the flag.
+func TestRun_GraceLoggedAsAsked(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	for _, tc := range []struct {
+		grace time.Duration
+		want  string
+	}{
+		{time.Nanosecond, "grace=0s"},
+		{0, "grace=30s"},
+		{90 * time.Second, "grace=1m30s"},
+	} {
+		var logs syncbuf.Buffer
+		stop := runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Grace: tc.grace, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		for _, msg := range []string{`msg="agent started"`, `msg="stopping: no new commands"`} {
+			line := ""
+			for l := range strings.Lines(logs.String()) {
+				if strings.Contains(l, msg) {
+					line = l
+				}
+			}
+			if !strings.Contains(line, " "+tc.want) {
+				t.Errorf("Grace %s: the line %s says %q, want %s", tc.grace, msg, line, tc.want)
+			}
+		}
+	}
+}
