@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -375,6 +376,63 @@ func TestVersion(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(help), prog+" is spin-broker's") ||
 			!strings.Contains(string(help), "Actions: ") || !strings.Contains(string(help), "-url") {
 			t.Fatalf("%s -help: %v\n%s", prog, err, help)
+		}
+	}
+}
+
+// TestSystemdUnitHeaders: each example unit's head is enough on its own to
+// install it: it makes the user the unit runs as, names the groups the
+// unit joins (systemd refuses to start a unit whose group is missing), and
+// installs the Debian packages of the programs its agent runs. The
+// emulation agent's head once counted on the storage agent's for its user
+// and never said that it runs QEMU.
+func TestSystemdUnitHeaders(t *testing.T) {
+	// The Debian packages each program runs programs from.
+	needs := map[string][]string{
+		"sa-emulation": {"qemu-system-x86"}, // qemu-system-x86_64
+		"sa-host-path": {"qemu-utils"},      // qemu-img, for qcow2 images
+	}
+	units, err := filepath.Glob("../../examples/systemd/*.service")
+	if err != nil || len(units) != 3 {
+		t.Fatalf("the example units: %v %v", units, err)
+	}
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var head []string // the comments before the first section
+		var user, prog string
+		var groups []string
+		inHead := true
+		for _, line := range strings.Split(string(b), "\n") {
+			inHead = inHead && !strings.HasPrefix(line, "[")
+			if c, ok := strings.CutPrefix(line, "#"); ok && inHead {
+				head = append(head, c)
+			}
+			if v, ok := strings.CutPrefix(line, "User="); ok {
+				user = v
+			}
+			if v, ok := strings.CutPrefix(line, "SupplementaryGroups="); ok {
+				groups = append(groups, strings.Fields(v)...)
+			}
+			if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+				prog = filepath.Base(strings.Fields(v)[0])
+			}
+		}
+		text := strings.Join(head, "\n")
+		if user != "" && !regexp.MustCompile(`useradd [^\n]*\b`+regexp.QuoteMeta(user)+`\b`).MatchString(text) {
+			t.Errorf("%s runs as %s, and its head does not make that user:\n%s", u, user, text)
+		}
+		for _, g := range groups {
+			if !strings.Contains(text, g) {
+				t.Errorf("%s joins the group %s, and its head does not say where it comes from:\n%s", u, g, text)
+			}
+		}
+		for _, pkg := range needs[prog] {
+			if !regexp.MustCompile(`apt-get install [^\n]*\b` + regexp.QuoteMeta(pkg) + `\b`).MatchString(text) {
+				t.Errorf("%s runs %s, and its head does not install %s:\n%s", u, prog, pkg, text)
+			}
 		}
 	}
 }
