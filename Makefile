@@ -51,7 +51,7 @@ build: ## Build spinbroker, sa-host-path and sa-emulation into ./bin (VERSION=v1
 	$(GO) build $(BUILDFLAGS) -o bin/ ./cmd/...
 
 .PHONY: deps
-deps: ## Install what the tests need and the machine lacks (Chromium, QEMU, systemd-analyze)
+deps: ## Install what the tests need and the machine lacks (Chromium, QEMU, jq, systemd-analyze)
 	@bash scripts/install-test-deps.sh
 
 .PHONY: test
