@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,5 +73,49 @@ func TestReadme_GreeterBlock(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(out)); !strings.HasSuffix(got, "\n"+want) {
 		t.Errorf("the README's greeter block ends its output with\n%s\nand its comment shows\n%s", got, want)
+	}
+}
+
+// TestReadme_MakeTargets: every make target the README names is one the
+// Makefile has, and the README says what each of the Makefile's targets
+// is for: its list of "the other targets" once left out deps and clean.
+func TestReadme_MakeTargets(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The targets make help lists: "name: ... ## what it does".
+	targets := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^([a-zA-Z_-]+):.*## `).FindAllStringSubmatch(string(makefile), -1) {
+		targets[m[1]] = true
+	}
+	if !targets["help"] || !targets["test"] {
+		t.Fatalf("the Makefile's targets: %v", targets)
+	}
+	text := string(readme)
+	named := map[string]bool{}
+	for _, m := range regexp.MustCompile("`make ([a-z-]+)[^`]*`").FindAllStringSubmatch(text, -1) {
+		named[m[1]] = true
+		if !targets[m[1]] {
+			t.Errorf("the README names `make %s`, a target the Makefile does not have", m[1])
+		}
+	}
+	// The list that make help's line gives, in the README's own words.
+	_, list, ok := strings.Cut(text, "`make help`\nlists the other targets")
+	if !ok {
+		_, list, ok = strings.Cut(text, "`make help` lists the other targets")
+	}
+	if !ok {
+		t.Fatal("the README does not say what `make help` lists")
+	}
+	list, _, _ = strings.Cut(list, "\n\n")
+	for tg := range targets {
+		if !named[tg] && !strings.Contains(list, "`"+tg+"`") {
+			t.Errorf("the README does not say what `make %s` does", tg)
+		}
 	}
 }
