@@ -425,31 +425,34 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Warn("could not tell systemd the broker is ready", "err", err)
 	}
 
+	// The profiler's server, shut down with the API's: a profile being
+	// taken finishes within the same timeout, or is cut off with a line.
+	var psrv *http.Server
 	if pln != nil {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		var h http.Handler = mux
+		if local, _ := loopback(c.pprofAddr); local {
+			// It has no auth: DNS rebinding must not reach it either.
+			h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !httpapi.LocalHost(r.Host) {
+					http.Error(w, "the Host is not this machine", http.StatusForbidden)
+					return
+				}
+				mux.ServeHTTP(w, r)
+			})
+		}
+		// Its server's errors (accept failures: out of file descriptors)
+		// are the broker's log records too, told apart from the API
+		// server's by their server attribute.
+		psrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: serverErrorLog(log.With("server", "profiler"))}
+		log.Info("profiler listening", "addr", pln.Addr().String())
 		go func() {
-			mux := http.NewServeMux()
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			var h http.Handler = mux
-			if local, _ := loopback(c.pprofAddr); local {
-				// It has no auth: DNS rebinding must not reach it either.
-				h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					if !httpapi.LocalHost(r.Host) {
-						http.Error(w, "the Host is not this machine", http.StatusForbidden)
-						return
-					}
-					mux.ServeHTTP(w, r)
-				})
-			}
-			log.Info("profiler listening", "addr", pln.Addr().String())
-			// Its server's errors (accept failures: out of file
-			// descriptors) are the broker's log records too, told apart
-			// from the API server's by their server attribute.
-			psrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
-				ErrorLog: serverErrorLog(log.With("server", "profiler"))}
-			if err := psrv.Serve(pln); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := psrv.Serve(pln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
 				log.Warn("profiler stopped", "err", err)
 			}
 		}()
@@ -488,10 +491,23 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
 	api.Shutdown() // waiting long-polls answer 503 now, event streams end
+	profilerDone := make(chan struct{})
+	go func() {
+		defer close(profilerDone)
+		if psrv == nil {
+			return
+		}
+		if err := psrv.Shutdown(sctx); err != nil {
+			log.Warn("profiles still being taken at the shutdown timeout were cut off", "err", err)
+			psrv.Close()
+		}
+		log.Info("profiler stopped")
+	}()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("requests still running at the shutdown timeout were cut off", "err", err)
 		srv.Close()
 	}
+	<-profilerDone
 	stopSweep()
 	<-swept
 	log.Info("stopped")

@@ -609,3 +609,94 @@ func TestServe_HelpSaysHowAStopEnds(t *testing.T) {
 		}
 	}
 }
+
+// TestServe_ProfilerStopsWithBroker: the --pprof-addr server is shut down
+// with the API's, in the same --shutdown-timeout: a profile being taken
+// finishes when it can, is cut off with a line that says so when it
+// cannot, and the profiler's end is logged. It was left to the process's
+// exit, which cut off any profile without a word.
+func TestServe_ProfilerStopsWithBroker(t *testing.T) {
+	profilerRE := regexp.MustCompile(`msg="profiler listening" addr=(\S+)`)
+	start := func(t *testing.T) (*serveProc, string) {
+		b := startBroker(t, filepath.Join(t.TempDir(), "p.db"), "--pprof-addr", "127.0.0.1:0", "--shutdown-timeout", "2s")
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if m := profilerRE.FindStringSubmatch(b.logs.String()); m != nil {
+				return b, "http://" + m[1]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no profiler listening:\n%s", b.logs)
+			}
+		}
+	}
+	// profile asks for a CPU profile of secs seconds; its result comes on
+	// the channel: the status, or -1 when the answer was cut off.
+	profile := func(url string, secs int) <-chan int {
+		got := make(chan int, 1)
+		go func() {
+			resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, secs))
+			if err != nil {
+				got <- -1
+				return
+			}
+			defer resp.Body.Close()
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				got <- -1
+				return
+			}
+			got <- resp.StatusCode
+		}()
+		return got
+	}
+	stop := func(t *testing.T, b *serveProc) string {
+		if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-b.done:
+			if err != nil {
+				t.Fatalf("exit: %v\n%s", err, b.logs)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the broker did not stop:\n%s", b.logs)
+		}
+		return b.logs.String()
+	}
+
+	t.Run("idle", func(t *testing.T) {
+		b, _ := start(t)
+		logs := stop(t, b)
+		i, j := strings.Index(logs, `level=INFO msg="profiler stopped"`), strings.Index(logs, `msg=stopped`)
+		if i < 0 || j < 0 || i > j {
+			t.Errorf("want the profiler's stop logged at info before the broker's:\n%s", logs)
+		}
+	})
+	t.Run("profile finishes", func(t *testing.T) {
+		b, url := start(t)
+		got := profile(url, 1)
+		time.Sleep(300 * time.Millisecond) // the profile has started
+		logs := stop(t, b)
+		if code := <-got; code != http.StatusOK {
+			t.Errorf("a 1s profile taken as a 2s shutdown began: %d, want 200\n%s", code, logs)
+		}
+		if !strings.Contains(logs, `level=INFO msg="profiler stopped"`) {
+			t.Errorf("the profiler's stop is not logged:\n%s", logs)
+		}
+	})
+	t.Run("profile cut off", func(t *testing.T) {
+		b, url := start(t)
+		got := profile(url, 30)
+		time.Sleep(300 * time.Millisecond)
+		logs := stop(t, b)
+		select {
+		case code := <-got:
+			if code != -1 {
+				t.Errorf("a 30s profile cut off by a 2s shutdown: %d, want a cut-off answer", code)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the profile's request goes on after the broker stopped")
+		}
+		if !strings.Contains(logs, `level=WARN msg="profiles still being taken at the shutdown timeout were cut off"`) {
+			t.Errorf("the cut-off profile is not logged:\n%s", logs)
+		}
+	})
+}
