@@ -127,7 +127,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("serving emulation", "url", c.URL(), "supervisor", *supervisor, "state_dir", *stateDir, "accel", em.Accel())
+	log.Info("serving emulation", "url", common.LogURL(), "supervisor", *supervisor, "state_dir", *stateDir, "accel", em.Accel())
 	return agent.Run(ctx, c, emulation.Resource, em.Handlers(), common.Options(log))
 }
 

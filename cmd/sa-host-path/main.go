@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	log.Info("serving storage", "url", c.URL(), "root", st.Dir())
+	log.Info("serving storage", "url", common.LogURL(), "root", st.Dir())
 	return agent.Run(ctx, c, hostpath.Resource, st.Handlers(), common.Options(log))
 }
 

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and its key, and returns
@@ -433,6 +435,46 @@ func TestSystemdUnitHeaders(t *testing.T) {
 			if !regexp.MustCompile(`apt-get install [^\n]*\b` + regexp.QuoteMeta(pkg) + `\b`).MatchString(text) {
 				t.Errorf("%s runs %s, and its head does not install %s:\n%s", u, prog, pkg, text)
 			}
+		}
+	}
+}
+
+// TestAgents_StartLineHidesPassword: a --url with a password (a proxy's
+// basic auth) is masked in every line the agents log. Their own start
+// lines printed it whole, right above the SDK's line that masked it.
+func TestAgents_StartLineHidesPassword(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://user:hunter2@" + ln.Addr().String() // nothing answers there: the agents retry
+	ln.Close()
+	dir := t.TempDir()
+	for prog, args := range map[string][]string{
+		"sa-host-path": {"-root", filepath.Join(dir, "images")},
+		"sa-emulation": {"-state-dir", filepath.Join(dir, "state"), "-qemu", "/bin/true"},
+	} {
+		bin := filepath.Join(dir, prog)
+		if out, err := exec.Command("go", "build", "-o", bin, "../"+prog).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", prog, err, out)
+		}
+		cmd := exec.Command(bin, append([]string{"-url", url}, args...)...)
+		var logs syncbuf.Buffer
+		cmd.Stderr = &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logs.String(), `msg="agent started"`); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("%s did not start:\n%s", prog, logs.String())
+			}
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		if got := logs.String(); strings.Contains(got, "hunter2") || !strings.Contains(got, "user:xxxxx@") {
+			t.Errorf("%s logs the URL's password:\n%s", prog, got)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -170,6 +171,15 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 // broker's client. Both are set by a successful Parse.
 func (f *Flags) Logger() *slog.Logger   { return f.log }
 func (f *Flags) Client() *client.Client { return f.client }
+
+// LogURL is the broker's URL fit for a log line: a password in it (a
+// proxy's basic auth) is masked, as the SDK's own lines mask it.
+func (f *Flags) LogURL() string {
+	if u, err := url.Parse(f.client.URL()); err == nil {
+		return u.Redacted()
+	}
+	return f.client.URL()
+}
 
 // Options are the agent SDK's options from the flags.
 func (f *Flags) Options(log *slog.Logger) agent.Options {
