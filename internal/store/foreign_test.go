@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/store"
 )
 
@@ -88,4 +89,43 @@ func TestOpen_Folder(t *testing.T) {
 	if _, err := os.Stat(folder + ".lock"); err == nil {
 		t.Fatal("a lock file was left beside the folder")
 	}
+}
+
+// TestNotSQLiteFile: a --db that is no SQLite file at all (a log, a
+// tarball, a database whose header was overwritten) is refused by every
+// way into a database with one sentence that says so, not with the code
+// of a temporary fault ("file is not a database (26) (unavailable)"): no
+// retry makes it a database.
+func TestNotSQLiteFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "notes.db")
+	if err := os.WriteFile(path, []byte(strings.Repeat("not a database ", 512)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := "store: " + path + " is not a spin-broker database: it is not an SQLite database at all"
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s succeeded", what)
+			return
+		}
+		if code := spinbroker.ErrorCode(err); code == spinbroker.EUNAVAILABLE {
+			t.Errorf("%s: code %s, a temporary fault, for a file that is no database: %v", what, code, err)
+		}
+		if !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: %q, want it to start %q", what, err, want)
+		}
+	}
+	db, err := store.Open(ctx, path, store.Options{Exclusive: true})
+	if db != nil {
+		db.Close()
+	}
+	check("Open", err)
+	_, err = store.Migrations(ctx, path, false)
+	check("Migrations (status)", err)
+	_, err = store.Migrations(ctx, path, true)
+	check("Migrations (up)", err)
+	check("Backup", store.Backup(ctx, path, filepath.Join(dir, "x.bak")))
+	_, _, err = store.Compact(ctx, path, nil)
+	check("Compact", err)
 }

@@ -136,6 +136,9 @@ func backup(ctx context.Context, path, dest string) error {
 	var tables int
 	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
 		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
+		if nerr := notSQLite(path, err); nerr != nil {
+			return nerr
+		}
 		return fmt.Errorf("store: backup: read %s: %w", path, err)
 	} else if tables != 3 {
 		return fmt.Errorf("store: backup: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
@@ -262,6 +265,9 @@ func Compact(ctx context.Context, path string, started func()) (before, after in
 	var tables int
 	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
 		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
+		if nerr := notSQLite(path, err); nerr != nil {
+			return before, 0, nerr
+		}
 		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
 	} else if tables != 3 {
 		return before, 0, fmt.Errorf("store: compact: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
