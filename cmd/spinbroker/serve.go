@@ -209,6 +209,23 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
+// openSentence says why serve could not open (or create) the database at
+// db in one sentence that names it once, as the other database commands
+// say the store's errors (storeSentence): "open the database x.db: store:
+// x.db is not a spin-broker database" named it twice and spoke Go. A
+// folder that does not exist is the whole of the cause.
+func openSentence(db string, err error) string {
+	dir := filepath.Dir(db)
+	if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+		return fmt.Sprintf("cannot create a database at %s: its folder %s does not exist (create it, or give --db a file in one that does)", db, dir)
+	}
+	msg := storeSentence(err).Error()
+	if !strings.Contains(msg, db) {
+		msg = fmt.Sprintf("cannot open the database %s: %s", db, msg)
+	}
+	return msg + writableHint(db)
+}
+
 // writableHint explains a database that cannot be opened when the reason is
 // that its directory does not exist or cannot be written (SQLite needs to
 // create its WAL), or that its file system is full. It names the cause, not
@@ -339,7 +356,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Info("stopped while opening the database, before serving", "cause", context.Cause(ctx).Error(), "db", c.db)
 		return nil
 	} else if err != nil {
-		return fmt.Errorf("open the database %s: %v%s", c.db, err, writableHint(c.db))
+		return errors.New(openSentence(c.db, err))
 	}
 	defer func() {
 		if err := db.Close(); err != nil {

@@ -342,3 +342,41 @@ func TestTokenCommands_ThroughAnotherHardLink(t *testing.T) {
 		t.Fatalf("token ls through the name the broker serves: %s", r)
 	}
 }
+
+// TestServe_PlainDatabaseErrors: serve says why it cannot open its
+// database in the same sentence as the other database commands, naming
+// the file once, without the store's Go prefixes ("open the database x.db:
+// store: x.db is not ...").
+func TestServe_PlainDatabaseErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.db")
+	if err := os.WriteFile(garbage, []byte(strings.Repeat("not a database ", 512)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	folder := filepath.Join(dir, "folder.db")
+	if err := os.Mkdir(folder, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+	for _, tt := range []struct {
+		db, want string // want: the start of stderr, after "spinbroker: "
+	}{
+		{garbage, garbage + " is not a spin-broker database: it is not an SQLite database at all"},
+		{folder, folder + " is a folder, not a database file"},
+		{filepath.Join(missing, "x.db"), "cannot create a database at " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
+	} {
+		r := spin(t, "serve", "--addr", "127.0.0.1:0", "--db", tt.db)
+		if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("serve --db %s: %s", tt.db, r)
+		}
+		if !strings.HasPrefix(r.stderr, "spinbroker: "+tt.want) || strings.Count(r.stderr, tt.db) != 1 {
+			t.Errorf("serve --db %s: stderr = %q, want one line starting %q that names the file once", tt.db, r.stderr, "spinbroker: "+tt.want)
+		}
+		for _, prefix := range []string{"store:", "open the database"} {
+			if strings.Contains(r.stderr, prefix) {
+				t.Errorf("serve --db %s: stderr has %q: %q", tt.db, prefix, r.stderr)
+			}
+		}
+	}
+}
