@@ -380,3 +380,22 @@ func TestServe_PlainDatabaseErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenCreateNameInCharacters: --name is at most 200 characters, as the
+// usage error says, in any script: a 150-character Cyrillic name was
+// refused "at most 200 characters" (it counted 300 bytes).
+func TestTokenCreateNameInCharacters(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "b.db")
+	name := strings.Repeat("я", 150)
+	if r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--name", name); r.code != 0 {
+		t.Fatalf("a name of 150 Cyrillic characters: %s", r)
+	}
+	if r := spin(t, "token", "ls", "--db", path, "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, name) {
+		t.Errorf("token ls: %s", r)
+	}
+	r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--name", strings.Repeat("я", 201))
+	if r.code != 2 || !strings.Contains(r.stderr, "--name must be at most 200 characters") {
+		t.Errorf("a name of 201 Cyrillic characters: %s", r)
+	}
+}

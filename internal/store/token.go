@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"database/sql"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -25,9 +26,10 @@ func HashToken(secret string) []byte {
 }
 
 // CheckTokenName refuses a name CreateToken would refuse: one longer than
-// 200 bytes or with a control character in it.
+// 200 characters (not bytes: a Cyrillic or CJK name takes two or three a
+// character) or with a control character in it.
 func CheckTokenName(name string) error {
-	if len(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if utf8.RuneCountInString(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
 	}
 	return nil

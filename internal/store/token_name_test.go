@@ -1,0 +1,40 @@
+package store_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+// TestTokenNameCountsCharacters: a token name is at most 200 characters, as
+// its error says, whatever their script: a 150-character Cyrillic name
+// (300 bytes) was refused "at most 200 characters", which it is.
+func TestTokenNameCountsCharacters(t *testing.T) {
+	db, _ := open(t)
+	for _, tt := range []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("я", 150), true},
+		{strings.Repeat("я", 200), true},
+		{strings.Repeat("日", 200), true},
+		{strings.Repeat("я", 201), false},
+		{strings.Repeat("n", 200), true},
+		{strings.Repeat("n", 201), false},
+		{"ops\tteam", false},
+	} {
+		if err := store.CheckTokenName(tt.name); (err == nil) != tt.ok {
+			t.Errorf("CheckTokenName of %d characters (%d bytes): %v, want ok %v", len([]rune(tt.name)), len(tt.name), err, tt.ok)
+		} else if err != nil && !strings.Contains(err.Error(), "at most 200 characters") {
+			t.Errorf("CheckTokenName: %v", err)
+		}
+		tok, _, err := db.CreateToken(ctx, "viewer", "", tt.name)
+		if (err == nil) != tt.ok {
+			t.Errorf("CreateToken of %d characters (%d bytes): %v, want ok %v", len([]rune(tt.name)), len(tt.name), err, tt.ok)
+		}
+		if err == nil && tok.Name != tt.name {
+			t.Errorf("CreateToken: name %q, want %q", tok.Name, tt.name)
+		}
+	}
+}
