@@ -214,7 +214,7 @@ func TestDatabaseCommands_PlainErrors(t *testing.T) {
 		want string // the whole of stderr, after "spinbroker: "
 	}{
 		{[]string{"backup", "--db", db, "--to", filepath.Join(missing, "x.db")}, "cannot write " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
-		{[]string{"backup", "--db", db, "--to", db}, db + " already exists"},
+		{[]string{"backup", "--db", db, "--to", db}, db + " already exists, and a backup never replaces a file: give --to a new name, or move that file away first"},
 		{[]string{"backup", "--db", empty, "--to", filepath.Join(dir, "e.bak")}, empty + " is not a spin-broker database"},
 		{[]string{"backup", "--db", garbage, "--to", filepath.Join(dir, "g.bak")}, notSQLite},
 		{[]string{"compact", "--db", garbage}, notSQLite},

@@ -154,3 +154,29 @@ func TestBackup_FolderOfDest(t *testing.T) {
 		}
 	}
 }
+
+// TestBackup_DestExistsSaysWhy: a dest that exists is refused with the
+// reason, that a backup never replaces a file, and what to do: "x.db
+// already exists" alone left the operator to guess whether to remove it
+// or to give another name, or whether a flag would overwrite it.
+func TestBackup_DestExistsSaysWhy(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.db")
+	db, err := store.Open(ctx, src, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	to := filepath.Join(dir, "old.bak")
+	if err := os.WriteFile(to, []byte("last week's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = store.Backup(ctx, src, to)
+	want := to + " already exists, and a backup never replaces a file: give --to a new name, or move that file away first"
+	if err == nil || !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("a backup to an existing file: %v, want it to end %q", err, want)
+	}
+	if b, _ := os.ReadFile(to); string(b) != "last week's" {
+		t.Error("the existing file was changed")
+	}
+}

@@ -348,7 +348,7 @@ func TestBackup_WithoutHardLinks(t *testing.T) {
 		}
 		return &os.LinkError{Op: "link", Err: syscall.EPERM}
 	}
-	if err := Backup(ctx, src, theirs); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if err := Backup(ctx, src, theirs); err == nil || !strings.Contains(err.Error(), "already exists, and a backup never replaces a file") {
 		t.Fatalf("a backup to a name taken meanwhile: %v", err)
 	}
 	if b, _ := os.ReadFile(theirs); string(b) != "someone else's" {

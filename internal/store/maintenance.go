@@ -119,7 +119,7 @@ func lockHeld(path string) bool {
 
 func backup(ctx context.Context, path, dest string) error {
 	if _, err := os.Stat(dest); err == nil {
-		return fmt.Errorf("store: backup: %s already exists", dest)
+		return destExists(dest)
 	}
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("store: backup: %w", err)
@@ -173,10 +173,10 @@ func backup(ctx context.Context, path, dest string) error {
 	// not replaced. A file system without hard links (vfat, exFAT, many
 	// network and FUSE mounts) gets a rename once dest is seen free.
 	if err := link(tmpPath, dest); errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("store: backup: %s already exists", dest)
+		return destExists(dest)
 	} else if err != nil {
 		if _, serr := os.Lstat(dest); serr == nil {
-			return fmt.Errorf("store: backup: %s already exists", dest)
+			return destExists(dest)
 		}
 		if err := os.Rename(tmpPath, dest); err != nil {
 			return fmt.Errorf("store: backup: %w", err)
@@ -189,6 +189,13 @@ func backup(ctx context.Context, path, dest string) error {
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	return nil
+}
+
+// destExists is Backup's error for a dest that exists: it says that a
+// backup never replaces a file, and what to do instead, so that no one
+// looks for a flag that would overwrite it.
+func destExists(dest string) error {
+	return fmt.Errorf("store: backup: %s already exists, and a backup never replaces a file: give --to a new name, or move that file away first", dest)
 }
 
 // cannotCreate says why no file could be made beside dest (err is that of
