@@ -109,7 +109,7 @@ GOGC environment variable says otherwise.`,
 	f.StringVar(&c.logLevel, "log-level", envOr("SPINBROKER_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env SPINBROKER_LOG_LEVEL)")
 	f.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	f.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
-	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long (0 keeps them)")
+	f.DurationVar(&c.stagingTTL, "staging-ttl", 24*time.Hour, "delete packages left in staging this long, 10m or more (0 keeps them)")
 	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished, and forget queues idle this long with default settings (0 keeps both)")
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper settles expired leases and deletes expired packages, from 10ms to 1h")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop (SIGINT or SIGTERM) may take: requests still running then are cut off; a second signal ends the process at once")
@@ -129,6 +129,11 @@ const (
 	minSweepEvery = 10 * time.Millisecond
 	maxSweepEvery = time.Hour
 	maxMaxWrites  = 4096
+	// minStagingTTL leaves a package built by hand, or by a script that
+	// waits on something between its steps, the time to be enqueued: it
+	// is made in staging by several requests (new, add, …, enqueue), and
+	// the sweeper deletes it by the age of its creation.
+	minStagingTTL = 10 * time.Minute
 )
 
 // validate refuses settings that cannot work: a ticker needs a positive
@@ -153,6 +158,8 @@ func (c *serveConfig) validate() error {
 		return fmt.Errorf("--retain must not be negative (0 keeps finished packages), not %s", c.retain)
 	case c.stagingTTL < 0:
 		return fmt.Errorf("--staging-ttl must not be negative (0 keeps packages in staging), not %s", c.stagingTTL)
+	case c.stagingTTL > 0 && c.stagingTTL < minStagingTTL:
+		return fmt.Errorf("--staging-ttl must be 0 (keep them) or from %s, not %s: a package is built in staging by several requests (new, add, …, enqueue), and a shorter one deletes it before it is enqueued", minStagingTTL, c.stagingTTL)
 	}
 	if _, err := store.SyncPragma(c.sync); err != nil {
 		return fmt.Errorf("--%w", err)

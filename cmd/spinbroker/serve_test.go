@@ -236,6 +236,10 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		{[]string{"--shutdown-timeout", "-1s"}, "", "--shutdown-timeout must be more than 0"},
 		{[]string{"--retain", "-5s"}, "", "--retain must not be negative"},
 		{[]string{"--staging-ttl", "-1s"}, "", "--staging-ttl must not be negative"},
+		// A package is built in staging by several requests (new, add,
+		// …, enqueue): 1s deleted it before a script's enqueue.
+		{[]string{"--staging-ttl", "1s"}, "", "--staging-ttl must be 0 (keep them) or from 10m0s, not 1s"},
+		{[]string{"--staging-ttl", "9m59s"}, "", "--staging-ttl must be 0 (keep them) or from 10m0s, not 9m59s"},
 		{[]string{"--sync", "bogus"}, "", `--sync must be normal or full, not "bogus"`},
 		{[]string{"--max-writes", "0"}, "", "--max-writes must be at least 1"},
 		// Within bounds no one means to pass: a sweeper that never rests,
@@ -280,7 +284,7 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		t.Fatalf("--sync FULL: %v\n%s", err, b.logs)
 	}
 	// SPINBROKER_AUTH takes the usual spellings of true.
-	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "auth.db"), "--sweep-interval", "1h")
+	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "auth.db"), "--sweep-interval", "1h", "--staging-ttl", "10m")
 	cmd.Env = append(os.Environ(), "SPINBROKER_AUTH=true")
 	stderr := &syncbuf.Buffer{}
 	cmd.Stderr = stderr
@@ -297,7 +301,7 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 	}
 	// With auth on and no token in the database, the log says why every
 	// request will be refused.
-	if log := stderr.String(); !strings.Contains(log, "auth=true") || !strings.Contains(log, "has no token that works") {
+	if log := stderr.String(); !strings.Contains(log, "auth=true") || !strings.Contains(log, "staging_ttl=10m0s") || !strings.Contains(log, "has no token that works") {
 		t.Fatalf("SPINBROKER_AUTH=true, no tokens:\n%s", log)
 	}
 }
@@ -699,4 +703,25 @@ func TestServe_ProfilerStopsWithBroker(t *testing.T) {
 			t.Errorf("the cut-off profile is not logged:\n%s", logs)
 		}
 	})
+}
+
+// TestServe_HelpSaysStagingTTLBounds: serve --help gives --staging-ttl's
+// lower bound, as README does, so that an operator picks a value that
+// starts rather than learning it from the refusal.
+func TestServe_HelpSaysStagingTTLBounds(t *testing.T) {
+	out, err := exec.Command(serveBinary(t), "serve", "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("serve --help: %v\n%s", err, out)
+	}
+	var line string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "--staging-ttl") {
+			line = l
+		}
+	}
+	for _, want := range []string{"10m or more", "0 keeps them"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("--staging-ttl's help does not say %q: %q", want, line)
+		}
+	}
 }
