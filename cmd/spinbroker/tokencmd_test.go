@@ -204,6 +204,16 @@ func TestDatabaseCommands_PlainErrors(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	damaged := filepath.Join(dir, "damaged.db")
+	if r := spin(t, "migrate", "up", "--db", damaged); r.code != 0 {
+		t.Fatalf("migrate up: %s", r)
+	}
+	os.Remove(damaged + "-wal")
+	os.Remove(damaged + "-shm")
+	if err := os.Truncate(damaged, 5000); err != nil {
+		t.Fatal(err)
+	}
+	isDamaged := damaged + " is damaged (database disk image is malformed): restore it from a backup"
 	missing := filepath.Join(dir, "missing", "sub")
 	// A file that is no database is said so in the same sentence by
 	// every command, without a code: "(unavailable)" read as a fault a
@@ -224,6 +234,10 @@ func TestDatabaseCommands_PlainErrors(t *testing.T) {
 		{[]string{"token", "ls", "--db", garbage}, notSQLite},
 		{[]string{"token", "create", "--role", "admin", "--db", garbage}, notSQLite},
 		{[]string{"token", "revoke", "--db", garbage, "7c78d9df"}, notSQLite},
+		{[]string{"migrate", "status", "--db", damaged}, isDamaged},
+		{[]string{"token", "ls", "--db", damaged}, isDamaged},
+		{[]string{"backup", "--db", damaged, "--to", filepath.Join(dir, "d.bak")}, isDamaged},
+		{[]string{"compact", "--db", damaged}, isDamaged},
 		{[]string{"token", "create", "--role", "admin", "--db", filepath.Join(missing, "x.db")}, "cannot create a database at " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
 	} {
 		r := spin(t, tt.args...)
@@ -233,7 +247,7 @@ func TestDatabaseCommands_PlainErrors(t *testing.T) {
 		if !strings.HasPrefix(r.stderr, "spinbroker: "+tt.want) || strings.Count(r.stderr, "\n") != 1 {
 			t.Errorf("%v: stderr = %q, want one line starting %q", tt.args, r.stderr, "spinbroker: "+tt.want)
 		}
-		if strings.Contains(r.stderr, "(unavailable)") || strings.Contains(r.stderr, "(26)") {
+		if strings.Contains(r.stderr, "(unavailable)") || strings.Contains(r.stderr, "(26)") || strings.Contains(r.stderr, "(11)") {
 			t.Errorf("%v: stderr has a code: %q", tt.args, r.stderr)
 		}
 		for _, prefix := range []string{"store:", "backup:", "compact:", "migrate:"} {

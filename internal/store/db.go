@@ -382,7 +382,7 @@ func notForeign(ctx context.Context, path string) (ours bool, err error) {
 	var tables, migrated int
 	if err := c.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(name = 'goose_db_version'), 0) FROM sqlite_master
 		WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`).Scan(&tables, &migrated); err != nil {
-		if nerr := notSQLite(path, err); nerr != nil {
+		if nerr := unreadable(path, err); nerr != nil {
 			return false, nerr
 		}
 		return false, fmt.Errorf("store: read the schema version of %s: %w", path, interpretError(err))
@@ -393,28 +393,36 @@ func notForeign(ctx context.Context, path string) (ours bool, err error) {
 	return migrated == 1, nil
 }
 
-// notSQLite returns the error of a file at path that err, SQLite's answer
-// to the first read of it, says is no SQLite database (SQLITE_NOTADB), and
-// nil for any other err. It is a mistake of the path, not a fault of the
-// database that a retry might clear: without a code of its own it is not
-// taken for one ("unavailable"), and its sentence says what the file is.
-func notSQLite(path string, err error) error {
+// unreadable returns the error of a file at path that err, SQLite's answer
+// to the first read of it, says is no SQLite database (SQLITE_NOTADB) or a
+// damaged one (SQLITE_CORRUPT), and nil for any other err. Either is a
+// fault of the file, not of the moment, that no retry clears: without a
+// code of its own it is not taken for one ("unavailable"), and its
+// sentence says what the file is and what to do.
+func unreadable(path string, err error) error {
 	var se *sqlite.Error
-	if !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_NOTADB {
+	if !errors.As(err, &se) {
 		return nil
 	}
-	return &notSQLiteError{path: path, err: se}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT:
+		return &unreadableError{path: path, err: se}
+	}
+	return nil
 }
 
-type notSQLiteError struct {
+type unreadableError struct {
 	path string
 	err  *sqlite.Error
 }
 
-func (e *notSQLiteError) Error() string {
+func (e *unreadableError) Error() string {
+	if e.err.Code()&0xff == sqlite3.SQLITE_CORRUPT {
+		return fmt.Sprintf("store: %s is damaged (database disk image is malformed): restore it from a backup (spinbroker backup --help says how)", e.path)
+	}
 	return fmt.Sprintf("store: %s is not a spin-broker database: it is not an SQLite database at all (another kind of file, or one whose header was overwritten); give --db a spin-broker database", e.path)
 }
-func (e *notSQLiteError) Unwrap() error { return e.err }
+func (e *unreadableError) Unwrap() error { return e.err }
 
 // ErrNewerSchema is the error (matched with errors.Is) of a database whose
 // schema a newer spin-broker has migrated past what this build knows.

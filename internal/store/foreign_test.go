@@ -129,3 +129,48 @@ func TestNotSQLiteFile(t *testing.T) {
 	_, _, err = store.Compact(ctx, path, nil)
 	check("Compact", err)
 }
+
+// TestDamagedFile: a database whose file is damaged (here cut short, as a
+// copy that ran out of disk leaves it) is said to be damaged, with what to
+// do, by every way into a database, not with the code of a temporary fault
+// ("database disk image is malformed (11) (unavailable)").
+func TestDamagedFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "b.db")
+	db, err := store.Open(ctx, path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path + "-wal")
+	os.Remove(path + "-shm")
+	if err := os.Truncate(path, 5000); err != nil {
+		t.Fatal(err)
+	}
+	want := "store: " + path + " is damaged (database disk image is malformed): restore it from a backup"
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s succeeded", what)
+			return
+		}
+		if code := spinbroker.ErrorCode(err); code == spinbroker.EUNAVAILABLE {
+			t.Errorf("%s: code %s, a temporary fault, for a damaged file: %v", what, code, err)
+		}
+		if !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: %q, want it to start %q", what, err, want)
+		}
+	}
+	db, err = store.Open(ctx, path, store.Options{Exclusive: true})
+	if db != nil {
+		db.Close()
+	}
+	check("Open", err)
+	_, err = store.Migrations(ctx, path, false)
+	check("Migrations (status)", err)
+	check("Backup", store.Backup(ctx, path, filepath.Join(dir, "x.bak")))
+	_, _, err = store.Compact(ctx, path, nil)
+	check("Compact", err)
+}

@@ -136,7 +136,7 @@ func backup(ctx context.Context, path, dest string) error {
 	var tables int
 	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
 		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
-		if nerr := notSQLite(path, err); nerr != nil {
+		if nerr := unreadable(path, err); nerr != nil {
 			return nerr
 		}
 		return fmt.Errorf("store: backup: read %s: %w", path, err)
@@ -272,7 +272,7 @@ func Compact(ctx context.Context, path string, started func()) (before, after in
 	var tables int
 	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
 		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
-		if nerr := notSQLite(path, err); nerr != nil {
+		if nerr := unreadable(path, err); nerr != nil {
 			return before, 0, nerr
 		}
 		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
