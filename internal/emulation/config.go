@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spin-broker/spinbroker/internal/hostpath"
+	"github.com/spin-broker/spinbroker/internal/nlink"
 )
 
 // Limits of a VM's config.
@@ -176,7 +177,7 @@ func resolveImages(images []Image, root string, private ...string) ([]Image, err
 // QEMU would reach a file outside it: one with other hard links, or a qcow2
 // image naming a backing file or an external data file.
 func confinedImage(path string, fi os.FileInfo) error {
-	if n := hostpath.Links(fi); n > 1 {
+	if n := nlink.Of(fi); n > 1 {
 		return fmt.Errorf("it has %d hard links: the same file has another name, perhaps outside the images root", n)
 	}
 	if hostpath.FormatOf(path) != "qcow2" {

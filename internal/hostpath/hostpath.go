@@ -31,6 +31,7 @@ import (
 
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/internal/flock"
+	"github.com/spin-broker/spinbroker/internal/nlink"
 )
 
 // Resource is the queue sa-host-path serves.
@@ -527,7 +528,7 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 	if !fi.Mode().IsRegular() {
 		return imageInfo{}, fmt.Errorf("%q is not an image file", rel)
 	}
-	if n := Links(fi); n > 1 {
+	if n := nlink.Of(fi); n > 1 {
 		return imageInfo{}, fmt.Errorf("%q has %d hard links: the same file has another name, perhaps outside the storage root, and is not taken as an image", rel, n)
 	}
 	f, err := s.root.Open(rel)

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spin-broker/spinbroker/internal/flock"
+	"github.com/spin-broker/spinbroker/internal/nlink"
 )
 
 // ErrInUse is the error (matched with errors.Is) of an exclusive Open of a
@@ -96,7 +97,7 @@ func oneName(path, real string) error {
 	if err != nil {
 		return nil // opening it reports what is wrong
 	}
-	if n := links(fi); n > 1 {
+	if n := nlink.Of(fi); n > 1 {
 		return fmt.Errorf("store: the database %s has %d hard links (names of the same file), and a broker started through another name would take a lock of its own and corrupt the file beside this one: remove the other names (find MOUNTPOINT -xdev -samefile %s lists them), or serve a copy made by 'spinbroker backup'", path, n, real)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spin-broker/spinbroker/internal/flock"
+	"github.com/spin-broker/spinbroker/internal/nlink"
 )
 
 // Check runs SQLite's integrity check over the whole database and returns
@@ -91,7 +92,7 @@ func BesideBroker(path string) error {
 func throughServedName(path, what, lost string) error {
 	real := resolved(path)
 	fi, err := os.Stat(real)
-	if err != nil || links(fi) <= 1 {
+	if err != nil || nlink.Of(fi) <= 1 {
 		return nil
 	}
 	if lockHeld(real+".lock") || !openElsewhere(real) {
@@ -100,7 +101,7 @@ func throughServedName(path, what, lost string) error {
 	if what != "" {
 		what += ": "
 	}
-	return fmt.Errorf("store: %sthe database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: %s; use the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", what, path, links(fi), lost, real)
+	return fmt.Errorf("store: %sthe database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: %s; use the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", what, path, nlink.Of(fi), lost, real)
 }
 
 // lockHeld says whether a process holds the lock file at path (that of a
