@@ -4,12 +4,16 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,11 +35,23 @@ import (
 // counts equal a recount of the commands; no command is leased without a
 // token and an expiry; and a backup taken under load passes
 // integrity_check and the same recount. Each queue's deliveries are checked
-// for order across all the restarts.
+// for order across all the restarts, commands with dependencies included
+// once the agents had seen all their dependencies succeed; and the agents'
+// own records (a lease from its grant to its result's sending or its
+// expiry) must never show more than the queue's concurrency live at once.
+// Agents leave a lease to run out now and then, so that leases outlive
+// kills and restarts; r0 has two agents.
+//
+// Every fourth kill is aimed at a checkpoint: it waits for the database
+// file to be written (only a checkpoint writes it in WAL mode), or, every
+// other time, for spinbroker_store_checkpoints_total on /metrics to move,
+// and kills at once. With SPINBROKER_CAMPAIGN_QUIET=N every Nth kill stops
+// the producers and the operator, lets the agents drain, and kills when the
+// checkpointer truncates the WAL after its quiet spell (10 to 20 s).
 //
 // By default it kills 3 times. For a campaign:
 //
-//	SPINBROKER_CAMPAIGN_KILLS=60 SPINBROKER_CAMPAIGN_SEED=7 SPINBROKER_CAMPAIGN_ADDR=127.0.0.1:19400 \
+//	SPINBROKER_CAMPAIGN_KILLS=60 SPINBROKER_CAMPAIGN_QUIET=10 SPINBROKER_CAMPAIGN_SEED=7 SPINBROKER_CAMPAIGN_ADDR=127.0.0.1:19400 \
 //	  go test -race -count=1 -run 'TestCrashCampaign$' -timeout 60m ./cmd/spinbroker/
 func TestCrashCampaign(t *testing.T) {
 	kills := 3
@@ -45,6 +61,14 @@ func TestCrashCampaign(t *testing.T) {
 			t.Fatal(err)
 		}
 		kills = n
+	}
+	quietEvery := 0
+	if s := os.Getenv("SPINBROKER_CAMPAIGN_QUIET"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		quietEvery = n
 	}
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("SPINBROKER_CAMPAIGN_SEED"); s != "" {
@@ -90,8 +114,11 @@ func TestCrashCampaign(t *testing.T) {
 	}
 	for _, r := range resources[:3] {
 		wg.Add(1)
-		go func() { defer wg.Done(); l.agent(ctx, c, r, seed) }()
+		go func() { defer wg.Done(); l.agent(ctx, c, r, seed, 0) }()
 	}
+	// A second agent on r0: two asking at once at concurrency 1.
+	wg.Add(1)
+	go func() { defer wg.Done(); l.agent(ctx, c, "r0", seed, 1) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); l.claimer(ctx, c, "rc", seed) }()
 	wg.Add(1)
@@ -100,7 +127,12 @@ func TestCrashCampaign(t *testing.T) {
 	var violations []string
 	backups := 0
 	var walBytes int64 // the -wal files the kills left, for the broker to recover
+	var aimed struct{ file, metric, truncate, missed int }
 	for k := 0; k < kills; k++ {
+		quiet := quietEvery > 0 && k%quietEvery == quietEvery-1
+		if quiet {
+			l.paused.Store(true)
+		}
 		if k%5 == 4 {
 			// Soon after the start: clients still reconnecting, leases
 			// of the last crash being settled.
@@ -121,6 +153,26 @@ func TestCrashCampaign(t *testing.T) {
 			}
 			go func() { bkDone <- bk.Wait() }()
 			time.Sleep(time.Duration(rnd.IntN(50)) * time.Millisecond)
+		}
+		switch {
+		case quiet:
+			if waitTruncate(db, 45*time.Second) {
+				aimed.truncate++
+			} else {
+				aimed.missed++
+			}
+		case k%8 == 1:
+			if waitFileWrite(db, 3*time.Second) {
+				aimed.file++
+			} else {
+				aimed.missed++
+			}
+		case k%8 == 5:
+			if waitCheckpointMetric(ctx, "http://"+addr+"/metrics", 3*time.Second) {
+				aimed.metric++
+			} else {
+				aimed.missed++
+			}
 		}
 		if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -145,12 +197,15 @@ func TestCrashCampaign(t *testing.T) {
 			}
 		}
 		b = startBroker(t, db, "--addr", addr)
+		l.paused.Store(false)
 	}
 	cancel()
 	wg.Wait()
 	violations = append(violations, l.order()...)
-	t.Logf("%d kills (leaving %d KiB of WAL in all), %d backups checked, %d acknowledged writes (%d creates, %d adds, %d enqueues, %d results, %d heartbeats, %d cancels, %d deletes, %d retries), %d deliveries, %d violations",
-		kills, walBytes>>10, backups, l.n.acked.Load(), l.n.creates.Load(), l.n.adds.Load(), l.n.enqueues.Load(), l.n.results.Load(), l.n.heartbeats.Load(), l.n.cancels.Load(), l.n.deletes.Load(), l.n.retries.Load(), l.n.deliveries.Load(), len(violations))
+	conc, full := l.concurrency(map[string]int{"r0": 1, "r1": 1, "r2": 1, "rc": 4})
+	violations = append(violations, conc...)
+	t.Logf("%d kills (%d while the database file was written by a checkpoint, %d right after the checkpoint counter moved, %d as the WAL was truncated after a quiet spell, %d aimed but missed), leaving %d KiB of WAL in all; %d backups checked; %d acknowledged writes (%d creates, %d adds, %d enqueues, %d results, %d heartbeats, %d cancels, %d deletes, %d retries); %d deliveries, %d leases left to run out, %d deliveries of commands with dependencies checked for order, %d moments with a queue's leases at its concurrency; %d violations",
+		kills, aimed.file, aimed.metric, aimed.truncate, aimed.missed, walBytes>>10, backups, l.n.acked.Load(), l.n.creates.Load(), l.n.adds.Load(), l.n.enqueues.Load(), l.n.results.Load(), l.n.heartbeats.Load(), l.n.cancels.Load(), l.n.deletes.Load(), l.n.retries.Load(), l.n.deliveries.Load(), l.n.abandoned.Load(), l.n.depOrder.Load(), full, len(violations))
 	for i, v := range violations {
 		if i == 50 {
 			t.Errorf("and %d more", len(violations)-50)
@@ -173,12 +228,25 @@ type ledger struct {
 	deleteSent map[string]bool
 	cancelSent map[string]bool
 	retrySent  map[string]bool // commands an operator's retry was sent for
-	// What each queue's agent received, in order.
-	received map[string][]delivery
-	noDeps   map[string]bool // commands created without dependencies
+	// What each queue's agents received, in order.
+	received map[string][]*lease
+	noDeps   map[string]bool      // commands created without dependencies
+	succAt   map[string]time.Time // command → when its success was acknowledged
+	batches  int                  // nexts and claims answered, to tell them apart
+	paused   atomic.Bool          // producers and operator wait: a quiet spell
 	n        struct {
-		acked, creates, adds, enqueues, results, heartbeats, cancels, deletes, retries, deliveries atomic.Int64
+		acked, creates, adds, enqueues, results, heartbeats, cancels, deletes, retries, deliveries, abandoned, depOrder atomic.Int64
 	}
+}
+
+// lease is a delivery as its agent saw it.
+type lease struct {
+	delivery
+	batch   int       // the next or claim that handed it out
+	sent    time.Time // when that next or claim was sent
+	deps    []string
+	expires time.Time // as acknowledged, by the grant or the last heartbeat
+	done    time.Time // when its result was first sent; zero if never
 }
 
 type ackPkg struct {
@@ -196,7 +264,7 @@ type hb struct {
 func newLedger() *ledger {
 	return &ledger{pkgs: map[string]*ackPkg{}, cmdPkg: map[string]string{}, final: map[string]bool{},
 		heartbeat: map[string]hb{}, deleteSent: map[string]bool{}, cancelSent: map[string]bool{}, retrySent: map[string]bool{},
-		received: map[string][]delivery{}, noDeps: map[string]bool{}}
+		received: map[string][]*lease{}, noDeps: map[string]bool{}, succAt: map[string]time.Time{}}
 }
 
 // pickCommand is a random acknowledged command, for a dependency across packages.
@@ -244,6 +312,10 @@ func (l *ledger) produce(ctx context.Context, c *client.Client, p int, seed uint
 	r := rand.New(rand.NewPCG(seed, uint64(100+p)))
 	for i := 0; ctx.Err() == nil; i++ {
 		time.Sleep(time.Duration(r.IntN(30)) * time.Millisecond)
+		if l.paused.Load() {
+			i--
+			continue
+		}
 		n := 1 + r.IntN(4)
 		cmds := make([]spinbroker.NewCommand, n)
 		for j := range cmds {
@@ -336,9 +408,37 @@ func (l *ledger) produce(ctx context.Context, c *client.Client, p int, seed uint
 	}
 }
 
-func (l *ledger) agent(ctx context.Context, c *client.Client, resource string, seed uint64) {
-	r := rand.New(rand.NewPCG(seed, uint64(200+len(resource)+int(resource[1]))))
+// receive records what a next or claim sent at sent handed out.
+func (l *ledger) receive(resource string, sent time.Time, cmds []spinbroker.Command) []*lease {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.batches++
+	var out []*lease
+	for _, cmd := range cmds {
+		d := &lease{delivery: delivery{id: cmd.ID, seq: *cmd.Seq, attempts: cmd.Attempts, at: now},
+			batch: l.batches, sent: sent, deps: cmd.Dependencies, expires: cmd.Lease.ExpiresAt}
+		l.received[resource] = append(l.received[resource], d)
+		out = append(out, d)
+	}
+	l.n.deliveries.Add(int64(len(cmds)))
+	return out
+}
+
+// sending records that d's result is about to be sent: its lease ends no
+// earlier.
+func (l *ledger) sending(d *lease) {
+	l.mu.Lock()
+	if d.done.IsZero() {
+		d.done = time.Now()
+	}
+	l.mu.Unlock()
+}
+
+func (l *ledger) agent(ctx context.Context, c *client.Client, resource string, seed uint64, n int) {
+	r := rand.New(rand.NewPCG(seed, uint64(200+len(resource)+int(resource[1])+1000*n)))
 	for ctx.Err() == nil {
+		sent := time.Now()
 		cmd, err := c.Next(ctx, resource, time.Second, 2*time.Second)
 		if err != nil || cmd == nil {
 			if err != nil {
@@ -346,15 +446,17 @@ func (l *ledger) agent(ctx context.Context, c *client.Client, resource string, s
 			}
 			continue
 		}
-		l.n.deliveries.Add(1)
-		l.mu.Lock()
-		l.received[resource] = append(l.received[resource], delivery{id: cmd.ID, seq: *cmd.Seq, attempts: cmd.Attempts, at: time.Now()})
-		l.mu.Unlock()
+		d := l.receive(resource, sent, []spinbroker.Command{*cmd})[0]
+		if r.IntN(25) == 0 {
+			l.n.abandoned.Add(1) // its lease runs out; it is delivered again
+			continue
+		}
 		if r.IntN(3) == 0 {
 			exp, err := c.Heartbeat(ctx, cmd.ID, cmd.Lease.Token, 3*time.Second)
 			if err == nil {
 				l.mu.Lock()
 				l.heartbeat[cmd.ID] = hb{token: cmd.Lease.Token, expires: exp}
+				d.expires = exp
 				l.mu.Unlock()
 				l.n.heartbeats.Add(1)
 				l.n.acked.Add(1)
@@ -373,6 +475,7 @@ func (l *ledger) agent(ctx context.Context, c *client.Client, resource string, s
 			res.Retry = true
 		}
 		res.Status = &ok
+		l.sending(d)
 		err = retry(ctx, func() error { _, err := c.Complete(ctx, cmd.ID, res); return err })
 		if err != nil {
 			continue // stale: the lease ran out in a crash
@@ -382,6 +485,9 @@ func (l *ledger) agent(ctx context.Context, c *client.Client, resource string, s
 		if !res.Retry || ok {
 			l.mu.Lock()
 			l.final[cmd.ID] = ok
+			if ok {
+				l.succAt[cmd.ID] = time.Now()
+			}
 			l.mu.Unlock()
 		}
 	}
@@ -391,6 +497,9 @@ func (l *ledger) operator(ctx context.Context, c *client.Client, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 300))
 	for ctx.Err() == nil {
 		time.Sleep(time.Duration(20+r.IntN(80)) * time.Millisecond)
+		if l.paused.Load() {
+			continue
+		}
 		id := l.pickPackage(r)
 		if id == "" {
 			continue
@@ -636,9 +745,8 @@ func (l *ledger) order() []string {
 			}
 			continue
 		}
-		var prev *delivery
-		for i := range ds {
-			cur := &ds[i]
+		var prev *lease
+		for _, cur := range ds {
 			if !l.noDeps[cur.id] || l.retrySent[cur.id] {
 				continue // an operator's retry puts it back at its old place
 			}
@@ -653,7 +761,182 @@ func (l *ledger) order() []string {
 			prev = cur
 		}
 	}
+	return append(out, l.depOrder()...)
+}
+
+// depOrder widens the order check to every command once its agents had
+// seen all its dependencies succeed: a command Y handed out for the first
+// time after a command X of the same queue with a higher seq, by a later
+// next or claim, breaks the rules if Y's last dependency's success was
+// acknowledged before the call that got X was sent. Y was then enqueued
+// (its seq is lower), not blocked, not finished (it is handed out later),
+// not leased (it is handed out for the first time), so waiting: "never
+// hands out a command while an earlier command of the same queue that has
+// no outstanding dependency is still waiting", at any concurrency. Called
+// with l.mu held.
+func (l *ledger) depOrder() []string {
+	var out []string
+	for q, ds := range l.received {
+		seen := map[string]bool{}
+		for j, y := range ds {
+			first := !seen[y.id]
+			seen[y.id] = true
+			if !first || y.attempts != 1 || l.retrySent[y.id] {
+				continue
+			}
+			var ready time.Time // zero: no dependency
+			known := true
+			for _, dep := range y.deps {
+				at, ok := l.succAt[dep]
+				if !ok {
+					known = false
+					break
+				}
+				if at.After(ready) {
+					ready = at
+				}
+			}
+			if !known {
+				continue
+			}
+			if len(y.deps) > 0 {
+				l.n.depOrder.Add(1)
+			}
+			for _, x := range ds[:j] {
+				if x.batch != y.batch && x.seq > y.seq && !x.sent.Before(ready) {
+					out = append(out, fmt.Sprintf("%s delivered seq %d (%s, dependencies %v, the last acknowledged succeeded at %s) after seq %d (%s), asked for at %s",
+						q, y.seq, y.id, y.deps, ready.Format(time.StampMicro), x.seq, x.id, x.sent.Format(time.StampMicro)))
+					break
+				}
+			}
+		}
+	}
 	return out
+}
+
+// concurrency checks, from the agents' records, that no queue ever had
+// more leases live than its concurrency: a lease is live from when its
+// agent received it (the grant was committed before) until its result was
+// first sent or, if earlier, its acknowledged expiry (the broker ends it no
+// sooner). It also counts the moments a queue was at its concurrency.
+func (l *ledger) concurrency(limit map[string]int) (out []string, full int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	type event struct {
+		at    time.Time
+		delta int
+		d     *lease
+	}
+	for q, ds := range l.received {
+		var evs []event
+		for _, d := range ds {
+			end := d.expires
+			if !d.done.IsZero() && d.done.Before(end) {
+				end = d.done
+			}
+			if !end.After(d.at) {
+				continue
+			}
+			evs = append(evs, event{d.at, 1, d}, event{end, -1, d})
+		}
+		// Ends before starts at the same moment.
+		sort.Slice(evs, func(i, j int) bool {
+			if !evs[i].at.Equal(evs[j].at) {
+				return evs[i].at.Before(evs[j].at)
+			}
+			return evs[i].delta < evs[j].delta
+		})
+		live := map[*lease]bool{}
+		reported := 0
+		for _, e := range evs {
+			if e.delta < 0 {
+				delete(live, e.d)
+				continue
+			}
+			live[e.d] = true
+			if len(live) == limit[q] {
+				full++
+			}
+			if len(live) > limit[q] && reported < 5 {
+				reported++
+				var ids []string
+				for d := range live {
+					sent := "never"
+					if !d.done.IsZero() {
+						sent = d.done.Format(time.StampMicro)
+					}
+					ids = append(ids, fmt.Sprintf("%s (seq %d, attempt %d, received %s, lease to %s, result sent %s)", d.id, d.seq, d.attempts,
+						d.at.Format(time.StampMicro), d.expires.Format(time.StampMicro), sent))
+				}
+				sort.Strings(ids)
+				out = append(out, fmt.Sprintf("%s had %d leases live at %s, for a concurrency of %d: %v", q, len(live), e.at.Format(time.StampMicro), limit[q], ids))
+			}
+		}
+	}
+	return out, full
+}
+
+// waitFileWrite waits until the database file is written, which in WAL
+// mode only a checkpoint does, and reports whether it was before timeout.
+func waitFileWrite(db string, timeout time.Duration) bool {
+	fi, err := os.Stat(db)
+	if err != nil {
+		return false
+	}
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(100 * time.Microsecond) {
+		now, err := os.Stat(db)
+		if err == nil && (!now.ModTime().Equal(fi.ModTime()) || now.Size() != fi.Size()) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitTruncate waits until the -wal file shrinks: the checkpointer's
+// truncation after a quiet spell.
+func waitTruncate(db string, timeout time.Duration) bool {
+	last := int64(-1)
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(100 * time.Microsecond) {
+		fi, err := os.Stat(db + "-wal")
+		if err != nil {
+			continue
+		}
+		if fi.Size() < last {
+			return true
+		}
+		last = fi.Size()
+	}
+	return false
+}
+
+// waitCheckpointMetric waits until spinbroker_store_checkpoints_total on
+// /metrics moves.
+func waitCheckpointMetric(ctx context.Context, metrics string, timeout time.Duration) bool {
+	read := func() string {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, metrics, nil)
+		if err != nil {
+			return ""
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for line := range strings.SplitSeq(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, "spinbroker_store_checkpoints_total "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	first := read()
+	for end := time.Now().Add(timeout); first != "" && time.Now().Before(end); {
+		if v := read(); v != "" && v != first {
+			return true
+		}
+	}
+	return false
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -663,6 +946,7 @@ func ptr[T any](v T) *T { return &v }
 func (l *ledger) claimer(ctx context.Context, c *client.Client, resource string, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 400))
 	for ctx.Err() == nil {
+		sent := time.Now()
 		cmds, err := c.Claim(ctx, resource, 5, time.Second, 2*time.Second)
 		if err != nil || len(cmds) == 0 {
 			if err != nil {
@@ -670,16 +954,19 @@ func (l *ledger) claimer(ctx context.Context, c *client.Client, resource string,
 			}
 			continue
 		}
-		l.mu.Lock()
-		for _, cmd := range cmds {
-			l.received[resource] = append(l.received[resource], delivery{id: cmd.ID, seq: *cmd.Seq, attempts: cmd.Attempts, at: time.Now()})
-		}
-		l.mu.Unlock()
-		l.n.deliveries.Add(int64(len(cmds)))
-		results := make([]spinbroker.BatchResult, len(cmds))
+		ds := l.receive(resource, sent, cmds)
+		var results []spinbroker.BatchResult
 		for i, cmd := range cmds {
+			if r.IntN(15) == 0 {
+				l.n.abandoned.Add(1) // its lease runs out; it is delivered again
+				continue
+			}
 			ok := r.IntN(10) < 8
-			results[i] = spinbroker.BatchResult{ID: cmd.ID, Result: spinbroker.Result{Status: ptr(ok), Lease: cmd.Lease.Token, Retry: !ok && r.IntN(2) == 0}}
+			results = append(results, spinbroker.BatchResult{ID: cmd.ID, Result: spinbroker.Result{Status: ptr(ok), Lease: cmd.Lease.Token, Retry: !ok && r.IntN(2) == 0}})
+			l.sending(ds[i])
+		}
+		if len(results) == 0 {
+			continue
 		}
 		var outs []spinbroker.BatchOutcome
 		if retry(ctx, func() (err error) { outs, err = c.CompleteBatch(ctx, results); return err }) != nil {
@@ -694,6 +981,9 @@ func (l *ledger) claimer(ctx context.Context, c *client.Client, resource string,
 			l.n.acked.Add(1)
 			if res := results[i].Result; !res.Retry {
 				l.final[o.ID] = *res.Status
+				if *res.Status {
+					l.succAt[o.ID] = time.Now()
+				}
 			}
 		}
 		l.mu.Unlock()
