@@ -527,15 +527,7 @@ func (db *DB) Size() (int64, error) { return fileSizes(db.path) }
 
 // WALSize returns the size of the database's WAL file: 0 when there is
 // none (between connections, or truncated after the last write).
-func (db *DB) WALSize() (int64, error) {
-	st, err := os.Stat(db.path + "-wal")
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	} else if err != nil {
-		return 0, err
-	}
-	return st.Size(), nil
-}
+func (db *DB) WALSize() (int64, error) { return walSize(db.path) }
 
 // Listen registers f to be called after every commit that changed something,
 // with what it changed. f runs on the writer's goroutine: it must not block

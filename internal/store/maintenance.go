@@ -92,16 +92,17 @@ func BesideBroker(path string) error {
 func throughServedName(path, what, lost string) error {
 	real := resolved(path)
 	fi, err := os.Stat(real)
-	if err != nil || nlink.Of(fi) <= 1 {
+	if err != nil {
 		return nil
 	}
-	if lockHeld(real+".lock") || !openElsewhere(real) {
+	n := nlink.Of(fi)
+	if n <= 1 || lockHeld(real+".lock") || !openElsewhere(real) {
 		return nil
 	}
 	if what != "" {
 		what += ": "
 	}
-	return fmt.Errorf("store: %sthe database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: %s; use the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", what, path, nlink.Of(fi), lost, real)
+	return fmt.Errorf("store: %sthe database %s has %d hard links (names of the same file) and another process has it open, a broker serving another name: %s; use the name the broker serves, and remove the other names (find MOUNTPOINT -xdev -samefile %s lists them)", what, path, n, lost, real)
 }
 
 // lockHeld says whether a process holds the lock file at path (that of a
@@ -134,15 +135,8 @@ func backup(ctx context.Context, path, dest string) error {
 	// about: "database or disk is full" of the copy must not read as the
 	// live database's. The errors are the driver's own, not the 503 the
 	// API would answer: a person at a terminal reads them.
-	var tables int
-	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
-		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
-		if nerr := unreadable(path, err); nerr != nil {
-			return nerr
-		}
-		return fmt.Errorf("store: backup: read %s: %w", path, err)
-	} else if tables != 3 {
-		return fmt.Errorf("store: backup: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
+	if err := spinBrokerTables(ctx, conn, path, "backup", "backup: read "+path); err != nil {
+		return err
 	}
 	// The copy is written beside dest under a name no one takes for a
 	// backup, and gets dest's name only once complete and on disk: a
@@ -188,6 +182,25 @@ func backup(ctx context.Context, path, dest string) error {
 		// nothing, rather than a file it called a failure.
 		os.Remove(dest)
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
+	}
+	return nil
+}
+
+// spinBrokerTables refuses a database at path (read through conn) that is
+// not spin-broker's: one without its packages, commands and migrations
+// tables, or not SQLite at all, or damaged (unreadable says which). op
+// names the command in the errors, and read begins the error of a failure
+// to read ("backup: read x.db").
+func spinBrokerTables(ctx context.Context, conn *sql.DB, path, op, read string) error {
+	var tables int
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
+		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
+		if nerr := unreadable(path, err); nerr != nil {
+			return nerr
+		}
+		return fmt.Errorf("store: %s: %w", read, err)
+	} else if tables != 3 {
+		return fmt.Errorf("store: %s: %s is not a spin-broker database (no packages, commands and migrations tables)", op, path)
 	}
 	return nil
 }
@@ -270,15 +283,8 @@ func Compact(ctx context.Context, path string, started func()) (before, after in
 	conn.SetMaxOpenConns(1)
 	// Only a spin-broker database: VACUUM would rewrite any SQLite file,
 	// and an empty one would become a database.
-	var tables int
-	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master
-		WHERE type = 'table' AND name IN ('goose_db_version', 'packages', 'commands')`).Scan(&tables); err != nil {
-		if nerr := unreadable(path, err); nerr != nil {
-			return before, 0, nerr
-		}
-		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
-	} else if tables != 3 {
-		return before, 0, fmt.Errorf("store: compact: %s is not a spin-broker database (no packages, commands and migrations tables)", path)
+	if err := spinBrokerTables(ctx, conn, path, "compact", "compact "+path); err != nil {
+		return before, 0, err
 	}
 	if started != nil {
 		started()
@@ -294,15 +300,25 @@ func Compact(ctx context.Context, path string, started func()) (before, after in
 
 // fileSizes is the size on disk of the database at path and its WAL.
 func fileSizes(path string) (int64, error) {
-	var n int64
-	for _, f := range []string{path, path + "-wal"} {
-		st, err := os.Stat(f)
-		if errors.Is(err, os.ErrNotExist) && f != path {
-			continue // no WAL between connections
-		} else if err != nil {
-			return 0, err
-		}
-		n += st.Size()
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, err
 	}
-	return n, nil
+	wal, err := walSize(path)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size() + wal, nil
+}
+
+// walSize is the size of the WAL beside the database at path: 0 when there
+// is none (between connections, or truncated after the last write).
+func walSize(path string) (int64, error) {
+	st, err := os.Stat(path + "-wal")
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }
