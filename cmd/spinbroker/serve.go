@@ -222,9 +222,8 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 // x.db is not a spin-broker database" named it twice and spoke Go. A
 // folder that does not exist is the whole of the cause.
 func openSentence(db string, err error) string {
-	dir := filepath.Dir(db)
-	if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
-		return fmt.Sprintf("cannot create a database at %s: its folder %s does not exist (create it, or give --db a file in one that does)", db, dir)
+	if ferr := missingFolder(db, "create it, or give --db a file in one that does"); ferr != nil {
+		return ferr.Error()
 	}
 	msg := storeSentence(err).Error()
 	if !strings.Contains(msg, db) {
@@ -233,15 +232,23 @@ func openSentence(db string, err error) string {
 	return msg + writableHint(db)
 }
 
-// writableHint explains a database that cannot be opened when the reason is
-// that its directory does not exist or cannot be written (SQLite needs to
-// create its WAL), or that its file system is full. It names the cause, not
-// the probe file it tried.
-func writableHint(db string) string {
+// missingFolder is the error of a database to be made at db in a folder
+// that does not exist, with todo, what to do about it; nil when the folder
+// is there (or cannot be looked at: opening says why).
+func missingFolder(db, todo string) error {
 	dir := filepath.Dir(db)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Sprintf(" (its folder %s does not exist: create it, or give --db a file in one that does)", dir)
+		return fmt.Errorf("cannot create a database at %s: its folder %s does not exist (%s)", db, dir, todo)
 	}
+	return nil
+}
+
+// writableHint explains a database that cannot be opened when the reason is
+// that its directory cannot be written (SQLite needs to create its WAL), or
+// that its file system is full. It names the cause, not the probe file it
+// tried. A directory that does not exist is openSentence's to say.
+func writableHint(db string) string {
+	dir := filepath.Dir(db)
 	f, err := os.CreateTemp(dir, ".spinbroker-probe-*")
 	if err != nil {
 		var pe *fs.PathError

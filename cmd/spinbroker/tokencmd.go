@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -52,9 +51,8 @@ func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, 
 	err := existingDB(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
-		dir := filepath.Dir(path)
-		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("cannot create a database at %s: its folder %s does not exist (give --db or set SPINBROKER_DB)", path, dir)
+		if err := missingFolder(path, "give --db or set SPINBROKER_DB"); err != nil {
+			return nil, err
 		}
 		fmt.Fprintf(a.stderr, "spinbroker: creating a new database at %s\n", path)
 	case err != nil:
