@@ -11,8 +11,8 @@ type notifier struct {
 }
 
 type waiters struct {
-	ch chan struct{}
-	n  int // waiters holding ch
+	ch   chan struct{}
+	asks map[*ask]struct{} // the long-polls holding ch, and who asks in each
 }
 
 func newNotifier() *notifier {
@@ -21,16 +21,17 @@ func newNotifier() *notifier {
 
 // watch returns a channel closed at the next notify of resource, and a
 // release func the waiter must call when it stops waiting (so that queues
-// nobody waits on cost no memory).
-func (n *notifier) watch(resource string) (<-chan struct{}, func()) {
+// nobody waits on cost no memory). who is the agent asking, whom the
+// queue's page names while it waits.
+func (n *notifier) watch(resource string, who *ask) (<-chan struct{}, func()) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	w := n.chans[resource]
 	if w == nil {
-		w = &waiters{ch: make(chan struct{})}
+		w = &waiters{ch: make(chan struct{}), asks: map[*ask]struct{}{}}
 		n.chans[resource] = w
 	}
-	w.n++
+	w.asks[who] = struct{}{}
 	released := false
 	return w.ch, func() {
 		n.mu.Lock()
@@ -39,8 +40,8 @@ func (n *notifier) watch(resource string) (<-chan struct{}, func()) {
 			return
 		}
 		released = true
-		w.n--
-		if w.n == 0 && n.chans[resource] == w {
+		delete(w.asks, who)
+		if len(w.asks) == 0 && n.chans[resource] == w {
 			delete(n.chans, resource)
 		}
 	}
@@ -61,7 +62,20 @@ func (n *notifier) waiting(resource string) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if w := n.chans[resource]; w != nil {
-		return w.n
+		return len(w.asks)
 	}
 	return 0
+}
+
+// askers returns who asks in the long-polls waiting on resource.
+func (n *notifier) askers(resource string) []ask {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var list []ask
+	if w := n.chans[resource]; w != nil {
+		for q := range w.asks {
+			list = append(list, *q)
+		}
+	}
+	return list
 }

@@ -20,8 +20,7 @@ import (
 type polls struct {
 	mu      sync.Mutex
 	last    map[string]ask
-	waiting map[string]map[*ask]struct{} // the long-polls waiting now, by queue
-	started time.Time                    // when the broker started listening for polls
+	started time.Time // when the broker started listening for polls
 }
 
 // ask is one agent's asking a queue for work.
@@ -37,34 +36,7 @@ type ask struct {
 const maxPolled = 10000
 
 func newPolls(now time.Time) *polls {
-	return &polls{last: map[string]ask{}, waiting: map[string]map[*ask]struct{}{}, started: now}
-}
-
-// wait records that the agent q waits on resource for work, until the
-// returned func is called.
-func (p *polls) wait(resource string, q ask) (done func()) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	w := p.waiting[resource]
-	if w == nil {
-		w = map[*ask]struct{}{}
-		p.waiting[resource] = w
-	}
-	k := &q
-	w[k] = struct{}{}
-	released := false
-	return func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if released {
-			return
-		}
-		released = true
-		delete(w, k)
-		if len(w) == 0 { // w is still the queue's: only an emptied one is replaced
-			delete(p.waiting, resource)
-		}
-	}
+	return &polls{last: map[string]ask{}, started: now}
 }
 
 // waiter is the agents waiting on a queue with one program, token and host.
@@ -73,16 +45,15 @@ type waiter struct {
 	N               int // how many long-polls they wait in
 }
 
-// waiters names the agents waiting on resource now: one waiter per
-// program, token and host, most waiting first, at most max of them, and
-// how many long-polls wait beyond those listed.
-func (p *polls) waiters(resource string, max int) (list []waiter, more int) {
-	p.mu.Lock()
+// groupWaiters names the agents that asks (those of the long-polls
+// waiting on a queue) come from: one waiter per program, token and host,
+// most waiting first, at most max of them, and how many long-polls wait
+// beyond those listed.
+func groupWaiters(asks []ask, max int) (list []waiter, more int) {
 	n := map[waiter]int{}
-	for q := range p.waiting[resource] {
+	for _, q := range asks {
 		n[waiter{By: q.By, Token: q.Token, From: q.From}]++
 	}
-	p.mu.Unlock()
 	for w, c := range n {
 		w.N = c
 		list = append(list, w)

@@ -261,7 +261,6 @@ func (s *Server) release(r *http.Request, cmds []spinbroker.Command) {
 func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
 	q := askOf(r, s.now())
 	s.polls.saw(resource, q)
-	defer s.polls.wait(resource, q)()
 	wait = min(wait, spinbroker.MaxWait)
 	deadline := time.Now().Add(wait)
 	if wait > 0 {
@@ -270,7 +269,7 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 	for {
 		// Watch before trying: a commit between the try and the wait
 		// closes this very channel.
-		ch, release := s.notifier.watch(resource)
+		ch, release := s.notifier.watch(resource, &q)
 		got, wake, err := try()
 		if err != nil || got {
 			release()

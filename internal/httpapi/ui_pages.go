@@ -81,7 +81,7 @@ const quietAfter = time.Minute
 func (u *ui) agentsView(q *spinbroker.Queue) agentsView {
 	a := agentsView{agents: u.s.agentsOf(q.Resource), Started: u.s.polls.started}
 	if a.Waiting > 0 {
-		a.Waiters, a.MoreWaiting = u.s.polls.waiters(q.Resource, maxWaiters)
+		a.Waiters, a.MoreWaiting = groupWaiters(u.s.notifier.askers(q.Resource), maxWaiters)
 	}
 	since := a.Started
 	if a.Last != nil {
