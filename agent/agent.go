@@ -68,7 +68,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -196,7 +195,7 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	defer cancelFinal()
 	// The start line comes first, before the goroutine below can say that
 	// the agent stops (its context may be done already).
-	a.log.Info("agent started", "url", redacted(c.URL()), "actions", len(a.handlers), "claim", a.opts.Claim, "grace", graceText(a.opts.Grace))
+	a.log.Info("agent started", "url", c.RedactedURL(), "actions", len(a.handlers), "claim", a.opts.Claim, "grace", graceText(a.opts.Grace))
 	// The line that says the agent stops comes once, and before the one
 	// that says it stopped: an idle agent's loop can end before this
 	// goroutine has logged it.
@@ -237,14 +236,6 @@ func graceText(d time.Duration) string {
 		return "0s"
 	}
 	return d.String()
-}
-
-// redacted is a URL fit for a log: a password in it is masked.
-func redacted(s string) string {
-	if u, err := url.Parse(s); err == nil {
-		return u.Redacted()
-	}
-	return s
 }
 
 // sleep waits d and reports true, or false as soon as done closes.

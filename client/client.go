@@ -107,6 +107,10 @@ func validPort(port string) bool {
 // URL returns the broker's base URL.
 func (c *Client) URL() string { return c.base.String() }
 
+// RedactedURL is the broker's base URL fit for a log line: a password in it
+// (a proxy's basic auth) is masked.
+func (c *Client) RedactedURL() string { return c.base.Redacted() }
+
 // Error is an answer of the broker that is not a success.
 type Error struct {
 	StatusCode int

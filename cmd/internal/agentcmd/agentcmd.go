@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -174,12 +173,7 @@ func (f *Flags) Client() *client.Client { return f.client }
 
 // LogURL is the broker's URL fit for a log line: a password in it (a
 // proxy's basic auth) is masked, as the SDK's own lines mask it.
-func (f *Flags) LogURL() string {
-	if u, err := url.Parse(f.client.URL()); err == nil {
-		return u.Redacted()
-	}
-	return f.client.URL()
-}
+func (f *Flags) LogURL() string { return f.client.RedactedURL() }
 
 // Options are the agent SDK's options from the flags.
 func (f *Flags) Options(log *slog.Logger) agent.Options {
