@@ -285,7 +285,7 @@ func TestUsageErrors(t *testing.T) {
 		{"TokenAgentWithoutResource", []string{"token", "create", "--role", "agent"}, "needs --resource", "spinbroker token create"},
 		{"TokenResourceWithoutAgent", []string{"token", "create", "--role", "admin", "--resource", "storage"}, "only an agent token", "spinbroker token create"},
 		// The name is checked before the database is opened, as the role is.
-		{"TokenNameWithTab", []string{"token", "create", "--role", "admin", "--name", "ops\tteam"}, `--name must be at most 200 characters, without control characters (a tab, a line break), not "ops\tteam"`, "spinbroker token create"},
+		{"TokenNameWithTab", []string{"token", "create", "--role", "admin", "--name", "ops\tteam"}, `--name must be at most 200 characters of UTF-8 text, without control characters (a tab, a line break), not "ops\tteam"`, "spinbroker token create"},
 		{"TokenNameTooLong", []string{"token", "create", "--role", "admin", "--name", strings.Repeat("n", 201)}, "--name must be at most 200 characters", "spinbroker token create"},
 		{"TokenRevokeShortPrefix", []string{"token", "revoke", "0190"}, "at least its first 8 characters", "spinbroker token revoke"},
 		{"TokenBadOutput", []string{"token", "ls", "-o", "yaml"}, "--output must be table or json", "spinbroker token ls"},

@@ -107,7 +107,7 @@ A database that does not exist yet is created (and said so on stderr).`,
 			case resource != "" && !spinbroker.ValidName(resource):
 				return usagef(cmd, "--resource %q is not a valid name: 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit", clip(resource))
 			case store.CheckTokenName(name) != nil:
-				return usagef(cmd, "--name must be at most 200 characters, without control characters (a tab, a line break), not %q", clip(name))
+				return usagef(cmd, "--name must be at most 200 characters of UTF-8 text, without control characters (a tab, a line break), not %q", clip(name))
 			}
 			st, err := a.openDB(cmd.Context(), *db, true)
 			if err != nil {

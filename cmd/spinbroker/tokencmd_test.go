@@ -412,4 +412,10 @@ func TestTokenCreateNameInCharacters(t *testing.T) {
 	if r.code != 2 || !strings.Contains(r.stderr, "--name must be at most 200 characters") {
 		t.Errorf("a name of 201 Cyrillic characters: %s", r)
 	}
+	// Latin-1 from an old terminal is not UTF-8: token ls would show it
+	// back as U+FFFD, never as typed.
+	r = spin(t, "token", "create", "--db", path, "--role", "viewer", "--name", "caf\xe9")
+	if r.code != 2 || !strings.Contains(r.stderr, `of UTF-8 text`) || !strings.Contains(r.stderr, `"caf\xe9"`) {
+		t.Errorf("a name that is not UTF-8: %s", r)
+	}
 }

@@ -27,10 +27,10 @@ func HashToken(secret string) []byte {
 
 // CheckTokenName refuses a name CreateToken would refuse: one longer than
 // 200 characters (not bytes: a Cyrillic or CJK name takes two or three a
-// character) or with a control character in it.
+// character), not UTF-8, or with a control character in it.
 func CheckTokenName(name string) error {
-	if utf8.RuneCountInString(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return spinbroker.Errorf(spinbroker.EINVALID, "a token name is at most 200 characters without control characters")
+	if !utf8.ValidString(name) || utf8.RuneCountInString(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return spinbroker.Errorf(spinbroker.EINVALID, "a token name is UTF-8 text of at most 200 characters without control characters")
 	}
 	return nil
 }

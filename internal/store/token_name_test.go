@@ -23,6 +23,9 @@ func TestTokenNameCountsCharacters(t *testing.T) {
 		{strings.Repeat("n", 200), true},
 		{strings.Repeat("n", 201), false},
 		{"ops\tteam", false},
+		// Not UTF-8 (Latin-1 from an old terminal): listed back through
+		// JSON it would read as U+FFFD, never as what was typed.
+		{"caf\xe9", false},
 	} {
 		if err := store.CheckTokenName(tt.name); (err == nil) != tt.ok {
 			t.Errorf("CheckTokenName of %d characters (%d bytes): %v, want ok %v", len([]rune(tt.name)), len(tt.name), err, tt.ok)
