@@ -4,12 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/spin-broker/spinbroker/internal/store"
 )
+
+// backWords are the ways goose and other tools name a migration back, which
+// an operator rolling back may try.
+var backWords = []string{"down", "down-to", "redo", "reset", "rollback"}
 
 func (a *app) migrateCommand() *cobra.Command {
 	var db string
@@ -19,7 +24,9 @@ func (a *app) migrateCommand() *cobra.Command {
 		Long: `migrate shows which schema migrations a database has (status) or applies the
 pending ones (up). 'spinbroker serve' applies them at start-up too; run 'up'
 by hand to upgrade a database before a new broker starts on it; 'up' refuses
-to run while a broker serves the database.`,
+to run while a broker serves the database. There is no 'down': an older
+spin-broker refuses a database a newer one migrated, and the way back is the
+backup taken before the upgrade, restored with the broker stopped.`,
 		Example: `  spinbroker migrate status --db /var/lib/spinbroker/broker.db   # beside a running broker too
   systemctl stop spinbroker
   spinbroker backup --db /var/lib/spinbroker/broker.db --to /var/backups/broker-before-upgrade.db
@@ -28,6 +35,9 @@ to run while a broker serves the database.`,
 		Args:      args(1, "status or up"),
 		ValidArgs: []string{"status", "up"},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if slices.Contains(backWords, args[0]) {
+				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("there is no 'migrate %s': a database is never migrated back; to run an older spin-broker again, stop this one and restore the backup taken before the upgrade ('spinbroker backup --help' says how)", args[0])}
+			}
 			if args[0] != "status" && args[0] != "up" {
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("want status or up, not %q", args[0])}
 			}

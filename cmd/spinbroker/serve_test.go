@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -723,5 +724,33 @@ func TestServe_HelpSaysStagingTTLBounds(t *testing.T) {
 		if !strings.Contains(line, want) {
 			t.Errorf("--staging-ttl's help does not say %q: %q", want, line)
 		}
+	}
+}
+
+// TestMigrateDown_SaysHowToGoBack: there is no 'migrate down' (a broker
+// refuses a database a newer one migrated, and the way back is the backup
+// taken before the upgrade); an operator rolling back who asks for one is
+// told so, not only that the word is not status or up, and the database is
+// left as it was.
+func TestMigrateDown_SaysHowToGoBack(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "d.db")
+	if r := spin(t, "migrate", "up", "--db", db); r.code != 0 {
+		t.Fatalf("migrate up: %s", r)
+	}
+	before, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, word := range []string{"down", "down-to", "rollback"} {
+		r := spin(t, "migrate", word, "--db", db)
+		if r.code != 2 || !strings.Contains(r.stderr, "no 'migrate "+word+"'") || !strings.Contains(r.stderr, "restore the backup") {
+			t.Errorf("migrate %s: %s", word, r)
+		}
+	}
+	if after, err := os.ReadFile(db); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("migrate down changed the database (%v)", err)
+	}
+	if r := spin(t, "migrate", "sideways", "--db", db); r.code != 2 || !strings.Contains(r.stderr, `want status or up, not "sideways"`) {
+		t.Errorf("migrate sideways: %s", r)
 	}
 }
