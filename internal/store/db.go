@@ -237,7 +237,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	wdb.SetMaxIdleConns(1)
 	wdb.SetConnMaxLifetime(0)
 	wdb.SetConnMaxIdleTime(0)
-	if err := migrate(ctx, wdb); err != nil {
+	if err := migrate(ctx, wdb, opts.Logger); err != nil {
 		wdb.Close()
 		return nil, err
 	}
@@ -353,8 +353,11 @@ func canWrite(ctx context.Context, conn *sql.Conn) error {
 	return err
 }
 
-// migrate applies the embedded migrations that have not run yet.
-func migrate(ctx context.Context, db *sql.DB) error {
+// migrate applies the embedded migrations that have not run yet. An
+// upgrade of a database made by an older build (not the creation of a new
+// one) is logged, from which schema version to which: the log is the
+// record of the schema changing under an operator's file.
+func migrate(ctx context.Context, db *sql.DB, log *slog.Logger) error {
 	p, err := goose.NewProvider(goose.DialectSQLite3, db, migrations.FS)
 	if err != nil {
 		return fmt.Errorf("store: migrations: %w", err)
@@ -362,8 +365,22 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if err := notNewer(ctx, p); err != nil {
 		return err
 	}
-	if _, err := p.Up(ctx); err != nil {
+	from, err := p.GetDBVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("store: read the schema version: %w", interpretError(err))
+	}
+	start := time.Now()
+	res, err := p.Up(ctx)
+	if err != nil {
 		return fmt.Errorf("store: migrate: %w", interpretError(err))
+	}
+	if from > 0 && len(res) > 0 {
+		names := make([]string, len(res))
+		for i, r := range res {
+			names[i] = r.Source.Path
+		}
+		log.Info("migrated the database schema", "from", from, "to", res[len(res)-1].Source.Version,
+			"migrations", strings.Join(names, ","), "duration", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }

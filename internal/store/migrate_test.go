@@ -1,11 +1,14 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"log/slog"
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,5 +124,47 @@ func TestMigration_QueueActivity(t *testing.T) {
 	}
 	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('queues') WHERE name = 'last_active_at'`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("after Down, last_active_at is still there: %d, %v", n, err)
+	}
+}
+
+// TestMigration_UpgradeIsLogged: opening a database of an older schema
+// logs the upgrade once, from which version to which, naming what ran;
+// opening it again, or a new database, logs none. Operators upgrade in
+// place (stop the old broker, start the new one), and the log is what an
+// incident is read from: it said nothing of the schema changing under
+// the file.
+func TestMigration_UpgradeIsLogged(t *testing.T) {
+	ctx := context.Background()
+	raw, p := migrationDB(t)
+	if _, err := p.UpTo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	var path string
+	if err := raw.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&path); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	reopen := func(path string) string {
+		t.Helper()
+		var buf bytes.Buffer
+		db, err := Open(ctx, path, Options{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.String()
+	}
+	log := reopen(path)
+	if !strings.Contains(log, `msg="migrated the database schema"`) || !strings.Contains(log, "from=1 to=4") ||
+		!strings.Contains(log, "00002_counts_in_store.sql") || !strings.Contains(log, "00004_queue_activity.sql") {
+		t.Fatalf("the upgrade's log: %s", log)
+	}
+	if log := reopen(path); strings.Contains(log, "migrated") {
+		t.Fatalf("a database up to date logged: %s", log)
+	}
+	if log := reopen(filepath.Join(t.TempDir(), "new.db")); strings.Contains(log, "migrated") {
+		t.Fatalf("a new database logged: %s", log)
 	}
 }
