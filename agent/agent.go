@@ -827,6 +827,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 	for _, j := range jobs {
 		pending[j.cmd.ID] = j
 	}
+	unsure := false // an earlier try's answer was lost: it may have been recorded
 	for attempt := 1; ; attempt++ {
 		var items []spinbroker.BatchResult
 		for id, j := range pending {
@@ -844,6 +845,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 		outcomes, err := a.c.CompleteBatch(cctx, items)
 		cancel()
 		if err == nil {
+			var itemErr error // the last item refused for now, to say why below
 			for _, o := range outcomes {
 				j := pending[o.ID]
 				if j == nil {
@@ -854,6 +856,13 @@ func (a *runner) deliverChunk(jobs []*job) {
 					j.finished()
 					j.stop() // no heartbeats for a command recorded, while later chunks go
 					delete(pending, o.ID)
+				case o.Error != nil && o.Error.Code == spinbroker.ESTALE && unsure && j.res.retry:
+					// As deliver does: a retry, once recorded, ends the
+					// lease, so the try whose answer was lost is the
+					// likely reason the lease is gone.
+					j.log.Info("result most likely recorded by an earlier try whose answer was lost", "status", j.res.status, "retry", true)
+					j.stop()
+					delete(pending, o.ID)
 				case o.Error != nil && o.Error.Code == spinbroker.ESTALE:
 					j.loseLease(o.Error)
 				case o.Error != nil && (o.Error.Code == spinbroker.EINVALID || o.Error.Code == spinbroker.ETOOLARGE) && len(j.res.output) > 0:
@@ -862,6 +871,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 					j.refuseOutput(o.Error)
 				case o.HTTPStatus >= 500 || o.HTTPStatus == 429:
 					// Left pending: tried again below.
+					itemErr = o.Error
 				default:
 					j.log.Error("the broker refuses the result", "http_status", o.HTTPStatus, "err", o.Error)
 					delete(pending, o.ID)
@@ -870,6 +880,12 @@ func (a *runner) deliverChunk(jobs []*job) {
 			if len(pending) == 0 {
 				return
 			}
+			if itemErr == nil {
+				// Only results to send otherwise (an output refused) or
+				// to drop (a lease lost): nothing to wait out.
+				continue
+			}
+			err = itemErr
 		} else if spinbroker.ErrorCode(err) == spinbroker.ETOOLARGE && a.final.Err() == nil {
 			// The estimate fell short: one at a time, each with its own
 			// fallback.
@@ -881,6 +897,8 @@ func (a *runner) deliverChunk(jobs []*job) {
 		} else if !client.Temporary(err) || a.final.Err() != nil {
 			a.log.Error("results not delivered", "err", err, "commands", len(pending))
 			return
+		} else {
+			unsure = unsure || mayHaveArrived(err)
 		}
 		d := a.backoff(attempt)
 		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())

@@ -1134,3 +1134,28 @@ func TestRun_GraceLoggedAsAsked(t *testing.T) {
 		}
 	}
 }
+
+// TestRun_BatchRetryAnswerLost: in batch mode too, a retry whose batched
+// completion was recorded but whose answer was lost is no lost lease: the
+// stale_lease of the next try is that retry's own doing.
+func TestRun_BatchRetryAnswerLost(t *testing.T) {
+	f := &faults{match: isComplete, lose: true}
+	f.n.Store(1)
+	b := startBroker(t, httpapi.Options{}, f.wrap)
+	var tries atomic.Int32
+	busy := agent.Handle("busy", func(ctx context.Context, p struct{}) (any, error) {
+		if tries.Add(1) == 1 {
+			return nil, agent.Transient(errors.New("device busy"))
+		}
+		return nil, nil
+	})
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{busy}, agent.Options{Claim: 4, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ids := b.enqueue(t, cmd("busy", `{}`))
+	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 2 {
+		t.Errorf("command %s after %d attempts", c.State, c.Attempts)
+	}
+	if got := logs.String(); strings.Contains(got, "lease lost") || strings.Contains(got, "not delivered") || !strings.Contains(got, "most likely recorded by an earlier try") {
+		t.Errorf("the agent's log:\n%s", got)
+	}
+}
