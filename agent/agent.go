@@ -711,7 +711,13 @@ func (j *job) finished() {
 		j.log.Info("command finished", args...)
 		return
 	}
-	args = append(args, "reason", j.res.reason, "retry", j.res.retry)
+	// A retry asked for on the last attempt fails the command for good:
+	// retry=true would promise a run that never comes.
+	retry := j.res.retry && (j.cmd.MaxAttempts <= 0 || j.cmd.Attempts < j.cmd.MaxAttempts)
+	args = append(args, "reason", j.res.reason, "retry", retry)
+	if j.res.retry && !retry {
+		args = append(args, "max_attempts", j.cmd.MaxAttempts)
+	}
 	j.log.Warn("command finished", args...)
 }
 

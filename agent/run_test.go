@@ -1159,3 +1159,37 @@ func TestRun_BatchRetryAnswerLost(t *testing.T) {
 		t.Errorf("the agent's log:\n%s", got)
 	}
 }
+
+// TestRun_FinishedLineLastAttempt: a retry asked for on a command's last
+// attempt fails it for good, and its "command finished" line says so: no
+// retry=true for a command that will not run again.
+func TestRun_FinishedLineLastAttempt(t *testing.T) {
+	for _, claim := range []int{0, 4} {
+		t.Run(map[int]string{0: "Next", 4: "Claim"}[claim], func(t *testing.T) {
+			b := startBroker(t, httpapi.Options{}, nil)
+			busy := agent.Handle("busy", func(ctx context.Context, _ struct{}) (any, error) {
+				return nil, agent.Transient(errors.New("device busy"))
+			})
+			var logs syncbuf.Buffer
+			runAgent(t, b, []agent.Handler{busy}, agent.Options{Claim: claim, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			one := 1
+			c := cmd("busy", `{}`)
+			c.MaxAttempts = &one
+			ids := b.enqueue(t, c)
+			if c := b.await(t, ids[0]); c.State != spinbroker.Failed || c.Attempts != 1 {
+				t.Fatalf("command %s after %d attempts", c.State, c.Attempts)
+			}
+			var line string
+			for deadline := time.Now().Add(5 * time.Second); line == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				for _, l := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(l, `msg="command finished"`) {
+						line = l
+					}
+				}
+			}
+			if !strings.Contains(line, "retry=false") || !strings.Contains(line, "device busy") {
+				t.Errorf("the line of a command failed on its last attempt:\n%s", line)
+			}
+		})
+	}
+}
