@@ -30,7 +30,8 @@
 // heartbeated for as long as it runs: bound its work with the context's
 // deadline or one of its own.
 //
-// The handler's context is cancelled, with context.Cause saying why, when
+// The handler's context is cancelled, with context.Cause saying why
+// (ErrLeaseLost, ErrLeaseExpired, ErrStopped: test it with errors.Is), when
 // the broker says the lease is lost (the command was settled by hand, or
 // taken by another agent), and when the lease runs out by the agent's own
 // clock with no heartbeat able to extend it (the broker out of reach): the
@@ -46,7 +47,7 @@
 //
 // When ctx ends, Run takes no new command, gives the running one
 // Options.Grace to finish, delivers its result and returns. At the grace's
-// end the handler's context is cancelled, and what it returns then is
+// end the handler's context is cancelled (its cause ErrStopped), and what it returns then is
 // reported for a retry whatever the error (exec.CommandContext's "signal:
 // killed" too). A handler still running a second later is abandoned (its
 // goroutine is not stopped: Run cannot stop a handler that ignores its
@@ -189,8 +190,8 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	defer close(done)
 	// hard ends Options.Grace after ctx: the running handlers' contexts.
 	// final ends finalDelivery later: the last attempts to deliver results.
-	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelHard()
+	hard, cancelHard := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelHard(ErrStopped)
 	final, cancelFinal := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFinal()
 	// The start line comes first, before the goroutine below can say that
@@ -209,7 +210,7 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 		}
 		stopping.Do(sayStopping)
 		if sleep(done, a.opts.Grace) {
-			cancelHard()
+			cancelHard(ErrStopped)
 			if sleep(done, finalDelivery) {
 				cancelFinal()
 			}
@@ -477,13 +478,21 @@ type job struct {
 	res       outcome
 }
 
+// The causes of a handler's cancelled context: a handler tells them apart
+// with errors.Is(context.Cause(ctx), …), to clean up or leave alone what it
+// was doing. (A WithTimeout limit's is context.DeadlineExceeded, from
+// ctx.Err().) Whatever the handler then returns, its attempt is reported
+// for a retry, or not at all when the lease is lost.
 var (
-	errLeaseLost = errors.New("the lease on the command was lost")
-	// errLeaseExpired cancels a handler whose lease ran out by the agent's
-	// clock with no heartbeat able to extend it: the broker may have
-	// handed the command to another agent, and a queue runs its commands
-	// one at a time.
-	errLeaseExpired = errors.New("the lease expired before a heartbeat could extend it")
+	// ErrLeaseLost: the broker says the lease is not this agent's any more
+	// (the command was settled by hand, or leased to another agent).
+	ErrLeaseLost = errors.New("the lease on the command was lost")
+	// ErrLeaseExpired: the lease ran out by the agent's clock with no
+	// heartbeat able to extend it; the broker may have handed the command
+	// to another agent, and a queue runs its commands one at a time.
+	ErrLeaseExpired = errors.New("the lease expired before a heartbeat could extend it")
+	// ErrStopped: Run's context ended and Options.Grace is over.
+	ErrStopped = errors.New("the agent stopped and its grace period is over")
 )
 
 // start begins a job: its handler's context and its heartbeats.
@@ -543,7 +552,7 @@ func (j *job) loseLease(err error) {
 	j.mu.Unlock()
 	if first {
 		j.log.Warn("lease lost: the command is no longer this agent's", "err", err)
-		j.cancel(errLeaseLost)
+		j.cancel(ErrLeaseLost)
 	}
 }
 
@@ -609,7 +618,7 @@ func (j *job) expire(err error) {
 		return
 	}
 	j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
-	j.cancel(errLeaseExpired)
+	j.cancel(ErrLeaseExpired)
 }
 
 // execute runs the command's handler and sets j.res. It returns early only
@@ -656,10 +665,14 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 		// Stopped by the end of the grace, whatever error that made: a
 		// command run with exec.CommandContext says "signal: killed",
 		// not context.Canceled, and is no more a failure for it.
-		return outcome{reason: cutReason("agent stopped before the command finished: " + errorText(err)), retry: true}
-	case errors.Is(context.Cause(j.ctx), errLeaseExpired):
-		reason := "agent error: " + errLeaseExpired.Error() + " (the broker could not be reached)"
-		if !errors.Is(err, errLeaseExpired) { // a handler returning context.Cause(ctx) would say it twice
+		reason := "agent stopped before the command finished"
+		if !errors.Is(err, ErrStopped) { // a handler returning context.Cause(ctx) would say it twice
+			reason += ": " + errorText(err)
+		}
+		return outcome{reason: cutReason(reason), retry: true}
+	case errors.Is(context.Cause(j.ctx), ErrLeaseExpired):
+		reason := "agent error: " + ErrLeaseExpired.Error() + " (the broker could not be reached)"
+		if !errors.Is(err, ErrLeaseExpired) { // a handler returning context.Cause(ctx) would say it twice
 			reason += ": " + errorText(err)
 		}
 		return outcome{reason: cutReason(reason), retry: true}

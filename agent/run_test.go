@@ -1193,3 +1193,53 @@ func TestRun_FinishedLineLastAttempt(t *testing.T) {
 		})
 	}
 }
+
+// TestRun_CancelCauseIs: a handler tells why its context was cancelled with
+// errors.Is on context.Cause, not by the cause's text: the lease lost to a
+// hand-made result, the lease run out with heartbeats failing, or the
+// agent stopped and its grace over.
+func TestRun_CancelCauseIs(t *testing.T) {
+	cases := []struct {
+		name string
+		want error
+	}{
+		{"LeaseLost", agent.ErrLeaseLost},
+		{"LeaseExpired", agent.ErrLeaseExpired},
+		{"Stopped", agent.ErrStopped},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
+			o.down.Store(tc.want == agent.ErrLeaseExpired)
+			b := startBroker(t, httpapi.Options{}, o.wrap)
+			started := make(chan struct{}, 1)
+			cause := make(chan error, 1)
+			block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
+				started <- struct{}{}
+				<-ctx.Done()
+				cause <- context.Cause(ctx)
+				return nil, ctx.Err()
+			})
+			stop := runAgent(t, b, []agent.Handler{block}, agent.Options{Lease: 1500 * time.Millisecond, Grace: 100 * time.Millisecond})
+			ids := b.enqueue(t, cmd("block", `{}`))
+			<-started
+			switch tc.want {
+			case agent.ErrLeaseLost:
+				ok := false
+				if _, err := b.c.Complete(context.Background(), ids[0], spinbroker.Result{Status: &ok, Reason: new("settled by hand")}); err != nil {
+					t.Fatal(err)
+				}
+			case agent.ErrStopped:
+				go func() { _ = stop() }()
+			}
+			select {
+			case err := <-cause:
+				if !errors.Is(err, tc.want) {
+					t.Errorf("cause = %v, want %v", err, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the handler's context was not cancelled")
+			}
+		})
+	}
+}
