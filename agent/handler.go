@@ -87,7 +87,7 @@ func (h Handler) Call(ctx context.Context, params json.RawMessage) (json.RawMess
 // or fail validation. A command with such parameters fails without a retry.
 type ParamError struct {
 	Field   string // the parameter concerned, as a path ("vm.Images[0].Path"); empty when it is the whole
-	Problem string
+	Problem string // what is wrong with it, as the command's reason says it ("required parameter is missing")
 }
 
 // Error implements the error interface.

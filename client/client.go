@@ -29,7 +29,9 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
-// Client talks to one broker.
+// Client talks to one broker. It is safe for concurrent use: one Client
+// serves an agent's long-polls, heartbeats and completions at once, and a
+// program's every goroutine may share it (and its connections).
 type Client struct {
 	base      *url.URL
 	token     string
@@ -113,8 +115,12 @@ func (c *Client) RedactedURL() string { return c.base.Redacted() }
 
 // Error is an answer of the broker that is not a success.
 type Error struct {
+	// StatusCode is the answer's HTTP status (409, 503, …).
 	StatusCode int
-	Err        *spinbroker.Error
+	// Err is the API's error: its Code (spinbroker.ESTALE, …) and
+	// Message. An answer that is no API error body (a proxy's page) gets
+	// the code of its status and the start of its body as the message.
+	Err *spinbroker.Error
 	// RequestID is the broker's id of the request (X-Request-Id), the one
 	// its log line carries.
 	RequestID string

@@ -17,8 +17,8 @@ import (
 // for "resync" a reason). "resync" says that the stream fell behind and
 // events were dropped: read again the state that matters.
 type Event struct {
-	Type string
-	Data json.RawMessage
+	Type string          // the SSE event name: "package", "command", "queue" or "resync"
+	Data json.RawMessage // its data, JSON as the broker sent it
 }
 
 // EventsOption narrows an event stream, or watches it open.
