@@ -413,6 +413,9 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 		items[i].ID = id // ids are stored in lower case, as Complete's path has it
 		errs[i] = checkResult(&items[i].Result)
 	}
+	if err := notFoundFirst(ctx, db, items, errs); err != nil {
+		return nil, err
+	}
 	many := completableAtOnce(items, errs)
 	err = db.write(ctx, func(t *Tx) error {
 		var done map[string]bool
@@ -466,6 +469,31 @@ func (db *DB) CompleteBatch(ctx context.Context, items []spinbroker.BatchResult)
 		return nil, err
 	}
 	return errs, nil
+}
+
+// notFoundFirst turns the 400 of an item whose result is invalid into the
+// 404 of its command when there is no such command, as Complete (and the
+// single form, whose id is in the path) answers: API.md puts 404 before 400.
+func notFoundFirst(ctx context.Context, db *DB, items []spinbroker.BatchResult, errs []error) error {
+	var ids []string
+	for i := range items {
+		if spinbroker.ErrorCode(errs[i]) == spinbroker.EINVALID {
+			ids = append(ids, items[i].ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	found, err := db.CommandResources(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i := range items {
+		if _, ok := found[items[i].ID]; !ok && spinbroker.ErrorCode(errs[i]) == spinbroker.EINVALID {
+			errs[i] = spinbroker.Errorf(spinbroker.ENOTFOUND, "command %s not found", items[i].ID)
+		}
+	}
+	return nil
 }
 
 // completableAtOnce reports whether every valid item of a batch may be
