@@ -455,6 +455,38 @@ func TestAPI_Idempotency(t *testing.T) {
 	}
 }
 
+// TestAPI_IdempotencyConflictAfterBadRequest: a key used before with
+// another body is a 409, but a body that is itself refused with a 400 (a
+// dependency that names nothing, an empty package to enqueue) answers that
+// 400, as API.md's order of errors says and as it does when the 409 is a
+// reused id or an enqueued package.
+func TestAPI_IdempotencyConflictAfterBadRequest(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.want(e.do("POST", "/packages", `{"commands": [{"resource": "r", "action": "x"}]}`, "Idempotency-Key", "k"), 201, "")
+	badDep := `{"commands": [{"resource": "r", "action": "y", "dependencies": ["nothing"]}]}`
+	e.want(e.do("POST", "/packages", badDep, "Idempotency-Key", "k"), 400, spinbroker.EUNKNOWNDEP)
+	e.want(e.do("POST", "/packages", `{"enqueue": true}`, "Idempotency-Key", "k"), 400, spinbroker.EEMPTY)
+	// A body that would be fine is still the key's conflict, and nothing
+	// of any of them was created.
+	e.want(e.do("POST", "/packages", `{}`, "Idempotency-Key", "k"), 409, spinbroker.ECONFLICT)
+	var list spinbroker.PackageList
+	e.do("GET", "/packages", "").decode(t, &list)
+	if len(list.Packages) != 1 {
+		t.Fatalf("%d packages, want 1", len(list.Packages))
+	}
+
+	staging := e.createPackage(`[]`, false)
+	path := "/packages/" + staging.ID + "/commands"
+	e.want(e.do("POST", path, `{"resource": "r", "action": "x"}`, "Idempotency-Key", "a"), 201, "")
+	e.want(e.do("POST", path, `{"resource": "r", "action": "y", "dependencies": ["nothing"]}`, "Idempotency-Key", "a"), 400, spinbroker.EUNKNOWNDEP)
+	e.want(e.do("POST", path, `{"resource": "r", "action": "y"}`, "Idempotency-Key", "a"), 409, spinbroker.ECONFLICT)
+	e.want(e.do("POST", "/packages/"+staging.ID+"/enqueue", ""), 200, "")
+	e.want(e.do("POST", path, `{"resource": "r", "action": "y", "dependencies": ["nothing"]}`, "Idempotency-Key", "a"), 400, spinbroker.EUNKNOWNDEP)
+	if got := e.do("GET", "/packages/"+staging.ID, ""); !strings.Contains(string(got.body), `"total":1,`) {
+		t.Fatalf("a refused add added a command: %s", got.body)
+	}
+}
+
 func TestAPI_CrossOrigin(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	// A page on another site posting to the broker through a browser.

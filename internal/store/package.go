@@ -34,8 +34,11 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		}
 	}
 	err = db.write(ctx, func(t *Tx) error {
-		if replay, err = t.idempotent(idem); replay != nil || err != nil {
-			return err
+		var keyErr error
+		if replay, keyErr = t.idempotent(idem); replay != nil {
+			return nil
+		} else if keyErr != nil && spinbroker.ErrorCode(keyErr) != spinbroker.ECONFLICT {
+			return keyErr
 		}
 		id := in.ID
 		if id == "" {
@@ -46,9 +49,12 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 			// wins over the 409 of an id that exists (API.md, Errors).
 			err = t.badDepsFirst(err, id, in.Commands, false)
 			if spinbroker.ErrorCode(err) == spinbroker.ECONFLICT && in.Enqueue && len(in.Commands) == 0 {
-				return spinbroker.Errorf(spinbroker.EEMPTY, "the package this request creates has no commands to enqueue")
+				err = spinbroker.Errorf(spinbroker.EEMPTY, "the package this request creates has no commands to enqueue")
 			}
-			return err
+			return keyConflictLast(keyErr, err)
+		}
+		if keyErr != nil {
+			return keyErr // the transaction is rolled back: nothing is created
 		}
 		return t.remember(idem, pkg)
 	})
@@ -56,6 +62,22 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		return nil, replay, err
 	}
 	return pkg, nil, nil
+}
+
+// keyConflictLast is the error of a create whose Idempotency-Key was used
+// with another request (keyErr, a 409, or nil) and that failed with err:
+// the request is judged as if it were new, and a 400 of its own wins over
+// the key's 409 (API.md, Errors), as it wins over a reused id's; else the
+// key's conflict is what the client needs to hear.
+func keyConflictLast(keyErr, err error) error {
+	if keyErr == nil {
+		return err
+	}
+	switch spinbroker.ErrorCode(err) {
+	case spinbroker.EINVALID, spinbroker.EUNKNOWNDEP, spinbroker.EEMPTY, spinbroker.EINTERNAL, spinbroker.EUNAVAILABLE:
+		return err
+	}
+	return keyErr
 }
 
 // createPackage creates package id with in's commands, enqueued if asked.
@@ -115,8 +137,11 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		if err != nil {
 			return err
 		}
-		if replay, err = t.idempotent(idem); replay != nil || err != nil {
-			return err
+		var keyErr error
+		if replay, keyErr = t.idempotent(idem); replay != nil {
+			return nil
+		} else if keyErr != nil && spinbroker.ErrorCode(keyErr) != spinbroker.ECONFLICT {
+			return keyErr
 		}
 		var c spinbroker.Command
 		switch {
@@ -130,7 +155,10 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		if err != nil {
 			// A bad dependency is a 400, and a 400 wins over any 409
 			// (API.md, Errors).
-			return t.badDepsFirst(err, pkgID, []spinbroker.NewCommand{in}, true)
+			return keyConflictLast(keyErr, t.badDepsFirst(err, pkgID, []spinbroker.NewCommand{in}, true))
+		}
+		if keyErr != nil {
+			return keyErr // the transaction is rolled back: nothing is added
 		}
 		t.commit.Packages = append(t.commit.Packages, pkgID)
 		cmd = &c
