@@ -130,3 +130,32 @@ func fields0(fields string) string {
 	}
 	return ", " + fields
 }
+
+// TestAPI_BodyErrorsNameTheItem: a refusal of a request body's field says
+// where it is in the terms of the API, with the index of the item in a
+// list: of a thousand commands or results, which one is wrong. It never
+// names a Go type (results.Result.status).
+func TestAPI_BodyErrorsNameTheItem(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const ok = `{"resource": "r", "action": "x"}`
+	for _, c := range []struct{ name, path, body, where string }{
+		{"ResultType", "/commands/complete", `{"results": [{"id": "x", "status": true}, {"id": "y", "status": "yes"}]}`, `"results[1].status"`},
+		{"ResultUnknown", "/commands/complete", `{"results": [{"id": "x", "status": true}, {"id": "y", "status": true, "bogus": 1}]}`, `in results[1]`},
+		{"ResultNotObject", "/commands/complete", `{"results": [{"id": "x", "status": true}, 7]}`, `"results[1]"`},
+		{"CommandType", "/packages", `{"commands": [` + ok + `, ` + ok + `, {"resource": "r", "action": "x", "max_attempts": "3"}]}`, `"commands[2].max_attempts"`},
+		{"CommandDependency", "/packages", `{"commands": [` + ok + `, {"resource": "r", "action": "x", "dependencies": ["a", 1]}]}`, `"commands[1].dependencies[1]"`},
+		{"CommandDuration", "/packages", `{"commands": [` + ok + `, {"resource": "r", "action": "x", "lease_duration": {}}]}`, `commands`},
+		{"CommandUnknown", "/packages", `{"commands": [` + ok + `, {"resource": "r", "action": "x", "bogus": 1}]}`, `in commands[1]`},
+		{"Top", "/packages", `{"enqueue": "yes"}`, `"enqueue"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.do("POST", c.path, c.body)
+			e.want(r, 400, spinbroker.EINVALID)
+			var b spinbroker.ErrorBody
+			r.decode(t, &b)
+			if msg := b.Error.Message; !strings.Contains(msg, c.where) || strings.Contains(msg, "Result") {
+				t.Fatalf("the message does not say %s: %s", c.where, msg)
+			}
+		})
+	}
+}

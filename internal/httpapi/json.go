@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -93,10 +94,26 @@ func decodeJSON(b []byte, v any, optional bool) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" && te.Type != nil && isElementOf(reflect.TypeOf(v), te.Field, te.Type) {
-			// encoding/json names the array, not its item: [1] where
-			// objects belong would read "commands must be an object".
-			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must hold %s, not %s", te.Field, plural(jsonTypeName(te.Type.String())), withArticle(te.Value))
+		if errors.As(err, &te) && te.Field != "" {
+			// encoding/json names the field without the index of the item
+			// it is in (commands.max_attempts, of which of a thousand?),
+			// and with the Go name of an embedded struct
+			// (results.Result.status); where the value ends says which.
+			if where := locate(b, te.Offset); where != "" {
+				te.Field = where
+				return jsonError(te)
+			}
+			if te.Type != nil && isElementOf(reflect.TypeOf(v), te.Field, te.Type) {
+				// encoding/json names the array, not its item: [1] where
+				// objects belong would read "commands must be an object".
+				return spinbroker.Errorf(spinbroker.EINVALID, "field %q must hold %s, not %s", te.Field, plural(jsonTypeName(te.Type.String())), withArticle(te.Value))
+			}
+		}
+		if strings.HasPrefix(err.Error(), "json: unknown field ") {
+			// The walk finds it too, and says in which item.
+			if kerr := checkKeys(b, reflect.TypeOf(v)); kerr != nil {
+				return kerr
+			}
 		}
 		return jsonError(err)
 	}
@@ -104,6 +121,75 @@ func decodeJSON(b []byte, v any, optional bool) error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "the body holds more than one JSON value")
 	}
 	return checkKeys(b, reflect.TypeOf(v))
+}
+
+// locate answers where in the JSON value b the value that ends at byte
+// offset is, as a path of field names and indexes (commands[2].max_attempts),
+// or "" when nothing ends there (an offset encoding/json did not set). It is
+// called with a body that has failed to decode, so it costs nothing to one
+// that passes.
+func locate(b []byte, offset int64) string {
+	if offset <= 0 {
+		return ""
+	}
+	type frame struct {
+		array   bool
+		index   int    // array: of the item being read
+		key     string // object: of the value being read
+		wantKey bool   // object: a key comes next
+	}
+	var stack []*frame
+	done := func() { // a value has been read whole
+		if n := len(stack); n > 0 {
+			if stack[n-1].array {
+				stack[n-1].index++
+			} else {
+				stack[n-1].wantKey = true
+			}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		top := (*frame)(nil)
+		if n := len(stack); n > 0 {
+			top = stack[n-1]
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			done()
+			continue
+		}
+		if top != nil && !top.array && top.wantKey {
+			top.key, top.wantKey = tok.(string), false
+			continue
+		}
+		if dec.InputOffset() >= offset {
+			var p strings.Builder
+			for _, f := range stack {
+				if f.array {
+					fmt.Fprintf(&p, "[%d]", f.index)
+					continue
+				}
+				if p.Len() > 0 {
+					p.WriteByte('.')
+				}
+				p.WriteString(f.key)
+			}
+			return p.String()
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{wantKey: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{array: true})
+		default:
+			done()
+		}
+	}
 }
 
 // isElementOf reports whether the field at path (dotted JSON names) in t is

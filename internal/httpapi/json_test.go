@@ -155,7 +155,7 @@ func TestCheckKeys_API(t *testing.T) {
 }
 
 // TestCheckKeys_Unchanged: what encoding/json refused before is refused
-// with the same message.
+// with the same message (a value in a list named with its index).
 func TestCheckKeys_Unchanged(t *testing.T) {
 	for _, tt := range []struct{ body, want string }{
 		{`{"comands": []}`, `unknown field "comands" (unknown fields are refused so that typos are not ignored)`},
@@ -163,14 +163,14 @@ func TestCheckKeys_Unchanged(t *testing.T) {
 		{`{"enqueue": "yes"}`, `field "enqueue" must be true or false, not a string`},
 		{`{} {}`, `the body holds more than one JSON value`},
 		{`[1]`, `the body must be a JSON object, not an array`},
-		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 99999999999999999999}]}`, `field "commands.max_attempts": 99999999999999999999 is out of range`},
-		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e3}]}`, `field "commands.max_attempts" must be an integer, not a number 1e3`},
-		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 2.5}]}`, `field "commands.max_attempts" must be an integer, not a number 2.5`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 99999999999999999999}]}`, `field "commands[0].max_attempts": 99999999999999999999 is out of range`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e3}]}`, `field "commands[0].max_attempts" must be an integer, not a number 1e3`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 2.5}]}`, `field "commands[0].max_attempts" must be an integer, not a number 2.5`},
 		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": 30}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a number 30`},
 		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": "soon"}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a string "soon"`},
 		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": {}}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not an object`},
-		{`{"commands": [1]}`, `field "commands" must hold objects, not a number`},
-		{`{"commands": [{"resource": "r", "action": "a", "dependencies": [1]}]}`, `field "commands.dependencies" must hold strings, not a number`},
+		{`{"commands": [1]}`, `field "commands[0]" must be an object, not a number`},
+		{`{"commands": [{"resource": "r", "action": "a", "dependencies": [1]}]}`, `field "commands[0].dependencies[0]" must be a string, not a number`},
 		{`{"commands": 1}`, `field "commands" must be an array, not a number`},
 		{`{"commands": [{"resource": "r", "action": "a", "not_before": 1700000000}]}`, `not_before must be an RFC 3339 time string (such as "2026-01-02T15:04:05Z")`},
 	} {
