@@ -1042,3 +1042,25 @@ func TestAPI_UnavailableCauseLoggedOncePerInterval(t *testing.T) {
 		t.Fatalf("a second cause: %+v, want its own line", c)
 	}
 }
+
+// TestAPI_DuplicateKeyInACreate: two commands of one create with the same
+// key are a conflict whose message names no package: the one it would
+// have created does not exist, and its id (one the broker chose) answers
+// 404 to a client who looks it up.
+func TestAPI_DuplicateKeyInACreate(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	r := e.do("POST", "/packages", `{"commands": [{"key": "k", "resource": "r", "action": "x"}, {"key": "k", "resource": "r", "action": "y"}]}`)
+	e.want(r, 409, spinbroker.ECONFLICT)
+	var b spinbroker.ErrorBody
+	r.decode(t, &b)
+	if msg := b.Error.Message; strings.Contains(msg, "package 0") || !strings.Contains(msg, "this request") || !strings.Contains(msg, `"k"`) {
+		t.Fatalf("message: %s", msg)
+	}
+	// Adding to a package that exists still names it.
+	p := e.createPackage(`[{"key": "k", "resource": "r", "action": "x"}]`, false)
+	r = e.do("POST", "/packages/"+p.ID+"/commands", `{"key": "k", "resource": "r", "action": "y"}`)
+	e.want(r, 409, spinbroker.ECONFLICT)
+	if !strings.Contains(string(r.body), p.ID) {
+		t.Fatalf("message: %s", r.body)
+	}
+}

@@ -333,7 +333,11 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters), string(state),
 		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now), len(deps), seq, enqueued, pend, readyAt)
-	if isConstraint(err) {
+	if isConstraint(err) && pkgID == t.creating {
+		// The package does not exist outside this request: its id (the
+		// broker's own, unless the client gave one) would answer 404.
+		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "key %q is given to two commands of the package this request creates", spinbroker.Truncate(in.Key, 80))
+	} else if isConstraint(err) {
 		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
 	} else if err != nil {
 		return spinbroker.Command{}, err
