@@ -1064,3 +1064,20 @@ func TestAPI_DuplicateKeyInACreate(t *testing.T) {
 		t.Fatalf("message: %s", r.body)
 	}
 }
+
+// TestAPI_ClaimSettingsInTheQuery: claim takes max, wait and lease in its
+// body. Given in the query, as next takes them, they were ignored: an
+// agent asking ?wait=30s was answered at once, and asked again at once, in
+// a loop. They are refused instead, as next refuses a body.
+func TestAPI_ClaimSettingsInTheQuery(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for _, q := range []string{"wait=30s", "lease=5m", "max=5"} {
+		r := e.do("POST", "/queues/q/claim?"+q, `{"max": 1}`)
+		e.want(r, 400, spinbroker.EINVALID)
+		if !strings.Contains(string(r.body), "body") {
+			t.Fatalf("?%s: %s", q, r.body)
+		}
+	}
+	// Other query parameters are still ignored (proxies add their own).
+	e.want(e.do("POST", "/queues/q/claim?utm=x", `{"max": 1}`), 200, "")
+}

@@ -198,7 +198,19 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := spinbroker.CheckClaimMax(in.Max); err != nil {
+	// Its settings are in the body. next takes wait and lease in the
+	// query; given there to claim, they would be ignored, and an agent
+	// that meant to wait 30s would ask again at once, in a loop.
+	q, err := query(r)
+	for _, name := range []string{"max", "wait", "lease"} {
+		if err == nil && q.Has(name) {
+			err = errorf(spinbroker.EINVALID, "claim takes %s in its JSON body, not in the query: {\"max\": N, \"wait\": \"30s\", \"lease\": \"60s\"}", name)
+		}
+	}
+	if err == nil {
+		err = spinbroker.CheckClaimMax(in.Max)
+	}
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
