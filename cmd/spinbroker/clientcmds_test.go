@@ -732,3 +732,24 @@ func TestWrongKindOfID(t *testing.T) {
 		t.Errorf("show of a missing package: %s", r)
 	}
 }
+
+// TestHelpShowsNoSecret: --help, often pasted into an issue or shown on a
+// shared screen, never shows the token of SPINBROKER_TOKEN or a password in
+// SPINBROKER_URL as a flag's default, as the agents' -help does not.
+func TestHelpShowsNoSecret(t *testing.T) {
+	t.Parallel()
+	const token, password = "sbt_HELPSHOWSNOSECRETHELPSHOWSNOSE", "hunter2pw"
+	env := []string{"SPINBROKER_TOKEN=" + token, "SPINBROKER_URL=http://ops:" + password + "@localhost:1"}
+	for _, args := range [][]string{{"--help"}, {"package", "ls", "--help"}, {"message", "add", "--help"}} {
+		r := spinEnv(t, env, args...)
+		if r.code != 0 {
+			t.Fatalf("%v: %s", args, r)
+		}
+		if strings.Contains(r.stdout+r.stderr, token) || strings.Contains(r.stdout+r.stderr, password) {
+			t.Errorf("spinbroker %s shows a secret:\n%s", strings.Join(args, " "), r)
+		}
+		if args[0] != "--help" {
+			wantContains(t, strings.Join(args, " "), r.stdout, "SPINBROKER_TOKEN", "--url")
+		}
+	}
+}
