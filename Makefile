@@ -13,6 +13,7 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzDecode \
 	./internal/httpapi:FuzzCheckKeys \
 	./internal/httpapi:FuzzReadableEscapes \
+	./internal/httpapi:FuzzIndentFits \
 	./internal/httpapi:FuzzQuery \
 	./internal/httpapi:FuzzHeaders \
 	./internal/httpapi:FuzzSafeNext \

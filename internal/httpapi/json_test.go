@@ -345,3 +345,23 @@ func FuzzReadableEscapes(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIndentFits: indentFits never says a value fits that json.Indent
+// makes larger than the limit, so that prettyJSON's bound holds.
+func FuzzIndentFits(f *testing.F) {
+	for _, s := range []string{`{}`, `[]`, `{"a": [1, 2, {"b": "x,]}\"{["}], "c": {}}`, `[[[[1,2],[3]]]]`, `"\\"`, `{"a":"\u00fc"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if !json.Valid(raw) {
+			return
+		}
+		var buf bytes.Buffer
+		if err := json.Indent(&buf, raw, "", "  "); err != nil {
+			return
+		}
+		if n := buf.Len(); n > 0 && indentFits(raw, n-1) {
+			t.Fatalf("indentFits says %q fits in %d bytes; indented it is %d", raw, n-1, n)
+		}
+	})
+}

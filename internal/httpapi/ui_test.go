@@ -1058,3 +1058,34 @@ func TestUI_QueuePagerEnds(t *testing.T) {
 	past := e.get(fmt.Sprintf("/ui/queues/q?after=%d", first+2*int64(spinbroker.DefaultListLimit)))
 	wantHTML(t, past, 200, "No unfinished commands after", `<a href="/ui/queues/q">← First</a>`)
 }
+
+// TestUI_DeepJSONPageBounded: a command's page indents its parameters and
+// output, and indentation grows with depth: 60 KB of parameters nested
+// 9,990 deep (the decoder allows 10,000) once made a 200 MB page and 2 GB
+// of the broker's memory, and a 1 MiB body could make gigabytes. Such a
+// value is shown as it was sent; a page stays about as large as its data.
+func TestUI_DeepJSONPageBounded(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const depth = 2000 // enough to show it, small enough to fail quickly
+	params := strings.Repeat(`{"a":`, depth) + "1" + strings.Repeat("}", depth)
+	output := strings.Repeat("[", depth) + strings.Repeat("7,", 1000) + "7" + strings.Repeat("]", depth)
+	p := e.createPackage(`[{"resource": "deep", "action": "x", "parameters": `+params+`}]`, true)
+	c := e.next("deep")
+	e.want(e.do("POST", "/commands/"+c.ID+"/complete", `{"status": true, "lease": "`+c.Lease.Token+`", "output": {"o": `+output+`}}`), 200, "")
+	r := e.do("GET", "/ui/commands/"+p.Commands[0].ID, "")
+	e.want(r, 200, "")
+	if len(r.body) > 1<<20 {
+		t.Fatalf("the page of %d bytes of parameters and output is %d bytes", len(params)+len(output), len(r.body))
+	}
+	for _, want := range []string{strings.Repeat("{&#34;a&#34;:", 10), strings.Repeat("7,", 10)} {
+		if !strings.Contains(string(r.body), want) {
+			t.Errorf("the page does not show %s", want)
+		}
+	}
+	// An ordinary value is still indented.
+	p = e.createPackage(`[{"resource": "deep", "action": "x", "parameters": {"image": {"size": 20}}}]`, false)
+	r = e.do("GET", "/ui/commands/"+p.Commands[0].ID, "")
+	if !strings.Contains(string(r.body), "{\n  &#34;image&#34;: {\n    &#34;size&#34;: 20\n  }\n}") {
+		t.Errorf("ordinary parameters are not indented:\n%s", r.body)
+	}
+}
