@@ -439,3 +439,167 @@ func TestAuth_AgentMetricsOwnResourceOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestAuth_RoleMatrix: every route, every method a client may send it
+// (HEAD and OPTIONS too), the dashboard's pages and buttons, for every kind
+// of token: what SECURITY.md's table and API.md's Auth say each may do. An
+// agent bound to storage ("agentS") takes, settles and reads storage's work
+// only; emulation's agent ("agentE") is its mirror; a viewer reads; a client
+// packages and reads; a revoked, a malformed and no token get 401 except on
+// the open paths. The fixtures make every allowed write a no-op or a
+// refusal of state (404, 409), so rows do not depend on their order.
+func TestAuth_RoleMatrix(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	admin := e.secret(spinbroker.RoleAdmin, "", "admin")
+	tokens := map[string]string{
+		"admin":     admin,
+		"client":    e.secret(spinbroker.RoleClient, "", "client"),
+		"viewer":    e.secret(spinbroker.RoleViewer, "", "viewer"),
+		"agentS":    e.secret(spinbroker.RoleAgent, "storage", "s"),
+		"agentE":    e.secret(spinbroker.RoleAgent, "emulation", "e"),
+		"revoked":   e.secret(spinbroker.RoleAdmin, "", "gone"),
+		"malformed": "sbt_nöt a token",
+		"none":      "",
+	}
+	toks, err := e.db.Tokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range toks {
+		if tok.Name == "gone" {
+			if _, _, err := e.db.RevokeToken(ctx, tok.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Both commands leased (by the admin), so that no next or claim below
+	// takes anything and no complete with a made-up lease settles one.
+	e.token = admin
+	p := e.createPackage(`[{"resource": "storage", "action": "a"}, {"resource": "emulation", "action": "b"}]`, true)
+	sc, ec := e.next("storage"), e.next("emulation")
+	if sc == nil || ec == nil {
+		t.Fatal("the fixtures' commands were not leased")
+	}
+	pkg, none := p.ID, "00000000-0000-7000-8000-000000000000"
+	batch := func(id string) string {
+		return `{"results": [{"id": "` + id + `", "status": true, "lease": "x"}]}`
+	}
+
+	roles := []string{"admin", "client", "viewer", "agentS", "agentE"}
+	tests := []struct {
+		method, path, body string
+		want               [5]int // admin, client, viewer, agentS, agentE
+		open               bool   // answered without a token too, as to an admin
+	}{
+		{"GET", "/healthz", "", [5]int{200, 200, 200, 200, 200}, true},
+		{"HEAD", "/healthz", "", [5]int{200, 200, 200, 200, 200}, true},
+		{"GET", "/metrics", "", [5]int{200, 200, 200, 200, 200}, false},
+		{"HEAD", "/metrics", "", [5]int{200, 200, 200, 200, 200}, false},
+		{"GET", "/events", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"GET", "/events?package=" + pkg, "", [5]int{200, 200, 200, 403, 403}, false},
+		{"HEAD", "/events", "", [5]int{405, 405, 405, 405, 405}, false},
+		{"GET", "/packages", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"HEAD", "/packages", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"OPTIONS", "/packages", "", [5]int{405, 405, 405, 405, 405}, false},
+		{"POST", "/packages", `{"id": "` + pkg + `"}`, [5]int{409, 409, 403, 403, 403}, false},
+		{"GET", "/packages/" + pkg, "", [5]int{200, 200, 200, 403, 403}, false},
+		{"DELETE", "/packages/" + pkg, "", [5]int{409, 409, 403, 403, 403}, false},
+		{"POST", "/packages/" + pkg + "/commands", `{"resource": "storage", "action": "x"}`, [5]int{409, 409, 403, 403, 403}, false},
+		{"POST", "/packages/" + pkg + "/enqueue", "", [5]int{200, 200, 403, 403, 403}, false},
+		{"POST", "/packages/" + none + "/cancel", "", [5]int{404, 404, 403, 403, 403}, false},
+		{"GET", "/commands/" + sc.ID, "", [5]int{200, 200, 200, 200, 403}, false},
+		{"HEAD", "/commands/" + ec.ID, "", [5]int{200, 200, 200, 403, 200}, false},
+		{"GET", "/commands/" + none, "", [5]int{404, 404, 404, 404, 404}, false},
+		{"POST", "/commands/" + sc.ID + "/heartbeat", `{"lease": "x"}`, [5]int{409, 409, 403, 409, 403}, false},
+		{"POST", "/commands/" + ec.ID + "/complete", `{"status": true, "lease": "x"}`, [5]int{409, 409, 403, 403, 409}, false},
+		{"POST", "/commands/" + sc.ID + "/retry", "", [5]int{409, 409, 403, 403, 403}, false},
+		{"POST", "/commands/complete", batch(sc.ID), [5]int{200, 200, 403, 200, 200}, false},
+		{"GET", "/commands/complete", "", [5]int{405, 405, 405, 405, 405}, false},
+		{"GET", "/queues", "", [5]int{200, 200, 200, 200, 200}, false},
+		{"GET", "/queues/storage", "", [5]int{200, 200, 200, 200, 403}, false},
+		{"HEAD", "/queues/emulation", "", [5]int{200, 200, 200, 403, 200}, false},
+		{"PATCH", "/queues/storage", `{}`, [5]int{200, 403, 403, 403, 403}, false},
+		{"POST", "/queues/storage/next", "", [5]int{204, 403, 403, 204, 403}, false},
+		{"GET", "/queues/storage/next", "", [5]int{405, 405, 405, 405, 405}, false},
+		{"OPTIONS", "/queues/storage/next", "", [5]int{405, 405, 405, 405, 405}, false},
+		{"POST", "/queues/emulation/claim", `{"max": 1}`, [5]int{200, 403, 403, 403, 200}, false},
+		// The dashboard: pages for people, buttons by role.
+		{"GET", "/", "", [5]int{302, 302, 302, 302, 302}, false},
+		{"GET", "/ui/", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"HEAD", "/ui/", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"GET", "/ui/packages", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"GET", "/ui/packages/" + pkg, "", [5]int{200, 200, 200, 403, 403}, false},
+		{"GET", "/ui/queues/storage", "", [5]int{200, 200, 200, 403, 403}, false},
+		{"GET", "/ui/commands/" + sc.ID, "", [5]int{200, 200, 200, 403, 403}, false},
+		{"GET", "/ui/search?q=" + pkg, "", [5]int{303, 303, 303, 403, 403}, false},
+		{"POST", "/ui/packages/" + none + "/cancel", "", [5]int{404, 404, 403, 403, 403}, false},
+		{"POST", "/ui/commands/" + none + "/retry", "", [5]int{404, 404, 403, 403, 403}, false},
+		{"POST", "/ui/queues/matrix/resume", "", [5]int{303, 403, 403, 403, 403}, false},
+		{"POST", "/ui/queues/matrix/concurrency", "", [5]int{400, 403, 403, 403, 403}, false},
+		{"GET", "/ui/login", "", [5]int{200, 200, 200, 200, 200}, true},
+		{"GET", "/ui/static/app.css", "", [5]int{200, 200, 200, 200, 200}, true},
+		{"GET", "/favicon.ico", "", [5]int{200, 200, 200, 200, 200}, true},
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	ask := func(t *testing.T, method, path, body, token string) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		if resp.Header.Get("Content-Type") == "text/event-stream" {
+			return resp.StatusCode, nil // a stream: its status is the answer
+		}
+		if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s %s answers CORS headers: another origin's page could read it", method, path)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	for _, tt := range tests {
+		for i, who := range append(roles, "revoked", "malformed", "none") {
+			want := http.StatusUnauthorized
+			switch {
+			case i < len(roles):
+				want = tt.want[i]
+			case tt.open:
+				want = tt.want[0]
+			}
+			t.Run(fmt.Sprintf("%s_%s_%s", who, tt.method, tt.path), func(t *testing.T) {
+				got, body := ask(t, tt.method, tt.path, tt.body, tokens[who])
+				if got != want {
+					t.Fatalf("%d, want %d: %.300s", got, want, body)
+				}
+				if tt.path == "/commands/complete" && got == 200 {
+					var out spinbroker.BatchOutcomes
+					if err := json.Unmarshal(body, &out); err != nil || len(out.Results) != 1 {
+						t.Fatalf("batch answer: %s", body)
+					}
+					// A storage command: another resource's agent is refused
+					// in the item; the others are judged on the lease.
+					item := map[string]int{"agentE": 403}[who]
+					if item == 0 {
+						item = 409
+					}
+					if out.Results[0].HTTPStatus != item {
+						t.Errorf("batch item: %d, want %d: %s", out.Results[0].HTTPStatus, item, body)
+					}
+				}
+			})
+		}
+	}
+	// None of it changed the fixtures.
+	for _, c := range []*spinbroker.Command{sc, ec} {
+		if got, _ := e.db.Command(ctx, c.ID); got.State != spinbroker.Leased {
+			t.Errorf("command %s is %s after the matrix", c.ID, got.State)
+		}
+	}
+}
