@@ -34,11 +34,9 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		}
 	}
 	err = db.write(ctx, func(t *Tx) error {
-		var keyErr error
-		if replay, keyErr = t.idempotent(idem); replay != nil {
-			return nil
-		} else if keyErr != nil && spinbroker.ErrorCode(keyErr) != spinbroker.ECONFLICT {
-			return keyErr
+		var reused error
+		if replay, reused, err = t.idempotent(idem); replay != nil || err != nil {
+			return err
 		}
 		id := in.ID
 		if id == "" {
@@ -51,10 +49,10 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 			if spinbroker.ErrorCode(err) == spinbroker.ECONFLICT && in.Enqueue && len(in.Commands) == 0 {
 				err = spinbroker.Errorf(spinbroker.EEMPTY, "the package this request creates has no commands to enqueue")
 			}
-			return keyConflictLast(keyErr, err)
+			return keyConflictLast(reused, err)
 		}
-		if keyErr != nil {
-			return keyErr // the transaction is rolled back: nothing is created
+		if reused != nil {
+			return reused // the transaction is rolled back: nothing is created
 		}
 		return t.remember(idem, pkg)
 	})
@@ -65,19 +63,19 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 }
 
 // keyConflictLast is the error of a create whose Idempotency-Key was used
-// with another request (keyErr, a 409, or nil) and that failed with err:
+// with another request (reused, a 409, or nil) and that failed with err:
 // the request is judged as if it were new, and a 400 of its own wins over
 // the key's 409 (API.md, Errors), as it wins over a reused id's; else the
 // key's conflict is what the client needs to hear.
-func keyConflictLast(keyErr, err error) error {
-	if keyErr == nil {
+func keyConflictLast(reused, err error) error {
+	if reused == nil {
 		return err
 	}
 	switch spinbroker.ErrorCode(err) {
 	case spinbroker.EINVALID, spinbroker.EUNKNOWNDEP, spinbroker.EEMPTY, spinbroker.EINTERNAL, spinbroker.EUNAVAILABLE:
 		return err
 	}
-	return keyErr
+	return reused
 }
 
 // createPackage creates package id with in's commands, enqueued if asked.
@@ -137,11 +135,9 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		if err != nil {
 			return err
 		}
-		var keyErr error
-		if replay, keyErr = t.idempotent(idem); replay != nil {
-			return nil
-		} else if keyErr != nil && spinbroker.ErrorCode(keyErr) != spinbroker.ECONFLICT {
-			return keyErr
+		var reused error
+		if replay, reused, err = t.idempotent(idem); replay != nil || err != nil {
+			return err
 		}
 		var c spinbroker.Command
 		switch {
@@ -155,10 +151,10 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 		if err != nil {
 			// A bad dependency is a 400, and a 400 wins over any 409
 			// (API.md, Errors).
-			return keyConflictLast(keyErr, t.badDepsFirst(err, pkgID, []spinbroker.NewCommand{in}, true))
+			return keyConflictLast(reused, t.badDepsFirst(err, pkgID, []spinbroker.NewCommand{in}, true))
 		}
-		if keyErr != nil {
-			return keyErr // the transaction is rolled back: nothing is added
+		if reused != nil {
+			return reused // the transaction is rolled back: nothing is added
 		}
 		t.commit.Packages = append(t.commit.Packages, pkgID)
 		cmd = &c
@@ -780,23 +776,26 @@ func decodeCursor(c string) (int64, string, bool) {
 }
 
 // idempotent looks up an earlier request with the same key: the same body
-// answers its response again, a different body is a conflict.
-func (t *Tx) idempotent(idem *spinbroker.Idempotency) ([]byte, error) {
+// answers its response again (replay); a different body is the 409 in
+// reused, which the caller answers only once the request itself has been
+// judged and found valid (a 400 of its own wins, API.md, Errors); err is
+// a failure of the store.
+func (t *Tx) idempotent(idem *spinbroker.Idempotency) (replay []byte, reused, err error) {
 	if idem == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	var hash, body []byte
-	err := t.queryRow(`SELECT hash, body FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?`,
+	err = t.queryRow(`SELECT hash, body FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?`,
 		idem.Scope, idem.Key, nanos(t.now.Add(-spinbroker.IdempotencyTTL))).Scan(&hash, &body)
 	if isNoRows(err) {
-		return nil, nil
+		return nil, nil, nil
 	} else if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !bytes.Equal(hash, idem.Hash) {
-		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different request", spinbroker.Truncate(idem.Key, 80))
+		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different request", spinbroker.Truncate(idem.Key, 80)), nil
 	}
-	return body, nil
+	return body, nil, nil
 }
 
 // remember stores the response to a request made with an Idempotency-Key.
