@@ -379,28 +379,31 @@ func TestRun_CompletionIsRetried(t *testing.T) {
 		})
 	}
 	// A retry whose answer was lost was recorded: the lease it ended is
-	// no lost lease to warn of.
-	t.Run("RetryAnswerLost", func(t *testing.T) {
-		f := &faults{match: isComplete, lose: true}
-		f.n.Store(1)
-		b := startBroker(t, httpapi.Options{}, f.wrap)
-		var tries atomic.Int32
-		busy := agent.Handle("busy", func(ctx context.Context, p struct{}) (any, error) {
-			if tries.Add(1) == 1 {
-				return nil, agent.Transient(errors.New("device busy"))
+	// no lost lease to warn of, in batch mode too (the stale_lease of the
+	// next try is that retry's own doing).
+	for _, claim := range []int{0, 4} {
+		t.Run(map[int]string{0: "RetryAnswerLost", 4: "BatchRetryAnswerLost"}[claim], func(t *testing.T) {
+			f := &faults{match: isComplete, lose: true}
+			f.n.Store(1)
+			b := startBroker(t, httpapi.Options{}, f.wrap)
+			var tries atomic.Int32
+			busy := agent.Handle("busy", func(ctx context.Context, p struct{}) (any, error) {
+				if tries.Add(1) == 1 {
+					return nil, agent.Transient(errors.New("device busy"))
+				}
+				return nil, nil
+			})
+			var logs syncbuf.Buffer
+			runAgent(t, b, []agent.Handler{busy}, agent.Options{Claim: claim, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			ids := b.enqueue(t, cmd("busy", `{}`))
+			if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 2 {
+				t.Errorf("command %s after %d attempts", c.State, c.Attempts)
 			}
-			return nil, nil
+			if got := logs.String(); strings.Contains(got, "lease lost") || strings.Contains(got, "not delivered") || !strings.Contains(got, "most likely recorded by an earlier try") {
+				t.Errorf("the agent's log:\n%s", got)
+			}
 		})
-		var logs syncbuf.Buffer
-		runAgent(t, b, []agent.Handler{busy}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-		ids := b.enqueue(t, cmd("busy", `{}`))
-		if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 2 {
-			t.Errorf("command %s after %d attempts", c.State, c.Attempts)
-		}
-		if got := logs.String(); strings.Contains(got, "lease lost") || !strings.Contains(got, "most likely recorded by an earlier try") {
-			t.Errorf("the agent's log:\n%s", got)
-		}
-	})
+	}
 }
 
 func TestRun_BrokerUnavailable(t *testing.T) {
@@ -1132,31 +1135,6 @@ func TestRun_GraceLoggedAsAsked(t *testing.T) {
 				t.Errorf("Grace %s: the line %s says %q, want %s", tc.grace, msg, line, tc.want)
 			}
 		}
-	}
-}
-
-// TestRun_BatchRetryAnswerLost: in batch mode too, a retry whose batched
-// completion was recorded but whose answer was lost is no lost lease: the
-// stale_lease of the next try is that retry's own doing.
-func TestRun_BatchRetryAnswerLost(t *testing.T) {
-	f := &faults{match: isComplete, lose: true}
-	f.n.Store(1)
-	b := startBroker(t, httpapi.Options{}, f.wrap)
-	var tries atomic.Int32
-	busy := agent.Handle("busy", func(ctx context.Context, p struct{}) (any, error) {
-		if tries.Add(1) == 1 {
-			return nil, agent.Transient(errors.New("device busy"))
-		}
-		return nil, nil
-	})
-	var logs syncbuf.Buffer
-	runAgent(t, b, []agent.Handler{busy}, agent.Options{Claim: 4, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	ids := b.enqueue(t, cmd("busy", `{}`))
-	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 2 {
-		t.Errorf("command %s after %d attempts", c.State, c.Attempts)
-	}
-	if got := logs.String(); strings.Contains(got, "lease lost") || strings.Contains(got, "not delivered") || !strings.Contains(got, "most likely recorded by an earlier try") {
-		t.Errorf("the agent's log:\n%s", got)
 	}
 }
 
