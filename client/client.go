@@ -113,6 +113,17 @@ func (c *Client) URL() string { return c.base.String() }
 // (a proxy's basic auth) is masked.
 func (c *Client) RedactedURL() string { return c.base.Redacted() }
 
+// RedactURL is raw, a broker URL as a user gave it, fit for a log line or
+// a --help text, masked as RedactedURL masks it; a URL that does not parse
+// is left out (""), since it might be all secret.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	return u.Redacted()
+}
+
 // Error is an answer of the broker that is not a success.
 type Error struct {
 	// StatusCode is the answer's HTTP status (409, 503, …).

@@ -273,7 +273,7 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	// the help (pasted into an issue, a shared screen). Their help shows
 	// none and the URL without its password; the values stand.
 	pf.Lookup("token").DefValue = ""
-	pf.Lookup("url").DefValue = redactedURL(a.url)
+	pf.Lookup("url").DefValue = client.RedactURL(a.url)
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp)) //nolint:errcheck // the flag exists
 	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.compactCommand(), a.benchCommand())
@@ -402,16 +402,6 @@ func (a *app) checkOutput() error {
 		return &usageError{cmd: "spinbroker", err: fmt.Errorf("--output must be table or json, not %q", a.output)}
 	}
 	return nil
-}
-
-// redactedURL is u with a password in it masked, as the client's
-// RedactedURL masks it for logs; a URL that does not parse is left out.
-func redactedURL(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return ""
-	}
-	return p.Redacted()
 }
 
 func envOr(name, def string) string {

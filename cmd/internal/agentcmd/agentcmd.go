@@ -93,6 +93,9 @@ type Flags struct {
 func Register(fs *flag.FlagSet, name, about string) *Flags {
 	f := &Flags{name: name, about: about}
 	fs.StringVar(&f.url, "url", os.Getenv("SPINBROKER_URL"), "the broker's URL, http:// or https:// (env SPINBROKER_URL)")
+	// -help shows the default, here from the environment: without a
+	// password in it, as the start line shows the URL.
+	fs.Lookup("url").DefValue = client.RedactURL(f.url)
 	fs.StringVar(&f.token, "token", "", "a bearer token for the broker (default $SPINBROKER_TOKEN, kept out of this help)")
 	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
 	fs.DurationVar(&f.lease, "lease", 0, fmt.Sprintf("the lease to ask for each command, %s to %s (default: the command's own, else 60s)", spinbroker.MinLease, spinbroker.MaxLease))

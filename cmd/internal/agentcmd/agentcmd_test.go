@@ -63,3 +63,21 @@ func TestParse_TokenLeavesTheEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpShowsNoPassword: -help shows -url's default, taken from
+// $SPINBROKER_URL, without the password in it (a help text is pasted into
+// issues and shown on shared screens); the flag's value keeps it.
+func TestHelpShowsNoPassword(t *testing.T) {
+	t.Setenv("SPINBROKER_URL", "http://ops:hunter2pw@localhost:1")
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	f := Register(fs, "t", "test")
+	var help strings.Builder
+	fs.SetOutput(&help)
+	fs.PrintDefaults()
+	if strings.Contains(help.String(), "hunter2pw") || !strings.Contains(help.String(), "http://ops:xxxxx@localhost:1") {
+		t.Errorf("-help:\n%s", help.String())
+	}
+	if f.url != "http://ops:hunter2pw@localhost:1" {
+		t.Errorf("-url is %q, want the environment's", f.url)
+	}
+}
