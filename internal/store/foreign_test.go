@@ -102,18 +102,26 @@ func TestNotSQLiteFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(strings.Repeat("not a database ", 512)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	want := "store: " + path + " is not a spin-broker database: it is not an SQLite database at all"
-	check := func(what string, err error) {
+	wantRefusedEverywhere(t, path, "store: "+path+" is not a spin-broker database: it is not an SQLite database at all", "a file that is no database")
+}
+
+// wantRefusedEverywhere holds every way into a database (open, migrate
+// status and up, backup, compact) to refusing path with an error that
+// starts with want and is not the code of a temporary fault, which no
+// retry would cure for the file (what).
+func wantRefusedEverywhere(t *testing.T, path, want, what string) {
+	t.Helper()
+	check := func(way string, err error) {
 		t.Helper()
 		if err == nil {
-			t.Errorf("%s succeeded", what)
+			t.Errorf("%s succeeded", way)
 			return
 		}
 		if code := spinbroker.ErrorCode(err); code == spinbroker.EUNAVAILABLE {
-			t.Errorf("%s: code %s, a temporary fault, for a file that is no database: %v", what, code, err)
+			t.Errorf("%s: code %s, a temporary fault, for %s: %v", way, code, what, err)
 		}
 		if !strings.HasPrefix(err.Error(), want) {
-			t.Errorf("%s: %q, want it to start %q", what, err, want)
+			t.Errorf("%s: %q, want it to start %q", way, err, want)
 		}
 	}
 	db, err := store.Open(ctx, path, store.Options{Exclusive: true})
@@ -125,7 +133,7 @@ func TestNotSQLiteFile(t *testing.T) {
 	check("Migrations (status)", err)
 	_, err = store.Migrations(ctx, path, true)
 	check("Migrations (up)", err)
-	check("Backup", store.Backup(ctx, path, filepath.Join(dir, "x.bak")))
+	check("Backup", store.Backup(ctx, path, filepath.Join(t.TempDir(), "x.bak")))
 	_, _, err = store.Compact(ctx, path, nil)
 	check("Compact", err)
 }
@@ -149,28 +157,5 @@ func TestDamagedFile(t *testing.T) {
 	if err := os.Truncate(path, 5000); err != nil {
 		t.Fatal(err)
 	}
-	want := "store: " + path + " is damaged (database disk image is malformed): restore it from a backup"
-	check := func(what string, err error) {
-		t.Helper()
-		if err == nil {
-			t.Errorf("%s succeeded", what)
-			return
-		}
-		if code := spinbroker.ErrorCode(err); code == spinbroker.EUNAVAILABLE {
-			t.Errorf("%s: code %s, a temporary fault, for a damaged file: %v", what, code, err)
-		}
-		if !strings.HasPrefix(err.Error(), want) {
-			t.Errorf("%s: %q, want it to start %q", what, err, want)
-		}
-	}
-	db, err = store.Open(ctx, path, store.Options{Exclusive: true})
-	if db != nil {
-		db.Close()
-	}
-	check("Open", err)
-	_, err = store.Migrations(ctx, path, false)
-	check("Migrations (status)", err)
-	check("Backup", store.Backup(ctx, path, filepath.Join(dir, "x.bak")))
-	_, _, err = store.Compact(ctx, path, nil)
-	check("Compact", err)
+	wantRefusedEverywhere(t, path, "store: "+path+" is damaged (database disk image is malformed): restore it from a backup", "a damaged file")
 }
