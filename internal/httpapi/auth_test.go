@@ -358,6 +358,50 @@ func TestAuth_RevokedWhileWaiting(t *testing.T) {
 	}
 }
 
+// TestAuth_RevokedLongPollEndsWithoutWork: a long-poll whose token is
+// revoked ends within the token cache's time even when no work comes to
+// wake it (README: "Long-polls and event streams of a revoked token end
+// then too"), not only when its wait runs out, up to a minute later.
+func TestAuth_RevokedLongPollEndsWithoutWork(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true, TokenCacheTTL: 50 * time.Millisecond})
+	for _, path := range []string{"/queues/work/next?wait=30s", "/queues/work/claim"} {
+		t.Run(path, func(t *testing.T) {
+			tok, secret, err := e.db.CreateToken(ctx, spinbroker.RoleAgent, "work", "a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := ""
+			if strings.HasSuffix(path, "claim") {
+				body = `{"max": 1, "wait": "30s"}`
+			}
+			polled := make(chan int, 1)
+			go func() {
+				req, _ := http.NewRequest("POST", e.srv.URL+path, strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+secret)
+				resp, err := e.srv.Client().Do(req)
+				if err != nil {
+					polled <- -1
+					return
+				}
+				resp.Body.Close()
+				polled <- resp.StatusCode
+			}()
+			time.Sleep(200 * time.Millisecond) // the long-poll waits
+			if _, _, err := e.db.RevokeToken(ctx, tok.ID); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case code := <-polled:
+				if code != 401 {
+					t.Errorf("the revoked agent's long-poll answered %d, want 401", code)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the revoked agent's long-poll goes on, 5s after its token was revoked (the cache's time is 50ms)")
+			}
+		})
+	}
+}
+
 // TestAuth_AgentRefusalNamesNoOtherResource: an agent token refused a
 // command of another resource is told 403, and not which resource the
 // command belongs to: a token bound to storage learns nothing of another

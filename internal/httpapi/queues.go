@@ -278,6 +278,15 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 	if wait > 0 {
 		http.NewResponseController(w).SetWriteDeadline(deadline.Add(defaultWriteTimeout)) //nolint:errcheck
 	}
+	// A revoked token's long-poll ends within the token cache's time, as
+	// its event stream does, even when no commit wakes it: the re-check
+	// reads the token, not the queue.
+	var recheck <-chan time.Time
+	if s.opts.Auth && wait > 0 {
+		t := time.NewTicker(s.opts.TokenCacheTTL)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
 		// Watch before trying: a commit between the try and the wait
 		// closes this very channel.
@@ -296,11 +305,17 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			d = min(d, max(wake.Sub(s.now()), time.Millisecond))
 		}
 		timer := time.NewTimer(d)
-		select {
-		case <-ch:
-		case <-timer.C:
-		case <-r.Context().Done():
-		case <-s.quit:
+		for waiting := true; waiting; {
+			select {
+			case <-ch:
+			case <-timer.C:
+			case <-r.Context().Done():
+			case <-s.quit:
+			case <-recheck:
+				waiting = !s.revoked(r)
+				continue
+			}
+			waiting = false
 		}
 		timer.Stop()
 		release()
