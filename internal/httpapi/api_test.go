@@ -1072,10 +1072,15 @@ func TestAPI_DuplicateKeyInACreate(t *testing.T) {
 func TestAPI_ClaimSettingsInTheQuery(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
 	for _, q := range []string{"wait=30s", "lease=5m", "max=5"} {
-		r := e.do("POST", "/queues/q/claim?"+q, `{"max": 1}`)
-		e.want(r, 400, spinbroker.EINVALID)
-		if !strings.Contains(string(r.body), "body") {
-			t.Fatalf("?%s: %s", q, r.body)
+		// With a body, and without one (all its settings in the query):
+		// either way the answer says where they go, not only that the
+		// body is missing.
+		for _, body := range []string{`{"max": 1}`, ""} {
+			r := e.do("POST", "/queues/q/claim?"+q, body)
+			e.want(r, 400, spinbroker.EINVALID)
+			if !strings.Contains(string(r.body), "in its JSON body, not in the query") {
+				t.Fatalf("?%s with body %q: %s", q, body, r.body)
+			}
 		}
 	}
 	// Other query parameters are still ignored (proxies add their own).

@@ -191,22 +191,34 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
-	var in spinbroker.Claim
-	res, err := s.queueBody(w, r, permDeliver, &in, false)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	// Its settings are in the body. next takes wait and lease in the
-	// query; given there to claim, they would be ignored, and an agent
-	// that meant to wait 30s would ask again at once, in a loop.
+// claimQuery refuses claim's settings in the query. next takes wait and
+// lease there; given there to claim, they would be ignored, and an agent
+// that meant to wait 30s would ask again at once, in a loop.
+func claimQuery(r *http.Request) error {
 	q, err := query(r)
 	for _, name := range []string{"max", "wait", "lease"} {
 		if err == nil && q.Has(name) {
 			err = errorf(spinbroker.EINVALID, "claim takes %s in its JSON body, not in the query: {\"max\": N, \"wait\": \"30s\", \"lease\": \"60s\"}", name)
 		}
 	}
+	return err
+}
+
+func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
+	var in spinbroker.Claim
+	res, err := s.queueBody(w, r, permDeliver, &in, false)
+	if spinbroker.ErrorCode(err) == spinbroker.EINVALID {
+		// A body missing or wrong because its settings went into the
+		// query: say that, rather than only that the body is wrong.
+		if qerr := claimQuery(r); qerr != nil {
+			err = qerr
+		}
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	err = claimQuery(r)
 	if err == nil {
 		err = spinbroker.CheckClaimMax(in.Max)
 	}
