@@ -1133,6 +1133,18 @@ func (m *model) check() {
 			t.Errorf("package %s counts %+v, rows say %+v", short(pid), got.Counts, counts)
 		}
 	}
+	if full {
+		// The store's own recount (spinbroker check) agrees: it finds
+		// nothing to mend in a database only the store has written.
+		c, err := m.db.CheckConsistency(ctx)
+		if err != nil {
+			t.Errorf("check consistency: %v", err)
+			return
+		}
+		if !c.OK() {
+			t.Errorf("check consistency found %+v", *c)
+		}
+	}
 	qs, err := m.db.Queues(ctx)
 	if err != nil {
 		t.Errorf("queues: %v", err)
