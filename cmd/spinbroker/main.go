@@ -1,5 +1,5 @@
 // Command spinbroker is spin-broker's one binary: the broker (serve), its
-// database tools (migrate, backup, token) and a client of its HTTP API
+// database tools (migrate, backup, compact, check, token) and a client of its HTTP API
 // (message, package, command, queue).
 package main
 
@@ -276,15 +276,15 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 	pf.Lookup("url").DefValue = client.RedactURL(a.url)
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp)) //nolint:errcheck // the flag exists
-	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.compactCommand(), a.benchCommand())
+	root.AddCommand(a.serveCommand(), a.migrateCommand(), a.backupCommand(), a.compactCommand(), a.checkCommand(), a.benchCommand())
 	root.AddCommand(a.clientCommands()...)
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "serve", "migrate", "backup", "compact", "token":
+		case "serve", "migrate", "backup", "compact", "check", "token":
 			a.hideClientFlags(c)
 		}
 		switch c.Name() {
-		case "migrate", "backup", "compact", "token":
+		case "migrate", "backup", "compact", "check", "token":
 			plainStoreErrors(c)
 		}
 	}
@@ -327,7 +327,7 @@ func storeSentence(err error) error {
 	if !ok {
 		return err
 	}
-	for _, op := range []string{"backup: ", "compact: ", "migrate: ", "migrations: "} {
+	for _, op := range []string{"backup: ", "compact: ", "check: ", "migrate: ", "migrations: "} {
 		if rest, ok := strings.CutPrefix(msg, op); ok {
 			msg = rest
 			break
@@ -352,14 +352,14 @@ func storeSentence(err error) error {
 func (a *app) hideClientFlags(c *cobra.Command) {
 	c.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		for _, name := range []string{"url", "token", "output"} {
-			if name == "output" && c.Name() == "token" {
+			if name == "output" && (c.Name() == "token" || c.Name() == "check") {
 				continue
 			}
 			if f := cmd.Flags().Lookup(name); f != nil && f.Changed {
 				return usagef(cmd, "--%s is for the commands that talk to a broker, not for %s, which works on a database file (--db)", name, cmd.CommandPath())
 			}
 		}
-		if c.Name() == "token" {
+		if c.Name() == "token" || c.Name() == "check" {
 			if err := a.checkOutput(); err != nil {
 				return usagef(cmd, "%v", err)
 			}
@@ -369,8 +369,8 @@ func (a *app) hideClientFlags(c *cobra.Command) {
 	help := c.HelpFunc()
 	c.SetHelpFunc(func(c *cobra.Command, args []string) {
 		for _, name := range []string{"url", "token", "output"} {
-			if name == "output" && c.Name() == "ls" {
-				continue // token ls prints a table or json
+			if name == "output" && (c.Name() == "ls" || c.Name() == "check") {
+				continue // token ls and check print a table or json
 			}
 			if f := c.Root().PersistentFlags().Lookup(name); f != nil {
 				f.Hidden = true

@@ -113,7 +113,7 @@ GOGC environment variable says otherwise.`,
 	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished, and forget queues idle this long with default settings (0 keeps both)")
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper settles expired leases and deletes expired packages, from 10ms to 1h")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop (SIGINT or SIGTERM) may take: requests still running then are cut off; a second signal ends the process at once")
-	f.BoolVar(&c.check, "check", false, "run SQLite's integrity check on the database before serving")
+	f.BoolVar(&c.check, "check", false, "check the database before serving: SQLite's integrity check, then the counts of packages and queues against their commands; wrong counts stop the start (exit 1) naming 'spinbroker check --repair', rows whose package is gone are logged at warn")
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
 	f.DurationVar(&c.readTimeout, "read-timeout", 60*time.Second, "how long a client may take to send a whole request, body included (a slower upload is cut off)")
 	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside), from 1 to 4096; others wait up to 10s for a turn, then get 503, and their bodies may hold as many MiB")
@@ -383,17 +383,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		warnNoTokens(ctx, db, log, c.db)
 	}
 	if c.check {
-		start := time.Now()
-		if err := db.Check(ctx); err != nil {
-			if ctx.Err() != nil {
-				// Told to stop while it checked: a stop, not a failure
-				// ("context canceled", exit 1, before).
-				log.Info("stopped during the integrity check, before serving", "cause", context.Cause(ctx).Error(), "checked_for", time.Since(start).Round(time.Millisecond))
-				return nil
-			}
-			return fmt.Errorf("integrity check of %s: %w", c.db, err)
+		if err := checkAtStart(ctx, db, c.db, log); err != nil {
+			return err
 		}
-		log.Info("integrity check passed", "db", c.db, "duration", time.Since(start).Round(time.Millisecond))
 	}
 
 	reg := prometheus.NewRegistry()
@@ -625,4 +617,38 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 				"retained_deleted", res.RetainedDeleted, "queues_forgotten", res.QueuesForgotten, "idempotency_keys_deleted", res.KeysDeleted, "duration", took)
 		}
 	}
+}
+
+// checkAtStart is serve --check: SQLite's integrity check, its foreign key
+// check and a recount of every package's and queue's counts from the
+// commands, in one read. A damaged file stops the start; so do wrong
+// counts, with the command that mends them: serving them would show
+// packages in states they are not in, and hold queues that have room. Rows
+// whose package is gone are logged: they hold up no one's work, and only a
+// person can say what they were.
+func checkAtStart(ctx context.Context, db *store.DB, path string, log *slog.Logger) error {
+	start := time.Now()
+	c, err := db.CheckConsistency(ctx)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Told to stop while it checked: a stop, not a failure
+		// ("context canceled", exit 1, before).
+		log.Info("stopped during the integrity check, before serving", "cause", context.Cause(ctx).Error(), "checked_for", time.Since(start).Round(time.Millisecond))
+		return nil
+	case err != nil:
+		return fmt.Errorf("integrity check of %s: %w", path, err)
+	case len(c.Integrity) > 0:
+		return fmt.Errorf("integrity check of %s failed: %s", path, strings.Join(c.Integrity, "; "))
+	}
+	log.Info("integrity check passed", "db", path, "duration", time.Since(start).Round(time.Millisecond))
+	if len(c.Miscounts) > 0 {
+		return fmt.Errorf("the counts of %s in %s differ from their commands, so their states and deliveries would be wrong (%s): run 'spinbroker check --db %s --repair', then start the broker again",
+			plural(len(c.Miscounts), "package or queue", "packages and queues"), path, countsSummary(c.Miscounts), path)
+	}
+	if len(c.ForeignKeys) > 0 {
+		log.Warn("rows name a package or command that is gone", "db", path, "rows", len(c.ForeignKeys),
+			"hint", "spinbroker check --db "+path+" lists them")
+	}
+	log.Info("counts check passed", "db", path, "packages", c.Packages, "queues", c.Queues, "commands", c.Commands)
+	return nil
 }

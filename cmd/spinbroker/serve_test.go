@@ -465,7 +465,7 @@ func TestServe_OneBrokerPerDatabase(t *testing.T) {
 // token work on a database file; their help does not offer --url and
 // --token, which only the commands that talk to a broker use.
 func TestHelp_DatabaseCommandsHideClientFlags(t *testing.T) {
-	for _, args := range [][]string{{"serve", "--help"}, {"migrate", "status", "--help"}, {"backup", "--help"}, {"compact", "--help"}, {"token", "create", "--help"}} {
+	for _, args := range [][]string{{"serve", "--help"}, {"migrate", "status", "--help"}, {"backup", "--help"}, {"compact", "--help"}, {"check", "--help"}, {"token", "create", "--help"}} {
 		r := spin(t, args...)
 		if r.code != 0 || strings.Contains(r.stdout, "--url") || strings.Contains(r.stdout, "--token string") || !strings.Contains(r.stdout, "--db") {
 			t.Errorf("%v: %s", args, r)

@@ -8,38 +8,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spin-broker/spinbroker/internal/flock"
 	"github.com/spin-broker/spinbroker/internal/nlink"
 )
-
-// Check runs SQLite's integrity check over the whole database and returns
-// an error listing what it found wrong.
-func (db *DB) Check(ctx context.Context) error {
-	rows, err := db.rdb.QueryContext(ctx, `PRAGMA integrity_check`)
-	if err != nil {
-		return interpretError(err)
-	}
-	defer rows.Close()
-	var problems []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			return err
-		}
-		if line != "ok" {
-			problems = append(problems, line)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return interpretError(err)
-	}
-	if len(problems) > 0 {
-		return fmt.Errorf("store: integrity check of %s failed: %s", db.path, strings.Join(problems, "; "))
-	}
-	return nil
-}
 
 // Backup writes a consistent copy of the live database to dest (which must
 // not exist), without stopping writers: VACUUM INTO reads one snapshot, and
