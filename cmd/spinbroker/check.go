@@ -254,7 +254,7 @@ func printCheck(out io.Writer, c *store.Consistency, rows []store.Miscount, repa
 	case repaired:
 		row(w, "counts", fmt.Sprintf("repaired %s (of %s)", plural(len(rows), "row", "rows"), of))
 	default:
-		row(w, "counts", fmt.Sprintf("%s differ (of %s)", plural(len(rows), "row", "rows"), of))
+		row(w, "counts", fmt.Sprintf("%s (of %s)", plural(len(rows), "row differs", "rows differ"), of))
 	}
 	if err := w.Flush(); err != nil {
 		return err
