@@ -25,7 +25,8 @@
 // for good, not for a retry (a bug would only panic again, after doing
 // again whatever it did before), with the panic in the reason, and the
 // agent goes on. Broker errors are retried with capped, jittered
-// exponential back-off, and a result is retried until it is delivered or
+// exponential back-off, waiting at least as long as an answer's
+// Retry-After asks (up to MaxBackoff), and a result is retried until it is delivered or
 // its lease is known to be lost. A handler that ignores its context is
 // heartbeated for as long as it runs: bound its work with the context's
 // deadline or one of its own.
@@ -107,6 +108,9 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the back-off between attempts to reach
 	// the broker (default 200ms and 30s; a MaxBackoff below MinBackoff is
 	// raised to it, and one set alone below 200ms lowers the minimum to it).
+	// An answer with a Retry-After (the broker's 503 when it sheds load)
+	// is waited out, up to MaxBackoff; a heartbeat waits no longer than
+	// the lease has left.
 	MinBackoff, MaxBackoff time.Duration
 	// CallTimeout bounds one heartbeat or completion request (default 15s).
 	CallTimeout time.Duration
@@ -341,6 +345,25 @@ func (a *runner) backoff(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
+// pause is the wait before trying a call again after its n-th failure,
+// err: the back-off, or longer when the answer asked for a pause with
+// Retry-After (the broker's 503 when it sheds load says when to come
+// back), but never past MaxBackoff, so that no proxy can park the agent
+// for a day.
+func (a *runner) pause(n int, err error) time.Duration {
+	return max(a.backoff(n), min(retryAfter(err), a.opts.MaxBackoff))
+}
+
+// retryAfter is the wait err's answer asked for (client.Error.RetryAfter);
+// 0 when it asked for none.
+func retryAfter(err error) time.Duration {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		return ce.RetryAfter
+	}
+	return 0
+}
+
 // wait sleeps d or until ctx ends, and reports whether ctx is still alive.
 func wait(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -392,7 +415,7 @@ func (a *runner) loop(ctx context.Context) error {
 				return fmt.Errorf("agent: the broker's TLS certificate is not trusted here (set SSL_CERT_FILE to the certificate of its CA, or give the client an http.Client that trusts it): %w", err)
 			}
 			failures++
-			d := a.backoff(failures)
+			d := a.pause(failures, err)
 			a.log.Warn("cannot take commands; retrying", "err", err, "failures", failures, "retry_in", d.String())
 			wait(ctx, d)
 			continue
@@ -597,7 +620,10 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 		default:
 			failures++
 			lastErr = err
-			next = min(a.backoff(failures), interval)
+			// No later than the next beat would come, unless the broker
+			// asked for a longer pause; and in any case before the lease
+			// runs out, below.
+			next = max(min(a.backoff(failures), interval), min(retryAfter(err), a.opts.MaxBackoff))
 			left := time.Until(j.expiry())
 			j.log.Warn("heartbeat failed; retrying", "err", err, "failures", failures, "lease_expires_in", left.Round(time.Millisecond).String())
 			if left <= 0 {
@@ -777,7 +803,7 @@ func (a *runner) deliver(j *job) {
 			return
 		}
 		unsure = unsure || mayHaveArrived(err)
-		d := a.backoff(attempt)
+		d := a.pause(attempt, err)
 		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
 		wait(a.final, d)
 	}
@@ -919,7 +945,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 		} else {
 			unsure = unsure || mayHaveArrived(err)
 		}
-		d := a.backoff(attempt)
+		d := a.pause(attempt, err)
 		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())
 		if !wait(a.final, d) {
 			a.log.Error("results not delivered before the agent stopped", "commands", len(pending))

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -135,6 +136,13 @@ type Error struct {
 	// RequestID is the broker's id of the request (X-Request-Id), the one
 	// its log line carries.
 	RequestID string
+	// RetryAfter is how long the answer asks the caller to wait before
+	// trying again (its Retry-After header, in seconds or as an HTTP
+	// date; the broker sends it with 503 unavailable); 0 when the answer
+	// has none, or one that does not parse or names a time gone by. It is
+	// the answerer's word, from whatever proxy answered too: bound it
+	// before sleeping on it.
+	RetryAfter time.Duration
 }
 
 // Error implements the error interface.
@@ -258,6 +266,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		var ce *Error
 		if errors.As(err, &ce) {
 			ce.RequestID = resp.Header.Get("X-Request-Id")
+			ce.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
 		}
 		return resp.StatusCode, err
 	}
@@ -267,6 +276,26 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// retryAfter reads a Retry-After header (RFC 9110 10.2.3): delay-seconds
+// or an HTTP date, as a wait from now; 0 for none, for a value that does not
+// parse or does not fit a Duration, and for a date gone by.
+func retryAfter(h string, now time.Time) time.Duration {
+	h = strings.TrimSpace(h)
+	if h == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(h, 10, 64); err == nil {
+		if n < 0 || n > int64(math.MaxInt64/time.Second) {
+			return 0
+		}
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
 }
 
 // decodeError reads an API error body; a body that is not one (a proxy's
