@@ -27,7 +27,13 @@
 // agent goes on. Broker errors are retried with capped, jittered
 // exponential back-off, waiting at least as long as an answer's
 // Retry-After asks (up to MaxBackoff), and a result is retried until it is delivered or
-// its lease is known to be lost. A handler that ignores its context is
+// its lease is known to be lost. Heartbeats keep the lease while the
+// result is retried, for a lease's duration: a result the broker refuses
+// for longer (a 500 on every try) lets the lease run out, so that the
+// broker gives the command again (or fails it, "lease expired", once its
+// attempts are spent) rather than hold it, and the queue behind it, for
+// ever; the agent drops the result once the broker has moved the command
+// on, and takes work again. A handler that ignores its context is
 // heartbeated for as long as it runs: bound its work with the context's
 // deadline or one of its own.
 //
@@ -490,9 +496,10 @@ type job struct {
 	begin time.Time
 	took  time.Duration // from delivery until the handler returned
 
-	mu      sync.Mutex
-	expires time.Time // by the agent's clock, measured from before each request
-	lost    bool      // the broker said the lease is not ours any more
+	mu         sync.Mutex
+	expires    time.Time // by the agent's clock, measured from before each request
+	lost       bool      // the broker said the lease is not ours any more
+	delivering time.Time // when the first try to deliver the result was made
 
 	ctx       context.Context // the handler's: cancelled when the lease is lost or the grace is over
 	cancel    context.CancelCauseFunc
@@ -538,8 +545,9 @@ func (a *runner) start(cmd *spinbroker.Command) *job {
 	}
 	j.log = a.log.With("command_id", cmd.ID, "action", cmd.Action, "attempt", cmd.Attempts)
 	j.ctx, j.cancel = context.WithCancelCause(context.WithValue(a.hard, ctxKey{}, cmdInfo{cmd: cmd, log: j.log}))
-	// Heartbeats go on until the result is delivered, so that a broker that
-	// is slow to take the result does not let the lease expire meanwhile.
+	// Heartbeats go on while the result is delivered, so that a broker that
+	// is slow to take the result does not let the lease expire meanwhile;
+	// but for a lease's duration at most (see heartbeat).
 	var beats context.Context
 	beats, j.stopBeats = context.WithCancel(a.final)
 	go a.heartbeat(beats, j)
@@ -552,6 +560,23 @@ func (j *job) stop() {
 	j.stopBeats()
 	<-j.beatsDone
 	j.cancel(context.Canceled)
+}
+
+// deliveryBegins notes the first try to deliver j's result.
+func (j *job) deliveryBegins() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.delivering.IsZero() {
+		j.delivering = time.Now()
+	}
+}
+
+// deliveringSince is when the first try to deliver j's result was made;
+// zero before.
+func (j *job) deliveringSince() time.Time {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.delivering
 }
 
 func (j *job) expiry() time.Time {
@@ -584,6 +609,13 @@ func (j *job) loseLease(err error) {
 // that hangs nor a long back-off keeps the handler running past the lease
 // by the agent's clock: a request gets no longer than the lease has left,
 // and after a failure the next try comes no later than the lease's end.
+//
+// Once the result's delivery has gone on for a lease's duration, it
+// extends the lease no more: a result the broker keeps refusing (a 500 on
+// every try) would otherwise hold the command for ever, and a queue that
+// runs one command at a time behind it. The lease then runs out and the
+// broker gives the command again, while deliver still offers the result
+// until it sees that (given).
 func (a *runner) heartbeat(ctx context.Context, j *job) {
 	defer close(j.beatsDone)
 	interval := j.dur / 3
@@ -592,6 +624,10 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 	var lastErr error
 	for wait(ctx, next) {
 		sent := time.Now()
+		if d := j.deliveringSince(); !d.IsZero() && sent.Sub(d) >= j.dur {
+			j.log.Warn("the result is still not delivered after a lease's duration; no longer extending the lease, so that the broker can give the command again", "delivering_for", sent.Sub(d).Round(time.Millisecond).String())
+			return
+		}
 		left := j.expiry().Sub(sent)
 		if left <= 0 {
 			j.expire(lastErr)
@@ -766,6 +802,7 @@ func (j *job) finished() {
 // up: the broker takes the result while nobody else holds the command (a
 // broker that was down for a while, its sweeper not yet run).
 func (a *runner) deliver(j *job) {
+	j.deliveryBegins()
 	unsure := false // an earlier try's answer was lost: it may have been recorded
 	for attempt := 1; ; attempt++ {
 		if j.isLost() {
@@ -803,10 +840,41 @@ func (a *runner) deliver(j *job) {
 			return
 		}
 		unsure = unsure || mayHaveArrived(err)
+		if why := a.given(j); why != "" {
+			j.log.Warn("result not delivered: "+why, "err", err, "status", j.res.status)
+			return
+		}
 		d := a.pause(attempt, err)
 		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
 		wait(a.final, d)
 	}
+}
+
+// given says why the broker will not take j's result any more, once its
+// lease has run out by the agent's clock and a try to deliver it failed:
+// the command is no longer leased at this attempt (put back in its queue,
+// given to another agent, settled), or its lease has run out by the
+// broker's word and the broker will give it again. It is "" while the
+// command may still be this attempt's, or when the broker cannot say (it
+// is out of reach: the result is then offered until it is back). Without
+// it, a result refused on every try (a 500) would be retried for ever, and
+// the agent take no other work.
+func (a *runner) given(j *job) string {
+	if time.Now().Before(j.expiry()) {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(a.final, a.opts.CallTimeout)
+	defer cancel()
+	c, err := a.c.Command(ctx, j.cmd.ID)
+	switch {
+	case err != nil:
+		return ""
+	case c.State != spinbroker.Leased || c.Attempts != j.cmd.Attempts:
+		return fmt.Sprintf("the lease ran out and the broker has moved the command on (now %s, attempt %d)", c.State, c.Attempts)
+	case c.LeaseExpiresAt != nil && c.LeaseExpiresAt.Before(time.Now()):
+		return "the lease ran out and the broker will give the command again"
+	}
+	return ""
 }
 
 // mayHaveArrived reports whether a failed request may have been carried out
@@ -871,6 +939,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 	pending := make(map[string]*job, len(jobs))
 	for _, j := range jobs {
 		pending[j.cmd.ID] = j
+		j.deliveryBegins()
 	}
 	unsure := false // an earlier try's answer was lost: it may have been recorded
 	for attempt := 1; ; attempt++ {
@@ -880,6 +949,13 @@ func (a *runner) deliverChunk(jobs []*job) {
 				j.log.Warn("result not delivered: the lease was lost", "status", j.res.status)
 				delete(pending, id)
 				continue
+			}
+			if attempt > 1 {
+				if why := a.given(j); why != "" {
+					j.log.Warn("result not delivered: "+why, "status", j.res.status)
+					delete(pending, id)
+					continue
+				}
 			}
 			items = append(items, spinbroker.BatchResult{ID: id, Result: j.res.result(j.token)})
 		}

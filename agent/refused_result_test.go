@@ -1,0 +1,113 @@
+package agent_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
+)
+
+// refuseResults answers 500 to every completion the agent sends (single or
+// batched) while on is set; a person's client (another User-Agent) gets
+// through.
+type refuseResults struct {
+	on   atomic.Bool
+	seen atomic.Int32
+}
+
+func (f *refuseResults) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isComplete(r) && r.UserAgent() != "by-hand" && f.on.Load() {
+			f.seen.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = io.WriteString(w, `{"error":{"code":"internal","message":"injected"}}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// TestRun_RefusedResultReleasesTheLease: a result the broker answers with
+// 500 on every try does not keep its command leased for ever. Heartbeats
+// went on while the delivery was retried, so the command was never given
+// again and a serial queue waited behind it for good. Now the agent stops
+// extending the lease once delivery has failed for a lease's duration:
+// the lease runs out, the command can be given again, and the agent,
+// seeing that the broker has moved on, gives up the result and takes
+// work again.
+func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
+	for _, claim := range []int{0, 4} {
+		t.Run(map[int]string{0: "Single", 4: "Batch"}[claim], func(t *testing.T) {
+			f := &refuseResults{}
+			f.on.Store(true)
+			b := startBroker(t, httpapi.Options{}, f.wrap)
+			hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs syncbuf.Buffer
+			runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Claim: claim, Lease: time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			ids := b.enqueue(t, cmd("greet", `{"name":"refused"}`))
+
+			// The command comes back to its queue: someone else gets it.
+			var again *spinbroker.Command
+			for deadline := time.Now().Add(15 * time.Second); again == nil; {
+				if time.Now().After(deadline) {
+					t.Fatalf("15s after a 1s lease, with every result refused, the command is still held:\n%s", logs.String())
+				}
+				again, err = hand.Next(context.Background(), "test", time.Second, 30*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if again.ID != ids[0] || again.Attempts != 2 {
+				t.Fatalf("got command %s at attempt %d, want %s at attempt 2", again.ID, again.Attempts, ids[0])
+			}
+			// The agent stops retrying a result that cannot count any more.
+			for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "result not delivered"); {
+				if time.Now().After(deadline) {
+					t.Fatalf("the agent still retries a result whose command is another's:\n%s", logs.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			ok := true
+			if _, err := hand.Complete(context.Background(), again.ID, spinbroker.Result{Status: &ok, Lease: again.Lease.Token}); err != nil {
+				t.Fatal(err)
+			}
+			// And it works again once the broker takes results.
+			f.on.Store(false)
+			next := b.enqueue(t, cmd("greet", `{"name":"after"}`))
+			if c := b.await(t, next[0]); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+				t.Errorf("the next command: %s after %d attempts", c.State, c.Attempts)
+			}
+		})
+	}
+	// With nobody else to take it, the command is run again by the same
+	// agent until its attempts are spent, then fails: bounded.
+	t.Run("Bounded", func(t *testing.T) {
+		f := &refuseResults{}
+		f.on.Store(true)
+		b := startBroker(t, httpapi.Options{}, f.wrap)
+		var runs atomic.Int32
+		runAgent(t, b, []agent.Handler{greeter(&runs)}, agent.Options{Lease: time.Second})
+		two := 2
+		c := cmd("greet", `{"name":"refused"}`)
+		c.MaxAttempts = &two
+		ids := b.enqueue(t, c)
+		got := b.await(t, ids[0])
+		if got.State != spinbroker.Failed || got.Attempts != 2 || deref(got.Reason) != "lease expired" || runs.Load() != 2 {
+			t.Errorf("command %s after %d attempts and %d runs, reason %q; want failed, lease expired, after 2", got.State, got.Attempts, runs.Load(), deref(got.Reason))
+		}
+	})
+}
