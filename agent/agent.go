@@ -38,9 +38,11 @@
 // deadline or one of its own.
 //
 // The handler's context is cancelled, with context.Cause saying why
-// (ErrLeaseLost, ErrLeaseExpired, ErrStopped: test it with errors.Is), when
-// the broker says the lease is lost (the command was settled by hand, or
-// taken by another agent), and when the lease runs out by the agent's own
+// (ErrLeaseLost, ErrLeaseExpired, ErrRefused, ErrStopped: test it with
+// errors.Is), when the broker says the lease is lost (the command was
+// settled by hand, or taken by another agent), when it refuses a
+// heartbeat with 401 or 403 (the agent's token revoked: Run then stops,
+// as it does when next is refused), and when the lease runs out by the agent's own
 // clock with no heartbeat able to extend it (the broker out of reach): the
 // broker may then give the command to another agent, and a queue runs its
 // commands one at a time. Such an attempt is reported for a retry, whatever
@@ -523,6 +525,12 @@ var (
 	ErrLeaseExpired = errors.New("the lease expired before a heartbeat could extend it")
 	// ErrStopped: Run's context ended and Options.Grace is over.
 	ErrStopped = errors.New("the agent stopped and its grace period is over")
+	// ErrRefused: the broker refused a heartbeat with 401 or 403 (the
+	// agent's token revoked, or not for this resource). That will not go
+	// away, and the result could not be reported either: the handler is
+	// stopped at once, and Run stops with the error. The broker gives the
+	// command again once its lease runs out.
+	ErrRefused = errors.New("the broker refuses this agent's heartbeats")
 )
 
 // start begins a job: its handler's context and its heartbeats.
@@ -653,6 +661,12 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 		case code == spinbroker.ESTALE || code == spinbroker.ENOTFOUND || code == spinbroker.ECONFLICT:
 			j.loseLease(err)
 			return
+		case fatal(err):
+			// A revoked token does not come back: no retry will get
+			// through, nor will the result.
+			j.log.Error("the broker refuses this agent's heartbeats; stopping the handler", "err", err)
+			j.cancel(fmt.Errorf("%w: %w", ErrRefused, err))
+			return
 		default:
 			failures++
 			lastErr = err
@@ -729,6 +743,13 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 		// not context.Canceled, and is no more a failure for it.
 		reason := "agent stopped before the command finished"
 		if !errors.Is(err, ErrStopped) { // a handler returning context.Cause(ctx) would say it twice
+			reason += ": " + errorText(err)
+		}
+		return outcome{reason: cutReason(reason), retry: true}
+	case errors.Is(context.Cause(j.ctx), ErrRefused):
+		cause := context.Cause(j.ctx)
+		reason := "agent error: " + cause.Error()
+		if !errors.Is(err, ErrRefused) { // a handler returning context.Cause(ctx) would say it twice
 			reason += ": " + errorText(err)
 		}
 		return outcome{reason: cutReason(reason), retry: true}
