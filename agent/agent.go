@@ -437,15 +437,16 @@ func (a *runner) loop(ctx context.Context) error {
 		switch {
 		case len(cmds) == 0:
 		case a.opts.Claim <= 1:
-			j := a.start(&cmds[0])
+			j := a.start(&cmds[0], newBeatNews(1))
 			a.execute(j)
 			a.deliver(j)
 			j.stop()
 		default:
 			jobs := make([]*job, len(cmds))
+			news := newBeatNews(len(cmds))
 			var wg sync.WaitGroup
 			for i := range cmds {
-				jobs[i] = a.start(&cmds[i])
+				jobs[i] = a.start(&cmds[i], news)
 				wg.Go(func() { a.execute(jobs[i]) })
 			}
 			wg.Wait()
@@ -507,6 +508,7 @@ type job struct {
 	cancel    context.CancelCauseFunc
 	stopBeats context.CancelFunc
 	beatsDone chan struct{}
+	news      *beatNews // what its heartbeats log, with its batch's
 	res       outcome
 }
 
@@ -533,9 +535,10 @@ var (
 	ErrRefused = errors.New("the broker refuses this agent's heartbeats")
 )
 
-// start begins a job: its handler's context and its heartbeats.
-func (a *runner) start(cmd *spinbroker.Command) *job {
-	j := &job{cmd: cmd, begin: time.Now(), beatsDone: make(chan struct{})}
+// start begins a job: its handler's context and its heartbeats, which
+// log through news.
+func (a *runner) start(cmd *spinbroker.Command, news *beatNews) *job {
+	j := &job{cmd: cmd, begin: time.Now(), beatsDone: make(chan struct{}), news: news}
 	if cmd.Lease != nil {
 		j.token = cmd.Lease.Token
 	}
@@ -626,6 +629,7 @@ func (j *job) loseLease(err error) {
 // until it sees that (given).
 func (a *runner) heartbeat(ctx context.Context, j *job) {
 	defer close(j.beatsDone)
+	defer j.news.gone(j)
 	interval := j.dur / 3
 	next := interval
 	failures := 0
@@ -652,9 +656,7 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			j.mu.Lock()
 			j.expires = sent.Add(j.dur)
 			j.mu.Unlock()
-			if failures > 0 {
-				j.log.Info("heartbeats get through again", "after_failures", failures)
-			}
+			j.news.ok(j)
 			failures, next, lastErr = 0, interval, nil
 		case ctx.Err() != nil:
 			return
@@ -675,13 +677,81 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			// runs out, below.
 			next = max(min(a.backoff(failures), interval), min(retryAfter(err), a.opts.MaxBackoff))
 			left := time.Until(j.expiry())
-			j.log.Warn("heartbeat failed; retrying", "err", err, "failures", failures, "lease_expires_in", left.Round(time.Millisecond).String())
+			j.news.failed(j, err, failures, left)
 			if left <= 0 {
 				j.expire(err)
 			} else {
 				next = min(next, left)
 			}
 		}
+	}
+}
+
+// beatNews keeps what the heartbeats of one batch log to a line per round
+// of an outage, and one when they get through again, rather than a line of
+// each per command: a batch of 100 commands wrote 100 lines a round. A
+// failure unlike those logged already (another error, or a round further)
+// is logged all the same; a command's own news (its lease lost, or expired
+// by the agent's clock) is logged by the command.
+type beatNews struct {
+	size    int // the commands of the batch; 1 outside batch mode
+	mu      sync.Mutex
+	failing map[*job]bool
+	worst   map[string]int // the furthest round logged of each error, this outage
+}
+
+func newBeatNews(size int) *beatNews {
+	return &beatNews{size: size, failing: map[*job]bool{}, worst: map[string]int{}}
+}
+
+// failed notes j's failures-th failed heartbeat in a row, err, and logs it
+// unless a command of the batch has logged that round of that error.
+func (n *beatNews) failed(j *job, err error, failures int, left time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.failing[j] = true
+	if failures <= n.worst[err.Error()] {
+		return
+	}
+	n.worst[err.Error()] = failures
+	args := []any{"err", err, "failures", failures, "lease_expires_in", left.Round(time.Millisecond).String()}
+	if n.size > 1 {
+		args = append(args, "batch", n.size)
+	}
+	j.log.Warn("heartbeat failed; retrying", args...)
+}
+
+// ok notes that j's heartbeat got through, and logs it when j was the last
+// command of the batch whose heartbeats failed.
+func (n *beatNews) ok(j *job) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.failing[j] {
+		return
+	}
+	delete(n.failing, j)
+	if len(n.failing) > 0 {
+		return
+	}
+	rounds := 0
+	for _, r := range n.worst {
+		rounds = max(rounds, r)
+	}
+	args := []any{"after_failures", rounds}
+	if n.size > 1 {
+		args = append(args, "batch", n.size)
+	}
+	j.log.Info("heartbeats get through again", args...)
+	clear(n.worst)
+}
+
+// gone notes that j heartbeats no more.
+func (n *beatNews) gone(j *job) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.failing, j)
+	if len(n.failing) == 0 {
+		clear(n.worst)
 	}
 }
 
