@@ -189,13 +189,18 @@ func Logger(ctx context.Context) *slog.Logger {
 // Run serves resource until ctx ends or the broker refuses the agent (a bad
 // token, a resource it may not serve, a URL that answers 404 for its
 // queue, an untrusted TLS certificate); it returns nil after a graceful
-// stop. Past the checks of its arguments, the error it returns is in the
-// log already (Options.Logger, level Error, "agent stopped"): a caller may
-// just exit with it. Each action may have only one handler. c is the
-// broker's client.
+// stop. The error it returns is in the log already (Options.Logger, level
+// Error: "agent not started" for arguments it cannot run with, else
+// "agent stopped"): a caller may just exit, without printing it again.
+// Each action may have only one handler. c is the broker's client.
 func Run(ctx context.Context, c *client.Client, resource string, handlers []Handler, opts Options) error {
 	a, err := newRunner(c, resource, handlers, opts)
 	if err != nil {
+		log := opts.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Error("agent not started", "err", err)
 		return err
 	}
 	done := make(chan struct{})

@@ -32,7 +32,7 @@ func Example() {
 		return map[string]string{"greeting": "hello, " + p.Name}, nil
 	})
 	if err := agent.Run(ctx, c, "greeter", []agent.Handler{greet}, agent.Options{}); err != nil {
-		log.Fatal(err)
+		os.Exit(1) // Run has logged why
 	}
 }
 

@@ -1221,3 +1221,21 @@ func TestRun_CancelCauseIs(t *testing.T) {
 		})
 	}
 }
+
+// TestRun_ArgumentErrorLogged: every error Run returns is in its log, the
+// refusal of its arguments too, so that a program may just exit with it
+// (as examples/greeter does) and still say why.
+func TestRun_ArgumentErrorLogged(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	err = agent.Run(context.Background(), c, "Not A Resource", []agent.Handler{greeter(nil)}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err == nil {
+		t.Fatal("Run took a resource name with capitals and spaces")
+	}
+	if got := logs.String(); !strings.Contains(got, "level=ERROR") || !strings.Contains(got, "agent not started") || !strings.Contains(got, "resource") {
+		t.Errorf("Run returned %q and logged:\n%s", err, got)
+	}
+}
