@@ -128,7 +128,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("serving emulation", "url", common.LogURL(), "supervisor", *supervisor, "state_dir", *stateDir, "accel", em.Accel())
-	return agent.Run(ctx, c, emulation.Resource, em.Handlers(), common.Options(log))
+	return agentcmd.Logged(agent.Run(ctx, c, emulation.Resource, em.Handlers(), common.Options(log)))
 }
 
 // defaultStateDir is $XDG_STATE_HOME/spin/emulation, with XDG's default

@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer st.Close()
 	log.Info("serving storage", "url", common.LogURL(), "root", st.Dir())
-	return agent.Run(ctx, c, hostpath.Resource, st.Handlers(), common.Options(log))
+	return agentcmd.Logged(agent.Run(ctx, c, hostpath.Resource, st.Handlers(), common.Options(log)))
 }
 
 // defaultRoot is $XDG_DATA_HOME/spin/images, with XDG's default for

@@ -35,16 +35,33 @@ func Main(name string, run func(ctx context.Context, args []string, stderr io.Wr
 	err := run(ctx, os.Args[1:], os.Stderr)
 	stop()
 	var ue *UsageError
+	var le *loggedError
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 	case errors.As(err, &ue):
 		fmt.Fprintf(os.Stderr, "%s: %v\nRun '%s -help' for its flags.\n", name, err, name)
 		os.Exit(2)
+	case errors.As(err, &le):
+		os.Exit(1) // its log line said why
 	case err != nil:
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
 }
+
+// Logged marks an error the agent has logged already, agent.Run's: Main
+// exits 1 without printing it a second time. Logged(nil) is nil.
+func Logged(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &loggedError{err}
+}
+
+type loggedError struct{ err error }
+
+func (e *loggedError) Error() string { return e.err.Error() }
+func (e *loggedError) Unwrap() error { return e.err }
 
 // UsageError is a command line the agent cannot run with: Main exits 2.
 type UsageError struct{ Err error }
