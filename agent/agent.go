@@ -769,7 +769,30 @@ func (j *job) expire(err error) {
 		return
 	}
 	j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
-	j.cancel(ErrLeaseExpired)
+	j.cancel(&leaseExpired{last: err})
+}
+
+// leaseExpired is the cause of a handler stopped because its lease ran
+// out: ErrLeaseExpired (errors.Is), with what the last heartbeat met, for
+// the reason.
+type leaseExpired struct{ last error }
+
+func (e *leaseExpired) Error() string        { return ErrLeaseExpired.Error() }
+func (e *leaseExpired) Is(target error) bool { return target == ErrLeaseExpired }
+
+// why says what kept the heartbeats from extending the lease: the broker's
+// answer, no answer, or no heartbeat at all (a process paused or starved
+// past its lease, whose network was fine).
+func (e *leaseExpired) why() string {
+	var ce *client.Error
+	switch {
+	case e.last == nil:
+		return "no heartbeat went out in time: was the agent paused, or starved of CPU?"
+	case errors.As(e.last, &ce):
+		return "the broker refused the heartbeats: " + e.last.Error()
+	default:
+		return "the broker could not be reached: " + e.last.Error()
+	}
 }
 
 // execute runs the command's handler and sets j.res. It returns early only
@@ -829,7 +852,10 @@ func (a *runner) call(j *job, h Handler) (res outcome) {
 		}
 		return outcome{reason: cutReason(reason), retry: true}
 	case errors.Is(context.Cause(j.ctx), ErrLeaseExpired):
-		reason := "agent error: " + ErrLeaseExpired.Error() + " (the broker could not be reached)"
+		reason := "agent error: " + ErrLeaseExpired.Error()
+		if le := (*leaseExpired)(nil); errors.As(context.Cause(j.ctx), &le) {
+			reason += " (" + le.why() + ")"
+		}
 		if !errors.Is(err, ErrLeaseExpired) { // a handler returning context.Cause(ctx) would say it twice
 			reason += ": " + errorText(err)
 		}

@@ -767,6 +767,11 @@ func TestRun_LeaseExpiredReasonSaysItOnce(t *testing.T) {
 	if reason := deref(got.Reason); got.State != spinbroker.Failed || strings.Count(reason, "lease expired") != 1 {
 		t.Errorf("command %s, reason %q; want failed, saying once that the lease expired", got.State, reason)
 	}
+	// The broker answered the heartbeats (503): the reason says so, not
+	// that it could not be reached.
+	if reason := deref(got.Reason); !strings.Contains(reason, "the broker refused the heartbeats") || !strings.Contains(reason, "HTTP 503") {
+		t.Errorf("reason %q; want it to say the broker refused the heartbeats, with its answer", reason)
+	}
 }
 
 // TestRun_ResultDeliveredAfterLocalExpiry: a broker out of reach for longer
