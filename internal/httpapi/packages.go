@@ -14,14 +14,24 @@ import (
 )
 
 // pathID returns the canonical id in the path, or ENOTFOUND: a string that
-// is not an id names nothing.
+// is not an id names nothing, and an empty one (/packages//commands) is
+// said to be missing rather than "package  not found".
 func pathID(r *http.Request, kind string) (string, error) {
 	raw := pathParam(r, "id")
+	if raw == "" {
+		return "", errNoPathParam(r, kind+" id")
+	}
 	id, ok := spinbroker.ParseID(raw)
 	if !ok {
 		return "", errorf(spinbroker.ENOTFOUND, "%s %s not found", kind, spinbroker.Truncate(raw, 80))
 	}
 	return id, nil
+}
+
+// errNoPathParam is the 404 of a path whose segment what is empty: a
+// client's unset variable, most likely (/packages/$ID/commands).
+func errNoPathParam(r *http.Request, what string) error {
+	return errorf(spinbroker.ENOTFOUND, "no %s in the path %s", what, spinbroker.Truncate(r.URL.Path, 200))
 }
 
 // pathParam is the path segment name, percent-decoded. chi matches on the

@@ -29,6 +29,9 @@ func (s *Server) queueBody(w http.ResponseWriter, r *http.Request, p permission,
 	if err := s.allow(r, p, pathParam(r, "resource")); err != nil {
 		return "", err
 	}
+	if pathParam(r, "resource") == "" {
+		return "", errNoPathParam(r, "resource") // 404 before the body's 413
+	}
 	body, err := readBody(w, r)
 	if err != nil {
 		return "", err
@@ -41,9 +44,13 @@ func (s *Server) queueBody(w http.ResponseWriter, r *http.Request, p permission,
 }
 
 // pathResource returns the resource in the path; every valid name has a
-// queue, an invalid one is a bad request.
+// queue, an invalid one is a bad request, and none at all (/queues//next)
+// names nothing.
 func pathResource(r *http.Request) (string, error) {
 	res := pathParam(r, "resource")
+	if res == "" {
+		return "", errNoPathParam(r, "resource")
+	}
 	if err := spinbroker.CheckName("resource", res); err != nil {
 		return "", err
 	}

@@ -67,7 +67,40 @@ func (s *Server) routes() chi.Router {
 }
 
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	if what := s.missingParam(r); what != "" {
+		s.writeError(w, r, errNoPathParam(r, what))
+		return
+	}
 	s.writeError(w, r, errorf(spinbroker.ENOTFOUND, "no route %s %s", r.Method, spinbroker.Truncate(r.URL.Path, 200)))
+}
+
+// missingParam names what a path ending in a slash lacks when a route of
+// its method takes an id or a resource there (GET /packages/: "package
+// id"), else "". chi matches no empty last segment, so without it such a
+// path would be a bare "no route".
+func (s *Server) missingParam(r *http.Request) string {
+	path := r.URL.Path
+	if !strings.HasSuffix(path, "/") || strings.HasPrefix(path, "/ui/") {
+		return ""
+	}
+	rctx := chi.NewRouteContext()
+	if !s.router.Match(rctx, r.Method, path+"x") {
+		return ""
+	}
+	for i, k := range rctx.URLParams.Keys {
+		if rctx.URLParams.Values[i] != "x" {
+			continue
+		}
+		switch {
+		case k == "resource":
+			return "resource"
+		case k == "id" && strings.HasPrefix(path, "/packages/"):
+			return "package id"
+		case k == "id" && strings.HasPrefix(path, "/commands/"):
+			return "command id"
+		}
+	}
+	return ""
 }
 
 // batchCompletePath is the one literal path that a pattern with a

@@ -1,0 +1,55 @@
+package httpapi_test
+
+import (
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+// TestAPI_EmptyPathParameter: a path whose id or resource is empty (`//`,
+// or a trailing slash where it belongs) answers 404 not_found with a
+// sentence that says what is missing, not "package  not found" with no id
+// in it or a bare "no route"; and it is answered before the body, as a
+// missing package is (API.md, Errors: 404 before 413 and 400).
+func TestAPI_EmptyPathParameter(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	big := `{"blob": "` + strings.Repeat("x", spinbroker.MaxBodyBytes) + `"}`
+	for _, tt := range []struct{ method, path, body, want string }{
+		{"POST", "/packages//commands", `{"resource": "r", "action": "x"}`, "no package id in the path"},
+		{"POST", "/packages//commands", `{`, "no package id in the path"},
+		{"POST", "/packages//commands", big, "no package id in the path"},
+		{"POST", "/packages//enqueue", ``, "no package id in the path"},
+		{"POST", "/packages//cancel", ``, "no package id in the path"},
+		{"GET", "/packages/", ``, "no package id in the path"},
+		{"DELETE", "/packages/", ``, "no package id in the path"},
+		{"GET", "/commands/", ``, "no command id in the path"},
+		{"POST", "/commands//heartbeat", `{"lease": "x"}`, "no command id in the path"},
+		{"POST", "/commands//complete", `{"status": true}`, "no command id in the path"},
+		{"POST", "/commands//retry", ``, "no command id in the path"},
+		{"GET", "/queues/", ``, "no resource in the path"},
+		{"PATCH", "/queues/", `{"paused": true}`, "no resource in the path"},
+		{"POST", "/queues//next", ``, "no resource in the path"},
+		{"POST", "/queues//next", big, "no resource in the path"},
+		{"POST", "/queues//claim", `{"max": 1}`, "no resource in the path"},
+	} {
+		r := e.do(tt.method, tt.path, tt.body)
+		e.want(r, 404, spinbroker.ENOTFOUND)
+		var b spinbroker.ErrorBody
+		r.decode(t, &b)
+		if !strings.Contains(b.Error.Message, tt.want) {
+			t.Errorf("%s %s: %q, want it to say %q", tt.method, tt.path, b.Error.Message, tt.want)
+		}
+	}
+	// A HEAD has no body to read, but its status is GET's.
+	if r := e.do("HEAD", "/packages/", ""); r.status != 404 {
+		t.Errorf("HEAD /packages/: %d", r.status)
+	}
+	// A path no route has stays a route not found.
+	r := e.do("POST", "/packages/", `{}`)
+	e.want(r, 404, spinbroker.ENOTFOUND)
+	if !strings.Contains(string(r.body), "no route POST /packages/") {
+		t.Errorf("POST /packages/: %s", r.body)
+	}
+}
