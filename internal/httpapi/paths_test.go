@@ -53,3 +53,29 @@ func TestAPI_EmptyPathParameter(t *testing.T) {
 		t.Errorf("POST /packages/: %s", r.body)
 	}
 }
+
+// TestAPI_EmptyQueuePatch: PATCH /queues/{resource} with {} changes
+// nothing, so it makes no queue appear in GET /queues (API.md: the list
+// holds the queues that have commands or settings); it answers the queue
+// as it is.
+func TestAPI_EmptyQueuePatch(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	r := e.do("PATCH", "/queues/ghost", `{}`)
+	e.want(r, 200, "")
+	var q spinbroker.Queue
+	if r.decode(t, &q); q.Resource != "ghost" || q.Concurrency != 1 || q.Paused {
+		t.Fatalf("PATCH {} answered %s", r.body)
+	}
+	var list spinbroker.QueueList
+	e.do("GET", "/queues", "").decode(t, &list)
+	if len(list.Queues) != 0 {
+		t.Fatalf("an empty patch listed a queue: %+v", list.Queues)
+	}
+	// A queue with settings keeps them.
+	e.want(e.do("PATCH", "/queues/set", `{"concurrency": 3}`), 200, "")
+	r = e.do("PATCH", "/queues/set", `{}`)
+	e.want(r, 200, "")
+	if r.decode(t, &q); q.Concurrency != 3 {
+		t.Fatalf("PATCH {} on a set queue answered %s", r.body)
+	}
+}

@@ -557,6 +557,11 @@ func (db *DB) SetQueue(ctx context.Context, resource string, s spinbroker.QueueS
 	if s.Concurrency != nil && (*s.Concurrency < 1 || *s.Concurrency > spinbroker.MaxConcurrency) {
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "concurrency must be between 1 and %d", spinbroker.MaxConcurrency)
 	}
+	if s.Concurrency == nil && s.Paused == nil {
+		// Nothing to change ({} in a PATCH): no setting is made, so the
+		// queue is not listed for it, nor kept from being forgotten.
+		return db.Queue(ctx, resource)
+	}
 	err := db.write(ctx, func(t *Tx) error {
 		// A change of settings counts as activity: the sweeper forgets a
 		// queue only once it has been idle, with default settings, for
