@@ -118,8 +118,12 @@ func Backoff(attempts int) time.Duration {
 //
 // A field tagged spin:"nonempty" may be left out but not given as "": the
 // HTTP API refuses "key": "" and "id": "" rather than read them as no key or
-// no id (API.md: a key is 1 to 128 characters). The agent SDK's
-// spin:"required", on handlers' parameter structs, is a different tag value.
+// no id (API.md: a key is 1 to 128 characters). A field tagged
+// spin:"nonnull" (a number, true or false, a duration, a time) may be left
+// out but not given as null: in a PATCH, null could as well mean "back to
+// the default" as "leave it", and elsewhere it is most likely a client's
+// unset variable. The agent SDK's spin:"required", on handlers' parameter
+// structs, is a different tag value.
 type NewCommand struct {
 	ID            string          `json:"id,omitempty" spin:"nonempty"`
 	Key           string          `json:"key,omitempty" spin:"nonempty"`
@@ -127,9 +131,9 @@ type NewCommand struct {
 	Action        string          `json:"action"`
 	Parameters    json.RawMessage `json:"parameters,omitempty"`
 	Dependencies  []string        `json:"dependencies,omitempty"`
-	MaxAttempts   *int            `json:"max_attempts,omitempty"`
-	LeaseDuration *Duration       `json:"lease_duration,omitempty"`
-	NotBefore     *time.Time      `json:"not_before,omitempty"`
+	MaxAttempts   *int            `json:"max_attempts,omitempty" spin:"nonnull"`
+	LeaseDuration *Duration       `json:"lease_duration,omitempty" spin:"nonnull"`
+	NotBefore     *time.Time      `json:"not_before,omitempty" spin:"nonnull"`
 }
 
 // NewPackage is the optional body of POST /packages: create a package with
@@ -137,7 +141,7 @@ type NewCommand struct {
 type NewPackage struct {
 	ID       string       `json:"id,omitempty" spin:"nonempty"`
 	Commands []NewCommand `json:"commands,omitempty"`
-	Enqueue  bool         `json:"enqueue,omitempty"`
+	Enqueue  bool         `json:"enqueue,omitempty" spin:"nonnull"`
 }
 
 // Lease is what an agent holds while it runs a command.
@@ -252,14 +256,14 @@ type QueueList struct {
 
 // QueueSettings is the body of PATCH /queues/{resource}.
 type QueueSettings struct {
-	Concurrency *int  `json:"concurrency,omitempty"`
-	Paused      *bool `json:"paused,omitempty"`
+	Concurrency *int  `json:"concurrency,omitempty" spin:"nonnull"`
+	Paused      *bool `json:"paused,omitempty" spin:"nonnull"`
 }
 
 // Heartbeat is the body of POST /commands/{id}/heartbeat.
 type Heartbeat struct {
 	Lease  string    `json:"lease"`
-	Extend *Duration `json:"extend,omitempty"`
+	Extend *Duration `json:"extend,omitempty" spin:"nonnull"`
 }
 
 // HeartbeatResult is the answer of a heartbeat.
@@ -271,10 +275,10 @@ type HeartbeatResult struct {
 // command. Status is a pointer so that a missing status is an error rather
 // than a silent failure.
 type Result struct {
-	Status *bool           `json:"status"`
+	Status *bool           `json:"status" spin:"nonnull"`
 	Reason *string         `json:"reason,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
-	Retry  bool            `json:"retry,omitempty"`
+	Retry  bool            `json:"retry,omitempty" spin:"nonnull"`
 	Lease  string          `json:"lease,omitempty" spin:"nonempty"`
 }
 
@@ -303,9 +307,9 @@ type BatchOutcomes struct {
 
 // Claim is the body of POST /queues/{resource}/claim.
 type Claim struct {
-	Max   int       `json:"max"`
-	Wait  *Duration `json:"wait,omitempty"`
-	Lease *Duration `json:"lease,omitempty"`
+	Max   int       `json:"max" spin:"nonnull"`
+	Wait  *Duration `json:"wait,omitempty" spin:"nonnull"`
+	Lease *Duration `json:"lease,omitempty" spin:"nonnull"`
 }
 
 // ClaimResult is the answer of a claim.

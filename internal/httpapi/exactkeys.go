@@ -44,6 +44,7 @@ type keyField struct {
 	name     string
 	shape    *shape
 	nonempty string // for a field tagged spin:"nonempty", what it must be instead of ""
+	nonnull  string // for a field tagged spin:"nonnull", what it must be instead of null
 }
 
 // find answers the index of the field named exactly key, or -1.
@@ -110,6 +111,9 @@ func buildShape(t reflect.Type, building map[reflect.Type]*shape) *shape {
 			if f.nonempty {
 				kf.nonempty = nonemptyWant(f.name)
 			}
+			if f.nonnull {
+				kf.nonnull = jsonTypeName(f.typ.String())
+			}
 			s.fields = append(s.fields, kf)
 		}
 		return s
@@ -137,6 +141,7 @@ type structField struct {
 	index    []int
 	typ      reflect.Type
 	nonempty bool
+	nonnull  bool
 }
 
 // structFields lists the JSON fields of struct type t by encoding/json's
@@ -188,7 +193,7 @@ func structFields(t reflect.Type) []structField {
 					if name == "" {
 						name = sf.Name
 					}
-					fields = append(fields, structField{name: name, tagged: tagged, index: index, typ: sf.Type, nonempty: hasOption(sf.Tag.Get("spin"), "nonempty")})
+					fields = append(fields, structField{name: name, tagged: tagged, index: index, typ: sf.Type, nonempty: hasOption(sf.Tag.Get("spin"), "nonempty"), nonnull: hasOption(sf.Tag.Get("spin"), "nonnull")})
 					if count[f.typ] > 1 {
 						// Two embeddings of one type at this depth: keep a
 						// second copy so that neither dominates.
@@ -274,6 +279,7 @@ const (
 	unknownKey   keyProblem = iota // no field has exactly this name
 	duplicateKey                   // the key is given twice in one object
 	emptyValue                     // "" for a field tagged spin:"nonempty"
+	nullValue                      // null for a field tagged spin:"nonnull"
 	nullElement                    // null where an array holds objects
 )
 
@@ -300,6 +306,8 @@ func (e *keyError) error() error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "duplicate field %q%s (a field may be given once)", key, where)
 	case nullElement:
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be an object, not null", p.String())
+	case nullValue:
+		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be %s, not null: leave it out for its default", p.String(), e.hint)
 	default:
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be %s, not empty", p.String(), e.hint)
 	}
@@ -404,6 +412,9 @@ func (w *walker) object(s *shape) *keyError {
 		f := &s.fields[fi]
 		if f.nonempty != "" && w.i+1 < len(w.b) && w.b[w.i] == '"' && w.b[w.i+1] == '"' {
 			return &keyError{problem: emptyValue, hint: f.nonempty, path: []string{f.name}}
+		}
+		if f.nonnull != "" && bytes.HasPrefix(w.b[w.i:], []byte("null")) {
+			return &keyError{problem: nullValue, hint: f.nonnull, path: []string{f.name}}
 		}
 		if ke := w.value(f.shape); ke != nil {
 			ke.path = append(ke.path, f.name)
