@@ -76,14 +76,19 @@ func (s *Server) packageExists(r *http.Request, id string) func() error {
 // the token when auth is on.
 func (s *Server) idempotency(r *http.Request, body []byte) (*spinbroker.Idempotency, error) {
 	keys := r.Header.Values("Idempotency-Key")
-	if len(keys) == 0 || keys[0] == "" && len(keys) == 1 {
+	if len(keys) == 0 {
 		return nil, nil
 	}
 	if len(keys) > 1 {
 		// Which one a replay would be judged by is anyone's guess.
 		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is given %d times; give it once", len(keys))
 	}
-	key := keys[0]
+	key := keys[0] // Go's server has trimmed the spaces around it (RFC 9110, 5.5)
+	if key == "" {
+		// Most likely a client's unset variable: read as no key, its
+		// retry would create a second time.
+		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is empty: give a key of 1 to 255 printable characters, or leave the header out")
+	}
 	if len(key) > 255 {
 		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is longer than 255 characters")
 	}
