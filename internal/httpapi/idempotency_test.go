@@ -76,3 +76,30 @@ func TestAPI_IdempotencyKeyEmpty(t *testing.T) {
 		t.Errorf("overlong key: %s", r.body)
 	}
 }
+
+// TestAPI_IdempotencyScopeIgnoresIDCase: ids are case-insensitive, so a
+// retry that writes the package's id in upper case is the same request to
+// the same package; the key's scope was the path as written, and such a
+// retry added the command twice.
+func TestAPI_IdempotencyScopeIgnoresIDCase(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	staging := e.createPackage(`[]`, false)
+	add := `{"resource": "r", "action": "x"}`
+	first := e.do("POST", "/packages/"+staging.ID+"/commands", add, "Idempotency-Key", "add-1")
+	e.want(first, 201, "")
+	again := e.do("POST", "/packages/"+strings.ToUpper(staging.ID)+"/commands", add, "Idempotency-Key", "add-1")
+	e.want(again, 201, "")
+	if again.header.Get("Idempotent-Replayed") != "true" || string(again.body) != string(first.body) {
+		t.Errorf("the retry in upper case was not a replay: %s", again.body)
+	}
+	// Nor does an escaped character make it another path.
+	escaped := "/packages/" + staging.ID[:35] + "%" + strings.ToUpper(hexOf(staging.ID[35])) + "/commands"
+	e.want(e.do("POST", escaped, `{"resource": "r", "action": "y"}`, "Idempotency-Key", "add-1"), 409, spinbroker.ECONFLICT)
+	var p spinbroker.Package
+	e.do("GET", "/packages/"+staging.ID, "").decode(t, &p)
+	if p.Total != 1 {
+		t.Fatalf("%d commands, want 1", p.Total)
+	}
+}
+
+func hexOf(c byte) string { return strconv.FormatInt(int64(c), 16) }

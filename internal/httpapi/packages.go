@@ -73,8 +73,10 @@ func (s *Server) packageExists(r *http.Request, id string) func() error {
 
 // idempotency returns the Idempotency-Key record of a create, or nil when
 // the request carries no key. Keys are scoped to the method and path, and to
-// the token when auth is on.
-func (s *Server) idempotency(r *http.Request, body []byte) (*spinbroker.Idempotency, error) {
+// the token when auth is on. The path is the caller's canonical one (its id
+// in lower case), not the one written: ids are case-insensitive, and a
+// retry that wrote the id in upper case would otherwise create twice.
+func (s *Server) idempotency(r *http.Request, path string, body []byte) (*spinbroker.Idempotency, error) {
 	keys := r.Header.Values("Idempotency-Key")
 	if len(keys) == 0 {
 		return nil, nil
@@ -97,7 +99,7 @@ func (s *Server) idempotency(r *http.Request, body []byte) (*spinbroker.Idempote
 			return nil, errorf(spinbroker.EINVALID, "Idempotency-Key must be printable ASCII")
 		}
 	}
-	scope := r.Method + " " + r.URL.Path
+	scope := r.Method + " " + path
 	if s.opts.Auth {
 		scope += " " + identityOf(r).token.ID
 	}
@@ -116,7 +118,7 @@ func (s *Server) handlePackageCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	idem, err := s.idempotency(r, body)
+	idem, err := s.idempotency(r, "/packages", body)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -166,7 +168,7 @@ func (s *Server) handleCommandAdd(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, pathFirst(err, exists))
 		return
 	}
-	idem, err := s.idempotency(r, body)
+	idem, err := s.idempotency(r, "/packages/"+id+"/commands", body)
 	if err != nil {
 		s.writeError(w, r, pathFirst(err, exists))
 		return
