@@ -120,8 +120,20 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "spinbroker: %v\nRun '%s --help' for usage.\n", ue.err, ue.cmd)
 		return 2
 	}
-	fmt.Fprintln(stderr, "spinbroker:", describe(err))
+	fmt.Fprintln(stderr, "spinbroker:", describeWithToken(err, a.tokenFrom(root)))
 	return 1
+}
+
+// tokenFrom names where the token the commands sent came from: "--token",
+// "SPINBROKER_TOKEN", or "" when none was given.
+func (a *app) tokenFrom(root *cobra.Command) string {
+	switch {
+	case strings.TrimSpace(a.token) == "":
+		return ""
+	case root.PersistentFlags().Lookup("token").Changed:
+		return "--token"
+	}
+	return "SPINBROKER_TOKEN"
 }
 
 // interrupted is how a command that SIGINT or SIGTERM (the cause of ctx,
@@ -166,7 +178,12 @@ func flagValueError(err error) error {
 }
 
 // describe turns an error into a sentence for a person at a terminal.
-func describe(err error) string {
+func describe(err error) string { return describeWithToken(err, "") }
+
+// describeWithToken is describe for a command that sent the token given in
+// tokenFrom ("--token", "SPINBROKER_TOKEN"; "" for none): a 401 then says
+// that token was refused, not to give one.
+func describeWithToken(err error, tokenFrom string) string {
 	var ce *client.Error
 	if errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest && strings.HasPrefix(ce.Err.Message, "Client sent an HTTP request to an HTTPS server") {
 		// Go's server answers plain HTTP on a TLS port so, in plain text,
@@ -179,7 +196,15 @@ func describe(err error) string {
 			return fmt.Sprintf("%s (%s, request %s)", ce.Err.Message, ce.Err.Code, ce.RequestID)
 		}
 		msg := fmt.Sprintf("%s (%s)", ce.Err.Message, ce.Err.Code)
-		if ce.Err.Code == spinbroker.EUNAUTHORIZED {
+		switch {
+		case ce.Err.Code != spinbroker.EUNAUTHORIZED:
+		case tokenFrom != "":
+			given := "in " + tokenFrom
+			if tokenFrom == "--token" {
+				given = "with --token"
+			}
+			msg += "; the token given " + given + " was refused: revoked, mistyped, or made for another broker ('spinbroker token ls --db' on the broker's database lists its tokens)"
+		default:
 			// The broker speaks of headers; here a token is a flag.
 			msg += "; give --token or set SPINBROKER_TOKEN (spinbroker token create makes one)"
 		}

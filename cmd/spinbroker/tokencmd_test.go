@@ -419,3 +419,42 @@ func TestTokenCreateNameInCharacters(t *testing.T) {
 		t.Errorf("a name that is not UTF-8: %s", r)
 	}
 }
+
+// TestUnauthorizedHint: a 401 after the user gave a token says that token
+// was refused, and where it came from; telling them to "give --token" when
+// they just did sent them looking for a typo in the flag. Without a token
+// the hint stays how to give one.
+func TestUnauthorizedHint(t *testing.T) {
+	t.Parallel()
+	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "broker.db"), store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	revoked, secret, err := db.CreateToken(context.Background(), spinbroker.RoleAdmin, "", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.RevokeToken(context.Background(), revoked.ID); err != nil {
+		t.Fatal(err)
+	}
+	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
+	const noToken = "give --token or set SPINBROKER_TOKEN"
+	for _, tt := range []struct {
+		name string
+		r    result
+		want string
+	}{
+		{"Flag", b.spin("queue", "ls", "--token", "sbt_mistyped"), "the token given with --token was refused"},
+		{"Revoked", b.spin("queue", "ls", "--token", secret), "the token given with --token was refused"},
+		{"Env", spinEnv(t, []string{"SPINBROKER_URL=" + b.url, "SPINBROKER_TOKEN=sbt_mistyped"}, "queue", "ls"), "the token given in SPINBROKER_TOKEN was refused"},
+		{"None", b.spin("queue", "ls"), noToken},
+	} {
+		if tt.r.code != 1 || !strings.Contains(tt.r.stderr, "(unauthorized)") || !strings.Contains(tt.r.stderr, tt.want) {
+			t.Errorf("%s: %s, want %q", tt.name, tt.r, tt.want)
+		}
+		if tt.name != "None" && (strings.Contains(tt.r.stderr, noToken) || !strings.Contains(tt.r.stderr, "revoked, mistyped, or made for another broker")) {
+			t.Errorf("%s: %s", tt.name, tt.r)
+		}
+	}
+}
