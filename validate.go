@@ -3,6 +3,7 @@ package spinbroker
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"time"
@@ -99,17 +100,20 @@ func CheckID(what, s string) (string, error) {
 // CheckKey answers EINVALID unless k is a usable command key: 1 to 128
 // characters, valid UTF-8, no control characters, and not shaped like a UUID
 // (a dependency entry of that shape is always read as an id).
-func CheckKey(k string) error {
+func CheckKey(k string) error { return checkKey("key", k) }
+
+// checkKey is CheckKey for the field named what (commands[2].key).
+func checkKey(what, k string) error {
 	n := utf8.RuneCountInString(k)
 	switch {
 	case n == 0 || n > MaxKeyLen:
-		return Errorf(EINVALID, "key must be 1 to %d characters", MaxKeyLen)
+		return Errorf(EINVALID, "%s must be 1 to %d characters", what, MaxKeyLen)
 	case !utf8.ValidString(k):
-		return Errorf(EINVALID, "key is not valid UTF-8")
+		return Errorf(EINVALID, "%s is not valid UTF-8", what)
 	case strings.IndexFunc(k, unicode.IsControl) >= 0:
-		return Errorf(EINVALID, "key %q contains a control character", Truncate(k, 80))
+		return Errorf(EINVALID, "%s %q contains a control character", what, Truncate(k, 80))
 	case LooksLikeID(k):
-		return Errorf(EINVALID, "key %q has the shape of a UUID, which dependencies would read as an id", k)
+		return Errorf(EINVALID, "%s %q has the shape of a UUID, which dependencies would read as an id", what, k)
 	}
 	return nil
 }
@@ -117,10 +121,15 @@ func CheckKey(k string) error {
 // CheckParameters answers EINVALID unless p is absent or a JSON object, and
 // returns its compact form ({} when absent).
 func CheckParameters(p json.RawMessage) (json.RawMessage, error) {
+	return checkParameters("parameters", p)
+}
+
+// checkParameters is CheckParameters for the field named what.
+func checkParameters(what string, p json.RawMessage) (json.RawMessage, error) {
 	if len(p) == 0 {
 		return json.RawMessage("{}"), nil
 	}
-	return checkObject("parameters", p)
+	return checkObject(what, p)
 }
 
 // CheckOutput answers EINVALID unless o is absent, null or a JSON object, and
@@ -168,51 +177,77 @@ func CheckClaimMax(n int) error {
 // Validate checks everything about a new command that does not need the
 // database: names, key, id, parameters, limits. It normalizes the id,
 // parameters and not_before in place.
-func (c *NewCommand) Validate() error {
+func (c *NewCommand) Validate() error { return c.validate("") }
+
+// ValidateItem is Validate for the command at index i of a request's
+// commands: its errors name the item (commands[2].lease_duration), as
+// the HTTP API's decoding errors do, so that one bad command of many can
+// be found.
+func (c *NewCommand) ValidateItem(i int) error {
+	return c.validate(fmt.Sprintf("commands[%d]", i))
+}
+
+// validate is Validate with the fields named under item ("" for a
+// command on its own).
+func (c *NewCommand) validate(item string) error {
+	field := func(name string) string {
+		if item == "" {
+			return name
+		}
+		return item + "." + name
+	}
+	command := "a command"
+	idField := "command id"
+	if item != "" {
+		command, idField = item, field("id")
+	}
 	if c.ID != "" {
-		id, err := CheckID("command id", c.ID)
+		id, err := CheckID(idField, c.ID)
 		if err != nil {
 			return err
 		}
 		c.ID = id
 	}
 	if c.Key != "" {
-		if err := CheckKey(c.Key); err != nil {
+		if err := checkKey(field("key"), c.Key); err != nil {
 			return err
 		}
 	}
-	if err := CheckName("resource", c.Resource); err != nil {
+	if err := CheckName(field("resource"), c.Resource); err != nil {
 		return err
 	}
-	if err := CheckName("action", c.Action); err != nil {
+	if err := CheckName(field("action"), c.Action); err != nil {
 		return err
 	}
-	p, err := CheckParameters(c.Parameters)
+	p, err := checkParameters(field("parameters"), c.Parameters)
 	if err != nil {
 		return err
 	}
 	c.Parameters = p
 	if len(c.Dependencies) > MaxDependencies {
-		return Errorf(EINVALID, "a command may have at most %d dependencies, not %d", MaxDependencies, len(c.Dependencies))
+		return Errorf(EINVALID, "%s may have at most %d dependencies, not %d", command, MaxDependencies, len(c.Dependencies))
 	}
-	for _, d := range c.Dependencies {
+	for j, d := range c.Dependencies {
 		if d == "" {
-			return Errorf(EINVALID, "a dependency must not be empty")
+			if item == "" {
+				return Errorf(EINVALID, "a dependency must not be empty")
+			}
+			return Errorf(EINVALID, "%s[%d] must not be empty", field("dependencies"), j)
 		}
 		if c.ID != "" && strings.EqualFold(d, c.ID) || c.Key != "" && d == c.Key {
-			return Errorf(EINVALID, "a command cannot depend on itself")
+			return Errorf(EINVALID, "%s cannot depend on itself", command)
 		}
 	}
 	if c.MaxAttempts != nil && (*c.MaxAttempts < 1 || *c.MaxAttempts > MaxMaxAttempts) {
-		return Errorf(EINVALID, "max_attempts must be between 1 and %d", MaxMaxAttempts)
+		return Errorf(EINVALID, "%s must be between 1 and %d", field("max_attempts"), MaxMaxAttempts)
 	}
 	if c.LeaseDuration != nil {
-		if err := CheckLease("lease_duration", c.LeaseDuration.D()); err != nil {
+		if err := CheckLease(field("lease_duration"), c.LeaseDuration.D()); err != nil {
 			return err
 		}
 	}
 	if c.NotBefore != nil {
-		t, err := CheckNotBefore(*c.NotBefore)
+		t, err := checkNotBefore(field("not_before"), *c.NotBefore)
 		if err != nil {
 			return err
 		}
@@ -232,13 +267,16 @@ var (
 // the store cannot keep (a "never" such as 9999-12-31 would otherwise wrap
 // around into the past and run at once) or an offset RFC 3339 does not
 // allow (its hours run 00 to 23).
-func CheckNotBefore(t time.Time) (time.Time, error) {
+func CheckNotBefore(t time.Time) (time.Time, error) { return checkNotBefore("not_before", t) }
+
+// checkNotBefore is CheckNotBefore for the field named what.
+func checkNotBefore(what string, t time.Time) (time.Time, error) {
 	if _, off := t.Zone(); off <= -24*60*60 || off >= 24*60*60 {
-		return time.Time{}, Errorf(EINVALID, "not_before has a time zone offset of %d hours or more; RFC 3339 offsets run from -23:59 to +23:59", 24)
+		return time.Time{}, Errorf(EINVALID, "%s has a time zone offset of %d hours or more; RFC 3339 offsets run from -23:59 to +23:59", what, 24)
 	}
 	if t.Before(MinNotBefore) || !t.Before(MaxNotBefore) {
-		return time.Time{}, Errorf(EINVALID, "not_before must be from %s to before %s, not %s",
-			MinNotBefore.Format(time.DateOnly), MaxNotBefore.Format(time.DateOnly), t.Format(time.RFC3339))
+		return time.Time{}, Errorf(EINVALID, "%s must be from %s to before %s, not %s",
+			what, MinNotBefore.Format(time.DateOnly), MaxNotBefore.Format(time.DateOnly), t.Format(time.RFC3339))
 	}
 	return t.UTC(), nil
 }

@@ -29,7 +29,7 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 		return nil, nil, spinbroker.Errorf(spinbroker.EINVALID, "a request may add at most %d commands", spinbroker.MaxCommandsPerBatch)
 	}
 	for i := range in.Commands {
-		if err := in.Commands[i].Validate(); err != nil {
+		if err := in.Commands[i].ValidateItem(i); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -285,8 +285,12 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	deps := make([]string, 0, len(in.Dependencies))
 	seen := make(map[string]bool, len(in.Dependencies))
 	pending := 0
-	for _, d := range in.Dependencies {
-		dep, state, err := t.resolveDep(pkgID, d)
+	for j, d := range in.Dependencies {
+		what := "dependency"
+		if pkgID == t.creating {
+			what = depItem(pos, j) // pos is the command's index in the request
+		}
+		dep, state, err := t.resolveDep(pkgID, d, what)
 		if err != nil {
 			return spinbroker.Command{}, err
 		}
@@ -359,29 +363,36 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	return c, nil
 }
 
+// depItem names dependency j of command i of a request's commands, for
+// errors: in a create of many commands, "dependency x" said not which.
+func depItem(i, j int) string {
+	return fmt.Sprintf("commands[%d].dependencies[%d]", i, j)
+}
+
 // resolveDep turns a dependency entry into a command id, with the state of
 // that command: an entry shaped like a UUID names a command of any package;
-// anything else is a key in pkgID.
-func (t *Tx) resolveDep(pkgID, entry string) (id, state string, err error) {
+// anything else is a key in pkgID. what names the entry in errors
+// ("dependency", or its place in the request).
+func (t *Tx) resolveDep(pkgID, entry, what string) (id, state string, err error) {
 	if spinbroker.LooksLikeID(entry) {
 		id = strings.ToLower(entry)
 		err = t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state)
 		if isNoRows(err) {
-			return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %s names no existing command", id)
+			return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %s names no existing command", what, id)
 		}
 		return id, state, err
 	}
 	err = t.queryRow(`SELECT id, state FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id, &state)
 	if isNoRows(err) {
-		return "", "", t.unknownKeyDep(pkgID, entry)
+		return "", "", t.unknownKeyDep(pkgID, entry, what)
 	}
 	return id, state, err
 }
 
-// unknownKeyDep is the error of a dependency key that names no command
-// added earlier to package pkgID.
-func (t *Tx) unknownKeyDep(pkgID, key string) error {
-	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "dependency %q names no command added earlier to %s", spinbroker.Truncate(key, 80), t.pkgName(pkgID))
+// unknownKeyDep is the error of a dependency key, named what, that names no
+// command added earlier to package pkgID.
+func (t *Tx) unknownKeyDep(pkgID, key, what string) error {
+	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %q names no command added earlier to %s", what, spinbroker.Truncate(key, 80), t.pkgName(pkgID))
 }
 
 // badDepsFirst returns the error of a bad dependency among cmds, added to
@@ -390,16 +401,20 @@ func (t *Tx) unknownKeyDep(pkgID, key string) error {
 // transaction is failing either way; this reads and writes nothing. Keys
 // name earlier commands of the request, and, with inDB, the package's
 // commands already stored; ids name earlier commands of the request or
-// stored ones.
+// stored ones. Without inDB (a create) an error names its item's place.
 func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand, inDB bool) error {
 	if spinbroker.ErrorCode(err) != spinbroker.ECONFLICT {
 		return err
 	}
 	keys := make(map[string]bool, len(cmds))
 	ids := make(map[string]bool, len(cmds))
-	for _, c := range cmds {
+	for i, c := range cmds {
 		own := strings.ToLower(c.ID)
-		for _, d := range c.Dependencies {
+		for j, d := range c.Dependencies {
+			what := "dependency"
+			if !inDB {
+				what = depItem(i, j) // the create's commands, not one add
+			}
 			isID := spinbroker.LooksLikeID(d)
 			switch {
 			case isID && strings.ToLower(d) == own, !isID && d == c.Key && c.Key != "":
@@ -407,13 +422,13 @@ func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand,
 			case isID && ids[strings.ToLower(d)], !isID && keys[d]:
 				// An earlier command of the request.
 			case isID || inDB:
-				if _, _, rerr := t.resolveDep(pkgID, d); spinbroker.ErrorCode(rerr) == spinbroker.EUNKNOWNDEP {
+				if _, _, rerr := t.resolveDep(pkgID, d, what); spinbroker.ErrorCode(rerr) == spinbroker.EUNKNOWNDEP {
 					return rerr
 				} else if rerr != nil {
 					return err
 				}
 			default:
-				return t.unknownKeyDep(pkgID, d)
+				return t.unknownKeyDep(pkgID, d, what)
 			}
 		}
 		if c.Key != "" {

@@ -1,0 +1,70 @@
+package httpapi_test
+
+import (
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+// TestAPI_ItemErrorsNameTheItem: a command of POST /packages refused by a
+// check made after decoding names its place in the list, as decoding's own
+// errors do (commands[2].max_attempts): in a create of a thousand commands,
+// "lease_duration must be between 1s and 24h" said nothing of which. A
+// single add keeps its plain field names.
+func TestAPI_ItemErrorsNameTheItem(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const uuid = "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"
+	for _, tt := range []struct{ fields, want string }{
+		{`"lease_duration": "0s"`, `commands[2].lease_duration must be between 1s and`},
+		{`"max_attempts": 0`, `commands[2].max_attempts must be between 1 and`},
+		{`"resource": "R!", "action": "x"`, `commands[2].resource "R!" is not a valid name`},
+		{`"resource": "r", "action": "X"`, `commands[2].action "X" is not a valid name`},
+		{`"id": "zz"`, `commands[2].id "zz" is not a UUID`},
+		{`"parameters": [1]`, `commands[2].parameters must be a JSON object`},
+		{`"not_before": "9999-12-31T23:59:59Z"`, `commands[2].not_before must be from 1678-01-01`},
+		{`"not_before": "2030-01-01T00:00:00+24:00"`, `commands[2].not_before has a time zone offset`},
+		{`"key": "` + uuid + `"`, `commands[2].key "` + uuid + `" has the shape of a UUID`},
+		{`"key": "a\u0001"`, `commands[2].key "a\x01" contains a control character`},
+		{`"dependencies": ["a", ""]`, `commands[2].dependencies[1] must not be empty`},
+		{`"key": "c", "dependencies": ["a", "c"]`, `commands[2] cannot depend on itself`},
+		{`"dependencies": ["nope"]`, `commands[2].dependencies[0] "nope" names no command added earlier`},
+		{`"dependencies": ["a", "` + uuid + `"]`, `commands[2].dependencies[1] ` + uuid + ` names no existing command`},
+	} {
+		third := `{"resource": "r", "action": "x", ` + tt.fields + `}`
+		if strings.Contains(tt.fields, `"resource"`) {
+			third = `{` + tt.fields + `}`
+		}
+		body := `{"commands": [{"key": "a", "resource": "r", "action": "x"}, {"resource": "r", "action": "x"}, ` + third + `]}`
+		r := e.do("POST", "/packages", body)
+		if r.status != 400 {
+			t.Errorf("%s: %d %s", tt.fields, r.status, r.body)
+			continue
+		}
+		var b spinbroker.ErrorBody
+		r.decode(t, &b)
+		if !strings.HasPrefix(b.Error.Message, tt.want) {
+			t.Errorf("%s:\n got %s\nwant %s…", tt.fields, b.Error.Message, tt.want)
+		}
+	}
+	// A dependency named nothing beside a key given twice: the 400 (API.md,
+	// Errors: before the 409) names its item too.
+	r := e.do("POST", "/packages", `{"commands": [{"key": "a", "resource": "r", "action": "x"}, {"key": "a", "resource": "r", "action": "x"}, {"resource": "r", "action": "x", "dependencies": ["a", "nope"]}]}`)
+	e.want(r, 400, spinbroker.EUNKNOWNDEP)
+	if !strings.Contains(string(r.body), `commands[2].dependencies[1] \"nope\" names no command`) {
+		t.Errorf("conflict and a bad dependency: %s", r.body)
+	}
+	// One command in a request of its own: its fields are named plainly.
+	staging := e.createPackage(`[]`, false)
+	r = e.do("POST", "/packages/"+staging.ID+"/commands", `{"resource": "r", "action": "x", "lease_duration": "0s"}`)
+	e.want(r, 400, spinbroker.EINVALID)
+	if !strings.Contains(string(r.body), `"lease_duration must be between 1s and`) {
+		t.Errorf("single add: %s", r.body)
+	}
+	r = e.do("POST", "/packages/"+staging.ID+"/commands", `{"resource": "r", "action": "x", "dependencies": ["nope"]}`)
+	e.want(r, 400, spinbroker.EUNKNOWNDEP)
+	if !strings.Contains(string(r.body), `"dependency \"nope\" names no command`) {
+		t.Errorf("single add: %s", r.body)
+	}
+}
