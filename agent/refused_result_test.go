@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -18,24 +17,12 @@ import (
 )
 
 // refuseResults answers 500 to every completion the agent sends (single or
-// batched) while on is set; a person's client (another User-Agent) gets
+// batched) while down is set; a person's client (another User-Agent) gets
 // through.
-type refuseResults struct {
-	on   atomic.Bool
-	seen atomic.Int32
-}
-
-func (f *refuseResults) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isComplete(r) && r.UserAgent() != "by-hand" && f.on.Load() {
-			f.seen.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusInternalServerError)
-			_, _ = io.WriteString(w, `{"error":{"code":"internal","message":"injected"}}`)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+func refuseResults() *outage {
+	return &outage{status: http.StatusInternalServerError, match: func(r *http.Request) bool {
+		return isComplete(r) && r.UserAgent() != "by-hand"
+	}}
 }
 
 // TestRun_RefusedResultReleasesTheLease: a result the broker answers with
@@ -49,8 +36,8 @@ func (f *refuseResults) wrap(h http.Handler) http.Handler {
 func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 	for _, claim := range []int{0, 4} {
 		t.Run(map[int]string{0: "Single", 4: "Batch"}[claim], func(t *testing.T) {
-			f := &refuseResults{}
-			f.on.Store(true)
+			f := refuseResults()
+			f.down.Store(true)
 			b := startBroker(t, httpapi.Options{}, f.wrap)
 			hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
 			if err != nil {
@@ -59,6 +46,20 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 			var logs syncbuf.Buffer
 			runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Claim: claim, Lease: time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			ids := b.enqueue(t, cmd("greet", `{"name":"refused"}`))
+			// The agent takes it first: only then does the hand below ask
+			// the same queue, or it could be the first to get it.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				c, err := hand.Command(context.Background(), ids[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.State == spinbroker.Leased {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the agent did not take the command: %s", c.State)
+				}
+			}
 
 			// The command comes back to its queue: someone else gets it.
 			var again *spinbroker.Command
@@ -86,7 +87,7 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 				t.Fatal(err)
 			}
 			// And it works again once the broker takes results.
-			f.on.Store(false)
+			f.down.Store(false)
 			next := b.enqueue(t, cmd("greet", `{"name":"after"}`))
 			if c := b.await(t, next[0]); c.State != spinbroker.Succeeded || c.Attempts != 1 {
 				t.Errorf("the next command: %s after %d attempts", c.State, c.Attempts)
@@ -96,8 +97,8 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 	// With nobody else to take it, the command is run again by the same
 	// agent until its attempts are spent, then fails: bounded.
 	t.Run("Bounded", func(t *testing.T) {
-		f := &refuseResults{}
-		f.on.Store(true)
+		f := refuseResults()
+		f.down.Store(true)
 		b := startBroker(t, httpapi.Options{}, f.wrap)
 		var runs atomic.Int32
 		runAgent(t, b, []agent.Handler{greeter(&runs)}, agent.Options{Lease: time.Second})

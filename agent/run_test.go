@@ -693,20 +693,26 @@ func TestRun_FinishedLine(t *testing.T) {
 	}
 }
 
-// outage fails every request whose path matches with 503 while down is set.
+// outage fails every request that match takes while down is set: with 503
+// unavailable, or with status (500 internal) when it is set.
 type outage struct {
-	match func(r *http.Request) bool
-	down  atomic.Bool
-	seen  atomic.Int32
+	match  func(r *http.Request) bool
+	status int
+	down   atomic.Bool
+	seen   atomic.Int32
 }
 
 func (o *outage) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if o.match(r) && o.down.Load() {
 			o.seen.Add(1)
+			status, code := http.StatusServiceUnavailable, "unavailable"
+			if o.status != 0 {
+				status, code = o.status, "internal"
+			}
 			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
+			w.WriteHeader(status)
+			_, _ = io.WriteString(w, `{"error":{"code":"`+code+`","message":"injected"}}`)
 			return
 		}
 		h.ServeHTTP(w, r)
