@@ -104,7 +104,9 @@ func Open(dir string, opts Options) (*Storage, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Storage{dir: abs, root: root, lock: lock, qemuImg: opts.QemuImg, log: opts.Logger}, nil
+	s := &Storage{dir: abs, root: root, lock: lock, qemuImg: opts.QemuImg, log: opts.Logger}
+	s.removeAllStaleTemps()
+	return s, nil
 }
 
 // Close lets go of the root.
@@ -441,7 +443,7 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	s.removeStaleTemps(rel)
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(rel), fmt.Sprintf(".%s.tmp-%x", filepath.Base(rel), rnd))
+	tmp := filepath.Join(filepath.Dir(rel), fmt.Sprintf(".%s%s%x", filepath.Base(rel), tempMark, rnd))
 	f, err := s.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return describe(rel, err)
@@ -468,7 +470,7 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 // can take minutes): the write about to start replaces them, and a volume
 // holding one could not be removed.
 func (s *Storage) removeStaleTemps(rel string) {
-	dir, prefix := filepath.Dir(rel), "."+filepath.Base(rel)+".tmp-"
+	dir, prefix := filepath.Dir(rel), "."+filepath.Base(rel)+tempMark
 	d, err := s.root.Open(dir)
 	if err != nil {
 		return
@@ -476,12 +478,48 @@ func (s *Storage) removeStaleTemps(rel string) {
 	entries, _ := d.ReadDir(-1)
 	d.Close()
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
-			if err := s.root.Remove(filepath.Join(dir, e.Name())); err == nil {
-				s.log.Info("removed a temporary file left by an interrupted write", "path", filepath.Join(dir, e.Name()))
-			}
+		if strings.HasPrefix(e.Name(), prefix) && isTemp(e.Name()) && e.Type().IsRegular() {
+			s.removeStaleTemp(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// removeAllStaleTemps removes, when the agent starts, the temporary files
+// anywhere in the root that an agent killed in the middle of a write left:
+// with the root locked, no write is under way. A command that failed is
+// not always retried, and such a file can be as large as the image, and
+// keeps its volume from being removed without force while no image shows
+// in it. Symlinks are not followed.
+func (s *Storage) removeAllStaleTemps() {
+	_ = fs.WalkDir(s.root.FS(), ".", func(p string, e fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			s.log.Warn("cannot look for temporary files left by an interrupted write", "path", p, "err", describe(filepath.FromSlash(p), err))
+		case e.Type().IsRegular() && isTemp(e.Name()):
+			s.removeStaleTemp(filepath.FromSlash(p))
+		}
+		return nil
+	})
+}
+
+func (s *Storage) removeStaleTemp(rel string) {
+	if err := s.root.Remove(rel); err == nil {
+		s.log.Info("removed a temporary file left by an interrupted write", "path", rel)
+	}
+}
+
+// tempMark is between the image's name and a random suffix in the name of
+// a write's temporary file: ".<name>.tmp-<12 hex digits>".
+const tempMark = ".tmp-"
+
+// isTemp reports whether name is that of a write's temporary file.
+func isTemp(name string) bool {
+	i := strings.LastIndex(name, tempMark)
+	if i < 2 || name[0] != '.' {
+		return false
+	}
+	rnd := name[i+len(tempMark):]
+	return len(rnd) == 12 && strings.Trim(rnd, "0123456789abcdef") == ""
 }
 
 // qemuImgRun runs qemu-img with f as its fd 3 (/dev/fd/3), so that it

@@ -1,0 +1,141 @@
+package hostpath
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// crashRoot names, to the child process of the tests below, the root it
+// opens; the child then copies root's image a/d.raw to volume b until it
+// is killed.
+const crashRoot = "SPIN_HOSTPATH_CRASH_ROOT"
+
+// TestCrashChild is the agent that gets killed: it copies a/d.raw to b.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashRoot)
+	if dir == "" {
+		t.Skip("the child of the crash tests")
+	}
+	s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"})
+	t.Fatalf("the copy ended before it was killed: %v", err)
+}
+
+// temps lists the write temporaries in dir.
+func temps(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+// TestCopyImage_AgentKilledMidway: an agent SIGKILLed in the middle of a
+// copy leaves its temporary file and no image under the final name; the
+// agent started again removes the temporary (a failed command may never
+// be retried, and the file can hold as much as the image), and the copy
+// retried then makes a whole image.
+func TestCopyImage_AgentKilledMidway(t *testing.T) {
+	if os.Getenv(crashRoot) != "" {
+		t.Skip("this is the parent test")
+	}
+	dir := filepath.Join(t.TempDir(), "images")
+	s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "c"}))
+	o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	// Data that takes a moment to copy: 256 MiB, none of it zeros.
+	f, err := os.OpenFile(o.HostPath, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("spin"), 1<<20)
+	for off := int64(0); off < 256<<20; off += int64(len(data)) {
+		if _, err := f.WriteAt(data, 512<<20+off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	// A temporary of another agent's write, killed too, in another volume,
+	// and a dot file that is not one.
+	other := filepath.Join(dir, "c", ".e.qcow2.tmp-0123456789ab")
+	keep := filepath.Join(dir, "c", ".keep")
+	for _, p := range []string{other, keep} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close() // the child serves the root now
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+	cmd.Env = append(os.Environ(), crashRoot+"="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(temps(t, filepath.Join(dir, "b"))) == 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the child never started its copy")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if _, err := os.Stat(filepath.Join(dir, "b", "d.raw")); !os.IsNotExist(err) {
+		t.Fatalf("the killed copy left an image under the final name: %v", err)
+	}
+	if len(temps(t, filepath.Join(dir, "b"))) != 1 {
+		t.Fatalf("the killed copy left %q, want its temporary file", temps(t, filepath.Join(dir, "b")))
+	}
+
+	s, err = Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, v := range []string{"b", "c"} {
+		if left := temps(t, filepath.Join(dir, v)); len(left) != 0 {
+			t.Errorf("volume %s still holds %q after the agent started again", v, left)
+		}
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("a dot file that is no temporary of the agent's was removed: %v", err)
+	}
+	// The volume c holds no image any more: it can go without force.
+	if err := os.Remove(keep); err != nil {
+		t.Fatal(err)
+	}
+	m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "c"}))
+
+	o = m.out(s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"}))
+	if !o.Changed {
+		t.Errorf("the retried copy = %+v", o)
+	}
+	if same, err := s.sameContent(ctx, "a/d.raw", "b/d.raw"); err != nil || !same {
+		t.Errorf("the retried copy differs from its source: %v", err)
+	}
+}
