@@ -139,3 +139,69 @@ func TestCopyImage_AgentKilledMidway(t *testing.T) {
 		t.Errorf("the retried copy differs from its source: %v", err)
 	}
 }
+
+// tmpfs mounts a small tmpfs on dir for the test, or skips it where the
+// test may not mount (not root).
+func tmpfs(t *testing.T, dir, size string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+}
+
+// TestMoveImage_AcrossFileSystemsInterrupted: a move to a volume on
+// another file system copies, then removes the source; an agent killed
+// between the two leaves the whole image in both volumes. The retried
+// move finishes it rather than fail because the target "has an image
+// already", while a target that is another image is still refused.
+func TestMoveImage_AcrossFileSystemsInterrupted(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	o := m.out(s.AddVolume(ctx, AddVolume{Path: "other-fs"}))
+	tmpfs(t, o.HostPath, "16m")
+	o = m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	if err := os.WriteFile(o.HostPath, append(make([]byte, 1<<20), "data"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(o.HostPath, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	// What move_image does up to the kill: the copy, renamed into place.
+	// (b keeps a copy of the source, to compare with in the end.)
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	for _, to := range []string{"b/d.raw", "other-fs/d.raw"} {
+		if err := s.copyFile("a/d.raw", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o = m.out(s.MoveImage(ctx, MoveImage{ImageName: "d.raw", Volume: "a", TargetVolume: "other-fs"}))
+	if !o.Changed || o.Path != "other-fs/d.raw" || o.Size != 1<<30 {
+		t.Errorf("the retried move_image = %+v", o)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "a", "d.raw")); !os.IsNotExist(err) {
+		t.Errorf("the source is still there: %v", err)
+	}
+	if same, err := s.sameContent(ctx, "b/d.raw", "other-fs/d.raw"); err != nil || !same {
+		t.Errorf("the moved image is not what the source was: %v", err)
+	}
+	if o := m.out(s.MoveImage(ctx, MoveImage{ImageName: "d.raw", Volume: "a", TargetVolume: "other-fs"})); o.Changed {
+		t.Errorf("move_image once more = %+v", o)
+	}
+
+	// Another image of that name in the target is no half-done move.
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	_, err := s.MoveImage(ctx, MoveImage{ImageName: "d.raw", Volume: "a", TargetVolume: "other-fs"})
+	wantErr(t, err, `volume "other-fs" has an image "d.raw" already`)
+	if _, err := os.Stat(filepath.Join(s.Dir(), "a", "d.raw")); err != nil {
+		t.Errorf("the source of a refused move is gone: %v", err)
+	}
+}

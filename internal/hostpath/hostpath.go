@@ -799,7 +799,7 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 		}
 		return nil, srcErr
 	case dstErr == nil:
-		return nil, fmt.Errorf("volume %q has an image %q already", filepath.Dir(dst), p.ImageName)
+		return s.finishMove(ctx, src, dst, srcInfo, dstInfo)
 	case !errors.Is(dstErr, fs.ErrNotExist):
 		return nil, dstErr
 	}
@@ -820,6 +820,43 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	}
 	s.log.Info("image moved", "path", src, "target", dst)
 	return s.output(dst, true).withImage(srcInfo), nil
+}
+
+// finishMove is a move whose target volume holds an image of its name
+// already. Across file systems a move is a copy and then the removal of
+// the source, and an agent killed between the two leaves the same image in
+// both volumes: the retried move finishes it, removing the source. Any
+// other image there is refused. (On one file system a move is a rename,
+// which leaves no such halfway state.)
+func (s *Storage) finishMove(ctx context.Context, src, dst string, srcInfo, dstInfo imageInfo) (any, error) {
+	refused := fmt.Errorf("volume %q has an image %q already", filepath.Dir(dst), filepath.Base(dst))
+	if srcInfo != dstInfo {
+		return nil, refused
+	}
+	from, err := s.root.Stat(filepath.Dir(src))
+	if err != nil {
+		return nil, describe(filepath.Dir(src), err)
+	}
+	to, err := s.root.Stat(filepath.Dir(dst))
+	if err != nil {
+		return nil, describe(filepath.Dir(dst), err)
+	}
+	if oneFileSystem(from, to) {
+		return nil, refused
+	}
+	if same, err := s.sameContent(ctx, src, dst); err != nil {
+		return nil, err
+	} else if !same {
+		return nil, refused
+	}
+	if err := s.notInUse(src, false); err != nil {
+		return nil, err
+	}
+	if err := s.root.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, describe(src, err)
+	}
+	s.log.Info("image moved: an interrupted move finished, its copy found whole in the target", "path", src, "target", dst)
+	return s.output(dst, true).withImage(dstInfo), nil
 }
 
 // CopyImage copies an image to another volume, keeping it sparse. A copy
