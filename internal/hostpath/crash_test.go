@@ -2,6 +2,7 @@ package hostpath
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -203,5 +204,68 @@ func TestMoveImage_AcrossFileSystemsInterrupted(t *testing.T) {
 	wantErr(t, err, `volume "other-fs" has an image "d.raw" already`)
 	if _, err := os.Stat(filepath.Join(s.Dir(), "a", "d.raw")); err != nil {
 		t.Errorf("the source of a refused move is gone: %v", err)
+	}
+}
+
+// TestImages_DiskFull: on a full file system, a qcow2 image or a copy of
+// an image with data cannot be made; the reason says so and names the
+// image by its path in the root (not qemu-img's /dev/fd/3), and neither a
+// partial image nor a temporary file is left. A raw image is sparse and
+// may still be made.
+func TestImages_DiskFull(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed")
+	}
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	full := m.out(s.AddVolume(ctx, AddVolume{Path: "full"})).HostPath
+	tmpfs(t, full, "4m")
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "full", ImageName: "grow.qcow2", ImageSize: 1}))
+	o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	f, err := os.OpenFile(o.HostPath, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{1}, 8<<20), 100<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	filler, err := os.Create(filepath.Join(full, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = filler.Write(make([]byte, 4<<20))
+	filler.Close()
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the tmpfs: %v", err)
+	}
+
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "full", ImageName: "r.raw", ImageSize: 1}))
+	_, err = s.CreateImage(ctx, CreateImage{VolumePath: "full", ImageName: "q.qcow2", ImageSize: 1})
+	wantErr(t, err, `"full/q.qcow2"`)
+	wantErr(t, err, "o space left on device")
+	_, err2 := s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "full"})
+	wantErr(t, err2, `write "full/d.raw": no space left on device`)
+	_, err3 := s.ResizeImage(ctx, ResizeImage{VolumePath: "full", ImageName: "grow.qcow2", ImageSize: MaxImageGiB})
+	wantErr(t, err3, `"full/grow.qcow2"`)
+	for _, e := range []error{err, err2, err3} {
+		if e != nil && (strings.Contains(e.Error(), "/dev/fd") || strings.Contains(e.Error(), s.Dir())) {
+			t.Errorf("the reason names a file the operator does not know: %v", e)
+		}
+	}
+	ents, err := os.ReadDir(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "filler grow.qcow2 r.raw" {
+		t.Errorf("the full volume holds %q, want the filler and the images made alone", names)
+	}
+	if info, err := s.stat("full/grow.qcow2"); err != nil || info.size != 1<<30 {
+		t.Errorf("the image that could not grow: %+v, %v", info, err)
 	}
 }

@@ -407,7 +407,7 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	}
 	err = s.writeAtomically(rel, func(f *os.File) error {
 		if format == "qcow2" {
-			return s.qemuImgRun(ctx, f, "create", "-q", "-f", "qcow2", "/dev/fd/3", fmt.Sprint(size))
+			return s.qemuImgRun(ctx, f, rel, "create", "-q", "-f", "qcow2", "/dev/fd/3", fmt.Sprint(size))
 		}
 		return f.Truncate(size)
 	})
@@ -522,9 +522,10 @@ func isTemp(name string) bool {
 	return len(rnd) == 12 && strings.Trim(rnd, "0123456789abcdef") == ""
 }
 
-// qemuImgRun runs qemu-img with f as its fd 3 (/dev/fd/3), so that it
-// writes the file the root opened and never resolves a path itself.
-func (s *Storage) qemuImgRun(ctx context.Context, f *os.File, args ...string) error {
+// qemuImgRun runs qemu-img with f, the image rel, as its fd 3 (/dev/fd/3),
+// so that it writes the file the root opened and never resolves a path
+// itself. Its reason names the image by rel, not /dev/fd/3.
+func (s *Storage) qemuImgRun(ctx context.Context, f *os.File, rel string, args ...string) error {
 	prog := s.qemuImg
 	if prog == "" {
 		prog = "qemu-img"
@@ -537,11 +538,21 @@ func (s *Storage) qemuImgRun(ctx context.Context, f *os.File, args ...string) er
 	cmd.ExtraFiles = []*os.File{f}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		msg := strings.TrimSpace(string(out))
+		var lines []string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if strings.HasPrefix(l, "qemu-img: Error when deleting file /dev/fd/3") {
+				// qemu-img create removing what it failed to make,
+				// which it cannot by that name: the agent does.
+				continue
+			}
+			l = strings.TrimPrefix(l, "qemu-img: ")
+			lines = append(lines, strings.ReplaceAll(l, "/dev/fd/3", fmt.Sprintf("%q", rel)))
+		}
+		msg := strings.Join(lines, "; ")
 		if len(msg) > 500 {
 			msg = msg[:500] + "…"
 		}
-		return fmt.Errorf("qemu-img %s: %v: %s", args[0], err, msg)
+		return fmt.Errorf("qemu-img %s %q: %v: %s", args[0], rel, err, msg)
 	}
 	return nil
 }
@@ -737,7 +748,7 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 		if size < info.size {
 			args = append(args[:1], append([]string{"--shrink"}, args[1:]...)...)
 		}
-		err = s.qemuImgRun(ctx, f, args...)
+		err = s.qemuImgRun(ctx, f, rel, args...)
 	} else {
 		err = describe(rel, f.Truncate(size))
 	}
