@@ -2,6 +2,7 @@ package hostpath
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -180,7 +181,7 @@ func TestMoveImage_AcrossFileSystemsInterrupted(t *testing.T) {
 	// (b keeps a copy of the source, to compare with in the end.)
 	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
 	for _, to := range []string{"b/d.raw", "other-fs/d.raw"} {
-		if err := s.copyFile("a/d.raw", to); err != nil {
+		if err := s.copyFile(ctx, "a/d.raw", to); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -267,5 +268,42 @@ func TestImages_DiskFull(t *testing.T) {
 	}
 	if info, err := s.stat("full/grow.qcow2"); err != nil || info.size != 1<<30 {
 		t.Errorf("the image that could not grow: %+v, %v", info, err)
+	}
+}
+
+// TestCopyImage_Cancelled: a copy whose context ends (the agent stopping,
+// its grace over, or the command's lease lost) stops between two chunks
+// rather than run to the end of a large image, and removes its temporary
+// file; no image is left under the final name. A move across file systems
+// copies too, and keeps its source.
+func TestCopyImage_Cancelled(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	b := m.out(s.AddVolume(ctx, AddVolume{Path: "b"})).HostPath
+	o := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	if err := os.WriteFile(o.HostPath, bytes.Repeat([]byte("spin"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err := s.CopyImage(cancelled, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: "b"})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("copy_image with its context cancelled = %v, want context.Canceled", err)
+	}
+	if ents, _ := os.ReadDir(b); len(ents) != 0 {
+		t.Errorf("the cancelled copy left %d files in the target volume", len(ents))
+	}
+	other := m.out(s.AddVolume(ctx, AddVolume{Path: "other-fs"})).HostPath
+	tmpfs(t, other, "16m")
+	_, err = s.MoveImage(cancelled, MoveImage{ImageName: "d.raw", Volume: "a", TargetVolume: "other-fs"})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("move_image across file systems with its context cancelled = %v, want context.Canceled", err)
+	}
+	if ents, _ := os.ReadDir(other); len(ents) != 0 {
+		t.Errorf("the cancelled move left %d files in the target volume", len(ents))
+	}
+	if _, err := os.Stat(o.HostPath); err != nil {
+		t.Errorf("the source of the cancelled move: %v", err)
 	}
 }

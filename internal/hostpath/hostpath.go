@@ -820,7 +820,7 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	err = s.root.Rename(src, dst)
 	if errors.Is(err, syscall.EXDEV) {
 		// The volumes are different file systems: copy, then remove.
-		if err = s.copyFile(src, dst); err == nil {
+		if err = s.copyFile(ctx, src, dst); err == nil {
 			err = describe(src, s.root.Remove(src))
 		}
 	} else {
@@ -905,7 +905,7 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 	if err := s.notInUse(src, true); err != nil {
 		return nil, err
 	}
-	if err := s.copyFile(src, dst); err != nil {
+	if err := s.copyFile(ctx, src, dst); err != nil {
 		return nil, err
 	}
 	s.log.Info("image copied", "path", src, "target", dst)
@@ -975,8 +975,9 @@ func (s *Storage) sameContent(ctx context.Context, a, b string) (bool, error) {
 	return true, nil
 }
 
-// copyFile copies src to dst (a new file, made atomically), sparse-aware.
-func (s *Storage) copyFile(src, dst string) error {
+// copyFile copies src to dst (a new file, made atomically), sparse-aware;
+// once ctx ends it stops, and leaves no file.
+func (s *Storage) copyFile(ctx context.Context, src, dst string) error {
 	in, err := s.root.Open(src)
 	if err != nil {
 		return describe(src, err)
@@ -987,6 +988,6 @@ func (s *Storage) copyFile(src, dst string) error {
 		return describe(src, err)
 	}
 	return s.writeAtomically(dst, func(out *os.File) error {
-		return describeFile(in, src, copySparse(out, in, fi.Size()))
+		return describeFile(in, src, copySparse(ctx, out, in, fi.Size()))
 	})
 }
