@@ -461,8 +461,26 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	}
 	if err != nil {
 		_ = s.root.Remove(tmp)
+		return err
 	}
-	return err
+	return s.syncDir(filepath.Dir(rel))
+}
+
+// syncDir makes the names just written in dir survive a power cut: the
+// file's own Sync keeps its data, not its name. Without it, a move across
+// file systems (a copy, then the source removed) could lose the image
+// both ways at once. A file system that cannot sync a folder (EINVAL) is
+// taken at its word.
+func (s *Storage) syncDir(dir string) error {
+	d, err := s.root.Open(dir)
+	if err != nil {
+		return describe(dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return describe(dir, err)
+	}
+	return nil
 }
 
 // removeStaleTemps removes the temporary files an earlier write of rel left
@@ -823,8 +841,8 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 		if err = s.copyFile(ctx, src, dst); err == nil {
 			err = describe(src, s.root.Remove(src))
 		}
-	} else {
-		err = describe(src, err)
+	} else if err = describe(src, err); err == nil {
+		err = s.syncDir(filepath.Dir(dst)) // the rename, kept on disk before it is reported
 	}
 	if err != nil {
 		return nil, err
