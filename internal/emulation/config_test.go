@@ -557,3 +557,43 @@ func TestProcess_PIDFilesWithoutStartTime(t *testing.T) {
 		t.Error("a stop killed the process a pid file without a start time named")
 	}
 }
+
+// TestEmulator_DamagedConfig: a config file that is cut short, garbage, or
+// JSON that is not a valid VM (a hand edit, a disk that lost its end) is
+// named, with what is wrong, and starts no QEMU: "{}" used to start one
+// with -smp 0 -m 0M and no name.
+func TestEmulator_DamagedConfig(t *testing.T) {
+	ctx := context.Background()
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// true stands in for qemu: a start that gets as far as running it
+	// fails with "exited as it started", not with the config named.
+	e, err := New(Options{StateDir: t.TempDir(), QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := e.configPath("vm1")
+	for _, tc := range []struct{ content, want string }{
+		{``, "unexpected end of JSON input"},
+		{`{"id":"vm1","vm":{"Na`, "unexpected end of JSON input"},
+		{"\x00\x01garbage", "invalid character"},
+		{`null`, `it is VM ""'s`},
+		{`{}`, `it is VM ""'s`},
+		{`{"id":"vm2","vm":{"Name":"w","Cpus":1,"Memory":64}}`, `it is VM "vm2"'s`},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":0,"Memory":64}}`, "vm.Cpus must be between 1"},
+		{`{"id":"vm1","vm":{"Name":"","Cpus":1,"Memory":64}}`, "vm.Name is empty"},
+	} {
+		if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.Start(ctx, ID{ID: "vm1"})
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "is damaged") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("start with the config %q: %v, want it named (%s) as damaged: %s", tc.content, err, path, tc.want)
+		}
+		if running, _ := sup.Running(ctx, "vm1"); running {
+			t.Fatalf("start with the config %q started a VM", tc.content)
+		}
+	}
+}

@@ -270,16 +270,28 @@ func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) 
 	return out, nil
 }
 
+// load reads VM id's config. The file is checked as write_config checks
+// its parameters: one cut short or edited by hand must not reach QEMU's
+// command line (an empty one would start a nameless VM with -smp 0 -m 0M).
 func (e *Emulator) load(id string) (*VM, error) {
-	b, err := os.ReadFile(e.configPath(id))
+	path := e.configPath(id)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("VM %s has no config (write_config first)", id)
 	} else if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the config of VM %s: %w", id, err)
 	}
 	var s stored
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("the config of VM %s is damaged: %w", id, err)
+	err = json.Unmarshal(b, &s)
+	switch {
+	case err != nil:
+	case s.ID != id:
+		err = fmt.Errorf("it is VM %q's", s.ID)
+	default:
+		err = s.VM.Validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the config of VM %s, %s, is damaged (%w): write_config writes it anew", id, path, err)
 	}
 	return &s.VM, nil
 }
