@@ -597,3 +597,36 @@ func TestEmulator_DamagedConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestProcess_DamagedPIDFile: a pid file cut short or garbage is named in
+// the agent's log as damaged, with what it holds, not reported as a VM
+// "that exited while the agent was away": nobody knows that it did.
+func TestProcess_DamagedPIDFile(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for id, content := range map[string]string{"vm1": "", "vm2": "12", "vm3": "\x00garbage\n"} {
+		if err := os.WriteFile(filepath.Join(dir, id+".pid"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs strings.Builder
+	s, err := NewProcess(dir, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"vm1", "vm2", "vm3"} {
+		if running, _ := s.Running(ctx, id); running {
+			t.Errorf("%s: a damaged pid file was adopted", id)
+		}
+		file := filepath.Join(dir, id+".pid")
+		if !strings.Contains(logs.String(), "damaged") || !strings.Contains(logs.String(), "file="+file) {
+			t.Errorf("the log does not name %s as damaged:\n%s", file, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "exited while the agent was away") {
+		t.Errorf("damaged pid files were logged as VMs that exited:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `\x00garbage`) {
+		t.Errorf("the log does not say what the damaged file held:\n%s", logs.String())
+	}
+}

@@ -73,14 +73,21 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 			continue
 		}
 		p, err := s.readPID(id)
-		if err == nil && p.alive() {
+		switch {
+		case err != nil:
+			// Nothing says whether its VM runs: the operator is told
+			// where to look.
+			log.Warn("a VM's pid file is damaged: the VM is taken as stopped; if its QEMU still runs, end it by hand",
+				"vm_id", id, "file", s.pidFile(id), "err", err)
+		case p.alive():
 			_, _, pgrp, _ := procStatGroup(p.pid)
 			p.group = pgrp == p.pid
 			s.procs[id] = p
 			log.Info("adopted a running VM", "vm_id", id, "pid", p.pid)
 			continue
+		default:
+			log.Info("forgot a VM that exited while the agent was away", "vm_id", id)
 		}
-		log.Info("forgot a VM that exited while the agent was away", "vm_id", id)
 		_ = os.Remove(s.pidFile(id))
 	}
 	return s, nil
@@ -101,7 +108,10 @@ func (s *Process) readPID(id string) (*proc, error) {
 	// The agent writes both: a pid file without the start time would take
 	// whatever process has the pid now, and pid 1 (init) is never a VM.
 	if err != nil || pid <= 1 || start == "" || strings.ContainsAny(start, " \t\n") {
-		return nil, fmt.Errorf("pid file of %s is damaged", id)
+		if len(b) > 64 {
+			b = b[:64]
+		}
+		return nil, fmt.Errorf("it holds %q, not a process id and its start time", b)
 	}
 	return &proc{pid: pid, start: start}, nil
 }
