@@ -255,7 +255,7 @@ func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) 
 	for _, im := range images {
 		out.Images = append(out.Images, im.Path)
 	}
-	out.Running, _ = e.sup.Running(ctx, p.ID)
+	out.Running, _ = e.running(ctx, p.ID)
 	if old, err := os.ReadFile(out.Config); err == nil && bytes.Equal(old, b) {
 		return out, nil
 	}
@@ -299,7 +299,7 @@ func (e *Emulator) load(id string) (*VM, error) {
 // RemoveConfig removes a stopped VM's config; a config that is gone is
 // success.
 func (e *Emulator) RemoveConfig(ctx context.Context, p ID) (any, error) {
-	running, err := e.sup.Running(ctx, p.ID)
+	running, err := e.running(ctx, p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -330,7 +330,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		return nil, err
 	}
 	out := &Output{ID: p.ID, Configured: true, Accel: e.opts.Accel, QMP: e.QMPPath(p.ID)}
-	running, err := e.sup.Running(ctx, p.ID)
+	running, err := e.running(ctx, p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -367,6 +367,29 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	}
 	out.Changed = true
 	return e.describe(ctx, out), nil
+}
+
+// running asks the supervisor whether VM id runs. The process supervisor
+// knows a VM by its pid file; one whose file was damaged, or never written
+// (the agent killed between QEMU's start and the file's write), is found
+// by the QEMU that listens on its QMP socket, and adopted: otherwise
+// status would call it stopped, stop would leave it running, and start
+// would delete its socket and run a second QEMU on its disks.
+func (e *Emulator) running(ctx context.Context, id string) (bool, error) {
+	running, err := e.sup.Running(ctx, id)
+	sup, ok := e.sup.(*Process)
+	if err != nil || running || !ok {
+		return running, err
+	}
+	pid := QMPPeer(ctx, e.QMPPath(id), e.opts.QMPTimeout)
+	if pid == 0 {
+		return false, nil
+	}
+	if err := sup.Adopt(id, pid); err != nil {
+		return false, fmt.Errorf("VM %s: a QEMU (process %d) listens on its QMP socket %s, unknown to the agent: %w", id, pid, e.QMPPath(id), err)
+	}
+	e.log.Warn("adopted a running VM whose pid file was lost: its QEMU listens on the VM's QMP socket", "vm_id", id, "pid", pid)
+	return true, nil
 }
 
 // awaitQMP waits until a starting VM's QMP socket answers.
@@ -477,7 +500,7 @@ func (e *Emulator) stop(ctx context.Context, p Stop, force bool) (any, error) {
 	out := &Output{ID: p.ID}
 	_, err := os.Stat(e.configPath(p.ID))
 	out.Configured = err == nil
-	running, err := e.sup.Running(ctx, p.ID)
+	running, err := e.running(ctx, p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -536,7 +559,7 @@ func (e *Emulator) Status(ctx context.Context, p ID) (any, error) {
 	out := &Output{ID: p.ID}
 	_, err := os.Stat(e.configPath(p.ID))
 	out.Configured = err == nil
-	running, err := e.sup.Running(ctx, p.ID)
+	running, err := e.running(ctx, p.ID)
 	if err != nil {
 		return nil, err
 	}

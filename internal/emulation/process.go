@@ -75,9 +75,9 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 		p, err := s.readPID(id)
 		switch {
 		case err != nil:
-			// Nothing says whether its VM runs: the operator is told
-			// where to look.
-			log.Warn("a VM's pid file is damaged: the VM is taken as stopped; if its QEMU still runs, end it by hand",
+			// Nothing here says whether its VM runs: a QEMU still
+			// running is found by its QMP socket (Emulator.running).
+			log.Warn("a VM's pid file is damaged: a QEMU of it still running is found by its QMP socket at the VM's next command",
 				"vm_id", id, "file", s.pidFile(id), "err", err)
 		case p.alive():
 			_, _, pgrp, _ := procStatGroup(p.pid)
@@ -215,18 +215,50 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 		s.mu.Unlock()
 	}()
 	s.procs[id] = p
+	if err := s.writePID(id, p); err != nil {
+		// Without its pid file a restarted agent would not find the VM:
+		// better no VM than one nobody tracks.
+		p.signal(syscall.SIGKILL)
+		return err
+	}
+	return nil
+}
+
+func (s *Process) writePID(id string, p *proc) error {
 	tmp := s.pidFile(id) + ".tmp"
-	err = os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", p.pid, p.start), 0o600)
+	err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", p.pid, p.start), 0o600)
 	if err == nil {
 		err = os.Rename(tmp, s.pidFile(id))
 	}
 	if err != nil {
-		// Without its pid file a restarted agent would not find the VM:
-		// better no VM than one nobody tracks.
 		_ = os.Remove(tmp)
-		p.signal(syscall.SIGKILL)
 		return fmt.Errorf("VM %s: write its pid file: %w", id, err)
 	}
+	return nil
+}
+
+// Adopt makes the running process pid VM id's, found otherwise than by
+// its pid file (which was lost or damaged), and writes that file anew.
+// It fails when the supervisor runs another process for the VM, or when
+// pid is not a live process.
+func (s *Process) Adopt(id string, pid int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.procs[id]; p != nil && p.alive() {
+		if p.pid == pid {
+			return nil
+		}
+		return fmt.Errorf("VM %s runs as process %d, not %d", id, p.pid, pid)
+	}
+	state, start, pgrp, ok := procStatGroup(pid)
+	if pid <= 1 || !ok || state == 'Z' || state == 'X' {
+		return fmt.Errorf("VM %s: process %d is not running", id, pid)
+	}
+	p := &proc{pid: pid, start: start, group: pgrp == pid}
+	if err := s.writePID(id, p); err != nil {
+		return err
+	}
+	s.procs[id] = p
 	return nil
 }
 

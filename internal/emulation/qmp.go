@@ -79,6 +79,24 @@ func DialQMP(ctx context.Context, path string, timeout time.Duration) (*QMP, err
 	return q, nil
 }
 
+// QMPPeer is the process id of what listens on the QMP unix socket at path
+// (a QEMU), or 0 when nothing does (no socket, or one left by a QEMU that
+// ended) or its pid cannot be told. It only connects: it reads no
+// greeting, so a QEMU that is stopped (SIGSTOP) or busy is found too.
+func QMPPeer(ctx context.Context, path string, timeout time.Duration) int {
+	d := net.Dialer{Timeout: timeout}
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return 0
+	}
+	defer conn.Close()
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	return peerPID(uc)
+}
+
 // Close closes the connection.
 func (q *QMP) Close() error { return q.conn.Close() }
 

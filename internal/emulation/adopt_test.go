@@ -1,0 +1,81 @@
+package emulation_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/emulation"
+)
+
+// TestEmulator_AdoptsAVMWhosePIDFileWasLost: a real QEMU runs, and its pid
+// file is damaged while the agent is away (or was never written: the agent
+// killed between QEMU's start and the file's write). The restarted agent
+// used to call the VM stopped, and a start deleted its QMP socket and ran a
+// second QEMU on its disks; now the VM is known by the QEMU that answers on
+// its QMP socket: status says it runs, start finds it, stop ends it.
+func TestEmulator_AdoptsAVMWhosePIDFileWasLost(t *testing.T) {
+	requireQEMU(t)
+	ctx := context.Background()
+	state := t.TempDir()
+	procDir := filepath.Join(state, "proc")
+	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	emulator := func() (*emulation.Emulator, *emulation.Process) {
+		t.Helper()
+		sup, err := emulation.NewProcess(procDir, discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := emulation.New(emulation.Options{StateDir: state, Supervisor: sup, Accel: "tcg", Logger: discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e, sup
+	}
+	e1, s1 := emulator()
+	vm := &emulation.VM{Name: "lost", Cpus: 1, Memory: 32}
+	if _, err := e1.WriteConfig(ctx, emulation.WriteConfig{ID: "vm1", VM: vm}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e1.Start(ctx, emulation.ID{ID: "vm1"}); err != nil {
+		t.Fatal(err)
+	}
+	pid := s1.PID(ctx, "vm1")
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+
+	if err := os.WriteFile(filepath.Join(procDir, "vm1.pid"), []byte("garbage\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e2, s2 := emulator()
+	t.Cleanup(func() {
+		if other := s2.PID(ctx, "vm1"); other != 0 && other != pid {
+			_ = syscall.Kill(other, syscall.SIGKILL)
+		}
+	})
+
+	out, err := e2.Status(ctx, emulation.ID{ID: "vm1"})
+	if st := out.(*emulation.Output); err != nil || !st.Running || st.PID != pid {
+		t.Errorf("status of the VM whose pid file was lost: %+v, %v; want running as pid %d", out, err, pid)
+	}
+	out, err = e2.Start(ctx, emulation.ID{ID: "vm1"})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if st := out.(*emulation.Output); st.Changed || st.PID != pid || st.Status == nil || st.Status.Status != "running" {
+		t.Errorf("start of the VM whose pid file was lost: %+v; want it found running as pid %d", st, pid)
+	}
+	if b, err := os.ReadFile(filepath.Join(procDir, "vm1.pid")); err != nil || len(b) < 4 {
+		t.Errorf("the pid file was not written anew: %q, %v", b, err)
+	}
+	timeout := spinbroker.Duration(time.Second)
+	out, err = e2.Stop(ctx, emulation.Stop{ID: "vm1", Timeout: &timeout})
+	if st, _ := out.(*emulation.Output); err != nil || !st.Changed || !st.Forced || alive(pid) {
+		t.Errorf("stop: %+v, %v; QEMU %d alive %v", out, err, pid, alive(pid))
+	}
+}
