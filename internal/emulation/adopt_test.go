@@ -2,10 +2,12 @@ package emulation_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -77,5 +79,77 @@ func TestEmulator_AdoptsAVMWhosePIDFileWasLost(t *testing.T) {
 	out, err = e2.Stop(ctx, emulation.Stop{ID: "vm1", Timeout: &timeout})
 	if st, _ := out.(*emulation.Output); err != nil || !st.Changed || !st.Forced || alive(pid) {
 		t.Errorf("stop: %+v, %v; QEMU %d alive %v", out, err, pid, alive(pid))
+	}
+}
+
+// TestEmulator_ConfigOfARunningVM: write_config on a running VM takes
+// effect at its next start after a stop, and until then write_config (its
+// retry too, which changes nothing), start and status say so; they used to
+// answer "running" as if the VM ran with the new config.
+func TestEmulator_ConfigOfARunningVM(t *testing.T) {
+	requireQEMU(t)
+	ctx := context.Background()
+	sup, err := emulation.NewProcess(filepath.Join(t.TempDir(), "proc"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := emulation.New(emulation.Options{StateDir: t.TempDir(), Supervisor: sup, Accel: "tcg", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if pid := sup.PID(ctx, "vm1"); pid != 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	write := func(memory int64) *emulation.Output {
+		t.Helper()
+		out, err := e.WriteConfig(ctx, emulation.WriteConfig{ID: "vm1", VM: &emulation.VM{Name: "cfg", Cpus: 1, Memory: memory}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(*emulation.Output)
+	}
+	do := func(action func(context.Context, emulation.ID) (any, error)) *emulation.Output {
+		t.Helper()
+		out, err := action(ctx, emulation.ID{ID: "vm1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(*emulation.Output)
+	}
+	cmdline := func() string {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sup.PID(ctx, "vm1")))
+		return string(b)
+	}
+
+	write(32)
+	if out := do(e.Start); !out.Running || out.RestartNeeded {
+		t.Fatalf("start: %+v", out)
+	}
+	for i, want := range []bool{true, false} { // the retry changes nothing
+		if out := write(48); out.Changed != want || !out.Running || !out.RestartNeeded {
+			t.Errorf("write_config #%d of a new config while the VM runs: %+v; want changed %v, restart_needed", i+1, out, want)
+		}
+	}
+	if out := do(e.Start); out.Changed || !out.RestartNeeded {
+		t.Errorf("start of the running VM with a new config: %+v; want unchanged, restart_needed", out)
+	}
+	if out := do(e.Status); !out.Running || !out.RestartNeeded {
+		t.Errorf("status: %+v; want running, restart_needed", out)
+	}
+	if out := write(32); !out.Changed || out.RestartNeeded {
+		t.Errorf("write_config of the config the VM runs with: %+v; want no restart_needed", out)
+	}
+	write(48)
+	timeout := spinbroker.Duration(time.Second)
+	if _, err := e.Stop(ctx, emulation.Stop{ID: "vm1", Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	if out := do(e.Start); !out.Changed || out.RestartNeeded || !strings.Contains(cmdline(), "48M") {
+		t.Errorf("start after the stop: %+v, %q; want it started with -m 48M", out, cmdline())
+	}
+	if out := do(e.Status); out.RestartNeeded {
+		t.Errorf("status after the restart: %+v", out)
 	}
 }

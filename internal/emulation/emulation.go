@@ -174,6 +174,19 @@ func (e *Emulator) configPath(id string) string {
 	return filepath.Join(e.opts.StateDir, "vms", id+".json")
 }
 
+// startedPath keeps a copy of the config a running VM was started with.
+func (e *Emulator) startedPath(id string) string {
+	return filepath.Join(e.opts.StateDir, "run", id+".json")
+}
+
+// restartNeeded reports whether the running VM id was started with another
+// config than config, its config file's now. A VM started by an agent that
+// kept no copy is not known to differ.
+func (e *Emulator) restartNeeded(id string, config []byte) bool {
+	started, err := os.ReadFile(e.startedPath(id))
+	return err == nil && config != nil && !bytes.Equal(started, config)
+}
+
 // QMPPath is the QMP socket of VM id.
 func (e *Emulator) QMPPath(id string) string {
 	return filepath.Join(e.opts.StateDir, "run", id+".qmp")
@@ -234,6 +247,10 @@ type Output struct {
 	// Configured is whether a config exists for the VM.
 	Configured bool   `json:"configured"`
 	QMPError   string `json:"qmp_error,omitempty"`
+	// RestartNeeded is true when the VM runs with another config than
+	// its config file's: a write_config after its start takes effect at
+	// its next start, after a stop.
+	RestartNeeded bool `json:"restart_needed,omitempty"`
 }
 
 // WriteConfig validates a VM's config and writes it to the state dir. The
@@ -256,30 +273,41 @@ func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) 
 		out.Images = append(out.Images, im.Path)
 	}
 	out.Running, _ = e.running(ctx, p.ID)
+	out.RestartNeeded = out.Running && e.restartNeeded(p.ID, b)
 	if old, err := os.ReadFile(out.Config); err == nil && bytes.Equal(old, b) {
 		return out, nil
 	}
-	tmp := out.Config + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, out.Config); err != nil {
+	if err := writeFile(out.Config, b); err != nil {
 		return nil, err
 	}
 	out.Changed = true
 	return out, nil
 }
 
+// writeFile replaces the file at path with b, never leaving it half
+// written.
+func writeFile(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
 // load reads VM id's config. The file is checked as write_config checks
 // its parameters: one cut short or edited by hand must not reach QEMU's
 // command line (an empty one would start a nameless VM with -smp 0 -m 0M).
-func (e *Emulator) load(id string) (*VM, error) {
+func (e *Emulator) load(id string) (*VM, []byte, error) {
 	path := e.configPath(id)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("VM %s has no config (write_config first)", id)
+		return nil, nil, fmt.Errorf("VM %s has no config (write_config first)", id)
 	} else if err != nil {
-		return nil, fmt.Errorf("the config of VM %s: %w", id, err)
+		return nil, nil, fmt.Errorf("the config of VM %s: %w", id, err)
 	}
 	var s stored
 	err = json.Unmarshal(b, &s)
@@ -291,9 +319,9 @@ func (e *Emulator) load(id string) (*VM, error) {
 		err = s.VM.Validate()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("the config of VM %s, %s, is damaged (%w): write_config writes it anew", id, path, err)
+		return nil, nil, fmt.Errorf("the config of VM %s, %s, is damaged (%w): write_config writes it anew", id, path, err)
 	}
-	return &s.VM, nil
+	return &s.VM, b, nil
 }
 
 // RemoveConfig removes a stopped VM's config; a config that is gone is
@@ -309,9 +337,12 @@ func (e *Emulator) RemoveConfig(ctx context.Context, p ID) (any, error) {
 	if err := e.sup.Remove(ctx, p.ID); err != nil {
 		return nil, err
 	}
-	// The socket of a VM that ended, or failed to start, goes with it.
-	if err := os.Remove(e.QMPPath(p.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+	// The socket of a VM that ended, or failed to start, goes with it,
+	// and so does the copy of the config it was started with.
+	for _, f := range []string{e.QMPPath(p.ID), e.startedPath(p.ID)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
 	}
 	err = os.Remove(e.configPath(p.ID))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -325,7 +356,7 @@ func (e *Emulator) RemoveConfig(ctx context.Context, p ID) (any, error) {
 // Start starts a configured VM and waits until its QMP socket answers; a
 // VM that runs already is success without a change.
 func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
-	vm, err := e.load(p.ID)
+	vm, config, err := e.load(p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -335,6 +366,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		return nil, err
 	}
 	if running {
+		out.RestartNeeded = e.restartNeeded(p.ID, config)
 		return e.describe(ctx, out), nil
 	}
 	if len(out.QMP) > maxSocketPath {
@@ -364,6 +396,10 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		_ = e.sup.Kill(context.WithoutCancel(ctx), p.ID)
 		_ = os.Remove(out.QMP)
 		return nil, err
+	}
+	if err := writeFile(e.startedPath(p.ID), config); err != nil {
+		// The VM runs; only restart_needed cannot be told.
+		agent.Logger(ctx).Warn("could not keep a copy of a started VM's config", "vm_id", p.ID, "err", err)
 	}
 	out.Changed = true
 	return e.describe(ctx, out), nil
@@ -564,6 +600,8 @@ func (e *Emulator) Status(ctx context.Context, p ID) (any, error) {
 		return nil, err
 	}
 	if running {
+		config, _ := os.ReadFile(e.configPath(p.ID))
+		out.RestartNeeded = e.restartNeeded(p.ID, config)
 		e.describe(ctx, out)
 	}
 	return out, nil
