@@ -93,7 +93,8 @@ func TestEmulator_ConfigOfARunningVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := emulation.New(emulation.Options{StateDir: t.TempDir(), Supervisor: sup, Accel: "tcg", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	stateDir := t.TempDir()
+	e, err := emulation.New(emulation.Options{StateDir: stateDir, Supervisor: sup, Accel: "tcg", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,5 +152,13 @@ func TestEmulator_ConfigOfARunningVM(t *testing.T) {
 	}
 	if out := do(e.Status); out.RestartNeeded {
 		t.Errorf("status after the restart: %+v", out)
+	}
+	// A config damaged while the VM runs is no new config to restart
+	// with: status says what is wrong with it instead.
+	if err := os.WriteFile(filepath.Join(stateDir, "vms", "vm1.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := do(e.Status); !out.Running || out.RestartNeeded || !strings.Contains(out.ConfigError, "is damaged") {
+		t.Errorf("status with a damaged config: %+v; want running, a config_error, no restart_needed", out)
 	}
 }

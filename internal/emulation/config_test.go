@@ -630,3 +630,49 @@ func TestProcess_DamagedPIDFile(t *testing.T) {
 		t.Errorf("the log does not say what the damaged file held:\n%s", logs.String())
 	}
 }
+
+// TestEmulator_StatusOfADamagedConfig: status of a VM whose config file is
+// damaged says so, naming the file and what is wrong, so that an operator
+// sees it before a start fails on it; a sound config has no config_error.
+func TestEmulator_StatusOfADamagedConfig(t *testing.T) {
+	ctx := context.Background()
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{StateDir: t.TempDir(), QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func() *Output {
+		t.Helper()
+		out, err := e.Status(ctx, ID{ID: "vm1"})
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		return out.(*Output)
+	}
+	if out := status(); out.Configured || out.ConfigError != "" {
+		t.Errorf("status without a config = %+v, want neither configured nor a config_error", out)
+	}
+	path := e.configPath("vm1")
+	for _, tc := range []struct{ content, want string }{
+		{`{"id":"vm1","vm":{"Na`, "unexpected end of JSON input"},
+		{`{}`, `it is VM ""'s`},
+		{`{"id":"vm2","vm":{"Name":"w","Cpus":1,"Memory":64}}`, `it is VM "vm2"'s`},
+	} {
+		if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := status()
+		if !out.Configured || !strings.Contains(out.ConfigError, path) || !strings.Contains(out.ConfigError, "is damaged") || !strings.Contains(out.ConfigError, tc.want) {
+			t.Errorf("status with the config %q = %+v, want configured with a config_error naming %s as damaged: %s", tc.content, out, path, tc.want)
+		}
+	}
+	if _, err := e.WriteConfig(ctx, WriteConfig{ID: "vm1", VM: &VM{Name: "w", Cpus: 1, Memory: 64}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := status(); !out.Configured || out.ConfigError != "" {
+		t.Errorf("status once write_config wrote it anew = %+v, want configured without a config_error", out)
+	}
+}

@@ -245,8 +245,12 @@ type Output struct {
 	// Images are the resolved host paths of the VM's images.
 	Images []string `json:"images,omitempty"`
 	// Configured is whether a config exists for the VM.
-	Configured bool   `json:"configured"`
-	QMPError   string `json:"qmp_error,omitempty"`
+	Configured bool `json:"configured"`
+	// ConfigError, from status, says why the VM's config file cannot be
+	// used (cut short, not JSON, another VM's, invalid), naming it: the
+	// next start would fail with the same reason.
+	ConfigError string `json:"config_error,omitempty"`
+	QMPError    string `json:"qmp_error,omitempty"`
 	// RestartNeeded is true when the VM runs with another config than
 	// its config file's: a write_config after its start takes effect at
 	// its next start, after a stop.
@@ -590,17 +594,22 @@ func (e *Emulator) awaitStopped(ctx context.Context, id string, d time.Duration)
 }
 
 // Status reports whether a VM is configured and running, with QMP's
-// query-status of a running one.
+// query-status of a running one. A config file that start would refuse is
+// reported in config_error, so that it is seen before a start fails on it.
 func (e *Emulator) Status(ctx context.Context, p ID) (any, error) {
 	out := &Output{ID: p.ID}
 	_, err := os.Stat(e.configPath(p.ID))
 	out.Configured = err == nil
+	_, config, err := e.load(p.ID)
+	if err != nil && out.Configured {
+		out.ConfigError = err.Error()
+	}
 	running, err := e.running(ctx, p.ID)
 	if err != nil {
 		return nil, err
 	}
 	if running {
-		config, _ := os.ReadFile(e.configPath(p.ID))
+		// A damaged config is no newer config to restart with.
 		out.RestartNeeded = e.restartNeeded(p.ID, config)
 		e.describe(ctx, out)
 	}
