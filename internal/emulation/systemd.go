@@ -175,23 +175,45 @@ func (s *Systemd) Start(ctx context.Context, id, name string, argv []string) err
 	return err
 }
 
-// Running asks systemd whether the unit is active.
+// Running asks systemd whether the unit is active, or on its way in or
+// out of it: is-active answers "not running" for a unit systemd is still
+// stopping, whose QEMU has had SIGTERM and may run on for up to
+// TimeoutStopSec, so its state is read too. Taken for stopped, a retried
+// stop would answer changed: false with QEMU still up, and a start would
+// run a second QEMU on its disks.
 func (s *Systemd) Running(ctx context.Context, id string) (bool, error) {
 	args := SystemctlArgs("is-active", UnitName(id))
-	out, err := exec.CommandContext(ctx, s.systemctl, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, s.systemctl, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 		return true, nil
-	case errors.As(err, &ee) && (ee.ExitCode() == 3 || ee.ExitCode() == 4):
-		// LSB's "not running" (inactive, failed) and "no such unit".
+	case errors.As(err, &ee) && ee.ExitCode() == 3:
+		// LSB's "not running": inactive and failed, but also the
+		// states between running and not.
+		return transient(stdout.String()), nil
+	case errors.As(err, &ee) && ee.ExitCode() == 4:
+		// LSB's "no such unit".
 		return false, nil
 	case errors.As(err, &ee):
 		// systemctl itself failed (no user bus, say): the VM may well be
 		// running, and a stop that believed otherwise would leave it so.
-		return false, fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return false, fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stdout.String()+stderr.String()))
 	}
 	return false, err
+}
+
+// transient reports whether is-active's answer is a unit's ActiveState
+// between running and not, in which its process may be up.
+func transient(isActive string) bool {
+	switch strings.TrimSpace(isActive) {
+	case "activating", "deactivating":
+		return true
+	}
+	return false
 }
 
 // PID is the unit's main process id, 0 when not running.

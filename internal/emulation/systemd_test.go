@@ -241,3 +241,35 @@ esac
 		t.Errorf("Running without a bus = %v, %v; want the error", running, err)
 	}
 }
+
+// TestSystemd_RunningWhileItChangesState: systemctl is-active counts only
+// active (and reloading) as active and answers 3, "not running", for a
+// unit systemd is still stopping (its QEMU has had SIGTERM and may take
+// up to TimeoutStopSec) or still starting; such a VM runs. A retried stop
+// that took it for stopped answered changed: false with QEMU still up.
+// The fake prints what systemctl prints for each state.
+func TestSystemd_RunningWhileItChangesState(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "systemctl")
+	script := `#!/bin/sh
+for state in active reloading refreshing activating deactivating inactive failed maintenance; do
+	case "$*" in
+	*spin-vm-$state.service*) echo $state; [ $state = active ] || [ $state = reloading ] || [ $state = refreshing ] || exit 3; exit 0 ;;
+	esac
+done
+echo "Failed to connect to bus: No medium found" >&2; exit 1
+`
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := &Systemd{unitDir: dir, systemctl: fake, log: quiet()}
+	for state, want := range map[string]bool{
+		"active": true, "reloading": true, "refreshing": true,
+		"activating": true, "deactivating": true,
+		"inactive": false, "failed": false, "maintenance": false,
+	} {
+		if running, err := s.Running(t.Context(), state); err != nil || running != want {
+			t.Errorf("Running of a unit %s = %v, %v; want %v", state, running, err, want)
+		}
+	}
+}
