@@ -614,11 +614,23 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 // images it uses, and deleting, moving or resizing one under it would lose
 // the VM's writes or break its disk. With writing, only a VM that may
 // write to it counts (copying an image that VMs only read is fine).
+//
+// An image the agent cannot open is refused: its lock cannot be asked
+// for, and not being able to open it now is no sign that no QEMU has it
+// open (one of another user, say libvirt's, which makes an image its own
+// while its VM runs, or one that opened it before it was made unreadable).
 func (s *Storage) notInUse(rel string, writing bool) error {
 	f, err := s.root.Open(rel)
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil
-	} else if err != nil {
+	case errors.Is(err, fs.ErrPermission):
+		cause := err // the host path is no part of the reason
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+			cause = pe.Err
+		}
+		return fmt.Errorf("image %q: the agent cannot open it (%w) to see whether a running VM holds it (QEMU's lock), and one that does would lose its writes: make it readable by the agent's user, or remove it by hand once no VM uses it", rel, cause)
+	case err != nil:
 		return describe(rel, err)
 	}
 	defer f.Close()
