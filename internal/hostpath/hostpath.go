@@ -520,9 +520,15 @@ func (s *Storage) removeAllStaleTemps() {
 	})
 }
 
+// removeStaleTemp removes the temporary file rel; one it cannot remove is
+// named in a warning, as it may hold as much as an image and keeps its
+// volume from being removed without force.
 func (s *Storage) removeStaleTemp(rel string) {
-	if err := s.root.Remove(rel); err == nil {
+	switch err := s.root.Remove(rel); {
+	case err == nil:
 		s.log.Info("removed a temporary file left by an interrupted write", "path", rel)
+	case !errors.Is(err, fs.ErrNotExist):
+		s.log.Warn("cannot remove a temporary file left by an interrupted write; remove it by hand", "path", rel, "err", describe(rel, err))
 	}
 }
 

@@ -33,6 +33,7 @@ func TestNobodyChild(t *testing.T) {
 	}
 	defer s.Close()
 	switch a := os.Getenv(nobodyAction); a {
+	case "open":
 	case "delete_image":
 		_, err = s.DeleteImage(ctx, DeleteImage{ImagePath: "a/x.raw"})
 		fmt.Printf("delete_image: %v\n", err)
@@ -140,5 +141,31 @@ func TestDeleteImage_Unreadable(t *testing.T) {
 	}
 	if _, err := os.Stat(image); err != nil {
 		t.Errorf("the image was deleted: %v", err)
+	}
+}
+
+// TestOpen_TempItCannotRemove: a write's temporary file that the agent
+// finds at start and cannot remove (a volume its user may not write) is
+// named in a warning, not passed over in silence: it can be as large as an
+// image, and keeps its volume from being removed.
+func TestOpen_TempItCannotRemove(t *testing.T) {
+	uid, gid, dir := nobody(t)
+	root := nobodysRoot(t, uid, gid, dir)
+	vol := filepath.Join(root, "b") // root's, which nobody cannot write
+	if err := os.Mkdir(vol, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(vol, ".x.raw.tmp-0123456789ab")
+	if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := asNobody(t, dir, root, "open")
+	for _, want := range []string{"level=WARN", "path=b/.x.raw.tmp-0123456789ab", "permission denied"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the agent's start, as nobody, does not say %q of the temporary file it cannot remove:\n%s", want, out)
+		}
+	}
+	if _, err := os.Stat(tmp); err != nil {
+		t.Fatalf("the temporary file was removed after all: %v", err)
 	}
 }
