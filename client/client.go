@@ -7,7 +7,9 @@
 //	if spinbroker.ErrorCode(err) == spinbroker.ESTALE { ... }
 //
 // The client does not retry: whether a call is safe to repeat is the
-// caller's decision (the agent SDK retries what is safe).
+// caller's decision (the agent SDK retries what is safe). WaitPackage is
+// the exception, as it only reads: it waits for a package to finish
+// through a broker's restart and a dropped event stream.
 package client
 
 import (

@@ -53,7 +53,7 @@ func OnOpen(fn func()) EventsOption {
 // what changed while no stream was open (between two calls, or before
 // the broker answered this one) is never sent. A follower reconnects and
 // then reads again the packages it follows, rather than wait for an
-// event that may have passed. The HTTP client's Timeout, if set, cuts the
+// event that may have passed. WaitPackage does all of this for one package. The HTTP client's Timeout, if set, cuts the
 // stream too.
 func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
 	cfg := eventsConfig{query: url.Values{}}

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -31,16 +32,36 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	for {
-		p, err := c.Package(ctx, pkg.ID)
-		if err != nil {
-			log.Fatal(err)
-		}
+	p, err := c.WaitPackage(ctx, pkg.ID, client.OnRead(func(p *spinbroker.Package) {
 		fmt.Printf("%s: %d/%d succeeded\n", p.State, p.Counts.Succeeded, p.Total)
-		if p.State.Terminal() {
-			return
-		}
-		time.Sleep(time.Second) // or follow c.Events(ctx, fn, client.ForPackage(pkg.ID))
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("finished:", p.State)
+}
+
+// Wait up to ten minutes for a package to finish, saying when the broker
+// goes away (it restarts) and comes back; the wait goes on meanwhile.
+func ExampleClient_WaitPackage() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := client.New(os.Getenv("SPINBROKER_URL"), client.WithToken(os.Getenv("SPINBROKER_TOKEN")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	p, err := c.WaitPackage(ctx, os.Getenv("PKG"),
+		client.OnBrokerAway(func(err error) { log.Printf("the broker is away (%v); still waiting", err) }),
+		client.OnBrokerBack(func() { log.Print("the broker answers again") }))
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) && p != nil:
+		fmt.Printf("not finished after 10m: %s, %d/%d done\n", p.State, p.Counts.Done(), p.Total)
+	case err != nil:
+		log.Fatal(err) // the package is not found, the token refused, …
+	case p.State == spinbroker.PackageSucceeded:
+		fmt.Println("done")
+	default:
+		fmt.Println("package", p.State) // failed or cancelled; p.Causer and p.Reason say why
 	}
 }
 
