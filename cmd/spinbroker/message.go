@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -332,7 +332,7 @@ func statusExit(p *spinbroker.Package) error {
 func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, timeout time.Duration) (*spinbroker.Package, error) {
 	w := &waiter{
 		cl:    cl,
-		id:    strings.ToLower(id), // as the broker writes ids
+		id:    id,
 		poll:  time.Second,
 		stall: stallHint,
 		show:  func(*spinbroker.Package) {},
@@ -367,9 +367,10 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// waiter follows one package until it finishes. It reads the package each
-// time the broker's event stream mentions it, and every poll once the
-// stream has ended (or never worked: an older broker, a proxy that buffers).
+// waiter tells a person at a terminal how the wait for one package goes,
+// while client.WaitPackage does the waiting: every state read, a word when
+// the package sits in staging or the broker goes away and comes back, and
+// what holds the package when nothing has moved for a while.
 type waiter struct {
 	cl    *client.Client
 	id    string                    // the package
@@ -385,110 +386,84 @@ type waiter struct {
 // agents would otherwise watch "0/3 done" for minutes.
 const stallHint = 5 * time.Second
 
-// safetyRead bounds how long a change can go unseen if the broker drops an
-// event for a slow subscriber, or answers the stream before it subscribes.
-const safetyRead = 10 * time.Second
-
 // wait returns the package once it has finished; when ctx ends first it
 // returns the package as last read with ctx's error.
 func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	// WaitPackage reads only when there is news, so a timer of its own
+	// looks into a stall; mu keeps its notes and the reads' in order.
+	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	wake := make(chan struct{}, 1)
-	streamDone := make(chan struct{})
-	connected := make(chan struct{})
-	go func() {
-		defer close(streamDone)
-		// How the stream ends does not matter: polling takes over.
-		_ = w.cl.Events(ctx, func(ev client.Event) error {
-			if mentions(ev, w.id) {
-				select {
-				case wake <- struct{}{}:
-				default: // a read is due already
-				}
-			}
-			return nil
-		}, client.ForPackage(w.id), client.OnOpen(func() { close(connected) }))
-	}()
-	// Read the package only once the stream is open, so that no change can
-	// fall between the read and the subscription.
-	select {
-	case <-connected:
-	case <-streamDone:
-	case <-time.After(2 * time.Second):
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-
 	var (
+		mu      sync.Mutex
 		last    *spinbroker.Package
-		polling bool // the event stream has ended, or the broker is away
-		lost    bool // the broker stopped answering; said once
+		lost    bool // the broker stopped answering
 		staged  bool // the package was seen in staging; said once
 		looked  bool // a stall was looked into; once
+		done    bool // the wait is over: no more notes
 		seen    string
-		changed = time.Now() // when the package was last seen to change
+		changed time.Time // when the package was last seen to change
 	)
-	for {
-		p, err := w.cl.Package(ctx, w.id)
-		switch {
-		case err == nil:
-			if lost {
-				w.note("the broker answers again")
-				lost = false
-			}
+	// lookIfStalled runs with mu held.
+	lookIfStalled := func() {
+		if !done && !looked && !lost && last != nil && last.State != spinbroker.PackageStaging && time.Since(changed) >= w.stall {
+			looked = true
+			w.whyStalled(lctx, last)
+		}
+	}
+	var stalled *time.Timer // runs lookIfStalled a stall's time after a change
+	defer func() {
+		cancel() // a look into a stall in progress gives up
+		mu.Lock()
+		defer mu.Unlock()
+		done = true
+		if stalled != nil {
+			stalled.Stop()
+		}
+	}()
+
+	return w.cl.WaitPackage(ctx, w.id,
+		client.PollEvery(w.poll),
+		client.OnRead(func(p *spinbroker.Package) {
+			mu.Lock()
+			defer mu.Unlock()
 			last = p
 			w.show(p)
 			if p.State.Terminal() {
-				return p, nil
+				return
 			}
 			if now := fmt.Sprint(p.State, p.Counts); now != seen {
 				seen, changed = now, time.Now()
+				if stalled == nil {
+					stalled = time.AfterFunc(w.stall, func() {
+						mu.Lock()
+						defer mu.Unlock()
+						lookIfStalled()
+					})
+				} else {
+					stalled.Reset(w.stall)
+				}
 			}
-			if !looked && p.State != spinbroker.PackageStaging && time.Since(changed) >= w.stall {
-				looked = true
-				w.whyStalled(ctx, p)
-			}
+			lookIfStalled()
 			if p.State == spinbroker.PackageStaging && !staged {
 				// Someone else may enqueue it; but a forgotten enqueue
 				// would otherwise look like a hang.
 				w.note(fmt.Sprintf("package %s is in staging: none of its commands runs until it is enqueued (spinbroker message enqueue %s); waiting", p.ID, p.ID))
 				staged = true
 			}
-		case ctx.Err() != nil:
-			return last, ctx.Err()
-		case last != nil && client.Temporary(err):
-			// The package was seen: a broker restarting or a network
-			// hiccup is worth waiting out.
-			if !lost {
-				w.note(describe(err) + "; still waiting")
-				lost = true
-			}
-			polling = true
-		default:
-			return nil, err
-		}
-		var tick <-chan time.Time // nil, never ready, while the stream works
-		if polling {
-			tick = time.After(w.poll)
-		}
-		var stalled <-chan time.Time
-		if !looked && !lost && last != nil && last.State != spinbroker.PackageStaging {
-			stalled = time.After(time.Until(changed.Add(w.stall)))
-		}
-		select {
-		case <-stalled:
-		case <-wake:
-		case <-streamDone:
-			streamDone = nil
-			polling = true
-		case <-tick:
-		case <-time.After(safetyRead):
-		case <-ctx.Done():
-			return last, ctx.Err()
-		}
-	}
+		}),
+		client.OnBrokerAway(func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			w.note(describe(err) + "; still waiting")
+			lost = true
+		}),
+		client.OnBrokerBack(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			w.note("the broker answers again")
+			lost = false
+		}),
+	)
 }
 
 // whyStalled looks at the queues of the package's ready commands and says
@@ -511,23 +486,6 @@ func (w *waiter) whyStalled(ctx context.Context, p *spinbroker.Package) {
 				r, q.Counts.Ready, (time.Duration(q.OldestReadyAgeSeconds) * time.Second).String(), q.Concurrency-q.Counts.Leased, q.Concurrency, r))
 		}
 	}
-}
-
-// mentions reports whether an event is about package id: a package event
-// carries the package (its "id"), a command event the command's
-// "package_id"; "resync" says that events were lost, any of them.
-func mentions(ev client.Event, id string) bool {
-	if ev.Type == "resync" {
-		return true
-	}
-	var v struct {
-		ID        string `json:"id"`
-		PackageID string `json:"package_id"`
-	}
-	if json.Unmarshal(ev.Data, &v) != nil {
-		return false
-	}
-	return v.ID == id || v.PackageID == id
 }
 
 func (a *app) messageCompleteCommand() *cobra.Command {
