@@ -65,7 +65,18 @@ $SPINBROKER_URL is not read here: a load run goes to a broker of yours only
 when --url names it. There it uses queues named bench-*, which must be empty
 and not paused, sets their concurrency (so with --auth it needs an admin
 token), and leaves them empty when a run completes (an interrupted one
-may leave commands behind, which the next run names).`,
+may leave commands behind, which the next run names).
+
+Exit status:
+  0    every run kept every rule
+  1    a run broke a rule (its figures and violations are printed all
+       the same; --json still prints its object, with "ok": false), or a
+       run could not be made: no broker at --url, a token it refuses, a
+       queue of its own already holding work
+  2    a mistake in the command line (nothing was run)
+  130  interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): the run
+       was stopped and not checked; a broker bench started is stopped
+       and its database removed`,
 		Example: `  spinbroker bench
   spinbroker bench --scenarios throughput --protocol claim --claim 100
   spinbroker bench --scenarios throughput,backlog,wakeup --sync full --json

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+)
+
+// TestBench_HelpSaysExitStatus: a script that runs bench (a CI job sizing
+// a broker) branches on its exit status, so the help says what each one
+// means, and that a run that broke a rule still prints what it measured.
+func TestBench_HelpSaysExitStatus(t *testing.T) {
+	r := spin(t, "bench", "--help")
+	if r.code != 0 {
+		t.Fatalf("bench --help: %s", r)
+	}
+	help := strings.Join(strings.Fields(r.stdout), " ")
+	for _, want := range []string{"Exit status:", "0 every run kept every rule", "1 a run broke a rule", "--json still prints", "2 a mistake in the command line", "130"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("bench --help lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// TestBench_BrokenRuleExits1WithJSON: a broker that redelivers (here, one
+// that says every command is on its second attempt) fails the run: exit 1,
+// and --json still prints the scenario's object, with ok false and the
+// violations, for the script that reads it.
+func TestBench_BrokenRuleExits1WithJSON(t *testing.T) {
+	db, clock := storetest.MustOpen(t, store.Options{})
+	b := serveBroker(t, db, clock.Now, httpapi.Options{}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.HasSuffix(r.URL.Path, "/next") {
+				h.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			body := bytes.Replace(rec.Body.Bytes(), []byte(`"attempts":1,`), []byte(`"attempts":2,`), 1)
+			for k, v := range rec.Header() {
+				if k != "Content-Length" {
+					w.Header()[k] = v
+				}
+			}
+			w.WriteHeader(rec.Code)
+			w.Write(body)
+		})
+	})
+	r := spin(t, "bench", "--url", b.url, "--producers", "1", "--resources", "1", "--commands", "20", "--json")
+	if r.code != 1 || !strings.Contains(r.stderr, "broke a rule") {
+		t.Fatalf("a run with redeliveries: want exit 1 and 'broke a rule', got %s", r)
+	}
+	var res struct {
+		OK         *bool    `json:"ok"`
+		Violations []string `json:"violations"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.OK == nil || *res.OK || len(res.Violations) == 0 {
+		t.Fatalf("--json of a failed run: want its object with ok false and the violations (%v), got %s", err, r)
+	}
+}
