@@ -65,3 +65,22 @@ func TestBench_BrokenRuleExits1WithJSON(t *testing.T) {
 		t.Fatalf("--json of a failed run: want its object with ok false and the violations (%v), got %s", err, r)
 	}
 }
+
+// TestBench_OutputFlag: bench's help lists the global -o (table or json)
+// among its flags. -o json prints what --json does, and a format it does
+// not know is a usage error before anything runs, where both were
+// ignored: a table, exit 0, for the script that asked for JSON.
+func TestBench_OutputFlag(t *testing.T) {
+	b := newBroker(t)
+	if r := spin(t, "bench", "--url", b.url, "--scenarios", "wakeup", "--wakeups", "1", "-o", "yaml"); r.code != 2 || !strings.Contains(r.stderr, `--output must be table or json, not "yaml"`) {
+		t.Errorf("bench -o yaml: want a usage error, got %s", r)
+	}
+	r := spin(t, "bench", "--url", b.url, "--scenarios", "wakeup", "--wakeups", "2", "-o", "json")
+	var res struct {
+		Scenario string `json:"scenario"`
+		OK       bool   `json:"ok"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &res) != nil || res.Scenario != "wakeup" || !res.OK {
+		t.Errorf("bench -o json: want the scenario's JSON object, got %s", r)
+	}
+}

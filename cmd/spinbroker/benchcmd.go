@@ -83,9 +83,15 @@ Exit status:
   spinbroker bench --url http://broker:8080 --scenarios wakeup`,
 		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.checkOutput(); err != nil {
+				return usagef(cmd, "%v", err)
+			}
 			if len(c.compare) > 0 {
 				return a.compare(c.compare)
 			}
+			// -o json, which the help lists among the global flags, says
+			// what --json does.
+			c.json = c.json || a.jsonOutput()
 			if c.procs < 0 {
 				return usagef(cmd, "--procs must be at least 1")
 			}
@@ -109,7 +115,7 @@ Exit status:
 	f.IntVar(&c.Samples, "samples", 2000, "next+complete cycles timed in the backlog scenario")
 	f.IntVar(&c.Wakeups, "wakeups", 200, "samples of the wakeup scenario")
 	f.StringVar(&c.sync, "sync", "normal", "--sync of the broker bench starts: normal or full")
-	f.BoolVar(&c.json, "json", false, "print one JSON object per scenario")
+	f.BoolVar(&c.json, "json", false, "print one JSON object per scenario (the same as -o json)")
 	f.BoolVar(&c.keep, "keep", false, "keep the temporary databases and print where they are")
 	f.IntVar(&c.procs, "procs", 0, "GOMAXPROCS of the load generator (default: half the CPUs when bench starts the broker, so that it does not crowd the broker it measures; all of them with --url)")
 	f.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator (not the broker: see serve --pprof-addr) to this file")
