@@ -84,3 +84,15 @@ func TestBench_OutputFlag(t *testing.T) {
 		t.Errorf("bench -o json: want the scenario's JSON object, got %s", r)
 	}
 }
+
+// TestBench_BadURL: a --url that is no broker URL is a mistake in the
+// command line (exit 2, as in the other commands), not a failed run of
+// the first scenario (exit 1, "throughput: client: ...").
+func TestBench_BadURL(t *testing.T) {
+	for _, url := range []string{"localhost:8080", "ftp://x", "http://127.0.0.1:0"} {
+		r := spin(t, "bench", "--url", url, "--scenarios", "wakeup", "--wakeups", "1")
+		if r.code != 2 || !strings.Contains(r.stderr, `--url "`+url+`" is not a broker URL`) || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {
+			t.Errorf("bench --url %s: want a usage error, got %s", url, r)
+		}
+	}
+}

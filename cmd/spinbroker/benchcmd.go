@@ -98,6 +98,13 @@ Exit status:
 			if err := c.check(); err != nil {
 				return usagef(cmd, "%v", err)
 			}
+			if cmd.Flags().Changed("url") {
+				// A URL or a token no request can carry is a mistake in
+				// the command line, not a failed run.
+				if _, err := a.dial(cmd); err != nil {
+					return err
+				}
+			}
 			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
 		},
 	}
