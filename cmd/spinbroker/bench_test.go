@@ -96,3 +96,26 @@ func TestBench_BadURL(t *testing.T) {
 		}
 	}
 }
+
+// TestBench_SizeTheBrokerRefuses: a --size whose packages the broker
+// would refuse is a usage error that names --size, before any broker is
+// started, where the run failed on its first create with the broker's
+// words ("commands[1001] may have at most 1000 dependencies", "the
+// request body is larger than 1048576 bytes"), which name no flag.
+func TestBench_SizeTheBrokerRefuses(t *testing.T) {
+	b := newBroker(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--scenarios", "dependencies", "--size", "1002", "--commands", "1002"}, "--size must be at most 1001 in the dependencies scenario"},
+		{[]string{"--scenarios", "dependencies", "--protocol", "seed", "--size", "1002", "--commands", "1002"}, "--size must be at most 1001 in the dependencies scenario"},
+		{[]string{"--size", "10001", "--commands", "10001"}, "--size must be at most 10000 with --protocol inline"},
+		{[]string{"--protocol", "claim", "--size", "10001", "--commands", "10001"}, "--size must be at most 10000 with --protocol claim"},
+	} {
+		r := spin(t, append([]string{"bench", "--url", b.url}, tt.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, tt.want) {
+			t.Errorf("bench %v: want a usage error saying %q, got %s", tt.args, tt.want, r)
+		}
+	}
+}

@@ -144,6 +144,12 @@ func (c *benchConfig) check() error {
 			switch {
 			case c.Producers < 1 || c.Resources < 1 || c.Agents < 1 || c.Size < 1:
 				return fmt.Errorf("--producers, --resources, --agents and --size must be at least 1")
+			case strings.TrimSpace(sc) == "dependencies" && c.Size-1 > spinbroker.MaxDependencies:
+				// A package's last command depends on every other.
+				return fmt.Errorf("--size must be at most %d in the dependencies scenario, not %d: a package's last command depends on every other, and a command may have at most %d dependencies", spinbroker.MaxDependencies+1, c.Size, spinbroker.MaxDependencies)
+			case (c.Protocol == "inline" || c.Protocol == "claim") && c.Size > spinbroker.MaxCommandsPerBatch:
+				// The seed's protocol adds a command per request.
+				return fmt.Errorf("--size must be at most %d with --protocol %s, not %d: a package is created in one request, which may carry at most %d commands", spinbroker.MaxCommandsPerBatch, c.Protocol, c.Size, spinbroker.MaxCommandsPerBatch)
 			case c.Agents > spinbroker.MaxConcurrency:
 				return fmt.Errorf("--agents must be at most %d (a queue's largest concurrency), not %d", spinbroker.MaxConcurrency, c.Agents)
 			case c.Commands < c.Size:
