@@ -119,3 +119,19 @@ func TestBench_SizeTheBrokerRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestBench_ScenariosAll: the error for an unknown scenario lists "all"
+// among the names it takes, then refused it beside another ("all,wakeup":
+// 'unknown scenario "all"'); and " all" (a space after a comma, which
+// the other names may have) was unknown too.
+func TestBench_ScenariosAll(t *testing.T) {
+	b := newBroker(t)
+	r := spin(t, "bench", "--url", b.url, "--scenarios", "all,wakeup", "--wakeups", "1")
+	if r.code != 2 || !strings.Contains(r.stderr, "--scenarios all runs every scenario: give it alone") {
+		t.Errorf("--scenarios all,wakeup: want a usage error that says all stands alone, got %s", r)
+	}
+	r = spin(t, "bench", "--url", b.url, "--scenarios", " all", "--commands", "20", "--backlog", "20", "--samples", "10", "--wakeups", "1", "--json")
+	if r.code != 0 || strings.Count(r.stdout, `"scenario"`) != 4 {
+		t.Errorf("--scenarios ' all': want the four scenarios run, got %s", r)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -130,21 +131,36 @@ Exit status:
 	return cmd
 }
 
+// allScenarios are what --scenarios all runs, in order.
+var allScenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}
+
+// scenarioList is --scenarios split at its commas, each name trimmed.
+func (c *benchConfig) scenarioList() []string {
+	list := strings.Split(c.scenarios, ",")
+	for i := range list {
+		list[i] = strings.TrimSpace(list[i])
+	}
+	return list
+}
+
 // check refuses, before any broker is started or asked, the flag values
 // that would make a run fail late, hang or measure something other than
 // what its report names.
 func (c *benchConfig) check() error {
-	scenarios := strings.Split(c.scenarios, ",")
-	if c.scenarios == "all" {
-		scenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}
+	scenarios := c.scenarioList()
+	if len(scenarios) > 1 && slices.Contains(scenarios, "all") {
+		return fmt.Errorf("--scenarios all runs every scenario: give it alone, not with others (%q)", c.scenarios)
+	}
+	if len(scenarios) == 1 && scenarios[0] == "all" {
+		scenarios = allScenarios
 	}
 	for _, sc := range scenarios {
-		switch strings.TrimSpace(sc) {
+		switch sc {
 		case "throughput", "dependencies":
 			switch {
 			case c.Producers < 1 || c.Resources < 1 || c.Agents < 1 || c.Size < 1:
 				return fmt.Errorf("--producers, --resources, --agents and --size must be at least 1")
-			case strings.TrimSpace(sc) == "dependencies" && c.Size-1 > spinbroker.MaxDependencies:
+			case sc == "dependencies" && c.Size-1 > spinbroker.MaxDependencies:
 				// A package's last command depends on every other.
 				return fmt.Errorf("--size must be at most %d in the dependencies scenario, not %d: a package's last command depends on every other, and a command may have at most %d dependencies", spinbroker.MaxDependencies+1, c.Size, spinbroker.MaxDependencies)
 			case (c.Protocol == "inline" || c.Protocol == "claim") && c.Size > spinbroker.MaxCommandsPerBatch:
@@ -212,9 +228,9 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	scenarios := strings.Split(c.scenarios, ",")
-	if c.scenarios == "all" {
-		scenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}
+	scenarios := c.scenarioList()
+	if len(scenarios) == 1 && scenarios[0] == "all" {
+		scenarios = allScenarios
 	}
 	tty := false
 	if f, ok := a.stderr.(*os.File); ok {
@@ -223,7 +239,7 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 	failed := 0
 	for _, sc := range scenarios {
 		cfg := c.Config
-		cfg.Scenario = strings.TrimSpace(sc)
+		cfg.Scenario = sc
 		if tty {
 			cfg.Progress = func(done, total int) {
 				fmt.Fprintf(a.stderr, "\r%s: %d/%d", cfg.Scenario, done, total)
