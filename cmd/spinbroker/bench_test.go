@@ -135,3 +135,23 @@ func TestBench_ScenariosAll(t *testing.T) {
 		t.Errorf("--scenarios ' all': want the four scenarios run, got %s", r)
 	}
 }
+
+// TestBench_HelpOfURL: bench reads no $SPINBROKER_URL and has no default
+// broker (without --url it starts its own), as its help's text says; its
+// --url line said "(env SPINBROKER_URL) (default http://localhost:8080)",
+// the other commands' line.
+func TestBench_HelpOfURL(t *testing.T) {
+	r := spin(t, "bench", "--help")
+	var line string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(l, "--url string") {
+			line = l
+		}
+	}
+	if r.code != 0 || line == "" || strings.Contains(line, "SPINBROKER_URL") || strings.Contains(line, "localhost:8080") || !strings.Contains(line, "without it, bench starts a broker of its own") {
+		t.Errorf("bench --help, its --url line: %q\n%s", line, r)
+	}
+	if r := spin(t, "queue", "ls", "--help"); !strings.Contains(r.stdout, "broker URL (env SPINBROKER_URL)") {
+		t.Errorf("queue ls --help lost its --url line:\n%s", r)
+	}
+}

@@ -109,6 +109,17 @@ Exit status:
 			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
 		},
 	}
+	// bench reads no $SPINBROKER_URL and has no default broker: the
+	// global --url's line would say both. A help is the last thing a
+	// process prints, so the flag keeps these words.
+	help := cmd.HelpFunc()
+	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
+		if f := c.Root().PersistentFlags().Lookup("url"); f != nil {
+			f.Usage = "a broker of yours to run against (bench-* queues); without it, bench starts a broker of its own for each scenario"
+			f.DefValue = ""
+		}
+		help(c, args)
+	})
 	f := cmd.Flags()
 	f.StringVar(&c.scenarios, "scenarios", "throughput", "comma-separated: throughput, dependencies, backlog, wakeup, or all")
 	f.IntVar(&c.Producers, "producers", 4, "producers creating packages")
