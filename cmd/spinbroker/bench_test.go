@@ -2,11 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
@@ -153,5 +158,29 @@ func TestBench_HelpOfURL(t *testing.T) {
 	}
 	if r := spin(t, "queue", "ls", "--help"); !strings.Contains(r.stdout, "broker URL (env SPINBROKER_URL)") {
 		t.Errorf("queue ls --help lost its --url line:\n%s", r)
+	}
+}
+
+// TestBench_TokenWithoutAdmin: bench gives work, takes it as an agent and
+// sets its queues' concurrency, which together take an admin token; with a
+// client token it said only "a client token may not do this (forbidden)",
+// and "this" was nowhere on the screen.
+func TestBench_TokenWithoutAdmin(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "auth.db")
+	r := spin(t, "token", "create", "--db", path, "--role", "client", "--name", "ci")
+	if r.code != 0 {
+		t.Fatalf("token create: %s", r)
+	}
+	fields := strings.Fields(r.stdout)
+	secret := fields[len(fields)-1]
+	db, err := store.Open(context.Background(), path, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
+	r = spin(t, "bench", "--url", b.url, "--token", secret, "--commands", "20")
+	if r.code != 1 || !strings.Contains(r.stderr, "(forbidden)") || !strings.Contains(r.stderr, "it needs an admin token") {
+		t.Errorf("bench with a client token: %s", r)
 	}
 }

@@ -279,6 +279,12 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 			case errTerminated:
 				return &exitError{code: exitTerminated, msg: cfg.Scenario + ": terminated (SIGTERM); the run was stopped and not checked"}
 			}
+			var ce *client.Error
+			if errors.As(err, &ce) && ce.Err.Code == spinbroker.EFORBIDDEN {
+				// The broker's "a client token may not do this" does
+				// not say what "this" was.
+				return &exitError{code: 1, msg: fmt.Sprintf("%s: %s (%s): bench gives work to its queues (bench-*), takes it as their agent and sets their concurrency, so with --auth it needs an admin token", cfg.Scenario, ce.Err.Message, ce.Err.Code)}
+			}
 			return fmt.Errorf("%s: %w", cfg.Scenario, err)
 		}
 		if !res.OK() {
