@@ -184,3 +184,16 @@ func TestBench_TokenWithoutAdmin(t *testing.T) {
 		t.Errorf("bench with a client token: %s", r)
 	}
 }
+
+// TestBench_NoBrokerAtURL: a --url where nothing listens is a failure
+// (exit 1) that says so, and points at --url alone: bench reads no
+// $SPINBROKER_URL, which the other commands' hint named.
+func TestBench_NoBrokerAtURL(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	r := spin(t, "bench", "--url", url, "--scenarios", "wakeup", "--wakeups", "1")
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot reach the broker") || !strings.Contains(r.stderr, "connection refused") || strings.Contains(r.stderr, "SPINBROKER_URL") {
+		t.Errorf("bench --url of no broker: %s", r)
+	}
+}

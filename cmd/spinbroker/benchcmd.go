@@ -285,6 +285,11 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 				// not say what "this" was.
 				return &exitError{code: 1, msg: fmt.Sprintf("%s: %s (%s): bench gives work to its queues (bench-*), takes it as their agent and sets their concurrency, so with --auth it needs an admin token", cfg.Scenario, ce.Err.Message, ce.Err.Code)}
 			}
+			if remote && client.Temporary(err) && errors.Is(err, syscall.ECONNREFUSED) {
+				// describe's hint names $SPINBROKER_URL too, which bench
+				// does not read.
+				return &exitError{code: 1, msg: fmt.Sprintf("%s: cannot reach the broker: %v; is it running, and is that its address? --url names it", cfg.Scenario, err)}
+			}
 			return fmt.Errorf("%s: %w", cfg.Scenario, err)
 		}
 		if !res.OK() {
