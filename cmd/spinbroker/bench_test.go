@@ -197,3 +197,26 @@ func TestBench_NoBrokerAtURL(t *testing.T) {
 		t.Errorf("bench --url of no broker: %s", r)
 	}
 }
+
+// TestBench_IgnoredFlagsRefused: a flag the run would ignore is a mistake
+// in the command line (exit 2), not a run that measured something else
+// than what was asked: --claim without the claim protocol, --sync or
+// --keep with a broker of one's own.
+func TestBench_IgnoredFlagsRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--claim", "50"},
+		{"bench", "--protocol", "seed", "--claim", "50"},
+		{"bench", "--url", "http://localhost:1", "--sync", "full"},
+		{"bench", "--url", "http://localhost:1", "--keep"},
+	} {
+		r := spin(t, args...)
+		if r.code != 2 || !strings.Contains(r.stderr, "--") {
+			t.Errorf("%v: %s", args, r)
+		}
+	}
+	// The settings a run reports say "agent" for one.
+	r := spin(t, "bench", "--commands", "200", "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `1 agent per resource`) {
+		t.Errorf("bench --json: %s", r)
+	}
+}

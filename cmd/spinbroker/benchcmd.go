@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -98,6 +99,16 @@ Exit status:
 			}
 			if err := c.check(); err != nil {
 				return usagef(cmd, "%v", err)
+			}
+			// Flags that would be ignored: a run measuring something
+			// other than what was asked for must not look like it.
+			if cmd.Flags().Changed("claim") && c.Protocol != "claim" {
+				return usagef(cmd, "--claim sets the batch of --protocol claim, not of --protocol %s: give --protocol claim with it", c.Protocol)
+			}
+			for _, name := range []string{"sync", "keep"} {
+				if cmd.Flags().Changed(name) && cmd.Flags().Changed("url") {
+					return usagef(cmd, "--%s is for the broker bench starts; with --url the broker is yours, as you started it", name)
+				}
 			}
 			if cmd.Flags().Changed("url") {
 				// A URL or a token no request can carry is a mistake in
@@ -369,7 +380,9 @@ func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config)
 	if err != nil {
 		return nil, err
 	}
-	res.BrokerCPUSeconds = cpuSeconds(broker.Process.Pid) - cpu0
+	// In milliseconds: the clock ticks are 10ms, and the difference of
+	// two float sums would carry noise (0.019999999999999997) into --json.
+	res.BrokerCPUSeconds = math.Round((cpuSeconds(broker.Process.Pid)-cpu0)*1000) / 1000
 	res.BrokerPeakRSSMiB = peakRSSMiB(broker.Process.Pid)
 	return res, nil
 }

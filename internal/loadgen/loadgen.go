@@ -354,7 +354,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	res := &Result{
 		Scenario: cfg.Scenario,
 		Protocol: cfg.Protocol,
-		Settings: fmt.Sprintf("%d producers × %d resources × %d agents, packages of %d, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, cfg.Size, cfg.Protocol),
+		Settings: fmt.Sprintf("%d producers × %d resources × %d agent%s per resource, packages of %d, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, plural(cfg.Agents), cfg.Size, cfg.Protocol),
 		Commands: total, Seconds: elapsed.Seconds(), CommandsPerSec: float64(total) / elapsed.Seconds(),
 		Calls: rec.summary(), Violations: []string{},
 	}
@@ -776,4 +776,12 @@ func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, erro
 		Scenario: "wakeup", Settings: fmt.Sprintf("%d samples, one agent waiting in a long-poll", cfg.Wakeups),
 		Commands: cfg.Wakeups, Seconds: time.Since(start).Seconds(), Calls: calls, Violations: v,
 	}, nil
+}
+
+// plural is the "s" of a count's noun, when it takes one.
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }
