@@ -27,7 +27,9 @@
 // agent goes on. Broker errors are retried with capped, jittered
 // exponential back-off, waiting at least as long as an answer's
 // Retry-After asks (up to MaxBackoff), and a result is retried until it is delivered or
-// its lease is known to be lost. Heartbeats keep the lease while the
+// its lease is known to be lost; a result held back because the broker was
+// away (a restart) goes as soon as a heartbeat gets through again, not at
+// the end of its back-off. Heartbeats keep the lease while the
 // result is retried, for a lease's duration: a result the broker refuses
 // for longer (a 500 on every try) lets the lease run out, so that the
 // broker gives the command again (or fails it, "lease expired", once its
@@ -276,6 +278,35 @@ type runner struct {
 	log      *slog.Logger
 	// hard is cancelled Grace after the stop; final a little later.
 	hard, final context.Context
+	// answers hears of every heartbeat that gets through: a result that
+	// waits out a back-off because the broker was away is sent then.
+	answers news
+}
+
+// news is a broadcast: next is closed at the next tell.
+type news struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// tell closes the channel next returned, waking whoever waits on it.
+func (n *news) tell() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ch != nil {
+		close(n.ch)
+		n.ch = nil
+	}
+}
+
+// next is closed at the next tell.
+func (n *news) next() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ch == nil {
+		n.ch = make(chan struct{})
+	}
+	return n.ch
 }
 
 func newRunner(c *client.Client, resource string, handlers []Handler, opts Options) (*runner, error) {
@@ -662,6 +693,7 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			j.expires = sent.Add(j.dur)
 			j.mu.Unlock()
 			j.news.ok(j)
+			a.answers.tell()
 			failures, next, lastErr = 0, interval, nil
 		case ctx.Err() != nil:
 			return
@@ -968,8 +1000,55 @@ func (a *runner) deliver(j *job) {
 		}
 		d := a.pause(attempt, err)
 		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
-		wait(a.final, d)
+		a.waitToDeliver(d, err)
 	}
+}
+
+// waitToDeliver waits d before a result is offered again after err, and
+// reports whether the agent may still deliver. When err says the broker
+// was away (no answer, or a 502, 503 or 504: a restart) the wait ends as
+// soon as a heartbeat gets through, past the Retry-After the answer asked
+// for: the back-off grows to MaxBackoff during a restart, and the result,
+// with the queue's slot its command holds, would otherwise wait that long
+// after the broker is back. A broker that answers and refuses (a 500)
+// is given the whole back-off.
+func (a *runner) waitToDeliver(d time.Duration, err error) bool {
+	if !brokerAway(err) {
+		return wait(a.final, d)
+	}
+	back := a.answers.next()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	if !wait(a.final, min(retryAfter(err), d)) {
+		return false
+	}
+	select {
+	case <-t.C:
+	case <-back:
+	case <-a.final.Done():
+		return false
+	}
+	return true
+}
+
+// brokerAway reports whether err says that the broker did not answer (it
+// is stopped, restarting or out of reach), as opposed to an answer that
+// refuses: no HTTP answer at all, or a proxy's or a stopping broker's
+// 502, 503 or 504.
+func brokerAway(err error) bool {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		switch ce.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
+	}
+	var se *spinbroker.Error
+	if errors.As(err, &se) {
+		return false // an item of a batched completion: the broker answered it
+	}
+	return client.Temporary(err)
 }
 
 // given says why the broker will not take j's result any more, once its
@@ -1145,7 +1224,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 		}
 		d := a.pause(attempt, err)
 		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())
-		if !wait(a.final, d) {
+		if !a.waitToDeliver(d, err) {
 			a.log.Error("results not delivered before the agent stopped", "commands", len(pending))
 			return
 		}

@@ -1250,3 +1250,44 @@ func TestRun_ArgumentErrorLogged(t *testing.T) {
 		t.Errorf("Run returned %q and logged:\n%s", err, got)
 	}
 }
+
+// TestRun_ResultSentWhenBrokerBack: a result that could not be delivered
+// because the broker was away (a restart) is sent as soon as the agent's
+// heartbeats get through again, not at the end of its back-off: in a
+// restart drill the results of a batch (and the queue's slots they hold)
+// waited 16s more after the broker was back.
+func TestRun_ResultSentWhenBrokerBack(t *testing.T) {
+	for _, claim := range []int{0, 4} {
+		t.Run(map[int]string{0: "Next", 4: "Claim"}[claim], func(t *testing.T) {
+			o := &outage{match: func(r *http.Request) bool {
+				return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/complete")
+			}}
+			b := startBroker(t, httpapi.Options{}, o.wrap)
+			var runs atomic.Int32
+			quick := agent.Handle("quick", func(ctx context.Context, p struct{}) (any, error) {
+				if runs.Add(1) == 1 {
+					o.down.Store(true) // the broker stops as the handler ends
+				}
+				return map[string]bool{"done": true}, nil
+			})
+			// A back-off (5s to 10s at first) longer than the heartbeats'
+			// interval (2s).
+			runAgent(t, b, []agent.Handler{quick}, agent.Options{Claim: claim, Lease: 6 * time.Second,
+				MinBackoff: 10 * time.Second, MaxBackoff: 20 * time.Second})
+			ids := b.enqueue(t, cmd("quick", `{}`))
+			for o.seen.Load() == 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond)
+			o.down.Store(false)
+			back := time.Now()
+			c := b.await(t, ids[0])
+			if took := time.Since(back); took > 3500*time.Millisecond {
+				t.Errorf("the result was delivered %v after the broker was back, with heartbeats getting through every 2s", took.Round(time.Millisecond))
+			}
+			if c.State != spinbroker.Succeeded || c.Attempts != 1 || runs.Load() != 1 {
+				t.Errorf("command %s after %d attempts, %d runs", c.State, c.Attempts, runs.Load())
+			}
+		})
+	}
+}
