@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -411,8 +412,16 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	// machine are answered: DNS rebinding would make any web page an admin.
 	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites, Registry: reg,
 		LocalHostOnly: !c.auth && local})
+	// running counts the requests being served, so that a stop cut short
+	// by --shutdown-timeout can say how many it cut off.
+	var running atomic.Int64
+	handler := api.Handler()
 	srv := &http.Server{
-		Handler:           api.Handler(),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			running.Add(1)
+			defer running.Add(-1)
+			handler.ServeHTTP(w, r)
+		}),
 		ReadHeaderTimeout: c.headerTimeout, // slow headers (slowloris) are cut off
 		ReadTimeout:       c.readTimeout,   // and so are slow bodies
 		IdleTimeout:       120 * time.Second,
@@ -506,6 +515,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	stopping := time.Now()
 	// The cause names the signal (SIGTERM).
 	log.Info("shutting down", "cause", context.Cause(ctx).Error(), "timeout", c.shutdownTimeout)
 	if err := sdNotify("STOPPING=1"); err != nil {
@@ -527,13 +537,15 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Info("profiler stopped")
 	}()
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("requests still running at the shutdown timeout were cut off", "err", err)
+		// Each is logged too, when its handler returns (an upload cut off
+		// is a 400: its body never came whole).
+		log.Warn("requests still running at the shutdown timeout were cut off", "requests", running.Load(), "timeout", c.shutdownTimeout)
 		srv.Close()
 	}
 	<-profilerDone
 	stopSweep()
 	<-swept
-	log.Info("stopped")
+	log.Info("stopped", "duration", time.Since(stopping).Round(time.Millisecond))
 	return nil
 }
 

@@ -5,10 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -55,5 +60,45 @@ func TestServe_BadCertificateCreatesNoDatabase(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("a start refused for its certificate left %v", ents)
+	}
+}
+
+// TestServe_StopSaysWhatItTookAndCutOff: the log of a planned stop says
+// how long it took and, when requests were still running at
+// --shutdown-timeout, how many it cut off: "context deadline exceeded"
+// alone left the operator to guess what a restart had broken.
+func TestServe_StopSaysWhatItTookAndCutOff(t *testing.T) {
+	b := startBroker(t, filepath.Join(t.TempDir(), "b.db"), "--shutdown-timeout", "1s")
+	host := strings.TrimPrefix(b.url, "http://")
+	// An upload still arriving when the broker is told to stop.
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "POST /packages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"comm"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-b.done:
+		if err != nil {
+			t.Fatalf("serve exited with %v:\n%s", err, b.logs)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("serve did not exit:\n%s", b.logs)
+	}
+	logs := b.logs.String()
+	if !regexp.MustCompile(`msg="requests still running at the shutdown timeout were cut off" .*requests=1\b`).MatchString(logs) {
+		t.Errorf("the stop does not say it cut off one request:\n%s", logs)
+	}
+	if !regexp.MustCompile(`level=INFO msg=stopped .*duration=1(\.\d+)?s`).MatchString(logs) {
+		t.Errorf("the stop does not say how long it took (about 1s):\n%s", logs)
+	}
+	if strings.Contains(logs, "level=ERROR") {
+		t.Errorf("a planned stop logged an error:\n%s", logs)
 	}
 }
