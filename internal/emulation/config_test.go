@@ -564,16 +564,7 @@ func TestProcess_PIDFilesWithoutStartTime(t *testing.T) {
 // with -smp 0 -m 0M and no name.
 func TestEmulator_DamagedConfig(t *testing.T) {
 	ctx := context.Background()
-	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// true stands in for qemu: a start that gets as far as running it
-	// fails with "exited as it started", not with the config named.
-	e, err := New(Options{StateDir: t.TempDir(), QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := noQEMU(t)
 	path := e.configPath("vm1")
 	for _, tc := range []struct{ content, want string }{
 		{``, "unexpected end of JSON input"},
@@ -592,7 +583,7 @@ func TestEmulator_DamagedConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "is damaged") || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("start with the config %q: %v, want it named (%s) as damaged: %s", tc.content, err, path, tc.want)
 		}
-		if running, _ := sup.Running(ctx, "vm1"); running {
+		if running, _ := e.sup.Running(ctx, "vm1"); running {
 			t.Fatalf("start with the config %q started a VM", tc.content)
 		}
 	}
@@ -636,14 +627,7 @@ func TestProcess_DamagedPIDFile(t *testing.T) {
 // sees it before a start fails on it; a sound config has no config_error.
 func TestEmulator_StatusOfADamagedConfig(t *testing.T) {
 	ctx := context.Background()
-	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Options{StateDir: t.TempDir(), QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := noQEMU(t)
 	status := func() *Output {
 		t.Helper()
 		out, err := e.Status(ctx, ID{ID: "vm1"})
@@ -675,4 +659,20 @@ func TestEmulator_StatusOfADamagedConfig(t *testing.T) {
 	if out := status(); !out.Configured || out.ConfigError != "" {
 		t.Errorf("status once write_config wrote it anew = %+v, want configured without a config_error", out)
 	}
+}
+
+// noQEMU is an emulator with the process supervisor whose "qemu" is true:
+// a start that gets as far as running it fails with "exited as it
+// started", so what a test sees before that is the emulator's own.
+func noQEMU(t *testing.T) *Emulator {
+	t.Helper()
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{StateDir: t.TempDir(), QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
