@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -126,8 +125,7 @@ func TestCheck_FindsAndRepairsCounts(t *testing.T) {
 	if r.code != 2 || !strings.Contains(r.stderr, "is in use") || !strings.Contains(r.stderr, "--repair needs it stopped") || r.stdout != "" {
 		t.Fatalf("check --repair beside the broker: %s", r)
 	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-b.done; err != nil {
+	if err := b.stop(t); err != nil {
 		t.Fatalf("broker's exit: %v\n%s", err, b.logs)
 	}
 

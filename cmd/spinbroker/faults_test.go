@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -143,8 +142,7 @@ func TestFaults_DiskFull(t *testing.T) {
 	kept = append(kept, p.ID)
 
 	// Nothing acknowledged was lost, across a clean restart too.
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	<-b.done
+	b.stop(t)
 	b = startBroker(t, db)
 	c, _ = client.New(b.url)
 	for _, id := range kept {

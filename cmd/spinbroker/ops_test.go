@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -145,8 +144,7 @@ func TestBackupRestore(t *testing.T) {
 	if out, err := exec.Command(serveBinary(t), "backup", "--db", db, "--to", backup).CombinedOutput(); err == nil {
 		t.Fatalf("a backup over an existing file must be refused:\n%s", out)
 	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	<-b.done
+	b.stop(t)
 
 	// Restore: the copy is the database now.
 	restored := startBroker(t, backup, "--check")
@@ -237,8 +235,7 @@ func TestCompact(t *testing.T) {
 	if r := spin(t, "compact", "--db", db); r.code == 0 || !strings.Contains(r.stderr, "in use") || !strings.Contains(r.stderr, "stop it first") || strings.Contains(r.stderr, "compacting") {
 		t.Fatalf("compact beside the broker: %s", r)
 	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	<-b.done
+	b.stop(t)
 
 	r := spin(t, "compact", "--db", db)
 	if r.code != 0 || !regexp.MustCompile(`compacted .* from [0-9.]+ MiB to [0-9.]+ MiB`).MatchString(r.stdout) || !strings.Contains(r.stderr, "compacting "+db) {

@@ -121,8 +121,7 @@ func TestServe_TLS(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "certificate") {
 		t.Fatalf("the CLI with an unknown certificate: %s", r)
 	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-b.done; err != nil {
+	if err := b.stop(t); err != nil {
 		t.Fatalf("exit: %v\n%s", err, b.logs)
 	}
 
@@ -229,8 +228,7 @@ func TestServe_TLSRenewal(t *testing.T) {
 		t.Fatalf("after a broken renewal the broker serves certificate %d, not 3", serial)
 	}
 
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-b.done; err != nil {
+	if err := b.stop(t); err != nil {
 		t.Fatalf("exit: %v\n%s", err, b.logs)
 	}
 }
@@ -246,8 +244,7 @@ func TestServe_SIGHUPWithoutTLS(t *testing.T) {
 		t.Fatalf("healthz after SIGHUP: %v %v\n%s", resp, err, b.logs)
 	}
 	resp.Body.Close()
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-b.done; err != nil {
+	if err := b.stop(t); err != nil {
 		t.Fatalf("exit: %v\n%s", err, b.logs)
 	}
 }
@@ -286,11 +283,11 @@ func TestServe_SystemdNotify(t *testing.T) {
 	if got := read(); !strings.Contains(got, "READY=1\n") || !strings.Contains(got, "STATUS=serving "+b.url) {
 		t.Fatalf("the first notification: %q", got)
 	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.signal(t, syscall.SIGTERM)
 	if got := read(); got != "STOPPING=1" {
 		t.Fatalf("the notification on SIGTERM: %q", got)
 	}
-	if err := <-b.done; err != nil {
+	if err := b.wait(t); err != nil {
 		t.Fatalf("exit: %v\n%s", err, b.logs)
 	}
 }

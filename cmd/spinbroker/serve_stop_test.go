@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -80,16 +79,8 @@ func TestServe_StopSaysWhatItTookAndCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-b.done:
-		if err != nil {
-			t.Fatalf("serve exited with %v:\n%s", err, b.logs)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("serve did not exit:\n%s", b.logs)
+	if err := b.stop(t); err != nil {
+		t.Fatalf("serve exited with %v:\n%s", err, b.logs)
 	}
 	logs := b.logs.String()
 	if !regexp.MustCompile(`msg="requests still running at the shutdown timeout were cut off" .*requests=1\b`).MatchString(logs) {

@@ -91,6 +91,42 @@ func startBroker(t *testing.T, db string, extra ...string) *serveProc {
 	return b
 }
 
+// stopTimeout bounds a stop: serve's own --shutdown-timeout (10s unless a
+// test sets less) and closing the database, with room for a -race binary
+// on a busy machine.
+const stopTimeout = 20 * time.Second
+
+// stop sends serve SIGTERM and waits for it to exit (see wait). A test
+// that stops a broker only to start another on its database may leave
+// the exit unchecked.
+func (b *serveProc) stop(t *testing.T) error {
+	t.Helper()
+	b.signal(t, syscall.SIGTERM)
+	return b.wait(t)
+}
+
+// signal sends serve sig, failing the test if it cannot be sent.
+func (b *serveProc) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := b.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v to serve: %v", sig, err)
+	}
+}
+
+// wait waits for serve to exit and returns how: nil for status 0, else
+// the *exec.ExitError, for the test to assert on. It fails the test, with
+// serve's logs, if serve has not exited within stopTimeout.
+func (b *serveProc) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-b.done:
+		return err
+	case <-time.After(stopTimeout):
+		t.Fatalf("serve did not exit within %v:\n%s", stopTimeout, b.logs)
+		return nil
+	}
+}
+
 func TestServe_GracefulShutdown(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "broker.db")
 	b := startBroker(t, db)
@@ -119,9 +155,7 @@ func TestServe_GracefulShutdown(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
-	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	b.signal(t, syscall.SIGTERM)
 	select {
 	case code := <-polled:
 		if code != 503 {
@@ -130,13 +164,8 @@ func TestServe_GracefulShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the long-poll was not answered at shutdown")
 	}
-	select {
-	case err := <-b.done:
-		if err != nil {
-			t.Fatalf("serve exited with %v:\n%s", err, b.logs)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("serve did not exit:\n%s", b.logs)
+	if err := b.wait(t); err != nil {
+		t.Fatalf("serve exited with %v:\n%s", err, b.logs)
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("shutdown took %v", d)
@@ -178,8 +207,8 @@ func TestServe_RefusesOpenAddressWithoutAuth(t *testing.T) {
 	}
 	// --insecure says the operator means it, and the log says it again.
 	b := startBroker(t, db, "--addr", "0.0.0.0:0", "--insecure")
-	b.cmd.Process.Signal(syscall.SIGINT)
-	if err := <-b.done; err != nil {
+	b.signal(t, syscall.SIGINT)
+	if err := b.wait(t); err != nil {
 		t.Fatalf("exit: %v", err)
 	}
 	if !strings.Contains(b.logs.String(), "level=WARN msg=\"serving without authentication beyond loopback") {
@@ -214,8 +243,7 @@ func TestServe_LocalHostOnly(t *testing.T) {
 		if want := map[bool]int{true: 401, false: 200}[len(tc.extra) > 0]; resp.StatusCode != want {
 			t.Errorf("serve %v at %s: %d, want %d", tc.extra, b.url, resp.StatusCode, want)
 		}
-		b.cmd.Process.Signal(syscall.SIGTERM)
-		<-b.done
+		b.stop(t)
 	}
 }
 
@@ -280,8 +308,7 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 	}
 	// --sync is read in any case, as the store reads it.
 	b := startBroker(t, filepath.Join(dir, "full.db"), "--sync", "FULL")
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-b.done; err != nil || !strings.Contains(b.logs.String(), "sync=FULL") {
+	if err := b.stop(t); err != nil || !strings.Contains(b.logs.String(), "sync=FULL") {
 		t.Fatalf("--sync FULL: %v\n%s", err, b.logs)
 	}
 	// SPINBROKER_AUTH takes the usual spellings of true.
@@ -377,8 +404,7 @@ func TestServe_JSONLogsAndMigrate(t *testing.T) {
 		t.Fatalf("migrate status: %v\n%s", err, out)
 	}
 	b := startBroker(t, db, "--log-format", "json", "--check")
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	<-b.done
+	b.stop(t)
 	if !strings.Contains(b.logs.String(), `"msg":"integrity check passed"`) {
 		t.Fatalf("json logs:\n%s", b.logs)
 	}
@@ -448,8 +474,7 @@ func TestServe_OneBrokerPerDatabase(t *testing.T) {
 	}
 	resp.Body.Close()
 
-	first.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-first.done; err != nil {
+	if err := first.stop(t); err != nil {
 		t.Fatalf("first broker's exit: %v\n%s", err, first.logs)
 	}
 	second := startBroker(t, db)
@@ -457,8 +482,7 @@ func TestServe_OneBrokerPerDatabase(t *testing.T) {
 	<-second.done
 	// SIGKILL leaves the lock file but not the lock.
 	third := startBroker(t, db)
-	third.cmd.Process.Signal(syscall.SIGTERM)
-	<-third.done
+	third.stop(t)
 }
 
 // TestHelp_DatabaseCommandsHideClientFlags: serve, migrate, backup and
@@ -584,13 +608,11 @@ func TestServe_HardLinkedDatabase(t *testing.T) {
 	if err := os.Remove(other); err != nil {
 		t.Fatal(err)
 	}
-	first.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-first.done; err != nil {
+	if err := first.stop(t); err != nil {
 		t.Fatalf("first broker's exit: %v\n%s", err, first.logs)
 	}
 	again := startBroker(t, db)
-	again.cmd.Process.Signal(syscall.SIGTERM)
-	<-again.done
+	again.stop(t)
 }
 
 // TestServe_HelpSaysHowAStopEnds: serve --help says, at --shutdown-timeout,
@@ -653,16 +675,8 @@ func TestServe_ProfilerStopsWithBroker(t *testing.T) {
 		return got
 	}
 	stop := func(t *testing.T, b *serveProc) string {
-		if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-b.done:
-			if err != nil {
-				t.Fatalf("exit: %v\n%s", err, b.logs)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("the broker did not stop:\n%s", b.logs)
+		if err := b.stop(t); err != nil {
+			t.Fatalf("exit: %v\n%s", err, b.logs)
 		}
 		return b.logs.String()
 	}
