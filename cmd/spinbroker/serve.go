@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/spin-broker/spinbroker/cmd/internal/logging"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/version"
@@ -193,28 +194,14 @@ func warnNoTokens(ctx context.Context, db *store.DB, log *slog.Logger, path stri
 	log.Warn("--auth is on but this database has no token that works: every request will be refused; make one on this file with 'spinbroker token create --db "+path+" --role admin --name ops'", "db", path)
 }
 
-// newLogger builds the structured logger the flags ask for.
+// newLogger builds the structured logger the flags ask for: the agents'
+// shape, with serve's spelling of the flags in its errors.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)
+	log, err := logging.New(w, format, level)
+	if err != nil {
+		return nil, fmt.Errorf("--%w", err)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		// Durations as Go writes them ("10s", "927µs"), as in the text
-		// format, not as bare nanoseconds.
-		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
-			if a.Value.Kind() == slog.KindDuration {
-				a.Value = slog.StringValue(a.Value.Duration().String())
-			}
-			return a
-		}
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+	return log, nil
 }
 
 // openSentence says why serve could not open (or create) the database at

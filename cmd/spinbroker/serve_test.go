@@ -270,6 +270,8 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		{[]string{"--staging-ttl", "1s"}, "", "--staging-ttl must be 0 (keep them) or from 10m0s, not 1s"},
 		{[]string{"--staging-ttl", "9m59s"}, "", "--staging-ttl must be 0 (keep them) or from 10m0s, not 9m59s"},
 		{[]string{"--sync", "bogus"}, "", `--sync must be normal or full, not "bogus"`},
+		{[]string{"--log-format", "yaml"}, "", `--log-format must be text or json, not "yaml"`},
+		{[]string{"--log-level", "loud"}, "", `--log-level must be debug, info, warn or error, not "loud"`},
 		{[]string{"--max-writes", "0"}, "", "--max-writes must be at least 1"},
 		// Within bounds no one means to pass: a sweeper that never rests,
 		// a budget for bodies larger than any machine's memory.
