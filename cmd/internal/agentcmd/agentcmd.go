@@ -1,6 +1,6 @@
 // Package agentcmd is what the agents' commands share: their common flags
-// (the broker, the token, the grace period, the lease, the log level), the
-// signal handling, and the set-up of the logger and the client.
+// (the broker, the token, the grace period, the lease, the log format and
+// level), the signal handling, and the set-up of the logger and the client.
 package agentcmd
 
 import (
@@ -13,12 +13,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/cmd/internal/logging"
 	"github.com/spin-broker/spinbroker/internal/version"
 )
 
@@ -92,14 +94,15 @@ func Folder(flag, path string) (exists bool, err error) {
 
 // Flags are the flags every agent takes.
 type Flags struct {
-	name  string
-	about string
-	url   string
-	token string
-	grace time.Duration
-	lease time.Duration
-	level string
-	vers  bool
+	name   string
+	about  string
+	url    string
+	token  string
+	grace  time.Duration
+	lease  time.Duration
+	format string
+	level  string
+	vers   bool
 
 	log    *slog.Logger
 	client *client.Client
@@ -116,7 +119,8 @@ func Register(fs *flag.FlagSet, name, about string) *Flags {
 	fs.StringVar(&f.token, "token", "", "a bearer token for the broker (default $SPINBROKER_TOKEN, kept out of this help)")
 	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
 	fs.DurationVar(&f.lease, "lease", 0, fmt.Sprintf("the lease to ask for each command, %s to %s (default: the command's own, else 60s)", spinbroker.MinLease, spinbroker.MaxLease))
-	fs.StringVar(&f.level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.format, "log-format", envOr("SPINBROKER_LOG_FORMAT", "text"), "text, or json: one object per line, as the broker writes them (env SPINBROKER_LOG_FORMAT)")
+	fs.StringVar(&f.level, "log-level", envOr("SPINBROKER_LOG_LEVEL", "info"), "debug, info, warn or error (env SPINBROKER_LOG_LEVEL)")
 	fs.BoolVar(&f.vers, "version", false, "print the version and exit")
 	return f
 }
@@ -170,11 +174,12 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 			return &UsageError{Err: errors.New(spinbroker.ErrorMessage(err))}
 		}
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(f.level)); err != nil {
-		return Usagef("-log-level must be debug, info, warn or error, not %q", f.level)
+	log, err := logging.New(stderr, f.format, f.level)
+	if err != nil { // "log-level must be …": the flag's name comes first
+		name, _, _ := strings.Cut(err.Error(), " ")
+		return Usagef("-%w%s", err, fromEnv(fs, name))
 	}
-	f.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	f.log = log
 	if _, err := client.New(f.url); err != nil {
 		return Usagef("-url: %w", err)
 	}
@@ -186,8 +191,30 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// Logger is the logger at the level the flags ask for; Client the
-// broker's client. Both are set by a successful Parse.
+// envOr is the environment variable name, or def when it is not set.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// fromEnv names the variable that set the flag name when it was not given
+// (" (-log-level comes from SPINBROKER_LOG_LEVEL)"), as spinbroker serve
+// does: a wrong value would otherwise send a person looking for a flag
+// they never typed. It is "" for a flag that was given.
+func fromEnv(fs *flag.FlagSet, name string) string {
+	given := false
+	fs.Visit(func(fl *flag.Flag) { given = given || fl.Name == name })
+	env := "SPINBROKER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+	if given || os.Getenv(env) == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (-%s comes from %s)", name, env)
+}
+
+// Logger is the logger in the format and at the level the flags ask for;
+// Client the broker's client. Both are set by a successful Parse.
 func (f *Flags) Logger() *slog.Logger   { return f.log }
 func (f *Flags) Client() *client.Client { return f.client }
 
