@@ -39,7 +39,7 @@ func main() {
 	agentcmd.Main("sa-emulation", run)
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("sa-emulation", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	common := agentcmd.Register(fs, "sa-emulation", about)
@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := common.Parse(fs, args, stderr); err != nil {
 		return err
 	}
+	defer func() { err = common.Fatal(err) }()
 	switch *supervisor {
 	case "process", "systemd":
 	default:

@@ -36,7 +36,7 @@ func main() {
 	agentcmd.Main("sa-host-path", run)
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("sa-host-path", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	common := agentcmd.Register(fs, "sa-host-path", about)
@@ -45,6 +45,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := common.Parse(fs, args, stderr); err != nil {
 		return err
 	}
+	defer func() { err = common.Fatal(err) }()
 	if *qemuImg != "" {
 		if _, err := exec.LookPath(*qemuImg); err != nil {
 			return agentcmd.Usagef("-qemu-img: %w", err)

@@ -40,11 +40,11 @@ func Main(name string, run func(ctx context.Context, args []string, stderr io.Wr
 	var le *loggedError
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &le): // before usage errors: Fatal logs those too
+		os.Exit(le.code) // its log line said why
 	case errors.As(err, &ue):
 		fmt.Fprintf(os.Stderr, "%s: %v\nRun '%s -help' for its flags.\n", name, err, name)
 		os.Exit(2)
-	case errors.As(err, &le):
-		os.Exit(1) // its log line said why
 	case err != nil:
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
@@ -57,10 +57,14 @@ func Logged(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &loggedError{err}
+	return &loggedError{err: err, code: 1}
 }
 
-type loggedError struct{ err error }
+// loggedError is an error logged already, and the code Main exits with.
+type loggedError struct {
+	err  error
+	code int
+}
 
 func (e *loggedError) Error() string { return e.err.Error() }
 func (e *loggedError) Unwrap() error { return e.err }
@@ -127,8 +131,8 @@ func Register(fs *flag.FlagSet, name, about string) *Flags {
 
 // Parse parses args into fs and checks the common flags, so that a wrong
 // one stops the agent before it starts rather than at its first poll. Its
-// errors are *UsageError, but for -help and -version (flag.ErrHelp: Main
-// exits 0).
+// errors are (or wrap, logged by Fatal) *UsageError, but for -help and
+// -version (flag.ErrHelp: Main exits 0).
 func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	// The flag package prints its error and the whole help on a wrong
 	// flag; Main prints the error and where the help is instead.
@@ -161,6 +165,19 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	// --qemu wrapper, qemu-img, systemctl), and none of them needs the
 	// broker's token.
 	_ = os.Unsetenv("SPINBROKER_TOKEN")
+	// The logger first, so that with -log-format json the other flags'
+	// refusals are records too (Fatal); its own are said plainly.
+	log, err := logging.New(stderr, f.format, f.level)
+	if err != nil { // "log-level must be …": the flag's name comes first
+		name, _, _ := strings.Cut(err.Error(), " ")
+		return Usagef("-%w%s", err, fromEnv(fs, name))
+	}
+	f.log = log
+	return f.Fatal(f.check(fs))
+}
+
+// check checks the common flags but the log flags, and makes the client.
+func (f *Flags) check(fs *flag.FlagSet) error {
 	if f.url == "" {
 		return Usagef("-url (or SPINBROKER_URL) is required")
 	}
@@ -174,12 +191,6 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 			return &UsageError{Err: errors.New(spinbroker.ErrorMessage(err))}
 		}
 	}
-	log, err := logging.New(stderr, f.format, f.level)
-	if err != nil { // "log-level must be …": the flag's name comes first
-		name, _, _ := strings.Cut(err.Error(), " ")
-		return Usagef("-%w%s", err, fromEnv(fs, name))
-	}
-	f.log = log
 	if _, err := client.New(f.url); err != nil {
 		return Usagef("-url: %w", err)
 	}
@@ -189,6 +200,27 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	}
 	f.client = c
 	return nil
+}
+
+// Fatal is what an agent returns for err, an error that stops it after a
+// successful Parse (and what Parse returns for the common flags'): with -log-format json, it is logged as one record at
+// error, the sentence Main would print with the exit_code (2 for a
+// *UsageError, else 1), and Main exits with that code printing nothing,
+// as spinbroker serve does: a plain line among the records was the one a
+// log pipeline could not parse. In text, and for nil or an error logged
+// already, it is err.
+func (f *Flags) Fatal(err error) error {
+	var le *loggedError
+	if err == nil || f.format != "json" || errors.As(err, &le) {
+		return err
+	}
+	code := 1
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		code = 2
+	}
+	f.log.Error(err.Error(), "exit_code", code)
+	return &loggedError{err: err, code: code}
 }
 
 // envOr is the environment variable name, or def when it is not set.

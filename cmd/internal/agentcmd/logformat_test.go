@@ -19,6 +19,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/hostpath"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
@@ -210,4 +211,69 @@ func buildAgent(t *testing.T, name string) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return filepath.Join(dir, name)
+}
+
+// TestLogFormatJSON_Fatal: with -log-format json, what stops an agent after
+// its log flags were read (a -lease out of bounds, a -root that is a file,
+// a root another agent holds) is one JSON record at error with the sentence the text format
+// prints and its exit_code, and the exit code is the same, as spinbroker
+// serve does: it was the one plain line that a log pipeline could not
+// parse. The text format prints it as before.
+func TestLogFormatJSON_Fatal(t *testing.T) {
+	bin := buildAgent(t, "sa-host-path")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	held := filepath.Join(dir, "held")
+	st, err := hostpath.Open(held, hostpath.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"lease", []string{"-root", held, "-lease", "48h"}, 2, "-lease must be between 1s"},
+		{"root a file", []string{"-root", file}, 2, "-root: " + file + " is not a folder"},
+		{"root held", []string{"-root", held}, 1, "one agent per root"},
+	} {
+		for _, format := range []string{"text", "json"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			cmd := exec.CommandContext(ctx, bin, append([]string{"-url", "http://localhost:1", "-log-format", format}, c.args...)...)
+			cmd.Env = append(os.Environ(), "SPINBROKER_LOG_FORMAT=", "SPINBROKER_LOG_LEVEL=")
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			cancel()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != c.code {
+				t.Errorf("%s, %s: %v, want exit %d; stderr:\n%s", c.name, format, err, c.code, stderr.String())
+				continue
+			}
+			out := strings.TrimSpace(stderr.String())
+			if format == "text" {
+				if !strings.HasPrefix(out, "sa-host-path: ") || !strings.Contains(out, c.want) {
+					t.Errorf("%s, text: want a line sa-host-path: …%s…, got:\n%s", c.name, c.want, out)
+				}
+				continue
+			}
+			lines := strings.Split(out, "\n")
+			if len(lines) != 1 {
+				t.Errorf("%s, json: %d lines, want the one record:\n%s", c.name, len(lines), out)
+			}
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &rec); err != nil {
+				t.Errorf("%s, json: the last line is not JSON:\n%s", c.name, out)
+				continue
+			}
+			if msg, _ := rec["msg"].(string); rec["level"] != "ERROR" || !strings.Contains(msg, c.want) || rec["exit_code"] != float64(c.code) {
+				t.Errorf("%s, json: want a record at ERROR whose msg says %q, exit_code %d, got:\n%s", c.name, c.want, c.code, out)
+			}
+		}
+	}
 }
