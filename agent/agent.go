@@ -26,7 +26,10 @@
 // again whatever it did before), with the panic in the reason, and the
 // agent goes on. Broker errors are retried with capped, jittered
 // exponential back-off, waiting at least as long as an answer's
-// Retry-After asks (up to MaxBackoff), and a result is retried until it is delivered or
+// Retry-After asks (up to MaxBackoff); a broker that cannot be reached at
+// all (a connection refused or reset: stopped, restarting) is tried again
+// at least every 5s however long it has been away, so that the agent takes
+// work within seconds of its return. A result is retried until it is delivered or
 // its lease is known to be lost; a result held back because the broker was
 // away (a restart) goes as soon as a heartbeat gets through again, not at
 // the end of its back-off. Heartbeats keep the lease while the
@@ -79,6 +82,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"strings"
@@ -120,7 +124,9 @@ type Options struct {
 	// raised to it, and one set alone below 200ms lowers the minimum to it).
 	// An answer with a Retry-After (the broker's 503 when it sheds load)
 	// is waited out, up to MaxBackoff; a heartbeat waits no longer than
-	// the lease has left.
+	// the lease has left. While the broker cannot be reached at all (no
+	// connection: stopped, restarting) the back-off stops growing at 5s,
+	// or MaxBackoff if smaller (MinBackoff if larger).
 	MinBackoff, MaxBackoff time.Duration
 	// CallTimeout bounds one heartbeat or completion request (default 15s).
 	CallTimeout time.Duration
@@ -377,15 +383,20 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 // MinBackoff, capped at MaxBackoff, with the upper half jittered so that many
 // agents do not come back at the same instant.
 func (a *runner) backoff(n int) time.Duration {
+	return a.backoffUpTo(n, a.opts.MaxBackoff)
+}
+
+// backoffUpTo is backoff capped at ceiling rather than MaxBackoff.
+func (a *runner) backoffUpTo(n int, ceiling time.Duration) time.Duration {
 	d := a.opts.MinBackoff
-	for i := 1; i < n && d < a.opts.MaxBackoff; i++ {
-		if d > a.opts.MaxBackoff/2 { // doubling would pass it, or overflow
-			d = a.opts.MaxBackoff
+	for i := 1; i < n && d < ceiling; i++ {
+		if d > ceiling/2 { // doubling would pass it, or overflow
+			d = ceiling
 			break
 		}
 		d *= 2
 	}
-	d = min(d, a.opts.MaxBackoff)
+	d = min(d, ceiling)
 	return d/2 + rand.N(d/2+1)
 }
 
@@ -393,9 +404,38 @@ func (a *runner) backoff(n int) time.Duration {
 // err: the back-off, or longer when the answer asked for a pause with
 // Retry-After (the broker's 503 when it sheds load says when to come
 // back), but never past MaxBackoff, so that no proxy can park the agent
-// for a day.
+// for a day. A broker that could not be reached at all is tried again
+// within unreachableBackoff (MinBackoff if that is longer): knocking on a
+// closed port costs it nothing, and the agent comes back within seconds of
+// a restart; a broker that answers and refuses (5xx, 429) is given the
+// whole back-off.
 func (a *runner) pause(n int, err error) time.Duration {
+	if unreachable(err) {
+		return a.backoffUpTo(n, min(a.opts.MaxBackoff, max(unreachableBackoff, a.opts.MinBackoff)))
+	}
 	return max(a.backoff(n), min(retryAfter(err), a.opts.MaxBackoff))
+}
+
+// unreachableBackoff bounds the pause while the broker cannot be reached
+// at all: it costs the broker nothing, and an agent comes back within a
+// few seconds of a restart rather than up to MaxBackoff after it.
+const unreachableBackoff = 5 * time.Second
+
+// unreachable reports whether err says that the call never reached the
+// broker: the connection could not be made (refused, no route, a name
+// that does not resolve, a connect that timed out) or was reset. An answer,
+// even a 503, and a request that timed out waiting for one, say that the
+// broker is there and perhaps overloaded: they are not.
+func unreachable(err error) bool {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		return false
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // retryAfter is the wait err's answer asked for (client.Error.RetryAfter);

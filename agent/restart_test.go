@@ -1,0 +1,107 @@
+package agent_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
+)
+
+// serveOn serves a broker over db on ln until the stop it returns is
+// called, which stops it as the broker's serve does: waiting long-polls
+// answer 503, then the listener closes and requests in flight finish.
+func serveOn(t *testing.T, db *store.DB, ln net.Listener) (stop func()) {
+	t.Helper()
+	api := httpapi.New(db, quietLogger(), httpapi.Options{})
+	hs := &http.Server{Handler: api.Handler()}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = hs.Serve(ln)
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			api.Shutdown()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := hs.Shutdown(ctx); err != nil {
+				hs.Close()
+			}
+			<-served
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestRun_BackSoonAfterOutage: an agent whose broker was stopped for a
+// while (an upgrade, a reboot) takes work again within a few seconds of
+// the broker's return. Its back-off used to grow while nothing answered,
+// to MaxBackoff (30s by default): with a minimum of 4s here, the third
+// refused connection was waited out for 8s to 16s, and the command
+// enqueued as the broker came back waited as long.
+func TestRun_BackSoonAfterOutage(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	stop := serveOn(t, db, ln)
+	c, err := client.New("http://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &broker{c: c, url: "http://" + addr, db: db}
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+		MinBackoff: 4 * time.Second, MaxBackoff: time.Minute,
+	})
+	ids := b.enqueue(t, cmd("greet", `{"name":"before"}`))
+	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
+		t.Fatalf("command before the outage %s", c.State)
+	}
+
+	stop()
+	const failures = 3
+	deadline := time.Now().Add(40 * time.Second)
+	for strings.Count(logs.String(), "cannot take commands; retrying") < failures {
+		if time.Now().After(deadline) {
+			t.Fatalf("40s into the outage, fewer than %d failed polls:\n%s", failures, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "connection refused") {
+		t.Fatalf("the outage is no refused connection:\n%s", logs.String())
+	}
+
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", addr, err)
+	}
+	serveOn(t, db, ln)
+	back := time.Now()
+	ids = b.enqueue(t, cmd("greet", `{"name":"after"}`))
+	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
+		t.Fatalf("command after the outage %s", c.State)
+	}
+	// At most 5s of back-off, and room for a busy machine; the old
+	// back-off waited 8s at least.
+	if took := time.Since(back); took > 7*time.Second {
+		t.Errorf("the agent took the command %v after the broker was back:\n%s", took.Round(time.Millisecond), logs.String())
+	}
+}
