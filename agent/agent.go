@@ -27,10 +27,10 @@
 // agent goes on. Broker errors are retried with capped, jittered
 // exponential back-off, waiting at least as long as an answer's
 // Retry-After asks (up to MaxBackoff); a broker that cannot be reached at
-// all (a connection refused or reset: stopped, restarting) is tried again
-// at least every 5s however long it has been away, so that the agent takes
-// work within seconds of its return. A result is retried until it is delivered or
-// its lease is known to be lost; a result held back because the broker was
+// all (a connection refused or reset, a reverse proxy's 502: stopped,
+// restarting) is tried again at least every 5s however long it has been
+// away, so that the agent takes work within seconds of its return. A
+// result is retried until it is delivered or its lease is known to be lost; a result held back because the broker was
 // away (a restart) goes as soon as a heartbeat gets through again, not at
 // the end of its back-off. Heartbeats keep the lease while the
 // result is retried, for a lease's duration: a result the broker refuses
@@ -125,8 +125,8 @@ type Options struct {
 	// An answer with a Retry-After (the broker's 503 when it sheds load)
 	// is waited out, up to MaxBackoff; a heartbeat waits no longer than
 	// the lease has left. While the broker cannot be reached at all (no
-	// connection: stopped, restarting) the back-off stops growing at 5s,
-	// or MaxBackoff if smaller (MinBackoff if larger).
+	// connection, or a proxy's 502: stopped, restarting) the back-off
+	// stops growing at 5s, or MaxBackoff if smaller (MinBackoff if larger).
 	MinBackoff, MaxBackoff time.Duration
 	// CallTimeout bounds one heartbeat or completion request (default 15s).
 	CallTimeout time.Duration
@@ -423,13 +423,15 @@ const unreachableBackoff = 5 * time.Second
 
 // unreachable reports whether err says that the call never reached the
 // broker: the connection could not be made (refused, no route, a name
-// that does not resolve, a connect that timed out) or was reset. An answer,
+// that does not resolve, a connect that timed out) or was reset, or a
+// reverse proxy in front of it answered 502 Bad Gateway. An answer,
 // even a 503, and a request that timed out waiting for one, say that the
 // broker is there and perhaps overloaded: they are not.
 func unreachable(err error) bool {
 	var ce *client.Error
 	if errors.As(err, &ce) {
-		return false
+		// A reverse proxy's 502: it could not reach the broker either.
+		return ce.StatusCode == http.StatusBadGateway
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {

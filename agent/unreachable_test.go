@@ -55,6 +55,27 @@ func unavailableErr(t *testing.T) error {
 	return err
 }
 
+// badGatewayErr is what a call through a reverse proxy returns while the
+// broker behind it is down: the proxy's own 502 page.
+func badGatewayErr(t *testing.T) error {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = io.WriteString(w, "<html><body><h1>502 Bad Gateway</h1></body></html>")
+	}))
+	defer srv.Close()
+	c, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Next(context.Background(), "r", 0, 0)
+	if err == nil {
+		t.Fatal("a 502 was taken for an answer")
+	}
+	return err
+}
+
 func testRunner(t *testing.T, o Options) *runner {
 	t.Helper()
 	c, err := client.New("http://localhost:1")
@@ -69,12 +90,20 @@ func testRunner(t *testing.T, o Options) *runner {
 }
 
 // TestPause_Unreachable: a broker that cannot be reached at all (a
-// refused connection: stopped, restarting) is tried again within a few
+// refused connection: stopped, restarting; or, behind a reverse proxy,
+// the proxy's 502 Bad Gateway) is tried again within a few
 // seconds however long it has been away. The full back-off (30s) spent
 // nothing while the broker was down and left the queue idle for up to 30s
 // once it was back.
 func TestPause_Unreachable(t *testing.T) {
-	refused := refusedErr(t)
+	t.Run("Refused", func(t *testing.T) { testPauseBounded(t, refusedErr(t)) })
+	t.Run("ProxyBadGateway", func(t *testing.T) { testPauseBounded(t, badGatewayErr(t)) })
+}
+
+// testPauseBounded: after err, every pause stays within the bound for
+// unreachable brokers, and still grows to it.
+func testPauseBounded(t *testing.T, refused error) {
+	t.Helper()
 	for _, tc := range []struct {
 		name     string
 		opts     Options
@@ -90,7 +119,7 @@ func TestPause_Unreachable(t *testing.T) {
 			for n := 1; n <= 200; n++ {
 				d := a.pause(n, refused)
 				if d < tc.min || d > tc.max {
-					t.Fatalf("pause after refused connection %d is %v, outside %v..%v", n, d, tc.min, tc.max)
+					t.Fatalf("pause after failure %d (%v) is %v, outside %v..%v", n, refused, d, tc.min, tc.max)
 				}
 				longest = max(longest, d)
 			}
