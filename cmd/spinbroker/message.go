@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -454,16 +456,32 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 		client.OnBrokerAway(func(err error) {
 			mu.Lock()
 			defer mu.Unlock()
-			w.note(describe(err) + "; still waiting")
+			w.note(awayNote(err))
 			lost = true
 		}),
 		client.OnBrokerBack(func() {
 			mu.Lock()
 			defer mu.Unlock()
-			w.note("the broker answers again")
+			w.note("the broker is back")
 			lost = false
 		}),
 	)
+}
+
+// awayNote is the word for a broker that answered earlier in the wait and
+// has stopped answering: most often a restart, which the wait sits out.
+// describe's "is it running, and is that its address?" fits a broker never
+// reached, not one that was answering at that address a moment ago.
+func awayNote(err error) string {
+	reason := describe(err)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the dial, without the request's path
+		}
+		reason = err.Error()
+	}
+	return fmt.Sprintf("the broker went away (%s); waiting for it to come back", reason)
 }
 
 // whyStalled looks at the queues of the package's ready commands and says

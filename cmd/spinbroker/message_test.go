@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -459,5 +460,57 @@ func TestWaiter_BrokerAwayPastTheStall(t *testing.T) {
 	}
 	if n := rt.n.Load(); n > 40 {
 		t.Errorf("%d requests in 1.5s to a broker that is away; the poll is every 100ms", n)
+	}
+}
+
+// TestStatusWait_BrokerRestarts: a broker stopped and started again on the
+// same address and database during a wait is said to have gone away, and to
+// be back, and the wait goes on; "is it running" is for a broker never
+// reached, not for a planned restart.
+func TestStatusWait_BrokerRestarts(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "broker.db")
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	sp := startBroker(t, db, "--addr", addr)
+	cl, err := client.New(sp.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := cl.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true,
+		Commands: []spinbroker.NewCommand{{Resource: "storage", Action: "add_volume"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := (&broker{t: t, url: sp.url}).startWait(p.ID)
+	w.stillWaiting(time.Second)
+
+	if err := sp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sp.done; err != nil {
+		t.Fatalf("serve exited with %v:\n%s", err, sp.logs)
+	}
+	w.stillWaiting(2500 * time.Millisecond) // polled every second meanwhile
+	startBroker(t, db, "--addr", addr)      // the same address and database
+	w.stillWaiting(2500 * time.Millisecond)
+	if _, err := cl.CancelPackage(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := w.result(15 * time.Second)
+	if r.code != 1 || !strings.HasPrefix(r.stdout, "cancelled: ") {
+		t.Fatalf("status --wait across a restart: %s", r)
+	}
+	away := strings.Index(r.stderr, "spinbroker: the broker went away (")
+	back := strings.Index(r.stderr, "spinbroker: the broker is back\n")
+	if away < 0 || back < away || !strings.Contains(r.stderr, "; waiting for it to come back\n") {
+		t.Errorf("status --wait did not say the broker went away and came back:\n%s", r)
+	}
+	if strings.Contains(r.stderr, "is it running") {
+		t.Errorf("a broker that answered earlier in the wait is asked about as if never reached:\n%s", r)
 	}
 }
