@@ -524,16 +524,40 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		log.Info("profiler stopped")
 	}()
 	if err := srv.Shutdown(sctx); err != nil {
-		// Each is logged too, when its handler returns (an upload cut off
-		// is a 400: its body never came whole).
 		log.Warn("requests still running at the shutdown timeout were cut off", "requests", running.Load(), "timeout", c.shutdownTimeout)
+		// Each is logged too, as cut off (503, cut_off=true), when its
+		// handler returns: Close does not wait for that, so wait a
+		// little, that their lines come before "stopped" and none of
+		// them meets a closed database.
+		api.CutOff()
 		srv.Close()
+		if !waitIdle(&running, cutOffGrace) {
+			log.Warn("requests cut off have not returned: their lines may come after stopped, or never", "requests", running.Load(), "waited", cutOffGrace)
+		}
 	}
 	<-profilerDone
 	stopSweep()
 	<-swept
 	log.Info("stopped", "duration", time.Since(stopping).Round(time.Millisecond))
 	return nil
+}
+
+// cutOffGrace bounds how long a stop that cut requests off waits for their
+// handlers to return: one reading a body returns as soon as its connection
+// is closed.
+const cutOffGrace = time.Second
+
+// waitIdle waits until running is 0, for at most d, and reports whether it
+// got there.
+func waitIdle(running *atomic.Int64, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for running.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
 
 // logFatal turns the error that stops serve into one log record at error,

@@ -92,4 +92,14 @@ func TestServe_StopSaysWhatItTookAndCutOff(t *testing.T) {
 	if strings.Contains(logs, "level=ERROR") {
 		t.Errorf("a planned stop logged an error:\n%s", logs)
 	}
+	// The upload's own line says the stop cut it off, before "stopped":
+	// not a 400 invalid_request, the client's fault, after the last line.
+	line := regexp.MustCompile(`(?m)^.*msg=request method=POST path=/packages .*$`).FindString(logs)
+	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "status=503") || !strings.Contains(line, "code=unavailable") ||
+		!strings.Contains(line, "cut_off=true") {
+		t.Errorf("the upload cut off by the stop is logged as %q, want status=503 code=unavailable cut_off=true at info:\n%s", line, logs)
+	}
+	if i, j := strings.Index(logs, line), strings.Index(logs, "msg=stopped"); line == "" || i > j {
+		t.Errorf("the upload's line is not before stopped:\n%s", logs)
+	}
 }

@@ -2,7 +2,9 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -312,5 +314,46 @@ func TestLog_LeaseExpired(t *testing.T) {
 				t.Errorf("line %d: %s %v, want %v (%v)", i, k, got[i][k], v, got[i])
 			}
 		}
+	}
+}
+
+// TestRequestLog_CutOff: a request still running when a stop cuts it off
+// (CutOff, then its connection closed) is logged and counted as a 503
+// unavailable with cut_off=true, at info: an upload whose body stopped
+// arriving with its connection was logged as the client's 400.
+func TestRequestLog_CutOff(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "POST /packages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"comm"); err != nil {
+		t.Fatal(err)
+	}
+	// The handler holds the body's first bytes: it is running.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if v, _ := metricValue(string(e.do("GET", "/metrics", "").body), "spinbroker_http_body_bytes"); v > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload never reached its handler")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.api.CutOff()
+	e.srv.CloseClientConnections()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(conn); len(b) != 0 || err != nil {
+		t.Fatalf("the upload cut off was answered %q (%v), want its connection closed", b, err)
+	}
+	for field, want := range map[string]any{"status": float64(503), "code": spinbroker.EUNAVAILABLE, "cut_off": true, "level": "INFO"} {
+		wantRequestLines(t, &log, field, map[string]any{"/packages": want})
+	}
+	m := string(e.do("GET", "/metrics", "").body)
+	if !strings.Contains(m, `spinbroker_http_request_duration_seconds_count{code="503",method="POST",route="/packages"} 1`) {
+		t.Errorf("the upload cut off is not counted as a 503:\n%s", grepLines(m, "_count{"))
 	}
 }

@@ -249,6 +249,13 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
 		next.ServeHTTP(sw, r)
 		d := time.Since(start)
+		cut := s.cut.Load()
+		if cut {
+			// Still running when the stop cut it off: its client had no
+			// answer, whatever the handler wrote to the closed connection
+			// (a 400 for a body that never came whole).
+			sw.status, sw.code = http.StatusServiceUnavailable, spinbroker.EUNAVAILABLE
+		}
 		if sw.status == 0 {
 			// Nothing was written: the client went away before its answer
 			// (an agent stopped during a long-poll), logged and counted as
@@ -281,6 +288,9 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id, "route", route}
 		if sw.code != "" {
 			attrs = append(attrs, "code", sw.code)
+		}
+		if cut {
+			attrs = append(attrs, "cut_off", true)
 		}
 		if sw.token != nil {
 			// Who did it, for an audit: the token's name and id, never its secret.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -119,6 +120,7 @@ type Server struct {
 
 	quit     chan struct{} // closed by Shutdown: long-polls answer 503, streams end
 	quitOnce sync.Once
+	cut      atomic.Bool // set by CutOff: requests still running are being cut off
 }
 
 // New returns a Server that serves st. It registers itself as a listener
@@ -191,6 +193,18 @@ func (s *Server) Handler() http.Handler { return s.router }
 // arrive afterwards are still served until the listener closes.
 func (s *Server) Shutdown() {
 	s.quitOnce.Do(func() { close(s.quit) })
+}
+
+// CutOff tells the server that the requests still running are being cut
+// off (their connections closed, as http.Server.Close does when a graceful
+// stop runs out of time). Each is then logged and counted as a 503
+// unavailable with cut_off=true, whatever its handler made of the closed
+// connection: an upload whose body stopped arriving would otherwise be
+// logged as the client's 400, though its client was never answered. It
+// implies Shutdown.
+func (s *Server) CutOff() {
+	s.Shutdown()
+	s.cut.Store(true)
 }
 
 // stopping reports whether Shutdown has been called: its 503s are a
