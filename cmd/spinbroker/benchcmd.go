@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -21,7 +22,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
@@ -254,18 +254,13 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 	if len(scenarios) == 1 && scenarios[0] == "all" {
 		scenarios = allScenarios
 	}
-	tty := false
-	if f, ok := a.stderr.(*os.File); ok {
-		tty = term.IsTerminal(int(f.Fd()))
-	}
+	tty := benchShowsProgress(a.stderr, c.json)
 	failed := 0
 	for _, sc := range scenarios {
 		cfg := c.Config
 		cfg.Scenario = sc
 		if tty {
-			cfg.Progress = func(done, total int) {
-				fmt.Fprintf(a.stderr, "\r%s: %d/%d", cfg.Scenario, done, total)
-			}
+			cfg.Progress = benchProgress(a.stderr, sc)
 		}
 		var (
 			res *loadgen.Result
@@ -322,6 +317,26 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 		return &exitError{code: 1, msg: fmt.Sprintf("%d scenario(s) broke a rule", failed)}
 	}
 	return nil
+}
+
+// benchShowsProgress reports whether bench shows its progress on stderr: on
+// a terminal, where a line can be redrawn, and not with --json, whose
+// reader wants the objects alone, as status --wait does.
+func benchShowsProgress(stderr io.Writer, jsonOut bool) bool {
+	return !jsonOut && isTerminal(stderr)
+}
+
+// benchProgress draws a scenario's progress on one line of w, the phase
+// named when the scenario has several ("backlog timing: 120/2000"); each
+// draw clears the line first, since the next phase's count can be shorter.
+func benchProgress(w io.Writer, scenario string) func(phase string, done, total int) {
+	return func(phase string, done, total int) {
+		name := scenario
+		if phase != "" {
+			name += " " + phase
+		}
+		fmt.Fprintf(w, "\r\033[K%s: %d/%d", name, done, total)
+	}
 }
 
 // benchLocal starts a broker of its own for one scenario and measures it.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -114,5 +115,37 @@ func TestEmptyListsOnTerminal(t *testing.T) {
 		if shown, stderr, _ := spinTTY(t, append(tt.args, "-o", "json")...); shown != r.stdout || stderr != "" {
 			t.Errorf("%v -o json on a terminal: shown %q, stderr %q; want %q as piped", tt.args, shown, stderr, r.stdout)
 		}
+	}
+}
+
+// TestBenchProgress: bench draws its progress on a terminal only, and not
+// with --json; a backlog run's line names its phase and is cleared before
+// each draw, since "timing: 5/2000" after "loading: 100000/100000" would
+// otherwise keep the longer line's tail.
+func TestBenchProgress(t *testing.T) {
+	_, tty := openPTY(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for _, tc := range []struct {
+		name string
+		out  io.Writer
+		json bool
+		want bool
+	}{{"terminal", tty, false, true}, {"terminal --json", tty, true, false}, {"pipe", w, false, false}, {"buffer", &bytes.Buffer{}, false, false}} {
+		if got := benchShowsProgress(tc.out, tc.json); got != tc.want {
+			t.Errorf("%s: benchShowsProgress = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	var b bytes.Buffer
+	show := benchProgress(&b, "backlog")
+	show("loading", 1500, 1500)
+	show("timing", 5, 50)
+	show("", 3, 10)
+	if want := "\r\033[Kbacklog loading: 1500/1500\r\033[Kbacklog timing: 5/50\r\033[Kbacklog: 3/10"; b.String() != want {
+		t.Errorf("progress drawn %q, want %q", b.String(), want)
 	}
 }

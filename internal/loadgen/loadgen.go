@@ -39,8 +39,11 @@ type Config struct {
 	// wakeup
 	Wakeups int // enqueue → delivery samples
 
-	// Progress, when set, is told how far the run is, now and then.
-	Progress func(done, total int)
+	// Progress, when set, is told how far the run is, now and then, and
+	// once more with the last count as each phase ends. phase names the
+	// part of a run that has several (backlog: "loading", "timing",
+	// "tidying"); it is "" for a run of one.
+	Progress func(phase string, done, total int)
 	// Tidy has a run cancel what it leaves in the broker's queues (the
 	// backlog scenario's blocked commands): for a broker of the caller's,
 	// not for one started for the run and thrown away with its database,
@@ -314,7 +317,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 			}
 		}()
 	}
-	stopProgress := progress(cfg.Progress, &completed, total)
+	stopProgress := progress(cfg.Progress, "", &completed, total)
 	var stalled atomic.Bool
 	watchdog := make(chan struct{})
 	go func() {
@@ -500,7 +503,7 @@ func claimAgent(ctx context.Context, c *client.Client, resource string, n int, r
 }
 
 // progress calls f every 250ms until the returned stop is called.
-func progress(f func(done, total int), done *atomic.Int64, total int) func() {
+func progress(f func(phase string, done, total int), phase string, done *atomic.Int64, total int) func() {
 	if f == nil {
 		return func() {}
 	}
@@ -513,14 +516,16 @@ func progress(f func(done, total int), done *atomic.Int64, total int) func() {
 		for {
 			select {
 			case <-stop:
-				f(int(done.Load()), total)
+				f(phase, int(done.Load()), total)
 				return
 			case <-t.C:
-				f(int(done.Load()), total)
+				f(phase, int(done.Load()), total)
 			}
 		}
 	}()
-	return func() { close(stop); <-finished }
+	// Called once as a phase ends, and again by a defer for the returns
+	// on the way: only the first stops it.
+	return sync.OnceFunc(func() { close(stop); <-finished })
 }
 
 // check compares what the agents received with what the producers created
@@ -641,15 +646,21 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
+		// Each cancel cascades over up to a chunk of commands: seconds
+		// in all for a large backlog.
+		var tidied atomic.Int64
+		stop := progress(cfg.Progress, "tidying", &tidied, len(pkgs))
+		defer stop()
 		for _, id := range pkgs {
 			c.CancelPackage(cctx, id) //nolint:errcheck // best effort; preflight names what is left
+			tidied.Add(1)
 		}
 	}()
 	blocked := int(float64(cfg.Backlog) * cfg.Blocked)
 	const chunk = 1000
 	loaded := 0
 	var loadedN atomic.Int64
-	stop := progress(cfg.Progress, &loadedN, cfg.Backlog)
+	stop := progress(cfg.Progress, "loading", &loadedN, cfg.Backlog)
 	for loaded < cfg.Backlog {
 		n := min(chunk, cfg.Backlog-loaded)
 		in := spinbroker.NewPackage{Enqueue: true}
@@ -674,6 +685,11 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 	ok := true
 	var prev int64
 	var v []string
+	// The timed cycles take seconds too: a count, from a goroutine of its
+	// own, costs them nothing measurable.
+	var sampled atomic.Int64
+	stopTiming := progress(cfg.Progress, "timing", &sampled, cfg.Samples)
+	defer stopTiming()
 	start := time.Now()
 	for i := 0; i < cfg.Samples; i++ {
 		t := time.Now()
@@ -697,8 +713,10 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 			return nil, err
 		}
 		rec.time("complete", t)
+		sampled.Store(int64(i + 1))
 	}
 	elapsed := time.Since(start)
+	stopTiming()
 	if v == nil {
 		v = []string{}
 	}
@@ -727,7 +745,7 @@ func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, erro
 	var lat []time.Duration
 	var v []string
 	var n atomic.Int64
-	stop := progress(cfg.Progress, &n, cfg.Wakeups)
+	stop := progress(cfg.Progress, "", &n, cfg.Wakeups)
 	defer stop()
 	ok := true
 	start := time.Now()

@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"math"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +42,7 @@ func TestRun(t *testing.T) {
 	} {
 		t.Run(cfg.Scenario+"/"+cfg.Protocol, func(t *testing.T) {
 			var progressed bool
-			cfg.Progress = func(done, total int) { progressed = done > 0 }
+			cfg.Progress = func(_ string, done, total int) { progressed = done > 0 }
 			res, err := Run(context.Background(), broker(t), cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -88,5 +90,51 @@ func TestCheck(t *testing.T) {
 		if !strings.Contains(v, want) {
 			t.Errorf("the checker missed %q in:\n%s", want, v)
 		}
+	}
+}
+
+// TestBacklog_ProgressInEveryPhase: the backlog scenario tells its progress
+// while it loads the queue, while it times next+complete and while it
+// tidies up, each phase named and ending at its total: the timed phase and
+// the tidying took many silent seconds on a terminal.
+func TestBacklog_ProgressInEveryPhase(t *testing.T) {
+	type step struct {
+		phase       string
+		done, total int
+	}
+	var (
+		mu    sync.Mutex
+		steps []step
+	)
+	cfg := Config{Scenario: "backlog", Backlog: 1500, Blocked: 0.5, Samples: 50, Tidy: true,
+		Progress: func(phase string, done, total int) {
+			mu.Lock()
+			defer mu.Unlock()
+			steps = append(steps, step{phase, done, total})
+		}}
+	res, err := Run(context.Background(), broker(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK() {
+		t.Fatalf("violations: %v", res.Violations)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The gate's package and two chunks of the backlog are tidied.
+	want := []step{{"loading", 1500, 1500}, {"timing", 50, 50}, {"tidying", 3, 3}}
+	var phases []step // the last step of each phase, in order
+	for _, s := range steps {
+		if n := len(phases); n > 0 && phases[n-1].phase == s.phase {
+			if s.done < phases[n-1].done || s.total != phases[n-1].total {
+				t.Errorf("%s went from %d/%d to %d/%d", s.phase, phases[n-1].done, phases[n-1].total, s.done, s.total)
+			}
+			phases[n-1] = s
+			continue
+		}
+		phases = append(phases, s)
+	}
+	if !slices.Equal(phases, want) {
+		t.Errorf("progress ended its phases at %v, want %v", phases, want)
 	}
 }
