@@ -360,11 +360,18 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	} else if err != nil {
 		return errors.New(openSentence(c.db, err))
 	}
+	// stopping is when a graceful stop began; its last line, "stopped",
+	// comes once the database is closed (its WAL copied back), part of
+	// the stop and of its duration.
+	var stopping time.Time
 	defer func() {
 		if err := db.Close(); err != nil {
 			log.Error("closing the database", "err", err)
 		} else {
 			log.Info("database closed", "db", c.db)
+		}
+		if !stopping.IsZero() {
+			log.Info("stopped", "duration", time.Since(stopping).Round(time.Millisecond))
 		}
 	}()
 	if c.auth {
@@ -502,7 +509,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	stopping := time.Now()
+	stopping = time.Now()
 	// The cause names the signal (SIGTERM).
 	log.Info("shutting down", "cause", context.Cause(ctx).Error(), "timeout", c.shutdownTimeout)
 	if err := sdNotify("STOPPING=1"); err != nil {
@@ -538,8 +545,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	<-profilerDone
 	stopSweep()
 	<-swept
-	log.Info("stopped", "duration", time.Since(stopping).Round(time.Millisecond))
-	return nil
+	return nil // the deferred close logs "stopped"
 }
 
 // cutOffGrace bounds how long a stop that cut requests off waits for their

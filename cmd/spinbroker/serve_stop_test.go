@@ -92,6 +92,12 @@ func TestServe_StopSaysWhatItTookAndCutOff(t *testing.T) {
 	if strings.Contains(logs, "level=ERROR") {
 		t.Errorf("a planned stop logged an error:\n%s", logs)
 	}
+	// "stopped" is the last line, after the database is closed: a
+	// supervisor reading the log knows the files are settled.
+	lines := strings.Split(strings.TrimSpace(logs), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "msg=stopped") || !strings.Contains(logs, "msg=\"database closed\"") {
+		t.Errorf("the stop's last line is %q, want stopped, after database closed:\n%s", last, logs)
+	}
 	// The upload's own line says the stop cut it off, before "stopped":
 	// not a 400 invalid_request, the client's fault, after the last line.
 	line := regexp.MustCompile(`(?m)^.*msg=request method=POST path=/packages .*$`).FindString(logs)
