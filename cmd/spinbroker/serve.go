@@ -194,6 +194,20 @@ func warnNoTokens(ctx context.Context, db *store.DB, log *slog.Logger, path stri
 	log.Warn("--auth is on but this database has no token that works: every request will be refused; make one on this file with 'spinbroker token create --db "+path+" --role admin --name ops'", "db", path)
 }
 
+// warnReadableByOthers says so when users other than its owner may read
+// the database file, which holds every parameter in plain text: the
+// broker makes it 0600, but one made by an older build, copied or restored
+// keeps the mode it had, and its -wal and -shm take that mode. It only
+// says so: the mode is its owner's to choose.
+func warnReadableByOthers(log *slog.Logger, path string) {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o044 == 0 {
+		return
+	}
+	log.Warn("the database file is readable by other users: it holds every parameter in plain text; 'chmod 600 "+path+"' keeps it to its owner",
+		"db", path, "mode", fi.Mode().Perm().String())
+}
+
 // newLogger builds the structured logger the flags ask for: the agents'
 // shape, with serve's spelling of the flags in its errors.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
@@ -374,6 +388,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 			log.Info("stopped", "duration", time.Since(stopping).Round(time.Millisecond))
 		}
 	}()
+	warnReadableByOthers(log, c.db)
 	if c.auth {
 		warnNoTokens(ctx, db, log, c.db)
 	}
