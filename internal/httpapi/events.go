@@ -233,6 +233,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		pkg = id
 	}
+	held, err := s.acquireWait(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer held()
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")

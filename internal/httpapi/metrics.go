@@ -27,14 +27,18 @@ type metrics struct {
 	cancelled   *prometheus.CounterVec
 	expired     *prometheus.CounterVec
 	requests    *prometheus.HistogramVec
-	handler     http.Handler
-	seen        sync.Map // resources whose counters exist, at 0 if nothing happened yet
+	// waitsRefused counts the requests refused for their token's
+	// --max-waits-per-token.
+	waitsRefused prometheus.Counter
+	handler      http.Handler
+	seen         sync.Map // resources whose counters exist, at 0 if nothing happened yet
 }
 
 // newMetrics registers the broker's metrics in reg. agentsOf says who asks
 // each queue for work; writes, how many state-changing requests hold a
-// write turn now; bodyBytes, how many bytes their bodies hold.
-func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents, writes func() int, bodyBytes func() int64) *metrics {
+// write turn now; bodyBytes, how many bytes their bodies hold; waits, how
+// many requests are held open waiting.
+func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents, writes func() int, bodyBytes func() int64, waits func() int64) *metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spinbroker", Name: name, Help: help}, []string{"resource"})
 		reg.MustRegister(c)
@@ -54,6 +58,8 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 			Help:    "Time to answer an HTTP request (long-polls include their wait), by route.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"method", "route", "code"}),
+		waitsRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spinbroker", Name: "http_waits_refused_total",
+			Help: "Long-polls and event streams refused 503 because their token held --max-waits-per-token waiting requests already."}),
 	}
 	if ws, ok := st.(writeStatser); ok {
 		reg.MustRegister(
@@ -95,12 +101,15 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 			func() float64 { return float64(writes()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_body_bytes",
 			Help: "Bytes held by the bodies of state-changing requests, read before they take a turn; at --max-writes MiB, others get 503."},
-			func() float64 { return float64(bodyBytes()) }))
+			func() float64 { return float64(bodyBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "http_waits",
+			Help: "Requests held open waiting now: long-polls (next, claim) that block, and event streams; each token may hold --max-waits-per-token."},
+			func() float64 { return float64(waits()) }))
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "build_info",
 		Help: "Always 1; its labels say which build of the broker is running."}, []string{"version", "revision", "goversion"})
 	v := version.Get()
 	build.WithLabelValues(v.Version, v.Revision, v.Go).Set(1)
-	reg.MustRegister(build, m.requests, &queueCollector{st: st, agentsOf: agentsOf},
+	reg.MustRegister(build, m.requests, m.waitsRefused, &queueCollector{st: st, agentsOf: agentsOf},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// A collector that fails (the queues' read, when the database does not
 	// answer) must not take the other metrics with it: the gauge that says

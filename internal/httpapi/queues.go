@@ -288,7 +288,9 @@ func (s *Server) release(r *http.Request, cmds []spinbroker.Command) {
 // lease expiring, a back-off or a delay ending): never a polling loop. It
 // returns early, without error, when the client goes away, and with 503
 // unavailable when the server shuts down: the wait did not run out, and an
-// agent should back off rather than ask again at once.
+// agent should back off rather than ask again at once. Once it would
+// block, it counts as one of its token's waiting requests, and a token
+// that holds MaxWaitsPerToken already is answered 503 instead.
 func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
 	q := askOf(r, s.now())
 	s.polls.saw(resource, q)
@@ -306,6 +308,7 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 		defer t.Stop()
 		recheck = t.C
 	}
+	var held func() // the token's count of waiting requests, once it blocks
 	for {
 		// Watch before trying: a commit between the try and the wait
 		// closes this very channel.
@@ -319,6 +322,15 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 		if d <= 0 {
 			release()
 			return nil
+		}
+		if held == nil {
+			// It blocks: from now on it holds a connection for its token
+			// (nothing is leased yet, so a refusal leaves nothing behind).
+			if held, err = s.acquireWait(r); err != nil {
+				release()
+				return err
+			}
+			defer held()
 		}
 		if !wake.IsZero() {
 			d = min(d, max(wake.Sub(s.now()), time.Millisecond))

@@ -98,6 +98,13 @@ type Options struct {
 	// loopback address: a web page whose own name an attacker re-points
 	// at 127.0.0.1 (DNS rebinding) would otherwise be a same-origin admin.
 	LocalHostOnly bool
+	// MaxWaitsPerToken is how many requests one token may hold open
+	// waiting at once: long-polls (next, claim) that block, and event
+	// streams, the dashboard's included. Past it a request that would wait
+	// is answered 503 unavailable at once; one that would not (wait=0) is
+	// served as ever. 0, the zero value, caps nothing. Without Auth there
+	// is no token, and nothing is capped.
+	MaxWaitsPerToken int
 }
 
 // Server is the HTTP API over a Store.
@@ -111,6 +118,7 @@ type Server struct {
 	writes   chan struct{} // a token per state-changing request being served
 	bodies   *budget       // memory for the bodies of those and of those waiting
 	settles  *budget       // the same for heartbeats and completions
+	waits    *waits        // requests held open waiting, per token
 	hub      *hub
 	metrics  *metrics
 	tokens   *tokenCache
@@ -158,12 +166,13 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 		writes:   make(chan struct{}, opts.MaxWrites),
 		bodies:   newBudget(opts.MaxBodyMemory),
 		settles:  newBudget(max(opts.MaxBodyMemory/4, spinbroker.MaxBodyBytes+1)),
+		waits:    newWaits(max(opts.MaxWaitsPerToken, 0)),
 		quit:     make(chan struct{}),
 	}
 	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
 	s.hub = newHub(st, logger, s.quit)
 	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) },
-		func() int64 { return s.bodies.held.Load() + s.settles.held.Load() })
+		func() int64 { return s.bodies.held.Load() + s.settles.held.Load() }, s.waits.all.Load)
 	st.Listen(s.committed)
 	s.router = s.routes()
 	return s
