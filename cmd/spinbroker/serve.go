@@ -52,6 +52,7 @@ type serveConfig struct {
 	headerTimeout   time.Duration
 	readTimeout     time.Duration
 	maxWrites       int
+	maxWaits        int   // per token: long-polls that block and event streams
 	authEnvErr      error // SPINBROKER_AUTH set to something not a boolean
 }
 
@@ -119,6 +120,7 @@ GOGC environment variable says otherwise.`,
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
 	f.DurationVar(&c.readTimeout, "read-timeout", 60*time.Second, "how long a client may take to send a whole request, body included (a slower upload is cut off)")
 	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside), from 1 to 4096; others wait up to 10s for a turn, then get 503, and their bodies may hold as many MiB")
+	f.IntVar(&c.maxWaits, "max-waits-per-token", 1000, "requests one token may hold open waiting at once (long-polls that block, event streams); past it they get 503 at once; 0 for no cap (without --auth there is no token, and no cap)")
 	f.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiler (net/http/pprof), which has no authentication, on this loopback address, e.g. localhost:6060 (another address needs --insecure)")
 	return cmd
 }
@@ -146,6 +148,8 @@ func (c *serveConfig) validate() error {
 		return fmt.Errorf("--max-writes must be at least 1, not %d", c.maxWrites)
 	case c.maxWrites > maxMaxWrites:
 		return fmt.Errorf("--max-writes must be from 1 to %d, not %d: bodies waiting for a turn may hold as many MiB of memory", maxMaxWrites, c.maxWrites)
+	case c.maxWaits < 0:
+		return fmt.Errorf("--max-waits-per-token must be 0 (no cap) or more, not %d", c.maxWaits)
 	case c.sweepEvery <= 0:
 		return fmt.Errorf("--sweep-interval must be more than 0, not %s", c.sweepEvery)
 	case c.sweepEvery < minSweepEvery || c.sweepEvery > maxSweepEvery:
@@ -420,7 +424,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	// Without auth on a loopback address, only requests that name this
 	// machine are answered: DNS rebinding would make any web page an admin.
 	api := httpapi.New(db, log, httpapi.Options{Auth: c.auth, MetricsOpen: c.metricsOpen, MaxWrites: c.maxWrites, Registry: reg,
-		LocalHostOnly: !c.auth && local})
+		MaxWaitsPerToken: c.maxWaits, LocalHostOnly: !c.auth && local})
 	// running counts the requests being served, so that a stop cut short
 	// by --shutdown-timeout can say how many it cut off.
 	var running atomic.Int64
@@ -457,7 +461,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	log.Info("spin-broker listening", "url", baseURL, "version", version.Get().String(), "db", c.db,
 		"sync", c.sync, "auth", c.auth, "insecure", c.insecure, "tls", certs != nil, "metrics_open", c.metricsOpen,
 		"retain", c.retain, "staging_ttl", c.stagingTTL, "sweep_interval", c.sweepEvery, "max_writes", c.maxWrites,
-		"header_timeout", c.headerTimeout, "read_timeout", c.readTimeout, "shutdown_timeout", c.shutdownTimeout,
+		"max_waits_per_token", c.maxWaits, "header_timeout", c.headerTimeout, "read_timeout", c.readTimeout, "shutdown_timeout", c.shutdownTimeout,
 		"log_level", c.logLevel, "pprof_addr", c.pprofAddr, "gogc", gogc)
 	if !local && !c.auth {
 		log.Warn("serving without authentication beyond loopback (--insecure): anyone who can reach this address can run commands", "addr", c.addr)

@@ -133,7 +133,7 @@ func TestServe_FatalErrorJSON(t *testing.T) {
 func TestServe_StartLineSettings(t *testing.T) {
 	t.Setenv("GOGC", "")
 	b := startBroker(t, filepath.Join(t.TempDir(), "s.db"), "--log-format", "json", "--log-level", "debug", "--metrics-open",
-		"--max-writes", "17", "--retain", "2h", "--read-timeout", "33s")
+		"--max-writes", "17", "--max-waits-per-token", "5", "--retain", "2h", "--read-timeout", "33s")
 	var rec map[string]any
 	for _, l := range strings.Split(b.logs.String(), "\n") {
 		if strings.Contains(l, `"msg":"spin-broker listening"`) {
@@ -143,7 +143,7 @@ func TestServe_StartLineSettings(t *testing.T) {
 		}
 	}
 	want := map[string]any{"auth": false, "tls": false, "insecure": false, "metrics_open": true, "max_writes": float64(17),
-		"sweep_interval": "100ms", "retain": "2h0m0s", "staging_ttl": "24h0m0s", "log_level": "debug", "sync": "normal",
+		"max_waits_per_token": float64(5), "sweep_interval": "100ms", "retain": "2h0m0s", "staging_ttl": "24h0m0s", "log_level": "debug", "sync": "normal",
 		"header_timeout": "10s", "read_timeout": "33s", "shutdown_timeout": "10s", "pprof_addr": "", "gogc": "200"}
 	for k, v := range want {
 		if rec[k] != v {

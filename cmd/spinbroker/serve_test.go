@@ -247,6 +247,71 @@ func TestServe_LocalHostOnly(t *testing.T) {
 	}
 }
 
+// TestServe_MaxWaitsPerToken: --max-waits-per-token reaches the broker: a
+// token holding that many long-polls has its next one refused 503 at once,
+// naming the flag, while another token's still waits.
+func TestServe_MaxWaitsPerToken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "waits.db")
+	secret := func(role string, more ...string) string {
+		t.Helper()
+		r := spin(t, append([]string{"token", "create", "--db", path, "--role", role, "--name", role}, more...)...)
+		if r.code != 0 {
+			t.Fatalf("token create: %s", r)
+		}
+		fields := strings.Fields(r.stdout)
+		return fields[len(fields)-1]
+	}
+	agentTok, other, admin := secret("agent", "--resource", "work"), secret("client"), secret("admin")
+	b := startBroker(t, path, "--auth", "--max-waits-per-token", "1")
+	defer b.stop(t)
+	send := func(method, path, tok string) (*http.Response, error) {
+		req, _ := http.NewRequest(method, b.url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		return http.DefaultClient.Do(req)
+	}
+	go func() {
+		if resp, err := send("POST", "/queues/work/next?wait=20s", agentTok); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := send("GET", "/metrics", admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), "\nspinbroker_http_waits 1\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first long-poll never waited:\n%s", body)
+		}
+	}
+	start := time.Now()
+	resp, err := send("POST", "/queues/work/next?wait=20s", agentTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "--max-waits-per-token") {
+		t.Errorf("a second long-poll of the token: %d (Retry-After %q) %s, want 503 naming the flag", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the refusal took %s, want at once", d)
+	}
+	// Another token's stream is its own.
+	resp, err = send("GET", "/events", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("another token's event stream: %d, want 200", resp.StatusCode)
+	}
+}
+
 // TestServe_RefusesSettingsThatCannotWork: each is a usage error (exit 2)
 // that names the flag, before anything is opened or listened on; none is
 // a panic, or a setting quietly taken to mean something else.
@@ -278,6 +343,8 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		{[]string{"--sweep-interval", "1ns"}, "", "--sweep-interval must be from 10ms to 1h0m0s, not 1ns"},
 		{[]string{"--sweep-interval", "2h"}, "", "--sweep-interval must be from 10ms to 1h0m0s, not 2h0m0s"},
 		{[]string{"--max-writes", "100000000"}, "", "--max-writes must be from 1 to 4096"},
+		{[]string{"--max-waits-per-token", "-1"}, "", "--max-waits-per-token must be 0 (no cap) or more, not -1"},
+		{[]string{"--max-waits-per-token", "lots"}, "", `invalid argument "lots" for --max-waits-per-token: want a whole number`},
 		{[]string{"--pprof-addr", "0.0.0.0:0"}, "", "refusing to serve the profiler on 0.0.0.0:0"},
 		{nil, "SPINBROKER_AUTH=yes", `SPINBROKER_AUTH must be 1, true, 0 or false, not "yes"`},
 		// A flag set by its variable says so, or a person looks for a flag
