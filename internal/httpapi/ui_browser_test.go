@@ -435,6 +435,34 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("ChartLabelsApart", func(t *testing.T) {
+		// The chart's labels never overlap: on a phone its text is drawn
+		// larger, and the "0" of the y axis sat on the "−60m" below it.
+		ctx := cdpTab(t, bctx)
+		for _, vp := range []struct {
+			name string
+			set  chromedp.Action[chromedp.Void]
+		}{
+			{"laptop", chromedp.EmulateViewport(1280, 900)},
+			{"phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2))},
+		} {
+			cdpDo(t, ctx, vp.set)
+			cdpOpen(t, ctx, base+"/ui/", true)
+			overlaps := cdpEval[[]string](t, ctx, `(() => {
+				const ts = [...document.querySelectorAll(".chart text.tick")].map(e => [e.textContent, e.getBoundingClientRect()]);
+				const out = [];
+				for (let i = 0; i < ts.length; i++) for (let j = i + 1; j < ts.length; j++) {
+					const [a, r] = ts[i], [b, q] = ts[j];
+					if (r.left < q.right && q.left < r.right && r.top < q.bottom && q.top < r.bottom) out.push(a + " and " + b);
+				}
+				return ts.length < 7 ? ["only " + ts.length + " labels"] : out;
+			})()`)
+			if len(overlaps) > 0 {
+				t.Errorf("the chart's labels on a %s overlap: %q", vp.name, overlaps)
+			}
+		}
+	})
+
 	t.Run("GraphOnPhone", func(t *testing.T) {
 		// A graph wider than a phone opens on its root, drawn in the middle
 		// of the picture, rather than on the empty space at its left edge;

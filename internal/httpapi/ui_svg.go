@@ -45,6 +45,10 @@ type chartSeg struct {
 type chartTick struct {
 	X     float64
 	Label string
+	// Anchor is the label's text-anchor: the first starts at the plot's
+	// left edge, clear of the y axis's "0" beside it, the last ("now")
+	// ends at its right edge, the others are centred on their minute.
+	Anchor string
 }
 
 // newChart lays out per-minute counts that start with the minute since.
@@ -86,13 +90,14 @@ func newChart(since time.Time, minutes []spinbroker.Counts, now time.Time) chart
 		c.Bars = append(c.Bars, b)
 	}
 	for _, ago := range []int{60, 45, 30, 15, 0} {
-		x := c.Left + float64(n-ago)*slot
-		label := fmt.Sprintf("−%dm", ago)
-		if ago == 0 {
-			label = "now"
-			x = c.Right
+		t := chartTick{X: c.Left + float64(n-ago)*slot, Label: fmt.Sprintf("−%dm", ago), Anchor: "middle"}
+		switch {
+		case ago == 0:
+			t.X, t.Label, t.Anchor = c.Right, "now", "end"
+		case ago == 60:
+			t.Anchor = "start"
 		}
-		c.Ticks = append(c.Ticks, chartTick{X: x, Label: label})
+		c.Ticks = append(c.Ticks, t)
 	}
 	c.Desc = fmt.Sprintf("In the %d minutes up to %s UTC: %d succeeded, %d failed, %d cancelled; at most %d in one minute.",
 		n, now.UTC().Format("15:04"), c.Total.Succeeded, c.Total.Failed, c.Total.Cancelled, peak)
