@@ -127,6 +127,93 @@ func TestE2E_SeedScenario(t *testing.T) {
 	}
 }
 
+// TestE2E_GracefulShutdown is the half of shutdown and stop that
+// TestE2E_SeedScenario cannot show: a guest that answers the ACPI power
+// button (a boot sector the test writes into the VM's disk, see
+// powerButtonGuest) powers off when shutdown asks, and shutdown says so
+// (not forced); the VM is then stopped and its QEMU gone. After the agent
+// restarts, stop of the VM it adopted is as graceful.
+func TestE2E_GracefulShutdown(t *testing.T) {
+	requireQEMU(t)
+	bins := buildAgents(t)
+	b := startBroker(t)
+
+	dir := t.TempDir()
+	root := filepath.Join(dir, "images")
+	state := filepath.Join(dir, "state")
+	startAgent(t, "storage", bins, b.url, "sa-host-path", "--root", root)
+	emuArgs := []string{"--supervisor", "process", "--state-dir", state, "--images-root", root, "--accel", "tcg", "--grace", "5s"}
+	emu := startAgent(t, "emulation", bins, b.url, "sa-emulation", emuArgs...)
+
+	vm := `{"Name":"acpi vm","Cpus":1,"Memory":64,"Images":[{"Path":"disk.img","Volume":"vol1"}]}`
+	pkg := b.run(t, 60*time.Second,
+		command("vol", "storage", "add_volume", `{"path":"vol1"}`),
+		command("img", "storage", "create_image", `{"volume_path":"vol1","image_name":"disk.img","image_size":1}`, "vol"),
+		command("", "emulation", "write_config", `{"id":"vm1","vm":`+vm+`}`, "img"),
+	)
+	var img struct {
+		HostPath string `json:"host_path"`
+	}
+	decode(t, pkg.Commands[1].Output, &img)
+	qemuLog := filepath.Join(state, "proc", "vm1.log")
+
+	// boot starts the VM and waits until its guest has armed the power
+	// button, so that the press is not lost; it returns QEMU's pid.
+	boot := func() int {
+		t.Helper()
+		writePowerButtonGuest(t, img.HostPath)
+		pkg := b.run(t, 60*time.Second, command("", "emulation", "start", `{"id":"vm1"}`))
+		var started vmOutput
+		decode(t, pkg.Commands[0].Output, &started)
+		if !started.Changed || !started.Running || started.PID == 0 {
+			t.Fatalf("start output %s", pkg.Commands[0].Output)
+		}
+		pid := started.PID
+		t.Cleanup(func() {
+			if alive(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		})
+		awaitArmed(t, img.HostPath, qemuLog, 2*time.Minute)
+		return pid
+	}
+	// poweredOff checks the output of a graceful shutdown or stop, and
+	// that the VM is gone.
+	poweredOff := func(action string, pid int, raw json.RawMessage) {
+		t.Helper()
+		var out vmOutput
+		decode(t, raw, &out)
+		if !out.Changed || out.Forced || out.Running || out.Took == "" {
+			t.Errorf("%s output %s: want changed, not forced, not running, with took", action, raw)
+		}
+		if alive(pid) {
+			t.Errorf("after %s, QEMU (process %d) still runs", action, pid)
+		}
+		if st := b.status(t, "vm1"); st.Running || !st.Configured || st.PID != 0 {
+			t.Errorf("status after %s: %+v", action, st)
+		}
+	}
+
+	// The guest powers off when shutdown presses the button; shutdown
+	// would fail, and the VM run on, had it not.
+	pid := boot()
+	pkg = b.run(t, 3*time.Minute, command("", "emulation", "shutdown", `{"id":"vm1","timeout":"2m"}`))
+	t.Logf("shutdown: %s", pkg.Commands[0].Output)
+	poweredOff("shutdown", pid, pkg.Commands[0].Output)
+
+	// Started again, and adopted by a new agent: stop powers it off
+	// gracefully, without forcing it.
+	pid = boot()
+	emu.stop(t)
+	if !alive(pid) {
+		t.Fatal("the VM ended with the agent")
+	}
+	startAgent(t, "emulation2", bins, b.url, "sa-emulation", emuArgs...)
+	pkg = b.run(t, 3*time.Minute, command("", "emulation", "stop", `{"id":"vm1","timeout":"2m"}`))
+	t.Logf("stop: %s", pkg.Commands[0].Output)
+	poweredOff("stop", pid, pkg.Commands[0].Output)
+}
+
 type vmOutput struct {
 	Changed    bool `json:"changed"`
 	Running    bool `json:"running"`
@@ -139,6 +226,7 @@ type vmOutput struct {
 	Accel  string `json:"accel"`
 	VNC    string `json:"vnc"`
 	Forced bool   `json:"forced"`
+	Took   string `json:"took"`
 }
 
 func decode(t *testing.T, raw json.RawMessage, v any) {
@@ -156,6 +244,96 @@ func alive(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// powerButtonGuest is a boot sector (16-bit real mode, loaded at 0x7c00)
+// whose guest answers the ACPI power button, as an OS does, on the q35
+// machine sa-emulation runs: it arms the button, says so by writing
+// itself to the disk's second sector, sleeps until the button is pressed,
+// then powers the machine off. SeaBIOS puts q35's (ICH9's) PM I/O base at
+// 0x600 (QEMU's "info mtree": ich9-pm): PM1a_STS is at 0x600, PM1a_EN at
+// 0x602, PM1a_CNT at 0x604, and the power button is bit 8 of STS and EN.
+// QEMU sets the button's status only while it is enabled: a press before
+// the guest armed it is lost, hence the sign on the disk (awaitArmed).
+// SLP_EN with SLP_TYP 0 is soft off (S5): QEMU ends, as on a guest's
+// poweroff. Checked with GNU as (.code16) and objdump -mi8086.
+var powerButtonGuest = []byte{
+	0x89, 0xd6, // 00: mov si,dx ; the boot drive (DL), kept
+	0xba, 0x02, 0x06, // 02: mov dx,0x602 ; PM1a_EN
+	0xb8, 0x00, 0x01, // 05: mov ax,0x100 ; PWRBTN_EN
+	0xef,       // 08: out dx,ax ; armed
+	0x31, 0xc0, // 09: xor ax,ax
+	0x8e, 0xc0, // 0b: mov es,ax
+	0xbb, 0x00, 0x7c, // 0d: mov bx,0x7c00 ; es:bx: this sector
+	0xb8, 0x01, 0x03, // 10: mov ax,0x301 ; write (ah 3) one sector (al 1)
+	0xb9, 0x02, 0x00, // 13: mov cx,2 ; cylinder 0, sector 2
+	0x89, 0xf2, // 16: mov dx,si ; the boot drive
+	0x30, 0xf6, // 18: xor dh,dh ; head 0
+	0xcd, 0x13, // 1a: int 0x13 ; the BIOS writes the sign
+	0xfb,             // 1c: sti ; the BIOS's timer wakes hlt
+	0xf4,             // 1d: wait: hlt
+	0xba, 0x00, 0x06, // 1e: mov dx,0x600 ; PM1a_STS
+	0xed,             // 21: in ax,dx
+	0xa9, 0x00, 0x01, // 22: test ax,0x100 ; PWRBTN_STS
+	0x74, 0xf6, // 25: jz wait ; 0x1d - 0x27 = -10
+	0xba, 0x04, 0x06, // 27: mov dx,0x604 ; PM1a_CNT
+	0xb8, 0x00, 0x20, // 2a: mov ax,0x2000 ; SLP_EN, SLP_TYP 0 (soft off)
+	0xef,       // 2d: out dx,ax ; QEMU powers off
+	0xfa,       // 2e: cli
+	0xf4,       // 2f: halt: hlt
+	0xeb, 0xfd, // 30: jmp halt ; 0x2f - 0x32 = -3
+}
+
+// writePowerButtonGuest makes the raw disk image at path boot
+// powerButtonGuest (the boot signature 55 AA ends its first sector), and
+// clears its second sector, where the guest signs that it is armed.
+func writePowerButtonGuest(t *testing.T, path string) {
+	t.Helper()
+	sectors := make([]byte, 1024)
+	copy(sectors, powerButtonGuest)
+	sectors[510], sectors[511] = 0x55, 0xaa
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(sectors, 0); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitArmed waits up to d until the powerButtonGuest booted from the
+// image at path has armed the power button: its second sector holds its
+// first. A guest that never does fails the test with QEMU's log.
+func awaitArmed(t *testing.T, path, qemuLog string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	b := make([]byte, 1024)
+	for {
+		n, err := readAt(path, b)
+		if n == len(b) && bytes.Equal(b[512:], b[:512]) {
+			return
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(qemuLog)
+			t.Fatalf("the guest did not arm the power button within %s (read %s: %v); QEMU's log:\n%s", d, path, err, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// readAt reads the start of the file at path into b (not the whole of a
+// 1 GiB image).
+func readAt(path string, b []byte) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.ReadAt(b, 0)
 }
 
 // requireQEMU installs qemu where it is missing; in CI a missing qemu is a
