@@ -105,7 +105,7 @@ func TestE2E_SeedScenario(t *testing.T) {
 
 	// shutdown only asks: no guest answers the power button.
 	c := b.runFailing(t, command("", "emulation", "shutdown", `{"id":"vm1","timeout":"1s"}`))
-	if !strings.Contains(*c.Reason, "did not power off within 1s") || !alive(pid) {
+	if !strings.Contains(*c.Reason, "did not power off within 1s") || !strings.Contains(*c.Reason, "pressed once") || !alive(pid) {
 		t.Errorf("shutdown: %q, VM alive %v", *c.Reason, alive(pid))
 	}
 
@@ -157,11 +157,11 @@ func TestE2E_GracefulShutdown(t *testing.T) {
 	decode(t, pkg.Commands[1].Output, &img)
 	qemuLog := filepath.Join(state, "proc", "vm1.log")
 
-	// boot starts the VM and waits until its guest has armed the power
-	// button, so that the press is not lost; it returns QEMU's pid.
-	boot := func() int {
+	// start makes the disk boot guest and starts the VM; it returns
+	// QEMU's pid.
+	start := func(guest []byte) int {
 		t.Helper()
-		writePowerButtonGuest(t, img.HostPath)
+		writePowerButtonGuest(t, img.HostPath, guest)
 		pkg := b.run(t, 60*time.Second, command("", "emulation", "start", `{"id":"vm1"}`))
 		var started vmOutput
 		decode(t, pkg.Commands[0].Output, &started)
@@ -174,6 +174,13 @@ func TestE2E_GracefulShutdown(t *testing.T) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		})
+		return pid
+	}
+	// boot starts the VM and waits until its guest has armed the power
+	// button, so that the press is not lost; it returns QEMU's pid.
+	boot := func() int {
+		t.Helper()
+		pid := start(powerButtonGuest)
 		awaitArmed(t, img.HostPath, qemuLog, 2*time.Minute)
 		return pid
 	}
@@ -183,8 +190,8 @@ func TestE2E_GracefulShutdown(t *testing.T) {
 		t.Helper()
 		var out vmOutput
 		decode(t, raw, &out)
-		if !out.Changed || out.Forced || out.Running || out.Took == "" {
-			t.Errorf("%s output %s: want changed, not forced, not running, with took", action, raw)
+		if !out.Changed || out.Forced || out.Running || out.Took == "" || out.Presses < 1 {
+			t.Errorf("%s output %s: want changed, not forced, not running, with took and presses", action, raw)
 		}
 		if alive(pid) {
 			t.Errorf("after %s, QEMU (process %d) still runs", action, pid)
@@ -212,6 +219,22 @@ func TestE2E_GracefulShutdown(t *testing.T) {
 	pkg = b.run(t, 3*time.Minute, command("", "emulation", "stop", `{"id":"vm1","timeout":"2m"}`))
 	t.Logf("stop: %s", pkg.Commands[0].Output)
 	poweredOff("stop", pid, pkg.Commands[0].Output)
+
+	// A guest that arms the button only seconds after it boots, as an OS
+	// whose ACPI driver is not up yet, misses a press made before: a
+	// shutdown sent right after start used to wait its whole timeout and
+	// fail. shutdown presses again while it waits, and says how many
+	// presses it took: more than one, the first lost.
+	pid = start(powerButtonGuestAfter(lateTicks))
+	pkg = b.run(t, 3*time.Minute, command("", "emulation", "shutdown", `{"id":"vm1","timeout":"2m"}`))
+	t.Logf("shutdown before the guest listens: %s", pkg.Commands[0].Output)
+	poweredOff("shutdown before the guest listens", pid, pkg.Commands[0].Output)
+	var late vmOutput
+	decode(t, pkg.Commands[0].Output, &late)
+	if late.Presses < 2 {
+		t.Errorf("shutdown before the guest listens: presses %d, want 2 or more (the first, made before the guest armed the button %d timer ticks after it booted, is lost)", late.Presses, lateTicks)
+	}
+	awaitArmed(t, img.HostPath, qemuLog, time.Second) // it armed, then powered off
 }
 
 type vmOutput struct {
@@ -222,11 +245,12 @@ type vmOutput struct {
 		Status  string `json:"status"`
 		Running bool   `json:"running"`
 	} `json:"status"`
-	PID    int    `json:"pid"`
-	Accel  string `json:"accel"`
-	VNC    string `json:"vnc"`
-	Forced bool   `json:"forced"`
-	Took   string `json:"took"`
+	PID     int    `json:"pid"`
+	Accel   string `json:"accel"`
+	VNC     string `json:"vnc"`
+	Forced  bool   `json:"forced"`
+	Took    string `json:"took"`
+	Presses int    `json:"presses"`
 }
 
 func decode(t *testing.T, raw json.RawMessage, v any) {
@@ -284,13 +308,37 @@ var powerButtonGuest = []byte{
 	0xeb, 0xfd, // 30: jmp halt ; 0x2f - 0x32 = -3
 }
 
-// writePowerButtonGuest makes the raw disk image at path boot
-// powerButtonGuest (the boot signature 55 AA ends its first sector), and
-// clears its second sector, where the guest signs that it is armed.
-func writePowerButtonGuest(t *testing.T, path string) {
+// lateTicks is how long powerButtonGuestAfter's guest of
+// TestE2E_GracefulShutdown waits before it arms the button: 91 of the
+// BIOS's timer ticks (18.2 a second), 5s, after SeaBIOS's own boot; a
+// shutdown sent as start returns is pressed well before.
+const lateTicks = 91
+
+// powerButtonGuestAfter is powerButtonGuest that arms the power button
+// only after ticks of the BIOS's timer (18.2 a second), as an OS whose
+// ACPI driver is not up yet: it sleeps in hlt, which each tick wakes,
+// counting them down in CX, then goes on as powerButtonGuest (its jumps
+// are relative, so it runs as well 7 bytes further on). Checked with
+// objdump -mi8086.
+func powerButtonGuestAfter(ticks uint16) []byte {
+	wait := []byte{
+		0xb9, byte(ticks), byte(ticks >> 8), // 02: mov cx,ticks
+		0xfb,       // 05: sti ; the BIOS's timer wakes hlt
+		0xf4,       // 06: delay: hlt
+		0xe2, 0xfd, // 07: loop delay ; 0x06 - 0x09 = -3
+	}
+	guest := append([]byte{}, powerButtonGuest[:2]...) // mov si,dx
+	guest = append(guest, wait...)
+	return append(guest, powerButtonGuest[2:]...)
+}
+
+// writePowerButtonGuest makes the raw disk image at path boot guest (the
+// boot signature 55 AA ends its first sector), and clears its second
+// sector, where the guest signs that it is armed.
+func writePowerButtonGuest(t *testing.T, path string, guest []byte) {
 	t.Helper()
 	sectors := make([]byte, 1024)
-	copy(sectors, powerButtonGuest)
+	copy(sectors, guest)
 	sectors[510], sectors[511] = 0x55, 0xaa
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {

@@ -3,8 +3,9 @@
 // never a shell string), has a Supervisor run it (systemd user units, or
 // the agent's own child processes), and talks to the running VM over QMP.
 //
-// stop presses the ACPI power button and, when the guest has not powered
-// off within the timeout, pulls the plug; shutdown only presses the button.
+// stop presses the ACPI power button (again while it waits: a guest still
+// booting misses a press) and, when the guest has not powered off within
+// the timeout, pulls the plug; shutdown only presses the button.
 package emulation
 
 import (
@@ -242,6 +243,10 @@ type Output struct {
 	Forced bool `json:"forced,omitempty"`
 	// Took is how long a stop or shutdown took.
 	Took string `json:"took,omitempty"`
+	// Presses is how many times stop or shutdown pressed the ACPI power
+	// button: more than one when the guest missed the first, its OS not
+	// yet listening.
+	Presses int `json:"presses,omitempty"`
 	// Images are the resolved host paths of the VM's images.
 	Images []string `json:"images,omitempty"`
 	// Configured is whether a config exists for the VM.
@@ -522,16 +527,17 @@ func (p Stop) timeout() time.Duration {
 	return p.Timeout.D()
 }
 
-// Stop powers a VM down: the ACPI power button, then, when the guest has
-// not powered off within the timeout, a forced stop. A VM that is not
-// running is success without a change.
+// Stop powers a VM down: the ACPI power button, pressed again while it
+// waits (see pressEvery), then, when the guest has not powered off within
+// the timeout, a forced stop. A VM that is not running is success without
+// a change.
 func (e *Emulator) Stop(ctx context.Context, p Stop) (any, error) {
 	return e.stop(ctx, p, true)
 }
 
-// Shutdown presses a VM's ACPI power button and waits for the guest to
-// power off; it fails when the guest has not within the timeout (the VM
-// goes on running: stop forces it).
+// Shutdown presses a VM's ACPI power button, again while it waits (see
+// pressEvery), until the guest powers off; it fails when the guest has not
+// within the timeout (the VM goes on running: stop forces it).
 func (e *Emulator) Shutdown(ctx context.Context, p Stop) (any, error) {
 	return e.stop(ctx, p, false)
 }
@@ -555,18 +561,21 @@ func (e *Emulator) stop(ctx context.Context, p Stop, force bool) (any, error) {
 		if !force {
 			return nil, fmt.Errorf("VM %s: ACPI power-down failed: %w", p.ID, err)
 		}
-	} else if e.awaitStopped(ctx, p.ID, p.timeout()) {
-		out.Took = time.Since(begin).Round(time.Millisecond).String()
-		log.Info("VM powered off", "took", out.Took)
-		return out, nil
+	} else {
+		out.Presses = 1
+		if e.awaitPowerOff(ctx, log, p.ID, p.timeout(), &out.Presses) {
+			out.Took = time.Since(begin).Round(time.Millisecond).String()
+			log.Info("VM powered off", "took", out.Took, "presses", out.Presses)
+			return out, nil
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if !force {
-		return nil, fmt.Errorf("VM %s did not power off within %s (the guest ignored the ACPI power button); stop forces it", p.ID, p.timeout())
+		return nil, fmt.Errorf("VM %s did not power off within %s (the guest ignored the ACPI power button, pressed %s); stop forces it", p.ID, p.timeout(), times(out.Presses))
 	}
-	log.Warn("VM did not power off in time; forcing it", "timeout", p.timeout().String())
+	log.Warn("VM did not power off in time; forcing it", "timeout", p.timeout().String(), "presses", out.Presses)
 	if err := e.sup.Kill(ctx, p.ID); err != nil {
 		return nil, err
 	}
@@ -583,6 +592,53 @@ func (e *Emulator) powerDown(ctx context.Context, id string) error {
 	}
 	defer q.Close()
 	return q.PowerDown(ctx)
+}
+
+// times is "once" or "n times".
+func times(n int) string {
+	if n == 1 {
+		return "once"
+	}
+	return fmt.Sprintf("%d times", n)
+}
+
+// pressEvery is how often stop and shutdown press the power button again
+// while the guest has not powered off within a timeout of d: every 10s,
+// or three times in a shorter timeout, but not more than once a second.
+// A press before the guest listens is lost (QEMU records it only while
+// the guest has enabled the button: an OS still booting, or whose ACPI
+// driver is not up, never sees it), as with a real machine's button; one
+// more to a guest already powering off changes nothing (QEMU sets the
+// button's status bit again and raises another SCI).
+func pressEvery(d time.Duration) time.Duration {
+	return min(10*time.Second, max(d/3, time.Second))
+}
+
+// awaitPowerOff waits up to d for the VM to stop running after its power
+// button was pressed, pressing it again every pressEvery(d); presses
+// counts them. A press that fails (QMP not answering) is not counted:
+// the VM's process tells whether it ended.
+func (e *Emulator) awaitPowerOff(ctx context.Context, log *slog.Logger, id string, d time.Duration, presses *int) bool {
+	deadline := time.Now().Add(d)
+	every := pressEvery(d)
+	for {
+		if e.awaitStopped(ctx, id, min(every, time.Until(deadline))) {
+			return true
+		}
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
+			return false
+		}
+		// Within the timeout: a QMP that hangs does not stretch it.
+		pctx, cancel := context.WithDeadline(ctx, deadline)
+		err := e.powerDown(pctx, id)
+		cancel()
+		if err != nil {
+			log.Debug("pressing the ACPI power button again failed", "err", err)
+			continue
+		}
+		*presses++
+		log.Debug("pressed the ACPI power button again: the guest has not powered off yet", "presses", *presses)
+	}
 }
 
 // awaitStopped waits up to d for the VM to stop running.
