@@ -430,6 +430,9 @@ func buildAgents(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	if sock := os.Getenv(endsAtQMPEnv); sock != "" {
+		os.Exit(qemuThatEndsAtQMP(sock))
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

@@ -555,8 +555,16 @@ func (e *Emulator) stop(ctx context.Context, p Stop, force bool) (any, error) {
 	}
 	log := agent.Logger(ctx).With("vm_id", p.ID)
 	begin := time.Now()
+	err = e.powerDown(ctx, p.ID)
+	if err != nil && e.awaitStopped(ctx, p.ID, qmpGoneGrace) {
+		// The guest powered off on its own since running said the VM
+		// ran: its QEMU, ending, no longer answers. The VM is stopped,
+		// as one found stopped: no failure, nothing forced.
+		log.Info("VM powered off on its own as it was to be stopped", "qmp_err", err)
+		return out, nil
+	}
 	out.Changed = true
-	if err := e.powerDown(ctx, p.ID); err != nil {
+	if err != nil {
 		log.Warn("ACPI power-down failed", "err", err)
 		if !force {
 			return nil, fmt.Errorf("VM %s: ACPI power-down failed: %w", p.ID, err)
@@ -593,6 +601,11 @@ func (e *Emulator) powerDown(ctx context.Context, id string) error {
 	defer q.Close()
 	return q.PowerDown(ctx)
 }
+
+// qmpGoneGrace is how long stop and shutdown, when QMP fails, wait for
+// the VM's process to end: QEMU closes its QMP socket shortly before it
+// ends, when its guest powered off.
+const qmpGoneGrace = 2 * time.Second
 
 // times is "once" or "n times".
 func times(n int) string {
