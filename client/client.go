@@ -63,22 +63,29 @@ func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua
 // or fragment is refused.
 func New(baseURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	// The refusals name the URL, masked: the CLI prints them and an agent
+	// logs them, and a proxy's password has no place in either.
+	shown := MaskURL(baseURL)
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = MaskURL(ue.URL)
+	}
 	switch {
 	case err != nil && !strings.Contains(baseURL, "://"):
 		// "127.0.0.1:8080" does not parse ("first path segment in URL
 		// cannot contain colon"): say what is missing instead.
-		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host, such as http://%s", baseURL, baseURL)
+		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host, such as http://%s", shown, shown)
 	case err != nil:
-		return nil, fmt.Errorf("client: broker URL %q (want http:// or https:// with a host): %w", baseURL, err)
+		return nil, fmt.Errorf("client: broker URL %q (want http:// or https:// with a host): %w", shown, err)
 	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
-		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host", baseURL)
+		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host", shown)
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 		// A query would be sent with some requests and replaced in
 		// others (next's wait), a fragment never: neither does anything.
-		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host and no query or fragment", baseURL)
+		return nil, fmt.Errorf("client: broker URL %q must be http:// or https:// with a host and no query or fragment", shown)
 	case !validPort(u.Port()):
 		// url.Parse takes any digits; every request would fail to dial.
-		return nil, fmt.Errorf("client: broker URL %q has port %s: a port is 1 to 65535", baseURL, u.Port())
+		return nil, fmt.Errorf("client: broker URL %q has port %s: a port is 1 to 65535", shown, u.Port())
 	}
 	c := &Client{base: u, userAgent: "spinbroker-client/1"}
 	for _, o := range opts {
@@ -125,6 +132,33 @@ func RedactURL(raw string) string {
 		return ""
 	}
 	return u.Redacted()
+}
+
+// MaskURL is raw, a broker URL as a user gave it, with the password of its
+// user info masked as RedactURL masks it, whether or not it parses: for a
+// message that must show the URL it refuses. In a URL that does not parse,
+// the user info is read generously (up to the last '@'), so that a
+// password holding a '/' or an '@' is masked too, along with whatever
+// else came before that '@'.
+func MaskURL(raw string) string {
+	prefix, rest, authority := "", raw, raw
+	if i := strings.Index(raw, "://"); i >= 0 {
+		prefix, rest, authority = raw[:i+3], raw[i+3:], raw[i+3:]
+		if _, err := url.Parse(raw); err == nil {
+			if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+				authority = rest[:end]
+			}
+		}
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return raw
+	}
+	return prefix + user + ":xxxxx" + rest[at:]
 }
 
 // Error is an answer of the broker that is not a success.

@@ -248,3 +248,45 @@ func TestNew_BadPort(t *testing.T) {
 		}
 	}
 }
+
+// TestNew_ErrorsMaskPassword: a broker URL New refuses is named in its
+// error, but never with the password of its user info (a proxy's basic
+// auth): the CLI prints the error, an agent logs it to the journal, and
+// either may be pasted into an issue. The log lines and the help already
+// mask it; the refusal printed it whole.
+func TestNew_ErrorsMaskPassword(t *testing.T) {
+	for _, u := range []string{
+		"ftp://ops:hunter2@localhost/",                 // scheme
+		"http://ops:hunter2@localhost:8080:99",         // does not parse
+		"http://ops:hunter2@localhost:99999",           // port
+		"http://ops:hunter2@localhost:8080/?x=1",       // query
+		"ops:hunter2@localhost:8080",                   // no scheme
+		"http://ops:hun/ter2@localhost:8080",           // a '/' in the password
+		"http://ops:hunter2@broker@localhost:8080:999", // an '@' in it
+	} {
+		_, err := New(u)
+		if err == nil {
+			t.Errorf("New(%q) = nil error, want a refusal", u)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "hunter2") || strings.Contains(msg, "ter2") || !strings.Contains(msg, "ops:xxxxx@") {
+			t.Errorf("New(%q): %v\nwant the URL named with its password masked (ops:xxxxx@)", u, err)
+		}
+	}
+}
+
+func TestMaskURL(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"http://ops:hunter2@localhost:8080/p", "http://ops:xxxxx@localhost:8080/p"},
+		{"http://ops@localhost:8080", "http://ops@localhost:8080"},
+		{"http://localhost:8080/a@b", "http://localhost:8080/a@b"},
+		{"localhost:8080", "localhost:8080"},
+		{"ops:pw@host:1", "ops:xxxxx@host:1"},
+		{"ops:p/w@host:1", "ops:xxxxx@host:1"},
+		{"", ""},
+	} {
+		if got := MaskURL(c.in); got != c.want {
+			t.Errorf("MaskURL(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

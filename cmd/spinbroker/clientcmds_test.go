@@ -753,3 +753,22 @@ func TestHelpShowsNoSecret(t *testing.T) {
 		}
 	}
 }
+
+// TestBadURLMasksPassword: a broker URL that is refused is named with the
+// password of its user info (a proxy's basic auth) masked, as --help and
+// the connection errors mask it: stderr ends up in terminals' scrollback,
+// CI logs and issues.
+func TestBadURLMasksPassword(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"ftp://ops:hunter2@localhost:8080", "http://ops:hunter2@localhost:8080:99"} {
+		r := spinEnv(t, []string{"SPINBROKER_URL=" + u}, "queue", "ls")
+		if r.code != 2 {
+			t.Fatalf("SPINBROKER_URL=%s: exit %d, want 2\n%s", u, r.code, r)
+		}
+		wantContains(t, "stderr", r.stderr, "is not a broker URL")
+		wantContains(t, "stderr", r.stderr, "ops:xxxxx@localhost")
+		if strings.Contains(r.stderr, "hunter2") {
+			t.Errorf("SPINBROKER_URL=%s: stderr shows the password:\n%s", u, r.stderr)
+		}
+	}
+}

@@ -54,7 +54,7 @@ whole package to the queues at once, and 'status' tells how it went.
 // use is a mistake in the command line.
 func (a *app) dial(c *cobra.Command) (*client.Client, error) {
 	if _, err := client.New(a.url); err != nil {
-		return nil, usagef(c, "%s %q is not a broker URL: give http://host:port or https://host:port", flagOrEnv(c, "url", "SPINBROKER_URL"), a.url)
+		return nil, usagef(c, "%s %q is not a broker URL: give http://host:port or https://host:port", flagOrEnv(c, "url", "SPINBROKER_URL"), client.MaskURL(a.url))
 	}
 	cl, err := a.client()
 	if err != nil {

@@ -81,3 +81,20 @@ func TestHelpShowsNoPassword(t *testing.T) {
 		t.Errorf("-url is %q, want the environment's", f.url)
 	}
 }
+
+// TestBadURLShowsNoPassword: a -url the agent refuses is named in the
+// refusal, which goes to the journal, with its password masked as -help
+// and the log lines mask it.
+func TestBadURLShowsNoPassword(t *testing.T) {
+	for _, u := range []string{"ftp://ops:hunter2pw@localhost:1", "http://ops:hunter2pw@localhost:1:2", "http://ops:hunter2pw@localhost:99999"} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		f := Register(fs, "t", "test")
+		err := f.Parse(fs, []string{"-url", u}, io.Discard)
+		if err == nil {
+			t.Fatalf("-url %s: no refusal", u)
+		}
+		if strings.Contains(err.Error(), "hunter2pw") || !strings.Contains(err.Error(), "ops:xxxxx@localhost") {
+			t.Errorf("-url %s: %v\nwant the URL with its password masked", u, err)
+		}
+	}
+}
