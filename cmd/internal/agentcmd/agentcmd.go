@@ -164,7 +164,14 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	// runs inherits it (QEMU for each VM, for as long as the VM runs, a
 	// --qemu wrapper, qemu-img, systemctl), and none of them needs the
 	// broker's token.
+	// Nor may they read it in /proc/PID/environ, which the kernel keeps
+	// as it was at exec.
+	_, inEnv := os.LookupEnv("SPINBROKER_TOKEN")
 	_ = os.Unsetenv("SPINBROKER_TOKEN")
+	var scrubErr error
+	if inEnv {
+		scrubErr = scrubEnviron("SPINBROKER_TOKEN")
+	}
 	// The logger first, so that with -log-format json the other flags'
 	// refusals are records too (Fatal); its own are said plainly.
 	log, err := logging.New(stderr, f.format, f.level)
@@ -173,6 +180,9 @@ func (f *Flags) Parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 		return Usagef("-%w%s", err, fromEnv(fs, name))
 	}
 	f.log = log
+	if scrubErr != nil {
+		log.Warn("SPINBROKER_TOKEN is still readable in /proc/self/environ (ps e) by processes of this user", "err", scrubErr)
+	}
 	return f.Fatal(f.check(fs))
 }
 
