@@ -10,7 +10,6 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
-	"github.com/spin-broker/spinbroker/client"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
@@ -23,23 +22,8 @@ import (
 // ErrRefused (its result could not be reported anyway), and Run stops with
 // the error, as it does when next is refused.
 func TestRun_TokenRevokedMidCommand(t *testing.T) {
-	b := startBroker(t, httpapi.Options{Auth: true, TokenCacheTTL: 100 * time.Millisecond}, nil)
+	b, c, tokID := startAuthBroker(t, httpapi.Options{TokenCacheTTL: 100 * time.Millisecond}, "revoked")
 	ctx := context.Background()
-	tok, secret, err := b.db.CreateToken(ctx, spinbroker.RoleAgent, "test", "revoked")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, admin, err := b.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b.c, err = client.New(b.url, client.WithToken(admin)); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(b.url, client.WithToken(secret))
-	if err != nil {
-		t.Fatal(err)
-	}
 	started := make(chan struct{})
 	cause := make(chan error, 1)
 	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
@@ -62,7 +46,7 @@ func TestRun_TokenRevokedMidCommand(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the command did not start")
 	}
-	if _, _, err := b.db.RevokeToken(ctx, tok.ID); err != nil {
+	if _, _, err := b.db.RevokeToken(ctx, tokID); err != nil {
 		t.Fatal(err)
 	}
 	revoked := time.Now()

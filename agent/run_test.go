@@ -35,9 +35,10 @@ import (
 // broker is a real in-process broker: the store on a temporary file and
 // the HTTP API, optionally behind a faulty network (wrap).
 type broker struct {
-	c   *client.Client
-	url string
-	db  *store.DB
+	c     *client.Client
+	url   string
+	db    *store.DB
+	admin string // the secret of c's admin token, with auth on (startAuthBroker)
 }
 
 func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) http.Handler) *broker {
@@ -55,6 +56,32 @@ func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) htt
 		t.Fatal(err)
 	}
 	return &broker{c: c, url: ts.URL, db: db}
+}
+
+// startAuthBroker is startBroker with opts.Auth on: the broker's own client
+// holds an admin token (b.admin), and the one returned an agent token of resource
+// "test" named name, with its id.
+func startAuthBroker(t *testing.T, opts httpapi.Options, name string) (b *broker, agentClient *client.Client, tokenID string) {
+	t.Helper()
+	opts.Auth = true
+	b = startBroker(t, opts, nil)
+	ctx := context.Background()
+	tok, secret, err := b.db.CreateToken(ctx, spinbroker.RoleAgent, "test", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, admin, err := b.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.c, err = client.New(b.url, client.WithToken(admin)); err != nil {
+		t.Fatal(err)
+	}
+	b.admin = admin
+	if agentClient, err = client.New(b.url, client.WithToken(secret)); err != nil {
+		t.Fatal(err)
+	}
+	return b, agentClient, tok.ID
 }
 
 func quietLogger() *slog.Logger {

@@ -38,18 +38,8 @@ func refusedErr(t *testing.T) error {
 // Retry-After) returns: the broker is there and says it is overloaded.
 func unavailableErr(t *testing.T) error {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
-	}))
-	defer srv.Close()
-	c, err := client.New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Next(context.Background(), "r", 0, 0)
-	if err == nil || unreachable(err) {
+	err := answeredErr(t, http.StatusServiceUnavailable, "application/json", `{"error":{"code":"unavailable","message":"injected"}}`)
+	if unreachable(err) {
 		t.Fatalf("a 503: %v, taken for a broker out of reach", err)
 	}
 	return err
@@ -59,19 +49,24 @@ func unavailableErr(t *testing.T) error {
 // broker behind it is down: the proxy's own 502 page.
 func badGatewayErr(t *testing.T) error {
 	t.Helper()
+	return answeredErr(t, http.StatusBadGateway, "text/html", "<html><body><h1>502 Bad Gateway</h1></body></html>")
+}
+
+// answeredErr is the error of a call answered status with body.
+func answeredErr(t *testing.T, status int, contentType, body string) error {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		w.WriteHeader(http.StatusBadGateway)
-		_, _ = io.WriteString(w, "<html><body><h1>502 Bad Gateway</h1></body></html>")
+		w.Header().Set("Content-Type", contentType)
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
 	}))
 	defer srv.Close()
 	c, err := client.New(srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Next(context.Background(), "r", 0, 0)
-	if err == nil {
-		t.Fatal("a 502 was taken for an answer")
+	if _, err = c.Next(context.Background(), "r", 0, 0); err == nil {
+		t.Fatalf("a %d was taken for work", status)
 	}
 	return err
 }

@@ -12,7 +12,6 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
-	"github.com/spin-broker/spinbroker/client"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
@@ -22,23 +21,8 @@ import (
 // token) has its long-poll refused 503 with Retry-After: it backs off and
 // asks again, rather than stop, and takes work once a place is free.
 func TestRun_WaitsCapRefusalIsRetried(t *testing.T) {
-	b := startBroker(t, httpapi.Options{Auth: true, MaxWaitsPerToken: 1}, nil)
+	b, c, _ := startAuthBroker(t, httpapi.Options{MaxWaitsPerToken: 1}, "fleet")
 	ctx := context.Background()
-	_, secret, err := b.db.CreateToken(ctx, spinbroker.RoleAgent, "test", "fleet")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, admin, err := b.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b.c, err = client.New(b.url, client.WithToken(admin)); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(b.url, client.WithToken(secret))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Another agent of the token holds its one place.
 	holdCtx, release := context.WithCancel(ctx)
 	defer release()
@@ -47,7 +31,7 @@ func TestRun_WaitsCapRefusalIsRetried(t *testing.T) {
 		_, err := c.Next(holdCtx, "test", time.Minute, 0)
 		held <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(metrics(t, b, admin), "\nspinbroker_http_waits 1\n"); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(metrics(t, b), "\nspinbroker_http_waits 1\n"); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the first long-poll never waited")
 		}
@@ -86,13 +70,13 @@ func TestRun_WaitsCapRefusalIsRetried(t *testing.T) {
 }
 
 // metrics is the broker's /metrics, read with the token secret.
-func metrics(t *testing.T, b *broker, secret string) string {
+func metrics(t *testing.T, b *broker) string {
 	t.Helper()
 	req, err := http.NewRequest("GET", b.url+"/metrics", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+secret)
+	req.Header.Set("Authorization", "Bearer "+b.admin)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
