@@ -33,16 +33,8 @@ import (
 // it; shutdown (graceful only) fails because no guest answers ACPI; stop
 // forces it off within its timeout.
 func TestE2E_SeedScenario(t *testing.T) {
-	requireQEMU(t)
-	bins := buildAgents(t)
-	b := startBroker(t)
-
-	dir := t.TempDir()
-	root := filepath.Join(dir, "images")
-	state := filepath.Join(dir, "state")
-	startAgent(t, "storage", bins, "", "sa-host-path", "--url", b.url, "--root", root)
-	emuArgs := []string{"--supervisor", "process", "--state-dir", state, "--images-root", root, "--accel", "tcg", "--grace", "5s"}
-	emu := startAgent(t, "emulation", bins, b.url, "sa-emulation", emuArgs...) // the URL from SPINBROKER_URL
+	f := startFleet(t)
+	b, bins, root, state, emuArgs, emu := f.b, f.bins, f.root, f.state, f.emuArgs, f.emu
 
 	vm := `{"Name":"seed vm","Cpus":1,"Memory":64,"Images":[{"Path":"disk.img","Volume":"vol1"}]}`
 	pkg := b.run(t, 60*time.Second,
@@ -134,16 +126,8 @@ func TestE2E_SeedScenario(t *testing.T) {
 // (not forced); the VM is then stopped and its QEMU gone. After the agent
 // restarts, stop of the VM it adopted is as graceful.
 func TestE2E_GracefulShutdown(t *testing.T) {
-	requireQEMU(t)
-	bins := buildAgents(t)
-	b := startBroker(t)
-
-	dir := t.TempDir()
-	root := filepath.Join(dir, "images")
-	state := filepath.Join(dir, "state")
-	startAgent(t, "storage", bins, b.url, "sa-host-path", "--root", root)
-	emuArgs := []string{"--supervisor", "process", "--state-dir", state, "--images-root", root, "--accel", "tcg", "--grace", "5s"}
-	emu := startAgent(t, "emulation", bins, b.url, "sa-emulation", emuArgs...)
+	f := startFleet(t)
+	b, bins, state, emuArgs, emu := f.b, f.bins, f.state, f.emuArgs, f.emu
 
 	vm := `{"Name":"acpi vm","Cpus":1,"Memory":64,"Images":[{"Path":"disk.img","Volume":"vol1"}]}`
 	pkg := b.run(t, 60*time.Second,
@@ -408,6 +392,29 @@ var (
 
 // buildAgents builds the two agents and the CLI once for the test binary's
 // life.
+// fleet is a broker in this process with the two agents as processes:
+// sa-host-path on root (its URL from --url), sa-emulation (from
+// SPINBROKER_URL) running VMs as its own children under TCG, its state in
+// state; emuArgs are its flags, for a second agent.
+type fleet struct {
+	b                 *broker
+	bins, root, state string
+	emuArgs           []string
+	emu               *agentProc
+}
+
+func startFleet(t *testing.T) *fleet {
+	t.Helper()
+	requireQEMU(t)
+	f := &fleet{bins: buildAgents(t), b: startBroker(t)}
+	dir := t.TempDir()
+	f.root, f.state = filepath.Join(dir, "images"), filepath.Join(dir, "state")
+	startAgent(t, "storage", f.bins, "", "sa-host-path", "--url", f.b.url, "--root", f.root)
+	f.emuArgs = []string{"--supervisor", "process", "--state-dir", f.state, "--images-root", f.root, "--accel", "tcg", "--grace", "5s"}
+	f.emu = startAgent(t, "emulation", f.bins, f.b.url, "sa-emulation", f.emuArgs...)
+	return f
+}
+
 func buildAgents(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
