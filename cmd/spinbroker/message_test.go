@@ -489,10 +489,7 @@ func TestStatusWait_BrokerRestarts(t *testing.T) {
 	w := (&broker{t: t, url: sp.url}).startWait(p.ID)
 	w.stillWaiting(time.Second)
 
-	if err := sp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-sp.done; err != nil {
+	if err := sp.stop(t); err != nil {
 		t.Fatalf("serve exited with %v:\n%s", err, sp.logs)
 	}
 	w.stillWaiting(2500 * time.Millisecond) // polled every second meanwhile
