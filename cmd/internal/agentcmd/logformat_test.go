@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -201,16 +203,39 @@ func TestLogFormat_Environment(t *testing.T) {
 	}
 }
 
-// buildAgent builds the shipped agent name into a folder of the test's
-// and returns its path.
+// agents are the two shipped agents, built once for the package's tests.
+var agents struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildAgent returns the path of the shipped agent name (sa-host-path or
+// sa-emulation), both built on the first call.
 func buildAgent(t *testing.T, name string) string {
 	t.Helper()
-	dir := t.TempDir()
-	build := exec.Command("go", "build", "-o", dir+"/", "github.com/spin-broker/spinbroker/cmd/"+name)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	agents.once.Do(func() {
+		if agents.dir, agents.err = os.MkdirTemp("", "spin-agentcmd-"); agents.err != nil {
+			return
+		}
+		build := exec.Command("go", "build", "-o", agents.dir+"/",
+			"github.com/spin-broker/spinbroker/cmd/sa-host-path", "github.com/spin-broker/spinbroker/cmd/sa-emulation")
+		if out, err := build.CombinedOutput(); err != nil {
+			agents.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if agents.err != nil {
+		t.Fatal(agents.err)
 	}
-	return filepath.Join(dir, name)
+	return filepath.Join(agents.dir, name)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if agents.dir != "" {
+		os.RemoveAll(agents.dir)
+	}
+	os.Exit(code)
 }
 
 // TestLogFormatJSON_Fatal: with -log-format json, what stops an agent after

@@ -19,11 +19,6 @@ import (
 // and Main printed it a second time.
 func TestRefusalPrintedOnce(t *testing.T) {
 	dir := t.TempDir()
-	build := exec.Command("go", "build", "-o", dir+"/",
-		"github.com/spin-broker/spinbroker/cmd/sa-host-path", "github.com/spin-broker/spinbroker/cmd/sa-emulation")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	const refusal = "the token is not valid or was revoked"
 	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -38,7 +33,7 @@ func TestRefusalPrintedOnce(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, filepath.Join(dir, name), append(args, "-url", broker.URL)...)
+			cmd := exec.CommandContext(ctx, buildAgent(t, name), append(args, "-url", broker.URL)...)
 			cmd.Env = append(os.Environ(), "SPINBROKER_TOKEN=sbt_revoked")
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
