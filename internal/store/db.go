@@ -720,6 +720,7 @@ type op struct {
 	ctx    context.Context
 	fn     func(*Tx) error
 	raw    func(*sql.Conn) error // maintenance, run outside any transaction
+	alone  bool                  // writeAlone's: never shares a transaction
 	err    error
 	commit spinbroker.Commit
 	done   chan struct{}
@@ -730,6 +731,14 @@ type op struct {
 // quick and must not block: it holds every other writer up.
 func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
 	return db.submit(&op{ctx: ctx, fn: fn, done: make(chan struct{})})
+}
+
+// writeAlone is write for a background batch (the sweeper's): fn runs in a
+// transaction of its own, which takes in no other write. A write that
+// shared it waited for the whole batch: an agent's heartbeat queued behind
+// one sweep batch waited for the next one too.
+func (db *DB) writeAlone(ctx context.Context, fn func(*Tx) error) error {
+	return db.submit(&op{ctx: ctx, fn: fn, alone: true, done: make(chan struct{})})
 }
 
 // maintain runs fn on the write connection between transactions (pragmas,
@@ -809,7 +818,7 @@ func (w *writer) gather(batch *[]*op) {
 			if !ok {
 				return
 			}
-			if o.raw != nil {
+			if o.raw != nil || o.alone {
 				w.held = o
 				return
 			}
@@ -843,8 +852,8 @@ func (w *writer) commit(batch []*op) {
 	for i := 0; ; i++ {
 		// Take in the operations that arrived while the earlier ones ran:
 		// they share this commit instead of waiting for the next, and
-		// nothing waits for them.
-		if i == len(batch) && time.Since(started) < absorbFor {
+		// nothing waits for them. A background batch takes in none.
+		if i == len(batch) && !batch[0].alone && time.Since(started) < absorbFor {
 			w.gather(&batch)
 		}
 		if i == len(batch) {

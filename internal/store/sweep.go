@@ -101,7 +101,7 @@ func (db *DB) inBatches(ctx context.Context, step func(t *Tx) (n int, more bool,
 	total := 0
 	for {
 		n, more := 0, false
-		err := db.write(ctx, func(t *Tx) error {
+		err := db.writeAlone(ctx, func(t *Tx) error {
 			k, m, err := step(t)
 			if err == nil {
 				n, more = k, m
