@@ -772,3 +772,54 @@ func TestBadURLMasksPassword(t *testing.T) {
 		}
 	}
 }
+
+// TestNotTheBroker: a --url that reaches another web server (a wrong
+// port, a proxy's own page) is said to be that, on one line: the server's
+// HTML page was printed as the error, over many lines and with whatever
+// terminal controls it held, under the code of its status ("(not_found)",
+// which read as a package that does not exist), and a page answered 200
+// was Go's "invalid character '<' looking for beginning of value".
+func TestNotTheBroker(t *testing.T) {
+	t.Parallel()
+	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	for _, tt := range []struct {
+		name   string
+		status int
+		ctype  string
+		body   string
+	}{
+		{"Page404", http.StatusNotFound, "text/html", "<!DOCTYPE HTML>\n<html>\n  <body>\x1b[31mNot Found\x1b[0m</body>\n</html>\n"},
+		{"Page200", http.StatusOK, "text/html", "<html>\n<body>It works!</body>\n</html>\n"},
+		{"OtherJSON", http.StatusOK, "application/json", `[{"name":"not a queue"}]`},
+		{"ProxyDown", http.StatusBadGateway, "text/html", "<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.ctype)
+				w.WriteHeader(tt.status)
+				io.WriteString(w, tt.body)
+			}))
+			t.Cleanup(srv.Close)
+			for _, args := range [][]string{
+				{"queue", "ls", "-o", "json"},
+				{"package", "show", someID},
+				{"message", "new"},
+			} {
+				r := spin(t, append(args, "--url", srv.URL)...)
+				if r.code != 1 || r.stdout != "" {
+					t.Errorf("%v: want exit 1 and nothing on stdout\n%s", args, r)
+				}
+				wantContains(t, "stderr", r.stderr, "not spin-broker", "--url or SPINBROKER_URL")
+				if n := strings.Count(r.stderr, "\n"); n != 1 {
+					t.Errorf("%v: stderr has %d lines, want 1:\n%s", args, n, r.stderr)
+				}
+				for _, bad := range []string{"\x1b", "(not_found)", "invalid character", "cannot unmarshal", "client: decode"} {
+					if strings.Contains(r.stderr, bad) {
+						t.Errorf("%v: stderr holds %q:\n%s", args, bad, r.stderr)
+					}
+				}
+			}
+		})
+	}
+}

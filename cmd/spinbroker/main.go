@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -189,6 +190,20 @@ func describeWithToken(err error, tokenFrom string) string {
 		// Go's server answers plain HTTP on a TLS port so, in plain text,
 		// before spin-broker sees a request: not a mistake of the request.
 		return "the broker speaks HTTPS, not plain HTTP: give an https:// URL (--url or SPINBROKER_URL)"
+	}
+	if errors.As(err, &ce) && ce.RequestID == "" {
+		// Every answer of spin-broker's carries the id of its request:
+		// this one came from another server at that address, or from a
+		// proxy in front of the broker, and its "message" is the start
+		// of that server's page, whose code only stands for the status.
+		return fmt.Sprintf("what answers at the broker's address is not spin-broker, or not it alone: it answered %d %s, with no error of the broker's but \"%s\": another server is at that address, or a proxy in front of the broker answered in its place (its broker down, a limit of its own); --url or SPINBROKER_URL names the address",
+			ce.StatusCode, http.StatusText(ce.StatusCode), clip(oneLine(strings.Join(strings.Fields(ce.Err.Message), " "))))
+	}
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &se) || errors.As(err, &te) {
+		// The client could not read a success answer as the broker's JSON.
+		return "what answers at the broker's address is not spin-broker: its answer is not the broker's JSON; is that the broker's address? --url or SPINBROKER_URL names it"
 	}
 	if errors.As(err, &ce) {
 		if ce.StatusCode >= 500 && ce.RequestID != "" {
