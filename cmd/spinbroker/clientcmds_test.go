@@ -260,6 +260,10 @@ func TestUsageErrors(t *testing.T) {
 		{"AddBadLease", []string{"message", "add", pkg, "storage", "x", "--lease-duration", "soon"}, "invalid argument", "spinbroker message add"},
 		{"AddBadNotBefore", []string{"message", "add", pkg, "storage", "x", "--not-before", "tomorrow"}, "not an RFC 3339 time", "spinbroker message add"},
 		{"CompleteNotBool", []string{"message", "complete", someID, "maybe"}, "want true or false", "spinbroker message complete"},
+		// Text that is not UTF-8 would reach the broker as U+FFFD, altered
+		// without a word, as parameters and --key are not.
+		{"CompleteReasonNotUTF8", []string{"message", "complete", someID, "false", "disk \xff full"}, `reason "disk \xff full" is not valid UTF-8`, "spinbroker message complete"},
+		{"AddDepNotUTF8", []string{"message", "add", pkg, "storage", "x", "--dep", "vol\xff"}, `--dep "vol\xff" is not valid UTF-8`, "spinbroker message add"},
 		{"CompleteTooMany", []string{"message", "complete", someID, "false", "a", "b"}, "want CMD true|false [reason]", "spinbroker message complete"},
 		{"StatusNoPackage", []string{"message", "status"}, "want PKG", "spinbroker message status"},
 		// Without --wait, status answers at once: a --timeout there would

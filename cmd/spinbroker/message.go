@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -156,6 +157,9 @@ Repeat it for several.`,
 			for _, d := range deps {
 				if d == "" {
 					return usagef(cmd, "--dep must not be empty")
+				}
+				if !utf8.ValidString(d) {
+					return usagef(cmd, "--dep %q is not valid UTF-8", clip(d))
 				}
 			}
 			params, err := parseKV(args[3:])
@@ -528,6 +532,11 @@ result changes nothing; with the other result it is a conflict.`,
 			}
 			res := spinbroker.Result{Status: &status}
 			if len(args) == 3 {
+				// JSON would carry bytes that are not UTF-8 as U+FFFD: the
+				// reason kept would not be the one given.
+				if !utf8.ValidString(args[2]) {
+					return usagef(cmd, "reason %q is not valid UTF-8", clip(args[2]))
+				}
 				res.Reason = &args[2]
 			}
 			cl, err := a.dial(cmd)
