@@ -289,7 +289,13 @@ package and enqueues it atomically; each resource has its own queue; agents
 take the commands of their resource one after another and report the result.
 
 Start a broker with 'spinbroker serve'; the other commands talk to it at
---url (or $SPINBROKER_URL, default http://localhost:8080).`,
+--url (or $SPINBROKER_URL, default http://localhost:8080).
+
+Exit status: 0 the command did what it was asked; 1 it failed (the broker
+refused, could not be reached, or did not answer within 30s); 2 a mistake
+in the command line; 130 or 143 SIGINT or SIGTERM cut it short.
+'message status', 'check' and 'bench' give some codes more meaning: their
+--help says which.`,
 		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
