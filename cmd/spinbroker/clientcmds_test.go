@@ -259,6 +259,9 @@ func TestUsageErrors(t *testing.T) {
 		{"AddBadMaxAttempts", []string{"message", "add", pkg, "storage", "x", "--max-attempts", "0"}, "--max-attempts must be between", "spinbroker message add"},
 		{"AddBadLease", []string{"message", "add", pkg, "storage", "x", "--lease-duration", "soon"}, "invalid argument", "spinbroker message add"},
 		{"AddBadNotBefore", []string{"message", "add", pkg, "storage", "x", "--not-before", "tomorrow"}, "not an RFC 3339 time", "spinbroker message add"},
+		// A time the broker cannot keep is a mistake in the flag, as a
+		// --max-attempts out of range is, not the broker's refusal (exit 1).
+		{"AddNotBeforeOutOfRange", []string{"message", "add", pkg, "storage", "x", "--not-before", "0001-01-01T00:00:00Z"}, "--not-before must be from 1678-01-01 to before 2262-01-01", "spinbroker message add"},
 		{"CompleteNotBool", []string{"message", "complete", someID, "maybe"}, "want true or false", "spinbroker message complete"},
 		// Text that is not UTF-8 would reach the broker as U+FFFD, altered
 		// without a word, as parameters and --key are not.

@@ -187,6 +187,11 @@ Repeat it for several.`,
 				if err != nil {
 					return usagef(cmd, "--not-before %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", clip(notBefore))
 				}
+				if _, err := spinbroker.CheckNotBefore(t); err != nil {
+					// The broker's sentence names its field, not the flag.
+					msg, _ := strings.CutPrefix(spinbroker.ErrorMessage(err), "not_before ")
+					return usagef(cmd, "--not-before %s", msg)
+				}
 				in.NotBefore = &t
 			}
 			cl, err := a.dial(cmd)
