@@ -254,6 +254,7 @@ func TestUsageErrors(t *testing.T) {
 		{"AddBadResource", []string{"message", "add", pkg, "Storage", "x"}, `RESOURCE "Storage" is not a valid name`, "spinbroker message add"},
 		{"AddBadAction", []string{"message", "add", pkg, "storage", "Start"}, `ACTION "Start" is not a valid name`, "spinbroker message add"},
 		{"AddNotKeyValue", []string{"message", "add", pkg, "storage", "x", "size"}, `"size" is not of the form key=value`, "spinbroker message add"},
+		{"AddWholeJSONObject", []string{"message", "add", pkg, "storage", "x", `{"url":"http://h/?a=b"}`}, "is JSON, not key=value: give each parameter as key=value", "spinbroker message add"},
 		{"AddRepeatedKey", []string{"message", "add", pkg, "storage", "x", "a=1", "a=2"}, `"a" is given more than once`, "spinbroker message add"},
 		{"AddKeyShapedLikeID", []string{"message", "add", pkg, "storage", "x", "--key", someID}, "shape of a UUID", "spinbroker message add"},
 		{"AddBadMaxAttempts", []string{"message", "add", pkg, "storage", "x", "--max-attempts", "0"}, "--max-attempts must be between", "spinbroker message add"},

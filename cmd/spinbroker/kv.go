@@ -15,8 +15,10 @@ import (
 // string. So n=3 sends the number 3, n='"3"' the string "3", and
 // path=/srv/a the string "/srv/a".
 //
-// It refuses an argument without '=', an empty key, a key given twice, and
-// text that is not valid UTF-8 (which JSON could not carry faithfully).
+// It refuses an argument that is a JSON object, array or string on its
+// own (parameters pasted whole), an argument without '=', an empty key, a
+// key given twice, and text that is not valid UTF-8 (which JSON could not
+// carry faithfully).
 func parseKV(args []string) (json.RawMessage, error) {
 	var buf bytes.Buffer
 	buf.WriteByte('{')
@@ -24,6 +26,11 @@ func parseKV(args []string) (json.RawMessage, error) {
 	for i, arg := range args {
 		key, value, ok := strings.Cut(arg, "=")
 		switch {
+		case pastedJSON(arg):
+			// The API's parameters pasted whole: a key=value is never JSON
+			// on its own, and one with an "=" inside a string would
+			// become a parameter named by the text before it.
+			return nil, fmt.Errorf("parameter %q is JSON, not key=value: give each parameter as key=value (an object as a value: vm='{\"cpus\":2}')", clip(arg))
 		case !ok:
 			return nil, fmt.Errorf("parameter %q is not of the form key=value", clip(arg))
 		case key == "":
@@ -51,6 +58,14 @@ func parseKV(args []string) (json.RawMessage, error) {
 	}
 	buf.WriteByte('}')
 	return buf.Bytes(), nil
+}
+
+// pastedJSON reports whether arg is, on its own, a JSON object, array or
+// string: never a key=value, whose key would be the text up to an "="
+// inside it.
+func pastedJSON(arg string) bool {
+	t := strings.TrimSpace(arg)
+	return t != "" && strings.IndexByte(`{["`, t[0]) >= 0 && json.Valid([]byte(t))
 }
 
 // writeJSONString writes s as a JSON string without escaping <, > and &,

@@ -41,6 +41,13 @@ func TestParseKV(t *testing.T) {
 		{name: "EmptyKey", args: []string{"=1"}, wantErr: "empty key"},
 		{name: "RepeatedKey", args: []string{"a=1", "b=2", "a=3"}, wantErr: "more than once"},
 		{name: "InvalidUTF8", args: []string{"a=\xff"}, wantErr: "not valid UTF-8"},
+		// A JSON object or array pasted whole, as for the API's
+		// parameters: one with an "=" in it became one parameter named by
+		// its text up to the "=".
+		{name: "WholeObject", args: []string{`{"vm":{"cpus":2},"url":"http://h/?a=b"}`}, wantErr: "is JSON, not key=value"},
+		{name: "WholeArray", args: []string{`[{"a":"b=c"}]`}, wantErr: "is JSON, not key=value"},
+		{name: "WholeObjectNoEquals", args: []string{`{"path":"vm1"}`}, wantErr: "is JSON, not key=value"},
+		{name: "WholeString", args: []string{`"a=b"`}, wantErr: "is JSON, not key=value"},
 		{name: "InvalidUTF8InKey", args: []string{"\xfe=1"}, wantErr: "not valid UTF-8"},
 	}
 	for _, tt := range tests {

@@ -125,6 +125,7 @@ ACTION what it does. Each key=value becomes a parameter. A value that is JSON
 on its own is sent as that value: a number (size=10), true or false, null,
 an object or array (vm='{"cpus":2}'), or a quoted string (name='"10"'); any
 other value is sent as a string (path=/srv/images). A key may appear once.
+A JSON object of parameters given whole is refused: give each as key=value.
 
 --dep names a command that must succeed before this one runs: a command id
 (of any package) or the --key of a command added earlier to this package.
