@@ -836,3 +836,35 @@ func TestNotTheBroker(t *testing.T) {
 		})
 	}
 }
+
+// TestRedirectedWrite: a --url that redirects (a proxy sending http to
+// https, an old address) is followed for reads, but a write, which Go's
+// client sends again as a GET without its body, is refused in the CLI's
+// words: the client's error told the user to "give New the broker's URL",
+// the name of a Go function.
+func TestRedirectedWrite(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, b.url+r.URL.RequestURI(), http.StatusMovedPermanently)
+	}))
+	t.Cleanup(redirect.Close)
+	if r := spin(t, "queue", "ls", "-o", "json", "--url", redirect.URL); r.code != 0 {
+		t.Errorf("a read through a redirect: %s", r)
+	}
+	r := spin(t, "message", "new", "--url", redirect.URL)
+	if r.code != 1 || r.stdout != "" {
+		t.Fatalf("a write through a redirect: want exit 1 and nothing on stdout\n%s", r)
+	}
+	wantContains(t, "stderr", r.stderr, "redirect", b.url+"/packages", "--url or SPINBROKER_URL", "("+b.url+")")
+	if strings.Contains(r.stderr, "give New") || strings.Contains(r.stderr, "client:") {
+		t.Errorf("stderr speaks of the Go client:\n%s", r.stderr)
+	}
+	list, err := b.cl.Packages(context.Background(), client.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Packages) != 0 {
+		t.Errorf("the broker has %d package(s), want none", len(list.Packages))
+	}
+}
