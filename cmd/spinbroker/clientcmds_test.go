@@ -344,8 +344,8 @@ func TestUnreachableBroker(t *testing.T) {
 		{"queue", "ls", "-o", "json"},
 	} {
 		r := spin(t, append(args, "--url", url)...)
-		if r.code != 1 {
-			t.Fatalf("%v: exit %d, want 1\n%s", args, r.code, r)
+		if r.code != exitTryAgain {
+			t.Fatalf("%v: exit %d, want %d (try again)\n%s", args, r.code, exitTryAgain, r)
 		}
 		wantContains(t, "stderr", r.stderr, "cannot reach the broker", url, "--url or SPINBROKER_URL names it")
 		if r.stdout != "" {
@@ -623,8 +623,8 @@ func TestBrokerDoesNotAnswer(t *testing.T) {
 			t.Fatalf("%v: still waiting after 20s", args)
 		}
 		cancel()
-		if code != 1 {
-			t.Errorf("%v: exit %d, want 1\nstderr:\n%s", args, code, stderr.String())
+		if code != exitTryAgain {
+			t.Errorf("%v: exit %d, want %d (try again)\nstderr:\n%s", args, code, exitTryAgain, stderr.String())
 		}
 		wantContains(t, "stderr", stderr.String(), "the broker did not answer within 300ms")
 		if write := args[0] == "message"; strings.Contains(stderr.String(), "may have been made") != write {
@@ -820,8 +820,14 @@ func TestNotTheBroker(t *testing.T) {
 				{"message", "new"},
 			} {
 				r := spin(t, append(args, "--url", srv.URL)...)
-				if r.code != 1 || r.stdout != "" {
-					t.Errorf("%v: want exit 1 and nothing on stdout\n%s", args, r)
+				// A proxy whose broker is down: the same command may
+				// succeed later. Another server: it will not.
+				want := 1
+				if tt.status == http.StatusBadGateway {
+					want = exitTryAgain
+				}
+				if r.code != want || r.stdout != "" {
+					t.Errorf("%v: want exit %d and nothing on stdout\n%s", args, want, r)
 				}
 				wantContains(t, "stderr", r.stderr, "not spin-broker", "--url or SPINBROKER_URL")
 				if n := strings.Count(r.stderr, "\n"); n != 1 {
@@ -866,5 +872,32 @@ func TestRedirectedWrite(t *testing.T) {
 	}
 	if len(list.Packages) != 0 {
 		t.Errorf("the broker has %d package(s), want none", len(list.Packages))
+	}
+}
+
+// TestExitTryAgain: a script tells "the broker said no" (exit 1) from "ask
+// again later" (exit 4). A broker whose store has closed under it (the
+// last moment of a stop) answers writes 503 and reads 500: the same
+// command may succeed once it is back. (Unreachable and silent brokers:
+// TestUnreachableBroker, TestBrokerDoesNotAnswer.)
+func TestExitTryAgain(t *testing.T) {
+	t.Parallel()
+	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
+	b := newBroker(t)
+	if r := spin(t, "package", "show", someID, "--url", b.url); r.code != 1 {
+		t.Fatalf("a package the broker does not have: want exit 1\n%s", r)
+	}
+	if err := b.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"package", "show", someID},
+		{"message", "new"},
+		{"message", "status", someID},
+	} {
+		r := spin(t, append(args, "--url", b.url)...)
+		if r.code != exitTryAgain || r.stdout != "" {
+			t.Errorf("%v against a broker without its database: want exit %d and nothing on stdout\n%s", args, exitTryAgain, r)
+		}
 	}
 }

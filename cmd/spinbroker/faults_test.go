@@ -119,8 +119,11 @@ func TestFaults_DiskFull(t *testing.T) {
 	waitLog(t, b, "request_id="+ce.RequestID)
 	r := spin(t, "message", "new", "--url", b.url)
 	m := regexp.MustCompile(`\(unavailable, request ([0-9a-f]{16})\)`).FindStringSubmatch(r.stderr)
-	if r.code != 1 || m == nil {
+	if m == nil {
 		t.Fatalf("the CLI on a full disk does not name the request: %s", r)
+	}
+	if r.code != exitTryAgain {
+		t.Fatalf("the CLI on a full disk: exit %d, want %d (the same write may work once there is room)\n%s", r.code, exitTryAgain, r)
 	}
 	waitLog(t, b, "request_id="+m[1])
 

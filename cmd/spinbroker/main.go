@@ -76,6 +76,7 @@ type app struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	dialed bool // a command set out to ask the broker (dial)
 }
 
 // exitError ends the program with a given exit code, after printing its
@@ -122,6 +123,41 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	fmt.Fprintln(stderr, "spinbroker:", describeWithToken(err, a.tokenFrom(root)))
+	if a.dialed {
+		return exitCodeOf(err)
+	}
+	return 1
+}
+
+// exitTryAgain is the exit status of a client command that could not ask
+// the broker (refused, reset, no answer within answerTimeout) or that the
+// broker, or a proxy in front of it, answered it is away or busy (5xx,
+// 429): nothing is known to be wrong with the command, and the same one
+// may succeed later. A write that got no answer may have been made.
+const exitTryAgain = 4
+
+// exitCodeOf is the exit status of a client command that failed with err:
+// exitTryAgain or 1. A script can then tell "the broker said no" (1) from
+// "ask again later" (4).
+func exitCodeOf(err error) int {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		proxyDown := ce.RequestID == "" && (ce.StatusCode == http.StatusBadGateway ||
+			ce.StatusCode == http.StatusServiceUnavailable || ce.StatusCode == http.StatusGatewayTimeout)
+		if proxyDown || ce.RequestID != "" && client.Temporary(ce) {
+			return exitTryAgain
+		}
+		return 1
+	}
+	// Mistakes of configuration that come wrapped as network errors:
+	// asking again changes nothing (see describeWithToken).
+	var re *redirectError
+	if errors.As(err, &re) || client.Untrusted(err) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return 1
+	}
+	if client.Temporary(err) {
+		return exitTryAgain
+	}
 	return 1
 }
 
@@ -296,8 +332,11 @@ Start a broker with 'spinbroker serve'; the other commands talk to it at
 --url (or $SPINBROKER_URL, default http://localhost:8080).
 
 Exit status: 0 the command did what it was asked; 1 it failed (the broker
-refused, could not be reached, or did not answer within 30s); 2 a mistake
-in the command line; 130 or 143 SIGINT or SIGTERM cut it short.
+refused it, or could not be used as given: a wrong URL, an untrusted
+certificate); 2 a mistake in the command line; 4 try again later (the
+broker could not be reached, did not answer within 30s, or answered that
+it is unavailable or busy; a write may have been made all the same); 130
+or 143 SIGINT or SIGTERM cut it short.
 'message status', 'check' and 'bench' give some codes more meaning: their
 --help says which.`,
 		Version:       version.Get().String(),

@@ -57,6 +57,7 @@ func (a *app) dial(c *cobra.Command) (*client.Client, error) {
 	if _, err := client.New(a.url); err != nil {
 		return nil, usagef(c, "%s %q is not a broker URL: give http://host:port or https://host:port", flagOrEnv(c, "url", "SPINBROKER_URL"), client.MaskURL(a.url))
 	}
+	a.dialed = true
 	cl, err := a.client()
 	if err != nil {
 		// The URL is good: what the client refused is the token, which
@@ -245,9 +246,10 @@ func (a *app) messageStatusCommand() *cobra.Command {
 		Long: `status prints a package's state and how many of its commands are done, and
 for a failed package the reason and the id of the command that caused it.
 
-Exit codes: 0 the package succeeded; 1 it failed or was cancelled (or the
-broker could not be asked); 3 it has not finished yet; 130 interrupted
-(SIGINT), 143 terminated (SIGTERM).
+Exit codes: 0 the package succeeded; 1 it failed or was cancelled, or the
+broker refused to say (no such package, a token it refuses); 3 it has not
+finished yet; 4 the broker could not be asked (unreachable, no answer,
+busy): ask again later; 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
 --wait waits until the package has finished, showing its progress on one
 line when the output is a terminal, then exits as above. It waits for a
