@@ -434,14 +434,17 @@ const causeLogEvery = 10 * time.Second
 // its cause, thousands of warnings a second. A cause is logged when first
 // seen and then at most once per causeLogEvery, with the number of 503s
 // of that cause since its last line; each line keeps its request's id.
+// A cause is forgotten once a new one comes an interval after its last
+// line; the 503s it left out are counted then, in a line of their own.
 type causeLog struct {
 	mu     sync.Mutex
 	causes map[string]*causeSeen
 }
 
 type causeSeen struct {
-	last       time.Time // the last line logged
-	suppressed int       // 503s of this cause since, not logged
+	last       time.Time  // the last line logged
+	suppressed int        // 503s of this cause since, not logged
+	level      slog.Level // the last line's
 }
 
 func (c *causeLog) log(log *slog.Logger, r *http.Request, level slog.Level, err error, now time.Time) {
@@ -456,12 +459,23 @@ func (c *causeLog) log(log *slog.Logger, r *http.Request, level slog.Level, err 
 	if c.causes == nil {
 		c.causes = map[string]*causeSeen{}
 	}
+	// Causes whose 503s stopped (those that name a token since revoked,
+	// or a driver's error text) would otherwise pile up for as long as
+	// the broker runs.
+	type unsaid struct {
+		cause string
+		seen  causeSeen
+	}
+	var gone []unsaid
 	if seen == nil {
-		// Forget causes logged over an interval ago with nothing left
-		// unsaid, so that causes that vary (a driver's error text) do not
-		// pile up.
+		// Forget causes logged over an interval ago. One with 503s left
+		// out would tell their count with its next line, which may never
+		// come: it is told now.
 		for k, v := range c.causes {
-			if now.Sub(v.last) >= causeLogEvery && v.suppressed == 0 {
+			if now.Sub(v.last) >= causeLogEvery {
+				if v.suppressed > 0 {
+					gone = append(gone, unsaid{k, *v})
+				}
 				delete(c.causes, k)
 			}
 		}
@@ -469,8 +483,12 @@ func (c *causeLog) log(log *slog.Logger, r *http.Request, level slog.Level, err 
 		c.causes[cause] = seen
 	}
 	suppressed := seen.suppressed
-	seen.last, seen.suppressed = now, 0
+	seen.last, seen.suppressed, seen.level = now, 0, level
 	c.mu.Unlock()
+	for _, u := range gone {
+		log.Log(r.Context(), u.seen.level, "unavailable", "err", u.cause, "suppressed_since_last_line", u.seen.suppressed,
+			"last_line_at", u.seen.last)
+	}
 	attrs := logAttrs(r, "err", err)
 	if suppressed > 0 {
 		attrs = append(attrs, "suppressed_since_last_line", suppressed)
