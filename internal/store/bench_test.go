@@ -301,3 +301,25 @@ func mustJSON(b *testing.B, v any) string {
 	}
 	return string(j)
 }
+
+// BenchmarkQueues times the list of queues that GET /queues, the
+// dashboard and every /metrics scrape read, with 1,000 queues each holding
+// ready work: each queue's oldest ready command is part of the answer.
+func BenchmarkQueues(b *testing.B) {
+	db := benchOpen(b)
+	ctx := context.Background()
+	const queues = 1000
+	in := spinbroker.NewPackage{Enqueue: true}
+	for i := range queues {
+		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: fmt.Sprintf("r%04d", i), Action: "step", Parameters: []byte(`{}`)})
+	}
+	if _, _, err := db.CreatePackage(ctx, in, nil); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		qs, err := db.Queues(ctx)
+		if err != nil || len(qs) != queues || qs[0].Counts.Ready != 1 {
+			b.Fatal(err, len(qs))
+		}
+	}
+}

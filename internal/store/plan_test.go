@@ -40,6 +40,7 @@ func TestPlans(t *testing.T) {
 		{"Promote", qPromote, []any{1, "r"}, []string{"INDEX commands_delayed (resource=? AND not_before<?)"}},
 		{"PromoteAll", qPromoteAll, []any{1, 10}, []string{"commands_delayed"}},
 		{"OldestReady", qOldestReady, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"QueueList", `SELECT ` + queueListCols + ` FROM queues ORDER BY resource`, nil, []string{"SCAN queues", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"QueueCommands", qQueueCommands, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_blocked (resource=? AND seq>?)", "SEARCH commands USING INDEX commands_ready (resource=? AND seq>?)", "commands_leased (resource=?)"}},
 		{"Release", qRelease, []any{1, "id"}, []string{"command_deps_depends_on (depends_on=?)"}},
 		{"Enqueue", qEnqueue, []any{1, 1, "p"}, []string{"SEARCH c USING INDEX commands_package (package_id=?)", "SEARCH d USING", "SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},

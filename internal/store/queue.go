@@ -410,6 +410,12 @@ func (t *Tx) promoteDelayed(resource string) (int, error) {
 
 const queueCols = `resource, concurrency, paused, n_blocked, n_ready, n_leased`
 
+// queueListCols is queueCols and, for a queue with ready commands, when its
+// head-of-line ready command became ready (qOldestReady, run per row by
+// SQLite): a list of queues is one statement, not one more per queue.
+const queueListCols = queueCols + `, CASE WHEN n_ready > 0 THEN (
+	SELECT ready_at FROM commands WHERE commands.resource = queues.resource AND state = 'ready' ORDER BY seq LIMIT 1) END`
+
 func scanQueue(s scanner) (spinbroker.Queue, error) {
 	var q spinbroker.Queue
 	err := s.Scan(&q.Resource, &q.Concurrency, &q.Paused, &q.Counts.Blocked, &q.Counts.Ready, &q.Counts.Leased)
@@ -421,20 +427,27 @@ func scanQueue(s scanner) (spinbroker.Queue, error) {
 func oldestReadyAge(q querier, resource string, now time.Time) (float64, error) {
 	var since sql.NullInt64
 	err := q.queryRow(qOldestReady, resource).Scan(&since)
-	if isNoRows(err) || !since.Valid {
+	if isNoRows(err) {
 		return 0, nil
 	} else if err != nil {
 		return 0, err
 	}
-	age := now.Sub(fromNanos(since.Int64)).Seconds()
-	return max(age, 0), nil
+	return ageAt(since, now), nil
+}
+
+// ageAt is the seconds from since (a ready_at, if any) to now, never below 0.
+func ageAt(since sql.NullInt64, now time.Time) float64 {
+	if !since.Valid {
+		return 0
+	}
+	return max(now.Sub(fromNanos(since.Int64)).Seconds(), 0)
 }
 
 // Queues lists every queue that has had commands enqueued or settings made,
 // but for those the sweeper forgot: idle for the retention period with
 // default settings (qForgetQueues).
 func (db *DB) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
-	return db.readQueues(ctx, `SELECT `+queueCols+` FROM queues ORDER BY resource`)
+	return db.readQueues(ctx, `SELECT `+queueListCols+` FROM queues ORDER BY resource`)
 }
 
 // QueuesNamed is Queues for the named resources only, those that have a
@@ -449,39 +462,31 @@ func (db *DB) QueuesNamed(ctx context.Context, resources []string) ([]spinbroker
 	if err != nil {
 		return nil, err
 	}
-	return db.readQueues(ctx, `SELECT `+queueCols+` FROM queues
+	return db.readQueues(ctx, `SELECT `+queueListCols+` FROM queues
 		WHERE resource IN (SELECT value FROM json_each(?)) ORDER BY resource`, string(arg))
 }
 
-// readQueues reads the queues a query of queueCols selects, with the age
-// of each one's oldest ready command, in one snapshot.
+// readQueues reads the queues a query of queueListCols selects, with the
+// age of each one's oldest ready command.
 func (db *DB) readQueues(ctx context.Context, query string, args ...any) (out []spinbroker.Queue, err error) {
 	err = db.snapshot(ctx, func(q querier) error {
 		rows, err := q.query(query, args...)
 		if err != nil {
 			return err
 		}
+		defer rows.Close()
+		now := db.now()
 		out = []spinbroker.Queue{}
 		for rows.Next() {
-			qu, err := scanQueue(rows)
-			if err != nil {
-				rows.Close()
+			var qu spinbroker.Queue
+			var since sql.NullInt64
+			if err := rows.Scan(&qu.Resource, &qu.Concurrency, &qu.Paused, &qu.Counts.Blocked, &qu.Counts.Ready, &qu.Counts.Leased, &since); err != nil {
 				return err
 			}
+			qu.OldestReadyAgeSeconds = ageAt(since, now)
 			out = append(out, qu)
 		}
-		if err := rows.Close(); err != nil {
-			return err
-		}
-		now := db.now()
-		for i := range out {
-			if out[i].Counts.Ready > 0 {
-				if out[i].OldestReadyAgeSeconds, err = oldestReadyAge(q, out[i].Resource, now); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
+		return rows.Err()
 	})
 	return out, err
 }
