@@ -293,9 +293,18 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		return resp.StatusCode, fmt.Errorf("client: %s %s was redirected to %s and sent again as %s without its body: give New the broker's URL as it answers (%s://%s)",
 			method, path, resp.Request.URL.Redacted(), resp.Request.Method, resp.Request.URL.Scheme, resp.Request.URL.Host)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxAnswer)+1))
 	if err != nil {
 		return resp.StatusCode, err
+	}
+	if len(data) > maxAnswer {
+		// Cut off here, it would read as JSON that ends too soon.
+		limit := fmt.Sprintf("%d MiB", maxAnswer>>20)
+		if maxAnswer < 1<<20 {
+			limit = fmt.Sprintf("%d bytes", maxAnswer)
+		}
+		return resp.StatusCode, fmt.Errorf("client: the answer to %s %s is larger than %s, more than the client reads; ask for less (a package's commands hold their parameters and outputs)",
+			method, path, limit)
 	}
 	if resp.StatusCode >= 300 {
 		err := decodeError(resp.StatusCode, data)
@@ -313,6 +322,10 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	return resp.StatusCode, nil
 }
+
+// maxAnswer bounds the answer the client reads, so that a broker (or
+// whatever answers at its address) cannot make it hold any amount of memory.
+var maxAnswer = 64 << 20
 
 // retryAfter reads a Retry-After header (RFC 9110 10.2.3): delay-seconds
 // or an HTTP date, as a wait from now; 0 for none, for a value that does not

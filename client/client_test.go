@@ -290,3 +290,28 @@ func TestMaskURL(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerTooLarge: an answer past what the client reads is an error
+// that says so, not JSON cut off in the middle ("unexpected end of JSON
+// input"). Not parallel: it lowers maxAnswer.
+func TestAnswerTooLarge(t *testing.T) {
+	c, _, _ := newBroker(t)
+	ctx := context.Background()
+	in := spinbroker.NewPackage{}
+	for range 20 {
+		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "storage", Action: "add_volume", Parameters: []byte(`{"path": "` + strings.Repeat("v", 100) + `"}`)})
+	}
+	p, err := c.CreatePackage(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int) { maxAnswer = n }(maxAnswer)
+	maxAnswer = 1000
+	_, err = c.Package(ctx, p.ID)
+	if err == nil || !strings.Contains(err.Error(), "larger than 1000 bytes") || !strings.Contains(err.Error(), "GET /packages/"+p.ID) {
+		t.Fatalf("a package answer over the client's limit: %v", err)
+	}
+	if _, err := c.Queues(ctx); err != nil {
+		t.Fatalf("a small answer under the same limit: %v", err)
+	}
+}
