@@ -901,3 +901,40 @@ func TestExitTryAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestInterruptedWrite: Ctrl-C while the broker holds a write's request
+// says that the change may have been made, as a timeout does; a read cut
+// short says no such thing.
+func TestInterruptedWrite(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived <- struct{}{}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	for _, args := range [][]string{{"message", "new"}, {"queue", "ls"}} {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		go func() {
+			select {
+			case <-arrived:
+				cancel(errInterrupted)
+			case <-time.After(20 * time.Second):
+				cancel(errors.New("the request never arrived"))
+			}
+		}()
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, append(args, "--url", srv.URL), nil, &stdout, &stderr)
+		if code != exitInterrupted {
+			t.Errorf("%v: exit %d, want %d\nstderr:\n%s", args, code, exitInterrupted, stderr.String())
+		}
+		wantContains(t, "stderr", stderr.String(), "interrupted")
+		if write := args[0] == "message"; strings.Contains(stderr.String(), "may have been made") != write {
+			t.Errorf("%v: stderr says whether a change may have been made only of a write:\n%s", args, stderr.String())
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("%v: stdout = %q, want nothing", args, stdout.String())
+		}
+	}
+}

@@ -114,7 +114,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		// SIGINT or SIGTERM cut the command short: whatever error that
 		// left ("Get ...: SIGINT") is not the broker's nor the command's.
 		ee = interrupted(ctx)
-		fmt.Fprintln(stderr, "spinbroker:", ee.msg)
+		msg := ee.msg
+		if writeSent(err) {
+			msg += " while the broker had the request: the change may have been made all the same; look before you repeat it"
+		}
+		fmt.Fprintln(stderr, "spinbroker:", msg)
 		return ee.code
 	}
 	var ue *usageError
@@ -304,6 +308,17 @@ func describeWithToken(err error, tokenFrom string) string {
 		return fmt.Sprintf("%s (%s)", spinbroker.ErrorMessage(err), code)
 	}
 	return err.Error()
+}
+
+// writeSent reports whether err is a write's request cut short after it
+// was sent (or while it was): not a dial that failed, nor a read.
+func writeSent(err error) bool {
+	var ue *url.Error
+	if !errors.As(err, &ue) || ue.Op == "Get" || ue.Op == "Head" {
+		return false
+	}
+	var oe *net.OpError
+	return !errors.As(err, &oe) || oe.Op != "dial"
 }
 
 // noAnswer reports whether err is a request that reached the broker and
