@@ -877,8 +877,8 @@ func TestRedirectedWrite(t *testing.T) {
 
 // TestExitTryAgain: a script tells "the broker said no" (exit 1) from "ask
 // again later" (exit 4). A broker whose store has closed under it (the
-// last moment of a stop) answers writes 503 and reads 500: the same
-// command may succeed once it is back. (Unreachable and silent brokers:
+// last moment of a stop) answers 503: the same command may succeed once
+// it is back. (Unreachable and silent brokers:
 // TestUnreachableBroker, TestBrokerDoesNotAnswer.)
 func TestExitTryAgain(t *testing.T) {
 	t.Parallel()

@@ -1313,6 +1313,11 @@ func interpretError(err error) error {
 	}
 	var se *sqlite.Error
 	if !errors.As(err, &se) {
+		// A read after Close (the last moment of a stop): database/sql
+		// keeps these errors unexported, so only their text tells them.
+		if msg := err.Error(); msg == "sql: database is closed" || msg == "sql: statement is closed" {
+			return errClosed
+		}
 		return err
 	}
 	switch se.Code() {

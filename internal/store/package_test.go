@@ -1019,3 +1019,33 @@ func TestDB_SweepDeletesFewCommandsATransaction(t *testing.T) {
 		}
 	}
 }
+
+// TestDB_ReadsAfterClose: a read that comes after Close (a request still
+// in flight at the last moment of a stop) is told the broker is shutting
+// down, as a write is: unavailable, a 503 the client may repeat, not
+// database/sql's "database is closed", a 500.
+func TestDB_ReadsAfterClose(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, many("r", 2)...)
+	if _, err := db.Queues(ctx); err != nil { // prepares the readers' statements
+		t.Fatal(err)
+	}
+	if _, err := db.Command(ctx, p.Commands[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, read := range map[string]func() error{
+		"Package":  func() error { _, err := db.Package(ctx, p.ID); return err },
+		"Command":  func() error { _, err := db.Command(ctx, p.Commands[0].ID); return err },
+		"Queues":   func() error { _, err := db.Queues(ctx); return err },
+		"Queue":    func() error { _, err := db.Queue(ctx, "r"); return err },
+		"Packages": func() error { _, err := db.Packages(ctx, spinbroker.PackageFilter{}); return err },
+		"Write":    func() error { _, err := db.CancelPackage(ctx, p.ID); return err },
+	} {
+		if err := read(); spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
+			t.Errorf("%s after Close: %v (%s), want unavailable", name, err, spinbroker.ErrorCode(err))
+		}
+	}
+}
