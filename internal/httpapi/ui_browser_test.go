@@ -651,6 +651,22 @@ func TestBrowser(t *testing.T) {
 		screenshots(t, ctx, dir, "package-rtl")
 	})
 
+	t.Run("KeyboardKeepsItsPlace", func(t *testing.T) {
+		// Someone tabbing through a table keeps their place when the page
+		// updates itself: on the link they were on, not on the first link
+		// of the table to the same page (every row's queue is one).
+		pkg := mustCreate(t, e, 970, true, nc(971, "", "kbd", "one", ""), nc(972, "", "kbd", "two", ""), nc(973, "", "kbd", "three", ""))
+		ctx := cdpTab(t, bctx)
+		cdpOpen(t, ctx, base+"/ui/packages/"+pkg, true)
+		const third = `document.querySelectorAll('#f-commands a[href="/ui/queues/kbd"]')[2]`
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](third+`.focus(); document.querySelector("#f-commands table").swapped = false`))
+		mustComplete(t, e, mustNext(t, e, "kbd"), true, "", "")
+		cdpWait(t, ctx, `document.querySelector("#f-commands table").swapped === undefined`)
+		if !cdpEval[bool](t, ctx, `document.activeElement === `+third) {
+			t.Errorf("after a live update the keyboard's focus is on %s, not the third row's queue", cdpEval[string](t, ctx, `document.activeElement.closest("tr") ? document.activeElement.closest("tr").textContent.trim().slice(0, 40) : document.activeElement.tagName`))
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

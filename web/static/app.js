@@ -94,23 +94,36 @@
   // focusKey names the element that has the keyboard's focus inside el,
   // so that refocus can give it back once el's content is replaced: a
   // keyboard user would otherwise be sent back to the top of the page.
+  // Links to the same page repeat (every row's queue, its package), so
+  // the name holds which of them it was, and the row it was in.
   function focusKey(el) {
     var a = document.activeElement;
     if (!a || a === el || !el.contains(a)) return null;
     var esc = window.CSS && CSS.escape ? CSS.escape : function (v) { return v; };
-    if (a.id) return "#" + esc(a.id);
-    var form = a.closest("form");
-    if (form) {
-      return 'form[action="' + esc(form.getAttribute("action")) + '"] ' +
+    var sel = null;
+    if (a.id) sel = "#" + esc(a.id);
+    else if (a.closest("form")) {
+      sel = 'form[action="' + esc(a.closest("form").getAttribute("action")) + '"] ' +
         (a.name ? '[name="' + esc(a.name) + '"]' : a.tagName.toLowerCase());
-    }
-    if (a.getAttribute("href")) return 'a[href="' + esc(a.getAttribute("href")) + '"]';
-    return null;
+    } else if (a.getAttribute("href")) sel = 'a[href="' + esc(a.getAttribute("href")) + '"]';
+    if (!sel) return null;
+    return { sel: sel, row: rowOf(a), nth: Array.prototype.indexOf.call(el.querySelectorAll(sel), a) };
+  }
+
+  // rowOf names the table row an element is in by the link in its header
+  // cell (a command or a package, which keeps its row across updates).
+  function rowOf(n) {
+    var tr = n.closest("tr"), head = tr && tr.querySelector("th a[href]");
+    return head ? head.getAttribute("href") : "";
   }
 
   function refocus(el, key) {
     if (!key) return;
-    var n = el.querySelector(key);
+    var all = el.querySelectorAll(key.sel), n = null;
+    for (var i = 0; i < all.length && !n; i++) {
+      if (key.row && rowOf(all[i]) === key.row) n = all[i];
+    }
+    if (!n) n = all[key.nth] || all[0];
     if (n) n.focus();
   }
 
