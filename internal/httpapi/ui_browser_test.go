@@ -667,6 +667,44 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("KeyboardActions", func(t *testing.T) {
+		// A button pressed with the keyboard leaves the keyboard where it
+		// was: on the button that undoes it (pause, then resume), or, where
+		// the button goes away (cancel), on the part that shows the new
+		// state; never back at the top of the page.
+		pkg := mustCreate(t, e, 980, true, nc(981, "", "kbda", "one", ""))
+		ctx := cdpTab(t, bctx)
+		dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+		go func() {
+			for _, err := range dialogs {
+				if err != nil {
+					return
+				}
+				chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}) //nolint:errcheck
+			}
+		}()
+		focused := func() string {
+			return cdpEval[string](t, ctx, `document.activeElement.tagName + " " + document.activeElement.textContent.trim().slice(0, 30)`)
+		}
+		cdpOpen(t, ctx, base+"/ui/queues/kbda", true)
+		cdpDo(t, ctx, chromedp.Focus(chromedp.CSS(`form[action$="/pause"] button`)), chromedp.KeyEvent("\r"))
+		cdpWait(t, ctx, `!!document.querySelector('form[action$="/resume"]')`)
+		if got := focused(); got != "BUTTON Resume" {
+			t.Errorf("after Pause by keyboard the focus is on %q, not the Resume button", got)
+		}
+		cdpDo(t, ctx, chromedp.KeyEvent("\r"))
+		cdpWait(t, ctx, `!!document.querySelector('form[action$="/pause"]')`)
+		if got := focused(); got != "BUTTON Pause" {
+			t.Errorf("after Resume by keyboard the focus is on %q, not the Pause button", got)
+		}
+		cdpOpen(t, ctx, base+"/ui/packages/"+pkg, true)
+		cdpDo(t, ctx, chromedp.Focus(chromedp.CSS(`form[action$="/cancel"] button`)), chromedp.KeyEvent("\r"))
+		cdpWait(t, ctx, `document.querySelector(".big-state").textContent.includes("cancelled")`)
+		if !cdpEval[bool](t, ctx, `!!document.activeElement.closest("#f-summary")`) {
+			t.Errorf("after Cancel package by keyboard the focus is on %q, not the summary", focused())
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

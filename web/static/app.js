@@ -124,7 +124,11 @@
       if (key.row && rowOf(all[i]) === key.row) n = all[i];
     }
     if (!n) n = all[key.nth] || all[0];
-    if (n) n.focus();
+    if (n) { n.focus(); return; }
+    // Gone (a cancelled package has no Cancel button): the part that
+    // shows what became of it takes the focus, where the next Tab goes on.
+    el.tabIndex = -1;
+    el.focus({ preventScroll: true });
   }
 
   // showRoot scrolls a graph wider than its box so that its first layer
@@ -233,6 +237,7 @@
 
   document.addEventListener("submit", function (e) {
     var form = e.target;
+    if (form.dataset.busy) { e.preventDefault(); return; } // posted already, not answered yet
     if (form.dataset.confirm) {
       if (!window.confirm(form.dataset.confirm)) {
         e.preventDefault();
@@ -244,8 +249,11 @@
     }
     if (!form.hasAttribute("data-async") || !window.fetch) return;
     e.preventDefault();
+    // Marked busy, not disabled: a disabled button loses the keyboard's
+    // focus, which would then start again at the top of the page.
     var button = form.querySelector("button");
-    if (button) button.disabled = true;
+    form.dataset.busy = "yes";
+    if (button) button.setAttribute("aria-disabled", "true");
     fetch(form.action, {
       method: "POST",
       body: new URLSearchParams(new FormData(form)),
@@ -268,7 +276,8 @@
     }).catch(function () {
       say("The broker did not answer; try again.");
     }).finally(function () {
-      if (button && button.isConnected) button.disabled = false;
+      delete form.dataset.busy;
+      if (button) button.removeAttribute("aria-disabled");
     });
   });
 
