@@ -33,8 +33,8 @@ func (u *ui) funcs() template.FuncMap {
 		"duration":       runDuration,
 		"human":          func(sec float64) string { return human(time.Duration(sec * float64(time.Second))) },
 		"cancelQuestion": func() string { return cancelQuestion },
-		"pkgTable": func(v *view, list []spinbroker.Package, empty string) pkgTable {
-			return pkgTable{V: v, List: list, Empty: empty}
+		"pkgTable": func(v *view, list []spinbroker.Package, empty, label string) pkgTable {
+			return pkgTable{V: v, List: list, Empty: empty, Label: label}
 		},
 		"packageStates": func() []spinbroker.PackageState {
 			return spinbroker.PackageStates
@@ -315,6 +315,7 @@ type pkgTable struct {
 	V     *view
 	List  []spinbroker.Package
 	Empty string // said when the list is empty
+	Label string // the id of the heading that names the table
 }
 
 // bidiControls shows the characters that reorder the text around them

@@ -211,7 +211,7 @@ func TestUI_Pages(t *testing.T) {
 		contains   []string
 	}{
 		{"Overview", "/ui/", 200, []string{"<h1>Overview</h1>", `href="/ui/queues/storage"`, `href="/ui/packages/` + w.running + `"`, "Completions per minute", "2 succeeded", "1/1 done", `data-events="/events"`}},
-		{"Packages", "/ui/packages", 200, []string{"<h1>Packages</h1>", `href="/ui/packages/` + w.failed + `"`, `href="/ui/packages/` + w.staging + `"`}},
+		{"Packages", "/ui/packages", 200, []string{`<h1 id="h-packages">Packages</h1>`, `href="/ui/packages/` + w.failed + `"`, `href="/ui/packages/` + w.staging + `"`}},
 		{"PackagesFailed", "/ui/packages?state=failed", 200, []string{`href="/ui/packages/` + w.failed + `"`, `aria-current="page"><svg class="ico st-failed"`}},
 		{"PackagesPaged", "/ui/packages?state=running", 200, []string{`href="/ui/packages/` + w.running + `"`}},
 		{"PackageRunning", "/ui/packages/" + w.running, 200, []string{"Cancel package", `class="dag"`, `class="node st-leased"`, "create_bridge", "write_config", `data-events="/events?package=` + w.running + `"`, `marker-end="url(#arrow)"`}},
@@ -1087,5 +1087,36 @@ func TestUI_DeepJSONPageBounded(t *testing.T) {
 	r = e.do("GET", "/ui/commands/"+p.Commands[0].ID, "")
 	if !strings.Contains(string(r.body), "{\n  &#34;image&#34;: {\n    &#34;size&#34;: 20\n  }\n}") {
 		t.Errorf("ordinary parameters are not indented:\n%s", r.body)
+	}
+}
+
+// TestUI_TablesNamed: every table of the dashboard has a name a screen
+// reader announces on entering it (a page may have two: the overview's
+// queues and its recent packages), taken from the heading over it; where
+// the tables had none, a reader heard only "table, 6 columns".
+func TestUI_TablesNamed(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	w := seedWorld(t, e)
+	table := regexp.MustCompile(`<table[^>]*>`)
+	labelledBy := regexp.MustCompile(`aria-labelledby="([^"]+)"`)
+	for _, path := range []string{"/ui/", "/ui/packages", "/ui/packages?state=failed", "/ui/packages/" + w.running, "/ui/queues/network"} {
+		c := *e
+		c.t = t
+		body := string(c.get(path).body)
+		tables := table.FindAllString(body, -1)
+		if len(tables) == 0 {
+			t.Errorf("%s: no table", path)
+		}
+		for _, tag := range tables {
+			m := labelledBy.FindStringSubmatch(tag)
+			if m == nil {
+				t.Errorf("%s: %s has no name", path, tag)
+				continue
+			}
+			head := regexp.MustCompile(`<h[1-3][^>]* id="` + regexp.QuoteMeta(m[1]) + `"[^>]*>([^<]+)`).FindStringSubmatch(body)
+			if head == nil || strings.TrimSpace(head[1]) == "" {
+				t.Errorf("%s: %s is named by %q, which is no heading of the page", path, tag, m[1])
+			}
+		}
 	}
 }
