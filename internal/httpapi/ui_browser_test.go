@@ -705,6 +705,51 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("Contrast", func(t *testing.T) {
+		// In light and in dark, text stands out from what is behind it by
+		// 4.5:1 at least (3:1 when large; WCAG 2.2, 1.4.3).
+		const low = `(() => {
+			const parse = c => {
+				let m = c.match(/rgba?\(([^)]+)\)/);
+				if (m) { const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; }
+				m = c.match(/color\(srgb ([^)]+)\)/);
+				if (m) { const p = m[1].split(/[ \/]+/).filter(Boolean).map(Number); return [p[0] * 255, p[1] * 255, p[2] * 255, p.length > 3 ? p[3] : 1]; }
+				return null;
+			};
+			const over = (top, bot) => [0, 1, 2].map(i => top[i] * top[3] + bot[i] * (1 - top[3])).concat(1);
+			const behind = el => {
+				const layers = [];
+				for (let e = el; e; e = e.parentElement) {
+					const c = parse(getComputedStyle(e).backgroundColor);
+					if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+				}
+				return layers.reduceRight((b, l) => over(l, b), [255, 255, 255, 1]);
+			};
+			const lum = c => 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+			const f = v => (v /= 255) <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+			const ratio = (a, b) => { const x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); };
+			const out = [];
+			document.querySelectorAll("body *").forEach(el => {
+				if (!el.getClientRects().length || el.closest("svg")) return;
+				if (![...el.childNodes].some(n => n.nodeType === 3 && n.data.trim())) return;
+				const cs = getComputedStyle(el), bg = behind(el), r = ratio(over(parse(cs.color), bg), bg);
+				const size = parseFloat(cs.fontSize), large = size >= 24 || parseInt(cs.fontWeight) >= 700 && size >= 18.66;
+				if (r < (large ? 3 : 4.5)) out.push(el.tagName + "." + el.className + " " + r.toFixed(2) + " " + JSON.stringify(el.textContent.trim().slice(0, 20)));
+			});
+			return out;
+		})()`
+		ctx := cdpTab(t, bctx)
+		for _, dark := range []bool{false, true} {
+			cdpDo(t, ctx, colorScheme(dark))
+			for _, path := range []string{"/ui/", "/ui/queues/network", "/ui/packages/" + w.failed, "/ui/commands/" + w.failedCmd, "/ui/search?q=ffff"} {
+				cdpOpen(t, ctx, base+path, !strings.HasPrefix(path, "/ui/search"))
+				if bad := cdpEval[[]string](t, ctx, low); len(bad) > 0 {
+					t.Errorf("%s (dark %v): too little contrast: %q", path, dark, bad)
+				}
+			}
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
