@@ -707,7 +707,9 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("Contrast", func(t *testing.T) {
 		// In light and in dark, text stands out from what is behind it by
-		// 4.5:1 at least (3:1 when large; WCAG 2.2, 1.4.3).
+		// 4.5:1 at least (3:1 when large), and the edge of a text box by
+		// 3:1 (WCAG 2.2, 1.4.3 and 1.4.11): where the boxes' edges were
+		// 1.3:1, the search box and the concurrency box were hard to find.
 		const low = `(() => {
 			const parse = c => {
 				let m = c.match(/rgba?\(([^)]+)\)/);
@@ -735,6 +737,10 @@ func TestBrowser(t *testing.T) {
 				const cs = getComputedStyle(el), bg = behind(el), r = ratio(over(parse(cs.color), bg), bg);
 				const size = parseFloat(cs.fontSize), large = size >= 24 || parseInt(cs.fontWeight) >= 700 && size >= 18.66;
 				if (r < (large ? 3 : 4.5)) out.push(el.tagName + "." + el.className + " " + r.toFixed(2) + " " + JSON.stringify(el.textContent.trim().slice(0, 20)));
+			});
+			document.querySelectorAll("input:not([type=hidden])").forEach(el => {
+				const edge = parse(getComputedStyle(el).borderTopColor), r = ratio(edge, behind(el.parentElement));
+				if (r < 3) out.push("the edge of input " + el.name + " " + r.toFixed(2));
 			});
 			return out;
 		})()`
