@@ -435,6 +435,22 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("MessagesFit320", func(t *testing.T) {
+		// What a page says of a value someone typed (an id or a queue name
+		// that is not one, a search that matched nothing) wraps at 320
+		// pixels, the width WCAG's reflow (1.4.10) asks for: a long value
+		// made the whole page scroll sideways to read the sentence.
+		long := strings.Repeat("x", 80)
+		ctx := cdpTab(t, bctx, "404 (Not Found)", "400 (Bad Request)")
+		cdpDo(t, ctx, chromedp.EmulateViewport(320, 640, chromedp.EmulateMobile))
+		for _, path := range []string{"/ui/packages/" + long, "/ui/queues/" + long, "/ui/packages?state=" + long, "/ui/search?q=" + long} {
+			cdpOpen(t, ctx, base+path, false)
+			if w := cdpEval[int](t, ctx, `document.documentElement.scrollWidth`); w > 320 {
+				t.Errorf("%s at 320 pixels is %d pixels wide", path, w)
+			}
+		}
+	})
+
 	t.Run("ChartLabelsApart", func(t *testing.T) {
 		// The chart's labels never overlap: on a phone its text is drawn
 		// larger, and the "0" of the y axis sat on the "−60m" below it.
