@@ -772,6 +772,27 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("LiveStatusSpoken", func(t *testing.T) {
+		// Whether the page still updates itself is said to screen readers
+		// when it changes (a status region), not only shown as a dot: a
+		// blind operator would otherwise go on trusting a page that said
+		// "reconnecting…". Its first "live", on every page opened, is not
+		// spoken.
+		ea := newEnv(t, httpapi.Options{})
+		seedWorld(t, ea)
+		ctx := cdpTab(t, bctx, "ERR_INCOMPLETE_CHUNKED_ENCODING", "ERR_CONNECTION_REFUSED")
+		cdpOpen(t, ctx, ea.srv.URL+"/ui/", false)
+		cdpWait(t, ctx, `document.getElementById("live").textContent === "live"`)
+		if !cdpEval[bool](t, ctx, `document.getElementById("live").getAttribute("role") === "status"`) {
+			t.Error("the live indicator is no status region once the stream is open")
+		}
+		ea.srv.CloseClientConnections()
+		cdpWait(t, ctx, `document.getElementById("live").textContent !== "live"`)
+		if !cdpEval[bool](t, ctx, `document.getElementById("live").getAttribute("role") === "status"`) {
+			t.Error("the live indicator is no status region once the stream dropped")
+		}
+	})
+
 	t.Run("WithoutJavaScript", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		cdpDo(t, ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

@@ -205,6 +205,10 @@
       live.textContent = "live";
       live.className = "live on";
       live.title = "This page updates itself as the broker changes";
+      // A status region from now on, so that screen readers say when the
+      // page stops (and starts again) updating itself; made one only
+      // after the first "live", which every page would otherwise say.
+      live.setAttribute("role", "status");
       // Events sent while we were away are lost: catch up.
       if (wasDown) markAll();
       wasDown = false;
