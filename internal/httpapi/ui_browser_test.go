@@ -726,6 +726,7 @@ func TestBrowser(t *testing.T) {
 		// 4.5:1 at least (3:1 when large), and the edge of a text box by
 		// 3:1 (WCAG 2.2, 1.4.3 and 1.4.11): where the boxes' edges were
 		// 1.3:1, the search box and the concurrency box were hard to find.
+		// A box's placeholder ("Find by id or prefix…") is text too.
 		const low = `(() => {
 			const parse = c => {
 				let m = c.match(/rgba?\(([^)]+)\)/);
@@ -757,6 +758,9 @@ func TestBrowser(t *testing.T) {
 			document.querySelectorAll("input:not([type=hidden])").forEach(el => {
 				const edge = parse(getComputedStyle(el).borderTopColor), r = ratio(edge, behind(el.parentElement));
 				if (r < 3) out.push("the edge of input " + el.name + " " + r.toFixed(2));
+				if (!el.placeholder) return;
+				const bg = behind(el), hint = ratio(over(parse(getComputedStyle(el, "::placeholder").color), bg), bg);
+				if (hint < 4.5) out.push("the placeholder of input " + el.name + " " + hint.toFixed(2));
 			});
 			return out;
 		})()`
