@@ -94,7 +94,9 @@ import (
 	"github.com/spin-broker/spinbroker/client"
 )
 
-// Options tune Run. The zero value is usable.
+// Options tune Run. The zero value is usable; a zero field means its
+// default. Run refuses to start (the error names the field) with a negative
+// duration or Claim, or a Lease outside 1s–24h, which the broker refuses.
 type Options struct {
 	// Logger receives the agent's log lines; slog.Default when nil.
 	Logger *slog.Logger
@@ -340,6 +342,9 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 		}
 		hs[h.action] = h
 	}
+	if err := checkOptions(opts); err != nil {
+		return nil, err
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -377,6 +382,37 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 		opts:     opts,
 		log:      opts.Logger.With("resource", resource),
 	}, nil
+}
+
+// checkOptions refuses what Options cannot mean as given, rather than bend
+// it: a negative Grace taken as the default 30s is the opposite of the "no
+// grace" it surely meant, and a lease the broker refuses would start the
+// agent only for the broker's first answer to stop it.
+func checkOptions(opts Options) error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"Wait", opts.Wait}, {"Grace", opts.Grace}, {"MinBackoff", opts.MinBackoff},
+		{"MaxBackoff", opts.MaxBackoff}, {"CallTimeout", opts.CallTimeout},
+	} {
+		if d.v < 0 {
+			hint := "0 for the default"
+			if d.name == "Grace" {
+				hint += ", a nanosecond for no grace"
+			}
+			return fmt.Errorf("agent: Options.%s is negative (%s): %s", d.name, d.v, hint)
+		}
+	}
+	if opts.Lease != 0 {
+		if err := spinbroker.CheckLease("Options.Lease", opts.Lease); err != nil {
+			return fmt.Errorf("agent: %s (0 for the command's own)", spinbroker.ErrorMessage(err))
+		}
+	}
+	if opts.Claim < 0 {
+		return fmt.Errorf("agent: Options.Claim is negative (%d): 0 or 1 for one command at a time", opts.Claim)
+	}
+	return nil
 }
 
 // backoff is the pause before attempt n+1 after n failures: exponential from

@@ -1318,3 +1318,56 @@ func TestRun_ResultSentWhenBrokerBack(t *testing.T) {
 		})
 	}
 }
+
+// TestRun_OptionsRefused: an Options field Run cannot take as given (a
+// negative duration or claim, a lease the broker refuses) stops Run before
+// it starts, naming the field. Before, a negative Grace meant the default
+// 30s (the opposite of "none"), a negative Lease the command's own, and a
+// lease outside 1s–24h started the agent only for the broker's first answer
+// to stop it.
+func TestRun_OptionsRefused(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		field string
+		opts  agent.Options
+	}{
+		{"Grace", agent.Options{Grace: -time.Second}},
+		{"Lease", agent.Options{Lease: -time.Second}},
+		{"Lease", agent.Options{Lease: 10 * time.Millisecond}},
+		{"Lease", agent.Options{Lease: 48 * time.Hour}},
+		{"Wait", agent.Options{Wait: -1}},
+		{"CallTimeout", agent.Options{CallTimeout: -1}},
+		{"MinBackoff", agent.Options{MinBackoff: -1}},
+		{"MaxBackoff", agent.Options{MaxBackoff: -1}},
+		{"Claim", agent.Options{Claim: -2}},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			var logs syncbuf.Buffer
+			tc.opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			err := agent.Run(ctx, c, "test", []agent.Handler{greeter(nil)}, tc.opts)
+			if err == nil || !strings.Contains(err.Error(), "Options."+tc.field) {
+				t.Fatalf("Run with %+v returned %v, want an error naming Options.%s", tc.opts, err, tc.field)
+			}
+			if ctx.Err() != nil {
+				t.Errorf("Run ran until its context ended before refusing: %v", err)
+			}
+			if got := logs.String(); !strings.Contains(got, "agent not started") {
+				t.Errorf("Run returned %q and logged:\n%s", err, got)
+			}
+		})
+	}
+	// The zero value, and the nanosecond that asks for no grace, still run.
+	for _, o := range []agent.Options{{}, {Grace: time.Nanosecond, Lease: time.Second, Claim: 1}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		o.Logger = quietLogger()
+		if err := agent.Run(ctx, c, "test", []agent.Handler{greeter(nil)}, o); err != nil {
+			t.Errorf("Run with %+v: %v", o, err)
+		}
+		cancel()
+	}
+}
