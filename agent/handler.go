@@ -77,7 +77,11 @@ func (e *timeoutError) Error() string { return fmt.Sprintf("the handler timed ou
 
 // Call runs the handler once on params, as Run would (decoding, then the
 // handler), without a broker: for tests and tools. The output is the
-// command's output as it would be reported.
+// command's output as it would be reported. Unlike Run, Call does not
+// recover a panic: it reaches the caller (a test fails with its stack),
+// where Run would fail the command for good. The handler runs with ctx as
+// given, which belongs to no command: CommandFrom reports false in it, and
+// Logger is slog.Default.
 func (h Handler) Call(ctx context.Context, params json.RawMessage) (json.RawMessage, error) {
 	return h.run(ctx, params)
 }
