@@ -334,6 +334,9 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 		if h.run == nil {
 			return nil, errors.New("agent: a Handler must be made with Handle")
 		}
+		if h.bad != nil {
+			return nil, h.bad
+		}
 		if err := spinbroker.CheckName("action", h.action); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}

@@ -20,6 +20,7 @@ import (
 type Handler struct {
 	action string
 	run    func(ctx context.Context, params json.RawMessage) (json.RawMessage, error)
+	bad    error // why Run cannot take it (Handle was given a nil function)
 }
 
 // Action is the name of the action h runs.
@@ -33,7 +34,16 @@ func (h Handler) Action() string { return h.action }
 // must be present and not null, and a P (or *P) with a Validate() error
 // method is validated after decoding. Parameters that do not decode, miss a
 // required field or fail validation fail the command without running fn.
+// A nil fn makes a Handler that Run refuses to start with.
 func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)) Handler {
+	if fn == nil {
+		// A field not set yet: Run refuses it rather than fail every
+		// command of action with a nil dereference's panic.
+		bad := fmt.Errorf("agent: the handler of action %q is a nil function", action)
+		return Handler{action: action, bad: bad, run: func(context.Context, json.RawMessage) (json.RawMessage, error) {
+			return nil, bad
+		}}
+	}
 	return Handler{action: action, run: func(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
 		var p P
 		if err := Decode(raw, &p); err != nil {

@@ -1371,3 +1371,28 @@ func TestRun_OptionsRefused(t *testing.T) {
 		cancel()
 	}
 }
+
+// TestRun_NilHandlerFunc: a handler made with a nil function (a field not
+// set yet) stops Run before it starts, naming the action. Before, Run took
+// it, and every command of that action failed for good with "the handler
+// panicked: invalid memory address or nil pointer dereference".
+func TestRun_NilHandlerFunc(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var fn func(context.Context, struct{}) (any, error)
+	h := agent.Handle("create_bridge", fn)
+	err = agent.Run(ctx, c, "test", []agent.Handler{greeter(nil), h}, agent.Options{Logger: quietLogger()})
+	if err == nil || !strings.Contains(err.Error(), `"create_bridge"`) || !strings.Contains(err.Error(), "nil") {
+		t.Fatalf("Run with a nil handler function returned %v, want an error naming the action", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("Run ran until its context ended before refusing: %v", err)
+	}
+	if _, err := h.Call(context.Background(), nil); err == nil || !strings.Contains(err.Error(), `"create_bridge"`) {
+		t.Errorf("Call of a nil handler function: %v", err)
+	}
+}
