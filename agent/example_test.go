@@ -71,3 +71,30 @@ func ExampleTransient() {
 	// Output:
 	// the mirror answered 503 true
 }
+
+// Bridge is the parameters of create_bridge, checked after decoding.
+type Bridge struct {
+	Name string `json:"name" spin:"required"`
+	MTU  int    `json:"mtu"`
+}
+
+// Validate names the field at fault with a *ParamError; any other error
+// would be the reason of the parameters as a whole.
+func (b Bridge) Validate() error {
+	if b.MTU != 0 && (b.MTU < 68 || b.MTU > 9000) {
+		return &agent.ParamError{Field: "mtu", Problem: fmt.Sprintf("must be from 68 to 9000, not %d", b.MTU)}
+	}
+	return nil
+}
+
+// A parameter type with a Validate method is checked before the handler
+// runs: the command fails, for good, with its error as the reason.
+func ExampleValidator() {
+	create := agent.Handle("create_bridge", func(ctx context.Context, p Bridge) (any, error) {
+		return map[string]any{"name": p.Name, "mtu": p.MTU}, nil
+	})
+	_, err := create.Call(context.Background(), json.RawMessage(`{"name": "br0", "mtu": 1}`))
+	fmt.Println(err)
+	// Output:
+	// invalid parameter "mtu": must be from 68 to 9000, not 1
+}

@@ -113,7 +113,9 @@ func (e *ParamError) Error() string {
 }
 
 // Validator is implemented by parameter types that check their values after
-// decoding (a count at least 1, a name without control characters).
+// decoding (a count at least 1, a name without control characters). An error
+// Validate returns is the command's reason as "invalid parameters: …"; to
+// name the field at fault, return a *ParamError with its Field set.
 type Validator interface {
 	Validate() error
 }
