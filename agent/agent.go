@@ -81,10 +81,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -223,7 +225,10 @@ func Run(ctx context.Context, c *client.Client, resource string, handlers []Hand
 	defer cancelFinal()
 	// The start line comes first, before the goroutine below can say that
 	// the agent stops (its context may be done already).
-	a.log.Info("agent started", "url", c.RedactedURL(), "actions", len(a.handlers), "claim", a.opts.Claim, "grace", graceText(a.opts.Grace))
+	// The actions by name: whoever rolls out a new one (agents before the
+	// clients that send it) sees here that this agent has it.
+	actions := strings.Join(slices.Sorted(maps.Keys(a.handlers)), ",")
+	a.log.Info("agent started", "url", c.RedactedURL(), "actions", actions, "claim", a.opts.Claim, "grace", graceText(a.opts.Grace))
 	// The line that says the agent stops comes once, and before the one
 	// that says it stopped: an idle agent's loop can end before this
 	// goroutine has logged it.

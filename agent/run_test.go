@@ -1396,3 +1396,26 @@ func TestRun_NilHandlerFunc(t *testing.T) {
 		t.Errorf("Call of a nil handler function: %v", err)
 	}
 }
+
+// TestRun_StartLineNamesActions: the start line names the actions the agent
+// serves, sorted, so that whoever rolls out a new action (agents before the
+// clients that send it) can see in the log that this agent has it. Before,
+// it said only how many there were (actions=2).
+func TestRun_StartLineNamesActions(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	var logs syncbuf.Buffer
+	nop := func(ctx context.Context, p struct{}) (any, error) { return nil, nil }
+	hs := []agent.Handler{agent.Handle("delete_bridge", nop), agent.Handle("create_bridge", nop)}
+	if err := agent.Run(ctx, c, "network", hs, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	start, _, _ := strings.Cut(logs.String(), "\n")
+	if !strings.Contains(start, `msg="agent started"`) || !strings.Contains(start, "actions=create_bridge,delete_bridge ") {
+		t.Errorf("the start line does not name the actions, sorted:\n%s", start)
+	}
+}
