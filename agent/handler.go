@@ -34,12 +34,21 @@ func (h Handler) Action() string { return h.action }
 // must be present and not null, and a P (or *P) with a Validate() error
 // method is validated after decoding. Parameters that do not decode, miss a
 // required field or fail validation fail the command without running fn.
-// A nil fn makes a Handler that Run refuses to start with.
+// A nil fn, or a P that no JSON object decodes into (an int, a slice),
+// makes a Handler that Run refuses to start with.
 func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)) Handler {
 	if fn == nil {
 		// A field not set yet: Run refuses it rather than fail every
 		// command of action with a nil dereference's panic.
 		bad := fmt.Errorf("agent: the handler of action %q is a nil function", action)
+		return Handler{action: action, bad: bad, run: func(context.Context, json.RawMessage) (json.RawMessage, error) {
+			return nil, bad
+		}}
+	}
+	if t := reflect.TypeFor[P](); !fromObject(t) {
+		// Every command would fail "want an integer, got a JSON object",
+		// blaming its parameters for the handler's mistake.
+		bad := fmt.Errorf("agent: the parameters of action %q cannot be a %s: they are a JSON object, so decode them into a struct or a map", action, t)
 		return Handler{action: action, bad: bad, run: func(context.Context, json.RawMessage) (json.RawMessage, error) {
 			return nil, bad
 		}}
@@ -55,6 +64,27 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 		}
 		return encodeOutput(out)
 	}}
+}
+
+// fromObject reports whether a JSON object may decode into a t: a struct,
+// a map, an interface (any), a pointer to one of them, or a type that
+// decodes itself.
+func fromObject(t reflect.Type) bool {
+	unmarshaler := reflect.TypeFor[json.Unmarshaler]()
+	for {
+		if t.Implements(unmarshaler) || reflect.PointerTo(t).Implements(unmarshaler) {
+			return true
+		}
+		if t.Kind() != reflect.Pointer {
+			break
+		}
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct, reflect.Map, reflect.Interface:
+		return true
+	}
+	return false
 }
 
 // WithTimeout returns h with a time limit: once it has run for d, its

@@ -1419,3 +1419,51 @@ func TestRun_StartLineNamesActions(t *testing.T) {
 		t.Errorf("the start line does not name the actions, sorted:\n%s", start)
 	}
 }
+
+// objectUnmarshaler decodes itself, from an object too.
+type objectUnmarshaler []string
+
+func (o *objectUnmarshaler) UnmarshalJSON([]byte) error { return nil }
+
+// TestRun_ParamsTypeNotObject: parameters are a JSON object, so a handler
+// whose P can never be decoded from one (an int, a string, a slice) stops
+// Run before it starts, naming the action and the type. Before, Run took it
+// and failed every command of that action for good with "invalid
+// parameters: want an integer, got a JSON object", which blames the
+// parameters for the handler's mistake.
+func TestRun_ParamsTypeNotObject(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range map[string]agent.Handler{
+		"int":     agent.Handle("set_mtu", func(ctx context.Context, p int) (any, error) { return nil, nil }),
+		"*string": agent.Handle("set_mtu", func(ctx context.Context, p *string) (any, error) { return nil, nil }),
+		"[]int":   agent.Handle("set_mtu", func(ctx context.Context, p []int) (any, error) { return nil, nil }),
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := agent.Run(ctx, c, "test", []agent.Handler{h}, agent.Options{Logger: quietLogger()})
+		if err == nil || !strings.Contains(err.Error(), `"set_mtu"`) || !strings.Contains(err.Error(), name) {
+			t.Errorf("Run with parameters of type %s returned %v, want an error naming the action and the type", name, err)
+		}
+		if ctx.Err() != nil {
+			t.Errorf("%s: Run ran until its context ended before refusing: %v", name, err)
+		}
+		cancel()
+	}
+	// What can come from an object still runs: a struct, a pointer to one,
+	// a map, any, a type that decodes itself.
+	for _, h := range []agent.Handler{
+		agent.Handle("a", func(ctx context.Context, p struct{}) (any, error) { return nil, nil }),
+		agent.Handle("b", func(ctx context.Context, p *struct{ A int }) (any, error) { return nil, nil }),
+		agent.Handle("c", func(ctx context.Context, p map[string]any) (any, error) { return nil, nil }),
+		agent.Handle("d", func(ctx context.Context, p any) (any, error) { return nil, nil }),
+		agent.Handle("e", func(ctx context.Context, p objectUnmarshaler) (any, error) { return nil, nil }),
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		if err := agent.Run(ctx, c, "test", []agent.Handler{h}, agent.Options{Logger: quietLogger()}); err != nil {
+			t.Errorf("Run with action %s: %v", h.Action(), err)
+		}
+		cancel()
+	}
+}
