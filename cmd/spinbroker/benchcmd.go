@@ -287,8 +287,8 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 			}
 			var ce *client.Error
 			if errors.As(err, &ce) && ce.Err.Code == spinbroker.EFORBIDDEN {
-				// The broker's "a client token may not do this" does
-				// not say what "this" was.
+				// The broker's refusal names what one request needs,
+				// not all that bench does with the token.
 				return &exitError{code: 1, msg: fmt.Sprintf("%s: %s (%s): bench gives work to its queues (bench-*), takes it as their agent and sets their concurrency, so with --auth it needs an admin token", cfg.Scenario, ce.Err.Message, ce.Err.Code)}
 			}
 			if remote && client.Temporary(err) && errors.Is(err, syscall.ECONNREFUSED) {

@@ -152,7 +152,42 @@ func (s *Server) allow(r *http.Request, p permission, resource string) error {
 	if role != "" && strings.ContainsRune("aeiou", rune(role[0])) {
 		article = "an"
 	}
-	return errorf(spinbroker.EFORBIDDEN, "%s %s token may not do this", article, role)
+	return errorf(spinbroker.EFORBIDDEN, "%s %s token may not %s: that takes %s", article, role, p.what(), p.who())
+}
+
+// what says what p allows, for a refusal: "do this" alone left the caller
+// to guess what was refused.
+func (p permission) what() string {
+	switch p {
+	case permRead:
+		return "read packages, commands or queues"
+	case permWrite:
+		return "create, enqueue, cancel or delete packages, or retry commands"
+	case permAdmin:
+		return "change a queue's settings"
+	case permDeliver:
+		return "take commands (next, claim)"
+	case permSettle:
+		return "heartbeat or complete commands"
+	}
+	return "do this"
+}
+
+// who says which tokens roleMay lets do p, for a refusal.
+func (p permission) who() string {
+	switch p {
+	case permRead:
+		return "a viewer, client or admin token (an agent token, for its own resource)"
+	case permWrite:
+		return "a client or admin token"
+	case permAdmin:
+		return "an admin token"
+	case permDeliver:
+		return "the agent token of the queue's resource, or an admin token"
+	case permSettle:
+		return "the agent token of the command's resource, or a client or admin token"
+	}
+	return "another token"
 }
 
 // roleMay reports whether role may do p on some resource: for an agent,

@@ -647,3 +647,32 @@ func TestAuth_RoleMatrix(t *testing.T) {
 		}
 	}
 }
+
+// TestAuth_RefusalSaysWhichRoleMay: a token refused for its role is told
+// what it was refused and which token may do it. Before, the answer was only
+// "a client token may not do this": an agent author raising a queue's
+// concurrency for Options.Claim, as the docs ask, with the client token that
+// enqueues, did not learn that it takes an admin's.
+func TestAuth_RefusalSaysWhichRoleMay(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	for _, tc := range []struct {
+		role, resource, method, path, body string
+		want                               []string
+	}{
+		{spinbroker.RoleClient, "", "PATCH", "/queues/network", `{"concurrency": 10}`, []string{"a client token may not change a queue's settings", "admin"}},
+		{spinbroker.RoleViewer, "", "POST", "/packages", `{}`, []string{"a viewer token may not", "client or admin"}},
+		{spinbroker.RoleClient, "", "POST", "/queues/network/next", ``, []string{"a client token may not take commands", "agent"}},
+		{spinbroker.RoleViewer, "", "POST", "/commands/00000000-0000-7000-8000-000000000000/heartbeat", `{"lease": "x"}`, []string{"a viewer token may not", "heartbeat"}},
+	} {
+		e.token = e.secret(tc.role, tc.resource, tc.role+tc.path)
+		r := e.do(tc.method, tc.path, tc.body)
+		e.want(r, 403, spinbroker.EFORBIDDEN)
+		var body spinbroker.ErrorBody
+		r.decode(t, &body)
+		for _, w := range tc.want {
+			if !strings.Contains(body.Error.Message, w) {
+				t.Errorf("%s %s with a %s token: %q does not say %q", tc.method, tc.path, tc.role, body.Error.Message, w)
+			}
+		}
+	}
+}
