@@ -290,15 +290,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("CancelLive", func(t *testing.T) {
 		ctx := cdpTab(t, bctx)
 		// The cancel button asks first; accept like a person would.
-		dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
-		go func() {
-			for _, err := range dialogs {
-				if err != nil {
-					return
-				}
-				chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}) //nolint:errcheck
-			}
-		}()
+		acceptDialogs(ctx)
 		cdpOpen(t, ctx, base+"/ui/packages/"+w.queued, true)
 		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`window.stillHere = true`),
 			chromedp.Click(chromedp.CSS(`form[action$="/cancel"] button`)))
@@ -690,15 +682,7 @@ func TestBrowser(t *testing.T) {
 		// state; never back at the top of the page.
 		pkg := mustCreate(t, e, 980, true, nc(981, "", "kbda", "one", ""))
 		ctx := cdpTab(t, bctx)
-		dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
-		go func() {
-			for _, err := range dialogs {
-				if err != nil {
-					return
-				}
-				chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}) //nolint:errcheck
-			}
-		}()
+		acceptDialogs(ctx)
 		focused := func() string {
 			return cdpEval[string](t, ctx, `document.activeElement.tagName + " " + document.activeElement.textContent.trim().slice(0, 30)`)
 		}
@@ -879,4 +863,18 @@ func TestBrowser(t *testing.T) {
 	})
 
 	t.Logf("screenshots (light and dark, laptop and phone) are in %s; the browser tests took %s", dir, time.Since(start).Round(time.Millisecond))
+}
+
+// acceptDialogs accepts every JavaScript dialog (the cancel button's
+// question) the tab opens, as a person would.
+func acceptDialogs(ctx context.Context) {
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}) //nolint:errcheck
+		}
+	}()
 }
