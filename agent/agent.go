@@ -794,7 +794,13 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			return
 		default:
 			failures++
-			lastErr = err
+			// A call cut short by the lease's own end (its timeout is what
+			// was left of it) says nothing of the broker: the reason keeps
+			// what the calls before it were told, a 503 say, rather than
+			// "could not be reached".
+			if lastErr == nil || !errors.Is(err, context.DeadlineExceeded) || time.Now().Before(j.expiry()) {
+				lastErr = err
+			}
 			// No later than the next beat would come, unless the broker
 			// asked for a longer pause; and in any case before the lease
 			// runs out, below.
@@ -802,7 +808,7 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 			left := time.Until(j.expiry())
 			j.news.failed(j, err, failures, left)
 			if left <= 0 {
-				j.expire(err)
+				j.expire(lastErr)
 			} else {
 				next = min(next, left)
 			}

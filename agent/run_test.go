@@ -807,6 +807,50 @@ func TestRun_LeaseExpiredReasonSaysItOnce(t *testing.T) {
 	}
 }
 
+// TestRun_LeaseExpiredReasonKeepsTheAnswer: the last heartbeat before the
+// lease runs out has only what is left of the lease to get an answer in;
+// cut short by that end, it must not hide what the broker answered the
+// ones before it. On a loaded machine the reason said "the broker could not
+// be reached: context deadline exceeded" of a broker that answered 503.
+func TestRun_LeaseExpiredReasonKeepsTheAnswer(t *testing.T) {
+	var beats atomic.Int32
+	hang := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.HasSuffix(r.URL.Path, "/heartbeat") {
+				h.ServeHTTP(w, r)
+				return
+			}
+			if beats.Add(1) > 1 {
+				// No answer before the agent gives up (its call ends with
+				// the lease), nor for a while after.
+				select {
+				case <-r.Context().Done():
+				case <-time.After(1500 * time.Millisecond):
+				}
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
+		})
+	}
+	b := startBroker(t, httpapi.Options{}, hang)
+	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	})
+	runAgent(t, b, []agent.Handler{block}, agent.Options{Lease: time.Second})
+	once := 1
+	c := cmd("block", `{}`)
+	c.MaxAttempts = &once
+	got := b.await(t, b.enqueue(t, c)[0])
+	if reason := deref(got.Reason); got.State != spinbroker.Failed || !strings.Contains(reason, "the broker refused the heartbeats") || !strings.Contains(reason, "HTTP 503") {
+		t.Errorf("command %s, reason %q; want failed, with the broker's 503", got.State, reason)
+	}
+	if n := beats.Load(); n < 2 {
+		t.Errorf("%d heartbeats, want the 503 and at least one cut short by the lease's end", n)
+	}
+}
+
 // TestRun_ResultDeliveredAfterLocalExpiry: a broker out of reach for longer
 // than the lease still gets the result once it is back, as long as nobody
 // else took the command meanwhile; the work is not done twice.
