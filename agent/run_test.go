@@ -780,13 +780,12 @@ func TestRun_LeaseExpiredStopsHandler(t *testing.T) {
 	}
 }
 
-// TestRun_LeaseExpiredReasonSaysItOnce: a handler that returns
-// context.Cause(ctx), as the package's doc invites, gets a reason that
-// says the lease expired once, not twice in a row.
-func TestRun_LeaseExpiredReasonSaysItOnce(t *testing.T) {
-	o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
-	o.down.Store(true)
-	b := startBroker(t, httpapi.Options{}, o.wrap)
+// leaseRunsOut runs an agent with leases of 1s whose handler waits for its
+// context and returns its cause, on one command of a single attempt, and
+// returns that command once it has finished: when no heartbeat extends the
+// lease, it fails with the agent's reason.
+func leaseRunsOut(t *testing.T, b *broker) *spinbroker.Command {
+	t.Helper()
 	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
 		<-ctx.Done()
 		return nil, context.Cause(ctx)
@@ -795,8 +794,16 @@ func TestRun_LeaseExpiredReasonSaysItOnce(t *testing.T) {
 	once := 1
 	c := cmd("block", `{}`)
 	c.MaxAttempts = &once
-	ids := b.enqueue(t, c)
-	got := b.await(t, ids[0])
+	return b.await(t, b.enqueue(t, c)[0])
+}
+
+// TestRun_LeaseExpiredReasonSaysItOnce: a handler that returns
+// context.Cause(ctx), as the package's doc invites, gets a reason that
+// says the lease expired once, not twice in a row.
+func TestRun_LeaseExpiredReasonSaysItOnce(t *testing.T) {
+	o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
+	o.down.Store(true)
+	got := leaseRunsOut(t, startBroker(t, httpapi.Options{}, o.wrap))
 	if reason := deref(got.Reason); got.State != spinbroker.Failed || strings.Count(reason, "lease expired") != 1 {
 		t.Errorf("command %s, reason %q; want failed, saying once that the lease expired", got.State, reason)
 	}
@@ -833,16 +840,7 @@ func TestRun_LeaseExpiredReasonKeepsTheAnswer(t *testing.T) {
 			_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
 		})
 	}
-	b := startBroker(t, httpapi.Options{}, hang)
-	block := agent.Handle("block", func(ctx context.Context, p struct{}) (any, error) {
-		<-ctx.Done()
-		return nil, context.Cause(ctx)
-	})
-	runAgent(t, b, []agent.Handler{block}, agent.Options{Lease: time.Second})
-	once := 1
-	c := cmd("block", `{}`)
-	c.MaxAttempts = &once
-	got := b.await(t, b.enqueue(t, c)[0])
+	got := leaseRunsOut(t, startBroker(t, httpapi.Options{}, hang))
 	if reason := deref(got.Reason); got.State != spinbroker.Failed || !strings.Contains(reason, "the broker refused the heartbeats") || !strings.Contains(reason, "HTTP 503") {
 		t.Errorf("command %s, reason %q; want failed, with the broker's 503", got.State, reason)
 	}
