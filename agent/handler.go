@@ -40,18 +40,12 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 	if fn == nil {
 		// A field not set yet: Run refuses it rather than fail every
 		// command of action with a nil dereference's panic.
-		bad := fmt.Errorf("agent: the handler of action %q is a nil function", action)
-		return Handler{action: action, bad: bad, run: func(context.Context, json.RawMessage) (json.RawMessage, error) {
-			return nil, bad
-		}}
+		return refused(action, fmt.Errorf("agent: the handler of action %q is a nil function", action))
 	}
 	if t := reflect.TypeFor[P](); !fromObject(t) {
 		// Every command would fail "want an integer, got a JSON object",
 		// blaming its parameters for the handler's mistake.
-		bad := fmt.Errorf("agent: the parameters of action %q cannot be a %s: they are a JSON object, so decode them into a struct or a map", action, t)
-		return Handler{action: action, bad: bad, run: func(context.Context, json.RawMessage) (json.RawMessage, error) {
-			return nil, bad
-		}}
+		return refused(action, fmt.Errorf("agent: the parameters of action %q cannot be a %s: they are a JSON object, so decode them into a struct or a map", action, t))
 	}
 	return Handler{action: action, run: func(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
 		var p P
@@ -63,6 +57,14 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 			return nil, err
 		}
 		return encodeOutput(out)
+	}}
+}
+
+// refused is a Handler that Run refuses to start with, for bad, and whose
+// Call returns bad.
+func refused(action string, bad error) Handler {
+	return Handler{action: action, bad: bad, run: func(context.Context, json.RawMessage) (json.RawMessage, error) {
+		return nil, bad
 	}}
 }
 
