@@ -942,6 +942,25 @@ func TestRun_UntrustedCertificate(t *testing.T) {
 	}
 }
 
+// TestRun_RedirectingURL: a broker URL that redirects (a proxy sending
+// http to https) would have each next sent again as a GET without its
+// body, for ever: Run stops and names the address to give instead.
+func TestRun_RedirectingURL(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, b.url+r.URL.RequestURI(), http.StatusMovedPermanently)
+	}))
+	defer proxy.Close()
+	c, err := client.New(proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runGivingUp(t, c, "Run retries a redirecting URL for ever")
+	if err == nil || !strings.Contains(err.Error(), "redirect") || !strings.Contains(err.Error(), b.url) {
+		t.Errorf("Run = %v, want the redirect and its target named", err)
+	}
+}
+
 // TestRun_ExpiredCertificateIsWaitedOut: a certificate the host trusts but
 // that has expired (a renewal not yet picked up) is retried, not fatal: the
 // broker takes a renewed one without a restart, and the agent must still

@@ -52,7 +52,10 @@ type Option func(*Client)
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
 // WithHTTPClient uses hc instead of a default client (for TLS settings,
-// proxies or tests). Its Timeout must allow for long-poll waits.
+// proxies or tests). Its Timeout must allow for long-poll waits. When its
+// CheckRedirect is nil, the client uses a copy of hc whose CheckRedirect
+// stops a write that a redirect would turn into a GET (see RedirectError);
+// hc itself is not changed.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
 
 // WithUserAgent sets the User-Agent header.
@@ -103,7 +106,44 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		t.MaxIdleConnsPerHost = 32
 		c.hc = &http.Client{Transport: t}
 	}
+	if c.hc.CheckRedirect == nil {
+		hc := *c.hc
+		hc.CheckRedirect = stopRewrite
+		c.hc = &hc
+	}
 	return c, nil
+}
+
+// RedirectError is a write that the broker's URL redirected (a proxy
+// sending http to https answers 301, 302 or 303) to where Go's HTTP client
+// would send it again as a GET, without its body: it was not sent there.
+// Asking again changes nothing; New must be given the URL the broker
+// answers at, which To names. Reads follow redirects.
+type RedirectError struct {
+	Method string   // the write's method
+	Path   string   // its path, as sent to the URL given to New
+	To     *url.URL // where the URL redirected it
+	As     string   // the method it would have been sent again with
+}
+
+// Error says where the write was redirected and what to give New instead.
+func (e *RedirectError) Error() string {
+	return fmt.Sprintf("client: %s %s was redirected to %s, where it would be sent again as %s without its body: it was not; give New the URL the broker answers at (%s://%s)",
+		e.Method, e.Path, e.To.Redacted(), e.As, e.To.Scheme, e.To.Host)
+}
+
+// stopRewrite is the CheckRedirect of the client's http.Client: it follows
+// redirects as Go's client does, at most 10, except one that would change
+// a request's method (a POST sent again as a GET), which it stops with a
+// *RedirectError before anything is sent.
+func stopRewrite(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if first := via[0]; req.Method != first.Method {
+		return &RedirectError{Method: first.Method, Path: first.URL.Path, To: req.URL, As: req.Method}
+	}
+	return nil
 }
 
 // validPort reports whether port, from a URL, is none (the scheme's) or one
@@ -202,7 +242,8 @@ func Temporary(err error) bool {
 	if errors.As(err, &e) {
 		return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
 	}
-	if errors.Is(err, context.Canceled) {
+	var re *RedirectError
+	if errors.Is(err, context.Canceled) || errors.As(err, &re) {
 		return false
 	}
 	// A call that failed below HTTP: http.Client wraps it in a *url.Error,
@@ -286,12 +327,11 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	defer resp.Body.Close()
 	if resp.Request != nil && resp.Request.Method != method {
-		// A 301, 302 or 303 (a proxy sending http to https) makes Go's
-		// client send a POST again as a GET without its body: its 200
-		// answers something else, and a create that never happened
-		// would look done.
-		return resp.StatusCode, fmt.Errorf("client: %s %s was redirected to %s and sent again as %s without its body: give New the broker's URL as it answers (%s://%s)",
-			method, path, resp.Request.URL.Redacted(), resp.Request.Method, resp.Request.URL.Scheme, resp.Request.URL.Host)
+		// An http.Client of WithHTTPClient with a CheckRedirect of its
+		// own followed a 301, 302 or 303 and sent a POST again as a GET
+		// without its body: its 200 answers something else, and a create
+		// that never happened would look done.
+		return resp.StatusCode, &RedirectError{Method: method, Path: u.Path, To: resp.Request.URL, As: resp.Request.Method}
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxAnswer)+1))
 	if err != nil {

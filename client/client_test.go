@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,6 +230,65 @@ func TestRedirectedWrite(t *testing.T) {
 	// Reads follow redirects as before.
 	if _, err := c.Packages(ctx, ListOptions{}); err != nil {
 		t.Fatalf("a read through a redirect: %v", err)
+	}
+}
+
+// TestRedirectedWrite_NotSent: the write a redirect would turn into a GET
+// is stopped before anything reaches where it points, with the default
+// http.Client, with one of WithHTTPClient that has no CheckRedirect (which
+// stays as it was), and is still refused, after the fact, by one whose own
+// CheckRedirect follows it.
+func TestRedirectedWrite_NotSent(t *testing.T) {
+	var mu sync.Mutex
+	var reached []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reached = append(reached, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{}`)
+	}))
+	defer target.Close()
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther} {
+		proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, target.URL+r.URL.RequestURI(), code)
+		}))
+		own := &http.Client{}
+		follows := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return nil }}
+		for name, opts := range map[string][]Option{"default": nil, "WithHTTPClient": {WithHTTPClient(own)}, "own CheckRedirect": {WithHTTPClient(follows)}} {
+			mu.Lock()
+			reached = nil
+			mu.Unlock()
+			c, err := New(proxy.URL+"/prefix", opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.CreatePackage(context.Background(), spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}})
+			var re *RedirectError
+			if !errors.As(err, &re) {
+				t.Fatalf("%d, %s: CreatePackage through a redirect: %v, want a *RedirectError", code, name, err)
+			}
+			if re.Method != http.MethodPost || re.Path != "/prefix/packages" || re.As != http.MethodGet || re.To.String() != target.URL+"/prefix/packages" {
+				t.Errorf("%d, %s: %+v, want POST /prefix/packages to %s/prefix/packages as GET", code, name, re, target.URL)
+			}
+			if Temporary(err) {
+				t.Errorf("%d, %s: a redirect is not temporary: %v", code, name, err)
+			}
+			mu.Lock()
+			got := reached
+			mu.Unlock()
+			if name == "own CheckRedirect" {
+				if len(got) != 1 || got[0] != "GET /prefix/packages" {
+					t.Errorf("%d, %s: the target saw %q, want the one GET its CheckRedirect let through", code, name, got)
+				}
+			} else if len(got) != 0 {
+				t.Errorf("%d, %s: the target saw %q, want nothing", code, name, got)
+			}
+		}
+		if own.CheckRedirect != nil {
+			t.Errorf("%d: WithHTTPClient changed the caller's http.Client", code)
+		}
+		proxy.Close()
 	}
 }
 

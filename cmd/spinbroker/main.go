@@ -155,7 +155,7 @@ func exitCodeOf(err error) int {
 	}
 	// Mistakes of configuration that come wrapped as network errors:
 	// asking again changes nothing (see describeWithToken).
-	var re *redirectError
+	var re *client.RedirectError
 	if errors.As(err, &re) || client.Untrusted(err) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 		return 1
 	}
@@ -265,9 +265,11 @@ func describeWithToken(err error, tokenFrom string) string {
 		}
 		return msg
 	}
-	var re *redirectError
+	var re *client.RedirectError
 	if errors.As(err, &re) {
-		return re.Error()
+		// The client's words, but for a flag rather than New.
+		return fmt.Sprintf("the broker's address redirects %s %s to %s, where it would arrive without its body: nothing was sent there; give --url or SPINBROKER_URL the address it redirects to (%s://%s)",
+			re.Method, re.Path, re.To.Redacted(), re.To.Scheme, re.To.Host)
 	}
 	var he x509.HostnameError
 	if errors.As(err, &he) {
@@ -497,33 +499,7 @@ func (a *app) client() (*client.Client, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = answerTimeout
 	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"),
-		client.WithHTTPClient(&http.Client{Transport: t, CheckRedirect: refuseRewrite}))
-}
-
-// redirectError is a write that --url redirected where Go's client would
-// send it again as a GET without its body (a 301, 302 or 303): it is not
-// sent, and the user is told the address to give instead.
-type redirectError struct {
-	method, path string
-	to           *url.URL
-}
-
-func (e *redirectError) Error() string {
-	return fmt.Sprintf("the broker's address redirects %s %s to %s, where it would arrive without its body: nothing was sent there; give --url or SPINBROKER_URL the address it redirects to (%s://%s)",
-		e.method, e.path, e.to.Redacted(), e.to.Scheme, e.to.Host)
-}
-
-// refuseRewrite is the CLI's http.Client's CheckRedirect: reads follow
-// redirects, as Go's client does; a write whose method a redirect would
-// change is refused with a redirectError.
-func refuseRewrite(req *http.Request, via []*http.Request) error {
-	if len(via) >= 10 {
-		return errors.New("stopped after 10 redirects")
-	}
-	if first := via[0]; req.Method != first.Method {
-		return &redirectError{method: first.Method, path: first.URL.Path, to: req.URL}
-	}
-	return nil
+		client.WithHTTPClient(&http.Client{Transport: t}))
 }
 
 // checkOutput validates -o.
