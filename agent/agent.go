@@ -106,7 +106,14 @@ type Options struct {
 	// broker clamps it to 60s).
 	Wait time.Duration
 	// Lease is the lease asked for each command; 0 leaves it to the
-	// command's own lease_duration, else the broker's 60s.
+	// command's own lease_duration, else the broker's 60s. The agent
+	// extends it by heartbeats while the handler runs, so it need not
+	// cover the longest command: it is how long a command stays with an
+	// agent that died (killed, its host gone) before the broker gives it
+	// again, and on a queue of concurrency 1 nothing else of the resource
+	// runs meanwhile. Shorter means a quicker takeover, but heartbeats go
+	// at a third of it, and a lease of a few seconds is lost to one slow
+	// heartbeat: 15s or more over a network that may falter.
 	Lease time.Duration
 	// Grace is how long the running command may go on once ctx ends before
 	// its context is cancelled (default 30s). Zero means the default; for
@@ -117,7 +124,8 @@ type Options struct {
 	// commands at once, run them concurrently, and complete them in one
 	// request. The queue's concurrency still bounds how many are leased at
 	// once, and it is 1 unless set (spinbroker queue set RESOURCE
-	// --concurrency N): raise it too, or each batch holds one command.
+	// --concurrency N, with an admin token when auth is on; an agent's
+	// token may not): raise it too, or each batch holds one command.
 	// Commands of one batch run concurrently, so only a resource whose
 	// commands may run side by side should be served this way. A batch is
 	// completed, and the next one claimed, once its slowest command has
