@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
@@ -251,6 +253,28 @@ func TestMetrics_DocumentedInREADME(t *testing.T) {
 		if !strings.Contains(string(readme), "`"+name+"`") {
 			t.Errorf("README does not name %s", name)
 		}
+	}
+}
+
+// TestMetrics_Lint: /metrics passes Prometheus's own linter (promlint:
+// names with their unit and _total, help on every metric, no camelCase),
+// with every kind of series present, so that an operator's recording rules
+// and dashboards written by the conventions find what they expect.
+func TestMetrics_Lint(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "r", "action": "a"}, {"resource": "r", "action": "b"}]`, true)
+	e.want(e.complete(e.next("r"), true), 200, "")
+	e.want(e.complete(e.next("r"), false), 200, "")
+	body := e.do("GET", "/metrics", "").body
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	if !bytes.Contains(body, []byte("spinbroker_")) {
+		t.Fatalf("no spinbroker_ metric in /metrics:\n%.500s", body)
 	}
 }
 
