@@ -347,13 +347,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 			method, path, limit)
 	}
 	if resp.StatusCode >= 300 {
-		err := decodeError(resp.StatusCode, data)
-		var ce *Error
-		if errors.As(err, &ce) {
-			ce.RequestID = resp.Header.Get("X-Request-Id")
-			ce.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
-		}
-		return resp.StatusCode, err
+		return resp.StatusCode, answerError(resp, data)
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -385,6 +379,19 @@ func retryAfter(h string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
+}
+
+// answerError is the error of an answer that is not a success, whose body
+// is data: decodeError's, with the request's id and the Retry-After of the
+// answer's headers.
+func answerError(resp *http.Response, data []byte) error {
+	err := decodeError(resp.StatusCode, data)
+	var ce *Error
+	if errors.As(err, &ce) {
+		ce.RequestID = resp.Header.Get("X-Request-Id")
+		ce.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
+	return err
 }
 
 // decodeError reads an API error body; a body that is not one (a proxy's

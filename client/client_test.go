@@ -375,3 +375,33 @@ func TestAnswerTooLarge(t *testing.T) {
 		t.Fatalf("a small answer under the same limit: %v", err)
 	}
 }
+
+// TestEventsRefused_LikeOtherCalls: a refused subscription is an *Error
+// with the broker's request id and Retry-After, as any other call's: the
+// CLI took a refusal of the broker's without its id for a proxy's page,
+// and a follower could not honour the wait a 503 asked for.
+func TestEventsRefused_LikeOtherCalls(t *testing.T) {
+	c, _, _ := newBroker(t)
+	err := c.Events(context.Background(), func(Event) error { return nil }, ForPackage("not-an-id"))
+	var ce *Error
+	if !errors.As(err, &ce) || ce.StatusCode != http.StatusBadRequest || ce.RequestID == "" {
+		t.Fatalf("Events of a bad package id = %#v, want a 400 *Error with the broker's request id", err)
+	}
+
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", "req-1")
+		w.Header().Set("Retry-After", "7")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, `{"error": {"code": "unavailable", "message": "too many waits"}}`)
+	}))
+	t.Cleanup(busy.Close)
+	bc, err := New(busy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bc.Events(context.Background(), func(Event) error { return nil })
+	if !errors.As(err, &ce) || ce.RequestID != "req-1" || ce.RetryAfter != 7*time.Second {
+		t.Fatalf("Events answered 503 with Retry-After: 7 = %#v, want request id req-1 and RetryAfter 7s", err)
+	}
+}

@@ -79,7 +79,7 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return decodeError(resp.StatusCode, data)
+		return answerError(resp, data)
 	}
 	if cfg.onOpen != nil {
 		cfg.onOpen()
