@@ -21,6 +21,7 @@ func (a *app) clientCommands() []*cobra.Command {
 		a.packageCommand(),
 		a.commandCommand(),
 		a.queueCommand(),
+		a.eventsCommand(),
 		a.tokenCommand(),
 	}
 }

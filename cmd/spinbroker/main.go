@@ -1,6 +1,6 @@
 // Command spinbroker is spin-broker's one binary: the broker (serve), its
 // database tools (migrate, backup, compact, check, token) and a client of its HTTP API
-// (message, package, command, queue).
+// (message, package, command, queue, events).
 package main
 
 import (

@@ -1,0 +1,465 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
+)
+
+// eventsRun is a 'spinbroker events' running in the background, its stdout
+// read line by line as it comes.
+type eventsRun struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  chan string // stdout, a line at a time; closed at its end
+	stderr syncbuf.Buffer
+	done   chan struct{}
+	err    error
+
+	mu   sync.Mutex
+	seen []string // the lines taken from lines so far
+}
+
+// startEvents starts 'spinbroker events args... --url url'.
+func startEvents(t *testing.T, url string, args ...string) *eventsRun {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	r := &eventsRun{t: t, lines: make(chan string, 1000), done: make(chan struct{})}
+	r.cmd = command(ctx, nil, append(append([]string{"events"}, args...), "--url", url)...)
+	r.cmd.Stderr = &r.stderr
+	out, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		defer close(r.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			r.lines <- sc.Text()
+		}
+	}()
+	go func() {
+		<-read // Wait closes the pipe: read it all first
+		r.err = r.cmd.Wait()
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+	})
+	return r
+}
+
+// waitFor returns the first line still unread that matches, failing the
+// test if none comes within d.
+func (r *eventsRun) waitFor(d time.Duration, what string, match func(line string) bool) string {
+	r.t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case line, ok := <-r.lines:
+			if !ok {
+				<-r.done
+				r.t.Fatalf("events ended (%v) before %s:\n%s\nstderr:\n%s", r.err, what, strings.Join(r.taken(), "\n"), r.stderr.String())
+			}
+			r.mu.Lock()
+			r.seen = append(r.seen, line)
+			r.mu.Unlock()
+			if match(line) {
+				return line
+			}
+		case <-deadline:
+			r.t.Fatalf("no %s within %s:\n%s\nstderr:\n%s", what, d, strings.Join(r.taken(), "\n"), r.stderr.String())
+		}
+	}
+}
+
+// waitStderr waits until stderr holds want.
+func (r *eventsRun) waitStderr(d time.Duration, want string) {
+	r.t.Helper()
+	for deadline := time.Now().Add(d); !strings.Contains(r.stderr.String(), want); {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("stderr does not say %q within %s:\n%s", want, d, r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// taken returns the lines waitFor has read.
+func (r *eventsRun) taken() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.seen)
+}
+
+// header waits for the table's header, which events prints once the
+// broker has answered the subscription: every change from then on is sent.
+func (r *eventsRun) header() {
+	r.t.Helper()
+	r.waitFor(30*time.Second, "header", func(l string) bool { return strings.HasPrefix(l, "TIME ") })
+}
+
+// exited waits for events to exit by itself and returns how.
+func (r *eventsRun) exited(within time.Duration) result {
+	r.t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(within):
+		r.t.Fatalf("events did not exit within %s:\n%s", within, r.stderr.String())
+	}
+	res := result{stderr: r.stderr.String()}
+	for l := range r.lines {
+		res.stdout += l + "\n"
+	}
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		res.code = ee.ExitCode()
+	} else if r.err != nil {
+		r.t.Fatal(r.err)
+	}
+	return res
+}
+
+// interrupt sends SIGINT, as Ctrl-C does, and returns how events exited.
+func (r *eventsRun) interrupt() result {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(os.Interrupt); err != nil {
+		r.t.Fatal(err)
+	}
+	return r.exited(15 * time.Second)
+}
+
+// cells splits a table line into its columns (no cell but CHANGE has a
+// space).
+func cells(line string) (kind, pkg, cmd, resource, attempts, change string) {
+	f := strings.Fields(line)
+	if len(f) < 8 {
+		return
+	}
+	return f[2], f[3], f[4], f[5], f[6], strings.Join(f[7:], " ")
+}
+
+// isLine returns a match for a table line of that kind, package (or "")
+// and whose change is change.
+func isLine(kind, pkg, change string) func(string) bool {
+	return func(l string) bool {
+		k, p, _, _, _, c := cells(l)
+		return k == kind && (pkg == "" || p == pkg) && c == change
+	}
+}
+
+// leaseNext takes the next command of resource, failing the test if none.
+func leaseNext(t *testing.T, cl *client.Client, resource string) *spinbroker.Command {
+	t.Helper()
+	c, err := cl.Next(context.Background(), resource, 5*time.Second, 0)
+	if err != nil || c == nil {
+		t.Fatalf("next %s: %v, %v", resource, c, err)
+	}
+	return c
+}
+
+func complete(t *testing.T, cl *client.Client, c *spinbroker.Command) {
+	t.Helper()
+	ok := true
+	if _, err := cl.Complete(context.Background(), c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func createPackage(t *testing.T, cl *client.Client, resources ...string) *spinbroker.Package {
+	t.Helper()
+	in := spinbroker.NewPackage{Enqueue: true}
+	for _, r := range resources {
+		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: r, Action: "act"})
+	}
+	p, err := cl.CreatePackage(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestEvents_Table: a line for each step of a command's life, the
+// package's and the queue's, a deleted package said so; Ctrl-C ends it
+// with 130 and no message.
+func TestEvents_Table(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	ev := startEvents(t, b.url)
+	ev.header()
+	p := createPackage(t, b.cl, "storage")
+	const d = 30 * time.Second
+	line := ev.waitFor(d, "staged → ready", isLine("command", p.ID, "staged → ready"))
+	if _, _, cmd, res, att, _ := cells(line); cmd != p.Commands[0].ID || res != "storage" || att != "0" {
+		t.Errorf("command line %q: want command %s, resource storage, attempts 0", line, p.Commands[0].ID)
+	}
+	c := leaseNext(t, b.cl, "storage")
+	ev.waitFor(d, "ready → leased", isLine("command", p.ID, "ready → leased"))
+	complete(t, b.cl, c)
+	ev.waitFor(d, "leased → succeeded", isLine("command", p.ID, "leased → succeeded"))
+	ev.waitFor(d, "the package succeeded", isLine("package", p.ID, "succeeded, 1/1 done"))
+	if err := b.cl.DeletePackage(context.Background(), p.ID); err != nil {
+		t.Fatal(err)
+	}
+	ev.waitFor(d, "the package deleted", isLine("package", p.ID, "deleted"))
+	if !slices.ContainsFunc(ev.taken(), func(l string) bool {
+		k, _, _, res, _, _ := cells(l)
+		return k == "queue" && res == "storage"
+	}) {
+		t.Errorf("no queue line for storage:\n%s", strings.Join(ev.taken(), "\n"))
+	}
+	// Aligned: every change starts under the header's CHANGE.
+	lines := ev.taken()
+	at := strings.Index(lines[0], "CHANGE")
+	for _, l := range lines[1:] {
+		if len(l) <= at || l[at-1] != ' ' || l[at] == ' ' {
+			t.Errorf("line %q: its change does not start under CHANGE of %q", l, lines[0])
+		}
+	}
+	r := ev.interrupt()
+	if r.code != 130 || r.stderr != "" {
+		t.Errorf("events after SIGINT: %s; want exit 130 and nothing on stderr", r)
+	}
+}
+
+// TestEvents_JSON: -o json is JSON Lines, each the kind and the broker's
+// data, for jq.
+func TestEvents_JSON(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	ev := startEvents(t, b.url, "-o", "json")
+	type line struct {
+		Received time.Time       `json:"received"`
+		Kind     string          `json:"kind"`
+		Data     json.RawMessage `json:"data"`
+	}
+	parse := func(s string) line {
+		var l line
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&l); err != nil {
+			t.Fatalf("line %q: %v", s, err)
+		}
+		return l
+	}
+	// JSON has no header to say that the stream is open: until a change
+	// reaches it, make another.
+	for opened := false; !opened; {
+		createPackage(t, b.cl, "storage")
+		select {
+		case s := <-ev.lines:
+			ev.mu.Lock()
+			ev.seen = append(ev.seen, s)
+			ev.mu.Unlock()
+			opened = true
+		case <-time.After(time.Second):
+		}
+	}
+	c := leaseNext(t, b.cl, "storage")
+	complete(t, b.cl, c)
+	var cmd spinbroker.Change
+	ev.waitFor(30*time.Second, "a succeeded command", func(s string) bool {
+		l := parse(s)
+		if l.Kind != "command" {
+			return false
+		}
+		dec := json.NewDecoder(strings.NewReader(string(l.Data)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cmd); err != nil {
+			t.Fatalf("command data %s: %v", l.Data, err)
+		}
+		return cmd.To == spinbroker.Succeeded && cmd.CommandID == c.ID
+	})
+	if cmd.From != spinbroker.Leased || cmd.Resource != "storage" || cmd.Attempts != 1 {
+		t.Errorf("command event %+v, want %s leased → succeeded on storage, attempts 1", cmd, c.ID)
+	}
+	ev.waitFor(30*time.Second, "a package event", func(s string) bool { return parse(s).Kind == "package" })
+	kinds := map[string]bool{}
+	for _, s := range ev.taken() {
+		l := parse(s)
+		kinds[l.Kind] = true
+		if time.Since(l.Received) > time.Minute || l.Received.Location() != time.UTC {
+			t.Errorf("line %q: received is not a time of now in UTC", s)
+		}
+	}
+	if !kinds["command"] || !kinds["package"] {
+		t.Errorf("kinds seen %v, want command and package", kinds)
+	}
+	if r := ev.interrupt(); r.code != 130 || r.stderr != "" {
+		t.Errorf("events -o json after SIGINT: %s", r)
+	}
+}
+
+// TestEvents_Filters: --resource, --kind and --package keep what they say
+// and nothing else. A witness without filters says when every event has
+// been sent; the last change then reaches every stream after all of them.
+func TestEvents_Filters(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	w := startEvents(t, b.url)
+	byRes := startEvents(t, b.url, "--resource", "storage")
+	byKind := startEvents(t, b.url, "--kind", "command")
+	w.header()
+	byRes.header()
+	byKind.header()
+	p2 := createPackage(t, b.cl, "emulation")
+	byPkg := startEvents(t, b.url, "--package", strings.ToUpper(p2.ID)) // the broker's filter, not the CLI's
+	byPkg.header()
+	p2c := leaseNext(t, b.cl, "emulation") // a change of p2 that byPkg sees
+	p1 := createPackage(t, b.cl, "storage")
+	const d = 30 * time.Second
+	for _, want := range []func(string) bool{
+		isLine("package", p2.ID, "running, 0/1 done"),
+		isLine("package", p1.ID, "queued, 0/1 done"),
+		func(l string) bool { k, _, _, r, _, _ := cells(l); return k == "queue" && r == "emulation" },
+		func(l string) bool { k, _, _, r, _, _ := cells(l); return k == "queue" && r == "storage" },
+	} {
+		w.waitFor(d, "the witness's events", want)
+	}
+	// The last change, after all of the above: a command of p1 leased.
+	complete(t, b.cl, p2c)
+	c := leaseNext(t, b.cl, "storage")
+	last := isLine("command", p1.ID, "ready → leased")
+	byRes.waitFor(d, "the last change", last)
+	byKind.waitFor(d, "the last change", last)
+	// For byPkg, p2 deleted: after all of p1's changes.
+	complete(t, b.cl, c)
+	if err := b.cl.DeletePackage(context.Background(), p2.ID); err != nil {
+		t.Fatal(err)
+	}
+	byPkg.waitFor(d, "p2 deleted", isLine("package", p2.ID, "deleted"))
+
+	for _, l := range byRes.taken()[1:] {
+		if k, _, _, r, _, _ := cells(l); k != "package" && r != "storage" {
+			t.Errorf("--resource storage printed %q", l)
+		}
+	}
+	if !slices.ContainsFunc(byRes.taken(), isLine("package", p2.ID, "running, 0/1 done")) {
+		t.Errorf("--resource left out a package event:\n%s", strings.Join(byRes.taken(), "\n"))
+	}
+	kinds := map[string]int{}
+	for _, l := range byKind.taken()[1:] {
+		k, _, _, _, _, _ := cells(l)
+		kinds[k]++
+	}
+	if len(kinds) != 1 || kinds["command"] < 3 {
+		t.Errorf("--kind command printed kinds %v:\n%s", kinds, strings.Join(byKind.taken(), "\n"))
+	}
+	for _, l := range byPkg.taken()[1:] {
+		if _, p, _, _, _, _ := cells(l); p != p2.ID {
+			t.Errorf("--package %s printed %q", p2.ID, l)
+		}
+	}
+	if !slices.ContainsFunc(byPkg.taken(), isLine("command", p2.ID, "leased → succeeded")) {
+		t.Errorf("--package %s left out its command:\n%s", p2.ID, strings.Join(byPkg.taken(), "\n"))
+	}
+}
+
+// TestEvents_BrokerRestarts: a restart is said on stderr, once, and
+// followed through; what happens after it is printed.
+func TestEvents_BrokerRestarts(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "broker.db")
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	sp := startBroker(t, db, "--addr", addr)
+	cl, err := client.New(sp.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := startEvents(t, sp.url)
+	ev.header()
+	p := createPackage(t, cl, "storage")
+	const d = 30 * time.Second
+	ev.waitFor(d, "a line before the restart", isLine("command", p.ID, "staged → ready"))
+	if err := sp.stop(t); err != nil {
+		t.Fatalf("serve exited with %v:\n%s", err, sp.logs)
+	}
+	ev.waitStderr(d, "reconnecting…")
+	startBroker(t, db, "--addr", addr)
+	ev.waitStderr(d, "connected again")
+	c := leaseNext(t, cl, "storage")
+	complete(t, cl, c)
+	ev.waitFor(d, "a line after the restart", isLine("command", p.ID, "leased → succeeded"))
+	r := ev.interrupt()
+	if r.code != 130 {
+		t.Errorf("events after SIGINT: %s", r)
+	}
+	if n := strings.Count(r.stderr, "\n"); n != 2 || !strings.Contains(r.stderr, "spinbroker: the event stream dropped (the broker ended it") {
+		t.Errorf("stderr across one restart, want two lines:\n%s", r.stderr)
+	}
+}
+
+// TestEvents_BrokerGone: a broker away for longer than --reconnect-for is
+// given up on, exit 4; one never reached fails at once, exit 4.
+func TestEvents_BrokerGone(t *testing.T) {
+	t.Parallel()
+	sp := startBroker(t, filepath.Join(t.TempDir(), "broker.db"))
+	ev := startEvents(t, sp.url, "--reconnect-for", "1s")
+	ev.header()
+	if err := sp.stop(t); err != nil {
+		t.Fatalf("serve exited with %v:\n%s", err, sp.logs)
+	}
+	r := ev.exited(30 * time.Second)
+	if r.code != exitTryAgain || !strings.Contains(r.stderr, "(--reconnect-for): cannot reach the broker") {
+		t.Errorf("events after the broker stopped for good: %s", r)
+	}
+
+	r = spin(t, "events", "--url", sp.url) // nothing listens there now
+	if r.code != exitTryAgain || !strings.HasPrefix(r.stderr, "spinbroker: cannot reach the broker: ") || r.stdout != "" {
+		t.Errorf("events with no broker: %s", r)
+	}
+}
+
+// TestEvents_Refused: the broker's refusals as other commands say them,
+// exit 1; a viewer token is enough.
+func TestEvents_Refused(t *testing.T) {
+	t.Parallel()
+	db, _ := storetest.MustOpen(t, store.Options{})
+	_, viewer, err := db.CreateToken(context.Background(), spinbroker.RoleViewer, "", "watcher")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true}, nil)
+	ev := startEvents(t, b.url, "--token", viewer)
+	ev.header()
+	if r := ev.interrupt(); r.code != 130 || r.stderr != "" {
+		t.Errorf("events with a viewer token: %s", r)
+	}
+	if r := b.spin("events"); r.code != 1 || !strings.Contains(r.stderr, "(unauthorized); give --token or set SPINBROKER_TOKEN") {
+		t.Errorf("events without a token: %s", r)
+	}
+	if r := b.spin("events", "--token", viewer, "--package", "nope"); r.code != 1 || r.stderr != "spinbroker: package \"nope\" is not an id (invalid_request)\n" {
+		t.Errorf("events --package nope: %s", r)
+	}
+}
