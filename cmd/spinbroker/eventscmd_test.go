@@ -77,10 +77,17 @@ func startEvents(t *testing.T, url string, args ...string) *eventsRun {
 	return r
 }
 
-// waitFor returns the first line still unread that matches, failing the
-// test if none comes within d.
+// waitFor returns the first line that matches, read already or still to
+// come, failing the test if none comes within d. Lines read before count:
+// the broker sends a package's events and its commands' from different
+// places, in no set order between them.
 func (r *eventsRun) waitFor(d time.Duration, what string, match func(line string) bool) string {
 	r.t.Helper()
+	for _, line := range r.taken() {
+		if match(line) {
+			return line
+		}
+	}
 	deadline := time.After(d)
 	for {
 		select {
