@@ -34,4 +34,19 @@ type Token struct {
 	Resource  string     `json:"resource,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// ExpiresAt is when the token stops working; nil never.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// Expired reports whether t no longer works at now for having reached its
+// ExpiresAt (revoked or not).
+func (t *Token) Expired(now time.Time) bool {
+	return t.ExpiresAt != nil && !now.Before(*t.ExpiresAt)
+}
+
+// TokenExpired is the refusal of a token past its ExpiresAt. It says so,
+// and when, apart from the refusal of a token that is not valid: its
+// holder is to ask for a new one, not to look for a typo.
+func TokenExpired(at time.Time) *Error {
+	return Errorf(EUNAUTHORIZED, "the token expired at %s: ask for a new one (spinbroker token create)", at.UTC().Format(time.RFC3339))
 }

@@ -183,15 +183,17 @@ func (c *serveConfig) validate() error {
 }
 
 // warnNoTokens says so when auth is on and the database holds no token
-// that works: every request but /healthz would be refused, most often
-// because the tokens were made on another database file.
+// that works (none, or all revoked or expired): every request but /healthz
+// would be refused, most often because the tokens were made on another
+// database file.
 func warnNoTokens(ctx context.Context, db *store.DB, log *slog.Logger, path string) {
 	toks, err := db.Tokens(ctx)
 	if err != nil {
 		return
 	}
+	now := time.Now()
 	for _, t := range toks {
-		if t.RevokedAt == nil {
+		if t.RevokedAt == nil && !t.Expired(now) {
 			return
 		}
 	}

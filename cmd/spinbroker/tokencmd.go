@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,18 +84,28 @@ func (a *app) openDB(ctx context.Context, path string, create bool) (*store.DB, 
 }
 
 func (a *app) tokenCreateCommand(db *string) *cobra.Command {
-	var role, resource, name string
+	var role, resource, name, expires string
 	cmd := &cobra.Command{
-		Use:   "create --role admin|client|agent|viewer [--resource X] [--name N]",
+		Use:   "create --role admin|client|agent|viewer [--resource X] [--name N] [--expires 90d]",
 		Short: "Create a token and show it, once",
 		Long: `create makes a token with a role and prints it once, as the last word of the
 line; it cannot be shown again. An agent token is bound to one --resource.
-A database that does not exist yet is created (and said so on stderr).`,
+With --expires the token stops working that long from now (a broker then
+answers 401 saying it expired, and when); without it, it works until it is
+revoked. A database that does not exist yet is created (and said so on
+stderr).`,
 		Example: `  spinbroker token create --db /var/lib/spinbroker/broker.db --role admin --name ops
-  spinbroker token create --role agent --resource storage --name host-1
-  TOKEN=$(spinbroker token create --role client | awk '{print $NF}')`,
+  spinbroker token create --role agent --resource storage --name host-1 --expires 90d
+  TOKEN=$(spinbroker token create --role client --expires 720h | awk '{print $NF}')`,
 		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var lifetime time.Duration
+			if cmd.Flags().Changed("expires") {
+				var err error
+				if lifetime, err = parseLifetime(expires); err != nil {
+					return usagef(cmd, "%v", err)
+				}
+			}
 			switch {
 			case role == "":
 				return usagef(cmd, "give --role: one of %s", strings.Join(tokenRoles, ", "))
@@ -114,7 +125,7 @@ A database that does not exist yet is created (and said so on stderr).`,
 				return err
 			}
 			defer st.Close()
-			tok, secret, err := st.CreateToken(cmd.Context(), role, resource, name)
+			tok, secret, err := st.CreateExpiringToken(cmd.Context(), role, resource, name, lifetime)
 			if err != nil {
 				return err
 			}
@@ -132,6 +143,9 @@ A database that does not exist yet is created (and said so on stderr).`,
 			if tok.Resource != "" {
 				fmt.Fprintf(&b, " for resource %s", tok.Resource)
 			}
+			if tok.ExpiresAt != nil {
+				fmt.Fprintf(&b, ", expires %s", tok.ExpiresAt.UTC().Format(time.RFC3339))
+			}
 			fmt.Fprintf(&b, " (shown once): %s\n", secret)
 			_, err = fmt.Fprint(a.stdout, b.String())
 			return err
@@ -141,8 +155,37 @@ A database that does not exist yet is created (and said so on stderr).`,
 	f.StringVar(&role, "role", "", "what the token may do: "+strings.Join(tokenRoles, ", "))
 	f.StringVar(&resource, "resource", "", "the resource an agent token serves")
 	f.StringVar(&name, "name", "", "a name to tell the token by (who or what uses it)")
+	f.StringVar(&expires, "expires", "", "stop working this long from now: days (90d), a Go duration (720h) or both (1d12h); never when left out")
 	_ = cmd.RegisterFlagCompletionFunc("role", cobra.FixedCompletions(tokenRoles, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
+}
+
+// parseLifetime reads --expires: a number of days ("90d"), a Go duration
+// ("720h", "30m"), or days and then a Go duration ("1d12h"). Operators
+// think of a credential's life in days, which Go durations do not have.
+func parseLifetime(s string) (time.Duration, error) {
+	given := clip(s)
+	syntax := fmt.Errorf("--expires must be a number of days (90d), a Go duration (720h, 30m) or both (1d12h), not %q", given)
+	var days time.Duration
+	if n, rest, ok := strings.Cut(s, "d"); ok { // no unit of a Go duration has a d
+		v, err := strconv.ParseUint(n, 10, 64)
+		if err != nil {
+			return 0, syntax
+		}
+		days, s = time.Duration(min(v, uint64(store.MaxTokenLifetime/(24*time.Hour))+1))*24*time.Hour, rest
+	}
+	var d time.Duration
+	if s != "" {
+		v, err := spinbroker.ParseDuration(s)
+		if err != nil {
+			return 0, syntax
+		}
+		d = min(v, store.MaxTokenLifetime+1) // days + d cannot overflow
+	}
+	if d < 0 || days+d == 0 || days+d > store.MaxTokenLifetime {
+		return 0, fmt.Errorf("--expires must be more than 0 and at most %dd (a century), not %q; leave it out for a token that never expires", store.MaxTokenLifetime/(24*time.Hour), given)
+	}
+	return days + d, nil
 }
 
 func isRole(s string) bool {
@@ -158,8 +201,10 @@ func (a *app) tokenListCommand(db *string) *cobra.Command {
 	return &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
-		Short:   "List tokens, revoked ones included",
-		Long:    `ls lists every token, oldest first, revoked ones included. Secrets are never shown: the database does not have them.`,
+		Short:   "List tokens, revoked and expired ones included",
+		Long: `ls lists every token, oldest first, revoked and expired ones included, with
+when each expires ("-": never; "(expired)" after the time of one past it).
+Secrets are never shown: the database does not have them.`,
 		Example: `  spinbroker token ls --db /var/lib/spinbroker/broker.db`,
 		Args:    args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -172,15 +217,24 @@ func (a *app) tokenListCommand(db *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			now := time.Now()
 			if a.jsonOutput() {
+				out := make([]listedToken, len(toks))
+				for i, t := range toks {
+					out[i] = listedToken{t, t.Expired(now)}
+				}
 				return a.printJSON(struct {
-					Tokens []spinbroker.Token `json:"tokens"`
-				}{toks})
+					Tokens []listedToken `json:"tokens"`
+				}{out})
 			}
 			tw := newTable(a.stdout)
-			row(tw, "ID", "NAME", "ROLE", "RESOURCE", "CREATED", "REVOKED")
+			row(tw, "ID", "NAME", "ROLE", "RESOURCE", "CREATED", "REVOKED", "EXPIRES")
 			for _, t := range toks {
-				row(tw, t.ID, fmtStr(&t.Name), t.Role, fmtStr(&t.Resource), fmtTime(t.CreatedAt), fmtTimePtr(t.RevokedAt))
+				expires := fmtTimePtr(t.ExpiresAt)
+				if t.Expired(now) {
+					expires += " (expired)"
+				}
+				row(tw, t.ID, fmtStr(&t.Name), t.Role, fmtStr(&t.Resource), fmtTime(t.CreatedAt), fmtTimePtr(t.RevokedAt), expires)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -189,6 +243,14 @@ func (a *app) tokenListCommand(db *string) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// listedToken is a token as 'token ls -o json' shows it: expired says
+// whether its expires_at has passed, so that a script need not compare
+// times.
+type listedToken struct {
+	spinbroker.Token
+	Expired bool `json:"expired"`
 }
 
 func (a *app) tokenRevokeCommand(db *string) *cobra.Command {

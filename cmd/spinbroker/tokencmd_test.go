@@ -131,11 +131,11 @@ func TestTokenCommands(t *testing.T) {
 
 	// ls: oldest first, revoked ones included.
 	rows := lines(spin(t, "token", "ls", "--db", path).stdout)
-	if strings.Join(rows[0], " ") != "ID NAME ROLE RESOURCE CREATED REVOKED" || len(rows) != 4 {
+	if strings.Join(rows[0], " ") != "ID NAME ROLE RESOURCE CREATED REVOKED EXPIRES" || len(rows) != 4 {
 		t.Fatalf("token ls: %v", rows)
 	}
 	if rows[1][0] != admin || strings.Join(rows[1][1:4], " ") != "ops team admin" || rows[2][0] != agent ||
-		strings.Join(rows[2][1:4], " ") != "- agent storage" || rows[3][0] != viewer || rows[1][len(rows[1])-1] != "-" {
+		strings.Join(rows[2][1:4], " ") != "- agent storage" || rows[3][0] != viewer || rows[1][len(rows[1])-2] != "-" || rows[1][len(rows[1])-1] != "-" {
 		t.Errorf("token ls: %v", rows)
 	}
 
@@ -152,10 +152,13 @@ func TestTokenCommands(t *testing.T) {
 		t.Errorf("queue ls with a revoked token: %s", r)
 	}
 	var toks struct {
-		Tokens []spinbroker.Token `json:"tokens"`
+		Tokens []struct {
+			spinbroker.Token
+			Expired bool `json:"expired"`
+		} `json:"tokens"`
 	}
 	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
-	if len(toks.Tokens) != 3 || toks.Tokens[0].ID != admin || toks.Tokens[0].RevokedAt == nil || toks.Tokens[1].RevokedAt != nil {
+	if len(toks.Tokens) != 3 || toks.Tokens[0].ID != admin || toks.Tokens[0].RevokedAt == nil || toks.Tokens[1].RevokedAt != nil || toks.Tokens[0].Expired {
 		t.Errorf("token ls -o json = %+v", toks)
 	}
 	// Again: it says so, rather than revoke it once more.
@@ -456,5 +459,146 @@ func TestUnauthorizedHint(t *testing.T) {
 		if tt.name != "None" && (strings.Contains(tt.r.stderr, noToken) || !strings.Contains(tt.r.stderr, "revoked, mistyped, or made for another broker")) {
 			t.Errorf("%s: %s", tt.name, tt.r)
 		}
+	}
+}
+
+// TestWarnNoTokens_Expired: a database whose only token has expired has no
+// token that works, and serve --auth says so at start as for none at all.
+func TestWarnNoTokens_Expired(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	past := func() time.Time { return time.Now().Add(-2 * time.Hour) }
+	db, err := store.Open(context.Background(), path, store.Options{Now: past, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, _, err := db.CreateExpiringToken(context.Background(), spinbroker.RoleAdmin, "", "ops", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	warnNoTokens(context.Background(), db, slog.New(slog.NewTextHandler(&log, nil)), path)
+	if !strings.Contains(log.String(), "has no token that works") {
+		t.Errorf("only an expired token: the log says %q", log.String())
+	}
+	if _, _, err := db.CreateExpiringToken(context.Background(), spinbroker.RoleAdmin, "", "ops", 3*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	log.Reset()
+	warnNoTokens(context.Background(), db, slog.New(slog.NewTextHandler(&log, nil)), path)
+	if log.Len() != 0 {
+		t.Errorf("a token that works: the log says %q", log.String())
+	}
+}
+
+// TestTokenCreate_Expires: --expires takes days, Go durations or both, and
+// the token stops working then; create says when, ls shows it and marks
+// tokens past it, and a broker refuses such a token saying it expired.
+// Without --expires a token never expires, as before.
+func TestTokenCreate_Expires(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	const uuid = `([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})`
+	for _, tt := range []struct {
+		expires string
+		want    time.Duration
+	}{
+		{"90d", 90 * 24 * time.Hour},
+		{"720h", 720 * time.Hour},
+		{"1d12h", 36 * time.Hour},
+		{"36500d", 36500 * 24 * time.Hour},
+	} {
+		before := time.Now().Truncate(time.Second)
+		r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--name", "ci", "--expires", tt.expires)
+		m := regexp.MustCompile(`^Created viewer token ` + uuid + ` named "ci", expires (\S+) \(shown once\): sbt_\S+\n$`).FindStringSubmatch(r.stdout)
+		if r.code != 0 || m == nil {
+			t.Fatalf("--expires %s: %s", tt.expires, r)
+		}
+		at, err := time.Parse(time.RFC3339, m[2])
+		if err != nil || at.Before(before.Add(tt.want)) || at.After(time.Now().Add(tt.want)) {
+			t.Errorf("--expires %s: expires %s, want about %s", tt.expires, m[2], before.Add(tt.want).UTC())
+		}
+	}
+	for _, bad := range []string{"90", "ninety", "d", "1.5d", "0", "0d", "-1h", "1d-2h", "36501d", "876001h", "99999999999999999999d"} {
+		r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--expires", bad)
+		if r.code != 2 || !strings.Contains(r.stderr, "--expires must") || r.stdout != "" {
+			t.Errorf("--expires %s: %s", bad, r)
+		}
+	}
+	r := spin(t, "token", "create", "--db", path, "--role", "client", "--expires", "1h", "-o", "json")
+	var created struct {
+		spinbroker.Token
+		Secret string `json:"token"`
+	}
+	decodeJSON(t, r.stdout, &created)
+	if created.ExpiresAt == nil || created.ExpiresAt.Sub(created.CreatedAt) != time.Hour {
+		t.Errorf("token create --expires 1h -o json: %s", r.stdout)
+	}
+
+	// A token that expired an hour ago (made through the store with its
+	// clock set back), and one that never expires.
+	db, err := store.Open(context.Background(), path, store.Options{Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, oldSecret, err := db.CreateExpiringToken(context.Background(), spinbroker.RoleAdmin, "", "old", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	forever := spin(t, "token", "create", "--db", path, "--role", "admin", "--name", "forever")
+	if forever.code != 0 || strings.Contains(forever.stdout, "expires") {
+		t.Fatalf("token create without --expires: %s", forever)
+	}
+	foreverSecret := strings.Fields(forever.stdout)[len(strings.Fields(forever.stdout))-1]
+
+	r = spin(t, "token", "ls", "--db", path)
+	if r.code != 0 {
+		t.Fatalf("token ls: %s", r)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		switch f := strings.Fields(line); {
+		case f[0] == "ID":
+			if f[len(f)-1] != "EXPIRES" {
+				t.Errorf("token ls header: %q", line)
+			}
+		case f[0] == old.ID:
+			if !strings.HasSuffix(line, old.ExpiresAt.UTC().Format(timeLayout)+" (expired)") {
+				t.Errorf("token ls, the expired token: %q", line)
+			}
+		case f[1] == "forever":
+			if f[len(f)-1] != "-" {
+				t.Errorf("token ls, the token without --expires: %q", line)
+			}
+		case f[len(f)-1] == "(expired)" || f[len(f)-1] == "-":
+			t.Errorf("token ls, a token that expires later: %q", line)
+		}
+	}
+	var toks struct {
+		Tokens []struct {
+			spinbroker.Token
+			Expired bool `json:"expired"`
+		} `json:"tokens"`
+	}
+	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
+	for _, tok := range toks.Tokens {
+		if tok.Expired != (tok.ID == old.ID) || (tok.ExpiresAt == nil) != (tok.Name == "forever") {
+			t.Errorf("token ls -o json: %+v", tok)
+		}
+	}
+
+	db, err = store.Open(context.Background(), path, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true}, nil)
+	if r := b.spin("queue", "ls", "--token", foreverSecret); r.code != 0 {
+		t.Errorf("queue ls with a token without --expires: %s", r)
+	}
+	if r := b.spin("queue", "ls", "--token", oldSecret); r.code != 1 || !strings.Contains(r.stderr, "the token expired at "+old.ExpiresAt.UTC().Format(time.RFC3339)) {
+		t.Errorf("queue ls with an expired token: %s", r)
 	}
 }

@@ -99,7 +99,7 @@ func TestEmptyListsOnTerminal(t *testing.T) {
 		{[]string{"package", "ls", "--url", b.url}, "ID  STATE  DONE  CREATED  FINISHED  REASON\n", "no packages\n"},
 		{[]string{"package", "ls", "--state", "failed", "--url", b.url}, "ID  STATE  DONE  CREATED  FINISHED  REASON\n", "no packages in state failed\n"},
 		{[]string{"queue", "ls", "--url", b.url}, "RESOURCE  CONCURRENCY  PAUSED  BLOCKED  READY  LEASED  OLDEST READY\n", "no queues\n"},
-		{[]string{"token", "ls", "--db", db}, "ID  NAME  ROLE  RESOURCE  CREATED  REVOKED\n", "no tokens\n"},
+		{[]string{"token", "ls", "--db", db}, "ID  NAME  ROLE  RESOURCE  CREATED  REVOKED  EXPIRES\n", "no tokens\n"},
 	} {
 		shown, stderr, code := spinTTY(t, tt.args...)
 		if code != 0 || shown != tt.header || stderr != tt.note {

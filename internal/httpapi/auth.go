@@ -54,7 +54,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		tok, err := s.tokens.check(r.Context(), secret)
 		if err != nil {
 			if spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED {
-				s.unauthorized(w, r, "the token is not valid or was revoked")
+				// Not valid, or expired (and when): the store's and the
+				// cache's sentences, which tell a typo from a renewal.
+				s.unauthorized(w, r, spinbroker.ErrorMessage(err))
 				return
 			}
 			s.writeError(w, r, err)
@@ -68,17 +70,23 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 	})
 }
 
-// revoked reports whether the token of a request still being served has
-// been revoked since it came: a long-poll or an event stream must not go on
-// for a token the operator took back. (A database that does not answer is
-// not taken for a revocation.)
-func (s *Server) revoked(r *http.Request) bool {
+// refused says why the token of a request still being served no longer
+// works, nil while it does: a long-poll or an event stream must not go on
+// for a token the operator took back, or one past its end. (A database that
+// does not answer is not taken for a refusal.)
+func (s *Server) refused(r *http.Request) error {
 	id := identityOf(r)
 	if !s.opts.Auth || id.secret == "" {
-		return false
+		return nil
 	}
 	_, err := s.tokens.check(r.Context(), id.secret)
-	return spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED
+	switch {
+	case spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED:
+		return nil
+	case id.token.Expired(s.now()):
+		return spinbroker.TokenExpired(*id.token.ExpiresAt)
+	}
+	return errRevoked
 }
 
 // errRevoked ends a request whose token was revoked while it waited.
@@ -222,9 +230,12 @@ type tokenCache struct {
 	st  Store
 	ttl time.Duration
 	now func() time.Time
-	mu  sync.Mutex
-	m   map[[32]byte]cachedToken // tokens that work: as many as the database holds
-	bad map[[32]byte]cachedToken // refusals, at most maxBadTokens
+	// clock is the store's time, which a token's ExpiresAt is of: a
+	// trusted token is refused from its end on, however recently checked.
+	clock func() time.Time
+	mu    sync.Mutex
+	m     map[[32]byte]cachedToken // tokens that work: as many as the database holds
+	bad   map[[32]byte]cachedToken // refusals, at most maxBadTokens
 }
 
 // maxBadTokens bounds the refusals remembered: about 1 MB.
@@ -240,10 +251,11 @@ type cachedToken struct {
 	expires time.Time
 }
 
-// newTokenCache uses the real clock: how long a token stays cached has
-// nothing to do with the store's (possibly simulated) time.
-func newTokenCache(st Store, ttl time.Duration) *tokenCache {
-	return &tokenCache{st: st, ttl: ttl, now: time.Now, m: map[[32]byte]cachedToken{}, bad: map[[32]byte]cachedToken{}}
+// newTokenCache uses the real clock for how long a token stays cached,
+// which has nothing to do with the store's (possibly simulated) time;
+// clock, the store's, is only for when tokens expire.
+func newTokenCache(st Store, ttl time.Duration, clock func() time.Time) *tokenCache {
+	return &tokenCache{st: st, ttl: ttl, now: time.Now, clock: clock, m: map[[32]byte]cachedToken{}, bad: map[[32]byte]cachedToken{}}
 }
 
 func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Token, error) {
@@ -255,6 +267,9 @@ func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Toke
 	c.mu.Lock()
 	if e, ok := c.m[key]; ok && now.Before(e.expires) {
 		c.mu.Unlock()
+		if e.tok.Expired(c.clock()) {
+			return nil, spinbroker.TokenExpired(*e.tok.ExpiresAt)
+		}
 		return e.tok, nil
 	}
 	if e, ok := c.bad[key]; ok && now.Before(e.expires) {
@@ -286,4 +301,4 @@ func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Toke
 }
 
 // errInvalidToken refuses a secret no token could have, unread.
-var errInvalidToken = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid")
+var errInvalidToken = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid or was revoked")

@@ -320,7 +320,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-recheck.C:
-			if s.revoked(r) {
+			if s.refused(r) != nil {
 				return
 			}
 			continue

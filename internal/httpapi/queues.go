@@ -343,7 +343,7 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			case <-r.Context().Done():
 			case <-s.quit:
 			case <-recheck:
-				waiting = !s.revoked(r)
+				waiting = s.refused(r) == nil
 				continue
 			}
 			waiting = false
@@ -358,8 +358,8 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			return errShuttingDown
 		default:
 		}
-		if s.revoked(r) {
-			return errRevoked // before a lease goes to a token taken back
+		if err := s.refused(r); err != nil {
+			return err // before a lease goes to a token taken back or past its end
 		}
 	}
 }

@@ -169,7 +169,7 @@ func New(st Store, logger *slog.Logger, opts Options) *Server {
 		waits:    newWaits(max(opts.MaxWaitsPerToken, 0)),
 		quit:     make(chan struct{}),
 	}
-	s.tokens = newTokenCache(st, opts.TokenCacheTTL)
+	s.tokens = newTokenCache(st, opts.TokenCacheTTL, opts.Now)
 	s.hub = newHub(st, logger, s.quit)
 	s.metrics = newMetrics(opts.Registry, st, s.agentsOf, func() int { return len(s.writes) },
 		func() int64 { return s.bodies.held.Load() + s.settles.held.Load() }, s.waits.all.Load)

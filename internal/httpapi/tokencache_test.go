@@ -28,7 +28,7 @@ func TestTokenCache_Bounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newTokenCache(db, time.Minute)
+	c := newTokenCache(db, time.Minute, time.Now)
 	if tok, err := c.check(ctx, secret); err != nil || tok.Resource != "storage" {
 		t.Fatalf("a good token: %v %v", tok, err)
 	}

@@ -185,7 +185,9 @@ func (u *ui) handleLogin(w http.ResponseWriter, r *http.Request) {
 	tok, err := u.s.tokens.check(r.Context(), secret)
 	switch {
 	case spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED:
-		again(http.StatusUnauthorized, "That token is not valid or was revoked.")
+		// The API's sentence, as a sentence: an expired token says so.
+		msg := spinbroker.ErrorMessage(err)
+		again(http.StatusUnauthorized, strings.ToUpper(msg[:1])+msg[1:]+".")
 		return
 	case err != nil:
 		u.fail(w, r, err)

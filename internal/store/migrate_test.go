@@ -157,8 +157,8 @@ func TestMigration_UpgradeIsLogged(t *testing.T) {
 		return buf.String()
 	}
 	log := reopen(path)
-	if !strings.Contains(log, `msg="migrated the database schema"`) || !strings.Contains(log, "from=1 to=4") ||
-		!strings.Contains(log, "00002_counts_in_store.sql") || !strings.Contains(log, "00004_queue_activity.sql") {
+	if !strings.Contains(log, `msg="migrated the database schema"`) || !strings.Contains(log, "from=1 to=5") ||
+		!strings.Contains(log, "00002_counts_in_store.sql") || !strings.Contains(log, "00004_queue_activity.sql") || !strings.Contains(log, "00005_token_expiry.sql") {
 		t.Fatalf("the upgrade's log: %s", log)
 	}
 	if log := reopen(path); strings.Contains(log, "migrated") {
@@ -166,5 +166,38 @@ func TestMigration_UpgradeIsLogged(t *testing.T) {
 	}
 	if log := reopen(filepath.Join(t.TempDir(), "new.db")); strings.Contains(log, "migrated") {
 		t.Fatalf("a new database logged: %s", log)
+	}
+}
+
+// TestMigration_TokenExpiry: migration 00005 keeps every token as it was,
+// with no end (tokens made before it never expire); its Down drops the
+// column.
+func TestMigration_TokenExpiry(t *testing.T) {
+	ctx := context.Background()
+	raw, p := migrationDB(t)
+	if _, err := p.UpTo(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.ExecContext(ctx, `INSERT INTO tokens (id, name, hash, role, created_at) VALUES ('t', 'ops', x'01', 'admin', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM tokens WHERE id = 't' AND name = 'ops' AND expires_at IS NULL`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the token after Up: %d, %v", n, err)
+	}
+	if _, err := raw.ExecContext(ctx, `UPDATE tokens SET expires_at = 5 WHERE id = 't'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.DownTo(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('tokens') WHERE name = 'expires_at'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after Down, expires_at is still there: %d, %v", n, err)
+	}
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM tokens WHERE id = 't'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("after Down, the token: %d, %v", n, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"database/sql"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -35,9 +36,23 @@ func CheckTokenName(name string) error {
 	return nil
 }
 
-// CreateToken makes a token for role (bound to resource for an agent) and
-// returns it with its secret, which is not kept and cannot be shown again.
+// MaxTokenLifetime is the longest lifetime a token may be made with: about
+// a century, well inside the years a time column can hold.
+const MaxTokenLifetime = 36500 * 24 * time.Hour
+
+// CreateToken makes a token for role (bound to resource for an agent) that
+// never expires, and returns it with its secret, which is not kept and
+// cannot be shown again.
 func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*spinbroker.Token, string, error) {
+	return db.CreateExpiringToken(ctx, role, resource, name, 0)
+}
+
+// CreateExpiringToken is CreateToken for a token that stops working
+// lifetime from now (0: never), up to MaxTokenLifetime.
+func (db *DB) CreateExpiringToken(ctx context.Context, role, resource, name string, lifetime time.Duration) (*spinbroker.Token, string, error) {
+	if lifetime < 0 || lifetime > MaxTokenLifetime {
+		return nil, "", spinbroker.Errorf(spinbroker.EINVALID, "a token's lifetime is positive and at most %d days, not %s", MaxTokenLifetime/(24*time.Hour), lifetime)
+	}
 	switch role {
 	case spinbroker.RoleAdmin, spinbroker.RoleClient, spinbroker.RoleViewer:
 		if resource != "" {
@@ -63,8 +78,13 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*sp
 	}
 	err := db.write(ctx, func(t *Tx) error {
 		tok.CreatedAt = t.now
-		_, err := t.exec(`INSERT INTO tokens (id, name, hash, role, resource, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-			tok.ID, name, HashToken(secret), role, res, nanos(t.now))
+		var expires any
+		if lifetime > 0 {
+			end := t.now.Add(lifetime)
+			tok.ExpiresAt, expires = &end, nanos(end)
+		}
+		_, err := t.exec(`INSERT INTO tokens (id, name, hash, role, resource, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			tok.ID, name, HashToken(secret), role, res, nanos(t.now), expires)
 		return err
 	})
 	if err != nil {
@@ -74,7 +94,7 @@ func (db *DB) CreateToken(ctx context.Context, role, resource, name string) (*sp
 }
 
 // Authenticate returns the live token whose secret this is, or an
-// EUNAUTHORIZED error.
+// EUNAUTHORIZED error: spinbroker.TokenExpired for one past its end.
 func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error) {
 	h := HashToken(secret)
 	var (
@@ -82,27 +102,36 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Toke
 		stored   []byte
 		resource sql.NullString
 		created  int64
+		expires  sql.NullInt64
 	)
-	err := db.reader.queryRow(`SELECT id, name, hash, role, resource, created_at FROM tokens
-		WHERE hash = ? AND revoked_at IS NULL`, h).Scan(&tok.ID, &tok.Name, &stored, &tok.Role, &resource, &created)
+	err := db.reader.queryRow(`SELECT id, name, hash, role, resource, created_at, expires_at FROM tokens
+		WHERE hash = ? AND revoked_at IS NULL`, h).Scan(&tok.ID, &tok.Name, &stored, &tok.Role, &resource, &created, &expires)
 	if isNoRows(err) {
-		return nil, spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid")
+		return nil, errInvalidToken
 	} else if err != nil {
 		return nil, err
 	}
 	// The lookup is by hash; compare again in constant time so that nothing
 	// about the stored value leaks through timing.
 	if subtle.ConstantTimeCompare(stored, h) != 1 {
-		return nil, spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid")
+		return nil, errInvalidToken
 	}
 	tok.Resource = resource.String
 	tok.CreatedAt = fromNanos(created)
+	tok.ExpiresAt = optTime(expires)
+	if tok.Expired(db.now()) {
+		return nil, spinbroker.TokenExpired(*tok.ExpiresAt)
+	}
 	return &tok, nil
 }
 
+// errInvalidToken refuses a secret that is no live token's. The HTTP layer
+// answers it as it is.
+var errInvalidToken = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid or was revoked")
+
 // Tokens lists every token, revoked ones included, oldest first.
 func (db *DB) Tokens(ctx context.Context) ([]spinbroker.Token, error) {
-	rows, err := db.reader.query(`SELECT id, name, role, resource, created_at, revoked_at FROM tokens ORDER BY created_at, id`)
+	rows, err := db.reader.query(`SELECT id, name, role, resource, created_at, revoked_at, expires_at FROM tokens ORDER BY created_at, id`)
 	if err != nil {
 		return nil, err
 	}
@@ -114,13 +143,15 @@ func (db *DB) Tokens(ctx context.Context) ([]spinbroker.Token, error) {
 			resource sql.NullString
 			created  int64
 			revoked  sql.NullInt64
+			expires  sql.NullInt64
 		)
-		if err := rows.Scan(&tok.ID, &tok.Name, &tok.Role, &resource, &created, &revoked); err != nil {
+		if err := rows.Scan(&tok.ID, &tok.Name, &tok.Role, &resource, &created, &revoked, &expires); err != nil {
 			return nil, err
 		}
 		tok.Resource = resource.String
 		tok.CreatedAt = fromNanos(created)
 		tok.RevokedAt = optTime(revoked)
+		tok.ExpiresAt = optTime(expires)
 		out = append(out, tok)
 	}
 	return out, rows.Err()
