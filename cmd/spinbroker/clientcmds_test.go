@@ -304,6 +304,8 @@ func TestUsageErrors(t *testing.T) {
 		{"TokenNameWithTab", []string{"token", "create", "--role", "admin", "--name", "ops\tteam"}, `--name must be at most 200 characters of UTF-8 text, without control characters (a tab, a line break), not "ops\tteam"`, "spinbroker token create"},
 		{"TokenNameTooLong", []string{"token", "create", "--role", "admin", "--name", strings.Repeat("n", 201)}, "--name must be at most 200 characters", "spinbroker token create"},
 		{"TokenRevokeShortPrefix", []string{"token", "revoke", "0190"}, "at least its first 8 characters", "spinbroker token revoke"},
+		{"TokenDeleteShortPrefix", []string{"token", "delete", "0190"}, "at least its first 8 characters", "spinbroker token delete"},
+		{"TokenExpiresWithoutUnit", []string{"token", "create", "--role", "admin", "--expires", "90"}, `--expires must be a number of days (90d), a Go duration (720h, 30m) or both (1d12h), not "90"`, "spinbroker token create"},
 		{"TokenBadOutput", []string{"token", "ls", "-o", "yaml"}, "--output must be table or json", "spinbroker token ls"},
 		// The commands on a database file refuse the flags of those that talk
 		// to a broker, rather than ignore them.

@@ -26,17 +26,20 @@ var tokenRoles = []string{spinbroker.RoleAdmin, spinbroker.RoleClient, spinbroke
 func (a *app) tokenCommand() *cobra.Command {
 	var db string
 	g := a.group("token",
-		"Create, list and revoke API tokens (on the database file)",
+		"Create, list, revoke and delete API tokens (on the database file)",
 		`token manages the API tokens a broker with auth on accepts. It works on the
 database file directly (--db, or $SPINBROKER_DB), so it needs no token
 itself, and it may run while the broker serves the same file.
 
 Roles: admin (everything), client (packages and reads), agent (the commands
 of one --resource), viewer (reads and the dashboard). A token is shown once,
-when it is created; the database keeps only its hash.`,
+when it is created; the database keeps only its hash. A token works until it
+is revoked, or until its end when made with --expires; delete removes the
+ones that no longer work from the list.`,
 		a.tokenCreateCommand(&db),
 		a.tokenListCommand(&db),
 		a.tokenRevokeCommand(&db),
+		a.tokenDeleteCommand(&db),
 	)
 	g.PersistentFlags().StringVar(&db, "db", envOr("SPINBROKER_DB", "spinbroker.db"), "database file (env SPINBROKER_DB)")
 	return g
@@ -259,9 +262,10 @@ func (a *app) tokenRevokeCommand(db *string) *cobra.Command {
 		Short: "Revoke a token: requests carrying it are refused from then on",
 		Long: `revoke revokes a token, named by its id as 'token ls' shows it, or by enough
 of its first characters to tell it from the others (at least 8; ids are
-random, so 8 nearly always do, and revoke refuses a prefix that matches two). A
-running broker refuses the token within seconds (it trusts a checked token
-for a few). Revoking a revoked token changes nothing.`,
+random, so 8 nearly always do, and revoke refuses a prefix that matches two,
+exit 2, naming them). A running broker refuses the token within seconds (it
+trusts a checked token for a few). Revoking a revoked token changes nothing;
+'token delete' then removes it from the list.`,
 		Example: `  spinbroker token revoke 7c78d9df-95ce-4169-9e2f-3a4b5c6d7e8f
   spinbroker token revoke 7c78d9df`,
 		Args: args(1, "ID-OR-PREFIX"),
@@ -276,7 +280,7 @@ for a few). Revoking a revoked token changes nothing.`,
 			defer st.Close()
 			tok, already, err := st.RevokeToken(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return prefixUsage(cmd, err)
 			}
 			if a.jsonOutput() {
 				toks, err := st.Tokens(cmd.Context())
@@ -298,6 +302,48 @@ for a few). Revoking a revoked token changes nothing.`,
 			return err
 		},
 	}
+}
+
+func (a *app) tokenDeleteCommand(db *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete ID-OR-PREFIX",
+		Short: "Delete a revoked or expired token from the list",
+		Long: `delete removes a token that no longer works, revoked or expired, named as
+revoke names one, so that 'token ls' stops listing it. A token that still
+works is refused: revoke it first, so that its end is on record until you
+delete it.`,
+		Example: `  spinbroker token revoke 7c78d9df && spinbroker token delete 7c78d9df`,
+		Args:    args(1, "ID-OR-PREFIX"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args[0]) < 8 {
+				return usagef(cmd, "give the token's id or at least its first 8 characters")
+			}
+			st, err := a.openDB(cmd.Context(), *db, false)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			tok, err := st.DeleteToken(cmd.Context(), args[0])
+			if err != nil {
+				return prefixUsage(cmd, err)
+			}
+			if a.jsonOutput() {
+				return a.printJSON(tok)
+			}
+			_, err = fmt.Fprintf(a.stdout, "Deleted token %s\n", tok.ID)
+			return err
+		},
+	}
+}
+
+// prefixUsage makes a store's refusal of the id or prefix given (one that
+// matches several tokens, listed) the usage mistake it is, as a prefix too
+// short to name one is: exit 2, not 1.
+func prefixUsage(cmd *cobra.Command, err error) error {
+	if spinbroker.ErrorCode(err) == spinbroker.EINVALID {
+		return usagef(cmd, "%s", spinbroker.ErrorMessage(err))
+	}
+	return err
 }
 
 // existingDB says, in words for the command line, why path is not a

@@ -602,3 +602,73 @@ func TestTokenCreate_Expires(t *testing.T) {
 		t.Errorf("queue ls with an expired token: %s", r)
 	}
 }
+
+// TestTokenDelete: delete removes a revoked or expired token and refuses a
+// live one, saying to revoke it first; a prefix that matches two tokens is
+// a usage mistake (exit 2) for revoke and delete alike, naming both ids:
+// revoke exited 1 with "matches more than one token", as if the database
+// had failed, and named none.
+func TestTokenDelete(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	create := func(args ...string) string {
+		t.Helper()
+		r := spin(t, append([]string{"token", "create", "--db", path, "-o", "json"}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("token create: %s", r)
+		}
+		var out struct {
+			spinbroker.Token
+			Secret string `json:"token"`
+		}
+		decodeJSON(t, r.stdout, &out)
+		return out.ID
+	}
+	live := create("--role", "admin", "--name", "live")
+	r := spin(t, "token", "delete", "--db", path, live)
+	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "token "+live+" still works: revoke it first (spinbroker token revoke "+live+"), then delete it") {
+		t.Errorf("token delete of a live token: %s", r)
+	}
+	if r := spin(t, "token", "revoke", "--db", path, live); r.code != 0 {
+		t.Fatalf("token revoke: %s", r)
+	}
+	if r := spin(t, "token", "delete", "--db", path, live[:8]); r.code != 0 || r.stdout != "Deleted token "+live+"\n" {
+		t.Errorf("token delete of a revoked token: %s", r)
+	}
+	if r := spin(t, "token", "delete", "--db", path, live); r.code != 1 || !strings.Contains(r.stderr, "no token "+live+" (not_found)") {
+		t.Errorf("token delete of a deleted token: %s", r)
+	}
+
+	// Two tokens whose ids share their first 8 characters (ids are
+	// random: these are made so).
+	a, b := create("--role", "viewer"), create("--role", "viewer")
+	raw, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	shared := []string{"abcdef01-0000-4000-8000-000000000001", "abcdef01-0000-4000-8000-000000000002"}
+	for i, id := range []string{a, b} {
+		if _, err := raw.Exec(`UPDATE tokens SET id = ? WHERE id = ?`, shared[i], id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, verb := range []string{"revoke", "delete"} {
+		r := spin(t, "token", verb, "--db", path, "abcdef01")
+		want := "spinbroker: abcdef01 matches 2 tokens, " + shared[0] + ", " + shared[1] + "; give more of the id\nRun 'spinbroker token " + verb + " --help' for usage.\n"
+		if r.code != 2 || r.stdout != "" || r.stderr != want {
+			t.Errorf("token %s of a prefix of two: %s, want exit 2 and %q", verb, r, want)
+		}
+	}
+	if r := spin(t, "token", "revoke", "--db", path, shared[1]); r.code != 0 {
+		t.Fatalf("token revoke: %s", r)
+	}
+	var deleted spinbroker.Token
+	decodeJSON(t, spin(t, "token", "delete", "--db", path, shared[1], "-o", "json").stdout, &deleted)
+	if deleted.ID != shared[1] || deleted.Role != "viewer" || deleted.RevokedAt == nil {
+		t.Errorf("token delete -o json: %+v", deleted)
+	}
+	if rows := lines(spin(t, "token", "ls", "--db", path).stdout); len(rows) != 2 || rows[1][0] != shared[0] {
+		t.Errorf("token ls after the deletions: %v", rows)
+	}
+}

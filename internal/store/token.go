@@ -161,27 +161,90 @@ func (db *DB) Tokens(ctx context.Context) ([]spinbroker.Token, error) {
 // characters of it); requests carrying it are refused from then on. The
 // token's RevokedAt is when it was revoked; already says that was before.
 func (db *DB) RevokeToken(ctx context.Context, idOrPrefix string) (tok *spinbroker.Token, already bool, err error) {
-	if len(idOrPrefix) < 8 {
-		return nil, false, spinbroker.Errorf(spinbroker.EINVALID, "give the token's id or at least its first 8 characters")
+	if err := checkTokenPrefix(idOrPrefix); err != nil {
+		return nil, false, err
 	}
 	err = db.write(ctx, func(t *Tx) error {
-		ids, err := queryStrings(t, `SELECT id FROM tokens WHERE id >= ? AND id < ? LIMIT 2`, strings.ToLower(idOrPrefix), strings.ToLower(idOrPrefix)+"~")
+		id, err := tokenNamed(t, idOrPrefix)
 		if err != nil {
 			return err
 		}
-		switch len(ids) {
-		case 0:
-			return spinbroker.Errorf(spinbroker.ENOTFOUND, "no token %s", spinbroker.Truncate(idOrPrefix, 40))
-		case 2:
-			return spinbroker.Errorf(spinbroker.EINVALID, "%s matches more than one token; give more of the id", spinbroker.Truncate(idOrPrefix, 40))
-		}
 		var at int64
-		if err := t.queryRow(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? RETURNING revoked_at`, nanos(t.now), ids[0]).Scan(&at); err != nil {
+		if err := t.queryRow(`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? RETURNING revoked_at`, nanos(t.now), id).Scan(&at); err != nil {
 			return err
 		}
 		revoked := fromNanos(at)
-		tok, already = &spinbroker.Token{ID: ids[0], RevokedAt: &revoked}, at != nanos(t.now)
+		tok, already = &spinbroker.Token{ID: id, RevokedAt: &revoked}, at != nanos(t.now)
 		return nil
 	})
 	return tok, already, err
+}
+
+// DeleteToken removes a revoked or expired token, by id or a unique prefix
+// as RevokeToken takes, and returns it as it was. A live one is refused
+// (ECONFLICT): deleting it would revoke it and leave no trace that it had
+// been; revoke it first.
+func (db *DB) DeleteToken(ctx context.Context, idOrPrefix string) (*spinbroker.Token, error) {
+	if err := checkTokenPrefix(idOrPrefix); err != nil {
+		return nil, err
+	}
+	var tok spinbroker.Token
+	err := db.write(ctx, func(t *Tx) error {
+		id, err := tokenNamed(t, idOrPrefix)
+		if err != nil {
+			return err
+		}
+		var (
+			resource sql.NullString
+			created  int64
+			revoked  sql.NullInt64
+			expires  sql.NullInt64
+		)
+		if err := t.queryRow(`SELECT id, name, role, resource, created_at, revoked_at, expires_at FROM tokens WHERE id = ?`, id).
+			Scan(&tok.ID, &tok.Name, &tok.Role, &resource, &created, &revoked, &expires); err != nil {
+			return err
+		}
+		tok.Resource, tok.CreatedAt, tok.RevokedAt, tok.ExpiresAt = resource.String, fromNanos(created), optTime(revoked), optTime(expires)
+		if tok.RevokedAt == nil && !tok.Expired(t.now) {
+			return spinbroker.Errorf(spinbroker.ECONFLICT, "token %s still works: revoke it first (spinbroker token revoke %s), then delete it", id, id)
+		}
+		_, err = t.exec(`DELETE FROM tokens WHERE id = ?`, id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &tok, nil
+}
+
+// checkTokenPrefix refuses a prefix too short to name a token by.
+func checkTokenPrefix(idOrPrefix string) error {
+	if len(idOrPrefix) < 8 {
+		return spinbroker.Errorf(spinbroker.EINVALID, "give the token's id or at least its first 8 characters")
+	}
+	return nil
+}
+
+// maxTokenMatches is how many of the tokens a prefix matches an error
+// lists.
+const maxTokenMatches = 10
+
+// tokenNamed returns the id of the one token whose id starts with
+// idOrPrefix: ENOTFOUND for none, EINVALID listing them for several (a
+// mistake in what was typed, as a short prefix is).
+func tokenNamed(t *Tx, idOrPrefix string) (string, error) {
+	p := strings.ToLower(idOrPrefix)
+	ids, err := queryStrings(t, `SELECT id FROM tokens WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`, p, p+"~", maxTokenMatches+1)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case len(ids) == 0:
+		return "", spinbroker.Errorf(spinbroker.ENOTFOUND, "no token %s", spinbroker.Truncate(idOrPrefix, 40))
+	case len(ids) > maxTokenMatches:
+		return "", spinbroker.Errorf(spinbroker.EINVALID, "%s matches more than %d tokens, %s and more; give more of the id", spinbroker.Truncate(idOrPrefix, 40), maxTokenMatches, strings.Join(ids[:maxTokenMatches], ", "))
+	case len(ids) > 1:
+		return "", spinbroker.Errorf(spinbroker.EINVALID, "%s matches %d tokens, %s; give more of the id", spinbroker.Truncate(idOrPrefix, 40), len(ids), strings.Join(ids, ", "))
+	}
+	return ids[0], nil
 }
