@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // Event is one Server-Sent Event of GET /events: Type is "package",
@@ -20,6 +22,11 @@ type Event struct {
 	Type string          // the SSE event name: "package", "command", "queue" or "resync"
 	Data json.RawMessage // its data, JSON as the broker sent it
 }
+
+// eventsIdle is how long Events waits for anything on an open stream
+// before it takes the connection for dead: three of the broker's
+// keep-alives.
+var eventsIdle = 45 * time.Second
 
 // EventsOption narrows an event stream, or watches it open.
 type EventsOption func(*eventsConfig)
@@ -53,8 +60,14 @@ func OnOpen(fn func()) EventsOption {
 // what changed while no stream was open (between two calls, or before
 // the broker answered this one) is never sent. A follower reconnects and
 // then reads again the packages it follows, rather than wait for an
-// event that may have passed. WaitPackage does all of this for one package. The HTTP client's Timeout, if set, cuts the
-// stream too.
+// event that may have passed. WaitPackage does all of this for one
+// package. The HTTP client's Timeout, if set, cuts the stream too.
+//
+// A stream on which nothing arrives for 45s, not even the comment
+// the broker sends every 15s to keep it open, is taken for a connection
+// that died without a word (a NAT or a firewall forgot it, a host went
+// away): Events ends it and returns an error that Temporary reports,
+// rather than wait for ever.
 func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
 	cfg := eventsConfig{query: url.Values{}}
 	for _, o := range opts {
@@ -63,7 +76,9 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	u := *c.base
 	u.Path = c.base.Path + "/events"
 	u.RawQuery = cfg.query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err
 	}
@@ -84,11 +99,15 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	if cfg.onOpen != nil {
 		cfg.onOpen()
 	}
+	silent := fmt.Errorf("client: event stream: nothing from the broker in %s, not even its keep-alive: the connection is gone: %w", eventsIdle, context.DeadlineExceeded)
+	watchdog := time.AfterFunc(eventsIdle, func() { cancel(silent) })
+	defer watchdog.Stop()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	var ev Event
 	var data strings.Builder
 	for sc.Scan() {
+		watchdog.Reset(eventsIdle)
 		line := sc.Text()
 		switch {
 		case line == "":
@@ -112,6 +131,9 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 			}
 			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
 		}
+	}
+	if errors.Is(context.Cause(reqCtx), silent) && ctx.Err() == nil {
+		return silent
 	}
 	if err := sc.Err(); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("client: event stream: %w", err)

@@ -1,0 +1,66 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestEvents_SilentConnection: a stream on which nothing more comes, not
+// even the broker's keep-alive (a connection a NAT forgot), ends with an
+// error worth a new stream, instead of holding its follower (WaitPackage,
+// 'spinbroker events') for ever; one that keeps getting keep-alives stays
+// open for longer than that.
+func TestEvents_SilentConnection(t *testing.T) {
+	defer func(d time.Duration) { eventsIdle = d }(eventsIdle)
+	eventsIdle = 300 * time.Millisecond
+	release := make(chan struct{})
+	defer close(release)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "event: command\ndata: {}\n\n")
+		w.(http.Flusher).Flush()
+		if r.URL.Query().Get("package") == "" {
+			// Silent: the connection stays, nothing comes.
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		// Keep-alives for four idle periods, then the end of the stream.
+		for end := time.Now().Add(4 * eventsIdle); time.Now().Before(end); {
+			io.WriteString(w, ": ping\n\n")
+			w.(http.Flusher).Flush()
+			time.Sleep(eventsIdle / 6)
+		}
+	}))
+	defer srv.Close()
+	c, err := New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	count := func(Event) error { got++; return nil }
+	done := make(chan error, 1)
+	go func() { done <- c.Events(context.Background(), count) }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Events still waits on a silent connection after 30s")
+	}
+	if got != 1 || !Temporary(err) || !strings.Contains(err.Error(), "keep-alive") {
+		t.Errorf("a silent stream: %d event(s), %v (temporary %v); want 1 event and a temporary error naming the keep-alive", got, err, Temporary(err))
+	}
+
+	got = 0
+	err = c.Events(context.Background(), count, ForPackage("0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"))
+	if got != 1 || !errors.Is(err, io.EOF) || strings.Contains(err.Error(), "keep-alive") {
+		t.Errorf("a stream kept alive, then ended by the broker: %d event(s), %v; want 1 event and the broker's end", got, err)
+	}
+}
