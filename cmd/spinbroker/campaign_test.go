@@ -82,11 +82,7 @@ func TestCrashCampaign(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(seed, 1))
 	addr := os.Getenv("SPINBROKER_CAMPAIGN_ADDR")
 	if addr == "" {
-		port, err := freePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr = fmt.Sprintf("127.0.0.1:%d", port)
+		addr = loopbackAddr(t)
 	}
 	dir := t.TempDir()
 	db := filepath.Join(dir, "campaign.db")

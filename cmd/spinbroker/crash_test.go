@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -26,11 +25,7 @@ func TestCrash(t *testing.T) {
 		packages = 120
 	)
 	db := filepath.Join(t.TempDir(), "crash.db")
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	addr := loopbackAddr(t)
 	url := "http://" + addr
 	c, err := client.New(url)
 	if err != nil {
@@ -223,11 +218,13 @@ func firstReceived(ds []delivery, id string) time.Time {
 	return time.Time{}
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// loopbackAddr is freeAddr's address, for a broker that is to be started
+// again where its clients left it.
+func loopbackAddr(t *testing.T) string {
+	t.Helper()
+	addr, err := freeAddr()
 	if err != nil {
-		return 0, err
+		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return addr
 }

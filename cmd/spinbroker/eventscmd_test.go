@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -394,11 +393,7 @@ func TestEvents_Filters(t *testing.T) {
 func TestEvents_BrokerRestarts(t *testing.T) {
 	t.Parallel()
 	db := filepath.Join(t.TempDir(), "broker.db")
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	addr := loopbackAddr(t)
 	sp := startBroker(t, db, "--addr", addr)
 	cl, err := client.New(sp.url)
 	if err != nil {

@@ -470,11 +470,7 @@ func TestWaiter_BrokerAwayPastTheStall(t *testing.T) {
 func TestStatusWait_BrokerRestarts(t *testing.T) {
 	t.Parallel()
 	db := filepath.Join(t.TempDir(), "broker.db")
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	addr := loopbackAddr(t)
 	sp := startBroker(t, db, "--addr", addr)
 	cl, err := client.New(sp.url)
 	if err != nil {
