@@ -483,7 +483,16 @@ func TestStatusWait_BrokerRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := (&broker{t: t, url: sp.url}).startWait(p.ID)
-	w.stillWaiting(time.Second)
+	// Stopped only once the wait has read the package: a broker stopped
+	// before that was never reached, which is another test's case (on a
+	// loaded machine the waiter's start can take over a second).
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(sp.logs.String(), "path=/packages/"+p.ID); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the wait did not read the package within 30s:\n%s", sp.logs)
+		}
+		w.stillWaiting(20 * time.Millisecond)
+	}
+	w.stillWaiting(500 * time.Millisecond)
 
 	if err := sp.stop(t); err != nil {
 		t.Fatalf("serve exited with %v:\n%s", err, sp.logs)
