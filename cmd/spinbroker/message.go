@@ -183,16 +183,9 @@ Repeat it for several.`,
 				in.LeaseDuration = &d
 			}
 			if notBefore != "" {
-				// RFC 3339 allows a lower-case t and z, which Go's parser
-				// (and the broker) refuse: here they are read as meant.
-				t, err := time.Parse(time.RFC3339, strings.ToUpper(notBefore))
+				t, err := parseNotBefore(notBefore)
 				if err != nil {
-					return usagef(cmd, "--not-before %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", clip(notBefore))
-				}
-				if _, err := spinbroker.CheckNotBefore(t); err != nil {
-					// The broker's sentence names its field, not the flag.
-					msg, _ := strings.CutPrefix(spinbroker.ErrorMessage(err), "not_before ")
-					return usagef(cmd, "--not-before %s", msg)
+					return usagef(cmd, "%v", err)
 				}
 				in.NotBefore = &t
 			}
@@ -573,4 +566,20 @@ func printCommandState(w io.Writer, c *spinbroker.Command) error {
 		_, err = fmt.Fprintf(w, "command %s: %s\n", c.ID, c.State)
 	}
 	return err
+}
+
+// parseNotBefore reads --not-before: an RFC 3339 time the broker keeps.
+func parseNotBefore(s string) (time.Time, error) {
+	// RFC 3339 allows a lower-case t and z, which Go's parser (and the
+	// broker) refuse: here they are read as meant.
+	t, err := time.Parse(time.RFC3339, strings.ToUpper(s))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--not-before %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", clip(s))
+	}
+	if _, err := spinbroker.CheckNotBefore(t); err != nil {
+		// The broker's sentence names its field, not the flag.
+		msg, _ := strings.CutPrefix(spinbroker.ErrorMessage(err), "not_before ")
+		return time.Time{}, fmt.Errorf("--not-before %s", msg)
+	}
+	return t, nil
 }
