@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 	"time"
 
@@ -83,7 +84,9 @@ func FuzzRequest(f *testing.F) {
 }
 
 // FuzzDecode runs the decoders and validation alone, much faster than a
-// round trip: they never panic and refuse only with EINVALID.
+// round trip: they never panic and refuse only with EINVALID. What they
+// accept, sent again as the client (or the CLI) encodes it, is accepted
+// again and means the same.
 func FuzzDecode(f *testing.F) {
 	for _, seed := range []string{
 		`{"id": "0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "commands": [{"key": "k", "resource": "r", "action": "a", "max_attempts": 2, "lease_duration": "1m", "not_before": "2026-01-01T00:00:00Z"}]}`,
@@ -103,6 +106,17 @@ func FuzzDecode(f *testing.F) {
 					t.Fatalf("decode %T of %q: code %s (%v)", v, b, code, err)
 				}
 				continue
+			}
+			sent, err := json.Marshal(v)
+			if err != nil {
+				t.Fatalf("%T of %q does not encode: %v", v, b, err)
+			}
+			again := reflect.New(reflect.TypeOf(v).Elem()).Interface()
+			if err := decodeJSON(sent, again, false); err != nil {
+				t.Fatalf("%T of %q, encoded as %s, is refused: %v", v, b, sent, err)
+			}
+			if resent, _ := json.Marshal(again); !bytes.Equal(resent, sent) {
+				t.Fatalf("%T of %q: encoded as %s, decoded and encoded again as %s", v, b, sent, resent)
 			}
 			switch v := v.(type) {
 			case *spinbroker.NewPackage:
