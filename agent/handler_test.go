@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -193,7 +194,9 @@ func TestTransient(t *testing.T) {
 }
 
 // FuzzDecode: any input either decodes or fails with a *ParamError; never a
-// panic, never another error type.
+// panic, never another error type. What decodes has its required fields,
+// and encoded again (as a program building parameters would send them) it
+// decodes to the same value.
 func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		`{"id":"a","vm":{"Name":"n","Cpus":2,"Images":[{"Path":"/x"}]},"timeout":"3s"}`,
@@ -209,6 +212,17 @@ func FuzzDecode(f *testing.F) {
 		if err == nil {
 			if s := strings.ToLower(string(raw)); p.ID == "" && !strings.Contains(s, "id") && !strings.Contains(s, `\`) {
 				t.Errorf("decoded without the required id: %q", raw)
+			}
+			if p.VM == nil {
+				t.Fatalf("decoded without the required vm: %q", raw)
+			}
+			sent, err := json.Marshal(p)
+			if err != nil {
+				t.Fatalf("Decode(%q) = %+v, which does not encode: %v", raw, p, err)
+			}
+			var again params
+			if err := Decode(sent, &again); err != nil || !reflect.DeepEqual(again, p) {
+				t.Fatalf("Decode(%q) = %+v; encoded as %s it decodes to %+v, %v", raw, p, sent, again, err)
 			}
 			return
 		}
