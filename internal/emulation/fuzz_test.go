@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -155,7 +156,11 @@ func FuzzQMP(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer l.Close()
+		var mu sync.Mutex
+		var sent []string // the replies as written, "$ID" replaced
+		done := make(chan struct{})
 		go func() {
+			defer close(done)
 			c, err := l.Accept()
 			if err != nil {
 				return
@@ -175,7 +180,11 @@ func FuzzQMP(f *testing.F) {
 				if req.Execute == "qmp_capabilities" {
 					w.WriteString(`{"return": {}, "id": "` + req.ID + `"}` + "\n")
 				} else {
-					w.WriteString(strings.ReplaceAll(reply, "$ID", req.ID) + "\n")
+					r := strings.ReplaceAll(reply, "$ID", req.ID)
+					mu.Lock()
+					sent = append(sent, r)
+					mu.Unlock()
+					w.WriteString(r + "\n")
 				}
 				w.Flush()
 			}
@@ -189,9 +198,33 @@ func FuzzQMP(f *testing.F) {
 				t.Fatal("QueryStatus: no status and no error")
 			}
 			q.Close()
+			l.Close()
+			<-done
+			if err == nil && !saidBy(*st, sent) {
+				t.Fatalf("QueryStatus = %+v, which no line of %q says", *st, sent)
+			}
 		}
 		if d := time.Since(start); d > 4*timeout+time.Second {
 			t.Fatalf("took %s, timeout %s", d, timeout)
 		}
 	})
+}
+
+// saidBy reports whether a line of the replies returns st (or, st being
+// the zero Status, an answer without one).
+func saidBy(st Status, replies []string) bool {
+	if st == (Status{}) {
+		return true
+	}
+	for _, r := range replies {
+		for line := range strings.SplitSeq(r, "\n") {
+			var answer struct {
+				Return *Status `json:"return"`
+			}
+			if json.Unmarshal([]byte(line), &answer) == nil && answer.Return != nil && *answer.Return == st {
+				return true
+			}
+		}
+	}
+	return false
 }
