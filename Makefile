@@ -20,6 +20,7 @@ FUZZ_TARGETS := \
 	./internal/store:FuzzCursor \
 	./cmd/spinbroker:FuzzParseKV \
 	./cmd/spinbroker:FuzzTableCells \
+	./cmd/spinbroker:FuzzNotBefore \
 	.:FuzzValidate \
 	.:FuzzParseDuration \
 	.:FuzzTruncate \
@@ -28,6 +29,7 @@ FUZZ_TARGETS := \
 	./client:FuzzDecodeError \
 	./internal/hostpath:FuzzConfinement \
 	./internal/hostpath:FuzzQcow2Size \
+	./internal/hostpath:FuzzHandlers \
 	./internal/emulation:FuzzRenderUnit \
 	./internal/emulation:FuzzVMConfig \
 	./internal/emulation:FuzzQMP
