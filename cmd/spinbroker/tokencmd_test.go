@@ -441,6 +441,10 @@ func TestUnauthorizedHint(t *testing.T) {
 	if _, _, err := db.RevokeToken(context.Background(), revoked.ID); err != nil {
 		t.Fatal(err)
 	}
+	_, expired, err := db.CreateExpiringToken(context.Background(), spinbroker.RoleAdmin, "", "ended", time.Nanosecond)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
 	const noToken = "give --token or set SPINBROKER_TOKEN"
 	for _, tt := range []struct {
@@ -452,12 +456,18 @@ func TestUnauthorizedHint(t *testing.T) {
 		{"Revoked", b.spin("queue", "ls", "--token", secret), "the token given with --token was refused"},
 		{"Env", spinEnv(t, []string{"SPINBROKER_URL=" + b.url, "SPINBROKER_TOKEN=sbt_mistyped"}, "queue", "ls"), "the token given in SPINBROKER_TOKEN was refused"},
 		{"None", b.spin("queue", "ls"), noToken},
+		// The broker's sentence says what to do; no typo to look for.
+		{"Expired", b.spin("queue", "ls", "--token", expired), "the token expired at "},
 	} {
 		if tt.r.code != 1 || !strings.Contains(tt.r.stderr, "(unauthorized)") || !strings.Contains(tt.r.stderr, tt.want) {
 			t.Errorf("%s: %s, want %q", tt.name, tt.r, tt.want)
 		}
-		if tt.name != "None" && (strings.Contains(tt.r.stderr, noToken) || !strings.Contains(tt.r.stderr, "revoked, mistyped, or made for another broker")) {
+		hinted := strings.Contains(tt.r.stderr, "revoked, mistyped, or made for another broker")
+		if tt.name != "None" && tt.name != "Expired" && (strings.Contains(tt.r.stderr, noToken) || !hinted) {
 			t.Errorf("%s: %s", tt.name, tt.r)
+		}
+		if tt.name == "Expired" && (hinted || strings.Contains(tt.r.stderr, noToken)) {
+			t.Errorf("an expired token is told to look for a typo: %s", tt.r)
 		}
 	}
 }
