@@ -801,7 +801,7 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 		case fatal(err):
 			// A revoked token does not come back: no retry will get
 			// through, nor will the result.
-			j.log.Error("the broker refuses this agent's heartbeats; stopping the handler", "err", err)
+			j.news.refused(j, err)
 			j.cancel(fmt.Errorf("%w: %w", ErrRefused, err))
 			return
 		default:
@@ -838,11 +838,30 @@ type beatNews struct {
 	size    int // the commands of the batch; 1 outside batch mode
 	mu      sync.Mutex
 	failing map[*job]bool
-	worst   map[string]int // the furthest round logged of each error, this outage
+	worst   map[string]int  // the furthest round logged of each error, this outage
+	refusal map[string]bool // the refusals logged (a revoked token's 401)
 }
 
 func newBeatNews(size int) *beatNews {
-	return &beatNews{size: size, failing: map[*job]bool{}, worst: map[string]int{}}
+	return &beatNews{size: size, failing: map[*job]bool{}, worst: map[string]int{}, refusal: map[string]bool{}}
+}
+
+// refused logs that the broker refuses j's heartbeats for good (err: the
+// agent's token revoked, say), unless a command of the batch has logged
+// that refusal: a revoked token refuses every command's heartbeat, and a
+// batch of 100 wrote 100 error lines of the same 401.
+func (n *beatNews) refused(j *job, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.refusal[err.Error()] {
+		return
+	}
+	n.refusal[err.Error()] = true
+	if n.size > 1 {
+		j.log.Error("the broker refuses this agent's heartbeats; stopping the batch's handlers", "err", err, "batch", n.size)
+		return
+	}
+	j.log.Error("the broker refuses this agent's heartbeats; stopping the handler", "err", err)
 }
 
 // failed notes j's failures-th failed heartbeat in a row, err, and logs it
