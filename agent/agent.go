@@ -771,7 +771,7 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 	for wait(ctx, next) {
 		sent := time.Now()
 		if d := j.deliveringSince(); !d.IsZero() && sent.Sub(d) >= j.dur {
-			j.log.Warn("the result is still not delivered after a lease's duration; no longer extending the lease, so that the broker can give the command again", "delivering_for", sent.Sub(d).Round(time.Millisecond).String())
+			j.news.givenUp(j, sent.Sub(d))
 			return
 		}
 		left := j.expiry().Sub(sent)
@@ -840,6 +840,7 @@ type beatNews struct {
 	failing map[*job]bool
 	worst   map[string]int  // the furthest round logged of each error, this outage
 	refusal map[string]bool // the refusals logged (a revoked token's 401)
+	gaveUp  bool            // a lease is no longer extended: the line is logged
 }
 
 func newBeatNews(size int) *beatNews {
@@ -879,6 +880,26 @@ func (n *beatNews) failed(j *job, err error, failures int, left time.Duration) {
 		args = append(args, "batch", n.size)
 	}
 	j.log.Warn("heartbeat failed; retrying", args...)
+}
+
+// givenUp logs that j's lease is extended no more, its result undelivered
+// for a lease's duration (for): once for the batch, whose results are
+// delivered together and given up together. A batch of 100 wrote 100
+// lines of it.
+func (n *beatNews) givenUp(j *job, d time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.gaveUp {
+		return
+	}
+	n.gaveUp = true
+	msg := "the result is still not delivered after a lease's duration; no longer extending the lease, so that the broker can give the command again"
+	args := []any{"delivering_for", d.Round(time.Millisecond).String()}
+	if n.size > 1 {
+		msg = "the batch's results are still not delivered after a lease's duration; no longer extending their leases, so that the broker can give the commands again"
+		args = append(args, "batch", n.size)
+	}
+	j.log.Warn(msg, args...)
 }
 
 // ok notes that j's heartbeat got through, and logs it when j was the last

@@ -112,3 +112,42 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 		}
 	})
 }
+
+// TestRun_BatchRefusedResultsGiveUpOnce: when a batch's results are refused
+// for a lease's duration, the agent stops extending their leases and says
+// so once for the batch. Each command's heartbeat said it: a batch of 100
+// wrote 100 warnings of the same give-up at once.
+func TestRun_BatchRefusedResultsGiveUpOnce(t *testing.T) {
+	f := refuseResults()
+	f.down.Store(true)
+	b := startBroker(t, httpapi.Options{}, f.wrap)
+	const n = 4
+	conc := n
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Claim: n, Lease: time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	once := 1
+	var cmds []spinbroker.NewCommand
+	for range n {
+		c := cmd("greet", `{"name":"refused"}`)
+		c.MaxAttempts = &once
+		cmds = append(cmds, c)
+	}
+	for _, id := range b.enqueue(t, cmds...) {
+		if c := b.await(t, id); c.State != spinbroker.Failed || deref(c.Reason) != "lease expired" {
+			t.Errorf("command %s (%q), want failed: lease expired", c.State, deref(c.Reason))
+		}
+	}
+	// The agent drops each result once it sees the broker moved on.
+	for deadline := time.Now().Add(10 * time.Second); strings.Count(logs.String(), "result not delivered") < n; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent still offers results of commands that failed:\n%s", logs.String())
+		}
+	}
+	got := logs.String()
+	if k := strings.Count(got, "after a lease's duration; no longer extending"); k != 1 || !strings.Contains(got, "batch=4") {
+		t.Errorf("%d lines say the leases are no longer extended, want 1 for the batch of %d:\n%s", k, n, got)
+	}
+}
