@@ -1,0 +1,387 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/agent"
+	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
+)
+
+// setConcurrency sets the concurrency of the queue "test".
+func (b *broker) setConcurrency(t *testing.T, n int) {
+	t.Helper()
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Concurrency: &n}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitLog waits until the log holds want.
+func awaitLog(t *testing.T, logs *syncbuf.Buffer, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logs.String(), want); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the log never says %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+// TestRun_BatchOneLeaseLost: one command of a batch loses its lease (its
+// heartbeats fail, the lease runs out, another agent takes it) while the
+// others finish: the others' results are recorded, the lost one's dropped,
+// and the agent takes the next batch.
+func TestRun_BatchOneLeaseLost(t *testing.T) {
+	var lostID atomic.Value
+	lostID.Store("")
+	failBeats := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if id := lostID.Load().(string); id != "" && r.URL.Path == "/commands/"+id+"/heartbeat" {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, `{"error":{"code":"unavailable","message":"injected"}}`)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	b := startBroker(t, httpapi.Options{}, failBeats)
+	b.setConcurrency(t, 4)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	var runs atomic.Int32
+	work := agent.Handle("work", func(ctx context.Context, p struct{}) (any, error) {
+		runs.Add(1)
+		return map[string]bool{"done": true}, nil
+	})
+	stubborn := agent.Handle("stubborn", func(ctx context.Context, p struct{}) (any, error) {
+		close(started)
+		<-release // ignores its context: finishes, lease or not
+		return map[string]bool{"stubborn": true}, nil
+	})
+	ids := b.enqueue(t, cmd("work", `{}`), cmd("stubborn", `{}`), cmd("work", `{}`), cmd("work", `{}`))
+	lostID.Store(ids[1])
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{work, stubborn}, agent.Options{Claim: 4, Lease: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	<-started
+	// Another agent takes the command once its lease has run out.
+	var other *spinbroker.Command
+	for deadline := time.Now().Add(15 * time.Second); other == nil; {
+		if time.Now().After(deadline) {
+			t.Fatalf("nobody else could take the command whose heartbeats failed:\n%s", logs.String())
+		}
+		var err error
+		other, err = b.c.Next(context.Background(), "test", time.Second, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if other.ID != ids[1] || other.Attempts != 2 {
+		t.Fatalf("the other agent got %s at attempt %d, want %s at 2", other.ID, other.Attempts, ids[1])
+	}
+	close(release)
+	for _, i := range []int{0, 2, 3} {
+		if c := b.await(t, ids[i]); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+			t.Errorf("command %d: %s after %d attempts (%q)", i, c.State, c.Attempts, deref(c.Reason))
+		}
+	}
+	awaitLog(t, &logs, "result not delivered")
+	// The lost one is still the other agent's.
+	if c, _ := b.c.Command(context.Background(), ids[1]); c.State != spinbroker.Leased || c.Attempts != 2 {
+		t.Errorf("the command taken over: %s at attempt %d, want still leased at 2", c.State, c.Attempts)
+	}
+	ok := true
+	if _, err := b.c.Complete(context.Background(), ids[1], spinbroker.Result{Status: &ok, Lease: other.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	// The next batch is taken.
+	next := b.enqueue(t, cmd("work", `{}`), cmd("work", `{}`))
+	for _, id := range next {
+		if c := b.await(t, id); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+			t.Errorf("next batch: %s after %d attempts", c.State, c.Attempts)
+		}
+	}
+	got := logs.String()
+	if n := strings.Count(got, "result not delivered"); n != 1 {
+		t.Errorf("%d lines say a result was not delivered, want 1:\n%s", n, got)
+	}
+}
+
+// TestRun_BatchAcrossRestart: the broker stops between the claim and the
+// batch's completion and comes back on the same database and address:
+// every result is delivered once, none lost, nothing run twice.
+func TestRun_BatchAcrossRestart(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	stop := serveOn(t, db, ln)
+	c, err := client.New("http://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &broker{c: c, url: "http://" + addr, db: db}
+	b.setConcurrency(t, 5)
+	var runs atomic.Int32
+	all := make(chan struct{})
+	release := make(chan struct{})
+	work := agent.Handle("work", func(ctx context.Context, p struct{}) (any, error) {
+		if runs.Add(1) == 5 {
+			close(all)
+		}
+		<-release
+		return map[string]bool{"done": true}, nil
+	})
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 5, Lease: 10 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	var cmds []spinbroker.NewCommand
+	for range 5 {
+		cmds = append(cmds, cmd("work", `{}`))
+	}
+	ids := b.enqueue(t, cmds...)
+	<-all
+	stop()
+	close(release)
+	// Down for a few tries of the batch's completion.
+	for deadline := time.Now().Add(20 * time.Second); strings.Count(logs.String(), "cannot deliver every result; retrying") < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not try to deliver the batch while the broker was down:\n%s", logs.String())
+		}
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", addr, err)
+	}
+	serveOn(t, db, ln)
+	for i, id := range ids {
+		if c := b.await(t, id); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+			t.Errorf("command %d: %s after %d attempts", i, c.State, c.Attempts)
+		}
+	}
+	if n := runs.Load(); n != 5 {
+		t.Errorf("%d runs of 5 commands", n)
+	}
+}
+
+// TestRun_BatchPanic: a handler that panics in a batch fails its command
+// for good, the panic in the reason, and the rest of the batch succeeds.
+func TestRun_BatchPanic(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	b.setConcurrency(t, 10)
+	work := agent.Handle("work", func(ctx context.Context, p struct{ Panic bool }) (any, error) {
+		if p.Panic {
+			panic("out of cheese")
+		}
+		return map[string]bool{"done": true}, nil
+	})
+	var cmds []spinbroker.NewCommand
+	for i := range 10 {
+		if i == 4 {
+			cmds = append(cmds, cmd("work", `{"Panic":true}`))
+		} else {
+			cmds = append(cmds, cmd("work", `{}`))
+		}
+	}
+	ids := b.enqueue(t, cmds...)
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 10})
+	for i, id := range ids {
+		c := b.await(t, id)
+		switch {
+		case i == 4 && (c.State != spinbroker.Failed || c.Attempts != 1 || deref(c.Reason) != "agent error: the handler panicked: out of cheese"):
+			t.Errorf("the panicking command: %s after %d attempts, %q", c.State, c.Attempts, deref(c.Reason))
+		case i != 4 && (c.State != spinbroker.Succeeded || c.Attempts != 1):
+			t.Errorf("command %d: %s after %d attempts", i, c.State, c.Attempts)
+		}
+	}
+}
+
+// TestRun_BatchGracefulStop: Run's context ends mid-batch. Within the
+// grace, every running command finishes and its result is recorded before
+// Run returns; past it, the commands not finished are reported for a
+// retry, and the finished ones' results are recorded.
+func TestRun_BatchGracefulStop(t *testing.T) {
+	for _, short := range []bool{false, true} {
+		t.Run(map[bool]string{false: "WithinGrace", true: "PastGrace"}[short], func(t *testing.T) {
+			b := startBroker(t, httpapi.Options{}, nil)
+			b.setConcurrency(t, 4)
+			var began atomic.Int32
+			all := make(chan struct{})
+			work := agent.Handle("work", func(ctx context.Context, p struct{ Ms int }) (any, error) {
+				if began.Add(1) == 4 {
+					close(all)
+				}
+				select {
+				case <-time.After(time.Duration(p.Ms) * time.Millisecond):
+					return map[string]bool{"done": true}, nil
+				case <-ctx.Done():
+					return nil, context.Cause(ctx)
+				}
+			})
+			slow := `{"Ms":1500}`
+			if short {
+				slow = `{"Ms":60000}`
+			}
+			ids := b.enqueue(t, cmd("work", `{"Ms":10}`), cmd("work", slow), cmd("work", `{"Ms":300}`), cmd("work", slow),
+				cmd("work", `{"Ms":10}`))
+			grace := 5 * time.Second
+			if short {
+				grace = 500 * time.Millisecond
+			}
+			stop := runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 4, Grace: grace})
+			<-all
+			if err := stop(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			// Read at once: Run has returned, so every result is in.
+			for i, id := range ids[:4] {
+				c, err := b.c.Command(context.Background(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantDone := i == 0 || i == 2 || !short
+				switch {
+				case wantDone && (c.State != spinbroker.Succeeded || c.Attempts != 1):
+					t.Errorf("command %d: %s after %d attempts (%q), want succeeded", i, c.State, c.Attempts, deref(c.Reason))
+				case !wantDone && (c.State != spinbroker.Ready || !strings.Contains(deref(c.Reason), "agent stopped")):
+					t.Errorf("command %d: %s (%q), want ready again, the agent stopped", i, c.State, deref(c.Reason))
+				}
+			}
+			if c, _ := b.c.Command(context.Background(), ids[4]); c.State != spinbroker.Ready || c.Attempts != 0 {
+				t.Errorf("the command after the batch was taken after the stop: %s", c.State)
+			}
+		})
+	}
+}
+
+// TestRun_BatchQueueChanged: the queue is paused, then its concurrency
+// lowered below Claim, while a batch agent serves it: it takes nothing
+// while paused, then no more than the new concurrency at once, with no
+// warning.
+func TestRun_BatchQueueChanged(t *testing.T) {
+	var claims atomic.Int32
+	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/claim") {
+				claims.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	b.setConcurrency(t, 8)
+	var inFlight, most atomic.Int32
+	var runs atomic.Int32
+	work := agent.Handle("work", func(ctx context.Context, p struct{}) (any, error) {
+		runs.Add(1)
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		return nil, nil
+	})
+	var warn syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 8, Wait: 300 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&warn, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	first := b.enqueue(t, cmd("work", `{}`))
+	b.await(t, first[0])
+	paused := true
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Paused: &paused}); err != nil {
+		t.Fatal(err)
+	}
+	var cmds []spinbroker.NewCommand
+	for range 12 {
+		cmds = append(cmds, cmd("work", `{}`))
+	}
+	ids := b.enqueue(t, cmds...)
+	// Several long-polls of the agent on the paused queue.
+	for seen, deadline := claims.Load(), time.Now().Add(10*time.Second); claims.Load() < seen+3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent stopped asking for commands while the queue was paused")
+		}
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("%d runs while the queue was paused", n-1)
+	}
+	two := 2
+	paused = false
+	most.Store(0)
+	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Paused: &paused, Concurrency: &two}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if c := b.await(t, id); c.State != spinbroker.Succeeded {
+			t.Errorf("command %s", c.State)
+		}
+	}
+	if m := most.Load(); m > 2 {
+		t.Errorf("%d handlers at once on a queue of concurrency 2", m)
+	}
+	if got := warn.String(); got != "" {
+		t.Errorf("warnings:\n%s", got)
+	}
+}
+
+// TestRun_BatchPackageCancelled: a package cancelled while a batch runs
+// its commands: the running ones' results are still recorded (API.md: its
+// leased commands run to the end), a transient failure among them fails
+// for good rather than run again, and the agent takes the next batch.
+func TestRun_BatchPackageCancelled(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	b.setConcurrency(t, 3)
+	var began atomic.Int32
+	all := make(chan struct{})
+	release := make(chan struct{})
+	work := agent.Handle("work", func(ctx context.Context, p struct{ Busy bool }) (any, error) {
+		if began.Add(1) == 3 {
+			close(all)
+		}
+		<-release
+		if p.Busy {
+			return nil, agent.Transient(errors.New("device busy"))
+		}
+		return map[string]bool{"done": true}, nil
+	})
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 3, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ids := b.enqueue(t, cmd("work", `{}`), cmd("work", `{"Busy":true}`), cmd("work", `{}`), cmd("work", `{}`))
+	<-all
+	c, err := b.c.Command(context.Background(), ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.CancelPackage(context.Background(), c.PackageID); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	want := []spinbroker.CommandState{spinbroker.Succeeded, spinbroker.Failed, spinbroker.Succeeded, spinbroker.Cancelled}
+	for i, id := range ids {
+		if c := b.await(t, id); c.State != want[i] {
+			t.Errorf("command %d: %s (%q), want %s", i, c.State, deref(c.Reason), want[i])
+		}
+	}
+	next := b.enqueue(t, cmd("work", `{}`))
+	if c := b.await(t, next[0]); c.State != spinbroker.Succeeded {
+		t.Errorf("the next package's command: %s", c.State)
+	}
+	if got := logs.String(); strings.Contains(got, "not delivered") || strings.Contains(got, "lease lost") {
+		t.Errorf("the agent's log:\n%s", got)
+	}
+}
