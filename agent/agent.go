@@ -1138,7 +1138,7 @@ func (a *runner) deliver(j *job) {
 			return
 		}
 		unsure = unsure || mayHaveArrived(err)
-		if why := a.given(j); why != "" {
+		if why, _ := a.given(j); why != "" {
 			j.log.Warn("result not delivered: "+why, "err", err, "status", j.res.status)
 			return
 		}
@@ -1201,25 +1201,25 @@ func brokerAway(err error) bool {
 // given to another agent, settled), or its lease has run out by the
 // broker's word and the broker will give it again. It is "" while the
 // command may still be this attempt's, or when the broker cannot say (it
-// is out of reach: the result is then offered until it is back). Without
-// it, a result refused on every try (a 500) would be retried for ever, and
-// the agent take no other work.
-func (a *runner) given(j *job) string {
+// is out of reach: the result is then offered until it is back, and err
+// says why it could not be asked). Without it, a result refused on every
+// try (a 500) would be retried for ever, and the agent take no other work.
+func (a *runner) given(j *job) (why string, err error) {
 	if time.Now().Before(j.expiry()) {
-		return ""
+		return "", nil
 	}
 	ctx, cancel := context.WithTimeout(a.final, a.opts.CallTimeout)
 	defer cancel()
 	c, err := a.c.Command(ctx, j.cmd.ID)
 	switch {
 	case err != nil:
-		return ""
+		return "", err
 	case c.State != spinbroker.Leased || c.Attempts != j.cmd.Attempts:
-		return fmt.Sprintf("the lease ran out and the broker has moved the command on (now %s, attempt %d)", c.State, c.Attempts)
+		return fmt.Sprintf("the lease ran out and the broker has moved the command on (now %s, attempt %d)", c.State, c.Attempts), nil
 	case c.LeaseExpiresAt != nil && c.LeaseExpiresAt.Before(time.Now()):
-		return "the lease ran out and the broker will give the command again"
+		return "the lease ran out and the broker will give the command again", nil
 	}
-	return ""
+	return "", nil
 }
 
 // mayHaveArrived reports whether a failed request may have been carried out
@@ -1289,14 +1289,23 @@ func (a *runner) deliverChunk(jobs []*job) {
 	unsure := false // an earlier try's answer was lost: it may have been recorded
 	for attempt := 1; ; attempt++ {
 		var items []spinbroker.BatchResult
+		ask := attempt > 1 // whether the broker is asked if it moved a command on
 		for id, j := range pending {
 			if j.isLost() {
 				j.log.Warn("result not delivered: the lease was lost", "status", j.res.status)
 				delete(pending, id)
 				continue
 			}
-			if attempt > 1 {
-				if why := a.given(j); why != "" {
+			if ask {
+				why, err := a.given(j)
+				if err != nil {
+					// Out of reach: asking about each other command would
+					// wait out CallTimeout each, a batch of 100 for 25
+					// minutes with the default, before the results went
+					// again. Ask at the next try.
+					ask = false
+				}
+				if why != "" {
 					j.log.Warn("result not delivered: "+why, "status", j.res.status)
 					delete(pending, id)
 					continue

@@ -385,3 +385,78 @@ func TestRun_BatchPackageCancelled(t *testing.T) {
 		t.Errorf("the agent's log:\n%s", got)
 	}
 }
+
+// TestRun_BatchHungBrokerAskedOnce: once a batch's leases have run out by
+// the agent's clock, each try to deliver its results first asks the broker
+// whether it has moved the commands on. A broker that does not answer at
+// all (a network that drops packets) was asked once per command, each
+// question waiting out CallTimeout: a batch of 100 with the default 15s
+// took 25 minutes a round before its results were offered again, the agent
+// taking no work meanwhile. One question unanswered is enough for a round.
+func TestRun_BatchHungBrokerAskedOnce(t *testing.T) {
+	var hang atomic.Bool
+	var hungReads, hungCompletions atomic.Int32
+	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if hang.Load() && r.UserAgent() != "by-hand" {
+				switch {
+				case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/commands/"):
+					hungReads.Add(1)
+				case r.URL.Path == "/commands/complete":
+					hungCompletions.Add(1)
+				}
+				// No answer before the agent gives up. (The server sees
+				// the client go only once the body is read.)
+				_, _ = io.Copy(io.Discard, r.Body)
+				select {
+				case <-r.Context().Done():
+				case <-time.After(10 * time.Second):
+				}
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := &broker{c: hand, url: b.url, db: b.db} // a person's client, which gets through
+	const n = 5
+	by.setConcurrency(t, n)
+	var runs atomic.Int32
+	work := agent.Handle("work", func(ctx context.Context, p struct{}) (any, error) {
+		if runs.Add(1) == n {
+			hang.Store(true) // the network drops everything as the batch ends
+		}
+		return map[string]bool{"done": true}, nil
+	})
+	var cmds []spinbroker.NewCommand
+	for range n {
+		cmds = append(cmds, cmd("work", `{}`))
+	}
+	ids := by.enqueue(t, cmds...)
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: n, Lease: time.Second, CallTimeout: 200 * time.Millisecond})
+	// The leases run out 1s in; from then on each try asks first.
+	for deadline := time.Now().Add(30 * time.Second); hungReads.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never asked whether the commands were moved on (%d tries of the completion)", hungCompletions.Load())
+		}
+	}
+	from := hungCompletions.Load()
+	for deadline := time.Now().Add(30 * time.Second); hungCompletions.Load() < from+3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tries to deliver the batch in 30s of a hung broker (%d reads of a command)", hungCompletions.Load()-from, hungReads.Load())
+		}
+	}
+	if r, c := hungReads.Load(), hungCompletions.Load()-from; r > c+1 {
+		t.Errorf("%d reads of a command for %d tries of the batch's completion: a hung broker is asked about each command of the batch in turn", r, c)
+	}
+	hang.Store(false)
+	// Nothing is lost: the commands are run again once the broker answers.
+	for i, id := range ids {
+		if c := by.await(t, id); c.State != spinbroker.Succeeded {
+			t.Errorf("command %d: %s", i, c.State)
+		}
+	}
+}
