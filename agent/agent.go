@@ -1222,6 +1222,24 @@ func (a *runner) given(j *job) (why string, err error) {
 	return "", nil
 }
 
+// dropGiven drops from pending the results that the broker will not take
+// any more (given), after a try to deliver them failed. A broker that does
+// not answer is asked no further this round: asking about each other
+// command would wait out CallTimeout each, a batch of 100 for 25 minutes
+// with the default, before the results went again.
+func (a *runner) dropGiven(pending map[string]*job) {
+	for id, j := range pending {
+		why, err := a.given(j)
+		if err != nil {
+			return
+		}
+		if why != "" {
+			j.log.Warn("result not delivered: "+why, "status", j.res.status)
+			delete(pending, id)
+		}
+	}
+}
+
 // mayHaveArrived reports whether a failed request may have been carried out
 // by the broker all the same: its answer never came (a timeout, a dropped
 // connection, a proxy's 502 or 504). An answer with another status (a
@@ -1289,27 +1307,11 @@ func (a *runner) deliverChunk(jobs []*job) {
 	unsure := false // an earlier try's answer was lost: it may have been recorded
 	for attempt := 1; ; attempt++ {
 		var items []spinbroker.BatchResult
-		ask := attempt > 1 // whether the broker is asked if it moved a command on
 		for id, j := range pending {
 			if j.isLost() {
 				j.log.Warn("result not delivered: the lease was lost", "status", j.res.status)
 				delete(pending, id)
 				continue
-			}
-			if ask {
-				why, err := a.given(j)
-				if err != nil {
-					// Out of reach: asking about each other command would
-					// wait out CallTimeout each, a batch of 100 for 25
-					// minutes with the default, before the results went
-					// again. Ask at the next try.
-					ask = false
-				}
-				if why != "" {
-					j.log.Warn("result not delivered: "+why, "status", j.res.status)
-					delete(pending, id)
-					continue
-				}
 			}
 			items = append(items, spinbroker.BatchResult{ID: id, Result: j.res.result(j.token)})
 		}
@@ -1374,6 +1376,15 @@ func (a *runner) deliverChunk(jobs []*job) {
 			return
 		} else {
 			unsure = unsure || mayHaveArrived(err)
+		}
+		// As deliver does, after a failed try and not before the next
+		// one: a broker back from an outage longer than the lease takes
+		// the results while nobody else holds the commands, and asked
+		// first it would say that the leases ran out, and the results be
+		// dropped and the work done again.
+		a.dropGiven(pending)
+		if len(pending) == 0 {
+			return
 		}
 		d := a.pause(attempt, err)
 		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())

@@ -460,3 +460,64 @@ func TestRun_BatchHungBrokerAskedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRun_BatchDeliveredAfterLocalExpiry: a broker out of reach for longer
+// than the lease still gets a batch's results once it is back, as long as
+// nobody else took the commands meanwhile, as it does a single command's
+// (TestRun_ResultDeliveredAfterLocalExpiry): the work is not done twice.
+// In batch mode each try after the first asked the broker first whether
+// it had moved each command on, and took the lease run out by its clock
+// for a command to be given again: the results were dropped, the broker
+// that would have taken them gave the commands again, and the work was
+// done twice.
+func TestRun_BatchDeliveredAfterLocalExpiry(t *testing.T) {
+	o := &outage{match: func(r *http.Request) bool {
+		return strings.HasPrefix(r.URL.Path, "/commands/") && r.UserAgent() != "by-hand"
+	}}
+	b := startBroker(t, httpapi.Options{}, o.wrap)
+	hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := &broker{c: hand, url: b.url, db: b.db} // a person's client, which gets through
+	const n = 3
+	by.setConcurrency(t, n)
+	var runs atomic.Int32
+	quick := agent.Handle("quick", func(ctx context.Context, p struct{}) (any, error) {
+		if runs.Add(1) == n {
+			o.down.Store(true) // the broker goes out of reach as the batch ends
+		}
+		return map[string]bool{"done": true}, nil
+	})
+	var cmds []spinbroker.NewCommand
+	for range n {
+		cmds = append(cmds, cmd("quick", `{}`))
+	}
+	ids := by.enqueue(t, cmds...)
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{quick}, agent.Options{Claim: n, Lease: time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	// Out of reach until the leases have run out by every clock.
+	for _, id := range ids {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			c, err := hand.Command(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.State == spinbroker.Leased && c.LeaseExpiresAt != nil && time.Now().After(c.LeaseExpiresAt.Add(200*time.Millisecond)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("command %s, lease until %v", c.State, c.LeaseExpiresAt)
+			}
+		}
+	}
+	o.down.Store(false)
+	for i, id := range ids {
+		if c := by.await(t, id); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+			t.Errorf("command %d: %s after %d attempts", i, c.State, c.Attempts)
+		}
+	}
+	if r := runs.Load(); r != n || o.seen.Load() == 0 {
+		t.Errorf("%d runs of %d commands (%d requests refused):\n%s", r, n, o.seen.Load(), logs.String())
+	}
+}
