@@ -736,6 +736,17 @@ func (j *job) isLost() bool {
 	return j.lost
 }
 
+// dropLost drops j's result, which the broker refused (err) for a lease
+// that is not this agent's any more: one line, with the broker's answer.
+// (Taken for a lease lost while the handler ran, it was said twice: "lease
+// lost", then "result not delivered".)
+func (j *job) dropLost(err error) {
+	j.mu.Lock()
+	j.lost = true
+	j.mu.Unlock()
+	j.log.Warn("result not delivered: the lease was lost", "err", err, "status", j.res.status)
+}
+
 // loseLease records that the command is someone else's now and cancels the
 // handler, whose work no longer counts.
 func (j *job) loseLease(err error) {
@@ -1123,8 +1134,8 @@ func (a *runner) deliver(j *job) {
 			j.log.Info("result most likely recorded by an earlier try whose answer was lost", "status", j.res.status, "retry", true)
 			return
 		case code == spinbroker.ESTALE:
-			j.loseLease(err)
-			continue
+			j.dropLost(err)
+			return
 		case a.final.Err() != nil:
 			j.log.Error("result not delivered before the agent stopped; the broker will deliver the command again", "err", err)
 			return
@@ -1341,7 +1352,9 @@ func (a *runner) deliverChunk(jobs []*job) {
 					j.stop()
 					delete(pending, o.ID)
 				case o.Error != nil && o.Error.Code == spinbroker.ESTALE:
-					j.loseLease(o.Error)
+					j.dropLost(o.Error)
+					j.stop()
+					delete(pending, o.ID)
 				case o.Error != nil && (o.Error.Code == spinbroker.EINVALID || o.Error.Code == spinbroker.ETOOLARGE) && len(j.res.output) > 0:
 					// As deliver does: the output is what is refused, so
 					// say that in the result rather than lose it.

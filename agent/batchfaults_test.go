@@ -41,9 +41,19 @@ func awaitLog(t *testing.T, logs *syncbuf.Buffer, want string) {
 
 // TestRun_BatchOneLeaseLost: one command of a batch loses its lease (its
 // heartbeats fail, the lease runs out, another agent takes it) while the
-// others finish: the others' results are recorded, the lost one's dropped,
-// and the agent takes the next batch.
+// others finish: the others' results are recorded, the lost one's dropped
+// with one line that says why, and the agent takes the next batch. (The
+// drop took two lines, "lease lost" and "result not delivered", for one
+// refusal of the result; per-command mode too, tested here beside it.)
 func TestRun_BatchOneLeaseLost(t *testing.T) {
+	for _, claim := range []int{0, 4} {
+		t.Run(map[int]string{0: "Single", 4: "Batch"}[claim], func(t *testing.T) {
+			testOneLeaseLost(t, claim)
+		})
+	}
+}
+
+func testOneLeaseLost(t *testing.T, claim int) {
 	var lostID atomic.Value
 	lostID.Store("")
 	failBeats := func(h http.Handler) http.Handler {
@@ -61,9 +71,7 @@ func TestRun_BatchOneLeaseLost(t *testing.T) {
 	b.setConcurrency(t, 4)
 	release := make(chan struct{})
 	started := make(chan struct{})
-	var runs atomic.Int32
 	work := agent.Handle("work", func(ctx context.Context, p struct{}) (any, error) {
-		runs.Add(1)
 		return map[string]bool{"done": true}, nil
 	})
 	stubborn := agent.Handle("stubborn", func(ctx context.Context, p struct{}) (any, error) {
@@ -71,10 +79,17 @@ func TestRun_BatchOneLeaseLost(t *testing.T) {
 		<-release // ignores its context: finishes, lease or not
 		return map[string]bool{"stubborn": true}, nil
 	})
-	ids := b.enqueue(t, cmd("work", `{}`), cmd("stubborn", `{}`), cmd("work", `{}`), cmd("work", `{}`))
-	lostID.Store(ids[1])
+	// One at a time, the stubborn command alone: the other agent below
+	// would take the next one, ready, rather than wait for its lease.
+	cmds := []spinbroker.NewCommand{cmd("stubborn", `{}`)}
+	if claim > 1 {
+		cmds = []spinbroker.NewCommand{cmd("work", `{}`), cmd("stubborn", `{}`), cmd("work", `{}`), cmd("work", `{}`)}
+	}
+	ids := b.enqueue(t, cmds...)
+	lost := ids[min(1, len(ids)-1)] // the stubborn one
+	lostID.Store(lost)
 	var logs syncbuf.Buffer
-	runAgent(t, b, []agent.Handler{work, stubborn}, agent.Options{Claim: 4, Lease: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	runAgent(t, b, []agent.Handler{work, stubborn}, agent.Options{Claim: claim, Lease: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	<-started
 	// Another agent takes the command once its lease has run out.
 	var other *spinbroker.Command
@@ -88,22 +103,25 @@ func TestRun_BatchOneLeaseLost(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if other.ID != ids[1] || other.Attempts != 2 {
-		t.Fatalf("the other agent got %s at attempt %d, want %s at 2", other.ID, other.Attempts, ids[1])
+	if other.ID != lost || other.Attempts != 2 {
+		t.Fatalf("the other agent got %s at attempt %d, want %s at 2", other.ID, other.Attempts, lost)
 	}
 	close(release)
-	for _, i := range []int{0, 2, 3} {
-		if c := b.await(t, ids[i]); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+	for i, id := range ids {
+		if id == lost {
+			continue
+		}
+		if c := b.await(t, id); c.State != spinbroker.Succeeded || c.Attempts != 1 {
 			t.Errorf("command %d: %s after %d attempts (%q)", i, c.State, c.Attempts, deref(c.Reason))
 		}
 	}
 	awaitLog(t, &logs, "result not delivered")
 	// The lost one is still the other agent's.
-	if c, _ := b.c.Command(context.Background(), ids[1]); c.State != spinbroker.Leased || c.Attempts != 2 {
+	if c, _ := b.c.Command(context.Background(), lost); c.State != spinbroker.Leased || c.Attempts != 2 {
 		t.Errorf("the command taken over: %s at attempt %d, want still leased at 2", c.State, c.Attempts)
 	}
 	ok := true
-	if _, err := b.c.Complete(context.Background(), ids[1], spinbroker.Result{Status: &ok, Lease: other.Lease.Token}); err != nil {
+	if _, err := b.c.Complete(context.Background(), lost, spinbroker.Result{Status: &ok, Lease: other.Lease.Token}); err != nil {
 		t.Fatal(err)
 	}
 	// The next batch is taken.
@@ -113,9 +131,14 @@ func TestRun_BatchOneLeaseLost(t *testing.T) {
 			t.Errorf("next batch: %s after %d attempts", c.State, c.Attempts)
 		}
 	}
-	got := logs.String()
-	if n := strings.Count(got, "result not delivered"); n != 1 {
-		t.Errorf("%d lines say a result was not delivered, want 1:\n%s", n, got)
+	var said []string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, lost) && (strings.Contains(line, "lease lost") || strings.Contains(line, "not delivered")) {
+			said = append(said, line)
+		}
+	}
+	if len(said) != 1 || !strings.Contains(said[0], "result not delivered: the lease was lost") || !strings.Contains(said[0], "is not the current lease") {
+		t.Errorf("the dropped result is said in %d lines, want 1 saying why (the broker's answer):\n%s", len(said), strings.Join(said, "\n"))
 	}
 }
 
