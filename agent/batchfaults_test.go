@@ -544,3 +544,44 @@ func TestRun_BatchDeliveredAfterLocalExpiry(t *testing.T) {
 		t.Errorf("%d runs of %d commands (%d requests refused):\n%s", r, n, o.seen.Load(), logs.String())
 	}
 }
+
+// TestRun_BatchAbandonedHandler: a handler that ignores its context is
+// abandoned a second after the grace: its command is put back for a retry,
+// the rest of its batch is recorded, and Run returns.
+func TestRun_BatchAbandonedHandler(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	b.setConcurrency(t, 2)
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	var began atomic.Int32
+	all := make(chan struct{})
+	work := agent.Handle("work", func(ctx context.Context, p struct{ Stuck bool }) (any, error) {
+		if began.Add(1) == 2 {
+			close(all)
+		}
+		if p.Stuck {
+			<-stuck // deaf to its context
+		}
+		return map[string]bool{"done": true}, nil
+	})
+	ids := b.enqueue(t, cmd("work", `{"Stuck":true}`), cmd("work", `{}`))
+	var logs syncbuf.Buffer
+	stop := runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 2, Grace: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	<-all
+	begin := time.Now()
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if d := time.Since(begin); d > 10*time.Second {
+		t.Errorf("Run returned %s after the stop, want about the grace and a second", d.Round(time.Millisecond))
+	}
+	if c, _ := b.c.Command(context.Background(), ids[0]); c.State != spinbroker.Ready || !strings.Contains(deref(c.Reason), "agent stopped before the command finished") {
+		t.Errorf("the abandoned command: %s (%q), want ready again", c.State, deref(c.Reason))
+	}
+	if c, _ := b.c.Command(context.Background(), ids[1]); c.State != spinbroker.Succeeded {
+		t.Errorf("the rest of the batch: %s (%q)", c.State, deref(c.Reason))
+	}
+	if !strings.Contains(logs.String(), "abandoning it") {
+		t.Errorf("the log does not say the handler was abandoned:\n%s", logs.String())
+	}
+}
