@@ -59,8 +59,10 @@
 // a handler's work must be safe to run again either way, as at-least-once
 // delivery asks.
 //
-// When ctx ends, Run takes no new command, gives the running one
-// Options.Grace to finish, delivers its result and returns. At the grace's
+// When ctx ends, Run takes no new command, gives the running one (with
+// Options.Claim, every command of the running batch) Options.Grace to
+// finish, delivers its result and returns: what finished in time is
+// recorded, the rest is reported for a retry as below. At the grace's
 // end the handler's context is cancelled (its cause ErrStopped), and what it returns then is
 // reported for a retry whatever the error (exec.CommandContext's "signal:
 // killed" too). A handler still running a second later is abandoned (its
@@ -115,8 +117,9 @@ type Options struct {
 	// at a third of it, and a lease of a few seconds is lost to one slow
 	// heartbeat: 15s or more over a network that may falter.
 	Lease time.Duration
-	// Grace is how long the running command may go on once ctx ends before
-	// its context is cancelled (default 30s). Zero means the default; for
+	// Grace is how long the running command (in batch mode, each command
+	// of the running batch) may go on once ctx ends before its context is
+	// cancelled (default 30s). Zero means the default; for
 	// no grace at all, give it a nanosecond (the shipped agents' -grace 0
 	// does): the handler's context is then cancelled as ctx ends.
 	Grace time.Duration
