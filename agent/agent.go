@@ -1092,7 +1092,7 @@ func (j *job) refuseOutput(err error) {
 // so that an agent logging only warnings and errors still shows its failed
 // commands. The duration is the handler's, not the wait for a batch's
 // completion request.
-func (j *job) finished() {
+func (j *job) finished(settled *spinbroker.Command) {
 	args := []any{"status", j.res.status, "duration", j.took.Round(time.Millisecond).String()}
 	if j.res.status {
 		j.log.Info("command finished", args...)
@@ -1101,10 +1101,17 @@ func (j *job) finished() {
 	// A retry asked for on the last attempt fails the command for good:
 	// retry=true would promise a run that never comes.
 	retry := j.res.retry && (j.cmd.MaxAttempts <= 0 || j.cmd.Attempts < j.cmd.MaxAttempts)
-	args = append(args, "reason", j.res.reason, "retry", retry)
-	if j.res.retry && !retry {
-		args = append(args, "max_attempts", j.cmd.MaxAttempts)
+	var more []any
+	switch {
+	case j.res.retry && !retry:
+		more = []any{"max_attempts", j.cmd.MaxAttempts}
+	case retry && settled != nil && settled.State.Terminal():
+		// So does one of a package cancelled while it ran: the broker's
+		// answer (settled, nil in batch mode, whose answer has no
+		// command) says so.
+		retry, more = false, []any{"state", settled.State}
 	}
+	args = append(append(args, "reason", j.res.reason, "retry", retry), more...)
 	j.log.Warn("command finished", args...)
 }
 
@@ -1122,12 +1129,12 @@ func (a *runner) deliver(j *job) {
 			return
 		}
 		cctx, cancel := context.WithTimeout(a.final, a.opts.CallTimeout)
-		_, err := a.c.Complete(cctx, j.cmd.ID, j.res.result(j.token))
+		settled, err := a.c.Complete(cctx, j.cmd.ID, j.res.result(j.token))
 		cancel()
 		code := spinbroker.ErrorCode(err)
 		switch {
 		case err == nil:
-			j.finished()
+			j.finished(settled)
 			return
 		case code == spinbroker.ESTALE && unsure && j.res.retry:
 			// A retry, once recorded, ends the lease: the try whose answer
@@ -1344,7 +1351,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 				}
 				switch {
 				case o.HTTPStatus >= 200 && o.HTTPStatus < 300:
-					j.finished()
+					j.finished(nil)
 					j.stop() // no heartbeats for a command recorded, while later chunks go
 					delete(pending, o.ID)
 				case o.Error != nil && o.Error.Code == spinbroker.ESTALE && unsure && j.res.retry:

@@ -585,3 +585,51 @@ func TestRun_BatchAbandonedHandler(t *testing.T) {
 		t.Errorf("the log does not say the handler was abandoned:\n%s", logs.String())
 	}
 }
+
+// TestRun_RetryOfACancelledPackage: a transient failure of a command whose
+// package was cancelled while it ran is failed for good by the broker; the
+// agent's "command finished" line said retry=true all the same, promising
+// a run that never comes. Per-command mode has the broker's answer and
+// says what became of it.
+func TestRun_RetryOfACancelledPackage(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	began, release := make(chan struct{}), make(chan struct{})
+	busy := agent.Handle("work", func(ctx context.Context, _ struct{}) (any, error) {
+		close(began)
+		<-release
+		return nil, agent.Transient(errors.New("device busy"))
+	})
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{busy}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ids := b.enqueue(t, cmd("work", `{}`))
+	<-began
+	c, err := b.c.Command(context.Background(), ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.CancelPackage(context.Background(), c.PackageID); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if c := b.await(t, ids[0]); c.State != spinbroker.Failed {
+		t.Fatalf("the command: %s, want failed", c.State)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "command finished") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	line := grepLine(logs.String(), "command finished")
+	if !strings.Contains(line, "retry=false") || !strings.Contains(line, "state=failed") {
+		t.Errorf("the finished line: %q, want retry=false and the state the broker gave it", line)
+	}
+}
+
+// grepLine is the first line of logs that holds s, or "".
+func grepLine(logs, s string) string {
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
+}
