@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -16,8 +15,6 @@ import (
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -146,18 +143,7 @@ func testOneLeaseLost(t *testing.T, claim int) {
 // batch's completion and comes back on the same database and address:
 // every result is delivered once, none lost, nothing run twice.
 func TestRun_BatchAcrossRestart(t *testing.T) {
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	stop := serveOn(t, db, ln)
-	c, err := client.New("http://" + addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &broker{c: c, url: "http://" + addr, db: db}
+	b := startRestartable(t)
 	b.setConcurrency(t, 5)
 	var runs atomic.Int32
 	all := make(chan struct{})
@@ -170,14 +156,14 @@ func TestRun_BatchAcrossRestart(t *testing.T) {
 		return map[string]bool{"done": true}, nil
 	})
 	var logs syncbuf.Buffer
-	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 5, Lease: 10 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	runAgent(t, b.broker, []agent.Handler{work}, agent.Options{Claim: 5, Lease: 10 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	var cmds []spinbroker.NewCommand
 	for range 5 {
 		cmds = append(cmds, cmd("work", `{}`))
 	}
 	ids := b.enqueue(t, cmds...)
 	<-all
-	stop()
+	b.stop()
 	close(release)
 	// Down for a few tries of the batch's completion.
 	for deadline := time.Now().Add(20 * time.Second); strings.Count(logs.String(), "cannot deliver every result; retrying") < 3; time.Sleep(10 * time.Millisecond) {
@@ -185,11 +171,7 @@ func TestRun_BatchAcrossRestart(t *testing.T) {
 			t.Fatalf("the agent did not try to deliver the batch while the broker was down:\n%s", logs.String())
 		}
 	}
-	ln, err = net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("listen again on %s: %v", addr, err)
-	}
-	serveOn(t, db, ln)
+	b.serveAgain(t)
 	for i, id := range ids {
 		if c := b.await(t, id); c.State != spinbroker.Succeeded || c.Attempts != 1 {
 			t.Errorf("command %d: %s after %d attempts", i, c.State, c.Attempts)
@@ -440,11 +422,7 @@ func TestRun_BatchHungBrokerAskedOnce(t *testing.T) {
 			h.ServeHTTP(w, r)
 		})
 	})
-	hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	by := &broker{c: hand, url: b.url, db: b.db} // a person's client, which gets through
+	by := byHand(t, b)
 	const n = 5
 	by.setConcurrency(t, n)
 	var runs atomic.Int32
@@ -498,11 +476,7 @@ func TestRun_BatchDeliveredAfterLocalExpiry(t *testing.T) {
 		return strings.HasPrefix(r.URL.Path, "/commands/") && r.UserAgent() != "by-hand"
 	}}
 	b := startBroker(t, httpapi.Options{}, o.wrap)
-	hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	by := &broker{c: hand, url: b.url, db: b.db} // a person's client, which gets through
+	by := byHand(t, b)
 	const n = 3
 	by.setConcurrency(t, n)
 	var runs atomic.Int32
@@ -522,7 +496,7 @@ func TestRun_BatchDeliveredAfterLocalExpiry(t *testing.T) {
 	// Out of reach until the leases have run out by every clock.
 	for _, id := range ids {
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			c, err := hand.Command(context.Background(), id)
+			c, err := by.c.Command(context.Background(), id)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -632,4 +606,15 @@ func grepLine(logs, s string) string {
 		}
 	}
 	return ""
+}
+
+// byHand is b with a person's client, whose requests the tests' network
+// faults let through: they tell it by its User-Agent, "by-hand".
+func byHand(t *testing.T, b *broker) *broker {
+	t.Helper()
+	hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &broker{c: hand, url: b.url, db: b.db}
 }

@@ -47,13 +47,16 @@ func serveOn(t *testing.T, db *store.DB, ln net.Listener) (stop func()) {
 	return stop
 }
 
-// TestRun_BackSoonAfterOutage: an agent whose broker was stopped for a
-// while (an upgrade, a reboot) takes work again within a few seconds of
-// the broker's return. Its back-off used to grow while nothing answered,
-// to MaxBackoff (30s by default): with a minimum of 4s here, the fourth
-// refused connection was waited out for 16s to 32s, and the command
-// enqueued as the broker came back waited as long.
-func TestRun_BackSoonAfterOutage(t *testing.T) {
+// restartable is a broker served on a fixed address, which a test stops
+// and serves again over the same database where its agents left it.
+type restartable struct {
+	*broker
+	addr string
+	stop func()
+}
+
+func startRestartable(t *testing.T) *restartable {
+	t.Helper()
 	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -65,9 +68,29 @@ func TestRun_BackSoonAfterOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &broker{c: c, url: "http://" + addr, db: db}
+	return &restartable{broker: &broker{c: c, url: "http://" + addr, db: db}, addr: addr, stop: stop}
+}
+
+// serveAgain serves the database again on the same address, once stopped.
+func (r *restartable) serveAgain(t *testing.T) {
+	t.Helper()
+	ln, err := net.Listen("tcp", r.addr)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", r.addr, err)
+	}
+	r.stop = serveOn(t, r.db, ln)
+}
+
+// TestRun_BackSoonAfterOutage: an agent whose broker was stopped for a
+// while (an upgrade, a reboot) takes work again within a few seconds of
+// the broker's return. Its back-off used to grow while nothing answered,
+// to MaxBackoff (30s by default): with a minimum of 4s here, the fourth
+// refused connection was waited out for 16s to 32s, and the command
+// enqueued as the broker came back waited as long.
+func TestRun_BackSoonAfterOutage(t *testing.T) {
+	b := startRestartable(t)
 	var logs syncbuf.Buffer
-	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{
+	runAgent(t, b.broker, []agent.Handler{greeter(nil)}, agent.Options{
 		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
 		MinBackoff: 4 * time.Second, MaxBackoff: time.Minute,
 	})
@@ -76,7 +99,7 @@ func TestRun_BackSoonAfterOutage(t *testing.T) {
 		t.Fatalf("command before the outage %s", c.State)
 	}
 
-	stop()
+	b.stop()
 	const failures = 4
 	deadline := time.Now().Add(40 * time.Second)
 	for strings.Count(logs.String(), "cannot take commands; retrying") < failures {
@@ -89,11 +112,7 @@ func TestRun_BackSoonAfterOutage(t *testing.T) {
 		t.Fatalf("the outage is no refused connection:\n%s", logs.String())
 	}
 
-	ln, err = net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("listen again on %s: %v", addr, err)
-	}
-	serveOn(t, db, ln)
+	b.serveAgain(t)
 	back := time.Now()
 	ids = b.enqueue(t, cmd("greet", `{"name":"after"}`))
 	if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded {
