@@ -99,10 +99,7 @@ func TestTokenCommands(t *testing.T) {
 	if r.code != 0 || strings.Contains(r.stderr, "creating") {
 		t.Fatalf("token create -o json with $SPINBROKER_DB: %s", r)
 	}
-	var created struct {
-		spinbroker.Token
-		Secret string `json:"token"`
-	}
+	var created createdToken
 	decodeJSON(t, r.stdout, &created)
 	if created.Role != "viewer" || !strings.HasPrefix(created.Secret, "sbt_") || created.ID == "" {
 		t.Errorf("token create -o json = %+v", created)
@@ -151,14 +148,8 @@ func TestTokenCommands(t *testing.T) {
 	if r := b.spin("queue", "ls", "--token", adminSecret); r.code != 1 || !strings.Contains(r.stderr, "(unauthorized)") {
 		t.Errorf("queue ls with a revoked token: %s", r)
 	}
-	var toks struct {
-		Tokens []struct {
-			spinbroker.Token
-			Expired bool `json:"expired"`
-		} `json:"tokens"`
-	}
-	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
-	if len(toks.Tokens) != 3 || toks.Tokens[0].ID != admin || toks.Tokens[0].RevokedAt == nil || toks.Tokens[1].RevokedAt != nil || toks.Tokens[0].Expired {
+	toks := listTokens(t, path)
+	if len(toks) != 3 || toks[0].ID != admin || toks[0].RevokedAt == nil || toks[1].RevokedAt != nil || toks[0].Expired {
 		t.Errorf("token ls -o json = %+v", toks)
 	}
 	// Again: it says so, rather than revoke it once more.
@@ -167,7 +158,7 @@ func TestTokenCommands(t *testing.T) {
 	}
 	var revoked spinbroker.Token
 	decodeJSON(t, spin(t, "token", "revoke", "--db", path, admin, "-o", "json").stdout, &revoked)
-	if revoked.ID != admin || revoked.RevokedAt == nil || !revoked.RevokedAt.Equal(*toks.Tokens[0].RevokedAt) {
+	if revoked.ID != admin || revoked.RevokedAt == nil || !revoked.RevokedAt.Equal(*toks[0].RevokedAt) {
 		t.Errorf("token revoke -o json of a revoked token = %+v", revoked)
 	}
 	if r := spin(t, "token", "revoke", "--db", path, "ffffffff"); r.code != 1 || !strings.Contains(r.stderr, "(not_found)") {
@@ -536,10 +527,7 @@ func TestTokenCreate_Expires(t *testing.T) {
 		}
 	}
 	r := spin(t, "token", "create", "--db", path, "--role", "client", "--expires", "1h", "-o", "json")
-	var created struct {
-		spinbroker.Token
-		Secret string `json:"token"`
-	}
+	var created createdToken
 	decodeJSON(t, r.stdout, &created)
 	if created.ExpiresAt == nil || created.ExpiresAt.Sub(created.CreatedAt) != time.Hour {
 		t.Errorf("token create --expires 1h -o json: %s", r.stdout)
@@ -586,14 +574,8 @@ func TestTokenCreate_Expires(t *testing.T) {
 			t.Errorf("token ls, a token that expires later: %q", line)
 		}
 	}
-	var toks struct {
-		Tokens []struct {
-			spinbroker.Token
-			Expired bool `json:"expired"`
-		} `json:"tokens"`
-	}
-	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
-	for _, tok := range toks.Tokens {
+	toks := listTokens(t, path)
+	for _, tok := range toks {
 		if tok.Expired != (tok.ID == old.ID) || (tok.ExpiresAt == nil) != (tok.Name == "forever") {
 			t.Errorf("token ls -o json: %+v", tok)
 		}
@@ -627,10 +609,7 @@ func TestTokenDelete(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("token create: %s", r)
 		}
-		var out struct {
-			spinbroker.Token
-			Secret string `json:"token"`
-		}
+		var out createdToken
 		decodeJSON(t, r.stdout, &out)
 		return out.ID
 	}
@@ -681,4 +660,21 @@ func TestTokenDelete(t *testing.T) {
 	if rows := lines(spin(t, "token", "ls", "--db", path).stdout); len(rows) != 2 || rows[1][0] != shared[0] {
 		t.Errorf("token ls after the deletions: %v", rows)
 	}
+}
+
+// createdToken is what 'token create -o json' prints: the token and its
+// secret.
+type createdToken struct {
+	spinbroker.Token
+	Secret string `json:"token"`
+}
+
+// listTokens is what 'token ls -o json' prints of the database at path.
+func listTokens(t *testing.T, path string) []listedToken {
+	t.Helper()
+	var toks struct {
+		Tokens []listedToken `json:"tokens"`
+	}
+	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
+	return toks.Tokens
 }
