@@ -36,6 +36,16 @@ func awaitLog(t *testing.T, logs *syncbuf.Buffer, want string) {
 	}
 }
 
+// grepLine is the first line of logs that holds s, or "".
+func grepLine(logs, s string) string {
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
+}
+
 // TestRun_BatchOneLeaseLost: one command of a batch loses its lease (its
 // heartbeats fail, the lease runs out, another agent takes it) while the
 // others finish: the others' results are recorded, the lost one's dropped
@@ -287,18 +297,11 @@ func TestRun_BatchQueueChanged(t *testing.T) {
 		})
 	})
 	b.setConcurrency(t, 8)
-	var inFlight, most atomic.Int32
+	var running highWater
 	var runs atomic.Int32
 	work := agent.Handle("work", func(ctx context.Context, p struct{}) (any, error) {
 		runs.Add(1)
-		n := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		for {
-			m := most.Load()
-			if n <= m || most.CompareAndSwap(m, n) {
-				break
-			}
-		}
+		defer running.enter()()
 		time.Sleep(100 * time.Millisecond)
 		return nil, nil
 	})
@@ -327,7 +330,7 @@ func TestRun_BatchQueueChanged(t *testing.T) {
 	}
 	two := 2
 	paused = false
-	most.Store(0)
+	running.most.Store(0)
 	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Paused: &paused, Concurrency: &two}); err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +339,7 @@ func TestRun_BatchQueueChanged(t *testing.T) {
 			t.Errorf("command %s", c.State)
 		}
 	}
-	if m := most.Load(); m > 2 {
+	if m := running.most.Load(); m > 2 {
 		t.Errorf("%d handlers at once on a queue of concurrency 2", m)
 	}
 	if got := warn.String(); got != "" {
@@ -368,13 +371,7 @@ func TestRun_BatchPackageCancelled(t *testing.T) {
 	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 3, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ids := b.enqueue(t, cmd("work", `{}`), cmd("work", `{"Busy":true}`), cmd("work", `{}`), cmd("work", `{}`))
 	<-all
-	c, err := b.c.Command(context.Background(), ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.c.CancelPackage(context.Background(), c.PackageID); err != nil {
-		t.Fatal(err)
-	}
+	b.cancelPackageOf(t, ids[0])
 	close(release)
 	want := []spinbroker.CommandState{spinbroker.Succeeded, spinbroker.Failed, spinbroker.Succeeded, spinbroker.Cancelled}
 	for i, id := range ids {
@@ -577,35 +574,16 @@ func TestRun_RetryOfACancelledPackage(t *testing.T) {
 	runAgent(t, b, []agent.Handler{busy}, agent.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ids := b.enqueue(t, cmd("work", `{}`))
 	<-began
-	c, err := b.c.Command(context.Background(), ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.c.CancelPackage(context.Background(), c.PackageID); err != nil {
-		t.Fatal(err)
-	}
+	b.cancelPackageOf(t, ids[0])
 	close(release)
 	if c := b.await(t, ids[0]); c.State != spinbroker.Failed {
 		t.Fatalf("the command: %s, want failed", c.State)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "command finished") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	awaitLog(t, &logs, "command finished")
 	line := grepLine(logs.String(), "command finished")
 	if !strings.Contains(line, "retry=false") || !strings.Contains(line, "state=failed") {
 		t.Errorf("the finished line: %q, want retry=false and the state the broker gave it", line)
 	}
-}
-
-// grepLine is the first line of logs that holds s, or "".
-func grepLine(logs, s string) string {
-	for _, l := range strings.Split(logs, "\n") {
-		if strings.Contains(l, s) {
-			return l
-		}
-	}
-	return ""
 }
 
 // byHand is b with a person's client, whose requests the tests' network

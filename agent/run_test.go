@@ -139,6 +139,29 @@ func (b *broker) await(t *testing.T, id string, want ...spinbroker.CommandState)
 	}
 }
 
+// highWater counts the handlers running at once, and keeps the most seen.
+type highWater struct{ now, most atomic.Int32 }
+
+// enter notes a handler starting; the func it returns notes it ending.
+func (h *highWater) enter() (leave func()) {
+	n := h.now.Add(1)
+	for m := h.most.Load(); n > m && !h.most.CompareAndSwap(m, n); m = h.most.Load() {
+	}
+	return func() { h.now.Add(-1) }
+}
+
+// cancelPackageOf cancels the package of the command id.
+func (b *broker) cancelPackageOf(t *testing.T, id string) {
+	t.Helper()
+	c, err := b.c.Command(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.CancelPackage(context.Background(), c.PackageID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // runAgent runs an agent until the test ends and returns a stop function
 // that cancels it and returns Run's error.
 func runAgent(t *testing.T, b *broker, handlers []agent.Handler, opts agent.Options) func() error {
@@ -630,18 +653,11 @@ func TestRun_Batch(t *testing.T) {
 	if _, err := b.c.SetQueue(context.Background(), "test", spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
 		t.Fatal(err)
 	}
-	var inFlight, most atomic.Int32
+	var running highWater
 	work := agent.Handle("work", func(ctx context.Context, p struct {
 		N int `json:"n"`
 	}) (any, error) {
-		n := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		for {
-			m := most.Load()
-			if n <= m || most.CompareAndSwap(m, n) {
-				break
-			}
-		}
+		defer running.enter()()
 		time.Sleep(50 * time.Millisecond)
 		if p.N == 3 {
 			return nil, errors.New("three is bad")
@@ -665,7 +681,7 @@ func TestRun_Batch(t *testing.T) {
 	if n := batches.Load(); n < 3 || n > 6 {
 		t.Errorf("%d batched completions for 13 commands at concurrency 4, want about 4", n)
 	}
-	if m := most.Load(); m < 2 || m > 4 {
+	if m := running.most.Load(); m < 2 || m > 4 {
 		t.Errorf("at most %d handlers ran at once, want between 2 and the queue's concurrency 4", m)
 	}
 }
@@ -1256,14 +1272,8 @@ func TestRun_FinishedLineLastAttempt(t *testing.T) {
 			if c := b.await(t, ids[0]); c.State != spinbroker.Failed || c.Attempts != 1 {
 				t.Fatalf("command %s after %d attempts", c.State, c.Attempts)
 			}
-			var line string
-			for deadline := time.Now().Add(5 * time.Second); line == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-				for _, l := range strings.Split(logs.String(), "\n") {
-					if strings.Contains(l, `msg="command finished"`) {
-						line = l
-					}
-				}
-			}
+			awaitLog(t, &logs, `msg="command finished"`)
+			line := grepLine(logs.String(), `msg="command finished"`)
 			if !strings.Contains(line, "retry=false") || !strings.Contains(line, "device busy") {
 				t.Errorf("the line of a command failed on its last attempt:\n%s", line)
 			}

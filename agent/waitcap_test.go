@@ -46,11 +46,7 @@ func TestRun_WaitsCapRefusalIsRetried(t *testing.T) {
 			Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		})
 	}()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "max-waits-per-token"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent's long-poll was never refused:\n%s", logs.String())
-		}
-	}
+	awaitLog(t, &logs, "max-waits-per-token") // the agent's long-poll refused
 	release()
 	if err := <-held; !errors.Is(err, context.Canceled) {
 		t.Fatalf("the held long-poll ended with %v", err)
