@@ -36,7 +36,18 @@ func refuseResults() *outage {
 func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 	for _, claim := range []int{0, 4} {
 		t.Run(map[int]string{0: "Single", 4: "Batch"}[claim], func(t *testing.T) {
+			// Once the agent holds the command, its own takes are refused
+			// too: it gives up the result as soon as the broker says the
+			// lease ran out, and asking again at once it could win the
+			// command back from the hand below (attempt 2 its own, the
+			// hand's 3), as it did on a loaded machine.
+			var held atomic.Bool
 			f := refuseResults()
+			results := f.match
+			f.match = func(r *http.Request) bool {
+				taking := strings.HasSuffix(r.URL.Path, "/next") || strings.HasSuffix(r.URL.Path, "/claim")
+				return results(r) || held.Load() && taking && r.UserAgent() != "by-hand"
+			}
 			f.down.Store(true)
 			b := startBroker(t, httpapi.Options{}, f.wrap)
 			hand, err := client.New(b.url, client.WithUserAgent("by-hand"))
@@ -44,7 +55,8 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 				t.Fatal(err)
 			}
 			var logs syncbuf.Buffer
-			runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Claim: claim, Lease: time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{Claim: claim, Lease: time.Second, MaxBackoff: 200 * time.Millisecond,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			ids := b.enqueue(t, cmd("greet", `{"name":"refused"}`))
 			// The agent takes it first: only then does the hand below ask
 			// the same queue, or it could be the first to get it.
@@ -54,6 +66,7 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 					t.Fatal(err)
 				}
 				if c.State == spinbroker.Leased {
+					held.Store(true)
 					break
 				}
 				if time.Now().After(deadline) {
