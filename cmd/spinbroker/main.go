@@ -156,7 +156,7 @@ func exitCodeOf(err error) int {
 	// Mistakes of configuration that come wrapped as network errors:
 	// asking again changes nothing (see describeWithToken).
 	var re *client.RedirectError
-	if errors.As(err, &re) || client.Untrusted(err) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+	if errors.As(err, &re) || client.Untrusted(err) || plainHTTP(err) {
 		return 1
 	}
 	if client.Temporary(err) {
@@ -283,13 +283,12 @@ func describeWithToken(err error, tokenFrom string) string {
 		// It was reached: what failed is trusting it.
 		return fmt.Sprintf("the broker's TLS certificate is not trusted here: %v; if your own authority signed it, set SSL_CERT_FILE to that authority's certificate (PEM)", err)
 	}
-	// net/http keeps no type for it, only this sentence.
-	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+	if plainHTTP(err) {
 		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (%v)", err)
 	}
 	if ue, ok := noAnswer(err); ok {
 		msg := fmt.Sprintf("the broker did not answer within %s: %v; it may be stopped or stuck (its log, and /healthz, say which)", answerTimeout, err)
-		if ue.Op != "Get" && ue.Op != "Head" {
+		if isWrite(ue) {
 			msg += "; the change may have been made all the same: look before you repeat it"
 		}
 		return msg
@@ -318,24 +317,39 @@ func describeWithToken(err error, tokenFrom string) string {
 // writeSent reports whether err is a write's request cut short after it
 // was sent (or while it was): not a dial that failed, nor a read.
 func writeSent(err error) bool {
+	ue := sent(err)
+	return ue != nil && isWrite(ue)
+}
+
+// sent is err's *url.Error when err is a request that got past its dial
+// (sent to the broker, or being sent), nil for one that never connected.
+func sent(err error) *url.Error {
 	var ue *url.Error
-	if !errors.As(err, &ue) || ue.Op == "Get" || ue.Op == "Head" {
-		return false
+	if !errors.As(err, &ue) {
+		return nil
 	}
 	var oe *net.OpError
-	return !errors.As(err, &oe) || oe.Op != "dial"
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return nil
+	}
+	return ue
+}
+
+// isWrite reports whether the request of ue may change something.
+func isWrite(ue *url.Error) bool { return ue.Op != "Get" && ue.Op != "Head" }
+
+// plainHTTP reports whether err is an https:// request answered in plain
+// HTTP: net/http keeps no type for it, only this sentence.
+func plainHTTP(err error) bool {
+	return strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
 }
 
 // noAnswer reports whether err is a request that reached the broker and
 // timed out waiting for its answer (answerTimeout), not one that failed
 // to connect, and returns its *url.Error, which names the method.
 func noAnswer(err error) (*url.Error, bool) {
-	var ue *url.Error
-	if !errors.As(err, &ue) || !ue.Timeout() {
-		return nil, false
-	}
-	var oe *net.OpError
-	return ue, !errors.As(err, &oe) || oe.Op != "dial"
+	ue := sent(err)
+	return ue, ue != nil && ue.Timeout()
 }
 
 func (a *app) rootCommand() *cobra.Command {
