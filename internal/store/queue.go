@@ -416,9 +416,11 @@ const queueCols = `resource, concurrency, paused, n_blocked, n_ready, n_leased`
 const queueListCols = queueCols + `, CASE WHEN n_ready > 0 THEN (
 	SELECT ready_at FROM commands WHERE commands.resource = queues.resource AND state = 'ready' ORDER BY seq LIMIT 1) END`
 
-func scanQueue(s scanner) (spinbroker.Queue, error) {
+// scanQueue reads a row of queueCols, and into more the columns that
+// follow them.
+func scanQueue(s scanner, more ...any) (spinbroker.Queue, error) {
 	var q spinbroker.Queue
-	err := s.Scan(&q.Resource, &q.Concurrency, &q.Paused, &q.Counts.Blocked, &q.Counts.Ready, &q.Counts.Leased)
+	err := s.Scan(append([]any{&q.Resource, &q.Concurrency, &q.Paused, &q.Counts.Blocked, &q.Counts.Ready, &q.Counts.Leased}, more...)...)
 	return q, err
 }
 
@@ -478,9 +480,9 @@ func (db *DB) readQueues(ctx context.Context, query string, args ...any) (out []
 		now := db.now()
 		out = []spinbroker.Queue{}
 		for rows.Next() {
-			var qu spinbroker.Queue
 			var since sql.NullInt64
-			if err := rows.Scan(&qu.Resource, &qu.Concurrency, &qu.Paused, &qu.Counts.Blocked, &qu.Counts.Ready, &qu.Counts.Leased, &since); err != nil {
+			qu, err := scanQueue(rows, &since)
+			if err != nil {
 				return err
 			}
 			qu.OldestReadyAgeSeconds = ageAt(since, now)
