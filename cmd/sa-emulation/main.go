@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command sa-emulation is spin-broker's emulation agent: it serves the
 // "emulation" queue, writing VM configs and starting and stopping
 // qemu-system-x86_64 VMs under a supervisor.

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package emulation is the VM side of sa-emulation: it keeps each VM's
 // config in a state dir, builds QEMU's command line from it (as a list,
 // never a shell string), has a Supervisor run it (systemd user units, or
