@@ -101,6 +101,29 @@ func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, msg string
 	s.writeError(w, r, errorf(spinbroker.EUNAUTHORIZED, "%s", msg))
 }
 
+// trusted reports whether a request to an open path may be told what the
+// broker tells only its own (why /healthz fails): with auth off, everyone
+// is; with auth on, a request with a token that works, as authenticate
+// finds it. No token, a bogus, revoked or expired one, or one the database
+// cannot vouch for counts as none, never as a 401: monitors poll /healthz
+// without a token. With askStore false only the tokens checked in the last
+// few seconds count, for when the database has just failed a read.
+func (s *Server) trusted(ctx context.Context, r *http.Request, askStore bool) bool {
+	if !s.opts.Auth {
+		return true
+	}
+	secret, _ := bearer(r)
+	if secret == "" {
+		return false
+	}
+	if !askStore {
+		tok, _, _ := s.tokens.cached(secret)
+		return tok != nil
+	}
+	tok, _ := s.tokens.check(ctx, secret)
+	return tok != nil
+}
+
 // open reports whether a path is served without a token.
 func (s *Server) open(r *http.Request) bool {
 	switch p := r.URL.Path; {
@@ -259,24 +282,11 @@ func newTokenCache(st Store, ttl time.Duration, clock func() time.Time) *tokenCa
 }
 
 func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Token, error) {
-	if len(secret) > maxSecretLen || strings.ContainsFunc(secret, func(r rune) bool { return r <= ' ' || r > '~' }) {
-		return nil, errInvalidToken
+	if tok, known, err := c.cached(secret); known {
+		return tok, err
 	}
 	key := sha256.Sum256([]byte(secret))
 	now := c.now()
-	c.mu.Lock()
-	if e, ok := c.m[key]; ok && now.Before(e.expires) {
-		c.mu.Unlock()
-		if e.tok.Expired(c.clock()) {
-			return nil, spinbroker.TokenExpired(*e.tok.ExpiresAt)
-		}
-		return e.tok, nil
-	}
-	if e, ok := c.bad[key]; ok && now.Before(e.expires) {
-		c.mu.Unlock()
-		return nil, e.err
-	}
-	c.mu.Unlock()
 	tok, err := c.st.Authenticate(ctx, secret)
 	if err != nil && spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
 		return nil, err // a database problem is not remembered
@@ -298,6 +308,30 @@ func (c *tokenCache) check(ctx context.Context, secret string) (*spinbroker.Toke
 	}
 	c.m[key] = entry
 	return tok, nil
+}
+
+// cached answers as check would without asking the database: known is
+// false when the secret is neither trusted nor refused yet.
+func (c *tokenCache) cached(secret string) (tok *spinbroker.Token, known bool, err error) {
+	if len(secret) > maxSecretLen || strings.ContainsFunc(secret, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, true, errInvalidToken
+	}
+	key := sha256.Sum256([]byte(secret))
+	now := c.now()
+	c.mu.Lock()
+	good, isGood := c.m[key]
+	bad, isBad := c.bad[key]
+	c.mu.Unlock()
+	switch {
+	case isGood && now.Before(good.expires):
+		if good.tok.Expired(c.clock()) {
+			return nil, true, spinbroker.TokenExpired(*good.tok.ExpiresAt)
+		}
+		return good.tok, true, nil
+	case isBad && now.Before(bad.expires):
+		return nil, true, bad.err
+	}
+	return nil, false, nil
 }
 
 // errInvalidToken refuses a secret no token could have, unread.

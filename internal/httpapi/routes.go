@@ -139,6 +139,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
 			err = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
 		}
+		// The database cannot be asked about a token now: it just failed.
+		if !s.trusted(ctx, r, false) {
+			err = withheldCause{err}
+		}
 		s.writeError(w, r, err)
 		return
 	}
@@ -147,11 +151,35 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	// database, so a balancer or an orchestrator that took it out or
 	// restarted it would only make things worse. It says so here, and in
 	// spinbroker_store_writes_failing, for monitors.
+	// The cause (the database file's path, SQLite's own words) is for the
+	// broker's own; anyone who reaches the port can poll /healthz.
 	if err := s.store.WriteFailure(ctx); err != nil {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "writes": "failing: " + err.Error()})
+		writes := "failing"
+		if s.trusted(ctx, r, true) {
+			writes += ": " + err.Error()
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "writes": writes})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// withheldCause answers a 503 of /healthz to a request without a token
+// that works: the client is told only that the database does not answer,
+// while the log (which takes Error's text) keeps the cause.
+type withheldCause struct{ err error }
+
+func (e withheldCause) Error() string { return e.err.Error() }
+func (e withheldCause) Unwrap() error { return e.err }
+
+// As comes before Unwrap in errors.As: the cause's own *spinbroker.Error
+// is never found.
+func (e withheldCause) As(target any) bool {
+	if p, ok := target.(**spinbroker.Error); ok {
+		*p = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
+		return true
+	}
+	return false
 }
 
 // recoverer turns a panic in a handler into a 500 in the API's shape and one
