@@ -624,9 +624,21 @@ func (db *DB) Ping(ctx context.Context) error {
 		return c.QueryRowContext(ctx, pingQuery).Scan(&n[0], &n[1], &n[2], &n[3], &n[4])
 	}()
 	if err != nil {
-		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database does not answer: %v", interpretError(err))
+		err = interpretError(err)
+		return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the database does not answer: %s", causeText(err))
 	}
 	return nil
+}
+
+// causeText is err's words without the "spinbroker: code:" of an *Error,
+// for a message that quotes it: not "…: spinbroker: unavailable: the
+// broker is shutting down".
+func causeText(err error) string {
+	var e *spinbroker.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
 }
 
 // WriteFailure reports whether writes fail for the database's sake (a full
