@@ -57,6 +57,22 @@ func TestEvents_SilentConnection(t *testing.T) {
 	if got != 1 || !Temporary(err) || !strings.Contains(err.Error(), "keep-alive") {
 		t.Errorf("a silent stream: %d event(s), %v (temporary %v); want 1 event and a temporary error naming the keep-alive", got, err, Temporary(err))
 	}
+	var se *SilentError
+	if !errors.As(err, &se) || se.Idle != eventsIdle {
+		t.Errorf("a silent stream: %#v, want a *SilentError of %s", err, eventsIdle)
+	}
+
+	// IdleTimeout sets the wait for one stream, whatever the default.
+	idle := eventsIdle
+	eventsIdle = time.Hour
+	got = 0
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err = c.Events(ctx, count, IdleTimeout(idle))
+	cancel()
+	eventsIdle = idle
+	if !errors.As(err, &se) || se.Idle != idle || got != 1 {
+		t.Errorf("a silent stream with IdleTimeout(%s): %d event(s), %v; want 1 and a *SilentError of that", idle, got, err)
+	}
 
 	got = 0
 	err = c.Events(context.Background(), count, ForPackage("0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"))

@@ -60,8 +60,10 @@ resource, still pass unless --kind leaves them out. --kind keeps one kind
 (repeatable, or comma-separated).
 
 The broker keeps no history: only changes made while the stream is open are
-printed. If the stream drops (the broker restarts), events says so on stderr
-and reconnects, backing off up to 5s; what changed meanwhile is not sent.
+printed. If the stream drops (the broker restarts) or goes silent (nothing
+for 45s, not even the broker's keep-alive: a connection a NAT forgot), events
+says so on stderr and reconnects, backing off up to 5s; what changed
+meanwhile is not sent.
 It gives up (exit 4) once the broker has been away for --reconnect-for. If
 the broker cannot be reached at the start, it fails at once (exit 4). A
 viewer token is enough.`,
@@ -171,7 +173,7 @@ func (f *eventFollower) follow(ctx context.Context, opts []client.EventsOption) 
 		}
 		if awaySince.IsZero() {
 			awaySince = time.Now()
-			f.note(fmt.Sprintf("the event stream dropped (%s); reconnecting…", dropReason(err)))
+			f.note(dropped(err) + "; reconnecting…")
 		} else if f.reconnectFor > 0 && time.Since(awaySince) >= f.reconnectFor {
 			return &exitError{code: exitTryAgain, msg: fmt.Sprintf("the broker has been away for %s (--reconnect-for): %s; giving up",
 				time.Since(awaySince).Round(time.Second), describe(err))}
@@ -191,12 +193,17 @@ func (f *eventFollower) follow(ctx context.Context, opts []client.EventsOption) 
 	}
 }
 
-// dropReason says briefly why a stream that was open ended.
-func dropReason(err error) string {
-	if strings.Contains(err.Error(), "the broker ended it") {
-		return "the broker ended it: it is stopping or restarting"
+// dropped says briefly why a stream that was open ended.
+func dropped(err error) string {
+	var se *client.SilentError
+	switch {
+	case errors.As(err, &se):
+		// The broker answered, then nothing came: not "cannot reach".
+		return fmt.Sprintf("the event stream went silent for %s (no keep-alive from the broker)", se.Idle)
+	case strings.Contains(err.Error(), "the broker ended it"):
+		return "the event stream dropped (the broker ended it: it is stopping or restarting)"
 	}
-	return describe(err)
+	return fmt.Sprintf("the event stream dropped (%s)", describe(err))
 }
 
 // note says something about the stream on stderr, never on stdout, which

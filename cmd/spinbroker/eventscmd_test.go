@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -463,5 +465,50 @@ func TestEvents_Refused(t *testing.T) {
 	}
 	if r := b.spin("events", "--token", viewer, "--package", "nope"); r.code != 1 || r.stderr != "spinbroker: package \"nope\" is not an id (invalid_request)\n" {
 		t.Errorf("events --package nope: %s", r)
+	}
+}
+
+// TestEvents_SilentStream: a stream on which nothing comes, not even the
+// broker's keep-alive, is said to have gone silent before events
+// reconnects. It was said "cannot reach the broker: client: event
+// stream: …", of a broker that had answered. In-process, to shorten the
+// client's wait for the keep-alive (45s).
+func TestEvents_SilentStream(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		select { // and then nothing
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	var stdout, stderr syncbuf.Buffer
+	a := &app{url: srv.URL, output: "table", stdout: &stdout, stderr: &stderr}
+	cl, err := a.client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &eventFollower{a: a, cl: cl, reconnectFor: time.Minute, table: &eventTable{w: &stdout, resWidth: len("RESOURCE")}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.follow(ctx, []client.EventsOption{client.IdleTimeout(300 * time.Millisecond)}) }()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "connected again"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect after a silent stream within 20s; stderr:\n%s", stderr.String())
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("follow after its context ended: %v", err)
+	}
+	first, _, _ := strings.Cut(stderr.String(), "\n")
+	if want := "spinbroker: the event stream went silent for 300ms (no keep-alive from the broker); reconnecting…"; first != want {
+		t.Errorf("stderr after a silent stream:\n%s\nwant its first line to be:\n%s", stderr.String(), want)
 	}
 }
