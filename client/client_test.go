@@ -405,3 +405,75 @@ func TestEventsRefused_LikeOtherCalls(t *testing.T) {
 		t.Fatalf("Events answered 503 with Retry-After: 7 = %#v, want request id req-1 and RetryAfter 7s", err)
 	}
 }
+
+// TestEvents_NotAStream: a 200 that is no event stream (a web server's
+// page, a proxy's login page, some JSON) is refused at once with an error
+// that says what answered, and that Temporary does not report: it was
+// read as a stream that ended, which a follower opened again and again.
+// The broker's own Content-Type, with parameters or in capitals, is one.
+func TestEvents_NotAStream(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name  string
+		ctype []string // nil: no Content-Type at all
+		body  string
+		want  string // what the error says of it
+	}{
+		{"HTML", []string{"text/html; charset=utf-8"}, "<html><body>It works!</body></html>\n", `"text/html; charset=utf-8"`},
+		{"JSON", []string{"application/json"}, `{"status": "ok"}`, `"application/json"`},
+		{"None", nil, "event: command\ndata: {}\n\n", "no Content-Type"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header()["Content-Type"] = tt.ctype // nil: not sniffed either
+				io.WriteString(w, tt.body)
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // a stream would end here: not a page
+			}))
+			t.Cleanup(srv.Close)
+			c, err := New(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			opened, events := false, 0
+			err = c.Events(ctx, func(Event) error { events++; return nil }, OnOpen(func() { opened = true }))
+			if ctx.Err() != nil {
+				t.Fatal("Events still reads an answer that is no event stream after 10s")
+			}
+			host := strings.TrimPrefix(srv.URL, "http://")
+			if err == nil || Temporary(err) || opened || events != 0 {
+				t.Fatalf("Events of a 200 %s = %v (temporary %v, opened %v, %d events); want a refusal, not temporary, before any event", tt.ctype, err, Temporary(err), opened, events)
+			}
+			var ne *NotStreamError
+			if !errors.As(err, &ne) || ne.StatusCode != http.StatusOK || ne.Host != host || ne.ContentType != strings.Join(tt.ctype, "") {
+				t.Errorf("Events of a 200 %s = %#v, want a *NotStreamError of it", tt.ctype, err)
+			}
+			for _, s := range []string{"200 OK", tt.want, host, "not an event stream"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("Events of a 200 %s: %q does not say %s", tt.ctype, err, s)
+				}
+			}
+		})
+	}
+
+	// The broker's own, as a proxy may spell it.
+	for _, ct := range []string{"text/event-stream", "text/event-stream; charset=utf-8", "Text/Event-Stream", " text/event-stream;;"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", ct)
+			io.WriteString(w, "event: command\ndata: {}\n\n")
+		}))
+		c, err := New(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events := 0
+		err = c.Events(context.Background(), func(Event) error { events++; return nil })
+		srv.Close()
+		if events != 1 || !errors.Is(err, io.EOF) {
+			t.Errorf("Events of a stream sent as %q: %d events, %v; want 1 and the broker's end", ct, events, err)
+		}
+	}
+}

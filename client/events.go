@@ -71,6 +71,34 @@ func (e *SilentError) Error() string {
 // Unwrap makes Temporary, and errors.Is, see a deadline that passed.
 func (e *SilentError) Unwrap() error { return context.DeadlineExceeded }
 
+// NotStreamError is the error of Events for an answer of 200 that is not
+// an event stream (its Content-Type is not text/event-stream): a web
+// server's page or some other service at the broker's address, or a
+// proxy's login page in front of it. Temporary does not report it: asking
+// again gets the same.
+type NotStreamError struct {
+	StatusCode  int    // the answer's status
+	ContentType string // its Content-Type, "" for none
+	Host        string // the host that answered, as in the URL
+}
+
+// Error says what answered, and where.
+func (e *NotStreamError) Error() string {
+	ct := "no Content-Type"
+	if e.ContentType != "" {
+		ct = fmt.Sprintf("Content-Type %q", e.ContentType)
+	}
+	return fmt.Sprintf("client: GET /events at %s answered %d %s with %s, not an event stream (text/event-stream): not spin-broker's answer",
+		e.Host, e.StatusCode, http.StatusText(e.StatusCode), ct)
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream, with
+// any parameters, in any case.
+func isEventStream(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
+}
+
 // OnOpen has Events call fn once, when the broker has answered the
 // subscription and before the first event: every change from then on is
 // sent (or, if the stream falls behind, a "resync" says so). A follower
@@ -84,7 +112,10 @@ func OnOpen(fn func()) EventsOption {
 // Events streams the broker's events to fn until ctx ends (it returns
 // ctx's error), fn returns an error (which Events then returns), or the
 // stream ends: the connection drops, or the broker stops or restarts, for
-// which it returns an error that Temporary reports.
+// which it returns an error that Temporary reports. An answer that is no
+// event stream (200 with another Content-Type than text/event-stream: a
+// page of another server, a proxy's login page) is refused at once with a
+// *NotStreamError, which Temporary does not report.
 //
 // Events does not reconnect, and the broker keeps no history to replay:
 // what changed while no stream was open (between two calls, or before
@@ -125,6 +156,15 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		return answerError(resp, data)
+	}
+	if ct := resp.Header.Get("Content-Type"); !isEventStream(ct) {
+		// Another server, or a proxy's login page: read as a stream, it
+		// was one that ended, opened again and again to no end.
+		host := u.Host
+		if resp.Request != nil && resp.Request.URL != nil {
+			host = resp.Request.URL.Host // where a redirect led
+		}
+		return &NotStreamError{StatusCode: resp.StatusCode, ContentType: ct, Host: host}
 	}
 	if cfg.onOpen != nil {
 		cfg.onOpen()

@@ -12,14 +12,16 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
-// bodyTransport answers every request 200 with a fixed body.
+// bodyTransport answers every request with a fixed status and body, as
+// an event stream (the broker's Content-Type).
 type bodyTransport struct {
 	status int
 	body   string
 }
 
 func (b bodyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	return &http.Response{StatusCode: b.status, Body: io.NopCloser(strings.NewReader(b.body)), Header: http.Header{}, Request: r}, nil
+	h := http.Header{"Content-Type": {"text/event-stream"}}
+	return &http.Response{StatusCode: b.status, Body: io.NopCloser(strings.NewReader(b.body)), Header: h, Request: r}, nil
 }
 
 // FuzzEvents: whatever an event stream holds, the client's parser neither

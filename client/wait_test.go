@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -311,5 +312,40 @@ func TestWaitPackage_BrokerAway(t *testing.T) {
 	defer mu.Unlock()
 	if len(news) != 2 || news[0] != "away" || news[1] != "back" {
 		t.Errorf("the caller was told %v, want [away back]", news)
+	}
+}
+
+// TestWaitPackage_NotAStream: an event stream answered by something else
+// (a proxy's login page, 200 text/html), which Events refuses, leaves
+// WaitPackage to its reads: it still ends when the package does, and asks
+// for the stream again with its back-off, not in a tight loop.
+func TestWaitPackage_NotAStream(t *testing.T) {
+	direct, api, _ := newBroker(t)
+	h := api.Handler()
+	var pages atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/events" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		pages.Add(1)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		io.WriteString(w, "<html><body>Sign in</body></html>\n")
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := onePackage(t, direct)
+	reads, result := startWait(ctx, c, p.ID, PollEvery(50*time.Millisecond))
+	firstRead(t, ctx, reads, result)
+	time.Sleep(1500 * time.Millisecond) // a try or two refused
+	succeed(t, direct, p.Commands[0].ID)
+	finished(t, ctx, result, spinbroker.PackageSucceeded)
+	if n := pages.Load(); n < 1 || n > 3 {
+		t.Errorf("%d event streams asked for in about 1.5s, want 2 or so (a back-off between tries)", n)
 	}
 }

@@ -801,7 +801,8 @@ func TestBadURLMasksPassword(t *testing.T) {
 // HTML page was printed as the error, over many lines and with whatever
 // terminal controls it held, under the code of its status ("(not_found)",
 // which read as a package that does not exist), and a page answered 200
-// was Go's "invalid character '<' looking for beginning of value".
+// was Go's "invalid character '<' looking for beginning of value" (and
+// for events, five minutes of reconnecting).
 func TestNotTheBroker(t *testing.T) {
 	t.Parallel()
 	const someID = "0190c3e4-7a6b-7c1d-9e2f-3a4b5c6d7e8f"
@@ -828,6 +829,9 @@ func TestNotTheBroker(t *testing.T) {
 				{"queue", "ls", "-o", "json"},
 				{"package", "show", someID},
 				{"message", "new"},
+				// A page answered 200 is no event stream: it was followed
+				// as one that ended, again and again for --reconnect-for.
+				{"events"},
 			} {
 				r := spin(t, append(args, "--url", srv.URL)...)
 				// A proxy whose broker is down: the same command may

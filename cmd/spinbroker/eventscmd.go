@@ -65,8 +65,10 @@ for 45s, not even the broker's keep-alive: a connection a NAT forgot), events
 says so on stderr and reconnects, backing off up to 5s; what changed
 meanwhile is not sent.
 It gives up (exit 4) once the broker has been away for --reconnect-for. If
-the broker cannot be reached at the start, it fails at once (exit 4). A
-viewer token is enough.`,
+the broker cannot be reached at the start, it fails at once (exit 4); if
+what answers is not an event stream (another server's page, a proxy's login
+page), at once too, at the start or later (exit 1). A viewer token is
+enough.`,
 		Example: `  spinbroker events
   spinbroker events --package "$PKG"
   spinbroker events --resource storage --kind command

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -511,4 +513,28 @@ func TestEvents_SilentStream(t *testing.T) {
 	if want := "spinbroker: the event stream went silent for 300ms (no keep-alive from the broker); reconnecting…"; first != want {
 		t.Errorf("stderr after a silent stream:\n%s\nwant its first line to be:\n%s", stderr.String(), want)
 	}
+}
+
+// TestEvents_PageOnReconnect: a stream that ends and, asked for again, is
+// answered by a page (a proxy's login page once its session ran out) is
+// given up at once, exit 1, in the words of the other commands, rather
+// than asked for again until --reconnect-for.
+func TestEvents_PageOnReconnect(t *testing.T) {
+	t.Parallel()
+	var asked atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if asked.Add(1) == 1 {
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, ": keep-alive\n\n") // and the stream ends
+			return
+		}
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<html><body>Sign in</body></html>\n")
+	}))
+	t.Cleanup(srv.Close)
+	r := spin(t, "events", "--url", srv.URL)
+	if r.code != 1 || asked.Load() != 2 || !strings.HasPrefix(r.stdout, "TIME ") {
+		t.Errorf("events answered a page on its reconnect (%d requests): %s", asked.Load(), r)
+	}
+	wantContains(t, "stderr", r.stderr, "the event stream dropped", "not spin-broker", `answered 200 OK with text/html, not an event stream`, "--url or SPINBROKER_URL")
 }

@@ -239,6 +239,17 @@ func describeWithToken(err error, tokenFrom string) string {
 		return fmt.Sprintf("what answers at the broker's address is not spin-broker, or not it alone: it answered %d %s, with no error of the broker's but \"%s\": another server is at that address, or a proxy in front of the broker answered in its place (its broker down, a limit of its own); --url or SPINBROKER_URL names the address",
 			ce.StatusCode, http.StatusText(ce.StatusCode), clip(oneLine(strings.Join(strings.Fields(ce.Err.Message), " "))))
 	}
+	var ne *client.NotStreamError
+	if errors.As(err, &ne) {
+		// A page answered 200 where the event stream should be: not the
+		// broker's, and asking again gets the same page.
+		ct := "no Content-Type"
+		if ne.ContentType != "" {
+			ct = clip(oneLine(ne.ContentType))
+		}
+		return fmt.Sprintf("what answers at the broker's address is not spin-broker, or not it alone: GET /events at %s answered %d %s with %s, not an event stream: another server is at that address, or a proxy in front of the broker answered in its place (a login page, say); --url or SPINBROKER_URL names the address",
+			oneLine(ne.Host), ne.StatusCode, http.StatusText(ne.StatusCode), ct)
+	}
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &se) || errors.As(err, &te) {
