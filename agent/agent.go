@@ -305,6 +305,8 @@ type runner struct {
 	// answers hears of every heartbeat that gets through: a result that
 	// waits out a back-off because the broker was away is sent then.
 	answers news
+	// outageLogEvery spaces the warnings of a long outage (outageLog).
+	outageLogEvery time.Duration
 }
 
 // news is a broadcast: next is closed at the next tell.
@@ -400,6 +402,8 @@ func newRunner(c *client.Client, resource string, handlers []Handler, opts Optio
 		handlers: hs,
 		opts:     opts,
 		log:      opts.Logger.With("resource", resource),
+
+		outageLogEvery: time.Minute,
 	}, nil
 }
 
@@ -476,6 +480,9 @@ func (a *runner) pause(n int, err error) time.Duration {
 // few seconds of a restart rather than up to MaxBackoff after it.
 const unreachableBackoff = 5 * time.Second
 
+// outageLinesInFull is how many failed polls in a row are each logged.
+const outageLinesInFull = 5
+
 // unreachable reports whether err says that the call never reached the
 // broker: the connection could not be made (refused, no route, a name
 // that does not resolve, a connect that timed out) or was reset, or a
@@ -533,6 +540,7 @@ func fatal(err error) bool {
 // one request.
 func (a *runner) loop(ctx context.Context) error {
 	failures := 0
+	outage := outageLog{every: a.outageLogEvery}
 	for ctx.Err() == nil {
 		poll := a.opts.Wait
 		if failures > 0 {
@@ -561,7 +569,7 @@ func (a *runner) loop(ctx context.Context) error {
 			}
 			failures++
 			d := a.pause(failures, err)
-			a.log.Warn("cannot take commands; retrying", "err", err, "failures", failures, "retry_in", d.String())
+			outage.failed(a.log, err, failures, d)
 			wait(ctx, d)
 			continue
 		}
@@ -571,6 +579,7 @@ func (a *runner) loop(ctx context.Context) error {
 			a.log.Info("taking commands again", "after_failures", failures)
 		}
 		failures = 0
+		outage = outageLog{every: a.outageLogEvery}
 		switch {
 		case len(cmds) == 0:
 		case a.opts.Claim <= 1:
@@ -594,6 +603,36 @@ func (a *runner) loop(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// outageLog keeps the warnings of the polls that fail in a row to a few
+// lines: each of the first outageLinesInFull, any whose error differs from
+// the last one logged, and then one per every, which counts the failures
+// left out since the line before it (suppressed_since_last_line, as the
+// broker's log says it). A broker out of reach is tried again within 5s
+// however long it is away, and a warning per try left an agent's log, for
+// a broker stopped an hour, with up to 720 lines all alike.
+type outageLog struct {
+	every      time.Duration
+	last       time.Time // of the last line
+	lastErr    string    // its error
+	suppressed int       // failures left out since
+}
+
+// failed logs the failures-th failed poll in a row, err, to be tried again
+// in retryIn, or counts it among those left out.
+func (o *outageLog) failed(log *slog.Logger, err error, failures int, retryIn time.Duration) {
+	now := time.Now()
+	if failures > outageLinesInFull && err.Error() == o.lastErr && now.Sub(o.last) < o.every {
+		o.suppressed++
+		return
+	}
+	args := []any{"err", err, "failures", failures, "retry_in", retryIn.String()}
+	if o.suppressed > 0 {
+		args = append(args, "suppressed_since_last_line", o.suppressed)
+	}
+	log.Warn("cannot take commands; retrying", args...)
+	o.last, o.lastErr, o.suppressed = now, err.Error(), 0
 }
 
 // take long-polls the queue once, for up to wait: next, or claim in batch
