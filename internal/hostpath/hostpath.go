@@ -115,6 +115,16 @@ func (s *Storage) Close() error {
 	return s.root.Close()
 }
 
+// logFor is the log of the command ctx is a handler's context of, whose
+// lines carry its command_id, resource, action and attempt as the agent's
+// own do; else (an action called outside an agent) the storage's.
+func (s *Storage) logFor(ctx context.Context) *slog.Logger {
+	if _, ok := agent.CommandFrom(ctx); ok {
+		return agent.Logger(ctx)
+	}
+	return s.log
+}
+
 // Dir is the root directory's absolute path.
 func (s *Storage) Dir() string { return s.dir }
 
@@ -414,7 +424,7 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("image created", "path", rel, "format", format, "size", size)
+	s.logFor(ctx).Info("image created", "path", rel, "format", format, "size", size)
 	return s.output(rel, true).withImage(imageInfo{format: format, size: size}), nil
 }
 
@@ -727,7 +737,7 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, describe(rel, err)
 	}
-	s.log.Info("image deleted", "path", rel)
+	s.logFor(ctx).Info("image deleted", "path", rel)
 	return s.output(rel, true), nil
 }
 
@@ -791,7 +801,7 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("image resized", "path", rel, "size", size, "previous_size", info.size)
+	s.logFor(ctx).Info("image resized", "path", rel, "size", size, "previous_size", info.size)
 	return out.withImage(imageInfo{format: info.format, size: size}), nil
 }
 
@@ -865,7 +875,7 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("image moved", "path", src, "target", dst)
+	s.logFor(ctx).Info("image moved", "path", src, "target", dst)
 	return s.output(dst, true).withImage(srcInfo), nil
 }
 
@@ -902,7 +912,7 @@ func (s *Storage) finishMove(ctx context.Context, src, dst string, srcInfo, dstI
 	if err := s.root.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, describe(src, err)
 	}
-	s.log.Info("image moved: an interrupted move finished, its copy found whole in the target", "path", src, "target", dst)
+	s.logFor(ctx).Info("image moved: an interrupted move finished, its copy found whole in the target", "path", src, "target", dst)
 	return s.output(dst, true).withImage(dstInfo), nil
 }
 
@@ -944,7 +954,7 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 	if err := s.copyFile(ctx, src, dst); err != nil {
 		return nil, err
 	}
-	s.log.Info("image copied", "path", src, "target", dst)
+	s.logFor(ctx).Info("image copied", "path", src, "target", dst)
 	return s.output(dst, true).withImage(srcInfo), nil
 }
 
