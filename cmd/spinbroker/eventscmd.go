@@ -67,8 +67,9 @@ meanwhile is not sent.
 It gives up (exit 4) once the broker has been away for --reconnect-for. If
 the broker cannot be reached at the start, it fails at once (exit 4); if
 what answers is not an event stream (another server's page, a proxy's login
-page), at once too, at the start or later (exit 1). A viewer token is
-enough.`,
+page), at once too, at the start or later (exit 1). A stream whose token was
+revoked, or ran out, ends with the broker's refusal (exit 1). A viewer token
+is enough.`,
 		Example: `  spinbroker events
   spinbroker events --package "$PKG"
   spinbroker events --resource storage --kind command
@@ -151,6 +152,11 @@ func (f *eventFollower) follow(ctx context.Context, opts []client.EventsOption) 
 		opened    bool      // a stream was open once
 		awaySince time.Time // when the stream dropped; zero while it is open
 		delay     = reconnectMin
+		// held is the note on a stream the broker ended, held until the
+		// next try says why it did: a broker stopping cannot be asked again
+		// at once, while one that revoked the token refuses it, and that
+		// refusal is all there is to say.
+		held string
 	)
 	onOpen := client.OnOpen(func() {
 		switch {
@@ -160,6 +166,7 @@ func (f *eventFollower) follow(ctx context.Context, opts []client.EventsOption) 
 				f.table.header()
 			}
 		case !awaySince.IsZero():
+			f.noteHeld(&held)
 			f.note("connected again; changes made while the stream was down were not sent")
 		}
 		awaySince, delay = time.Time{}, reconnectMin
@@ -173,9 +180,15 @@ func (f *eventFollower) follow(ctx context.Context, opts []client.EventsOption) 
 		if !opened || !client.Temporary(err) {
 			return err
 		}
+		f.noteHeld(&held)
 		if awaySince.IsZero() {
 			awaySince = time.Now()
-			f.note(dropped(err) + "; reconnecting…")
+			msg := dropped(err) + "; reconnecting…"
+			if endedByBroker(err) {
+				held = msg
+			} else {
+				f.note(msg)
+			}
 		} else if f.reconnectFor > 0 && time.Since(awaySince) >= f.reconnectFor {
 			return &exitError{code: exitTryAgain, msg: fmt.Sprintf("the broker has been away for %s (--reconnect-for): %s; giving up",
 				time.Since(awaySince).Round(time.Second), describe(err))}
@@ -202,10 +215,24 @@ func dropped(err error) string {
 	case errors.As(err, &se):
 		// The broker answered, then nothing came: not "cannot reach".
 		return fmt.Sprintf("the event stream went silent for %s (no keep-alive from the broker)", se.Idle)
-	case strings.Contains(err.Error(), "the broker ended it"):
+	case endedByBroker(err):
 		return "the event stream dropped (the broker ended it: it is stopping or restarting)"
 	}
 	return fmt.Sprintf("the event stream dropped (%s)", describe(err))
+}
+
+// endedByBroker says whether the broker ended the stream itself, as it does
+// when it stops and when the stream's token was revoked or ran out.
+func endedByBroker(err error) bool {
+	return strings.Contains(err.Error(), "the broker ended it")
+}
+
+// noteHeld says a held note on a dropped stream, once.
+func (f *eventFollower) noteHeld(msg *string) {
+	if *msg != "" {
+		f.note(*msg)
+		*msg = ""
+	}
 }
 
 // note says something about the stream on stderr, never on stdout, which

@@ -426,6 +426,29 @@ func TestEvents_BrokerRestarts(t *testing.T) {
 	}
 }
 
+// TestEvents_TokenRevoked: a stream that the broker ends because its token
+// was revoked is not said to be a broker stopping or restarting: events
+// exits 1 with the broker's refusal alone, as a command started then would.
+func TestEvents_TokenRevoked(t *testing.T) {
+	t.Parallel()
+	db, _ := storetest.MustOpen(t, store.Options{})
+	tok, viewer, err := db.CreateToken(context.Background(), spinbroker.RoleViewer, "", "watcher")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: 100 * time.Millisecond}, nil)
+	ev := startEvents(t, b.url, "--token", viewer)
+	ev.header()
+	if _, _, err := db.RevokeToken(context.Background(), tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := ev.exited(30 * time.Second)
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "spinbroker: the token is not valid or was revoked (unauthorized)") ||
+		strings.Contains(r.stderr, "stopping or restarting") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("events whose token was revoked: %s", r)
+	}
+}
+
 // TestEvents_BrokerGone: a broker away for longer than --reconnect-for is
 // given up on, exit 4; one never reached fails at once, exit 4.
 func TestEvents_BrokerGone(t *testing.T) {
