@@ -40,8 +40,11 @@ func (a *app) eventsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "events [--package ID] [--resource R]... [--kind command|package|queue]...",
 		Short: "Follow the broker's changes as they happen",
-		Long: `events follows the broker's event stream (GET /events) and prints each change
-as it happens, until interrupted (Ctrl-C: exit 130, quietly).
+		Long: `events follows the broker's event stream (GET /events) and prints the changes
+as they happen, until interrupted (Ctrl-C: exit 130, quietly): every
+transition of a command, and the state of a package or a queue after it
+changed, at most once every 100ms each (changes closer together than that
+come as one event).
 
 Table output (the default) prints one line per event: when it was received
 (UTC), its kind, the package and the command it concerns, the resource, a
