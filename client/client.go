@@ -234,6 +234,26 @@ func (e *Error) Unwrap() error { return e.Err }
 // It does not say that repeating the call is safe: a write whose answer
 // was lost (a timeout, a dropped connection) may have been committed, so a
 // create is repeated only with the IdempotencyKey it was first sent with.
+//
+// Temporary reports:
+//   - an *Error of status 5xx or 429 (503 unavailable: the broker is
+//     stopping, or its database is; a proxy's 502 or 504);
+//   - a call that failed below HTTP: the connection refused, reset or
+//     dropped, no answer in time (context.DeadlineExceeded), an answer
+//     cut off (io.EOF, io.ErrUnexpectedEOF), a certificate that expired
+//     (the broker takes a renewed one without a restart);
+//   - a *SilentError, and the end of an event stream by the broker.
+//
+// It does not report:
+//   - an *Error of any other status (a 409 conflict, a 401, a 404): the
+//     broker answered, and its answer is about the call, not an outage;
+//   - a *RedirectError or a *NotStreamError: the URL given to New answers
+//     something else, however often it is asked;
+//   - a certificate that Untrusted reports: only a change of
+//     configuration mends it;
+//   - context.Canceled: the caller gave up;
+//   - an error of the client itself (a body that does not encode, an
+//     answer too large or that does not decode).
 func Temporary(err error) bool {
 	if err == nil {
 		return false
@@ -243,7 +263,7 @@ func Temporary(err error) bool {
 		return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
 	}
 	var re *RedirectError
-	if errors.Is(err, context.Canceled) || errors.As(err, &re) {
+	if errors.Is(err, context.Canceled) || errors.As(err, &re) || Untrusted(err) {
 		return false
 	}
 	// A call that failed below HTTP: http.Client wraps it in a *url.Error,
