@@ -252,8 +252,9 @@ func (e *Error) Unwrap() error { return e.Err }
 //   - a certificate that Untrusted reports: only a change of
 //     configuration mends it;
 //   - context.Canceled: the caller gave up;
-//   - an error of the client itself (a body that does not encode, an
-//     answer too large or that does not decode).
+//   - an error of the client itself (a broker URL or a token New
+//     refuses, a body that does not encode, an answer too large or that
+//     does not decode).
 func Temporary(err error) bool {
 	if err == nil {
 		return false
@@ -272,7 +273,9 @@ func Temporary(err error) bool {
 	// not a network that may come back.
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return true
+		// Not url.Parse's, whose Op is "parse": New's refusal of a URL
+		// wraps it, and the same URL is refused again.
+		return ue.Op != "parse"
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) {

@@ -54,3 +54,20 @@ func TestTemporary_UntrustedCertificate(t *testing.T) {
 		t.Errorf("Temporary(%v) = true; want false: asking again gets the same refusal", err)
 	}
 }
+
+// TestTemporary_NewRefusal: a broker URL that New refuses is a mistake of
+// the caller's, not an outage: Temporary does not report it. The refusal
+// of a URL that does not parse wraps url.Parse's *url.Error, the type an
+// unreachable broker's error has too, and Temporary once took it for one.
+func TestTemporary_NewRefusal(t *testing.T) {
+	for _, bad := range []string{"http://broker host:8080", "http://[::1", "http://%zz", "ftp://x", "127.0.0.1:8080"} {
+		_, err := New(bad)
+		if err == nil {
+			t.Errorf("New(%q) accepted", bad)
+			continue
+		}
+		if Temporary(err) {
+			t.Errorf("Temporary(New(%q)'s refusal %q) = true; want false: the same URL is refused again", bad, err)
+		}
+	}
+}
