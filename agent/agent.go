@@ -690,9 +690,10 @@ type job struct {
 
 // The causes of a handler's cancelled context: a handler tells them apart
 // with errors.Is(context.Cause(ctx), …), to clean up or leave alone what it
-// was doing. (A WithTimeout limit's is context.DeadlineExceeded, from
-// ctx.Err().) Whatever the handler then returns, its attempt is reported
-// for a retry, or not at all when the lease is lost.
+// was doing. Whatever the handler then returns, its attempt is reported
+// for a retry, or not at all when the lease is lost. (The time limit of
+// Handler.WithTimeout is none of them: its cause is context.DeadlineExceeded
+// to errors.Is, as any deadline's, and its text names the limit.)
 var (
 	// ErrLeaseLost: the broker says the lease is not this agent's any more
 	// (the command was settled by hand, or leased to another agent).

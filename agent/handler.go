@@ -90,11 +90,13 @@ func fromObject(t reflect.Type) bool {
 }
 
 // WithTimeout returns h with a time limit: once it has run for d, its
-// context is cancelled, and the error it then returns fails the command
-// with a reason that says it timed out, for a retry while its attempts
-// last (a handler that succeeds all the same has done its work). Without one a handler may run for ever, its lease kept alive by
-// heartbeats, and a queue that runs one command at a time waits behind it
-// (a stuck mount, a wedged program). The handler must return once its
+// context is cancelled (ctx.Err() and context.Cause(ctx) are, to
+// errors.Is, context.DeadlineExceeded), and the error it then returns
+// fails the command with a reason that says it timed out, for a retry
+// while its attempts last (a handler that succeeds all the same has done
+// its work). Without one a handler may run for ever, its lease kept alive
+// by heartbeats, and a queue that runs one command at a time waits behind
+// it (a stuck mount, a wedged program). The handler must return once its
 // context is done: one that ignores it is not stopped.
 func (h Handler) WithTimeout(d time.Duration) Handler {
 	run := h.run
@@ -112,10 +114,13 @@ func (h Handler) WithTimeout(d time.Duration) Handler {
 }
 
 // timeoutError is the cause of a handler's context cancelled by its time
-// limit.
+// limit. It unwraps to context.DeadlineExceeded, so that a handler testing
+// errors.Is(context.Cause(ctx), context.DeadlineExceeded) finds its time
+// limit as it would any other deadline.
 type timeoutError struct{ d time.Duration }
 
 func (e *timeoutError) Error() string { return fmt.Sprintf("the handler timed out after %s", e.d) }
+func (e *timeoutError) Unwrap() error { return context.DeadlineExceeded }
 
 // Call runs the handler once on params, as Run would (decoding, then the
 // handler), without a broker: for tests and tools. The output is the
