@@ -75,6 +75,17 @@
 // its own fails its command saying so, as a single command's would. A
 // broker whose TLS certificate this host does not trust stops Run with an
 // error (set SSL_CERT_FILE), since asking again would change nothing.
+//
+// # Errors
+//
+// A handler returns a plain error to fail its command for good, or one
+// marked with Transient to have it retried; a *ParamError (what Decode and
+// a Validator return) fails it for good too, naming the parameter. The
+// context of a handler is cancelled with one of ErrLeaseLost,
+// ErrLeaseExpired, ErrRefused and ErrStopped as its cause (test them with
+// errors.Is(context.Cause(ctx), …)). The error Run returns wraps the
+// client's (see Run): spinbroker.ErrorCode gives the broker's code, and
+// errors.As finds a *client.Error or a *client.RedirectError in it.
 package agent
 
 import (
@@ -211,11 +222,22 @@ func Logger(ctx context.Context) *slog.Logger {
 
 // Run serves resource until ctx ends or the broker refuses the agent (a bad
 // token, a resource it may not serve, a URL that answers 404 for its
-// queue, an untrusted TLS certificate); it returns nil after a graceful
-// stop. The error it returns is in the log already (Options.Logger, level
+// queue or redirects, an untrusted TLS certificate); it returns nil after
+// a graceful stop (see Options.Grace), and blocks until then. Every other
+// error of the broker (unreachable, 5xx) is retried for as long as it
+// lasts.
+//
+// The error it returns wraps the one that stopped it:
+// spinbroker.ErrorCode(err) is the broker's code (unauthorized,
+// forbidden, not_found, invalid_request), errors.As finds the
+// *client.Error or *client.RedirectError, and client.Untrusted reports a
+// certificate. It fails at once, without a request, for arguments it
+// cannot run with: no client or no handlers, a bad resource or action
+// name, two handlers of one action, a Handler not made by Handle, Options
+// out of range. The error is in the log already (Options.Logger, level
 // Error: "agent not started" for arguments it cannot run with, else
 // "agent stopped"): a caller may just exit, without printing it again.
-// Each action may have only one handler. c is the broker's client.
+// c is the broker's client.
 func Run(ctx context.Context, c *client.Client, resource string, handlers []Handler, opts Options) error {
 	a, err := newRunner(c, resource, handlers, opts)
 	if err != nil {

@@ -956,6 +956,9 @@ func TestRun_UntrustedCertificate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "SSL_CERT_FILE") {
 		t.Errorf("Run = %v, want the certificate named", err)
 	}
+	if !client.Untrusted(err) || client.Temporary(err) {
+		t.Errorf("Run = %v: Untrusted %v, Temporary %v; want an error Untrusted reports, not Temporary", err, client.Untrusted(err), client.Temporary(err))
+	}
 }
 
 // TestRun_RedirectingURL: a broker URL that redirects (a proxy sending
@@ -974,6 +977,9 @@ func TestRun_RedirectingURL(t *testing.T) {
 	err = runGivingUp(t, c, "Run retries a redirecting URL for ever")
 	if err == nil || !strings.Contains(err.Error(), "redirect") || !strings.Contains(err.Error(), b.url) {
 		t.Errorf("Run = %v, want the redirect and its target named", err)
+	}
+	if re := (*client.RedirectError)(nil); !errors.As(err, &re) || re.To == nil || re.To.Host != strings.TrimPrefix(b.url, "http://") {
+		t.Errorf("Run = %v, in which errors.As finds no *client.RedirectError to the broker", err)
 	}
 }
 

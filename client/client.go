@@ -1,10 +1,34 @@
 // Package client is the Go client of spin-broker's HTTP API, version 1.
 //
+// Start with New, then create a package of commands with CreatePackage
+// (with Enqueue set, or Enqueue later) and wait for it with WaitPackage;
+// see the package's Example. An agent, which takes and runs commands, is
+// best written with package agent, which calls Next or Claim, Heartbeat
+// and Complete for it.
+//
 // Every method maps to one endpoint of API.md and returns the API's own
 // types. An error answered by the broker is an *Error carrying the HTTP
 // status and the API error code, so callers test codes, not strings:
 //
 //	if spinbroker.ErrorCode(err) == spinbroker.ESTALE { ... }
+//
+// # Errors
+//
+// The errors a caller may need to tell apart, all pointers, found with
+// errors.As (and the codes with spinbroker.ErrorCode):
+//   - *Error: the broker (or a proxy in front of it) answered with a
+//     status that is not a success;
+//   - *RedirectError: a write was redirected to where it would have
+//     lost its body, and was not sent there;
+//   - *SilentError: Events heard nothing, not even a keep-alive, for its
+//     IdleTimeout;
+//   - *NotStreamError: Events was answered with something that is not an
+//     event stream.
+//
+// Anything else is an error below HTTP (the net/http client's *url.Error:
+// the broker unreachable, no answer in time) or the client's own. Temporary
+// says which errors may go away if the call is made again, and lists them;
+// Untrusted says that the broker's TLS certificate is not trusted here.
 //
 // The client does not retry: whether a call is safe to repeat is the
 // caller's decision (the agent SDK retries what is safe). WaitPackage is
