@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
@@ -32,6 +33,34 @@ func Example() {
 		return map[string]string{"greeting": "hello, " + p.Name}, nil
 	})
 	if err := agent.Run(ctx, c, "greeter", []agent.Handler{greet}, agent.Options{}); err != nil {
+		os.Exit(1) // Run has logged why
+	}
+}
+
+// An agent in claim (batch) mode: it claims up to 10 commands of
+// "greeter" at once, runs them side by side, and reports their results
+// in one request. The queue hands out no more at once than its
+// concurrency, 1 unless an admin raises it (spinbroker queue set greeter
+// --concurrency 10, or client.SetQueue with an admin token): raise both,
+// and only for a resource whose commands may run side by side. The
+// handler then runs on several goroutines at once.
+func ExampleOptions_claim() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := client.New(os.Getenv("SPINBROKER_URL"), client.WithToken(os.Getenv("SPINBROKER_TOKEN")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	greet := agent.Handle("greet", func(ctx context.Context, p Greet) (any, error) {
+		agent.Logger(ctx).Info("greeting", "name", p.Name) // the line carries the command's id
+		return map[string]string{"greeting": "hello, " + p.Name}, nil
+	}).WithTimeout(time.Minute) // a stuck one holds up its whole batch: bound it
+	opts := agent.Options{
+		Claim: 10,               // up to 10 commands per claim
+		Lease: 30 * time.Second, // how long a dead agent's batch waits before it is given again
+		Grace: 10 * time.Second, // on SIGTERM, how long the running batch may go on
+	}
+	if err := agent.Run(ctx, c, "greeter", []agent.Handler{greet}, opts); err != nil {
 		os.Exit(1) // Run has logged why
 	}
 }
