@@ -205,7 +205,9 @@ type cmdInfo struct {
 	log *slog.Logger
 }
 
-// CommandFrom returns the command a handler's context belongs to.
+// CommandFrom returns the command a handler's context belongs to, as the
+// broker delivered it (its ID, Attempts, MaxAttempts, …), and false for a
+// context that belongs to none (outside Run, as in Handler.Call).
 func CommandFrom(ctx context.Context) (*spinbroker.Command, bool) {
 	i, ok := ctx.Value(ctxKey{}).(cmdInfo)
 	return i.cmd, ok

@@ -137,7 +137,7 @@ func (h Handler) Call(ctx context.Context, params json.RawMessage) (json.RawMess
 // decode into the action's type, name an unknown field, miss a required one
 // or fail validation. A command with such parameters fails without a retry.
 type ParamError struct {
-	Field   string // the parameter concerned, as a path ("vm.Images[0].Path"); empty when it is the whole
+	Field   string // the parameter concerned, as a path ("vm.Images[0].Path"); empty when the parameters as a whole are at fault
 	Problem string // what is wrong with it, as the command's reason says it ("required parameter is missing")
 }
 

@@ -534,7 +534,7 @@ func (c *Client) DeletePackage(ctx context.Context, pkgID string) error {
 // ListOptions select a page of packages.
 type ListOptions struct {
 	State  spinbroker.PackageState // empty for every state
-	Limit  int                     // 0 for the server's default (50)
+	Limit  int                     // 0 (or less) for the server's default (50); at most 1,000
 	Cursor string                  // NextCursor of the previous page
 }
 
@@ -587,7 +587,10 @@ func (c *Client) CompleteBatch(ctx context.Context, results []spinbroker.BatchRe
 }
 
 // Heartbeat extends a lease by extend from now (0: the lease's own
-// duration) and returns when it now expires.
+// duration) and returns when it now expires. A lease that is no longer
+// this token's is refused with code spinbroker.ESTALE (the command was
+// settled, or given to another agent), and ENOTFOUND once the command is
+// deleted.
 func (c *Client) Heartbeat(ctx context.Context, id, lease string, extend time.Duration) (time.Time, error) {
 	in := spinbroker.Heartbeat{Lease: lease}
 	if extend > 0 {
@@ -638,9 +641,11 @@ func (c *Client) SetQueue(ctx context.Context, resource string, s spinbroker.Que
 	return &q, nil
 }
 
-// Next leases the next command of a queue, waiting up to wait (at most 60s)
-// for one; it returns nil, nil when nothing came. lease 0 leaves the lease
-// to the command (else 60s).
+// Next leases the next command of a queue, waiting up to wait (the broker
+// clamps it to 60s; 0 does not wait) for one, and blocks meanwhile; it
+// returns nil, nil when nothing came. lease 0 leaves the lease to the
+// command (else 60s). The command's Lease holds the token that Heartbeat
+// and Complete must send.
 func (c *Client) Next(ctx context.Context, resource string, wait, lease time.Duration) (*spinbroker.Command, error) {
 	q := url.Values{}
 	if wait > 0 {
@@ -657,8 +662,10 @@ func (c *Client) Next(ctx context.Context, resource string, wait, lease time.Dur
 	return &cmd, nil
 }
 
-// Claim leases up to max commands of a queue in queue order, waiting up to
-// wait for the first.
+// Claim leases up to max (1 to 1,000) commands of a queue in queue order,
+// no more than the queue's concurrency lets be leased at once, waiting up
+// to wait for the first and blocking meanwhile; it returns an empty slice
+// and a nil error when nothing came. Each command's Lease holds its token.
 func (c *Client) Claim(ctx context.Context, resource string, max int, wait, lease time.Duration) ([]spinbroker.Command, error) {
 	in := spinbroker.Claim{Max: max}
 	if wait > 0 {
