@@ -216,10 +216,18 @@ func CommandFrom(ctx context.Context) (*spinbroker.Command, bool) {
 // Logger returns the logger of a handler's context, carrying the command's
 // command_id, resource and action; slog.Default outside a handler.
 func Logger(ctx context.Context) *slog.Logger {
+	return LoggerOr(ctx, slog.Default())
+}
+
+// LoggerOr is Logger in a handler's context, else fallback: for an action
+// that runs under an agent or is called on its own (by a test, by another
+// program), whose lines carry the command's keys in the one case and go
+// to its own logger, not slog.Default, in the other.
+func LoggerOr(ctx context.Context, fallback *slog.Logger) *slog.Logger {
 	if i, ok := ctx.Value(ctxKey{}).(cmdInfo); ok {
 		return i.log
 	}
-	return slog.Default()
+	return fallback
 }
 
 // Run serves resource until ctx ends or the broker refuses the agent (a bad

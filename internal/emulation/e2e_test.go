@@ -441,6 +441,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(endsAtQMPEnv); sock != "" {
 		os.Exit(qemuThatEndsAtQMP(sock))
 	}
+	if sock := os.Getenv(listensEnv); sock != "" {
+		os.Exit(qemuThatListens(sock))
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

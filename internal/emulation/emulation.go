@@ -399,7 +399,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	}
 	_ = os.Remove(out.QMP)
 	argv := QEMUArgs(vm, Host{QEMU: qemu, QMP: out.QMP, Accel: e.opts.Accel, CPU: e.opts.CPU})
-	agent.Logger(ctx).Info("starting VM", "vm_id", p.ID, "argv", argv)
+	agent.LoggerOr(ctx, e.log).Info("starting VM", "vm_id", p.ID, "argv", argv)
 	if err := e.sup.Start(ctx, p.ID, vm.Name, argv); err != nil {
 		return nil, err
 	}
@@ -410,7 +410,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	}
 	if err := writeFile(e.startedPath(p.ID), config); err != nil {
 		// The VM runs; only restart_needed cannot be told.
-		agent.Logger(ctx).Warn("could not keep a copy of a started VM's config", "vm_id", p.ID, "err", err)
+		agent.LoggerOr(ctx, e.log).Warn("could not keep a copy of a started VM's config", "vm_id", p.ID, "err", err)
 	}
 	out.Changed = true
 	return e.describe(ctx, out), nil
@@ -435,7 +435,7 @@ func (e *Emulator) running(ctx context.Context, id string) (bool, error) {
 	if err := sup.Adopt(id, pid); err != nil {
 		return false, fmt.Errorf("VM %s: a QEMU (process %d) listens on its QMP socket %s, unknown to the agent: %w", id, pid, e.QMPPath(id), err)
 	}
-	e.log.Warn("adopted a running VM whose pid file was lost: its QEMU listens on the VM's QMP socket", "vm_id", id, "pid", pid)
+	agent.LoggerOr(ctx, e.log).Warn("adopted a running VM whose pid file was lost: its QEMU listens on the VM's QMP socket", "vm_id", id, "pid", pid)
 	return true, nil
 }
 
@@ -555,7 +555,7 @@ func (e *Emulator) stop(ctx context.Context, p Stop, force bool) (any, error) {
 	if !running {
 		return out, nil
 	}
-	log := agent.Logger(ctx).With("vm_id", p.ID)
+	log := agent.LoggerOr(ctx, e.log).With("vm_id", p.ID)
 	begin := time.Now()
 	err = e.powerDown(ctx, p.ID)
 	if err != nil && e.awaitStopped(ctx, p.ID, qmpGoneGrace) {

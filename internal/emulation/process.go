@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/spin-broker/spinbroker/agent"
 )
 
 // Supervisor runs VMs: the systemd one as user units, the process one as
@@ -343,7 +345,7 @@ func (s *Process) sweepGroup(ctx context.Context, p *proc) {
 	if !until(ctx, 3*time.Second, 20*time.Millisecond, empty) {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 		if !until(ctx, 2*time.Second, 20*time.Millisecond, empty) {
-			s.log.Warn("processes of a stopped VM's group are still there", "pid", p.pid)
+			agent.LoggerOr(ctx, s.log).Warn("processes of a stopped VM's group are still there", "pid", p.pid)
 		}
 	}
 }

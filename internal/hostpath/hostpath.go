@@ -119,10 +119,7 @@ func (s *Storage) Close() error {
 // lines carry its command_id, resource, action and attempt as the agent's
 // own do; else (an action called outside an agent) the storage's.
 func (s *Storage) logFor(ctx context.Context) *slog.Logger {
-	if _, ok := agent.CommandFrom(ctx); ok {
-		return agent.Logger(ctx)
-	}
-	return s.log
+	return agent.LoggerOr(ctx, s.log)
 }
 
 // Dir is the root directory's absolute path.
