@@ -317,12 +317,12 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 	ended := func() bool { return !p.alive() }
 	p.signal(syscall.SIGTERM)
 	if until(ctx, 3*time.Second, 20*time.Millisecond, ended) {
-		s.sweepGroup(ctx, p)
+		s.sweepGroup(ctx, id, p)
 		return nil
 	}
 	p.signal(syscall.SIGKILL)
 	if until(ctx, 5*time.Second, 20*time.Millisecond, ended) {
-		s.sweepGroup(ctx, p)
+		s.sweepGroup(ctx, id, p)
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -337,7 +337,7 @@ func (s *Process) Kill(ctx context.Context, id string) error {
 // Safe although the leader is gone: Linux reuses no pid that still names a
 // group with members, so a group found here is the VM's. Zombies are not
 // waited for (groupAlive).
-func (s *Process) sweepGroup(ctx context.Context, p *proc) {
+func (s *Process) sweepGroup(ctx context.Context, id string, p *proc) {
 	if !p.group {
 		return
 	}
@@ -345,7 +345,12 @@ func (s *Process) sweepGroup(ctx context.Context, p *proc) {
 	if !until(ctx, 3*time.Second, 20*time.Millisecond, empty) {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 		if !until(ctx, 2*time.Second, 20*time.Millisecond, empty) {
-			agent.LoggerOr(ctx, s.log).Warn("processes of a stopped VM's group are still there", "pid", p.pid)
+			// Past SIGKILL (or the command ended meanwhile): stuck in
+			// the kernel, state D, on a hung disk or NFS mount, say. The
+			// VM is stopped; its group id is the operator's one handle
+			// on what is left of it.
+			agent.LoggerOr(ctx, s.log).Warn("processes of a stopped VM's group are still there after SIGKILL: pgrep -a -g PGID lists them (ps state D: stuck on I/O); kill -KILL -- -PGID ends them once they can end",
+				"vm_id", id, "pid", p.pid, "pgid", p.pid)
 		}
 	}
 }
