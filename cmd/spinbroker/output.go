@@ -69,6 +69,29 @@ func fmtStr(s *string) string {
 	return oneLine(*s)
 }
 
+// cellWidth is the most characters a free-text cell (a token's name) takes
+// in a table: one long value would otherwise widen its column on every row
+// and push the columns after it off the terminal. -o json has it whole.
+const cellWidth = 40
+
+// clipCell shortens a table cell past cellWidth characters to its first
+// cellWidth-1 and "…". It counts characters, not bytes as clip does for a
+// message: text/tabwriter aligns columns by characters, and a name in
+// Cyrillic would be cut at half the width.
+func clipCell(s string) string {
+	if utf8.RuneCountInString(s) <= cellWidth {
+		return s
+	}
+	n := 0
+	for i := range s {
+		if n == cellWidth-1 {
+			return s[:i] + "…"
+		}
+		n++
+	}
+	return s
+}
+
 // oneLine keeps a table cell on one line and its columns aligned whatever a
 // reason or a name holds, and keeps what the terminal would act on rather
 // than show (C0 and C1 controls such as ESC and CSI, line separators, bidi

@@ -207,7 +207,8 @@ func (a *app) tokenListCommand(db *string) *cobra.Command {
 		Short:   "List tokens, revoked and expired ones included",
 		Long: `ls lists every token, oldest first, revoked and expired ones included, with
 when each expires ("-": never; "(expired)" after the time of one past it).
-Secrets are never shown: the database does not have them.`,
+A name longer than 40 characters is clipped with "…" (-o json shows it
+whole). Secrets are never shown: the database does not have them.`,
 		Example: `  spinbroker token ls --db /var/lib/spinbroker/broker.db`,
 		Args:    args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -237,7 +238,7 @@ Secrets are never shown: the database does not have them.`,
 				if t.Expired(now) {
 					expires += " (expired)"
 				}
-				row(tw, t.ID, fmtStr(&t.Name), t.Role, fmtStr(&t.Resource), fmtTime(t.CreatedAt), fmtTimePtr(t.RevokedAt), expires)
+				row(tw, t.ID, clipCell(fmtStr(&t.Name)), t.Role, fmtStr(&t.Resource), fmtTime(t.CreatedAt), fmtTimePtr(t.RevokedAt), expires)
 			}
 			if err := tw.Flush(); err != nil {
 				return err

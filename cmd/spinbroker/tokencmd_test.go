@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pressly/goose/v3"
 
@@ -677,4 +678,38 @@ func listTokens(t *testing.T, path string) []listedToken {
 	}
 	decodeJSON(t, spin(t, "token", "ls", "--db", path, "-o", "json").stdout, &toks)
 	return toks.Tokens
+}
+
+// TestTokenLs_ClipsLongNames: a token's name may be 200 characters, and one
+// such name made token ls's NAME column that wide on every row, pushing
+// ROLE and the rest off the terminal. The table clips a name past 40
+// characters with "…"; -o json keeps it whole.
+func TestTokenLs_ClipsLongNames(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "b.db")
+	long := strings.Repeat("я", 200)
+	for _, name := range []string{"ops", long, strings.Repeat("n", 40)} {
+		if r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--name", name); r.code != 0 {
+			t.Fatalf("token create --name %q: %s", name, r)
+		}
+	}
+	r := spin(t, "token", "ls", "--db", path)
+	if r.code != 0 {
+		t.Fatalf("token ls: %s", r)
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	header := lines[0]
+	i := strings.Index(header, "ROLE")
+	if role := utf8.RuneCountInString(header[:i]); role > 36+2+40+2 {
+		t.Errorf("ROLE starts at column %d, want at most %d (the id, a name of 40, the gaps):\n%s", role, 36+2+40+2, r.stdout)
+	}
+	if !strings.Contains(r.stdout, " "+strings.Repeat("я", 39)+"… ") || strings.Contains(r.stdout, strings.Repeat("я", 40)) {
+		t.Errorf("the 200-character name is not clipped to 39 characters and …:\n%s", r.stdout)
+	}
+	if !strings.Contains(r.stdout, " "+strings.Repeat("n", 40)+" ") {
+		t.Errorf("a name of exactly 40 characters was clipped:\n%s", r.stdout)
+	}
+	if r := spin(t, "token", "ls", "--db", path, "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, long) {
+		t.Errorf("token ls -o json does not keep the whole name: %s", r)
+	}
 }
