@@ -1,6 +1,9 @@
 package spinbroker
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Idempotency identifies a create that a client may retry: the same Key in
 // the same Scope with the same Hash of the request answers the first
@@ -48,5 +51,13 @@ func (t *Token) Expired(now time.Time) bool {
 // and when, apart from the refusal of a token that is not valid: its
 // holder is to ask for a new one, not to look for a typo.
 func TokenExpired(at time.Time) *Error {
-	return Errorf(EUNAUTHORIZED, "the token expired at %s: ask for a new one (spinbroker token create)", at.UTC().Format(time.RFC3339))
+	return Errorf(EUNAUTHORIZED, tokenExpiredPrefix+"%s: ask for a new one (spinbroker token create)", at.UTC().Format(time.RFC3339))
+}
+
+const tokenExpiredPrefix = "the token expired at "
+
+// IsTokenExpired reports whether err is TokenExpired's refusal, for a log
+// line that tells it from the refusal of a token that is not valid.
+func IsTokenExpired(err error) bool {
+	return ErrorCode(err) == EUNAUTHORIZED && strings.HasPrefix(ErrorMessage(err), tokenExpiredPrefix)
 }

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -48,7 +49,11 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		}
 		secret, fromCookie := bearer(r)
 		if secret == "" {
-			s.unauthorized(w, r, "a token is required: send Authorization: Bearer <token>")
+			err := errNoToken
+			if r.Header.Get("Authorization") != "" {
+				err = errNotBearer
+			}
+			s.unauthorized(w, r, err)
 			return
 		}
 		tok, err := s.tokens.check(r.Context(), secret)
@@ -56,7 +61,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			if spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED {
 				// Not valid, or expired (and when): the store's and the
 				// cache's sentences, which tell a typo from a renewal.
-				s.unauthorized(w, r, spinbroker.ErrorMessage(err))
+				s.unauthorized(w, r, err)
 				return
 			}
 			s.writeError(w, r, err)
@@ -92,13 +97,39 @@ func (s *Server) refused(r *http.Request) error {
 // errRevoked ends a request whose token was revoked while it waited.
 var errRevoked = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token was revoked while the request waited")
 
-// unauthorized answers 401, or sends a browser to the dashboard's login.
-func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, msg string) {
+// errNoToken refuses a request without a token; errNotBearer one whose
+// Authorization header is not "Bearer <token>" (Basic, an empty Bearer):
+// the same sentence, told apart in the log (refusal).
+var (
+	errNoToken   = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "a token is required: send Authorization: Bearer <token>")
+	errNotBearer = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "a token is required: send Authorization: Bearer <token>")
+)
+
+// refusal is why a token was refused, for the auth key of the request's
+// log line: the client has it in the message, and the operator, who reads
+// the log, had only code=unauthorized. Never anything of the secret.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, errNoToken):
+		return "missing"
+	case errors.Is(err, errNotBearer), errors.Is(err, errInvalidToken):
+		return "malformed" // not a Bearer header, or no secret the broker makes
+	case errors.Is(err, errRevoked):
+		return "revoked_while_waiting"
+	case spinbroker.IsTokenExpired(err):
+		return "expired"
+	}
+	return "unknown_or_revoked" // the store cannot tell: it looks up live tokens only
+}
+
+// unauthorized answers err, a 401, or sends a browser to the dashboard's
+// login.
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, err error) {
 	if s.wantsLogin(r) {
 		http.Redirect(w, r, "/ui/login?next="+urlQueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 		return
 	}
-	s.writeError(w, r, errorf(spinbroker.EUNAUTHORIZED, "%s", msg))
+	s.writeError(w, r, err)
 }
 
 // trusted reports whether a request to an open path may be told what the

@@ -410,6 +410,8 @@ func (s *Server) judge(w http.ResponseWriter, r *http.Request, err error) (*spin
 	e := apiError(err)
 	noteCode(w, e.Code)
 	switch e.Code {
+	case spinbroker.EUNAUTHORIZED:
+		noteRefusal(w, err)
 	case spinbroker.EINTERNAL:
 		s.log.Error("internal error", logAttrs(r, "err", err)...)
 	case spinbroker.EUNAVAILABLE:

@@ -208,19 +208,33 @@ type statusWriter struct {
 	head   bool // a HEAD request, whose body Go's server eats
 	token  *spinbroker.Token
 	code   string // the error code answered, if any (judge)
+	auth   string // why the token was refused, for a 401 (refusal)
 }
 
 // noteCode gives the request's log line the error code of its answer, so
 // that a stale lease and a conflict, both 409, can be told apart there.
 func noteCode(w http.ResponseWriter, code string) {
+	if sw := statusWriterOf(w); sw != nil {
+		sw.code = code
+	}
+}
+
+// noteRefusal gives the request's log line why its token was refused.
+func noteRefusal(w http.ResponseWriter, err error) {
+	if sw := statusWriterOf(w); sw != nil {
+		sw.auth = refusal(err)
+	}
+}
+
+// statusWriterOf finds logRequests' writer under w; nil outside it.
+func statusWriterOf(w http.ResponseWriter) *statusWriter {
 	for {
 		if sw, ok := w.(*statusWriter); ok {
-			sw.code = code
-			return
+			return sw
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {
-			return
+			return nil
 		}
 		w = u.Unwrap()
 	}
@@ -316,6 +330,9 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			"duration", d.Round(time.Microsecond), "bytes", sw.bytes, "remote", r.RemoteAddr, "request_id", id, "route", route}
 		if sw.code != "" {
 			attrs = append(attrs, "code", sw.code)
+		}
+		if sw.auth != "" {
+			attrs = append(attrs, "auth", sw.auth)
 		}
 		if cut {
 			attrs = append(attrs, "cut_off", true)

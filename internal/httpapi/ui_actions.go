@@ -186,6 +186,8 @@ func (u *ui) handleLogin(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED:
 		// The API's sentence, as a sentence: an expired token says so.
+		noteCode(w, spinbroker.EUNAUTHORIZED)
+		noteRefusal(w, err)
 		msg := spinbroker.ErrorMessage(err)
 		again(http.StatusUnauthorized, strings.ToUpper(msg[:1])+msg[1:]+".")
 		return
