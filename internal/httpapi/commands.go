@@ -105,6 +105,7 @@ func (s *Server) handleCommandHeartbeat(w http.ResponseWriter, r *http.Request) 
 		s.writeError(w, r, pathFirst(err, exists))
 		return
 	}
+	noteQuiet(w)
 	writeJSON(w, http.StatusOK, spinbroker.HeartbeatResult{LeaseExpiresAt: exp})
 }
 

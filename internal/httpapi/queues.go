@@ -192,6 +192,7 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		s.writeError(w, r, err)
 	case cmd == nil:
+		noteQuiet(w)
 		w.WriteHeader(http.StatusNoContent)
 	default:
 		writeJSON(w, http.StatusOK, cmd)
@@ -261,6 +262,9 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		s.writeError(w, r, err)
 	default:
+		if len(out.Commands) == 0 {
+			noteQuiet(w)
+		}
 		writeJSON(w, http.StatusOK, out)
 	}
 }

@@ -208,6 +208,7 @@ type statusWriter struct {
 	head   bool // a HEAD request, whose body Go's server eats
 	token  *spinbroker.Token
 	code   string // the error code answered, if any (judge)
+	quiet  bool   // an agent's call that changed nothing worth a line (noteQuiet)
 	auth   string // why the token was refused, for a 401 (refusal)
 }
 
@@ -216,6 +217,17 @@ type statusWriter struct {
 func noteCode(w http.ResponseWriter, code string) {
 	if sw := statusWriterOf(w); sw != nil {
 		sw.code = code
+	}
+}
+
+// noteQuiet logs the request at debug, not info: a long-poll that found
+// nothing, a heartbeat that extended its lease. Agents repeat them while
+// nothing happens (an idle agent twice a minute, a running command every
+// third of its lease), and a hundred agents wrote hundreds of such lines a
+// minute at info, burying the ones that say something.
+func noteQuiet(w http.ResponseWriter) {
+	if sw := statusWriterOf(w); sw != nil {
+		sw.quiet = true
 	}
 }
 
@@ -320,7 +332,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			level = slog.LevelError
 		case sw.status == http.StatusServiceUnavailable && !s.stopping():
 			level = slog.LevelWarn
-		case r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
+		case r.URL.Path == "/healthz" || r.URL.Path == "/metrics", sw.quiet && sw.status < 300:
 			level = slog.LevelDebug
 		}
 		if !s.log.Enabled(r.Context(), level) {
