@@ -321,16 +321,13 @@ func TestLog_LeaseExpired(t *testing.T) {
 	}
 	var got []map[string]any
 	for deadline := time.Now().Add(5 * time.Second); len(got) < len(want) && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		got = got[:0]
-		for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "lease expired" {
-				got = append(got, m)
-			}
-		}
+		got = logLines(&log, "lease expired")
 	}
 	if len(got) != len(want) {
 		t.Fatalf("%d lease expired lines, want %d:\n%s", len(got), len(want), log.String())
+	}
+	if n := len(logLines(&log, "command failed")); n != 0 {
+		t.Errorf("a failure by lease expiry is said twice, also as %d command failed line(s):\n%s", n, log.String())
 	}
 	for i, w := range want {
 		for k, v := range w {
@@ -339,6 +336,51 @@ func TestLog_LeaseExpired(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestLog_CommandFailed: a command that fails for good, by its agent's
+// result or by a person's hand, is logged at warn with its command,
+// package, queue and attempts, once; the commands its failure cancels
+// downstream are not lines of their own. Only the agent's log said it.
+func TestLog_CommandFailed(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{}, &log)
+	p := e.createPackage(`[{"key": "a", "resource": "f", "action": "x"}, {"resource": "g", "action": "y", "dependencies": ["a"]}]`, true)
+	a := e.next("f")
+	e.want(e.do("POST", "/commands/"+a.ID+"/complete", `{"status": false, "reason": "disk on fire", "lease": "`+a.Lease.Token+`"}`), 200, "")
+	q := e.createPackage(`[{"resource": "h", "action": "z"}]`, true)
+	byHand := q.Commands[0]
+	e.want(e.do("POST", "/commands/"+byHand.ID+"/complete", `{"status": false, "reason": "not wanted"}`), 200, "")
+	want := []map[string]any{
+		{"level": "WARN", "command_id": a.ID, "package_id": p.ID, "resource": "f", "attempts": float64(1)},
+		{"level": "WARN", "command_id": byHand.ID, "package_id": q.ID, "resource": "h", "attempts": float64(0)},
+	}
+	var got []map[string]any
+	for deadline := time.Now().Add(5 * time.Second); len(got) < len(want) && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got = logLines(&log, "command failed")
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d command failed lines, want %d:\n%s", len(got), len(want), log.String())
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if got[i][k] != v {
+				t.Errorf("line %d: %s %v, want %v (%v)", i, k, got[i][k], v, got[i])
+			}
+		}
+	}
+}
+
+// logLines are the lines of log whose msg is msg, decoded.
+func logLines(log *syncbuf.Buffer, msg string) []map[string]any {
+	var got []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+			got = append(got, m)
+		}
+	}
+	return got
 }
 
 // TestRequestLog_CutOff: a request still running when a stop cuts it off

@@ -244,4 +244,26 @@ func (s *Server) committed(c *spinbroker.Commit) {
 		s.log.Warn("lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
 			"attempts", ch.Attempts, "state", string(ch.To))
 	}
+	// A command failed for good (its agent's result, or a person's) is
+	// what on-call looks for too; only its agent said so. One whose lease
+	// ran out has its line above, and the commands a failure cancels
+	// downstream are its consequence, not lines of their own.
+	for i, ch := range c.Commands {
+		if ch.To == spinbroker.Failed && ch.From != spinbroker.Failed && !expiredAt(c, i) {
+			s.log.Warn("command failed", "command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
+				"attempts", ch.Attempts)
+		}
+	}
+}
+
+// expiredAt reports whether c's i-th command change is a lease running
+// out (which c.Expired has as well).
+func expiredAt(c *spinbroker.Commit, i int) bool {
+	ch := c.Commands[i]
+	for _, e := range c.Expired {
+		if e == ch {
+			return true
+		}
+	}
+	return false
 }
