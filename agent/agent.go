@@ -659,7 +659,7 @@ func (o *outageLog) failed(log *slog.Logger, err error, failures int, retryIn ti
 		o.suppressed++
 		return
 	}
-	args := []any{"err", err, "failures", failures, "retry_in", retryIn.String()}
+	args := []any{"err", err, "failures", failures, "retry_in", retryIn.Round(time.Millisecond).String()}
 	if o.suppressed > 0 {
 		args = append(args, "suppressed_since_last_line", o.suppressed)
 	}
@@ -1236,7 +1236,7 @@ func (a *runner) deliver(j *job) {
 			return
 		}
 		d := a.pause(attempt, err)
-		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.String())
+		j.log.Warn("cannot deliver the result; retrying", "err", err, "delivery_try", attempt, "retry_in", d.Round(time.Millisecond).String())
 		a.waitToDeliver(d, err)
 	}
 }
@@ -1482,7 +1482,7 @@ func (a *runner) deliverChunk(jobs []*job) {
 			return
 		}
 		d := a.pause(attempt, err)
-		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.String())
+		a.log.Warn("cannot deliver every result; retrying", "err", err, "pending", len(pending), "retry_in", d.Round(time.Millisecond).String())
 		if !a.waitToDeliver(d, err) {
 			a.log.Error("results not delivered before the agent stopped", "commands", len(pending))
 			return
