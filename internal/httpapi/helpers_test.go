@@ -41,11 +41,17 @@ func newEnv(t testing.TB, opts httpapi.Options) *env {
 // newEnvLogging is newEnv with the broker's log written to log as JSON lines.
 func newEnvLogging(t testing.TB, opts httpapi.Options, log io.Writer) *env {
 	t.Helper()
+	return newEnvLogger(t, opts, slog.New(slog.NewJSONHandler(log, nil)))
+}
+
+// newEnvLogger is newEnv with the broker's logger.
+func newEnvLogger(t testing.TB, opts httpapi.Options, logger *slog.Logger) *env {
+	t.Helper()
 	db, clock := storetest.MustOpen(t, store.Options{})
 	if opts.Now == nil {
 		opts.Now = clock.Now
 	}
-	api := httpapi.New(db, slog.New(slog.NewJSONHandler(log, nil)), opts)
+	api := httpapi.New(db, logger, opts)
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(func() {
 		api.Shutdown()

@@ -3,14 +3,11 @@ package httpapi_test
 import (
 	"encoding/json"
 	"log/slog"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -56,12 +53,8 @@ func TestRequestLog_AgentChatterAtDebug(t *testing.T) {
 	}
 
 	// At debug they are there.
-	db, clock := storetest.MustOpen(t, store.Options{})
 	var debug syncbuf.Buffer
-	api := httpapi.New(db, slog.New(slog.NewJSONHandler(&debug, &slog.HandlerOptions{Level: slog.LevelDebug})), httpapi.Options{Now: clock.Now})
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(func() { api.Shutdown(); srv.Close() })
-	d := &env{t: t, db: db, api: api, srv: srv, clock: clock}
+	d := newEnvLogger(t, httpapi.Options{}, slog.New(slog.NewJSONHandler(&debug, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	d.want(d.do("POST", "/queues/storage/next", "", "X-Request-Id", "idle"), 204, "")
 	if !strings.Contains(debug.String(), `"level":"DEBUG","msg":"request"`) || !strings.Contains(debug.String(), `"request_id":"idle"`) {
 		t.Errorf("an empty next is not logged at debug:\n%s", debug.String())
