@@ -595,8 +595,8 @@ func (a *runner) loop(ctx context.Context) error {
 				// retries looks healthy to its supervisor.
 				return fmt.Errorf("agent: the broker's TLS certificate is not trusted here (set SSL_CERT_FILE to the certificate of its CA, or give the client an http.Client that trusts it): %w", err)
 			case errors.As(err, new(*client.RedirectError)):
-				// A proxy sending http to https, say: every call would
-				// be redirected the same way.
+				// A proxy sending http to https, say, or a loop: every
+				// call would be redirected the same way.
 				return fmt.Errorf("agent: the broker's URL redirects: %w", err)
 			}
 			failures++

@@ -983,6 +983,28 @@ func TestRun_RedirectingURL(t *testing.T) {
 	}
 }
 
+// TestRun_RedirectLoop: a broker URL that redirects in a loop (a proxy
+// whose http-to-https rule matches https too) answers every poll the same
+// way: Run stops and says so. It took the client's "stopped after 10
+// redirects" for an outage and polled for ever, looking healthy.
+func TestRun_RedirectLoop(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	c, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runGivingUp(t, c, "Run retries a URL that redirects in a loop for ever")
+	if err == nil || !strings.Contains(err.Error(), "redirected 10 times") {
+		t.Errorf("Run = %v, want the loop named", err)
+	}
+	if re := (*client.RedirectError)(nil); !errors.As(err, &re) || !re.Loop || client.Temporary(err) {
+		t.Errorf("Run = %v: want a *client.RedirectError of a loop, not Temporary", err)
+	}
+}
+
 // TestRun_ExpiredCertificateIsWaitedOut: a certificate the host trusts but
 // that has expired (a renewal not yet picked up) is retried, not fatal: the
 // broker takes a renewed one without a restart, and the agent must still

@@ -18,8 +18,9 @@
 // errors.As (and the codes with spinbroker.ErrorCode):
 //   - *Error: the broker (or a proxy in front of it) answered with a
 //     status that is not a success;
-//   - *RedirectError: a write was redirected to where it would have
-//     lost its body, and was not sent there;
+//   - *RedirectError: a call was redirected to where the client does not
+//     follow it (a write to where it would have lost its body, any call
+//     more than 10 times), and was not sent there;
 //   - *SilentError: Events heard nothing, not even a keep-alive, for its
 //     IdleTimeout;
 //   - *NotStreamError: Events was answered with something that is not an
@@ -138,33 +139,43 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// RedirectError is a write that the broker's URL redirected (a proxy
-// sending http to https answers 301, 302 or 303) to where Go's HTTP client
-// would send it again as a GET, without its body: it was not sent there.
+// RedirectError is a call that the broker's URL redirected to where the
+// client does not follow it, and that was not sent there: a write to
+// where Go's HTTP client would send it again as a GET, without its body (a
+// proxy sending http to https answers 301, 302 or 303), or, with Loop set,
+// any call redirected 10 times already, in a loop or a chain too long.
 // Asking again changes nothing; New must be given the URL the broker
-// answers at, which To names. Reads follow redirects.
+// answers at, which To names for a write. Reads follow up to 10 redirects.
 type RedirectError struct {
-	Method string   // the write's method
+	Method string   // the call's method
 	Path   string   // its path, as sent to the URL given to New
-	To     *url.URL // where the URL redirected it
+	To     *url.URL // where the URL redirected it (the last time)
 	As     string   // the method it would have been sent again with
+	Loop   bool     // it was redirected 10 times: As is Method
 }
 
-// Error says where the write was redirected and what to give New instead.
+// Error says where the call was redirected and what to give New instead.
 func (e *RedirectError) Error() string {
+	if e.Loop {
+		return fmt.Sprintf("client: %s %s was redirected 10 times, the last to %s, and not followed further: the URL redirects in a loop or too far; give New the URL the broker answers at itself",
+			e.Method, e.Path, e.To.Redacted())
+	}
 	return fmt.Sprintf("client: %s %s was redirected to %s, where it would be sent again as %s without its body: it was not; give New the URL the broker answers at (%s://%s)",
 		e.Method, e.Path, e.To.Redacted(), e.As, e.To.Scheme, e.To.Host)
 }
 
 // stopRewrite is the CheckRedirect of the client's http.Client: it follows
-// redirects as Go's client does, at most 10, except one that would change
-// a request's method (a POST sent again as a GET), which it stops with a
-// *RedirectError before anything is sent.
+// redirects as Go's client does, at most 10, and stops with a
+// *RedirectError before anything is sent the 11th time (Go's own "stopped
+// after 10 redirects" is an error a caller cannot tell from a network's)
+// or a redirect that would change a request's method (a POST sent again
+// as a GET).
 func stopRewrite(req *http.Request, via []*http.Request) error {
+	first := via[0]
 	if len(via) >= 10 {
-		return errors.New("stopped after 10 redirects")
+		return &RedirectError{Method: first.Method, Path: first.URL.Path, To: req.URL, As: req.Method, Loop: true}
 	}
-	if first := via[0]; req.Method != first.Method {
+	if req.Method != first.Method {
 		return &RedirectError{Method: first.Method, Path: first.URL.Path, To: req.URL, As: req.Method}
 	}
 	return nil
@@ -271,8 +282,9 @@ func (e *Error) Unwrap() error { return e.Err }
 // It does not report:
 //   - an *Error of any other status (a 409 conflict, a 401, a 404): the
 //     broker answered, and its answer is about the call, not an outage;
-//   - a *RedirectError or a *NotStreamError: the URL given to New answers
-//     something else, however often it is asked;
+//   - a *RedirectError (a write's redirect, a redirect loop) or a
+//     *NotStreamError: the URL given to New answers something else,
+//     however often it is asked;
 //   - a certificate that Untrusted reports: only a change of
 //     configuration mends it;
 //   - context.Canceled: the caller gave up;

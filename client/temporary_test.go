@@ -2,13 +2,19 @@ package client
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
@@ -69,5 +75,102 @@ func TestTemporary_NewRefusal(t *testing.T) {
 		if Temporary(err) {
 			t.Errorf("Temporary(New(%q)'s refusal %q) = true; want false: the same URL is refused again", bad, err)
 		}
+	}
+}
+
+// looping is a server at which every request is redirected without end:
+// to itself (a proxy whose http-to-https rule also matches https), or,
+// with chain, one hop further each time. A write gets 307, which keeps its
+// method and body, so that it is the count that stops it.
+func looping(t *testing.T, chain bool) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		to := r.URL.Path
+		if chain {
+			n, _ := strconv.Atoi(r.URL.Query().Get("hop"))
+			to += "?hop=" + strconv.Itoa(n+1)
+		}
+		code := http.StatusFound
+		if r.Method != http.MethodGet {
+			code = http.StatusTemporaryRedirect
+		}
+		http.Redirect(w, r, to, code)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestTemporary_RedirectLoop: a broker URL that redirects in a loop, or
+// more than 10 times, is stopped by the client after 10 redirects, and
+// asking again loops again: Temporary does not report it, and the error is
+// a *RedirectError that says so. It was net/http's "stopped after 10
+// redirects" in a *url.Error, which Temporary took for a network that may
+// come back: an agent polled it for ever, a WaitPackage waited for ever.
+func TestTemporary_RedirectLoop(t *testing.T) {
+	ctx := context.Background()
+	for _, chain := range []bool{false, true} {
+		srv := looping(t, chain)
+		c, err := New(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := map[string]func() error{
+			"GET":    func() error { return c.Health(ctx) },
+			"POST":   func() error { _, err := c.Enqueue(ctx, "pkg_1"); return err },
+			"PATCH":  func() error { _, err := c.SetQueue(ctx, "r", spinbroker.QueueSettings{}); return err },
+			"Events": func() error { return c.Events(ctx, func(Event) error { return nil }) },
+		}
+		for name, call := range calls {
+			err := call()
+			if err == nil {
+				t.Fatalf("chain %v, %s: no error from a URL that redirects without end", chain, name)
+			}
+			if Temporary(err) {
+				t.Errorf("chain %v, %s: Temporary(%v) = true; want false: asking again loops again", chain, name, err)
+			}
+			var re *RedirectError
+			if !errors.As(err, &re) || !re.Loop || re.To == nil || re.To.Host != srv.Listener.Addr().String() {
+				t.Errorf("chain %v, %s: %v (%+v): want a *RedirectError of a loop, to the server", chain, name, err, re)
+			}
+			if msg := err.Error(); !strings.Contains(msg, "redirected 10 times") || !strings.Contains(msg, "give New the URL") {
+				t.Errorf("chain %v, %s: %q does not say it was redirected 10 times and what to give New", chain, name, msg)
+			}
+		}
+	}
+}
+
+// TestWaitPackage_RedirectLoop: a broker URL that starts to redirect in a
+// loop once the package was read (a proxy's new rule) ends WaitPackage
+// with the error: it took it for a broker away, and waited for ever.
+func TestWaitPackage_RedirectLoop(t *testing.T) {
+	direct, api, _ := newBroker(t)
+	h := api.Handler()
+	var loop atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if loop.Load() {
+			http.Redirect(w, r, r.URL.RequestURI(), http.StatusFound)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := onePackage(t, direct)
+	reads, result := startWait(ctx, c, p.ID, PollEvery(50*time.Millisecond))
+	firstRead(t, ctx, reads, result)
+	loop.Store(true)
+	srv.CloseClientConnections() // the event stream too: WaitPackage reads at once
+	select {
+	case r := <-result:
+		if re := (*RedirectError)(nil); !errors.As(r.err, &re) || !re.Loop {
+			t.Errorf("WaitPackage at a URL that loops = %+v, %v; want a *RedirectError of a loop", r.p, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitPackage at a URL that redirects in a loop did not return")
 	}
 }

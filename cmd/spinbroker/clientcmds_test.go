@@ -857,6 +857,28 @@ func TestNotTheBroker(t *testing.T) {
 	}
 }
 
+// TestRedirectLoop: a --url that redirects in a loop is a wrong address,
+// exit 1, said as one, for a read, a write and events (which give up at
+// once): it was "cannot reach the broker: ... stopped after 10 redirects",
+// exit 4, ask again later.
+func TestRedirectLoop(t *testing.T) {
+	t.Parallel()
+	loop := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(loop.Close)
+	for _, args := range [][]string{{"queue", "ls"}, {"message", "new"}, {"events"}} {
+		r := spin(t, append(args, "--url", loop.URL)...)
+		if r.code != 1 {
+			t.Errorf("%s at a URL that loops: exit %d, want 1\n%s", args, r.code, r)
+		}
+		wantContains(t, "stderr", r.stderr, "redirects", "again and again", loop.URL, "--url or SPINBROKER_URL")
+		if strings.Contains(r.stderr, "cannot reach the broker") || strings.Contains(r.stderr, "give New") {
+			t.Errorf("%s: stderr blames the network or speaks of the Go client:\n%s", args, r.stderr)
+		}
+	}
+}
+
 // TestRedirectedWrite: a --url that redirects (a proxy sending http to
 // https, an old address) is followed for reads, but a write, which Go's
 // client sends again as a GET without its body, is refused in the CLI's

@@ -280,6 +280,10 @@ func describeWithToken(err error, tokenFrom string) string {
 		return msg
 	}
 	var re *client.RedirectError
+	if errors.As(err, &re) && re.Loop {
+		return fmt.Sprintf("the broker's address redirects %s %s again and again (10 times, the last to %s): nothing answered it; give --url or SPINBROKER_URL the address the broker answers at itself",
+			re.Method, re.Path, re.To.Redacted())
+	}
 	if errors.As(err, &re) {
 		// The client's words, but for a flag rather than New.
 		return fmt.Sprintf("the broker's address redirects %s %s to %s, where it would arrive without its body: nothing was sent there; give --url or SPINBROKER_URL the address it redirects to (%s://%s)",
