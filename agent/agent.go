@@ -85,7 +85,8 @@
 // ErrLeaseExpired, ErrRefused and ErrStopped as its cause (test them with
 // errors.Is(context.Cause(ctx), …)). The error Run returns wraps the
 // client's (see Run): spinbroker.ErrorCode gives the broker's code, and
-// errors.As finds a *client.Error or a *client.RedirectError in it.
+// errors.As finds a *client.Error, a *client.RedirectError or a
+// *client.SchemeError in it.
 package agent
 
 import (
@@ -232,16 +233,16 @@ func LoggerOr(ctx context.Context, fallback *slog.Logger) *slog.Logger {
 
 // Run serves resource until ctx ends or the broker refuses the agent (a bad
 // token, a resource it may not serve, a URL that answers 404 for its
-// queue or redirects, an untrusted TLS certificate); it returns nil after
-// a graceful stop (see Options.Grace), and blocks until then. Every other
-// error of the broker (unreachable, 5xx) is retried for as long as it
-// lasts.
+// queue, that redirects, or whose scheme is not what its server speaks, an
+// untrusted TLS certificate); it returns nil after a graceful stop (see
+// Options.Grace), and blocks until then. Every other error of the broker
+// (unreachable, 5xx) is retried for as long as it lasts.
 //
 // The error it returns wraps the one that stopped it:
 // spinbroker.ErrorCode(err) is the broker's code (unauthorized,
 // forbidden, not_found, invalid_request), errors.As finds the
-// *client.Error or *client.RedirectError, and client.Untrusted reports a
-// certificate. It fails at once, without a request, for arguments it
+// *client.Error, *client.RedirectError or *client.SchemeError, and
+// client.Untrusted reports a certificate. It fails at once, without a request, for arguments it
 // cannot run with: no client or no handlers, a bad resource or action
 // name, two handlers of one action, a Handler not made by Handle, Options
 // out of range. The error is in the log already (Options.Logger, level
@@ -594,6 +595,9 @@ func (a *runner) loop(ctx context.Context) error {
 				// Asking again changes nothing, and an agent that only
 				// retries looks healthy to its supervisor.
 				return fmt.Errorf("agent: the broker's TLS certificate is not trusted here (set SSL_CERT_FILE to the certificate of its CA, or give the client an http.Client that trusts it): %w", err)
+			case errors.As(err, new(*client.SchemeError)):
+				// Its server speaks the other protocol, every time.
+				return fmt.Errorf("agent: the broker's URL has the wrong scheme: %w", err)
 			case errors.As(err, new(*client.RedirectError)):
 				// A proxy sending http to https, say, or a loop: every
 				// call would be redirected the same way.

@@ -1005,6 +1005,24 @@ func TestRun_RedirectLoop(t *testing.T) {
 	}
 }
 
+// TestRun_PlainHTTPAtHTTPS: an https:// broker URL whose server speaks
+// plain HTTP answers every poll the same way: Run stops and names the
+// http:// URL to give instead. It polled for ever, looking healthy.
+func TestRun_PlainHTTPAtHTTPS(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	c, err := client.New(strings.Replace(b.url, "http://", "https://", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runGivingUp(t, c, "Run retries plain HTTP at an https:// URL for ever")
+	if err == nil || !strings.Contains(err.Error(), "("+b.url+")") {
+		t.Errorf("Run = %v, want the http:// URL named", err)
+	}
+	if se := (*client.SchemeError)(nil); !errors.As(err, &se) || se.Want != "http" || client.Temporary(err) {
+		t.Errorf("Run = %v: want a *client.SchemeError that wants http, not Temporary", err)
+	}
+}
+
 // TestRun_ExpiredCertificateIsWaitedOut: a certificate the host trusts but
 // that has expired (a renewal not yet picked up) is retried, not fatal: the
 // broker takes a renewed one without a restart, and the agent must still

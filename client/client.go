@@ -24,7 +24,9 @@
 //   - *SilentError: Events heard nothing, not even a keep-alive, for its
 //     IdleTimeout;
 //   - *NotStreamError: Events was answered with something that is not an
-//     event stream.
+//     event stream;
+//   - *SchemeError: the server at the broker URL speaks another protocol
+//     than its scheme says (plain HTTP at an https:// URL).
 //
 // Anything else is an error below HTTP (the net/http client's *url.Error:
 // the broker unreachable, no answer in time) or the client's own. Temporary
@@ -181,6 +183,51 @@ func stopRewrite(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
+// SchemeError is a call to a broker URL whose scheme is not what the
+// server at its address speaks: an https:// URL answered in plain HTTP.
+// Asking again gets the same answer; New must be given the URL with the
+// scheme Want names, at the same address, which Error names.
+type SchemeError struct {
+	URL  *url.URL // the broker URL given to New
+	Want string   // the scheme its server speaks: "http"
+	Err  error    // net/http's error
+}
+
+// Error says what the server speaks and which URL to give New instead.
+func (e *SchemeError) Error() string {
+	return fmt.Sprintf("client: %s answers in plain HTTP, not HTTPS: give New an http:// URL (%s)", e.URL.Redacted(), e.Instead().Redacted())
+}
+
+// Instead is the broker URL to give New: URL with the scheme Want, at the
+// same host and port.
+func (e *SchemeError) Instead() *url.URL {
+	u := *e.URL
+	u.Scheme = e.Want
+	if e.URL.Port() == "" {
+		// The call went to its scheme's own port, which the other
+		// scheme's is not.
+		port := "443"
+		if e.URL.Scheme == "http" {
+			port = "80"
+		}
+		u.Host = net.JoinHostPort(e.URL.Hostname(), port)
+	}
+	return &u
+}
+
+// Unwrap gives net/http's error (errors.Is finds http.ErrSchemeMismatch).
+func (e *SchemeError) Unwrap() error { return e.Err }
+
+// schemeError is err, the failure of a call to the broker URL base, as a
+// *SchemeError when it says that the server there speaks another protocol
+// than base's scheme; else err.
+func schemeError(base *url.URL, err error) error {
+	if base.Scheme == "https" && errors.Is(err, http.ErrSchemeMismatch) {
+		return &SchemeError{URL: base, Want: "http", Err: err}
+	}
+	return err
+}
+
 // validPort reports whether port, from a URL, is none (the scheme's) or one
 // a host can listen on.
 func validPort(port string) bool {
@@ -285,6 +332,7 @@ func (e *Error) Unwrap() error { return e.Err }
 //   - a *RedirectError (a write's redirect, a redirect loop) or a
 //     *NotStreamError: the URL given to New answers something else,
 //     however often it is asked;
+//   - a *SchemeError: the URL's server speaks plain HTTP, not HTTPS;
 //   - a certificate that Untrusted reports: only a change of
 //     configuration mends it;
 //   - context.Canceled: the caller gave up;
@@ -299,8 +347,11 @@ func Temporary(err error) bool {
 	if errors.As(err, &e) {
 		return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
 	}
-	var re *RedirectError
-	if errors.Is(err, context.Canceled) || errors.As(err, &re) || Untrusted(err) {
+	var (
+		re *RedirectError
+		se *SchemeError
+	)
+	if errors.Is(err, context.Canceled) || errors.As(err, &re) || errors.As(err, &se) || Untrusted(err) {
 		return false
 	}
 	// A call that failed below HTTP: http.Client wraps it in a *url.Error,
@@ -382,7 +433,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, schemeError(c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.Request != nil && resp.Request.Method != method {

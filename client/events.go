@@ -150,7 +150,7 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return err
+		return schemeError(c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -172,5 +173,64 @@ func TestWaitPackage_RedirectLoop(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("WaitPackage at a URL that redirects in a loop did not return")
+	}
+}
+
+// TestTemporary_PlainHTTPAtHTTPS: an https:// URL whose server speaks plain
+// HTTP (net/http's "server gave HTTP response to HTTPS client") gets the
+// same answer however often it is asked: Temporary does not report it,
+// and the error, a *SchemeError, names the http:// URL to give instead.
+// It was a *url.Error Temporary reported: an agent polled it for ever.
+func TestTemporary_PlainHTTPAtHTTPS(t *testing.T) {
+	_, api, _ := newBroker(t)
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	c, err := New("https://" + addr + "/prefix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	calls := map[string]func() error{
+		"GET":    func() error { return c.Health(ctx) },
+		"POST":   func() error { _, err := c.Enqueue(ctx, "pkg_1"); return err },
+		"Events": func() error { return c.Events(ctx, func(Event) error { return nil }) },
+	}
+	for name, call := range calls {
+		err := call()
+		if err == nil {
+			t.Fatalf("%s: no error from a plain HTTP server at an https:// URL", name)
+		}
+		if Temporary(err) {
+			t.Errorf("%s: Temporary(%v) = true; want false: it answers in plain HTTP every time", name, err)
+		}
+		var se *SchemeError
+		if !errors.As(err, &se) || se.Want != "http" || !errors.Is(err, http.ErrSchemeMismatch) {
+			t.Errorf("%s: %v (%+v): want a *SchemeError that wants http, wrapping net/http's", name, err, se)
+		}
+		if msg := err.Error(); !strings.Contains(msg, "plain HTTP") || !strings.Contains(msg, "http://"+addr+"/prefix") {
+			t.Errorf("%s: %q does not say the server speaks plain HTTP and name the http:// URL", name, msg)
+		}
+	}
+}
+
+// TestSchemeError_DefaultPort: the URL a *SchemeError names instead keeps
+// the port the call went to: the scheme's own when the URL named none,
+// which the other scheme would not have.
+func TestSchemeError_DefaultPort(t *testing.T) {
+	for _, tt := range []struct{ url, want, instead string }{
+		{"https://broker.example", "http", "http://broker.example:443"},
+		{"http://broker.example/sb", "https", "https://broker.example:80/sb"},
+		{"https://[::1]:8443", "http", "http://[::1]:8443"},
+		{"https://u:secret@broker.example:8443", "http", "http://u:xxxxx@broker.example:8443"},
+	} {
+		u, err := url.Parse(tt.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := (&SchemeError{URL: u, Want: tt.want, Err: io.EOF}).Error()
+		if !strings.Contains(msg, "("+tt.instead+")") || strings.Contains(msg, "secret") {
+			t.Errorf("SchemeError of %s: %q, want it to name %s (and no password)", tt.url, msg, tt.instead)
+		}
 	}
 }

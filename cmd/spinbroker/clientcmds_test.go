@@ -487,7 +487,7 @@ func TestTLSMistakes(t *testing.T) {
 		want []string
 	}{
 		{tlsSrv.URL, []string{"TLS certificate is not trusted here", "SSL_CERT_FILE"}},
-		{strings.Replace(plain.URL, "http://", "https://", 1), []string{"speaks plain HTTP", "http:// URL"}},
+		{strings.Replace(plain.URL, "http://", "https://", 1), []string{"speaks plain HTTP", "http:// URL", "SPINBROKER_URL): " + plain.URL + "\n"}},
 		// Go's server answers plain HTTP on a TLS port with a 400 of its
 		// own, which read as a mistake in the request.
 		{strings.Replace(tlsSrv.URL, "https://", "http://", 1), []string{"speaks HTTPS, not plain HTTP", "https:// URL"}},

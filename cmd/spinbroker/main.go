@@ -153,12 +153,9 @@ func exitCodeOf(err error) int {
 		}
 		return 1
 	}
-	// Mistakes of configuration that come wrapped as network errors:
-	// asking again changes nothing (see describeWithToken).
-	var re *client.RedirectError
-	if errors.As(err, &re) || client.Untrusted(err) || plainHTTP(err) {
-		return 1
-	}
+	// Mistakes of configuration that come wrapped as network errors (a
+	// redirect, an untrusted certificate, the wrong scheme) are not
+	// Temporary: asking again changes nothing (see describeWithToken).
 	if client.Temporary(err) {
 		return exitTryAgain
 	}
@@ -298,8 +295,9 @@ func describeWithToken(err error, tokenFrom string) string {
 		// It was reached: what failed is trusting it.
 		return fmt.Sprintf("the broker's TLS certificate is not trusted here: %v; if your own authority signed it, set SSL_CERT_FILE to that authority's certificate (PEM)", err)
 	}
-	if plainHTTP(err) {
-		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (%v)", err)
+	var sche *client.SchemeError
+	if errors.As(err, &sche) {
+		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (--url or SPINBROKER_URL): %s", sche.Instead().Redacted())
 	}
 	if ue, ok := noAnswer(err); ok {
 		msg := fmt.Sprintf("the broker did not answer within %s: %v; it may be stopped or stuck (its log, and /healthz, say which)", answerTimeout, err)
@@ -352,12 +350,6 @@ func sent(err error) *url.Error {
 
 // isWrite reports whether the request of ue may change something.
 func isWrite(ue *url.Error) bool { return ue.Op != "Get" && ue.Op != "Head" }
-
-// plainHTTP reports whether err is an https:// request answered in plain
-// HTTP: net/http keeps no type for it, only this sentence.
-func plainHTTP(err error) bool {
-	return strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
-}
 
 // noAnswer reports whether err is a request that reached the broker and
 // timed out waiting for its answer (answerTimeout), not one that failed
