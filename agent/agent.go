@@ -587,6 +587,11 @@ func (a *runner) loop(ctx context.Context) error {
 				return nil
 			}
 			switch {
+			case errors.As(err, new(*client.SchemeError)):
+				// Its server speaks the other protocol, every time. (Go's
+				// 400 page for plain HTTP at TLS is one too, not a
+				// refusal of the broker's.)
+				return fmt.Errorf("agent: the broker's URL has the wrong scheme: %w", err)
 			case spinbroker.ErrorCode(err) == spinbroker.ENOTFOUND: // next and claim never answer 404 at a broker's URL
 				return fmt.Errorf("agent: the broker URL answers 404 for the queue %s: is it the broker's base URL, without a path? %w", a.resource, err)
 			case fatal(err):
@@ -595,9 +600,6 @@ func (a *runner) loop(ctx context.Context) error {
 				// Asking again changes nothing, and an agent that only
 				// retries looks healthy to its supervisor.
 				return fmt.Errorf("agent: the broker's TLS certificate is not trusted here (set SSL_CERT_FILE to the certificate of its CA, or give the client an http.Client that trusts it): %w", err)
-			case errors.As(err, new(*client.SchemeError)):
-				// Its server speaks the other protocol, every time.
-				return fmt.Errorf("agent: the broker's URL has the wrong scheme: %w", err)
 			case errors.As(err, new(*client.RedirectError)):
 				// A proxy sending http to https, say, or a loop: every
 				// call would be redirected the same way.

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"math/big"
 	"net"
@@ -1020,6 +1021,53 @@ func TestRun_PlainHTTPAtHTTPS(t *testing.T) {
 	}
 	if se := (*client.SchemeError)(nil); !errors.As(err, &se) || se.Want != "http" || client.Temporary(err) {
 		t.Errorf("Run = %v: want a *client.SchemeError that wants http, not Temporary", err)
+	}
+}
+
+// TestRun_TLSAtHTTP: an http:// broker URL whose server speaks TLS
+// answers every poll the same way: Run stops and names the https:// URL
+// to give instead. A TLS server that answers with an alert record (as
+// OpenSSL's do) was polled for ever; Go's, whose 400 page stopped Run as
+// "the broker refuses to hand out commands", was not said to be TLS.
+func TestRun_TLSAtHTTP(t *testing.T) {
+	goTLS := httptest.NewUnstartedServer(http.NotFoundHandler())
+	goTLS.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the test
+	goTLS.StartTLS()
+	defer goTLS.Close()
+	alert, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alert.Close()
+	go func() {
+		for {
+			conn, err := alert.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if _, err := io.ReadFull(conn, make([]byte, 5)); err != nil {
+					return
+				}
+				// As OpenSSL answers bytes that open no handshake: a
+				// fatal alert record (protocol_version).
+				conn.Write([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46})
+			}()
+		}
+	}()
+	for name, addr := range map[string]string{"alert": alert.Addr().String(), "Go": goTLS.Listener.Addr().String()} {
+		c, err := client.New("http://" + addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = runGivingUp(t, c, name+": Run retries TLS at an http:// URL for ever")
+		if err == nil || !strings.Contains(err.Error(), "(https://"+addr+")") {
+			t.Errorf("%s: Run = %v, want the https:// URL named", name, err)
+		}
+		if se := (*client.SchemeError)(nil); !errors.As(err, &se) || se.Want != "https" || client.Temporary(err) {
+			t.Errorf("%s: Run = %v: want a *client.SchemeError that wants https, not Temporary", name, err)
+		}
 	}
 }
 

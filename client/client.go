@@ -26,7 +26,8 @@
 //   - *NotStreamError: Events was answered with something that is not an
 //     event stream;
 //   - *SchemeError: the server at the broker URL speaks another protocol
-//     than its scheme says (plain HTTP at an https:// URL).
+//     than its scheme says (plain HTTP at an https:// URL, TLS at an
+//     http:// one).
 //
 // Anything else is an error below HTTP (the net/http client's *url.Error:
 // the broker unreachable, no answer in time) or the client's own. Temporary
@@ -184,18 +185,24 @@ func stopRewrite(req *http.Request, via []*http.Request) error {
 }
 
 // SchemeError is a call to a broker URL whose scheme is not what the
-// server at its address speaks: an https:// URL answered in plain HTTP.
-// Asking again gets the same answer; New must be given the URL with the
-// scheme Want names, at the same address, which Error names.
+// server at its address speaks: an https:// URL answered in plain HTTP,
+// an http:// URL answered in TLS (a TLS alert, or the 400 page Go's
+// server answers plain HTTP with). Asking again gets the same answer; New
+// must be given the URL with the scheme Want names, at the same address,
+// which Error names.
 type SchemeError struct {
 	URL  *url.URL // the broker URL given to New
-	Want string   // the scheme its server speaks: "http"
-	Err  error    // net/http's error
+	Want string   // the scheme its server speaks: "http" or "https"
+	Err  error    // net/http's error, or the *Error of Go's 400 page
 }
 
 // Error says what the server speaks and which URL to give New instead.
 func (e *SchemeError) Error() string {
-	return fmt.Sprintf("client: %s answers in plain HTTP, not HTTPS: give New an http:// URL (%s)", e.URL.Redacted(), e.Instead().Redacted())
+	speaks, not := "plain HTTP", "HTTPS"
+	if e.Want == "https" {
+		speaks, not = "TLS (HTTPS)", "plain HTTP"
+	}
+	return fmt.Sprintf("client: %s answers in %s, not %s: give New an %s:// URL (%s)", e.URL.Redacted(), speaks, not, e.Want, e.Instead().Redacted())
 }
 
 // Instead is the broker URL to give New: URL with the scheme Want, at the
@@ -215,17 +222,38 @@ func (e *SchemeError) Instead() *url.URL {
 	return &u
 }
 
-// Unwrap gives net/http's error (errors.Is finds http.ErrSchemeMismatch).
+// Unwrap gives net/http's error (errors.Is finds http.ErrSchemeMismatch),
+// or the *Error of a 400 page.
 func (e *SchemeError) Unwrap() error { return e.Err }
 
 // schemeError is err, the failure of a call to the broker URL base, as a
 // *SchemeError when it says that the server there speaks another protocol
 // than base's scheme; else err.
 func schemeError(base *url.URL, err error) error {
-	if base.Scheme == "https" && errors.Is(err, http.ErrSchemeMismatch) {
+	var ce *Error
+	switch {
+	case base.Scheme == "https" && errors.Is(err, http.ErrSchemeMismatch):
 		return &SchemeError{URL: base, Want: "http", Err: err}
+	case base.Scheme != "http":
+	case tlsRecord(err):
+		return &SchemeError{URL: base, Want: "https", Err: err}
+	case errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest && ce.RequestID == "" &&
+		strings.HasPrefix(ce.Err.Message, "Client sent an HTTP request to an HTTPS server"):
+		// Go's server answers plain HTTP on a TLS port so, in plain
+		// text, before any handler (the broker's) sees the request.
+		return &SchemeError{URL: base, Want: "https", Err: err}
 	}
 	return err
+}
+
+// tlsRecord reports whether err is net/http reading a TLS record where an
+// answer should start, which a TLS server sends (an alert) to a request
+// in plain HTTP: net/http keeps no type for it, only a sentence quoting
+// the bytes, a record's type (\x15 alert, \x16 handshake) and TLS's major
+// version (\x03).
+func tlsRecord(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, `malformed HTTP response "\x15\x03`) || strings.Contains(msg, `malformed HTTP response "\x16\x03`)
 }
 
 // validPort reports whether port, from a URL, is none (the scheme's) or one
@@ -332,7 +360,8 @@ func (e *Error) Unwrap() error { return e.Err }
 //   - a *RedirectError (a write's redirect, a redirect loop) or a
 //     *NotStreamError: the URL given to New answers something else,
 //     however often it is asked;
-//   - a *SchemeError: the URL's server speaks plain HTTP, not HTTPS;
+//   - a *SchemeError: the URL's server speaks plain HTTP and the URL is
+//     https://, or the other way round;
 //   - a certificate that Untrusted reports: only a change of
 //     configuration mends it;
 //   - context.Canceled: the caller gave up;
@@ -457,7 +486,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 			method, path, limit)
 	}
 	if resp.StatusCode >= 300 {
-		return resp.StatusCode, answerError(resp, data)
+		return resp.StatusCode, schemeError(c.base, answerError(resp, data))
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.Unmarshal(data, out); err != nil {

@@ -155,7 +155,7 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return answerError(resp, data)
+		return schemeError(c.base, answerError(resp, data))
 	}
 	if ct := resp.Header.Get("Content-Type"); !isEventStream(ct) {
 		// Another server, or a proxy's login page: read as a stream, it

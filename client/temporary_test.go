@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -231,6 +232,79 @@ func TestSchemeError_DefaultPort(t *testing.T) {
 		msg := (&SchemeError{URL: u, Want: tt.want, Err: io.EOF}).Error()
 		if !strings.Contains(msg, "("+tt.instead+")") || strings.Contains(msg, "secret") {
 			t.Errorf("SchemeError of %s: %q, want it to name %s (and no password)", tt.url, msg, tt.instead)
+		}
+	}
+}
+
+// tlsOnly is a TLS server that is not Go's: it answers bytes that open no
+// TLS handshake (a plain HTTP request) as OpenSSL does, with a fatal alert
+// record, and hangs up. net/http reads the record as the start of an
+// answer: "malformed HTTP response \x15\x03…".
+func tlsOnly(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				buf := make([]byte, 5)
+				if _, err := io.ReadFull(conn, buf); err != nil {
+					return
+				}
+				// alert, TLS 1.0 record, 2 bytes: fatal, protocol_version
+				conn.Write([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46})
+			}()
+		}
+	}()
+	return ln
+}
+
+// TestTemporary_TLSAtHTTP: an http:// URL whose server speaks TLS gets the
+// same answer however often it is asked: Temporary does not report it,
+// and the error, a *SchemeError, names the https:// URL to give instead.
+// A TLS server that answers with an alert record was "malformed HTTP
+// response" in a *url.Error, which Temporary reported (an agent polled it
+// for ever); Go's answers a 400 page of its own, which said nothing of
+// the scheme to anyone but the CLI, which matched its text itself.
+func TestTemporary_TLSAtHTTP(t *testing.T) {
+	goTLS := httptest.NewUnstartedServer(http.NotFoundHandler())
+	goTLS.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the test
+	goTLS.StartTLS()
+	t.Cleanup(goTLS.Close)
+	ctx := context.Background()
+	for name, addr := range map[string]string{"alert": tlsOnly(t).Addr().String(), "Go": goTLS.Listener.Addr().String()} {
+		c, err := New("http://" + addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := map[string]func() error{
+			"GET":    func() error { return c.Health(ctx) },
+			"POST":   func() error { _, err := c.Enqueue(ctx, "pkg_1"); return err },
+			"Events": func() error { return c.Events(ctx, func(Event) error { return nil }) },
+		}
+		for call, f := range calls {
+			err := f()
+			if err == nil {
+				t.Fatalf("%s, %s: no error from a TLS server at an http:// URL", name, call)
+			}
+			if Temporary(err) {
+				t.Errorf("%s, %s: Temporary(%v) = true; want false: it answers in TLS every time", name, call, err)
+			}
+			var se *SchemeError
+			if !errors.As(err, &se) || se.Want != "https" {
+				t.Errorf("%s, %s: %v (%+v): want a *SchemeError that wants https", name, call, err, se)
+			}
+			if msg := err.Error(); !strings.Contains(msg, "TLS") || !strings.Contains(msg, "(https://"+addr+")") {
+				t.Errorf("%s, %s: %q does not say the server speaks TLS and name the https:// URL", name, call, msg)
+			}
 		}
 	}
 }

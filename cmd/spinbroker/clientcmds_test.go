@@ -463,13 +463,36 @@ func TestHelp(t *testing.T) {
 // does not trust is not "cannot reach the broker": the message says what
 // is not trusted and names SSL_CERT_FILE; one trusted but reached by a
 // name it is not for says so, not to set SSL_CERT_FILE (which is); an
-// https:// URL for a broker that speaks plain HTTP says to use http://.
+// https:// URL for a broker that speaks plain HTTP says to use http://, and
+// an http:// URL for a TLS server, https://.
 func TestTLSMistakes(t *testing.T) {
 	t.Parallel()
 	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
 	defer tlsSrv.Close()
 	plain := httptest.NewServer(http.NotFoundHandler())
 	defer plain.Close()
+	alert, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alert.Close()
+	go func() {
+		for {
+			conn, err := alert.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if _, err := io.ReadFull(conn, make([]byte, 5)); err != nil {
+					return
+				}
+				// As OpenSSL answers bytes that open no handshake: a
+				// fatal alert record (protocol_version).
+				conn.Write([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46})
+			}()
+		}
+	}()
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
@@ -490,7 +513,10 @@ func TestTLSMistakes(t *testing.T) {
 		{strings.Replace(plain.URL, "http://", "https://", 1), []string{"speaks plain HTTP", "http:// URL", "SPINBROKER_URL): " + plain.URL + "\n"}},
 		// Go's server answers plain HTTP on a TLS port with a 400 of its
 		// own, which read as a mistake in the request.
-		{strings.Replace(tlsSrv.URL, "https://", "http://", 1), []string{"speaks HTTPS, not plain HTTP", "https:// URL"}},
+		{strings.Replace(tlsSrv.URL, "https://", "http://", 1), []string{"speaks HTTPS, not plain HTTP", "https:// URL", "SPINBROKER_URL): " + tlsSrv.URL + "\n"}},
+		// Others (OpenSSL's) with an alert record, which read as "cannot
+		// reach the broker", exit 4.
+		{"http://" + alert.Addr().String(), []string{"speaks HTTPS, not plain HTTP", "https:// URL", "SPINBROKER_URL): https://" + alert.Addr().String() + "\n"}},
 	} {
 		r := spin(t, "queue", "ls", "--url", c.url)
 		if r.code != 1 {

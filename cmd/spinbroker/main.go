@@ -222,12 +222,16 @@ func describe(err error) string { return describeWithToken(err, "") }
 // tokenFrom ("--token", "SPINBROKER_TOKEN"; "" for none): a 401 then says
 // that token was refused, not to give one.
 func describeWithToken(err error, tokenFrom string) string {
-	var ce *client.Error
-	if errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest && strings.HasPrefix(ce.Err.Message, "Client sent an HTTP request to an HTTPS server") {
-		// Go's server answers plain HTTP on a TLS port so, in plain text,
-		// before spin-broker sees a request: not a mistake of the request.
-		return "the broker speaks HTTPS, not plain HTTP: give an https:// URL (--url or SPINBROKER_URL)"
+	var sche *client.SchemeError
+	if errors.As(err, &sche) {
+		// Before the *client.Error it may wrap: Go's server answers plain
+		// HTTP on a TLS port with a 400, not a mistake of the request.
+		if sche.Want == "https" {
+			return fmt.Sprintf("the broker speaks HTTPS, not plain HTTP: give an https:// URL (--url or SPINBROKER_URL): %s", sche.Instead().Redacted())
+		}
+		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (--url or SPINBROKER_URL): %s", sche.Instead().Redacted())
 	}
+	var ce *client.Error
 	if errors.As(err, &ce) && ce.RequestID == "" {
 		// Every answer of spin-broker's carries the id of its request:
 		// this one came from another server at that address, or from a
@@ -294,10 +298,6 @@ func describeWithToken(err error, tokenFrom string) string {
 	if client.Untrusted(err) {
 		// It was reached: what failed is trusting it.
 		return fmt.Sprintf("the broker's TLS certificate is not trusted here: %v; if your own authority signed it, set SSL_CERT_FILE to that authority's certificate (PEM)", err)
-	}
-	var sche *client.SchemeError
-	if errors.As(err, &sche) {
-		return fmt.Sprintf("the broker speaks plain HTTP, not HTTPS: give an http:// URL (--url or SPINBROKER_URL): %s", sche.Instead().Redacted())
 	}
 	if ue, ok := noAnswer(err); ok {
 		msg := fmt.Sprintf("the broker did not answer within %s: %v; it may be stopped or stuck (its log, and /healthz, say which)", answerTimeout, err)
