@@ -18,6 +18,13 @@ import (
 // when the test ends. A nil Now in opts gets a Clock of its own, returned.
 func MustOpen(tb testing.TB, opts store.Options) (*store.DB, *Clock) {
 	tb.Helper()
+	return MustOpenFile(tb, filepath.Join(tb.TempDir(), "spinbroker.db"), opts)
+}
+
+// MustOpenFile is MustOpen on the database at path, which may already
+// exist: one that a command under test made, say.
+func MustOpenFile(tb testing.TB, path string, opts store.Options) (*store.DB, *Clock) {
+	tb.Helper()
 	var clock *Clock
 	if opts.Now == nil {
 		clock = NewClock()
@@ -26,7 +33,6 @@ func MustOpen(tb testing.TB, opts store.Options) (*store.DB, *Clock) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	path := filepath.Join(tb.TempDir(), "spinbroker.db")
 	db, err := store.Open(context.Background(), path, opts)
 	if err != nil {
 		tb.Fatalf("open store: %v", err)
