@@ -3,9 +3,7 @@ package client_test
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -13,9 +11,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 )
 
 // The examples read the broker's address from the environment, so go test
@@ -26,19 +22,9 @@ import (
 // SPINBROKER_URL at it.
 func startExampleBroker(t *testing.T) *client.Client {
 	t.Helper()
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(func() {
-		api.Shutdown()
-		srv.Close()
-	})
-	t.Setenv("SPINBROKER_URL", srv.URL)
-	c, err := client.New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	b := brokertest.Start(t)
+	t.Setenv("SPINBROKER_URL", b.URL)
+	return b.Client
 }
 
 // stdoutOf runs f and returns what it printed on standard output.

@@ -7,9 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,9 +18,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -458,15 +453,8 @@ type broker struct {
 
 func startBroker(t *testing.T) *broker {
 	t.Helper()
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	srv := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { srv.Shutdown(); ts.Close() })
-	c, err := client.New(ts.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &broker{c: c, url: ts.URL}
+	b := brokertest.Start(t)
+	return &broker{c: b.Client, url: b.URL}
 }
 
 func command(key, resource, action, params string, deps ...string) spinbroker.NewCommand {

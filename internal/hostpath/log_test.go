@@ -3,9 +3,7 @@ package hostpath
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,10 +11,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
-	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -27,14 +22,7 @@ import (
 // They had only the path: with claim or a queue's concurrency above 1, a
 // reader could not tell which command made which image.
 func TestLog_ActionLinesNameTheirCommand(t *testing.T) {
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	srv := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { srv.Shutdown(); ts.Close() })
-	c, err := client.New(ts.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := brokertest.Start(t).Client
 	var logs syncbuf.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	s, err := Open(filepath.Join(t.TempDir(), "images"), Options{Logger: log})

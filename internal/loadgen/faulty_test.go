@@ -3,8 +3,6 @@ package loadgen
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -16,35 +14,26 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 )
 
 // faultyBroker is a real broker behind a handler that may rewrite answers.
 func faultyBroker(t *testing.T, rewrite func(r *http.Request, status int, body []byte) (int, []byte)) *client.Client {
 	t.Helper()
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
-	h := api.Handler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, r)
-		status, body := rewrite(r, rec.Code, rec.Body.Bytes())
-		for k, v := range rec.Header() {
-			if k != "Content-Length" {
-				w.Header()[k] = v
+	return brokertest.Start(t, brokertest.Wrap(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			status, body := rewrite(r, rec.Code, rec.Body.Bytes())
+			for k, v := range rec.Header() {
+				if k != "Content-Length" {
+					w.Header()[k] = v
+				}
 			}
-		}
-		w.WriteHeader(status)
-		w.Write(body)
-	}))
-	t.Cleanup(func() { api.Shutdown(); srv.Close() })
-	c, err := client.New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+			w.WriteHeader(status)
+			w.Write(body)
+		})
+	})).Client
 }
 
 // A broker that never delivers one command: the run should fail with a

@@ -2,10 +2,7 @@ package loadgen
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"math"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -13,22 +10,12 @@ import (
 	"time"
 
 	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 )
 
 func broker(t *testing.T) *client.Client {
 	t.Helper()
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(func() { api.Shutdown(); srv.Close() })
-	c, err := client.New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return brokertest.Start(t).Client
 }
 
 func TestRun(t *testing.T) {

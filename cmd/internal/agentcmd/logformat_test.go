@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,11 +19,8 @@ import (
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
-	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/hostpath"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -35,16 +31,10 @@ import (
 // The agents had only a text handler, which a log pipeline cannot parse.
 func TestLogFormatJSON_Agent(t *testing.T) {
 	bin := buildAgent(t, "sa-host-path")
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	srv := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { srv.Shutdown(); ts.Close() })
-	c, err := client.New(ts.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := brokertest.Start(t)
+	c := b.Client
 
-	cmd := exec.Command(bin, "-url", ts.URL, "-root", filepath.Join(t.TempDir(), "root"), "-log-format", "json", "-log-level", "debug")
+	cmd := exec.Command(bin, "-url", b.URL, "-root", filepath.Join(t.TempDir(), "root"), "-log-format", "json", "-log-level", "debug")
 	cmd.Env = append(os.Environ(), "SPINBROKER_LOG_FORMAT=", "SPINBROKER_LOG_LEVEL=")
 	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
