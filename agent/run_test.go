@@ -27,9 +27,9 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -44,19 +44,8 @@ type broker struct {
 
 func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) http.Handler) *broker {
 	t.Helper()
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	srv := httpapi.New(db, quietLogger(), opts)
-	var h http.Handler = srv.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	ts := httptest.NewServer(h)
-	t.Cleanup(func() { srv.Shutdown(); ts.Close() })
-	c, err := client.New(ts.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &broker{c: c, url: ts.URL, db: db}
+	sb := brokertest.Start(t, brokertest.WithAPI(opts), brokertest.WithLogger(quietLogger()), brokertest.Wrap(wrap))
+	return &broker{c: sb.Client, url: sb.URL, db: sb.DB}
 }
 
 // startAuthBroker is startBroker with opts.Auth on: the broker's own client
