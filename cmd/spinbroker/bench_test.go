@@ -2,10 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -13,9 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
 
 // TestBench_HelpSaysExitStatus: a script that runs bench (a CI job sizing
@@ -39,8 +35,7 @@ func TestBench_HelpSaysExitStatus(t *testing.T) {
 // and --json still prints the scenario's object, with ok false and the
 // violations, for the script that reads it.
 func TestBench_BrokenRuleExits1WithJSON(t *testing.T) {
-	db, clock := storetest.MustOpen(t, store.Options{})
-	b := serveBroker(t, db, clock.Now, httpapi.Options{}, func(h http.Handler) http.Handler {
+	b := serveBroker(t, brokertest.WithClock(), brokertest.Wrap(func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !strings.HasSuffix(r.URL.Path, "/next") {
 				h.ServeHTTP(w, r)
@@ -57,7 +52,7 @@ func TestBench_BrokenRuleExits1WithJSON(t *testing.T) {
 			w.WriteHeader(rec.Code)
 			w.Write(body)
 		})
-	})
+	}))
 	r := spin(t, "bench", "--url", b.url, "--producers", "1", "--resources", "1", "--commands", "20", "--json")
 	if r.code != 1 || !strings.Contains(r.stderr, "broke a rule") {
 		t.Fatalf("a run with redeliveries: want exit 1 and 'broke a rule', got %s", r)
@@ -173,12 +168,7 @@ func TestBench_TokenWithoutAdmin(t *testing.T) {
 	}
 	fields := strings.Fields(r.stdout)
 	secret := fields[len(fields)-1]
-	db, err := store.Open(context.Background(), path, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
+	b := serveBroker(t, brokertest.WithFile(path), brokertest.WithAPI(httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}))
 	r = spin(t, "bench", "--url", b.url, "--token", secret, "--commands", "20")
 	if r.code != 1 || !strings.Contains(r.stderr, "(forbidden)") || !strings.Contains(r.stderr, "it needs an admin token") {
 		t.Errorf("bench with a client token: %s", r)

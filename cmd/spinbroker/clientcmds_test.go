@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,7 +26,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
@@ -92,34 +91,18 @@ type broker struct {
 	cl    *client.Client // for what the test does behind the CLI's back
 }
 
+// newBroker serves a broker whose clock moves only when the test moves it.
 func newBroker(t *testing.T) *broker {
 	t.Helper()
-	db, clock := storetest.MustOpen(t, store.Options{})
-	b := serveBroker(t, db, clock.Now, httpapi.Options{}, nil)
-	b.clock = clock
-	return b
+	return serveBroker(t, brokertest.WithClock())
 }
 
-// serveBroker serves db over HTTP until the test ends. wrap, if not nil,
-// wraps the API's handler (to take a route away, say).
-func serveBroker(t *testing.T, db *store.DB, now func() time.Time, opts httpapi.Options, wrap func(http.Handler) http.Handler) *broker {
+// serveBroker serves a broker as opts say (on the wall clock unless
+// brokertest.WithClock) until the test ends.
+func serveBroker(t *testing.T, opts ...brokertest.Option) *broker {
 	t.Helper()
-	opts.Now = now
-	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
-	h := api.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		api.Shutdown()
-		srv.Close()
-	})
-	cl, err := client.New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &broker{t: t, url: srv.URL, db: db, cl: cl}
+	b := brokertest.Start(t, opts...)
+	return &broker{t: t, url: b.URL, db: b.DB, clock: b.Clock, cl: b.Client}
 }
 
 // result is what one run of the binary did.

@@ -20,9 +20,8 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -431,12 +430,12 @@ func TestEvents_BrokerRestarts(t *testing.T) {
 // exits 1 with the broker's refusal alone, as a command started then would.
 func TestEvents_TokenRevoked(t *testing.T) {
 	t.Parallel()
-	db, _ := storetest.MustOpen(t, store.Options{})
+	b := serveBroker(t, brokertest.WithAPI(httpapi.Options{Auth: true, TokenCacheTTL: 100 * time.Millisecond}))
+	db := b.db
 	tok, viewer, err := db.CreateToken(context.Background(), spinbroker.RoleViewer, "", "watcher")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: 100 * time.Millisecond}, nil)
 	ev := startEvents(t, b.url, "--token", viewer)
 	ev.header()
 	if _, _, err := db.RevokeToken(context.Background(), tok.ID); err != nil {
@@ -474,12 +473,11 @@ func TestEvents_BrokerGone(t *testing.T) {
 // exit 1; a viewer token is enough.
 func TestEvents_Refused(t *testing.T) {
 	t.Parallel()
-	db, _ := storetest.MustOpen(t, store.Options{})
-	_, viewer, err := db.CreateToken(context.Background(), spinbroker.RoleViewer, "", "watcher")
+	b := serveBroker(t, brokertest.WithAPI(httpapi.Options{Auth: true}))
+	_, viewer, err := b.db.CreateToken(context.Background(), spinbroker.RoleViewer, "", "watcher")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true}, nil)
 	ev := startEvents(t, b.url, "--token", viewer)
 	ev.header()
 	if r := ev.interrupt(); r.code != 130 || r.stderr != "" {

@@ -20,9 +20,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 )
 
 // TestSeed runs the seed's script: build a package step by step, enqueue
@@ -340,8 +338,7 @@ func TestStatusWait(t *testing.T) {
 		t.Parallel()
 		// A broker (or a proxy in front of it) without the event stream:
 		// --wait falls back to reading the package every second.
-		db, clock := storetest.MustOpen(t, store.Options{})
-		b := serveBroker(t, db, clock.Now, httpapi.Options{}, func(h http.Handler) http.Handler {
+		b := serveBroker(t, brokertest.WithClock(), brokertest.Wrap(func(h http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/events" {
 					http.Error(w, "no events here", http.StatusBadGateway)
@@ -349,7 +346,7 @@ func TestStatusWait(t *testing.T) {
 				}
 				h.ServeHTTP(w, r)
 			})
-		})
+		}))
 		pkg, _ := setup(t, b)
 		w := b.startWait(pkg)
 		w.stillWaiting(1500 * time.Millisecond)

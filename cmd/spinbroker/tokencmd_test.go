@@ -16,6 +16,7 @@ import (
 	"github.com/pressly/goose/v3"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/migrations"
@@ -108,12 +109,7 @@ func TestTokenCommands(t *testing.T) {
 	viewer := created.ID
 
 	// A broker with auth on, serving the same file while the CLI writes it.
-	db, err := store.Open(context.Background(), path, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
+	b := serveBroker(t, brokertest.WithFile(path), brokertest.WithAPI(httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}))
 	if r := b.spin("queue", "ls", "--token", adminSecret); r.code != 0 {
 		t.Errorf("queue ls with the admin token: %s", r)
 	}
@@ -421,11 +417,8 @@ func TestTokenCreateNameInCharacters(t *testing.T) {
 // the hint stays how to give one.
 func TestUnauthorizedHint(t *testing.T) {
 	t.Parallel()
-	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "broker.db"), store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	b := serveBroker(t, brokertest.WithAPI(httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}))
+	db := b.db
 	revoked, secret, err := db.CreateToken(context.Background(), spinbroker.RoleAdmin, "", "old")
 	if err != nil {
 		t.Fatal(err)
@@ -437,7 +430,6 @@ func TestUnauthorizedHint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true, TokenCacheTTL: time.Millisecond}, nil)
 	const noToken = "give --token or set SPINBROKER_TOKEN"
 	for _, tt := range []struct {
 		name string
@@ -582,12 +574,7 @@ func TestTokenCreate_Expires(t *testing.T) {
 		}
 	}
 
-	db, err = store.Open(context.Background(), path, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	b := serveBroker(t, db, time.Now, httpapi.Options{Auth: true}, nil)
+	b := serveBroker(t, brokertest.WithFile(path), brokertest.WithAPI(httpapi.Options{Auth: true}))
 	if r := b.spin("queue", "ls", "--token", foreverSecret); r.code != 0 {
 		t.Errorf("queue ls with a token without --expires: %s", r)
 	}
