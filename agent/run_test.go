@@ -31,6 +31,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
+	"github.com/spin-broker/spinbroker/internal/tlsalert"
 )
 
 // broker is a real in-process broker: the store on a temporary file and
@@ -1023,29 +1024,8 @@ func TestRun_TLSAtHTTP(t *testing.T) {
 	goTLS.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the test
 	goTLS.StartTLS()
 	defer goTLS.Close()
-	alert, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alert.Close()
-	go func() {
-		for {
-			conn, err := alert.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				if _, err := io.ReadFull(conn, make([]byte, 5)); err != nil {
-					return
-				}
-				// As OpenSSL answers bytes that open no handshake: a
-				// fatal alert record (protocol_version).
-				conn.Write([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46})
-			}()
-		}
-	}()
-	for name, addr := range map[string]string{"alert": alert.Addr().String(), "Go": goTLS.Listener.Addr().String()} {
+	alert := tlsalert.Listen(t)
+	for name, addr := range map[string]string{"alert": alert, "Go": goTLS.Listener.Addr().String()} {
 		c, err := client.New("http://" + addr)
 		if err != nil {
 			t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -20,6 +19,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/tlsalert"
 )
 
 // TestTemporary_UntrustedCertificate: a broker whose TLS certificate this
@@ -236,37 +236,6 @@ func TestSchemeError_DefaultPort(t *testing.T) {
 	}
 }
 
-// tlsOnly is a TLS server that is not Go's: it answers bytes that open no
-// TLS handshake (a plain HTTP request) as OpenSSL does, with a fatal alert
-// record, and hangs up. net/http reads the record as the start of an
-// answer: "malformed HTTP response \x15\x03…".
-func tlsOnly(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				buf := make([]byte, 5)
-				if _, err := io.ReadFull(conn, buf); err != nil {
-					return
-				}
-				// alert, TLS 1.0 record, 2 bytes: fatal, protocol_version
-				conn.Write([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46})
-			}()
-		}
-	}()
-	return ln
-}
-
 // TestTemporary_TLSAtHTTP: an http:// URL whose server speaks TLS gets the
 // same answer however often it is asked: Temporary does not report it,
 // and the error, a *SchemeError, names the https:// URL to give instead.
@@ -280,7 +249,7 @@ func TestTemporary_TLSAtHTTP(t *testing.T) {
 	goTLS.StartTLS()
 	t.Cleanup(goTLS.Close)
 	ctx := context.Background()
-	for name, addr := range map[string]string{"alert": tlsOnly(t).Addr().String(), "Go": goTLS.Listener.Addr().String()} {
+	for name, addr := range map[string]string{"alert": tlsalert.Listen(t), "Go": goTLS.Listener.Addr().String()} {
 		c, err := New("http://" + addr)
 		if err != nil {
 			t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/tlsalert"
 )
 
 // The end-to-end tests run the real spinbroker binary, built once by
@@ -454,28 +455,7 @@ func TestTLSMistakes(t *testing.T) {
 	defer tlsSrv.Close()
 	plain := httptest.NewServer(http.NotFoundHandler())
 	defer plain.Close()
-	alert, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alert.Close()
-	go func() {
-		for {
-			conn, err := alert.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				if _, err := io.ReadFull(conn, make([]byte, 5)); err != nil {
-					return
-				}
-				// As OpenSSL answers bytes that open no handshake: a
-				// fatal alert record (protocol_version).
-				conn.Write([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46})
-			}()
-		}
-	}()
+	alert := tlsalert.Listen(t)
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
@@ -499,7 +479,7 @@ func TestTLSMistakes(t *testing.T) {
 		{strings.Replace(tlsSrv.URL, "https://", "http://", 1), []string{"speaks HTTPS, not plain HTTP", "https:// URL", "SPINBROKER_URL): " + tlsSrv.URL + "\n"}},
 		// Others (OpenSSL's) with an alert record, which read as "cannot
 		// reach the broker", exit 4.
-		{"http://" + alert.Addr().String(), []string{"speaks HTTPS, not plain HTTP", "https:// URL", "SPINBROKER_URL): https://" + alert.Addr().String() + "\n"}},
+		{"http://" + alert, []string{"speaks HTTPS, not plain HTTP", "https:// URL", "SPINBROKER_URL): https://" + alert + "\n"}},
 	} {
 		r := spin(t, "queue", "ls", "--url", c.url)
 		if r.code != 1 {
