@@ -386,7 +386,7 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 	var stopping time.Time
 	defer func() {
 		if err := db.Close(); err != nil {
-			log.Error("closing the database", "err", err)
+			log.Error("could not close the database cleanly", "err", err)
 		} else {
 			log.Info("database closed", "db", c.db)
 		}

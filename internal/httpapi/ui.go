@@ -234,7 +234,7 @@ func (u *ui) render(w http.ResponseWriter, r *http.Request, status int, page str
 	}
 	var buf bytes.Buffer
 	if err := t.ExecuteTemplate(&buf, name, v); err != nil {
-		u.s.log.Error("render", logAttrs(r, "page", page, "template", name, "err", err)...)
+		u.s.log.Error("could not render a dashboard page", logAttrs(r, "page", page, "template", name, "err", err)...)
 		u.htmlHeaders(w)
 		w.WriteHeader(http.StatusInternalServerError)
 		w.Write([]byte("<!doctype html><title>Error</title><p>The page could not be rendered; the broker's log says why.</p>\n")) //nolint:errcheck
