@@ -316,3 +316,11 @@ type Claim struct {
 type ClaimResult struct {
 	Commands []Command `json:"commands"`
 }
+
+// Health is the answer of GET /healthz with a 200: Status "ok", or
+// "degraded" while the broker's writes fail, Writes then saying so
+// ("failing", and its cause to a request with a token that works).
+type Health struct {
+	Status string `json:"status"`
+	Writes string `json:"writes,omitempty"`
+}

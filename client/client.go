@@ -783,3 +783,13 @@ func (c *Client) Health(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
 	return err
 }
+
+// HealthStatus is Health with what the broker's answer says: its Status,
+// "ok" or "degraded", and for a degraded broker why (Writes).
+func (c *Client) HealthStatus(ctx context.Context) (*spinbroker.Health, error) {
+	var h spinbroker.Health
+	if _, err := c.do(ctx, http.MethodGet, "/healthz", nil, nil, &h); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}

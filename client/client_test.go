@@ -477,3 +477,13 @@ func TestEvents_NotAStream(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthStatus: HealthStatus says what the broker's /healthz answer
+// says.
+func TestHealthStatus(t *testing.T) {
+	c, _, _ := newBroker(t)
+	h, err := c.HealthStatus(context.Background())
+	if err != nil || h.Status != "ok" || h.Writes != "" {
+		t.Fatalf("HealthStatus of a healthy broker = %+v, %v; want status ok", h, err)
+	}
+}
