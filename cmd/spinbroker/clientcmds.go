@@ -13,8 +13,8 @@ import (
 	"github.com/spin-broker/spinbroker/client"
 )
 
-// clientCommands returns the subcommands that talk to a broker over HTTP,
-// and token, which works on the database file.
+// clientCommands returns the subcommands that talk to a broker over HTTP
+// (ping only checks that they can), and token, which works on the database file.
 func (a *app) clientCommands() []*cobra.Command {
 	return []*cobra.Command{
 		a.messageCommand(),
@@ -22,6 +22,7 @@ func (a *app) clientCommands() []*cobra.Command {
 		a.commandCommand(),
 		a.queueCommand(),
 		a.eventsCommand(),
+		a.pingCommand(),
 		a.tokenCommand(),
 	}
 }

@@ -104,6 +104,12 @@ func TestFaults_DiskFull(t *testing.T) {
 	if h := health(); !strings.Contains(h, `"status":"degraded"`) || !strings.Contains(h, "full") {
 		t.Fatalf("/healthz on a full disk: %s", h)
 	}
+	// ping says so, and warns, but exits 0: the host that asks is set up
+	// right, and reads work.
+	if p := spin(t, "ping", "--url", b.url); p.code != 0 || !strings.Contains(p.stdout, "Health:  degraded: writes failing: ") ||
+		!strings.Contains(p.stdout, "full") || !strings.Contains(p.stderr, "warning: the broker is degraded") {
+		t.Errorf("ping of a broker on a full disk: %s", p)
+	}
 	if v := metric(t, b.url, "spinbroker_store_writes_failing"); v != 1 {
 		t.Fatalf("spinbroker_store_writes_failing is %v on a full disk", v)
 	}

@@ -1,6 +1,6 @@
 // Command spinbroker is spin-broker's one binary: the broker (serve), its
 // database tools (migrate, backup, compact, check, token) and a client of its HTTP API
-// (message, package, command, queue, events).
+// (message, package, command, queue, events, ping).
 package main
 
 import (
@@ -215,6 +215,9 @@ func flagValueError(err error) error {
 	return fmt.Errorf("invalid argument %q for --%s: want %s", clip(ive.GetValue()), ive.GetFlag().Name, want)
 }
 
+// notBrokerJSON says that a success answer was not the broker's JSON.
+const notBrokerJSON = "what answers at the broker's address is not spin-broker: its answer is not the broker's JSON; is that the broker's address? --url or SPINBROKER_URL names it"
+
 // describe turns an error into a sentence for a person at a terminal.
 func describe(err error) string { return describeWithToken(err, "") }
 
@@ -255,7 +258,7 @@ func describeWithToken(err error, tokenFrom string) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &se) || errors.As(err, &te) {
 		// The client could not read a success answer as the broker's JSON.
-		return "what answers at the broker's address is not spin-broker: its answer is not the broker's JSON; is that the broker's address? --url or SPINBROKER_URL names it"
+		return notBrokerJSON
 	}
 	if errors.As(err, &ce) {
 		if ce.StatusCode >= 500 && ce.RequestID != "" {
@@ -519,10 +522,13 @@ func (a *app) hideClientFlags(c *cobra.Command) {
 var answerTimeout = 30 * time.Second
 
 // client returns a client of the broker the global flags name.
-func (a *app) client() (*client.Client, error) {
+func (a *app) client() (*client.Client, error) { return a.clientWithToken(a.token) }
+
+// clientWithToken is client with another token ("" for none).
+func (a *app) clientWithToken(token string) (*client.Client, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = answerTimeout
-	return client.New(a.url, client.WithToken(a.token), client.WithUserAgent("spinbroker-cli/1"),
+	return client.New(a.url, client.WithToken(token), client.WithUserAgent("spinbroker-cli/1"),
 		client.WithHTTPClient(&http.Client{Transport: t}))
 }
 
