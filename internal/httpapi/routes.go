@@ -158,10 +158,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		if s.trusted(ctx, r, true) {
 			writes += ": " + err.Error()
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "writes": writes})
+		writeJSON(w, http.StatusOK, spinbroker.Health{Status: "degraded", Writes: writes})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, spinbroker.Health{Status: "ok"})
 }
 
 // withheldCause answers a 503 of /healthz to a request without a token
