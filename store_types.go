@@ -61,3 +61,18 @@ const tokenExpiredPrefix = "the token expired at "
 func IsTokenExpired(err error) bool {
 	return ErrorCode(err) == EUNAUTHORIZED && strings.HasPrefix(ErrorMessage(err), tokenExpiredPrefix)
 }
+
+// TokenRevoked is the refusal of a token revoked (spinbroker token revoke)
+// at at. It says so, and when, apart from the refusal of a secret no token
+// has: its holder is to ask for a new one, not to look for a typo.
+func TokenRevoked(at time.Time) *Error {
+	return Errorf(EUNAUTHORIZED, tokenRevokedPrefix+"%s: ask for a new one (spinbroker token create)", at.UTC().Format(time.RFC3339))
+}
+
+const tokenRevokedPrefix = "the token was revoked at "
+
+// IsTokenRevoked reports whether err is TokenRevoked's refusal, for a log
+// line that tells it from the refusal of a token that is not valid.
+func IsTokenRevoked(err error) bool {
+	return ErrorCode(err) == EUNAUTHORIZED && strings.HasPrefix(ErrorMessage(err), tokenRevokedPrefix)
+}

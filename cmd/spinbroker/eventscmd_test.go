@@ -442,7 +442,7 @@ func TestEvents_TokenRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := ev.exited(30 * time.Second)
-	if r.code != 1 || !strings.HasPrefix(r.stderr, "spinbroker: the token is not valid or was revoked (unauthorized)") ||
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "spinbroker: the token was revoked at ") ||
 		strings.Contains(r.stderr, "stopping or restarting") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("events whose token was revoked: %s", r)
 	}

@@ -60,6 +60,8 @@ func TestPlans(t *testing.T) {
 		{"Dependents", qDependents, []any{"id", 10}, []string{"SEARCH command_deps USING INDEX command_deps_depends_on (depends_on=?)"}},
 		{"SearchPackages", qSearchPackages, []any{"0", "0~", 10}, []string{"SEARCH packages USING INDEX sqlite_autoindex_packages_1 (id>? AND id<?)"}},
 		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
+		// Every request's token, revoked or not: one row by the hash.
+		{"Authenticate", qAuthenticate, []any{[]byte{1}}, []string{"SEARCH tokens USING INDEX sqlite_autoindex_tokens_2 (hash=?)"}},
 		{"CascadeFromPackage", cascadeFromPackage, []any{"p", "", "blocked", "p", 1}, []string{"commands_package (package_id=?)", "command_deps_depends_on (depends_on=?)"}},
 	}
 	for _, tt := range tests {

@@ -94,7 +94,11 @@ func (db *DB) CreateExpiringToken(ctx context.Context, role, resource, name stri
 }
 
 // Authenticate returns the live token whose secret this is, or an
-// EUNAUTHORIZED error: spinbroker.TokenExpired for one past its end.
+// EUNAUTHORIZED error: spinbroker.TokenExpired for one past its end,
+// spinbroker.TokenRevoked for one revoked (whichever came first), and
+// "not valid" for a secret no token has (mistyped, made for another broker,
+// of a token deleted). Revoked or not, it is one lookup by the hash's index,
+// so that timing tells no more than the answer.
 func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error) {
 	h := HashToken(secret)
 	var (
@@ -103,9 +107,9 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Toke
 		resource sql.NullString
 		created  int64
 		expires  sql.NullInt64
+		revoked  sql.NullInt64
 	)
-	err := db.reader.queryRow(`SELECT id, name, hash, role, resource, created_at, expires_at FROM tokens
-		WHERE hash = ? AND revoked_at IS NULL`, h).Scan(&tok.ID, &tok.Name, &stored, &tok.Role, &resource, &created, &expires)
+	err := db.reader.queryRow(qAuthenticate, h).Scan(&tok.ID, &tok.Name, &stored, &tok.Role, &resource, &created, &expires, &revoked)
 	if isNoRows(err) {
 		return nil, errInvalidToken
 	} else if err != nil {
@@ -119,14 +123,22 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Toke
 	tok.Resource = resource.String
 	tok.CreatedAt = fromNanos(created)
 	tok.ExpiresAt = optTime(expires)
+	if revoked.Valid && (tok.ExpiresAt == nil || fromNanos(revoked.Int64).Before(*tok.ExpiresAt)) {
+		return nil, spinbroker.TokenRevoked(fromNanos(revoked.Int64))
+	}
 	if tok.Expired(db.now()) {
 		return nil, spinbroker.TokenExpired(*tok.ExpiresAt)
 	}
 	return &tok, nil
 }
 
-// errInvalidToken refuses a secret that is no live token's. The HTTP layer
-// answers it as it is.
+// qAuthenticate finds a token by its hash, revoked or not (the hash column's
+// UNIQUE index: plan_test.go).
+const qAuthenticate = `SELECT id, name, hash, role, resource, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?`
+
+// errInvalidToken refuses a secret that is no token's: mistyped, made for
+// another broker, or of a token revoked and then deleted, hence the
+// sentence. The HTTP layer answers it as it is.
 var errInvalidToken = spinbroker.Errorf(spinbroker.EUNAUTHORIZED, "the token is not valid or was revoked")
 
 // Tokens lists every token, revoked ones included, oldest first.
