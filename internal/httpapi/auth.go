@@ -118,8 +118,10 @@ func refusal(err error) string {
 		return "revoked_while_waiting"
 	case spinbroker.IsTokenExpired(err):
 		return "expired"
+	case spinbroker.IsTokenRevoked(err):
+		return "revoked"
 	}
-	return "unknown_or_revoked" // the store cannot tell: it looks up live tokens only
+	return "unknown" // no token has that secret: mistyped, another broker's, deleted
 }
 
 // unauthorized answers err, a 401, or sends a browser to the dashboard's

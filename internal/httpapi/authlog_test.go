@@ -14,7 +14,7 @@ import (
 
 // TestAuth_RequestLogSaysWhyRefused: the log line of a 401 says why the
 // token was refused, in auth: none sent, malformed (not a Bearer header, a
-// secret no token could have), unknown or revoked, expired, revoked while
+// secret no token could have), unknown, revoked, expired, revoked while
 // the request waited. It had only code=unauthorized, the same for all: an
 // operator could not tell a client with a stale token from one sending
 // garbage, while the client was told. The secret is never in it.
@@ -76,8 +76,8 @@ func TestAuth_RequestLogSaysWhyRefused(t *testing.T) {
 		{"basic", "malformed", []string{"Authorization", "Basic dXNlcjpwYXNz"}},
 		{"empty-bearer", "malformed", []string{"Authorization", "Bearer "}},
 		{"too-long", "malformed", []string{"Authorization", "Bearer " + long}},
-		{"typo", "unknown_or_revoked", []string{"Authorization", "Bearer sbt_mistyped"}},
-		{"revoked", "unknown_or_revoked", []string{"Authorization", "Bearer " + revokedSecret}},
+		{"typo", "unknown", []string{"Authorization", "Bearer sbt_mistyped"}},
+		{"revoked", "revoked", []string{"Authorization", "Bearer " + revokedSecret}},
 		{"expired", "expired", []string{"Authorization", "Bearer " + expiredSecret}},
 	}
 	for _, c := range cases {
@@ -120,7 +120,7 @@ func TestAuth_RequestLogSaysWhyRefused(t *testing.T) {
 	if got := lines["waiting"]; got["token_id"] != waiter.ID {
 		t.Errorf("the line of the long-poll revoked while it waited does not name its token: %v", got)
 	}
-	if login["status"] != float64(401) || login["auth"] != "unknown_or_revoked" {
+	if login["status"] != float64(401) || login["auth"] != "unknown" {
 		t.Errorf("the refused login's line: %v", login)
 	}
 	for _, secret := range []string{revokedSecret, expiredSecret, waiterSecret, long, "sbt_mistyped"} {
