@@ -443,7 +443,7 @@ func TestEvents_TokenRevoked(t *testing.T) {
 	}
 	r := ev.exited(30 * time.Second)
 	if r.code != 1 || !strings.HasPrefix(r.stderr, "spinbroker: the token was revoked at ") ||
-		strings.Contains(r.stderr, "stopping or restarting") || strings.Count(r.stderr, "\n") != 1 {
+		strings.Contains(r.stderr, "stopping or restarting") || strings.Contains(r.stderr, "was refused") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("events whose token was revoked: %s", r)
 	}
 }

@@ -268,9 +268,9 @@ func describeWithToken(err error, tokenFrom string) string {
 		msg := fmt.Sprintf("%s (%s)", ce.Err.Message, ce.Err.Code)
 		switch {
 		case ce.Err.Code != spinbroker.EUNAUTHORIZED:
-		case strings.HasPrefix(ce.Err.Message, "the token expired"):
-			// The broker's sentence says when and what to do: there is
-			// no typo to look for.
+		case spinbroker.IsTokenExpired(ce.Err), spinbroker.IsTokenRevoked(ce.Err):
+			// The broker's sentence says what happened to the token,
+			// when, and what to do: there is no typo to look for.
 		case tokenFrom != "":
 			given := "in " + tokenFrom
 			if tokenFrom == "--token" {

@@ -97,7 +97,7 @@ func TestPing_Tokens(t *testing.T) {
 	}
 
 	for _, tc := range []struct{ name, token, row, stderr string }{
-		{"Revoked", revoked, "Token:   refused: ", "the token given with --token was refused"},
+		{"Revoked", revoked, "Token:   refused: the token was revoked at ", "the token was revoked at "},
 		{"Bogus", "sbt_NOTATOKEN", "Token:   refused: ", "the token given with --token was refused"},
 		{"None", "", "Token:   none given, and auth is on\n", "give --token or set SPINBROKER_TOKEN"},
 	} {
@@ -111,6 +111,9 @@ func TestPing_Tokens(t *testing.T) {
 		}
 		wantContains(t, tc.name+" stdout", r.stdout, "Broker:  reachable, spin-broker", "Health:  ok\n", tc.row)
 		wantContains(t, tc.name+" stderr", r.stderr, "(unauthorized)", tc.stderr)
+		if tc.name == "Revoked" && strings.Contains(r.stderr, "mistyped") {
+			t.Errorf("a revoked token is told to look for a typo: %s", r.stderr)
+		}
 		rep := pinged(t, b.spin(append(args, "-o", "json")...))
 		if rep.Auth != "on" || !rep.Reached || rep.Health != "ok" || !strings.Contains(rep.Error, tc.stderr) {
 			t.Errorf("%s: ping -o json = %+v", tc.name, rep)

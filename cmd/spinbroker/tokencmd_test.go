@@ -437,21 +437,22 @@ func TestUnauthorizedHint(t *testing.T) {
 		want string
 	}{
 		{"Flag", b.spin("queue", "ls", "--token", "sbt_mistyped"), "the token given with --token was refused"},
-		{"Revoked", b.spin("queue", "ls", "--token", secret), "the token given with --token was refused"},
 		{"Env", spinEnv(t, []string{"SPINBROKER_URL=" + b.url, "SPINBROKER_TOKEN=sbt_mistyped"}, "queue", "ls"), "the token given in SPINBROKER_TOKEN was refused"},
 		{"None", b.spin("queue", "ls"), noToken},
 		// The broker's sentence says what to do; no typo to look for.
 		{"Expired", b.spin("queue", "ls", "--token", expired), "the token expired at "},
+		{"Revoked", b.spin("queue", "ls", "--token", secret), "the token was revoked at "},
 	} {
 		if tt.r.code != 1 || !strings.Contains(tt.r.stderr, "(unauthorized)") || !strings.Contains(tt.r.stderr, tt.want) {
 			t.Errorf("%s: %s, want %q", tt.name, tt.r, tt.want)
 		}
 		hinted := strings.Contains(tt.r.stderr, "revoked, mistyped, or made for another broker")
-		if tt.name != "None" && tt.name != "Expired" && (strings.Contains(tt.r.stderr, noToken) || !hinted) {
+		told := tt.name == "Expired" || tt.name == "Revoked" // the broker said why
+		if tt.name != "None" && !told && (strings.Contains(tt.r.stderr, noToken) || !hinted) {
 			t.Errorf("%s: %s", tt.name, tt.r)
 		}
-		if tt.name == "Expired" && (hinted || strings.Contains(tt.r.stderr, noToken)) {
-			t.Errorf("an expired token is told to look for a typo: %s", tt.r)
+		if told && (hinted || strings.Contains(tt.r.stderr, noToken) || strings.Contains(tt.r.stderr, "was refused")) {
+			t.Errorf("%s: a token the broker said why it refused is told to look for a typo: %s", tt.name, tt.r)
 		}
 	}
 }
