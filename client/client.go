@@ -24,7 +24,8 @@
 //   - *SilentError: Events heard nothing, not even a keep-alive, for its
 //     IdleTimeout;
 //   - *NotStreamError: Events was answered with something that is not an
-//     event stream;
+//     event stream (and ErrStreamEnded, found with errors.Is, a stream the
+//     broker ended itself);
 //   - *SchemeError: the server at the broker URL speaks another protocol
 //     than its scheme says (plain HTTP at an https:// URL, TLS at an
 //     http:// one).

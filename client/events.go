@@ -112,7 +112,8 @@ func OnOpen(fn func()) EventsOption {
 // Events streams the broker's events to fn until ctx ends (it returns
 // ctx's error), fn returns an error (which Events then returns), or the
 // stream ends: the connection drops, or the broker stops or restarts, for
-// which it returns an error that Temporary reports. An answer that is no
+// which it returns an error that Temporary reports (ErrStreamEnded, when
+// the broker ended it). An answer that is no
 // event stream (200 with another Content-Type than text/event-stream: a
 // page of another server, a proxy's login page) is refused at once with a
 // *NotStreamError, which Temporary does not report.
@@ -213,5 +214,11 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	}
 	// The broker ended the stream (it is stopping): not a success, and
 	// worth a new one once it is back.
-	return fmt.Errorf("client: event stream: the broker ended it: %w", io.EOF)
+	return fmt.Errorf("%w: %w", ErrStreamEnded, io.EOF)
 }
+
+// ErrStreamEnded is in the error of Events when the broker ended the
+// stream itself, as it does when it stops or restarts and when the
+// stream's token was revoked or ran out (the next try says which). It
+// wraps io.EOF too, and Temporary reports it.
+var ErrStreamEnded = errors.New("client: event stream: the broker ended it")

@@ -76,7 +76,7 @@ func TestEvents_SilentConnection(t *testing.T) {
 
 	got = 0
 	err = c.Events(context.Background(), count, ForPackage("0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"))
-	if got != 1 || !errors.Is(err, io.EOF) || strings.Contains(err.Error(), "keep-alive") {
+	if got != 1 || !errors.Is(err, io.EOF) || !errors.Is(err, ErrStreamEnded) || strings.Contains(err.Error(), "keep-alive") {
 		t.Errorf("a stream kept alive, then ended by the broker: %d event(s), %v; want 1 event and the broker's end", got, err)
 	}
 }

@@ -227,7 +227,7 @@ func dropped(err error) string {
 // endedByBroker says whether the broker ended the stream itself, as it does
 // when it stops and when the stream's token was revoked or ran out.
 func endedByBroker(err error) bool {
-	return strings.Contains(err.Error(), "the broker ended it")
+	return errors.Is(err, client.ErrStreamEnded)
 }
 
 // noteHeld says a held note on a dropped stream, once.
