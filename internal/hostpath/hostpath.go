@@ -115,13 +115,6 @@ func (s *Storage) Close() error {
 	return s.root.Close()
 }
 
-// logFor is the log of the command ctx is a handler's context of, whose
-// lines carry its command_id, resource, action and attempt as the agent's
-// own do; else (an action called outside an agent) the storage's.
-func (s *Storage) logFor(ctx context.Context) *slog.Logger {
-	return agent.LoggerOr(ctx, s.log)
-}
-
 // Dir is the root directory's absolute path.
 func (s *Storage) Dir() string { return s.dir }
 
@@ -421,7 +414,7 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.logFor(ctx).Info("image created", "path", rel, "format", format, "size", size)
+	agent.LoggerOr(ctx, s.log).Info("image created", "path", rel, "format", format, "size", size)
 	return s.output(rel, true).withImage(imageInfo{format: format, size: size}), nil
 }
 
@@ -734,7 +727,7 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, describe(rel, err)
 	}
-	s.logFor(ctx).Info("image deleted", "path", rel)
+	agent.LoggerOr(ctx, s.log).Info("image deleted", "path", rel)
 	return s.output(rel, true), nil
 }
 
@@ -798,7 +791,7 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.logFor(ctx).Info("image resized", "path", rel, "size", size, "previous_size", info.size)
+	agent.LoggerOr(ctx, s.log).Info("image resized", "path", rel, "size", size, "previous_size", info.size)
 	return out.withImage(imageInfo{format: info.format, size: size}), nil
 }
 
@@ -872,7 +865,7 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.logFor(ctx).Info("image moved", "path", src, "target", dst)
+	agent.LoggerOr(ctx, s.log).Info("image moved", "path", src, "target", dst)
 	return s.output(dst, true).withImage(srcInfo), nil
 }
 
@@ -909,7 +902,7 @@ func (s *Storage) finishMove(ctx context.Context, src, dst string, srcInfo, dstI
 	if err := s.root.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, describe(src, err)
 	}
-	s.logFor(ctx).Info("image moved: an interrupted move finished, its copy found whole in the target", "path", src, "target", dst)
+	agent.LoggerOr(ctx, s.log).Info("image moved: an interrupted move finished, its copy found whole in the target", "path", src, "target", dst)
 	return s.output(dst, true).withImage(dstInfo), nil
 }
 
@@ -951,7 +944,7 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 	if err := s.copyFile(ctx, src, dst); err != nil {
 		return nil, err
 	}
-	s.logFor(ctx).Info("image copied", "path", src, "target", dst)
+	agent.LoggerOr(ctx, s.log).Info("image copied", "path", src, "target", dst)
 	return s.output(dst, true).withImage(srcInfo), nil
 }
 
