@@ -137,7 +137,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		if spinbroker.ErrorCode(err) != spinbroker.EUNAVAILABLE {
-			err = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
+			err = errNoAnswer
 		}
 		// The database cannot be asked about a token now: it just failed.
 		if !s.trusted(ctx, r, false) {
@@ -164,6 +164,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, spinbroker.Health{Status: "ok"})
 }
 
+// errNoAnswer is /healthz's 503 when the database does not answer a read
+// and the error says no more, or says it to no one but the broker's own.
+var errNoAnswer = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
+
 // withheldCause answers a 503 of /healthz to a request without a token
 // that works: the client is told only that the database does not answer,
 // while the log (which takes Error's text) keeps the cause.
@@ -176,7 +180,7 @@ func (e withheldCause) Unwrap() error { return e.err }
 // is never found.
 func (e withheldCause) As(target any) bool {
 	if p, ok := target.(**spinbroker.Error); ok {
-		*p = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
+		*p = errNoAnswer
 		return true
 	}
 	return false
