@@ -288,14 +288,7 @@ func TestRun_BatchGracefulStop(t *testing.T) {
 // warning.
 func TestRun_BatchQueueChanged(t *testing.T) {
 	var claims atomic.Int32
-	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.HasSuffix(r.URL.Path, "/claim") {
-				claims.Add(1)
-			}
-			h.ServeHTTP(w, r)
-		})
-	})
+	b := startBroker(t, httpapi.Options{}, counting("/claim", &claims))
 	b.setConcurrency(t, 8)
 	var running highWater
 	var runs atomic.Int32

@@ -49,6 +49,19 @@ func startBroker(t *testing.T, opts httpapi.Options, wrap func(http.Handler) htt
 	return &broker{c: sb.Client, url: sb.URL, db: sb.DB}
 }
 
+// counting counts in n the requests whose path ends in suffix
+// ("/heartbeat", "/claim"), for startBroker's wrap.
+func counting(suffix string, n *atomic.Int32) func(http.Handler) http.Handler {
+	return func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, suffix) {
+				n.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+}
+
 // startAuthBroker is startBroker with opts.Auth on: the broker's own client
 // holds an admin token (b.admin), and the one returned an agent token of resource
 // "test" named name, with its id.
@@ -299,14 +312,7 @@ func TestRun_ErrorsAndPanics(t *testing.T) {
 // A handler that runs longer than its lease keeps it with heartbeats.
 func TestRun_Heartbeats(t *testing.T) {
 	var beats atomic.Int32
-	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.HasSuffix(r.URL.Path, "/heartbeat") {
-				beats.Add(1)
-			}
-			h.ServeHTTP(w, r)
-		})
-	})
+	b := startBroker(t, httpapi.Options{}, counting("/heartbeat", &beats))
 	slow := agent.Handle("slow", func(ctx context.Context, p struct{}) (any, error) {
 		select {
 		case <-time.After(2500 * time.Millisecond):
