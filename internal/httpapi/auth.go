@@ -64,6 +64,12 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				s.unauthorized(w, r, err)
 				return
 			}
+			// The token could not be checked: the caller is nobody yet,
+			// and the cause (the database file's path, SQLite's words)
+			// is for the log, as /healthz keeps it.
+			if spinbroker.ErrorCode(err) == spinbroker.EUNAVAILABLE {
+				err = withheldCause{err}
+			}
 			s.writeError(w, r, err)
 			return
 		}

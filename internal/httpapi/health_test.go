@@ -1,6 +1,9 @@
 package httpapi_test
 
 import (
+	"context"
+	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +13,7 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
 	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
@@ -138,5 +142,41 @@ func TestHealth_CauseWithoutAuth(t *testing.T) {
 	e.want(r, 503, spinbroker.EUNAVAILABLE)
 	if !strings.Contains(string(r.body), "shutting down") {
 		t.Errorf("/healthz without auth, database closed: %s, want the cause", r.body)
+	}
+}
+
+// failingTokens is the store with a database that fails as tokens are
+// checked, as a disk that returns I/O errors does; everything else works.
+type failingTokens struct {
+	*store.DB
+	err error
+}
+
+func (f *failingTokens) Authenticate(context.Context, string) (*spinbroker.Token, error) {
+	return nil, f.err
+}
+
+// TestAuth_UncheckedTokenGetsNoCause: with auth on, a request whose token
+// cannot be checked (the database fails) is answered 503 with Retry-After,
+// as any request is while the database fails; but its sender is nobody
+// yet, and is not told the cause (the database file's path, SQLite's
+// words), which the log keeps, as /healthz does for a request without a
+// token that works.
+func TestAuth_UncheckedTokenGetsNoCause(t *testing.T) {
+	const cause = "reading /var/lib/spinbroker/broker.db: disk I/O error (10)"
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	var log syncbuf.Buffer
+	api := httpapi.New(&failingTokens{DB: db, err: spinbroker.Errorf(spinbroker.EUNAVAILABLE, cause)},
+		slog.New(slog.NewJSONHandler(&log, nil)), httpapi.Options{Auth: true, Now: time.Now})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	e := &env{t: t, db: db, api: api, srv: srv, token: "sbt_whatever-it-is"}
+	r := e.do("GET", "/queues", "")
+	e.want(r, 503, spinbroker.EUNAVAILABLE)
+	if strings.Contains(string(r.body), "disk I/O") || r.header.Get("Retry-After") == "" {
+		t.Errorf("%s (Retry-After %q), want a generic message", r.body, r.header.Get("Retry-After"))
+	}
+	if !strings.Contains(log.String(), "disk I/O error") {
+		t.Errorf("the log does not keep the cause:\n%s", log.String())
 	}
 }

@@ -168,9 +168,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 // and the error says no more, or says it to no one but the broker's own.
 var errNoAnswer = errorf(spinbroker.EUNAVAILABLE, "the database does not answer")
 
-// withheldCause answers a 503 of /healthz to a request without a token
-// that works: the client is told only that the database does not answer,
-// while the log (which takes Error's text) keeps the cause.
+// withheldCause answers a 503 to a request without a token that works (of
+// /healthz, or of any path when its token could not be checked): the client
+// is told only that the database does not answer, while the log (which
+// takes Error's text) keeps the cause.
 type withheldCause struct{ err error }
 
 func (e withheldCause) Error() string { return e.err.Error() }
