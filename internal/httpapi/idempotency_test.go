@@ -103,3 +103,28 @@ func TestAPI_IdempotencyScopeIgnoresIDCase(t *testing.T) {
 }
 
 func hexOf(c byte) string { return strconv.FormatInt(int64(c), 16) }
+
+// TestAPI_IdempotencyConflictSaysWhatToDo: a retry whose body was encoded
+// again (other whitespace, other field order) is refused 409, and the
+// answer said only that the key "was used with a different request": the
+// client learnt neither that the bytes must be the same nor that a new
+// request takes a new key. It says both now, for a package's create and a
+// command's.
+func TestAPI_IdempotencyConflictSaysWhatToDo(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.want(e.do("POST", "/packages", `{"commands": [{"resource": "r", "action": "x"}]}`, "Idempotency-Key", "k"), 201, "")
+	staging := e.createPackage(`[]`, false)
+	path := "/packages/" + staging.ID + "/commands"
+	e.want(e.do("POST", path, `{"resource": "r", "action": "x"}`, "Idempotency-Key", "k"), 201, "")
+	for _, r := range []response{
+		e.do("POST", "/packages", `{"commands":[{"resource":"r","action":"x"}]}`, "Idempotency-Key", "k"),
+		e.do("POST", path, `{"action": "x", "resource": "r"}`, "Idempotency-Key", "k"),
+	} {
+		e.want(r, 409, spinbroker.ECONFLICT)
+		for _, want := range []string{`Idempotency-Key \"k\"`, "different body", "byte for byte", "new key", "24 hours"} {
+			if !strings.Contains(string(r.body), want) {
+				t.Errorf("the conflict does not say %q: %s", want, r.body)
+			}
+		}
+	}
+}

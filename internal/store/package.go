@@ -808,7 +808,10 @@ func (t *Tx) idempotent(idem *spinbroker.Idempotency) (replay []byte, reused, er
 		return nil, nil, err
 	}
 	if !bytes.Equal(hash, idem.Hash) {
-		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different request", spinbroker.Truncate(idem.Key, 80)), nil
+		// Most often a retry that encoded its body again: say that the
+		// bytes must be the same, and what a new request needs instead.
+		return nil, spinbroker.Errorf(spinbroker.ECONFLICT, "Idempotency-Key %q was used with a different body in the last %d hours: a retry must resend the first request's body byte for byte; a new request needs a new key",
+			spinbroker.Truncate(idem.Key, 80), int(spinbroker.IdempotencyTTL.Hours())), nil
 	}
 	return body, nil, nil
 }
