@@ -97,6 +97,28 @@ func CheckID(what, s string) (string, error) {
 	return id, nil
 }
 
+// MaxIdempotencyKeyLen is the longest Idempotency-Key the broker takes.
+const MaxIdempotencyKeyLen = 255
+
+// CheckIdempotencyKey answers EINVALID unless k is a usable Idempotency-Key:
+// 1 to 255 printable ASCII characters.
+func CheckIdempotencyKey(k string) error {
+	if k == "" {
+		// Most likely a client's unset variable: read as no key, its
+		// retry would create a second time.
+		return Errorf(EINVALID, "Idempotency-Key is empty: give a key of 1 to %d printable characters, or leave the header out", MaxIdempotencyKeyLen)
+	}
+	if len(k) > MaxIdempotencyKeyLen {
+		return Errorf(EINVALID, "Idempotency-Key is longer than %d characters", MaxIdempotencyKeyLen)
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x20 || k[i] > 0x7e {
+			return Errorf(EINVALID, "Idempotency-Key must be printable ASCII")
+		}
+	}
+	return nil
+}
+
 // CheckKey answers EINVALID unless k is a usable command key: 1 to 128
 // characters, valid UTF-8, no control characters, and not shaped like a UUID
 // (a dependency entry of that shape is always read as an id).

@@ -614,7 +614,7 @@ func TestBrokerDoesNotAnswer(t *testing.T) {
 	t.Cleanup(srv.Close)
 	defer func(d time.Duration) { answerTimeout = d }(answerTimeout)
 	answerTimeout = 300 * time.Millisecond
-	for _, args := range [][]string{{"queue", "ls"}, {"message", "new"}} {
+	for _, args := range [][]string{{"queue", "ls"}, {"message", "new"}, {"message", "new", "--idempotency-key", "k"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		var stdout, stderr bytes.Buffer
 		code := run(ctx, append(args, "--url", srv.URL), nil, &stdout, &stderr)
@@ -628,6 +628,11 @@ func TestBrokerDoesNotAnswer(t *testing.T) {
 		wantContains(t, "stderr", stderr.String(), "the broker did not answer within 300ms")
 		if write := args[0] == "message"; strings.Contains(stderr.String(), "may have been made") != write {
 			t.Errorf("%v: stderr says whether a change may have been made only of a write:\n%s", args, stderr.String())
+		}
+		// A write sent with a key is safe to repeat, and the message says so.
+		if keyed := len(args) > 2; strings.Contains(stderr.String(), "with the same --idempotency-key") != keyed ||
+			strings.Contains(stderr.String(), "look before you repeat it") == keyed && args[0] == "message" {
+			t.Errorf("%v: stderr says to repeat with the key only when one was sent:\n%s", args, stderr.String())
 		}
 		if stdout.Len() != 0 {
 			t.Errorf("%v: stdout = %q, want nothing", args, stdout.String())

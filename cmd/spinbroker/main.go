@@ -77,6 +77,9 @@ type app struct {
 	stdout io.Writer
 	stderr io.Writer
 	dialed bool // a command set out to ask the broker (dial)
+	// idempotent: the command sends an Idempotency-Key, so a write that got
+	// no answer is safe to repeat as it was.
+	idempotent bool
 }
 
 // exitError ends the program with a given exit code, after printing its
@@ -116,9 +119,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		ee = interrupted(ctx)
 		msg := ee.msg
 		if writeSent(err) {
-			msg += " while the broker had the request: the change may have been made all the same; look before you repeat it"
+			msg += " while the broker had the request: the change may have been made all the same; " + lookBeforeRepeat
 		}
-		fmt.Fprintln(stderr, "spinbroker:", msg)
+		fmt.Fprintln(stderr, "spinbroker:", a.repeatHint(msg))
 		return ee.code
 	}
 	var ue *usageError
@@ -126,11 +129,27 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "spinbroker: %v\nRun '%s --help' for usage.\n", ue.err, ue.cmd)
 		return 2
 	}
-	fmt.Fprintln(stderr, "spinbroker:", describeWithToken(err, a.tokenFrom(root)))
+	fmt.Fprintln(stderr, "spinbroker:", a.repeatHint(describeWithToken(err, a.tokenFrom(root))))
 	if a.dialed {
 		return exitCodeOf(err)
 	}
 	return 1
+}
+
+// lookBeforeRepeat ends the message of a write that got no answer; with an
+// Idempotency-Key, repeatWithKey takes its place.
+const (
+	lookBeforeRepeat = "look before you repeat it"
+	repeatWithKey    = "run the same command again, with the same --idempotency-key: the broker makes it once"
+)
+
+// repeatHint is msg, told that a write sent with an Idempotency-Key may
+// simply be repeated.
+func (a *app) repeatHint(msg string) string {
+	if !a.idempotent {
+		return msg
+	}
+	return strings.Replace(msg, lookBeforeRepeat, repeatWithKey, 1)
 }
 
 // exitTryAgain is the exit status of a client command that could not ask
@@ -305,7 +324,7 @@ func describeWithToken(err error, tokenFrom string) string {
 	if ue, ok := noAnswer(err); ok {
 		msg := fmt.Sprintf("the broker did not answer within %s: %v; it may be stopped or stuck (its log, and /healthz, say which)", answerTimeout, err)
 		if isWrite(ue) {
-			msg += "; the change may have been made all the same: look before you repeat it"
+			msg += "; the change may have been made all the same: " + lookBeforeRepeat
 		}
 		return msg
 	}

@@ -81,19 +81,27 @@ func flagOrEnv(c *cobra.Command, flag, env string) string {
 }
 
 func (a *app) messageNewCommand() *cobra.Command {
-	return &cobra.Command{
+	var idem string
+	cmd := &cobra.Command{
 		Use:   "new",
 		Short: "Create a package in staging and print its id",
 		Long: `new creates an empty package in staging and prints only its id, so that a
-script can keep it in a variable. With -o json it prints the package.`,
-		Example: `  PKG=$(spinbroker message new)`,
-		Args:    args(0, "no arguments"),
+script can keep it in a variable. With -o json it prints the package.
+
+` + idempotencyHelp,
+		Example: `  PKG=$(spinbroker message new)
+  PKG=$(spinbroker message new --idempotency-key "build-$BUILD_ID")`,
+		Args: args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts, err := a.idempotencyKey(cmd, idem)
+			if err != nil {
+				return err
+			}
 			cl, err := a.dial(cmd)
 			if err != nil {
 				return err
 			}
-			p, err := cl.CreatePackage(cmd.Context(), spinbroker.NewPackage{})
+			p, err := cl.CreatePackage(cmd.Context(), spinbroker.NewPackage{}, opts...)
 			if err != nil {
 				return err
 			}
@@ -104,6 +112,34 @@ script can keep it in a variable. With -o json it prints the package.`,
 			return err
 		},
 	}
+	idempotencyFlag(cmd, &idem)
+	return cmd
+}
+
+// idempotencyHelp is the --help of --idempotency-key, for the commands that
+// create.
+const idempotencyHelp = `--idempotency-key makes the command safe to run again: a script that got
+exit 4 (no answer: the change may have been made) runs the same command line
+again, and for 24 hours the broker answers with what it made the first time
+rather than make it twice. The rest of the command line (and the token) must
+be the same: the same key with other arguments is refused (exit 1).`
+
+// idempotencyFlag gives a creating command --idempotency-key.
+func idempotencyFlag(cmd *cobra.Command, key *string) {
+	cmd.Flags().StringVar(key, "idempotency-key", "", "send this Idempotency-Key (1 to 255 printable ASCII characters), so that running the same command again creates once")
+}
+
+// idempotencyKey checks --idempotency-key, and returns what sends it; it
+// also tells the error of a request that got no answer what to do.
+func (a *app) idempotencyKey(cmd *cobra.Command, key string) ([]client.CallOption, error) {
+	if !cmd.Flags().Changed("idempotency-key") {
+		return nil, nil
+	}
+	if err := spinbroker.CheckIdempotencyKey(key); err != nil {
+		return nil, usagef(cmd, "--idempotency-key: %s", spinbroker.ErrorMessage(err))
+	}
+	a.idempotent = true
+	return []client.CallOption{client.IdempotencyKey(key)}, nil
 }
 
 func (a *app) messageAddCommand() *cobra.Command {
@@ -113,6 +149,7 @@ func (a *app) messageAddCommand() *cobra.Command {
 		maxAttempts int
 		lease       time.Duration
 		notBefore   string
+		idem        string
 	)
 	cmd := &cobra.Command{
 		Use:               "add PKG RESOURCE ACTION [key=value ...]",
@@ -130,7 +167,9 @@ A JSON object of parameters given whole is refused: give each as key=value.
 
 --dep names a command that must succeed before this one runs: a command id
 (of any package) or the --key of a command added earlier to this package.
-Repeat it for several.`,
+Repeat it for several.
+
+` + idempotencyHelp,
 		Example: `  PKG=$(spinbroker message new)
   spinbroker message add "$PKG" storage add_volume path=vm1 --key vol
   IMG=$(spinbroker message add "$PKG" storage create_image volume_path=vm1 \
@@ -189,11 +228,15 @@ Repeat it for several.`,
 				}
 				in.NotBefore = &t
 			}
+			opts, err := a.idempotencyKey(cmd, idem)
+			if err != nil {
+				return err
+			}
 			cl, err := a.dial(cmd)
 			if err != nil {
 				return err
 			}
-			c, err := cl.AddCommand(cmd.Context(), args[0], in)
+			c, err := cl.AddCommand(cmd.Context(), args[0], in, opts...)
 			if err != nil {
 				return whatIsIt(cmd.Context(), cl, "package", args[0], err)
 			}
@@ -210,6 +253,7 @@ Repeat it for several.`,
 	f.IntVar(&maxAttempts, "max-attempts", spinbroker.DefaultMaxAttempts, "times the command may be delivered")
 	f.DurationVar(&lease, "lease-duration", 0, "how long an agent holds the command between heartbeats, 1s to 24h (default: the broker's 60s)")
 	f.StringVar(&notBefore, "not-before", "", "do not deliver the command before this RFC 3339 time")
+	idempotencyFlag(cmd, &idem)
 	return cmd
 }
 

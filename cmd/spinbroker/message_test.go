@@ -513,3 +513,41 @@ func TestStatusWait_BrokerRestarts(t *testing.T) {
 		t.Errorf("a broker that answered earlier in the wait is asked about as if never reached:\n%s", r)
 	}
 }
+
+// TestMessage_IdempotencyKey: with --idempotency-key, 'message new' and
+// 'message add' run twice make one package and one command (a script that
+// got exit 4 repeats the command line as it was); other arguments with the
+// same key are refused; a key the broker would refuse is a usage error.
+func TestMessage_IdempotencyKey(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	pkg := b.id("message", "new", "--idempotency-key", "build-42")
+	if again := b.id("message", "new", "--idempotency-key", "build-42"); again != pkg {
+		t.Errorf("message new again with the same key: %s, want %s", again, pkg)
+	}
+	if other := b.id("message", "new", "--idempotency-key", "build-43"); other == pkg {
+		t.Errorf("another key made no new package: %s", other)
+	}
+	add := []string{"message", "add", pkg, "storage", "add_volume", "path=vm1", "--idempotency-key", "vol-1"}
+	cmd := b.id(add...)
+	if again := b.id(add...); again != cmd {
+		t.Errorf("message add again with the same key: %s, want %s", again, cmd)
+	}
+	p, err := b.cl.Package(context.Background(), pkg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Commands) != 1 {
+		t.Errorf("the package has %d commands, want 1", len(p.Commands))
+	}
+	r := b.spin("message", "add", pkg, "storage", "add_volume", "path=vm2", "--idempotency-key", "vol-1")
+	if r.code != 1 || !strings.Contains(r.stderr, "byte for byte") {
+		t.Errorf("other arguments with the same key: %s, want exit 1 and the broker's 409", r)
+	}
+	for _, key := range []string{"", "tab\there", "é", strings.Repeat("k", 256)} {
+		r := b.spin("message", "new", "--idempotency-key", key)
+		if r.code != 2 || !strings.Contains(r.stderr, "--idempotency-key: Idempotency-Key") {
+			t.Errorf("--idempotency-key %q: %s, want exit 2 and why", key, r)
+		}
+	}
+}

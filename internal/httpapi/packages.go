@@ -86,18 +86,8 @@ func (s *Server) idempotency(r *http.Request, path string, body []byte) (*spinbr
 		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is given %d times; give it once", len(keys))
 	}
 	key := keys[0] // Go's server has trimmed the spaces around it (RFC 9110, 5.5)
-	if key == "" {
-		// Most likely a client's unset variable: read as no key, its
-		// retry would create a second time.
-		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is empty: give a key of 1 to 255 printable characters, or leave the header out")
-	}
-	if len(key) > 255 {
-		return nil, errorf(spinbroker.EINVALID, "Idempotency-Key is longer than 255 characters")
-	}
-	for i := 0; i < len(key); i++ {
-		if key[i] < 0x20 || key[i] > 0x7e {
-			return nil, errorf(spinbroker.EINVALID, "Idempotency-Key must be printable ASCII")
-		}
+	if err := spinbroker.CheckIdempotencyKey(key); err != nil {
+		return nil, err
 	}
 	scope := r.Method + " " + path
 	if s.opts.Auth {
