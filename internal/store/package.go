@@ -664,10 +664,33 @@ func (db *DB) DeletePackage(ctx context.Context, pkgID string) error {
 	})
 }
 
+// qHoldDeleted names, on the commands of other packages that a cascade had
+// cancelled already and that also wait on a command of package ?1 that did
+// not succeed, that command (the first such dependency they list) as their
+// cause: deleted, it can never succeed, so a retry of the dependency that
+// cancelled them must leave them cancelled, as the retry of one the deletion
+// cancelled is refused. Without this a retry counted only the dependencies
+// still stored and ran them. Those cancelled by a command of ?1 name it
+// already.
+const qHoldDeleted = `UPDATE commands SET cancelled_by = e.dep, reason = 'dependency ' || e.dep || ' deleted'
+	FROM (SELECT d.command_id AS id, d.depends_on AS dep, min(d.rowid)
+		FROM commands x JOIN command_deps d ON d.depends_on = x.id
+		WHERE x.package_id = ?1 AND x.state <> 'succeeded'
+		GROUP BY d.command_id) AS e
+	WHERE commands.id = e.id AND commands.package_id <> ?1
+	  AND commands.state = 'cancelled' AND commands.cancelled_by IS NOT NULL
+	  AND commands.cancelled_by NOT IN (SELECT id FROM commands WHERE package_id = ?1)
+	RETURNING commands.package_id`
+
 func (t *Tx) deletePackage(pkgID string) error {
 	if err := t.cascadePackage(pkgID, "deleted", true); err != nil {
 		return err
 	}
+	held, err := queryStrings(t, qHoldDeleted, pkgID)
+	if err != nil {
+		return err
+	}
+	t.commit.Packages = append(t.commit.Packages, held...) // their reason changed
 	if _, err := t.exec(`DELETE FROM packages WHERE id = ?`, pkgID); err != nil {
 		return err
 	}

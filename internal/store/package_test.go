@@ -509,6 +509,67 @@ func TestDB_DeletePackage(t *testing.T) {
 	wantCode(t, db.DeletePackage(ctx, running.ID), spinbroker.ENOTFOUND)
 }
 
+// TestDB_DeletePackage_DependentCancelledBefore: a command already
+// cancelled by another dependency's failure when a package it also waits
+// on is deleted, that command not having succeeded, is never run by a
+// retry of that other dependency: what it waited for is gone, as for one
+// the deletion cancels itself (README, API notes). It used to come back
+// blocked with the deleted dependency no longer counted, and ran.
+func TestDB_DeletePackage_DependentCancelledBefore(t *testing.T) {
+	db, _ := open(t)
+	once := cmd("r", "a")
+	once.MaxAttempts = ptr(1)
+	a := enqueue(t, db, once).Commands[0]
+	staged, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{cmd("z", "never-run")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := staged.Commands[0].ID
+	b := enqueue(t, db, cmd("s", "needs-a-and-z", a.ID, z)).Commands[0]
+	c := enqueue(t, db, cmd("u", "needs-b", b.ID)).Commands[0]
+	finish(t, db, mustNext(t, db, "r"), false, "broken")
+	wantState(t, db, b.ID, spinbroker.Cancelled)
+
+	if err := db.DeletePackage(ctx, staged.ID); err != nil {
+		t.Fatal(err)
+	}
+	got := wantState(t, db, b.ID, spinbroker.Cancelled)
+	if deref(got.Reason) != "dependency "+z+" deleted" {
+		t.Fatalf("reason %s, want the deleted dependency named", deref(got.Reason))
+	}
+	if _, err := db.Retry(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, db, b.ID, spinbroker.Cancelled)
+	wantState(t, db, c.ID, spinbroker.Cancelled)
+	succeed(t, db, mustNext(t, db, "r"))
+	noNext(t, db, "s")
+	_, err = db.Retry(ctx, b.ID)
+	wantCode(t, err, spinbroker.ECONFLICT)
+	if !strings.Contains(spinbroker.ErrorMessage(err), "deleted") {
+		t.Fatalf("refusal %q does not say its dependency was deleted", spinbroker.ErrorMessage(err))
+	}
+
+	// A dependency that succeeded before its package was deleted holds
+	// no one back: the retry of the other one runs the dependent.
+	a2 := enqueue(t, db, once).Commands[0]
+	done := enqueue(t, db, cmd("y", "done")).Commands[0]
+	succeed(t, db, mustNext(t, db, "y"))
+	d := enqueue(t, db, cmd("s", "needs-a2-and-done", a2.ID, done.ID)).Commands[0]
+	finish(t, db, mustNext(t, db, "r"), false, "broken")
+	if err := db.DeletePackage(ctx, done.PackageID); err != nil {
+		t.Fatal(err)
+	}
+	got = wantState(t, db, d.ID, spinbroker.Cancelled)
+	if deref(got.Reason) != "dependency "+a2.ID+" failed" {
+		t.Fatalf("reason %s, want the failed dependency still named", deref(got.Reason))
+	}
+	if _, err := db.Retry(ctx, a2.ID); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, db, d.ID, spinbroker.Blocked)
+}
+
 func TestDB_Packages(t *testing.T) {
 	db, clock := open(t)
 	var ids []string
