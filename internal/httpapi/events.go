@@ -23,6 +23,9 @@ type event struct {
 type subscriber struct {
 	ch  chan event
 	pkg string // only this package's events, when set
+	// lost is set when an event found ch full: the stream sends "resync"
+	// once it has written what ch holds.
+	lost atomic.Bool
 }
 
 // hub turns the store's commits into events for /events. Command
@@ -86,8 +89,12 @@ func (h *hub) unsubscribe(s *subscriber) {
 	}
 }
 
-// broadcast sends an event to every subscriber that wants it. A subscriber
-// too slow to keep up is dropped; its browser reconnects and reloads.
+// broadcast sends an event to every subscriber that wants it. One whose
+// buffer is full misses it and is told to reload ("resync") once it has
+// caught up: a single commit can hold more transitions than the buffer (a
+// failure cancelling thousands of dependents), faster than any stream
+// drains, and dropping the subscriber ended every stream without a word.
+// A stream that stopped being read ends with its write's deadline.
 func (h *hub) broadcast(typ, pkg string, v any) {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -105,12 +112,13 @@ func (h *hub) broadcast(typ, pkg string, v any) {
 		select {
 		case s.ch <- ev:
 		default:
-			delete(h.subs, s)
-			close(s.ch)
-			h.nsubs.Add(-1)
+			s.lost.Store(true)
 		}
 	}
 }
+
+// resyncEvent tells a stream that events were dropped.
+var resyncEvent = []byte("event: resync\ndata: {\"reason\":\"events were dropped; reload\"}\n\n")
 
 func (h *hub) run() {
 	ticker := time.NewTicker(flushEvery)
@@ -313,6 +321,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 					}
 				default:
 					more = false
+				}
+			}
+			if sub.lost.Swap(false) {
+				if _, err := w.Write(resyncEvent); err != nil {
+					return
 				}
 			}
 		case <-ping.C:

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -105,4 +106,71 @@ func TestEvents_ResyncReachesFilteredStreams(t *testing.T) {
 		}
 	}
 	t.Fatalf("no resync on a stream of one package: %v", sc.Err())
+}
+
+// TestEvents_CascadeKeepsStreamsOpen: one commit with more transitions
+// than a stream's buffer (a failure cancelling 2,000 dependents) reaches a
+// stream that reads as fast as it can either whole or with a "resync",
+// and the stream stays open. It used to be cut without a word: every
+// follower (the dashboard, `spinbroker events`) saw its stream end and
+// the cascade's events lost, with no resync to say so.
+func TestEvents_CascadeKeepsStreamsOpen(t *testing.T) {
+	_, srv, db := newTestServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	once := 1
+	a, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Resource: "seed", Action: "a", MaxAttempts: &once}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := a.Commands[0].ID
+	const n = 2000
+	cmds := make([]spinbroker.NewCommand, n)
+	for i := range cmds {
+		cmds[i] = spinbroker.NewCommand{Resource: "after", Action: "b", Dependencies: []string{seed}}
+	}
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: cmds}, nil); err != nil {
+		t.Fatal(err)
+	}
+	leased, _, err := db.Next(ctx, "seed", 0)
+	if err != nil || leased == nil {
+		t.Fatal(leased, err)
+	}
+
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() && sc.Text() != ": connected" {
+	}
+	no := false
+	if _, err := db.Complete(ctx, seed, spinbroker.Result{Status: &no, Lease: leased.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	commands, resync := 0, false
+	for commands < n+1 && !resync && sc.Scan() {
+		switch sc.Text() {
+		case "event: command":
+			commands++
+		case "event: resync":
+			resync = true
+		}
+	}
+	if commands < n+1 && !resync {
+		t.Fatalf("the stream ended (%v) after %d of %d command events, without a resync", sc.Err(), commands, n+1)
+	}
+	// Still open: a later change arrives.
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "later", Action: "c"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), `"resource":"later"`) {
+			return
+		}
+	}
+	t.Fatalf("the stream ended (%v) before a later change came", sc.Err())
 }
