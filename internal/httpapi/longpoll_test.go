@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,5 +358,69 @@ func TestAskOf(t *testing.T) {
 	}
 	if !strings.HasPrefix(q.By, "sa-host-path/1<script>xxx") || len(q.By) > 80+len("…") || strings.ContainsAny(q.By, "\x00\n") {
 		t.Errorf("the program: %q", q.By)
+	}
+}
+
+// countingNexts is the store, counting the calls of Next: each is a write
+// transaction.
+type countingNexts struct {
+	*store.DB
+	n atomic.Int64
+}
+
+func (c *countingNexts) Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error) {
+	c.n.Add(1)
+	return c.DB.Next(ctx, resource, lease)
+}
+
+// TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin: a long-poll on a full
+// queue whose head's retry back-off has ended waits for the slot to free
+// (a completion wakes it), rather than asking the database again every
+// millisecond until then.
+func TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	st := &countingNexts{DB: db}
+	s := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		s.Shutdown()
+		srv.Close()
+	})
+	ctx := context.Background()
+	// x waits on d (another queue) while a, behind it, fails and backs
+	// off for 1s; then d succeeds and x takes the queue's one slot.
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Key: "d", Resource: "dep", Action: "d"}, {Resource: "spin", Action: "x", Dependencies: []string{"d"}}, {Resource: "spin", Action: "a"},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	no, yes := false, true
+	a, _, err := db.Next(ctx, "spin", 0)
+	if err != nil || a == nil || a.Action != "a" {
+		t.Fatalf("next: %v %v", a, err)
+	}
+	if _, err := db.Complete(ctx, a.ID, spinbroker.Result{Status: &no, Retry: true, Lease: a.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	d, _, err := db.Next(ctx, "dep", 0)
+	if err != nil || d == nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Complete(ctx, d.ID, spinbroker.Result{Status: &yes, Lease: d.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	x, _, err := db.Next(ctx, "spin", 0)
+	if err != nil || x == nil || x.ID != p.Commands[1].ID {
+		t.Fatalf("next: %v %v", x, err)
+	}
+	before := st.n.Load()
+	// The poll outlasts a's back-off by 2s, x still leased all along.
+	r := <-poll(ctx, t, "POST", srv.URL+"/queues/spin/next?wait=3s", "")
+	if r.status != 204 {
+		t.Fatalf("got %d %s, want 204: x holds the queue's one slot", r.status, r.body)
+	}
+	if n := st.n.Load() - before; n > 20 {
+		t.Fatalf("one long-poll of 3s asked the database %d times: it spun once a's back-off had ended", n)
 	}
 }

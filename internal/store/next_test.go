@@ -126,6 +126,43 @@ func TestDB_Next(t *testing.T) {
 		}
 	})
 
+	// EndedBackoffIsNoWake: a full queue whose head's back-off has ended
+	// waits for a slot, which only a write (a completion) or a lease
+	// running out frees. The end of that back-off, now past, is no time
+	// to wake at: a long-poll told to would ask again every millisecond,
+	// a write transaction each time, until the slot frees.
+	t.Run("EndedBackoffIsNoWake", func(t *testing.T) {
+		db, clock := open(t)
+		// x waits on d (another queue) and so is blocked while a, behind
+		// it, runs, fails and backs off; then d succeeds and x, ahead of
+		// a, takes the queue's one slot.
+		enqueue(t, db, keyed("d", "other", "d"), keyed("x", "r", "x", "d"), keyed("a", "r", "a"))
+		a := mustNext(t, db, "r")
+		if a.Action != "a" {
+			t.Fatalf("got %s, want a (x is blocked)", a.Action)
+		}
+		if _, err := db.Complete(ctx, a.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: a.Lease.Token}); err != nil {
+			t.Fatal(err)
+		}
+		succeed(t, db, mustNext(t, db, "other"))
+		x := mustNext(t, db, "r")
+		if x.Action != "x" {
+			t.Fatalf("got %s, want x back at its place ahead of a", x.Action)
+		}
+		clock.Add(2 * time.Second) // a's back-off (1s) has ended
+		wake := noNext(t, db, "r")
+		if !wake.IsZero() && !wake.After(clock.Now()) {
+			t.Fatalf("wake %v is not after now %v: a long-poll would ask again at once, in a loop", wake, clock.Now())
+		}
+		if !wake.Equal(x.Lease.ExpiresAt) {
+			t.Fatalf("wake %v, want the end of x's lease %v", wake, x.Lease.ExpiresAt)
+		}
+		succeed(t, db, x)
+		if again := mustNext(t, db, "r"); again.ID != a.ID {
+			t.Fatalf("got %s, want a once x is done", again.Action)
+		}
+	})
+
 	t.Run("LeaseExpiry", func(t *testing.T) {
 		db, clock := open(t)
 		p := enqueue(t, db, keyed("a", "r", "slow"), keyed("b", "s", "after", "a"))

@@ -309,14 +309,20 @@ func (s bySeq) Swap(i, j int) {
 
 // wakeAt is the earliest time a queue may have something to deliver without
 // another write: a lease expiring, a delay or the head's back-off ending.
+// Only times still to come count. The claim settled the leases and delays
+// that are due; a back-off that has ended while the queue is full waits
+// for a slot, which a commit (that wakes the long-polls) or a lease
+// running out frees: waking at that past time would have a long-poll ask
+// again every millisecond, a write transaction each, until then.
 func (t *Tx) wakeAt(resource string) (time.Time, error) {
 	var best int64
+	now := nanos(t.now)
 	for _, q := range []string{qWakeLease, qWakeDelay, qWakeBackoff} {
 		var v sql.NullInt64
 		if err := t.queryRow(q, resource).Scan(&v); err != nil && !isNoRows(err) {
 			return time.Time{}, err
 		}
-		if v.Valid && (best == 0 || v.Int64 < best) {
+		if v.Valid && v.Int64 > now && (best == 0 || v.Int64 < best) {
 			best = v.Int64
 		}
 	}
