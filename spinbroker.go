@@ -122,8 +122,11 @@ func Backoff(attempts int) time.Duration {
 // spin:"nonnull" (a number, true or false, a duration, a time) may be left
 // out but not given as null: in a PATCH, null could as well mean "back to
 // the default" as "leave it", and elsewhere it is most likely a client's
-// unset variable. The agent SDK's spin:"required", on handlers' parameter
-// structs, is a different tag value.
+// unset variable. Its refusal says to leave the field out for its default;
+// with the option "keep" (spin:"nonnull,keep", a PATCH's settings), to
+// leave it out to keep the current value; with "required", nothing, as the
+// field may not be left out. The agent SDK's spin:"required", on handlers'
+// parameter structs, is a different tag, on other structs.
 type NewCommand struct {
 	ID            string          `json:"id,omitempty" spin:"nonempty"`
 	Key           string          `json:"key,omitempty" spin:"nonempty"`
@@ -256,8 +259,8 @@ type QueueList struct {
 
 // QueueSettings is the body of PATCH /queues/{resource}.
 type QueueSettings struct {
-	Concurrency *int  `json:"concurrency,omitempty" spin:"nonnull"`
-	Paused      *bool `json:"paused,omitempty" spin:"nonnull"`
+	Concurrency *int  `json:"concurrency,omitempty" spin:"nonnull,keep"`
+	Paused      *bool `json:"paused,omitempty" spin:"nonnull,keep"`
 }
 
 // Heartbeat is the body of POST /commands/{id}/heartbeat.
@@ -275,7 +278,7 @@ type HeartbeatResult struct {
 // command. Status is a pointer so that a missing status is an error rather
 // than a silent failure.
 type Result struct {
-	Status *bool           `json:"status" spin:"nonnull"`
+	Status *bool           `json:"status" spin:"nonnull,required"`
 	Reason *string         `json:"reason,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
 	Retry  bool            `json:"retry,omitempty" spin:"nonnull"`
@@ -307,7 +310,7 @@ type BatchOutcomes struct {
 
 // Claim is the body of POST /queues/{resource}/claim.
 type Claim struct {
-	Max   int       `json:"max" spin:"nonnull"`
+	Max   int       `json:"max" spin:"nonnull,required"`
 	Wait  *Duration `json:"wait,omitempty" spin:"nonnull"`
 	Lease *Duration `json:"lease,omitempty" spin:"nonnull"`
 }

@@ -45,6 +45,9 @@ type keyField struct {
 	shape    *shape
 	nonempty string // for a field tagged spin:"nonempty", what it must be instead of ""
 	nonnull  string // for a field tagged spin:"nonnull", what it must be instead of null
+	// nullAdvice is what the refusal of its null says to do instead
+	// (nullAdviceOf).
+	nullAdvice string
 }
 
 // find answers the index of the field named exactly key, or -1.
@@ -113,6 +116,7 @@ func buildShape(t reflect.Type, building map[reflect.Type]*shape) *shape {
 			}
 			if f.nonnull {
 				kf.nonnull = jsonTypeName(f.typ.String())
+				kf.nullAdvice = f.nullAdvice
 			}
 			s.fields = append(s.fields, kf)
 		}
@@ -136,12 +140,13 @@ func nonemptyWant(name string) string {
 
 // structField is a JSON field found by structFields.
 type structField struct {
-	name     string
-	tagged   bool
-	index    []int
-	typ      reflect.Type
-	nonempty bool
-	nonnull  bool
+	name       string
+	tagged     bool
+	index      []int
+	typ        reflect.Type
+	nonempty   bool
+	nonnull    bool
+	nullAdvice string
 }
 
 // structFields lists the JSON fields of struct type t by encoding/json's
@@ -193,7 +198,7 @@ func structFields(t reflect.Type) []structField {
 					if name == "" {
 						name = sf.Name
 					}
-					fields = append(fields, structField{name: name, tagged: tagged, index: index, typ: sf.Type, nonempty: hasOption(sf.Tag.Get("spin"), "nonempty"), nonnull: hasOption(sf.Tag.Get("spin"), "nonnull")})
+					fields = append(fields, structField{name: name, tagged: tagged, index: index, typ: sf.Type, nonempty: hasOption(sf.Tag.Get("spin"), "nonempty"), nonnull: hasOption(sf.Tag.Get("spin"), "nonnull"), nullAdvice: nullAdviceOf(sf.Tag.Get("spin"))})
 					if count[f.typ] > 1 {
 						// Two embeddings of one type at this depth: keep a
 						// second copy so that neither dominates.
@@ -253,6 +258,21 @@ func validTag(s string) bool {
 }
 
 // hasOption reports whether a comma-separated tag value holds opt.
+// nullAdviceOf is what the refusal of a null in a field tagged spin:"nonnull"
+// says to do instead, by what leaving the field out does: its default; with
+// the option "keep" (a PATCH's settings) the value it has, not the default,
+// so a client meaning "back to the default" must give it; with "required",
+// nothing, since it cannot be left out.
+func nullAdviceOf(tag string) string {
+	switch {
+	case hasOption(tag, "required"):
+		return ""
+	case hasOption(tag, "keep"):
+		return ": leave it out to keep the queue's current setting"
+	}
+	return ": leave it out for its default"
+}
+
 func hasOption(tag, opt string) bool {
 	for tag != "" {
 		var o string
@@ -270,6 +290,7 @@ type keyError struct {
 	problem keyProblem
 	key     string   // the key as given (unknown, duplicate)
 	hint    string   // unknown: the field it matches but for case; empty: what the field must be
+	advice  string   // null: what to do instead (keyField.nullAdvice)
 	path    []string // "name" or "[i]", innermost first
 }
 
@@ -307,7 +328,7 @@ func (e *keyError) error() error {
 	case nullElement:
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be an object, not null", p.String())
 	case nullValue:
-		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be %s, not null: leave it out for its default", p.String(), e.hint)
+		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be %s, not null%s", p.String(), e.hint, e.advice)
 	default:
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s must be %s, not empty", p.String(), e.hint)
 	}
@@ -414,7 +435,7 @@ func (w *walker) object(s *shape) *keyError {
 			return &keyError{problem: emptyValue, hint: f.nonempty, path: []string{f.name}}
 		}
 		if f.nonnull != "" && bytes.HasPrefix(w.b[w.i:], []byte("null")) {
-			return &keyError{problem: nullValue, hint: f.nonnull, path: []string{f.name}}
+			return &keyError{problem: nullValue, hint: f.nonnull, advice: f.nullAdvice, path: []string{f.name}}
 		}
 		if ke := w.value(f.shape); ke != nil {
 			ke.path = append(ke.path, f.name)

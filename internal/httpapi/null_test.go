@@ -46,3 +46,29 @@ func TestAPI_NullScalar(t *testing.T) {
 	// null for a string, a list or an output still reads as left out.
 	e.want(e.do("POST", "/packages", `{"id": null, "commands": [`+cmd(`"key": null, "dependencies": null`)+`]}`), 201, "")
 }
+
+// TestAPI_NullSaysWhatLeavingItOutDoes: the refusal of a null says what
+// leaving the field out does, and only where that is what the client
+// wants. In a PATCH it keeps the queue's setting (it does not go back to
+// the default: told "leave it out for its default", a client that sends
+// {} changes nothing and thinks it reset the queue); claim's max and a
+// result's status cannot be left out at all.
+func TestAPI_NullSaysWhatLeavingItOutDoes(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	id := "01a21d20-0100-7f01-98ab-0905f8abc16a"
+	for _, tt := range []struct{ method, path, body, want, not string }{
+		{"PATCH", "/queues/q", `{"concurrency": null}`, "leave it out to keep the queue's current setting", "default"},
+		{"PATCH", "/queues/q", `{"paused": null}`, "leave it out to keep the queue's current setting", "default"},
+		{"POST", "/queues/q/claim", `{"max": null}`, "max must be an integer, not null", "leave it out"},
+		{"POST", "/commands/complete", `{"results": [{"id": "` + id + `", "status": null}]}`, "results[0].status must be true or false, not null", "leave it out"},
+		{"POST", "/queues/q/claim", `{"max": 1, "lease": null}`, "leave it out for its default", ""},
+	} {
+		r := e.do(tt.method, tt.path, tt.body)
+		e.want(r, 400, spinbroker.EINVALID)
+		var b spinbroker.ErrorBody
+		r.decode(t, &b)
+		if !strings.Contains(b.Error.Message, tt.want) || tt.not != "" && strings.Contains(b.Error.Message, tt.not) {
+			t.Errorf("%s %s %s: %q, want it to say %q and not %q", tt.method, tt.path, tt.body, b.Error.Message, tt.want, tt.not)
+		}
+	}
+}
