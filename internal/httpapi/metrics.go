@@ -61,6 +61,19 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 		waitsRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "spinbroker", Name: "http_waits_refused_total",
 			Help: "Long-polls and event streams refused 503 because their token held --max-waits-per-token waiting requests already."}),
 	}
+	// The queues there already (a broker restarted) have their counters
+	// at 0 from the start, as a new queue has from its first command: else
+	// a queue's first event after a restart, a lease of a dead agent run
+	// out say, makes its series at 1, which rate() and increase() read as
+	// no change, and the alerts on them miss it. When the queues cannot be
+	// read, each queue's series come with its first event, as before.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if qs, err := st.Queues(ctx); err == nil {
+		for _, q := range qs {
+			m.see(q.Resource)
+		}
+	}
 	if ws, ok := st.(writeStatser); ok {
 		reg.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_transactions_total",
@@ -140,6 +153,19 @@ func (m *metrics) perQueue() []*prometheus.CounterVec {
 	return []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled, m.expired}
 }
 
+// see makes every counter of resource's queue, at 0, unless it has them:
+// rate() and alerts on redeliveries or failures need a series before the
+// first one happens.
+func (m *metrics) see(resource string) {
+	if _, ok := m.seen.Load(resource); ok {
+		return
+	}
+	m.seen.Store(resource, true)
+	for _, cv := range m.perQueue() {
+		cv.WithLabelValues(resource)
+	}
+}
+
 // count moves the counters by what a commit did.
 func (m *metrics) count(c *spinbroker.Commit) {
 	for _, ch := range c.Commands {
@@ -152,13 +178,7 @@ func (m *metrics) count(c *spinbroker.Commit) {
 			if !inQueue(ch.From) && !inQueue(ch.To) {
 				continue
 			}
-			// Every counter of a queue is there from its first command,
-			// at 0: rate() and alerts on redeliveries or failures need a
-			// series before the first one happens.
-			m.seen.Store(ch.Resource, true)
-			for _, cv := range m.perQueue() {
-				cv.WithLabelValues(ch.Resource)
-			}
+			m.see(ch.Resource)
 		}
 		switch {
 		case ch.From == spinbroker.Staged && ch.To != spinbroker.Cancelled:

@@ -2,6 +2,8 @@ package httpapi_test
 
 import (
 	"fmt"
+	"log/slog"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -241,5 +243,36 @@ func TestMetrics_Auth(t *testing.T) {
 	o.token = "bad"
 	if r := o.do("GET", "/metrics", ""); r.status != 200 || !strings.Contains(string(r.body), "spinbroker_build_info") {
 		t.Errorf("--metrics-open, a bad token: %d", r.status)
+	}
+}
+
+// TestMetrics_RestartSeriesAtZero: a restarted broker has the counters of
+// the queues already there at 0 before their first event, and each event
+// then counts once: the first after a restart (here a lease of an agent
+// that died with the old broker, run out) made its series at 1, which
+// rate() and increase() read as no change, so the README's alert on
+// expiries missed it.
+func TestMetrics_RestartSeriesAtZero(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "exp", "action": "x"}]`, true)
+	e.want(e.do("POST", "/queues/exp/next?lease=1s", ""), 200, "")
+	// The broker restarts: a new server, with new metrics, on the database.
+	api := httpapi.New(e.db, slog.New(slog.DiscardHandler), httpapi.Options{Now: e.clock.Now})
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	e.srv = srv
+	const k = `spinbroker_commands_lease_expired_total{resource="exp"}`
+	m := e.scrape()
+	for _, k := range []string{k, `spinbroker_commands_enqueued_total{resource="exp"}`, `spinbroker_commands_failed_total{resource="exp"}`} {
+		if v, ok := m[k]; !ok || v != 0 {
+			t.Errorf("after a restart, before the lease ran out: %s = %v (there: %v)", k, v, ok)
+		}
+	}
+	e.clock.Add(2 * time.Second)
+	if _, err := e.db.Sweep(ctx, store.SweepOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if v := e.scrape()[k]; v != 1 {
+		t.Errorf("after the lease ran out: %s = %v", k, v)
 	}
 }
