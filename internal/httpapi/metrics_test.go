@@ -12,6 +12,7 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // scrape reads the broker's /metrics into its series, each keyed by its
@@ -275,4 +276,26 @@ func TestMetrics_RestartSeriesAtZero(t *testing.T) {
 	if v := e.scrape()[k]; v != 1 {
 		t.Errorf("after the lease ran out: %s = %v", k, v)
 	}
+}
+
+// TestMetrics_RefusedTokenRoute: a request refused 401 before it was
+// routed is counted and logged under the route its path and method
+// match, as any other request: "unmatched" is for paths no route has.
+func TestMetrics_RefusedTokenRoute(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogging(t, httpapi.Options{Auth: true, MetricsOpen: true}, &log)
+	const id = "0190a000-0000-7000-8000-000000000001"
+	e.token = "bad"
+	e.want(e.do("GET", "/packages/"+id, ""), 401, spinbroker.EUNAUTHORIZED)
+	e.want(e.do("POST", "/queues/q/next", ""), 401, spinbroker.EUNAUTHORIZED)
+	e.want(e.do("GET", "/nowhere", ""), 401, spinbroker.EUNAUTHORIZED)
+	m := e.scrape()
+	for _, k := range []string{`spinbroker_http_request_duration_seconds_count{code="401",method="GET",route="/packages/{id}"}`,
+		`spinbroker_http_request_duration_seconds_count{code="401",method="POST",route="/queues/{resource}/next"}`,
+		`spinbroker_http_request_duration_seconds_count{code="401",method="GET",route="unmatched"}`} {
+		if m[k] != 1 {
+			t.Errorf("%s = %v, want 1", k, m[k])
+		}
+	}
+	wantRequestLines(t, &log, "route", map[string]any{"/packages/" + id: "/packages/{id}", "/nowhere": "unmatched"})
 }

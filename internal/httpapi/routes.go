@@ -295,6 +295,24 @@ const statusClientClosed = 499
 // long-polls and event streams set their own deadlines.
 const defaultWriteTimeout = 30 * time.Second
 
+// routeOf is the pattern of the route that r's method and path match, for
+// a request answered before the router saw it (a token refused 401): its
+// line and its histogram name the route it was for, as any other
+// request's do. "unmatched" is for a request that no route matches.
+func (s *Server) routeOf(r *http.Request) string {
+	path := r.URL.RawPath // what chi routes by, when it is set
+	if path == "" {
+		path = r.URL.Path
+	}
+	rctx := chi.NewRouteContext()
+	if s.router.Match(rctx, r.Method, path) {
+		if route := rctx.RoutePattern(); route != "" {
+			return route
+		}
+	}
+	return "unmatched"
+}
+
 // logRequests writes one log line per request with its status, duration and,
 // with auth on, the token that made it; and sets the write deadline of
 // ordinary requests.
@@ -326,7 +344,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		}
 		route := chi.RouteContext(r.Context()).RoutePattern()
 		if route == "" {
-			route = "unmatched"
+			route = s.routeOf(r)
 		}
 		s.metrics.observe(r.Method, route, sw.status, d)
 		// Failures stand out, so that --log-level warn keeps them and drops
