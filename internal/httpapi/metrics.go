@@ -48,7 +48,7 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 		reg:         reg,
 		enqueued:    counter("commands_enqueued_total", "Commands enqueued, by resource."),
 		delivered:   counter("commands_delivered_total", "Leases handed out by next and claim, by resource."),
-		redelivered: counter("commands_redelivered_total", "Leases of commands delivered before (a retry or an expired lease), by resource."),
+		redelivered: counter("commands_redelivered_total", "Leases of commands delivered before (an agent's retry or an expired lease; not a person's retry, which starts the attempts again), by resource."),
 		succeeded:   counter("commands_succeeded_total", "Commands that succeeded, by resource."),
 		failed:      counter("commands_failed_total", "Commands that failed, by resource."),
 		cancelled:   counter("commands_cancelled_total", "Commands cancelled by a client or a cascade, by resource."),

@@ -299,3 +299,22 @@ func TestMetrics_RefusedTokenRoute(t *testing.T) {
 	}
 	wantRequestLines(t, &log, "route", map[string]any{"/packages/" + id: "/packages/{id}", "/nowhere": "unmatched"})
 }
+
+// TestMetrics_OperatorRetryIsNoRedelivery: a person's retry of a failed
+// command starts its attempts again (API.md), and its next lease is a
+// delivery, not a redelivery: spinbroker_commands_redelivered_total counts
+// the at-least-once kind, an agent's retry or a lease run out.
+func TestMetrics_OperatorRetryIsNoRedelivery(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	e.createPackage(`[{"resource": "r", "action": "x", "max_attempts": 1}]`, true)
+	c := e.next("r")
+	e.want(e.complete(c, false), 200, "")
+	e.want(e.do("POST", "/commands/"+c.ID+"/retry", ""), 200, "")
+	if c = e.next("r"); c == nil || c.Attempts != 1 {
+		t.Fatalf("after a person's retry: %+v", c)
+	}
+	m := e.scrape()
+	if d, r := m[`spinbroker_commands_delivered_total{resource="r"}`], m[`spinbroker_commands_redelivered_total{resource="r"}`]; d != 2 || r != 0 {
+		t.Errorf("delivered %v, redelivered %v; want 2, 0", d, r)
+	}
+}
