@@ -169,17 +169,15 @@ func (m *metrics) see(resource string) {
 // count moves the counters by what a commit did.
 func (m *metrics) count(c *spinbroker.Commit) {
 	for _, ch := range c.Commands {
-		if _, ok := m.seen.Load(ch.Resource); !ok {
-			// A change that never touched the queue (a staged command
-			// cancelled with its package) makes no series: the queue may
-			// have no row, and the sweeper would never forget them. One
-			// from the queue (a result, after a restart, of a command
-			// leased before it) has its row, and is counted.
-			if !inQueue(ch.From) && !inQueue(ch.To) {
-				continue
-			}
-			m.see(ch.Resource)
+		// A change that never touched the queue (a staged command
+		// cancelled with its package) is not the queue's: it is never
+		// counted, so that the same cancel does not count on a queue with
+		// series and not on one without (which it must not make: the
+		// queue may have no row, and the sweeper would never forget them).
+		if !inQueue(ch.From) && !inQueue(ch.To) {
+			continue
 		}
+		m.see(ch.Resource)
 		switch {
 		case ch.From == spinbroker.Staged && ch.To != spinbroker.Cancelled:
 			m.enqueued.WithLabelValues(ch.Resource).Inc()
