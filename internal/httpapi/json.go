@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -251,6 +252,15 @@ func jsonError(err error) error {
 			// A whole number too large (or negative where none may be):
 			// "must be an integer, not a number 1e30" would puzzle.
 			return spinbroker.Errorf(spinbroker.EINVALID, "field %q: %s is out of range", field, spinbroker.Truncate(num, 40))
+		} else if ok && isIntKind(te.Type.Kind()) {
+			// "must be an integer, not a number 1e3" would puzzle too.
+			// (1e400 is whole: ParseFloat makes it an infinity.)
+			f, _ := strconv.ParseFloat(num, 64)
+			num = spinbroker.Truncate(num, 40)
+			if f == math.Trunc(f) {
+				return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be an integer written in digits only (such as 3), not %s", field, num)
+			}
+			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be a whole number, not %s", field, num)
 		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, jsonTypeName(te.Type.String()), withArticle(te.Value))
 	case errors.As(err, &tpe):
@@ -271,6 +281,16 @@ func jsonError(err error) error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s (unknown fields are refused so that typos are not ignored)", msg)
 	}
 	return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: %s", msg)
+}
+
+// isIntKind reports whether k is one of Go's integer kinds.
+func isIntKind(k reflect.Kind) bool {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
 }
 
 // isIntegerLiteral reports whether a JSON number is written as a whole
