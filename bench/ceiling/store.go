@@ -280,6 +280,15 @@ func (s *memStore) Next(ctx context.Context, resource string, lease time.Duratio
 // load generator reads every answer.
 func (s *memStore) Release(ctx context.Context, cmds []spinbroker.Command) error { return nil }
 
+// Peek tells whether Claim would lease something now, as the broker's
+// store does (for a long-poll a commit woke).
+func (s *memStore) Peek(ctx context.Context, resource string) (bool, time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queue(resource)
+	return !q.paused && q.leased < q.concurrency && len(q.ready) > 0, time.Time{}, nil
+}
+
 func (s *memStore) Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
 	if lease <= 0 {
 		lease = time.Duration(spinbroker.DefaultLease)

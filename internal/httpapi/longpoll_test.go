@@ -424,3 +424,78 @@ func TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin(t *testing.T) {
 		t.Fatalf("one long-poll of 3s asked the database %d times: it spun once a's back-off had ended", n)
 	}
 }
+
+// countingClaims is the store with a count of the claims (next and claim)
+// it was asked for: each is a write transaction.
+type countingClaims struct {
+	*store.DB
+	n atomic.Int32
+}
+
+func (c *countingClaims) Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
+	c.n.Add(1)
+	return c.DB.Claim(ctx, resource, max, lease)
+}
+
+func (c *countingClaims) Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error) {
+	c.n.Add(1)
+	return c.DB.Next(ctx, resource, lease)
+}
+
+// TestLongPoll_WaitersSpareTheWriter: every commit on a queue wakes every
+// long-poll waiting on it, and each woken one used to claim again, a write:
+// with 16 agents waiting, a command's enqueue, its lease and its completion
+// each made 15 or 16 writes that found nothing (about 46 per command). A
+// woken long-poll now reads first (Store.Peek), and claims only when a
+// claim might lease something: each waiting agent claims at most once for
+// the enqueue (those that peek before the winner's lease commits), and not
+// at all for the lease or the completion.
+func TestLongPoll_WaitersSpareTheWriter(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	counted := &countingClaims{DB: db}
+	s, srv := serveStore(t, db, Options{})
+	s.store = counted
+	const agents = 16
+	concurrency, ok := agents, true
+	if _, err := db.SetQueue(context.Background(), "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	results := make([]<-chan pollResult, agents)
+	for i := range results {
+		results[i] = poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	}
+	waitFor(t, s, "work", agents)
+	before := counted.n.Load()
+	p, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c spinbroker.Command
+	for deadline := time.Now().Add(10 * time.Second); c.Lease == nil; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no long-poll answered")
+		}
+		for _, res := range results {
+			select {
+			case r := <-res:
+				if r.status != 200 {
+					t.Fatalf("got %d %s", r.status, r.body)
+				}
+				if err := json.Unmarshal([]byte(r.body), &c); err != nil || c.ID != p.Commands[0].ID || c.Lease == nil {
+					t.Fatalf("got %s (%v)", r.body, err)
+				}
+			default:
+			}
+		}
+	}
+	if _, err := db.Complete(context.Background(), c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the woken ones peek, and wait again
+	waitFor(t, s, "work", agents-1)
+	if n := counted.n.Load() - before; n > agents {
+		t.Errorf("%d claims for one command with %d agents waiting, want at most %d", n, agents, agents)
+	}
+}

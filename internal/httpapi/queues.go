@@ -313,11 +313,28 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 		recheck = t.C
 	}
 	var held func() // the token's count of waiting requests, once it blocks
+	woken := false  // by a commit on the queue
 	for {
 		// Watch before trying: a commit between the try and the wait
 		// closes this very channel.
 		ch, release := s.notifier.watch(resource, &q)
-		got, wake, err := try()
+		var got bool
+		var wake time.Time
+		var err error
+		maybe := true
+		if woken {
+			// Every commit on the queue wakes every long-poll waiting on
+			// it, and most leave nothing for them (another agent's lease,
+			// a completion on a queue not full); a try is a write, one
+			// turn of the one writer each. A read tells first. (Should it
+			// fail, the try says why.)
+			if m, w, err := s.store.Peek(r.Context(), resource); err == nil {
+				maybe, wake = m, w
+			}
+		}
+		if maybe {
+			got, wake, err = try()
+		}
 		if err != nil || got {
 			release()
 			return err
@@ -340,9 +357,11 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			d = min(d, max(wake.Sub(s.now()), time.Millisecond))
 		}
 		timer := time.NewTimer(d)
+		woken = false
 		for waiting := true; waiting; {
 			select {
 			case <-ch:
+				woken = true
 			case <-timer.C:
 			case <-r.Context().Done():
 			case <-s.quit:

@@ -48,6 +48,9 @@ type Store interface {
 	Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error)
 	Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error)
 	Release(ctx context.Context, cmds []spinbroker.Command) error // leases of an answer never delivered
+	// Peek tells, reading only, whether a claim might lease something now,
+	// or when it might without another write.
+	Peek(ctx context.Context, resource string) (bool, time.Time, error)
 
 	Ping(ctx context.Context) error
 	WriteFailure(ctx context.Context) error

@@ -562,7 +562,8 @@ func (m *model) randomLease() time.Duration {
 func (m *model) opNext() {
 	r := modelResources[m.rnd.IntN(len(modelResources))]
 	lease := m.randomLease()
-	c, _, err := m.db.Next(ctx, r, lease)
+	peek := m.peek(r)
+	c, wake, err := m.db.Next(ctx, r, lease)
 	var got []spinbroker.Command
 	if c != nil {
 		got = append(got, *c)
@@ -572,19 +573,42 @@ func (m *model) opNext() {
 		m.t.Errorf("next: %v", err)
 		return
 	}
+	peek(got, wake)
 	m.lease(got, r, 1)
 }
 
 func (m *model) opClaim() {
 	r := modelResources[m.rnd.IntN(len(modelResources))]
 	max := 1 + m.rnd.IntN(4)
-	got, _, err := m.db.Claim(ctx, r, max, m.randomLease())
+	peek := m.peek(r)
+	got, wake, err := m.db.Claim(ctx, r, max, m.randomLease())
 	m.logf("claim %s %d → %v %v", r, max, cmdShorts(got), err)
 	if err != nil {
 		m.t.Errorf("claim: %v", err)
 		return
 	}
+	peek(got, wake)
 	m.lease(got, r, max)
+}
+
+// peek asks Peek about resource r, and returns what holds the claim that
+// follows to its answer: Peek may say maybe where the claim finds nothing
+// (it settles an expired lease first, say), never no where the claim
+// leases; and when both find nothing, they name the same wake time (a
+// long-poll that peeked waits until then).
+func (m *model) peek(r string) func(got []spinbroker.Command, wake time.Time) {
+	maybe, pwake, err := m.db.Peek(ctx, r)
+	if err != nil {
+		m.t.Errorf("peek %s: %v", r, err)
+	}
+	return func(got []spinbroker.Command, wake time.Time) {
+		switch {
+		case !maybe && len(got) > 0:
+			m.t.Errorf("peek %s said nothing to lease; the claim leased %v", r, cmdShorts(got))
+		case !maybe && !pwake.Equal(wake):
+			m.t.Errorf("peek %s said to wake at %v; the claim at %v", r, pwake, wake)
+		}
+	}
 }
 
 func (m *model) leasedCmd() *mcmd {
