@@ -27,7 +27,7 @@ func TestPlans(t *testing.T) {
 		args  []any
 		want  []string // each must appear in the plan
 	}{
-		{"LeaseHead", qLeaseHead, []any{"t", nil, 1, 1, "r"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
+		{"LeaseHead", qLeaseHead, []any{"t", nil, 1, 1, "r", 2}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"ReadyHead", qReadyHead, []any{"r", 100}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"LeaseMany", qLeaseMany, []any{"t.", nil, 1, 1, `["a","b"]`}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"CompleteLeased", qCompleteLeased, []any{"succeeded", nil, nil, 1, "id", "t"}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},

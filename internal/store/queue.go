@@ -53,7 +53,8 @@ const (
 	qQueueState = `SELECT concurrency, paused, n_leased, n_blocked, last_active_at FROM queues WHERE resource = ?`
 	// qLeaseHead leases the head of a queue's ready commands, unless it
 	// waits out a back-off, in which case it holds the queue (rule 3). The
-	// subquery reads only the commands_ready index.
+	// subquery reads only the commands_ready index. ?6 is the latest a
+	// back-off may end (see backoffLeft).
 	qLeaseHead = `UPDATE commands SET
 			state = 'leased',
 			attempts = attempts + 1,
@@ -64,7 +65,7 @@ const (
 			backoff_until = NULL,
 			ready_at = NULL
 		WHERE id = (SELECT id FROM commands WHERE resource = ?5 AND state = 'ready' ORDER BY seq LIMIT 1)
-		  AND coalesce(backoff_until, 0) <= ?4
+		  AND (coalesce(backoff_until, 0) <= ?4 OR backoff_until > ?6)
 		RETURNING ` + commandCols
 	// qReadyHead reads the first ready commands of a queue, and nothing else.
 	qReadyHead = `SELECT id, backoff_until FROM commands
@@ -244,7 +245,7 @@ func peek(q querier, resource string, now int64) (bool, time.Time, error) {
 		var backoff sql.NullInt64
 		err := q.queryRow(qWakeBackoff, resource).Scan(&backoff)
 		switch {
-		case err == nil && !(backoff.Valid && backoff.Int64 > now):
+		case err == nil && !backoffLeft(backoff, now):
 			return true, time.Time{}, nil // a head free to lease
 		case err != nil && !isNoRows(err):
 			return false, time.Time{}, err
@@ -290,7 +291,7 @@ const pollActivity = time.Minute
 // leaseHead leases the queue's head, if it is deliverable.
 func (t *Tx) leaseHead(resource string, ttl any, now int64) ([]spinbroker.Command, []int, error) {
 	token := newToken()
-	c, n, err := scanCommandDeps(t.queryRow(qLeaseHead, token, ttl, int64(spinbroker.DefaultLease), now, resource))
+	c, n, err := scanCommandDeps(t.queryRow(qLeaseHead, token, ttl, int64(spinbroker.DefaultLease), now, resource, now+int64(spinbroker.BackoffCap)))
 	if isNoRows(err) {
 		return nil, nil, nil // the queue is empty, or its head waits out a back-off
 	} else if err != nil {
@@ -318,7 +319,7 @@ func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbrok
 			rows.Close()
 			return nil, nil, err
 		}
-		if backoff.Valid && backoff.Int64 > now {
+		if backoffLeft(backoff, now) {
 			break
 		}
 		ids = append(ids, id)
@@ -371,6 +372,16 @@ func (s bySeq) Swap(i, j int) {
 	s.ns[i], s.ns[j] = s.ns[j], s.ns[i]
 }
 
+// backoffLeft reports whether a back-off that ends at until (in nanoseconds,
+// NULL for none) still holds its command at now. A back-off lasts at most
+// BackoffCap: one that ends further away than that was set before the
+// wall clock stepped back (NTP at boot, a VM resumed from a snapshot), and
+// has ended; honoured to the letter, a step back of an hour held the
+// command, and its queue behind it (rule 3), for that hour.
+func backoffLeft(until sql.NullInt64, now int64) bool {
+	return until.Valid && until.Int64 > now && until.Int64 <= now+int64(spinbroker.BackoffCap)
+}
+
 // wakeAt is the earliest time a queue may have something to deliver without
 // another write: a lease expiring, a delay or the head's back-off ending.
 // Only times still to come count. The claim settled the leases and delays
@@ -387,6 +398,9 @@ func wakeAt(q querier, resource string, now int64) (time.Time, error) {
 		var v sql.NullInt64
 		if err := q.queryRow(query, resource).Scan(&v); err != nil && !isNoRows(err) {
 			return time.Time{}, err
+		}
+		if query == qWakeBackoff && !backoffLeft(v, now) {
+			continue
 		}
 		if v.Valid && v.Int64 > now && (best == 0 || v.Int64 < best) {
 			best = v.Int64

@@ -86,7 +86,7 @@ func (db *DB) QueueHead(ctx context.Context, resource string) (*spinbroker.Comma
 		return nil, time.Time{}, err
 	}
 	var until time.Time
-	if backoff.Valid && backoff.Int64 > nanos(db.now()) {
+	if backoffLeft(backoff, nanos(db.now())) {
 		until = fromNanos(backoff.Int64)
 	}
 	return &c, until, nil

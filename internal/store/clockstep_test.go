@@ -1,0 +1,43 @@
+package store_test
+
+import (
+	"testing"
+	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+)
+
+// TestDB_ClockStep: the broker keeps its times as wall-clock instants, and
+// a server's wall clock steps (NTP correcting a drift at boot, a timezone
+// fixed by hand, a VM resumed from a snapshot).
+func TestDB_ClockStep(t *testing.T) {
+	// BackBackoffHoldsNoHour: a back-off lasts at most BackoffCap, so one
+	// that ends further away than that was set before the clock stepped
+	// back. It holds the whole queue (rule 3): honoured to the letter, a
+	// step back of an hour stalled the queue for an hour.
+	t.Run("BackBackoffHoldsNoHour", func(t *testing.T) {
+		for _, concurrency := range []int{1, 3} {
+			db, clock := open(t)
+			if _, err := db.SetQueue(ctx, "r", spinbroker.QueueSettings{Concurrency: ptr(concurrency)}); err != nil {
+				t.Fatal(err)
+			}
+			enqueue(t, db, cmd("r", "flaky"), cmd("r", "behind"))
+			c := mustNext(t, db, "r")
+			if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: c.Lease.Token}); err != nil {
+				t.Fatal(err)
+			}
+			clock.Add(-time.Hour)
+			head, until, err := db.QueueHead(ctx, "r")
+			if err != nil || head == nil || head.ID != c.ID {
+				t.Fatalf("head %v, %v", head, err)
+			}
+			if !until.IsZero() {
+				t.Errorf("concurrency %d: the dashboard shows a back-off until %v, %v from now", concurrency, until, until.Sub(clock.Now()))
+			}
+			got := next(t, db, "r")
+			if got == nil || got.ID != c.ID || got.Attempts != 2 {
+				t.Fatalf("concurrency %d: after a step back of an hour, next gave %v; want the retried command, not a queue held for an hour", concurrency, got)
+			}
+		}
+	})
+}
