@@ -765,10 +765,15 @@ func (a *runner) start(cmd *spinbroker.Command, news *beatNews) *job {
 	default:
 		j.dur = spinbroker.DefaultLease
 	}
+	// The lease is measured on this agent's own (monotonic) clock, from
+	// when the command came: expires_at is a time on the broker's clock,
+	// and an agent whose clock ran ahead of it by most of a lease took
+	// that lease for nearly over and stopped its handler at the first
+	// heartbeat, though the broker held the lease for it. (The broker
+	// leased the command before it answered, so this is later than its
+	// expiry by the answer's time on the network; the first heartbeat,
+	// at a third of the lease, comes well before either.)
 	j.expires = j.begin.Add(j.dur)
-	if cmd.Lease != nil && cmd.Lease.ExpiresAt.Before(j.expires) && time.Until(cmd.Lease.ExpiresAt) > 0 {
-		j.expires = cmd.Lease.ExpiresAt
-	}
 	j.log = a.log.With("command_id", cmd.ID, "action", cmd.Action, "attempt", cmd.Attempts)
 	j.ctx, j.cancel = context.WithCancelCause(context.WithValue(a.hard, ctxKey{}, cmdInfo{cmd: cmd, log: j.log}))
 	// Heartbeats go on while the result is delivered, so that a broker that
