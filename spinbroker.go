@@ -92,10 +92,15 @@ const (
 	MaxListLimit        = 1000
 	MaxBatchComplete    = 1000 // results in one batched completion
 	MaxCommandsPerBatch = 10000
-	BackoffBase         = time.Second
-	BackoffCap          = 5 * time.Minute
-	IdempotencyTTL      = 24 * time.Hour
-	DefaultStagingTTL   = 24 * time.Hour
+	// MaxCommandsPerPackage bounds a package, built up over many
+	// requests: its enqueue, cancel and delete are each one transaction
+	// that holds every other write back (50,000 commands: about 2s), and
+	// every read of it answers all of its commands.
+	MaxCommandsPerPackage = 50000
+	BackoffBase           = time.Second
+	BackoffCap            = 5 * time.Minute
+	IdempotencyTTL        = 24 * time.Hour
+	DefaultStagingTTL     = 24 * time.Hour
 )
 
 // Backoff is the delay before the attempt that follows attempt n (n ≥ 1)

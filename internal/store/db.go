@@ -59,6 +59,9 @@ type Options struct {
 
 	walQuiet   time.Duration // walQuiet, shortened by tests
 	stallAfter time.Duration // writeStall, shortened by tests
+	// maxPackageCommands is spinbroker.MaxCommandsPerPackage but in tests,
+	// which cannot afford to fill a package of that many.
+	maxPackageCommands int
 }
 
 // busyTimeout is how long a connection waits for a lock another holds:
@@ -110,6 +113,8 @@ type DB struct {
 		suppressed int
 	}
 	stallAfter time.Duration // see writeStall
+	// maxPackageCommands is the most commands a package may hold.
+	maxPackageCommands int
 	// busySince is when the writer began what it is doing (Unix
 	// nanoseconds, wall clock), 0 while it waits for work.
 	busySince atomic.Int64
@@ -293,6 +298,8 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		maxBatch:   opts.MaxBatch,
 		done:       make(chan struct{}),
 		stallAfter: cmp.Or(opts.stallAfter, writeStall),
+
+		maxPackageCommands: cmp.Or(opts.maxPackageCommands, spinbroker.MaxCommandsPerPackage),
 	}
 	quiet := opts.walQuiet
 	if quiet <= 0 {

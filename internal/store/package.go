@@ -28,6 +28,9 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 	if len(in.Commands) > spinbroker.MaxCommandsPerBatch {
 		return nil, nil, spinbroker.Errorf(spinbroker.EINVALID, "a request may add at most %d commands", spinbroker.MaxCommandsPerBatch)
 	}
+	if len(in.Commands) > db.maxPackageCommands {
+		return nil, nil, spinbroker.Errorf(spinbroker.EINVALID, "a package holds at most %d commands, not %d", db.maxPackageCommands, len(in.Commands))
+	}
 	for i := range in.Commands {
 		if err := in.Commands[i].ValidateItem(i); err != nil {
 			return nil, nil, err
@@ -145,6 +148,8 @@ func (db *DB) AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCom
 			err = spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is cancelled", pkgID)
 		case enqueued:
 			err = spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is already enqueued; commands can only be added in staging", pkgID)
+		case total >= db.maxPackageCommands:
+			err = spinbroker.Errorf(spinbroker.ECONFLICT, "package %s is full: a package holds at most %d commands; put the rest in another package (a dependency may name a command of any package)", pkgID, db.maxPackageCommands)
 		default:
 			c, err = t.addCommand(pkgID, total, &in, nil)
 		}
