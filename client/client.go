@@ -483,6 +483,12 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		if maxAnswer < 1<<20 {
 			limit = fmt.Sprintf("%d bytes", maxAnswer)
 		}
+		if method != http.MethodGet && method != http.MethodHead && resp.StatusCode < 300 {
+			// The write was made; only its answer is lost. "Ask for
+			// less" would read as a refusal, and have it made again.
+			return resp.StatusCode, fmt.Errorf("client: %s %s was done (%d), but its answer is larger than %s, more than the client reads (a package's commands hold their parameters and outputs)",
+				method, path, resp.StatusCode, limit)
+		}
 		return resp.StatusCode, fmt.Errorf("client: the answer to %s %s is larger than %s, more than the client reads; ask for less (a package's commands hold their parameters and outputs)",
 			method, path, limit)
 	}

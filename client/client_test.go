@@ -376,6 +376,39 @@ func TestAnswerTooLarge(t *testing.T) {
 	}
 }
 
+// TestAnswerTooLarge_WriteDone: a write whose answer is past what the
+// client reads was carried out all the same (an enqueue answers its whole
+// package); the error says so, rather than "ask for less", which read as a
+// refusal and had a caller make again what was already done. Not parallel:
+// it lowers maxAnswer.
+func TestAnswerTooLarge_WriteDone(t *testing.T) {
+	c, _, _ := newBroker(t)
+	ctx := context.Background()
+	in := spinbroker.NewPackage{}
+	for range 20 {
+		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "storage", Action: "add_volume", Parameters: []byte(`{"path": "` + strings.Repeat("v", 100) + `"}`)})
+	}
+	p, err := c.CreatePackage(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func(n int) { maxAnswer = n }(maxAnswer)
+		maxAnswer = 1000
+		_, err = c.Enqueue(ctx, p.ID)
+	}()
+	if err == nil || !strings.Contains(err.Error(), "POST /packages/"+p.ID+"/enqueue was done (200)") || strings.Contains(err.Error(), "ask for less") {
+		t.Fatalf("an enqueue whose answer is over the client's limit: %v", err)
+	}
+	got, err := c.Package(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != spinbroker.PackageQueued {
+		t.Fatalf("the package is %s, want queued", got.State)
+	}
+}
+
 // TestEventsRefused_LikeOtherCalls: a refused subscription is an *Error
 // with the broker's request id and Retry-After, as any other call's: the
 // CLI took a refusal of the broker's without its id for a proxy's page,
