@@ -104,9 +104,12 @@ func (vm *VM) Validate() error {
 // pid files, its unit files), which a guest writing to its disk would
 // rewrite.
 func resolveImages(images []Image, root string, private ...string) ([]Image, error) {
-	var rootReal string
+	var rootAbs, rootReal string
 	if root != "" {
 		var err error
+		if rootAbs, err = filepath.Abs(root); err != nil {
+			return nil, err
+		}
 		if rootReal, err = filepath.EvalSymlinks(root); err != nil {
 			return nil, fmt.Errorf("the images root %q: %w", root, err)
 		}
@@ -139,6 +142,11 @@ func resolveImages(images []Image, root string, private ...string) ([]Image, err
 			p = filepath.Join(rootReal, rel)
 		} else if im.Volume != "" {
 			return nil, fmt.Errorf("vm.Images[%d]: an absolute Path takes no Volume", i)
+		} else if rootReal != "" && !within(rootAbs, p) && !within(rootReal, p) {
+			// Refused unseen: looking first would answer "does not
+			// exist", "permission denied" or "outside" by what the host
+			// holds there, telling a token holder which files it has.
+			return nil, fmt.Errorf("vm.Images[%d] %q is outside the images root", i, im.Path)
 		}
 		real, err := filepath.EvalSymlinks(p)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -148,13 +156,11 @@ func resolveImages(images []Image, root string, private ...string) ([]Image, err
 			// not "does not exist", which would send a person looking.
 			return nil, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
 		}
-		if rootReal != "" {
-			if r, err := filepath.Rel(rootReal, real); err != nil || !filepath.IsLocal(r) {
-				return nil, fmt.Errorf("vm.Images[%d] %q is outside the images root", i, im.Path)
-			}
+		if rootReal != "" && !within(rootReal, real) {
+			return nil, fmt.Errorf("vm.Images[%d] %q is outside the images root", i, im.Path)
 		}
 		for _, d := range privReal {
-			if r, err := filepath.Rel(d, real); err == nil && filepath.IsLocal(r) {
+			if within(d, real) {
 				return nil, fmt.Errorf("vm.Images[%d] %q is one of the agent's own files (%s), not an image", i, im.Path, d)
 			}
 		}
@@ -173,6 +179,12 @@ func resolveImages(images []Image, root string, private ...string) ([]Image, err
 		out[i] = Image{Path: real, Cdrom: im.Cdrom}
 	}
 	return out, nil
+}
+
+// within reports whether path p is dir or in it, by their names alone.
+func within(dir, p string) bool {
+	r, err := filepath.Rel(dir, p)
+	return err == nil && filepath.IsLocal(r)
 }
 
 // confinedImage refuses, under --images-root, an image file through which

@@ -678,3 +678,49 @@ func noQEMU(t *testing.T) *Emulator {
 	}
 	return e
 }
+
+// TestResolveImages_OutsideTheRootSaysNothingOfIt: under --images-root, an
+// absolute path outside it is refused before it is looked at, with the
+// same reason whether the file is there or not: a token holder must not
+// learn, from write_config's reasons, which files the host has
+// ("/root/.ssh/id_ed25519" outside vs. does not exist) or what blocks the
+// agent from them (permission denied, not a directory).
+func TestResolveImages_OutsideTheRootSaysNothingOfIt(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	there := filepath.Join(outside, "there.img")
+	if err := os.WriteFile(there, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, p := range []string{there, filepath.Join(outside, "missing.img"), filepath.Join(there, "x.img"), root + "/../" + filepath.Base(outside) + "/there.img"} {
+		_, err := resolveImages([]Image{{Path: p}}, root)
+		if err == nil {
+			t.Fatalf("%s outside the root was taken", p)
+		}
+		reason := strings.ReplaceAll(err.Error(), p, "PATH")
+		if !strings.Contains(reason, "outside the images root") {
+			t.Errorf("%s: %v, want it outside the images root", p, err)
+		}
+		reasons = append(reasons, reason)
+	}
+	for _, r := range reasons[1:] {
+		if r != reasons[0] {
+			t.Errorf("the reasons tell the paths apart: %q", reasons)
+			break
+		}
+	}
+	// A path into the root by the root's own name, not its real one (a
+	// root reached through a symbolic link), is still inside.
+	link := filepath.Join(t.TempDir(), "images")
+	if err := os.Symlink(root, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "a.img"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ root, path string }{{link, filepath.Join(link, "a.img")}, {link, filepath.Join(root, "a.img")}, {root, filepath.Join(root, "a.img")}} {
+		if _, err := resolveImages([]Image{{Path: tc.path}}, tc.root); err != nil {
+			t.Errorf("%s under the root %s: %v", tc.path, tc.root, err)
+		}
+	}
+}
