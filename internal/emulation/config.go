@@ -84,8 +84,11 @@ func (vm *VM) Validate() error {
 	}
 	cdroms := 0
 	for i, im := range vm.Images {
-		if im.Path == "" || strings.ContainsRune(im.Path, 0) || strings.ContainsRune(im.Volume, 0) {
+		if im.Path == "" || strings.ContainsRune(im.Path, 0) {
 			return fmt.Errorf("vm.Images[%d].Path is empty or holds a NUL", i)
+		}
+		if strings.ContainsRune(im.Volume, 0) {
+			return fmt.Errorf("vm.Images[%d].Volume holds a NUL", i)
 		}
 		if im.Cdrom {
 			cdroms++

@@ -37,6 +37,8 @@ func TestVMValidate(t *testing.T) {
 		{"NoCpus", func(v *VM) { v.Cpus = 0 }, "vm.Cpus must be between 1"},
 		{"LittleMemory", func(v *VM) { v.Memory = 15 }, "vm.Memory is in MiB and must be between 16"},
 		{"EmptyImagePath", func(v *VM) { v.Images = []Image{{}} }, "vm.Images[0].Path"},
+		{"NULInImagePath", func(v *VM) { v.Images = []Image{{Path: "a\x00b"}} }, "vm.Images[0].Path is empty or holds a NUL"},
+		{"NULInVolume", func(v *VM) { v.Images = []Image{{Path: "a.img"}, {Path: "a.img", Volume: "v\x00"}} }, "vm.Images[1].Volume holds a NUL"},
 		{"SevenCdroms", func(v *VM) {
 			for range MaxCdroms + 1 {
 				v.Images = append(v.Images, Image{Path: "x.iso", Cdrom: true})
