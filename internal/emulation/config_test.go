@@ -726,3 +726,54 @@ func TestResolveImages_OutsideTheRootSaysNothingOfIt(t *testing.T) {
 		}
 	}
 }
+
+// TestNew_PrivateFolders: the folders of QMP sockets, configs and pid files
+// are the agent's alone even when they were made before it, with a loose
+// mode: whoever can connect to a VM's QMP socket controls the VM (and runs
+// programs as the agent's user through its migrate command), and whoever
+// can write a config or a pid file chooses the images QEMU opens or the
+// process a stop kills. A folder another user owns is refused.
+func TestNew_PrivateFolders(t *testing.T) {
+	state, proc := t.TempDir(), filepath.Join(t.TempDir(), "proc")
+	for _, d := range []string{filepath.Join(state, "run"), filepath.Join(state, "vms"), proc} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sup, err := NewProcess(proc, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Options{StateDir: state, Supervisor: sup, Accel: "tcg", Logger: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Join(state, "run"), filepath.Join(state, "vms"), proc} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v, mode %v; want 0700", d, err, fi.Mode().Perm())
+		}
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("giving a folder to another user takes root")
+	}
+	state = t.TempDir()
+	run := filepath.Join(state, "run")
+	if err := os.Mkdir(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(run, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Options{StateDir: state, Supervisor: sup, Accel: "tcg", Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "belongs to user 65534") {
+		t.Errorf("New with a run folder of another user's: %v", err)
+	}
+	if err := os.Chown(proc, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewProcess(proc, quiet()); err == nil || !strings.Contains(err.Error(), "belongs to user 65534") {
+		t.Errorf("NewProcess with a folder of another user's: %v", err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -96,6 +97,30 @@ func LockStateDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
+// privateDir makes dir if need be and keeps it the agent's alone: one made
+// before the agent with a looser mode (by hand, under a umask of 0) is
+// narrowed to 0700, and one another user owns is refused. What these
+// folders hold is trusted: QMP sockets, through which whoever connects
+// controls a VM (and, with its migrate command, runs programs as the
+// agent's user), configs that choose the images QEMU opens, and pid files
+// that choose the process a stop kills.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to user %d, not to the agent's (%d): that user could replace what the agent keeps there; remove it, or give it to the agent's user", dir, st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return os.Chmod(dir, 0o700)
+	}
+	return nil
+}
+
 // New checks opts and makes the state dir.
 func New(opts Options) (*Emulator, error) {
 	if opts.StateDir == "" {
@@ -105,7 +130,7 @@ func New(opts Options) (*Emulator, error) {
 		return nil, errors.New("emulation: no supervisor")
 	}
 	for _, d := range []string{"vms", "run"} {
-		if err := os.MkdirAll(filepath.Join(opts.StateDir, d), 0o700); err != nil {
+		if err := privateDir(filepath.Join(opts.StateDir, d)); err != nil {
 			return nil, fmt.Errorf("emulation: %w", err)
 		}
 	}

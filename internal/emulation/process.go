@@ -60,8 +60,8 @@ type proc struct {
 // NewProcess returns a process supervisor keeping its files in dir, and
 // adopts the VMs whose pid files name live processes.
 func NewProcess(dir string, log *slog.Logger) (*Process, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+	if err := privateDir(dir); err != nil {
+		return nil, fmt.Errorf("emulation: %w", err)
 	}
 	if log == nil {
 		log = slog.Default()
