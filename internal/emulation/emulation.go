@@ -104,8 +104,14 @@ func LockStateDir(dir string) (*os.File, error) {
 // controls a VM (and, with its migrate command, runs programs as the
 // agent's user), configs that choose the images QEMU opens, and pid files
 // that choose the process a stop kills.
-func privateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func privateDir(dir string) error { return ownDir(dir, 0o700) }
+
+// ownDir makes dir with mode perm if need be, narrows the mode of one that
+// has more than perm to perm, and refuses one another user owns, or a
+// folder shared on purpose (the sticky bit, /tmp's), which it never
+// narrows.
+func ownDir(dir string, perm fs.FileMode) error {
+	if err := os.MkdirAll(dir, perm); err != nil {
 		return err
 	}
 	fi, err := os.Stat(dir)
@@ -115,8 +121,11 @@ func privateDir(dir string) error {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
 		return fmt.Errorf("%s belongs to user %d, not to the agent's (%d): that user could replace what the agent keeps there; remove it, or give it to the agent's user", dir, st.Uid, os.Geteuid())
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return os.Chmod(dir, 0o700)
+	if fi.Mode()&fs.ModeSticky != 0 {
+		return fmt.Errorf("%s is a folder shared with other users (its sticky bit is set): give the agent one of its own", dir)
+	}
+	if fi.Mode().Perm()&^perm != 0 {
+		return os.Chmod(dir, fi.Mode().Perm()&perm)
 	}
 	return nil
 }

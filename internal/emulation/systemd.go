@@ -39,8 +39,10 @@ func NewSystemd(unitDir string, log *slog.Logger) (*Systemd, error) {
 		}
 		unitDir = filepath.Join(cfg, "systemd", "user")
 	}
-	if err := os.MkdirAll(unitDir, 0o755); err != nil {
-		return nil, err
+	// A unit others may write is a command they choose, which the
+	// user manager runs as the agent's user at the VM's next start.
+	if err := ownDir(unitDir, 0o755); err != nil {
+		return nil, fmt.Errorf("emulation: the unit dir: %w", err)
 	}
 	if log == nil {
 		log = slog.Default()

@@ -275,3 +275,55 @@ echo "Failed to connect to bus: No medium found" >&2; exit 1
 		}
 	}
 }
+
+// TestNewSystemd_UnitDirOfItsOwn: a unit others may write is a command
+// they choose, run by the agent's user manager at the VM's next start. A
+// unit dir writable by others is narrowed (never widened) at start, and
+// one another user owns is refused.
+func TestNewSystemd_UnitDirOfItsOwn(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "units")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewSystemd(dir, quiet()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("%s: %v, mode %v; want 0755", dir, err, fi.Mode().Perm())
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewSystemd(dir, quiet()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v, mode %v; want 0700 kept", dir, err, fi.Mode().Perm())
+	}
+	// A folder shared on purpose, as /tmp, is refused, never narrowed.
+	shared := filepath.Join(t.TempDir(), "tmp")
+	if err := os.Mkdir(shared, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewSystemd(shared, quiet()); err == nil || !strings.Contains(err.Error(), "sticky bit") {
+		t.Errorf("NewSystemd with a shared unit dir: %v", err)
+	}
+	if fi, err := os.Stat(shared); err != nil || fi.Mode() != os.ModeDir|os.ModeSticky|0o777 {
+		t.Errorf("the shared folder %s: %v, mode %v; want it untouched", shared, err, fi.Mode())
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("giving a folder to another user takes root")
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewSystemd(dir, quiet()); err == nil || !strings.Contains(err.Error(), "belongs to user 65534") {
+		t.Errorf("NewSystemd with a unit dir of another user's: %v", err)
+	}
+}
