@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestVMValidate(t *testing.T) {
@@ -775,5 +776,34 @@ func TestNew_PrivateFolders(t *testing.T) {
 	}
 	if _, err := NewProcess(proc, quiet()); err == nil || !strings.Contains(err.Error(), "belongs to user 65534") {
 		t.Errorf("NewProcess with a folder of another user's: %v", err)
+	}
+}
+
+// TestEmulator_StartFailureQuotesWholeCharacters: the end of QEMU's output
+// that a failed start quotes is cut on a character's boundary: an image
+// path or a message in UTF-8 cut in the middle of a character made the
+// reason start with a replacement character, or bytes that are not text.
+func TestEmulator_StartFailureQuotesWholeCharacters(t *testing.T) {
+	qemu := filepath.Join(t.TempDir(), "qemu")
+	// 2×600 + 1 bytes: the last 1000 start in the middle of an "é".
+	script := "#!/bin/sh\ni=0\nwhile [ $i -lt 600 ]; do printf '\\303\\251'; i=$((i+1)); done\nprintf 'x'\nexit 1\n"
+	if err := os.WriteFile(qemu, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{StateDir: t.TempDir(), QEMU: qemu, Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := e.WriteConfig(ctx, WriteConfig{ID: "vm1", VM: &VM{Name: "u", Cpus: 1, Memory: 64}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.Start(ctx, ID{ID: "vm1"})
+	if err == nil || !strings.Contains(err.Error(), "exited as it started: ééé") || !utf8.ValidString(err.Error()) {
+		t.Errorf("start of a QEMU that printed UTF-8 and exited: %q", err)
 	}
 }

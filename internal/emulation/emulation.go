@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
@@ -509,6 +510,11 @@ func (e *Emulator) logTail(id string) string {
 	}
 	if len(b) > 1000 {
 		b = b[len(b)-1000:]
+		// From a character's first byte: an image path or a message in
+		// UTF-8 is not to begin with the tail of a character.
+		for i := 0; i < utf8.UTFMax && len(b) > 0 && !utf8.RuneStart(b[0]); i++ {
+			b = b[1:]
+		}
 	}
 	return ": " + string(bytes.TrimSpace(b))
 }
