@@ -807,3 +807,51 @@ func TestEmulator_StartFailureQuotesWholeCharacters(t *testing.T) {
 		t.Errorf("start of a QEMU that printed UTF-8 and exited: %q", err)
 	}
 }
+
+// TestLockStateDir_OfItsOwn: whoever can write the state dir can rename its
+// run/, vms/ and proc/ away while the agent serves and put folders of
+// their own in their place (a QMP socket the agent trusts, configs, pid
+// files): a state dir others may write loses that access when the agent
+// locks it; one another user owns, or a shared one (sticky, as /tmp), is
+// refused.
+func TestLockStateDir_OfItsOwn(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	f, err := LockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("%s: %v, mode %v; want 0755", dir, err, fi.Mode().Perm())
+	}
+	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := LockStateDir(dir); err == nil || !strings.Contains(err.Error(), "sticky bit") {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("LockStateDir of a shared folder: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("giving a folder to another user takes root")
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := LockStateDir(dir); err == nil || !strings.Contains(err.Error(), "belongs to user 65534") {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("LockStateDir of another user's folder: %v", err)
+	}
+}

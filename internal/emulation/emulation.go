@@ -83,6 +83,11 @@ func LockStateDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("emulation: %w", err)
 	}
+	// Whoever may write it could put folders of their own in place of
+	// its run/, vms/ and proc/ while the agent serves.
+	if err := ownDir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("emulation: the state dir: %w", err)
+	}
 	f, err := os.OpenFile(filepath.Join(dir, LockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("emulation: the state dir's lock file: %w", err)
