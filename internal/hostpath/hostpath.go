@@ -420,20 +420,26 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 
 // volume checks a volume parameter and that the volume exists.
 func (s *Storage) volume(what, p string) (string, error) {
+	vol, _, err := s.volumeInfo(what, p)
+	return vol, err
+}
+
+// volumeInfo is volume, with the volume's folder as found.
+func (s *Storage) volumeInfo(what, p string) (string, fs.FileInfo, error) {
 	vol, err := volumePath(what, p)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	fi, err := s.root.Stat(vol)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return "", fmt.Errorf("volume %q does not exist (add_volume first)", vol)
+		return "", nil, fmt.Errorf("volume %q does not exist (add_volume first)", vol)
 	case err != nil:
-		return "", describe(vol, err)
+		return "", nil, describe(vol, err)
 	case !fi.IsDir():
-		return "", fmt.Errorf("volume %q is not a folder", vol)
+		return "", nil, fmt.Errorf("volume %q is not a folder", vol)
 	}
-	return vol, nil
+	return vol, fi, nil
 }
 
 // writeAtomically makes the file rel by filling a temporary file beside it
@@ -812,31 +818,33 @@ type CopyImage MoveImage
 // Validate checks the name.
 func (p CopyImage) Validate() error { return CheckImageName(p.ImageName) }
 
-// endpoints checks both volumes and returns the image's source and target.
-func (s *Storage) endpoints(name, volume, target string) (src, dst string, err error) {
-	from, err := s.volume("volume", volume)
+// endpoints checks both volumes and returns the image's source and target,
+// and whether the two volumes are one folder: by name, or under another
+// name (a symlink in the root), where the target's image is the source's.
+func (s *Storage) endpoints(name, volume, target string) (src, dst string, same bool, err error) {
+	from, fromInfo, err := s.volumeInfo("volume", volume)
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
-	to, err := s.volume("target_volume", target)
+	to, toInfo, err := s.volumeInfo("target_volume", target)
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
-	return filepath.Join(from, name), filepath.Join(to, name), nil
+	return filepath.Join(from, name), filepath.Join(to, name), os.SameFile(fromInfo, toInfo), nil
 }
 
 // MoveImage moves an image to another volume. When the image is already
 // in the target and gone from the source (a repeated delivery), it is
 // success; an image of that name in the target otherwise is an error.
 func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
-	src, dst, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
+	src, dst, same, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
 	if err != nil {
 		return nil, err
 	}
 	srcInfo, srcErr := s.stat(src)
 	dstInfo, dstErr := s.stat(dst)
 	switch {
-	case src == dst && srcErr == nil:
+	case same && srcErr == nil:
 		return s.output(dst, false).withImage(srcInfo), nil
 	case errors.Is(srcErr, fs.ErrNotExist) && dstErr == nil:
 		return s.output(dst, false).withImage(dstInfo), nil
@@ -909,11 +917,14 @@ func (s *Storage) finishMove(ctx context.Context, src, dst string, srcInfo, dstI
 // CopyImage copies an image to another volume, keeping it sparse. A copy
 // of the same size in the target already is success.
 func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
-	src, dst, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
+	src, dst, same, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
 	if err != nil {
 		return nil, err
 	}
-	if src == dst {
+	if same {
+		if from, to := filepath.Dir(src), filepath.Dir(dst); from != to {
+			return nil, fmt.Errorf("volume %q and target_volume %q are the same volume (one is a symbolic link to the other): a copy there would be the image itself", from, to)
+		}
 		return nil, fmt.Errorf("volume and target_volume are the same volume %q", filepath.Dir(src))
 	}
 	srcInfo, err := s.stat(src)

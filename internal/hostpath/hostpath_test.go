@@ -769,3 +769,35 @@ func TestErrors_PathsRelativeToTheRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyImage_OntoTheSameVolumeByAnotherName: a target volume that is
+// the source volume under another name (a symlink in the root) holds no
+// second copy, only the image itself: copy_image is refused, as onto its
+// own volume by name, rather than report a copy that a delete_image of
+// the source would take away with it. move_image there finds the image
+// where it was asked to be.
+func TestCopyImage_OntoTheSameVolumeByAnotherName(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	if err := os.Symlink("a", filepath.Join(s.Dir(), "alias")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../a", filepath.Join(s.Dir(), "b", "alias")); err != nil {
+		t.Fatal(err)
+	}
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: "d.raw", ImageSize: 1}))
+	for _, target := range []string{"alias", "b/alias", "b/../a/."} {
+		_, err := s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: "a", TargetVolume: target})
+		wantErr(t, err, "same volume")
+		_, err = s.CopyImage(ctx, CopyImage{ImageName: "d.raw", Volume: target, TargetVolume: "a"})
+		wantErr(t, err, "same volume")
+		if o := m.out(s.MoveImage(ctx, MoveImage{ImageName: "d.raw", Volume: "a", TargetVolume: target})); o.Changed {
+			t.Errorf("move_image to %q, the image's own volume, = %+v", target, o)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "a", "d.raw")); err != nil {
+		t.Fatalf("the image: %v", err)
+	}
+}
