@@ -204,8 +204,8 @@ func CheckImageName(name string) error {
 	if err := checkText("image_name", name); err != nil {
 		return err
 	}
-	if len(name) > 255 {
-		return fmt.Errorf("image_name is longer than 255 bytes")
+	if len(name) > maxName {
+		return fmt.Errorf("image_name is longer than %d bytes", maxName)
 	}
 	return nil
 }
@@ -449,7 +449,7 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	s.removeStaleTemps(rel)
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(rel), fmt.Sprintf(".%s%s%x", filepath.Base(rel), tempMark, rnd))
+	tmp := fmt.Sprintf("%s%x", tempPrefix(rel), rnd)
 	f, err := s.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return describe(rel, err)
@@ -494,7 +494,7 @@ func (s *Storage) syncDir(dir string) error {
 // can take minutes): the write about to start replaces them, and a volume
 // holding one could not be removed.
 func (s *Storage) removeStaleTemps(rel string) {
-	dir, prefix := filepath.Dir(rel), "."+filepath.Base(rel)+tempMark
+	dir, prefix := filepath.Dir(rel), filepath.Base(tempPrefix(rel))
 	d, err := s.root.Open(dir)
 	if err != nil {
 		return
@@ -541,6 +541,25 @@ func (s *Storage) removeStaleTemp(rel string) {
 // tempMark is between the image's name and a random suffix in the name of
 // a write's temporary file: ".<name>.tmp-<12 hex digits>".
 const tempMark = ".tmp-"
+
+// maxName is the longest file name, in bytes, of the file systems the
+// root may be on (NAME_MAX).
+const maxName = 255
+
+// tempPrefix is the path of rel's temporary files but for their random
+// suffix: ".<name>.tmp-" beside it. A name too long to leave room for the
+// dot, tempMark and the suffix (an image name may take all of maxName) is
+// cut short, at the start of a character.
+func tempPrefix(rel string) string {
+	name := filepath.Base(rel)
+	if n := maxName - len(".") - len(tempMark) - 12; len(name) > n {
+		for n > 0 && !utf8.RuneStart(name[n]) {
+			n--
+		}
+		name = name[:n]
+	}
+	return filepath.Join(filepath.Dir(rel), "."+name+tempMark)
+}
 
 // isTemp reports whether name is that of a write's temporary file.
 func isTemp(name string) bool {

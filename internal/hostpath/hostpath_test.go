@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spin-broker/spinbroker/agent"
 )
@@ -799,5 +801,52 @@ func TestCopyImage_OntoTheSameVolumeByAnotherName(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(s.Dir(), "a", "d.raw")); err != nil {
 		t.Fatalf("the image: %v", err)
+	}
+}
+
+// TestImages_LongestNames: an image name as long as CheckImageName takes
+// (255 bytes, a file system's most) is made and copied, though the
+// temporary file each writes beside it has a longer name than the image's
+// own; a name cut short inside a character keeps
+// the temporary file's name valid UTF-8.
+func TestImages_LongestNames(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "b"}))
+	for _, name := range []string{
+		strings.Repeat("a", 251) + ".raw",
+		strings.Repeat("δ", 118) + ".qcow2", // 236+6 bytes
+		strings.Repeat("x", 235) + strings.Repeat("δ", 10),
+	} {
+		if err := CheckImageName(name); err != nil {
+			t.Fatal(err)
+		}
+		if FormatOf(name) == "qcow2" {
+			if _, err := exec.LookPath("qemu-img"); err != nil {
+				continue
+			}
+		}
+		m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: name, ImageSize: 1}))
+		m.out(s.CopyImage(ctx, CopyImage{ImageName: name, Volume: "a", TargetVolume: "b"}))
+	}
+	if got := append(temps(t, filepath.Join(s.Dir(), "a")), temps(t, filepath.Join(s.Dir(), "b"))...); len(got) != 0 {
+		t.Errorf("temporary files left: %q", got)
+	}
+	// A temporary file an interrupted write of such a name left is
+	// found and removed by the next write of it.
+	long := strings.Repeat("a", 251) + ".raw"
+	stale := filepath.Join(s.Dir(), tempPrefix(filepath.Join("a", long))+"0123456789ab")
+	if err := os.WriteFile(stale, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.out(s.DeleteImage(ctx, DeleteImage{ImagePath: "a/" + long}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "a", ImageName: long, ImageSize: 1}))
+	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the stale temporary file of %q: %v", long, err)
+	}
+	tmp := filepath.Base(tempPrefix(filepath.Join("a", strings.Repeat("x", 235)+strings.Repeat("δ", 10)))) + "0123456789ab"
+	if len(tmp) > 255 || !utf8.ValidString(tmp) || !isTemp(tmp) {
+		t.Errorf("temporary file name %q (%d bytes)", tmp, len(tmp))
 	}
 }
