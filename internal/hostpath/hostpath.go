@@ -118,17 +118,45 @@ func (s *Storage) Close() error {
 // Dir is the root directory's absolute path.
 func (s *Storage) Dir() string { return s.dir }
 
-// Handlers are the storage actions, for agent.Run.
+// Handlers are the storage actions, for agent.Run. Each first checks that
+// the root is still where it was opened (see checkRoot).
 func (s *Storage) Handlers() []agent.Handler {
 	return []agent.Handler{
-		agent.Handle("add_volume", s.AddVolume),
-		agent.Handle("remove_volume", s.RemoveVolume),
-		agent.Handle("create_image", s.CreateImage),
-		agent.Handle("delete_image", s.DeleteImage),
-		agent.Handle("resize_image", s.ResizeImage),
-		agent.Handle("move_image", s.MoveImage),
-		agent.Handle("copy_image", s.CopyImage),
+		agent.Handle("add_volume", inRoot(s, s.AddVolume)),
+		agent.Handle("remove_volume", inRoot(s, s.RemoveVolume)),
+		agent.Handle("create_image", inRoot(s, s.CreateImage)),
+		agent.Handle("delete_image", inRoot(s, s.DeleteImage)),
+		agent.Handle("resize_image", inRoot(s, s.ResizeImage)),
+		agent.Handle("move_image", inRoot(s, s.MoveImage)),
+		agent.Handle("copy_image", inRoot(s, s.CopyImage)),
 	}
+}
+
+// inRoot is the action fn, run only while checkRoot passes.
+func inRoot[P any](s *Storage, fn func(context.Context, P) (any, error)) func(context.Context, P) (any, error) {
+	return func(ctx context.Context, p P) (any, error) {
+		if err := s.checkRoot(); err != nil {
+			return nil, err
+		}
+		return fn(ctx, p)
+	}
+}
+
+// checkRoot refuses to act once the folder at the root's path is not the
+// one the agent opened: the root, or a folder above it, was renamed (and
+// another perhaps put in its place) while the agent ran. Every access goes
+// through the folder opened, wherever it now is, so the agent would go on
+// making and removing files outside the root's path, and report host paths
+// under it that name other files, or none.
+func (s *Storage) checkRoot() error {
+	here, err := os.Stat(s.dir)
+	if err == nil {
+		var opened fs.FileInfo
+		if opened, err = s.root.Stat("."); err == nil && os.SameFile(here, opened) {
+			return nil
+		}
+	}
+	return fmt.Errorf("the storage root %s was moved or replaced since the agent opened it, and the folder it opened is no longer there: restart the agent on the root", s.dir)
 }
 
 // Output reports what an action made, changed or found.

@@ -850,3 +850,64 @@ func TestImages_LongestNames(t *testing.T) {
 		t.Errorf("temporary file name %q (%d bytes)", tmp, len(tmp))
 	}
 }
+
+// TestRoot_MovedWhileServing: a root folder renamed, or its parent, while
+// the agent serves it (another folder put in its place, say) is no longer
+// the root its host_path outputs name: the agent would go on writing the
+// folder it opened, now elsewhere, and report files under the root's path
+// that are not those it made. Every action refuses, naming the cause, and
+// neither folder is touched.
+func TestRoot_MovedWhileServing(t *testing.T) {
+	for _, moved := range []string{"root", "parent"} {
+		t.Run(moved, func(t *testing.T) {
+			parent := filepath.Join(t.TempDir(), "srv")
+			dir := filepath.Join(parent, "images")
+			s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			m := must{t}
+			m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+			m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "d.raw", ImageSize: 1}))
+			from := map[string]string{"root": dir, "parent": parent}[moved]
+			if err := os.Rename(from, from+".old"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(dir, "v"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			handlers := map[string]agent.Handler{}
+			for _, h := range s.Handlers() {
+				handlers[h.Action()] = h
+			}
+			for _, c := range [][2]string{
+				{"add_volume", `{"path":"w"}`},
+				{"remove_volume", `{"path":"v","force":true}`},
+				{"create_image", `{"volume_path":"v","image_name":"e.raw","image_size":1}`},
+				{"delete_image", `{"image_path":"v/d.raw"}`},
+				{"resize_image", `{"volume_path":"v","image_name":"d.raw","image_size":2}`},
+				{"move_image", `{"image_name":"d.raw","volume":"v","target_volume":"v"}`},
+				{"copy_image", `{"image_name":"d.raw","volume":"v","target_volume":"w"}`},
+			} {
+				out, err := run(handlers[c[0]], c[1])
+				if err == nil {
+					t.Errorf("%s %s in a root moved away = %s", c[0], c[1], out)
+				}
+				wantErr(t, err, "moved or replaced")
+			}
+			old := filepath.Join(from+".old", strings.TrimPrefix(dir, from))
+			if fi, err := os.Stat(filepath.Join(old, "v", "d.raw")); err != nil || fi.Size() != 1<<30 {
+				t.Errorf("the image in the root moved away: %v", err)
+			}
+			for _, d := range []string{old, dir} {
+				if _, err := os.Stat(filepath.Join(d, "w")); err == nil {
+					t.Errorf("a volume was made in %s", d)
+				}
+				if _, err := os.Stat(filepath.Join(d, "v", "e.raw")); err == nil {
+					t.Errorf("an image was made in %s", d)
+				}
+			}
+		})
+	}
+}
