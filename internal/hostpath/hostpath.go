@@ -293,6 +293,9 @@ type AddVolume struct {
 // exists already is success.
 func (s *Storage) AddVolume(ctx context.Context, p AddVolume) (any, error) {
 	rel, err := volumePath("path", p.Path)
+	if err == nil {
+		err = s.fitsHost("path", rel)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -424,6 +427,9 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	}
 	format := FormatOf(p.ImageName)
 	rel := filepath.Join(vol, p.ImageName)
+	if err := s.fitsHost("image", rel); err != nil {
+		return nil, err
+	}
 	size := p.ImageSize << 30
 	if info, err := s.stat(rel); err == nil {
 		if info.format == format && info.size == size {
@@ -444,6 +450,21 @@ func (s *Storage) CreateImage(ctx context.Context, p CreateImage) (any, error) {
 	}
 	agent.LoggerOr(ctx, s.log).Info("image created", "path", rel, "format", format, "size", size)
 	return s.output(rel, true).withImage(imageInfo{format: format, size: size}), nil
+}
+
+// pathMax is the longest path, in bytes with its terminating NUL, that
+// the host's programs open (Linux's PATH_MAX).
+const pathMax = 4096
+
+// fitsHost refuses a volume or image rel (what) to be made whose host path
+// is longer than a path may be: the agent reaches it a folder at a time,
+// but the host_path it reports could be opened by nothing else (QEMU,
+// sa-emulation, a shell).
+func (s *Storage) fitsHost(what, rel string) error {
+	if n := len(filepath.Join(s.dir, rel)); n >= pathMax {
+		return fmt.Errorf("%s %q is too long: its host path would have %d bytes, more than the %d a path may have, and no other program could open it", what, rel, n, pathMax-1)
+	}
+	return nil
 }
 
 // volume checks a volume parameter and that the volume exists.
@@ -885,6 +906,9 @@ func (s *Storage) endpoints(name, volume, target string) (src, dst string, same 
 // success; an image of that name in the target otherwise is an error.
 func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	src, dst, same, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
+	if err == nil {
+		err = s.fitsHost("image", dst)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -965,6 +989,9 @@ func (s *Storage) finishMove(ctx context.Context, src, dst string, srcInfo, dstI
 // of the same size in the target already is success.
 func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 	src, dst, same, err := s.endpoints(p.ImageName, p.Volume, p.TargetVolume)
+	if err == nil {
+		err = s.fitsHost("image", dst)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -911,3 +911,41 @@ func TestRoot_MovedWhileServing(t *testing.T) {
 		})
 	}
 }
+
+// TestPaths_TooLongForTheHost: a volume or image whose host path would be
+// longer than a path may be (PATH_MAX, 4096 bytes with its NUL) is not
+// made: the agent reaches it a folder at a time, but the host_path it
+// reports could be opened by nothing else (QEMU, sa-emulation, a shell).
+func TestPaths_TooLongForTheHost(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	deep := strings.Repeat("d/", 2100) + "x"
+	_, err := s.AddVolume(ctx, AddVolume{Path: deep})
+	wantErr(t, err, "too long")
+	if _, err := os.Stat(filepath.Join(s.Dir(), "d")); err == nil {
+		t.Error("add_volume of a path too long made folders")
+	}
+	// A volume that fits, whose image would not.
+	room := 4095 - len(s.Dir()) - 1 - 100
+	vol := strings.Repeat(strings.Repeat("v", 99)+"/", room/100)
+	vol = vol[:len(vol)-1]
+	o := m.out(s.AddVolume(ctx, AddVolume{Path: vol}))
+	if len(o.HostPath) > 4095 {
+		t.Fatalf("host path of %d bytes", len(o.HostPath))
+	}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "short"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "short", ImageName: strings.Repeat("i", 250), ImageSize: 1}))
+	long := strings.Repeat("i", 250)
+	_, err = s.CreateImage(ctx, CreateImage{VolumePath: vol, ImageName: long, ImageSize: 1})
+	wantErr(t, err, "too long")
+	_, err = s.CopyImage(ctx, CopyImage{ImageName: long, Volume: "short", TargetVolume: vol})
+	wantErr(t, err, "too long")
+	_, err = s.MoveImage(ctx, MoveImage{ImageName: long, Volume: "short", TargetVolume: vol})
+	wantErr(t, err, "too long")
+	if _, err := os.Stat(filepath.Join(s.Dir(), "short", long)); err != nil {
+		t.Errorf("the source of the refused move: %v", err)
+	}
+	if ents, err := fs.ReadDir(s.root.FS(), vol); err != nil || len(ents) != 0 {
+		t.Errorf("the volume holds %v, %v; want nothing", ents, err)
+	}
+}
