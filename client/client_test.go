@@ -357,23 +357,31 @@ func TestMaskURL(t *testing.T) {
 func TestAnswerTooLarge(t *testing.T) {
 	c, _, _ := newBroker(t)
 	ctx := context.Background()
-	in := spinbroker.NewPackage{}
-	for range 20 {
-		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "storage", Action: "add_volume", Parameters: []byte(`{"path": "` + strings.Repeat("v", 100) + `"}`)})
-	}
-	p, err := c.CreatePackage(ctx, in)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := packageOver1000Bytes(t, c)
 	defer func(n int) { maxAnswer = n }(maxAnswer)
 	maxAnswer = 1000
-	_, err = c.Package(ctx, p.ID)
+	_, err := c.Package(ctx, p.ID)
 	if err == nil || !strings.Contains(err.Error(), "larger than 1000 bytes") || !strings.Contains(err.Error(), "GET /packages/"+p.ID) {
 		t.Fatalf("a package answer over the client's limit: %v", err)
 	}
 	if _, err := c.Queues(ctx); err != nil {
 		t.Fatalf("a small answer under the same limit: %v", err)
 	}
+}
+
+// packageOver1000Bytes creates a package (in staging) whose answer is over
+// 1,000 bytes.
+func packageOver1000Bytes(t *testing.T, c *Client) *spinbroker.Package {
+	t.Helper()
+	in := spinbroker.NewPackage{}
+	for range 20 {
+		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "storage", Action: "add_volume", Parameters: []byte(`{"path": "` + strings.Repeat("v", 100) + `"}`)})
+	}
+	p, err := c.CreatePackage(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestAnswerTooLarge_WriteDone: a write whose answer is past what the
@@ -384,14 +392,8 @@ func TestAnswerTooLarge(t *testing.T) {
 func TestAnswerTooLarge_WriteDone(t *testing.T) {
 	c, _, _ := newBroker(t)
 	ctx := context.Background()
-	in := spinbroker.NewPackage{}
-	for range 20 {
-		in.Commands = append(in.Commands, spinbroker.NewCommand{Resource: "storage", Action: "add_volume", Parameters: []byte(`{"path": "` + strings.Repeat("v", 100) + `"}`)})
-	}
-	p, err := c.CreatePackage(ctx, in)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := packageOver1000Bytes(t, c)
+	var err error
 	func() {
 		defer func(n int) { maxAnswer = n }(maxAnswer)
 		maxAnswer = 1000

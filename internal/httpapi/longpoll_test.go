@@ -361,25 +361,13 @@ func TestAskOf(t *testing.T) {
 	}
 }
 
-// countingNexts is the store, counting the calls of Next: each is a write
-// transaction.
-type countingNexts struct {
-	*store.DB
-	n atomic.Int64
-}
-
-func (c *countingNexts) Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error) {
-	c.n.Add(1)
-	return c.DB.Next(ctx, resource, lease)
-}
-
 // TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin: a long-poll on a full
 // queue whose head's retry back-off has ended waits for the slot to free
 // (a completion wakes it), rather than asking the database again every
 // millisecond until then.
 func TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin(t *testing.T) {
 	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	st := &countingNexts{DB: db}
+	st := &countingClaims{DB: db}
 	s := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
@@ -429,7 +417,7 @@ func TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin(t *testing.T) {
 // it was asked for: each is a write transaction.
 type countingClaims struct {
 	*store.DB
-	n atomic.Int32
+	n atomic.Int64
 }
 
 func (c *countingClaims) Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
