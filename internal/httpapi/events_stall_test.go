@@ -174,3 +174,34 @@ func TestEvents_CascadeKeepsStreamsOpen(t *testing.T) {
 	}
 	t.Fatalf("the stream ended (%v) before a later change came", sc.Err())
 }
+
+// TestHub_FullBufferKeepsSubscriber: a broadcast that finds a stream's
+// buffer full leaves the stream subscribed, its buffer as it was, and
+// marks it to be sent "resync". (TestEvents_CascadeKeepsStreamsOpen shows
+// it end to end, but a stream that reads fast enough, as under -race, never
+// fills its buffer there: this test fills it for certain.)
+func TestHub_FullBufferKeepsSubscriber(t *testing.T) {
+	quit := make(chan struct{})
+	defer close(quit)
+	h := newHub(nil, slog.New(slog.DiscardHandler), quit)
+	s := h.subscribe("")
+	defer h.unsubscribe(s)
+	for i := range subscriberBuf + 10 {
+		h.broadcast("command", "p", map[string]int{"i": i})
+	}
+	h.mu.Lock()
+	_, subscribed := h.subs[s]
+	h.mu.Unlock()
+	if !subscribed {
+		t.Fatal("a stream whose buffer filled was dropped: it ends without a resync")
+	}
+	if !s.lost.Load() {
+		t.Error("a stream that missed events is not marked to be sent a resync")
+	}
+	if got := len(s.ch); got != subscriberBuf {
+		t.Errorf("the buffer holds %d events, want %d (the first ones, kept)", got, subscriberBuf)
+	}
+	if ev := <-s.ch; !strings.Contains(string(ev.data), `{"i":0}`) {
+		t.Errorf("the first event kept is %q, want the first broadcast", ev.data)
+	}
+}
