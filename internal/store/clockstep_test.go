@@ -34,10 +34,37 @@ func TestDB_ClockStep(t *testing.T) {
 			if !until.IsZero() {
 				t.Errorf("concurrency %d: the dashboard shows a back-off until %v, %v from now", concurrency, until, until.Sub(clock.Now()))
 			}
+			// A long-poll that a commit woke reads first: it must see
+			// the head free, or it would wait for the hour.
+			if maybe, wake, err := db.Peek(ctx, "r"); err != nil || !maybe {
+				t.Errorf("concurrency %d: after a step back of an hour, Peek says %v (wake %v, %v); want maybe", concurrency, maybe, wake, err)
+			}
 			got := next(t, db, "r")
 			if got == nil || got.ID != c.ID || got.Attempts != 2 {
 				t.Fatalf("concurrency %d: after a step back of an hour, next gave %v; want the retried command, not a queue held for an hour", concurrency, got)
 			}
+		}
+	})
+	// BackBackoffHoldsNoClaim: the same through claim, which leases
+	// several at once by another path than next.
+	t.Run("BackBackoffHoldsNoClaim", func(t *testing.T) {
+		db, clock := open(t)
+		if _, err := db.SetQueue(ctx, "r", spinbroker.QueueSettings{Concurrency: ptr(3)}); err != nil {
+			t.Fatal(err)
+		}
+		enqueue(t, db, cmd("r", "flaky"), cmd("r", "behind"))
+		c := mustNext(t, db, "r")
+		if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: c.Lease.Token}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Add(-time.Hour)
+		got, wake, err := db.Claim(ctx, "r", 3, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].ID != c.ID {
+			t.Fatalf("after a step back of an hour, claim gave %d commands (wake %v, %v from now); want the retried one and the one behind it, not a queue held for an hour",
+				len(got), wake, wake.Sub(clock.Now()))
 		}
 	})
 }
