@@ -711,7 +711,10 @@ type job struct {
 	dur   time.Duration // the lease's duration
 	log   *slog.Logger
 	begin time.Time
-	took  time.Duration // from delivery until the handler returned
+	// leasedAt is when the broker leased the command, by the broker's
+	// clock (its started_at); zero when the answer did not say.
+	leasedAt time.Time
+	took     time.Duration // from delivery until the handler returned
 
 	mu         sync.Mutex
 	expires    time.Time // by the agent's clock, measured from before each request
@@ -756,6 +759,9 @@ func (a *runner) start(cmd *spinbroker.Command, news *beatNews) *job {
 	j := &job{cmd: cmd, begin: time.Now(), beatsDone: make(chan struct{}), news: news}
 	if cmd.Lease != nil {
 		j.token = cmd.Lease.Token
+	}
+	if cmd.StartedAt != nil {
+		j.leasedAt = *cmd.StartedAt
 	}
 	switch {
 	case a.opts.Lease > 0:
@@ -1320,10 +1326,26 @@ func (a *runner) given(j *job) (why string, err error) {
 		return "", err
 	case c.State != spinbroker.Leased || c.Attempts != j.cmd.Attempts:
 		return fmt.Sprintf("the lease ran out and the broker has moved the command on (now %s, attempt %d)", c.State, c.Attempts), nil
-	case c.LeaseExpiresAt != nil && c.LeaseExpiresAt.Before(time.Now()):
+	case c.LeaseExpiresAt != nil && c.LeaseExpiresAt.Before(j.brokerNow()):
 		return "the lease ran out and the broker will give the command again", nil
 	}
 	return "", nil
+}
+
+// brokerNow is, at the latest, the broker's time now: when it leased j's
+// command by its clock, plus the time since the command came by this
+// agent's (monotonic) clock. lease_expires_at is a time on the broker's
+// clock: compared with this agent's, ahead of the broker's, a lease the
+// broker still held (heartbeats that got through, their answers lost)
+// looked past, the result was dropped though the broker would have taken
+// it, and the broker gave the command again: the work was done twice.
+// (It is behind the broker's by the answer's time on the network, so a
+// lease is judged run out late rather than early.)
+func (j *job) brokerNow() time.Time {
+	if j.leasedAt.IsZero() {
+		return time.Now()
+	}
+	return j.leasedAt.Add(time.Since(j.begin))
 }
 
 // dropGiven drops from pending the results that the broker will not take
