@@ -257,7 +257,6 @@ func validTag(s string) bool {
 	return true
 }
 
-// hasOption reports whether a comma-separated tag value holds opt.
 // nullAdviceOf is what the refusal of a null in a field tagged spin:"nonnull"
 // says to do instead, by what leaving the field out does: its default; with
 // the option "keep" (a PATCH's settings) the value it has, not the default,
@@ -273,6 +272,7 @@ func nullAdviceOf(tag string) string {
 	return ": leave it out for its default"
 }
 
+// hasOption reports whether a comma-separated tag value holds opt.
 func hasOption(tag, opt string) bool {
 	for tag != "" {
 		var o string
