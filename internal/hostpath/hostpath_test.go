@@ -949,3 +949,37 @@ func TestPaths_TooLongForTheHost(t *testing.T) {
 		t.Errorf("the volume holds %v, %v; want nothing", ents, err)
 	}
 }
+
+// TestPaths_HostPathLimitExactly: a host path of 4,095 bytes (PATH_MAX
+// with its NUL) is made, one of 4,096 is refused: the limit is not off by
+// one either way.
+func TestPaths_HostPathLimitExactly(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	// rel of n bytes: folders of 200 bytes, the last one shorter.
+	rel := func(first byte, n int) string {
+		var b strings.Builder
+		for b.Len() < n {
+			if b.Len() > 0 {
+				b.WriteByte('/')
+			}
+			b.WriteString(strings.Repeat(string(first), min(200, n-b.Len())))
+		}
+		return b.String()
+	}
+	room := 4095 - len(s.Dir()) - 1
+	fits := rel('a', room)
+	o := m.out(s.AddVolume(ctx, AddVolume{Path: fits}))
+	if len(o.HostPath) != 4095 {
+		t.Fatalf("host path of %d bytes, want 4095", len(o.HostPath))
+	}
+	_, err := s.AddVolume(ctx, AddVolume{Path: rel('b', room+1)})
+	wantErr(t, err, "too long")
+	// An image as well: in a volume, its name taking the last bytes.
+	m.out(s.AddVolume(ctx, AddVolume{Path: "c"}))
+	vol := "c/" + rel('c', room-2-1-100)
+	m.out(s.AddVolume(ctx, AddVolume{Path: vol}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: vol, ImageName: strings.Repeat("i", 100), ImageSize: 1}))
+	_, err = s.CreateImage(ctx, CreateImage{VolumePath: vol, ImageName: strings.Repeat("j", 101), ImageSize: 1})
+	wantErr(t, err, "too long")
+}
