@@ -29,6 +29,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/internal/flock"
 	"github.com/spin-broker/spinbroker/internal/nlink"
@@ -462,7 +463,9 @@ const pathMax = 4096
 // sa-emulation, a shell).
 func (s *Storage) fitsHost(what, rel string) error {
 	if n := len(filepath.Join(s.dir, rel)); n >= pathMax {
-		return fmt.Errorf("%s %q is too long: its host path would have %d bytes, more than the %d a path may have, and no other program could open it", what, rel, n, pathMax-1)
+		// Its start only: the whole of it is over 4 KB, in a reason read
+		// on one line.
+		return fmt.Errorf("%s %q is too long: its host path would have %d bytes, more than the %d a path may have, and no other program could open it", what, spinbroker.Truncate(rel, 120), n, pathMax-1)
 	}
 	return nil
 }

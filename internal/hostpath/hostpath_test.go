@@ -922,6 +922,9 @@ func TestPaths_TooLongForTheHost(t *testing.T) {
 	deep := strings.Repeat("d/", 2100) + "x"
 	_, err := s.AddVolume(ctx, AddVolume{Path: deep})
 	wantErr(t, err, "too long")
+	if len(err.Error()) > 400 {
+		t.Errorf("the reason quotes the whole path (%d bytes): %.200s…", len(err.Error()), err)
+	}
 	if _, err := os.Stat(filepath.Join(s.Dir(), "d")); err == nil {
 		t.Error("add_volume of a path too long made folders")
 	}
