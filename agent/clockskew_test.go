@@ -13,10 +13,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
-	"github.com/spin-broker/spinbroker/client"
-	"github.com/spin-broker/spinbroker/internal/httpapi"
-	"github.com/spin-broker/spinbroker/internal/store"
-	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/brokertest"
 )
 
 // startSkewedBroker is startBroker on a broker whose clock runs skew behind
@@ -30,23 +27,8 @@ func startSkewedBroker(t *testing.T, skew time.Duration) *broker {
 // (nil: as it is), as startBroker's wrap.
 func startSkewedBrokerWrapped(t *testing.T, skew time.Duration, wrap func(http.Handler) http.Handler) *broker {
 	t.Helper()
-	now := func() time.Time { return time.Now().Add(-skew) }
-	db, _ := storetest.MustOpen(t, store.Options{Now: now, Logger: quietLogger()})
-	api := httpapi.New(db, quietLogger(), httpapi.Options{Now: now})
-	h := api.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		api.Shutdown()
-		srv.Close()
-	})
-	c, err := client.New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &broker{c: c, url: srv.URL, db: db}
+	sb := brokertest.Start(t, brokertest.WithSkew(skew), brokertest.WithLogger(quietLogger()), brokertest.Wrap(wrap))
+	return &broker{c: sb.Client, url: sb.URL, db: sb.DB}
 }
 
 // An agent whose clock is ahead of the broker's (here by two thirds of its

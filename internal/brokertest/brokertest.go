@@ -37,6 +37,7 @@ type Option func(*config)
 
 type config struct {
 	clock  bool
+	skew   time.Duration
 	path   string
 	api    httpapi.Options
 	logger *slog.Logger
@@ -47,6 +48,12 @@ type config struct {
 // moves it (Broker.Clock), rather than the wall clock.
 func WithClock() Option {
 	return func(c *config) { c.clock = true }
+}
+
+// WithSkew makes the broker read the wall clock skew behind the test's
+// (and its agents'): a host whose clock is off, or an agent's that is.
+func WithSkew(skew time.Duration) Option {
+	return func(c *config) { c.skew = skew }
 }
 
 // WithFile serves the database at path, which may already exist (made by
@@ -80,7 +87,11 @@ func Start(tb testing.TB, opts ...Option) *Broker {
 	for _, o := range opts {
 		o(&c)
 	}
-	sopts := store.Options{Now: time.Now}
+	now := time.Now
+	if c.skew != 0 {
+		now = func() time.Time { return time.Now().Add(-c.skew) }
+	}
+	sopts := store.Options{Now: now}
 	if c.clock {
 		sopts.Now = nil // storetest's own clock
 	}
@@ -91,7 +102,7 @@ func Start(tb testing.TB, opts ...Option) *Broker {
 	} else {
 		db, clock = storetest.MustOpen(tb, sopts)
 	}
-	c.api.Now = time.Now
+	c.api.Now = now
 	if clock != nil {
 		c.api.Now = clock.Now
 	}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
 
 // TestDB_ClockStep: the broker keeps its times as wall-clock instants, and
@@ -17,16 +19,7 @@ func TestDB_ClockStep(t *testing.T) {
 	// step back of an hour stalled the queue for an hour.
 	t.Run("BackBackoffHoldsNoHour", func(t *testing.T) {
 		for _, concurrency := range []int{1, 3} {
-			db, clock := open(t)
-			if _, err := db.SetQueue(ctx, "r", spinbroker.QueueSettings{Concurrency: ptr(concurrency)}); err != nil {
-				t.Fatal(err)
-			}
-			enqueue(t, db, cmd("r", "flaky"), cmd("r", "behind"))
-			c := mustNext(t, db, "r")
-			if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: c.Lease.Token}); err != nil {
-				t.Fatal(err)
-			}
-			clock.Add(-time.Hour)
+			db, clock, c := retriedThenStepBack(t, concurrency)
 			head, until, err := db.QueueHead(ctx, "r")
 			if err != nil || head == nil || head.ID != c.ID {
 				t.Fatalf("head %v, %v", head, err)
@@ -48,16 +41,7 @@ func TestDB_ClockStep(t *testing.T) {
 	// BackBackoffHoldsNoClaim: the same through claim, which leases
 	// several at once by another path than next.
 	t.Run("BackBackoffHoldsNoClaim", func(t *testing.T) {
-		db, clock := open(t)
-		if _, err := db.SetQueue(ctx, "r", spinbroker.QueueSettings{Concurrency: ptr(3)}); err != nil {
-			t.Fatal(err)
-		}
-		enqueue(t, db, cmd("r", "flaky"), cmd("r", "behind"))
-		c := mustNext(t, db, "r")
-		if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: c.Lease.Token}); err != nil {
-			t.Fatal(err)
-		}
-		clock.Add(-time.Hour)
+		db, clock, c := retriedThenStepBack(t, 3)
 		got, wake, err := db.Claim(ctx, "r", 3, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -67,4 +51,22 @@ func TestDB_ClockStep(t *testing.T) {
 				len(got), wake, wake.Sub(clock.Now()))
 		}
 	})
+}
+
+// retriedThenStepBack is a queue of the given concurrency whose head c
+// failed asking for a retry (a back-off of a second, holding the command
+// behind it), after which the clock stepped back an hour.
+func retriedThenStepBack(t *testing.T, concurrency int) (*store.DB, *storetest.Clock, *spinbroker.Command) {
+	t.Helper()
+	db, clock := open(t)
+	if _, err := db.SetQueue(ctx, "r", spinbroker.QueueSettings{Concurrency: ptr(concurrency)}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, db, cmd("r", "flaky"), cmd("r", "behind"))
+	c := mustNext(t, db, "r")
+	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(-time.Hour)
+	return db, clock, c
 }
