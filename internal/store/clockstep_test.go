@@ -1,6 +1,10 @@
 package store_test
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,6 +71,195 @@ func retriedThenStepBack(t *testing.T, concurrency int) (*store.DB, *storetest.C
 	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: ptr(false), Retry: true, Lease: c.Lease.Token}); err != nil {
 		t.Fatal(err)
 	}
-	clock.Add(-time.Hour)
+	clock.Step(-time.Hour)
 	return db, clock, c
+}
+
+// TestDB_ClockStepLeases: a lease lasts its duration on the broker's
+// monotonic clock, whatever its wall clock does meanwhile. The first write
+// after a step shifts every lease by it, before it runs: here a next, a
+// heartbeat, a sweep or a claim.
+func TestDB_ClockStepLeases(t *testing.T) {
+	firsts := map[string]func(t *testing.T, db *store.DB, c *spinbroker.Command){
+		"Next": func(t *testing.T, db *store.DB, c *spinbroker.Command) {
+			noNext(t, db, "r") // concurrency 1: an expired lease would be settled and a redelivered
+		},
+		"Heartbeat": func(t *testing.T, db *store.DB, c *spinbroker.Command) {
+			if _, err := db.Heartbeat(ctx, c.ID, c.Lease.Token, 0); err != nil {
+				t.Fatalf("heartbeat after the step: %v", err)
+			}
+		},
+		"Sweep": func(t *testing.T, db *store.DB, c *spinbroker.Command) {
+			if res, err := db.Sweep(ctx, store.SweepOptions{}); err != nil || res.LeasesSettled != 0 {
+				t.Fatalf("sweep after the step settled %d leases (%v), want none", res.LeasesSettled, err)
+			}
+		},
+		"Claim": func(t *testing.T, db *store.DB, c *spinbroker.Command) {
+			if got, _, err := db.Claim(ctx, "r", 1, 0); err != nil || len(got) != 0 {
+				t.Fatalf("claim after the step gave %d commands (%v), want none", len(got), err)
+			}
+		},
+	}
+	// Forward: a step forward of an hour expired every lease at once; the
+	// agent lost its command at the next sweep, its heartbeat and result
+	// were refused stale_lease, and an attempt was spent.
+	for name, first := range firsts {
+		t.Run("Forward/"+name, func(t *testing.T) {
+			db, clock, log := openLogged(t)
+			enqueue(t, db, cmd("r", "long"), cmd("r", "behind"))
+			c := mustNext(t, db, "r")
+			clock.Add(10 * time.Second)
+			clock.Step(time.Hour)
+			first(t, db, c)
+			if res, err := db.Sweep(ctx, store.SweepOptions{}); err != nil || res.LeasesSettled != 0 {
+				t.Fatalf("sweep after the step settled %d leases (%v), want none", res.LeasesSettled, err)
+			}
+			got := wantState(t, db, c.ID, spinbroker.Leased)
+			if got.Attempts != 1 {
+				t.Errorf("attempts %d after the step, want 1", got.Attempts)
+			}
+			if !strings.Contains(log.String(), "the clock stepped") || !strings.Contains(log.String(), "drift=1h0m0s") {
+				t.Errorf("log %q: want one warning of the step and its drift", log.String())
+			}
+			if n := strings.Count(log.String(), "the clock stepped"); n != 1 {
+				t.Errorf("%d warnings of the step, want 1", n)
+			}
+			if _, err := db.Heartbeat(ctx, c.ID, c.Lease.Token, 0); err != nil {
+				t.Fatalf("heartbeat after the step: %v", err)
+			}
+			succeed(t, db, c)
+		})
+	}
+	// RolledBack: the first write after the step failed, and its
+	// transaction, shift and all, rolled back; the next makes the shift.
+	t.Run("RolledBack", func(t *testing.T) {
+		db, clock, log := openLogged(t)
+		enqueue(t, db, cmd("r", "long"))
+		c := mustNext(t, db, "r")
+		clock.Add(10 * time.Second)
+		clock.Step(time.Hour)
+		_, err := db.Heartbeat(ctx, c.ID, "not-the-token", 0)
+		wantCode(t, err, spinbroker.ESTALE)
+		sweepSettles(t, db, 0)
+		wantState(t, db, c.ID, spinbroker.Leased)
+		if n := strings.Count(log.String(), "the clock stepped"); n != 1 {
+			t.Errorf("%d warnings of the step, want 1: %s", n, log.String())
+		}
+	})
+	// ForwardStillRunsOut: shifted, the lease still runs out 60s after its
+	// grant, as the monotonic clock counts.
+	t.Run("ForwardStillRunsOut", func(t *testing.T) {
+		db, clock, _ := openLogged(t)
+		enqueue(t, db, cmd("r", "long"))
+		c := mustNext(t, db, "r")
+		clock.Add(10 * time.Second)
+		clock.Step(time.Hour)
+		sweepSettles(t, db, 0)
+		clock.Add(49 * time.Second)
+		sweepSettles(t, db, 0)
+		clock.Add(time.Second)
+		sweepSettles(t, db, 1)
+		wantState(t, db, c.ID, spinbroker.Ready)
+	})
+	// Back: a step back of an hour kept a dead agent's lease an hour
+	// longer, and the queue behind it waited.
+	t.Run("Back", func(t *testing.T) {
+		db, clock, log := openLogged(t)
+		enqueue(t, db, cmd("r", "dead"))
+		c := mustNext(t, db, "r")
+		clock.Add(10 * time.Second)
+		clock.Step(-time.Hour)
+		sweepSettles(t, db, 0)
+		clock.Add(49 * time.Second)
+		sweepSettles(t, db, 0)
+		clock.Add(time.Second)
+		sweepSettles(t, db, 1)
+		if got := wantState(t, db, c.ID, spinbroker.Ready); got.Attempts != 1 {
+			t.Errorf("attempts %d, want 1", got.Attempts)
+		}
+		if !strings.Contains(log.String(), "drift=-1h0m0s") {
+			t.Errorf("log %q: want the step's drift", log.String())
+		}
+	})
+	// Idle: wall and monotonic clocks advancing together, however long
+	// the broker waited between two writes, are no step.
+	t.Run("Idle", func(t *testing.T) {
+		db, clock, log := openLogged(t)
+		enqueue(t, db, cmd("r", "dead"))
+		mustNext(t, db, "r")
+		clock.Add(59 * time.Second)
+		sweepSettles(t, db, 0)
+		clock.Add(2 * time.Hour)
+		sweepSettles(t, db, 1)
+		if strings.Contains(log.String(), "the clock stepped") {
+			t.Errorf("log %q: no step happened", log.String())
+		}
+	})
+	// Small: a drift under the threshold (NTP slewing, a write that took
+	// long) moves no lease.
+	t.Run("Small", func(t *testing.T) {
+		db, clock, log := openLogged(t)
+		enqueue(t, db, cmd("r", "dead"))
+		mustNext(t, db, "r")
+		clock.Add(10 * time.Second)
+		clock.Step(1500 * time.Millisecond)
+		sweepSettles(t, db, 0)
+		clock.Add(49 * time.Second) // 60.5s on the wall clock
+		sweepSettles(t, db, 1)
+		if strings.Contains(log.String(), "the clock stepped") {
+			t.Errorf("log %q: a drift of 1.5s is no step", log.String())
+		}
+	})
+	// NotBeforeStays: not_before is a calendar time, which the step
+	// reached: the command is due, not held an hour more.
+	t.Run("NotBeforeStays", func(t *testing.T) {
+		db, clock, _ := openLogged(t)
+		later := clock.Now().Add(30 * time.Minute)
+		delayed := cmd("d", "later")
+		delayed.NotBefore = &later
+		p := enqueue(t, db, delayed, cmd("r", "long"))
+		mustNext(t, db, "r")
+		clock.Step(time.Hour)
+		sweepSettles(t, db, 0)
+		if got := mustNext(t, db, "d"); got.ID != p.Commands[0].ID {
+			t.Fatalf("next d gave %s, want the delayed command", got.ID)
+		}
+	})
+}
+
+// openLogged is open with the store's log lines kept.
+func openLogged(t *testing.T) (*store.DB, *storetest.Clock, *syncBuffer) {
+	t.Helper()
+	var log syncBuffer
+	db, clock := storetest.MustOpen(t, store.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	return db, clock, &log
+}
+
+func sweepSettles(t *testing.T, db *store.DB, want int) {
+	t.Helper()
+	res, err := db.Sweep(ctx, store.SweepOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.LeasesSettled != want {
+		t.Fatalf("sweep settled %d leases, want %d", res.LeasesSettled, want)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the writer's goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -42,6 +42,12 @@ type Options struct {
 	Sync string
 	// Now is the clock; time.Now when nil. Tests move it.
 	Now func() time.Time
+	// Mono is the monotonic clock Now is checked against: the time since
+	// a fixed instant, which no setting of the wall clock moves. When Now
+	// moves further or less than Mono, the wall clock stepped, and the
+	// leases are shifted with it (see writer.clockStep). The process's own
+	// when Now is nil too; with a Now but no Mono, steps go undetected.
+	Mono func() time.Duration
 	// Logger receives the store's own log lines; slog.Default when nil.
 	Logger *slog.Logger
 	// ReadConns is the size of the read pool (default 4).
@@ -85,6 +91,7 @@ type DB struct {
 	path   string
 	log    *slog.Logger
 	now    func() time.Time
+	mono   func() time.Duration // nil: clock steps go undetected
 	wdb    *sql.DB
 	rdb    *sql.DB
 	reader *reader
@@ -203,6 +210,10 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+		if opts.Mono == nil {
+			start := time.Now()
+			opts.Mono = func() time.Duration { return time.Since(start) }
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -291,6 +302,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		path:       path,
 		log:        opts.Logger,
 		now:        func() time.Time { return opts.Now().UTC() },
+		mono:       opts.Mono,
 		wdb:        wdb,
 		rdb:        rdb,
 		reader:     &reader{db: rdb, stmts: map[string]*sql.Stmt{}},
@@ -788,6 +800,52 @@ type writer struct {
 	conn  *sql.Conn
 	stmts map[string]*sql.Stmt
 	held  *op // a maintenance op met while gathering, run next
+	// wall and mono are the two clocks' readings at the start of the last
+	// transaction (clocked: there was one; one that shifted the leases
+	// counts once it committed), against which clockStep measures a step
+	// of the wall clock.
+	wall    time.Time
+	mono    time.Duration
+	clocked bool
+}
+
+// stepTolerance is the most that the wall clock may drift from the
+// monotonic one between two transactions before the writer takes it for a
+// step and shifts the leases: NTP slews by at most 0.5 ms a second, and a
+// broker writes at least every sweep interval (up to an hour: 1.8s).
+const stepTolerance = 2 * time.Second
+
+// qShiftLeases moves every lease by ?1 nanoseconds, through commands_leased.
+const qShiftLeases = `UPDATE commands SET lease_expires_at = lease_expires_at + ?1 WHERE state = 'leased'`
+
+// clockStep reads both clocks, and when the wall clock moved by more than
+// stepTolerance further or less than the monotonic one since the last
+// transaction, shifts every lease by the difference: a lease lasts its
+// duration as the broker counts time, whatever its wall clock does. A step
+// forward of an hour expired every lease at once (live agents lost their
+// commands and an attempt), a step back kept a dead agent's an hour longer.
+// Calendar times (not_before, retention) are not shifted, and a back-off
+// takes care of itself (backoffLeft). It answers the drift it made up for
+// (0 if none) and the readings, for the caller to keep once the
+// transaction commits: rolled back, the shift is to be made again.
+func (w *writer) clockStep() (wall time.Time, mono, drift time.Duration, n int64, err error) {
+	if w.db.mono == nil {
+		return wall, 0, 0, 0, nil
+	}
+	wall, mono = w.db.now(), w.db.mono()
+	if w.clocked {
+		drift = wall.Sub(w.wall) - (mono - w.mono)
+	}
+	if drift >= -stepTolerance && drift <= stepTolerance {
+		w.wall, w.mono, w.clocked = wall, mono, true
+		return wall, mono, 0, 0, nil
+	}
+	r, err := w.exec(qShiftLeases, int64(drift))
+	if err != nil {
+		return wall, mono, 0, 0, err
+	}
+	n, _ = r.RowsAffected()
+	return wall, mono, drift, n, nil
 }
 
 func (w *writer) run() {
@@ -866,6 +924,12 @@ func (w *writer) commit(batch []*op) {
 		fail(w.db.unavailable("begin", err))
 		return
 	}
+	wall, mono, drift, shifted, err := w.clockStep()
+	if err != nil {
+		w.rollback()
+		fail(w.db.unavailable("shift leases", err))
+		return
+	}
 	ran := 0
 	started := time.Now()
 	for i := 0; ; i++ {
@@ -936,6 +1000,10 @@ func (w *writer) commit(batch []*op) {
 		}
 		fail(w.db.unavailable("commit", err))
 		return
+	}
+	if drift != 0 {
+		w.wall, w.mono = wall, mono
+		w.db.log.Warn("the clock stepped", "drift", drift.Round(time.Millisecond), "leases_shifted", shifted)
 	}
 	// A commit that changed rows reached the disk: writes work. One that
 	// changed nothing (a sweep with nothing to do) wrote no page and proves

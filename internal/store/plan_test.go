@@ -37,6 +37,7 @@ func TestPlans(t *testing.T) {
 		{"WakeBackoff", qWakeBackoff, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"Expired", qExpired, []any{"r", 1}, []string{"SEARCH c USING INDEX commands_leased (resource=? AND lease_expires_at<?)"}},
 		{"ExpiredAll", qExpiredAll, []any{1, 10}, []string{"commands_leased"}},
+		{"ShiftLeases", qShiftLeases, []any{1}, []string{"SCAN commands USING INDEX commands_leased"}},
 		{"Promote", qPromote, []any{1, "r"}, []string{"INDEX commands_delayed (resource=? AND not_before<?)"}},
 		{"PromoteAll", qPromoteAll, []any{1, 10}, []string{"commands_delayed"}},
 		{"OldestReady", qOldestReady, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},

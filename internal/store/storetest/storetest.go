@@ -15,7 +15,8 @@ import (
 )
 
 // MustOpen opens a new database in tb's temporary directory and closes it
-// when the test ends. A nil Now in opts gets a Clock of its own, returned.
+// when the test ends. A nil Now in opts gets a Clock of its own, returned,
+// which is also its Mono.
 func MustOpen(tb testing.TB, opts store.Options) (*store.DB, *Clock) {
 	tb.Helper()
 	return MustOpenFile(tb, filepath.Join(tb.TempDir(), "spinbroker.db"), opts)
@@ -29,6 +30,7 @@ func MustOpenFile(tb testing.TB, path string, opts store.Options) (*store.DB, *C
 	if opts.Now == nil {
 		clock = NewClock()
 		opts.Now = clock.Now
+		opts.Mono = clock.Mono
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -45,10 +47,12 @@ func MustOpenFile(tb testing.TB, path string, opts store.Options) (*store.DB, *C
 	return db, clock
 }
 
-// Clock is a clock that moves only when told to.
+// Clock is a clock that moves only when told to: a wall clock and a
+// monotonic one, which Add moves together and Step does not.
 type Clock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu   sync.Mutex
+	t    time.Time
+	mono time.Duration
 }
 
 // NewClock returns a clock set to a fixed instant.
@@ -63,8 +67,25 @@ func (c *Clock) Now() time.Time {
 	return c.t
 }
 
-// Add moves the clock forward by d.
+// Mono returns the time the clock has run for: its monotonic reading,
+// which Step does not move.
+func (c *Clock) Mono() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono
+}
+
+// Add moves the clock forward by d: time passes.
 func (c *Clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+	c.mono += d
+}
+
+// Step moves the wall clock alone by d (back when d is negative), as NTP
+// or an operator setting a server's clock does: no time passes.
+func (c *Clock) Step(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
