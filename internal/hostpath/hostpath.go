@@ -671,19 +671,9 @@ var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
 // stat reads an image's size: a raw image's is its file's, a qcow2 image's
 // is read from its header, without qemu-img. The format is the name's.
 func (s *Storage) stat(rel string) (imageInfo, error) {
-	fi, err := s.root.Lstat(rel)
+	f, fi, err := s.openImage(rel, os.O_RDONLY)
 	if err != nil {
-		return imageInfo{}, describe(rel, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return imageInfo{}, fmt.Errorf("%q is not an image file", rel)
-	}
-	if n := nlink.Of(fi); n > 1 {
-		return imageInfo{}, fmt.Errorf("%q has %d hard links: the same file has another name, perhaps outside the storage root, and is not taken as an image", rel, n)
-	}
-	f, err := s.root.Open(rel)
-	if err != nil {
-		return imageInfo{}, describe(rel, err)
+		return imageInfo{}, err
 	}
 	defer f.Close()
 	info, err := readInfo(f, FormatOf(rel), fi.Size())
@@ -691,6 +681,54 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 		return imageInfo{}, fmt.Errorf("image %q: %w", rel, err)
 	}
 	return info, nil
+}
+
+// openImage opens the image rel with flag (os.O_RDONLY or os.O_RDWR), the
+// one way an existing image is opened. What it opened is judged, not only
+// what the name was when checked: a local user with write access in the
+// root could put another file in its place between the two. Opened with
+// openFlags, a FIFO there does not hold the open (and the agent) for ever
+// but is refused as no image, as is a hard link (a file with another
+// name, perhaps outside the root) or, through a symlink, another file.
+func (s *Storage) openImage(rel string, flag int) (*os.File, fs.FileInfo, error) {
+	named, err := s.root.Lstat(rel)
+	if err == nil {
+		err = imageFile(rel, named)
+	}
+	if err != nil {
+		return nil, nil, describe(rel, err)
+	}
+	f, err := s.root.OpenFile(rel, flag|openFlags, 0)
+	if err != nil {
+		return nil, nil, describe(rel, err)
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		err = imageFile(rel, fi)
+	}
+	if err == nil && !os.SameFile(named, fi) {
+		err = fmt.Errorf("%q was replaced by another file while the agent opened it", rel)
+	}
+	if err == nil {
+		err = setBlocking(f)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, describeFile(f, rel, err)
+	}
+	return f, fi, nil
+}
+
+// imageFile refuses, as an image rel, a file fi that is not a regular file
+// or that has another name.
+func imageFile(rel string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%q is not an image file", rel)
+	}
+	if n := nlink.Of(fi); n > 1 {
+		return fmt.Errorf("%q has %d hard links: the same file has another name, perhaps outside the storage root, and is not taken as an image", rel, n)
+	}
+	return nil
 }
 
 // notInUse refuses an image that a running VM holds open: QEMU locks the
@@ -703,7 +741,9 @@ func (s *Storage) stat(rel string) (imageInfo, error) {
 // open (one of another user, say libvirt's, which makes an image its own
 // while its VM runs, or one that opened it before it was made unreadable).
 func (s *Storage) notInUse(rel string, writing bool) error {
-	f, err := s.root.Open(rel)
+	// Without waiting: a FIFO put in the image's place is no image, and
+	// its open would wait for a writer.
+	f, err := s.root.OpenFile(rel, os.O_RDONLY|openFlags, 0)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
@@ -717,6 +757,11 @@ func (s *Storage) notInUse(rel string, writing bool) error {
 		return describe(rel, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return describeFile(f, rel, err)
+	} else if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%q is not an image file", rel)
+	}
 	used, err := inUse(f, writing)
 	if err != nil {
 		return fmt.Errorf("image %q: look for a VM using it: %w", rel, err)
@@ -851,9 +896,9 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 	if err := s.notInUse(rel, false); err != nil {
 		return nil, err
 	}
-	f, err := s.root.OpenFile(rel, os.O_RDWR, 0)
+	f, _, err := s.openImage(rel, os.O_RDWR)
 	if err != nil {
-		return nil, describe(rel, err)
+		return nil, err
 	}
 	defer f.Close()
 	if info.format == "qcow2" {
@@ -1042,24 +1087,16 @@ func (s *Storage) CopyImage(ctx context.Context, p CopyImage) (any, error) {
 // copied, rather than hours of reading zeros (with the agent taking no
 // other command meanwhile).
 func (s *Storage) sameContent(ctx context.Context, a, b string) (bool, error) {
-	fa, err := s.root.Open(a)
+	fa, fia, err := s.openImage(a, os.O_RDONLY)
 	if err != nil {
-		return false, describe(a, err)
+		return false, err
 	}
 	defer fa.Close()
-	fb, err := s.root.Open(b)
+	fb, fib, err := s.openImage(b, os.O_RDONLY)
 	if err != nil {
-		return false, describe(b, err)
+		return false, err
 	}
 	defer fb.Close()
-	fia, err := fa.Stat()
-	if err != nil {
-		return false, describe(a, err)
-	}
-	fib, err := fb.Stat()
-	if err != nil {
-		return false, describe(b, err)
-	}
 	size := fia.Size()
 	if fib.Size() != size {
 		return false, nil
@@ -1102,15 +1139,11 @@ func (s *Storage) sameContent(ctx context.Context, a, b string) (bool, error) {
 // copyFile copies src to dst (a new file, made atomically), sparse-aware;
 // once ctx ends it stops, and leaves no file.
 func (s *Storage) copyFile(ctx context.Context, src, dst string) error {
-	in, err := s.root.Open(src)
+	in, fi, err := s.openImage(src, os.O_RDONLY)
 	if err != nil {
-		return describe(src, err)
+		return err
 	}
 	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return describe(src, err)
-	}
 	return s.writeAtomically(dst, func(out *os.File) error {
 		return describeFile(in, src, copySparse(ctx, out, in, fi.Size()))
 	})

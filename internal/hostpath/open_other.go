@@ -1,0 +1,11 @@
+//go:build !unix
+
+package hostpath
+
+import "os"
+
+// openFlags are none where the system has no FIFOs to block an open.
+const openFlags = 0
+
+// setBlocking has nothing to clear.
+func setBlocking(*os.File) error { return nil }

@@ -1,0 +1,250 @@
+//go:build unix
+
+package hostpath
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// within runs fn in a goroutine and fails the test unless it returns
+// within 10s: an action that opened a FIFO for reading would wait for a
+// writer for ever, and with it the agent's one command slot.
+func within(t *testing.T, what string, fn func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s has not returned after 10s: it hangs on the FIFO", what)
+		return nil
+	}
+}
+
+// mkfifo makes a FIFO at path, and once the test ends opens it for
+// writing, so that an action stuck in opening it (the defect) lets go.
+func mkfifo(t *testing.T, path string) {
+	t.Helper()
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unblock(path) })
+}
+
+// unblock opens the FIFO path for reading and writing, which never waits,
+// and so wakes whoever waits in opening it for reading (a writer came).
+func unblock(path string) {
+	if f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NONBLOCK, 0); err == nil {
+		f.Close()
+	}
+}
+
+// TestImages_FIFOAndHardLink: a FIFO or a hard link under an image's name
+// (there before the action) is refused promptly by every action that
+// opens the image, with the reasons of old.
+func TestImages_FIFOAndHardLink(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	for _, v := range []string{"v", "w"} {
+		m.out(s.AddVolume(ctx, AddVolume{Path: v}))
+	}
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "w", ImageName: "fifo.raw", ImageSize: 1}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "w", ImageName: "link.raw", ImageSize: 1}))
+	mkfifo(t, filepath.Join(s.Dir(), "v", "fifo.raw"))
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(secret, filepath.Join(s.Dir(), "v", "link.raw")); err != nil {
+		t.Fatal(err)
+	}
+	const notImage, hardLinks = "is not an image file", "has 2 hard links"
+	for _, c := range []struct {
+		name, want string
+		fn         func() (any, error)
+	}{
+		{"resize a FIFO", notImage, func() (any, error) {
+			return s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "fifo.raw", ImageSize: 2})
+		}},
+		{"copy a FIFO", notImage, func() (any, error) {
+			return s.CopyImage(ctx, CopyImage{ImageName: "fifo.raw", Volume: "v", TargetVolume: "w"})
+		}},
+		{"copy onto a FIFO", notImage, func() (any, error) {
+			return s.CopyImage(ctx, CopyImage{ImageName: "fifo.raw", Volume: "w", TargetVolume: "v"})
+		}},
+		{"move a FIFO", notImage, func() (any, error) {
+			return s.MoveImage(ctx, MoveImage{ImageName: "fifo.raw", Volume: "v", TargetVolume: "w"})
+		}},
+		{"create over a FIFO", notImage, func() (any, error) {
+			return s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "fifo.raw", ImageSize: 1})
+		}},
+		{"delete a FIFO", notImage, func() (any, error) {
+			return s.DeleteImage(ctx, DeleteImage{ImagePath: "v/fifo.raw"})
+		}},
+		{"resize a hard link", hardLinks, func() (any, error) {
+			return s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "link.raw", ImageSize: 2})
+		}},
+		{"copy a hard link", hardLinks, func() (any, error) {
+			return s.CopyImage(ctx, CopyImage{ImageName: "link.raw", Volume: "v", TargetVolume: "w"})
+		}},
+		{"copy onto a hard link", hardLinks, func() (any, error) {
+			return s.CopyImage(ctx, CopyImage{ImageName: "link.raw", Volume: "w", TargetVolume: "v"})
+		}},
+		{"move a hard link", hardLinks, func() (any, error) {
+			return s.MoveImage(ctx, MoveImage{ImageName: "link.raw", Volume: "v", TargetVolume: "w"})
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := within(t, c.name, func() error { _, err := c.fn(); return err })
+			wantErr(t, err, c.want)
+		})
+	}
+	if b, err := os.ReadFile(secret); err != nil || string(b) != "x" {
+		t.Errorf("the file the hard link names changed: %q, %v", b, err)
+	}
+}
+
+// TestOpenImage_JudgesTheOpenedFile: a FIFO or a hard link is refused by
+// openImage, the one way an existing image is opened, for reading or
+// writing, and promptly. Present before the call, they are seen by its
+// check of the name already; the judgement of the file it opened is what
+// the swap tests below reach, where the race is not deterministic.
+func TestOpenImage_JudgesTheOpenedFile(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1}))
+	mkfifo(t, filepath.Join(s.Dir(), "v", "fifo.raw"))
+	if err := os.Link(filepath.Join(s.Dir(), "v", "a.raw"), filepath.Join(s.Dir(), "v", "b.raw")); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []int{os.O_RDONLY, os.O_RDWR} {
+		for rel, want := range map[string]string{"v/fifo.raw": "is not an image file", "v/a.raw": "has 2 hard links"} {
+			err := within(t, "openImage", func() error {
+				f, _, err := s.openImage(rel, flag)
+				if err == nil {
+					f.Close()
+				}
+				return err
+			})
+			wantErr(t, err, want)
+		}
+	}
+}
+
+// swapper puts, over and over until stop, a regular file and then other
+// (made by mk at a temporary path) in place of the image at path, each
+// renamed there in one step as a local user could.
+func swapper(t *testing.T, path string, mk func(tmp string) error) (stop func()) {
+	t.Helper()
+	done, quit := make(chan struct{}), make(chan struct{})
+	var errs []error
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			reg, other := fmt.Sprintf("%s.reg%d", path, i), fmt.Sprintf("%s.other%d", path, i)
+			if err := os.WriteFile(reg, []byte("mine"), 0o644); err != nil {
+				errs = append(errs, err)
+				return
+			}
+			if err := mk(other); err != nil {
+				errs = append(errs, err)
+				return
+			}
+			for _, p := range []string{reg, other} {
+				if err := os.Rename(p, path); err != nil {
+					errs = append(errs, err)
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(quit); <-done })
+		for _, err := range errs {
+			t.Error(err)
+		}
+	}
+}
+
+// TestResizeImage_SwappedForAFIFO: an image swapped for a FIFO between the
+// agent's check and its open (a local user with write access in the
+// root) does not block the action: the file opened is judged, not the one
+// checked. The race is not deterministic; the loop makes it likely.
+func TestResizeImage_SwappedForAFIFO(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	image := filepath.Join(s.Dir(), "v", "a.raw")
+	fifos := filepath.Join(t.TempDir(), "fifos")
+	if err := os.Mkdir(fifos, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var made []string
+	t.Cleanup(func() {
+		for _, p := range made {
+			unblock(p)
+		}
+	})
+	// Each FIFO keeps a name outside the root, by which the cleanup wakes
+	// an action stuck in opening it.
+	stop := swapper(t, image, func(tmp string) error {
+		keep := filepath.Join(fifos, filepath.Base(tmp))
+		if err := syscall.Mkfifo(keep, 0o644); err != nil {
+			return err
+		}
+		made = append(made, keep)
+		return os.Link(keep, tmp)
+	})
+	defer stop()
+	err := within(t, "resize_image of an image swapped for a FIFO", func() error {
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			// Errors are expected (a FIFO, or no image for a moment): the
+			// action must only return.
+			_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+}
+
+// TestResizeImage_SwappedForAHardLink: an image swapped for a hard link to
+// a file outside the root between the agent's check and its open is not
+// resized: the hard-link refusal is made on the file opened.
+func TestResizeImage_SwappedForAHardLink(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stop := swapper(t, filepath.Join(s.Dir(), "v", "a.raw"), func(tmp string) error { return os.Link(secret, tmp) })
+	defer stop()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1})
+		if fi, err := os.Stat(secret); err != nil || fi.Size() != 1 {
+			stop()
+			t.Fatalf("the file outside the root, hard-linked in place of the image, was resized: %v, %v", fi.Size(), err)
+		}
+	}
+	stop()
+}
