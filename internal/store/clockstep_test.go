@@ -1,16 +1,15 @@
 package store_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/store"
 	"github.com/spin-broker/spinbroker/internal/store/storetest"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // TestDB_ClockStep: the broker keeps its times as wall-clock instants, and
@@ -228,9 +227,9 @@ func TestDB_ClockStepLeases(t *testing.T) {
 }
 
 // openLogged is open with the store's log lines kept.
-func openLogged(t *testing.T) (*store.DB, *storetest.Clock, *syncBuffer) {
+func openLogged(t *testing.T) (*store.DB, *storetest.Clock, *syncbuf.Buffer) {
 	t.Helper()
-	var log syncBuffer
+	var log syncbuf.Buffer
 	db, clock := storetest.MustOpen(t, store.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	return db, clock, &log
 }
@@ -244,22 +243,4 @@ func sweepSettles(t *testing.T, db *store.DB, want int) {
 	if res.LeasesSettled != want {
 		t.Fatalf("sweep settled %d leases, want %d", res.LeasesSettled, want)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the writer's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
