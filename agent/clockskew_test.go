@@ -124,15 +124,5 @@ func TestRun_ClockAheadResultNotDropped(t *testing.T) {
 func TestRun_ClockBehindRefusedResultGivesUp(t *testing.T) {
 	f := refuseResults()
 	f.down.Store(true)
-	b := startSkewedBrokerWrapped(t, -time.Minute, f.wrap)
-	var runs atomic.Int32
-	runAgent(t, b, []agent.Handler{greeter(&runs)}, agent.Options{Lease: time.Second})
-	two := 2
-	c := cmd("greet", `{"name":"refused"}`)
-	c.MaxAttempts = &two
-	ids := b.enqueue(t, c)
-	got := b.await(t, ids[0])
-	if got.State != spinbroker.Failed || got.Attempts != 2 || deref(got.Reason) != "lease expired" || runs.Load() != 2 {
-		t.Errorf("command %s after %d attempts and %d runs, reason %q; want failed, lease expired, after 2", got.State, got.Attempts, runs.Load(), deref(got.Reason))
-	}
+	wantRefusedResultBounded(t, startSkewedBrokerWrapped(t, -time.Minute, f.wrap))
 }

@@ -107,18 +107,25 @@ func TestRun_RefusedResultReleasesTheLease(t *testing.T) {
 	t.Run("Bounded", func(t *testing.T) {
 		f := refuseResults()
 		f.down.Store(true)
-		b := startBroker(t, httpapi.Options{}, f.wrap)
-		var runs atomic.Int32
-		runAgent(t, b, []agent.Handler{greeter(&runs)}, agent.Options{Lease: time.Second})
-		two := 2
-		c := cmd("greet", `{"name":"refused"}`)
-		c.MaxAttempts = &two
-		ids := b.enqueue(t, c)
-		got := b.await(t, ids[0])
-		if got.State != spinbroker.Failed || got.Attempts != 2 || deref(got.Reason) != "lease expired" || runs.Load() != 2 {
-			t.Errorf("command %s after %d attempts and %d runs, reason %q; want failed, lease expired, after 2", got.State, got.Attempts, runs.Load(), deref(got.Reason))
-		}
+		wantRefusedResultBounded(t, startBroker(t, httpapi.Options{}, f.wrap))
 	})
+}
+
+// wantRefusedResultBounded runs a command of two attempts on b, whose
+// results are all refused, and wants it failed "lease expired" after two
+// runs: the agent gives the result up once the broker's lease has run out.
+func wantRefusedResultBounded(t *testing.T, b *broker) {
+	t.Helper()
+	var runs atomic.Int32
+	runAgent(t, b, []agent.Handler{greeter(&runs)}, agent.Options{Lease: time.Second})
+	two := 2
+	c := cmd("greet", `{"name":"refused"}`)
+	c.MaxAttempts = &two
+	ids := b.enqueue(t, c)
+	got := b.await(t, ids[0])
+	if got.State != spinbroker.Failed || got.Attempts != 2 || deref(got.Reason) != "lease expired" || runs.Load() != 2 {
+		t.Errorf("command %s after %d attempts and %d runs, reason %q; want failed, lease expired, after 2", got.State, got.Attempts, runs.Load(), deref(got.Reason))
+	}
 }
 
 // TestRun_BatchRefusedResultsGiveUpOnce: when a batch's results are refused
