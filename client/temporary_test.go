@@ -145,21 +145,16 @@ func TestTemporary_RedirectLoop(t *testing.T) {
 // loop once the package was read (a proxy's new rule) ends WaitPackage
 // with the error: it took it for a broker away, and waited for ever.
 func TestWaitPackage_RedirectLoop(t *testing.T) {
-	direct, api, _ := newBroker(t)
-	h := api.Handler()
 	var loop atomic.Bool
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if loop.Load() {
-			http.Redirect(w, r, r.URL.RequestURI(), http.StatusFound)
-			return
-		}
-		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	c, err := New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	direct, c, srv := fronted(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if loop.Load() {
+				http.Redirect(w, r, r.URL.RequestURI(), http.StatusFound)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := onePackage(t, direct)

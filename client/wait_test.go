@@ -216,14 +216,23 @@ func (x *proxy) cut() {
 // (of newBroker) still reaches the broker directly.
 func proxied(t *testing.T, x *proxy) (direct, through *Client) {
 	t.Helper()
+	direct, through, _ = fronted(t, x.wrap)
+	return direct, through
+}
+
+// fronted serves the broker's handler wrapped by wrap (a proxy, a login
+// page, a redirect) and returns a client through it, the server, and c (of
+// newBroker), which still reaches the broker directly.
+func fronted(t *testing.T, wrap func(http.Handler) http.Handler) (direct, through *Client, srv *httptest.Server) {
+	t.Helper()
 	direct, api, _ := newBroker(t)
-	srv := httptest.NewServer(x.wrap(api.Handler()))
+	srv = httptest.NewServer(wrap(api.Handler()))
 	t.Cleanup(srv.Close)
 	through, err := New(srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return direct, through
+	return direct, through, srv
 }
 
 // eventually waits until cond holds, failing the test when ctx ends first.
@@ -320,23 +329,18 @@ func TestWaitPackage_BrokerAway(t *testing.T) {
 // WaitPackage to its reads: it still ends when the package does, and asks
 // for the stream again with its back-off, not in a tight loop.
 func TestWaitPackage_NotAStream(t *testing.T) {
-	direct, api, _ := newBroker(t)
-	h := api.Handler()
 	var pages atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/events" {
-			h.ServeHTTP(w, r)
-			return
-		}
-		pages.Add(1)
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		io.WriteString(w, "<html><body>Sign in</body></html>\n")
-	}))
-	t.Cleanup(srv.Close)
-	c, err := New(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	direct, c, _ := fronted(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/events" {
+				h.ServeHTTP(w, r)
+				return
+			}
+			pages.Add(1)
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			io.WriteString(w, "<html><body>Sign in</body></html>\n")
+		})
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := onePackage(t, direct)
