@@ -29,13 +29,7 @@ func TestAuth(t *testing.T) {
 		secret := e.secret(role.role, role.resource, role.name)
 		tokens[role.name] = secret
 	}
-	revoked, revokedSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "old")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := e.db.RevokeToken(ctx, revoked.ID); err != nil {
-		t.Fatal(err)
-	}
+	_, revokedSecret := e.revokedSecret(spinbroker.RoleAdmin, "", "old")
 
 	as := func(who string) *env { c := *e; c.token = tokens[who]; return &c }
 	admin := as("admin")

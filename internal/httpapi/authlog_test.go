@@ -21,13 +21,7 @@ import (
 func TestAuth_RequestLogSaysWhyRefused(t *testing.T) {
 	var log syncbuf.Buffer
 	e := newEnvLogging(t, httpapi.Options{Auth: true, TokenCacheTTL: 20 * time.Millisecond}, &log)
-	revoked, revokedSecret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "old")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := e.db.RevokeToken(ctx, revoked.ID); err != nil {
-		t.Fatal(err)
-	}
+	_, revokedSecret := e.revokedSecret(spinbroker.RoleAdmin, "", "old")
 	_, expiredSecret, err := e.db.CreateExpiringToken(ctx, spinbroker.RoleAdmin, "", "short", time.Hour)
 	if err != nil {
 		t.Fatal(err)

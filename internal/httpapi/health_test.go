@@ -41,13 +41,7 @@ func TestHealth_CauseOnlyToTokens(t *testing.T) {
 	e := newEnv(t, httpapi.Options{Auth: true})
 	viewer := e.secret(spinbroker.RoleViewer, "", "monitor")
 	agent := e.secret(spinbroker.RoleAgent, "storage", "agent")
-	old, revoked, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "old")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := e.db.RevokeToken(ctx, old.ID); err != nil {
-		t.Fatal(err)
-	}
+	_, revoked := e.revokedSecret(spinbroker.RoleAdmin, "", "old")
 	_, expired, err := e.db.CreateExpiringToken(ctx, spinbroker.RoleAdmin, "", "short", time.Hour)
 	if err != nil {
 		t.Fatal(err)

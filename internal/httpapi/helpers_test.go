@@ -60,6 +60,21 @@ func newEnvLogger(t testing.TB, opts httpapi.Options, logger *slog.Logger) *env 
 	return &env{t: t, db: db, api: api, srv: srv, clock: clock}
 }
 
+// revokedSecret creates a token, revokes it, and returns it as revoked,
+// with its secret.
+func (e *env) revokedSecret(role, resource, name string) (*spinbroker.Token, string) {
+	e.t.Helper()
+	tok, secret, err := e.db.CreateToken(ctx, role, resource, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	revoked, _, err := e.db.RevokeToken(ctx, tok.ID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return revoked, secret
+}
+
 // secret creates a token and returns its secret.
 func (e *env) secret(role, resource, name string) string {
 	e.t.Helper()

@@ -24,14 +24,7 @@ import (
 func TestAuth_RevokedToken(t *testing.T) {
 	var log syncbuf.Buffer
 	e := newEnvLogging(t, httpapi.Options{Auth: true, TokenCacheTTL: time.Hour}, &log)
-	tok, secret, err := e.db.CreateToken(ctx, spinbroker.RoleAdmin, "", "old")
-	if err != nil {
-		t.Fatal(err)
-	}
-	revoked, _, err := e.db.RevokeToken(ctx, tok.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	revoked, secret := e.revokedSecret(spinbroker.RoleAdmin, "", "old")
 	want := "the token was revoked at " + revoked.RevokedAt.UTC().Format(time.RFC3339) + ": ask for a new one (spinbroker token create)"
 	as := func(secret string) *env { c := *e; c.token = secret; return &c }
 	check := func(name string, r response) {
@@ -48,7 +41,7 @@ func TestAuth_RevokedToken(t *testing.T) {
 	check("Unread", as(secret).do("GET", "/packages", "", "X-Request-Id", "revoked"))
 	// Deleted now: the store would say "not valid"; the remembered refusal
 	// is answered as it was.
-	if _, err := e.db.DeleteToken(ctx, tok.ID); err != nil {
+	if _, err := e.db.DeleteToken(ctx, revoked.ID); err != nil {
 		t.Fatal(err)
 	}
 	check("Cached", as(secret).do("GET", "/packages", ""))
@@ -59,14 +52,7 @@ func TestAuth_RevokedToken(t *testing.T) {
 	}
 
 	// The dashboard's login form, with a token revoked and not yet deleted.
-	gone, goneSecret, err := e.db.CreateToken(ctx, spinbroker.RoleViewer, "", "gone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	goneRevoked, _, err := e.db.RevokeToken(ctx, gone.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	goneRevoked, goneSecret := e.revokedSecret(spinbroker.RoleViewer, "", "gone")
 	login, err := e.srv.Client().PostForm(e.srv.URL+"/ui/login", url.Values{"token": {goneSecret}})
 	if err != nil {
 		t.Fatal(err)
