@@ -223,36 +223,20 @@ func peek(q querier, resource string, now int64) (bool, time.Time, error) {
 	} else if err != nil {
 		return false, time.Time{}, err
 	}
-	due := func(query string) (bool, error) {
-		var v sql.NullInt64
-		err := q.queryRow(query, resource).Scan(&v)
-		return v.Valid && v.Int64 <= now, err
+	w, err := readWaits(q, resource)
+	if err != nil {
+		return false, time.Time{}, err
 	}
-	if leased > 0 {
-		if expired, err := due(qWakeLease); err != nil || expired {
-			return expired, time.Time{}, err
-		}
-	}
-	if blocked > 0 {
-		if ended, err := due(qWakeDelay); err != nil || ended {
-			return ended, time.Time{}, err
-		}
-	}
-	if paused {
+	due := func(v sql.NullInt64) bool { return v.Valid && v.Int64 <= now }
+	switch {
+	case leased > 0 && due(w.lease), blocked > 0 && due(w.delay):
+		return true, time.Time{}, nil // what a claim settles before it leases
+	case paused:
 		return false, time.Time{}, nil
+	case concurrency-leased > 0 && w.head && !backoffLeft(w.backoff, now):
+		return true, time.Time{}, nil // a head free to lease
 	}
-	if concurrency-leased > 0 {
-		var backoff sql.NullInt64
-		err := q.queryRow(qWakeBackoff, resource).Scan(&backoff)
-		switch {
-		case err == nil && !backoffLeft(backoff, now):
-			return true, time.Time{}, nil // a head free to lease
-		case err != nil && !isNoRows(err):
-			return false, time.Time{}, err
-		}
-	}
-	wake, err := wakeAt(q, resource, now)
-	return false, wake, err
+	return false, w.wake(now), nil
 }
 
 // Release puts back the commands of an answer that was never delivered (a
@@ -393,23 +377,54 @@ func (t *Tx) wakeAt(resource string) (time.Time, error) { return wakeAt(t, resou
 
 // wakeAt is Tx.wakeAt, read through q at now.
 func wakeAt(q querier, resource string, now int64) (time.Time, error) {
+	w, err := readWaits(q, resource)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return w.wake(now), nil
+}
+
+// waits is what a queue's deliveries wait on: its earliest lease expiry,
+// its earliest delay end, and its head's back-off (head: it has a ready
+// command at all).
+type waits struct {
+	lease, delay, backoff sql.NullInt64
+	head                  bool
+}
+
+// readWaits reads a queue's waits through q.
+func readWaits(q querier, resource string) (w waits, err error) {
+	if err = q.queryRow(qWakeLease, resource).Scan(&w.lease); err != nil {
+		return w, err
+	}
+	if err = q.queryRow(qWakeDelay, resource).Scan(&w.delay); err != nil {
+		return w, err
+	}
+	err = q.queryRow(qWakeBackoff, resource).Scan(&w.backoff)
+	if isNoRows(err) {
+		return w, nil
+	}
+	w.head = err == nil
+	return w, err
+}
+
+// wake is the earliest of w's times still to come at now, zero if none: a
+// back-off counts only while it holds its command (backoffLeft).
+func (w waits) wake(now int64) time.Time {
 	var best int64
-	for _, query := range []string{qWakeLease, qWakeDelay, qWakeBackoff} {
-		var v sql.NullInt64
-		if err := q.queryRow(query, resource).Scan(&v); err != nil && !isNoRows(err) {
-			return time.Time{}, err
-		}
-		if query == qWakeBackoff && !backoffLeft(v, now) {
-			continue
-		}
+	times := []sql.NullInt64{w.lease, w.delay}
+	if backoffLeft(w.backoff, now) {
+		times = append(times, w.backoff)
+	}
+	for _, v := range times {
 		if v.Valid && v.Int64 > now && (best == 0 || v.Int64 < best) {
 			best = v.Int64
 		}
 	}
 	if best == 0 {
-		return time.Time{}, nil
+		return time.Time{}
 	}
-	return fromNanos(best), nil
+	return fromNanos(best)
 }
 
 // settleExpired settles the expired leases of a queue (every queue, up to
