@@ -248,11 +248,12 @@ func jsonError(err error) error {
 		if te.Type == reflect.TypeFor[spinbroker.Duration]() {
 			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be a duration string such as \"30s\" or \"5m\", not %s", field, withArticle(te.Value))
 		}
+		want := jsonTypeName(te.Type.String())
 		if num, ok := strings.CutPrefix(te.Value, "number "); ok && isIntegerLiteral(num) {
 			// A whole number too large (or negative where none may be):
 			// "must be an integer, not a number 1e30" would puzzle.
 			return spinbroker.Errorf(spinbroker.EINVALID, "field %q: %s is out of range", field, spinbroker.Truncate(num, 40))
-		} else if ok && isIntKind(te.Type.Kind()) {
+		} else if ok && want == "an integer" {
 			// "must be an integer, not a number 1e3" would puzzle too.
 			// (1e400 is whole: ParseFloat makes it an infinity.)
 			f, _ := strconv.ParseFloat(num, 64)
@@ -262,7 +263,7 @@ func jsonError(err error) error {
 			}
 			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be a whole number, not %s", field, num)
 		}
-		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, jsonTypeName(te.Type.String()), withArticle(te.Value))
+		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, want, withArticle(te.Value))
 	case errors.As(err, &tpe):
 		if _, err := time.Parse(time.RFC3339Nano, strings.ToUpper(tpe.Value)); err == nil {
 			// RFC 3339 allows them in lower case; Go's parser does not.
@@ -281,16 +282,6 @@ func jsonError(err error) error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s (unknown fields are refused so that typos are not ignored)", msg)
 	}
 	return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: %s", msg)
-}
-
-// isIntKind reports whether k is one of Go's integer kinds.
-func isIntKind(k reflect.Kind) bool {
-	switch k {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return true
-	}
-	return false
 }
 
 // isIntegerLiteral reports whether a JSON number is written as a whole
