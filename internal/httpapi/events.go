@@ -96,11 +96,11 @@ func (h *hub) unsubscribe(s *subscriber) {
 // drains, and dropping the subscriber ended every stream without a word.
 // A stream that stopped being read ends with its write's deadline.
 func (h *hub) broadcast(typ, pkg string, v any) {
-	data, err := json.Marshal(v)
+	data, err := frame(typ, v)
 	if err != nil {
 		return
 	}
-	ev := event{pkg: pkg, data: []byte(fmt.Sprintf("event: %s\ndata: %s\n\n", typ, data))}
+	ev := event{pkg: pkg, data: data}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs {
@@ -117,8 +117,21 @@ func (h *hub) broadcast(typ, pkg string, v any) {
 	}
 }
 
-// resyncEvent tells a stream that events were dropped.
-var resyncEvent = []byte("event: resync\ndata: {\"reason\":\"events were dropped; reload\"}\n\n")
+// frame is the text of the server-sent event typ whose data is v in JSON.
+func frame(typ string, v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return fmt.Appendf(nil, "event: %s\ndata: %s\n\n", typ, data), nil
+}
+
+// resync is the data of a "resync" event: events were dropped, for every
+// stream when the hub fell behind, for one whose buffer filled.
+var resync = map[string]string{"reason": "events were dropped; reload"}
+
+// resyncEvent is the "resync" event a stream whose buffer filled sends.
+var resyncEvent, _ = frame("resync", resync)
 
 func (h *hub) run() {
 	ticker := time.NewTicker(flushEvery)
@@ -158,7 +171,7 @@ func (h *hub) run() {
 			}
 		case <-ticker.C:
 			if h.overflow.Swap(false) {
-				h.broadcast("resync", "", map[string]string{"reason": "events were dropped; reload"})
+				h.broadcast("resync", "", resync)
 			}
 			if h.nsubs.Load() > 0 {
 				h.flush(pkgs, deleted, queues, forgotten)
