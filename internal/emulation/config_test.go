@@ -855,3 +855,23 @@ func TestLockStateDir_OfItsOwn(t *testing.T) {
 		t.Errorf("LockStateDir of another user's folder: %v", err)
 	}
 }
+
+// TestNew_RelativeStateDir: a relative --state-dir is made absolute at
+// start-up: a systemd unit's QEMU runs in the user's home, not in the
+// agent's working dir, and would make its QMP socket where the agent never
+// looks (a start then waited its whole timeout and failed).
+func TestNew_RelativeStateDir(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	sup, err := NewProcess(filepath.Join(dir, "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{StateDir: "state", Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := e.QMPPath("vm1"), filepath.Join(dir, "state", "run", "vm1.qmp"); got != want {
+		t.Errorf("QMPPath = %q, want %q", got, want)
+	}
+}

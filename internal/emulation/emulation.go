@@ -39,7 +39,8 @@ const DefaultStopTimeout = 30 * time.Second
 
 // Options configure an Emulator.
 type Options struct {
-	// StateDir holds the configs (vms/) and the QMP sockets (run/).
+	// StateDir holds the configs (vms/) and the QMP sockets (run/); a
+	// relative one is made absolute.
 	StateDir string
 	// ImagesRoot, when set, confines every image to it, and relative
 	// image paths are resolved in it.
@@ -144,6 +145,13 @@ func New(opts Options) (*Emulator, error) {
 	if opts.Supervisor == nil {
 		return nil, errors.New("emulation: no supervisor")
 	}
+	// Absolute: QEMU under systemd runs in the user's home, not in the
+	// agent's working dir, and the sockets' paths are reported.
+	abs, err := filepath.Abs(opts.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("emulation: the state dir: %w", err)
+	}
+	opts.StateDir = abs
 	for _, d := range []string{"vms", "run"} {
 		if err := privateDir(filepath.Join(opts.StateDir, d)); err != nil {
 			return nil, fmt.Errorf("emulation: %w", err)
