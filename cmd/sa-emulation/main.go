@@ -6,6 +6,7 @@
 //
 //	sa-emulation --url URL --supervisor systemd|process --state-dir DIR
 //	             [--unit-dir DIR] [--qemu PATH] [--images-root DIR]
+//	             [--vnc loopback|socket|off]
 //
 // --url and --token default to $SPINBROKER_URL and $SPINBROKER_TOKEN; the
 // state dir to $XDG_STATE_HOME/spin/emulation. With --supervisor process
@@ -35,7 +36,15 @@ units, controlled over QMP.
 
 Actions: write_config{id, vm: {Name, Cpus, Memory (MiB), Images: [{Path,
 Cdrom, Volume}]}}, remove_config{id}, start{id}, stop{id, timeout?} (ACPI
-power-down, forced after timeout), shutdown{id, timeout?}, status{id}.`
+power-down, forced after timeout), shutdown{id, timeout?}, status{id}.
+
+Each VM's VNC console has no password. With -vnc loopback (the default) it
+listens on 127.0.0.1:5900-5999, where every user of the host can connect
+and type into the guest; on a shared host use -vnc socket: a unix socket
+STATE_DIR/run/ID.vnc that only the agent's user (and root) can open, reached
+with "ssh -L 5901:STATE_DIR/run/ID.vnc HOST" and a viewer on localhost:5901
+(start and status say "vnc": "unix:PATH"), or -vnc off. A VM keeps the
+console it was started with until it is stopped and started again.`
 
 func main() {
 	agentcmd.Main("sa-emulation", run)
@@ -52,6 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (err error) {
 	imagesRoot := fs.String("images-root", "", "confine VM images to this folder, and resolve relative image paths in it")
 	accel := fs.String("accel", "auto", "auto (kvm when /dev/kvm is usable, else tcg), kvm or tcg")
 	cpu := fs.String("cpu", "", "QEMU's -cpu model for the VMs, such as host or max (default: QEMU's own)")
+	vnc := fs.String("vnc", emulation.VNCLoopback, "the VMs' VNC console, without a password: loopback (127.0.0.1:5900-5999, open to every local user), socket (STATE_DIR/run/ID.vnc, the agent's user only) or off; a running VM keeps its own until started again")
 	if err := common.Parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -65,6 +75,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) (err error) {
 	case "auto", "kvm", "tcg":
 	default:
 		return agentcmd.Usagef("-accel must be auto, kvm or tcg, not %q", *accel)
+	}
+	switch *vnc {
+	case emulation.VNCLoopback, emulation.VNCSocket, emulation.VNCOff:
+	default:
+		return agentcmd.Usagef("-vnc must be loopback, socket or off, not %q", *vnc)
 	}
 	if *qemu != "" {
 		if _, err := exec.LookPath(*qemu); err != nil {
@@ -124,13 +139,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) (err error) {
 		QEMU:       *qemu,
 		Accel:      *accel,
 		CPU:        *cpu,
+		VNC:        *vnc,
 		Supervisor: sup,
 		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
-	log.Info("serving emulation", "url", common.LogURL(), "supervisor", *supervisor, "state_dir", *stateDir, "accel", em.Accel())
+	log.Info("serving emulation", "url", common.LogURL(), "supervisor", *supervisor, "state_dir", *stateDir, "accel", em.Accel(), "vnc", em.VNC())
 	return agentcmd.Logged(agent.Run(ctx, c, emulation.Resource, em.Handlers(), common.Options(log)))
 }
 

@@ -213,6 +213,19 @@ func confinedImage(path string, fi os.FileInfo) error {
 // otherwise a path such as "x.img,readonly=off" would add an option.
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
+// The VNC consoles a VM may have (sa-emulation's --vnc). None asks for a
+// password.
+const (
+	// VNCLoopback listens on a port of 127.0.0.1, 5900 to 5999: any user
+	// of the host reaches it.
+	VNCLoopback = "loopback"
+	// VNCSocket listens on a unix socket in the state dir's run/, which
+	// is 0700: the agent's user (and root) only.
+	VNCSocket = "socket"
+	// VNCOff gives the VM no VNC console.
+	VNCOff = "off"
+)
+
 // Host is what a VM's command line takes from the host it runs on.
 type Host struct {
 	QEMU  string // the qemu-system-x86_64 program
@@ -221,6 +234,9 @@ type Host struct {
 	// CPU is the -cpu model ("host", "max"); empty leaves QEMU's default,
 	// which starts everywhere ("host" fails under some nested KVM).
 	CPU string
+	// VNC is the VM's console: VNCLoopback (also when empty), VNCSocket
+	// on the unix socket VNCSocket, or VNCOff.
+	VNC, VNCSocket string
 }
 
 // QEMUArgs is the command line of a VM, as a list (never a shell string);
@@ -236,9 +252,15 @@ func QEMUArgs(vm *VM, h Host) []string {
 		"-nodefaults",
 		"-no-user-config",
 		"-display", "none",
-		"-vnc", "127.0.0.1:0,to=99",
-		"-qmp", "unix:" + qemuEscape(h.QMP) + ",server=on,wait=off",
 	}
+	switch h.VNC {
+	case VNCOff:
+	case VNCSocket:
+		args = append(args, "-vnc", "unix:"+qemuEscape(h.VNCSocket))
+	default:
+		args = append(args, "-vnc", "127.0.0.1:0,to=99")
+	}
+	args = append(args, "-qmp", "unix:"+qemuEscape(h.QMP)+",server=on,wait=off")
 	if h.CPU != "" {
 		args = append(args, "-cpu", qemuEscape(h.CPU))
 	}

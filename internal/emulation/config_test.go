@@ -875,3 +875,67 @@ func TestNew_RelativeStateDir(t *testing.T) {
 		t.Errorf("QMPPath = %q, want %q", got, want)
 	}
 }
+
+// TestQEMUArgs_VNC: the VNC console by the agent's --vnc: on loopback's
+// ports (the default), on a unix socket (its path's commas doubled, as
+// every path's), or none.
+func TestQEMUArgs_VNC(t *testing.T) {
+	vm := &VM{Name: "v", Cpus: 1, Memory: 64}
+	vnc := func(h Host) []string {
+		args := QEMUArgs(vm, h)
+		i := slices.Index(args, "-vnc")
+		if i < 0 {
+			return nil
+		}
+		if i+1 == len(args) {
+			t.Fatalf("-vnc without a value: %q", args)
+		}
+		return args[i : i+2]
+	}
+	h := Host{QEMU: "/usr/bin/qemu-system-x86_64", QMP: "/s,t/run/x.qmp", Accel: "tcg"}
+	for _, mode := range []string{"", VNCLoopback} {
+		h.VNC = mode
+		if got := vnc(h); !slices.Equal(got, []string{"-vnc", "127.0.0.1:0,to=99"}) {
+			t.Errorf("VNC %q: %q", mode, got)
+		}
+	}
+	h.VNC, h.VNCSocket = VNCSocket, "/s,t/run/x.vnc"
+	if got := vnc(h); !slices.Equal(got, []string{"-vnc", "unix:/s,,t/run/x.vnc"}) {
+		t.Errorf("VNC socket: %q", got)
+	}
+	h.VNC = VNCOff
+	if got := vnc(h); got != nil {
+		t.Errorf("VNC off: %q", got)
+	}
+}
+
+// TestNew_VNC: an unknown VNC mode stops the agent at start-up; with
+// socket, a state dir too long for the VNC socket of any VM does too, and
+// the VNC socket takes no more room than the QMP socket beside it, so
+// that no VM whose QMP socket fits fails later on its VNC socket's.
+func TestNew_VNC(t *testing.T) {
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Options{StateDir: t.TempDir(), VNC: "public", Supervisor: sup, Accel: "tcg", Logger: quiet()}); err == nil || !strings.Contains(err.Error(), `vnc "public" is not loopback, socket or off`) {
+		t.Errorf("New with VNC public: %v", err)
+	}
+	state := t.TempDir()
+	e, err := New(Options{StateDir: state, VNC: VNCSocket, Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.Repeat("i", maxIDLen)
+	if got, want := e.VNCPath(id), filepath.Join(state, "run", id+".vnc"); got != want {
+		t.Errorf("VNCPath = %q, want %q", got, want)
+	}
+	if len(e.VNCPath(id)) > len(e.QMPPath(id)) {
+		t.Errorf("the VNC socket %q is longer than the QMP socket %q", e.VNCPath(id), e.QMPPath(id))
+	}
+	base := t.TempDir()
+	long := filepath.Join(base, strings.Repeat("d", maxSocketPath-len(base)-len("/run/.vnc")))
+	if _, err := New(Options{StateDir: long, VNC: VNCSocket, Supervisor: sup, Accel: "tcg", Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "too long for any VM's") {
+		t.Errorf("New with socket and a state dir of %d bytes: %v", len(long), err)
+	}
+}

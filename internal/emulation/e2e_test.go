@@ -6,7 +6,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -217,6 +221,94 @@ func TestE2E_GracefulShutdown(t *testing.T) {
 	awaitArmed(t, img.HostPath, qemuLog, time.Second) // it armed, then powered off
 }
 
+// TestE2E_VNC: with --vnc socket a VM's console is a unix socket in the
+// state dir's private run/, which start and status report as "unix:PATH",
+// and which answers with VNC's greeting; QEMU listens on no TCP port for
+// it. A VM started so keeps its socket after the agent restarts with --vnc
+// off, until it is stopped and started again: then it has no console, and
+// the outputs no "vnc".
+func TestE2E_VNC(t *testing.T) {
+	f := startFleet(t, "--vnc", "socket")
+	b := f.b
+	vm := `{"Name":"vnc vm","Cpus":1,"Memory":64,"Images":[{"Path":"disk.img","Volume":"vol1"}]}`
+	pkg := b.run(t, 60*time.Second,
+		command("vol", "storage", "add_volume", `{"path":"vol1"}`),
+		command("img", "storage", "create_image", `{"volume_path":"vol1","image_name":"disk.img","image_size":1}`, "vol"),
+		command("cfg", "emulation", "write_config", `{"id":"vm1","vm":`+vm+`}`, "img"),
+		command("start", "emulation", "start", `{"id":"vm1"}`, "cfg"),
+	)
+	sock := filepath.Join(f.state, "run", "vm1.vnc")
+	var started vmOutput
+	decode(t, pkg.Commands[3].Output, &started)
+	if !started.Running || started.PID == 0 || started.VNC != "unix:"+sock {
+		t.Fatalf("start output %s, want vnc unix:%s", pkg.Commands[3].Output, sock)
+	}
+	pid := started.PID
+	t.Cleanup(func() {
+		if alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !bytes.Contains(cmdline, []byte("\x00-vnc\x00unix:"+sock+"\x00")) || bytes.Contains(cmdline, []byte("127.0.0.1")) {
+		t.Errorf("qemu's command line %q: want -vnc unix:%s and no loopback address", cmdline, sock)
+	}
+	if fi, err := os.Stat(filepath.Dir(sock)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the VNC socket's folder: %v, mode %v; want 0700", err, fi.Mode().Perm())
+	}
+	readRFB(t, sock)
+	if st := b.status(t, "vm1"); st.VNC != "unix:"+sock {
+		t.Errorf("status: vnc %q, want unix:%s", st.VNC, sock)
+	}
+
+	// The agent comes back with --vnc off: the running VM keeps its
+	// console until it is started again.
+	f.emu.stop(t)
+	startAgent(t, "emulation2", f.bins, b.url, "sa-emulation", append(f.emuArgs, "--vnc", "off")...)
+	if st := b.status(t, "vm1"); st.PID != pid || st.VNC != "unix:"+sock {
+		t.Errorf("status of the VM started with a socket, after a restart with --vnc off: %+v", st)
+	}
+	readRFB(t, sock)
+	b.run(t, 30*time.Second, command("", "emulation", "stop", `{"id":"vm1","timeout":"1s"}`))
+	pkg = b.run(t, 60*time.Second, command("", "emulation", "start", `{"id":"vm1"}`))
+	decode(t, pkg.Commands[0].Output, &started)
+	if !started.Running || started.PID == 0 || started.PID == pid || bytes.Contains(pkg.Commands[0].Output, []byte(`"vnc"`)) {
+		t.Fatalf("start with --vnc off: %s, want a new VM without vnc", pkg.Commands[0].Output)
+	}
+	pid2 := started.PID
+	t.Cleanup(func() {
+		if alive(pid2) {
+			_ = syscall.Kill(pid2, syscall.SIGKILL)
+		}
+	})
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid2)); bytes.Contains(cmdline, []byte("-vnc")) {
+		t.Errorf("qemu's command line with --vnc off: %q", cmdline)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the old VNC socket is still there: %v", err)
+	}
+	pkg = b.run(t, 30*time.Second, command("", "emulation", "status", `{"id":"vm1"}`))
+	if out := pkg.Commands[0].Output; !bytes.Contains(out, []byte(`"running":true`)) || bytes.Contains(out, []byte(`"vnc"`)) {
+		t.Errorf("status with --vnc off: %s", out)
+	}
+	b.run(t, 30*time.Second, command("", "emulation", "stop", `{"id":"vm1","timeout":"1s"}`))
+}
+
+// readRFB connects to the VNC unix socket at path and checks that it
+// greets with VNC's protocol version, "RFB 003.00x".
+func readRFB(t *testing.T, path string) {
+	t.Helper()
+	conn, err := net.DialTimeout("unix", path, 30*time.Second)
+	if err != nil {
+		t.Fatalf("connect to the VNC socket: %v", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	greeting := make([]byte, 12)
+	if _, err := io.ReadFull(conn, greeting); err != nil || !bytes.HasPrefix(greeting, []byte("RFB 003.00")) {
+		t.Fatalf("the VNC socket greeted with %q: %v", greeting, err)
+	}
+}
+
 type vmOutput struct {
 	Changed    bool `json:"changed"`
 	Running    bool `json:"running"`
@@ -391,7 +483,8 @@ var (
 // fleet is a broker in this process with the two agents as processes:
 // sa-host-path on root (its URL from --url), sa-emulation (from
 // SPINBROKER_URL) running VMs as its own children under TCG, its state in
-// state; emuArgs are its flags, for a second agent.
+// state; emuArgs are its flags (startFleet's own after the usual ones),
+// for a second agent.
 type fleet struct {
 	b                 *broker
 	bins, root, state string
@@ -399,14 +492,14 @@ type fleet struct {
 	emu               *agentProc
 }
 
-func startFleet(t *testing.T) *fleet {
+func startFleet(t *testing.T, emuArgs ...string) *fleet {
 	t.Helper()
 	requireQEMU(t)
 	f := &fleet{bins: buildAgents(t), b: startBroker(t)}
 	dir := t.TempDir()
 	f.root, f.state = filepath.Join(dir, "images"), filepath.Join(dir, "state")
 	startAgent(t, "storage", f.bins, "", "sa-host-path", "--url", f.b.url, "--root", f.root)
-	f.emuArgs = []string{"--supervisor", "process", "--state-dir", f.state, "--images-root", f.root, "--accel", "tcg", "--grace", "5s"}
+	f.emuArgs = append([]string{"--supervisor", "process", "--state-dir", f.state, "--images-root", f.root, "--accel", "tcg", "--grace", "5s"}, emuArgs...)
 	f.emu = startAgent(t, "emulation", f.bins, f.b.url, "sa-emulation", f.emuArgs...)
 	return f
 }
@@ -601,6 +694,7 @@ func TestAgents_UsageErrors(t *testing.T) {
 		{[]string{"sa-host-path", "-url", "http://x", "-qemu-img", "/nonexistent/qemu-img"}, "-qemu-img"},
 		{[]string{"sa-emulation", "-url", "http://x", "-supervisor", "docker"}, "-supervisor must be process or systemd"},
 		{[]string{"sa-emulation", "-url", "http://x", "-accel", "fast"}, "-accel"},
+		{[]string{"sa-emulation", "-url", "http://x", "-vnc", "public"}, "-vnc must be loopback, socket or off"},
 		{[]string{"sa-emulation", "-url", "http://x", "-qemu", "/nonexistent/qemu"}, "-qemu"},
 		{[]string{"sa-emulation", "-url", "http://x", "-images-root", notDir}, "-images-root: " + notDir + " is not a folder"},
 		{[]string{"sa-emulation", "-url", "http://x", "-state-dir", notDir}, "-state-dir: " + notDir + " is not a folder"},

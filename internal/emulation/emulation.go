@@ -51,6 +51,9 @@ type Options struct {
 	Accel string
 	// CPU is QEMU's -cpu model; empty for QEMU's default.
 	CPU string
+	// VNC is the VMs' console: VNCLoopback (also when empty), VNCSocket
+	// or VNCOff. A VM keeps the console it was started with.
+	VNC string
 	// Supervisor runs the VMs.
 	Supervisor Supervisor
 	// Logger receives the emulator's log lines; slog.Default when nil.
@@ -170,6 +173,13 @@ func New(opts Options) (*Emulator, error) {
 	if opts.Accel != "kvm" && opts.Accel != "tcg" {
 		return nil, fmt.Errorf("emulation: accel %q is not kvm or tcg", opts.Accel)
 	}
+	switch opts.VNC {
+	case "":
+		opts.VNC = VNCLoopback
+	case VNCLoopback, VNCSocket, VNCOff:
+	default:
+		return nil, fmt.Errorf("emulation: vnc %q is not loopback, socket or off", opts.VNC)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -181,15 +191,25 @@ func New(opts Options) (*Emulator, error) {
 	}
 	e := &Emulator{opts: opts, sup: opts.Supervisor, log: opts.Logger}
 	// Found at start-up, not at the first start of a VM with a long id.
-	switch room := maxSocketPath - len(e.QMPPath("")); {
+	// The VNC socket's name is as long as the QMP socket's: a VM whose
+	// QMP socket fits has room for its console too.
+	kind, room := "QMP", maxSocketPath-len(e.QMPPath(""))
+	if opts.VNC == VNCSocket {
+		kind, room = "QMP and VNC", min(room, maxSocketPath-len(e.VNCPath("")))
+	}
+	switch {
 	case room < 1:
-		return nil, fmt.Errorf("emulation: the state dir %s is too long for any VM's QMP socket (a unix socket path holds %d bytes): use a shorter one", opts.StateDir, maxSocketPath)
+		return nil, fmt.Errorf("emulation: the state dir %s is too long for any VM's %s socket (a unix socket path holds %d bytes): use a shorter one", opts.StateDir, kind, maxSocketPath)
 	case room < maxIDLen:
 		opts.Logger.Warn("VMs whose id is longer than this cannot start: their QMP socket path would pass a unix socket's limit; a shorter --state-dir makes room for every id",
 			"longest_id", room, "state_dir", opts.StateDir)
 	}
 	return e, nil
 }
+
+// VNC is the console the VMs get when they start: VNCLoopback, VNCSocket
+// or VNCOff.
+func (e *Emulator) VNC() string { return e.opts.VNC }
 
 // Accel is the accelerator the VMs get.
 func (e *Emulator) Accel() string { return e.opts.Accel }
@@ -243,6 +263,12 @@ func (e *Emulator) QMPPath(id string) string {
 	return filepath.Join(e.opts.StateDir, "run", id+".qmp")
 }
 
+// VNCPath is the VNC socket of VM id, under --vnc socket: in run/, which
+// only the agent's user may enter.
+func (e *Emulator) VNCPath(id string) string {
+	return filepath.Join(e.opts.StateDir, "run", id+".vnc")
+}
+
 // maxSocketPath is the longest unix socket path Linux takes (sun_path less
 // its NUL).
 const maxSocketPath = 107
@@ -287,8 +313,10 @@ type Output struct {
 	Status *Status `json:"status,omitempty"`
 	PID    int     `json:"pid,omitempty"`
 	Accel  string  `json:"accel,omitempty"`
-	VNC    string  `json:"vnc,omitempty"`
-	QMP    string  `json:"qmp,omitempty"`
+	// VNC is the running VM's console, as QEMU reports it: "HOST:PORT"
+	// on loopback, "unix:PATH" on a unix socket, empty for none.
+	VNC string `json:"vnc,omitempty"`
+	QMP string `json:"qmp,omitempty"`
 	// Forced is true when stop had to pull the plug.
 	Forced bool `json:"forced,omitempty"`
 	// Took is how long a stop or shutdown took.
@@ -398,7 +426,7 @@ func (e *Emulator) RemoveConfig(ctx context.Context, p ID) (any, error) {
 	}
 	// The socket of a VM that ended, or failed to start, goes with it,
 	// and so does the copy of the config it was started with.
-	for _, f := range []string{e.QMPPath(p.ID), e.startedPath(p.ID)} {
+	for _, f := range []string{e.QMPPath(p.ID), e.VNCPath(p.ID), e.startedPath(p.ID)} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}
@@ -428,8 +456,14 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		out.RestartNeeded = e.restartNeeded(p.ID, config)
 		return e.describe(ctx, out), nil
 	}
-	if len(out.QMP) > maxSocketPath {
-		return nil, fmt.Errorf("the QMP socket path %q is longer than %d bytes: use a shorter --state-dir", out.QMP, maxSocketPath)
+	host := Host{QMP: out.QMP, Accel: e.opts.Accel, CPU: e.opts.CPU, VNC: e.opts.VNC}
+	if host.VNC == VNCSocket {
+		host.VNCSocket = e.VNCPath(p.ID)
+	}
+	for _, sock := range []struct{ kind, path string }{{"QMP", host.QMP}, {"VNC", host.VNCSocket}} {
+		if len(sock.path) > maxSocketPath {
+			return nil, fmt.Errorf("the %s socket path %q is longer than %d bytes: use a shorter --state-dir", sock.kind, sock.path, maxSocketPath)
+		}
 	}
 	// The images are resolved again: they may have moved since the config.
 	if vm.Images, err = resolveImages(vm.Images, e.opts.ImagesRoot, e.private()...); err != nil {
@@ -445,8 +479,12 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	if qemu, err = filepath.Abs(qemu); err != nil {
 		return nil, err
 	}
+	// A VNC socket left by an earlier start under --vnc socket goes too:
+	// QEMU leaves it when it ends.
 	_ = os.Remove(out.QMP)
-	argv := QEMUArgs(vm, Host{QEMU: qemu, QMP: out.QMP, Accel: e.opts.Accel, CPU: e.opts.CPU})
+	_ = os.Remove(e.VNCPath(p.ID))
+	host.QEMU = qemu
+	argv := QEMUArgs(vm, host)
 	agent.LoggerOr(ctx, e.log).Info("starting VM", "vm_id", p.ID, "argv", argv)
 	if err := e.sup.Start(ctx, p.ID, vm.Name, argv); err != nil {
 		return nil, err
@@ -546,12 +584,19 @@ func (e *Emulator) describe(ctx context.Context, out *Output) *Output {
 		out.QMPError = err.Error()
 		return out
 	}
+	// What the VM has, which is what it was started with: a change of
+	// --vnc since takes effect at its next start.
 	var vnc struct {
 		Enabled bool   `json:"enabled"`
+		Family  string `json:"family"`
 		Host    string `json:"host"`
 		Service string `json:"service"`
 	}
-	if q.Execute(ctx, "query-vnc", nil, &vnc) == nil && vnc.Enabled {
+	switch {
+	case q.Execute(ctx, "query-vnc", nil, &vnc) != nil || !vnc.Enabled:
+	case vnc.Family == "unix":
+		out.VNC = "unix:" + vnc.Service // the socket's path
+	default:
 		out.VNC = vnc.Host + ":" + vnc.Service
 	}
 	return out

@@ -32,13 +32,20 @@ func TestRenderUnit_Golden(t *testing.T) {
 		name string
 		id   string
 		vm   *VM
+		vnc  string // the agent's --vnc
 	}{
-		{"plain", "vm1", &VM{Name: "web server", Cpus: 1, Memory: 64}},
-		{"hostile", "vm-2.x", hostileVM},
+		{"plain", "vm1", &VM{Name: "web server", Cpus: 1, Memory: 64}, ""},
+		{"hostile", "vm-2.x", hostileVM, ""},
+		{"vnc-socket", "vm1", &VM{Name: "web server", Cpus: 1, Memory: 64}, VNCSocket},
+		{"vnc-off", "vm1", &VM{Name: "web server", Cpus: 1, Memory: 64}, VNCOff},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			argv := QEMUArgs(tc.vm, Host{QEMU: "/usr/bin/qemu-system-x86_64", QMP: "/state/run/" + tc.id + ".qmp", Accel: "tcg"})
+			h := Host{QEMU: "/usr/bin/qemu-system-x86_64", QMP: "/state/run/" + tc.id + ".qmp", Accel: "tcg", VNC: tc.vnc}
+			if tc.vnc == VNCSocket {
+				h.VNCSocket = "/state/run/" + tc.id + ".vnc"
+			}
+			argv := QEMUArgs(tc.vm, h)
 			got, err := RenderUnit(tc.id, tc.vm.Name, argv)
 			if err != nil {
 				t.Fatal(err)
