@@ -54,7 +54,7 @@ build: ## Build spinbroker, sa-host-path and sa-emulation into ./bin (VERSION=v1
 	$(GO) build $(BUILDFLAGS) -o bin/ ./cmd/...
 
 .PHONY: deps
-deps: ## Install what the tests need and the machine lacks (Chromium, QEMU, jq, systemd-analyze)
+deps: ## Install what the tests need and the machine lacks (Chromium, QEMU, curl, jq, systemd-analyze)
 	@bash scripts/install-test-deps.sh
 
 .PHONY: test
