@@ -2,6 +2,9 @@ package main
 
 import (
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -198,6 +201,42 @@ func checkFlagEnv(t *testing.T, serve func() *pflag.FlagSet, f *pflag.Flag, env 
 			t.Errorf("--%s takes its default from %s, which the README does not say", f.Name, set)
 		} else {
 			t.Errorf("the README reads --%s from %s, and %s=%s makes its default %q", f.Name, env, env, value[0], got)
+		}
+	}
+}
+
+// TestReadme_AgentFlags: every flag of the shipped agents' -help is named
+// in the README ("## The agents", or beside the agent's name, as
+// `sa-host-path -version` is), so that a flag added to an agent is not
+// one the README keeps quiet about. The README gives them in prose, not
+// in a table: their defaults are not checked here.
+func TestReadme_AgentFlags(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := readmeSection(t, "## The agents")
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", dir+"/", "../sa-host-path", "../sa-emulation").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	flagLine := regexp.MustCompile(`(?m)^  -([a-z-]+)`)
+	for _, agent := range []string{"sa-host-path", "sa-emulation"} {
+		out, err := exec.Command(filepath.Join(dir, agent), "-help").Output()
+		if err != nil {
+			t.Fatalf("%s -help: %v\n%s", agent, err, out)
+		}
+		names := flagLine.FindAllStringSubmatch(string(out), -1)
+		if len(names) < 5 {
+			t.Fatalf("%s -help lists %d flags:\n%s", agent, len(names), out)
+		}
+		for _, m := range names {
+			// --qemu is not --qemu-img: the name ends where a flag's would.
+			named := regexp.MustCompile(`[\s\x60(\[]--?` + regexp.QuoteMeta(m[1]) + `([^-\w]|$)`)
+			beside := regexp.MustCompile("`" + agent + `\s[^\x60]*-` + regexp.QuoteMeta(m[1]) + `([^-\w]|$)`)
+			if !named.MatchString(section) && !beside.MatchString(string(readme)) {
+				t.Errorf("%s has -%s, which the README does not name", agent, m[1])
+			}
 		}
 	}
 }
