@@ -121,7 +121,7 @@ func Register(fs *flag.FlagSet, name, about string) *Flags {
 	// password in it, as the start line shows the URL.
 	fs.Lookup("url").DefValue = client.RedactURL(f.url)
 	fs.StringVar(&f.token, "token", "", "a bearer token for the broker (default $SPINBROKER_TOKEN, kept out of this help)")
-	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM")
+	fs.DurationVar(&f.grace, "grace", agent.DefaultGrace, "how long the running command may go on after SIGINT or SIGTERM; 0 for none")
 	fs.DurationVar(&f.lease, "lease", 0, fmt.Sprintf("the lease to ask for each command, %s to %s (default: the command's own, else 60s)", spinbroker.MinLease, spinbroker.MaxLease))
 	fs.StringVar(&f.format, "log-format", envOr("SPINBROKER_LOG_FORMAT", "text"), "text, or json: one object per line, as the broker writes them (env SPINBROKER_LOG_FORMAT)")
 	fs.StringVar(&f.level, "log-level", envOr("SPINBROKER_LOG_LEVEL", "info"), "debug, info, warn or error (env SPINBROKER_LOG_LEVEL)")

@@ -32,6 +32,13 @@ func TestGrace(t *testing.T) {
 			t.Errorf("%v: grace %v, want %v", c.args, got, c.want)
 		}
 	}
+	// -help says what 0 means: the SDK's zero is its default, and a
+	// reader of the help would take the flag's for the same.
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	Register(fs, "t", "test")
+	if usage := fs.Lookup("grace").Usage; !strings.Contains(usage, "0 for none") {
+		t.Errorf("-grace's help does not say that 0 is no grace: %q", usage)
+	}
 }
 
 // TestParse_TokenLeavesTheEnvironment: the token from $SPINBROKER_TOKEN is
