@@ -1,0 +1,201 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+)
+
+// metricsWorld gives e (auth on, e.token an admin's) queues with every
+// kind of per-queue series: blocked, ready and leased commands, work
+// waiting for a while, successes, failures and their cascade, a cancelled
+// package, an expired lease and a retry, settings (a queue paused, one
+// with a concurrency and no command at all), agents that asked at
+// different times. It returns the resources.
+func metricsWorld(t *testing.T, e *env) []string {
+	t.Helper()
+	e.createPackage(`[{"key": "a", "resource": "alpha", "action": "x", "max_attempts": 1}, {"key": "b", "resource": "beta", "action": "y", "dependencies": ["a"]}, {"resource": "gamma", "action": "z", "dependencies": ["b"]}]`, true)
+	e.createPackage(`[{"key": "a", "resource": "alpha", "action": "x"}, {"resource": "beta", "action": "y", "dependencies": ["a"]}, {"resource": "alpha", "action": "z"}]`, true)
+	e.createPackage(`[{"resource": "beta", "action": "x", "max_attempts": 3}, {"resource": "beta", "action": "x"}, {"resource": "gamma", "action": "x"}]`, true)
+	p := e.createPackage(`[{"resource": "delta", "action": "x"}, {"resource": "delta", "action": "x"}]`, true)
+	e.want(e.do("POST", "/packages/"+p.ID+"/cancel", ""), 200, "")
+	e.createPackage(`[{"resource": "delta", "action": "x"}]`, true)
+	e.want(e.do("PATCH", "/queues/gamma", `{"concurrency": 4, "paused": true}`), 200, "")
+	e.want(e.do("PATCH", "/queues/settings-only", `{"concurrency": 7}`), 200, "")
+	e.clock.Add(3 * time.Second)
+	e.want(e.complete(e.next("alpha"), false), 200, "") // fails: beta's and gamma's cancelled
+	e.clock.Add(2 * time.Second)
+	e.want(e.complete(e.next("alpha"), true), 200, "")
+	e.want(e.do("POST", "/queues/beta/next?lease=1s", ""), 200, "")
+	e.clock.Add(5 * time.Second)
+	if _, err := e.db.Sweep(ctx, store.SweepOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.next("beta") // the expired one, again
+	e.want(e.do("POST", "/commands/"+c.ID+"/complete", `{"status": false, "retry": true, "lease": "`+c.Lease.Token+`"}`), 200, "")
+	e.next("delta")
+	e.next("epsilon") // nothing there: asked, no queue
+	e.clock.Add(1500 * time.Millisecond)
+	return []string{"alpha", "beta", "gamma", "delta", "settings-only", "epsilon"}
+}
+
+// family is one metric family of a text scrape: its HELP and TYPE lines
+// and its samples.
+type family struct {
+	name    string
+	header  []string
+	samples []string
+}
+
+// families splits a scrape in Prometheus's text format into its families.
+func families(t *testing.T, body []byte) []family {
+	t.Helper()
+	var fs []family
+	for _, l := range strings.Split(strings.TrimSuffix(string(body), "\n"), "\n") {
+		if name, ok := strings.CutPrefix(l, "# HELP "); ok {
+			fs = append(fs, family{name: strings.Fields(name)[0], header: []string{l}})
+			continue
+		}
+		if len(fs) == 0 {
+			t.Fatalf("line %q before any # HELP", l)
+		}
+		f := &fs[len(fs)-1]
+		if strings.HasPrefix(l, "#") {
+			f.header = append(f.header, l)
+		} else {
+			f.samples = append(f.samples, l)
+		}
+	}
+	return fs
+}
+
+// perQueue reports whether f's series are a queue's (labelled by resource).
+func (f family) perQueue() bool {
+	return slices.ContainsFunc(f.samples, func(s string) bool { return strings.Contains(s, `resource="`) })
+}
+
+// text writes fs back in the text format.
+func text(fs []family) string {
+	var b strings.Builder
+	for _, f := range fs {
+		for _, l := range append(append([]string{}, f.header...), f.samples...) {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// own is the per-queue families of fs with only resource's series, those
+// left with none dropped: what an agent of resource may see of them.
+func own(fs []family, resource string) []family {
+	var out []family
+	for _, f := range fs {
+		if !f.perQueue() {
+			continue
+		}
+		var samples []string
+		for _, s := range f.samples {
+			if strings.Contains(s, `resource="`+resource+`"`) {
+				samples = append(samples, s)
+			}
+		}
+		if len(samples) > 0 {
+			out = append(out, family{name: f.name, header: f.header, samples: samples})
+		}
+	}
+	return out
+}
+
+// TestMetrics_PerQueueGolden: the per-queue series of a scrape of a fixed
+// world (every family labelled by resource, with HELP and TYPE) are
+// testdata/golden/metrics.txt, so that a change to how they are gathered
+// cannot change what a scraper reads unseen. Run with -update after an
+// intended change.
+func TestMetrics_PerQueueGolden(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	e.token = e.secret("admin", "", "a")
+	metricsWorld(t, e)
+	r := e.do("GET", "/metrics", "")
+	e.want(r, 200, "")
+	var perQueue []family
+	for _, f := range families(t, r.body) {
+		if f.perQueue() {
+			perQueue = append(perQueue, f)
+		}
+	}
+	got := []byte(text(perQueue))
+	file := filepath.Join("testdata", "golden", "metrics.txt")
+	if *updateGolden {
+		if err := os.WriteFile(file, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("per-queue series differ from %s; run with -update if the change is intended.\n%s", file, firstDiff(want, got))
+	}
+}
+
+// TestMetrics_AgentScrapeIsOwnPart: an agent token's scrape holds, of the
+// per-queue families, exactly the full scrape's series of its own
+// resource, with the same HELP and TYPE and values (for each queue of a
+// world with traffic, for one with settings only; none for a resource an
+// agent asked that has no queue, nor one never used), none of another
+// queue's, and every family of
+// the broker's own (build, store, HTTP, Go, process) the full scrape has.
+func TestMetrics_AgentScrapeIsOwnPart(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	admin := e.secret("admin", "", "a")
+	e.token = admin
+	resources := metricsWorld(t, e)
+	for _, resource := range append(resources, "never-used") {
+		t.Run(resource, func(t *testing.T) {
+			e.token = admin
+			full := families(t, e.want200("/metrics"))
+			e.token = e.secret("agent", resource, "agent-"+resource)
+			mine := families(t, e.want200("/metrics"))
+			var mineQueue []family
+			var globalFull, globalMine []string
+			for _, f := range mine {
+				if f.perQueue() {
+					mineQueue = append(mineQueue, f)
+				} else {
+					globalMine = append(globalMine, f.name)
+				}
+			}
+			for _, f := range full {
+				if !f.perQueue() {
+					globalFull = append(globalFull, f.name)
+				}
+			}
+			if got, want := text(mineQueue), text(own(full, resource)); got != want {
+				t.Errorf("agent's per-queue series:\n%s\nthe full scrape's of %s:\n%s", got, resource, want)
+			}
+			if resource != "never-used" && resource != "epsilon" && len(mineQueue) == 0 {
+				t.Errorf("no series of %s in its agent's scrape", resource)
+			}
+			if !slices.Equal(globalMine, globalFull) {
+				t.Errorf("agent's other families %v, full scrape's %v", globalMine, globalFull)
+			}
+		})
+	}
+}
+
+// want200 GETs path, wants a 200, and returns its body.
+func (e *env) want200(path string) []byte {
+	e.t.Helper()
+	r := e.do("GET", path, "")
+	e.want(r, 200, "")
+	return r.body
+}
