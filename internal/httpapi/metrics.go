@@ -2,9 +2,13 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,22 +20,56 @@ import (
 	"github.com/spin-broker/spinbroker/internal/version"
 )
 
-// metrics are the broker's Prometheus metrics.
+// metrics are the broker's Prometheus metrics: those of the broker as a
+// whole in reg, and each queue's, labelled by resource, gathered apart
+// (queueFamilies), so that an agent's scrape reads its own queue's and no
+// other's.
 type metrics struct {
-	reg         *prometheus.Registry
-	enqueued    *prometheus.CounterVec
-	delivered   *prometheus.CounterVec
-	redelivered *prometheus.CounterVec
-	succeeded   *prometheus.CounterVec
-	failed      *prometheus.CounterVec
-	cancelled   *prometheus.CounterVec
-	expired     *prometheus.CounterVec
-	requests    *prometheus.HistogramVec
+	reg      *prometheus.Registry
+	st       Store
+	agentsOf func(resource string) agents
+	requests *prometheus.HistogramVec
 	// waitsRefused counts the requests refused for their token's
 	// --max-waits-per-token.
 	waitsRefused prometheus.Counter
 	handler      http.Handler
-	seen         sync.Map // resources whose counters exist, at 0 if nothing happened yet
+	counters     sync.Map // resource → *queueCounters, of the queues whose counters exist, at 0 if nothing happened yet
+}
+
+// queueCounter is one of the counters each queue has.
+type queueCounter int
+
+const (
+	enqueued queueCounter = iota
+	delivered
+	redelivered
+	succeeded
+	failed
+	cancelled
+	expired
+	nCounters
+)
+
+// queueCounterDescs describe each queueCounter, in its order.
+var queueCounterDescs = func() [nCounters]*prometheus.Desc {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("spinbroker_"+name, help, []string{"resource"}, nil)
+	}
+	return [nCounters]*prometheus.Desc{
+		enqueued:    d("commands_enqueued_total", "Commands enqueued, by resource."),
+		delivered:   d("commands_delivered_total", "Leases handed out by next and claim, by resource."),
+		redelivered: d("commands_redelivered_total", "Leases of commands delivered before (an agent's retry or an expired lease; not a person's retry, which starts the attempts again), by resource."),
+		succeeded:   d("commands_succeeded_total", "Commands that succeeded, by resource."),
+		failed:      d("commands_failed_total", "Commands that failed, by resource."),
+		cancelled:   d("commands_cancelled_total", "Commands cancelled by a client or a cascade, by resource."),
+		expired:     d("commands_lease_expired_total", "Leases that ran out before their agent reported (it died, hung or lost the broker), by resource; the command went back to ready or, out of attempts, failed."),
+	}
+}()
+
+// queueCounters are a queue's counters, and when they were made.
+type queueCounters struct {
+	n       [nCounters]atomic.Uint64
+	created time.Time
 }
 
 // newMetrics registers the broker's metrics in reg. agentsOf says who asks
@@ -39,20 +77,10 @@ type metrics struct {
 // write turn now; bodyBytes, how many bytes their bodies hold; waits, how
 // many requests are held open waiting.
 func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource string) agents, writes func() int, bodyBytes func() int64, waits func() int64) *metrics {
-	counter := func(name, help string) *prometheus.CounterVec {
-		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "spinbroker", Name: name, Help: help}, []string{"resource"})
-		reg.MustRegister(c)
-		return c
-	}
 	m := &metrics{
-		reg:         reg,
-		enqueued:    counter("commands_enqueued_total", "Commands enqueued, by resource."),
-		delivered:   counter("commands_delivered_total", "Leases handed out by next and claim, by resource."),
-		redelivered: counter("commands_redelivered_total", "Leases of commands delivered before (an agent's retry or an expired lease; not a person's retry, which starts the attempts again), by resource."),
-		succeeded:   counter("commands_succeeded_total", "Commands that succeeded, by resource."),
-		failed:      counter("commands_failed_total", "Commands that failed, by resource."),
-		cancelled:   counter("commands_cancelled_total", "Commands cancelled by a client or a cascade, by resource."),
-		expired:     counter("commands_lease_expired_total", "Leases that ran out before their agent reported (it died, hung or lost the broker), by resource; the command went back to ready or, out of attempts, failed."),
+		reg:      reg,
+		st:       st,
+		agentsOf: agentsOf,
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "spinbroker", Name: "http_request_duration_seconds",
 			Help:    "Time to answer an HTTP request (long-polls include their wait), by route.",
@@ -122,13 +150,33 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 		Help: "Always 1; its labels say which build of the broker is running."}, []string{"version", "revision", "goversion"})
 	v := version.Get()
 	build.WithLabelValues(v.Version, v.Revision, v.Go).Set(1)
-	reg.MustRegister(build, m.requests, m.waitsRefused, &queueCollector{st: st, agentsOf: agentsOf},
+	reg.MustRegister(build, m.requests, m.waitsRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// A collector that fails (the queues' read, when the database does not
-	// answer) must not take the other metrics with it: the gauge that says
-	// writes fail, the process's, the build's are wanted most then.
-	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+	queues := prometheus.NewRegistry()
+	queues.MustRegister(&queueCollector{m: m})
+	m.handler = m.handlerFor(reg, queues)
 	return m
+}
+
+// handlerFor serves the metrics broker gathers, of the broker as a whole,
+// and the per-queue ones queues gathers. A part that fails (the queues' read, when the database does not
+// answer) must not take the others with it: the gauge that says writes
+// fail, the process's, the build's are wanted most then.
+func (m *metrics) handlerFor(broker, queues prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		mfs, err := broker.Gather()
+		qfs, qerr := queues.Gather()
+		return mergeFamilies(mfs, qfs), errors.Join(err, qerr)
+	}), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// mergeFamilies is a and b, each sorted by name, in one list sorted by
+// name, as a registry gathers them.
+func mergeFamilies(a, b []*dto.MetricFamily) []*dto.MetricFamily {
+	out := make([]*dto.MetricFamily, 0, len(a)+len(b))
+	out = append(append(out, a...), b...)
+	slices.SortStableFunc(out, func(x, y *dto.MetricFamily) int { return strings.Compare(x.GetName(), y.GetName()) })
+	return out
 }
 
 // sizer is a store that knows its size on disk, and how much of it deleted
@@ -148,22 +196,15 @@ type writeStatser interface {
 	WriteStats() (transactions, writes, checkpoints int64)
 }
 
-// perQueue are the counters labelled by resource.
-func (m *metrics) perQueue() []*prometheus.CounterVec {
-	return []*prometheus.CounterVec{m.enqueued, m.delivered, m.redelivered, m.succeeded, m.failed, m.cancelled, m.expired}
-}
-
-// see makes every counter of resource's queue, at 0, unless it has them:
-// rate() and alerts on redeliveries or failures need a series before the
-// first one happens.
-func (m *metrics) see(resource string) {
-	if _, ok := m.seen.Load(resource); ok {
-		return
+// see makes every counter of resource's queue, at 0, unless it has them,
+// and returns them: rate() and alerts on redeliveries or failures need a
+// series before the first one happens.
+func (m *metrics) see(resource string) *queueCounters {
+	if c, ok := m.counters.Load(resource); ok {
+		return c.(*queueCounters)
 	}
-	m.seen.Store(resource, true)
-	for _, cv := range m.perQueue() {
-		cv.WithLabelValues(resource)
-	}
+	c, _ := m.counters.LoadOrStore(resource, &queueCounters{created: time.Now()})
+	return c.(*queueCounters)
 }
 
 // count moves the counters by what a commit did.
@@ -177,35 +218,32 @@ func (m *metrics) count(c *spinbroker.Commit) {
 		if !inQueue(ch.From) && !inQueue(ch.To) {
 			continue
 		}
-		m.see(ch.Resource)
+		n := &m.see(ch.Resource).n
 		switch {
 		case ch.From == spinbroker.Staged && ch.To != spinbroker.Cancelled:
-			m.enqueued.WithLabelValues(ch.Resource).Inc()
+			n[enqueued].Add(1)
 		case ch.To == spinbroker.Leased:
-			m.delivered.WithLabelValues(ch.Resource).Inc()
+			n[delivered].Add(1)
 			if ch.Attempts > 1 {
-				m.redelivered.WithLabelValues(ch.Resource).Inc()
+				n[redelivered].Add(1)
 			}
 		case ch.To == spinbroker.Succeeded:
-			m.succeeded.WithLabelValues(ch.Resource).Inc()
+			n[succeeded].Add(1)
 		case ch.To == spinbroker.Failed:
-			m.failed.WithLabelValues(ch.Resource).Inc()
+			n[failed].Add(1)
 		case ch.To == spinbroker.Cancelled:
-			m.cancelled.WithLabelValues(ch.Resource).Inc()
+			n[cancelled].Add(1)
 		}
 	}
 	for _, ch := range c.Expired {
 		// Its series are there: the command's change from leased, in
 		// Commands, made them.
-		m.expired.WithLabelValues(ch.Resource).Inc()
+		m.see(ch.Resource).n[expired].Add(1)
 	}
 	// A forgotten queue's series go with it, or every resource name ever
 	// used would stay in /metrics.
 	for _, r := range c.Forgotten {
-		m.seen.Delete(r)
-		for _, cv := range m.perQueue() {
-			cv.DeleteLabelValues(r)
-		}
+		m.counters.Delete(r)
 	}
 }
 
@@ -241,9 +279,13 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.opts.Auth && !s.opts.MetricsOpen && isAgent(r) {
 		// An agent sees its own queue's series and none of another's:
-		// their names and counts are no business of its token.
+		// their names and counts are no business of its token. Only its
+		// queue's are read, so that its scrape costs what its queue's
+		// series cost, not what every queue's do.
 		own := identityOf(r).token.Resource
-		promhttp.HandlerFor(ownResource(s.metrics.reg, own), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+		queue := prometheus.NewRegistry()
+		queue.MustRegister(&queueCollector{m: s.metrics, resource: own})
+		s.metrics.handlerFor(ownResource(s.metrics.reg, own), queue).ServeHTTP(w, r)
 		return
 	}
 	s.metrics.handler.ServeHTTP(w, r)
@@ -280,11 +322,12 @@ func labelOf(m *dto.Metric, name, dflt string) string {
 	return dflt
 }
 
-// queueCollector reads every queue's counts at scrape time, so the gauges
-// are always the database's, never a copy that can drift.
+// queueCollector reads every queue's counts (resource's only, when it is
+// set) at scrape time, so the gauges are always the database's, never a
+// copy that can drift, and gives the queues' counters.
 type queueCollector struct {
-	st       Store
-	agentsOf func(resource string) agents
+	m        *metrics
+	resource string
 }
 
 var (
@@ -297,6 +340,9 @@ var (
 )
 
 func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range queueCounterDescs {
+		ch <- d
+	}
 	ch <- queueCommandsDesc
 	ch <- queueAgeDesc
 	ch <- queueConcDesc
@@ -306,9 +352,28 @@ func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	counters := func(resource string, qc *queueCounters) {
+		for i, d := range queueCounterDescs {
+			ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(d, prometheus.CounterValue, float64(qc.n[i].Load()), qc.created, resource)
+		}
+	}
+	if c.resource == "" {
+		c.m.counters.Range(func(r, qc any) bool {
+			counters(r.(string), qc.(*queueCounters))
+			return true
+		})
+	} else if qc, ok := c.m.counters.Load(c.resource); ok {
+		counters(c.resource, qc.(*queueCounters))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	qs, err := c.st.Queues(ctx)
+	var qs []spinbroker.Queue
+	var err error
+	if c.resource == "" {
+		qs, err = c.m.st.Queues(ctx)
+	} else {
+		qs, err = c.m.st.QueuesNamed(ctx, []string{c.resource})
+	}
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(queueCommandsDesc, err)
 		return
@@ -324,7 +389,7 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			paused = 1
 		}
 		ch <- prometheus.MustNewConstMetric(queuePausedDesc, prometheus.GaugeValue, paused, q.Resource)
-		a := c.agentsOf(q.Resource)
+		a := c.m.agentsOf(q.Resource)
 		ch <- prometheus.MustNewConstMetric(queueWaitingDesc, prometheus.GaugeValue, float64(a.Waiting), q.Resource)
 		if a.Last != nil {
 			ch <- prometheus.MustNewConstMetric(queueAskedDesc, prometheus.GaugeValue, float64(a.Last.At.UnixNano())/1e9, q.Resource)

@@ -75,7 +75,10 @@ type Options struct {
 	// Now is the clock the store uses; long-poll wake-ups (lease expiry,
 	// back-off) are computed against it. time.Now when nil.
 	Now func() time.Time
-	// Registry receives the metrics; a new registry when nil.
+	// Registry receives the metrics of the broker as a whole (the
+	// per-queue ones are gathered apart, so that an agent's scrape reads
+	// only its queue's), and /metrics serves whatever else it holds; a new
+	// registry when nil.
 	Registry *prometheus.Registry
 	// TokenCacheTTL is how long a checked token is trusted before the
 	// database is asked again (default 5s); revocation takes effect within
