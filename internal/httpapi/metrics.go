@@ -76,7 +76,8 @@ type queueCounters struct {
 	createdTS *timestamppb.Timestamp
 }
 
-// newMetrics registers the broker's metrics in reg. agentsOf says who asks
+// newMetrics registers the broker's own metrics in reg (the per-queue ones
+// are gathered apart, by queueFamilies). agentsOf says who asks
 // each queue for work; writes, how many state-changing requests hold a
 // write turn now; bodyBytes, how many bytes their bodies hold; waits, how
 // many requests are held open waiting.
