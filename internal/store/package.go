@@ -733,6 +733,28 @@ func (db *DB) PackageInfo(ctx context.Context, id string) (*spinbroker.Package, 
 	return db.snapshotPackage(ctx, id, false)
 }
 
+// PackagePage reads a package with one page of its commands, all of one
+// moment: up to limit of them (none with 0), in the order they were added,
+// from the from-th (the first is 0; past the last, none). The dashboard
+// shows a package this way, so that a page of a package of 50,000 commands
+// reads what it shows rather than all of them.
+func (db *DB) PackagePage(ctx context.Context, id string, from, limit int) (p *spinbroker.Package, err error) {
+	if from < 0 || limit < 0 {
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "a page of commands starts at 0 or later and holds 0 or more")
+	}
+	err = db.snapshot(ctx, func(q querier) error {
+		if p, err = getPackage(q, id, false); err != nil {
+			return err
+		}
+		p.Commands = []spinbroker.Command{}
+		if limit > 0 && from < p.Total {
+			p.Commands, err = packageCommands(q, id, from, limit)
+		}
+		return err
+	})
+	return p, err
+}
+
 // Packages lists packages newest first, without their commands.
 func (db *DB) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error) {
 	if f.State != "" && !f.State.Valid() {

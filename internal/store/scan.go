@@ -242,29 +242,45 @@ func getPackage(q querier, id string, withCommands bool) (*spinbroker.Package, e
 		return nil, err
 	}
 	if withCommands {
-		if p.Commands, err = packageCommands(q, id); err != nil {
+		if p.Commands, err = packageCommands(q, id, 0, -1); err != nil {
 			return nil, err
 		}
 	}
 	return &p, nil
 }
 
-// packageCommands reads a package's commands in the order they were added,
-// with their dependencies in two queries rather than one per command.
-func packageCommands(q querier, id string) ([]spinbroker.Command, error) {
-	rows, err := q.query(`SELECT `+commandCols+` FROM commands WHERE package_id = ? ORDER BY pos`, id)
+// A package's commands by position, through commands_package: those from
+// position ?2 on, ?3 of them at most (-1: all), and the dependencies of
+// those between positions ?2 and ?3.
+const (
+	qPackageCommands = `SELECT ` + commandCols + `, pos FROM commands
+		WHERE package_id = ?1 AND pos >= ?2 ORDER BY pos LIMIT ?3`
+	qPackageDeps = `SELECT d.command_id, d.depends_on FROM command_deps d
+		JOIN commands c ON c.id = d.command_id
+		WHERE c.package_id = ?1 AND c.pos BETWEEN ?2 AND ?3 ORDER BY d.rowid`
+)
+
+// packageCommands reads up to limit (-1: all) of a package's commands, in
+// the order they were added, from position from on, with their
+// dependencies in two queries rather than one per command. Positions count
+// from 0 without gaps (a command goes only with its package), so position
+// from is the package's from-th command.
+func packageCommands(q querier, id string, from, limit int) ([]spinbroker.Command, error) {
+	rows, err := q.query(qPackageCommands, id, from, limit)
 	if err != nil {
 		return nil, err
 	}
 	cmds := []spinbroker.Command{}
 	index := map[string]int{}
 	deps := 0
+	last := from
 	for rows.Next() {
-		c, n, err := scanCommandDeps(rows)
-		if err != nil {
+		var cs commandScan
+		if err := rows.Scan(append(cs.dest(), &last)...); err != nil {
 			rows.Close()
 			return nil, err
 		}
+		c, n := cs.finish()
 		index[c.ID] = len(cmds)
 		cmds = append(cmds, c)
 		deps += n
@@ -275,9 +291,7 @@ func packageCommands(q querier, id string) ([]spinbroker.Command, error) {
 	if deps == 0 {
 		return cmds, nil
 	}
-	rows, err = q.query(`SELECT d.command_id, d.depends_on FROM command_deps d
-		JOIN commands c ON c.id = d.command_id
-		WHERE c.package_id = ? ORDER BY d.rowid`, id)
+	rows, err = q.query(qPackageDeps, id, from, last)
 	if err != nil {
 		return nil, err
 	}

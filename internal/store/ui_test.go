@@ -2,10 +2,12 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -217,5 +219,59 @@ func TestDB_Search(t *testing.T) {
 	}
 	if pkgs, _, _ := db.Search(ctx, "0", 1); len(pkgs) != 1 {
 		t.Errorf("limit: %d", len(pkgs))
+	}
+}
+
+// TestDB_PackagePage: a package's page reads the package, its counts and
+// causer, and only the commands in its window, with their dependencies,
+// equal to the same commands of the whole package's read; a window past
+// the end is empty, one of no rows reads none, and bad arguments are
+// refused.
+func TestDB_PackagePage(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(101, "ext", "e"))
+	var cmds []spinbroker.NewCommand
+	for i := range 7 {
+		c := uiCmd(200+i, "r", fmt.Sprintf("c%d", i))
+		switch i {
+		case 2:
+			c.Dependencies = []string{uiID(201), uiID(101)} // in order given, not by id
+		case 4:
+			c.Dependencies = []string{uiID(203)}
+		case 6:
+			c.Dependencies = []string{uiID(205), uiID(200)}
+		}
+		cmds = append(cmds, c)
+	}
+	uiEnqueue(t, db, 2, cmds...)
+	uiFinish(t, db, "r", false, false) // c0 fails, c6 is cancelled
+	whole, err := db.Package(ctx, uiID(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if whole.Causer == nil || *whole.Causer != uiID(200) {
+		t.Fatalf("causer %v", whole.Causer)
+	}
+	for _, w := range []struct{ from, limit int }{{0, 3}, {3, 3}, {6, 3}, {0, 7}, {0, 100}, {7, 3}, {1000, 3}, {2, 0}} {
+		p, err := db.PackagePage(ctx, uiID(2), w.from, w.limit)
+		if err != nil {
+			t.Fatalf("window %v: %v", w, err)
+		}
+		want := *whole
+		want.Commands = whole.Commands[min(w.from, 7):min(w.from+w.limit, 7)]
+		if !reflect.DeepEqual(*p, want) {
+			got, _ := json.Marshal(p)
+			exp, _ := json.Marshal(want)
+			t.Errorf("window %v:\n got %s\nwant %s", w, got, exp)
+		}
+	}
+	for _, w := range []struct{ from, limit int }{{-1, 3}, {0, -1}} {
+		if _, err := db.PackagePage(ctx, uiID(2), w.from, w.limit); spinbroker.ErrorCode(err) != spinbroker.EINVALID {
+			t.Errorf("window %v: %v, want invalid_request", w, err)
+		}
+	}
+	if _, err := db.PackagePage(ctx, uiID(3), 0, 3); spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND {
+		t.Errorf("no such package: %v", err)
 	}
 }
