@@ -459,6 +459,9 @@ func (s *memStore) Completions(ctx context.Context, since time.Time, minutes int
 func (s *memStore) QueueCommands(ctx context.Context, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error) {
 	return nil, errUnsupported
 }
+func (s *memStore) PackagePage(ctx context.Context, pkgID string, from, limit int) (*spinbroker.Package, error) {
+	return nil, errUnsupported
+}
 func (s *memStore) QueueHead(ctx context.Context, resource string) (*spinbroker.Command, time.Time, error) {
 	return nil, time.Time{}, errUnsupported
 }

@@ -60,6 +60,9 @@ type Store interface {
 	// The dashboard's reads, each through an index, bounded.
 	Completions(ctx context.Context, since time.Time, minutes int) ([]spinbroker.Counts, error)
 	QueueCommands(ctx context.Context, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error)
+	// PackagePage reads a package with up to limit of its commands from
+	// the from-th (the first is 0).
+	PackagePage(ctx context.Context, pkgID string, from, limit int) (*spinbroker.Package, error)
 	QueueHead(ctx context.Context, resource string) (*spinbroker.Command, time.Time, error)
 	CommandsByID(ctx context.Context, ids []string) (map[string]spinbroker.Command, error)
 	Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error)

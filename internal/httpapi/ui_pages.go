@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"cmp"
+	"context"
 	"net/http"
 	"net/url"
 	"slices"
@@ -171,17 +172,22 @@ func (u *ui) handlePackages(w http.ResponseWriter, r *http.Request) {
 const tableRows = 500
 
 type packagePage struct {
-	Package  *spinbroker.Package
+	Package  *spinbroker.Package // its Commands: the table's page alone
 	Graph    *graph
 	TooBig   bool                 // too many commands to draw
 	Commands []spinbroker.Command // this page of the table
-	External []spinbroker.Command // dependencies in other packages
+	External []spinbroker.Command // dependencies of its rows in other packages
 	Causer   *spinbroker.Command  // the first failure, for its action
 	From     int                  // the index of the table's first row
 	PrevURL  string
 	NextURL  string
 }
 
+// handlePackage reads what it shows: the package and its counts, the
+// table's page of commands (or none, for a fragment without the table),
+// all of them only when the graph is asked for and small enough to draw,
+// the causer, and the other packages' commands the page's rows depend on.
+// A package of 50,000 commands costs a page of them, not 50,000.
 func (u *ui) handlePackage(w http.ResponseWriter, r *http.Request) {
 	if !u.readable(w, r) {
 		return
@@ -191,60 +197,103 @@ func (u *ui) handlePackage(w http.ResponseWriter, r *http.Request) {
 		u.fail(w, r, err)
 		return
 	}
-	p, err := u.s.store.Package(r.Context(), id)
+	ctx := r.Context()
+	from, rows := 0, 0
+	if wantFragment(r, "commands") {
+		from, _ = strconv.Atoi(r.URL.Query().Get("from"))
+		from, rows = max(0, from), tableRows
+	}
+	p, err := u.s.store.PackagePage(ctx, id, from, rows)
 	if err != nil {
 		u.fail(w, r, err)
 		return
 	}
-	d := &packagePage{Package: p, TooBig: len(p.Commands) > graphMax}
-	if wantFragment(r, "graph") {
-		d.Graph = newGraph(p.Commands)
-	}
-	inPkg := make(map[string]bool, len(p.Commands))
-	for i, c := range p.Commands {
-		inPkg[c.ID] = true
-		if p.Causer != nil && c.ID == *p.Causer {
-			d.Causer = &p.Commands[i]
-		}
-	}
-	if wantFragment(r, "commands") {
-		d.From, _ = strconv.Atoi(r.URL.Query().Get("from"))
-		d.From = max(0, min(d.From, len(p.Commands)))
-		to := min(d.From+tableRows, len(p.Commands))
-		d.Commands = p.Commands[d.From:to]
-		base := "/ui/packages/" + p.ID
-		if d.From > 0 {
-			d.PrevURL = base + "?from=" + strconv.Itoa(max(0, d.From-tableRows))
-		}
-		if to < len(p.Commands) {
-			d.NextURL = base + "?from=" + strconv.Itoa(to)
-		}
-		var ext []string
-		seen := map[string]bool{}
-		for _, c := range p.Commands {
-			for _, dep := range c.Dependencies {
-				if !inPkg[dep] && !seen[dep] {
-					seen[dep] = true
-					ext = append(ext, dep)
-				}
-			}
-		}
-		if len(ext) > 0 {
-			byID, err := u.s.store.CommandsByID(r.Context(), ext)
+	d := &packagePage{Package: p, TooBig: p.Total > graphMax}
+	loaded := p.Commands // every command read, to find the causer in
+	if wantFragment(r, "graph") && !d.TooBig {
+		all := p.Commands
+		if from > 0 || len(all) < p.Total {
+			// The table's page is not the whole package: read it all.
+			whole, err := u.s.store.PackagePage(ctx, id, 0, graphMax)
 			if err != nil {
 				u.fail(w, r, err)
 				return
 			}
-			for _, e := range ext {
-				if c, ok := byID[e]; ok {
-					d.External = append(d.External, c)
-				}
+			all = whole.Commands
+			loaded = append(loaded[:len(loaded):len(loaded)], all...)
+		}
+		d.Graph = newGraph(all)
+	}
+	if p.Causer != nil {
+		for i := range loaded {
+			if loaded[i].ID == *p.Causer {
+				d.Causer = &loaded[i]
+				break
 			}
+		}
+		if d.Causer == nil {
+			byID, err := u.s.store.CommandsByID(ctx, []string{*p.Causer})
+			if err != nil {
+				u.fail(w, r, err)
+				return
+			}
+			if c, ok := byID[*p.Causer]; ok {
+				d.Causer = &c
+			}
+		}
+	}
+	if wantFragment(r, "commands") {
+		d.From = min(from, p.Total)
+		d.Commands = p.Commands
+		to := d.From + len(d.Commands)
+		base := "/ui/packages/" + p.ID
+		if d.From > 0 {
+			d.PrevURL = base + "?from=" + strconv.Itoa(max(0, d.From-tableRows))
+		}
+		if len(d.Commands) > 0 && to < p.Total {
+			d.NextURL = base + "?from=" + strconv.Itoa(to)
+		}
+		if d.External, err = u.external(ctx, p.ID, d.Commands); err != nil {
+			u.fail(w, r, err)
+			return
 		}
 	}
 	v := u.newView(r, "Package "+shortID(p.ID), "packages", d)
 	v.Events = "/events?package=" + p.ID
 	u.render(w, r, http.StatusOK, "package", v)
+}
+
+// external returns the commands of other packages than pkgID that cmds
+// depend on, in the order they are first named; those deleted since are
+// left out.
+func (u *ui) external(ctx context.Context, pkgID string, cmds []spinbroker.Command) ([]spinbroker.Command, error) {
+	shown := make(map[string]bool, len(cmds))
+	for _, c := range cmds {
+		shown[c.ID] = true
+	}
+	var ids []string
+	for _, c := range cmds {
+		for _, dep := range c.Dependencies {
+			if !shown[dep] {
+				shown[dep] = true
+				ids = append(ids, dep)
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	byID, err := u.s.store.CommandsByID(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []spinbroker.Command
+	for _, id := range ids {
+		if c, ok := byID[id]; ok && c.PackageID != pkgID {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
 
 // queueRow is one command of a queue's page, with why it waits.

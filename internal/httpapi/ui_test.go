@@ -1120,3 +1120,81 @@ func TestUI_TablesNamed(t *testing.T) {
 		}
 	}
 }
+
+// TestUI_PackagePages: a package of more commands than one page of its
+// table shows them a page at a time, in the order they were added, with
+// links to the pages before and after, a from= out of range clamped; each
+// page lists the dependencies on other packages' commands of its own rows,
+// and the summary, causer and "too big to draw" notice are the package's
+// whatever the page. (The page reads only the rows it shows: with 50,000
+// commands, each view and live refresh read them all.)
+func TestUI_PackagePages(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	ext1 := mustCreate(t, e, 1, false, nc(101, "", "other", "ext_one", ""))
+	ext2 := mustCreate(t, e, 2, false, nc(201, "", "other", "ext_two", ""))
+	const n = 1201
+	cmds := make([]spinbroker.NewCommand, n)
+	for i := range cmds {
+		cmds[i] = nc(10000+i, "", "q", fmt.Sprintf("c%04d", i), "")
+	}
+	cmds[1].Dependencies = []string{fixedID(101)}
+	cmds[600].Dependencies = []string{fixedID(201), fixedID(10001)}
+	big := mustCreate(t, e, 3, true, cmds...)
+	mustComplete(t, e, mustNext(t, e, "q"), false, "disk full", "")
+	base := "/ui/packages/" + big
+
+	row := regexp.MustCompile(`<a href="/ui/commands/[^"]+" title="[^"]+">c(\d{4})</a>`)
+	pager := regexp.MustCompile(`<a href="/ui/packages/[^"?]+\?from=(\d+)">(← Earlier|Later) commands`)
+	for _, tt := range []struct {
+		from                 string
+		first, rows          int
+		prev, next, external string
+	}{
+		{"", 0, 500, "", "500", "ext_one"},
+		{"-5", 0, 500, "", "500", "ext_one"},
+		{"500", 500, 500, "0", "1000", "ext_two"},
+		{"700", 700, 500, "200", "1200", ""},
+		{"1000", 1000, 201, "500", "", ""},
+		{"1200", 1200, 1, "700", "", ""},
+		{"99999", 0, 0, "", "", ""}, // past the end: no rows, as before
+	} {
+		t.Run("from="+tt.from, func(t *testing.T) {
+			r := e.get(base + "?from=" + tt.from)
+			wantHTML(t, r, 200, "This package has 1201 commands; the graph is drawn for packages of at most 300.",
+				"Caused by <a href=\"/ui/commands/"+fixedID(10000)+"\">c0000 on q",
+				"<dt>Commands</dt><dd>1201</dd>")
+			body := string(r.body)
+			got := row.FindAllStringSubmatch(body, -1)
+			if len(got) != tt.rows {
+				t.Fatalf("%d rows, want %d", len(got), tt.rows)
+			}
+			for i, m := range got {
+				if m[1] != fmt.Sprintf("%04d", tt.first+i) {
+					t.Fatalf("row %d is c%s, want c%04d", i, m[1], tt.first+i)
+				}
+			}
+			var prev, next string
+			for _, m := range pager.FindAllStringSubmatch(body, -1) {
+				if m[2] == "← Earlier" {
+					prev = m[1]
+				} else {
+					next = m[1]
+				}
+			}
+			if prev != tt.prev || next != tt.next {
+				t.Errorf("links: earlier from=%q, later from=%q; want %q, %q", prev, next, tt.prev, tt.next)
+			}
+			if tt.rows == 0 && !strings.Contains(body, "No commands yet.") {
+				t.Error("an empty page does not say so")
+			}
+			for _, x := range []struct{ action, pkg string }{{"ext_one", ext1}, {"ext_two", ext2}} {
+				listed := strings.Contains(body, x.action+" on other</a> <span class=\"muted\">in package <a href=\"/ui/packages/"+x.pkg+"\">")
+				if listed != (x.action == tt.external) {
+					t.Errorf("the dependency on %s listed: %v", x.action, listed)
+				}
+			}
+		})
+	}
+	// The live update of the table renders the same page.
+	wantHTML(t, e.get(base+"?fragment=commands&from=500"), 200, `title="`+fixedID(10500)+`">c0500</a>`, `?from=1000">Later commands →`)
+}
