@@ -471,6 +471,9 @@ func (s *memStore) CommandsByID(ctx context.Context, ids []string) (map[string]s
 func (s *memStore) Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error) {
 	return nil, errUnsupported
 }
+func (s *memStore) SearchQueues(ctx context.Context, prefix string, limit int) ([]spinbroker.Queue, error) {
+	return nil, errUnsupported
+}
 func (s *memStore) Search(ctx context.Context, prefix string, limit int) ([]spinbroker.Package, []spinbroker.Command, error) {
 	return nil, nil, errUnsupported
 }

@@ -67,6 +67,7 @@ type Store interface {
 	CommandsByID(ctx context.Context, ids []string) (map[string]spinbroker.Command, error)
 	Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error)
 	Search(ctx context.Context, prefix string, limit int) ([]spinbroker.Package, []spinbroker.Command, error)
+	SearchQueues(ctx context.Context, prefix string, limit int) ([]spinbroker.Queue, error)
 }
 
 // Options configure a Server. The zero value serves without auth.

@@ -495,12 +495,13 @@ type searchPage struct {
 	Packages []spinbroker.Package
 	Commands []spinbroker.Command
 	Queues   []spinbroker.Queue
-	Limit    int  // at most this many packages and commands are listed
-	More     bool // there are more packages or commands than listed
+	Limit    int  // at most this many of each kind are listed
+	More     bool // there are more of some kind than listed
 }
 
 // handleSearch finds packages and commands by id or id prefix, and queues
-// by name prefix. One match is opened directly.
+// by name prefix, each through its primary key, searchLimit of each kind at
+// most. One match is opened directly.
 func (u *ui) handleSearch(w http.ResponseWriter, r *http.Request) {
 	if !u.readable(w, r) {
 		return
@@ -513,19 +514,15 @@ func (u *ui) handleSearch(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		if len(d.Packages) > searchLimit || len(d.Commands) > searchLimit {
-			d.More = true
-			d.Packages, d.Commands = d.Packages[:min(len(d.Packages), searchLimit)], d.Commands[:min(len(d.Commands), searchLimit)]
-		}
-		qs, err := u.s.store.Queues(ctx)
-		if err != nil {
+		if d.Queues, err = u.s.store.SearchQueues(ctx, d.Q, searchLimit+1); err != nil {
 			u.fail(w, r, err)
 			return
 		}
-		for _, q := range qs {
-			if strings.HasPrefix(q.Resource, strings.ToLower(d.Q)) {
-				d.Queues = append(d.Queues, q)
-			}
+		if len(d.Packages) > searchLimit || len(d.Commands) > searchLimit || len(d.Queues) > searchLimit {
+			d.More = true
+			d.Packages = d.Packages[:min(len(d.Packages), searchLimit)]
+			d.Commands = d.Commands[:min(len(d.Commands), searchLimit)]
+			d.Queues = d.Queues[:min(len(d.Queues), searchLimit)]
 		}
 		switch {
 		case len(d.Packages) == 1 && len(d.Commands)+len(d.Queues) == 0:

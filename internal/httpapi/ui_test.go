@@ -1198,3 +1198,43 @@ func TestUI_PackagePages(t *testing.T) {
 	// The live update of the table renders the same page.
 	wantHTML(t, e.get(base+"?fragment=commands&from=500"), 200, `title="`+fixedID(10500)+`">c0500</a>`, `?from=1000">Later commands →`)
 }
+
+// TestUI_SearchQueuesBounded: the search lists at most 20 of the queues
+// whose name starts with what was typed, as it lists packages and
+// commands, and says when more match; it read every queue, and listed all
+// that matched, a page of thousands with a fleet of thousands.
+func TestUI_SearchQueuesBounded(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for i := range 25 {
+		if _, err := e.db.SetQueue(ctx, fmt.Sprintf("s%02d", i), spinbroker.QueueSettings{Concurrency: uiRef(2)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.db.SetQueue(ctx, "t1", spinbroker.QueueSettings{Paused: uiRef(true)}); err != nil {
+		t.Fatal(err)
+	}
+	queue := regexp.MustCompile(`<li><a href="/ui/queues/([^"]+)">`)
+	for _, tt := range []struct {
+		q     string
+		first string
+		n     int
+		more  bool
+	}{
+		{"s", "s00", 20, true},
+		{"s2", "s20", 5, false},
+		{" S0 ", "s00", 10, false},
+		{"s%", "", 0, false},
+		{"s~", "", 0, false},
+		{"u", "", 0, false},
+	} {
+		r := e.get("/ui/search?q=" + url.QueryEscape(tt.q))
+		body := string(r.body)
+		got := queue.FindAllStringSubmatch(body, -1)
+		if r.status != 200 || len(got) != tt.n || (tt.n > 0 && got[0][1] != tt.first) || strings.Contains(body, "More match") != tt.more {
+			t.Errorf("search %q: %d, %d queues, more %v; want %d from %q, more %v", tt.q, r.status, len(got), strings.Contains(body, "More match"), tt.n, tt.first, tt.more)
+		}
+	}
+	if r := e.get("/ui/search?q=t"); r.status != http.StatusSeeOther || r.header.Get("Location") != "/ui/queues/t1" {
+		t.Errorf("the one queue that matches: %d %s", r.status, r.header.Get("Location"))
+	}
+}

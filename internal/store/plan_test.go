@@ -62,6 +62,7 @@ func TestPlans(t *testing.T) {
 		{"PackageCommands", qPackageCommands, []any{"p", 500, 500}, []string{"SEARCH commands USING INDEX commands_package (package_id=? AND pos>?)"}},
 		{"PackageDeps", qPackageDeps, []any{"p", 500, 999}, []string{"SEARCH c USING INDEX commands_package (package_id=? AND pos>? AND pos<?)", "SEARCH d USING COVERING INDEX sqlite_autoindex_command_deps_1 (command_id=?)"}},
 		{"SearchPackages", qSearchPackages, []any{"0", "0~", 10}, []string{"SEARCH packages USING INDEX sqlite_autoindex_packages_1 (id>? AND id<?)"}},
+		{"SearchQueues", qSearchQueues, []any{"s", "s~", 10}, []string{"SEARCH queues USING INDEX sqlite_autoindex_queues_1 (resource>? AND resource<?)", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
 		// Every request's token, revoked or not: one row by the hash.
 		{"Authenticate", qAuthenticate, []any{[]byte{1}}, []string{"SEARCH tokens USING INDEX sqlite_autoindex_tokens_2 (hash=?)"}},

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"sort"
+	"strings"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -567,6 +568,24 @@ func (db *DB) QueuesNamed(ctx context.Context, resources []string) ([]spinbroker
 	}
 	return db.readQueues(ctx, `SELECT `+queueListCols+` FROM queues
 		WHERE resource IN (SELECT value FROM json_each(?)) ORDER BY resource`, string(arg))
+}
+
+// qSearchQueues finds queues by name prefix, as a range of the primary key.
+const qSearchQueues = `SELECT ` + queueListCols + ` FROM queues
+	WHERE resource >= ? AND resource < ? ORDER BY resource LIMIT ?`
+
+// SearchQueues is Queues for up to limit queues whose name starts with
+// prefix (case-insensitive), in the order of their names: the dashboard's
+// search reads those it lists, not every queue. A prefix that cannot start
+// a name finds nothing.
+func (db *DB) SearchQueues(ctx context.Context, prefix string, limit int) ([]spinbroker.Queue, error) {
+	prefix = strings.ToLower(strings.TrimSpace(prefix))
+	if prefix == "" || len(prefix) > 64 || strings.Trim(prefix, "abcdefghijklmnopqrstuvwxyz0123456789_.-") != "" {
+		return []spinbroker.Queue{}, nil
+	}
+	// Every name character sorts below '~', so the names with this prefix
+	// are exactly those in [prefix, prefix+"~").
+	return db.readQueues(ctx, qSearchQueues, prefix, prefix+"~", clampLimit(limit))
 }
 
 // readQueues reads the queues a query of queueListCols selects, with the

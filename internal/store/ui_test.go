@@ -275,3 +275,41 @@ func TestDB_PackagePage(t *testing.T) {
 		t.Errorf("no such package: %v", err)
 	}
 }
+
+// TestDB_SearchQueues: queues by name prefix, in name order, up to the
+// limit, with their counts; a prefix no name can start with finds none.
+func TestDB_SearchQueues(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(101, "net-b", "a"), uiCmd(102, "net-a", "b"), uiCmd(103, "net_c", "c"), uiCmd(104, "nfs", "d"), uiCmd(105, "ne", "e"))
+	for _, tt := range []struct {
+		q    string
+		want string
+	}{
+		{"net", "net-a net-b net_c"},
+		{" NET-", "net-a net-b"},
+		{"n", "ne net-a net-b"}, // the limit
+		{"net-a", "net-a"},
+		{"net-a-", ""},
+		{"", ""},
+		{"n%", ""},
+		{"ne~", ""},
+		{strings.Repeat("n", 65), ""},
+	} {
+		qs, err := db.SearchQueues(ctx, tt.q, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, q := range qs {
+			names = append(names, q.Resource)
+		}
+		if got := strings.Join(names, " "); got != tt.want {
+			t.Errorf("SearchQueues(%q): %q, want %q", tt.q, got, tt.want)
+		}
+	}
+	qs, err := db.SearchQueues(ctx, "net-a", 3)
+	if err != nil || len(qs) != 1 || qs[0].Counts.Ready != 1 || qs[0].Concurrency != spinbroker.DefaultConcurrency {
+		t.Errorf("net-a: %+v %v", qs, err)
+	}
+}
