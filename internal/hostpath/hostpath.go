@@ -358,18 +358,9 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 
 // imagesNotInUse refuses a volume holding an image a running VM uses, in
 // it or in a volume inside it (RemoveAll takes those too). Symlinks are
-// not followed, as RemoveAll does not follow them.
+// not followed, as RemoveAll does not follow them (see walk).
 func (s *Storage) imagesNotInUse(vol string) error {
-	return fs.WalkDir(s.root.FS(), filepath.ToSlash(vol), func(p string, e fs.DirEntry, err error) error {
-		rel := filepath.FromSlash(p)
-		switch {
-		case err != nil:
-			return describe(rel, err)
-		case e.Type().IsRegular():
-			return s.notInUse(rel, false)
-		}
-		return nil
-	})
+	return s.walk(vol, func(rel string) error { return s.notInUse(rel, false) }, describe)
 }
 
 // CreateImage is the parameters of create_image. ImageSize is in GiB;
@@ -530,13 +521,83 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 // both ways at once. A file system that cannot sync a folder (EINVAL) is
 // taken at its word.
 func (s *Storage) syncDir(dir string) error {
-	d, err := s.root.Open(dir)
+	d, err := s.openFolder(dir)
 	if err != nil {
 		return describe(dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return describe(dir, err)
+		return describeFile(d, dir, err)
+	}
+	return nil
+}
+
+// openFolder opens the folder rel to list or sync it. Opened with
+// folderFlags, a FIFO put in its place (by whoever may write in the root)
+// is refused at once, rather than hold the open, and the agent, which
+// takes one command at a time, until a writer comes. A symbolic link on
+// the way is followed inside the root only, as in every path (a volume
+// may be named by a link to another in the root); walk enters none.
+func (s *Storage) openFolder(rel string) (*os.File, error) {
+	return s.root.OpenFile(rel, os.O_RDONLY|folderFlags, 0)
+}
+
+// openFolderNoLink is openFolder for a folder that must be no symbolic
+// link, as a walk's: the folder opened is judged, as openImage judges an
+// image, and refused unless it is the folder that the name was (not a
+// link, which the root would follow, put in its place since).
+func (s *Storage) openFolderNoLink(rel string) (*os.File, error) {
+	named, err := s.root.Lstat(rel)
+	if err != nil {
+		return nil, err
+	}
+	if !named.IsDir() {
+		return nil, fmt.Errorf("%q is not a folder (a symbolic link or a file put in its place), and is not looked into", rel)
+	}
+	d, err := s.openFolder(rel)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := d.Stat()
+	if err == nil && !os.SameFile(named, fi) {
+		err = fmt.Errorf("%q was replaced by another file while the agent opened it, and is not looked into", rel)
+	}
+	if err != nil {
+		d.Close()
+		return nil, describeFile(d, rel, err)
+	}
+	return d, nil
+}
+
+// walk calls file with each regular file in the folder dir and in the
+// folders under it, and fail with each error met (a folder that cannot be
+// read, or that is no longer one); the first error either returns ends
+// the walk. Symbolic links are not followed: a folder is entered only
+// through openFolderNoLink.
+func (s *Storage) walk(dir string, file func(rel string) error, fail func(rel string, err error) error) error {
+	d, err := s.openFolderNoLink(dir)
+	if err != nil {
+		return fail(dir, err)
+	}
+	entries, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		// What was read before the error is still walked.
+		if err := fail(dir, describeFile(d, dir, err)); err != nil {
+			return err
+		}
+	}
+	for _, e := range entries {
+		rel := filepath.Join(dir, e.Name())
+		switch {
+		case e.IsDir():
+			err = s.walk(rel, file, fail)
+		case e.Type().IsRegular():
+			err = file(rel)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -547,7 +608,7 @@ func (s *Storage) syncDir(dir string) error {
 // holding one could not be removed.
 func (s *Storage) removeStaleTemps(rel string) {
 	dir, prefix := filepath.Dir(rel), filepath.Base(tempPrefix(rel))
-	d, err := s.root.Open(dir)
+	d, err := s.openFolder(dir)
 	if err != nil {
 		return
 	}
@@ -565,15 +626,15 @@ func (s *Storage) removeStaleTemps(rel string) {
 // with the root locked, no write is under way. A command that failed is
 // not always retried, and such a file can be as large as the image, and
 // keeps its volume from being removed without force while no image shows
-// in it. Symlinks are not followed.
+// in it. Symlinks are not followed (see walk).
 func (s *Storage) removeAllStaleTemps() {
-	_ = fs.WalkDir(s.root.FS(), ".", func(p string, e fs.DirEntry, err error) error {
-		switch {
-		case err != nil:
-			s.log.Warn("cannot look for temporary files left by an interrupted write", "path", p, "err", describe(filepath.FromSlash(p), err))
-		case e.Type().IsRegular() && isTemp(e.Name()):
-			s.removeStaleTemp(filepath.FromSlash(p))
+	_ = s.walk(".", func(rel string) error {
+		if isTemp(filepath.Base(rel)) {
+			s.removeStaleTemp(rel)
 		}
+		return nil
+	}, func(rel string, err error) error {
+		s.log.Warn("cannot look for temporary files left by an interrupted write", "path", filepath.ToSlash(rel), "err", describe(rel, err))
 		return nil
 	})
 }

@@ -3,8 +3,10 @@ package hostpath
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // qemuLocks takes the locks QEMU takes on an image it has open: a shared
@@ -90,4 +92,38 @@ func TestRemoveVolume_InUseInANestedVolume(t *testing.T) {
 	}
 	vm.Close()
 	m.out(s.RemoveVolume(ctx, RemoveVolume{Path: "pool", Force: true}))
+}
+
+// TestRemoveVolume_InUseWalkFollowsNoLink: remove_volume with force looks
+// for images in use in the folders it would remove, and RemoveAll follows
+// no symbolic link: neither does the look, when a folder in the volume is
+// swapped for a link to another volume, whose image a VM uses, between its
+// listing and its opening. The race is not deterministic; the loop makes
+// it likely.
+func TestRemoveVolume_InUseWalkFollowsNoLink(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v/sub"}))
+	m.out(s.AddVolume(ctx, AddVolume{Path: "w"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "w", ImageName: "disk.raw", ImageSize: 1}))
+	defer qemuLocks(t, filepath.Join(s.Dir(), "w", "disk.raw"), false).Close()
+	aside := t.TempDir()
+	link := filepath.Join(aside, "link")
+	if err := os.Symlink("../w", link); err != nil {
+		t.Fatal(err)
+	}
+	folder := filepath.Join(aside, "folder")
+	if err := os.Rename(filepath.Join(s.Dir(), "v", "sub"), folder); err != nil {
+		t.Fatal(err)
+	}
+	stop := alternate(t, filepath.Join(s.Dir(), "v", "sub"), folder, link)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		// Other errors are expected (a folder gone for a moment).
+		if err := s.imagesNotInUse("v"); err != nil && strings.Contains(err.Error(), "in use") {
+			stop()
+			t.Fatalf("the walk followed the link to another volume: %v", err)
+		}
+	}
+	stop()
 }

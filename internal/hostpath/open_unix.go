@@ -15,6 +15,11 @@ import (
 // by comparing the file opened with the one checked).
 const openFlags = syscall.O_NONBLOCK | syscall.O_NOFOLLOW
 
+// folderFlags are added to every open of a folder: openFlags, and
+// O_DIRECTORY, with which a FIFO (or any file) put in a folder's place is
+// refused by the open itself (ENOTDIR) rather than opened.
+const folderFlags = openFlags | syscall.O_DIRECTORY
+
 // setBlocking clears O_NONBLOCK on f, opened with openFlags, once it is
 // known to be an image: a regular file ignores it, but qemu-img is
 // handed the same open file and should not find it there.
