@@ -137,3 +137,55 @@ func TestRemoveVolume_NestedFolderSwappedForAFIFO(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOpen_LockFileNotARegularFile: a lock file that is a symbolic link
+// (to an image of the root, or to nothing yet) or a FIFO, put there by
+// whoever may write in the root, stops the agent at start with a reason:
+// it is neither followed, taking the lock on an image or making a file
+// elsewhere in the root, nor waited on.
+func TestOpen_LockFileNotARegularFile(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		make func(t *testing.T, dir, lock string)
+	}{
+		{"a link to an image", func(t *testing.T, dir, lock string) {
+			if err := os.Symlink(filepath.Join("v", "a.raw"), lock); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a link to nothing", func(t *testing.T, dir, lock string) {
+			if err := os.Symlink(filepath.Join("v", "new"), lock); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a FIFO", func(t *testing.T, dir, lock string) { mkfifo(t, lock) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "images")
+			opts := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			s, err := Open(dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			must{t}.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+			must{t}.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1}))
+			s.Close()
+			lock := filepath.Join(dir, LockName)
+			if err := os.Remove(lock); err != nil {
+				t.Fatal(err)
+			}
+			c.make(t, dir, lock)
+			err = within(t, "Open", func() error {
+				s, err := Open(dir, opts)
+				if err == nil {
+					s.Close()
+				}
+				return err
+			})
+			wantErr(t, err, "is not a regular file")
+			if _, err := os.Lstat(filepath.Join(dir, "v", "new")); !os.IsNotExist(err) {
+				t.Errorf("the lock file was made through the link: %v", err)
+			}
+		})
+	}
+}

@@ -89,10 +89,10 @@ func Open(dir string, opts Options) (*Storage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hostpath: open the root: %w", err)
 	}
-	lock, err := root.OpenFile(LockName, os.O_RDWR|os.O_CREATE, 0o644)
+	lock, err := openLock(root)
 	if err != nil {
 		root.Close()
-		return nil, fmt.Errorf("hostpath: the root's lock file: %w", err)
+		return nil, fmt.Errorf("hostpath: the root's lock file %s: %w", filepath.Join(abs, LockName), err)
 	}
 	if held, err := flock.TryLock(lock); err != nil || !held {
 		lock.Close()
@@ -108,6 +108,41 @@ func Open(dir string, opts Options) (*Storage, error) {
 	s := &Storage{dir: abs, root: root, lock: lock, qemuImg: opts.QemuImg, log: opts.Logger}
 	s.removeAllStaleTemps()
 	return s, nil
+}
+
+// openLock opens the root's lock file, making it if it is not there. One
+// that is not a regular file, put there by whoever may write in the root,
+// is refused: a symbolic link is not followed (the root would follow one
+// inside it, and lock an image, or make a file where it leads), nor a
+// FIFO waited on. The file opened is judged, as openImage judges an image.
+func openLock(root *os.Root) (*os.File, error) {
+	notRegular := errors.New("it is not a regular file (a symbolic link, a FIFO or another special file was put there): remove it, and the agent makes its own")
+	named, err := root.Lstat(LockName)
+	var f *os.File
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// O_EXCL: made here, never through a link.
+		f, err = root.OpenFile(LockName, os.O_RDWR|os.O_CREATE|os.O_EXCL|openFlags, 0o644)
+		if err == nil {
+			named, err = f.Stat()
+		}
+	case err == nil && named.Mode().IsRegular():
+		f, err = root.OpenFile(LockName, os.O_RDWR|openFlags, 0)
+	case err == nil:
+		return nil, notRegular
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && (!fi.Mode().IsRegular() || !os.SameFile(named, fi)) {
+		err = notRegular // a link or a special file swapped in
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // Close lets go of the root.
