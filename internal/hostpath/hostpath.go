@@ -858,6 +858,11 @@ func (s *Storage) notInUse(rel string, writing bool) error {
 	} else if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%q is not an image file", rel)
 	}
+	return notInUseFile(f, rel, writing)
+}
+
+// notInUseFile is notInUse for f, the image rel already opened and judged.
+func notInUseFile(f *os.File, rel string, writing bool) error {
 	used, err := inUse(f, writing)
 	if err != nil {
 		return fmt.Errorf("image %q: look for a VM using it: %w", rel, err)
@@ -968,19 +973,40 @@ func (p ResizeImage) Validate() error {
 
 // ResizeImage sets an image's virtual size to p.ImageSize GiB; an image of
 // that size already is success.
+//
+// The image is opened once, and that open file is the one whose size is
+// read, whose lock is asked for and which is resized: opened by name at
+// each step, another image swapped in between (by whoever may write in the
+// root) would be resized on the judgement of the first, shrunk without
+// shrink, say, or under a running VM.
 func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 	vol, err := s.volume("volume_path", p.VolumePath)
 	if err != nil {
 		return nil, err
 	}
 	rel := filepath.Join(vol, p.ImageName)
-	info, err := s.stat(rel)
-	if errors.Is(err, fs.ErrNotExist) {
+	size := p.ImageSize << 30
+	f, fi, err := s.openImage(rel, os.O_RDWR)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("image %q does not exist", rel)
-	} else if err != nil {
+	case errors.Is(err, fs.ErrPermission):
+		// One the agent may read but not write is at its size already
+		// (a delivery again), or cannot be resized by the agent.
+		if info, serr := s.stat(rel); serr == nil && info.size == size {
+			out := s.output(rel, false).withImage(info)
+			out.PreviousSize = info.size
+			return out, nil
+		}
+		return nil, err
+	case err != nil:
 		return nil, err
 	}
-	size := p.ImageSize << 30
+	defer f.Close()
+	info, err := readInfo(f, FormatOf(rel), fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", rel, err)
+	}
 	out := s.output(rel, size != info.size)
 	out.PreviousSize = info.size
 	switch {
@@ -989,14 +1015,9 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 	case size < info.size && !p.Shrink:
 		return nil, fmt.Errorf("image %q has %d bytes; shrinking it to %d GiB may lose data: pass shrink: true", rel, info.size, p.ImageSize)
 	}
-	if err := s.notInUse(rel, false); err != nil {
+	if err := notInUseFile(f, rel, false); err != nil {
 		return nil, err
 	}
-	f, _, err := s.openImage(rel, os.O_RDWR)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	if info.format == "qcow2" {
 		args := []string{"resize", "-q", "-f", "qcow2", "/dev/fd/3", fmt.Sprint(size)}
 		if size < info.size {

@@ -248,3 +248,45 @@ func TestResizeImage_SwappedForAHardLink(t *testing.T) {
 	}
 	stop()
 }
+
+// TestResizeImage_SwappedBetweenItsOpens: an image swapped, between the
+// agent's reading of its size and its resizing, for another image of the
+// root (one name each, so each open alone passes) is not resized on the
+// other's judgement: a larger one is not shrunk without shrink. The race
+// is not deterministic; the loop makes it likely.
+func TestResizeImage_SwappedBetweenItsOpens(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "small.raw", ImageSize: 1}))
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "large.raw", ImageSize: 3}))
+	small, large := filepath.Join(s.Dir(), "v", "small.raw"), filepath.Join(s.Dir(), "v", "large.raw")
+	// Held open, the two are found wherever the swaps leave them.
+	sf, err := os.OpenFile(small, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Close()
+	lf, err := os.Open(large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	stop := alternate(t, filepath.Join(s.Dir(), "v", "a.raw"), small, large)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		// Errors are expected (shrinking the large one, or no image
+		// for a moment); growing the small one is right.
+		_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 2})
+		if fi, err := lf.Stat(); err != nil {
+			t.Fatal(err)
+		} else if fi.Size() != 3<<30 {
+			stop()
+			t.Fatalf("the 3 GiB image swapped in was resized to %d bytes without shrink", fi.Size())
+		}
+		if err := sf.Truncate(1 << 30); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop()
+}
