@@ -844,11 +844,7 @@ func (s *Storage) notInUse(rel string, writing bool) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case errors.Is(err, fs.ErrPermission):
-		cause := err // the host path is no part of the reason
-		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
-			cause = pe.Err
-		}
-		return fmt.Errorf("image %q: the agent cannot open it (%w) to see whether a running VM holds it (QEMU's lock), and one that does would lose its writes: make it readable by the agent's user, or remove it by hand once no VM uses it", rel, cause)
+		return cannotOpen(rel, err)
 	case err != nil:
 		return describe(rel, err)
 	}
@@ -859,6 +855,15 @@ func (s *Storage) notInUse(rel string, writing bool) error {
 		return fmt.Errorf("%q is not an image file", rel)
 	}
 	return notInUseFile(f, rel, writing)
+}
+
+// cannotOpen is notInUse's refusal of an image rel it cannot open (err).
+func cannotOpen(rel string, err error) error {
+	cause := err // the host path is no part of the reason
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		cause = pe.Err
+	}
+	return fmt.Errorf("image %q: the agent cannot open it (%w) to see whether a running VM holds it (QEMU's lock), and one that does would lose its writes: make it readable by the agent's user, or remove it by hand once no VM uses it", rel, cause)
 }
 
 // notInUseFile is notInUse for f, the image rel already opened and judged.
@@ -933,25 +938,24 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 		// files are the agent's; no image is named so (CheckImageName).
 		return nil, fmt.Errorf("%q starts with a dot: it is one of the agent's own files, not an image", rel)
 	}
-	fi, err := s.root.Lstat(rel)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return s.output(rel, false), nil
-	case err != nil:
-		return nil, describe(rel, err)
-	case fi.IsDir():
-		return nil, fmt.Errorf("%q is a volume, not an image (use remove_volume)", rel)
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("%q is not an image file", rel)
-	}
-	if err := s.notInUse(rel, false); err != nil {
-		return nil, err
-	}
-	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, describe(rel, err)
+	removed, err := s.removeImage(rel)
+	if err != nil || !removed {
+		return s.output(rel, false), err
 	}
 	agent.LoggerOr(ctx, s.log).Info("image deleted", "path", rel)
 	return s.output(rel, true), nil
+}
+
+// imageKind refuses, as an image rel for delete_image, a folder (dir) or
+// anything but a regular file.
+func imageKind(rel string, dir, regular bool) error {
+	switch {
+	case dir:
+		return fmt.Errorf("%q is a volume, not an image (use remove_volume)", rel)
+	case !regular:
+		return fmt.Errorf("%q is not an image file", rel)
+	}
+	return nil
 }
 
 // ResizeImage is the parameters of resize_image. An image only grows unless

@@ -290,3 +290,67 @@ func TestResizeImage_SwappedBetweenItsOpens(t *testing.T) {
 	}
 	stop()
 }
+
+// TestDeleteImage_SwappedForAFolder: an image swapped for an empty folder
+// between delete_image's judgement of it and its removal (by whoever may
+// write in the root) leaves the folder there: the agent removes only a
+// name that still names the file it judged, and never a folder. The race
+// is not deterministic; the loop makes it likely.
+func TestDeleteImage_SwappedForAFolder(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "v"}))
+	path := filepath.Join(s.Dir(), "v", "a.raw")
+	aside := t.TempDir()
+	folder := filepath.Join(aside, "folder")
+	if err := os.Mkdir(folder, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	done, quit := make(chan struct{}), make(chan struct{})
+	var swapErr error
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			// A new image each turn: the agent deletes some of them, as
+			// it should.
+			reg := filepath.Join(aside, fmt.Sprintf("reg%d", i))
+			if err := os.WriteFile(reg, []byte("mine"), 0o644); err != nil {
+				swapErr = err
+				return
+			}
+			if err := os.Rename(reg, path); err != nil {
+				swapErr = err
+				return
+			}
+			_ = os.Rename(path, reg) // gone if the agent deleted it
+			if err := os.Rename(folder, path); err != nil {
+				swapErr = err
+				return
+			}
+			if err := os.Rename(path, folder); err != nil {
+				swapErr = fmt.Errorf("the folder swapped in for the image is gone: %w", err)
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(2 * time.Second)
+	for swapping := true; swapping && time.Now().Before(deadline); {
+		// Errors are expected (a folder is no image).
+		_, _ = s.DeleteImage(ctx, DeleteImage{ImagePath: "v/a.raw"})
+		select {
+		case <-done: // the swaps failed
+			swapping = false
+		default:
+		}
+	}
+	close(quit)
+	<-done
+	if swapErr != nil {
+		t.Fatal(swapErr)
+	}
+}
