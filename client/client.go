@@ -28,7 +28,9 @@
 //     broker ended itself);
 //   - *SchemeError: the server at the broker URL speaks another protocol
 //     than its scheme says (plain HTTP at an https:// URL, TLS at an
-//     http:// one).
+//     http:// one);
+//   - *AnswerTooLargeError: an answer larger than the client reads; its
+//     Done says that the call was a write the broker carried out.
 //
 // Anything else is an error below HTTP (the net/http client's *url.Error:
 // the broker unreachable, no answer in time) or the client's own. Temporary
@@ -479,18 +481,8 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	if len(data) > maxAnswer {
 		// Cut off here, it would read as JSON that ends too soon.
-		limit := fmt.Sprintf("%d MiB", maxAnswer>>20)
-		if maxAnswer < 1<<20 {
-			limit = fmt.Sprintf("%d bytes", maxAnswer)
-		}
-		if method != http.MethodGet && method != http.MethodHead && resp.StatusCode < 300 {
-			// The write was made; only its answer is lost. "Ask for
-			// less" would read as a refusal, and have it made again.
-			return resp.StatusCode, fmt.Errorf("client: %s %s was done (%d), but its answer is larger than %s, more than the client reads (a package's commands hold their parameters and outputs)",
-				method, path, resp.StatusCode, limit)
-		}
-		return resp.StatusCode, fmt.Errorf("client: the answer to %s %s is larger than %s, more than the client reads; ask for less (a package's commands hold their parameters and outputs)",
-			method, path, limit)
+		return resp.StatusCode, &AnswerTooLargeError{Method: method, Path: path, StatusCode: resp.StatusCode, Limit: maxAnswer,
+			Done: method != http.MethodGet && method != http.MethodHead && resp.StatusCode < 300}
 	}
 	if resp.StatusCode >= 300 {
 		return resp.StatusCode, schemeError(c.base, answerError(resp, data))
@@ -501,6 +493,36 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// AnswerTooLargeError is an answer larger than the client reads (64 MiB):
+// a package whose commands' parameters and outputs add up to more. Cut
+// off, it would not decode.
+type AnswerTooLargeError struct {
+	Method     string // of the call: GET, POST, …
+	Path       string // of the call, without its query
+	StatusCode int    // the answer's HTTP status
+	Limit      int    // the bytes the client reads of an answer
+	// Done reports a write that the broker carried out (it answered
+	// 2xx): only its answer is lost, and making the call again would make
+	// the change again, or find it made (a conflict). Read what it made
+	// in another way instead.
+	Done bool
+}
+
+// Error implements the error interface.
+func (e *AnswerTooLargeError) Error() string {
+	limit := fmt.Sprintf("%d MiB", e.Limit>>20)
+	if e.Limit < 1<<20 {
+		limit = fmt.Sprintf("%d bytes", e.Limit)
+	}
+	if e.Done {
+		// "Ask for less" would read as a refusal, and have it made again.
+		return fmt.Sprintf("client: %s %s was done (%d), but its answer is larger than %s, more than the client reads (a package's commands hold their parameters and outputs)",
+			e.Method, e.Path, e.StatusCode, limit)
+	}
+	return fmt.Sprintf("client: the answer to %s %s is larger than %s, more than the client reads; ask for less (a package's commands hold their parameters and outputs)",
+		e.Method, e.Path, limit)
 }
 
 // maxAnswer bounds the answer the client reads, so that a broker (or

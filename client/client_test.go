@@ -364,6 +364,9 @@ func TestAnswerTooLarge(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "larger than 1000 bytes") || !strings.Contains(err.Error(), "GET /packages/"+p.ID) {
 		t.Fatalf("a package answer over the client's limit: %v", err)
 	}
+	if tl, ok := err.(*AnswerTooLargeError); !ok || tl.Done {
+		t.Fatalf("a read whose answer is over the client's limit: %#v, want an *AnswerTooLargeError without Done", err)
+	}
 	if _, err := c.Queues(ctx); err != nil {
 		t.Fatalf("a small answer under the same limit: %v", err)
 	}
@@ -401,6 +404,10 @@ func TestAnswerTooLarge_WriteDone(t *testing.T) {
 	}()
 	if err == nil || !strings.Contains(err.Error(), "POST /packages/"+p.ID+"/enqueue was done (200)") || strings.Contains(err.Error(), "ask for less") {
 		t.Fatalf("an enqueue whose answer is over the client's limit: %v", err)
+	}
+	var tl *AnswerTooLargeError
+	if !errors.As(err, &tl) || !tl.Done {
+		t.Fatalf("an enqueue whose answer is over the client's limit: %#v, want an *AnswerTooLargeError with Done", err)
 	}
 	got, err := c.Package(ctx, p.ID)
 	if err != nil {

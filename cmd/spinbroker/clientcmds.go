@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -210,6 +211,10 @@ func onID[T any](a *app, kind, name string, call func(c *client.Client, ctx cont
 			return err
 		}
 		v, err := call(cl, cmd.Context(), args[0])
+		var tl *client.AnswerTooLargeError
+		if errors.As(err, &tl) && tl.Done {
+			return doneUnread(err, kind, args[0])
+		}
 		if err != nil {
 			return whatIsIt(cmd.Context(), cl, kind, args[0], err)
 		}

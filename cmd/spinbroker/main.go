@@ -106,6 +106,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return 0
 	}
+	var tl *client.AnswerTooLargeError
+	if errors.As(err, &tl) && tl.Done && ctx.Err() == nil {
+		err = doneUnread(err, "", "")
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
@@ -134,6 +138,29 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitCodeOf(err)
 	}
 	return 1
+}
+
+// doneUnread is the outcome of a write that the broker carried out but
+// whose answer was too large to read (err, a *client.AnswerTooLargeError
+// whose Done is set): exit 1 read as "failed" to a script, which then made
+// the change again. It exits 0, with a warning on stderr that says so and,
+// when the command names what it changed (kind, "package" or "command",
+// and id), how to look at it.
+func doneUnread(err error, kind, id string) *exitError {
+	var tl *client.AnswerTooLargeError
+	if !errors.As(err, &tl) {
+		return &exitError{code: 1, msg: describe(err)}
+	}
+	msg := fmt.Sprintf("warning: %s %s was done (%d), but the broker's answer is larger than %d MiB, more than spinbroker reads (a package's commands hold their parameters and outputs): the change was made; do not run it again",
+		tl.Method, tl.Path, tl.StatusCode, tl.Limit>>20)
+	switch kind {
+	case "package":
+		// 'package show' would read the same answer, and fail the same way.
+		msg += fmt.Sprintf("; 'spinbroker package ls' lists package %s and its state, without its commands", id)
+	case "command":
+		msg += fmt.Sprintf("; look at it with 'spinbroker command show %s'", id)
+	}
+	return &exitError{code: 0, msg: msg}
 }
 
 // lookBeforeRepeat ends the message of a write that got no answer; with an
@@ -394,9 +421,10 @@ take the commands of their resource one after another and report the result.
 Start a broker with 'spinbroker serve'; the other commands talk to it at
 --url (or $SPINBROKER_URL, default http://localhost:8080).
 
-Exit status: 0 the command did what it was asked; 1 it failed (the broker
-refused it, or could not be used as given: a wrong URL, an untrusted
-certificate); 2 a mistake in the command line; 4 try again later (the
+Exit status: 0 the command did what it was asked (also when the broker's
+answer to a write that was made is too large to read: stderr warns); 1 it
+failed (the broker refused it, or could not be used as given: a wrong URL,
+an untrusted certificate); 2 a mistake in the command line; 4 try again later (the
 broker could not be reached, did not answer within 30s, or answered that
 it is unavailable or busy; a write may have been made all the same); 130
 or 143 SIGINT or SIGTERM cut it short.

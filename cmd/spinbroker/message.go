@@ -589,6 +589,10 @@ result changes nothing; with the other result it is a conflict.`,
 				return err
 			}
 			c, err := cl.Complete(cmd.Context(), args[0], res)
+			var tl *client.AnswerTooLargeError
+			if errors.As(err, &tl) && tl.Done {
+				return doneUnread(err, "command", args[0])
+			}
 			if err != nil {
 				return whatIsIt(cmd.Context(), cl, "command", args[0], err)
 			}
