@@ -1196,8 +1196,8 @@ func (j *job) finished(settled *spinbroker.Command) {
 		more = []any{"max_attempts", j.cmd.MaxAttempts}
 	case retry && settled != nil && settled.State.Terminal():
 		// So does one of a package cancelled while it ran: the broker's
-		// answer (settled, nil in batch mode, whose answer has no
-		// command) says so.
+		// answer says so (in batch mode, whose answer has no command, a
+		// read after it: settledOf).
 		retry, more = false, []any{"state", settled.State}
 	}
 	args = append(append(args, "reason", j.res.reason, "retry", retry), more...)
@@ -1421,6 +1421,26 @@ func resultSize(j *job) int {
 	return len(b) + 1 // and a comma
 }
 
+// settledOf reads j's command once a batch has recorded its result, for
+// the one case its "command finished" line needs the broker's word: a
+// retry asked for while attempts remain, which the broker does not make
+// for a command whose package was cancelled, and a batch's answer has no
+// command to say so. nil when not needed, when the read fails, or when the
+// command has been leased again since (it was retried): the line then
+// says what was asked.
+func (a *runner) settledOf(j *job) *spinbroker.Command {
+	if j.res.status || !j.res.retry || (j.cmd.MaxAttempts > 0 && j.cmd.Attempts >= j.cmd.MaxAttempts) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(a.final, a.opts.CallTimeout)
+	defer cancel()
+	c, err := a.c.Command(ctx, j.cmd.ID)
+	if err != nil || c.Attempts != j.cmd.Attempts {
+		return nil
+	}
+	return c
+}
+
 // deliverChunk completes the jobs' commands in one request per attempt,
 // retrying the whole request and the items the broker could not take for
 // now, as deliver does for one.
@@ -1456,8 +1476,8 @@ func (a *runner) deliverChunk(jobs []*job) {
 				}
 				switch {
 				case o.HTTPStatus >= 200 && o.HTTPStatus < 300:
-					j.finished(nil)
 					j.stop() // no heartbeats for a command recorded, while later chunks go
+					j.finished(a.settledOf(j))
 					delete(pending, o.ID)
 				case o.Error != nil && o.Error.Code == spinbroker.ESTALE && unsure && j.res.retry:
 					// As deliver does: a retry, once recorded, ends the

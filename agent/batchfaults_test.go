@@ -589,3 +589,38 @@ func byHand(t *testing.T, b *broker) *broker {
 	}
 	return &broker{c: hand, url: b.url, db: b.db}
 }
+
+// TestRun_BatchRetryOfACancelledPackage: TestRun_RetryOfACancelledPackage
+// in batch mode, whose completion answers no command: the "command
+// finished" line said retry=true for a command its cancelled package had
+// failed for good. It says what became of it, as per-command mode does.
+func TestRun_BatchRetryOfACancelledPackage(t *testing.T) {
+	b := startBroker(t, httpapi.Options{}, nil)
+	b.setConcurrency(t, 2)
+	var began atomic.Int32
+	all, release := make(chan struct{}), make(chan struct{})
+	work := agent.Handle("work", func(ctx context.Context, p struct{ Busy bool }) (any, error) {
+		if began.Add(1) == 2 {
+			close(all)
+		}
+		<-release
+		if p.Busy {
+			return nil, agent.Transient(errors.New("device busy"))
+		}
+		return nil, nil
+	})
+	var logs syncbuf.Buffer
+	runAgent(t, b, []agent.Handler{work}, agent.Options{Claim: 2, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ids := b.enqueue(t, cmd("work", `{"Busy":true}`), cmd("work", `{}`))
+	<-all
+	b.cancelPackageOf(t, ids[0])
+	close(release)
+	if c := b.await(t, ids[0]); c.State != spinbroker.Failed {
+		t.Fatalf("the command: %s, want failed", c.State)
+	}
+	awaitLog(t, &logs, "device busy")
+	line := grepLine(logs.String(), "device busy")
+	if !strings.Contains(line, "command finished") || !strings.Contains(line, "retry=false") || !strings.Contains(line, "state=failed") {
+		t.Errorf("the finished line: %q, want retry=false and the state the broker gave it", line)
+	}
+}
