@@ -487,3 +487,69 @@ func TestLongPoll_WaitersSpareTheWriter(t *testing.T) {
 		t.Errorf("%d claims for one command with %d agents waiting, want at most %d", n, agents, agents)
 	}
 }
+
+// TestLongPoll_WokenPollCountsAsActivity: an agent's poll keeps its queue
+// active (last_active_at, which the sweeper reads before it forgets an
+// idle queue) whichever way it goes: a claim sets it once it is a minute
+// old, and a long-poll that a commit woke and that Peek turned away from
+// claiming did not, so a queue its agents wait on could look idle for as
+// long as commits kept waking them. (Each new long-poll claims first, so
+// in real time the lag stayed within the minute plus spinbroker.MaxWait
+// the sweeper allows for; the woken path now counts as the others do.) The
+// broker's clock jumps ten minutes while the long-poll waits; two commits
+// that leave nothing to lease wake it (the second one only once the first
+// wake's round is over).
+func TestLongPoll_WokenPollCountsAsActivity(t *testing.T) {
+	db, clock := storetest.MustOpen(t, store.Options{})
+	s, srv := serveStore(t, db, Options{})
+	ctx := context.Background()
+	ok := true
+	// A queue with a row of its own, idle: its one command done.
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := db.Next(ctx, "work", 0)
+	if err != nil || c == nil || c.ID != p.Commands[0].ID {
+		t.Fatalf("next: %v %v", c, err)
+	}
+	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	// Staged commands of the queue: cancelling their packages wakes its
+	// long-polls and changes none of its counts.
+	var staged []string
+	for range 2 {
+		p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "work", Action: "later"}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		staged = append(staged, p.ID)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := poll(pctx, t, "POST", srv.URL+"/queues/work/next?wait=60s", "")
+	waitFor(t, s, "work", 1)
+	clock.Add(10 * time.Minute)
+	for _, id := range staged {
+		if _, err := db.CancelPackage(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, s, "work", 1) // woken, and waiting again
+	}
+	if _, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	qs, err := db.Queues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 1 || qs[0].Resource != "work" {
+		t.Errorf("queues after a sweep: %+v, want work, whose agent waits on it", qs)
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("the long-poll ended: %d %s", r.status, r.body)
+	default:
+	}
+}

@@ -201,7 +201,9 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 // full), while a claim is a write: with 32 agents waiting, each command
 // took about a hundred turns of the one writer. Peek never answers no
 // where a claim would lease: a lease run out or a delay ended, which a
-// claim settles before it leases, answer maybe.
+// claim settles before it leases, answer maybe. Nor where a claim would
+// mark the queue active (its last_active_at a minute old, pollActivity):
+// an agent's poll counts as activity whether or not it claims.
 func (db *DB) Peek(ctx context.Context, resource string) (maybe bool, wake time.Time, err error) {
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return false, wake, err
@@ -223,6 +225,12 @@ func peek(q querier, resource string, now int64) (bool, time.Time, error) {
 		return false, time.Time{}, nil
 	} else if err != nil {
 		return false, time.Time{}, err
+	}
+	if now-active >= int64(pollActivity) {
+		// The claim would mark the queue active (an agent asking): a
+		// long-poll woken by commits that Peek turned away would
+		// otherwise keep its queue looking idle however long it waited.
+		return true, time.Time{}, nil
 	}
 	w, err := readWaits(q, resource)
 	if err != nil {
