@@ -541,7 +541,7 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	}
 	err = describeFile(f, rel, err) // the temporary file's host path is no part of the reason
 	if err == nil {
-		err = describe(rel, s.root.Rename(tmp, rel))
+		err = s.renameNew(tmp, rel)
 	}
 	if err != nil {
 		_ = s.root.Remove(tmp)
@@ -1098,19 +1098,7 @@ func (s *Storage) MoveImage(ctx context.Context, p MoveImage) (any, error) {
 	case !errors.Is(dstErr, fs.ErrNotExist):
 		return nil, dstErr
 	}
-	if err := s.notInUse(src, false); err != nil {
-		return nil, err
-	}
-	err = s.root.Rename(src, dst)
-	if errors.Is(err, syscall.EXDEV) {
-		// The volumes are different file systems: copy, then remove.
-		if err = s.copyFile(ctx, src, dst); err == nil {
-			err = describe(src, s.root.Remove(src))
-		}
-	} else if err = describe(src, err); err == nil {
-		err = s.syncDir(filepath.Dir(dst)) // the rename, kept on disk before it is reported
-	}
-	if err != nil {
+	if err := s.moveFile(ctx, src, dst, srcInfo); err != nil {
 		return nil, err
 	}
 	agent.LoggerOr(ctx, s.log).Info("image moved", "path", src, "target", dst)
@@ -1139,16 +1127,10 @@ func (s *Storage) finishMove(ctx context.Context, src, dst string, srcInfo, dstI
 	if oneFileSystem(from, to) {
 		return nil, refused
 	}
-	if same, err := s.sameContent(ctx, src, dst); err != nil {
+	if same, err := s.removeCopied(ctx, src, dst); err != nil {
 		return nil, err
 	} else if !same {
 		return nil, refused
-	}
-	if err := s.notInUse(src, false); err != nil {
-		return nil, err
-	}
-	if err := s.root.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, describe(src, err)
 	}
 	agent.LoggerOr(ctx, s.log).Info("image moved: an interrupted move finished, its copy found whole in the target", "path", src, "target", dst)
 	return s.output(dst, true).withImage(dstInfo), nil
@@ -1218,8 +1200,14 @@ func (s *Storage) sameContent(ctx context.Context, a, b string) (bool, error) {
 		return false, err
 	}
 	defer fb.Close()
-	size := fia.Size()
-	if fib.Size() != size {
+	return compareFiles(ctx, fa, fb, fia.Size(), fib.Size(), a, b)
+}
+
+// compareFiles is sameContent for the open files fa and fb, of sizes sizeA
+// and sizeB, the images a and b.
+func compareFiles(ctx context.Context, fa, fb *os.File, sizeA, sizeB int64, a, b string) (bool, error) {
+	size := sizeA
+	if sizeB != size {
 		return false, nil
 	}
 	bufA, bufB := make([]byte, chunk), make([]byte, chunk)
