@@ -378,9 +378,11 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 		if err := s.imagesNotInUse(rel); err != nil {
 			return nil, err
 		}
-		err = s.root.RemoveAll(rel)
+		if err := s.removeTree(rel); err != nil {
+			return nil, fmt.Errorf("volume %q is not wholly removed: %w", rel, err)
+		}
 	} else {
-		err = s.root.Remove(rel)
+		err = s.removeFolder(rel)
 	}
 	if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
 		return nil, fmt.Errorf("volume %q is not empty: delete its images first, or pass force: true", rel)

@@ -75,3 +75,16 @@ func (s *Storage) removeCopied(ctx context.Context, src, dst string) (bool, erro
 	}
 	return true, nil
 }
+
+// removeTree removes the volume rel and all it holds, for remove_volume
+// with force; here by name, as os.Root's RemoveAll does (following no
+// symbolic link).
+func (s *Storage) removeTree(rel string) error {
+	return s.root.RemoveAll(rel)
+}
+
+// removeFolder removes the empty volume rel, for remove_volume without
+// force; here by name.
+func (s *Storage) removeFolder(rel string) error {
+	return s.root.Remove(rel)
+}

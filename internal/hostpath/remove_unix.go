@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -134,6 +135,8 @@ func unlinkJudged(dirfd int, name, rel string, judged *unix.Stat_t, flags int) (
 		return true, nil
 	case errors.Is(err, unix.EISDIR):
 		return false, fmt.Errorf("%q was replaced by a folder while the agent removed it, and is left there", rel)
+	case errors.Is(err, unix.ENOTDIR):
+		return false, fmt.Errorf("%q was replaced by a file while the agent removed it, and is left there", rel)
 	default:
 		return false, describe(rel, &fs.PathError{Op: "unlinkat", Path: rel, Err: err})
 	}
@@ -315,4 +318,144 @@ func (s *Storage) removeCopied(ctx context.Context, src, dst string) (bool, erro
 		return false, err
 	}
 	return true, j.remove()
+}
+
+// maxPasses bounds the times a folder being removed is listed again
+// because files were put in it meanwhile (by whoever may write there).
+const maxPasses = 100
+
+// removeFolder removes the empty volume rel (a folder, as judged by name),
+// for remove_volume without force: relative to its opened parent, only
+// while the name names the folder looked at, and never a file
+// (AT_REMOVEDIR), which Root.Remove would unlink in its stead.
+func (s *Storage) removeFolder(rel string) error {
+	dir, name := filepath.Dir(rel), filepath.Base(rel)
+	d, err := s.openFolder(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return describe(dir, err)
+	}
+	defer d.Close()
+	var named unix.Stat_t
+	err = unix.Fstatat(int(d.Fd()), name, &named, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case err != nil:
+		return describe(rel, &fs.PathError{Op: "fstatat", Path: rel, Err: err})
+	case !isDir(&named):
+		return fmt.Errorf("volume %q was replaced by a file or a symbolic link while the agent removed it, and is left there", rel)
+	}
+	_, err = unlinkJudged(int(d.Fd()), name, rel, &named, unix.AT_REMOVEDIR)
+	return err
+}
+
+// removeTree removes the volume rel (a folder, as judged by name) and all
+// it holds, for remove_volume with force, relative to the folders opened
+// on the way: no symbolic link is followed, each folder entered must be
+// the one its name was, and each image must not be in use as it is
+// removed (a check made before the removal does not see one moved in
+// since), and each name is removed only while it names the file judged.
+func (s *Storage) removeTree(rel string) error {
+	dir, name := filepath.Dir(rel), filepath.Base(rel)
+	d, err := s.openFolder(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return describe(dir, err)
+	}
+	defer d.Close()
+	var named unix.Stat_t
+	err = unix.Fstatat(int(d.Fd()), name, &named, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case err != nil:
+		return describe(rel, &fs.PathError{Op: "fstatat", Path: rel, Err: err})
+	case !isDir(&named):
+		return fmt.Errorf("volume %q was replaced by a file or a symbolic link while the agent removed it, and is left there", rel)
+	}
+	return removeTreeAt(int(d.Fd()), name, rel, &named)
+}
+
+// removeTreeAt is removeTree's work on the folder name of the open folder
+// parent (rel in the root), which fstatat found to be named.
+func removeTreeAt(parent int, name, rel string, named *unix.Stat_t) error {
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		return fmt.Errorf("%q was replaced by a file or a symbolic link while the agent removed it, and is left there", rel)
+	case err != nil:
+		return describe(rel, &fs.PathError{Op: "openat", Path: rel, Err: err})
+	}
+	d := os.NewFile(uintptr(fd), rel)
+	defer d.Close()
+	var opened unix.Stat_t
+	if err := unix.Fstat(fd, &opened); err != nil {
+		return describe(rel, &fs.PathError{Op: "fstat", Path: rel, Err: err})
+	}
+	if !sameFile(&opened, named) {
+		return fmt.Errorf("%q was replaced by another folder while the agent removed it, and is left there", rel)
+	}
+	for pass := 0; ; pass++ {
+		entries, err := d.ReadDir(-1)
+		if err != nil {
+			return describeFile(d, rel, err)
+		}
+		for _, e := range entries {
+			if err := removeEntryAt(fd, e.Name(), filepath.Join(rel, e.Name())); err != nil {
+				return err
+			}
+		}
+		_, err = unlinkJudged(parent, name, rel, named, unix.AT_REMOVEDIR)
+		if !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+		// Files put in it meanwhile: look again.
+		if pass == maxPasses {
+			return fmt.Errorf("folder %q cannot be removed: files keep being put in it", rel)
+		}
+		if _, err := d.Seek(0, io.SeekStart); err != nil {
+			return describeFile(d, rel, err)
+		}
+	}
+}
+
+// removeEntryAt removes name from the open folder dirfd (rel in the root):
+// a folder with all it holds, an image once it is not in use, anything
+// else (a symbolic link, not followed, or a special file) as it is, each
+// only while the name names what was judged.
+func removeEntryAt(dirfd int, name, rel string) error {
+	var named unix.Stat_t
+	err := unix.Fstatat(dirfd, name, &named, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case err != nil:
+		return describe(rel, &fs.PathError{Op: "fstatat", Path: rel, Err: err})
+	}
+	switch named.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return removeTreeAt(dirfd, name, rel, &named)
+	case unix.S_IFREG:
+		f, judged, err := openAt(dirfd, name, rel, func(*unix.Stat_t) error { return nil })
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil
+		case err != nil:
+			return err
+		}
+		defer f.Close()
+		if err := notInUseFile(f, rel, false); err != nil {
+			return err
+		}
+		named = judged
+	}
+	_, err = unlinkJudged(dirfd, name, rel, &named, 0)
+	return err
 }

@@ -162,3 +162,99 @@ func TestMoveImage_SourceSwappedForAFolder(t *testing.T) {
 		t.Fatal(swapErr)
 	}
 }
+
+// TestRemoveVolume_ImageMovedInMeanwhile: remove_volume with force looks
+// for images in use in the volume, then removes it; an image a VM uses,
+// moved into the volume between the two (by whoever may write in both
+// folders), is not removed with it: every file is judged as it is
+// removed. The race is not deterministic; the loop makes it likely.
+func TestRemoveVolume_ImageMovedInMeanwhile(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "w"}))
+	busy := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "w", ImageName: "disk.raw", ImageSize: 1})).HostPath
+	vm := qemuLocks(t, busy, false)
+	defer vm.Close()
+	vol := filepath.Join(s.Dir(), "v")
+	in := filepath.Join(vol, "disk.raw")
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			_ = os.Mkdir(vol, 0o755) // again, once the agent removed it
+			if err := os.Rename(busy, in); err != nil {
+				continue // the volume removed meanwhile
+			}
+			if err := os.Rename(in, busy); err != nil {
+				return // removed with the volume: the defect
+			}
+		}
+	}()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && !gone(t, vm) {
+		// Errors are expected (the image in use, found in the volume).
+		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: "v", Force: true})
+	}
+	close(quit)
+	<-done
+	if gone(t, vm) {
+		t.Fatal("the image a VM uses, moved into the volume, was removed with it")
+	}
+}
+
+// TestRemoveVolume_SwappedForAnImage: an empty volume's folder swapped for
+// an image (by whoever may write in the folder holding it) between
+// remove_volume's look at it and its removal is not removed: only an
+// empty folder is. The race is not deterministic; the loop makes it
+// likely.
+func TestRemoveVolume_SwappedForAnImage(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "w"}))
+	image := m.out(s.CreateImage(ctx, CreateImage{VolumePath: "w", ImageName: "disk.raw", ImageSize: 1})).HostPath
+	f, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	folder := filepath.Join(t.TempDir(), "folder")
+	vol := filepath.Join(s.Dir(), "v")
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			_ = os.Mkdir(folder, 0o755) // again, once the agent removed it
+			if err := os.Rename(folder, vol); err != nil {
+				return
+			}
+			_ = os.Rename(vol, folder) // gone if the agent removed it
+			if err := os.Rename(image, vol); err != nil {
+				return
+			}
+			if err := os.Rename(vol, image); err != nil {
+				return // removed as the volume: the defect
+			}
+		}
+	}()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && !gone(t, f) {
+		// Errors are expected (an image is no volume).
+		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: "v"})
+		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: "v", Force: true})
+	}
+	close(quit)
+	<-done
+	if gone(t, f) {
+		t.Fatal("the image swapped in for the volume was removed as the volume")
+	}
+}
