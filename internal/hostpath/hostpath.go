@@ -85,7 +85,7 @@ func Open(dir string, opts Options) (*Storage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hostpath: root %q: %w", dir, err)
 	}
-	root, err := os.OpenRoot(abs)
+	root, err := openRoot(abs)
 	if err != nil {
 		return nil, fmt.Errorf("hostpath: open the root: %w", err)
 	}

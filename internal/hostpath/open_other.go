@@ -12,3 +12,6 @@ const folderFlags = 0
 
 // setBlocking has nothing to clear.
 func setBlocking(*os.File) error { return nil }
+
+// openRoot opens the root folder dir.
+func openRoot(dir string) (*os.Root, error) { return os.OpenRoot(dir) }

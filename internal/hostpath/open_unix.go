@@ -3,6 +3,7 @@
 package hostpath
 
 import (
+	"fmt"
 	"os"
 	"syscall"
 )
@@ -33,4 +34,42 @@ func setBlocking(f *os.File) error {
 		return err
 	}
 	return serr
+}
+
+// openRoot opens the root folder dir as folders are opened (folderFlags):
+// a FIFO put in its place (by whoever may write in the folder holding it)
+// is refused, where os.OpenRoot would wait on it, and the agent's start
+// with it, for ever. The os.Root is then opened through the open folder
+// itself (/proc/self/fd, or /dev/fd), so it is that folder; where neither
+// is there, by name once more, and refused unless it is the same folder.
+func openRoot(dir string) (*os.Root, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|folderFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	opened, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var root *os.Root
+	for _, p := range []string{"/proc/self/fd/%d", "/dev/fd/%d"} {
+		if root, err = os.OpenRoot(fmt.Sprintf(p, f.Fd())); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		if root, err = os.OpenRoot(dir); err != nil {
+			return nil, err
+		}
+	}
+	fi, err := root.Stat(".")
+	if err == nil && !os.SameFile(fi, opened) {
+		err = fmt.Errorf("open %s: replaced by another folder while the agent opened it", dir)
+	}
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	return root, nil
 }

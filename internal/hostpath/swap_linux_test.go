@@ -2,6 +2,8 @@ package hostpath
 
 import (
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -256,5 +258,58 @@ func TestRemoveVolume_SwappedForAnImage(t *testing.T) {
 	<-done
 	if gone(t, f) {
 		t.Fatal("the image swapped in for the volume was removed as the volume")
+	}
+}
+
+// TestOpen_RootSwappedForAFIFO: the root swapped for a FIFO as the agent
+// starts (by whoever may write in the folder holding it) does not hold
+// the start: the root is opened as folders are, and a FIFO refused. The
+// two are exchanged in one step (RENAME_EXCHANGE), so the root is never
+// missing, and never made anew. The race is not deterministic; the loop
+// makes it likely.
+func TestOpen_RootSwappedForAFIFO(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "images")
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := Open(dir, Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	mkfifo(t, fifo)
+	t.Cleanup(func() { unblock(dir) })
+	done, quit := make(chan struct{}), make(chan struct{})
+	var swapErr error
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			if err := unix.Renameat2(unix.AT_FDCWD, fifo, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE); err != nil {
+				swapErr = err
+				return
+			}
+		}
+	}()
+	err = within(t, "Open with the root swapped for a FIFO", func() error {
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			// Errors are expected (a FIFO): Open must only return.
+			if s, err := Open(dir, Options{Logger: logger}); err == nil {
+				s.Close()
+			}
+		}
+		return nil
+	})
+	close(quit)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if swapErr != nil {
+		t.Fatal(swapErr)
 	}
 }
