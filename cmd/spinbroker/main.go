@@ -155,8 +155,10 @@ func doneUnread(err error, kind, id string) *exitError {
 		tl.Method, tl.Path, tl.StatusCode, tl.Limit>>20)
 	switch kind {
 	case "package":
-		// 'package show' would read the same answer, and fail the same way.
-		msg += fmt.Sprintf("; 'spinbroker package ls' lists package %s and its state, without its commands", id)
+		// 'package show' would read the same answer, and fail the same way;
+		// 'package ls' without --all shows the newest page only, which an
+		// older package is not in.
+		msg += fmt.Sprintf("; 'spinbroker package ls --all' lists package %s and its state, without its commands", id)
 	case "command":
 		msg += fmt.Sprintf("; look at it with 'spinbroker command show %s'", id)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -60,6 +61,13 @@ func TestWriteDoneAnswerTooLarge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Newer packages than a page of 'package ls' shows: the
+			// package changed is not among the newest.
+			for range spinbroker.DefaultListLimit + 10 {
+				if _, err := b.cl.CreatePackage(ctx, spinbroker.NewPackage{}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			r := spin(t, append(tc.args(p.ID), "--url", front.URL)...)
 			if r.code != 0 {
 				t.Errorf("exit %d, want 0: the change was made, and must not be made again", r.code)
@@ -78,6 +86,15 @@ func TestWriteDoneAnswerTooLarge(t *testing.T) {
 			}
 			if got.State != tc.state {
 				t.Errorf("the package is %s, want %s", got.State, tc.state)
+			}
+			// The way the warning gives to look at the package shows it.
+			m := regexp.MustCompile(`'spinbroker ([^']+)'`).FindStringSubmatch(r.stderr)
+			if m == nil {
+				t.Fatalf("stderr names no command to look with:\n%s", r.stderr)
+			}
+			look := spin(t, append(strings.Fields(m[1]), "--url", b.url)...)
+			if look.code != 0 || !strings.Contains(look.stdout, p.ID+"  "+string(tc.state)) {
+				t.Errorf("'spinbroker %s', as the warning says, does not show package %s %s: exit %d\n%.400s\n%s", m[1], p.ID, tc.state, look.code, look.stdout, look.stderr)
 			}
 		})
 	}
