@@ -1238,3 +1238,28 @@ func TestUI_SearchQueuesBounded(t *testing.T) {
 		t.Errorf("the one queue that matches: %d %s", r.status, r.header.Get("Location"))
 	}
 }
+
+// TestUI_PackagePageCostsItsRows: a package's page, and each fragment its
+// live updates fetch again, costs what its rows cost, not what the whole
+// package does: with 6,000 commands it allocates about what it does with
+// 600 (both more than the table's 500 rows, too many for the graph). It
+// read the whole package, with every command's parameters and output, at
+// each view and each live update: 0.85 s for 50,000 commands.
+func TestUI_PackagePageCostsItsRows(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	few, many := loadPackage(t, e.db, 600), loadPackage(t, e.db, 6_000)
+	for _, q := range []string{"", "?fragment=summary", "?fragment=commands&from=50"} {
+		allocs := func(id string) float64 {
+			return testing.AllocsPerRun(3, func() {
+				rec := httptest.NewRecorder()
+				e.api.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/ui/packages/"+id+q, nil))
+				if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), id) {
+					t.Fatalf("%s%s: %d\n%.2000s", id, q, rec.Code, rec.Body)
+				}
+			})
+		}
+		if a, b := allocs(few), allocs(many); b > 1.5*a {
+			t.Errorf("the package page%s allocates %.0f times with 6,000 commands, %.0f with 600", q, b, a)
+		}
+	}
+}
