@@ -135,21 +135,7 @@ func TestMetrics_PerQueueGolden(t *testing.T) {
 			perQueue = append(perQueue, f)
 		}
 	}
-	got := []byte(text(perQueue))
-	file := filepath.Join("testdata", "golden", "metrics.txt")
-	if *updateGolden {
-		if err := os.WriteFile(file, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("per-queue series differ from %s; run with -update if the change is intended.\n%s", file, firstDiff(want, got))
-	}
+	golden(t, "the scrape's per-queue series", filepath.Join("testdata", "golden", "metrics.txt"), []byte(text(perQueue)))
 }
 
 // TestMetrics_AgentScrapeIsOwnPart: an agent token's scrape holds, of the

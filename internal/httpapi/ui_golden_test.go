@@ -11,7 +11,7 @@ import (
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 )
 
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/golden with what the pages render now")
+var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/golden with what the pages and /metrics render now")
 
 // staticVersion is the hash in the static files' URLs; it changes with
 // every edit of the CSS or the script, which says nothing about the pages.
@@ -52,24 +52,30 @@ func TestUI_Golden(t *testing.T) {
 			c := *p.e
 			c.t = t
 			got := staticVersion.ReplaceAll(c.get(p.path).body, []byte("?v=VERSION"))
-			file := filepath.Join("testdata", "golden", p.name+".html")
-			if *updateGolden {
-				if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(file, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("%s differs from %s; run with -update if the change is intended.\n%s", p.path, file, firstDiff(want, got))
-			}
+			golden(t, p.path, filepath.Join("testdata", "golden", p.name+".html"), got)
 		})
+	}
+}
+
+// golden compares got, what renders what (a page's path, say), with the
+// golden file; with -update it writes got there instead.
+func golden(t *testing.T, what, file string, got []byte) {
+	t.Helper()
+	if *updateGolden {
+		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from %s; run with -update if the change is intended.\n%s", what, file, firstDiff(want, got))
 	}
 }
 
