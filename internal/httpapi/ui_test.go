@@ -1263,3 +1263,26 @@ func TestUI_PackagePageCostsItsRows(t *testing.T) {
 		}
 	}
 }
+
+// TestUI_SearchCostsItsMatches: the search reads the queues it lists, not
+// every queue to keep those that match: a search that matches ten queues
+// allocates about the same with 20 queues as with 2,000. (It read every
+// queue, with its counts, at each search.)
+func TestUI_SearchCostsItsMatches(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	allocs := func() float64 {
+		return testing.AllocsPerRun(3, func() {
+			rec := httptest.NewRecorder()
+			e.api.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/ui/search?q=q0001", nil))
+			if rec.Code != http.StatusOK || strings.Count(rec.Body.String(), `<li><a href="/ui/queues/q0001`) != 10 {
+				t.Fatalf("search: %d\n%.2000s", rec.Code, rec.Body)
+			}
+		})
+	}
+	loadQueues(t, e, 0, 20)
+	few := allocs()
+	loadQueues(t, e, 20, 2_000)
+	if many := allocs(); many > 1.5*few {
+		t.Errorf("a search allocates %.0f times with 2,000 queues, %.0f with 20", many, few)
+	}
+}
