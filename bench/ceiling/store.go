@@ -230,6 +230,24 @@ func (s *memStore) Package(ctx context.Context, pkgID string) (*spinbroker.Packa
 	return s.readPackage(pkgID, true)
 }
 
+func (s *memStore) PackageEach(ctx context.Context, pkgID string, head func(*spinbroker.Package) error, each func(*spinbroker.Command) error) error {
+	p, err := s.readPackage(pkgID, true)
+	if err != nil {
+		return err
+	}
+	cmds := p.Commands
+	p.Commands = nil
+	if err := head(p); err != nil {
+		return err
+	}
+	for i := range cmds {
+		if err := each(&cmds[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *memStore) PackageInfo(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
 	return s.readPackage(pkgID, false)
 }

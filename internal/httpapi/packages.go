@@ -1,9 +1,11 @@
 package httpapi
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -233,11 +235,114 @@ func (s *Server) packageAction(w http.ResponseWriter, r *http.Request, p permiss
 	writeJSON(w, http.StatusOK, pkg)
 }
 
+// handlePackageGet answers a package with all its commands, streamed: a
+// package may hold 50,000 commands whose parameters and outputs are each
+// up to 1 MiB, and reading it whole, then encoding it whole, took about
+// five times its answer in memory (a 300 MB answer, 1.7 GB). The commands
+// are encoded one by one as the store reads them, in one read transaction
+// (the answer is of one moment), into the pooled buffer; an answer that
+// fits in streamAfter goes in one write with its Content-Length, as every
+// other answer does; a larger one is sent chunked once it passes it, and
+// the broker holds a batch of commands and the buffer, not the package.
+// The write deadline set for every ordinary answer (defaultWriteTimeout)
+// bounds how long a slow client keeps the read transaction open.
 func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
-	s.packageAction(w, r, permRead, func(id string) (*spinbroker.Package, error) {
-		return s.store.Package(r.Context(), id)
+	if err := s.allow(r, permRead, ""); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := pathID(r, "package")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer putBuf(buf)
+	buf.Reset()
+	enc := json.NewEncoder(buf)
+	sent := false // the headers, and part of the body
+	n := 0        // commands encoded
+	// send writes what is encoded once it is worth a write of its own.
+	send := func(last bool) error {
+		if !sent {
+			if buf.Len() < streamAfter && !last {
+				return nil
+			}
+			if last {
+				return nil // all of it fits: writeBody sends it with its length
+			}
+			h := w.Header()
+			h.Set("Content-Type", "application/json")
+			h.Set("Cache-Control", "no-store")
+			h.Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusOK)
+			sent = true
+		}
+		if buf.Len() < streamChunk && !last {
+			return nil
+		}
+		_, err := w.Write(buf.Bytes())
+		buf.Reset() // grown past 1 MiB, putBuf lets it go
+		return err
+	}
+	err = s.store.PackageEach(r.Context(), id, func(p *spinbroker.Package) error {
+		// The package's own fields, then its commands: encoded without
+		// them, it ends in "}\n", where ,"commands":[ goes (Commands is
+		// its last field, and omitted when nil).
+		if err := enc.Encode(p); err != nil {
+			return err
+		}
+		buf.Truncate(buf.Len() - 2)
+		buf.WriteString(`,"commands":[`)
+		return nil
+	}, func(c *spinbroker.Command) error {
+		if n > 0 {
+			buf.WriteByte(',')
+		}
+		n++
+		if err := enc.Encode(c); err != nil {
+			return err
+		}
+		buf.Truncate(buf.Len() - 1) // the encoder's newline
+		return send(false)
 	})
+	if err == nil {
+		buf.WriteString("]}\n")
+		if !sent {
+			writeBody(w, http.StatusOK, buf.Bytes())
+			return
+		}
+		err = send(true)
+	}
+	if err == nil {
+		return
+	}
+	if !sent {
+		var je *json.MarshalerError
+		if errors.As(err, &je) {
+			// A stored value that does not encode: writeJSON's 500.
+			err = fmt.Errorf("package %s: %w", id, err)
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	// Part of a 200 is out: a 500 can no longer be said. Cutting the
+	// connection leaves the client a broken answer (chunked, it lacks
+	// its last chunk), never a shorter one that parses.
+	if r.Context().Err() == nil {
+		s.log.Error("package answer cut off", logAttrs(r, "err", err, "commands_sent", n)...)
+	}
+	panic(http.ErrAbortHandler)
 }
+
+const (
+	// streamAfter is the size past which a package's answer is streamed
+	// rather than sent whole with its length: the pool's largest buffer.
+	streamAfter = 1 << 20
+	// streamChunk is how much of a streamed answer is gathered before a
+	// write.
+	streamChunk = 64 << 10
+)
 
 func (s *Server) handlePackageEnqueue(w http.ResponseWriter, r *http.Request) {
 	s.packageAction(w, r, permWrite, func(id string) (*spinbroker.Package, error) {

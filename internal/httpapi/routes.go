@@ -324,7 +324,18 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
 		sw := &statusWriter{ResponseWriter: w, head: r.Method == http.MethodHead}
 		http.NewResponseController(w).SetWriteDeadline(start.Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
-		next.ServeHTTP(sw, r)
+		aborted := serveAbortable(next, sw, r)
+		if aborted {
+			// A handler cut its answer short (a streamed package whose
+			// read or write failed part way): logged and counted as the
+			// 500 it would have been, or the 499 of a client gone, then
+			// the connection is cut.
+			defer panic(http.ErrAbortHandler)
+			sw.status = http.StatusInternalServerError
+			if r.Context().Err() != nil {
+				sw.status = statusClientClosed
+			}
+		}
 		d := time.Since(start)
 		cut := s.cut.Load()
 		if cut {
@@ -378,6 +389,22 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		}
 		s.log.Log(r.Context(), level, "request", attrs...)
 	})
+}
+
+// serveAbortable serves r, reporting whether the handler aborted with
+// http.ErrAbortHandler (which logRequests panics again once it has logged
+// the request); any other panic goes on up.
+func serveAbortable(next http.Handler, w http.ResponseWriter, r *http.Request) (aborted bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				panic(v)
+			}
+			aborted = true
+		}
+	}()
+	next.ServeHTTP(w, r)
+	return false
 }
 
 // requestIDKey is the context key of a request's id, for the log lines

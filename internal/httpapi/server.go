@@ -30,6 +30,11 @@ type Store interface {
 	CancelPackage(ctx context.Context, pkgID string) (*spinbroker.Package, error)
 	DeletePackage(ctx context.Context, pkgID string) error
 	Package(ctx context.Context, pkgID string) (*spinbroker.Package, error)
+	// PackageEach reads what Package does, all of one moment, handing the
+	// package (without commands) to head and then each command in order
+	// to each as it reads them, so that a large package is never held
+	// whole.
+	PackageEach(ctx context.Context, pkgID string, head func(*spinbroker.Package) error, each func(*spinbroker.Command) error) error
 	PackageInfo(ctx context.Context, pkgID string) (*spinbroker.Package, error)
 	Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error)
 

@@ -708,6 +708,54 @@ func (db *DB) Package(ctx context.Context, id string) (*spinbroker.Package, erro
 	return db.snapshotPackage(ctx, id, true)
 }
 
+// Streamed answers hand a package's commands over a batch at a time: up to
+// streamBatch of them, fewer once their parameters and outputs hold
+// streamBatchBytes (each may be near 1 MiB, and a package may hold 50,000).
+const (
+	streamBatch      = 500
+	streamBatchBytes = 4 << 20
+)
+
+// PackageEach reads a package and its commands, all of one moment, as
+// Package does, but hands them over as it reads rather than gathering
+// them: head gets the package (its Commands nil), then each gets every
+// command in the order they were added, with its dependencies. What it
+// holds at a time is a batch of commands, not the package. An error from
+// head or each ends the read and is returned.
+//
+// The read transaction, and the read pool's connection it is on, stay open
+// until the last command is handed over: a caller that writes each one to
+// a slow client must bound how long (the HTTP server's write deadline
+// does), since meanwhile the WAL cannot be checkpointed past it.
+func (db *DB) PackageEach(ctx context.Context, id string, head func(*spinbroker.Package) error, each func(*spinbroker.Command) error) error {
+	return db.snapshot(ctx, func(q querier) error {
+		p, err := getPackage(q, id, false)
+		if err != nil {
+			return err
+		}
+		if err := head(p); err != nil {
+			return err
+		}
+		for from := 0; from < p.Total; {
+			cmds, err := packageCommandsBounded(q, id, from, streamBatch, streamBatchBytes)
+			if err != nil {
+				return err
+			}
+			if len(cmds) == 0 {
+				return nil
+			}
+			for i := range cmds {
+				if err := each(&cmds[i]); err != nil {
+					return err
+				}
+				cmds[i] = spinbroker.Command{} // let the collector have it
+			}
+			from += len(cmds)
+		}
+		return nil
+	})
+}
+
 // snapshotPackage is getPackage in one snapshot.
 func (db *DB) snapshotPackage(ctx context.Context, id string, withCommands bool) (p *spinbroker.Package, err error) {
 	err = db.snapshot(ctx, func(q querier) error {

@@ -266,6 +266,13 @@ const (
 // from 0 without gaps (a command goes only with its package), so position
 // from is the package's from-th command.
 func packageCommands(q querier, id string, from, limit int) ([]spinbroker.Command, error) {
+	return packageCommandsBounded(q, id, from, limit, 0)
+}
+
+// packageCommandsBounded is packageCommands that, with maxBytes > 0, stops
+// after the command that takes the parameters and outputs read to
+// maxBytes or more: it reads one command at least.
+func packageCommandsBounded(q querier, id string, from, limit, maxBytes int) ([]spinbroker.Command, error) {
 	rows, err := q.query(qPackageCommands, id, from, limit)
 	if err != nil {
 		return nil, err
@@ -274,6 +281,7 @@ func packageCommands(q querier, id string, from, limit int) ([]spinbroker.Comman
 	index := map[string]int{}
 	deps := 0
 	last := from
+	size := 0
 	for rows.Next() {
 		var cs commandScan
 		if err := rows.Scan(append(cs.dest(), &last)...); err != nil {
@@ -284,6 +292,15 @@ func packageCommands(q querier, id string, from, limit int) ([]spinbroker.Comman
 		index[c.ID] = len(cmds)
 		cmds = append(cmds, c)
 		deps += n
+		if size += len(c.Parameters) + len(c.Output); maxBytes > 0 && size >= maxBytes {
+			break
+		}
+	}
+	if err := rows.Err(); err != nil {
+		// A read that fails part way (interrupted, a fault of the file)
+		// must not pass for a package with fewer commands.
+		rows.Close()
+		return nil, interpretError(err)
 	}
 	if err := rows.Close(); err != nil {
 		return nil, err
