@@ -737,7 +737,7 @@ func (db *DB) PackageEach(ctx context.Context, id string, head func(*spinbroker.
 			return err
 		}
 		for from := 0; from < p.Total; {
-			cmds, err := packageCommandsBounded(q, id, from, streamBatch, streamBatchBytes)
+			cmds, err := packageCommandsBounded(q, qPackageCommands, id, from, streamBatch, streamBatchBytes)
 			if err != nil {
 				return err
 			}
@@ -783,9 +783,10 @@ func (db *DB) PackageInfo(ctx context.Context, id string) (*spinbroker.Package, 
 
 // PackagePage reads a package with one page of its commands, all of one
 // moment: up to limit of them (none with 0), in the order they were added,
-// from the from-th (the first is 0; past the last, none). The dashboard
-// shows a package this way, so that a page of a package of 50,000 commands
-// reads what it shows rather than all of them.
+// from the from-th (the first is 0; past the last, none), without their
+// parameters and outputs (nil). The dashboard shows a package this way, so
+// that a page of a package of 50,000 commands reads what it shows rather
+// than all of them, nor up to 2 MiB a row that it does not show.
 func (db *DB) PackagePage(ctx context.Context, id string, from, limit int) (p *spinbroker.Package, err error) {
 	if from < 0 || limit < 0 {
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "a page of commands starts at 0 or later and holds 0 or more")
@@ -796,7 +797,7 @@ func (db *DB) PackagePage(ctx context.Context, id string, from, limit int) (p *s
 		}
 		p.Commands = []spinbroker.Command{}
 		if limit > 0 && from < p.Total {
-			p.Commands, err = packageCommands(q, id, from, limit)
+			p.Commands, err = packageCommandsBounded(q, qPackageCommandsLight, id, from, limit, 0)
 		}
 		return err
 	})

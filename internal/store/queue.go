@@ -121,6 +121,10 @@ const (
 		ORDER BY o LIMIT ?3`
 )
 
+// qQueueCommandsLight is qQueueCommands without the parameters and
+// outputs, for the dashboard's page of a queue.
+var qQueueCommandsLight = lightQuery(qQueueCommands)
+
 func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
 	var concurrency, leased, blocked int
 	var paused bool
@@ -627,6 +631,13 @@ const QueueCommandsLimit = 50
 // Queue reads one queue with its first enqueued, unfinished commands in
 // queue order. A valid resource that was never used is an empty queue.
 func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, error) {
+	return db.queue(ctx, resource, qQueueCommands, 0, QueueCommandsLimit)
+}
+
+// queue reads one queue, all of one moment, with up to limit (none with 0)
+// of its enqueued, unfinished commands whose seq is greater than afterSeq,
+// in queue order, through query (qQueueCommands or qQueueCommandsLight).
+func (db *DB) queue(ctx context.Context, resource, query string, afterSeq int64, limit int) (*spinbroker.Queue, error) {
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, err
 	}
@@ -642,7 +653,10 @@ func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, er
 		if q.OldestReadyAgeSeconds, err = oldestReadyAge(r, resource, db.now()); err != nil {
 			return err
 		}
-		q.Commands, err = queryQueueCommands(r, resource, 0, QueueCommandsLimit)
+		q.Commands = []spinbroker.Command{}
+		if limit > 0 {
+			q.Commands, err = queryQueueCommands(r, query, resource, afterSeq, limit)
+		}
 		return err
 	})
 	if err != nil {
@@ -651,10 +665,11 @@ func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, er
 	return &q, nil
 }
 
-// queryQueueCommands runs qQueueCommands, whose rows carry one column more
-// than commandCols (the sort key), and loads the dependencies.
-func queryQueueCommands(q querier, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error) {
-	rows, err := q.query(qQueueCommands, resource, afterSeq, limit)
+// queryQueueCommands runs query, qQueueCommands or qQueueCommandsLight,
+// whose rows carry one column more than commandCols (the sort key), and
+// loads the dependencies.
+func queryQueueCommands(q querier, query, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error) {
+	rows, err := q.query(query, resource, afterSeq, limit)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -63,9 +64,31 @@ func queryStrings(q querier, query string, args ...any) ([]string, error) {
 }
 
 // commandCols are the columns scanCommand reads, in its order.
-const commandCols = `id, package_id, key, resource, action, parameters, max_attempts,
-	lease_duration, not_before, state, seq, attempts, reason, output,
+const commandCols = commandColsHead + `parameters` + commandColsMid + `output` + commandColsTail
+
+// commandColsLight are commandCols with parameters and output read as NULL,
+// which the scanned command leaves nil: for the dashboard's lists, which
+// show neither. Each may be near 1 MiB, and a page lists up to 1,000
+// commands; only a command's own page shows them.
+const commandColsLight = commandColsHead + `NULL AS parameters` + commandColsMid + `NULL AS output` + commandColsTail
+
+// The parts of commandCols around parameters and output.
+const (
+	commandColsHead = `id, package_id, key, resource, action, `
+	commandColsMid  = `, max_attempts,
+	lease_duration, not_before, state, seq, attempts, reason, `
+	commandColsTail = `,
 	lease_expires_at, created_at, enqueued_at, started_at, finished_at, n_deps`
+)
+
+// lightQuery returns query, a statement that selects commandCols, selecting
+// commandColsLight instead.
+func lightQuery(query string) string {
+	if !strings.Contains(query, commandCols) {
+		panic("store: lightQuery of a statement without commandCols")
+	}
+	return strings.ReplaceAll(query, commandCols, commandColsLight)
+}
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -87,16 +110,16 @@ func scanCommandDeps(s scanner) (spinbroker.Command, int, error) {
 	return c, n, nil
 }
 
-// commandScan receives one row of commandCols, for statements that return
-// more columns than those (they prepend theirs to dest()).
+// commandScan receives one row of commandCols (or commandColsLight), for
+// statements that return more columns than those (they add theirs to
+// dest()).
 type commandScan struct {
 	c                                      spinbroker.Command
 	n                                      int
-	key, reason, output                    sql.NullString
+	key, reason, params, output            sql.NullString
 	leaseDur, notBefore, seq, leaseExpires sql.NullInt64
 	enqueued, started, finished            sql.NullInt64
 	created                                int64
-	params                                 string
 	state                                  string
 }
 
@@ -113,7 +136,9 @@ func (r *commandScan) dest() []any {
 func (r *commandScan) finish() (spinbroker.Command, int) {
 	c := r.c
 	c.Key = optString(r.key)
-	c.Parameters = json.RawMessage(r.params)
+	if r.params.Valid {
+		c.Parameters = json.RawMessage(r.params.String)
+	}
 	c.Dependencies = []string{}
 	if r.leaseDur.Valid {
 		d := spinbroker.Duration(r.leaseDur.Int64)
@@ -260,20 +285,25 @@ const (
 		WHERE c.package_id = ?1 AND c.pos BETWEEN ?2 AND ?3 ORDER BY d.rowid`
 )
 
+// qPackageCommandsLight is qPackageCommands without the parameters and
+// outputs, for the dashboard's page of a package.
+var qPackageCommandsLight = lightQuery(qPackageCommands)
+
 // packageCommands reads up to limit (-1: all) of a package's commands, in
 // the order they were added, from position from on, with their
 // dependencies in two queries rather than one per command. Positions count
 // from 0 without gaps (a command goes only with its package), so position
 // from is the package's from-th command.
 func packageCommands(q querier, id string, from, limit int) ([]spinbroker.Command, error) {
-	return packageCommandsBounded(q, id, from, limit, 0)
+	return packageCommandsBounded(q, qPackageCommands, id, from, limit, 0)
 }
 
-// packageCommandsBounded is packageCommands that, with maxBytes > 0, stops
-// after the command that takes the parameters and outputs read to
-// maxBytes or more: it reads one command at least.
-func packageCommandsBounded(q querier, id string, from, limit, maxBytes int) ([]spinbroker.Command, error) {
-	rows, err := q.query(qPackageCommands, id, from, limit)
+// packageCommandsBounded is packageCommands through query (qPackageCommands
+// or qPackageCommandsLight) that, with maxBytes > 0, stops after the
+// command that takes the parameters and outputs read to maxBytes or more:
+// it reads one command at least.
+func packageCommandsBounded(q querier, query, id string, from, limit, maxBytes int) ([]spinbroker.Command, error) {
+	rows, err := q.query(query, id, from, limit)
 	if err != nil {
 		return nil, err
 	}

@@ -12,21 +12,24 @@ import (
 // The dashboard's reads. Each runs on the read pool and reads through an
 // index a bounded number of rows, so that a page costs the same with a
 // hundred packages or a million. TestUIPlans holds them to their indexes.
+// Those that list commands read them without their parameters and outputs
+// (commandColsLight), near 1 MiB each, which the dashboard shows only on a
+// command's own page (read with Command).
 const (
 	qCompletions = `SELECT minute, succeeded, failed, cancelled FROM completions
 		WHERE minute >= ? AND minute < ? ORDER BY minute`
-	qQueueHead = `SELECT ` + commandCols + `, backoff_until FROM commands
+	qQueueHead = `SELECT ` + commandColsLight + `, backoff_until FROM commands
 		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT 1`
 	// qCommandsByID takes its ids as one JSON array, so that one prepared
 	// statement serves any number of them.
-	qCommandsByID = `SELECT ` + commandCols + ` FROM commands
+	qCommandsByID = `SELECT ` + commandColsLight + ` FROM commands
 		WHERE id IN (SELECT value FROM json_each(?))`
 	qDependents = `SELECT command_id FROM command_deps WHERE depends_on = ? ORDER BY rowid LIMIT ?`
 	// Id prefixes are searched as a range of the primary key: LIKE would
 	// scan the table unless case_sensitive_like were set on every
 	// connection.
 	qSearchPackages = `SELECT ` + packageCols + ` FROM packages WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`
-	qSearchCommands = `SELECT ` + commandCols + ` FROM commands WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`
+	qSearchCommands = `SELECT ` + commandColsLight + ` FROM commands WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`
 )
 
 // Completions counts the commands that reached a terminal state in each
@@ -58,19 +61,31 @@ func (db *DB) Completions(ctx context.Context, since time.Time, minutes int) ([]
 
 // QueueCommands pages through a queue's enqueued, unfinished commands in
 // queue order: up to limit of them whose seq is greater than afterSeq, with
-// their dependencies.
+// their dependencies but without their parameters and outputs (nil).
 func (db *DB) QueueCommands(ctx context.Context, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error) {
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, err
 	}
 	limit = clampLimit(limit)
-	return queryQueueCommands(db.reader, resource, afterSeq, limit)
+	return queryQueueCommands(db.reader, qQueueCommandsLight, resource, afterSeq, limit)
+}
+
+// QueuePage reads a queue as Queue does, all of one moment, but with up to
+// limit of its commands (none with 0) whose seq is greater than afterSeq,
+// without their parameters and outputs (nil): the dashboard's page of a
+// queue, which shows neither. (Queue, the API's answer, keeps them.)
+func (db *DB) QueuePage(ctx context.Context, resource string, afterSeq int64, limit int) (*spinbroker.Queue, error) {
+	if afterSeq < 0 || limit < 0 {
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "a page of commands starts after sequence 0 or later and holds 0 or more")
+	}
+	return db.queue(ctx, resource, qQueueCommandsLight, afterSeq, min(limit, spinbroker.MaxListLimit))
 }
 
 // QueueHead returns the head of line of a queue: its first ready command,
-// the one the next delivery hands out, and the end of its retry back-off
-// (zero when it is not waiting one out). While it waits, it holds back every
-// command behind it (delivery rule 3). It returns nil when nothing is ready.
+// the one the next delivery hands out, without its parameters and output,
+// and the end of its retry back-off (zero when it is not waiting one out).
+// While it waits, it holds back every command behind it (delivery rule 3).
+// It returns nil when nothing is ready.
 func (db *DB) QueueHead(ctx context.Context, resource string) (*spinbroker.Command, time.Time, error) {
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, time.Time{}, err
@@ -104,8 +119,8 @@ func (s *extraScanner) Scan(dest ...any) error {
 
 // CommandsByID reads the commands with the given ids, keyed by id; ids that
 // name no command are left out. Their Dependencies are not loaded (left
-// empty): the dashboard wants them for their states, and one query beats one
-// per command.
+// empty), nor their parameters and outputs (nil): the dashboard wants them
+// for their states, and one query beats one per command.
 func (db *DB) CommandsByID(ctx context.Context, ids []string) (map[string]spinbroker.Command, error) {
 	out := make(map[string]spinbroker.Command, len(ids))
 	if len(ids) == 0 {
@@ -127,7 +142,8 @@ func (db *DB) CommandsByID(ctx context.Context, ids []string) (map[string]spinbr
 }
 
 // Dependents returns up to limit commands that depend on command id, in the
-// order the edges were made. Their Dependencies are not loaded.
+// order the edges were made. Their Dependencies, parameters and outputs are
+// not loaded.
 func (db *DB) Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error) {
 	ids, err := queryStrings(db.reader, qDependents, id, clampLimit(limit))
 	if err != nil {
@@ -148,7 +164,7 @@ func (db *DB) Dependents(ctx context.Context, id string, limit int) ([]spinbroke
 
 // Search finds up to limit packages and up to limit commands whose id starts
 // with prefix (case-insensitive). Packages come without their commands or
-// causer, commands without their dependencies. A prefix that cannot start an
+// causer, commands without their dependencies, parameters and outputs. A prefix that cannot start an
 // id finds nothing.
 func (db *DB) Search(ctx context.Context, prefix string, limit int) ([]spinbroker.Package, []spinbroker.Command, error) {
 	prefix = strings.ToLower(strings.TrimSpace(prefix))

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -224,7 +226,8 @@ func TestDB_Search(t *testing.T) {
 
 // TestDB_PackagePage: a package's page reads the package, its counts and
 // causer, and only the commands in its window, with their dependencies,
-// equal to the same commands of the whole package's read; a window past
+// equal to the same commands of the whole package's read but for their
+// parameters and outputs, left out (nil); a window past
 // the end is empty, one of no rows reads none, and bad arguments are
 // refused.
 func TestDB_PackagePage(t *testing.T) {
@@ -259,7 +262,10 @@ func TestDB_PackagePage(t *testing.T) {
 			t.Fatalf("window %v: %v", w, err)
 		}
 		want := *whole
-		want.Commands = whole.Commands[min(w.from, 7):min(w.from+w.limit, 7)]
+		want.Commands = slices.Clone(whole.Commands[min(w.from, 7):min(w.from+w.limit, 7)])
+		for i := range want.Commands {
+			want.Commands[i].Parameters, want.Commands[i].Output = nil, nil
+		}
 		if !reflect.DeepEqual(*p, want) {
 			got, _ := json.Marshal(p)
 			exp, _ := json.Marshal(want)
@@ -311,5 +317,163 @@ func TestDB_SearchQueues(t *testing.T) {
 	qs, err := db.SearchQueues(ctx, "net-a", 3)
 	if err != nil || len(qs) != 1 || qs[0].Counts.Ready != 1 || qs[0].Concurrency != spinbroker.DefaultConcurrency {
 		t.Errorf("net-a: %+v %v", qs, err)
+	}
+}
+
+// TestDB_DashboardReadsLeaveValuesOut: the dashboard's reads of commands
+// leave out their parameters and outputs (nil), which may be near 1 MiB
+// each and which only a command's own page shows, and read every other
+// field as the API's reads do; those (Command, Package, Queue) keep them.
+func TestDB_DashboardReadsLeaveValuesOut(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	params := func(i int) json.RawMessage {
+		return json.RawMessage(fmt.Sprintf(`{"i": %d, "blob": "%s"}`, i, strings.Repeat("x", 1000)))
+	}
+	withParams := func(c spinbroker.NewCommand, i int) spinbroker.NewCommand {
+		c.Parameters, c.Key = params(i), fmt.Sprintf("k%d", i)
+		return c
+	}
+	// 201 succeeds with an output; 203 waits for it in a back-off, after a
+	// failure with a reason; 204 is blocked behind 203.
+	uiEnqueue(t, db, 1, withParams(uiCmd(201, "done", "a"), 1))
+	first, _, err := db.Next(ctx, "done", 0)
+	if err != nil || first == nil {
+		t.Fatalf("next: %v %v", first, err)
+	}
+	ok, output := true, json.RawMessage(`{"out": "`+strings.Repeat("y", 1000)+`"}`)
+	if _, err := db.Complete(ctx, first.ID, spinbroker.Result{Status: &ok, Lease: first.Lease.Token, Output: output}); err != nil {
+		t.Fatal(err)
+	}
+	uiEnqueue(t, db, 2, withParams(uiCmd(203, "r", "b", uiID(201)), 3), withParams(uiCmd(204, "r", "c", uiID(203)), 4))
+	uiFinish(t, db, "r", false, true)
+
+	full := map[string]spinbroker.Command{}
+	for _, id := range []int{201, 203, 204} {
+		c, err := db.Command(ctx, uiID(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(c.Parameters, []byte(strings.Repeat("x", 1000))) {
+			t.Errorf("Command %d: parameters %.40s", id, c.Parameters)
+		}
+		full[c.ID] = *c
+	}
+	if !bytes.Contains(full[uiID(201)].Output, []byte(strings.Repeat("y", 1000))) {
+		t.Errorf("Command: output %.40s", full[uiID(201)].Output)
+	}
+	// light is what a dashboard's read must return for c: c without its
+	// parameters and output, and without its dependencies unless deps.
+	check := func(read string, got spinbroker.Command, deps bool) {
+		t.Helper()
+		want := full[got.ID]
+		want.Parameters, want.Output = nil, nil
+		if !deps {
+			want.Dependencies = []string{}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: got\n%+v\nwant\n%+v", read, got, want)
+		}
+	}
+	p, err := db.PackagePage(ctx, uiID(2), 0, 10)
+	if err != nil || len(p.Commands) != 2 {
+		t.Fatalf("PackagePage: %v %v", p, err)
+	}
+	for _, c := range p.Commands {
+		check("PackagePage", c, true)
+	}
+	q, err := db.QueuePage(ctx, "r", 0, 10)
+	if err != nil || len(q.Commands) != 2 {
+		t.Fatalf("QueuePage: %v %v", q, err)
+	}
+	for _, c := range q.Commands {
+		check("QueuePage", c, true)
+	}
+	cmds, err := db.QueueCommands(ctx, "r", 0, 10)
+	if err != nil || len(cmds) != 2 {
+		t.Fatalf("QueueCommands: %v %v", cmds, err)
+	}
+	for _, c := range cmds {
+		check("QueueCommands", c, true)
+	}
+	head, _, err := db.QueueHead(ctx, "r")
+	if err != nil || head == nil || head.ID != uiID(203) {
+		t.Fatalf("QueueHead: %v %v", head, err)
+	}
+	check("QueueHead", *head, true)
+	byID, err := db.CommandsByID(ctx, []string{uiID(201), uiID(203), uiID(204)})
+	if err != nil || len(byID) != 3 {
+		t.Fatalf("CommandsByID: %v %v", byID, err)
+	}
+	for _, c := range byID {
+		check("CommandsByID", c, false)
+	}
+	dependents, err := db.Dependents(ctx, uiID(203), 10)
+	if err != nil || len(dependents) != 1 {
+		t.Fatalf("Dependents: %v %v", dependents, err)
+	}
+	check("Dependents", dependents[0], false)
+	_, found, err := db.Search(ctx, uiID(201)[:20], 10)
+	if err != nil || len(found) != 3 {
+		t.Fatalf("Search: %v %v", found, err)
+	}
+	for _, c := range found {
+		check("Search", c, false)
+	}
+
+	// The API's reads keep them.
+	whole, err := db.Package(ctx, uiID(2))
+	if err != nil || len(whole.Commands) != 2 {
+		t.Fatalf("Package: %v %v", whole, err)
+	}
+	for _, c := range whole.Commands {
+		if !reflect.DeepEqual(c, full[c.ID]) {
+			t.Errorf("Package: got\n%+v\nwant\n%+v", c, full[c.ID])
+		}
+	}
+	api, err := db.Queue(ctx, "r")
+	if err != nil || len(api.Commands) != 2 {
+		t.Fatalf("Queue: %v %v", api, err)
+	}
+	for _, c := range api.Commands {
+		if !reflect.DeepEqual(c, full[c.ID]) {
+			t.Errorf("Queue: got\n%+v\nwant\n%+v", c, full[c.ID])
+		}
+	}
+	// QueuePage is Queue but for its commands.
+	api.Commands, q.Commands = nil, nil
+	if !reflect.DeepEqual(api, q) {
+		t.Errorf("QueuePage: got\n%+v\nwant\n%+v", q, api)
+	}
+}
+
+// TestDB_QueuePage: a queue's page lists the commands after a sequence
+// number, none when asked for none, and refuses a negative start or size.
+func TestDB_QueuePage(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(101, "r", "a"), uiCmd(102, "r", "b"), uiCmd(103, "r", "c"))
+	q, err := db.QueuePage(ctx, "r", 0, 0)
+	if err != nil || q.Counts.Ready != 3 || q.Commands == nil || len(q.Commands) != 0 {
+		t.Fatalf("no commands: %+v %v", q, err)
+	}
+	all, err := db.QueuePage(ctx, "r", 0, 10)
+	if err != nil || len(all.Commands) != 3 {
+		t.Fatalf("all: %+v %v", all, err)
+	}
+	later, err := db.QueuePage(ctx, "r", *all.Commands[0].Seq, 1)
+	if err != nil || len(later.Commands) != 1 || later.Commands[0].ID != uiID(102) {
+		t.Fatalf("after the first, one: %+v %v", later, err)
+	}
+	if q, err := db.QueuePage(ctx, "never-used", 0, 10); err != nil || q.Resource != "never-used" || len(q.Commands) != 0 {
+		t.Errorf("a queue never used: %+v %v", q, err)
+	}
+	for _, bad := range [][2]int{{-1, 1}, {0, -1}} {
+		if _, err := db.QueuePage(ctx, "r", int64(bad[0]), bad[1]); spinbroker.ErrorCode(err) != spinbroker.EINVALID {
+			t.Errorf("QueuePage(%d, %d): %v", bad[0], bad[1], err)
+		}
+	}
+	if _, err := db.QueuePage(ctx, "NOT OK", 0, 1); spinbroker.ErrorCode(err) != spinbroker.EINVALID {
+		t.Errorf("bad name: %v", err)
 	}
 }
