@@ -477,6 +477,9 @@ func (s *memStore) Completions(ctx context.Context, since time.Time, minutes int
 func (s *memStore) QueueCommands(ctx context.Context, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error) {
 	return nil, errUnsupported
 }
+func (s *memStore) QueuePage(ctx context.Context, resource string, afterSeq int64, limit int) (*spinbroker.Queue, error) {
+	return nil, errUnsupported
+}
 func (s *memStore) PackagePage(ctx context.Context, pkgID string, from, limit int) (*spinbroker.Package, error) {
 	return nil, errUnsupported
 }

@@ -62,9 +62,14 @@ type Store interface {
 	Listen(f func(*spinbroker.Commit))
 	Authenticate(ctx context.Context, secret string) (*spinbroker.Token, error)
 
-	// The dashboard's reads, each through an index, bounded.
+	// The dashboard's reads, each through an index, bounded. The commands
+	// they read come without their parameters and outputs, which only a
+	// command's own page shows (read with Command).
 	Completions(ctx context.Context, since time.Time, minutes int) ([]spinbroker.Counts, error)
 	QueueCommands(ctx context.Context, resource string, afterSeq int64, limit int) ([]spinbroker.Command, error)
+	// QueuePage reads a queue as Queue does, with up to limit (none with
+	// 0) of its commands whose seq is greater than afterSeq.
+	QueuePage(ctx context.Context, resource string, afterSeq int64, limit int) (*spinbroker.Queue, error)
 	// PackagePage reads a package with up to limit of its commands from
 	// the from-th (the first is 0).
 	PackagePage(ctx context.Context, pkgID string, from, limit int) (*spinbroker.Package, error)

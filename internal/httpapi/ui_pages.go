@@ -325,12 +325,23 @@ func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	q, err := u.s.store.Queue(ctx, res)
+	d := &queuePage{}
+	limit := 0 // the summary alone lists no command
+	if wantFragment(r, "commands") {
+		if a := r.URL.Query().Get("after"); a != "" {
+			if d.After, err = strconv.ParseInt(a, 10, 64); err != nil || d.After < 0 {
+				u.fail(w, r, errorf(spinbroker.EINVALID, "after must be a sequence number, not %q", spinbroker.Truncate(a, 40)))
+				return
+			}
+		}
+		limit = spinbroker.DefaultListLimit
+	}
+	q, err := u.s.store.QueuePage(ctx, res, d.After, limit)
 	if err != nil {
 		u.fail(w, r, err)
 		return
 	}
-	d := &queuePage{Queue: q}
+	d.Queue = q
 	head, backoff, err := u.s.store.QueueHead(ctx, res)
 	if err != nil {
 		u.fail(w, r, err)
@@ -359,16 +370,6 @@ func (u *ui) handleQueue(w http.ResponseWriter, r *http.Request) {
 	}
 	if wantFragment(r, "commands") {
 		cmds := q.Commands
-		if a := r.URL.Query().Get("after"); a != "" {
-			if d.After, err = strconv.ParseInt(a, 10, 64); err != nil || d.After < 0 {
-				u.fail(w, r, errorf(spinbroker.EINVALID, "after must be a sequence number, not %q", spinbroker.Truncate(a, 40)))
-				return
-			}
-			if cmds, err = u.s.store.QueueCommands(ctx, res, d.After, spinbroker.DefaultListLimit); err != nil {
-				u.fail(w, r, err)
-				return
-			}
-		}
 		if d.Rows, err = u.queueRows(r, cmds, head, u.s.now()); err != nil {
 			u.fail(w, r, err)
 			return
