@@ -329,27 +329,10 @@ const maxPasses = 100
 // while the name names the folder looked at, and never a file
 // (AT_REMOVEDIR), which Root.Remove would unlink in its stead.
 func (s *Storage) removeFolder(rel string) error {
-	dir, name := filepath.Dir(rel), filepath.Base(rel)
-	d, err := s.openFolder(dir)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		return describe(dir, err)
-	}
-	defer d.Close()
-	var named unix.Stat_t
-	err = unix.Fstatat(int(d.Fd()), name, &named, unix.AT_SYMLINK_NOFOLLOW)
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		return nil
-	case err != nil:
-		return describe(rel, &fs.PathError{Op: "fstatat", Path: rel, Err: err})
-	case !isDir(&named):
-		return fmt.Errorf("volume %q was replaced by a file or a symbolic link while the agent removed it, and is left there", rel)
-	}
-	_, err = unlinkJudged(int(d.Fd()), name, rel, &named, unix.AT_REMOVEDIR)
-	return err
+	return s.atVolume(rel, func(parent int, name string, named *unix.Stat_t) error {
+		_, err := unlinkJudged(parent, name, rel, named, unix.AT_REMOVEDIR)
+		return err
+	})
 }
 
 // removeTree removes the volume rel (a folder, as judged by name) and all
@@ -359,6 +342,16 @@ func (s *Storage) removeFolder(rel string) error {
 // removed (a check made before the removal does not see one moved in
 // since), and each name is removed only while it names the file judged.
 func (s *Storage) removeTree(rel string) error {
+	return s.atVolume(rel, func(parent int, name string, named *unix.Stat_t) error {
+		return removeTreeAt(parent, name, rel, named)
+	})
+}
+
+// atVolume runs remove on the volume rel, as the folder name of its opened
+// parent (parent) that fstatat, not following a link, found to be named.
+// A volume that is gone is nil; a file or a symbolic link in its place,
+// an error.
+func (s *Storage) atVolume(rel string, remove func(parent int, name string, named *unix.Stat_t) error) error {
 	dir, name := filepath.Dir(rel), filepath.Base(rel)
 	d, err := s.openFolder(dir)
 	switch {
@@ -378,7 +371,7 @@ func (s *Storage) removeTree(rel string) error {
 	case !isDir(&named):
 		return fmt.Errorf("volume %q was replaced by a file or a symbolic link while the agent removed it, and is left there", rel)
 	}
-	return removeTreeAt(int(d.Fd()), name, rel, &named)
+	return remove(int(d.Fd()), name, &named)
 }
 
 // removeTreeAt is removeTree's work on the folder name of the open folder
