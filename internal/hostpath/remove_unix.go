@@ -243,7 +243,11 @@ func (s *Storage) moveFile(ctx context.Context, src, dst string, info imageInfo)
 	if err := unix.Fstat(int(j.f.Fd()), &st); err != nil {
 		return describe(src, &fs.PathError{Op: "fstat", Path: src, Err: err})
 	}
-	if now, err := readInfo(j.f, FormatOf(src), st.Size); err != nil || now != info {
+	now, err := readInfo(j.f, FormatOf(src), st.Size)
+	if err != nil {
+		return fmt.Errorf("image %q: %w", src, err)
+	}
+	if now != info {
 		return fmt.Errorf("%q was replaced by another image while the agent moved it", src)
 	}
 	if err := notInUseFile(j.f, src, false); err != nil {
