@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -322,4 +323,148 @@ func BenchmarkQueues(b *testing.B) {
 			b.Fatal(err, len(qs))
 		}
 	}
+}
+
+// bigPackage makes a package in staging of n commands of resource "big",
+// each with parameters of size bytes: one created through the API, the
+// rest inserted straight through SQL (40,000 adds through the API would
+// take minutes per round), with the package's counts to match.
+func bigPackage(b *testing.B, db *DB, n, size int) string {
+	b.Helper()
+	ctx := context.Background()
+	params := mustJSON(b, map[string]string{"pad": strings.Repeat("x", size)})
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Commands: []spinbroker.NewCommand{
+		{Resource: "big", Action: "step", Parameters: json.RawMessage(params)}}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = db.write(ctx, func(t *Tx) error {
+		now := nanos(t.now)
+		if _, err := t.exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1)
+			INSERT INTO commands (id, package_id, pos, resource, action, parameters, state, max_attempts, created_at)
+			SELECT printf('%s-%012x', substr(?2, 1, 23), i), ?2, i, 'big', 'step', ?3, 'staged', 3, ?4
+			FROM n`, n, p.ID, params, now); err != nil {
+			return err
+		}
+		_, err := t.exec(`UPDATE packages SET total = ?1, n_staged = ?1 WHERE id = ?2`, n, p.ID)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p.ID
+}
+
+// BenchmarkBigPackage measures what the enqueue and the cancel of a
+// package of 50,000 commands (parameters of 1 KiB each) cost the other
+// clients: op-ms is the call's own time, hold-ms how long the writer was
+// busy with the transaction it ran in, and wait-ms how long a create of
+// one command, sent once that transaction had begun, waited for its
+// answer. A round takes seconds: make bench's 3,000 would take hours.
+//
+//	go test ./internal/store -run '^$' -bench BigPackage -benchtime 3x
+func BenchmarkBigPackage(b *testing.B) {
+	const n, size = 50000, 1024
+	for _, op := range []string{"enqueue", "cancel"} {
+		b.Run(op, func(b *testing.B) {
+			if b.N > 10 {
+				b.Skip("a round takes seconds: run it with -benchtime 3x")
+			}
+			db := benchOpen(b)
+			ctx := context.Background()
+			small := spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "small", Action: "a"}}}
+			var opTime, hold, wait time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				id := bigPackage(b, db, n, size)
+				if op == "cancel" {
+					if _, err := db.Enqueue(ctx, id); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				start := time.Now()
+				done := make(chan error, 1)
+				go func() {
+					var p *spinbroker.Package
+					var err error
+					if op == "enqueue" {
+						p, err = db.Enqueue(ctx, id)
+					} else {
+						p, err = db.CancelPackage(ctx, id)
+					}
+					if err == nil && len(p.Commands) != n {
+						err = fmt.Errorf("the answer holds %d commands, not %d", len(p.Commands), n)
+					}
+					done <- err
+				}()
+				var began int64
+				for began == 0 {
+					time.Sleep(10 * time.Microsecond)
+					began = db.busySince.Load()
+				}
+				held := make(chan time.Duration, 1)
+				go func() {
+					for db.busySince.Load() == began {
+						time.Sleep(20 * time.Microsecond)
+					}
+					held <- time.Since(time.Unix(0, began))
+				}()
+				sent := time.Now()
+				if _, _, err := db.CreatePackage(ctx, small, nil); err != nil {
+					b.Fatal(err)
+				}
+				wait += time.Since(sent)
+				// The big transaction has ended by now: the small create
+				// ran in a later one.
+				if err := <-done; err != nil {
+					b.Fatal(err)
+				}
+				opTime += time.Since(start)
+				b.StopTimer()
+				hold += <-held
+				if op == "enqueue" {
+					if _, err := db.CancelPackage(ctx, id); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := db.DeletePackage(ctx, id); err != nil { // keeps the file from growing by 50 MB a round
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(opTime.Milliseconds())/float64(b.N), "op-ms")
+			b.ReportMetric(float64(hold.Milliseconds())/float64(b.N), "hold-ms")
+			b.ReportMetric(float64(wait.Milliseconds())/float64(b.N), "wait-ms")
+		})
+	}
+}
+
+// BenchmarkEnqueueSmall times the enqueue of a package of 10 commands, the
+// seed protocol's, answer included: the read-back of a package's answer
+// moved out of the writer's transaction must not make the small case slower.
+func BenchmarkEnqueueSmall(b *testing.B) {
+	db := benchOpen(b)
+	ctx := context.Background()
+	in := spinbroker.NewPackage{Commands: many10()}
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		p, _, err := db.CreatePackage(ctx, in, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		got, err := db.Enqueue(ctx, p.ID)
+		if err != nil || len(got.Commands) != 10 || got.Commands[9].State != spinbroker.Ready {
+			b.Fatal(err)
+		}
+	}
+}
+
+func many10() []spinbroker.NewCommand {
+	cmds := make([]spinbroker.NewCommand, 10)
+	for i := range cmds {
+		cmds[i] = spinbroker.NewCommand{Resource: fmt.Sprint("work", i%2), Action: "step", Parameters: []byte(`{"size":10}`)}
+	}
+	return cmds
 }

@@ -135,6 +135,9 @@ type DB struct {
 	// acknowledged would be lost to the next broker; so every commit first
 	// checks that the path still names it.
 	file os.FileInfo
+	// readingBack, in tests, is called with a package's id before the
+	// package is read back to answer a write.
+	readingBack func(id string)
 }
 
 // Open opens (creating if needed) the database at path, applies the
