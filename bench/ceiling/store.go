@@ -457,7 +457,8 @@ func (s *memStore) WriteFailure(ctx context.Context) error { return nil }
 func (s *memStore) CancelPackage(ctx context.Context, pkgID string) (*spinbroker.Package, error) {
 	return nil, errUnsupported
 }
-func (s *memStore) DeletePackage(ctx context.Context, pkgID string) error { return errUnsupported }
+func (s *memStore) CancelPackageOnly(ctx context.Context, pkgID string) error { return errUnsupported }
+func (s *memStore) DeletePackage(ctx context.Context, pkgID string) error     { return errUnsupported }
 func (s *memStore) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error) {
 	return nil, errUnsupported
 }

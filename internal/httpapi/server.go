@@ -28,6 +28,9 @@ type Store interface {
 	AddCommand(ctx context.Context, pkgID string, in spinbroker.NewCommand, idem *spinbroker.Idempotency) (*spinbroker.Command, []byte, error)
 	Enqueue(ctx context.Context, pkgID string) (*spinbroker.Package, error)
 	CancelPackage(ctx context.Context, pkgID string) (*spinbroker.Package, error)
+	// CancelPackageOnly is CancelPackage without the package read back, for
+	// a caller that shows none of it (the dashboard's button).
+	CancelPackageOnly(ctx context.Context, pkgID string) error
 	DeletePackage(ctx context.Context, pkgID string) error
 	Package(ctx context.Context, pkgID string) (*spinbroker.Package, error)
 	// PackageEach reads what Package does, all of one moment, handing the

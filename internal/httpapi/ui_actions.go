@@ -51,7 +51,7 @@ func (u *ui) handlePackageCancel(w http.ResponseWriter, r *http.Request) {
 		}))
 		return
 	}
-	if _, err := u.s.store.CancelPackage(r.Context(), id); err != nil {
+	if err := u.s.store.CancelPackageOnly(r.Context(), id); err != nil {
 		u.fail(w, r, err)
 		return
 	}
