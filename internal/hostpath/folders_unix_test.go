@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,31 +17,21 @@ import (
 // write access in the root could.
 func alternate(t *testing.T, path string, asides ...string) (stop func()) {
 	t.Helper()
-	done, quit := make(chan struct{}), make(chan struct{})
 	var errs []error
-	go func() {
-		defer close(done)
-		for {
-			for _, aside := range asides {
-				select {
-				case <-quit:
-					return
-				default:
-				}
-				if err := os.Rename(aside, path); err != nil {
-					errs = append(errs, err)
-					return
-				}
-				if err := os.Rename(path, aside); err != nil {
-					errs = append(errs, err)
-					return
-				}
-			}
+	swaps := inLoop(func(i int) bool {
+		aside := asides[i%len(asides)]
+		if err := os.Rename(aside, path); err != nil {
+			errs = append(errs, err)
+			return false
 		}
-	}()
-	var once sync.Once
+		if err := os.Rename(path, aside); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		return true
+	})
 	stop = func() {
-		once.Do(func() { close(quit); <-done })
+		swaps.stop()
 		for _, err := range errs {
 			t.Error(err)
 		}
@@ -100,8 +89,7 @@ func TestOpen_FolderSwappedForAFIFO(t *testing.T) {
 	s.Close()
 	stop := folderOrFIFO(t, filepath.Join(dir, "v"), func(string) {})
 	err = within(t, "Open with a folder swapped for a FIFO", func() error {
-		deadline := time.Now().Add(2 * time.Second)
-		for time.Now().Before(deadline) {
+		for range forAWhile(2 * time.Second) {
 			s, err := Open(dir, Options{Logger: logger})
 			if err != nil {
 				return err
@@ -124,8 +112,7 @@ func TestRemoveVolume_NestedFolderSwappedForAFIFO(t *testing.T) {
 	must{t}.out(s.AddVolume(ctx, AddVolume{Path: "v/sub"}))
 	stop := folderOrFIFO(t, filepath.Join(s.Dir(), "v", "sub"), func(string) {})
 	err := within(t, "the in-use walk of a volume with a folder swapped for a FIFO", func() error {
-		deadline := time.Now().Add(2 * time.Second)
-		for time.Now().Before(deadline) {
+		for range forAWhile(2 * time.Second) {
 			// Errors are expected (a folder gone for a moment): the walk
 			// must only return.
 			_ = s.imagesNotInUse("v")

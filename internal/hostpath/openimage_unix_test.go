@@ -4,6 +4,7 @@ package hostpath
 
 import (
 	"fmt"
+	"iter"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,6 +26,60 @@ func within(t *testing.T, what string, fn func() error) error {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s has not returned after 10s: it hangs on the FIFO", what)
 		return nil
+	}
+}
+
+// loop is a goroutine running a step over and over, as inLoop starts it.
+type loop struct {
+	quit, done chan struct{}
+	once       sync.Once
+}
+
+// inLoop runs step in a goroutine for the turns 0, 1, 2..., until step
+// returns false or stop is called: the swaps of a race test, made as a
+// local user could.
+func inLoop(step func(turn int) bool) *loop {
+	l := &loop{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for i := 0; ; i++ {
+			select {
+			case <-l.quit:
+				return
+			default:
+			}
+			if !step(i) {
+				return
+			}
+		}
+	}()
+	return l
+}
+
+// stop ends the loop and waits for it; it may be called more than once.
+func (l *loop) stop() { l.once.Do(func() { close(l.quit); <-l.done }) }
+
+// ended reports whether the loop has ended by itself: a step failed.
+func (l *loop) ended() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// forAWhile yields the turns 0, 1, 2... of an action tried again and
+// again for d, until the harm of a race shows; the race is not
+// deterministic, and the turns make it likely.
+func forAWhile(d time.Duration) iter.Seq[int] {
+	return func(yield func(int) bool) {
+		deadline := time.Now().Add(d)
+		for i := 0; time.Now().Before(deadline); i++ {
+			if !yield(i) {
+				return
+			}
+		}
 	}
 }
 
@@ -144,36 +199,27 @@ func TestOpenImage_JudgesTheOpenedFile(t *testing.T) {
 // renamed there in one step as a local user could.
 func swapper(t *testing.T, path string, mk func(tmp string) error) (stop func()) {
 	t.Helper()
-	done, quit := make(chan struct{}), make(chan struct{})
 	var errs []error
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			reg, other := fmt.Sprintf("%s.reg%d", path, i), fmt.Sprintf("%s.other%d", path, i)
-			if err := os.WriteFile(reg, []byte("mine"), 0o644); err != nil {
+	swaps := inLoop(func(i int) bool {
+		reg, other := fmt.Sprintf("%s.reg%d", path, i), fmt.Sprintf("%s.other%d", path, i)
+		if err := os.WriteFile(reg, []byte("mine"), 0o644); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		if err := mk(other); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		for _, p := range []string{reg, other} {
+			if err := os.Rename(p, path); err != nil {
 				errs = append(errs, err)
-				return
-			}
-			if err := mk(other); err != nil {
-				errs = append(errs, err)
-				return
-			}
-			for _, p := range []string{reg, other} {
-				if err := os.Rename(p, path); err != nil {
-					errs = append(errs, err)
-					return
-				}
+				return false
 			}
 		}
-	}()
-	var once sync.Once
+		return true
+	})
 	return func() {
-		once.Do(func() { close(quit); <-done })
+		swaps.stop()
 		for _, err := range errs {
 			t.Error(err)
 		}
@@ -211,8 +257,7 @@ func TestResizeImage_SwappedForAFIFO(t *testing.T) {
 	})
 	defer stop()
 	err := within(t, "resize_image of an image swapped for a FIFO", func() error {
-		deadline := time.Now().Add(2 * time.Second)
-		for time.Now().Before(deadline) {
+		for range forAWhile(2 * time.Second) {
 			// Errors are expected (a FIFO, or no image for a moment): the
 			// action must only return.
 			_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1})
@@ -238,8 +283,7 @@ func TestResizeImage_SwappedForAHardLink(t *testing.T) {
 	}
 	stop := swapper(t, filepath.Join(s.Dir(), "v", "a.raw"), func(tmp string) error { return os.Link(secret, tmp) })
 	defer stop()
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	for range forAWhile(2 * time.Second) {
 		_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1})
 		if fi, err := os.Stat(secret); err != nil || fi.Size() != 1 {
 			stop()
@@ -273,8 +317,7 @@ func TestResizeImage_SwappedBetweenItsOpens(t *testing.T) {
 	}
 	defer lf.Close()
 	stop := alternate(t, filepath.Join(s.Dir(), "v", "a.raw"), small, large)
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	for range forAWhile(2 * time.Second) {
 		// Errors are expected (shrinking the large one, or no image
 		// for a moment); growing the small one is right.
 		_, _ = s.ResizeImage(ctx, ResizeImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 2})
@@ -306,50 +349,38 @@ func TestDeleteImage_SwappedForAFolder(t *testing.T) {
 	if err := os.Mkdir(folder, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	done, quit := make(chan struct{}), make(chan struct{})
 	var swapErr error
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			// A new image each turn: the agent deletes some of them, as
-			// it should.
-			reg := filepath.Join(aside, fmt.Sprintf("reg%d", i))
-			if err := os.WriteFile(reg, []byte("mine"), 0o644); err != nil {
-				swapErr = err
-				return
-			}
-			if err := os.Rename(reg, path); err != nil {
-				swapErr = err
-				return
-			}
-			_ = os.Rename(path, reg) // gone if the agent deleted it
-			if err := os.Rename(folder, path); err != nil {
-				swapErr = err
-				return
-			}
-			if err := os.Rename(path, folder); err != nil {
-				swapErr = fmt.Errorf("the folder swapped in for the image is gone: %w", err)
-				return
-			}
+	swaps := inLoop(func(i int) bool {
+		// A new image each turn: the agent deletes some of them, as it
+		// should.
+		reg := filepath.Join(aside, fmt.Sprintf("reg%d", i))
+		if err := os.WriteFile(reg, []byte("mine"), 0o644); err != nil {
+			swapErr = err
+			return false
 		}
-	}()
-	deadline := time.Now().Add(2 * time.Second)
-	for swapping := true; swapping && time.Now().Before(deadline); {
+		if err := os.Rename(reg, path); err != nil {
+			swapErr = err
+			return false
+		}
+		_ = os.Rename(path, reg) // gone if the agent deleted it
+		if err := os.Rename(folder, path); err != nil {
+			swapErr = err
+			return false
+		}
+		if err := os.Rename(path, folder); err != nil {
+			swapErr = fmt.Errorf("the folder swapped in for the image is gone: %w", err)
+			return false
+		}
+		return true
+	})
+	for range forAWhile(2 * time.Second) {
 		// Errors are expected (a folder is no image).
 		_, _ = s.DeleteImage(ctx, DeleteImage{ImagePath: "v/a.raw"})
-		select {
-		case <-done: // the swaps failed
-			swapping = false
-		default:
+		if swaps.ended() { // the swaps failed
+			break
 		}
 	}
-	close(quit)
-	<-done
+	swaps.stop()
 	if swapErr != nil {
 		t.Fatal(swapErr)
 	}

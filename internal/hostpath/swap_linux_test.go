@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,25 +30,12 @@ func gone(t *testing.T, f *os.File) bool {
 // taken back (the agent renamed something over it) stops it.
 func putAndTake(t *testing.T, path, aside string) (stop func()) {
 	t.Helper()
-	done, quit := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			if err := unix.Renameat2(unix.AT_FDCWD, aside, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
-				continue // something is there (the agent's image), or not the folder
-			}
-			if err := os.Rename(path, aside); err != nil {
-				return
-			}
+	return inLoop(func(int) bool {
+		if err := unix.Renameat2(unix.AT_FDCWD, aside, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+			return true // something is there (the agent's image), or not the folder
 		}
-	}()
-	var once sync.Once
-	return func() { once.Do(func() { close(quit); <-done }) }
+		return os.Rename(path, aside) == nil
+	}).stop
 }
 
 // TestMoveImage_TargetPutThereMeanwhile: an image put in the target
@@ -74,8 +60,7 @@ func TestMoveImage_TargetPutThereMeanwhile(t *testing.T) {
 	target := filepath.Join(s.Dir(), "w", "a.raw")
 	stop := putAndTake(t, target, mine)
 	defer stop()
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	for range forAWhile(2 * time.Second) {
 		m.out(s.CreateImage(ctx, CreateImage{VolumePath: "v", ImageName: "a.raw", ImageSize: 1}))
 		// Refused when the file is there: it is no copy of the image.
 		o, err := s.MoveImage(ctx, MoveImage{ImageName: "a.raw", Volume: "v", TargetVolume: "w"})
@@ -111,40 +96,31 @@ func TestMoveImage_SourceSwappedForAFolder(t *testing.T) {
 	if err := os.Mkdir(folder, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	done, quit := make(chan struct{}), make(chan struct{})
 	var swapErr error
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			// A new source each turn: the agent removes some of them,
-			// as it should.
-			reg := filepath.Join(aside, "reg")
-			if err := os.WriteFile(reg, []byte("image"), 0o644); err != nil {
-				swapErr = err
-				return
-			}
-			if err := os.Rename(reg, src); err != nil {
-				swapErr = err
-				return
-			}
-			_ = os.Rename(src, reg) // gone if the agent moved it
-			if err := os.Rename(folder, src); err != nil {
-				swapErr = err
-				return
-			}
-			if err := os.Rename(src, folder); err != nil {
-				swapErr = errors.New("the folder swapped in for the source is gone: " + err.Error())
-				return
-			}
+	swaps := inLoop(func(int) bool {
+		// A new source each turn: the agent removes some of them, as it
+		// should.
+		reg := filepath.Join(aside, "reg")
+		if err := os.WriteFile(reg, []byte("image"), 0o644); err != nil {
+			swapErr = err
+			return false
 		}
-	}()
-	deadline := time.Now().Add(3 * time.Second)
-	for i := 0; time.Now().Before(deadline); i++ {
+		if err := os.Rename(reg, src); err != nil {
+			swapErr = err
+			return false
+		}
+		_ = os.Rename(src, reg) // gone if the agent moved it
+		if err := os.Rename(folder, src); err != nil {
+			swapErr = err
+			return false
+		}
+		if err := os.Rename(src, folder); err != nil {
+			swapErr = errors.New("the folder swapped in for the source is gone: " + err.Error())
+			return false
+		}
+		return true
+	})
+	for i := range forAWhile(3 * time.Second) {
 		// Errors are expected (a folder is no image). The copy made in
 		// the target is left there every other turn, for the retried
 		// move (finishMove), and removed on the others, for a move.
@@ -152,14 +128,11 @@ func TestMoveImage_SourceSwappedForAFolder(t *testing.T) {
 		if i%2 == 0 {
 			_ = os.Remove(filepath.Join(other, "a.raw"))
 		}
-		select {
-		case <-done: // the swaps failed
-			deadline = time.Now()
-		default:
+		if swaps.ended() { // the swaps failed
+			break
 		}
 	}
-	close(quit)
-	<-done
+	swaps.stop()
 	if swapErr != nil {
 		t.Fatal(swapErr)
 	}
@@ -179,31 +152,22 @@ func TestRemoveVolume_ImageMovedInMeanwhile(t *testing.T) {
 	defer vm.Close()
 	vol := filepath.Join(s.Dir(), "v")
 	in := filepath.Join(vol, "disk.raw")
-	done, quit := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			_ = os.Mkdir(vol, 0o755) // again, once the agent removed it
-			if err := os.Rename(busy, in); err != nil {
-				continue // the volume removed meanwhile
-			}
-			if err := os.Rename(in, busy); err != nil {
-				return // removed with the volume: the defect
-			}
+	swaps := inLoop(func(int) bool {
+		_ = os.Mkdir(vol, 0o755) // again, once the agent removed it
+		if err := os.Rename(busy, in); err != nil {
+			return true // the volume removed meanwhile
 		}
-	}()
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && !gone(t, vm) {
+		// Not renamed back when removed with the volume: the defect.
+		return os.Rename(in, busy) == nil
+	})
+	for range forAWhile(2 * time.Second) {
+		if gone(t, vm) {
+			break
+		}
 		// Errors are expected (the image in use, found in the volume).
 		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: "v", Force: true})
 	}
-	close(quit)
-	<-done
+	swaps.stop()
 	if gone(t, vm) {
 		t.Fatal("the image a VM uses, moved into the volume, was removed with it")
 	}
@@ -226,36 +190,27 @@ func TestRemoveVolume_SwappedForAnImage(t *testing.T) {
 	defer f.Close()
 	folder := filepath.Join(t.TempDir(), "folder")
 	vol := filepath.Join(s.Dir(), "v")
-	done, quit := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			_ = os.Mkdir(folder, 0o755) // again, once the agent removed it
-			if err := os.Rename(folder, vol); err != nil {
-				return
-			}
-			_ = os.Rename(vol, folder) // gone if the agent removed it
-			if err := os.Rename(image, vol); err != nil {
-				return
-			}
-			if err := os.Rename(vol, image); err != nil {
-				return // removed as the volume: the defect
-			}
+	swaps := inLoop(func(int) bool {
+		_ = os.Mkdir(folder, 0o755) // again, once the agent removed it
+		if err := os.Rename(folder, vol); err != nil {
+			return false
 		}
-	}()
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && !gone(t, f) {
+		_ = os.Rename(vol, folder) // gone if the agent removed it
+		if err := os.Rename(image, vol); err != nil {
+			return false
+		}
+		// Not renamed back when removed as the volume: the defect.
+		return os.Rename(vol, image) == nil
+	})
+	for range forAWhile(2 * time.Second) {
+		if gone(t, f) {
+			break
+		}
 		// Errors are expected (an image is no volume).
 		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: "v"})
 		_, _ = s.RemoveVolume(ctx, RemoveVolume{Path: "v", Force: true})
 	}
-	close(quit)
-	<-done
+	swaps.stop()
 	if gone(t, f) {
 		t.Fatal("the image swapped in for the volume was removed as the volume")
 	}
@@ -278,25 +233,13 @@ func TestOpen_RootSwappedForAFIFO(t *testing.T) {
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	mkfifo(t, fifo)
 	t.Cleanup(func() { unblock(dir) })
-	done, quit := make(chan struct{}), make(chan struct{})
 	var swapErr error
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			if err := unix.Renameat2(unix.AT_FDCWD, fifo, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE); err != nil {
-				swapErr = err
-				return
-			}
-		}
-	}()
+	swaps := inLoop(func(int) bool {
+		swapErr = unix.Renameat2(unix.AT_FDCWD, fifo, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE)
+		return swapErr == nil
+	})
 	err = within(t, "Open with the root swapped for a FIFO", func() error {
-		deadline := time.Now().Add(2 * time.Second)
-		for time.Now().Before(deadline) {
+		for range forAWhile(2 * time.Second) {
 			// Errors are expected (a FIFO): Open must only return.
 			if s, err := Open(dir, Options{Logger: logger}); err == nil {
 				s.Close()
@@ -304,8 +247,7 @@ func TestOpen_RootSwappedForAFIFO(t *testing.T) {
 		}
 		return nil
 	})
-	close(quit)
-	<-done
+	swaps.stop()
 	if err != nil {
 		t.Fatal(err)
 	}
