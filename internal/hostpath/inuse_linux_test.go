@@ -117,8 +117,7 @@ func TestRemoveVolume_InUseWalkFollowsNoLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := alternate(t, filepath.Join(s.Dir(), "v", "sub"), folder, link)
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	for range forAWhile(2 * time.Second) {
 		// Other errors are expected (a folder gone for a moment).
 		if err := s.imagesNotInUse("v"); err != nil && strings.Contains(err.Error(), "in use") {
 			stop()
