@@ -552,7 +552,7 @@ func (t *Tx) completeMany(items []spinbroker.BatchResult, errs []error) (map[str
 		}
 		got[id] = a
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return nil, err
 	}
 	// The transitions that follow (releases, cascades), in the batch's order.

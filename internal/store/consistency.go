@@ -175,7 +175,7 @@ func recount(ctx context.Context, q queryer) ([]Miscount, error) {
 		}
 		out = append(out, m)
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return nil, interpretError(err)
 	}
 	if err := rows.Err(); err != nil {
@@ -200,7 +200,7 @@ func recount(ctx context.Context, q queryer) ([]Miscount, error) {
 			}
 			actual[r].Add(st, n)
 		}
-		if err := rows.Close(); err != nil {
+		if err := endRows(rows); err != nil {
 			return nil, interpretError(err)
 		}
 	}
@@ -223,7 +223,7 @@ func recount(ctx context.Context, q queryer) ([]Miscount, error) {
 			queues = append(queues, m)
 		}
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return nil, interpretError(err)
 	}
 	for r, a := range actual {
@@ -290,7 +290,7 @@ func scanLines(ctx context.Context, q queryer, query string, fn func(*sql.Rows) 
 	if err := rows.Err(); err != nil {
 		return interpretError(err)
 	}
-	return interpretError(rows.Close())
+	return interpretError(endRows(rows))
 }
 
 // CheckConsistency runs SQLite's integrity check, its foreign key check

@@ -358,3 +358,24 @@ func TestBackup_WithoutHardLinks(t *testing.T) {
 		t.Fatalf("a refused backup left %v, want b.db and c.db", ents)
 	}
 }
+
+// TestRows_ErrorPartWayIsAnError: a statement that fails on its second row
+// (SQLite's integer overflow, raised while it steps) ends the read with an
+// error, not with the rows before it passed off as the whole list:
+// database/sql's Rows.Close does not report why Next stopped.
+func TestRows_ErrorPartWayIsAnError(t *testing.T) {
+	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "rows.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var got []string
+	err = db.snapshot(context.Background(), func(q querier) (err error) {
+		got, err = queryStrings(q, `SELECT CASE WHEN value = 2 THEN abs(-9223372036854775808) ELSE value END
+			FROM json_each('[1, 2, 3]')`)
+		return err
+	})
+	if err == nil {
+		t.Fatalf("a read whose second row fails answered %q and no error", got)
+	}
+}

@@ -606,7 +606,7 @@ func (t *Tx) enqueue(pkgID string) error {
 		}
 		ds = append(ds, d)
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return err
 	}
 	for _, d := range ds {
@@ -914,7 +914,7 @@ func (db *DB) Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbr
 			}
 			list.Packages = append(list.Packages, p)
 		}
-		if err := rows.Close(); err != nil {
+		if err := endRows(rows); err != nil {
 			return err
 		}
 		if len(list.Packages) > f.Limit {

@@ -321,7 +321,7 @@ func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbrok
 		}
 		ids = append(ids, id)
 	}
-	if err := rows.Close(); err != nil || len(ids) == 0 {
+	if err := endRows(rows); err != nil || len(ids) == 0 {
 		return nil, nil, err
 	}
 	list, err := json.Marshal(ids)
@@ -469,7 +469,7 @@ func (t *Tx) settleExpired(resource string) (int, error) {
 		}
 		es = append(es, e)
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return 0, err
 	}
 	for _, e := range es {
@@ -687,7 +687,7 @@ func queryQueueCommands(q querier, query, resource string, afterSeq int64, limit
 		out = append(out, c)
 		ns = append(ns, n)
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return nil, err
 	}
 	for i := range out {

@@ -44,6 +44,17 @@ func optNanos(t *time.Time) any {
 // isNoRows reports whether err says a query found nothing.
 func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
 
+// endRows closes rows once a loop over them has ended, and returns the
+// error that ended it, if Next stopped on one: Rows.Close does not say so,
+// and rows cut short by a failing step must not pass for all of them.
+func endRows(rows *sql.Rows) error {
+	err := rows.Err()
+	if cerr := rows.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // queryStrings runs a query that selects one text column and returns its
 // values (ids, mostly).
 func queryStrings(q querier, query string, args ...any) ([]string, error) {
@@ -60,7 +71,7 @@ func queryStrings(q querier, query string, args ...any) ([]string, error) {
 		}
 		out = append(out, v)
 	}
-	return out, interpretError(rows.Close())
+	return out, interpretError(endRows(rows))
 }
 
 // commandCols are the columns scanCommand reads, in its order.
@@ -194,7 +205,7 @@ func loadDeps(q querier, cmds []*spinbroker.Command) error {
 			}
 			c.Dependencies = append(c.Dependencies, d)
 		}
-		if err := rows.Close(); err != nil {
+		if err := endRows(rows); err != nil {
 			return err
 		}
 	}
@@ -332,7 +343,7 @@ func packageCommandsBounded(q querier, query, id string, from, limit, maxBytes i
 		rows.Close()
 		return nil, interpretError(err)
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return nil, err
 	}
 	if deps == 0 {

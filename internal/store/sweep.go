@@ -155,7 +155,7 @@ func (db *DB) sweepPackages(ctx context.Context, query string, age time.Duration
 			}
 			ids, commands = append(ids, id), commands+total
 		}
-		if err := rows.Close(); err != nil {
+		if err := endRows(rows); err != nil {
 			return 0, false, err
 		}
 		for _, id := range ids {

@@ -188,7 +188,7 @@ func (db *DB) Search(ctx context.Context, prefix string, limit int) ([]spinbroke
 		}
 		pkgs = append(pkgs, p)
 	}
-	if err := rows.Close(); err != nil {
+	if err := endRows(rows); err != nil {
 		return nil, nil, interpretError(err)
 	}
 	rows, err = db.reader.query(qSearchCommands, prefix, hi, limit)
