@@ -126,3 +126,27 @@ func TestRemoveVolume_InUseWalkFollowsNoLink(t *testing.T) {
 	}
 	stop()
 }
+
+// TestRemoveVolume_StopsAtAMountPoint: remove_volume with force removes
+// what the volume holds on its own file system, not what another file
+// system mounted in it holds (an operator's data, or a disk's): as
+// RemoveAll did, it went in and deleted all of it before the folder's
+// removal failed (EBUSY). A folder on another file system is refused,
+// and nothing on it is touched; so is a volume that is a mount point.
+func TestRemoveVolume_StopsAtAMountPoint(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	mounted := m.out(s.AddVolume(ctx, AddVolume{Path: "v/data"})).HostPath
+	tmpfs(t, mounted, "1m")
+	keep := filepath.Join(mounted, "keep.txt")
+	if err := os.WriteFile(keep, []byte("not the agent's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, vol := range []string{"v", "v/data"} {
+		_, err := s.RemoveVolume(ctx, RemoveVolume{Path: vol, Force: true})
+		wantErr(t, err, "another file system")
+		if _, err := os.Stat(keep); err != nil {
+			t.Fatalf("remove_volume %s went into the file system mounted in it: %v", vol, err)
+		}
+	}
+}

@@ -381,6 +381,16 @@ func (s *Storage) atVolume(rel string, remove func(parent int, name string, name
 // removeTreeAt is removeTree's work on the folder name of the open folder
 // parent (rel in the root), which fstatat found to be named.
 func removeTreeAt(parent int, name, rel string, named *unix.Stat_t) error {
+	// A folder on another file system is a mount point: what is mounted
+	// there (an operator's data, a disk) is not the volume's to remove, and
+	// its folder could not be removed anyway (EBUSY) once it was emptied.
+	var above unix.Stat_t
+	if err := unix.Fstat(parent, &above); err != nil {
+		return describe(filepath.Dir(rel), &fs.PathError{Op: "fstat", Path: filepath.Dir(rel), Err: err})
+	}
+	if above.Dev != named.Dev {
+		return fmt.Errorf("folder %q is on another file system mounted there, and the agent removes nothing on it: unmount it first", rel)
+	}
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	switch {
 	case errors.Is(err, unix.ENOENT):
