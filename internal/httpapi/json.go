@@ -351,16 +351,24 @@ func writeRaw(w http.ResponseWriter, status int, body []byte) {
 }
 
 // writeBody answers body, which ends in a newline, in one write with its
-// length, so that no answer is sent chunked. nosniff keeps a browser from
-// taking a body that echoes a client's text for anything but JSON.
+// length, so that no answer is sent chunked (but a large package's,
+// handlePackageGet's).
 func writeBody(w http.ResponseWriter, status int, body []byte) {
+	h := jsonHeaders(w)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body) //nolint:errcheck // the client is gone; nothing to do
+}
+
+// jsonHeaders sets the headers of every JSON answer, and returns them.
+// nosniff keeps a browser from taking a body that echoes a client's text
+// for anything but JSON.
+func jsonHeaders(w http.ResponseWriter) http.Header {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	w.Write(body) //nolint:errcheck // the client is gone; nothing to do
+	return h
 }
 
 // statusOf is the only table from error codes to HTTP statuses.

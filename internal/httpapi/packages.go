@@ -262,19 +262,16 @@ func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(buf)
 	sent := false // the headers, and part of the body
 	n := 0        // commands encoded
-	// send writes what is encoded once it is worth a write of its own.
+	// send writes what is encoded once it is worth a write of its own;
+	// until the answer passes streamAfter, nothing (all of it may fit, and
+	// writeBody send it with its length). last, once the answer is whole,
+	// comes only after the headers went out.
 	send := func(last bool) error {
 		if !sent {
-			if buf.Len() < streamAfter && !last {
+			if buf.Len() < streamAfter {
 				return nil
 			}
-			if last {
-				return nil // all of it fits: writeBody sends it with its length
-			}
-			h := w.Header()
-			h.Set("Content-Type", "application/json")
-			h.Set("Cache-Control", "no-store")
-			h.Set("X-Content-Type-Options", "nosniff")
+			jsonHeaders(w)
 			w.WriteHeader(http.StatusOK)
 			sent = true
 		}
