@@ -209,7 +209,6 @@ func (u *ui) handlePackage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := &packagePage{Package: p, TooBig: p.Total > graphMax}
-	loaded := p.Commands // every command read, to find the causer in
 	if wantFragment(r, "graph") && !d.TooBig {
 		all := p.Commands
 		if from > 0 || len(all) < p.Total {
@@ -220,26 +219,18 @@ func (u *ui) handlePackage(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			all = whole.Commands
-			loaded = append(loaded[:len(loaded):len(loaded)], all...)
 		}
 		d.Graph = newGraph(all)
 	}
 	if p.Causer != nil {
-		for i := range loaded {
-			if loaded[i].ID == *p.Causer {
-				d.Causer = &loaded[i]
-				break
-			}
+		// By id: it may be on any page of the package.
+		byID, err := u.s.store.CommandsByID(ctx, []string{*p.Causer})
+		if err != nil {
+			u.fail(w, r, err)
+			return
 		}
-		if d.Causer == nil {
-			byID, err := u.s.store.CommandsByID(ctx, []string{*p.Causer})
-			if err != nil {
-				u.fail(w, r, err)
-				return
-			}
-			if c, ok := byID[*p.Causer]; ok {
-				d.Causer = &c
-			}
+		if c, ok := byID[*p.Causer]; ok {
+			d.Causer = &c
 		}
 	}
 	if wantFragment(r, "commands") {
