@@ -24,13 +24,22 @@ func (s *Storage) removeImage(rel string) (bool, error) {
 	if err := imageKind(rel, fi.IsDir(), fi.Mode().IsRegular()); err != nil {
 		return false, err
 	}
-	if err := s.notInUse(rel, false); err != nil {
+	if err := s.removeUnused(rel); err != nil {
 		return false, err
 	}
-	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, describe(rel, err)
-	}
 	return true, nil
+}
+
+// removeUnused removes the image rel by name once it is not in use (one
+// gone already is no error).
+func (s *Storage) removeUnused(rel string) error {
+	if err := s.notInUse(rel, false); err != nil {
+		return err
+	}
+	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return describe(rel, err)
+	}
+	return nil
 }
 
 // renameNew renames tmp, a file the agent just wrote, to rel. Where the
@@ -67,11 +76,8 @@ func (s *Storage) removeCopied(ctx context.Context, src, dst string) (bool, erro
 	if same, err := s.sameContent(ctx, src, dst); err != nil || !same {
 		return false, err
 	}
-	if err := s.notInUse(src, false); err != nil {
+	if err := s.removeUnused(src); err != nil {
 		return false, err
-	}
-	if err := s.root.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, describe(src, err)
 	}
 	return true, nil
 }
