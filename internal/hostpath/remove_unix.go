@@ -43,23 +43,14 @@ func (s *Storage) removeImage(rel string) (bool, error) {
 		return false, describe(dir, err)
 	}
 	defer d.Close()
-	rc, err := d.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	var removed bool
-	var rerr error
-	if err := rc.Control(func(fd uintptr) { removed, rerr = removeAt(int(fd), name, rel) }); err != nil {
-		return false, err
-	}
-	return removed, rerr
+	return removeAt(int(d.Fd()), name, rel)
 }
 
 // removeAt is removeImage's work in the open folder dirfd, on its file
 // name (rel in the root).
 func removeAt(dirfd int, name, rel string) (bool, error) {
 	f, named, err := openAt(dirfd, name, rel, func(st *unix.Stat_t) error {
-		return imageKind(rel, isDir(st), st.Mode&unix.S_IFMT == unix.S_IFREG)
+		return imageKind(rel, isDir(st), isRegular(st))
 	})
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -75,6 +66,8 @@ func removeAt(dirfd int, name, rel string) (bool, error) {
 }
 
 func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+func isRegular(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFREG }
 
 // sameFile reports whether a and b describe one file.
 func sameFile(a, b *unix.Stat_t) bool { return a.Dev == b.Dev && a.Ino == b.Ino }
@@ -168,7 +161,7 @@ func (s *Storage) judgeImage(rel string) (*judged, error) {
 	}
 	f, named, err := openAt(int(d.Fd()), name, rel, func(st *unix.Stat_t) error {
 		switch {
-		case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		case !isRegular(st):
 			return fmt.Errorf("%q is not an image file", rel)
 		case st.Nlink > 1:
 			return fmt.Errorf("%q has %d hard links: the same file has another name, perhaps outside the storage root, and is not taken as an image", rel, st.Nlink)
