@@ -89,16 +89,7 @@ func TestEvents_ResyncReachesFilteredStreams(t *testing.T) {
 	s, srv, _ := newTestServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/events?package=0190c3a4-5a6b-4c8d-9e0f-a1b2c3d4e5f6", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	// The preamble is written once the stream has subscribed.
-	for sc.Scan() && sc.Text() != ": connected" {
-	}
+	sc := connectedStream(t, ctx, srv.URL+"/events?package=0190c3a4-5a6b-4c8d-9e0f-a1b2c3d4e5f6")
 	s.hub.overflow.Store(true)
 	for sc.Scan() {
 		if sc.Text() == "event: resync" {
@@ -138,15 +129,7 @@ func TestEvents_CascadeKeepsStreamsOpen(t *testing.T) {
 		t.Fatal(leased, err)
 	}
 
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/events", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() && sc.Text() != ": connected" {
-	}
+	sc := connectedStream(t, ctx, srv.URL+"/events")
 	no := false
 	if _, err := db.Complete(ctx, seed, spinbroker.Result{Status: &no, Lease: leased.Lease.Token}); err != nil {
 		t.Fatal(err)
@@ -204,4 +187,21 @@ func TestHub_FullBufferKeepsSubscriber(t *testing.T) {
 	if ev := <-s.ch; !strings.Contains(string(ev.data), `{"i":0}`) {
 		t.Errorf("the first event kept is %q, want the first broadcast", ev.data)
 	}
+}
+
+// connectedStream opens the event stream at url for the test, and returns
+// it once the stream has subscribed (its preamble, ": connected", is
+// written then); it is closed when the test ends.
+func connectedStream(t *testing.T, ctx context.Context, url string) *bufio.Scanner {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() && sc.Text() != ": connected" {
+	}
+	return sc
 }
