@@ -37,23 +37,3 @@ type Commit struct {
 func (c *Commit) Empty() bool {
 	return len(c.Commands) == 0 && len(c.Packages) == 0 && len(c.Deleted) == 0 && len(c.Queues) == 0 && len(c.Forgotten) == 0
 }
-
-// Resources returns the distinct resources the commit touched, in order of
-// first appearance.
-func (c *Commit) Resources() []string {
-	seen := make(map[string]bool, len(c.Queues)+4)
-	var out []string
-	add := func(r string) {
-		if r != "" && !seen[r] {
-			seen[r] = true
-			out = append(out, r)
-		}
-	}
-	for _, ch := range c.Commands {
-		add(ch.Resource)
-	}
-	for _, q := range c.Queues {
-		add(q)
-	}
-	return out
-}

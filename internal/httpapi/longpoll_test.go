@@ -414,10 +414,21 @@ func TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin(t *testing.T) {
 }
 
 // countingClaims is the store with a count of the claims (next and claim)
-// it was asked for: each is a write transaction.
+// it was asked for, each a write transaction, and of the peeks, each a
+// read. onPeek, when set, runs before each peek.
 type countingClaims struct {
 	*store.DB
-	n atomic.Int64
+	n      atomic.Int64
+	peeks  atomic.Int64
+	onPeek func(ctx context.Context)
+}
+
+func (c *countingClaims) Peek(ctx context.Context, resource string) (bool, time.Time, error) {
+	c.peeks.Add(1)
+	if c.onPeek != nil {
+		c.onPeek(ctx)
+	}
+	return c.DB.Peek(ctx, resource)
 }
 
 func (c *countingClaims) Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
@@ -551,5 +562,188 @@ func TestLongPoll_WokenPollCountsAsActivity(t *testing.T) {
 	case r := <-res:
 		t.Fatalf("the long-poll ended: %d %s", r.status, r.body)
 	default:
+	}
+}
+
+// TestLongPoll_OneCommandWakesOne: a commit wakes as many waiting
+// long-polls as it may have given work to, not all of them. Every commit
+// on a queue used to wake every long-poll waiting on it, each of which
+// then read the database: with 256 agents waiting on one queue, one
+// producer's commands cost the broker 3.5 times the CPU that they did with
+// 4 agents (spinbroker bench --resources 1 --producers 1 --agents 256).
+// Here 16 agents wait; one command's enqueue, its lease and its
+// completion wake one each: the first claims, the others peek.
+func TestLongPoll_OneCommandWakesOne(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	counted := &countingClaims{DB: db}
+	s, srv := serveStore(t, db, Options{})
+	s.store = counted
+	const agents = 16
+	concurrency, ok := agents, true
+	ctx := context.Background()
+	if _, err := db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan pollResult, agents)
+	for range agents {
+		go func() { results <- <-poll(pctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "") }()
+	}
+	waitFor(t, s, "work", agents)
+	claims, peeks := counted.n.Load(), counted.peeks.Load()
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var c spinbroker.Command
+	select {
+	case r := <-results:
+		if err := json.Unmarshal([]byte(r.body), &c); r.status != 200 || err != nil || c.Lease == nil {
+			t.Fatalf("got %d %s (%v)", r.status, r.body, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no long-poll answered the enqueue")
+	}
+	if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	// The lease and the completion wake one each, which peeks, finds
+	// nothing and waits again.
+	for deadline := time.Now().Add(10 * time.Second); counted.peeks.Load()-peeks < 3; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d peeks after the enqueue, the lease and the completion, want 3", counted.peeks.Load()-peeks)
+		}
+	}
+	waitFor(t, s, "work", agents-1)
+	time.Sleep(100 * time.Millisecond) // for any other woken long-poll to show
+	if n, p := counted.n.Load()-claims, counted.peeks.Load()-peeks; n != 1 || p != 3 {
+		t.Errorf("one command with %d agents waiting: %d claims and %d peeks, want 1 and 3", agents, n, p)
+	}
+}
+
+// TestLongPoll_LeavingHandsOnItsWake: the long-poll that a commit woke
+// leaves before it takes the command (its agent went away as it woke);
+// the commit woke only that one, so it wakes the next in its place, and
+// the command goes to the agent still waiting rather than sit ready until
+// that agent's wait runs out.
+func TestLongPoll_LeavingHandsOnItsWake(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	counted := &countingClaims{DB: db}
+	s, srv := serveStore(t, db, Options{})
+	s.store = counted
+	ctx := context.Background()
+	goneCtx, gone := context.WithCancel(ctx)
+	defer gone()
+	// The first peek is the woken long-poll's, the one waiting longest:
+	// its agent goes, and the peek waits until the broker has seen it go.
+	var peeked atomic.Bool
+	counted.onPeek = func(ctx context.Context) {
+		if peeked.CompareAndSwap(false, true) {
+			gone()
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Second):
+				t.Error("the broker did not see the agent go")
+			}
+		}
+	}
+	leaving := poll(goneCtx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 1)
+	staying := poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 2)
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := <-leaving; r.status != -1 {
+		t.Fatalf("the long-poll that left got %d %s", r.status, r.body)
+	}
+	select {
+	case r := <-staying:
+		if r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the command was not handed to the long-poll still waiting")
+	}
+}
+
+// TestLongPoll_LeavingHandsOnWhatItKnows: a delayed command's enqueue wakes
+// one long-poll, which learns when the command is due and waits until
+// then; when its agent goes away before that, it wakes the next, which
+// learns it in turn and takes the command when it is due.
+func TestLongPoll_LeavingHandsOnWhatItKnows(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	counted := &countingClaims{DB: db}
+	s, srv := serveStore(t, db, Options{})
+	s.store = counted
+	ctx := context.Background()
+	goneCtx, gone := context.WithCancel(ctx)
+	defer gone()
+	leaving := poll(goneCtx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 1)
+	staying := poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 2)
+	peeks := counted.peeks.Load()
+	due := time.Now().Add(time.Second)
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go", NotBefore: &due}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); counted.peeks.Load() == peeks; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the enqueue of a delayed command woke no long-poll")
+		}
+	}
+	waitFor(t, s, "work", 2) // the woken one waits again, until the command is due
+	gone()
+	if r := <-leaving; r.status != -1 {
+		t.Fatalf("the long-poll that left got %d %s", r.status, r.body)
+	}
+	select {
+	case r := <-staying:
+		if r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the delayed command was not handed to the long-poll still waiting when it was due")
+	}
+}
+
+// TestLongPoll_LearnsOfAShorterLease: a long-poll waiting on a queue whose
+// leases run out in a minute learns of a lease taken after it began to
+// wait that runs out in a second, and takes that command again when it
+// does (its agent died with it), not when its own wait ends.
+func TestLongPoll_LearnsOfAShorterLease(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx := context.Background()
+	concurrency := 2
+	if _, err := db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "long"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c, _, err := db.Next(ctx, "work", time.Minute); err != nil || c == nil {
+		t.Fatalf("next: %v %v", c, err)
+	}
+	dying := poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s&lease=1s", "")
+	waitFor(t, s, "work", 1)
+	waiting := poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 2)
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "short"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := <-dying; r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) {
+		t.Fatalf("the long-poll waiting longest got %d %s", r.status, r.body)
+	}
+	select {
+	case r := <-waiting:
+		if r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) || !strings.Contains(r.body, `"attempts":2`) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the command of the lease that ran out was not given to the long-poll waiting")
 	}
 }

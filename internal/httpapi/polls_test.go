@@ -3,6 +3,8 @@ package httpapi
 import (
 	"fmt"
 	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
 )
 
 // TestPollsWaiters: the agents waiting on a queue are counted by program,
@@ -10,7 +12,7 @@ import (
 // long-poll ends, and its end twice counts once.
 func TestPollsWaiters(t *testing.T) {
 	n := newNotifier()
-	var done []func()
+	var done []func() bool
 	for i := range 8 {
 		_, release := n.watch("q", &ask{By: "a/1", From: fmt.Sprintf("10.0.0.%d", i%3)})
 		done = append(done, release)
@@ -29,7 +31,82 @@ func TestPollsWaiters(t *testing.T) {
 		d()
 		d()
 	}
-	if list, more := groupWaiters(n.askers("q"), 2); len(list) != 0 || more != 0 || len(n.chans) != 0 {
-		t.Errorf("after every poll ended: waiters %v, %d more, %d queues remembered", list, more, len(n.chans))
+	if list, more := groupWaiters(n.askers("q"), 2); len(list) != 0 || more != 0 || len(n.queues) != 0 {
+		t.Errorf("after every poll ended: waiters %v, %d more, %d queues remembered", list, more, len(n.queues))
+	}
+}
+
+// TestNotifier_WakesLongestWaitingFirst: notify wakes as many waiters as
+// it is told, those waiting longest first, or all of them; release tells
+// a waiter whether it was woken.
+func TestNotifier_WakesLongestWaitingFirst(t *testing.T) {
+	n := newNotifier()
+	chs := make([]<-chan struct{}, 5)
+	releases := make([]func() bool, 5)
+	for i := range chs {
+		chs[i], releases[i] = n.watch("q", &ask{By: fmt.Sprint(i)})
+	}
+	other, releaseOther := n.watch("other", &ask{})
+	n.notify("q", 2)
+	woken := func() (list []int) {
+		for i, ch := range chs {
+			select {
+			case <-ch:
+				list = append(list, i)
+			default:
+			}
+		}
+		return list
+	}
+	if got := fmt.Sprint(woken()); got != "[0 1]" {
+		t.Errorf("notify 2 woke %s, want [0 1]", got)
+	}
+	if w := n.waiting("q"); w != 3 {
+		t.Errorf("%d wait after 2 of 5 were woken, want 3", w)
+	}
+	if !releases[0]() || releases[2]() {
+		t.Error("release does not tell who was woken")
+	}
+	n.notify("q", all)
+	if got := fmt.Sprint(woken()); got != "[0 1 3 4]" {
+		t.Errorf("after notify all: woken %s, want [0 1 3 4] (2 had stopped waiting)", got)
+	}
+	select {
+	case <-other:
+		t.Error("a notify of q woke a waiter on another queue")
+	default:
+	}
+	n.notify("q", 1) // nobody waits: nothing to do
+	for _, r := range releases {
+		r()
+	}
+	releaseOther()
+	if len(n.queues) != 0 {
+		t.Errorf("%d queues remembered after every waiter left", len(n.queues))
+	}
+}
+
+// TestWakes: a commit wakes one long-poll per change that may have made a
+// command deliverable on its queue, one for the leases taken on a queue
+// if nothing else wakes one there, and all of a queue whose settings
+// changed.
+func TestWakes(t *testing.T) {
+	c := &spinbroker.Commit{
+		Commands: []spinbroker.Change{
+			{Resource: "a", From: spinbroker.Staged, To: spinbroker.Ready},
+			{Resource: "a", From: spinbroker.Staged, To: spinbroker.Ready},
+			{Resource: "a", From: spinbroker.Ready, To: spinbroker.Leased},
+			{Resource: "b", From: spinbroker.Ready, To: spinbroker.Leased},
+			{Resource: "b", From: spinbroker.Ready, To: spinbroker.Leased},
+			{Resource: "c", From: spinbroker.Leased, To: spinbroker.Succeeded},
+			{Resource: "d", From: spinbroker.Staged, To: spinbroker.Blocked},
+			{Resource: "e", From: spinbroker.Ready, To: spinbroker.Cancelled},
+			{Resource: "s", From: spinbroker.Leased, To: spinbroker.Ready},
+		},
+		Queues: []string{"s", "t"},
+	}
+	got := fmt.Sprint(wakes(c))
+	if want := "map[a:2 b:1 c:1 d:1 e:1 s:-1 t:-1]"; got != want {
+		t.Errorf("wakes = %s, want %s", got, want)
 	}
 }

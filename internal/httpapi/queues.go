@@ -313,21 +313,32 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 		recheck = t.C
 	}
 	var held func() // the token's count of waiting requests, once it blocks
-	woken := false  // by a commit on the queue
+	woken := false  // by a commit on the queue, and not acted on yet
+	owes := false   // it knows of a time at which a claim may lease
+	// A commit wakes only as many long-polls as it may have given work
+	// to. One that leaves without acting on its wake (one that came while
+	// it tried counts too: the try may have missed what it was for), or
+	// knowing of a time the others may not know of, wakes another in its
+	// place.
+	leave := func(release func() bool, err error) error {
+		if release() || woken || owes {
+			s.notifier.notify(resource, 1)
+		}
+		return err
+	}
 	for {
 		// Watch before trying: a commit between the try and the wait
-		// closes this very channel.
+		// wakes this very watch.
 		ch, release := s.notifier.watch(resource, &q)
 		var got bool
 		var wake time.Time
 		var err error
 		maybe := true
 		if woken {
-			// Every commit on the queue wakes every long-poll waiting on
-			// it, and most leave nothing for them (another agent's lease,
-			// a completion on a queue not full); a try is a write, one
-			// turn of the one writer each. A read tells first. (Should it
-			// fail, the try says why.)
+			// Most commits that wake a long-poll leave nothing for it
+			// (another agent's lease, a completion on a queue not full);
+			// a try is a write, one turn of the one writer each. A read
+			// tells first. (Should it fail, the try says why.)
 			if m, w, err := s.store.Peek(r.Context(), resource); err == nil {
 				maybe, wake = m, w
 			}
@@ -335,21 +346,25 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 		if maybe {
 			got, wake, err = try()
 		}
-		if err != nil || got {
-			release()
-			return err
+		if err == nil {
+			woken, owes = false, !wake.IsZero()
+		}
+		if got {
+			owes = false
+			return leave(release, nil)
+		}
+		if err != nil {
+			return leave(release, err)
 		}
 		d := time.Until(deadline)
 		if d <= 0 {
-			release()
-			return nil
+			return leave(release, nil)
 		}
 		if held == nil {
 			// It blocks: from now on it holds a connection for its token
 			// (nothing is leased yet, so a refusal leaves nothing behind).
 			if held, err = s.acquireWait(r); err != nil {
-				release()
-				return err
+				return leave(release, err)
 			}
 			defer held()
 		}
@@ -357,11 +372,9 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			d = min(d, max(wake.Sub(s.now()), time.Millisecond))
 		}
 		timer := time.NewTimer(d)
-		woken = false
 		for waiting := true; waiting; {
 			select {
 			case <-ch:
-				woken = true
 			case <-timer.C:
 			case <-r.Context().Done():
 			case <-s.quit:
@@ -372,17 +385,17 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 			waiting = false
 		}
 		timer.Stop()
-		release()
+		woken = release()
 		if r.Context().Err() != nil {
-			return nil
+			return leave(release, nil)
 		}
 		select {
 		case <-s.quit:
-			return errShuttingDown
+			return leave(release, errShuttingDown)
 		default:
 		}
 		if err := s.refused(r); err != nil {
-			return err // before a lease goes to a token taken back or past its end
+			return leave(release, err) // before a lease goes to a token taken back or past its end
 		}
 	}
 }

@@ -254,8 +254,8 @@ func (s *Server) stopping() bool {
 // changed, feeds the event stream and moves the counters. It runs on the
 // store's writer goroutine and must not block.
 func (s *Server) committed(c *spinbroker.Commit) {
-	for _, r := range c.Resources() {
-		s.notifier.notify(r)
+	for r, n := range wakes(c) {
+		s.notifier.notify(r, n)
 	}
 	s.metrics.count(c)
 	s.hub.publish(c)

@@ -199,11 +199,13 @@ func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.
 // Peek tells, reading only, whether a claim on resource might lease
 // something now; when it could not, it gives the earliest time it might
 // without another write, as Claim does (zero: only a write can change it).
-// A long-poll that a commit woke asks it before it claims again: every
-// commit on a queue wakes every long-poll waiting on it, and most leave
-// nothing for them (another agent's lease, a completion on a queue not
-// full), while a claim is a write: with 32 agents waiting, each command
-// took about a hundred turns of the one writer. Peek never answers no
+// A long-poll that a commit woke asks it before it claims again: a commit
+// wakes one waiting long-poll for each change that may have made a
+// command deliverable, and many leave nothing (another agent took it, a
+// completion freed a slot on a queue with nothing ready), while a claim is
+// a write. (When every commit woke every waiting long-poll, which claimed,
+// each command took about a hundred turns of the one writer with 32
+// agents waiting.) Peek never answers no
 // where a claim would lease: a lease run out or a delay ended, which a
 // claim settles before it leases, answer maybe. Nor where a claim would
 // mark the queue active (its last_active_at a minute old, pollActivity):
