@@ -747,3 +747,54 @@ func TestLongPoll_LearnsOfAShorterLease(t *testing.T) {
 		t.Fatal("the command of the lease that ran out was not given to the long-poll waiting")
 	}
 }
+
+// TestLongPoll_OneClaimWakesForMany: a claim waiting with max 10 stands
+// for ten waiting nexts: a package of ten commands wakes it alone, not
+// every claim waiting beside it.
+func TestLongPoll_OneClaimWakesForMany(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	counted := &countingClaims{DB: db}
+	s, srv := serveStore(t, db, Options{})
+	s.store = counted
+	const agents = 4
+	concurrency := 100
+	ctx := context.Background()
+	if _, err := db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan pollResult, agents)
+	for range agents {
+		go func() { results <- <-poll(pctx, t, "POST", srv.URL+"/queues/work/claim", `{"max": 10, "wait": "30s"}`) }()
+	}
+	waitFor(t, s, "work", agents)
+	claims, peeks := counted.n.Load(), counted.peeks.Load()
+	cmds := make([]spinbroker.NewCommand, 10)
+	for i := range cmds {
+		cmds[i] = spinbroker.NewCommand{Resource: "work", Action: "go"}
+	}
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: cmds}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-results:
+		var cl spinbroker.ClaimResult
+		if err := json.Unmarshal([]byte(r.body), &cl); r.status != 200 || err != nil || len(cl.Commands) != 10 {
+			t.Fatalf("got %d %s (%v)", r.status, r.body, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no claim answered the enqueue")
+	}
+	// The leases wake one more, which peeks and waits again.
+	for deadline := time.Now().Add(10 * time.Second); counted.peeks.Load()-peeks < 2; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d peeks after the enqueue and the leases, want 2", counted.peeks.Load()-peeks)
+		}
+	}
+	waitFor(t, s, "work", agents-1)
+	time.Sleep(100 * time.Millisecond) // for any other woken long-poll to show
+	if n, p := counted.n.Load()-claims, counted.peeks.Load()-peeks; n != 1 || p != 2 {
+		t.Errorf("ten commands with %d claims of 10 waiting: %d claims and %d peeks, want 1 and 2", agents, n, p)
+	}
+}

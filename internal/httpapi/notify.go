@@ -27,6 +27,7 @@ type notifier struct {
 type sleeper struct {
 	ch    chan struct{} // closed when it is woken
 	who   *ask
+	take  int           // the most commands it leases when it tries
 	elem  *list.Element // in its queue's list, while it waits there
 	woken bool
 }
@@ -39,8 +40,9 @@ func newNotifier() *notifier {
 // waiter, and a release func the waiter must call when it stops waiting (so
 // that queues nobody waits on cost no memory); release reports whether the
 // waiter was woken, and may be called again. who is the agent asking, whom
-// the queue's page names while it waits.
-func (n *notifier) watch(resource string, who *ask) (<-chan struct{}, func() (woken bool)) {
+// the queue's page names while it waits; take is the most commands it
+// leases when it tries (next 1, a claim its max).
+func (n *notifier) watch(resource string, who *ask, take int) (<-chan struct{}, func() (woken bool)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	l := n.queues[resource]
@@ -48,7 +50,7 @@ func (n *notifier) watch(resource string, who *ask) (<-chan struct{}, func() (wo
 		l = list.New()
 		n.queues[resource] = l
 	}
-	s := &sleeper{ch: make(chan struct{}), who: who}
+	s := &sleeper{ch: make(chan struct{}), who: who, take: max(take, 1)}
 	s.elem = l.PushBack(s)
 	return s.ch, func() bool {
 		n.mu.Lock()
@@ -70,8 +72,9 @@ func (n *notifier) remove(resource string, l *list.List, s *sleeper) {
 	}
 }
 
-// notify wakes up to count of the long-polls waiting on resource, those
-// waiting longest first; a negative count wakes them all.
+// notify wakes the long-polls waiting on resource that may lease count
+// commands between them (a claim of 100 takes the place of 100 nexts),
+// those waiting longest first; a negative count wakes them all.
 func (n *notifier) notify(resource string, count int) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -81,7 +84,9 @@ func (n *notifier) notify(resource string, count int) {
 		n.remove(resource, l, s)
 		s.woken = true
 		close(s.ch)
-		count--
+		if count > 0 {
+			count = max(count-s.take, 0)
+		}
 	}
 }
 
@@ -111,8 +116,8 @@ func (n *notifier) askers(resource string) []ask {
 // all is a count for notify: every waiter.
 const all = -1
 
-// wakes says, for each queue c touched, how many of its long-polls to
-// wake: one for each change of a command there that may have made one
+// wakes says, for each queue c touched, how many commands' worth of its
+// long-polls to wake (see notify): one for each change of a command there that may have made one
 // deliverable (a command made ready, a lease ended and its slot freed,
 // the head of the queue gone, a delayed command whose time a waiter must
 // learn); one for leases taken, should nothing else wake one, so that a

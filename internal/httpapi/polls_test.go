@@ -14,10 +14,10 @@ func TestPollsWaiters(t *testing.T) {
 	n := newNotifier()
 	var done []func() bool
 	for i := range 8 {
-		_, release := n.watch("q", &ask{By: "a/1", From: fmt.Sprintf("10.0.0.%d", i%3)})
+		_, release := n.watch("q", &ask{By: "a/1", From: fmt.Sprintf("10.0.0.%d", i%3)}, 1)
 		done = append(done, release)
 	}
-	_, release := n.watch("other", &ask{By: "b/1"})
+	_, release := n.watch("other", &ask{By: "b/1"}, 1)
 	done = append(done, release)
 	if w := n.waiting("q"); w != 8 {
 		t.Errorf("waiting = %d, want 8", w)
@@ -36,18 +36,19 @@ func TestPollsWaiters(t *testing.T) {
 	}
 }
 
-// TestNotifier_WakesLongestWaitingFirst: notify wakes as many waiters as
-// it is told, those waiting longest first, or all of them; release tells
+// TestNotifier_WakesLongestWaitingFirst: notify wakes the waiters that
+// may lease as many commands as it is told (a claim's max counts for as
+// many nexts), those waiting longest first, or all of them; release tells
 // a waiter whether it was woken.
 func TestNotifier_WakesLongestWaitingFirst(t *testing.T) {
 	n := newNotifier()
-	chs := make([]<-chan struct{}, 5)
-	releases := make([]func() bool, 5)
-	for i := range chs {
-		chs[i], releases[i] = n.watch("q", &ask{By: fmt.Sprint(i)})
+	takes := []int{1, 1, 5, 1, 1, 1}
+	chs := make([]<-chan struct{}, len(takes))
+	releases := make([]func() bool, len(takes))
+	for i, take := range takes {
+		chs[i], releases[i] = n.watch("q", &ask{By: fmt.Sprint(i)}, take)
 	}
-	other, releaseOther := n.watch("other", &ask{})
-	n.notify("q", 2)
+	other, releaseOther := n.watch("other", &ask{}, 1)
 	woken := func() (list []int) {
 		for i, ch := range chs {
 			select {
@@ -58,18 +59,23 @@ func TestNotifier_WakesLongestWaitingFirst(t *testing.T) {
 		}
 		return list
 	}
+	n.notify("q", 2)
 	if got := fmt.Sprint(woken()); got != "[0 1]" {
 		t.Errorf("notify 2 woke %s, want [0 1]", got)
 	}
-	if w := n.waiting("q"); w != 3 {
-		t.Errorf("%d wait after 2 of 5 were woken, want 3", w)
+	n.notify("q", 3)
+	if got := fmt.Sprint(woken()); got != "[0 1 2]" {
+		t.Errorf("then notify 3 woke %s, want [0 1 2]: 2 takes up to 5", got)
 	}
-	if !releases[0]() || releases[2]() {
+	if w := n.waiting("q"); w != 3 {
+		t.Errorf("%d wait after 3 of 6 were woken, want 3", w)
+	}
+	if !releases[0]() || !releases[0]() || releases[3]() {
 		t.Error("release does not tell who was woken")
 	}
 	n.notify("q", all)
-	if got := fmt.Sprint(woken()); got != "[0 1 3 4]" {
-		t.Errorf("after notify all: woken %s, want [0 1 3 4] (2 had stopped waiting)", got)
+	if got := fmt.Sprint(woken()); got != "[0 1 2 4 5]" {
+		t.Errorf("after notify all: woken %s, want [0 1 2 4 5] (3 had stopped waiting)", got)
 	}
 	select {
 	case <-other:

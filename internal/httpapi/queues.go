@@ -178,7 +178,7 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var cmd *spinbroker.Command
-	err = s.longPoll(w, r, res, wait, func() (bool, time.Time, error) {
+	err = s.longPoll(w, r, res, wait, 1, func() (bool, time.Time, error) {
 		c, wake, err := s.store.Next(r.Context(), res, lease)
 		cmd = c
 		return c != nil, wake, err
@@ -249,7 +249,7 @@ func (s *Server) handleQueueClaim(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	out := spinbroker.ClaimResult{Commands: []spinbroker.Command{}}
-	err = s.longPoll(w, r, res, wait, func() (bool, time.Time, error) {
+	err = s.longPoll(w, r, res, wait, in.Max, func() (bool, time.Time, error) {
 		cmds, wake, err := s.store.Claim(r.Context(), res, in.Max, lease)
 		if len(cmds) > 0 {
 			out.Commands = cmds
@@ -294,8 +294,9 @@ func (s *Server) release(r *http.Request, cmds []spinbroker.Command) {
 // unavailable when the server shuts down: the wait did not run out, and an
 // agent should back off rather than ask again at once. Once it would
 // block, it counts as one of its token's waiting requests, and a token
-// that holds MaxWaitsPerToken already is answered 503 instead.
-func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, try func() (bool, time.Time, error)) error {
+// that holds MaxWaitsPerToken already is answered 503 instead. take is
+// the most commands one try leases (next 1, claim its max).
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource string, wait time.Duration, take int, try func() (bool, time.Time, error)) error {
 	q := askOf(r, s.now())
 	s.polls.saw(resource, q)
 	wait = min(wait, spinbroker.MaxWait)
@@ -322,14 +323,14 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, resource strin
 	// place.
 	leave := func(release func() bool, err error) error {
 		if release() || woken || owes {
-			s.notifier.notify(resource, 1)
+			s.notifier.notify(resource, take)
 		}
 		return err
 	}
 	for {
 		// Watch before trying: a commit between the try and the wait
 		// wakes this very watch.
-		ch, release := s.notifier.watch(resource, &q)
+		ch, release := s.notifier.watch(resource, &q, take)
 		var got bool
 		var wake time.Time
 		var err error
