@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -796,5 +797,123 @@ func TestLongPoll_OneClaimWakesForMany(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // for any other woken long-poll to show
 	if n, p := counted.n.Load()-claims, counted.peeks.Load()-peeks; n != 1 || p != 2 {
 		t.Errorf("ten commands with %d claims of 10 waiting: %d claims and %d peeks, want 1 and 2", agents, n, p)
+	}
+}
+
+// TestLongPoll_NoWakeIsLost: agents waiting in next and claim on one
+// queue, some of them going away mid-wait (or with leases of 2s they
+// never finish); a producer enqueues commands now and then, some delayed,
+// some depending on others; agents finish what they get. A commit wakes
+// only some of the waiters: should a wake be lost with nothing after it
+// to wake another, a command would sit ready until a waiter's 30s ran out.
+// Every command must be done well before that once the last one is
+// enqueued. (The rules that make it so are tested one by one above; this
+// is their sum under churn. It does not catch a rule broken on its own:
+// each lease wakes a waiter, and a woken one that leases wakes the next.)
+func TestLongPoll_NoWakeIsLost(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel() // every agent goes, before the server does
+		wg.Wait()
+	}()
+	concurrency := 3
+	if _, err := db.SetQueue(ctx, "q", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	done := map[string]bool{}
+	finished := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(done)
+	}
+	agent := func(i int, life context.Context) {
+		ok := true
+		for life.Err() == nil {
+			var r pollResult
+			if i%2 == 0 {
+				r = <-poll(life, t, "POST", srv.URL+"/queues/q/next?wait=30s&lease=2s", "")
+			} else {
+				r = <-poll(life, t, "POST", srv.URL+"/queues/q/claim", fmt.Sprintf(`{"max": %d, "wait": "30s", "lease": "2s"}`, 1+i%3))
+			}
+			if r.status == -1 {
+				return // this agent went away
+			}
+			var cmds []spinbroker.Command
+			switch r.status {
+			case 200:
+				if i%2 == 0 {
+					var c spinbroker.Command
+					if err := json.Unmarshal([]byte(r.body), &c); err != nil {
+						t.Errorf("next: %v", err)
+						return
+					}
+					cmds = append(cmds, c)
+				} else {
+					var cl spinbroker.ClaimResult
+					if err := json.Unmarshal([]byte(r.body), &cl); err != nil {
+						t.Errorf("claim: %v", err)
+						return
+					}
+					cmds = cl.Commands
+				}
+			case 204:
+			default:
+				t.Errorf("agent %d got %d %s", i, r.status, r.body)
+				return
+			}
+			for _, c := range cmds {
+				time.Sleep(time.Duration(i%4) * time.Millisecond)
+				_, err := db.Complete(context.Background(), c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token})
+				if spinbroker.ErrorCode(err) == spinbroker.ECONFLICT {
+					continue // its lease ran out first: another agent has it
+				} else if err != nil {
+					t.Errorf("complete: %v", err)
+					return
+				}
+				mu.Lock()
+				done[c.ID] = true
+				mu.Unlock()
+			}
+		}
+	}
+	const agents = 12
+	lives := make([]context.CancelFunc, agents)
+	for i := range agents {
+		life, end := context.WithCancel(ctx)
+		lives[i] = end
+		wg.Go(func() { agent(i, life) })
+	}
+	waitFor(t, s, "q", agents)
+	total := 0
+	for round := range 60 {
+		if round%10 == 5 {
+			lives[round/10]() // an agent goes away as it waits, or as it works
+		}
+		n := 1 + round%4
+		cmds := make([]spinbroker.NewCommand, n)
+		for j := range cmds {
+			cmds[j] = spinbroker.NewCommand{Key: fmt.Sprint(j), Resource: "q", Action: "go"}
+			if j > 0 && round%3 == 0 {
+				cmds[j].Dependencies = []string{fmt.Sprint(j - 1)}
+			}
+			if round%5 == 1 {
+				due := time.Now().Add(time.Duration(20+j*5) * time.Millisecond)
+				cmds[j].NotBefore = &due
+			}
+		}
+		if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: cmds}, nil); err != nil {
+			t.Fatal(err)
+		}
+		total += n
+		time.Sleep(time.Duration(round%7) * time.Millisecond)
+	}
+	for deadline := time.Now().Add(20 * time.Second); finished() < total; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			q, _ := db.Queue(ctx, "q")
+			t.Fatalf("%d of %d commands done 20s after the last enqueue, %d long-polls waiting; the queue: %+v", finished(), total, s.notifier.waiting("q"), q)
+		}
 	}
 }
