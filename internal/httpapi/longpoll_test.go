@@ -414,6 +414,16 @@ func TestLongPoll_FullQueueWithEndedBackoffDoesNotSpin(t *testing.T) {
 	}
 }
 
+// countedServer serves a store that counts its claims and peeks.
+func countedServer(t *testing.T) (*Server, *httptest.Server, *store.DB, *countingClaims) {
+	t.Helper()
+	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
+	counted := &countingClaims{DB: db}
+	s, srv := serveStore(t, db, Options{})
+	s.store = counted
+	return s, srv, db, counted
+}
+
 // countingClaims is the store with a count of the claims (next and claim)
 // it was asked for, each a write transaction, and of the peeks, each a
 // read. onPeek, when set, runs before each peek.
@@ -575,23 +585,9 @@ func TestLongPoll_WokenPollCountsAsActivity(t *testing.T) {
 // Here 16 agents wait; one command's enqueue, its lease and its
 // completion wake one each: the first claims, the others peek.
 func TestLongPoll_OneCommandWakesOne(t *testing.T) {
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	counted := &countingClaims{DB: db}
-	s, srv := serveStore(t, db, Options{})
-	s.store = counted
 	const agents = 16
-	concurrency, ok := agents, true
-	ctx := context.Background()
-	if _, err := db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
-		t.Fatal(err)
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	results := make(chan pollResult, agents)
-	for range agents {
-		go func() { results <- <-poll(pctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "") }()
-	}
-	waitFor(t, s, "work", agents)
+	s, db, counted, results := waitingAgents(t, agents, "/queues/work/next?wait=30s", "")
+	ctx, ok := context.Background(), true
 	claims, peeks := counted.n.Load(), counted.peeks.Load()
 	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil); err != nil {
 		t.Fatal(err)
@@ -610,16 +606,43 @@ func TestLongPoll_OneCommandWakesOne(t *testing.T) {
 	}
 	// The lease and the completion wake one each, which peeks, finds
 	// nothing and waits again.
-	for deadline := time.Now().Add(10 * time.Second); counted.peeks.Load()-peeks < 3; time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d peeks after the enqueue, the lease and the completion, want 3", counted.peeks.Load()-peeks)
-		}
-	}
-	waitFor(t, s, "work", agents-1)
-	time.Sleep(100 * time.Millisecond) // for any other woken long-poll to show
+	settle(t, s, counted, peeks+3, agents-1)
 	if n, p := counted.n.Load()-claims, counted.peeks.Load()-peeks; n != 1 || p != 3 {
 		t.Errorf("one command with %d agents waiting: %d claims and %d peeks, want 1 and 3", agents, n, p)
 	}
+}
+
+// waitingAgents serves a store that counts its claims and peeks, with n
+// long-polls on the queue work (its concurrency 100) asking path with body
+// and waiting; their answers come on results.
+func waitingAgents(t *testing.T, n int, path, body string) (s *Server, db *store.DB, counted *countingClaims, results <-chan pollResult) {
+	t.Helper()
+	s, srv, db, counted := countedServer(t)
+	concurrency := 100
+	if _, err := db.SetQueue(context.Background(), "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	out := make(chan pollResult, n)
+	for range n {
+		go func() { out <- <-poll(ctx, t, "POST", srv.URL+path, body) }()
+	}
+	waitFor(t, s, "work", n)
+	return s, db, counted, out
+}
+
+// settle waits until counted has had peeks peeks and waiting long-polls
+// wait on work, and a little more for any other woken one to show.
+func settle(t *testing.T, s *Server, counted *countingClaims, peeks int64, waiting int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); counted.peeks.Load() < peeks; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d peeks, want %d", counted.peeks.Load(), peeks)
+		}
+	}
+	waitFor(t, s, "work", waiting)
+	time.Sleep(100 * time.Millisecond)
 }
 
 // TestLongPoll_LeavingHandsOnItsWake: the long-poll that a commit woke
@@ -628,10 +651,7 @@ func TestLongPoll_OneCommandWakesOne(t *testing.T) {
 // the command goes to the agent still waiting rather than sit ready until
 // that agent's wait runs out.
 func TestLongPoll_LeavingHandsOnItsWake(t *testing.T) {
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	counted := &countingClaims{DB: db}
-	s, srv := serveStore(t, db, Options{})
-	s.store = counted
+	s, srv, db, counted := countedServer(t)
 	ctx := context.Background()
 	goneCtx, gone := context.WithCancel(ctx)
 	defer gone()
@@ -648,20 +668,35 @@ func TestLongPoll_LeavingHandsOnItsWake(t *testing.T) {
 			}
 		}
 	}
-	leaving := poll(goneCtx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
-	waitFor(t, s, "work", 1)
-	staying := poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
-	waitFor(t, s, "work", 2)
+	leaving, staying := twoWaiting(t, s, srv.URL, goneCtx)
 	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go"}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	handedOn(t, leaving, staying, p.Commands[0].ID)
+}
+
+// twoWaiting starts two long-polls on the queue work, the first (which
+// waits longest) asking with leaving's context, the second with none.
+func twoWaiting(t *testing.T, s *Server, url string, leaving context.Context) (first, second <-chan pollResult) {
+	t.Helper()
+	first = poll(leaving, t, "POST", url+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 1)
+	second = poll(context.Background(), t, "POST", url+"/queues/work/next?wait=30s", "")
+	waitFor(t, s, "work", 2)
+	return first, second
+}
+
+// handedOn checks that the long-poll leaving went away unanswered, and
+// that staying got the command id well before its wait of 30s ran out.
+func handedOn(t *testing.T, leaving, staying <-chan pollResult, id string) {
+	t.Helper()
 	if r := <-leaving; r.status != -1 {
 		t.Fatalf("the long-poll that left got %d %s", r.status, r.body)
 	}
 	select {
 	case r := <-staying:
-		if r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) {
+		if r.status != 200 || !strings.Contains(r.body, id) {
 			t.Fatalf("got %d %s", r.status, r.body)
 		}
 	case <-time.After(20 * time.Second):
@@ -674,17 +709,11 @@ func TestLongPoll_LeavingHandsOnItsWake(t *testing.T) {
 // then; when its agent goes away before that, it wakes the next, which
 // learns it in turn and takes the command when it is due.
 func TestLongPoll_LeavingHandsOnWhatItKnows(t *testing.T) {
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	counted := &countingClaims{DB: db}
-	s, srv := serveStore(t, db, Options{})
-	s.store = counted
+	s, srv, db, counted := countedServer(t)
 	ctx := context.Background()
 	goneCtx, gone := context.WithCancel(ctx)
 	defer gone()
-	leaving := poll(goneCtx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
-	waitFor(t, s, "work", 1)
-	staying := poll(ctx, t, "POST", srv.URL+"/queues/work/next?wait=30s", "")
-	waitFor(t, s, "work", 2)
+	leaving, staying := twoWaiting(t, s, srv.URL, goneCtx)
 	peeks := counted.peeks.Load()
 	due := time.Now().Add(time.Second)
 	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "work", Action: "go", NotBefore: &due}}}, nil)
@@ -698,17 +727,7 @@ func TestLongPoll_LeavingHandsOnWhatItKnows(t *testing.T) {
 	}
 	waitFor(t, s, "work", 2) // the woken one waits again, until the command is due
 	gone()
-	if r := <-leaving; r.status != -1 {
-		t.Fatalf("the long-poll that left got %d %s", r.status, r.body)
-	}
-	select {
-	case r := <-staying:
-		if r.status != 200 || !strings.Contains(r.body, p.Commands[0].ID) {
-			t.Fatalf("got %d %s", r.status, r.body)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the delayed command was not handed to the long-poll still waiting when it was due")
-	}
+	handedOn(t, leaving, staying, p.Commands[0].ID)
 }
 
 // TestLongPoll_LearnsOfAShorterLease: a long-poll waiting on a queue whose
@@ -753,29 +772,14 @@ func TestLongPoll_LearnsOfAShorterLease(t *testing.T) {
 // for ten waiting nexts: a package of ten commands wakes it alone, not
 // every claim waiting beside it.
 func TestLongPoll_OneClaimWakesForMany(t *testing.T) {
-	db, _ := storetest.MustOpen(t, store.Options{Now: time.Now})
-	counted := &countingClaims{DB: db}
-	s, srv := serveStore(t, db, Options{})
-	s.store = counted
 	const agents = 4
-	concurrency := 100
-	ctx := context.Background()
-	if _, err := db.SetQueue(ctx, "work", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
-		t.Fatal(err)
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	results := make(chan pollResult, agents)
-	for range agents {
-		go func() { results <- <-poll(pctx, t, "POST", srv.URL+"/queues/work/claim", `{"max": 10, "wait": "30s"}`) }()
-	}
-	waitFor(t, s, "work", agents)
+	s, db, counted, results := waitingAgents(t, agents, "/queues/work/claim", `{"max": 10, "wait": "30s"}`)
 	claims, peeks := counted.n.Load(), counted.peeks.Load()
 	cmds := make([]spinbroker.NewCommand, 10)
 	for i := range cmds {
 		cmds[i] = spinbroker.NewCommand{Resource: "work", Action: "go"}
 	}
-	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: cmds}, nil); err != nil {
+	if _, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: cmds}, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -787,14 +791,9 @@ func TestLongPoll_OneClaimWakesForMany(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no claim answered the enqueue")
 	}
-	// The leases wake one more, which peeks and waits again.
-	for deadline := time.Now().Add(10 * time.Second); counted.peeks.Load()-peeks < 2; time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d peeks after the enqueue and the leases, want 2", counted.peeks.Load()-peeks)
-		}
-	}
-	waitFor(t, s, "work", agents-1)
-	time.Sleep(100 * time.Millisecond) // for any other woken long-poll to show
+	// The woken one peeks before it claims; the leases wake one more,
+	// which peeks and waits again.
+	settle(t, s, counted, peeks+2, agents-1)
 	if n, p := counted.n.Load()-claims, counted.peeks.Load()-peeks; n != 1 || p != 2 {
 		t.Errorf("ten commands with %d claims of 10 waiting: %d claims and %d peeks, want 1 and 2", agents, n, p)
 	}
