@@ -140,7 +140,9 @@ type Options struct {
 	// request. The queue's concurrency still bounds how many are leased at
 	// once, and it is 1 unless set (spinbroker queue set RESOURCE
 	// --concurrency N, with an admin token when auth is on; an agent's
-	// token may not): raise it too, or each batch holds one command.
+	// token may not): raise it too, or each batch holds one command. A
+	// batch also ends at the command whose parameters take it past
+	// spinbroker.ClaimBytes (4 MiB).
 	// Commands of one batch run concurrently, so only a resource whose
 	// commands may run side by side should be served this way. A batch is
 	// completed, and the next one claimed, once its slowest command has

@@ -784,7 +784,9 @@ func (c *Client) Next(ctx context.Context, resource string, wait, lease time.Dur
 }
 
 // Claim leases up to max (1 to 1,000) commands of a queue in queue order,
-// no more than the queue's concurrency lets be leased at once, waiting up
+// no more than the queue's concurrency lets be leased at once, and none
+// past the one whose parameters and outputs take the answer past
+// spinbroker.ClaimBytes (4 MiB), waiting up
 // to wait for the first and blocking meanwhile; it returns an empty slice
 // and a nil error when nothing came. Each command's Lease holds its token.
 func (c *Client) Claim(ctx context.Context, resource string, max int, wait, lease time.Duration) ([]spinbroker.Command, error) {

@@ -1,6 +1,8 @@
 package store_test
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -307,5 +309,48 @@ func TestDB_Release(t *testing.T) {
 	}
 	if got := getCmd(t, db, first.ID); got.State != spinbroker.Succeeded {
 		t.Fatalf("a release after the completion: %s", got.State)
+	}
+}
+
+// TestDB_ClaimBoundedByBytes: a claim leases commands until their
+// parameters and outputs pass spinbroker.ClaimBytes (the one that passes
+// it included, so that a claim always leases one):
+// a claim of 200 commands of 1 MiB parameters built an answer of 208 MB,
+// and took the broker to 1.3 GB (a claim may ask for 1,000). Those left
+// are the next claim's, in order.
+func TestDB_ClaimBoundedByBytes(t *testing.T) {
+	db, _ := open(t)
+	concurrency := 100
+	if _, err := db.SetQueue(ctx, "big", spinbroker.QueueSettings{Concurrency: &concurrency}); err != nil {
+		t.Fatal(err)
+	}
+	params := json.RawMessage(`{"x":"` + strings.Repeat("y", 1<<20-16) + `"}`)
+	per := spinbroker.ClaimBytes/len(params) + 1 // the commands that pass the bound
+	var ids []string
+	for range 2 * per {
+		p := enqueue(t, db, spinbroker.NewCommand{Resource: "big", Action: "a", Parameters: params})
+		ids = append(ids, p.Commands[0].ID)
+	}
+	enqueue(t, db, cmd("big", "small"))
+	var got []string
+	for len(got) < len(ids)+1 {
+		cmds, _, err := db.Claim(ctx, "big", 100, 0)
+		if err != nil || len(cmds) == 0 {
+			t.Fatalf("claim after %d: %d commands, %v", len(got), len(cmds), err)
+		}
+		size := 0
+		for _, c := range cmds {
+			got = append(got, c.ID)
+			size += len(c.Parameters)
+		}
+		if len(cmds) > 1 && size > spinbroker.ClaimBytes+len(params) {
+			t.Fatalf("a claim of %d commands holds %d bytes of parameters, past %d and one more command", len(cmds), size, spinbroker.ClaimBytes)
+		}
+		if len(cmds) > per {
+			t.Fatalf("a claim of %d commands of %d bytes", len(cmds), len(params))
+		}
+	}
+	if strings.Join(got[:len(ids)], ",") != strings.Join(ids, ",") {
+		t.Fatal("the claims did not lease the commands in queue order")
 	}
 }

@@ -68,8 +68,10 @@ const (
 		WHERE id = (SELECT id FROM commands WHERE resource = ?5 AND state = 'ready' ORDER BY seq LIMIT 1)
 		  AND (coalesce(backoff_until, 0) <= ?4 OR backoff_until > ?6)
 		RETURNING ` + commandCols
-	// qReadyHead reads the first ready commands of a queue, and nothing else.
-	qReadyHead = `SELECT id, backoff_until FROM commands
+	// qReadyHead reads the first ready commands of a queue: their ids,
+	// back-offs and the bytes of their parameters and outputs (octet_length
+	// reads a value's size, not the value).
+	qReadyHead = `SELECT id, backoff_until, octet_length(parameters) + coalesce(octet_length(output), 0) FROM commands
 		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
 	// qLeaseMany leases the commands whose ids ?5 lists (a JSON array).
 	qLeaseMany = `UPDATE commands SET
@@ -311,10 +313,11 @@ func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbrok
 		return nil, nil, err
 	}
 	var ids []string
-	for rows.Next() {
+	for size := 0; size <= spinbroker.ClaimBytes && rows.Next(); {
 		var id string
 		var backoff sql.NullInt64
-		if err := rows.Scan(&id, &backoff); err != nil {
+		var n int
+		if err := rows.Scan(&id, &backoff, &n); err != nil {
 			rows.Close()
 			return nil, nil, err
 		}
@@ -322,6 +325,7 @@ func (t *Tx) leaseMany(resource string, max int, ttl any, now int64) ([]spinbrok
 			break
 		}
 		ids = append(ids, id)
+		size += n
 	}
 	if err := endRows(rows); err != nil || len(ids) == 0 {
 		return nil, nil, err
