@@ -423,6 +423,13 @@ func (s *memStore) Queue(ctx context.Context, resource string) (*spinbroker.Queu
 	return s.queue(resource).read(resource), nil
 }
 
+// QueueEach hands over the queue and no commands: the ceiling keeps no
+// list of a queue's commands (Queue answers none either).
+func (s *memStore) QueueEach(ctx context.Context, resource string, head func(*spinbroker.Queue) error, each func(*spinbroker.Command) error) error {
+	q, _ := s.Queue(ctx, resource)
+	return head(q)
+}
+
 func (s *memStore) Queues(ctx context.Context) ([]spinbroker.Queue, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -917,7 +917,9 @@ func TestAPI_DeclaredTooLarge(t *testing.T) {
 // panicky is the real store with one read that panics, as a bug would.
 type panicky struct{ httpapi.Store }
 
-func (panicky) Queue(context.Context, string) (*spinbroker.Queue, error) { panic("a bug") }
+func (panicky) QueueEach(context.Context, string, func(*spinbroker.Queue) error, func(*spinbroker.Command) error) error {
+	panic("a bug")
+}
 
 // TestAPI_PanicLogged: a panic in a handler answers 500 internal_error and
 // is logged with its stack and its request's id, beside the request's own

@@ -256,12 +256,30 @@ func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.streamList(w, r, "package", id, func(head, item func(any) error) error {
+		return s.store.PackageEach(r.Context(), id, func(p *spinbroker.Package) error {
+			return head(p)
+		}, func(c *spinbroker.Command) error {
+			return item(c)
+		})
+	})
+}
+
+// streamList answers 200 with a JSON object whose last field, "commands",
+// is a list, as read calls head (once, with the object, its commands nil
+// and so left out) and item (with each command in turn), so that the
+// answer is never held whole: what it holds at a time is what read holds
+// and a chunk. An answer of up to streamAfter is still sent whole, with
+// its length. what and id name the answer in errors and logs. An error
+// from read before the first bytes are sent is answered as any error;
+// after them, a 500 can no longer be said, and the connection is cut.
+func (s *Server) streamList(w http.ResponseWriter, r *http.Request, what, id string, read func(head, item func(any) error) error) {
 	buf := bufPool.Get().(*bytes.Buffer)
 	defer putBuf(buf)
 	buf.Reset()
 	enc := json.NewEncoder(buf)
 	sent := false // the headers, and part of the body
-	n := 0        // commands encoded
+	n := 0        // items encoded
 	// send writes what is encoded once it is worth a write of its own;
 	// until the answer passes streamAfter, nothing (all of it may fit, and
 	// writeBody send it with its length). last, once the answer is whole,
@@ -282,22 +300,21 @@ func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
 		buf.Reset() // grown past 1 MiB, putBuf lets it go
 		return err
 	}
-	err = s.store.PackageEach(r.Context(), id, func(p *spinbroker.Package) error {
-		// The package's own fields, then its commands: encoded without
-		// them, it ends in "}\n", where ,"commands":[ goes (Commands is
-		// its last field, and omitted when nil).
-		if err := enc.Encode(p); err != nil {
+	err := read(func(v any) error {
+		// The object's own fields, then its list: encoded without it, it
+		// ends in "}\n", where ,"commands":[ goes.
+		if err := enc.Encode(v); err != nil {
 			return err
 		}
 		buf.Truncate(buf.Len() - 2)
 		buf.WriteString(`,"commands":[`)
 		return nil
-	}, func(c *spinbroker.Command) error {
+	}, func(v any) error {
 		if n > 0 {
 			buf.WriteByte(',')
 		}
 		n++
-		if err := enc.Encode(c); err != nil {
+		if err := enc.Encode(v); err != nil {
 			return err
 		}
 		buf.Truncate(buf.Len() - 1) // the encoder's newline
@@ -318,7 +335,7 @@ func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
 		var je *json.MarshalerError
 		if errors.As(err, &je) {
 			// A stored value that does not encode: writeJSON's 500.
-			err = fmt.Errorf("package %s: %w", id, err)
+			err = fmt.Errorf("%s %s: %w", what, id, err)
 		}
 		s.writeError(w, r, err)
 		return
@@ -327,7 +344,7 @@ func (s *Server) handlePackageGet(w http.ResponseWriter, r *http.Request) {
 	// connection leaves the client a broken answer (chunked, it lacks
 	// its last chunk), never a shorter one that parses.
 	if r.Context().Err() == nil {
-		s.log.Error("package answer cut off", logAttrs(r, "err", err, "commands_sent", n)...)
+		s.log.Error(what+" answer cut off", logAttrs(r, "err", err, "commands_sent", n)...)
 	}
 	panic(http.ErrAbortHandler)
 }

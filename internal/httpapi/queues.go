@@ -87,12 +87,15 @@ func (s *Server) handleQueueGet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	q, err := s.store.Queue(r.Context(), res)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, q)
+	// Its 50 commands may hold 1 MiB of parameters each: streamed, the
+	// answer holds one at a time.
+	s.streamList(w, r, "queue", res, func(head, item func(any) error) error {
+		return s.store.QueueEach(r.Context(), res, func(q *spinbroker.Queue) error {
+			return head(q)
+		}, func(c *spinbroker.Command) error {
+			return item(c)
+		})
+	})
 }
 
 func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {

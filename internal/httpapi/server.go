@@ -51,7 +51,11 @@ type Store interface {
 
 	Queues(ctx context.Context) ([]spinbroker.Queue, error)
 	QueuesNamed(ctx context.Context, resources []string) ([]spinbroker.Queue, error) // those of resources that have a queue
-	Queue(ctx context.Context, resource string) (*spinbroker.Queue, error)
+	// QueueEach reads a queue and its first 50 enqueued, unfinished
+	// commands in queue order, all of one moment, handing the queue
+	// (without commands) to head and then each command to each as it
+	// reads them, so that their parameters are never held all at once.
+	QueueEach(ctx context.Context, resource string, head func(*spinbroker.Queue) error, each func(*spinbroker.Command) error) error
 	SetQueue(ctx context.Context, resource string, s spinbroker.QueueSettings) (*spinbroker.Queue, error)
 	Next(ctx context.Context, resource string, lease time.Duration) (*spinbroker.Command, time.Time, error)
 	Claim(ctx context.Context, resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error)

@@ -43,6 +43,7 @@ func TestPlans(t *testing.T) {
 		{"OldestReady", qOldestReady, []any{"r"}, []string{"SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"QueueList", `SELECT ` + queueListCols + ` FROM queues ORDER BY resource`, nil, []string{"SCAN queues", "SEARCH commands USING INDEX commands_ready (resource=?)"}},
 		{"QueueCommands", qQueueCommands, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_blocked (resource=? AND seq>?)", "SEARCH commands USING INDEX commands_ready (resource=? AND seq>?)", "commands_leased (resource=?)"}},
+		{"QueueCommandsIDs", qQueueIDs, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_blocked (resource=? AND seq>?)", "SEARCH commands USING INDEX commands_ready (resource=? AND seq>?)", "commands_leased (resource=?)"}},
 		{"QueueCommandsLight", qQueueCommandsLight, []any{"r", 0, 50}, []string{"SEARCH commands USING INDEX commands_blocked (resource=? AND seq>?)", "SEARCH commands USING INDEX commands_ready (resource=? AND seq>?)", "commands_leased (resource=?)"}},
 		{"Release", qRelease, []any{1, "id"}, []string{"command_deps_depends_on (depends_on=?)"}},
 		{"Enqueue", qEnqueue, []any{1, 1, "p"}, []string{"SEARCH c USING INDEX commands_package (package_id=?)", "SEARCH d USING", "SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
@@ -100,7 +101,7 @@ func TestPlans(t *testing.T) {
 				// Sorts are allowed only where their input is bounded: the
 				// cascades' own results, the queue page's three pages of
 				// at most ?3 rows (and the leased, at most the concurrency),
-				// full or light, and the dependencies of the commands a
+				// full, light or ids only, and the dependencies of the commands a
 				// package's read returns, in the order they were given.
 				if strings.Contains(l, "TEMP B-TREE") && tt.name != "CascadeFromCommand" && tt.name != "CascadeFromPackage" && !strings.HasPrefix(tt.name, "QueueCommands") && tt.name != "PackageDeps" {
 					t.Errorf("sort in a temporary b-tree %q in:\n%s", l, plan)

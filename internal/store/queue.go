@@ -124,8 +124,12 @@ const (
 )
 
 // qQueueCommandsLight is qQueueCommands without the parameters and
-// outputs, for the dashboard's page of a queue.
-var qQueueCommandsLight = lightQuery(qQueueCommands)
+// outputs, for the dashboard's page of a queue; qQueueIDs reads only
+// the commands' ids.
+var (
+	qQueueCommandsLight = lightQuery(qQueueCommands)
+	qQueueIDs           = strings.ReplaceAll(qQueueCommands, commandCols+",", "id,")
+)
 
 func (t *Tx) claim(resource string, max int, lease time.Duration) ([]spinbroker.Command, time.Time, error) {
 	var concurrency, leased, blocked int
@@ -640,6 +644,68 @@ func (db *DB) Queue(ctx context.Context, resource string) (*spinbroker.Queue, er
 	return db.queue(ctx, resource, qQueueCommands, 0, QueueCommandsLimit)
 }
 
+// QueueEach reads what Queue does, all of one moment, but hands the
+// commands over one at a time as it reads them: head gets the queue (its
+// Commands nil), then each gets each of its first QueueCommandsLimit
+// enqueued, unfinished commands in queue order. It holds one command at a
+// time, not fifty of up to 1 MiB each. An error from head or each ends the
+// read and is returned.
+func (db *DB) QueueEach(ctx context.Context, resource string, head func(*spinbroker.Queue) error, each func(*spinbroker.Command) error) error {
+	if err := spinbroker.CheckName("resource", resource); err != nil {
+		return err
+	}
+	return db.snapshot(ctx, func(r querier) error {
+		q, err := db.queueHead(r, resource)
+		if err != nil {
+			return err
+		}
+		if err := head(q); err != nil {
+			return err
+		}
+		rows, err := r.query(qQueueIDs, resource, 0, QueueCommandsLimit)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			var o int64
+			if err := rows.Scan(&id, &o); err != nil {
+				rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		if err := endRows(rows); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			c, err := getCommand(r, id)
+			if err != nil {
+				return err
+			}
+			if err := each(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// queueHead reads a queue without its commands, through r.
+func (db *DB) queueHead(r querier, resource string) (*spinbroker.Queue, error) {
+	q, err := scanQueue(r.queryRow(`SELECT `+queueCols+` FROM queues WHERE resource = ?`, resource))
+	if isNoRows(err) {
+		q = spinbroker.Queue{Resource: resource, Concurrency: spinbroker.DefaultConcurrency}
+	} else if err != nil {
+		return nil, err
+	}
+	if q.OldestReadyAgeSeconds, err = oldestReadyAge(r, resource, db.now()); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
 // queue reads one queue, all of one moment, with up to limit (none with 0)
 // of its enqueued, unfinished commands whose seq is greater than afterSeq,
 // in queue order, through query (qQueueCommands or qQueueCommandsLight).
@@ -647,16 +713,10 @@ func (db *DB) queue(ctx context.Context, resource, query string, afterSeq int64,
 	if err := spinbroker.CheckName("resource", resource); err != nil {
 		return nil, err
 	}
-	var q spinbroker.Queue
+	var q *spinbroker.Queue
 	err := db.snapshot(ctx, func(r querier) error {
 		var err error
-		q, err = scanQueue(r.queryRow(`SELECT `+queueCols+` FROM queues WHERE resource = ?`, resource))
-		if isNoRows(err) {
-			q = spinbroker.Queue{Resource: resource, Concurrency: spinbroker.DefaultConcurrency}
-		} else if err != nil {
-			return err
-		}
-		if q.OldestReadyAgeSeconds, err = oldestReadyAge(r, resource, db.now()); err != nil {
+		if q, err = db.queueHead(r, resource); err != nil {
 			return err
 		}
 		q.Commands = []spinbroker.Command{}
@@ -668,7 +728,7 @@ func (db *DB) queue(ctx context.Context, resource, query string, afterSeq int64,
 	if err != nil {
 		return nil, err
 	}
-	return &q, nil
+	return q, nil
 }
 
 // queryQueueCommands runs query, qQueueCommands or qQueueCommandsLight,
