@@ -93,10 +93,11 @@ const (
 	MaxBatchComplete    = 1000 // results in one batched completion
 	MaxCommandsPerBatch = 10000
 	// ClaimBytes bounds a claim's answer: it leases commands in queue
-	// order until their parameters and outputs pass this many bytes (the
-	// one that passes it included), whatever its max. Its answer is built
-	// whole, at about six times its size: a claim of 1,000 commands of
-	// 1 MiB would take the broker to 6 GB.
+	// order until their parameters, outputs, reasons and dependencies'
+	// ids pass this many bytes (the one that passes it included),
+	// whatever its max. Its answer is built whole, at about six times its
+	// size: a claim of 1,000 commands of 1 MiB would take the broker to
+	// 6 GB, and one of 64 was past the 64 MiB the Go client reads.
 	ClaimBytes = 4 << 20
 	// MaxCommandsPerPackage bounds a package, built up over many
 	// requests: its enqueue, cancel and delete are each one transaction

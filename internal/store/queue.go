@@ -69,10 +69,12 @@ const (
 		  AND (coalesce(backoff_until, 0) <= ?4 OR backoff_until > ?6)
 		RETURNING ` + commandCols
 	// qReadyHead reads the first ready commands of a queue: their ids,
-	// back-offs and the bytes of their parameters and outputs (octet_length
-	// reads a value's size, not the value).
-	qReadyHead = `SELECT id, backoff_until, octet_length(parameters) + coalesce(octet_length(output), 0) FROM commands
-		WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
+	// back-offs and the bytes of text each adds to a claim's answer
+	// (octet_length reads a value's size from the record, not the value):
+	// parameters, output, reason and the dependencies' ids.
+	qReadyHead = `SELECT id, backoff_until, octet_length(parameters) + coalesce(octet_length(output), 0) +
+			coalesce(octet_length(reason), 0) + 40 * n_deps
+		FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
 	// qLeaseMany leases the commands whose ids ?5 lists (a JSON array).
 	qLeaseMany = `UPDATE commands SET
 			state = 'leased',
