@@ -2,7 +2,9 @@ package httpapi
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -114,5 +116,59 @@ func TestWakes(t *testing.T) {
 	got := fmt.Sprint(wakes(c))
 	if want := "map[a:2 b:1 c:1 d:1 e:1 s:-1 t:-1]"; got != want {
 		t.Errorf("wakes = %s, want %s", got, want)
+	}
+}
+
+// TestPolls_ForgetsOldestAsk: past maxPolled, a queue not remembered
+// takes the place of the one asked longest ago, whatever the order the
+// asks came in (an ask's time is taken before it is recorded, so two at
+// once may come in either order), and asking a remembered queue again
+// moves it to its new time.
+func TestPolls_ForgetsOldestAsk(t *testing.T) {
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	p := newPolls(start)
+	at := func(s int) time.Time { return start.Add(time.Duration(s) * time.Second) }
+	model := map[string]time.Time{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	// Each ask's own second, out of order by up to 50.
+	seconds := make([]int, maxPolled+5000)
+	for i := range seconds {
+		seconds[i] = i
+	}
+	for i := range seconds {
+		j := min(i+rng.IntN(50), len(seconds)-1)
+		seconds[i], seconds[j] = seconds[j], seconds[i]
+	}
+	forgotten := 0
+	for i, s := range seconds {
+		r := fmt.Sprintf("r%d", i) // the first maxPolled fill it
+		if i >= maxPolled {
+			r = fmt.Sprintf("r%d", rng.IntN(2*maxPolled))
+		}
+		when := at(s)
+		if _, ok := model[r]; !ok && len(model) >= maxPolled {
+			oldest := ""
+			for m, t := range model {
+				if oldest == "" || t.Before(model[oldest]) {
+					oldest = m
+				}
+			}
+			delete(model, oldest)
+			forgotten++
+		}
+		model[r] = when
+		p.saw(r, ask{At: when, By: r})
+		if len(p.last) != len(model) {
+			t.Fatalf("after %d asks: %d remembered, want %d", i+1, len(p.last), len(model))
+		}
+	}
+	if forgotten < 1000 {
+		t.Fatalf("only %d queues were forgotten: the test does not test it", forgotten)
+	}
+	for r, when := range model {
+		q, ok := p.lastAsked(r)
+		if !ok || !q.At.Equal(when) || q.By != r {
+			t.Fatalf("%s: remembered %v %v, want asked at %v", r, q, ok, when)
+		}
 	}
 }
