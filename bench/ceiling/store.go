@@ -503,6 +503,9 @@ func (s *memStore) Dependents(ctx context.Context, id string, limit int) ([]spin
 func (s *memStore) SearchQueues(ctx context.Context, prefix string, limit int) ([]spinbroker.Queue, error) {
 	return nil, errUnsupported
 }
+func (s *memStore) BusiestQueues(ctx context.Context, limit int) ([]spinbroker.Queue, int, error) {
+	return nil, 0, errUnsupported
+}
 func (s *memStore) Search(ctx context.Context, prefix string, limit int) ([]spinbroker.Package, []spinbroker.Command, error) {
 	return nil, nil, errUnsupported
 }

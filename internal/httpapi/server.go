@@ -85,6 +85,9 @@ type Store interface {
 	Dependents(ctx context.Context, id string, limit int) ([]spinbroker.Command, error)
 	Search(ctx context.Context, prefix string, limit int) ([]spinbroker.Package, []spinbroker.Command, error)
 	SearchQueues(ctx context.Context, prefix string, limit int) ([]spinbroker.Queue, error)
+	// BusiestQueues lists the limit queues with the most commands (a
+	// paused one first among equals) by name, and counts every queue.
+	BusiestQueues(ctx context.Context, limit int) ([]spinbroker.Queue, int, error)
 }
 
 // Options configure a Server. The zero value serves without auth.

@@ -1,11 +1,9 @@
 package httpapi
 
 import (
-	"cmp"
 	"context"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,32 +28,6 @@ type overviewPage struct {
 	Agents     map[string]agentsView // by resource
 	Packages   []spinbroker.Package
 	Chart      chart
-}
-
-// busiest keeps the n queues with the most commands in them (a paused one
-// first among equals: an empty paused queue says something an empty
-// running one does not), in the order of their names, and says how many
-// it left out.
-func busiest(qs []spinbroker.Queue, n int) ([]spinbroker.Queue, int) {
-	if len(qs) <= n {
-		return qs, 0
-	}
-	work := func(q *spinbroker.Queue) int { return q.Counts.Ready + q.Counts.Blocked + q.Counts.Leased }
-	slices.SortStableFunc(qs, func(a, b spinbroker.Queue) int {
-		if c := cmp.Compare(work(&b), work(&a)); c != 0 {
-			return c
-		}
-		switch {
-		case a.Paused && !b.Paused:
-			return -1
-		case b.Paused && !a.Paused:
-			return 1
-		}
-		return 0
-	})
-	kept := qs[:n]
-	slices.SortFunc(kept, func(a, b spinbroker.Queue) int { return strings.Compare(a.Resource, b.Resource) })
-	return kept, len(qs) - n
 }
 
 // agentsView is what a page shows of the agents asking a queue for work.
@@ -101,11 +73,12 @@ func (u *ui) handleOverview(w http.ResponseWriter, r *http.Request) {
 	var d overviewPage
 	var err error
 	if wantFragment(r, "queues") {
-		if d.Queues, err = u.s.store.Queues(ctx); err != nil {
+		var total int
+		if d.Queues, total, err = u.s.store.BusiestQueues(ctx, overviewQueues); err != nil {
 			u.fail(w, r, err)
 			return
 		}
-		d.Queues, d.MoreQueues = busiest(d.Queues, overviewQueues)
+		d.MoreQueues = total - len(d.Queues)
 		d.Agents = make(map[string]agentsView, len(d.Queues))
 		for i := range d.Queues {
 			d.Agents[d.Queues[i].Resource] = u.agentsView(&d.Queues[i])

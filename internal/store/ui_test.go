@@ -320,6 +320,49 @@ func TestDB_SearchQueues(t *testing.T) {
 	}
 }
 
+// TestDB_BusiestQueues: the queues with the most commands, a paused one
+// first among equals, then by name, listed by name, and how many queues
+// there are.
+func TestDB_BusiestQueues(t *testing.T) {
+	db, _ := uiOpen(t)
+	ctx := context.Background()
+	uiEnqueue(t, db, 1, uiCmd(101, "c", "a"), uiCmd(102, "c", "b"), uiCmd(103, "a", "c"), uiCmd(104, "d", "d"), uiCmd(105, "d", "e"), uiCmd(106, "d", "f"))
+	for _, r := range []string{"z", "y", "b"} { // no commands, settings
+		if _, err := db.SetQueue(ctx, r, spinbroker.QueueSettings{Concurrency: new(2)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.SetQueue(ctx, "z", spinbroker.QueueSettings{Paused: new(true)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		limit int
+		want  string
+	}{
+		{1, "d"},
+		{2, "c d"},
+		{3, "a c d"},
+		{4, "a c d z"}, // paused first among the empty
+		{5, "a b c d z"},
+		{10, "a b c d y z"},
+	} {
+		qs, total, err := db.BusiestQueues(ctx, tt.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, q := range qs {
+			names = append(names, q.Resource)
+		}
+		if got := strings.Join(names, " "); got != tt.want || total != 6 {
+			t.Errorf("BusiestQueues(%d): %q of %d, want %q of 6", tt.limit, got, total, tt.want)
+		}
+		if len(qs) > 0 && qs[len(qs)-1].Resource == "d" && qs[len(qs)-1].Counts.Ready != 3 {
+			t.Errorf("d: %+v", qs[len(qs)-1])
+		}
+	}
+}
+
 // TestDB_DashboardReadsLeaveValuesOut: the dashboard's reads of commands
 // leave out their parameters and outputs (nil), which may be near 1 MiB
 // each and which only a command's own page shows, and read every other
