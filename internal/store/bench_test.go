@@ -468,3 +468,43 @@ func many10() []spinbroker.NewCommand {
 	}
 	return cmds
 }
+
+// BenchmarkSweepQueues times a sweep with retention over n queues: with
+// half of them idle to forget (the first half of those made, so that a
+// batch that read the table from its start read every kept queue again),
+// and with none to forget, the sweep's cost every --sweep-interval.
+//
+//	go test ./internal/store -run '^$' -bench SweepQueues -benchtime 2x
+func BenchmarkSweepQueues(b *testing.B) {
+	for _, n := range []int{10_000, 50_000, 100_000} {
+		for _, idle := range []bool{true, false} {
+			b.Run(fmt.Sprintf("queues=%d/idle=%v", n, idle), func(b *testing.B) {
+				for b.Loop() {
+					b.StopTimer()
+					db := openQuiet(b, filepath.Join(b.TempDir(), "bench.db"), Options{})
+					err := db.write(context.Background(), func(t *Tx) error {
+						_, err := t.exec(`WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1)
+							INSERT INTO queues (resource, last_active_at)
+							SELECT printf('vm-%06d', i), CASE WHEN ?3 AND i >= ?1 / 2 THEN 0 ELSE ?2 END FROM n`, n, nanos(t.now), idle)
+						return err
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+					want := 0
+					if idle {
+						want = n / 2
+					}
+					b.StartTimer()
+					res, err := db.Sweep(context.Background(), SweepOptions{Retain: time.Hour})
+					if err != nil || res.QueuesForgotten != want {
+						b.Fatal(err, res)
+					}
+					b.StopTimer()
+					db.Close()
+					b.StartTimer()
+				}
+			})
+		}
+	}
+}

@@ -1110,3 +1110,65 @@ func TestDB_ReadsAfterClose(t *testing.T) {
 		}
 	}
 }
+
+// TestDB_SweepForgetsManyIdleQueues: a sweep forgets every idle queue
+// however many batches they take, in any order of their names among the
+// queues it keeps, and says each one forgotten once.
+func TestDB_SweepForgetsManyIdleQueues(t *testing.T) {
+	db, clock := open(t)
+	var mu sync.Mutex
+	forgotten := map[string]int{}
+	db.Listen(func(c *spinbroker.Commit) {
+		mu.Lock()
+		for _, r := range c.Forgotten {
+			forgotten[r]++
+		}
+		mu.Unlock()
+	})
+	// 1,000 queues set up, then set back to the defaults: idle ones, and
+	// every third kept by a setting made later.
+	const n = 1000
+	name := func(i int) string { return fmt.Sprintf("q%04d", (i*7919)%n) } // names out of the order made
+	for i := range n {
+		if _, err := db.SetQueue(ctx, name(i), spinbroker.QueueSettings{Concurrency: ptr(1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Add(2 * time.Hour)
+	kept := map[string]bool{}
+	for i := 0; i < n; i += 3 {
+		if _, err := db.SetQueue(ctx, name(i), spinbroker.QueueSettings{Paused: ptr(false)}); err != nil {
+			t.Fatal(err)
+		}
+		kept[name(i)] = true
+	}
+	res, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := n - len(kept); res.QueuesForgotten != want {
+		t.Errorf("forgot %d queues, want %d", res.QueuesForgotten, want)
+	}
+	qs, err := db.Queues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if !kept[q.Resource] {
+			t.Errorf("idle queue %s is still listed", q.Resource)
+		}
+	}
+	if len(qs) != len(kept) {
+		t.Errorf("%d queues listed, want %d", len(qs), len(kept))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for r, c := range forgotten {
+		if kept[r] || c != 1 {
+			t.Errorf("%s said forgotten %d times (kept: %v)", r, c, kept[r])
+		}
+	}
+	if len(forgotten) != n-len(kept) {
+		t.Errorf("%d queues said forgotten, want %d", len(forgotten), n-len(kept))
+	}
+}

@@ -51,6 +51,10 @@ func TestPlans(t *testing.T) {
 		{"Packages", qPackages, []any{1, "x", 50}, []string{"packages_created"}},
 		{"PackagesByState", qPackagesByState, []any{1, "x", 50, "queued"}, []string{"packages_state_created (state=?"}},
 		{"SweepStaging", qSweepStaging, []any{1, 100}, []string{"packages_state_created (state=? AND created_at<?)"}},
+		// Each batch of idle queues to forget goes on from where the one
+		// before stopped: a scan of the whole table at each batch made
+		// forgetting many queues take a time that grew with their square.
+		{"ForgetQueues", qForgetQueues, []any{1, 1, 200, 0}, []string{"SEARCH queues USING INTEGER PRIMARY KEY (rowid>?)"}},
 		{"SweepFinished", qSweepFinished, []any{1, 100}, []string{"packages_state_created (state=? AND created_at<?)"}},
 		{"CascadeFromCommand", cascadeFromCommand, []any{"id", "failed", "blocked", "", 1}, []string{"command_deps_depends_on (depends_on=?)"}},
 		// The dashboard's reads (ui.go): a page must cost the same with a

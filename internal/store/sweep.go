@@ -171,13 +171,18 @@ func (db *DB) sweepPackages(ctx context.Context, query string, age time.Duration
 // settings and nothing enqueued: to a client such a queue is the same as
 // one never used (API.md, Queues), and a fleet that names resources after
 // short-lived things would otherwise list every name it ever used. A queue
-// comes back with its next command (the counts' upsert) or setting.
-const qForgetQueues = `DELETE FROM queues WHERE resource IN (
-		SELECT resource FROM queues
-		WHERE n_blocked = 0 AND n_ready = 0 AND n_leased = 0
+// comes back with its next command (the counts' upsert) or setting. It
+// looks at the rows after rowid ?4 only, in the table's order: a batch goes
+// on from the last row the one before it forgot, so that a sweep reads
+// each queue once however many batches it takes. (Each batch read the
+// table from its start, the queues it keeps again and again: 50,000
+// queues, half of them idle, took 0.35 s, 100,000 1.4 s.)
+const qForgetQueues = `DELETE FROM queues WHERE rowid IN (
+		SELECT rowid FROM queues
+		WHERE rowid > ?4 AND n_blocked = 0 AND n_ready = 0 AND n_leased = 0
 		  AND concurrency = ?2 AND paused = 0 AND last_active_at < ?1
-		LIMIT ?3)
-	RETURNING resource`
+		ORDER BY rowid LIMIT ?3)
+	RETURNING rowid, resource`
 
 // forgetQueues forgets, a batch per transaction, the queues idle for longer
 // than age. An agent waiting on a queue sets its last_active_at only when
@@ -188,9 +193,27 @@ const qForgetQueues = `DELETE FROM queues WHERE resource IN (
 // that is waiting on it would go.
 func (db *DB) forgetQueues(ctx context.Context, age time.Duration) (int, error) {
 	age += pollActivity + spinbroker.MaxWait
+	var after int64
 	return db.inBatches(ctx, func(t *Tx) (int, bool, error) {
-		rs, err := queryStrings(t, qForgetQueues, staleBefore(t.now, age), spinbroker.DefaultConcurrency, sweepBatch)
+		rows, err := t.query(qForgetQueues, staleBefore(t.now, age), spinbroker.DefaultConcurrency, sweepBatch, after)
+		if err != nil {
+			return 0, false, err
+		}
+		var rs []string
+		for rows.Next() {
+			var id int64
+			var r string
+			if err := rows.Scan(&id, &r); err != nil {
+				rows.Close()
+				return 0, false, interpretError(err)
+			}
+			rs = append(rs, r)
+			after = max(after, id) // RETURNING gives no order
+		}
+		if err := endRows(rows); err != nil {
+			return 0, false, interpretError(err)
+		}
 		t.commit.Forgotten = rs
-		return len(rs), len(rs) == sweepBatch, err
+		return len(rs), len(rs) == sweepBatch, nil
 	})
 }
