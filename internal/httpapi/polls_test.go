@@ -128,7 +128,10 @@ func TestPolls_ForgetsOldestAsk(t *testing.T) {
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	p := newPolls(start)
 	at := func(s int) time.Time { return start.Add(time.Duration(s) * time.Second) }
-	model := map[string]time.Time{}
+	// The model: each remembered queue's second, and who asked at each
+	// second; the oldest is the first second from lo that someone holds
+	// (an ask comes at most 50 seconds before the latest).
+	model := map[string]int{}
 	rng := rand.New(rand.NewPCG(1, 2))
 	// Each ask's own second, out of order by up to 50.
 	seconds := make([]int, maxPolled+5000)
@@ -139,25 +142,25 @@ func TestPolls_ForgetsOldestAsk(t *testing.T) {
 		j := min(i+rng.IntN(50), len(seconds)-1)
 		seconds[i], seconds[j] = seconds[j], seconds[i]
 	}
-	forgotten := 0
+	who := make([]string, len(seconds))
+	lo, forgotten := 0, 0
 	for i, s := range seconds {
 		r := fmt.Sprintf("r%d", i) // the first maxPolled fill it
 		if i >= maxPolled {
 			r = fmt.Sprintf("r%d", rng.IntN(2*maxPolled))
 		}
-		when := at(s)
-		if _, ok := model[r]; !ok && len(model) >= maxPolled {
-			oldest := ""
-			for m, t := range model {
-				if oldest == "" || t.Before(model[oldest]) {
-					oldest = m
-				}
+		if old, ok := model[r]; ok {
+			who[old] = ""
+		} else if len(model) >= maxPolled {
+			for who[lo] == "" {
+				lo++
 			}
-			delete(model, oldest)
+			delete(model, who[lo])
+			who[lo] = ""
 			forgotten++
 		}
-		model[r] = when
-		p.saw(r, ask{At: when, By: r})
+		model[r], who[s], lo = s, r, min(lo, s)
+		p.saw(r, ask{At: at(s), By: r})
 		if len(p.last) != len(model) {
 			t.Fatalf("after %d asks: %d remembered, want %d", i+1, len(p.last), len(model))
 		}
@@ -165,10 +168,34 @@ func TestPolls_ForgetsOldestAsk(t *testing.T) {
 	if forgotten < 1000 {
 		t.Fatalf("only %d queues were forgotten: the test does not test it", forgotten)
 	}
-	for r, when := range model {
+	for r, s := range model {
 		q, ok := p.lastAsked(r)
-		if !ok || !q.At.Equal(when) || q.By != r {
-			t.Fatalf("%s: remembered %v %v, want asked at %v", r, q, ok, when)
+		if !ok || !q.At.Equal(at(s)) || q.By != r {
+			t.Fatalf("%s: remembered %v %v, want asked at %v", r, q, ok, at(s))
 		}
+	}
+}
+
+// TestPolls_RemembersAFleet: a fleet with an agent per VM, 50,000 queues,
+// has each queue's last ask remembered, so that its
+// spinbroker_queue_last_poll_timestamp_seconds and its page's "asked"
+// stay: with 10,000 remembered, an agent that asked a minute ago was
+// forgotten behind 10,000 others, and the README's alert on work that no
+// agent is taking fired for a queue whose agent was asking. What it costs
+// stays bounded: at most maxPolled queues, about 240 bytes each.
+func TestPolls_RemembersAFleet(t *testing.T) {
+	const fleet = 50_000
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	p := newPolls(start)
+	for i := range fleet {
+		p.saw(fmt.Sprintf("vm-%06d", i), ask{At: start.Add(time.Duration(i) * time.Millisecond), By: "sa-host-path/1"})
+	}
+	for i := range fleet {
+		if _, ok := p.lastAsked(fmt.Sprintf("vm-%06d", i)); !ok {
+			t.Fatalf("the last ask of vm-%06d, one of %d queues, is forgotten", i, fleet)
+		}
+	}
+	if maxPolled > 100_000 {
+		t.Errorf("maxPolled %d: a flood of made-up names may hold more than about 24 MB", maxPolled)
 	}
 }
