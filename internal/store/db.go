@@ -1172,6 +1172,9 @@ type Tx struct {
 	// creating is the package a create is making, while it runs: errors
 	// must not name an id that the failed request leaves behind nowhere.
 	creating string
+	// statements counts the statements run through t, for tests that
+	// hold an operation to a number of them whatever its graph's size.
+	statements int
 }
 
 // pkgName is how an error names package id: by its id, or as the request's
@@ -1200,6 +1203,7 @@ func (t *Tx) run(fn func(*Tx) error) (err error) {
 }
 
 func (t *Tx) exec(q string, args ...any) (sql.Result, error) {
+	t.statements++
 	r, err := t.w.exec(q, args...)
 	if err != nil {
 		return nil, interpretError(err)
@@ -1208,6 +1212,7 @@ func (t *Tx) exec(q string, args ...any) (sql.Result, error) {
 }
 
 func (t *Tx) query(q string, args ...any) (*sql.Rows, error) {
+	t.statements++
 	s, err := t.w.stmt(q)
 	if err != nil {
 		return nil, interpretError(err)
@@ -1220,6 +1225,7 @@ func (t *Tx) query(q string, args ...any) (*sql.Rows, error) {
 }
 
 func (t *Tx) queryRow(q string, args ...any) *row {
+	t.statements++
 	s, err := t.w.stmt(q)
 	if err != nil {
 		return &row{err: err}

@@ -76,6 +76,12 @@ func TestPlans(t *testing.T) {
 		{"SearchCommands", qSearchCommands, []any{"0", "0~", 10}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id>? AND id<?)"}},
 		// Every request's token, revoked or not: one row by the hash.
 		{"Authenticate", qAuthenticate, []any{[]byte{1}}, []string{"SEARCH tokens USING INDEX sqlite_autoindex_tokens_2 (hash=?)"}},
+		// A retry: the cancelled set through commands_cancelled_by, then the
+		// edges and rows of its commands by their keys.
+		{"RetrySet", qRetrySet, []any{"id"}, []string{"SEARCH c USING INDEX commands_cancelled_by (cancelled_by=?)", "SEARCH p USING INDEX sqlite_autoindex_packages_1 (id=?)"}},
+		{"RetryBlocking", qRetryBlocking, []any{`["a"]`}, []string{"SEARCH d USING COVERING INDEX sqlite_autoindex_command_deps_1 (command_id=?)", "SEARCH x USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
+		{"RetryReset", qRetryReset, []any{1, `["a"]`}, []string{"SEARCH commands USING INDEX sqlite_autoindex_commands_1 (id=?)", "SEARCH d USING COVERING INDEX sqlite_autoindex_command_deps_1 (command_id=?)"}},
+		{"RetryHeld", qRetryHeld, []any{`[["a","b"]]`}, []string{"sqlite_autoindex_commands_1 (id=?)", "SEARCH x USING INDEX sqlite_autoindex_commands_1 (id=?)"}},
 		{"CascadeFromPackage", cascadeFromPackage, []any{"p", "", "blocked", "p", 1}, []string{"commands_package (package_id=?)", "command_deps_depends_on (depends_on=?)"}},
 	}
 	for _, tt := range tests {
