@@ -133,8 +133,12 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	if c.hc == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
-		// Agents and producers keep a few connections busy at once.
-		t.MaxIdleConnsPerHost = 32
+		// Agents and producers keep connections busy at once: a program
+		// may run 64 agents on one Client, each in a long-poll. With 32
+		// kept idle, each round of their calls closed 32 connections and
+		// dialed 32 anew (TLS handshakes included).
+		t.MaxIdleConns = 256
+		t.MaxIdleConnsPerHost = 128
 		c.hc = &http.Client{Transport: t}
 	}
 	if c.hc.CheckRedirect == nil {
