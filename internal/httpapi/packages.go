@@ -344,7 +344,12 @@ func (s *Server) streamList(w http.ResponseWriter, r *http.Request, what, id str
 	// connection leaves the client a broken answer (chunked, it lacks
 	// its last chunk), never a shorter one that parses.
 	if r.Context().Err() == nil {
-		s.log.Error(what+" answer cut off", logAttrs(r, "err", err, "commands_sent", n)...)
+		attrs := logAttrs(r, "err", err, "commands_sent", n)
+		if what == "queue" {
+			s.log.Error("queue answer cut off", attrs...)
+		} else {
+			s.log.Error("package answer cut off", attrs...)
+		}
 	}
 	panic(http.ErrAbortHandler)
 }
