@@ -338,6 +338,57 @@ func TestLog_LeaseExpired(t *testing.T) {
 	}
 }
 
+// TestLog_LeasesExpiredAtOnce: a commit that settles more than a few
+// leases (a fleet of agents gone: the sweeper settles up to 1,000 a
+// transaction, a queue's own next all of its own) logs one warn line that
+// counts them, by where they went and by queue, and each lease's line at
+// debug. Each had its warn line: 20,000 leases lost at once were 20,000
+// lines (4 MB), written on the store's writer goroutine, which held every
+// write for as long (0.25 s for 10,000).
+func TestLog_LeasesExpiredAtOnce(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogger(t, httpapi.Options{}, slog.New(slog.NewJSONHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	e.want(e.do("PATCH", "/queues/many", `{"concurrency": 20}`), 200, "")
+	e.want(e.do("PATCH", "/queues/few", `{"concurrency": 5}`), 200, "")
+	var cmds []string
+	for range 20 {
+		cmds = append(cmds, `{"resource": "many", "action": "x"}`)
+	}
+	for range 5 {
+		cmds = append(cmds, `{"resource": "few", "action": "x", "max_attempts": 1}`)
+	}
+	e.createPackage("["+strings.Join(cmds, ",")+"]", true)
+	e.want(e.do("POST", "/queues/many/claim", `{"max": 20}`), 200, "")
+	e.want(e.do("POST", "/queues/few/claim", `{"max": 5}`), 200, "")
+	e.clock.Add(2 * time.Minute)
+	if res, err := e.db.Sweep(ctx, store.SweepOptions{}); err != nil || res.LeasesSettled != 25 {
+		t.Fatalf("sweep settled %d leases (%v), want 25", res.LeasesSettled, err)
+	}
+	var got []map[string]any
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got = logLines(&log, "leases expired")
+	}
+	if len(got) != 1 {
+		t.Fatalf("%d leases expired lines, want 1:\n%s", len(got), log.String())
+	}
+	want := map[string]any{"level": "WARN", "leases": float64(25), "ready": float64(20), "failed": float64(5),
+		"queues": float64(2), "resources": "many,few"}
+	for k, v := range want {
+		if got[0][k] != v {
+			t.Errorf("%s %v, want %v (%v)", k, got[0][k], v, got[0])
+		}
+	}
+	each := logLines(&log, "lease expired")
+	if len(each) != 25 {
+		t.Fatalf("%d lease expired lines, want one per lease, 25", len(each))
+	}
+	for _, l := range each {
+		if l["level"] != "DEBUG" || l["command_id"] == nil {
+			t.Fatalf("a lease's own line %v, want it at debug with its command", l)
+		}
+	}
+}
+
 // TestLog_CommandFailed: a command that fails for good, by its agent's
 // result or by a person's hand, is logged at warn with its command,
 // package, queue and attempts, once; the commands its failure cancels

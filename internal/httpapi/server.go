@@ -8,9 +8,12 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -266,34 +269,80 @@ func (s *Server) committed(c *spinbroker.Commit) {
 	}
 	s.metrics.count(c)
 	s.hub.publish(c)
-	// A lease that ran out is an agent that died, hung or lost the broker:
-	// rare, and what on-call looks for, so each has its line, from what
-	// the commit already holds (no query), whether the sweeper or a
-	// queue's own next or claim settled it.
-	for _, ch := range c.Expired {
-		s.log.Warn("lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
-			"attempts", ch.Attempts, "state", string(ch.To))
-	}
+	s.logExpired(c.Expired)
 	// A command failed for good (its agent's result, or a person's) is
 	// what on-call looks for too; only its agent said so. One whose lease
 	// ran out has its line above, and the commands a failure cancels
 	// downstream are its consequence, not lines of their own.
-	for i, ch := range c.Commands {
-		if ch.To == spinbroker.Failed && ch.From != spinbroker.Failed && !expiredAt(c, i) {
+	// (A set, not a scan of c.Expired per failure: 1,000 leases run out
+	// to failed in one sweep batch were a million comparisons.)
+	var expired map[spinbroker.Change]bool
+	for _, ch := range c.Expired {
+		if ch.To == spinbroker.Failed {
+			if expired == nil {
+				expired = make(map[spinbroker.Change]bool, len(c.Expired))
+			}
+			expired[ch] = true
+		}
+	}
+	for _, ch := range c.Commands {
+		if ch.To == spinbroker.Failed && ch.From != spinbroker.Failed && !expired[ch] {
 			s.log.Warn("command failed", "command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
 				"attempts", ch.Attempts)
 		}
 	}
 }
 
-// expiredAt reports whether c's i-th command change is a lease running
-// out (which c.Expired has as well).
-func expiredAt(c *spinbroker.Commit, i int) bool {
-	ch := c.Commands[i]
-	for _, e := range c.Expired {
-		if e == ch {
-			return true
-		}
+// expiredLines is how many leases run out in one commit are logged at warn
+// a line each; more are one line that counts them.
+const expiredLines = 10
+
+// logExpired logs the leases that ran out in a commit, from what the
+// commit already holds (no query), whether the sweeper or a queue's own
+// next or claim settled them. A lease that ran out is an agent that died,
+// hung or lost the broker: rare, and what on-call looks for, so each has
+// its line at warn; but when a fleet of agents is lost at once (a node
+// pool gone), thousands run out together, and a line each, written on the
+// store's writer goroutine, held every write meanwhile (10,000 lines,
+// 0.25 s) for a log nobody reads line by line. A commit with more than
+// expiredLines of them logs one warn line instead, "leases expired", with
+// how many went back to ready and how many failed, how many queues, and
+// the queues with the most (up to 10); each lease's own line is at debug.
+func (s *Server) logExpired(es []spinbroker.Change) {
+	level := slog.LevelWarn
+	if len(es) > expiredLines {
+		level = slog.LevelDebug
+		s.logExpiredSummary(es)
 	}
-	return false
+	if !s.log.Enabled(context.Background(), level) {
+		return
+	}
+	for _, ch := range es {
+		s.log.Log(context.Background(), level, "lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID,
+			"resource", ch.Resource, "attempts", ch.Attempts, "state", string(ch.To))
+	}
+}
+
+// logExpiredSummary logs the line "leases expired" for es.
+func (s *Server) logExpiredSummary(es []spinbroker.Change) {
+	failed := 0
+	byQueue := map[string]int{}
+	for _, ch := range es {
+		if ch.To == spinbroker.Failed {
+			failed++
+		}
+		byQueue[ch.Resource]++
+	}
+	queues := make([]string, 0, len(byQueue))
+	for r := range byQueue {
+		queues = append(queues, r)
+	}
+	slices.SortFunc(queues, func(a, b string) int {
+		if c := cmp.Compare(byQueue[b], byQueue[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	s.log.Warn("leases expired", "leases", len(es), "ready", len(es)-failed, "failed", failed,
+		"queues", len(queues), "resources", strings.Join(queues[:min(len(queues), 10)], ","))
 }
