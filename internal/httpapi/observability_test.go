@@ -422,6 +422,57 @@ func TestLog_CommandFailed(t *testing.T) {
 	}
 }
 
+// TestLog_CommandsFailedAtOnce: a commit in which more than a few commands
+// fail for good (a batch of results from agents whose dependency is down)
+// logs one warn line that counts them by queue, and each command's line
+// at debug, as leases that run out at once do.
+func TestLog_CommandsFailedAtOnce(t *testing.T) {
+	var log syncbuf.Buffer
+	e := newEnvLogger(t, httpapi.Options{}, slog.New(slog.NewJSONHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	e.want(e.do("PATCH", "/queues/a", `{"concurrency": 8}`), 200, "")
+	e.want(e.do("PATCH", "/queues/b", `{"concurrency": 4}`), 200, "")
+	var cmds []string
+	for range 8 {
+		cmds = append(cmds, `{"resource": "a", "action": "x"}`)
+	}
+	for range 4 {
+		cmds = append(cmds, `{"resource": "b", "action": "x"}`)
+	}
+	e.createPackage("["+strings.Join(cmds, ",")+"]", true)
+	var results []string
+	for _, q := range []string{"a", "b"} {
+		r := e.do("POST", "/queues/"+q+"/claim", `{"max": 8}`)
+		e.want(r, 200, "")
+		var got struct{ Commands []spinbroker.Command }
+		r.decode(t, &got)
+		for _, c := range got.Commands {
+			results = append(results, `{"id": "`+c.ID+`", "status": false, "reason": "dependency down", "lease": "`+c.Lease.Token+`"}`)
+		}
+	}
+	e.want(e.do("POST", "/commands/complete", `{"results": [`+strings.Join(results, ",")+`]}`), 200, "")
+	var got []map[string]any
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got = logLines(&log, "commands failed")
+	}
+	if len(got) != 1 {
+		t.Fatalf("%d commands failed lines, want 1:\n%s", len(got), log.String())
+	}
+	for k, v := range map[string]any{"level": "WARN", "commands": float64(12), "queues": float64(2), "resources": "a,b"} {
+		if got[0][k] != v {
+			t.Errorf("%s %v, want %v (%v)", k, got[0][k], v, got[0])
+		}
+	}
+	each := logLines(&log, "command failed")
+	if len(each) != 12 {
+		t.Fatalf("%d command failed lines, want one per command, 12", len(each))
+	}
+	for _, l := range each {
+		if l["level"] != "DEBUG" || l["command_id"] == nil {
+			t.Fatalf("a command's own line %v, want it at debug with its command", l)
+		}
+	}
+}
+
 // logLines are the lines of log whose msg is msg, decoded.
 func logLines(log *syncbuf.Buffer, msg string) []map[string]any {
 	var got []map[string]any

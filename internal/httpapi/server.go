@@ -270,10 +270,56 @@ func (s *Server) committed(c *spinbroker.Commit) {
 	s.metrics.count(c)
 	s.hub.publish(c)
 	s.logExpired(c.Expired)
-	// A command failed for good (its agent's result, or a person's) is
-	// what on-call looks for too; only its agent said so. One whose lease
-	// ran out has its line above, and the commands a failure cancels
-	// downstream are its consequence, not lines of their own.
+	s.logFailed(c)
+}
+
+// manyLines is how many leases run out, or commands failed, in one commit
+// are logged at warn a line each; more are one line that counts them.
+const manyLines = 10
+
+// logExpired logs the leases that ran out in a commit, from what the
+// commit already holds (no query), whether the sweeper or a queue's own
+// next or claim settled them. A lease that ran out is an agent that died,
+// hung or lost the broker: rare, and what on-call looks for, so each has
+// its line at warn; but when a fleet of agents is lost at once (a node
+// pool gone), thousands run out together, and a line each, written on the
+// store's writer goroutine, held every write meanwhile (10,000 lines,
+// 0.25 s) for a log nobody reads line by line. A commit with more than
+// manyLines of them logs one warn line instead, "leases expired", with
+// how many went back to ready and how many failed, how many queues, and
+// the queues with the most (up to 10); each lease's own line is at debug.
+func (s *Server) logExpired(es []spinbroker.Change) {
+	level := slog.LevelWarn
+	if len(es) > manyLines {
+		level = slog.LevelDebug
+		failed := 0
+		for _, ch := range es {
+			if ch.To == spinbroker.Failed {
+				failed++
+			}
+		}
+		n, resources := byQueue(es)
+		s.log.Warn("leases expired", "leases", len(es), "ready", len(es)-failed, "failed", failed,
+			"queues", n, "resources", resources)
+	}
+	if !s.log.Enabled(context.Background(), level) {
+		return
+	}
+	for _, ch := range es {
+		s.log.Log(context.Background(), level, "lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID,
+			"resource", ch.Resource, "attempts", ch.Attempts, "state", string(ch.To))
+	}
+}
+
+// logFailed logs the commands of a commit that failed for good (their
+// agents' results, or a person's): what on-call looks for too, and only
+// the agents said so. One whose lease ran out has logExpired's line, and
+// the commands a failure cancels downstream are its consequence, not lines
+// of their own. As with leases, more than manyLines in one commit (a batch
+// of results from agents whose dependency is down) are one warn line,
+// "commands failed", with how many, how many queues and the queues with
+// the most; each command's own line is at debug.
+func (s *Server) logFailed(c *spinbroker.Commit) {
 	// (A set, not a scan of c.Expired per failure: 1,000 leases run out
 	// to failed in one sweep batch were a million comparisons.)
 	var expired map[spinbroker.Change]bool
@@ -285,64 +331,43 @@ func (s *Server) committed(c *spinbroker.Commit) {
 			expired[ch] = true
 		}
 	}
+	var failed []spinbroker.Change
 	for _, ch := range c.Commands {
 		if ch.To == spinbroker.Failed && ch.From != spinbroker.Failed && !expired[ch] {
-			s.log.Warn("command failed", "command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
-				"attempts", ch.Attempts)
+			failed = append(failed, ch)
 		}
 	}
-}
-
-// expiredLines is how many leases run out in one commit are logged at warn
-// a line each; more are one line that counts them.
-const expiredLines = 10
-
-// logExpired logs the leases that ran out in a commit, from what the
-// commit already holds (no query), whether the sweeper or a queue's own
-// next or claim settled them. A lease that ran out is an agent that died,
-// hung or lost the broker: rare, and what on-call looks for, so each has
-// its line at warn; but when a fleet of agents is lost at once (a node
-// pool gone), thousands run out together, and a line each, written on the
-// store's writer goroutine, held every write meanwhile (10,000 lines,
-// 0.25 s) for a log nobody reads line by line. A commit with more than
-// expiredLines of them logs one warn line instead, "leases expired", with
-// how many went back to ready and how many failed, how many queues, and
-// the queues with the most (up to 10); each lease's own line is at debug.
-func (s *Server) logExpired(es []spinbroker.Change) {
 	level := slog.LevelWarn
-	if len(es) > expiredLines {
+	if len(failed) > manyLines {
 		level = slog.LevelDebug
-		s.logExpiredSummary(es)
+		n, resources := byQueue(failed)
+		s.log.Warn("commands failed", "commands", len(failed), "queues", n, "resources", resources)
 	}
 	if !s.log.Enabled(context.Background(), level) {
 		return
 	}
-	for _, ch := range es {
-		s.log.Log(context.Background(), level, "lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID,
-			"resource", ch.Resource, "attempts", ch.Attempts, "state", string(ch.To))
+	for _, ch := range failed {
+		s.log.Log(context.Background(), level, "command failed", "command_id", ch.CommandID, "package_id", ch.PackageID,
+			"resource", ch.Resource, "attempts", ch.Attempts)
 	}
 }
 
-// logExpiredSummary logs the line "leases expired" for es.
-func (s *Server) logExpiredSummary(es []spinbroker.Change) {
-	failed := 0
-	byQueue := map[string]int{}
-	for _, ch := range es {
-		if ch.To == spinbroker.Failed {
-			failed++
-		}
-		byQueue[ch.Resource]++
+// byQueue counts the queues of chs, and names up to 10 of them, those
+// with the most changes first, joined with commas.
+func byQueue(chs []spinbroker.Change) (int, string) {
+	counts := map[string]int{}
+	for _, ch := range chs {
+		counts[ch.Resource]++
 	}
-	queues := make([]string, 0, len(byQueue))
-	for r := range byQueue {
+	queues := make([]string, 0, len(counts))
+	for r := range counts {
 		queues = append(queues, r)
 	}
 	slices.SortFunc(queues, func(a, b string) int {
-		if c := cmp.Compare(byQueue[b], byQueue[a]); c != 0 {
+		if c := cmp.Compare(counts[b], counts[a]); c != 0 {
 			return c
 		}
 		return strings.Compare(a, b)
 	})
-	s.log.Warn("leases expired", "leases", len(es), "ready", len(es)-failed, "failed", failed,
-		"queues", len(queues), "resources", strings.Join(queues[:min(len(queues), 10)], ","))
+	return len(queues), strings.Join(queues[:min(len(queues), 10)], ",")
 }
