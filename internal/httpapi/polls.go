@@ -136,6 +136,23 @@ func (p *polls) saw(resource string, q ask) {
 	heap.Push(&p.byAt, e)
 }
 
+// forget drops the last asks of resources, queues the sweeper forgot (idle
+// past the retention), as their series go: kept, every name a fleet ever
+// used stayed until maxPolled pushed it out, some 24 MB held for names
+// long gone. An ask at or after since stays: a long-poll that began after the
+// sweeper read its queue, whose claim has not marked it active yet, may
+// wait on it still.
+func (p *polls) forget(resources []string, since time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, r := range resources {
+		if e, ok := p.last[r]; ok && e.ask.At.Before(since) {
+			delete(p.last, r)
+			heap.Remove(&p.byAt, e.i)
+		}
+	}
+}
+
 // lastAsked is the last time resource was asked for work, if it was since
 // the broker started.
 func (p *polls) lastAsked(resource string) (ask, bool) {

@@ -1,12 +1,17 @@
 package httpapi
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"testing"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
 
 // TestPollsWaiters: the agents waiting on a queue are counted by program,
@@ -197,5 +202,66 @@ func TestPolls_RemembersAFleet(t *testing.T) {
 	}
 	if maxPolled > 100_000 {
 		t.Errorf("maxPolled %d: a flood of made-up names may hold more than about 24 MB", maxPolled)
+	}
+}
+
+// TestPolls_ForgetForgottenQueues: the last ask of a queue the sweeper
+// forgets goes with it, as its series do; a queue it keeps keeps its
+// own. Each name a fleet ever used stayed remembered until maxPolled
+// pushed it out: some 24 MB held for names long gone.
+func TestPolls_ForgetForgottenQueues(t *testing.T) {
+	db, clock := storetest.MustOpen(t, store.Options{})
+	s, srv := serveStore(t, db, Options{Now: clock.Now})
+	ctx := context.Background()
+	const n = 20
+	for i := range n + 1 {
+		r := fmt.Sprintf("vm-%d", i)
+		if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: r, Action: "go"}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Post(srv.URL+"/queues/"+r+"/next", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c spinbroker.Command
+		err = json.NewDecoder(resp.Body).Decode(&c)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || c.Lease == nil {
+			t.Fatalf("next on %s: %d %v", r, resp.StatusCode, err)
+		}
+		ok := true
+		if _, err := db.Complete(ctx, c.ID, spinbroker.Result{Status: &ok, Lease: c.Lease.Token}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// vm-<n> has a setting of its own: the sweeper keeps it.
+	conc := 2
+	if _, err := db.SetQueue(ctx, fmt.Sprintf("vm-%d", n), spinbroker.QueueSettings{Concurrency: &conc}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.polls.last) != n+1 {
+		t.Fatalf("%d queues remembered as asked, want %d", len(s.polls.last), n+1)
+	}
+	clock.Add(2 * time.Hour)
+	// An agent asks vm-0 as the sweeper forgets it: its long-poll has
+	// not claimed yet, which would have marked the queue active.
+	s.polls.saw("vm-0", ask{At: clock.Now(), By: "late/1"})
+	if res, err := db.Sweep(ctx, store.SweepOptions{Retain: time.Hour}); err != nil || res.QueuesForgotten != n {
+		t.Fatalf("sweep: %+v %v", res, err)
+	}
+	s.polls.mu.Lock()
+	remembered, inHeap := len(s.polls.last), len(s.polls.byAt)
+	s.polls.mu.Unlock()
+	if remembered != 2 || inHeap != 2 {
+		t.Errorf("after the sweeper forgot %d queues, %d are remembered as asked (%d in the heap), want 2", n, remembered, inHeap)
+	}
+	if _, ok := s.polls.lastAsked(fmt.Sprintf("vm-%d", n)); !ok {
+		t.Error("the queue the sweeper kept lost its last ask")
+	}
+	if q, ok := s.polls.lastAsked("vm-0"); !ok || q.By != "late/1" {
+		t.Errorf("the ask that came as the sweeper forgot vm-0 is lost: %+v %v", q, ok)
+	}
+	if a := s.agentsOf("vm-1"); a.Last != nil {
+		t.Errorf("a forgotten queue is still asked: %+v", a.Last)
 	}
 }

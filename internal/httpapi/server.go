@@ -268,6 +268,9 @@ func (s *Server) committed(c *spinbroker.Commit) {
 		s.notifier.notify(r, n)
 	}
 	s.metrics.count(c)
+	if len(c.Forgotten) > 0 {
+		s.polls.forget(c.Forgotten, s.now().Add(-spinbroker.MaxWait))
+	}
 	s.hub.publish(c)
 	s.logExpired(c.Expired)
 	s.logFailed(c)
