@@ -292,9 +292,8 @@ const manyLines = 10
 // how many went back to ready and how many failed, how many queues, and
 // the queues with the most (up to 10); each lease's own line is at debug.
 func (s *Server) logExpired(es []spinbroker.Change) {
-	level := slog.LevelWarn
-	if len(es) > manyLines {
-		level = slog.LevelDebug
+	many := len(es) > manyLines
+	if many {
 		failed := 0
 		for _, ch := range es {
 			if ch.To == spinbroker.Failed {
@@ -305,12 +304,17 @@ func (s *Server) logExpired(es []spinbroker.Change) {
 		s.log.Warn("leases expired", "leases", len(es), "ready", len(es)-failed, "failed", failed,
 			"queues", n, "resources", resources)
 	}
-	if !s.log.Enabled(context.Background(), level) {
+	if many && !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
 	for _, ch := range es {
-		s.log.Log(context.Background(), level, "lease expired", "command_id", ch.CommandID, "package_id", ch.PackageID,
-			"resource", ch.Resource, "attempts", ch.Attempts, "state", string(ch.To))
+		attrs := []any{"command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
+			"attempts", ch.Attempts, "state", string(ch.To)}
+		if many {
+			s.log.Debug("lease expired", attrs...)
+		} else {
+			s.log.Warn("lease expired", attrs...)
+		}
 	}
 }
 
@@ -340,18 +344,21 @@ func (s *Server) logFailed(c *spinbroker.Commit) {
 			failed = append(failed, ch)
 		}
 	}
-	level := slog.LevelWarn
-	if len(failed) > manyLines {
-		level = slog.LevelDebug
+	many := len(failed) > manyLines
+	if many {
 		n, resources := byQueue(failed)
 		s.log.Warn("commands failed", "commands", len(failed), "queues", n, "resources", resources)
-	}
-	if !s.log.Enabled(context.Background(), level) {
-		return
+		if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+			return
+		}
 	}
 	for _, ch := range failed {
-		s.log.Log(context.Background(), level, "command failed", "command_id", ch.CommandID, "package_id", ch.PackageID,
-			"resource", ch.Resource, "attempts", ch.Attempts)
+		attrs := []any{"command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource, "attempts", ch.Attempts}
+		if many {
+			s.log.Debug("command failed", attrs...)
+		} else {
+			s.log.Warn("command failed", attrs...)
+		}
 	}
 }
 
