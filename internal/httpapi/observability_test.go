@@ -364,27 +364,33 @@ func TestLog_LeasesExpiredAtOnce(t *testing.T) {
 	if res, err := e.db.Sweep(ctx, store.SweepOptions{}); err != nil || res.LeasesSettled != 25 {
 		t.Fatalf("sweep settled %d leases (%v), want 25", res.LeasesSettled, err)
 	}
+	wantSummed(t, &log, "leases expired", map[string]any{"level": "WARN", "leases": float64(25), "ready": float64(20),
+		"failed": float64(5), "queues": float64(2), "resources": "many,few"}, "lease expired", 25)
+}
+
+// wantSummed checks that log has one line summary with the fields of want,
+// and n lines each, one per thing it sums, at debug with their command.
+func wantSummed(t *testing.T, log *syncbuf.Buffer, summary string, want map[string]any, each string, n int) {
+	t.Helper()
 	var got []map[string]any
 	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		got = logLines(&log, "leases expired")
+		got = logLines(log, summary)
 	}
 	if len(got) != 1 {
-		t.Fatalf("%d leases expired lines, want 1:\n%s", len(got), log.String())
+		t.Fatalf("%d %s lines, want 1:\n%s", len(got), summary, log.String())
 	}
-	want := map[string]any{"level": "WARN", "leases": float64(25), "ready": float64(20), "failed": float64(5),
-		"queues": float64(2), "resources": "many,few"}
 	for k, v := range want {
 		if got[0][k] != v {
 			t.Errorf("%s %v, want %v (%v)", k, got[0][k], v, got[0])
 		}
 	}
-	each := logLines(&log, "lease expired")
-	if len(each) != 25 {
-		t.Fatalf("%d lease expired lines, want one per lease, 25", len(each))
+	lines := logLines(log, each)
+	if len(lines) != n {
+		t.Fatalf("%d %s lines, want one each, %d", len(lines), each, n)
 	}
-	for _, l := range each {
+	for _, l := range lines {
 		if l["level"] != "DEBUG" || l["command_id"] == nil {
-			t.Fatalf("a lease's own line %v, want it at debug with its command", l)
+			t.Fatalf("a %s line %v, want it at debug with its command", each, l)
 		}
 	}
 }
@@ -450,27 +456,8 @@ func TestLog_CommandsFailedAtOnce(t *testing.T) {
 		}
 	}
 	e.want(e.do("POST", "/commands/complete", `{"results": [`+strings.Join(results, ",")+`]}`), 200, "")
-	var got []map[string]any
-	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		got = logLines(&log, "commands failed")
-	}
-	if len(got) != 1 {
-		t.Fatalf("%d commands failed lines, want 1:\n%s", len(got), log.String())
-	}
-	for k, v := range map[string]any{"level": "WARN", "commands": float64(12), "queues": float64(2), "resources": "a,b"} {
-		if got[0][k] != v {
-			t.Errorf("%s %v, want %v (%v)", k, got[0][k], v, got[0])
-		}
-	}
-	each := logLines(&log, "command failed")
-	if len(each) != 12 {
-		t.Fatalf("%d command failed lines, want one per command, 12", len(each))
-	}
-	for _, l := range each {
-		if l["level"] != "DEBUG" || l["command_id"] == nil {
-			t.Fatalf("a command's own line %v, want it at debug with its command", l)
-		}
-	}
+	wantSummed(t, &log, "commands failed", map[string]any{"level": "WARN", "commands": float64(12), "queues": float64(2),
+		"resources": "a,b"}, "command failed", 12)
 }
 
 // logLines are the lines of log whose msg is msg, decoded.
