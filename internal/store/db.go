@@ -1172,9 +1172,19 @@ type Tx struct {
 	// creating is the package a create is making, while it runs: errors
 	// must not name an id that the failed request leaves behind nowhere.
 	creating string
+	plan     *createPlan // the create's plan of its commands, while it runs
 	// statements counts the statements run through t, for tests that
 	// hold an operation to a number of them whatever its graph's size.
 	statements int
+}
+
+// planOf is the plan of the commands a create is adding to package pkgID,
+// or nil when t is not creating it.
+func (t *Tx) planOf(pkgID string) *createPlan {
+	if pkgID != t.creating || pkgID == "" {
+		return nil
+	}
+	return t.plan
 }
 
 // pkgName is how an error names package id: by its id, or as the request's

@@ -30,11 +30,23 @@ func failedCommand(tb testing.TB, db *DB, resource string) string {
 	return p.Commands[0].ID
 }
 
+// waitingCommand makes a package of one command, enqueued and not yet
+// run: the outside dependency that its dependents wait on.
+func waitingCommand(tb testing.TB, db *DB, resource string) string {
+	tb.Helper()
+	p, _, err := db.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Resource: resource, Action: "gate"}}}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p.Commands[0].ID
+}
+
 // stagedPackage makes a package in staging of n commands of resource
 // "big", straight through SQL (50,000 adds through the API would take
 // minutes), with its counts to match: with deps "inside" each command but
-// the first waits on the one before it, with "outside" each waits on
-// command gate (of another package), with "none" none waits.
+// the first waits on the one before it, with "outside" or "waiting" each
+// waits on command gate (of another package), with "none" none waits.
 func stagedPackage(tb testing.TB, db *DB, n int, deps, gate string) string {
 	tb.Helper()
 	id := newID()
@@ -58,7 +70,7 @@ func stagedPackage(tb testing.TB, db *DB, n int, deps, gate string) string {
 			}
 			_, err := t.exec(`UPDATE commands SET n_deps = (pos > 0), n_dependents = (pos < ?2 - 1) WHERE package_id = ?1`, id, n)
 			return err
-		case "outside":
+		case "outside", "waiting":
 			if _, err := t.exec(`INSERT INTO command_deps (command_id, depends_on)
 				SELECT id, ?2 FROM commands WHERE package_id = ?1 ORDER BY pos`, id, gate); err != nil {
 				return err
@@ -86,7 +98,7 @@ func newCommands(n int, deps, gate string) []spinbroker.NewCommand {
 		switch {
 		case deps == "inside" && i > 0:
 			cmds[i].Dependencies = []string{fmt.Sprint("k", i-1)}
-		case deps == "outside":
+		case deps == "outside" || deps == "waiting":
 			cmds[i].Dependencies = []string{gate}
 		}
 	}
@@ -97,8 +109,9 @@ func newCommands(n int, deps, gate string) []spinbroker.NewCommand {
 // operation on a large package: the create of 10,000 commands (enqueued),
 // and the enqueue, cancel (of an enqueued package) and delete (of a
 // cancelled one, as the retention sweep deletes a finished package) of
-// 10,000 and 50,000, with no dependencies, a chain inside the package, or
-// each command on an outside failed command. hold-ms is how long the
+// 10,000 and 50,000, with no dependencies, a chain inside the package,
+// each command on an outside failed command, or each on an outside command
+// still to run. hold-ms is how long the
 // writer ran the transaction (nothing else writes meanwhile), stmts/cmd
 // the statements it ran per command of the package.
 //
@@ -109,7 +122,7 @@ func BenchmarkLargePackage(b *testing.B) {
 			if op == "create" && n > spinbroker.MaxCommandsPerBatch {
 				continue
 			}
-			for _, deps := range []string{"none", "inside", "outside"} {
+			for _, deps := range []string{"none", "inside", "outside", "waiting"} {
 				b.Run(fmt.Sprintf("%s/%d/%s", op, n, deps), func(b *testing.B) {
 					benchLarge(b, op, n, deps)
 				})
@@ -125,6 +138,9 @@ func benchLarge(b *testing.B, op string, n int, deps string) {
 	db := benchOpen(b)
 	ctx := context.Background()
 	gate := failedCommand(b, db, "gate")
+	if deps == "waiting" {
+		gate = waitingCommand(b, db, "gate")
+	}
 	b.ReportAllocs()
 	var hold time.Duration
 	var stmts int
