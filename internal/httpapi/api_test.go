@@ -563,6 +563,7 @@ func grepLines(s, sub string) string {
 }
 
 func TestAPI_Metrics(t *testing.T) {
+	opened := time.Now()
 	e := newEnv(t, httpapi.Options{})
 	e.createPackage(`[{"resource": "m", "action": "x"}, {"resource": "m", "action": "y"}]`, true)
 	c := e.next("m")
@@ -583,6 +584,7 @@ func TestAPI_Metrics(t *testing.T) {
 		"\nspinbroker_store_transactions_total 3\n",
 		"\nspinbroker_store_writes_total 3\n",
 		"\nspinbroker_store_checkpoints_total 0\n",
+		"\nspinbroker_store_writer_busy_seconds_total ",
 		"\nspinbroker_store_free_bytes ",
 		"\nspinbroker_store_writes_failing 0\n",
 		`go_goroutines`,
@@ -605,6 +607,11 @@ func TestAPI_Metrics(t *testing.T) {
 	reported, ok := metricValue(body, "spinbroker_store_bytes")
 	if onDisk == 0 || !ok || reported != float64(onDisk) {
 		t.Errorf("spinbroker_store_bytes is %v, the files hold %d bytes", reported, onDisk)
+	}
+	// The writer ran three transactions, within the time the test took.
+	busy, ok := metricValue(body, "spinbroker_store_writer_busy_seconds_total")
+	if !ok || busy <= 0 || busy > time.Since(opened).Seconds() {
+		t.Errorf("spinbroker_store_writer_busy_seconds_total is %v (found: %v), %v after the database was opened", busy, ok, time.Since(opened))
 	}
 }
 

@@ -106,6 +106,7 @@ type DB struct {
 	batches     atomic.Int64 // transactions committed by the writer
 	written     atomic.Int64 // write operations committed
 	checkpoints atomic.Int64 // checkpoints run beside the writer
+	busy        atomic.Int64 // nanoseconds the writer has spent on operations
 	// writeFailure is the database failure of the last write that failed
 	// for one (disk full, I/O error, read-only), cleared by the next commit
 	// that changed something, or by WriteFailure's probe.
@@ -591,6 +592,13 @@ func (db *DB) WriteStats() (transactions, writes, checkpoints int64) {
 	return db.batches.Load(), db.written.Load(), db.checkpoints.Load()
 }
 
+// WriterBusy is how long the one writer has spent on operations since the
+// database was opened (for metrics): its rate is the share of the time
+// the writer is busy, and near 1 writes queue for it.
+func (db *DB) WriterBusy() time.Duration {
+	return time.Duration(db.busy.Load())
+}
+
 // Close stops taking writes, finishes the ones already submitted, and closes
 // the database (which checkpoints the WAL into the main file).
 func (db *DB) Close() error {
@@ -872,7 +880,8 @@ func (w *writer) run() {
 				return
 			}
 		}
-		w.db.busySince.Store(time.Now().UnixNano())
+		start := time.Now()
+		w.db.busySince.Store(start.UnixNano())
 		if first.raw != nil {
 			first.err = first.raw(w.conn)
 			close(first.done)
@@ -881,6 +890,7 @@ func (w *writer) run() {
 			w.commit(batch)
 		}
 		w.db.busySince.Store(0)
+		w.db.busy.Add(int64(time.Since(start)))
 	}
 }
 
