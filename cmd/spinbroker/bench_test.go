@@ -204,9 +204,21 @@ func TestBench_IgnoredFlagsRefused(t *testing.T) {
 			t.Errorf("%v: %s", args, r)
 		}
 	}
-	// The settings a run reports say "agent" for one.
+	// The settings a run reports say "agent" for one. A broker of bench's
+	// own is measured: its CPU, its memory, and its writer's busy time,
+	// which cannot pass the run's.
+	began := time.Now()
 	r := spin(t, "bench", "--commands", "200", "--json")
+	took := time.Since(began).Seconds()
 	if r.code != 0 || !strings.Contains(r.stdout, `1 agent per resource`) {
 		t.Errorf("bench --json: %s", r)
+	}
+	var res struct {
+		CPU  float64 `json:"broker_cpu_seconds"`
+		RSS  float64 `json:"broker_peak_rss_mib"`
+		Busy float64 `json:"broker_writer_busy_seconds"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.CPU <= 0 || res.RSS <= 0 || res.Busy <= 0 || res.Busy > took {
+		t.Errorf("bench --json: want the broker's CPU, memory and writer's busy time (under %.1fs), got %+v (%v) from %s", took, res, err, r)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,8 @@ func (a *app) benchCommand() *cobra.Command {
 		Short: "Measure a broker under load, and check it kept its guarantees",
 		Long: `bench runs load scenarios against a broker and prints what it measured:
 commands per second, p50/p99/max of every kind of call, and (for a broker it
-started itself) the broker's CPU time and peak memory. Every run is checked:
+started itself) the broker's CPU time, its peak memory and how long its one
+writer was busy (near all of the run, the writer is the limit). Every run is checked:
 a command lost or delivered twice, a queue out of order or a command
 delivered before its dependencies succeeded fails the run, however fast.
 
@@ -391,6 +393,7 @@ func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config)
 		return nil, fmt.Errorf("the broker did not start: %w\n%s", err, log)
 	}
 	cpu0 := cpuSeconds(broker.Process.Pid)
+	busy0, busyOK := writerBusy(ctx, url)
 	res, err := loadgen.Run(ctx, cl, cfg)
 	if err != nil {
 		return nil, err
@@ -399,7 +402,37 @@ func (a *app) benchLocal(ctx context.Context, c benchConfig, cfg loadgen.Config)
 	// two float sums would carry noise (0.019999999999999997) into --json.
 	res.BrokerCPUSeconds = math.Round((cpuSeconds(broker.Process.Pid)-cpu0)*1000) / 1000
 	res.BrokerPeakRSSMiB = peakRSSMiB(broker.Process.Pid)
+	if busy1, ok := writerBusy(ctx, url); ok && busyOK {
+		res.BrokerWriterBusySeconds = math.Round((busy1-busy0)*1000) / 1000
+	}
 	return res, nil
+}
+
+// writerBusy reads the seconds the broker at url has spent in write
+// transactions from its /metrics, and whether it could.
+func writerBusy(ctx context.Context, url string) (float64, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/metrics", nil)
+	if err != nil {
+		return 0, false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "spinbroker_store_writer_busy_seconds_total "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 func freeAddr() (string, error) {
@@ -479,7 +512,11 @@ func printResult(a *app, r *loadgen.Result, sync string, remote bool) {
 		fmt.Fprintf(w, "  claims that found work held %.1f commands on average\n", r.PerClaim)
 	}
 	if !remote {
-		fmt.Fprintf(w, "  broker: %.1fs CPU, %.0f MiB peak memory\n", r.BrokerCPUSeconds, r.BrokerPeakRSSMiB)
+		fmt.Fprintf(w, "  broker: %.1fs CPU, %.0f MiB peak memory", r.BrokerCPUSeconds, r.BrokerPeakRSSMiB)
+		if r.BrokerWriterBusySeconds > 0 && r.Seconds > 0 {
+			fmt.Fprintf(w, ", its writer busy %.1fs (%.0f%% of the run)", r.BrokerWriterBusySeconds, 100*r.BrokerWriterBusySeconds/r.Seconds)
+		}
+		fmt.Fprintln(w)
 	}
 	if r.OK() {
 		fmt.Fprintln(w, "  checks: ok (no loss, no duplicate, order and dependencies kept)")

@@ -78,6 +78,9 @@ type Result struct {
 	// Broker resources, filled in by the caller that started the broker.
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMiB float64 `json:"broker_peak_rss_mib,omitempty"`
+	// BrokerWriterBusySeconds is how long the broker's one writer ran
+	// transactions during the run (its setup and checks included).
+	BrokerWriterBusySeconds float64 `json:"broker_writer_busy_seconds,omitempty"`
 }
 
 // OK reports whether the run kept every rule.
