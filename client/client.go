@@ -479,7 +479,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		// that never happened would look done.
 		return resp.StatusCode, &RedirectError{Method: method, Path: u.Path, To: resp.Request.URL, As: resp.Request.Method}
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxAnswer)+1))
+	data, err := readAnswer(resp)
 	if err != nil {
 		return resp.StatusCode, err
 	}
@@ -497,6 +497,29 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// readAnswer reads an answer's body, up to one byte past maxAnswer: into a
+// buffer of its Content-Length when it has one (the broker's answers do),
+// rather than one grown as it is read. io.ReadAll's growing buffer
+// allocated about twice a large answer (a claim's, of megabytes of
+// parameters), all of it garbage at once, in every agent taking them.
+func readAnswer(resp *http.Response) ([]byte, error) {
+	n := resp.ContentLength
+	if n < 0 || n > int64(maxAnswer) {
+		// No length (a chunked answer: a large package's), or one past
+		// what the client reads, which reading finds out without
+		// allocating a buffer of whatever length it claims.
+		return io.ReadAll(io.LimitReader(resp.Body, int64(maxAnswer)+1))
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, data); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // a body cut short of its length
+		}
+		return nil, err
+	}
+	return data, nil
 }
 
 // AnswerTooLargeError is an answer larger than the client reads (64 MiB):
