@@ -17,6 +17,7 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzQuery \
 	./internal/httpapi:FuzzHeaders \
 	./internal/httpapi:FuzzSafeNext \
+	./internal/httpapi:FuzzRoute \
 	./internal/store:FuzzCursor \
 	./cmd/spinbroker:FuzzParseKV \
 	./cmd/spinbroker:FuzzTableCells \
