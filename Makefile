@@ -22,6 +22,7 @@ FUZZ_TARGETS := \
 	./cmd/spinbroker:FuzzParseKV \
 	./cmd/spinbroker:FuzzTableCells \
 	./cmd/spinbroker:FuzzNotBefore \
+	./cmd/spinbroker:FuzzLifetime \
 	.:FuzzValidate \
 	.:FuzzParseDuration \
 	.:FuzzTruncate \
