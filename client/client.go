@@ -524,7 +524,8 @@ func readAnswer(resp *http.Response) ([]byte, error) {
 
 // AnswerTooLargeError is an answer larger than the client reads (64 MiB):
 // a package whose commands' parameters and outputs add up to more. Cut
-// off, it would not decode.
+// off, it would not decode. Events returns it, with Path "/events", for
+// an event of a stream past the same size, which the broker never sends.
 type AnswerTooLargeError struct {
 	Method     string // of the call: GET, POST, …
 	Path       string // of the call, without its query
@@ -542,6 +543,9 @@ func (e *AnswerTooLargeError) Error() string {
 	limit := fmt.Sprintf("%d MiB", e.Limit>>20)
 	if e.Limit < 1<<20 {
 		limit = fmt.Sprintf("%d bytes", e.Limit)
+	}
+	if e.Path == "/events" {
+		return fmt.Sprintf("client: an event of GET /events is larger than %s, more than the client reads: the broker sends none so large", limit)
 	}
 	if e.Done {
 		// "Ask for less" would read as a refusal, and have it made again.

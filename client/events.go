@@ -129,7 +129,9 @@ func OnOpen(fn func()) EventsOption {
 // comment the broker sends every 15s to keep it open, is taken for a
 // connection that died without a word (a NAT or a firewall forgot it, a
 // host went away): Events ends it and returns a *SilentError, which
-// Temporary reports, rather than wait for ever.
+// Temporary reports, rather than wait for ever. An event larger than
+// the client reads of any answer (64 MiB) ends the stream with an
+// *AnswerTooLargeError, which Temporary does not report.
 func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
 	cfg := eventsConfig{query: url.Values{}, idle: eventsIdle}
 	for _, o := range opts {
@@ -197,10 +199,17 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 		case strings.HasPrefix(line, "event:"):
 			ev.Type = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
 		case strings.HasPrefix(line, "data:"):
+			value := strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")
+			// An event's data lines are held until the blank line that
+			// ends it: bounded as every answer is, or a stream whose
+			// event never ends (not the broker's) takes any memory.
+			if data.Len()+1+len(value) > maxAnswer {
+				return &AnswerTooLargeError{Method: http.MethodGet, Path: "/events", StatusCode: resp.StatusCode, Limit: maxAnswer}
+			}
 			if data.Len() > 0 {
 				data.WriteByte('\n')
 			}
-			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+			data.WriteString(value)
 		}
 	}
 	if errors.Is(context.Cause(reqCtx), silent) && ctx.Err() == nil {
