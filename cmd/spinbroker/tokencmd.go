@@ -185,7 +185,11 @@ func parseLifetime(s string) (time.Duration, error) {
 		}
 		d = min(v, store.MaxTokenLifetime+1) // days + d cannot overflow
 	}
-	if d < 0 || days+d == 0 || days+d > store.MaxTokenLifetime {
+	if d < 0 {
+		// "1d-1h" is 23h, more than 0: "must be more than 0" named no fault.
+		return 0, fmt.Errorf("--expires must have no negative part, not %q: write 1d-1h as 23h", given)
+	}
+	if days+d == 0 || days+d > store.MaxTokenLifetime {
 		return 0, fmt.Errorf("--expires must be more than 0 and at most %dd (a century), not %q; leave it out for a token that never expires", store.MaxTokenLifetime/(24*time.Hour), given)
 	}
 	return days + d, nil

@@ -520,6 +520,11 @@ func TestTokenCreate_Expires(t *testing.T) {
 			t.Errorf("--expires %s: %s", bad, r)
 		}
 	}
+	// A negative part is named as the fault: 1d-1h is 23h, more than 0,
+	// and "must be more than 0" said nothing of what was wrong with it.
+	if r := spin(t, "token", "create", "--db", path, "--role", "viewer", "--expires", "1d-1h"); r.code != 2 || !strings.Contains(r.stderr, `--expires must have no negative part, not "1d-1h"`) {
+		t.Errorf("--expires 1d-1h: %s", r)
+	}
 	r := spin(t, "token", "create", "--db", path, "--role", "client", "--expires", "1h", "-o", "json")
 	var created createdToken
 	decodeJSON(t, r.stdout, &created)
