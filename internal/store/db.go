@@ -1179,10 +1179,10 @@ type Tx struct {
 	added  []added // commands inserted since the counts were last flushed
 	// flushed is how many of commit.Commands the counts already include.
 	flushed int
-	// creating is the package a create is making, while it runs: errors
-	// must not name an id that the failed request leaves behind nowhere.
-	creating string
-	plan     *createPlan // the create's plan of its commands, while it runs
+	// plan is a create's plan of the package it is making, while it
+	// runs: errors must not name an id that the failed request leaves
+	// behind nowhere.
+	plan *createPlan
 	// statements counts the statements run through t, for tests that
 	// hold an operation to a number of them whatever its graph's size.
 	statements int
@@ -1191,7 +1191,7 @@ type Tx struct {
 // planOf is the plan of the commands a create is adding to package pkgID,
 // or nil when t is not creating it.
 func (t *Tx) planOf(pkgID string) *createPlan {
-	if pkgID != t.creating || pkgID == "" {
+	if t.plan == nil || t.plan.pkg != pkgID {
 		return nil
 	}
 	return t.plan
@@ -1200,7 +1200,7 @@ func (t *Tx) planOf(pkgID string) *createPlan {
 // pkgName is how an error names package id: by its id, or as the request's
 // own while the request creates it.
 func (t *Tx) pkgName(id string) string {
-	if id == t.creating {
+	if t.planOf(id) != nil {
 		return "the package this request creates"
 	}
 	return "package " + id

@@ -83,8 +83,8 @@ func keyConflictLast(reused, err error) error {
 
 // createPackage creates package id with in's commands, enqueued if asked.
 func (t *Tx) createPackage(id string, in spinbroker.NewPackage) (pkg *spinbroker.Package, err error) {
-	t.creating, t.plan = id, newCreatePlan(in.Commands)
-	defer func() { t.creating, t.plan = "", nil }()
+	t.plan = newCreatePlan(id, in.Commands)
+	defer func() { t.plan = nil }()
 	direct, err := t.canEnqueueDirectly(in)
 	if err != nil {
 		return nil, err
@@ -269,6 +269,7 @@ func (t *Tx) canEnqueueDirectly(in spinbroker.NewPackage) (bool, error) {
 // four statements a command, and 10,000 commands waiting on one outside
 // command five (BenchmarkLargePackage).
 type createPlan struct {
+	pkg        string // the package the request creates
 	ids        []string
 	byKey      map[string]int // a key → the first command of the request given it
 	byID       map[string]int // a client's id → its command
@@ -281,9 +282,9 @@ type createPlan struct {
 	order   []string
 }
 
-// newCreatePlan plans the insertion of cmds, validated.
-func newCreatePlan(cmds []spinbroker.NewCommand) *createPlan {
-	p := &createPlan{ids: make([]string, len(cmds)), byKey: make(map[string]int), byID: make(map[string]int),
+// newCreatePlan plans the insertion of cmds, validated, into new package pkg.
+func newCreatePlan(pkg string, cmds []spinbroker.NewCommand) *createPlan {
+	p := &createPlan{pkg: pkg, ids: make([]string, len(cmds)), byKey: make(map[string]int), byID: make(map[string]int),
 		dependents: make([]int, len(cmds))}
 	var seen map[int]bool
 	for i := range cmds {
@@ -408,7 +409,7 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	pending := 0
 	for j, d := range in.Dependencies {
 		what := "dependency"
-		if pkgID == t.creating {
+		if plan != nil {
 			what = depItem(pos, j) // pos is the command's index in the request
 		}
 		var dep, state string
@@ -465,7 +466,7 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters), string(state),
 		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now), len(deps), seq, enqueued, pend, readyAt, dependents)
-	if isConstraint(err) && pkgID == t.creating {
+	if isConstraint(err) && plan != nil {
 		// The package does not exist outside this request: its id (the
 		// broker's own, unless the client gave one) would answer 404.
 		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "key %q is given to two commands of the package this request creates", spinbroker.Truncate(in.Key, 80))
