@@ -117,12 +117,10 @@ func newMetrics(reg *prometheus.Registry, st Store, agentsOf func(resource strin
 				func() float64 { _, w, _ := ws.WriteStats(); return float64(w) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_checkpoints_total",
 				Help: "WAL checkpoints run beside the writer (SQLite runs the others inside a commit)."},
-				func() float64 { _, _, c := ws.WriteStats(); return float64(c) }))
-	}
-	if wb, ok := st.(writerBusier); ok {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_writer_busy_seconds_total",
-			Help: "Seconds the one writer has spent running write transactions: its rate is the share of the time it is busy; near 1, writes queue for it and the broker is at its capacity."},
-			func() float64 { return wb.WriterBusy().Seconds() }))
+				func() float64 { _, _, c := ws.WriteStats(); return float64(c) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "spinbroker", Name: "store_writer_busy_seconds_total",
+				Help: "Seconds the one writer has spent running write transactions: its rate is the share of the time it is busy; near 1, writes queue for it and the broker is at its capacity."},
+				func() float64 { return ws.WriterBusy().Seconds() }))
 	}
 	if sz, ok := st.(sizer); ok {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "spinbroker", Name: "store_bytes",
@@ -203,9 +201,6 @@ type walSizer interface {
 // writeStatser is a store that counts its write transactions.
 type writeStatser interface {
 	WriteStats() (transactions, writes, checkpoints int64)
-}
-
-type writerBusier interface {
 	WriterBusy() time.Duration
 }
 

@@ -303,9 +303,9 @@ func (s *Server) logExpired(es []spinbroker.Change) {
 		n, resources := byQueue(es)
 		s.log.Warn("leases expired", "leases", len(es), "ready", len(es)-failed, "failed", failed,
 			"queues", n, "resources", resources)
-	}
-	if many && !s.log.Enabled(context.Background(), slog.LevelDebug) {
-		return
+		if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+			return
+		}
 	}
 	for _, ch := range es {
 		attrs := []any{"command_id", ch.CommandID, "package_id", ch.PackageID, "resource", ch.Resource,
