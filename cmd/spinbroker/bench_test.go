@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -77,11 +78,20 @@ func TestBench_OutputFlag(t *testing.T) {
 	}
 	r := spin(t, "bench", "--url", b.url, "--scenarios", "wakeup", "--wakeups", "2", "-o", "json")
 	var res struct {
-		Scenario string `json:"scenario"`
-		OK       bool   `json:"ok"`
+		Scenario string  `json:"scenario"`
+		OK       bool    `json:"ok"`
+		Machine  machine `json:"machine"`
 	}
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &res) != nil || res.Scenario != "wakeup" || !res.OK {
 		t.Errorf("bench -o json: want the scenario's JSON object, got %s", r)
+	}
+	if want := thisMachine(); res.Machine != want || res.Machine.CPUs != runtime.NumCPU() || res.Machine.Go != runtime.Version() {
+		t.Errorf("bench -o json: want the machine %+v in its object, got %+v", want, res.Machine)
+	}
+	// The table names the machine once, above its first scenario.
+	r = spin(t, "bench", "--url", b.url, "--scenarios", "wakeup", "--wakeups", "2")
+	if first, _, _ := strings.Cut(r.stdout, "\n"); r.code != 0 || first != "generator's machine: "+thisMachine().String() {
+		t.Errorf("bench: want its first line to name the generator's machine, got %s", r)
 	}
 }
 

@@ -257,6 +257,14 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 		scenarios = allScenarios
 	}
 	tty := benchShowsProgress(a.stderr, c.json)
+	here := thisMachine()
+	if !c.json {
+		if remote {
+			fmt.Fprintf(a.stdout, "generator's machine: %s\n", here)
+		} else {
+			fmt.Fprintf(a.stdout, "machine: %s\n", here)
+		}
+	}
 	failed := 0
 	for _, sc := range scenarios {
 		cfg := c.Config
@@ -306,10 +314,11 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 		if c.json {
 			b, _ := json.Marshal(struct {
 				*loadgen.Result
-				Sync  string `json:"sync,omitempty"`
-				Procs int    `json:"generator_procs"`
-				OK    bool   `json:"ok"`
-			}{res, map[bool]string{true: "", false: c.sync}[remote], runtime.GOMAXPROCS(0), res.OK()})
+				Sync    string  `json:"sync,omitempty"`
+				Procs   int     `json:"generator_procs"`
+				Machine machine `json:"machine"` // the generator's; with a broker bench started, the broker's too
+				OK      bool    `json:"ok"`
+			}{res, map[bool]string{true: "", false: c.sync}[remote], runtime.GOMAXPROCS(0), here, res.OK()})
 			fmt.Fprintln(a.stdout, string(b))
 		} else {
 			printResult(a, res, c.sync, remote)

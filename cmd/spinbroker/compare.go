@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +20,7 @@ type benchLine struct {
 	CommandsPerSec float64 `json:"commands_per_sec"`
 	MicrosPerCycle float64 `json:"micros_per_next_complete"`
 	OK             *bool   `json:"ok"`
+	Machine        machine `json:"machine"`
 	// bench/peers
 	Peer       string  `json:"peer"`
 	JobsPerSec float64 `json:"jobs_per_sec"`
@@ -40,7 +42,7 @@ func (a *app) compare(files []string) error {
 	type key struct{ name, sync string }
 	rate := map[key]float64{}
 	ceiling := map[string]float64{} // by protocol
-	var names []string
+	var names, machines []string
 	seen := map[string]bool{}
 	bad := 0
 	for _, f := range files {
@@ -76,6 +78,9 @@ func (a *app) compare(files []string) error {
 				if l.OK != nil && !*l.OK {
 					bad++
 				}
+				if l.Machine.CPUs > 0 && !slices.Contains(machines, l.Machine.String()) {
+					machines = append(machines, l.Machine.String())
+				}
 			default:
 				continue
 			}
@@ -100,6 +105,16 @@ func (a *app) compare(files []string) error {
 	sort.SliceStable(names, func(i, j int) bool {
 		return strings.HasPrefix(names[i], "spin-broker") && !strings.HasPrefix(names[j], "spin-broker")
 	})
+	switch len(machines) {
+	case 0: // lines of a bench from before it named its machine
+	case 1:
+		fmt.Fprintf(a.stdout, "machine: %s\n", machines[0])
+	default:
+		fmt.Fprintf(a.stdout, "these runs come from %d machines; ratios across them mean little:\n", len(machines))
+		for _, m := range machines {
+			fmt.Fprintf(a.stdout, "  %s\n", m)
+		}
+	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "\tsync\tcommands/s\t× River\t× goqite\tof ceiling\t")
 	for _, sync := range []string{"normal", "full"} {

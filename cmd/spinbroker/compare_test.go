@@ -40,6 +40,29 @@ func TestBenchCompare(t *testing.T) {
 			t.Errorf("compare output lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	if strings.Contains(r.stdout, "machine") {
+		t.Errorf("lines without a machine (a bench older than the field) name none:\n%s", r.stdout)
+	}
+
+	// The machine the runs came from heads the table, and runs from more
+	// than one are called out, since their ratios mean little.
+	xeon := `"machine":{"cpu":"Intel(R) Xeon(R) Processor","cpus":2,"go":"go1.26.8","platform":"linux/amd64"}`
+	epyc := `"machine":{"cpu":"AMD EPYC 7B13","cpus":2,"go":"go1.26.8","platform":"linux/amd64"}`
+	os.WriteFile(sb, []byte(`{"scenario":"throughput","protocol":"inline","commands_per_sec":3300,"sync":"normal","ok":true,`+xeon+`}
+{"scenario":"throughput","protocol":"seed","commands_per_sec":2300,"sync":"normal","ok":true,`+xeon+`}
+`), 0o644)
+	r = spin(t, "bench", "--compare", sb+","+peers)
+	if first, _, _ := strings.Cut(r.stdout, "\n"); r.code != 0 || first != "machine: Intel(R) Xeon(R) Processor, 2 CPUs, go1.26.8 linux/amd64" {
+		t.Errorf("compare of one machine's runs: want it named on the first line, got %s", r)
+	}
+	mixed := filepath.Join(dir, "mixed.json")
+	os.WriteFile(mixed, []byte(`{"scenario":"throughput","protocol":"claim","commands_per_sec":14000,"sync":"normal","ok":true,`+epyc+`}`), 0o644)
+	r = spin(t, "bench", "--compare", sb+","+mixed+","+peers)
+	if r.code != 0 || !strings.Contains(r.stdout, "these runs come from 2 machines") ||
+		!strings.Contains(r.stdout, "  AMD EPYC 7B13, 2 CPUs") || !strings.Contains(r.stdout, "  Intel(R) Xeon(R) Processor, 2 CPUs") {
+		t.Errorf("compare of two machines' runs: want both named and the warning, got %s", r)
+	}
+
 	os.WriteFile(peers, []byte(`{"peer":"river","sync":"normal","jobs_per_sec":1100,"duplicates":1,"lost":0}`), 0o644)
 	if r := spin(t, "bench", "--compare", sb+","+peers); r.code != 1 {
 		t.Errorf("a run that duplicated work must fail the comparison: %s", r)
@@ -51,6 +74,22 @@ func TestBenchCompare(t *testing.T) {
 // TestBenchCompare_Nothing: files without a line to compare (empty, a
 // progress log, a remote run's lines) fail, rather than print an empty
 // table and exit 0.
+// TestCPUModel: the model name is read from /proc/cpuinfo as x86 and ARM
+// kernels write it, and a file without one gives none rather than a guess.
+func TestCPUModel(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)   Processor\nflags\t\t: fpu\n\nprocessor\t: 1\nmodel name\t: other\n", "Intel(R) Xeon(R) Processor"},
+		{"processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n", "Raspberry Pi 4 Model B Rev 1.4"},
+		{"Hardware\t: BCM2835\nmodel name\t:\n", "BCM2835"},
+		{"", ""},
+		{"no colon here\n:\n", ""},
+	} {
+		if got := cpuModel(strings.NewReader(c.in)); got != c.want {
+			t.Errorf("cpuModel(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
 func TestBenchCompare_Nothing(t *testing.T) {
 	dir := t.TempDir()
 	empty, remote := filepath.Join(dir, "empty"), filepath.Join(dir, "remote.json")
