@@ -208,6 +208,7 @@ func TestBench_IgnoredFlagsRefused(t *testing.T) {
 		{"bench", "--protocol", "seed", "--claim", "50"},
 		{"bench", "--url", "http://localhost:1", "--sync", "full"},
 		{"bench", "--url", "http://localhost:1", "--keep"},
+		{"bench", "--scenarios", "backlog,wakeup", "--parameter-bytes", "4096"},
 	} {
 		r := spin(t, args...)
 		if r.code != 2 || !strings.Contains(r.stderr, "--") {

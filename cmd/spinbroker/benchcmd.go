@@ -107,6 +107,11 @@ Exit status:
 			if cmd.Flags().Changed("claim") && c.Protocol != "claim" {
 				return usagef(cmd, "--claim sets the batch of --protocol claim, not of --protocol %s: give --protocol claim with it", c.Protocol)
 			}
+			if cmd.Flags().Changed("parameter-bytes") && !slices.ContainsFunc(c.scenarioList(), func(sc string) bool {
+				return sc == "throughput" || sc == "dependencies" || sc == "all"
+			}) {
+				return usagef(cmd, "--parameter-bytes sizes the commands of the throughput and dependencies scenarios, and --scenarios %s runs neither", c.scenarios)
+			}
 			for _, name := range []string{"sync", "keep"} {
 				if cmd.Flags().Changed(name) && cmd.Flags().Changed("url") {
 					return usagef(cmd, "--%s is for the broker bench starts; with --url the broker is yours, as you started it", name)
@@ -142,6 +147,7 @@ Exit status:
 	f.IntVar(&c.Commands, "commands", 20000, "commands in a throughput or dependencies run")
 	f.StringVar(&c.Protocol, "protocol", "inline", "inline (a package in one request), seed (new, add each, enqueue) or claim (claim batches, batched completion)")
 	f.IntVar(&c.Claim, "claim", 100, "commands per claim and per batched completion (--protocol claim)")
+	f.IntVar(&c.ParameterBytes, "parameter-bytes", 0, fmt.Sprintf("bytes of each command's parameters in a throughput or dependencies run, from %d to %d (default: about 30, the command's own numbers)", minParameterBytes, spinbroker.MaxBodyBytes-64<<10))
 	f.IntVar(&c.Backlog, "backlog", 100000, "commands in the backlog scenario's queue")
 	f.Float64Var(&c.Blocked, "blocked", 0.5, "fraction of the backlog blocked at the head of the queue")
 	f.IntVar(&c.Samples, "samples", 2000, "next+complete cycles timed in the backlog scenario")
@@ -154,6 +160,15 @@ Exit status:
 	f.StringSliceVar(&c.compare, "compare", nil, "instead of running, compare the JSON lines of earlier runs (this command's --json and bench/peers -json) in these files")
 	return cmd
 }
+
+const (
+	// minParameterBytes is the least --parameter-bytes: the command's own
+	// numbers and the pad's name take up to 64.
+	minParameterBytes = 64
+	// packageOverhead is what a command adds to a create's body besides
+	// its parameters (key, resource, action, dependencies' keys), generously.
+	packageOverhead = 512
+)
 
 // allScenarios are what --scenarios all runs, in order.
 var allScenarios = []string{"throughput", "dependencies", "backlog", "wakeup"}
@@ -194,6 +209,11 @@ func (c *benchConfig) check() error {
 				return fmt.Errorf("--agents must be at most %d (a queue's largest concurrency), not %d", spinbroker.MaxConcurrency, c.Agents)
 			case c.Commands < c.Size:
 				return fmt.Errorf("--commands must be at least --size (%d), not %d", c.Size, c.Commands)
+			case c.ParameterBytes != 0 && (c.ParameterBytes < minParameterBytes || c.ParameterBytes > spinbroker.MaxBodyBytes-64<<10):
+				return fmt.Errorf("--parameter-bytes must be from %d to %d, not %d", minParameterBytes, spinbroker.MaxBodyBytes-64<<10, c.ParameterBytes)
+			case c.Protocol != "seed" && c.Size*(c.ParameterBytes+packageOverhead) > spinbroker.MaxBodyBytes:
+				// The seed's protocol adds a command per request.
+				return fmt.Errorf("--size × --parameter-bytes must fit in one request of %d bytes with --protocol %s, which creates a package in one: at most %d commands of %d bytes", spinbroker.MaxBodyBytes, c.Protocol, spinbroker.MaxBodyBytes/(c.ParameterBytes+packageOverhead), c.ParameterBytes)
 			}
 			switch c.Protocol {
 			case "inline", "seed":

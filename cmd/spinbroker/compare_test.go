@@ -109,6 +109,8 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		{"--scenarios", "backlog", "--blocked", "2"}, {"--scenarios", "backlog", "--blocked", "-1"},
 		{"--scenarios", "backlog", "--backlog", "2000"}, {"--scenarios", "wakeup", "--wakeups", "0"},
 		{"--protocol", "claim", "--agents", "11", "--claim", "1000"}, {"--agents", "10001"},
+		{"--parameter-bytes", "63"}, {"--parameter-bytes", "-1"}, {"--parameter-bytes", "983041"},
+		{"--parameter-bytes", "200000"}, {"--protocol", "claim", "--size", "3", "--parameter-bytes", "400000"},
 	} {
 		r := spin(t, append([]string{"bench"}, args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {

@@ -93,6 +93,27 @@ func TestFaulty_ClaimOutOfOrderIsReported(t *testing.T) {
 	t.Log(res.Violations)
 }
 
+// A broker that delivers a command with another's parameters: the run
+// fails, naming the command, though nothing was lost or duplicated.
+func TestFaulty_WrongParametersAreReported(t *testing.T) {
+	var once sync.Once
+	c := faultyBroker(t, func(r *http.Request, status int, body []byte) (int, []byte) {
+		if status != 200 || !strings.HasSuffix(r.URL.Path, "/next") {
+			return status, body
+		}
+		changed := body
+		once.Do(func() { changed = []byte(strings.Replace(string(body), `"step":`, `"step":1`, 1)) })
+		return status, changed
+	})
+	res, err := Run(context.Background(), c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 5, Commands: 50, Protocol: "inline", ParameterBytes: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK() || !strings.Contains(strings.Join(res.Violations, "\n"), "delivered with parameters other than it was created with (257 bytes, created with 256)") {
+		t.Fatalf("a command delivered with changed parameters: want it named, got %v", res.Violations)
+	}
+}
+
 // A queue holding a command the run did not create is refused before the
 // run, not counted as the broker's fault after it; the backlog, tidy (as
 // against a broker of the caller's), leaves its queues empty, so that it

@@ -7,6 +7,7 @@ package loadgen
 import (
 	"context"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"slices"
 	"sort"
@@ -30,6 +31,10 @@ type Config struct {
 	Commands  int    // commands in all
 	Protocol  string // inline (one request per package), seed (new, add each, enqueue) or claim
 	Claim     int    // commands per claim and per batched completion (protocol claim)
+	// ParameterBytes sizes each command's parameters: a "pad" string makes
+	// them this long. 0, or less than the few bytes that name the command,
+	// leaves them without one.
+	ParameterBytes int
 
 	// backlog
 	Backlog int     // commands in the queue before timing starts
@@ -161,6 +166,7 @@ type delivery struct {
 	startedAt time.Time
 	seq       int64
 	batch     int64 // the claim that delivered it (0: a next)
+	params    paramSum
 }
 
 // created is what a producer was told about a command it created.
@@ -168,7 +174,21 @@ type created struct {
 	resource string
 	seq      int64
 	deps     []string
+	params   paramSum // of the parameters the producer sent
 }
+
+// paramSum stands for a command's parameters in the checks: a checksum
+// and a length, so that a delivery whose parameters were cut short or
+// mixed up with another command's fails the run without the check holding
+// every command's parameters.
+type paramSum struct {
+	crc uint32
+	n   int
+}
+
+func sumParams(b []byte) paramSum { return paramSum{crc32.Checksum(b, crcTable), len(b)} }
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 func resourceName(i int) string { return fmt.Sprintf("bench-%d", i) }
 
@@ -311,10 +331,18 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 					}
 					return
 				}
+				sent := make(map[string]paramSum, len(in.Commands))
+				for _, nc := range in.Commands {
+					sent[nc.Key] = sumParams(nc.Parameters)
+				}
 				mu.Lock()
 				pkgIDs = append(pkgIDs, pkg.ID)
 				for _, cmd := range pkg.Commands {
-					made[cmd.ID] = created{resource: cmd.Resource, seq: *cmd.Seq, deps: cmd.Dependencies}
+					var params paramSum
+					if cmd.Key != nil {
+						params = sent[*cmd.Key]
+					}
+					made[cmd.ID] = created{resource: cmd.Resource, seq: *cmd.Seq, deps: cmd.Dependencies, params: params}
 				}
 				mu.Unlock()
 			}
@@ -360,7 +388,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	res := &Result{
 		Scenario: cfg.Scenario,
 		Protocol: cfg.Protocol,
-		Settings: fmt.Sprintf("%d producers × %d resources × %d agent%s per resource, packages of %d, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, plural(cfg.Agents), cfg.Size, cfg.Protocol),
+		Settings: fmt.Sprintf("%d producers × %d resources × %d agent%s per resource, packages of %d%s, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, plural(cfg.Agents), cfg.Size, paramSetting(cfg.ParameterBytes), cfg.Protocol),
 		Commands: total, Seconds: elapsed.Seconds(), CommandsPerSec: float64(total) / elapsed.Seconds(),
 		Calls: rec.summary(), Violations: []string{},
 	}
@@ -387,6 +415,29 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	return res, nil
 }
 
+// paramSetting names a run's parameter size in its settings, when it set one.
+func paramSetting(size int) string {
+	if len(parameters(0, 0, size)) < size {
+		return ""
+	}
+	return fmt.Sprintf(" with %d-byte parameters", size)
+}
+
+// parameters are those of package i's command j: {"package":i,"step":j},
+// padded to size bytes when that is more.
+func parameters(i, j, size int) []byte {
+	b := fmt.Appendf(nil, `{"package":%d,"step":%d}`, i, j)
+	const padded = len(`,"pad":""`)
+	if size < len(b)+padded {
+		return b
+	}
+	b = append(b[:len(b)-1], `,"pad":"`...)
+	for len(b) < size-2 {
+		b = append(b, 'x')
+	}
+	return append(b, `"}`...)
+}
+
 // newPackage builds package i: commands round-robin over the resources;
 // with deps, command j depends on j-1 (a chain across queues) and the last
 // on every other (a fan-in).
@@ -397,7 +448,7 @@ func newPackage(cfg Config, i int, deps bool) spinbroker.NewPackage {
 			Key:        fmt.Sprintf("c%d", j),
 			Resource:   resourceName((i + j) % cfg.Resources),
 			Action:     "work",
-			Parameters: []byte(fmt.Sprintf(`{"package":%d,"step":%d}`, i, j)),
+			Parameters: parameters(i, j, cfg.ParameterBytes),
 		}
 		if deps && j > 0 {
 			if j == cfg.Size-1 && j > 1 {
@@ -449,7 +500,7 @@ func nextAgent(ctx context.Context, c *client.Client, resource string, rec *reco
 		if cmd == nil {
 			continue
 		}
-		*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq})
+		*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq, params: sumParams(cmd.Parameters)})
 		t = time.Now()
 		_, err = c.Complete(ctx, cmd.ID, spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token})
 		rec.time("complete", t)
@@ -484,7 +535,7 @@ func claimAgent(ctx context.Context, c *client.Client, resource string, n int, r
 		results := make([]spinbroker.BatchResult, len(cmds))
 		batch := claims.Add(1)
 		for i, cmd := range cmds {
-			*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq, batch: batch})
+			*out = append(*out, delivery{id: cmd.ID, resource: resource, attempts: cmd.Attempts, startedAt: *cmd.StartedAt, seq: *cmd.Seq, batch: batch, params: sumParams(cmd.Parameters)})
 			results[i] = spinbroker.BatchResult{ID: cmd.ID, Result: spinbroker.Result{Status: &ok, Lease: cmd.Lease.Token}}
 		}
 		t = time.Now()
@@ -545,8 +596,10 @@ func check(ctx context.Context, c *client.Client, made map[string]created, pkgID
 	seen := map[string]int{}
 	for _, d := range all {
 		seen[d.id]++
-		if _, ok := made[d.id]; !ok {
+		if m, ok := made[d.id]; !ok {
 			add("delivered %s, which no producer created", d.id)
+		} else if d.params != m.params {
+			add("%s delivered with parameters other than it was created with (%d bytes, created with %d)", d.id, d.params.n, m.params.n)
 		}
 		if d.attempts != 1 {
 			add("%s delivered with attempts %d (a redelivery)", d.id, d.attempts)

@@ -2,6 +2,8 @@ package loadgen
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -23,11 +25,12 @@ func TestRun(t *testing.T) {
 		{Scenario: "throughput", Producers: 2, Resources: 2, Agents: 2, Size: 5, Commands: 200, Protocol: "inline"},
 		{Scenario: "throughput", Producers: 2, Resources: 2, Agents: 1, Size: 5, Commands: 100, Protocol: "seed"},
 		{Scenario: "throughput", Producers: 2, Resources: 3, Agents: 1, Size: 10, Commands: 300, Protocol: "claim", Claim: 20},
+		{Scenario: "throughput", Producers: 2, Resources: 2, Agents: 1, Size: 4, Commands: 40, Protocol: "claim", Claim: 4, ParameterBytes: 100 << 10},
 		{Scenario: "dependencies", Producers: 2, Resources: 3, Agents: 1, Size: 4, Commands: 120, Protocol: "inline"},
 		{Scenario: "backlog", Backlog: 300, Blocked: 0.5, Samples: 50},
 		{Scenario: "wakeup", Wakeups: 10},
 	} {
-		t.Run(cfg.Scenario+"/"+cfg.Protocol, func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%s/%d", cfg.Scenario, cfg.Protocol, cfg.ParameterBytes), func(t *testing.T) {
 			var progressed bool
 			cfg.Progress = func(_ string, done, total int) { progressed = done > 0 }
 			res, err := Run(context.Background(), broker(t), cfg)
@@ -51,6 +54,30 @@ func TestRun(t *testing.T) {
 				t.Fatal("progress was never reported")
 			}
 		})
+	}
+}
+
+// TestParameters: padded parameters are exactly the size asked for, stay a
+// JSON object naming their command, and a size too small to pad is left
+// alone.
+func TestParameters(t *testing.T) {
+	for _, size := range []int{0, 30, 64, 65, 4096, 100 << 10} {
+		for _, ij := range [][2]int{{0, 0}, {123456, 9}} {
+			b := parameters(ij[0], ij[1], size)
+			var v struct {
+				Package, Step int
+				Pad           string
+			}
+			if err := json.Unmarshal(b, &v); err != nil || v.Package != ij[0] || v.Step != ij[1] {
+				t.Fatalf("parameters(%d, %d, %d) = %s: %v", ij[0], ij[1], size, b, err)
+			}
+			if size >= 64 && len(b) != size {
+				t.Errorf("parameters(%d, %d, %d) are %d bytes", ij[0], ij[1], size, len(b))
+			}
+			if size < 64 && v.Pad != "" {
+				t.Errorf("parameters(%d, %d, %d) padded to %d bytes", ij[0], ij[1], size, len(b))
+			}
+		}
 	}
 }
 
