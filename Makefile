@@ -19,6 +19,7 @@ FUZZ_TARGETS := \
 	./internal/httpapi:FuzzSafeNext \
 	./internal/httpapi:FuzzRoute \
 	./internal/store:FuzzCursor \
+	./internal/jsonenc:FuzzCommand \
 	./cmd/spinbroker:FuzzParseKV \
 	./cmd/spinbroker:FuzzTableCells \
 	./cmd/spinbroker:FuzzNotBefore \

@@ -16,6 +16,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spin-broker/spinbroker/internal/jsonenc"
+
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
@@ -325,11 +327,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	buf := bufPool.Get().(*bytes.Buffer)
 	defer putBuf(buf)
 	buf.Reset()
-	if err := json.NewEncoder(buf).Encode(v); err != nil {
+	// jsonenc: what json.Encoder writes, without scanning each command's
+	// parameters and output again.
+	b, err := jsonenc.Append(buf.AvailableBuffer(), v)
+	if err != nil {
 		// Our own types always encode; reaching here is a bug.
 		http.Error(w, `{"error":{"code":"internal","message":"internal error"}}`, http.StatusInternalServerError)
 		return
 	}
+	buf.Write(append(b, '\n'))
 	writeBody(w, status, buf.Bytes())
 }
 

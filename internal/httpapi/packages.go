@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/jsonenc"
 )
 
 // pathID returns the canonical id in the path, or ENOTFOUND: a string that
@@ -314,10 +315,11 @@ func (s *Server) streamList(w http.ResponseWriter, r *http.Request, what, id str
 			buf.WriteByte(',')
 		}
 		n++
-		if err := enc.Encode(v); err != nil {
+		b, err := jsonenc.Append(buf.AvailableBuffer(), v)
+		if err != nil {
 			return err
 		}
-		buf.Truncate(buf.Len() - 1) // the encoder's newline
+		buf.Write(b)
 		return send(false)
 	})
 	if err == nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/jsonenc"
 )
 
 // CreatePackage creates a package, with the given commands, and enqueues it
@@ -1125,7 +1125,7 @@ func (t *Tx) remember(idem *spinbroker.Idempotency, v any) error {
 	if idem == nil {
 		return nil
 	}
-	body, err := json.Marshal(v)
+	body, err := jsonenc.Append(nil, v)
 	if err != nil {
 		return err
 	}
