@@ -3,6 +3,7 @@ package jsonenc
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -95,6 +96,37 @@ func TestAppend_UntrustedRawIsJudged(t *testing.T) {
 		c = command("", "", nil, json.RawMessage(raw))
 		same(t, &c)
 	}
+}
+
+// TestCommandKeysAreItsFields guards what appendCommand's search relies
+// on: the only object keys in a command's JSON are its fields' names. A
+// map or interface field would let a client's words be keys, one of them
+// "parameters" ahead of the field.
+func TestCommandKeysAreItsFields(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type, string)
+	walk = func(typ reflect.Type, path string) {
+		for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice || typ.Kind() == reflect.Array {
+			typ = typ.Elem()
+		}
+		if seen[typ] {
+			return
+		}
+		seen[typ] = true
+		switch typ.Kind() {
+		case reflect.Map, reflect.Interface:
+			t.Errorf("%s is a %s: its keys would come from a client", path, typ.Kind())
+		case reflect.Struct:
+			if typ == reflect.TypeFor[time.Time]() {
+				return
+			}
+			for f := range typ.Fields() {
+				walk(f.Type, path+"."+f.Name)
+			}
+		}
+	}
+	walk(reflect.TypeFor[spinbroker.Command](), "Command")
+	walk(reflect.TypeFor[spinbroker.Package](), "Package")
 }
 
 // FuzzCommand holds Append to json.Marshal's bytes for any command whose

@@ -417,8 +417,8 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 
 // paramSetting names a run's parameter size in its settings, when it set one.
 func paramSetting(size int) string {
-	if len(parameters(0, 0, size)) < size {
-		return ""
+	if len(parameters(0, 0, size)) != size {
+		return "" // not padded: the default, or too small a size
 	}
 	return fmt.Sprintf(" with %d-byte parameters", size)
 }

@@ -81,6 +81,16 @@ func TestParameters(t *testing.T) {
 	}
 }
 
+// TestParamSetting: a run's settings name its parameter size only when
+// it set one.
+func TestParamSetting(t *testing.T) {
+	for size, want := range map[int]string{0: "", 30: "", 64: " with 64-byte parameters", 16384: " with 16384-byte parameters"} {
+		if got := paramSetting(size); got != want {
+			t.Errorf("paramSetting(%d) = %q, want %q", size, got, want)
+		}
+	}
+}
+
 // TestCheck plants each kind of violation and expects the checker to name
 // it: a check that cannot fail proves nothing.
 func TestCheck(t *testing.T) {
