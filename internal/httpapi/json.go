@@ -16,9 +16,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/spin-broker/spinbroker/internal/jsonenc"
-
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/jsonenc"
 )
 
 // readBody reads a request body of at most spinbroker.MaxBodyBytes.
