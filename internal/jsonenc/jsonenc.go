@@ -31,15 +31,21 @@ import (
 func Append(dst []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case *spinbroker.Command:
-		return appendCommand(dst, v)
+		if v != nil {
+			return appendCommand(dst, v)
+		}
 	case spinbroker.Command:
 		return appendCommand(dst, &v)
 	case *spinbroker.Package:
-		return appendPackage(dst, v)
+		if v != nil {
+			return appendPackage(dst, v)
+		}
 	case spinbroker.Package:
 		return appendPackage(dst, &v)
 	case *spinbroker.ClaimResult:
-		return appendClaim(dst, v)
+		if v != nil {
+			return appendClaim(dst, v)
+		}
 	case spinbroker.ClaimResult:
 		return appendClaim(dst, &v)
 	}

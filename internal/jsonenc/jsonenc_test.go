@@ -82,6 +82,10 @@ func TestAppend_SameAsEncodingJSON(t *testing.T) {
 	same(t, &spinbroker.Package{ID: "p", Commands: []spinbroker.Command{}})
 	same(t, &spinbroker.ClaimResult{})
 	same(t, &spinbroker.ClaimResult{Commands: []spinbroker.Command{}})
+	// Nil pointers are null, as encoding/json has them.
+	same(t, (*spinbroker.Command)(nil))
+	same(t, (*spinbroker.Package)(nil))
+	same(t, (*spinbroker.ClaimResult)(nil))
 	// Anything else is json.Marshal's, errors included.
 	same(t, spinbroker.Health{Status: "ok"})
 	same(t, make(chan int))
