@@ -13,6 +13,7 @@ import (
 
 	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/loadgen"
 )
 
 // TestBench_HelpSaysExitStatus: a script that runs bench (a CI job sizing
@@ -127,6 +128,29 @@ func TestBench_SizeTheBrokerRefuses(t *testing.T) {
 		if r.code != 2 || !strings.Contains(r.stderr, tt.want) {
 			t.Errorf("bench %v: want a usage error saying %q, got %s", tt.args, tt.want, r)
 		}
+	}
+}
+
+// TestBench_SizeWithoutParameterBytes: the bound on a package created in
+// one request, --size × (--parameter-bytes + 512), holds only when
+// --parameter-bytes is given: it refused --size 5000 with the default
+// parameters ("at most 2048 commands of 0 bytes"), whose requests the
+// broker takes (10,000 of those commands are 958 KB), and which bench
+// ran before --parameter-bytes came.
+func TestBench_SizeWithoutParameterBytes(t *testing.T) {
+	for _, c := range []benchConfig{
+		{Config: loadgen.Config{Producers: 4, Resources: 8, Agents: 1, Size: 5000, Commands: 20000, Protocol: "inline", Claim: 100}},
+		{Config: loadgen.Config{Producers: 4, Resources: 8, Agents: 1, Size: 10000, Commands: 20000, Protocol: "claim", Claim: 100}},
+		{Config: loadgen.Config{Producers: 4, Resources: 8, Agents: 1, Size: 1, Commands: 10, Protocol: "inline", ParameterBytes: 983040}},
+	} {
+		c.scenarios, c.sync = "throughput", "normal"
+		if err := c.check(); err != nil {
+			t.Errorf("--protocol %s --size %d --parameter-bytes %d: %v", c.Protocol, c.Size, c.ParameterBytes, err)
+		}
+	}
+	c := benchConfig{Config: loadgen.Config{Producers: 4, Resources: 8, Agents: 1, Size: 5, Commands: 20, Protocol: "inline", ParameterBytes: 983040}, scenarios: "throughput", sync: "normal"}
+	if err := c.check(); err == nil || !strings.Contains(err.Error(), "--size × --parameter-bytes") {
+		t.Errorf("--size 5 --parameter-bytes 983040: want it refused, got %v", err)
 	}
 }
 

@@ -211,8 +211,10 @@ func (c *benchConfig) check() error {
 				return fmt.Errorf("--commands must be at least --size (%d), not %d", c.Size, c.Commands)
 			case c.ParameterBytes != 0 && (c.ParameterBytes < minParameterBytes || c.ParameterBytes > spinbroker.MaxBodyBytes-64<<10):
 				return fmt.Errorf("--parameter-bytes must be from %d to %d, not %d", minParameterBytes, spinbroker.MaxBodyBytes-64<<10, c.ParameterBytes)
-			case c.Protocol != "seed" && c.Size*(c.ParameterBytes+packageOverhead) > spinbroker.MaxBodyBytes:
-				// The seed's protocol adds a command per request.
+			case c.ParameterBytes != 0 && c.Protocol != "seed" && c.Size*(c.ParameterBytes+packageOverhead) > spinbroker.MaxBodyBytes:
+				// The seed's protocol adds a command per request. Without
+				// --parameter-bytes a command is about 100 bytes, and
+				// MaxCommandsPerBatch of them fit (checked above).
 				return fmt.Errorf("--size × --parameter-bytes must fit in one request of %d bytes with --protocol %s, which creates a package in one: at most %d commands of %d bytes", spinbroker.MaxBodyBytes, c.Protocol, spinbroker.MaxBodyBytes/(c.ParameterBytes+packageOverhead), c.ParameterBytes)
 			}
 			switch c.Protocol {
