@@ -154,6 +154,29 @@ func TestBench_SizeWithoutParameterBytes(t *testing.T) {
 	}
 }
 
+// TestBench_SeedParameterBytesFitAnswer: with --protocol seed a package's
+// commands each come in a request of their own, but its enqueue answers
+// the package whole, every command's parameters in it (as does the read
+// the check makes of it), and the client reads answers of up to 64 MiB:
+// --size 70 --parameter-bytes 983040 passed the check, then its first
+// enqueue failed ("larger than 64 MiB, more than spinbroker reads"),
+// late, after 67 MB were sent. It is a usage error, before any run; 60
+// such commands fit.
+func TestBench_SeedParameterBytesFitAnswer(t *testing.T) {
+	c := benchConfig{Config: loadgen.Config{Producers: 1, Resources: 1, Agents: 1, Size: 70, Commands: 70, Protocol: "seed", ParameterBytes: 983040}, scenarios: "throughput", sync: "normal"}
+	if err := c.check(); err == nil || !strings.Contains(err.Error(), "--parameter-bytes") {
+		t.Errorf("--protocol seed --size 70 --parameter-bytes 983040: want it refused naming --parameter-bytes, got %v", err)
+	}
+	c.scenarios = "dependencies"
+	if err := c.check(); err == nil || !strings.Contains(err.Error(), "--parameter-bytes") {
+		t.Errorf("--scenarios dependencies --protocol seed --size 70 --parameter-bytes 983040: want it refused, got %v", err)
+	}
+	c.scenarios, c.Size, c.Commands = "throughput", 60, 60
+	if err := c.check(); err != nil {
+		t.Errorf("--protocol seed --size 60 --parameter-bytes 983040: %v", err)
+	}
+}
+
 // TestBench_ScenariosAll: the error for an unknown scenario lists "all"
 // among the names it takes, then refused it beside another ("all,wakeup":
 // 'unknown scenario "all"'); and " all" (a space after a comma, which

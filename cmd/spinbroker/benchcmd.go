@@ -168,6 +168,11 @@ const (
 	// packageOverhead is what a command adds to a create's body besides
 	// its parameters (key, resource, action, dependencies' keys), generously.
 	packageOverhead = 512
+	// answerLimit is the largest answer the client reads (its maxAnswer),
+	// and answerOverhead what a command adds to a package's answer besides
+	// its parameters (ids, times, its dependencies' ids), generously.
+	answerLimit    = 64 << 20
+	answerOverhead = 1024
 )
 
 // allScenarios are what --scenarios all runs, in order.
@@ -216,6 +221,10 @@ func (c *benchConfig) check() error {
 				// --parameter-bytes a command is about 100 bytes, and
 				// MaxCommandsPerBatch of them fit (checked above).
 				return fmt.Errorf("--size × --parameter-bytes must fit in one request of %d bytes with --protocol %s, which creates a package in one: at most %d commands of %d bytes", spinbroker.MaxBodyBytes, c.Protocol, spinbroker.MaxBodyBytes/(c.ParameterBytes+packageOverhead), c.ParameterBytes)
+			case c.ParameterBytes != 0 && c.Size*(c.ParameterBytes+answerOverhead) > answerLimit:
+				// Seed's packages: each is one enqueue's answer, and one
+				// read back by the run's check, every parameter in it.
+				return fmt.Errorf("--size × --parameter-bytes must fit in one answer of %d MiB, the most the client reads, which holds a package whole: at most %d commands of %d bytes", answerLimit>>20, answerLimit/(c.ParameterBytes+answerOverhead), c.ParameterBytes)
 			}
 			switch c.Protocol {
 			case "inline", "seed":
