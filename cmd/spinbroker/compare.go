@@ -19,6 +19,7 @@ type benchLine struct {
 	Protocol       string  `json:"protocol"`
 	CommandsPerSec float64 `json:"commands_per_sec"`
 	MicrosPerCycle float64 `json:"micros_per_next_complete"`
+	ParameterBytes int     `json:"parameter_bytes"`
 	OK             *bool   `json:"ok"`
 	Machine        machine `json:"machine"`
 	// bench/peers
@@ -44,6 +45,7 @@ func (a *app) compare(files []string) error {
 	ceiling := map[string]float64{} // by protocol
 	var names, machines []string
 	seen := map[string]bool{}
+	sized := map[string]bool{} // runs with --parameter-bytes
 	bad := 0
 	for _, f := range files {
 		fh, err := os.Open(f)
@@ -75,6 +77,12 @@ func (a *app) compare(files []string) error {
 				}
 			case l.Scenario == "throughput":
 				name, r = "spin-broker "+l.Protocol, l.CommandsPerSec
+				if l.ParameterBytes > 0 {
+					// Not the shape the peers and the ceiling ran: a row
+					// of its own, without their ratios.
+					name = fmt.Sprintf("%s, %d-byte parameters", name, l.ParameterBytes)
+					sized[name] = true
+				}
 				if l.OK != nil && !*l.OK {
 					bad++
 				}
@@ -124,7 +132,7 @@ func (a *app) compare(files []string) error {
 				continue
 			}
 			ratio := func(peer string) string {
-				if p := rate[key{peer, sync}]; p > 0 && strings.HasPrefix(n, "spin-broker") {
+				if p := rate[key{peer, sync}]; p > 0 && strings.HasPrefix(n, "spin-broker") && !sized[n] {
 					return fmt.Sprintf("%.1f", r/p)
 				}
 				return ""

@@ -55,6 +55,21 @@ func TestBenchCompare(t *testing.T) {
 	if first, _, _ := strings.Cut(r.stdout, "\n"); r.code != 0 || first != "machine: Intel(R) Xeon(R) Processor, 2 CPUs, go1.26.8 linux/amd64" {
 		t.Errorf("compare of one machine's runs: want it named on the first line, got %s", r)
 	}
+	// A run with --parameter-bytes is another shape than the peers ran:
+	// its own row, kept apart from the default run's, with no ratio.
+	sized := filepath.Join(dir, "sized.json")
+	os.WriteFile(sized, []byte(`{"scenario":"throughput","protocol":"inline","commands_per_sec":900,"parameter_bytes":16384,"sync":"normal","ok":true,`+xeon+`}`), 0o644)
+	r = spin(t, "bench", "--compare", sb+","+sized+","+peers)
+	var row string
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(line, "16384-byte") {
+			row = strings.Join(strings.Fields(line), " ")
+		}
+	}
+	if r.code != 0 || !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), "spin-broker inline normal 3300 3.0") ||
+		row != "spin-broker inline, 16384-byte parameters normal 900" {
+		t.Errorf("compare of a sized run: want its own row without ratios beside the default's, got %s", r)
+	}
 	mixed := filepath.Join(dir, "mixed.json")
 	os.WriteFile(mixed, []byte(`{"scenario":"throughput","protocol":"claim","commands_per_sec":14000,"sync":"normal","ok":true,`+epyc+`}`), 0o644)
 	r = spin(t, "bench", "--compare", sb+","+mixed+","+peers)

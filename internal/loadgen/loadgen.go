@@ -73,6 +73,7 @@ type Result struct {
 	Seconds        float64            `json:"seconds"`
 	CommandsPerSec float64            `json:"commands_per_sec,omitempty"`
 	MicrosPerCycle float64            `json:"micros_per_next_complete,omitempty"`
+	ParameterBytes int                `json:"parameter_bytes,omitempty"` // each command's, when the run sized them
 	Calls          map[string]Latency `json:"calls"`
 	Violations     []string           `json:"violations"`
 	// PerClaim is how many commands a claim that found work held, on
@@ -390,7 +391,8 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		Protocol: cfg.Protocol,
 		Settings: fmt.Sprintf("%d producers × %d resources × %d agent%s per resource, packages of %d%s, protocol %s", cfg.Producers, cfg.Resources, cfg.Agents, plural(cfg.Agents), cfg.Size, paramSetting(cfg.ParameterBytes), cfg.Protocol),
 		Commands: total, Seconds: elapsed.Seconds(), CommandsPerSec: float64(total) / elapsed.Seconds(),
-		Calls: rec.summary(), Violations: []string{},
+		ParameterBytes: sizedParameters(cfg.ParameterBytes),
+		Calls:          rec.summary(), Violations: []string{},
 	}
 	if claim {
 		res.Settings += fmt.Sprintf(" %d", cfg.Claim)
@@ -415,10 +417,19 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	return res, nil
 }
 
+// sizedParameters is the size a run padded its parameters to, or 0 when
+// it did not (the default, or too small a size).
+func sizedParameters(size int) int {
+	if len(parameters(0, 0, size)) != size {
+		return 0
+	}
+	return size
+}
+
 // paramSetting names a run's parameter size in its settings, when it set one.
 func paramSetting(size int) string {
-	if len(parameters(0, 0, size)) != size {
-		return "" // not padded: the default, or too small a size
+	if sizedParameters(size) == 0 {
+		return ""
 	}
 	return fmt.Sprintf(" with %d-byte parameters", size)
 }

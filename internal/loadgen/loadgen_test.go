@@ -50,6 +50,9 @@ func TestRun(t *testing.T) {
 			if cfg.Scenario == "wakeup" && res.Calls["enqueue_to_delivery"].Count != cfg.Wakeups {
 				t.Fatalf("wakeup samples: %+v", res.Calls)
 			}
+			if res.ParameterBytes != cfg.ParameterBytes {
+				t.Fatalf("the result says %d-byte parameters, the run padded them to %d", res.ParameterBytes, cfg.ParameterBytes)
+			}
 			if cfg.Scenario != "wakeup" && !progressed {
 				t.Fatal("progress was never reported")
 			}
