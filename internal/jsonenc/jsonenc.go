@@ -21,6 +21,7 @@ package jsonenc
 import (
 	"bytes"
 	"encoding/json"
+	"sync"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -65,12 +66,15 @@ func appendCommand(dst []byte, c *spinbroker.Command) ([]byte, error) {
 		b, err := json.Marshal(c)
 		return append(dst, b...), err
 	}
-	bare := *c
-	bare.Parameters, bare.Output = nil, nil
-	b, err := json.Marshal(&bare)
-	if err != nil {
+	s := scratchPool.Get().(*scratch)
+	defer s.put()
+	s.bare = *c
+	s.bare.Parameters, s.bare.Output = nil, nil
+	if err := s.enc.Encode(&s.bare); err != nil {
 		return dst, err
 	}
+	b := s.buf.Bytes()
+	b = b[:len(b)-1] // the encoder's newline
 	// The first "parameters":null and "output":null are the fields: the
 	// only other text in b is in strings, where every quote is escaped,
 	// and none of Command's fields is a map, whose keys could hold them.
@@ -86,6 +90,30 @@ func appendCommand(dst []byte, c *spinbroker.Command) ([]byte, error) {
 	dst = append(dst, b[p+len(paramsNull):o+len(outputNull)-len("null")]...)
 	dst = appendRaw(dst, output)
 	return append(dst, b[o+len(outputNull):]...), nil
+}
+
+// scratch is where appendCommand encodes a command without its raw
+// fields: pooled, so that an answer of small commands allocates no more
+// than json.Encoder did.
+type scratch struct {
+	buf  bytes.Buffer
+	enc  *json.Encoder // writes to buf; escapes HTML, as json.Marshal does
+	bare spinbroker.Command
+}
+
+var scratchPool = sync.Pool{New: func() any {
+	s := new(scratch)
+	s.enc = json.NewEncoder(&s.buf)
+	return s
+}}
+
+func (s *scratch) put() {
+	s.bare = spinbroker.Command{} // holds nothing of the answer
+	s.buf.Reset()
+	if s.buf.Cap() > 64<<10 {
+		return // grown by an outsized command: let it go
+	}
+	scratchPool.Put(s)
 }
 
 // trusted reports whether raw can be copied as it is: absent, or a JSON
