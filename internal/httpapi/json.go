@@ -324,18 +324,23 @@ func jsonTypeName(goType string) string {
 // writeJSON answers v as JSON with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	buf := bufPool.Get().(*bytes.Buffer)
-	defer putBuf(buf)
 	buf.Reset()
 	// jsonenc: what json.Encoder writes, without scanning each command's
-	// parameters and output again.
+	// parameters and output again. It appends into the pooled buffer's
+	// room, or into a larger array of its own, which the pool keeps next.
 	b, err := jsonenc.Append(buf.AvailableBuffer(), v)
 	if err != nil {
+		putBuf(buf)
 		// Our own types always encode; reaching here is a bug.
 		http.Error(w, `{"error":{"code":"internal","message":"internal error"}}`, http.StatusInternalServerError)
 		return
 	}
-	buf.Write(append(b, '\n'))
-	writeBody(w, status, buf.Bytes())
+	b = append(b, '\n')
+	writeBody(w, status, b)
+	if cap(b) > buf.Cap() {
+		buf = bytes.NewBuffer(b[:0])
+	}
+	putBuf(buf)
 }
 
 // bufPool holds the buffers answers are encoded into: a claim's answer is
