@@ -280,3 +280,25 @@ func TestBench_IgnoredFlagsRefused(t *testing.T) {
 		t.Errorf("bench --json: want the broker's CPU, memory and writer's busy time (under %.1fs), got %+v (%v) from %s", took, res, err, r)
 	}
 }
+
+// TestGeneratorLine: the generator's CPU in a run's timed part, as a share
+// of the CPUs it may use, with a warning near all of them.
+func TestGeneratorLine(t *testing.T) {
+	for _, c := range []struct {
+		cpu, seconds float64
+		procs        int
+		want         string
+		warn         bool
+	}{
+		{0, 1, 1, "", false},
+		{0.5, 0, 1, "", false},
+		{0.5, 1, 1, "  generator: 0.5s CPU (50% of its 1 CPU)", false},
+		{0.96, 1, 1, "  generator: 1.0s CPU (96% of its 1 CPU); near all", true},
+		{1.8, 1, 2, "  generator: 1.8s CPU (90% of its 2 CPUs); near all", true},
+	} {
+		got := generatorLine(c.cpu, c.seconds, c.procs)
+		if !strings.HasPrefix(got, c.want) || (c.want == "") != (got == "") || c.warn != strings.Contains(got, "--procs") {
+			t.Errorf("generatorLine(%v, %v, %d) = %q, want %q…", c.cpu, c.seconds, c.procs, got, c.want)
+		}
+	}
+}

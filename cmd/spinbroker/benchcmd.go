@@ -535,6 +535,24 @@ func peakRSSMiB(pid int) float64 {
 	return 0
 }
 
+// generatorBound is the share of its CPUs past which the generator, not
+// the broker, may be what set a run's rate.
+const generatorBound = 0.9
+
+// generatorLine says how much CPU the load generator used in a run's timed
+// part, and warns when that was near all it may use; "" when not measured.
+func generatorLine(cpu, seconds float64, procs int) string {
+	if cpu <= 0 || seconds <= 0 || procs <= 0 {
+		return ""
+	}
+	share := cpu / (seconds * float64(procs))
+	line := fmt.Sprintf("  generator: %.1fs CPU (%.0f%% of its %d CPU%s)", cpu, 100*share, procs, map[bool]string{true: "", false: "s"}[procs == 1])
+	if share >= generatorBound {
+		line += "; near all it may use, so the rate may be the generator's limit rather than the broker's: give it more CPUs (--procs) or run it on another machine (--url)"
+	}
+	return line
+}
+
 func printResult(a *app, r *loadgen.Result, sync string, remote bool) {
 	w := a.stdout
 	fmt.Fprintf(w, "%s: %s", r.Scenario, r.Settings)
@@ -550,6 +568,9 @@ func printResult(a *app, r *loadgen.Result, sync string, remote bool) {
 	}
 	if r.PerClaim > 0 {
 		fmt.Fprintf(w, "  claims that found work held %.1f commands on average\n", r.PerClaim)
+	}
+	if line := generatorLine(r.GeneratorCPUSeconds, r.Seconds, runtime.GOMAXPROCS(0)); line != "" {
+		fmt.Fprintln(w, line)
 	}
 	if !remote {
 		fmt.Fprintf(w, "  broker: %.1fs CPU, %.0f MiB peak memory", r.BrokerCPUSeconds, r.BrokerPeakRSSMiB)

@@ -81,6 +81,11 @@ type Result struct {
 	// keep the queues that full, which bounds the rate more than the
 	// claim size does.
 	PerClaim float64 `json:"commands_per_claim,omitempty"`
+	// GeneratorCPUSeconds is the CPU time this process (the load generator,
+	// not a broker it started) used in the timed part of a throughput or
+	// dependencies run, on GOMAXPROCS CPUs at most: near all of them, the
+	// rate is the generator's more than the broker's.
+	GeneratorCPUSeconds float64 `json:"generator_cpu_seconds,omitempty"`
 	// Broker resources, filled in by the caller that started the broker.
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMiB float64 `json:"broker_peak_rss_mib,omitempty"`
@@ -278,10 +283,19 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		endOnce sync.Once
 		end     time.Time
 	)
-	finish := func() { endOnce.Do(func() { end = time.Now(); cancel() }) }
+	var cpuStart, cpuEnd time.Duration
+	cpuKnown := false
+	finish := func() {
+		endOnce.Do(func() {
+			end = time.Now()
+			cpuEnd, _ = processCPU()
+			cancel()
+		})
+	}
 	var completed atomic.Int64
 	deliveries := make([][]delivery, cfg.Resources*cfg.Agents)
 
+	cpuStart, cpuKnown = processCPU()
 	start := time.Now()
 	var agents sync.WaitGroup
 	for r := 0; r < cfg.Resources; r++ {
@@ -396,6 +410,9 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	}
 	if claim {
 		res.Settings += fmt.Sprintf(" %d", cfg.Claim)
+	}
+	if cpuKnown && cpuEnd > cpuStart {
+		res.GeneratorCPUSeconds = math.Round((cpuEnd-cpuStart).Seconds()*1000) / 1000
 	}
 	var all []delivery
 	for _, d := range deliveries {

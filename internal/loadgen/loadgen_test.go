@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -49,6 +50,13 @@ func TestRun(t *testing.T) {
 			}
 			if cfg.Scenario == "wakeup" && res.Calls["enqueue_to_delivery"].Count != cfg.Wakeups {
 				t.Fatalf("wakeup samples: %+v", res.Calls)
+			}
+			if cfg.Scenario == "throughput" || cfg.Scenario == "dependencies" {
+				// The broker runs in this process too, so the bound is
+				// every CPU's.
+				if _, known := processCPU(); known && !(res.GeneratorCPUSeconds > 0 && res.GeneratorCPUSeconds <= res.Seconds*float64(runtime.NumCPU())*1.1+0.05) {
+					t.Fatalf("generator CPU %.3fs in a run of %.3fs on %d CPUs", res.GeneratorCPUSeconds, res.Seconds, runtime.NumCPU())
+				}
 			}
 			if res.ParameterBytes != cfg.ParameterBytes {
 				t.Fatalf("the result says %d-byte parameters, the run padded them to %d", res.ParameterBytes, cfg.ParameterBytes)
