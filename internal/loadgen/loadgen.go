@@ -283,8 +283,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		endOnce sync.Once
 		end     time.Time
 	)
-	var cpuStart, cpuEnd time.Duration
-	cpuKnown := false
+	var cpuEnd time.Duration // the generator's, at the last completion
 	finish := func() {
 		endOnce.Do(func() {
 			end = time.Now()
@@ -295,7 +294,7 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 	var completed atomic.Int64
 	deliveries := make([][]delivery, cfg.Resources*cfg.Agents)
 
-	cpuStart, cpuKnown = processCPU()
+	cpuStart, cpuKnown := processCPU()
 	start := time.Now()
 	var agents sync.WaitGroup
 	for r := 0; r < cfg.Resources; r++ {
