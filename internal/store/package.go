@@ -331,14 +331,17 @@ func (p *createPlan) earlier(entry string, pos int) (int, bool) {
 
 // outsideState reads the state of command id, outside the request, once.
 // Until the create's commands are all inserted nothing else changes in
-// the transaction, so a state read stays true.
+// the transaction, so a state read stays true. Without a plan (an add to
+// a staging package) it reads it each time.
 func (p *createPlan) outsideState(t *Tx, id string) (string, error) {
-	if state, ok := p.states[id]; ok {
-		return state, nil
+	if p != nil {
+		if state, ok := p.states[id]; ok {
+			return state, nil
+		}
 	}
 	var state string
-	if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state); err != nil {
-		return "", err
+	if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state); err != nil || p == nil {
+		return state, err
 	}
 	if p.states == nil {
 		p.states = make(map[string]string)
@@ -512,11 +515,7 @@ func depItem(i, j int) string {
 func (t *Tx) resolveDep(pkgID, entry, what string) (id, state string, err error) {
 	if spinbroker.LooksLikeID(entry) {
 		id = strings.ToLower(entry)
-		if plan := t.planOf(pkgID); plan != nil {
-			state, err = plan.outsideState(t, id)
-		} else {
-			err = t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state)
-		}
+		state, err = t.planOf(pkgID).outsideState(t, id)
 		if isNoRows(err) {
 			return "", "", spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %s names no existing command", what, id)
 		}
