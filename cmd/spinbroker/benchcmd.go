@@ -147,7 +147,7 @@ Exit status:
 	f.IntVar(&c.Commands, "commands", 20000, "commands in a throughput or dependencies run")
 	f.StringVar(&c.Protocol, "protocol", "inline", "inline (a package in one request), seed (new, add each, enqueue) or claim (claim batches, batched completion)")
 	f.IntVar(&c.Claim, "claim", 100, "commands per claim and per batched completion (--protocol claim)")
-	f.IntVar(&c.ParameterBytes, "parameter-bytes", 0, fmt.Sprintf("bytes of each command's parameters in a throughput or dependencies run, from %d to %d (default: about 30, the command's own numbers)", minParameterBytes, spinbroker.MaxBodyBytes-64<<10))
+	f.IntVar(&c.ParameterBytes, "parameter-bytes", 0, fmt.Sprintf("bytes of each command's parameters in a throughput or dependencies run, from %d to %d (default: about 30, the command's own numbers)", minParameterBytes, maxParameterBytes))
 	f.IntVar(&c.Backlog, "backlog", 100000, "commands in the backlog scenario's queue")
 	f.Float64Var(&c.Blocked, "blocked", 0.5, "fraction of the backlog blocked at the head of the queue")
 	f.IntVar(&c.Samples, "samples", 2000, "next+complete cycles timed in the backlog scenario")
@@ -165,6 +165,9 @@ const (
 	// minParameterBytes is the least --parameter-bytes: the command's own
 	// numbers and the pad's name take up to 64.
 	minParameterBytes = 64
+	// maxParameterBytes is the most: the seed's protocol adds a command in
+	// one request, which holds it with the rest of the command.
+	maxParameterBytes = spinbroker.MaxBodyBytes - 64<<10
 	// packageOverhead is what a command adds to a create's body besides
 	// its parameters (key, resource, action, dependencies' keys), generously.
 	packageOverhead = 512
@@ -214,8 +217,8 @@ func (c *benchConfig) check() error {
 				return fmt.Errorf("--agents must be at most %d (a queue's largest concurrency), not %d", spinbroker.MaxConcurrency, c.Agents)
 			case c.Commands < c.Size:
 				return fmt.Errorf("--commands must be at least --size (%d), not %d", c.Size, c.Commands)
-			case c.ParameterBytes != 0 && (c.ParameterBytes < minParameterBytes || c.ParameterBytes > spinbroker.MaxBodyBytes-64<<10):
-				return fmt.Errorf("--parameter-bytes must be from %d to %d, not %d", minParameterBytes, spinbroker.MaxBodyBytes-64<<10, c.ParameterBytes)
+			case c.ParameterBytes != 0 && (c.ParameterBytes < minParameterBytes || c.ParameterBytes > maxParameterBytes):
+				return fmt.Errorf("--parameter-bytes must be from %d to %d, not %d", minParameterBytes, maxParameterBytes, c.ParameterBytes)
 			case c.ParameterBytes != 0 && c.Protocol != "seed" && c.Size*(c.ParameterBytes+packageOverhead) > spinbroker.MaxBodyBytes:
 				// The seed's protocol adds a command per request. Without
 				// --parameter-bytes a command is about 100 bytes, and
