@@ -188,6 +188,28 @@ func testUpgrade(t *testing.T, name string, version int64) {
 		t.Fatalf("next on r2: %v, want %s", c, id(11))
 	}
 	wantCmdState(e, id(10), "blocked")
+	// Parameters past 2 KiB, kept in the command's row before schema 6,
+	// are delivered as they were given.
+	if version >= 5 {
+		var was struct{ Parameters json.RawMessage } // as jq printed it
+		if err := json.Unmarshal(answers["/commands/"+id(19)], &was); err != nil || len(was.Parameters) < 5000 {
+			t.Fatalf("the fixture's command 19: %d bytes of parameters, %v", len(was.Parameters), err)
+		}
+		var want bytes.Buffer
+		if err := json.Compact(&want, was.Parameters); err != nil {
+			t.Fatal(err)
+		}
+		c := e.next("r7")
+		if c == nil {
+			t.Fatalf("next on r7: nothing, want %s", id(19))
+		} else if c.ID != id(19) {
+			t.Fatalf("next on r7: %s, want %s", c.ID, id(19))
+		}
+		if string(c.Parameters) != want.String() {
+			t.Fatalf("next on r7: %d bytes of parameters, want the %d the older build was given", len(c.Parameters), want.Len())
+		}
+		e.want(e.complete(c, true), 200, "")
+	}
 	// A failure's cascade is undone by a retry, across packages.
 	e.want(e.do("POST", "/commands/"+id(14)+"/retry", ""), 200, "")
 	wantCmdState(e, id(15), "blocked")

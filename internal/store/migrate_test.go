@@ -157,8 +157,9 @@ func TestMigration_UpgradeIsLogged(t *testing.T) {
 		return buf.String()
 	}
 	log := reopen(path)
-	if !strings.Contains(log, `msg="migrated the database schema"`) || !strings.Contains(log, "from=1 to=5") ||
-		!strings.Contains(log, "00002_counts_in_store.sql") || !strings.Contains(log, "00004_queue_activity.sql") || !strings.Contains(log, "00005_token_expiry.sql") {
+	if !strings.Contains(log, `msg="migrated the database schema"`) || !strings.Contains(log, "from=1 to=6") ||
+		!strings.Contains(log, "00002_counts_in_store.sql") || !strings.Contains(log, "00004_queue_activity.sql") || !strings.Contains(log, "00005_token_expiry.sql") ||
+		!strings.Contains(log, "00006_large_parameters.sql") {
 		t.Fatalf("the upgrade's log: %s", log)
 	}
 	if log := reopen(path); strings.Contains(log, "migrated") {
@@ -199,5 +200,40 @@ func TestMigration_TokenExpiry(t *testing.T) {
 	}
 	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM tokens WHERE id = 't'`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("after Down, the token: %d, %v", n, err)
+	}
+}
+
+// TestMigration_LargeParameters: the Down of migration 00006 moves the
+// parameters kept aside back into their commands' rows before it drops
+// their table, and leaves those kept in their rows as they were.
+func TestMigration_LargeParameters(t *testing.T) {
+	ctx := context.Background()
+	raw, p := migrationDB(t)
+	if _, err := p.UpTo(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	big := `{"x":"` + strings.Repeat("y", 5000) + `"}`
+	for _, q := range []string{
+		`INSERT INTO packages (id, created_at) VALUES ('p', 0)`,
+		`INSERT INTO commands (id, package_id, pos, resource, action, parameters, state, max_attempts, created_at)
+			VALUES ('inline', 'p', 0, 'r', 'a', '{"n":1}', 'staged', 1, 0), ('aside', 'p', 1, 'r', 'a', '', 'staged', 1, 0)`,
+		`INSERT INTO command_parameters (command_id, parameters) VALUES ('aside', '` + big + `')`,
+	} {
+		if _, err := raw.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.DownTo(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{"inline": `{"n":1}`, "aside": big} {
+		var got string
+		if err := raw.QueryRowContext(ctx, `SELECT parameters FROM commands WHERE id = ?`, id).Scan(&got); err != nil || got != want {
+			t.Fatalf("after Down, %s's parameters: %d bytes, not %d (%v)", id, len(got), len(want), err)
+		}
+	}
+	var n int
+	if err := raw.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE name = 'command_parameters'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after Down, command_parameters is still there: %d, %v", n, err)
 	}
 }

@@ -464,10 +464,14 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		}
 		seq, enqueued, pend = enq.base+int64(pos), enq.now, pending
 	}
+	params, spill := string(in.Parameters), len(in.Parameters) > spillBytes
+	if spill {
+		params = ""
+	}
 	_, err := t.exec(`INSERT INTO commands (id, package_id, pos, key, resource, action, parameters, state,
 			max_attempts, lease_duration, not_before, created_at, n_deps, seq, enqueued_at, pending_deps, ready_at, n_dependents)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		id, pkgID, pos, key, in.Resource, in.Action, string(in.Parameters), string(state),
+		id, pkgID, pos, key, in.Resource, in.Action, params, string(state),
 		maxAttempts, leaseDur, optNanos(in.NotBefore), nanos(t.now), len(deps), seq, enqueued, pend, readyAt, dependents)
 	if isConstraint(err) && plan != nil {
 		// The package does not exist outside this request: its id (the
@@ -477,6 +481,11 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
 	} else if err != nil {
 		return spinbroker.Command{}, err
+	}
+	if spill {
+		if _, err := t.exec(`INSERT INTO command_parameters (command_id, parameters) VALUES (?, ?)`, id, string(in.Parameters)); err != nil {
+			return spinbroker.Command{}, err
+		}
 	}
 	t.addedCommand(pkgID)
 	for _, dep := range deps {
@@ -608,9 +617,9 @@ const (
 // qAnswerSize tells whether package ?1 has at most ?2 commands and ?3 bytes
 // of text in them, reading at most ?2+1 of its commands, and not their text
 // (octet_length reads only the record's header).
-const qAnswerSize = `SELECT count(*) <= ?2 AND coalesce(sum(octet_length(parameters) +
-		coalesce(octet_length(output), 0) + coalesce(octet_length(reason), 0) + 40 * n_deps), 0) <= ?3
-	FROM (SELECT parameters, output, reason, n_deps FROM commands WHERE package_id = ?1 LIMIT ?2 + 1)`
+const qAnswerSize = `SELECT count(*) <= ?2 AND coalesce(sum(bytes), 0) <= ?3
+	FROM (SELECT ` + colParameterBytes + ` + coalesce(octet_length(output), 0) + coalesce(octet_length(reason), 0) + 40 * n_deps AS bytes
+		FROM commands WHERE package_id = ?1 LIMIT ?2 + 1)`
 
 // smallAnswer reads package id, with all its commands, as this operation
 // leaves it, when it is small (see answerInTxCommands); else it answers

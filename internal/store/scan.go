@@ -74,8 +74,26 @@ func queryStrings(q querier, query string, args ...any) ([]string, error) {
 	return out, interpretError(endRows(rows))
 }
 
-// commandCols are the columns scanCommand reads, in its order.
-const commandCols = commandColsHead + `parameters` + commandColsMid + `output` + commandColsTail
+// commandCols are the columns scanCommand reads, in its order, from a
+// statement on commands that does not rename the table.
+const commandCols = commandColsHead + colParameters + commandColsMid + `output` + commandColsTail
+
+// Parameters longer than spillBytes are kept in command_parameters, and
+// the command's row holds an empty string in their place (migration 00006): SQLite
+// rewrites a row whole, overflow pages and all, on every update that
+// changes its size, and a command's row is updated at its lease and at
+// its completion. 2 KiB keeps a row within half a page.
+const spillBytes = 2 << 10
+
+// colParameters reads a command's parameters wherever they are kept;
+// colParameterBytes, their length in bytes without reading them
+// (octet_length of a column reads only the record's header).
+const (
+	colParameters = `CASE WHEN octet_length(parameters) > 0 THEN parameters
+		ELSE (SELECT p.parameters FROM command_parameters p WHERE p.command_id = commands.id) END`
+	colParameterBytes = `CASE WHEN octet_length(parameters) > 0 THEN octet_length(parameters)
+		ELSE (SELECT octet_length(p.parameters) FROM command_parameters p WHERE p.command_id = commands.id) END`
+)
 
 // commandColsLight are commandCols with parameters and output read as NULL,
 // which the scanned command leaves nil: for the dashboard's lists, which

@@ -20,7 +20,7 @@ PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf $U/healthz >/dev/null && break; sleep 0.1; done
 A="Authorization: Bearer $ADMIN" C="Authorization: Bearer $CLIENT" G="Authorization: Bearer $AGENT"
-id() { printf '00000000-0000-4000-8000-%012d' "$1"; } # fixed ids: p1..p7 packages, 8..18 commands
+id() { printf '00000000-0000-4000-8000-%012d' "$1"; } # fixed ids: p1..p7 and p20 packages, 8..19 commands
 j() { curl -sf -H "$A" "$@"; }
 # A package in staging, and a command added to it with an Idempotency-Key.
 j $U/packages -d '{"id":"'$(id 1)'","commands":[{"key":"s1","resource":"r1","action":"x","parameters":{"a":1}}]}' >/dev/null
@@ -44,6 +44,9 @@ j $U/commands/$(id 14)/complete -d '{"status":false,"reason":"disk on fire","out
 # A cancelled package (7).
 j $U/packages -d '{"id":"'$(id 7)'","commands":[{"id":"'$(id 17)'","resource":"r5","action":"x"},{"id":"'$(id 18)'","resource":"r5","action":"y","dependencies":["'$(id 17)'"]}],"enqueue":true}' >/dev/null
 j -X POST $U/packages/$(id 7)/cancel >/dev/null
+# Parameters of 5,000 bytes, ready (19): schema 6 keeps those past 2 KiB out of the row.
+BIG=$(printf '%05000d' 0)
+j $U/packages -d '{"id":"'$(id 20)'","commands":[{"id":"'$(id 19)'","resource":"r7","action":"big","parameters":{"pad":"'${BIG:8}'"}}],"enqueue":true}' >/dev/null
 # Queue settings.
 j -X PATCH $U/queues/r5 -d '{"concurrency":3,"paused":true}' >/dev/null
 j -X PATCH $U/queues/r6 -d '{"concurrency":2}' >/dev/null
@@ -51,9 +54,9 @@ j -X PATCH $U/queues/r6 -d '{"concurrency":2}' >/dev/null
 {
 	for p in "/packages?limit=1000" /queues; do echo "$p"; done
 	for s in staging queued running succeeded failed cancelled; do echo "/packages?state=$s"; done
-	for n in 1 2 3 4 5 6 7; do echo "/packages/$(id $n)"; done
-	for n in $(seq 8 18); do echo "/commands/$(id $n)"; done
-	for r in r1 r2 r3 r4 r5 r6; do echo "/queues/$r"; done
+	for n in 1 2 3 4 5 6 7 20; do echo "/packages/$(id $n)"; done
+	for n in $(seq 8 19); do echo "/commands/$(id $n)"; done
+	for r in r1 r2 r3 r4 r5 r6 r7; do echo "/queues/$r"; done
 } | while read -r p; do jq -n --arg p "$p" --argjson v "$(j "$U$p")" '{($p): $v}'; done | jq -s 'add' >"$D/answers.json"
 jq -n --arg admin "$ADMIN" --arg client "$CLIENT" --arg agent "$AGENT" --arg viewer "$VIEWER" \
 	--argjson lease "$LEASE" --arg pkg_body "$PKG_BODY" --argjson idem_pkg "$IDEM_PKG" --arg add_body "$ADD_BODY" --argjson idem_add "$IDEM_ADD" \
