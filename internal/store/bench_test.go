@@ -508,3 +508,43 @@ func BenchmarkSweepQueues(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSweepRetained times the retention sweep's deletion of finished
+// packages of 10 commands, per command: every deleted command also looks
+// for its dependency edges and its parameters kept aside (schema 6).
+//
+//	go test ./internal/store -run '^$' -bench SweepRetained -benchtime 5x
+func BenchmarkSweepRetained(b *testing.B) {
+	const packages = 2000
+	long := time.Now().Add(-48 * time.Hour).UnixNano()
+	for b.Loop() {
+		b.StopTimer()
+		db := openQuiet(b, filepath.Join(b.TempDir(), "bench.db"), Options{})
+		err := db.write(context.Background(), func(t *Tx) error {
+			if _, err := t.exec(`WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1)
+				INSERT INTO packages (id, created_at, enqueued_at, last_finished_at, total, n_succeeded)
+				SELECT printf('%08x-0000-4000-8000-000000000000', i), ?2, ?2, ?2, 10, 10 FROM n`, packages, long); err != nil {
+				return err
+			}
+			_, err := t.exec(`WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 * 10 - 1)
+				INSERT INTO commands (id, package_id, pos, resource, action, parameters, state, seq,
+					max_attempts, created_at, enqueued_at, finished_at)
+				SELECT printf('%08x-0000-4000-8000-%012x', i / 10, i % 10), printf('%08x-0000-4000-8000-000000000000', i / 10),
+					i % 10, 'r', 'bench', '{"n":1}', 'succeeded', i + 1, 3, ?2, ?2, ?2
+				FROM n`, packages, long)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		res, err := db.Sweep(context.Background(), SweepOptions{Retain: time.Hour})
+		if err != nil || res.RetainedDeleted != packages {
+			b.Fatal(err, res)
+		}
+		b.StopTimer()
+		db.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*packages*10), "ns/command")
+}
