@@ -101,7 +101,8 @@ seeds(id, verb) AS (
 // cancelled (verb "failed" or "cancelled").
 func (t *Tx) cascade(id, verb string) error {
 	if verb == "" {
-		if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&verb); err != nil {
+		var err error
+		if verb, err = commandState(t, id); err != nil {
 			return err
 		}
 	}
@@ -774,8 +775,8 @@ func (t *Tx) retry(id string) error {
 			}
 		}
 	}
-	var from string
-	if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&from); err != nil {
+	from, err := commandState(t, id)
+	if err != nil {
 		return err
 	}
 	reset := order[:0:0]
@@ -829,11 +830,18 @@ func unmetDependency(q querier, id string, set map[string]bool) (string, error) 
 	if dep == "" || err != nil {
 		return "", err
 	}
-	var state string
-	if err := q.queryRow(`SELECT state FROM commands WHERE id = ?`, dep).Scan(&state); err != nil {
+	state, err := commandState(q, dep)
+	if err != nil {
 		return "", err
 	}
 	return dep + " is " + state, nil
+}
+
+// commandState reads the state of command id.
+func commandState(q querier, id string) (string, error) {
+	var state string
+	err := q.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state)
+	return state, err
 }
 
 // blockingDep returns a failed or cancelled dependency of id outside set.

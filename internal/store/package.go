@@ -339,8 +339,8 @@ func (p *createPlan) outsideState(t *Tx, id string) (string, error) {
 			return state, nil
 		}
 	}
-	var state string
-	if err := t.queryRow(`SELECT state FROM commands WHERE id = ?`, id).Scan(&state); err != nil || p == nil {
+	state, err := commandState(t, id)
+	if err != nil || p == nil {
 		return state, err
 	}
 	if p.states == nil {
