@@ -35,6 +35,9 @@ func (a *app) checkCommand() *cobra.Command {
                 hand edit in the sqlite3 shell, whose foreign keys are off)
   counts        the per-state counts the broker keeps on every package and
                 queue, recounted from the commands
+  parameters    commands whose parameters, kept in a table of their own
+                (past 2 KiB), are not there (a hand edit, a damaged copy):
+                served, they would be handed out with none
 
 A package's state is computed from its counts, and a queue delivers by its
 own: a wrong count is a package that never finishes, or finishes too soon,
@@ -49,13 +52,14 @@ transaction, and lists what it changed (WAS, NOW). It needs the broker
 stopped, and refuses to run beside one: the broker would not hear of the
 packages whose state the repair changes (its long-polls and event streams
 would miss them). It mends nothing else: a damaged file is restored from a
-backup, and rows whose package is gone are listed for you to look at. A
+backup, and rows whose package is gone and commands whose parameters are
+lost are listed for you to look at. A
 database with schema migrations pending is migrated first ('migrate up').
 
 Exit status:
   0  nothing is wrong; with --repair, nothing is left wrong after it
   1  something is wrong; with --repair, something it cannot mend is (a
-     damaged file, rows whose package is gone)
+     damaged file, rows whose package is gone, lost parameters)
   2  the check could not run: a mistake in the command line, no database
      at --db, not a spin-broker database, a file that cannot be read, or
      --repair beside a running broker`,
@@ -152,11 +156,13 @@ type checkJSON struct {
 	Integrity   []string        `json:"integrity"`
 	ForeignKeys []foreignKeyRow `json:"foreign_keys"`
 	// Counts are the rows whose counts differ; with --repair, those it set.
-	Counts   []countRow `json:"counts"`
-	Packages int        `json:"packages"`
-	Queues   int        `json:"queues"`
-	Commands int        `json:"commands"`
-	Seconds  float64    `json:"seconds"`
+	Counts []countRow `json:"counts"`
+	// LostParameters are the ids of the commands whose parameters are lost.
+	LostParameters []string `json:"lost_parameters"`
+	Packages       int      `json:"packages"`
+	Queues         int      `json:"queues"`
+	Commands       int      `json:"commands"`
+	Seconds        float64  `json:"seconds"`
 }
 
 type foreignKeyRow struct {
@@ -193,10 +199,13 @@ func (a *app) reportCheck(db string, c *store.Consistency, fixed []store.Miscoun
 	consistent := c.OK()
 	if a.jsonOutput() {
 		out := checkJSON{DB: db, Consistent: consistent, Repaired: repaired, Integrity: c.Integrity,
-			ForeignKeys: []foreignKeyRow{}, Counts: []countRow{},
+			ForeignKeys: []foreignKeyRow{}, Counts: []countRow{}, LostParameters: c.LostParameters,
 			Packages: c.Packages, Queues: c.Queues, Commands: c.Commands, Seconds: took.Seconds()}
 		if out.Integrity == nil {
 			out.Integrity = []string{}
+		}
+		if out.LostParameters == nil {
+			out.LostParameters = []string{}
 		}
 		for _, v := range c.ForeignKeys {
 			out.ForeignKeys = append(out.ForeignKeys, foreignKeyRow(v))
@@ -221,6 +230,12 @@ func (a *app) reportCheck(db string, c *store.Consistency, fixed []store.Miscoun
 		return &exitError{code: checkInconsistent, msg: fmt.Sprintf("the counts of %s in %s differ from their commands: run 'spinbroker check --db %s --repair' with its broker stopped", plural(len(c.Miscounts), "package or queue", "packages and queues"), db, db)}
 	case len(c.ForeignKeys) > 0:
 		return &exitError{code: checkInconsistent, msg: fmt.Sprintf("%s of %s name a package or command that is gone: a repair does not delete rows; look at them with the sqlite3 shell", plural(len(c.ForeignKeys), "row", "rows"), db)}
+	case len(c.LostParameters) > 0:
+		its := "its"
+		if len(c.LostParameters) > 1 {
+			its = "their"
+		}
+		return &exitError{code: checkInconsistent, msg: fmt.Sprintf("%s of %s lost %s parameters (kept in command_parameters, and not there): served, they would be handed out as null; a repair cannot know them: cancel and delete their packages, or restore a backup", plural(len(c.LostParameters), "command", "commands"), db, its)}
 	}
 	return nil
 }
@@ -239,6 +254,7 @@ func printCheck(out io.Writer, c *store.Consistency, rows []store.Miscount, repa
 	if len(c.Integrity) > 0 {
 		row(w, "foreign keys", "not checked (damaged file)")
 		row(w, "counts", "not checked (damaged file)")
+		row(w, "parameters", "not checked (damaged file)")
 		return w.Flush()
 	}
 	if len(c.ForeignKeys) == 0 {
@@ -255,6 +271,12 @@ func printCheck(out io.Writer, c *store.Consistency, rows []store.Miscount, repa
 		row(w, "counts", fmt.Sprintf("repaired %s (of %s)", plural(len(rows), "row", "rows"), of))
 	default:
 		row(w, "counts", fmt.Sprintf("%s (of %s)", plural(len(rows), "row differs", "rows differ"), of))
+	}
+	if len(c.LostParameters) == 0 {
+		row(w, "parameters", "ok")
+	}
+	for _, id := range c.LostParameters {
+		row(w, "parameters", "command "+id+": lost (no row in command_parameters)")
 	}
 	if err := w.Flush(); err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/store"
 )
 
 // checkOut is the part of check -o json the tests read.
@@ -189,5 +190,52 @@ func TestCheck_CannotRun(t *testing.T) {
 		if r := spin(t, tc.args...); r.code != 2 || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("%v: want exit 2 saying %q: %s", tc.args, tc.want, r)
 		}
+	}
+}
+
+// TestCheck_LostParameters: a command whose parameters were kept aside
+// and whose row of command_parameters is gone (a hand edit, a damaged
+// restore) fails the check (exit 1), named in the table and in -o json:
+// served, it would be handed out with "parameters": null.
+func TestCheck_LostParameters(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "l.db")
+	ctx := context.Background()
+	st, err := store.Open(ctx, db, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := st.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Resource: "storage", Action: "a", Parameters: json.RawMessage(`{"x":"` + strings.Repeat("y", 5000) + `"}`)},
+		{Resource: "storage", Action: "b"},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := spin(t, "check", "--db", db); r.code != 0 || !strings.Contains(r.stdout, "parameters    ok") {
+		t.Fatalf("check before the edit: %s", r)
+	}
+	raw, err := sql.Open("sqlite", "file:"+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`DELETE FROM command_parameters`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	lost := p.Commands[0].ID
+	r := spin(t, "check", "--db", db)
+	if r.code != 1 || !strings.Contains(r.stdout, "parameters    command "+lost+": lost") || !strings.Contains(r.stderr, "1 command of "+db+" lost its parameters") {
+		t.Fatalf("check after the edit: %s", r)
+	}
+	r = spin(t, "check", "--db", db, "-o", "json")
+	var got struct {
+		Consistent     bool     `json:"consistent"`
+		LostParameters []string `json:"lost_parameters"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 1 || got.Consistent || !slices.Equal(got.LostParameters, []string{lost}) {
+		t.Fatalf("check -o json after the edit: %v %+v\n%s", err, got, r)
 	}
 }

@@ -116,7 +116,7 @@ GOGC environment variable says otherwise.`,
 	f.DurationVar(&c.retain, "retain", 0, "delete finished packages this long after they finished, and forget queues idle this long with default settings (0 keeps both)")
 	f.DurationVar(&c.sweepEvery, "sweep-interval", 10*time.Second, "how often the sweeper settles expired leases and deletes expired packages, from 10ms to 1h")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful stop (SIGINT or SIGTERM) may take: requests still running then are cut off; a second signal ends the process at once")
-	f.BoolVar(&c.check, "check", false, "check the database before serving: SQLite's integrity check, then the counts of packages and queues against their commands; wrong counts stop the start (exit 1) naming 'spinbroker check --repair', rows whose package is gone are logged at warn")
+	f.BoolVar(&c.check, "check", false, "check the database before serving: SQLite's integrity check, then the counts of packages and queues against their commands; wrong counts stop the start (exit 1) naming 'spinbroker check --repair', rows whose package is gone, and commands whose parameters are lost, are logged at warn")
 	f.DurationVar(&c.headerTimeout, "header-timeout", 10*time.Second, "how long a client may take to send its request headers (slow clients are cut off)")
 	f.DurationVar(&c.readTimeout, "read-timeout", 60*time.Second, "how long a client may take to send a whole request, body included (a slower upload is cut off)")
 	f.IntVar(&c.maxWrites, "max-writes", 256, "state-changing requests served at once (next and claim aside), from 1 to 4096; others wait up to 10s for a turn, then get 503, and their bodies may hold as many MiB")
@@ -675,7 +675,7 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 // counts, with the command that mends them: serving them would show
 // packages in states they are not in, and hold queues that have room. Rows
 // whose package is gone are logged: they hold up no one's work, and only a
-// person can say what they were.
+// person can say what they were; so are commands whose parameters are lost.
 func checkAtStart(ctx context.Context, db *store.DB, path string, log *slog.Logger) error {
 	start := time.Now()
 	c, err := db.CheckConsistency(ctx)
@@ -697,6 +697,10 @@ func checkAtStart(ctx context.Context, db *store.DB, path string, log *slog.Logg
 	}
 	if len(c.ForeignKeys) > 0 {
 		log.Warn("rows name a package or command that is gone", "db", path, "rows", len(c.ForeignKeys),
+			"hint", "spinbroker check --db "+path+" lists them")
+	}
+	if len(c.LostParameters) > 0 {
+		log.Warn("commands lost their parameters: they would be handed out with none", "db", path, "commands", len(c.LostParameters),
 			"hint", "spinbroker check --db "+path+" lists them")
 	}
 	log.Info("counts check passed", "db", path, "packages", c.Packages, "queues", c.Queues, "commands", c.Commands)

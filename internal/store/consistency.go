@@ -101,14 +101,29 @@ type Consistency struct {
 	Integrity   []string
 	ForeignKeys []ForeignKeyViolation
 	Miscounts   []Miscount
+	// LostParameters are the ids of the commands whose parameters were
+	// kept aside (their row holds '', migration 00006) and have no row in
+	// command_parameters: the store would hand them out with "parameters":
+	// null, and a claim on their queue fails reading their size. Only a
+	// person can say what they were.
+	LostParameters []string
 	// Packages, Queues and Commands are the rows there were.
 	Packages, Queues, Commands int
 }
 
 // OK reports whether the check found nothing wrong.
 func (c *Consistency) OK() bool {
-	return len(c.Integrity) == 0 && len(c.ForeignKeys) == 0 && len(c.Miscounts) == 0
+	return len(c.Integrity) == 0 && len(c.ForeignKeys) == 0 && len(c.Miscounts) == 0 && len(c.LostParameters) == 0
 }
+
+// qLostParameters lists the commands whose parameters were kept aside and
+// are not there; qParametersAside tells whether the schema keeps any aside
+// (a database not yet migrated to 00006 is checked as it is).
+const (
+	qLostParameters = `SELECT id FROM commands WHERE octet_length(parameters) = 0
+		AND NOT EXISTS (SELECT 1 FROM command_parameters p WHERE p.command_id = commands.id) ORDER BY id`
+	qParametersAside = `SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'command_parameters'`
+)
 
 // queryer runs a query: a read transaction, or the writer's.
 type queryer interface {
@@ -269,6 +284,22 @@ func consistency(ctx context.Context, q queryer) (*Consistency, error) {
 		return rows.Scan(&c.Packages, &c.Queues, &c.Commands)
 	}); err != nil {
 		return nil, err
+	}
+	aside := 0
+	if err := scanLines(ctx, q, qParametersAside, func(rows *sql.Rows) error { return rows.Scan(&aside) }); err != nil {
+		return nil, err
+	}
+	if aside > 0 {
+		if err := scanLines(ctx, q, qLostParameters, func(rows *sql.Rows) error {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			c.LostParameters = append(c.LostParameters, id)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
 	}
 	var err error
 	c.Miscounts, err = recount(ctx, q)

@@ -2,9 +2,11 @@ package store_test
 
 import (
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -222,5 +224,39 @@ func TestCheckFile_Refuses(t *testing.T) {
 	execSQL(t, sqlOn(t, other), `CREATE TABLE x (y)`)
 	if _, err := store.CheckFile(ctx, other); err == nil {
 		t.Error("another program's database: no error")
+	}
+}
+
+// TestConsistency_LostParameters: a command whose parameters are kept
+// aside (its row holds ”) but whose row in command_parameters is gone (a
+// hand edit with the sqlite3 shell, a restore from a damaged copy) is
+// reported: the store would hand it out with "parameters": null, which an
+// agent decodes as no parameters at all, and a claim on its queue fails
+// reading its size. Commands whose parameters are whole, inline or aside,
+// are not.
+func TestConsistency_LostParameters(t *testing.T) {
+	f := newConsistencyFixture(t)
+	big := spinbroker.NewCommand{Resource: "big", Action: "a",
+		Parameters: json.RawMessage(`{"x":"` + strings.Repeat("y", 5000) + `"}`)}
+	kept := spinbroker.NewCommand{Resource: "big", Action: "b",
+		Parameters: json.RawMessage(`{"x":"` + strings.Repeat("z", 5000) + `"}`)}
+	p := enqueue(t, f.db, big, kept, cmd("big", "c"))
+	if c, err := f.db.CheckConsistency(ctx); err != nil || !c.OK() {
+		t.Fatalf("before the edit: %v %+v", err, c)
+	}
+	lost := p.Commands[0].ID
+	raw := sqlOn(t, f.path)
+	execSQL(t, raw, `DELETE FROM command_parameters WHERE command_id = ?`, lost)
+	for how, check := range map[string]func() (*store.Consistency, error){
+		"CheckConsistency": func() (*store.Consistency, error) { return f.db.CheckConsistency(ctx) },
+		"CheckFile":        func() (*store.Consistency, error) { return store.CheckFile(ctx, f.path) },
+	} {
+		c, err := check()
+		if err != nil {
+			t.Fatalf("%s: %v", how, err)
+		}
+		if c.OK() || !slices.Equal(c.LostParameters, []string{lost}) || len(c.ForeignKeys) != 0 || len(c.Miscounts) != 0 {
+			t.Errorf("%s after its parameters were deleted: %+v, want %s's parameters lost", how, *c, lost)
+		}
 	}
 }
