@@ -218,8 +218,14 @@ func TestAPI_QueueStreamBrokenMidway(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	if _, err := raw.Exec(`UPDATE commands SET parameters = '{"cut": ' WHERE package_id = ? AND pos = 45`, big.ID); err != nil {
+	// Parameters of 30,000 bytes are kept in command_parameters (schema 6).
+	r, err := raw.Exec(`UPDATE command_parameters SET parameters = '{"cut": '
+		WHERE command_id = (SELECT id FROM commands WHERE package_id = ? AND pos = 45)`, big.ID)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if n, _ := r.RowsAffected(); n != 1 {
+		t.Fatalf("the fault's edit changed %d rows", n)
 	}
 	resp, body, err := e.getStream("/queues/big")
 	if !errors.Is(err, io.ErrUnexpectedEOF) || resp.StatusCode != 200 || len(body) < 1<<20 || json.Valid(body) {
