@@ -629,6 +629,7 @@ func (db *DB) Close() error {
 const pingQuery = `SELECT (SELECT count(*) FROM sqlite_schema),
 	(SELECT count(*) FROM (SELECT 1 FROM packages LIMIT 1)),
 	(SELECT count(*) FROM (SELECT 1 FROM commands LIMIT 1)),
+	(SELECT count(*) FROM (SELECT 1 FROM command_parameters LIMIT 1)),
 	(SELECT count(*) FROM (SELECT 1 FROM queues LIMIT 1)),
 	(SELECT count(*) FROM (SELECT 1 FROM counters LIMIT 1))`
 
@@ -641,7 +642,7 @@ func (db *DB) Ping(ctx context.Context) error {
 		// read the file the broker serves, and WriteFailure says why.
 		return nil
 	}
-	var n [5]int
+	var n [6]int
 	err := func() error {
 		c, err := db.rdb.Conn(ctx)
 		if err != nil {
@@ -651,7 +652,7 @@ func (db *DB) Ping(ctx context.Context) error {
 		if _, err := c.ExecContext(ctx, `PRAGMA shrink_memory`); err != nil {
 			return err
 		}
-		return c.QueryRowContext(ctx, pingQuery).Scan(&n[0], &n[1], &n[2], &n[3], &n[4])
+		return c.QueryRowContext(ctx, pingQuery).Scan(&n[0], &n[1], &n[2], &n[3], &n[4], &n[5])
 	}()
 	if err != nil {
 		err = interpretError(err)
