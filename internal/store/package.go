@@ -618,8 +618,7 @@ const (
 // of text in them, reading at most ?2+1 of its commands, and not their text
 // (octet_length reads only the record's header).
 const qAnswerSize = `SELECT count(*) <= ?2 AND coalesce(sum(bytes), 0) <= ?3
-	FROM (SELECT ` + colParameterBytes + ` + coalesce(octet_length(output), 0) + coalesce(octet_length(reason), 0) + 40 * n_deps AS bytes
-		FROM commands WHERE package_id = ?1 LIMIT ?2 + 1)`
+	FROM (SELECT ` + colAnswerBytes + ` AS bytes FROM commands WHERE package_id = ?1 LIMIT ?2 + 1)`
 
 // smallAnswer reads package id, with all its commands, as this operation
 // leaves it, when it is small (see answerInTxCommands); else it answers

@@ -72,8 +72,7 @@ const (
 	// back-offs and the bytes of text each adds to a claim's answer
 	// (octet_length reads a value's size from the record, not the value):
 	// parameters, output, reason and the dependencies' ids.
-	qReadyHead = `SELECT id, backoff_until, ` + colParameterBytes + ` + coalesce(octet_length(output), 0) +
-			coalesce(octet_length(reason), 0) + 40 * n_deps
+	qReadyHead = `SELECT id, backoff_until, ` + colAnswerBytes + `
 		FROM commands WHERE resource = ? AND state = 'ready' ORDER BY seq LIMIT ?`
 	// qLeaseMany leases the commands whose ids ?5 lists (a JSON array).
 	qLeaseMany = `UPDATE commands SET

@@ -93,6 +93,12 @@ const (
 		ELSE (SELECT p.parameters FROM command_parameters p WHERE p.command_id = commands.id) END`
 	colParameterBytes = `CASE WHEN octet_length(parameters) > 0 THEN octet_length(parameters)
 		ELSE (SELECT octet_length(p.parameters) FROM command_parameters p WHERE p.command_id = commands.id) END`
+	// colAnswerBytes is the bytes of text a command adds to an answer
+	// that carries it: its parameters, output, reason and dependencies'
+	// ids; for the bounds of a claim's answer and of an answer read in the
+	// writer's transaction.
+	colAnswerBytes = colParameterBytes + ` + coalesce(octet_length(output), 0) +
+		coalesce(octet_length(reason), 0) + 40 * n_deps`
 )
 
 // commandColsLight are commandCols with parameters and output read as NULL,
