@@ -549,7 +549,7 @@ func generatorLine(cpu, seconds float64, procs int) string {
 		return ""
 	}
 	share := cpu / (seconds * float64(procs))
-	line := fmt.Sprintf("  generator: %.1fs CPU (%.0f%% of its %d CPU%s)", cpu, 100*share, procs, map[bool]string{true: "", false: "s"}[procs == 1])
+	line := fmt.Sprintf("  generator: %.1fs CPU (%.0f%% of its %s)", cpu, 100*share, plural(procs, "CPU", "CPUs"))
 	if share >= generatorBound {
 		line += "; near all it may use, so the rate may be the generator's limit rather than the broker's: give it more CPUs (--procs) or run it on another machine (--url)"
 	}
