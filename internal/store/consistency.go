@@ -104,8 +104,7 @@ type Consistency struct {
 	// LostParameters are the ids of the commands whose parameters were
 	// kept aside (their row holds '', migration 00006) and have no row in
 	// command_parameters: the store would hand them out with "parameters":
-	// null, and a claim on their queue fails reading their size. Only a
-	// person can say what they were.
+	// null (next and claim alike). Only a person can say what they were.
 	LostParameters []string
 	// Packages, Queues and Commands are the rows there were.
 	Packages, Queues, Commands int

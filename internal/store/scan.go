@@ -87,12 +87,15 @@ const spillBytes = 2 << 10
 
 // colParameters reads a command's parameters wherever they are kept;
 // colParameterBytes, their length in bytes without reading them
-// (octet_length of a column reads only the record's header).
+// (octet_length of a column reads only the record's header), 0 for
+// kept-aside parameters whose row is missing (a hand edit or a damaged
+// restore, which `spinbroker check` reports): such a command is served
+// with null parameters, and must not fail every claim on its queue.
 const (
 	colParameters = `CASE WHEN octet_length(parameters) > 0 THEN parameters
 		ELSE (SELECT p.parameters FROM command_parameters p WHERE p.command_id = commands.id) END`
 	colParameterBytes = `CASE WHEN octet_length(parameters) > 0 THEN octet_length(parameters)
-		ELSE (SELECT octet_length(p.parameters) FROM command_parameters p WHERE p.command_id = commands.id) END`
+		ELSE coalesce((SELECT octet_length(p.parameters) FROM command_parameters p WHERE p.command_id = commands.id), 0) END`
 	// colAnswerBytes is the bytes of text a command adds to an answer
 	// that carries it: its parameters, output, reason and dependencies'
 	// ids; for the bounds of a claim's answer and of an answer read in the

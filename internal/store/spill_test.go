@@ -139,3 +139,43 @@ func TestParameters_LargeKeptAside(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestParameters_LostAsideStillClaimed: a command whose kept-aside
+// parameters are gone (a hand edit, a damaged restore; `spinbroker check`
+// names it) does not stop a claim on its queue. It is delivered as next
+// delivers it, with null parameters, and the commands around it as they
+// were given.
+func TestParameters_LostAsideStillClaimed(t *testing.T) {
+	db := openQuiet(t, filepath.Join(t.TempDir(), "lost.db"), Options{})
+	defer db.Close()
+	ctx := context.Background()
+	if _, err := db.SetQueue(ctx, "q", spinbroker.QueueSettings{Concurrency: ptrTo(3)}); err != nil {
+		t.Fatal(err)
+	}
+	small, big := spillParams(16), spillParams(spillBytes+1)
+	pkg, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Resource: "q", Action: "a", Parameters: small},
+		{Resource: "q", Action: "lost", Parameters: big},
+		{Resource: "q", Action: "c", Parameters: big},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := pkg.Commands[1].ID
+	if err := db.maintain(ctx, func(c *sql.Conn) error {
+		_, err := c.ExecContext(ctx, `DELETE FROM command_parameters WHERE command_id = ?`, lost)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	claimed, _, err := db.Claim(ctx, "q", 10, 0)
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("claim: %d commands, %v; want all 3", len(claimed), err)
+	}
+	want := map[string]string{"a": string(small), "lost": "", "c": string(big)}
+	for _, c := range claimed {
+		if string(c.Parameters) != want[c.Action] {
+			t.Errorf("%s: parameters of %d bytes, want %d", c.Action, len(c.Parameters), len(want[c.Action]))
+		}
+	}
+}
