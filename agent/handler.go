@@ -106,6 +106,9 @@ func (h Handler) WithTimeout(d time.Duration) Handler {
 		defer cancel()
 		out, err := run(ctx, raw)
 		if err != nil && context.Cause(ctx) == limit {
+			if errors.Is(err, limit) {
+				return nil, Transient(err) // it names the limit already
+			}
 			return nil, Transient(fmt.Errorf("%w: %w", limit, err))
 		}
 		return out, err // done, even as the time ran out: the work stands

@@ -40,3 +40,24 @@ func TestWithTimeout_Cause(t *testing.T) {
 		t.Errorf("context.Cause(ctx) says %v, want the time limit named", cause)
 	}
 }
+
+// TestWithTimeout_CauseReturned: a handler that returns the cause of its
+// context's end, as the README shows it asking for, fails the command with
+// the time limit named once, not "the handler timed out after 20ms: the
+// handler timed out after 20ms".
+func TestWithTimeout_CauseReturned(t *testing.T) {
+	h := agent.Handle("slow", func(ctx context.Context, p struct{}) (any, error) {
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	}).WithTimeout(20 * time.Millisecond)
+	_, err := h.Call(context.Background(), nil)
+	if !agent.IsTransient(err) {
+		t.Errorf("Call = %v, want a transient error", err)
+	}
+	if err == nil || err.Error() != "the handler timed out after 20ms" {
+		t.Errorf("Call = %v, want the time limit named once", err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Call = %v, which errors.Is does not take for context.DeadlineExceeded", err)
+	}
+}
