@@ -167,10 +167,10 @@ type RedirectError struct {
 // Error says where the call was redirected and what to give New instead.
 func (e *RedirectError) Error() string {
 	if e.Loop {
-		return fmt.Sprintf("client: %s %s was redirected 10 times, the last to %s, and not followed further: the URL redirects in a loop or too far; give New the URL the broker answers at itself",
+		return fmt.Sprintf("client: %s %s was redirected 10 times, the last to %s, and not followed further: the URL redirects in a loop or too far; use the URL the broker answers at itself",
 			e.Method, e.Path, e.To.Redacted())
 	}
-	return fmt.Sprintf("client: %s %s was redirected to %s, where it would be sent again as %s without its body: it was not; give New the URL the broker answers at (%s://%s)",
+	return fmt.Sprintf("client: %s %s was redirected to %s, where it would be sent again as %s without its body: it was not; use the URL the broker answers at (%s://%s)",
 		e.Method, e.Path, e.To.Redacted(), e.As, e.To.Scheme, e.To.Host)
 }
 
@@ -209,7 +209,7 @@ func (e *SchemeError) Error() string {
 	if e.Want == "https" {
 		speaks, not = "TLS (HTTPS)", "plain HTTP"
 	}
-	return fmt.Sprintf("client: %s answers in %s, not %s: give New an %s:// URL (%s)", e.URL.Redacted(), speaks, not, e.Want, e.Instead().Redacted())
+	return fmt.Sprintf("client: %s answers in %s, not %s: use an %s:// URL (%s)", e.URL.Redacted(), speaks, not, e.Want, e.Instead().Redacted())
 }
 
 // Instead is the broker URL to give New: URL with the scheme Want, at the

@@ -134,8 +134,8 @@ func TestTemporary_RedirectLoop(t *testing.T) {
 			if !errors.As(err, &re) || !re.Loop || re.To == nil || re.To.Host != srv.Listener.Addr().String() {
 				t.Errorf("chain %v, %s: %v (%+v): want a *RedirectError of a loop, to the server", chain, name, err, re)
 			}
-			if msg := err.Error(); !strings.Contains(msg, "redirected 10 times") || !strings.Contains(msg, "give New the URL") {
-				t.Errorf("chain %v, %s: %q does not say it was redirected 10 times and what to give New", chain, name, msg)
+			if msg := err.Error(); !strings.Contains(msg, "redirected 10 times") || !strings.Contains(msg, "use the URL the broker answers at") {
+				t.Errorf("chain %v, %s: %q does not say it was redirected 10 times and which URL to use", chain, name, msg)
 			}
 		}
 	}
