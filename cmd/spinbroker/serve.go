@@ -150,8 +150,6 @@ func (c *serveConfig) validate() error {
 		return fmt.Errorf("--max-writes must be from 1 to %d, not %d: bodies waiting for a turn may hold as many MiB of memory", maxMaxWrites, c.maxWrites)
 	case c.maxWaits < 0:
 		return fmt.Errorf("--max-waits-per-token must be 0 (no cap) or more, not %d", c.maxWaits)
-	case c.sweepEvery <= 0:
-		return fmt.Errorf("--sweep-interval must be more than 0, not %s", c.sweepEvery)
 	case c.sweepEvery < minSweepEvery || c.sweepEvery > maxSweepEvery:
 		return fmt.Errorf("--sweep-interval must be from %s to %s, not %s: shorter keeps the sweeper's writes busy without rest, longer leaves expired leases and retention unswept for hours", minSweepEvery, maxSweepEvery, c.sweepEvery)
 	case c.headerTimeout <= 0:

@@ -89,7 +89,7 @@ func TestServe_FatalErrorJSON(t *testing.T) {
 		{"port taken", []string{"--addr", taken.Addr().String(), "--db", filepath.Join(dir, "a.db")}, 1, "cannot listen on " + taken.Addr().String()},
 		{"database in use", []string{"--addr", "127.0.0.1:0", "--db", busy}, 1, "busy.db is in use"},
 		{"no directory", []string{"--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "none", "x.db")}, 1, "its folder " + filepath.Join(dir, "none") + " does not exist"},
-		{"setting", []string{"--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "b.db"), "--sweep-interval", "0s"}, 2, "--sweep-interval must be more than 0"},
+		{"setting", []string{"--addr", "127.0.0.1:0", "--db", filepath.Join(dir, "b.db"), "--sweep-interval", "0s"}, 2, "--sweep-interval must be from 10ms to 1h0m0s, not 0s"},
 	} {
 		for _, format := range []string{"text", "json"} {
 			cmd := exec.Command(serveBinary(t), append([]string{"serve", "--log-format", format}, c.args...)...)

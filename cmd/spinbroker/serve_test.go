@@ -323,8 +323,8 @@ func TestServe_RefusesSettingsThatCannotWork(t *testing.T) {
 		env  string
 		want string
 	}{
-		{[]string{"--sweep-interval", "0"}, "", "--sweep-interval must be more than 0"},
-		{[]string{"--sweep-interval", "-1s"}, "", "--sweep-interval must be more than 0"},
+		{[]string{"--sweep-interval", "0"}, "", "--sweep-interval must be from 10ms to 1h0m0s, not 0s"},
+		{[]string{"--sweep-interval", "-1s"}, "", "--sweep-interval must be from 10ms to 1h0m0s, not -1s"},
 		{[]string{"--header-timeout", "0"}, "", "--header-timeout must be more than 0"},
 		{[]string{"--read-timeout", "5s"}, "", "--read-timeout must be at least --header-timeout (10s), not 5s"},
 		{[]string{"--shutdown-timeout", "-1s"}, "", "--shutdown-timeout must be more than 0"},
