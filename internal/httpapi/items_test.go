@@ -68,3 +68,45 @@ func TestAPI_ItemErrorsNameTheItem(t *testing.T) {
 		t.Errorf("single add: %s", r.body)
 	}
 }
+
+// TestAPI_DecodeErrorsNameTheItem: a command's value that decoding itself
+// refuses names its place in the list too, whatever the field's type: a
+// duration (lease_duration), a time (not_before) and a whole number too
+// large for a float (1e400) said "commands.lease_duration" or only
+// "not_before", of which of a thousand commands the client had to guess.
+func TestAPI_DecodeErrorsNameTheItem(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for _, tt := range []struct{ fields, want string }{
+		{`"lease_duration": "soon"`, `field "commands[2].lease_duration" must be a duration string`},
+		{`"lease_duration": 30`, `field "commands[2].lease_duration" must be a duration string`},
+		{`"lease_duration": {}`, `field "commands[2].lease_duration" must be a duration string`},
+		{`"max_attempts": 1e400`, `field "commands[2].max_attempts" must be an integer written in digits only`},
+		{`"not_before": "soon"`, `commands[2].not_before: "soon" is not an RFC 3339 time`},
+		{`"not_before": "2030-01-01t00:00:00z"`, `commands[2].not_before: "2030-01-01t00:00:00z" has a lower-case t or z`},
+		{`"not_before": 1700000000`, `commands[2].not_before must be an RFC 3339 time string`},
+	} {
+		body := `{"commands": [{"resource": "r", "action": "x", "lease_duration": "5s", "not_before": "2030-01-01T00:00:00Z"}, {"resource": "r", "action": "x", "max_attempts": 2}, {"resource": "r", "action": "x", ` + tt.fields + `}]}`
+		r := e.do("POST", "/packages", body)
+		e.want(r, 400, spinbroker.EINVALID)
+		var b spinbroker.ErrorBody
+		r.decode(t, &b)
+		if !strings.HasPrefix(b.Error.Message, tt.want) {
+			t.Errorf("%s:\n got %s\nwant %s…", tt.fields, b.Error.Message, tt.want)
+		}
+	}
+	// One command in a request of its own: its fields are named plainly.
+	staging := e.createPackage(`[]`, false)
+	for _, tt := range []struct{ fields, want string }{
+		{`"lease_duration": "soon"`, `field "lease_duration" must be a duration string`},
+		{`"not_before": "soon"`, `not_before: "soon" is not an RFC 3339 time`},
+		{`"not_before": 1700000000`, `not_before must be an RFC 3339 time string`},
+	} {
+		r := e.do("POST", "/packages/"+staging.ID+"/commands", `{"resource": "r", "action": "x", `+tt.fields+`}`)
+		e.want(r, 400, spinbroker.EINVALID)
+		var b spinbroker.ErrorBody
+		r.decode(t, &b)
+		if !strings.HasPrefix(b.Error.Message, tt.want) {
+			t.Errorf("single add %s:\n got %s\nwant %s…", tt.fields, b.Error.Message, tt.want)
+		}
+	}
+}

@@ -101,7 +101,16 @@ func decodeJSON(b []byte, v any, optional bool) error {
 			// it is in (commands.max_attempts, of which of a thousand?),
 			// and with the Go name of an embedded struct
 			// (results.Result.status); where the value ends says which.
-			if where := locate(b, te.Offset); where != "" {
+			where := locate(b, te.Offset)
+			if where == "" && te.Type != nil {
+				// A type's own UnmarshalJSON (Duration) refuses with no
+				// offset: the first value at the field's path that the
+				// type refuses too is the one.
+				where = locateBad(b, te.Field, func(raw json.RawMessage) bool {
+					return json.Unmarshal(raw, reflect.New(te.Type).Interface()) != nil
+				})
+			}
+			if where != "" {
 				te.Field = where
 				return jsonError(te)
 			}
@@ -116,6 +125,16 @@ func decodeJSON(b []byte, v any, optional bool) error {
 			if kerr := checkKeys(b, reflect.TypeOf(v)); kerr != nil {
 				return kerr
 			}
+		}
+		if isTimeError(err) {
+			// time.Time's refusals name no field; not_before is the only
+			// time a request carries, on its own or in a create's list.
+			badTime := func(raw json.RawMessage) bool { var t time.Time; return json.Unmarshal(raw, &t) != nil }
+			name := locateBad(b, "not_before", badTime)
+			if name == "" {
+				name = locateBad(b, "commands.not_before", badTime)
+			}
+			return timeError(err, name)
 		}
 		return jsonError(err)
 	}
@@ -151,6 +170,7 @@ func locate(b []byte, offset int64) string {
 		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // 1e400 is a token too, not a float64 that overflows
 	for {
 		tok, err := dec.Token()
 		if err != nil {
@@ -194,6 +214,67 @@ func locate(b []byte, offset int64) string {
 	}
 }
 
+// locateBad answers the place (commands[2].lease_duration) of the first
+// value in the JSON value b whose path, without indexes, is field (dotted
+// JSON names, as encoding/json gives them) and which bad refuses; "" when
+// there is none. Only the objects and arrays on the way to field are
+// walked, not the rest (a command's parameters, however deep).
+func locateBad(b []byte, field string, bad func(json.RawMessage) bool) string {
+	var top json.RawMessage
+	if json.NewDecoder(bytes.NewReader(b)).Decode(&top) != nil {
+		return ""
+	}
+	var find func(raw json.RawMessage, names []string, place string) string
+	find = func(raw json.RawMessage, names []string, place string) string {
+		if len(names) == 0 {
+			if bad(raw) {
+				return place
+			}
+			return ""
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		switch tok {
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				var item json.RawMessage
+				if dec.Decode(&item) != nil {
+					return ""
+				}
+				if at := find(item, names, fmt.Sprintf("%s[%d]", place, i)); at != "" {
+					return at
+				}
+			}
+		case json.Delim('{'):
+			for dec.More() {
+				key, err := dec.Token()
+				if err != nil {
+					return ""
+				}
+				var value json.RawMessage
+				if dec.Decode(&value) != nil {
+					return ""
+				}
+				if key != names[0] {
+					continue
+				}
+				at := names[0]
+				if place != "" {
+					at = place + "." + at
+				}
+				if at := find(value, names[1:], at); at != "" {
+					return at
+				}
+			}
+		}
+		return ""
+	}
+	return find(top, strings.Split(field, "."), "")
+}
+
 // isElementOf reports whether the field at path (dotted JSON names) in t is
 // an array whose items are of type elem.
 func isElementOf(t reflect.Type, path string, elem reflect.Type) bool {
@@ -231,10 +312,9 @@ func plural(kind string) string {
 // jsonError turns a decoding error into a sentence that names the field.
 func jsonError(err error) error {
 	var (
-		se  *json.SyntaxError
-		te  *json.UnmarshalTypeError
-		ae  *spinbroker.Error
-		tpe *time.ParseError
+		se *json.SyntaxError
+		te *json.UnmarshalTypeError
+		ae *spinbroker.Error
 	)
 	switch {
 	case errors.As(err, &ae):
@@ -265,16 +345,8 @@ func jsonError(err error) error {
 			return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be a whole number, not %s", field, num)
 		}
 		return spinbroker.Errorf(spinbroker.EINVALID, "field %q must be %s, not %s", field, want, withArticle(te.Value))
-	case errors.As(err, &tpe):
-		if _, err := time.Parse(time.RFC3339Nano, strings.ToUpper(tpe.Value)); err == nil {
-			// RFC 3339 allows them in lower case; Go's parser does not.
-			return spinbroker.Errorf(spinbroker.EINVALID, "not_before: %q has a lower-case t or z: write them in upper case (such as 2026-01-02T15:04:05Z)", tpe.Value)
-		}
-		return spinbroker.Errorf(spinbroker.EINVALID, "not_before: %q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", tpe.Value)
-	case strings.HasPrefix(err.Error(), "Time.UnmarshalJSON"):
-		// time.Time's own refusal of a number, object or array names no
-		// field; not_before is the only time a request carries.
-		return spinbroker.Errorf(spinbroker.EINVALID, "not_before must be an RFC 3339 time string (such as \"2026-01-02T15:04:05Z\")")
+	case isTimeError(err):
+		return timeError(err, "")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: the body ends early")
 	}
@@ -283,6 +355,31 @@ func jsonError(err error) error {
 		return spinbroker.Errorf(spinbroker.EINVALID, "%s (unknown fields are refused so that typos are not ignored)", msg)
 	}
 	return spinbroker.Errorf(spinbroker.EINVALID, "malformed JSON: %s", msg)
+}
+
+// isTimeError reports whether err is time.Time's refusal of a value.
+func isTimeError(err error) bool {
+	var tpe *time.ParseError
+	return errors.As(err, &tpe) || strings.HasPrefix(err.Error(), "Time.UnmarshalJSON")
+}
+
+// timeError turns time.Time's refusal into a sentence that names the
+// field: name, its place in the body (commands[2].not_before), or
+// not_before when that is not known.
+func timeError(err error, name string) error {
+	if name == "" {
+		name = "not_before"
+	}
+	var tpe *time.ParseError
+	if errors.As(err, &tpe) {
+		if _, err := time.Parse(time.RFC3339Nano, strings.ToUpper(tpe.Value)); err == nil {
+			// RFC 3339 allows them in lower case; Go's parser does not.
+			return spinbroker.Errorf(spinbroker.EINVALID, "%s: %q has a lower-case t or z: write them in upper case (such as 2026-01-02T15:04:05Z)", name, tpe.Value)
+		}
+		return spinbroker.Errorf(spinbroker.EINVALID, "%s: %q is not an RFC 3339 time (such as 2026-01-02T15:04:05Z)", name, tpe.Value)
+	}
+	// time.Time's own refusal of a number, object or array.
+	return spinbroker.Errorf(spinbroker.EINVALID, "%s must be an RFC 3339 time string (such as \"2026-01-02T15:04:05Z\")", name)
 }
 
 // isIntegerLiteral reports whether a JSON number is written as a whole

@@ -167,14 +167,14 @@ func TestCheckKeys_Unchanged(t *testing.T) {
 		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e3}]}`, `field "commands[0].max_attempts" must be an integer written in digits only (such as 3), not 1e3`},
 		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 2.5}]}`, `field "commands[0].max_attempts" must be a whole number, not 2.5`},
 		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 2.0}]}`, `field "commands[0].max_attempts" must be an integer written in digits only (such as 3), not 2.0`},
-		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e400}]}`, `field "commands.max_attempts" must be an integer written in digits only (such as 3), not 1e400`},
-		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": 30}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a number 30`},
-		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": "soon"}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not a string "soon"`},
-		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": {}}]}`, `field "commands.lease_duration" must be a duration string such as "30s" or "5m", not an object`},
+		{`{"commands": [{"resource": "r", "action": "a", "max_attempts": 1e400}]}`, `field "commands[0].max_attempts" must be an integer written in digits only (such as 3), not 1e400`},
+		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": 30}]}`, `field "commands[0].lease_duration" must be a duration string such as "30s" or "5m", not a number 30`},
+		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": "soon"}]}`, `field "commands[0].lease_duration" must be a duration string such as "30s" or "5m", not a string "soon"`},
+		{`{"commands": [{"resource": "r", "action": "a", "lease_duration": {}}]}`, `field "commands[0].lease_duration" must be a duration string such as "30s" or "5m", not an object`},
 		{`{"commands": [1]}`, `field "commands[0]" must be an object, not a number`},
 		{`{"commands": [{"resource": "r", "action": "a", "dependencies": [1]}]}`, `field "commands[0].dependencies[0]" must be a string, not a number`},
 		{`{"commands": 1}`, `field "commands" must be an array, not a number`},
-		{`{"commands": [{"resource": "r", "action": "a", "not_before": 1700000000}]}`, `not_before must be an RFC 3339 time string (such as "2026-01-02T15:04:05Z")`},
+		{`{"commands": [{"resource": "r", "action": "a", "not_before": 1700000000}]}`, `commands[0].not_before must be an RFC 3339 time string (such as "2026-01-02T15:04:05Z")`},
 	} {
 		err := decodeJSON([]byte(tt.body), new(spinbroker.NewPackage), false)
 		if err == nil || spinbroker.ErrorMessage(err) != tt.want {
