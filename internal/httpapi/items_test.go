@@ -110,3 +110,30 @@ func TestAPI_DecodeErrorsNameTheItem(t *testing.T) {
 		}
 	}
 }
+
+// TestAPI_BadKeyBesideConflictNamesTheRequestsPackage: a create's key
+// dependency that names nothing is answered before the request's conflict
+// (API.md, Errors: 400 before 409), and says, as it does without the
+// conflict, that it names no command added earlier to the package the
+// request creates: not "to package <id>", an id the broker made up for a
+// package that was never created, or the id of another package that
+// exists already, whose commands keys never name.
+func TestAPI_BadKeyBesideConflictNamesTheRequestsPackage(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	other := e.createPackage(`[{"resource": "r", "action": "x"}]`, false)
+	const want = `commands[1].dependencies[0] "nope" names no command added earlier to the package this request creates`
+	for name, body := range map[string]string{
+		"no conflict":       `{"commands": [{"resource": "r", "action": "x"}, {"resource": "r", "action": "x", "dependencies": ["nope"]}]}`,
+		"a command id":      `{"commands": [{"id": "` + other.Commands[0].ID + `", "resource": "r", "action": "x"}, {"resource": "r", "action": "x", "dependencies": ["nope"]}]}`,
+		"a key given twice": `{"commands": [{"key": "a", "resource": "r", "action": "x"}, {"key": "a", "resource": "r", "action": "x", "dependencies": ["nope"]}]}`,
+		"the package id":    `{"id": "` + other.ID + `", "commands": [{"resource": "r", "action": "x"}, {"resource": "r", "action": "x", "dependencies": ["nope"]}]}`,
+	} {
+		r := e.do("POST", "/packages", body)
+		e.want(r, 400, spinbroker.EUNKNOWNDEP)
+		var b spinbroker.ErrorBody
+		r.decode(t, &b)
+		if b.Error.Message != want {
+			t.Errorf("%s:\n got %s\nwant %s", name, b.Error.Message, want)
+		}
+	}
+}

@@ -576,7 +576,10 @@ func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand,
 					return err
 				}
 			default:
-				return t.unknownKeyDep(pkgID, d, what)
+				// A create's key names an earlier command of the request:
+				// its package is the request's own, as createPackage's
+				// errors say, not one by the id it failed to take.
+				return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %q names no command added earlier to the package this request creates", what, spinbroker.Truncate(d, 80))
 			}
 		}
 		if c.Key != "" {
