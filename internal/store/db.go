@@ -1198,11 +1198,14 @@ func (t *Tx) planOf(pkgID string) *createPlan {
 	return t.plan
 }
 
+// requestsPackage is how an error names the package a create makes.
+const requestsPackage = "the package this request creates"
+
 // pkgName is how an error names package id: by its id, or as the request's
 // own while the request creates it.
 func (t *Tx) pkgName(id string) string {
 	if t.planOf(id) != nil {
-		return "the package this request creates"
+		return requestsPackage
 	}
 	return "package " + id
 }

@@ -50,7 +50,7 @@ func (db *DB) CreatePackage(ctx context.Context, in spinbroker.NewPackage, idem 
 			// wins over the 409 of an id that exists (API.md, Errors).
 			err = t.badDepsFirst(err, id, in.Commands, false)
 			if spinbroker.ErrorCode(err) == spinbroker.ECONFLICT && in.Enqueue && len(in.Commands) == 0 {
-				err = spinbroker.Errorf(spinbroker.EEMPTY, "the package this request creates has no commands to enqueue")
+				err = spinbroker.Errorf(spinbroker.EEMPTY, "%s has no commands to enqueue", requestsPackage)
 			}
 			return keyConflictLast(reused, err)
 		}
@@ -476,7 +476,7 @@ func (t *Tx) addCommand(pkgID string, pos int, in *spinbroker.NewCommand, enq *e
 	if isConstraint(err) && plan != nil {
 		// The package does not exist outside this request: its id (the
 		// broker's own, unless the client gave one) would answer 404.
-		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "key %q is given to two commands of the package this request creates", spinbroker.Truncate(in.Key, 80))
+		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "key %q is given to two commands of %s", spinbroker.Truncate(in.Key, 80), requestsPackage)
 	} else if isConstraint(err) {
 		return spinbroker.Command{}, spinbroker.Errorf(spinbroker.ECONFLICT, "package %s already has a command with key %q", pkgID, in.Key)
 	} else if err != nil {
@@ -532,15 +532,15 @@ func (t *Tx) resolveDep(pkgID, entry, what string) (id, state string, err error)
 	}
 	err = t.queryRow(`SELECT id, state FROM commands WHERE package_id = ? AND key = ?`, pkgID, entry).Scan(&id, &state)
 	if isNoRows(err) {
-		return "", "", t.unknownKeyDep(pkgID, entry, what)
+		return "", "", unknownKeyDep(t.pkgName(pkgID), entry, what)
 	}
 	return id, state, err
 }
 
 // unknownKeyDep is the error of a dependency key, named what, that names no
-// command added earlier to package pkgID.
-func (t *Tx) unknownKeyDep(pkgID, key, what string) error {
-	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %q names no command added earlier to %s", what, spinbroker.Truncate(key, 80), t.pkgName(pkgID))
+// command added earlier to the package named pkg (as pkgName names it).
+func unknownKeyDep(pkg, key, what string) error {
+	return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %q names no command added earlier to %s", what, spinbroker.Truncate(key, 80), pkg)
 }
 
 // badDepsFirst returns the error of a bad dependency among cmds, added to
@@ -579,7 +579,7 @@ func (t *Tx) badDepsFirst(err error, pkgID string, cmds []spinbroker.NewCommand,
 				// A create's key names an earlier command of the request:
 				// its package is the request's own, as createPackage's
 				// errors say, not one by the id it failed to take.
-				return spinbroker.Errorf(spinbroker.EUNKNOWNDEP, "%s %q names no command added earlier to the package this request creates", what, spinbroker.Truncate(d, 80))
+				return unknownKeyDep(requestsPackage, d, what)
 			}
 		}
 		if c.Key != "" {
