@@ -31,8 +31,9 @@ func (a *app) checkCommand() *cobra.Command {
 		Long: `check reads a database and says what is wrong with it, in a table (or -o json):
 
   integrity     SQLite's integrity check: a damaged file
-  foreign keys  SQLite's foreign key check: rows whose package is gone (a
-                hand edit in the sqlite3 shell, whose foreign keys are off)
+  foreign keys  SQLite's foreign key check: rows whose package or command
+                is gone (a hand edit in the sqlite3 shell, whose foreign
+                keys are off)
   counts        the per-state counts the broker keeps on every package and
                 queue, recounted from the commands
   parameters    commands whose parameters, kept in a table of their own
@@ -52,14 +53,14 @@ transaction, and lists what it changed (WAS, NOW). It needs the broker
 stopped, and refuses to run beside one: the broker would not hear of the
 packages whose state the repair changes (its long-polls and event streams
 would miss them). It mends nothing else: a damaged file is restored from a
-backup, and rows whose package is gone and commands whose parameters are
-lost are listed for you to look at. A
+backup, and rows whose package or command is gone and commands whose
+parameters are lost are listed for you to look at. A
 database with schema migrations pending is migrated first ('migrate up').
 
 Exit status:
   0  nothing is wrong; with --repair, nothing is left wrong after it
   1  something is wrong; with --repair, something it cannot mend is (a
-     damaged file, rows whose package is gone, lost parameters)
+     damaged file, rows whose package or command is gone, lost parameters)
   2  the check could not run: a mistake in the command line, no database
      at --db, not a spin-broker database, a file that cannot be read, or
      --repair beside a running broker`,
@@ -229,7 +230,11 @@ func (a *app) reportCheck(db string, c *store.Consistency, fixed []store.Miscoun
 	case len(c.Miscounts) > 0:
 		return &exitError{code: checkInconsistent, msg: fmt.Sprintf("the counts of %s in %s differ from their commands: run 'spinbroker check --db %s --repair' with its broker stopped", plural(len(c.Miscounts), "package or queue", "packages and queues"), db, db)}
 	case len(c.ForeignKeys) > 0:
-		return &exitError{code: checkInconsistent, msg: fmt.Sprintf("%s of %s name a package or command that is gone: a repair does not delete rows; look at them with the sqlite3 shell", plural(len(c.ForeignKeys), "row", "rows"), db)}
+		name := "name"
+		if len(c.ForeignKeys) == 1 {
+			name = "names"
+		}
+		return &exitError{code: checkInconsistent, msg: fmt.Sprintf("%s of %s %s a package or command that is gone: a repair does not delete rows; look at them with the sqlite3 shell", plural(len(c.ForeignKeys), "row", "rows"), db, name)}
 	case len(c.LostParameters) > 0:
 		its := "its"
 		if len(c.LostParameters) > 1 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -237,5 +238,32 @@ func TestCheck_LostParameters(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 1 || got.Consistent || !slices.Equal(got.LostParameters, []string{lost}) {
 		t.Fatalf("check -o json after the edit: %v %+v\n%s", err, got, r)
+	}
+}
+
+// TestCheck_OrphanRows: a row whose command is gone (here kept-aside
+// parameters, written with foreign keys off as the sqlite3 shell has them)
+// is found, and the exit's sentence agrees with its count.
+func TestCheck_OrphanRows(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "o.db")
+	st, err := store.Open(context.Background(), db, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sql.Open("sqlite", "file:"+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	for i, want := range []string{"1 row of " + db + " names a package", "2 rows of " + db + " name a package"} {
+		if _, err := raw.Exec(`INSERT INTO command_parameters (command_id, parameters) VALUES (?, '{}')`, fmt.Sprintf("gone-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if r := spin(t, "check", "--db", db); r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Fatalf("check with %d orphan rows: want exit 1 and %q: %s", i+1, want, r)
+		}
 	}
 }
