@@ -95,8 +95,8 @@ func (s *Server) handleCommandHeartbeat(w http.ResponseWriter, r *http.Request) 
 	var extend spinbroker.Duration
 	if in.Extend != nil {
 		extend = *in.Extend
-		if extend <= 0 {
-			s.writeError(w, r, pathFirst(errorf(spinbroker.EINVALID, "extend must be positive"), exists))
+		if err := spinbroker.CheckLease("extend", extend.D()); err != nil {
+			s.writeError(w, r, pathFirst(err, exists))
 			return
 		}
 	}

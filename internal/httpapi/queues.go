@@ -147,9 +147,6 @@ func queryDuration(q url.Values, name string) (d time.Duration, given bool, err 
 	if err != nil {
 		return 0, false, errorf(spinbroker.EINVALID, "%s: %s", name, spinbroker.ErrorMessage(err))
 	}
-	if d < 0 {
-		return 0, false, errorf(spinbroker.EINVALID, "%s must not be negative", name)
-	}
 	return d, true, nil
 }
 
@@ -166,13 +163,18 @@ func (s *Server) handleQueueNext(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		wait, _, err = queryDuration(q, "wait")
 	}
+	if err == nil && wait < 0 {
+		err = errorf(spinbroker.EINVALID, "wait must not be negative") // as a claim's
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	lease, given, err := queryDuration(q, "lease")
 	if err == nil && given {
-		err = spinbroker.CheckLease("lease", lease) // 0s too: the default is had by leaving it out
+		// 0s and a negative one too, as a claim's: the default is had
+		// by leaving it out.
+		err = spinbroker.CheckLease("lease", lease)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
