@@ -93,6 +93,9 @@ func FuzzDecode(f *testing.F) {
 		`{"commands": [{"resource": "r", "action": "a", "parameters": {"deep": [[[[[[1]]]]]]}}]}`,
 		`{"status": false, "retry": true, "reason": "x", "output": {}}`, `{"max": 1e9}`, `{"lease_duration": "-5s"}`,
 		`{"commands": [{"resource": "r", "action": "a", "max_attempts": -1}]}`, "\xff\xfe", `{"a":1}{"b":2}`,
+		// Values whose refusal is found by walking the body (locateBad).
+		`{"commands": [{"resource": "r", "action": "a"}, {"resource": "r", "action": "a", "lease_duration": 30}]}`,
+		`{"commands": [{}, {"not_before": "2030-01-01t00:00:00z"}, {"max_attempts": 1e400}]}`,
 	} {
 		f.Add([]byte(seed))
 	}
