@@ -186,13 +186,17 @@ func Decode(raw json.RawMessage, p any) error {
 	if err := dec.Decode(p); err != nil {
 		pe := decodeError(err)
 		// encoding/json names no array index ("items.size" for
-		// items[3].size), and a type that decodes itself (a time) no field
-		// at all: the member that fails on its own says where.
-		if t := reflect.TypeOf(p); t != nil && t.Kind() == reflect.Pointer {
-			if path := locate(t.Elem(), raw, ""); path != "" {
-				if e, ok := pe.(*ParamError); ok {
-					e.Field = path
+		// items[3].size), a type that decodes itself (a time) no field
+		// at all, and an unknown key only by itself ("Disk" for vm.Disk):
+		// the member that fails on its own says where.
+		e, ok := pe.(*ParamError)
+		if t := reflect.TypeOf(p); ok && t != nil && t.Kind() == reflect.Pointer {
+			if e.Problem == problemUnknown {
+				if path := locate(t.Elem(), raw, "", failsAlike(err)); path != "" {
+					e.Field = path + "." + e.Field // "vm.Images[0]." for a key ""
 				}
+			} else if path := locate(t.Elem(), raw, "", fails); path != "" {
+				e.Field = path
 			}
 		}
 		return pe
@@ -253,7 +257,7 @@ func decodeError(err error) error {
 		if s, err := strconv.Unquote(name); err == nil {
 			name = s
 		}
-		return &ParamError{Field: name, Problem: "unknown parameter"}
+		return &ParamError{Field: name, Problem: problemUnknown}
 	}
 	return &ParamError{Problem: strings.TrimPrefix(msg, "json: ")}
 }
@@ -338,17 +342,36 @@ func checkComplete(t reflect.Type, raw json.RawMessage, prefix string) error {
 	return nil
 }
 
-// locate is the path of the innermost member or item of raw that does not
-// decode into its type on its own ("items[3].size"), "" when each does.
-func locate(t reflect.Type, raw json.RawMessage, path string) string {
+// problemUnknown is the problem of a key that names no field.
+const problemUnknown = "unknown parameter"
+
+// fails reports whether v does not decode into a t on its own.
+func fails(t reflect.Type, v json.RawMessage) bool {
+	return json.Unmarshal(v, reflect.New(t).Interface()) != nil
+}
+
+// failsAlike reports whether v, decoded into a t on its own and strictly,
+// fails with the same error as err: it holds the unknown key err names.
+func failsAlike(err error) func(t reflect.Type, v json.RawMessage) bool {
+	return func(t reflect.Type, v json.RawMessage) bool {
+		dec := json.NewDecoder(bytes.NewReader(v))
+		dec.DisallowUnknownFields()
+		e := dec.Decode(reflect.New(t).Interface())
+		return e != nil && e.Error() == err.Error()
+	}
+}
+
+// locate is the path of the innermost member or item of raw that fails
+// ("items[3].size": one that does not decode into its type on its own, or,
+// strictly, one that holds an unknown key), "" when none does. Of two
+// members that fail, it names the first in t's order of fields, which may
+// not be the first in raw.
+func locate(t reflect.Type, raw json.RawMessage, path string, fails func(reflect.Type, json.RawMessage) bool) string {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
 	if isNull(raw) || decodesItself(t) {
 		return ""
-	}
-	fails := func(t reflect.Type, v json.RawMessage) bool {
-		return json.Unmarshal(v, reflect.New(t).Interface()) != nil
 	}
 	switch t.Kind() {
 	case reflect.Struct:
@@ -369,7 +392,7 @@ func locate(t reflect.Type, raw json.RawMessage, path string) string {
 			if path != "" {
 				field = path + "." + name
 			}
-			if deeper := locate(f.Type, v, field); deeper != "" {
+			if deeper := locate(f.Type, v, field, fails); deeper != "" {
 				return deeper
 			}
 			return field
@@ -390,7 +413,7 @@ func locate(t reflect.Type, raw json.RawMessage, path string) string {
 		}
 		for i, item := range items {
 			if fails(t.Elem(), item) {
-				if deeper := locate(t.Elem(), item, at[i]); deeper != "" {
+				if deeper := locate(t.Elem(), item, at[i], fails); deeper != "" {
 					return deeper
 				}
 				return at[i]

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
@@ -61,7 +63,11 @@ func TestDecode(t *testing.T) {
 		{name: "Trailing", raw: `{"id":"a","vm":{"Name":"n"}} {}`, wantErr: "nothing after it"},
 		{name: "Syntax", raw: `{"id":`, wantErr: "not valid JSON"},
 		{name: "Unknown", raw: `{"id":"a","vm":{"Name":"n"},"colour":1}`, wantField: "colour", wantErr: "unknown parameter"},
-		{name: "UnknownNested", raw: `{"id":"a","vm":{"Name":"n","Disk":1}}`, wantField: "Disk", wantErr: "unknown parameter"},
+		{name: "UnknownNested", raw: `{"id":"a","vm":{"Name":"n","Disk":1}}`, wantField: "vm.Disk", wantErr: "unknown parameter"},
+		{name: "UnknownInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"},{"Path":"/y","Size":1}]}}`, wantField: "vm.Images[1].Size", wantErr: `invalid parameter "vm.Images[1].Size": unknown parameter`},
+		{name: "UnknownInMap", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":"/x"},"j":{"Pth":"/y"}}}`, wantField: `labels["j"].Pth`, wantErr: "unknown parameter"},
+		{name: "UnknownAfterAnotherNested", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"}]},"labels":{"k":{"Path":"/x","Extra":1}}}`, wantField: `labels["k"].Extra`, wantErr: "unknown parameter"},
+		{name: "UnknownInEmbedded", raw: `{"id":"a","vm":{"Name":"n"},"Colour":1}`, wantField: "Colour", wantErr: "unknown parameter"},
 		{name: "WrongType", raw: `{"id":"a","vm":{"Name":"n","Cpus":"two"}}`, wantField: "vm.Cpus", wantErr: "want an integer, got a JSON string"},
 		{name: "WrongTypeInSlice", raw: `{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x"},{"Path":3}]}}`, wantField: "vm.Images[1].Path", wantErr: "want a string"},
 		{name: "WrongTypeInMap", raw: `{"id":"a","vm":{"Name":"n"},"labels":{"k":{"Path":3}}}`, wantField: `labels["k"].Path`, wantErr: "want a string"},
@@ -203,6 +209,8 @@ func FuzzDecode(f *testing.F) {
 		`{"id":"a","vm":{"Name":"n"},"labels":{"k":{}}}`,
 		`{"vm":{"Images":[{},{"Path":null}]}}`,
 		`null`, `[]`, `{"id":1}`, `{"id":"a"} x`, `{"ID":"a","VM":{"NAME":"x"}}`,
+		`{"id":"a","vm":{"Name":"n","Images":[{"Path":"/x","Size":1}]}}`,
+		`{"id":"a","vm":{"Name":"n"},"labels":{"k.l":{"Pth":"/y"}}}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -228,7 +236,13 @@ func FuzzDecode(f *testing.F) {
 		}
 		var pe *ParamError
 		if !errors.As(err, &pe) {
-			t.Errorf("Decode(%q) = %v (%T), want a *ParamError", raw, err, err)
+			t.Fatalf("Decode(%q) = %v (%T), want a *ParamError", raw, err, err)
+		}
+		// An unknown key is named at the end of its path, as sent (unless
+		// sent escaped, or as bytes that are not UTF-8).
+		key := pe.Field[strings.LastIndex(pe.Field, ".")+1:]
+		if pe.Problem == problemUnknown && utf8.Valid(raw) && !bytes.Contains(raw, []byte(`\`)) && !bytes.Contains(raw, []byte(key)) {
+			t.Errorf("Decode(%q) names the unknown parameter %q", raw, pe.Field)
 		}
 	})
 }

@@ -337,7 +337,7 @@ func TestEmulator_Config(t *testing.T) {
 		{`{"id":"vm1","vm":{"Name":"w","Cpus":"1","Memory":64}}`, `invalid parameter "vm.Cpus": want an integer`},
 		{`{"id":"vm1","vm":{"Name":"w","Memory":64}}`, `invalid parameter "vm.Cpus": required`},
 		{`{"id":"../x","vm":{"Name":"w","Cpus":1,"Memory":64}}`, "id"},
-		{`{"id":"vm1","vm":{"Name":"w","Cpus":1,"Memory":64,"Disk":1}}`, `"Disk": unknown parameter`},
+		{`{"id":"vm1","vm":{"Name":"w","Cpus":1,"Memory":64,"Disk":1}}`, `"vm.Disk": unknown parameter`},
 	} {
 		if _, err := handlers["write_config"](tc.params); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("write_config %s: %v, want %q", tc.params, err, tc.want)
