@@ -157,7 +157,7 @@ type graphNode struct {
 	Action     string // " · action" after a key, else the action
 	Detail     string // state and resource, shortened
 	State      spinbroker.CommandState
-	Title      string // the tooltip: everything, unshortened
+	Title      string // the tooltip: everything unshortened, but a reason by its first lines
 }
 
 type graphEdge struct {
@@ -325,7 +325,15 @@ func newGraph(cmds []spinbroker.Command) *graph {
 			n.Title += " (key " + shown(*c.Key) + ")"
 		}
 		if c.Reason != nil {
-			n.Title += " — " + shown(*c.Reason)
+			// Its first lines, as a table's cell quotes it: a box's
+			// title is written twice (tooltip and aria-label), and 300
+			// reasons of 64 KiB made the graph 39 MB. The command's
+			// page, the box's link, has the whole.
+			cut := cutReason(c.Reason)
+			n.Title += " — " + cut.Head
+			if cut.Full != "" {
+				n.Title += "…"
+			}
 		}
 		g.Nodes = append(g.Nodes, n)
 	}

@@ -684,6 +684,57 @@ func TestUI_ReasonCellsCut(t *testing.T) {
 	wantHTML(t, e.get("/ui/commands/"+c.ID), 200, "The whole reason (15.6 KiB", "line 500: connection refused")
 }
 
+// TestUI_GraphReasonCut: a graph's box quotes a failed command's reason by
+// its first lines in its tooltip, as a table's cell does, where it carried
+// the whole reason twice (its title and its label for screen readers): 300
+// commands that failed with reasons of 64 KiB made the page with the graph
+// 39 MB, fetched again at every live update of the graph. The whole of a
+// reason stays on its command's page, and the causer's once (one click
+// away) in the package's summary.
+func TestUI_GraphReasonCut(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const n = 40
+	var cmds []spinbroker.NewCommand
+	for i := range n {
+		cmds = append(cmds, nc(100+i, "", "q", "step", ""))
+	}
+	pkg := mustCreate(t, e, 1, true, cmds...)
+	if _, err := e.db.SetQueue(ctx, "q", spinbroker.QueueSettings{Concurrency: uiRef(n)}); err != nil {
+		t.Fatal(err)
+	}
+	leased, _, err := e.db.Claim(ctx, "q", n, 0)
+	if err != nil || len(leased) != n {
+		t.Fatalf("claim: %d commands, %v", len(leased), err)
+	}
+	var b strings.Builder
+	for i := 0; b.Len() < 64<<10-40; i++ {
+		fmt.Fprintf(&b, "line %d: connection refused\n", i)
+	}
+	for _, c := range leased {
+		mustComplete(t, e, &c, false, b.String(), "")
+	}
+	r := e.get("/ui/packages/" + pkg + "?fragment=graph")
+	wantHTML(t, r, 200)
+	titles := regexp.MustCompile(`<title>step on q: failed — ([^<]*)</title>`).FindAllStringSubmatch(string(r.body), -1)
+	if len(titles) != n {
+		t.Fatalf("%d boxes quote a reason in their tooltip, want %d:\n%.3000s", len(titles), n, r.body)
+	}
+	for _, m := range titles {
+		if !strings.HasPrefix(m[1], "line 0: connection refused\nline 1") || !strings.HasSuffix(m[1], "line 2: connection refused…") {
+			t.Fatalf("a box's tooltip is not its reason's first lines and an ellipsis: %.200q", m[1])
+		}
+	}
+	if len(r.body) > n*2<<10 || strings.Contains(string(r.body), "line 3:") {
+		t.Errorf("the graph of %d commands with reasons of 64 KiB is %d KiB, and quotes them past their first lines", n, len(r.body)>>10)
+	}
+	r = e.get("/ui/packages/" + pkg)
+	wantHTML(t, r, 200, "The whole reason (")
+	if got := strings.Count(string(r.body), "line 2000: connection refused"); got != 1 {
+		t.Errorf("the package's page carries a whole reason %d times, want once, the causer's (%d KiB)", got, len(r.body)>>10)
+	}
+	wantHTML(t, e.get("/ui/commands/"+leased[n-1].ID), 200, "line 2000: connection refused")
+}
+
 // TestUI_QueueWhy: the queue's page says why it does not move.
 func TestUI_QueueWhy(t *testing.T) {
 	e := newEnv(t, httpapi.Options{})
