@@ -44,6 +44,9 @@ type Store interface {
 	PackageInfo(ctx context.Context, pkgID string) (*spinbroker.Package, error)
 	Packages(ctx context.Context, f spinbroker.PackageFilter) (*spinbroker.PackageList, error)
 
+	// Command reads a command whole. A command always has parameters ({}
+	// when it was given none); nil ones are lost, kept aside and gone
+	// (`spinbroker check` lists them).
 	Command(ctx context.Context, id string) (*spinbroker.Command, error)
 	CommandResources(ctx context.Context, ids []string) (map[string]string, error)
 	Complete(ctx context.Context, id string, res spinbroker.Result) (*spinbroker.Command, error)

@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"context"
 	"crypto/tls"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -1138,6 +1139,40 @@ func TestUI_DeepJSONPageBounded(t *testing.T) {
 	r = e.do("GET", "/ui/commands/"+p.Commands[0].ID, "")
 	if !strings.Contains(string(r.body), "{\n  &#34;image&#34;: {\n    &#34;size&#34;: 20\n  }\n}") {
 		t.Errorf("ordinary parameters are not indented:\n%s", r.body)
+	}
+}
+
+// TestUI_LostParametersSaid: a command whose parameters were kept aside
+// (past 2 KiB) and whose row of them is gone (a hand edit, a restore of a
+// damaged copy) has a page that says they are lost and names the check
+// that lists such commands, where it showed an empty box under
+// "Parameters", as if the command had been given none. A command's
+// parameters of {} are still shown as such.
+func TestUI_LostParametersSaid(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	big := `{"blob": "` + strings.Repeat("x", 4<<10) + `"}`
+	mustCreate(t, e, 1, true, nc(101, "", "q", "lost", big), nc(102, "", "q", "none", ""))
+	db, err := sql.Open("sqlite", "file:"+e.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	res, err := db.ExecContext(ctx, `DELETE FROM command_parameters WHERE command_id = ?`, fixedID(101))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		t.Fatalf("%d rows of kept-aside parameters deleted, want 1", n)
+	}
+	r := e.get("/ui/commands/" + fixedID(101))
+	wantHTML(t, r, 200, "parameters are lost", "spinbroker check --db")
+	if strings.Contains(string(r.body), `<pre class="json"></pre>`) {
+		t.Error("the page shows lost parameters as an empty value")
+	}
+	r = e.get("/ui/commands/" + fixedID(102))
+	wantHTML(t, r, 200, `<pre class="json">{}</pre>`)
+	if strings.Contains(string(r.body), "lost") {
+		t.Error("the page of a command given no parameters says they are lost")
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	spinbroker "github.com/spin-broker/spinbroker"
 )
 
-// Command reads one command.
+// Command reads one command. Its parameters are nil only when they are
+// lost: kept aside, and their row gone (CheckConsistency lists such
+// commands).
 func (db *DB) Command(ctx context.Context, id string) (*spinbroker.Command, error) {
 	return getCommand(db.reader, id)
 }
