@@ -34,7 +34,7 @@ type overviewPage struct {
 type agentsView struct {
 	agents
 	Started time.Time // when the broker started hearing polls
-	// Waiters names the agents waiting now (maxWaiters of them at most),
+	// Waiters names the agents waiting now (maxNamed of them at most),
 	// MoreWaiting counts the long-polls of those not named.
 	Waiters     []waiter
 	MoreWaiting int
@@ -43,9 +43,11 @@ type agentsView struct {
 	Missing bool
 }
 
-// maxWaiters is how many kinds of waiting agent (program, token, host) a
-// queue's page names.
-const maxWaiters = 5
+// maxNamed is how many of a list that may run long a queue's page names
+// before it counts the rest ("and 7 more"): the kinds of waiting agent
+// (program, token, host) asking for its work, and the dependencies a
+// blocked command still waits for.
+const maxNamed = 5
 
 // quietAfter is how long a queue with work for agents and nobody waiting
 // must have gone unasked before a page says that no agent is asking.
@@ -54,7 +56,7 @@ const quietAfter = time.Minute
 func (u *ui) agentsView(q *spinbroker.Queue) agentsView {
 	a := agentsView{agents: u.s.agentsOf(q.Resource), Started: u.s.polls.started}
 	if a.Waiting > 0 {
-		a.Waiters, a.MoreWaiting = groupWaiters(u.s.notifier.askers(q.Resource), maxWaiters)
+		a.Waiters, a.MoreWaiting = groupWaiters(u.s.notifier.askers(q.Resource), maxNamed)
 	}
 	since := a.Started
 	if a.Last != nil {
@@ -263,9 +265,10 @@ func (u *ui) external(ctx context.Context, pkgID string, cmds []spinbroker.Comma
 // queueRow is one command of a queue's page, with why it waits.
 type queueRow struct {
 	spinbroker.Command
-	Head    bool                 // the next delivery hands this one out
-	Waits   []spinbroker.Command // dependencies that have not succeeded
-	Delayed bool                 // blocked by its not_before alone
+	Head      bool                 // the next delivery hands this one out
+	Waits     []spinbroker.Command // the first maxNamed dependencies that have not succeeded
+	MoreWaits int                  // those not named: a command may wait for hundreds
+	Delayed   bool                 // blocked by its not_before alone
 }
 
 type queuePage struct {
@@ -381,6 +384,9 @@ func (u *ui) queueRows(r *http.Request, cmds []spinbroker.Command, head *spinbro
 				}
 			}
 			row.Delayed = len(row.Waits) == 0 && c.NotBefore != nil && c.NotBefore.After(now)
+			if len(row.Waits) > maxNamed {
+				row.Waits, row.MoreWaits = row.Waits[:maxNamed], len(row.Waits)-maxNamed
+			}
 		}
 		rows[i] = row
 	}

@@ -918,6 +918,44 @@ func TestUI_QueueAgentsIsolated(t *testing.T) {
 		"by <code><bdi>סוכן/1 (בדיקה!)</bdi></code> with token <code><bdi>מארח א!</bdi></code> from 127.0.0.1")
 }
 
+// TestUI_QueueWaitsForBounded: a blocked command's "Waits for" cell names
+// the first five dependencies it still waits for and counts the rest,
+// where it named every one: a command of hundreds of dependencies made a
+// cell of hundreds of links, on every row like it, fetched again at every
+// live update. Its own page, which the count links to, lists them all.
+func TestUI_QueueWaitsForBounded(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const deps = 12
+	var cmds []spinbroker.NewCommand
+	var keys []string
+	for i := range deps {
+		key := fmt.Sprintf("dep%d", i)
+		cmds = append(cmds, nc(101+i, key, "other", "prepare", ""))
+		keys = append(keys, key)
+	}
+	cmds = append(cmds, nc(200, "", "q", "apply", "", keys...))
+	mustCreate(t, e, 1, true, cmds...)
+	mustComplete(t, e, mustNext(t, e, "other"), true, "", "") // one no longer waited for
+	r := e.get("/ui/queues/q")
+	wantHTML(t, r, 200, `and 6 more</a>`)
+	cell := regexp.MustCompile(`(?s)<td class="waits full" data-label="Waits for">(.*?)</td>`).FindStringSubmatch(string(r.body))
+	if cell == nil {
+		t.Fatalf("no Waits for cell:\n%.3000s", r.body)
+	}
+	if n := strings.Count(cell[1], `class="dep"`); n != 5 {
+		t.Errorf("the cell names %d dependencies, want 5:\n%s", n, cell[1])
+	}
+	for i := 1; i <= 5; i++ {
+		if !strings.Contains(cell[1], `href="/ui/commands/`+fixedID(101+i)+`"`) {
+			t.Errorf("the cell does not name the unfinished dependency dep%d, one of the first five", i)
+		}
+	}
+	if !strings.Contains(cell[1], `<a href="/ui/commands/`+fixedID(200)+`">and 6 more</a>`) {
+		t.Errorf("the count does not link to the command's page, which lists them all:\n%s", cell[1])
+	}
+	wantHTML(t, e.get("/ui/commands/"+fixedID(200)+"?fragment=links"), 200, fixedID(101+deps-1))
+}
+
 // TestUI_RetryOnlyWhereItRuns: the command page offers Retry for a failed
 // command whose retry would run, and none for one a failed dependency still
 // holds back (its retry could only answer 409).
