@@ -147,15 +147,16 @@ func (u *ui) handlePackages(w http.ResponseWriter, r *http.Request) {
 const tableRows = 500
 
 type packagePage struct {
-	Package  *spinbroker.Package // its Commands: the table's page alone
-	Graph    *graph
-	TooBig   bool                 // too many commands to draw
-	Commands []spinbroker.Command // this page of the table
-	External []spinbroker.Command // dependencies of its rows in other packages
-	Causer   *spinbroker.Command  // the first failure, for its action
-	From     int                  // the index of the table's first row
-	PrevURL  string
-	NextURL  string
+	Package      *spinbroker.Package // its Commands: the table's page alone
+	Graph        *graph
+	TooBig       bool                 // too many commands to draw
+	Commands     []spinbroker.Command // this page of the table
+	External     []spinbroker.Command // dependencies of its rows in other packages, linksShown at most
+	MoreExternal int                  // those left out of External
+	Causer       *spinbroker.Command  // the first failure, for its action
+	From         int                  // the index of the table's first row
+	PrevURL      string
+	NextURL      string
 }
 
 // handlePackage reads what it shows: the package and its counts, the
@@ -222,6 +223,9 @@ func (u *ui) handlePackage(w http.ResponseWriter, r *http.Request) {
 		if d.External, err = u.external(ctx, p.ID, d.Commands); err != nil {
 			u.fail(w, r, err)
 			return
+		}
+		if len(d.External) > linksShown {
+			d.External, d.MoreExternal = d.External[:linksShown], len(d.External)-linksShown
 		}
 	}
 	v := u.newView(r, "Package "+shortID(p.ID), "packages", d)
@@ -393,8 +397,10 @@ func (u *ui) queueRows(r *http.Request, cmds []spinbroker.Command, head *spinbro
 	return rows, nil
 }
 
-// dependentsShown is how many dependents a command's page lists.
-const dependentsShown = 100
+// linksShown is how many commands a page lists by their links where there
+// may be thousands: a command's dependents, the other packages' commands a
+// package's rows depend on.
+const linksShown = 100
 
 type commandPage struct {
 	Command        *spinbroker.Command
@@ -445,12 +451,12 @@ func (u *ui) handleCommand(w http.ResponseWriter, r *http.Request) {
 				d.Deps = append(d.Deps, dc)
 			}
 		}
-		if d.Dependents, err = u.s.store.Dependents(ctx, id, dependentsShown+1); err != nil {
+		if d.Dependents, err = u.s.store.Dependents(ctx, id, linksShown+1); err != nil {
 			u.fail(w, r, err)
 			return
 		}
-		if len(d.Dependents) > dependentsShown {
-			d.Dependents, d.MoreDependents = d.Dependents[:dependentsShown], true
+		if len(d.Dependents) > linksShown {
+			d.Dependents, d.MoreDependents = d.Dependents[:linksShown], true
 		}
 	}
 	v := u.newView(r, c.Action+" "+shortID(c.ID), "", d)

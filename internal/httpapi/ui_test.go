@@ -1323,6 +1323,43 @@ func TestUI_PackagePages(t *testing.T) {
 	wantHTML(t, e.get(base+"?fragment=commands&from=500"), 200, `title="`+fixedID(10500)+`">c0500</a>`, `?from=1000">Later commands →`)
 }
 
+// TestUI_PackageExternalBounded: a package's page lists the first 100 of
+// the other packages' commands its rows depend on and says how many more
+// there are, where it listed them all: rows that depend on thousands of
+// commands elsewhere made a list of thousands, fetched again at every live
+// update of the table. Each row's command page lists its own.
+func TestUI_PackageExternalBounded(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const n = 105
+	var ext []spinbroker.NewCommand
+	var ids []string
+	for i := range n {
+		ext = append(ext, nc(1000+i, "", "other", fmt.Sprintf("ext%03d", i), ""))
+		ids = append(ids, fixedID(1000+i))
+	}
+	mustCreate(t, e, 1, false, ext...)
+	pkg := mustCreate(t, e, 2, true, nc(2000, "", "q", "first", "", ids[:60]...), nc(2001, "", "q", "second", "", ids[40:]...))
+	r := e.get("/ui/packages/" + pkg)
+	wantHTML(t, r, 200, "Depends on commands of other packages", "The first 100 are listed; 5 more are not.")
+	list := regexp.MustCompile(`(?s)<h3>Depends on commands of other packages</h3>\s*<ul class="links">(.*?)</ul>`).FindStringSubmatch(string(r.body))
+	if list == nil {
+		t.Fatalf("no list of dependencies on other packages:\n%.3000s", r.body)
+	}
+	if got := strings.Count(list[1], "<li>"); got != 100 {
+		t.Errorf("%d dependencies on other packages listed, want 100", got)
+	}
+	if !strings.Contains(list[1], ">ext099 on other</a>") || strings.Contains(list[1], ">ext100 on other</a>") {
+		t.Error("the list is not the first 100 in the order the rows name them")
+	}
+	// Under the bound, the list is whole and says nothing more.
+	few := mustCreate(t, e, 3, true, nc(3000, "", "q", "third", "", ids[:3]...))
+	r = e.get("/ui/packages/" + few)
+	wantHTML(t, r, 200, ">ext002 on other</a>")
+	if strings.Contains(string(r.body), "more are not") {
+		t.Error("a list of 3 says more are not listed")
+	}
+}
+
 // TestUI_SearchQueuesBounded: the search lists at most 20 of the queues
 // whose name starts with what was typed, as it lists packages and
 // commands, and says when more match; it read every queue, and listed all
