@@ -901,6 +901,15 @@ func (a *runner) heartbeat(ctx context.Context, j *job) {
 		case ctx.Err() != nil:
 			return
 		case code == spinbroker.ESTALE || code == spinbroker.ENOTFOUND || code == spinbroker.ECONFLICT:
+			if !j.deliveringSince().IsZero() {
+				// The result has been sent: the broker that recorded it
+				// ended the lease, and refuses heartbeats for that, while
+				// the answer is on its way or was lost. That is no lost
+				// lease; the result's own answer, or the next try's, says
+				// what became of it (deliver).
+				j.log.Debug("heartbeat refused once the result was sent; the result's answer will tell", "err", err)
+				return
+			}
 			j.loseLease(err)
 			return
 		case fatal(err):
