@@ -952,8 +952,8 @@ type beatNews struct {
 	size    int // the commands of the batch; 1 outside batch mode
 	mu      sync.Mutex
 	failing map[*job]bool
-	worst   map[string]int  // the furthest round logged of each error, this outage
-	refusal map[string]bool // the refusals logged (a revoked token's 401)
+	worst   map[string]int  // the furthest round logged of each error (failureKey), this outage
+	refusal map[string]bool // the refusals logged (a revoked token's 401), by failureKey
 	gaveUp  bool            // a lease is no longer extended: the line is logged
 }
 
@@ -968,10 +968,11 @@ func newBeatNews(size int) *beatNews {
 func (n *beatNews) refused(j *job, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.refusal[err.Error()] {
+	key := failureKey(j, err)
+	if n.refusal[key] {
 		return
 	}
-	n.refusal[err.Error()] = true
+	n.refusal[key] = true
 	if n.size > 1 {
 		j.log.Error("the broker refuses this agent's heartbeats; stopping the batch's handlers", "err", err, "batch", n.size)
 		return
@@ -985,15 +986,25 @@ func (n *beatNews) failed(j *job, err error, failures int, left time.Duration) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.failing[j] = true
-	if failures <= n.worst[err.Error()] {
+	key := failureKey(j, err)
+	if failures <= n.worst[key] {
 		return
 	}
-	n.worst[err.Error()] = failures
+	n.worst[key] = failures
 	args := []any{"err", err, "failures", failures, "lease_expires_in", left.Round(time.Millisecond).String()}
 	if n.size > 1 {
 		args = append(args, "batch", n.size)
 	}
 	j.log.Warn("heartbeat failed; retrying", args...)
+}
+
+// failureKey is err, a failure of j's heartbeat, as the commands of a
+// batch share it: without j's command id, which an error with no answer
+// carries in its request's URL (Post ".../commands/ID/heartbeat":
+// connection refused), so that the same outage seen by every command of
+// the batch is one failure, not one per command.
+func failureKey(j *job, err error) string {
+	return strings.ReplaceAll(err.Error(), j.cmd.ID, "ID")
 }
 
 // givenUp logs that j's lease is extended no more, its result undelivered

@@ -18,9 +18,20 @@ import (
 // TestRun_BatchHeartbeatOutageLogsOnce: with Options.Claim, an outage of
 // heartbeats is one warning per round of retries and one line when they
 // get through again, not one of each per command of the batch (a batch of
-// 100 wrote 100 lines a round, burying everything else).
+// 100 wrote 100 lines a round, burying everything else). Unreachable: a
+// broker that does not answer at all fails each heartbeat with an error
+// that names the request's URL, and so its command: told apart by that,
+// every command's failure of a round was a line of its own.
 func TestRun_BatchHeartbeatOutageLogsOnce(t *testing.T) {
-	o := &outage{match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
+	for _, drop := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Unavailable", true: "Unreachable"}[drop], func(t *testing.T) {
+			testBatchHeartbeatOutage(t, drop)
+		})
+	}
+}
+
+func testBatchHeartbeatOutage(t *testing.T, drop bool) {
+	o := &outage{drop: drop, match: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/heartbeat") }}
 	o.down.Store(true)
 	b := startBroker(t, httpapi.Options{}, o.wrap)
 	const n = 4

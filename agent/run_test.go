@@ -734,10 +734,13 @@ func TestRun_FinishedLine(t *testing.T) {
 }
 
 // outage fails every request that match takes while down is set: with 503
-// unavailable, or with status (500 internal) when it is set.
+// unavailable, or with status (500 internal) when it is set, or (drop)
+// with no answer at all, its connection closed, as of a broker out of
+// reach.
 type outage struct {
 	match  func(r *http.Request) bool
 	status int
+	drop   bool
 	down   atomic.Bool
 	seen   atomic.Int32
 }
@@ -746,6 +749,12 @@ func (o *outage) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if o.match(r) && o.down.Load() {
 			o.seen.Add(1)
+			if o.drop {
+				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+					conn.Close()
+				}
+				return
+			}
 			status, code := http.StatusServiceUnavailable, "unavailable"
 			if o.status != 0 {
 				status, code = o.status, "internal"
