@@ -721,6 +721,7 @@ type job struct {
 	mu         sync.Mutex
 	expires    time.Time // by the agent's clock, measured from before each request
 	lost       bool      // the broker said the lease is not ours any more
+	ran        bool      // the handler has returned (or was abandoned): res is set
 	delivering time.Time // when the first try to deliver the result was made
 
 	ctx       context.Context // the handler's: cancelled when the lease is lost or the grace is over
@@ -1064,12 +1065,21 @@ func (n *beatNews) gone(j *job) {
 // expire stops the handler of a job whose lease ran out by the agent's
 // clock with no heartbeat able to extend it (err the last one's error).
 // Its result, if any, is still offered: the broker takes it while nobody
-// else holds the command.
+// else holds the command. A handler that has returned already was not too
+// slow: its result was (its delivery retried through an outage, or a
+// batch's waiting for the batch's slowest command), and the line says so.
 func (j *job) expire(err error) {
 	if context.Cause(j.ctx) != nil {
 		return
 	}
-	j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
+	j.mu.Lock()
+	ran := j.ran
+	j.mu.Unlock()
+	if ran {
+		j.log.Warn("lease expired by this agent's clock before the result was delivered", "err", err)
+	} else {
+		j.log.Warn("lease expired by this agent's clock; stopping the handler", "err", err)
+	}
 	j.cancel(&leaseExpired{last: err})
 }
 
@@ -1100,7 +1110,12 @@ func (e *leaseExpired) why() string {
 // when the grace period is over and the handler ignores its cancelled
 // context.
 func (a *runner) execute(j *job) {
-	defer func() { j.took = time.Since(j.begin) }()
+	defer func() {
+		j.took = time.Since(j.begin)
+		j.mu.Lock()
+		j.ran = true
+		j.mu.Unlock()
+	}()
 	h, ok := a.handlers[j.cmd.Action]
 	if !ok {
 		j.res = outcome{reason: fmt.Sprintf("agent for %s has no action %q", a.resource, j.cmd.Action)}

@@ -1616,3 +1616,37 @@ func TestRun_ParamsTypeNotObject(t *testing.T) {
 		cancel()
 	}
 }
+
+// TestRun_LeaseExpiredAfterHandlerReturned: a lease that runs out while
+// the result waits to be delivered (the broker out of reach as the
+// handler returns) is said to have run out before the result was
+// delivered. The line said "stopping the handler" of a handler that had
+// returned, as if it had been too slow.
+func TestRun_LeaseExpiredAfterHandlerReturned(t *testing.T) {
+	for _, claim := range []int{0, 4} {
+		t.Run(map[int]string{0: "Single", 4: "Batch"}[claim], func(t *testing.T) {
+			o := &outage{match: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/commands/") }}
+			b := startBroker(t, httpapi.Options{}, o.wrap)
+			quick := agent.Handle("quick", func(ctx context.Context, p struct{}) (any, error) {
+				// Past the first heartbeat (at 500ms), which extends the
+				// lease: it runs out 1.5s after that, before the result
+				// has waited the lease's 1.5s that ends the heartbeats.
+				time.Sleep(900 * time.Millisecond)
+				o.down.Store(true) // the broker goes out of reach as the handler ends
+				return map[string]bool{"done": true}, nil
+			})
+			var logs syncbuf.Buffer
+			runAgent(t, b, []agent.Handler{quick}, agent.Options{Claim: claim, Lease: 1500 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			ids := b.enqueue(t, cmd("quick", `{}`))
+			awaitLog(t, &logs, "lease expired by this agent's clock")
+			o.down.Store(false)
+			if c := b.await(t, ids[0]); c.State != spinbroker.Succeeded || c.Attempts != 1 {
+				t.Errorf("command %s after %d attempts", c.State, c.Attempts)
+			}
+			line := grepLine(logs.String(), "lease expired by this agent's clock")
+			if !strings.Contains(line, "before the result was delivered") || strings.Contains(line, "stopping the handler") {
+				t.Errorf("the lease's expiry after the handler returned is said as %q", line)
+			}
+		})
+	}
+}
