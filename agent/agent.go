@@ -24,7 +24,8 @@
 // that send new actions. A panic fails that command
 // for good, not for a retry (a bug would only panic again, after doing
 // again whatever it did before), with the panic in the reason, and the
-// agent goes on. Broker errors are retried with capped, jittered
+// agent goes on; so does a call of runtime.Goexit (t.FailNow) in place of
+// returning. Broker errors are retried with capped, jittered
 // exponential back-off, waiting at least as long as an answer's
 // Retry-After asks (up to MaxBackoff); a broker that cannot be reached at
 // all (a connection refused or reset, a reverse proxy's 502: stopped,
@@ -1122,7 +1123,23 @@ func (a *runner) execute(j *job) {
 		return
 	}
 	done := make(chan outcome, 1)
-	go func() { done <- a.call(j, h) }()
+	go func() {
+		// call recovers a panic, so it ends without returning only by
+		// runtime.Goexit (t.FailNow in code lifted from a test, a library
+		// that calls it): its deferred calls still run, and this one sends
+		// the result that would otherwise never come, the command held,
+		// and the queue behind it, until the agent stopped.
+		returned := false
+		defer func() {
+			if !returned {
+				j.log.Error("handler called runtime.Goexit instead of returning")
+				done <- outcome{reason: goexitReason}
+			}
+		}()
+		res := a.call(j, h)
+		returned = true
+		done <- res
+	}()
 	select {
 	case j.res = <-done:
 		return
@@ -1135,6 +1152,10 @@ func (a *runner) execute(j *job) {
 		j.res = outcome{reason: "agent stopped before the command finished", retry: true}
 	}
 }
+
+// goexitReason is the reason of a command whose handler called
+// runtime.Goexit: for good, as a panic's, since it would only do it again.
+const goexitReason = "agent error: the handler called runtime.Goexit instead of returning (t.FailNow and the like do)"
 
 // call runs one handler, turning its result, error or panic into an outcome.
 func (a *runner) call(j *job, h Handler) (res outcome) {
