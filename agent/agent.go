@@ -138,8 +138,10 @@ type Options struct {
 	Grace time.Duration
 	// Claim, when above 1, switches to batch mode: claim up to Claim
 	// commands at once, run them concurrently, and complete them in one
-	// request. The queue's concurrency still bounds how many are leased at
-	// once, and it is 1 unless set (spinbroker queue set RESOURCE
+	// request. A Claim above spinbroker.MaxClaim (1000), the most one
+	// claim may ask for, is taken as 1000. The queue's concurrency still
+	// bounds how many are leased at once, and it is 1 unless set
+	// (spinbroker queue set RESOURCE
 	// --concurrency N, with an admin token when auth is on; an agent's
 	// token may not): raise it too, or each batch holds one command. A
 	// batch also ends at the command whose parameters take it past
