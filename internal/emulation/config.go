@@ -184,6 +184,31 @@ func resolveImages(images []Image, root string, private ...string) ([]Image, err
 	return out, nil
 }
 
+// oneFileOneDisk refuses resolved images that name one file twice, but for
+// CD-ROMs only: QEMU locks a disk's file against every other drive that
+// would write it or read it as a disk, its own VM's as well, so such a VM
+// never starts, and QEMU's reason ("Failed to get \"write\" lock. Is
+// another process using the image?") sends a person looking for a process
+// that is not there. The same image as two read-only CD-ROMs is fine.
+func oneFileOneDisk(images []Image) error {
+	infos := make([]os.FileInfo, len(images))
+	for i, im := range images {
+		infos[i], _ = os.Stat(im.Path) // resolved just now: it is there
+	}
+	for i := range images {
+		for j := i + 1; j < len(images); j++ {
+			if images[i].Cdrom && images[j].Cdrom {
+				continue
+			}
+			same := images[i].Path == images[j].Path || (infos[i] != nil && infos[j] != nil && os.SameFile(infos[i], infos[j]))
+			if same {
+				return fmt.Errorf("vm.Images[%d] and vm.Images[%d] are the same file %q: QEMU gives a disk's file to one drive only, and would not start the VM (only two CD-ROMs may share an image)", i, j, images[j].Path)
+			}
+		}
+	}
+	return nil
+}
+
 // within reports whether path p is dir or in it, by their names alone.
 func within(dir, p string) bool {
 	r, err := filepath.Rel(dir, p)

@@ -939,3 +939,69 @@ func TestNew_VNC(t *testing.T) {
 		t.Errorf("New with socket and a state dir of %d bytes: %v", len(long), err)
 	}
 }
+
+// TestEmulator_OneFileOneDisk: QEMU locks a disk's file against every
+// other drive that would write it or read it as a disk, its own VM's
+// included, so a VM whose images name one file twice (by one path, or by
+// two: a symbolic link, the Volume form) never starts, and QEMU's reason
+// ("Failed to get \"write\" lock. Is another process using the image?")
+// sends the operator looking for a process that is not there.
+// write_config refuses such a VM, naming both images, as does start of a
+// config file that holds one; the same image as two CD-ROMs (read-only)
+// is fine.
+func TestEmulator_OneFileOneDisk(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "vol"), 0o755)
+	os.WriteFile(filepath.Join(root, "vol", "disk.img"), nil, 0o644)
+	os.WriteFile(filepath.Join(root, "vol", "boot.iso"), nil, 0o644)
+	if err := os.Symlink("disk.img", filepath.Join(root, "vol", "link.img")); err != nil {
+		t.Fatal(err)
+	}
+	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{StateDir: t.TempDir(), ImagesRoot: root, QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, cdrom := Image{Path: "disk.img", Volume: "vol"}, Image{Path: "vol/disk.img", Cdrom: true}
+	for name, images := range map[string][]Image{
+		"TheSamePathTwice":   {disk, disk},
+		"ByASymbolicLink":    {disk, {Path: "vol/boot.iso", Cdrom: true}, {Path: "link.img", Volume: "vol"}},
+		"ADiskAndACDROM":     {disk, cdrom},
+		"ACDROMAndADisk":     {cdrom, {Path: filepath.Join(root, "vol", "disk.img")}},
+		"ByItsAbsolutePath":  {{Path: filepath.Join(root, "vol", "link.img")}, disk},
+		"AndAnotherCDROMToo": {cdrom, cdrom, disk},
+	} {
+		vm := &VM{Name: "w", Cpus: 1, Memory: 64, Images: images}
+		_, err := e.WriteConfig(ctx, WriteConfig{ID: "vm1", VM: vm})
+		if err == nil || !strings.Contains(err.Error(), "the same file") || !strings.Contains(err.Error(), "vm.Images[") {
+			t.Errorf("%s: write_config %+v: %v, want it refused as the same file twice", name, images, err)
+		}
+	}
+	if _, err := os.Stat(e.configPath("vm1")); !os.IsNotExist(err) {
+		t.Errorf("a refused write_config left a config: %v", err)
+	}
+	// Two CD-ROMs of one image, and a disk beside them, are one VM.
+	ok := &VM{Name: "w", Cpus: 1, Memory: 64, Images: []Image{cdrom, cdrom, {Path: "boot.iso", Volume: "vol"}}}
+	if _, err := e.WriteConfig(ctx, WriteConfig{ID: "vm1", VM: ok}); err != nil {
+		t.Errorf("write_config of one image as two CD-ROMs: %v", err)
+	}
+	// A config file that holds one (written by an agent before this
+	// check, or by hand) is refused by start, before QEMU is run.
+	b, err := json.Marshal(stored{ID: "vm2", VM: VM{Name: "w", Cpus: 1, Memory: 64, Images: []Image{disk, cdrom}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.configPath("vm2"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Start(ctx, ID{ID: "vm2"}); err == nil || !strings.Contains(err.Error(), "the same file") {
+		t.Errorf("start of a config naming one disk's file twice: %v", err)
+	}
+	if _, err := os.Stat(sup.LogFile("vm2")); !os.IsNotExist(err) {
+		t.Errorf("start ran QEMU for a config naming one disk's file twice: %v", err)
+	}
+}

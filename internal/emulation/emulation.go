@@ -345,6 +345,9 @@ type Output struct {
 // old config until it is started again.
 func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) {
 	images, err := resolveImages(p.VM.Images, e.opts.ImagesRoot, e.private()...)
+	if err == nil {
+		err = oneFileOneDisk(images)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -467,6 +470,9 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	}
 	// The images are resolved again: they may have moved since the config.
 	if vm.Images, err = resolveImages(vm.Images, e.opts.ImagesRoot, e.private()...); err != nil {
+		return nil, err
+	}
+	if err := oneFileOneDisk(vm.Images); err != nil {
 		return nil, err
 	}
 	qemu := e.opts.QEMU
