@@ -1005,3 +1005,69 @@ func TestEmulator_OneFileOneDisk(t *testing.T) {
 		t.Errorf("start ran QEMU for a config naming one disk's file twice: %v", err)
 	}
 }
+
+// TestProcess_PIDFileOfAnotherBoot: a pid file written before the host
+// rebooted names a process of that boot. After the reboot its pid, and
+// even its start time (clock ticks since boot), can be another process's:
+// one started as early in this boot as the VM was in that one (the agent
+// and its VMs come up in the same order at each boot). Adopted, it would
+// be reported as the VM running, and a stop would signal its process
+// group. It is forgotten; a pid file of this boot is adopted, and a VM
+// started now writes the boot in its pid file.
+func TestProcess_PIDFileOfAnotherBoot(t *testing.T) {
+	boot := bootID()
+	if boot == "" {
+		t.Skipf("no boot id on this system (%s)", bootIDFile)
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	stranger := exec.Command("sleep", "300")
+	stranger.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stranger.Process.Kill(); stranger.Wait() })
+	pid := stranger.Process.Pid
+	_, start, ok := procStat(pid)
+	if !ok {
+		t.Fatal("no start time for the stranger")
+	}
+	other := "00000000-0000-4000-8000-000000000000"
+	os.WriteFile(filepath.Join(dir, "vm1.pid"), fmt.Appendf(nil, "%d %s %s\n", pid, start, other), 0o600)
+	os.WriteFile(filepath.Join(dir, "vm2.pid"), fmt.Appendf(nil, "%d %s %s\n", pid, start, boot), 0o600)
+	var logs strings.Builder
+	s, err := NewProcess(dir, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if running, _ := s.Running(ctx, "vm1"); running {
+		t.Error("a pid file of another boot adopted this boot's process of that pid and start time")
+	}
+	if !strings.Contains(logs.String(), `msg="forgot a VM that exited while the agent was away" vm_id=vm1`) {
+		t.Errorf("the VM of another boot is not said to be forgotten:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vm1.pid")); !os.IsNotExist(err) {
+		t.Errorf("the pid file of another boot is still there: %v", err)
+	}
+	if err := s.Kill(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if state, _, ok := procStat(pid); !ok || state == 'Z' {
+		t.Fatal("a stop killed the process a pid file of another boot named")
+	}
+	if running, _ := s.Running(ctx, "vm2"); !running || s.PID(ctx, "vm2") != pid {
+		t.Error("a pid file of this boot was not adopted")
+	}
+
+	if err := s.Start(ctx, "vm3", "three", []string{"sleep", "60"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Kill(ctx, "vm3") })
+	b, err := os.ReadFile(filepath.Join(dir, "vm3.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(string(b)); len(f) != 3 || f[2] != boot {
+		t.Errorf("the pid file of a VM started now holds %q, want its pid, start time and boot %s", b, boot)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,13 +37,14 @@ type Supervisor interface {
 }
 
 // Process is the Supervisor that runs qemu itself, for hosts without
-// systemd. Each VM's process id and start time are kept in a pid file in
-// the state dir, so a restarted agent adopts the VMs still alive and
-// forgets those that exited meanwhile. VMs run in their own process group:
+// systemd. Each VM's process id and start time, and the host's boot, are
+// kept in a pid file in the state dir, so a restarted agent adopts the VMs
+// still alive and forgets those that exited meanwhile, or with a reboot. VMs run in their own process group:
 // a Ctrl-C meant for the agent does not reach them.
 type Process struct {
-	dir string // pid files and logs
-	log *slog.Logger
+	dir  string // pid files and logs
+	log  *slog.Logger
+	boot string // the host's boot id (bootID), empty where it has none
 
 	mu    sync.Mutex
 	procs map[string]*proc
@@ -53,8 +55,24 @@ type Process struct {
 type proc struct {
 	pid    int
 	start  string // the process's start time, from /proc, against pid reuse
+	boot   string // the boot it ran in (bootID); empty in an older pid file
 	group  bool   // it leads its own process group (VMs started here do)
 	exited chan struct{}
+}
+
+// bootIDFile holds the id of the host's current boot (Linux).
+const bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// bootID is the id of the host's current boot, or "" where there is none.
+// A pid file keeps it: a pid and its start time (clock ticks since boot)
+// name a process of one boot only, and after a reboot another process can
+// have both, one started as early in this boot as the VM was in that one.
+func bootID() string {
+	b, err := os.ReadFile(bootIDFile)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // NewProcess returns a process supervisor keeping its files in dir, and
@@ -66,7 +84,7 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Process{dir: dir, log: log, procs: map[string]*proc{}}
+	s := &Process{dir: dir, log: log, boot: bootID(), procs: map[string]*proc{}}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -83,6 +101,10 @@ func NewProcess(dir string, log *slog.Logger) (*Process, error) {
 			// running is found by its QMP socket (Emulator.running).
 			log.Warn("a VM's pid file is damaged: a QEMU of it still running is found by its QMP socket at the VM's next command",
 				"vm_id", id, "file", s.pidFile(id), "err", err)
+		case p.boot != "" && p.boot != s.boot:
+			// Its VM ended with the boot it ran in; its pid and start
+			// time may now be another process's.
+			log.Info("forgot a VM that exited while the agent was away", "vm_id", id, "boot", p.boot)
 		case p.alive():
 			_, _, pgrp, _ := procStatGroup(p.pid)
 			p.group = pgrp == p.pid
@@ -107,17 +129,23 @@ func (s *Process) readPID(id string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	pidStr, start, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
-	pid, err := strconv.Atoi(pidStr)
-	// The agent writes both: a pid file without the start time would take
+	// "PID START BOOT"; BOOT is missing from the files of older agents,
+	// and where the host has no boot id.
+	f := strings.Split(strings.TrimSpace(string(b)), " ")
+	pid, err := strconv.Atoi(f[0])
+	// The agent writes the start time: a pid file without it would take
 	// whatever process has the pid now, and pid 1 (init) is never a VM.
-	if err != nil || pid <= 1 || start == "" || strings.ContainsAny(start, " \t\n") {
+	if err != nil || pid <= 1 || len(f) < 2 || len(f) > 3 || slices.ContainsFunc(f[1:], func(w string) bool { return w == "" || strings.ContainsAny(w, "\t\n") }) {
 		if len(b) > 64 {
 			b = b[:64]
 		}
 		return nil, fmt.Errorf("it holds %q, not a process id and its start time", b)
 	}
-	return &proc{pid: pid, start: start}, nil
+	p := &proc{pid: pid, start: f[1]}
+	if len(f) == 3 {
+		p.boot = f[2]
+	}
+	return p, nil
 }
 
 // procStat returns a process's state letter and start time from
@@ -205,7 +233,7 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	p := &proc{pid: cmd.Process.Pid, group: true, exited: make(chan struct{})}
+	p := &proc{pid: cmd.Process.Pid, boot: s.boot, group: true, exited: make(chan struct{})}
 	_, p.start, _ = procStat(p.pid)
 	go func() {
 		err := cmd.Wait() // reaps the child
@@ -230,7 +258,11 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 
 func (s *Process) writePID(id string, p *proc) error {
 	tmp := s.pidFile(id) + ".tmp"
-	err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", p.pid, p.start), 0o600)
+	line := fmt.Sprintf("%d %s", p.pid, p.start)
+	if p.boot != "" {
+		line += " " + p.boot
+	}
+	err := os.WriteFile(tmp, []byte(line+"\n"), 0o600)
 	if err == nil {
 		err = os.Rename(tmp, s.pidFile(id))
 	}
@@ -258,7 +290,7 @@ func (s *Process) Adopt(id string, pid int) error {
 	if pid <= 1 || !ok || state == 'Z' || state == 'X' {
 		return fmt.Errorf("VM %s: process %d is not running", id, pid)
 	}
-	p := &proc{pid: pid, start: start, group: pgrp == pid}
+	p := &proc{pid: pid, start: start, boot: s.boot, group: pgrp == pid}
 	if err := s.writePID(id, p); err != nil {
 		return err
 	}
