@@ -164,3 +164,70 @@ func TestEmulator_ConfigOfARunningVM(t *testing.T) {
 		t.Errorf("status with a damaged config: %+v; want running, a config_error, no restart_needed", out)
 	}
 }
+
+// TestEmulator_RestartNeededOfAStartThatKeptNoCopy: start keeps a copy of
+// the config a VM starts with, which restart_needed compares with the
+// config file. A start that could not write it (the state dir full, say),
+// or whose agent was killed before it did, used to leave the copy of the
+// VM's run before: the VM, running with the new config, was then said to
+// need a restart to take it (or, with the old config back in the file,
+// not to need one to leave it). The copy now speaks only for the run it
+// was made for.
+func TestEmulator_RestartNeededOfAStartThatKeptNoCopy(t *testing.T) {
+	requireQEMU(t)
+	ctx := context.Background()
+	sup, err := emulation.NewProcess(filepath.Join(t.TempDir(), "proc"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := t.TempDir()
+	var logs strings.Builder
+	e, err := emulation.New(emulation.Options{StateDir: stateDir, Supervisor: sup, Accel: "tcg", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if pid := sup.PID(ctx, "vm1"); pid != 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	write := func(memory int64) {
+		t.Helper()
+		if _, err := e.WriteConfig(ctx, emulation.WriteConfig{ID: "vm1", VM: &emulation.VM{Name: "cfg", Cpus: 1, Memory: memory}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := func() *emulation.Output {
+		t.Helper()
+		out, err := e.Start(ctx, emulation.ID{ID: "vm1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(*emulation.Output)
+	}
+	write(32)
+	start()
+	timeout := spinbroker.Duration(time.Second)
+	if _, err := e.Stop(ctx, emulation.Stop{ID: "vm1", Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	// The next start cannot write its copy: a folder where its temporary
+	// file goes.
+	if err := os.Mkdir(filepath.Join(stateDir, "run", "vm1.json.tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write(48)
+	if out := start(); !out.Running || out.RestartNeeded {
+		t.Fatalf("start with a new config: %+v", out)
+	}
+	out, err := e.Status(ctx, emulation.ID{ID: "vm1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := out.(*emulation.Output); !s.Running || s.RestartNeeded {
+		t.Errorf("status of a VM running with its config file's config: %+v; want no restart_needed", s)
+	}
+	if !strings.Contains(logs.String(), `msg="could not keep a copy of a started VM's config" vm_id=vm1`) {
+		t.Errorf("the copy not written is not said:\n%s", logs.String())
+	}
+}

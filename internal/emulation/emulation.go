@@ -490,6 +490,14 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	_ = os.Remove(out.QMP)
 	_ = os.Remove(e.VNCPath(p.ID))
 	host.QEMU = qemu
+	// The copy of the config the VM starts with is made before QEMU runs,
+	// and one that cannot be is not left from an earlier run: it would
+	// tell of that run's config (restart_needed), as it would if the agent
+	// were killed before QEMU answered.
+	copyErr := writeFile(e.startedPath(p.ID), config)
+	if copyErr != nil {
+		_ = os.Remove(e.startedPath(p.ID))
+	}
 	argv := QEMUArgs(vm, host)
 	agent.LoggerOr(ctx, e.log).Info("starting VM", "vm_id", p.ID, "argv", argv)
 	if err := e.sup.Start(ctx, p.ID, vm.Name, argv); err != nil {
@@ -500,9 +508,9 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 		_ = os.Remove(out.QMP)
 		return nil, err
 	}
-	if err := writeFile(e.startedPath(p.ID), config); err != nil {
+	if copyErr != nil {
 		// The VM runs; only restart_needed cannot be told.
-		agent.LoggerOr(ctx, e.log).Warn("could not keep a copy of a started VM's config", "vm_id", p.ID, "err", err)
+		agent.LoggerOr(ctx, e.log).Warn("could not keep a copy of a started VM's config", "vm_id", p.ID, "err", copyErr)
 	}
 	out.Changed = true
 	return e.describe(ctx, out), nil
