@@ -57,6 +57,9 @@ type Storage struct {
 	lock    *os.File // LockName, held while the storage is open
 	qemuImg string
 	log     *slog.Logger
+	// synced, set by tests, is told of each file and folder (by its path
+	// in the root) the storage syncs before it reports a change.
+	synced func(rel string)
 }
 
 // LockName is the file in the root that an open Storage holds locked: one
@@ -347,6 +350,15 @@ func (s *Storage) AddVolume(ctx context.Context, p AddVolume) (any, error) {
 	if err := s.root.MkdirAll(rel, 0o755); err != nil {
 		return nil, describe(rel, err)
 	}
+	// Each folder made has its name in the one above it.
+	for dir := filepath.Dir(rel); ; dir = filepath.Dir(dir) {
+		if err := s.syncDir(dir); err != nil {
+			return nil, err
+		}
+		if dir == "." {
+			break
+		}
+	}
 	return s.output(rel, true), nil
 }
 
@@ -389,6 +401,9 @@ func (s *Storage) RemoveVolume(ctx context.Context, p RemoveVolume) (any, error)
 	}
 	if err != nil {
 		return nil, describe(rel, err)
+	}
+	if err := s.syncDir(filepath.Dir(rel)); err != nil {
+		return nil, err
 	}
 	return s.output(rel, true), nil
 }
@@ -536,7 +551,7 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	}
 	err = fill(f)
 	if err == nil {
-		err = f.Sync()
+		err = s.syncFile(f, rel)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -552,12 +567,28 @@ func (s *Storage) writeAtomically(rel string, fill func(f *os.File) error) error
 	return s.syncDir(filepath.Dir(rel))
 }
 
-// syncDir makes the names just written in dir survive a power cut: the
-// file's own Sync keeps its data, not its name. Without it, a move across
-// file systems (a copy, then the source removed) could lose the image
-// both ways at once. A file system that cannot sync a folder (EINVAL) is
-// taken at its word.
+// syncFile makes what was written to f, the file rel (or the temporary
+// file that becomes it), survive a power cut, before the change is
+// reported: a success is what the next command of a package is delivered
+// on.
+func (s *Storage) syncFile(f *os.File, rel string) error {
+	if s.synced != nil {
+		s.synced(rel)
+	}
+	return f.Sync()
+}
+
+// syncDir makes the names just written in dir, or removed from it,
+// survive a power cut: the file's own Sync keeps its data, not its name.
+// Without it, a move across file systems (a copy, then the source
+// removed) could lose the image both ways at once, and a delete_image
+// reported done could be undone, its volume then refused by a
+// remove_volume as not empty. A file system that cannot sync a folder
+// (EINVAL) is taken at its word.
 func (s *Storage) syncDir(dir string) error {
+	if s.synced != nil {
+		s.synced(dir)
+	}
 	d, err := s.openFolder(dir)
 	if err != nil {
 		return describe(dir, err)
@@ -944,6 +975,9 @@ func (s *Storage) DeleteImage(ctx context.Context, p DeleteImage) (any, error) {
 	if err != nil || !removed {
 		return s.output(rel, false), err
 	}
+	if err := s.syncDir(filepath.Dir(rel)); err != nil {
+		return nil, err
+	}
 	agent.LoggerOr(ctx, s.log).Info("image deleted", "path", rel)
 	return s.output(rel, true), nil
 }
@@ -1032,6 +1066,10 @@ func (s *Storage) ResizeImage(ctx context.Context, p ResizeImage) (any, error) {
 		err = s.qemuImgRun(ctx, f, rel, args...)
 	} else {
 		err = describe(rel, f.Truncate(size))
+	}
+	if err == nil {
+		// qemu-img wrote through a file of its own, the same one.
+		err = describe(rel, s.syncFile(f, rel))
 	}
 	if err != nil {
 		return nil, err
