@@ -367,25 +367,57 @@ func (e *Emulator) WriteConfig(ctx context.Context, p WriteConfig) (any, error) 
 	if old, err := os.ReadFile(out.Config); err == nil && bytes.Equal(old, b) {
 		return out, nil
 	}
-	if err := writeFile(out.Config, b); err != nil {
+	if err := writeFile(out.Config, b, 0o600); err != nil {
 		return nil, err
 	}
 	out.Changed = true
 	return out, nil
 }
 
-// writeFile replaces the file at path with b, never leaving it half
-// written.
-func writeFile(path string, b []byte) error {
+// writeFile replaces the file at path with b, made with perm, never
+// leaving it half written (nor a temporary file beside it, the disk full),
+// and synced, its name too, before it answers: a write_config reported
+// done is what the package's start is delivered on, and a power cut must
+// not take the config back.
+func writeFile(path string, b []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	_, err = f.Write(b)
+	if err == nil {
+		err = syncFile(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return err
 	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := syncFile(d); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return err // EINVAL: a file system that cannot sync a folder
+	}
 	return nil
+}
+
+// synced, set by tests, is told of each file and folder writeFile syncs.
+var synced func(name string)
+
+func syncFile(f *os.File) error {
+	if synced != nil {
+		synced(f.Name())
+	}
+	return f.Sync()
 }
 
 // load reads VM id's config. The file is checked as write_config checks
@@ -494,7 +526,7 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	// and one that cannot be is not left from an earlier run: it would
 	// tell of that run's config (restart_needed), as it would if the agent
 	// were killed before QEMU answered.
-	copyErr := writeFile(e.startedPath(p.ID), config)
+	copyErr := writeFile(e.startedPath(p.ID), config, 0o600)
 	if copyErr != nil {
 		_ = os.Remove(e.startedPath(p.ID))
 	}

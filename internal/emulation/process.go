@@ -257,17 +257,11 @@ func (s *Process) Start(ctx context.Context, id, name string, argv []string) err
 }
 
 func (s *Process) writePID(id string, p *proc) error {
-	tmp := s.pidFile(id) + ".tmp"
 	line := fmt.Sprintf("%d %s", p.pid, p.start)
 	if p.boot != "" {
 		line += " " + p.boot
 	}
-	err := os.WriteFile(tmp, []byte(line+"\n"), 0o600)
-	if err == nil {
-		err = os.Rename(tmp, s.pidFile(id))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
+	if err := writeFile(s.pidFile(id), []byte(line+"\n"), 0o600); err != nil {
 		return fmt.Errorf("VM %s: write its pid file: %w", id, err)
 	}
 	return nil

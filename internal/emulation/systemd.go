@@ -165,11 +165,7 @@ func (s *Systemd) Start(ctx context.Context, id, name string, argv []string) err
 	if err != nil {
 		return err
 	}
-	tmp := s.unitPath(id) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, s.unitPath(id)); err != nil {
+	if err := writeFile(s.unitPath(id), b, 0o644); err != nil {
 		return err
 	}
 	if _, err := s.run(ctx, SystemctlArgs("daemon-reload")...); err != nil {
