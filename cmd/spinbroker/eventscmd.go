@@ -57,7 +57,9 @@ stream fell behind and changes were dropped (stderr says so, in either
 output).
 
 --package follows one package (the broker filters: its stream has its
-package and command events only). --resource keeps the command and queue
+package and command events only). A command's id there is refused (exit 1),
+naming its package; an id that no package has yet is followed, and stderr
+says so. --resource keeps the command and queue
 events of that resource (repeatable); package events, which have no
 resource, still pass unless --kind leaves them out. --kind keeps one kind
 (repeatable, or comma-separated).
@@ -113,11 +115,14 @@ is enough.`,
 				reconnectFor: reconnectFor,
 				table:        &eventTable{w: a.stdout, resWidth: len("RESOURCE")},
 			}
+			ctx := cmd.Context()
 			var opts []client.EventsOption
 			if pkg != "" {
+				if err := f.lookAtPackage(ctx, pkg); err != nil {
+					return err
+				}
 				opts = append(opts, client.ForPackage(pkg))
 			}
-			ctx := cmd.Context()
 			err = f.follow(ctx, opts)
 			if ctx.Err() != nil {
 				// Ctrl-C is how events ends: not worth a word.
@@ -135,6 +140,33 @@ is enough.`,
 	_ = cmd.RegisterFlagCompletionFunc("package", a.completePackage)
 	_ = cmd.RegisterFlagCompletionFunc("resource", a.completeQueue)
 	return cmd
+}
+
+// lookAtPackage asks the broker once about the package --package names: the
+// broker's filter takes any id, so a command's id (what 'message add'
+// prints) was followed in silence for ever. A command's id is refused,
+// naming its package; an id that names nothing yet is followed (a client
+// may create a package with an id of its own), with a word on stderr. Any
+// other answer (the package, a token that may not read it, no broker) is
+// left to the stream, which says it as it does without --package.
+func (f *eventFollower) lookAtPackage(ctx context.Context, id string) error {
+	if !spinbroker.LooksLikeID(id) {
+		return nil // the broker's 400 says what is wrong with it
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := f.cl.Package(lctx, id)
+	if spinbroker.ErrorCode(err) != spinbroker.ENOTFOUND {
+		return nil
+	}
+	if c, cerr := f.cl.Command(lctx, id); cerr == nil {
+		return &exitError{code: 1, msg: fmt.Sprintf("%s; %s is a command's id (of package %s): spinbroker events --package %s",
+			describe(err), c.ID, c.PackageID, c.PackageID)}
+	}
+	if lctx.Err() == nil { // the command's lookup was answered: neither is there
+		f.note(fmt.Sprintf("no package %s (yet): its events are printed once a package is made with that id", id))
+	}
+	return nil
 }
 
 // eventFollower prints a broker's events, and keeps its stream open.

@@ -565,3 +565,29 @@ func TestEvents_PageOnReconnect(t *testing.T) {
 		t.Errorf("stderr says the broker restarted, which it did not:\n%s", r.stderr)
 	}
 }
+
+// TestEvents_PackageIsACommand: --package given a command's id (what
+// 'message add' printed) followed nothing, silently, until Ctrl-C: the
+// broker's filter matches no package by it. It is refused, exit 1, naming
+// the package the command belongs to. An id that names nothing yet is
+// followed (a client may create a package with its own id), with a word on
+// stderr that no such package exists so far.
+func TestEvents_PackageIsACommand(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	p := createPackage(t, b.cl, "storage")
+	cmdID := p.Commands[0].ID
+	r := b.spin("events", "--package", cmdID)
+	want := "is a command's id (of package " + p.ID + "): spinbroker events --package " + p.ID
+	if r.code != 1 || !strings.Contains(r.stderr, want) || r.stdout != "" {
+		t.Errorf("events --package with a command's id: %s\nwant exit 1 and stderr with %q", r, want)
+	}
+
+	unknown := "01a22249-3f52-7506-bbb5-534b4fea8262"
+	ev := startEvents(t, b.url, "--package", unknown)
+	ev.header()
+	ev.waitStderr(30*time.Second, "no package "+unknown+" (yet)")
+	if r := ev.interrupt(); r.code != 130 {
+		t.Errorf("events --package of a package still to be made, after SIGINT: %s", r)
+	}
+}
