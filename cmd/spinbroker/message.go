@@ -238,6 +238,9 @@ Repeat it for several.
 			}
 			c, err := cl.AddCommand(cmd.Context(), args[0], in, opts...)
 			if err != nil {
+				if err := depIsAPackage(cmd.Context(), cl, deps, err); err != nil {
+					return err
+				}
 				return whatIsIt(cmd.Context(), cl, "package", args[0], err)
 			}
 			if a.jsonOutput() {
@@ -255,6 +258,27 @@ Repeat it for several.
 	f.StringVar(&notBefore, "not-before", "", "do not deliver the command before this RFC 3339 time")
 	idempotencyFlag(cmd, &idem)
 	return cmd
+}
+
+// depIsAPackage adds to err, an unknown_dependency of 'message add', which
+// of deps is a package's id, when one is: the broker says only that it
+// names no existing command, and a script holds a package's id beside its
+// commands' ones. It returns nil when err is another error or no dependency
+// is a package's.
+func depIsAPackage(ctx context.Context, cl *client.Client, deps []string, err error) error {
+	if spinbroker.ErrorCode(err) != spinbroker.EUNKNOWNDEP || ctx.Err() != nil {
+		return nil
+	}
+	for _, d := range deps {
+		if !spinbroker.LooksLikeID(d) {
+			continue
+		}
+		if p, perr := cl.Package(ctx, d); perr == nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("%s; %s is a package's id, not a command's: --dep takes a command's id or the --key of one added earlier to this package (spinbroker package show %s lists its commands)",
+				describe(err), p.ID, p.ID)}
+		}
+	}
+	return nil
 }
 
 func (a *app) messageEnqueueCommand() *cobra.Command {

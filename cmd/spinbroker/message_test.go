@@ -551,3 +551,25 @@ func TestMessage_IdempotencyKey(t *testing.T) {
 		}
 	}
 }
+
+// TestMessageAdd_DepIsAPackage: --dep given a package's id (the other id a
+// script holds) was refused with the broker's "names no existing command"
+// alone, which sent the operator looking for a lost command. It says the id
+// is a package's, and what --dep takes instead.
+func TestMessageAdd_DepIsAPackage(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	other := b.id("message", "new")
+	b.id("message", "add", other, "storage", "add_volume", "--key", "vol")
+	pkg := b.id("message", "new")
+	r := b.spin("message", "add", pkg, "storage", "create_image", "--dep", other)
+	want := other + " is a package's id, not a command's: --dep takes a command's id or the --key of one added earlier to this package (spinbroker package show " + other + " lists its commands)"
+	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "(unknown_dependency)") || !strings.Contains(r.stderr, want) {
+		t.Errorf("message add --dep with a package's id: %s\nwant exit 1 and stderr with %q", r, want)
+	}
+	// An id that names nothing is the broker's refusal alone.
+	r = b.spin("message", "add", pkg, "storage", "create_image", "--dep", "01a22249-3f52-7506-bbb5-534b4fea8262")
+	if r.code != 1 || strings.Contains(r.stderr, "package's id") {
+		t.Errorf("message add --dep with an unknown id: %s", r)
+	}
+}
