@@ -549,16 +549,17 @@ func (a *app) hideClientFlags(c *cobra.Command) {
 		return nil
 	}
 	help := c.HelpFunc()
-	c.SetHelpFunc(func(c *cobra.Command, args []string) {
+	keepOutput := c.Name() == "token" || c.Name() == "check"
+	c.SetHelpFunc(func(cmd *cobra.Command, args []string) {
 		for _, name := range []string{"url", "token", "output"} {
-			if name == "output" && (c.Name() == "ls" || c.Name() == "check") {
-				continue // token ls and check print a table or json
+			if name == "output" && keepOutput {
+				continue // every token command, and check, prints a table or json
 			}
-			if f := c.Root().PersistentFlags().Lookup(name); f != nil {
+			if f := cmd.Root().PersistentFlags().Lookup(name); f != nil {
 				f.Hidden = true
 			}
 		}
-		help(c, args)
+		help(cmd, args)
 	})
 }
 

@@ -706,3 +706,23 @@ func TestTokenLs_ClipsLongNames(t *testing.T) {
 		t.Errorf("token ls -o json does not keep the whole name: %s", r)
 	}
 }
+
+// TestTokenHelp_ShowsOutput: every token command prints a table or JSON
+// (create's JSON is how a script takes the secret), yet only 'token ls
+// --help' listed -o; the others' help hid it as a client's flag. --url and
+// --token, which they refuse, stay hidden.
+func TestTokenHelp_ShowsOutput(t *testing.T) {
+	t.Parallel()
+	for _, sub := range []string{"create", "ls", "revoke", "delete"} {
+		r := spin(t, "token", sub, "--help")
+		if r.code != 0 {
+			t.Fatalf("token %s --help: %s", sub, r)
+		}
+		if !strings.Contains(r.stdout, "-o, --output string") {
+			t.Errorf("token %s --help does not list -o, which it takes:\n%s", sub, r.stdout)
+		}
+		if strings.Contains(r.stdout, "--url") || strings.Contains(r.stdout, "--token string") {
+			t.Errorf("token %s --help lists --url or --token, which it refuses:\n%s", sub, r.stdout)
+		}
+	}
+}
