@@ -318,7 +318,9 @@ package still in staging too (another process may enqueue it), saying so
 once on stderr. When nothing has moved for 5s while work is ready, it looks
 at the queues and says on stderr what holds them: a paused queue, or free
 slots that no agent takes. --timeout bounds the wait: when it runs out,
-status reports the package as it is (exit 3), and says so on stderr.`,
+status reports the package as it is (exit 3), and says so on stderr; when
+the broker is away then, the package's state is not known: exit 4, and
+stderr says what was last read.`,
 		Example: `  spinbroker message status "$PKG"
   spinbroker message status "$PKG" --wait && echo done
   spinbroker message status "$PKG" --wait --timeout 10m -o json`,
@@ -431,6 +433,13 @@ func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, tim
 	}
 	p, err := w.wait(wctx)
 	if err != nil && p != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		if w.isAway() {
+			// The package as last read is from before the broker went:
+			// not its state now, and "not finished" (3) is not what the
+			// broker said. As for a broker that cannot be asked: exit 4.
+			return nil, &exitError{code: exitTryAgain, msg: fmt.Sprintf("--timeout %s ran out while the broker is away, so package %s's state is not known: it was %s (%s) when last read",
+				timeout, p.ID, p.State, progress(p))}
+		}
 		return p, nil // --timeout ran out: report the package as it is
 	}
 	return p, err
@@ -453,6 +462,23 @@ type waiter struct {
 	stall time.Duration             // unchanged this long, the waiter looks for why
 	show  func(*spinbroker.Package) // every state read
 	note  func(string)              // news for the person waiting
+
+	mu   sync.Mutex
+	away bool // the broker stopped answering and has not answered since
+}
+
+// isAway reports whether the broker was away when the wait ended.
+func (w *waiter) isAway() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.away
+}
+
+// setAway records whether the broker is away.
+func (w *waiter) setAway(away bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.away = away
 }
 
 // stallHint is how long a package may sit unchanged, with work ready,
@@ -531,12 +557,14 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 			defer mu.Unlock()
 			w.note(awayNote(err))
 			lost = true
+			w.setAway(true)
 		}),
 		client.OnBrokerBack(func() {
 			mu.Lock()
 			defer mu.Unlock()
 			w.note("the broker is back")
 			lost = false
+			w.setAway(false)
 		}),
 	)
 }

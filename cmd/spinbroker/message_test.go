@@ -573,3 +573,38 @@ func TestMessageAdd_DepIsAPackage(t *testing.T) {
 		t.Errorf("message add --dep with an unknown id: %s", r)
 	}
 }
+
+// TestStatusWait_TimeoutWhileBrokerAway: a --timeout that runs out while the
+// broker is away printed the package as last read, before the broker went,
+// as if it were its state now, and exited 3, "not finished", which the broker
+// never said. The state is not known then: exit 4, as for a broker that
+// cannot be asked, nothing on stdout, and stderr says what was last read.
+func TestStatusWait_TimeoutWhileBrokerAway(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "broker.db")
+	sp := startBroker(t, db)
+	cl, err := client.New(sp.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.CreatePackage(context.Background(), spinbroker.NewPackage{Enqueue: true,
+		Commands: []spinbroker.NewCommand{{Resource: "storage", Action: "add_volume"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := (&broker{t: t, url: sp.url}).startWait(p.ID, "--timeout", "10s", "-o", "json")
+	for deadline := time.Now().Add(8 * time.Second); !strings.Contains(sp.logs.String(), "path=/packages/"+p.ID); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the wait did not read the package within 8s:\n%s", sp.logs)
+		}
+		w.stillWaiting(20 * time.Millisecond)
+	}
+	if err := sp.stop(t); err != nil {
+		t.Fatalf("serve exited with %v:\n%s", err, sp.logs)
+	}
+	r := w.result(30 * time.Second)
+	want := "the broker is away, so package " + p.ID + "'s state is not known: it was queued (0/1 done) when last read"
+	if r.code != exitTryAgain || r.stdout != "" || !strings.Contains(r.stderr, want) {
+		t.Errorf("status --wait --timeout with the broker away: %s\nwant exit 4, nothing on stdout, and stderr with %q", r, want)
+	}
+}
