@@ -41,7 +41,9 @@ func (a *app) eventsCommand() *cobra.Command {
 		Use:   "events [--package ID] [--resource R]... [--kind command|package|queue]...",
 		Short: "Follow the broker's changes as they happen",
 		Long: `events follows the broker's event stream (GET /events) and prints the changes
-as they happen, until interrupted (Ctrl-C: exit 130, quietly): every
+as they happen, until interrupted (Ctrl-C: exit 130, quietly) or, piped,
+until the pipe's reader goes ('| head -1': exit 141, as SIGPIPE, at once
+even when there is nothing to print): every
 transition of a command, and the state of a package or a queue after it
 changed, at most once every 100ms each (changes closer together than that
 come as one event).
@@ -115,7 +117,17 @@ is enough.`,
 				reconnectFor: reconnectFor,
 				table:        &eventTable{w: a.stdout, resWidth: len("RESOURCE")},
 			}
-			ctx := cmd.Context()
+			// A pipe whose reader has gone ends events as a write to it
+			// would (SIGPIPE), even when there is nothing to write.
+			ctx, cancel := context.WithCancelCause(cmd.Context())
+			defer cancel(nil)
+			go func() {
+				select {
+				case <-readerGone(ctx, a.stdout):
+					cancel(errReaderGone)
+				case <-ctx.Done():
+				}
+			}()
 			var opts []client.EventsOption
 			if pkg != "" {
 				if err := f.lookAtPackage(ctx, pkg); err != nil {
@@ -124,6 +136,9 @@ is enough.`,
 				opts = append(opts, client.ForPackage(pkg))
 			}
 			err = f.follow(ctx, opts)
+			if errors.Is(context.Cause(ctx), errReaderGone) {
+				return &exitError{code: exitBrokenPipe}
+			}
 			if ctx.Err() != nil {
 				// Ctrl-C is how events ends: not worth a word.
 				return &exitError{code: interrupted(ctx).code}
@@ -168,6 +183,15 @@ func (f *eventFollower) lookAtPackage(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// errReaderGone is the cause of the context of an 'events' whose stdout, a
+// pipe, lost its reader.
+var errReaderGone = errors.New("stdout's reader is gone")
+
+// exitBrokenPipe is the exit status of a command whose output's reader went
+// away: the shell's 128+13, as for a program that SIGPIPE ended, which a
+// write to that pipe does.
+const exitBrokenPipe = 141
 
 // eventFollower prints a broker's events, and keeps its stream open.
 type eventFollower struct {

@@ -591,3 +591,45 @@ func TestEvents_PackageIsACommand(t *testing.T) {
 		t.Errorf("events --package of a package still to be made, after SIGINT: %s", r)
 	}
 }
+
+// TestEvents_ReaderGone: 'spinbroker events | head -1' hung the shell: head
+// exits after the header, but events only learnt that its stdout was gone
+// when it next wrote, and on a quiet broker, or with filters that keep
+// nothing, that is never. It notices the pipe's reader going, and ends as a
+// program that wrote to it would (exit 141, SIGPIPE's), without a word.
+func TestEvents_ReaderGone(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t)
+	for _, args := range [][]string{{"events"}, {"events", "--resource", "quiet", "-o", "json"}} {
+		rd, wr, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := command(ctx, nil, append(args, "--url", b.url)...)
+		var stderr syncbuf.Buffer
+		cmd.Stdout, cmd.Stderr = wr, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		wr.Close() // the child holds its own
+		if args[0] == "events" && len(args) == 1 {
+			line, err := bufio.NewReader(rd).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "TIME") {
+				t.Fatalf("events' first line %q, %v", line, err)
+			}
+		} else {
+			time.Sleep(500 * time.Millisecond) // the stream is open, nothing comes
+		}
+		rd.Close() // as head does once it has its line
+		start := time.Now()
+		err = cmd.Wait()
+		late := ctx.Err() != nil
+		cancel()
+		var ee *exec.ExitError
+		if late || !errors.As(err, &ee) || ee.ExitCode() != 141 || stderr.String() != "" {
+			t.Errorf("spinbroker %s with its reader gone: %v after %s, stderr %q; want exit 141 at once, quietly",
+				strings.Join(args, " "), err, time.Since(start).Round(time.Millisecond), stderr.String())
+		}
+	}
+}
