@@ -96,8 +96,14 @@ func TestAuth(t *testing.T) {
 		})
 	}
 
-	// The storage agent does its work end to end.
+	// An agent's token that settles by hand (as 'spinbroker message
+	// complete' does, which has no lease to send) is told what it takes.
 	storage := as("storage")
+	if r := storage.do("POST", "/commands/"+storageCmd.ID+"/complete", `{"status": true}`); !strings.Contains(string(r.body), "settles the command by hand, which takes a client or admin token") {
+		t.Errorf("an agent's result without a lease: %d %s, which does not say what settling by hand takes", r.status, r.body)
+	}
+
+	// The storage agent does its work end to end.
 	c := storage.next("storage")
 	if c == nil || c.ID != storageCmd.ID {
 		t.Fatal("the storage agent got nothing")

@@ -109,6 +109,11 @@ func (s *Server) handleCommandHeartbeat(w http.ResponseWriter, r *http.Request) 
 	writeJSON(w, http.StatusOK, spinbroker.HeartbeatResult{LeaseExpiresAt: exp})
 }
 
+// agentNoLease refuses an agent's result without a lease: one without
+// settles the command by hand, in place of whoever holds it, which is a
+// person's act (a client's or an admin's token), not an agent's.
+const agentNoLease = "an agent must send its lease: a result without one settles the command by hand, which takes a client or admin token"
+
 func (s *Server) handleCommandComplete(w http.ResponseWriter, r *http.Request) {
 	id, err := s.commandPath(r, permSettle)
 	if err != nil {
@@ -122,7 +127,7 @@ func (s *Server) handleCommandComplete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if in.Lease == "" && isAgent(r) {
-		s.writeError(w, r, pathFirst(errorf(spinbroker.EINVALID, "an agent must send its lease"), exists))
+		s.writeError(w, r, pathFirst(errorf(spinbroker.EINVALID, agentNoLease), exists))
 		return
 	}
 	cmd, err := s.store.Complete(r.Context(), id, in)
@@ -184,7 +189,7 @@ func (s *Server) handleCommandCompleteBatch(w http.ResponseWriter, r *http.Reque
 					err = s.allowCommand(r, permSettle, resource, item.ID)
 				}
 				if err == nil && item.Lease == "" {
-					err = errorf(spinbroker.EINVALID, "an agent must send its lease")
+					err = errorf(spinbroker.EINVALID, agentNoLease)
 				}
 			}
 		}
