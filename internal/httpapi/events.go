@@ -305,6 +305,18 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	recheck := time.NewTicker(s.opts.TokenCacheTTL)
 	defer recheck.Stop()
 	defer ping.Stop()
+	// An expiring token's stream ends at its end, to the second, as its
+	// new requests are refused from then on: not at the next re-check, up
+	// to the token cache's time later, with every change sent meanwhile.
+	// The timer is for a stream with nothing to send; a change is never
+	// sent once the store's clock has passed the token's end.
+	var end <-chan time.Time
+	if tok := identityOf(r).token; s.opts.Auth && tok.ExpiresAt != nil {
+		t := time.NewTimer(max(tok.ExpiresAt.Sub(s.now()), 0))
+		defer t.Stop()
+		end = t.C
+	}
+	expired := func() bool { return s.opts.Auth && identityOf(r).token.Expired(s.now()) }
 	for {
 		mu.Lock()
 		if s.stopping() {
@@ -315,7 +327,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		mu.Unlock()
 		select {
 		case ev, ok := <-sub.ch:
-			if !ok {
+			if !ok || expired() {
 				return
 			}
 			if _, err := w.Write(ev.data); err != nil {
@@ -325,7 +337,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			for more := true; more; {
 				select {
 				case ev, ok := <-sub.ch:
-					if !ok {
+					if !ok || expired() {
 						rc.Flush() //nolint:errcheck
 						return
 					}
@@ -349,6 +361,14 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			if s.refused(r) != nil {
 				return
 			}
+			continue
+		case <-end:
+			if expired() {
+				return
+			}
+			// The store's clock is behind the wall's (a simulated one):
+			// the events above are judged by it.
+			end = nil
 			continue
 		case <-r.Context().Done():
 			return

@@ -11,6 +11,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/syncbuf"
 )
 
 // TestAuth_ExpiredToken: a request with a token past its end is answered
@@ -102,5 +103,48 @@ func TestAuth_ExpiredWhileWaiting(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the long-poll of an expired token went on waiting")
+	}
+}
+
+// TestAuth_ExpiredStreamSendsNothing: an event stream whose token reaches
+// its end sends not one event more (SECURITY.md: from its end on, "to the
+// second and whatever the cache holds", it is refused, and event streams
+// end too). Before, the stream went on delivering every change until the
+// next re-check of its token, up to the token cache's 5 seconds later.
+func TestAuth_ExpiredStreamSendsNothing(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true, TokenCacheTTL: time.Hour})
+	_, secret, err := e.db.CreateExpiringToken(ctx, spinbroker.RoleViewer, "", "v", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", e.srv.URL+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	stream, err := e.srv.Client().Do(req)
+	if err != nil || stream.StatusCode != 200 {
+		t.Fatalf("events: %v %v", stream, err)
+	}
+	defer stream.Body.Close()
+	var got syncbuf.Buffer
+	ended := make(chan struct{})
+	go func() { io.Copy(&got, stream.Body); close(ended) }()
+	// The stream works while the token does: a change before its end is
+	// sent.
+	admin := *e
+	admin.token = e.secret(spinbroker.RoleAdmin, "", "admin")
+	before := admin.createPackage(`[{"resource": "work", "action": "before"}]`, true)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(got.String(), before.ID); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream sent nothing while its token worked:\n%s", got.String())
+		}
+	}
+	e.clock.Add(time.Hour)
+	after := admin.createPackage(`[{"resource": "work", "action": "after"}]`, true)
+	select {
+	case <-ended:
+		if strings.Contains(got.String(), after.ID) {
+			t.Errorf("the stream of an expired token sent a change made after its end:\n%s", got.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event stream of an expired token goes on")
 	}
 }
