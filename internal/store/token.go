@@ -123,8 +123,14 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (*spinbroker.Toke
 	tok.Resource = resource.String
 	tok.CreatedAt = fromNanos(created)
 	tok.ExpiresAt = optTime(expires)
-	if revoked.Valid && (tok.ExpiresAt == nil || fromNanos(revoked.Int64).Before(*tok.ExpiresAt)) {
-		return nil, spinbroker.TokenRevoked(fromNanos(revoked.Int64))
+	if revoked.Valid {
+		// A revoked token is refused whatever the clock says now: one
+		// revoked after its end says it expired, the first of the two,
+		// even when the clock has since stepped back before that end.
+		if at := fromNanos(revoked.Int64); tok.ExpiresAt == nil || at.Before(*tok.ExpiresAt) {
+			return nil, spinbroker.TokenRevoked(at)
+		}
+		return nil, spinbroker.TokenExpired(*tok.ExpiresAt)
 	}
 	if tok.Expired(db.now()) {
 		return nil, spinbroker.TokenExpired(*tok.ExpiresAt)

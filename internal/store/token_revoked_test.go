@@ -72,3 +72,28 @@ func TestDB_AuthenticateRevoked(t *testing.T) {
 		t.Errorf("a revoked token, deleted: %v", err)
 	}
 }
+
+// TestDB_AuthenticateRevokedAfterEndStepBack: a token revoked after its
+// end stays refused when the wall clock steps back before that end (NTP
+// correcting a drift, a VM resumed from a snapshot). Its refusal says it
+// expired, the first of the two; before, only its end was compared with
+// the clock, and the stepped-back clock let the revoked token in again.
+func TestDB_AuthenticateRevokedAfterEndStepBack(t *testing.T) {
+	db, clock := open(t)
+	tok, secret, err := db.CreateExpiringToken(ctx, spinbroker.RoleAdmin, "", "short", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(2 * time.Hour)
+	if _, _, err := db.RevokeToken(ctx, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	clock.Step(-3 * time.Hour)
+	got, err := db.Authenticate(ctx, secret)
+	if got != nil || spinbroker.ErrorCode(err) != spinbroker.EUNAUTHORIZED {
+		t.Fatalf("a token revoked after its end, the clock stepped back: %+v, %v, want unauthorized", got, err)
+	}
+	if !spinbroker.IsTokenExpired(err) {
+		t.Errorf("a token revoked after its end: %v, want the expiry", err)
+	}
+}
