@@ -288,6 +288,10 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// What a scrape holds depends on its token (an agent's, its own
+	// queue's series), as every other answer to a token does: no cache in
+	// between keeps it, nor answers it to another.
+	w.Header().Set("Cache-Control", "no-store")
 	if s.opts.Auth && !s.opts.MetricsOpen && isAgent(r) {
 		// An agent sees its own queue's series and none of another's:
 		// their names and counts are no business of its token. Only its

@@ -247,6 +247,22 @@ func TestMetrics_Auth(t *testing.T) {
 	}
 }
 
+// TestMetrics_NotStored: a scrape is answered no-store, as every other
+// answer to a token is: what it holds depends on the token (an agent's
+// holds its own queue's series only; the dashboard's cookie reaches it
+// too), and a cache in between must neither keep an admin's scrape nor
+// answer it to another.
+func TestMetrics_NotStored(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	for _, tok := range []string{e.secret("admin", "", "a"), e.secret("agent", "mine", "ag")} {
+		e.token = tok
+		r := e.do("GET", "/metrics", "")
+		if r.status != 200 || r.header.Get("Cache-Control") != "no-store" {
+			t.Errorf("a scrape: %d, Cache-Control %q, want no-store", r.status, r.header.Get("Cache-Control"))
+		}
+	}
+}
+
 // TestMetrics_RestartSeriesAtZero: a restarted broker has the counters of
 // the queues already there at 0 before their first event, and each event
 // then counts once: the first after a restart (here a lease of an agent
