@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -28,9 +29,10 @@ func HashToken(secret string) []byte {
 
 // CheckTokenName refuses a name CreateToken would refuse: one longer than
 // 200 characters (not bytes: a Cyrillic or CJK name takes two or three a
-// character), not UTF-8, or with a control character in it.
+// character), not UTF-8, or with a control character in it, C1's too
+// (U+009B is a terminal's CSI, which token ls would print as it is).
 func CheckTokenName(name string) error {
-	if !utf8.ValidString(name) || utf8.RuneCountInString(name) > 200 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if !utf8.ValidString(name) || utf8.RuneCountInString(name) > 200 || strings.ContainsFunc(name, unicode.IsControl) {
 		return spinbroker.Errorf(spinbroker.EINVALID, "a token name is UTF-8 text of at most 200 characters without control characters")
 	}
 	return nil

@@ -41,3 +41,22 @@ func TestTokenNameCountsCharacters(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenNameRefusesC1Controls: a token name has no control character,
+// the C1 ones (U+0080 to U+009F) included, as a command's key has none:
+// U+009B is a terminal's CSI, and a name holding it rewrote the screen of
+// whoever ran token ls; U+0085 is a line break to some readers of the log.
+func TestTokenNameRefusesC1Controls(t *testing.T) {
+	db, _ := open(t)
+	for _, name := range []string{"ops\u009b2J", "ops\u0085fake line", "ops\u0080"} {
+		if err := store.CheckTokenName(name); err == nil {
+			t.Errorf("CheckTokenName(%q) took a control character", name)
+		}
+		if _, _, err := db.CreateToken(ctx, "viewer", "", name); err == nil {
+			t.Errorf("CreateToken(%q) took a control character", name)
+		}
+	}
+	if err := store.CheckTokenName("opérations \u00a0équipe"); err != nil {
+		t.Errorf("a name with accents and a no-break space: %v", err)
+	}
+}
