@@ -130,8 +130,11 @@ func (u *ui) setQueue(w http.ResponseWriter, r *http.Request, settings func() (s
 	u.done(w, r, "/ui/queues/"+res)
 }
 
-// cookieAge is how long the dashboard keeps a token: the token itself does
-// not expire, so this only bounds how long a forgotten browser stays in.
+// cookieAge is how long the dashboard keeps a token: it bounds how long a
+// forgotten browser stays in. A token made with an end (token create
+// --expires) is refused from then on, cookie or not; the cookie is kept
+// past that end, so that the page the browser gets then says the token
+// expired, where without the cookie it would only ask for one.
 const cookieAge = 30 * 24 * time.Hour
 
 type loginPage struct {
