@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,12 +145,21 @@ type loginPage struct {
 }
 
 // safeNext is where to go after logging in: a dashboard page, never
-// another site ("//evil.example" or "https://…" are dropped).
+// another site ("//evil.example" or "https://…" are dropped), nor a page
+// of the broker's outside the dashboard ("/ui/../metrics", with its dots
+// written as "%2e" or split by a tab, which browsers drop, too).
 func safeNext(next string) string {
-	if next == "/ui/" || strings.HasPrefix(next, "/ui/") && !strings.HasPrefix(next, "/ui/login") && !strings.ContainsAny(next, "\\\r\n") {
+	if next == "/ui/" {
 		return next
 	}
-	return "/ui/"
+	if !strings.HasPrefix(next, "/ui/") || strings.HasPrefix(next, "/ui/login") || strings.ContainsAny(next, "\\\r\n\t") {
+		return "/ui/"
+	}
+	u, err := url.Parse(next)
+	if err != nil || slices.Contains(strings.Split(u.Path, "/"), "..") {
+		return "/ui/"
+	}
+	return next
 }
 
 func (u *ui) handleLoginForm(w http.ResponseWriter, r *http.Request) {
