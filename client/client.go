@@ -89,7 +89,8 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 // hc itself is not changed.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
 
-// WithUserAgent sets the User-Agent header.
+// WithUserAgent sets the User-Agent header. New refuses one with a control
+// character (but a tab) in it, which no HTTP header may carry.
 func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
 
 // New returns a client of the broker at baseURL (http or https), such as
@@ -130,6 +131,10 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		// Every request would fail below HTTP ("invalid header field
 		// value"), an error that looks like a network's and is retried.
 		return nil, errors.New("client: the token has a control character in it: no HTTP header can carry it (is it the token as printed by spinbroker token create?)")
+	}
+	if !headerValue(c.userAgent) {
+		// As the token: every request would fail below HTTP.
+		return nil, fmt.Errorf("client: the user agent %q has a control character in it: no HTTP header can carry it", c.userAgent)
 	}
 	if c.hc == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
@@ -263,6 +268,13 @@ func tlsRecord(err error) bool {
 	return strings.Contains(msg, `malformed HTTP response "\x15\x03`) || strings.Contains(msg, `malformed HTTP response "\x16\x03`)
 }
 
+// headerValue reports whether v can be sent as an HTTP header's value:
+// it holds no control character but a tab (RFC 9110 5.5), which net/http
+// refuses to send.
+func headerValue(v string) bool {
+	return !strings.ContainsFunc(v, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f })
+}
+
 // validPort reports whether port, from a URL, is none (the scheme's) or one
 // a host can listen on.
 func validPort(port string) bool {
@@ -372,9 +384,9 @@ func (e *Error) Unwrap() error { return e.Err }
 //   - a certificate that Untrusted reports: only a change of
 //     configuration mends it;
 //   - context.Canceled: the caller gave up;
-//   - an error of the client itself (a broker URL or a token New
-//     refuses, a body that does not encode, an answer too large or that
-//     does not decode).
+//   - an error of the client itself (a broker URL, a token or a user
+//     agent New refuses, an Idempotency-Key no header can carry, a body
+//     that does not encode, an answer too large or that does not decode).
 func Temporary(err error) bool {
 	if err == nil {
 		return false
@@ -431,7 +443,11 @@ func Untrusted(err error) bool {
 type CallOption func(*http.Request)
 
 // IdempotencyKey sends an Idempotency-Key header, so that a create retried
-// with the same key and body creates nothing new.
+// with the same key and body creates nothing new. A key with a control
+// character in it (a newline kept from a file) is refused before anything
+// is sent, with an error that Temporary does not report; the broker
+// refuses what else it does not take (API.md: 1 to 255 printable ASCII
+// characters) with a 400.
 func IdempotencyKey(key string) CallOption {
 	return func(r *http.Request) { r.Header.Set("Idempotency-Key", key) }
 }
@@ -466,6 +482,16 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	for _, o := range opts {
 		o(req)
+	}
+	for name, values := range req.Header {
+		for _, v := range values {
+			if !headerValue(v) {
+				// net/http would refuse it below HTTP, in a *url.Error
+				// that Temporary reads as a network's: a caller that
+				// retries while Temporary would send it for ever.
+				return 0, fmt.Errorf("client: %s %s: the %s header %q has a control character in it: no HTTP header can carry it", method, path, name, v)
+			}
+		}
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
