@@ -452,11 +452,27 @@ func IdempotencyKey(key string) CallOption {
 	return func(r *http.Request) { r.Header.Set("Idempotency-Key", key) }
 }
 
+// endpoint is the URL of path, escaped already (its ids and resource names
+// through esc), under the base URL's path, escaped as given to New. Setting
+// Path alone, the URL escaped it again when sent ("a b" reached the broker
+// as "a%20b") and dropped the base's own escapes (a prefix's %2F).
+func (c *Client) endpoint(path string) url.URL {
+	u := *c.base
+	u.RawPath = c.base.EscapedPath() + path
+	p, err := url.PathUnescape(u.RawPath)
+	if err != nil {
+		// Both parts are escaped already, so it does not happen; were it
+		// to, escape the path as a whole rather than send a bad one.
+		u.RawPath, p = "", c.base.Path+path
+	}
+	u.Path = p
+	return u
+}
+
 // do sends a request with an optional JSON body and decodes a JSON answer
 // into out (unless out is nil). It returns the HTTP status.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any, opts ...CallOption) (int, error) {
-	u := *c.base
-	u.Path = c.base.Path + path
+	u := c.endpoint(path)
 	if query != nil {
 		u.RawQuery = query.Encode()
 	}

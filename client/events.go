@@ -137,8 +137,7 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	for _, o := range opts {
 		o(&cfg)
 	}
-	u := *c.base
-	u.Path = c.base.Path + "/events"
+	u := c.endpoint("/events")
 	u.RawQuery = cfg.query.Encode()
 	reqCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
