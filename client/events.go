@@ -175,7 +175,11 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 	watchdog := time.AfterFunc(cfg.idle, func() { cancel(silent) })
 	defer watchdog.Stop()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	// A line as long as an answer may be, with its field's name: an
+	// event's data may be one line, and the scanner's refusal of a longer
+	// one (a line without end) is the answer too large, as Events says.
+	maxLine := maxAnswer + len("data: \n")
+	sc.Buffer(make([]byte, 64<<10), maxLine)
 	var ev Event
 	var data strings.Builder
 	for sc.Scan() {
@@ -202,7 +206,8 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 			// An event's data lines are held until the blank line that
 			// ends it: bounded as every answer is, or a stream whose
 			// event never ends (not the broker's) takes any memory.
-			if data.Len()+1+len(value) > maxAnswer {
+			sep := min(data.Len(), 1) // the newline between two data lines
+			if data.Len()+sep+len(value) > maxAnswer {
 				return &AnswerTooLargeError{Method: http.MethodGet, Path: "/events", StatusCode: resp.StatusCode, Limit: maxAnswer}
 			}
 			if data.Len() > 0 {
@@ -215,6 +220,9 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 		return silent
 	}
 	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return &AnswerTooLargeError{Method: http.MethodGet, Path: "/events", StatusCode: resp.StatusCode, Limit: maxAnswer}
+		}
 		return fmt.Errorf("client: event stream: %w", err)
 	}
 	if err := ctx.Err(); err != nil {

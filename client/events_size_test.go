@@ -61,3 +61,52 @@ func TestEvents_EventTooLarge(t *testing.T) {
 		t.Fatalf("read %d bytes of an endless event, past the limit of %d", body.read, maxAnswer)
 	}
 }
+
+// TestEvents_LineTooLarge: an event whose one data line never ends (no
+// newline at all) is refused as an endless event of many lines is, with an
+// *AnswerTooLargeError once past what the client reads of an answer, as
+// Events says; it was the scanner's "token too long" at 16 MiB, whatever
+// the limit. Not parallel: it lowers maxAnswer.
+func TestEvents_LineTooLarge(t *testing.T) {
+	defer func(n int) { maxAnswer = n }(maxAnswer)
+	maxAnswer = 1 << 20
+	for _, prefix := range []string{"event: command\ndata: ", ": "} {
+		body := io.MultiReader(strings.NewReader(prefix), io.LimitReader(endlessX{}, 64<<20))
+		c, err := New("http://broker.invalid", WithHTTPClient(&http.Client{Transport: readerTransport{body}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Events(context.Background(), func(ev Event) error {
+			t.Errorf("an event of %d bytes was delivered", len(ev.Data))
+			return nil
+		})
+		var tl *AnswerTooLargeError
+		if !errors.As(err, &tl) || tl.Limit != maxAnswer || Temporary(err) {
+			t.Errorf("a line without end after %q: %v (temporary %v), want an *AnswerTooLargeError of 1 MiB", prefix, err, Temporary(err))
+		}
+	}
+	// A data line of the limit, past the scanner's old 16 MiB, is an
+	// event like any other.
+	data := strings.Repeat("x", 17<<20)
+	maxAnswer = len(data)
+	body := strings.NewReader("event: command\ndata: " + data + "\n\n")
+	c, err := New("http://broker.invalid", WithHTTPClient(&http.Client{Transport: readerTransport{body}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	err = c.Events(context.Background(), func(ev Event) error { got = len(ev.Data); return nil })
+	if got != len(data) || !errors.Is(err, ErrStreamEnded) {
+		t.Errorf("an event of one 17 MiB line, at a 17 MiB limit: got %d bytes, %v", got, err)
+	}
+}
+
+// endlessX reads as x without end.
+type endlessX struct{}
+
+func (endlessX) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}
