@@ -44,7 +44,8 @@ func ForPackage(id string) EventsOption {
 
 // IdleTimeout sets how long Events waits for anything on an open stream,
 // an event or the keep-alive the broker sends every 15s, before it takes
-// the connection for dead and returns a *SilentError: 45s unless set.
+// the connection for dead and returns a *SilentError: 45s unless set. The
+// time Events' fn takes is not counted.
 // Shorter finds a dead connection sooner; under 15s it ends streams that
 // are well.
 func IdleTimeout(d time.Duration) EventsOption {
@@ -129,7 +130,8 @@ func OnOpen(fn func()) EventsOption {
 // comment the broker sends every 15s to keep it open, is taken for a
 // connection that died without a word (a NAT or a firewall forgot it, a
 // host went away): Events ends it and returns a *SilentError, which
-// Temporary reports, rather than wait for ever. An event larger than
+// Temporary reports, rather than wait for ever. The time fn takes is not
+// counted: what the broker sends meanwhile waits to be read. An event larger than
 // the client reads of any answer (64 MiB) ends the stream with an
 // *AnswerTooLargeError, which Temporary does not report.
 func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...EventsOption) error {
@@ -192,7 +194,14 @@ func (c *Client) Events(ctx context.Context, fn func(Event) error, opts ...Event
 					ev.Type = "message"
 				}
 				ev.Data = json.RawMessage(data.String())
-				if err := fn(ev); err != nil {
+				// The time fn takes is the caller's, not the broker's
+				// silence: what the broker sends meanwhile waits in the
+				// connection, and a paused pipe or a slow read must not
+				// end a stream that is well.
+				watchdog.Stop()
+				err := fn(ev)
+				watchdog.Reset(cfg.idle)
+				if err != nil {
 					return err
 				}
 			}

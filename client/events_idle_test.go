@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	spinbroker "github.com/spin-broker/spinbroker"
 )
 
 // TestEvents_SilentConnection: a stream on which nothing more comes, not
@@ -78,5 +80,49 @@ func TestEvents_SilentConnection(t *testing.T) {
 	err = c.Events(context.Background(), count, ForPackage("0190c3a4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"))
 	if got != 1 || !errors.Is(err, io.EOF) || !errors.Is(err, ErrStreamEnded) || strings.Contains(err.Error(), "keep-alive") {
 		t.Errorf("a stream kept alive, then ended by the broker: %d event(s), %v; want 1 event and the broker's end", got, err)
+	}
+}
+
+// TestEvents_SlowHandlerNotSilence: the time the caller's fn takes (a
+// 'spinbroker events' whose pipe's reader is paused, a follower that reads
+// the package the event names) is not the broker's silence: the stream,
+// alive all along, goes on after fn returns. The watchdog used to run
+// while fn ran, and ended the stream with a *SilentError ("the connection
+// is gone") that lost the events sent meanwhile.
+func TestEvents_SlowHandlerNotSilence(t *testing.T) {
+	c, _, _ := newBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	idle := 300 * time.Millisecond
+	opened := make(chan struct{})
+	errDone := errors.New("done")
+	var seen []string
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Events(ctx, func(ev Event) error {
+			if ev.Type != "package" {
+				return nil
+			}
+			seen = append(seen, string(ev.Data))
+			if len(seen) == 1 {
+				// Slow, for several idle periods, while the broker
+				// sends the next event.
+				time.Sleep(4 * idle)
+				return nil
+			}
+			return errDone
+		}, IdleTimeout(idle), OnOpen(func() { close(opened) }))
+	}()
+	<-opened
+	in := spinbroker.NewPackage{Commands: []spinbroker.NewCommand{{Resource: "r", Action: "a"}}}
+	if _, err := c.CreatePackage(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(idle) // the first event is in fn
+	if _, err := c.CreatePackage(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, errDone) {
+		t.Errorf("a handler slower than IdleTimeout: %v after %d package event(s), want the stream to go on to the second", err, len(seen))
 	}
 }
