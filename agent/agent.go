@@ -564,10 +564,11 @@ func wait(ctx context.Context, d time.Duration) bool {
 
 // fatal reports whether a broker's refusal to hand out work will not go away
 // by asking again: the agent is not let in, or asks for something invalid.
-// (A 404 will not go away either; loop says why it means a wrong URL.)
+// (A 404 will not go away either; loop says why it means a wrong URL.) A
+// 405 is a proxy's in front of the broker, which refuses the POST every time.
 func fatal(err error) bool {
 	switch spinbroker.ErrorCode(err) {
-	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID:
+	case spinbroker.EUNAUTHORIZED, spinbroker.EFORBIDDEN, spinbroker.EINVALID, spinbroker.EMETHOD:
 		return true
 	}
 	return false

@@ -567,6 +567,27 @@ func TestRun_WrongURL(t *testing.T) {
 	}
 }
 
+// TestRun_ProxyMethodNotAllowed: a proxy in front of the broker that
+// refuses the agent's POST (nginx's 405 page for a path it serves files
+// from) refuses it every time; Run stops and says so, as it does for the
+// invalid request its code used to read as, rather than retry for ever.
+func TestRun_ProxyMethodNotAllowed(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		io.WriteString(w, "<html><center><h1>405 Not Allowed</h1></center>nginx</html>")
+	}))
+	defer srv.Close()
+	c, err := client.New(srv.URL + "/spin/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runGivingUp(t, c, "Run goes on asking a proxy that refuses its method")
+	if spinbroker.ErrorCode(err) != spinbroker.EMETHOD {
+		t.Errorf("Run = %v, want method_not_allowed", err)
+	}
+}
+
 func TestRun_GracefulStop(t *testing.T) {
 	t.Run("FinishesWithinGrace", func(t *testing.T) {
 		b := startBroker(t, httpapi.Options{}, nil)

@@ -650,6 +650,8 @@ func decodeError(status int, data []byte) error {
 		code = spinbroker.EFORBIDDEN
 	case status == http.StatusNotFound:
 		code = spinbroker.ENOTFOUND
+	case status == http.StatusMethodNotAllowed:
+		code = spinbroker.EMETHOD
 	case status == http.StatusRequestEntityTooLarge:
 		code = spinbroker.ETOOLARGE
 	case status == http.StatusConflict:
