@@ -352,11 +352,23 @@ type Error struct {
 
 // Error implements the error interface.
 func (e *Error) Error() string {
+	if e.Err == nil {
+		// One made by hand (a caller's test), not by the client.
+		return fmt.Sprintf("%s (HTTP %d)", http.StatusText(e.StatusCode), e.StatusCode)
+	}
 	return fmt.Sprintf("%s (HTTP %d)", e.Err.Message, e.StatusCode)
 }
 
-// Unwrap makes spinbroker.ErrorCode and errors.As see the API error.
-func (e *Error) Unwrap() error { return e.Err }
+// Unwrap makes spinbroker.ErrorCode and errors.As see the API error; an
+// Error without one (made by hand) wraps nothing.
+func (e *Error) Unwrap() error {
+	if e.Err == nil {
+		// Not a nil *spinbroker.Error in an error, which errors.As
+		// would find and spinbroker.ErrorCode read through.
+		return nil
+	}
+	return e.Err
+}
 
 // Temporary reports whether err may go away if the same call is made again
 // later: the broker was unreachable, timed out, or answered 5xx or 429.
