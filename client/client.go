@@ -79,8 +79,13 @@ type Option func(*Client)
 // WithToken sends token as a bearer token with every request. Spaces and
 // line breaks around it are dropped: a token read from a file (a mounted
 // secret) ends in a newline, which no HTTP header may carry. New refuses a
-// token with a control character left inside.
+// token with a control character left inside, and one given as "Bearer …"
+// (the header's scheme is the client's to add).
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// ErrTokenScheme is New's error for a token given as "Bearer …": the
+// client adds the header's scheme itself.
+var ErrTokenScheme = errors.New(`client: give the token without "Bearer ": the client adds it`)
 
 // WithHTTPClient uses hc instead of a default client (for TLS settings,
 // proxies or tests). Its Timeout must allow for long-poll waits. When its
@@ -131,6 +136,11 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		// Every request would fail below HTTP ("invalid header field
 		// value"), an error that looks like a network's and is retried.
 		return nil, errors.New("client: the token has a control character in it: no HTTP header can carry it (is it the token as printed by spinbroker token create?)")
+	}
+	if scheme, _, ok := strings.Cut(c.token, " "); ok && strings.EqualFold(scheme, "Bearer") {
+		// Copied from a curl line: sent as "Bearer Bearer …", every call
+		// would answer 401 without saying why.
+		return nil, ErrTokenScheme
 	}
 	if !headerValue(c.userAgent) {
 		// As the token: every request would fail below HTTP.

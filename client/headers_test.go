@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -40,5 +41,22 @@ func TestHeaderValues_RefusedNotTemporary(t *testing.T) {
 	}
 	if _, err := New(srv.URL, WithUserAgent("agent/1 (tab\tok)")); err != nil {
 		t.Errorf("a user agent with a tab, which HTTP allows: %v", err)
+	}
+}
+
+// TestNew_TokenWithScheme: a token given with its header's scheme
+// ("Bearer sbt_…", copied from a curl line) was sent as "Bearer Bearer
+// sbt_…", and every call answered 401 with nothing to say why. New
+// refuses it, saying to give the token alone.
+func TestNew_TokenWithScheme(t *testing.T) {
+	_, _, srv := newBroker(t)
+	for _, tok := range []string{"Bearer sbt_x", "bearer sbt_x", "  BEARER   sbt_x"} {
+		_, err := New(srv.URL, WithToken(tok))
+		if err == nil || !strings.Contains(err.Error(), `without "Bearer "`) {
+			t.Errorf("New with the token %q: %v, want a refusal that says to give it without \"Bearer \"", tok, err)
+		}
+	}
+	if _, err := New(srv.URL, WithToken("sbt_bearer")); err != nil {
+		t.Errorf("a token that merely holds the word: %v", err)
 	}
 }

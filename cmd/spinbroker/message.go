@@ -59,6 +59,9 @@ func (a *app) dial(c *cobra.Command) (*client.Client, error) {
 	}
 	a.dialed = true
 	cl, err := a.client()
+	if errors.Is(err, client.ErrTokenScheme) {
+		return nil, usagef(c, `the token in %s starts with "Bearer ": give the token alone, as 'spinbroker token create' printed it`, flagOrEnv(c, "token", "SPINBROKER_TOKEN"))
+	}
 	if err != nil {
 		// The URL is good: what the client refused is the token, which
 		// has a control character inside (client.New trims the ends). The

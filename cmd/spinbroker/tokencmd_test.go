@@ -726,3 +726,13 @@ func TestTokenHelp_ShowsOutput(t *testing.T) {
 		}
 	}
 }
+
+// TestToken_GivenWithScheme: a token given as "Bearer …" (copied from a
+// curl line) is a mistake in the command line, said as such, where every
+// call answered 401 without a word on why.
+func TestToken_GivenWithScheme(t *testing.T) {
+	r := spinEnv(t, []string{"SPINBROKER_TOKEN=Bearer sbt_x"}, "ping", "--url", "http://127.0.0.1:1")
+	if r.code != 2 || !strings.Contains(r.stderr, `the token in SPINBROKER_TOKEN starts with "Bearer ": give the token alone`) {
+		t.Errorf("ping with SPINBROKER_TOKEN=\"Bearer …\": %s", r)
+	}
+}
