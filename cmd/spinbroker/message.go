@@ -436,7 +436,7 @@ func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, tim
 	}
 	p, err := w.wait(wctx)
 	if err != nil && p != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-		if w.isAway() {
+		if w.away {
 			// The package as last read is from before the broker went:
 			// not its state now, and "not finished" (3) is not what the
 			// broker said. As for a broker that cannot be asked: exit 4.
@@ -466,22 +466,9 @@ type waiter struct {
 	show  func(*spinbroker.Package) // every state read
 	note  func(string)              // news for the person waiting
 
-	mu   sync.Mutex
-	away bool // the broker stopped answering and has not answered since
-}
-
-// isAway reports whether the broker was away when the wait ended.
-func (w *waiter) isAway() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.away
-}
-
-// setAway records whether the broker is away.
-func (w *waiter) setAway(away bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.away = away
+	// away: the broker stopped answering and has not answered since.
+	// Written under wait's lock; read by wait's caller once it returned.
+	away bool
 }
 
 // stallHint is how long a package may sit unchanged, with work ready,
@@ -500,7 +487,6 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 	var (
 		mu      sync.Mutex
 		last    *spinbroker.Package
-		lost    bool // the broker stopped answering
 		staged  bool // the package was seen in staging; said once
 		looked  bool // a stall was looked into; once
 		done    bool // the wait is over: no more notes
@@ -509,7 +495,7 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 	)
 	// lookIfStalled runs with mu held.
 	lookIfStalled := func() {
-		if !done && !looked && !lost && last != nil && last.State != spinbroker.PackageStaging && time.Since(changed) >= w.stall {
+		if !done && !looked && !w.away && last != nil && last.State != spinbroker.PackageStaging && time.Since(changed) >= w.stall {
 			looked = true
 			w.whyStalled(lctx, last)
 		}
@@ -559,15 +545,13 @@ func (w *waiter) wait(ctx context.Context) (*spinbroker.Package, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			w.note(awayNote(err))
-			lost = true
-			w.setAway(true)
+			w.away = true
 		}),
 		client.OnBrokerBack(func() {
 			mu.Lock()
 			defer mu.Unlock()
 			w.note("the broker is back")
-			lost = false
-			w.setAway(false)
+			w.away = false
 		}),
 	)
 }
