@@ -16,14 +16,7 @@ func TestWriteConfig_Synced(t *testing.T) {
 	var got []string
 	synced = func(name string) { got = append(got, name) }
 	t.Cleanup(func() { synced = nil })
-	sup, err := NewProcess(filepath.Join(t.TempDir(), "proc"), quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Options{StateDir: t.TempDir(), QEMU: "true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := noQEMU(t)
 	if _, err := e.WriteConfig(context.Background(), WriteConfig{ID: "vm1", VM: &VM{Name: "w", Cpus: 1, Memory: 64}}); err != nil {
 		t.Fatal(err)
 	}
