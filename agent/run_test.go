@@ -588,6 +588,37 @@ func TestRun_ProxyMethodNotAllowed(t *testing.T) {
 	}
 }
 
+// TestRun_ProxyRateLimit: a proxy in front of the broker that rate-limits
+// the agent (nginx's limit_req answers 429 with a page of its own) is a
+// reason to ask again later, for a take and for a result alike. Its 429
+// read as invalid_request: Run stopped as for a request it could never
+// make, and a result with an output was reported as a failure of the
+// command ("the broker refuses the output").
+func TestRun_ProxyRateLimit(t *testing.T) {
+	var limited atomic.Int32
+	b := startBroker(t, httpapi.Options{}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if (strings.HasSuffix(r.URL.Path, "/next") || strings.HasSuffix(r.URL.Path, "/complete")) && limited.Add(1)%2 == 1 {
+				w.Header().Set("Content-Type", "text/html")
+				w.WriteHeader(http.StatusTooManyRequests)
+				io.WriteString(w, "<html><center><h1>429 Too Many Requests</h1></center>nginx</html>")
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	runAgent(t, b, []agent.Handler{greeter(nil)}, agent.Options{})
+	ids := b.enqueue(t, cmd("greet", `{"name":"limited"}`), cmd("greet", `{"name":"again"}`))
+	for _, id := range ids {
+		if c := b.await(t, id); c.State != spinbroker.Succeeded {
+			t.Errorf("command %s behind a rate limit: %s (%q)", id, c.State, deref(c.Reason))
+		}
+	}
+	if limited.Load() < 4 {
+		t.Errorf("the proxy refused %d calls, want the test to have made it refuse some", limited.Load())
+	}
+}
+
 func TestRun_GracefulStop(t *testing.T) {
 	t.Run("FinishesWithinGrace", func(t *testing.T) {
 		b := startBroker(t, httpapi.Options{}, nil)

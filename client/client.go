@@ -678,6 +678,12 @@ func decodeError(status int, data []byte) error {
 		code = spinbroker.ETOOLARGE
 	case status == http.StatusConflict:
 		code = spinbroker.ECONFLICT
+	case status == http.StatusTooManyRequests:
+		// The broker never answers 429; a proxy's rate limit is an
+		// outage of a moment, asked again later as Temporary says, not
+		// the invalid request other 4xx read as (an agent stops on that,
+		// and reports an output refused as its command's failure).
+		code = spinbroker.EUNAVAILABLE
 	case status >= 400 && status < 500:
 		code = spinbroker.EINVALID
 	case status == http.StatusServiceUnavailable || status == http.StatusBadGateway || status == http.StatusGatewayTimeout:

@@ -13,7 +13,8 @@ import (
 // proxy's page) gets the code API.md gives its status. A 405 (nginx's
 // "Not Allowed" for a POST to a path it serves files from, behind a
 // misconfigured prefix) read as invalid_request, a request the broker
-// found malformed, which it never saw.
+// found malformed, which it never saw; so did a 429 (a proxy's rate
+// limit), which an agent then took for a request it could never make.
 func TestError_ProxyStatusCodes(t *testing.T) {
 	for _, tc := range []struct {
 		status int
@@ -27,6 +28,7 @@ func TestError_ProxyStatusCodes(t *testing.T) {
 		{http.StatusConflict, spinbroker.ECONFLICT},
 		{http.StatusRequestEntityTooLarge, spinbroker.ETOOLARGE},
 		{http.StatusBadGateway, spinbroker.EUNAVAILABLE},
+		{http.StatusTooManyRequests, spinbroker.EUNAVAILABLE},
 		{http.StatusInternalServerError, spinbroker.EINTERNAL},
 	} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
