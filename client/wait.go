@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,7 +83,8 @@ const (
 // A broker that stops answering (a Temporary error) after the package was
 // read once is waited out, and OnBrokerAway and OnBrokerBack say so; on a
 // first read it is returned at once, as is any other refusal (the package
-// not found, the token refused) at any time. A package in staging is
+// not found, the token refused) at any time. A package deleted once read
+// returns it as last read, with a not_found error that says so. A package in staging is
 // waited for too: another process may enqueue it.
 //
 // The options' functions are called on the goroutine that called
@@ -139,6 +141,11 @@ func (c *Client) WaitPackage(ctx context.Context, id string, opts ...WaitOption)
 			}
 		case ctx.Err() != nil:
 			return last, ctx.Err()
+		case last != nil && spinbroker.ErrorCode(err) == spinbroker.ENOTFOUND:
+			// The id was right: the package went while waited for (a
+			// client deleted it, or the sweep of packages left in
+			// staging did).
+			return last, fmt.Errorf("package %s was deleted while waited for (it was %s when last read): %w", id, last.State, err)
 		case last != nil && Temporary(err):
 			// The package was seen: a broker restarting or a network
 			// hiccup is worth waiting out.

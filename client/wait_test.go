@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -161,6 +162,14 @@ func TestWaitPackage_Refused(t *testing.T) {
 	case r := <-result:
 		if spinbroker.ErrorCode(r.err) != spinbroker.ENOTFOUND {
 			t.Fatalf("WaitPackage of a package deleted meanwhile = %+v, %v; want not_found", r.p, r.err)
+		}
+		// A bare "not found" read as a wrong id, when the id was right
+		// and someone (or the staging TTL's sweep) deleted the package.
+		if !strings.Contains(r.err.Error(), "deleted while") || !strings.Contains(r.err.Error(), staged.ID) {
+			t.Errorf("WaitPackage of a package deleted meanwhile: %q, want it to say the package %s was deleted while waited for", r.err, staged.ID)
+		}
+		if r.p == nil || r.p.ID != staged.ID || r.p.State != spinbroker.PackageStaging {
+			t.Errorf("WaitPackage of a package deleted meanwhile returned %+v, want the package as last read", r.p)
 		}
 	case <-ctx.Done():
 		t.Fatal("WaitPackage of a deleted package did not return")

@@ -323,7 +323,9 @@ at the queues and says on stderr what holds them: a paused queue, or free
 slots that no agent takes. --timeout bounds the wait: when it runs out,
 status reports the package as it is (exit 3), and says so on stderr; when
 the broker is away then, the package's state is not known: exit 4, and
-stderr says what was last read.`,
+stderr says what was last read. A package deleted while waited for (by a
+client, or by the sweep of packages left in staging) ends the wait with
+exit 1, stderr saying so and what was last read.`,
 		Example: `  spinbroker message status "$PKG"
   spinbroker message status "$PKG" --wait && echo done
   spinbroker message status "$PKG" --wait --timeout 10m -o json`,
@@ -444,6 +446,13 @@ func (a *app) waitPackage(ctx context.Context, cl *client.Client, id string, tim
 				timeout, p.ID, p.State, progress(p))}
 		}
 		return p, nil // --timeout ran out: report the package as it is
+	}
+	if p != nil && spinbroker.ErrorCode(err) == spinbroker.ENOTFOUND {
+		// WaitPackage read it before: the id was right, and the package
+		// went meanwhile (a client deleted it, or the sweep of packages
+		// left in staging did). A bare "not found" reads as a wrong id.
+		return nil, &exitError{code: exitFailed, msg: fmt.Sprintf("package %s was deleted while waited for: it was %s (%s) when last read",
+			p.ID, p.State, progress(p))}
 	}
 	return p, err
 }

@@ -608,3 +608,40 @@ func TestStatusWait_TimeoutWhileBrokerAway(t *testing.T) {
 		t.Errorf("status --wait --timeout with the broker away: %s\nwant exit 4, nothing on stdout, and stderr with %q", r, want)
 	}
 }
+
+// TestStatusWait_PackageDeleted: a package deleted while waited for (by a
+// client, or by the sweep of packages left in staging) ends the wait
+// saying so, with its state as last read. It said only "package … not
+// found", which reads as a wrong id given.
+func TestStatusWait_PackageDeleted(t *testing.T) {
+	t.Parallel()
+	read := make(chan struct{}, 100)
+	b := serveBroker(t, brokertest.WithClock(), brokertest.Wrap(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.ServeHTTP(w, r)
+			if r.Method == http.MethodGet && strings.Count(r.URL.Path, "/") == 2 && strings.HasPrefix(r.URL.Path, "/packages/") {
+				select {
+				case read <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}))
+	pkg := b.id("message", "new")
+	w := b.startWait(pkg)
+	select {
+	case <-read:
+	case <-w.done:
+		t.Fatalf("status --wait returned before reading the package: %v\n%s", w.err, w.stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("status --wait never read the package")
+	}
+	if err := b.cl.DeletePackage(context.Background(), pkg); err != nil {
+		t.Fatal(err)
+	}
+	r := w.result(30 * time.Second)
+	want := "package " + pkg + " was deleted while waited for: it was staging (0/0 done) when last read"
+	if r.code != exitFailed || r.stdout != "" || !strings.Contains(r.stderr, want) {
+		t.Errorf("status --wait on a package deleted meanwhile: %s\nwant exit 1, nothing on stdout, and stderr with %q", r, want)
+	}
+}
