@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -75,7 +76,7 @@ func FuzzEvents(f *testing.F) {
 func FuzzDecodeError(f *testing.F) {
 	for _, s := range []string{`{"error": {"code": "stale_lease", "message": "x"}}`, "<html>bad gateway</html>", "", `{"error": null}`,
 		`{"error": {"code": ""}}`, strings.Repeat("é", 150), strings.Repeat("a", 199) + "€"} {
-		for _, st := range []int{400, 401, 404, 409, 413, 500, 502, 503} {
+		for _, st := range []int{400, 401, 404, 409, 413, 429, 500, 502, 503} {
 			f.Add(st, s)
 		}
 	}
@@ -90,6 +91,15 @@ func FuzzDecodeError(f *testing.F) {
 		}
 		if ce.Err.Message != strings.TrimSpace(body) && len(ce.Err.Message) > 200+len("…") && !strings.HasPrefix(strings.TrimSpace(body), "{") {
 			t.Fatalf("decodeError(%d, %d bytes): a message of %d bytes", status, len(body), len(ce.Err.Message))
+		}
+		// A proxy's page: its code says "again later" exactly when
+		// Temporary does (a 429 read as invalid_request stopped agents).
+		var eb spinbroker.ErrorBody
+		if status >= 400 && status < 600 && (json.Unmarshal([]byte(body), &eb) != nil || eb.Error == nil || eb.Error.Code == "") {
+			code := spinbroker.ErrorCode(err)
+			if later := code == spinbroker.EUNAVAILABLE || code == spinbroker.EINTERNAL; later != Temporary(err) {
+				t.Fatalf("decodeError(%d, %q): code %s, but Temporary = %v", status, body, code, Temporary(err))
+			}
 		}
 		if utf8.ValidString(body) && !utf8.ValidString(ce.Err.Message) {
 			t.Fatalf("decodeError(%d, %q): message %q is not UTF-8", status, body, ce.Err.Message)
