@@ -1,8 +1,10 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -220,4 +222,37 @@ func TestLastCreateAnsweredAfterItsCommandsCompleted(t *testing.T) {
 	if !res.OK() {
 		t.Fatalf("a correct broker failed the run: %q", res.Violations)
 	}
+}
+
+// A broker that ignores the dependencies a package's commands name: it
+// answers the create with none, and delivers the chain's commands at once,
+// in any order. The check took the dependencies from the broker's answer,
+// found none to check, and passed the run: a dependencies run must fail a
+// broker that never held a command back.
+func TestFaulty_DroppedDependenciesAreReported(t *testing.T) {
+	c := brokertest.Start(t, brokertest.Wrap(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Path == "/packages" {
+				var in map[string]any
+				if err := json.NewDecoder(r.Body).Decode(&in); err == nil {
+					cmds, _ := in["commands"].([]any)
+					for _, c := range cmds {
+						delete(c.(map[string]any), "dependencies")
+					}
+					b, _ := json.Marshal(in)
+					r.Body = io.NopCloser(bytes.NewReader(b))
+					r.ContentLength = int64(len(b))
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	})).Client
+	res, err := Run(context.Background(), c, Config{Scenario: "dependencies", Producers: 1, Resources: 2, Agents: 1, Size: 4, Commands: 40, Protocol: "inline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK() || !strings.Contains(strings.Join(res.Violations, "\n"), "dependencies") {
+		t.Fatalf("a broker that dropped every dependency passed the dependencies run: %q", res.Violations)
+	}
+	t.Log(res.Violations)
 }

@@ -179,8 +179,10 @@ type delivery struct {
 type created struct {
 	resource string
 	seq      int64
-	deps     []string
-	params   paramSum // of the parameters the producer sent
+	deps     []string // the ids of those the producer sent
+	// answeredDeps are the dependencies the broker's answer listed.
+	answeredDeps []string
+	params       paramSum // of the parameters the producer sent
 }
 
 // paramSum stands for a command's parameters in the checks: a checksum
@@ -345,18 +347,35 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 					}
 					return
 				}
-				sent := make(map[string]paramSum, len(in.Commands))
+				sent := make(map[string]spinbroker.NewCommand, len(in.Commands))
 				for _, nc := range in.Commands {
-					sent[nc.Key] = sumParams(nc.Parameters)
+					sent[nc.Key] = nc
+				}
+				// The dependencies checked are those the producer sent, by
+				// their keys: a broker that dropped them would answer
+				// none, and a check of its answer's would check nothing.
+				ids := make(map[string]string, len(pkg.Commands))
+				for _, cmd := range pkg.Commands {
+					if cmd.Key != nil {
+						ids[*cmd.Key] = cmd.ID
+					}
 				}
 				mu.Lock()
 				pkgIDs = append(pkgIDs, pkg.ID)
 				for _, cmd := range pkg.Commands {
-					var params paramSum
+					m := created{resource: cmd.Resource, seq: *cmd.Seq, answeredDeps: cmd.Dependencies}
 					if cmd.Key != nil {
-						params = sent[*cmd.Key]
+						nc := sent[*cmd.Key]
+						m.params = sumParams(nc.Parameters)
+						for _, key := range nc.Dependencies {
+							id, ok := ids[key]
+							if !ok {
+								id = key // not in the answer: never finished, so reported
+							}
+							m.deps = append(m.deps, id)
+						}
 					}
-					made[cmd.ID] = created{resource: cmd.Resource, seq: *cmd.Seq, deps: cmd.Dependencies, params: params}
+					made[cmd.ID] = m
 				}
 				mu.Unlock()
 			}
@@ -695,6 +714,9 @@ func check(ctx context.Context, c *client.Client, made map[string]created, pkgID
 		}
 	}
 	for id, m := range made {
+		if !sameSet(m.deps, m.answeredDeps) {
+			add("%s was created with dependencies %v, and the broker answered %v", id, m.deps, m.answeredDeps)
+		}
 		for _, d := range m.deps {
 			if f, ok := finished[d]; !ok || started[id].Before(f) {
 				add("%s started at %v before its dependency %s finished (%v)", id, started[id], d, f)
@@ -702,6 +724,17 @@ func check(ctx context.Context, c *client.Client, made map[string]created, pkgID
 		}
 	}
 	return v
+}
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
 
 // runBacklog fills a queue with cfg.Backlog commands, the first
