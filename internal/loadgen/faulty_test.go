@@ -256,3 +256,34 @@ func TestFaulty_DroppedDependenciesAreReported(t *testing.T) {
 	}
 	t.Log(res.Violations)
 }
+
+// A broker that queues a package's commands in the reverse of the order
+// they were given in, and tells the seqs it gave them: every queue hands
+// them out in the order of those seqs, and the check, which compared the
+// deliveries with the broker's own seqs alone, passed the run. Within a
+// package, a queue's commands must come in the order they were added.
+func TestFaulty_PackageOrderIsChecked(t *testing.T) {
+	c := brokertest.Start(t, brokertest.Wrap(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Path == "/packages" {
+				var in map[string]any
+				if err := json.NewDecoder(r.Body).Decode(&in); err == nil {
+					cmds, _ := in["commands"].([]any)
+					slices.Reverse(cmds)
+					b, _ := json.Marshal(in)
+					r.Body = io.NopCloser(bytes.NewReader(b))
+					r.ContentLength = int64(len(b))
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	})).Client
+	res, err := Run(context.Background(), c, Config{Scenario: "throughput", Producers: 1, Resources: 2, Agents: 1, Size: 6, Commands: 60, Protocol: "inline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK() {
+		t.Fatal("a broker that queued each package's commands in reverse passed the run")
+	}
+	t.Log(res.Violations)
+}

@@ -183,6 +183,11 @@ type created struct {
 	// answeredDeps are the dependencies the broker's answer listed.
 	answeredDeps []string
 	params       paramSum // of the parameters the producer sent
+	// pkg and step are the command's package and its place in it (-1:
+	// unknown), which its queue must keep: within a package, a queue's
+	// commands come in the order they were added.
+	pkg  string
+	step int
 }
 
 // paramSum stands for a command's parameters in the checks: a checksum
@@ -348,8 +353,10 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 					return
 				}
 				sent := make(map[string]spinbroker.NewCommand, len(in.Commands))
-				for _, nc := range in.Commands {
+				steps := make(map[string]int, len(in.Commands))
+				for j, nc := range in.Commands {
 					sent[nc.Key] = nc
+					steps[nc.Key] = j
 				}
 				// The dependencies checked are those the producer sent, by
 				// their keys: a broker that dropped them would answer
@@ -363,9 +370,12 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 				mu.Lock()
 				pkgIDs = append(pkgIDs, pkg.ID)
 				for _, cmd := range pkg.Commands {
-					m := created{resource: cmd.Resource, seq: *cmd.Seq, answeredDeps: cmd.Dependencies}
+					m := created{resource: cmd.Resource, seq: *cmd.Seq, answeredDeps: cmd.Dependencies, pkg: pkg.ID, step: -1}
 					if cmd.Key != nil {
 						nc := sent[*cmd.Key]
+						if j, ok := steps[*cmd.Key]; ok {
+							m.step = j
+						}
 						m.params = sumParams(nc.Parameters)
 						for _, key := range nc.Dependencies {
 							id, ok := ids[key]
@@ -665,6 +675,33 @@ func check(ctx context.Context, c *client.Client, made map[string]created, pkgID
 		add("%d completions for %d commands", completed, len(made))
 	}
 	if ordered {
+		// The seqs the broker gave: within a package, a queue's commands
+		// in the order the producer added them, and each delivered with
+		// the seq it was given. (The deliveries are checked against the
+		// seqs below: a broker that queued a package backwards, and
+		// handed it out as it had queued it, passed that alone.)
+		type pkgQueue struct{ pkg, resource string }
+		inPackage := map[pkgQueue][]created{}
+		for _, m := range made {
+			if m.step >= 0 {
+				k := pkgQueue{m.pkg, m.resource}
+				inPackage[k] = append(inPackage[k], m)
+			}
+		}
+		for k, ms := range inPackage {
+			sort.Slice(ms, func(i, j int) bool { return ms[i].step < ms[j].step })
+			for i := 1; i < len(ms); i++ {
+				if ms[i].seq <= ms[i-1].seq {
+					add("package %s: queue %s got its command %d (seq %d) ahead of its command %d (seq %d)", k.pkg, k.resource, ms[i].step, ms[i].seq, ms[i-1].step, ms[i-1].seq)
+					break
+				}
+			}
+		}
+		for _, d := range all {
+			if m, ok := made[d.id]; ok && d.seq != m.seq {
+				add("%s delivered with seq %d, created with seq %d", d.id, d.seq, m.seq)
+			}
+		}
 		// A claim lists its commands in queue order: sorting by seq
 		// below would hide a claim that did not, so check each as listed.
 		for i := 1; i < len(all); i++ {
