@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -299,6 +301,21 @@ func TestGeneratorLine(t *testing.T) {
 		got := generatorLine(c.cpu, c.seconds, c.procs)
 		if !strings.HasPrefix(got, c.want) || (c.want == "") != (got == "") || c.warn != strings.Contains(got, "--procs") {
 			t.Errorf("generatorLine(%v, %v, %d) = %q, want %q…", c.cpu, c.seconds, c.procs, got, c.want)
+		}
+	}
+}
+
+// TestBench_ProcsAtMostTheCPUs: --procs beyond the machine's CPUs is a
+// usage error. It ran, reporting "generator on 3 of 2 CPUs" and its CPU
+// as a share of CPUs it did not have; and a large one (--procs 100000)
+// had the Go runtime start a thread per P until it died of "thread
+// exhaustion", after minutes and gigabytes.
+func TestBench_ProcsAtMostTheCPUs(t *testing.T) {
+	n := runtime.NumCPU()
+	for _, procs := range []string{strconv.Itoa(n + 1), "100000"} {
+		r := spin(t, "bench", "--procs", procs, "--commands", "20")
+		if want := fmt.Sprintf("--procs must be from 1 to %d (this machine's CPUs), not %s", n, procs); r.code != 2 || !strings.Contains(r.stderr, want) {
+			t.Errorf("bench --procs %s: want exit 2 and %q, got %s", procs, want, r)
 		}
 	}
 }

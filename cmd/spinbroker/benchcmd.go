@@ -96,8 +96,11 @@ Exit status:
 			// -o json, which the help lists among the global flags, says
 			// what --json does.
 			c.json = c.json || a.jsonOutput()
-			if c.procs < 0 {
-				return usagef(cmd, "--procs must be at least 1")
+			// 0 is the default. More than the CPUs is no more parallel,
+			// makes the table say "on 3 of 2 CPUs", and a large number
+			// has the runtime start threads until it dies.
+			if n := runtime.NumCPU(); c.procs < 0 || c.procs > n {
+				return usagef(cmd, "--procs must be from 1 to %d (this machine's CPUs), not %d", n, c.procs)
 			}
 			if err := c.check(); err != nil {
 				return usagef(cmd, "%v", err)
