@@ -319,3 +319,34 @@ func TestBench_ProcsAtMostTheCPUs(t *testing.T) {
 		}
 	}
 }
+
+// TestBench_BrokerGoneMidRunExits1: a run that could not be made exits 1,
+// as bench's help says, whatever stopped it: a broker that goes away in
+// the middle of a run (its connection dropped) or a proxy whose broker is
+// down (502) exited 4, a status bench's help does not list, where the
+// same with no broker at all (refused) exits 1.
+func TestBench_BrokerGoneMidRunExits1(t *testing.T) {
+	for name, fault := range map[string]func(w http.ResponseWriter){
+		"dropped": func(w http.ResponseWriter) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		},
+		"502": func(w http.ResponseWriter) { http.Error(w, "bad gateway", http.StatusBadGateway) },
+	} {
+		b := serveBroker(t, brokertest.Wrap(func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && r.URL.Path == "/packages" {
+					fault(w)
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
+		}))
+		r := spin(t, "bench", "--url", b.url, "--producers", "1", "--resources", "1", "--commands", "20")
+		if r.code != 1 || !strings.Contains(r.stderr, "throughput") {
+			t.Errorf("bench against a broker %s mid-run: want exit 1 naming the scenario, got %s", name, r)
+		}
+	}
+}

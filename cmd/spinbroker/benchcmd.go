@@ -38,6 +38,7 @@ type benchConfig struct {
 	compare    []string
 	cpuProfile string
 	procs      int
+	tokenFrom  string // where the token came from, for the messages
 }
 
 func (a *app) benchCommand() *cobra.Command {
@@ -75,8 +76,9 @@ Exit status:
   0    every run kept every rule
   1    a run broke a rule (its figures and violations are printed all
        the same; --json still prints its object, with "ok": false), or a
-       run could not be made: no broker at --url, a token it refuses, a
-       queue of its own already holding work
+       run could not be made: no broker at --url (or one that went away
+       or failed mid-run), a token it refuses, a queue of its own already
+       holding work
   2    a mistake in the command line (nothing was run)
   130  interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): the run
        was stopped and not checked; a broker bench started is stopped
@@ -127,6 +129,7 @@ Exit status:
 					return err
 				}
 			}
+			c.tokenFrom = a.tokenFrom(cmd.Root())
 			return a.bench(cmd.Context(), cmd.Flags().Changed("url"), c)
 		},
 	}
@@ -338,10 +341,14 @@ func (a *app) bench(ctx context.Context, remote bool, c benchConfig) error {
 				// not all that bench does with the token.
 				return &exitError{code: 1, msg: fmt.Sprintf("%s: %s (%s): bench gives work to its queues (bench-*), takes it as their agent and sets their concurrency, so with --auth it needs an admin token", cfg.Scenario, ce.Err.Message, ce.Err.Code)}
 			}
-			if remote && client.Temporary(err) && errors.Is(err, syscall.ECONNREFUSED) {
-				// describe's hint names $SPINBROKER_URL too, which bench
-				// does not read.
-				return &exitError{code: 1, msg: fmt.Sprintf("%s: cannot reach the broker: %v; is it running, and is that its address? --url names it", cfg.Scenario, err)}
+			if remote {
+				// A run that could not be made exits 1, as the help says,
+				// whatever stopped it: no broker, a broker gone mid-run, a
+				// proxy's 502. Not the 4 of the client commands, which
+				// bench's help does not list. describe's hints name
+				// $SPINBROKER_URL too, which bench does not read.
+				msg := strings.ReplaceAll(describeWithToken(err, c.tokenFrom), "--url or SPINBROKER_URL", "--url")
+				return &exitError{code: 1, msg: cfg.Scenario + ": " + msg}
 			}
 			return fmt.Errorf("%s: %w", cfg.Scenario, err)
 		}
