@@ -49,6 +49,11 @@ type Config struct {
 	// part of a run that has several (backlog: "loading", "timing",
 	// "tidying"); it is "" for a run of one.
 	Progress func(phase string, done, total int)
+	// Timed, when set, is told as the run's timed part begins (true) and
+	// as it ends (false), so that a caller can measure the broker over
+	// that part alone: the backlog's loading, which its timing leaves out,
+	// took more of the writer's time than the cycles it timed.
+	Timed func(begin bool)
 	// Tidy has a run cancel what it leaves in the broker's queues (the
 	// backlog scenario's blocked commands): for a broker of the caller's,
 	// not for one started for the run and thrown away with its database,
@@ -90,7 +95,7 @@ type Result struct {
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMiB float64 `json:"broker_peak_rss_mib,omitempty"`
 	// BrokerWriterBusySeconds is how long the broker's one writer ran
-	// transactions during the run (its setup and checks included).
+	// transactions during the run's timed part (Config.Timed).
 	BrokerWriterBusySeconds float64 `json:"broker_writer_busy_seconds,omitempty"`
 }
 
@@ -295,12 +300,16 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		endOnce.Do(func() {
 			end = time.Now()
 			cpuEnd, _ = processCPU()
+			// Before cancel: the watchdog may be the one finishing, and
+			// the agents' return (on cancel) is what Run waits for.
+			timed(cfg, false)
 			cancel()
 		})
 	}
 	var completed atomic.Int64
 	deliveries := make([][]delivery, cfg.Resources*cfg.Agents)
 
+	timed(cfg, true)
 	cpuStart, cpuKnown := processCPU()
 	start := time.Now()
 	var agents sync.WaitGroup
@@ -460,6 +469,13 @@ func runThroughput(ctx context.Context, c *client.Client, cfg Config, deps bool)
 		res.Violations = append([]string{fmt.Sprintf("the run stalled: %d of %d commands completed, and nothing moved in the last %v", completed.Load(), total, stallAfter)}, res.Violations...)
 	}
 	return res, nil
+}
+
+// timed tells cfg.Timed, when set, that the timed part begins or ends.
+func timed(cfg Config, begin bool) {
+	if cfg.Timed != nil {
+		cfg.Timed(begin)
+	}
 }
 
 // sizedParameters is the size a run padded its parameters to, or 0 when
@@ -843,6 +859,7 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 	var sampled atomic.Int64
 	stopTiming := progress(cfg.Progress, "timing", &sampled, cfg.Samples)
 	defer stopTiming()
+	timed(cfg, true)
 	start := time.Now()
 	for i := 0; i < cfg.Samples; i++ {
 		t := time.Now()
@@ -869,6 +886,7 @@ func runBacklog(ctx context.Context, c *client.Client, cfg Config) (*Result, err
 		sampled.Store(int64(i + 1))
 	}
 	elapsed := time.Since(start)
+	timed(cfg, false)
 	stopTiming()
 	if v == nil {
 		v = []string{}
@@ -901,6 +919,7 @@ func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, erro
 	stop := progress(cfg.Progress, "", &n, cfg.Wakeups)
 	defer stop()
 	ok := true
+	timed(cfg, true)
 	start := time.Now()
 	for i := 0; i < cfg.Wakeups; i++ {
 		got := make(chan *spinbroker.Command, 1)
@@ -938,6 +957,8 @@ func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, erro
 		}
 		n.Add(1)
 	}
+	seconds := time.Since(start).Seconds()
+	timed(cfg, false)
 	calls := rec.summary()
 	calls["enqueue_to_delivery"] = summarize(lat)
 	if v == nil {
@@ -945,7 +966,7 @@ func runWakeup(ctx context.Context, c *client.Client, cfg Config) (*Result, erro
 	}
 	return &Result{
 		Scenario: "wakeup", Settings: fmt.Sprintf("%d samples, one agent waiting in a long-poll", cfg.Wakeups),
-		Commands: cfg.Wakeups, Seconds: time.Since(start).Seconds(), Calls: calls, Violations: v,
+		Commands: cfg.Wakeups, Seconds: seconds, Calls: calls, Violations: v,
 	}, nil
 }
 
