@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
@@ -93,6 +94,17 @@ Exit status:
 				return usagef(cmd, "%v", err)
 			}
 			if len(c.compare) > 0 {
+				// It runs nothing, and prints a table: a flag of a run, or
+				// a JSON output, would be ignored.
+				var other []string
+				cmd.Flags().Visit(func(f *pflag.Flag) {
+					if f.Name != "compare" && (f.Name != "output" || a.jsonOutput()) {
+						other = append(other, "--"+f.Name)
+					}
+				})
+				if len(other) > 0 {
+					return usagef(cmd, "--compare compares earlier runs and prints a table: it runs nothing, and takes none of %s", strings.Join(other, ", "))
+				}
 				return a.compare(c.compare)
 			}
 			// -o json, which the help lists among the global flags, says

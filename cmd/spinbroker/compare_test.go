@@ -275,3 +275,21 @@ func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+// TestBenchCompare_RunFlagsRefused: --compare prints a table of earlier
+// runs and runs nothing, so a flag for a run, or a JSON output it does not
+// print, is a mistake in the command line (exit 2), where each was ignored:
+// the script that asked for -o json got the table, exit 0.
+func TestBenchCompare_RunFlagsRefused(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "runs.json")
+	os.WriteFile(file, []byte(`{"scenario":"throughput","protocol":"inline","commands_per_sec":3300,"sync":"normal","ok":true}`+"\n"), 0o644)
+	if r := spin(t, "bench", "--compare", file); r.code != 0 || !strings.Contains(r.stdout, "3300") {
+		t.Fatalf("bench --compare: %s", r)
+	}
+	for _, extra := range [][]string{{"--json"}, {"-o", "json"}, {"--scenarios", "backlog"}, {"--protocol", "claim"}, {"--url", "http://localhost:1"}} {
+		r := spin(t, append([]string{"bench", "--compare", file}, extra...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "--compare") || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {
+			t.Errorf("bench --compare with %v: want a usage error naming --compare, got %s", extra, r)
+		}
+	}
+}
