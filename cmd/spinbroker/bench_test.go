@@ -370,3 +370,19 @@ func TestBench_WriterBusyOfTheTimedPart(t *testing.T) {
 		t.Errorf("the writer busy %.3fs in a timed part of %.3fs: the loading was counted", res.Busy, res.Seconds)
 	}
 }
+
+// TestBench_ContradictoryFlagsRefused: a --protocol no run knows is
+// a usage error whatever the scenarios, where --scenarios backlog (or
+// wakeup) took --protocol bogus without a word; and --json beside an
+// explicit -o table asks for two outputs at once.
+func TestBench_ContradictoryFlagsRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"--scenarios", "wakeup", "--wakeups", "1", "--protocol", "bogus"},
+		{"--scenarios", "wakeup", "--wakeups", "1", "--json", "-o", "table"},
+	} {
+		r := spin(t, append([]string{"bench"}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {
+			t.Errorf("bench %v: want a usage error (exit 2), got %s", args, r)
+		}
+	}
+}

@@ -108,7 +108,10 @@ Exit status:
 				return a.compare(c.compare)
 			}
 			// -o json, which the help lists among the global flags, says
-			// what --json does.
+			// what --json does; -o table beside it says the opposite.
+			if c.json && cmd.Flags().Changed("output") && !a.jsonOutput() {
+				return usagef(cmd, "--json and -o table ask for two outputs: give one")
+			}
 			c.json = c.json || a.jsonOutput()
 			// 0 is the default. More than the CPUs is no more parallel,
 			// makes the table say "on 3 of 2 CPUs", and a large number
@@ -218,6 +221,11 @@ func (c *benchConfig) check() error {
 	}
 	if len(scenarios) == 1 && scenarios[0] == "all" {
 		scenarios = allScenarios
+	}
+	// Whatever the scenarios: a value no run knows is a mistake, not a
+	// setting to ignore.
+	if c.Protocol != "inline" && c.Protocol != "seed" && c.Protocol != "claim" {
+		return fmt.Errorf("--protocol must be inline, seed or claim, not %q", c.Protocol)
 	}
 	for _, sc := range scenarios {
 		switch sc {
