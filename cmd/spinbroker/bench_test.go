@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/brokertest"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
 	"github.com/spin-broker/spinbroker/internal/loadgen"
@@ -384,5 +385,20 @@ func TestBench_ContradictoryFlagsRefused(t *testing.T) {
 		if r.code != 2 || !strings.Contains(r.stderr, "Run 'spinbroker bench --help'") {
 			t.Errorf("bench %v: want a usage error (exit 2), got %s", args, r)
 		}
+	}
+}
+
+// TestBench_SeedSizeAtMostAPackage: with --protocol seed a package is
+// built one add at a time, and the broker refuses the add past its
+// largest package: --size 50001 passed the check, then failed after
+// 50,000 adds, late, where it is a usage error before any run.
+func TestBench_SeedSizeAtMostAPackage(t *testing.T) {
+	c := benchConfig{Config: loadgen.Config{Producers: 1, Resources: 1, Agents: 1, Size: spinbroker.MaxCommandsPerPackage + 1, Commands: spinbroker.MaxCommandsPerPackage + 1, Protocol: "seed"}, scenarios: "throughput", sync: "normal"}
+	if err := c.check(); err == nil || !strings.Contains(err.Error(), "--size must be at most 50000") {
+		t.Errorf("--protocol seed --size 50001: want it refused naming --size, got %v", err)
+	}
+	c.Size, c.Commands = spinbroker.MaxCommandsPerPackage, spinbroker.MaxCommandsPerPackage
+	if err := c.check(); err != nil {
+		t.Errorf("--protocol seed --size 50000: %v", err)
 	}
 }

@@ -239,6 +239,10 @@ func (c *benchConfig) check() error {
 			case (c.Protocol == "inline" || c.Protocol == "claim") && c.Size > spinbroker.MaxCommandsPerBatch:
 				// The seed's protocol adds a command per request.
 				return fmt.Errorf("--size must be at most %d with --protocol %s, not %d: a package is created in one request, which may carry at most %d commands", spinbroker.MaxCommandsPerBatch, c.Protocol, c.Size, spinbroker.MaxCommandsPerBatch)
+			case c.Size > spinbroker.MaxCommandsPerPackage:
+				// The seed's protocol adds them one at a time, and the
+				// broker refuses the add past its largest package.
+				return fmt.Errorf("--size must be at most %d, not %d: the broker's largest package", spinbroker.MaxCommandsPerPackage, c.Size)
 			case c.Agents > spinbroker.MaxConcurrency:
 				return fmt.Errorf("--agents must be at most %d (a queue's largest concurrency), not %d", spinbroker.MaxConcurrency, c.Agents)
 			case c.Commands < c.Size:
