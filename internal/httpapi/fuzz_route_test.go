@@ -31,6 +31,7 @@ func FuzzRoute(f *testing.F) {
 		{"HEAD", "/metrics?x"}, {"OPTIONS", "/healthz"}, {"GET", "/packages/{pkg}/commands/"}, {"POST", "/packages/{pkg}/cancel"},
 		{"PATCH", "/commands/{cmd}"}, {"GET", "//packages"}, {"GET", "/packages/../queues"}, {"GET", "/%2e%2e/ui/"},
 		{"GET", "/ui"}, {"POST", "/ui/"}, {"GET", "/queues?limit=x"}, {"GET", "/packages/a%2Fb/commands"},
+		{"POST", "/queues/x%2Fnext"}, {"GET", "/%70ackages"}, {"POST", "/commands/%63omplete"},
 	} {
 		f.Add(seed.method, seed.target)
 	}

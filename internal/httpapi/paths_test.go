@@ -79,3 +79,40 @@ func TestAPI_EmptyQueuePatch(t *testing.T) {
 		t.Fatalf("PATCH {} on a set queue answered %s", r.body)
 	}
 }
+
+// TestAPI_PercentEncodedRoute: a path whose fixed words are written with
+// escaped unreserved characters (/%70ackages, /commands/%63omplete) is the
+// same URI as the plain one (RFC 3986, 6.2.2.2) and reaches the same
+// route; and a 405 names the methods of the route the path was matched
+// to: a path whose parameter holds an escaped slash (/queues/x%2Fnext, the
+// queue "x/next") is no other route's, nor refused in words that allow
+// the very method refused ("POST is not allowed ...; use POST").
+func TestAPI_PercentEncodedRoute(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	p := e.createPackage(`[{"resource": "r", "action": "x"}]`, true)
+	e.want(e.do("GET", "/%70ackages", ""), 200, "")
+	e.want(e.do("GET", "/queues/r/%6Eext", ""), 405, spinbroker.EMETHOD)
+	c := e.next("r")
+	r := e.do("POST", "/commands/%63omplete", `{"results": [{"id": "`+c.ID+`", "status": true, "lease": "`+c.Lease.Token+`"}]}`)
+	e.want(r, 200, "")
+	var res spinbroker.BatchOutcomes
+	if r.decode(t, &res); len(res.Results) != 1 || res.Results[0].HTTPStatus != 200 {
+		t.Fatalf("batch complete through an escaped path: %s", r.body)
+	}
+	if got, _ := e.db.Package(ctx, p.ID); got.State != spinbroker.PackageSucceeded {
+		t.Fatalf("the package is %s after its one command completed", got.State)
+	}
+	for _, tt := range []struct{ method, path, allow string }{
+		{"POST", "/queues/x%2Fnext", "GET, HEAD, PATCH"},
+		{"PUT", "/queues/a%2Fb", "GET, HEAD, PATCH"},
+		{"PUT", "/packages/a%2Fcommands", "GET, HEAD, DELETE"},
+		{"GET", "/commands/complete", "POST"},
+		{"GET", "/commands/%63omplete", "POST"},
+	} {
+		r := e.do(tt.method, tt.path, "")
+		e.want(r, 405, spinbroker.EMETHOD)
+		if got := r.header.Get("Allow"); got != tt.allow {
+			t.Errorf("%s %s: Allow %q, want %q (%s)", tt.method, tt.path, got, tt.allow, r.body)
+		}
+	}
+}

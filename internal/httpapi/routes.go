@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,7 +25,7 @@ func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	// logRequests outermost: a panic that recoverer turns into a 500 is
 	// logged with its request's id, and so is the request's own line.
-	r.Use(s.logRequests, s.recoverer, s.localHost, s.crossOrigin, s.authenticate)
+	r.Use(canonicalPath, s.logRequests, s.recoverer, s.localHost, s.crossOrigin, s.authenticate)
 	r.NotFound(s.handleNotFound)
 	r.MethodNotAllowed(s.handleMethodNotAllowed(r))
 
@@ -66,6 +68,61 @@ func (s *Server) routes() chi.Router {
 	return r
 }
 
+// canonicalPath undoes the escaping of unreserved characters in the path
+// (/%70ackages is /packages, RFC 3986, 6.2.2.2) before chi routes it. chi
+// matches on the escaped path whenever it differs from Go's own escaping
+// of the decoded one, so such a path reached no route, or another one:
+// POST /commands/%63omplete was GET /commands/{id}'s 405. Other escapes
+// stay: %2F is a slash inside a segment, not a separator.
+func canonicalPath(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if raw := r.URL.RawPath; raw != "" {
+			u := *r.URL
+			u.RawPath = unescapeUnreserved(raw)
+			if (&url.URL{Path: u.Path}).EscapedPath() == u.RawPath {
+				u.RawPath = "" // what Go's parser leaves for a path it escapes itself
+			}
+			r2 := *r
+			r2.URL = &u
+			r = &r2
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// unescapeUnreserved decodes the escapes in raw of ALPHA, DIGIT, "-", ".",
+// "_" and "~", leaving every other escape as written.
+func unescapeUnreserved(raw string) string {
+	if !strings.Contains(raw, "%") {
+		return raw
+	}
+	var b strings.Builder
+	for i := 0; i < len(raw); i++ {
+		if raw[i] == '%' && i+2 < len(raw) {
+			if c, err := strconv.ParseUint(raw[i+1:i+3], 16, 8); err == nil && unreserved(byte(c)) {
+				b.WriteByte(byte(c))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(raw[i])
+	}
+	return b.String()
+}
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// routedPath is the path chi routes r by: the escaped one when it is not
+// Go's own escaping of the decoded one (an escaped slash in a segment).
+func routedPath(r *http.Request) string {
+	if r.URL.RawPath != "" {
+		return r.URL.RawPath
+	}
+	return r.URL.Path
+}
+
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	if what := s.missingParam(r); what != "" {
 		s.writeError(w, r, errNoPathParam(r, what))
@@ -79,7 +136,7 @@ func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 // id"), else "". chi matches no empty last segment, so without it such a
 // path would be a bare "no route".
 func (s *Server) missingParam(r *http.Request) string {
-	path := r.URL.Path
+	path := routedPath(r)
 	if !strings.HasSuffix(path, "/") || strings.HasPrefix(path, "/ui/") {
 		return ""
 	}
@@ -114,7 +171,7 @@ func (s *Server) handleMethodNotAllowed(mux chi.Routes) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var allow []string
 		for _, m := range methods {
-			if mux.Match(chi.NewRouteContext(), m, r.URL.Path) {
+			if mux.Match(chi.NewRouteContext(), m, routedPath(r)) {
 				allow = append(allow, m)
 			}
 		}
@@ -300,12 +357,8 @@ const defaultWriteTimeout = 30 * time.Second
 // line and its histogram name the route it was for, as any other
 // request's do. "unmatched" is for a request that no route matches.
 func (s *Server) routeOf(r *http.Request) string {
-	path := r.URL.RawPath // what chi routes by, when it is set
-	if path == "" {
-		path = r.URL.Path
-	}
 	rctx := chi.NewRouteContext()
-	if s.router.Match(rctx, r.Method, path) {
+	if s.router.Match(rctx, r.Method, routedPath(r)) {
 		if route := rctx.RoutePattern(); route != "" {
 			return route
 		}
