@@ -45,10 +45,27 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, spinbroker.Errorf(spinbroker.ETOOLARGE, "the request body is larger than %d bytes (1 MiB)", spinbroker.MaxBodyBytes)
 	case err != nil:
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body could not be read: %v", err)
+	case len(b) > 0 && contentCoding(r) != "":
+		// Read as JSON, a compressed body is "not valid UTF-8", which
+		// sends its author looking at the JSON rather than at the header.
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "Content-Encoding %s is not supported: send the body uncompressed, without the header", spinbroker.Truncate(contentCoding(r), 40))
 	case !utf8.Valid(b):
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body is not valid UTF-8")
 	}
 	return b, nil
+}
+
+// contentCoding is the first content coding of r's body other than
+// identity (RFC 9110, 8.4), "" when there is none.
+func contentCoding(r *http.Request) string {
+	for _, v := range r.Header.Values("Content-Encoding") {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return c
+			}
+		}
+	}
+	return ""
 }
 
 // readJSON reads a request body and decodes it into v (see decodeJSON),

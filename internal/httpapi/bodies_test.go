@@ -1,0 +1,39 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"strings"
+	"testing"
+
+	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/httpapi"
+)
+
+// TestAPI_ContentEncoding: a body sent compressed (Content-Encoding: gzip,
+// which some HTTP libraries add) is refused 400 in words that name the
+// header, not read as JSON and refused as "not valid UTF-8" or as
+// malformed, which sends its author looking at the JSON. Nothing is
+// created; identity is no encoding at all and is served.
+func TestAPI_ContentEncoding(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte(`{"commands": [{"resource": "r", "action": "x"}], "enqueue": true}`))
+	zw.Close()
+	for _, enc := range []string{"gzip", "br", "deflate"} {
+		r := e.do("POST", "/packages", gz.String(), "Content-Encoding", enc)
+		e.want(r, 400, spinbroker.EINVALID)
+		var b spinbroker.ErrorBody
+		if r.decode(t, &b); !strings.Contains(b.Error.Message, "Content-Encoding "+enc) {
+			t.Errorf("Content-Encoding %s: %q, want it to name the header", enc, b.Error.Message)
+		}
+	}
+	// The same words on a route whose body is a queue's or a result's.
+	e.want(e.do("PATCH", "/queues/r", gz.String(), "Content-Encoding", "gzip"), 400, spinbroker.EINVALID)
+	var list spinbroker.PackageList
+	if e.do("GET", "/packages", "").decode(t, &list); len(list.Packages) != 0 {
+		t.Fatalf("a refused body created %d packages", len(list.Packages))
+	}
+	e.want(e.do("POST", "/packages", `{}`, "Content-Encoding", "identity"), 201, "")
+}
