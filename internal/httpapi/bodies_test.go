@@ -37,3 +37,24 @@ func TestAPI_ContentEncoding(t *testing.T) {
 	}
 	e.want(e.do("POST", "/packages", `{}`, "Content-Encoding", "identity"), 201, "")
 }
+
+// TestAPI_ByteOrderMark: a body that starts with a UTF-8 byte order mark
+// (what Windows tools write at the head of a UTF-8 file: PowerShell's
+// Out-File, Notepad) is read as the JSON after it, as RFC 8259 (8.1)
+// allows, not refused as "invalid character 'ï' looking for beginning of
+// value", a character the client never wrote.
+func TestAPI_ByteOrderMark(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	const bom = "\ufeff"
+	r := e.do("POST", "/packages", bom+`{"commands": [{"resource": "r", "action": "x"}], "enqueue": true}`)
+	e.want(r, 201, "")
+	var p spinbroker.Package
+	if r.decode(t, &p); p.State != spinbroker.PackageQueued || p.Total != 1 {
+		t.Fatalf("created %s", r.body)
+	}
+	e.want(e.do("PATCH", "/queues/r", bom+`{"concurrency": 2}`), 200, "")
+	c := e.next("r")
+	e.want(e.do("POST", "/commands/"+c.ID+"/complete", bom+`{"status": true, "lease": "`+c.Lease.Token+`"}`), 200, "")
+	// Only at the head: one inside the JSON is still refused.
+	e.want(e.do("POST", "/packages", `{`+bom+`}`), 400, spinbroker.EINVALID)
+}

@@ -52,7 +52,10 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	case !utf8.Valid(b):
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body is not valid UTF-8")
 	}
-	return b, nil
+	// A byte order mark, which Windows tools write at the head of a UTF-8
+	// file, is no part of the JSON (RFC 8259, 8.1, lets a parser ignore it):
+	// encoding/json would refuse it as an 'ï' the client never wrote.
+	return bytes.TrimPrefix(b, []byte("\ufeff")), nil
 }
 
 // contentCoding is the first content coding of r's body other than
