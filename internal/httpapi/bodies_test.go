@@ -58,3 +58,22 @@ func TestAPI_ByteOrderMark(t *testing.T) {
 	// Only at the head: one inside the JSON is still refused.
 	e.want(e.do("POST", "/packages", `{`+bom+`}`), 400, spinbroker.EINVALID)
 }
+
+// TestAPI_QuerySemicolon: parameters separated by ";" (?wait=30s;lease=60s,
+// an old CGI habit) are refused 400 saying to separate them with "&", not
+// "escape % as %25", which is advice about a different mistake.
+func TestAPI_QuerySemicolon(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	for _, tt := range []struct{ method, path, want string }{
+		{"POST", "/queues/r/next?wait=0s;lease=60s", `separate query parameters with "&"`},
+		{"GET", "/packages?state=queued;limit=5", `separate query parameters with "&"`},
+		{"GET", "/packages?state=%zz", "escape % as %25"},
+	} {
+		r := e.do(tt.method, tt.path, "")
+		e.want(r, 400, spinbroker.EINVALID)
+		var b spinbroker.ErrorBody
+		if r.decode(t, &b); !strings.Contains(b.Error.Message, tt.want) {
+			t.Errorf("%s %s: %q, want it to say %q", tt.method, tt.path, b.Error.Message, tt.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
@@ -116,6 +117,11 @@ func (s *Server) handleQueueSet(w http.ResponseWriter, r *http.Request) {
 // wait at all. A malformed one is refused instead.
 func query(r *http.Request) (url.Values, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil && strings.Contains(r.URL.RawQuery, ";") {
+		// Go refuses ";" as a separator (?wait=30s;lease=60s); escaping
+		// % is advice about another mistake.
+		return nil, errorf(spinbroker.EINVALID, `the query string is malformed: separate query parameters with "&", not ";" (a ";" in a value is written %%3B)`)
+	}
 	if err != nil {
 		return nil, errorf(spinbroker.EINVALID, "the query string is malformed (%v): escape %% as %%25", err)
 	}
