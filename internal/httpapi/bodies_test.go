@@ -1,13 +1,24 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/internal/httpapi"
+	"github.com/spin-broker/spinbroker/internal/store"
+	"github.com/spin-broker/spinbroker/internal/store/storetest"
 )
 
 // TestAPI_ContentEncoding: a body sent compressed (Content-Encoding: gzip,
@@ -74,6 +85,42 @@ func TestAPI_QuerySemicolon(t *testing.T) {
 		var b spinbroker.ErrorBody
 		if r.decode(t, &b); !strings.Contains(b.Error.Message, tt.want) {
 			t.Errorf("%s %s: %q, want it to say %q", tt.method, tt.path, b.Error.Message, tt.want)
+		}
+	}
+}
+
+// TestAPI_BodyReadTimeout: a body that stops arriving until the server's
+// read timeout (spinbroker serve --read-timeout) is answered 400 in words
+// that say so, not with the text of Go's network error ("read tcp
+// 127.0.0.1:8080->127.0.0.1:51234: i/o timeout"), on a write route (whose
+// body is read ahead of its turn) and on next (read by its handler).
+func TestAPI_BodyReadTimeout(t *testing.T) {
+	db, _ := storetest.MustOpen(t, store.Options{})
+	api := httpapi.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)), httpapi.Options{})
+	srv := httptest.NewUnstartedServer(api.Handler())
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(func() { api.Shutdown(); srv.Close() })
+	for _, path := range []string{"/packages", "/queues/r/next", "/commands/complete"} {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"commands\": ", path)
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		var b spinbroker.ErrorBody
+		json.NewDecoder(resp.Body).Decode(&b)
+		resp.Body.Close()
+		conn.Close()
+		if resp.StatusCode != 400 || b.Error == nil || b.Error.Code != spinbroker.EINVALID {
+			t.Fatalf("%s: %d %+v, want 400 invalid_request", path, resp.StatusCode, b.Error)
+		}
+		if msg := b.Error.Message; !strings.Contains(msg, "read timeout") || strings.Contains(msg, "127.0.0.1") {
+			t.Errorf("%s: %q, want it to name the read timeout, not the connection", path, msg)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -43,6 +44,10 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	case errors.As(err, &mbe):
 		w.Header().Set("Connection", "close") // the rest is not read
 		return nil, spinbroker.Errorf(spinbroker.ETOOLARGE, "the request body is larger than %d bytes (1 MiB)", spinbroker.MaxBodyBytes)
+	case isTimeout(err):
+		// Go's words name the connection ("read tcp a->b: i/o timeout"),
+		// not what the client can do about it.
+		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body did not arrive whole within the broker's read timeout (spinbroker serve --read-timeout): %d bytes of it came", len(b))
 	case err != nil:
 		return nil, spinbroker.Errorf(spinbroker.EINVALID, "the request body could not be read: %v", err)
 	case len(b) > 0 && contentCoding(r) != "":
@@ -56,6 +61,12 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	// file, is no part of the JSON (RFC 8259, 8.1, lets a parser ignore it):
 	// encoding/json would refuse it as an 'ï' the client never wrote.
 	return bytes.TrimPrefix(b, []byte("\ufeff")), nil
+}
+
+// isTimeout reports whether err is a read that ran out of time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // contentCoding is the first content coding of r's body other than
