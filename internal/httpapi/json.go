@@ -39,6 +39,11 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		r.Body = http.MaxBytesReader(w, r.Body, spinbroker.MaxBodyBytes)
 		b, err = io.ReadAll(r.Body)
 	}
+	// The answer's time to be written (logRequests set it when the headers
+	// came) counts from now: a body that took longer to upload, within
+	// the server's read timeout, had its request committed and its answer
+	// cut off, and a client that retried created twice.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(defaultWriteTimeout)) //nolint:errcheck // not every writer supports deadlines
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):

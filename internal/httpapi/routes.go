@@ -348,9 +348,11 @@ func (w *statusWriter) Flush() {
 // was answered.
 const statusClientClosed = 499
 
-// defaultWriteTimeout bounds how long writing an ordinary answer may take;
-// long-polls and event streams set their own deadlines.
-const defaultWriteTimeout = 30 * time.Second
+// defaultWriteTimeout bounds how long writing an ordinary answer may take,
+// from the request's headers, or from its body once that is read
+// (readBody); long-polls and event streams set their own deadlines. A
+// variable for tests.
+var defaultWriteTimeout = 30 * time.Second
 
 // routeOf is the pattern of the route that r's method and path match, for
 // a request answered before the router saw it (a token refused 401): its
