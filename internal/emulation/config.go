@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"unicode"
 	"unicode/utf8"
 
@@ -44,6 +45,10 @@ type Image struct {
 	Path   string `json:"Path" spin:"required"`
 	Cdrom  bool   `json:"Cdrom"`
 	Volume string `json:"Volume"`
+	// held, when set, is the path QEMU opens the image by: the agent's
+	// own open file of it (see holdImages), which names the file judged
+	// whatever is renamed on Path since. Path still gives its format.
+	held string
 }
 
 // maxIDLen is the longest VM id.
@@ -225,13 +230,114 @@ func confinedImage(path string, fi os.FileInfo) error {
 	if hostpath.FormatOf(path) != "qcow2" {
 		return nil
 	}
-	f, err := os.Open(path)
+	// Without waiting: a FIFO put in its place since it was looked at
+	// would hold the open, and the agent, until a writer came.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	return confinedFile(path, f)
+}
+
+// confinedFile is confinedImage for the open file f of the image path: a
+// regular file with no other name, and, as a qcow2 image, standalone.
+func confinedFile(path string, f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return errors.New("it is not a regular file")
+	}
+	if n := nlink.Of(fi); n > 1 {
+		return fmt.Errorf("it has %d hard links: the same file has another name, perhaps outside the images root", n)
+	}
+	if hostpath.FormatOf(path) != "qcow2" {
+		return nil
+	}
 	_, err = hostpath.Qcow2Size(f)
 	return err
+}
+
+// holdImages opens the resolved images (see resolveImages) for QEMU, which
+// is then given the agent's open files (heldPath) rather than their paths:
+// QEMU opens an image by its path a moment after the agent judged it, and
+// a folder on that path swapped meanwhile for a symbolic link, by whoever
+// may write in the images root, would give the guest whatever file the
+// link leads to, outside the root (the host's disk, /etc/shadow). Each file
+// opened must be the one judged: reached through an os.Root under an images
+// root (which follows no link out of it), found by the host at the path
+// judged (openedPath), of a kind QEMU is given, and, under an images root,
+// confined (confinedFile). The caller closes the files once QEMU has opened
+// its own. Where an open file has no path of its own (heldPath answers ""),
+// the images are left as they are, given to QEMU by their paths.
+func holdImages(images []Image, root string) (held []*os.File, err error) {
+	defer func() {
+		if err != nil {
+			closeAll(held)
+			held = nil
+		}
+	}()
+	var r *os.Root
+	if root != "" {
+		real, err := filepath.EvalSymlinks(root)
+		if err == nil {
+			r, err = os.OpenRoot(real)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the images root %q: %w", root, err)
+		}
+		defer r.Close()
+		root = real
+	}
+	for i := range images {
+		im := &images[i]
+		var f *os.File
+		if r != nil {
+			rel, rerr := filepath.Rel(root, im.Path)
+			if rerr != nil || !filepath.IsLocal(rel) {
+				return held, fmt.Errorf("vm.Images[%d] %q is outside the images root", i, im.Path)
+			}
+			f, err = r.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		} else {
+			f, err = os.OpenFile(im.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		}
+		if err != nil {
+			if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return held, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
+		}
+		held = append(held, f)
+		replaced := fmt.Errorf("vm.Images[%d] %q was replaced by another file (a folder on its path renamed, or a link put there) while the VM started: it is not started", i, im.Path)
+		if p, ok := openedPath(f); ok && p != im.Path {
+			return held, replaced
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			return held, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			if r != nil {
+				if err := confinedFile(im.Path, f); err != nil {
+					return held, fmt.Errorf("vm.Images[%d] %q: %w", i, im.Path, err)
+				}
+			}
+		case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
+		default:
+			return held, replaced
+		}
+		im.held = heldPath(f)
+	}
+	return held, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // qemuEscape doubles commas, QEMU's way to put one inside an option value;
@@ -292,7 +398,11 @@ func QEMUArgs(vm *VM, h Host) []string {
 	for i, im := range vm.Images {
 		// QEMU is told the format, by the image's name (never probed:
 		// see hostpath.FormatOf).
-		drive := "file=" + qemuEscape(im.Path) + ",format=" + hostpath.FormatOf(im.Path) + fmt.Sprintf(",id=drive%d", i)
+		file := im.Path
+		if im.held != "" {
+			file = im.held
+		}
+		drive := "file=" + qemuEscape(file) + ",format=" + hostpath.FormatOf(im.Path) + fmt.Sprintf(",id=drive%d", i)
 		if im.Cdrom {
 			drive += ",media=cdrom,readonly=on,if=ide"
 		} else {

@@ -59,8 +59,11 @@ func TestE2E_SeedScenario(t *testing.T) {
 	pid := started.PID
 	t.Logf("start: %s", pkg.Commands[3].Output)
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !bytes.Contains(cmdline, []byte(img.HostPath)) {
-		t.Errorf("qemu's command line %q does not name the image", cmdline)
+	// QEMU is given the agent's open file of the image (/proc/PID/fd/N):
+	// the image must be among the files it has open.
+	if !holds(pid, img.HostPath) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		t.Errorf("qemu (command line %q) does not have the image %s open", cmdline, img.HostPath)
 	}
 
 	st := b.status(t, "vm1")
@@ -333,6 +336,22 @@ func decode(t *testing.T, raw json.RawMessage, v any) {
 }
 
 // alive reports whether pid runs (a zombie does not).
+// holds reports whether process pid has the file path open.
+func holds(pid int, path string) bool {
+	want, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if fi, err := os.Stat(filepath.Join(dir, e.Name())); err == nil && os.SameFile(fi, want) {
+			return true
+		}
+	}
+	return false
+}
+
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -507,6 +507,13 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	if err := oneFileOneDisk(vm.Images); err != nil {
 		return nil, err
 	}
+	// Held open until QEMU has opened them (awaitQMP), and given to it so:
+	// what it opens is what was judged.
+	held, err := holdImages(vm.Images, e.opts.ImagesRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(held)
 	qemu := e.opts.QEMU
 	if qemu == "" {
 		qemu = "qemu-system-x86_64"
