@@ -87,7 +87,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) (err error) {
 		}
 	}
 	for flag, dir := range map[string]string{"state-dir": *stateDir, "unit-dir": *unitDir} {
-		if _, err := agentcmd.Folder(flag, dir); dir != "" && err != nil {
+		if dir == "" && flag == "unit-dir" {
+			continue // the default: $XDG_CONFIG_HOME/systemd/user
+		}
+		if _, err := agentcmd.Folder(flag, dir); err != nil {
 			return err
 		}
 	}

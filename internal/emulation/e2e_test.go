@@ -719,6 +719,8 @@ func TestAgents_UsageErrors(t *testing.T) {
 		{[]string{"sa-emulation", "-url", "http://x", "-state-dir", notDir}, "-state-dir: " + notDir + " is not a folder"},
 		{[]string{"sa-emulation", "-url", "http://x", "-supervisor", "systemd", "-unit-dir", notDir}, "-unit-dir: " + notDir + " is not a folder"},
 		{[]string{"sa-host-path", "-url", "http://x", "-root", notDir}, "-root: " + notDir + " is not a folder"},
+		{[]string{"sa-host-path", "-url", "http://x", "-root", ""}, "-root is empty"},
+		{[]string{"sa-emulation", "-url", "http://x", "-state-dir", ""}, "-state-dir is empty"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			cmd := exec.Command(filepath.Join(bin, c.args[0]), c.args[1:]...)

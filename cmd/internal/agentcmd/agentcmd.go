@@ -82,8 +82,13 @@ func Usagef(format string, args ...any) error {
 
 // Folder checks the folder a flag names: one not there yet is no mistake
 // (the agent makes it, or another agent does), but anything else of that
-// name is a usage error naming the flag. exists says whether it is there.
+// name is a usage error naming the flag, as is an empty one (-root "",
+// a variable that was not set), which names no folder. exists says whether
+// it is there.
 func Folder(flag, path string) (exists bool, err error) {
+	if path == "" {
+		return false, Usagef("-%s is empty: give it a folder", flag)
+	}
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
