@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,6 +148,8 @@ func FuzzQMP(f *testing.F) {
 		{greeting, strings.Repeat("x", 70000)},
 		{greeting, `{"return": [], "id": "$ID"}`},
 		{greeting, `{"id": "$ID"}`},
+		// The late answer to another command comes first: not the status.
+		{greeting, `{"return": {"status": "late", "running": true}, "id": "spin-1"}` + "\n" + `{"return": {"status": "running", "running": true}, "id": "$ID"}`},
 		// Two "return"s: the client keeps the last, as encoding/json does.
 		{greeting, `{"return": {"status": "a"}, "return": {"running": true}, "id": "$ID"}`},
 		// A greeting that answers the capabilities and the query before
@@ -164,7 +167,8 @@ func FuzzQMP(f *testing.F) {
 		}
 		defer l.Close()
 		var mu sync.Mutex
-		var sent []string // the replies as written, "$ID" replaced
+		var sent []string  // the replies as written, "$ID" replaced
+		var asked []string // the ids of the commands answered with them
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -190,6 +194,7 @@ func FuzzQMP(f *testing.F) {
 					r := strings.ReplaceAll(reply, "$ID", req.ID)
 					mu.Lock()
 					sent = append(sent, r)
+					asked = append(asked, req.ID)
 					mu.Unlock()
 					w.WriteString(r + "\n")
 				}
@@ -209,8 +214,8 @@ func FuzzQMP(f *testing.F) {
 			<-done
 			// The greeting's lines are the peer's too: it may answer ahead.
 			said := append([]string{greeting}, sent...)
-			if err == nil && !saidBy(*st, said) {
-				t.Fatalf("QueryStatus = %+v, which no line of %q says", *st, said)
+			if err == nil && !saidBy(*st, said, asked) {
+				t.Fatalf("QueryStatus = %+v, which no line of %q says as the answer to one of %q", *st, said, asked)
 			}
 		}
 		if d := time.Since(start); d > 4*timeout+time.Second {
@@ -219,9 +224,11 @@ func FuzzQMP(f *testing.F) {
 	})
 }
 
-// saidBy reports whether a line of the replies returns st (or, st being
-// the zero Status, an answer without one).
-func saidBy(st Status, replies []string) bool {
+// saidBy reports whether a line of the replies returns st as the answer
+// to one of the commands asked (by its id: an answer to another command,
+// or an event, is not the status), or, st being the zero Status, whether
+// nothing did.
+func saidBy(st Status, replies, asked []string) bool {
 	if st == (Status{}) {
 		return true
 	}
@@ -232,9 +239,12 @@ func saidBy(st Status, replies []string) bool {
 			// a *Status would merge the two objects.
 			var answer struct {
 				Return json.RawMessage `json:"return"`
+				Event  string          `json:"event"`
+				ID     any             `json:"id"`
 			}
 			var said Status
-			if json.Unmarshal([]byte(line), &answer) == nil && len(answer.Return) > 0 &&
+			if json.Unmarshal([]byte(line), &answer) == nil && len(answer.Return) > 0 && answer.Event == "" &&
+				slices.Contains(asked, fmt.Sprint(answer.ID)) && isString(answer.ID) &&
 				json.Unmarshal(answer.Return, &said) == nil && said == st {
 				return true
 			}
@@ -242,3 +252,5 @@ func saidBy(st Status, replies []string) bool {
 	}
 	return false
 }
+
+func isString(v any) bool { _, ok := v.(string); return ok }
