@@ -307,3 +307,29 @@ func TestCopyImage_Cancelled(t *testing.T) {
 		t.Errorf("the source of the cancelled move: %v", err)
 	}
 }
+
+// TestMoveImage_AcrossFileSystemsFromReadOnly: a move to another file
+// system copies, then removes the source. A source that cannot be removed
+// (its file system read-only) failed the move only once the copy was made,
+// and left it: the image in both volumes, a failed command, and space
+// taken that nobody asked for. The move is refused before it copies, and
+// the target is left as it was.
+func TestMoveImage_AcrossFileSystemsFromReadOnly(t *testing.T) {
+	s := open(t)
+	m := must{t}
+	m.out(s.AddVolume(ctx, AddVolume{Path: "a"}))
+	o := m.out(s.AddVolume(ctx, AddVolume{Path: "ro"}))
+	tmpfs(t, o.HostPath, "16m")
+	m.out(s.CreateImage(ctx, CreateImage{VolumePath: "ro", ImageName: "d.raw", ImageSize: 1}))
+	if out, err := exec.Command("mount", "-o", "remount,ro", o.HostPath).CombinedOutput(); err != nil {
+		t.Skipf("cannot remount the tmpfs read-only: %v: %s", err, out)
+	}
+	_, err := s.MoveImage(ctx, MoveImage{ImageName: "d.raw", Volume: "ro", TargetVolume: "a"})
+	wantErr(t, err, "read-only file system")
+	if _, err := os.Lstat(filepath.Join(s.Dir(), "a", "d.raw")); !os.IsNotExist(err) {
+		t.Errorf("a failed move left a copy in the target: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(o.HostPath, "d.raw")); err != nil {
+		t.Errorf("the source of a failed move: %v", err)
+	}
+}

@@ -264,14 +264,28 @@ func (s *Storage) moveFile(ctx context.Context, src, dst string, info imageInfo)
 	err = renameNoReplaceAt(j.dirfd(), j.name, int(to.Fd()), name)
 	switch {
 	case errors.Is(err, unix.EXDEV):
-		// The volumes are different file systems: copy, then remove.
+		// The volumes are different file systems: copy, then remove. A
+		// source whose name cannot be removed (a read-only file system,
+		// a folder the agent may not write) is refused before the copy,
+		// which would be left in the target, the image in both volumes
+		// and the move failed; one that fails all the same takes its
+		// copy back.
+		if err := unix.Faccessat(j.dirfd(), ".", unix.W_OK, 0); err != nil {
+			return fmt.Errorf("image %q cannot be moved to another file system: it cannot be removed from volume %q (%w), and would be left in both", src, filepath.Dir(src), err)
+		}
 		err = s.writeAtomically(dst, func(out *os.File) error {
 			return describeFile(j.f, src, copySparse(ctx, out, j.f, st.Size))
 		})
 		if err != nil {
 			return err
 		}
-		return j.remove()
+		if err := j.remove(); err != nil {
+			if _, rerr := s.removeImage(dst); rerr != nil {
+				return fmt.Errorf("%w; its copy %q is left: the move, run again once the source can be removed, finishes", err, dst)
+			}
+			return fmt.Errorf("%w; the image stays where it was, its copy in %q removed again", err, filepath.Dir(dst))
+		}
+		return nil
 	case errors.Is(err, unix.EEXIST):
 		return refused
 	case err != nil:
