@@ -270,9 +270,10 @@ func confinedFile(path string, f *os.File) error {
 // root (which follows no link out of it), found by the host at the path
 // judged (openedPath), of a kind QEMU is given, and, under an images root,
 // confined (confinedFile). The caller closes the files once QEMU has opened
-// its own. Where an open file has no path of its own (heldPath answers ""),
-// the images are left as they are, given to QEMU by their paths.
-func holdImages(images []Image, root string) (held []*os.File, err error) {
+// its own. Unless give says to, or where an open file has no path of its
+// own (heldPath answers ""), the images are left as they are, given to
+// QEMU by their paths.
+func holdImages(images []Image, root string, give bool) (held []*os.File, err error) {
 	defer func() {
 		if err != nil {
 			closeAll(held)
@@ -329,7 +330,9 @@ func holdImages(images []Image, root string) (held []*os.File, err error) {
 		default:
 			return held, replaced
 		}
-		im.held = heldPath(f)
+		if give {
+			im.held = heldPath(f)
+		}
 	}
 	return held, nil
 }

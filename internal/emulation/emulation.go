@@ -507,9 +507,14 @@ func (e *Emulator) Start(ctx context.Context, p ID) (any, error) {
 	if err := oneFileOneDisk(vm.Images); err != nil {
 		return nil, err
 	}
-	// Held open until QEMU has opened them (awaitQMP), and given to it so:
-	// what it opens is what was judged.
-	held, err := holdImages(vm.Images, e.opts.ImagesRoot)
+	// Held open until QEMU has opened them (awaitQMP), and given to it so
+	// when it is the agent's child: what it opens is what was judged. Not
+	// under systemd: its unit outlives this start, and an operator's
+	// `systemctl --user restart` would run QEMU on whatever /proc/PID/fd/N
+	// is by then (another VM's image, a log), so the unit names the images
+	// by their paths, judged as opened all the same.
+	_, child := e.sup.(*Process)
+	held, err := holdImages(vm.Images, e.opts.ImagesRoot, child)
 	if err != nil {
 		return nil, err
 	}

@@ -77,3 +77,50 @@ exit 1
 		t.Fatalf("QEMU opened %q, neither the image nor the file outside", got)
 	}
 }
+
+// TestStart_SystemdUnitNamesImagesByPath: a systemd unit outlives the
+// start that wrote it: an operator's `systemctl --user restart` runs its
+// ExecStart again, after the agent closed the files it held for QEMU (or
+// exited). A unit naming /proc/PID/fd/N would then give QEMU whatever that
+// number is by then, another VM's image or a log, or nothing. Under systemd
+// the unit names each image by its path, as it did.
+func TestStart_SystemdUnitNamesImagesByPath(t *testing.T) {
+	base := t.TempDir()
+	root := filepath.Join(base, "root")
+	if err := os.MkdirAll(filepath.Join(root, "v"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "v", "disk.raw"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	units := filepath.Join(base, "units")
+	if err := os.Mkdir(units, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fake := filepath.Join(base, "systemctl")
+	// The VM is not running, daemon-reload works, and start fails.
+	script := "#!/bin/sh\ncase \"$2\" in daemon-reload) exit 0;; is-active) echo inactive; exit 3;; esac\nexit 1\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sup := &Systemd{unitDir: units, systemctl: fake, log: quiet()}
+	e, err := New(Options{StateDir: filepath.Join(base, "state"), ImagesRoot: root, QEMU: "/bin/true", Supervisor: sup, Accel: "tcg", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	vm := &VM{Name: "v", Cpus: 1, Memory: 64, Images: []Image{{Path: "disk.raw", Volume: "v"}}}
+	if _, err := e.WriteConfig(ctx, WriteConfig{ID: "vm1", VM: vm}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Start(ctx, ID{ID: "vm1"}); err == nil {
+		t.Fatal("start succeeded with a systemctl that cannot start")
+	}
+	unit, err := os.ReadFile(filepath.Join(units, UnitName("vm1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(unit), "/proc/") || !strings.Contains(string(unit), filepath.Join(root, "v", "disk.raw")) {
+		t.Errorf("the unit does not name the image by its path:\n%s", unit)
+	}
+}
