@@ -312,6 +312,44 @@ func TestDB_Release(t *testing.T) {
 	}
 }
 
+// TestDB_ReleaseInCancelledPackage: a command whose package a client
+// cancelled while its lease was being taken is not put back to be
+// delivered again when its answer goes unread: it is cancelled, as the
+// cancel would have made it had it still been ready, and what waits on it
+// in another package is cancelled with it. Put back, it was ready in a
+// cancelled package, and the next poll delivered it.
+func TestDB_ReleaseInCancelledPackage(t *testing.T) {
+	db, _ := open(t)
+	p := enqueue(t, db, cmd("r", "a"), cmd("r", "b"))
+	c := mustNext(t, db, "r")
+	dep := enqueue(t, db, cmd("s", "later", c.ID))
+	if _, err := db.CancelPackage(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Release(ctx, []spinbroker.Command{*c}); err != nil {
+		t.Fatal(err)
+	}
+	got := wantState(t, db, c.ID, spinbroker.Cancelled)
+	if got.Attempts != 0 || deref(got.Reason) != "package cancelled" || got.FinishedAt == nil || got.LeaseExpiresAt != nil {
+		t.Fatalf("released in a cancelled package: %d attempts, reason %q, finished %v, lease until %v",
+			got.Attempts, deref(got.Reason), got.FinishedAt, got.LeaseExpiresAt)
+	}
+	if again := next(t, db, "r"); again != nil {
+		t.Fatalf("delivered %s (%s) of a cancelled package", again.ID, again.Action)
+	}
+	wantState(t, db, dep.Commands[0].ID, spinbroker.Cancelled)
+	if pkg := getPkg(t, db, p.ID); pkg.State != spinbroker.PackageCancelled || pkg.Counts.Cancelled != 2 {
+		t.Fatalf("package %s, counts %+v", pkg.State, pkg.Counts)
+	}
+	if pkg := getPkg(t, db, dep.ID); pkg.State != spinbroker.PackageFailed {
+		t.Fatalf("the dependent's package is %s, want failed", pkg.State)
+	}
+	cons, err := db.CheckConsistency(ctx)
+	if err != nil || !cons.OK() {
+		t.Fatalf("consistency: %+v %v", cons, err)
+	}
+}
+
 // TestDB_ClaimBoundedByBytes: a claim leases commands until their
 // parameters and outputs pass spinbroker.ClaimBytes (the one that passes
 // it included, so that a claim always leases one):

@@ -265,7 +265,10 @@ func peek(q querier, resource string, now int64) (bool, time.Time, error) {
 // next or a claim whose client went away while its lease was being taken):
 // each is ready again at its place, as if never leased, its attempt not
 // counted, so that the queue need not wait for the lease to run out. One
-// whose lease has moved on (settled, completed) is left alone.
+// whose lease has moved on (settled, completed) is left alone. One whose
+// package a client cancelled while it was being leased is cancelled, as
+// the cancel would have done had it still been ready: put back, it was
+// delivered again from a cancelled package.
 func (db *DB) Release(ctx context.Context, cmds []spinbroker.Command) error {
 	return db.write(ctx, func(t *Tx) error {
 		for _, c := range cmds {
@@ -274,16 +277,38 @@ func (db *DB) Release(ctx context.Context, cmds []spinbroker.Command) error {
 			}
 			var pkg, resource string
 			var attempts int
-			err := t.queryRow(`UPDATE commands SET state = 'ready', attempts = attempts - 1,
-					lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, started_at = NULL, ready_at = ?1
+			var cancelled bool
+			err := t.queryRow(`SELECT p.cancelled_at IS NOT NULL FROM commands c
+				JOIN packages p ON p.id = c.package_id WHERE c.id = ?`, c.ID).Scan(&cancelled)
+			if isNoRows(err) {
+				continue // deleted since
+			} else if err != nil {
+				return err
+			}
+			err = t.queryRow(`UPDATE commands SET
+					state = CASE WHEN ?4 THEN 'cancelled' ELSE 'ready' END,
+					reason = CASE WHEN ?4 THEN 'package cancelled' ELSE reason END,
+					finished_at = CASE WHEN ?4 THEN ?1 END,
+					ready_at = CASE WHEN ?4 THEN NULL ELSE ?1 END,
+					attempts = attempts - 1, backoff_until = NULL,
+					lease_token = NULL, lease_ttl = NULL, lease_expires_at = NULL, started_at = NULL
 				WHERE id = ?2 AND state = 'leased' AND lease_token = ?3
-				RETURNING package_id, resource, attempts`, nanos(t.now), c.ID, c.Lease.Token).Scan(&pkg, &resource, &attempts)
+				RETURNING package_id, resource, attempts, state = 'cancelled'`,
+				nanos(t.now), c.ID, c.Lease.Token, cancelled).Scan(&pkg, &resource, &attempts, &cancelled)
 			if isNoRows(err) {
 				continue
 			} else if err != nil {
 				return err
 			}
-			t.change(c.ID, pkg, resource, spinbroker.Leased, spinbroker.Ready, attempts)
+			if !cancelled {
+				t.change(c.ID, pkg, resource, spinbroker.Leased, spinbroker.Ready, attempts)
+				continue
+			}
+			t.change(c.ID, pkg, resource, spinbroker.Leased, spinbroker.Cancelled, attempts)
+			t.commit.Packages = append(t.commit.Packages, pkg)
+			if err := t.cascade(c.ID, string(spinbroker.Cancelled)); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
