@@ -153,6 +153,42 @@ func TestLongPoll_WokenByDependency(t *testing.T) {
 	}
 }
 
+// TestLongPoll_WokenByDelayedDependent: a dependency's success that
+// leaves its dependent waiting only for its not_before wakes the
+// long-polls on the dependent's queue, so that they learn that time and
+// deliver it then. They slept on, until their wait ran out (up to a
+// minute) or the sweeper's next round: no transition told them.
+func TestLongPoll_WokenByDelayedDependent(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx := context.Background()
+	later := time.Now().Add(time.Second).UTC()
+	p, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{
+		{Key: "a", Resource: "first", Action: "a"},
+		{Resource: "second", Action: "b", Dependencies: []string{"a"}, NotBefore: &later},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := poll(ctx, t, "POST", srv.URL+"/queues/second/next?wait=60s", "")
+	waitFor(t, s, "second", 1)
+	a, _, err := db.Next(ctx, "first", 0)
+	if err != nil || a == nil {
+		t.Fatal(err)
+	}
+	ok := true
+	if _, err := db.Complete(ctx, a.ID, spinbroker.Result{Status: &ok, Lease: a.Lease.Token}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-res:
+		if r.status != 200 || !strings.Contains(r.body, p.Commands[1].ID) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the long-poll slept through the delay of a command its dependency's success left waiting only for it")
+	}
+}
+
 func TestLongPoll_TimesOut(t *testing.T) {
 	_, srv, _ := newTestServer(t)
 	r := <-poll(context.Background(), t, "POST", srv.URL+"/queues/idle/next?wait=300ms", "")

@@ -375,7 +375,7 @@ const qRelease = `UPDATE commands SET
 		state = CASE WHEN pending_deps = 1 AND coalesce(not_before, 0) <= ?1 THEN 'ready' ELSE 'blocked' END,
 		ready_at = CASE WHEN pending_deps = 1 AND coalesce(not_before, 0) <= ?1 THEN ?1 END
 	WHERE id IN (SELECT command_id FROM command_deps WHERE depends_on = ?2) AND state = 'blocked'
-	RETURNING id, package_id, resource, state`
+	RETURNING id, package_id, resource, state, pending_deps`
 
 // release counts a success against the commands that depend on id; those
 // with nothing left to wait for become ready at their original positions in
@@ -388,11 +388,20 @@ func (t *Tx) release(id string) error {
 	defer rows.Close()
 	for rows.Next() {
 		var cid, pkg, resource, state string
-		if err := rows.Scan(&cid, &pkg, &resource, &state); err != nil {
+		var pending int
+		if err := rows.Scan(&cid, &pkg, &resource, &state, &pending); err != nil {
 			return err
 		}
-		if state == string(spinbroker.Ready) {
+		switch {
+		case state == string(spinbroker.Ready):
 			t.change(cid, pkg, resource, spinbroker.Blocked, spinbroker.Ready, 0)
+		case pending == 0 && !slices.Contains(t.commit.Queues, resource):
+			// Still blocked: it now waits only for its not_before,
+			// a time the long-polls on its queue must learn, or they
+			// sleep through it (until their wait runs out or the
+			// sweeper's next round). Nothing moved, but what the queue
+			// will deliver did.
+			t.commit.Queues = append(t.commit.Queues, resource)
 		}
 	}
 	return rows.Err()
