@@ -146,6 +146,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		{4, "retry", m.opRetry},
 		{3, "queue", m.opQueue},
 		{3, "heartbeat", m.opHeartbeat},
+		{2, "release", m.opRelease},
 		{2, "delete", m.opDelete},
 		{2, "sweep", m.opSweep},
 		{1, "sweep-retained", m.opSweepRetained},
@@ -748,6 +749,14 @@ func (m *model) opTick() {
 
 func (m *model) opCancel() {
 	id := m.pick(m.order, func(string) bool { return true })
+	if m.rnd.IntN(2) == 0 {
+		// Half the time, one with a command leased if there is one: its
+		// agent's result, its lease running out or its release come
+		// after the cancel.
+		if c := m.leasedCmd(); c != nil {
+			id = c.pkg
+		}
+	}
 	if id == "" {
 		return
 	}
@@ -778,6 +787,51 @@ func (m *model) opCancel() {
 			m.cascade(cid)
 		}
 	}
+}
+
+// opRelease puts back a leased command as the server does for an answer
+// its client left unread: ready again, its attempt not counted, unless a
+// client cancelled its package meanwhile (then cancelled, with its
+// cascade). Now and then the lease it names is stale, and nothing moves.
+func (m *model) opRelease() {
+	c := m.leasedCmd()
+	if c == nil {
+		return
+	}
+	// Half the time, one of a cancelled package if there is one: the
+	// cancel that lands between a lease and its release.
+	if m.rnd.IntN(2) == 0 {
+		if id := m.pick(m.cmdIDs(), func(id string) bool {
+			return m.cmds[id].state == spinbroker.Leased && m.pkgs[m.cmds[id].pkg].cancelled
+		}); id != "" {
+			c = m.cmds[id]
+		}
+	}
+	token, stale := c.token, m.rnd.IntN(6) == 0
+	if stale {
+		token = "stale-token"
+	}
+	err := m.db.Release(ctx, []spinbroker.Command{{ID: c.id, Lease: &spinbroker.Lease{Token: token}}})
+	m.logf("release %s stale=%v → %v", short(c.id), stale, err)
+	if err != nil {
+		m.t.Errorf("release: %v", err)
+		return
+	}
+	if stale {
+		return
+	}
+	c.token = ""
+	c.attempts--
+	m.delivered[c.id]--
+	if !m.pkgs[c.pkg].cancelled {
+		c.state = spinbroker.Ready
+		return
+	}
+	c.state = spinbroker.Cancelled
+	c.reason = "package cancelled"
+	c.cancelledBy = ""
+	c.finishedAt = m.now()
+	m.cascade(c.id)
 }
 
 func (m *model) opRetry() {
@@ -951,6 +1005,22 @@ func (m *model) deleteModel(id string) {
 			queue = append(queue, cid)
 		}
 	}
+	// Those a cascade had cancelled already that also wait on one of its
+	// commands that did not succeed now name it: deleted, it can never
+	// succeed, so a retry of what cancelled them leaves them cancelled.
+	for _, cid := range m.cmdIDs() {
+		c := m.cmds[cid]
+		if inPkg[cid] || c.state != spinbroker.Cancelled || c.cancelledBy == "" || inPkg[c.cancelledBy] {
+			continue
+		}
+		for _, d := range c.deps {
+			if inPkg[d] && m.cmds[d].state != spinbroker.Succeeded {
+				c.cancelledBy = d
+				c.reason = "dependency " + d + " deleted"
+				break
+			}
+		}
+	}
 	for _, cid := range pkg.cmds {
 		delete(m.cmds, cid)
 		delete(m.results, cid)
@@ -980,6 +1050,14 @@ func (m *model) opSweepRetained() {
 		return
 	}
 	m.settle("")
+	// A package a client cancelled finished when it was cancelled (its
+	// finished_at): once the sweep has settled the leases it still had,
+	// it goes too.
+	for _, id := range m.order {
+		if p := m.pkgs[id]; p.cancelled && !slices.Contains(gone, id) && m.allTerminal(p) {
+			gone = append(gone, id)
+		}
+	}
 	if res.RetainedDeleted != len(gone) {
 		m.t.Errorf("sweep deleted %d packages, the model %d", res.RetainedDeleted, len(gone))
 	}
