@@ -228,6 +228,36 @@ func TestLongPoll_WokenByLeaseExpiry(t *testing.T) {
 	}
 }
 
+// TestLongPoll_WokenByShortenedLease: a heartbeat whose extend brings a
+// lease's end closer than it was wakes the long-polls on its queue, which
+// learn the new time and redeliver the command when it runs out. They
+// slept until the end the lease had had (a minute here), their wait, or
+// the sweeper's next round: a heartbeat recorded no change.
+func TestLongPoll_WokenByShortenedLease(t *testing.T) {
+	s, srv, db := newTestServer(t)
+	ctx := context.Background()
+	if _, _, err := db.CreatePackage(ctx, spinbroker.NewPackage{Enqueue: true, Commands: []spinbroker.NewCommand{{Resource: "short", Action: "x"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	first, _, err := db.Next(ctx, "short", time.Minute)
+	if err != nil || first == nil {
+		t.Fatal(err)
+	}
+	res := poll(ctx, t, "POST", srv.URL+"/queues/short/next?wait=60s", "")
+	waitFor(t, s, "short", 1)
+	if _, err := db.Heartbeat(ctx, first.ID, first.Lease.Token, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-res:
+		if r.status != 200 || !strings.Contains(r.body, first.ID) || !strings.Contains(r.body, `"attempts":2`) {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the long-poll slept through the end of a lease a heartbeat had shortened")
+	}
+}
+
 func TestLongPoll_AbandonedIsReleased(t *testing.T) {
 	s, srv, db := newTestServer(t)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -597,10 +597,13 @@ func (db *DB) Heartbeat(ctx context.Context, id, token string, extend time.Durat
 		ext = int64(extend)
 	}
 	err = db.write(ctx, func(t *Tx) error {
-		var n int64
-		err := t.queryRow(`UPDATE commands SET lease_expires_at = ?1 + coalesce(?2, lease_ttl)
-			WHERE id = ?3 AND state = 'leased' AND lease_token = ?4
-			RETURNING lease_expires_at`, nanos(t.now), ext, id, token).Scan(&n)
+		var n, was int64
+		var resource string
+		err := t.queryRow(`SELECT lease_expires_at FROM commands WHERE id = ? AND state = 'leased' AND lease_token = ?`, id, token).Scan(&was)
+		if err == nil {
+			err = t.queryRow(`UPDATE commands SET lease_expires_at = ?1 + coalesce(?2, lease_ttl)
+				WHERE id = ?3 RETURNING lease_expires_at, resource`, nanos(t.now), ext, id).Scan(&n, &resource)
+		}
 		if isNoRows(err) {
 			var one int
 			if err := t.queryRow(`SELECT 1 FROM commands WHERE id = ?`, id).Scan(&one); isNoRows(err) {
@@ -609,6 +612,13 @@ func (db *DB) Heartbeat(ctx context.Context, id, token string, extend time.Durat
 			return spinbroker.Errorf(spinbroker.ESTALE, "lease %s is not the current lease of command %s", spinbroker.Truncate(token, 40), id)
 		} else if err != nil {
 			return err
+		}
+		if n < was {
+			// The lease now runs out sooner than the long-polls on its
+			// queue were told: they must learn the new time, or they
+			// sleep through it (until their wait ends or the sweeper's
+			// next round).
+			t.commit.Queues = append(t.commit.Queues, resource)
 		}
 		exp = fromNanos(n)
 		return nil
