@@ -869,6 +869,14 @@ func (db *DB) DeletePackage(ctx context.Context, pkgID string) error {
 		} else if err != nil {
 			return err
 		}
+		if state == string(spinbroker.PackageCancelled) && open > 0 {
+			// What is left are leases; those run out are settled here,
+			// as the refusal below promises, not at the sweeper's next
+			// round.
+			if open, err = t.settlePackageLeases(pkgID); err != nil {
+				return err
+			}
+		}
 		if state != string(spinbroker.PackageStaging) && open > 0 {
 			unfinished := fmt.Sprintf("%d unfinished commands", open)
 			if open == 1 {
@@ -882,6 +890,40 @@ func (db *DB) DeletePackage(ctx context.Context, pkgID string) error {
 		}
 		return t.deletePackage(pkgID)
 	})
+}
+
+// settlePackageLeases settles the expired leases of package pkgID's
+// commands, on every queue they are in, and answers how many of its
+// commands are left unfinished.
+func (t *Tx) settlePackageLeases(pkgID string) (int, error) {
+	rows, err := t.query(`SELECT DISTINCT resource FROM commands
+		WHERE package_id = ? AND state = 'leased' AND lease_expires_at <= ?`, pkgID, nanos(t.now))
+	if err != nil {
+		return 0, err
+	}
+	var resources []string
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		resources = append(resources, r)
+	}
+	if err := endRows(rows); err != nil {
+		return 0, err
+	}
+	for _, r := range resources {
+		if _, err := t.settleExpired(r); err != nil {
+			return 0, err
+		}
+	}
+	// From the rows: the counts of the package's row are brought up to
+	// date with the transaction's changes only as it ends.
+	var open int
+	err = t.queryRow(`SELECT count(*) FROM commands
+		WHERE package_id = ? AND state IN ('blocked', 'ready', 'leased')`, pkgID).Scan(&open)
+	return open, err
 }
 
 // qHoldDeleted names, on the commands of other packages that a cascade had

@@ -509,6 +509,31 @@ func TestDB_DeletePackage(t *testing.T) {
 	wantCode(t, db.DeletePackage(ctx, running.ID), spinbroker.ENOTFOUND)
 }
 
+// TestDB_DeletePackage_CancelledLeaseRunOut: a cancelled package whose
+// last lease has run out can be deleted at once, as the 409 before said
+// ("once … their leases expire"): the delete settles the expired lease
+// itself. It was refused until the sweeper's next round, or a poll on
+// that queue, had settled it.
+func TestDB_DeletePackage_CancelledLeaseRunOut(t *testing.T) {
+	db, clock := open(t)
+	p := enqueue(t, db, cmd("r", "x"), cmd("r", "y"))
+	x := mustNext(t, db, "r")
+	if _, err := db.CancelPackage(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, db.DeletePackage(ctx, p.ID), spinbroker.ECONFLICT)
+	clock.Add(x.LeaseExpiresAt.Sub(clock.Now()) + time.Second)
+	if err := db.DeletePackage(ctx, p.ID); err != nil {
+		t.Fatalf("delete of a cancelled package whose lease ran out: %v", err)
+	}
+	_, err := db.Package(ctx, p.ID)
+	wantCode(t, err, spinbroker.ENOTFOUND)
+	cons, err := db.CheckConsistency(ctx)
+	if err != nil || !cons.OK() {
+		t.Fatalf("consistency: %+v %v", cons, err)
+	}
+}
+
 // TestDB_DeletePackage_DependentCancelledBefore: a command already
 // cancelled by another dependency's failure when a package it also waits
 // on is deleted, that command not having succeeded, is never run by a
