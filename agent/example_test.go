@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/agent"
 	"github.com/spin-broker/spinbroker/client"
 )
@@ -126,4 +127,35 @@ func ExampleValidator() {
 	fmt.Println(err)
 	// Output:
 	// invalid parameter "mtu": must be from 68 to 9000, not 1
+}
+
+// Stop is the parameters of a stop action: an optional duration, and
+// nested structs.
+type Stop struct {
+	ID      string               `json:"id" spin:"required"`
+	Timeout *spinbroker.Duration `json:"timeout"` // nil when not given
+	Disks   []struct {
+		Path string `json:"path" spin:"required"`
+	} `json:"disks"`
+}
+
+// Parameters decode into nested structs, a pointer tells a field left out
+// from its zero value, and a spinbroker.Duration takes a duration string
+// as API.md writes them (a time.Duration would want nanoseconds). A
+// required field is required at any depth.
+func ExampleDecode() {
+	var p Stop
+	err := agent.Decode(json.RawMessage(`{"id": "vm1", "timeout": "90s", "disks": [{"path": "a.raw"}]}`), &p)
+	fmt.Println(p.ID, p.Timeout.D(), p.Disks[0].Path, err)
+
+	p = Stop{}
+	err = agent.Decode(json.RawMessage(`{"id": "vm1"}`), &p)
+	fmt.Println(p.Timeout == nil, err)
+
+	err = agent.Decode(json.RawMessage(`{"id": "vm1", "disks": [{"path": "a.raw"}, {}]}`), &p)
+	fmt.Println(err)
+	// Output:
+	// vm1 1m30s a.raw <nil>
+	// true <nil>
+	// invalid parameter "disks[1].path": required parameter is missing
 }

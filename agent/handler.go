@@ -34,6 +34,10 @@ func (h Handler) Action() string { return h.action }
 // must be present and not null, and a P (or *P) with a Validate() error
 // method is validated after decoding. Parameters that do not decode, miss a
 // required field or fail validation fail the command without running fn.
+// A field left out keeps its zero value: make it a pointer to tell "not
+// given" from zero. A duration is a spinbroker.Duration, which takes a
+// string such as "30s", as API.md writes every duration; a time.Duration
+// takes only an integer of nanoseconds, and refuses "30s".
 // A nil fn, or a P that no JSON object decodes into (an int, a slice),
 // makes a Handler that Run refuses to start with.
 func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)) Handler {
@@ -237,6 +241,11 @@ func decodeError(err error) error {
 		return pe
 	case errors.As(err, &te):
 		problem := fmt.Sprintf("want %s, got a JSON %s", typeWord(te.Type), te.Value)
+		if te.Type == reflect.TypeFor[time.Duration]() && te.Value == "string" {
+			// API.md writes durations as strings: the client followed
+			// it, and the agent's type is what to change.
+			problem += ` (the agent declares a time.Duration, which JSON gives in nanoseconds; to take a duration string such as "30s", it declares a spinbroker.Duration)`
+		}
 		if num, ok := strings.CutPrefix(te.Value, "number "); ok && te.Type != nil && isWhole(num) {
 			// (A negative one for an unsigned type keeps "want a
 			// non-negative integer", and one in range was refused for
@@ -269,6 +278,9 @@ func typeWord(t reflect.Type) string {
 	}
 	if t == reflect.TypeFor[spinbroker.Duration]() {
 		return `a duration string such as "30s"`
+	}
+	if t == reflect.TypeFor[time.Duration]() {
+		return "an integer of nanoseconds"
 	}
 	switch t.Kind() {
 	case reflect.Bool:

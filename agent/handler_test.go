@@ -130,6 +130,38 @@ func TestDecode_Values(t *testing.T) {
 	}
 }
 
+// A time.Duration parameter decodes only an integer of nanoseconds, as
+// encoding/json has it, while API.md writes every duration as a string
+// ("30s"): a command that gives one to an agent that declared a
+// time.Duration must not fail with a bare "want an integer", which leaves
+// both the client and the agent's author guessing; the reason says that
+// the agent's type takes nanoseconds and what takes "30s".
+func TestDecode_TimeDurationSaysWhatTakesAString(t *testing.T) {
+	type job struct {
+		Every time.Duration `json:"every"`
+	}
+	var p struct {
+		Jobs []job `json:"jobs"`
+	}
+	err := Decode(json.RawMessage(`{"jobs":[{"every":"5m"}]}`), &p)
+	var pe *ParamError
+	if !errors.As(err, &pe) {
+		t.Fatalf("Decode = %v, want a *ParamError", err)
+	}
+	if pe.Field != "jobs[0].every" {
+		t.Errorf("Field = %q, want jobs[0].every", pe.Field)
+	}
+	for _, want := range []string{"nanoseconds", "time.Duration", "spinbroker.Duration", "got a JSON string"} {
+		if !strings.Contains(pe.Problem, want) {
+			t.Errorf("Problem = %q, want it to say %q", pe.Problem, want)
+		}
+	}
+	// An integer of nanoseconds still decodes, as it always has.
+	if err := Decode(json.RawMessage(`{"jobs":[{"every":300000000000}]}`), &p); err != nil || p.Jobs[0].Every != 5*time.Minute {
+		t.Errorf("Decode of nanoseconds = %v, %v; want 5m0s", err, p.Jobs)
+	}
+}
+
 // A parameter type that is itself a pointer still gets validated.
 func TestDecode_PointerParams(t *testing.T) {
 	var p *params
