@@ -101,8 +101,16 @@ func fromObject(t reflect.Type) bool {
 // its work). Without one a handler may run for ever, its lease kept alive
 // by heartbeats, and a queue that runs one command at a time waits behind
 // it (a stuck mount, a wedged program). The handler must return once its
-// context is done: one that ignores it is not stopped.
+// context is done: one that ignores it is not stopped. A d of zero or less
+// makes a Handler that Run refuses to start with: every command would time
+// out as it began.
 func (h Handler) WithTimeout(d time.Duration) Handler {
+	if h.bad != nil || h.run == nil {
+		return h // Run refuses it already, and says why
+	}
+	if d <= 0 {
+		return refused(h.action, fmt.Errorf("agent: the time limit of action %q must be positive, not %s (without WithTimeout a handler has none)", h.action, d))
+	}
 	run := h.run
 	h.run = func(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
 		limit := &timeoutError{d: d}

@@ -1702,3 +1702,41 @@ func TestRun_LeaseExpiredAfterHandlerReturned(t *testing.T) {
 		})
 	}
 }
+
+// TestRun_NonPositiveTimeout: WithTimeout(0) (a limit read from a setting
+// left unset) or a negative one would cancel the handler's context as it
+// starts, so that every command of the action failed "timed out after 0s",
+// for a retry, until its attempts were spent: Run refuses to start with it,
+// naming the action and the limit, as it does with a nil handler function.
+func TestRun_NonPositiveTimeout(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waits := agent.Handle("resize", func(ctx context.Context, p struct{}) (any, error) {
+		<-ctx.Done() // a handler that honours its context, as it should
+		return nil, context.Cause(ctx)
+	})
+	for _, d := range []time.Duration{0, -time.Second} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		h := waits.WithTimeout(d)
+		err = agent.Run(ctx, c, "test", []agent.Handler{greeter(nil), h}, agent.Options{Logger: quietLogger()})
+		if err == nil || !strings.Contains(err.Error(), `"resize"`) || !strings.Contains(err.Error(), d.String()) {
+			t.Errorf("Run with WithTimeout(%s) returned %v, want an error naming the action and the limit", d, err)
+		}
+		if ctx.Err() != nil {
+			t.Errorf("Run with WithTimeout(%s) ran until its context ended before refusing: %v", d, err)
+		}
+		cancel()
+		if _, err := h.Call(context.Background(), nil); err == nil || agent.IsTransient(err) || !strings.Contains(err.Error(), `"resize"`) {
+			t.Errorf("Call with WithTimeout(%s) = %v, want the refusal", d, err)
+		}
+	}
+	// A Handler not made by Handle is refused as one, a time limit or not.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err = agent.Run(ctx, c, "test", []agent.Handler{greeter(nil), agent.Handler{}.WithTimeout(time.Minute)}, agent.Options{Logger: quietLogger()})
+	if err == nil || !strings.Contains(err.Error(), "made with Handle") {
+		t.Errorf("Run with Handler{}.WithTimeout(1m) returned %v, want it refused as not made by Handle", err)
+	}
+}
