@@ -535,9 +535,30 @@ func isNull(raw json.RawMessage) bool {
 	return bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
 }
 
-// errOutput is the reason of a command whose handler returned an output
-// that is not a JSON object: a bug in the agent, reported as one.
-var errOutput = errors.New("the handler's output is not a JSON object")
+// outputError is the reason of a command whose handler returned an output
+// that is not a JSON object: a bug in the agent, reported as one, with what
+// the output was.
+func outputError(out any, b []byte) error {
+	kind := "a JSON value"
+	switch b[0] {
+	case '"':
+		kind = "a JSON string"
+	case '[':
+		kind = "a JSON array"
+	case 't', 'f':
+		kind = "a JSON boolean"
+	default:
+		if b[0] == '-' || b[0] >= '0' && b[0] <= '9' {
+			kind = "a JSON number"
+		}
+	}
+	if reflect.TypeOf(out) == reflect.TypeFor[[]byte]() {
+		// The bytes of a program's JSON (exec.Cmd.Output): encoding/json
+		// writes a []byte in base64.
+		return fmt.Errorf("the handler's output is not a JSON object: a []byte encodes to %s (base64); return a json.RawMessage for bytes that hold JSON", kind)
+	}
+	return fmt.Errorf("the handler's output is not a JSON object: a %T encodes to %s", out, kind)
+}
 
 // encodeOutput marshals a handler's output, which must be a JSON object or
 // nil.
@@ -553,7 +574,10 @@ func encodeOutput(out any) (json.RawMessage, error) {
 		return nil, nil
 	}
 	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
-		return nil, errOutput
+		if len(t) == 0 {
+			return nil, fmt.Errorf("the handler's output is not a JSON object: a %T encodes to nothing", out)
+		}
+		return nil, outputError(out, t)
 	}
 	return b, nil
 }

@@ -331,3 +331,38 @@ func TestBackoff_Bounds(t *testing.T) {
 		}
 	}
 }
+
+// TestHandle_OutputNotObjectSaysWhat: an output that is not a JSON object
+// fails its command with a reason that says what the output was, so that
+// the agent's author sees the mistake. The likeliest one is the bytes of a
+// program's JSON (exec.Cmd.Output), which encoding/json writes as a base64
+// string: "not a JSON object" alone reads as false about a JSON object.
+func TestHandle_OutputNotObjectSaysWhat(t *testing.T) {
+	for _, c := range []struct {
+		out  any
+		want []string
+	}{
+		{[]byte(`{"size": 1}`), []string{"[]byte", "a JSON string", "json.RawMessage"}},
+		{[]int{1}, []string{"[]int", "a JSON array"}},
+		{"done", []string{"string", "a JSON string"}},
+		{3.5, []string{"float64", "a JSON number"}},
+		{true, []string{"bool", "a JSON boolean"}},
+	} {
+		h := Handle("run", func(ctx context.Context, p struct{}) (any, error) { return c.out, nil })
+		_, err := h.Call(context.Background(), nil)
+		if err == nil || !strings.HasPrefix(err.Error(), "the handler's output is not a JSON object") {
+			t.Errorf("output %#v: %v, want it refused as no JSON object", c.out, err)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("output %#v: %q does not say %q", c.out, err, w)
+			}
+		}
+	}
+	// The bytes of a JSON object as a json.RawMessage are the output.
+	h := Handle("run", func(ctx context.Context, p struct{}) (any, error) { return json.RawMessage(`{"size": 1}`), nil })
+	if out, err := h.Call(context.Background(), nil); err != nil || string(out) != `{"size":1}` && string(out) != `{"size": 1}` {
+		t.Errorf("json.RawMessage output: %s, %v", out, err)
+	}
+}

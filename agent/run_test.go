@@ -291,7 +291,7 @@ func TestRun_ErrorsAndPanics(t *testing.T) {
 	}{
 		{spinbroker.Failed, "disk full", 1},
 		{spinbroker.Failed, "agent error: the handler panicked: out of cheese", 1},
-		{spinbroker.Failed, "the handler's output is not a JSON object", 1},
+		{spinbroker.Failed, "the handler's output is not a JSON object: a []int encodes to a JSON array", 1},
 		{spinbroker.Succeeded, "", 2},
 		{spinbroker.Succeeded, "", 1},
 		{spinbroker.Failed, "the handler returned an error with no text (*errors.errorString)", 1},
