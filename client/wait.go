@@ -71,7 +71,10 @@ const (
 // WaitPackage waits until package id has finished (its State is
 // Terminal: succeeded, failed or cancelled) and returns it as last read.
 // When ctx ends first it returns the package as last read (nil if it was
-// never read) with ctx's error.
+// never read) with ctx's error. A package cancelled by a client is
+// returned as soon as it is cancelled, while the commands it had leased
+// (Counts.Leased) still run: their results are recorded when they finish,
+// and until then DeletePackage refuses the package (409).
 //
 // It follows the package's events (GET /events), opened before the first
 // read so that no change falls between the two, and reads the package
