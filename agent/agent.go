@@ -118,7 +118,8 @@ type Options struct {
 	// Logger receives the agent's log lines; slog.Default when nil.
 	Logger *slog.Logger
 	// Wait is how long one long-poll waits for a command (default 30s; the
-	// broker clamps it to 60s).
+	// broker clamps it to 60s, and the client to within the Timeout of
+	// its http.Client, if one is set).
 	Wait time.Duration
 	// Lease is the lease asked for each command; 0 leaves it to the
 	// command's own lease_duration, else the broker's 60s. The agent

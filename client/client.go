@@ -88,7 +88,8 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 var ErrTokenScheme = errors.New(`client: give the token without "Bearer ": the client adds it`)
 
 // WithHTTPClient uses hc instead of a default client (for TLS settings,
-// proxies or tests). Its Timeout must allow for long-poll waits. When its
+// proxies or tests). Its Timeout, if set, shortens the long-polls of Next
+// and Claim to within it, and cuts event streams (Events). When its
 // CheckRedirect is nil, the client uses a copy of hc whose CheckRedirect
 // stops a write that a redirect would turn into a GET (see RedirectError);
 // hc itself is not changed.
@@ -865,12 +866,25 @@ func (c *Client) SetQueue(ctx context.Context, resource string, s spinbroker.Que
 	return &q, nil
 }
 
+// longPoll is the wait to ask the broker for: wait, but within the HTTP
+// client's Timeout (with a quarter of it, at most 5s, left for the answer
+// to come back), which would otherwise cut an idle long-poll off as an
+// error, and a command leased as it struck would stay leased to no one.
+func (c *Client) longPoll(wait time.Duration) time.Duration {
+	t := c.hc.Timeout
+	if t <= 0 || wait <= 0 {
+		return wait
+	}
+	return min(wait, t-min(t/4, 5*time.Second))
+}
+
 // Next leases the next command of a queue, waiting up to wait (the broker
-// clamps it to 60s; 0 does not wait) for one, and blocks meanwhile; it
-// returns nil, nil when nothing came. lease 0 leaves the lease to the
-// command (else 60s). The command's Lease holds the token that Heartbeat
-// and Complete must send.
+// clamps it to 60s, and the client to within its HTTP client's Timeout; 0
+// does not wait) for one, and blocks meanwhile; it returns nil, nil when
+// nothing came. lease 0 leaves the lease to the command (else 60s). The
+// command's Lease holds the token that Heartbeat and Complete must send.
 func (c *Client) Next(ctx context.Context, resource string, wait, lease time.Duration) (*spinbroker.Command, error) {
+	wait = c.longPoll(wait)
 	q := url.Values{}
 	if wait > 0 {
 		q.Set("wait", wait.String())
@@ -890,9 +904,11 @@ func (c *Client) Next(ctx context.Context, resource string, wait, lease time.Dur
 // no more than the queue's concurrency lets be leased at once, and none
 // past the one whose parameters and outputs take the answer past
 // spinbroker.ClaimBytes (4 MiB), waiting up
-// to wait for the first and blocking meanwhile; it returns an empty slice
-// and a nil error when nothing came. Each command's Lease holds its token.
+// to wait for the first (within the HTTP client's Timeout, as Next) and
+// blocking meanwhile; it returns an empty slice and a nil error when
+// nothing came. Each command's Lease holds its token.
 func (c *Client) Claim(ctx context.Context, resource string, max int, wait, lease time.Duration) ([]spinbroker.Command, error) {
+	wait = c.longPoll(wait)
 	in := spinbroker.Claim{Max: max}
 	if wait > 0 {
 		d := spinbroker.Duration(wait)
