@@ -38,8 +38,10 @@ func (h Handler) Action() string { return h.action }
 // given" from zero. A duration is a spinbroker.Duration, which takes a
 // string such as "30s", as API.md writes every duration; a time.Duration
 // takes only an integer of nanoseconds, and refuses "30s".
-// A nil fn, or a P that no JSON object decodes into (an int, a slice),
-// makes a Handler that Run refuses to start with.
+// A nil fn, a P that no JSON object decodes into (an int, a slice), or a
+// P with a `spin` tag other than "required" at any depth (a typo, or the
+// API types' "nonempty", which Decode does not apply) makes a Handler that
+// Run refuses to start with.
 func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)) Handler {
 	if fn == nil {
 		// A field not set yet: Run refuses it rather than fail every
@@ -50,6 +52,11 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 		// Every command would fail "want an integer, got a JSON object",
 		// blaming its parameters for the handler's mistake.
 		return refused(action, fmt.Errorf("agent: the parameters of action %q cannot be a %s: they are a JSON object, so decode them into a struct or a map", action, t))
+	}
+	if field, tag, ok := unknownSpinTag(reflect.TypeFor[P](), "", map[reflect.Type]bool{}); ok {
+		// Decode would ignore it: a field meant to be required would
+		// reach fn as its zero value, without a word.
+		return refused(action, fmt.Errorf("agent: the parameters of action %q tag %s with spin:%q, which the agent does not know: it knows only spin:\"required\"", action, field, tag))
 	}
 	return Handler{action: action, run: func(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
 		var p P
@@ -63,6 +70,51 @@ func Handle[P any](action string, fn func(ctx context.Context, p P) (any, error)
 		return encodeOutput(out)
 	}}
 }
+
+// unknownSpinTag finds a field of t, at any depth, whose `spin` tag is
+// neither empty nor "required", and names it as a path ("vm.Disks[].path").
+// seen holds the types walked already, for a type that contains itself.
+func unknownSpinTag(t reflect.Type, prefix string, seen map[reflect.Type]bool) (field, tag string, ok bool) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if seen[t] || decodesItself(t) || t.PkgPath() == apiPkg {
+		// (The API's own types carry the broker's tags, which the broker
+		// applies: a parameter may hold a spinbroker.NewPackage.)
+		return "", "", false
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Slice, reflect.Array, reflect.Map:
+		return unknownSpinTag(t.Elem(), strings.TrimSuffix(prefix, ".")+"[].", seen)
+	case reflect.Struct:
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() && !f.Anonymous {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			if tag := f.Tag.Get("spin"); tag != "" && tag != "required" {
+				return prefix + name, tag, true
+			}
+			inner := prefix + name + "."
+			if f.Anonymous && f.Tag.Get("json") == "" {
+				inner = prefix // an embedded struct's fields are the outer one's
+			}
+			if field, tag, ok := unknownSpinTag(f.Type, inner, seen); ok {
+				return field, tag, true
+			}
+		}
+	}
+	return "", "", false
+}
+
+// apiPkg is the path of package spinbroker, whose types carry tags of
+// their own.
+var apiPkg = reflect.TypeFor[spinbroker.NewCommand]().PkgPath()
 
 // refused is a Handler that Run refuses to start with, for bad, and whose
 // Call returns bad.

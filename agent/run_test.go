@@ -1740,3 +1740,68 @@ func TestRun_NonPositiveTimeout(t *testing.T) {
 		t.Errorf("Run with Handler{}.WithTimeout(1m) returned %v, want it refused as not made by Handle", err)
 	}
 }
+
+// TestRun_UnknownSpinTag: a `spin` tag the agent does not know (a typo,
+// "requried", or the API types' "nonempty" and "nonnull", which Decode
+// does not apply) stops Run before it starts, naming the action and the
+// field. Before, Decode ignored it: a field meant to be required went to
+// the handler as its zero value, without a word, on every command.
+func TestRun_UnknownSpinTag(t *testing.T) {
+	c, err := client.New("http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type disk struct {
+		Path string `json:"path" spin:"requried"`
+	}
+	type vm struct {
+		Disks []disk `json:"disks"`
+	}
+	type named struct {
+		Name string `json:"name" spin:"nonempty"`
+	}
+	for field, h := range map[string]agent.Handler{
+		"vm.disks[].path": agent.Handle("create_vm", func(ctx context.Context, p struct {
+			VM *vm `json:"vm" spin:"required"`
+		}) (any, error) {
+			return nil, nil
+		}),
+		"name": agent.Handle("create_vm", func(ctx context.Context, p named) (any, error) { return nil, nil }),
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := agent.Run(ctx, c, "test", []agent.Handler{greeter(nil), h}, agent.Options{Logger: quietLogger()})
+		if err == nil || !strings.Contains(err.Error(), `"create_vm"`) || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), `spin:"required"`) {
+			t.Errorf("Run with an unknown spin tag on %s returned %v, want an error naming the action, the field and spin:\"required\"", field, err)
+		}
+		if ctx.Err() != nil {
+			t.Errorf("%s: Run ran until its context ended before refusing: %v", field, err)
+		}
+		cancel()
+		if _, err := h.Call(context.Background(), json.RawMessage(`{}`)); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: Call = %v, want the refusal", field, err)
+		}
+	}
+	// The API's own types keep their tags, which the broker applies: a
+	// parameter may hold a package to create.
+	ctx0, cancel0 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel0()
+	submit := agent.Handle("submit", func(ctx context.Context, p struct {
+		Pkg spinbroker.NewPackage `json:"package"`
+	}) (any, error) {
+		return nil, nil
+	})
+	if err := agent.Run(ctx0, c, "test", []agent.Handler{submit}, agent.Options{Logger: quietLogger()}); err != nil {
+		t.Errorf("Run with a spinbroker.NewPackage parameter: %v", err)
+	}
+	// A recursive type is walked once.
+	type node struct {
+		Next *node `json:"next"`
+		Kids []node
+		N    int `spin:"required"`
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := agent.Run(ctx, c, "test", []agent.Handler{agent.Handle("walk", func(ctx context.Context, p node) (any, error) { return nil, nil })}, agent.Options{Logger: quietLogger()}); err != nil {
+		t.Errorf("Run with a recursive type: %v", err)
+	}
+}
