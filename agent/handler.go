@@ -315,6 +315,11 @@ func decodeError(err error) error {
 				problem = fmt.Sprintf("%s is out of range for %s (%d to %d)", num, te.Type.Kind(), lo, hi)
 			}
 		}
+		if num, ok := strings.CutPrefix(te.Value, "number "); ok && te.Type != nil && !decodesItself(te.Type) &&
+			(te.Type.Kind() == reflect.Float32 || te.Type.Kind() == reflect.Float64) {
+			// A number for a number: what is wrong is its size.
+			problem = fmt.Sprintf("%s is out of range for %s", num, te.Type.Kind())
+		}
 		return &ParamError{Field: te.Field, Problem: problem}
 	case errors.As(err, &se):
 		return &ParamError{Problem: "not valid JSON: " + se.Error()}

@@ -366,3 +366,24 @@ func TestHandle_OutputNotObjectSaysWhat(t *testing.T) {
 		t.Errorf("json.RawMessage output: %s, %v", out, err)
 	}
 }
+
+// TestDecode_FloatOutOfRange: a number too large for a float32 (or a
+// float64: 1e400) is refused as out of range, not with "want a number,
+// got a JSON number", which contradicts itself.
+func TestDecode_FloatOutOfRange(t *testing.T) {
+	var p struct {
+		Ratio float32 `json:"ratio"`
+		Big   float64 `json:"big"`
+	}
+	for raw, want := range map[string]string{
+		`{"ratio": 1e40}`: `invalid parameter "ratio": 1e40 is out of range for float32`,
+		`{"big": 1e400}`:  `invalid parameter "big": 1e400 is out of range for float64`,
+	} {
+		if err := Decode(json.RawMessage(raw), &p); err == nil || err.Error() != want {
+			t.Errorf("Decode(%s) = %v, want %s", raw, err, want)
+		}
+	}
+	if err := Decode(json.RawMessage(`{"ratio": 0.5, "big": 1e300}`), &p); err != nil {
+		t.Errorf("Decode of numbers in range: %v", err)
+	}
+}
