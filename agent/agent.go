@@ -1123,7 +1123,10 @@ func (a *runner) execute(j *job) {
 	}()
 	h, ok := a.handlers[j.cmd.Action]
 	if !ok {
-		j.res = outcome{reason: fmt.Sprintf("agent for %s has no action %q", a.resource, j.cmd.Action)}
+		// What it has tells a misspelt action from an agent not rolled
+		// out yet.
+		has := strings.Join(slices.Sorted(maps.Keys(a.handlers)), ", ")
+		j.res = outcome{reason: fmt.Sprintf("agent for %s has no action %q (it has: %s)", a.resource, j.cmd.Action, has)}
 		return
 	}
 	done := make(chan outcome, 1)

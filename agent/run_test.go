@@ -242,6 +242,12 @@ func TestRun_BadParameters(t *testing.T) {
 	if c := b.await(t, ids[0]); c.State != spinbroker.Failed || !strings.Contains(deref(c.Reason), `no action "frobnicate"`) {
 		t.Errorf("unknown action: %s, %q", c.State, deref(c.Reason))
 	}
+	// The reason names the actions the agent has, so that a client that
+	// misspelt one ("greeet") or an agent not rolled out yet is told apart.
+	ids = b.enqueue(t, cmd("greeet", `{}`))
+	if c := b.await(t, ids[0]); deref(c.Reason) != `agent for test has no action "greeet" (it has: greet)` {
+		t.Errorf("unknown action: reason %q, want it to name the agent's actions", deref(c.Reason))
+	}
 	if n := ran.Load(); n != 0 {
 		t.Errorf("the handler ran %d times on bad parameters", n)
 	}
