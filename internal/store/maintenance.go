@@ -131,6 +131,11 @@ func backup(ctx context.Context, path, dest string) error {
 		os.Remove(tmpPath + "-journal")
 	}()
 	if _, err := conn.ExecContext(ctx, `VACUUM INTO ?`, tmpPath); err != nil {
+		// A page of the source that does not read is the live database's
+		// damage, to be restored, not the copy's: the copy is a new file.
+		if nerr := unreadable(path, err); nerr != nil {
+			return nerr
+		}
 		return fmt.Errorf("store: backup: write %s: %w", dest, err)
 	}
 	if err := syncFile(tmpPath); err != nil {
