@@ -3,10 +3,14 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 
 	spinbroker "github.com/spin-broker/spinbroker"
 )
@@ -261,7 +265,15 @@ func consistency(ctx context.Context, q queryer) (*Consistency, error) {
 		}
 		return nil
 	}); err != nil {
-		return nil, err
+		// SQLite's integrity check reports what it finds, and ends in
+		// SQLITE_CORRUPT when a page cannot be read at all: that, and the
+		// lines before it, are its finding about the file, not a check
+		// that could not run.
+		var se *sqlite.Error
+		if !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_CORRUPT {
+			return nil, err
+		}
+		c.Integrity = append(c.Integrity, se.Error())
 	}
 	if len(c.Integrity) > 0 {
 		return c, nil

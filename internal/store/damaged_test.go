@@ -71,3 +71,22 @@ func TestBackup_DamagedSource(t *testing.T) {
 		t.Errorf("a failed backup left %s", to)
 	}
 }
+
+// TestCheckFile_DamagedRows: check of a file whose rows are damaged reports
+// what SQLite's integrity check found, as the integrity row of its table
+// (exit 1, "something is wrong"), rather than fail as a check that could
+// not run (exit 2, the lines it found thrown away): the integrity check
+// reports its findings, then ends in SQLITE_CORRUPT.
+func TestCheckFile_DamagedRows(t *testing.T) {
+	path := damagedData(t)
+	c, err := store.CheckFile(ctx, path)
+	if err != nil {
+		t.Fatalf("check of a damaged file could not run: %v", err)
+	}
+	if len(c.Integrity) == 0 || c.OK() {
+		t.Fatalf("check of a damaged file found nothing: %+v", c)
+	}
+	if !strings.Contains(strings.Join(c.Integrity, "\n"), "malformed") {
+		t.Errorf("the integrity lines do not end in the error that stopped the check: %q", c.Integrity)
+	}
+}
