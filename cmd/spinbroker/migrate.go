@@ -42,7 +42,13 @@ backup taken before the upgrade, restored with the broker stopped.`,
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("want status or up, not %q", args[0])}
 			}
 			if err := existingDB(db); err != nil && (args[0] == "status" || !errors.Is(err, fs.ErrNotExist)) {
-				return err // 'up' makes a new database, as serve would
+				return err
+			} else if err != nil {
+				// 'up' makes a new database, as serve would, and says
+				// so as serve does when its folder is not there.
+				if ferr := missingFolder(db, "create it, or give --db a file in one that does"); ferr != nil {
+					return ferr
+				}
 			}
 			st, err := store.Migrations(cmd.Context(), db, args[0] == "up")
 			if errors.Is(err, store.ErrInUse) {

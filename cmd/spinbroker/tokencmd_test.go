@@ -178,8 +178,9 @@ func TestTokenCreateNewDatabase(t *testing.T) {
 // TestDatabaseCommands_PlainErrors: the commands on a database file say
 // what went wrong in one sentence that names the file, without the store's
 // Go prefixes ("store: backup: ...", "store: create X: open X: ..."); a
-// token create in a folder that does not exist says so, and does not first
-// announce a database it will not make.
+// token create or a migrate up in a folder that does not exist says so
+// (not "cannot lock X: open X.lock: no such file or directory"), and does
+// not first announce a database it will not make.
 func TestDatabaseCommands_PlainErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -230,6 +231,7 @@ func TestDatabaseCommands_PlainErrors(t *testing.T) {
 		{[]string{"backup", "--db", damaged, "--to", filepath.Join(dir, "d.bak")}, isDamaged},
 		{[]string{"compact", "--db", damaged}, isDamaged},
 		{[]string{"token", "create", "--role", "admin", "--db", filepath.Join(missing, "x.db")}, "cannot create a database at " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
+		{[]string{"migrate", "up", "--db", filepath.Join(missing, "x.db")}, "cannot create a database at " + filepath.Join(missing, "x.db") + ": its folder " + missing + " does not exist"},
 	} {
 		r := spin(t, tt.args...)
 		if r.code != 1 || r.stdout != "" {
