@@ -934,6 +934,23 @@ func (w *writer) commit(batch []*op) {
 			close(o.done)
 		}
 	}
+	// An operation whose request was abandoned before the writer came to
+	// it (its client gone, or cut off by a stop) is answered so before any
+	// transaction: while another process holds the lock, each BEGIN waits
+	// the busy timeout, and a stop that cut off the requests queued behind
+	// a stalled write waited that long for each of them in turn.
+	live := batch[:0]
+	for _, o := range batch {
+		if o.ctx.Err() != nil {
+			o.err = abandoned()
+			close(o.done)
+			continue
+		}
+		live = append(live, o)
+	}
+	if batch = live; len(batch) == 0 {
+		return
+	}
 	if _, err := w.exec("BEGIN IMMEDIATE"); err != nil {
 		fail(w.db.unavailable("begin", err))
 		return
@@ -961,7 +978,7 @@ func (w *writer) commit(batch []*op) {
 		// alone in the transaction, and the whole of it rolls back.
 		single := i == 0
 		if o.ctx.Err() != nil {
-			o.err = spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the request was abandoned before it ran")
+			o.err = abandoned()
 			continue
 		}
 		if !single {
@@ -1044,6 +1061,12 @@ func (w *writer) commit(batch []*op) {
 		}
 		close(o.done)
 	}
+}
+
+// abandoned answers an operation whose request ended before the writer ran
+// it: nothing of it was written.
+func abandoned() error {
+	return spinbroker.Errorf(spinbroker.EUNAVAILABLE, "the request was abandoned before it ran")
 }
 
 func (w *writer) rollback() {

@@ -379,3 +379,33 @@ func TestRows_ErrorPartWayIsAnError(t *testing.T) {
 		t.Fatalf("a read whose second row fails answered %q and no error", got)
 	}
 }
+
+// TestWrite_AbandonedSkipsTheLock: a write whose request was abandoned
+// before the writer came to it (its client gone, or cut off by a stop) is
+// answered so without a transaction: while another process holds the
+// database's lock, each BEGIN waits the busy timeout (10s), and a stop
+// that cut off the requests queued behind a stalled write then waited
+// that long for each of them in turn before it could close the database
+// (five cut off, 50s, past --shutdown-timeout and the unit's
+// TimeoutStopSec, so the broker was killed instead of stopping).
+func TestWrite_AbandonedSkipsTheLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	db := openQuiet(t, path, Options{})
+	defer db.Close()
+	holdWriteLock(t, path)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	errs := make(chan error, 3)
+	for range cap(errs) {
+		go func() {
+			_, err := db.SetQueue(gone, "q", spinbroker.QueueSettings{Concurrency: new(2)})
+			errs <- err
+		}()
+	}
+	for range cap(errs) {
+		err := <-errs
+		if err == nil || !strings.Contains(err.Error(), "abandoned before it ran") {
+			t.Fatalf("an abandoned write, with the lock held by another: %v; want it answered as abandoned, without waiting for the lock", err)
+		}
+	}
+}
