@@ -23,8 +23,9 @@ spinbroker_store_free_bytes says how much compact would give back.
 
 compact needs the broker stopped (it refuses to run beside one, as migrate
 does) and, while it runs, free disk space of about twice the database's size:
-a temporary copy (in $TMPDIR) and the new pages in the WAL. An interrupted
-compact leaves the database as it was.`,
+a temporary copy (in $SQLITE_TMPDIR or $TMPDIR, else /var/tmp; a small
+tmpfs there is too small for a large database) and the new pages in the WAL
+beside the database. An interrupted compact leaves the database as it was.`,
 		Example: `  systemctl stop spinbroker
   spinbroker compact --db /var/lib/spinbroker/broker.db
   systemctl start spinbroker`,

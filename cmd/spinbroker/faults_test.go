@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	spinbroker "github.com/spin-broker/spinbroker"
 	"github.com/spin-broker/spinbroker/client"
+	"github.com/spin-broker/spinbroker/internal/store"
 )
 
 // tinyDisk mounts a small tmpfs for the duration of the test: a real file
@@ -313,5 +315,45 @@ func waitLog(t *testing.T, b *serveProc, want string) {
 			t.Fatalf("the broker never logged %q:\n%s", want, b.logs)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFaults_CompactTempFull: compact writes its temporary copy where
+// SQLite keeps temporary files (SQLITE_TMPDIR, TMPDIR, else /var/tmp or
+// /tmp), often a small tmpfs apart from the database's disk. When that
+// fills, compact said "cannot compact broker.db: database or disk is
+// full", and the operator looked at the database's disk, which had room;
+// it names the folder that is full, and what to set.
+func TestFaults_CompactTempFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs for a full disk needs root")
+	}
+	tmp := tinyDisk(t, "1m")
+	path := filepath.Join(t.TempDir(), "broker.db")
+	st, err := store.Open(context.Background(), path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := json.RawMessage(`{"pad":"` + strings.Repeat("x", 1500) + `"}`)
+	for range 4 {
+		cmds := make([]spinbroker.NewCommand, 500)
+		for i := range cmds {
+			cmds[i] = spinbroker.NewCommand{Resource: "r", Action: "a", Parameters: params}
+		}
+		if _, _, err := st.CreatePackage(context.Background(), spinbroker.NewPackage{Commands: cmds, Enqueue: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(serveBinary(t), "compact", "--db", path)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "SQLITE_TMPDIR="+tmp)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("compact with a full temporary folder: %v, want exit 1:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "the file system of "+tmp+" is full") || !strings.Contains(string(out), "TMPDIR") {
+		t.Fatalf("compact does not say that its temporary folder %s is full, and what to set:\n%s", tmp, out)
 	}
 }

@@ -268,11 +268,37 @@ func Compact(ctx context.Context, path string, started func()) (before, after in
 	}
 	for _, q := range []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`} {
 		if _, err := conn.ExecContext(ctx, q); err != nil {
+			if diskFull(err) {
+				return before, 0, compactFull(path, before, err)
+			}
 			return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
 		}
 	}
 	after, err = fileSizes(real)
 	return before, after, err
+}
+
+// compactFull says which file system a compact found full (err): VACUUM
+// writes its copy of the database (about size bytes) where SQLite keeps
+// temporary files, often a small tmpfs apart from the database's disk, and
+// then the new pages into the WAL beside the database. "database or disk
+// is full" alone sent the operator to the database's disk, which had room.
+func compactFull(path string, size int64, err error) error {
+	need := uint64(size)
+	if tmp := sqliteTempDir(); tmp != "" {
+		abs, aerr := filepath.Abs(tmp)
+		if aerr != nil {
+			abs = tmp
+		}
+		if free, ok := freeBytes(filepath.Join(abs, "x")); ok && free < need {
+			return fmt.Errorf("store: compact %s: the file system of %s is full (%d bytes free): compact writes a temporary copy of the database there, about %d bytes; set TMPDIR (or SQLITE_TMPDIR) to a folder with room, then compact again: %w", path, abs, free, need, err)
+		}
+	}
+	dir := filepath.Dir(resolved(path))
+	if free, ok := freeBytes(filepath.Join(dir, "x")); ok && free < need {
+		return fmt.Errorf("store: compact %s: the file system of %s is full (%d bytes free): compact writes the new pages, about %d bytes, beside the database before it gives space back; free some first: %w", path, dir, free, need, err)
+	}
+	return fmt.Errorf("store: compact %s: %w", path, err)
 }
 
 // fileSizes is the size on disk of the database at path and its WAL.

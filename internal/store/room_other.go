@@ -4,3 +4,6 @@ package store
 
 // freeBytes cannot tell the free space here.
 func freeBytes(string) (uint64, bool) { return 0, false }
+
+// sqliteTempDir is not told here: "" for unknown.
+func sqliteTempDir() string { return "" }
