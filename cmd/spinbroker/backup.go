@@ -33,7 +33,8 @@ its -shm, put the copy in its place, and start the broker again:
   if [ -e broker.db-wal ]; then mv broker.db-wal broker.db.old-wal; fi
   rm -f broker.db-shm
   cp backup.db broker.db
-  spinbroker serve --db broker.db --check`,
+  chown --reference=broker.db.old broker.db   # the broker's user, not root
+  spinbroker serve --db broker.db --check     # as that user`,
 		Example: `  spinbroker backup --db /var/lib/spinbroker/broker.db --to /backups/broker-$(date +%F).db`,
 		Args:    args(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {

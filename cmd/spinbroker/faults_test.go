@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -355,5 +356,78 @@ func TestFaults_CompactTempFull(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "the file system of "+tmp+" is full") || !strings.Contains(string(out), "TMPDIR") {
 		t.Fatalf("compact does not say that its temporary folder %s is full, and what to set:\n%s", tmp, out)
+	}
+}
+
+// TestFaults_DatabaseOfAnotherUser: a database file this user may not read
+// or write (most often one restored as root into the folder of a broker
+// that runs as its own user) is said to be so, with its owner and mode, by
+// every command on a database file: each said SQLite's "unable to open
+// database file (14)", which names no cause.
+func TestFaults_DatabaseOfAnotherUser(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "broker.db")
+	if out, err := exec.Command(serveBinary(t), "migrate", "up", "--db", db).CombinedOutput(); err != nil {
+		t.Fatalf("migrate up: %v\n%s", err, out)
+	}
+	bin := serveBinary(t)
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		// Root reads any file: the commands run as nobody, on a file
+		// root keeps, in a folder nobody may write (as a restore as
+		// root leaves it in the broker's own folder).
+		const nobody = 65534
+		cred = &syscall.Credential{Uid: nobody, Gid: nobody}
+		pub := filepath.Join(t.TempDir(), "bin")
+		if err := os.Mkdir(pub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(pub, "spinbroker")
+		if err := os.WriteFile(bin, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{filepath.Dir(pub), filepath.Dir(dir)} {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Chown(dir, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		// The lock file is the broker's, as it was before the restore.
+		if err := os.Chown(db+".lock", nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := os.Chmod(db, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"serve", "--addr", "127.0.0.1:0", "--db", db},
+		{"check", "--db", db},
+		{"backup", "--db", db, "--to", filepath.Join(dir, "b.db")},
+		{"token", "ls", "--db", db},
+		{"migrate", "status", "--db", db},
+		{"migrate", "up", "--db", db},
+		{"compact", "--db", db},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		cmd := exec.CommandContext(ctx, bin, args...)
+		if cred != nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		}
+		out, err := cmd.CombinedOutput()
+		timedOut := ctx.Err() != nil
+		cancel()
+		if _, ok := err.(*exec.ExitError); !ok || timedOut {
+			t.Errorf("%v: %v, want it to stop at once:\n%s", args, err, out)
+			continue
+		}
+		if !strings.Contains(string(out), "permission denied") || !strings.Contains(string(out), "mode") || strings.Contains(string(out), "unable to open database file") {
+			t.Errorf("%v does not say that this user may not open the file, and its owner and mode:\n%s", args, out)
+		}
 	}
 }

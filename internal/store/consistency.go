@@ -356,6 +356,9 @@ func CheckFile(ctx context.Context, path string) (*Consistency, error) {
 	if err := notFolder(path); err != nil {
 		return nil, err
 	}
+	if err := noAccess(path, false); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("store: check: %w", err)
 	}

@@ -150,6 +150,9 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if err := notFolder(path); err != nil {
 		return nil, err
 	}
+	if err := noAccess(path, true); err != nil {
+		return nil, err
+	}
 	if !opts.Exclusive {
 		return open(ctx, path, opts)
 	}
@@ -497,6 +500,9 @@ type MigrationStatus struct {
 // Options.Exclusive does: never under a running broker.
 func Migrations(ctx context.Context, path string, up bool) ([]MigrationStatus, error) {
 	if err := notFolder(path); err != nil {
+		return nil, err
+	}
+	if err := noAccess(path, up); err != nil {
 		return nil, err
 	}
 	if up {

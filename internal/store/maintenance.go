@@ -27,6 +27,9 @@ func (db *DB) Backup(ctx context.Context, dest string) error {
 // it open. It is for a process that has not opened the database itself
 // (the CLI): an open DB backs itself up with DB.Backup.
 func Backup(ctx context.Context, path, dest string) error {
+	if err := noAccess(path, false); err != nil {
+		return err
+	}
 	if err := backupThrough(path); err != nil {
 		return err
 	}
@@ -243,6 +246,9 @@ func (db *DB) FreeBytes(ctx context.Context) (int64, error) {
 func Compact(ctx context.Context, path string, started func()) (before, after int64, err error) {
 	// Sizes before the lock, which would create a file beside a missing
 	// one; the WAL is beside the file a link points to.
+	if err := noAccess(path, true); err != nil {
+		return 0, 0, err
+	}
 	real := resolved(path)
 	if before, err = fileSizes(real); err != nil {
 		return 0, 0, fmt.Errorf("store: compact: %w", err)
