@@ -397,7 +397,9 @@ func (a *app) serve(ctx context.Context, c serveConfig) error {
 		warnNoTokens(ctx, db, log, c.db)
 	}
 	if c.check {
-		if err := checkAtStart(ctx, db, c.db, log); err != nil {
+		if err := checkAtStart(ctx, db, c.db, log); errors.Is(err, errStoppedBeforeServing) {
+			return nil // said so; the deferred close logs the rest
+		} else if err != nil {
 			return err
 		}
 	}
@@ -667,6 +669,10 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 	}
 }
 
+// errStoppedBeforeServing is checkAtStart's word that a stop came while it
+// checked: serve ends there, with exit 0, and never listens.
+var errStoppedBeforeServing = errors.New("stopped before serving")
+
 // checkAtStart is serve --check: SQLite's integrity check, its foreign key
 // check and a recount of every package's and queue's counts from the
 // commands, in one read. A damaged file stops the start; so do wrong
@@ -676,13 +682,16 @@ func sweep(ctx context.Context, db *store.DB, log *slog.Logger, c serveConfig) {
 // person can say what they were; so are commands whose parameters are lost.
 func checkAtStart(ctx context.Context, db *store.DB, path string, log *slog.Logger) error {
 	start := time.Now()
+	// A check reads the whole file, minutes for a large one: said when it
+	// begins, so that a start that shows nothing is not taken for a hang.
+	log.Info("checking the database", "db", path)
 	c, err := db.CheckConsistency(ctx)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// Told to stop while it checked: a stop, not a failure
-		// ("context canceled", exit 1, before).
+		// ("context canceled", exit 1, before), and not a start either.
 		log.Info("stopped during the integrity check, before serving", "cause", context.Cause(ctx).Error(), "checked_for", time.Since(start).Round(time.Millisecond))
-		return nil
+		return errStoppedBeforeServing
 	case err != nil:
 		return fmt.Errorf("integrity check of %s: %w", path, err)
 	case len(c.Integrity) > 0:

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -8,13 +9,16 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	spinbroker "github.com/spin-broker/spinbroker"
+	"github.com/spin-broker/spinbroker/internal/store"
 )
 
 // TestServe_StoppedBeforeServing: a broker told to stop while it opens or
@@ -107,5 +111,66 @@ func TestServe_StopSaysWhatItTookAndCutOff(t *testing.T) {
 	}
 	if i, j := strings.Index(logs, line), strings.Index(logs, "msg=stopped"); line == "" || i > j {
 		t.Errorf("the upload's line is not before stopped:\n%s", logs)
+	}
+}
+
+// TestServe_StopDuringCheck: a broker told to stop while serve --check
+// reads the database stops there: it said "stopped during the integrity
+// check, before serving", then listened all the same (and told systemd it
+// was ready) before it stopped. The check says when it begins, so that a
+// long one is not taken for a hang.
+func TestServe_StopDuringCheck(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	st, err := store.Open(context.Background(), path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 40 {
+		cmds := make([]spinbroker.NewCommand, 5000)
+		for i := range cmds {
+			cmds[i] = spinbroker.NewCommand{Resource: "r", Action: "a"}
+		}
+		if _, _, err := st.CreatePackage(context.Background(), spinbroker.NewPackage{Commands: cmds, Enqueue: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(serveBinary(t), "serve", "--addr", "127.0.0.1:0", "--db", path, "--check")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	sc := bufio.NewScanner(stderr)
+	var logs strings.Builder
+	for sc.Scan() {
+		logs.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), `msg="checking the database"`) || strings.Contains(sc.Text(), "spin-broker listening") {
+			break
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+		logs.WriteString(sc.Text() + "\n")
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), `msg="checking the database"`) {
+		t.Fatalf("the check did not say it began:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "stopped during the integrity check") {
+		t.Skipf("the check of %d commands ended before SIGTERM came; nothing to see:\n%s", 40*5000, logs.String())
+	}
+	if strings.Contains(logs.String(), "spin-broker listening") {
+		t.Fatalf("told to stop during the check, the broker listened all the same:\n%s", logs.String())
 	}
 }
