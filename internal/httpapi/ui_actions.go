@@ -167,8 +167,25 @@ func (u *ui) handleLoginForm(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 		return
 	}
-	v := u.newView(r, "Log in", "", &loginPage{Next: safeNext(r.URL.Query().Get("next"))})
-	u.render(w, r, http.StatusOK, "login", v)
+	d := &loginPage{Next: safeNext(r.URL.Query().Get("next"))}
+	// A browser sent here with a token kept from before: say why it no
+	// longer works (it expired, and when; it was revoked), or the form
+	// asks as if the operator had never logged in.
+	if c, err := r.Cookie(TokenCookie); err == nil && c.Value != "" {
+		if _, err := u.s.tokens.check(r.Context(), c.Value); spinbroker.ErrorCode(err) == spinbroker.EUNAUTHORIZED {
+			d.Error = sentence(spinbroker.ErrorMessage(err))
+		}
+	}
+	u.render(w, r, http.StatusOK, "login", u.newView(r, "Log in", "", d))
+}
+
+// sentence is an error's message as a sentence: capitalised, with a full
+// stop.
+func sentence(msg string) string {
+	if msg == "" {
+		return msg
+	}
+	return strings.ToUpper(msg[:1]) + msg[1:] + "."
 }
 
 // handleLogin checks a token and keeps it in a cookie that scripts cannot
@@ -202,8 +219,7 @@ func (u *ui) handleLogin(w http.ResponseWriter, r *http.Request) {
 		// The API's sentence, as a sentence: an expired token says so.
 		noteCode(w, spinbroker.EUNAUTHORIZED)
 		noteRefusal(w, err)
-		msg := spinbroker.ErrorMessage(err)
-		again(http.StatusUnauthorized, strings.ToUpper(msg[:1])+msg[1:]+".")
+		again(http.StatusUnauthorized, sentence(spinbroker.ErrorMessage(err)))
 		return
 	case err != nil:
 		u.fail(w, r, err)

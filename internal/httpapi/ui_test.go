@@ -1472,3 +1472,37 @@ func TestUI_OverviewCostsItsList(t *testing.T) {
 		t.Errorf("the overview's queues allocate %.0f times with 2,000 queues, %.0f with 60", many, few)
 	}
 }
+
+// TestUI_LoginSaysWhyTheTokenStopped: a browser whose kept token expired
+// (or was revoked) is sent to the login form, and the form says why,
+// rather than asking for a token as if the operator had never logged in:
+// the cookie is kept past the token's end for that (cookieAge).
+func TestUI_LoginSaysWhyTheTokenStopped(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	start := e.clock.Now()
+	_, expiring, err := e.db.CreateExpiringToken(ctx, spinbroker.RoleViewer, "", "v", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, revoked := e.revokedSecret(spinbroker.RoleViewer, "", "gone")
+	e.clock.Add(2 * time.Hour)
+	for secret, want := range map[string]string{
+		expiring: "expired at " + start.Add(time.Hour).Format(time.RFC3339),
+		revoked:  "revoked",
+	} {
+		cookie := []string{"Cookie", httpapi.TokenCookie + "=" + secret}
+		r := e.get("/ui/", cookie...)
+		if r.status != 303 || !strings.HasPrefix(r.header.Get("Location"), "/ui/login") {
+			t.Fatalf("a page with a dead token: %d to %q", r.status, r.header.Get("Location"))
+		}
+		wantHTML(t, e.get(r.header.Get("Location"), cookie...), 200, `name="token"`, want)
+	}
+	// Without a cookie, or with a good one, the form says nothing of it.
+	for _, h := range [][]string{nil, {"Cookie", httpapi.TokenCookie + "=" + e.secret(spinbroker.RoleViewer, "", "ok")}} {
+		r := e.get("/ui/login", h...)
+		wantHTML(t, r, 200, `name="token"`)
+		if strings.Contains(string(r.body), `class="error"`) {
+			t.Errorf("the login form with %v says %s", h, r.body)
+		}
+	}
+}
