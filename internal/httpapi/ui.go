@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"html/template"
 	"io/fs"
 	"net/http"
@@ -279,13 +280,25 @@ func (u *ui) fail(w http.ResponseWriter, r *http.Request, err error) {
 		r2.URL = &url.URL{Path: r.URL.Path, RawQuery: q.Encode()}
 		r = &r2
 	}
-	v := u.newView(r, http.StatusText(status), "", struct {
+	d := struct {
 		Status  int
 		Code    string
 		Message string
 		Back    string
-	}{status, e.Code, e.Message, backTo(r)})
-	u.render(w, r, status, "error", v)
+		Login   string // the login form, leading back, for a browser without a token
+	}{status, e.Code, e.Message, backTo(r), ""}
+	if status == http.StatusUnauthorized && u.s.opts.Auth {
+		// A button pressed on a page left open after logging out: the
+		// API's advice (send an Authorization header) is no use here.
+		if errors.Is(err, errNoToken) || errors.Is(err, errNotBearer) {
+			d.Message = "you are not logged in (you logged out, perhaps in another tab): log in, then try again"
+		}
+		d.Login = "/ui/login"
+		if d.Back != "" {
+			d.Login += "?next=" + url.QueryEscape(d.Back)
+		}
+	}
+	u.render(w, r, status, "error", u.newView(r, http.StatusText(status), "", d))
 }
 
 // backTo is the dashboard page a failed request came from (a form posted

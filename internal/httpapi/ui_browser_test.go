@@ -840,6 +840,29 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("ButtonAfterLogout", func(t *testing.T) {
+		// A button pressed on a page left open after logging out in
+		// another tab: the broker refuses it (401), and the page takes
+		// the operator to the login form, which leads back to it, rather
+		// than saying above the page that a header should be sent.
+		ctx := cdpTab(t, bctx, "401 (Unauthorized)")
+		ea := newEnv(t, httpapi.Options{Auth: true})
+		seedWorld(t, ea)
+		secret := ea.secret(spinbroker.RoleAdmin, "", "admin")
+		cdpOpen(t, ctx, ea.srv.URL+"/ui/queues/storage", false)
+		cdpWait(t, ctx, `location.pathname === "/ui/login"`)
+		cdpDo(t, ctx, chromedp.SendKeys(chromedp.ID("token"), secret),
+			chromedp.Click(chromedp.CSS(`button[type="submit"]`)))
+		cdpWait(t, ctx, `location.pathname === "/ui/queues/storage" && document.getElementById("live").textContent === "live"`)
+		cdpDo(t, ctx, chromedp.Evaluate[chromedp.Void](`fetch("/ui/logout", {method: "POST"}).then(() => { window.loggedOut = true })`))
+		cdpWait(t, ctx, `window.loggedOut === true`)
+		cdpDo(t, ctx, chromedp.Click(chromedp.CSS(`form[action$="/pause"] button`)))
+		cdpWait(t, ctx, `location.pathname === "/ui/login" && new URLSearchParams(location.search).get("next") === "/ui/queues/storage"`)
+		if q, err := ea.db.Queue(ctx, "storage"); err != nil || q.Paused {
+			t.Errorf("the queue was paused without a token (%v)", err)
+		}
+	})
+
 	t.Run("StreamRefused", func(t *testing.T) {
 		// The broker answers the event stream's reconnection with an error
 		// (here the operator logged out in another tab; a token revoked or

@@ -1506,3 +1506,22 @@ func TestUI_LoginSaysWhyTheTokenStopped(t *testing.T) {
 		}
 	}
 }
+
+// TestUI_LoggedOutActionLeadsToLogin: a button pressed on a page left open
+// after the operator logged out (in another tab, say) is refused 401 with
+// a page that leads to the login form and back to the page, not with the
+// API's advice to send an Authorization header, which a browser cannot.
+func TestUI_LoggedOutActionLeadsToLogin(t *testing.T) {
+	e := newEnv(t, httpapi.Options{Auth: true})
+	r := e.form("/ui/queues/storage/pause", nil, "Referer", e.srv.URL+"/ui/queues/storage")
+	wantHTML(t, r, 401, `<a href="/ui/login?next=%2Fui%2Fqueues%2Fstorage">Log in</a>`, "not logged in")
+	if strings.Contains(string(r.body), "Authorization") {
+		t.Errorf("a browser is told to send a header:\n%s", r.body)
+	}
+	// Without a page to go back to, the login leads to the overview.
+	wantHTML(t, e.form("/ui/queues/storage/pause", nil), 401, `<a href="/ui/login">Log in</a>`)
+	// The API's answer is unchanged.
+	if r := e.do("POST", "/queues/storage/next", ""); r.status != 401 || !strings.Contains(string(r.body), "Authorization: Bearer") {
+		t.Errorf("the API without a token: %d %s", r.status, r.body)
+	}
+}

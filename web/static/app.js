@@ -12,6 +12,8 @@
 //    script they post normally and the server redirects back.
 //  - Forms marked data-confirm ask first, and then say so in their
 //    confirmed field.
+//  - A post the broker refuses for want of a token (logged out in
+//    another tab) reloads the page, which is then the login form.
 //  - A stream the broker refuses (a 401 once logged out) is not retried
 //    by the browser: the page says "not live", fetches its parts (a
 //    failure reloads it, showing why) and asks again after 10 seconds.
@@ -276,6 +278,9 @@
         schedule();
         return;
       }
+      // Logged out (in another tab, say): the page, loaded again, is
+      // the login form, which leads back here.
+      if (res.status === 401) { location.reload(); return; }
       return res.text().then(function (text) { say(text || res.statusText); });
     }).catch(function () {
       say("The broker did not answer; try again.");
