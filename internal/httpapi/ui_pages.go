@@ -405,6 +405,7 @@ const linksShown = 100
 type commandPage struct {
 	Command        *spinbroker.Command
 	Deps           []spinbroker.Command
+	DeletedDeps    []string // dependencies deleted since (their package was)
 	Dependents     []spinbroker.Command
 	MoreDependents bool
 	CanRetry       bool   // a retry would run: the retry button applies
@@ -449,6 +450,8 @@ func (u *ui) handleCommand(w http.ResponseWriter, r *http.Request) {
 		for _, dep := range c.Dependencies {
 			if dc, ok := byID[dep]; ok {
 				d.Deps = append(d.Deps, dc)
+			} else {
+				d.DeletedDeps = append(d.DeletedDeps, dep)
 			}
 		}
 		if d.Dependents, err = u.s.store.Dependents(ctx, id, linksShown+1); err != nil {

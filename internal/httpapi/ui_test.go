@@ -1525,3 +1525,25 @@ func TestUI_LoggedOutActionLeadsToLogin(t *testing.T) {
 		t.Errorf("the API without a token: %d %s", r.status, r.body)
 	}
 }
+
+// TestUI_DeletedDependencyNamed: a command whose dependency was deleted
+// (its package deleted, which cancelled this one) says on its page that it
+// depended on a command now deleted, not that it depended on nothing and
+// "was ready as soon as it was enqueued", beside a reason and a refused
+// retry that both name that dependency.
+func TestUI_DeletedDependencyNamed(t *testing.T) {
+	e := newEnv(t, httpapi.Options{})
+	first := mustCreate(t, e, 1, true, nc(101, "", "q", "base", ""))
+	mustCreate(t, e, 2, true, nc(201, "", "r", "child", "", fixedID(101)))
+	if _, err := e.db.CancelPackage(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.db.DeletePackage(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	r := e.get("/ui/commands/" + fixedID(201))
+	wantHTML(t, r, 200, "a command deleted since", `title="`+fixedID(101)+`"`)
+	if strings.Contains(string(r.body), "ready as soon as it was enqueued") {
+		t.Errorf("the page says the command depended on nothing:\n%s", r.body)
+	}
+}
