@@ -74,7 +74,7 @@ func newChart(since time.Time, minutes []spinbroker.Counts, now time.Time) chart
 	for i, m := range minutes {
 		b := chartBar{X: c.Left + float64(i)*slot + slot*0.1, W: slot * 0.8}
 		at := since.Add(time.Duration(i) * time.Minute)
-		b.Title = fmt.Sprintf("%s: %d succeeded, %d failed, %d cancelled", at.UTC().Format("15:04"), m.Succeeded, m.Failed, m.Cancelled)
+		b.Title = fmt.Sprintf("%s UTC: %d succeeded, %d failed, %d cancelled", at.UTC().Format("15:04"), m.Succeeded, m.Failed, m.Cancelled)
 		y := c.Base
 		for _, s := range []struct {
 			state string

@@ -228,3 +228,16 @@ func TestGraphLabel(t *testing.T) {
 		})
 	}
 }
+
+// TestChart_MinutesSayUTC: the tooltip of each minute of the completions
+// chart gives its time zone, as every other time on the dashboard does: a
+// bare "02:16" reads as local time to anyone east or west of Greenwich.
+func TestChart_MinutesSayUTC(t *testing.T) {
+	since := time.Date(2026, 1, 2, 2, 16, 0, 0, time.FixedZone("CET", 3600))
+	c := newChart(since, []spinbroker.Counts{{Succeeded: 1}, {Failed: 2}}, since.Add(2*time.Minute))
+	for i, want := range []string{"01:16 UTC: 1 succeeded, 0 failed, 0 cancelled", "01:17 UTC: 0 succeeded, 2 failed, 0 cancelled"} {
+		if got := c.Bars[i].Title; got != want {
+			t.Errorf("minute %d: %q, want %q", i, got, want)
+		}
+	}
+}
